@@ -1,0 +1,10 @@
+//! Fulcrum's sans-IO core: the model and every decision, with no sockets, threads or clock.
+//!
+//! - [`model`]: services, pools, backends and their states.
+//! - [`hash`]: the documented flow hash (Linux `jhash`), shared bit for bit with the BPF programs.
+//! - [`sched`]: every scheduler of the contract behind one trait, Maglev and ring hash included.
+//! - [`flow`]: the bounded LRU flow table (flow affinity, persistence).
+//! - [`health`]: active (rise/fall) and passive (outlier) health state machines.
+//! - [`config`]: TOML parsing into types that cannot hold a bad value, with located errors.
+
+pub mod model;
