@@ -8,3 +8,8 @@
 //! - [`config`]: TOML parsing into types that cannot hold a bad value, with located errors.
 
 pub mod model;
+pub mod config;
+pub mod flow;
+pub mod hash;
+pub mod health;
+pub mod sched;
