@@ -1,0 +1,186 @@
+//! Prometheus / OpenMetrics exposition. A [`Collector`] reads the data path's atomics and the
+//! current snapshot at scrape time: the data path never touches a lock or a registry, so a
+//! scrape cannot slow it down.
+//!
+//! Counter descriptors are registered without `_total`; the OpenMetrics encoder appends it,
+//! so the samples carry the contract's names (`fulcrum_backend_connections_total`, ...).
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use fulcrum_core::model::BackendState;
+use fulcrum_proxy::snapshot::Shared;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+/// Reads everything at scrape time.
+#[derive(Debug)]
+pub struct FulcrumCollector {
+    shared: Arc<Shared>,
+}
+
+fn load(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+fn gauge(v: u64) -> ConstGauge<i64> {
+    ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX))
+}
+
+impl Collector for FulcrumCollector {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let snap = self.shared.snapshot.load();
+        // Per backend: one row per (pool, backend).
+        let rows: Vec<_> = snap
+            .pools
+            .iter()
+            .flat_map(|p| p.backends.iter().zip(&p.stats).map(move |(b, s)| (p, b, s)))
+            .collect();
+        let addrs: Vec<String> = rows.iter().map(|(_, b, _)| b.address.to_string()).collect();
+
+        let mut m = enc.encode_descriptor(
+            "fulcrum_backend_up",
+            "1 if the backend takes new flows by health (up), else 0",
+            None,
+            MetricType::Gauge,
+        )?;
+        for ((p, b, _), a) in rows.iter().zip(&addrs) {
+            let up = u64::from(b.state == BackendState::Up);
+            gauge(up)
+                .encode(m.encode_family(&[("pool", p.name.as_str()), ("backend", a.as_str())])?)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "fulcrum_backend_connections_active",
+            "Open connections (or UDP flows) to the backend",
+            None,
+            MetricType::Gauge,
+        )?;
+        for ((p, _, s), a) in rows.iter().zip(&addrs) {
+            gauge(load(&s.active))
+                .encode(m.encode_family(&[("pool", p.name.as_str()), ("backend", a.as_str())])?)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "fulcrum_backend_connections",
+            "Connections (or UDP flows) opened to the backend",
+            None,
+            MetricType::Counter,
+        )?;
+        for ((p, _, s), a) in rows.iter().zip(&addrs) {
+            ConstCounter::new(load(&s.total))
+                .encode(m.encode_family(&[("pool", p.name.as_str()), ("backend", a.as_str())])?)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "fulcrum_backend_failures",
+            "Failures seen on real traffic, by kind",
+            None,
+            MetricType::Counter,
+        )?;
+        for ((p, _, s), a) in rows.iter().zip(&addrs) {
+            for (kind, v) in [
+                ("connect_error", &s.connect_failures),
+                ("connect_timeout", &s.connect_timeouts),
+                ("http_5xx", &s.http_5xx),
+            ] {
+                ConstCounter::new(load(v)).encode(m.encode_family(&[
+                    ("pool", p.name.as_str()),
+                    ("backend", a.as_str()),
+                    ("kind", kind),
+                ])?)?;
+            }
+        }
+
+        let mut m = enc.encode_descriptor(
+            "fulcrum_service_bytes",
+            "Bytes relayed, in = from clients, out = to clients",
+            None,
+            MetricType::Counter,
+        )?;
+        for s in &snap.services {
+            for (dir, v) in [("in", &s.stats.bytes_in), ("out", &s.stats.bytes_out)] {
+                ConstCounter::new(load(v)).encode(
+                    m.encode_family(&[("service", s.name.as_str()), ("direction", dir)])?,
+                )?;
+            }
+        }
+        let mut m = enc.encode_descriptor(
+            "fulcrum_service_connections_active",
+            "Open client connections (or UDP flows)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for s in &snap.services {
+            gauge(load(&s.stats.active))
+                .encode(m.encode_family(&[("service", s.name.as_str())])?)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "fulcrum_service_connections",
+            "Client connections (or UDP flows) accepted",
+            None,
+            MetricType::Counter,
+        )?;
+        for s in &snap.services {
+            ConstCounter::new(load(&s.stats.total))
+                .encode(m.encode_family(&[("service", s.name.as_str())])?)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "fulcrum_service_refused",
+            "Clients refused: max_connections reached, or no backend available",
+            None,
+            MetricType::Counter,
+        )?;
+        for s in &snap.services {
+            for (reason, v) in [
+                ("max_connections", &s.stats.refused_limit),
+                ("no_backend", &s.stats.refused_no_backend),
+            ] {
+                ConstCounter::new(load(v)).encode(
+                    m.encode_family(&[("service", s.name.as_str()), ("reason", reason)])?,
+                )?;
+            }
+        }
+
+        let g = &self.shared.global;
+        let mut m = enc.encode_descriptor(
+            "fulcrum_config_reloads",
+            "Configuration reloads by result",
+            None,
+            MetricType::Counter,
+        )?;
+        for (result, v) in [("ok", &g.reloads_ok), ("error", &g.reloads_error)] {
+            ConstCounter::new(load(v)).encode(m.encode_family(&[("result", result)])?)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "fulcrum_pool_changes",
+            "Changes of a pool's backend set or states",
+            None,
+            MetricType::Counter,
+        )?;
+        for p in &snap.pools {
+            ConstCounter::new(load(&p.changes))
+                .encode(m.encode_family(&[("pool", p.name.as_str())])?)?;
+        }
+        Ok(())
+    }
+}
+
+/// The registry with Fulcrum's collector.
+pub fn registry(shared: Arc<Shared>) -> Registry {
+    let mut r = Registry::default();
+    r.register_collector(Box::new(FulcrumCollector { shared }));
+    r
+}
+
+/// Encodes the registry as OpenMetrics text.
+pub fn render(registry: &Registry) -> Result<String, std::fmt::Error> {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, registry)?;
+    if out.is_empty() {
+        let _ = writeln!(out, "# EOF");
+    }
+    Ok(out)
+}

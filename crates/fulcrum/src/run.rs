@@ -1,0 +1,165 @@
+//! `fulcrum run -c FILE [--workers N]`: the load balancer.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use fulcrum_control::admin::{self, AdminState};
+use fulcrum_core::config::{self, Config};
+use fulcrum_core::model::defaults;
+use fulcrum_proxy::controller::{Control, Controller};
+use fulcrum_proxy::snapshot::Shared;
+use fulcrum_proxy::worker::Workers;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc::unbounded_channel;
+use tokio::sync::oneshot;
+
+/// Arguments of `fulcrum run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The configuration file (TOML).
+    #[arg(short = 'c', long = "config")]
+    pub config: PathBuf,
+    /// Data-path threads (default: one per core).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FULCRUM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let _ = match format {
+        LogFormat::Text => b.try_init(),
+        LogFormat::Json => b.json().try_init(),
+    };
+}
+
+/// Parses the file, or renders the error as `fulcrum check` does.
+pub fn load(path: &std::path::Path) -> Result<Config, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    config::parse(&text).map_err(|e| e.render(&path.display().to_string(), &text))
+}
+
+/// Runs until SIGTERM/SIGINT and a graceful drain. Returns the process exit code.
+pub fn run(args: &RunArgs) -> anyhow::Result<u8> {
+    init_logging(args.log_format);
+    let cfg = match load(&args.config) {
+        Ok(c) => c,
+        Err(msg) => {
+            eprintln!("{msg}");
+            return Ok(2);
+        }
+    };
+    let workers = args
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get))
+        .max(1);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("fulcrum-control")
+        .build()
+        .context("cannot start the control runtime")?;
+    rt.block_on(serve(args.config.clone(), cfg, workers))
+}
+
+async fn serve(path: PathBuf, cfg: Config, n: usize) -> anyhow::Result<u8> {
+    let (ev_tx, ev_rx) = unbounded_channel();
+    let (ctl_tx, ctl_rx) = unbounded_channel();
+    let shared = Arc::new(Shared::new(ev_tx));
+    let admin_cfg = cfg.admin.clone();
+    let token = match admin_cfg.as_ref().and_then(|a| a.token_file.as_ref()) {
+        Some(f) => Some(Arc::<str>::from(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read admin token file {}", f.display()))?
+                .trim(),
+        )),
+        None => None,
+    };
+    let workers = Workers::start(n, &shared).context("cannot start worker threads")?;
+    let controller = match Controller::start(Arc::clone(&shared), workers, path, cfg) {
+        Ok(c) => c,
+        Err(msg) => {
+            tracing::error!("{msg}");
+            return Ok(1);
+        }
+    };
+    tokio::spawn(controller.run(ev_rx, ctl_rx));
+
+    if let Some(a) = admin_cfg {
+        let listener = tokio::net::TcpListener::bind(a.listen)
+            .await
+            .with_context(|| format!("cannot listen on admin address {}", a.listen))?;
+        if !a.listen.ip().is_loopback() && token.is_none() {
+            tracing::warn!(listen = %a.listen, "admin API bound beyond loopback without a token_file: anyone who reaches it can change this instance");
+        }
+        let state = AdminState {
+            shared: Arc::clone(&shared),
+            control: ctl_tx.clone(),
+            registry: Arc::new(fulcrum_control::metrics::registry(Arc::clone(&shared))),
+            token,
+        };
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, admin::router(state)).await {
+                tracing::error!(error = %e, "admin server failed");
+            }
+        });
+    }
+    tracing::info!(workers = n, "fulcrum running");
+
+    let mut hup = signal(SignalKind::hangup()).context("cannot install SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                let (tx, _rx) = oneshot::channel();
+                let _ = ctl_tx.send(Control::Reload(tx));
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    // The drain timeout of the configuration running now (reloads may have changed it).
+    let drain = shared
+        .snapshot
+        .load()
+        .services
+        .iter()
+        .map(|s| s.drain_timeout)
+        .max()
+        .unwrap_or(defaults::DRAIN_TIMEOUT);
+    tracing::info!(drain_timeout = ?drain, "stopping: no new connections, draining open ones");
+    let (tx, rx) = oneshot::channel();
+    let _ = ctl_tx.send(Control::StopAccepting(tx));
+    let _ = rx.await;
+    let deadline = Instant::now() + drain;
+    loop {
+        let open = shared.global.open_connections.load(Ordering::Relaxed);
+        if open == 0 {
+            tracing::info!("drained; exiting");
+            break;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(open, "drain timeout reached; closing remaining connections");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(0)
+}

@@ -1,0 +1,428 @@
+//! The controller: the one owner of mutable control state. It turns a [`Config`] plus health
+//! results into [`Snapshot`]s and swaps them in; binds and retires listeners; runs health
+//! checkers; applies reloads whole or not at all.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fulcrum_core::config::{self, Config, Forwarding, HealthConfig, OutlierConfig, PoolConfig};
+use fulcrum_core::flow::FlowTable;
+use fulcrum_core::health::{ActiveHealth, BackendHealth, Outlier, Transition};
+use fulcrum_core::model::{defaults, BackendState, HashKey, Proto, ServiceProtocol};
+use fulcrum_core::sched::{self, SchedOptions};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::health;
+use crate::snapshot::{Event, Persistence, PoolRt, ServiceRt, Shared, Snapshot};
+use crate::stats::{BackendStats, ServiceStats};
+use crate::worker::{self, ListenKey, WorkerCmd, Workers};
+
+/// Persistence tables hold at most this many client IPs per pool (LRU beyond).
+const PERSISTENCE_CAPACITY: usize = 1 << 20;
+
+/// Requests to the controller from signals and the admin API.
+#[derive(Debug)]
+pub enum Control {
+    /// Re-read the config file; answers with the rendered error if it is invalid.
+    Reload(oneshot::Sender<Result<(), String>>),
+    /// Graceful shutdown: stop accepting; the caller waits for connections to finish.
+    StopAccepting(oneshot::Sender<()>),
+}
+
+struct Tracked {
+    stats: Arc<BackendStats>,
+    health: BackendHealth,
+    /// The settings `health` was built with; other settings on reload start it afresh.
+    settings: (Option<HealthConfig>, OutlierConfig),
+    checker: Option<(HealthConfig, JoinHandle<()>)>,
+}
+
+/// See the module docs.
+pub struct Controller {
+    shared: Arc<Shared>,
+    workers: Workers,
+    path: PathBuf,
+    config: Config,
+    backends: HashMap<(String, SocketAddr), Tracked>,
+    services: HashMap<String, Arc<ServiceStats>>,
+    persistence: HashMap<String, Arc<Persistence>>,
+    changes: HashMap<String, Arc<AtomicU64>>,
+    listening: HashSet<ListenKey>,
+    next_id: u32,
+    generation: u64,
+}
+
+fn listen_key(s: &config::ServiceConfig) -> ListenKey {
+    let proto = match s.protocol {
+        ServiceProtocol::Udp => Proto::Udp,
+        ServiceProtocol::Tcp | ServiceProtocol::Http => Proto::Tcp,
+    };
+    (proto, s.listen)
+}
+
+/// The services this data path serves (`forward = "proxy"`, tcp and udp; http services
+/// are served by the L7 proxy).
+fn served(s: &config::ServiceConfig) -> bool {
+    matches!(s.forward, Forwarding::Proxy { .. }) && s.protocol != ServiceProtocol::Http
+}
+
+impl Controller {
+    /// Builds the first snapshot and binds every listener; fails if any cannot be bound.
+    pub fn start(
+        shared: Arc<Shared>,
+        workers: Workers,
+        path: PathBuf,
+        config: Config,
+    ) -> Result<Self, String> {
+        let mut c = Self {
+            shared,
+            workers,
+            path,
+            config: config.clone(),
+            backends: HashMap::new(),
+            services: HashMap::new(),
+            persistence: HashMap::new(),
+            changes: HashMap::new(),
+            listening: HashSet::new(),
+            next_id: 0,
+            generation: 0,
+        };
+        c.apply(config)?;
+        c.shared.set_ready(true);
+        Ok(c)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Applies a new config: binds new listeners first (any failure changes nothing), then
+    /// swaps in the new snapshot and retires listeners that are gone. Established
+    /// connections keep running, even to backends that were removed.
+    pub fn apply(&mut self, new: Config) -> Result<(), String> {
+        let wanted: HashSet<ListenKey> = new
+            .services
+            .iter()
+            .filter(|s| served(s))
+            .map(listen_key)
+            .collect();
+        let mut bound = Vec::new();
+        for key in wanted.difference(&self.listening) {
+            let mut socks = Vec::with_capacity(self.workers.count());
+            for _ in 0..self.workers.count() {
+                let s = worker::bind(*key)
+                    .map_err(|e| format!("cannot listen on {} ({:?}): {e}", key.1, key.0))?;
+                socks.push(s);
+            }
+            bound.push((*key, socks));
+        }
+
+        // Backends: keep the counters and health state of the ones that stay.
+        let mut kept = HashMap::new();
+        for pool in &new.pools {
+            for b in &pool.backends {
+                let k = (pool.name.clone(), b.address);
+                let t = match self.backends.remove(&k) {
+                    Some(t) => t,
+                    None => {
+                        self.next_id += 1;
+                        Tracked {
+                            stats: Arc::new(BackendStats::new(self.next_id, &pool.name, b.address)),
+                            health: new_health(pool),
+                            settings: (pool.health.clone(), pool.outlier),
+                            checker: None,
+                        }
+                    }
+                };
+                kept.insert(k, t);
+            }
+        }
+        for (_, t) in self.backends.drain() {
+            if let Some((_, h)) = t.checker {
+                h.abort();
+            }
+        }
+        self.backends = kept;
+        for pool in &new.pools {
+            for b in &pool.backends {
+                let Some(t) = self.backends.get_mut(&(pool.name.clone(), b.address)) else {
+                    continue;
+                };
+                let settings = (pool.health.clone(), pool.outlier);
+                if t.settings != settings {
+                    t.health = new_health(pool);
+                    t.settings = settings;
+                }
+                let same = match (&t.checker, &pool.health) {
+                    (Some((old, _)), Some(h)) => old == h,
+                    (None, None) => true,
+                    _ => false,
+                };
+                if !same {
+                    if let Some((_, h)) = t.checker.take() {
+                        h.abort();
+                    }
+                    t.checker = pool.health.clone().map(|h| {
+                        let handle = health::spawn(
+                            pool.name.clone(),
+                            b.address,
+                            h.clone(),
+                            self.shared.events.clone(),
+                        );
+                        (h, handle)
+                    });
+                }
+            }
+        }
+        self.services.retain(|name, _| new.service(name).is_some());
+        for s in &new.services {
+            self.services.entry(s.name.clone()).or_default();
+        }
+        self.persistence
+            .retain(|name, _| new.pool(name).is_some_and(|p| p.persistence.is_some()));
+        for p in &new.pools {
+            if let Some(timeout) = p.persistence {
+                let keep = self
+                    .persistence
+                    .get(&p.name)
+                    .is_some_and(|x| x.timeout == timeout);
+                if !keep {
+                    self.persistence.insert(
+                        p.name.clone(),
+                        Arc::new(Persistence {
+                            timeout,
+                            table: Mutex::new(FlowTable::new(PERSISTENCE_CAPACITY, timeout)),
+                        }),
+                    );
+                }
+            }
+        }
+        self.config = new;
+        self.rebuild();
+
+        for (key, socks) in bound {
+            for (i, s) in socks.into_iter().enumerate() {
+                self.workers.send(i, WorkerCmd::Listen(key, s));
+            }
+            self.listening.insert(key);
+        }
+        let gone: Vec<ListenKey> = self.listening.difference(&wanted).copied().collect();
+        for key in gone {
+            self.workers.broadcast(|| WorkerCmd::Unlisten(key));
+            self.listening.remove(&key);
+        }
+        Ok(())
+    }
+
+    fn pool_rt(&self, p: &PoolConfig) -> PoolRt {
+        let mut backends = p.backends.clone();
+        let mut stats = Vec::with_capacity(backends.len());
+        for b in &mut backends {
+            if let Some(t) = self.backends.get(&(p.name.clone(), b.address)) {
+                b.state = t.health.state();
+                stats.push(Arc::clone(&t.stats));
+            }
+        }
+        let opts = SchedOptions {
+            maglev_table_size: p.maglev_table_size.unwrap_or_default(),
+        };
+        PoolRt {
+            name: p.name.clone(),
+            kind: p.scheduler,
+            hash_key: p.hash_key.clone().unwrap_or(HashKey::SrcIp),
+            scheduler: sched::build(p.scheduler, &backends, &opts),
+            backends,
+            stats,
+            persistence: self.persistence.get(&p.name).cloned(),
+            changes: self.changes.get(&p.name).cloned().unwrap_or_default(),
+        }
+    }
+
+    /// Builds a snapshot from the current config and health and swaps it in.
+    fn rebuild(&mut self) {
+        self.generation += 1;
+        for p in &self.config.pools {
+            self.changes.entry(p.name.clone()).or_default();
+        }
+        self.changes
+            .retain(|name, _| self.config.pool(name).is_some());
+        let old = self.shared.snapshot.load_full();
+        let pools: Vec<Arc<PoolRt>> = self
+            .config
+            .pools
+            .iter()
+            .map(|p| Arc::new(self.pool_rt(p)))
+            .collect();
+        for p in &pools {
+            if old.pool(&p.name).is_none_or(|o| o.backends != p.backends) {
+                p.changes.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let services = self
+            .config
+            .services
+            .iter()
+            .filter_map(|s| {
+                let pool = pools.iter().find(|p| p.name == s.pool)?;
+                let proxy_protocol = match s.forward {
+                    Forwarding::Proxy { proxy_protocol } => proxy_protocol,
+                    _ => None,
+                };
+                Some(Arc::new(ServiceRt {
+                    name: s.name.clone(),
+                    listen: s.listen,
+                    protocol: s.protocol,
+                    forward: s.forward.mode(),
+                    pool: Arc::clone(pool),
+                    proxy_protocol,
+                    max_connections: u64::from(s.max_connections),
+                    idle_timeout: s.idle_timeout,
+                    drain_timeout: s.drain_timeout,
+                    connect_timeout: defaults::CONNECT_TIMEOUT,
+                    stats: Arc::clone(self.services.get(&s.name)?),
+                }))
+            })
+            .collect();
+        self.shared.snapshot.store(Arc::new(Snapshot {
+            generation: self.generation,
+            services,
+            pools,
+        }));
+    }
+
+    /// Re-reads the config file. An invalid file changes nothing; the error is rendered
+    /// exactly as `fulcrum check` prints it.
+    pub fn reload(&mut self) -> Result<(), String> {
+        let res = std::fs::read_to_string(&self.path)
+            .map_err(|e| format!("{}: cannot read: {e}", self.path.display()))
+            .and_then(|text| {
+                config::parse(&text).map_err(|e| e.render(&self.path.display().to_string(), &text))
+            })
+            .and_then(|cfg| self.apply(cfg));
+        let counter = if res.is_ok() {
+            &self.shared.global.reloads_ok
+        } else {
+            &self.shared.global.reloads_error
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        match &res {
+            Ok(()) => tracing::info!(generation = self.generation, "configuration reloaded"),
+            Err(e) => tracing::error!("reload failed, nothing changed:\n{e}"),
+        }
+        res
+    }
+
+    fn on_event(&mut self, ev: Event) -> bool {
+        let now = self.shared.now();
+        let (pool, backend, t) = match ev {
+            Event::Check { pool, backend, ok } => {
+                let t = self
+                    .backends
+                    .get_mut(&(pool.clone(), backend))
+                    .and_then(|t| t.health.record_check(ok));
+                (pool, backend, t)
+            }
+            Event::Passive { pool, backend, ok } => {
+                let t = self
+                    .backends
+                    .get_mut(&(pool.clone(), backend))
+                    .and_then(|t| {
+                        if ok {
+                            t.health.record_success();
+                            None
+                        } else {
+                            t.health.record_failure(now)
+                        }
+                    });
+                (pool, backend, t)
+            }
+        };
+        t.is_some_and(|t| log_transition(&pool, backend, t))
+    }
+
+    fn poll_ejections(&mut self) -> bool {
+        let now = self.shared.now();
+        let mut changed = false;
+        for ((pool, addr), t) in &mut self.backends {
+            if let Some(tr) = t.health.poll(now) {
+                changed |= log_transition(pool, *addr, tr);
+            }
+        }
+        changed
+    }
+
+    fn next_ejection_end(&self) -> Option<Duration> {
+        self.backends
+            .values()
+            .filter_map(|t| t.health.ejected_until())
+            .min()
+    }
+
+    /// Runs until the control channel closes.
+    pub async fn run(
+        mut self,
+        mut events: UnboundedReceiver<Event>,
+        mut control: UnboundedReceiver<Control>,
+    ) {
+        loop {
+            let wake = self
+                .next_ejection_end()
+                .map(|t| t.saturating_sub(self.shared.now()));
+            let changed = tokio::select! {
+                Some(ev) = events.recv() => {
+                    let mut changed = self.on_event(ev);
+                    while let Ok(ev) = events.try_recv() {
+                        changed |= self.on_event(ev);
+                    }
+                    changed
+                }
+                () = tokio::time::sleep(wake.unwrap_or(Duration::from_secs(3600))), if wake.is_some() => self.poll_ejections(),
+                msg = control.recv() => match msg {
+                    Some(Control::Reload(reply)) => {
+                        let _ = reply.send(self.reload());
+                        false
+                    }
+                    Some(Control::StopAccepting(reply)) => {
+                        self.shared.set_draining();
+                        self.workers.broadcast(|| WorkerCmd::StopAccepting);
+                        self.listening.clear();
+                        let _ = reply.send(());
+                        false
+                    }
+                    None => return,
+                },
+            };
+            if changed {
+                self.rebuild();
+            }
+        }
+    }
+}
+
+/// Health state machines for a new backend: up at start (as HAProxy does, so a fresh
+/// instance serves at once; the first active check runs within a tenth of an interval).
+fn new_health(pool: &PoolConfig) -> BackendHealth {
+    let active = pool.health.as_ref().map_or(ActiveHealth::new(1, 1), |h| {
+        ActiveHealth::new(h.rise, h.fall)
+    });
+    let o = pool.outlier;
+    BackendHealth::new(active, Outlier::new(o.consecutive_failures, o.ejection))
+}
+
+fn log_transition(pool: &str, backend: SocketAddr, t: Transition) -> bool {
+    if t.to == BackendState::Up {
+        tracing::info!(pool, %backend, from = %t.from, to = %t.to, "backend state changed");
+    } else {
+        tracing::warn!(pool, %backend, from = %t.from, to = %t.to, "backend state changed");
+    }
+    t.from != t.to
+}
+
+/// A sender for [`Control`] messages.
+pub type ControlSender = UnboundedSender<Control>;

@@ -1,0 +1,19 @@
+//! Fulcrum's userspace data path: the L4 TCP and UDP proxy on tokio, the health checkers'
+//! IO, and the controller that turns config and health into the running snapshot.
+//!
+//! - [`snapshot`]: the immutable running state the data path reads (`arc-swap`).
+//! - [`controller`]: the one owner of mutable control state; builds and swaps snapshots.
+//! - [`worker`]: data-path threads, one `SO_REUSEPORT` socket each per service.
+//! - [`tcp`], [`udp`], [`relay`], [`proxy_protocol`]: the per-connection path.
+//! - [`health`]: active checks (tcp, http).
+//! - [`stats`]: the atomic counters behind the metrics.
+
+pub mod controller;
+pub mod health;
+pub mod proxy_protocol;
+pub mod relay;
+pub mod snapshot;
+pub mod stats;
+pub mod tcp;
+pub mod udp;
+pub mod worker;

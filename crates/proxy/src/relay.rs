@@ -1,0 +1,191 @@
+//! The TCP relay: copies both directions between two sockets with correct half-close and an
+//! idle timeout.
+//!
+//! Memory is the design point: an idle proxied connection holds no buffer. Each direction
+//! waits for readability, reads into a per-thread scratch buffer, and writes straight to the
+//! other socket; only bytes the other side cannot take yet are copied into an owned buffer,
+//! which is freed as soon as it drains. A peer's FIN is passed on as `shutdown(SHUT_WR)`; a
+//! reset or error on either side aborts both (the survivor is reset too, as a proxy should).
+
+use std::cell::RefCell;
+use std::future::{poll_fn, Future};
+use std::io;
+use std::net::Shutdown;
+use std::pin::pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use socket2::SockRef;
+use tokio::net::TcpStream;
+use tokio::time::{sleep_until, Instant};
+
+const SCRATCH: usize = 64 * 1024;
+/// Reads per direction per poll before yielding, so one busy connection cannot starve others.
+const BUDGET: u32 = 16;
+/// Byte counters are published at least this often (per direction) for long transfers.
+const FLUSH_BYTES: u64 = 1 << 20;
+
+thread_local! {
+    static SCRATCH_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH].into_boxed_slice());
+}
+
+/// How a relay ended.
+#[derive(Debug)]
+pub enum RelayEnd {
+    /// Both sides closed their halves.
+    Closed,
+    /// No byte moved in either direction for the idle timeout.
+    IdleTimeout,
+    /// A side reset or failed; both were closed.
+    Error(io::Error),
+}
+
+/// Counters the relay adds to as bytes move (client->backend, backend->client).
+pub struct ByteCounters<'a> {
+    pub to_backend: &'a AtomicU64,
+    pub to_client: &'a AtomicU64,
+}
+
+#[derive(Default)]
+struct Half {
+    pending: Vec<u8>,
+    off: usize,
+    eof: bool,
+    shut: bool,
+    unflushed: u64,
+}
+
+impl Half {
+    /// Moves bytes `from` -> `to` until blocked. `Ready(Ok)` once `from` hit EOF and the FIN
+    /// was passed on.
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &TcpStream,
+        to: &TcpStream,
+        moved: &mut bool,
+    ) -> Poll<io::Result<()>> {
+        let mut budget = BUDGET;
+        loop {
+            while self.off < self.pending.len() {
+                std::task::ready!(to.poll_write_ready(cx))?;
+                match to.try_write(&self.pending[self.off..]) {
+                    Ok(n) => {
+                        self.off += n;
+                        *moved = true;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            }
+            if !self.pending.is_empty() {
+                self.pending = Vec::new(); // drained: give the memory back
+                self.off = 0;
+            }
+            if self.eof {
+                if !self.shut {
+                    self.shut = true;
+                    match SockRef::from(to).shutdown(Shutdown::Write) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
+                        Err(e) => return Poll::Ready(Err(e)),
+                    }
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if budget == 0 {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            budget -= 1;
+            std::task::ready!(from.poll_read_ready(cx))?;
+            SCRATCH_BUF.with(|buf| -> io::Result<()> {
+                let mut buf = buf.borrow_mut();
+                match from.try_read(&mut buf[..]) {
+                    Ok(0) => self.eof = true,
+                    Ok(n) => {
+                        *moved = true;
+                        self.unflushed += n as u64;
+                        let written = match to.try_write(&buf[..n]) {
+                            Ok(m) => m,
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                            Err(e) => return Err(e),
+                        };
+                        if written < n {
+                            self.pending = buf[written..n].to_vec();
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+                Ok(())
+            })?;
+        }
+    }
+
+    fn flush_count(&mut self, counter: &AtomicU64, force: bool) {
+        if self.unflushed > 0 && (force || self.unflushed >= FLUSH_BYTES) {
+            counter.fetch_add(self.unflushed, Ordering::Relaxed);
+            self.unflushed = 0;
+        }
+    }
+}
+
+/// Relays between `client` and `backend` until both halves close, a side fails, or nothing
+/// moves for `idle`.
+pub async fn relay(
+    client: &TcpStream,
+    backend: &TcpStream,
+    idle: Duration,
+    counters: &ByteCounters<'_>,
+) -> RelayEnd {
+    let mut up = Half::default();
+    let mut down = Half::default();
+    let mut last = Instant::now();
+    let mut timer = pin!(sleep_until(last + idle));
+    let end = poll_fn(|cx| {
+        let mut moved = false;
+        let u = if up.eof && up.shut && up.pending.is_empty() {
+            Poll::Ready(Ok(()))
+        } else {
+            up.poll(cx, client, backend, &mut moved)
+        };
+        let d = if down.eof && down.shut && down.pending.is_empty() {
+            Poll::Ready(Ok(()))
+        } else {
+            down.poll(cx, backend, client, &mut moved)
+        };
+        up.flush_count(counters.to_backend, false);
+        down.flush_count(counters.to_client, false);
+        match (u, d) {
+            (Poll::Ready(Err(e)), _) | (_, Poll::Ready(Err(e))) => {
+                return Poll::Ready(RelayEnd::Error(e));
+            }
+            (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => return Poll::Ready(RelayEnd::Closed),
+            _ => {}
+        }
+        if moved {
+            last = Instant::now();
+        }
+        loop {
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let deadline = last + idle;
+            if Instant::now() >= deadline {
+                return Poll::Ready(RelayEnd::IdleTimeout);
+            }
+            timer.as_mut().reset(deadline);
+        }
+    })
+    .await;
+    up.flush_count(counters.to_backend, true);
+    down.flush_count(counters.to_client, true);
+    if matches!(end, RelayEnd::Error(_) | RelayEnd::IdleTimeout) {
+        // Abort both sides with RST so neither peer mistakes the cut for a clean end.
+        let _ = SockRef::from(client).set_linger(Some(Duration::ZERO));
+        let _ = SockRef::from(backend).set_linger(Some(Duration::ZERO));
+    }
+    end
+}

@@ -1,0 +1,205 @@
+//! The running state as one immutable value, swapped whole by the controller (`arc-swap`).
+//! The data path loads it once per new connection or flow and never locks.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use fulcrum_core::flow::{FlowKey, FlowTable};
+use fulcrum_core::hash::flow_hash;
+use fulcrum_core::model::{
+    Backend, FlowTuple, ForwardMode, HashKey, Proto, ProxyProtocol, SchedulerKind, ServiceProtocol,
+};
+use fulcrum_core::sched::{Loads, PickError, PickRequest, Scheduler};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::stats::{BackendStats, GlobalStats, ServiceStats};
+
+/// ipvsadm-style persistence: client IP -> backend id, shared by every snapshot of a pool.
+#[derive(Debug)]
+pub struct Persistence {
+    pub timeout: Duration,
+    pub table: Mutex<FlowTable>,
+}
+
+/// One pool as the data path sees it.
+#[derive(Debug)]
+pub struct PoolRt {
+    pub name: String,
+    pub kind: SchedulerKind,
+    pub hash_key: HashKey,
+    /// Backends with their effective state; the scheduler indexes into this.
+    pub backends: Vec<Backend>,
+    /// Parallel to `backends`.
+    pub stats: Vec<Arc<BackendStats>>,
+    pub scheduler: Arc<dyn Scheduler>,
+    pub persistence: Option<Arc<Persistence>>,
+    /// Counts changes of this pool's backend set or states (shared across snapshots).
+    pub changes: Arc<AtomicU64>,
+}
+
+impl Loads for PoolRt {
+    fn active(&self, idx: usize) -> u64 {
+        self.stats
+            .get(idx)
+            .map_or(0, |s| s.active.load(Ordering::Relaxed))
+    }
+}
+
+impl PoolRt {
+    /// Chooses a backend for a new flow: the persistence table first (when configured and
+    /// its backend can still take new flows), else the scheduler.
+    pub fn choose(
+        &self,
+        flow: &FlowTuple,
+        exclude: &[usize],
+        now: Duration,
+    ) -> Result<usize, PickError> {
+        if let Some(p) = &self.persistence {
+            let key = FlowKey::client_ip(flow.src.ip());
+            let hit = p.table.lock().ok().and_then(|mut t| t.get(&key, now));
+            if let Some(id) = hit {
+                if let Some(i) = self.stats.iter().position(|s| s.id == id) {
+                    if self.backends[i].is_eligible() && !exclude.contains(&i) {
+                        return Ok(i);
+                    }
+                }
+            }
+        }
+        let req = PickRequest {
+            hash: flow_hash(&self.hash_key, flow).unwrap_or(0),
+            random: fastrand::u64(..),
+            loads: self,
+            exclude,
+        };
+        let idx = self.scheduler.pick(&req)?;
+        if let Some(p) = &self.persistence {
+            if let Ok(mut t) = p.table.lock() {
+                t.insert(&FlowKey::client_ip(flow.src.ip()), self.stats[idx].id, now);
+            }
+        }
+        Ok(idx)
+    }
+}
+
+/// One service as the data path sees it.
+#[derive(Debug)]
+pub struct ServiceRt {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub protocol: ServiceProtocol,
+    pub forward: ForwardMode,
+    pub pool: Arc<PoolRt>,
+    pub proxy_protocol: Option<ProxyProtocol>,
+    pub max_connections: u64,
+    pub idle_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub stats: Arc<ServiceStats>,
+}
+
+/// Everything running, as one value.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub generation: u64,
+    pub services: Vec<Arc<ServiceRt>>,
+    pub pools: Vec<Arc<PoolRt>>,
+}
+
+impl Snapshot {
+    /// The service listening on `addr` for `proto` (http services listen on TCP).
+    pub fn service_at(&self, proto: Proto, addr: SocketAddr) -> Option<&Arc<ServiceRt>> {
+        self.services.iter().find(|s| {
+            s.listen == addr
+                && match proto {
+                    Proto::Tcp => s.protocol != ServiceProtocol::Udp,
+                    Proto::Udp => s.protocol == ServiceProtocol::Udp,
+                }
+        })
+    }
+
+    pub fn pool(&self, name: &str) -> Option<&Arc<PoolRt>> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+}
+
+/// What the data path and health checkers tell the controller.
+#[derive(Debug)]
+pub enum Event {
+    /// An active health check result.
+    Check {
+        pool: String,
+        backend: SocketAddr,
+        ok: bool,
+    },
+    /// A passive result from real traffic: a failed connect (`ok: false`), or the first
+    /// success after failures.
+    Passive {
+        pool: String,
+        backend: SocketAddr,
+        ok: bool,
+    },
+}
+
+/// State shared by the workers, the controller and the admin API.
+#[derive(Debug)]
+pub struct Shared {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub events: UnboundedSender<Event>,
+    pub global: GlobalStats,
+    epoch: Instant,
+    ready: AtomicBool,
+    draining: AtomicBool,
+}
+
+impl Shared {
+    pub fn new(events: UnboundedSender<Event>) -> Self {
+        Self {
+            snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            events,
+            global: GlobalStats::default(),
+            epoch: Instant::now(),
+            ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// Monotonic time for the core's state machines and tables.
+    pub fn now(&self) -> Duration {
+        self.epoch.elapsed()
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+    /// `/readyz`: every service listening and not draining.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && !self.is_draining()
+    }
+
+    /// Reports a passive result for `stats`' backend. Successes are only reported after a
+    /// failure, so the channel carries nothing while a backend is healthy.
+    pub fn report_passive(&self, stats: &BackendStats, ok: bool) {
+        if ok {
+            if stats.consecutive_failures.load(Ordering::Relaxed) == 0 {
+                return;
+            }
+            stats.consecutive_failures.store(0, Ordering::Relaxed);
+        } else {
+            stats.consecutive_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        let _ = self.events.send(Event::Passive {
+            pool: stats.pool.clone(),
+            backend: stats.address,
+            ok,
+        });
+    }
+}

@@ -1,0 +1,77 @@
+//! Counters shared by the data path and the control plane. Plain atomics: the data path never
+//! locks, and a metrics scrape only loads them.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// One backend of one pool. Lives across snapshots (keyed by pool name and address), so
+/// active connection counts stay right through reloads and API changes.
+#[derive(Debug)]
+pub struct BackendStats {
+    /// Stable id for flow tables; never reused within a process.
+    pub id: u32,
+    pub pool: String,
+    pub address: SocketAddr,
+    pub active: AtomicU64,
+    pub total: AtomicU64,
+    pub connect_failures: AtomicU64,
+    pub connect_timeouts: AtomicU64,
+    pub http_5xx: AtomicU64,
+    /// Consecutive passive failures seen by the data path (reset on success); lets the data
+    /// path report successes to the controller only after a failure.
+    pub consecutive_failures: AtomicU64,
+}
+
+impl BackendStats {
+    pub fn new(id: u32, pool: &str, address: SocketAddr) -> Self {
+        Self {
+            id,
+            pool: pool.to_owned(),
+            address,
+            active: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
+            connect_timeouts: AtomicU64::new(0),
+            http_5xx: AtomicU64::new(0),
+            consecutive_failures: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Holds one active connection on a backend; the count drops when this is dropped.
+pub struct ActiveGuard<'a>(&'a AtomicU64);
+
+impl<'a> ActiveGuard<'a> {
+    pub fn new(counter: &'a AtomicU64) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter)
+    }
+}
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Per-service counters.
+#[derive(Debug, Default)]
+pub struct ServiceStats {
+    pub active: AtomicU64,
+    pub total: AtomicU64,
+    /// Refused because `max_connections` was reached.
+    pub refused_limit: AtomicU64,
+    /// Refused because no backend was available (all down, draining, ejected or weight 0).
+    pub refused_no_backend: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+}
+
+/// Process-wide counters for the control plane.
+#[derive(Debug, Default)]
+pub struct GlobalStats {
+    pub reloads_ok: AtomicU64,
+    pub reloads_error: AtomicU64,
+    /// Open connections of every service: graceful shutdown waits for this to reach 0.
+    pub open_connections: AtomicU64,
+}

@@ -1,0 +1,137 @@
+//! The TCP proxy: accept, choose a backend, connect (retrying other backends on failure),
+//! send the PROXY header if asked, and relay.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fulcrum_core::model::{FlowTuple, Proto};
+use socket2::SockRef;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::proxy_protocol;
+use crate::relay::{relay, ByteCounters, RelayEnd};
+use crate::snapshot::{ServiceRt, Shared};
+use crate::stats::ActiveGuard;
+
+/// Connect attempts per client connection (the first choice plus retries on other backends).
+pub const MAX_CONNECT_ATTEMPTS: usize = 3;
+
+/// Accepts on one listener until the task is aborted.
+pub async fn serve(shared: Arc<Shared>, listener: TcpListener, listen: SocketAddr) {
+    loop {
+        let (sock, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE/ENFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(%listen, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let snap = shared.snapshot.load();
+        let Some(svc) = snap.service_at(Proto::Tcp, listen) else {
+            continue; // the service was removed by a reload; the listener is going away
+        };
+        if svc.stats.active.load(Ordering::Relaxed) >= svc.max_connections {
+            svc.stats.refused_limit.fetch_add(1, Ordering::Relaxed);
+            reset(&sock);
+            continue;
+        }
+        let svc = Arc::clone(svc);
+        let shared = Arc::clone(&shared);
+        tokio::task::spawn_local(async move { handle(&shared, &svc, sock, peer).await });
+    }
+}
+
+fn reset(sock: &TcpStream) {
+    let _ = SockRef::from(sock).set_linger(Some(Duration::ZERO));
+}
+
+async fn handle(shared: &Shared, svc: &ServiceRt, client: TcpStream, peer: SocketAddr) {
+    let _svc_active = ActiveGuard::new(&svc.stats.active);
+    let _open = ActiveGuard::new(&shared.global.open_connections);
+    svc.stats.total.fetch_add(1, Ordering::Relaxed);
+    let local = client.local_addr().unwrap_or(svc.listen);
+    let _ = client.set_nodelay(true);
+    let flow = FlowTuple {
+        src: peer,
+        dst: local,
+        proto: Proto::Tcp,
+    };
+    let pool = &svc.pool;
+
+    let mut tried = [0usize; MAX_CONNECT_ATTEMPTS];
+    for attempt in 0..MAX_CONNECT_ATTEMPTS {
+        let idx = match pool.choose(&flow, &tried[..attempt], shared.now()) {
+            Ok(i) => i,
+            Err(e) => {
+                if attempt == 0 {
+                    svc.stats.refused_no_backend.fetch_add(1, Ordering::Relaxed);
+                    log_no_backend(svc, &e);
+                }
+                break;
+            }
+        };
+        tried[attempt] = idx;
+        let stats = &pool.stats[idx];
+        let addr = pool.backends[idx].address;
+        let backend = match tokio::time::timeout(svc.connect_timeout, TcpStream::connect(addr))
+            .await
+        {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                shared.report_passive(stats, false);
+                tracing::debug!(service = %svc.name, backend = %addr, error = %e, "connect failed");
+                continue;
+            }
+            Err(_) => {
+                stats.connect_timeouts.fetch_add(1, Ordering::Relaxed);
+                shared.report_passive(stats, false);
+                tracing::debug!(service = %svc.name, backend = %addr, "connect timed out");
+                continue;
+            }
+        };
+        shared.report_passive(stats, true);
+        let _active = ActiveGuard::new(&stats.active);
+        stats.total.fetch_add(1, Ordering::Relaxed);
+        let _ = backend.set_nodelay(true);
+        let mut backend = backend;
+        if let Some(v) = svc.proxy_protocol {
+            let header = proxy_protocol::header(v, peer, local);
+            if backend.write_all(&header).await.is_err() {
+                reset(&client);
+                return;
+            }
+        }
+        let counters = ByteCounters {
+            to_backend: &svc.stats.bytes_in,
+            to_client: &svc.stats.bytes_out,
+        };
+        match relay(&client, &backend, svc.idle_timeout, &counters).await {
+            RelayEnd::Closed => {}
+            RelayEnd::IdleTimeout => {
+                tracing::debug!(service = %svc.name, client = %peer, "idle timeout");
+            }
+            RelayEnd::Error(e) => {
+                tracing::debug!(service = %svc.name, client = %peer, error = %e, "relay ended");
+            }
+        }
+        return;
+    }
+    reset(&client);
+}
+
+/// "All backends down" is logged at most once a second per process, not once per connection.
+fn log_no_backend(svc: &ServiceRt, e: &fulcrum_core::sched::PickError) {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if LAST.swap(now, Ordering::Relaxed) != now {
+        tracing::warn!(service = %svc.name, pool = %svc.pool.name, "refusing new connections: {e}");
+    }
+}
