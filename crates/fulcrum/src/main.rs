@@ -1,1 +1,47 @@
-fn main() {}
+//! `fulcrum`: one binary, one subcommand per module.
+//!
+//! Exit codes (contract): 0 success, 1 runtime failure, 2 bad usage or bad config.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod check;
+mod run;
+
+/// Fulcrum: a load balancer (L4/L7 proxy, XDP data plane, control plane).
+#[derive(Debug, Parser)]
+#[command(name = "fulcrum", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The subcommands; each lives in its own module with an `Args` struct and a `run`
+/// function returning the process exit code.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate a config file and print a one-screen summary.
+    Check(check::CheckArgs),
+    /// Run the load balancer from a config file until SIGTERM/SIGINT.
+    Run(run::RunArgs),
+}
+
+/// Exit code of a runtime failure (an `Err` from a subcommand).
+const EXIT_FAILURE: u8 = 1;
+
+fn main() -> ExitCode {
+    // Clap exits with 2 on usage errors (and 0 for --help/--version).
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Check(args) => check::run(args),
+        Command::Run(args) => run::run(args),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("fulcrum: {err:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}

@@ -10,6 +10,7 @@ use fulcrum_control::admin::{self, AdminState};
 use fulcrum_core::config::{self, Config};
 use fulcrum_core::model::defaults;
 use fulcrum_proxy::controller::{Control, Controller};
+use fulcrum_proxy::relay::RelayMode;
 use fulcrum_proxy::snapshot::Shared;
 use fulcrum_proxy::worker::Workers;
 use tokio::signal::unix::{signal, SignalKind};
@@ -25,9 +26,20 @@ pub struct RunArgs {
     /// Data-path threads (default: one per core).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// How TCP relays move bytes: buffered copy, splice(2) through a pipe, or auto (copy,
+    /// switching a direction to splice once it carries bulk data).
+    #[arg(long, value_enum, default_value_t = Relay::Auto)]
+    pub relay: Relay,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Relay {
+    Copy,
+    Splice,
+    Auto,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -75,13 +87,18 @@ pub fn run(args: &RunArgs) -> anyhow::Result<u8> {
         .thread_name("fulcrum-control")
         .build()
         .context("cannot start the control runtime")?;
-    rt.block_on(serve(args.config.clone(), cfg, workers))
+    let mode = match args.relay {
+        Relay::Copy => RelayMode::Copy,
+        Relay::Splice => RelayMode::Splice,
+        Relay::Auto => RelayMode::Auto,
+    };
+    rt.block_on(serve(args.config.clone(), cfg, workers, mode))
 }
 
-async fn serve(path: PathBuf, cfg: Config, n: usize) -> anyhow::Result<u8> {
+async fn serve(path: PathBuf, cfg: Config, n: usize, mode: RelayMode) -> anyhow::Result<u8> {
     let (ev_tx, ev_rx) = unbounded_channel();
     let (ctl_tx, ctl_rx) = unbounded_channel();
-    let shared = Arc::new(Shared::new(ev_tx));
+    let shared = Arc::new(Shared::new(ev_tx, mode));
     let admin_cfg = cfg.admin.clone();
     let token = match admin_cfg.as_ref().and_then(|a| a.token_file.as_ref()) {
         Some(f) => Some(Arc::<str>::from(

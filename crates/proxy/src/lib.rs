@@ -13,6 +13,7 @@ pub mod health;
 pub mod proxy_protocol;
 pub mod relay;
 pub mod snapshot;
+pub mod splice;
 pub mod stats;
 pub mod tcp;
 pub mod udp;

@@ -15,6 +15,7 @@ use fulcrum_core::model::{
 use fulcrum_core::sched::{Loads, PickError, PickRequest, Scheduler};
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::relay::RelayMode;
 use crate::stats::{BackendStats, GlobalStats, ServiceStats};
 
 /// ipvsadm-style persistence: client IP -> backend id, shared by every snapshot of a pool.
@@ -147,6 +148,8 @@ pub enum Event {
 #[derive(Debug)]
 pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
+    /// How TCP relays move bytes (`fulcrum run --relay`).
+    pub relay_mode: RelayMode,
     pub events: UnboundedSender<Event>,
     pub global: GlobalStats,
     epoch: Instant,
@@ -155,9 +158,10 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(events: UnboundedSender<Event>) -> Self {
+    pub fn new(events: UnboundedSender<Event>, relay_mode: RelayMode) -> Self {
         Self {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            relay_mode,
             events,
             global: GlobalStats::default(),
             epoch: Instant::now(),

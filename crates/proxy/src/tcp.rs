@@ -111,7 +111,15 @@ async fn handle(shared: &Shared, svc: &ServiceRt, client: TcpStream, peer: Socke
             to_backend: &svc.stats.bytes_in,
             to_client: &svc.stats.bytes_out,
         };
-        match relay(&client, &backend, svc.idle_timeout, &counters).await {
+        match relay(
+            &client,
+            &backend,
+            svc.idle_timeout,
+            shared.relay_mode,
+            &counters,
+        )
+        .await
+        {
             RelayEnd::Closed => {}
             RelayEnd::IdleTimeout => {
                 tracing::debug!(service = %svc.name, client = %peer, "idle timeout");
