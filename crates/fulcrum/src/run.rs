@@ -98,7 +98,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<u8> {
 async fn serve(path: PathBuf, cfg: Config, n: usize, mode: RelayMode) -> anyhow::Result<u8> {
     let (ev_tx, ev_rx) = unbounded_channel();
     let (ctl_tx, ctl_rx) = unbounded_channel();
-    let shared = Arc::new(Shared::new(ev_tx, mode));
+    let shared = Arc::new(Shared::new(ev_tx, mode, None));
     let admin_cfg = cfg.admin.clone();
     let token = match admin_cfg.as_ref().and_then(|a| a.token_file.as_ref()) {
         Some(f) => Some(Arc::<str>::from(

@@ -66,10 +66,11 @@ fn listen_key(s: &config::ServiceConfig) -> ListenKey {
     (proto, s.listen)
 }
 
-/// The services this data path serves (`forward = "proxy"`, tcp and udp; http services
-/// are served by the L7 proxy).
-fn served(s: &config::ServiceConfig) -> bool {
-    matches!(s.forward, Forwarding::Proxy { .. }) && s.protocol != ServiceProtocol::Http
+/// Whether the userspace data path listens for this service (`forward = "proxy"`; http
+/// services only when an L7 handler is present). The packet data plane serves the others.
+fn served(shared: &Shared, s: &config::ServiceConfig) -> bool {
+    matches!(s.forward, Forwarding::Proxy { .. })
+        && (s.protocol != ServiceProtocol::Http || shared.l7.as_ref().is_some_and(|h| h.handles(s)))
 }
 
 impl Controller {
@@ -109,7 +110,7 @@ impl Controller {
         let wanted: HashSet<ListenKey> = new
             .services
             .iter()
-            .filter(|s| served(s))
+            .filter(|s| served(&self.shared, s))
             .map(listen_key)
             .collect();
         let mut bound = Vec::new();
@@ -122,6 +123,8 @@ impl Controller {
             }
             bound.push((*key, socks));
         }
+
+        self.check_l7(&new)?;
 
         // Backends: keep the counters and health state of the ones that stay.
         let mut kept = HashMap::new();
@@ -220,13 +223,45 @@ impl Controller {
         Ok(())
     }
 
+    /// Lets the L7 handler build every L7 service of `new` once, against throwaway pools, so
+    /// that a bad certificate or route fails the reload before anything changes.
+    fn check_l7(&self, new: &Config) -> Result<(), String> {
+        let Some(l7) = &self.shared.l7 else {
+            return Ok(());
+        };
+        let snap = self.shared.snapshot.load();
+        let pools: Vec<Arc<PoolRt>> = new
+            .pools
+            .iter()
+            .map(|p| Arc::new(self.pool_rt(p)))
+            .collect();
+        for s in new
+            .services
+            .iter()
+            .filter(|s| served(&self.shared, s) && l7.handles(s))
+        {
+            let prev = snap
+                .services
+                .iter()
+                .find(|x| x.name == s.name)
+                .and_then(|x| x.ext.as_ref());
+            l7.build(s, &pools, prev)
+                .map_err(|e| format!("service {:?}: {e}", s.name))?;
+        }
+        Ok(())
+    }
+
     fn pool_rt(&self, p: &PoolConfig) -> PoolRt {
         let mut backends = p.backends.clone();
         let mut stats = Vec::with_capacity(backends.len());
         for b in &mut backends {
-            if let Some(t) = self.backends.get(&(p.name.clone(), b.address)) {
-                b.state = t.health.state();
-                stats.push(Arc::clone(&t.stats));
+            match self.backends.get(&(p.name.clone(), b.address)) {
+                Some(t) => {
+                    b.state = t.health.state();
+                    stats.push(Arc::clone(&t.stats));
+                }
+                // Only for check_l7's throwaway pools: a backend not tracked yet.
+                None => stats.push(Arc::new(BackendStats::new(0, &p.name, b.address))),
             }
         }
         let opts = SchedOptions {
@@ -264,12 +299,26 @@ impl Controller {
                 p.changes.fetch_add(1, Ordering::Relaxed);
             }
         }
+        let l7 = self.shared.l7.as_ref();
         let services = self
             .config
             .services
             .iter()
             .filter_map(|s| {
                 let pool = pools.iter().find(|p| p.name == s.pool)?;
+                let prev = old.services.iter().find(|x| x.name == s.name).and_then(|x| x.ext.clone());
+                let ext = match l7.filter(|h| h.handles(s)) {
+                    None => None,
+                    Some(h) => match h.build(s, &pools, prev.as_ref()) {
+                        Ok(x) => Some(x),
+                        Err(e) => {
+                            // check_l7 passed for this config, so this is a passing fault
+                            // (a file changed under us): keep serving with the old state.
+                            tracing::error!(service = %s.name, "L7 state rebuild failed, keeping the previous one: {e}");
+                            prev
+                        }
+                    },
+                };
                 let proxy_protocol = match s.forward {
                     Forwarding::Proxy { proxy_protocol } => proxy_protocol,
                     _ => None,
@@ -286,6 +335,7 @@ impl Controller {
                     drain_timeout: s.drain_timeout,
                     connect_timeout: defaults::CONNECT_TIMEOUT,
                     stats: Arc::clone(self.services.get(&s.name)?),
+                    ext,
                 }))
             })
             .collect();

@@ -10,6 +10,7 @@
 
 pub mod controller;
 pub mod health;
+pub mod l7;
 pub mod proxy_protocol;
 pub mod relay;
 pub mod snapshot;

@@ -15,6 +15,7 @@ use fulcrum_core::model::{
 use fulcrum_core::sched::{Loads, PickError, PickRequest, Scheduler};
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::l7::{L7Handler, ServiceExt};
 use crate::relay::RelayMode;
 use crate::stats::{BackendStats, GlobalStats, ServiceStats};
 
@@ -99,6 +100,8 @@ pub struct ServiceRt {
     pub drain_timeout: Duration,
     pub connect_timeout: Duration,
     pub stats: Arc<ServiceStats>,
+    /// State built by the L7 handler for services it serves (see [`crate::l7`]).
+    pub ext: Option<ServiceExt>,
 }
 
 /// Everything running, as one value.
@@ -150,6 +153,8 @@ pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     /// How TCP relays move bytes (`fulcrum run --relay`).
     pub relay_mode: RelayMode,
+    /// The handler of L7 services (HTTP), if this binary has one.
+    pub l7: Option<Arc<dyn L7Handler>>,
     pub events: UnboundedSender<Event>,
     pub global: GlobalStats,
     epoch: Instant,
@@ -158,10 +163,15 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(events: UnboundedSender<Event>, relay_mode: RelayMode) -> Self {
+    pub fn new(
+        events: UnboundedSender<Event>,
+        relay_mode: RelayMode,
+        l7: Option<Arc<dyn L7Handler>>,
+    ) -> Self {
         Self {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             relay_mode,
+            l7,
             events,
             global: GlobalStats::default(),
             epoch: Instant::now(),

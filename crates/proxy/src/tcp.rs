@@ -41,6 +41,12 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, listen: SocketAdd
             continue;
         }
         let svc = Arc::clone(svc);
+        if svc.ext.is_some() {
+            if let Some(l7) = &shared.l7 {
+                tokio::task::spawn_local(l7.serve(Arc::clone(&shared), svc, sock, peer));
+                continue;
+            }
+        }
         let shared = Arc::clone(&shared);
         tokio::task::spawn_local(async move { handle(&shared, &svc, sock, peer).await });
     }

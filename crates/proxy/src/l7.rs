@@ -1,0 +1,44 @@
+//! The extension point for protocol handlers above L4 (the HTTP proxy lives in its own crate,
+//! which depends on this one). The controller asks the handler to build per-service state
+//! for each new snapshot (a failure fails the reload: nothing changes); the TCP accept loop
+//! hands each accepted connection of such a service to the handler.
+
+use std::any::Any;
+use std::fmt::Debug;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use fulcrum_core::config::ServiceConfig;
+use tokio::net::TcpStream;
+
+use crate::snapshot::{PoolRt, ServiceRt, Shared};
+
+/// Per-service state built by a handler (routes resolved to pools, TLS, rate limits...).
+pub type ServiceExt = Arc<dyn Any + Send + Sync>;
+
+/// A protocol handler (see the module docs).
+pub trait L7Handler: Send + Sync + Debug {
+    /// Whether this handler serves `svc` (e.g. `protocol = "http"`).
+    fn handles(&self, svc: &ServiceConfig) -> bool;
+
+    /// Builds the service's state for a new snapshot. `pools` are the new snapshot's pools;
+    /// `prev` is the state in the running snapshot, to carry over what must survive a reload
+    /// (rate-limit buckets, backend connection pools).
+    fn build(
+        &self,
+        svc: &ServiceConfig,
+        pools: &[Arc<PoolRt>],
+        prev: Option<&ServiceExt>,
+    ) -> Result<ServiceExt, String>;
+
+    /// Serves one accepted connection on the worker's thread (`spawn_local` context).
+    fn serve(
+        &self,
+        shared: Arc<Shared>,
+        svc: Arc<ServiceRt>,
+        sock: TcpStream,
+        peer: SocketAddr,
+    ) -> Pin<Box<dyn Future<Output = ()>>>;
+}
