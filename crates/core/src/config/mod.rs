@@ -1,0 +1,359 @@
+//! Configuration: TOML text in, a validated [`Config`] out, or a [`ConfigError`] that says
+//! where (`FILE:LINE:COL`), what is wrong and what would be valid.
+//!
+//! Parsing happens in two steps, both inside [`parse`]:
+//! 1. [`raw`]: serde structs mirroring the file; unknown keys are errors and every value
+//!    already has a type that cannot hold a bad value ([`value`]).
+//! 2. cross-key checks (unique names and addresses, references, scheduler options, ...),
+//!    each pointing at the offending key's value, build the [`Config`] the runtime uses.
+//!
+//! There is no partial result: a file yields a whole `Config` or errors.
+
+mod error;
+pub mod raw;
+mod summary;
+mod validate;
+pub mod value;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use error::{line_col, ConfigError};
+pub use value::{AccessLogFormat, CheckKind, HostPort, StatusRange, TunnelKind, XdpMode};
+
+use crate::model::{
+    Backend, ForwardMode, HashKey, PrimeTableSize, ProxyProtocol, SchedulerKind, ServiceProtocol,
+};
+
+/// Contract defaults that are not in [`crate::model::defaults`].
+pub mod defaults {
+    use std::time::Duration;
+
+    /// `[pool.health] interval`.
+    pub const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+    /// `[pool.health] timeout`.
+    pub const HEALTH_TIMEOUT: Duration = Duration::from_millis(500);
+    /// `[pool.health] rise`.
+    pub const HEALTH_RISE: u32 = 2;
+    /// `[pool.health] fall`.
+    pub const HEALTH_FALL: u32 = 3;
+    /// `[pool.health] path`.
+    pub const HEALTH_PATH: &str = "/healthz";
+    /// `[pool.outlier] consecutive_failures`.
+    pub const OUTLIER_CONSECUTIVE_FAILURES: u32 = 3;
+    /// `[pool.outlier] ejection`.
+    pub const OUTLIER_EJECTION: Duration = Duration::from_secs(10);
+    /// `[[pool.backend]] weight`.
+    pub const BACKEND_WEIGHT: u16 = 1;
+    /// `[[pool]] scheduler` when absent.
+    pub const SCHEDULER: crate::model::SchedulerKind =
+        crate::model::SchedulerKind::WeightedRoundRobin;
+}
+
+/// Parses and validates a whole configuration file.
+///
+/// On error, returns the first error in file order; [`parse_all`] returns all of them.
+pub fn parse(text: &str) -> Result<Config, ConfigError> {
+    parse_all(text).map_err(|mut errs| errs.swap_remove(0))
+}
+
+/// Like [`parse`], but returns every error found (sorted by position; never empty on
+/// `Err`). A syntax or type error stops parsing, so it is always alone.
+pub fn parse_all(text: &str) -> Result<Config, Vec<ConfigError>> {
+    let raw: raw::RawConfig = toml::from_str(text).map_err(|e| vec![ConfigError::from_toml(&e)])?;
+    validate::validate(raw, text)
+}
+
+/// A validated configuration: the type the runtime uses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The admin API (`[admin]`); `None`: no admin API.
+    pub admin: Option<AdminConfig>,
+    /// Services in file order (names unique).
+    pub services: Vec<ServiceConfig>,
+    /// Pools in file order (names unique; every reference from a service resolves).
+    pub pools: Vec<PoolConfig>,
+    /// The packet data plane (`[xdp]`), required by dsr/tunnel/nat services.
+    pub xdp: Option<XdpConfig>,
+}
+
+impl Config {
+    /// The service named `name`.
+    pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
+        self.services.iter().find(|s| s.name == name)
+    }
+
+    /// The pool named `name`.
+    pub fn pool(&self, name: &str) -> Option<&PoolConfig> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Where the admin API, `/metrics`, `/healthz` and `/readyz` listen.
+    pub listen: SocketAddr,
+    /// When set, mutating calls need `Authorization: Bearer <token from this file>`.
+    pub token_file: Option<PathBuf>,
+}
+
+/// A virtual service (`[[service]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceConfig {
+    /// Unique name.
+    pub name: String,
+    /// VIP and port (port never 0).
+    pub listen: SocketAddr,
+    /// tcp, udp or http.
+    pub protocol: ServiceProtocol,
+    /// The default pool (exists in [`Config::pools`]).
+    pub pool: String,
+    /// How flows reach backends, with the options of that mode.
+    pub forward: Forwarding,
+    /// Concurrent connection limit (default 100000).
+    pub max_connections: u32,
+    /// Idle connection timeout (default 5m).
+    pub idle_timeout: Duration,
+    /// How long a graceful stop waits for open connections (default 30s).
+    pub drain_timeout: Duration,
+    /// http: routes in order; the first match wins, else [`ServiceConfig::pool`].
+    pub routes: Vec<Route>,
+    /// http: TLS termination.
+    pub tls: Option<TlsConfig>,
+    /// http: per-client-IP token bucket.
+    pub rate_limit: Option<RateLimit>,
+    /// http: access log; off when `None`.
+    pub access_log: Option<AccessLog>,
+}
+
+/// The forwarding mode and its mode-specific options (so no option can be set for a mode
+/// that ignores it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forwarding {
+    /// Terminate and proxy (any protocol).
+    Proxy {
+        /// tcp only: send a PROXY protocol header to backends.
+        proxy_protocol: Option<ProxyProtocol>,
+    },
+    /// Direct server return (XDP; tcp/udp).
+    Dsr,
+    /// Encapsulate to the backend (XDP; tcp/udp).
+    Tunnel {
+        /// IP-in-IP (default) or GUE.
+        encap: TunnelKind,
+        /// Outer source address.
+        source: Option<IpAddr>,
+    },
+    /// Rewrite destination (and source, when given) (XDP; tcp/udp).
+    Nat {
+        /// New source address.
+        source: Option<IpAddr>,
+    },
+}
+
+impl Forwarding {
+    /// The mode's contract name as a [`ForwardMode`].
+    pub const fn mode(&self) -> ForwardMode {
+        match self {
+            Self::Proxy { .. } => ForwardMode::Proxy,
+            Self::Dsr => ForwardMode::Dsr,
+            Self::Tunnel { .. } => ForwardMode::Tunnel,
+            Self::Nat { .. } => ForwardMode::Nat,
+        }
+    }
+}
+
+/// An http route (`[[service.route]]`); at least one of host and path prefix is set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Host to match (case-insensitive), if any.
+    pub host: Option<HostMatch>,
+    /// Path prefix to match (starts with `/`), if any.
+    pub path_prefix: Option<String>,
+    /// Target pool (exists in [`Config::pools`]).
+    pub pool: String,
+}
+
+impl Route {
+    /// Whether a request for `host` (without port) and `path` matches this route.
+    pub fn matches(&self, host: &str, path: &str) -> bool {
+        self.host.as_ref().is_none_or(|h| h.matches(host))
+            && self
+                .path_prefix
+                .as_ref()
+                .is_none_or(|p| path.starts_with(p.as_str()))
+    }
+}
+
+/// A route's host: exact, or `*.suffix` (any name ending in `.suffix`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    /// `api.example.com` (stored lowercase).
+    Exact(String),
+    /// `*.example.com`: stores `.example.com` (lowercase).
+    Suffix(String),
+}
+
+impl HostMatch {
+    /// Whether `host` (without port) matches, ignoring ASCII case.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            Self::Exact(h) => host.eq_ignore_ascii_case(h),
+            Self::Suffix(s) => {
+                host.len() > s.len()
+                    && host
+                        .get(host.len() - s.len()..)
+                        .is_some_and(|tail| tail.eq_ignore_ascii_case(s))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for HostMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Exact(h) => f.write_str(h),
+            Self::Suffix(s) => write!(f, "*{s}"),
+        }
+    }
+}
+
+/// `[service.tls]`: non-empty; the first pair is the default certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// Certificate and key files (not read at parse time).
+    pub certs: Vec<CertPair>,
+}
+
+/// One PEM certificate chain and its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertPair {
+    /// Certificate chain file.
+    pub cert: PathBuf,
+    /// Private key file.
+    pub key: PathBuf,
+}
+
+/// `[service.rate_limit]`: a token bucket per client IP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Refill rate (at least 1).
+    pub requests_per_second: u32,
+    /// Bucket size (at least 1; default: `requests_per_second`).
+    pub burst: u32,
+}
+
+/// `[service.access_log]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLog {
+    /// Line format.
+    pub format: AccessLogFormat,
+    /// Where lines go.
+    pub target: LogTarget,
+}
+
+/// An access log destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogTarget {
+    /// `path = "-"` (the default).
+    Stderr,
+    /// A file, appended to.
+    File(PathBuf),
+}
+
+/// A pool (`[[pool]]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolConfig {
+    /// Unique name.
+    pub name: String,
+    /// Scheduler (default wrr).
+    pub scheduler: SchedulerKind,
+    /// What the hashing schedulers hash: `Some` exactly when the scheduler hashes
+    /// (default `src_ip`); header/cookie keys only when every user of the pool is http.
+    pub hash_key: Option<HashKey>,
+    /// Client-IP persistence; `None` when absent or 0.
+    pub persistence: Option<Duration>,
+    /// Maglev table size: `Some` exactly when the scheduler is maglev (default 65537).
+    pub maglev_table_size: Option<PrimeTableSize>,
+    /// http: the affinity cookie name.
+    pub sticky_cookie: Option<String>,
+    /// Active checks; `None` when `[pool.health]` is absent or `check = "none"`.
+    pub health: Option<HealthConfig>,
+    /// Passive (outlier) detection, always on.
+    pub outlier: OutlierConfig,
+    /// Static backends in file order (addresses unique, state `Up`; weight 0 = drained).
+    pub backends: Vec<Backend>,
+    /// Dynamic backends; with `backends`, at least one of the two is non-empty.
+    pub discovery: Option<Discovery>,
+}
+
+/// Active health checking.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// What a check does.
+    pub check: HealthCheck,
+    /// Time between checks (> 0, default 1s).
+    pub interval: Duration,
+    /// Per-check timeout (> 0 and < interval, default 500ms).
+    pub timeout: Duration,
+    /// Consecutive successes to come up (>= 1, default 2).
+    pub rise: u32,
+    /// Consecutive failures to go down (>= 1, default 3).
+    pub fall: u32,
+}
+
+/// One active check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthCheck {
+    /// TCP connect.
+    Tcp,
+    /// HTTP GET of `path` expecting a status in `expect_status`.
+    Http {
+        /// Starts with `/` (default `/healthz`).
+        path: String,
+        /// Default 200-399.
+        expect_status: StatusRange,
+    },
+}
+
+/// Passive (outlier) detection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutlierConfig {
+    /// Failures in a row that eject a backend (>= 1, default 3).
+    pub consecutive_failures: u32,
+    /// Ejection time (> 0, default 10s).
+    pub ejection: Duration,
+}
+
+impl Default for OutlierConfig {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: defaults::OUTLIER_CONSECUTIVE_FAILURES,
+            ejection: defaults::OUTLIER_EJECTION,
+        }
+    }
+}
+
+/// `[pool.discovery]`: at least one of `dns`, `srv`, `file`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Discovery {
+    /// A/AAAA name and port, re-resolved at the TTL.
+    pub dns: Option<HostPort>,
+    /// SRV name.
+    pub srv: Option<String>,
+    /// Backends file, re-read when it changes.
+    pub file: Option<PathBuf>,
+    /// Resolver to use; `None`: the system's.
+    pub nameserver: Option<SocketAddr>,
+}
+
+/// `[xdp]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XdpConfig {
+    /// Interface name.
+    pub interface: String,
+    /// native (default) or generic.
+    pub mode: XdpMode,
+}

@@ -1,0 +1,220 @@
+//! The configuration file's shape, exactly as the contract writes it: one struct per TOML
+//! table, unknown keys rejected. Values are already typed (see [`super::value`]); cross-key
+//! rules are checked when these are turned into a [`super::Config`].
+//!
+//! `Spanned` marks the values that a later check may need to point at.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use serde_spanned::Spanned;
+
+use super::value::{
+    AccessLogFormatValue, Address, Check, Count, Forward, HashKeyValue, HostPort, HumanDuration,
+    Ip, Name, Protocol, ProxyProtocolValue, Scheduler, StatusRange, TableSize, Tunnel, WeightValue,
+    XdpModeValue,
+};
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// `[admin]`.
+    pub admin: Option<Spanned<RawAdmin>>,
+    /// `[[service]]`.
+    #[serde(default)]
+    pub service: Vec<Spanned<RawService>>,
+    /// `[[pool]]`.
+    #[serde(default)]
+    pub pool: Vec<Spanned<RawPool>>,
+    /// `[xdp]`.
+    pub xdp: Option<Spanned<RawXdp>>,
+}
+
+/// `[admin]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// Where the admin API listens.
+    pub listen: Spanned<Address>,
+    /// A file holding the bearer token for mutating calls.
+    pub token_file: Option<PathBuf>,
+}
+
+/// `[[service]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    /// Unique name.
+    pub name: Spanned<Name>,
+    /// VIP and port.
+    pub listen: Spanned<Address>,
+    /// `tcp` | `udp` | `http`.
+    pub protocol: Spanned<Protocol>,
+    /// The default pool.
+    pub pool: Spanned<Name>,
+    /// `proxy` (default) | `dsr` | `tunnel` | `nat`.
+    pub forward: Option<Spanned<Forward>>,
+    /// tcp + proxy: PROXY protocol header to backends.
+    pub proxy_protocol: Option<Spanned<ProxyProtocolValue>>,
+    /// Concurrent connection limit.
+    pub max_connections: Option<Count>,
+    /// Idle connection timeout.
+    pub idle_timeout: Option<HumanDuration>,
+    /// Graceful drain limit.
+    pub drain_timeout: Option<HumanDuration>,
+    /// `forward = "tunnel"`: `ipip` | `gue`.
+    pub tunnel: Option<Spanned<Tunnel>>,
+    /// tunnel/nat: the load balancer's own address.
+    pub source: Option<Spanned<Ip>>,
+    /// `[[service.route]]` (http only).
+    #[serde(default)]
+    pub route: Vec<Spanned<RawRoute>>,
+    /// `[service.tls]` (http only).
+    pub tls: Option<Spanned<RawTls>>,
+    /// `[service.rate_limit]` (http only).
+    pub rate_limit: Option<Spanned<RawRateLimit>>,
+    /// `[service.access_log]` (http only).
+    pub access_log: Option<Spanned<RawAccessLog>>,
+}
+
+/// `[[service.route]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    /// Exact host or `*.suffix`.
+    pub host: Option<Spanned<String>>,
+    /// Path prefix, starting with `/`.
+    pub path_prefix: Option<Spanned<String>>,
+    /// Target pool.
+    pub pool: Spanned<Name>,
+}
+
+/// `[service.tls]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// Certificate/key pairs; the first is the default.
+    pub certs: Spanned<Vec<RawCert>>,
+}
+
+/// One `{ cert, key }` of `[service.tls] certs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCert {
+    /// PEM certificate chain file.
+    pub cert: PathBuf,
+    /// PEM private key file.
+    pub key: PathBuf,
+}
+
+/// `[service.rate_limit]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    /// Token refill rate per client IP.
+    pub requests_per_second: Count,
+    /// Bucket size (default: `requests_per_second`).
+    pub burst: Option<Count>,
+}
+
+/// `[service.access_log]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    /// `json` | `combined`.
+    pub format: Option<AccessLogFormatValue>,
+    /// `-` = stderr, else a file.
+    pub path: Option<Spanned<String>>,
+}
+
+/// `[[pool]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    /// Unique name.
+    pub name: Spanned<Name>,
+    /// Scheduler name.
+    pub scheduler: Option<Spanned<Scheduler>>,
+    /// What hashing schedulers hash.
+    pub hash_key: Option<Spanned<HashKeyValue>>,
+    /// Client-IP persistence (ipvsadm `-p`).
+    pub persistence: Option<HumanDuration>,
+    /// Maglev table size (prime).
+    pub maglev_table_size: Option<Spanned<TableSize>>,
+    /// http: affinity cookie name.
+    pub sticky_cookie: Option<Spanned<String>>,
+    /// `[pool.health]`.
+    pub health: Option<Spanned<RawHealth>>,
+    /// `[pool.outlier]`.
+    pub outlier: Option<RawOutlier>,
+    /// `[[pool.backend]]`.
+    #[serde(default)]
+    pub backend: Vec<Spanned<RawBackend>>,
+    /// `[pool.discovery]`.
+    pub discovery: Option<Spanned<RawDiscovery>>,
+}
+
+/// `[pool.health]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    /// `tcp` | `http` | `none`.
+    pub check: Option<Spanned<Check>>,
+    /// Time between checks.
+    pub interval: Option<Spanned<HumanDuration>>,
+    /// Per-check timeout.
+    pub timeout: Option<Spanned<HumanDuration>>,
+    /// Successes to come up.
+    pub rise: Option<Count>,
+    /// Failures to go down.
+    pub fall: Option<Count>,
+    /// http: the path to GET.
+    pub path: Option<Spanned<String>>,
+    /// http: accepted statuses.
+    pub expect_status: Option<Spanned<StatusRange>>,
+}
+
+/// `[pool.outlier]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutlier {
+    /// Failures in a row that eject a backend.
+    pub consecutive_failures: Option<Count>,
+    /// How long an ejection lasts.
+    pub ejection: Option<Spanned<HumanDuration>>,
+}
+
+/// `[[pool.backend]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackend {
+    /// `IP:PORT`.
+    pub address: Spanned<Address>,
+    /// 0..=65535, default 1.
+    pub weight: Option<WeightValue>,
+}
+
+/// `[pool.discovery]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDiscovery {
+    /// A/AAAA name and port.
+    pub dns: Option<HostPort>,
+    /// SRV name.
+    pub srv: Option<Spanned<String>>,
+    /// A backends file, re-read on change.
+    pub file: Option<PathBuf>,
+    /// Resolver to ask instead of the system's.
+    pub nameserver: Option<Address>,
+}
+
+/// `[xdp]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawXdp {
+    /// The interface to attach to.
+    pub interface: Spanned<String>,
+    /// `native` | `generic`.
+    pub mode: Option<XdpModeValue>,
+}

@@ -1,0 +1,787 @@
+//! Cross-key checks: raw structs in, a [`Config`] or every error found out.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::time::Duration;
+
+use serde_spanned::Spanned;
+
+use super::error::line_col;
+use super::raw::{RawConfig, RawHealth, RawPool, RawRoute, RawService};
+use super::value::CheckKind;
+use super::{
+    defaults, AccessLog, AdminConfig, CertPair, Config, ConfigError, Discovery, Forwarding,
+    HealthCheck, HealthConfig, HostMatch, LogTarget, OutlierConfig, PoolConfig, RateLimit, Route,
+    ServiceConfig, StatusRange, TlsConfig, TunnelKind, XdpConfig,
+};
+use crate::model::{self, canonical_addr, Backend, ForwardMode, PrimeTableSize, ServiceProtocol};
+
+/// Transport used by a listener, for address conflicts (http is tcp).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Tcp,
+    Udp,
+}
+
+impl Transport {
+    const fn of(p: ServiceProtocol) -> Self {
+        match p {
+            ServiceProtocol::Tcp | ServiceProtocol::Http => Self::Tcp,
+            ServiceProtocol::Udp => Self::Udp,
+        }
+    }
+    const fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        }
+    }
+}
+
+struct Checker<'t> {
+    text: &'t str,
+    errs: Vec<ConfigError>,
+}
+
+impl Checker<'_> {
+    fn err(&mut self, span: Range<usize>, message: String, help: Option<String>) {
+        self.errs.push(ConfigError {
+            message,
+            help,
+            span: Some(span),
+        });
+    }
+    fn line(&self, span: &Range<usize>) -> usize {
+        line_col(self.text, span.start).0
+    }
+}
+
+/// Validates `raw` (parsed from `text`) into a [`Config`], or returns every error found,
+/// sorted by position.
+#[allow(clippy::too_many_lines)]
+pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Config, Vec<ConfigError>> {
+    let mut c = Checker {
+        text,
+        errs: Vec::new(),
+    };
+
+    // Unique pool names.
+    let mut pool_names: HashMap<&str, Range<usize>> = HashMap::new();
+    for p in &raw.pool {
+        let name = p.get_ref().name.get_ref().0.as_str();
+        let span = p.get_ref().name.span();
+        if let Some(first) = pool_names.get(name) {
+            let line = c.line(first);
+            c.err(
+                span,
+                format!("duplicate pool name `{name}` (first defined at line {line})"),
+                Some("pool names must be unique".into()),
+            );
+        } else {
+            pool_names.insert(name, span);
+        }
+    }
+    let mut defined: Vec<&str> = pool_names.keys().copied().collect();
+    defined.sort_unstable();
+
+    // Unique service names.
+    let mut service_names: HashMap<&str, Range<usize>> = HashMap::new();
+    for s in &raw.service {
+        let name = s.get_ref().name.get_ref().0.as_str();
+        let span = s.get_ref().name.span();
+        if let Some(first) = service_names.get(name) {
+            let line = c.line(first);
+            c.err(
+                span,
+                format!("duplicate service name `{name}` (first defined at line {line})"),
+                Some("service names must be unique".into()),
+            );
+        } else {
+            service_names.insert(name, span);
+        }
+    }
+
+    check_listeners(&mut c, &raw);
+
+    // Which services use which pool (default pool and routes).
+    let mut users: HashMap<&str, Vec<(&str, ServiceProtocol)>> = HashMap::new();
+    for s in &raw.service {
+        let s = s.get_ref();
+        let proto = s.protocol.get_ref().0;
+        let name = s.name.get_ref().0.as_str();
+        users
+            .entry(s.pool.get_ref().0.as_str())
+            .or_default()
+            .push((name, proto));
+        for r in &s.route {
+            users
+                .entry(r.get_ref().pool.get_ref().0.as_str())
+                .or_default()
+                .push((name, proto));
+        }
+    }
+
+    let xdp = raw.xdp.as_ref().map(|x| {
+        let iface = x.get_ref().interface.get_ref();
+        let ok = !iface.is_empty()
+            && iface.len() <= 15
+            && !iface.contains(|ch: char| ch.is_whitespace() || ch == '/');
+        if !ok {
+            c.err(
+                x.get_ref().interface.span(),
+                format!("invalid interface name \"{iface}\""),
+                Some("a network interface name of 1 to 15 characters, e.g. \"eth0\"".into()),
+            );
+        }
+        XdpConfig {
+            interface: iface.clone(),
+            mode: x.get_ref().mode.as_ref().map(|m| m.0).unwrap_or_default(),
+        }
+    });
+
+    let services: Vec<ServiceConfig> = raw
+        .service
+        .iter()
+        .map(|s| service(&mut c, s.get_ref(), &defined, xdp.is_some()))
+        .collect();
+    let no_users = Vec::new();
+    let pools: Vec<PoolConfig> = raw
+        .pool
+        .iter()
+        .map(|p| {
+            let name = p.get_ref().name.get_ref().0.as_str();
+            pool(&mut c, p.get_ref(), users.get(name).unwrap_or(&no_users))
+        })
+        .collect();
+
+    let admin = raw.admin.map(|a| {
+        let a = a.into_inner();
+        AdminConfig {
+            listen: a.listen.get_ref().0,
+            token_file: a.token_file,
+        }
+    });
+
+    if c.errs.is_empty() {
+        Ok(Config {
+            admin,
+            services,
+            pools,
+            xdp,
+        })
+    } else {
+        c.errs
+            .sort_by_key(|e| e.span.as_ref().map_or(0, |s| s.start));
+        Err(c.errs)
+    }
+}
+
+/// Whether two listeners would collide on bind.
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() != b.port() {
+        return false;
+    }
+    let (ia, ib) = (a.ip(), b.ip());
+    ia == ib
+        || (ia.is_unspecified() && (ia.is_ipv6() || ib.is_ipv4()))
+        || (ib.is_unspecified() && (ib.is_ipv6() || ia.is_ipv4()))
+}
+
+fn check_listeners(c: &mut Checker<'_>, raw: &RawConfig) {
+    // (address, transport, who, span)
+    let mut seen: Vec<(SocketAddr, Transport, String, Range<usize>)> = Vec::new();
+    if let Some(a) = &raw.admin {
+        let l = &a.get_ref().listen;
+        seen.push((
+            l.get_ref().0,
+            Transport::Tcp,
+            "the admin API".into(),
+            l.span(),
+        ));
+    }
+    for s in &raw.service {
+        let s = s.get_ref();
+        let addr = s.listen.get_ref().0;
+        let t = Transport::of(s.protocol.get_ref().0);
+        let name = s.name.get_ref().0.as_str();
+        if let Some((first, _, who, span)) = seen
+            .iter()
+            .find(|(other, ot, _, _)| *ot == t && overlaps(addr, *other))
+        {
+            let line = c.line(span);
+            let msg = format!(
+                "service `{name}` listens on {addr} ({}), which {who} already uses ({first}, line {line})",
+                t.as_str()
+            );
+            c.err(
+                s.listen.span(),
+                msg,
+                Some("listen addresses must be unique per transport (a tcp and a udp service may share one); use another port".into()),
+            );
+        }
+        seen.push((addr, t, format!("service `{name}`"), s.listen.span()));
+    }
+}
+
+fn pool_ref(c: &mut Checker<'_>, r: &Spanned<super::value::Name>, defined: &[&str], who: &str) {
+    let name = r.get_ref().0.as_str();
+    if defined.contains(&name) {
+        return;
+    }
+    let help = if defined.is_empty() {
+        format!("no pools are defined; add a [[pool]] with name = \"{name}\"")
+    } else {
+        format!("defined pools: {}", defined.join(", "))
+    };
+    c.err(
+        r.span(),
+        format!("{who} refers to pool `{name}`, which is not defined"),
+        Some(help),
+    );
+}
+
+#[allow(clippy::too_many_lines)]
+fn service(c: &mut Checker<'_>, s: &RawService, defined: &[&str], has_xdp: bool) -> ServiceConfig {
+    let name = s.name.get_ref().0.clone();
+    let protocol = s.protocol.get_ref().0;
+    let proto_name = protocol.as_str();
+    pool_ref(c, &s.pool, defined, &format!("service `{name}`"));
+
+    let mode = s
+        .forward
+        .as_ref()
+        .map_or(ForwardMode::Proxy, |f| f.get_ref().0);
+    if let Some(f) = &s.forward {
+        if mode != ForwardMode::Proxy {
+            if protocol == ServiceProtocol::Http {
+                c.err(
+                    f.span(),
+                    format!(
+                        "forward = \"{}\" works only for tcp and udp services; `{name}` is http",
+                        mode.as_str()
+                    ),
+                    Some("http services use forward = \"proxy\"".into()),
+                );
+            } else if !has_xdp {
+                c.err(
+                    f.span(),
+                    format!("forward = \"{}\" needs the packet data plane, but there is no [xdp] table", mode.as_str()),
+                    Some("add [xdp] with interface = \"eth0\" (root, Linux), or use forward = \"proxy\"".into()),
+                );
+            }
+        }
+    }
+    let proxy_protocol = s.proxy_protocol.as_ref().map(|pp| {
+        if protocol != ServiceProtocol::Tcp {
+            c.err(
+                pp.span(),
+                format!("proxy_protocol applies only to tcp services; `{name}` is {proto_name}"),
+                Some("remove proxy_protocol, or use protocol = \"tcp\"".into()),
+            );
+        } else if mode != ForwardMode::Proxy {
+            c.err(
+                pp.span(),
+                format!(
+                    "proxy_protocol needs forward = \"proxy\"; `{name}` uses \"{}\"",
+                    mode.as_str()
+                ),
+                Some(
+                    "the packet data plane does not add PROXY headers; remove proxy_protocol"
+                        .into(),
+                ),
+            );
+        }
+        pp.get_ref().0
+    });
+    if let Some(t) = &s.tunnel {
+        if mode != ForwardMode::Tunnel {
+            c.err(
+                t.span(),
+                format!(
+                    "tunnel applies only to forward = \"tunnel\"; `{name}` uses \"{}\"",
+                    mode.as_str()
+                ),
+                Some("remove tunnel, or set forward = \"tunnel\"".into()),
+            );
+        }
+    }
+    if let Some(src) = &s.source {
+        if !matches!(mode, ForwardMode::Tunnel | ForwardMode::Nat) {
+            c.err(
+                src.span(),
+                format!(
+                    "source applies only to forward = \"tunnel\" or \"nat\"; `{name}` uses \"{}\"",
+                    mode.as_str()
+                ),
+                Some("remove source".into()),
+            );
+        }
+    }
+    let source = s.source.as_ref().map(|x| x.get_ref().0);
+    let forward = match mode {
+        ForwardMode::Proxy => Forwarding::Proxy { proxy_protocol },
+        ForwardMode::Dsr => Forwarding::Dsr,
+        ForwardMode::Tunnel => Forwarding::Tunnel {
+            encap: s
+                .tunnel
+                .as_ref()
+                .map_or(TunnelKind::Ipip, |t| t.get_ref().0),
+            source,
+        },
+        ForwardMode::Nat => Forwarding::Nat { source },
+    };
+
+    let is_http = protocol == ServiceProtocol::Http;
+    let http_only = |c: &mut Checker<'_>, span: Range<usize>, what: &str| {
+        if !is_http {
+            c.err(
+                span,
+                format!("{what} applies only to http services; `{name}` is {proto_name}"),
+                Some("remove it, or use protocol = \"http\"".into()),
+            );
+        }
+    };
+
+    let routes = s
+        .route
+        .iter()
+        .map(|r| {
+            http_only(c, r.span(), "[[service.route]]");
+            route(c, r, defined, &name)
+        })
+        .collect();
+
+    let tls = s.tls.as_ref().map(|t| {
+        http_only(c, t.span(), "[service.tls]");
+        let certs = &t.get_ref().certs;
+        if certs.get_ref().is_empty() {
+            c.err(
+                certs.span(),
+                "[service.tls] certs is empty".into(),
+                Some("list at least one { cert = \"site.pem\", key = \"site.key\" }".into()),
+            );
+        }
+        TlsConfig {
+            certs: certs
+                .get_ref()
+                .iter()
+                .map(|p| CertPair {
+                    cert: p.cert.clone(),
+                    key: p.key.clone(),
+                })
+                .collect(),
+        }
+    });
+    let rate_limit = s.rate_limit.as_ref().map(|r| {
+        http_only(c, r.span(), "[service.rate_limit]");
+        let rl = r.get_ref();
+        RateLimit {
+            requests_per_second: rl.requests_per_second.get(),
+            burst: rl.burst.unwrap_or(rl.requests_per_second).get(),
+        }
+    });
+    let access_log = s.access_log.as_ref().map(|a| {
+        http_only(c, a.span(), "[service.access_log]");
+        let al = a.get_ref();
+        let target = match &al.path {
+            None => LogTarget::Stderr,
+            Some(p) if p.get_ref() == "-" => LogTarget::Stderr,
+            Some(p) if p.get_ref().is_empty() => {
+                c.err(
+                    p.span(),
+                    "access_log path is empty".into(),
+                    Some("use \"-\" for stderr, or a file path".into()),
+                );
+                LogTarget::Stderr
+            }
+            Some(p) => LogTarget::File(p.get_ref().into()),
+        };
+        AccessLog {
+            format: al.format.as_ref().map(|f| f.0).unwrap_or_default(),
+            target,
+        }
+    });
+
+    ServiceConfig {
+        name: name.clone(),
+        listen: s.listen.get_ref().0,
+        protocol,
+        pool: s.pool.get_ref().0.clone(),
+        forward,
+        max_connections: s
+            .max_connections
+            .map_or(model::defaults::MAX_CONNECTIONS, super::value::Count::get),
+        idle_timeout: s
+            .idle_timeout
+            .map_or(model::defaults::IDLE_TIMEOUT, |d| d.0),
+        drain_timeout: s
+            .drain_timeout
+            .map_or(model::defaults::DRAIN_TIMEOUT, |d| d.0),
+        routes,
+        tls,
+        rate_limit,
+        access_log,
+    }
+}
+
+fn route(c: &mut Checker<'_>, r: &Spanned<RawRoute>, defined: &[&str], service: &str) -> Route {
+    let raw = r.get_ref();
+    pool_ref(
+        c,
+        &raw.pool,
+        defined,
+        &format!("a route of service `{service}`"),
+    );
+    if raw.host.is_none() && raw.path_prefix.is_none() {
+        c.err(
+            r.span(),
+            "this route has neither host nor path_prefix, so it would match every request".into(),
+            Some(
+                "set host and/or path_prefix; requests no route matches go to the service's `pool`"
+                    .into(),
+            ),
+        );
+    }
+    let host = raw.host.as_ref().map(|h| {
+        let text = h.get_ref().to_ascii_lowercase();
+        let (wild, rest) = match text.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, text.as_str()),
+        };
+        let ok = !rest.is_empty()
+            && rest
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '.' || ch == '_');
+        if !ok {
+            c.err(
+                h.span(),
+                format!("invalid route host \"{}\"", h.get_ref()),
+                Some("a host name without port, exact (\"api.example.com\") or a wildcard (\"*.example.com\")".into()),
+            );
+        }
+        if wild {
+            HostMatch::Suffix(format!(".{rest}"))
+        } else {
+            HostMatch::Exact(text.clone())
+        }
+    });
+    let path_prefix = raw.path_prefix.as_ref().map(|p| {
+        if !p.get_ref().starts_with('/') {
+            c.err(
+                p.span(),
+                format!("path_prefix \"{}\" does not start with '/'", p.get_ref()),
+                Some("e.g. path_prefix = \"/v1/\"".into()),
+            );
+        }
+        p.get_ref().clone()
+    });
+    Route {
+        host,
+        path_prefix,
+        pool: raw.pool.get_ref().0.clone(),
+    }
+}
+
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(ch))
+}
+
+#[allow(clippy::too_many_lines)]
+fn pool(c: &mut Checker<'_>, p: &RawPool, users: &[(&str, ServiceProtocol)]) -> PoolConfig {
+    let name = p.name.get_ref().0.clone();
+    let scheduler = p
+        .scheduler
+        .as_ref()
+        .map_or(defaults::SCHEDULER, |s| s.get_ref().0);
+    let sched_name = scheduler.as_str();
+    let non_http_user = users
+        .iter()
+        .find(|(_, proto)| *proto != ServiceProtocol::Http);
+
+    let hash_key = if let Some(hk) = &p.hash_key {
+        let key = &hk.get_ref().0;
+        if !scheduler.is_hashing() {
+            c.err(
+                hk.span(),
+                format!("hash_key applies only to the hashing schedulers sh, maglev, ring_hash; pool `{name}` uses \"{sched_name}\""),
+                Some("remove hash_key, or set scheduler = \"sh\", \"maglev\" or \"ring_hash\"".into()),
+            );
+        } else if let (true, Some((svc, proto))) = (key.is_http_only(), non_http_user) {
+            c.err(
+                hk.span(),
+                format!("hash_key \"{key}\" needs HTTP, but {} service `{svc}` uses pool `{name}`", proto.as_str()),
+                Some("use src_ip, src_ip_port or five_tuple, or use this pool only from http services".into()),
+            );
+        }
+        scheduler.is_hashing().then(|| key.clone())
+    } else {
+        scheduler.is_hashing().then_some(model::HashKey::SrcIp)
+    };
+
+    let maglev_table_size = if let Some(ts) = &p.maglev_table_size {
+        let size = ts.get_ref().0;
+        if scheduler != model::SchedulerKind::Maglev {
+            c.err(
+                ts.span(),
+                format!("maglev_table_size applies only to scheduler = \"maglev\"; pool `{name}` uses \"{sched_name}\""),
+                Some("remove maglev_table_size, or set scheduler = \"maglev\"".into()),
+            );
+        } else if (size.get() as usize) < p.backend.len() {
+            let advised = model::next_prime(
+                u32::try_from(p.backend.len().saturating_mul(100)).unwrap_or(u32::MAX / 2),
+            );
+            c.err(
+                ts.span(),
+                format!(
+                    "maglev_table_size {} is smaller than the number of backends ({})",
+                    size.get(),
+                    p.backend.len()
+                ),
+                Some(format!(
+                    "at least 100 x backends is advised, e.g. {advised}"
+                )),
+            );
+        }
+        (scheduler == model::SchedulerKind::Maglev).then_some(size)
+    } else {
+        (scheduler == model::SchedulerKind::Maglev).then_some(PrimeTableSize::DEFAULT)
+    };
+
+    let sticky_cookie = p.sticky_cookie.as_ref().map(|sc| {
+        if !is_token(sc.get_ref()) {
+            c.err(
+                sc.span(),
+                format!("invalid cookie name \"{}\"", sc.get_ref()),
+                Some(
+                    "a cookie name of letters, digits and !#$%&'*+-.^_`|~, e.g. \"FULCRUM_SRV\""
+                        .into(),
+                ),
+            );
+        } else if let Some((svc, proto)) = non_http_user {
+            c.err(
+                sc.span(),
+                format!(
+                    "sticky_cookie needs HTTP, but {} service `{svc}` uses pool `{name}`",
+                    proto.as_str()
+                ),
+                Some("remove sticky_cookie, or use this pool only from http services".into()),
+            );
+        }
+        sc.get_ref().clone()
+    });
+
+    let health = p.health.as_ref().and_then(|h| health(c, h.get_ref()));
+
+    let outlier = p.outlier.as_ref().map_or_else(OutlierConfig::default, |o| {
+        let ejection = o.ejection.as_ref().map_or(defaults::OUTLIER_EJECTION, |e| {
+            if e.get_ref().0.is_zero() {
+                c.err(
+                    e.span(),
+                    "ejection must be longer than 0".into(),
+                    Some("e.g. ejection = \"10s\"".into()),
+                );
+            }
+            e.get_ref().0
+        });
+        OutlierConfig {
+            consecutive_failures: o.consecutive_failures.map_or(
+                defaults::OUTLIER_CONSECUTIVE_FAILURES,
+                super::value::Count::get,
+            ),
+            ejection,
+        }
+    });
+
+    // Backends: unique addresses (canonical form, so ::ffff:1.2.3.4 equals 1.2.3.4).
+    let mut seen: HashMap<String, Range<usize>> = HashMap::new();
+    let mut backends = Vec::with_capacity(p.backend.len());
+    for b in &p.backend {
+        let b = b.get_ref();
+        let addr = b.address.get_ref().0;
+        let key = canonical_addr(&addr);
+        if let Some(first) = seen.get(&key) {
+            let line = c.line(first);
+            c.err(
+                b.address.span(),
+                format!("backend {key} is listed twice in pool `{name}` (first at line {line})"),
+                Some("each address appears once per pool; use weight to send it more".into()),
+            );
+        } else {
+            seen.insert(key, b.address.span());
+        }
+        let weight = b
+            .weight
+            .map_or(defaults::BACKEND_WEIGHT, |w| w.0.get() as u16);
+        backends.push(Backend::new(addr, weight));
+    }
+
+    let discovery = p.discovery.as_ref().map(|d| {
+        let raw = d.get_ref();
+        if raw.dns.is_none() && raw.srv.is_none() && raw.file.is_none() {
+            c.err(
+                d.span(),
+                "[pool.discovery] names no source".into(),
+                Some(
+                    "set dns = \"NAME:PORT\", srv = \"_http._tcp.NAME\" and/or file = \"PATH\""
+                        .into(),
+                ),
+            );
+        }
+        if let Some(srv) = &raw.srv {
+            if srv.get_ref().is_empty() {
+                c.err(
+                    srv.span(),
+                    "srv name is empty".into(),
+                    Some("e.g. srv = \"_http._tcp.backends.internal\"".into()),
+                );
+            }
+        }
+        Discovery {
+            dns: raw.dns.clone(),
+            srv: raw.srv.as_ref().map(|s| s.get_ref().clone()),
+            file: raw.file.clone(),
+            nameserver: raw.nameserver.map(|n| n.0),
+        }
+    });
+
+    if backends.is_empty() && discovery.is_none() {
+        c.err(
+            p.name.span(),
+            format!("pool `{name}` has no backends and no discovery"),
+            Some(
+                "add [[pool.backend]] with address = \"IP:PORT\", or a [pool.discovery] table"
+                    .into(),
+            ),
+        );
+    }
+
+    PoolConfig {
+        name,
+        scheduler,
+        hash_key,
+        persistence: p.persistence.map(|d| d.0).filter(|d| !d.is_zero()),
+        maglev_table_size,
+        sticky_cookie,
+        health,
+        outlier,
+        backends,
+        discovery,
+    }
+}
+
+fn health(c: &mut Checker<'_>, h: &RawHealth) -> Option<HealthConfig> {
+    let kind = h.check.as_ref().map_or(CheckKind::Tcp, |k| k.get_ref().0);
+    if kind != CheckKind::Http {
+        if let Some(p) = &h.path {
+            c.err(
+                p.span(),
+                format!(
+                    "path applies only to check = \"http\"; this check is \"{}\"",
+                    kind.as_str()
+                ),
+                Some("remove path, or set check = \"http\"".into()),
+            );
+        }
+        if let Some(e) = &h.expect_status {
+            c.err(
+                e.span(),
+                format!(
+                    "expect_status applies only to check = \"http\"; this check is \"{}\"",
+                    kind.as_str()
+                ),
+                Some("remove expect_status, or set check = \"http\"".into()),
+            );
+        }
+    }
+    let interval = dur(
+        c,
+        h.interval.as_ref(),
+        defaults::HEALTH_INTERVAL,
+        "interval",
+    );
+    let timeout = dur(c, h.timeout.as_ref(), defaults::HEALTH_TIMEOUT, "timeout");
+    if !interval.is_zero() && !timeout.is_zero() && timeout >= interval {
+        // Point at the key the user wrote (timeout first, else interval).
+        let (span, note) = match (&h.timeout, &h.interval) {
+            (Some(t), _) => (t.span(), ""),
+            (None, Some(i)) => (i.span(), " (the default timeout)"),
+            (None, None) => (0..0, ""),
+        };
+        c.err(
+            span,
+            format!(
+                "health check timeout {}{note} must be shorter than the interval {}",
+                humantime::format_duration(timeout),
+                humantime::format_duration(interval)
+            ),
+            Some("a check must finish before the next one starts; e.g. interval = \"1s\", timeout = \"500ms\"".into()),
+        );
+    }
+    let check = match kind {
+        CheckKind::None => return None,
+        CheckKind::Tcp => HealthCheck::Tcp,
+        CheckKind::Http => {
+            let path = h.path.as_ref().map_or_else(
+                || defaults::HEALTH_PATH.to_owned(),
+                |p| {
+                    if !p.get_ref().starts_with('/') {
+                        c.err(
+                            p.span(),
+                            format!(
+                                "health check path \"{}\" does not start with '/'",
+                                p.get_ref()
+                            ),
+                            Some("e.g. path = \"/healthz\"".into()),
+                        );
+                    }
+                    p.get_ref().clone()
+                },
+            );
+            HealthCheck::Http {
+                path,
+                expect_status: h
+                    .expect_status
+                    .as_ref()
+                    .map_or(StatusRange::DEFAULT, |e| *e.get_ref()),
+            }
+        }
+    };
+    Some(HealthConfig {
+        check,
+        interval,
+        timeout,
+        rise: h
+            .rise
+            .map_or(defaults::HEALTH_RISE, super::value::Count::get),
+        fall: h
+            .fall
+            .map_or(defaults::HEALTH_FALL, super::value::Count::get),
+    })
+}
+
+fn dur(
+    c: &mut Checker<'_>,
+    v: Option<&Spanned<super::value::HumanDuration>>,
+    default: Duration,
+    what: &str,
+) -> Duration {
+    match v {
+        None => default,
+        Some(d) => {
+            if d.get_ref().0.is_zero() {
+                c.err(
+                    d.span(),
+                    format!("{what} must be longer than 0"),
+                    Some(format!(
+                        "e.g. {what} = \"{}\"",
+                        humantime::format_duration(default)
+                    )),
+                );
+            }
+            d.get_ref().0
+        }
+    }
+}

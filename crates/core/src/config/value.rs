@@ -1,0 +1,514 @@
+//! Value types of the configuration file: each deserializes from its TOML form and cannot
+//! hold a bad value. Their errors say what was wrong and what would be valid.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use serde::de::{self, Deserialize, Deserializer, Visitor};
+
+use super::error::HELP_SEP;
+use crate::model::{
+    next_prime, ForwardMode, HashKey, PrimeTableSize, ProxyProtocol, SchedulerKind,
+    ServiceProtocol, Weight,
+};
+
+/// A value error before it has a location: message and optional help.
+struct Invalid {
+    message: String,
+    help: Option<String>,
+}
+
+impl Invalid {
+    fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            help: None,
+        }
+    }
+    fn help(mut self, help: impl Into<String>) -> Self {
+        self.help = Some(help.into());
+        self
+    }
+    fn into_de<E: de::Error>(self) -> E {
+        match self.help {
+            Some(h) => E::custom(format!("{}{HELP_SEP}{h}", self.message)),
+            None => E::custom(self.message),
+        }
+    }
+}
+
+/// Deserializes a string through `parse`.
+fn from_str<'de, D, T, F>(d: D, expecting: &'static str, parse: F) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    F: FnOnce(&str) -> Result<T, Invalid>,
+{
+    struct V<F, T>(&'static str, F, PhantomData<T>);
+    impl<F: FnOnce(&str) -> Result<T, Invalid>, T> Visitor<'_> for V<F, T> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+            (self.1)(v).map_err(Invalid::into_de)
+        }
+    }
+    d.deserialize_str(V(expecting, parse, PhantomData))
+}
+
+/// Deserializes an integer through `check`.
+fn from_int<'de, D, T, F>(d: D, expecting: &'static str, check: F) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    F: FnOnce(i64) -> Result<T, Invalid>,
+{
+    struct V<F, T>(&'static str, F, PhantomData<T>);
+    impl<F: FnOnce(i64) -> Result<T, Invalid>, T> Visitor<'_> for V<F, T> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
+            (self.1)(v).map_err(Invalid::into_de)
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
+            (self.1)(i64::try_from(v).unwrap_or(i64::MAX)).map_err(Invalid::into_de)
+        }
+    }
+    d.deserialize_i64(V(expecting, check, PhantomData))
+}
+
+const ADDRESS_HELP: &str =
+    "addresses are IP:PORT with a port of 1..=65535, e.g. \"127.0.0.1:8080\" or \"[::1]:8080\"";
+
+/// A socket address `IP:PORT` (`[IPv6]:PORT`) with a non-zero port: listen addresses,
+/// backends, the admin API, nameservers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Address(pub SocketAddr);
+
+impl<'de> Deserialize<'de> for Address {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_str(d, "an address string \"IP:PORT\"", |s| {
+            let addr: SocketAddr = s
+                .parse()
+                .map_err(|_| Invalid::new(format!("invalid address \"{s}\"")).help(ADDRESS_HELP))?;
+            if addr.port() == 0 {
+                return Err(
+                    Invalid::new(format!("port 0 is not allowed in \"{s}\"")).help(ADDRESS_HELP)
+                );
+            }
+            Ok(Self(addr))
+        })
+    }
+}
+
+/// An IP address without a port (`source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Ip(pub IpAddr);
+
+impl<'de> Deserialize<'de> for Ip {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_str(d, "an IP address string", |s| {
+            s.parse().map(Self).map_err(|_| {
+                Invalid::new(format!("invalid IP address \"{s}\""))
+                    .help("an IPv4 or IPv6 address without a port, e.g. \"198.18.0.2\"")
+            })
+        })
+    }
+}
+
+/// A host name (or IP) and port, `NAME:PORT` (DNS discovery).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HostPort {
+    /// The name to resolve.
+    pub host: String,
+    /// The port of every resolved address.
+    pub port: u16,
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+impl<'de> Deserialize<'de> for HostPort {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_str(d, "a \"NAME:PORT\" string", |s| {
+            let bad = || {
+                Invalid::new(format!("invalid name and port \"{s}\"")).help(
+                    "write NAME:PORT with a port of 1..=65535, e.g. \"backends.internal:8080\"",
+                )
+            };
+            let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+            let port: u16 = port.parse().map_err(|_| bad())?;
+            if host.is_empty() || port == 0 || host.contains(char::is_whitespace) {
+                return Err(bad());
+            }
+            Ok(Self {
+                host: host.to_owned(),
+                port,
+            })
+        })
+    }
+}
+
+/// A duration with a unit: `"250ms"`, `"10s"`, `"5m"` (humantime syntax).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_str(
+            d,
+            "a duration string with a unit, like \"250ms\", \"10s\" or \"5m\"",
+            |s| {
+                humantime::parse_duration(s).map(Self).map_err(|e| {
+                    Invalid::new(format!("invalid duration \"{s}\": {e}"))
+                        .help("durations are strings with a unit, e.g. \"250ms\", \"10s\", \"5m\"")
+                })
+            },
+        )
+    }
+}
+
+/// A name of a service or pool: 1..=64 of `A-Z a-z 0-9 _ - .` (it appears in URLs and
+/// metric labels).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Name(pub String);
+
+impl<'de> Deserialize<'de> for Name {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_str(d, "a name string", |s| {
+            let ok = !s.is_empty()
+                && s.len() <= 64
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+            if ok {
+                Ok(Self(s.to_owned()))
+            } else {
+                Err(Invalid::new(format!("invalid name \"{s}\""))
+                    .help("names are 1 to 64 characters of A-Z, a-z, 0-9, '_', '-', '.'"))
+            }
+        })
+    }
+}
+
+/// A backend weight, 0..=65535 (0 = drained).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct WeightValue(pub Weight);
+
+impl<'de> Deserialize<'de> for WeightValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_int(d, "an integer weight 0..=65535", |n| {
+            u16::try_from(n).map(|w| Self(Weight::new(w))).map_err(|_| {
+                Invalid::new(format!("weight {n} is out of range"))
+                    .help("weights are 0..=65535 (0 = drained: no new flows)")
+            })
+        })
+    }
+}
+
+/// A count of at least 1 (`rise`, `fall`, `max_connections`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Count(pub NonZeroU32);
+
+impl Count {
+    /// The count.
+    pub const fn get(self) -> u32 {
+        self.0.get()
+    }
+}
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_int(d, "an integer of at least 1", |n| {
+            u32::try_from(n)
+                .ok()
+                .and_then(NonZeroU32::new)
+                .map(Self)
+                .ok_or_else(|| {
+                    Invalid::new(format!("{n} is out of range"))
+                        .help(format!("valid: 1..={}", u32::MAX))
+                })
+        })
+    }
+}
+
+/// A Maglev table size: a prime of at least 3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TableSize(pub PrimeTableSize);
+
+impl<'de> Deserialize<'de> for TableSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_int(d, "a prime integer table size", |n| {
+            let Ok(n32) = u32::try_from(n) else {
+                return Err(Invalid::new(format!("maglev_table_size {n} is out of range"))
+                    .help("use a prime of at least 3, e.g. 65537 (at least 100 x backends is advised)"));
+            };
+            PrimeTableSize::new(n32).map(Self).ok_or_else(|| {
+                let suggestion = next_prime(n32.max(3));
+                Invalid::new(format!("maglev_table_size {n} is not a prime"))
+                    .help(format!("the next prime is {suggestion}"))
+            })
+        })
+    }
+}
+
+/// An HTTP status range, `"200-399"` or a single `"200"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StatusRange {
+    /// Lowest accepted status.
+    pub low: u16,
+    /// Highest accepted status (inclusive).
+    pub high: u16,
+}
+
+impl StatusRange {
+    /// The contract's default, 200-399.
+    pub const DEFAULT: Self = Self {
+        low: 200,
+        high: 399,
+    };
+
+    /// Whether `status` is in the range.
+    pub const fn contains(self, status: u16) -> bool {
+        self.low <= status && status <= self.high
+    }
+}
+
+impl Default for StatusRange {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+impl fmt::Display for StatusRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.low == self.high {
+            write!(f, "{}", self.low)
+        } else {
+            write!(f, "{}-{}", self.low, self.high)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for StatusRange {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_str(d, "a status range string like \"200-399\"", |s| {
+            let bad = || {
+                Invalid::new(format!("invalid status range \"{s}\""))
+                    .help("write LOW-HIGH or one status, within 100..=599, e.g. \"200-399\"")
+            };
+            let (lo, hi) = s.split_once('-').unwrap_or((s, s));
+            let low: u16 = lo.trim().parse().map_err(|_| bad())?;
+            let high: u16 = hi.trim().parse().map_err(|_| bad())?;
+            if !(100..=599).contains(&low) || !(100..=599).contains(&high) || low > high {
+                return Err(bad());
+            }
+            Ok(Self { low, high })
+        })
+    }
+}
+
+/// Defines a wrapper that deserializes one of a fixed set of names.
+macro_rules! named {
+    ($(#[$meta:meta])* $wrapper:ident($target:ty), $what:literal, { $($name:literal => $val:expr),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+        pub struct $wrapper(pub $target);
+
+        impl $wrapper {
+            /// The valid names, in the contract's order.
+            pub const NAMES: &'static [&'static str] = &[$($name),+];
+        }
+
+        impl<'de> Deserialize<'de> for $wrapper {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                from_str(d, concat!("a ", $what, " name string"), |s| match s {
+                    $($name => Ok(Self($val)),)+
+                    _ => Err(unknown($what, s, Self::NAMES)),
+                })
+            }
+        }
+    };
+}
+
+fn unknown(what: &str, got: &str, valid: &[&str]) -> Invalid {
+    Invalid::new(format!("unknown {what} \"{got}\"")).help(format!("valid: {}", valid.join(", ")))
+}
+
+named!(
+    /// `protocol = "tcp" | "udp" | "http"`.
+    Protocol(ServiceProtocol), "protocol", {
+        "tcp" => ServiceProtocol::Tcp,
+        "udp" => ServiceProtocol::Udp,
+        "http" => ServiceProtocol::Http,
+    }
+);
+
+named!(
+    /// `forward = "proxy" | "dsr" | "tunnel" | "nat"`.
+    Forward(ForwardMode), "forward mode", {
+        "proxy" => ForwardMode::Proxy,
+        "dsr" => ForwardMode::Dsr,
+        "tunnel" => ForwardMode::Tunnel,
+        "nat" => ForwardMode::Nat,
+    }
+);
+
+named!(
+    /// `proxy_protocol = "v1" | "v2"`.
+    ProxyProtocolValue(ProxyProtocol), "PROXY protocol version", {
+        "v1" => ProxyProtocol::V1,
+        "v2" => ProxyProtocol::V2,
+    }
+);
+
+named!(
+    /// `tunnel = "ipip" | "gue"`.
+    Tunnel(TunnelKind), "tunnel", {
+        "ipip" => TunnelKind::Ipip,
+        "gue" => TunnelKind::Gue,
+    }
+);
+
+named!(
+    /// `[pool.health] check = "tcp" | "http" | "none"`.
+    Check(CheckKind), "health check", {
+        "tcp" => CheckKind::Tcp,
+        "http" => CheckKind::Http,
+        "none" => CheckKind::None,
+    }
+);
+
+named!(
+    /// `[xdp] mode = "native" | "generic"`.
+    XdpModeValue(XdpMode), "xdp mode", {
+        "native" => XdpMode::Native,
+        "generic" => XdpMode::Generic,
+    }
+);
+
+named!(
+    /// `[service.access_log] format = "json" | "combined"`.
+    AccessLogFormatValue(AccessLogFormat), "access log format", {
+        "json" => AccessLogFormat::Json,
+        "combined" => AccessLogFormat::Combined,
+    }
+);
+
+/// `scheduler = "rr" | "wrr" | ...` (the names of [`SchedulerKind::as_str`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Scheduler(pub SchedulerKind);
+
+impl<'de> Deserialize<'de> for Scheduler {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_str(d, "a scheduler name string", |s| {
+            SchedulerKind::from_name(s).map(Self).ok_or_else(|| {
+                let names: Vec<&str> = SchedulerKind::ALL.iter().map(|k| k.as_str()).collect();
+                unknown("scheduler", s, &names)
+            })
+        })
+    }
+}
+
+/// `hash_key = "src_ip" | "src_ip_port" | "five_tuple" | "header:NAME" | "cookie:NAME"`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HashKeyValue(pub HashKey);
+
+impl<'de> Deserialize<'de> for HashKeyValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_str(d, "a hash key string", |s| {
+            HashKey::parse(s).map(Self).ok_or_else(|| {
+                Invalid::new(format!("unknown hash_key \"{s}\""))
+                    .help("valid: src_ip, src_ip_port, five_tuple, header:NAME, cookie:NAME")
+            })
+        })
+    }
+}
+
+/// The encapsulation of `forward = "tunnel"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum TunnelKind {
+    /// IPv4/IPv6 in IP (the default).
+    #[default]
+    Ipip,
+    /// Generic UDP Encapsulation.
+    Gue,
+}
+
+impl TunnelKind {
+    /// The config name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Ipip => "ipip",
+            Self::Gue => "gue",
+        }
+    }
+}
+
+/// The kind of active health check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CheckKind {
+    /// A TCP connect.
+    Tcp,
+    /// An HTTP GET of `path`, expecting `expect_status`.
+    Http,
+    /// No active checks.
+    None,
+}
+
+impl CheckKind {
+    /// The config name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Http => "http",
+            Self::None => "none",
+        }
+    }
+}
+
+/// How the XDP program is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum XdpMode {
+    /// In the driver (the default).
+    #[default]
+    Native,
+    /// In the generic (skb) path: slower, works on any interface.
+    Generic,
+}
+
+impl XdpMode {
+    /// The config name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Native => "native",
+            Self::Generic => "generic",
+        }
+    }
+}
+
+/// The access log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum AccessLogFormat {
+    /// One JSON object per line.
+    Json,
+    /// The Apache/nginx combined log format (the default).
+    #[default]
+    Combined,
+}
+
+impl AccessLogFormat {
+    /// The config name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Json => "json",
+            Self::Combined => "combined",
+        }
+    }
+}

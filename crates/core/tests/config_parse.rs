@@ -1,0 +1,303 @@
+//! The contract's example and a fixture using every key parse into the expected `Config`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use fulcrum_core::config::{
+    self, AccessLogFormat, CheckKind, Forwarding, HealthCheck, HostMatch, LogTarget, StatusRange,
+    TunnelKind, XdpMode,
+};
+use fulcrum_core::model::{
+    defaults, ForwardMode, HashKey, ProxyProtocol, SchedulerKind, ServiceProtocol,
+};
+
+const CONTRACT: &str = include_str!("fixtures/contract_example.toml");
+const FULL: &str = include_str!("fixtures/full.toml");
+
+/// The contract's example routes to a pool `api` it does not define; this completes it.
+const API_POOL: &str = "
+[[pool]]
+name = \"api\"
+scheduler = \"rr\"
+[[pool.backend]]
+address = \"127.0.0.1:9101\"
+";
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("test address")
+}
+
+#[test]
+fn contract_example_parses_once_its_api_pool_exists() {
+    let text = format!("{CONTRACT}{API_POOL}");
+    let cfg = match config::parse(&text) {
+        Ok(c) => c,
+        Err(e) => panic!("{}", e.render("contract", &text)),
+    };
+    assert_eq!(
+        cfg.admin.as_ref().map(|a| a.listen),
+        Some(addr("127.0.0.1:9090"))
+    );
+    assert_eq!(cfg.services.len(), 1);
+    let web = cfg.service("web").expect("service web");
+    assert_eq!(web.listen, addr("127.0.0.1:8080"));
+    assert_eq!(web.protocol, ServiceProtocol::Http);
+    assert_eq!(
+        web.forward,
+        Forwarding::Proxy {
+            proxy_protocol: None
+        }
+    );
+    assert_eq!(web.max_connections, defaults::MAX_CONNECTIONS);
+    assert_eq!(web.idle_timeout, Duration::from_secs(300));
+    assert_eq!(web.drain_timeout, Duration::from_secs(30));
+    assert_eq!(web.routes.len(), 1);
+    assert_eq!(
+        web.routes[0].host,
+        Some(HostMatch::Exact("api.example.com".into()))
+    );
+    assert_eq!(web.routes[0].path_prefix.as_deref(), Some("/v1/"));
+    assert_eq!(web.routes[0].pool, "api");
+    assert!(web.routes[0].matches("API.example.com", "/v1/users"));
+    assert!(!web.routes[0].matches("api.example.com", "/v2/users"));
+
+    let pool = cfg.pool("web").expect("pool web");
+    assert_eq!(pool.scheduler, SchedulerKind::WeightedRoundRobin);
+    assert_eq!(pool.hash_key, None);
+    assert_eq!(pool.maglev_table_size, None);
+    let health = pool.health.as_ref().expect("health");
+    assert_eq!(
+        health.check,
+        HealthCheck::Http {
+            path: "/healthz".into(),
+            expect_status: StatusRange::DEFAULT
+        }
+    );
+    assert_eq!(
+        (health.interval, health.timeout),
+        (Duration::from_secs(1), Duration::from_millis(500))
+    );
+    assert_eq!((health.rise, health.fall), (2, 3));
+    assert_eq!(pool.outlier.consecutive_failures, 3);
+    assert_eq!(pool.outlier.ejection, Duration::from_secs(10));
+    assert_eq!(pool.backends.len(), 1);
+    assert_eq!(pool.backends[0].address, addr("127.0.0.1:9001"));
+    assert_eq!(pool.backends[0].weight.get(), 1);
+    assert!(cfg.xdp.is_none());
+}
+
+#[test]
+fn contract_example_verbatim_only_misses_pool_api() {
+    let err = config::parse(CONTRACT).expect_err("pool api is not defined");
+    let rendered = err.render("f.toml", CONTRACT);
+    assert!(
+        rendered.contains("refers to pool `api`, which is not defined"),
+        "{rendered}"
+    );
+    assert!(rendered.contains("help: defined pools: web"), "{rendered}");
+    // The route's `pool = "api"` line.
+    let line = CONTRACT
+        .lines()
+        .position(|l| l.starts_with("pool = \"api\""))
+        .expect("line")
+        + 1;
+    assert_eq!(err.line_col(CONTRACT), Some((line, 8)));
+}
+
+#[test]
+#[allow(clippy::too_many_lines)]
+fn every_key_parses() {
+    let cfg = match config::parse(FULL) {
+        Ok(c) => c,
+        Err(e) => panic!("{}", e.render("full.toml", FULL)),
+    };
+    let admin = cfg.admin.as_ref().expect("admin");
+    assert_eq!(
+        admin.token_file,
+        Some(PathBuf::from("/etc/fulcrum/admin.token"))
+    );
+
+    let web = cfg.service("web").expect("web");
+    assert_eq!(
+        (web.max_connections, web.idle_timeout, web.drain_timeout),
+        (5000, Duration::from_secs(120), Duration::from_secs(15))
+    );
+    assert_eq!(
+        web.routes[1].host,
+        Some(HostMatch::Suffix(".static.example.com".into()))
+    );
+    assert!(web.routes[1].matches("a.static.example.com", "/"));
+    assert!(!web.routes[1].matches("static.example.com", "/"));
+    let tls = web.tls.as_ref().expect("tls");
+    assert_eq!(tls.certs.len(), 2);
+    assert_eq!(tls.certs[0].cert, PathBuf::from("site.pem"));
+    assert_eq!(
+        web.rate_limit.map(|r| (r.requests_per_second, r.burst)),
+        Some((100, 200))
+    );
+    let log = web.access_log.as_ref().expect("access log");
+    assert_eq!(
+        (log.format, &log.target),
+        (AccessLogFormat::Json, &LogTarget::Stderr)
+    );
+
+    let db = cfg.service("db").expect("db");
+    assert_eq!(
+        db.forward,
+        Forwarding::Proxy {
+            proxy_protocol: Some(ProxyProtocol::V2)
+        }
+    );
+    let dns = cfg.service("dns").expect("dns");
+    assert_eq!(
+        (dns.protocol, dns.forward.mode()),
+        (ServiceProtocol::Udp, ForwardMode::Dsr)
+    );
+    assert_eq!(dns.listen, db.listen, "tcp and udp may share an address");
+    let tun = cfg.service("tunneled").expect("tunneled");
+    assert_eq!(
+        tun.forward,
+        Forwarding::Tunnel {
+            encap: TunnelKind::Gue,
+            source: Some("198.18.0.2".parse().expect("ip"))
+        }
+    );
+    assert_eq!(tun.listen, addr("[::1]:7000"));
+    assert_eq!(
+        cfg.service("natted").map(|s| s.forward),
+        Some(Forwarding::Nat { source: None })
+    );
+
+    let p = cfg.pool("web").expect("pool web");
+    assert_eq!(p.scheduler, SchedulerKind::RingHash);
+    assert_eq!(p.hash_key, Some(HashKey::Cookie("session".into())));
+    assert_eq!(p.sticky_cookie.as_deref(), Some("FULCRUM_SRV"));
+    let h = p.health.as_ref().expect("health");
+    assert_eq!(
+        h.check,
+        HealthCheck::Http {
+            path: "/status".into(),
+            expect_status: StatusRange {
+                low: 200,
+                high: 299
+            }
+        }
+    );
+    assert_eq!(
+        (h.interval, h.timeout, h.rise, h.fall),
+        (Duration::from_secs(2), Duration::from_millis(250), 1, 5)
+    );
+    assert_eq!(
+        (p.outlier.consecutive_failures, p.outlier.ejection),
+        (5, Duration::from_secs(30))
+    );
+    assert_eq!(p.backends[1].address, addr("[::1]:9002"));
+    assert_eq!(
+        (p.backends[0].weight.get(), p.backends[1].weight.get()),
+        (3, 0)
+    );
+
+    let api = cfg.pool("api").expect("api");
+    assert_eq!(api.scheduler, SchedulerKind::PowerOfTwo);
+    assert!(api.health.is_none(), "no [pool.health]: no active checks");
+
+    let st = cfg.pool("static").expect("static");
+    assert!(st.backends.is_empty());
+    let disc = st.discovery.as_ref().expect("discovery");
+    assert_eq!(
+        disc.dns.as_ref().map(ToString::to_string).as_deref(),
+        Some("static.internal:8080")
+    );
+    assert_eq!(disc.nameserver, Some(addr("127.0.0.1:5353")));
+
+    let dbp = cfg.pool("db").expect("db pool");
+    assert_eq!(dbp.persistence, Some(Duration::from_secs(300)));
+    assert_eq!(
+        dbp.health.as_ref().map(|h| h.check.clone()),
+        Some(HealthCheck::Tcp)
+    );
+
+    let mp = cfg.pool("dns").expect("dns pool");
+    assert_eq!(mp.scheduler, SchedulerKind::Maglev);
+    assert_eq!(mp.hash_key, Some(HashKey::FiveTuple));
+    assert_eq!(
+        mp.maglev_table_size
+            .map(fulcrum_core::model::PrimeTableSize::get),
+        Some(251)
+    );
+    assert_eq!(mp.backends[1].weight.get(), 65535);
+
+    let xdp = cfg.xdp.as_ref().expect("xdp");
+    assert_eq!((xdp.interface.as_str(), xdp.mode), ("lo", XdpMode::Generic));
+    let _ = CheckKind::None;
+}
+
+#[test]
+fn defaults_apply_when_keys_are_absent() {
+    let text = "
+[[service]]
+name = \"s\"
+listen = \"127.0.0.1:1\"
+protocol = \"tcp\"
+pool = \"p\"
+
+[[pool]]
+name = \"p\"
+scheduler = \"maglev\"
+[pool.health]
+[[pool.backend]]
+address = \"127.0.0.1:2\"
+";
+    let cfg = config::parse(text).expect("valid");
+    assert!(cfg.admin.is_none());
+    let p = &cfg.pools[0];
+    assert_eq!(p.hash_key, Some(HashKey::SrcIp));
+    assert_eq!(
+        p.maglev_table_size
+            .map(fulcrum_core::model::PrimeTableSize::get),
+        Some(defaults::MAGLEV_TABLE_SIZE)
+    );
+    assert_eq!(
+        p.health.as_ref().map(|h| h.check.clone()),
+        Some(HealthCheck::Tcp)
+    );
+    assert_eq!(p.persistence, None);
+
+    let none = text.replace("[pool.health]", "[pool.health]\ncheck = \"none\"");
+    assert!(config::parse(&none).expect("valid").pools[0]
+        .health
+        .is_none());
+}
+
+#[test]
+fn empty_file_is_an_empty_config() {
+    let cfg = config::parse("").expect("valid");
+    assert!(cfg.services.is_empty() && cfg.pools.is_empty());
+}
+
+#[test]
+fn summary_lists_services_pools_and_backends() {
+    let cfg = config::parse(FULL).expect("valid");
+    let s = cfg.summary();
+    for needle in [
+        "5 services, 5 pools, 6 static backends",
+        "admin: 127.0.0.1:9090",
+        "xdp: lo (generic)",
+        "web",
+        "127.0.0.1:8443",
+        "http+tls",
+        "proxy+pp-v2",
+        "tunnel/gue",
+        "web: route host api.example.com path /v1/ -> api",
+        "web: ring_hash by cookie:session",
+        "dns: maglev by five_tuple, table 251",
+        "127.0.0.1:9001  weight 3",
+        "[::1]:9002  weight 0 (drained)",
+        "health http /status expect 200-299 every 2s",
+        "discovery: dns static.internal:8080, via 127.0.0.1:5353",
+    ] {
+        assert!(s.contains(needle), "missing {needle:?} in:\n{s}");
+    }
+    assert!(s.lines().count() < 40, "one screen:\n{s}");
+}
