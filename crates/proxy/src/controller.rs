@@ -23,8 +23,9 @@ use crate::snapshot::{Event, Persistence, PoolRt, ServiceRt, Shared, Snapshot};
 use crate::stats::{BackendStats, ServiceStats};
 use crate::worker::{self, ListenKey, WorkerCmd, Workers};
 
-/// Persistence tables hold at most this many client IPs per pool (LRU beyond).
-const PERSISTENCE_CAPACITY: usize = 1 << 20;
+/// Persistence tables hold at most this many client IPs per pool (least recently seen are
+/// forgotten beyond it). Preallocated: 65,536 entries cost about 4 MiB.
+const PERSISTENCE_CAPACITY: usize = 1 << 16;
 
 /// Requests to the controller from signals and the admin API.
 #[derive(Debug)]
@@ -276,6 +277,7 @@ impl Controller {
             stats,
             persistence: self.persistence.get(&p.name).cloned(),
             changes: self.changes.get(&p.name).cloned().unwrap_or_default(),
+            sticky_cookie: p.sticky_cookie.clone(),
         }
     }
 
