@@ -9,6 +9,7 @@
 //!
 //! There is no partial result: a file yields a whole `Config` or errors.
 
+mod emit;
 mod error;
 pub mod raw;
 mod summary;
@@ -19,6 +20,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use emit::{service as service_table, table_to_string};
 pub use error::{line_col, ConfigError};
 pub use value::{AccessLogFormat, CheckKind, HostPort, StatusRange, TunnelKind, XdpMode};
 

@@ -5,7 +5,23 @@
 //! changes (the IO layer swaps in a new snapshot); hashing schedulers build their tables from
 //! the *eligible* backends only, so their choice is a pure function of that set.
 
+use std::sync::Arc;
+
 use crate::model::{Backend, PrimeTableSize, SchedulerKind};
+
+mod common;
+pub mod lc;
+pub mod maglev;
+pub mod p2c;
+pub mod random;
+pub mod ring_hash;
+pub mod rr;
+pub mod sh;
+pub mod wlc;
+pub mod wrr;
+
+pub use maglev::{moved_ratio, Maglev};
+pub use ring_hash::RingHash;
 
 /// Active connection counts, as the IO layer keeps them (per index of the backend slice).
 pub trait Loads {
@@ -15,6 +31,18 @@ pub trait Loads {
 impl Loads for [u64] {
     fn active(&self, idx: usize) -> u64 {
         self.get(idx).copied().unwrap_or(0)
+    }
+}
+
+impl Loads for Vec<u64> {
+    fn active(&self, idx: usize) -> u64 {
+        self.as_slice().active(idx)
+    }
+}
+
+impl<const N: usize> Loads for [u64; N] {
+    fn active(&self, idx: usize) -> u64 {
+        self.as_slice().active(idx)
     }
 }
 
@@ -28,7 +56,7 @@ impl Loads for NoLoads {
 
 /// Everything one pick may use. The core has no RNG and no clock: the caller passes them.
 pub struct PickRequest<'a> {
-    /// The flow hash of the pool's hash key ([`crate::hash`]); used by sh/maglev/ring_hash.
+    /// The flow hash of the pool's hash key ([`crate::hash`]); used by `sh`/`maglev`/`ring_hash`.
     pub hash: u32,
     /// A fresh random number from the caller; used by random/p2c.
     pub random: u64,
@@ -58,4 +86,33 @@ pub trait Scheduler: Send + Sync + std::fmt::Debug {
     fn kind(&self) -> SchedulerKind;
     /// Picks an index into the backend slice the scheduler was built from.
     fn pick(&self, req: &PickRequest<'_>) -> Result<usize, PickError>;
+    /// The Maglev table behind this scheduler, if it is `maglev` (for the data plane's map
+    /// and for [`moved_ratio`]).
+    fn as_maglev(&self) -> Option<&Maglev> {
+        None
+    }
+    /// The ring behind this scheduler, if it is `ring_hash` (for `explain` and
+    /// [`ring_hash::moved_ratio`]).
+    fn as_ring_hash(&self) -> Option<&RingHash> {
+        None
+    }
+    /// The table behind this scheduler, if it is `sh` (for `explain`).
+    fn as_source_hash(&self) -> Option<&sh::SourceHash> {
+        None
+    }
+}
+
+/// Builds the scheduler `kind` over `backends` (only eligible backends are ever picked).
+pub fn build(kind: SchedulerKind, backends: &[Backend], opts: &SchedOptions) -> Arc<dyn Scheduler> {
+    match kind {
+        SchedulerKind::RoundRobin => Arc::new(rr::RoundRobin::new(backends)),
+        SchedulerKind::WeightedRoundRobin => Arc::new(wrr::WeightedRoundRobin::new(backends)),
+        SchedulerKind::LeastConn => Arc::new(lc::LeastConn::new(backends)),
+        SchedulerKind::WeightedLeastConn => Arc::new(wlc::WeightedLeastConn::new(backends)),
+        SchedulerKind::SourceHash => Arc::new(sh::SourceHash::new(backends)),
+        SchedulerKind::Random => Arc::new(random::Random::new(backends)),
+        SchedulerKind::PowerOfTwo => Arc::new(p2c::PowerOfTwo::new(backends)),
+        SchedulerKind::Maglev => Arc::new(Maglev::new(backends, opts.maglev_table_size)),
+        SchedulerKind::RingHash => Arc::new(RingHash::new(backends)),
+    }
 }

@@ -1,0 +1,296 @@
+//! [`Config::to_toml`]: the configuration written back as a file that [`super::parse`]
+//! accepts and turns into the same `Config` (`parse(&c.to_toml()) == Ok(c)`).
+//!
+//! Values equal to their defaults are left out where the file may omit them, so the text
+//! reads like one a user would write. Durations are written as humantime strings
+//! (`"5m"`, `"1m 30s"`, `"250ms"`), which the parser reads back exactly.
+
+use std::time::Duration;
+
+use toml::{Table, Value};
+
+use super::{
+    defaults, AccessLog, AdminConfig, Config, Discovery, Forwarding, HealthCheck, HealthConfig,
+    LogTarget, OutlierConfig, PoolConfig, Route, ServiceConfig, XdpConfig,
+};
+use crate::model::{self, ProxyProtocol};
+
+impl Config {
+    /// The configuration as TOML text that [`super::parse`] turns back into `self`.
+    pub fn to_toml(&self) -> String {
+        let body = table_to_string(self.to_toml_table());
+        format!("# The running configuration of this Fulcrum instance.\n\n{body}")
+    }
+
+    /// The configuration as a TOML document (for editing before [`super::parse`]ing it
+    /// again, as the admin API does).
+    pub fn to_toml_table(&self) -> Table {
+        let mut doc = Table::new();
+        if let Some(a) = &self.admin {
+            doc.insert("admin".into(), Value::Table(admin(a)));
+        }
+        if !self.services.is_empty() {
+            doc.insert(
+                "service".into(),
+                Value::Array(self.services.iter().map(|s| Value::Table(service(s))).collect()),
+            );
+        }
+        if !self.pools.is_empty() {
+            doc.insert(
+                "pool".into(),
+                Value::Array(self.pools.iter().map(|p| Value::Table(pool(p))).collect()),
+            );
+        }
+        if let Some(x) = &self.xdp {
+            doc.insert("xdp".into(), Value::Table(xdp(x)));
+        }
+        doc
+    }
+}
+
+/// Writes a configuration document (as [`Config::to_toml_table`] makes it, perhaps edited)
+/// as TOML text. `[service.tls] certs` is written inline (`certs = [{ cert = ..., key = ...
+/// }]`), the form the contract documents.
+pub fn table_to_string(mut doc: Table) -> String {
+    let mut inline = Vec::new();
+    if let Some(Value::Array(services)) = doc.get_mut("service") {
+        for sv in services {
+            let Some(Value::Table(tls)) = sv.get_mut("tls") else {
+                continue;
+            };
+            if let Some(certs) = tls.get_mut("certs") {
+                let marker = format!("__fulcrum_inline_{}__", inline.len());
+                let v = std::mem::replace(certs, Value::String(marker.clone()));
+                inline.push((format!("\"{marker}\""), v.to_string()));
+            }
+        }
+    }
+    let mut text = toml::to_string(&doc).unwrap_or_default();
+    for (marker, v) in inline {
+        text = text.replacen(&marker, &v, 1);
+    }
+    text
+}
+
+fn s(v: impl Into<String>) -> Value {
+    Value::String(v.into())
+}
+
+fn int(v: impl Into<i64>) -> Value {
+    Value::Integer(v.into())
+}
+
+fn dur(d: Duration) -> Value {
+    s(humantime::format_duration(d).to_string())
+}
+
+fn path(p: &std::path::Path) -> Value {
+    s(p.to_string_lossy())
+}
+
+fn admin(a: &AdminConfig) -> Table {
+    let mut t = Table::new();
+    t.insert("listen".into(), s(a.listen.to_string()));
+    if let Some(f) = &a.token_file {
+        t.insert("token_file".into(), path(f));
+    }
+    t
+}
+
+/// One `[[service]]` table (the admin API's `PUT /api/v1/services/{name}` body has the
+/// same keys).
+pub fn service(sv: &ServiceConfig) -> Table {
+    let mut t = Table::new();
+    t.insert("name".into(), s(&sv.name));
+    t.insert("listen".into(), s(sv.listen.to_string()));
+    t.insert("protocol".into(), s(sv.protocol.as_str()));
+    t.insert("pool".into(), s(&sv.pool));
+    t.insert("forward".into(), s(sv.forward.mode().as_str()));
+    match sv.forward {
+        Forwarding::Proxy { proxy_protocol } => {
+            if let Some(pp) = proxy_protocol {
+                let v = match pp {
+                    ProxyProtocol::V1 => "v1",
+                    ProxyProtocol::V2 => "v2",
+                };
+                t.insert("proxy_protocol".into(), s(v));
+            }
+        }
+        Forwarding::Dsr => {}
+        Forwarding::Tunnel { encap, source } => {
+            t.insert("tunnel".into(), s(encap.as_str()));
+            if let Some(ip) = source {
+                t.insert("source".into(), s(ip.to_string()));
+            }
+        }
+        Forwarding::Nat { source } => {
+            if let Some(ip) = source {
+                t.insert("source".into(), s(ip.to_string()));
+            }
+        }
+    }
+    if sv.max_connections != model::defaults::MAX_CONNECTIONS {
+        t.insert("max_connections".into(), int(sv.max_connections));
+    }
+    if sv.idle_timeout != model::defaults::IDLE_TIMEOUT {
+        t.insert("idle_timeout".into(), dur(sv.idle_timeout));
+    }
+    if sv.drain_timeout != model::defaults::DRAIN_TIMEOUT {
+        t.insert("drain_timeout".into(), dur(sv.drain_timeout));
+    }
+    if !sv.routes.is_empty() {
+        t.insert(
+            "route".into(),
+            Value::Array(sv.routes.iter().map(|r| Value::Table(route(r))).collect()),
+        );
+    }
+    if let Some(tls) = &sv.tls {
+        let certs = tls
+            .certs
+            .iter()
+            .map(|c| {
+                let mut p = Table::new();
+                p.insert("cert".into(), path(&c.cert));
+                p.insert("key".into(), path(&c.key));
+                Value::Table(p)
+            })
+            .collect();
+        let mut x = Table::new();
+        x.insert("certs".into(), Value::Array(certs));
+        t.insert("tls".into(), Value::Table(x));
+    }
+    if let Some(rl) = &sv.rate_limit {
+        let mut x = Table::new();
+        x.insert("requests_per_second".into(), int(rl.requests_per_second));
+        x.insert("burst".into(), int(rl.burst));
+        t.insert("rate_limit".into(), Value::Table(x));
+    }
+    if let Some(al) = &sv.access_log {
+        t.insert("access_log".into(), Value::Table(access_log(al)));
+    }
+    t
+}
+
+fn route(r: &Route) -> Table {
+    let mut t = Table::new();
+    if let Some(h) = &r.host {
+        t.insert("host".into(), s(h.to_string()));
+    }
+    if let Some(p) = &r.path_prefix {
+        t.insert("path_prefix".into(), s(p));
+    }
+    t.insert("pool".into(), s(&r.pool));
+    t
+}
+
+fn access_log(al: &AccessLog) -> Table {
+    let mut t = Table::new();
+    t.insert("format".into(), s(al.format.as_str()));
+    let p = match &al.target {
+        LogTarget::Stderr => s("-"),
+        LogTarget::File(f) => path(f),
+    };
+    t.insert("path".into(), p);
+    t
+}
+
+fn pool(p: &PoolConfig) -> Table {
+    let mut t = Table::new();
+    t.insert("name".into(), s(&p.name));
+    t.insert("scheduler".into(), s(p.scheduler.as_str()));
+    if let Some(k) = &p.hash_key {
+        t.insert("hash_key".into(), s(k.to_string()));
+    }
+    if let Some(d) = p.persistence {
+        t.insert("persistence".into(), dur(d));
+    }
+    if let Some(m) = p.maglev_table_size {
+        t.insert("maglev_table_size".into(), int(m.get()));
+    }
+    if let Some(c) = &p.sticky_cookie {
+        t.insert("sticky_cookie".into(), s(c));
+    }
+    if let Some(h) = &p.health {
+        t.insert("health".into(), Value::Table(health(h)));
+    }
+    if p.outlier != OutlierConfig::default() {
+        let mut o = Table::new();
+        o.insert(
+            "consecutive_failures".into(),
+            int(p.outlier.consecutive_failures),
+        );
+        o.insert("ejection".into(), dur(p.outlier.ejection));
+        t.insert("outlier".into(), Value::Table(o));
+    }
+    if !p.backends.is_empty() {
+        let bs = p
+            .backends
+            .iter()
+            .map(|b| {
+                let mut x = Table::new();
+                x.insert("address".into(), s(b.address.to_string()));
+                x.insert("weight".into(), int(b.weight.get()));
+                Value::Table(x)
+            })
+            .collect();
+        t.insert("backend".into(), Value::Array(bs));
+    }
+    if let Some(d) = &p.discovery {
+        t.insert("discovery".into(), Value::Table(discovery(d)));
+    }
+    t
+}
+
+fn health(h: &HealthConfig) -> Table {
+    let mut t = Table::new();
+    match &h.check {
+        HealthCheck::Tcp => {
+            t.insert("check".into(), s("tcp"));
+        }
+        HealthCheck::Http {
+            path,
+            expect_status,
+        } => {
+            t.insert("check".into(), s("http"));
+            t.insert("path".into(), s(path));
+            t.insert("expect_status".into(), s(expect_status.to_string()));
+        }
+    }
+    if h.interval != defaults::HEALTH_INTERVAL {
+        t.insert("interval".into(), dur(h.interval));
+    }
+    if h.timeout != defaults::HEALTH_TIMEOUT {
+        t.insert("timeout".into(), dur(h.timeout));
+    }
+    if h.rise != defaults::HEALTH_RISE {
+        t.insert("rise".into(), int(h.rise));
+    }
+    if h.fall != defaults::HEALTH_FALL {
+        t.insert("fall".into(), int(h.fall));
+    }
+    t
+}
+
+fn discovery(d: &Discovery) -> Table {
+    let mut t = Table::new();
+    if let Some(x) = &d.dns {
+        t.insert("dns".into(), s(x.to_string()));
+    }
+    if let Some(x) = &d.srv {
+        t.insert("srv".into(), s(x));
+    }
+    if let Some(x) = &d.file {
+        t.insert("file".into(), path(x));
+    }
+    if let Some(x) = &d.nameserver {
+        t.insert("nameserver".into(), s(x.to_string()));
+    }
+    t
+}
+
+fn xdp(x: &XdpConfig) -> Table {
+    let mut t = Table::new();
+    t.insert("interface".into(), s(&x.interface));
+    t.insert("mode".into(), s(x.mode.as_str()));
+    t
+}

@@ -1,0 +1,75 @@
+//! `sh`: source hashing over a weighted table, independent of listing order.
+//!
+//! The eligible backends are sorted by canonical address (`canonical_addr`, bytewise); their
+//! weights are divided by their gcd (and scaled down proportionally if they sum to more than
+//! [`MAX_TABLE`]); the table is their smooth weighted round-robin sequence over one cycle
+//! (each backend exactly `w / gcd` slots, interleaved). A flow goes to
+//! `table[hash % table.len()]`; if that backend is excluded, to the next slot (forward,
+//! wrapping) holding a backend that is not.
+
+use super::common::{smooth_sequence, sorted_eligible, Eligible};
+use super::{PickError, PickRequest, Scheduler};
+use crate::model::{Backend, SchedulerKind};
+
+/// The largest table, in slots.
+pub const MAX_TABLE: u64 = 65536;
+
+/// Source hashing.
+#[derive(Debug)]
+pub struct SourceHash {
+    eligible: Eligible,
+    /// Indices into the backend slice.
+    table: Vec<u32>,
+}
+
+impl SourceHash {
+    /// Builds the table over the eligible backends of `backends`.
+    pub fn new(backends: &[Backend]) -> Self {
+        let sorted = sorted_eligible(backends);
+        let weights: Vec<u32> = sorted
+            .iter()
+            .map(|(_, i)| backends[*i].weight.get())
+            .collect();
+        let table = smooth_sequence(&weights, MAX_TABLE)
+            .into_iter()
+            .map(|pos| sorted[pos as usize].1 as u32)
+            .collect();
+        Self {
+            eligible: Eligible::new(backends),
+            table,
+        }
+    }
+
+    /// The table: indices into the backend slice.
+    pub fn table(&self) -> &[u32] {
+        &self.table
+    }
+}
+
+impl Scheduler for SourceHash {
+    fn kind(&self) -> SchedulerKind {
+        SchedulerKind::SourceHash
+    }
+
+    fn pick(&self, req: &PickRequest<'_>) -> Result<usize, PickError> {
+        if self.table.is_empty() {
+            return Err(self.eligible.error());
+        }
+        let slot = req.hash as usize % self.table.len();
+        let first = self.table[slot] as usize;
+        if req.exclude.is_empty() {
+            return Ok(first);
+        }
+        self.eligible.ensure_some_left(req.exclude)?;
+        self.table[slot..]
+            .iter()
+            .chain(&self.table[..slot])
+            .map(|&i| i as usize)
+            .find(|i| !req.exclude.contains(i))
+            .ok_or_else(|| self.eligible.error())
+    }
+
+    fn as_source_hash(&self) -> Option<&SourceHash> {
+        Some(self)
+    }
+}

@@ -1,0 +1,75 @@
+//! `wrr`: smooth weighted round robin (nginx's algorithm), precomputed for one full cycle.
+//!
+//! The weights of the eligible backends are divided by their gcd, and the smooth sequence of
+//! one cycle (each backend exactly `w / gcd` times, interleaved with no bursts) is computed
+//! once at build time and walked with an atomic counter. If a cycle would exceed
+//! [`MAX_CYCLE`] entries, the weights are first scaled down proportionally
+//! (`max(1, w * MAX_CYCLE / sum)`), so the spread is then exact only up to that rounding.
+
+use std::sync::atomic::AtomicUsize;
+
+use super::common::{rotate, smooth_sequence, Eligible};
+use super::{PickError, PickRequest, Scheduler};
+use crate::model::{Backend, SchedulerKind};
+
+/// The longest precomputed cycle, in picks.
+pub const MAX_CYCLE: u64 = 65536;
+
+/// Smooth weighted round robin.
+#[derive(Debug)]
+pub struct WeightedRoundRobin {
+    eligible: Eligible,
+    /// One full cycle: indices into the backend slice.
+    cycle: Vec<u32>,
+    next: AtomicUsize,
+}
+
+impl WeightedRoundRobin {
+    /// Precomputes the cycle over the eligible backends of `backends` (listing order).
+    pub fn new(backends: &[Backend]) -> Self {
+        let eligible = Eligible::new(backends);
+        let weights: Vec<u32> = eligible
+            .idx
+            .iter()
+            .map(|&i| backends[i].weight.get())
+            .collect();
+        let cycle = smooth_sequence(&weights, MAX_CYCLE)
+            .into_iter()
+            .map(|pos| eligible.idx[pos as usize] as u32)
+            .collect();
+        Self {
+            eligible,
+            cycle,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// One full cycle of picks (indices into the backend slice).
+    pub fn cycle(&self) -> &[u32] {
+        &self.cycle
+    }
+}
+
+impl Scheduler for WeightedRoundRobin {
+    fn kind(&self) -> SchedulerKind {
+        SchedulerKind::WeightedRoundRobin
+    }
+
+    fn pick(&self, req: &PickRequest<'_>) -> Result<usize, PickError> {
+        if self.cycle.is_empty() {
+            return Err(self.eligible.error());
+        }
+        let pos = rotate(&self.next, self.cycle.len());
+        let first = self.cycle[pos] as usize;
+        if req.exclude.is_empty() {
+            return Ok(first);
+        }
+        self.eligible.ensure_some_left(req.exclude)?;
+        self.cycle[pos..]
+            .iter()
+            .chain(&self.cycle[..pos])
+            .map(|&i| i as usize)
+            .find(|i| !req.exclude.contains(i))
+            .ok_or_else(|| self.eligible.error())
+    }
+}

@@ -1,0 +1,234 @@
+//! Hashing schedulers: Maglev weighted shares and disruption, order independence.
+
+use fulcrum_core::hash::jhash2;
+use fulcrum_core::model::{canonical_addr, Backend, PrimeTableSize, SchedulerKind};
+use fulcrum_core::sched::{build, moved_ratio, Maglev, NoLoads, PickRequest, SchedOptions};
+use proptest::prelude::*;
+
+fn addr(i: usize) -> std::net::SocketAddr {
+    match i % 3 {
+        0 => format!("198.18.{}.{}:80", i / 250, i % 250 + 1),
+        1 => format!("127.0.{}.{}:8080", i / 250, i % 250 + 1),
+        _ => format!("[2001:db8::{:x}]:443", i + 1),
+    }
+    .parse()
+    .expect("addr")
+}
+
+fn pool(weights: &[u16]) -> Vec<Backend> {
+    weights
+        .iter()
+        .enumerate()
+        .map(|(i, &w)| Backend::new(addr(i), w))
+        .collect()
+}
+
+fn size(m: u32) -> PrimeTableSize {
+    PrimeTableSize::new(m).expect("prime")
+}
+
+fn counts(mg: &Maglev, n: usize) -> Vec<u64> {
+    let mut c = vec![0u64; n];
+    for &i in mg.table() {
+        c[i as usize] += 1;
+    }
+    c
+}
+
+fn assert_shares(weights: &[u16], m: u32) {
+    let b = pool(weights);
+    let mg = Maglev::new(&b, size(m));
+    assert_eq!(mg.table().len(), m as usize);
+    let c = counts(&mg, b.len());
+    let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
+    for (i, &w) in weights.iter().enumerate() {
+        let exact = u64::from(m) * u64::from(w);
+        let (lo, hi) = (exact / total, exact.div_ceil(total));
+        assert!(
+            c[i] == lo || c[i] == hi,
+            "backend {i} w={w}: {} not in {lo}..={hi}",
+            c[i]
+        );
+    }
+}
+
+#[test]
+fn maglev_shares_examples() {
+    assert_shares(&[1, 1, 1], 65537);
+    assert_shares(&[1, 2, 3, 4], 65537);
+    assert_shares(&[65535, 1], 65537);
+    assert_shares(&[100; 100], 65537);
+    assert_shares(&[7, 0, 3], 1009);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn maglev_every_backend_gets_floor_or_ceil(weights in proptest::collection::vec(1u16..=1000, 1..60), big in any::<bool>()) {
+        assert_shares(&weights, if big { 65537 } else { 1009 });
+    }
+
+    #[test]
+    fn hashing_choice_is_independent_of_listing_order(
+        weights in proptest::collection::vec(0u16..=20, 1..30),
+        seed in any::<u64>(),
+        hashes in proptest::collection::vec(any::<u32>(), 50),
+    ) {
+        let b = pool(&weights);
+        let mut shuffled: Vec<usize> = (0..b.len()).collect();
+        // Fisher-Yates with a seeded LCG.
+        let mut x = seed | 1;
+        for k in (1..shuffled.len()).rev() {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            shuffled.swap(k, (x >> 33) as usize % (k + 1));
+        }
+        let b2: Vec<Backend> = shuffled.iter().map(|&i| b[i].clone()).collect();
+        let opts = SchedOptions { maglev_table_size: size(1009) };
+        for kind in [SchedulerKind::Maglev, SchedulerKind::RingHash, SchedulerKind::SourceHash] {
+            let (s1, s2) = (build(kind, &b, &opts), build(kind, &b2, &opts));
+            for &h in &hashes {
+                let r = |ex: &'static [usize]| PickRequest { hash: h, random: 0, loads: &NoLoads, exclude: ex };
+                let p1 = s1.pick(&r(&[])).map(|i| b[i].address);
+                let p2 = s2.pick(&r(&[])).map(|i| b2[i].address);
+                prop_assert_eq!(p1, p2, "{}", kind);
+            }
+        }
+        let (m1, m2) = (Maglev::new(&b, size(1009)), Maglev::new(&b2, size(1009)));
+        prop_assert_eq!(m1.table_checksum(), m2.table_checksum());
+    }
+}
+
+/// Flows as hashes (a fixed, well spread sample).
+fn flows(n: u32) -> impl Iterator<Item = u32> {
+    (0..n).map(|k| jhash2(&[k], 0x5eed))
+}
+
+/// Fraction of flows not on `removed` (in the old pool) whose backend changed.
+fn disruption(old_b: &[Backend], new_b: &[Backend], removed: Option<usize>) -> (f64, f64) {
+    let m = size(65537);
+    let (old, new) = (Maglev::new(old_b, m), Maglev::new(new_b, m));
+    let owner = |mg: &Maglev, b: &[Backend], h: u32| {
+        canonical_addr(&b[mg.table()[mg.slot(h)] as usize].address)
+    };
+    let (mut kept_total, mut moved) = (0u32, 0u32);
+    for h in flows(200_000) {
+        let before = owner(&old, old_b, h);
+        if removed.is_some_and(|r| before == canonical_addr(&old_b[r].address)) {
+            continue;
+        }
+        kept_total += 1;
+        if before != owner(&new, new_b, h) {
+            moved += 1;
+        }
+    }
+    (
+        f64::from(moved) / f64::from(kept_total),
+        moved_ratio(&old, old_b, &new, new_b),
+    )
+}
+
+#[test]
+fn maglev_removing_one_backend_moves_few_other_flows() {
+    for n in [5usize, 10, 100] {
+        let b = pool(&vec![1; n]);
+        let mut smaller = b.clone();
+        smaller.remove(n / 2);
+        let (frac, table_ratio) = disruption(&b, &smaller, Some(n / 2));
+        println!("maglev remove 1 of {n}: {frac:.4} of other flows moved; table moved ratio {table_ratio:.4}");
+        // The paper's figure 10: a few percent at most for M much larger than N.
+        assert!(frac < 0.03, "n={n}: {frac}");
+        // The removed backend's own share (1/n) must move.
+        assert!(table_ratio >= 1.0 / n as f64 - 0.001);
+    }
+}
+
+#[test]
+fn maglev_adding_one_backend_moves_about_its_share() {
+    for n in [5usize, 10, 100] {
+        let b = pool(&vec![1; n]);
+        let bigger = pool(&vec![1; n + 1]);
+        let (frac, table_ratio) = disruption(&b, &bigger, None);
+        let ideal = 1.0 / (n + 1) as f64;
+        println!("maglev add 1 to {n}: {frac:.4} of flows moved (ideal {ideal:.4}); table moved ratio {table_ratio:.4}");
+        assert!(
+            frac >= ideal * 0.95 && frac < ideal + 0.03,
+            "n={n}: {frac} vs {ideal}"
+        );
+        assert!((table_ratio - frac).abs() < 0.01);
+    }
+}
+
+#[test]
+fn maglev_weight_change_moves_little() {
+    let b = pool(&[1; 10]);
+    let mut heavier = b.clone();
+    heavier[3].weight = fulcrum_core::model::Weight::new(2);
+    let (frac, _) = disruption(&b, &heavier, None);
+    println!(
+        "maglev weight 1 -> 2 on one of 10: {frac:.4} of flows moved (ideal {:.4})",
+        1.0 / 11.0
+    );
+    assert!(frac < 0.15, "{frac}");
+}
+
+#[test]
+fn maglev_exclusion_probes_forward_deterministically() {
+    let b = pool(&[1, 1, 1, 1]);
+    let mg = Maglev::new(&b, size(1009));
+    let t = mg.table();
+    for h in 0..2000u32 {
+        let slot = mg.slot(h);
+        let first = t[slot] as usize;
+        let expect = (1..t.len())
+            .map(|k| t[(slot + k) % t.len()] as usize)
+            .find(|&i| i != first)
+            .expect("another backend");
+        let req = PickRequest {
+            hash: h,
+            random: 0,
+            loads: &NoLoads,
+            exclude: &[first],
+        };
+        assert_eq!(fulcrum_core::sched::Scheduler::pick(&mg, &req), Ok(expect));
+    }
+}
+
+#[test]
+fn moved_ratio_edge_cases() {
+    let b = pool(&[1, 1, 1]);
+    let mg = Maglev::new(&b, size(1009));
+    assert!(moved_ratio(&mg, &b, &mg, &b).abs() < f64::EPSILON);
+    let mut reordered = b.clone();
+    reordered.reverse();
+    let mg2 = Maglev::new(&reordered, size(1009));
+    assert!(moved_ratio(&mg, &b, &mg2, &reordered).abs() < f64::EPSILON);
+    let other = Maglev::new(&b, size(1013));
+    assert!((moved_ratio(&mg, &b, &other, &b) - 1.0).abs() < f64::EPSILON);
+    let none = Maglev::new(&[], size(1009));
+    assert!((moved_ratio(&mg, &b, &none, &[]) - 1.0).abs() < f64::EPSILON);
+}
+
+#[test]
+fn ring_hash_points_follow_weights() {
+    let b = pool(&[1, 2, 4]);
+    let s = build(SchedulerKind::RingHash, &b, &SchedOptions::default());
+    let mut c = [0u32; 3];
+    for h in flows(100_000) {
+        c[s.pick(&PickRequest {
+            hash: h,
+            random: 0,
+            loads: &NoLoads,
+            exclude: &[],
+        })
+        .expect("pick")] += 1;
+    }
+    let share = |i: usize| f64::from(c[i]) / 100_000.0;
+    println!(
+        "ring_hash shares for weights 1,2,4: {:.3} {:.3} {:.3}",
+        share(0),
+        share(1),
+        share(2)
+    );
+    assert!((share(0) - 1.0 / 7.0).abs() < 0.04, "{c:?}");
+    assert!((share(2) - 4.0 / 7.0).abs() < 0.06, "{c:?}");
+}
