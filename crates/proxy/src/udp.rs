@@ -20,6 +20,8 @@ use crate::snapshot::{ServiceRt, Shared};
 use crate::stats::BackendStats;
 
 const MAX_DATAGRAM: usize = 65_536;
+/// How long a datagram may wait for its backend socket to become writable.
+const SEND_WAIT: Duration = Duration::from_millis(5);
 
 thread_local! {
     static REPLY_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; MAX_DATAGRAM].into_boxed_slice());
@@ -76,8 +78,14 @@ pub async fn serve(shared: Arc<Shared>, sock: UdpSocket, listen: SocketAddr) {
             .stats
             .bytes_in
             .fetch_add(n as u64, Ordering::Relaxed);
-        // UDP semantics: a datagram that cannot be sent now is dropped, not queued.
-        let _ = flow.sock.try_send(&buf[..n]);
+        // A new socket has no readiness recorded yet, so `try_send` may say WouldBlock for a
+        // send that would succeed: then wait briefly for writability. Past that, UDP
+        // semantics: a datagram that cannot be sent is dropped, not queued.
+        if let Err(e) = flow.sock.try_send(&buf[..n]) {
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                let _ = tokio::time::timeout(SEND_WAIT, flow.sock.send(&buf[..n])).await;
+            }
+        }
         while reply_tasks.try_join_next().is_some() {}
     }
 }

@@ -1,0 +1,320 @@
+//! End-to-end TCP proxying through the real `fulcrum run`: bulk echo under concurrency,
+//! round-robin spread, half-close, PROXY protocol v1 and v2.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{
+    admin_toml, connect, echo_bulk, echo_once, free_addr, pool_toml, service_toml, weighted,
+    Behaviour, Fulcrum, TcpBackend,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn one_service(
+    admin: SocketAddr,
+    listen: SocketAddr,
+    svc_extra: &str,
+    scheduler: &str,
+    backends: &[SocketAddr],
+) -> String {
+    format!(
+        "{}{}{}",
+        admin_toml(admin),
+        service_toml("svc", listen, "tcp", "p", svc_extra),
+        pool_toml("p", scheduler, "", &weighted(backends))
+    )
+}
+
+/// 300 connections, 50 at a time, each echoing 64 KiB intact through the proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_echo_300_connections_intact() {
+    for relay in RELAYS {
+        bulk_echo(relay).await;
+    }
+}
+
+/// `fulcrum run --relay` modes; every data-path test that moves bytes runs under each.
+const RELAYS: [&str; 3] = ["auto", "copy", "splice"];
+
+async fn bulk_echo(relay: &str) {
+    let bs = [
+        TcpBackend::start(Behaviour::Echo).await,
+        TcpBackend::start(Behaviour::Echo).await,
+        TcpBackend::start(Behaviour::Echo).await,
+    ];
+    let (admin, listen) = (free_addr(), free_addr());
+    let addrs: Vec<_> = bs.iter().map(|b| b.addr).collect();
+    let f = Fulcrum::start(
+        "bulk",
+        admin,
+        &one_service(admin, listen, "", "rr", &addrs),
+        &["--relay", relay],
+    )
+    .await;
+
+    let data: Arc<Vec<u8>> = Arc::new(
+        (0..64 * 1024)
+            .map(|i: usize| (i * 7 + i / 251) as u8)
+            .collect(),
+    );
+    let started = Instant::now();
+    let sem = Arc::new(tokio::sync::Semaphore::new(50));
+    let mut tasks = Vec::new();
+    for _ in 0..300 {
+        let permit = Arc::clone(&sem).acquire_owned().await.unwrap();
+        let data = Arc::clone(&data);
+        tasks.push(tokio::spawn(async move {
+            let r = echo_bulk(listen, data).await;
+            drop(permit);
+            r
+        }));
+    }
+    let mut failures = Vec::new();
+    for t in tasks {
+        if let Err(e) = t.await.unwrap() {
+            failures.push(e.to_string());
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of 300 bulk echoes failed, e.g. {:?}\nstderr tail:\n{}",
+        failures.len(),
+        &failures[..failures.len().min(5)],
+        f.stderr_tail(20)
+    );
+    let served: Vec<usize> = bs.iter().map(TcpBackend::served).collect();
+    assert_eq!(
+        served.iter().sum::<usize>(),
+        300,
+        "backend-side connection counts {served:?}"
+    );
+    eprintln!(
+        "relay {relay}: 300 x 64 KiB echoes in {:?}",
+        started.elapsed()
+    );
+
+    // The admin API accounts for every connection, and none is left active.
+    let mut total = 0;
+    let mut ok = false;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        let p = f.pool("p").await;
+        total = 0;
+        let mut active = 0;
+        for a in &addrs {
+            let b = common::find_backend(&p, *a).unwrap();
+            total += b["total_connections"].as_u64().unwrap_or(0);
+            active += b["active_connections"].as_u64().unwrap_or(1_000_000);
+        }
+        if total == 300 && active == 0 {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        ok,
+        "admin API: total_connections sum {total} (want 300) / active not 0: {}",
+        f.pool("p").await
+    );
+    f.assert_no_panic();
+}
+
+/// rr over 300 sequential connections: each of the 3 backends gets 100 (±1), with the
+/// default worker count and with `--workers 1` and `--workers 2`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rr_spreads_evenly() {
+    rr_spread(&[]).await;
+    rr_spread(&["--workers", "1"]).await;
+    rr_spread(&["--workers", "2"]).await;
+}
+
+async fn rr_spread(args: &[&str]) {
+    let bs = [
+        TcpBackend::start(Behaviour::Echo).await,
+        TcpBackend::start(Behaviour::Echo).await,
+        TcpBackend::start(Behaviour::Echo).await,
+    ];
+    let (admin, listen) = (free_addr(), free_addr());
+    let addrs: Vec<_> = bs.iter().map(|b| b.addr).collect();
+    let f = Fulcrum::start(
+        "rr",
+        admin,
+        &one_service(admin, listen, "", "rr", &addrs),
+        args,
+    )
+    .await;
+    for i in 0..300 {
+        echo_once(listen, format!("hello {i}").as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("connection {i}: {e}\nstderr tail:\n{}", f.stderr_tail(20)));
+    }
+    let served: Vec<usize> = bs.iter().map(TcpBackend::served).collect();
+    assert_eq!(served.iter().sum::<usize>(), 300, "{served:?}");
+    for s in &served {
+        assert!(
+            (99..=101).contains(s),
+            "rr over 300 sequential connections is uneven ({args:?}): {served:?}"
+        );
+    }
+    f.assert_no_panic();
+}
+
+/// The client half-closes; the backend reads to EOF, answers, closes; the client gets the
+/// answer and then EOF.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_close_is_relayed() {
+    for relay in RELAYS {
+        half_close(relay).await;
+    }
+}
+
+async fn half_close(relay: &str) {
+    let b = TcpBackend::start(Behaviour::HalfClose).await;
+    let (admin, listen) = (free_addr(), free_addr());
+    let f = Fulcrum::start(
+        "halfclose",
+        admin,
+        &one_service(admin, listen, "", "rr", &[b.addr]),
+        &["--relay", relay],
+    )
+    .await;
+    for size in [1usize, 10_240, 300_000, 4 << 20] {
+        let mut s = connect(listen).await.unwrap();
+        let data = vec![b'x'; size];
+        s.write_all(&data).await.unwrap();
+        s.shutdown().await.unwrap(); // FIN to the proxy: it must pass it on, not close both ways
+        let mut answer = Vec::new();
+        let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await;
+        let r = r.unwrap_or_else(|_| {
+            panic!(
+                "size {size}: no answer+EOF within 5s after half-close; got {:?}",
+                String::from_utf8_lossy(&answer)
+            )
+        });
+        r.unwrap_or_else(|e| panic!("size {size}: read after half-close: {e}"));
+        assert_eq!(
+            String::from_utf8_lossy(&answer),
+            format!("got {size} bytes"),
+            "size {size}"
+        );
+    }
+    f.assert_no_panic();
+}
+
+/// PROXY v1: the backend receives exactly `PROXY TCP4 127.0.0.1 127.0.0.1 CPORT SPORT\r\n`
+/// and then the client's bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_v1_header_exact() {
+    let b = TcpBackend::start(Behaviour::ProxyV1).await;
+    let (admin, listen) = (free_addr(), free_addr());
+    let cfg = one_service(admin, listen, "proxy_protocol = \"v1\"", "rr", &[b.addr]);
+    let f = Fulcrum::start("ppv1", admin, &cfg, &[]).await;
+    for _ in 0..3 {
+        let mut s = connect(listen).await.unwrap();
+        let cport = s.local_addr().unwrap().port();
+        let want = format!(
+            "PROXY TCP4 127.0.0.1 127.0.0.1 {cport} {}\r\n",
+            listen.port()
+        );
+        let mut got = vec![0u8; want.len()];
+        tokio::time::timeout(Duration::from_secs(3), s.read_exact(&mut got))
+            .await
+            .expect("header echo timed out")
+            .expect("header echo");
+        assert_eq!(String::from_utf8_lossy(&got), want);
+        // Nothing else precedes the payload: the next bytes are our own echo.
+        common::round_trip(&mut s, b"payload after header")
+            .await
+            .unwrap();
+    }
+    f.assert_no_panic();
+}
+
+/// PROXY v2: signature, 0x21 (v2, PROXY), 0x11 (TCP over IPv4), length 12, addresses, ports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_v2_header_exact() {
+    let b = TcpBackend::start(Behaviour::ProxyV2).await;
+    let (admin, listen) = (free_addr(), free_addr());
+    let cfg = one_service(admin, listen, "proxy_protocol = \"v2\"", "rr", &[b.addr]);
+    let f = Fulcrum::start("ppv2", admin, &cfg, &[]).await;
+    for _ in 0..3 {
+        let mut s = connect(listen).await.unwrap();
+        let cport = s.local_addr().unwrap().port();
+        let mut want = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+        want.extend_from_slice(&[0x21, 0x11, 0x00, 0x0c]);
+        want.extend_from_slice(&[127, 0, 0, 1, 127, 0, 0, 1]);
+        want.extend_from_slice(&cport.to_be_bytes());
+        want.extend_from_slice(&listen.port().to_be_bytes());
+        let mut got = vec![0u8; want.len()];
+        tokio::time::timeout(Duration::from_secs(3), s.read_exact(&mut got))
+            .await
+            .expect("header echo timed out")
+            .expect("header echo");
+        assert_eq!(got, want, "v2 header bytes");
+        common::round_trip(&mut s, b"payload after v2 header")
+            .await
+            .unwrap();
+    }
+    f.assert_no_panic();
+}
+
+/// One 16 MiB transfer each way on a single connection, per relay mode (auto switches to
+/// splice mid-stream here): every byte intact and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_transfer_intact_each_relay_mode() {
+    let b = TcpBackend::start(Behaviour::Echo).await;
+    let data: Arc<Vec<u8>> = Arc::new((0..16usize << 20).map(common::pattern_byte).collect());
+    for relay in RELAYS {
+        let (admin, listen) = (free_addr(), free_addr());
+        let cfg = one_service(admin, listen, "", "rr", &[b.addr]);
+        let f = Fulcrum::start("big", admin, &cfg, &["--relay", relay]).await;
+        let t = Instant::now();
+        echo_bulk(listen, Arc::clone(&data))
+            .await
+            .unwrap_or_else(|e| panic!("relay {relay}: 16 MiB echo: {e}\n{}", f.stderr_tail(20)));
+        eprintln!("relay {relay}: 16 MiB echo in {:?}", t.elapsed());
+        f.assert_no_panic();
+    }
+}
+
+/// The backend half-closes first (sends `bye`, FIN) and keeps reading: the client sees
+/// `bye` + EOF and can still send; every byte it sends after that reaches the backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_half_close_keeps_client_direction_open() {
+    for relay in RELAYS {
+        let b = TcpBackend::start(Behaviour::ServerHalfClose).await;
+        let (admin, listen) = (free_addr(), free_addr());
+        let cfg = one_service(admin, listen, "", "rr", &[b.addr]);
+        let f = Fulcrum::start("srvhalf", admin, &cfg, &["--relay", relay]).await;
+        let mut s = connect(listen).await.unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut got))
+            .await
+            .unwrap_or_else(|_| panic!("relay {relay}: no EOF after the backend's FIN"))
+            .unwrap_or_else(|e| panic!("relay {relay}: reading after backend FIN: {e}"));
+        assert_eq!(got, b"bye", "relay {relay}");
+        // Our direction is still open: send 1 MiB after receiving EOF.
+        let payload = vec![b'p'; 1 << 20];
+        tokio::time::timeout(Duration::from_secs(5), s.write_all(&payload))
+            .await
+            .unwrap_or_else(|_| panic!("relay {relay}: write after backend FIN blocked"))
+            .unwrap_or_else(|e| panic!("relay {relay}: write after backend FIN failed: {e}"));
+        s.shutdown().await.unwrap();
+        let ok = common::eventually(Duration::from_secs(3), || async {
+            b.received.load(std::sync::atomic::Ordering::SeqCst) == payload.len()
+        })
+        .await;
+        assert!(
+            ok,
+            "relay {relay}: backend received {} of {} bytes sent after its half-close",
+            b.received.load(std::sync::atomic::Ordering::SeqCst),
+            payload.len()
+        );
+        f.assert_no_panic();
+    }
+}
