@@ -1,15 +1,21 @@
-//! The admin API (HTTP/JSON on `admin.listen`): health, readiness, metrics and the read side
-//! of services and pools, plus `POST /api/v1/reload`. Errors answer `{"error": "..."}`.
+//! The admin API (HTTP/JSON on `admin.listen`): health, readiness, metrics, the read side
+//! of services and pools, `explain`, the running config, reload and run-time changes of
+//! backends and services. Errors answer `{"error": "..."}`: 400 bad body or address, 401
+//! missing or wrong token, 404 unknown pool/service/backend, 409 conflicts, 413 body too
+//! large. See `docs/admin-api.md`.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use fulcrum_proxy::controller::{Control, ControlSender};
+use fulcrum_core::config::Config;
+use fulcrum_proxy::controller::{ChangeError, Control, ControlSender};
 use fulcrum_proxy::snapshot::{PoolRt, Shared};
 use prometheus_client::registry::Registry;
 use serde_json::{json, Value};
@@ -23,6 +29,9 @@ pub struct AdminState {
     pub registry: Arc<Registry>,
     /// When set, mutating calls need `Authorization: Bearer <token>`.
     pub token: Option<Arc<str>>,
+    /// `[admin] protect_reads`: with a token, read-only endpoints need it too (not
+    /// `/healthz` and `/readyz`).
+    pub protect_reads: bool,
 }
 
 /// The router.
@@ -34,7 +43,26 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/services", get(services))
         .route("/api/v1/pools", get(pools))
         .route("/api/v1/pools/{pool}", get(pool))
+        .route("/api/v1/pools/{pool}/explain", get(explain))
+        .route(
+            "/api/v1/pools/{pool}/backends/{address}",
+            put(put_backend).delete(delete_backend),
+        )
+        .route(
+            "/api/v1/pools/{pool}/backends/{address}/drain",
+            post(drain_backend),
+        )
+        .route(
+            "/api/v1/services/{name}",
+            put(put_service).delete(delete_service),
+        )
+        .route("/api/v1/config", get(get_config))
         .route("/api/v1/reload", post(reload))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            protect_reads,
+        ))
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
@@ -43,6 +71,9 @@ pub fn router(state: AdminState) -> Router {
         })
         .with_state(state)
 }
+
+/// The largest request body the API reads (a service definition is well below it).
+pub const MAX_BODY: usize = 64 * 1024;
 
 /// A JSON error answer.
 pub fn error(status: StatusCode, msg: impl Into<String>) -> Response {
@@ -158,4 +189,368 @@ async fn reload(State(st): State<AdminState>, headers: HeaderMap) -> Response {
         Ok(Err(msg)) => error(StatusCode::BAD_REQUEST, msg),
         Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
     }
+}
+
+/// With `protect_reads`, every GET but the probes needs the token (mutating calls check
+/// it in their handlers).
+async fn protect_reads(
+    State(st): State<AdminState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = req.uri().path();
+    if st.protect_reads
+        && req.method() == axum::http::Method::GET
+        && path != "/healthz"
+        && path != "/readyz"
+        && !authorized(&st, req.headers())
+    {
+        return unauthorized();
+    }
+    next.run(req).await
+}
+
+fn unauthorized() -> Response {
+    error(
+        StatusCode::UNAUTHORIZED,
+        "missing or wrong bearer token (send Authorization: Bearer <token from [admin] token_file>)",
+    )
+}
+
+fn change_error(e: &ChangeError) -> Response {
+    let status = match e {
+        ChangeError::Invalid(_) => StatusCode::BAD_REQUEST,
+        ChangeError::NotFound(_) => StatusCode::NOT_FOUND,
+        ChangeError::Conflict(_) => StatusCode::CONFLICT,
+    };
+    error(status, e.to_string())
+}
+
+fn body_error(e: &BytesRejection) -> Response {
+    let status = e.status();
+    let status = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        status
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    error(
+        status,
+        format!("cannot read the request body: {}", e.body_text()),
+    )
+}
+
+/// Parses a JSON body; an empty body is `{}`.
+fn json_body(body: &Bytes) -> Result<Value, Response> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+}
+
+async fn ask<T>(st: &AdminState, msg: Control, rx: oneshot::Receiver<T>) -> Result<T, Response> {
+    if st.control.send(msg).is_err() {
+        return Err(error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"));
+    }
+    rx.await
+        .map_err(|_| error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"))
+}
+
+/// Sends a config edit to the controller and answers with the changed object.
+async fn apply_edit(
+    st: &AdminState,
+    edit: fulcrum_proxy::controller::ConfigEdit,
+    undrain: Option<(String, std::net::SocketAddr)>,
+    ok: impl FnOnce() -> Response,
+) -> Response {
+    let (tx, rx) = oneshot::channel();
+    let msg = Control::Edit {
+        edit,
+        undrain,
+        reply: tx,
+    };
+    match ask(st, msg, rx).await {
+        Ok(Ok(())) => ok(),
+        Ok(Err(e)) => change_error(&e),
+        Err(r) => r,
+    }
+}
+
+fn backend_answer(st: &AdminState, pool: &str, addr: std::net::SocketAddr) -> Response {
+    let snap = st.shared.snapshot.load();
+    let b = snap.pool(pool).and_then(|p| {
+        pool_json(p)["backends"].as_array().and_then(|bs| {
+            bs.iter()
+                .find(|b| b["address"] == addr.to_string())
+                .cloned()
+        })
+    });
+    Json(json!({ "pool": pool, "backend": b })).into_response()
+}
+
+/// `PUT /api/v1/pools/{pool}/backends/{address}` with `{"weight": N}` (optional: a new
+/// backend gets 1, an existing one keeps its weight). Ends an operator drain.
+async fn put_backend(
+    State(st): State<AdminState>,
+    headers: HeaderMap,
+    Path((pool, address)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    if !authorized(&st, &headers) {
+        return unauthorized();
+    }
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return body_error(&e),
+    };
+    let addr = match crate::edit::parse_addr(&address) {
+        Ok(a) => a,
+        Err(e) => return change_error(&e),
+    };
+    let v = match json_body(&body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let Some(obj) = v.as_object() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the body must be a JSON object: {\"weight\": N}",
+        );
+    };
+    if let Some(k) = obj.keys().find(|k| k.as_str() != "weight") {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("unknown field {k:?} in the body; valid: weight"),
+        );
+    }
+    let weight =
+        match obj.get("weight") {
+            None => None,
+            Some(w) => match w.as_u64().and_then(|w| u16::try_from(w).ok()) {
+                Some(w) => Some(w),
+                None => return error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "weight {w} is invalid: weights are integers 0..=65535 (0 = no new flows)"
+                    ),
+                ),
+            },
+        };
+    let p = pool.clone();
+    let edit = Box::new(move |cfg: &Config| {
+        let w = weight.unwrap_or_else(|| {
+            cfg.pool(&p)
+                .and_then(|pc| pc.backends.iter().find(|b| b.address == addr))
+                .map_or(1, |b| b.weight.get() as u16)
+        });
+        crate::edit::set_backend(cfg, &p, addr, w)
+    });
+    apply_edit(&st, edit, Some((pool.clone(), addr)), || {
+        backend_answer(&st, &pool, addr)
+    })
+    .await
+}
+
+/// `DELETE /api/v1/pools/{pool}/backends/{address}`: existing flows finish.
+async fn delete_backend(
+    State(st): State<AdminState>,
+    headers: HeaderMap,
+    Path((pool, address)): Path<(String, String)>,
+) -> Response {
+    if !authorized(&st, &headers) {
+        return unauthorized();
+    }
+    let addr = match crate::edit::parse_addr(&address) {
+        Ok(a) => a,
+        Err(e) => return change_error(&e),
+    };
+    let p = pool.clone();
+    let edit = Box::new(move |cfg: &Config| crate::edit::remove_backend(cfg, &p, addr));
+    apply_edit(&st, edit, None, || {
+        Json(json!({ "pool": pool, "removed": addr.to_string() })).into_response()
+    })
+    .await
+}
+
+/// `POST /api/v1/pools/{pool}/backends/{address}/drain`.
+async fn drain_backend(
+    State(st): State<AdminState>,
+    headers: HeaderMap,
+    Path((pool, address)): Path<(String, String)>,
+) -> Response {
+    if !authorized(&st, &headers) {
+        return unauthorized();
+    }
+    let addr = match crate::edit::parse_addr(&address) {
+        Ok(a) => a,
+        Err(e) => return change_error(&e),
+    };
+    let (tx, rx) = oneshot::channel();
+    let msg = Control::Drain {
+        pool: pool.clone(),
+        backend: addr,
+        reply: tx,
+    };
+    match ask(&st, msg, rx).await {
+        Ok(Ok(())) => backend_answer(&st, &pool, addr),
+        Ok(Err(e)) => change_error(&e),
+        Err(r) => r,
+    }
+}
+
+/// `PUT /api/v1/services/{name}`: the body has the keys of a `[[service]]` table.
+async fn put_service(
+    State(st): State<AdminState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    if !authorized(&st, &headers) {
+        return unauthorized();
+    }
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return body_error(&e),
+    };
+    let v = match json_body(&body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let n = name.clone();
+    let edit = Box::new(move |cfg: &Config| crate::edit::put_service(cfg, &n, v));
+    apply_edit(&st, edit, None, || {
+        let snap = st.shared.snapshot.load();
+        let svc = snap.services.iter().find(|s| s.name == name).map(|s| {
+            json!({
+                "name": s.name,
+                "listen": s.listen.to_string(),
+                "protocol": s.protocol.as_str(),
+                "forward": s.forward.as_str(),
+                "pool": s.pool.name,
+            })
+        });
+        Json(json!({ "service": svc })).into_response()
+    })
+    .await
+}
+
+/// `DELETE /api/v1/services/{name}`: stops listening; open connections finish.
+async fn delete_service(
+    State(st): State<AdminState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    if !authorized(&st, &headers) {
+        return unauthorized();
+    }
+    let n = name.clone();
+    let edit = Box::new(move |cfg: &Config| crate::edit::delete_service(cfg, &n));
+    apply_edit(&st, edit, None, || {
+        Json(json!({ "removed": name })).into_response()
+    })
+    .await
+}
+
+/// `GET /api/v1/config`: the running configuration (file plus run-time changes) as TOML.
+async fn get_config(State(st): State<AdminState>) -> Response {
+    let (tx, rx) = oneshot::channel();
+    match ask(&st, Control::Config(tx), rx).await {
+        Ok(cfg) => (
+            [(header::CONTENT_TYPE, "application/toml; charset=utf-8")],
+            cfg.to_toml(),
+        )
+            .into_response(),
+        Err(r) => r,
+    }
+}
+
+/// `GET /api/v1/pools/{pool}/explain?client=IP:PORT[&dst=IP:PORT][&proto=tcp|udp]`.
+async fn explain(
+    State(st): State<AdminState>,
+    Path(pool): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let mut client = None;
+    let mut dst = None;
+    let mut proto = None;
+    for pair in query
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = percent_decode(v);
+        let addr = |what: &str| {
+            v.parse::<std::net::SocketAddr>().map_err(|_| {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    format!("invalid {what} address {v:?}: write IP:PORT, e.g. 10.1.2.3:40000"),
+                )
+            })
+        };
+        match k {
+            "client" => match addr("client") {
+                Ok(a) => client = Some(a),
+                Err(r) => return r,
+            },
+            "dst" => match addr("dst") {
+                Ok(a) => dst = Some(a),
+                Err(r) => return r,
+            },
+            "proto" => match crate::explain::parse_proto(&v) {
+                Some(p) => proto = Some(p),
+                None => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("invalid proto {v:?}: valid: tcp, udp"),
+                    )
+                }
+            },
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown query parameter {k:?}; valid: client, dst, proto"),
+                )
+            }
+        }
+    }
+    let Some(client) = client else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "missing client=IP:PORT (the flow's source address)",
+        );
+    };
+    let snap = st.shared.snapshot.load();
+    let Some(p) = snap.pool(&pool) else {
+        return error(StatusCode::NOT_FOUND, format!("no pool named {pool:?}"));
+    };
+    let q = crate::explain::Query { client, dst, proto };
+    Json(crate::explain::explain(&st.shared, &snap, p, q)).into_response()
+}
+
+/// Decodes `%XX` escapes (and `+` as space) of a query value.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
+                {
+                    Ok(x) => {
+                        out.push(x);
+                        i += 3;
+                        continue;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }

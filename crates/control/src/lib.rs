@@ -1,3 +1,5 @@
 //! Fulcrum's control plane: the admin API and the metrics.
 pub mod admin;
+pub mod edit;
+pub mod explain;
 pub mod metrics;

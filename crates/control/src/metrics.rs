@@ -164,7 +164,96 @@ impl Collector for FulcrumCollector {
             ConstCounter::new(load(&p.changes))
                 .encode(m.encode_family(&[("pool", p.name.as_str())])?)?;
         }
+        let mut m = enc.encode_descriptor(
+            "fulcrum_pool_table_moved_ratio",
+            "maglev/ring_hash: share of hash-table slots that changed owner at the pool's last change",
+            None,
+            MetricType::Gauge,
+        )?;
+        for p in snap.pools.iter().filter(|p| {
+            matches!(
+                p.kind,
+                fulcrum_core::model::SchedulerKind::Maglev
+                    | fulcrum_core::model::SchedulerKind::RingHash
+            )
+        }) {
+            ConstGauge::new(p.moved_ratio())
+                .encode(m.encode_family(&[("pool", p.name.as_str())])?)?;
+        }
+        if let Some(l7) = &self.shared.l7 {
+            encode_l7(l7.as_ref(), &snap, &mut enc)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "fulcrum_discovery_errors",
+            "Failed discovery lookups or backends-file reads (the last good set is kept)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (pool, kind, n) in fulcrum_proxy::discovery::error_counts() {
+            ConstCounter::new(n)
+                .encode(m.encode_family(&[("pool", pool.as_str()), ("kind", kind)])?)?;
+        }
         Ok(())
+    }
+}
+
+/// The L7 (HTTP) handler's request counters and latency histograms.
+fn encode_l7(
+    l7: &dyn fulcrum_proxy::l7::L7Handler,
+    snap: &fulcrum_proxy::snapshot::Snapshot,
+    enc: &mut DescriptorEncoder<'_>,
+) -> Result<(), std::fmt::Error> {
+    let mut out = fulcrum_proxy::l7::L7Metrics::default();
+    for s in snap.services.iter().filter(|s| s.ext.is_some()) {
+        l7.metrics(s, &mut out);
+    }
+    let mut m = enc.encode_descriptor(
+        "fulcrum_http_requests",
+        "HTTP requests answered, by backend (none: answered by Fulcrum) and status class",
+        None,
+        MetricType::Counter,
+    )?;
+    for r in &out.requests {
+        ConstCounter::new(r.value).encode(m.encode_family(&[
+            ("service", r.service.as_str()),
+            ("pool", r.pool.as_str()),
+            ("backend", r.backend.as_str()),
+            ("code_class", r.code_class),
+        ])?)?;
+    }
+    let mut m = enc.encode_descriptor(
+        "fulcrum_http_request_duration_seconds",
+        "Time from a request's head to its response's head",
+        None,
+        MetricType::Histogram,
+    )?;
+    for d in &out.durations {
+        L7Histogram(d).encode(
+            m.encode_family(&[("service", d.service.as_str()), ("pool", d.pool.as_str())])?,
+        )?;
+    }
+    Ok(())
+}
+
+/// A histogram read at scrape time.
+#[derive(Debug)]
+struct L7Histogram<'a>(&'a fulcrum_proxy::l7::HttpDurationSample);
+
+impl EncodeMetric for L7Histogram<'_> {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            self.0.sum,
+            self.0.count,
+            &self.0.buckets,
+            None,
+        )
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
     }
 }
 

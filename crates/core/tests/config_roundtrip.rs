@@ -9,8 +9,12 @@ use proptest::prelude::*;
 
 fn round_trip(c: &Config) {
     let text = c.to_toml();
-    let back = config::parse(&text)
-        .unwrap_or_else(|e| panic!("to_toml output does not parse: {}\n{text}", e.render("out", &text)));
+    let back = config::parse(&text).unwrap_or_else(|e| {
+        panic!(
+            "to_toml output does not parse: {}\n{text}",
+            e.render("out", &text)
+        )
+    });
     assert_eq!(&back, c, "round trip changed the config; text:\n{text}");
 }
 
@@ -49,9 +53,25 @@ struct GenService {
 
 fn gen_pool() -> impl Strategy<Value = GenPool> {
     (
-        prop::sample::select(vec!["rr", "wrr", "lc", "wlc", "sh", "random", "p2c", "maglev", "ring_hash"]),
-        prop::option::of(prop::sample::select(vec!["src_ip", "src_ip_port", "five_tuple"])),
-        prop::option::of(prop::sample::select(vec!["0s", "30s", "1m 30s", "250ms", "1h"])),
+        prop::sample::select(vec![
+            "rr",
+            "wrr",
+            "lc",
+            "wlc",
+            "sh",
+            "random",
+            "p2c",
+            "maglev",
+            "ring_hash",
+        ]),
+        prop::option::of(prop::sample::select(vec![
+            "src_ip",
+            "src_ip_port",
+            "five_tuple",
+        ])),
+        prop::option::of(prop::sample::select(vec![
+            "0s", "30s", "1m 30s", "250ms", "1h",
+        ])),
         prop::option::of(prop::sample::select(vec![3u32, 101, 257, 65537])),
         prop::option::of((
             prop::sample::select(vec!["tcp", "http", "none"]),
@@ -110,7 +130,7 @@ fn gen_service() -> impl Strategy<Value = GenService> {
 fn render(admin: bool, pools: &[GenPool], services: &[GenService]) -> String {
     let mut t = String::new();
     if admin {
-        t.push_str("[admin]\nlisten = \"127.0.0.1:9090\"\ntoken_file = \"/etc/tok\"\n\n");
+        t.push_str("[admin]\nlisten = \"127.0.0.1:9090\"\ntoken_file = \"/etc/tok\"\nprotect_reads = true\n\n");
     }
     for (i, s) in services.iter().enumerate() {
         let listen = if s.ipv6 {
@@ -141,7 +161,11 @@ fn render(admin: bool, pools: &[GenPool], services: &[GenService]) -> String {
         t.push('\n');
     }
     for (i, p) in pools.iter().enumerate() {
-        let _ = writeln!(t, "[[pool]]\nname = \"p{i}\"\nscheduler = \"{}\"", p.scheduler);
+        let _ = writeln!(
+            t,
+            "[[pool]]\nname = \"p{i}\"\nscheduler = \"{}\"",
+            p.scheduler
+        );
         let hashing = ["sh", "maglev", "ring_hash"].contains(&p.scheduler);
         if let Some(k) = p.hash_key.filter(|_| hashing) {
             let _ = writeln!(t, "hash_key = \"{k}\"");
@@ -162,7 +186,10 @@ fn render(admin: bool, pools: &[GenPool], services: &[GenService]) -> String {
             }
         }
         if let Some((n, e)) = p.outlier {
-            let _ = writeln!(t, "[pool.outlier]\nconsecutive_failures = {n}\nejection = \"{e}\"");
+            let _ = writeln!(
+                t,
+                "[pool.outlier]\nconsecutive_failures = {n}\nejection = \"{e}\""
+            );
         }
         let mut seen = std::collections::HashSet::new();
         for (b, w) in p.backends.iter().filter(|(b, _)| seen.insert(*b)) {
@@ -177,7 +204,9 @@ fn render(admin: bool, pools: &[GenPool], services: &[GenService]) -> String {
                 t.push_str("dns = \"backends.internal:8080\"\n");
             }
             if srv {
-                t.push_str("srv = \"_http._tcp.backends.internal\"\nnameserver = \"127.0.0.1:5353\"\n");
+                t.push_str(
+                    "srv = \"_http._tcp.backends.internal\"\nnameserver = \"127.0.0.1:5353\"\n",
+                );
             }
             if file {
                 t.push_str("file = \"/etc/fulcrum/b.toml\"\n");

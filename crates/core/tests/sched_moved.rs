@@ -1,4 +1,4 @@
-//! Live disruption: the share of hash space (ring_hash) or table slots (maglev) that change
+//! Live disruption: the share of hash space (`ring_hash`) or table slots (`maglev`) that change
 //! owner when a pool changes.
 #![allow(clippy::unwrap_used)]
 
@@ -33,7 +33,10 @@ fn ring_empty_cases() {
     let e: Vec<Backend> = Vec::new();
     let a = backends(2);
     assert!(ring_hash::moved_ratio(&RingHash::new(&e), &e, &RingHash::new(&e), &e).abs() < 1e-12);
-    assert!((ring_hash::moved_ratio(&RingHash::new(&e), &e, &RingHash::new(&a), &a) - 1.0).abs() < 1e-12);
+    assert!(
+        (ring_hash::moved_ratio(&RingHash::new(&e), &e, &RingHash::new(&a), &a) - 1.0).abs()
+            < 1e-12
+    );
 }
 
 #[test]
@@ -42,7 +45,12 @@ fn ring_position_agrees_with_pick() {
     let r = RingHash::new(&a);
     for h in [0u32, 1, 12345, u32::MAX / 2, u32::MAX] {
         let pos = r.position(h).unwrap();
-        let req = sched::PickRequest { hash: h, random: 0, loads: &sched::NoLoads, exclude: &[] };
+        let req = sched::PickRequest {
+            hash: h,
+            random: 0,
+            loads: &sched::NoLoads,
+            exclude: &[],
+        };
         let picked = sched::Scheduler::pick(&r, &req).unwrap();
         assert_eq!(r.owners()[pos] as usize, picked);
     }

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod adm;
 mod check;
+mod ctl;
 mod run;
 
 /// Fulcrum: a load balancer (L4/L7 proxy, XDP data plane, control plane).
@@ -21,10 +23,14 @@ struct Cli {
 /// function returning the process exit code.
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// ipvsadm's vocabulary on the admin API: -A/-E/-D, -a/-e/-d, -L -n, -C (`adm -h`).
+    Adm(adm::AdmArgs),
     /// Validate a config file and print a one-screen summary.
     Check(check::CheckArgs),
     /// Run the load balancer from a config file until SIGTERM/SIGINT.
     Run(run::RunArgs),
+    /// Talk to a running instance's admin API: status, pools, backends, reload, explain.
+    Ctl(ctl::CtlArgs),
 }
 
 /// Exit code of a runtime failure (an `Err` from a subcommand).
@@ -34,8 +40,10 @@ fn main() -> ExitCode {
     // Clap exits with 2 on usage errors (and 0 for --help/--version).
     let cli = Cli::parse();
     let result = match &cli.command {
+        Command::Adm(args) => Ok(adm::run(args)),
         Command::Check(args) => check::run(args),
         Command::Run(args) => run::run(args),
+        Command::Ctl(args) => ctl::run(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -130,6 +130,7 @@ async fn serve(path: PathBuf, cfg: Config, n: usize, mode: RelayMode) -> anyhow:
             control: ctl_tx.clone(),
             registry: Arc::new(fulcrum_control::metrics::registry(Arc::clone(&shared))),
             token,
+            protect_reads: a.protect_reads,
         };
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, admin::router(state)).await {

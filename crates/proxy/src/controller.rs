@@ -18,6 +18,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::discovery::Discoveries;
 use crate::health;
 use crate::snapshot::{Event, Persistence, PoolRt, ServiceRt, Shared, Snapshot};
 use crate::stats::{BackendStats, ServiceStats};
@@ -28,12 +29,58 @@ use crate::worker::{self, ListenKey, WorkerCmd, Workers};
 const PERSISTENCE_CAPACITY: usize = 1 << 16;
 
 /// Requests to the controller from signals and the admin API.
-#[derive(Debug)]
 pub enum Control {
     /// Re-read the config file; answers with the rendered error if it is invalid.
     Reload(oneshot::Sender<Result<(), String>>),
     /// Graceful shutdown: stop accepting; the caller waits for connections to finish.
     StopAccepting(oneshot::Sender<()>),
+    /// A run-time change (admin API): `edit` turns the running config into the new one, or
+    /// refuses; the controller then applies it exactly as a reload (listeners bound first,
+    /// all or nothing). Edits run one at a time on the controller, so none is lost.
+    /// `undrain`: a backend whose operator drain ends with this change.
+    Edit {
+        edit: ConfigEdit,
+        undrain: Option<(String, SocketAddr)>,
+        reply: oneshot::Sender<Result<(), ChangeError>>,
+    },
+    /// Operator drain of one backend (no new flows; existing ones finish).
+    Drain {
+        pool: String,
+        backend: SocketAddr,
+        reply: oneshot::Sender<Result<(), ChangeError>>,
+    },
+    /// The running configuration (with the run-time changes).
+    Config(oneshot::Sender<Config>),
+}
+
+/// See [`Control::Edit`].
+pub type ConfigEdit = Box<dyn FnOnce(&Config) -> Result<Config, ChangeError> + Send>;
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Reload(_) => f.write_str("Reload"),
+            Self::StopAccepting(_) => f.write_str("StopAccepting"),
+            Self::Edit { undrain, .. } => write!(f, "Edit {{ undrain: {undrain:?} }}"),
+            Self::Drain { pool, backend, .. } => write!(f, "Drain({pool}, {backend})"),
+            Self::Config(_) => f.write_str("Config"),
+        }
+    }
+}
+
+/// Why a run-time change was refused (nothing changed); the admin API maps each kind to
+/// its HTTP status (400, 404, 409).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChangeError {
+    /// The change itself is invalid (bad value, fails validation).
+    #[error("{0}")]
+    Invalid(String),
+    /// It names a pool, service or backend that does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// It conflicts with the running state (a listen address in use, the last backend).
+    #[error("{0}")]
+    Conflict(String),
 }
 
 struct Tracked {
@@ -57,6 +104,8 @@ pub struct Controller {
     listening: HashSet<ListenKey>,
     next_id: u32,
     generation: u64,
+    /// Per-pool discovery tasks and their last reported sets.
+    discovery: Discoveries,
 }
 
 fn listen_key(s: &config::ServiceConfig) -> ListenKey {
@@ -94,6 +143,7 @@ impl Controller {
             listening: HashSet::new(),
             next_id: 0,
             generation: 0,
+            discovery: Discoveries::default(),
         };
         c.apply(config)?;
         c.shared.set_ready(true);
@@ -108,6 +158,12 @@ impl Controller {
     /// swaps in the new snapshot and retires listeners that are gone. Established
     /// connections keep running, even to backends that were removed.
     pub fn apply(&mut self, new: Config) -> Result<(), String> {
+        self.apply_checked(new).map_err(|e| e.to_string())
+    }
+
+    /// [`Controller::apply`] with the kind of failure: a listener that cannot be bound is a
+    /// [`ChangeError::Conflict`], an L7 service that cannot be built [`ChangeError::Invalid`].
+    pub fn apply_checked(&mut self, new: Config) -> Result<(), ChangeError> {
         let wanted: HashSet<ListenKey> = new
             .services
             .iter()
@@ -119,18 +175,24 @@ impl Controller {
             let mut socks = Vec::with_capacity(self.workers.count());
             for _ in 0..self.workers.count() {
                 let s = worker::bind(*key)
-                    .map_err(|e| format!("cannot listen on {} ({:?}): {e}", key.1, key.0))?;
+                    .map_err(|e| {
+                        ChangeError::Conflict(format!(
+                            "cannot listen on {} ({:?}): {e}",
+                            key.1, key.0
+                        ))
+                    })?;
                 socks.push(s);
             }
             bound.push((*key, socks));
         }
 
-        self.check_l7(&new)?;
+        self.check_l7(&new).map_err(ChangeError::Invalid)?;
+        self.discovery.sync(&new.pools, &self.shared.events);
 
         // Backends: keep the counters and health state of the ones that stay.
         let mut kept = HashMap::new();
         for pool in &new.pools {
-            for b in &pool.backends {
+            for b in &self.discovery.backends(&pool.name, &pool.backends) {
                 let k = (pool.name.clone(), b.address);
                 let t = match self.backends.remove(&k) {
                     Some(t) => t,
@@ -154,7 +216,7 @@ impl Controller {
         }
         self.backends = kept;
         for pool in &new.pools {
-            for b in &pool.backends {
+            for b in &self.discovery.backends(&pool.name, &pool.backends) {
                 let Some(t) = self.backends.get_mut(&(pool.name.clone(), b.address)) else {
                     continue;
                 };
@@ -253,7 +315,7 @@ impl Controller {
     }
 
     fn pool_rt(&self, p: &PoolConfig) -> PoolRt {
-        let mut backends = p.backends.clone();
+        let mut backends = self.discovery.backends(&p.name, &p.backends);
         let mut stats = Vec::with_capacity(backends.len());
         for b in &mut backends {
             match self.backends.get(&(p.name.clone(), b.address)) {
@@ -277,6 +339,13 @@ impl Controller {
             stats,
             persistence: self.persistence.get(&p.name).cloned(),
             changes: self.changes.get(&p.name).cloned().unwrap_or_default(),
+            moved: self
+                .shared
+                .snapshot
+                .load()
+                .pool(&p.name)
+                .map(|o| Arc::clone(&o.moved))
+                .unwrap_or_default(),
             sticky_cookie: p.sticky_cookie.clone(),
         }
     }
@@ -297,8 +366,13 @@ impl Controller {
             .map(|p| Arc::new(self.pool_rt(p)))
             .collect();
         for p in &pools {
-            if old.pool(&p.name).is_none_or(|o| o.backends != p.backends) {
+            let prev = old.pool(&p.name);
+            if prev.is_none_or(|o| o.backends != p.backends) {
                 p.changes.fetch_add(1, Ordering::Relaxed);
+                if let Some(ratio) = prev.and_then(|o| table_moved(o, p)) {
+                    p.moved.store(ratio.to_bits(), Ordering::Relaxed);
+                    tracing::info!(pool = %p.name, scheduler = %p.kind, moved_ratio = ratio, "pool changed: share of hash table slots that changed owner");
+                }
             }
         }
         let l7 = self.shared.l7.as_ref();
@@ -330,6 +404,7 @@ impl Controller {
                     listen: s.listen,
                     protocol: s.protocol,
                     forward: s.forward.mode(),
+                    forwarding: s.forward,
                     pool: Arc::clone(pool),
                     proxy_protocol,
                     max_connections: u64::from(s.max_connections),
@@ -363,6 +438,19 @@ impl Controller {
             &self.shared.global.reloads_error
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        if res.is_ok() {
+            // Run-time changes last until a reload: operator drains end too (the file says
+            // weight = 0 for a lasting drain).
+            let mut undrained = false;
+            for ((pool, addr), t) in &mut self.backends {
+                if let Some(tr) = t.health.set_draining(false) {
+                    undrained |= log_transition(pool, *addr, tr);
+                }
+            }
+            if undrained {
+                self.rebuild();
+            }
+        }
         match &res {
             Ok(()) => tracing::info!(generation = self.generation, "configuration reloaded"),
             Err(e) => tracing::error!("reload failed, nothing changed:\n{e}"),
@@ -370,9 +458,64 @@ impl Controller {
         res
     }
 
+    /// Applies an admin API change (see [`Control::Edit`]).
+    fn edit(
+        &mut self,
+        edit: ConfigEdit,
+        undrain: Option<(String, SocketAddr)>,
+    ) -> Result<(), ChangeError> {
+        if self.shared.is_draining() {
+            return Err(ChangeError::Conflict("shutting down".into()));
+        }
+        let new = edit(&self.config)?;
+        self.apply_checked(new)?;
+        if let Some(k) = undrain {
+            if let Some(t) = self.backends.get_mut(&k) {
+                if let Some(tr) = t.health.set_draining(false) {
+                    log_transition(&k.0, k.1, tr);
+                    self.rebuild();
+                }
+            }
+        }
+        tracing::info!(generation = self.generation, "run-time change applied");
+        Ok(())
+    }
+
+    /// Drains one backend: state `draining`, no new flows, existing ones finish.
+    fn drain(&mut self, pool: &str, backend: SocketAddr) -> Result<(), ChangeError> {
+        if self.config.pool(pool).is_none() {
+            return Err(ChangeError::NotFound(format!("no pool named {pool:?}")));
+        }
+        let Some(t) = self.backends.get_mut(&(pool.to_owned(), backend)) else {
+            return Err(ChangeError::NotFound(format!(
+                "pool {pool:?} has no backend {backend}"
+            )));
+        };
+        if let Some(tr) = t.health.set_draining(true) {
+            log_transition(pool, backend, tr);
+            self.rebuild();
+        }
+        Ok(())
+    }
+
     fn on_event(&mut self, ev: Event) -> bool {
         let now = self.shared.now();
         let (pool, backend, t) = match ev {
+            Event::Discovered {
+                pool,
+                task,
+                backends,
+            } => {
+                // Re-apply the running config: tracks the new backends (health checks,
+                // counters) and rebuilds the snapshot. Not while draining (it would listen
+                // again).
+                if self.discovery.report(&pool, task, backends) && !self.shared.is_draining() {
+                    if let Err(e) = self.apply(self.config.clone()) {
+                        tracing::error!(pool, "applying discovered backends failed: {e}");
+                    }
+                }
+                return false;
+            }
             Event::Check { pool, backend, ok } => {
                 let t = self
                     .backends
@@ -440,6 +583,18 @@ impl Controller {
                         let _ = reply.send(self.reload());
                         false
                     }
+                    Some(Control::Edit { edit, undrain, reply }) => {
+                        let _ = reply.send(self.edit(edit, undrain));
+                        false
+                    }
+                    Some(Control::Drain { pool, backend, reply }) => {
+                        let _ = reply.send(self.drain(&pool, backend));
+                        false
+                    }
+                    Some(Control::Config(reply)) => {
+                        let _ = reply.send(self.config.clone());
+                        false
+                    }
                     Some(Control::StopAccepting(reply)) => {
                         self.shared.set_draining();
                         self.workers.broadcast(|| WorkerCmd::StopAccepting);
@@ -455,6 +610,23 @@ impl Controller {
             }
         }
     }
+}
+
+/// The share of hash-table slots (`maglev`) or hash space (`ring_hash`) whose owner differs
+/// between two versions of a pool; `None` for other schedulers.
+fn table_moved(old: &PoolRt, new: &PoolRt) -> Option<f64> {
+    if let (Some(a), Some(b)) = (old.scheduler.as_maglev(), new.scheduler.as_maglev()) {
+        return Some(sched::moved_ratio(a, &old.backends, b, &new.backends));
+    }
+    if let (Some(a), Some(b)) = (old.scheduler.as_ring_hash(), new.scheduler.as_ring_hash()) {
+        return Some(sched::ring_hash::moved_ratio(
+            a,
+            &old.backends,
+            b,
+            &new.backends,
+        ));
+    }
+    None
 }
 
 /// Health state machines for a new backend: up at start (as HAProxy does, so a fresh

@@ -41,4 +41,37 @@ pub trait L7Handler: Send + Sync + Debug {
         sock: TcpStream,
         peer: SocketAddr,
     ) -> Pin<Box<dyn Future<Output = ()>>>;
+
+    /// Appends `svc`'s metrics (read from the handler's atomics at scrape time).
+    fn metrics(&self, _svc: &ServiceRt, _out: &mut L7Metrics) {}
+}
+
+/// One `fulcrum_http_requests_total` sample.
+#[derive(Debug, Clone)]
+pub struct HttpRequestsSample {
+    pub service: String,
+    pub pool: String,
+    /// The backend's address, or `none` for answers Fulcrum made itself.
+    pub backend: String,
+    /// `1xx` .. `5xx`.
+    pub code_class: &'static str,
+    pub value: u64,
+}
+
+/// One `fulcrum_http_request_duration_seconds` histogram.
+#[derive(Debug, Clone)]
+pub struct HttpDurationSample {
+    pub service: String,
+    pub pool: String,
+    pub sum: f64,
+    pub count: u64,
+    /// (upper bound, count in this bucket only); the last bound is `f64::MAX` (+Inf).
+    pub buckets: Vec<(f64, u64)>,
+}
+
+/// What [`L7Handler::metrics`] fills in.
+#[derive(Debug, Default)]
+pub struct L7Metrics {
+    pub requests: Vec<HttpRequestsSample>,
+    pub durations: Vec<HttpDurationSample>,
 }

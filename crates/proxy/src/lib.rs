@@ -6,9 +6,11 @@
 //! - [`worker`]: data-path threads, one `SO_REUSEPORT` socket each per service.
 //! - [`tcp`], [`udp`], [`relay`], [`proxy_protocol`]: the per-connection path.
 //! - [`health`]: active checks (tcp, http).
+//! - [`discovery`]: backends from DNS (A/AAAA, SRV) and files, per pool.
 //! - [`stats`]: the atomic counters behind the metrics.
 
 pub mod controller;
+pub mod discovery;
 pub mod health;
 pub mod l7;
 pub mod proxy_protocol;

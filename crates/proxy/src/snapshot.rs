@@ -40,6 +40,12 @@ pub struct PoolRt {
     pub persistence: Option<Arc<Persistence>>,
     /// Counts changes of this pool's backend set or states (shared across snapshots).
     pub changes: Arc<AtomicU64>,
+    /// maglev/ring_hash: the share of table slots (hash space) that changed owner at the
+    /// pool's last change, as `f64` bits (shared across snapshots; see
+    /// [`PoolRt::moved_ratio`]).
+    pub moved: Arc<AtomicU64>,
+    /// http: the affinity cookie Fulcrum sets (`[[pool]] sticky_cookie`).
+    pub sticky_cookie: Option<String>,
 }
 
 impl Loads for PoolRt {
@@ -51,6 +57,12 @@ impl Loads for PoolRt {
 }
 
 impl PoolRt {
+    /// `fulcrum_pool_table_moved_ratio`: the share of hash-table slots that changed owner at
+    /// the last change of this pool (0 before any change).
+    pub fn moved_ratio(&self) -> f64 {
+        f64::from_bits(self.moved.load(Ordering::Relaxed))
+    }
+
     /// Chooses a backend for a new flow: the persistence table first (when configured and
     /// its backend can still take new flows), else the scheduler.
     pub fn choose(
@@ -93,6 +105,8 @@ pub struct ServiceRt {
     pub listen: SocketAddr,
     pub protocol: ServiceProtocol,
     pub forward: ForwardMode,
+    /// The forwarding mode with its options (tunnel kind and source: the XDP data plane).
+    pub forwarding: fulcrum_core::config::Forwarding,
     pub pool: Arc<PoolRt>,
     pub proxy_protocol: Option<ProxyProtocol>,
     pub max_connections: u64,
@@ -144,6 +158,13 @@ pub enum Event {
         pool: String,
         backend: SocketAddr,
         ok: bool,
+    },
+    /// The pool's discovery task (`task`: its id) has a new set of discovered backends
+    /// (see [`crate::discovery`]).
+    Discovered {
+        pool: String,
+        task: u64,
+        backends: Vec<Backend>,
     },
 }
 

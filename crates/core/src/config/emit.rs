@@ -32,7 +32,12 @@ impl Config {
         if !self.services.is_empty() {
             doc.insert(
                 "service".into(),
-                Value::Array(self.services.iter().map(|s| Value::Table(service(s))).collect()),
+                Value::Array(
+                    self.services
+                        .iter()
+                        .map(|s| Value::Table(service(s)))
+                        .collect(),
+                ),
             );
         }
         if !self.pools.is_empty() {
@@ -93,6 +98,9 @@ fn admin(a: &AdminConfig) -> Table {
     t.insert("listen".into(), s(a.listen.to_string()));
     if let Some(f) = &a.token_file {
         t.insert("token_file".into(), path(f));
+    }
+    if a.protect_reads {
+        t.insert("protect_reads".into(), Value::Boolean(true));
     }
     t
 }

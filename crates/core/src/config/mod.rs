@@ -99,6 +99,9 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// When set, mutating calls need `Authorization: Bearer <token from this file>`.
     pub token_file: Option<PathBuf>,
+    /// `protect_reads = true`: with a token, the read-only endpoints need it too
+    /// (`/healthz` and `/readyz` stay open for probes).
+    pub protect_reads: bool,
 }
 
 /// A virtual service (`[[service]]`).

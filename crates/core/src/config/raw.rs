@@ -39,6 +39,8 @@ pub struct RawAdmin {
     pub listen: Spanned<Address>,
     /// A file holding the bearer token for mutating calls.
     pub token_file: Option<PathBuf>,
+    /// With `token_file`: read-only endpoints need the token too (default false).
+    pub protect_reads: Option<bool>,
 }
 
 /// `[[service]]`.

@@ -160,6 +160,7 @@ pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Config, Vec<ConfigE
         AdminConfig {
             listen: a.listen.get_ref().0,
             token_file: a.token_file,
+            protect_reads: a.protect_reads.unwrap_or(false),
         }
     });
 

@@ -1,0 +1,197 @@
+//! Run-time changes as edits of the running configuration.
+//!
+//! Every change goes through the same validation as a file: the running [`Config`] is
+//! written as a TOML document ([`Config::to_toml_table`]), the document is edited, written
+//! back as text and [`config::parse`]d. So a change the API accepts is exactly a change a
+//! user could have made in the file, and the result is a whole, valid `Config` that the
+//! controller applies like a reload.
+
+use std::net::SocketAddr;
+
+use fulcrum_core::config::{self, Config, ConfigError};
+use fulcrum_proxy::controller::ChangeError;
+use toml::{Table, Value};
+
+/// Parses an address from a URL path: `IP:PORT` (`[IPv6]:PORT`), port not 0.
+pub fn parse_addr(s: &str) -> Result<SocketAddr, ChangeError> {
+    match s.parse::<SocketAddr>() {
+        Ok(a) if a.port() != 0 => Ok(a),
+        Ok(_) => Err(ChangeError::Invalid(format!(
+            "port 0 is not allowed in {s:?}"
+        ))),
+        Err(_) => Err(ChangeError::Invalid(format!(
+            "invalid backend address {s:?}: write IP:PORT, e.g. 127.0.0.1:9001 or [::1]:9001"
+        ))),
+    }
+}
+
+fn invalid(e: &ConfigError) -> ChangeError {
+    match &e.help {
+        Some(h) => ChangeError::Invalid(format!("{} (help: {h})", e.message)),
+        None => ChangeError::Invalid(e.message.clone()),
+    }
+}
+
+/// Writes the edited document and validates it like a file.
+fn reparse(doc: Table) -> Result<Config, ChangeError> {
+    let text = config::table_to_string(doc);
+    config::parse(&text).map_err(|e| invalid(&e))
+}
+
+fn array_mut<'a>(t: &'a mut Table, key: &str) -> &'a mut Vec<Value> {
+    let v = t
+        .entry(key.to_owned())
+        .or_insert_with(|| Value::Array(Vec::new()));
+    if !v.is_array() {
+        *v = Value::Array(Vec::new());
+    }
+    match v {
+        Value::Array(a) => a,
+        _ => unreachable!("just made an array"),
+    }
+}
+
+fn name_of(v: &Value) -> Option<&str> {
+    v.get("name").and_then(Value::as_str)
+}
+
+fn same_addr(v: &Value, addr: SocketAddr) -> bool {
+    v.get("address")
+        .and_then(Value::as_str)
+        .and_then(|a| a.parse::<SocketAddr>().ok())
+        .is_some_and(|a| a == addr)
+}
+
+fn pool_table<'a>(doc: &'a mut Table, pool: &str) -> Result<&'a mut Table, ChangeError> {
+    array_mut(doc, "pool")
+        .iter_mut()
+        .find(|p| name_of(p) == Some(pool))
+        .and_then(Value::as_table_mut)
+        .ok_or_else(|| ChangeError::NotFound(format!("no pool named {pool:?}")))
+}
+
+/// `PUT /api/v1/pools/{pool}/backends/{address}`: adds the backend or sets its weight.
+pub fn set_backend(
+    cfg: &Config,
+    pool: &str,
+    addr: SocketAddr,
+    weight: u16,
+) -> Result<Config, ChangeError> {
+    let mut doc = cfg.to_toml_table();
+    let p = pool_table(&mut doc, pool)?;
+    let backends = array_mut(p, "backend");
+    let w = Value::Integer(i64::from(weight));
+    if let Some(b) = backends
+        .iter_mut()
+        .find(|b| same_addr(b, addr))
+        .and_then(Value::as_table_mut)
+    {
+        b.insert("weight".into(), w);
+    } else {
+        let mut b = Table::new();
+        b.insert("address".into(), Value::String(addr.to_string()));
+        b.insert("weight".into(), w);
+        backends.push(Value::Table(b));
+    }
+    reparse(doc)
+}
+
+/// `DELETE /api/v1/pools/{pool}/backends/{address}`. Removing the last backend of a pool
+/// without discovery is a conflict (a pool needs a backend).
+pub fn remove_backend(cfg: &Config, pool: &str, addr: SocketAddr) -> Result<Config, ChangeError> {
+    let Some(pc) = cfg.pool(pool) else {
+        return Err(ChangeError::NotFound(format!("no pool named {pool:?}")));
+    };
+    if !pc.backends.iter().any(|b| b.address == addr) {
+        return Err(ChangeError::NotFound(format!(
+            "pool {pool:?} has no backend {addr}"
+        )));
+    }
+    if pc.backends.len() == 1 && pc.discovery.is_none() {
+        return Err(ChangeError::Conflict(format!(
+            "{addr} is the last backend of pool {pool:?}; a pool needs at least one (add another first, or drain it)"
+        )));
+    }
+    let mut doc = cfg.to_toml_table();
+    let p = pool_table(&mut doc, pool)?;
+    array_mut(p, "backend").retain(|b| !same_addr(b, addr));
+    if p.get("backend")
+        .and_then(Value::as_array)
+        .is_some_and(Vec::is_empty)
+    {
+        p.remove("backend");
+    }
+    reparse(doc)
+}
+
+/// `PUT /api/v1/services/{name}`: `body` has the keys of a `[[service]]` table (`name` may
+/// be left out; if given it must match). Adds the service or replaces it whole.
+pub fn put_service(
+    cfg: &Config,
+    name: &str,
+    body: serde_json::Value,
+) -> Result<Config, ChangeError> {
+    let serde_json::Value::Object(mut obj) = body else {
+        return Err(ChangeError::Invalid(
+            "the body must be a JSON object with the keys of a [[service]] table".into(),
+        ));
+    };
+    match obj.get("name") {
+        None => {
+            obj.insert("name".into(), serde_json::Value::String(name.to_owned()));
+        }
+        Some(serde_json::Value::String(n)) if n == name => {}
+        Some(other) => {
+            return Err(ChangeError::Invalid(format!(
+                "the body's name {other} differs from the name in the path {name:?}"
+            )))
+        }
+    }
+    let table: Table = serde_json::from_value(serde_json::Value::Object(obj)).map_err(|e| {
+        ChangeError::Invalid(format!(
+            "the body cannot be a [[service]] table: {e} (null is not a TOML value)"
+        ))
+    })?;
+    // Another service on the same listen address is a conflict, not a bad body.
+    if let Some(listen) = table
+        .get("listen")
+        .and_then(Value::as_str)
+        .and_then(|l| l.parse::<SocketAddr>().ok())
+    {
+        let udp = table.get("protocol").and_then(Value::as_str) == Some("udp");
+        if let Some(other) = cfg.services.iter().find(|s| {
+            s.name != name
+                && s.listen == listen
+                && (s.protocol == fulcrum_core::model::ServiceProtocol::Udp) == udp
+        }) {
+            return Err(ChangeError::Conflict(format!(
+                "service {:?} already listens on {listen}",
+                other.name
+            )));
+        }
+    }
+    let mut doc = cfg.to_toml_table();
+    let services = array_mut(&mut doc, "service");
+    match services.iter_mut().find(|s| name_of(s) == Some(name)) {
+        Some(s) => *s = Value::Table(table),
+        None => services.push(Value::Table(table)),
+    }
+    reparse(doc)
+}
+
+/// `DELETE /api/v1/services/{name}`.
+pub fn delete_service(cfg: &Config, name: &str) -> Result<Config, ChangeError> {
+    if cfg.service(name).is_none() {
+        return Err(ChangeError::NotFound(format!("no service named {name:?}")));
+    }
+    let mut doc = cfg.to_toml_table();
+    array_mut(&mut doc, "service").retain(|s| name_of(s) != Some(name));
+    if doc
+        .get("service")
+        .and_then(Value::as_array)
+        .is_some_and(Vec::is_empty)
+    {
+        doc.remove("service");
+    }
+    reparse(doc)
+}

@@ -1,0 +1,625 @@
+//! `fulcrum ctl …`: talks to a running instance's admin API.
+//!
+//! A deliberately small HTTP/1.1 client (one request per connection, `Connection: close`)
+//! over `std::net::TcpStream`: the admin API is plain HTTP on loopback or a management
+//! network, and `ctl` makes one or three requests per run.
+//!
+//! Exit codes: 0 success; 1 the instance cannot be reached, refuses the token, or refuses
+//! the change (404, 409, 5xx); 2 bad usage (bad arguments, unreadable token file, or a
+//! request the API calls bad: 400).
+
+use std::fmt::Write as _;
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs as _};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+/// Arguments of `fulcrum ctl`.
+#[derive(Debug, clap::Args)]
+pub struct CtlArgs {
+    /// The admin API of the instance.
+    #[arg(
+        long,
+        global = true,
+        default_value = "http://127.0.0.1:9090",
+        value_name = "URL"
+    )]
+    pub admin: String,
+    /// A file holding the bearer token (`[admin] token_file` of the instance).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Print the API's JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum CtlCommand {
+    /// Readiness, services and a per-pool summary.
+    Status,
+    /// Every pool with its backends.
+    Pools,
+    /// Add, change, drain or remove a backend.
+    #[command(subcommand)]
+    Backend(BackendCommand),
+    /// Re-read the instance's config file (run-time changes end).
+    Reload,
+    /// Which backend a flow from IP:PORT goes to now, and why.
+    Explain {
+        /// The pool.
+        pool: String,
+        /// The client's address, IP:PORT.
+        client: String,
+        /// The address the client connects to (default: the pool's first service).
+        #[arg(long)]
+        dst: Option<String>,
+        /// tcp or udp.
+        #[arg(long)]
+        proto: Option<String>,
+    },
+    /// Print the running configuration as TOML (file plus run-time changes).
+    Config,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum BackendCommand {
+    /// Add a backend to a pool, or change its weight (ends a drain).
+    Add {
+        pool: String,
+        /// IP:PORT.
+        address: String,
+        /// 0..=65535 (default: 1 for a new backend; unchanged for an existing one).
+        #[arg(long)]
+        weight: Option<u16>,
+    },
+    /// Stop sending new flows to a backend; existing ones finish.
+    Drain { pool: String, address: String },
+    /// Remove a backend from a pool; existing flows finish.
+    Remove { pool: String, address: String },
+}
+
+const EXIT_FAILURE: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+
+/// A failure with its exit code.
+struct Fail(u8, String);
+
+/// Runs `ctl`; returns the exit code.
+pub fn run(args: &CtlArgs) -> anyhow::Result<u8> {
+    match run_inner(args) {
+        Ok(out) => {
+            let mut stdout = std::io::stdout().lock();
+            stdout.write_all(out.as_bytes())?;
+            if !out.is_empty() && !out.ends_with('\n') {
+                stdout.write_all(b"\n")?;
+            }
+            Ok(0)
+        }
+        Err(Fail(code, msg)) => {
+            eprintln!("fulcrum ctl: {msg}");
+            Ok(code)
+        }
+    }
+}
+
+fn run_inner(args: &CtlArgs) -> Result<String, Fail> {
+    let api = Api::new(args)?;
+    match &args.command {
+        CtlCommand::Status => status(&api, args.json),
+        CtlCommand::Pools => {
+            let v = api.json("GET", "/api/v1/pools", None)?;
+            Ok(if args.json {
+                pretty(&v)
+            } else {
+                pools_table(&v)
+            })
+        }
+        CtlCommand::Backend(cmd) => backend(&api, cmd, args.json),
+        CtlCommand::Reload => {
+            let v = api.json("POST", "/api/v1/reload", None)?;
+            Ok(if args.json {
+                pretty(&v)
+            } else {
+                "reloaded: the config file is running (run-time changes ended)\n".into()
+            })
+        }
+        CtlCommand::Explain {
+            pool,
+            client,
+            dst,
+            proto,
+        } => {
+            let mut q = format!("client={}", enc(client));
+            if let Some(d) = dst {
+                let _ = write!(q, "&dst={}", enc(d));
+            }
+            if let Some(p) = proto {
+                let _ = write!(q, "&proto={}", enc(p));
+            }
+            let v = api.json(
+                "GET",
+                &format!("/api/v1/pools/{}/explain?{q}", enc(pool)),
+                None,
+            )?;
+            Ok(if args.json {
+                pretty(&v)
+            } else {
+                explain_text(&v)
+            })
+        }
+        CtlCommand::Config => {
+            let (_, body) = api.call("GET", "/api/v1/config", None)?;
+            Ok(body)
+        }
+    }
+}
+
+fn pretty(v: &Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default() + "\n"
+}
+
+/// Percent-encodes everything but unreserved characters and `:` (addresses in paths).
+fn enc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~:".contains(&b) {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+/// The admin API endpoint and token.
+struct Api {
+    url: String,
+    host: String,
+    addrs: Vec<SocketAddr>,
+    prefix: String,
+    token: Option<String>,
+}
+
+impl Api {
+    fn new(args: &CtlArgs) -> Result<Self, Fail> {
+        let url = args.admin.trim_end_matches('/').to_owned();
+        let Some(rest) = url.strip_prefix("http://").map(str::to_owned) else {
+            return Err(Fail(
+                EXIT_USAGE,
+                format!(
+                    "--admin {url:?}: only http:// URLs are supported, e.g. http://127.0.0.1:9090"
+                ),
+            ));
+        };
+        let (hostport, prefix) = match rest.find('/') {
+            Some(i) => (&rest[..i], rest[i..].to_owned()),
+            None => (rest.as_str(), String::new()),
+        };
+        let with_port = if hostport.rsplit_once(':').is_some_and(|(h, p)| {
+            !p.is_empty()
+                && p.bytes().all(|c| c.is_ascii_digit())
+                && (!h.contains(':') || h.ends_with(']'))
+        }) {
+            hostport.to_owned()
+        } else {
+            format!("{hostport}:80")
+        };
+        let addrs: Vec<SocketAddr> = with_port
+            .to_socket_addrs()
+            .map_err(|e| {
+                Fail(
+                    EXIT_FAILURE,
+                    format!("cannot reach the admin API at {url}: {e}"),
+                )
+            })?
+            .collect();
+        let token = match &args.token_file {
+            None => None,
+            Some(f) => Some(
+                std::fs::read_to_string(f)
+                    .map_err(|e| {
+                        Fail(
+                            EXIT_USAGE,
+                            format!("cannot read the token file {}: {e}", f.display()),
+                        )
+                    })?
+                    .trim()
+                    .to_owned(),
+            ),
+        };
+        Ok(Self {
+            url,
+            host: hostport.to_owned(),
+            addrs,
+            prefix,
+            token,
+        })
+    }
+
+    /// One request; the status and body. Errors for transport failures only.
+    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, String), Fail> {
+        let unreachable = |e: &std::io::Error| {
+            let why = match e.kind() {
+                std::io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
+                std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => {
+                    "timed out".to_owned()
+                }
+                _ => e.to_string(),
+            };
+            Fail(
+                EXIT_FAILURE,
+                format!("cannot reach the admin API at {}: {why} (is `fulcrum run` running with [admin] listen there?)", self.url),
+            )
+        };
+        let mut last = None;
+        let mut stream = None;
+        for a in &self.addrs {
+            match TcpStream::connect_timeout(a, Duration::from_secs(3)) {
+                Ok(s) => {
+                    stream = Some(s);
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        let Some(mut s) = stream else {
+            let e = last.unwrap_or_else(|| std::io::Error::other("no address"));
+            return Err(unreachable(&e));
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
+        let _ = s.set_write_timeout(Some(Duration::from_secs(10)));
+        let body = body.map(Value::to_string).unwrap_or_default();
+        let mut req = format!(
+            "{method} {}{path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: fulcrum-ctl\r\nAccept: application/json\r\nConnection: close\r\nContent-Length: {}\r\n",
+            self.prefix,
+            self.host,
+            body.len()
+        );
+        if !body.is_empty() {
+            req.push_str("Content-Type: application/json\r\n");
+        }
+        if let Some(t) = &self.token {
+            let _ = write!(req, "Authorization: Bearer {t}\r\n");
+        }
+        req.push_str("\r\n");
+        req.push_str(&body);
+        s.write_all(req.as_bytes()).map_err(|e| unreachable(&e))?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).map_err(|e| unreachable(&e))?;
+        parse_response(&buf).ok_or_else(|| {
+            Fail(
+                EXIT_FAILURE,
+                format!("the admin API at {} sent a malformed HTTP answer", self.url),
+            )
+        })
+    }
+
+    /// A request whose success answer is JSON; API errors become [`Fail`]s.
+    fn json(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, Fail> {
+        let (status, text) = self.call(method, path, body)?;
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text.clone()));
+        if (200..300).contains(&status) {
+            return Ok(v);
+        }
+        let msg = v["error"]
+            .as_str()
+            .map_or_else(|| text.trim().to_owned(), str::to_owned);
+        Err(match status {
+            401 => Fail(
+                EXIT_FAILURE,
+                if self.token.is_some() {
+                    format!("the admin API refused the token from --token-file (401): {msg}")
+                } else {
+                    format!("the admin API refused the request without a token (401): pass --token-file FILE ({msg})")
+                },
+            ),
+            400 => Fail(EXIT_USAGE, format!("bad request (400): {msg}")),
+            _ => Fail(EXIT_FAILURE, format!("{msg} ({status})")),
+        })
+    }
+}
+
+fn parse_response(buf: &[u8]) -> Option<(u16, String)> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&buf[..end]);
+    let status: u16 = head.split_whitespace().nth(1)?.parse().ok()?;
+    let mut body = buf[end + 4..].to_vec();
+    let chunked = head.lines().any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("transfer-encoding:") && l.contains("chunked")
+    });
+    if chunked {
+        let mut out = Vec::new();
+        let mut rest = &body[..];
+        while let Some(p) = rest.windows(2).position(|w| w == b"\r\n") {
+            let size_text = String::from_utf8_lossy(&rest[..p]).to_string();
+            let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+            rest = &rest[p + 2..];
+            if size == 0 || rest.len() < size {
+                break;
+            }
+            out.extend_from_slice(&rest[..size]);
+            rest = &rest[(size + 2).min(rest.len())..];
+        }
+        body = out;
+    }
+    Some((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// A table with columns padded to their widest cell.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.len());
+        }
+    }
+    let mut out = String::new();
+    let line = |out: &mut String, cells: &[String]| {
+        let mut l = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(c);
+            } else {
+                let _ = write!(l, "{c:<width$}  ", width = w[i]);
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(
+        &mut out,
+        &header.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>(),
+    );
+    for r in rows {
+        line(&mut out, r);
+    }
+    out
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn pools_table(v: &Value) -> String {
+    let mut rows = Vec::new();
+    for p in v["pools"].as_array().into_iter().flatten() {
+        for b in p["backends"].as_array().into_iter().flatten() {
+            rows.push(vec![
+                cell(&p["name"]),
+                cell(&p["scheduler"]),
+                cell(&b["address"]),
+                cell(&b["weight"]),
+                cell(&b["state"]),
+                cell(&b["active_connections"]),
+                cell(&b["total_connections"]),
+            ]);
+        }
+    }
+    table(
+        &[
+            "POOL",
+            "SCHEDULER",
+            "BACKEND",
+            "WEIGHT",
+            "STATE",
+            "ACTIVE",
+            "TOTAL",
+        ],
+        &rows,
+    )
+}
+
+fn status(api: &Api, as_json: bool) -> Result<String, Fail> {
+    let (code, ready) = api.call("GET", "/readyz", None)?;
+    let services = api.json("GET", "/api/v1/services", None)?;
+    let pools = api.json("GET", "/api/v1/pools", None)?;
+    if as_json {
+        return Ok(pretty(&json!({
+            "url": api.url,
+            "ready": code == 200,
+            "readiness": ready.trim(),
+            "services": services["services"],
+            "pools": pools["pools"],
+        })));
+    }
+    let mut out = format!("{}: {}\n\n", api.url, ready.trim());
+    let rows: Vec<Vec<String>> = services["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            vec![
+                cell(&s["name"]),
+                cell(&s["listen"]),
+                cell(&s["protocol"]),
+                cell(&s["forward"]),
+                cell(&s["pool"]),
+                cell(&s["active_connections"]),
+                cell(&s["total_connections"]),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            "SERVICE", "LISTEN", "PROTOCOL", "FORWARD", "POOL", "ACTIVE", "TOTAL",
+        ],
+        &rows,
+    ));
+    out.push('\n');
+    let rows: Vec<Vec<String>> = pools["pools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let bs = p["backends"].as_array().cloned().unwrap_or_default();
+            let count = |st: &str| bs.iter().filter(|b| b["state"] == st).count().to_string();
+            vec![
+                cell(&p["name"]),
+                cell(&p["scheduler"]),
+                bs.len().to_string(),
+                count("up"),
+                count("down"),
+                count("draining"),
+                count("ejected"),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            "POOL",
+            "SCHEDULER",
+            "BACKENDS",
+            "UP",
+            "DOWN",
+            "DRAINING",
+            "EJECTED",
+        ],
+        &rows,
+    ));
+    Ok(out)
+}
+
+fn backend(api: &Api, cmd: &BackendCommand, as_json: bool) -> Result<String, Fail> {
+    let path =
+        |pool: &str, addr: &str| format!("/api/v1/pools/{}/backends/{}", enc(pool), enc(addr));
+    let (v, what) = match cmd {
+        BackendCommand::Add {
+            pool,
+            address,
+            weight,
+        } => {
+            let body = weight.map_or_else(|| json!({}), |w| json!({ "weight": w }));
+            let v = api.json("PUT", &path(pool, address), Some(&body))?;
+            let b = &v["backend"];
+            (
+                v.clone(),
+                format!(
+                    "backend {} in pool {pool}: weight {}, state {}",
+                    cell(&b["address"]),
+                    cell(&b["weight"]),
+                    cell(&b["state"])
+                ),
+            )
+        }
+        BackendCommand::Drain { pool, address } => {
+            let v = api.json("POST", &(path(pool, address) + "/drain"), None)?;
+            let b = &v["backend"];
+            (
+                v.clone(),
+                format!(
+                    "backend {} in pool {pool}: state {} (no new flows; {} open connections finish)",
+                    cell(&b["address"]),
+                    cell(&b["state"]),
+                    cell(&b["active_connections"])
+                ),
+            )
+        }
+        BackendCommand::Remove { pool, address } => {
+            let v = api.json("DELETE", &path(pool, address), None)?;
+            (
+                v.clone(),
+                format!(
+                    "backend {} removed from pool {pool} (open connections finish)",
+                    cell(&v["removed"])
+                ),
+            )
+        }
+    };
+    Ok(if as_json { pretty(&v) } else { what + "\n" })
+}
+
+fn explain_text(v: &Value) -> String {
+    let mut out = String::new();
+    let f = &v["flow"];
+    let _ = writeln!(
+        out,
+        "flow       {} -> {} ({}{})",
+        cell(&f["client"]),
+        cell(&f["dst"]),
+        cell(&f["proto"]),
+        f["service"]
+            .as_str()
+            .map(|s| format!(", service {s}"))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(
+        out,
+        "pool       {} (scheduler {}, {} of {} backends take new flows)",
+        cell(&v["pool"]),
+        cell(&v["scheduler"]),
+        cell(&v["eligible_backends"]),
+        cell(&v["total_backends"])
+    );
+    let p = &v["persistence"];
+    if p["configured"] == true {
+        let hit = if p["hit"] == true {
+            format!("hit: {}", cell(&p["backend"]))
+        } else {
+            "miss".into()
+        };
+        let _ = writeln!(out, "persistence {hit}");
+    } else {
+        let _ = writeln!(out, "persistence not configured");
+    }
+    let h = &v["hash"];
+    if h.is_object() {
+        let words = h["words"]
+            .as_array()
+            .map(|w| w.iter().map(cell).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "hash       {} = {} ({}) over [{words}]",
+            cell(&h["key"]),
+            cell(&h["hex"]),
+            cell(&h["value"])
+        );
+    }
+    let t = &v["table"];
+    match t["kind"].as_str() {
+        Some("maglev" | "sh") => {
+            let _ = writeln!(
+                out,
+                "table      slot {} of {} -> {}",
+                cell(&t["slot"]),
+                cell(&t["size"]),
+                cell(&t["owner"])
+            );
+        }
+        Some("ring_hash") => {
+            let _ = writeln!(
+                out,
+                "ring       position {} of {} points (point {}) -> {}",
+                cell(&t["position"]),
+                cell(&t["points"]),
+                cell(&t["point"]),
+                cell(&t["owner"])
+            );
+        }
+        _ => {}
+    }
+    let b = &v["backend"];
+    if b.is_object() {
+        let _ = writeln!(
+            out,
+            "backend    {} (state {}, weight {}, {} active)",
+            cell(&b["address"]),
+            cell(&b["state"]),
+            cell(&b["weight"]),
+            cell(&b["active_connections"])
+        );
+    } else {
+        let _ = writeln!(out, "backend    -");
+    }
+    let _ = writeln!(out, "why        {}", cell(&v["reason"]));
+    out
+}

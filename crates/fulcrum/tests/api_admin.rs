@@ -1,0 +1,790 @@
+//! The admin API's run-time changes, end to end: the real `fulcrum run` binary, real TCP
+//! backends and clients, real HTTP to the admin API.
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{
+    admin_toml, connect, echo_once, eventually, free_addr, pool_toml, round_trip, service_toml,
+    wait_refused, weighted, Behaviour, Fulcrum, TcpBackend,
+};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const TOKEN: &str = "s3cret-token";
+
+/// One admin request with an optional bearer token; (status, body).
+async fn req(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    let fut = async {
+        let mut s = TcpStream::connect(admin).await?;
+        let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+        let r = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(r.as_bytes()).await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        Ok::<_, std::io::Error>(buf)
+    };
+    let buf = tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .expect("admin request timed out")
+        .expect("admin request failed");
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").expect("http answer");
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, body.to_owned())
+}
+
+fn json(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+/// Asserts the status and that the body is `{"error": "..."}`; returns the message.
+fn assert_err(got: &(u16, String), status: u16, ctx: &str) -> String {
+    assert_eq!(got.0, status, "{ctx}: body {}", got.1);
+    json(&got.1)["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{ctx}: no error field: {}", got.1))
+        .to_owned()
+}
+
+fn token_config(dir: &Path, admin: SocketAddr) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    let f = dir.join("admin.token");
+    std::fs::write(&f, format!("{TOKEN}\n")).unwrap();
+    format!(
+        "[admin]\nlisten = \"{admin}\"\ntoken_file = \"{}\"\n\n",
+        f.display()
+    )
+}
+
+fn addrs(pool: &Value) -> Vec<String> {
+    let mut v: Vec<String> = pool["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["address"].as_str().unwrap().to_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backends_add_change_drain_remove_with_auth_and_errors() {
+    let b1 = TcpBackend::start(Behaviour::Echo).await;
+    let b2 = TcpBackend::start(Behaviour::Echo).await;
+    let b3 = TcpBackend::start(Behaviour::Echo).await;
+    let (admin, vip) = (free_addr(), free_addr());
+    let dir = common::temp_dir("api_backends_tok");
+    let cfg = format!(
+        "{}{}{}",
+        token_config(&dir, admin),
+        service_toml("web", vip, "tcp", "web", ""),
+        pool_toml("web", "rr", "", &weighted(&[b1.addr, b2.addr]))
+    );
+    let f = Fulcrum::start("api_backends", admin, &cfg, &["--workers", "1"]).await;
+    let path3 = format!("/api/v1/pools/web/backends/{}", b3.addr);
+    let before = addrs(&f.pool("web").await);
+
+    // Auth: no token, wrong token -> 401 and nothing changes.
+    let r = req(admin, "PUT", &path3, None, r#"{"weight": 1}"#).await;
+    assert_err(&r, 401, "PUT without token");
+    let r = req(admin, "PUT", &path3, Some("wrong"), r#"{"weight": 1}"#).await;
+    assert_err(&r, 401, "PUT with a wrong token");
+    let r = req(
+        admin,
+        "DELETE",
+        &format!("/api/v1/pools/web/backends/{}", b1.addr),
+        Some("s3cret-tokeN"),
+        "",
+    )
+    .await;
+    assert_err(&r, 401, "DELETE with a wrong token");
+    let r = req(
+        admin,
+        "POST",
+        &format!("/api/v1/pools/web/backends/{}/drain", b1.addr),
+        None,
+        "",
+    )
+    .await;
+    assert_err(&r, 401, "drain without token");
+    let r = req(admin, "PUT", "/api/v1/services/x", None, "{}").await;
+    assert_err(&r, 401, "PUT service without token");
+    let r = req(admin, "DELETE", "/api/v1/services/web", None, "").await;
+    assert_err(&r, 401, "DELETE service without token");
+    let r = req(admin, "POST", "/api/v1/reload", Some(""), "").await;
+    assert_err(&r, 401, "reload with an empty token");
+    assert_eq!(
+        addrs(&f.pool("web").await),
+        before,
+        "a refused call changed the pool"
+    );
+    assert_eq!(f.backend_state("web", b1.addr).await, "up");
+    // Reads stay open.
+    assert_eq!(req(admin, "GET", "/api/v1/pools", None, "").await.0, 200);
+    assert_eq!(req(admin, "GET", "/api/v1/config", None, "").await.0, 200);
+
+    // 400s: bad address, bad JSON, bad weight, unknown field, not an object.
+    let tok = Some(TOKEN);
+    for (p, body, why) in [
+        (
+            "/api/v1/pools/web/backends/not-an-address",
+            r#"{"weight":1}"#,
+            "bad address",
+        ),
+        (
+            "/api/v1/pools/web/backends/127.0.0.1:0",
+            r#"{"weight":1}"#,
+            "port 0",
+        ),
+        (path3.as_str(), r#"{"weight": "#, "truncated JSON"),
+        (
+            path3.as_str(),
+            r#"{"weight": 70000}"#,
+            "weight out of range",
+        ),
+        (path3.as_str(), r#"{"weight": -1}"#, "negative weight"),
+        (
+            path3.as_str(),
+            r#"{"weight": 1, "colour": "red"}"#,
+            "unknown field",
+        ),
+        (path3.as_str(), r"[1, 2]", "not an object"),
+    ] {
+        let r = req(admin, "PUT", p, tok, body).await;
+        assert_err(&r, 400, why);
+    }
+    // Oversized body: 413.
+    let big = format!("{{\"weight\": 1, \"pad\": \"{}\"}}", "x".repeat(100_000));
+    assert_eq!(req(admin, "PUT", &path3, tok, &big).await.0, 413);
+    // 404s.
+    let r = req(
+        admin,
+        "PUT",
+        &format!("/api/v1/pools/nope/backends/{}", b3.addr),
+        tok,
+        "{}",
+    )
+    .await;
+    assert!(assert_err(&r, 404, "unknown pool").contains("nope"));
+    let r = req(
+        admin,
+        "POST",
+        &format!("/api/v1/pools/web/backends/{}/drain", b3.addr),
+        tok,
+        "",
+    )
+    .await;
+    assert_err(&r, 404, "drain of an unknown backend");
+    let r = req(admin, "DELETE", &path3, tok, "").await;
+    assert_err(&r, 404, "delete of an unknown backend");
+    assert_eq!(
+        addrs(&f.pool("web").await),
+        before,
+        "a refused call changed the pool"
+    );
+
+    // Add: the new backend takes traffic at once.
+    let r = req(admin, "PUT", &path3, tok, r#"{"weight": 2}"#).await;
+    assert_eq!(r.0, 200, "add: {}", r.1);
+    let v = json(&r.1);
+    assert_eq!(v["backend"]["weight"], 2);
+    assert_eq!(v["backend"]["state"], "up");
+    assert_eq!(f.backend("web", b3.addr).await["weight"], 2);
+    for _ in 0..12 {
+        echo_once(vip, b"hello").await.unwrap();
+    }
+    assert!(b3.served() > 0, "the added backend got no traffic");
+    // Change the weight.
+    let r = req(admin, "PUT", &path3, tok, r#"{"weight": 5}"#).await;
+    assert_eq!(r.0, 200, "{}", r.1);
+    assert_eq!(f.backend("web", b3.addr).await["weight"], 5);
+    // A weight-less PUT keeps the weight.
+    let r = req(admin, "PUT", &path3, tok, "").await;
+    assert_eq!(r.0, 200, "{}", r.1);
+    assert_eq!(f.backend("web", b3.addr).await["weight"], 5);
+
+    // Drain: state draining, no new flows.
+    let r = req(admin, "POST", &format!("{path3}/drain"), tok, "").await;
+    assert_eq!(r.0, 200, "{}", r.1);
+    assert_eq!(json(&r.1)["backend"]["state"], "draining");
+    let served = b3.served();
+    for _ in 0..12 {
+        echo_once(vip, b"x").await.unwrap();
+    }
+    assert_eq!(b3.served(), served, "a drained backend got new flows");
+    // PUT ends the drain.
+    let r = req(admin, "PUT", &path3, tok, r#"{"weight": 1}"#).await;
+    assert_eq!(json(&r.1)["backend"]["state"], "up", "{}", r.1);
+
+    // Remove.
+    let r = req(admin, "DELETE", &path3, tok, "").await;
+    assert_eq!(r.0, 200, "{}", r.1);
+    assert_eq!(addrs(&f.pool("web").await), before);
+    // The last backend cannot go: 409.
+    let r = req(
+        admin,
+        "DELETE",
+        &format!("/api/v1/pools/web/backends/{}", b1.addr),
+        tok,
+        "",
+    )
+    .await;
+    assert_eq!(r.0, 200, "{}", r.1);
+    let r = req(
+        admin,
+        "DELETE",
+        &format!("/api/v1/pools/web/backends/{}", b2.addr),
+        tok,
+        "",
+    )
+    .await;
+    assert!(assert_err(&r, 409, "last backend").contains("last backend"));
+    echo_once(vip, b"still serving").await.unwrap();
+
+    // Metrics: changes are counted.
+    let m = f.metrics().await;
+    assert!(
+        common::metric_value(&m, "fulcrum_pool_changes_total", &[("pool", "web")]).unwrap() >= 5.0
+    );
+    f.assert_no_panic();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_established_connection_drops_while_backends_change() {
+    let b1 = TcpBackend::start(Behaviour::Echo).await;
+    let b2 = TcpBackend::start(Behaviour::Echo).await;
+    let extra: Vec<TcpBackend> = {
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            v.push(TcpBackend::start(Behaviour::Echo).await);
+        }
+        v
+    };
+    let (admin, vip) = (free_addr(), free_addr());
+    let cfg = format!(
+        "{}{}{}",
+        admin_toml(admin),
+        service_toml("web", vip, "tcp", "web", ""),
+        pool_toml(
+            "web",
+            "maglev",
+            "maglev_table_size = 1021\nhash_key = \"src_ip_port\"\n",
+            &weighted(&[b1.addr, b2.addr])
+        )
+    );
+    let f = Fulcrum::start("api_nodrop", admin, &cfg, &["--workers", "2"]).await;
+
+    // 24 long-lived connections, each doing round trips until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let trips = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..24 {
+        let (stop, trips) = (Arc::clone(&stop), Arc::clone(&trips));
+        tasks.push(tokio::spawn(async move {
+            let mut s = connect(vip)
+                .await
+                .map_err(|e| format!("conn {i}: connect: {e}"))?;
+            let mut n = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let msg = format!("conn {i} trip {n}");
+                round_trip(&mut s, msg.as_bytes())
+                    .await
+                    .map_err(|e| format!("conn {i} trip {n}: {e}"))?;
+                trips.fetch_add(1, Ordering::Relaxed);
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Ok::<u32, String>(n)
+        }));
+    }
+    // New connections keep working too, throughout.
+    let new_conns = {
+        let stop = Arc::clone(&stop);
+        tokio::spawn(async move {
+            let mut ok = 0;
+            while !stop.load(Ordering::Relaxed) {
+                echo_once(vip, b"new")
+                    .await
+                    .map_err(|e| format!("new connection {ok}: {e}"))?;
+                ok += 1;
+            }
+            Ok::<usize, String>(ok)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Churn: add, reweight, drain, remove, including the original backends.
+    let all: Vec<SocketAddr> = extra.iter().map(|b| b.addr).collect();
+    let p = |a: SocketAddr| format!("/api/v1/pools/web/backends/{a}");
+    for round in 0..3 {
+        for a in &all {
+            let r = req(
+                admin,
+                "PUT",
+                &p(*a),
+                None,
+                &format!("{{\"weight\": {}}}", round + 1),
+            )
+            .await;
+            assert_eq!(r.0, 200, "{}", r.1);
+        }
+        let r = req(admin, "POST", &format!("{}/drain", p(b1.addr)), None, "").await;
+        assert_eq!(r.0, 200, "{}", r.1);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let r = req(admin, "DELETE", &p(b1.addr), None, "").await;
+        assert_eq!(r.0, 200, "{}", r.1);
+        let r = req(admin, "DELETE", &p(b2.addr), None, "").await;
+        assert_eq!(r.0, 200, "{}", r.1);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for a in [b1.addr, b2.addr] {
+            let r = req(admin, "PUT", &p(a), None, "{}").await;
+            assert_eq!(r.0, 200, "{}", r.1);
+        }
+        for a in &all {
+            let r = req(admin, "DELETE", &p(*a), None, "").await;
+            assert_eq!(r.0, 200, "{}", r.1);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = trips.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let n = t.await.unwrap().unwrap_or_else(|e| {
+            panic!(
+                "an established connection broke: {e}\nstderr:\n{}",
+                f.stderr_tail(20)
+            )
+        });
+        assert!(n > 0);
+    }
+    let ok = new_conns.await.unwrap().unwrap();
+    assert!(ok > 10, "only {ok} new connections");
+    assert!(trips.load(Ordering::Relaxed) > before);
+
+    // The pool changed owner shares were measured and logged.
+    let ratio = common::metric_value(
+        &f.metrics().await,
+        "fulcrum_pool_table_moved_ratio",
+        &[("pool", "web")],
+    )
+    .unwrap();
+    assert!(
+        (0.0..=1.0).contains(&ratio) && ratio > 0.0,
+        "moved ratio {ratio}"
+    );
+    assert!(f.stderr().contains("moved_ratio"), "moved ratio not logged");
+    f.assert_no_panic();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_added_and_removed_at_run_time() {
+    let b1 = TcpBackend::start(Behaviour::Echo).await;
+    let (admin, vip, vip2) = (free_addr(), free_addr(), free_addr());
+    let cfg = format!(
+        "{}{}{}",
+        admin_toml(admin),
+        service_toml("web", vip, "tcp", "web", ""),
+        pool_toml("web", "rr", "", &weighted(&[b1.addr]))
+    );
+    let f = Fulcrum::start("api_services", admin, &cfg, &["--workers", "2"]).await;
+
+    // Not listening yet.
+    assert!(connect(vip2).await.is_err());
+    let body = format!(
+        r#"{{"listen": "{vip2}", "protocol": "tcp", "pool": "web", "max_connections": 50}}"#
+    );
+    let r = req(admin, "PUT", "/api/v1/services/extra", None, &body).await;
+    assert_eq!(r.0, 200, "{}", r.1);
+    assert_eq!(json(&r.1)["service"]["listen"], vip2.to_string());
+    echo_once(vip2, b"via the new service").await.unwrap();
+    let (_, list) = f.get("/api/v1/services").await;
+    assert!(list.contains("\"extra\""), "{list}");
+
+    // An open connection survives its service's removal; the port stops listening.
+    let mut open = connect(vip2).await.unwrap();
+    round_trip(&mut open, b"before").await.unwrap();
+
+    // Errors: 400 bad body, unknown pool, unknown key, name mismatch, bad JSON; 409 a
+    // listen address of another service or held by another process; 404 unknown service.
+    for (body, why) in [
+        (
+            r#"{"listen": "127.0.0.1:1", "protocol": "tcp", "pool": "nope"}"#.to_owned(),
+            "unknown pool",
+        ),
+        (
+            format!(
+                r#"{{"listen": "{}", "protocol": "tcp", "pool": "web", "colour": 1}}"#,
+                free_addr()
+            ),
+            "unknown key",
+        ),
+        (
+            format!(
+                r#"{{"listen": "{}", "protocol": "smtp", "pool": "web"}}"#,
+                free_addr()
+            ),
+            "bad protocol",
+        ),
+        (
+            format!(
+                r#"{{"name": "other", "listen": "{}", "protocol": "tcp", "pool": "web"}}"#,
+                free_addr()
+            ),
+            "name mismatch",
+        ),
+        (
+            r#"{"listen": "not an address", "protocol": "tcp", "pool": "web"}"#.to_owned(),
+            "bad address",
+        ),
+        (r#"{"listen": "#.to_owned(), "bad JSON"),
+        (r#""a string""#.to_owned(), "not an object"),
+        (
+            r#"{"listen": null, "protocol": "tcp", "pool": "web"}"#.to_owned(),
+            "null",
+        ),
+    ] {
+        let r = req(admin, "PUT", "/api/v1/services/bad", None, &body).await;
+        let msg = assert_err(&r, 400, why);
+        assert!(!msg.is_empty());
+    }
+    let body = format!(r#"{{"listen": "{vip}", "protocol": "tcp", "pool": "web"}}"#);
+    let r = req(admin, "PUT", "/api/v1/services/dup", None, &body).await;
+    assert!(assert_err(&r, 409, "listen of another service").contains("web"));
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let body = format!(
+        r#"{{"listen": "{}", "protocol": "tcp", "pool": "web"}}"#,
+        held.local_addr().unwrap()
+    );
+    let r = req(admin, "PUT", "/api/v1/services/held", None, &body).await;
+    assert!(assert_err(&r, 409, "address in use").contains("cannot listen"));
+    let r = req(admin, "DELETE", "/api/v1/services/nope", None, "").await;
+    assert_err(&r, 404, "unknown service");
+    let (_, list) = f.get("/api/v1/services").await;
+    assert!(
+        !list.contains("\"dup\"") && !list.contains("\"held\"") && !list.contains("\"bad\""),
+        "{list}"
+    );
+
+    // Change it (PUT again replaces it whole), then remove it.
+    let body = format!(
+        r#"{{"listen": "{vip2}", "protocol": "tcp", "pool": "web", "max_connections": 60}}"#
+    );
+    assert_eq!(
+        req(admin, "PUT", "/api/v1/services/extra", None, &body)
+            .await
+            .0,
+        200
+    );
+    let r = req(admin, "DELETE", "/api/v1/services/extra", None, "").await;
+    assert_eq!(r.0, 200, "{}", r.1);
+    assert!(
+        wait_refused(vip2, Duration::from_secs(3)).await,
+        "removed service still listens"
+    );
+    round_trip(&mut open, b"after removal").await.unwrap();
+    drop(open);
+    echo_once(vip, b"the other service is untouched")
+        .await
+        .unwrap();
+    f.assert_no_panic();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_config_round_trips_through_check_and_reload_ends_changes() {
+    let b1 = TcpBackend::start(Behaviour::Echo).await;
+    let b2 = TcpBackend::start(Behaviour::Echo).await;
+    let (admin, vip, vip2) = (free_addr(), free_addr(), free_addr());
+    let cfg = format!(
+        "{}{}{}",
+        admin_toml(admin),
+        service_toml("web", vip, "tcp", "web", "idle_timeout = \"90s\""),
+        pool_toml(
+            "web",
+            "maglev",
+            "hash_key = \"five_tuple\"\npersistence = \"30s\"\n[pool.health]\ncheck = \"tcp\"\ninterval = \"2s\"\n",
+            &weighted(&[b1.addr])
+        )
+    );
+    let f = Fulcrum::start("api_config", admin, &cfg, &["--workers", "1"]).await;
+    let r = req(
+        admin,
+        "PUT",
+        &format!("/api/v1/pools/web/backends/{}", b2.addr),
+        None,
+        r#"{"weight": 7}"#,
+    )
+    .await;
+    assert_eq!(r.0, 200, "{}", r.1);
+    let body = format!(r#"{{"listen": "{vip2}", "protocol": "udp", "pool": "web"}}"#);
+    assert_eq!(
+        req(admin, "PUT", "/api/v1/services/dns", None, &body)
+            .await
+            .0,
+        200
+    );
+
+    let (st, text) = req(admin, "GET", "/api/v1/config", None, "").await;
+    assert_eq!(st, 200);
+    assert!(
+        text.contains(&b2.addr.to_string()) && text.contains("weight = 7"),
+        "{text}"
+    );
+    assert!(text.contains("name = \"dns\""), "{text}");
+    let saved = f.dir.join("saved.toml");
+    std::fs::write(&saved, &text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fulcrum"))
+        .args(["check", "-c"])
+        .arg(&saved)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "fulcrum check refused the running config:\n{}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(summary.contains("dns"), "{summary}");
+
+    // A reload re-reads the file: the run-time changes end.
+    let r = req(admin, "POST", "/api/v1/reload", None, "").await;
+    assert_eq!(r.0, 200, "{}", r.1);
+    assert_eq!(addrs(&f.pool("web").await), vec![b1.addr.to_string()]);
+    let (_, list) = f.get("/api/v1/services").await;
+    assert!(!list.contains("\"dns\""), "{list}");
+    // Saving the served config as the file makes them last.
+    std::fs::write(&f.config, &text).unwrap();
+    let r = req(admin, "POST", "/api/v1/reload", None, "").await;
+    assert_eq!(r.0, 200, "{}", r.1);
+    assert_eq!(addrs(&f.pool("web").await).len(), 2);
+    f.assert_no_panic();
+}
+
+/// Connects from a chosen client port; sends one line; returns once echoed.
+async fn connect_from(vip: SocketAddr, port: u16) -> std::io::Result<()> {
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    sock.set_reuseaddr(true)?;
+    sock.bind(SocketAddr::from(([127, 0, 0, 1], port)))?;
+    let mut s = tokio::time::timeout(Duration::from_secs(3), sock.connect(vip)).await??;
+    round_trip(&mut s, b"explain me").await?;
+    s.shutdown().await?;
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut rest)).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_names_the_backend_real_connections_reach() {
+    let backends = [
+        TcpBackend::start(Behaviour::Echo).await,
+        TcpBackend::start(Behaviour::Echo).await,
+        TcpBackend::start(Behaviour::Echo).await,
+    ];
+    let (admin, vip, vip_ring) = (free_addr(), free_addr(), free_addr());
+    let all: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
+    let cfg = format!(
+        "{}{}{}{}{}",
+        admin_toml(admin),
+        service_toml("mag", vip, "tcp", "mag", ""),
+        service_toml("ring", vip_ring, "tcp", "ring", ""),
+        pool_toml(
+            "mag",
+            "maglev",
+            "hash_key = \"src_ip_port\"\nmaglev_table_size = 251\n",
+            &weighted(&all)
+        ),
+        pool_toml(
+            "ring",
+            "ring_hash",
+            "hash_key = \"src_ip_port\"\n",
+            &weighted(&all)
+        ),
+    );
+    let f = Fulcrum::start("api_explain", admin, &cfg, &["--workers", "2"]).await;
+
+    let mut hits = std::collections::HashSet::new();
+    for (pool, target) in [("mag", vip), ("ring", vip_ring)] {
+        for i in 0..12u16 {
+            let port = common::free_port();
+            let r = req(
+                admin,
+                "GET",
+                &format!("/api/v1/pools/{pool}/explain?client=127.0.0.1:{port}"),
+                None,
+                "",
+            )
+            .await;
+            assert_eq!(r.0, 200, "{}", r.1);
+            let v = json(&r.1);
+            assert_eq!(v["decision"], "hash", "{v}");
+            assert_eq!(v["flow"]["dst"], target.to_string(), "{v}");
+            let named = v["backend"]["address"].as_str().unwrap().to_owned();
+            assert_eq!(v["table"]["owner"], named.as_str(), "{v}");
+            if pool == "mag" {
+                assert_eq!(v["table"]["kind"], "maglev");
+                assert_eq!(v["table"]["size"], 251);
+                assert!(v["table"]["slot"].as_u64().unwrap() < 251);
+            } else {
+                assert_eq!(v["table"]["kind"], "ring_hash");
+            }
+            let before: Vec<usize> = backends.iter().map(TcpBackend::served).collect();
+            connect_from(target, port)
+                .await
+                .unwrap_or_else(|e| panic!("client port {port}: {e}"));
+            let reached = eventually(Duration::from_secs(2), || {
+                let before = before.clone();
+                let backends = &backends;
+                async move { backends.iter().zip(&before).any(|(b, n)| b.served() > *n) }
+            })
+            .await;
+            assert!(reached, "connection {i} reached no backend");
+            let got: Vec<String> = backends
+                .iter()
+                .zip(&before)
+                .filter(|(b, n)| b.served() > **n)
+                .map(|(b, _)| b.addr.to_string())
+                .collect();
+            assert_eq!(
+                got,
+                vec![named.clone()],
+                "{pool}: explain said {named} for client port {port}: {v}"
+            );
+            hits.insert(named);
+        }
+    }
+    assert!(
+        hits.len() >= 2,
+        "every flow went to one backend: not a meaningful check"
+    );
+
+    // Errors.
+    let r = req(admin, "GET", "/api/v1/pools/mag/explain", None, "").await;
+    assert_err(&r, 400, "missing client");
+    let r = req(
+        admin,
+        "GET",
+        "/api/v1/pools/mag/explain?client=nope",
+        None,
+        "",
+    )
+    .await;
+    assert_err(&r, 400, "bad client");
+    let r = req(
+        admin,
+        "GET",
+        "/api/v1/pools/mag/explain?client=1.2.3.4:5&proto=sctp",
+        None,
+        "",
+    )
+    .await;
+    assert_err(&r, 400, "bad proto");
+    let r = req(
+        admin,
+        "GET",
+        "/api/v1/pools/nope/explain?client=1.2.3.4:5",
+        None,
+        "",
+    )
+    .await;
+    assert_err(&r, 404, "unknown pool");
+    // IPv6 client, percent-encoded.
+    let r = req(
+        admin,
+        "GET",
+        "/api/v1/pools/mag/explain?client=%5B2001:db8::1%5D:4000&dst=10.0.0.1:80&proto=udp",
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(r.0, 200, "{}", r.1);
+    assert_eq!(json(&r.1)["flow"]["proto"], "udp");
+    f.assert_no_panic();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_carry_every_contract_name_and_reads_can_be_protected() {
+    let b1 = TcpBackend::start(Behaviour::Echo).await;
+    let b2 = TcpBackend::start(Behaviour::Echo).await;
+    let (admin, vip) = (free_addr(), free_addr());
+    let dir = common::temp_dir("api_protect_tok");
+    let cfg = format!(
+        "{}\nprotect_reads = true\n\n{}{}",
+        token_config(&dir, admin).trim_end(),
+        service_toml("web", vip, "tcp", "web", ""),
+        pool_toml("web", "ring_hash", "", &weighted(&[b1.addr]))
+    );
+    let f = Fulcrum::spawn("api_protect", admin, &cfg, &["--workers", "1"]);
+    let start = Instant::now();
+    while req_ok(admin, "/readyz").await != Some(200) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "not ready: {}",
+            f.stderr_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Probes stay open; everything else needs the token.
+    assert_eq!(req(admin, "GET", "/healthz", None, "").await.0, 200);
+    for p in [
+        "/metrics",
+        "/api/v1/pools",
+        "/api/v1/services",
+        "/api/v1/config",
+        "/api/v1/pools/web",
+    ] {
+        assert_err(&req(admin, "GET", p, None, "").await, 401, p);
+        assert_eq!(req(admin, "GET", p, Some(TOKEN), "").await.0, 200, "{p}");
+    }
+    echo_once(vip, b"x").await.unwrap();
+    let r = req(
+        admin,
+        "PUT",
+        &format!("/api/v1/pools/web/backends/{}", b2.addr),
+        Some(TOKEN),
+        "{}",
+    )
+    .await;
+    assert_eq!(r.0, 200, "{}", r.1);
+    let (_, m) = req(admin, "GET", "/metrics", Some(TOKEN), "").await;
+    for name in [
+        "fulcrum_backend_up",
+        "fulcrum_backend_connections_active",
+        "fulcrum_backend_connections_total",
+        "fulcrum_backend_failures_total",
+        "fulcrum_service_bytes_total",
+        "fulcrum_config_reloads_total",
+        "fulcrum_pool_changes_total",
+        "fulcrum_pool_table_moved_ratio",
+    ] {
+        assert!(
+            m.lines().any(|l| l.starts_with(name)),
+            "{name} missing:\n{m}"
+        );
+    }
+    let ratio =
+        common::metric_value(&m, "fulcrum_pool_table_moved_ratio", &[("pool", "web")]).unwrap();
+    // One backend added to one: about half of the hash space moves.
+    assert!((0.2..0.8).contains(&ratio), "ring moved ratio {ratio}");
+    f.assert_no_panic();
+}
+
+async fn req_ok(admin: SocketAddr, path: &str) -> Option<u16> {
+    common::http(admin, "GET", path).await.ok().map(|r| r.0)
+}

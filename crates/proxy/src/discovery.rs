@@ -1,0 +1,506 @@
+//! Service discovery (`[pool.discovery]`): backends from DNS A/AAAA records, DNS SRV records
+//! and a TOML file, kept up to date and merged by the controller with the pool's static
+//! backends.
+//!
+//! One task per pool with a `[pool.discovery]` table (spawned and aborted by the
+//! controller on each apply). Each source keeps its last good set; whenever the union of
+//! the sources' sets changes, the task sends [`Event::Discovered`] to the controller.
+//!
+//! - `dns = "NAME:PORT"`: A and AAAA records of NAME, each address with PORT and weight 1.
+//!   Re-resolved when the answer's TTL runs out, the TTL clamped to [`TTL_FLOOR`] ..
+//!   [`TTL_CEILING`].
+//! - `srv = "_svc._proto.NAME"`: SRV records of the lowest priority value present (the
+//!   others are backups in RFC 2782 terms and are not used), each target resolved to its
+//!   A/AAAA addresses, with the SRV port and the SRV weight as backend weight (SRV weight 0
+//!   becomes 1: 0 would mean "drained" here). Re-resolved at the smallest TTL seen.
+//! - `file = "PATH"`: `[[backend]] address = "IP:PORT", weight = N` (weight optional,
+//!   default 1); its modification time, size and inode are polled every [`FILE_POLL`] and
+//!   the file is re-read when one of them changes.
+//! - `nameserver = "IP:PORT"`: the resolver to ask (UDP, then TCP); default: the system's,
+//!   from /etc/resolv.conf.
+//!
+//! A failed lookup (timeout, refused, no such name, no records) or an unreadable or
+//! invalid file keeps that source's last good set, is logged and is counted in
+//! [`error_counts`] (`fulcrum_discovery_errors_total{pool,kind}`); a failed DNS lookup is
+//! retried after 1 s, doubling up to 30 s.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use fulcrum_core::config::{Discovery, HostPort, PoolConfig};
+use fulcrum_core::model::Backend;
+use hickory_resolver::config::{NameServerConfigGroup, ResolverConfig, ResolverOpts};
+use hickory_resolver::name_server::TokioConnectionProvider;
+use hickory_resolver::{Resolver, TokioResolver};
+use serde::Deserialize;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
+use tokio::task::JoinHandle;
+
+use crate::snapshot::Event;
+
+/// The shortest time between two resolutions of a name (a TTL of 0 or 1 s gives this).
+pub const TTL_FLOOR: Duration = Duration::from_secs(1);
+/// The longest time between two resolutions of a name, whatever its TTL.
+pub const TTL_CEILING: Duration = Duration::from_secs(300);
+/// How often a backends file's metadata is checked.
+pub const FILE_POLL: Duration = Duration::from_secs(1);
+/// First retry delay after a failed lookup (doubles up to [`RETRY_MAX`]).
+const RETRY_MIN: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+/// Per-query timeout given to the resolver.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+/// A whole lookup (A then AAAA, UDP then TCP) gives up after this.
+const LOOKUP_DEADLINE: Duration = Duration::from_secs(3);
+
+/// `(pool, kind)` -> failed lookups or file reads, for `fulcrum_discovery_errors_total`.
+static ERRORS: Mutex<BTreeMap<(String, &'static str), u64>> = Mutex::new(BTreeMap::new());
+
+/// Failed lookups/reads so far, as `(pool, kind, count)` with kind `dns`, `srv` or `file`.
+pub fn error_counts() -> Vec<(String, &'static str, u64)> {
+    ERRORS
+        .lock()
+        .map(|m| m.iter().map(|((p, k), n)| (p.clone(), *k, *n)).collect())
+        .unwrap_or_default()
+}
+
+fn count_error(pool: &str, kind: &'static str) {
+    if let Ok(mut m) = ERRORS.lock() {
+        *m.entry((pool.to_owned(), kind)).or_insert(0) += 1;
+    }
+}
+
+/// Which source a set came from; also the order of precedence on duplicate addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Source {
+    Dns,
+    Srv,
+    File,
+}
+
+impl Source {
+    const fn kind(self) -> &'static str {
+        match self {
+            Self::Dns => "dns",
+            Self::Srv => "srv",
+            Self::File => "file",
+        }
+    }
+}
+
+/// Merges discovered backends into a pool's static ones: static backends first, in file
+/// order; a discovered backend whose address is already static is left out (static wins).
+pub fn merge(statics: &[Backend], discovered: &[Backend]) -> Vec<Backend> {
+    let mut out = statics.to_vec();
+    for b in discovered {
+        if !out.iter().any(|s| s.address == b.address) {
+            out.push(b.clone());
+        }
+    }
+    out
+}
+
+/// Starts discovery for `pool`. Every change of the discovered set is sent as
+/// [`Event::Discovered`] tagged with `task`, so the controller can drop reports of a task it
+/// has replaced.
+pub fn spawn(
+    pool: String,
+    cfg: Discovery,
+    task: u64,
+    events: UnboundedSender<Event>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let (tx, mut rx) = unbounded_channel::<(Source, Vec<Backend>)>();
+        let mut sources: Vec<JoinHandle<()>> = Vec::new();
+        if cfg.dns.is_some() || cfg.srv.is_some() {
+            match resolver(cfg.nameserver) {
+                Ok(r) => {
+                    if let Some(hp) = cfg.dns.clone() {
+                        let (r, pool, tx) = (r.clone(), pool.clone(), tx.clone());
+                        sources.push(tokio::spawn(dns_loop(r, pool, hp, tx)));
+                    }
+                    if let Some(name) = cfg.srv.clone() {
+                        let (pool, tx) = (pool.clone(), tx.clone());
+                        sources.push(tokio::spawn(srv_loop(r, pool, name, tx)));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(pool, "discovery: no resolver: {e}");
+                    count_error(&pool, if cfg.dns.is_some() { "dns" } else { "srv" });
+                }
+            }
+        }
+        if let Some(path) = cfg.file.clone() {
+            sources.push(tokio::spawn(file_loop(pool.clone(), path, tx.clone())));
+        }
+        drop(tx);
+        // Abort the source tasks when this task is aborted or ends.
+        let _guard = AbortOnDrop(sources);
+
+        let mut sets: BTreeMap<Source, Vec<Backend>> = BTreeMap::new();
+        let mut last: Option<Vec<Backend>> = None;
+        while let Some((src, set)) = rx.recv().await {
+            sets.insert(src, set);
+            while let Ok((src, set)) = rx.try_recv() {
+                sets.insert(src, set);
+            }
+            let mut merged: Vec<Backend> = Vec::new();
+            for set in sets.values() {
+                merged = merge(&merged, set);
+            }
+            if last.as_ref() != Some(&merged) {
+                tracing::info!(
+                    pool,
+                    backends = %merged.iter().map(|b| format!("{}*{}", b.address, b.weight.get())).collect::<Vec<_>>().join(" "),
+                    "discovery: backend set changed"
+                );
+                last = Some(merged.clone());
+                let ev = Event::Discovered {
+                    pool: pool.clone(),
+                    task,
+                    backends: merged,
+                };
+                if events.send(ev).is_err() {
+                    return;
+                }
+            }
+        }
+    })
+}
+
+struct AbortOnDrop(Vec<JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for h in &self.0 {
+            h.abort();
+        }
+    }
+}
+
+/// A resolver asking `nameserver`, or the system's (from /etc/resolv.conf). Its cache is
+/// off: every lookup asks the server, so a TTL is honoured by our own timer.
+fn resolver(nameserver: Option<SocketAddr>) -> Result<TokioResolver, String> {
+    let mut builder = match nameserver {
+        Some(ns) => Resolver::builder_with_config(
+            ResolverConfig::from_parts(
+                None,
+                vec![],
+                NameServerConfigGroup::from_ips_clear(&[ns.ip()], ns.port(), true),
+            ),
+            TokioConnectionProvider::default(),
+        ),
+        None => Resolver::builder_tokio().map_err(|e| format!("system resolver: {e}"))?,
+    };
+    let mut opts = ResolverOpts::default();
+    opts.cache_size = 0;
+    opts.timeout = QUERY_TIMEOUT;
+    opts.attempts = 1;
+    if nameserver.is_some() {
+        // A configured nameserver is the only authority: no /etc/hosts answers.
+        opts.use_hosts_file = hickory_resolver::config::ResolveHosts::Never;
+    }
+    *builder.options_mut() = opts;
+    Ok(builder.build())
+}
+
+/// The time to wait before resolving again, from a lookup's expiry instant.
+fn refresh_after(valid_until: Instant) -> Duration {
+    valid_until
+        .saturating_duration_since(Instant::now())
+        .clamp(TTL_FLOOR, TTL_CEILING)
+}
+
+fn next_retry(prev: Duration) -> Duration {
+    (prev * 2).clamp(RETRY_MIN, RETRY_MAX)
+}
+
+async fn lookup_addrs(r: &TokioResolver, host: &str) -> Result<(Vec<IpAddr>, Instant), String> {
+    let l = tokio::time::timeout(LOOKUP_DEADLINE, r.lookup_ip(host))
+        .await
+        .map_err(|_| format!("no answer within {LOOKUP_DEADLINE:?}"))?
+        .map_err(|e| e.to_string())?;
+    let mut ips: Vec<IpAddr> = l.iter().collect();
+    ips.sort_unstable();
+    ips.dedup();
+    if ips.is_empty() {
+        return Err(format!("no A/AAAA records for {host}"));
+    }
+    Ok((ips, l.valid_until()))
+}
+
+async fn dns_loop(
+    r: TokioResolver,
+    pool: String,
+    hp: HostPort,
+    tx: UnboundedSender<(Source, Vec<Backend>)>,
+) {
+    let mut retry = Duration::ZERO;
+    loop {
+        let wait = match lookup_addrs(&r, &hp.host).await {
+            Ok((ips, until)) => {
+                retry = Duration::ZERO;
+                let set = ips
+                    .into_iter()
+                    .map(|ip| Backend::new(SocketAddr::new(ip, hp.port), 1))
+                    .collect();
+                if tx.send((Source::Dns, set)).is_err() {
+                    return;
+                }
+                refresh_after(until)
+            }
+            Err(e) => {
+                retry = next_retry(retry);
+                count_error(&pool, Source::Dns.kind());
+                tracing::warn!(pool, name = %hp, "discovery: dns lookup failed, keeping the last good set (retry in {retry:?}): {e}");
+                retry
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// SRV records of the lowest priority, targets resolved: `(backends, expiry)`.
+async fn lookup_srv(r: &TokioResolver, name: &str) -> Result<(Vec<Backend>, Instant), String> {
+    let srv = tokio::time::timeout(LOOKUP_DEADLINE, r.srv_lookup(name))
+        .await
+        .map_err(|_| format!("no answer within {LOOKUP_DEADLINE:?}"))?
+        .map_err(|e| e.to_string())?;
+    let mut until = srv.as_lookup().valid_until();
+    let Some(best) = srv
+        .iter()
+        .map(hickory_resolver::proto::rr::rdata::SRV::priority)
+        .min()
+    else {
+        return Err(format!("no SRV records for {name}"));
+    };
+    let mut out: Vec<Backend> = Vec::new();
+    for rec in srv.iter().filter(|s| s.priority() == best) {
+        let target = rec.target().to_utf8();
+        let (ips, t_until) = lookup_addrs(r, &target).await?;
+        until = until.min(t_until);
+        for ip in ips {
+            let addr = SocketAddr::new(ip, rec.port());
+            if !out.iter().any(|b| b.address == addr) {
+                out.push(Backend::new(addr, rec.weight().max(1)));
+            }
+        }
+    }
+    out.sort_by_key(|b| b.address);
+    Ok((out, until))
+}
+
+async fn srv_loop(
+    r: TokioResolver,
+    pool: String,
+    name: String,
+    tx: UnboundedSender<(Source, Vec<Backend>)>,
+) {
+    let mut retry = Duration::ZERO;
+    loop {
+        let wait = match lookup_srv(&r, &name).await {
+            Ok((set, until)) => {
+                retry = Duration::ZERO;
+                if tx.send((Source::Srv, set)).is_err() {
+                    return;
+                }
+                refresh_after(until)
+            }
+            Err(e) => {
+                retry = next_retry(retry);
+                count_error(&pool, Source::Srv.kind());
+                tracing::warn!(pool, name, "discovery: srv lookup failed, keeping the last good set (retry in {retry:?}): {e}");
+                retry
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// A backends file: `[[backend]]` tables.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackendsFile {
+    #[serde(default)]
+    backend: Vec<FileBackend>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileBackend {
+    address: String,
+    weight: Option<u16>,
+}
+
+/// Parses a backends file (see the module docs). Duplicate addresses are an error.
+pub fn parse_backends_file(text: &str) -> Result<Vec<Backend>, String> {
+    let f: BackendsFile = toml::from_str(text).map_err(|e| e.to_string())?;
+    let mut out: Vec<Backend> = Vec::with_capacity(f.backend.len());
+    for (i, b) in f.backend.iter().enumerate() {
+        let addr: SocketAddr = b.address.parse().map_err(|_| {
+            format!(
+                "backend {}: invalid address {:?} (want IP:PORT, e.g. \"10.0.0.1:8080\")",
+                i + 1,
+                b.address
+            )
+        })?;
+        if addr.port() == 0 {
+            return Err(format!("backend {}: port 0 in {:?}", i + 1, b.address));
+        }
+        if out.iter().any(|x| x.address == addr) {
+            return Err(format!("backend {}: duplicate address {addr}", i + 1));
+        }
+        out.push(Backend::new(addr, b.weight.unwrap_or(1)));
+    }
+    Ok(out)
+}
+
+/// What identifies a version of a file without reading it.
+fn stamp(path: &Path) -> std::io::Result<(std::time::SystemTime, u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(path)?;
+    Ok((m.modified()?, m.len(), m.ino()))
+}
+
+async fn file_loop(pool: String, path: PathBuf, tx: UnboundedSender<(Source, Vec<Backend>)>) {
+    let mut seen = None;
+    let mut failing = false;
+    loop {
+        let st = stamp(&path).map_err(|e| e.to_string());
+        let changed = match &st {
+            Ok(s) => seen.as_ref() != Some(s),
+            Err(_) => !failing,
+        };
+        if changed {
+            let res = st.clone().and_then(|_| {
+                std::fs::read_to_string(&path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|t| parse_backends_file(&t))
+            });
+            match res {
+                Ok(set) => {
+                    failing = false;
+                    if tx.send((Source::File, set)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    failing = true;
+                    count_error(&pool, Source::File.kind());
+                    tracing::warn!(pool, file = %path.display(), "discovery: cannot use the backends file, keeping the last good set: {e}");
+                }
+            }
+            seen = st.ok();
+        }
+        tokio::time::sleep(FILE_POLL).await;
+    }
+}
+
+/// The controller's side: one running discovery task per pool.
+#[derive(Default)]
+pub struct Discoveries {
+    tasks: HashMap<String, (Discovery, u64, JoinHandle<()>)>,
+    /// The last set each pool's current task reported.
+    sets: HashMap<String, Vec<Backend>>,
+    next: u64,
+}
+
+impl Discoveries {
+    /// Starts, restarts (new settings) or stops tasks so that exactly the pools in `pools`
+    /// with a discovery table have one. A pool whose settings changed keeps its last set
+    /// until the new task reports.
+    pub fn sync(&mut self, pools: &[PoolConfig], events: &UnboundedSender<Event>) {
+        let mut keep: HashMap<String, (Discovery, u64, JoinHandle<()>)> = HashMap::new();
+        for p in pools {
+            let (name, Some(d)) = (p.name.as_str(), p.discovery.as_ref()) else {
+                continue;
+            };
+            match self.tasks.remove(name) {
+                Some(t) if t.0 == *d => {
+                    keep.insert(name.to_owned(), t);
+                }
+                old => {
+                    if let Some((_, _, h)) = old {
+                        h.abort();
+                    }
+                    self.next += 1;
+                    let h = spawn(name.to_owned(), d.clone(), self.next, events.clone());
+                    keep.insert(name.to_owned(), (d.clone(), self.next, h));
+                }
+            }
+        }
+        for (_, (_, _, h)) in self.tasks.drain() {
+            h.abort();
+        }
+        self.tasks = keep;
+        self.sets.retain(|p, _| self.tasks.contains_key(p));
+    }
+
+    /// Records a report; `false` when it comes from a task that was replaced or stopped.
+    pub fn report(&mut self, pool: &str, task: u64, backends: Vec<Backend>) -> bool {
+        if self.tasks.get(pool).is_none_or(|t| t.1 != task) {
+            return false;
+        }
+        self.sets.insert(pool.to_owned(), backends);
+        true
+    }
+
+    /// The pool's backends: static ones merged with the discovered ones.
+    pub fn backends(&self, pool: &str, statics: &[Backend]) -> Vec<Backend> {
+        match self.sets.get(pool) {
+            Some(d) => merge(statics, d),
+            None => statics.to_vec(),
+        }
+    }
+}
+
+impl Drop for Discoveries {
+    fn drop(&mut self) {
+        for (_, _, h) in self.tasks.values() {
+            h.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn static_wins_on_duplicates() {
+        let s = vec![Backend::new("127.0.0.1:1".parse().unwrap(), 5)];
+        let d = vec![
+            Backend::new("127.0.0.1:1".parse().unwrap(), 1),
+            Backend::new("127.0.0.2:1".parse().unwrap(), 1),
+        ];
+        let m = merge(&s, &d);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].weight.get(), 5);
+    }
+
+    #[test]
+    fn backends_file() {
+        let b = parse_backends_file(
+            "[[backend]]\naddress = \"127.0.0.1:80\"\nweight = 3\n[[backend]]\naddress = \"[::1]:81\"\n",
+        )
+        .unwrap();
+        assert_eq!(b.len(), 2);
+        assert_eq!(b[0].weight.get(), 3);
+        assert_eq!(b[1].weight.get(), 1);
+        assert!(parse_backends_file("[[backend]]\naddress = \"x\"\n").is_err());
+        assert!(parse_backends_file("[[backend]]\naddress = \"127.0.0.1:1\"\nfoo = 1\n").is_err());
+        assert_eq!(parse_backends_file("").unwrap().len(), 0);
+    }
+
+    #[test]
+    fn ttl_is_clamped() {
+        let now = Instant::now();
+        assert_eq!(refresh_after(now), TTL_FLOOR);
+        assert_eq!(
+            refresh_after(now + Duration::from_secs(100_000)),
+            TTL_CEILING
+        );
+    }
+}
