@@ -42,7 +42,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/services", get(services))
         .route("/api/v1/pools", get(pools))
-        .route("/api/v1/pools/{pool}", get(pool))
+        .route(
+            "/api/v1/pools/{pool}",
+            get(pool).put(put_pool).delete(delete_pool),
+        )
         .route("/api/v1/pools/{pool}/explain", get(explain))
         .route(
             "/api/v1/pools/{pool}/backends/{address}",
@@ -143,6 +146,7 @@ fn pool_json(p: &PoolRt) -> Value {
         "name": p.name,
         "scheduler": p.kind.as_str(),
         "hash_key": p.hash_key.to_string(),
+        "persistence": p.persistence.as_ref().map_or(0, |x| x.timeout.as_secs()),
         "backends": backends,
     })
 }
@@ -323,19 +327,20 @@ async fn put_backend(
             format!("unknown field {k:?} in the body; valid: weight"),
         );
     }
-    let weight =
-        match obj.get("weight") {
-            None => None,
-            Some(w) => match w.as_u64().and_then(|w| u16::try_from(w).ok()) {
-                Some(w) => Some(w),
-                None => return error(
+    let weight = match obj.get("weight") {
+        None => None,
+        Some(w) => match w.as_u64().and_then(|w| u16::try_from(w).ok()) {
+            Some(w) => Some(w),
+            None => {
+                return error(
                     StatusCode::BAD_REQUEST,
                     format!(
                         "weight {w} is invalid: weights are integers 0..=65535 (0 = no new flows)"
                     ),
-                ),
-            },
-        };
+                )
+            }
+        },
+    };
     let p = pool.clone();
     let edit = Box::new(move |cfg: &Config| {
         let w = weight.unwrap_or_else(|| {
@@ -430,6 +435,56 @@ async fn put_service(
             })
         });
         Json(json!({ "service": svc })).into_response()
+    })
+    .await
+}
+
+/// `PUT /api/v1/pools/{pool}`: creates a pool (empty) or changes its settings.
+async fn put_pool(
+    State(st): State<AdminState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    if !authorized(&st, &headers) {
+        return unauthorized();
+    }
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return body_error(&e),
+    };
+    let v = match json_body(&body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let n = name.clone();
+    let edit = Box::new(move |cfg: &Config| crate::edit::set_pool(cfg, &n, v));
+    apply_edit(&st, edit, None, || {
+        let snap = st.shared.snapshot.load();
+        match snap.pool(&name) {
+            Some(p) => Json(pool_json(p)).into_response(),
+            None => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "pool missing after the change",
+            ),
+        }
+    })
+    .await
+}
+
+/// `DELETE /api/v1/pools/{pool}`: 409 while a service or route uses it.
+async fn delete_pool(
+    State(st): State<AdminState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    if !authorized(&st, &headers) {
+        return unauthorized();
+    }
+    let n = name.clone();
+    let edit = Box::new(move |cfg: &Config| crate::edit::delete_pool(cfg, &n));
+    apply_edit(&st, edit, None, || {
+        Json(json!({ "removed": name })).into_response()
     })
     .await
 }

@@ -96,8 +96,8 @@ pub fn set_backend(
     reparse(doc)
 }
 
-/// `DELETE /api/v1/pools/{pool}/backends/{address}`. Removing the last backend of a pool
-/// without discovery is a conflict (a pool needs a backend).
+/// `DELETE /api/v1/pools/{pool}/backends/{address}`. A pool may become empty (as an
+/// ipvsadm service without real servers): its services then refuse new clients.
 pub fn remove_backend(cfg: &Config, pool: &str, addr: SocketAddr) -> Result<Config, ChangeError> {
     let Some(pc) = cfg.pool(pool) else {
         return Err(ChangeError::NotFound(format!("no pool named {pool:?}")));
@@ -105,11 +105,6 @@ pub fn remove_backend(cfg: &Config, pool: &str, addr: SocketAddr) -> Result<Conf
     if !pc.backends.iter().any(|b| b.address == addr) {
         return Err(ChangeError::NotFound(format!(
             "pool {pool:?} has no backend {addr}"
-        )));
-    }
-    if pc.backends.len() == 1 && pc.discovery.is_none() {
-        return Err(ChangeError::Conflict(format!(
-            "{addr} is the last backend of pool {pool:?}; a pool needs at least one (add another first, or drain it)"
         )));
     }
     let mut doc = cfg.to_toml_table();
@@ -192,6 +187,85 @@ pub fn delete_service(cfg: &Config, name: &str) -> Result<Config, ChangeError> {
         .is_some_and(Vec::is_empty)
     {
         doc.remove("service");
+    }
+    reparse(doc)
+}
+
+/// `PUT /api/v1/pools/{pool}`: creates the pool (empty) or changes its settings, keeping its
+/// backends. `body` may hold `scheduler`, `hash_key`, `persistence`, `maglev_table_size`,
+/// `sticky_cookie` (the keys of a `[[pool]]` table other than `name`, `backend`, `health`,
+/// `outlier` and `discovery`); `null` removes a key.
+pub fn set_pool(cfg: &Config, pool: &str, body: serde_json::Value) -> Result<Config, ChangeError> {
+    const KEYS: [&str; 5] = [
+        "scheduler",
+        "hash_key",
+        "persistence",
+        "maglev_table_size",
+        "sticky_cookie",
+    ];
+    let serde_json::Value::Object(obj) = body else {
+        return Err(ChangeError::Invalid(format!(
+            "the body must be a JSON object with some of: {}",
+            KEYS.join(", ")
+        )));
+    };
+    let mut doc = cfg.to_toml_table();
+    let pools = array_mut(&mut doc, "pool");
+    let idx = match pools.iter().position(|p| name_of(p) == Some(pool)) {
+        Some(i) => i,
+        None => {
+            let mut t = Table::new();
+            t.insert("name".into(), Value::String(pool.to_owned()));
+            pools.push(Value::Table(t));
+            pools.len() - 1
+        }
+    };
+    let Some(t) = pools.get_mut(idx).and_then(Value::as_table_mut) else {
+        return Err(ChangeError::Invalid(format!(
+            "pool {pool:?} is not a table"
+        )));
+    };
+    for (k, v) in obj {
+        if !KEYS.contains(&k.as_str()) {
+            return Err(ChangeError::Invalid(format!(
+                "unknown key {k:?} for a pool; valid keys: {}",
+                KEYS.join(", ")
+            )));
+        }
+        if v.is_null() {
+            t.remove(&k);
+            continue;
+        }
+        let v: Value = serde_json::from_value(v)
+            .map_err(|e| ChangeError::Invalid(format!("bad value for {k:?}: {e}")))?;
+        t.insert(k, v);
+    }
+    reparse(doc)
+}
+
+/// `DELETE /api/v1/pools/{pool}`: only when no service or route uses it (else a conflict).
+pub fn delete_pool(cfg: &Config, pool: &str) -> Result<Config, ChangeError> {
+    if cfg.pool(pool).is_none() {
+        return Err(ChangeError::NotFound(format!("no pool named {pool:?}")));
+    }
+    if let Some(s) = cfg
+        .services
+        .iter()
+        .find(|s| s.pool == pool || s.routes.iter().any(|r| r.pool == pool))
+    {
+        return Err(ChangeError::Conflict(format!(
+            "pool {pool:?} is used by service {:?}; remove or change that service first",
+            s.name
+        )));
+    }
+    let mut doc = cfg.to_toml_table();
+    array_mut(&mut doc, "pool").retain(|p| name_of(p) != Some(pool));
+    if doc
+        .get("pool")
+        .and_then(Value::as_array)
+        .is_some_and(Vec::is_empty)
+    {
+        doc.remove("pool");
     }
     reparse(doc)
 }

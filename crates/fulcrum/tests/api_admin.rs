@@ -237,7 +237,6 @@ async fn backends_add_change_drain_remove_with_auth_and_errors() {
     let r = req(admin, "DELETE", &path3, tok, "").await;
     assert_eq!(r.0, 200, "{}", r.1);
     assert_eq!(addrs(&f.pool("web").await), before);
-    // The last backend cannot go: 409.
     let r = req(
         admin,
         "DELETE",
@@ -255,8 +254,63 @@ async fn backends_add_change_drain_remove_with_auth_and_errors() {
         "",
     )
     .await;
-    assert!(assert_err(&r, 409, "last backend").contains("last backend"));
+    // The last backend may go (as ipvsadm allows): the service then refuses clients...
+    assert_eq!(r.0, 200, "{}", r.1);
+    assert!(f.pool("web").await["backends"]
+        .as_array()
+        .is_some_and(Vec::is_empty));
+    assert!(
+        echo_once(vip, b"nobody home").await.is_err(),
+        "an empty pool served a client"
+    );
+    // ... until one is added again.
+    let r = req(
+        admin,
+        "PUT",
+        &format!("/api/v1/pools/web/backends/{}", b2.addr),
+        tok,
+        r#"{"weight": 1}"#,
+    )
+    .await;
+    assert_eq!(r.0, 200, "{}", r.1);
     echo_once(vip, b"still serving").await.unwrap();
+
+    // Pools: created empty, changed, refused while in use, removed.
+    let r = req(
+        admin,
+        "PUT",
+        "/api/v1/pools/extra",
+        tok,
+        r#"{"scheduler": "maglev", "persistence": "30s"}"#,
+    )
+    .await;
+    assert_eq!(r.0, 200, "{}", r.1);
+    assert_eq!(json(&r.1)["scheduler"], "maglev", "{}", r.1);
+    assert_eq!(json(&r.1)["persistence"], 30, "{}", r.1);
+    let r = req(
+        admin,
+        "PUT",
+        "/api/v1/pools/extra",
+        tok,
+        r#"{"colour": "blue"}"#,
+    )
+    .await;
+    assert!(assert_err(&r, 400, "unknown pool key").contains("colour"));
+    let r = req(
+        admin,
+        "PUT",
+        "/api/v1/pools/extra",
+        tok,
+        r#"{"scheduler": "fastest"}"#,
+    )
+    .await;
+    assert_eq!(r.0, 400, "{}", r.1);
+    let r = req(admin, "DELETE", "/api/v1/pools/web", tok, "").await;
+    assert!(assert_err(&r, 409, "pool in use").contains("used by service"));
+    let r = req(admin, "DELETE", "/api/v1/pools/extra", tok, "").await;
+    assert_eq!(r.0, 200, "{}", r.1);
+    let r = req(admin, "DELETE", "/api/v1/pools/extra", tok, "").await;
+    assert_eq!(r.0, 404, "{}", r.1);
 
     // Metrics: changes are counted.
     let m = f.metrics().await;

@@ -648,16 +648,8 @@ fn pool(c: &mut Checker<'_>, p: &RawPool, users: &[(&str, ServiceProtocol)]) -> 
         }
     });
 
-    if backends.is_empty() && discovery.is_none() {
-        c.err(
-            p.name.span(),
-            format!("pool `{name}` has no backends and no discovery"),
-            Some(
-                "add [[pool.backend]] with address = \"IP:PORT\", or a [pool.discovery] table"
-                    .into(),
-            ),
-        );
-    }
+    // A pool may be empty (as an ipvsadm service without real servers, or an HAProxy backend
+    // without servers): its services refuse clients until a backend is added at run time.
 
     PoolConfig {
         name,
