@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod adm;
 mod check;
 mod ctl;
+mod demo;
 mod run;
 
 /// Fulcrum: a load balancer (L4/L7 proxy, XDP data plane, control plane).
@@ -31,6 +32,9 @@ enum Command {
     Run(run::RunArgs),
     /// Talk to a running instance's admin API: status, pools, backends, reload, explain.
     Ctl(ctl::CtlArgs),
+    /// A self-contained tour: demo backends, an HTTP service on 127.0.0.1:8080, the admin
+    /// API on 127.0.0.1:9090.
+    Demo(demo::DemoArgs),
 }
 
 /// Exit code of a runtime failure (an `Err` from a subcommand).
@@ -44,6 +48,7 @@ fn main() -> ExitCode {
         Command::Check(args) => check::run(args),
         Command::Run(args) => run::run(args),
         Command::Ctl(args) => ctl::run(args),
+        Command::Demo(args) => demo::run(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

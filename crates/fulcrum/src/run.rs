@@ -48,7 +48,7 @@ pub enum LogFormat {
     Json,
 }
 
-fn init_logging(format: LogFormat) {
+pub(crate) fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FULCRUM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let b = tracing_subscriber::fmt()
@@ -95,10 +95,15 @@ pub fn run(args: &RunArgs) -> anyhow::Result<u8> {
     rt.block_on(serve(args.config.clone(), cfg, workers, mode))
 }
 
-async fn serve(path: PathBuf, cfg: Config, n: usize, mode: RelayMode) -> anyhow::Result<u8> {
+pub(crate) async fn serve(
+    path: PathBuf,
+    cfg: Config,
+    n: usize,
+    mode: RelayMode,
+) -> anyhow::Result<u8> {
     let (ev_tx, ev_rx) = unbounded_channel();
     let (ctl_tx, ctl_rx) = unbounded_channel();
-    let shared = Arc::new(Shared::new(ev_tx, mode, None));
+    let shared = Arc::new(Shared::new(ev_tx, mode, Some(fulcrum_http::handler())));
     let admin_cfg = cfg.admin.clone();
     let token = match admin_cfg.as_ref().and_then(|a| a.token_file.as_ref()) {
         Some(f) => Some(Arc::<str>::from(
@@ -117,7 +122,6 @@ async fn serve(path: PathBuf, cfg: Config, n: usize, mode: RelayMode) -> anyhow:
         }
     };
     tokio::spawn(controller.run(ev_rx, ctl_rx));
-
     if let Some(a) = admin_cfg {
         let listener = tokio::net::TcpListener::bind(a.listen)
             .await

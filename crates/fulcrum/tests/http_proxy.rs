@@ -1,0 +1,778 @@
+//! End-to-end tests of the L7 HTTP proxy: the real `fulcrum` binary, real HTTP backends
+//! (hyper, in this process), real clients (raw TCP, hyper h2, rustls). Only 127.0.0.0/8.
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{admin_toml, free_addr, weighted, Fulcrum};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+// ------------------------------------------------------------------------------ backends
+
+/// A test backend: answers `NAME\n` then the request's headers (`name: value` lines), with
+/// a status that the test can change; echoes bytes after an `Upgrade`.
+struct Backend {
+    addr: SocketAddr,
+    status: Arc<AtomicU16>,
+    hits: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn backend(name: &str) -> Backend {
+    let addr = free_addr();
+    let l = TcpListener::bind(addr).await.unwrap();
+    let status = Arc::new(AtomicU16::new(200));
+    let hits = Arc::new(AtomicU64::new(0));
+    let (st, h, name) = (Arc::clone(&status), Arc::clone(&hits), name.to_owned());
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((sock, _)) = l.accept().await else {
+                continue;
+            };
+            let (st, h, name) = (Arc::clone(&st), Arc::clone(&h), name.clone());
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+                        h.fetch_add(1, Ordering::Relaxed);
+                        let (st, name) = (st.load(Ordering::Relaxed), name.clone());
+                        async move {
+                            if req.headers().contains_key("upgrade") {
+                                let up = hyper::upgrade::on(&mut req);
+                                tokio::spawn(async move {
+                                    if let Ok(io) = up.await {
+                                        let mut io = TokioIo::new(io);
+                                        let mut buf = [0u8; 1024];
+                                        while let Ok(n) = io.read(&mut buf).await {
+                                            if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                                                break;
+                                            }
+                                        }
+                                    }
+                                });
+                                return Ok::<_, Infallible>(
+                                    Response::builder()
+                                        .status(101)
+                                        .header("connection", "upgrade")
+                                        .header("upgrade", "websocket")
+                                        .body(Full::new(Bytes::new()))
+                                        .unwrap(),
+                                );
+                            }
+                            let mut body = format!("{name}\n");
+                            for (k, v) in req.headers() {
+                                body.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("?")));
+                            }
+                            Ok(Response::builder()
+                                .status(st)
+                                .header("keep-alive", "timeout=5")
+                                .header("x-backend", name)
+                                .body(Full::new(Bytes::from(body)))
+                                .unwrap())
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(sock), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    Backend {
+        addr,
+        status,
+        hits,
+        task,
+    }
+}
+
+// ------------------------------------------------------------------------------ clients
+
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    /// The backend's name (first body line).
+    fn who(&self) -> &str {
+        self.body.lines().next().unwrap_or("")
+    }
+}
+
+fn parse(buf: &[u8]) -> Resp {
+    let text = String::from_utf8_lossy(buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    Resp {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
+}
+
+/// Sends a raw HTTP/1.1 request (must include `Connection: close`) and reads to EOF.
+async fn raw_from(src: Option<std::net::IpAddr>, addr: SocketAddr, req: &str) -> Resp {
+    let fut = async {
+        let mut s = match src {
+            None => TcpStream::connect(addr).await.unwrap(),
+            Some(ip) => {
+                let sock = TcpSocket::new_v4().unwrap();
+                sock.bind(SocketAddr::new(ip, 0)).unwrap();
+                sock.connect(addr).await.unwrap()
+            }
+        };
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf).await;
+        parse(&buf)
+    };
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .expect("request timed out")
+}
+
+async fn get(addr: SocketAddr, host: &str, path: &str, extra: &str) -> Resp {
+    raw_from(
+        None,
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n"),
+    )
+    .await
+}
+
+fn http_service(name: &str, listen: SocketAddr, pool: &str, extra: &str) -> String {
+    common::service_toml(name, listen, "http", pool, extra)
+}
+
+async fn start(name: &str, body: &str) -> (Fulcrum, SocketAddr) {
+    let admin = free_addr();
+    let cfg = format!("{}{body}", admin_toml(admin));
+    (
+        Fulcrum::start(name, admin, &cfg, &["--workers", "1"]).await,
+        admin,
+    )
+}
+
+// ------------------------------------------------------------------------------ tests
+
+#[tokio::test]
+async fn routing_headers_h2c_and_bad_input() {
+    let (a, b, c, d) = (
+        backend("a").await,
+        backend("b").await,
+        backend("c").await,
+        backend("d").await,
+    );
+    let listen = free_addr();
+    let body = format!(
+        "{}\n[[service.route]]\nhost = \"api.example.com\"\npool = \"a\"\n\n[[service.route]]\nhost = \"*.img.example.com\"\npool = \"b\"\n\n[[service.route]]\npath_prefix = \"/v2/\"\npool = \"c\"\n\n{}{}{}{}",
+        http_service("web", listen, "d", ""),
+        common::pool_toml("a", "rr", "", &weighted(&[a.addr])),
+        common::pool_toml("b", "rr", "", &weighted(&[b.addr])),
+        common::pool_toml("c", "rr", "", &weighted(&[c.addr])),
+        common::pool_toml("d", "rr", "", &weighted(&[d.addr])),
+    );
+    let (f, _) = start("http-routing", &body).await;
+
+    // Routing: exact host (case and port ignored), suffix, path prefix, default.
+    assert_eq!(
+        get(listen, "API.Example.com:8080", "/v2/x", "").await.who(),
+        "a"
+    );
+    assert_eq!(get(listen, "x.y.img.example.com", "/", "").await.who(), "b");
+    assert_eq!(get(listen, "img.example.com", "/v2/z", "").await.who(), "c");
+    assert_eq!(get(listen, "other", "/v1/", "").await.who(), "d");
+
+    // Headers: hop-by-hop removed (also those named by Connection), forwarding added.
+    let r = get(
+        listen,
+        "other",
+        "/",
+        "X-Forwarded-For: 10.1.1.1\r\nKeep-Alive: 5\r\nX-Hop: secret\r\nConnection: X-Hop\r\nX-Request-Id: my-id\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let lines: HashMap<&str, &str> = r
+        .body
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(": "))
+        .collect();
+    assert_eq!(
+        lines.get("x-forwarded-for"),
+        Some(&"10.1.1.1, 127.0.0.1"),
+        "{}",
+        r.body
+    );
+    assert_eq!(lines.get("x-forwarded-proto"), Some(&"http"));
+    assert_eq!(lines.get("x-forwarded-host"), Some(&"other"));
+    assert_eq!(
+        lines.get("forwarded"),
+        Some(&"for=127.0.0.1;proto=http;host=other")
+    );
+    assert_eq!(lines.get("x-request-id"), Some(&"my-id"));
+    assert!(
+        !lines.contains_key("x-hop") && !lines.contains_key("keep-alive"),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.header("keep-alive").is_none(),
+        "response hop-by-hop removed"
+    );
+    let r = get(listen, "other", "/", "").await;
+    let rid = r
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix("x-request-id: "))
+        .unwrap();
+    assert_eq!(rid.len(), 36, "generated request id: {rid}");
+
+    // Keep-alive reuse: two requests on one client connection.
+    let mut s = TcpStream::connect(listen).await.unwrap();
+    for _ in 0..2 {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: other\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    }
+
+    // HTTP/2 with prior knowledge (h2c).
+    let tcp = TcpStream::connect(listen).await.unwrap();
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    for _ in 0..3 {
+        let req = Request::builder()
+            .uri(format!("http://api.example.com/h2"))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = h2.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert!(body.starts_with(b"a\n"), "{body:?}");
+        assert!(String::from_utf8_lossy(&body).contains("host: api.example.com"));
+    }
+
+    // Request smuggling: Content-Length with Transfer-Encoding. hyper's parser lets
+    // Transfer-Encoding win, drops Content-Length and closes the connection after the
+    // answer (RFC 9112 6.1); the backend never sees the conflicting Content-Length.
+    let r = raw_from(None, listen, "POST / HTTP/1.1\r\nHost: other\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n").await;
+    assert!(
+        r.status == 400 || (r.status == 200 && !r.body.contains("content-length: 5")),
+        "smuggling got {r:?}"
+    );
+    let hits = d.hits.load(Ordering::Relaxed);
+    // Malformed request line, invalid chunked body, huge headers.
+    let r = raw_from(None, listen, "GARBAGE\r\n\r\n").await;
+    assert!(r.status == 400 || r.status == 0);
+    let r = raw_from(None, listen, "POST / HTTP/1.1\r\nHost: other\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nZZZ\r\nxx\r\n").await;
+    assert!(
+        r.status >= 400 || r.status == 0,
+        "bad chunked got {}",
+        r.status
+    );
+    let big = "a".repeat(100 * 1024);
+    let r = raw_from(
+        None,
+        listen,
+        &format!("GET / HTTP/1.1\r\nHost: other\r\nX-Big: {big}\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert!(
+        r.status == 431 || r.status == 400 || r.status == 0,
+        "huge header got {}",
+        r.status
+    );
+    assert!(
+        d.hits.load(Ordering::Relaxed) <= hits + 1,
+        "bad requests must not reach backends"
+    );
+    assert_eq!(
+        get(listen, "other", "/", "").await.status,
+        200,
+        "still serving"
+    );
+    f.assert_no_panic();
+}
+
+#[tokio::test]
+async fn retries_ejection_and_budget() {
+    let good1 = backend("good1").await;
+    let good2 = backend("good2").await;
+    let bad = backend("bad").await;
+    bad.status.store(503, Ordering::Relaxed);
+    let dead = free_addr(); // nothing listens here: connect refused
+    let listen = free_addr();
+    let listen2 = free_addr();
+    let b1 = backend("all503-1").await;
+    let b2 = backend("all503-2").await;
+    b1.status.store(503, Ordering::Relaxed);
+    b2.status.store(503, Ordering::Relaxed);
+    let body = format!(
+        "{}{}{}{}",
+        http_service("web", listen, "p", ""),
+        http_service("down", listen2, "q", ""),
+        common::pool_toml(
+            "p",
+            "rr",
+            "[pool.outlier]\nconsecutive_failures = 3\nejection = \"30s\"\n",
+            &weighted(&[good1.addr, bad.addr, dead, good2.addr])
+        ),
+        common::pool_toml(
+            "q",
+            "rr",
+            "[pool.outlier]\nconsecutive_failures = 100000\n",
+            &weighted(&[b1.addr, b2.addr])
+        ),
+    );
+    let (f, admin) = start("http-retries", &body).await;
+    for i in 0..40 {
+        let r = get(listen, "x", &format!("/{i}"), "").await;
+        assert_eq!(r.status, 200, "request {i} failed: {r:?}");
+    }
+    // The 503 backend and the dead one are ejected.
+    let (_, pool) = common::http(admin, "GET", "/api/v1/pools/p").await.unwrap();
+    let pool: serde_json::Value = serde_json::from_str(&pool).unwrap();
+    for a in [bad.addr, dead] {
+        let b = common::find_backend(&pool, a).unwrap();
+        assert_eq!(b["state"], "ejected", "{pool}");
+    }
+    let bad_hits = bad.hits.load(Ordering::Relaxed);
+    assert!(bad_hits <= 4, "bad backend hit {bad_hits} times");
+
+    // Budget: when every backend answers 503, retries stay within the budget.
+    let n = 100;
+    for _ in 0..n {
+        let r = get(listen2, "x", "/", "").await;
+        assert_eq!(r.status, 503, "the backend's own 503 is passed on");
+    }
+    let total = b1.hits.load(Ordering::Relaxed) + b2.hits.load(Ordering::Relaxed);
+    assert!(total >= n, "{total}");
+    assert!(
+        total <= n + 10 + n / 5 + 2,
+        "retries beyond the budget: {total} backend hits for {n} requests"
+    );
+    let (_, m) = common::http(admin, "GET", "/metrics").await.unwrap();
+    assert!(
+        m.contains("fulcrum_http_requests_total{service=\"web\",pool=\"p\""),
+        "{m}"
+    );
+    assert!(
+        m.contains("fulcrum_http_request_duration_seconds_bucket{"),
+        "{m}"
+    );
+    f.assert_no_panic();
+}
+
+#[tokio::test]
+async fn sticky_cookie_and_header_hash() {
+    let bs = [
+        backend("s1").await,
+        backend("s2").await,
+        backend("s3").await,
+    ];
+    let addrs: Vec<SocketAddr> = bs.iter().map(|b| b.addr).collect();
+    let listen = free_addr();
+    let listen2 = free_addr();
+    let body = format!(
+        "{}{}{}{}",
+        http_service("sticky", listen, "st", ""),
+        http_service("hashed", listen2, "hh", ""),
+        common::pool_toml("st", "rr", "sticky_cookie = \"SRV\"\n", &weighted(&addrs)),
+        common::pool_toml(
+            "hh",
+            "maglev",
+            "hash_key = \"header:X-User\"\n",
+            &weighted(&addrs)
+        ),
+    );
+    let (f, _) = start("http-sticky", &body).await;
+    let r = get(listen, "x", "/", "").await;
+    let cookie = r
+        .header("set-cookie")
+        .expect("sticky cookie set")
+        .to_owned();
+    let pair = cookie.split(';').next().unwrap().to_owned();
+    let first = r.who().to_owned();
+    for _ in 0..100 {
+        let r = get(listen, "x", "/", &format!("Cookie: a=b; {pair}\r\n")).await;
+        assert_eq!(r.who(), first);
+        assert!(r.header("set-cookie").is_none());
+    }
+    // The pinned backend fails (503s, then ejected): clean fallback to another one, with a
+    // new cookie, and no failure seen by the client.
+    let idx = ["s1", "s2", "s3"].iter().position(|n| *n == first).unwrap();
+    bs[idx].status.store(503, Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = get(listen, "x", "/", &format!("Cookie: {pair}\r\n")).await;
+        if r.who() != first {
+            assert_eq!(r.status, 200);
+            assert!(r.header("set-cookie").is_some_and(|c| c != cookie));
+            break;
+        }
+        assert!(Instant::now() < deadline, "drained backend still chosen");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The failing backend recovers, so pool `hh` (which shares it but saw none of its
+    // 503s) keeps all three: a 503 there would be retried on another backend and then
+    // eject it, which would move users.
+    bs[idx].status.store(200, Ordering::Relaxed);
+    // Header hashing keeps each user on one backend; users spread.
+    let mut seen = HashSet::new();
+    for u in 0..8 {
+        let who = get(listen2, "x", "/", &format!("X-User: user{u}\r\n"))
+            .await
+            .who()
+            .to_owned();
+        for _ in 0..12 {
+            assert_eq!(
+                get(listen2, "x", "/", &format!("X-User: user{u}\r\n"))
+                    .await
+                    .who(),
+                who
+            );
+        }
+        seen.insert(who);
+    }
+    assert!(seen.len() >= 2, "{seen:?}");
+    f.assert_no_panic();
+}
+
+fn tls_material(dir: &std::path::Path) -> (rustls::RootCertStore, Vec<Vec<u8>>, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let mut ders = Vec::new();
+    let mut certs = String::new();
+    for name in ["a.test", "b.test"] {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec![name.to_owned()])
+            .unwrap()
+            .signed_by(&key, &ca, &ca_key)
+            .unwrap();
+        std::fs::write(dir.join(format!("{name}.pem")), leaf.pem()).unwrap();
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+        ders.push(leaf.der().to_vec());
+        certs.push_str(&format!(
+            "{{ cert = \"{}\", key = \"{}\" }}, ",
+            dir.join(format!("{name}.pem")).display(),
+            dir.join(format!("{name}.key")).display()
+        ));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der().clone()).unwrap();
+    (roots, ders, certs)
+}
+
+#[tokio::test]
+async fn tls_sni_and_h2_alpn() {
+    let b = backend("tlsb").await;
+    let dir = common::temp_dir("http-tls-certs");
+    let (roots, ders, certs) = tls_material(&dir);
+    let listen = free_addr();
+    let body = format!(
+        "{}\n[service.tls]\ncerts = [ {certs} ]\n\n{}",
+        http_service("tls", listen, "p", ""),
+        common::pool_toml("p", "rr", "", &weighted(&[b.addr])),
+    );
+    let (f, _) = start("http-tls", &body).await;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    for (i, name) in ["a.test", "b.test"].iter().enumerate() {
+        for alpn in [&b"h2"[..], &b"http/1.1"[..]] {
+            let mut cc = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots.clone())
+                .with_no_client_auth();
+            cc.alpn_protocols = vec![alpn.to_vec()];
+            let conn = tokio_rustls::TlsConnector::from(Arc::new(cc));
+            let tcp = TcpStream::connect(listen).await.unwrap();
+            let sn = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
+            let tls = conn
+                .connect(sn, tcp)
+                .await
+                .expect("handshake with the test CA");
+            let served = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+            assert_eq!(served, ders[i], "SNI {name} chose the wrong certificate");
+            assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn));
+            let req = Request::builder()
+                .uri(format!("https://{name}/"))
+                .header("host", *name)
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            let resp = if alpn == b"h2" {
+                let (mut s, c) =
+                    hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                        .await
+                        .unwrap();
+                tokio::spawn(c);
+                let mut req = req;
+                req.headers_mut().remove("host");
+                s.send_request(req).await.unwrap()
+            } else {
+                let (mut s, c) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                    .await
+                    .unwrap();
+                tokio::spawn(c);
+                let mut req = req;
+                *req.uri_mut() = "/".parse().unwrap();
+                s.send_request(req).await.unwrap()
+            };
+            assert_eq!(resp.status(), 200);
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            let body = String::from_utf8_lossy(&body);
+            assert!(body.contains("x-forwarded-proto: https"), "{body}");
+        }
+    }
+    // A bad certificate path at reload changes nothing.
+    let bad = std::fs::read_to_string(&f.config)
+        .unwrap()
+        .replace("a.test.pem", "missing.pem");
+    f.write_config(&bad);
+    let (st, _) = common::http(f.admin, "POST", "/api/v1/reload")
+        .await
+        .unwrap();
+    assert_eq!(st, 400, "reload with a missing certificate must fail");
+    let tcp = TcpStream::connect(listen).await.unwrap();
+    let cc = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cc))
+        .connect(
+            rustls::pki_types::ServerName::try_from("a.test").unwrap(),
+            tcp,
+        )
+        .await;
+    assert!(tls.is_ok(), "still serving TLS after a failed reload");
+    f.assert_no_panic();
+}
+
+#[tokio::test]
+async fn rate_limit_access_log_and_websocket() {
+    let b = backend("rl").await;
+    let listen = free_addr();
+    let listen2 = free_addr();
+    let dir = common::temp_dir("http-log");
+    let log = dir.join("access.log");
+    let clog = dir.join("combined.log");
+    let body = format!(
+        "{}\n[service.rate_limit]\nrequests_per_second = 1\nburst = 3\n\n[service.access_log]\nformat = \"json\"\npath = \"{}\"\n\n{}\n[service.access_log]\nformat = \"combined\"\npath = \"{}\"\n\n{}",
+        http_service("limited", listen, "p", ""),
+        log.display(),
+        http_service("ws", listen2, "p", ""),
+        clog.display(),
+        common::pool_toml("p", "rr", "", &weighted(&[b.addr])),
+    );
+    let (f, _) = start("http-ratelimit", &body).await;
+    let mut limited = None;
+    for _ in 0..6 {
+        let r = raw_from(
+            Some([127, 0, 0, 1].into()),
+            listen,
+            "GET /rl HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        if r.status == 429 {
+            limited = Some(r);
+            break;
+        }
+        assert_eq!(r.status, 200);
+    }
+    let r = limited.expect("a burst over the limit gets 429");
+    let ra: u64 = r
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&ra));
+    // Another client IP is unaffected.
+    let r = raw_from(
+        Some([127, 0, 0, 2].into()),
+        listen,
+        "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+
+    // JSON access log.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let t = std::fs::read_to_string(&log).unwrap_or_default();
+        if t.lines().count() >= 4 || Instant::now() > deadline {
+            break t;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(first["method"], "GET");
+    assert_eq!(first["path"], "/rl");
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["backend"], b.addr.to_string());
+    assert!(first["client"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(first["bytes"].as_u64().unwrap() > 0);
+    assert!(first["duration_ms"].as_f64().is_some());
+    assert!(text.lines().any(|l| l.contains("\"status\":429")), "{text}");
+
+    // WebSocket (Upgrade) relay, on the service with the combined log.
+    let mut s = TcpStream::connect(listen2).await.unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 2048];
+    let mut got = Vec::new();
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed before the 101");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    for msg in [&b"hello"[..], b"websocket frames are just bytes here"] {
+        s.write_all(msg).await.unwrap();
+        let mut echo = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut echo))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(echo, msg);
+    }
+    drop(s);
+    get(listen2, "x", "/combined?q=1", "User-Agent: tester/1\r\n").await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        let t = std::fs::read_to_string(&clog).unwrap_or_default();
+        if let Some(l) = t.lines().find(|l| l.contains("/combined")) {
+            break l.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no combined line: {t}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
+    assert!(
+        line.contains("\"GET /combined?q=1 HTTP/1.1\" 200 "),
+        "{line}"
+    );
+    assert!(line.contains("\"tester/1\""), "{line}");
+    f.assert_no_panic();
+}
+
+#[tokio::test]
+async fn demo_answers_on_8080() {
+    for port in [8080, 9090] {
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+            eprintln!("SKIPPED demo_answers_on_8080: 127.0.0.1:{port} is taken");
+            return;
+        }
+    }
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fulcrum"))
+        .arg("demo")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let addr: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut who = HashSet::new();
+    while who.len() < 2 {
+        if let Ok(Ok(mut s)) =
+            tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr)).await
+        {
+            let _ = s
+                .write_all(b"GET / HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n")
+                .await;
+            let mut buf = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut buf)).await;
+            let r = parse(&buf);
+            if r.status == 200 {
+                who.insert(r.body.clone());
+            }
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("demo did not answer from two backends: {who:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        who.iter().all(|b| b.starts_with("hello from backend-")),
+        "{who:?}"
+    );
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("demo did not exit on SIGINT");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(0));
+    let mut out = String::new();
+    use std::io::Read as _;
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(out.contains("curl"), "the tour: {out}");
+}

@@ -1,0 +1,434 @@
+//! Fulcrum's L7 HTTP proxy (`protocol = "http"` services), plugged into the L4 data path
+//! through [`fulcrum_proxy::l7::L7Handler`].
+//!
+//! - [`HttpHandler::build`] turns a service's config and the snapshot's pools into an
+//!   [`HttpService`] (routes resolved to pools, TLS acceptor, rate limiter, access log,
+//!   counters), reusing what is unchanged from the previous snapshot.
+//! - [`HttpHandler::serve`] serves one accepted connection with hyper (HTTP/1.1, or HTTP/2
+//!   by ALPN under TLS and by prior knowledge in clear), each request going through
+//!   [`proxy::handle`].
+
+mod accesslog;
+mod headers;
+mod metrics;
+mod proxy;
+mod ratelimit;
+mod tls;
+mod upstream;
+
+use std::cell::Cell;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fulcrum_core::config::{RateLimit, Route, ServiceConfig};
+use fulcrum_core::model::ServiceProtocol;
+use fulcrum_proxy::l7::{L7Handler, L7Metrics, ServiceExt};
+use fulcrum_proxy::snapshot::{PoolRt, ServiceRt, Shared};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+pub use accesslog::AccessLogger;
+pub use metrics::{CodeCounters, PoolMetrics, ServiceMetrics};
+pub use ratelimit::RateLimiter;
+pub use tls::TlsState;
+
+/// Timeouts and retry policy (defaults; see docs/http.md).
+#[derive(Debug, Clone, Copy)]
+pub struct Tuning {
+    /// Connecting to a backend.
+    pub connect_timeout: Duration,
+    /// From the request sent to the backend's response head.
+    pub response_timeout: Duration,
+    /// A client's request head must arrive within this (slowloris).
+    pub header_timeout: Duration,
+    /// TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Extra attempts on other backends (connect failure, 502, 503).
+    pub retries: u32,
+    /// Retries allowed per request on average (the retry budget), in addition to
+    /// `RETRY_BUDGET_MIN` always available.
+    pub retry_ratio: f64,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(3),
+            response_timeout: Duration::from_secs(60),
+            header_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            retries: 2,
+            retry_ratio: 0.2,
+        }
+    }
+}
+
+/// Retries allowed at once when the budget is empty of earned tokens.
+const RETRY_BUDGET_MIN: i64 = 10;
+const MILLI: i64 = 1000;
+
+/// A retry budget: each request earns `ratio` of a retry, each retry spends one; the balance
+/// is capped, so under an outage retries add at most `ratio` x the traffic.
+#[derive(Debug)]
+pub struct RetryBudget {
+    milli: AtomicI64,
+    earn: i64,
+    cap: i64,
+}
+
+impl RetryBudget {
+    pub fn new(ratio: f64) -> Self {
+        Self {
+            milli: AtomicI64::new(RETRY_BUDGET_MIN * MILLI),
+            earn: (ratio * MILLI as f64) as i64,
+            cap: (RETRY_BUDGET_MIN + 100) * MILLI,
+        }
+    }
+    pub fn earn(&self) {
+        if self.milli.load(Ordering::Relaxed) < self.cap {
+            self.milli.fetch_add(self.earn, Ordering::Relaxed);
+        }
+    }
+    pub fn try_spend(&self) -> bool {
+        if self.milli.fetch_sub(MILLI, Ordering::Relaxed) >= MILLI {
+            true
+        } else {
+            self.milli.fetch_add(MILLI, Ordering::Relaxed);
+            false
+        }
+    }
+}
+
+/// One pool as one service uses it in one snapshot.
+#[derive(Debug)]
+pub struct RoutePool {
+    pub pool: Arc<PoolRt>,
+    pub metrics: Arc<PoolMetrics>,
+    /// Parallel to `pool.backends`.
+    pub backend_metrics: Vec<Arc<CodeCounters>>,
+    /// Parallel to `pool.backends`: the sticky cookie value naming each backend.
+    pub cookie_values: Vec<String>,
+}
+
+/// A service's L7 state in one snapshot (the `ext` of its `ServiceRt`).
+#[derive(Debug)]
+pub struct HttpService {
+    pub name: String,
+    pub cfg: ServiceConfig,
+    /// (route, index into `pools`).
+    pub routes: Vec<(Route, usize)>,
+    pub default_pool: usize,
+    pub pools: Vec<RoutePool>,
+    pub tls: Option<Arc<TlsState>>,
+    pub limiter: Option<(RateLimit, Arc<RateLimiter>)>,
+    pub access_log: Option<Arc<AccessLogger>>,
+    pub metrics: Arc<ServiceMetrics>,
+    pub budget: Arc<RetryBudget>,
+    pub tuning: Tuning,
+}
+
+impl HttpService {
+    /// The pool for a request: the first matching route, else the default.
+    pub fn route(&self, host: &str, path: &str) -> &RoutePool {
+        let i = self
+            .routes
+            .iter()
+            .find(|(r, _)| r.matches(host, path))
+            .map_or(self.default_pool, |(_, i)| *i);
+        &self.pools[i]
+    }
+}
+
+/// The cookie value that names a backend: stable across processes and restarts.
+pub fn cookie_value(addr: SocketAddr) -> String {
+    format!(
+        "{:08x}",
+        fulcrum_core::hash::hash_bytes(addr.to_string().as_bytes())
+    )
+}
+
+/// The HTTP handler. Create one per process and pass it to `Shared::new`.
+#[derive(Debug, Default)]
+pub struct HttpHandler {
+    pub tuning: Tuning,
+}
+
+/// The handler as `Shared::new` takes it.
+pub fn handler() -> Arc<dyn L7Handler> {
+    Arc::new(HttpHandler::default())
+}
+
+impl L7Handler for HttpHandler {
+    fn handles(&self, svc: &ServiceConfig) -> bool {
+        svc.protocol == ServiceProtocol::Http
+    }
+
+    fn build(
+        &self,
+        svc: &ServiceConfig,
+        pools: &[Arc<PoolRt>],
+        prev: Option<&ServiceExt>,
+    ) -> Result<ServiceExt, String> {
+        let prev = prev.and_then(|p| Arc::clone(p).downcast::<HttpService>().ok());
+        let prev = prev.as_deref();
+        let metrics = prev.map_or_else(Arc::default, |p| Arc::clone(&p.metrics));
+        let mut used: Vec<RoutePool> = Vec::new();
+        let mut index = |name: &str| -> Result<usize, String> {
+            if let Some(i) = used.iter().position(|p| p.pool.name == name) {
+                return Ok(i);
+            }
+            let pool = pools
+                .iter()
+                .find(|p| p.name == name)
+                .ok_or_else(|| format!("pool {name:?} does not exist"))?;
+            let pm = metrics.pool(name);
+            used.push(RoutePool {
+                backend_metrics: pool
+                    .backends
+                    .iter()
+                    .map(|b| pm.backend(b.address))
+                    .collect(),
+                cookie_values: pool
+                    .backends
+                    .iter()
+                    .map(|b| cookie_value(b.address))
+                    .collect(),
+                pool: Arc::clone(pool),
+                metrics: pm,
+            });
+            Ok(used.len() - 1)
+        };
+        let default_pool = index(&svc.pool)?;
+        let mut routes = Vec::with_capacity(svc.routes.len());
+        for r in &svc.routes {
+            routes.push((r.clone(), index(&r.pool)?));
+        }
+        let tls = match &svc.tls {
+            None => None,
+            Some(t) => match prev
+                .and_then(|p| p.tls.as_ref())
+                .filter(|s| s.is_current(t))
+            {
+                Some(s) => Some(Arc::clone(s)),
+                None => Some(Arc::new(TlsState::load(t)?)),
+            },
+        };
+        let limiter = svc.rate_limit.map(|rl| {
+            match prev
+                .and_then(|p| p.limiter.as_ref())
+                .filter(|(c, _)| *c == rl)
+            {
+                Some((_, l)) => (rl, Arc::clone(l)),
+                None => (
+                    rl,
+                    Arc::new(RateLimiter::new(rl.requests_per_second, rl.burst)),
+                ),
+            }
+        });
+        let access_log = match &svc.access_log {
+            None => None,
+            Some(a) => match prev
+                .and_then(|p| p.access_log.as_ref())
+                .filter(|l| l.cfg == *a)
+            {
+                Some(l) => Some(Arc::clone(l)),
+                None => Some(Arc::new(AccessLogger::open(a)?)),
+            },
+        };
+        let budget = prev.map_or_else(
+            || Arc::new(RetryBudget::new(self.tuning.retry_ratio)),
+            |p| Arc::clone(&p.budget),
+        );
+        Ok(Arc::new(HttpService {
+            name: svc.name.clone(),
+            cfg: svc.clone(),
+            routes,
+            default_pool,
+            pools: used,
+            tls,
+            limiter,
+            access_log,
+            metrics,
+            budget,
+            tuning: self.tuning,
+        }))
+    }
+
+    fn serve(
+        &self,
+        shared: Arc<Shared>,
+        svc: Arc<ServiceRt>,
+        sock: TcpStream,
+        peer: SocketAddr,
+    ) -> Pin<Box<dyn Future<Output = ()>>> {
+        Box::pin(serve_conn(shared, svc, sock, peer))
+    }
+
+    fn metrics(&self, svc: &ServiceRt, out: &mut L7Metrics) {
+        if let Some(ext) = svc
+            .ext
+            .as_ref()
+            .and_then(|e| e.downcast_ref::<HttpService>())
+        {
+            ext.metrics.collect(&svc.name, out);
+        }
+    }
+}
+
+/// Counts an open connection until dropped.
+struct ConnGuard {
+    shared: Arc<Shared>,
+    svc: Arc<ServiceRt>,
+}
+
+impl ConnGuard {
+    fn new(shared: Arc<Shared>, svc: Arc<ServiceRt>) -> Self {
+        svc.stats.active.fetch_add(1, Ordering::Relaxed);
+        svc.stats.total.fetch_add(1, Ordering::Relaxed);
+        shared
+            .global
+            .open_connections
+            .fetch_add(1, Ordering::Relaxed);
+        Self { shared, svc }
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.svc.stats.active.fetch_sub(1, Ordering::Relaxed);
+        self.shared
+            .global
+            .open_connections
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Spawns hyper's HTTP/2 stream tasks on the worker's `LocalSet`.
+#[derive(Clone, Copy, Debug)]
+struct LocalExec;
+
+impl<F> hyper::rt::Executor<F> for LocalExec
+where
+    F: Future + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::task::spawn_local(fut);
+    }
+}
+
+thread_local! {
+    /// Per worker: notified once the process starts draining.
+    static DRAIN: (Rc<tokio::sync::Notify>, Cell<bool>) = (Rc::new(tokio::sync::Notify::new()), Cell::new(false));
+}
+
+/// Starts (once per worker thread) the task that turns `Shared::is_draining` into a wake-up
+/// of every open HTTP connection, so idle keep-alive connections close at once on shutdown.
+fn drain_notify(shared: &Arc<Shared>) -> Rc<tokio::sync::Notify> {
+    DRAIN.with(|(n, started)| {
+        if !started.get() {
+            started.set(true);
+            let n = Rc::clone(n);
+            let shared = Arc::clone(shared);
+            tokio::task::spawn_local(async move {
+                while !shared.is_draining() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                n.notify_waiters();
+                DRAIN.with(|(_, s)| s.set(false));
+            });
+        }
+        Rc::clone(n)
+    })
+}
+
+/// The per-connection facts every request needs.
+#[derive(Debug)]
+pub(crate) struct ConnCtx {
+    pub shared: Arc<Shared>,
+    pub svc: Arc<ServiceRt>,
+    pub ext: Arc<HttpService>,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub tls: bool,
+}
+
+async fn serve_conn(shared: Arc<Shared>, svc: Arc<ServiceRt>, sock: TcpStream, peer: SocketAddr) {
+    let Some(ext) = svc
+        .ext
+        .clone()
+        .and_then(|e| e.downcast::<HttpService>().ok())
+    else {
+        return;
+    };
+    let _guard = ConnGuard::new(Arc::clone(&shared), Arc::clone(&svc));
+    let _ = sock.set_nodelay(true);
+    let local = sock.local_addr().unwrap_or(svc.listen);
+    let drain = drain_notify(&shared);
+    let tuning = ext.tuning;
+    let ctx = Rc::new(ConnCtx {
+        shared,
+        svc,
+        ext: Arc::clone(&ext),
+        peer,
+        local,
+        tls: ext.tls.is_some(),
+    });
+    match &ext.tls {
+        None => run_http(ctx, TokioIo::new(sock), None, &drain, tuning).await,
+        Some(tls) => {
+            let acc = tls.acceptor.clone();
+            let Ok(Ok(stream)) =
+                tokio::time::timeout(tuning.handshake_timeout, acc.accept(sock)).await
+            else {
+                return;
+            };
+            let h2 = stream.get_ref().1.alpn_protocol().map(|p| p == b"h2");
+            run_http(ctx, TokioIo::new(stream), h2, &drain, tuning).await;
+        }
+    }
+}
+
+async fn run_http<I>(
+    ctx: Rc<ConnCtx>,
+    io: I,
+    alpn_h2: Option<bool>,
+    drain: &tokio::sync::Notify,
+    tuning: Tuning,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let mut b = hyper_util::server::conn::auto::Builder::new(LocalExec);
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(tuning.header_timeout)
+        .max_buf_size(64 * 1024)
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(64 * 1024)
+        .max_concurrent_streams(250);
+    let b = match alpn_h2 {
+        Some(true) => b.http2_only(),
+        Some(false) => b.http1_only(),
+        None => b,
+    };
+    let svc = hyper::service::service_fn(move |req| proxy::handle(Rc::clone(&ctx), req));
+    let conn = b.serve_connection_with_upgrades(io, svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::trace!(error = %e, "http connection ended");
+            }
+        }
+        () = drain.notified() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
