@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod adm;
 mod check;
 mod ctl;
+mod decap;
 mod demo;
 mod run;
 
@@ -35,6 +36,9 @@ enum Command {
     /// A self-contained tour: demo backends, an HTTP service on 127.0.0.1:8080, the admin
     /// API on 127.0.0.1:9090.
     Demo(demo::DemoArgs),
+    /// Backend side of `forward = "tunnel"`: strip IPIP/GUE on an interface (XDP) and
+    /// deliver the inner packets to the VIP on loopback, until SIGINT/SIGTERM.
+    Decap(decap::DecapArgs),
 }
 
 /// Exit code of a runtime failure (an `Err` from a subcommand).
@@ -49,6 +53,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Ctl(args) => ctl::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Decap(args) => decap::run(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

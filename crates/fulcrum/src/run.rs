@@ -105,6 +105,7 @@ pub(crate) async fn serve(
     let (ctl_tx, ctl_rx) = unbounded_channel();
     let shared = Arc::new(Shared::new(ev_tx, mode, Some(fulcrum_http::handler())));
     let admin_cfg = cfg.admin.clone();
+    let xdp_cfg = cfg.xdp.clone();
     let token = match admin_cfg.as_ref().and_then(|a| a.token_file.as_ref()) {
         Some(f) => Some(Arc::<str>::from(
             std::fs::read_to_string(f)
@@ -122,6 +123,19 @@ pub(crate) async fn serve(
         }
     };
     tokio::spawn(controller.run(ev_rx, ctl_rx));
+    // The XDP data plane (dsr/tunnel services), kept in step with the snapshots; detached
+    // when dropped at the end of this function.
+    let xdp = match &xdp_cfg {
+        Some(x) => match crate::decap::XdpRuntime::start(x, &shared) {
+            Ok(rt) => Some(rt),
+            Err(e) => {
+                tracing::error!("{e:#}");
+                return Ok(1);
+            }
+        },
+        None => None,
+    };
+
     if let Some(a) = admin_cfg {
         let listener = tokio::net::TcpListener::bind(a.listen)
             .await
@@ -132,7 +146,13 @@ pub(crate) async fn serve(
         let state = AdminState {
             shared: Arc::clone(&shared),
             control: ctl_tx.clone(),
-            registry: Arc::new(fulcrum_control::metrics::registry(Arc::clone(&shared))),
+            registry: Arc::new({
+                let mut r = fulcrum_control::metrics::registry(Arc::clone(&shared));
+                if let Some(c) = xdp.as_ref().and_then(crate::decap::XdpRuntime::collector) {
+                    r.register_collector(Box::new(c));
+                }
+                r
+            }),
             token,
             protect_reads: a.protect_reads,
         };

@@ -1,0 +1,515 @@
+//! End to end through the XDP data plane, in network namespaces this test creates
+//! (198.18.0.0/15 and 2001:2::/48 only; all deleted at the end, also on failure):
+//!
+//! ```text
+//!   client (198.18.0.1) --+
+//!   lb     (198.18.0.2) --+-- br0 (namespace "sw") -- b1, b2, b3 (198.18.0.11..13)
+//! ```
+//! The client routes the VIPs via the lb, where `fulcrum run` has `[xdp] interface = "eth0"`.
+//! Backends hold the VIPs on loopback (arp_ignore/arp_announce) and run a TCP server that
+//! answers its name; in tunnel mode they run `fulcrum decap`. Replies go straight to the
+//! client. Real TCP connections, IPv4 and IPv6; a backend that fails its health check stops
+//! receiving flows. Needs root: skips with a message otherwise.
+#![allow(clippy::pedantic)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fulcrum_xdp::testing::{in_netns, is_root};
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect("command");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Namespaces deleted on drop.
+struct Topology {
+    prefix: String,
+    names: Vec<String>,
+    children: Vec<Child>,
+    _pass: Option<fulcrum_xdp::PassProgram>,
+}
+
+impl Topology {
+    fn ns(&self, n: &str) -> String {
+        format!("{}-{n}", self.prefix)
+    }
+    fn ip(&self, n: &str, args: &[&str]) {
+        let ns = self.ns(n);
+        let mut v = vec!["ip", "-n", ns.as_str()];
+        v.extend_from_slice(args);
+        sh(&v);
+    }
+    fn exec(&self, n: &str, args: &[&str]) {
+        let ns = self.ns(n);
+        let mut v = vec!["ip", "netns", "exec", ns.as_str()];
+        v.extend_from_slice(args);
+        sh(&v);
+    }
+    fn spawn(&mut self, n: &str, args: &[&str], log: &str) {
+        let ns = self.ns(n);
+        let log = std::fs::File::create(log).expect("log file");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn");
+        self.children.push(child);
+    }
+
+    fn new(tag: &str) -> Self {
+        let prefix = format!("fx{tag}{}", std::process::id() % 100_000);
+        let mut t = Self {
+            prefix,
+            names: Vec::new(),
+            children: Vec::new(),
+            _pass: None,
+        };
+        for n in ["sw", "c", "lb", "b1", "b2", "b3"] {
+            let name = t.ns(n);
+            let _ = Command::new("ip").args(["netns", "del", &name]).output();
+            sh(&["ip", "netns", "add", &name]);
+            t.names.push(name);
+            t.ip(n, &["link", "set", "lo", "up"]);
+        }
+        t.ip("sw", &["link", "add", "br0", "type", "bridge"]);
+        t.ip("sw", &["link", "set", "br0", "up"]);
+        let hosts = [
+            ("c", "1"),
+            ("lb", "2"),
+            ("b1", "11"),
+            ("b2", "12"),
+            ("b3", "13"),
+        ];
+        for (n, last) in hosts {
+            let port = format!("p-{n}");
+            let ns = t.ns(n);
+            t.ip(
+                "sw",
+                &[
+                    "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+                ],
+            );
+            t.ip("sw", &["link", "set", &port, "master", "br0"]);
+            t.ip("sw", &["link", "set", &port, "up"]);
+            t.ip(
+                n,
+                &[
+                    "link",
+                    "set",
+                    "eth0",
+                    "address",
+                    &format!("02:00:00:00:01:{last:0>2}"),
+                ],
+            );
+            t.ip(
+                n,
+                &["addr", "add", &format!("198.18.0.{last}/24"), "dev", "eth0"],
+            );
+            t.ip(
+                n,
+                &[
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("2001:2::{last}/64"),
+                    "dev",
+                    "eth0",
+                    "nodad",
+                ],
+            );
+            t.ip(n, &["link", "set", "eth0", "up"]);
+        }
+        // the client: VIPs via the lb; checksums filled in, no TSO (MTU: tunnel headroom)
+        t.ip("c", &["route", "add", "198.19.0.0/24", "via", "198.18.0.2"]);
+        t.ip(
+            "c",
+            &["-6", "route", "add", "2001:2:0:1::/64", "via", "2001:2::2"],
+        );
+        t.ip("c", &["link", "set", "eth0", "mtu", "1400"]);
+        let _ = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &t.ns("c"),
+                "ethtool",
+                "-K",
+                "eth0",
+                "tx",
+                "off",
+                "tso",
+                "off",
+                "gso",
+                "off",
+            ])
+            .output();
+        // the lb: bpf_fib_lookup needs forwarding on
+        t.exec("lb", &["sysctl", "-qw", "net.ipv4.conf.all.forwarding=1"]);
+        t.exec("lb", &["sysctl", "-qw", "net.ipv4.conf.eth0.forwarding=1"]);
+        t.exec("lb", &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+        // backends: VIPs on loopback, no ARP for them
+        for b in ["b1", "b2", "b3"] {
+            t.ip(b, &["addr", "add", "198.19.0.10/32", "dev", "lo"]);
+            t.ip(b, &["-6", "addr", "add", "2001:2:0:1::10/128", "dev", "lo"]);
+            for k in ["all", "eth0"] {
+                t.exec(
+                    b,
+                    &["sysctl", "-qw", &format!("net.ipv4.conf.{k}.arp_ignore=1")],
+                );
+                t.exec(
+                    b,
+                    &[
+                        "sysctl",
+                        "-qw",
+                        &format!("net.ipv4.conf.{k}.arp_announce=2"),
+                    ],
+                );
+            }
+        }
+        // XDP_TX out of the lb's veth needs an XDP program on its peer (docs/xdp.md)
+        let pass = in_netns(&t.ns("sw"), || {
+            fulcrum_xdp::PassProgram::attach("p-lb").expect("pass program")
+        })
+        .expect("sw netns");
+        t._pass = Some(pass);
+        t
+    }
+}
+
+impl Topology {
+    /// SIGTERM to every child, then waits (5 s at most each, then SIGKILL).
+    fn stop_children(&mut self) {
+        for c in &mut self.children {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+        }
+        for c in &mut self.children {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if matches!(c.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.children.clear();
+    }
+
+    /// Whether `eth0` in namespace `n` has an XDP program attached.
+    fn has_xdp(&self, n: &str) -> bool {
+        let out = Command::new("ip")
+            .args(["-n", &self.ns(n), "-d", "link", "show", "dev", "eth0"])
+            .output()
+            .expect("ip link");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.contains("prog/xdp") || text.contains(" xdp ")
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        self.stop_children();
+        self._pass = None;
+        for n in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", n]).output();
+        }
+    }
+}
+
+/// A TCP server in a backend namespace answering its name; stops (closes the listener)
+/// when `down` is set.
+fn server(t: &Topology, b: &str, port: u16, down: Arc<AtomicBool>) {
+    let name = b.to_owned();
+    let l = in_netns(&t.ns(b), move || {
+        TcpListener::bind(("::", port)).expect("bind")
+    })
+    .expect("netns");
+    l.set_nonblocking(true).expect("nonblocking");
+    std::thread::spawn(move || loop {
+        if down.load(Ordering::Relaxed) {
+            return; // drops the listener: connections refused, health check fails
+        }
+        match l.accept() {
+            Ok((mut s, _)) => {
+                let name = name.clone();
+                std::thread::spawn(move || {
+                    // the name, then echo until the client closes
+                    let _ = s.set_nonblocking(false);
+                    let _ = s.write_all(format!("{name}\n").as_bytes());
+                    let mut buf = [0u8; 512];
+                    while let Ok(n) = s.read(&mut buf) {
+                        if n == 0 || s.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    });
+}
+
+/// Reads one line.
+fn line(s: &mut TcpStream) -> Result<String, String> {
+    let mut out = Vec::new();
+    let mut b = [0u8; 1];
+    while out.last() != Some(&b'\n') {
+        match s.read(&mut b) {
+            Ok(1) => out.push(b[0]),
+            Ok(_) => return Err("closed".into()),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(String::from_utf8_lossy(&out).trim().to_owned())
+}
+
+/// Connects from the client namespace; returns the backend's name and the open connection.
+fn open(t: &Topology, vip: SocketAddr) -> Result<(String, TcpStream), String> {
+    in_netns(&t.ns("c"), move || {
+        let mut s =
+            TcpStream::connect_timeout(&vip, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))
+            .map_err(|e| e.to_string())?;
+        let name = line(&mut s)?;
+        Ok((name, s))
+    })
+    .map_err(|e| e.to_string())?
+}
+
+/// Connects from the client namespace and reads the backend's name.
+fn ask(t: &Topology, vip: SocketAddr) -> Result<String, String> {
+    open(t, vip).map(|(n, _)| n)
+}
+
+fn ask_until(t: &Topology, vip: SocketAddr, ok: impl Fn(&str) -> bool, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let r = ask(t, vip);
+        match &r {
+            Ok(name) if ok(name) => return name.clone(),
+            _ if Instant::now() > deadline => {
+                panic!("{vip}: no good answer in {within:?}: last {r:?}")
+            }
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+fn metrics(t: &Topology) -> String {
+    in_netns(&t.ns("lb"), || {
+        let mut s = TcpStream::connect("127.0.0.1:9090").ok()?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        Some(out)
+    })
+    .ok()
+    .flatten()
+    .unwrap_or_default()
+}
+
+fn config(forward: &str, b3_weight: u32) -> String {
+    let mut c = String::from(
+        "[admin]\nlisten = \"127.0.0.1:9090\"\n\n[xdp]\ninterface = \"eth0\"\nmode = \"native\"\n",
+    );
+    for (name, listen, pool, fw) in [
+        ("web", "198.19.0.10:80", "web", forward),
+        ("web6", "[2001:2:0:1::10]:80", "web6", forward),
+    ] {
+        c += &format!(
+            "\n[[service]]\nname = \"{name}\"\nlisten = \"{listen}\"\nprotocol = \"tcp\"\npool = \"{pool}\"\n{fw}\n"
+        );
+    }
+    for (pool, addrs) in [
+        (
+            "web",
+            ["198.18.0.11:80", "198.18.0.12:80", "198.18.0.13:80"],
+        ),
+        (
+            "web6",
+            ["[2001:2::11]:80", "[2001:2::12]:80", "[2001:2::13]:80"],
+        ),
+    ] {
+        c += &format!(
+            "\n[[pool]]\nname = \"{pool}\"\nscheduler = \"maglev\"\nhash_key = \"five_tuple\"\n[pool.health]\ncheck = \"tcp\"\ninterval = \"300ms\"\ntimeout = \"200ms\"\nrise = 1\nfall = 1\n"
+        );
+        for (i, a) in addrs.iter().enumerate() {
+            let w = if i == 2 { b3_weight } else { 1 };
+            c += &format!("[[pool.backend]]\naddress = \"{a}\"\nweight = {w}\n");
+        }
+    }
+    c
+}
+
+fn scenario(tag: &str, forward: &str, decap: bool) {
+    let mut t = Topology::new(tag);
+    let dir = std::env::temp_dir().join(format!("fulcrum-{}", t.prefix));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let downs: Vec<Arc<AtomicBool>> = (0..3).map(|_| Arc::new(AtomicBool::new(false))).collect();
+    for (i, b) in ["b1", "b2", "b3"].iter().enumerate() {
+        server(&t, b, 80, Arc::clone(&downs[i]));
+        if decap {
+            let log = dir.join(format!("decap-{b}.log"));
+            t.spawn(
+                b,
+                &[
+                    env!("CARGO_BIN_EXE_fulcrum"),
+                    "decap",
+                    "--interface",
+                    "eth0",
+                ],
+                log.to_str().expect("path"),
+            );
+        }
+    }
+    let cfg = dir.join("lb.toml");
+    std::fs::write(&cfg, config(forward, 1)).expect("config");
+    let log = dir.join("lb.log");
+    t.spawn(
+        "lb",
+        &[
+            env!("CARGO_BIN_EXE_fulcrum"),
+            "run",
+            "-c",
+            cfg.to_str().expect("path"),
+            "--workers",
+            "1",
+        ],
+        log.to_str().expect("path"),
+    );
+
+    let vip4: SocketAddr = "198.19.0.10:80".parse().expect("vip");
+    let vip6: SocketAddr = "[2001:2:0:1::10]:80".parse().expect("vip6");
+    let is_backend = |n: &str| ["b1", "b2", "b3"].contains(&n);
+    ask_until(&t, vip4, is_backend, Duration::from_secs(15));
+    ask_until(&t, vip6, is_backend, Duration::from_secs(15));
+
+    for vip in [vip4, vip6] {
+        let mut seen = std::collections::BTreeMap::new();
+        for _ in 0..30 {
+            let n = ask(&t, vip).unwrap_or_else(|e| {
+                panic!(
+                    "{forward} {vip}: {e}; lb log: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            });
+            *seen.entry(n).or_insert(0) += 1;
+        }
+        eprintln!("{forward} {vip}: {seen:?}");
+        assert!(seen.keys().all(|k| is_backend(k)));
+        assert!(seen.len() >= 2, "flows spread over backends: {seen:?}");
+    }
+    let m = metrics(&t);
+    let tx_line = m
+        .lines()
+        .find(|l| l.starts_with("fulcrum_xdp_packets_total{service=\"web\",action=\"tx\"}"))
+        .unwrap_or_else(|| panic!("xdp metric missing:\n{m}"))
+        .to_owned();
+    let n: u64 = tx_line
+        .rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .expect("count");
+    assert!(n > 30, "{tx_line}");
+
+    // established connections survive a reload that changes the Maglev tables (b3's
+    // weight 1 -> 3): conntrack keeps every flow on its backend
+    let mut conns: Vec<(String, TcpStream)> = Vec::new();
+    for vip in [vip4, vip6] {
+        for _ in 0..10 {
+            conns.push(open(&t, vip).unwrap_or_else(|e| panic!("{vip}: {e}")));
+        }
+    }
+    std::fs::write(&cfg, config(forward, 3)).expect("config");
+    let lb_pid = t.children.last().expect("lb").id().to_string();
+    sh(&["kill", "-HUP", &lb_pid]);
+    std::thread::sleep(Duration::from_millis(1000));
+    for (i, (name, s)) in conns.iter_mut().enumerate() {
+        s.write_all(format!("ping {i}\n").as_bytes())
+            .expect("write after reload");
+        assert_eq!(
+            line(s).unwrap_or_else(|e| panic!("connection {i} to {name} after reload: {e}")),
+            format!("ping {i}")
+        );
+    }
+    let m = metrics(&t);
+    assert!(
+        m.contains("fulcrum_config_reloads_total{result=\"ok\"} 1")
+            || m.contains("result=\"success\"} 1"),
+        "reload counted:\n{}",
+        m.lines()
+            .filter(|l| l.contains("reload"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    drop(conns);
+
+    // b2 fails its health check: no new flow reaches it, every connection still works
+    downs[1].store(true, Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(1500));
+    for vip in [vip4, vip6] {
+        for _ in 0..30 {
+            let n = ask(&t, vip).unwrap_or_else(|e| panic!("after b2 down, {vip}: {e}"));
+            assert!(
+                n == "b1" || n == "b3",
+                "{vip} went to {n} after b2 went down"
+            );
+        }
+    }
+    // SIGTERM: fulcrum run and fulcrum decap detach their programs
+    assert!(t.has_xdp("lb"), "the lb has its XDP program while running");
+    if decap {
+        assert!(t.has_xdp("b1"), "b1 has the decap program while running");
+    }
+    t.stop_children();
+    for n in ["lb", "b1", "b2", "b3"] {
+        assert!(!t.has_xdp(n), "{n}: XDP program still attached after exit");
+    }
+    drop(t);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn xdp_dsr_end_to_end() {
+    if !is_root() {
+        eprintln!("SKIPPED xdp_dsr_end_to_end: needs root (XDP, network namespaces)");
+        return;
+    }
+    scenario("d", "forward = \"dsr\"", false);
+}
+
+#[test]
+fn xdp_tunnel_ipip_end_to_end() {
+    if !is_root() {
+        eprintln!("SKIPPED xdp_tunnel_ipip_end_to_end: needs root (XDP, network namespaces)");
+        return;
+    }
+    scenario("i", "forward = \"tunnel\"\ntunnel = \"ipip\"", true);
+}
+
+#[test]
+fn xdp_tunnel_gue_end_to_end() {
+    if !is_root() {
+        eprintln!("SKIPPED xdp_tunnel_gue_end_to_end: needs root (XDP, network namespaces)");
+        return;
+    }
+    scenario("g", "forward = \"tunnel\"\ntunnel = \"gue\"", true);
+}

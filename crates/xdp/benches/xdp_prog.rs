@@ -1,0 +1,266 @@
+//! Nanoseconds per packet of the XDP programs through BPF_PROG_TEST_RUN (repeat 1e6), as a
+//! ratio to a bare `XDP_PASS` measured in the same run. Needs root.
+//!
+//! `cargo bench -p fulcrum-xdp --bench xdp_prog` (or `bench/xdp.sh`). Writes its table into
+//! `docs/benchmarks.md` between the `xdp-bench` markers (other sections are kept) unless
+//! `FULCRUM_BENCH_NO_WRITE=1`. `FULCRUM_BENCH_REPEAT` changes the repeat count.
+#![allow(clippy::pedantic)]
+
+#[path = "../tests/common.rs"]
+mod common;
+
+use std::fmt::Write as _;
+
+use common::*;
+use etherparse::PacketBuilder;
+use fulcrum_core::config::TunnelKind;
+use fulcrum_core::model::{HashKey, Proto};
+use fulcrum_xdp::testrun;
+use fulcrum_xdp::{LoadOptions, Mode, XdpPlane, XdpService};
+
+const FLOWS: u32 = 50_000;
+const ROUNDS: usize = 5;
+
+/// A 60-byte TCP frame (14 + 20 + 20 + 6) from 198.18.(i/250).(i%250):(1024+i%60000).
+fn tcp4(i: u32, dst: [u8; 4], dport: u16) -> Vec<u8> {
+    let src = [198, 18, 10 + (i / 250 % 200) as u8, (i % 250) as u8];
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+        .ipv4(src, dst, 64)
+        .tcp(1024 + (i % 60000) as u16, dport, 1, 1024)
+        .write(&mut out, b"abcdef")
+        .expect("packet");
+    out
+}
+
+fn services() -> Vec<XdpService> {
+    vec![
+        service(
+            "dsr",
+            "198.19.0.10:80",
+            Proto::Tcp,
+            Mode::Dsr,
+            HashKey::FiveTuple,
+            backends(&BACKENDS4, 80),
+        ),
+        service(
+            "ipip",
+            "198.19.0.11:80",
+            Proto::Tcp,
+            Mode::Tunnel {
+                kind: TunnelKind::Ipip,
+                source: Some("198.18.0.2".parse().expect("ip")),
+            },
+            HashKey::FiveTuple,
+            backends(&BACKENDS4, 80),
+        ),
+        service(
+            "gue",
+            "198.19.0.12:80",
+            Proto::Tcp,
+            Mode::Tunnel {
+                kind: TunnelKind::Gue,
+                source: Some("198.18.0.2".parse().expect("ip")),
+            },
+            HashKey::FiveTuple,
+            backends(&BACKENDS4, 80),
+        ),
+    ]
+}
+
+fn plane(opts: LoadOptions) -> XdpPlane {
+    let mut p = XdpPlane::load(opts).expect("load");
+    p.update(&services()).expect("update");
+    p
+}
+
+/// Median ns/packet over ROUNDS runs of `repeat`.
+fn measure(p: &XdpPlane, prog: &str, pkt: &[u8], ifx: u32, repeat: u32, want: u32) -> f64 {
+    let prog = p.program(prog).expect("prog");
+    let mut v: Vec<u32> = (0..ROUNDS)
+        .map(|_| {
+            let o = testrun::run(prog, pkt, repeat, Some(ifx)).expect("test run");
+            assert_eq!(o.verdict, want, "unexpected verdict");
+            o.ns_per_run
+        })
+        .collect();
+    v.sort_unstable();
+    f64::from(v[ROUNDS / 2])
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs this binary without it
+    if std::env::args().any(|a| a == "--list") || !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    if !fulcrum_xdp::testing::is_root() {
+        eprintln!("SKIPPED xdp_prog bench: needs root (BPF_PROG_TEST_RUN, network namespaces)");
+        return;
+    }
+    let repeat: u32 = std::env::var("FULCRUM_BENCH_REPEAT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let ns = fixture_netns("fxbench");
+    let rows = fulcrum_xdp::testing::in_netns(&ns.0, move || {
+        let ifx = fulcrum_xdp::testing::ifindex("v0").expect("v0");
+        let normal = plane(LoadOptions::default());
+        let miss = plane(LoadOptions {
+            bench_ct_miss: true,
+            ..LoadOptions::default()
+        });
+        let undo = plane(LoadOptions {
+            bench_undo_encap: true,
+            ..LoadOptions::default()
+        });
+        let undo_miss = plane(LoadOptions {
+            bench_ct_miss: true,
+            bench_undo_encap: true,
+            ..LoadOptions::default()
+        });
+        // 50k flows in conntrack for each VIP of the hit paths
+        for p in [&normal, &undo] {
+            let prog = p.program("xdp_lb").expect("prog");
+            for i in 0..FLOWS {
+                for (vip, want) in [
+                    ([198, 19, 0, 10], testrun::XDP_TX),
+                    ([198, 19, 0, 11], testrun::XDP_TX),
+                    ([198, 19, 0, 12], testrun::XDP_TX),
+                ] {
+                    let o = testrun::run(prog, &tcp4(i, vip, 80), 1, Some(ifx)).expect("prefill");
+                    assert_eq!(o.verdict, want);
+                }
+            }
+        }
+        let f = 12_345;
+        let (tx, pass) = (testrun::XDP_TX, testrun::XDP_PASS);
+        let cases: Vec<(&str, &XdpPlane, &str, Vec<u8>, u32)> = vec![
+            (
+                "`XDP_PASS` (floor)",
+                &normal,
+                "xdp_pass",
+                tcp4(f, [198, 19, 0, 10], 80),
+                pass,
+            ),
+            (
+                "parse, not a VIP, pass",
+                &normal,
+                "xdp_lb",
+                tcp4(f, [198, 19, 0, 99], 80),
+                pass,
+            ),
+            (
+                "dsr, conntrack hit",
+                &normal,
+                "xdp_lb",
+                tcp4(f, [198, 19, 0, 10], 80),
+                tx,
+            ),
+            (
+                "dsr, conntrack miss (hash + Maglev + LRU insert)",
+                &miss,
+                "xdp_lb",
+                tcp4(f, [198, 19, 0, 10], 80),
+                tx,
+            ),
+            (
+                "tunnel ipip, conntrack hit (+ encap undo)",
+                &undo,
+                "xdp_lb",
+                tcp4(f, [198, 19, 0, 11], 80),
+                tx,
+            ),
+            (
+                "tunnel ipip, conntrack miss (+ encap undo)",
+                &undo_miss,
+                "xdp_lb",
+                tcp4(f, [198, 19, 0, 11], 80),
+                tx,
+            ),
+            (
+                "tunnel gue, conntrack hit (+ encap undo)",
+                &undo,
+                "xdp_lb",
+                tcp4(f, [198, 19, 0, 12], 80),
+                tx,
+            ),
+            (
+                "tunnel gue, conntrack miss (+ encap undo)",
+                &undo_miss,
+                "xdp_lb",
+                tcp4(f, [198, 19, 0, 12], 80),
+                tx,
+            ),
+        ];
+        let floor = measure(&normal, "xdp_pass", &cases[0].3, ifx, repeat, pass);
+        cases
+            .iter()
+            .map(|(name, p, prog, pkt, want)| {
+                let ns = if *prog == "xdp_pass" {
+                    floor
+                } else {
+                    measure(p, prog, pkt, ifx, repeat, *want)
+                };
+                (name.to_string(), ns, ns / floor)
+            })
+            .collect::<Vec<_>>()
+    })
+    .expect("netns");
+    drop(ns);
+
+    let kernel = std::process::Command::new("uname")
+        .arg("-r")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let mut table = String::new();
+    let _ = writeln!(table, "## XDP programs (BPF_PROG_TEST_RUN)\n");
+    let _ = writeln!(
+        table,
+        "`cargo bench -p fulcrum-xdp --bench xdp_prog` (root). Linux {kernel}, {cpus} CPUs. Repeat {repeat}, \
+         median of {ROUNDS} runs, 60-byte TCP/IPv4 frame, {FLOWS} flows per VIP in the conntrack LRU. \
+         Ratios are to a bare `XDP_PASS` in the same run. Tunnel rows include one extra \
+         `bpf_xdp_adjust_head` that undoes the encapsulation so `repeat` sees the same frame.\n"
+    );
+    let _ = writeln!(
+        table,
+        "| path | ns/packet | x `XDP_PASS` |\n| --- | ---: | ---: |"
+    );
+    for (name, ns, ratio) in &rows {
+        let _ = writeln!(table, "| {name} | {ns:.0} | {ratio:.2} |");
+    }
+    print!("{table}");
+    if std::env::var_os("FULCRUM_BENCH_NO_WRITE").is_none() {
+        write_section(&table);
+    }
+}
+
+/// Replaces the text between the markers in docs/benchmarks.md (appends the section if
+/// absent); the rest of the file is kept as it is.
+fn write_section(table: &str) {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/benchmarks.md");
+    let begin = "<!-- xdp-bench:begin (written by `cargo bench -p fulcrum-xdp --bench xdp_prog`; edits inside are overwritten) -->";
+    let (prefix, end) = ("<!-- xdp-bench:begin", "<!-- xdp-bench:end -->");
+    let old = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".to_owned());
+    let section = format!("{begin}\n{table}{end}");
+    let new = match (old.find(prefix), old.find(end)) {
+        (Some(a), Some(b)) if b > a => format!("{}{section}{}", &old[..a], &old[b + end.len()..]),
+        _ => format!(
+            "{}{}{section}\n",
+            old,
+            if old.ends_with("\n\n") {
+                ""
+            } else if old.ends_with('\n') {
+                "\n"
+            } else {
+                "\n\n"
+            }
+        ),
+    };
+    if let Err(e) = std::fs::write(path, new) {
+        eprintln!("cannot write {path}: {e}");
+    } else {
+        eprintln!("updated {path}");
+    }
+}

@@ -1,0 +1,130 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Packet parsing: Ethernet (one 802.1Q/802.1ad tag), IPv4, IPv6, TCP, UDP. Every read is
+ * bounds-checked against data_end; anything unexpected is reported, never guessed. */
+#ifndef FULCRUM_PARSING_H
+#define FULCRUM_PARSING_H
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/in.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "types.h"
+
+#define FX_PARSE_OK 0
+#define FX_PARSE_PASS 1 /* not ours to touch: pass untouched */
+
+struct vlan_hdr_fx {
+	__be16 tci;
+	__be16 proto;
+};
+
+struct pkt {
+	__u32 l2_len;    /* 14 or 18 */
+	__u32 l3_off;    /* == l2_len */
+	__u32 l3_len;    /* IP header length (20 or 40) */
+	__u32 ip_len;    /* whole IP packet length (header + payload) from the header */
+	__u8 family;     /* FX_AF_* */
+	__u8 proto;      /* IPPROTO_TCP | IPPROTO_UDP */
+	__u8 tos;
+	__u8 pad;
+	__u16 sport;     /* network order */
+	__u16 dport;     /* network order */
+	__u8 src[16];
+	__u8 dst[16];
+};
+
+/* Parses up to the L4 ports. IPv4 with options, fragments (first or not) and IPv6 with
+ * extension headers are left to the kernel (FX_PARSE_PASS). */
+FX_INLINE int fx_parse(void *data, void *data_end, struct pkt *p)
+{
+	struct ethhdr *eth = data;
+	__u16 proto;
+	__u32 off = sizeof(*eth);
+
+	if ((void *)(eth + 1) > data_end)
+		return FX_PARSE_PASS;
+	proto = eth->h_proto;
+	if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD)) {
+		struct vlan_hdr_fx *vh = (void *)(eth + 1);
+
+		if ((void *)(vh + 1) > data_end)
+			return FX_PARSE_PASS;
+		proto = vh->proto;
+		off += sizeof(*vh);
+	}
+	p->l2_len = off;
+	p->l3_off = off;
+
+	if (proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *iph = data + off;
+
+		if ((void *)(iph + 1) > data_end)
+			return FX_PARSE_PASS;
+		if (iph->version != 4 || iph->ihl != 5)
+			return FX_PARSE_PASS;
+		/* any fragment: MF set or a non-zero offset */
+		if (iph->frag_off & bpf_htons(0x3fff))
+			return FX_PARSE_PASS;
+		p->family = FX_AF_INET;
+		p->proto = iph->protocol;
+		p->tos = iph->tos;
+		p->l3_len = sizeof(*iph);
+		p->ip_len = bpf_ntohs(iph->tot_len);
+		__builtin_memset(p->src, 0, 32);
+		__builtin_memcpy(p->src, &iph->saddr, 4);
+		__builtin_memcpy(p->dst, &iph->daddr, 4);
+	} else if (proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6h = data + off;
+
+		if ((void *)(ip6h + 1) > data_end)
+			return FX_PARSE_PASS;
+		if (ip6h->version != 6)
+			return FX_PARSE_PASS;
+		p->family = FX_AF_INET6;
+		p->proto = ip6h->nexthdr; /* extension headers: not TCP/UDP below, so passed */
+		p->tos = (ip6h->priority << 4) | (ip6h->flow_lbl[0] >> 4);
+		p->l3_len = sizeof(*ip6h);
+		p->ip_len = bpf_ntohs(ip6h->payload_len) + sizeof(*ip6h);
+		__builtin_memcpy(p->src, &ip6h->saddr, 16);
+		__builtin_memcpy(p->dst, &ip6h->daddr, 16);
+	} else {
+		return FX_PARSE_PASS;
+	}
+	if (p->ip_len < p->l3_len)
+		return FX_PARSE_PASS;
+	if (p->l3_len == 20) {
+		off += 20;
+	} else {
+		off += 40;
+	}
+
+	if (p->proto == IPPROTO_TCP) {
+		struct tcphdr *th = data + off;
+
+		if ((void *)(th + 1) > data_end)
+			return FX_PARSE_PASS;
+		p->sport = th->source;
+		p->dport = th->dest;
+	} else if (p->proto == IPPROTO_UDP) {
+		struct udphdr *uh = data + off;
+
+		if ((void *)(uh + 1) > data_end)
+			return FX_PARSE_PASS;
+		p->sport = uh->source;
+		p->dport = uh->dest;
+	} else {
+		return FX_PARSE_PASS;
+	}
+	/* the IP length must fit in the frame (a truncated packet is the kernel's problem) */
+	if ((__u32)(data_end - data) < p->l2_len + p->ip_len)
+		return FX_PARSE_PASS;
+	return FX_PARSE_OK;
+}
+
+#endif

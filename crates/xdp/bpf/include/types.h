@@ -1,0 +1,124 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Map keys and values shared by the BPF programs and userspace. The Rust twins live in
+ * crates/xdp/src/maps.rs; the test crates/xdp/tests/layout.rs checks every
+ * `_Static_assert(sizeof(...) == N)` below against `size_of` of the Rust type. */
+#ifndef FULCRUM_TYPES_H
+#define FULCRUM_TYPES_H
+
+#include <linux/types.h>
+
+#ifndef FX_INLINE
+#define FX_INLINE static inline __attribute__((always_inline))
+#endif
+
+#define FX_MAX_SERVICES 32
+#define FX_MAX_BACKENDS 4096
+/* Largest Maglev table (maglev_table_size) the data plane holds. */
+#define FX_MAGLEV_MAX 65537
+/* Two table slots per service: userspace writes the inactive one, then flips. */
+#define FX_MAGLEV_ENTRIES (FX_MAX_SERVICES * 2 * FX_MAGLEV_MAX)
+#define FX_CT_ENTRIES 262144
+/* How often userspace invalidates the resolved next hops (route + neighbour). */
+#define FX_NH_TTL_NS 1000000000
+/* Counter rows: one per service index, plus the last for packets matching no service. */
+#define FX_STATS_ROWS (FX_MAX_SERVICES + 1)
+
+#define FX_AF_INET 4
+#define FX_AF_INET6 6
+
+/* svc_value.mode */
+#define FX_MODE_DSR 1
+#define FX_MODE_TUNNEL 2
+/* svc_value.tunnel */
+#define FX_TUNNEL_IPIP 1
+#define FX_TUNNEL_GUE 2
+/* svc_value.hash_key: fulcrum_core::model::HashKey */
+#define FX_HASH_SRC_IP 0
+#define FX_HASH_SRC_IP_PORT 1
+#define FX_HASH_FIVE_TUPLE 2
+
+/* backend.flags */
+#define FX_BACKEND_ALIVE 1
+
+/* Counter actions (the `action` label of fulcrum_xdp_packets_total). */
+#define FX_ACT_PASS 0      /* not for a service, or a packet the program leaves alone */
+#define FX_ACT_TX 1        /* forwarded out of the interface it came in on */
+#define FX_ACT_REDIRECT 2  /* forwarded out of another interface */
+#define FX_ACT_DROP 3      /* for a service without a usable backend */
+#define FX_ACT_NO_ROUTE 4  /* the kernel has no route/neighbour for the backend: passed */
+#define FX_ACT_CT_MISS 5   /* new flow (also counted as tx/redirect) */
+#define FX_ACT_ERROR 6     /* headroom or header write failed: dropped */
+#define FX_ACTIONS 8
+
+/* VIP:port/proto. Addresses: IPv4 in the first 4 bytes, the rest zero. Port in network
+ * order. */
+struct svc_key {
+	__u8 addr[16];
+	__u16 port;
+	__u8 proto;
+	__u8 family;
+};
+_Static_assert(sizeof(struct svc_key) == 20, "svc_key");
+
+struct svc_value {
+	__u32 id;          /* service index: counters row, conntrack owner */
+	__u32 table_base;  /* first entry of the active Maglev table in `maglev` */
+	__u32 table_size;  /* M (0: no backend) */
+	__u8 mode;         /* FX_MODE_* */
+	__u8 tunnel;       /* FX_TUNNEL_* */
+	__u8 hash_key;     /* FX_HASH_* */
+	__u8 pad0;
+	__u32 src4;        /* tunnel outer source, IPv4, network order */
+	__u8 src6[16];     /* tunnel outer source, IPv6 */
+	__u16 gue_dport;   /* network order */
+	__u16 pad1;
+};
+_Static_assert(sizeof(struct svc_value) == 40, "svc_value");
+
+struct backend {
+	__u8 addr[16];
+	__u8 family;
+	__u8 flags;        /* FX_BACKEND_* */
+	__u16 pad;
+};
+_Static_assert(sizeof(struct backend) == 20, "backend");
+
+struct ct_key {
+	__u8 src[16];
+	__u8 dst[16];
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 family;
+	__u16 pad;
+};
+_Static_assert(sizeof(struct ct_key) == 40, "ct_key");
+
+struct ct_value {
+	__u32 backend;     /* index in `backends` */
+	__u32 svc;         /* svc_value.id of the service that chose it */
+	__u32 hash;        /* the flow hash (GUE source port, IPv6 flow label) */
+	__u32 pad;
+};
+_Static_assert(sizeof(struct ct_value) == 16, "ct_value");
+
+/* A backend's next hop as bpf_fib_lookup found it, cached per CPU so that the hit path does
+ * not pay a FIB + neighbour lookup per packet. Valid while `gen` equals the value in the
+ * `nh_gen` map, which userspace bumps every FX_NH_TTL_NS and whenever backends change
+ * (a bump is one map write: no per-CPU entry is ever written by userspace, so none is
+ * ever seen half-written). */
+struct nexthop {
+	__u8 dmac[6];
+	__u8 smac[6];
+	__u32 ifindex;
+	__u64 gen;         /* 0: empty */
+};
+_Static_assert(sizeof(struct nexthop) == 24, "nexthop");
+
+struct counter {
+	__u64 packets;
+	__u64 bytes;
+};
+_Static_assert(sizeof(struct counter) == 16, "counter");
+
+#endif

@@ -1,0 +1,29 @@
+//! Fulcrum's XDP packet data plane (`forward = "dsr" | "tunnel"`).
+//!
+//! - `bpf/`: the programs in C (`xdp_lb.c`: the load balancer, `decap.c`: the backend side),
+//!   compiled by `build.rs` with clang when present, else the committed `bpf/obj/*.o`.
+//! - [`maps`]: the map keys and values as `#[repr(C)]` types (checked against the C header).
+//! - [`XdpPlane`]: loads and attaches the load balancer and keeps its maps equal to a list
+//!   of [`XdpService`]s (the controller's view): Maglev tables from `fulcrum-core`, written
+//!   into an inactive slot and then switched to by one map update.
+//! - [`Decap`]: `fulcrum decap`.
+//! - [`testrun`]: `BPF_PROG_TEST_RUN`, for tests and benchmarks.
+//!
+//! See `docs/xdp.md` for the design, the backend setup and the limits.
+
+pub mod maps;
+pub mod metrics;
+pub mod plane;
+pub mod sync;
+#[doc(hidden)]
+pub mod testing;
+pub mod testrun;
+
+pub use plane::{
+    Decap, LoadOptions, Mode, PassProgram, XdpError, XdpPlane, XdpService, DEFAULT_GUE_PORT,
+};
+
+/// The load balancer object (`bpf/xdp_lb.c`).
+pub static XDP_LB_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_lb.o"));
+/// The decap object (`bpf/decap.c`).
+pub static DECAP_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/decap.o"));

@@ -1,0 +1,159 @@
+//! Map keys and values: the Rust twins of `bpf/include/types.h` (`tests/layout.rs` checks
+//! each size and constant against the header).
+
+use std::net::IpAddr;
+
+/// `FX_MAX_SERVICES`: services the data plane holds at once.
+pub const MAX_SERVICES: u32 = 32;
+/// `FX_MAX_BACKENDS`: backend entries (over all pools).
+pub const MAX_BACKENDS: u32 = 4096;
+/// `FX_MAGLEV_MAX`: the largest Maglev table (`maglev_table_size`) the data plane holds.
+pub const MAGLEV_MAX: u32 = 65537;
+/// `FX_CT_ENTRIES`: conntrack (LRU) capacity.
+pub const CT_ENTRIES: u32 = 262_144;
+/// `FX_ACTIONS`: counter slots per service row.
+pub const ACTIONS: u32 = 8;
+/// `FX_STATS_ROWS`.
+pub const STATS_ROWS: u32 = MAX_SERVICES + 1;
+
+/// `FX_AF_INET`.
+pub const AF_INET: u8 = 4;
+/// `FX_AF_INET6`.
+pub const AF_INET6: u8 = 6;
+/// `FX_MODE_DSR`.
+pub const MODE_DSR: u8 = 1;
+/// `FX_MODE_TUNNEL`.
+pub const MODE_TUNNEL: u8 = 2;
+/// `FX_TUNNEL_IPIP`.
+pub const TUNNEL_IPIP: u8 = 1;
+/// `FX_TUNNEL_GUE`.
+pub const TUNNEL_GUE: u8 = 2;
+/// `FX_HASH_SRC_IP`.
+pub const HASH_SRC_IP: u8 = 0;
+/// `FX_HASH_SRC_IP_PORT`.
+pub const HASH_SRC_IP_PORT: u8 = 1;
+/// `FX_HASH_FIVE_TUPLE`.
+pub const HASH_FIVE_TUPLE: u8 = 2;
+/// `FX_BACKEND_ALIVE`.
+pub const BACKEND_ALIVE: u8 = 1;
+
+/// The counter actions by index (`FX_ACT_*`): the `action` label of
+/// `fulcrum_xdp_packets_total`.
+pub const ACTION_NAMES: [&str; 7] = [
+    "pass", "tx", "redirect", "drop", "no_route", "ct_miss", "error",
+];
+
+/// `struct svc_key`: VIP, port (network order), protocol, family.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct SvcKey {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+const _: () = assert!(size_of::<SvcKey>() == 20);
+
+/// `struct svc_value`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SvcValue {
+    pub id: u32,
+    pub table_base: u32,
+    pub table_size: u32,
+    pub mode: u8,
+    pub tunnel: u8,
+    pub hash_key: u8,
+    pub pad0: u8,
+    pub src4: [u8; 4],
+    pub src6: [u8; 16],
+    pub gue_dport: u16,
+    pub pad1: u16,
+}
+const _: () = assert!(size_of::<SvcValue>() == 40);
+
+/// `struct backend`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BackendEntry {
+    pub addr: [u8; 16],
+    pub family: u8,
+    pub flags: u8,
+    pub pad: u16,
+}
+const _: () = assert!(size_of::<BackendEntry>() == 20);
+
+/// `struct ct_key`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub pad: u16,
+}
+const _: () = assert!(size_of::<CtKey>() == 40);
+
+/// `struct ct_value`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CtValue {
+    pub backend: u32,
+    pub svc: u32,
+    pub hash: u32,
+    pub pad: u32,
+}
+const _: () = assert!(size_of::<CtValue>() == 16);
+
+/// `struct nexthop`: a backend's cached next hop, written by the program only; valid while
+/// `gen` equals the `nh_gen` map's value, which userspace bumps to invalidate them all.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NextHop {
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+    pub ifindex: u32,
+    pub gen: u64,
+}
+const _: () = assert!(size_of::<NextHop>() == 24);
+
+/// `FX_NH_TTL_NS`: how often userspace invalidates the resolved next hops.
+pub const NH_TTL_NS: u64 = 1_000_000_000;
+
+/// `struct counter`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+const _: () = assert!(size_of::<Counter>() == 16);
+
+// SAFETY: plain `#[repr(C)]` data of integers and byte arrays, without padding holes
+// (sizes asserted above), valid for every bit pattern.
+#[allow(unsafe_code)]
+mod pod {
+    unsafe impl aya::Pod for super::SvcKey {}
+    unsafe impl aya::Pod for super::SvcValue {}
+    unsafe impl aya::Pod for super::BackendEntry {}
+    unsafe impl aya::Pod for super::CtKey {}
+    unsafe impl aya::Pod for super::CtValue {}
+    unsafe impl aya::Pod for super::Counter {}
+    unsafe impl aya::Pod for super::NextHop {}
+}
+
+/// An address as the maps hold it: family and 16 bytes (IPv4 in the first four). IPv4-mapped
+/// IPv6 addresses are IPv4.
+pub fn addr_bytes(ip: IpAddr) -> (u8, [u8; 16]) {
+    let mut b = [0u8; 16];
+    match fulcrum_core::hash::canonical_ip(ip) {
+        IpAddr::V4(v4) => {
+            b[..4].copy_from_slice(&v4.octets());
+            (AF_INET, b)
+        }
+        IpAddr::V6(v6) => (AF_INET6, v6.octets()),
+    }
+}

@@ -1,0 +1,574 @@
+//! Loading, attaching and map control.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::{Arc, Mutex};
+
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray};
+use aya::programs::{Xdp, XdpFlags};
+use aya::{Ebpf, EbpfLoader};
+use fulcrum_core::config::{TunnelKind, XdpMode};
+use fulcrum_core::model::{Backend, BackendState, HashKey, PrimeTableSize, Proto};
+use fulcrum_core::sched::maglev::Maglev;
+
+use crate::maps::{
+    addr_bytes, BackendEntry, Counter, SvcKey, SvcValue, ACTIONS, BACKEND_ALIVE, HASH_FIVE_TUPLE,
+    HASH_SRC_IP, HASH_SRC_IP_PORT, MAGLEV_MAX, MAX_BACKENDS, MAX_SERVICES, MODE_DSR, MODE_TUNNEL,
+    STATS_ROWS, TUNNEL_GUE, TUNNEL_IPIP,
+};
+
+/// The GUE destination port when none is configured (`fulcrum decap --gue-port`).
+pub const DEFAULT_GUE_PORT: u16 = 6080;
+
+/// Errors of the data plane.
+#[derive(Debug, thiserror::Error)]
+pub enum XdpError {
+    #[error("cannot load the BPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("BPF program: {0}")]
+    Program(#[from] aya::programs::ProgramError),
+    #[error("BPF map: {0}")]
+    Map(#[from] aya::maps::MapError),
+    #[error("{0}")]
+    Config(String),
+}
+
+/// How a service's packets reach its backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Direct server return: same IP packet, the backend's MAC.
+    Dsr,
+    /// Encapsulated to the backend; `source` is the outer source (default: the address the
+    /// kernel would use towards the first backend of that family).
+    Tunnel {
+        kind: TunnelKind,
+        source: Option<IpAddr>,
+    },
+}
+
+/// A service as the data plane needs it.
+#[derive(Debug, Clone)]
+pub struct XdpService {
+    pub name: String,
+    pub vip: SocketAddr,
+    pub proto: Proto,
+    pub mode: Mode,
+    pub hash_key: HashKey,
+    /// The pool's name (backend entries are per pool and address).
+    pub pool: String,
+    /// The pool's backends with their effective state.
+    pub backends: Vec<Backend>,
+    /// Maglev table size `M` (prime, at most [`MAGLEV_MAX`]).
+    pub table_size: PrimeTableSize,
+}
+
+/// Options of [`XdpPlane::load`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOptions {
+    /// Benchmarks: skip the conntrack lookup (every packet takes the miss path).
+    pub bench_ct_miss: bool,
+    /// Benchmarks: undo the encapsulation after it is built (for `repeat`).
+    pub bench_undo_encap: bool,
+    /// The GUE destination port of tunnel services.
+    pub gue_port: Option<u16>,
+}
+
+/// What the metrics collector reads: the per-CPU counters and each row's service name.
+pub(crate) struct StatsView {
+    pub(crate) map: PerCpuArray<MapData, Counter>,
+    pub(crate) names: Vec<Option<String>>,
+}
+
+impl std::fmt::Debug for StatsView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatsView")
+            .field("names", &self.names)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What is installed for one service id.
+#[derive(Debug, Clone)]
+struct Installed {
+    key: SvcKey,
+    value: SvcValue,
+    /// Slot (0/1) of the active table, and the table written there (backend ids).
+    slot: u32,
+    table: Vec<u32>,
+}
+
+/// The loaded load balancer and the state of its maps.
+pub struct XdpPlane {
+    ebpf: Ebpf,
+    services: BpfHashMap<MapData, SvcKey, SvcValue>,
+    backends: Array<MapData, BackendEntry>,
+    maglev: Array<MapData, u32>,
+    nh_gen: Array<MapData, u64>,
+    gen: u64,
+    stats: Arc<Mutex<StatsView>>,
+    attached: Option<String>,
+    gue_port: u16,
+    svc_ids: HashMap<String, u32>,
+    installed: HashMap<u32, Installed>,
+    backend_ids: HashMap<(String, IpAddr), u32>,
+    backend_entries: HashMap<u32, BackendEntry>,
+}
+
+impl std::fmt::Debug for XdpPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XdpPlane")
+            .field("attached", &self.attached)
+            .field("svc_ids", &self.svc_ids)
+            .finish_non_exhaustive()
+    }
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T, XdpError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| XdpError::Config(format!("the BPF object has no map `{name}`")))?;
+    Ok(T::try_from(map)?)
+}
+
+impl XdpPlane {
+    /// Loads the programs and maps into the kernel (nothing attached yet).
+    pub fn load(opts: LoadOptions) -> Result<Self, XdpError> {
+        let miss = u8::from(opts.bench_ct_miss);
+        let undo = u8::from(opts.bench_undo_encap);
+        let mut ebpf = EbpfLoader::new()
+            .set_global("fx_bench_ct_miss", &miss, true)
+            .set_global("fx_bench_undo_encap", &undo, true)
+            .load(crate::XDP_LB_OBJ)?;
+        for name in ["xdp_lb", "xdp_pass"] {
+            let prog: &mut Xdp = ebpf
+                .program_mut(name)
+                .ok_or_else(|| XdpError::Config(format!("no program `{name}`")))?
+                .try_into()?;
+            prog.load()?;
+        }
+        let services = take(&mut ebpf, "services")?;
+        let backends = take(&mut ebpf, "backends")?;
+        let maglev = take(&mut ebpf, "maglev")?;
+        let stats_map = take(&mut ebpf, "stats")?;
+        let mut nh_gen: Array<MapData, u64> = take(&mut ebpf, "nh_gen")?;
+        nh_gen.set(0, 1, 0)?;
+        Ok(Self {
+            ebpf,
+            services,
+            backends,
+            maglev,
+            nh_gen,
+            gen: 1,
+            stats: Arc::new(Mutex::new(StatsView {
+                map: stats_map,
+                names: vec![None; STATS_ROWS as usize],
+            })),
+            attached: None,
+            gue_port: opts.gue_port.unwrap_or(DEFAULT_GUE_PORT),
+            svc_ids: HashMap::new(),
+            installed: HashMap::new(),
+            backend_ids: HashMap::new(),
+            backend_entries: HashMap::new(),
+        })
+    }
+
+    /// A loaded program (`xdp_lb` or `xdp_pass`), e.g. for [`crate::testrun`].
+    pub fn program(&self, name: &str) -> Result<&Xdp, XdpError> {
+        Ok(self
+            .ebpf
+            .program(name)
+            .ok_or_else(|| XdpError::Config(format!("no program `{name}`")))?
+            .try_into()?)
+    }
+
+    /// The conntrack map (for tests and diagnostics).
+    pub fn conntrack(
+        &self,
+    ) -> Result<aya::maps::HashMap<&MapData, crate::maps::CtKey, crate::maps::CtValue>, XdpError>
+    {
+        let map = self
+            .ebpf
+            .map("conntrack")
+            .ok_or_else(|| XdpError::Config("no map `conntrack`".into()))?;
+        Ok(aya::maps::HashMap::try_from(map)?)
+    }
+
+    /// Attaches `xdp_lb` to `interface`: native (driver) mode, or generic (skb) mode with a
+    /// warning. Detached when `self` is dropped (the link is an fd: also on a crash).
+    pub fn attach(&mut self, interface: &str, mode: XdpMode) -> Result<(), XdpError> {
+        let flags = match mode {
+            XdpMode::Native => XdpFlags::DRV_MODE,
+            XdpMode::Generic => {
+                tracing::warn!(
+                    interface,
+                    "XDP in generic (skb) mode: correct, but much slower than native"
+                );
+                XdpFlags::SKB_MODE
+            }
+        };
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut("xdp_lb")
+            .ok_or_else(|| XdpError::Config("no program `xdp_lb`".into()))?
+            .try_into()?;
+        prog.attach(interface, flags).map_err(|e| {
+            let hint = if mode == XdpMode::Native {
+                " (if the driver has no native XDP, set [xdp] mode = \"generic\")"
+            } else {
+                ""
+            };
+            XdpError::Config(format!(
+                "cannot attach XDP to `{interface}` in {} mode: {e}{hint}",
+                mode.as_str()
+            ))
+        })?;
+        self.attached = Some(interface.to_owned());
+        Ok(())
+    }
+
+    /// A Prometheus collector of `fulcrum_xdp_packets_total{service,action}`.
+    pub fn collector(&self) -> crate::metrics::XdpCollector {
+        crate::metrics::XdpCollector::new(Arc::clone(&self.stats))
+    }
+
+    /// Per service and action: packets summed over CPUs (rows with no service: `_other`).
+    pub fn packet_counts(&self) -> Vec<(String, &'static str, u64)> {
+        crate::metrics::read_counts(&self.stats)
+    }
+
+    /// Makes the maps describe exactly `services`. Each service's new Maglev table is
+    /// written into its inactive slot, then the service entry (one map update, atomic for
+    /// the data path) switches to it: a packet sees the old table or the new one, never a
+    /// mix. Services not listed are removed; backend ids are stable per (pool, address), so
+    /// conntrack entries of surviving backends stay valid.
+    pub fn update(&mut self, services: &[XdpService]) -> Result<(), XdpError> {
+        // ids: keep those of services still present, give new ones the lowest free id
+        let wanted: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+        self.svc_ids.retain(|n, _| wanted.contains(&n.as_str()));
+        for s in services {
+            if !self.svc_ids.contains_key(&s.name) {
+                let id = (0..MAX_SERVICES)
+                    .find(|i| !self.svc_ids.values().any(|v| v == i))
+                    .ok_or_else(|| {
+                        XdpError::Config(format!("more than {MAX_SERVICES} dsr/tunnel services"))
+                    })?;
+                self.svc_ids.insert(s.name.clone(), id);
+            }
+        }
+        // backends: ids per (pool, ip)
+        let mut live: HashMap<(String, IpAddr), BackendEntry> = HashMap::new();
+        for s in services {
+            for b in &s.backends {
+                let (family, addr) = addr_bytes(b.address.ip());
+                let alive = !matches!(b.state, BackendState::Down | BackendState::Ejected);
+                live.insert(
+                    (s.pool.clone(), b.address.ip()),
+                    BackendEntry {
+                        addr,
+                        family,
+                        flags: if alive { BACKEND_ALIVE } else { 0 },
+                        pad: 0,
+                    },
+                );
+            }
+        }
+        let gone: Vec<_> = self
+            .backend_ids
+            .keys()
+            .filter(|k| !live.contains_key(*k))
+            .cloned()
+            .collect();
+        for k in gone {
+            if let Some(id) = self.backend_ids.remove(&k) {
+                self.backends.set(id, BackendEntry::default(), 0)?;
+                self.backend_entries.remove(&id);
+                self.refresh_nexthops()?;
+            }
+        }
+        let mut keys: Vec<_> = live.keys().cloned().collect();
+        keys.sort();
+        for k in keys {
+            let entry = live[&k];
+            let id = if let Some(id) = self.backend_ids.get(&k) {
+                *id
+            } else {
+                let id = (0..MAX_BACKENDS)
+                    .find(|i| !self.backend_entries.contains_key(i))
+                    .ok_or_else(|| {
+                        XdpError::Config(format!("more than {MAX_BACKENDS} backends"))
+                    })?;
+                self.backend_ids.insert(k.clone(), id);
+                id
+            };
+            let prev = self.backend_entries.get(&id).copied();
+            if prev != Some(entry) {
+                self.backends.set(id, entry, 0)?;
+                self.backend_entries.insert(id, entry);
+                if prev.is_some_and(|p| p.addr != entry.addr || p.family != entry.family) {
+                    self.refresh_nexthops()?;
+                }
+            }
+        }
+        // services
+        let mut names = vec![None; STATS_ROWS as usize];
+        let mut present = Vec::new();
+        for s in services {
+            let id = self.svc_ids[&s.name];
+            names[id as usize] = Some(s.name.clone());
+            present.push(id);
+            self.install(id, s)?;
+        }
+        let stale: Vec<u32> = self
+            .installed
+            .keys()
+            .filter(|id| !present.contains(id))
+            .copied()
+            .collect();
+        for id in stale {
+            if let Some(old) = self.installed.remove(&id) {
+                let _ = self.services.remove(&old.key);
+            }
+        }
+        if let Ok(mut v) = self.stats.lock() {
+            v.names = names;
+        }
+        Ok(())
+    }
+
+    /// Invalidates every cached next hop: the next packet to each backend, on each CPU,
+    /// resolves it again with `bpf_fib_lookup`. Called on every backend change, and
+    /// periodically ([`crate::maps::NH_TTL_NS`]) by [`crate::sync::run`] so that neighbour
+    /// changes (a backend's new MAC) are followed.
+    pub fn refresh_nexthops(&mut self) -> Result<(), XdpError> {
+        self.gen += 1;
+        self.nh_gen.set(0, self.gen, 0)?;
+        Ok(())
+    }
+
+    fn install(&mut self, id: u32, s: &XdpService) -> Result<(), XdpError> {
+        let m = s.table_size.get();
+        if m > MAGLEV_MAX {
+            return Err(XdpError::Config(format!(
+                "service `{}`: maglev_table_size {m} is above the data plane's {MAGLEV_MAX}",
+                s.name
+            )));
+        }
+        let maglev = Maglev::new(&s.backends, s.table_size);
+        let table: Vec<u32> = maglev
+            .table()
+            .iter()
+            .map(|&i| self.backend_ids[&(s.pool.clone(), s.backends[i as usize].address.ip())])
+            .collect();
+        let (family, addr) = addr_bytes(s.vip.ip());
+        let key = SvcKey {
+            addr,
+            port: s.vip.port().to_be(),
+            proto: s.proto as u8,
+            family,
+        };
+        let (mode, tunnel, src4, src6) = match s.mode {
+            Mode::Dsr => (MODE_DSR, 0, [0; 4], [0; 16]),
+            Mode::Tunnel { kind, source } => {
+                let (s4, s6) = sources(source, &s.backends);
+                let k = match kind {
+                    TunnelKind::Ipip => TUNNEL_IPIP,
+                    TunnelKind::Gue => TUNNEL_GUE,
+                };
+                (MODE_TUNNEL, k, s4, s6)
+            }
+        };
+        let hash_key = match s.hash_key {
+            HashKey::SrcIp => HASH_SRC_IP,
+            HashKey::SrcIpPort => HASH_SRC_IP_PORT,
+            _ => HASH_FIVE_TUPLE,
+        };
+        let prev = self.installed.get(&id).cloned();
+        let (slot, table_base) = match &prev {
+            Some(p) if p.table == table && p.key == key => (p.slot, p.value.table_base),
+            _ => {
+                let slot = prev.as_ref().map_or(0, |p| 1 - p.slot);
+                let base = (id * 2 + slot) * MAGLEV_MAX;
+                for (i, b) in table.iter().enumerate() {
+                    self.maglev.set(base + i as u32, *b, 0)?;
+                }
+                (slot, base)
+            }
+        };
+        let value = SvcValue {
+            id,
+            table_base,
+            table_size: if table.is_empty() { 0 } else { m },
+            mode,
+            tunnel,
+            hash_key,
+            pad0: 0,
+            src4,
+            src6,
+            gue_dport: self.gue_port.to_be(),
+            pad1: 0,
+        };
+        if prev.as_ref().map(|p| (p.key, p.value)) != Some((key, value)) {
+            self.services.insert(key, value, 0)?;
+            if let Some(p) = &prev {
+                if p.key != key {
+                    let _ = self.services.remove(&p.key);
+                }
+            }
+        }
+        self.installed.insert(
+            id,
+            Installed {
+                key,
+                value,
+                slot,
+                table,
+            },
+        );
+        Ok(())
+    }
+
+    /// The Maglev table the data path uses now for `service`, as backend addresses' indices
+    /// into the service's `backends` (for tests: equal to the core's table).
+    pub fn table_of(
+        &self,
+        service: &str,
+        backends: &[Backend],
+        pool: &str,
+    ) -> Result<Vec<u32>, XdpError> {
+        let id = *self
+            .svc_ids
+            .get(service)
+            .ok_or_else(|| XdpError::Config(format!("no service `{service}`")))?;
+        let inst = &self.installed[&id];
+        let value = self.services.get(&inst.key, 0)?;
+        let by_id: HashMap<u32, u32> = backends
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| {
+                self.backend_ids
+                    .get(&(pool.to_owned(), b.address.ip()))
+                    .map(|id| (*id, i as u32))
+            })
+            .collect();
+        let mut out = Vec::with_capacity(value.table_size as usize);
+        for i in 0..value.table_size {
+            let bid = self.maglev.get(&(value.table_base + i), 0)?;
+            out.push(by_id.get(&bid).copied().unwrap_or(u32::MAX));
+        }
+        Ok(out)
+    }
+
+    /// The interface the program is attached to, if any.
+    pub fn interface(&self) -> Option<&str> {
+        self.attached.as_deref()
+    }
+
+    /// Counter rows (for tests): `ACTIONS` per service id.
+    pub fn actions_per_row() -> u32 {
+        ACTIONS
+    }
+}
+
+/// The outer source addresses of a tunnel: the configured one for its family, else the
+/// address the kernel picks towards the first backend of each family.
+fn sources(source: Option<IpAddr>, backends: &[Backend]) -> ([u8; 4], [u8; 16]) {
+    let mut s4 = [0u8; 4];
+    let mut s6 = [0u8; 16];
+    let pick = |v6: bool| -> Option<IpAddr> {
+        if let Some(s) = source {
+            if s.is_ipv6() == v6 {
+                return Some(s);
+            }
+        }
+        let b = backends.iter().find(|b| b.address.ip().is_ipv6() == v6)?;
+        let bind: SocketAddr = if v6 {
+            "[::]:0".parse().ok()?
+        } else {
+            "0.0.0.0:0".parse().ok()?
+        };
+        let sock = UdpSocket::bind(bind).ok()?;
+        sock.connect(SocketAddr::new(b.address.ip(), 9)).ok()?;
+        sock.local_addr().ok().map(|a| a.ip())
+    };
+    if let Some(IpAddr::V4(a)) = pick(false) {
+        s4 = a.octets();
+    }
+    if let Some(IpAddr::V6(a)) = pick(true) {
+        s6 = a.octets();
+    }
+    (s4, s6)
+}
+
+/// `fulcrum decap`: the backend-side program, attached while this value lives.
+#[derive(Debug)]
+pub struct Decap {
+    ebpf: Ebpf,
+}
+
+impl Decap {
+    /// Loads the decap program with the GUE port (no attach).
+    pub fn load(gue_port: u16) -> Result<Self, XdpError> {
+        let port = gue_port.to_be();
+        let mut ebpf = EbpfLoader::new()
+            .set_global("fx_gue_port", &port, true)
+            .load(crate::DECAP_OBJ)?;
+        let prog: &mut Xdp = ebpf
+            .program_mut("xdp_decap")
+            .ok_or_else(|| XdpError::Config("no program `xdp_decap`".into()))?
+            .try_into()?;
+        prog.load()?;
+        Ok(Self { ebpf })
+    }
+
+    /// Attaches to `interface` (detached on drop).
+    pub fn attach(&mut self, interface: &str, mode: XdpMode) -> Result<(), XdpError> {
+        let flags = match mode {
+            XdpMode::Native => XdpFlags::DRV_MODE,
+            XdpMode::Generic => XdpFlags::SKB_MODE,
+        };
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut("xdp_decap")
+            .ok_or_else(|| XdpError::Config("no program `xdp_decap`".into()))?
+            .try_into()?;
+        prog.attach(interface, flags).map_err(|e| {
+            XdpError::Config(format!(
+                "cannot attach the decap program to `{interface}` ({} mode): {e}",
+                mode.as_str()
+            ))
+        })?;
+        Ok(())
+    }
+
+    /// The loaded program (for [`crate::testrun`]).
+    pub fn program(&self) -> Result<&Xdp, XdpError> {
+        Ok(self
+            .ebpf
+            .program("xdp_decap")
+            .ok_or_else(|| XdpError::Config("no program `xdp_decap`".into()))?
+            .try_into()?)
+    }
+}
+
+/// A bare `XDP_PASS` attached to an interface while this value lives: a veth whose peer
+/// sends frames with `XDP_TX`/`XDP_REDIRECT` needs one to receive them (docs/xdp.md).
+#[derive(Debug)]
+pub struct PassProgram {
+    _ebpf: Ebpf,
+}
+
+impl PassProgram {
+    pub fn attach(interface: &str) -> Result<Self, XdpError> {
+        let mut ebpf = EbpfLoader::new().load(crate::XDP_LB_OBJ)?;
+        let prog: &mut Xdp = ebpf
+            .program_mut("xdp_pass")
+            .ok_or_else(|| XdpError::Config("no program `xdp_pass`".into()))?
+            .try_into()?;
+        prog.load()?;
+        prog.attach(interface, XdpFlags::DRV_MODE)?;
+        Ok(Self { _ebpf: ebpf })
+    }
+}

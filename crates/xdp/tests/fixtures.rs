@@ -1,0 +1,805 @@
+//! BPF_PROG_TEST_RUN on fixture packets (repeat 1): exact output bytes, checksums checked
+//! with etherparse, the same backend as fulcrum-core for every flow, golden hash vectors.
+//! Needs root (BPF, a network namespace for bpf_fib_lookup); skips with a message otherwise.
+#![allow(clippy::pedantic)]
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+
+use common::*;
+use etherparse::{Ipv4Header, Ipv6Header, PacketBuilder, UdpHeader};
+use fulcrum_core::config::TunnelKind;
+use fulcrum_core::hash::flow_hash;
+use fulcrum_core::model::{BackendState, FlowTuple, HashKey, Proto, Weight};
+use fulcrum_core::sched::maglev::Maglev;
+use fulcrum_xdp::testrun::{self, XDP_DROP, XDP_PASS, XDP_TX};
+use fulcrum_xdp::{LoadOptions, Mode, XdpPlane, XdpService};
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("ip")
+}
+
+/// An Ethernet frame (optional VLAN) with a TCP or UDP packet from `src` to `dst`.
+fn frame(
+    src: &str,
+    dst: &str,
+    proto: Proto,
+    vlan: Option<u16>,
+    tos: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let (s, d): (SocketAddr, SocketAddr) = (src.parse().expect("src"), dst.parse().expect("dst"));
+    let eth = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC);
+    let mut out = Vec::new();
+    macro_rules! l4 {
+        ($b:expr) => {
+            match proto {
+                Proto::Tcp => $b
+                    .tcp(s.port(), d.port(), 1000, 65535)
+                    .write(&mut out, payload),
+                Proto::Udp => $b.udp(s.port(), d.port()).write(&mut out, payload),
+            }
+        };
+    }
+    macro_rules! l3 {
+        ($b:expr) => {
+            match (s.ip(), d.ip()) {
+                (IpAddr::V4(a), IpAddr::V4(b)) => {
+                    let mut h =
+                        Ipv4Header::new(0, 64, etherparse::IpNumber::TCP, a.octets(), b.octets())
+                            .expect("hdr");
+                    h.dscp = etherparse::Ipv4Dscp::try_new(tos >> 2).expect("dscp");
+                    l4!($b.ip(etherparse::IpHeaders::Ipv4(h, Default::default())))
+                }
+                (IpAddr::V6(a), IpAddr::V6(b)) => {
+                    let h = Ipv6Header {
+                        traffic_class: tos,
+                        flow_label: Default::default(),
+                        payload_length: 0,
+                        next_header: etherparse::IpNumber::TCP,
+                        hop_limit: 64,
+                        source: a.octets(),
+                        destination: b.octets(),
+                    };
+                    l4!($b.ip(etherparse::IpHeaders::Ipv6(h, Default::default())))
+                }
+                _ => panic!("mixed families"),
+            }
+        };
+    }
+    match vlan {
+        Some(v) => l3!(eth.single_vlan(etherparse::VlanId::try_new(v).expect("vlan"))),
+        None => l3!(eth),
+    }
+    .expect("write packet");
+    out
+}
+
+fn flow(src: &str, dst: &str, proto: Proto) -> FlowTuple {
+    FlowTuple {
+        src: src.parse().expect("src"),
+        dst: dst.parse().expect("dst"),
+        proto,
+    }
+}
+
+/// The backend fulcrum-core's Maglev picks for `f`, and the flow hash.
+fn core_pick(s: &XdpService, f: &FlowTuple) -> (IpAddr, u32) {
+    let h = flow_hash(&s.hash_key, f).expect("hash");
+    let m = Maglev::new(&s.backends, s.table_size);
+    let i = m.table()[m.slot(h)] as usize;
+    (s.backends[i].address.ip(), h)
+}
+
+/// Loads the plane with `services` in the fixture namespace and runs `f` there with it and
+/// the ifindex of v0.
+fn with_plane<T: Send + 'static>(
+    name: &str,
+    services: Vec<XdpService>,
+    f: impl FnOnce(&mut XdpPlane, u32) -> T + Send + 'static,
+) -> T {
+    let ns = fixture_netns(name);
+    let r = fulcrum_xdp::testing::in_netns(&ns.0, move || {
+        let mut plane = XdpPlane::load(LoadOptions::default()).expect("load the XDP program");
+        plane.update(&services).expect("update maps");
+        let ifindex = fulcrum_xdp::testing::ifindex("v0").expect("v0");
+        f(&mut plane, ifindex)
+    })
+    .expect("netns");
+    drop(ns);
+    r
+}
+
+fn run(plane: &XdpPlane, ifindex: u32, pkt: &[u8]) -> testrun::Outcome {
+    testrun::run(
+        plane.program("xdp_lb").expect("prog"),
+        pkt,
+        1,
+        Some(ifindex),
+    )
+    .expect("test run")
+}
+
+fn tunnel(kind: TunnelKind, source: &str) -> Mode {
+    Mode::Tunnel {
+        kind,
+        source: Some(ip(source)),
+    }
+}
+
+#[test]
+fn dsr_rewrites_macs_and_agrees_with_core() {
+    if !is_root_or_skip("dsr_rewrites_macs_and_agrees_with_core") {
+        return;
+    }
+    let s4 = service(
+        "web",
+        "198.19.0.10:80",
+        Proto::Tcp,
+        Mode::Dsr,
+        HashKey::FiveTuple,
+        backends(&BACKENDS4, 80),
+    );
+    let s6 = service(
+        "web6",
+        "[2001:2:0:1::10]:443",
+        Proto::Udp,
+        Mode::Dsr,
+        HashKey::SrcIpPort,
+        backends(&BACKENDS6, 443),
+    );
+    let (a, b) = (s4.clone(), s6.clone());
+    with_plane("fxdsr", vec![s4, s6], move |plane, ifx| {
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..300u16 {
+            for (svc, src, dst, proto, vlan) in [
+                (
+                    &a,
+                    format!("198.18.1.{}:{}", i % 250, 1024 + i),
+                    "198.19.0.10:80".to_owned(),
+                    Proto::Tcp,
+                    None,
+                ),
+                (
+                    &a,
+                    format!("198.18.2.{}:{}", i % 250, 2000 + i),
+                    "198.19.0.10:80".to_owned(),
+                    Proto::Tcp,
+                    Some(7),
+                ),
+                (
+                    &b,
+                    format!("[2001:2:0:2::{i:x}]:{}", 3000 + i),
+                    "[2001:2:0:1::10]:443".to_owned(),
+                    Proto::Udp,
+                    None,
+                ),
+            ] {
+                let pkt = frame(&src, &dst, proto, vlan, 0, b"hello");
+                let (be, _) = core_pick(svc, &flow(&src, &dst, proto));
+                seen.insert(be);
+                let mut want = pkt.clone();
+                want[0..6].copy_from_slice(&mac_of(be));
+                want[6..12].copy_from_slice(&LB_MAC);
+                for _ in 0..2 {
+                    // miss, then conntrack hit: the same answer
+                    let out = run(plane, ifx, &pkt);
+                    assert_eq!(out.verdict, XDP_TX, "{src} -> {dst}");
+                    assert_eq!(out.data, want, "{src} -> {dst}: backend {be}");
+                }
+            }
+        }
+        assert_eq!(seen.len(), 6, "flows spread over every backend");
+        let counts = plane.packet_counts();
+        let tx: u64 = counts
+            .iter()
+            .filter(|c| c.0 == "web" && c.1 == "tx")
+            .map(|c| c.2)
+            .sum();
+        let miss: u64 = counts
+            .iter()
+            .filter(|c| c.0 == "web" && c.1 == "ct_miss")
+            .map(|c| c.2)
+            .sum();
+        assert_eq!((tx, miss), (1200, 600));
+    });
+}
+
+fn check_outer_v4(
+    out: &[u8],
+    l2: usize,
+    proto: u8,
+    src: [u8; 4],
+    dst: IpAddr,
+    inner: &[u8],
+    tos: u8,
+) -> Ipv4Header {
+    let (h, rest) = Ipv4Header::from_slice(&out[l2..]).expect("outer ipv4");
+    assert_eq!(
+        h.calc_header_checksum(),
+        h.header_checksum,
+        "outer IPv4 checksum"
+    );
+    assert_eq!(h.protocol.0, proto);
+    assert_eq!(h.source, src);
+    assert_eq!(IpAddr::from(h.destination), dst);
+    assert_eq!(h.time_to_live, 64);
+    assert_eq!((h.dscp.value() << 2) | h.ecn.value(), tos);
+    assert_eq!(usize::from(h.total_len), out.len() - l2);
+    let payload = if proto == 17 { &rest[8..] } else { rest };
+    assert_eq!(payload, inner, "inner packet unchanged");
+    h
+}
+
+#[test]
+fn ipip_v4_and_v6_encap_exact_bytes() {
+    if !is_root_or_skip("ipip_v4_and_v6_encap_exact_bytes") {
+        return;
+    }
+    let s4 = service(
+        "t4",
+        "198.19.0.10:80",
+        Proto::Tcp,
+        tunnel(TunnelKind::Ipip, "198.18.0.2"),
+        HashKey::FiveTuple,
+        backends(&BACKENDS4, 80),
+    );
+    let s6 = service(
+        "t6",
+        "[2001:db8::1]:443",
+        Proto::Udp,
+        tunnel(TunnelKind::Ipip, "2001:2::2"),
+        HashKey::FiveTuple,
+        backends(&BACKENDS6, 443),
+    );
+    // 4in6: an IPv4 VIP served by IPv6 backends
+    let s46 = service(
+        "t46",
+        "198.19.0.11:80",
+        Proto::Tcp,
+        tunnel(TunnelKind::Ipip, "2001:2::2"),
+        HashKey::SrcIp,
+        backends(&BACKENDS6, 80),
+    );
+    let (a, b, c) = (s4.clone(), s6.clone(), s46.clone());
+    with_plane("fxipip", vec![s4, s6, s46], move |plane, ifx| {
+        // IPv4 in IPv4, with and without a VLAN tag
+        for vlan in [None, Some(42)] {
+            let l2 = if vlan.is_some() { 18 } else { 14 };
+            for i in 0..50u16 {
+                let src = format!("198.18.3.{}:{}", i, 5000 + i);
+                let pkt = frame(&src, "198.19.0.10:80", Proto::Tcp, vlan, 0x28, b"payload!");
+                let (be, _) = core_pick(&a, &flow(&src, "198.19.0.10:80", Proto::Tcp));
+                let out = run(plane, ifx, &pkt);
+                assert_eq!(out.verdict, XDP_TX);
+                assert_eq!(&out.data[0..6], &mac_of(be));
+                assert_eq!(&out.data[6..12], &LB_MAC);
+                if vlan.is_some() {
+                    assert_eq!(&out.data[12..16], &pkt[12..16], "VLAN tag kept");
+                }
+                assert_eq!(&out.data[l2 - 2..l2], &[0x08, 0x00]);
+                check_outer_v4(&out.data, l2, 4, LB4, be, &pkt[l2..], 0x28);
+                assert_eq!(out.data.len(), pkt.len() + 20);
+                // the conntrack hit gives the same bytes as the miss
+                let again = run(plane, ifx, &pkt);
+                assert_eq!((again.verdict, &again.data), (XDP_TX, &out.data));
+            }
+        }
+        // IPv6 in IPv6 -- the golden vector of crates/core/tests/golden_hash.rs:
+        // five_tuple [2001:db8::7]:40000 -> [2001:db8::1]:443 udp hashes to 0x7c53_c228; the
+        // outer flow label carries its low 20 bits.
+        let pkt = frame(
+            "[2001:db8::7]:40000",
+            "[2001:db8::1]:443",
+            Proto::Udp,
+            None,
+            0xb8,
+            b"v6 data",
+        );
+        let (be, h) = core_pick(
+            &b,
+            &flow("[2001:db8::7]:40000", "[2001:db8::1]:443", Proto::Udp),
+        );
+        assert_eq!(h, 0x7c53_c228);
+        let out = run(plane, ifx, &pkt);
+        assert_eq!(out.verdict, XDP_TX);
+        let mut want = Vec::new();
+        want.extend_from_slice(&mac_of(be));
+        want.extend_from_slice(&LB_MAC);
+        want.extend_from_slice(&[0x86, 0xdd]);
+        let label = h & 0xf_ffff;
+        let inner = &pkt[14..];
+        want.extend_from_slice(&[
+            0x60 | (0xb8 >> 4),
+            ((0xb8 & 0xf) << 4) | (label >> 16) as u8,
+            (label >> 8) as u8,
+            label as u8,
+        ]);
+        want.extend_from_slice(&(inner.len() as u16).to_be_bytes());
+        want.extend_from_slice(&[41, 64]);
+        want.extend_from_slice(
+            &ip(LB6)
+                .to_string()
+                .parse::<std::net::Ipv6Addr>()
+                .expect("v6")
+                .octets(),
+        );
+        match be {
+            IpAddr::V6(v) => want.extend_from_slice(&v.octets()),
+            IpAddr::V4(_) => panic!("v6 backend"),
+        }
+        want.extend_from_slice(inner);
+        assert_eq!(out.data, want);
+        // IPv4 in IPv6
+        let pkt = frame(
+            "198.18.4.4:999",
+            "198.19.0.11:80",
+            Proto::Tcp,
+            None,
+            0,
+            b"x",
+        );
+        let (be, _) = core_pick(&c, &flow("198.18.4.4:999", "198.19.0.11:80", Proto::Tcp));
+        let out = run(plane, ifx, &pkt);
+        assert_eq!(out.verdict, XDP_TX);
+        assert_eq!(&out.data[12..14], &[0x86, 0xdd]);
+        let (h6, rest) = Ipv6Header::from_slice(&out.data[14..]).expect("outer v6");
+        assert_eq!(h6.next_header.0, 4);
+        assert_eq!(IpAddr::from(h6.destination), be);
+        assert_eq!(rest, &pkt[14..]);
+    });
+}
+
+#[test]
+fn gue_encap_source_port_is_the_core_flow_hash() {
+    if !is_root_or_skip("gue_encap_source_port_is_the_core_flow_hash") {
+        return;
+    }
+    // golden vectors (crates/core/tests/golden_hash.rs):
+    //   five_tuple 198.18.0.7:40000 -> 198.18.0.1:80 tcp = 0x06d8_052f
+    //   src_ip 192.0.2.1 (:1234 -> 198.18.0.1:80 tcp)   = 0x67b5_4019
+    let g5 = service(
+        "g5",
+        "198.18.0.1:80",
+        Proto::Tcp,
+        tunnel(TunnelKind::Gue, "198.18.0.2"),
+        HashKey::FiveTuple,
+        backends(&BACKENDS4, 80),
+    );
+    let gs = service(
+        "gs",
+        "198.18.0.1:81",
+        Proto::Tcp,
+        tunnel(TunnelKind::Gue, "198.18.0.2"),
+        HashKey::SrcIp,
+        backends(&BACKENDS4, 81),
+    );
+    let g6 = service(
+        "g6",
+        "[2001:2:0:1::10]:53",
+        Proto::Udp,
+        tunnel(TunnelKind::Gue, "2001:2::2"),
+        HashKey::FiveTuple,
+        backends(&BACKENDS6, 53),
+    );
+    let (a, b, c) = (g5.clone(), gs.clone(), g6.clone());
+    with_plane("fxgue", vec![g5, gs, g6], move |plane, ifx| {
+        for (svc, src, dst, golden) in [
+            (
+                &a,
+                "198.18.0.7:40000",
+                "198.18.0.1:80",
+                Some(0x06d8_052f_u32),
+            ),
+            (&b, "192.0.2.1:1234", "198.18.0.1:81", Some(0x67b5_4019)),
+            (&a, "198.18.9.9:1", "198.18.0.1:80", None),
+        ] {
+            let pkt = frame(src, dst, Proto::Tcp, None, 0, b"gue payload");
+            let (be, h) = core_pick(svc, &flow(src, dst, Proto::Tcp));
+            if let Some(g) = golden {
+                assert_eq!(h, g, "core golden vector");
+            }
+            let out = run(plane, ifx, &pkt);
+            assert_eq!(out.verdict, XDP_TX);
+            let again = run(plane, ifx, &pkt);
+            assert_eq!(again.data, out.data, "conntrack hit = miss");
+            let oh = check_outer_v4(&out.data, 14, 17, LB4, be, &pkt[14..], 0);
+            let (u, payload) = UdpHeader::from_slice(&out.data[34..]).expect("udp");
+            assert_eq!(
+                u.source_port,
+                0x8000 | (h & 0x7fff) as u16,
+                "outer source port from the flow hash"
+            );
+            assert_eq!(u.destination_port, 6080);
+            assert_eq!(usize::from(u.length), 8 + pkt.len() - 14);
+            assert_eq!(
+                u.calc_checksum_ipv4(&oh, payload).expect("csum"),
+                u.checksum,
+                "outer UDP checksum"
+            );
+        }
+        // GUE over IPv6 (the UDP checksum is mandatory there)
+        for i in 0..20u16 {
+            let src = format!("[2001:2:0:3::{i:x}]:{}", 7000 + i);
+            let pkt = frame(&src, "[2001:2:0:1::10]:53", Proto::Udp, Some(5), 0, b"dns?");
+            let (be, h) = core_pick(&c, &flow(&src, "[2001:2:0:1::10]:53", Proto::Udp));
+            let out = run(plane, ifx, &pkt);
+            assert_eq!(out.verdict, XDP_TX);
+            assert_eq!(&out.data[16..18], &[0x86, 0xdd]);
+            let (oh, rest) = Ipv6Header::from_slice(&out.data[18..]).expect("outer v6");
+            assert_eq!(oh.next_header.0, 17);
+            assert_eq!(IpAddr::from(oh.destination), be);
+            let (u, payload) = UdpHeader::from_slice(rest).expect("udp");
+            assert_eq!(payload, &pkt[18..]);
+            assert_eq!(u.source_port, 0x8000 | (h & 0x7fff) as u16);
+            assert_eq!(
+                u.calc_checksum_ipv6(&oh, payload).expect("csum"),
+                u.checksum,
+                "outer UDP checksum (v6)"
+            );
+        }
+    });
+}
+
+#[test]
+fn non_vip_fragments_and_garbage_pass_untouched_or_are_dropped_safely() {
+    if !is_root_or_skip("non_vip_fragments_and_garbage_pass_untouched_or_are_dropped_safely") {
+        return;
+    }
+    let s = service(
+        "web",
+        "198.19.0.10:80",
+        Proto::Tcp,
+        tunnel(TunnelKind::Gue, "198.18.0.2"),
+        HashKey::FiveTuple,
+        backends(&BACKENDS4, 80),
+    );
+    with_plane("fxpass", vec![s], move |plane, ifx| {
+        let untouched = |pkt: &[u8], what: &str| {
+            let out = run(plane, ifx, pkt);
+            assert_eq!(out.verdict, XDP_PASS, "{what}");
+            assert_eq!(out.data, pkt, "{what}: untouched");
+        };
+        untouched(
+            &frame(
+                "198.18.0.5:1000",
+                "198.19.0.10:81",
+                Proto::Tcp,
+                None,
+                0,
+                b"x",
+            ),
+            "other port",
+        );
+        untouched(
+            &frame(
+                "198.18.0.5:1000",
+                "198.19.0.10:80",
+                Proto::Udp,
+                None,
+                0,
+                b"x",
+            ),
+            "other protocol",
+        );
+        untouched(
+            &frame(
+                "198.18.0.5:1000",
+                "198.19.0.99:80",
+                Proto::Tcp,
+                None,
+                0,
+                b"x",
+            ),
+            "other address",
+        );
+        untouched(
+            &frame(
+                "[2001:2::5]:1000",
+                "[2001:2::10]:80",
+                Proto::Tcp,
+                None,
+                0,
+                b"x",
+            ),
+            "ipv6 non-VIP",
+        );
+        let vip = frame(
+            "198.18.0.5:1000",
+            "198.19.0.10:80",
+            Proto::Tcp,
+            None,
+            0,
+            b"0123456789abcdef",
+        );
+        // fragments: non-first (offset 8) and first (MF) are left to the kernel
+        for (hi, lo) in [(0x00, 0x01), (0x20, 0x00), (0x20, 0x10)] {
+            let mut f = vip.clone();
+            f[20] = hi;
+            f[21] = lo;
+            untouched(&f, "fragment");
+        }
+        // IPv4 options (ihl 6)
+        let mut o = vip.clone();
+        o[14] = 0x46;
+        untouched(&o, "ipv4 options");
+        // ARP
+        let mut arp = vip.clone();
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        untouched(&arp, "arp");
+        // every truncation of VIP packets: never an abort, never an unsafe encap
+        let vip6 = frame(
+            "[2001:2::5]:1000",
+            "[2001:2:0:1::10]:80",
+            Proto::Tcp,
+            Some(3),
+            0,
+            b"abc",
+        );
+        for pkt in [&vip, &vip6] {
+            for len in 14..pkt.len() {
+                let out = run(plane, ifx, &pkt[..len]);
+                assert_eq!(out.verdict, XDP_PASS, "truncated to {len}");
+                assert_eq!(out.data, &pkt[..len]);
+            }
+        }
+        // random garbage and random corruptions of a VIP packet
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for i in 0..3000 {
+            let mut pkt = if i % 2 == 0 {
+                vip.clone()
+            } else {
+                (0..14 + rnd() % 200).map(|_| rnd() as u8).collect()
+            };
+            if i % 2 == 0 {
+                for _ in 0..(1 + rnd() % 4) {
+                    let at = (rnd() as usize) % pkt.len();
+                    pkt[at] = rnd() as u8;
+                }
+            }
+            let out = run(plane, ifx, &pkt);
+            assert!(
+                [XDP_PASS, XDP_TX, XDP_DROP].contains(&out.verdict),
+                "verdict {}",
+                out.verdict
+            );
+        }
+    });
+}
+
+#[test]
+fn maglev_tables_in_maps_equal_core_and_health_changes_apply() {
+    if !is_root_or_skip("maglev_tables_in_maps_equal_core_and_health_changes_apply") {
+        return;
+    }
+    let mut pool = backends(&["198.18.0.11", "198.18.0.12", "198.18.0.13"], 80);
+    pool[1].weight = Weight::new(3);
+    let s = service(
+        "web",
+        "198.19.0.10:80",
+        Proto::Tcp,
+        Mode::Dsr,
+        HashKey::FiveTuple,
+        pool.clone(),
+    );
+    with_plane("fxtable", vec![s.clone()], move |plane, ifx| {
+        let core = Maglev::new(&s.backends, s.table_size).table().to_vec();
+        assert_eq!(
+            plane.table_of("web", &s.backends, &s.pool).expect("table"),
+            core
+        );
+
+        // open 200 flows
+        let flows: Vec<String> = (0..200)
+            .map(|i| format!("198.18.5.{}:{}", i % 200, 10000 + i))
+            .collect();
+        let first: Vec<IpAddr> = flows
+            .iter()
+            .map(|src| {
+                let out = run(
+                    plane,
+                    ifx,
+                    &frame(src, "198.19.0.10:80", Proto::Tcp, None, 0, b""),
+                );
+                assert_eq!(out.verdict, XDP_TX);
+                backend_of(&out.data)
+            })
+            .collect();
+
+        // drain .12: existing flows stay (conntrack), new flows avoid it
+        let mut drained = s.clone();
+        drained.backends[1].state = BackendState::Draining;
+        plane.update(&[drained.clone()]).expect("update");
+        let core = Maglev::new(&drained.backends, drained.table_size)
+            .table()
+            .to_vec();
+        assert_eq!(
+            plane
+                .table_of("web", &drained.backends, &drained.pool)
+                .expect("table"),
+            core
+        );
+        for (src, be) in flows.iter().zip(&first) {
+            let out = run(
+                plane,
+                ifx,
+                &frame(src, "198.19.0.10:80", Proto::Tcp, None, 0, b""),
+            );
+            assert_eq!(
+                backend_of(&out.data),
+                *be,
+                "established flow kept while draining"
+            );
+        }
+        for i in 0..100 {
+            let src = format!("198.18.6.{i}:2000");
+            let out = run(
+                plane,
+                ifx,
+                &frame(&src, "198.19.0.10:80", Proto::Tcp, None, 0, b""),
+            );
+            assert_ne!(
+                backend_of(&out.data),
+                ip("198.18.0.12"),
+                "no new flow to a draining backend"
+            );
+            assert_eq!(
+                backend_of(&out.data),
+                core_pick(&drained, &flow(&src, "198.19.0.10:80", Proto::Tcp)).0
+            );
+        }
+
+        // .12 down: its flows move to the backend the new table gives them
+        let mut down = s.clone();
+        down.backends[1].state = BackendState::Down;
+        plane.update(&[down.clone()]).expect("update");
+        for (src, be) in flows.iter().zip(&first) {
+            let out = run(
+                plane,
+                ifx,
+                &frame(src, "198.19.0.10:80", Proto::Tcp, None, 0, b""),
+            );
+            let now = backend_of(&out.data);
+            if *be == ip("198.18.0.12") {
+                assert_eq!(
+                    now,
+                    core_pick(&down, &flow(src, "198.19.0.10:80", Proto::Tcp)).0
+                );
+            } else {
+                assert_eq!(now, *be, "flows of live backends stay");
+            }
+        }
+        // every backend down: packets for the VIP are dropped, not passed
+        let mut none = s.clone();
+        for b in &mut none.backends {
+            b.state = BackendState::Down;
+        }
+        plane.update(&[none]).expect("update");
+        let out = run(
+            plane,
+            ifx,
+            &frame("198.18.7.1:1", "198.19.0.10:80", Proto::Tcp, None, 0, b""),
+        );
+        assert_eq!(out.verdict, XDP_DROP);
+        // service removed: passes again
+        plane.update(&[]).expect("update");
+        let pkt = frame("198.18.7.1:1", "198.19.0.10:80", Proto::Tcp, None, 0, b"");
+        let out = run(plane, ifx, &pkt);
+        assert_eq!((out.verdict, out.data), (XDP_PASS, pkt));
+    });
+}
+
+fn backend_of(frame: &[u8]) -> IpAddr {
+    let last = frame[5];
+    ip(&format!("198.18.0.{last}"))
+}
+
+#[test]
+fn decap_strips_what_the_lb_encapsulates() {
+    if !is_root_or_skip("decap_strips_what_the_lb_encapsulates") {
+        return;
+    }
+    let services = vec![
+        service(
+            "i4",
+            "198.19.0.10:80",
+            Proto::Tcp,
+            tunnel(TunnelKind::Ipip, "198.18.0.2"),
+            HashKey::FiveTuple,
+            backends(&BACKENDS4, 80),
+        ),
+        service(
+            "g4",
+            "198.19.0.10:53",
+            Proto::Udp,
+            tunnel(TunnelKind::Gue, "198.18.0.2"),
+            HashKey::FiveTuple,
+            backends(&BACKENDS4, 53),
+        ),
+        service(
+            "i6",
+            "[2001:2:0:1::10]:80",
+            Proto::Tcp,
+            tunnel(TunnelKind::Ipip, "2001:2::2"),
+            HashKey::FiveTuple,
+            backends(&BACKENDS6, 80),
+        ),
+        service(
+            "g6",
+            "[2001:2:0:1::10]:53",
+            Proto::Udp,
+            tunnel(TunnelKind::Gue, "2001:2::2"),
+            HashKey::SrcIp,
+            backends(&BACKENDS6, 53),
+        ),
+    ];
+    with_plane("fxdecap", services, move |plane, ifx| {
+        let decap = fulcrum_xdp::Decap::load(6080).expect("load decap");
+        let prog = decap.program().expect("prog");
+        for (src, dst, proto) in [
+            ("198.18.1.1:1000", "198.19.0.10:80", Proto::Tcp),
+            ("198.18.1.1:1000", "198.19.0.10:53", Proto::Udp),
+            ("[2001:2::77]:1000", "[2001:2:0:1::10]:80", Proto::Tcp),
+            ("[2001:2::77]:1000", "[2001:2:0:1::10]:53", Proto::Udp),
+        ] {
+            for vlan in [None, Some(9)] {
+                let pkt = frame(src, dst, proto, vlan, 0, b"inner data");
+                let enc = run(plane, ifx, &pkt);
+                assert_eq!(enc.verdict, XDP_TX);
+                assert!(enc.data.len() > pkt.len());
+                let dec = testrun::run(prog, &enc.data, 1, None).expect("decap run");
+                assert_eq!(dec.verdict, XDP_PASS);
+                let mut want = enc.data[0..12].to_vec();
+                want.extend_from_slice(&pkt[12..]);
+                assert_eq!(dec.data, want, "{src} -> {dst} vlan {vlan:?}");
+            }
+        }
+        // not tunnelled: untouched
+        for pkt in [
+            frame(
+                "198.18.1.1:1000",
+                "198.19.0.10:6081",
+                Proto::Udp,
+                None,
+                0,
+                b"x",
+            ),
+            frame(
+                "198.18.1.1:1000",
+                "198.19.0.10:80",
+                Proto::Tcp,
+                None,
+                0,
+                b"x",
+            ),
+        ] {
+            let dec = testrun::run(prog, &pkt, 1, None).expect("decap run");
+            assert_eq!((dec.verdict, dec.data), (XDP_PASS, pkt));
+        }
+        // truncated tunnel packets never crash
+        let enc = run(
+            plane,
+            ifx,
+            &frame(
+                "198.18.1.2:1000",
+                "198.19.0.10:53",
+                Proto::Udp,
+                None,
+                0,
+                b"abc",
+            ),
+        )
+        .data;
+        for len in 14..enc.len() {
+            let dec = testrun::run(prog, &enc[..len], 1, None).expect("decap run");
+            assert!([XDP_PASS, XDP_DROP].contains(&dec.verdict));
+        }
+    });
+}

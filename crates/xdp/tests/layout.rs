@@ -1,0 +1,77 @@
+//! The Rust map types and constants match `bpf/include/types.h`.
+#![allow(clippy::pedantic)]
+
+use fulcrum_xdp::maps::*;
+
+#[test]
+fn sizes_and_constants_match_the_c_header() {
+    let h = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/bpf/include/types.h"))
+        .expect("types.h");
+    let rust_sizes = [
+        ("svc_key", size_of::<SvcKey>()),
+        ("svc_value", size_of::<SvcValue>()),
+        ("backend", size_of::<BackendEntry>()),
+        ("ct_key", size_of::<CtKey>()),
+        ("ct_value", size_of::<CtValue>()),
+        ("counter", size_of::<Counter>()),
+        ("nexthop", size_of::<NextHop>()),
+    ];
+    let mut found = 0;
+    for line in h.lines() {
+        let Some(rest) = line.trim().strip_prefix("_Static_assert(sizeof(struct ") else {
+            continue;
+        };
+        let (name, rest) = rest.split_once(')').expect("struct name");
+        let n: usize = rest
+            .trim_start_matches(" ==")
+            .trim()
+            .split(',')
+            .next()
+            .and_then(|v| v.trim().parse().ok())
+            .expect("size");
+        let (_, rust) = rust_sizes
+            .iter()
+            .find(|(r, _)| *r == name)
+            .unwrap_or_else(|| panic!("struct {name} has no Rust twin"));
+        assert_eq!(*rust, n, "size of struct {name}");
+        found += 1;
+    }
+    assert_eq!(
+        found,
+        rust_sizes.len(),
+        "every struct is asserted in the header"
+    );
+
+    let define = |name: &str| -> u64 {
+        let line = h
+            .lines()
+            .find(|l| l.starts_with(&format!("#define {name} ")))
+            .unwrap_or_else(|| panic!("#define {name}"));
+        let v = line.split_whitespace().nth(2).expect("value");
+        v.parse().unwrap_or_else(|_| panic!("{name} = {v}"))
+    };
+    assert_eq!(define("FX_MAX_SERVICES"), u64::from(MAX_SERVICES));
+    assert_eq!(define("FX_MAX_BACKENDS"), u64::from(MAX_BACKENDS));
+    assert_eq!(define("FX_MAGLEV_MAX"), u64::from(MAGLEV_MAX));
+    assert_eq!(define("FX_CT_ENTRIES"), u64::from(CT_ENTRIES));
+    assert_eq!(define("FX_ACTIONS"), u64::from(ACTIONS));
+    assert_eq!(define("FX_NH_TTL_NS"), NH_TTL_NS);
+    for (n, v) in [
+        ("FX_AF_INET", AF_INET),
+        ("FX_AF_INET6", AF_INET6),
+        ("FX_MODE_DSR", MODE_DSR),
+        ("FX_MODE_TUNNEL", MODE_TUNNEL),
+        ("FX_TUNNEL_IPIP", TUNNEL_IPIP),
+        ("FX_TUNNEL_GUE", TUNNEL_GUE),
+        ("FX_HASH_SRC_IP", HASH_SRC_IP),
+        ("FX_HASH_SRC_IP_PORT", HASH_SRC_IP_PORT),
+        ("FX_HASH_FIVE_TUPLE", HASH_FIVE_TUPLE),
+        ("FX_BACKEND_ALIVE", BACKEND_ALIVE),
+    ] {
+        assert_eq!(define(n), u64::from(v), "{n}");
+    }
+    for (i, a) in ACTION_NAMES.iter().enumerate() {
+        let name = format!("FX_ACT_{}", a.to_uppercase());
+        assert_eq!(define(&name), i as u64, "{name}");
+    }
+}
