@@ -7,9 +7,9 @@
 //! - [`health`]: active (rise/fall) and passive (outlier) health state machines.
 //! - [`config`]: TOML parsing into types that cannot hold a bad value, with located errors.
 
-pub mod model;
 pub mod config;
 pub mod flow;
 pub mod hash;
 pub mod health;
+pub mod model;
 pub mod sched;

@@ -174,13 +174,9 @@ impl Controller {
         for key in wanted.difference(&self.listening) {
             let mut socks = Vec::with_capacity(self.workers.count());
             for _ in 0..self.workers.count() {
-                let s = worker::bind(*key)
-                    .map_err(|e| {
-                        ChangeError::Conflict(format!(
-                            "cannot listen on {} ({:?}): {e}",
-                            key.1, key.0
-                        ))
-                    })?;
+                let s = worker::bind(*key).map_err(|e| {
+                    ChangeError::Conflict(format!("cannot listen on {} ({:?}): {e}", key.1, key.0))
+                })?;
                 socks.push(s);
             }
             bound.push((*key, socks));

@@ -159,7 +159,9 @@ pub fn moved_ratio(
     for &b in &bounds {
         // The arc (prev, b]: its hashes all map like b.
         let len = match prev {
-            None => u64::from(b) + 1 + (u64::from(u32::MAX) - u64::from(*bounds.last().unwrap_or(&b))),
+            None => {
+                u64::from(b) + 1 + (u64::from(u32::MAX) - u64::from(*bounds.last().unwrap_or(&b)))
+            }
             Some(p) => u64::from(b - p),
         };
         if owner(old, old_backends, b) != owner(new, new_backends, b) {
