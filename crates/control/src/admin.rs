@@ -12,7 +12,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::{Json, Router};
 use fulcrum_core::config::Config;
 use fulcrum_proxy::controller::{ChangeError, Control, ControlSender};
@@ -34,34 +34,76 @@ pub struct AdminState {
     pub protect_reads: bool,
 }
 
-/// The router.
+/// Every endpoint of the admin API as (method, path), in axum's path syntax. The router is
+/// built from this table (see [`endpoint`]) and `docs/openapi.json` must describe exactly
+/// these (a unit test compares the two both ways).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("GET", "/api/v1/openapi.json"),
+    ("GET", "/api/v1/services"),
+    ("GET", "/api/v1/pools"),
+    ("GET", "/api/v1/pools/{pool}"),
+    ("PUT", "/api/v1/pools/{pool}"),
+    ("DELETE", "/api/v1/pools/{pool}"),
+    ("GET", "/api/v1/pools/{pool}/explain"),
+    ("PUT", "/api/v1/pools/{pool}/backends/{address}"),
+    ("DELETE", "/api/v1/pools/{pool}/backends/{address}"),
+    ("POST", "/api/v1/pools/{pool}/backends/{address}/drain"),
+    ("PUT", "/api/v1/services/{name}"),
+    ("DELETE", "/api/v1/services/{name}"),
+    ("GET", "/api/v1/config"),
+    ("POST", "/api/v1/reload"),
+];
+
+/// The `OpenAPI` 3.1 document of this API (`docs/openapi.json`), served at
+/// `GET /api/v1/openapi.json`.
+pub const OPENAPI_JSON: &str = include_str!("../../../docs/openapi.json");
+
+/// The handler of one entry of [`ROUTES`]; `None` for a pair that is not in it.
+fn endpoint(method: &str, path: &str) -> Option<MethodRouter<AdminState>> {
+    Some(match (method, path) {
+        ("GET", "/healthz") => get(healthz),
+        ("GET", "/readyz") => get(readyz),
+        ("GET", "/metrics") => get(metrics),
+        ("GET", "/api/v1/openapi.json") => get(openapi),
+        ("GET", "/api/v1/services") => get(services),
+        ("GET", "/api/v1/pools") => get(pools),
+        ("GET", "/api/v1/pools/{pool}") => get(pool),
+        ("PUT", "/api/v1/pools/{pool}") => put(put_pool),
+        ("DELETE", "/api/v1/pools/{pool}") => delete(delete_pool),
+        ("GET", "/api/v1/pools/{pool}/explain") => get(explain),
+        ("PUT", "/api/v1/pools/{pool}/backends/{address}") => put(put_backend),
+        ("DELETE", "/api/v1/pools/{pool}/backends/{address}") => delete(delete_backend),
+        ("POST", "/api/v1/pools/{pool}/backends/{address}/drain") => post(drain_backend),
+        ("PUT", "/api/v1/services/{name}") => put(put_service),
+        ("DELETE", "/api/v1/services/{name}") => delete(delete_service),
+        ("GET", "/api/v1/config") => get(get_config),
+        ("POST", "/api/v1/reload") => post(reload),
+        _ => return None,
+    })
+}
+
+/// The router: one route per entry of [`ROUTES`] (methods of one path merged).
 pub fn router(state: AdminState) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/api/v1/services", get(services))
-        .route("/api/v1/pools", get(pools))
-        .route(
-            "/api/v1/pools/{pool}",
-            get(pool).put(put_pool).delete(delete_pool),
-        )
-        .route("/api/v1/pools/{pool}/explain", get(explain))
-        .route(
-            "/api/v1/pools/{pool}/backends/{address}",
-            put(put_backend).delete(delete_backend),
-        )
-        .route(
-            "/api/v1/pools/{pool}/backends/{address}/drain",
-            post(drain_backend),
-        )
-        .route(
-            "/api/v1/services/{name}",
-            put(put_service).delete(delete_service),
-        )
-        .route("/api/v1/config", get(get_config))
-        .route("/api/v1/reload", post(reload))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
+    let mut paths: Vec<(&str, MethodRouter<AdminState>)> = Vec::new();
+    for &(method, path) in ROUTES {
+        let Some(h) = endpoint(method, path) else {
+            // Cannot happen: a unit test checks every entry has a handler.
+            tracing::error!(method, path, "admin route without a handler; not served");
+            continue;
+        };
+        match paths.iter_mut().find(|(p, _)| *p == path) {
+            Some((_, mr)) => *mr = std::mem::take(mr).merge(h),
+            None => paths.push((path, h)),
+        }
+    }
+    let mut r = Router::new();
+    for (path, mr) in paths {
+        r = r.route(path, mr);
+    }
+    r.layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             protect_reads,
@@ -69,10 +111,81 @@ pub fn router(state: AdminState) -> Router {
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
-                "no such endpoint; see /api/v1/services, /api/v1/pools, /metrics",
+                "no such endpoint; see /api/v1/openapi.json for the endpoints",
             )
         })
+        .method_not_allowed_fallback(|req: axum::extract::Request| async move {
+            let path = req.uri().path();
+            let allowed: Vec<&str> = ROUTES
+                .iter()
+                .filter(|(_, p)| path_matches(p, path))
+                .map(|(m, _)| *m)
+                .collect();
+            let mut r = error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!(
+                    "method {} is not allowed on {path}; allowed: {}",
+                    req.method(),
+                    allowed.join(", ")
+                ),
+            );
+            if let Ok(v) = header::HeaderValue::from_str(&allowed.join(", ")) {
+                r.headers_mut().insert(header::ALLOW, v);
+            }
+            r
+        })
+        .layer(axum::middleware::from_fn(json_errors))
         .with_state(state)
+}
+
+/// Whether a request path matches a route pattern of [`ROUTES`] (`{x}` is one segment).
+fn path_matches(pattern: &str, path: &str) -> bool {
+    let (mut a, mut b) = (pattern.split('/'), path.split('/'));
+    loop {
+        match (a.next(), b.next()) {
+            (None, None) => return true,
+            (Some(p), Some(s)) if p == s || (p.starts_with('{') && !s.is_empty()) => {}
+            _ => return false,
+        }
+    }
+}
+
+/// Errors that axum answers itself (a path parameter that is not valid UTF-8 after
+/// percent-decoding, ...) come as plain text; this turns them into `{"error": "..."}` like
+/// every other error. `/readyz` keeps its plain-text 503 (a probe).
+async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let probe = req.uri().path() == "/readyz";
+    let res = next.run(req).await;
+    let status = res.status();
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if probe || is_json || !(status.is_client_error() || status.is_server_error()) {
+        return res;
+    }
+    let text = match axum::body::to_bytes(res.into_body(), MAX_BODY).await {
+        Ok(b) => String::from_utf8_lossy(&b).trim().to_owned(),
+        Err(_) => String::new(),
+    };
+    let msg = if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_ascii_lowercase()
+    } else {
+        text
+    };
+    error(status, msg)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
 }
 
 /// The largest request body the API reads (a service definition is well below it).
@@ -609,3 +722,6 @@ fn percent_decode(s: &str) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+#[cfg(test)]
+mod openapi_tests;
