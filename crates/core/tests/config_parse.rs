@@ -301,3 +301,18 @@ fn summary_lists_services_pools_and_backends() {
     }
     assert!(s.lines().count() < 40, "one screen:\n{s}");
 }
+
+#[test]
+fn admin_listen_defaults_to_loopback() {
+    let text = "[admin]\ntoken_file = \"/etc/fulcrum/admin.token\"\n";
+    let cfg = config::parse(text).expect("admin without listen");
+    let admin = cfg.admin.expect("admin table");
+    assert_eq!(admin.listen, addr("127.0.0.1:9090"));
+    assert!(admin.listen.ip().is_loopback());
+    // A service on the default admin address is a clash, located at the [admin] table.
+    let clash = format!(
+        "{text}[[service]]\nname = \"s\"\nlisten = \"127.0.0.1:9090\"\nprotocol = \"tcp\"\npool = \"p\"\n[[pool]]\nname = \"p\"\n"
+    );
+    let err = config::parse(&clash).expect_err("clash with the admin API");
+    assert!(err.message.contains("admin API"), "{}", err.message);
+}

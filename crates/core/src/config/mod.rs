@@ -32,6 +32,10 @@ use crate::model::{
 pub mod defaults {
     use std::time::Duration;
 
+    /// `[admin] listen` when absent: loopback only.
+    pub const ADMIN_LISTEN: std::net::SocketAddr = std::net::SocketAddr::V4(
+        std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 9090),
+    );
     /// `[pool.health] interval`.
     pub const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
     /// `[pool.health] timeout`.

@@ -35,8 +35,8 @@ pub struct RawConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
-    /// Where the admin API listens.
-    pub listen: Spanned<Address>,
+    /// Where the admin API listens (default `127.0.0.1:9090`: loopback only).
+    pub listen: Option<Spanned<Address>>,
     /// A file holding the bearer token for mutating calls.
     pub token_file: Option<PathBuf>,
     /// With `token_file`: read-only endpoints need the token too (default false).

@@ -158,7 +158,10 @@ pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Config, Vec<ConfigE
     let admin = raw.admin.map(|a| {
         let a = a.into_inner();
         AdminConfig {
-            listen: a.listen.get_ref().0,
+            listen: a
+                .listen
+                .as_ref()
+                .map_or(super::defaults::ADMIN_LISTEN, |l| l.get_ref().0),
             token_file: a.token_file,
             protect_reads: a.protect_reads.unwrap_or(false),
         }
@@ -193,13 +196,11 @@ fn check_listeners(c: &mut Checker<'_>, raw: &RawConfig) {
     // (address, transport, who, span)
     let mut seen: Vec<(SocketAddr, Transport, String, Range<usize>)> = Vec::new();
     if let Some(a) = &raw.admin {
-        let l = &a.get_ref().listen;
-        seen.push((
-            l.get_ref().0,
-            Transport::Tcp,
-            "the admin API".into(),
-            l.span(),
-        ));
+        let (addr, span) = a.get_ref().listen.as_ref().map_or_else(
+            || (super::defaults::ADMIN_LISTEN, a.span()),
+            |l| (l.get_ref().0, l.span()),
+        );
+        seen.push((addr, Transport::Tcp, "the admin API".into(), span));
     }
     for s in &raw.service {
         let s = s.get_ref();
