@@ -23,6 +23,8 @@ fn main() {
         "include/jhash.h",
         "include/csum.h",
         "include/encap.h",
+        "include/nat.h",
+        "include/icmp.h",
         "obj/xdp_lb.o",
         "obj/decap.o",
     ] {

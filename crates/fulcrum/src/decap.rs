@@ -81,6 +81,9 @@ impl XdpRuntime {
             XdpPlane::load(LoadOptions::default()).context("cannot load the XDP program")?;
         let services = fulcrum_xdp::sync::services_from_snapshot(&shared.snapshot.load());
         for s in &services {
+            if matches!(s.mode, fulcrum_xdp::Mode::Nat { .. }) {
+                continue; // nat rewrites the port
+            }
             if let Some(b) = s.backends.iter().find(|b| b.address.port() != s.vip.port()) {
                 tracing::warn!(service = %s.name, backend = %b.address, "XDP forwarding does not rewrite ports: backends of a {} service receive the VIP's port {}", if matches!(s.mode, fulcrum_xdp::Mode::Dsr) { "dsr" } else { "tunnel" }, s.vip.port());
             }

@@ -12,6 +12,8 @@
 #include "include/parsing.h"
 #include "include/csum.h"
 #include "include/encap.h"
+#include "include/nat.h"
+#include "include/icmp.h"
 
 #define AF_INET_K 2
 #define AF_INET6_K 10
@@ -28,7 +30,8 @@ const volatile __u8 fx_bench_undo_encap = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, FX_MAX_SERVICES * 2);
+	/* a service and its fragment entry (port 0), twice while a key changes */
+	__uint(max_entries, FX_MAX_SERVICES * 4);
 	__type(key, struct svc_key);
 	__type(value, struct svc_value);
 } services SEC(".maps");
@@ -60,6 +63,44 @@ struct {
 	__type(key, __u32);
 	__type(value, struct nexthop);
 } nexthops SEC(".maps");
+
+/* nat: the client's 5-tuple -> the translation (see types.h) */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, FX_NAT_ENTRIES);
+	__type(key, struct ct_key);
+	__type(value, struct nat_fwd);
+} nat_fwd SEC(".maps");
+
+/* nat: the reply's 5-tuple (backend -> source:port) -> the way back to the client */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, FX_NAT_ENTRIES);
+	__type(key, struct ct_key);
+	__type(value, struct nat_rev);
+} nat_rev SEC(".maps");
+
+/* nat: a new flow's entries are built here, not on the stack (the BPF stack is 512 bytes
+ * for the whole call chain) */
+struct nat_scratch {
+	struct nat_fwd f;
+	struct nat_rev r;
+	struct ct_key rk;
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct nat_scratch);
+} nat_scratch SEC(".maps");
+
+/* [0]: the number of nat services (0: packets for no service skip the nat_rev lookup) */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} nat_on SEC(".maps");
 
 /* [0]: the current next-hop generation (see struct nexthop); starts at 1. */
 struct {
@@ -133,12 +174,37 @@ FX_INLINE __u32 fx_flow_hash(__u8 hash_key, const struct pkt *p)
 	return fx_jhash2(w, 10, FX_FLOW_HASH_SEED);
 }
 
-/* The next hop towards backend `idx` (`dst`, from `src`): the per-CPU cache while its
- * generation is current, else bpf_fib_lookup (route + neighbour table), cached. NULL when
- * the kernel has no route or no neighbour entry yet (the packet is then passed). */
-FX_INLINE struct nexthop *fx_nexthop(struct xdp_md *ctx, __u32 idx, __u8 family,
-				     const __u8 *src, const __u8 *dst, __u8 proto, __u32 len)
+FX_INLINE void fx_fib_init(struct bpf_fib_lookup *fib, struct xdp_md *ctx, __u8 family,
+			  const __u8 *src, const __u8 *dst, __u8 proto, __u16 len)
 {
+	__builtin_memset(fib, 0, sizeof(*fib));
+	fib->ifindex = ctx->ingress_ifindex;
+	fib->l4_protocol = proto;
+	fib->tot_len = len;
+	if (family == FX_AF_INET) {
+		fib->family = AF_INET_K;
+		__builtin_memcpy(&fib->ipv4_src, src, 4);
+		__builtin_memcpy(&fib->ipv4_dst, dst, 4);
+	} else {
+		fib->family = AF_INET6_K;
+		__builtin_memcpy(fib->ipv6_src, src, 16);
+		__builtin_memcpy(fib->ipv6_dst, dst, 16);
+	}
+}
+
+/* The next hop towards backend `idx` (`dst`, from `src`): the per-CPU cache while its
+ * generation is current, else bpf_fib_lookup (route + neighbour table), cached with the
+ * route's MTU. NULL when the kernel has no route or no neighbour entry yet (the packet is
+ * then passed). */
+#define FX_NH_SEL(idx, family, proto) ((idx) | ((__u32)(family) << 16) | ((__u32)(proto) << 24))
+
+/* `sel`: FX_NH_SEL(backend index, family, protocol) (a BPF call takes 5 arguments). */
+static __attribute__((noinline)) struct nexthop *fx_nexthop(struct xdp_md *ctx, __u32 sel,
+							    const __u8 *src, const __u8 *dst)
+{
+	__u32 idx = sel & 0xffff;
+	__u8 family = (sel >> 16) & 0xff;
+	__u8 proto = sel >> 24;
 	struct nexthop *nh = bpf_map_lookup_elem(&nexthops, &idx);
 	struct bpf_fib_lookup fib;
 	__u32 zero = 0;
@@ -148,24 +214,19 @@ FX_INLINE struct nexthop *fx_nexthop(struct xdp_md *ctx, __u32 idx, __u8 family,
 		return NULL;
 	if (nh->gen == *gen && *gen != 0)
 		return nh;
-	__builtin_memset(&fib, 0, sizeof(fib));
-	fib.ifindex = ctx->ingress_ifindex;
-	fib.l4_protocol = proto;
-	fib.tot_len = len;
-	if (family == FX_AF_INET) {
-		fib.family = AF_INET_K;
-		__builtin_memcpy(&fib.ipv4_src, src, 4);
-		__builtin_memcpy(&fib.ipv4_dst, dst, 4);
-	} else {
-		fib.family = AF_INET6_K;
-		__builtin_memcpy(fib.ipv6_src, src, 16);
-		__builtin_memcpy(fib.ipv6_dst, dst, 16);
-	}
+	/* tot_len 0: never "fragmentation needed", so the MACs are filled in */
+	fx_fib_init(&fib, ctx, family, src, dst, proto, 0);
 	if (bpf_fib_lookup(ctx, &fib, sizeof(fib), 0) != BPF_FIB_LKUP_RET_SUCCESS)
 		return NULL;
 	__builtin_memcpy(nh->dmac, fib.dmac, ETH_ALEN);
 	__builtin_memcpy(nh->smac, fib.smac, ETH_ALEN);
 	nh->ifindex = fib.ifindex;
+	/* the MTU: asked with the largest length, the kernel answers FRAG_NEEDED with it */
+	fx_fib_init(&fib, ctx, family, src, dst, proto, 0xffff);
+	if (bpf_fib_lookup(ctx, &fib, sizeof(fib), 0) == BPF_FIB_LKUP_RET_FRAG_NEEDED)
+		nh->mtu = fib.mtu_result;
+	else
+		nh->mtu = 0xffff;
 	nh->gen = *gen;
 	return nh;
 }
@@ -191,89 +252,240 @@ FX_INLINE int fx_xmit(struct xdp_md *ctx, const struct nexthop *nh, __u32 row, _
 	return bpf_redirect(nh->ifindex, 0);
 }
 
-SEC("xdp")
-int xdp_lb(struct xdp_md *ctx)
+/* A backend from the service's active Maglev table (NULL: none usable). */
+FX_INLINE struct backend *fx_pick(const struct svc_value *svc, __u32 hash, __u32 *idx_out)
+{
+	__u32 m = svc->table_size;
+
+	if (m == 0 || m > FX_MAGLEV_MAX)
+		return NULL;
+	__u32 slot = svc->table_base + hash % m;
+	__u32 *idxp = bpf_map_lookup_elem(&maglev, &slot);
+	if (!idxp)
+		return NULL;
+	__u32 idx = *idxp;
+	struct backend *be = bpf_map_lookup_elem(&backends, &idx);
+	if (!be || !(be->flags & FX_BACKEND_ALIVE))
+		return NULL;
+	*idx_out = idx;
+	return be;
+}
+
+#define FX_TCP_FIN 0x01
+#define FX_TCP_SYN 0x02
+#define FX_TCP_RST 0x04
+#define FX_TCP_ACK 0x10
+
+FX_INLINE __u8 fx_nat_flags(const struct pkt *p, __u8 fin_flag)
+{
+	__u8 f = 0;
+
+	if (p->proto != IPPROTO_TCP)
+		return 0;
+	if (p->tcp_flags & FX_TCP_FIN)
+		f |= fin_flag;
+	if (p->tcp_flags & FX_TCP_RST)
+		f |= FX_NAT_RST;
+	return f;
+}
+
+FX_INLINE void fx_rev_key(struct ct_key *rk, const struct nat_fwd *f, __u8 proto, __u8 family)
+{
+	__builtin_memcpy(rk->src, f->baddr, 16);
+	__builtin_memcpy(rk->dst, f->saddr, 16);
+	rk->sport = f->bport;
+	rk->dport = f->nport;
+	rk->proto = proto;
+	rk->family = family;
+	rk->pad = 0;
+}
+
+/* (nat is a BPF-to-BPF call: its own stack frame, and the dsr/tunnel path keeps its
+ * registers) */
+/* nat, client -> backend: the flow's translation (a new one for a new flow: a backend from
+ * Maglev and a free source port), then destination -> backend:port, source ->
+ * source:allocated port. */
+static __attribute__((noinline)) int fx_nat_forward(struct xdp_md *ctx, const struct pkt *p, const struct ct_key *ck,
+			     const struct svc_value *svc, __u32 row)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	__u64 bytes = data_end - data;
-	struct pkt p = {};
-
-	if (fx_parse(data, data_end, &p) != FX_PARSE_OK) {
-		fx_count(FX_MAX_SERVICES, FX_ACT_PASS, bytes);
-		return XDP_PASS;
-	}
-
-	struct svc_key sk = {};
-	__builtin_memcpy(sk.addr, p.dst, 16);
-	sk.port = p.dport;
-	sk.proto = p.proto;
-	sk.family = p.family;
-	struct svc_value *svc = bpf_map_lookup_elem(&services, &sk);
-	if (!svc) {
-		fx_count(FX_MAX_SERVICES, FX_ACT_PASS, bytes);
-		return XDP_PASS;
-	}
-	__u32 row = svc->id;
-	if (row >= FX_MAX_SERVICES)
-		return XDP_PASS;
-
-	struct ct_key ck = {};
-	__builtin_memcpy(ck.src, p.src, 16);
-	__builtin_memcpy(ck.dst, p.dst, 16);
-	ck.sport = p.sport;
-	ck.dport = p.dport;
-	ck.proto = p.proto;
-	ck.family = p.family;
-
+	__u64 now = bpf_ktime_get_coarse_ns();
+	struct nat_fwd *f = NULL;
 	struct backend *be = NULL;
-	__u32 be_idx = 0;
-	__u32 hash = 0;
-	struct ct_value *ct = NULL;
+	__u32 zero = 0;
+	struct nat_scratch *sc = bpf_map_lookup_elem(&nat_scratch, &zero);
+
+	if (!sc)
+		return XDP_DROP;
+	struct ct_key *rkp = &sc->rk;
 
 	if (!fx_bench_ct_miss)
-		ct = bpf_map_lookup_elem(&conntrack, &ck);
-	if (ct && ct->svc == row) {
-		__u32 idx = ct->backend;
+		f = bpf_map_lookup_elem(&nat_fwd, ck);
+	if (f) {
+		__u32 idx = f->backend;
 
-		hash = ct->hash;
-		be_idx = idx;
 		be = bpf_map_lookup_elem(&backends, &idx);
-		if (be && !(be->flags & FX_BACKEND_ALIVE))
-			be = NULL; /* dead backend: the flow moves (see docs/xdp.md) */
+		if (f->svc != row || !be || !(be->flags & FX_BACKEND_ALIVE)) {
+			/* the backend is down or gone: the flow cannot continue there */
+			fx_rev_key(rkp, f, p->proto, p->family);
+			bpf_map_delete_elem(&nat_rev, rkp);
+			bpf_map_delete_elem(&nat_fwd, ck);
+			f = NULL;
+		}
 	}
-	if (!be) {
-		__u32 m = svc->table_size;
+	if (!f) {
+		struct ethhdr *eth = data;
+		__u32 idx = 0;
 
-		if (m == 0 || m > FX_MAGLEV_MAX) {
+		if ((void *)(eth + 1) > data_end)
+			return XDP_DROP;
+		/* only a SYN starts a TCP flow: anything else has lost its state */
+		if (p->proto == IPPROTO_TCP &&
+		    (p->tcp_flags & (FX_TCP_SYN | FX_TCP_ACK | FX_TCP_RST | FX_TCP_FIN)) != FX_TCP_SYN) {
 			fx_count(row, FX_ACT_DROP, bytes);
 			return XDP_DROP;
 		}
-		hash = fx_flow_hash(svc->hash_key, &p);
-		__u32 slot = svc->table_base + hash % m;
-		__u32 *idxp = bpf_map_lookup_elem(&maglev, &slot);
-		if (!idxp) {
+		__u32 hash = fx_flow_hash(svc->hash_key, p);
+		be = fx_pick(svc, hash, &idx);
+		if (!be) {
 			fx_count(row, FX_ACT_DROP, bytes);
 			return XDP_DROP;
 		}
-		__u32 idx = *idxp;
-		be_idx = idx;
-		be = bpf_map_lookup_elem(&backends, &idx);
-		if (!be || !(be->flags & FX_BACKEND_ALIVE)) {
-			fx_count(row, FX_ACT_DROP, bytes);
+		if (be->family != p->family) {
+			fx_count(row, FX_ACT_ERROR, bytes);
 			return XDP_DROP;
 		}
-		struct ct_value nv = { .backend = idx, .svc = row, .hash = hash };
-		bpf_map_update_elem(&conntrack, &ck, &nv, BPF_ANY);
+		struct nat_fwd *nf = &sc->f;
+		struct nat_rev *rv = &sc->r;
+
+		__builtin_memset(nf, 0, sizeof(*nf));
+		__builtin_memset(rv, 0, sizeof(*rv));
+		__builtin_memcpy(nf->baddr, be->addr, 16);
+		if (p->family == FX_AF_INET)
+			__builtin_memcpy(nf->saddr, &svc->src4, 4);
+		else
+			__builtin_memcpy(nf->saddr, svc->src6, 16);
+		nf->bport = be->port;
+		nf->backend = idx;
+		nf->svc = row;
+		nf->seen = now;
+		__builtin_memcpy(rv->caddr, p->src, 16);
+		__builtin_memcpy(rv->vaddr, p->dst, 16);
+		rv->cport = p->sport;
+		rv->vport = p->dport;
+		__builtin_memcpy(rv->cmac, eth->h_source, ETH_ALEN);
+		__builtin_memcpy(rv->lmac, eth->h_dest, ETH_ALEN);
+		rv->ifindex = ctx->ingress_ifindex;
+		rv->svc = row;
+		rv->seen = now;
+		/* the source port: consecutive candidates from the five-tuple hash; the first one
+		 * not in use towards this backend:port wins */
+		__u32 h5 = svc->hash_key == FX_HASH_FIVE_TUPLE ? hash
+							       : fx_flow_hash(FX_HASH_FIVE_TUPLE, p);
+		const __u32 range = FX_NAT_PORT_MAX - FX_NAT_PORT_MIN + 1;
+		int ok = 0;
+
+		fx_rev_key(rkp, nf, p->proto, p->family);
+		for (int i = 0; i < FX_NAT_PROBES; i++) {
+			rkp->dport = bpf_htons(FX_NAT_PORT_MIN + (h5 + i) % range);
+			if (bpf_map_update_elem(&nat_rev, rkp, rv, BPF_NOEXIST) == 0) {
+				ok = 1;
+				break;
+			}
+		}
+		if (!ok) {
+			fx_count(row, FX_ACT_NAT_FULL, bytes);
+			return XDP_DROP;
+		}
+		nf->nport = rkp->dport;
+		if (bpf_map_update_elem(&nat_fwd, ck, nf, BPF_NOEXIST)) {
+			/* full, or another CPU created this flow a moment ago */
+			bpf_map_delete_elem(&nat_rev, rkp);
+		}
+		f = bpf_map_lookup_elem(&nat_fwd, ck);
+		if (!f) {
+			fx_count(row, FX_ACT_NAT_FULL, bytes);
+			return XDP_DROP;
+		}
 		fx_count(row, FX_ACT_CT_MISS, bytes);
 	}
+	if (f->seen != now)
+		f->seen = now;
+	__u8 fl = fx_nat_flags(p, FX_NAT_FIN_FWD);
+	if (fl)
+		f->flags |= fl;
 
+	__u8 family = p->family;
+	struct nexthop *nh = fx_nexthop(ctx, FX_NH_SEL(f->backend, family, p->proto), f->saddr, f->baddr);
+	if (!nh) {
+		fx_count(row, FX_ACT_NO_ROUTE, bytes);
+		return XDP_PASS;
+	}
+	if (fx_nat_rewrite(ctx, p, f->saddr, f->nport, f->baddr, f->bport)) {
+		fx_count(row, FX_ACT_ERROR, bytes);
+		return XDP_DROP;
+	}
+	return fx_xmit(ctx, nh, row, bytes);
+}
+
+/* nat, backend -> client: a reply to a translated flow goes back as VIP -> client, out of
+ * the interface and to the MAC the client's packets came from. -1: not a nat reply. */
+static __attribute__((noinline)) int fx_nat_reply(struct xdp_md *ctx, const struct pkt *p, __u64 bytes)
+{
+	struct ct_key rk = {};
+
+	__builtin_memcpy(rk.src, p->src, 16);
+	__builtin_memcpy(rk.dst, p->dst, 16);
+	rk.sport = p->sport;
+	rk.dport = p->dport;
+	rk.proto = p->proto;
+	rk.family = p->family;
+	struct nat_rev *r = bpf_map_lookup_elem(&nat_rev, &rk);
+	if (!r)
+		return -1;
+	__u32 row = r->svc;
+	if (row >= FX_MAX_SERVICES)
+		return -1;
+	__u64 now = bpf_ktime_get_coarse_ns();
+	if (r->seen != now)
+		r->seen = now;
+	__u8 fl = fx_nat_flags(p, FX_NAT_FIN_REV);
+	if (fl)
+		r->flags |= fl;
+	if (fx_nat_rewrite(ctx, p, r->vaddr, r->vport, r->caddr, r->cport)) {
+		fx_count(row, FX_ACT_ERROR, bytes);
+		return XDP_DROP;
+	}
+	struct nexthop nh = {};
+	__builtin_memcpy(nh.dmac, r->cmac, ETH_ALEN);
+	__builtin_memcpy(nh.smac, r->lmac, ETH_ALEN);
+	nh.ifindex = r->ifindex;
+	return fx_xmit(ctx, &nh, row, bytes);
+}
+
+/* dsr and tunnel: the packet to backend `be_idx` (a BPF-to-BPF call: its own stack frame,
+ * so that the stack of the whole call chain stays under 512 bytes). */
+static __attribute__((noinline)) int fx_forward(struct xdp_md *ctx, const struct pkt *pp,
+						const struct svc_value *svc, __u32 be_idx,
+						__u32 hash)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u64 bytes = data_end - data;
+	__u32 row = svc->id;
+	const struct pkt *p = pp;
+	struct backend *be = bpf_map_lookup_elem(&backends, &be_idx);
+
+	if (!be || row >= FX_MAX_SERVICES)
+		return XDP_DROP;
 	struct nexthop *nh;
 	int rc;
 
 	if (svc->mode == FX_MODE_DSR) {
 		/* the frame keeps its IP packet: only the Ethernet addresses change */
-		nh = fx_nexthop(ctx, be_idx, be->family, p.src, be->addr, p.proto, p.ip_len);
+		nh = fx_nexthop(ctx, FX_NH_SEL(be_idx, be->family, p->proto), p->src, be->addr);
 		if (!nh) {
 			fx_count(row, FX_ACT_NO_ROUTE, bytes);
 			return XDP_PASS;
@@ -296,13 +508,24 @@ int xdp_lb(struct xdp_md *ctx)
 	else
 		__builtin_memcpy(osrc, svc->src6, 16);
 	__builtin_memcpy(odst, be->addr, 16);
-	nh = fx_nexthop(ctx, be_idx, ofam, osrc, odst, gue ? IPPROTO_UDP : 0, p.ip_len + olen);
+	nh = fx_nexthop(ctx, FX_NH_SEL(be_idx, ofam, gue ? IPPROTO_UDP : 0), osrc, odst);
 	if (!nh) {
 		fx_count(row, FX_ACT_NO_ROUTE, bytes);
 		return XDP_PASS;
 	}
+	if (p->ip_len + olen > nh->mtu && p->df) {
+		/* path MTU: the sender must send smaller packets (its TCP lowers the MSS) */
+		__u32 mtu = nh->mtu > olen ? nh->mtu - olen : 0;
+
+		if (p->frag || fx_too_big(ctx, p, mtu)) {
+			fx_count(row, FX_ACT_ERROR, bytes);
+			return XDP_DROP;
+		}
+		fx_count(row, FX_ACT_TOO_BIG, bytes);
+		return XDP_TX;
+	}
 	__u16 sport = bpf_htons(0x8000 | (hash & 0x7fff));
-	if (fx_encap(ctx, &p, ofam, osrc, odst, gue, sport, svc->gue_dport, hash)) {
+	if (fx_encap(ctx, p, ofam, osrc, odst, gue, sport, svc->gue_dport, hash)) {
 		fx_count(row, FX_ACT_ERROR, bytes);
 		return XDP_DROP;
 	}
@@ -317,9 +540,106 @@ int xdp_lb(struct xdp_md *ctx)
 		struct ethhdr *eth = data;
 		if ((void *)(eth + 1) > data_end)
 			return XDP_ABORTED;
-		eth->h_proto = p.family == FX_AF_INET ? bpf_htons(ETH_P_IP) : bpf_htons(ETH_P_IPV6);
+		eth->h_proto = p->family == FX_AF_INET ? bpf_htons(ETH_P_IP) : bpf_htons(ETH_P_IPV6);
 	}
 	return rc;
+}
+
+SEC("xdp")
+int xdp_lb(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u64 bytes = data_end - data;
+	struct pkt p = {};
+
+	if (fx_parse(data, data_end, &p) != FX_PARSE_OK) {
+		fx_count(FX_MAX_SERVICES, FX_ACT_PASS, bytes);
+		return XDP_PASS;
+	}
+
+	struct svc_key sk = {};
+	__builtin_memcpy(sk.addr, p.dst, 16);
+	sk.port = p.dport; /* fragments: 0, the VIP's fragment entry */
+	sk.proto = p.proto;
+	sk.family = p.family;
+	struct svc_value *svc = bpf_map_lookup_elem(&services, &sk);
+	if (!svc) {
+		__u32 zero = 0;
+		__u32 *nat = bpf_map_lookup_elem(&nat_on, &zero);
+
+		if (nat && *nat && !p.frag) {
+			int rc = fx_nat_reply(ctx, &p, bytes);
+			if (rc >= 0)
+				return rc;
+		}
+		fx_count(FX_MAX_SERVICES, FX_ACT_PASS, bytes);
+		return XDP_PASS;
+	}
+	__u32 row = svc->id;
+	if (row >= FX_MAX_SERVICES)
+		return XDP_PASS;
+
+	struct ct_key ck = {};
+	__builtin_memcpy(ck.src, p.src, 16);
+	__builtin_memcpy(ck.dst, p.dst, 16);
+	ck.sport = p.sport;
+	ck.dport = p.dport;
+	ck.proto = p.proto;
+	ck.family = p.family;
+
+	if (svc->mode == FX_MODE_NAT) {
+		if (p.frag) {
+			/* a fragment's ports cannot be rewritten: the kernel may reassemble it */
+			fx_count(row, FX_ACT_PASS, bytes);
+			return XDP_PASS;
+		}
+		return fx_nat_forward(ctx, &p, &ck, svc, row);
+	}
+
+	struct backend *be = NULL;
+	__u32 be_idx = 0;
+	__u32 hash = 0;
+	struct ct_value *ct = NULL;
+
+	if (p.frag) {
+		/* every fragment of a datagram to one backend: no ports, no conntrack; the hash
+		 * of the addresses (and protocol) */
+		hash = fx_flow_hash(svc->hash_key == FX_HASH_SRC_IP ? FX_HASH_SRC_IP
+								   : FX_HASH_FIVE_TUPLE,
+				    &p);
+		be = fx_pick(svc, hash, &be_idx);
+		if (!be) {
+			fx_count(row, FX_ACT_DROP, bytes);
+			return XDP_DROP;
+		}
+		fx_count(row, FX_ACT_FRAG, bytes);
+	} else {
+		if (!fx_bench_ct_miss)
+			ct = bpf_map_lookup_elem(&conntrack, &ck);
+		if (ct && ct->svc == row) {
+			__u32 idx = ct->backend;
+
+			hash = ct->hash;
+			be_idx = idx;
+			be = bpf_map_lookup_elem(&backends, &idx);
+			if (be && !(be->flags & FX_BACKEND_ALIVE))
+				be = NULL; /* dead backend: the flow moves (see docs/xdp.md) */
+		}
+		if (!be) {
+			hash = fx_flow_hash(svc->hash_key, &p);
+			be = fx_pick(svc, hash, &be_idx);
+			if (!be) {
+				fx_count(row, FX_ACT_DROP, bytes);
+				return XDP_DROP;
+			}
+			struct ct_value nv = { .backend = be_idx, .svc = row, .hash = hash };
+			bpf_map_update_elem(&conntrack, &ck, &nv, BPF_ANY);
+			fx_count(row, FX_ACT_CT_MISS, bytes);
+		}
+	}
+
+	return fx_forward(ctx, &p, svc, be_idx, hash);
 }
 
 /* A bare XDP_PASS: the floor of benchmarks, and the program a veth peer needs so that

@@ -1,4 +1,4 @@
-//! Fulcrum's XDP packet data plane (`forward = "dsr" | "tunnel"`).
+//! Fulcrum's XDP packet data plane (`forward = "dsr" | "tunnel" | "nat"`).
 //!
 //! - `bpf/`: the programs in C (`xdp_lb.c`: the load balancer, `decap.c`: the backend side),
 //!   compiled by `build.rs` with clang when present, else the committed `bpf/obj/*.o`.
@@ -20,7 +20,8 @@ pub mod testing;
 pub mod testrun;
 
 pub use plane::{
-    Decap, LoadOptions, Mode, PassProgram, XdpError, XdpPlane, XdpService, DEFAULT_GUE_PORT,
+    Decap, LoadOptions, Mode, NatSweep, NatTimeouts, PassProgram, XdpError, XdpPlane, XdpService,
+    DEFAULT_GUE_PORT,
 };
 
 /// The load balancer object (`bpf/xdp_lb.c`).

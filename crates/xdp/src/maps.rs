@@ -12,7 +12,7 @@ pub const MAGLEV_MAX: u32 = 65537;
 /// `FX_CT_ENTRIES`: conntrack (LRU) capacity.
 pub const CT_ENTRIES: u32 = 262_144;
 /// `FX_ACTIONS`: counter slots per service row.
-pub const ACTIONS: u32 = 8;
+pub const ACTIONS: u32 = 12;
 /// `FX_STATS_ROWS`.
 pub const STATS_ROWS: u32 = MAX_SERVICES + 1;
 
@@ -24,6 +24,22 @@ pub const AF_INET6: u8 = 6;
 pub const MODE_DSR: u8 = 1;
 /// `FX_MODE_TUNNEL`.
 pub const MODE_TUNNEL: u8 = 2;
+/// `FX_MODE_NAT`.
+pub const MODE_NAT: u8 = 3;
+/// `FX_NAT_ENTRIES`: nat flows the data plane holds at once (each direction).
+pub const NAT_ENTRIES: u32 = 131_072;
+/// `FX_NAT_PORT_MIN`: the first source port allocated to nat flows.
+pub const NAT_PORT_MIN: u16 = 20_000;
+/// `FX_NAT_PORT_MAX`: the last one (inclusive).
+pub const NAT_PORT_MAX: u16 = 32_767;
+/// `FX_NAT_PROBES`: candidate ports tried before a new flow is refused.
+pub const NAT_PROBES: u32 = 16;
+/// `FX_NAT_FIN_FWD`.
+pub const NAT_FIN_FWD: u8 = 1;
+/// `FX_NAT_FIN_REV`.
+pub const NAT_FIN_REV: u8 = 2;
+/// `FX_NAT_RST`.
+pub const NAT_RST: u8 = 4;
 /// `FX_TUNNEL_IPIP`.
 pub const TUNNEL_IPIP: u8 = 1;
 /// `FX_TUNNEL_GUE`.
@@ -39,8 +55,9 @@ pub const BACKEND_ALIVE: u8 = 1;
 
 /// The counter actions by index (`FX_ACT_*`): the `action` label of
 /// `fulcrum_xdp_packets_total`.
-pub const ACTION_NAMES: [&str; 7] = [
-    "pass", "tx", "redirect", "drop", "no_route", "ct_miss", "error",
+pub const ACTION_NAMES: [&str; 11] = [
+    "pass", "tx", "redirect", "drop", "no_route", "ct_miss", "error", "nat_full", "too_big",
+    "icmp", "frag",
 ];
 
 /// `struct svc_key`: VIP, port (network order), protocol, family.
@@ -79,7 +96,8 @@ pub struct BackendEntry {
     pub addr: [u8; 16],
     pub family: u8,
     pub flags: u8,
-    pub pad: u16,
+    /// Network order (nat rewrites the destination port to it).
+    pub port: u16,
 }
 const _: () = assert!(size_of::<BackendEntry>() == 20);
 
@@ -117,8 +135,44 @@ pub struct NextHop {
     pub smac: [u8; 6],
     pub ifindex: u32,
     pub gen: u64,
+    pub mtu: u32,
+    pub pad: u32,
 }
-const _: () = assert!(size_of::<NextHop>() == 24);
+const _: () = assert!(size_of::<NextHop>() == 32);
+
+/// `struct nat_fwd`: a nat flow, client -> backend (keyed by the client's [`CtKey`]).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NatFwd {
+    pub baddr: [u8; 16],
+    pub saddr: [u8; 16],
+    pub bport: u16,
+    pub nport: u16,
+    pub backend: u32,
+    pub svc: u32,
+    pub flags: u8,
+    pub pad: [u8; 3],
+    pub seen: u64,
+}
+const _: () = assert!(size_of::<NatFwd>() == 56);
+
+/// `struct nat_rev`: a nat flow, backend -> client (keyed by the reply's [`CtKey`]).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NatRev {
+    pub caddr: [u8; 16],
+    pub vaddr: [u8; 16],
+    pub cport: u16,
+    pub vport: u16,
+    pub cmac: [u8; 6],
+    pub lmac: [u8; 6],
+    pub ifindex: u32,
+    pub svc: u32,
+    pub flags: u8,
+    pub pad: [u8; 7],
+    pub seen: u64,
+}
+const _: () = assert!(size_of::<NatRev>() == 72);
 
 /// `FX_NH_TTL_NS`: how often userspace invalidates the resolved next hops.
 pub const NH_TTL_NS: u64 = 1_000_000_000;
@@ -143,6 +197,8 @@ mod pod {
     unsafe impl aya::Pod for super::CtValue {}
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::NextHop {}
+    unsafe impl aya::Pod for super::NatFwd {}
+    unsafe impl aya::Pod for super::NatRev {}
 }
 
 /// An address as the maps hold it: family and 16 bytes (IPv4 in the first four). IPv4-mapped

@@ -66,6 +66,15 @@ impl Collector for XdpCollector {
             ConstCounter::new(*n)
                 .encode(m.encode_family(&[("service", service.as_str()), ("action", *action)])?)?;
         }
+        let nat = self.stats.lock().map_or(0, |v| v.nat_flows);
+        let g = enc.encode_descriptor(
+            "fulcrum_xdp_nat_flows",
+            "nat flows tracked (each holds one allocated source port), at the last sweep",
+            None,
+            MetricType::Gauge,
+        )?;
+        prometheus_client::metrics::gauge::ConstGauge::new(i64::try_from(nat).unwrap_or(i64::MAX))
+            .encode(g)?;
         Ok(())
     }
 }

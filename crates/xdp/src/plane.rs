@@ -12,9 +12,10 @@ use fulcrum_core::model::{Backend, BackendState, HashKey, PrimeTableSize, Proto}
 use fulcrum_core::sched::maglev::Maglev;
 
 use crate::maps::{
-    addr_bytes, BackendEntry, Counter, SvcKey, SvcValue, ACTIONS, BACKEND_ALIVE, HASH_FIVE_TUPLE,
-    HASH_SRC_IP, HASH_SRC_IP_PORT, MAGLEV_MAX, MAX_BACKENDS, MAX_SERVICES, MODE_DSR, MODE_TUNNEL,
-    STATS_ROWS, TUNNEL_GUE, TUNNEL_IPIP,
+    addr_bytes, BackendEntry, Counter, CtKey, NatFwd, NatRev, SvcKey, SvcValue, ACTIONS,
+    BACKEND_ALIVE, HASH_FIVE_TUPLE, HASH_SRC_IP, HASH_SRC_IP_PORT, MAGLEV_MAX, MAX_BACKENDS,
+    MAX_SERVICES, MODE_DSR, MODE_NAT, MODE_TUNNEL, NAT_FIN_FWD, NAT_FIN_REV, NAT_RST, STATS_ROWS,
+    TUNNEL_GUE, TUNNEL_IPIP,
 };
 
 /// The GUE destination port when none is configured (`fulcrum decap --gue-port`).
@@ -44,6 +45,40 @@ pub enum Mode {
         kind: TunnelKind,
         source: Option<IpAddr>,
     },
+    /// Full NAT: destination -> the backend (address and port), source -> `source` (default:
+    /// the address the kernel would use towards the first backend of that family) with a
+    /// port allocated per flow; replies are translated back (docs/xdp.md).
+    Nat { source: Option<IpAddr> },
+}
+
+/// How long idle nat flows keep their port (the sweeper releases them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NatTimeouts {
+    /// TCP without FIN/RST both ways (also half-closed).
+    pub tcp: std::time::Duration,
+    /// TCP after a FIN each way, or a RST: the last ACK and retransmissions get this long.
+    pub tcp_closing: std::time::Duration,
+    /// UDP.
+    pub udp: std::time::Duration,
+}
+
+impl Default for NatTimeouts {
+    fn default() -> Self {
+        Self {
+            tcp: std::time::Duration::from_secs(300),
+            tcp_closing: std::time::Duration::from_secs(2),
+            udp: std::time::Duration::from_secs(30),
+        }
+    }
+}
+
+/// What one [`XdpPlane::sweep_nat`] found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NatSweep {
+    /// Flows still tracked.
+    pub live: usize,
+    /// Flows released (their ports are free again).
+    pub released: usize,
 }
 
 /// A service as the data plane needs it.
@@ -71,12 +106,16 @@ pub struct LoadOptions {
     pub bench_undo_encap: bool,
     /// The GUE destination port of tunnel services.
     pub gue_port: Option<u16>,
+    /// nat idle and closing timeouts.
+    pub nat_timeouts: NatTimeouts,
 }
 
 /// What the metrics collector reads: the per-CPU counters and each row's service name.
 pub(crate) struct StatsView {
     pub(crate) map: PerCpuArray<MapData, Counter>,
     pub(crate) names: Vec<Option<String>>,
+    /// nat flows tracked at the last sweep.
+    pub(crate) nat_flows: u64,
 }
 
 impl std::fmt::Debug for StatsView {
@@ -104,13 +143,19 @@ pub struct XdpPlane {
     backends: Array<MapData, BackendEntry>,
     maglev: Array<MapData, u32>,
     nh_gen: Array<MapData, u64>,
+    nat_fwd: BpfHashMap<MapData, CtKey, NatFwd>,
+    nat_rev: BpfHashMap<MapData, CtKey, NatRev>,
+    nat_on: Array<MapData, u32>,
+    nat_timeouts: NatTimeouts,
+    /// Fragment entries (VIP, port 0, proto): a copy of the lowest-port service's value.
+    frag_installed: HashMap<SvcKey, SvcValue>,
     gen: u64,
     stats: Arc<Mutex<StatsView>>,
     attached: Option<String>,
     gue_port: u16,
     svc_ids: HashMap<String, u32>,
     installed: HashMap<u32, Installed>,
-    backend_ids: HashMap<(String, IpAddr), u32>,
+    backend_ids: HashMap<(String, SocketAddr), u32>,
     backend_entries: HashMap<u32, BackendEntry>,
 }
 
@@ -155,16 +200,25 @@ impl XdpPlane {
         let stats_map = take(&mut ebpf, "stats")?;
         let mut nh_gen: Array<MapData, u64> = take(&mut ebpf, "nh_gen")?;
         nh_gen.set(0, 1, 0)?;
+        let nat_fwd = take(&mut ebpf, "nat_fwd")?;
+        let nat_rev = take(&mut ebpf, "nat_rev")?;
+        let nat_on = take(&mut ebpf, "nat_on")?;
         Ok(Self {
             ebpf,
             services,
             backends,
             maglev,
             nh_gen,
+            nat_fwd,
+            nat_rev,
+            nat_on,
+            nat_timeouts: opts.nat_timeouts,
+            frag_installed: HashMap::new(),
             gen: 1,
             stats: Arc::new(Mutex::new(StatsView {
                 map: stats_map,
                 names: vec![None; STATS_ROWS as usize],
+                nat_flows: 0,
             })),
             attached: None,
             gue_port: opts.gue_port.unwrap_or(DEFAULT_GUE_PORT),
@@ -244,6 +298,7 @@ impl XdpPlane {
     /// the data path) switches to it: a packet sees the old table or the new one, never a
     /// mix. Services not listed are removed; backend ids are stable per (pool, address), so
     /// conntrack entries of surviving backends stay valid.
+    #[allow(clippy::too_many_lines)]
     pub fn update(&mut self, services: &[XdpService]) -> Result<(), XdpError> {
         // ids: keep those of services still present, give new ones the lowest free id
         let wanted: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
@@ -253,24 +308,26 @@ impl XdpPlane {
                 let id = (0..MAX_SERVICES)
                     .find(|i| !self.svc_ids.values().any(|v| v == i))
                     .ok_or_else(|| {
-                        XdpError::Config(format!("more than {MAX_SERVICES} dsr/tunnel services"))
+                        XdpError::Config(format!(
+                            "more than {MAX_SERVICES} dsr/tunnel/nat services"
+                        ))
                     })?;
                 self.svc_ids.insert(s.name.clone(), id);
             }
         }
         // backends: ids per (pool, ip)
-        let mut live: HashMap<(String, IpAddr), BackendEntry> = HashMap::new();
+        let mut live: HashMap<(String, SocketAddr), BackendEntry> = HashMap::new();
         for s in services {
             for b in &s.backends {
                 let (family, addr) = addr_bytes(b.address.ip());
                 let alive = !matches!(b.state, BackendState::Down | BackendState::Ejected);
                 live.insert(
-                    (s.pool.clone(), b.address.ip()),
+                    (s.pool.clone(), b.address),
                     BackendEntry {
                         addr,
                         family,
                         flags: if alive { BACKEND_ALIVE } else { 0 },
-                        pad: 0,
+                        port: b.address.port().to_be(),
                     },
                 );
             }
@@ -307,7 +364,9 @@ impl XdpPlane {
             if prev != Some(entry) {
                 self.backends.set(id, entry, 0)?;
                 self.backend_entries.insert(id, entry);
-                if prev.is_some_and(|p| p.addr != entry.addr || p.family != entry.family) {
+                if prev.is_some_and(|p| {
+                    p.addr != entry.addr || p.family != entry.family || p.port != entry.port
+                }) {
                     self.refresh_nexthops()?;
                 }
             }
@@ -332,6 +391,40 @@ impl XdpPlane {
                 let _ = self.services.remove(&old.key);
             }
         }
+        // fragments carry no port: each (VIP, protocol) has an entry with port 0, a copy of
+        // its lowest-port service (docs/xdp.md)
+        let mut frags: HashMap<SvcKey, (u16, SvcValue)> = HashMap::new();
+        for inst in self.installed.values() {
+            let port = u16::from_be(inst.key.port);
+            let key = SvcKey {
+                port: 0,
+                ..inst.key
+            };
+            if frags.get(&key).is_none_or(|(p, _)| port < *p) {
+                frags.insert(key, (port, inst.value));
+            }
+        }
+        for (key, (_, value)) in &frags {
+            if self.frag_installed.get(key) != Some(value) {
+                self.services.insert(*key, *value, 0)?;
+                self.frag_installed.insert(*key, *value);
+            }
+        }
+        let stale: Vec<SvcKey> = self
+            .frag_installed
+            .keys()
+            .filter(|k| !frags.contains_key(*k))
+            .copied()
+            .collect();
+        for k in stale {
+            let _ = self.services.remove(&k);
+            self.frag_installed.remove(&k);
+        }
+        let nat = services
+            .iter()
+            .filter(|s| matches!(s.mode, Mode::Nat { .. }))
+            .count() as u32;
+        self.nat_on.set(0, nat, 0)?;
         if let Ok(mut v) = self.stats.lock() {
             v.names = names;
         }
@@ -360,7 +453,7 @@ impl XdpPlane {
         let table: Vec<u32> = maglev
             .table()
             .iter()
-            .map(|&i| self.backend_ids[&(s.pool.clone(), s.backends[i as usize].address.ip())])
+            .map(|&i| self.backend_ids[&(s.pool.clone(), s.backends[i as usize].address)])
             .collect();
         let (family, addr) = addr_bytes(s.vip.ip());
         let key = SvcKey {
@@ -378,6 +471,10 @@ impl XdpPlane {
                     TunnelKind::Gue => TUNNEL_GUE,
                 };
                 (MODE_TUNNEL, k, s4, s6)
+            }
+            Mode::Nat { source } => {
+                let (s4, s6) = sources(source, &s.backends);
+                (MODE_NAT, 0, s4, s6)
             }
         };
         let hash_key = match s.hash_key {
@@ -449,7 +546,7 @@ impl XdpPlane {
             .enumerate()
             .filter_map(|(i, b)| {
                 self.backend_ids
-                    .get(&(pool.to_owned(), b.address.ip()))
+                    .get(&(pool.to_owned(), b.address))
                     .map(|id| (*id, i as u32))
             })
             .collect();
@@ -461,6 +558,65 @@ impl XdpPlane {
         Ok(out)
     }
 
+    /// Releases the ports of nat flows that ended (a FIN each way or a RST, then
+    /// `tcp_closing`) or went idle (`tcp`, `udp`), and counts those left. Called every
+    /// second by [`crate::sync::run`].
+    pub fn sweep_nat(&mut self) -> Result<NatSweep, XdpError> {
+        let now = monotonic_ns();
+        let t = self.nat_timeouts;
+        let keys: Vec<CtKey> = self.nat_fwd.keys().filter_map(Result::ok).collect();
+        let mut out = NatSweep::default();
+        for k in keys {
+            let Ok(f) = self.nat_fwd.get(&k, 0) else {
+                continue;
+            };
+            let rk = CtKey {
+                src: f.baddr,
+                dst: f.saddr,
+                sport: f.bport,
+                dport: f.nport,
+                proto: k.proto,
+                family: k.family,
+                pad: 0,
+            };
+            let r = self.nat_rev.get(&rk, 0).ok();
+            let seen = f.seen.max(r.map_or(0, |r| r.seen));
+            let flags = f.flags | r.map_or(0, |r| r.flags);
+            let closed = flags & NAT_RST != 0
+                || flags & (NAT_FIN_FWD | NAT_FIN_REV) == (NAT_FIN_FWD | NAT_FIN_REV);
+            let timeout = if k.proto == Proto::Udp as u8 {
+                t.udp
+            } else if closed {
+                t.tcp_closing
+            } else {
+                t.tcp
+            };
+            if now.saturating_sub(seen) >= timeout.as_nanos() as u64 {
+                // the reverse entry first: a reply in between finds no flow rather than a
+                // flow without its way back
+                let _ = self.nat_rev.remove(&rk);
+                let _ = self.nat_fwd.remove(&k);
+                out.released += 1;
+            } else {
+                out.live += 1;
+            }
+        }
+        if let Ok(mut v) = self.stats.lock() {
+            v.nat_flows = out.live as u64;
+        }
+        Ok(out)
+    }
+
+    /// The nat flows (client 5-tuple, translation), for tests and diagnostics.
+    pub fn nat_flows(&self) -> Vec<(CtKey, NatFwd)> {
+        self.nat_fwd.iter().filter_map(Result::ok).collect()
+    }
+
+    /// The number of nat reverse entries (= allocated ports).
+    pub fn nat_ports_in_use(&self) -> usize {
+        self.nat_rev.keys().filter_map(Result::ok).count()
+    }
+
     /// The interface the program is attached to, if any.
     pub fn interface(&self) -> Option<&str> {
         self.attached.as_deref()
@@ -470,6 +626,18 @@ impl XdpPlane {
     pub fn actions_per_row() -> u32 {
         ACTIONS
     }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_coarse_ns`.
+#[allow(unsafe_code)]
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// The outer source addresses of a tunnel: the configured one for its family, else the

@@ -10,7 +10,7 @@ use fulcrum_proxy::snapshot::{Shared, Snapshot};
 
 use crate::plane::{Mode, XdpPlane, XdpService};
 
-/// The dsr/tunnel services of `snap` as the data plane needs them. The Maglev table size is
+/// The dsr/tunnel/nat services of `snap` as the data plane needs them. The Maglev table size is
 /// the pool's (`maglev_table_size`) when its scheduler is `maglev`, else the default: the
 /// data plane always uses Maglev, whatever the pool's scheduler for the proxy.
 pub fn services_from_snapshot(snap: &Snapshot) -> Vec<XdpService> {
@@ -23,7 +23,8 @@ pub fn services_from_snapshot(snap: &Snapshot) -> Vec<XdpService> {
                     kind: encap,
                     source,
                 },
-                _ => return None,
+                Forwarding::Nat { source } => Mode::Nat { source },
+                Forwarding::Proxy { .. } => return None,
             };
             let proto = match s.protocol {
                 ServiceProtocol::Udp => Proto::Udp,
@@ -62,6 +63,13 @@ pub async fn run(plane: Arc<std::sync::Mutex<XdpPlane>>, shared: Arc<Shared>, pe
             if let Ok(mut p) = plane.lock() {
                 if let Err(e) = p.refresh_nexthops() {
                     tracing::warn!(error = %e, "cannot refresh the XDP next hops");
+                }
+                match p.sweep_nat() {
+                    Ok(s) if s.released > 0 => {
+                        tracing::debug!(released = s.released, live = s.live, "nat flows swept");
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot sweep the nat flows"),
                 }
             }
         }

@@ -15,6 +15,8 @@ fn sizes_and_constants_match_the_c_header() {
         ("ct_value", size_of::<CtValue>()),
         ("counter", size_of::<Counter>()),
         ("nexthop", size_of::<NextHop>()),
+        ("nat_fwd", size_of::<NatFwd>()),
+        ("nat_rev", size_of::<NatRev>()),
     ];
     let mut found = 0;
     for line in h.lines() {
@@ -56,11 +58,19 @@ fn sizes_and_constants_match_the_c_header() {
     assert_eq!(define("FX_CT_ENTRIES"), u64::from(CT_ENTRIES));
     assert_eq!(define("FX_ACTIONS"), u64::from(ACTIONS));
     assert_eq!(define("FX_NH_TTL_NS"), NH_TTL_NS);
+    assert_eq!(define("FX_NAT_ENTRIES"), u64::from(NAT_ENTRIES));
+    assert_eq!(define("FX_NAT_PORT_MIN"), u64::from(NAT_PORT_MIN));
+    assert_eq!(define("FX_NAT_PORT_MAX"), u64::from(NAT_PORT_MAX));
+    assert_eq!(define("FX_NAT_PROBES"), u64::from(NAT_PROBES));
     for (n, v) in [
         ("FX_AF_INET", AF_INET),
         ("FX_AF_INET6", AF_INET6),
         ("FX_MODE_DSR", MODE_DSR),
         ("FX_MODE_TUNNEL", MODE_TUNNEL),
+        ("FX_MODE_NAT", MODE_NAT),
+        ("FX_NAT_FIN_FWD", NAT_FIN_FWD),
+        ("FX_NAT_FIN_REV", NAT_FIN_REV),
+        ("FX_NAT_RST", NAT_RST),
         ("FX_TUNNEL_IPIP", TUNNEL_IPIP),
         ("FX_TUNNEL_GUE", TUNNEL_GUE),
         ("FX_HASH_SRC_IP", HASH_SRC_IP),

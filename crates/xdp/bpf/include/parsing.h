@@ -16,6 +16,19 @@
 
 #include "types.h"
 
+#define FX_FRAG_NONE 0
+#define FX_FRAG_FIRST 1  /* offset 0, more fragments: the L4 header is there */
+#define FX_FRAG_MORE 2   /* offset > 0: no L4 header */
+
+#define FX_IPPROTO_FRAGMENT 44
+
+struct frag_hdr_fx {
+	__u8 nexthdr;
+	__u8 reserved;
+	__be16 frag_off; /* offset << 3 | M */
+	__be32 id;
+};
+
 #define FX_PARSE_OK 0
 #define FX_PARSE_PASS 1 /* not ours to touch: pass untouched */
 
@@ -32,15 +45,21 @@ struct pkt {
 	__u8 family;     /* FX_AF_* */
 	__u8 proto;      /* IPPROTO_TCP | IPPROTO_UDP */
 	__u8 tos;
-	__u8 pad;
+	__u8 tcp_flags;  /* TCP: the flags byte (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10) */
+	__u8 frag;       /* FX_FRAG_*: a fragment (then sport = dport = 0: hash on addresses) */
+	__u8 df;         /* IPv4: DF set; IPv6: always 1 (routers never fragment) */
+	__u16 frag_id;   /* unused by the forwarders; kept for diagnostics */
 	__u16 sport;     /* network order */
 	__u16 dport;     /* network order */
 	__u8 src[16];
 	__u8 dst[16];
 };
 
-/* Parses up to the L4 ports. IPv4 with options, fragments (first or not) and IPv6 with
- * extension headers are left to the kernel (FX_PARSE_PASS). */
+/* Parses up to the L4 ports. IPv4 with options and IPv6 with extension headers other than
+ * one fragment header are left to the kernel (FX_PARSE_PASS). Fragments (IPv4 MF/offset,
+ * IPv6 fragment header) are reported in `frag` with both ports 0, also for the first one:
+ * every fragment of a datagram must get the same backend, and only the first carries the
+ * ports (Maglev's 3-tuple rule). */
 FX_INLINE int fx_parse(void *data, void *data_end, struct pkt *p)
 {
 	struct ethhdr *eth = data;
@@ -69,8 +88,11 @@ FX_INLINE int fx_parse(void *data, void *data_end, struct pkt *p)
 		if (iph->version != 4 || iph->ihl != 5)
 			return FX_PARSE_PASS;
 		/* any fragment: MF set or a non-zero offset */
-		if (iph->frag_off & bpf_htons(0x3fff))
-			return FX_PARSE_PASS;
+		if (iph->frag_off & bpf_htons(0x1fff))
+			p->frag = FX_FRAG_MORE;
+		else if (iph->frag_off & bpf_htons(0x2000))
+			p->frag = FX_FRAG_FIRST;
+		p->df = !!(iph->frag_off & bpf_htons(0x4000));
 		p->family = FX_AF_INET;
 		p->proto = iph->protocol;
 		p->tos = iph->tos;
@@ -87,9 +109,22 @@ FX_INLINE int fx_parse(void *data, void *data_end, struct pkt *p)
 		if (ip6h->version != 6)
 			return FX_PARSE_PASS;
 		p->family = FX_AF_INET6;
+		p->df = 1;
 		p->proto = ip6h->nexthdr; /* extension headers: not TCP/UDP below, so passed */
 		p->tos = (ip6h->priority << 4) | (ip6h->flow_lbl[0] >> 4);
 		p->l3_len = sizeof(*ip6h);
+		if (p->proto == FX_IPPROTO_FRAGMENT) {
+			struct frag_hdr_fx *fh = (void *)(ip6h + 1);
+
+			if ((void *)(fh + 1) > data_end)
+				return FX_PARSE_PASS;
+			p->proto = fh->nexthdr;
+			p->l3_len = sizeof(*ip6h) + sizeof(*fh);
+			if (fh->frag_off & bpf_htons(0xfff8))
+				p->frag = FX_FRAG_MORE;
+			else
+				p->frag = FX_FRAG_FIRST; /* also an atomic fragment: same rule */
+		}
 		p->ip_len = bpf_ntohs(ip6h->payload_len) + sizeof(*ip6h);
 		__builtin_memcpy(p->src, &ip6h->saddr, 16);
 		__builtin_memcpy(p->dst, &ip6h->daddr, 16);
@@ -100,17 +135,26 @@ FX_INLINE int fx_parse(void *data, void *data_end, struct pkt *p)
 		return FX_PARSE_PASS;
 	if (p->l3_len == 20) {
 		off += 20;
-	} else {
+	} else if (p->l3_len == 40) {
 		off += 40;
+	} else {
+		off += 48;
 	}
 
-	if (p->proto == IPPROTO_TCP) {
+	if (p->frag) {
+		/* ports absent (or ignored): the caller hashes on addresses only */
+		if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
+			return FX_PARSE_PASS;
+		p->sport = 0;
+		p->dport = 0;
+	} else if (p->proto == IPPROTO_TCP) {
 		struct tcphdr *th = data + off;
 
 		if ((void *)(th + 1) > data_end)
 			return FX_PARSE_PASS;
 		p->sport = th->source;
 		p->dport = th->dest;
+		p->tcp_flags = ((__u8 *)th)[13];
 	} else if (p->proto == IPPROTO_UDP) {
 		struct udphdr *uh = data + off;
 

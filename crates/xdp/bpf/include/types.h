@@ -29,6 +29,7 @@
 /* svc_value.mode */
 #define FX_MODE_DSR 1
 #define FX_MODE_TUNNEL 2
+#define FX_MODE_NAT 3
 /* svc_value.tunnel */
 #define FX_TUNNEL_IPIP 1
 #define FX_TUNNEL_GUE 2
@@ -48,7 +49,26 @@
 #define FX_ACT_NO_ROUTE 4  /* the kernel has no route/neighbour for the backend: passed */
 #define FX_ACT_CT_MISS 5   /* new flow (also counted as tx/redirect) */
 #define FX_ACT_ERROR 6     /* headroom or header write failed: dropped */
-#define FX_ACTIONS 8
+#define FX_ACT_NAT_FULL 7  /* nat: no port or table entry for a new flow: refused (dropped) */
+#define FX_ACT_TOO_BIG 8   /* tunnel: DF packet too big after encap: ICMP sent back */
+#define FX_ACT_ICMP 9      /* an ICMP error about a tracked flow, forwarded */
+#define FX_ACT_FRAG 10     /* an IP fragment, forwarded on the address-only hash */
+#define FX_ACTIONS 12
+
+/* nat: flow state. Two HASH maps (not LRU: a full table refuses new flows, it never evicts
+ * a live one), one per direction, swept by userspace (idle and closing timeouts). */
+#define FX_NAT_ENTRIES 131072
+/* Source ports allocated to nat flows: below the kernel's default ephemeral range
+ * (32768-60999), so the load balancer's own connections from the same address never
+ * collide. A port is unique per (backend address, backend port, source address, proto). */
+#define FX_NAT_PORT_MIN 20000
+#define FX_NAT_PORT_MAX 32767
+/* Ports tried (consecutive from a hash of the flow) before a new flow is refused. */
+#define FX_NAT_PROBES 16
+/* nat flags */
+#define FX_NAT_FIN_FWD 1   /* FIN seen client -> backend */
+#define FX_NAT_FIN_REV 2   /* FIN seen backend -> client */
+#define FX_NAT_RST 4       /* RST seen either way */
 
 /* VIP:port/proto. Addresses: IPv4 in the first 4 bytes, the rest zero. Port in network
  * order. */
@@ -79,7 +99,7 @@ struct backend {
 	__u8 addr[16];
 	__u8 family;
 	__u8 flags;        /* FX_BACKEND_* */
-	__u16 pad;
+	__u16 port;        /* network order (nat rewrites the destination port to it) */
 };
 _Static_assert(sizeof(struct backend) == 20, "backend");
 
@@ -112,8 +132,42 @@ struct nexthop {
 	__u8 smac[6];
 	__u32 ifindex;
 	__u64 gen;         /* 0: empty */
+	__u32 mtu;         /* the route's MTU towards the backend (path MTU for `tunnel`) */
+	__u32 pad;
 };
-_Static_assert(sizeof(struct nexthop) == 24, "nexthop");
+_Static_assert(sizeof(struct nexthop) == 32, "nexthop");
+
+/* nat, client -> backend: keyed by the client's 5-tuple (struct ct_key, to the VIP). */
+struct nat_fwd {
+	__u8 baddr[16];    /* backend */
+	__u8 saddr[16];    /* the new source (the service's `source`) */
+	__u16 bport;       /* network order */
+	__u16 nport;       /* the allocated source port, network order */
+	__u32 backend;     /* index in `backends` */
+	__u32 svc;
+	__u8 flags;        /* FX_NAT_* */
+	__u8 pad[3];
+	__u64 seen;        /* bpf_ktime_get_coarse_ns of the last packet this way */
+};
+_Static_assert(sizeof(struct nat_fwd) == 56, "nat_fwd");
+
+/* nat, backend -> client: keyed by the reply's 5-tuple (struct ct_key: backend:bport ->
+ * source:nport). The way back is the way the flow came in: the client's first packet's
+ * MAC addresses and interface (no FIB lookup on the reply path). */
+struct nat_rev {
+	__u8 caddr[16];    /* client */
+	__u8 vaddr[16];    /* VIP */
+	__u16 cport;       /* network order */
+	__u16 vport;
+	__u8 cmac[6];      /* the source MAC of the client's packets (client or router) */
+	__u8 lmac[6];      /* our MAC they were sent to */
+	__u32 ifindex;     /* the interface they came in on */
+	__u32 svc;
+	__u8 flags;        /* FX_NAT_* */
+	__u8 pad[7];
+	__u64 seen;
+};
+_Static_assert(sizeof(struct nat_rev) == 72, "nat_rev");
 
 struct counter {
 	__u64 packets;
