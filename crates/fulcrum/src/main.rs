@@ -6,6 +6,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc: no per-allocation header and cheap aligned allocations (tokio's per-socket
+/// state is cache-line aligned), which cuts memory per idle proxied connection.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod adm;
 mod check;
 mod ctl;

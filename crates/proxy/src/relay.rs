@@ -28,6 +28,7 @@ use socket2::SockRef;
 use tokio::io::Interest;
 
 use crate::splice::Pipe;
+use crate::stats::ServiceStats;
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant};
 
@@ -35,10 +36,40 @@ const SCRATCH: usize = 64 * 1024;
 /// Reads per direction per poll before yielding, so one busy connection cannot starve others.
 const BUDGET: u32 = 16;
 /// Byte counters are published at least this often (per direction) for long transfers.
-const FLUSH_BYTES: u64 = 1 << 20;
+const FLUSH_BYTES: u32 = 1 << 20;
 
 thread_local! {
     static SCRATCH_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH].into_boxed_slice());
+}
+
+/// One read from `from` through `read` (a `read(2)` or a `splice(2)` of at most `max`
+/// bytes). A short read means the socket was drained, so its readiness is cleared at once
+/// (edge-triggered epoll reports any byte that arrives later): the next poll waits for
+/// epoll instead of paying for a `read` that would only say `EAGAIN`. That saves one
+/// syscall per message in each direction on request/response traffic.
+fn read_draining(
+    from: &TcpStream,
+    mut read: impl FnMut(std::os::fd::RawFd) -> io::Result<usize>,
+    max: usize,
+) -> io::Result<usize> {
+    let mut got = 0;
+    let res = from.try_io(Interest::READABLE, || {
+        got = read(from.as_raw_fd())?;
+        if got > 0 && got < max {
+            Err(io::ErrorKind::WouldBlock.into()) // clears readiness; `got` is kept
+        } else {
+            Ok(got)
+        }
+    });
+    match res {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+        other => other,
+    }
+}
+
+/// `read(2)` on a borrowed socket descriptor.
+fn read_fd(fd: std::os::fd::RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    crate::splice::read(fd, buf)
 }
 
 /// How a relay ended.
@@ -52,12 +83,6 @@ pub enum RelayEnd {
     Error(io::Error),
 }
 
-/// Counters the relay adds to as bytes move (client->backend, backend->client).
-pub struct ByteCounters<'a> {
-    pub to_backend: &'a AtomicU64,
-    pub to_client: &'a AtomicU64,
-}
-
 /// How bytes are moved; see the module docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RelayMode {
@@ -69,15 +94,17 @@ pub enum RelayMode {
 
 #[derive(Default)]
 struct Half {
-    pending: Vec<u8>,
-    off: usize,
+    /// Bytes read but not yet taken by the other side (empty, unallocated, while idle).
+    pending: Box<[u8]>,
+    off: u32,
     eof: bool,
     shut: bool,
-    unflushed: u64,
+    /// At most [`FLUSH_BYTES`] plus one poll's reads (16 x 64 KiB), so u32 is enough.
+    unflushed: u32,
     /// Set once this direction moves by splice (a pipe is then created on first use).
     splice: bool,
     auto: bool,
-    pipe: Option<Pipe>,
+    pipe: Option<Box<Pipe>>,
 }
 
 impl Half {
@@ -120,13 +147,13 @@ impl Half {
             std::task::ready!(from.poll_read_ready(cx))?;
             let pipe = match self.pipe.as_mut() {
                 Some(p) => p,
-                None => self.pipe.insert(Pipe::new()?),
+                None => self.pipe.insert(Box::new(Pipe::new()?)),
             };
-            match from.try_io(Interest::READABLE, || pipe.fill_from(from.as_raw_fd())) {
+            match read_draining(from, |fd| pipe.fill_from(fd), crate::splice::PIPE_CHUNK) {
                 Ok(0) => self.eof = true,
                 Ok(n) => {
                     *moved = true;
-                    self.unflushed += n as u64;
+                    self.unflushed += n as u32;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Poll::Ready(Err(e)),
@@ -160,11 +187,11 @@ impl Half {
         }
         let mut budget = BUDGET;
         loop {
-            while self.off < self.pending.len() {
+            while (self.off as usize) < self.pending.len() {
                 std::task::ready!(to.poll_write_ready(cx))?;
-                match to.try_write(&self.pending[self.off..]) {
+                match to.try_write(&self.pending[self.off as usize..]) {
                     Ok(n) => {
-                        self.off += n;
+                        self.off += n as u32;
                         *moved = true;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -172,7 +199,7 @@ impl Half {
                 }
             }
             if !self.pending.is_empty() {
-                self.pending = Vec::new(); // drained: give the memory back
+                self.pending = Box::default(); // drained: give the memory back
                 self.off = 0;
             }
             if self.eof {
@@ -189,18 +216,19 @@ impl Half {
             std::task::ready!(from.poll_read_ready(cx))?;
             SCRATCH_BUF.with(|buf| -> io::Result<()> {
                 let mut buf = buf.borrow_mut();
-                match from.try_read(&mut buf[..]) {
+                let len = buf.len();
+                match read_draining(from, |fd| read_fd(fd, &mut buf[..]), len) {
                     Ok(0) => self.eof = true,
                     Ok(n) => {
                         *moved = true;
-                        self.unflushed += n as u64;
+                        self.unflushed += n as u32;
                         let written = match to.try_write(&buf[..n]) {
                             Ok(m) => m,
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
                             Err(e) => return Err(e),
                         };
                         if written < n {
-                            self.pending = buf[written..n].to_vec();
+                            self.pending = buf[written..n].into();
                         }
                         if self.auto && n == buf.len() {
                             self.splice = true; // a bulk transfer: go zero-copy from now on
@@ -223,7 +251,7 @@ impl Half {
 
     fn flush_count(&mut self, counter: &AtomicU64, force: bool) {
         if self.unflushed > 0 && (force || self.unflushed >= FLUSH_BYTES) {
-            counter.fetch_add(self.unflushed, Ordering::Relaxed);
+            counter.fetch_add(u64::from(self.unflushed), Ordering::Relaxed);
             self.unflushed = 0;
         }
     }
@@ -236,7 +264,7 @@ pub async fn relay(
     backend: &TcpStream,
     idle: Duration,
     mode: RelayMode,
-    counters: &ByteCounters<'_>,
+    counters: &ServiceStats,
 ) -> RelayEnd {
     let mut up = Half::new(mode);
     let mut down = Half::new(mode);
@@ -254,8 +282,8 @@ pub async fn relay(
         } else {
             down.poll(cx, backend, client, &mut moved)
         };
-        up.flush_count(counters.to_backend, false);
-        down.flush_count(counters.to_client, false);
+        up.flush_count(&counters.bytes_in, false);
+        down.flush_count(&counters.bytes_out, false);
         match (u, d) {
             (Poll::Ready(Err(e)), _) | (_, Poll::Ready(Err(e))) => {
                 return Poll::Ready(RelayEnd::Error(e));
@@ -278,8 +306,8 @@ pub async fn relay(
         }
     })
     .await;
-    up.flush_count(counters.to_backend, true);
-    down.flush_count(counters.to_client, true);
+    up.flush_count(&counters.bytes_in, true);
+    down.flush_count(&counters.bytes_out, true);
     if matches!(end, RelayEnd::Error(_) | RelayEnd::IdleTimeout) {
         // Abort both sides with RST so neither peer mistakes the cut for a clean end.
         let _ = SockRef::from(client).set_linger(Some(Duration::ZERO));

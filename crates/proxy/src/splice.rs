@@ -1,5 +1,5 @@
-//! Zero-copy relay through a pipe with `splice(2)`: the syscall edge, the only `unsafe` of
-//! the data path.
+//! Zero-copy relay through a pipe with `splice(2)`, and a plain `read(2)` for the copy path:
+//! the syscall edge, the only `unsafe` of the data path.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -58,5 +58,13 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
             libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
         )
     };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// `read(2)` into `buf` from a descriptor the caller keeps open.
+pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is a valid writable slice of `buf.len()` bytes for the duration of the
+    // call, and `fd` is open (borrowed from a live socket).
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
     usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }

@@ -12,7 +12,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::proxy_protocol;
-use crate::relay::{relay, ByteCounters, RelayEnd};
+use crate::relay::{relay, RelayEnd};
 use crate::snapshot::{ServiceRt, Shared};
 use crate::stats::ActiveGuard;
 
@@ -60,15 +60,57 @@ async fn handle(shared: &Shared, svc: &ServiceRt, client: TcpStream, peer: Socke
     let _svc_active = ActiveGuard::new(&svc.stats.active);
     let _open = ActiveGuard::new(&shared.global.open_connections);
     svc.stats.total.fetch_add(1, Ordering::Relaxed);
-    let local = client.local_addr().unwrap_or(svc.listen);
+    // The service address is the local address unless it listens on a wildcard (saves a
+    // getsockname per connection).
+    let local = if svc.listen.ip().is_unspecified() {
+        client.local_addr().unwrap_or(svc.listen)
+    } else {
+        svc.listen
+    };
     let _ = client.set_nodelay(true);
+    // Boxed: the connect phase's state (retries, timeout, connect future) is allocated only
+    // while connecting, so an established connection's task stays small (memory per idle
+    // connection is the figure HAProxy and nginx are measured on).
+    let Some((backend, idx)) = Box::pin(connect(shared, svc, peer, local)).await else {
+        reset(&client);
+        return;
+    };
+    let _active = ActiveGuard::new(&svc.pool.stats[idx].active);
+    match relay(
+        &client,
+        &backend,
+        svc.idle_timeout,
+        shared.relay_mode,
+        &svc.stats,
+    )
+    .await
+    {
+        RelayEnd::Closed => {}
+        // The client's address is asked again only for the log line, so the established
+        // connection's task does not carry it.
+        RelayEnd::IdleTimeout => {
+            tracing::debug!(service = %svc.name, client = ?client.peer_addr().ok(), "idle timeout");
+        }
+        RelayEnd::Error(e) => {
+            tracing::debug!(service = %svc.name, client = ?client.peer_addr().ok(), error = %e, "relay ended");
+        }
+    }
+}
+
+/// Chooses a backend and connects, trying others on failure; sends the PROXY header.
+/// Returns the connected socket and the backend's index in the pool.
+async fn connect(
+    shared: &Shared,
+    svc: &ServiceRt,
+    peer: SocketAddr,
+    local: SocketAddr,
+) -> Option<(TcpStream, usize)> {
     let flow = FlowTuple {
         src: peer,
         dst: local,
         proto: Proto::Tcp,
     };
     let pool = &svc.pool;
-
     let mut tried = [0usize; MAX_CONNECT_ATTEMPTS];
     for attempt in 0..MAX_CONNECT_ATTEMPTS {
         let idx = match pool.choose(&flow, &tried[..attempt], shared.now()) {
@@ -78,13 +120,13 @@ async fn handle(shared: &Shared, svc: &ServiceRt, client: TcpStream, peer: Socke
                     svc.stats.refused_no_backend.fetch_add(1, Ordering::Relaxed);
                     log_no_backend(svc, &e);
                 }
-                break;
+                return None;
             }
         };
         tried[attempt] = idx;
         let stats = &pool.stats[idx];
         let addr = pool.backends[idx].address;
-        let backend = match tokio::time::timeout(svc.connect_timeout, TcpStream::connect(addr))
+        let mut backend = match tokio::time::timeout(svc.connect_timeout, TcpStream::connect(addr))
             .await
         {
             Ok(Ok(b)) => b,
@@ -102,41 +144,17 @@ async fn handle(shared: &Shared, svc: &ServiceRt, client: TcpStream, peer: Socke
             }
         };
         shared.report_passive(stats, true);
-        let _active = ActiveGuard::new(&stats.active);
         stats.total.fetch_add(1, Ordering::Relaxed);
         let _ = backend.set_nodelay(true);
-        let mut backend = backend;
         if let Some(v) = svc.proxy_protocol {
             let header = proxy_protocol::header(v, peer, local);
             if backend.write_all(&header).await.is_err() {
-                reset(&client);
-                return;
+                return None;
             }
         }
-        let counters = ByteCounters {
-            to_backend: &svc.stats.bytes_in,
-            to_client: &svc.stats.bytes_out,
-        };
-        match relay(
-            &client,
-            &backend,
-            svc.idle_timeout,
-            shared.relay_mode,
-            &counters,
-        )
-        .await
-        {
-            RelayEnd::Closed => {}
-            RelayEnd::IdleTimeout => {
-                tracing::debug!(service = %svc.name, client = %peer, "idle timeout");
-            }
-            RelayEnd::Error(e) => {
-                tracing::debug!(service = %svc.name, client = %peer, error = %e, "relay ended");
-            }
-        }
-        return;
+        return Some((backend, idx));
     }
-    reset(&client);
+    None
 }
 
 /// "All backends down" is logged at most once a second per process, not once per connection.
