@@ -2,7 +2,8 @@
 /* The benchmark's traffic generator: run with BPF_PROG_TEST_RUN and
  * BPF_F_TEST_XDP_LIVE_FRAMES, it writes a whole 64-byte UDP/IPv4 frame on every run (the
  * kernel recycles its pages without resetting them) and sends it with XDP_TX. Source ports
- * cycle over 1024 flows. */
+ * cycle over `flows` flows; `flows` 0: every frame is a new flow (source port 1024 + i %
+ * 60000, source address + i / 60000: conntrack misses, the new-flow rate). */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
@@ -52,7 +53,10 @@ int gen(struct xdp_md *ctx)
 	ip[3] = 0;
 	ip[4] = bpf_htons(0x4011);
 	ip[5] = 0;
-	__builtin_memcpy(&ip[6], &c->saddr, 4);
+	__u32 saddr = c->saddr;
+	if (!c->flows)
+		saddr = bpf_htonl(bpf_ntohl(saddr) + i / 60000 % 200);
+	__builtin_memcpy(&ip[6], &saddr, 4);
 	__builtin_memcpy(&ip[8], &c->daddr, 4);
 	__u32 sum = 0;
 #pragma clang loop unroll(full)
@@ -62,7 +66,7 @@ int gen(struct xdp_md *ctx)
 	sum = (sum & 0xffff) + (sum >> 16);
 	ip[5] = ~sum;
 	__u16 *udp = (void *)(p + 34);
-	udp[0] = bpf_htons(1024 + i % (c->flows ? c->flows : 1));
+	udp[0] = bpf_htons(1024 + i % (c->flows ? c->flows : 60000));
 	udp[1] = c->dport;
 	udp[2] = bpf_htons(30);
 	udp[3] = 0;

@@ -25,6 +25,7 @@ fn main() {
         "include/encap.h",
         "include/nat.h",
         "include/icmp.h",
+        "include/icmp_err.h",
         "obj/xdp_lb.o",
         "obj/decap.o",
     ] {

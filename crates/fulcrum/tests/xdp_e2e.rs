@@ -513,3 +513,113 @@ fn xdp_tunnel_gue_end_to_end() {
     }
     scenario("g", "forward = \"tunnel\"\ntunnel = \"gue\"", true);
 }
+
+/// Issue 8: a `tunnel` client with DF set learns the smaller MTU and completes a 1 MB
+/// transfer. The lb's routes to the backends get a locked MTU of 1300 (the lb -> backend
+/// path), the client's MTU is 1500 with TSO/GSO off, so its full-size segments (DF set, as
+/// Linux TCP does) no longer fit once encapsulated: the lb answers "fragmentation needed"
+/// (MTU 1280 = 1300 - the IPIP header), the client's TCP lowers its segment size, and 1 MB
+/// goes through and is echoed back intact (the echo returns directly from the backend).
+#[test]
+fn xdp_tunnel_df_client_learns_the_path_mtu() {
+    if !is_root() {
+        eprintln!("SKIPPED xdp_tunnel_df_client_learns_the_path_mtu: needs root (XDP, network namespaces)");
+        return;
+    }
+    let mut t = Topology::new("m");
+    let dir = std::env::temp_dir().join(format!("fulcrum-{}", t.prefix));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    t.ip("c", &["link", "set", "eth0", "mtu", "1500"]);
+    for last in ["11", "12", "13"] {
+        t.ip(
+            "lb",
+            &[
+                "route",
+                "add",
+                &format!("198.18.0.{last}/32"),
+                "dev",
+                "eth0",
+                "mtu",
+                "lock",
+                "1300",
+            ],
+        );
+    }
+    let downs: Vec<Arc<AtomicBool>> = (0..3).map(|_| Arc::new(AtomicBool::new(false))).collect();
+    for (i, b) in ["b1", "b2", "b3"].iter().enumerate() {
+        server(&t, b, 80, Arc::clone(&downs[i]));
+        let log = dir.join(format!("decap-{b}.log"));
+        t.spawn(
+            b,
+            &[
+                env!("CARGO_BIN_EXE_fulcrum"),
+                "decap",
+                "--interface",
+                "eth0",
+            ],
+            log.to_str().expect("path"),
+        );
+    }
+    let cfg = dir.join("lb.toml");
+    std::fs::write(&cfg, config("forward = \"tunnel\"\ntunnel = \"ipip\"", 1)).expect("config");
+    let log = dir.join("lb.log");
+    t.spawn(
+        "lb",
+        &[
+            env!("CARGO_BIN_EXE_fulcrum"),
+            "run",
+            "-c",
+            cfg.to_str().expect("path"),
+            "--workers",
+            "1",
+        ],
+        log.to_str().expect("path"),
+    );
+    let vip4: SocketAddr = "198.19.0.10:80".parse().expect("vip");
+    let is_backend = |n: &str| ["b1", "b2", "b3"].contains(&n);
+    ask_until(&t, vip4, is_backend, Duration::from_secs(15));
+
+    let (name, s) = open(&t, vip4).expect("connect");
+    let data: Vec<u8> = (0..1_048_576u32)
+        .map(|i| (i * 7 + i / 1000) as u8)
+        .collect();
+    let mut w = s.try_clone().expect("clone");
+    let out = data.clone();
+    let writer = std::thread::spawn(move || w.write_all(&out).map_err(|e| e.to_string()));
+    let mut r = s;
+    r.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut back = vec![0u8; data.len()];
+    let got = r.read_exact(&mut back).map_err(|e| e.to_string());
+    let wrote = writer.join().expect("writer");
+    let m = metrics(&t);
+    let too_big: u64 = m
+        .lines()
+        .filter(|l| l.starts_with("fulcrum_xdp_packets_total") && l.contains("action=\"too_big\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum();
+    let pmtu = Command::new("ip")
+        .args(["-n", &t.ns("c"), "route", "get", "198.19.0.10"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    eprintln!("tunnel DF: backend {name}, too_big answers {too_big}, client route: {pmtu}");
+    assert_eq!(
+        wrote,
+        Ok(()),
+        "1 MB written; lb log: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert_eq!(got, Ok(()), "1 MB echoed back");
+    assert!(back == data, "the echo equals what was sent");
+    assert!(
+        too_big >= 1,
+        "the lb answered fragmentation needed: {too_big}"
+    );
+    assert!(
+        pmtu.contains("mtu 1280"),
+        "the client learned the path MTU: {pmtu}"
+    );
+    t.stop_children();
+}

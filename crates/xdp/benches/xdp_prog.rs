@@ -21,15 +21,35 @@ use fulcrum_xdp::{LoadOptions, Mode, XdpPlane, XdpService};
 const FLOWS: u32 = 50_000;
 const ROUNDS: usize = 5;
 
+/// `FULCRUM_BENCH_FLOWS` (default 50,000) flows per VIP pre-filled; `FULCRUM_BENCH_ONLY`: a
+/// comma-separated list of substrings, only rows whose name contains one are measured (the
+/// floor always is): quick A/B runs while tuning.
+fn env_u32(name: &str, default: u32) -> u32 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// A 60-byte TCP frame (14 + 20 + 20 + 6) from 198.18.(i/250).(i%250):(1024+i%60000).
 fn tcp4(i: u32, dst: [u8; 4], dport: u16) -> Vec<u8> {
+    tcp4_flags(i, dst, dport, false)
+}
+
+/// The same with SYN set (the first packet of a flow: the only TCP packet that creates a
+/// conntrack entry).
+fn tcp4_syn(i: u32, dst: [u8; 4], dport: u16) -> Vec<u8> {
+    tcp4_flags(i, dst, dport, true)
+}
+
+fn tcp4_flags(i: u32, dst: [u8; 4], dport: u16, syn: bool) -> Vec<u8> {
     let src = [198, 18, 10 + (i / 250 % 200) as u8, (i % 250) as u8];
     let mut out = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
         .ipv4(src, dst, 64)
-        .tcp(1024 + (i % 60000) as u16, dport, 1, 1024)
-        .write(&mut out, b"abcdef")
-        .expect("packet");
+        .tcp(1024 + (i % 60000) as u16, dport, 1, 1024);
+    let b = if syn { b.syn() } else { b };
+    b.write(&mut out, b"abcdef").expect("packet");
     out
 }
 
@@ -101,6 +121,10 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
+    let flows = env_u32("FULCRUM_BENCH_FLOWS", FLOWS);
+    let only: Vec<String> = std::env::var("FULCRUM_BENCH_ONLY")
+        .map(|v| v.split(',').map(str::to_owned).collect())
+        .unwrap_or_default();
     let ns = fixture_netns("fxbench");
     let rows = fulcrum_xdp::testing::in_netns(&ns.0, move || {
         let ifx = fulcrum_xdp::testing::ifindex("v0").expect("v0");
@@ -113,21 +137,31 @@ fn main() {
             bench_undo_encap: true,
             ..LoadOptions::default()
         });
+        let nofc = plane(LoadOptions {
+            bench_no_fcache: true,
+            ..LoadOptions::default()
+        });
+        let undo_nofc = plane(LoadOptions {
+            bench_undo_encap: true,
+            bench_no_fcache: true,
+            ..LoadOptions::default()
+        });
         let undo_miss = plane(LoadOptions {
             bench_ct_miss: true,
             bench_undo_encap: true,
             ..LoadOptions::default()
         });
         // 50k flows in conntrack for each VIP of the hit paths
-        for p in [&normal, &undo] {
+        for p in [&normal, &undo, &nofc] {
             let prog = p.program("xdp_lb").expect("prog");
-            for i in 0..FLOWS {
+            for i in 0..flows {
                 for (vip, want) in [
                     ([198, 19, 0, 10], testrun::XDP_TX),
                     ([198, 19, 0, 11], testrun::XDP_TX),
                     ([198, 19, 0, 12], testrun::XDP_TX),
                 ] {
-                    let o = testrun::run(prog, &tcp4(i, vip, 80), 1, Some(ifx)).expect("prefill");
+                    let o =
+                        testrun::run(prog, &tcp4_syn(i, vip, 80), 1, Some(ifx)).expect("prefill");
                     assert_eq!(o.verdict, want);
                 }
             }
@@ -150,51 +184,84 @@ fn main() {
                 pass,
             ),
             (
-                "dsr, conntrack hit",
+                "dsr, conntrack hit, flow cache off (LRU lookup)",
+                &nofc,
+                "xdp_lb",
+                tcp4(f, [198, 19, 0, 10], 80),
+                tx,
+            ),
+            (
+                "dsr, conntrack hit (per-CPU flow cache)",
                 &normal,
                 "xdp_lb",
                 tcp4(f, [198, 19, 0, 10], 80),
                 tx,
             ),
             (
-                "dsr, conntrack miss (hash + Maglev + LRU insert)",
+                "dsr, conntrack miss, TCP SYN (hash + Maglev + LRU insert)",
                 &miss,
                 "xdp_lb",
-                tcp4(f, [198, 19, 0, 10], 80),
+                tcp4_syn(f, [198, 19, 0, 10], 80),
                 tx,
             ),
             (
-                "tunnel ipip, conntrack hit (+ encap undo)",
+                "dsr, conntrack miss, mid-flow TCP (flow cache off, LRU lookup fails, hash + Maglev, no insert)",
+                &nofc,
+                "xdp_lb",
+                tcp4(flows + f, [198, 19, 0, 10], 80),
+                tx,
+            ),
+            (
+                "tunnel ipip, conntrack hit, flow cache (+ encap undo)",
                 &undo,
                 "xdp_lb",
                 tcp4(f, [198, 19, 0, 11], 80),
                 tx,
             ),
             (
-                "tunnel ipip, conntrack miss (+ encap undo)",
+                "tunnel ipip, conntrack miss, TCP SYN (+ encap undo)",
                 &undo_miss,
                 "xdp_lb",
-                tcp4(f, [198, 19, 0, 11], 80),
+                tcp4_syn(f, [198, 19, 0, 11], 80),
                 tx,
             ),
             (
-                "tunnel gue, conntrack hit (+ encap undo)",
+                "tunnel ipip, conntrack miss, mid-flow TCP (flow cache off, + encap undo)",
+                &undo_nofc,
+                "xdp_lb",
+                tcp4(flows + f, [198, 19, 0, 11], 80),
+                tx,
+            ),
+            (
+                "tunnel gue, conntrack hit, flow cache (+ encap undo)",
                 &undo,
                 "xdp_lb",
                 tcp4(f, [198, 19, 0, 12], 80),
                 tx,
             ),
             (
-                "tunnel gue, conntrack miss (+ encap undo)",
+                "tunnel gue, conntrack miss, TCP SYN (+ encap undo)",
                 &undo_miss,
                 "xdp_lb",
-                tcp4(f, [198, 19, 0, 12], 80),
+                tcp4_syn(f, [198, 19, 0, 12], 80),
+                tx,
+            ),
+            (
+                "tunnel gue, conntrack miss, mid-flow TCP (flow cache off, + encap undo)",
+                &undo_nofc,
+                "xdp_lb",
+                tcp4(flows + f, [198, 19, 0, 12], 80),
                 tx,
             ),
         ];
         let floor = measure(&normal, "xdp_pass", &cases[0].3, ifx, repeat, pass);
         cases
             .iter()
+            .filter(|c| {
+                c.2 == "xdp_pass"
+                    || only.is_empty()
+                    || only.iter().any(|o| c.0.contains(o.as_str()))
+            })
             .map(|(name, p, prog, pkt, want)| {
                 let ns = if *prog == "xdp_pass" {
                     floor
@@ -219,8 +286,13 @@ fn main() {
     let _ = writeln!(
         table,
         "`cargo bench -p fulcrum-xdp --bench xdp_prog` (root). Linux {kernel}, {cpus} CPUs. Repeat {repeat}, \
-         median of {ROUNDS} runs, 60-byte TCP/IPv4 frame, {FLOWS} flows per VIP in the conntrack LRU. \
-         Ratios are to a bare `XDP_PASS` in the same run. Tunnel rows include one extra \
+         median of {ROUNDS} runs, 60-byte TCP/IPv4 frame, {flows} flows per VIP in the conntrack LRU. \
+         Ratios are to a bare `XDP_PASS` in the same run. \
+         \"TCP SYN\" miss rows skip the conntrack lookup (a load-time knob) so that every repeat \
+         inserts (replacing the entry the previous repeat made); \"mid-flow\" miss rows are real \
+         misses (a non-SYN packet of a flow not in the table: the lookup fails, the stateless \
+         Maglev choice is used and nothing is inserted), measured with the per-CPU flow cache \
+         off (with it, the second packet of such a flow is a flow-cache hit). Tunnel rows include one extra \
          `bpf_xdp_adjust_head` that undoes the encapsulation so `repeat` sees the same frame.\n"
     );
     let _ = writeln!(

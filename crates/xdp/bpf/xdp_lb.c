@@ -14,6 +14,12 @@
 #include "include/encap.h"
 #include "include/nat.h"
 #include "include/icmp.h"
+#include "include/icmp_err.h"
+
+#define FX_TCP_FIN 0x01
+#define FX_TCP_SYN 0x02
+#define FX_TCP_RST 0x04
+#define FX_TCP_ACK 0x10
 
 #define AF_INET_K 2
 #define AF_INET6_K 10
@@ -24,6 +30,8 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
  * verifier prunes the code they guard). */
 /* Skip the conntrack lookup: every packet takes the miss path (hash, Maglev, insert). */
 const volatile __u8 fx_bench_ct_miss = 0;
+/* Skip the flow cache (probe and fill): the conntrack hit path as without it. */
+const volatile __u8 fx_bench_no_fcache = 0;
 /* After a successful encapsulation, strip it again so BPF_PROG_TEST_RUN's `repeat` sees
  * the same frame every time (costs one bpf_xdp_adjust_head). */
 const volatile __u8 fx_bench_undo_encap = 0;
@@ -50,6 +58,7 @@ struct {
 	__type(value, __u32);
 } maglev SEC(".maps");
 
+/* dsr/tunnel conntrack, IPv6 flows (a 40-byte key) */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, FX_CT_ENTRIES);
@@ -57,12 +66,29 @@ struct {
 	__type(value, struct ct_value);
 } conntrack SEC(".maps");
 
+/* dsr/tunnel conntrack, IPv4 flows: a 16-byte key (hashing and comparing a key costs in
+ * proportion to its length: this is the hot lookup of the hit path) */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, FX_CT_ENTRIES);
+	__type(key, struct ct4_key);
+	__type(value, struct ct_value);
+} ct4 SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, FX_MAX_BACKENDS);
 	__type(key, __u32);
 	__type(value, struct nexthop);
 } nexthops SEC(".maps");
+
+/* the flow cache (types.h, struct fcache4) */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, FX_FCACHE_SLOTS);
+	__type(key, __u32);
+	__type(value, struct fcache4);
+} fcache4 SEC(".maps");
 
 /* nat: the client's 5-tuple -> the translation (see types.h) */
 struct {
@@ -198,37 +224,62 @@ FX_INLINE void fx_fib_init(struct bpf_fib_lookup *fib, struct xdp_md *ctx, __u8 
  * then passed). */
 #define FX_NH_SEL(idx, family, proto) ((idx) | ((__u32)(family) << 16) | ((__u32)(proto) << 24))
 
-/* `sel`: FX_NH_SEL(backend index, family, protocol) (a BPF call takes 5 arguments). */
-static __attribute__((noinline)) struct nexthop *fx_nexthop(struct xdp_md *ctx, __u32 sel,
-							    const __u8 *src, const __u8 *dst)
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct bpf_fib_lookup);
+} fib_scratch SEC(".maps");
+
+/* The slow path of fx_nexthop: refills the per-CPU cache entry of backend `idx` with
+ * bpf_fib_lookup (a BPF-to-BPF call: its 64-byte struct bpf_fib_lookup lives in its own
+ * frame, and the hit path never pays for it).
+ * `sel`: FX_NH_SEL(backend index, family, protocol) (a BPF call takes 5 arguments). */
+static __attribute__((noinline)) struct nexthop *fx_nexthop_fill(struct xdp_md *ctx, __u32 sel,
+								 const __u8 *src, const __u8 *dst)
 {
 	__u32 idx = sel & 0xffff;
 	__u8 family = (sel >> 16) & 0xff;
 	__u8 proto = sel >> 24;
 	struct nexthop *nh = bpf_map_lookup_elem(&nexthops, &idx);
-	struct bpf_fib_lookup fib;
 	__u32 zero = 0;
 	__u64 *gen = bpf_map_lookup_elem(&nh_gen, &zero);
+	/* per-CPU scratch, not the stack (512 bytes for the whole call chain) */
+	struct bpf_fib_lookup *fp = bpf_map_lookup_elem(&fib_scratch, &zero);
 
-	if (!nh || !gen)
+	if (!nh || !gen || *gen == 0 || !fp)
 		return NULL;
-	if (nh->gen == *gen && *gen != 0)
-		return nh;
+
 	/* tot_len 0: never "fragmentation needed", so the MACs are filled in */
-	fx_fib_init(&fib, ctx, family, src, dst, proto, 0);
-	if (bpf_fib_lookup(ctx, &fib, sizeof(fib), 0) != BPF_FIB_LKUP_RET_SUCCESS)
+	fx_fib_init(fp, ctx, family, src, dst, proto, 0);
+	if (bpf_fib_lookup(ctx, fp, sizeof(*fp), 0) != BPF_FIB_LKUP_RET_SUCCESS)
 		return NULL;
-	__builtin_memcpy(nh->dmac, fib.dmac, ETH_ALEN);
-	__builtin_memcpy(nh->smac, fib.smac, ETH_ALEN);
-	nh->ifindex = fib.ifindex;
+	__builtin_memcpy(nh->dmac, fp->dmac, ETH_ALEN);
+	__builtin_memcpy(nh->smac, fp->smac, ETH_ALEN);
+	nh->ifindex = fp->ifindex;
 	/* the MTU: asked with the largest length, the kernel answers FRAG_NEEDED with it */
-	fx_fib_init(&fib, ctx, family, src, dst, proto, 0xffff);
-	if (bpf_fib_lookup(ctx, &fib, sizeof(fib), 0) == BPF_FIB_LKUP_RET_FRAG_NEEDED)
-		nh->mtu = fib.mtu_result;
+	fx_fib_init(fp, ctx, family, src, dst, proto, 0xffff);
+	if (bpf_fib_lookup(ctx, fp, sizeof(*fp), 0) == BPF_FIB_LKUP_RET_FRAG_NEEDED)
+		nh->mtu = fp->mtu_result;
 	else
 		nh->mtu = 0xffff;
 	nh->gen = *gen;
 	return nh;
+}
+
+/* The per-CPU cache entry while its generation is current (two inlined array lookups),
+ * else the slow path. */
+FX_INLINE struct nexthop *fx_nexthop(struct xdp_md *ctx, __u32 sel, const __u8 *src,
+				     const __u8 *dst)
+{
+	__u32 idx = sel & 0xffff;
+	__u32 zero = 0;
+	struct nexthop *nh = bpf_map_lookup_elem(&nexthops, &idx);
+	__u64 *gen = bpf_map_lookup_elem(&nh_gen, &zero);
+
+	if (nh && gen && nh->gen == *gen && *gen != 0)
+		return nh;
+	return fx_nexthop_fill(ctx, sel, src, dst);
 }
 
 /* Writes the MACs of the next hop and sends the frame on its way. */
@@ -271,10 +322,6 @@ FX_INLINE struct backend *fx_pick(const struct svc_value *svc, __u32 hash, __u32
 	return be;
 }
 
-#define FX_TCP_FIN 0x01
-#define FX_TCP_SYN 0x02
-#define FX_TCP_RST 0x04
-#define FX_TCP_ACK 0x10
 
 FX_INLINE __u8 fx_nat_flags(const struct pkt *p, __u8 fin_flag)
 {
@@ -465,21 +512,14 @@ static __attribute__((noinline)) int fx_nat_reply(struct xdp_md *ctx, const stru
 	return fx_xmit(ctx, &nh, row, bytes);
 }
 
-/* dsr and tunnel: the packet to backend `be_idx` (a BPF-to-BPF call: its own stack frame,
- * so that the stack of the whole call chain stays under 512 bytes). */
-static __attribute__((noinline)) int fx_forward(struct xdp_md *ctx, const struct pkt *pp,
-						const struct svc_value *svc, __u32 be_idx,
-						__u32 hash)
+/* dsr and tunnel: the packet to backend `be` (index `be_idx`). Inlined into xdp_lb: the hit
+ * path makes no BPF-to-BPF call (the FIB refill, the too-big answer and nat are calls). */
+FX_INLINE int fx_forward(struct xdp_md *ctx, const struct pkt *p, const struct svc_value *svc,
+			 const struct backend *be, __u32 be_idx, __u32 hash, __u32 row)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	__u64 bytes = data_end - data;
-	__u32 row = svc->id;
-	const struct pkt *p = pp;
-	struct backend *be = bpf_map_lookup_elem(&backends, &be_idx);
-
-	if (!be || row >= FX_MAX_SERVICES)
-		return XDP_DROP;
 	struct nexthop *nh;
 	int rc;
 
@@ -497,17 +537,13 @@ static __attribute__((noinline)) int fx_forward(struct xdp_md *ctx, const struct
 		return XDP_PASS;
 	}
 
-	__u8 osrc[16] = {};
-	__u8 odst[16];
+	/* the outer addresses are read from the map values (no stack copies: the frame of
+	 * xdp_lb and its calls must stay under 512 bytes) */
 	__u8 ofam = be->family;
 	int gue = svc->tunnel == FX_TUNNEL_GUE;
 	__u32 olen = (ofam == FX_AF_INET ? 20 : 40) + (gue ? 8 : 0);
-
-	if (ofam == FX_AF_INET)
-		__builtin_memcpy(osrc, &svc->src4, 4);
-	else
-		__builtin_memcpy(osrc, svc->src6, 16);
-	__builtin_memcpy(odst, be->addr, 16);
+	const __u8 *osrc = ofam == FX_AF_INET ? (const __u8 *)&svc->src4 : svc->src6;
+	const __u8 *odst = be->addr;
 	nh = fx_nexthop(ctx, FX_NH_SEL(be_idx, ofam, gue ? IPPROTO_UDP : 0), osrc, odst);
 	if (!nh) {
 		fx_count(row, FX_ACT_NO_ROUTE, bytes);
@@ -545,6 +581,274 @@ static __attribute__((noinline)) int fx_forward(struct xdp_md *ctx, const struct
 	return rc;
 }
 
+/* The flow cache's slot index of an IPv4 5-tuple. */
+FX_INLINE __u32 fx_fcache_slot(const struct pkt *p, __u32 *w)
+{
+	__builtin_memcpy(&w[0], p->src, 4);
+	__builtin_memcpy(&w[1], p->dst, 4);
+	w[2] = ((__u32)p->sport << 16) | p->dport;
+	w[3] = p->proto;
+	return fx_jhash2(w, 4, FX_FLOW_HASH_SEED) & (FX_FCACHE_SLOTS - 1);
+}
+
+/* The hit path of an established IPv4 dsr/tunnel flow (struct fcache4): one jhash, three
+ * inlined array lookups (slot, generation, backend), no hash map. -1: not in the cache. */
+FX_INLINE int fx_fcache_forward(struct xdp_md *ctx, struct pkt *p, __u64 bytes, __u32 *slotp)
+{
+	__u32 w[4];
+	__u32 slot = fx_fcache_slot(p, w);
+	__u32 zero = 0;
+
+	*slotp = slot;
+	struct fcache4 *e = bpf_map_lookup_elem(&fcache4, &slot);
+	__u64 *gen = bpf_map_lookup_elem(&nh_gen, &zero);
+	if (!e || !gen || e->gen != (__u32)*gen || e->gen == 0)
+		return -1;
+	if (e->saddr != w[0] || e->daddr != w[1] || e->ports != w[2] || e->proto != p->proto)
+		return -1;
+	__u32 row = e->row;
+	__u32 idx = e->backend;
+	struct backend *be = bpf_map_lookup_elem(&backends, &idx);
+	if (!be || !(be->flags & FX_BACKEND_ALIVE) || be->family != FX_AF_INET ||
+	    row >= FX_MAX_SERVICES)
+		return -1;
+	return fx_forward(ctx, p, &e->sv, be, idx, e->hash, row);
+}
+
+/* Remembers a flow's choice in this CPU's cache slot (IPv4 flows to IPv4 backends). `slot`:
+ * from the probe (FX_FCACHE_SLOTS: not probed, computed here). */
+FX_INLINE void fx_fcache_fill(const struct pkt *p, __u32 slot, const struct svc_value *svc,
+			      __u32 be_idx, __u32 hash, __u32 row)
+{
+	__u32 zero = 0;
+
+	if (slot >= FX_FCACHE_SLOTS) {
+		__u32 w[4];
+
+		slot = fx_fcache_slot(p, w);
+	}
+	struct fcache4 *e = bpf_map_lookup_elem(&fcache4, &slot);
+	__u64 *gen = bpf_map_lookup_elem(&nh_gen, &zero);
+	if (!e || !gen)
+		return;
+	__builtin_memcpy(&e->sv, svc, sizeof(e->sv));
+	__builtin_memcpy(&e->saddr, p->src, 4);
+	__builtin_memcpy(&e->daddr, p->dst, 4);
+	e->ports = ((__u32)p->sport << 16) | p->dport;
+	e->proto = p->proto;
+	e->row = row;
+	e->backend = be_idx;
+	e->hash = hash;
+	e->gen = *gen;
+}
+
+/* ICMP errors: the quote, the translation and a pkt for the hash live here, not on the
+ * stack (512 bytes for the whole call chain) */
+struct icmp_scratch {
+	struct icmp_quote q;
+	struct icmp_rw rw;
+	struct pkt fp;
+	struct svc_key sk;
+	struct ct_key k6;
+	struct ct4_key k4;
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct icmp_scratch);
+} icmp_scratch SEC(".maps");
+
+/* An ICMP error about a flow (icmp_err.h) goes where the flow goes, as in IPVS:
+ * - dsr/tunnel (fx_icmp_lb): an error addressed to a VIP quotes a packet a backend sent from
+ *   the VIP (a reply; e.g. "fragmentation needed" from a router on the way back to the
+ *   client): forwarded unchanged to the backend of that flow (conntrack on the reversed
+ *   quote, else the stateless Maglev choice the flow's packets get);
+ * - nat (fx_icmp_nat_flow): an error quoting a packet we sent to a backend (source:nport ->
+ *   backend) comes from the backend's side: translated back (VIP -> client) and sent to the
+ *   client; one quoting a packet we sent to a client (VIP -> client) comes from the client's
+ *   side: translated (source -> backend) and sent to the backend.
+ * Both return -1 when the error is about no flow of theirs (then it is passed to the
+ * kernel). Calls of their own: never on the TCP/UDP path. */
+static __attribute__((noinline)) int fx_icmp_lb(struct xdp_md *ctx, struct pkt *p)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u64 bytes = data_end - data;
+	__u32 l2 = p->l2_len == 18 ? 18 : 14;
+	__u32 zero = 0;
+	struct icmp_scratch *sc = bpf_map_lookup_elem(&icmp_scratch, &zero);
+
+	if (!sc)
+		return -1;
+	struct icmp_quote *q = &sc->q;
+
+	if (fx_icmp_quote(data + l2, data_end, p->family, q))
+		return -1;
+	/* the quote is VIP:port -> client; the flow is client -> VIP:port */
+	struct svc_key *sk = &sc->sk;
+	__builtin_memset(sk, 0, sizeof(*sk));
+	__builtin_memcpy(sk->addr, q->src, 16);
+	sk->port = q->sport;
+	sk->proto = q->proto;
+	sk->family = q->family;
+	struct svc_value *svc = bpf_map_lookup_elem(&services, sk);
+	if (!svc || (svc->mode != FX_MODE_DSR && svc->mode != FX_MODE_TUNNEL))
+		return -1;
+	__u32 row = svc->id;
+	struct ct_value *ct;
+	struct backend *be = NULL;
+	__u32 be_idx = 0, hash = 0;
+
+	if (row >= FX_MAX_SERVICES)
+		return -1;
+	if (q->family == FX_AF_INET) {
+		struct ct4_key *k = &sc->k4;
+
+		__builtin_memset(k, 0, sizeof(*k));
+		__builtin_memcpy(&k->saddr, q->dst, 4);
+		__builtin_memcpy(&k->daddr, q->src, 4);
+		k->sport = q->dport;
+		k->dport = q->sport;
+		k->proto = q->proto;
+		ct = bpf_map_lookup_elem(&ct4, k);
+		asm volatile("%0 = %0" : "+r"(ct));
+	} else {
+		struct ct_key *k = &sc->k6;
+
+		__builtin_memset(k, 0, sizeof(*k));
+		__builtin_memcpy(k->src, q->dst, 16);
+		__builtin_memcpy(k->dst, q->src, 16);
+		k->sport = q->dport;
+		k->dport = q->sport;
+		k->proto = q->proto;
+		k->family = q->family;
+		ct = bpf_map_lookup_elem(&conntrack, k);
+		asm volatile("%0 = %0\n\t%0 = %0" : "+r"(ct));
+	}
+	if (ct && ct->svc == row) {
+		__u32 idx = ct->backend;
+
+		hash = ct->hash;
+		be_idx = idx;
+		be = bpf_map_lookup_elem(&backends, &idx);
+		if (be && !(be->flags & FX_BACKEND_ALIVE))
+			be = NULL;
+	}
+	if (!be) {
+		struct pkt *fp = &sc->fp;
+
+		__builtin_memset(fp, 0, sizeof(*fp));
+		fp->family = q->family;
+		fp->proto = q->proto;
+		fp->sport = q->dport;
+		fp->dport = q->sport;
+		__builtin_memcpy(fp->src, q->dst, 16);
+		__builtin_memcpy(fp->dst, q->src, 16);
+		hash = fx_flow_hash(svc->hash_key, fp);
+		be = fx_pick(svc, hash, &be_idx);
+		if (!be)
+			return -1;
+	}
+	fx_count(row, FX_ACT_ICMP, bytes);
+	/* forwarded as it is (GUE: with a zero UDP checksum, as for fragments: encap.h's LCO
+	 * assumes a TCP/UDP checksum) */
+	p->frag = FX_FRAG_MORE;
+	return fx_forward(ctx, p, svc, be, be_idx, hash, row);
+}
+
+/* Rewrites the error as `sc->rw` says (icmp_err.h). */
+static __attribute__((noinline)) int fx_icmp_rewrite(struct xdp_md *ctx, __u32 l2,
+						     const struct icmp_rw *rw)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+
+	return fx_icmp_nat(data + (l2 == 18 ? 18 : 14), data_end, rw);
+}
+
+static __attribute__((noinline)) int fx_icmp_nat_flow(struct xdp_md *ctx, struct pkt *p)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u64 bytes = data_end - data;
+	__u32 l2 = p->l2_len == 18 ? 18 : 14;
+	__u32 zero = 0;
+	__u32 *nat = bpf_map_lookup_elem(&nat_on, &zero);
+	struct icmp_scratch *sc = bpf_map_lookup_elem(&icmp_scratch, &zero);
+
+	if (!nat || !*nat || !sc)
+		return -1;
+	struct icmp_quote *q = &sc->q;
+	struct icmp_rw *rw = &sc->rw;
+
+	if (fx_icmp_quote(data + l2, data_end, p->family, q))
+		return -1;
+	struct ct_key k = {};
+
+	/* the reversed quote: the key of the flow's other direction */
+	__builtin_memcpy(k.src, q->dst, 16);
+	__builtin_memcpy(k.dst, q->src, 16);
+	k.sport = q->dport;
+	k.dport = q->sport;
+	k.proto = q->proto;
+	k.family = q->family;
+	rw->proto = q->proto;
+	rw->family = q->family;
+
+	/* quote source:nport -> backend:bport: from the backend's side, back to the client */
+	struct nat_rev *r = bpf_map_lookup_elem(&nat_rev, &k);
+	if (r) {
+		__u32 row = r->svc;
+
+		if (row >= FX_MAX_SERVICES)
+			return -1;
+		/* outer: VIP -> client; quote: client:cport -> VIP:vport (what the client sent) */
+		__builtin_memcpy(rw->osrc, r->vaddr, 16);
+		__builtin_memcpy(rw->odst, r->caddr, 16);
+		__builtin_memcpy(rw->isrc, r->caddr, 16);
+		__builtin_memcpy(rw->idst, r->vaddr, 16);
+		rw->isport = r->cport;
+		rw->idport = r->vport;
+		struct nexthop nh = {};
+		__builtin_memcpy(nh.dmac, r->cmac, ETH_ALEN);
+		__builtin_memcpy(nh.smac, r->lmac, ETH_ALEN);
+		nh.ifindex = r->ifindex;
+		if (fx_icmp_rewrite(ctx, l2, rw)) {
+			fx_count(row, FX_ACT_ERROR, bytes);
+			return XDP_DROP;
+		}
+		fx_count(row, FX_ACT_ICMP, bytes);
+		return fx_xmit(ctx, &nh, row, bytes);
+	}
+	/* quote VIP:vport -> client:cport: from the client's side, on to the backend */
+	struct nat_fwd *f = bpf_map_lookup_elem(&nat_fwd, &k);
+	if (!f)
+		return -1;
+	__u32 row = f->svc;
+	if (row >= FX_MAX_SERVICES)
+		return -1;
+	/* outer: source -> backend; quote: backend:bport -> source:nport (what it sent) */
+	__builtin_memcpy(rw->osrc, f->saddr, 16);
+	__builtin_memcpy(rw->odst, f->baddr, 16);
+	__builtin_memcpy(rw->isrc, f->baddr, 16);
+	__builtin_memcpy(rw->idst, f->saddr, 16);
+	rw->isport = f->bport;
+	rw->idport = f->nport;
+	struct nexthop *nh = fx_nexthop(ctx, FX_NH_SEL(f->backend, q->family, q->proto),
+					f->saddr, f->baddr);
+	if (!nh) {
+		fx_count(row, FX_ACT_NO_ROUTE, bytes);
+		return XDP_PASS;
+	}
+	if (fx_icmp_rewrite(ctx, l2, rw)) {
+		fx_count(row, FX_ACT_ERROR, bytes);
+		return XDP_DROP;
+	}
+	fx_count(row, FX_ACT_ICMP, bytes);
+	return fx_xmit(ctx, nh, row, bytes);
+}
+
 SEC("xdp")
 int xdp_lb(struct xdp_md *ctx)
 {
@@ -553,17 +857,38 @@ int xdp_lb(struct xdp_md *ctx)
 	__u64 bytes = data_end - data;
 	struct pkt p = {};
 
-	if (fx_parse(data, data_end, &p) != FX_PARSE_OK) {
+	int pr = fx_parse(data, data_end, &p);
+	if (pr != FX_PARSE_OK) {
+		if (pr == FX_PARSE_ICMP) {
+			int rc = fx_icmp_lb(ctx, &p);
+			if (rc < 0)
+				rc = fx_icmp_nat_flow(ctx, &p);
+			if (rc >= 0)
+				return rc;
+		}
 		fx_count(FX_MAX_SERVICES, FX_ACT_PASS, bytes);
 		return XDP_PASS;
 	}
 
-	struct svc_key sk = {};
-	__builtin_memcpy(sk.addr, p.dst, 16);
-	sk.port = p.dport; /* fragments: 0, the VIP's fragment entry */
-	sk.proto = p.proto;
-	sk.family = p.family;
-	struct svc_value *svc = bpf_map_lookup_elem(&services, &sk);
+	__u32 fslot = FX_FCACHE_SLOTS; /* not probed */
+	if (p.family == FX_AF_INET && !p.frag && !fx_bench_no_fcache && !fx_bench_ct_miss) {
+		int rc = fx_fcache_forward(ctx, &p, bytes, &fslot);
+		if (rc >= 0)
+			return rc;
+	}
+
+	/* the keys share one stack slot (the 512-byte stack is for the whole call chain) */
+	union {
+		struct ct_key k6;
+		struct ct4_key k4;
+		struct svc_key sk;
+	} ck;
+	__builtin_memset(&ck.sk, 0, sizeof(ck.sk));
+	__builtin_memcpy(ck.sk.addr, p.dst, 16);
+	ck.sk.port = p.dport; /* fragments: 0, the VIP's fragment entry */
+	ck.sk.proto = p.proto;
+	ck.sk.family = p.family;
+	struct svc_value *svc = bpf_map_lookup_elem(&services, &ck.sk);
 	if (!svc) {
 		__u32 zero = 0;
 		__u32 *nat = bpf_map_lookup_elem(&nat_on, &zero);
@@ -580,20 +905,19 @@ int xdp_lb(struct xdp_md *ctx)
 	if (row >= FX_MAX_SERVICES)
 		return XDP_PASS;
 
-	struct ct_key ck = {};
-	__builtin_memcpy(ck.src, p.src, 16);
-	__builtin_memcpy(ck.dst, p.dst, 16);
-	ck.sport = p.sport;
-	ck.dport = p.dport;
-	ck.proto = p.proto;
-	ck.family = p.family;
-
 	if (svc->mode == FX_MODE_NAT) {
 		if (p.frag) {
 			/* a fragment's ports cannot be rewritten: the kernel may reassemble it */
 			fx_count(row, FX_ACT_PASS, bytes);
 			return XDP_PASS;
 		}
+		struct ct_key ck = {};
+		__builtin_memcpy(ck.src, p.src, 16);
+		__builtin_memcpy(ck.dst, p.dst, 16);
+		ck.sport = p.sport;
+		ck.dport = p.dport;
+		ck.proto = p.proto;
+		ck.family = p.family;
 		return fx_nat_forward(ctx, &p, &ck, svc, row);
 	}
 
@@ -615,8 +939,36 @@ int xdp_lb(struct xdp_md *ctx)
 		}
 		fx_count(row, FX_ACT_FRAG, bytes);
 	} else {
-		if (!fx_bench_ct_miss)
-			ct = bpf_map_lookup_elem(&conntrack, &ck);
+		if (p.family == FX_AF_INET) {
+			__builtin_memcpy(&ck.k4.saddr, p.src, 4);
+			__builtin_memcpy(&ck.k4.daddr, p.dst, 4);
+			ck.k4.sport = p.sport;
+			ck.k4.dport = p.dport;
+			ck.k4.proto = p.proto;
+			ck.k4.pad0 = 0;
+			ck.k4.pad1 = 0;
+		} else {
+			__builtin_memcpy(ck.k6.src, p.src, 16);
+			__builtin_memcpy(ck.k6.dst, p.dst, 16);
+			ck.k6.sport = p.sport;
+			ck.k6.dport = p.dport;
+			ck.k6.proto = p.proto;
+			ck.k6.family = p.family;
+			ck.k6.pad = 0;
+		}
+		/* one call site per map: the verifier inlines a lookup (and calls an update
+		 * directly) only when its call site always sees the same map; the asm statements (register
+		 * moves to themselves, different per branch) keep clang from merging the two calls into
+		 * one with a selected map pointer */
+		if (fx_bench_ct_miss) {
+			ct = NULL;
+		} else if (p.family == FX_AF_INET) {
+			ct = bpf_map_lookup_elem(&ct4, &ck.k4);
+			asm volatile("%0 = %0" : "+r"(ct));
+		} else {
+			ct = bpf_map_lookup_elem(&conntrack, &ck.k6);
+			asm volatile("%0 = %0\n\t%0 = %0" : "+r"(ct));
+		}
 		if (ct && ct->svc == row) {
 			__u32 idx = ct->backend;
 
@@ -633,13 +985,34 @@ int xdp_lb(struct xdp_md *ctx)
 				fx_count(row, FX_ACT_DROP, bytes);
 				return XDP_DROP;
 			}
-			struct ct_value nv = { .backend = be_idx, .svc = row, .hash = hash };
-			bpf_map_update_elem(&conntrack, &ck, &nv, BPF_ANY);
 			fx_count(row, FX_ACT_CT_MISS, bytes);
+			/* Only the first packet of a flow creates its entry: a TCP SYN (without ACK),
+			 * or any UDP datagram (UDP has no first packet to tell). A TCP packet in
+			 * mid-flow without an entry (evicted, or the flow began before this program)
+			 * takes the stateless Maglev choice above, the same backend as long as the
+			 * table has not changed, and does not pay for an LRU insert (which costs
+			 * more than all the rest of the path). See docs/xdp.md, "Conntrack". */
+			if (p.proto == IPPROTO_TCP &&
+			    (p.tcp_flags & (FX_TCP_SYN | FX_TCP_ACK)) != FX_TCP_SYN)
+				goto forward;
+			struct ct_value nv = { .backend = be_idx, .svc = row, .hash = hash };
+			long err;
+
+			if (p.family == FX_AF_INET) {
+				err = bpf_map_update_elem(&ct4, &ck.k4, &nv, BPF_ANY);
+				asm volatile("%0 = %0" : "+r"(err));
+			} else {
+				err = bpf_map_update_elem(&conntrack, &ck.k6, &nv, BPF_ANY);
+				asm volatile("%0 = %0\n\t%0 = %0" : "+r"(err));
+			}
 		}
 	}
 
-	return fx_forward(ctx, &p, svc, be_idx, hash);
+forward:
+	if (p.family == FX_AF_INET && be->family == FX_AF_INET && !p.frag && !fx_bench_no_fcache &&
+	    !fx_bench_ct_miss)
+		fx_fcache_fill(&p, fslot, svc, be_idx, hash, row);
+	return fx_forward(ctx, &p, svc, be, be_idx, hash, row);
 }
 
 /* A bare XDP_PASS: the floor of benchmarks, and the program a veth peer needs so that

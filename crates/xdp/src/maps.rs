@@ -115,6 +115,41 @@ pub struct CtKey {
 }
 const _: () = assert!(size_of::<CtKey>() == 40);
 
+/// `struct ct4_key`: the dsr/tunnel conntrack key of an IPv4 flow (map `ct4`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Ct4Key {
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub pad0: u8,
+    pub pad1: u16,
+}
+const _: () = assert!(size_of::<Ct4Key>() == 16);
+
+/// `FX_FCACHE_SLOTS`: slots per CPU of the flow cache.
+pub const FCACHE_SLOTS: u32 = 16_384;
+
+/// `struct fcache4`: a slot of the per-CPU flow cache (written by the BPF program only).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Fcache4 {
+    pub sv: SvcValue,
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+    pub ports: u32,
+    pub gen: u32,
+    pub backend: u32,
+    pub hash: u32,
+    pub proto: u8,
+    pub row: u8,
+    pub pad: u16,
+    pub pad1: u32,
+}
+const _: () = assert!(size_of::<Fcache4>() == 72);
+
 /// `struct ct_value`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -194,6 +229,7 @@ mod pod {
     unsafe impl aya::Pod for super::SvcValue {}
     unsafe impl aya::Pod for super::BackendEntry {}
     unsafe impl aya::Pod for super::CtKey {}
+    unsafe impl aya::Pod for super::Ct4Key {}
     unsafe impl aya::Pod for super::CtValue {}
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::NextHop {}

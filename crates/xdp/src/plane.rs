@@ -104,6 +104,8 @@ pub struct LoadOptions {
     pub bench_ct_miss: bool,
     /// Benchmarks: undo the encapsulation after it is built (for `repeat`).
     pub bench_undo_encap: bool,
+    /// Benchmarks: bypass the per-CPU flow cache (the conntrack hit path without it).
+    pub bench_no_fcache: bool,
     /// The GUE destination port of tunnel services.
     pub gue_port: Option<u16>,
     /// nat idle and closing timeouts.
@@ -183,9 +185,11 @@ impl XdpPlane {
     pub fn load(opts: LoadOptions) -> Result<Self, XdpError> {
         let miss = u8::from(opts.bench_ct_miss);
         let undo = u8::from(opts.bench_undo_encap);
+        let nofc = u8::from(opts.bench_no_fcache);
         let mut ebpf = EbpfLoader::new()
             .set_global("fx_bench_ct_miss", &miss, true)
             .set_global("fx_bench_undo_encap", &undo, true)
+            .set_global("fx_bench_no_fcache", &nofc, true)
             .load(crate::XDP_LB_OBJ)?;
         for name in ["xdp_lb", "xdp_pass"] {
             let prog: &mut Xdp = ebpf
@@ -425,6 +429,9 @@ impl XdpPlane {
             .filter(|s| matches!(s.mode, Mode::Nat { .. }))
             .count() as u32;
         self.nat_on.set(0, nat, 0)?;
+        // the per-CPU flow caches (struct fcache4) hold copies of service values and
+        // backend choices: a generation bump empties them all (and re-resolves next hops)
+        self.refresh_nexthops()?;
         if let Ok(mut v) = self.stats.lock() {
             v.names = names;
         }

@@ -20,7 +20,9 @@ fn ip(s: &str) -> IpAddr {
     s.parse().expect("ip")
 }
 
-/// An Ethernet frame (optional VLAN) with a TCP or UDP packet from `src` to `dst`.
+/// An Ethernet frame (optional VLAN) with a TCP or UDP packet from `src` to `dst`. TCP
+/// packets are SYNs: a flow's first packet, the only TCP packet that creates a conntrack
+/// entry ([`frame_mid`] builds a mid-flow one).
 fn frame(
     src: &str,
     dst: &str,
@@ -29,14 +31,36 @@ fn frame(
     tos: u8,
     payload: &[u8],
 ) -> Vec<u8> {
+    frame_flags(src, dst, proto, vlan, tos, payload, true)
+}
+
+/// A mid-flow TCP packet (ACK, no SYN).
+fn frame_mid(src: &str, dst: &str, payload: &[u8]) -> Vec<u8> {
+    frame_flags(src, dst, Proto::Tcp, None, 0, payload, false)
+}
+
+fn frame_flags(
+    src: &str,
+    dst: &str,
+    proto: Proto,
+    vlan: Option<u16>,
+    tos: u8,
+    payload: &[u8],
+    syn: bool,
+) -> Vec<u8> {
     let (s, d): (SocketAddr, SocketAddr) = (src.parse().expect("src"), dst.parse().expect("dst"));
     let eth = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC);
     let mut out = Vec::new();
     macro_rules! l4 {
         ($b:expr) => {
             match proto {
+                Proto::Tcp if syn => $b
+                    .tcp(s.port(), d.port(), 1000, 65535)
+                    .syn()
+                    .write(&mut out, payload),
                 Proto::Tcp => $b
                     .tcp(s.port(), d.port(), 1000, 65535)
+                    .ack(1)
                     .write(&mut out, payload),
                 Proto::Udp => $b.udp(s.port(), d.port()).write(&mut out, payload),
             }
@@ -695,6 +719,124 @@ fn maglev_tables_in_maps_equal_core_and_health_changes_apply() {
         let pkt = frame("198.18.7.1:1", "198.19.0.10:80", Proto::Tcp, None, 0, b"");
         let out = run(plane, ifx, &pkt);
         assert_eq!((out.verdict, out.data), (XDP_PASS, pkt));
+    });
+}
+
+/// Conntrack entries are made by a flow's first packet only: a TCP SYN or any UDP datagram.
+/// A mid-flow TCP packet without an entry takes the stateless Maglev choice (exact bytes as
+/// a hit would give) and creates nothing, so after a table change it follows the new table
+/// while flows that began with a SYN keep their backend (docs/xdp.md, "Conntrack").
+#[test]
+fn only_first_packets_create_conntrack_entries() {
+    if !is_root_or_skip("only_first_packets_create_conntrack_entries") {
+        return;
+    }
+    let pool = backends(&["198.18.0.11", "198.18.0.12", "198.18.0.13"], 80);
+    let s = service(
+        "web",
+        "198.19.0.10:80",
+        Proto::Tcp,
+        Mode::Dsr,
+        HashKey::FiveTuple,
+        pool.clone(),
+    );
+    let u = service(
+        "dns",
+        "198.19.0.10:53",
+        Proto::Udp,
+        Mode::Dsr,
+        HashKey::FiveTuple,
+        pool,
+    );
+    with_plane("fxfirst", vec![s.clone(), u.clone()], move |plane, ifx| {
+        // flows whose Maglev choice is .12 (the backend drained below)
+        let on12 = |dst: &str, proto: Proto, base: u32| -> Vec<String> {
+            let svc = if proto == Proto::Tcp { &s } else { &u };
+            (0..2000)
+                .map(|i| format!("198.18.{}.{}:{}", 20 + i / 200, i % 200 + 1, base + i))
+                .filter(|src| core_pick(svc, &flow(src, dst, proto)).0 == ip("198.18.0.12"))
+                .take(20)
+                .collect()
+        };
+        let syn_flows = on12("198.19.0.10:80", Proto::Tcp, 10000);
+        let mid_flows = on12("198.19.0.10:80", Proto::Tcp, 30000);
+        let udp_flows = on12("198.19.0.10:53", Proto::Udp, 50000);
+        assert_eq!(
+            (syn_flows.len(), mid_flows.len(), udp_flows.len()),
+            (20, 20, 20)
+        );
+        for src in &syn_flows {
+            let out = run(
+                plane,
+                ifx,
+                &frame(src, "198.19.0.10:80", Proto::Tcp, None, 0, b""),
+            );
+            assert_eq!(
+                (out.verdict, backend_of(&out.data)),
+                (XDP_TX, ip("198.18.0.12"))
+            );
+        }
+        for src in &udp_flows {
+            let out = run(
+                plane,
+                ifx,
+                &frame(src, "198.19.0.10:53", Proto::Udp, None, 0, b"q"),
+            );
+            assert_eq!(
+                (out.verdict, backend_of(&out.data)),
+                (XDP_TX, ip("198.18.0.12"))
+            );
+        }
+        for src in &mid_flows {
+            // a mid-flow packet without an entry: the stateless choice, exact bytes
+            let pkt = frame_mid(src, "198.19.0.10:80", b"data");
+            let mut want = pkt.clone();
+            want[0..6].copy_from_slice(&mac_of(ip("198.18.0.12")));
+            want[6..12].copy_from_slice(&LB_MAC);
+            for _ in 0..2 {
+                let out = run(plane, ifx, &pkt);
+                assert_eq!((out.verdict, &out.data), (XDP_TX, &want));
+            }
+        }
+        let misses: u64 = plane
+            .packet_counts()
+            .iter()
+            .filter(|c| c.1 == "ct_miss")
+            .map(|c| c.2)
+            .sum();
+        // the second packet of an untracked flow is served by this CPU's flow cache (which
+        // holds the stateless choice until the next map update); conntrack has no entry,
+        // as the drain below shows
+        assert_eq!(misses, 20 + 20 + 20, "one miss per flow");
+
+        // drain .12: flows with an entry stay, mid-flow ones without follow the new table
+        let mut ds = s.clone();
+        ds.backends[1].state = BackendState::Draining;
+        let mut du = u.clone();
+        du.backends[1].state = BackendState::Draining;
+        plane.update(&[ds.clone(), du]).expect("update");
+        for src in &syn_flows {
+            let out = run(plane, ifx, &frame_mid(src, "198.19.0.10:80", b"x"));
+            assert_eq!(backend_of(&out.data), ip("198.18.0.12"), "SYN flow kept");
+        }
+        for src in &udp_flows {
+            let out = run(
+                plane,
+                ifx,
+                &frame(src, "198.19.0.10:53", Proto::Udp, None, 0, b"q"),
+            );
+            assert_eq!(backend_of(&out.data), ip("198.18.0.12"), "UDP flow kept");
+        }
+        for src in &mid_flows {
+            let out = run(plane, ifx, &frame_mid(src, "198.19.0.10:80", b"x"));
+            let want = core_pick(&ds, &flow(src, "198.19.0.10:80", Proto::Tcp)).0;
+            assert_ne!(want, ip("198.18.0.12"));
+            assert_eq!(
+                backend_of(&out.data),
+                want,
+                "untracked flow follows the table"
+            );
+        }
     });
 }
 

@@ -12,6 +12,8 @@ fn sizes_and_constants_match_the_c_header() {
         ("svc_value", size_of::<SvcValue>()),
         ("backend", size_of::<BackendEntry>()),
         ("ct_key", size_of::<CtKey>()),
+        ("ct4_key", size_of::<Ct4Key>()),
+        ("fcache4", size_of::<Fcache4>()),
         ("ct_value", size_of::<CtValue>()),
         ("counter", size_of::<Counter>()),
         ("nexthop", size_of::<NextHop>()),
@@ -56,6 +58,7 @@ fn sizes_and_constants_match_the_c_header() {
     assert_eq!(define("FX_MAX_BACKENDS"), u64::from(MAX_BACKENDS));
     assert_eq!(define("FX_MAGLEV_MAX"), u64::from(MAGLEV_MAX));
     assert_eq!(define("FX_CT_ENTRIES"), u64::from(CT_ENTRIES));
+    assert_eq!(define("FX_FCACHE_SLOTS"), u64::from(FCACHE_SLOTS));
     assert_eq!(define("FX_ACTIONS"), u64::from(ACTIONS));
     assert_eq!(define("FX_NH_TTL_NS"), NH_TTL_NS);
     assert_eq!(define("FX_NAT_ENTRIES"), u64::from(NAT_ENTRIES));

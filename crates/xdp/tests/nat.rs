@@ -706,3 +706,283 @@ fn tunnel_too_big_with_df_answers_icmp() {
         },
     );
 }
+
+/// An ICMPv4 error frame from `from` to `to` quoting the first 28 bytes (IPv4 header + 8)
+/// of the IP packet in `quoted` (an Ethernet frame): checksums by etherparse.
+fn icmp4_error(
+    smac: [u8; 6],
+    dmac: [u8; 6],
+    from: [u8; 4],
+    to: [u8; 4],
+    t: Icmpv4Type,
+    quoted: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(smac, dmac)
+        .ipv4(from, to, 64)
+        .icmpv4(t)
+        .write(&mut out, &quoted[14..14 + 28])
+        .expect("icmp");
+    out
+}
+
+/// The same for ICMPv6, quoting 48 bytes (IPv6 header + 8).
+fn icmp6_error(
+    smac: [u8; 6],
+    dmac: [u8; 6],
+    from: [u8; 16],
+    to: [u8; 16],
+    t: Icmpv6Type,
+    quoted: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(smac, dmac)
+        .ipv6(from, to, 64)
+        .icmpv6(t)
+        .write(&mut out, &quoted[14..14 + 48])
+        .expect("icmpv6");
+    out
+}
+
+fn v6(a: SocketAddr) -> [u8; 16] {
+    match a.ip() {
+        IpAddr::V6(v) => v.octets(),
+        IpAddr::V4(_) => panic!("ipv6"),
+    }
+}
+
+fn v4(a: SocketAddr) -> [u8; 4] {
+    match a.ip() {
+        IpAddr::V4(v) => v.octets(),
+        IpAddr::V6(_) => panic!("ipv4"),
+    }
+}
+
+/// Issue 8 item 4: ICMP errors about a flow reach the right side through conntrack, as in
+/// IPVS. nat: a port unreachable from the backend (quoting source:nport -> backend) goes to
+/// the client translated (VIP -> client, quoting client -> VIP, every checksum right); a
+/// fragmentation needed from the client's side (quoting VIP -> client) goes to the backend
+/// translated (source -> backend, quoting backend -> source:nport). dsr: a too-big for a
+/// reply a backend sent from the VIP goes, unchanged, to that flow's backend. Errors about
+/// no flow of ours are passed untouched. Exact bytes, repeat 1.
+#[test]
+fn icmp_errors_follow_their_flow() {
+    if !is_root_or_skip("icmp_errors_follow_their_flow") {
+        return;
+    }
+    let mut svcs = nat_services();
+    svcs.push(service(
+        "d4",
+        "198.19.0.20:80",
+        Proto::Tcp,
+        Mode::Dsr,
+        HashKey::FiveTuple,
+        backends(&BACKENDS4, 80),
+    ));
+    let list = svcs.clone();
+    with_plane("fxicmp", LoadOptions::default(), svcs, move |plane, ifx| {
+        let lb = sa("198.18.0.2:0");
+        let unreach_port =
+            Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::Port);
+        let frag_needed = Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+        );
+        for (s, l4, proto) in [
+            (&list[1], L4::Udp, Proto::Udp),
+            (&list[0], L4::Tcp(SYN), Proto::Tcp),
+        ] {
+            let client = sa("198.18.40.7:40000");
+            let (be, nport) = expect_nat(s, client, proto);
+            let snat = SocketAddr::new(lb.ip(), nport);
+            // the flow: client -> VIP, translated to source:nport -> backend
+            let first = pkt(CLIENT_MAC, LB_MAC, client, s.vip, l4, b"hello, backend");
+            let out = run(plane, ifx, &first);
+            assert_eq!(out.verdict, XDP_TX);
+            let sent = pkt(LB_MAC, mac_of(be.ip()), snat, be, l4, b"hello, backend");
+            assert_eq!(out.data, sent, "{}: forward translation", s.name);
+
+            // the backend answers "port unreachable" about what it received
+            let err = icmp4_error(
+                mac_of(be.ip()),
+                LB_MAC,
+                v4(be),
+                v4(lb),
+                unreach_port.clone(),
+                &sent,
+            );
+            let out = run(plane, ifx, &err);
+            assert_eq!(out.verdict, XDP_TX, "{}: error from the backend", s.name);
+            let orig = pkt(CLIENT_MAC, LB_MAC, client, s.vip, l4, b"hello, backend");
+            let want = icmp4_error(
+                LB_MAC,
+                CLIENT_MAC,
+                v4(s.vip),
+                v4(client),
+                unreach_port.clone(),
+                &orig,
+            );
+            assert_eq!(
+                out.data, want,
+                "{}: error translated back to the client",
+                s.name
+            );
+
+            // the client's side answers "fragmentation needed" about a reply (VIP -> client)
+            let reply = pkt(CLIENT_MAC, LB_MAC, s.vip, client, l4, b"a reply");
+            let err = icmp4_error(
+                CLIENT_MAC,
+                LB_MAC,
+                [198, 18, 40, 1],
+                v4(s.vip),
+                frag_needed.clone(),
+                &reply,
+            );
+            let out = run(plane, ifx, &err);
+            assert_eq!(
+                out.verdict, XDP_TX,
+                "{}: error from the client side",
+                s.name
+            );
+            // as the backend sent the reply: backend -> source:nport
+            let breply = pkt(CLIENT_MAC, LB_MAC, be, snat, l4, b"a reply");
+            let want = icmp4_error(
+                LB_MAC,
+                mac_of(be.ip()),
+                v4(lb),
+                v4(be),
+                frag_needed.clone(),
+                &breply,
+            );
+            assert_eq!(
+                out.data, want,
+                "{}: error translated to the backend",
+                s.name
+            );
+        }
+        assert_eq!(count(plane, "n4u", "icmp") + count(plane, "n4", "icmp"), 4);
+
+        // the same over IPv6: port unreachable from the backend, packet too big from the
+        // client's side (the ICMPv6 checksum covers the translated outer addresses too)
+        let lb6 = sa("[2001:2::2]:0");
+        let unreach6 =
+            Icmpv6Type::DestinationUnreachable(etherparse::icmpv6::DestUnreachableCode::Port);
+        let big6 = Icmpv6Type::PacketTooBig { mtu: 1280 };
+        for (s, l4, proto) in [
+            (&list[3], L4::Udp, Proto::Udp),
+            (&list[2], L4::Tcp(SYN), Proto::Tcp),
+        ] {
+            let client = sa("[2001:2:0:40::7]:40000");
+            let (be, nport) = expect_nat(s, client, proto);
+            let snat = SocketAddr::new(lb6.ip(), nport);
+            let first = pkt(CLIENT_MAC, LB_MAC, client, s.vip, l4, b"hello, backend");
+            let out = run(plane, ifx, &first);
+            assert_eq!(out.verdict, XDP_TX);
+            let sent = pkt(LB_MAC, mac_of(be.ip()), snat, be, l4, b"hello, backend");
+            assert_eq!(out.data, sent, "{}: forward translation", s.name);
+
+            let err = icmp6_error(
+                mac_of(be.ip()),
+                LB_MAC,
+                v6(be),
+                v6(lb6),
+                unreach6,
+                &sent,
+            );
+            let out = run(plane, ifx, &err);
+            assert_eq!(out.verdict, XDP_TX, "{}: error from the backend", s.name);
+            let orig = pkt(CLIENT_MAC, LB_MAC, client, s.vip, l4, b"hello, backend");
+            let want = icmp6_error(
+                LB_MAC,
+                CLIENT_MAC,
+                v6(s.vip),
+                v6(client),
+                unreach6,
+                &orig,
+            );
+            assert_eq!(
+                out.data, want,
+                "{}: error translated back to the client",
+                s.name
+            );
+
+            let reply = pkt(CLIENT_MAC, LB_MAC, s.vip, client, l4, b"a reply");
+            let router = v6(sa("[2001:2:0:40::1]:0"));
+            let err = icmp6_error(CLIENT_MAC, LB_MAC, router, v6(s.vip), big6, &reply);
+            let out = run(plane, ifx, &err);
+            assert_eq!(
+                out.verdict, XDP_TX,
+                "{}: error from the client side",
+                s.name
+            );
+            let breply = pkt(CLIENT_MAC, LB_MAC, be, snat, l4, b"a reply");
+            let want = icmp6_error(
+                LB_MAC,
+                mac_of(be.ip()),
+                v6(lb6),
+                v6(be),
+                big6,
+                &breply,
+            );
+            assert_eq!(
+                out.data, want,
+                "{}: error translated to the backend",
+                s.name
+            );
+        }
+        assert_eq!(count(plane, "n6u", "icmp") + count(plane, "n6", "icmp"), 4);
+
+        // dsr: a too-big for a reply the backend sent from the VIP goes to that backend
+        let d4 = &list[4];
+        let client = sa("198.18.41.9:41000");
+        let syn = pkt(CLIENT_MAC, LB_MAC, client, d4.vip, L4::Tcp(SYN), b"");
+        let out = run(plane, ifx, &syn);
+        assert_eq!(out.verdict, XDP_TX);
+        let be_mac: [u8; 6] = out.data[0..6].try_into().expect("mac");
+        let reply = pkt(
+            CLIENT_MAC,
+            LB_MAC,
+            d4.vip,
+            client,
+            L4::Tcp(ACK),
+            b"reply data",
+        );
+        let err = icmp4_error(
+            CLIENT_MAC,
+            LB_MAC,
+            [198, 18, 40, 1],
+            v4(d4.vip),
+            frag_needed.clone(),
+            &reply,
+        );
+        let out = run(plane, ifx, &err);
+        assert_eq!(out.verdict, XDP_TX);
+        let mut want = err.clone();
+        want[0..6].copy_from_slice(&be_mac);
+        want[6..12].copy_from_slice(&LB_MAC);
+        assert_eq!(
+            out.data, want,
+            "dsr: the error to the flow's backend, unchanged"
+        );
+        assert_eq!(count(plane, "d4", "icmp"), 1);
+
+        // about no flow of ours: passed untouched
+        let stray = pkt(
+            CLIENT_MAC,
+            LB_MAC,
+            sa("198.19.0.99:80"),
+            client,
+            L4::Tcp(ACK),
+            b"x",
+        );
+        let err = icmp4_error(
+            CLIENT_MAC,
+            LB_MAC,
+            [198, 18, 40, 1],
+            [198, 19, 0, 99],
+            frag_needed,
+            &stray,
+        );
+        let out = run(plane, ifx, &err);
+        assert_eq!((out.verdict, out.data), (XDP_PASS, err));
+    });
+}

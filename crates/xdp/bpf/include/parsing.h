@@ -31,6 +31,9 @@ struct frag_hdr_fx {
 
 #define FX_PARSE_OK 0
 #define FX_PARSE_PASS 1 /* not ours to touch: pass untouched */
+#define FX_PARSE_ICMP 2 /* an unfragmented ICMP/ICMPv6 message: `p` has L2/L3 (see icmp_err.h) */
+
+#define FX_IPPROTO_ICMPV6 58
 
 struct vlan_hdr_fx {
 	__be16 tci;
@@ -162,6 +165,11 @@ FX_INLINE int fx_parse(void *data, void *data_end, struct pkt *p)
 			return FX_PARSE_PASS;
 		p->sport = uh->source;
 		p->dport = uh->dest;
+	} else if ((p->proto == IPPROTO_ICMP && p->family == FX_AF_INET) ||
+		   (p->proto == FX_IPPROTO_ICMPV6 && p->family == FX_AF_INET6)) {
+		if ((__u32)(data_end - data) < p->l2_len + p->ip_len)
+			return FX_PARSE_PASS;
+		return FX_PARSE_ICMP;
 	} else {
 		return FX_PARSE_PASS;
 	}

@@ -114,6 +114,42 @@ struct ct_key {
 };
 _Static_assert(sizeof(struct ct_key) == 40, "ct_key");
 
+/* dsr/tunnel conntrack of IPv4 flows (map `ct4`): the 5-tuple in 16 bytes. */
+struct ct4_key {
+	__u32 saddr;       /* network order */
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 pad0;
+	__u16 pad1;
+};
+_Static_assert(sizeof(struct ct4_key) == 16, "ct4_key");
+
+/* The per-CPU flow cache in front of conntrack for IPv4 flows to IPv4 backends (dsr and
+ * tunnel): direct-mapped, FX_FCACHE_SLOTS slots per CPU indexed by a jhash of the
+ * 5-tuple. A hit needs no hash-map lookup at all (each costs 30-40 ns on this kind of
+ * machine): the slot holds the flow's backend, hash and a copy of its service's value.
+ * Valid while `gen` equals the `nh_gen` map's value (bumped by userspace every
+ * FX_NH_TTL_NS and after every map update), so it never outlives a change of tables,
+ * backends or services; a collision or a stale slot falls back to conntrack. Per CPU: each
+ * slot is written only by its own CPU, never seen half-written. */
+#define FX_FCACHE_SLOTS 16384
+struct fcache4 {
+	struct svc_value sv; /* the service's value when the slot was filled */
+	__u32 saddr;
+	__u32 daddr;
+	__u32 ports;       /* sport << 16 | dport, as the two __u16 lie in the packet */
+	__u32 gen;         /* the low 32 bits of nh_gen at fill time (0: empty) */
+	__u32 backend;
+	__u32 hash;        /* the flow hash (GUE source port) */
+	__u8 proto;
+	__u8 row;
+	__u16 pad;
+	__u32 pad1;
+};
+_Static_assert(sizeof(struct fcache4) == 72, "fcache4");
+
 struct ct_value {
 	__u32 backend;     /* index in `backends` */
 	__u32 svc;         /* svc_value.id of the service that chose it */
