@@ -49,7 +49,19 @@ enum Command {
 /// Exit code of a runtime failure (an `Err` from a subcommand).
 const EXIT_FAILURE: u8 = 1;
 
+/// Asks the kernel not to back this process with transparent huge pages. mimalloc
+/// `madvise`s its arenas for them, which makes memory grow in 2 MiB steps: a few thousand
+/// idle connections would then cost a whole huge page each step. Without it, RSS follows
+/// what the connections really use (measured: 1.68 -> 1.41 KB per idle proxied TCP
+/// connection, and a smaller baseline). Best effort: an error changes nothing.
+#[allow(unsafe_code)]
+fn disable_transparent_huge_pages() {
+    // SAFETY: PR_SET_THP_DISABLE takes plain integer arguments and touches no memory of ours.
+    let _ = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+}
+
 fn main() -> ExitCode {
+    disable_transparent_huge_pages();
     // Clap exits with 2 on usage errors (and 0 for --help/--version).
     let cli = Cli::parse();
     let result = match &cli.command {

@@ -37,8 +37,8 @@ impl Drop for Backend {
 }
 
 async fn backend(name: &str) -> Backend {
-    let addr = free_addr();
-    let l = TcpListener::bind(addr).await.unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
     let status = Arc::new(AtomicU16::new(200));
     let hits = Arc::new(AtomicU64::new(0));
     let (st, h, name) = (Arc::clone(&status), Arc::clone(&hits), name.to_owned());
@@ -775,4 +775,204 @@ async fn demo_answers_on_8080() {
         .read_to_string(&mut out)
         .unwrap();
     assert!(out.contains("curl"), "the tour: {out}");
+}
+
+/// A raw HTTP/1.1 backend: reads one request (Content-Length or chunked body), answers with
+/// a chunked body `got N: BODY` and closes. Counts requests.
+async fn echo_backend() -> (SocketAddr, Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
+    // Bound to port 0 directly: no window in which a parallel test could take the port.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let hits = Arc::new(AtomicU64::new(0));
+    let h = Arc::clone(&hits);
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let h = Arc::clone(&h);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut tmp = [0u8; 4096];
+                let head_end = loop {
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                    match s.read(&mut tmp).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                    }
+                };
+                h.fetch_add(1, Ordering::Relaxed);
+                let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+                let chunked = head.contains("transfer-encoding: chunked");
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                let done = |b: &[u8]| {
+                    if chunked {
+                        b.ends_with(b"0\r\n\r\n")
+                    } else {
+                        b.len() >= len
+                    }
+                };
+                while !done(&buf[head_end..]) {
+                    match s.read(&mut tmp).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                    }
+                }
+                let raw = &buf[head_end..];
+                let body: Vec<u8> = if chunked {
+                    // Good enough for the test: drop the size lines.
+                    let text = String::from_utf8_lossy(raw).into_owned();
+                    text.split("\r\n")
+                        .enumerate()
+                        .filter(|(i, _)| i % 2 == 1)
+                        .map(|(_, p)| p.to_owned())
+                        .collect::<String>()
+                        .into_bytes()
+                } else {
+                    raw.to_vec()
+                };
+                let msg = format!("got {}: {}", body.len(), String::from_utf8_lossy(&body));
+                let (a, b) = msg.split_at(msg.len() / 2);
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n",
+                    a.len(),
+                    b.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    (addr, hits, task)
+}
+
+/// Undoes chunked framing (the client side of the test).
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap();
+        if n == 0 {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = &after[n + 2..];
+    }
+    out
+}
+
+#[tokio::test]
+async fn bodies_pipelining_and_smuggling() {
+    let (echo, echo_hits, _task) = echo_backend().await;
+    let plain = backend("plain").await;
+    let listen = free_addr();
+    let listen2 = free_addr();
+    let body = format!(
+        "{}{}{}{}",
+        http_service("echo", listen, "e", ""),
+        http_service("plain", listen2, "p", ""),
+        common::pool_toml("e", "rr", "", &weighted(&[echo])),
+        common::pool_toml("p", "rr", "", &weighted(&[plain.addr])),
+    );
+    let (f, _) = start("http-bodies", &body).await;
+
+    // A Content-Length body, then a chunked one: forwarded whole; the backend's chunked
+    // answer comes back chunked.
+    let r = raw_from(
+        None,
+        listen,
+        "POST /cl HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"), "{r:?}");
+    assert_eq!(dechunk(&r.body), "got 5: hello");
+    let r = raw_from(
+        None,
+        listen,
+        "POST /te HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(dechunk(&r.body), "got 11: hello world");
+    // HTTP/1.0 client: no chunked answer; the body ends with the connection.
+    let r = raw_from(
+        None,
+        listen,
+        "POST /old HTTP/1.0\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.header("transfer-encoding").is_none(), "{r:?}");
+    assert_eq!(r.body, "got 2: hi");
+
+    // Smuggling: both Content-Length and Transfer-Encoding: 400, never forwarded.
+    let hits = echo_hits.load(Ordering::Relaxed);
+    let r = raw_from(
+        None,
+        listen,
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 400, "{r:?}");
+    let r = raw_from(
+        None,
+        listen,
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\nConnection: close\r\n\r\nhello!",
+    )
+    .await;
+    assert_eq!(r.status, 400, "{r:?}");
+    assert_eq!(
+        echo_hits.load(Ordering::Relaxed),
+        hits,
+        "refused requests reached the backend"
+    );
+
+    // Pipelining: three requests in one write, answered in order on one connection.
+    let mut s = TcpStream::connect(listen2).await.unwrap();
+    s.write_all(
+        b"GET /1 HTTP/1.1\r\nHost: x\r\nX-N: 1\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\nX-N: 2\r\n\r\nGET /3 HTTP/1.1\r\nHost: x\r\nX-N: 3\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf);
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 3, "{text}");
+    let order: Vec<usize> = ["x-n: 1", "x-n: 2", "x-n: 3"]
+        .iter()
+        .map(|n| text.find(n).unwrap())
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{text}");
+
+    // HTTP/1.0 without keep-alive: the connection is closed after the answer.
+    let r = raw_from(None, listen2, "GET / HTTP/1.0\r\nHost: x\r\n\r\n").await;
+    assert_eq!(r.status, 200);
+    // HTTP/1.0 asking for keep-alive: told so, and the connection carries a second request.
+    let mut s = TcpStream::connect(listen2).await.unwrap();
+    for _ in 0..2 {
+        s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.windows(6).any(|w| w == b"plain\n") {
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&got).to_lowercase();
+        assert!(text.contains("connection: keep-alive"), "{text}");
+        // The rest of this answer (its headers echo) may still be on the way.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let _ = tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await;
+    }
+    f.assert_no_panic();
 }

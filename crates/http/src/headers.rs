@@ -1,11 +1,11 @@
 //! Header rewriting: hop-by-hop removal (RFC 9110 7.6.1), forwarding headers (X-Forwarded-*,
-//! RFC 7239 `Forwarded`), request ids, cookies, the request's host.
+//! RFC 7239 `Forwarded`), request ids, cookies, the request's host. Works on raw header
+//! names and values, so HTTP/1.1 heads (httparse) and HTTP/2 heads (hyper) share it.
 
+use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, COOKIE, HOST};
-
-/// Headers that never cross a proxy.
+/// Headers that never cross a proxy (`Upgrade` is handled apart).
 const HOP_BY_HOP: [&str; 8] = [
     "connection",
     "keep-alive",
@@ -17,38 +17,57 @@ const HOP_BY_HOP: [&str; 8] = [
     "transfer-encoding",
 ];
 
-/// Removes hop-by-hop headers, and those the `Connection` header names. `Upgrade` goes too
-/// unless `keep_upgrade` (an upgrade being relayed; the caller sets `Connection: upgrade`).
-pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<HeaderName> = h
-        .get_all(CONNECTION)
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
+    HOP_BY_HOP
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        if !(keep_upgrade && n == http::header::UPGRADE) {
-            h.remove(n);
+        .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+}
+
+/// The header names listed by `Connection` headers (also hop-by-hop). Few: kept inline.
+#[derive(Debug, Default)]
+pub struct Tokens<'a> {
+    inline: [&'a [u8]; 4],
+    n: usize,
+    more: Vec<&'a [u8]>,
+}
+
+impl<'a> Tokens<'a> {
+    pub fn of(headers: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> Self {
+        let mut t = Tokens::default();
+        for (n, v) in headers {
+            if n.eq_ignore_ascii_case(b"connection") {
+                for tok in v.split(|b| *b == b',') {
+                    let tok = tok.trim_ascii();
+                    if tok.is_empty() {
+                        continue;
+                    }
+                    if t.n < t.inline.len() {
+                        t.inline[t.n] = tok;
+                        t.n += 1;
+                    } else {
+                        t.more.push(tok);
+                    }
+                }
+            }
         }
+        t
     }
-    for n in HOP_BY_HOP {
-        h.remove(n);
-    }
-    if !keep_upgrade {
-        h.remove(http::header::UPGRADE);
+
+    pub fn contains(&self, name: &[u8]) -> bool {
+        self.inline[..self.n]
+            .iter()
+            .chain(&self.more)
+            .any(|t| t.eq_ignore_ascii_case(name))
     }
 }
 
-/// The request's host without port, from the URI (HTTP/2, absolute form) or `Host`.
-pub fn request_host<B>(req: &http::Request<B>) -> &str {
-    let raw = req
-        .uri()
-        .authority()
-        .map(http::uri::Authority::as_str)
-        .or_else(|| req.headers().get(HOST).and_then(|v| v.to_str().ok()))
-        .unwrap_or("");
-    strip_port(raw)
+/// Whether a header must not be passed on: hop-by-hop, named by `Connection`, or `Upgrade`
+/// (unless an upgrade is being relayed: `keep_upgrade`).
+pub fn is_dropped(name: &[u8], named: &Tokens<'_>, keep_upgrade: bool) -> bool {
+    if name.eq_ignore_ascii_case(b"upgrade") {
+        return !keep_upgrade;
+    }
+    is_hop_by_hop(name) || named.contains(name)
 }
 
 /// `example.com:8080` -> `example.com`; `[::1]:80` -> `[::1]`.
@@ -62,77 +81,127 @@ pub fn strip_port(h: &str) -> &str {
     }
 }
 
-/// The value of cookie `name` in the request's `Cookie` headers.
-pub fn cookie<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    h.get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.trim().trim_matches('"'))
+/// The value of cookie `name` in the request's `Cookie` header values.
+pub fn cookie<'a>(values: impl Iterator<Item = &'a [u8]>, name: &str) -> Option<&'a [u8]> {
+    values
+        .flat_map(|v| v.split(|b| *b == b';'))
+        .filter_map(|kv| {
+            let kv = kv.trim_ascii();
+            let i = kv.iter().position(|b| *b == b'=')?;
+            Some((&kv[..i], &kv[i + 1..]))
+        })
+        .find(|(k, _)| k.trim_ascii() == name.as_bytes())
+        .map(|(_, v)| {
+            let v = v.trim_ascii();
+            let v = v.strip_prefix(b"\"").unwrap_or(v);
+            v.strip_suffix(b"\"").unwrap_or(v)
+        })
 }
 
-fn node(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(a) => a.to_string(),
-        IpAddr::V6(a) => format!("\"[{a}]\""),
+/// An IP address as text, formatted once per request (it goes in two headers).
+struct IpText {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl IpText {
+    fn new(ip: IpAddr) -> Self {
+        let mut t = IpText {
+            buf: [0; 48],
+            len: 0,
+        };
+        let mut c = std::io::Cursor::new(&mut t.buf[..]);
+        let _ = write!(c, "{ip}");
+        t.len = c.position() as usize;
+        t
+    }
+    fn get(&self) -> &[u8] {
+        &self.buf[..self.len]
     }
 }
 
-/// Adds X-Forwarded-For/Proto/Host and Forwarded for a request from `peer`.
-pub fn add_forwarding(h: &mut HeaderMap, peer: SocketAddr, host: Option<&HeaderValue>, tls: bool) {
+fn list(out: &mut Vec<u8>, prev: &[&[u8]]) {
+    for p in prev.iter().filter(|p| !p.trim_ascii().is_empty()) {
+        out.extend_from_slice(p.trim_ascii());
+        out.extend_from_slice(b", ");
+    }
+}
+
+/// Writes X-Forwarded-For/Proto/Host and Forwarded header lines for a request from `peer`
+/// (`xff`, `fwd`: the request's own values, appended to).
+pub fn write_forwarding(
+    out: &mut Vec<u8>,
+    xff: &[&[u8]],
+    fwd: &[&[u8]],
+    peer: SocketAddr,
+    host: Option<&[u8]>,
+    tls: bool,
+) {
     let proto = if tls { "https" } else { "http" };
-    let ip = peer.ip().to_string();
-    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
-        _ => ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        h.insert("x-forwarded-for", v);
+    let ip = IpText::new(peer.ip());
+    out.extend_from_slice(b"X-Forwarded-For: ");
+    list(out, xff);
+    out.extend_from_slice(ip.get());
+    out.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
+    out.extend_from_slice(proto.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if let Some(h) = host {
+        out.extend_from_slice(b"X-Forwarded-Host: ");
+        out.extend_from_slice(h);
+        out.extend_from_slice(b"\r\n");
     }
-    h.insert("x-forwarded-proto", HeaderValue::from_static(proto));
-    let mut fwd = format!("for={};proto={proto}", node(peer.ip()));
-    if let Some(host) = host {
-        h.insert("x-forwarded-host", host.clone());
-        if let Ok(s) = host.to_str() {
-            if s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
-            {
-                fwd.push_str(";host=");
-                fwd.push_str(s);
-            } else {
-                fwd.push_str(";host=\"");
-                fwd.push_str(&s.replace('\\', "\\\\").replace('"', "\\\""));
-                fwd.push('"');
+    out.extend_from_slice(b"Forwarded: ");
+    list(out, fwd);
+    out.extend_from_slice(b"for=");
+    // RFC 7239 6: an IPv6 node is quoted and bracketed.
+    if peer.is_ipv6() {
+        out.extend_from_slice(b"\"[");
+        out.extend_from_slice(ip.get());
+        out.extend_from_slice(b"]\"");
+    } else {
+        out.extend_from_slice(ip.get());
+    }
+    out.extend_from_slice(b";proto=");
+    out.extend_from_slice(proto.as_bytes());
+    if let Some(h) = host {
+        if h.iter()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(b))
+        {
+            out.extend_from_slice(b";host=");
+            out.extend_from_slice(h);
+        } else {
+            out.extend_from_slice(b";host=\"");
+            for b in h {
+                if matches!(b, b'\\' | b'"') {
+                    out.push(b'\\');
+                }
+                out.push(*b);
             }
+            out.push(b'"');
         }
     }
-    let fwd = match h.get("forwarded").and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.is_empty() => format!("{prev}, {fwd}"),
-        _ => fwd,
-    };
-    if let Ok(v) = HeaderValue::from_str(&fwd) {
-        h.insert("forwarded", v);
-    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// A fresh request id (128 random bits, UUID v4 layout).
-pub fn request_id() -> HeaderValue {
+pub fn request_id() -> [u8; 36] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let r = fastrand::u128(..);
     let r = (r & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
-    let s = format!(
-        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-        (r >> 96) as u32,
-        (r >> 80) as u16,
-        (r >> 64) as u16,
-        (r >> 48) as u16,
-        r & 0xffff_ffff_ffff
-    );
-    HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static("-"))
+    let mut s = [b'-'; 36];
+    let mut bit = 128;
+    for (i, c) in s.iter_mut().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            continue;
+        }
+        bit -= 4;
+        *c = HEX[((r >> bit) & 0xf) as usize];
+    }
+    s
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -141,32 +210,51 @@ mod tests {
         assert_eq!(strip_port("Example.com:8080"), "Example.com");
         assert_eq!(strip_port("[::1]:80"), "[::1]");
         assert_eq!(strip_port("a.b"), "a.b");
-        let mut h = HeaderMap::new();
-        h.insert(COOKIE, HeaderValue::from_static("a=1; SRV=abc; b=2"));
-        assert_eq!(cookie(&h, "SRV"), Some("abc"));
-        assert_eq!(cookie(&h, "c"), None);
+        let v: [&[u8]; 1] = [b"a=1; SRV=abc; b=2"];
+        assert_eq!(cookie(v.into_iter(), "SRV"), Some(&b"abc"[..]));
+        assert_eq!(cookie(v.into_iter(), "c"), None);
     }
 
     #[test]
     fn hop_by_hop() {
-        let mut h = HeaderMap::new();
-        h.insert(CONNECTION, HeaderValue::from_static("close, X-Secret"));
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("5"));
-        h.insert("x-ok", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h, false);
-        assert_eq!(h.len(), 1);
-        assert!(h.contains_key("x-ok"));
+        let h: [(&[u8], &[u8]); 4] = [
+            (b"Connection", b"close, X-Secret"),
+            (b"x-secret", b"1"),
+            (b"keep-alive", b"5"),
+            (b"x-ok", b"1"),
+        ];
+        let named = Tokens::of(h.into_iter());
+        let kept: Vec<_> = h
+            .iter()
+            .filter(|(n, _)| !is_dropped(n, &named, false))
+            .collect();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].0, b"x-ok");
+        assert!(is_dropped(b"Upgrade", &named, false));
+        assert!(!is_dropped(b"Upgrade", &named, true));
     }
 
     #[test]
     fn forwarded() {
-        let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
-        let host = HeaderValue::from_static("ex.com");
-        add_forwarding(&mut h, "[::1]:5".parse().unwrap(), Some(&host), true);
-        assert_eq!(h["x-forwarded-for"], "1.2.3.4, ::1");
-        assert_eq!(h["forwarded"], "for=\"[::1]\";proto=https;host=ex.com");
-        assert_eq!(request_id().len(), 36);
+        let mut out = Vec::new();
+        write_forwarding(
+            &mut out,
+            &[b"1.2.3.4"],
+            &[],
+            "[::1]:5".parse().unwrap(),
+            Some(b"ex.com"),
+            true,
+        );
+        let s = String::from_utf8(out).unwrap();
+        assert!(s.contains("X-Forwarded-For: 1.2.3.4, ::1\r\n"), "{s}");
+        assert!(
+            s.contains("Forwarded: for=\"[::1]\";proto=https;host=ex.com\r\n"),
+            "{s}"
+        );
+        assert!(s.contains("X-Forwarded-Proto: https\r\n"), "{s}");
+        let id = request_id();
+        assert_eq!(id.len(), 36);
+        assert_eq!(id[14], b'4');
+        assert!(matches!(id[19], b'8' | b'9' | b'a' | b'b'));
     }
 }

@@ -4,15 +4,19 @@
 //! - [`HttpHandler::build`] turns a service's config and the snapshot's pools into an
 //!   [`HttpService`] (routes resolved to pools, TLS acceptor, rate limiter, access log,
 //!   counters), reusing what is unchanged from the previous snapshot.
-//! - [`HttpHandler::serve`] serves one accepted connection with hyper (HTTP/1.1, or HTTP/2
-//!   by ALPN under TLS and by prior knowledge in clear), each request going through
-//!   [`proxy::handle`].
+//! - [`HttpHandler::serve`] serves one accepted connection: HTTP/1.1 (clear or TLS) with the
+//!   lean codec of [`server`] and [`h1`], HTTP/2 (ALPN `h2` under TLS, prior knowledge in
+//!   clear) with hyper in [`h2`]; every request goes through [`proxy::forward`], which
+//!   drives its backend connection (pooled per worker, [`upstream`]) in the request's task.
 
 mod accesslog;
+mod h1;
+mod h2;
 mod headers;
 mod metrics;
 mod proxy;
 mod ratelimit;
+mod server;
 mod tls;
 mod upstream;
 
@@ -29,7 +33,6 @@ use fulcrum_core::config::{RateLimit, Route, ServiceConfig};
 use fulcrum_core::model::ServiceProtocol;
 use fulcrum_proxy::l7::{L7Handler, L7Metrics, ServiceExt};
 use fulcrum_proxy::snapshot::{PoolRt, ServiceRt, Shared};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 pub use accesslog::AccessLogger;
@@ -266,7 +269,7 @@ impl L7Handler for HttpHandler {
         sock: TcpStream,
         peer: SocketAddr,
     ) -> Pin<Box<dyn Future<Output = ()>>> {
-        Box::pin(serve_conn(shared, svc, sock, peer))
+        serve_conn(shared, svc, sock, peer)
     }
 
     fn metrics(&self, svc: &ServiceRt, out: &mut L7Metrics) {
@@ -277,47 +280,6 @@ impl L7Handler for HttpHandler {
         {
             ext.metrics.collect(&svc.name, out);
         }
-    }
-}
-
-/// Counts an open connection until dropped.
-struct ConnGuard {
-    shared: Arc<Shared>,
-    svc: Arc<ServiceRt>,
-}
-
-impl ConnGuard {
-    fn new(shared: Arc<Shared>, svc: Arc<ServiceRt>) -> Self {
-        svc.stats.active.fetch_add(1, Ordering::Relaxed);
-        svc.stats.total.fetch_add(1, Ordering::Relaxed);
-        shared
-            .global
-            .open_connections
-            .fetch_add(1, Ordering::Relaxed);
-        Self { shared, svc }
-    }
-}
-
-impl Drop for ConnGuard {
-    fn drop(&mut self) {
-        self.svc.stats.active.fetch_sub(1, Ordering::Relaxed);
-        self.shared
-            .global
-            .open_connections
-            .fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Spawns hyper's HTTP/2 stream tasks on the worker's `LocalSet`.
-#[derive(Clone, Copy, Debug)]
-struct LocalExec;
-
-impl<F> hyper::rt::Executor<F> for LocalExec
-where
-    F: Future + 'static,
-{
-    fn execute(&self, fut: F) {
-        tokio::task::spawn_local(fut);
     }
 }
 
@@ -346,7 +308,7 @@ fn drain_notify(shared: &Arc<Shared>) -> Rc<tokio::sync::Notify> {
     })
 }
 
-/// The per-connection facts every request needs.
+/// The per-connection facts every request needs. Counts an open connection until dropped.
 #[derive(Debug)]
 pub(crate) struct ConnCtx {
     pub shared: Arc<Shared>,
@@ -355,80 +317,78 @@ pub(crate) struct ConnCtx {
     pub peer: SocketAddr,
     pub local: SocketAddr,
     pub tls: bool,
+    /// Notified when the process starts draining.
+    pub drain: Rc<tokio::sync::Notify>,
 }
 
-async fn serve_conn(shared: Arc<Shared>, svc: Arc<ServiceRt>, sock: TcpStream, peer: SocketAddr) {
+impl Drop for ConnCtx {
+    fn drop(&mut self) {
+        self.svc.stats.active.fetch_sub(1, Ordering::Relaxed);
+        self.shared
+            .global
+            .open_connections
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Sets a connection up (no await: the future that serves it holds only what it needs
+/// while the connection idles) and returns that future.
+fn serve_conn(
+    shared: Arc<Shared>,
+    svc: Arc<ServiceRt>,
+    sock: TcpStream,
+    peer: SocketAddr,
+) -> Pin<Box<dyn Future<Output = ()>>> {
     let Some(ext) = svc
         .ext
         .clone()
         .and_then(|e| e.downcast::<HttpService>().ok())
     else {
-        return;
+        return Box::pin(std::future::ready(()));
     };
-    let _guard = ConnGuard::new(Arc::clone(&shared), Arc::clone(&svc));
-    let _ = sock.set_nodelay(true);
-    let local = sock.local_addr().unwrap_or(svc.listen);
+    svc.stats.active.fetch_add(1, Ordering::Relaxed);
+    svc.stats.total.fetch_add(1, Ordering::Relaxed);
+    shared
+        .global
+        .open_connections
+        .fetch_add(1, Ordering::Relaxed);
+    // The listen address is the local one unless it is a wildcard (saves a syscall).
+    let local = if svc.listen.ip().is_unspecified() {
+        sock.local_addr().unwrap_or(svc.listen)
+    } else {
+        svc.listen
+    };
     let drain = drain_notify(&shared);
-    let tuning = ext.tuning;
     let ctx = Rc::new(ConnCtx {
         shared,
         svc,
-        ext: Arc::clone(&ext),
+        tls: ext.tls.is_some(),
+        ext,
         peer,
         local,
-        tls: ext.tls.is_some(),
+        drain,
     });
-    match &ext.tls {
-        None => run_http(ctx, TokioIo::new(sock), None, &drain, tuning).await,
-        Some(tls) => {
-            let acc = tls.acceptor.clone();
-            let Ok(Ok(stream)) =
-                tokio::time::timeout(tuning.handshake_timeout, acc.accept(sock)).await
-            else {
-                return;
-            };
-            let h2 = stream.get_ref().1.alpn_protocol().map(|p| p == b"h2");
-            run_http(ctx, TokioIo::new(stream), h2, &drain, tuning).await;
-        }
+    if ctx.tls {
+        Box::pin(serve_tls(ctx, sock))
+    } else {
+        Box::pin(server::serve_h1(ctx, sock))
     }
 }
 
-async fn run_http<I>(
-    ctx: Rc<ConnCtx>,
-    io: I,
-    alpn_h2: Option<bool>,
-    drain: &tokio::sync::Notify,
-    tuning: Tuning,
-) where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let mut b = hyper_util::server::conn::auto::Builder::new(LocalExec);
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(tuning.header_timeout)
-        .max_buf_size(64 * 1024)
-        .keep_alive(true);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(64 * 1024)
-        .max_concurrent_streams(250);
-    let b = match alpn_h2 {
-        Some(true) => b.http2_only(),
-        Some(false) => b.http1_only(),
-        None => b,
+async fn serve_tls(ctx: Rc<ConnCtx>, sock: TcpStream) {
+    let Some(tls) = &ctx.ext.tls else {
+        return;
     };
-    let svc = hyper::service::service_fn(move |req| proxy::handle(Rc::clone(&ctx), req));
-    let conn = b.serve_connection_with_upgrades(io, svc);
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                tracing::trace!(error = %e, "http connection ended");
-            }
-        }
-        () = drain.notified() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
+    let _ = sock.set_nodelay(true);
+    let acc = tls.acceptor.clone();
+    let Ok(Ok(stream)) =
+        tokio::time::timeout(ctx.ext.tuning.handshake_timeout, acc.accept(sock)).await
+    else {
+        return;
+    };
+    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+        h2::serve(ctx, stream).await;
+    } else {
+        server::serve_h1(ctx, stream).await;
     }
 }

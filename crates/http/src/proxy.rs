@@ -1,9 +1,11 @@
-//! One request: rate limit, route, choose a backend (sticky cookie, header/cookie hash, or
-//! the pool's scheduler), rewrite headers, send on a pooled connection, retry what is safe
-//! to retry, relay upgrades, count and log.
+//! One request, whatever the client's protocol (HTTP/1.1 from [`crate::server`], HTTP/2 from
+//! [`crate::h2`]): rate limit, route, choose a backend (sticky cookie, header/cookie hash, or
+//! the pool's scheduler), write the backend's request head (headers rewritten), send it and
+//! the body on a pooled connection driven by this task, read the response head, retry what
+//! is safe to retry, count and log. The caller writes the answer in its own protocol.
 
-use std::convert::Infallible;
-use std::rc::Rc;
+use std::io::Write as _;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -11,32 +13,87 @@ use std::time::{Instant, SystemTime};
 use fulcrum_core::hash::hash_bytes;
 use fulcrum_core::model::{FlowTuple, HashKey, Proto};
 use fulcrum_core::sched::{PickError, PickRequest};
-use fulcrum_proxy::snapshot::ServiceRt;
 use fulcrum_proxy::stats::BackendStats;
-use http::header::{
-    HeaderMap, HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, RETRY_AFTER,
-    SET_COOKIE, TRANSFER_ENCODING, UPGRADE,
-};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body::Body as _;
-use http_body_util::{Either, Empty};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use http::{StatusCode, Version};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 use crate::accesslog::{AccessLogger, Entry};
-use crate::headers::{add_forwarding, cookie, request_host, request_id, strip_hop_by_hop};
-use crate::upstream::{self, ConnectError, OnDone, ProxyBody};
+use crate::h1::{self, Enc, Framing, Msg};
+use crate::headers::{cookie, is_dropped, request_id, strip_port, write_forwarding, Tokens};
+use crate::upstream::{self, ConnectError};
 use crate::{ConnCtx, RoutePool};
 
-pub(crate) async fn handle(
-    c: Rc<ConnCtx>,
-    req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
-    Ok(proxy(&c, req).await)
+/// A request head as the shared logic reads it.
+pub(crate) trait ReqView {
+    fn method(&self) -> &[u8];
+    /// The origin-form target (path and query).
+    fn target(&self) -> &[u8];
+    /// The URI authority (HTTP/2, absolute-form HTTP/1.1).
+    fn authority(&self) -> Option<&[u8]>;
+    fn version(&self) -> Version;
+    fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_;
+
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v)
+    }
+}
+
+/// The client's request body, as the shared logic forwards it.
+pub(crate) trait ReqBody {
+    /// How the client delimits it (an error: refused with 400, e.g. smuggling attempts).
+    fn framing(&self) -> Result<Framing, &'static str>;
+    fn is_done(&self) -> bool;
+    /// Appends the body bytes at hand (encoded with `enc`) to `out`; returns data bytes.
+    fn take_buffered(&mut self, out: &mut Vec<u8>, enc: Enc) -> Result<u64, BodyError>;
+    /// Waits for more body bytes.
+    async fn wait_more(&mut self) -> Result<(), BodyError>;
+}
+
+/// A client body that is malformed, cut short or failed.
+#[derive(Debug)]
+pub(crate) struct BodyError;
+
+fn eq(a: &[u8], b: &str) -> bool {
+    a.eq_ignore_ascii_case(b.as_bytes())
+}
+
+/// The request's host as sent: URI authority, else `Host`.
+fn raw_host(r: &impl ReqView) -> Option<&[u8]> {
+    r.authority().or_else(|| r.header("host"))
+}
+
+/// The request's host without port.
+pub(crate) fn host(r: &impl ReqView) -> &str {
+    strip_port(
+        raw_host(r)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .unwrap_or(""),
+    )
+}
+
+fn path(target: &[u8]) -> &str {
+    let p = target.split(|b| *b == b'?').next().unwrap_or(b"");
+    std::str::from_utf8(p).unwrap_or("")
+}
+
+fn is_idempotent(m: &[u8]) -> bool {
+    matches!(
+        m,
+        b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE"
+    )
+}
+
+fn values<'a>(r: &'a impl ReqView, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+    r.headers()
+        .filter(move |(n, _)| eq(n, name))
+        .map(|(_, v)| v)
 }
 
 /// Holds one in-flight request on a backend (`active`, for lc/wlc/p2c).
-struct Active(Arc<BackendStats>);
+pub(crate) struct Active(Arc<BackendStats>);
 
 impl Active {
     fn new(s: &Arc<BackendStats>) -> Self {
@@ -52,17 +109,16 @@ impl Drop for Active {
     }
 }
 
-/// What happens when the response body is done.
-struct Done {
-    svc: Arc<ServiceRt>,
-    log: Option<(Arc<AccessLogger>, Box<Entry>)>,
+/// What is left to do when the answer's body is done: byte counters, the access log.
+pub(crate) struct Done {
     start: Instant,
+    log: Option<(Arc<AccessLogger>, Box<Entry>)>,
     _active: Option<Active>,
 }
 
-impl OnDone for Done {
-    fn done(self: Box<Self>, bytes: u64, _complete: bool) {
-        self.svc.stats.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+impl Done {
+    pub fn finish(self, c: &ConnCtx, bytes: u64) {
+        c.svc.stats.bytes_out.fetch_add(bytes, Ordering::Relaxed);
         if let Some((l, mut e)) = self.log {
             e.bytes = bytes;
             e.duration = self.start.elapsed();
@@ -71,69 +127,146 @@ impl OnDone for Done {
     }
 }
 
-fn is_idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
+/// An answer from Fulcrum itself, with a short body saying why.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Local {
+    pub status: StatusCode,
+    pub why: &'static str,
+    /// `Retry-After` seconds (429).
+    pub retry_after: Option<u64>,
 }
 
-fn has_token(h: &HeaderMap, name: http::header::HeaderName, token: &str) -> bool {
-    h.get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+impl Local {
+    pub fn new(status: StatusCode, why: &'static str) -> Self {
+        Self {
+            status,
+            why,
+            retry_after: None,
+        }
+    }
+
+    pub fn body(&self) -> String {
+        format!("{}\n", self.why)
+    }
+
+    /// The headers of the answer (besides framing).
+    pub fn headers(&self) -> impl Iterator<Item = (&'static str, String)> {
+        [
+            Some(("content-type", "text/plain; charset=utf-8".to_owned())),
+            self.retry_after.map(|s| ("retry-after", s.to_string())),
+        ]
+        .into_iter()
+        .flatten()
+    }
+
+    /// As an HTTP/1.1 message.
+    pub fn write_h1(&self, out: &mut Vec<u8>, close: bool) -> u64 {
+        let body = self.body();
+        let _ = write!(
+            out,
+            "HTTP/1.1 {} {}\r\n",
+            self.status.as_u16(),
+            self.status.canonical_reason().unwrap_or("")
+        );
+        for (n, v) in self.headers() {
+            let _ = write!(out, "{n}: {v}\r\n");
+        }
+        let _ = write!(out, "content-length: {}\r\n", body.len());
+        if close {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(body.as_bytes());
+        body.len() as u64
+    }
+}
+
+/// A backend's answer: its connection, its parsed head and the body bytes read so far.
+pub(crate) struct Exchange {
+    pub addr: SocketAddr,
+    pub conn: TcpStream,
+    pub resp: Box<Msg>,
+    pub framing: Framing,
+    /// The connection can carry another request once this body is read.
+    pub keep_alive: bool,
+    /// `101 Switching Protocols` to an upgrade request: relay bytes from now on.
+    pub upgraded: bool,
+    pub done: Done,
+}
+
+impl Exchange {
+    /// The response headers to pass on: without hop-by-hop ones (unless upgraded), and
+    /// without `Content-Length` when the body is re-framed.
+    pub fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        let named = Tokens::of(self.resp.headers());
+        let up = self.upgraded;
+        let reframed = matches!(self.framing, Framing::Chunked | Framing::Close);
+        self.resp.headers().filter(move |(n, _)| {
+            up || !(is_dropped(n, &named, false) || (reframed && eq(n, "content-length")))
+        })
+    }
+
+    pub fn status(&self) -> u16 {
+        self.resp.status
+    }
+
+    /// The body is done (`complete`) or abandoned: the connection goes back to the pool if
+    /// it can carry another request; counters and the access log.
+    pub fn finish(self, c: &ConnCtx, bytes: u64, complete: bool) {
+        if complete && self.keep_alive && !self.upgraded {
+            upstream::put_idle(self.addr, self.conn);
+        }
+        self.resp.give();
+        self.done.finish(c, bytes);
+    }
+}
+
+/// What [`forward`] ends with.
+pub(crate) enum Outcome<'c> {
+    Local(Local, Done),
+    /// With the sticky cookie to set (name, value).
+    Backend(Exchange, Option<(&'c str, &'c str)>),
 }
 
 /// Per-request facts for the answer and the log.
 struct Req<'a> {
-    c: &'a ConnCtx,
     rp: &'a RoutePool,
     start: Instant,
     log: Option<(Arc<AccessLogger>, Box<Entry>)>,
 }
 
-impl Req<'_> {
-    fn done(&mut self, status: StatusCode, backend: Option<std::net::SocketAddr>) -> Done {
+impl<'a> Req<'a> {
+    fn done(&mut self, status: u16, backend: Option<SocketAddr>, active: Option<Active>) -> Done {
         let log = self.log.take().map(|(l, mut e)| {
-            e.status = status.as_u16();
+            e.status = status;
             e.backend = backend;
             (l, e)
         });
         Done {
-            svc: Arc::clone(&self.c.svc),
-            log,
             start: self.start,
-            _active: None,
+            log,
+            _active: active,
         }
     }
 
-    /// An answer from Fulcrum itself, with a short body saying why.
-    fn local(&mut self, status: StatusCode, why: &str) -> Response<ProxyBody> {
-        self.rp.metrics.local.count(status.as_u16());
+    fn local(&mut self, l: Local) -> Outcome<'a> {
+        self.rp.metrics.local.count(l.status.as_u16());
         self.rp.metrics.duration.observe(self.start.elapsed());
-        let done = self.done(status, None);
-        let mut r = Response::new(ProxyBody::full(format!("{why}\n"), Some(Box::new(done))));
-        *r.status_mut() = status;
-        r.headers_mut().insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        r
+        let done = self.done(l.status.as_u16(), None, None);
+        Outcome::Local(l, done)
     }
 }
 
 fn pick(
     c: &ConnCtx,
     rp: &RoutePool,
-    headers: &HeaderMap,
+    req: &impl ReqView,
     tried: &[usize],
 ) -> Result<(usize, bool), PickError> {
     let pool = &rp.pool;
     if let Some(name) = &pool.sticky_cookie {
-        if let Some(v) = cookie(headers, name) {
-            if let Some(i) = rp.cookie_values.iter().position(|x| x == v) {
+        if let Some(v) = cookie(values(req, "cookie"), name) {
+            if let Some(i) = rp.cookie_values.iter().position(|x| x.as_bytes() == v) {
                 if pool.backends[i].is_eligible() && !tried.contains(&i) {
                     return Ok((i, true));
                 }
@@ -141,8 +274,8 @@ fn pick(
         }
     }
     let key = match &pool.hash_key {
-        HashKey::Header(n) => Some(headers.get(n.as_str()).map(HeaderValue::as_bytes)),
-        HashKey::Cookie(n) => Some(cookie(headers, n).map(str::as_bytes)),
+        HashKey::Header(n) => Some(req.header(n.as_str())),
+        HashKey::Cookie(n) => Some(cookie(values(req, "cookie"), n)),
         _ => None,
     };
     let idx = match key {
@@ -164,125 +297,250 @@ fn pick(
     Ok((idx, false))
 }
 
+fn entry(c: &ConnCtx, req: &impl ReqView, host: &str) -> Entry {
+    let s = |n: &str| String::from_utf8_lossy(req.header(n).unwrap_or(b"")).into_owned();
+    let t = req.target();
+    Entry {
+        service: c.svc.name.clone(),
+        client: c.peer,
+        method: http::Method::from_bytes(req.method()).unwrap_or_default(),
+        path: String::from_utf8_lossy(if t.is_empty() { b"/" } else { t }).into_owned(),
+        version: req.version(),
+        host: host.to_owned(),
+        status: 0,
+        backend: None,
+        bytes: 0,
+        duration: std::time::Duration::ZERO,
+        request_id: String::new(),
+        user_agent: s("user-agent"),
+        referer: s("referer"),
+        time: SystemTime::now(),
+    }
+}
+
+/// Writes the backend's request head: headers passed on except hop-by-hop ones, forwarding
+/// headers appended, the request id, and the framing of the body as forwarded.
+fn write_head(
+    out: &mut Vec<u8>,
+    c: &ConnCtx,
+    req: &impl ReqView,
+    rid: &[u8],
+    upgrade: bool,
+    framing: Framing,
+) {
+    let t = req.target();
+    out.extend_from_slice(req.method());
+    out.push(b' ');
+    out.extend_from_slice(if t.is_empty() { b"/" } else { t });
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let named = Tokens::of(req.headers());
+    let mut xff: Vec<&[u8]> = Vec::new();
+    let mut fwd: Vec<&[u8]> = Vec::new();
+    let mut cookies: Vec<&[u8]> = Vec::new();
+    let mut had_len = false;
+    for (n, v) in req.headers() {
+        if is_dropped(n, &named, upgrade) {
+            continue;
+        }
+        if eq(n, "x-forwarded-for") {
+            xff.push(v);
+        } else if eq(n, "forwarded") {
+            fwd.push(v);
+        } else if eq(n, "cookie") {
+            cookies.push(v);
+        } else if eq(n, "content-length") {
+            had_len = true;
+        } else if !(eq(n, "host")
+            || eq(n, "x-request-id")
+            || eq(n, "x-forwarded-proto")
+            || eq(n, "x-forwarded-host")
+            || eq(n, "expect"))
+        {
+            out.extend_from_slice(n);
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(v);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    let host = raw_host(req);
+    if let Some(h) = host {
+        out.extend_from_slice(b"Host: ");
+        out.extend_from_slice(h);
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some((first, rest)) = cookies.split_first() {
+        out.extend_from_slice(b"Cookie: ");
+        out.extend_from_slice(first);
+        for v in rest {
+            out.extend_from_slice(b"; ");
+            out.extend_from_slice(v);
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    write_forwarding(out, &xff, &fwd, c.peer, host, c.tls);
+    out.extend_from_slice(b"X-Request-Id: ");
+    out.extend_from_slice(rid);
+    out.extend_from_slice(b"\r\n");
+    if upgrade {
+        out.extend_from_slice(b"Connection: upgrade\r\n");
+    }
+    match framing {
+        Framing::Length(n) => {
+            let _ = write!(out, "Content-Length: {n}\r\n");
+        }
+        Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        Framing::Empty if had_len => out.extend_from_slice(b"Content-Length: 0\r\n"),
+        Framing::Empty | Framing::Close => {}
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// How one attempt on a backend failed.
+enum AttemptError {
+    /// The client's body is bad or was cut: not the backend's fault.
+    Client,
+    /// The backend failed; `sent`: the whole request went out; `answered`: some bytes came.
+    Backend { sent: bool, answered: bool },
+}
+
+/// Sends the request (head written by `head`, then the body) and reads the final response
+/// head into a buffer taken (into `slot`) only once the backend has something to say.
+async fn attempt(
+    conn: &mut TcpStream,
+    head: impl FnOnce(&mut Vec<u8>),
+    body: &mut impl ReqBody,
+    enc: Enc,
+    slot: &mut Option<Box<Msg>>,
+    bytes_in: &mut u64,
+) -> Result<(), AttemptError> {
+    let err = |sent| AttemptError::Backend {
+        sent,
+        answered: false,
+    };
+    let mut out = h1::take_vec();
+    head(&mut out);
+    loop {
+        *bytes_in += body
+            .take_buffered(&mut out, enc)
+            .map_err(|BodyError| AttemptError::Client)?;
+        let done = body.is_done();
+        if done {
+            enc.finish(&mut out);
+        }
+        if !out.is_empty() {
+            conn.write_all(&out).await.map_err(|_| err(false))?;
+        }
+        out.clear();
+        if done {
+            break;
+        }
+        body.wait_more()
+            .await
+            .map_err(|BodyError| AttemptError::Client)?;
+    }
+    h1::give_vec(out);
+    // No buffer while the backend works on it.
+    conn.readable().await.map_err(|_| err(true))?;
+    let resp = slot.get_or_insert_with(Msg::take);
+    resp.clear();
+    loop {
+        match resp.parse_response() {
+            Ok(true) if resp.status >= 100 && resp.status < 200 && resp.status != 101 => {
+                resp.reset_to_rest(); // an interim answer (100 Continue, 103): not passed on
+                continue;
+            }
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(_) => {
+                return Err(AttemptError::Backend {
+                    sent: true,
+                    answered: true,
+                })
+            }
+        }
+        match resp.read_from(conn).await {
+            Ok(n) if n > 0 => {}
+            _ => {
+                return Err(AttemptError::Backend {
+                    sent: true,
+                    answered: !resp.buf.is_empty(),
+                })
+            }
+        }
+    }
+}
+
+/// Forwards one request to a backend of its route; see the module docs.
 #[allow(clippy::too_many_lines)]
-async fn proxy(c: &ConnCtx, mut req: Request<Incoming>) -> Response<ProxyBody> {
+pub(crate) async fn forward<'c>(
+    c: &'c ConnCtx,
+    req: &impl ReqView,
+    body: &mut impl ReqBody,
+) -> Outcome<'c> {
     let start = Instant::now();
-    let ext = &c.ext;
+    let ext = &*c.ext;
     ext.budget.earn();
-    let rp = ext.route(request_host(&req), req.uri().path());
-    let log = ext.access_log.as_ref().map(|l| {
-        let h = req.headers();
-        let s = |n: http::header::HeaderName| {
-            h.get(n)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned()
-        };
-        (
-            Arc::clone(l),
-            Box::new(Entry {
-                service: c.svc.name.clone(),
-                client: c.peer,
-                method: req.method().clone(),
-                path: req
-                    .uri()
-                    .path_and_query()
-                    .map_or("/", http::uri::PathAndQuery::as_str)
-                    .to_owned(),
-                version: req.version(),
-                host: request_host(&req).to_owned(),
-                status: 0,
-                backend: None,
-                bytes: 0,
-                duration: std::time::Duration::ZERO,
-                request_id: String::new(),
-                user_agent: s(http::header::USER_AGENT),
-                referer: s(http::header::REFERER),
-                time: SystemTime::now(),
-            }),
-        )
-    });
-    let mut r = Req { c, rp, start, log };
+    let host = host(req);
+    let rp = ext.route(host, path(req.target()));
+    let log = ext
+        .access_log
+        .as_ref()
+        .map(|l| (Arc::clone(l), Box::new(entry(c, req, host))));
+    let mut r = Req { rp, start, log };
 
     // Request smuggling: never guess which framing the backend would believe.
-    if req.headers().contains_key(CONTENT_LENGTH) && req.headers().contains_key(TRANSFER_ENCODING) {
-        return r.local(
-            StatusCode::BAD_REQUEST,
-            "bad request: both Content-Length and Transfer-Encoding",
-        );
-    }
+    let framing = match body.framing() {
+        Ok(f) => f,
+        Err(why) => return r.local(Local::new(StatusCode::BAD_REQUEST, why)),
+    };
     if let Some((_, l)) = &ext.limiter {
         if let Err(wait) = l.check(c.peer.ip(), c.shared.now()) {
-            let mut resp = r.local(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too many requests from your address: slow down",
-            );
             let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            resp.headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
-            return resp;
+            return r.local(Local {
+                retry_after: Some(secs.max(1)),
+                ..Local::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many requests from your address: slow down",
+                )
+            });
         }
     }
 
     let upgrade = req.version() <= Version::HTTP_11
-        && req.headers().contains_key(UPGRADE)
-        && has_token(req.headers(), CONNECTION, "upgrade");
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-
-    let (parts, body) = req.into_parts();
-    let mut headers = parts.headers;
-    let rid = match headers.get("x-request-id") {
-        Some(v) => v.clone(),
-        None => {
-            let v = request_id();
-            headers.insert("x-request-id", v.clone());
-            v
-        }
+        && req.header("upgrade").is_some()
+        && values(req, "connection").any(|v| h1::has_token(v, "upgrade"));
+    let generated;
+    let rid = if let Some(v) = req.header("x-request-id") {
+        v
+    } else {
+        generated = request_id();
+        &generated[..]
     };
     if let Some((_, e)) = &mut r.log {
-        rid.to_str().unwrap_or("").clone_into(&mut e.request_id);
+        e.request_id = String::from_utf8_lossy(rid).into_owned();
     }
-    let host = headers.get(HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
-    strip_hop_by_hop(&mut headers, upgrade);
-    if upgrade {
-        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    }
-    if let Some(h) = &host {
-        if !headers.contains_key(HOST) {
-            headers.insert(HOST, h.clone());
-        }
-    }
-    add_forwarding(&mut headers, c.peer, host.as_ref(), c.tls);
-    if let Some(n) = body.size_hint().exact() {
-        c.svc.stats.bytes_in.fetch_add(n, Ordering::Relaxed);
-    }
-    let uri = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .map_or_else(|| Uri::from_static("/"), Uri::from);
-    let bodyless = body.is_end_stream();
-    let replayable = bodyless && is_idempotent(&parts.method) && !upgrade;
-    let mut body = Some(body);
+    let is_head = req.method() == b"HEAD";
+    let replayable = framing == Framing::Empty && is_idempotent(req.method()) && !upgrade;
+    let enc = if framing == Framing::Chunked {
+        Enc::Chunked
+    } else {
+        Enc::Identity
+    };
+    let mut bytes_in = 0;
 
     let pool = &rp.pool;
     let tuning = ext.tuning;
     let max_attempts = 1 + tuning.retries as usize;
-    let mut tried: Vec<usize> = Vec::with_capacity(2);
+    let mut tried: Vec<usize> = Vec::new();
     let mut stale_retries = 0;
-    let mut last_err: Option<(StatusCode, &'static str)> = None;
-    loop {
+    let mut last_err: Option<Local> = None;
+    let mut slot: Option<Box<Msg>> = None;
+    let out = loop {
         if tried.len() >= max_attempts {
-            break;
+            break None;
         }
-        let (idx, sticky_hit) = match pick(c, rp, &headers, &tried) {
-            Ok(x) => x,
-            Err(_) => break,
+        let Ok((idx, sticky_hit)) = pick(c, rp, req, &tried) else {
+            break None;
         };
         tried.push(idx);
         let addr = pool.backends[idx].address;
@@ -293,23 +551,23 @@ async fn proxy(c: &ConnCtx, mut req: Request<Incoming>) -> Response<ProxyBody> {
             upstream::take_idle(addr)
         };
         let reused = pooled.is_some();
-        let mut sender = match pooled {
+        let mut conn = match pooled {
             Some(s) => s,
-            None => match upstream::connect(addr, tuning.connect_timeout, upgrade).await {
+            None => match upstream::connect(addr, tuning.connect_timeout).await {
                 Ok(s) => s,
                 Err(e) => {
                     match e {
                         ConnectError::Refused(err) => {
                             tracing::debug!(backend = %addr, error = %err, "connect failed");
                             stats.connect_failures.fetch_add(1, Ordering::Relaxed);
-                            last_err = Some((
+                            last_err = Some(Local::new(
                                 StatusCode::BAD_GATEWAY,
                                 "bad gateway: cannot connect to a backend",
                             ));
                         }
                         ConnectError::Timeout => {
                             stats.connect_timeouts.fetch_add(1, Ordering::Relaxed);
-                            last_err = Some((
+                            last_err = Some(Local::new(
                                 StatusCode::GATEWAY_TIMEOUT,
                                 "gateway timeout: connecting to a backend timed out",
                             ));
@@ -320,60 +578,82 @@ async fn proxy(c: &ConnCtx, mut req: Request<Incoming>) -> Response<ProxyBody> {
                     if tried.len() < max_attempts && ext.budget.try_spend() {
                         continue;
                     }
-                    break;
+                    break None;
                 }
             },
         };
-        let b = if bodyless {
-            Either::Right(Empty::new())
-        } else if let Some(b) = body.take() {
-            Either::Left(b)
-        } else {
-            break;
-        };
-        let mut up = Request::new(b);
-        *up.method_mut() = parts.method.clone();
-        *up.uri_mut() = uri.clone();
-        *up.headers_mut() = headers.clone();
         let active = Active::new(stats);
-        let res = tokio::time::timeout(tuning.response_timeout, sender.send_request(up)).await;
-        let mut resp = match res {
+        let res = tokio::time::timeout(
+            tuning.response_timeout,
+            attempt(
+                &mut conn,
+                |out: &mut Vec<u8>| write_head(out, c, req, rid, upgrade, framing),
+                body,
+                enc,
+                &mut slot,
+                &mut bytes_in,
+            ),
+        )
+        .await;
+        match res {
             Err(_) => {
                 c.shared.report_passive(stats, false);
-                last_err = Some((
+                last_err = Some(Local::new(
                     StatusCode::GATEWAY_TIMEOUT,
                     "gateway timeout: the backend did not answer in time",
                 ));
-                break;
+                break None;
             }
-            Ok(Err(e)) => {
+            Ok(Err(AttemptError::Client)) => {
+                last_err = Some(Local::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad request: invalid or incomplete request body",
+                ));
+                break None;
+            }
+            Ok(Err(AttemptError::Backend { sent, answered })) => {
                 drop(active);
-                if reused && (replayable || e.is_canceled()) && stale_retries < 2 {
+                let resendable = replayable || (!sent && framing == Framing::Empty);
+                if reused && !answered && resendable && stale_retries < 2 {
                     // A pooled connection the backend had closed: try a fresh one.
                     stale_retries += 1;
                     tried.pop();
-                    if e.is_canceled() && !bodyless {
-                        break;
-                    }
                     continue;
                 }
                 c.shared.report_passive(stats, false);
-                last_err = Some((
+                last_err = Some(Local::new(
                     StatusCode::BAD_GATEWAY,
                     "bad gateway: the backend closed the connection without an answer",
                 ));
                 if replayable && tried.len() < max_attempts && ext.budget.try_spend() {
                     continue;
                 }
-                break;
+                break None;
             }
-            Ok(Ok(resp)) => resp,
+            Ok(Ok(())) => {}
+        }
+        let Some(resp) = slot.as_mut() else {
+            break None;
         };
-        let status = resp.status();
-        if status.is_server_error() {
+        let Ok(rframing) = h1::response_framing(resp, is_head) else {
+            c.shared.report_passive(stats, false);
+            last_err = Some(Local::new(
+                StatusCode::BAD_GATEWAY,
+                "bad gateway: the backend's answer is malformed",
+            ));
+            break None;
+        };
+        let status = resp.status;
+        let keep_alive = resp.minor >= 1
+            && rframing != Framing::Close
+            && !upgrade
+            && !resp
+                .headers()
+                .any(|(n, v)| eq(n, "connection") && h1::has_token(v, "close"));
+        if status >= 500 {
             stats.http_5xx.fetch_add(1, Ordering::Relaxed);
             c.shared.report_passive(stats, false);
-            if matches!(status.as_u16(), 502 | 503)
+            if matches!(status, 502 | 503)
                 && replayable
                 && tried.len() < max_attempts
                 && pool
@@ -383,8 +663,14 @@ async fn proxy(c: &ConnCtx, mut req: Request<Incoming>) -> Response<ProxyBody> {
                     .any(|(i, b)| b.is_eligible() && !tried.contains(&i))
                 && ext.budget.try_spend()
             {
-                if resp.body().is_end_stream() {
-                    upstream::put_idle(addr, sender);
+                let rest = resp.rest().len() as u64;
+                let whole = match rframing {
+                    Framing::Empty => rest == 0,
+                    Framing::Length(n) => rest == n,
+                    _ => false,
+                };
+                if keep_alive && whole {
+                    upstream::put_idle(addr, conn);
                 }
                 continue;
             }
@@ -392,53 +678,49 @@ async fn proxy(c: &ConnCtx, mut req: Request<Incoming>) -> Response<ProxyBody> {
             c.shared.report_passive(stats, true);
         }
 
-        rp.backend_metrics[idx].count(status.as_u16());
+        rp.backend_metrics[idx].count(status);
         rp.metrics.duration.observe(start.elapsed());
-        let mut done = r.done(status, Some(addr));
-        done._active = Some(active);
-
-        if status == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(client_up) = client_upgrade {
-                let backend_up = hyper::upgrade::on(&mut resp);
-                tokio::task::spawn_local(async move {
-                    if let (Ok(a), Ok(b)) = tokio::join!(client_up, backend_up) {
-                        let mut a = TokioIo::new(a);
-                        let mut b = TokioIo::new(b);
-                        let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
-                    }
-                });
+        let done = r.done(status, Some(addr), Some(active));
+        let cookie = match &pool.sticky_cookie {
+            Some(name) if !sticky_hit && status != 101 => {
+                Some((name.as_str(), rp.cookie_values[idx].as_str()))
             }
-            let (rparts, rbody) = resp.into_parts();
-            return Response::from_parts(
-                rparts,
-                ProxyBody::upstream(rbody, None, Some(Box::new(done))),
-            );
-        }
-        let (mut rparts, rbody) = resp.into_parts();
-        strip_hop_by_hop(&mut rparts.headers, false);
-        if let Some(name) = &pool.sticky_cookie {
-            if !sticky_hit {
-                let v = format!("{name}={}; Path=/; HttpOnly", rp.cookie_values[idx]);
-                if let Ok(v) = HeaderValue::from_str(&v) {
-                    rparts.headers.append(SET_COOKIE, v);
-                }
-            }
-        }
-        let conn = (!upgrade).then_some((addr, sender));
-        return Response::from_parts(
-            rparts,
-            ProxyBody::upstream(rbody, conn, Some(Box::new(done))),
-        );
+            _ => None,
+        };
+        break Some((
+            Exchange {
+                addr,
+                conn,
+                resp: slot.take().unwrap_or_else(Msg::take),
+                framing: rframing,
+                keep_alive,
+                upgraded: upgrade && status == 101,
+                done,
+            },
+            cookie,
+        ));
+    };
+    if let Some(m) = slot {
+        m.give();
     }
-    match last_err {
-        Some((s, why)) => r.local(s, why),
-        None if tried.is_empty() => r.local(
+    c.svc.stats.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
+    if let Some((ex, cookie)) = out {
+        return Outcome::Backend(ex, cookie);
+    }
+    r.local(match last_err {
+        Some(l) => l,
+        None if tried.is_empty() => Local::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "service unavailable: no backend is available",
         ),
-        None => r.local(
+        None => Local::new(
             StatusCode::BAD_GATEWAY,
             "bad gateway: no backend could answer",
         ),
-    }
+    })
+}
+
+/// The `Set-Cookie` value pinning a client to a backend.
+pub(crate) fn set_cookie(name: &str, value: &str) -> String {
+    format!("{name}={value}; Path=/; HttpOnly")
 }

@@ -1,0 +1,619 @@
+//! A small HTTP/1.1 codec over `httparse`: message buffers taken from a per-worker pool only
+//! while a message is in flight, head parsing into offsets (so a parsed head can be kept while
+//! the buffer is read into), body framing (RFC 9112 6.3) and a sans-IO chunked decoder.
+#![allow(clippy::vec_box, clippy::unnecessary_box_returns)] // boxed: a `Msg` moves as a pointer
+
+use std::cell::RefCell;
+use std::io::Write as _;
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Largest request or response head (larger request heads get 431).
+pub const MAX_HEAD: usize = 64 * 1024;
+/// Headers per head at most (more: 431).
+const MAX_HEADERS: usize = 128;
+/// Initial buffer capacity (a typical request head fits; bigger heads and bodies grow it),
+/// and the free space ensured before each read. Small buffers keep the memory of many
+/// requests in flight at once low.
+const BUF_CAP: usize = 1024;
+const READ_SPARE: usize = 256;
+/// Buffers kept per worker thread for reuse, and the largest one kept.
+const POOL_MAX: usize = 32;
+const POOL_BUF_MAX: usize = 16 * 1024;
+
+thread_local! {
+    static MSGS: RefCell<Vec<Box<Msg>>> = const { RefCell::new(Vec::new()) };
+    static VECS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A byte buffer from the per-worker pool (give it back with [`give_vec`]).
+pub fn take_vec() -> Vec<u8> {
+    VECS.with(|p| p.borrow_mut().pop())
+        .unwrap_or_else(|| Vec::with_capacity(BUF_CAP))
+}
+
+pub fn give_vec(mut v: Vec<u8>) {
+    if v.capacity() <= POOL_BUF_MAX {
+        v.clear();
+        VECS.with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() < POOL_MAX {
+                p.push(v);
+            }
+        });
+    }
+}
+
+/// Offsets (start, end) into a [`Msg`]'s buffer.
+pub type Span = (u32, u32);
+
+/// One message: its head (parsed into offsets) and the bytes read after it.
+#[derive(Debug, Default)]
+pub struct Msg {
+    pub buf: Vec<u8>,
+    /// Length of the parsed head (0: not parsed yet).
+    pub head_len: usize,
+    /// Start of the bytes not consumed yet (>= `head_len`).
+    pub pos: usize,
+    hdrs: Vec<(Span, Span)>,
+    pub method: Span,
+    pub target: Span,
+    pub reason: Span,
+    pub status: u16,
+    /// HTTP/1.x minor version.
+    pub minor: u8,
+}
+
+/// Why a head could not be parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadError {
+    Bad,
+    TooLarge,
+}
+
+fn span(base: &[u8], s: &[u8]) -> Span {
+    let start = s.as_ptr() as usize - base.as_ptr() as usize;
+    (start as u32, (start + s.len()) as u32)
+}
+
+impl Msg {
+    /// An empty message from the pool.
+    pub fn take() -> Box<Self> {
+        MSGS.with(|p| p.borrow_mut().pop()).unwrap_or_else(|| {
+            Box::new(Msg {
+                buf: Vec::with_capacity(BUF_CAP),
+                ..Msg::default()
+            })
+        })
+    }
+
+    /// Back to the pool.
+    pub fn give(mut self: Box<Self>) {
+        if self.buf.capacity() <= POOL_BUF_MAX {
+            self.buf.clear();
+            self.hdrs.clear();
+            self.head_len = 0;
+            self.pos = 0;
+            MSGS.with(|p| {
+                let mut p = p.borrow_mut();
+                if p.len() < POOL_MAX {
+                    p.push(self);
+                }
+            });
+        }
+    }
+
+    pub fn get(&self, s: Span) -> &[u8] {
+        &self.buf[s.0 as usize..s.1 as usize]
+    }
+
+    pub fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.hdrs.iter().map(|(n, v)| (self.get(*n), self.get(*v)))
+    }
+
+    /// Bytes after the head not consumed yet.
+    pub fn rest(&self) -> &[u8] {
+        &self.buf[self.pos..]
+    }
+
+    pub fn consume(&mut self, n: usize) {
+        self.pos += n;
+        if self.pos >= self.buf.len() {
+            // Everything after the head is used: read the next bytes right after it.
+            self.buf.truncate(self.head_len);
+            self.pos = self.head_len;
+        }
+    }
+
+    /// Empties the buffer.
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.hdrs.clear();
+        self.head_len = 0;
+        self.pos = 0;
+    }
+
+    /// Forgets the head (and consumed bytes): what is left starts the next message.
+    pub fn reset_to_rest(&mut self) {
+        self.buf.drain(..self.pos);
+        self.head_len = 0;
+        self.pos = 0;
+        self.hdrs.clear();
+    }
+
+    /// Makes room for a read.
+    pub fn reserve_read(&mut self) {
+        if self.buf.capacity() - self.buf.len() < READ_SPARE {
+            // Doubles: big heads and bodies get big reads.
+            self.buf.reserve(BUF_CAP.max(self.buf.len()).min(MAX_HEAD));
+        }
+    }
+
+    /// Reads more bytes after those held; `Ok(0)` at EOF.
+    pub async fn read_from<S: AsyncRead + Unpin>(&mut self, io: &mut S) -> std::io::Result<usize> {
+        self.reserve_read();
+        io.read_buf(&mut self.buf).await
+    }
+
+    /// The end of a complete head, `None` if incomplete.
+    fn head_end(
+        &self,
+        r: Result<httparse::Status<usize>, httparse::Error>,
+    ) -> Result<Option<usize>, HeadError> {
+        match r {
+            Ok(httparse::Status::Complete(n)) if n <= MAX_HEAD => Ok(Some(n)),
+            Ok(httparse::Status::Partial) if self.buf.len() < MAX_HEAD => Ok(None),
+            Ok(_) | Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooLarge),
+            Err(_) => Err(HeadError::Bad),
+        }
+    }
+
+    /// Records a parsed head's length and HTTP/1.x minor version.
+    fn set_head(&mut self, n: usize, minor: u8) {
+        self.minor = minor;
+        self.head_len = n;
+        self.pos = n;
+    }
+
+    /// Parses a request head at the start of the buffer: `Ok(false)` if incomplete.
+    pub fn parse_request(&mut self) -> Result<bool, HeadError> {
+        let mut hs =
+            [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut []);
+        let Some(n) = self.head_end(req.parse_with_uninit_headers(&self.buf, &mut hs))? else {
+            return Ok(false);
+        };
+        let (Some(m), Some(p), Some(v)) = (req.method, req.path, req.version) else {
+            return Err(HeadError::Bad);
+        };
+        let (method, target) = (span(&self.buf, m.as_bytes()), span(&self.buf, p.as_bytes()));
+        record(&mut self.hdrs, &self.buf, req.headers);
+        self.set_head(n, v);
+        self.method = method;
+        self.target = target;
+        Ok(true)
+    }
+
+    /// Parses a response head at the start of the buffer: `Ok(false)` if incomplete.
+    pub fn parse_response(&mut self) -> Result<bool, HeadError> {
+        let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut hs);
+        let Some(n) = self.head_end(resp.parse(&self.buf))? else {
+            return Ok(false);
+        };
+        let (Some(code), Some(v)) = (resp.code, resp.version) else {
+            return Err(HeadError::Bad);
+        };
+        let reason = resp
+            .reason
+            .map_or((0, 0), |r| span(&self.buf, r.as_bytes()));
+        record(&mut self.hdrs, &self.buf, resp.headers);
+        self.set_head(n, v);
+        self.reason = reason;
+        self.status = code;
+        Ok(true)
+    }
+}
+
+/// Records parsed headers as offsets into `buf`.
+fn record(hdrs: &mut Vec<(Span, Span)>, buf: &[u8], hs: &[httparse::Header<'_>]) {
+    hdrs.clear();
+    hdrs.extend(
+        hs.iter()
+            .map(|h| (span(buf, h.name.as_bytes()), span(buf, h.value))),
+    );
+}
+
+/// Whether a comma-separated header value list names `token` (ignoring case).
+pub fn has_token(v: &[u8], token: &str) -> bool {
+    v.split(|b| *b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// A `Content-Length` value (digits only).
+pub fn parse_len(v: &[u8]) -> Option<u64> {
+    let v = v.trim_ascii();
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// How a body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body (or `Content-Length: 0`).
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the connection closes (responses only).
+    Close,
+}
+
+/// What the length headers say: `Content-Length` (all equal, else an error) and whether
+/// `Transfer-Encoding` is present with `chunked` as its final coding.
+fn lengths<'a>(
+    headers: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+) -> Result<(Option<u64>, Option<bool>), &'static str> {
+    let mut len: Option<u64> = None;
+    let mut te: Option<bool> = None;
+    for (n, v) in headers {
+        if n.eq_ignore_ascii_case(b"content-length") {
+            let l = parse_len(v).ok_or("bad request: invalid Content-Length")?;
+            if len.is_some_and(|x| x != l) {
+                return Err("bad request: conflicting Content-Length");
+            }
+            len = Some(l);
+        } else if n.eq_ignore_ascii_case(b"transfer-encoding") {
+            let last = v.rsplit(|b| *b == b',').next().unwrap_or(b"").trim_ascii();
+            te = Some(last.eq_ignore_ascii_case(b"chunked"));
+        }
+    }
+    Ok((len, te))
+}
+
+/// A request's framing from its headers: conflicting or bad framing is an error (400),
+/// never a guess (RFC 9112 6.3: smuggling).
+pub fn request_framing<'a>(
+    headers: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+) -> Result<Framing, &'static str> {
+    match lengths(headers)? {
+        (Some(_), Some(_)) => Err("bad request: both Content-Length and Transfer-Encoding"),
+        (None, Some(true)) => Ok(Framing::Chunked),
+        (None, Some(false)) => Err("bad request: Transfer-Encoding is not chunked"),
+        (Some(0) | None, None) => Ok(Framing::Empty),
+        (Some(n), None) => Ok(Framing::Length(n)),
+    }
+}
+
+/// A response's framing (`head`: the request was HEAD).
+pub fn response_framing(m: &Msg, head: bool) -> Result<Framing, ()> {
+    if head || m.status < 200 || m.status == 204 || m.status == 304 {
+        return Ok(Framing::Empty);
+    }
+    Ok(match lengths(m.headers()).map_err(|_| ())? {
+        (_, Some(true)) => Framing::Chunked,
+        (_, Some(false)) | (None, None) => Framing::Close,
+        (Some(0), None) => Framing::Empty,
+        (Some(n), None) => Framing::Length(n),
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum CSt {
+    #[default]
+    Size,
+    Ext,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    TrailerStart,
+    TrailerLine,
+    TrailerLf,
+    EndLf,
+    Done,
+}
+
+/// Invalid chunked framing, or a body cut short.
+#[derive(Debug, Clone, Copy)]
+pub struct BadBody;
+
+/// A body decoder (sans-IO): feed it bytes, get data spans.
+#[derive(Debug, Clone, Copy)]
+pub struct Decoder {
+    kind: Framing,
+    remaining: u64,
+    st: CSt,
+    digits: u8,
+}
+
+/// One decoding step: `consumed` input bytes, of which `data` (start, len) is body data.
+#[derive(Debug, Clone, Copy)]
+pub struct Step {
+    pub consumed: usize,
+    pub data: Option<(usize, usize)>,
+}
+
+impl Decoder {
+    pub fn new(f: Framing) -> Self {
+        Self {
+            kind: f,
+            remaining: match f {
+                Framing::Length(n) => n,
+                _ => 0,
+            },
+            st: if f == Framing::Empty {
+                CSt::Done
+            } else {
+                CSt::Size
+            },
+            digits: 0,
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.st == CSt::Done
+    }
+
+    /// At EOF of the input: fine only for close-delimited bodies.
+    pub fn eof(&mut self) -> Result<(), BadBody> {
+        if self.kind == Framing::Close || self.st == CSt::Done {
+            self.st = CSt::Done;
+            Ok(())
+        } else {
+            Err(BadBody)
+        }
+    }
+
+    /// Decodes from `input` up to and including at most one data span.
+    pub fn step(&mut self, input: &[u8]) -> Result<Step, BadBody> {
+        match self.kind {
+            Framing::Empty => Ok(Step {
+                consumed: 0,
+                data: None,
+            }),
+            Framing::Close => Ok(Step {
+                consumed: input.len(),
+                data: (!input.is_empty()).then_some((0, input.len())),
+            }),
+            Framing::Length(_) => {
+                let n = (self.remaining.min(input.len() as u64)) as usize;
+                self.remaining -= n as u64;
+                if self.remaining == 0 {
+                    self.st = CSt::Done;
+                }
+                Ok(Step {
+                    consumed: n,
+                    data: (n > 0).then_some((0, n)),
+                })
+            }
+            Framing::Chunked => self.chunked(input),
+        }
+    }
+
+    fn chunked(&mut self, input: &[u8]) -> Result<Step, BadBody> {
+        let mut i = 0;
+        while i < input.len() {
+            let b = input[i];
+            match self.st {
+                CSt::Size => match b {
+                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                        if self.digits >= 15 {
+                            return Err(BadBody);
+                        }
+                        let d = (b as char).to_digit(16).unwrap_or(0);
+                        self.remaining = self.remaining * 16 + u64::from(d);
+                        self.digits += 1;
+                    }
+                    b';' | b' ' | b'\t' if self.digits > 0 => self.st = CSt::Ext,
+                    b'\r' if self.digits > 0 => self.st = CSt::SizeLf,
+                    _ => return Err(BadBody),
+                },
+                CSt::Ext => match b {
+                    b'\r' => self.st = CSt::SizeLf,
+                    b'\n' => return Err(BadBody),
+                    _ => {}
+                },
+                CSt::SizeLf => {
+                    if b != b'\n' {
+                        return Err(BadBody);
+                    }
+                    self.digits = 0;
+                    self.st = if self.remaining == 0 {
+                        CSt::TrailerStart
+                    } else {
+                        CSt::Data
+                    };
+                }
+                CSt::Data => {
+                    let n = (self.remaining.min((input.len() - i) as u64)) as usize;
+                    self.remaining -= n as u64;
+                    if self.remaining == 0 {
+                        self.st = CSt::DataCr;
+                    }
+                    return Ok(Step {
+                        consumed: i + n,
+                        data: Some((i, n)),
+                    });
+                }
+                CSt::DataCr => {
+                    if b != b'\r' {
+                        return Err(BadBody);
+                    }
+                    self.st = CSt::DataLf;
+                }
+                CSt::DataLf => {
+                    if b != b'\n' {
+                        return Err(BadBody);
+                    }
+                    self.st = CSt::Size;
+                }
+                CSt::TrailerStart => {
+                    self.st = if b == b'\r' {
+                        CSt::EndLf
+                    } else {
+                        CSt::TrailerLine
+                    };
+                }
+                CSt::TrailerLine => {
+                    if b == b'\r' {
+                        self.st = CSt::TrailerLf;
+                    }
+                }
+                CSt::TrailerLf => {
+                    if b != b'\n' {
+                        return Err(BadBody);
+                    }
+                    self.st = CSt::TrailerStart;
+                }
+                CSt::EndLf => {
+                    if b != b'\n' {
+                        return Err(BadBody);
+                    }
+                    self.st = CSt::Done;
+                    return Ok(Step {
+                        consumed: i + 1,
+                        data: None,
+                    });
+                }
+                CSt::Done => break,
+            }
+            i += 1;
+        }
+        Ok(Step {
+            consumed: i,
+            data: None,
+        })
+    }
+}
+
+/// How body data is written out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enc {
+    Identity,
+    Chunked,
+}
+
+impl Enc {
+    pub fn put(self, out: &mut Vec<u8>, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        if self == Enc::Chunked {
+            let _ = write!(out, "{:x}\r\n", data.len());
+            out.extend_from_slice(data);
+            out.extend_from_slice(b"\r\n");
+        } else {
+            out.extend_from_slice(data);
+        }
+    }
+
+    pub fn finish(self, out: &mut Vec<u8>) {
+        if self == Enc::Chunked {
+            out.extend_from_slice(b"0\r\n\r\n");
+        }
+    }
+}
+
+/// Decodes body data from `input` into `out` (encoded with `enc`) until the input is used
+/// or the body ends; returns (input consumed, data bytes).
+pub fn transcode(
+    dec: &mut Decoder,
+    input: &[u8],
+    enc: Enc,
+    out: &mut Vec<u8>,
+) -> Result<(usize, u64), BadBody> {
+    let (mut at, mut bytes) = (0, 0u64);
+    while at < input.len() && !dec.is_done() {
+        let s = dec.step(&input[at..])?;
+        if let Some((o, n)) = s.data {
+            enc.put(out, &input[at + o..at + o + n]);
+            bytes += n as u64;
+        }
+        if s.consumed == 0 {
+            break;
+        }
+        at += s.consumed;
+    }
+    Ok((at, bytes))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn decode_all(f: Framing, input: &[u8]) -> Result<(Vec<u8>, bool, usize), BadBody> {
+        let mut d = Decoder::new(f);
+        let mut out = Vec::new();
+        // One byte at a time: decoding must not depend on how bytes arrive.
+        let mut used = 0;
+        for i in 0..input.len() {
+            if d.is_done() {
+                break;
+            }
+            let (c, _) = transcode(&mut d, &input[i..=i], Enc::Identity, &mut out)?;
+            used += c;
+        }
+        Ok((out, d.is_done(), used))
+    }
+
+    #[test]
+    fn chunked() {
+        let (out, done, used) = decode_all(
+            Framing::Chunked,
+            b"5;x=1\r\nhello\r\n1\r\n!\r\n0\r\nT: 1\r\n\r\nNEXT",
+        )
+        .unwrap();
+        assert_eq!(out, b"hello!");
+        assert!(done);
+        assert_eq!(used, 31);
+        assert!(decode_all(Framing::Chunked, b"ZZZ\r\nxx\r\n").is_err());
+        assert!(decode_all(Framing::Chunked, b"2\r\nabc\r\n").is_err());
+        let (_, done, _) = decode_all(Framing::Chunked, b"5\r\nhel").unwrap();
+        assert!(!done);
+        let mut out = Vec::new();
+        Enc::Chunked.put(&mut out, b"hello");
+        Enc::Chunked.finish(&mut out);
+        assert_eq!(out, b"5\r\nhello\r\n0\r\n\r\n");
+    }
+
+    #[test]
+    fn framing() {
+        let h = |v: &[(&'static str, &'static str)]| {
+            request_framing(v.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())))
+        };
+        assert!(h(&[("Content-Length", "5"), ("Transfer-Encoding", "chunked")]).is_err());
+        assert!(h(&[("Content-Length", "5"), ("content-length", "6")]).is_err());
+        assert!(h(&[("Content-Length", "+5")]).is_err());
+        assert!(h(&[("Transfer-Encoding", "gzip")]).is_err());
+        assert_eq!(h(&[("Content-Length", "5")]), Ok(Framing::Length(5)));
+        assert_eq!(
+            h(&[("Transfer-Encoding", "gzip, chunked")]),
+            Ok(Framing::Chunked)
+        );
+        assert_eq!(h(&[]), Ok(Framing::Empty));
+    }
+
+    #[test]
+    fn heads() {
+        let mut m = Msg::take();
+        m.buf
+            .extend_from_slice(b"GET /a?b HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n\r\nrest");
+        assert_eq!(m.parse_request(), Ok(true));
+        assert_eq!(m.get(m.method), b"GET");
+        assert_eq!(m.get(m.target), b"/a?b");
+        assert_eq!(m.headers().count(), 2);
+        assert_eq!(m.rest(), b"rest");
+        m.consume(4);
+        m.reset_to_rest();
+        assert!(m.buf.is_empty());
+        m.buf.extend_from_slice(b"GET / HTTP/1.1\r\nHost");
+        assert_eq!(m.parse_request(), Ok(false));
+        m.buf.clear();
+        m.buf.extend_from_slice(b"GARBAGE\r\n\r\n");
+        assert_eq!(m.parse_request(), Err(HeadError::Bad));
+        m.give();
+    }
+}

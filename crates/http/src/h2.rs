@@ -1,0 +1,358 @@
+//! HTTP/2 from clients (ALPN `h2` under TLS, prior knowledge in clear) on hyper's server;
+//! each request goes through the same [`proxy::forward`] as HTTP/1.1 requests, and the
+//! backend's answer is streamed back as the response body.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::h1::{self, Decoder, Enc, Framing};
+use crate::proxy::{self, BodyError, Exchange, Outcome, ReqBody, ReqView};
+use crate::ConnCtx;
+
+/// Spawns hyper's HTTP/2 stream tasks on the worker's `LocalSet`.
+#[derive(Clone, Copy, Debug)]
+struct LocalExec;
+
+impl<F> hyper::rt::Executor<F> for LocalExec
+where
+    F: Future + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::task::spawn_local(fut);
+    }
+}
+
+/// A connection with bytes already read from it in front.
+pub(crate) struct Prefixed<S> {
+    prefix: Vec<u8>,
+    at: usize,
+    io: S,
+}
+
+impl<S> Prefixed<S> {
+    pub fn new(prefix: Vec<u8>, io: S) -> Self {
+        Self { prefix, at: 0, io }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.at < this.prefix.len() {
+            let n = (this.prefix.len() - this.at).min(buf.remaining());
+            buf.put_slice(&this.prefix[this.at..this.at + n]);
+            this.at += n;
+            if this.at == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+/// Serves an HTTP/2 connection until it ends (or, on shutdown, finishes gracefully).
+pub(crate) async fn serve<I>(ctx: Rc<ConnCtx>, io: I)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut b = hyper::server::conn::http2::Builder::new(LocalExec);
+    b.timer(TokioTimer::new())
+        .max_header_list_size(64 * 1024)
+        .max_concurrent_streams(250);
+    let drain = Rc::clone(&ctx.drain);
+    let svc = hyper::service::service_fn(move |req| handle(Rc::clone(&ctx), req));
+    let conn = b.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::trace!(error = %e, "http/2 connection ended");
+            }
+        }
+        () = drain.notified() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+struct H2Req<'a>(&'a http::request::Parts);
+
+impl ReqView for H2Req<'_> {
+    fn method(&self) -> &[u8] {
+        self.0.method.as_str().as_bytes()
+    }
+    fn target(&self) -> &[u8] {
+        self.0
+            .uri
+            .path_and_query()
+            .map_or(b"/", |p| p.as_str().as_bytes())
+    }
+    fn authority(&self) -> Option<&[u8]> {
+        self.0.uri.authority().map(|a| a.as_str().as_bytes())
+    }
+    fn version(&self) -> http::Version {
+        self.0.version
+    }
+    fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.0
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
+    }
+}
+
+/// An HTTP/2 request body (hyper has checked its framing).
+struct H2ReqBody {
+    inner: Incoming,
+    framing: Framing,
+    pending: Option<Bytes>,
+    end: bool,
+}
+
+impl H2ReqBody {
+    fn new(inner: Incoming, h: &http::HeaderMap) -> Self {
+        let end = inner.is_end_stream();
+        let len = h
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| h1::parse_len(v.as_bytes()));
+        let framing = match (end, len) {
+            (true, _) | (false, Some(0)) => Framing::Empty,
+            (false, Some(n)) => Framing::Length(n),
+            (false, None) => Framing::Chunked,
+        };
+        Self {
+            inner,
+            framing,
+            pending: None,
+            end: framing == Framing::Empty,
+        }
+    }
+}
+
+impl ReqBody for H2ReqBody {
+    fn framing(&self) -> Result<Framing, &'static str> {
+        Ok(self.framing)
+    }
+    fn is_done(&self) -> bool {
+        self.end && self.pending.is_none()
+    }
+    fn take_buffered(&mut self, out: &mut Vec<u8>, enc: Enc) -> Result<u64, BodyError> {
+        Ok(self.pending.take().map_or(0, |d| {
+            enc.put(out, &d);
+            d.len() as u64
+        }))
+    }
+    async fn wait_more(&mut self) -> Result<(), BodyError> {
+        match self.inner.frame().await {
+            None => self.end = true,
+            Some(Err(_)) => return Err(BodyError),
+            Some(Ok(f)) => {
+                if let Ok(d) = f.into_data() {
+                    self.pending = Some(d);
+                }
+                self.end = self.inner.is_end_stream();
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn handle(c: Rc<ConnCtx>, req: Request<Incoming>) -> Result<Response<H2Body>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let mut body = H2ReqBody::new(body, &parts.headers);
+    let outcome = proxy::forward(&c, &H2Req(&parts), &mut body).await;
+    Ok(match outcome {
+        Outcome::Local(l, done) => {
+            let text = l.body();
+            done.finish(&c, text.len() as u64);
+            let mut r = Response::new(H2Body::Full(Some(Bytes::from(text))));
+            *r.status_mut() = l.status;
+            for (n, v) in l.headers() {
+                if let Ok(v) = HeaderValue::from_str(&v) {
+                    r.headers_mut().insert(n, v);
+                }
+            }
+            r
+        }
+        Outcome::Backend(ex, cookie) => {
+            let mut b = Response::builder().status(ex.status());
+            for (n, v) in ex.headers() {
+                if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(n), HeaderValue::from_bytes(v)) {
+                    b = b.header(n, v);
+                }
+            }
+            if let Some((name, value)) = cookie {
+                b = b.header(http::header::SET_COOKIE, proxy::set_cookie(name, value));
+            }
+            let dec = Decoder::new(ex.framing);
+            let body = H2Body::Backend(Box::new(Stream {
+                c: Rc::clone(&c),
+                ex: None,
+                dec,
+                bytes: 0,
+            }));
+            let mut r = b.body(body).unwrap_or_else(|_| {
+                let mut r = Response::new(H2Body::Full(None));
+                *r.status_mut() = http::StatusCode::BAD_GATEWAY;
+                r
+            });
+            if let H2Body::Backend(s) = r.body_mut() {
+                let mut ex = ex;
+                ex.resp.reset_to_rest();
+                s.ex = Some(ex);
+            }
+            r
+        }
+    })
+}
+
+/// A response body: Fulcrum's own, or the backend's streamed.
+pub(crate) enum H2Body {
+    Full(Option<Bytes>),
+    Backend(Box<Stream>),
+}
+
+pub(crate) struct Stream {
+    c: Rc<ConnCtx>,
+    ex: Option<Exchange>,
+    dec: Decoder,
+    bytes: u64,
+}
+
+impl Stream {
+    fn end(&mut self, complete: bool) {
+        if let Some(ex) = self.ex.take() {
+            ex.finish(&self.c, self.bytes, complete);
+        }
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.end(false);
+    }
+}
+
+impl Body for H2Body {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    #[allow(clippy::single_match_else)]
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let s = match &mut *self {
+            H2Body::Full(d) => return Poll::Ready(d.take().map(|d| Ok(Frame::data(d)))),
+            H2Body::Backend(s) => &mut **s,
+        };
+        loop {
+            let Some(ex) = s.ex.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let mut out = Vec::new();
+            match h1::transcode(&mut s.dec, ex.resp.rest(), Enc::Identity, &mut out) {
+                Ok((used, n)) => {
+                    ex.resp.consume(used);
+                    s.bytes += n;
+                }
+                Err(_) => {
+                    s.end(false);
+                    return Poll::Ready(Some(Err(io::ErrorKind::InvalidData.into())));
+                }
+            }
+            if s.dec.is_done() {
+                s.end(true);
+            }
+            if !out.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+            }
+            let Some(ex) = s.ex.as_mut() else {
+                return Poll::Ready(None);
+            };
+            if let Err(e) = std::task::ready!(ex.conn.poll_read_ready(cx)) {
+                s.end(false);
+                return Poll::Ready(Some(Err(e)));
+            }
+            ex.resp.reserve_read();
+            match ex.conn.try_read_buf(&mut ex.resp.buf) {
+                Ok(0) => {
+                    let ok = s.dec.eof().is_ok();
+                    s.end(ok);
+                    if !ok {
+                        return Poll::Ready(Some(Err(io::ErrorKind::UnexpectedEof.into())));
+                    }
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    s.end(false);
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            H2Body::Full(d) => d.is_none(),
+            H2Body::Backend(s) => s.ex.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            H2Body::Full(d) => SizeHint::with_exact(d.as_ref().map_or(0, |d| d.len() as u64)),
+            H2Body::Backend(s) => match (s.ex.as_ref(), s.dec) {
+                (Some(ex), _) if ex.framing == Framing::Empty => SizeHint::with_exact(0),
+                _ => SizeHint::default(),
+            },
+        }
+    }
+}

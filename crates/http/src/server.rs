@@ -1,0 +1,503 @@
+//! The HTTP/1.1 server: a lean loop per client connection (clear or TLS). An idle keep-alive
+//! connection holds no buffer: it waits for readability first, then takes a buffer from the
+//! per-worker pool for the request; the request is handled in a boxed future, so the idle
+//! task stays small. Requests are answered in order (pipelining), their backend connection
+//! driven inline by [`proxy::forward`]. A connection opening with the HTTP/2 preface (prior
+//! knowledge) goes to [`crate::h2`].
+
+use std::future::Future;
+use std::io;
+use std::rc::Rc;
+use std::task::Poll;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::h1::{self, Decoder, Enc, Framing, HeadError, Msg};
+use crate::proxy::{self, BodyError, Local, Outcome, ReqBody, ReqView};
+use crate::ConnCtx;
+
+/// A client connection.
+pub(crate) trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Whether [`ClientIo::ready`] really waits.
+    const WAITS_READY: bool;
+    /// Waits until bytes may be read, without a buffer (immediately if unsupported).
+    fn ready(&self) -> impl Future<Output = io::Result<()>>;
+    fn set_nodelay(&self);
+}
+
+impl ClientIo for TcpStream {
+    const WAITS_READY: bool = true;
+    fn ready(&self) -> impl Future<Output = io::Result<()>> {
+        self.readable()
+    }
+    fn set_nodelay(&self) {
+        let _ = TcpStream::set_nodelay(self, true);
+    }
+}
+
+impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {
+    const WAITS_READY: bool = false;
+    async fn ready(&self) -> io::Result<()> {
+        // rustls may hold decrypted bytes: the socket's readiness does not tell.
+        Ok(())
+    }
+    fn set_nodelay(&self) {
+        let _ = self.get_ref().0.set_nodelay(true);
+    }
+}
+
+/// The start of the HTTP/2 connection preface (httparse stops at the version).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2";
+
+/// What follows a request on the connection.
+enum Next {
+    Close,
+    Idle,
+    /// Pipelined bytes already read: the next request starts there.
+    Carry(Box<Msg>),
+    /// HTTP/2 prior knowledge: the bytes read so far.
+    H2(Box<Msg>),
+}
+
+pub(crate) async fn serve_h1<S: ClientIo>(ctx: Rc<ConnCtx>, mut io: S) {
+    // The first request is read at once (it is usually there already), within the header
+    // timeout like any request head.
+    let mut carry: Option<Box<Msg>> = Some(Msg::take());
+    let mut first = true;
+    let mut nodelay = false;
+    loop {
+        if carry.is_none() {
+            // Idle keep-alive: no buffer until the next request shows up.
+            let notified = ctx.drain.notified();
+            if ctx.shared.is_draining() {
+                return;
+            }
+            tokio::select! {
+                r = io.ready() => if r.is_err() { return },
+                () = notified => return,
+            }
+        }
+        let msg = carry.take().unwrap_or_else(Msg::take);
+        let next = Box::pin(one_request(&ctx, &mut io, msg, first, &mut nodelay)).await;
+        if !nodelay && !matches!(next, Next::Close | Next::H2(_)) {
+            // As nginx does: Nagle off once the connection is kept alive (a first answer
+            // written in one piece is not delayed by it).
+            io.set_nodelay();
+            nodelay = true;
+        }
+        match next {
+            Next::Close => return,
+            Next::Idle => {}
+            Next::Carry(m) => carry = Some(m),
+            Next::H2(mut m) => {
+                io.set_nodelay();
+                let io = crate::h2::Prefixed::new(std::mem::take(&mut m.buf), io);
+                m.give();
+                Box::pin(crate::h2::serve(ctx, io)).await;
+                return;
+            }
+        }
+        first = false;
+    }
+}
+
+/// An HTTP/1.1 request head.
+struct H1Req<'a> {
+    m: &'a Msg,
+    target: &'a [u8],
+    authority: Option<&'a [u8]>,
+}
+
+impl<'a> H1Req<'a> {
+    fn new(m: &'a Msg) -> Self {
+        let t = m.get(m.target);
+        // Absolute form (RFC 9112 3.2.2): the authority is the host.
+        let abs = [&b"http://"[..], b"https://"].into_iter().find_map(|p| {
+            (t.len() > p.len() && t[..p.len()].eq_ignore_ascii_case(p)).then(|| &t[p.len()..])
+        });
+        match abs {
+            None => Self {
+                m,
+                target: t,
+                authority: None,
+            },
+            Some(rest) => {
+                let i = rest
+                    .iter()
+                    .position(|b| *b == b'/' || *b == b'?')
+                    .unwrap_or(rest.len());
+                Self {
+                    m,
+                    target: &rest[i..],
+                    authority: Some(&rest[..i]),
+                }
+            }
+        }
+    }
+}
+
+impl ReqView for H1Req<'_> {
+    fn method(&self) -> &[u8] {
+        self.m.get(self.m.method)
+    }
+    fn target(&self) -> &[u8] {
+        self.target
+    }
+    fn authority(&self) -> Option<&[u8]> {
+        self.authority
+    }
+    fn version(&self) -> http::Version {
+        if self.m.minor == 0 {
+            http::Version::HTTP_10
+        } else {
+            http::Version::HTTP_11
+        }
+    }
+    fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.m.headers()
+    }
+}
+
+/// An HTTP/1.1 request body: first the bytes read with the head, then more reads.
+struct H1Body<'a, S> {
+    io: &'a mut S,
+    m: &'a Msg,
+    /// Start of the unused bytes in `m`.
+    off: usize,
+    /// Bytes read after those in `m`.
+    extra: Option<Box<Msg>>,
+    framing: Result<Framing, &'static str>,
+    dec: Decoder,
+    /// `Expect: 100-continue` not answered yet.
+    expect: bool,
+}
+
+impl<S: ClientIo> ReqBody for H1Body<'_, S> {
+    fn framing(&self) -> Result<Framing, &'static str> {
+        self.framing
+    }
+    fn is_done(&self) -> bool {
+        self.dec.is_done()
+    }
+    fn take_buffered(&mut self, out: &mut Vec<u8>, enc: Enc) -> Result<u64, BodyError> {
+        let (used, mut n) = h1::transcode(&mut self.dec, &self.m.buf[self.off..], enc, out)
+            .map_err(|_| BodyError)?;
+        self.off += used;
+        if let Some(e) = &mut self.extra {
+            let (used, m) =
+                h1::transcode(&mut self.dec, e.rest(), enc, out).map_err(|_| BodyError)?;
+            e.consume(used);
+            n += m;
+        }
+        Ok(n)
+    }
+    async fn wait_more(&mut self) -> Result<(), BodyError> {
+        if self.expect {
+            self.expect = false;
+            self.io
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .map_err(|_| BodyError)?;
+        }
+        let e = self.extra.get_or_insert_with(Msg::take);
+        match e.read_from(self.io).await {
+            Ok(n) if n > 0 => Ok(()),
+            _ => Err(BodyError),
+        }
+    }
+}
+
+#[allow(clippy::single_match_else)]
+/// Reads one request head into `msg` (within the header timeout once started).
+async fn read_head<S: ClientIo>(
+    c: &ConnCtx,
+    io: &mut S,
+    msg: &mut Msg,
+    first: bool,
+) -> Result<(), Option<Local>> {
+    let mut deadline: Option<Instant> = None;
+    if !first && !S::WAITS_READY && msg.buf.is_empty() {
+        // An idle keep-alive connection that could not wait without a buffer (TLS): it
+        // idles here, with no timeout, until the next request starts or the process drains.
+        let notified = c.drain.notified();
+        if c.shared.is_draining() {
+            return Err(None);
+        }
+        tokio::select! {
+            r = msg.read_from(io) => match r {
+                Ok(n) if n > 0 => {}
+                _ => return Err(None),
+            },
+            () = notified => return Err(None),
+        }
+    }
+    loop {
+        match msg.parse_request() {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(HeadError::TooLarge) => {
+                return Err(Some(Local::new(
+                    http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "request header fields too large",
+                )))
+            }
+            Err(HeadError::Bad) => {
+                return Err(Some(Local::new(
+                    http::StatusCode::BAD_REQUEST,
+                    "bad request: malformed request head",
+                )))
+            }
+        }
+        // The first read goes through `poll_read` (a short read clears the readiness, so the
+        // idle wait that follows is not woken for nothing); the header timeout is armed only
+        // if the head is not complete at once.
+        let mut read = std::pin::pin!(msg.read_from(io));
+        let r = match deadline {
+            None => match std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await {
+                Poll::Ready(r) => Some(r),
+                Poll::Pending => None,
+            },
+            Some(_) => None,
+        };
+        let r = match r {
+            Some(r) => r,
+            None => {
+                let d =
+                    *deadline.get_or_insert_with(|| Instant::now() + c.ext.tuning.header_timeout);
+                match tokio::time::timeout_at(d, read).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        return Err(Some(Local::new(
+                            http::StatusCode::REQUEST_TIMEOUT,
+                            "request timeout: the request head did not arrive in time",
+                        )))
+                    }
+                }
+            }
+        };
+        match r {
+            Ok(n) if n > 0 => {}
+            _ => return Err(None),
+        }
+    }
+}
+
+async fn one_request<S: ClientIo>(
+    c: &ConnCtx,
+    io: &mut S,
+    mut msg: Box<Msg>,
+    first: bool,
+    nodelay: &mut bool,
+) -> Next {
+    if let Err(answer) = read_head(c, io, &mut msg, first).await {
+        if first && msg.buf.starts_with(H2_PREFACE) {
+            return Next::H2(msg);
+        }
+        if let Some(l) = answer {
+            let mut out = h1::take_vec();
+            l.write_h1(&mut out, true);
+            let _ = io.write_all(&out).await;
+            h1::give_vec(out);
+        }
+        msg.give();
+        return Next::Close;
+    }
+    let req = H1Req::new(&msg);
+    let conn_has = |t: &str| {
+        msg.headers()
+            .any(|(n, v)| n.eq_ignore_ascii_case(b"connection") && h1::has_token(v, t))
+    };
+    let mut close = if msg.minor == 0 {
+        !conn_has("keep-alive")
+    } else {
+        conn_has("close")
+    };
+    let framing = h1::request_framing(msg.headers());
+    let expect = msg.headers().any(|(n, v)| {
+        n.eq_ignore_ascii_case(b"expect") && v.trim_ascii().eq_ignore_ascii_case(b"100-continue")
+    });
+    let is_head = req.method() == b"HEAD";
+    let mut body = H1Body {
+        io,
+        m: &msg,
+        off: msg.pos,
+        extra: None,
+        dec: Decoder::new(*framing.as_ref().unwrap_or(&Framing::Empty)),
+        framing,
+        expect: expect && !matches!(framing, Ok(Framing::Empty)),
+    };
+    let outcome = proxy::forward(c, &req, &mut body).await;
+    let complete = body.dec.is_done() && body.framing.is_ok();
+    let (off, extra) = (body.off, body.extra.take());
+    close |= !complete || c.shared.is_draining();
+    let keep = match outcome {
+        Outcome::Local(l, done) => {
+            let mut out = h1::take_vec();
+            let n = l.write_h1(&mut out, close);
+            let ok = io.write_all(&out).await.is_ok();
+            h1::give_vec(out);
+            done.finish(c, n);
+            ok && !close
+        }
+        Outcome::Backend(ex, _) if ex.upgraded => {
+            let mut pending = msg.buf[off..].to_vec();
+            if let Some(e) = &extra {
+                pending.extend_from_slice(e.rest());
+            }
+            relay_upgrade(c, io, ex, &pending).await;
+            false
+        }
+        Outcome::Backend(ex, cookie) => {
+            respond(c, io, ex, cookie, msg.minor, is_head, close, nodelay).await && !close
+        }
+    };
+    if !keep {
+        if let Some(e) = extra {
+            e.give();
+        }
+        msg.give();
+        return Next::Close;
+    }
+    if let Some(mut e) = extra {
+        if !e.rest().is_empty() {
+            msg.give();
+            e.reset_to_rest();
+            return Next::Carry(e);
+        }
+        e.give();
+    }
+    if off < msg.buf.len() {
+        msg.pos = off;
+        msg.reset_to_rest();
+        return Next::Carry(msg);
+    }
+    msg.give();
+    Next::Idle
+}
+
+/// Writes a backend's answer to an HTTP/1.1 client; whether the client connection can go on.
+#[allow(clippy::too_many_arguments)]
+async fn respond<S: ClientIo>(
+    c: &ConnCtx,
+    io: &mut S,
+    mut ex: proxy::Exchange,
+    cookie: Option<(&str, &str)>,
+    minor: u8,
+    is_head: bool,
+    mut close: bool,
+    nodelay: &mut bool,
+) -> bool {
+    let enc = match ex.framing {
+        Framing::Empty | Framing::Length(_) => Enc::Identity,
+        Framing::Chunked | Framing::Close if minor >= 1 => Enc::Chunked,
+        Framing::Chunked | Framing::Close => {
+            close = true;
+            Enc::Identity
+        }
+    };
+    let mut out = h1::take_vec();
+    put_head(&mut out, &ex);
+    if let Some((name, value)) = cookie {
+        out.extend_from_slice(b"Set-Cookie: ");
+        out.extend_from_slice(proxy::set_cookie(name, value).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if enc == Enc::Chunked && !is_head {
+        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    }
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    } else if minor == 0 {
+        // An HTTP/1.0 client that asked for keep-alive must be told it got it.
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    ex.resp.reset_to_rest();
+    let mut dec = Decoder::new(ex.framing);
+    let mut bytes = 0;
+    let ok = loop {
+        match h1::transcode(&mut dec, ex.resp.rest(), enc, &mut out) {
+            Ok((used, n)) => {
+                ex.resp.consume(used);
+                bytes += n;
+            }
+            Err(_) => break false,
+        }
+        if dec.is_done() {
+            enc.finish(&mut out);
+        }
+        if !out.is_empty() && io.write_all(&out).await.is_err() {
+            break false;
+        }
+        out.clear();
+        if dec.is_done() {
+            break true;
+        }
+        if !*nodelay {
+            // More writes follow: Nagle would hold the next one back.
+            io.set_nodelay();
+            *nodelay = true;
+        }
+        match ex.resp.read_from(&mut ex.conn).await {
+            Ok(n) if n > 0 => {}
+            Ok(_) => {
+                if dec.eof().is_err() {
+                    break false;
+                }
+            }
+            Err(_) => break false,
+        }
+    };
+    h1::give_vec(out);
+    ex.finish(c, bytes, ok);
+    ok
+}
+
+/// The status line and the headers passed on of a backend's answer.
+fn put_head(out: &mut Vec<u8>, ex: &proxy::Exchange) {
+    let status = ex.status();
+    let reason = ex.resp.get(ex.resp.reason);
+    let d = |n: u16| b'0' + (n % 10) as u8;
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(&[d(status / 100), d(status / 10), d(status), b' ']);
+    if reason.is_empty() {
+        let r = http::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("");
+        out.extend_from_slice(r.as_bytes());
+    } else {
+        out.extend_from_slice(reason);
+    }
+    out.extend_from_slice(b"\r\n");
+    for (n, v) in ex.headers() {
+        out.extend_from_slice(n);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// A `101 Switching Protocols`: passes it on, then relays bytes both ways.
+async fn relay_upgrade<S: ClientIo>(c: &ConnCtx, io: &mut S, ex: proxy::Exchange, pending: &[u8]) {
+    let mut out = h1::take_vec();
+    put_head(&mut out, &ex);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(ex.resp.rest());
+    let proxy::Exchange {
+        mut conn,
+        resp,
+        done,
+        ..
+    } = ex;
+    resp.give();
+    done.finish(c, 0);
+    io.set_nodelay();
+    let ok = io.write_all(&out).await.is_ok() && conn.write_all(pending).await.is_ok();
+    h1::give_vec(out);
+    if ok {
+        let _ = tokio::io::copy_bidirectional(io, &mut conn).await;
+    }
+}
