@@ -880,25 +880,11 @@ fn icmp_errors_follow_their_flow() {
             let sent = pkt(LB_MAC, mac_of(be.ip()), snat, be, l4, b"hello, backend");
             assert_eq!(out.data, sent, "{}: forward translation", s.name);
 
-            let err = icmp6_error(
-                mac_of(be.ip()),
-                LB_MAC,
-                v6(be),
-                v6(lb6),
-                unreach6,
-                &sent,
-            );
+            let err = icmp6_error(mac_of(be.ip()), LB_MAC, v6(be), v6(lb6), unreach6, &sent);
             let out = run(plane, ifx, &err);
             assert_eq!(out.verdict, XDP_TX, "{}: error from the backend", s.name);
             let orig = pkt(CLIENT_MAC, LB_MAC, client, s.vip, l4, b"hello, backend");
-            let want = icmp6_error(
-                LB_MAC,
-                CLIENT_MAC,
-                v6(s.vip),
-                v6(client),
-                unreach6,
-                &orig,
-            );
+            let want = icmp6_error(LB_MAC, CLIENT_MAC, v6(s.vip), v6(client), unreach6, &orig);
             assert_eq!(
                 out.data, want,
                 "{}: error translated back to the client",
@@ -915,14 +901,7 @@ fn icmp_errors_follow_their_flow() {
                 s.name
             );
             let breply = pkt(CLIENT_MAC, LB_MAC, be, snat, l4, b"a reply");
-            let want = icmp6_error(
-                LB_MAC,
-                mac_of(be.ip()),
-                v6(lb6),
-                v6(be),
-                big6,
-                &breply,
-            );
+            let want = icmp6_error(LB_MAC, mac_of(be.ip()), v6(lb6), v6(be), big6, &breply);
             assert_eq!(
                 out.data, want,
                 "{}: error translated to the backend",
