@@ -200,7 +200,8 @@ def new_flow_note(med):
     if not out:
         return ""
     return ("\n\"new flows\": every frame is a new flow (source port and address change per frame, a "
-            "conntrack miss and an LRU insert each, UDP). New-flow rate / established-flow rate "
+            "conntrack miss each, UDP: a per-CPU conntrack slot write, no LRU insert, docs/xdp.md "
+            "\"Conntrack\"). New-flow rate / established-flow rate "
             "(target at least 0.33): " + ", ".join(out) + ".\n")
 
 
@@ -228,7 +229,7 @@ def main():
              ("tunnel (ipip)", ipip, 1024),
              ("nat", 'forward = "nat"\nsource = "198.18.11.2"', 1024)]
     if not a.no_new_flows:
-        # every packet a new flow (conntrack miss + insert): issue 8 wants at least a third
+        # every packet a new flow (conntrack miss + per-CPU slot write): issue 8 wants at least a third
         # of the established-flow rate, so that a flood of new flows cannot starve old ones
         cases += [("dsr, new flows", 'forward = "dsr"', 0), ("tunnel (ipip), new flows", ipip, 0)]
     res = {c: [] for c, _, _ in cases}

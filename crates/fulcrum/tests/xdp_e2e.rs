@@ -431,7 +431,10 @@ fn scenario(tag: &str, forward: &str, decap: bool) {
     assert!(n > 30, "{tx_line}");
 
     // established connections survive a reload that changes the Maglev tables (b3's
-    // weight 1 -> 3): conntrack keeps every flow on its backend
+    // weight 1 -> 3): conntrack keeps every flow on its backend. Over veth XDP runs on the
+    // sender's CPU, so a flow's packets reach the lb on both CPUs (no RSS): this checks the
+    // promotion of moved IPv4 flows from the per-CPU conntrack into the shared LRU before
+    // the switch (docs/xdp.md, "Conntrack"); without it, some of these connections were reset
     let mut conns: Vec<(String, TcpStream)> = Vec::new();
     for vip in [vip4, vip6] {
         for _ in 0..10 {

@@ -1,12 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
 /* Fulcrum's XDP load balancer: dsr and tunnel forwarding with Maglev and conntrack.
  *
- * For each packet: parse (parsing.h); a VIP:port/proto found in `services`? else
- * XDP_PASS untouched. The 5-tuple in `conntrack` (LRU) with a live backend? else hash the
- * flow exactly as fulcrum-core does (jhash.h), take `maglev[table_base + hash % M]`, and
- * remember the flow. Then dsr: rewrite the Ethernet addresses towards the backend
- * (bpf_fib_lookup: route + neighbour), or tunnel: push an IPIP/GUE header (encap.h) and
- * route that. Out of the same interface (XDP_TX) or another one (bpf_redirect). */
+ * For each packet: parse (parsing.h); IPv4: this CPU's flow cache (`fcache4`); a
+ * VIP:port/proto found in `services`? else XDP_PASS untouched. The 5-tuple in conntrack
+ * (IPv4: this CPU's `flows4`, then the shared LRU `ct4` of promoted flows; IPv6: the LRU
+ * `conntrack`) with a live backend? else hash the flow exactly as fulcrum-core does
+ * (jhash.h), take `maglev[table_base + hash % M]`, and remember the flow. Then dsr:
+ * rewrite the Ethernet addresses towards the backend (bpf_fib_lookup: route + neighbour),
+ * or tunnel: push an IPIP/GUE header (encap.h) and route that. Out of the same interface
+ * (XDP_TX) or another one (bpf_redirect). */
 #include "include/types.h"
 #include "include/jhash.h"
 #include "include/parsing.h"
@@ -28,7 +30,10 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 /* Benchmark knobs (set by the bench harness at load time; 0 in production, where the
  * verifier prunes the code they guard). */
-/* Skip the conntrack lookup: every packet takes the miss path (hash, Maglev, insert). */
+/* Every packet is new to this CPU: the flow cache and the per-CPU conntrack (`flows4`) are
+ * probed but their answers ignored, so every packet pays the probes, the shared-LRU lookup,
+ * hash, Maglev and the insert, as a real first packet does (IPv6: the LRU lookup is skipped
+ * and every packet inserts). */
 const volatile __u8 fx_bench_ct_miss = 0;
 /* Skip the flow cache (probe and fill): the conntrack hit path as without it. */
 const volatile __u8 fx_bench_no_fcache = 0;
@@ -66,8 +71,9 @@ struct {
 	__type(value, struct ct_value);
 } conntrack SEC(".maps");
 
-/* dsr/tunnel conntrack, IPv4 flows: a 16-byte key (hashing and comparing a key costs in
- * proportion to its length: this is the hot lookup of the hit path) */
+/* dsr/tunnel conntrack, IPv4 flows, second level: a 16-byte key. Only promoted flows are
+ * here (types.h, struct flow4): flows whose backend the current Maglev table would not
+ * choose; looked up when this CPU's `flows4` has no entry for a flow. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, FX_CT_ENTRIES);
@@ -89,6 +95,14 @@ struct {
 	__type(key, __u32);
 	__type(value, struct fcache4);
 } fcache4 SEC(".maps");
+
+/* the per-CPU conntrack of IPv4 dsr/tunnel flows (types.h, struct flow4) */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, FX_FLOW4_SETS);
+	__type(key, __u32);
+	__type(value, struct flow4_set);
+} flows4 SEC(".maps");
 
 /* nat: the client's 5-tuple -> the translation (see types.h) */
 struct {
@@ -581,30 +595,30 @@ FX_INLINE int fx_forward(struct xdp_md *ctx, const struct pkt *p, const struct s
 	return rc;
 }
 
-/* The flow cache's slot index of an IPv4 5-tuple. */
-FX_INLINE __u32 fx_fcache_slot(const struct pkt *p, __u32 *w)
+/* The jhash of an IPv4 5-tuple (w: its words, kept for the comparisons): the flow cache's
+ * slot and the per-CPU conntrack's set. */
+FX_INLINE __u32 fx_tuple_hash(const struct pkt *p, __u32 *w)
 {
 	__builtin_memcpy(&w[0], p->src, 4);
 	__builtin_memcpy(&w[1], p->dst, 4);
 	w[2] = ((__u32)p->sport << 16) | p->dport;
 	w[3] = p->proto;
-	return fx_jhash2(w, 4, FX_FLOW_HASH_SEED) & (FX_FCACHE_SLOTS - 1);
+	return fx_jhash2(w, 4, FX_FLOW_HASH_SEED);
 }
 
-/* The hit path of an established IPv4 dsr/tunnel flow (struct fcache4): one jhash, three
- * inlined array lookups (slot, generation, backend), no hash map. -1: not in the cache. */
-FX_INLINE int fx_fcache_forward(struct xdp_md *ctx, struct pkt *p, __u64 bytes, __u32 *slotp)
+/* The hit path of an established IPv4 dsr/tunnel flow (struct fcache4): three inlined array
+ * lookups (slot, generation, backend), no hash map. -1: not in the cache. */
+FX_INLINE int fx_fcache_forward(struct xdp_md *ctx, struct pkt *p, const __u32 *w, __u32 slot)
 {
-	__u32 w[4];
-	__u32 slot = fx_fcache_slot(p, w);
 	__u32 zero = 0;
 
-	*slotp = slot;
 	struct fcache4 *e = bpf_map_lookup_elem(&fcache4, &slot);
 	__u64 *gen = bpf_map_lookup_elem(&nh_gen, &zero);
 	if (!e || !gen || e->gen != (__u32)*gen || e->gen == 0)
 		return -1;
 	if (e->saddr != w[0] || e->daddr != w[1] || e->ports != w[2] || e->proto != p->proto)
+		return -1;
+	if (fx_bench_ct_miss)
 		return -1;
 	__u32 row = e->row;
 	__u32 idx = e->backend;
@@ -615,18 +629,12 @@ FX_INLINE int fx_fcache_forward(struct xdp_md *ctx, struct pkt *p, __u64 bytes, 
 	return fx_forward(ctx, p, &e->sv, be, idx, e->hash, row);
 }
 
-/* Remembers a flow's choice in this CPU's cache slot (IPv4 flows to IPv4 backends). `slot`:
- * from the probe (FX_FCACHE_SLOTS: not probed, computed here). */
+/* Remembers a flow's choice in this CPU's cache slot (IPv4 flows to IPv4 backends). */
 FX_INLINE void fx_fcache_fill(const struct pkt *p, __u32 slot, const struct svc_value *svc,
 			      __u32 be_idx, __u32 hash, __u32 row)
 {
 	__u32 zero = 0;
 
-	if (slot >= FX_FCACHE_SLOTS) {
-		__u32 w[4];
-
-		slot = fx_fcache_slot(p, w);
-	}
 	struct fcache4 *e = bpf_map_lookup_elem(&fcache4, &slot);
 	__u64 *gen = bpf_map_lookup_elem(&nh_gen, &zero);
 	if (!e || !gen)
@@ -640,6 +648,45 @@ FX_INLINE void fx_fcache_fill(const struct pkt *p, __u32 slot, const struct svc_
 	e->backend = be_idx;
 	e->hash = hash;
 	e->gen = *gen;
+}
+
+/* The way of `set` holding the IPv4 flow `w` (fx_tuple_hash's words), or NULL. */
+FX_INLINE struct flow4 *fx_flow4_find(struct flow4_set *set, const __u32 *w, __u8 proto)
+{
+#pragma unroll
+	for (int i = 0; i < FX_FLOW4_WAYS; i++) {
+		struct flow4 *f = &set->way[i];
+
+		if (f->seen && f->saddr == w[0] && f->daddr == w[1] && f->ports == w[2] &&
+		    f->proto == proto)
+			return f;
+	}
+	return NULL;
+}
+
+/* The way a new entry takes: a free one, else the least recently seen. An entry made by a
+ * mid-flow packet (`first` 0) may take only a free way or another mid-flow entry's, never
+ * one made by a first packet: a flood of mid-flow packets (ACK flood) cannot evict tracked
+ * flows. NULL: no way for it. */
+FX_INLINE struct flow4 *fx_flow4_victim(struct flow4_set *set, int first)
+{
+	struct flow4 *v = NULL;
+	__u32 oldest = 0xffffffff;
+
+#pragma unroll
+	for (int i = 0; i < FX_FLOW4_WAYS; i++) {
+		struct flow4 *f = &set->way[i];
+
+		if (!f->seen)
+			return f;
+		if (!first && (f->flags & FX_FLOW4_FIRST))
+			continue;
+		if (f->seen < oldest) {
+			oldest = f->seen;
+			v = f;
+		}
+	}
+	return v;
 }
 
 /* ICMP errors: the quote, the translation and a pkt for the hash live here, not on the
@@ -704,7 +751,28 @@ static __attribute__((noinline)) int fx_icmp_lb(struct xdp_md *ctx, struct pkt *
 		return -1;
 	if (q->family == FX_AF_INET) {
 		struct ct4_key *k = &sc->k4;
+		__u32 w[4];
 
+		/* this CPU's conntrack first (the flow's own packets may be on another CPU: then
+		 * the shared LRU, which holds every flow the table would now send elsewhere) */
+		__builtin_memcpy(&w[0], q->dst, 4);
+		__builtin_memcpy(&w[1], q->src, 4);
+		w[2] = ((__u32)q->dport << 16) | q->sport;
+		w[3] = q->proto;
+		__u32 sidx = fx_jhash2(w, 4, FX_FLOW_HASH_SEED) & (FX_FLOW4_SETS - 1);
+		struct flow4_set *set = bpf_map_lookup_elem(&flows4, &sidx);
+		struct flow4 *fe = set ? fx_flow4_find(set, w, q->proto) : NULL;
+		if (fe && fe->row == row) {
+			__u32 idx = fe->backend;
+
+			be = bpf_map_lookup_elem(&backends, &idx);
+			if (be && (be->flags & FX_BACKEND_ALIVE)) {
+				be_idx = idx;
+				hash = fe->hash;
+				goto found;
+			}
+			be = NULL;
+		}
 		__builtin_memset(k, 0, sizeof(*k));
 		__builtin_memcpy(&k->saddr, q->dst, 4);
 		__builtin_memcpy(&k->daddr, q->src, 4);
@@ -735,6 +803,7 @@ static __attribute__((noinline)) int fx_icmp_lb(struct xdp_md *ctx, struct pkt *
 		if (be && !(be->flags & FX_BACKEND_ALIVE))
 			be = NULL;
 	}
+found:
 	if (!be) {
 		struct pkt *fp = &sc->fp;
 
@@ -870,11 +939,17 @@ int xdp_lb(struct xdp_md *ctx)
 		return XDP_PASS;
 	}
 
-	__u32 fslot = FX_FCACHE_SLOTS; /* not probed */
-	if (p.family == FX_AF_INET && !p.frag && !fx_bench_no_fcache && !fx_bench_ct_miss) {
-		int rc = fx_fcache_forward(ctx, &p, bytes, &fslot);
-		if (rc >= 0)
-			return rc;
+	/* IPv4, not a fragment: the 5-tuple's jhash picks the flow cache's slot and the per-CPU
+	 * conntrack's set */
+	__u32 fw[4] = {};
+	__u32 fh = 0;
+	if (p.family == FX_AF_INET && !p.frag) {
+		fh = fx_tuple_hash(&p, fw);
+		if (!fx_bench_no_fcache) {
+			int rc = fx_fcache_forward(ctx, &p, fw, fh & (FX_FCACHE_SLOTS - 1));
+			if (rc >= 0)
+				return rc;
+		}
 	}
 
 	/* the keys share one stack slot (the 512-byte stack is for the whole call chain) */
@@ -938,33 +1013,152 @@ int xdp_lb(struct xdp_md *ctx)
 			return XDP_DROP;
 		}
 		fx_count(row, FX_ACT_FRAG, bytes);
-	} else {
-		if (p.family == FX_AF_INET) {
-			__builtin_memcpy(&ck.k4.saddr, p.src, 4);
-			__builtin_memcpy(&ck.k4.daddr, p.dst, 4);
-			ck.k4.sport = p.sport;
-			ck.k4.dport = p.dport;
-			ck.k4.proto = p.proto;
-			ck.k4.pad0 = 0;
-			ck.k4.pad1 = 0;
-		} else {
-			__builtin_memcpy(ck.k6.src, p.src, 16);
-			__builtin_memcpy(ck.k6.dst, p.dst, 16);
-			ck.k6.sport = p.sport;
-			ck.k6.dport = p.dport;
-			ck.k6.proto = p.proto;
-			ck.k6.family = p.family;
-			ck.k6.pad = 0;
+	} else if (p.family == FX_AF_INET) {
+		/* IPv4: this CPU's conntrack (types.h, struct flow4), then the shared LRU `ct4` (only
+		 * promoted flows), then the stateless Maglev choice. docs/xdp.md, "Conntrack". */
+		int first = p.proto != IPPROTO_TCP ||
+			    (p.tcp_flags & (FX_TCP_SYN | FX_TCP_ACK)) == FX_TCP_SYN;
+		__u32 zero = 0;
+		__u32 sidx = fh & (FX_FLOW4_SETS - 1);
+		__u64 *genp = bpf_map_lookup_elem(&nh_gen, &zero);
+		struct flow4_set *set = bpf_map_lookup_elem(&flows4, &sidx);
+		if (!genp || !set)
+			return XDP_PASS;
+		__u32 now = (__u32)*genp;
+		struct flow4 *fe = fx_flow4_find(set, fw, p.proto);
+		__u8 fflags = 0;
+
+		__builtin_memcpy(&ck.k4.saddr, p.src, 4);
+		__builtin_memcpy(&ck.k4.daddr, p.dst, 4);
+		ck.k4.sport = p.sport;
+		ck.k4.dport = p.dport;
+		ck.k4.proto = p.proto;
+		ck.k4.pad0 = 0;
+		ck.k4.pad1 = 0;
+		if (fx_bench_ct_miss)
+			fe = NULL;
+		if (fe && fe->row != row)
+			fe = NULL;
+		if (fe) {
+			__u32 idx = fe->backend;
+
+			be = bpf_map_lookup_elem(&backends, &idx);
+			if (be && !(be->flags & FX_BACKEND_ALIVE))
+				be = NULL; /* dead backend: the flow moves (re-decided below) */
+			if (be) {
+				be_idx = idx;
+				hash = fe->hash;
+				if (fe->seen != now)
+					fe->seen = now;
+				if (!(fe->flags & FX_FLOW4_FIRST)) {
+					/* made by a mid-flow packet: the flow's first packet may have
+					 * been on another CPU, whose entry was promoted since */
+					ct = bpf_map_lookup_elem(&ct4, &ck.k4);
+					asm volatile("%0 = %0" : "+r"(ct));
+					if (ct && ct->svc == row && ct->backend != be_idx) {
+						__u32 cidx = ct->backend;
+						struct backend *cbe =
+							bpf_map_lookup_elem(&backends, &cidx);
+
+						if (cbe && (cbe->flags & FX_BACKEND_ALIVE)) {
+							be = cbe;
+							be_idx = cidx;
+							hash = ct->hash;
+							fe->backend = cidx;
+							fe->hash = hash;
+							fe->hash_key = svc->hash_key;
+							fe->flags = FX_FLOW4_FIRST | FX_FLOW4_LRU;
+						}
+					}
+				}
+				if (!(fe->flags & FX_FLOW4_LRU)) {
+					/* would the current table send the flow elsewhere? Then promote
+					 * it into the shared LRU, where its packets on other CPUs find
+					 * it (once per flow and table change; the common case is one
+					 * modulo and two inlined array lookups) */
+					__u32 h2 = fe->hash_key == svc->hash_key ?
+							   hash :
+							   fx_flow_hash(svc->hash_key, &p);
+					__u32 alt = 0;
+
+					if (!fx_pick(svc, h2, &alt) || alt != be_idx) {
+						/* userspace may have promoted it before the switch
+						 * (plane.rs, promote_before_switch) */
+						ct = bpf_map_lookup_elem(&ct4, &ck.k4);
+						asm volatile("%0 = %0" : "+r"(ct));
+						if (ct && ct->svc == row && ct->backend == be_idx) {
+							fe->flags |= FX_FLOW4_LRU;
+						} else {
+							struct ct_value nv = {
+								.backend = be_idx, .svc = row, .hash = hash
+							};
+							long err = bpf_map_update_elem(&ct4, &ck.k4, &nv,
+										       BPF_ANY);
+
+							asm volatile("%0 = %0" : "+r"(err));
+							if (!err)
+								fe->flags |= FX_FLOW4_LRU;
+						}
+					}
+				}
+				goto forward;
+			}
 		}
-		/* one call site per map: the verifier inlines a lookup (and calls an update
-		 * directly) only when its call site always sees the same map; the asm statements (register
-		 * moves to themselves, different per branch) keep clang from merging the two calls into
-		 * one with a selected map pointer */
+		/* not on this CPU (or its backend died): the shared LRU */
+		ct = bpf_map_lookup_elem(&ct4, &ck.k4);
+		asm volatile("%0 = %0" : "+r"(ct));
+		if (ct && ct->svc == row) {
+			__u32 idx = ct->backend;
+
+			be = bpf_map_lookup_elem(&backends, &idx);
+			if (be && !(be->flags & FX_BACKEND_ALIVE))
+				be = NULL;
+			if (be) {
+				be_idx = idx;
+				hash = ct->hash;
+				fflags = FX_FLOW4_FIRST | FX_FLOW4_LRU;
+			}
+		}
+		if (!be) {
+			hash = fx_flow_hash(svc->hash_key, &p);
+			be = fx_pick(svc, hash, &be_idx);
+			if (!be) {
+				fx_count(row, FX_ACT_DROP, bytes);
+				return XDP_DROP;
+			}
+			fx_count(row, FX_ACT_CT_MISS, bytes);
+			fflags = first ? FX_FLOW4_FIRST : 0;
+		}
+		/* an insert is a slot write: a free way or the least recently seen one (a mid-flow
+		 * packet's entry never evicts a first packet's) */
+		if (!fe)
+			fe = fx_flow4_victim(set, fflags & FX_FLOW4_FIRST);
+		if (fe) {
+			fe->saddr = fw[0];
+			fe->daddr = fw[1];
+			fe->ports = fw[2];
+			fe->proto = p.proto;
+			fe->row = row;
+			fe->flags = fflags;
+			fe->hash_key = svc->hash_key;
+			fe->backend = be_idx;
+			fe->hash = hash;
+			fe->seen = now;
+		}
+	} else {
+		__builtin_memcpy(ck.k6.src, p.src, 16);
+		__builtin_memcpy(ck.k6.dst, p.dst, 16);
+		ck.k6.sport = p.sport;
+		ck.k6.dport = p.dport;
+		ck.k6.proto = p.proto;
+		ck.k6.family = p.family;
+		ck.k6.pad = 0;
+		/* IPv6: the LRU `conntrack` (one call site per map: the verifier inlines a lookup,
+		 * and calls an update directly, only when its call site always sees the same map;
+		 * the asm statements, register moves to themselves, different per map, keep clang
+		 * from merging the calls into one with a selected map pointer) */
 		if (fx_bench_ct_miss) {
 			ct = NULL;
-		} else if (p.family == FX_AF_INET) {
-			ct = bpf_map_lookup_elem(&ct4, &ck.k4);
-			asm volatile("%0 = %0" : "+r"(ct));
 		} else {
 			ct = bpf_map_lookup_elem(&conntrack, &ck.k6);
 			asm volatile("%0 = %0\n\t%0 = %0" : "+r"(ct));
@@ -988,30 +1182,22 @@ int xdp_lb(struct xdp_md *ctx)
 			fx_count(row, FX_ACT_CT_MISS, bytes);
 			/* Only the first packet of a flow creates its entry: a TCP SYN (without ACK),
 			 * or any UDP datagram (UDP has no first packet to tell). A TCP packet in
-			 * mid-flow without an entry (evicted, or the flow began before this program)
-			 * takes the stateless Maglev choice above, the same backend as long as the
-			 * table has not changed, and does not pay for an LRU insert (which costs
-			 * more than all the rest of the path). See docs/xdp.md, "Conntrack". */
+			 * mid-flow without an entry takes the stateless Maglev choice above, the same
+			 * backend as long as the table has not changed, and does not pay for an LRU
+			 * insert. See docs/xdp.md, "Conntrack". */
 			if (p.proto == IPPROTO_TCP &&
 			    (p.tcp_flags & (FX_TCP_SYN | FX_TCP_ACK)) != FX_TCP_SYN)
 				goto forward;
 			struct ct_value nv = { .backend = be_idx, .svc = row, .hash = hash };
-			long err;
+			long err = bpf_map_update_elem(&conntrack, &ck.k6, &nv, BPF_ANY);
 
-			if (p.family == FX_AF_INET) {
-				err = bpf_map_update_elem(&ct4, &ck.k4, &nv, BPF_ANY);
-				asm volatile("%0 = %0" : "+r"(err));
-			} else {
-				err = bpf_map_update_elem(&conntrack, &ck.k6, &nv, BPF_ANY);
-				asm volatile("%0 = %0\n\t%0 = %0" : "+r"(err));
-			}
+			asm volatile("%0 = %0\n\t%0 = %0" : "+r"(err));
 		}
 	}
 
 forward:
-	if (p.family == FX_AF_INET && be->family == FX_AF_INET && !p.frag && !fx_bench_no_fcache &&
-	    !fx_bench_ct_miss)
-		fx_fcache_fill(&p, fslot, svc, be_idx, hash, row);
+	if (p.family == FX_AF_INET && be->family == FX_AF_INET && !p.frag && !fx_bench_no_fcache)
+		fx_fcache_fill(&p, fh & (FX_FCACHE_SLOTS - 1), svc, be_idx, hash, row);
 	return fx_forward(ctx, &p, svc, be, be_idx, hash, row);
 }
 

@@ -150,6 +150,40 @@ pub struct Fcache4 {
 }
 const _: () = assert!(size_of::<Fcache4>() == 72);
 
+/// `FX_FLOW4_SETS`: sets per CPU of the per-CPU IPv4 conntrack (`flows4`).
+pub const FLOW4_SETS: u32 = 65_536;
+/// `FX_FLOW4_WAYS`: ways per set.
+pub const FLOW4_WAYS: u32 = 4;
+/// `FX_FLOW4_FIRST`: the entry was made by a flow's first packet (or copied from `ct4`).
+pub const FLOW4_FIRST: u8 = 1;
+/// `FX_FLOW4_LRU`: the entry was promoted into the shared LRU `ct4`.
+pub const FLOW4_LRU: u8 = 2;
+
+/// `struct flow4`: a way of the per-CPU IPv4 conntrack (written by the BPF program only).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Flow4 {
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+    pub ports: u32,
+    pub proto: u8,
+    pub row: u8,
+    pub flags: u8,
+    pub hash_key: u8,
+    pub backend: u32,
+    pub hash: u32,
+    pub seen: u32,
+}
+const _: () = assert!(size_of::<Flow4>() == 28);
+
+/// `struct flow4_set`: one set (the value of a `flows4` element).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Flow4Set {
+    pub way: [Flow4; FLOW4_WAYS as usize],
+}
+const _: () = assert!(size_of::<Flow4Set>() == 112);
+
 /// `struct ct_value`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -230,6 +264,7 @@ mod pod {
     unsafe impl aya::Pod for super::BackendEntry {}
     unsafe impl aya::Pod for super::CtKey {}
     unsafe impl aya::Pod for super::Ct4Key {}
+    unsafe impl aya::Pod for super::Flow4Set {}
     unsafe impl aya::Pod for super::CtValue {}
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::NextHop {}

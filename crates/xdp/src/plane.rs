@@ -12,10 +12,10 @@ use fulcrum_core::model::{Backend, BackendState, HashKey, PrimeTableSize, Proto}
 use fulcrum_core::sched::maglev::Maglev;
 
 use crate::maps::{
-    addr_bytes, BackendEntry, Counter, CtKey, NatFwd, NatRev, SvcKey, SvcValue, ACTIONS,
-    BACKEND_ALIVE, HASH_FIVE_TUPLE, HASH_SRC_IP, HASH_SRC_IP_PORT, MAGLEV_MAX, MAX_BACKENDS,
-    MAX_SERVICES, MODE_DSR, MODE_NAT, MODE_TUNNEL, NAT_FIN_FWD, NAT_FIN_REV, NAT_RST, STATS_ROWS,
-    TUNNEL_GUE, TUNNEL_IPIP,
+    addr_bytes, BackendEntry, Counter, Ct4Key, CtKey, CtValue, Flow4, Flow4Set, NatFwd, NatRev,
+    SvcKey, SvcValue, ACTIONS, AF_INET, BACKEND_ALIVE, FLOW4_LRU, FLOW4_SETS, HASH_FIVE_TUPLE,
+    HASH_SRC_IP, HASH_SRC_IP_PORT, MAGLEV_MAX, MAX_BACKENDS, MAX_SERVICES, MODE_DSR, MODE_NAT,
+    MODE_TUNNEL, NAT_FIN_FWD, NAT_FIN_REV, NAT_RST, STATS_ROWS, TUNNEL_GUE, TUNNEL_IPIP,
 };
 
 /// The GUE destination port when none is configured (`fulcrum decap --gue-port`).
@@ -100,7 +100,8 @@ pub struct XdpService {
 /// Options of [`XdpPlane::load`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LoadOptions {
-    /// Benchmarks: skip the conntrack lookup (every packet takes the miss path).
+    /// Benchmarks: every packet is new to its CPU (the flow cache and the per-CPU conntrack
+    /// are probed, their answers ignored; IPv6 skips the conntrack lookup): the miss path.
     pub bench_ct_miss: bool,
     /// Benchmarks: undo the encapsulation after it is built (for `repeat`).
     pub bench_undo_encap: bool,
@@ -145,6 +146,8 @@ pub struct XdpPlane {
     backends: Array<MapData, BackendEntry>,
     maglev: Array<MapData, u32>,
     nh_gen: Array<MapData, u64>,
+    flows4: PerCpuArray<MapData, Flow4Set>,
+    ct4: BpfHashMap<MapData, Ct4Key, CtValue>,
     nat_fwd: BpfHashMap<MapData, CtKey, NatFwd>,
     nat_rev: BpfHashMap<MapData, CtKey, NatRev>,
     nat_on: Array<MapData, u32>,
@@ -204,6 +207,8 @@ impl XdpPlane {
         let stats_map = take(&mut ebpf, "stats")?;
         let mut nh_gen: Array<MapData, u64> = take(&mut ebpf, "nh_gen")?;
         nh_gen.set(0, 1, 0)?;
+        let flows4 = take(&mut ebpf, "flows4")?;
+        let ct4 = take(&mut ebpf, "ct4")?;
         let nat_fwd = take(&mut ebpf, "nat_fwd")?;
         let nat_rev = take(&mut ebpf, "nat_rev")?;
         let nat_on = take(&mut ebpf, "nat_on")?;
@@ -213,6 +218,8 @@ impl XdpPlane {
             backends,
             maglev,
             nh_gen,
+            flows4,
+            ct4,
             nat_fwd,
             nat_rev,
             nat_on,
@@ -252,6 +259,106 @@ impl XdpPlane {
             .map("conntrack")
             .ok_or_else(|| XdpError::Config("no map `conntrack`".into()))?;
         Ok(aya::maps::HashMap::try_from(map)?)
+    }
+
+    /// The shared IPv4 conntrack `ct4` (for tests and diagnostics): only promoted flows, those
+    /// the current Maglev tables would send to another backend (docs/xdp.md, "Conntrack").
+    pub fn ct4(&self) -> Result<&BpfHashMap<MapData, Ct4Key, CtValue>, XdpError> {
+        Ok(&self.ct4)
+    }
+
+    /// Every entry of the per-CPU IPv4 conntrack `flows4`, on every CPU, not yet promoted
+    /// into `ct4` (one map read per set: 65536 syscalls, each copying the set of every CPU).
+    fn flows4_snapshot(&self) -> Result<Vec<Flow4>, XdpError> {
+        let mut out = Vec::new();
+        for set in 0..FLOW4_SETS {
+            let per_cpu = self.flows4.get(&set, 0)?;
+            for s in per_cpu.iter() {
+                out.extend(
+                    s.way
+                        .iter()
+                        .filter(|w| w.seen != 0 && w.flags & FLOW4_LRU == 0)
+                        .copied(),
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// Before a service's new Maglev table is switched in: copies into the shared LRU `ct4`
+    /// every flow of the service in the per-CPU conntrack (any CPU) that the new table would
+    /// send to another backend, so that its packets on a CPU without its entry still reach
+    /// its backend (RSS keeps a flow on one CPU on a NIC; veth and similar devices run XDP on
+    /// the sender's CPU). The data path promotes the same flows at their next packet on
+    /// their own CPU; this closes the gap before that. `snapshot`: read once per update.
+    fn promote_before_switch(
+        &mut self,
+        id: u32,
+        s: &XdpService,
+        table: &[u32],
+        snapshot: &mut Option<Vec<Flow4>>,
+    ) -> Result<(), XdpError> {
+        if snapshot.is_none() {
+            *snapshot = Some(self.flows4_snapshot()?);
+        }
+        let new_key = match s.hash_key {
+            HashKey::SrcIp => HASH_SRC_IP,
+            HashKey::SrcIpPort => HASH_SRC_IP_PORT,
+            _ => HASH_FIVE_TUPLE,
+        };
+        let proto = match s.proto {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+        };
+        let mut promoted = 0usize;
+        for f in snapshot.as_deref().unwrap_or_default() {
+            // a dead backend's flows move anyway (the data path re-decides them)
+            let alive = self
+                .backend_entries
+                .get(&f.backend)
+                .is_some_and(|b| b.flags & BACKEND_ALIVE != 0);
+            if u32::from(f.row) != id || f.proto != proto || !alive {
+                continue;
+            }
+            let hash = if f.hash_key == new_key {
+                Some(f.hash)
+            } else {
+                let port = |p: u32| u16::from_be(p as u16);
+                let flow = fulcrum_core::model::FlowTuple {
+                    src: SocketAddr::new(IpAddr::from(f.saddr), port(f.ports >> 16)),
+                    dst: SocketAddr::new(IpAddr::from(f.daddr), port(f.ports & 0xffff)),
+                    proto: s.proto,
+                };
+                fulcrum_core::hash::flow_hash(&s.hash_key, &flow)
+            };
+            let now = hash
+                .filter(|_| !table.is_empty())
+                .map(|h| table[(h % table.len() as u32) as usize]);
+            if now == Some(f.backend) {
+                continue;
+            }
+            let key = Ct4Key {
+                saddr: f.saddr,
+                daddr: f.daddr,
+                sport: (f.ports >> 16) as u16,
+                dport: (f.ports & 0xffff) as u16,
+                proto: f.proto,
+                pad0: 0,
+                pad1: 0,
+            };
+            let value = CtValue {
+                backend: f.backend,
+                svc: id,
+                hash: f.hash,
+                pad: 0,
+            };
+            self.ct4.insert(key, value, 0)?;
+            promoted += 1;
+        }
+        if promoted > 0 {
+            tracing::debug!(service = %s.name, promoted, "flows kept on their backends across a table change");
+        }
+        Ok(())
     }
 
     /// Attaches `xdp_lb` to `interface`: native (driver) mode, or generic (skb) mode with a
@@ -378,11 +485,12 @@ impl XdpPlane {
         // services
         let mut names = vec![None; STATS_ROWS as usize];
         let mut present = Vec::new();
+        let mut snapshot = None;
         for s in services {
             let id = self.svc_ids[&s.name];
             names[id as usize] = Some(s.name.clone());
             present.push(id);
-            self.install(id, s)?;
+            self.install(id, s, &mut snapshot)?;
         }
         let stale: Vec<u32> = self
             .installed
@@ -448,7 +556,12 @@ impl XdpPlane {
         Ok(())
     }
 
-    fn install(&mut self, id: u32, s: &XdpService) -> Result<(), XdpError> {
+    fn install(
+        &mut self,
+        id: u32,
+        s: &XdpService,
+        snapshot: &mut Option<Vec<Flow4>>,
+    ) -> Result<(), XdpError> {
         let m = s.table_size.get();
         if m > MAGLEV_MAX {
             return Err(XdpError::Config(format!(
@@ -515,6 +628,14 @@ impl XdpPlane {
             pad1: 0,
         };
         if prev.as_ref().map(|p| (p.key, p.value)) != Some((key, value)) {
+            if let Some(p) = &prev {
+                if family == AF_INET
+                    && mode != MODE_NAT
+                    && (p.table != table || p.value.hash_key != hash_key)
+                {
+                    self.promote_before_switch(id, s, &table, snapshot)?;
+                }
+            }
             self.services.insert(key, value, 0)?;
             if let Some(p) = &prev {
                 if p.key != key {

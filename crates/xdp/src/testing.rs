@@ -12,7 +12,10 @@ pub fn is_root() -> bool {
 }
 
 /// Runs `f` on a new thread inside the network namespace `/var/run/netns/NAME` (created by
-/// `ip netns add NAME`) and returns its result.
+/// `ip netns add NAME`) and returns its result. The thread is pinned to the CPU it starts on:
+/// `BPF_PROG_TEST_RUN` runs the program on the calling thread's CPU, and the per-CPU state
+/// (flow cache, IPv4 conntrack `flows4`) assumes what RSS gives a real interface, a flow's
+/// packets on one CPU.
 pub fn in_netns<T: Send + 'static>(
     name: &str,
     f: impl FnOnce() -> T + Send + 'static,
@@ -24,10 +27,38 @@ pub fn in_netns<T: Send + 'static>(
         if rc != 0 {
             return Err(io::Error::last_os_error());
         }
+        pin_to_current_cpu()?;
         Ok(f())
     })
     .join()
     .map_err(|_| io::Error::other("netns thread panicked"))?
+}
+
+/// The CPU the calling thread runs on.
+pub fn current_cpu() -> io::Result<usize> {
+    // SAFETY: sched_getcpu has no preconditions.
+    let cpu = unsafe { libc::sched_getcpu() };
+    usize::try_from(cpu).map_err(|_| io::Error::last_os_error())
+}
+
+/// Pins the calling thread to the CPU it runs on.
+pub fn pin_to_current_cpu() -> io::Result<()> {
+    pin_to_cpu(current_cpu()?)
+}
+
+/// Pins the calling thread to `cpu` (tests: "a packet of the flow on another CPU").
+pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    // SAFETY: the cpu_set_t is zeroed and filled with the CPU_* helpers before
+    // sched_setaffinity reads it (pid 0: this thread).
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_ZERO(&mut set);
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// The index of interface `name` in the calling thread's namespace.

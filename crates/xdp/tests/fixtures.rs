@@ -722,13 +722,57 @@ fn maglev_tables_in_maps_equal_core_and_health_changes_apply() {
     });
 }
 
-/// Conntrack entries are made by a flow's first packet only: a TCP SYN or any UDP datagram.
-/// A mid-flow TCP packet without an entry takes the stateless Maglev choice (exact bytes as
-/// a hit would give) and creates nothing, so after a table change it follows the new table
-/// while flows that began with a SYN keep their backend (docs/xdp.md, "Conntrack").
+/// The dsr output of `pkt` towards backend `to`: only the Ethernet addresses change.
+fn dsr_to(pkt: &[u8], to: IpAddr) -> Vec<u8> {
+    let mut want = pkt.to_vec();
+    want[0..6].copy_from_slice(&mac_of(to));
+    want[6..12].copy_from_slice(&LB_MAC);
+    want
+}
+
+/// The `ct4` key of an IPv4 flow `src` -> `dst` (ports as they lie in the packet).
+fn ct4_key(src: &str, dst: &str, proto: Proto) -> fulcrum_xdp::maps::Ct4Key {
+    let (s, d): (SocketAddr, SocketAddr) = (src.parse().expect("src"), dst.parse().expect("dst"));
+    let (IpAddr::V4(a), IpAddr::V4(b)) = (s.ip(), d.ip()) else {
+        panic!("IPv4 only")
+    };
+    fulcrum_xdp::maps::Ct4Key {
+        saddr: a.octets(),
+        daddr: b.octets(),
+        sport: u16::from_ne_bytes(s.port().to_be_bytes()),
+        dport: u16::from_ne_bytes(d.port().to_be_bytes()),
+        proto: if proto == Proto::Tcp { 6 } else { 17 },
+        pad0: 0,
+        pad1: 0,
+    }
+}
+
+/// The `flows4` set of an IPv4 flow: `fx_tuple_hash` in xdp_lb.c (jhash2 of the addresses and
+/// ports as they lie in the packet, and the protocol).
+fn flow4_set(src: &str, dst: &str, proto: Proto) -> u32 {
+    let k = ct4_key(src, dst, proto);
+    let w = [
+        u32::from_ne_bytes(k.saddr),
+        u32::from_ne_bytes(k.daddr),
+        (u32::from(k.sport) << 16) | u32::from(k.dport),
+        u32::from(k.proto),
+    ];
+    fulcrum_core::hash::jhash2(&w, fulcrum_core::hash::FLOW_HASH_SEED)
+        & (fulcrum_xdp::maps::FLOW4_SETS - 1)
+}
+
+/// IPv4 dsr/tunnel conntrack is per CPU (`flows4`, docs/xdp.md "Conntrack"): a flow's first
+/// packet (TCP SYN, any UDP datagram) writes a way of its set on its CPU and nothing in the
+/// shared LRU `ct4`; a mid-flow packet without an entry takes the stateless Maglev choice
+/// and also remembers it on its CPU (a way that no first packet holds). After a table change
+/// every flow known to the CPU keeps its backend, and exactly the flows the new table would
+/// send elsewhere are promoted into `ct4`, where their packets on another CPU find them;
+/// flows never seen before the change follow the new table. (Before the per-CPU table, the
+/// first packet inserted into the LRU and mid-flow packets without an entry followed every
+/// table change: this test asserted that; the mid-flow flows are now kept, deliberately.)
 #[test]
-fn only_first_packets_create_conntrack_entries() {
-    if !is_root_or_skip("only_first_packets_create_conntrack_entries") {
+fn per_cpu_conntrack_keeps_flows_and_promotes_on_table_change() {
+    if !is_root_or_skip("per_cpu_conntrack_keeps_flows_and_promotes_on_table_change") {
         return;
     }
     let pool = backends(&["198.18.0.11", "198.18.0.12", "198.18.0.13"], 80);
@@ -749,53 +793,57 @@ fn only_first_packets_create_conntrack_entries() {
         pool,
     );
     with_plane("fxfirst", vec![s.clone(), u.clone()], move |plane, ifx| {
-        // flows whose Maglev choice is .12 (the backend drained below)
-        let on12 = |dst: &str, proto: Proto, base: u32| -> Vec<String> {
+        // flows whose Maglev choice is (or is not) .12, the backend drained below
+        let pick = |dst: &str, proto: Proto, base: u32, on12: bool| -> Vec<String> {
             let svc = if proto == Proto::Tcp { &s } else { &u };
             (0..2000)
                 .map(|i| format!("198.18.{}.{}:{}", 20 + i / 200, i % 200 + 1, base + i))
-                .filter(|src| core_pick(svc, &flow(src, dst, proto)).0 == ip("198.18.0.12"))
+                .filter(|src| {
+                    (core_pick(svc, &flow(src, dst, proto)).0 == ip("198.18.0.12")) == on12
+                })
                 .take(20)
                 .collect()
         };
-        let syn_flows = on12("198.19.0.10:80", Proto::Tcp, 10000);
-        let mid_flows = on12("198.19.0.10:80", Proto::Tcp, 30000);
-        let udp_flows = on12("198.19.0.10:53", Proto::Udp, 50000);
-        assert_eq!(
-            (syn_flows.len(), mid_flows.len(), udp_flows.len()),
-            (20, 20, 20)
-        );
+        let syn_flows = pick("198.19.0.10:80", Proto::Tcp, 10000, true);
+        let mid_flows = pick("198.19.0.10:80", Proto::Tcp, 30000, true);
+        let udp_flows = pick("198.19.0.10:53", Proto::Udp, 50000, true);
+        let fresh_flows = pick("198.19.0.10:80", Proto::Tcp, 40000, true);
+        let other_flows = pick("198.19.0.10:80", Proto::Tcp, 20000, false);
+        for f in [
+            &syn_flows,
+            &mid_flows,
+            &udp_flows,
+            &fresh_flows,
+            &other_flows,
+        ] {
+            assert_eq!(f.len(), 20);
+        }
+        let syn = |src: &str| frame(src, "198.19.0.10:80", Proto::Tcp, None, 0, b"");
+        let dns = |src: &str| frame(src, "198.19.0.10:53", Proto::Udp, None, 0, b"q");
+        let mid = |src: &str| frame_mid(src, "198.19.0.10:80", b"data");
+        let twelve = ip("198.18.0.12");
         for src in &syn_flows {
-            let out = run(
-                plane,
-                ifx,
-                &frame(src, "198.19.0.10:80", Proto::Tcp, None, 0, b""),
-            );
-            assert_eq!(
-                (out.verdict, backend_of(&out.data)),
-                (XDP_TX, ip("198.18.0.12"))
-            );
+            let pkt = syn(src);
+            let out = run(plane, ifx, &pkt);
+            assert_eq!((out.verdict, out.data), (XDP_TX, dsr_to(&pkt, twelve)));
+        }
+        for src in &other_flows {
+            let pkt = syn(src);
+            let want = core_pick(&s, &flow(src, "198.19.0.10:80", Proto::Tcp)).0;
+            let out = run(plane, ifx, &pkt);
+            assert_eq!((out.verdict, out.data), (XDP_TX, dsr_to(&pkt, want)));
         }
         for src in &udp_flows {
-            let out = run(
-                plane,
-                ifx,
-                &frame(src, "198.19.0.10:53", Proto::Udp, None, 0, b"q"),
-            );
-            assert_eq!(
-                (out.verdict, backend_of(&out.data)),
-                (XDP_TX, ip("198.18.0.12"))
-            );
+            let pkt = dns(src);
+            let out = run(plane, ifx, &pkt);
+            assert_eq!((out.verdict, out.data), (XDP_TX, dsr_to(&pkt, twelve)));
         }
         for src in &mid_flows {
             // a mid-flow packet without an entry: the stateless choice, exact bytes
-            let pkt = frame_mid(src, "198.19.0.10:80", b"data");
-            let mut want = pkt.clone();
-            want[0..6].copy_from_slice(&mac_of(ip("198.18.0.12")));
-            want[6..12].copy_from_slice(&LB_MAC);
+            let pkt = mid(src);
             for _ in 0..2 {
                 let out = run(plane, ifx, &pkt);
-                assert_eq!((out.verdict, &out.data), (XDP_TX, &want));
+                assert_eq!((out.verdict, &out.data), (XDP_TX, &dsr_to(&pkt, twelve)));
             }
         }
         let misses: u64 = plane
@@ -804,37 +852,217 @@ fn only_first_packets_create_conntrack_entries() {
             .filter(|c| c.1 == "ct_miss")
             .map(|c| c.2)
             .sum();
-        // the second packet of an untracked flow is served by this CPU's flow cache (which
-        // holds the stateless choice until the next map update); conntrack has no entry,
-        // as the drain below shows
-        assert_eq!(misses, 20 + 20 + 20, "one miss per flow");
+        // the second packet of a flow is served by this CPU's flow cache
+        assert_eq!(misses, 4 * 20, "one miss per flow");
+        // a first packet costs no LRU insert
+        assert_eq!(plane.ct4().expect("ct4").keys().count(), 0, "ct4 empty");
 
-        // drain .12: flows with an entry stay, mid-flow ones without follow the new table
+        // drain .12: every flow this CPU knows stays, flows never seen follow the new table
         let mut ds = s.clone();
         ds.backends[1].state = BackendState::Draining;
         let mut du = u.clone();
         du.backends[1].state = BackendState::Draining;
+        let t0 = std::time::Instant::now();
         plane.update(&[ds.clone(), du]).expect("update");
-        for src in &syn_flows {
-            let out = run(plane, ifx, &frame_mid(src, "198.19.0.10:80", b"x"));
-            assert_eq!(backend_of(&out.data), ip("198.18.0.12"), "SYN flow kept");
+        eprintln!(
+            "update with a table change (reads flows4 of every CPU): {:?}",
+            t0.elapsed()
+        );
+        for src in syn_flows.iter().chain(&mid_flows) {
+            let pkt = frame_mid(src, "198.19.0.10:80", b"x");
+            let out = run(plane, ifx, &pkt);
+            assert_eq!(
+                (out.verdict, out.data),
+                (XDP_TX, dsr_to(&pkt, twelve)),
+                "{src}: kept"
+            );
         }
         for src in &udp_flows {
-            let out = run(
-                plane,
-                ifx,
-                &frame(src, "198.19.0.10:53", Proto::Udp, None, 0, b"q"),
-            );
-            assert_eq!(backend_of(&out.data), ip("198.18.0.12"), "UDP flow kept");
-        }
-        for src in &mid_flows {
-            let out = run(plane, ifx, &frame_mid(src, "198.19.0.10:80", b"x"));
-            let want = core_pick(&ds, &flow(src, "198.19.0.10:80", Proto::Tcp)).0;
-            assert_ne!(want, ip("198.18.0.12"));
+            let pkt = dns(src);
+            let out = run(plane, ifx, &pkt);
             assert_eq!(
-                backend_of(&out.data),
-                want,
-                "untracked flow follows the table"
+                (out.verdict, out.data),
+                (XDP_TX, dsr_to(&pkt, twelve)),
+                "{src}: UDP flow kept"
+            );
+        }
+        for src in &other_flows {
+            let pkt = frame_mid(src, "198.19.0.10:80", b"x");
+            let want = core_pick(&s, &flow(src, "198.19.0.10:80", Proto::Tcp)).0;
+            assert_eq!(
+                core_pick(&ds, &flow(src, "198.19.0.10:80", Proto::Tcp)).0,
+                want
+            );
+            let out = run(plane, ifx, &pkt);
+            assert_eq!((out.verdict, out.data), (XDP_TX, dsr_to(&pkt, want)));
+        }
+        for src in &fresh_flows {
+            let pkt = frame_mid(src, "198.19.0.10:80", b"x");
+            let want = core_pick(&ds, &flow(src, "198.19.0.10:80", Proto::Tcp)).0;
+            assert_ne!(want, twelve);
+            let out = run(plane, ifx, &pkt);
+            assert_eq!(
+                (out.verdict, out.data),
+                (XDP_TX, dsr_to(&pkt, want)),
+                "{src}: never seen, follows the table"
+            );
+        }
+        // exactly the flows the new table sends elsewhere were promoted, with their backend
+        // and flow hash
+        let ct4 = plane.ct4().expect("ct4");
+        let mut got: Vec<_> = ct4
+            .iter()
+            .map(|r| r.expect("ct4 entry"))
+            .map(|(k, v)| (k, v.backend, v.hash))
+            .collect();
+        let mut want: Vec<_> = syn_flows
+            .iter()
+            .chain(&mid_flows)
+            .map(|src| (src, "198.19.0.10:80", Proto::Tcp, &s))
+            .chain(
+                udp_flows
+                    .iter()
+                    .map(|src| (src, "198.19.0.10:53", Proto::Udp, &u)),
+            )
+            .map(|(src, dst, proto, svc)| {
+                (
+                    ct4_key(src, dst, proto),
+                    1u32,
+                    core_pick(svc, &flow(src, dst, proto)).1,
+                )
+            })
+            .collect();
+        let key = |e: &(fulcrum_xdp::maps::Ct4Key, u32, u32)| {
+            (e.0.saddr, e.0.daddr, e.0.sport, e.0.dport, e.0.proto)
+        };
+        got.sort_by_key(key);
+        want.sort_by_key(key);
+        // backend ids are per (pool, address): one id for .12 per service
+        for proto in [6u8, 17] {
+            let ids: std::collections::BTreeSet<u32> = got
+                .iter()
+                .filter(|e| e.0.proto == proto)
+                .map(|e| e.1)
+                .collect();
+            assert_eq!(ids.len(), 1, "one backend (.12) per service: {ids:?}");
+            let id12 = *ids.first().expect("id");
+            for w in want.iter_mut().filter(|e| e.0.proto == proto) {
+                w.1 = id12;
+            }
+        }
+        assert_eq!(got, want, "ct4 holds exactly the promoted flows");
+
+        // on another CPU (no flows4 entry there): promoted flows are found in ct4, the others
+        // get the stateless choice, which is their backend
+        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        if cpus > 1 {
+            let here = fulcrum_xdp::testing::current_cpu().expect("cpu");
+            fulcrum_xdp::testing::pin_to_cpu((here + 1) % cpus).expect("pin");
+            for src in syn_flows.iter().chain(&mid_flows) {
+                let pkt = frame_mid(src, "198.19.0.10:80", b"y");
+                let out = run(plane, ifx, &pkt);
+                assert_eq!(
+                    (out.verdict, out.data),
+                    (XDP_TX, dsr_to(&pkt, twelve)),
+                    "{src}: promoted flow on another CPU"
+                );
+            }
+            for src in &other_flows {
+                let pkt = frame_mid(src, "198.19.0.10:80", b"y");
+                let want = core_pick(&ds, &flow(src, "198.19.0.10:80", Proto::Tcp)).0;
+                let out = run(plane, ifx, &pkt);
+                assert_eq!((out.verdict, out.data), (XDP_TX, dsr_to(&pkt, want)));
+            }
+            fulcrum_xdp::testing::pin_to_cpu(here).expect("pin back");
+        } else {
+            eprintln!("one CPU: the other-CPU part of this test is skipped");
+        }
+    });
+}
+
+/// A `flows4` set holds FX_FLOW4_WAYS flows: a first packet evicts the least recently seen
+/// way; a mid-flow packet without an entry takes no way held by a first packet (an ACK flood
+/// cannot evict tracked flows) and then follows the table, as an evicted flow does.
+#[test]
+fn per_cpu_conntrack_set_eviction() {
+    if !is_root_or_skip("per_cpu_conntrack_set_eviction") {
+        return;
+    }
+    let pool = backends(&["198.18.0.11", "198.18.0.12", "198.18.0.13"], 80);
+    let s = service(
+        "web",
+        "198.19.0.10:80",
+        Proto::Tcp,
+        Mode::Dsr,
+        HashKey::FiveTuple,
+        pool,
+    );
+    with_plane("fxevict", vec![s.clone()], move |plane, ifx| {
+        let dst = "198.19.0.10:80";
+        let m = Maglev::new(&s.backends, s.table_size);
+        let on12 = |src: &str| {
+            let h = flow_hash(&s.hash_key, &flow(src, dst, Proto::Tcp)).expect("hash");
+            s.backends[m.table()[m.slot(h)] as usize].address.ip() == ip("198.18.0.12")
+        };
+        // six flows to .12 in one set: the first one's
+        let mut same: Vec<String> = Vec::new();
+        let mut set = None;
+        'search: for a in 0..250u32 {
+            for port in 1024..65535u32 {
+                let src = format!("198.18.{}.{}:{port}", 100 + a / 250, a % 250 + 1);
+                if !on12(&src) {
+                    continue;
+                }
+                let k = flow4_set(&src, dst, Proto::Tcp);
+                if *set.get_or_insert(k) == k {
+                    same.push(src);
+                    if same.len() == 6 {
+                        break 'search;
+                    }
+                }
+            }
+        }
+        assert_eq!(same.len(), 6, "six flows in one set");
+        let (a, rest) = same.split_at(4);
+        let (m_flow, b_flow) = (&rest[0], &rest[1]);
+        let twelve = ip("198.18.0.12");
+        let send = |plane: &XdpPlane, src: &str, syn: bool| {
+            let pkt = if syn {
+                frame(src, dst, Proto::Tcp, None, 0, b"")
+            } else {
+                frame_mid(src, dst, b"m")
+            };
+            let out = run(plane, ifx, &pkt);
+            assert_eq!(
+                (out.verdict, &out.data),
+                (XDP_TX, &dsr_to(&pkt, twelve)),
+                "{src}"
+            );
+        };
+        for src in a {
+            send(plane, src, true); // fills the four ways
+        }
+        send(plane, m_flow, false); // mid-flow, no way for it
+        plane.refresh_nexthops().expect("gen"); // the clock of `seen` ticks
+        for src in &a[1..] {
+            send(plane, src, false); // a[1..] seen again: a[0] is the least recently seen
+        }
+        send(plane, b_flow, true); // evicts a[0]
+        let mut ds = s.clone();
+        ds.backends[1].state = BackendState::Draining;
+        plane.update(&[ds.clone()]).expect("drain .12");
+        for src in a[1..].iter().chain([b_flow]) {
+            send(plane, src, false); // kept
+        }
+        for src in [&a[0], m_flow] {
+            let pkt = frame_mid(src, dst, b"m");
+            let want = core_pick(&ds, &flow(src, dst, Proto::Tcp)).0;
+            assert_ne!(want, twelve);
+            let out = run(plane, ifx, &pkt);
+            assert_eq!(
+                (out.verdict, out.data),
+                (XDP_TX, dsr_to(&pkt, want)),
+                "{src}: no entry, follows the table"
             );
         }
     });

@@ -14,6 +14,8 @@ fn sizes_and_constants_match_the_c_header() {
         ("ct_key", size_of::<CtKey>()),
         ("ct4_key", size_of::<Ct4Key>()),
         ("fcache4", size_of::<Fcache4>()),
+        ("flow4", size_of::<Flow4>()),
+        ("flow4_set", size_of::<Flow4Set>()),
         ("ct_value", size_of::<CtValue>()),
         ("counter", size_of::<Counter>()),
         ("nexthop", size_of::<NextHop>()),
@@ -59,6 +61,8 @@ fn sizes_and_constants_match_the_c_header() {
     assert_eq!(define("FX_MAGLEV_MAX"), u64::from(MAGLEV_MAX));
     assert_eq!(define("FX_CT_ENTRIES"), u64::from(CT_ENTRIES));
     assert_eq!(define("FX_FCACHE_SLOTS"), u64::from(FCACHE_SLOTS));
+    assert_eq!(define("FX_FLOW4_SETS"), u64::from(FLOW4_SETS));
+    assert_eq!(define("FX_FLOW4_WAYS"), u64::from(FLOW4_WAYS));
     assert_eq!(define("FX_ACTIONS"), u64::from(ACTIONS));
     assert_eq!(define("FX_NH_TTL_NS"), NH_TTL_NS);
     assert_eq!(define("FX_NAT_ENTRIES"), u64::from(NAT_ENTRIES));
@@ -80,6 +84,8 @@ fn sizes_and_constants_match_the_c_header() {
         ("FX_HASH_SRC_IP_PORT", HASH_SRC_IP_PORT),
         ("FX_HASH_FIVE_TUPLE", HASH_FIVE_TUPLE),
         ("FX_BACKEND_ALIVE", BACKEND_ALIVE),
+        ("FX_FLOW4_FIRST", FLOW4_FIRST),
+        ("FX_FLOW4_LRU", FLOW4_LRU),
     ] {
         assert_eq!(define(n), u64::from(v), "{n}");
     }

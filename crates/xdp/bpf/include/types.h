@@ -150,6 +150,39 @@ struct fcache4 {
 };
 _Static_assert(sizeof(struct fcache4) == 72, "fcache4");
 
+/* The per-CPU conntrack of IPv4 dsr/tunnel flows (map `flows4`): a set-associative table,
+ * FX_FLOW4_SETS sets of FX_FLOW4_WAYS ways per CPU, the set chosen by a jhash of the
+ * 5-tuple. Inserting a flow is a plain write into a way of its set (a free one, else the
+ * least recently seen), not an LRU hash insert (~140 ns of locking and list work). RSS keeps
+ * a flow's packets on one CPU (the assumption of Katran's per-CPU LRU), so the CPU that saw
+ * its first packet holds its entry. The shared LRU `ct4` is a second level, consulted on a
+ * per-CPU miss and filled lazily: an entry is copied there ("promoted") only when the
+ * Maglev table would now send the flow elsewhere, so that packets of the flow on another
+ * CPU still find its backend. See docs/xdp.md, "Conntrack". */
+#define FX_FLOW4_SETS 65536
+#define FX_FLOW4_WAYS 4
+/* flow4.flags */
+#define FX_FLOW4_FIRST 1   /* made by a flow's first packet (TCP SYN, UDP) or from `ct4` */
+#define FX_FLOW4_LRU 2     /* promoted: `ct4` holds the same backend */
+struct flow4 {
+	__u32 saddr;       /* network order; 0 with seen == 0: a free way */
+	__u32 daddr;
+	__u32 ports;       /* sport << 16 | dport, as the two __u16 lie in the packet */
+	__u8 proto;
+	__u8 row;          /* svc_value.id */
+	__u8 flags;        /* FX_FLOW4_* */
+	__u8 hash_key;     /* the service's hash_key when `hash` was computed */
+	__u32 backend;
+	__u32 hash;        /* the flow hash (GUE source port) */
+	__u32 seen;        /* the low 32 bits of nh_gen at the last slow-path packet (0: free) */
+};
+_Static_assert(sizeof(struct flow4) == 28, "flow4");
+
+struct flow4_set {
+	struct flow4 way[FX_FLOW4_WAYS];
+};
+_Static_assert(sizeof(struct flow4_set) == 112, "flow4_set");
+
 struct ct_value {
 	__u32 backend;     /* index in `backends` */
 	__u32 svc;         /* svc_value.id of the service that chose it */
