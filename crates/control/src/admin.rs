@@ -653,7 +653,7 @@ async fn explain(
             v.parse::<std::net::SocketAddr>().map_err(|_| {
                 error(
                     StatusCode::BAD_REQUEST,
-                    format!("invalid {what} address {v:?}: write IP:PORT, e.g. 10.1.2.3:40000"),
+                    format!("invalid {what} address {v:?}: write IP:PORT, e.g. 198.18.1.3:40000"),
                 )
             })
         };

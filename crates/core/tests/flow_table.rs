@@ -15,7 +15,7 @@ fn ms(n: u64) -> Duration {
 fn tuple_key(n: u32) -> FlowKey {
     FlowKey::from_tuple(&FlowTuple {
         src: SocketAddr::new(IpAddr::from(n.to_be_bytes()), 40_000 + (n % 1000) as u16),
-        dst: "10.0.0.1:80".parse().unwrap(),
+        dst: "198.18.0.1:80".parse().unwrap(),
         proto: Proto::Tcp,
     })
 }

@@ -1049,9 +1049,9 @@ mod tests {
         assert_eq!(o.service, Some((Proto::Tcp, a("127.0.0.1:80"))));
         assert_eq!(o.scheduler.as_deref(), Some("rr"));
         assert_eq!(o.persistent, Some(300));
-        let o = parse(&args("-a -u 10.0.0.1:53 -r 10.0.0.2:53 -m -w 3")).unwrap();
+        let o = parse(&args("-a -u 198.18.0.1:53 -r 198.18.0.2:53 -m -w 3")).unwrap();
         assert_eq!(o.cmd, Some(Cmd::AddServer));
-        assert_eq!(o.real, Some(a("10.0.0.2:53")));
+        assert_eq!(o.real, Some(a("198.18.0.2:53")));
         assert_eq!((o.fwd, o.weight), (Some(Fwd::Masq), Some(3)));
         let o = parse(&args("-Ln --stats")).unwrap();
         assert_eq!((o.cmd, o.numeric, o.stats), (Some(Cmd::List), true, true));
@@ -1109,7 +1109,7 @@ mod tests {
         let svcs = vec![
             Svc {
                 proto: Proto::Udp,
-                addr: a("10.0.0.1:53"),
+                addr: a("198.18.0.1:53"),
                 scheduler: "rr".into(),
                 persistent: None,
                 dests: vec![],
@@ -1135,7 +1135,7 @@ Prot LocalAddress:Port Scheduler Flags
 TCP  127.0.0.1:80 wlc persistent 300
   -> 127.0.0.1:8001               Masq    1      0          0         
   -> 127.0.0.1:8002               Masq    2      12         0         
-UDP  10.0.0.1:53 rr
+UDP  198.18.0.1:53 rr
 ";
         assert_eq!(list_all(&svcs, Format::Plain, false), want);
         // Column starts, as awk-free scripts cut them.
@@ -1149,20 +1149,20 @@ UDP  10.0.0.1:53 rr
     fn stats_and_rate_layouts() {
         let s = Svc {
             proto: Proto::Tcp,
-            addr: a("192.168.1.10:80"),
+            addr: a("198.18.10.10:80"),
             scheduler: "rr".into(),
             persistent: None,
             dests: vec![Dest {
                 conns: 123_456_789_012,
                 cps: 7,
-                ..dest("192.168.1.11:80", "Route", 1)
+                ..dest("198.18.10.11:80", "Route", 1)
             }],
         };
         let want = "\
 Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes
   -> RemoteAddress:Port
-TCP  192.168.1.10:80                  123G        0        0        0        0
-  -> 192.168.1.11:80                  123G        0        0        0        0
+TCP  198.18.10.10:80                  123G        0        0        0        0
+  -> 198.18.10.11:80                  123G        0        0        0        0
 ";
         assert_eq!(
             format!(
@@ -1173,12 +1173,12 @@ TCP  192.168.1.10:80                  123G        0        0        0        0
             want
         );
         let exact = service_entry(&s, Format::Stats, true);
-        assert!(exact.starts_with("TCP  192.168.1.10:80              123456789012"));
+        assert!(exact.starts_with("TCP  198.18.10.10:80              123456789012"));
         let want = "\
 Prot LocalAddress:Port                 CPS    InPPS   OutPPS    InBPS   OutBPS
   -> RemoteAddress:Port
-TCP  192.168.1.10:80                     7        0        0        0        0
-  -> 192.168.1.11:80                     7        0        0        0        0
+TCP  198.18.10.10:80                     7        0        0        0        0
+  -> 198.18.10.11:80                     7        0        0        0        0
 ";
         assert_eq!(
             format!(

@@ -762,7 +762,7 @@ async fn explain_names_the_backend_real_connections_reach() {
     let r = req(
         admin,
         "GET",
-        "/api/v1/pools/mag/explain?client=%5B2001:db8::1%5D:4000&dst=10.0.0.1:80&proto=udp",
+        "/api/v1/pools/mag/explain?client=%5B2001:db8::1%5D:4000&dst=198.18.0.1:80&proto=udp",
         None,
         "",
     )

@@ -207,7 +207,7 @@ async fn served_document_lists_every_endpoint_and_real_answers_match_it() {
         (
             "GET",
             "/api/v1/pools/{pool}/explain",
-            "/api/v1/pools/web/explain?client=10.1.2.3:40000".into(),
+            "/api/v1/pools/web/explain?client=198.18.1.3:40000".into(),
             String::new(),
             200,
         ),

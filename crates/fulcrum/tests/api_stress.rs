@@ -90,11 +90,11 @@ fn stateless(vip: SocketAddr, b1: SocketAddr) -> Vec<Call> {
         read("/api/v1/pools/web"),
         read("/api/v1/config"),
         read("/api/v1/openapi.json"),
-        read("/api/v1/pools/web/explain?client=10.1.2.3:40000"),
+        read("/api/v1/pools/web/explain?client=198.18.1.3:40000"),
         read("/api/v1/pools/web/explain?client=%5B2001%3Adb8%3A%3A1%5D%3A5&proto=udp"),
         Call {
             want: 400,
-            ..read("/api/v1/pools/web/explain?client=10.1.2.3")
+            ..read("/api/v1/pools/web/explain?client=198.18.1.3")
         },
         Call {
             want: 400,
@@ -110,7 +110,7 @@ fn stateless(vip: SocketAddr, b1: SocketAddr) -> Vec<Call> {
         },
         Call {
             want: 404,
-            ..read("/api/v1/pools/nope/explain?client=10.1.2.3:4")
+            ..read("/api/v1/pools/nope/explain?client=198.18.1.3:4")
         },
         Call {
             want: 404,

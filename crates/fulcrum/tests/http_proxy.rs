@@ -223,7 +223,7 @@ async fn routing_headers_h2c_and_bad_input() {
         listen,
         "other",
         "/",
-        "X-Forwarded-For: 10.1.1.1\r\nKeep-Alive: 5\r\nX-Hop: secret\r\nConnection: X-Hop\r\nX-Request-Id: my-id\r\n",
+        "X-Forwarded-For: 198.18.1.1\r\nKeep-Alive: 5\r\nX-Hop: secret\r\nConnection: X-Hop\r\nX-Request-Id: my-id\r\n",
     )
     .await;
     assert_eq!(r.status, 200);
@@ -235,7 +235,7 @@ async fn routing_headers_h2c_and_bad_input() {
         .collect();
     assert_eq!(
         lines.get("x-forwarded-for"),
-        Some(&"10.1.1.1, 127.0.0.1"),
+        Some(&"198.18.1.1, 127.0.0.1"),
         "{}",
         r.body
     );

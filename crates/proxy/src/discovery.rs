@@ -341,7 +341,7 @@ pub fn parse_backends_file(text: &str) -> Result<Vec<Backend>, String> {
     for (i, b) in f.backend.iter().enumerate() {
         let addr: SocketAddr = b.address.parse().map_err(|_| {
             format!(
-                "backend {}: invalid address {:?} (want IP:PORT, e.g. \"10.0.0.1:8080\")",
+                "backend {}: invalid address {:?} (want IP:PORT, e.g. \"127.0.0.1:8080\")",
                 i + 1,
                 b.address
             )

@@ -500,7 +500,7 @@ async fn the_live_router_answers_exactly_the_documented_routes_and_statuses() {
         (
             "GET",
             "/api/v1/pools/{pool}/explain",
-            s("/api/v1/pools/nope/explain?client=10.0.0.1:1"),
+            s("/api/v1/pools/nope/explain?client=198.18.0.1:1"),
             None,
             s(""),
             404,
