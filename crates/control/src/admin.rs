@@ -357,6 +357,19 @@ fn body_error(e: &BytesRejection) -> Response {
 }
 
 /// Parses a JSON body; an empty body is `{}`.
+/// A mutating call's body, once the bearer token is checked (401 first) and the body was
+/// read within its size limit (else 413 or 400).
+fn checked_body(
+    st: &AdminState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, Response> {
+    if !authorized(st, headers) {
+        return Err(unauthorized());
+    }
+    body.map_err(|e| body_error(&e))
+}
+
 fn json_body(body: &Bytes) -> Result<Value, Response> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(json!({}));
@@ -413,12 +426,9 @@ async fn put_backend(
     Path((pool, address)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if !authorized(&st, &headers) {
-        return unauthorized();
-    }
-    let body = match body {
+    let body = match checked_body(&st, &headers, body) {
         Ok(b) => b,
-        Err(e) => return body_error(&e),
+        Err(r) => return r,
     };
     let addr = match crate::edit::parse_addr(&address) {
         Ok(a) => a,
@@ -523,12 +533,9 @@ async fn put_service(
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if !authorized(&st, &headers) {
-        return unauthorized();
-    }
-    let body = match body {
+    let body = match checked_body(&st, &headers, body) {
         Ok(b) => b,
-        Err(e) => return body_error(&e),
+        Err(r) => return r,
     };
     let v = match json_body(&body) {
         Ok(v) => v,
@@ -559,12 +566,9 @@ async fn put_pool(
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if !authorized(&st, &headers) {
-        return unauthorized();
-    }
-    let body = match body {
+    let body = match checked_body(&st, &headers, body) {
         Ok(b) => b,
-        Err(e) => return body_error(&e),
+        Err(r) => return r,
     };
     let v = match json_body(&body) {
         Ok(v) => v,
