@@ -976,3 +976,163 @@ async fn bodies_pipelining_and_smuggling() {
     }
     f.assert_no_panic();
 }
+
+/// A raw keep-alive HTTP/1.1 backend that can be killed outright: its listener and every
+/// open connection are aborted at once (the sockets close under in-flight requests).
+struct Killable {
+    addr: SocketAddr,
+    hits: Arc<AtomicU64>,
+    tasks: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Killable {
+    async fn start(name: &'static str) -> Self {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let hits = Arc::new(AtomicU64::new(0));
+        let tasks = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (h, t) = (Arc::clone(&hits), Arc::clone(&tasks));
+        let accept = tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let h = Arc::clone(&h);
+                let conn = tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                        buf.drain(..end);
+                        h.fetch_add(1, Ordering::Relaxed);
+                        let body = format!("{name}\n");
+                        let resp = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if s.write_all(resp.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                t.lock().unwrap().push(conn.abort_handle());
+            }
+        });
+        tasks.lock().unwrap().push(accept.abort_handle());
+        Self { addr, hits, tasks }
+    }
+
+    fn kill(&self) {
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for Killable {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test]
+async fn backend_killed_mid_load_costs_no_idempotent_request() {
+    let (a, b, victim) = (
+        Killable::start("k1").await,
+        Killable::start("k2").await,
+        Killable::start("k3").await,
+    );
+    let listen = free_addr();
+    let body = format!(
+        "{}{}",
+        http_service("web", listen, "p", ""),
+        common::pool_toml("p", "rr", "", &weighted(&[a.addr, b.addr, victim.addr])),
+    );
+    let (f, _) = start("http-kill", &body).await;
+    let failures = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Instant::now() + Duration::from_secs(3);
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (failures, done) = (Arc::clone(&failures), Arc::clone(&done));
+        clients.push(tokio::spawn(async move {
+            while Instant::now() < stop {
+                let r = get(listen, "x", "/", "").await;
+                if r.status != 200 {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("failed request: {} {}", r.status, r.body);
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = victim.hits.load(Ordering::Relaxed);
+    victim.kill();
+    for c in clients {
+        c.await.unwrap();
+    }
+    assert!(before > 0, "the victim served nothing before it was killed");
+    let (failed, total) = (
+        failures.load(Ordering::Relaxed),
+        done.load(Ordering::Relaxed),
+    );
+    assert!(total > 50, "only {total} requests in 3 s");
+    assert_eq!(failed, 0, "{failed} of {total} idempotent requests failed");
+    assert!(a.hits.load(Ordering::Relaxed) > 0 && b.hits.load(Ordering::Relaxed) > 0);
+    f.assert_no_panic();
+}
+
+#[tokio::test]
+async fn slowloris_gets_408_while_others_are_served() {
+    let b = backend("s1").await;
+    let listen = free_addr();
+    let body = format!(
+        "{}{}",
+        http_service("web", listen, "p", ""),
+        common::pool_toml("p", "rr", "", &weighted(&[b.addr])),
+    );
+    let (f, _) = start("http-slowloris", &body).await;
+    let mut slow = TcpStream::connect(listen).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    // One header byte a second: the head never completes within the 10 s header timeout.
+    let dripper = tokio::spawn(async move {
+        let mut answer = Vec::new();
+        for _ in 0..20 {
+            if slow.write_all(b"X").await.is_err() {
+                break;
+            }
+            let mut buf = [0u8; 512];
+            match tokio::time::timeout(Duration::from_secs(1), slow.read(&mut buf)).await {
+                Ok(Ok(0) | Err(_)) => break,
+                Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+                Err(_) => {}
+            }
+        }
+        answer
+    });
+    // Meanwhile other clients are served as usual.
+    for _ in 0..5 {
+        assert_eq!(get(listen, "x", "/", "").await.status, 200);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let answer = dripper.await.unwrap();
+    let elapsed = started.elapsed();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        text.starts_with("HTTP/1.1 408"),
+        "slowloris answer: {text:?}"
+    );
+    assert!(
+        elapsed >= Duration::from_secs(9) && elapsed < Duration::from_secs(15),
+        "cut after {elapsed:?}"
+    );
+    assert_eq!(get(listen, "x", "/", "").await.status, 200);
+    f.assert_no_panic();
+}
