@@ -16,176 +16,14 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fulcrum_xdp::testing::{in_netns, is_root};
+use netns::{line, Backends, Topology};
 
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("command");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-struct Topology {
-    prefix: String,
-    names: Vec<String>,
-    children: Vec<Child>,
-    _pass: Option<fulcrum_xdp::PassProgram>,
-}
-
-impl Topology {
-    fn ns(&self, n: &str) -> String {
-        format!("{}-{n}", self.prefix)
-    }
-    fn ip(&self, n: &str, args: &[&str]) {
-        let ns = self.ns(n);
-        let mut v = vec!["ip", "-n", ns.as_str()];
-        v.extend_from_slice(args);
-        sh(&v);
-    }
-    fn exec(&self, n: &str, args: &[&str]) {
-        let ns = self.ns(n);
-        let mut v = vec!["ip", "netns", "exec", ns.as_str()];
-        v.extend_from_slice(args);
-        sh(&v);
-    }
-    fn new(tag: &str) -> Self {
-        let prefix = format!("fx{tag}{}", std::process::id() % 100_000);
-        let mut t = Self {
-            prefix,
-            names: Vec::new(),
-            children: Vec::new(),
-            _pass: None,
-        };
-        for n in ["sw", "c", "lb", "b1", "b2", "b3"] {
-            let name = t.ns(n);
-            let _ = Command::new("ip").args(["netns", "del", &name]).output();
-            sh(&["ip", "netns", "add", &name]);
-            t.names.push(name);
-            t.ip(n, &["link", "set", "lo", "up"]);
-        }
-        t.ip("sw", &["link", "add", "br0", "type", "bridge"]);
-        t.ip("sw", &["link", "set", "br0", "up"]);
-        for (n, last) in [
-            ("c", "1"),
-            ("lb", "2"),
-            ("b1", "11"),
-            ("b2", "12"),
-            ("b3", "13"),
-        ] {
-            let port = format!("p-{n}");
-            let ns = t.ns(n);
-            t.ip(
-                "sw",
-                &[
-                    "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-                ],
-            );
-            t.ip("sw", &["link", "set", &port, "master", "br0"]);
-            t.ip("sw", &["link", "set", &port, "up"]);
-            t.ip(
-                n,
-                &[
-                    "link",
-                    "set",
-                    "eth0",
-                    "address",
-                    &format!("02:00:00:00:01:{last:0>2}"),
-                ],
-            );
-            t.ip(
-                n,
-                &["addr", "add", &format!("198.18.0.{last}/24"), "dev", "eth0"],
-            );
-            t.ip(
-                n,
-                &[
-                    "-6",
-                    "addr",
-                    "add",
-                    &format!("2001:2::{last}/64"),
-                    "dev",
-                    "eth0",
-                    "nodad",
-                ],
-            );
-            t.ip(n, &["link", "set", "eth0", "up"]);
-            // nat updates checksums incrementally: they must be complete on the wire (no
-            // veth checksum offload), as they are on a real NIC
-            let _ = Command::new("ip")
-                .args([
-                    "netns", "exec", &ns, "ethtool", "-K", "eth0", "tx", "off", "tso", "off",
-                    "gso", "off",
-                ])
-                .output();
-        }
-        t.ip("c", &["route", "add", "198.19.0.0/24", "via", "198.18.0.2"]);
-        t.ip(
-            "c",
-            &["-6", "route", "add", "2001:2:0:1::/64", "via", "2001:2::2"],
-        );
-        t.exec("lb", &["sysctl", "-qw", "net.ipv4.conf.all.forwarding=1"]);
-        t.exec("lb", &["sysctl", "-qw", "net.ipv4.conf.eth0.forwarding=1"]);
-        t.exec("lb", &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
-        for b in ["b1", "b2", "b3"] {
-            // unmodified backends: only a default route via the load balancer
-            t.ip(b, &["route", "add", "default", "via", "198.18.0.2"]);
-            t.ip(b, &["-6", "route", "add", "default", "via", "2001:2::2"]);
-            // (the dsr UDP service of the fragment check needs its VIP here; nat does not)
-            t.ip(b, &["addr", "add", "198.19.0.20/32", "dev", "lo"]);
-            for k in ["all", "eth0"] {
-                t.exec(
-                    b,
-                    &["sysctl", "-qw", &format!("net.ipv4.conf.{k}.arp_ignore=1")],
-                );
-                t.exec(
-                    b,
-                    &[
-                        "sysctl",
-                        "-qw",
-                        &format!("net.ipv4.conf.{k}.arp_announce=2"),
-                    ],
-                );
-            }
-        }
-        let pass = in_netns(&t.ns("sw"), || {
-            fulcrum_xdp::PassProgram::attach("p-lb").expect("pass program")
-        })
-        .expect("sw netns");
-        t._pass = Some(pass);
-        t
-    }
-}
-
-impl Drop for Topology {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-        }
-        for c in &mut self.children {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline && !matches!(c.try_wait(), Ok(Some(_))) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        self._pass = None;
-        for n in &self.names {
-            let _ = Command::new("ip").args(["netns", "del", n]).output();
-        }
-    }
-}
+mod netns;
 
 /// A TCP server answering "NAME PEER\n", then echoing until the client closes.
 fn tcp_server(t: &Topology, b: &str) {
@@ -222,19 +60,6 @@ fn udp_server(t: &Topology, b: &str, got: Arc<Mutex<Vec<(String, usize)>>>) {
             got.lock().expect("lock").push((name.clone(), n));
         }
     });
-}
-
-fn line(s: &mut TcpStream) -> Result<String, String> {
-    let mut out = Vec::new();
-    let mut b = [0u8; 1];
-    while out.last() != Some(&b'\n') {
-        match s.read(&mut b) {
-            Ok(1) => out.push(b[0]),
-            Ok(_) => return Err("closed".into()),
-            Err(e) => return Err(e.to_string()),
-        }
-    }
-    Ok(String::from_utf8_lossy(&out).trim().to_owned())
 }
 
 fn metric(t: &Topology, name: &str) -> Option<u64> {
@@ -340,7 +165,7 @@ fn xdp_nat_and_fragments_end_to_end() {
         return;
     }
     let started = Instant::now();
-    let mut t = Topology::new("n");
+    let mut t = Topology::new("n", Backends::DefaultRouteViaLb);
     let dir = std::env::temp_dir().join(format!("fulcrum-{}", t.prefix));
     std::fs::create_dir_all(&dir).expect("tmp dir");
     let got = Arc::new(Mutex::new(Vec::new()));
