@@ -169,48 +169,9 @@ l4.LABEL.update(LABEL)
 
 
 def idle_rss(args, port: int, pids_fn, tmp: Path) -> dict:
-    """RSS per idle keep-alive client connection that carried one request. Unlike L4, an
-    idle HTTP client holds no backend connection, so there is nothing to wait for."""
-    n = args.idle_conns
-    script = tmp / "idle_client.py"
-    script.write_text(l4.IDLE_CLIENT)
-    time.sleep(0.5)
-    rss0 = l4.rss_bytes(pids_fn())
-    cmd = [*l4.pin(args, args.load_core), sys.executable, str(script), HOST, str(port),
-           str(n), "request", "300"]
-    p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
-    try:
-        import select as _select
-        ready = ""
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and not ready:
-            r, _, _ = _select.select([p.stdout], [], [], 1.0)
-            if r:
-                ready = p.stdout.readline().strip()
-                if not ready:
-                    break
-            if p.poll() is not None and not ready:
-                break
-        if not ready.startswith("READY"):
-            raise l4.BenchError(f"idle client failed: {ready!r}")
-        ok, failed = (int(x) for x in ready.split()[1:3])
-        time.sleep(args.idle_settle)
-        rss1 = l4.rss_bytes(pids_fn())
-        p.stdin.write("close\n")
-        p.stdin.flush()
-        try:
-            p.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait(timeout=5)
-    if failed or ok < n:
-        l4.log(f"  idle client: {ok} ok, {failed} failed of {n}")
-    return {"idle_ok": ok, "idle_failed": failed, "rss_before": rss0, "rss_after": rss1,
-            "bytes_per_idle_conn": (rss1 - rss0) / max(1, ok)}
+    """RSS per idle keep-alive client connection that carried one request: the L4 harness's
+    measurement, without waiting for backend connections (an idle HTTP client holds none)."""
+    return l4.idle_rss(args, port, pids_fn, set(), tmp, "request")
 
 
 def run_h2load(args, port: int, pids_fn) -> dict:
