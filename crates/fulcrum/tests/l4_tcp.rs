@@ -318,3 +318,56 @@ async fn server_half_close_keeps_client_direction_open() {
         f.assert_no_panic();
     }
 }
+
+/// ipvsadm-style persistence: with `persistence`, every connection of one client IP goes to
+/// one backend even under rr, and that survives a reload that adds a backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistence_keeps_a_client_on_one_backend_across_reloads() {
+    let bs = [
+        TcpBackend::start(Behaviour::Echo).await,
+        TcpBackend::start(Behaviour::Echo).await,
+        TcpBackend::start(Behaviour::Echo).await,
+    ];
+    let (admin, listen) = (free_addr(), free_addr());
+    let addrs: Vec<_> = bs.iter().map(|b| b.addr).collect();
+    let config = |backends: &[SocketAddr]| {
+        format!(
+            "{}{}{}",
+            admin_toml(admin),
+            service_toml("svc", listen, "tcp", "p", ""),
+            pool_toml("p", "rr", "persistence = \"30s\"", &weighted(backends))
+        )
+    };
+    let f = Fulcrum::start("persist", admin, &config(&addrs[..2]), &["--workers", "2"]).await;
+    for i in 0..20 {
+        echo_once(listen, format!("hello {i}").as_bytes())
+            .await
+            .unwrap();
+    }
+    let served: Vec<usize> = bs.iter().map(TcpBackend::served).collect();
+    assert!(
+        served[..2].contains(&20),
+        "one client IP spread over backends under persistence: {served:?}"
+    );
+    // Reload with a third backend: the client keeps its backend.
+    f.write_config(&config(&addrs));
+    f.signal("HUP");
+    let reloaded = common::eventually(Duration::from_secs(5), || async {
+        f.pool("p").await["backends"]
+            .as_array()
+            .is_some_and(|b| b.len() == 3)
+    })
+    .await;
+    assert!(reloaded, "the reload did not add the third backend");
+    for i in 0..20 {
+        echo_once(listen, format!("again {i}").as_bytes())
+            .await
+            .unwrap();
+    }
+    let after: Vec<usize> = bs.iter().map(TcpBackend::served).collect();
+    assert!(
+        after[..2].contains(&40) && after[2] == 0,
+        "persistence did not survive the reload: {after:?}"
+    );
+    f.assert_no_panic();
+}

@@ -71,30 +71,35 @@ impl PoolRt {
         exclude: &[usize],
         now: Duration,
     ) -> Result<usize, PickError> {
-        if let Some(p) = &self.persistence {
-            let key = FlowKey::client_ip(flow.src.ip());
-            let hit = p.table.lock().ok().and_then(|mut t| t.get(&key, now));
-            if let Some(id) = hit {
-                if let Some(i) = self.stats.iter().position(|s| s.id == id) {
-                    if self.backends[i].is_eligible() && !exclude.contains(&i) {
-                        return Ok(i);
-                    }
-                }
-            }
+        let Some(p) = &self.persistence else {
+            return self.pick(flow, exclude);
+        };
+        // One lock for the lookup, the pick and the insert: two connections of one client
+        // racing each other still agree on its backend.
+        let key = FlowKey::client_ip(flow.src.ip());
+        let Ok(mut table) = p.table.lock() else {
+            return self.pick(flow, exclude);
+        };
+        let kept = table
+            .get(&key, now)
+            .and_then(|id| self.stats.iter().position(|s| s.id == id))
+            .filter(|&i| self.backends[i].is_eligible() && !exclude.contains(&i));
+        if let Some(i) = kept {
+            return Ok(i);
         }
-        let req = PickRequest {
+        let idx = self.pick(flow, exclude)?;
+        table.insert(&key, self.stats[idx].id, now);
+        Ok(idx)
+    }
+
+    /// The scheduler's choice, with the flow hash of the pool's hash key.
+    fn pick(&self, flow: &FlowTuple, exclude: &[usize]) -> Result<usize, PickError> {
+        self.scheduler.pick(&PickRequest {
             hash: flow_hash(&self.hash_key, flow).unwrap_or(0),
             random: fastrand::u64(..),
             loads: self,
             exclude,
-        };
-        let idx = self.scheduler.pick(&req)?;
-        if let Some(p) = &self.persistence {
-            if let Ok(mut t) = p.table.lock() {
-                t.insert(&FlowKey::client_ip(flow.src.ip()), self.stats[idx].id, now);
-            }
-        }
-        Ok(idx)
+        })
     }
 }
 
