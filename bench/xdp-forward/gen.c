@@ -56,7 +56,11 @@ int main(int argc, char **argv)
 	unsigned int repeat = 1 << 18;
 	LIBBPF_OPTS(bpf_test_run_opts, o, .data_in = pkt, .data_size_in = 64, .ctx_in = &ctx,
 		    .ctx_size_in = sizeof(ctx), .repeat = repeat,
-		    .flags = BPF_F_TEST_XDP_LIVE_FRAMES, .batch_size = 64);
+		    .flags = BPF_F_TEST_XDP_LIVE_FRAMES,
+		    /* 256 frames per flush: smaller batches wake the lb's NAPI thread more often
+		     * and it overflows its 256-frame ring while waking (measured: 64 gave the
+		     * lb ~40% fewer frames at the same generator rate) */
+		    .batch_size = 256);
 	double end = now() + atof(argv[3]);
 	unsigned long long sent = 0;
 	while (now() < end) {

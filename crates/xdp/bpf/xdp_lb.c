@@ -31,12 +31,16 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 /* Benchmark knobs (set by the bench harness at load time; 0 in production, where the
  * verifier prunes the code they guard). */
 /* Every packet is new to this CPU: the flow cache and the per-CPU conntrack (`flows4`) are
- * probed but their answers ignored, so every packet pays the probes, the shared-LRU lookup,
- * hash, Maglev and the insert, as a real first packet does (IPv6: the LRU lookup is skipped
+ * probed but their answers ignored, so every packet pays the probes, the shared-LRU filter
+ * (and lookup, when the filter passes), hash, Maglev and the insert, as a real first packet
+ * does (IPv6: the LRU lookup is skipped
  * and every packet inserts). */
 const volatile __u8 fx_bench_ct_miss = 0;
 /* Skip the flow cache (probe and fill): the conntrack hit path as without it. */
 const volatile __u8 fx_bench_no_fcache = 0;
+/* nat flows may be served from the flow cache (types.h, FX_NAT_FCACHE_MIN_TIMEOUT_NS):
+ * set by userspace when every nat idle timeout allows it. */
+const volatile __u8 fx_nat_fcache = 0;
 /* After a successful encapsulation, strip it again so BPF_PROG_TEST_RUN's `repeat` sees
  * the same frame every time (costs one bpf_xdp_adjust_head). */
 const volatile __u8 fx_bench_undo_encap = 0;
@@ -80,6 +84,14 @@ struct {
 	__type(key, struct ct4_key);
 	__type(value, struct ct_value);
 } ct4 SEC(".maps");
+
+/* the filter in front of `ct4` (types.h, FX_CT4_FILTER) */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, FX_CT4_FILTER);
+	__type(key, __u32);
+	__type(value, __u32);
+} ct4_filter SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -337,6 +349,26 @@ FX_INLINE struct backend *fx_pick(const struct svc_value *svc, __u32 hash, __u32
 }
 
 
+/* May the shared LRU `ct4` hold the flow whose fx_tuple_hash is `fh`? (types.h,
+ * FX_CT4_FILTER: no means certainly not) */
+FX_INLINE int fx_ct4_maybe(__u32 fh)
+{
+	__u32 i = fh >> FX_CT4_FILTER_SHIFT;
+	__u32 *c = bpf_map_lookup_elem(&ct4_filter, &i);
+
+	return c && *c;
+}
+
+/* Before promoting the flow `fh` into `ct4`: its filter entry passes from now on. */
+FX_INLINE void fx_ct4_mark(__u32 fh)
+{
+	__u32 i = fh >> FX_CT4_FILTER_SHIFT;
+	__u32 *c = bpf_map_lookup_elem(&ct4_filter, &i);
+
+	if (c && !*c)
+		*c = 1;
+}
+
 FX_INLINE __u8 fx_nat_flags(const struct pkt *p, __u8 fin_flag)
 {
 	__u8 f = 0;
@@ -359,6 +391,42 @@ FX_INLINE void fx_rev_key(struct ct_key *rk, const struct nat_fwd *f, __u8 proto
 	rk->proto = proto;
 	rk->family = family;
 	rk->pad = 0;
+}
+
+/* The jhash of an IPv4 5-tuple (w: its words, kept for the comparisons): the flow cache's
+ * slot and the per-CPU conntrack's set. */
+FX_INLINE __u32 fx_tuple_hash(const struct pkt *p, __u32 *w)
+{
+	__builtin_memcpy(&w[0], p->src, 4);
+	__builtin_memcpy(&w[1], p->dst, 4);
+	w[2] = ((__u32)p->sport << 16) | p->dport;
+	w[3] = p->proto;
+	return fx_jhash2(w, 4, FX_FLOW_HASH_SEED);
+}
+
+/* Remembers a flow's choice in this CPU's cache slot (IPv4 flows to IPv4 backends); the
+ * slot, for nat's own fields (NULL: none). */
+FX_INLINE struct fcache4 *fx_fcache_fill(const struct pkt *p, __u32 slot, const struct svc_value *svc,
+			      __u32 be_idx, __u32 hash, __u32 row)
+{
+	__u32 zero = 0;
+
+	struct fcache4 *e = bpf_map_lookup_elem(&fcache4, &slot);
+	__u64 *gen = bpf_map_lookup_elem(&nh_gen, &zero);
+	if (!e || !gen)
+		return NULL;
+	__builtin_memcpy(&e->sv, svc, sizeof(e->sv));
+	__builtin_memcpy(&e->saddr, p->src, 4);
+	__builtin_memcpy(&e->daddr, p->dst, 4);
+	e->ports = ((__u32)p->sport << 16) | p->dport;
+	e->proto = p->proto;
+	e->row = row;
+	e->backend = be_idx;
+	e->hash = hash;
+	e->nport = 0;
+	e->bport = 0;
+	e->gen = *gen;
+	return e;
 }
 
 /* (nat is a BPF-to-BPF call: its own stack frame, and the dsr/tunnel path keeps its
@@ -477,6 +545,19 @@ static __attribute__((noinline)) int fx_nat_forward(struct xdp_md *ctx, const st
 	__u8 fl = fx_nat_flags(p, FX_NAT_FIN_FWD);
 	if (fl)
 		f->flags |= fl;
+	if (fx_nat_fcache && p->family == FX_AF_INET && !fx_bench_no_fcache) {
+		/* the next packets of the flow on this CPU: fx_nat_cached */
+		__u32 w[4];
+		__u32 slot = fx_tuple_hash(p, w) & (FX_FCACHE_SLOTS - 1);
+		struct fcache4 *e = fx_fcache_fill(p, slot, svc, f->backend, 0, row);
+
+		if (e) {
+			__builtin_memcpy(&e->sv.src4, f->saddr, 4);
+			__builtin_memcpy(&e->hash, f->baddr, 4);
+			e->nport = f->nport;
+			e->bport = f->bport;
+		}
+	}
 
 	__u8 family = p->family;
 	struct nexthop *nh = fx_nexthop(ctx, FX_NH_SEL(f->backend, family, p->proto), f->saddr, f->baddr);
@@ -595,15 +676,39 @@ FX_INLINE int fx_forward(struct xdp_md *ctx, const struct pkt *p, const struct s
 	return rc;
 }
 
-/* The jhash of an IPv4 5-tuple (w: its words, kept for the comparisons): the flow cache's
- * slot and the per-CPU conntrack's set. */
-FX_INLINE __u32 fx_tuple_hash(const struct pkt *p, __u32 *w)
+
+/* nat, client -> backend, from the flow cache (struct fcache4 with sv.mode FX_MODE_NAT):
+ * the translation fx_nat_forward recorded, without its two hash-map lookups. A FIN or RST
+ * takes the slow path (it marks the flow for the sweep). -1: not served here. */
+FX_INLINE int fx_nat_cached(struct xdp_md *ctx, const struct pkt *p, const struct fcache4 *e,
+			    __u32 row)
 {
-	__builtin_memcpy(&w[0], p->src, 4);
-	__builtin_memcpy(&w[1], p->dst, 4);
-	w[2] = ((__u32)p->sport << 16) | p->dport;
-	w[3] = p->proto;
-	return fx_jhash2(w, 4, FX_FLOW_HASH_SEED);
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u64 bytes = data_end - data;
+
+	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (FX_TCP_FIN | FX_TCP_RST)))
+		return -1;
+	/* the addresses as 16-byte buffers (a next-hop refill reads that much, whatever the
+	 * family): the per-CPU scratch, not the stack */
+	__u32 zero = 0;
+	struct nat_scratch *sc = bpf_map_lookup_elem(&nat_scratch, &zero);
+	if (!sc)
+		return -1;
+	__u8 *src = sc->rk.src;
+	__u8 *dst = sc->rk.dst;
+	__builtin_memcpy(src, &e->sv.src4, 4);
+	__builtin_memcpy(dst, &e->hash, 4);
+	struct nexthop *nh = fx_nexthop(ctx, FX_NH_SEL(e->backend, FX_AF_INET, p->proto), src, dst);
+	if (!nh)
+		return -1;
+	/* constant offsets, as fx_nat_rewrite: the verifier bounds them */
+	void *l3 = p->l2_len == 18 ? data + 18 : data + 14;
+	if (fx_nat_rw4(l3, data_end, p->proto, src, e->nport, dst, e->bport)) {
+		fx_count(row, FX_ACT_ERROR, bytes);
+		return XDP_DROP;
+	}
+	return fx_xmit(ctx, nh, row, bytes);
 }
 
 /* The hit path of an established IPv4 dsr/tunnel flow (struct fcache4): three inlined array
@@ -626,29 +731,11 @@ FX_INLINE int fx_fcache_forward(struct xdp_md *ctx, struct pkt *p, const __u32 *
 	if (!be || !(be->flags & FX_BACKEND_ALIVE) || be->family != FX_AF_INET ||
 	    row >= FX_MAX_SERVICES)
 		return -1;
+	if (e->sv.mode == FX_MODE_NAT)
+		return fx_nat_cached(ctx, p, e, row);
 	return fx_forward(ctx, p, &e->sv, be, idx, e->hash, row);
 }
 
-/* Remembers a flow's choice in this CPU's cache slot (IPv4 flows to IPv4 backends). */
-FX_INLINE void fx_fcache_fill(const struct pkt *p, __u32 slot, const struct svc_value *svc,
-			      __u32 be_idx, __u32 hash, __u32 row)
-{
-	__u32 zero = 0;
-
-	struct fcache4 *e = bpf_map_lookup_elem(&fcache4, &slot);
-	__u64 *gen = bpf_map_lookup_elem(&nh_gen, &zero);
-	if (!e || !gen)
-		return;
-	__builtin_memcpy(&e->sv, svc, sizeof(e->sv));
-	__builtin_memcpy(&e->saddr, p->src, 4);
-	__builtin_memcpy(&e->daddr, p->dst, 4);
-	e->ports = ((__u32)p->sport << 16) | p->dport;
-	e->proto = p->proto;
-	e->row = row;
-	e->backend = be_idx;
-	e->hash = hash;
-	e->gen = *gen;
-}
 
 /* The way of `set` holding the IPv4 flow `w` (fx_tuple_hash's words), or NULL. */
 FX_INLINE struct flow4 *fx_flow4_find(struct flow4_set *set, const __u32 *w, __u8 proto)
@@ -1050,7 +1137,7 @@ int xdp_lb(struct xdp_md *ctx)
 				hash = fe->hash;
 				if (fe->seen != now)
 					fe->seen = now;
-				if (!(fe->flags & FX_FLOW4_FIRST)) {
+				if (!(fe->flags & FX_FLOW4_FIRST) && fx_ct4_maybe(fh)) {
 					/* made by a mid-flow packet: the flow's first packet may have
 					 * been on another CPU, whose entry was promoted since */
 					ct = bpf_map_lookup_elem(&ct4, &ck.k4);
@@ -1084,7 +1171,7 @@ int xdp_lb(struct xdp_md *ctx)
 					if (!fx_pick(svc, h2, &alt) || alt != be_idx) {
 						/* userspace may have promoted it before the switch
 						 * (plane.rs, promote_before_switch) */
-						ct = bpf_map_lookup_elem(&ct4, &ck.k4);
+						ct = fx_ct4_maybe(fh) ? bpf_map_lookup_elem(&ct4, &ck.k4) : NULL;
 						asm volatile("%0 = %0" : "+r"(ct));
 						if (ct && ct->svc == row && ct->backend == be_idx) {
 							fe->flags |= FX_FLOW4_LRU;
@@ -1092,6 +1179,8 @@ int xdp_lb(struct xdp_md *ctx)
 							struct ct_value nv = {
 								.backend = be_idx, .svc = row, .hash = hash
 							};
+
+							fx_ct4_mark(fh);
 							long err = bpf_map_update_elem(&ct4, &ck.k4, &nv,
 										       BPF_ANY);
 
@@ -1104,8 +1193,8 @@ int xdp_lb(struct xdp_md *ctx)
 				goto forward;
 			}
 		}
-		/* not on this CPU (or its backend died): the shared LRU */
-		ct = bpf_map_lookup_elem(&ct4, &ck.k4);
+		/* not on this CPU (or its backend died): the shared LRU, if it may hold the flow */
+		ct = fx_ct4_maybe(fh) ? bpf_map_lookup_elem(&ct4, &ck.k4) : NULL;
 		asm volatile("%0 = %0" : "+r"(ct));
 		if (ct && ct->svc == row) {
 			__u32 idx = ct->backend;

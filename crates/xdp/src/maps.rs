@@ -145,10 +145,37 @@ pub struct Fcache4 {
     pub hash: u32,
     pub proto: u8,
     pub row: u8,
+    pub nport: u16,
+    pub bport: u16,
     pub pad: u16,
-    pub pad1: u32,
 }
 const _: () = assert!(size_of::<Fcache4>() == 72);
+
+/// `FX_NAT_FCACHE_MIN_TIMEOUT_NS`: nat flows are served from the flow cache only when every
+/// nat idle timeout is at least this long (a cache hit does not refresh the flow's `seen`;
+/// the first packet after each `nh_gen` bump does).
+pub const NAT_FCACHE_MIN_TIMEOUT_NS: u64 = 2 * NH_TTL_NS;
+
+/// `FX_CT4_FILTER`: entries of the filter in front of the shared LRU `ct4`.
+pub const CT4_FILTER: u32 = 65_536;
+/// `FX_CT4_FILTER_SHIFT`: a flow's filter entry is its [`tuple_hash4`] shifted right by this.
+pub const CT4_FILTER_SHIFT: u32 = 16;
+
+/// The data path's `fx_tuple_hash` of an IPv4 5-tuple as it lies in the packet (addresses
+/// and ports in network order): the flow cache's slot, the `flows4` set (low bits) and the
+/// `ct4_filter` entry (high bits). jhash2 of the four words the program loads, each
+/// address read as a native-endian word and the ports as `sport << 16 | dport` of their
+/// native-endian loads.
+#[must_use]
+pub fn tuple_hash4(saddr: [u8; 4], daddr: [u8; 4], ports: u32, proto: u8) -> u32 {
+    let w = [
+        u32::from_ne_bytes(saddr),
+        u32::from_ne_bytes(daddr),
+        ports,
+        u32::from(proto),
+    ];
+    fulcrum_core::hash::jhash2(&w, fulcrum_core::hash::FLOW_HASH_SEED)
+}
 
 /// `FX_FLOW4_SETS`: sets per CPU of the per-CPU IPv4 conntrack (`flows4`).
 pub const FLOW4_SETS: u32 = 65_536;

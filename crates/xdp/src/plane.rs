@@ -148,6 +148,7 @@ pub struct XdpPlane {
     nh_gen: Array<MapData, u64>,
     flows4: PerCpuArray<MapData, Flow4Set>,
     ct4: BpfHashMap<MapData, Ct4Key, CtValue>,
+    ct4_filter: Array<MapData, u32>,
     nat_fwd: BpfHashMap<MapData, CtKey, NatFwd>,
     nat_rev: BpfHashMap<MapData, CtKey, NatRev>,
     nat_on: Array<MapData, u32>,
@@ -189,10 +190,17 @@ impl XdpPlane {
         let miss = u8::from(opts.bench_ct_miss);
         let undo = u8::from(opts.bench_undo_encap);
         let nofc = u8::from(opts.bench_no_fcache);
+        // nat flows from the flow cache: its hits do not refresh `seen` (types.h)
+        let t = opts.nat_timeouts;
+        let nat_fcache = u8::from(
+            t.tcp.min(t.udp)
+                >= std::time::Duration::from_nanos(crate::maps::NAT_FCACHE_MIN_TIMEOUT_NS),
+        );
         let mut ebpf = EbpfLoader::new()
             .set_global("fx_bench_ct_miss", &miss, true)
             .set_global("fx_bench_undo_encap", &undo, true)
             .set_global("fx_bench_no_fcache", &nofc, true)
+            .set_global("fx_nat_fcache", &nat_fcache, true)
             .load(crate::XDP_LB_OBJ)?;
         for name in ["xdp_lb", "xdp_pass"] {
             let prog: &mut Xdp = ebpf
@@ -209,6 +217,7 @@ impl XdpPlane {
         nh_gen.set(0, 1, 0)?;
         let flows4 = take(&mut ebpf, "flows4")?;
         let ct4 = take(&mut ebpf, "ct4")?;
+        let ct4_filter = take(&mut ebpf, "ct4_filter")?;
         let nat_fwd = take(&mut ebpf, "nat_fwd")?;
         let nat_rev = take(&mut ebpf, "nat_rev")?;
         let nat_on = take(&mut ebpf, "nat_on")?;
@@ -220,6 +229,7 @@ impl XdpPlane {
             nh_gen,
             flows4,
             ct4,
+            ct4_filter,
             nat_fwd,
             nat_rev,
             nat_on,
@@ -352,6 +362,10 @@ impl XdpPlane {
                 hash: f.hash,
                 pad: 0,
             };
+            // the filter first: from then on the data path looks the flow up in `ct4`
+            let fh = crate::maps::tuple_hash4(f.saddr, f.daddr, f.ports, f.proto);
+            self.ct4_filter
+                .set(fh >> crate::maps::CT4_FILTER_SHIFT, 1, 0)?;
             self.ct4.insert(key, value, 0)?;
             promoted += 1;
         }
@@ -731,6 +745,10 @@ impl XdpPlane {
         }
         if let Ok(mut v) = self.stats.lock() {
             v.nat_flows = out.live as u64;
+        }
+        if out.released > 0 {
+            // flow caches may hold the released flows' translations (types.h, struct fcache4)
+            self.refresh_nexthops()?;
         }
         Ok(out)
     }

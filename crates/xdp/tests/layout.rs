@@ -65,6 +65,8 @@ fn sizes_and_constants_match_the_c_header() {
     assert_eq!(define("FX_FLOW4_WAYS"), u64::from(FLOW4_WAYS));
     assert_eq!(define("FX_ACTIONS"), u64::from(ACTIONS));
     assert_eq!(define("FX_NH_TTL_NS"), NH_TTL_NS);
+    assert_eq!(define("FX_CT4_FILTER"), u64::from(CT4_FILTER));
+    assert_eq!(define("FX_CT4_FILTER_SHIFT"), u64::from(CT4_FILTER_SHIFT));
     assert_eq!(define("FX_NAT_ENTRIES"), u64::from(NAT_ENTRIES));
     assert_eq!(define("FX_NAT_PORT_MIN"), u64::from(NAT_PORT_MIN));
     assert_eq!(define("FX_NAT_PORT_MAX"), u64::from(NAT_PORT_MAX));

@@ -396,6 +396,74 @@ fn nat_ports_released_on_fin_rst_and_idle_full_table_refuses_new_flows() {
     });
 }
 
+/// With idle timeouts of 2 s and more, established IPv4 nat flows are served from the
+/// per-CPU flow cache (no hash-map lookup); a flow the sweep released must not live on
+/// there: its next packet finds no state (dropped, not translated with a freed port).
+#[test]
+fn nat_flow_cache_serves_established_flows_and_forgets_released_ones() {
+    if !is_root_or_skip("nat_flow_cache_serves_established_flows_and_forgets_released_ones") {
+        return;
+    }
+    let s = service(
+        "c",
+        "198.19.0.10:80",
+        Proto::Tcp,
+        nat("198.18.0.2"),
+        HashKey::FiveTuple,
+        backends(&BACKENDS4[..1], 8080),
+    );
+    let opts = LoadOptions {
+        nat_timeouts: NatTimeouts {
+            tcp: Duration::from_secs(2),
+            tcp_closing: Duration::ZERO,
+            udp: Duration::from_secs(2),
+        },
+        ..LoadOptions::default()
+    };
+    let svc = s.clone();
+    with_plane("fxnatfc", opts, vec![s], move |plane, ifx| {
+        let be = svc.backends[0].address;
+        let bmac = mac_of(be.ip());
+        let c = sa("198.18.1.9:4242");
+        let out = run(
+            plane,
+            ifx,
+            &pkt(CLIENT_MAC, LB_MAC, c, svc.vip, L4::Tcp(SYN), b""),
+        );
+        assert_eq!(out.verdict, XDP_TX);
+        let nport = u16::from_be_bytes([out.data[34], out.data[35]]);
+        let snat = sa(&format!("198.18.0.2:{nport}"));
+        // mid-flow packets (from the cache after the SYN filled it): the same exact bytes
+        // as the slow path gives
+        for i in 0..3u8 {
+            let payload = [i; 7];
+            let out = run(
+                plane,
+                ifx,
+                &pkt(CLIENT_MAC, LB_MAC, c, svc.vip, L4::Tcp(ACK), &payload),
+            );
+            assert_eq!(out.verdict, XDP_TX);
+            assert_eq!(
+                out.data,
+                pkt(LB_MAC, bmac, snat, be, L4::Tcp(ACK), &payload)
+            );
+        }
+        // a FIN each way (the client's through the slow path, which marks the flow), swept
+        let fin = pkt(CLIENT_MAC, LB_MAC, c, svc.vip, L4::Tcp(FIN | ACK), b"");
+        assert_eq!(run(plane, ifx, &fin).verdict, XDP_TX);
+        let fin = pkt(bmac, LB_MAC, be, snat, L4::Tcp(FIN | ACK), b"");
+        assert_eq!(run(plane, ifx, &fin).verdict, XDP_TX);
+        assert_eq!(plane.sweep_nat().expect("sweep").released, 1);
+        let late = pkt(CLIENT_MAC, LB_MAC, c, svc.vip, L4::Tcp(ACK), b"late");
+        assert_eq!(
+            run(plane, ifx, &late).verdict,
+            XDP_DROP,
+            "a released flow is gone from the cache too"
+        );
+        assert_eq!(plane.nat_ports_in_use(), 0);
+    });
+}
+
 /// IPv4 fragments of one UDP datagram: (offset in 8-byte units, more fragments, payload).
 fn fragments_v4(src: SocketAddr, dst: SocketAddr, total: usize, chunk: usize) -> Vec<Vec<u8>> {
     let whole = pkt(CLIENT_MAC, LB_MAC, src, dst, L4::Udp, &vec![0xab; total]);

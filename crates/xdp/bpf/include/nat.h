@@ -55,24 +55,31 @@ FX_INLINE int fx_nat_l4(void *l4, void *data_end, __u8 proto, __u64 addr_delta, 
 	return 0;
 }
 
+/* IPv4: replaces the source and destination (address and port) of the TCP/UDP packet whose
+ * IP header (20 bytes: the parser passes options to the kernel) is at `l3`. */
+FX_INLINE int fx_nat_rw4(void *l3, void *data_end, __u8 proto, const __u8 *nsrc, __u16 nsport,
+			 const __u8 *ndst, __u16 ndport)
+{
+	struct iphdr *iph = l3;
+
+	if ((void *)(iph + 1) > data_end)
+		return -1;
+	__u64 d = fx_sum16_neg(&iph->saddr, 4) + fx_sum16(nsrc, 2) + fx_sum16(ndst, 2);
+	if (fx_nat_l4(iph + 1, data_end, proto, d, nsport, ndport, 1))
+		return -1;
+	iph->check = fx_csum_update(iph->check, d);
+	__builtin_memcpy(&iph->saddr, nsrc, 4);
+	__builtin_memcpy(&iph->daddr, ndst, 4);
+	return 0;
+}
+
 /* Replaces the source and destination (address and port) of the TCP/UDP packet whose IP
  * header is at `l3`. */
 FX_INLINE int fx_nat_rw(void *l3, void *data_end, const struct pkt *p, const __u8 *nsrc,
 			__u16 nsport, const __u8 *ndst, __u16 ndport)
 {
-	if (p->family == FX_AF_INET) {
-		struct iphdr *iph = l3;
-
-		if ((void *)(iph + 1) > data_end)
-			return -1;
-		__u64 d = fx_sum16_neg(&iph->saddr, 4) + fx_sum16(nsrc, 2) + fx_sum16(ndst, 2);
-		if (fx_nat_l4(iph + 1, data_end, p->proto, d, nsport, ndport, 1))
-			return -1;
-		iph->check = fx_csum_update(iph->check, d);
-		__builtin_memcpy(&iph->saddr, nsrc, 4);
-		__builtin_memcpy(&iph->daddr, ndst, 4);
-		return 0;
-	}
+	if (p->family == FX_AF_INET)
+		return fx_nat_rw4(l3, data_end, p->proto, nsrc, nsport, ndst, ndport);
 	struct ipv6hdr *ip6h = l3;
 
 	if ((void *)(ip6h + 1) > data_end)

@@ -142,13 +142,30 @@ struct fcache4 {
 	__u32 ports;       /* sport << 16 | dport, as the two __u16 lie in the packet */
 	__u32 gen;         /* the low 32 bits of nh_gen at fill time (0: empty) */
 	__u32 backend;
-	__u32 hash;        /* the flow hash (GUE source port) */
+	__u32 hash;        /* dsr/tunnel: the flow hash (GUE source port); nat: the backend's
+			    * IPv4 address as the flow was translated (nat_fwd.baddr) */
 	__u8 proto;
 	__u8 row;
+	__u16 nport;       /* nat: the allocated source port (nat_fwd.nport), else 0 */
+	__u16 bport;       /* nat: the backend's port (nat_fwd.bport), else 0 */
 	__u16 pad;
-	__u32 pad1;
 };
 _Static_assert(sizeof(struct fcache4) == 72, "fcache4");
+/* nat flows are cached (sv.mode FX_MODE_NAT, sv.src4 = nat_fwd.saddr) only when the
+ * load-time knob fx_nat_fcache is set: a hit does not refresh nat_fwd.seen, which the first
+ * packet after each generation bump (every FX_NH_TTL_NS) does, so userspace sets it only
+ * when every nat idle timeout is at least FX_NAT_FCACHE_MIN_TIMEOUT_NS. A TCP FIN or RST
+ * always takes the slow path (it marks the flow). */
+#define FX_NAT_FCACHE_MIN_TIMEOUT_NS (2 * FX_NH_TTL_NS)
+
+/* A filter in front of the shared LRU `ct4`: FX_CT4_FILTER counters indexed by the top bits
+ * of the 5-tuple's jhash (fx_tuple_hash). An entry is made non-zero (by the data path or by
+ * userspace) before a flow is promoted into `ct4`; the data path looks `ct4` up only when
+ * the flow's counter is non-zero, so a flood of new flows costs no hash-map probe (a cache
+ * miss in a 262144-bucket table each) while nothing was promoted. Never cleared: once many
+ * flows were promoted the filter passes most lookups, as if it were not there. */
+#define FX_CT4_FILTER 65536
+#define FX_CT4_FILTER_SHIFT 16
 
 /* The per-CPU conntrack of IPv4 dsr/tunnel flows (map `flows4`): a set-associative table,
  * FX_FLOW4_SETS sets of FX_FLOW4_WAYS ways per CPU, the set chosen by a jhash of the
