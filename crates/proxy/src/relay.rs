@@ -120,8 +120,8 @@ impl Half {
     fn poll_splice(
         &mut self,
         cx: &mut Context<'_>,
-        from: &TcpStream,
-        to: &TcpStream,
+        (from, to): (&TcpStream, &TcpStream),
+        other_done: bool,
         moved: &mut bool,
     ) -> Poll<io::Result<()>> {
         let mut budget = BUDGET;
@@ -137,7 +137,7 @@ impl Half {
                 }
             }
             if self.eof {
-                return Poll::Ready(self.pass_fin(to));
+                return Poll::Ready(self.pass_fin(to, other_done));
             }
             if budget == 0 {
                 cx.waker().wake_by_ref();
@@ -161,9 +161,15 @@ impl Half {
         }
     }
 
-    fn pass_fin(&mut self, to: &TcpStream) -> io::Result<()> {
+    /// Passes this direction's EOF on. When the other direction is over too, nothing is
+    /// done here: the relay ends and closing both sockets sends the FIN (neither has unread
+    /// bytes, both read to EOF), one `shutdown` call fewer per connection.
+    fn pass_fin(&mut self, to: &TcpStream, other_done: bool) -> io::Result<()> {
         if !self.shut {
             self.shut = true;
+            if other_done {
+                return Ok(());
+            }
             match SockRef::from(to).shutdown(Shutdown::Write) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
@@ -175,15 +181,16 @@ impl Half {
 
     /// Moves bytes `from` -> `to` until blocked. `Ready(Ok)` once `from` hit EOF and the FIN
     /// was passed on.
+    /// `other_done`: the opposite direction is over (see [`Half::pass_fin`]).
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
-        from: &TcpStream,
-        to: &TcpStream,
+        (from, to): (&TcpStream, &TcpStream),
+        other_done: bool,
         moved: &mut bool,
     ) -> Poll<io::Result<()>> {
         if self.splice {
-            return self.poll_splice(cx, from, to, moved);
+            return self.poll_splice(cx, (from, to), other_done, moved);
         }
         let mut budget = BUDGET;
         loop {
@@ -203,10 +210,10 @@ impl Half {
                 self.off = 0;
             }
             if self.eof {
-                return Poll::Ready(self.pass_fin(to));
+                return Poll::Ready(self.pass_fin(to, other_done));
             }
             if self.splice {
-                return self.poll_splice(cx, from, to, moved);
+                return self.poll_splice(cx, (from, to), other_done, moved);
             }
             if budget == 0 {
                 cx.waker().wake_by_ref();
@@ -275,12 +282,12 @@ pub async fn relay(
         let u = if up.is_done() {
             Poll::Ready(Ok(()))
         } else {
-            up.poll(cx, client, backend, &mut moved)
+            up.poll(cx, (client, backend), down.is_done(), &mut moved)
         };
         let d = if down.is_done() {
             Poll::Ready(Ok(()))
         } else {
-            down.poll(cx, backend, client, &mut moved)
+            down.poll(cx, (backend, client), up.is_done(), &mut moved)
         };
         up.flush_count(&counters.bytes_in, false);
         down.flush_count(&counters.bytes_out, false);
