@@ -556,6 +556,8 @@ static __attribute__((noinline)) int fx_nat_forward(struct xdp_md *ctx, const st
 			__builtin_memcpy(&e->hash, f->baddr, 4);
 			e->nport = f->nport;
 			e->bport = f->bport;
+			fx_nat_deltas4(p->src, p->dst, p->sport, p->dport, f->saddr, f->nport,
+				       f->baddr, f->bport, &e->csum_ip, &e->csum_l4);
 		}
 	}
 
@@ -689,22 +691,31 @@ FX_INLINE int fx_nat_cached(struct xdp_md *ctx, const struct pkt *p, const struc
 
 	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (FX_TCP_FIN | FX_TCP_RST)))
 		return -1;
-	/* the addresses as 16-byte buffers (a next-hop refill reads that much, whatever the
-	 * family): the per-CPU scratch, not the stack */
+	const __u8 *src = (const __u8 *)&e->sv.src4;
+	const __u8 *dst = (const __u8 *)&e->hash;
+	__u32 sel = FX_NH_SEL(e->backend, FX_AF_INET, p->proto);
+	__u32 idx = e->backend;
 	__u32 zero = 0;
-	struct nat_scratch *sc = bpf_map_lookup_elem(&nat_scratch, &zero);
-	if (!sc)
-		return -1;
-	__u8 *src = sc->rk.src;
-	__u8 *dst = sc->rk.dst;
-	__builtin_memcpy(src, &e->sv.src4, 4);
-	__builtin_memcpy(dst, &e->hash, 4);
-	struct nexthop *nh = fx_nexthop(ctx, FX_NH_SEL(e->backend, FX_AF_INET, p->proto), src, dst);
-	if (!nh)
-		return -1;
+	struct nexthop *nh = bpf_map_lookup_elem(&nexthops, &idx);
+	__u64 *gen = bpf_map_lookup_elem(&nh_gen, &zero);
+
+	if (!nh || !gen || nh->gen != *gen || *gen == 0) {
+		/* a refill reads 16-byte addresses whatever the family: copies in the per-CPU
+		 * scratch (not the stack) */
+		struct nat_scratch *sc = bpf_map_lookup_elem(&nat_scratch, &zero);
+
+		if (!sc)
+			return -1;
+		__builtin_memcpy(sc->rk.src, src, 4);
+		__builtin_memcpy(sc->rk.dst, dst, 4);
+		nh = fx_nexthop_fill(ctx, sel, sc->rk.src, sc->rk.dst);
+		if (!nh)
+			return -1;
+	}
 	/* constant offsets, as fx_nat_rewrite: the verifier bounds them */
 	void *l3 = p->l2_len == 18 ? data + 18 : data + 14;
-	if (fx_nat_rw4(l3, data_end, p->proto, src, e->nport, dst, e->bport)) {
+	if (fx_nat_apply4(l3, data_end, p->proto, src, e->nport, dst, e->bport, e->csum_ip,
+			  e->csum_l4)) {
 		fx_count(row, FX_ACT_ERROR, bytes);
 		return XDP_DROP;
 	}

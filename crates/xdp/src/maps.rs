@@ -147,9 +147,12 @@ pub struct Fcache4 {
     pub row: u8,
     pub nport: u16,
     pub bport: u16,
+    pub csum_ip: u16,
+    pub csum_l4: u16,
     pub pad: u16,
+    pub pad1: u32,
 }
-const _: () = assert!(size_of::<Fcache4>() == 72);
+const _: () = assert!(size_of::<Fcache4>() == 80);
 
 /// `FX_NAT_FCACHE_MIN_TIMEOUT_NS`: nat flows are served from the flow cache only when every
 /// nat idle timeout is at least this long (a cache hit does not refresh the flow's `seen`;

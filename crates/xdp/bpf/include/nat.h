@@ -24,18 +24,17 @@ FX_INLINE __u16 fx_csum_update(__u16 check, __u64 delta)
 	return ~fx_csum_fold((__u64)(__u16)~check + delta);
 }
 
-/* Rewrites the L4 ports and checksum; `addr_delta` is the address part of the pseudo-header
- * change. `l4` points at the TCP/UDP header. */
-FX_INLINE int fx_nat_l4(void *l4, void *data_end, __u8 proto, __u64 addr_delta, __u16 nsport,
-			__u16 ndport, int udp_zero_ok)
+/* Writes the ports of the TCP/UDP header at `l4` and updates its checksum by `delta` (the
+ * folded ~m + m' of the addresses and ports). */
+FX_INLINE int fx_nat_l4_apply(void *l4, void *data_end, __u8 proto, __u16 delta, __u16 nsport,
+			      __u16 ndport, int udp_zero_ok)
 {
 	if (proto == IPPROTO_TCP) {
 		struct tcphdr *th = l4;
 
 		if ((void *)(th + 1) > data_end)
 			return -1;
-		__u64 d = addr_delta + (__u16)~th->source + (__u16)~th->dest + nsport + ndport;
-		th->check = fx_csum_update(th->check, d);
+		th->check = fx_csum_update(th->check, delta);
 		th->source = nsport;
 		th->dest = ndport;
 		return 0;
@@ -44,10 +43,9 @@ FX_INLINE int fx_nat_l4(void *l4, void *data_end, __u8 proto, __u64 addr_delta, 
 
 	if ((void *)(uh + 1) > data_end)
 		return -1;
-	__u64 d = addr_delta + (__u16)~uh->source + (__u16)~uh->dest + nsport + ndport;
 	if (uh->check || !udp_zero_ok) {
 		/* IPv4: 0 means "no checksum" and stays so; a computed 0 is sent as 0xffff */
-		__u16 c = fx_csum_update(uh->check, d);
+		__u16 c = fx_csum_update(uh->check, delta);
 		uh->check = c ? c : 0xffff;
 	}
 	uh->source = nsport;
@@ -55,22 +53,67 @@ FX_INLINE int fx_nat_l4(void *l4, void *data_end, __u8 proto, __u64 addr_delta, 
 	return 0;
 }
 
-/* IPv4: replaces the source and destination (address and port) of the TCP/UDP packet whose
- * IP header (20 bytes: the parser passes options to the kernel) is at `l3`. */
-FX_INLINE int fx_nat_rw4(void *l3, void *data_end, __u8 proto, const __u8 *nsrc, __u16 nsport,
-			 const __u8 *ndst, __u16 ndport)
+/* Rewrites the L4 ports and checksum; `addr_delta` is the address part of the pseudo-header
+ * change. `l4` points at the TCP/UDP header. */
+FX_INLINE int fx_nat_l4(void *l4, void *data_end, __u8 proto, __u64 addr_delta, __u16 nsport,
+			__u16 ndport, int udp_zero_ok)
+{
+	struct udphdr *ports = l4; /* the ports lie alike in TCP and UDP */
+
+	if ((void *)(ports + 1) > data_end)
+		return -1;
+	__u16 d = fx_csum_fold(addr_delta + (__u16)~ports->source + (__u16)~ports->dest + nsport +
+			       ndport);
+	return fx_nat_l4_apply(l4, data_end, proto, d, nsport, ndport, udp_zero_ok);
+}
+
+/* IPv4: what a rewrite adds to the header checksum (`ip`: the addresses) and to the TCP/UDP
+ * checksum (`l4`: addresses and ports), as folded one's-complement sums (~m + m'). Constant
+ * for a flow, so the flow cache keeps them (fx_nat_cached). Folding first changes nothing:
+ * a sum folds to 0 only when it is 0. */
+FX_INLINE void fx_nat_deltas4(const __u8 *osrc, const __u8 *odst, __u16 osport, __u16 odport,
+			      const __u8 *nsrc, __u16 nsport, const __u8 *ndst, __u16 ndport,
+			      __u16 *ip, __u16 *l4)
+{
+	__u64 d = fx_sum16_neg(osrc, 2) + fx_sum16_neg(odst, 2) + fx_sum16(nsrc, 2) +
+		  fx_sum16(ndst, 2);
+
+	*ip = fx_csum_fold(d);
+	*l4 = fx_csum_fold(d + (__u16)~osport + (__u16)~odport + nsport + ndport);
+}
+
+/* IPv4: writes the new addresses and ports into the TCP/UDP packet whose IP header (20 bytes:
+ * the parser passes options to the kernel) is at `l3`, updating the checksums by the deltas
+ * of fx_nat_deltas4. */
+FX_INLINE int fx_nat_apply4(void *l3, void *data_end, __u8 proto, const __u8 *nsrc,
+			    __u16 nsport, const __u8 *ndst, __u16 ndport, __u16 dip, __u16 dl4)
 {
 	struct iphdr *iph = l3;
 
 	if ((void *)(iph + 1) > data_end)
 		return -1;
-	__u64 d = fx_sum16_neg(&iph->saddr, 4) + fx_sum16(nsrc, 2) + fx_sum16(ndst, 2);
-	if (fx_nat_l4(iph + 1, data_end, proto, d, nsport, ndport, 1))
+	if (fx_nat_l4_apply(iph + 1, data_end, proto, dl4, nsport, ndport, 1))
 		return -1;
-	iph->check = fx_csum_update(iph->check, d);
+	iph->check = fx_csum_update(iph->check, dip);
 	__builtin_memcpy(&iph->saddr, nsrc, 4);
 	__builtin_memcpy(&iph->daddr, ndst, 4);
 	return 0;
+}
+
+/* IPv4: replaces the source and destination (address and port) of the TCP/UDP packet whose
+ * IP header is at `l3`. */
+FX_INLINE int fx_nat_rw4(void *l3, void *data_end, __u8 proto, const __u8 *nsrc, __u16 nsport,
+			 const __u8 *ndst, __u16 ndport)
+{
+	struct iphdr *iph = l3;
+	struct udphdr *ports = (void *)(iph + 1); /* the ports lie alike in TCP and UDP */
+	__u16 dip, dl4;
+
+	if ((void *)(ports + 1) > data_end)
+		return -1;
+	fx_nat_deltas4((const __u8 *)&iph->saddr, (const __u8 *)&iph->daddr, ports->source,
+		       ports->dest, nsrc, nsport, ndst, ndport, &dip, &dl4);
+	return fx_nat_apply4(l3, data_end, proto, nsrc, nsport, ndst, ndport, dip, dl4);
 }
 
 /* Replaces the source and destination (address and port) of the TCP/UDP packet whose IP

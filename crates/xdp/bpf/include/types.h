@@ -148,9 +148,12 @@ struct fcache4 {
 	__u8 row;
 	__u16 nport;       /* nat: the allocated source port (nat_fwd.nport), else 0 */
 	__u16 bport;       /* nat: the backend's port (nat_fwd.bport), else 0 */
+	__u16 csum_ip;     /* nat: the flow's IPv4 header checksum delta (fx_nat_deltas4) */
+	__u16 csum_l4;     /* nat: the flow's TCP/UDP checksum delta */
 	__u16 pad;
+	__u32 pad1;
 };
-_Static_assert(sizeof(struct fcache4) == 72, "fcache4");
+_Static_assert(sizeof(struct fcache4) == 80, "fcache4");
 /* nat flows are cached (sv.mode FX_MODE_NAT, sv.src4 = nat_fwd.saddr) only when the
  * load-time knob fx_nat_fcache is set: a hit does not refresh nat_fwd.seen, which the first
  * packet after each generation bump (every FX_NH_TTL_NS) does, so userspace sets it only
