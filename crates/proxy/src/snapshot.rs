@@ -40,7 +40,7 @@ pub struct PoolRt {
     pub persistence: Option<Arc<Persistence>>,
     /// Counts changes of this pool's backend set or states (shared across snapshots).
     pub changes: Arc<AtomicU64>,
-    /// maglev/ring_hash: the share of table slots (hash space) that changed owner at the
+    /// `maglev`/`ring_hash`: the share of table slots (hash space) that changed owner at the
     /// pool's last change, as `f64` bits (shared across snapshots; see
     /// [`PoolRt::moved_ratio`]).
     pub moved: Arc<AtomicU64>,
