@@ -1136,3 +1136,132 @@ async fn slowloris_gets_408_while_others_are_served() {
     assert_eq!(get(listen, "x", "/", "").await.status, 200);
     f.assert_no_panic();
 }
+
+/// An HTTP/1.1 backend that answers `NAME\n` after `delay`.
+async fn slow_backend(name: &'static str, delay: Duration) -> Backend {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let status = Arc::new(AtomicU16::new(200));
+    let hits = Arc::new(AtomicU64::new(0));
+    let h = Arc::clone(&hits);
+    let task = tokio::spawn(async move {
+        while let Ok((sock, _)) = l.accept().await {
+            let h = Arc::clone(&h);
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
+                        h.fetch_add(1, Ordering::Relaxed);
+                        async move {
+                            tokio::time::sleep(delay).await;
+                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!(
+                                "{name}\n"
+                            )))))
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(sock), svc)
+                    .await;
+            });
+        }
+    });
+    Backend {
+        addr,
+        status,
+        hits,
+        task,
+    }
+}
+
+#[tokio::test]
+async fn timeouts_and_retries_from_config_change_on_reload() {
+    let slow = slow_backend("slow", Duration::from_secs(1)).await;
+    let good = backend("good").await;
+    let dead = free_addr(); // nothing listens here: connect refused
+    let (l_slow, l_noretry, l_retry) = (free_addr(), free_addr(), free_addr());
+    let cfg = |response: &str, attempts: u32| {
+        format!(
+            "{}{}{}{}{}",
+            http_service(
+                "slow",
+                l_slow,
+                "s",
+                &format!(
+                    "[service.timeouts]\nresponse = \"{response}\"\nrequest_header = \"500ms\"\n"
+                )
+            ),
+            http_service(
+                "noretry",
+                l_noretry,
+                "r",
+                &format!("[service.retry]\nattempts = {attempts}\nbudget = 100\n")
+            ),
+            http_service("retry", l_retry, "r", ""),
+            common::pool_toml("s", "rr", "", &weighted(&[slow.addr])),
+            // The dead backend is never ejected: every pick of it is a connect failure.
+            common::pool_toml(
+                "r",
+                "rr",
+                "[pool.outlier]\nconsecutive_failures = 100000\n",
+                &weighted(&[dead, good.addr])
+            ),
+        )
+    };
+    let (f, admin) = start("http-timeouts", &cfg("300ms", 0)).await;
+
+    // `response = "300ms"`: the 1 s backend gets a 504 in well under a second.
+    let t = Instant::now();
+    let r = get(l_slow, "x", "/", "").await;
+    let took = t.elapsed();
+    assert_eq!(r.status, 504, "{r:?}");
+    assert!(r.body.contains("gateway timeout"), "{r:?}");
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_millis(900),
+        "504 after {took:?}"
+    );
+
+    // `request_header = "500ms"`: a head that stops half-way gets 408 after ~0.5 s (the
+    // default would wait 10 s).
+    let t = Instant::now();
+    let mut s = TcpStream::connect(l_slow).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .expect("the half head was not cut")
+        .unwrap();
+    let took = t.elapsed();
+    assert!(
+        buf.starts_with(b"HTTP/1.1 408"),
+        "{:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    assert!(took < Duration::from_secs(2), "408 after {took:?}");
+
+    // `attempts = 0`: a request that picks the dead backend fails (502) instead of going on
+    // to the good one; the same pool behind a service with the default retries never fails.
+    let mut codes = HashMap::new();
+    for i in 0..10 {
+        *codes
+            .entry(get(l_noretry, "x", &format!("/{i}"), "").await.status)
+            .or_insert(0) += 1;
+    }
+    assert!(codes.get(&502).copied().unwrap_or(0) >= 3, "{codes:?}");
+    assert!(codes.get(&200).copied().unwrap_or(0) >= 3, "{codes:?}");
+    for i in 0..10 {
+        assert_eq!(get(l_retry, "x", &format!("/{i}"), "").await.status, 200);
+    }
+
+    // A reload changes both: the slow backend now answers, and retries are back.
+    f.write_config(&format!("{}{}", common::admin_toml(admin), cfg("5s", 1)));
+    let (st, body) = common::http(admin, "POST", "/api/v1/reload").await.unwrap();
+    assert_eq!(st, 200, "{body}");
+    let (_, running) = common::http(admin, "GET", "/api/v1/config").await.unwrap();
+    assert!(running.contains("response = \"5s\""), "{running}");
+    let r = get(l_slow, "x", "/", "").await;
+    assert_eq!((r.status, r.who()), (200, "slow"), "{r:?}");
+    for i in 0..10 {
+        let r = get(l_noretry, "x", &format!("/{i}"), "").await;
+        assert_eq!((r.status, r.who()), (200, "good"), "request {i}: {r:?}");
+    }
+    f.assert_no_panic();
+}
