@@ -84,31 +84,17 @@ fn gen_pool() -> impl Strategy<Value = GenPool> {
         prop::option::of((any::<bool>(), any::<bool>(), any::<bool>())),
         prop::option::of(prop::sample::select(vec!["http1", "h2c"])),
     )
-        .prop_map(
-            |(
-                scheduler,
-                hash_key,
-                persistence,
-                table,
-                health,
-                outlier,
-                backends,
-                discovery,
-                backend_protocol,
-            )| {
-                GenPool {
-                    scheduler,
-                    hash_key,
-                    persistence,
-                    table,
-                    health,
-                    outlier,
-                    backends,
-                    discovery,
-                    backend_protocol,
-                }
-            },
-        )
+        .prop_map(|t| GenPool {
+            scheduler: t.0,
+            hash_key: t.1,
+            persistence: t.2,
+            table: t.3,
+            health: t.4,
+            outlier: t.5,
+            backends: t.6,
+            discovery: t.7,
+            backend_protocol: t.8,
+        })
 }
 
 fn gen_service() -> impl Strategy<Value = GenService> {

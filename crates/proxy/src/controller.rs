@@ -343,6 +343,7 @@ impl Controller {
                 .map(|o| Arc::clone(&o.moved))
                 .unwrap_or_default(),
             sticky_cookie: p.sticky_cookie.clone(),
+            backend_protocol: p.backend_protocol,
         }
     }
 

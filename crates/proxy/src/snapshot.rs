@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use fulcrum_core::config::BackendProtocol;
 use fulcrum_core::flow::{FlowKey, FlowTable};
 use fulcrum_core::hash::flow_hash;
 use fulcrum_core::model::{
@@ -46,6 +47,8 @@ pub struct PoolRt {
     pub moved: Arc<AtomicU64>,
     /// http: the affinity cookie Fulcrum sets (`[[pool]] sticky_cookie`).
     pub sticky_cookie: Option<String>,
+    /// http: how the backends are spoken to (`[[pool]] backend_protocol`).
+    pub backend_protocol: BackendProtocol,
 }
 
 impl Loads for PoolRt {

@@ -9,7 +9,7 @@ use serde_spanned::Spanned;
 
 use super::error::line_col;
 use super::raw::{RawConfig, RawHealth, RawPool, RawRoute, RawService};
-use super::value::CheckKind;
+use super::value::{CheckKind, HumanDuration};
 use super::{
     defaults, AccessLog, AdminConfig, BackendProtocol, CertPair, Config, ConfigError, Discovery,
     Forwarding, HealthCheck, HealthConfig, HostMatch, HttpTimeouts, LogTarget, OutlierConfig,
@@ -409,28 +409,18 @@ fn service(c: &mut Checker<'_>, s: &RawService, defined: &[&str], has_xdp: bool)
     let timeouts = s.timeouts.as_ref().map(|t| {
         http_only(c, t.span(), "[service.timeouts]");
         let t = t.get_ref();
+        let mut get =
+            |v: &Option<Spanned<HumanDuration>>, default, what| dur(c, v.as_ref(), default, what);
         HttpTimeouts {
-            connect: dur(
-                c,
-                t.connect.as_ref(),
-                defaults::HTTP_CONNECT_TIMEOUT,
-                "connect",
-            ),
-            response: dur(
-                c,
-                t.response.as_ref(),
-                defaults::HTTP_RESPONSE_TIMEOUT,
-                "response",
-            ),
-            request_header: dur(
-                c,
-                t.request_header.as_ref(),
+            connect: get(&t.connect, defaults::HTTP_CONNECT_TIMEOUT, "connect"),
+            response: get(&t.response, defaults::HTTP_RESPONSE_TIMEOUT, "response"),
+            request_header: get(
+                &t.request_header,
                 defaults::HTTP_REQUEST_HEADER_TIMEOUT,
                 "request_header",
             ),
-            tls_handshake: dur(
-                c,
-                t.tls_handshake.as_ref(),
+            tls_handshake: get(
+                &t.tls_handshake,
                 defaults::HTTP_TLS_HANDSHAKE_TIMEOUT,
                 "tls_handshake",
             ),
