@@ -193,15 +193,16 @@ pub fn delete_service(cfg: &Config, name: &str) -> Result<Config, ChangeError> {
 
 /// `PUT /api/v1/pools/{pool}`: creates the pool (empty) or changes its settings, keeping its
 /// backends. `body` may hold `scheduler`, `hash_key`, `persistence`, `maglev_table_size`,
-/// `sticky_cookie` (the keys of a `[[pool]]` table other than `name`, `backend`, `health`,
-/// `outlier` and `discovery`); `null` removes a key.
+/// `sticky_cookie`, `backend_protocol` (the keys of a `[[pool]]` table other than `name`,
+/// `backend`, `health`, `outlier` and `discovery`); `null` removes a key.
 pub fn set_pool(cfg: &Config, pool: &str, body: serde_json::Value) -> Result<Config, ChangeError> {
-    const KEYS: [&str; 5] = [
+    const KEYS: [&str; 6] = [
         "scheduler",
         "hash_key",
         "persistence",
         "maglev_table_size",
         "sticky_cookie",
+        "backend_protocol",
     ];
     let serde_json::Value::Object(obj) = body else {
         return Err(ChangeError::Invalid(format!(

@@ -102,6 +102,20 @@ fn cases() -> Vec<Case> {
         case("duplicate backend", format!("{tcp}{POOL}[[pool.backend]]\naddress = \"127.0.0.1:9001\"\n"), "12:11", "backend 127.0.0.1:9001 is listed twice in pool `p` (first at line 10)", Some("weight")),
         case("duplicate backend, v4-mapped", format!("{tcp}{POOL}[[pool.backend]]\naddress = \"[::ffff:127.0.0.1]:9001\"\n"), "12:11", "listed twice", None),
         case("discovery without source", format!("{tcp}\n[[pool]]\nname = \"p\"\n[pool.discovery]\nnameserver = \"127.0.0.1:53\"\n"), "9:1", "[pool.discovery] names no source", Some("dns")),
+        // --- http timeouts, retries, backend protocol ---
+        case("timeouts on tcp", format!("{tcp}[service.timeouts]\nconnect = \"1s\"\n{POOL}"), "6:1", "[service.timeouts] applies only to http services; `s` is tcp", Some("protocol = \"http\"")),
+        case("retry on udp", format!("{udp}[service.retry]\nattempts = 1\n{POOL}"), "6:1", "[service.retry] applies only to http services; `s` is udp", None),
+        case("zero connect timeout", format!("{http}[service.timeouts]\nconnect = \"0s\"\n{POOL}"), "7:11", "connect must be longer than 0", Some("connect = \"3s\"")),
+        case("zero response timeout", format!("{http}[service.timeouts]\nconnect = \"1s\"\nresponse = \"0ms\"\n{POOL}"), "8:12", "response must be longer than 0", Some("response = \"1m\"")),
+        case("request_header without unit", format!("{http}[service.timeouts]\nrequest_header = \"10\"\n{POOL}"), "7:18", "invalid duration \"10\"", Some("\"250ms\"")),
+        case("tls_handshake as integer", format!("{http}[service.timeouts]\ntls_handshake = 10\n{POOL}"), "7:17", "expected a duration string with a unit", None),
+        case("unknown timeouts key", format!("{http}[service.timeouts]\nread = \"1s\"\n{POOL}"), "7:1", "unknown key `read`", Some("valid keys here: connect, response, request_header, tls_handshake")),
+        case("retry attempts too many", format!("{http}[service.retry]\nattempts = 11\n{POOL}"), "7:12", "retry attempts 11 is out of range", Some("valid: 0..=10")),
+        case("retry attempts negative", format!("{http}[service.retry]\nattempts = -1\n{POOL}"), "7:12", "retry attempts -1 is out of range", None),
+        case("retry budget over 100", format!("{http}[service.retry]\nbudget = 101\n{POOL}"), "7:10", "percentage 101 is out of range", Some("valid: 0..=100")),
+        case("retry budget as string", format!("{http}[service.retry]\nbudget = \"20%\"\n{POOL}"), "7:10", "expected an integer percentage 0..=100", None),
+        case("unknown backend_protocol", format!("{http}\n[[pool]]\nname = \"p\"\nbackend_protocol = \"h2\"\n"), "9:20", "unknown backend protocol \"h2\"", Some("valid: http1, h2c")),
+        case("h2c backends for a tcp service", format!("{tcp}\n[[pool]]\nname = \"p\"\nbackend_protocol = \"h2c\"\n[[pool.backend]]\naddress = \"127.0.0.1:1\"\n"), "9:20", "backend_protocol = \"h2c\" needs HTTP, but tcp service `s` uses pool `p`", Some("http1")),
         case("xdp interface empty", "[xdp]\ninterface = \"\"\n".into(), "2:13", "invalid interface name", None),
     ]
 }

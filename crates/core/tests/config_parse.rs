@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use fulcrum_core::config::{
-    self, AccessLogFormat, CheckKind, Forwarding, HealthCheck, HostMatch, LogTarget, StatusRange,
-    TunnelKind, XdpMode,
+    self, AccessLogFormat, BackendProtocol, CheckKind, Forwarding, HealthCheck, HostMatch,
+    HttpTimeouts, LogTarget, RetryPolicy, StatusRange, TunnelKind, XdpMode,
 };
 use fulcrum_core::model::{
     defaults, ForwardMode, HashKey, ProxyProtocol, SchedulerKind, ServiceProtocol,
@@ -136,6 +136,22 @@ fn every_key_parses() {
         web.rate_limit.map(|r| (r.requests_per_second, r.burst)),
         Some((100, 200))
     );
+    assert_eq!(
+        web.timeouts,
+        Some(HttpTimeouts {
+            connect: Duration::from_millis(500),
+            response: Duration::from_secs(30),
+            request_header: Duration::from_secs(5),
+            tls_handshake: Duration::from_secs(3),
+        })
+    );
+    assert_eq!(
+        web.retry,
+        Some(RetryPolicy {
+            attempts: 0,
+            budget_percent: 50
+        })
+    );
     let log = web.access_log.as_ref().expect("access log");
     assert_eq!(
         (log.format, &log.target),
@@ -200,6 +216,8 @@ fn every_key_parses() {
 
     let api = cfg.pool("api").expect("api");
     assert_eq!(api.scheduler, SchedulerKind::PowerOfTwo);
+    assert_eq!(api.backend_protocol, BackendProtocol::H2c);
+    assert_eq!(p.backend_protocol, BackendProtocol::Http1, "the default");
     assert!(api.health.is_none(), "no [pool.health]: no active checks");
 
     let st = cfg.pool("static").expect("static");
@@ -292,6 +310,7 @@ fn summary_lists_services_pools_and_backends() {
         "web: route host api.example.com path /v1/ -> api",
         "web: ring_hash by cookie:session",
         "dns: maglev by five_tuple, table 251",
+        "api: p2c, backends speak h2c",
         "127.0.0.1:9001  weight 3",
         "[::1]:9002  weight 0 (drained)",
         "health http /status expect 200-299 every 2s",
@@ -315,4 +334,65 @@ fn admin_listen_defaults_to_loopback() {
     );
     let err = config::parse(&clash).expect_err("clash with the admin API");
     assert!(err.message.contains("admin API"), "{}", err.message);
+}
+
+#[test]
+fn http_timeouts_and_retry_take_defaults_for_absent_keys() {
+    let svc =
+        "[[service]]\nname = \"s\"\nlisten = \"127.0.0.1:1\"\nprotocol = \"http\"\npool = \"p\"\n";
+    let pool = "\n[[pool]]\nname = \"p\"\n[[pool.backend]]\naddress = \"127.0.0.1:2\"\n";
+    // Absent tables: `None` (the proxy uses the defaults).
+    let cfg = config::parse(&format!("{svc}{pool}")).expect("valid");
+    assert_eq!(
+        (cfg.services[0].timeouts, cfg.services[0].retry),
+        (None, None)
+    );
+    assert_eq!(
+        HttpTimeouts::default(),
+        HttpTimeouts {
+            connect: Duration::from_secs(3),
+            response: Duration::from_secs(60),
+            request_header: Duration::from_secs(10),
+            tls_handshake: Duration::from_secs(10),
+        }
+    );
+    assert_eq!(
+        RetryPolicy::default(),
+        RetryPolicy {
+            attempts: 2,
+            budget_percent: 20
+        }
+    );
+    // Partial tables: the keys given, defaults for the rest; the bounds are accepted.
+    let text = format!(
+        "{svc}[service.timeouts]\nresponse = \"300ms\"\n[service.retry]\nattempts = 10\n{pool}"
+    );
+    let s = &config::parse(&text).expect("valid").services[0];
+    assert_eq!(
+        s.timeouts,
+        Some(HttpTimeouts {
+            response: Duration::from_millis(300),
+            ..HttpTimeouts::default()
+        })
+    );
+    assert_eq!(
+        s.retry,
+        Some(RetryPolicy {
+            attempts: 10,
+            ..RetryPolicy::default()
+        })
+    );
+    let text = format!("{svc}[service.retry]\nattempts = 0\nbudget = 0\n{pool}");
+    let s = &config::parse(&text).expect("valid").services[0];
+    assert_eq!(
+        s.retry,
+        Some(RetryPolicy {
+            attempts: 0,
+            budget_percent: 0
+        })
+    );
+    let text = format!("{svc}[service.retry]\nbudget = 100\n[service.timeouts]\n{pool}");
+    let s = &config::parse(&text).expect("valid").services[0];
+    assert_eq!(s.retry.map(|r| r.budget_percent), Some(100));
+    assert_eq!(s.timeouts, Some(HttpTimeouts::default()), "an empty table");
 }

@@ -41,6 +41,7 @@ struct GenPool {
     outlier: Option<(u32, &'static str)>,
     backends: Vec<(u8, Option<u16>)>,
     discovery: Option<(bool, bool, bool)>,
+    backend_protocol: Option<&'static str>,
 }
 
 #[derive(Debug, Clone)]
@@ -81,21 +82,19 @@ fn gen_pool() -> impl Strategy<Value = GenPool> {
         prop::option::of((1u32..10, prop::sample::select(vec!["1s", "10s", "2m"]))),
         prop::collection::vec((0u8..6, prop::option::of(0u16..1000)), 0..5),
         prop::option::of((any::<bool>(), any::<bool>(), any::<bool>())),
+        prop::option::of(prop::sample::select(vec!["http1", "h2c"])),
     )
-        .prop_map(
-            |(scheduler, hash_key, persistence, table, health, outlier, backends, discovery)| {
-                GenPool {
-                    scheduler,
-                    hash_key,
-                    persistence,
-                    table,
-                    health,
-                    outlier,
-                    backends,
-                    discovery,
-                }
-            },
-        )
+        .prop_map(|t| GenPool {
+            scheduler: t.0,
+            hash_key: t.1,
+            persistence: t.2,
+            table: t.3,
+            health: t.4,
+            outlier: t.5,
+            backends: t.6,
+            discovery: t.7,
+            backend_protocol: t.8,
+        })
 }
 
 fn gen_service() -> impl Strategy<Value = GenService> {
@@ -115,6 +114,10 @@ fn gen_service() -> impl Strategy<Value = GenService> {
                 "[service.rate_limit]\nrequests_per_second = 10",
                 "[service.access_log]\nformat = \"json\"\npath = \"/tmp/x.log\"",
                 "[service.tls]\ncerts = [ { cert = \"a.pem\", key = \"a.key\" } ]",
+                "[service.timeouts]\nresponse = \"300ms\"\ntls_handshake = \"1m 30s\"",
+                "[service.timeouts]",
+                "[service.retry]\nattempts = 0\nbudget = 100",
+                "[service.retry]\nbudget = 5",
             ]),
             0..4,
         ),
@@ -175,6 +178,9 @@ fn render(admin: bool, pools: &[GenPool], services: &[GenService]) -> String {
         }
         if let Some(x) = p.table.filter(|_| p.scheduler == "maglev") {
             let _ = writeln!(t, "maglev_table_size = {x}");
+        }
+        if let Some(x) = p.backend_protocol {
+            let _ = writeln!(t, "backend_protocol = \"{x}\"");
         }
         if let Some((check, interval, rise)) = p.health {
             let _ = writeln!(t, "[pool.health]\ncheck = \"{check}\"");

@@ -6,6 +6,7 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -37,6 +38,11 @@ impl Drop for Backend {
 }
 
 async fn backend(name: &str) -> Backend {
+    backend_after(name, Duration::ZERO).await
+}
+
+/// [`backend`], answering each request only after `delay`.
+async fn backend_after(name: &str, delay: Duration) -> Backend {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let status = Arc::new(AtomicU16::new(200));
@@ -54,6 +60,9 @@ async fn backend(name: &str) -> Backend {
                         h.fetch_add(1, Ordering::Relaxed);
                         let (st, name) = (st.load(Ordering::Relaxed), name.clone());
                         async move {
+                            if !delay.is_zero() {
+                                tokio::time::sleep(delay).await;
+                            }
                             if req.headers().contains_key("upgrade") {
                                 let up = hyper::upgrade::on(&mut req);
                                 tokio::spawn(async move {
@@ -977,12 +986,29 @@ async fn bodies_pipelining_and_smuggling() {
     f.assert_no_panic();
 }
 
+/// Tasks of a test backend (its listener, its connections) that can be aborted at once,
+/// which closes their sockets under any request in flight.
+#[derive(Clone, Default)]
+struct Tasks(Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>);
+
+impl Tasks {
+    fn add<T>(&self, t: &tokio::task::JoinHandle<T>) {
+        self.0.lock().unwrap().push(t.abort_handle());
+    }
+
+    fn abort_all(&self) {
+        for t in self.0.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+}
+
 /// A raw keep-alive HTTP/1.1 backend that can be killed outright: its listener and every
 /// open connection are aborted at once (the sockets close under in-flight requests).
 struct Killable {
     addr: SocketAddr,
     hits: Arc<AtomicU64>,
-    tasks: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    tasks: Tasks,
 }
 
 impl Killable {
@@ -990,8 +1016,8 @@ impl Killable {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let hits = Arc::new(AtomicU64::new(0));
-        let tasks = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (h, t) = (Arc::clone(&hits), Arc::clone(&tasks));
+        let tasks = Tasks::default();
+        let (h, t) = (Arc::clone(&hits), tasks.clone());
         let accept = tokio::spawn(async move {
             while let Ok((mut s, _)) = l.accept().await {
                 let h = Arc::clone(&h);
@@ -1018,17 +1044,15 @@ impl Killable {
                         }
                     }
                 });
-                t.lock().unwrap().push(conn.abort_handle());
+                t.add(&conn);
             }
         });
-        tasks.lock().unwrap().push(accept.abort_handle());
+        tasks.add(&accept);
         Self { addr, hits, tasks }
     }
 
     fn kill(&self) {
-        for t in self.tasks.lock().unwrap().drain(..) {
-            t.abort();
-        }
+        self.tasks.abort_all();
     }
 }
 
@@ -1134,5 +1158,533 @@ async fn slowloris_gets_408_while_others_are_served() {
         "cut after {elapsed:?}"
     );
     assert_eq!(get(listen, "x", "/", "").await.status, 200);
+    f.assert_no_panic();
+}
+
+#[tokio::test]
+async fn timeouts_and_retries_from_config_change_on_reload() {
+    let slow = backend_after("slow", Duration::from_secs(1)).await;
+    let good = backend("good").await;
+    let dead = free_addr(); // nothing listens here: connect refused
+    let (l_slow, l_noretry, l_retry) = (free_addr(), free_addr(), free_addr());
+    let cfg = |response: &str, attempts: u32| {
+        format!(
+            "{}{}{}{}{}",
+            http_service(
+                "slow",
+                l_slow,
+                "s",
+                &format!(
+                    "[service.timeouts]\nresponse = \"{response}\"\nrequest_header = \"500ms\"\n"
+                )
+            ),
+            http_service(
+                "noretry",
+                l_noretry,
+                "r",
+                &format!("[service.retry]\nattempts = {attempts}\nbudget = 100\n")
+            ),
+            http_service("retry", l_retry, "r", ""),
+            common::pool_toml("s", "rr", "", &weighted(&[slow.addr])),
+            // The dead backend is never ejected: every pick of it is a connect failure.
+            common::pool_toml(
+                "r",
+                "rr",
+                "[pool.outlier]\nconsecutive_failures = 100000\n",
+                &weighted(&[dead, good.addr])
+            ),
+        )
+    };
+    let (f, admin) = start("http-timeouts", &cfg("300ms", 0)).await;
+
+    // `response = "300ms"`: the 1 s backend gets a 504 in well under a second.
+    let t = Instant::now();
+    let r = get(l_slow, "x", "/", "").await;
+    let took = t.elapsed();
+    assert_eq!(r.status, 504, "{r:?}");
+    assert!(r.body.contains("gateway timeout"), "{r:?}");
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_millis(900),
+        "504 after {took:?}"
+    );
+
+    // `request_header = "500ms"`: a head that stops half-way gets 408 after ~0.5 s (the
+    // default would wait 10 s).
+    let t = Instant::now();
+    let mut s = TcpStream::connect(l_slow).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .expect("the half head was not cut")
+        .unwrap();
+    let took = t.elapsed();
+    assert!(
+        buf.starts_with(b"HTTP/1.1 408"),
+        "{:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    assert!(took < Duration::from_secs(2), "408 after {took:?}");
+
+    // `attempts = 0`: a request that picks the dead backend fails (502) instead of going on
+    // to the good one; the same pool behind a service with the default retries never fails.
+    let mut codes = HashMap::new();
+    for i in 0..10 {
+        *codes
+            .entry(get(l_noretry, "x", &format!("/{i}"), "").await.status)
+            .or_insert(0) += 1;
+    }
+    assert!(codes.get(&502).copied().unwrap_or(0) >= 3, "{codes:?}");
+    assert!(codes.get(&200).copied().unwrap_or(0) >= 3, "{codes:?}");
+    for i in 0..10 {
+        assert_eq!(get(l_retry, "x", &format!("/{i}"), "").await.status, 200);
+    }
+
+    // A reload changes both: the slow backend now answers, and retries are back.
+    f.write_config(&format!("{}{}", common::admin_toml(admin), cfg("5s", 1)));
+    let (st, body) = common::http(admin, "POST", "/api/v1/reload").await.unwrap();
+    assert_eq!(st, 200, "{body}");
+    let (_, running) = common::http(admin, "GET", "/api/v1/config").await.unwrap();
+    assert!(running.contains("response = \"5s\""), "{running}");
+    let r = get(l_slow, "x", "/", "").await;
+    assert_eq!((r.status, r.who()), (200, "slow"), "{r:?}");
+    for i in 0..10 {
+        let r = get(l_noretry, "x", &format!("/{i}"), "").await;
+        assert_eq!((r.status, r.who()), (200, "good"), "request {i}: {r:?}");
+    }
+    f.assert_no_panic();
+}
+
+// ------------------------------------------------------------------ HTTP/2 (h2c) backends
+
+/// A body of given frames (data, then perhaps trailers).
+struct Frames(std::collections::VecDeque<hyper::body::Frame<Bytes>>);
+
+impl hyper::body::Body for Frames {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(Ok))
+    }
+    fn is_end_stream(&self) -> bool {
+        self.0.is_empty()
+    }
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        // One data frame: an exact length (so hyper sends Content-Length).
+        match (self.0.len(), self.0.front().and_then(|f| f.data_ref())) {
+            (1, Some(d)) => hyper::body::SizeHint::with_exact(d.len() as u64),
+            _ => hyper::body::SizeHint::default(),
+        }
+    }
+}
+
+fn frames(data: &str, trailers: &[(&'static str, &str)]) -> Frames {
+    let mut f = std::collections::VecDeque::new();
+    f.push_back(hyper::body::Frame::data(Bytes::from(data.to_owned())));
+    if !trailers.is_empty() {
+        let mut t = hyper::HeaderMap::new();
+        for (n, v) in trailers {
+            t.insert(*n, v.parse().unwrap());
+        }
+        f.push_back(hyper::body::Frame::trailers(t));
+    }
+    Frames(f)
+}
+
+/// An HTTP/2-only backend (prior knowledge): answers `NAME\n`, `version: ...`, `uri: ...`
+/// and the request's headers, with status `status`; `/slow` waits 200 ms first; `/trailers`
+/// answers `hello` with trailers `grpc-status: 0`, `grpc-message: ok` and `x-echo-NAME` for
+/// each request trailer. Counts accepted connections.
+struct H2Backend {
+    addr: SocketAddr,
+    status: Arc<AtomicU16>,
+    conns: Arc<AtomicU64>,
+    hits: Arc<AtomicU64>,
+    /// Its open connections.
+    open: Tasks,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for H2Backend {
+    fn drop(&mut self) {
+        self.open.abort_all();
+        self.task.abort();
+    }
+}
+
+async fn h2_backend(name: &'static str) -> H2Backend {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let status = Arc::new(AtomicU16::new(200));
+    let conns = Arc::new(AtomicU64::new(0));
+    let hits = Arc::new(AtomicU64::new(0));
+    let open = Tasks::default();
+    let (st, cn, h, op) = (
+        Arc::clone(&status),
+        Arc::clone(&conns),
+        Arc::clone(&hits),
+        open.clone(),
+    );
+    let task = tokio::spawn(async move {
+        while let Ok((sock, _)) = l.accept().await {
+            cn.fetch_add(1, Ordering::Relaxed);
+            let (st, h) = (Arc::clone(&st), Arc::clone(&h));
+            let conn = tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    h.fetch_add(1, Ordering::Relaxed);
+                    let st = st.load(Ordering::Relaxed);
+                    async move {
+                        let (parts, body) = req.into_parts();
+                        let got = body.collect().await.unwrap();
+                        let req_trailers = got.trailers().cloned().unwrap_or_default();
+                        let req_body = got.to_bytes();
+                        if parts.uri.path() == "/slow" {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        if parts.uri.path() == "/trailers" {
+                            let echo: Vec<(String, String)> = req_trailers
+                                .iter()
+                                .map(|(n, v)| {
+                                    (format!("x-echo-{n}"), v.to_str().unwrap().to_owned())
+                                })
+                                .collect();
+                            let mut f = frames(
+                                &format!("hello {}", String::from_utf8_lossy(&req_body)),
+                                &[("grpc-status", "0"), ("grpc-message", "ok")],
+                            );
+                            if let Some(t) = f.0.back_mut().and_then(|f| f.trailers_mut()) {
+                                for (n, v) in echo {
+                                    t.insert(
+                                        hyper::header::HeaderName::from_bytes(n.as_bytes())
+                                            .unwrap(),
+                                        v.parse().unwrap(),
+                                    );
+                                }
+                            }
+                            return Ok::<_, Infallible>(Response::new(f));
+                        }
+                        let mut text =
+                            format!("{name}\nversion: {:?}\nuri: {}\n", parts.version, parts.uri);
+                        for (k, v) in &parts.headers {
+                            let _ = writeln!(text, "{k}: {}", v.to_str().unwrap_or("?"));
+                        }
+                        let status = if parts.version == hyper::Version::HTTP_2 {
+                            st
+                        } else {
+                            505
+                        };
+                        Ok(Response::builder()
+                            .status(status)
+                            .body(frames(&text, &[]))
+                            .unwrap())
+                    }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(sock), svc)
+                    .await;
+            });
+            op.add(&conn);
+        }
+    });
+    H2Backend {
+        addr,
+        status,
+        conns,
+        hits,
+        open,
+        task,
+    }
+}
+
+/// An HTTP/2 client connection with prior knowledge.
+async fn h2_client(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Frames> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (s, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    s
+}
+
+/// Sends a request on an HTTP/2 client connection: the status, the body and the trailers.
+async fn h2_call(
+    s: &mut hyper::client::conn::http2::SendRequest<Frames>,
+    req: Request<Frames>,
+) -> (u16, Bytes, hyper::HeaderMap) {
+    let fut = async {
+        let resp = s.send_request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let got = resp.into_body().collect().await.unwrap();
+        let trailers = got.trailers().cloned().unwrap_or_default();
+        (status, got.to_bytes(), trailers)
+    };
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .expect("HTTP/2 request timed out")
+}
+
+fn h2_req(method: &str, uri: &str, body: Frames) -> Request<Frames> {
+    Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(body)
+        .unwrap()
+}
+
+/// A header (or trailer) field's value as text.
+fn field<'a>(h: &'a hyper::HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+#[tokio::test]
+#[allow(clippy::too_many_lines)]
+async fn h2c_backends_share_one_connection_with_retries_and_ejection() {
+    let one = h2_backend("h2a").await;
+    let b1 = h2_backend("h2b").await;
+    let b2 = h2_backend("h2c").await;
+    let failing = h2_backend("h2fail").await;
+    failing.status.store(503, Ordering::Relaxed);
+    let dead = free_addr(); // nothing listens here: connect refused
+    let (l_one, l_retry) = (free_addr(), free_addr());
+    let body = format!(
+        "{}{}{}{}",
+        http_service("one", l_one, "one", ""),
+        http_service("retry", l_retry, "r", ""),
+        common::pool_toml(
+            "one",
+            "rr",
+            "backend_protocol = \"h2c\"\n",
+            &weighted(&[one.addr])
+        ),
+        common::pool_toml(
+            "r",
+            "rr",
+            "backend_protocol = \"h2c\"\n[pool.outlier]\nconsecutive_failures = 2\nejection = \"30s\"\n",
+            &weighted(&[b1.addr, dead, failing.addr, b2.addr])
+        ),
+    );
+    let (fl, admin) = start("http-h2c", &body).await;
+
+    // An HTTP/1.1 client's request reaches the backend over HTTP/2, headers rewritten as for
+    // HTTP/1.1 backends.
+    let r = get(
+        l_one,
+        "h2.example:8080",
+        "/p?q=1",
+        "X-Forwarded-For: 198.18.1.1\r\nKeep-Alive: 5\r\nX-Hop: secret\r\nConnection: X-Hop\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let lines: HashMap<&str, &str> = r.body.lines().filter_map(|l| l.split_once(": ")).collect();
+    assert_eq!(lines.get("version"), Some(&"HTTP/2.0"), "{}", r.body);
+    assert_eq!(
+        lines.get("uri"),
+        Some(&"http://h2.example:8080/p?q=1"),
+        "{}",
+        r.body
+    );
+    assert_eq!(lines.get("x-forwarded-for"), Some(&"198.18.1.1, 127.0.0.1"));
+    assert_eq!(lines.get("x-forwarded-host"), Some(&"h2.example:8080"));
+    assert_eq!(lines.get("x-forwarded-proto"), Some(&"http"));
+    assert!(lines.contains_key("x-request-id"), "{}", r.body);
+    assert!(
+        !lines.contains_key("x-hop") && !lines.contains_key("keep-alive"),
+        "{}",
+        r.body
+    );
+
+    // And an HTTP/2 client's.
+    let mut h2 = h2_client(l_one).await;
+    let req = h2_req("GET", "http://h2.example/from-h2", frames("", &[]));
+    let (status, text, _) = h2_call(&mut h2, req).await;
+    let text = String::from_utf8_lossy(&text);
+    assert_eq!(status, 200, "{text}");
+    assert!(text.starts_with("h2a\nversion: HTTP/2.0\n"), "{text}");
+
+    // 100 concurrent requests (each from its own HTTP/1.1 client connection, each held
+    // 200 ms by the backend) are multiplexed on one backend connection.
+    let t = Instant::now();
+    let clients: Vec<_> = (0..100)
+        .map(|i| {
+            tokio::spawn(async move { get(l_one, "x", "/slow", &format!("X-N: {i}\r\n")).await })
+        })
+        .collect();
+    for cl in clients {
+        let r = cl.await.unwrap();
+        assert_eq!((r.status, r.who()), (200, "h2a"), "{r:?}");
+    }
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "not concurrent: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(one.hits.load(Ordering::Relaxed), 102);
+    assert_eq!(
+        one.conns.load(Ordering::Relaxed),
+        1,
+        "one connection per backend (and worker)"
+    );
+
+    // Connect failures and 503s go to other backends (idempotent requests); the 503
+    // backend and the dead one are ejected by passive checks.
+    for i in 0..30 {
+        let r = get(l_retry, "x", &format!("/{i}"), "").await;
+        assert_eq!(r.status, 200, "request {i}: {r:?}");
+        assert!(["h2b", "h2c"].contains(&r.who()), "{r:?}");
+    }
+    let (_, pool) = common::http(admin, "GET", "/api/v1/pools/r").await.unwrap();
+    let pool: serde_json::Value = serde_json::from_str(&pool).unwrap();
+    for addr in [dead, failing.addr] {
+        let be = common::find_backend(&pool, addr).unwrap();
+        assert_eq!(be["state"], "ejected", "{pool}");
+    }
+    assert!(
+        failing.hits.load(Ordering::Relaxed) <= 3,
+        "retried into an ejected backend"
+    );
+    assert_eq!(b1.conns.load(Ordering::Relaxed), 1);
+    assert_eq!(b2.conns.load(Ordering::Relaxed), 1);
+
+    // The backend closes its connection: the next requests open a new one (and share it).
+    one.open.abort_all();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..3 {
+        let r = get(l_one, "x", "/", "").await;
+        assert_eq!((r.status, r.who()), (200, "h2a"), "{r:?}");
+    }
+    assert_eq!(one.conns.load(Ordering::Relaxed), 2);
+    fl.assert_no_panic();
+}
+
+/// A raw HTTP/1.1 backend that answers each request with a chunked body holding the request
+/// exactly as it arrived, then the trailers `X-Checksum: abc` and `Connection: x` (which must
+/// not pass), and closes.
+async fn trailer_backend() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut tmp = [0u8; 4096];
+                // The head, then (chunked) up to the blank line that ends the trailers.
+                let complete = |b: &[u8]| {
+                    let Some(i) = b.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        return false;
+                    };
+                    let head = String::from_utf8_lossy(&b[..i]).to_lowercase();
+                    !head.contains("transfer-encoding: chunked")
+                        || (b.len() > i + 4 && b.ends_with(b"\r\n\r\n"))
+                };
+                while !complete(&buf) {
+                    match tokio::time::timeout(Duration::from_secs(5), s.read(&mut tmp)).await {
+                        Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&tmp[..n]),
+                        _ => return,
+                    }
+                }
+                let mut resp = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\nConnection: close\r\n\r\n".to_vec();
+                resp.extend_from_slice(format!("{:x}\r\n", buf.len()).as_bytes());
+                resp.extend_from_slice(&buf);
+                resp.extend_from_slice(b"\r\n0\r\nX-Checksum: abc\r\nConnection: x\r\n\r\n");
+                let _ = s.write_all(&resp).await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+#[allow(clippy::too_many_lines)]
+async fn trailers_pass_both_ways_h1_and_h2() {
+    let (h1b, _task) = trailer_backend().await;
+    let h2b = h2_backend("h2t").await;
+    let (l_h1, l_h2) = (free_addr(), free_addr());
+    let body = format!(
+        "{}{}{}{}",
+        http_service("to-h1", l_h1, "h1", ""),
+        http_service("to-h2", l_h2, "h2", ""),
+        common::pool_toml("h1", "rr", "", &weighted(&[h1b])),
+        common::pool_toml(
+            "h2",
+            "rr",
+            "backend_protocol = \"h2c\"\n",
+            &weighted(&[h2b.addr])
+        ),
+    );
+    let (f, _) = start("http-trailers", &body).await;
+
+    // HTTP/1.1 backend -> HTTP/1.1 client: the chunked response's trailers, less the
+    // hop-by-hop one.
+    let r = get(l_h1, "x", "/t", "").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        r.body.ends_with("\r\n0\r\nx-checksum: abc\r\n\r\n"),
+        "{:?}",
+        r.body
+    );
+    // A chunked request's trailers reach the HTTP/1.1 backend.
+    let r = raw_from(
+        None,
+        l_h1,
+        "POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\nX-Req: 1\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        r.body.contains("3\r\nabc\r\n0\r\nx-req: 1\r\n\r\n"),
+        "{:?}",
+        r.body
+    );
+
+    // HTTP/1.1 backend -> HTTP/2 client: the trailers come as an HTTP/2 trailers frame.
+    let mut h2 = h2_client(l_h1).await;
+    let (status, _, t) = h2_call(&mut h2, h2_req("GET", "http://x/t", frames("", &[]))).await;
+    assert_eq!(status, 200);
+    assert_eq!(field(&t, "x-checksum"), Some("abc"), "{t:?}");
+    assert_eq!(field(&t, "connection"), None, "{t:?}");
+
+    // HTTP/2 backend -> HTTP/2 client (gRPC style): data then grpc-status; and the client's
+    // own request trailers reach the backend (echoed back as x-echo-*).
+    let mut h2 = h2_client(l_h2).await;
+    let mut req = h2_req(
+        "POST",
+        "http://x/trailers",
+        frames("ping", &[("x-req", "7")]),
+    );
+    req.headers_mut()
+        .insert("te", hyper::header::HeaderValue::from_static("trailers"));
+    let (status, body, t) = h2_call(&mut h2, req).await;
+    assert_eq!((status, &body[..]), (200, &b"hello ping"[..]));
+    assert_eq!(field(&t, "grpc-status"), Some("0"), "{t:?}");
+    assert_eq!(field(&t, "grpc-message"), Some("ok"), "{t:?}");
+    assert_eq!(field(&t, "x-echo-x-req"), Some("7"), "{t:?}");
+
+    // HTTP/2 backend -> HTTP/1.1 client: the trailers end the chunked body; a chunked
+    // request's trailers reach the HTTP/2 backend.
+    let r = raw_from(
+        None,
+        l_h2,
+        "POST /trailers HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n4\r\npong\r\n0\r\nX-Req: 8\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"), "{r:?}");
+    assert_eq!(dechunk(&r.body), "hello pong");
+    let tail = r
+        .body
+        .rsplit_once("\r\n0\r\n")
+        .map(|(_, t)| t.to_owned())
+        .unwrap_or_default();
+    for want in [
+        "grpc-status: 0\r\n",
+        "grpc-message: ok\r\n",
+        "x-echo-x-req: 8\r\n",
+    ] {
+        assert!(tail.contains(want), "{want:?} not in the trailers {tail:?}");
+    }
+    assert!(tail.ends_with("\r\n\r\n"), "{tail:?}");
     f.assert_no_panic();
 }

@@ -167,7 +167,7 @@ fn combined_line(e: &Entry) -> String {
 /// (year, month, day, hour, minute, second, millis) in UTC.
 fn civil(t: SystemTime) -> (i64, u32, u32, u32, u32, u32, u32) {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs() as i64;
+    let secs = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400) as u32;
     // Howard Hinnant's civil_from_days.
@@ -193,17 +193,17 @@ fn civil(t: SystemTime) -> (i64, u32, u32, u32, u32, u32, u32) {
 }
 
 fn rfc3339(t: SystemTime) -> String {
-    let (y, mo, d, h, mi, s, ms) = civil(t);
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z")
+    let (year, mo, day, hour, mi, sec, ms) = civil(t);
+    format!("{year:04}-{mo:02}-{day:02}T{hour:02}:{mi:02}:{sec:02}.{ms:03}Z")
 }
 
 fn clf_time(t: SystemTime) -> String {
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
-    let (y, mo, d, h, mi, s, _) = civil(t);
+    let (year, mo, day, hour, mi, sec, _) = civil(t);
     format!(
-        "{d:02}/{}/{y:04}:{h:02}:{mi:02}:{s:02} +0000",
+        "{day:02}/{}/{year:04}:{hour:02}:{mi:02}:{sec:02} +0000",
         MONTHS[(mo as usize).saturating_sub(1) % 12]
     )
 }

@@ -319,13 +319,19 @@ enum CSt {
 #[derive(Debug, Clone, Copy)]
 pub struct BadBody;
 
-/// A body decoder (sans-IO): feed it bytes, get data spans.
-#[derive(Debug, Clone, Copy)]
+/// Largest trailer section of a chunked body (larger: a bad body).
+const MAX_TRAILERS: usize = 16 * 1024;
+
+/// A body decoder (sans-IO): feed it bytes, get data spans; a chunked body's trailer
+/// section is kept for [`Decoder::take_trailers`].
+#[derive(Debug, Clone)]
 pub struct Decoder {
     kind: Framing,
     remaining: u64,
     st: CSt,
     digits: u8,
+    /// The raw trailer field lines (`name: value\r\n` ...), empty (unallocated) if none.
+    trailers: Vec<u8>,
 }
 
 /// One decoding step: `consumed` input bytes, of which `data` (start, len) is body data.
@@ -349,11 +355,47 @@ impl Decoder {
                 CSt::Size
             },
             digits: 0,
+            trailers: Vec::new(),
         }
     }
 
     pub fn is_done(&self) -> bool {
         self.st == CSt::Done
+    }
+
+    /// The trailer fields of a finished chunked body that may be passed on, if any.
+    pub fn take_trailers(&mut self) -> Option<http::HeaderMap> {
+        if self.trailers.is_empty() || !self.is_done() {
+            return None;
+        }
+        let mut raw = std::mem::take(&mut self.trailers);
+        raw.extend_from_slice(b"\r\n");
+        let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let Ok(httparse::Status::Complete((_, fields))) = httparse::parse_headers(&raw, &mut hs)
+        else {
+            return None;
+        };
+        let mut map = http::HeaderMap::new();
+        for h in fields {
+            if !crate::headers::is_trailer_allowed(h.name.as_bytes()) {
+                continue;
+            }
+            if let (Ok(n), Ok(v)) = (
+                http::header::HeaderName::from_bytes(h.name.as_bytes()),
+                http::header::HeaderValue::from_bytes(h.value),
+            ) {
+                map.append(n, v);
+            }
+        }
+        (!map.is_empty()).then_some(map)
+    }
+
+    fn trailer_byte(&mut self, b: u8) -> Result<(), BadBody> {
+        if self.trailers.len() >= MAX_TRAILERS {
+            return Err(BadBody);
+        }
+        self.trailers.push(b);
+        Ok(())
     }
 
     /// At EOF of the input: fine only for close-delimited bodies.
@@ -450,13 +492,15 @@ impl Decoder {
                     self.st = CSt::Size;
                 }
                 CSt::TrailerStart => {
-                    self.st = if b == b'\r' {
-                        CSt::EndLf
+                    if b == b'\r' {
+                        self.st = CSt::EndLf;
                     } else {
-                        CSt::TrailerLine
-                    };
+                        self.trailer_byte(b)?;
+                        self.st = CSt::TrailerLine;
+                    }
                 }
                 CSt::TrailerLine => {
+                    self.trailer_byte(b)?;
                     if b == b'\r' {
                         self.st = CSt::TrailerLf;
                     }
@@ -465,6 +509,7 @@ impl Decoder {
                     if b != b'\n' {
                         return Err(BadBody);
                     }
+                    self.trailer_byte(b)?;
                     self.st = CSt::TrailerStart;
                 }
                 CSt::EndLf => {
@@ -509,9 +554,18 @@ impl Enc {
         }
     }
 
-    pub fn finish(self, out: &mut Vec<u8>) {
+    /// Ends the body: chunked, the last chunk and the trailer fields (which an identity
+    /// body cannot carry: they are dropped).
+    pub fn finish(self, out: &mut Vec<u8>, trailers: Option<&http::HeaderMap>) {
         if self == Enc::Chunked {
-            out.extend_from_slice(b"0\r\n\r\n");
+            out.extend_from_slice(b"0\r\n");
+            for (n, v) in trailers.into_iter().flatten() {
+                out.extend_from_slice(n.as_str().as_bytes());
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(v.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b"\r\n");
         }
     }
 }
@@ -575,8 +629,45 @@ mod tests {
         assert!(!done);
         let mut out = Vec::new();
         Enc::Chunked.put(&mut out, b"hello");
-        Enc::Chunked.finish(&mut out);
+        Enc::Chunked.finish(&mut out, None);
         assert_eq!(out, b"5\r\nhello\r\n0\r\n\r\n");
+    }
+
+    #[test]
+    fn chunked_trailers_are_kept_and_filtered() {
+        let mut d = Decoder::new(Framing::Chunked);
+        let mut out = Vec::new();
+        let input = b"2\r\nhi\r\n0\r\nX-Sum: 1\r\nConnection: x\r\ngrpc-status: 0\r\n\r\nNEXT";
+        // One byte at a time: trailers may arrive split anywhere.
+        let mut used = 0;
+        for i in 0..input.len() {
+            if d.is_done() {
+                break;
+            }
+            used += transcode(&mut d, &input[i..=i], Enc::Identity, &mut out)
+                .unwrap()
+                .0;
+        }
+        assert_eq!((out.as_slice(), used), (&b"hi"[..], input.len() - 4));
+        let t = d.take_trailers().unwrap();
+        assert_eq!(t.len(), 2, "{t:?}");
+        assert_eq!(
+            (t["x-sum"].as_bytes(), t["grpc-status"].as_bytes()),
+            (&b"1"[..], &b"0"[..])
+        );
+        let mut out = Vec::new();
+        Enc::Chunked.finish(&mut out, Some(&t));
+        assert_eq!(out, b"0\r\nx-sum: 1\r\ngrpc-status: 0\r\n\r\n");
+        let mut out = Vec::new();
+        Enc::Identity.finish(&mut out, Some(&t));
+        assert!(out.is_empty());
+        // No trailers; an oversized trailer section is a bad body.
+        let mut d = Decoder::new(Framing::Chunked);
+        transcode(&mut d, b"0\r\n\r\n", Enc::Identity, &mut out).unwrap();
+        assert!(d.is_done() && d.take_trailers().is_none());
+        let mut d = Decoder::new(Framing::Chunked);
+        let big = format!("0\r\nX: {}\r\n\r\n", "a".repeat(MAX_TRAILERS));
+        assert!(transcode(&mut d, big.as_bytes(), Enc::Identity, &mut out).is_err());
     }
 
     #[test]

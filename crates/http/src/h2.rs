@@ -19,12 +19,13 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::h1::{self, Decoder, Enc, Framing};
-use crate::proxy::{self, BodyError, Exchange, Outcome, ReqBody, ReqView};
+use crate::proxy::{self, Answer, BodyError, Exchange, Outcome, ReqBody, ReqView};
 use crate::ConnCtx;
 
-/// Spawns hyper's HTTP/2 stream tasks on the worker's `LocalSet`.
+/// Spawns hyper's HTTP/2 tasks (server streams, client connections) on the worker's
+/// `LocalSet`.
 #[derive(Clone, Copy, Debug)]
-struct LocalExec;
+pub(crate) struct LocalExec;
 
 impl<F> hyper::rt::Executor<F> for LocalExec
 where
@@ -152,6 +153,7 @@ struct H2ReqBody {
     inner: Incoming,
     framing: Framing,
     pending: Option<Bytes>,
+    trailers: Option<http::HeaderMap>,
     end: bool,
 }
 
@@ -170,6 +172,7 @@ impl H2ReqBody {
             inner,
             framing,
             pending: None,
+            trailers: None,
             end: framing == Framing::Empty,
         }
     }
@@ -193,13 +196,17 @@ impl ReqBody for H2ReqBody {
             None => self.end = true,
             Some(Err(_)) => return Err(BodyError),
             Some(Ok(f)) => {
-                if let Ok(d) = f.into_data() {
-                    self.pending = Some(d);
+                match f.into_data() {
+                    Ok(d) => self.pending = Some(d),
+                    Err(f) => self.trailers = f.into_trailers().ok(),
                 }
                 self.end = self.inner.is_end_stream();
             }
         }
         Ok(())
+    }
+    fn take_trailers(&mut self) -> Option<http::HeaderMap> {
+        self.trailers.take()
     }
 }
 
@@ -235,6 +242,7 @@ async fn handle(c: Rc<ConnCtx>, req: Request<Incoming>) -> Result<Response<H2Bod
                 c: Rc::clone(&c),
                 ex: None,
                 dec,
+                trailers: None,
                 bytes: 0,
             }));
             let mut r = b.body(body).unwrap_or_else(|_| {
@@ -244,7 +252,9 @@ async fn handle(c: Rc<ConnCtx>, req: Request<Incoming>) -> Result<Response<H2Bod
             });
             if let H2Body::Backend(s) = r.body_mut() {
                 let mut ex = ex;
-                ex.resp.reset_to_rest();
+                if let Answer::H1 { resp, .. } = &mut ex.answer {
+                    resp.reset_to_rest();
+                }
                 s.ex = Some(ex);
             }
             r
@@ -261,7 +271,10 @@ pub(crate) enum H2Body {
 pub(crate) struct Stream {
     c: Rc<ConnCtx>,
     ex: Option<Exchange>,
+    /// For an HTTP/1.1 backend's body.
     dec: Decoder,
+    /// An HTTP/1.1 backend's trailers, to send after the last data.
+    trailers: Option<http::HeaderMap>,
     bytes: u64,
 }
 
@@ -269,6 +282,94 @@ impl Stream {
     fn end(&mut self, complete: bool) {
         if let Some(ex) = self.ex.take() {
             ex.finish(&self.c, self.bytes, complete);
+        }
+    }
+}
+
+impl Stream {
+    /// An HTTP/2 backend's frames, passed on as they come (trailers included).
+    fn poll_h2(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let Some(Exchange {
+            answer: Answer::H2 { body, .. },
+            ..
+        }) = self.ex.as_mut()
+        else {
+            return Poll::Ready(None);
+        };
+        let r = std::task::ready!(Pin::new(body).poll_frame(cx));
+        match r {
+            None => {
+                self.end(true);
+                Poll::Ready(None)
+            }
+            Some(Err(e)) => {
+                self.end(false);
+                Poll::Ready(Some(Err(io::Error::other(e))))
+            }
+            Some(Ok(f)) => {
+                if let Some(d) = f.data_ref() {
+                    self.bytes += d.len() as u64;
+                }
+                Poll::Ready(Some(Ok(f)))
+            }
+        }
+    }
+
+    /// An HTTP/1.1 backend's body, decoded by its framing from the connection; a chunked
+    /// body's trailers are sent after the last data.
+    fn poll_h1(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        loop {
+            let Some(Exchange {
+                answer: Answer::H1 { resp, .. },
+                ..
+            }) = self.ex.as_mut()
+            else {
+                return Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))));
+            };
+            let mut out = Vec::new();
+            if let Ok((used, n)) =
+                h1::transcode(&mut self.dec, resp.rest(), Enc::Identity, &mut out)
+            {
+                resp.consume(used);
+                self.bytes += n;
+            } else {
+                self.end(false);
+                return Poll::Ready(Some(Err(io::ErrorKind::InvalidData.into())));
+            }
+            if self.dec.is_done() {
+                self.trailers = self.dec.take_trailers();
+                self.end(true);
+            }
+            if !out.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+            }
+            let Some(Exchange {
+                answer: Answer::H1 { conn, resp, .. },
+                ..
+            }) = self.ex.as_mut()
+            else {
+                continue;
+            };
+            if let Err(e) = std::task::ready!(conn.poll_read_ready(cx)) {
+                self.end(false);
+                return Poll::Ready(Some(Err(e)));
+            }
+            resp.reserve_read();
+            match conn.try_read_buf(&mut resp.buf) {
+                Ok(0) => {
+                    let ok = self.dec.eof().is_ok();
+                    self.end(ok);
+                    if !ok {
+                        return Poll::Ready(Some(Err(io::ErrorKind::UnexpectedEof.into())));
+                    }
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    self.end(false);
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
         }
     }
 }
@@ -292,65 +393,30 @@ impl Body for H2Body {
             H2Body::Full(d) => return Poll::Ready(d.take().map(|d| Ok(Frame::data(d)))),
             H2Body::Backend(s) => &mut **s,
         };
-        loop {
-            let Some(ex) = s.ex.as_mut() else {
-                return Poll::Ready(None);
-            };
-            let mut out = Vec::new();
-            match h1::transcode(&mut s.dec, ex.resp.rest(), Enc::Identity, &mut out) {
-                Ok((used, n)) => {
-                    ex.resp.consume(used);
-                    s.bytes += n;
-                }
-                Err(_) => {
-                    s.end(false);
-                    return Poll::Ready(Some(Err(io::ErrorKind::InvalidData.into())));
-                }
-            }
-            if s.dec.is_done() {
-                s.end(true);
-            }
-            if !out.is_empty() {
-                return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
-            }
-            let Some(ex) = s.ex.as_mut() else {
-                return Poll::Ready(None);
-            };
-            if let Err(e) = std::task::ready!(ex.conn.poll_read_ready(cx)) {
-                s.end(false);
-                return Poll::Ready(Some(Err(e)));
-            }
-            ex.resp.reserve_read();
-            match ex.conn.try_read_buf(&mut ex.resp.buf) {
-                Ok(0) => {
-                    let ok = s.dec.eof().is_ok();
-                    s.end(ok);
-                    if !ok {
-                        return Poll::Ready(Some(Err(io::ErrorKind::UnexpectedEof.into())));
-                    }
-                }
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => {
-                    s.end(false);
-                    return Poll::Ready(Some(Err(e)));
-                }
-            }
+        if matches!(
+            s.ex,
+            Some(Exchange {
+                answer: Answer::H2 { .. },
+                ..
+            })
+        ) {
+            return s.poll_h2(cx);
         }
+        s.poll_h1(cx)
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             H2Body::Full(d) => d.is_none(),
-            H2Body::Backend(s) => s.ex.is_none(),
+            H2Body::Backend(s) => s.ex.is_none() && s.trailers.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             H2Body::Full(d) => SizeHint::with_exact(d.as_ref().map_or(0, |d| d.len() as u64)),
-            H2Body::Backend(s) => match (s.ex.as_ref(), s.dec) {
-                (Some(ex), _) if ex.framing == Framing::Empty => SizeHint::with_exact(0),
+            H2Body::Backend(s) => match s.ex.as_ref() {
+                Some(ex) if ex.framing == Framing::Empty => SizeHint::with_exact(0),
                 _ => SizeHint::default(),
             },
         }

@@ -23,6 +23,15 @@ pub fn is_hop_by_hop(name: &[u8]) -> bool {
         .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
 }
 
+/// Whether a trailer field may be passed on: not hop-by-hop, not one that frames, routes or
+/// upgrades a message (RFC 9110 6.5.1).
+pub fn is_trailer_allowed(name: &[u8]) -> bool {
+    !(is_hop_by_hop(name)
+        || name.eq_ignore_ascii_case(b"content-length")
+        || name.eq_ignore_ascii_case(b"host")
+        || name.eq_ignore_ascii_case(b"upgrade"))
+}
+
 /// The header names listed by `Connection` headers (also hop-by-hop). Few: kept inline.
 #[derive(Debug, Default)]
 pub struct Tokens<'a> {
@@ -120,17 +129,75 @@ impl IpText {
     }
 }
 
-fn list(out: &mut Vec<u8>, prev: &[&[u8]]) {
-    for p in prev.iter().filter(|p| !p.trim_ascii().is_empty()) {
-        out.extend_from_slice(p.trim_ascii());
-        out.extend_from_slice(b", ");
+/// Where the header fields of a head are written: HTTP/1.1 text (`Vec<u8>`, no allocation
+/// per field) or an HTTP/2 header map ([`H2Head`]). A field is written as `start`, any number
+/// of `put`s of value pieces, then `end`.
+pub trait HeadOut {
+    /// An HTTP/2 head: the host goes in the `:authority` and the body needs no framing
+    /// header.
+    const H2: bool;
+    fn start(&mut self, name: &[u8]);
+    fn put(&mut self, value: &[u8]);
+    fn end(&mut self);
+    fn field(&mut self, name: &[u8], value: &[u8]) {
+        self.start(name);
+        self.put(value);
+        self.end();
     }
 }
 
-/// Writes X-Forwarded-For/Proto/Host and Forwarded header lines for a request from `peer`
+impl HeadOut for Vec<u8> {
+    const H2: bool = false;
+    fn start(&mut self, name: &[u8]) {
+        self.extend_from_slice(name);
+        self.extend_from_slice(b": ");
+    }
+    fn put(&mut self, value: &[u8]) {
+        self.extend_from_slice(value);
+    }
+    fn end(&mut self) {
+        self.extend_from_slice(b"\r\n");
+    }
+}
+
+/// An HTTP/2 head's header fields; a field whose name or value HTTP/2 cannot carry is left
+/// out.
+#[derive(Debug, Default)]
+pub struct H2Head {
+    pub map: http::HeaderMap,
+    name: Option<http::header::HeaderName>,
+    value: Vec<u8>,
+}
+
+impl HeadOut for H2Head {
+    const H2: bool = true;
+    fn start(&mut self, name: &[u8]) {
+        self.name = http::header::HeaderName::from_bytes(name).ok();
+        self.value.clear();
+    }
+    fn put(&mut self, value: &[u8]) {
+        self.value.extend_from_slice(value);
+    }
+    fn end(&mut self) {
+        if let Some(n) = self.name.take() {
+            if let Ok(v) = http::header::HeaderValue::from_bytes(&self.value) {
+                self.map.append(n, v);
+            }
+        }
+    }
+}
+
+fn list(out: &mut impl HeadOut, prev: &[&[u8]]) {
+    for p in prev.iter().filter(|p| !p.trim_ascii().is_empty()) {
+        out.put(p.trim_ascii());
+        out.put(b", ");
+    }
+}
+
+/// Writes X-Forwarded-For/Proto/Host and Forwarded header fields for a request from `peer`
 /// (`xff`, `fwd`: the request's own values, appended to).
 pub fn write_forwarding(
-    out: &mut Vec<u8>,
+    out: &mut impl HeadOut,
     xff: &[&[u8]],
     fwd: &[&[u8]],
     peer: SocketAddr,
@@ -139,48 +206,45 @@ pub fn write_forwarding(
 ) {
     let proto = if tls { "https" } else { "http" };
     let ip = IpText::new(peer.ip());
-    out.extend_from_slice(b"X-Forwarded-For: ");
+    out.start(b"X-Forwarded-For");
     list(out, xff);
-    out.extend_from_slice(ip.get());
-    out.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
-    out.extend_from_slice(proto.as_bytes());
-    out.extend_from_slice(b"\r\n");
+    out.put(ip.get());
+    out.end();
+    out.field(b"X-Forwarded-Proto", proto.as_bytes());
     if let Some(h) = host {
-        out.extend_from_slice(b"X-Forwarded-Host: ");
-        out.extend_from_slice(h);
-        out.extend_from_slice(b"\r\n");
+        out.field(b"X-Forwarded-Host", h);
     }
-    out.extend_from_slice(b"Forwarded: ");
+    out.start(b"Forwarded");
     list(out, fwd);
-    out.extend_from_slice(b"for=");
+    out.put(b"for=");
     // RFC 7239 6: an IPv6 node is quoted and bracketed.
     if peer.is_ipv6() {
-        out.extend_from_slice(b"\"[");
-        out.extend_from_slice(ip.get());
-        out.extend_from_slice(b"]\"");
+        out.put(b"\"[");
+        out.put(ip.get());
+        out.put(b"]\"");
     } else {
-        out.extend_from_slice(ip.get());
+        out.put(ip.get());
     }
-    out.extend_from_slice(b";proto=");
-    out.extend_from_slice(proto.as_bytes());
+    out.put(b";proto=");
+    out.put(proto.as_bytes());
     if let Some(h) = host {
         if h.iter()
             .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(b))
         {
-            out.extend_from_slice(b";host=");
-            out.extend_from_slice(h);
+            out.put(b";host=");
+            out.put(h);
         } else {
-            out.extend_from_slice(b";host=\"");
+            out.put(b";host=\"");
             for b in h {
                 if matches!(b, b'\\' | b'"') {
-                    out.push(b'\\');
+                    out.put(b"\\");
                 }
-                out.push(*b);
+                out.put(std::slice::from_ref(b));
             }
-            out.push(b'"');
+            out.put(b"\"");
         }
     }
-    out.extend_from_slice(b"\r\n");
+    out.end();
 }
 
 /// A fresh request id (128 random bits, UUID v4 layout).
@@ -236,7 +300,7 @@ mod tests {
 
     #[test]
     fn forwarded() {
-        let mut out = Vec::new();
+        let mut out: Vec<u8> = Vec::new();
         write_forwarding(
             &mut out,
             &[b"1.2.3.4"],
@@ -252,6 +316,22 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("X-Forwarded-Proto: https\r\n"), "{s}");
+        // The same fields as an HTTP/2 header map; a quoted host is escaped the same way.
+        let mut h2 = H2Head::default();
+        write_forwarding(
+            &mut h2,
+            &[],
+            &[b"for=1.1.1.1"],
+            "10.0.0.1:5".parse().unwrap(),
+            Some(b"a\"b"),
+            false,
+        );
+        assert_eq!(h2.map["x-forwarded-for"], "10.0.0.1");
+        assert_eq!(h2.map["x-forwarded-host"], "a\"b");
+        assert_eq!(
+            h2.map["forwarded"],
+            "for=1.1.1.1, for=10.0.0.1;proto=http;host=\"a\\\"b\""
+        );
         let id = request_id();
         assert_eq!(id.len(), 36);
         assert_eq!(id[14], b'4');

@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fulcrum_core::config::{RateLimit, Route, ServiceConfig};
+use fulcrum_core::config::{HttpTimeouts, RateLimit, RetryPolicy, Route, ServiceConfig};
 use fulcrum_core::model::ServiceProtocol;
 use fulcrum_proxy::l7::{L7Handler, L7Metrics, ServiceExt};
 use fulcrum_proxy::snapshot::{PoolRt, ServiceRt, Shared};
@@ -40,8 +40,9 @@ pub use metrics::{CodeCounters, PoolMetrics, ServiceMetrics};
 pub use ratelimit::RateLimiter;
 pub use tls::TlsState;
 
-/// Timeouts and retry policy (defaults; see docs/http.md).
-#[derive(Debug, Clone, Copy)]
+/// A service's timeouts and retry policy (`[service.timeouts]`, `[service.retry]`; see
+/// docs/http.md), as the data path uses them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tuning {
     /// Connecting to a backend.
     pub connect_timeout: Duration,
@@ -53,21 +54,36 @@ pub struct Tuning {
     pub handshake_timeout: Duration,
     /// Extra attempts on other backends (connect failure, 502, 503).
     pub retries: u32,
-    /// Retries allowed per request on average (the retry budget), in addition to
-    /// `RETRY_BUDGET_MIN` always available.
-    pub retry_ratio: f64,
+    /// Retries allowed per 100 requests on average (the retry budget), in addition to
+    /// `RETRY_BUDGET_MIN` in reserve.
+    pub retry_budget_percent: u8,
+}
+
+impl Tuning {
+    /// The tuning of a service with these (validated) settings.
+    pub fn new(t: &HttpTimeouts, r: &RetryPolicy) -> Self {
+        Self {
+            connect_timeout: t.connect,
+            response_timeout: t.response,
+            header_timeout: t.request_header,
+            handshake_timeout: t.tls_handshake,
+            retries: u32::from(r.attempts),
+            retry_budget_percent: r.budget_percent,
+        }
+    }
+
+    /// A service's tuning: its `[service.timeouts]` and `[service.retry]`, or the defaults.
+    pub fn of(svc: &ServiceConfig) -> Self {
+        Self::new(
+            &svc.timeouts.unwrap_or_default(),
+            &svc.retry.unwrap_or_default(),
+        )
+    }
 }
 
 impl Default for Tuning {
     fn default() -> Self {
-        Self {
-            connect_timeout: Duration::from_secs(3),
-            response_timeout: Duration::from_secs(60),
-            header_timeout: Duration::from_secs(10),
-            handshake_timeout: Duration::from_secs(10),
-            retries: 2,
-            retry_ratio: 0.2,
-        }
+        Self::new(&HttpTimeouts::default(), &RetryPolicy::default())
     }
 }
 
@@ -75,8 +91,8 @@ impl Default for Tuning {
 const RETRY_BUDGET_MIN: i64 = 10;
 const MILLI: i64 = 1000;
 
-/// A retry budget: each request earns `ratio` of a retry, each retry spends one; the balance
-/// is capped, so under an outage retries add at most `ratio` x the traffic.
+/// A retry budget: each request earns `percent`/100 of a retry, each retry spends one; the
+/// balance is capped, so under an outage retries add at most `percent`% to the traffic.
 #[derive(Debug)]
 pub struct RetryBudget {
     milli: AtomicI64,
@@ -85,10 +101,10 @@ pub struct RetryBudget {
 }
 
 impl RetryBudget {
-    pub fn new(ratio: f64) -> Self {
+    pub fn new(percent: u8) -> Self {
         Self {
             milli: AtomicI64::new(RETRY_BUDGET_MIN * MILLI),
-            earn: (ratio * MILLI as f64) as i64,
+            earn: i64::from(percent) * MILLI / 100,
             cap: (RETRY_BUDGET_MIN + 100) * MILLI,
         }
     }
@@ -157,13 +173,11 @@ pub fn cookie_value(addr: SocketAddr) -> String {
 
 /// The HTTP handler. Create one per process and pass it to `Shared::new`.
 #[derive(Debug, Default)]
-pub struct HttpHandler {
-    pub tuning: Tuning,
-}
+pub struct HttpHandler;
 
 /// The handler as `Shared::new` takes it.
 pub fn handler() -> Arc<dyn L7Handler> {
-    Arc::new(HttpHandler::default())
+    Arc::new(HttpHandler)
 }
 
 impl L7Handler for HttpHandler {
@@ -243,10 +257,14 @@ impl L7Handler for HttpHandler {
                 None => Some(Arc::new(AccessLogger::open(a)?)),
             },
         };
-        let budget = prev.map_or_else(
-            || Arc::new(RetryBudget::new(self.tuning.retry_ratio)),
-            |p| Arc::clone(&p.budget),
-        );
+        // Timeouts and retries come from the service's config, so a reload changes them; the
+        // retry budget's balance is kept while its ratio stays the same.
+        let tuning = Tuning::of(svc);
+        let budget =
+            match prev.filter(|p| p.tuning.retry_budget_percent == tuning.retry_budget_percent) {
+                Some(p) => Arc::clone(&p.budget),
+                None => Arc::new(RetryBudget::new(tuning.retry_budget_percent)),
+            };
         Ok(Arc::new(HttpService {
             name: svc.name.clone(),
             cfg: svc.clone(),
@@ -258,7 +276,7 @@ impl L7Handler for HttpHandler {
             access_log,
             metrics,
             budget,
-            tuning: self.tuning,
+            tuning,
         }))
     }
 

@@ -10,17 +10,21 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use fulcrum_core::config::BackendProtocol;
 use fulcrum_core::hash::hash_bytes;
 use fulcrum_core::model::{FlowTuple, HashKey, Proto};
 use fulcrum_core::sched::{PickError, PickRequest};
 use fulcrum_proxy::stats::BackendStats;
 use http::{StatusCode, Version};
+use hyper::body::Incoming;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::accesslog::{AccessLogger, Entry};
 use crate::h1::{self, Enc, Framing, Msg};
-use crate::headers::{cookie, is_dropped, request_id, strip_port, write_forwarding, Tokens};
+use crate::headers::{
+    cookie, is_dropped, request_id, strip_port, write_forwarding, H2Head, HeadOut, Tokens,
+};
 use crate::upstream::{self, ConnectError};
 use crate::{ConnCtx, RoutePool};
 
@@ -50,6 +54,8 @@ pub(crate) trait ReqBody {
     fn take_buffered(&mut self, out: &mut Vec<u8>, enc: Enc) -> Result<u64, BodyError>;
     /// Waits for more body bytes.
     async fn wait_more(&mut self) -> Result<(), BodyError>;
+    /// The trailer fields that ended the body (once it is done), if any.
+    fn take_trailers(&mut self) -> Option<http::HeaderMap>;
 }
 
 /// A client body that is malformed, cut short or failed.
@@ -181,16 +187,40 @@ impl Local {
     }
 }
 
-/// A backend's answer: its connection, its parsed head and the body bytes read so far.
+/// A backend's answer, as its protocol delivers it.
+pub(crate) enum Answer {
+    /// HTTP/1.1: the connection, the parsed head and the body bytes read so far.
+    H1 {
+        conn: TcpStream,
+        resp: Box<Msg>,
+        /// The connection can carry another request once this body is read.
+        keep_alive: bool,
+        /// `101 Switching Protocols` to an upgrade request: relay bytes from now on.
+        upgraded: bool,
+    },
+    /// HTTP/2: the head and the stream's body (data, then perhaps trailers).
+    H2 {
+        head: http::response::Parts,
+        body: Incoming,
+    },
+}
+
+impl Answer {
+    pub fn status(&self) -> u16 {
+        match self {
+            Answer::H1 { resp, .. } => resp.status,
+            Answer::H2 { head, .. } => head.status.as_u16(),
+        }
+    }
+}
+
+/// A backend's answer and what is left to do when its body is done.
 pub(crate) struct Exchange {
     pub addr: SocketAddr,
-    pub conn: TcpStream,
-    pub resp: Box<Msg>,
+    pub answer: Answer,
+    /// How the body is delimited for an HTTP/1.1 client: an HTTP/1.1 backend's own framing;
+    /// for an HTTP/2 backend `Length` when it sent `Content-Length`, else `Chunked`.
     pub framing: Framing,
-    /// The connection can carry another request once this body is read.
-    pub keep_alive: bool,
-    /// `101 Switching Protocols` to an upgrade request: relay bytes from now on.
-    pub upgraded: bool,
     pub done: Done,
 }
 
@@ -198,25 +228,59 @@ impl Exchange {
     /// The response headers to pass on: without hop-by-hop ones (unless upgraded), and
     /// without `Content-Length` when the body is re-framed.
     pub fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
-        let named = Tokens::of(self.resp.headers());
-        let up = self.upgraded;
-        let reframed = matches!(self.framing, Framing::Chunked | Framing::Close);
-        self.resp.headers().filter(move |(n, _)| {
-            up || !(is_dropped(n, &named, false) || (reframed && eq(n, "content-length")))
-        })
+        let (h1, h2) = match &self.answer {
+            Answer::H1 { resp, upgraded, .. } => {
+                let named = Tokens::of(resp.headers());
+                let up = *upgraded;
+                let reframed = matches!(self.framing, Framing::Chunked | Framing::Close);
+                let kept = resp.headers().filter(move |(n, _)| {
+                    up || !(is_dropped(n, &named, false) || (reframed && eq(n, "content-length")))
+                });
+                (Some(kept), None)
+            }
+            Answer::H2 { head, .. } => (
+                None,
+                Some(
+                    head.headers
+                        .iter()
+                        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
+                ),
+            ),
+        };
+        h1.into_iter().flatten().chain(h2.into_iter().flatten())
     }
 
     pub fn status(&self) -> u16 {
-        self.resp.status
+        self.answer.status()
     }
 
-    /// The body is done (`complete`) or abandoned: the connection goes back to the pool if
-    /// it can carry another request; counters and the access log.
-    pub fn finish(self, c: &ConnCtx, bytes: u64, complete: bool) {
-        if complete && self.keep_alive && !self.upgraded {
-            upstream::put_idle(self.addr, self.conn);
+    /// The reason phrase the backend sent (HTTP/2 has none: empty).
+    pub fn reason(&self) -> &[u8] {
+        match &self.answer {
+            Answer::H1 { resp, .. } => resp.get(resp.reason),
+            Answer::H2 { .. } => b"",
         }
-        self.resp.give();
+    }
+
+    pub fn upgraded(&self) -> bool {
+        matches!(self.answer, Answer::H1 { upgraded: true, .. })
+    }
+
+    /// The body is done (`complete`) or abandoned: an HTTP/1.1 connection goes back to the
+    /// pool if it can carry another request; counters and the access log.
+    pub fn finish(self, c: &ConnCtx, bytes: u64, complete: bool) {
+        if let Answer::H1 {
+            conn,
+            resp,
+            keep_alive,
+            upgraded,
+        } = self.answer
+        {
+            if complete && keep_alive && !upgraded {
+                upstream::put_idle(self.addr, conn);
+            }
+            resp.give();
+        }
         self.done.finish(c, bytes);
     }
 }
@@ -318,27 +382,28 @@ fn entry(c: &ConnCtx, req: &impl ReqView, host: &str) -> Entry {
     }
 }
 
-/// Writes the backend's request head: headers passed on except hop-by-hop ones, forwarding
-/// headers appended, the request id, and the framing of the body as forwarded.
-fn write_head(
-    out: &mut Vec<u8>,
+/// Writes the header fields of the backend's request: those passed on except hop-by-hop
+/// ones, forwarding headers appended, the request id, and the framing of the body as
+/// forwarded. For HTTP/2 (`O::H2`) the host goes in the URI instead, and `TE: trailers` is
+/// passed on (gRPC needs it).
+fn write_fields<O: HeadOut>(
+    out: &mut O,
     c: &ConnCtx,
     req: &impl ReqView,
     rid: &[u8],
     upgrade: bool,
     framing: Framing,
 ) {
-    let t = req.target();
-    out.extend_from_slice(req.method());
-    out.push(b' ');
-    out.extend_from_slice(if t.is_empty() { b"/" } else { t });
-    out.extend_from_slice(b" HTTP/1.1\r\n");
     let named = Tokens::of(req.headers());
     let mut xff: Vec<&[u8]> = Vec::new();
     let mut fwd: Vec<&[u8]> = Vec::new();
     let mut cookies: Vec<&[u8]> = Vec::new();
     let mut had_len = false;
+    let mut te_trailers = false;
     for (n, v) in req.headers() {
+        if eq(n, "te") {
+            te_trailers |= h1::has_token(v, "trailers");
+        }
         if is_dropped(n, &named, upgrade) {
             continue;
         }
@@ -356,42 +421,82 @@ fn write_head(
             || eq(n, "x-forwarded-host")
             || eq(n, "expect"))
         {
-            out.extend_from_slice(n);
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(v);
-            out.extend_from_slice(b"\r\n");
+            out.field(n, v);
         }
     }
     let host = raw_host(req);
-    if let Some(h) = host {
-        out.extend_from_slice(b"Host: ");
-        out.extend_from_slice(h);
-        out.extend_from_slice(b"\r\n");
+    if let (Some(h), false) = (host, O::H2) {
+        out.field(b"Host", h);
     }
     if let Some((first, rest)) = cookies.split_first() {
-        out.extend_from_slice(b"Cookie: ");
-        out.extend_from_slice(first);
+        out.start(b"Cookie");
+        out.put(first);
         for v in rest {
-            out.extend_from_slice(b"; ");
-            out.extend_from_slice(v);
+            out.put(b"; ");
+            out.put(v);
         }
-        out.extend_from_slice(b"\r\n");
+        out.end();
     }
     write_forwarding(out, &xff, &fwd, c.peer, host, c.tls);
-    out.extend_from_slice(b"X-Request-Id: ");
-    out.extend_from_slice(rid);
-    out.extend_from_slice(b"\r\n");
+    out.field(b"X-Request-Id", rid);
     if upgrade {
-        out.extend_from_slice(b"Connection: upgrade\r\n");
+        out.field(b"Connection", b"upgrade");
+    }
+    if O::H2 && te_trailers {
+        out.field(b"TE", b"trailers");
     }
     match framing {
         Framing::Length(n) => {
-            let _ = write!(out, "Content-Length: {n}\r\n");
+            out.field(b"Content-Length", itoa_buf(n).get());
         }
-        Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
-        Framing::Empty if had_len => out.extend_from_slice(b"Content-Length: 0\r\n"),
-        Framing::Empty | Framing::Close => {}
+        Framing::Chunked if !O::H2 => out.field(b"Transfer-Encoding", b"chunked"),
+        Framing::Empty if had_len => out.field(b"Content-Length", b"0"),
+        Framing::Empty | Framing::Chunked | Framing::Close => {}
     }
+}
+
+/// A number as decimal text, without allocating.
+struct Digits {
+    buf: [u8; 20],
+    at: usize,
+}
+
+impl Digits {
+    fn get(&self) -> &[u8] {
+        &self.buf[self.at..]
+    }
+}
+
+fn itoa_buf(mut n: u64) -> Digits {
+    let mut d = Digits {
+        buf: [0; 20],
+        at: 20,
+    };
+    loop {
+        d.at -= 1;
+        d.buf[d.at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return d;
+        }
+    }
+}
+
+/// Writes the backend's HTTP/1.1 request head.
+fn write_head(
+    out: &mut Vec<u8>,
+    c: &ConnCtx,
+    req: &impl ReqView,
+    rid: &[u8],
+    upgrade: bool,
+    framing: Framing,
+) {
+    let t = req.target();
+    out.extend_from_slice(req.method());
+    out.push(b' ');
+    out.extend_from_slice(if t.is_empty() { b"/" } else { t });
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    write_fields(out, c, req, rid, upgrade, framing);
     out.extend_from_slice(b"\r\n");
 }
 
@@ -401,6 +506,88 @@ enum AttemptError {
     Client,
     /// The backend failed; `sent`: the whole request went out; `answered`: some bytes came.
     Backend { sent: bool, answered: bool },
+}
+
+/// How sending a request to one backend failed (the caller decides about retries).
+enum Fail {
+    /// No connection: nothing was sent.
+    Connect(ConnectError),
+    /// No response head within the response timeout.
+    Timeout,
+    /// The client's request (body) is bad or was cut.
+    Client,
+    /// The backend failed; `reused`: on a connection that had carried requests before.
+    Backend {
+        sent: bool,
+        answered: bool,
+        reused: bool,
+    },
+    /// The backend's answer is malformed.
+    Malformed,
+}
+
+impl Fail {
+    /// Fulcrum's answer when this is the last failure of a request.
+    fn answer(&self) -> Local {
+        let (status, why) = match self {
+            Fail::Connect(ConnectError::Refused(_)) => (
+                StatusCode::BAD_GATEWAY,
+                "bad gateway: cannot connect to a backend",
+            ),
+            Fail::Connect(ConnectError::Timeout) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "gateway timeout: connecting to a backend timed out",
+            ),
+            Fail::Timeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "gateway timeout: the backend did not answer in time",
+            ),
+            Fail::Client => (
+                StatusCode::BAD_REQUEST,
+                "bad request: invalid or incomplete request",
+            ),
+            Fail::Backend { .. } => (
+                StatusCode::BAD_GATEWAY,
+                "bad gateway: the backend closed the connection without an answer",
+            ),
+            Fail::Malformed => (
+                StatusCode::BAD_GATEWAY,
+                "bad gateway: the backend's answer is malformed",
+            ),
+        };
+        Local::new(status, why)
+    }
+}
+
+impl From<AttemptError> for Fail {
+    fn from(e: AttemptError) -> Self {
+        match e {
+            AttemptError::Client => Fail::Client,
+            AttemptError::Backend { sent, answered } => Fail::Backend {
+                sent,
+                answered,
+                reused: false,
+            },
+        }
+    }
+}
+
+/// A response head from a backend.
+struct Got {
+    answer: Answer,
+    framing: Framing,
+    active: Active,
+}
+
+/// What every attempt of one request shares.
+struct Fwd<'a, R> {
+    c: &'a ConnCtx,
+    req: &'a R,
+    rid: &'a [u8],
+    upgrade: bool,
+    framing: Framing,
+    is_head: bool,
+    tuning: crate::Tuning,
 }
 
 /// Sends the request (head written by `head`, then the body) and reads the final response
@@ -425,7 +612,7 @@ async fn attempt(
             .map_err(|BodyError| AttemptError::Client)?;
         let done = body.is_done();
         if done {
-            enc.finish(&mut out);
+            enc.finish(&mut out, body.take_trailers().as_ref());
         }
         if !out.is_empty() {
             conn.write_all(&out).await.map_err(|_| err(false))?;
@@ -470,6 +657,221 @@ async fn attempt(
     }
 }
 
+/// One attempt on an HTTP/1.1 backend: a pooled keep-alive connection (or a new one) driven
+/// by this task; the response head is read into `slot`'s buffer.
+async fn h1_exchange<R: ReqView>(
+    f: &Fwd<'_, R>,
+    body: &mut impl ReqBody,
+    addr: SocketAddr,
+    stats: &Arc<BackendStats>,
+    slot: &mut Option<Box<Msg>>,
+    bytes_in: &mut u64,
+) -> Result<Got, Fail> {
+    let pooled = if f.upgrade {
+        None
+    } else {
+        upstream::take_idle(addr)
+    };
+    let reused = pooled.is_some();
+    let mut conn = match pooled {
+        Some(s) => s,
+        None => upstream::connect(addr, f.tuning.connect_timeout)
+            .await
+            .map_err(Fail::Connect)?,
+    };
+    let active = Active::new(stats);
+    let enc = if f.framing == Framing::Chunked {
+        Enc::Chunked
+    } else {
+        Enc::Identity
+    };
+    let res = tokio::time::timeout(
+        f.tuning.response_timeout,
+        attempt(
+            &mut conn,
+            |out: &mut Vec<u8>| write_head(out, f.c, f.req, f.rid, f.upgrade, f.framing),
+            body,
+            enc,
+            slot,
+            bytes_in,
+        ),
+    )
+    .await;
+    match res {
+        Err(_) => return Err(Fail::Timeout),
+        Ok(Err(e)) => {
+            return Err(match Fail::from(e) {
+                Fail::Backend { sent, answered, .. } => Fail::Backend {
+                    sent,
+                    answered,
+                    reused,
+                },
+                other => other,
+            })
+        }
+        Ok(Ok(())) => {}
+    }
+    let Some(resp) = slot.take() else {
+        return Err(Fail::Malformed);
+    };
+    let Ok(framing) = h1::response_framing(&resp, f.is_head) else {
+        *slot = Some(resp);
+        return Err(Fail::Malformed);
+    };
+    let keep_alive = resp.minor >= 1
+        && framing != Framing::Close
+        && !f.upgrade
+        && !resp
+            .headers()
+            .any(|(n, v)| eq(n, "connection") && h1::has_token(v, "close"));
+    let upgraded = f.upgrade && resp.status == 101;
+    Ok(Got {
+        answer: Answer::H1 {
+            conn,
+            resp,
+            keep_alive,
+            upgraded,
+        },
+        framing,
+        active,
+    })
+}
+
+/// The backend's HTTP/2 request (without body): method, URI with the client's host as
+/// authority (else the backend's address), header fields as for HTTP/1.1.
+fn h2_request<R: ReqView>(f: &Fwd<'_, R>, addr: SocketAddr) -> Option<http::request::Parts> {
+    let authority = raw_host(f.req)
+        .and_then(|h| http::uri::Authority::try_from(h).ok())
+        .or_else(|| http::uri::Authority::try_from(addr.to_string()).ok())?;
+    let t = f.req.target();
+    let uri = http::Uri::builder()
+        .scheme("http")
+        .authority(authority)
+        .path_and_query(if t.is_empty() { b"/" } else { t })
+        .build()
+        .ok()?;
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    parts.method = http::Method::from_bytes(f.req.method()).ok()?;
+    parts.uri = uri;
+    parts.version = Version::HTTP_2;
+    let mut head = H2Head::default();
+    write_fields(&mut head, f.c, f.req, f.rid, false, f.framing);
+    parts.headers = head.map;
+    Some(parts)
+}
+
+/// Forwards the client's body to an HTTP/2 backend stream: one step (the bytes at hand, or
+/// the end with its trailers, or a wait for more).
+async fn pump(
+    body: &mut impl ReqBody,
+    tx: &mut Option<upstream::BodyTx>,
+    bytes_in: &mut u64,
+) -> Result<(), BodyError> {
+    let Some(sender) = tx.as_ref() else {
+        return Ok(());
+    };
+    let mut out = Vec::new();
+    *bytes_in += body.take_buffered(&mut out, Enc::Identity)?;
+    if !out.is_empty() && !sender.data(out).await {
+        // The stream is gone: the backend's answer (or its error) tells the rest.
+        *tx = None;
+        return Ok(());
+    }
+    if body.is_done() {
+        if let Some(s) = tx.take() {
+            s.end(body.take_trailers()).await;
+        }
+        return Ok(());
+    }
+    body.wait_more().await
+}
+
+/// How an HTTP/2 exchange ended.
+enum End {
+    Resp(http::Response<Incoming>),
+    Failed(hyper::Error),
+    Client,
+}
+
+/// One attempt on an HTTP/2 (h2c) backend: a stream on this worker's multiplexed connection
+/// to it; the client's body is forwarded while the response head is awaited.
+async fn h2_exchange<R: ReqView>(
+    f: &Fwd<'_, R>,
+    body: &mut impl ReqBody,
+    addr: SocketAddr,
+    stats: &Arc<BackendStats>,
+    bytes_in: &mut u64,
+) -> Result<Got, Fail> {
+    let (mut sender, reused) = upstream::h2_sender(addr, f.tuning.connect_timeout)
+        .await
+        .map_err(Fail::Connect)?;
+    let active = Active::new(stats);
+    let Some(parts) = h2_request(f, addr) else {
+        return Err(Fail::Client);
+    };
+    let (mut tx, up) = if f.framing == Framing::Empty {
+        (None, upstream::UpBody::empty())
+    } else {
+        let (tx, b) = upstream::UpBody::channel();
+        (Some(tx), b)
+    };
+    let req = http::Request::from_parts(parts, up);
+    let exchange = async {
+        let send = async {
+            sender.ready().await?;
+            sender.send_request(req).await
+        };
+        tokio::pin!(send);
+        loop {
+            tokio::select! {
+                biased;
+                r = &mut send => return r.map_or_else(End::Failed, End::Resp),
+                p = pump(body, &mut tx, bytes_in), if tx.is_some() => {
+                    if p.is_err() {
+                        return End::Client;
+                    }
+                }
+            }
+        }
+    };
+    let resp = match tokio::time::timeout(f.tuning.response_timeout, exchange).await {
+        Err(_) => return Err(Fail::Timeout),
+        Ok(End::Client) => return Err(Fail::Client),
+        Ok(End::Failed(e)) => {
+            tracing::debug!(backend = %addr, error = %e, "http/2 request failed");
+            return Err(Fail::Backend {
+                sent: !e.is_canceled(),
+                answered: false,
+                reused,
+            });
+        }
+        Ok(End::Resp(r)) => r,
+    };
+    // Abandons the rest of the client's body if the backend answered before it was all
+    // sent (the stream is reset rather than cut short silently).
+    drop(tx);
+    let (head, body) = resp.into_parts();
+    let status = head.status.as_u16();
+    let framing = if f.is_head || status < 200 || status == 204 || status == 304 {
+        Framing::Empty
+    } else {
+        match head
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .map(|v| h1::parse_len(v.as_bytes()))
+        {
+            Some(Some(n)) => Framing::Length(n),
+            Some(None) => return Err(Fail::Malformed),
+            None => Framing::Chunked,
+        }
+    };
+    Ok(Got {
+        answer: Answer::H2 { head, body },
+        framing,
+        active,
+    })
+}
+
 /// Forwards one request to a backend of its route; see the module docs.
 #[allow(clippy::too_many_lines)]
 pub(crate) async fn forward<'c>(
@@ -506,7 +908,12 @@ pub(crate) async fn forward<'c>(
         }
     }
 
-    let upgrade = req.version() <= Version::HTTP_11
+    let pool = &rp.pool;
+    let h2 = pool.backend_protocol == BackendProtocol::H2c;
+    // An HTTP/2 backend cannot take an HTTP/1.1 upgrade: `Upgrade` is dropped (the backend
+    // answers the plain request).
+    let upgrade = !h2
+        && req.version() <= Version::HTTP_11
         && req.header("upgrade").is_some()
         && values(req, "connection").any(|v| h1::has_token(v, "upgrade"));
     let generated;
@@ -521,15 +928,18 @@ pub(crate) async fn forward<'c>(
     }
     let is_head = req.method() == b"HEAD";
     let replayable = framing == Framing::Empty && is_idempotent(req.method()) && !upgrade;
-    let enc = if framing == Framing::Chunked {
-        Enc::Chunked
-    } else {
-        Enc::Identity
-    };
     let mut bytes_in = 0;
 
-    let pool = &rp.pool;
     let tuning = ext.tuning;
+    let f = Fwd {
+        c,
+        req,
+        rid,
+        upgrade,
+        framing,
+        is_head,
+        tuning,
+    };
     let max_attempts = 1 + tuning.retries as usize;
     let mut tried: Vec<usize> = Vec::new();
     let mut stale_retries = 0;
@@ -545,111 +955,56 @@ pub(crate) async fn forward<'c>(
         tried.push(idx);
         let addr = pool.backends[idx].address;
         let stats = &pool.stats[idx];
-        let pooled = if upgrade {
-            None
+        let sent = if h2 {
+            h2_exchange(&f, body, addr, stats, &mut bytes_in).await
         } else {
-            upstream::take_idle(addr)
+            h1_exchange(&f, body, addr, stats, &mut slot, &mut bytes_in).await
         };
-        let reused = pooled.is_some();
-        let mut conn = match pooled {
-            Some(s) => s,
-            None => match upstream::connect(addr, tuning.connect_timeout).await {
-                Ok(s) => s,
-                Err(e) => {
-                    match e {
-                        ConnectError::Refused(err) => {
-                            tracing::debug!(backend = %addr, error = %err, "connect failed");
-                            stats.connect_failures.fetch_add(1, Ordering::Relaxed);
-                            last_err = Some(Local::new(
-                                StatusCode::BAD_GATEWAY,
-                                "bad gateway: cannot connect to a backend",
-                            ));
-                        }
-                        ConnectError::Timeout => {
-                            stats.connect_timeouts.fetch_add(1, Ordering::Relaxed);
-                            last_err = Some(Local::new(
-                                StatusCode::GATEWAY_TIMEOUT,
-                                "gateway timeout: connecting to a backend timed out",
-                            ));
-                        }
-                    }
-                    c.shared.report_passive(stats, false);
-                    // Nothing was sent: any request may go to another backend.
-                    if tried.len() < max_attempts && ext.budget.try_spend() {
+        let got = match sent {
+            Ok(g) => g,
+            Err(e) => {
+                if let Fail::Backend {
+                    sent,
+                    answered: false,
+                    reused: true,
+                } = e
+                {
+                    let resendable = replayable || (!sent && framing == Framing::Empty);
+                    if resendable && stale_retries < 2 {
+                        // A pooled connection the backend had closed: try a fresh one.
+                        stale_retries += 1;
+                        tried.pop();
                         continue;
                     }
-                    break None;
                 }
-            },
-        };
-        let active = Active::new(stats);
-        let res = tokio::time::timeout(
-            tuning.response_timeout,
-            attempt(
-                &mut conn,
-                |out: &mut Vec<u8>| write_head(out, c, req, rid, upgrade, framing),
-                body,
-                enc,
-                &mut slot,
-                &mut bytes_in,
-            ),
-        )
-        .await;
-        match res {
-            Err(_) => {
-                c.shared.report_passive(stats, false);
-                last_err = Some(Local::new(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "gateway timeout: the backend did not answer in time",
-                ));
-                break None;
-            }
-            Ok(Err(AttemptError::Client)) => {
-                last_err = Some(Local::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad request: invalid or incomplete request body",
-                ));
-                break None;
-            }
-            Ok(Err(AttemptError::Backend { sent, answered })) => {
-                drop(active);
-                let resendable = replayable || (!sent && framing == Framing::Empty);
-                if reused && !answered && resendable && stale_retries < 2 {
-                    // A pooled connection the backend had closed: try a fresh one.
-                    stale_retries += 1;
-                    tried.pop();
-                    continue;
+                match &e {
+                    Fail::Connect(ConnectError::Refused(err)) => {
+                        tracing::debug!(backend = %addr, error = %err, "connect failed");
+                        stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Fail::Connect(ConnectError::Timeout) => {
+                        stats.connect_timeouts.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {}
                 }
-                c.shared.report_passive(stats, false);
-                last_err = Some(Local::new(
-                    StatusCode::BAD_GATEWAY,
-                    "bad gateway: the backend closed the connection without an answer",
-                ));
-                if replayable && tried.len() < max_attempts && ext.budget.try_spend() {
+                if !matches!(e, Fail::Client) {
+                    c.shared.report_passive(stats, false);
+                }
+                // After a connect failure nothing was sent: any request may go to another
+                // backend; after a backend failure, only one that can be sent again.
+                let retry = match e {
+                    Fail::Connect(_) => true,
+                    Fail::Backend { .. } => replayable,
+                    Fail::Timeout | Fail::Client | Fail::Malformed => false,
+                };
+                last_err = Some(e.answer());
+                if retry && tried.len() < max_attempts && ext.budget.try_spend() {
                     continue;
                 }
                 break None;
             }
-            Ok(Ok(())) => {}
-        }
-        let Some(resp) = slot.as_mut() else {
-            break None;
         };
-        let Ok(rframing) = h1::response_framing(resp, is_head) else {
-            c.shared.report_passive(stats, false);
-            last_err = Some(Local::new(
-                StatusCode::BAD_GATEWAY,
-                "bad gateway: the backend's answer is malformed",
-            ));
-            break None;
-        };
-        let status = resp.status;
-        let keep_alive = resp.minor >= 1
-            && rframing != Framing::Close
-            && !upgrade
-            && !resp
-                .headers()
-                .any(|(n, v)| eq(n, "connection") && h1::has_token(v, "close"));
+        let status = got.answer.status();
         if status >= 500 {
             stats.http_5xx.fetch_add(1, Ordering::Relaxed);
             c.shared.report_passive(stats, false);
@@ -663,14 +1018,24 @@ pub(crate) async fn forward<'c>(
                     .any(|(i, b)| b.is_eligible() && !tried.contains(&i))
                 && ext.budget.try_spend()
             {
-                let rest = resp.rest().len() as u64;
-                let whole = match rframing {
-                    Framing::Empty => rest == 0,
-                    Framing::Length(n) => rest == n,
-                    _ => false,
-                };
-                if keep_alive && whole {
-                    upstream::put_idle(addr, conn);
+                if let Answer::H1 {
+                    conn,
+                    resp,
+                    keep_alive,
+                    ..
+                } = got.answer
+                {
+                    // The connection is reusable if the (small) error body is all here.
+                    let rest = resp.rest().len() as u64;
+                    let whole = match got.framing {
+                        Framing::Empty => rest == 0,
+                        Framing::Length(n) => rest == n,
+                        _ => false,
+                    };
+                    if keep_alive && whole {
+                        upstream::put_idle(addr, conn);
+                    }
+                    slot = Some(resp);
                 }
                 continue;
             }
@@ -680,7 +1045,7 @@ pub(crate) async fn forward<'c>(
 
         rp.backend_metrics[idx].count(status);
         rp.metrics.duration.observe(start.elapsed());
-        let done = r.done(status, Some(addr), Some(active));
+        let done = r.done(status, Some(addr), Some(got.active));
         let cookie = match &pool.sticky_cookie {
             Some(name) if !sticky_hit && status != 101 => {
                 Some((name.as_str(), rp.cookie_values[idx].as_str()))
@@ -690,11 +1055,8 @@ pub(crate) async fn forward<'c>(
         break Some((
             Exchange {
                 addr,
-                conn,
-                resp: slot.take().unwrap_or_else(Msg::take),
-                framing: rframing,
-                keep_alive,
-                upgraded: upgrade && status == 101,
+                answer: got.answer,
+                framing: got.framing,
                 done,
             },
             cookie,

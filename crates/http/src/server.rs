@@ -10,12 +10,14 @@ use std::io;
 use std::rc::Rc;
 use std::task::Poll;
 
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::h1::{self, Decoder, Enc, Framing, HeadError, Msg};
-use crate::proxy::{self, BodyError, Local, Outcome, ReqBody, ReqView};
+use crate::proxy::{self, Answer, BodyError, Local, Outcome, ReqBody, ReqView};
 use crate::ConnCtx;
 
 /// A client connection.
@@ -193,6 +195,9 @@ impl<S: ClientIo> ReqBody for H1Body<'_, S> {
         }
         Ok(n)
     }
+    fn take_trailers(&mut self) -> Option<http::HeaderMap> {
+        self.dec.take_trailers()
+    }
     async fn wait_more(&mut self) -> Result<(), BodyError> {
         if self.expect {
             self.expect = false;
@@ -341,7 +346,7 @@ async fn one_request<S: ClientIo>(
             done.finish(c, n);
             ok && !close
         }
-        Outcome::Backend(ex, _) if ex.upgraded => {
+        Outcome::Backend(ex, _) if ex.upgraded() => {
             let mut pending = msg.buf[off..].to_vec();
             if let Some(e) = &extra {
                 pending.extend_from_slice(e.rest());
@@ -414,51 +419,122 @@ async fn respond<S: ClientIo>(
         out.extend_from_slice(b"Connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    ex.resp.reset_to_rest();
-    let mut dec = Decoder::new(ex.framing);
     let mut bytes = 0;
-    let ok = loop {
-        match h1::transcode(&mut dec, ex.resp.rest(), enc, &mut out) {
-            Ok((used, n)) => {
-                ex.resp.consume(used);
-                bytes += n;
-            }
-            Err(_) => break false,
+    let framing = ex.framing;
+    let mut body = Body {
+        io,
+        out: &mut out,
+        enc,
+        bytes: &mut bytes,
+        nodelay,
+    };
+    let ok = match &mut ex.answer {
+        Answer::H1 { conn, resp, .. } => {
+            resp.reset_to_rest();
+            body.copy_h1(conn, resp, framing).await
         }
-        if dec.is_done() {
-            enc.finish(&mut out);
-        }
-        if !out.is_empty() && io.write_all(&out).await.is_err() {
-            break false;
-        }
-        out.clear();
-        if dec.is_done() {
-            break true;
-        }
-        if !*nodelay {
-            // More writes follow: Nagle would hold the next one back.
-            io.set_nodelay();
-            *nodelay = true;
-        }
-        match ex.resp.read_from(&mut ex.conn).await {
-            Ok(n) if n > 0 => {}
-            Ok(_) => {
-                if dec.eof().is_err() {
-                    break false;
-                }
-            }
-            Err(_) => break false,
-        }
+        Answer::H2 { body: from, .. } => body.copy_h2(from, framing).await,
     };
     h1::give_vec(out);
     ex.finish(c, bytes, ok);
     ok
 }
 
+/// A backend's response body on its way to an HTTP/1.1 client (after the head, which is in
+/// `out`, written with the first piece of the body).
+struct Body<'a, S> {
+    io: &'a mut S,
+    out: &'a mut Vec<u8>,
+    enc: Enc,
+    bytes: &'a mut u64,
+    nodelay: &'a mut bool,
+}
+
+impl<S: ClientIo> Body<'_, S> {
+    /// Writes what is in `out`; `false` if the client is gone.
+    async fn flush(&mut self) -> bool {
+        if !self.out.is_empty() && self.io.write_all(self.out).await.is_err() {
+            return false;
+        }
+        self.out.clear();
+        true
+    }
+
+    /// More writes follow: Nagle would hold the next one back.
+    fn more(&mut self) {
+        if !*self.nodelay {
+            self.io.set_nodelay();
+            *self.nodelay = true;
+        }
+    }
+
+    /// From an HTTP/1.1 backend: decoded by its framing from the bytes read after the head,
+    /// then from the connection; a chunked body's trailers are passed on.
+    async fn copy_h1(&mut self, conn: &mut TcpStream, resp: &mut Msg, framing: Framing) -> bool {
+        let mut dec = Decoder::new(framing);
+        loop {
+            match h1::transcode(&mut dec, resp.rest(), self.enc, self.out) {
+                Ok((used, n)) => {
+                    resp.consume(used);
+                    *self.bytes += n;
+                }
+                Err(_) => return false,
+            }
+            if dec.is_done() {
+                self.enc.finish(self.out, dec.take_trailers().as_ref());
+            }
+            if !self.flush().await {
+                return false;
+            }
+            if dec.is_done() {
+                return true;
+            }
+            self.more();
+            match resp.read_from(conn).await {
+                Ok(n) if n > 0 => {}
+                Ok(_) => {
+                    if dec.eof().is_err() {
+                        return false;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// From an HTTP/2 backend: its stream's data frames, then its trailers (passed on when
+    /// the client's body is chunked).
+    async fn copy_h2(&mut self, from: &mut Incoming, framing: Framing) -> bool {
+        if framing == Framing::Empty {
+            return self.flush().await;
+        }
+        let mut trailers = None;
+        loop {
+            if !self.flush().await {
+                return false;
+            }
+            match from.frame().await {
+                None => break,
+                Some(Err(_)) => return false,
+                Some(Ok(f)) => match f.into_data() {
+                    Ok(d) => {
+                        self.enc.put(self.out, &d);
+                        *self.bytes += d.len() as u64;
+                        self.more();
+                    }
+                    Err(f) => trailers = f.into_trailers().ok(),
+                },
+            }
+        }
+        self.enc.finish(self.out, trailers.as_ref());
+        self.flush().await
+    }
+}
+
 /// The status line and the headers passed on of a backend's answer.
 fn put_head(out: &mut Vec<u8>, ex: &proxy::Exchange) {
     let status = ex.status();
-    let reason = ex.resp.get(ex.resp.reason);
+    let reason = ex.reason();
     let d = |n: u16| b'0' + (n % 10) as u8;
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(&[d(status / 100), d(status / 10), d(status), b' ']);
@@ -485,13 +561,15 @@ async fn relay_upgrade<S: ClientIo>(c: &ConnCtx, io: &mut S, ex: proxy::Exchange
     let mut out = h1::take_vec();
     put_head(&mut out, &ex);
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(ex.resp.rest());
     let proxy::Exchange {
-        mut conn,
-        resp,
+        answer: Answer::H1 { mut conn, resp, .. },
         done,
         ..
-    } = ex;
+    } = ex
+    else {
+        return;
+    };
+    out.extend_from_slice(resp.rest());
     resp.give();
     done.finish(c, 0);
     io.set_nodelay();

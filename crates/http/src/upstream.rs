@@ -1,14 +1,24 @@
-//! Connections to backends: a per-worker-thread pool of idle HTTP/1.1 keep-alive
-//! connections per backend address (the data path never shares them across threads, so no
-//! lock and no task per connection: the request's own task drives its backend connection).
-//! An idle connection holds no buffer.
+//! Connections to backends, per worker thread (the data path never shares them across
+//! threads, so no lock):
+//! - HTTP/1.1: a pool of idle keep-alive connections per backend address, with no task per
+//!   connection (the request's own task drives its backend connection). An idle connection
+//!   holds no buffer.
+//! - HTTP/2 (h2c): one multiplexed connection per backend address (hyper's client, its
+//!   connection task on the worker), shared by every request of the worker and opened again
+//!   when it closes.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body::{Body, Frame};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Notify};
 
 /// Idle connections kept per backend per worker thread.
 const MAX_IDLE_PER_BACKEND: usize = 512;
@@ -77,4 +87,235 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, C
     };
     let _ = tcp.set_nodelay(true);
     Ok(tcp)
+}
+
+// ---------------------------------------------------------------------------------------
+// HTTP/2 (h2c, prior knowledge) backends
+// ---------------------------------------------------------------------------------------
+
+/// A handle on a multiplexed HTTP/2 connection to a backend.
+pub type H2Sender = hyper::client::conn::http2::SendRequest<UpBody>;
+
+/// This worker's HTTP/2 connection to a backend, or one being opened (requests that need it
+/// meanwhile wait to be notified instead of opening their own).
+enum H2Slot {
+    Ready(H2Sender),
+    Connecting(Rc<Notify>),
+}
+
+thread_local! {
+    /// Per backend address, one connection per worker thread.
+    static H2: RefCell<Vec<(SocketAddr, H2Slot)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Rounds of waiting for another request's connect before opening a connection of one's own.
+const H2_WAIT_ROUNDS: usize = 2;
+
+/// Marks a connect in progress; if it ends without a connection (failed, or the request was
+/// dropped), the slot is freed. Either way the waiters are told.
+struct Connecting {
+    addr: SocketAddr,
+    notify: Rc<Notify>,
+    /// The connection the connect ended with (`None` on drop: failed or abandoned).
+    sender: Option<H2Sender>,
+}
+
+impl Connecting {
+    fn done(mut self, sender: Option<&H2Sender>) {
+        self.sender = sender.cloned();
+    }
+}
+
+impl Drop for Connecting {
+    fn drop(&mut self) {
+        let sender = self.sender.take();
+        H2.with(|m| {
+            let mut m = m.borrow_mut();
+            let mine = |(a, s): &(SocketAddr, H2Slot)| {
+                *a == self.addr && matches!(s, H2Slot::Connecting(n) if Rc::ptr_eq(n, &self.notify))
+            };
+            if let Some(i) = m.iter().position(mine) {
+                match sender {
+                    Some(s) => m[i].1 = H2Slot::Ready(s),
+                    None => {
+                        m.swap_remove(i);
+                    }
+                }
+            }
+        });
+        self.notify.notify_waiters();
+    }
+}
+
+/// What to do for a request that wants the connection to `addr`.
+enum H2Next {
+    Use(H2Sender),
+    Wait(Rc<Notify>),
+    Open(Connecting),
+}
+
+fn h2_next(addr: SocketAddr) -> H2Next {
+    H2.with(|m| {
+        let mut m = m.borrow_mut();
+        let fresh = || {
+            let notify = Rc::new(Notify::new());
+            (
+                H2Slot::Connecting(Rc::clone(&notify)),
+                Connecting {
+                    addr,
+                    notify,
+                    sender: None,
+                },
+            )
+        };
+        let Some(i) = m.iter().position(|(a, _)| *a == addr) else {
+            let (slot, guard) = fresh();
+            m.push((addr, slot));
+            return H2Next::Open(guard);
+        };
+        match &m[i].1 {
+            H2Slot::Ready(s) if !s.is_closed() => H2Next::Use(s.clone()),
+            H2Slot::Connecting(n) => H2Next::Wait(Rc::clone(n)),
+            H2Slot::Ready(_) => {
+                // Closed (by the backend, GOAWAY, an error): replace it.
+                let (slot, guard) = fresh();
+                m[i].1 = slot;
+                H2Next::Open(guard)
+            }
+        }
+    })
+}
+
+/// A sender on this worker's HTTP/2 connection to `addr`, opened if there is none (or it
+/// closed); `true` with it when the connection was there already.
+pub async fn h2_sender(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<(H2Sender, bool), ConnectError> {
+    for _ in 0..H2_WAIT_ROUNDS {
+        match h2_next(addr) {
+            H2Next::Use(s) => return Ok((s, true)),
+            H2Next::Wait(n) => {
+                // Registered before any await, so the connect's notification is not missed.
+                let notified = n.notified();
+                let _ = tokio::time::timeout(timeout, notified).await;
+            }
+            H2Next::Open(guard) => {
+                let r = h2_connect(addr, timeout).await;
+                guard.done(r.as_ref().ok());
+                return r.map(|s| (s, false));
+            }
+        }
+    }
+    // The connection another request was opening did not come: open one for this request
+    // alone (it ends when the request is done with it).
+    h2_connect(addr, timeout).await.map(|s| (s, false))
+}
+
+/// Opens an HTTP/2 connection with prior knowledge; its task runs on this worker.
+async fn h2_connect(addr: SocketAddr, timeout: Duration) -> Result<H2Sender, ConnectError> {
+    let tcp = connect(addr, timeout).await?;
+    let mut b = hyper::client::conn::http2::Builder::new(crate::h2::LocalExec);
+    b.timer(TokioTimer::new());
+    match tokio::time::timeout(timeout, b.handshake(TokioIo::new(tcp))).await {
+        Ok(Ok((sender, conn))) => {
+            tokio::task::spawn_local(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(backend = %addr, error = %e, "http/2 backend connection ended");
+                }
+            });
+            Ok(sender)
+        }
+        Ok(Err(e)) => Err(ConnectError::Refused(std::io::Error::other(e))),
+        Err(_) => Err(ConnectError::Timeout),
+    }
+}
+
+/// What the request task hands to an HTTP/2 request body.
+enum Piece {
+    Frame(Frame<Bytes>),
+    /// The body ended (after its trailers, if any).
+    End,
+}
+
+/// The body of a request to an HTTP/2 backend: empty, or fed by the request's task through
+/// a small channel ([`BodyTx`]). Closed without an end, it fails, so the stream is reset
+/// instead of ending as if complete.
+#[derive(Debug)]
+pub struct UpBody {
+    rx: Option<mpsc::Receiver<Piece>>,
+}
+
+impl std::fmt::Debug for Piece {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Piece::Frame(_) => "Frame",
+            Piece::End => "End",
+        })
+    }
+}
+
+/// Feeds an [`UpBody`].
+#[derive(Debug)]
+pub struct BodyTx(mpsc::Sender<Piece>);
+
+impl BodyTx {
+    /// Sends body data; `false` if the stream is gone.
+    pub async fn data(&self, d: Vec<u8>) -> bool {
+        self.0
+            .send(Piece::Frame(Frame::data(Bytes::from(d))))
+            .await
+            .is_ok()
+    }
+
+    /// Ends the body, with its trailers.
+    pub async fn end(self, trailers: Option<http::HeaderMap>) {
+        if let Some(t) = trailers {
+            let _ = self.0.send(Piece::Frame(Frame::trailers(t))).await;
+        }
+        let _ = self.0.send(Piece::End).await;
+    }
+}
+
+impl UpBody {
+    pub fn empty() -> Self {
+        Self { rx: None }
+    }
+
+    pub fn channel() -> (BodyTx, Self) {
+        let (tx, rx) = mpsc::channel(2);
+        (BodyTx(tx), Self { rx: Some(rx) })
+    }
+}
+
+impl Body for UpBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        let Some(rx) = self.rx.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match std::task::ready!(rx.poll_recv(cx)) {
+            Some(Piece::Frame(f)) => Poll::Ready(Some(Ok(f))),
+            Some(Piece::End) => {
+                self.rx = None;
+                Poll::Ready(None)
+            }
+            None => {
+                self.rx = None;
+                Poll::Ready(Some(Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the request body was cut short",
+                ))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rx.is_none()
+    }
 }

@@ -163,6 +163,7 @@ impl Controller {
 
     /// [`Controller::apply`] with the kind of failure: a listener that cannot be bound is a
     /// [`ChangeError::Conflict`], an L7 service that cannot be built [`ChangeError::Invalid`].
+    #[allow(clippy::too_many_lines)]
     pub fn apply_checked(&mut self, new: Config) -> Result<(), ChangeError> {
         let wanted: HashSet<ListenKey> = new
             .services
@@ -190,16 +191,15 @@ impl Controller {
         for pool in &new.pools {
             for b in &self.discovery.backends(&pool.name, &pool.backends) {
                 let k = (pool.name.clone(), b.address);
-                let t = match self.backends.remove(&k) {
-                    Some(t) => t,
-                    None => {
-                        self.next_id += 1;
-                        Tracked {
-                            stats: Arc::new(BackendStats::new(self.next_id, &pool.name, b.address)),
-                            health: new_health(pool),
-                            settings: (pool.health.clone(), pool.outlier),
-                            checker: None,
-                        }
+                let t = if let Some(t) = self.backends.remove(&k) {
+                    t
+                } else {
+                    self.next_id += 1;
+                    Tracked {
+                        stats: Arc::new(BackendStats::new(self.next_id, &pool.name, b.address)),
+                        health: new_health(pool),
+                        settings: (pool.health.clone(), pool.outlier),
+                        checker: None,
                     }
                 };
                 kept.insert(k, t);
@@ -343,6 +343,7 @@ impl Controller {
                 .map(|o| Arc::clone(&o.moved))
                 .unwrap_or_default(),
             sticky_cookie: p.sticky_cookie.clone(),
+            backend_protocol: p.backend_protocol,
         }
     }
 
@@ -625,7 +626,7 @@ fn table_moved(old: &PoolRt, new: &PoolRt) -> Option<f64> {
     None
 }
 
-/// Health state machines for a new backend: up at start (as HAProxy does, so a fresh
+/// Health state machines for a new backend: up at start (as `HAProxy` does, so a fresh
 /// instance serves at once; the first active check runs within a tenth of an interval).
 fn new_health(pool: &PoolConfig) -> BackendHealth {
     let active = pool.health.as_ref().map_or(ActiveHealth::new(1, 1), |h| {

@@ -1,4 +1,4 @@
-//! PROXY protocol v1 (text) and v2 (binary) headers, as HAProxy's spec defines them
+//! PROXY protocol v1 (text) and v2 (binary) headers, as `HAProxy`'s spec defines them
 //! (<https://www.haproxy.org/download/2.9/doc/proxy-protocol.txt>), so backends learn the
 //! real client address of a proxied TCP connection.
 

@@ -93,6 +93,7 @@ pub enum RelayMode {
 }
 
 #[derive(Default)]
+#[allow(clippy::struct_excessive_bools)]
 struct Half {
     /// Bytes read but not yet taken by the other side (empty, unallocated, while idle).
     pending: Box<[u8]>,

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use fulcrum_core::config::BackendProtocol;
 use fulcrum_core::flow::{FlowKey, FlowTable};
 use fulcrum_core::hash::flow_hash;
 use fulcrum_core::model::{
@@ -40,12 +41,14 @@ pub struct PoolRt {
     pub persistence: Option<Arc<Persistence>>,
     /// Counts changes of this pool's backend set or states (shared across snapshots).
     pub changes: Arc<AtomicU64>,
-    /// maglev/ring_hash: the share of table slots (hash space) that changed owner at the
+    /// `maglev`/`ring_hash`: the share of table slots (hash space) that changed owner at the
     /// pool's last change, as `f64` bits (shared across snapshots; see
     /// [`PoolRt::moved_ratio`]).
     pub moved: Arc<AtomicU64>,
     /// http: the affinity cookie Fulcrum sets (`[[pool]] sticky_cookie`).
     pub sticky_cookie: Option<String>,
+    /// http: how the backends are spoken to (`[[pool]] backend_protocol`).
+    pub backend_protocol: BackendProtocol,
 }
 
 impl Loads for PoolRt {

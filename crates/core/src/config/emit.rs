@@ -10,8 +10,8 @@ use std::time::Duration;
 use toml::{Table, Value};
 
 use super::{
-    defaults, AccessLog, AdminConfig, Config, Discovery, Forwarding, HealthCheck, HealthConfig,
-    LogTarget, OutlierConfig, PoolConfig, Route, ServiceConfig, XdpConfig,
+    defaults, AccessLog, AdminConfig, BackendProtocol, Config, Discovery, Forwarding, HealthCheck,
+    HealthConfig, LogTarget, OutlierConfig, PoolConfig, Route, ServiceConfig, XdpConfig,
 };
 use crate::model::{self, ProxyProtocol};
 
@@ -176,6 +176,20 @@ pub fn service(sv: &ServiceConfig) -> Table {
     if let Some(al) = &sv.access_log {
         t.insert("access_log".into(), Value::Table(access_log(al)));
     }
+    if let Some(to) = &sv.timeouts {
+        let mut x = Table::new();
+        x.insert("connect".into(), dur(to.connect));
+        x.insert("response".into(), dur(to.response));
+        x.insert("request_header".into(), dur(to.request_header));
+        x.insert("tls_handshake".into(), dur(to.tls_handshake));
+        t.insert("timeouts".into(), Value::Table(x));
+    }
+    if let Some(r) = &sv.retry {
+        let mut x = Table::new();
+        x.insert("attempts".into(), int(r.attempts));
+        x.insert("budget".into(), int(r.budget_percent));
+        t.insert("retry".into(), Value::Table(x));
+    }
     t
 }
 
@@ -217,6 +231,9 @@ fn pool(p: &PoolConfig) -> Table {
     }
     if let Some(c) = &p.sticky_cookie {
         t.insert("sticky_cookie".into(), s(c));
+    }
+    if p.backend_protocol != BackendProtocol::default() {
+        t.insert("backend_protocol".into(), s(p.backend_protocol.as_str()));
     }
     if let Some(h) = &p.health {
         t.insert("health".into(), Value::Table(health(h)));

@@ -22,7 +22,9 @@ use std::time::Duration;
 
 pub use emit::{service as service_table, table_to_string};
 pub use error::{line_col, ConfigError};
-pub use value::{AccessLogFormat, CheckKind, HostPort, StatusRange, TunnelKind, XdpMode};
+pub use value::{
+    AccessLogFormat, BackendProtocol, CheckKind, HostPort, StatusRange, TunnelKind, XdpMode,
+};
 
 use crate::model::{
     Backend, ForwardMode, HashKey, PrimeTableSize, ProxyProtocol, SchedulerKind, ServiceProtocol,
@@ -52,6 +54,18 @@ pub mod defaults {
     pub const OUTLIER_EJECTION: Duration = Duration::from_secs(10);
     /// `[[pool.backend]] weight`.
     pub const BACKEND_WEIGHT: u16 = 1;
+    /// `[service.timeouts] connect`.
+    pub const HTTP_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+    /// `[service.timeouts] response`.
+    pub const HTTP_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+    /// `[service.timeouts] request_header`.
+    pub const HTTP_REQUEST_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+    /// `[service.timeouts] tls_handshake`.
+    pub const HTTP_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+    /// `[service.retry] attempts`.
+    pub const HTTP_RETRY_ATTEMPTS: u8 = 2;
+    /// `[service.retry] budget` (percent).
+    pub const HTTP_RETRY_BUDGET: u8 = 20;
     /// `[[pool]] scheduler` when absent.
     pub const SCHEDULER: crate::model::SchedulerKind =
         crate::model::SchedulerKind::WeightedRoundRobin;
@@ -135,6 +149,10 @@ pub struct ServiceConfig {
     pub rate_limit: Option<RateLimit>,
     /// http: access log; off when `None`.
     pub access_log: Option<AccessLog>,
+    /// http: `[service.timeouts]` (`None`: absent, the defaults apply).
+    pub timeouts: Option<HttpTimeouts>,
+    /// http: `[service.retry]` (`None`: absent, the defaults apply).
+    pub retry: Option<RetryPolicy>,
 }
 
 /// The forwarding mode and its mode-specific options (so no option can be set for a mode
@@ -254,6 +272,49 @@ pub struct RateLimit {
     pub burst: u32,
 }
 
+/// `[service.timeouts]`: every timeout is longer than 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpTimeouts {
+    /// Connecting to a backend (default 3s): over it, `504` and the next backend.
+    pub connect: Duration,
+    /// From sending the request to the backend's response head (default 60s): over it, `504`.
+    pub response: Duration,
+    /// A client's request head, once started (default 10s): over it, `408` (slowloris).
+    pub request_header: Duration,
+    /// A client's TLS handshake (default 10s).
+    pub tls_handshake: Duration,
+}
+
+impl Default for HttpTimeouts {
+    fn default() -> Self {
+        Self {
+            connect: defaults::HTTP_CONNECT_TIMEOUT,
+            response: defaults::HTTP_RESPONSE_TIMEOUT,
+            request_header: defaults::HTTP_REQUEST_HEADER_TIMEOUT,
+            tls_handshake: defaults::HTTP_TLS_HANDSHAKE_TIMEOUT,
+        }
+    }
+}
+
+/// `[service.retry]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Extra tries on other backends per request, 0..=10 (default 2; 0: never retry).
+    pub attempts: u8,
+    /// Retries allowed as a percentage of requests, 0..=100 (default 20), on top of a
+    /// small reserve.
+    pub budget_percent: u8,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            attempts: defaults::HTTP_RETRY_ATTEMPTS,
+            budget_percent: defaults::HTTP_RETRY_BUDGET,
+        }
+    }
+}
+
 /// `[service.access_log]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccessLog {
@@ -288,6 +349,9 @@ pub struct PoolConfig {
     pub maglev_table_size: Option<PrimeTableSize>,
     /// http: the affinity cookie name.
     pub sticky_cookie: Option<String>,
+    /// http: how backends are spoken to (default HTTP/1.1; h2c only when every user of the
+    /// pool is http).
+    pub backend_protocol: BackendProtocol,
     /// Active checks; `None` when `[pool.health]` is absent or `check = "none"`.
     pub health: Option<HealthConfig>,
     /// Passive (outlier) detection, always on.

@@ -10,9 +10,9 @@ use serde::Deserialize;
 use serde_spanned::Spanned;
 
 use super::value::{
-    AccessLogFormatValue, Address, Check, Count, Forward, HashKeyValue, HostPort, HumanDuration,
-    Ip, Name, Protocol, ProxyProtocolValue, Scheduler, StatusRange, TableSize, Tunnel, WeightValue,
-    XdpModeValue,
+    AccessLogFormatValue, Address, BackendProtocolValue, Check, Count, Forward, HashKeyValue,
+    HostPort, HumanDuration, Ip, Name, Percent, Protocol, ProxyProtocolValue, RetryAttempts,
+    Scheduler, StatusRange, TableSize, Tunnel, WeightValue, XdpModeValue,
 };
 
 /// The whole file.
@@ -78,6 +78,10 @@ pub struct RawService {
     pub rate_limit: Option<Spanned<RawRateLimit>>,
     /// `[service.access_log]` (http only).
     pub access_log: Option<Spanned<RawAccessLog>>,
+    /// `[service.timeouts]` (http only).
+    pub timeouts: Option<Spanned<RawTimeouts>>,
+    /// `[service.retry]` (http only).
+    pub retry: Option<Spanned<RawRetry>>,
 }
 
 /// `[[service.route]]`.
@@ -130,6 +134,30 @@ pub struct RawAccessLog {
     pub path: Option<Spanned<String>>,
 }
 
+/// `[service.timeouts]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    /// Connecting to a backend.
+    pub connect: Option<Spanned<HumanDuration>>,
+    /// From sending the request to the backend's response head.
+    pub response: Option<Spanned<HumanDuration>>,
+    /// A client's request head (slowloris guard).
+    pub request_header: Option<Spanned<HumanDuration>>,
+    /// A client's TLS handshake.
+    pub tls_handshake: Option<Spanned<HumanDuration>>,
+}
+
+/// `[service.retry]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    /// Extra tries on other backends.
+    pub attempts: Option<RetryAttempts>,
+    /// Retries as a percentage of requests.
+    pub budget: Option<Percent>,
+}
+
 /// `[[pool]]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -146,6 +174,8 @@ pub struct RawPool {
     pub maglev_table_size: Option<Spanned<TableSize>>,
     /// http: affinity cookie name.
     pub sticky_cookie: Option<Spanned<String>>,
+    /// http: `http1` | `h2c`.
+    pub backend_protocol: Option<Spanned<BackendProtocolValue>>,
     /// `[pool.health]`.
     pub health: Option<Spanned<RawHealth>>,
     /// `[pool.outlier]`.

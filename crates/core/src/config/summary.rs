@@ -161,6 +161,9 @@ fn pool(out: &mut String, p: &PoolConfig) {
     if let Some(c) = &p.sticky_cookie {
         let _ = write!(head, ", sticky cookie {c}");
     }
+    if p.backend_protocol != super::BackendProtocol::default() {
+        let _ = write!(head, ", backends speak {}", p.backend_protocol.as_str());
+    }
     let _ = write!(
         head,
         ", {} backend{}, {}",

@@ -9,11 +9,12 @@ use serde_spanned::Spanned;
 
 use super::error::line_col;
 use super::raw::{RawConfig, RawHealth, RawPool, RawRoute, RawService};
-use super::value::CheckKind;
+use super::value::{CheckKind, HumanDuration};
 use super::{
-    defaults, AccessLog, AdminConfig, CertPair, Config, ConfigError, Discovery, Forwarding,
-    HealthCheck, HealthConfig, HostMatch, LogTarget, OutlierConfig, PoolConfig, RateLimit, Route,
-    ServiceConfig, StatusRange, TlsConfig, TunnelKind, XdpConfig,
+    defaults, AccessLog, AdminConfig, BackendProtocol, CertPair, Config, ConfigError, Discovery,
+    Forwarding, HealthCheck, HealthConfig, HostMatch, HttpTimeouts, LogTarget, OutlierConfig,
+    PoolConfig, RateLimit, RetryPolicy, Route, ServiceConfig, StatusRange, TlsConfig, TunnelKind,
+    XdpConfig,
 };
 use crate::model::{self, canonical_addr, Backend, ForwardMode, PrimeTableSize, ServiceProtocol};
 
@@ -405,6 +406,35 @@ fn service(c: &mut Checker<'_>, s: &RawService, defined: &[&str], has_xdp: bool)
         }
     });
 
+    let timeouts = s.timeouts.as_ref().map(|t| {
+        http_only(c, t.span(), "[service.timeouts]");
+        let t = t.get_ref();
+        let mut get =
+            |v: &Option<Spanned<HumanDuration>>, default, what| dur(c, v.as_ref(), default, what);
+        HttpTimeouts {
+            connect: get(&t.connect, defaults::HTTP_CONNECT_TIMEOUT, "connect"),
+            response: get(&t.response, defaults::HTTP_RESPONSE_TIMEOUT, "response"),
+            request_header: get(
+                &t.request_header,
+                defaults::HTTP_REQUEST_HEADER_TIMEOUT,
+                "request_header",
+            ),
+            tls_handshake: get(
+                &t.tls_handshake,
+                defaults::HTTP_TLS_HANDSHAKE_TIMEOUT,
+                "tls_handshake",
+            ),
+        }
+    });
+    let retry = s.retry.as_ref().map(|r| {
+        http_only(c, r.span(), "[service.retry]");
+        let r = r.get_ref();
+        RetryPolicy {
+            attempts: r.attempts.map_or(defaults::HTTP_RETRY_ATTEMPTS, |a| a.0),
+            budget_percent: r.budget.map_or(defaults::HTTP_RETRY_BUDGET, |b| b.0),
+        }
+    });
+
     ServiceConfig {
         name: name.clone(),
         listen: s.listen.get_ref().0,
@@ -424,6 +454,8 @@ fn service(c: &mut Checker<'_>, s: &RawService, defined: &[&str], has_xdp: bool)
         tls,
         rate_limit,
         access_log,
+        timeouts,
+        retry,
     }
 }
 
@@ -575,6 +607,21 @@ fn pool(c: &mut Checker<'_>, p: &RawPool, users: &[(&str, ServiceProtocol)]) -> 
         sc.get_ref().clone()
     });
 
+    let backend_protocol = p.backend_protocol.as_ref().map_or_else(BackendProtocol::default, |bp| {
+        let proto = bp.get_ref().0;
+        if let (BackendProtocol::H2c, Some((svc, sp))) = (proto, non_http_user) {
+            c.err(
+                bp.span(),
+                format!(
+                    "backend_protocol = \"h2c\" needs HTTP, but {} service `{svc}` uses pool `{name}`",
+                    sp.as_str()
+                ),
+                Some("use backend_protocol = \"http1\" (or remove it), or use this pool only from http services".into()),
+            );
+        }
+        proto
+    });
+
     let health = p.health.as_ref().and_then(|h| health(c, h.get_ref()));
 
     let outlier = p.outlier.as_ref().map_or_else(OutlierConfig::default, |o| {
@@ -659,6 +706,7 @@ fn pool(c: &mut Checker<'_>, p: &RawPool, users: &[(&str, ServiceProtocol)]) -> 
         persistence: p.persistence.map(|d| d.0).filter(|d| !d.is_zero()),
         maglev_table_size,
         sticky_cookie,
+        backend_protocol,
         health,
         outlier,
         backends,

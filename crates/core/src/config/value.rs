@@ -238,6 +238,51 @@ impl<'de> Deserialize<'de> for Count {
     }
 }
 
+/// `[service.retry] attempts`: extra tries on other backends, 0..=10 (0: no retries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RetryAttempts(pub u8);
+
+impl RetryAttempts {
+    /// The largest value accepted.
+    pub const MAX: u8 = 10;
+}
+
+impl<'de> Deserialize<'de> for RetryAttempts {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_int(d, "an integer number of retries 0..=10", |n| {
+            u8::try_from(n)
+                .ok()
+                .filter(|a| *a <= Self::MAX)
+                .map(Self)
+                .ok_or_else(|| {
+                    Invalid::new(format!("retry attempts {n} is out of range")).help(format!(
+                        "valid: 0..={} (extra tries on other backends; 0 = never retry)",
+                        Self::MAX
+                    ))
+                })
+        })
+    }
+}
+
+/// A percentage, 0..=100 (`[service.retry] budget`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Percent(pub u8);
+
+impl<'de> Deserialize<'de> for Percent {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_int(d, "an integer percentage 0..=100", |n| {
+            u8::try_from(n)
+                .ok()
+                .filter(|p| *p <= 100)
+                .map(Self)
+                .ok_or_else(|| {
+                    Invalid::new(format!("percentage {n} is out of range"))
+                        .help("valid: 0..=100 (a share of requests, in percent)")
+                })
+        })
+    }
+}
+
 /// A Maglev table size: a prime of at least 3.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TableSize(pub PrimeTableSize);
@@ -401,6 +446,14 @@ named!(
     }
 );
 
+named!(
+    /// `[[pool]] backend_protocol = "http1" | "h2c"`.
+    BackendProtocolValue(BackendProtocol), "backend protocol", {
+        "http1" => BackendProtocol::Http1,
+        "h2c" => BackendProtocol::H2c,
+    }
+);
+
 /// `scheduler = "rr" | "wrr" | ...` (the names of [`SchedulerKind::as_str`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Scheduler(pub SchedulerKind);
@@ -509,6 +562,27 @@ impl AccessLogFormat {
         match self {
             Self::Json => "json",
             Self::Combined => "combined",
+        }
+    }
+}
+
+/// How an http pool's backends are spoken to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum BackendProtocol {
+    /// HTTP/1.1 on pooled keep-alive connections (the default).
+    #[default]
+    Http1,
+    /// HTTP/2 over cleartext TCP with prior knowledge (gRPC backends): one multiplexed
+    /// connection per backend and worker.
+    H2c,
+}
+
+impl BackendProtocol {
+    /// The config name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Http1 => "http1",
+            Self::H2c => "h2c",
         }
     }
 }
