@@ -359,6 +359,7 @@ fn body_error(e: &BytesRejection) -> Response {
 /// Parses a JSON body; an empty body is `{}`.
 /// A mutating call's body, once the bearer token is checked (401 first) and the body was
 /// read within its size limit (else 413 or 400).
+#[allow(clippy::result_large_err)] // the error is the handler's answer (axum's Response)
 fn checked_body(
     st: &AdminState,
     headers: &HeaderMap,
@@ -370,6 +371,7 @@ fn checked_body(
     body.map_err(|e| body_error(&e))
 }
 
+#[allow(clippy::result_large_err)] // the error is the handler's answer (axum's Response)
 fn json_body(body: &Bytes) -> Result<Value, Response> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(json!({}));
@@ -637,6 +639,7 @@ async fn get_config(State(st): State<AdminState>) -> Response {
 }
 
 /// `GET /api/v1/pools/{pool}/explain?client=IP:PORT[&dst=IP:PORT][&proto=tcp|udp]`.
+#[allow(clippy::result_large_err)] // its parsing closure answers with axum's Response
 async fn explain(
     State(st): State<AdminState>,
     Path(pool): Path<String>,

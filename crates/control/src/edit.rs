@@ -212,14 +212,13 @@ pub fn set_pool(cfg: &Config, pool: &str, body: serde_json::Value) -> Result<Con
     };
     let mut doc = cfg.to_toml_table();
     let pools = array_mut(&mut doc, "pool");
-    let idx = match pools.iter().position(|p| name_of(p) == Some(pool)) {
-        Some(i) => i,
-        None => {
-            let mut t = Table::new();
-            t.insert("name".into(), Value::String(pool.to_owned()));
-            pools.push(Value::Table(t));
-            pools.len() - 1
-        }
+    let idx = if let Some(i) = pools.iter().position(|p| name_of(p) == Some(pool)) {
+        i
+    } else {
+        let mut t = Table::new();
+        t.insert("name".into(), Value::String(pool.to_owned()));
+        pools.push(Value::Table(t));
+        pools.len() - 1
     };
     let Some(t) = pools.get_mut(idx).and_then(Value::as_table_mut) else {
         return Err(ChangeError::Invalid(format!(

@@ -40,6 +40,7 @@ fn backend_json(p: &PoolRt, i: usize) -> Value {
 }
 
 /// The explanation as JSON (the pool exists in `snap`).
+#[allow(clippy::too_many_lines)] // one decision walked through in order, as the data path takes it
 pub fn explain(shared: &Shared, snap: &Snapshot, p: &PoolRt, q: Query) -> Value {
     // The service address the flow is addressed to: given, else the first service of this
     // pool (of the given protocol).
@@ -89,29 +90,26 @@ pub fn explain(shared: &Shared, snap: &Snapshot, p: &PoolRt, q: Query) -> Value 
             .ok()
             .and_then(|t| t.peek(&key, shared.now()));
         if let Some(id) = hit {
-            match p.stats.iter().position(|s| s.id == id) {
-                Some(i) => {
-                    let eligible = p.backends[i].is_eligible();
-                    persistence["hit"] = json!(true);
-                    persistence["backend"] = json!(p.backends[i].address.to_string());
-                    persistence["usable"] = json!(eligible);
-                    if eligible {
-                        out["persistence"] = persistence;
-                        out["decision"] = json!("persistence");
-                        out["backend"] = backend_json(p, i);
-                        out["reason"] = json!(format!(
-                            "client {} has a live persistence entry for {}, which takes new flows",
-                            q.client.ip(),
-                            p.backends[i].address
-                        ));
-                        return out;
-                    }
+            if let Some(i) = p.stats.iter().position(|s| s.id == id) {
+                let eligible = p.backends[i].is_eligible();
+                persistence["hit"] = json!(true);
+                persistence["backend"] = json!(p.backends[i].address.to_string());
+                persistence["usable"] = json!(eligible);
+                if eligible {
+                    out["persistence"] = persistence;
+                    out["decision"] = json!("persistence");
+                    out["backend"] = backend_json(p, i);
+                    out["reason"] = json!(format!(
+                        "client {} has a live persistence entry for {}, which takes new flows",
+                        q.client.ip(),
+                        p.backends[i].address
+                    ));
+                    return out;
                 }
-                None => {
-                    persistence["hit"] = json!(true);
-                    persistence["backend"] = Value::Null;
-                    persistence["usable"] = json!(false);
-                }
+            } else {
+                persistence["hit"] = json!(true);
+                persistence["backend"] = Value::Null;
+                persistence["usable"] = json!(false);
             }
         }
     }

@@ -33,6 +33,7 @@ fn gauge(v: u64) -> ConstGauge<i64> {
 }
 
 impl Collector for FulcrumCollector {
+    #[allow(clippy::too_many_lines)] // one family after another, in the contract's order
     fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let snap = self.shared.snapshot.load();
         // Per backend: one row per (pool, backend).

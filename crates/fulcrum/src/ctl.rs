@@ -537,6 +537,7 @@ fn backend(api: &Api, cmd: &BackendCommand, as_json: bool) -> Result<String, Fai
     Ok(if as_json { pretty(&v) } else { what + "\n" })
 }
 
+#[allow(clippy::many_single_char_names)] // v and the sections of it: flow, persistence, hash, table, backend
 fn explain_text(v: &Value) -> String {
     let mut out = String::new();
     let f = &v["flow"];
