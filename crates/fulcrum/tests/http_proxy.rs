@@ -1688,3 +1688,61 @@ async fn trailers_pass_both_ways_h1_and_h2() {
     assert!(tail.ends_with("\r\n\r\n"), "{tail:?}");
     f.assert_no_panic();
 }
+
+/// SIGTERM: idle keep-alive client connections are closed at once (they hold no request),
+/// so the process exits 0 long before `drain_timeout`; a new connection is refused.
+#[tokio::test]
+async fn sigterm_closes_idle_keep_alive_connections() {
+    let b = backend("b").await;
+    let listen = free_addr();
+    let body = format!(
+        "{}{}",
+        http_service("web", listen, "p", "drain_timeout = \"20s\""),
+        common::pool_toml("p", "rr", "", &weighted(&[b.addr])),
+    );
+    let (mut f, _admin) = start("http-sigterm", &body).await;
+    // ten clients, each after one keep-alive request, idle
+    let mut idle = Vec::new();
+    for i in 0..10 {
+        let mut s = TcpStream::connect(listen).await.unwrap();
+        s.write_all(format!("GET /{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let mut got = Vec::new();
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+                .await
+                .expect("an answer")
+                .unwrap();
+            assert!(n > 0, "closed before answering");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(
+            got.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+        idle.push(s);
+    }
+    let t0 = Instant::now();
+    f.signal("TERM");
+    for mut s in idle {
+        let mut buf = [0u8; 64];
+        let r = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+            .await
+            .expect("an idle connection is closed promptly on SIGTERM");
+        assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+    }
+    let status = f
+        .wait_exit(Duration::from_secs(5))
+        .await
+        .expect("exits long before drain_timeout");
+    assert!(status.success(), "{status:?}");
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    assert!(
+        TcpStream::connect(listen).await.is_err(),
+        "the listener is gone"
+    );
+    f.assert_no_panic();
+}

@@ -21,9 +21,7 @@ mod tls;
 mod upstream;
 
 use std::cell::Cell;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -280,14 +278,8 @@ impl L7Handler for HttpHandler {
         }))
     }
 
-    fn serve(
-        &self,
-        shared: Arc<Shared>,
-        svc: Arc<ServiceRt>,
-        sock: TcpStream,
-        peer: SocketAddr,
-    ) -> Pin<Box<dyn Future<Output = ()>>> {
-        serve_conn(shared, svc, sock, peer)
+    fn spawn(&self, shared: Arc<Shared>, svc: Arc<ServiceRt>, sock: TcpStream, peer: SocketAddr) {
+        spawn_conn(shared, svc, sock, peer);
     }
 
     fn metrics(&self, svc: &ServiceRt, out: &mut L7Metrics) {
@@ -349,20 +341,15 @@ impl Drop for ConnCtx {
     }
 }
 
-/// Sets a connection up (no await: the future that serves it holds only what it needs
-/// while the connection idles) and returns that future.
-fn serve_conn(
-    shared: Arc<Shared>,
-    svc: Arc<ServiceRt>,
-    sock: TcpStream,
-    peer: SocketAddr,
-) -> Pin<Box<dyn Future<Output = ()>>> {
+/// Sets a connection up (no await: the task that serves it holds only what it needs while
+/// the connection idles) and spawns that task on this worker.
+fn spawn_conn(shared: Arc<Shared>, svc: Arc<ServiceRt>, sock: TcpStream, peer: SocketAddr) {
     let Some(ext) = svc
         .ext
         .clone()
         .and_then(|e| e.downcast::<HttpService>().ok())
     else {
-        return Box::pin(std::future::ready(()));
+        return;
     };
     svc.stats.active.fetch_add(1, Ordering::Relaxed);
     svc.stats.total.fetch_add(1, Ordering::Relaxed);
@@ -387,9 +374,9 @@ fn serve_conn(
         drain,
     });
     if ctx.tls {
-        Box::pin(serve_tls(ctx, sock))
+        tokio::task::spawn_local(serve_tls(ctx, sock));
     } else {
-        Box::pin(server::serve_h1(ctx, sock))
+        tokio::task::spawn_local(server::serve_h1(ctx, sock));
     }
 }
 

@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::io;
 use std::rc::Rc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
@@ -24,15 +24,17 @@ use crate::ConnCtx;
 pub(crate) trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// Whether [`ClientIo::ready`] really waits.
     const WAITS_READY: bool;
-    /// Waits until bytes may be read, without a buffer (immediately if unsupported).
-    fn ready(&self) -> impl Future<Output = io::Result<()>>;
+    /// Ready once bytes may be read, without a buffer (at once if unsupported). A poll
+    /// method, not a future: an idle connection's task stores no readiness future (152
+    /// bytes for `TcpStream::readable`), only the registration's own reader slot is used.
+    fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
     fn set_nodelay(&self);
 }
 
 impl ClientIo for TcpStream {
     const WAITS_READY: bool = true;
-    fn ready(&self) -> impl Future<Output = io::Result<()>> {
-        self.readable()
+    fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_read_ready(cx)
     }
     fn set_nodelay(&self) {
         let _ = TcpStream::set_nodelay(self, true);
@@ -41,9 +43,9 @@ impl ClientIo for TcpStream {
 
 impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {
     const WAITS_READY: bool = false;
-    async fn ready(&self) -> io::Result<()> {
+    fn poll_ready(&self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         // rustls may hold decrypted bytes: the socket's readiness does not tell.
-        Ok(())
+        Poll::Ready(Ok(()))
     }
     fn set_nodelay(&self) {
         let _ = self.get_ref().0.set_nodelay(true);
@@ -76,9 +78,16 @@ pub(crate) async fn serve_h1<S: ClientIo>(ctx: Rc<ConnCtx>, mut io: S) {
             if ctx.shared.is_draining() {
                 return;
             }
-            tokio::select! {
-                r = io.ready() => if r.is_err() { return },
-                () = notified => return,
+            let mut notified = std::pin::pin!(notified);
+            let go_on = std::future::poll_fn(|cx| {
+                if notified.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(false);
+                }
+                io.poll_ready(cx).map(|r| r.is_ok())
+            })
+            .await;
+            if !go_on {
+                return;
             }
         }
         let msg = carry.take().unwrap_or_else(Msg::take);

@@ -43,7 +43,7 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, listen: SocketAdd
         let svc = Arc::clone(svc);
         if svc.ext.is_some() {
             if let Some(l7) = &shared.l7 {
-                tokio::task::spawn_local(l7.serve(Arc::clone(&shared), svc, sock, peer));
+                l7.spawn(Arc::clone(&shared), svc, sock, peer);
                 continue;
             }
         }
