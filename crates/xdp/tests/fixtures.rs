@@ -747,17 +747,13 @@ fn ct4_key(src: &str, dst: &str, proto: Proto) -> fulcrum_xdp::maps::Ct4Key {
     }
 }
 
-/// The `flows4` set of an IPv4 flow: `fx_tuple_hash` in xdp_lb.c (jhash2 of the addresses and
-/// ports as they lie in the packet, and the protocol).
+/// The `flows4` set of an IPv4 flow: `fx_tuple_hash` in xdp_lb.c, whose Rust twin is
+/// `maps::tuple_hash4` (the eviction test below fails if the two disagree: its flows would
+/// not share a set).
 fn flow4_set(src: &str, dst: &str, proto: Proto) -> u32 {
     let k = ct4_key(src, dst, proto);
-    let w = [
-        u32::from_ne_bytes(k.saddr),
-        u32::from_ne_bytes(k.daddr),
-        (u32::from(k.sport) << 16) | u32::from(k.dport),
-        u32::from(k.proto),
-    ];
-    fulcrum_core::hash::jhash2(&w, fulcrum_core::hash::FLOW_HASH_SEED)
+    let ports = (u32::from(k.sport) << 16) | u32::from(k.dport);
+    fulcrum_xdp::maps::tuple_hash4(k.saddr, k.daddr, ports, k.proto)
         & (fulcrum_xdp::maps::FLOW4_SETS - 1)
 }
 

@@ -127,7 +127,7 @@ struct ct4_key {
 _Static_assert(sizeof(struct ct4_key) == 16, "ct4_key");
 
 /* The per-CPU flow cache in front of conntrack for IPv4 flows to IPv4 backends (dsr and
- * tunnel): direct-mapped, FX_FCACHE_SLOTS slots per CPU indexed by a jhash of the
+ * tunnel; nat below): direct-mapped, FX_FCACHE_SLOTS slots per CPU indexed by the index hash of the
  * 5-tuple. A hit needs no hash-map lookup at all (each costs 30-40 ns on this kind of
  * machine): the slot holds the flow's backend, hash and a copy of its service's value.
  * Valid while `gen` equals the `nh_gen` map's value (bumped by userspace every
@@ -162,7 +162,7 @@ _Static_assert(sizeof(struct fcache4) == 80, "fcache4");
 #define FX_NAT_FCACHE_MIN_TIMEOUT_NS (2 * FX_NH_TTL_NS)
 
 /* A filter in front of the shared LRU `ct4`: FX_CT4_FILTER counters indexed by the top bits
- * of the 5-tuple's jhash (fx_tuple_hash). An entry is made non-zero (by the data path or by
+ * of the 5-tuple's index hash (fx_tuple_hash). An entry is made non-zero (by the data path or by
  * userspace) before a flow is promoted into `ct4`; the data path looks `ct4` up only when
  * the flow's counter is non-zero, so a flood of new flows costs no hash-map probe (a cache
  * miss in a 262144-bucket table each) while nothing was promoted. Never cleared: once many
@@ -171,7 +171,7 @@ _Static_assert(sizeof(struct fcache4) == 80, "fcache4");
 #define FX_CT4_FILTER_SHIFT 16
 
 /* The per-CPU conntrack of IPv4 dsr/tunnel flows (map `flows4`): a set-associative table,
- * FX_FLOW4_SETS sets of FX_FLOW4_WAYS ways per CPU, the set chosen by a jhash of the
+ * FX_FLOW4_SETS sets of FX_FLOW4_WAYS ways per CPU, the set chosen by the index hash of the
  * 5-tuple. Inserting a flow is a plain write into a way of its set (a free one, else the
  * least recently seen), not an LRU hash insert (~140 ns of locking and list work). RSS keeps
  * a flow's packets on one CPU (the assumption of Katran's per-CPU LRU), so the CPU that saw
