@@ -1746,3 +1746,59 @@ async fn sigterm_closes_idle_keep_alive_connections() {
     );
     f.assert_no_panic();
 }
+
+/// An idle keep-alive client connection is closed after the service's `idle_timeout`
+/// (between requests only); one that keeps sending requests stays open.
+#[tokio::test]
+async fn keep_alive_idle_timeout() {
+    let b = backend("b").await;
+    let listen = free_addr();
+    let body = format!(
+        "{}{}",
+        http_service("web", listen, "p", "idle_timeout = \"600ms\""),
+        common::pool_toml("p", "rr", "", &weighted(&[b.addr])),
+    );
+    let (f, _admin) = start("http-idle", &body).await;
+    async fn request(s: &mut TcpStream, i: u32) {
+        s.write_all(format!("GET /{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let mut got = Vec::new();
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+                .await
+                .expect("an answer")
+                .unwrap();
+            assert!(n > 0, "closed before answering request {i}");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(
+            got.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+    // busy: a request every 300 ms for 1.5 s (longer than the timeout in total)
+    let mut busy = TcpStream::connect(listen).await.unwrap();
+    let mut idle = TcpStream::connect(listen).await.unwrap();
+    request(&mut idle, 0).await;
+    let t0 = Instant::now();
+    for i in 0..5 {
+        request(&mut busy, i).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // the idle one was closed after ~600 ms
+    let mut buf = [0u8; 16];
+    let r = tokio::time::timeout(Duration::from_secs(2), idle.read(&mut buf))
+        .await
+        .expect("the idle connection is closed");
+    assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        t0.elapsed()
+    );
+    request(&mut busy, 99).await;
+    f.assert_no_panic();
+}

@@ -71,6 +71,13 @@ pub(crate) async fn serve_h1<S: ClientIo>(ctx: Rc<ConnCtx>, mut io: S) {
     let mut carry: Option<Box<Msg>> = Some(Msg::take());
     let mut first = true;
     let mut nodelay = false;
+    // The service's `idle_timeout` between requests (HAProxy's `timeout http-keep-alive`,
+    // nginx's `keepalive_timeout`). One timer for the connection's life, re-armed only when
+    // it fires early (a request came since it was set): no timer insert and removal per
+    // request.
+    let idle_timeout = ctx.svc.idle_timeout;
+    let mut last_request = Instant::now();
+    let mut idle = std::pin::pin!(tokio::time::sleep_until(last_request + idle_timeout));
     loop {
         if carry.is_none() {
             // Idle keep-alive: no buffer until the next request shows up.
@@ -83,6 +90,14 @@ pub(crate) async fn serve_h1<S: ClientIo>(ctx: Rc<ConnCtx>, mut io: S) {
                 if notified.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(false);
                 }
+                // the timer fired: idle long enough since the last request, or re-armed
+                while idle.as_mut().poll(cx).is_ready() {
+                    let deadline = last_request + idle_timeout;
+                    if Instant::now() >= deadline {
+                        return Poll::Ready(false);
+                    }
+                    idle.as_mut().reset(deadline);
+                }
                 io.poll_ready(cx).map(|r| r.is_ok())
             })
             .await;
@@ -92,6 +107,7 @@ pub(crate) async fn serve_h1<S: ClientIo>(ctx: Rc<ConnCtx>, mut io: S) {
         }
         let msg = carry.take().unwrap_or_else(Msg::take);
         let next = Box::pin(one_request(&ctx, &mut io, msg, first, &mut nodelay)).await;
+        last_request = Instant::now();
         if !nodelay && !matches!(next, Next::Close | Next::H2(_)) {
             // As nginx does: Nagle off once the connection is kept alive (a first answer
             // written in one piece is not delayed by it).
