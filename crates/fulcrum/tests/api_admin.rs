@@ -1,5 +1,7 @@
 //! The admin API's run-time changes, end to end: the real `fulcrum run` binary, real TCP
 //! backends and clients, real HTTP to the admin API.
+// Scenario scripts: long, with short names for the parts of a response.
+#![allow(clippy::too_many_lines, clippy::many_single_char_names)]
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
 mod common;

@@ -1,4 +1,6 @@
 //! `fulcrum check` as users run it: the real binary, real files, exit codes and output.
+// Scenario scripts: long, with short names for the parts of a response.
+#![allow(clippy::too_many_lines, clippy::many_single_char_names)]
 
 use std::path::PathBuf;
 use std::process::{Command, Output};

@@ -1,4 +1,6 @@
 //! `fulcrum ctl` run as a user would, against a running `fulcrum run`.
+// Scenario scripts: long, with short names for the parts of a response.
+#![allow(clippy::too_many_lines, clippy::many_single_char_names)]
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
 mod common;

@@ -1,7 +1,12 @@
 //! DNS and SRV discovery against a real DNS server: dnsmasq (Debian package `dnsmasq`),
 //! started by each test on a free 127.0.0.1 port and killed by PID. Without dnsmasq the tests
 //! print why and pass without checking anything.
-#![allow(clippy::unwrap_used)]
+// Scenario scripts: long, with short names for the parts of a response.
+#![allow(
+    clippy::unwrap_used,
+    clippy::too_many_lines,
+    clippy::many_single_char_names
+)]
 
 mod common;
 

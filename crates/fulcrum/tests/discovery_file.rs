@@ -1,9 +1,15 @@
 //! File discovery through the real `fulcrum run`: the pool follows edits of its backends file
 //! within about a second; a broken or missing file changes nothing and is counted.
-#![allow(clippy::unwrap_used)]
+// Scenario scripts: long, with short names for the parts of a response.
+#![allow(
+    clippy::unwrap_used,
+    clippy::too_many_lines,
+    clippy::many_single_char_names
+)]
 
 mod common;
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -24,10 +30,11 @@ async fn addresses(f: &Fulcrum, pool: &str) -> Vec<String> {
 }
 
 fn file_text(backends: &[(SocketAddr, u32)]) -> String {
-    backends
-        .iter()
-        .map(|(a, w)| format!("[[backend]]\naddress = \"{a}\"\nweight = {w}\n"))
-        .collect()
+    let mut out = String::new();
+    for (a, w) in backends {
+        let _ = writeln!(out, "[[backend]]\naddress = \"{a}\"\nweight = {w}");
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,7 @@
 //! End-to-end tests of the L7 HTTP proxy: the real `fulcrum` binary, real HTTP backends
 //! (hyper, in this process), real clients (raw TCP, hyper h2, rustls). Only 127.0.0.0/8.
+// Scenario scripts: long, with short names for the parts of a response.
+#![allow(clippy::too_many_lines, clippy::many_single_char_names)]
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
 mod common;
@@ -7,6 +9,7 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::fmt::Write as _;
+use std::io::Read as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -87,7 +90,7 @@ async fn backend_after(name: &str, delay: Duration) -> Backend {
                             }
                             let mut body = format!("{name}\n");
                             for (k, v) in req.headers() {
-                                body.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("?")));
+                                let _ = writeln!(body, "{k}: {}", v.to_str().unwrap_or("?"));
                             }
                             Ok(Response::builder()
                                 .status(st)
@@ -295,7 +298,7 @@ async fn routing_headers_h2c_and_bad_input() {
     tokio::spawn(conn);
     for _ in 0..3 {
         let req = Request::builder()
-            .uri(format!("http://api.example.com/h2"))
+            .uri("http://api.example.com/h2")
             .body(Empty::<Bytes>::new())
             .unwrap();
         let resp = h2.send_request(req).await.unwrap();
@@ -507,11 +510,12 @@ fn tls_material(dir: &std::path::Path) -> (rustls::RootCertStore, Vec<Vec<u8>>, 
         std::fs::write(dir.join(format!("{name}.pem")), leaf.pem()).unwrap();
         std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
         ders.push(leaf.der().to_vec());
-        certs.push_str(&format!(
+        let _ = write!(
+            certs,
             "{{ cert = \"{}\", key = \"{}\" }}, ",
             dir.join(format!("{name}.pem")).display(),
             dir.join(format!("{name}.key")).display()
-        ));
+        );
     }
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.der().clone()).unwrap();
@@ -776,7 +780,6 @@ async fn demo_answers_on_8080() {
     };
     assert_eq!(status.code(), Some(0));
     let mut out = String::new();
-    use std::io::Read as _;
     child
         .stdout
         .take()
@@ -1751,14 +1754,6 @@ async fn sigterm_closes_idle_keep_alive_connections() {
 /// (between requests only); one that keeps sending requests stays open.
 #[tokio::test]
 async fn keep_alive_idle_timeout() {
-    let b = backend("b").await;
-    let listen = free_addr();
-    let body = format!(
-        "{}{}",
-        http_service("web", listen, "p", "idle_timeout = \"600ms\""),
-        common::pool_toml("p", "rr", "", &weighted(&[b.addr])),
-    );
-    let (f, _admin) = start("http-idle", &body).await;
     async fn request(s: &mut TcpStream, i: u32) {
         s.write_all(format!("GET /{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
             .await
@@ -1779,6 +1774,14 @@ async fn keep_alive_idle_timeout() {
             String::from_utf8_lossy(&got)
         );
     }
+    let b = backend("b").await;
+    let listen = free_addr();
+    let body = format!(
+        "{}{}",
+        http_service("web", listen, "p", "idle_timeout = \"600ms\""),
+        common::pool_toml("p", "rr", "", &weighted(&[b.addr])),
+    );
+    let (f, _admin) = start("http-idle", &body).await;
     // busy: a request every 300 ms for 1.5 s (longer than the timeout in total)
     let mut busy = TcpStream::connect(listen).await.unwrap();
     let mut idle = TcpStream::connect(listen).await.unwrap();

@@ -1,7 +1,12 @@
 //! Misbehaving clients and backends: silent clients, resets mid-stream, a backend that never
-//! reads, a flood past max_connections. Fulcrum keeps serving, does not panic and does not
+//! reads, a flood past `max_connections`. Fulcrum keeps serving, does not panic and does not
 //! leak file descriptors.
-#![allow(clippy::unwrap_used)]
+// Scenario scripts: long, with short names for the parts of a response.
+#![allow(
+    clippy::unwrap_used,
+    clippy::too_many_lines,
+    clippy::many_single_char_names
+)]
 
 mod common;
 
@@ -84,7 +89,7 @@ async fn bad_inputs(relay: &str) {
     match r {
         Ok(Ok(0) | Err(_)) => {}
         Ok(Ok(n)) => panic!("silent client received {n} bytes"),
-        Err(_) => panic!(
+        Err(tokio::time::error::Elapsed { .. }) => panic!(
             "silent client not closed {:?} after connecting; idle_timeout is {IDLE_MS}ms",
             t.elapsed()
         ),

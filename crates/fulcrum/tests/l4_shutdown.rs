@@ -1,6 +1,11 @@
 //! Graceful shutdown on SIGTERM: the transfer in flight completes, new connections are
 //! refused, /readyz answers 503 while draining, and the exit code is 0.
-#![allow(clippy::unwrap_used)]
+// Scenario scripts: long, with short names for the parts of a response.
+#![allow(
+    clippy::unwrap_used,
+    clippy::too_many_lines,
+    clippy::many_single_char_names
+)]
 
 mod common;
 
@@ -145,7 +150,7 @@ async fn idle_sigterm_and_sigint_exit_zero_promptly() {
     }
 }
 
-/// drain_timeout bounds the wait: a connection that never ends does not keep fulcrum alive.
+/// `drain_timeout` bounds the wait: a connection that never ends does not keep fulcrum alive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_timeout_bounds_shutdown() {
     let b = TcpBackend::start(Behaviour::NeverRead).await;

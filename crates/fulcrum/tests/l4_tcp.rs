@@ -1,6 +1,11 @@
 //! End-to-end TCP proxying through the real `fulcrum run`: bulk echo under concurrency,
 //! round-robin spread, half-close, PROXY protocol v1 and v2.
-#![allow(clippy::unwrap_used)]
+// Scenario scripts: long, with short names for the parts of a response.
+#![allow(
+    clippy::unwrap_used,
+    clippy::too_many_lines,
+    clippy::many_single_char_names
+)]
 
 mod common;
 

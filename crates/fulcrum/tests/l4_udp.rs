@@ -1,6 +1,11 @@
 //! End-to-end UDP proxying: flow stickiness, replies from the service address, rr spread
 //! of client flows.
-#![allow(clippy::unwrap_used)]
+// Scenario scripts: long, with short names for the parts of a response.
+#![allow(
+    clippy::unwrap_used,
+    clippy::too_many_lines,
+    clippy::many_single_char_names
+)]
 
 mod common;
 

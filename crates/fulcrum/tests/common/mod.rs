@@ -107,7 +107,7 @@ pub fn pool_toml(
     )
 }
 
-/// A `[[service]]` block; `extra` is raw lines (proxy_protocol, max_connections, ...).
+/// A `[[service]]` block; `extra` is raw lines (`proxy_protocol`, `max_connections`, ...).
 pub fn service_toml(
     name: &str,
     listen: SocketAddr,
@@ -443,10 +443,7 @@ fn parse_http(buf: &[u8]) -> std::io::Result<(u16, String)> {
     if chunked {
         let mut out = Vec::new();
         let mut rest = &body[..];
-        loop {
-            let Some(p) = rest.windows(2).position(|w| w == b"\r\n") else {
-                break;
-            };
+        while let Some(p) = rest.windows(2).position(|w| w == b"\r\n") {
             let size_str = String::from_utf8_lossy(&rest[..p]).to_string();
             let size = usize::from_str_radix(size_str.split(';').next().unwrap_or("").trim(), 16)
                 .map_err(|_| bad("bad chunk size"))?;
@@ -500,7 +497,7 @@ pub struct TcpBackend {
     pub behaviour: Behaviour,
     pub accepted: Arc<AtomicUsize>,
     pub served: Arc<AtomicUsize>,
-    /// Bytes read from the proxy by the ServerHalfClose behaviour (after its own FIN).
+    /// Bytes read from the proxy by the `ServerHalfClose` behaviour (after its own FIN).
     pub received: Arc<AtomicUsize>,
     accept_task: Option<JoinHandle<()>>,
     conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
@@ -872,7 +869,7 @@ pub async fn wait_refused(addr: SocketAddr, limit: Duration) -> bool {
 /// What became of a connection that we expect the proxy to refuse.
 #[derive(Debug)]
 pub enum Refusal {
-    /// connect() itself failed.
+    /// `connect()` itself failed.
     ConnectFailed(std::io::Error),
     /// Connected, then closed (EOF) or reset within the limit.
     ClosedAfter(Duration),
