@@ -194,7 +194,7 @@ fn main() {
                 tx,
             ),
             (
-                "dsr, first packet, TCP SYN (probes miss, LRU lookup misses, hash + Maglev, per-CPU slot write)",
+                "dsr, first packet, TCP SYN (probes miss, ct4 filter empty, hash + Maglev, per-CPU slot write)",
                 &miss,
                 "xdp_lb",
                 tcp4_syn(f, [198, 19, 0, 10], 80),
@@ -286,8 +286,8 @@ fn main() {
          conntrack (`flows4`). Ratios are to a bare `XDP_PASS` in the same run. \
          \"First packet\" and \"miss\" rows run with a load-time knob that makes every packet new \
          to its CPU: the flow cache and the per-CPU conntrack are probed and their answers \
-         ignored, the shared LRU `ct4` is looked up (and misses: no table change, nothing \
-         promoted), then the flow hash, Maglev and the per-CPU slot write (a SYN's entry; a \
+         ignored, the `ct4_filter` entry is read (empty: nothing was promoted, so the shared \
+         LRU `ct4` is not probed), then the flow hash, Maglev and the per-CPU slot write (a SYN's entry; a \
          mid-flow packet's entry, which may not evict a SYN's), the flow cache fill, the \
          forward: what a real first packet costs. No row inserts into an LRU: that happens \
          once per flow whose backend a table change moves (the promotion, ~140 ns). Tunnel rows include one extra \
