@@ -1805,3 +1805,59 @@ async fn keep_alive_idle_timeout() {
     request(&mut busy, 99).await;
     f.assert_no_panic();
 }
+
+/// HTTP/2 client connections get the same `idle_timeout` (a GOAWAY once no request came for
+/// that long); a connection with requests every 300 ms stays open.
+#[tokio::test]
+async fn h2_client_connection_idle_timeout() {
+    async fn h2(
+        listen: SocketAddr,
+    ) -> (
+        hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let tcp = TcpStream::connect(listen).await.unwrap();
+        let (s, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .unwrap();
+        (
+            s,
+            tokio::spawn(async move {
+                let _ = conn.await;
+            }),
+        )
+    }
+    async fn get(s: &mut hyper::client::conn::http2::SendRequest<Empty<Bytes>>) -> u16 {
+        let req = Request::builder()
+            .uri("http://x/h2idle")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let r = s.send_request(req).await.unwrap();
+        let status = r.status().as_u16();
+        let _ = r.into_body().collect().await;
+        status
+    }
+    let b = backend("b").await;
+    let listen = free_addr();
+    let body = format!(
+        "{}{}",
+        http_service("web", listen, "p", "idle_timeout = \"600ms\""),
+        common::pool_toml("p", "rr", "", &weighted(&[b.addr])),
+    );
+    let (f, _admin) = start("http-h2idle", &body).await;
+    let (mut idle, idle_conn) = h2(listen).await;
+    let (mut busy, busy_conn) = h2(listen).await;
+    assert_eq!(get(&mut idle).await, 200);
+    for _ in 0..6 {
+        assert_eq!(get(&mut busy).await, 200);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    tokio::time::timeout(Duration::from_secs(2), idle_conn)
+        .await
+        .expect("the idle HTTP/2 connection is closed")
+        .unwrap();
+    assert!(!busy_conn.is_finished(), "the busy connection stays open");
+    assert_eq!(get(&mut busy).await, 200);
+    f.assert_no_panic();
+}

@@ -2,12 +2,14 @@
 //! each request goes through the same [`proxy::forward`] as HTTP/1.1 requests, and the
 //! backend's answer is streamed back as the response body.
 
+use std::cell::Cell;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
@@ -17,6 +19,7 @@ use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
 
 use crate::h1::{self, Decoder, Enc, Framing};
 use crate::proxy::{self, Answer, BodyError, Exchange, Outcome, ReqBody, ReqView};
@@ -106,7 +109,21 @@ where
         .max_header_list_size(64 * 1024)
         .max_concurrent_streams(250);
     let drain = Rc::clone(&ctx.drain);
-    let svc = hyper::service::service_fn(move |req| handle(Rc::clone(&ctx), req));
+    let idle_timeout = ctx.svc.idle_timeout;
+    let activity = Rc::new(Activity {
+        active: Cell::new(0),
+        last: Cell::new(Instant::now()),
+    });
+    let act = Rc::clone(&activity);
+    let svc = hyper::service::service_fn(move |req| {
+        let busy = Busy::new(&act);
+        let fut = handle(Rc::clone(&ctx), req);
+        async move {
+            let r = fut.await;
+            drop(busy);
+            r
+        }
+    });
     let conn = b.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     tokio::select! {
@@ -119,6 +136,52 @@ where
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }
+        () = idle(&activity, idle_timeout) => {
+            // GOAWAY: streams still sending their bodies finish, no new ones start
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// Requests in progress on an HTTP/2 connection and when the last one began or ended.
+struct Activity {
+    active: Cell<u32>,
+    last: Cell<Instant>,
+}
+
+/// Marks a request in progress (from its arrival until its answer's head is ready).
+struct Busy(Rc<Activity>);
+
+impl Busy {
+    fn new(a: &Rc<Activity>) -> Self {
+        a.active.set(a.active.get() + 1);
+        a.last.set(Instant::now());
+        Self(Rc::clone(a))
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.active.set(self.0.active.get().saturating_sub(1));
+        self.0.last.set(Instant::now());
+    }
+}
+
+/// Ready once the connection has had no request for `timeout` (the service's
+/// `idle_timeout`, as for HTTP/1.1 keep-alive). One timer per `timeout`, not per request.
+async fn idle(a: &Activity, timeout: Duration) {
+    loop {
+        let deadline = a.last.get() + timeout;
+        if Instant::now() < deadline {
+            tokio::time::sleep_until(deadline).await;
+            continue;
+        }
+        if a.active.get() == 0 {
+            return;
+        }
+        // requests still in progress: look again a timeout later
+        tokio::time::sleep(timeout).await;
     }
 }
 
