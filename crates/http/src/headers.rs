@@ -321,16 +321,16 @@ mod tests {
         write_forwarding(
             &mut h2,
             &[],
-            &[b"for=1.1.1.1"],
-            "10.0.0.1:5".parse().unwrap(),
+            &[b"for=198.18.1.1"],
+            "198.18.0.1:5".parse().unwrap(),
             Some(b"a\"b"),
             false,
         );
-        assert_eq!(h2.map["x-forwarded-for"], "10.0.0.1");
+        assert_eq!(h2.map["x-forwarded-for"], "198.18.0.1");
         assert_eq!(h2.map["x-forwarded-host"], "a\"b");
         assert_eq!(
             h2.map["forwarded"],
-            "for=1.1.1.1, for=10.0.0.1;proto=http;host=\"a\\\"b\""
+            "for=198.18.1.1, for=198.18.0.1;proto=http;host=\"a\\\"b\""
         );
         let id = request_id();
         assert_eq!(id.len(), 36);
