@@ -200,6 +200,43 @@ async fn start(name: &str, body: &str) -> (Fulcrum, SocketAddr) {
     )
 }
 
+/// Reads up to the end of a response head (bytes after it may follow), within 5 s.
+async fn read_head(s: &mut TcpStream) -> Vec<u8> {
+    let mut buf = vec![0u8; 4096];
+    let mut got = Vec::new();
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert!(n > 0, "closed before answering");
+        got.extend_from_slice(&buf[..n]);
+    }
+    got
+}
+
+/// One keep-alive `GET /{i}` on `s`, answered 200.
+async fn keep_alive_get(s: &mut TcpStream, i: u32) {
+    s.write_all(format!("GET /{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let got = read_head(s).await;
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "request {i}: {}",
+        String::from_utf8_lossy(&got)
+    );
+}
+
+/// Fulcrum closes `s` (EOF or reset) within `within`.
+async fn expect_closed(s: &mut TcpStream, within: Duration, what: &str) {
+    let mut buf = [0u8; 64];
+    let r = tokio::time::timeout(within, s.read(&mut buf))
+        .await
+        .unwrap_or_else(|_| panic!("{what}: still open after {within:?}"));
+    assert!(matches!(r, Ok(0) | Err(_)), "{what}: {r:?}");
+}
+
 // ------------------------------------------------------------------------------ tests
 
 #[tokio::test]
@@ -676,16 +713,7 @@ async fn rate_limit_access_log_and_websocket() {
     // WebSocket (Upgrade) relay, on the service with the combined log.
     let mut s = TcpStream::connect(listen2).await.unwrap();
     s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await.unwrap();
-    let mut buf = vec![0u8; 2048];
-    let mut got = Vec::new();
-    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(n > 0, "closed before the 101");
-        got.extend_from_slice(&buf[..n]);
-    }
+    let got = read_head(&mut s).await;
     assert!(
         got.starts_with(b"HTTP/1.1 101"),
         "{}",
@@ -1708,34 +1736,18 @@ async fn sigterm_closes_idle_keep_alive_connections() {
     let mut idle = Vec::new();
     for i in 0..10 {
         let mut s = TcpStream::connect(listen).await.unwrap();
-        s.write_all(format!("GET /{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
-        let mut buf = vec![0u8; 4096];
-        let mut got = Vec::new();
-        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
-                .await
-                .expect("an answer")
-                .unwrap();
-            assert!(n > 0, "closed before answering");
-            got.extend_from_slice(&buf[..n]);
-        }
-        assert!(
-            got.starts_with(b"HTTP/1.1 200"),
-            "{}",
-            String::from_utf8_lossy(&got)
-        );
+        keep_alive_get(&mut s, i).await;
         idle.push(s);
     }
     let t0 = Instant::now();
     f.signal("TERM");
     for mut s in idle {
-        let mut buf = [0u8; 64];
-        let r = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
-            .await
-            .expect("an idle connection is closed promptly on SIGTERM");
-        assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+        expect_closed(
+            &mut s,
+            Duration::from_secs(3),
+            "an idle connection on SIGTERM",
+        )
+        .await;
     }
     let status = f
         .wait_exit(Duration::from_secs(5))
@@ -1754,26 +1766,6 @@ async fn sigterm_closes_idle_keep_alive_connections() {
 /// (between requests only); one that keeps sending requests stays open.
 #[tokio::test]
 async fn keep_alive_idle_timeout() {
-    async fn request(s: &mut TcpStream, i: u32) {
-        s.write_all(format!("GET /{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
-        let mut buf = vec![0u8; 4096];
-        let mut got = Vec::new();
-        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
-                .await
-                .expect("an answer")
-                .unwrap();
-            assert!(n > 0, "closed before answering request {i}");
-            got.extend_from_slice(&buf[..n]);
-        }
-        assert!(
-            got.starts_with(b"HTTP/1.1 200"),
-            "{}",
-            String::from_utf8_lossy(&got)
-        );
-    }
     let b = backend("b").await;
     let listen = free_addr();
     let body = format!(
@@ -1785,24 +1777,20 @@ async fn keep_alive_idle_timeout() {
     // busy: a request every 300 ms for 1.5 s (longer than the timeout in total)
     let mut busy = TcpStream::connect(listen).await.unwrap();
     let mut idle = TcpStream::connect(listen).await.unwrap();
-    request(&mut idle, 0).await;
+    keep_alive_get(&mut idle, 0).await;
     let t0 = Instant::now();
     for i in 0..5 {
-        request(&mut busy, i).await;
+        keep_alive_get(&mut busy, i).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     // the idle one was closed after ~600 ms
-    let mut buf = [0u8; 16];
-    let r = tokio::time::timeout(Duration::from_secs(2), idle.read(&mut buf))
-        .await
-        .expect("the idle connection is closed");
-    assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+    expect_closed(&mut idle, Duration::from_secs(2), "the idle connection").await;
     assert!(
         t0.elapsed() >= Duration::from_millis(500),
         "{:?}",
         t0.elapsed()
     );
-    request(&mut busy, 99).await;
+    keep_alive_get(&mut busy, 99).await;
     f.assert_no_panic();
 }
 
