@@ -293,19 +293,26 @@ static __attribute__((noinline)) struct nexthop *fx_nexthop_fill(struct xdp_md *
 	return nh;
 }
 
-/* The per-CPU cache entry while its generation is current (two inlined array lookups),
- * else the slow path. */
-FX_INLINE struct nexthop *fx_nexthop(struct xdp_md *ctx, __u32 sel, const __u8 *src,
-				     const __u8 *dst)
+/* Backend `idx`'s per-CPU cache entry while its generation is current (two inlined array
+ * lookups), else NULL. */
+FX_INLINE struct nexthop *fx_nexthop_hit(__u32 idx)
 {
-	__u32 idx = sel & 0xffff;
 	__u32 zero = 0;
 	struct nexthop *nh = bpf_map_lookup_elem(&nexthops, &idx);
 	__u64 *gen = bpf_map_lookup_elem(&nh_gen, &zero);
 
 	if (nh && gen && nh->gen == *gen && *gen != 0)
 		return nh;
-	return fx_nexthop_fill(ctx, sel, src, dst);
+	return NULL;
+}
+
+/* The cached next hop, else the slow path. */
+FX_INLINE struct nexthop *fx_nexthop(struct xdp_md *ctx, __u32 sel, const __u8 *src,
+				     const __u8 *dst)
+{
+	struct nexthop *nh = fx_nexthop_hit(sel & 0xffff);
+
+	return nh ? nh : fx_nexthop_fill(ctx, sel, src, dst);
 }
 
 /* Writes the MACs of the next hop and sends the frame on its way. */
@@ -713,22 +720,20 @@ FX_INLINE int fx_nat_cached(struct xdp_md *ctx, const struct pkt *p, const struc
 		return -1;
 	const __u8 *src = (const __u8 *)&e->sv.src4;
 	const __u8 *dst = (const __u8 *)&e->hash;
-	__u32 sel = FX_NH_SEL(e->backend, FX_AF_INET, p->proto);
-	__u32 idx = e->backend;
-	__u32 zero = 0;
-	struct nexthop *nh = bpf_map_lookup_elem(&nexthops, &idx);
-	__u64 *gen = bpf_map_lookup_elem(&nh_gen, &zero);
+	struct nexthop *nh = fx_nexthop_hit(e->backend);
 
-	if (!nh || !gen || nh->gen != *gen || *gen == 0) {
+	if (!nh) {
 		/* a refill reads 16-byte addresses whatever the family: copies in the per-CPU
 		 * scratch (not the stack) */
+		__u32 zero = 0;
 		struct nat_scratch *sc = bpf_map_lookup_elem(&nat_scratch, &zero);
 
 		if (!sc)
 			return -1;
 		__builtin_memcpy(sc->rk.src, src, 4);
 		__builtin_memcpy(sc->rk.dst, dst, 4);
-		nh = fx_nexthop_fill(ctx, sel, sc->rk.src, sc->rk.dst);
+		nh = fx_nexthop_fill(ctx, FX_NH_SEL(e->backend, FX_AF_INET, p->proto), sc->rk.src,
+				     sc->rk.dst);
 		if (!nh)
 			return -1;
 	}
