@@ -61,15 +61,22 @@ pub async fn run(plane: Arc<std::sync::Mutex<XdpPlane>>, shared: Arc<Shared>, pe
         if refreshed.elapsed() >= ttl {
             refreshed = std::time::Instant::now();
             if let Ok(mut p) = plane.lock() {
-                if let Err(e) = p.refresh_nexthops() {
-                    tracing::warn!(error = %e, "cannot refresh the XDP next hops");
-                }
-                match p.sweep_nat() {
+                // a sweep that released flows has bumped the generation already
+                let bumped = match p.sweep_nat() {
                     Ok(s) if s.released > 0 => {
                         tracing::debug!(released = s.released, live = s.live, "nat flows swept");
+                        true
                     }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "cannot sweep the nat flows"),
+                    Ok(_) => false,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot sweep the nat flows");
+                        false
+                    }
+                };
+                if !bumped {
+                    if let Err(e) = p.refresh_nexthops() {
+                        tracing::warn!(error = %e, "cannot refresh the XDP next hops");
+                    }
                 }
             }
         }
