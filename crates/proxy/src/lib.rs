@@ -9,6 +9,7 @@
 //! - [`discovery`]: backends from DNS (A/AAAA, SRV) and files, per pool.
 //! - [`stats`]: the atomic counters behind the metrics.
 
+pub mod accept;
 pub mod controller;
 pub mod discovery;
 pub mod health;

@@ -9,7 +9,9 @@ use std::time::Duration;
 use fulcrum_core::model::{FlowTuple, Proto};
 use socket2::SockRef;
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
+
+use crate::accept::Acceptor;
 
 use crate::proxy_protocol;
 use crate::relay::{relay, RelayEnd};
@@ -20,7 +22,7 @@ use crate::stats::ActiveGuard;
 pub const MAX_CONNECT_ATTEMPTS: usize = 3;
 
 /// Accepts on one listener until the task is aborted.
-pub async fn serve(shared: Arc<Shared>, listener: TcpListener, listen: SocketAddr) {
+pub async fn serve(shared: Arc<Shared>, mut listener: Acceptor, listen: SocketAddr) {
     loop {
         let (sock, peer) = match listener.accept().await {
             Ok(x) => x,

@@ -144,7 +144,7 @@ fn start(shared: &Arc<Shared>, key: ListenKey, sock: BoundSocket) -> io::Result<
     let listen = key.1;
     Ok(match sock {
         BoundSocket::Tcp(l) => {
-            let l = tokio::net::TcpListener::from_std(l)?;
+            let l = crate::accept::Acceptor::new(l)?;
             tokio::task::spawn_local(tcp::serve(shared, l, listen)).abort_handle()
         }
         BoundSocket::Udp(s) => {
