@@ -233,6 +233,15 @@ fn encode_l7(
             m.encode_family(&[("service", d.service.as_str()), ("pool", d.pool.as_str())])?,
         )?;
     }
+    let mut m = enc.encode_descriptor(
+        "fulcrum_http_parked_connections",
+        "Idle HTTP/1.1 keep-alive client connections parked out of their tasks",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (service, n) in &out.parked {
+        ConstGauge::new(*n).encode(m.encode_family(&[("service", service.as_str())])?)?;
+    }
     Ok(())
 }
 

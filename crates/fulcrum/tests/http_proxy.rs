@@ -1849,3 +1849,103 @@ async fn h2_client_connection_idle_timeout() {
     assert_eq!(get(&mut busy).await, 200);
     f.assert_no_panic();
 }
+
+/// An idle keep-alive connection is parked out of its task after a second
+/// (`fulcrum_http_parked_connections`) and served again on its next request; the service's
+/// `idle_timeout` still counts from the last request, whether parked or not; a client that
+/// hangs up while parked is let go; SIGTERM closes parked connections at once.
+#[tokio::test]
+async fn idle_keep_alive_connections_are_parked_and_served_again() {
+    async fn parked(admin: SocketAddr) -> Option<u64> {
+        let (_, m) = common::http(admin, "GET", "/metrics").await.ok()?;
+        m.lines()
+            .find_map(|l| l.strip_prefix("fulcrum_http_parked_connections{service=\"web\"} "))
+            .and_then(|v| v.trim().parse().ok())
+    }
+    async fn wait_parked(admin: SocketAddr, want: u64) {
+        let t0 = Instant::now();
+        while parked(admin).await != Some(want) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "parked connections: {:?}, want {want}",
+                parked(admin).await
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let b = backend("b").await;
+    let listen = free_addr();
+    let body = format!(
+        "{}{}",
+        http_service(
+            "web",
+            listen,
+            "p",
+            "idle_timeout = \"3s\"\ndrain_timeout = \"20s\""
+        ),
+        common::pool_toml("p", "rr", "", &weighted(&[b.addr])),
+    );
+    let (mut f, admin) = start("http-park", &body).await;
+    let mut conns = Vec::new();
+    for i in 0..3 {
+        let mut s = TcpStream::connect(listen).await.unwrap();
+        keep_alive_get(&mut s, i).await;
+        conns.push(s);
+    }
+    let last_of_c = Instant::now();
+    let (mut a, b_conn, mut c) = {
+        let mut it = conns.into_iter();
+        (it.next().unwrap(), it.next().unwrap(), it.next().unwrap())
+    };
+    assert_eq!(
+        parked(admin).await,
+        Some(0),
+        "busy connections are not parked"
+    );
+    wait_parked(admin, 3).await;
+    // the next request unparks the connection and is answered on it
+    keep_alive_get(&mut a, 10).await;
+    wait_parked(admin, 2).await;
+    // a client hanging up while parked is let go
+    drop(b_conn);
+    wait_parked(admin, 1).await;
+    // `a` sends a request every 1.2 s (parked in between): it outlives `c`, which is closed
+    // once 3 s passed since its last request, up to a sweep period late
+    let mut closed_c = None;
+    for i in 11..16 {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        keep_alive_get(&mut a, i).await;
+        if closed_c.is_none() {
+            let mut buf = [0u8; 1];
+            match tokio::time::timeout(Duration::from_millis(1), c.read(&mut buf)).await {
+                Err(_) => {}
+                Ok(r) => {
+                    assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+                    closed_c = Some(last_of_c.elapsed());
+                }
+            }
+        }
+    }
+    let closed_c = closed_c.expect("the parked idle connection was closed by idle_timeout");
+    assert!(
+        closed_c >= Duration::from_millis(2900) && closed_c < Duration::from_millis(5500),
+        "closed {closed_c:?} after its last request (idle_timeout 3s)"
+    );
+    wait_parked(admin, 1).await;
+    // SIGTERM: the parked connection is closed at once, long before drain_timeout
+    let t0 = Instant::now();
+    f.signal("TERM");
+    expect_closed(
+        &mut a,
+        Duration::from_secs(3),
+        "a parked connection on SIGTERM",
+    )
+    .await;
+    let status = f
+        .wait_exit(Duration::from_secs(5))
+        .await
+        .expect("exits long before drain_timeout");
+    assert!(status.success(), "{status:?}");
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    f.assert_no_panic();
+}

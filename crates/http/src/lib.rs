@@ -14,6 +14,8 @@ mod h1;
 mod h2;
 mod headers;
 mod metrics;
+mod park;
+pub use park::set_release_free_memory;
 mod proxy;
 mod ratelimit;
 mod server;
@@ -376,7 +378,7 @@ fn spawn_conn(shared: Arc<Shared>, svc: Arc<ServiceRt>, sock: TcpStream, peer: S
     if ctx.tls {
         tokio::task::spawn_local(serve_tls(ctx, sock));
     } else {
-        tokio::task::spawn_local(server::serve_h1(ctx, sock));
+        tokio::task::spawn_local(server::serve_tcp(ctx, sock));
     }
 }
 
@@ -394,6 +396,6 @@ async fn serve_tls(ctx: Rc<ConnCtx>, sock: TcpStream) {
     if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
         h2::serve(ctx, stream).await;
     } else {
-        server::serve_h1(ctx, stream).await;
+        server::serve_h1(ctx, stream, server::Start::New { may_park: false }).await;
     }
 }

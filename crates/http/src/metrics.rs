@@ -93,6 +93,8 @@ impl PoolMetrics {
 #[derive(Debug, Default)]
 pub struct ServiceMetrics {
     pools: Mutex<HashMap<String, Arc<PoolMetrics>>>,
+    /// Idle keep-alive connections in a worker's parking lot now.
+    pub parked: AtomicU64,
 }
 
 impl ServiceMetrics {
@@ -106,6 +108,8 @@ impl ServiceMetrics {
     }
 
     pub fn collect(&self, service: &str, out: &mut L7Metrics) {
+        out.parked
+            .push((service.to_owned(), self.parked.load(Ordering::Relaxed)));
         let pools = self
             .pools
             .lock()

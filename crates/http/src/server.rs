@@ -65,44 +65,117 @@ enum Next {
     H2(Box<Msg>),
 }
 
-pub(crate) async fn serve_h1<S: ClientIo>(ctx: Rc<ConnCtx>, mut io: S) {
+/// Where a connection's HTTP/1.1 loop starts.
+#[derive(Clone, Copy)]
+pub(crate) enum Start {
+    /// A new connection; it is parked when it idles if `may_park`.
+    New { may_park: bool },
+    /// Back from the parking lot because it turned readable: read a request at once.
+    Unparked { last_request: Instant },
+    /// Could not be parked (draining, or the lot failed): it idles in its task.
+    Kept { last_request: Instant },
+}
+
+/// Serves a plain TCP client connection, parking it when it idles (see [`crate::park`]).
+pub(crate) async fn serve_tcp(ctx: Rc<ConnCtx>, sock: TcpStream) {
+    serve_tcp_from(ctx, sock, Start::New { may_park: true }).await;
+}
+
+/// Serves a connection unparked because it became readable.
+pub(crate) async fn resume_h1(ctx: Rc<ConnCtx>, sock: TcpStream, last_request: Instant) {
+    serve_tcp_from(ctx, sock, Start::Unparked { last_request }).await;
+}
+
+async fn serve_tcp_from(mut ctx: Rc<ConnCtx>, mut sock: TcpStream, mut start: Start) {
+    loop {
+        let Some((c, s, last_request)) = serve_h1(ctx, sock, start).await else {
+            return;
+        };
+        match crate::park::park(c, s, last_request) {
+            Ok(()) => return,
+            Err((c, s)) => {
+                (ctx, sock) = (c, s);
+                start = Start::Kept { last_request };
+            }
+        }
+    }
+}
+
+/// How an idle wait ended.
+enum Wake {
+    Readable,
+    Close,
+    Park,
+}
+
+/// The HTTP/1.1 loop of one connection. Returns the connection when it has idled for
+/// [`crate::park::PARK_AFTER`] and may be parked (its `idle_timeout` not yet reached), for
+/// the caller to park it.
+pub(crate) async fn serve_h1<S: ClientIo>(
+    ctx: Rc<ConnCtx>,
+    mut io: S,
+    start: Start,
+) -> Option<(Rc<ConnCtx>, S, Instant)> {
+    let (mut first, read_at_once, may_park, mut last_request) = match start {
+        Start::New { may_park } => (true, true, may_park, Instant::now()),
+        Start::Unparked { last_request } => (false, true, true, last_request),
+        Start::Kept { last_request } => (false, false, false, last_request),
+    };
+    // A connection back from the lot already had Nagle turned off.
+    let mut nodelay = !first;
     // The first request is read at once (it is usually there already), within the header
-    // timeout like any request head.
-    let mut carry: Option<Box<Msg>> = Some(Msg::take());
-    let mut first = true;
-    let mut nodelay = false;
+    // timeout like any request head; so is the request that unparked a connection.
+    let mut carry: Option<Box<Msg>> = read_at_once.then(Msg::take);
     // The service's `idle_timeout` between requests (HAProxy's `timeout http-keep-alive`,
-    // nginx's `keepalive_timeout`). One timer for the connection's life, re-armed only when
-    // it fires early (a request came since it was set): no timer insert and removal per
-    // request.
+    // nginx's `keepalive_timeout`), and the time to park. One timer for the connection's
+    // life, re-armed only when it fires early (a request came since it was set): no timer
+    // insert and removal per request.
     let idle_timeout = ctx.svc.idle_timeout;
-    let mut last_request = Instant::now();
-    let mut idle = std::pin::pin!(tokio::time::sleep_until(last_request + idle_timeout));
+    let park_after = if may_park && crate::park::PARK_AFTER < idle_timeout {
+        Some(crate::park::PARK_AFTER)
+    } else {
+        None
+    };
+    let mut idle = std::pin::pin!(tokio::time::sleep_until(
+        last_request + park_after.unwrap_or(idle_timeout)
+    ));
     loop {
         if carry.is_none() {
             // Idle keep-alive: no buffer until the next request shows up.
             let notified = ctx.drain.notified();
             if ctx.shared.is_draining() {
-                return;
+                return None;
             }
-            let mut notified = std::pin::pin!(notified);
-            let go_on = std::future::poll_fn(|cx| {
-                if notified.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(false);
-                }
-                // the timer fired: idle long enough since the last request, or re-armed
-                while idle.as_mut().poll(cx).is_ready() {
-                    let deadline = last_request + idle_timeout;
-                    if Instant::now() >= deadline {
-                        return Poll::Ready(false);
+            let wake = {
+                let mut notified = std::pin::pin!(notified);
+                std::future::poll_fn(|cx| {
+                    if notified.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Wake::Close);
                     }
-                    idle.as_mut().reset(deadline);
-                }
-                io.poll_ready(cx).map(|r| r.is_ok())
-            })
-            .await;
-            if !go_on {
-                return;
+                    // the timer fired: idle long enough since the last request, or re-armed
+                    while idle.as_mut().poll(cx).is_ready() {
+                        let now = Instant::now();
+                        if now >= last_request + idle_timeout {
+                            return Poll::Ready(Wake::Close);
+                        }
+                        let deadline = match park_after {
+                            Some(p) if now >= last_request + p => return Poll::Ready(Wake::Park),
+                            Some(p) => last_request + p,
+                            None => last_request + idle_timeout,
+                        };
+                        idle.as_mut().reset(deadline);
+                    }
+                    io.poll_ready(cx).map(|r| match r {
+                        Ok(()) => Wake::Readable,
+                        Err(_) => Wake::Close,
+                    })
+                })
+                .await
+            };
+            match wake {
+                Wake::Readable => {}
+                Wake::Close => return None,
+                Wake::Park => return Some((ctx, io, last_request)),
             }
         }
         let msg = carry.take().unwrap_or_else(Msg::take);
@@ -115,7 +188,7 @@ pub(crate) async fn serve_h1<S: ClientIo>(ctx: Rc<ConnCtx>, mut io: S) {
             nodelay = true;
         }
         match next {
-            Next::Close => return,
+            Next::Close => return None,
             Next::Idle => {}
             Next::Carry(m) => carry = Some(m),
             Next::H2(mut m) => {
@@ -123,7 +196,7 @@ pub(crate) async fn serve_h1<S: ClientIo>(ctx: Rc<ConnCtx>, mut io: S) {
                 let io = crate::h2::Prefixed::new(std::mem::take(&mut m.buf), io);
                 m.give();
                 Box::pin(crate::h2::serve(ctx, io)).await;
-                return;
+                return None;
             }
         }
         first = false;

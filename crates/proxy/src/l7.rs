@@ -69,4 +69,6 @@ pub struct HttpDurationSample {
 pub struct L7Metrics {
     pub requests: Vec<HttpRequestsSample>,
     pub durations: Vec<HttpDurationSample>,
+    /// (service, idle keep-alive connections parked out of their tasks).
+    pub parked: Vec<(String, u64)>,
 }

@@ -1,0 +1,286 @@
+//! The parking lot: idle HTTP/1.1 keep-alive connections held without a task.
+//!
+//! A keep-alive connection that has been idle for [`PARK_AFTER`] leaves tokio: its task ends
+//! (freeing the task cell and the connection's future) and its socket leaves tokio's reactor
+//! (freeing the registration). The worker's lot keeps the socket, the connection's
+//! [`ConnCtx`] and the time of its last request (32 bytes in a slot), with the socket
+//! registered in the lot's own epoll instance, which is itself one source in tokio's reactor.
+//! This is what nginx does with a keep-alive connection at rest (it frees the request's pool
+//! and buffers and keeps the bare connection), and it is why an idle connection costs about a
+//! quarter of an active one here.
+//!
+//! - When a parked socket becomes readable (the next request, or the peer closing), it goes
+//!   back to tokio and a new task serves it from where the old one stopped.
+//! - The service's `idle_timeout` still applies, counted from the last request: a sweep once
+//!   per [`PARK_AFTER`] closes the parked connections whose time is up (so it fires up to that
+//!   much late; `idle_timeout`s shorter than [`PARK_AFTER`] never park).
+//! - When the process starts draining, every parked connection is closed at once.
+//!
+//! Parking costs four `epoll_ctl` calls and a task spawn per park/unpark cycle, paid only by
+//! connections that were idle for a second; a busy connection never parks.
+//!
+//! The `unsafe` here is the syscall edge: registering the lot's epoll fd with tokio.
+#![allow(unsafe_code)]
+
+use std::cell::RefCell;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fulcrum_proxy::snapshot::Shared;
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Registry, Token};
+use tokio::io::unix::AsyncFd;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::ConnCtx;
+
+/// How long a keep-alive connection idles in its task before it is parked.
+pub(crate) const PARK_AFTER: Duration = Duration::from_secs(1);
+
+/// How long after a park the freed memory is given back (parks come in bursts).
+const RELEASE_DELAY: Duration = Duration::from_millis(100);
+
+/// A parked connection.
+struct Parked {
+    sock: std::net::TcpStream,
+    ctx: Rc<ConnCtx>,
+    last_request: Instant,
+}
+
+/// One worker's lot.
+struct Lot {
+    /// A handle on the lot's epoll instance, for (de)registering parked sockets.
+    registry: Registry,
+    slots: RefCell<Slots>,
+    /// Connections were parked and their memory is not yet released.
+    parked_lately: std::cell::Cell<bool>,
+}
+
+#[derive(Default)]
+struct Slots {
+    parked: Vec<Option<Parked>>,
+    free: Vec<usize>,
+    count: usize,
+}
+
+impl Slots {
+    fn insert(&mut self, p: Parked) -> usize {
+        self.count += 1;
+        p.ctx.ext.metrics.parked.fetch_add(1, Ordering::Relaxed);
+        if let Some(i) = self.free.pop() {
+            self.parked[i] = Some(p);
+            i
+        } else {
+            self.parked.push(Some(p));
+            self.parked.len() - 1
+        }
+    }
+
+    fn take(&mut self, i: usize) -> Option<Parked> {
+        let p = self.parked.get_mut(i)?.take()?;
+        p.ctx.ext.metrics.parked.fetch_sub(1, Ordering::Relaxed);
+        self.free.push(i);
+        self.count -= 1;
+        Some(p)
+    }
+
+    /// Removes every connection for which `expired` holds (they close when dropped).
+    fn sweep(&mut self, mut expired: impl FnMut(&Parked) -> bool) -> usize {
+        let mut closed = 0;
+        for i in 0..self.parked.len() {
+            if self.parked[i].as_ref().is_some_and(&mut expired) {
+                if let Some(p) = self.parked[i].take() {
+                    p.ctx.ext.metrics.parked.fetch_sub(1, Ordering::Relaxed);
+                }
+                self.free.push(i);
+                self.count -= 1;
+                closed += 1;
+            }
+        }
+        if self.count == 0 {
+            // Give the memory back after a burst of idle connections has gone.
+            self.parked = Vec::new();
+            self.free = Vec::new();
+        }
+        closed
+    }
+}
+
+/// The lot's epoll instance, owned by the lot's task.
+struct LotPoll(Poll);
+
+impl AsRawFd for LotPoll {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// Set once by the binary: returns the calling thread's freed allocator memory to the kernel
+/// (the allocator is the binary's choice). Called after connections were parked.
+static RELEASE_FREE_MEMORY: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Registers the function the worker calls after parking connections, so memory freed by
+/// parking (their tasks and socket registrations) leaves the process's RSS. Only the first
+/// call counts.
+pub fn set_release_free_memory(f: fn()) {
+    let _ = RELEASE_FREE_MEMORY.set(f);
+}
+
+thread_local! {
+    /// This worker's lot, created by the first connection parked on it.
+    static LOT: RefCell<Option<Rc<Lot>>> = const { RefCell::new(None) };
+}
+
+/// Parks an idle connection whose last request ended at `last_request`. On failure the
+/// connection is handed back, still in tokio.
+pub(crate) fn park(
+    ctx: Rc<ConnCtx>,
+    sock: TcpStream,
+    last_request: Instant,
+) -> Result<(), (Rc<ConnCtx>, TcpStream)> {
+    if ctx.shared.is_draining() {
+        return Err((ctx, sock));
+    }
+    let lot = match lot(&ctx) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot start the parking lot");
+            return Err((ctx, sock));
+        }
+    };
+    // Leaves tokio's reactor (its registration is freed); the socket stays non-blocking.
+    let sock = match sock.into_std() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot park a connection: closing it");
+            return Ok(());
+        }
+    };
+    let fd = sock.as_raw_fd();
+    if !lot.parked_lately.replace(true) {
+        // The first park after a release: give back what parking freed once this burst of
+        // parks is over (the tasks end and registrations go when the reactor next turns).
+        tokio::task::spawn_local(async {
+            tokio::time::sleep(RELEASE_DELAY).await;
+            LOT.with(|cell| {
+                if let Some(l) = cell.borrow().as_ref() {
+                    l.parked_lately.set(false);
+                }
+            });
+            if let Some(release) = RELEASE_FREE_MEMORY.get() {
+                release();
+            }
+        });
+    }
+    let mut slots = lot.slots.borrow_mut();
+    let i = slots.insert(Parked {
+        sock,
+        ctx,
+        last_request,
+    });
+    if let Err(e) = lot
+        .registry
+        .register(&mut SourceFd(&fd), Token(i), Interest::READABLE)
+    {
+        tracing::debug!(error = %e, "cannot park a connection: closing it");
+        drop(slots.take(i));
+    }
+    Ok(())
+}
+
+/// This worker's lot, started on first use.
+fn lot(ctx: &Rc<ConnCtx>) -> io::Result<Rc<Lot>> {
+    LOT.with(|cell| {
+        if let Some(l) = cell.borrow().as_ref() {
+            return Ok(Rc::clone(l));
+        }
+        let poll = Poll::new()?;
+        let registry = poll.registry().try_clone()?;
+        // SAFETY: `LotPoll` owns the epoll fd and the `AsyncFd` owns the `LotPoll`, so the fd
+        // is neither closed nor replaced while it is registered.
+        let poll = unsafe {
+            AsyncFd::register_with_interest(LotPoll(poll), tokio::io::Interest::READABLE)?
+        };
+        let l = Rc::new(Lot {
+            registry,
+            slots: RefCell::new(Slots::default()),
+            parked_lately: std::cell::Cell::new(false),
+        });
+        *cell.borrow_mut() = Some(Rc::clone(&l));
+        tokio::task::spawn_local(run(
+            Rc::clone(&l),
+            poll,
+            Arc::clone(&ctx.shared),
+            Rc::clone(&ctx.drain),
+        ));
+        Ok(l)
+    })
+}
+
+/// The lot's task: unparks readable connections, sweeps expired ones, closes all on drain.
+async fn run(lot: Rc<Lot>, mut poll: AsyncFd<LotPoll>, shared: Arc<Shared>, drain: Rc<Notify>) {
+    let mut events = Events::with_capacity(256);
+    let mut sweep = tokio::time::interval(PARK_AFTER);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut drained = false;
+    loop {
+        let notified = drain.notified();
+        let mut notified = std::pin::pin!(notified);
+        notified.as_mut().enable();
+        if !drained && shared.is_draining() {
+            drained = true;
+            let closed = lot.slots.borrow_mut().sweep(|_| true);
+            tracing::debug!(closed, "draining: closed the parked connections");
+        }
+        tokio::select! {
+            ready = poll.readable_mut() => {
+                let Ok(mut ready) = ready else { return };
+                // Cleared first: an event that arrives while the lot is read raises a new one.
+                ready.clear_ready();
+                loop {
+                    if let Err(e) = ready.get_inner_mut().0.poll(&mut events, Some(Duration::ZERO)) {
+                        if e.kind() == io::ErrorKind::Interrupted {
+                            continue;
+                        }
+                        tracing::warn!(error = %e, "parking lot: epoll_wait failed");
+                        break;
+                    }
+                    for ev in &events {
+                        unpark(&lot, ev.token().0);
+                    }
+                    if events.iter().count() < events.capacity() {
+                        break;
+                    }
+                }
+            }
+            _ = sweep.tick() => {
+                let now = Instant::now();
+                lot.slots
+                    .borrow_mut()
+                    .sweep(|p| now >= p.last_request + p.ctx.svc.idle_timeout);
+            }
+            () = &mut notified => {}
+        }
+    }
+}
+
+/// Moves a parked connection back into tokio and into a new task.
+fn unpark(lot: &Lot, i: usize) {
+    let Some(p) = lot.slots.borrow_mut().take(i) else {
+        return;
+    };
+    let _ = lot.registry.deregister(&mut SourceFd(&p.sock.as_raw_fd()));
+    match TcpStream::from_std(p.sock) {
+        Ok(sock) => {
+            tokio::task::spawn_local(crate::server::resume_h1(p.ctx, sock, p.last_request));
+        }
+        Err(e) => tracing::debug!(error = %e, "cannot unpark a connection: closing it"),
+    }
+}
