@@ -1949,3 +1949,107 @@ async fn idle_keep_alive_connections_are_parked_and_served_again() {
     assert!(t0.elapsed() < Duration::from_secs(5));
     f.assert_no_panic();
 }
+
+/// Full duplex through an h2c pool, as a gRPC bidirectional streaming call needs: the backend
+/// answers at once and echoes each piece of the request body as it comes; the HTTP/2 client
+/// sends its next piece only after it got the echo of the previous one.
+#[tokio::test]
+async fn h2c_backend_full_duplex_streaming() {
+    /// A body fed through a channel, one data frame per message.
+    struct Chan(tokio::sync::mpsc::Receiver<Bytes>);
+    impl hyper::body::Body for Chan {
+        type Data = Bytes;
+        type Error = Infallible;
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+            self.0
+                .poll_recv(cx)
+                .map(|o| o.map(|b| Ok(hyper::body::Frame::data(b))))
+        }
+    }
+    // the echo backend (HTTP/2 only)
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend_addr = l.local_addr().unwrap();
+    let echo = tokio::spawn(async move {
+        while let Ok((sock, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async {
+                    let (tx, rx) = tokio::sync::mpsc::channel(8);
+                    let mut body = req.into_body();
+                    tokio::spawn(async move {
+                        while let Some(Ok(f)) = body.frame().await {
+                            if let Ok(d) = f.into_data() {
+                                if tx.send(d).await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    });
+                    Ok::<_, Infallible>(Response::new(Chan(rx)))
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(sock), svc)
+                    .await;
+            });
+        }
+    });
+    let listen = free_addr();
+    let body = format!(
+        "{}{}",
+        http_service("grpc", listen, "g", ""),
+        common::pool_toml(
+            "g",
+            "rr",
+            "backend_protocol = \"h2c\"\n",
+            &weighted(&[backend_addr])
+        ),
+    );
+    let (f, _) = start("http-duplex", &body).await;
+    let tcp = TcpStream::connect(listen).await.unwrap();
+    let (mut client, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let req = Request::builder()
+        .method("POST")
+        .uri("http://grpc.test/echo.Echo/Chat")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Chan(rx))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), client.send_request(req))
+        .await
+        .expect("the answer's head comes before the request body ends")
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut answer = resp.into_body();
+    for i in 0..5 {
+        let ping = Bytes::from(format!("ping {i}"));
+        tx.send(ping.clone()).await.unwrap();
+        let frame = tokio::time::timeout(Duration::from_secs(5), answer.frame())
+            .await
+            .unwrap_or_else(|_| panic!("no echo of piece {i} while the request is still open"))
+            .expect("the answer goes on")
+            .unwrap();
+        assert_eq!(frame.into_data().unwrap(), ping);
+    }
+    // the client ends its body: the backend ends its answer
+    drop(tx);
+    // (an empty DATA frame may carry the end of the stream)
+    loop {
+        let end = tokio::time::timeout(Duration::from_secs(5), answer.frame())
+            .await
+            .expect("the answer ends after the request body");
+        match end {
+            None => break,
+            Some(Ok(f)) if f.data_ref().is_some_and(Bytes::is_empty) => {}
+            other => panic!("more after the request body ended: {other:?}"),
+        }
+    }
+    echo.abort();
+    f.assert_no_panic();
+}

@@ -290,7 +290,13 @@ async fn handle(c: Rc<ConnCtx>, req: Request<Incoming>) -> Result<Response<H2Bod
             }
             r
         }
-        Outcome::Backend(ex, cookie) => {
+        Outcome::Backend(mut ex, cookie) => {
+            // Full duplex: the client's stream keeps sending its body to the backend while the
+            // answer streams back (gRPC client and bidirectional streaming calls).
+            if let Some(tx) = ex.take_upload() {
+                let c = Rc::clone(&c);
+                tokio::task::spawn_local(async move { proxy::upload_rest(&c, body, tx).await });
+            }
             let mut b = Response::builder().status(ex.status());
             for (n, v) in ex.headers() {
                 if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(n), HeaderValue::from_bytes(v)) {

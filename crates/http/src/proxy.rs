@@ -202,6 +202,10 @@ pub(crate) enum Answer {
     H2 {
         head: http::response::Parts,
         body: Incoming,
+        /// The rest of the client's body, still to be sent when the backend answered before
+        /// it was all sent (full duplex, as gRPC streaming calls need): the front end keeps
+        /// pumping it ([`upload_rest`]) or drops it, which resets the backend's stream.
+        upload: Option<upstream::BodyTx>,
     },
 }
 
@@ -225,6 +229,15 @@ pub(crate) struct Exchange {
 }
 
 impl Exchange {
+    /// The sender of the rest of the client's body, when an HTTP/2 backend answered before
+    /// the body was all sent (see [`Answer::H2`]).
+    pub fn take_upload(&mut self) -> Option<upstream::BodyTx> {
+        match &mut self.answer {
+            Answer::H2 { upload, .. } => upload.take(),
+            Answer::H1 { .. } => None,
+        }
+    }
+
     /// The response headers to pass on: without hop-by-hop ones (unless upgraded), and
     /// without `Content-Length` when the body is re-framed.
     pub fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
@@ -786,6 +799,20 @@ async fn pump(
     body.wait_more().await
 }
 
+/// Sends the rest of a client's body on an HTTP/2 backend stream whose answer has already
+/// begun, until the body ends (then the stream's request side is ended, trailers included),
+/// the client's body fails (the stream is reset) or the backend's stream is gone.
+pub(crate) async fn upload_rest(c: &ConnCtx, mut body: impl ReqBody, tx: upstream::BodyTx) {
+    let mut tx = Some(tx);
+    let mut bytes_in = 0;
+    while tx.is_some() {
+        if pump(&mut body, &mut tx, &mut bytes_in).await.is_err() {
+            break;
+        }
+    }
+    c.svc.stats.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
+}
+
 /// How an HTTP/2 exchange ended.
 enum End {
     Resp(http::Response<Incoming>),
@@ -794,7 +821,8 @@ enum End {
 }
 
 /// One attempt on an HTTP/2 (h2c) backend: a stream on this worker's multiplexed connection
-/// to it; the client's body is forwarded while the response head is awaited.
+/// to it; the client's body is forwarded while the response head is awaited, and what is left
+/// of it then goes with the answer (`Answer::H2::upload`).
 async fn h2_exchange<R: ReqView>(
     f: &Fwd<'_, R>,
     body: &mut impl ReqBody,
@@ -847,9 +875,6 @@ async fn h2_exchange<R: ReqView>(
         }
         Ok(End::Resp(r)) => r,
     };
-    // Abandons the rest of the client's body if the backend answered before it was all
-    // sent (the stream is reset rather than cut short silently).
-    drop(tx);
     let (head, body) = resp.into_parts();
     let status = head.status.as_u16();
     let framing = if f.is_head || status < 200 || status == 204 || status == 304 {
@@ -866,7 +891,11 @@ async fn h2_exchange<R: ReqView>(
         }
     };
     Ok(Got {
-        answer: Answer::H2 { head, body },
+        answer: Answer::H2 {
+            head,
+            body,
+            upload: tx,
+        },
         framing,
         active,
     })

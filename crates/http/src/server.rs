@@ -452,7 +452,11 @@ async fn one_request<S: ClientIo>(
             relay_upgrade(c, io, ex, &pending).await;
             false
         }
-        Outcome::Backend(ex, cookie) => {
+        Outcome::Backend(mut ex, cookie) => {
+            // An HTTP/1.1 client's body comes on the connection the answer goes to: what is
+            // left of it once an HTTP/2 backend answered is not sent (its stream is reset),
+            // and the connection closes since that body was not read to its end.
+            drop(ex.take_upload());
             respond(c, io, ex, cookie, msg.minor, is_head, close, nodelay).await && !close
         }
     };
