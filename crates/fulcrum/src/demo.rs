@@ -144,7 +144,8 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<u8> {
         .thread_name("fulcrum-control")
         .build()
         .context("cannot start the control runtime")?;
-    rt.block_on(async {
+    // A LocalSet: with one worker, the worker runs on this thread (`Workers::start_inline`).
+    tokio::task::LocalSet::new().block_on(&rt, async {
         let mut addrs = Vec::new();
         for i in 1..=3 {
             let l = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -92,7 +92,17 @@ pub fn run(args: &RunArgs) -> anyhow::Result<u8> {
         Relay::Splice => RelayMode::Splice,
         Relay::Auto => RelayMode::Auto,
     };
-    rt.block_on(serve(args.config.clone(), cfg, workers, mode))
+    // A LocalSet: with one worker, the worker runs on this thread (`Workers::start_inline`).
+    tokio::task::LocalSet::new().block_on(&rt, serve(args.config.clone(), cfg, workers, mode))
+}
+
+/// One worker runs on this thread (the process has one thread); more get a thread each.
+fn start_workers(n: usize, shared: &Arc<Shared>) -> anyhow::Result<Workers> {
+    Ok(if n == 1 {
+        Workers::start_inline(shared)
+    } else {
+        Workers::start(n, shared).context("cannot start worker threads")?
+    })
 }
 
 pub(crate) async fn serve(
@@ -114,7 +124,7 @@ pub(crate) async fn serve(
         )),
         None => None,
     };
-    let workers = Workers::start(n, &shared).context("cannot start worker threads")?;
+    let workers = start_workers(n, &shared)?;
     let controller = match Controller::start(Arc::clone(&shared), workers, path, cfg) {
         Ok(c) => c,
         Err(msg) => {

@@ -66,6 +66,25 @@ pub struct Workers {
 }
 
 impl Workers {
+    /// Starts one worker on the calling thread, as a task of the current `LocalSet`: the
+    /// whole process then runs in one thread (control and data plane together, like HAProxy
+    /// with `nbthread 1` or an nginx worker). Besides a thread and a channel hop less, a
+    /// single-threaded process takes the kernel's fast path for every socket syscall (no
+    /// reference count on the file when the fd table is not shared).
+    ///
+    /// # Panics
+    /// Outside a `LocalSet` (see `tokio::task::spawn_local`).
+    #[must_use]
+    pub fn start_inline(shared: &Arc<Shared>) -> Self {
+        let (tx, rx) = unbounded_channel();
+        let shared = Arc::clone(shared);
+        tokio::task::spawn_local(async move { serve_commands(&shared, rx).await });
+        Self {
+            senders: vec![tx],
+            _threads: Vec::new(),
+        }
+    }
+
     /// Starts `n` worker threads.
     pub fn start(n: usize, shared: &Arc<Shared>) -> io::Result<Self> {
         let mut senders = Vec::with_capacity(n);
@@ -107,36 +126,41 @@ impl Workers {
     }
 }
 
-fn run(rt: &tokio::runtime::Runtime, shared: &Arc<Shared>, mut rx: UnboundedReceiver<WorkerCmd>) {
+fn run(rt: &tokio::runtime::Runtime, shared: &Arc<Shared>, rx: UnboundedReceiver<WorkerCmd>) {
     let local = tokio::task::LocalSet::new();
     local.block_on(rt, async move {
-        let mut listeners: HashMap<ListenKey, AbortHandle> = HashMap::new();
-        while let Some(cmd) = rx.recv().await {
-            match cmd {
-                WorkerCmd::Listen(key, sock) => match start(shared, key, sock) {
-                    Ok(h) => {
-                        if let Some(old) = listeners.insert(key, h) {
-                            old.abort();
-                        }
-                    }
-                    Err(e) => tracing::error!(listen = %key.1, error = %e, "cannot serve socket"),
-                },
-                WorkerCmd::Unlisten(key) => {
-                    if let Some(h) = listeners.remove(&key) {
-                        h.abort();
-                    }
-                }
-                WorkerCmd::StopAccepting => {
-                    for (_, h) in listeners.drain() {
-                        h.abort();
-                    }
-                }
-            }
-        }
+        serve_commands(shared, rx).await;
         // The controller is gone (process exiting): keep serving open connections until
         // the process ends.
         std::future::pending::<()>().await;
     });
+}
+
+/// A worker's command loop: starts and stops its listeners until the controller is gone.
+async fn serve_commands(shared: &Arc<Shared>, mut rx: UnboundedReceiver<WorkerCmd>) {
+    let mut listeners: HashMap<ListenKey, AbortHandle> = HashMap::new();
+    while let Some(cmd) = rx.recv().await {
+        match cmd {
+            WorkerCmd::Listen(key, sock) => match start(shared, key, sock) {
+                Ok(h) => {
+                    if let Some(old) = listeners.insert(key, h) {
+                        old.abort();
+                    }
+                }
+                Err(e) => tracing::error!(listen = %key.1, error = %e, "cannot serve socket"),
+            },
+            WorkerCmd::Unlisten(key) => {
+                if let Some(h) = listeners.remove(&key) {
+                    h.abort();
+                }
+            }
+            WorkerCmd::StopAccepting => {
+                for (_, h) in listeners.drain() {
+                    h.abort();
+                }
+            }
+        }
+    }
 }
 
 fn start(shared: &Arc<Shared>, key: ListenKey, sock: BoundSocket) -> io::Result<AbortHandle> {
