@@ -3,8 +3,9 @@
 //! tokio's `TcpListener::accept` calls `accept4` until it fails with `EAGAIN`, so every
 //! wake-up ends with one failed call. On Linux a failed `accept4` is not cheap: the kernel
 //! allocates the new socket, its file, inode and dentry *before* it looks at the queue, and
-//! frees them again (perf on the new-connection benchmark: ~2 µs of kernel time per
-//! connection, 0.8 failed calls per accepted connection). nginx avoids it by accepting one
+//! frees them again: 3.0 µs per failed call on the benchmark machine, against 0.28 µs for the
+//! `TCP_INFO` read below, and tokio's loop made 0.8 failed calls per accepted connection in
+//! the new-connection benchmark. nginx avoids it by accepting one
 //! connection per level-triggered readiness event. Here the readiness is edge-triggered, so
 //! the listener asks the kernel how many connections are waiting instead: on a listening
 //! socket `TCP_INFO` reports the accept-queue length in `tcpi_unacked` (what `ss` shows as
