@@ -6,8 +6,8 @@
 //! [`ConnCtx`] and the time of its last request (32 bytes in a slot), with the socket
 //! registered in the lot's own epoll instance, which is itself one source in tokio's reactor.
 //! This is what nginx does with a keep-alive connection at rest (it frees the request's pool
-//! and buffers and keeps the bare connection), and it is why an idle connection costs about a
-//! quarter of an active one here.
+//! and buffers and keeps the bare connection). In the HTTP benchmark an idle connection costs
+//! about 230 bytes of RSS this way, against 1,076 while it kept its task and registration.
 //!
 //! - When a parked socket becomes readable (the next request, or the peer closing), it goes
 //!   back to tokio and a new task serves it from where the old one stopped.
