@@ -200,6 +200,26 @@ async fn start(name: &str, body: &str) -> (Fulcrum, SocketAddr) {
     )
 }
 
+/// One http service `web` on `listen` (with `extra` keys) over an rr pool `p` of `backends`.
+fn web_service(listen: SocketAddr, extra: &str, backends: &[SocketAddr]) -> String {
+    format!(
+        "{}{}",
+        http_service("web", listen, "p", extra),
+        common::pool_toml("p", "rr", "", &weighted(backends)),
+    )
+}
+
+/// After SIGTERM at `t0`, the process exits 0 within 5 s (long before the tests'
+/// `drain_timeout`).
+async fn exits_promptly(f: &mut Fulcrum, t0: Instant) {
+    let status = f
+        .wait_exit(Duration::from_secs(5))
+        .await
+        .expect("exits long before drain_timeout");
+    assert!(status.success(), "{status:?}");
+    assert!(t0.elapsed() < Duration::from_secs(5));
+}
+
 /// Reads up to the end of a response head (bytes after it may follow), within 5 s.
 async fn read_head(s: &mut TcpStream) -> Vec<u8> {
     let mut buf = vec![0u8; 4096];
@@ -1101,11 +1121,7 @@ async fn backend_killed_mid_load_costs_no_idempotent_request() {
         Killable::start("k3").await,
     );
     let listen = free_addr();
-    let body = format!(
-        "{}{}",
-        http_service("web", listen, "p", ""),
-        common::pool_toml("p", "rr", "", &weighted(&[a.addr, b.addr, victim.addr])),
-    );
+    let body = web_service(listen, "", &[a.addr, b.addr, victim.addr]);
     let (f, _) = start("http-kill", &body).await;
     let failures = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
@@ -1145,11 +1161,7 @@ async fn backend_killed_mid_load_costs_no_idempotent_request() {
 async fn slowloris_gets_408_while_others_are_served() {
     let b = backend("s1").await;
     let listen = free_addr();
-    let body = format!(
-        "{}{}",
-        http_service("web", listen, "p", ""),
-        common::pool_toml("p", "rr", "", &weighted(&[b.addr])),
-    );
+    let body = web_service(listen, "", &[b.addr]);
     let (f, _) = start("http-slowloris", &body).await;
     let mut slow = TcpStream::connect(listen).await.unwrap();
     slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
@@ -1726,11 +1738,7 @@ async fn trailers_pass_both_ways_h1_and_h2() {
 async fn sigterm_closes_idle_keep_alive_connections() {
     let b = backend("b").await;
     let listen = free_addr();
-    let body = format!(
-        "{}{}",
-        http_service("web", listen, "p", "drain_timeout = \"20s\""),
-        common::pool_toml("p", "rr", "", &weighted(&[b.addr])),
-    );
+    let body = web_service(listen, "drain_timeout = \"20s\"", &[b.addr]);
     let (mut f, _admin) = start("http-sigterm", &body).await;
     // ten clients, each after one keep-alive request, idle
     let mut idle = Vec::new();
@@ -1749,12 +1757,7 @@ async fn sigterm_closes_idle_keep_alive_connections() {
         )
         .await;
     }
-    let status = f
-        .wait_exit(Duration::from_secs(5))
-        .await
-        .expect("exits long before drain_timeout");
-    assert!(status.success(), "{status:?}");
-    assert!(t0.elapsed() < Duration::from_secs(5));
+    exits_promptly(&mut f, t0).await;
     assert!(
         TcpStream::connect(listen).await.is_err(),
         "the listener is gone"
@@ -1768,11 +1771,7 @@ async fn sigterm_closes_idle_keep_alive_connections() {
 async fn keep_alive_idle_timeout() {
     let b = backend("b").await;
     let listen = free_addr();
-    let body = format!(
-        "{}{}",
-        http_service("web", listen, "p", "idle_timeout = \"600ms\""),
-        common::pool_toml("p", "rr", "", &weighted(&[b.addr])),
-    );
+    let body = web_service(listen, "idle_timeout = \"600ms\"", &[b.addr]);
     let (f, _admin) = start("http-idle", &body).await;
     // busy: a request every 300 ms for 1.5 s (longer than the timeout in total)
     let mut busy = TcpStream::connect(listen).await.unwrap();
@@ -1828,11 +1827,7 @@ async fn h2_client_connection_idle_timeout() {
     }
     let b = backend("b").await;
     let listen = free_addr();
-    let body = format!(
-        "{}{}",
-        http_service("web", listen, "p", "idle_timeout = \"600ms\""),
-        common::pool_toml("p", "rr", "", &weighted(&[b.addr])),
-    );
+    let body = web_service(listen, "idle_timeout = \"600ms\"", &[b.addr]);
     let (f, _admin) = start("http-h2idle", &body).await;
     let (mut idle, idle_conn) = h2(listen).await;
     let (mut busy, busy_conn) = h2(listen).await;
@@ -1875,15 +1870,10 @@ async fn idle_keep_alive_connections_are_parked_and_served_again() {
     }
     let b = backend("b").await;
     let listen = free_addr();
-    let body = format!(
-        "{}{}",
-        http_service(
-            "web",
-            listen,
-            "p",
-            "idle_timeout = \"3s\"\ndrain_timeout = \"20s\""
-        ),
-        common::pool_toml("p", "rr", "", &weighted(&[b.addr])),
+    let body = web_service(
+        listen,
+        "idle_timeout = \"3s\"\ndrain_timeout = \"20s\"",
+        &[b.addr],
     );
     let (mut f, admin) = start("http-park", &body).await;
     let mut conns = Vec::new();
@@ -1941,12 +1931,7 @@ async fn idle_keep_alive_connections_are_parked_and_served_again() {
         "a parked connection on SIGTERM",
     )
     .await;
-    let status = f
-        .wait_exit(Duration::from_secs(5))
-        .await
-        .expect("exits long before drain_timeout");
-    assert!(status.success(), "{status:?}");
-    assert!(t0.elapsed() < Duration::from_secs(5));
+    exits_promptly(&mut f, t0).await;
     f.assert_no_panic();
 }
 

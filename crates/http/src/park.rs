@@ -66,13 +66,12 @@ struct Lot {
 #[derive(Default)]
 struct Slots {
     parked: Vec<Option<Parked>>,
+    /// Indices of the empty slots.
     free: Vec<usize>,
-    count: usize,
 }
 
 impl Slots {
     fn insert(&mut self, p: Parked) -> usize {
-        self.count += 1;
         p.ctx.ext.metrics.parked.fetch_add(1, Ordering::Relaxed);
         if let Some(i) = self.free.pop() {
             self.parked[i] = Some(p);
@@ -87,7 +86,6 @@ impl Slots {
         let p = self.parked.get_mut(i)?.take()?;
         p.ctx.ext.metrics.parked.fetch_sub(1, Ordering::Relaxed);
         self.free.push(i);
-        self.count -= 1;
         Some(p)
     }
 
@@ -96,15 +94,11 @@ impl Slots {
         let mut closed = 0;
         for i in 0..self.parked.len() {
             if self.parked[i].as_ref().is_some_and(&mut expired) {
-                if let Some(p) = self.parked[i].take() {
-                    p.ctx.ext.metrics.parked.fetch_sub(1, Ordering::Relaxed);
-                }
-                self.free.push(i);
-                self.count -= 1;
+                drop(self.take(i));
                 closed += 1;
             }
         }
-        if self.count == 0 {
+        if self.free.len() == self.parked.len() {
             // Give the memory back after a burst of idle connections has gone.
             self.parked = Vec::new();
             self.free = Vec::new();
@@ -167,13 +161,10 @@ pub(crate) fn park(
     if !lot.parked_lately.replace(true) {
         // The first park after a release: give back what parking freed once this burst of
         // parks is over (the tasks end and registrations go when the reactor next turns).
-        tokio::task::spawn_local(async {
+        let lot = Rc::clone(&lot);
+        tokio::task::spawn_local(async move {
             tokio::time::sleep(RELEASE_DELAY).await;
-            LOT.with(|cell| {
-                if let Some(l) = cell.borrow().as_ref() {
-                    l.parked_lately.set(false);
-                }
-            });
+            lot.parked_lately.set(false);
             if let Some(release) = RELEASE_FREE_MEMORY.get() {
                 release();
             }
