@@ -772,7 +772,11 @@ async fn rate_limit_access_log_and_websocket() {
 async fn demo_answers_on_8080() {
     for port in [8080, 9090] {
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
-            eprintln!("SKIPPED demo_answers_on_8080: 127.0.0.1:{port} is taken");
+            fulcrum_xdp::testing::require(
+                "demo_answers_on_8080",
+                false,
+                &format!("a free 127.0.0.1:{port} (the demo's fixed port)"),
+            );
             return;
         }
     }
