@@ -1736,6 +1736,374 @@ async fn trailers_pass_both_ways_h1_and_h2() {
     f.assert_no_panic();
 }
 
+// ------------------------------------------------- framing, codings, Host, 101, Nagle
+
+/// What [`scripted_backend`] writes for a request: the pieces of its answer by path, each
+/// written on its own (`/split`: head, then body); `/101` switches protocols unasked; the
+/// default is a small `200`.
+fn scripted_answer(req: &str) -> Vec<&'static [u8]> {
+    let path = req.split_whitespace().nth(1).unwrap_or("/");
+    match path {
+        "/split" => vec![
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\n",
+            b"hello",
+        ],
+        "/conn-cl" => vec![
+            b"HTTP/1.1 200 OK\r\nConnection: Content-Length, X-Hop\r\nContent-Length: 5\r\nX-Hop: 1\r\n\r\nhello",
+        ],
+        "/gz" => vec![b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nGZ-GZ\r\n0\r\n\r\n"],
+        "/gz-close" => vec![b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nConnection: close\r\n\r\nGZ-GZ"],
+        "/101" => vec![b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: other\r\n\r\n"],
+        _ => vec![b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n"],
+    }
+}
+
+/// A raw keep-alive HTTP/1.1 backend with Nagle on (as its sockets are accepted): for each
+/// request (head, then a Content-Length or chunked body up to the end of its trailers) it
+/// records the request as it arrived and writes [`scripted_answer`]'s pieces one by one;
+/// it closes after an answer saying `Connection: close`.
+struct Scripted {
+    addr: SocketAddr,
+    got: Arc<std::sync::Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Scripted {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Scripted {
+    fn requests(&self) -> Vec<String> {
+        self.got.lock().unwrap().clone()
+    }
+}
+
+async fn scripted_backend() -> Scripted {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let g = Arc::clone(&got);
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let g = Arc::clone(&g);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut tmp = [0u8; 4096];
+                loop {
+                    // The head, then the body (Content-Length or chunked to its last CRLF).
+                    let end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..i]).to_lowercase();
+                            let rest = &buf[i + 4..];
+                            if head.contains("transfer-encoding:") {
+                                if rest.ends_with(b"\r\n\r\n") || rest == b"0\r\n\r\n".as_slice() {
+                                    break buf.len();
+                                }
+                            } else {
+                                let len: usize = head
+                                    .lines()
+                                    .find_map(|l| l.strip_prefix("content-length:"))
+                                    .map_or(0, |v| v.trim().parse().unwrap());
+                                if rest.len() >= len {
+                                    break i + 4 + len;
+                                }
+                            }
+                        }
+                        match s.read(&mut tmp).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                        }
+                    };
+                    let req = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end);
+                    let answer = scripted_answer(&req);
+                    g.lock().unwrap().push(req);
+                    for piece in &answer {
+                        if s.write_all(piece).await.is_err() {
+                            return;
+                        }
+                    }
+                    if answer
+                        .iter()
+                        .any(|p| p.windows(17).any(|w| w == b"Connection: close"))
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Scripted { addr, got, task }
+}
+
+/// Reads one `Content-Length` answer on a keep-alive connection: (head, body), within 5 s.
+async fn read_sized(s: &mut TcpStream) -> (String, Vec<u8>) {
+    let mut got = read_head(s).await;
+    let i = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&got[..i]).to_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .unwrap_or_else(|| panic!("no Content-Length: {head}"))
+        .trim()
+        .parse()
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    while got.len() < i + len {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("the rest of the body")
+            .unwrap();
+        assert!(n > 0, "closed in the body");
+        got.extend_from_slice(&buf[..n]);
+    }
+    (head, got[i..].to_vec())
+}
+
+/// A backend that writes its answer's head and body in two writes with Nagle on holds the
+/// body until the head is acknowledged. On a pooled backend connection the kernel delays
+/// that ACK (40 ms) unless Fulcrum acknowledges at once: every request would take 40 ms.
+#[tokio::test]
+async fn split_write_backend_answers_without_delayed_ack_stall() {
+    let b = scripted_backend().await;
+    let listen = free_addr();
+    let (f, _) = start("http-split-write", &web_service(listen, "", &[b.addr])).await;
+    let mut s = TcpStream::connect(listen).await.unwrap();
+    let mut took = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        s.write_all(b"GET /split HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let (head, body) = read_sized(&mut s).await;
+        took.push(t.elapsed());
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert_eq!(body, b"hello");
+    }
+    took.sort();
+    let median = took[took.len() / 2];
+    assert!(
+        median < Duration::from_millis(20),
+        "median {median:?} per request (a delayed ACK costs 40 ms): {took:?}"
+    );
+    // One backend connection carried them all (the stall shows only on a reused one).
+    assert_eq!(b.requests().len(), 20);
+    f.assert_no_panic();
+}
+
+/// A backend listing `Content-Length` in its `Connection` header keeps its framing: the
+/// client gets the length (else it could not tell where the body ends) and the connection
+/// carries the next request; the other header it lists is dropped.
+#[tokio::test]
+async fn framing_headers_named_by_connection_are_kept() {
+    let b = scripted_backend().await;
+    let listen = free_addr();
+    let (f, _) = start("http-conn-cl", &web_service(listen, "", &[b.addr])).await;
+    let mut s = TcpStream::connect(listen).await.unwrap();
+    for _ in 0..2 {
+        s.write_all(b"GET /conn-cl HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let (head, body) = read_sized(&mut s).await;
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert!(head.contains("content-length: 5\r\n"), "{head}");
+        assert!(!head.contains("x-hop"), "{head}");
+        assert_eq!(body, b"hello");
+    }
+    f.assert_no_panic();
+}
+
+/// Transfer codings besides chunked (`gzip, chunked`) pass both ways as they came; a
+/// client or backend that cannot take them gets an error instead of a body it would
+/// misread.
+#[tokio::test]
+async fn transfer_codings_besides_chunked_are_kept() {
+    let b = scripted_backend().await;
+    let h2b = h2_backend("h2").await;
+    let (listen, l_h2) = (free_addr(), free_addr());
+    let body = format!(
+        "{}{}{}",
+        web_service(listen, "", &[b.addr]),
+        http_service("to-h2", l_h2, "h2", ""),
+        common::pool_toml(
+            "h2",
+            "rr",
+            "backend_protocol = \"h2c\"\n",
+            &weighted(&[h2b.addr])
+        ),
+    );
+    let (f, _) = start("http-codings", &body).await;
+
+    // Answers: chunked with gzip under it, and close-delimited gzip (re-chunked).
+    for path in ["/gz", "/gz-close"] {
+        let r = get(listen, "x", path, "").await;
+        assert_eq!(r.status, 200, "{path}: {r:?}");
+        assert_eq!(
+            r.header("transfer-encoding"),
+            Some("gzip, chunked"),
+            "{path}: {r:?}"
+        );
+        assert_eq!(dechunk(&r.body), "GZ-GZ", "{path}");
+    }
+    // An HTTP/1.0 client (and an HTTP/2 one) cannot receive a transfer coding: 502.
+    let r = raw_from(None, listen, "GET /gz HTTP/1.0\r\nHost: x\r\n\r\n").await;
+    assert_eq!(r.status, 502, "{r:?}");
+    let mut h2 = h2_client(listen).await;
+    let (status, _, _) = h2_call(&mut h2, h2_req("GET", "http://x/gz", frames("", &[]))).await;
+    assert_eq!(status, 502);
+
+    // A request: the backend gets the codings, and the body as it was sent.
+    let r = raw_from(
+        None,
+        listen,
+        "POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n5\r\nGZ-GZ\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let reqs = b.requests();
+    let up = reqs.iter().find(|r| r.starts_with("POST /up")).unwrap();
+    assert!(up.contains("Transfer-Encoding: gzip, chunked\r\n"), "{up}");
+    assert!(up.ends_with("\r\n\r\n5\r\nGZ-GZ\r\n0\r\n\r\n"), "{up}");
+    // An HTTP/2 backend has no transfer codings: 501, nothing sent to it.
+    let r = raw_from(
+        None,
+        l_h2,
+        "POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n5\r\nGZ-GZ\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 501, "{r:?}");
+    assert_eq!(h2b.hits.load(Ordering::Relaxed), 0);
+    f.assert_no_panic();
+}
+
+/// An HTTP/1.1 request without `Host`, or any request with two, or with a Host that is not
+/// a host and port: 400, never forwarded (RFC 9112 3.2). HTTP/1.0 may leave it out.
+#[tokio::test]
+async fn host_missing_repeated_or_invalid_is_refused() {
+    let b = backend("b").await;
+    let listen = free_addr();
+    let (f, _) = start("http-host", &web_service(listen, "", &[b.addr])).await;
+    for req in [
+        "GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\nConnection: close\r\n\r\n",
+        "GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: a/b@c\r\nConnection: close\r\n\r\n",
+        "GET http://a/ HTTP/1.1\r\nConnection: close\r\n\r\n",
+    ] {
+        let r = raw_from(None, listen, req).await;
+        assert_eq!(r.status, 400, "{req:?}: {r:?}");
+        assert!(r.body.contains("Host"), "{req:?}: {r:?}");
+    }
+    assert_eq!(
+        b.hits.load(Ordering::Relaxed),
+        0,
+        "a refused request was forwarded"
+    );
+    let r = raw_from(None, listen, "GET / HTTP/1.0\r\n\r\n").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = get(listen, "a.example:8080", "/", "").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    f.assert_no_panic();
+}
+
+/// A `101 Switching Protocols` to a request that asked for no upgrade is not passed on:
+/// the client gets 502 (and the backend connection is not used again).
+#[tokio::test]
+async fn unsolicited_101_becomes_502() {
+    let b = scripted_backend().await;
+    let listen = free_addr();
+    let (f, _) = start("http-101", &web_service(listen, "", &[b.addr])).await;
+    let r = get(listen, "x", "/101", "").await;
+    assert_eq!(r.status, 502, "{r:?}");
+    assert!(r.body.contains("switched protocols"), "{r:?}");
+    // The same over HTTP/2.
+    let mut h2 = h2_client(listen).await;
+    let (status, _, _) = h2_call(&mut h2, h2_req("GET", "http://x/101", frames("", &[]))).await;
+    assert_eq!(status, 502);
+    // Other requests are still served.
+    let r = get(listen, "x", "/", "").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "ok\n"), "{r:?}");
+    f.assert_no_panic();
+}
+
+/// Request trailers named like forwarding headers (or hop-by-hop ones) never reach a
+/// backend, whether the client speaks HTTP/1.1 or HTTP/2 and the backend HTTP/1.1 or
+/// HTTP/2; other trailers do.
+#[tokio::test]
+async fn forwarding_trailers_never_reach_the_backend() {
+    let b = scripted_backend().await;
+    let h2b = h2_backend("h2").await;
+    let (listen, l_h2) = (free_addr(), free_addr());
+    let body = format!(
+        "{}{}{}",
+        web_service(listen, "", &[b.addr]),
+        http_service("to-h2", l_h2, "h2", ""),
+        common::pool_toml(
+            "h2",
+            "rr",
+            "backend_protocol = \"h2c\"\n",
+            &weighted(&[h2b.addr])
+        ),
+    );
+    let (f, _) = start("http-trailer-filter", &body).await;
+    let forged = "X-Forwarded-For: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\nX-Forwarded-Proto: h6\r\nX-Forwarded-Host: h6\r\nKeep-Alive: 6\r\nX-Ok: 1\r\n";
+
+    // HTTP/1.1 client -> HTTP/1.1 backend.
+    let r = raw_from(
+        None,
+        listen,
+        &format!("POST /t1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n{forged}\r\n"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    // HTTP/2 client -> HTTP/1.1 backend.
+    let mut h2 = h2_client(listen).await;
+    let trailers = [
+        ("x-forwarded-for", "6.6.6.6"),
+        ("forwarded", "for=6.6.6.6"),
+        ("x-real-ip", "6.6.6.6"),
+        ("x-forwarded-proto", "h6"),
+        ("x-ok", "1"),
+    ];
+    let (status, _, _) = h2_call(
+        &mut h2,
+        h2_req("POST", "http://x/t2", frames("abc", &trailers)),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let reqs = b.requests();
+    assert_eq!(reqs.len(), 2, "{reqs:?}");
+    for req in &reqs {
+        let (_, tail) = req.split_once("\r\n\r\n").unwrap();
+        assert!(tail.to_lowercase().contains("\r\nx-ok: 1\r\n"), "{req}");
+        assert!(!req.contains("6.6.6.6") && !req.contains("h6"), "{req}");
+        assert!(!tail.to_lowercase().contains("keep-alive"), "{req}");
+    }
+
+    // HTTP/1.1 client -> HTTP/2 backend (it echoes the trailers it got as x-echo-*).
+    let r = raw_from(
+        None,
+        l_h2,
+        &format!("POST /trailers HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n4\r\npong\r\n0\r\n{forged}\r\n"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let tail = r
+        .body
+        .rsplit_once("\r\n0\r\n")
+        .map(|(_, t)| t.to_owned())
+        .unwrap_or_default();
+    assert!(tail.contains("x-echo-x-ok: 1\r\n"), "{tail:?}");
+    assert!(
+        !tail.contains("6.6.6.6") && !tail.contains("h6"),
+        "{tail:?}"
+    );
+    f.assert_no_panic();
+}
+
 /// SIGTERM: idle keep-alive client connections are closed at once (they hold no request),
 /// so the process exits 0 long before `drain_timeout`; a new connection is refused.
 #[tokio::test]

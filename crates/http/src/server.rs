@@ -512,7 +512,7 @@ async fn respond<S: ClientIo>(
         out.extend_from_slice(b"\r\n");
     }
     if enc == Enc::Chunked && !is_head {
-        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+        ex.write_chunked_te(&mut out);
     }
     if close {
         out.extend_from_slice(b"Connection: close\r\n");
