@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 use crate::accept::Acceptor;
 
 use crate::proxy_protocol;
+use crate::ratelog::LogLimit;
 use crate::relay::{relay, RelayEnd};
 use crate::snapshot::{ServiceRt, Shared};
 use crate::stats::ActiveGuard;
@@ -27,8 +28,12 @@ pub async fn serve(shared: Arc<Shared>, mut listener: Acceptor, listen: SocketAd
         let (sock, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
-                // EMFILE/ENFILE and friends: back off briefly instead of spinning.
-                tracing::warn!(%listen, error = %e, "accept failed");
+                // EMFILE/ENFILE and friends: back off briefly instead of spinning, and say
+                // so once a second, not once per try.
+                static ACCEPT_FAILED: LogLimit = LogLimit::new();
+                if let Some(suppressed) = ACCEPT_FAILED.allow() {
+                    tracing::warn!(%listen, error = %e, suppressed, "accept failed");
+                }
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
