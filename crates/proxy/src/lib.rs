@@ -8,8 +8,10 @@
 //! - [`health`]: active checks (tcp, http).
 //! - [`discovery`]: backends from DNS (A/AAAA, SRV) and files, per pool.
 //! - [`stats`]: the atomic counters behind the metrics.
+//! - [`announce`]: VIP announcement state (what to announce, the instance drain flag).
 
 pub mod accept;
+pub mod announce;
 pub mod controller;
 pub mod discovery;
 pub mod health;
