@@ -17,6 +17,7 @@ mod ctl;
 mod decap;
 mod demo;
 mod run;
+mod speaker;
 
 /// Fulcrum: a load balancer (L4/L7 proxy, XDP data plane, control plane).
 #[derive(Debug, Parser)]
