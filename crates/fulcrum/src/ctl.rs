@@ -353,7 +353,7 @@ impl Api {
     }
 }
 
-fn parse_response(buf: &[u8]) -> Option<(u16, String)> {
+pub(crate) fn parse_response(buf: &[u8]) -> Option<(u16, String)> {
     let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = String::from_utf8_lossy(&buf[..end]);
     let status: u16 = head.split_whitespace().nth(1)?.parse().ok()?;
