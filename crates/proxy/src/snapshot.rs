@@ -186,6 +186,8 @@ pub struct Shared {
     pub l7: Option<Arc<dyn L7Handler>>,
     pub events: UnboundedSender<Event>,
     pub global: GlobalStats,
+    /// VIP announcement: the instance drain flag and what the BGP speaker holds.
+    pub announce: crate::announce::AnnounceState,
     epoch: Instant,
     ready: AtomicBool,
     draining: AtomicBool,
@@ -203,6 +205,7 @@ impl Shared {
             l7,
             events,
             global: GlobalStats::default(),
+            announce: crate::announce::AnnounceState::default(),
             epoch: Instant::now(),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
@@ -223,9 +226,10 @@ impl Shared {
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
     }
-    /// `/readyz`: every service listening and not draining.
+    /// `/readyz`: every service listening, not draining, and the instance not drained
+    /// (`fulcrum ctl instance drain`).
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && !self.is_draining()
+        self.ready.load(Ordering::Acquire) && !self.is_draining() && !self.announce.is_drained()
     }
 
     /// Reports a passive result for `stats`' backend. Successes are only reported after a

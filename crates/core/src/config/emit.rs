@@ -49,6 +49,9 @@ impl Config {
         if let Some(x) = &self.xdp {
             doc.insert("xdp".into(), Value::Table(xdp(x)));
         }
+        if let Some(a) = &self.announce {
+            doc.insert("announce".into(), Value::Table(super::announce::emit(a)));
+        }
         doc
     }
 }

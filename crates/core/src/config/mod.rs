@@ -9,6 +9,7 @@
 //!
 //! There is no partial result: a file yields a whole `Config` or errors.
 
+pub mod announce;
 mod emit;
 mod error;
 pub mod limits;
@@ -22,11 +23,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use announce::{AnnounceConfig, Speaker};
 pub use emit::{service as service_table, table_to_string};
 pub use error::{line_col, ConfigError};
 pub use recover::{locate, PathStep};
 pub use value::{
-    AccessLogFormat, BackendProtocol, CheckKind, HostPort, StatusRange, TunnelKind, XdpMode,
+    AccessLogFormat, BackendProtocol, CheckKind, HostPort, SpeakerKind, StatusRange, TunnelKind,
+    XdpMode,
 };
 
 use crate::model::{
@@ -120,6 +123,8 @@ pub struct Config {
     pub pools: Vec<PoolConfig>,
     /// The packet data plane (`[xdp]`), required by dsr/tunnel/nat services.
     pub xdp: Option<XdpConfig>,
+    /// VIP announcement through a BGP speaker (`[announce]`); `None`: none.
+    pub announce: Option<AnnounceConfig>,
 }
 
 impl Config {

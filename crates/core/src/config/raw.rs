@@ -13,7 +13,7 @@ use super::limits;
 use super::value::{
     AccessLogFormatValue, Address, BackendProtocolValue, Check, Count, Forward, HashKeyValue,
     HostPort, HumanDuration, Ip, Name, Percent, Protocol, ProxyProtocolValue, RetryAttempts,
-    Scheduler, StatusRange, TableSize, Tunnel, WeightValue, XdpModeValue,
+    Scheduler, SpeakerValue, StatusRange, TableSize, Tunnel, WeightValue, XdpModeValue,
 };
 
 /// The whole file.
@@ -30,6 +30,8 @@ pub struct RawConfig {
     pub pool: Vec<Spanned<RawPool>>,
     /// `[xdp]`.
     pub xdp: Option<Spanned<RawXdp>>,
+    /// `[announce]`.
+    pub announce: Option<Spanned<RawAnnounce>>,
 }
 
 /// `[admin]`.
@@ -250,4 +252,18 @@ pub struct RawXdp {
     pub interface: Spanned<String>,
     /// `native` | `generic`.
     pub mode: Option<XdpModeValue>,
+}
+
+/// `[announce]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAnnounce {
+    /// `bird` | `exabgp`.
+    pub speaker: Spanned<SpeakerValue>,
+    /// bird: its control socket.
+    pub socket: Option<Spanned<PathBuf>>,
+    /// bird: protocol name = prefix + service name.
+    pub protocol_prefix: Option<Spanned<String>>,
+    /// How long SIGTERM waits between withdrawing and draining.
+    pub withdraw_grace: Option<HumanDuration>,
 }

@@ -169,12 +169,18 @@ pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Config, Vec<ConfigE
         }
     });
 
+    let announce = raw
+        .announce
+        .as_ref()
+        .map(|a| super::announce::validate(a.get_ref(), &raw.service, &mut c.errs));
+
     if c.errs.is_empty() {
         Ok(Config {
             admin,
             services,
             pools,
             xdp,
+            announce,
         })
     } else {
         c.errs

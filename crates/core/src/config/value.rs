@@ -462,6 +462,33 @@ named!(
 );
 
 named!(
+    /// `[announce] speaker = "bird" | "exabgp"`.
+    SpeakerValue(SpeakerKind), "announce speaker", {
+        "bird" => SpeakerKind::Bird,
+        "exabgp" => SpeakerKind::Exabgp,
+    }
+);
+
+/// The BGP speaker that announces VIPs (`[announce] speaker`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SpeakerKind {
+    /// bird2, through its control socket.
+    Bird,
+    /// exabgp, running `fulcrum announce` as its API process.
+    Exabgp,
+}
+
+impl SpeakerKind {
+    /// The config name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Bird => "bird",
+            Self::Exabgp => "exabgp",
+        }
+    }
+}
+
+named!(
     /// `[[pool]] backend_protocol = "http1" | "h2c"`.
     BackendProtocolValue(BackendProtocol), "backend protocol", {
         "http1" => BackendProtocol::Http1,
