@@ -2,7 +2,7 @@
 //! each request goes through the same [`proxy::forward`] as HTTP/1.1 requests, and the
 //! backend's answer is streamed back as the response body.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
@@ -113,11 +113,22 @@ where
     let activity = Rc::new(Activity {
         active: Cell::new(0),
         last: Cell::new(Instant::now()),
+        streaming: Cell::new(0),
+        moved: Cell::new(Instant::now()),
     });
     let act = Rc::clone(&activity);
+    let ctx = RefCell::new(ctx);
     let svc = hyper::service::service_fn(move |req| {
         let busy = Busy::new(&act);
-        let fut = handle(Rc::clone(&ctx), req);
+        // Each request chooses among the backends as they are now (drained, removed, down).
+        let c = {
+            let mut c = ctx.borrow_mut();
+            if let Some(current) = c.refresh() {
+                *c = current;
+            }
+            Rc::clone(&c)
+        };
+        let fut = handle(c, req, Rc::clone(&act));
         async move {
             let r = fut.await;
             drop(busy);
@@ -126,6 +137,9 @@ where
     });
     let conn = b.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
+    // Dropping the connection closes it, with the backend connections of its streams.
+    let stalled = stalled(&activity, idle_timeout);
+    tokio::pin!(stalled);
     tokio::select! {
         r = conn.as_mut() => {
             if let Err(e) = r {
@@ -134,20 +148,32 @@ where
         }
         () = drain.notified() => {
             conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = &mut stalled => {}
+            }
         }
         () = idle(&activity, idle_timeout) => {
             // GOAWAY: streams still sending their bodies finish, no new ones start
             conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = &mut stalled => {}
+            }
+        }
+        () = &mut stalled => {
+            tracing::debug!("http/2 connection closed: its answers made no progress for idle_timeout");
         }
     }
 }
 
-/// Requests in progress on an HTTP/2 connection and when the last one began or ended.
+/// Requests in progress on an HTTP/2 connection and when the last one began or ended; the
+/// backends' answer bodies being streamed and when one last moved.
 struct Activity {
     active: Cell<u32>,
     last: Cell<Instant>,
+    streaming: Cell<u32>,
+    moved: Cell<Instant>,
 }
 
 /// Marks a request in progress (from its arrival until its answer's head is ready).
@@ -182,6 +208,25 @@ async fn idle(a: &Activity, timeout: Duration) {
         }
         // requests still in progress: look again a timeout later
         tokio::time::sleep(timeout).await;
+    }
+}
+
+/// Ready once answer bodies are being streamed and none of them has moved for `timeout` (the
+/// service's `idle_timeout`): the client does not read them (a zero flow-control window, or
+/// it stopped reading the connection) or their backends stopped sending. The streams hold
+/// backend connections, so the connection is closed (HAProxy's `timeout client`, nginx's
+/// `send_timeout`). One timer per `timeout`, not per frame.
+async fn stalled(a: &Activity, timeout: Duration) {
+    loop {
+        let deadline = a.moved.get() + timeout;
+        if a.streaming.get() > 0 && Instant::now() >= deadline {
+            return;
+        }
+        if a.streaming.get() == 0 {
+            tokio::time::sleep(timeout).await;
+        } else {
+            tokio::time::sleep_until(deadline).await;
+        }
     }
 }
 
@@ -273,7 +318,11 @@ impl ReqBody for H2ReqBody {
     }
 }
 
-async fn handle(c: Rc<ConnCtx>, req: Request<Incoming>) -> Result<Response<H2Body>, Infallible> {
+async fn handle(
+    c: Rc<ConnCtx>,
+    req: Request<Incoming>,
+    act: Rc<Activity>,
+) -> Result<Response<H2Body>, Infallible> {
     let (parts, body) = req.into_parts();
     let mut body = H2ReqBody::new(body, &parts.headers);
     let outcome = proxy::forward(&c, &H2Req(&parts), &mut body).await;
@@ -307,12 +356,15 @@ async fn handle(c: Rc<ConnCtx>, req: Request<Incoming>) -> Result<Response<H2Bod
                 b = b.header(http::header::SET_COOKIE, proxy::set_cookie(name, value));
             }
             let dec = Decoder::new(ex.framing);
+            act.streaming.set(act.streaming.get() + 1);
+            act.moved.set(Instant::now());
             let body = H2Body::Backend(Box::new(Stream {
                 c: Rc::clone(&c),
                 ex: None,
                 dec,
                 trailers: None,
                 bytes: 0,
+                act,
             }));
             let mut r = b.body(body).unwrap_or_else(|_| {
                 let mut r = Response::new(H2Body::Full(None));
@@ -345,6 +397,8 @@ pub(crate) struct Stream {
     /// An HTTP/1.1 backend's trailers, to send after the last data.
     trailers: Option<http::HeaderMap>,
     bytes: u64,
+    /// The connection's; counts this body as streaming until it ends.
+    act: Rc<Activity>,
 }
 
 impl Stream {
@@ -352,6 +406,11 @@ impl Stream {
         if let Some(ex) = self.ex.take() {
             ex.finish(&self.c, self.bytes, complete);
         }
+    }
+
+    /// A frame goes to the client: the connection's answers are moving.
+    fn moved(&self) {
+        self.act.moved.set(Instant::now());
     }
 }
 
@@ -379,6 +438,7 @@ impl Stream {
                 if let Some(d) = f.data_ref() {
                     self.bytes += d.len() as u64;
                 }
+                self.moved();
                 Poll::Ready(Some(Ok(f)))
             }
         }
@@ -410,6 +470,7 @@ impl Stream {
                 self.end(true);
             }
             if !out.is_empty() {
+                self.moved();
                 return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
             }
             let Some(Exchange {
@@ -446,6 +507,9 @@ impl Stream {
 impl Drop for Stream {
     fn drop(&mut self) {
         self.end(false);
+        let a = &self.act;
+        a.streaming.set(a.streaming.get().saturating_sub(1));
+        a.moved.set(Instant::now());
     }
 }
 
