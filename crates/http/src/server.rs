@@ -133,12 +133,11 @@ pub(crate) async fn serve_h1<S: ClientIo>(
     // nginx's `keepalive_timeout`), and the time to park. One timer for the connection's
     // life, re-armed only when it fires early (a request came since it was set): no timer
     // insert and removal per request.
-    let idle_timeout = ctx.svc.idle_timeout;
-    let park_after = if may_park && crate::park::PARK_AFTER < idle_timeout {
-        Some(crate::park::PARK_AFTER)
-    } else {
-        None
+    let mut idle_timeout = ctx.svc.idle_timeout;
+    let parks_after = |idle_timeout| {
+        (may_park && crate::park::PARK_AFTER < idle_timeout).then_some(crate::park::PARK_AFTER)
     };
+    let mut park_after = parks_after(idle_timeout);
     let mut idle = std::pin::pin!(tokio::time::sleep_until(
         last_request + park_after.unwrap_or(idle_timeout)
     ));
@@ -184,6 +183,11 @@ pub(crate) async fn serve_h1<S: ClientIo>(
         // Each request chooses among the backends as they are now (drained, removed, down).
         if let Some(current) = ctx.refresh() {
             ctx = current;
+            // A reload may have changed the service's `idle_timeout`.
+            idle_timeout = ctx.svc.idle_timeout;
+            park_after = parks_after(idle_timeout);
+            idle.as_mut()
+                .reset(last_request + park_after.unwrap_or(idle_timeout));
         }
         let msg = carry.take().unwrap_or_else(Msg::take);
         let idle_until = last_request + idle_timeout;
