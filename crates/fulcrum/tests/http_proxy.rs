@@ -1056,9 +1056,11 @@ impl Tasks {
 
 /// A raw keep-alive HTTP/1.1 backend that can be killed outright: its listener and every
 /// open connection are aborted at once (the sockets close under in-flight requests).
+/// Counts the connections the proxy closed (`ended`).
 struct Killable {
     addr: SocketAddr,
     hits: Arc<AtomicU64>,
+    ended: Arc<AtomicU64>,
     tasks: Tasks,
 }
 
@@ -1067,18 +1069,22 @@ impl Killable {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let hits = Arc::new(AtomicU64::new(0));
+        let ended = Arc::new(AtomicU64::new(0));
         let tasks = Tasks::default();
-        let (h, t) = (Arc::clone(&hits), tasks.clone());
+        let (h, e, t) = (Arc::clone(&hits), Arc::clone(&ended), tasks.clone());
         let accept = tokio::spawn(async move {
             while let Ok((mut s, _)) = l.accept().await {
-                let h = Arc::clone(&h);
+                let (h, e) = (Arc::clone(&h), Arc::clone(&e));
                 let conn = tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 4096];
                     loop {
                         while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
                             match s.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
+                                Ok(0) | Err(_) => {
+                                    e.fetch_add(1, Ordering::Relaxed);
+                                    return;
+                                }
                                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
                             }
                         }
@@ -1099,7 +1105,12 @@ impl Killable {
             }
         });
         tasks.add(&accept);
-        Self { addr, hits, tasks }
+        Self {
+            addr,
+            hits,
+            ended,
+            tasks,
+        }
     }
 
     fn kill(&self) {
@@ -1359,6 +1370,40 @@ async fn keep_alive_clients_stop_using_down_and_ejected_backends() {
         (0, 0),
         "of 20 requests after the backend was marked down, and of 20 after it was ejected, \
          these did not go to the other backend"
+    );
+    f.assert_no_panic();
+}
+
+/// A worker closes its idle pooled connections to a backend once it is drained (at the
+/// next request it serves), so none is reused when the backend comes back.
+#[tokio::test]
+async fn pooled_connections_to_a_drained_backend_are_closed() {
+    let (k1, k2) = (Killable::start("k1").await, Killable::start("k2").await);
+    let listen = free_addr();
+    let body = web_service(listen, "", &[k1.addr, k2.addr]);
+    let (f, admin) = start("http-pool-drained", &body).await;
+    let mut h1 = TcpStream::connect(listen).await.unwrap();
+    for _ in 0..4 {
+        assert_eq!(ka_get(&mut h1).await.status, 200);
+    }
+    assert!(k2.hits.load(Ordering::Relaxed) > 0);
+    assert_eq!(k2.ended.load(Ordering::Relaxed), 0);
+    let drain = format!("/api/v1/pools/p/backends/{}/drain", k2.addr);
+    let (st, text) = common::http(admin, "POST", &drain).await.unwrap();
+    assert_eq!(st, 200, "{text}");
+    assert_eq!(ka_get(&mut h1).await.who(), "k1");
+    let closed = common::eventually(Duration::from_secs(3), || async {
+        k2.ended.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+    assert!(
+        closed,
+        "the idle pooled connection to the drained backend is still open"
+    );
+    assert_eq!(
+        k1.ended.load(Ordering::Relaxed),
+        0,
+        "a connection to k1 was closed"
     );
     f.assert_no_panic();
 }
