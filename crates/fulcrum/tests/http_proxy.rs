@@ -1297,6 +1297,23 @@ async fn keep_alive_clients_follow_drain_and_delete() {
         before,
         "the removed backend got requests"
     );
+
+    // The service is removed: the request at hand is answered, then the connections end.
+    let (st, text) = common::http(admin, "DELETE", "/api/v1/services/web")
+        .await
+        .unwrap();
+    assert!(st == 200 || st == 204, "{st} {text}");
+    let r = ka_get(&mut h1).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("connection"), Some("close"), "{r:?}");
+    expect_closed(&mut h1, Duration::from_secs(2), "HTTP/1.1, service removed").await;
+    assert_eq!(h2_get(&mut h2).await.0, 200);
+    let closed = common::eventually(Duration::from_secs(2), || {
+        let closed = h2.is_closed();
+        async move { closed }
+    })
+    .await;
+    assert!(closed, "HTTP/2, service removed: still open");
     f.assert_no_panic();
 }
 

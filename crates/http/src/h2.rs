@@ -117,6 +117,8 @@ where
         moved: Cell::new(Instant::now()),
     });
     let act = Rc::clone(&activity);
+    let gone = Rc::new(tokio::sync::Notify::new());
+    let gone_tx = Rc::clone(&gone);
     let ctx = RefCell::new(ctx);
     let svc = hyper::service::service_fn(move |req| {
         let busy = Busy::new(&act);
@@ -125,6 +127,9 @@ where
             let mut c = ctx.borrow_mut();
             if let Some(current) = c.refresh() {
                 *c = current;
+            } else if c.gone.get() {
+                // The service was removed: this request is served, then GOAWAY.
+                gone_tx.notify_one();
             }
             Rc::clone(&c)
         };
@@ -146,7 +151,7 @@ where
                 tracing::trace!(error = %e, "http/2 connection ended");
             }
         }
-        () = drain.notified() => {
+        () = async { tokio::select! { () = drain.notified() => {}, () = gone.notified() => {} } } => {
             conn.as_mut().graceful_shutdown();
             tokio::select! {
                 _ = conn.as_mut() => {}

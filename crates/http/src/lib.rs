@@ -346,15 +346,18 @@ pub(crate) struct ConnCtx {
     /// Whether this value counts the connection as open (a renewed context takes the count
     /// over, see [`ConnCtx::refresh`]).
     counted: Cell<bool>,
+    /// The service is gone from the running snapshot: the connection closes after the
+    /// request at hand (HTTP/1.1) or is shut down gracefully (HTTP/2).
+    pub gone: Cell<bool>,
 }
 
 impl ConnCtx {
     /// Called before each request: the connection's context in the running snapshot, when
     /// it is not `self`'s (a reload, an admin API change, a backend's health or drain state
     /// changed since), so that every request chooses among the backends as they are now.
-    /// `None` while `self` is current, or when its service is gone (it keeps serving as it
-    /// was, like the established connections of a removed L4 service). Cheap while nothing
-    /// changes: one `ArcSwap` load and a compare.
+    /// `None` while `self` is current, or when its service is gone (then `gone` is set: the
+    /// request at hand is served as the service was, and the connection ends). Cheap while
+    /// nothing changes: one `ArcSwap` load and a compare.
     pub(crate) fn refresh(&self) -> Option<Rc<ConnCtx>> {
         let snap = self.shared.snapshot.load();
         upstream::forget_gone(&snap);
@@ -367,14 +370,18 @@ impl ConnCtx {
     #[cold]
     #[inline(never)]
     fn renew(&self, snap: &Snapshot) -> Option<Rc<ConnCtx>> {
-        let svc = snap
+        let found = snap
             .services
             .iter()
-            .find(|s| s.name == self.svc.name && s.protocol == self.svc.protocol)?;
-        let ext = svc
-            .ext
-            .clone()
-            .and_then(|e| e.downcast::<HttpService>().ok())?;
+            .find(|s| s.name == self.svc.name && s.protocol == self.svc.protocol)
+            .and_then(|s| {
+                let ext = s.ext.clone()?.downcast::<HttpService>().ok()?;
+                Some((s, ext))
+            });
+        let Some((svc, ext)) = found else {
+            self.gone.set(true);
+            return None;
+        };
         if self.counted.get() && Arc::ptr_eq(&svc.stats, &self.svc.stats) {
             // The same service: the new context counts the connection from now on.
             self.counted.set(false);
@@ -394,6 +401,7 @@ impl ConnCtx {
             tls: self.tls,
             drain: Rc::clone(&self.drain),
             counted: Cell::new(true),
+            gone: Cell::new(false),
         }))
     }
 }
@@ -443,6 +451,7 @@ fn spawn_conn(shared: Arc<Shared>, svc: Arc<ServiceRt>, sock: TcpStream, peer: S
         local,
         drain,
         counted: Cell::new(true),
+        gone: Cell::new(false),
     });
     if ctx.tls {
         tokio::task::spawn_local(serve_tls(ctx, sock));

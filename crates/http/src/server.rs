@@ -459,7 +459,7 @@ async fn one_request<S: ClientIo>(
     let outcome = proxy::forward(c, &req, &mut body).await;
     let complete = body.dec.is_done() && body.framing.is_ok();
     let (off, extra) = (body.off, body.extra.take());
-    close |= !complete || c.shared.is_draining();
+    close |= !complete || c.shared.is_draining() || c.gone.get();
     let keep = match outcome {
         Outcome::Local(l, done) => {
             let mut out = h1::take_vec();
