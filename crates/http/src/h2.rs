@@ -216,9 +216,10 @@ async fn idle(a: &Activity, timeout: Duration) {
     }
 }
 
-/// Ready once answer bodies are being streamed and none of them has moved for `timeout` (the
-/// service's `idle_timeout`): the client does not read them (a zero flow-control window, or
-/// it stopped reading the connection) or their backends stopped sending. The streams hold
+/// Ready once answer bodies are being streamed and nothing has moved for `timeout` (the
+/// service's `idle_timeout`; a frame of an answer's or of a request's body is progress): the
+/// client does not read them (a zero flow-control window, or it stopped reading the
+/// connection) or their backends stopped sending. The streams hold
 /// backend connections, so the connection is closed (HAProxy's `timeout client`, nginx's
 /// `send_timeout`). One timer per `timeout`, not per frame.
 async fn stalled(a: &Activity, timeout: Duration) {
@@ -268,10 +269,12 @@ struct H2ReqBody {
     pending: Option<Bytes>,
     trailers: Option<http::HeaderMap>,
     end: bool,
+    /// The connection's: a body still being sent (full duplex) is progress too.
+    act: Rc<Activity>,
 }
 
 impl H2ReqBody {
-    fn new(inner: Incoming, h: &http::HeaderMap) -> Self {
+    fn new(inner: Incoming, h: &http::HeaderMap, act: Rc<Activity>) -> Self {
         let end = inner.is_end_stream();
         let len = h
             .get(http::header::CONTENT_LENGTH)
@@ -287,6 +290,7 @@ impl H2ReqBody {
             pending: None,
             trailers: None,
             end: framing == Framing::Empty,
+            act,
         }
     }
 }
@@ -309,6 +313,7 @@ impl ReqBody for H2ReqBody {
             None => self.end = true,
             Some(Err(_)) => return Err(BodyError),
             Some(Ok(f)) => {
+                self.act.moved.set(Instant::now());
                 match f.into_data() {
                     Ok(d) => self.pending = Some(d),
                     Err(f) => self.trailers = f.into_trailers().ok(),
@@ -329,7 +334,7 @@ async fn handle(
     act: Rc<Activity>,
 ) -> Result<Response<H2Body>, Infallible> {
     let (parts, body) = req.into_parts();
-    let mut body = H2ReqBody::new(body, &parts.headers);
+    let mut body = H2ReqBody::new(body, &parts.headers, Rc::clone(&act));
     let outcome = proxy::forward(&c, &H2Req(&parts), &mut body).await;
     Ok(match outcome {
         Outcome::Local(l, done) => {
