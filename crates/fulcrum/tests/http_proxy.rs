@@ -1060,9 +1060,11 @@ impl Tasks {
 
 /// A raw keep-alive HTTP/1.1 backend that can be killed outright: its listener and every
 /// open connection are aborted at once (the sockets close under in-flight requests).
+/// Counts the connections the proxy closed (`ended`).
 struct Killable {
     addr: SocketAddr,
     hits: Arc<AtomicU64>,
+    ended: Arc<AtomicU64>,
     tasks: Tasks,
 }
 
@@ -1071,18 +1073,22 @@ impl Killable {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let hits = Arc::new(AtomicU64::new(0));
+        let ended = Arc::new(AtomicU64::new(0));
         let tasks = Tasks::default();
-        let (h, t) = (Arc::clone(&hits), tasks.clone());
+        let (h, e, t) = (Arc::clone(&hits), Arc::clone(&ended), tasks.clone());
         let accept = tokio::spawn(async move {
             while let Ok((mut s, _)) = l.accept().await {
-                let h = Arc::clone(&h);
+                let (h, e) = (Arc::clone(&h), Arc::clone(&e));
                 let conn = tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 4096];
                     loop {
                         while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
                             match s.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
+                                Ok(0) | Err(_) => {
+                                    e.fetch_add(1, Ordering::Relaxed);
+                                    return;
+                                }
                                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
                             }
                         }
@@ -1103,7 +1109,12 @@ impl Killable {
             }
         });
         tasks.add(&accept);
-        Self { addr, hits, tasks }
+        Self {
+            addr,
+            hits,
+            ended,
+            tasks,
+        }
     }
 
     fn kill(&self) {
@@ -1158,6 +1169,530 @@ async fn backend_killed_mid_load_costs_no_idempotent_request() {
     assert!(total > 50, "only {total} requests in 3 s");
     assert_eq!(failed, 0, "{failed} of {total} idempotent requests failed");
     assert!(a.hits.load(Ordering::Relaxed) > 0 && b.hits.load(Ordering::Relaxed) > 0);
+    f.assert_no_panic();
+}
+
+// ------------------------------------------------- keep-alive clients and the running pool
+
+/// One keep-alive `GET /` on `s`: the answer, its body read by its `Content-Length`.
+async fn ka_get(s: &mut TcpStream) -> Resp {
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = read_head(s).await;
+    let end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let len: usize = parse(&got[..end])
+        .header("content-length")
+        .and_then(|v| v.parse().ok())
+        .expect("an answer with a Content-Length");
+    let mut buf = vec![0u8; 4096];
+    while got.len() < end + len {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("the body")
+            .unwrap();
+        assert!(n > 0, "closed in the body");
+        got.extend_from_slice(&buf[..n]);
+    }
+    parse(&got)
+}
+
+/// One `GET /` on an HTTP/2 connection: the status and the backend's name (its body's first
+/// line).
+async fn h2_get(s: &mut hyper::client::conn::http2::SendRequest<Frames>) -> (u16, String) {
+    let (status, body, _) = h2_call(
+        s,
+        h2_req(
+            "GET",
+            "http://x/",
+            Frames(std::collections::VecDeque::new()),
+        ),
+    )
+    .await;
+    let who = String::from_utf8_lossy(&body)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned();
+    (status, who)
+}
+
+/// Waits (up to 5 s) until the admin API shows `addr` of `pool` in `state`.
+async fn wait_state(admin: SocketAddr, pool: &str, addr: SocketAddr, state: &str) {
+    let path = format!("/api/v1/pools/{pool}");
+    let ok = common::eventually(Duration::from_secs(5), || {
+        let path = path.clone();
+        async move {
+            let Ok((200, text)) = common::http(admin, "GET", &path).await else {
+                return false;
+            };
+            let pool: serde_json::Value = serde_json::from_str(&text).unwrap();
+            common::find_backend(&pool, addr).is_some_and(|b| b["state"] == state)
+        }
+    })
+    .await;
+    assert!(ok, "{addr} of pool {pool} is not {state} within 5 s");
+}
+
+/// Keep-alive client connections (HTTP/1.1, parked or not, and HTTP/2) choose each request's
+/// backend from the running pool: after a drain or a DELETE through the admin API, no new
+/// request reaches that backend on connections opened before.
+#[tokio::test]
+async fn keep_alive_clients_follow_drain_and_delete() {
+    let (a, b, c) = (backend("a").await, backend("b").await, backend("c").await);
+    let listen = free_addr();
+    let body = web_service(listen, "", &[a.addr, b.addr, c.addr]);
+    let (f, admin) = start("http-ka-drain", &body).await;
+    let mut h1 = TcpStream::connect(listen).await.unwrap();
+    let mut h2 = h2_client(listen).await;
+    let mut seen = HashSet::new();
+    for _ in 0..6 {
+        let r = ka_get(&mut h1).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        seen.insert(r.who().to_owned());
+        let (st, who) = h2_get(&mut h2).await;
+        assert_eq!(st, 200);
+        seen.insert(who);
+    }
+    assert_eq!(
+        seen.len(),
+        3,
+        "both connections reach every backend: {seen:?}"
+    );
+
+    // The HTTP/1.1 connection idles until it is parked; b is drained meanwhile.
+    let parked = common::eventually(Duration::from_secs(5), || async {
+        let (_, m) = common::http(admin, "GET", "/metrics").await.unwrap();
+        common::metric_value(&m, "fulcrum_http_parked_connections", &[("service", "web")])
+            == Some(1.0)
+    })
+    .await;
+    assert!(parked, "the idle HTTP/1.1 connection was not parked");
+    let drain = format!("/api/v1/pools/p/backends/{}/drain", b.addr);
+    let (st, text) = common::http(admin, "POST", &drain).await.unwrap();
+    assert_eq!(st, 200, "{text}");
+    let before = b.hits.load(Ordering::Relaxed);
+    for _ in 0..10 {
+        let r = ka_get(&mut h1).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        let (st, _) = h2_get(&mut h2).await;
+        assert_eq!(st, 200);
+    }
+    let after = b.hits.load(Ordering::Relaxed);
+    assert_eq!(
+        after - before,
+        0,
+        "the drained backend got {} requests from keep-alive connections",
+        after - before
+    );
+
+    // c is removed: only a is left for new requests.
+    let del = format!("/api/v1/pools/p/backends/{}", c.addr);
+    let (st, text) = common::http(admin, "DELETE", &del).await.unwrap();
+    assert!(st == 200 || st == 204, "{st} {text}");
+    let before = c.hits.load(Ordering::Relaxed);
+    for _ in 0..10 {
+        let r = ka_get(&mut h1).await;
+        assert_eq!((r.status, r.who()), (200, "a"), "{r:?}");
+        assert_eq!(h2_get(&mut h2).await, (200, "a".to_owned()));
+    }
+    assert_eq!(
+        c.hits.load(Ordering::Relaxed),
+        before,
+        "the removed backend got requests"
+    );
+
+    // The service is removed: the request at hand is answered, then the connections end.
+    let (st, text) = common::http(admin, "DELETE", "/api/v1/services/web")
+        .await
+        .unwrap();
+    assert!(st == 200 || st == 204, "{st} {text}");
+    let r = ka_get(&mut h1).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("connection"), Some("close"), "{r:?}");
+    expect_closed(&mut h1, Duration::from_secs(2), "HTTP/1.1, service removed").await;
+    assert_eq!(h2_get(&mut h2).await.0, 200);
+    let closed = common::eventually(Duration::from_secs(2), || {
+        let closed = h2.is_closed();
+        async move { closed }
+    })
+    .await;
+    assert!(closed, "HTTP/2, service removed: still open");
+    f.assert_no_panic();
+}
+
+/// Keep-alive client connections stop using a backend once it is marked down (killed: its
+/// health check fails) or ejected (it answers 503): with retries off, no request fails
+/// after that, on HTTP/1.1 and HTTP/2 connections opened before.
+#[tokio::test]
+async fn keep_alive_clients_stop_using_down_and_ejected_backends() {
+    let (k1, k2) = (Killable::start("k1").await, Killable::start("k2").await);
+    let (good, bad) = (backend("good").await, backend("bad").await);
+    let (l1, l2) = (free_addr(), free_addr());
+    let no_retry = "[service.retry]\nattempts = 0\n";
+    let body = format!(
+        "{}{}{}{}",
+        http_service("down", l1, "p", no_retry),
+        http_service("eject", l2, "q", no_retry),
+        common::pool_toml(
+            "p",
+            "rr",
+            "[pool.health]\ncheck = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\nrise = 1\nfall = 2\n",
+            &weighted(&[k1.addr, k2.addr])
+        ),
+        common::pool_toml(
+            "q",
+            "rr",
+            "[pool.outlier]\nconsecutive_failures = 3\nejection = \"30s\"\n",
+            &weighted(&[good.addr, bad.addr])
+        ),
+    );
+    let (f, admin) = start("http-ka-down", &body).await;
+
+    // Down: k2 is killed and its health check marks it down.
+    let down = async {
+        let mut h1 = TcpStream::connect(l1).await.unwrap();
+        let mut h2 = h2_client(l1).await;
+        for _ in 0..4 {
+            assert_eq!(ka_get(&mut h1).await.status, 200);
+            assert_eq!(h2_get(&mut h2).await.0, 200);
+        }
+        assert!(k2.hits.load(Ordering::Relaxed) > 0);
+        k2.kill();
+        wait_state(admin, "p", k2.addr, "down").await;
+        let mut failed = 0;
+        for _ in 0..10 {
+            failed += u32::from(ka_get(&mut h1).await.who() != "k1");
+            failed += u32::from(h2_get(&mut h2).await != (200, "k1".to_owned()));
+        }
+        failed
+    };
+
+    // Ejected: bad answers 503 until the outlier detection ejects it.
+    let ejected = async {
+        bad.status.store(503, Ordering::Relaxed);
+        let mut h1 = TcpStream::connect(l2).await.unwrap();
+        let mut h2 = h2_client(l2).await;
+        for _ in 0..4 {
+            ka_get(&mut h1).await;
+            h2_get(&mut h2).await;
+        }
+        wait_state(admin, "q", bad.addr, "ejected").await;
+        let mut failed = 0;
+        for _ in 0..10 {
+            failed += u32::from(ka_get(&mut h1).await.who() != "good");
+            failed += u32::from(h2_get(&mut h2).await != (200, "good".to_owned()));
+        }
+        failed
+    };
+    let (down, ejected) = tokio::join!(down, ejected);
+    assert_eq!(
+        (down, ejected),
+        (0, 0),
+        "of 20 requests after the backend was marked down, and of 20 after it was ejected, \
+         these did not go to the other backend"
+    );
+    f.assert_no_panic();
+}
+
+/// A worker closes its idle pooled connections to a backend once it is drained (at the
+/// next request it serves), so none is reused when the backend comes back.
+#[tokio::test]
+async fn pooled_connections_to_a_drained_backend_are_closed() {
+    let (k1, k2) = (Killable::start("k1").await, Killable::start("k2").await);
+    let listen = free_addr();
+    let body = web_service(listen, "", &[k1.addr, k2.addr]);
+    let (f, admin) = start("http-pool-drained", &body).await;
+    let mut h1 = TcpStream::connect(listen).await.unwrap();
+    for _ in 0..4 {
+        assert_eq!(ka_get(&mut h1).await.status, 200);
+    }
+    assert!(k2.hits.load(Ordering::Relaxed) > 0);
+    assert_eq!(k2.ended.load(Ordering::Relaxed), 0);
+    let drain = format!("/api/v1/pools/p/backends/{}/drain", k2.addr);
+    let (st, text) = common::http(admin, "POST", &drain).await.unwrap();
+    assert_eq!(st, 200, "{text}");
+    assert_eq!(ka_get(&mut h1).await.who(), "k1");
+    let closed = common::eventually(Duration::from_secs(3), || async {
+        k2.ended.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+    assert!(
+        closed,
+        "the idle pooled connection to the drained backend is still open"
+    );
+    assert_eq!(
+        k1.ended.load(Ordering::Relaxed),
+        0,
+        "a connection to k1 was closed"
+    );
+    f.assert_no_panic();
+}
+
+/// A TLS HTTP/1.1 keep-alive connection is closed after the service's `idle_timeout`.
+#[tokio::test]
+async fn tls_keep_alive_idle_timeout() {
+    let b = backend("tlsidle").await;
+    let dir = common::temp_dir("http-tls-idle-certs");
+    let (roots, _, certs) = tls_material(&dir);
+    let listen = free_addr();
+    let body = format!(
+        "{}\n[service.tls]\ncerts = [ {certs} ]\n\n{}",
+        http_service("tls", listen, "p", "idle_timeout = \"1s\""),
+        common::pool_toml("p", "rr", "", &weighted(&[b.addr])),
+    );
+    let (f, _) = start("http-tls-idle", &body).await;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cc = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cc.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = TcpStream::connect(listen).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cc))
+        .connect(
+            rustls::pki_types::ServerName::try_from("a.test").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert!(n > 0, "closed before answering");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    let t0 = Instant::now();
+    let mut rest = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(4), tls.read_to_end(&mut rest)).await;
+    assert!(
+        r.is_ok(),
+        "the idle TLS keep-alive connection is still open after 4 s"
+    );
+    assert!(
+        t0.elapsed() >= Duration::from_millis(700),
+        "{:?}",
+        t0.elapsed()
+    );
+    f.assert_no_panic();
+}
+
+/// A backend answering every request with an endless body (`Content-Length` of 1 GB): at
+/// full speed, or (`trickle`) 100 bytes and then silence. Counts the connections that ended
+/// (a write failed, or EOF). Each connection stops after 30 s.
+async fn endless_backend(trickle: bool) -> (SocketAddr, Arc<AtomicU64>, Tasks) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let ended = Arc::new(AtomicU64::new(0));
+    let tasks = Tasks::default();
+    let (e, t) = (Arc::clone(&ended), tasks.clone());
+    let accept = tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let e = Arc::clone(&e);
+            let conn = tokio::spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(30), async {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let head = b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\n";
+                    if s.write_all(head).await.is_err() {
+                        return;
+                    }
+                    if trickle {
+                        if s.write_all(&[b'x'; 100]).await.is_err() {
+                            return;
+                        }
+                        // silence until the proxy gives up
+                        while let Ok(n) = s.read(&mut chunk).await {
+                            if n == 0 {
+                                return;
+                            }
+                        }
+                    } else {
+                        let data = vec![b'x'; 64 * 1024];
+                        while s.write_all(&data).await.is_ok() {}
+                    }
+                })
+                .await;
+                e.fetch_add(1, Ordering::Relaxed);
+            });
+            t.add(&conn);
+        }
+    });
+    tasks.add(&accept);
+    (addr, ended, tasks)
+}
+
+/// With `idle_timeout = "1s"`: a client that stops reading an answer (HTTP/1.1, or HTTP/2
+/// leaving its flow-control window shut), a backend that goes silent in the middle of a
+/// body, and an upgraded connection where nothing moves each lose their connections after
+/// about that long, freeing the backend connection.
+#[tokio::test]
+async fn stalled_answers_and_quiet_tunnels_time_out() {
+    let (fast, fast_ended, fast_tasks) = endless_backend(false).await;
+    let (fast2, fast2_ended, fast2_tasks) = endless_backend(false).await;
+    let (slow, slow_ended, slow_tasks) = endless_backend(true).await;
+    let ws = backend("ws").await;
+    let (l1, l2, l3, l4) = (free_addr(), free_addr(), free_addr(), free_addr());
+    let idle = "idle_timeout = \"1s\"";
+    let body = format!(
+        "{}{}{}{}{}{}{}{}",
+        http_service("fast", l1, "f", idle),
+        http_service("fast2", l4, "f2", idle),
+        http_service("slow", l2, "s", idle),
+        http_service("ws", l3, "w", idle),
+        common::pool_toml("f", "rr", "", &weighted(&[fast])),
+        common::pool_toml("f2", "rr", "", &weighted(&[fast2])),
+        common::pool_toml("s", "rr", "", &weighted(&[slow])),
+        common::pool_toml("w", "rr", "", &weighted(&[ws.addr])),
+    );
+    let (f, _) = start("http-stalled", &body).await;
+    // Each case runs at once, and says what failed.
+    let ended = |c: &Arc<AtomicU64>| {
+        let c = Arc::clone(c);
+        common::eventually(Duration::from_secs(6), move || {
+            let c = Arc::clone(&c);
+            async move { c.load(Ordering::Relaxed) >= 1 }
+        })
+    };
+
+    // HTTP/1.1: the client sends its request and never reads.
+    let h1_client = async {
+        let mut h1 = TcpStream::connect(l1).await.unwrap();
+        h1.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let ok = ended(&fast_ended).await;
+        drop(h1);
+        ok.then_some(()).ok_or(
+            "the backend connection of an HTTP/1.1 client that stopped reading is still open",
+        )
+    };
+
+    // HTTP/2: the client takes the head and never reads the body (its window stays shut).
+    let h2_client = async {
+        let tcp = TcpStream::connect(l4).await.unwrap();
+        let (mut s, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(65_535)
+            .initial_connection_window_size(65_535)
+            .adaptive_window(false)
+            .handshake(TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let resp = tokio::time::timeout(
+            Duration::from_secs(5),
+            s.send_request(h2_req(
+                "GET",
+                "http://x/",
+                Frames(std::collections::VecDeque::new()),
+            )),
+        )
+        .await
+        .expect("a response head")
+        .unwrap();
+        assert_eq!(resp.status(), 200);
+        let ok = ended(&fast2_ended).await;
+        drop(resp);
+        ok.then_some(())
+            .ok_or("the backend connection of an HTTP/2 client with a shut window is still open")
+    };
+
+    // The backend goes silent after 100 bytes of its body: the client is told by a close.
+    let silent_backend = async {
+        let mut c = TcpStream::connect(l2).await.unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        read_head(&mut c).await;
+        let t0 = Instant::now();
+        let mut buf = [0u8; 4096];
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Ok(n) = c.read(&mut buf).await {
+                if n == 0 {
+                    return;
+                }
+            }
+        })
+        .await;
+        if closed.is_err() {
+            return Err("the client connection is still open while the backend is silent");
+        }
+        assert!(
+            t0.elapsed() >= Duration::from_millis(700),
+            "{:?}",
+            t0.elapsed()
+        );
+        ended(&slow_ended)
+            .await
+            .then_some(())
+            .ok_or("the silent backend's connection is still open")
+    };
+
+    // An upgraded connection where nothing moves is closed.
+    let quiet_tunnel = async {
+        let mut s = TcpStream::connect(l3).await.unwrap();
+        s.write_all(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let head = read_head(&mut s).await;
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        s.write_all(b"ping").await.unwrap();
+        let mut echo = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut echo))
+            .await
+            .expect("the echo")
+            .unwrap();
+        assert_eq!(&echo, b"ping");
+        let t0 = Instant::now();
+        let mut buf = [0u8; 64];
+        match tokio::time::timeout(Duration::from_secs(4), s.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => {
+                assert!(
+                    t0.elapsed() >= Duration::from_millis(700),
+                    "{:?}",
+                    t0.elapsed()
+                );
+                Ok(())
+            }
+            Ok(Ok(_)) => Err("unexpected bytes in the quiet tunnel"),
+            Err(_) => Err("the quiet tunnel is still open after 4 s"),
+        }
+    };
+
+    let results = tokio::join!(h1_client, h2_client, silent_backend, quiet_tunnel);
+    let failed: Vec<&str> = [results.0, results.1, results.2, results.3]
+        .into_iter()
+        .filter_map(Result::err)
+        .collect();
+    assert!(failed.is_empty(), "{failed:#?}");
+    for t in [fast_tasks, fast2_tasks, slow_tasks] {
+        t.abort_all();
+    }
     f.assert_no_panic();
 }
 
