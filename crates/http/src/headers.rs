@@ -93,6 +93,7 @@ pub fn host_problem<'a>(
     }
     // uri-host [ ":" port ]: reg-name (unreserved, pct-encoded, sub-delims), or an IP literal.
     let ok = v
+        .trim_ascii()
         .iter()
         .all(|b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:[]".contains(b));
     (!ok).then_some("bad request: the Host header is not a host name and port")
@@ -442,6 +443,7 @@ mod tests {
         assert_eq!(check(true, &[("Host", "example.com:8080")]), None);
         assert_eq!(check(true, &[("host", "[::1]:80")]), None);
         assert_eq!(check(true, &[("Host", "")]), None);
+        assert_eq!(check(true, &[("Host", " a.b \t")]), None);
         assert_eq!(check(false, &[]), None);
         assert!(check(true, &[]).unwrap().contains("needs a Host"));
         assert!(check(true, &[("X-Host", "a")]).is_some());

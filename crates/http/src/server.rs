@@ -32,6 +32,8 @@ pub(crate) trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// bytes for `TcpStream::readable`), only the registration's own reader slot is used.
     fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
     fn set_nodelay(&self);
+    /// Acknowledges at once what came (see [`crate::upstream::quickack`]).
+    fn quickack(&self);
 }
 
 impl ClientIo for TcpStream {
@@ -41,6 +43,9 @@ impl ClientIo for TcpStream {
     }
     fn set_nodelay(&self) {
         let _ = TcpStream::set_nodelay(self, true);
+    }
+    fn quickack(&self) {
+        crate::upstream::quickack(self);
     }
 }
 
@@ -52,6 +57,9 @@ impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {
     }
     fn set_nodelay(&self) {
         let _ = self.get_ref().0.set_nodelay(true);
+    }
+    fn quickack(&self) {
+        crate::upstream::quickack(self.get_ref().0);
     }
 }
 
@@ -324,6 +332,8 @@ impl<S: ClientIo> ReqBody for H1Body<'_, S> {
                 .await
                 .map_err(|_| BodyError)?;
         }
+        // A client writing head and body apart with Nagle on waits for this ACK.
+        self.io.quickack();
         let e = self.extra.get_or_insert_with(Msg::take);
         match e.read_from(self.io).await {
             Ok(n) if n > 0 => Ok(()),

@@ -79,12 +79,13 @@ pub fn put_idle(addr: SocketAddr, s: TcpStream) {
     });
 }
 
-/// Acknowledges at once what the backend sent (`TCP_QUICKACK`), before waiting for the rest
-/// of an answer it has begun. A backend that writes an answer in pieces with Nagle on (head,
-/// then body: many do) holds each piece until the one before is acknowledged; on a pooled
-/// connection the kernel is in its interactive ("pingpong") mode and delays that ACK by up
-/// to 40 ms, so every such answer would wait 40 ms. The option also leaves that mode, so the
-/// pieces that follow are acknowledged as they are read. A failure only costs the delay.
+/// Acknowledges at once what the peer sent (`TCP_QUICKACK`), before waiting for the rest of
+/// a message it has begun (a backend's answer, a client's request body). A peer that writes
+/// a message in pieces with Nagle on (head, then body: many do) holds each piece until the
+/// one before is acknowledged; on a connection that has carried requests the kernel is in
+/// its interactive ("pingpong") mode and delays that ACK by up to 40 ms, so every such
+/// message would wait 40 ms. The option also leaves that mode, so the pieces that follow
+/// are acknowledged as they are read. A failure only costs the delay.
 pub fn quickack(s: &TcpStream) {
     let _ = socket2::SockRef::from(s).set_quickack(true);
 }
