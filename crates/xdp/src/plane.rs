@@ -601,6 +601,9 @@ impl XdpPlane {
                 "cannot manage the backends' neighbour entries: {e}"
             ))
         })?;
+        for (nh, e) in &r.failed {
+            tracing::warn!(next_hop = %nh.addr, ifindex = nh.ifindex, error = %e, "cannot create a managed neighbour entry for a backend's next hop (needs Linux 5.16+)");
+        }
         for nh in &r.created {
             tracing::info!(next_hop = %nh.addr, ifindex = nh.ifindex, "managed neighbour entry for a backend's next hop");
         }
