@@ -16,6 +16,7 @@ mod check;
 mod ctl;
 mod decap;
 mod demo;
+mod files;
 mod run;
 
 /// Fulcrum: a load balancer (L4/L7 proxy, XDP data plane, control plane).
