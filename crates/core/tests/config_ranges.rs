@@ -369,3 +369,17 @@ fn a_maglev_pool_never_has_more_backends_than_table_slots() {
     );
     assert!(e.contains("e.g. 1000003"), "{e}");
 }
+
+#[test]
+fn a_packet_data_plane_pool_keeps_to_the_data_plane_table() {
+    let text = |forward: &str, size: u32| {
+        format!("[[service]]\nname = \"s\"\nlisten = \"198.18.0.1:80\"\nprotocol = \"tcp\"\npool = \"p\"\nforward = \"{forward}\"\n[[pool]]\nname = \"p\"\nscheduler = \"maglev\"\nmaglev_table_size = {size}\n[xdp]\ninterface = \"eth0\"\n")
+    };
+    assert!(config::parse(&text("dsr", 65537)).is_ok());
+    assert!(config::parse(&text("proxy", 65539)).is_ok());
+    let e = err(&text("dsr", 65539));
+    assert!(
+        e.starts_with("t.toml:10:21: maglev_table_size 65539 is above the packet data plane's 65537, and service `s` uses pool `p` with forward = \"dsr\""),
+        "{e}"
+    );
+}

@@ -157,6 +157,8 @@ pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Config, Vec<ConfigE
         })
         .collect();
 
+    check_xdp_tables(&mut c, &raw, &services, &pools);
+
     let admin = raw.admin.map(|a| {
         let a = a.into_inner();
         AdminConfig {
@@ -180,6 +182,45 @@ pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Config, Vec<ConfigE
         c.errs
             .sort_by_key(|e| e.span.as_ref().map_or(0, |s| s.start));
         Err(c.errs)
+    }
+}
+
+/// The packet data plane holds Maglev tables of at most
+/// [`limits::XDP_MAGLEV_TABLE_SIZE`] slots: a bigger table for a dsr/tunnel/nat service
+/// would make `run` fail where `check` passed.
+fn check_xdp_tables(
+    c: &mut Checker<'_>,
+    raw: &RawConfig,
+    services: &[ServiceConfig],
+    pools: &[PoolConfig],
+) {
+    let max = limits::XDP_MAGLEV_TABLE_SIZE;
+    for (p, rp) in pools.iter().zip(&raw.pool) {
+        let Some(size) = p.maglev_table_size.filter(|m| m.get() > max) else {
+            continue;
+        };
+        let Some(s) = services
+            .iter()
+            .find(|s| s.pool == p.name && s.forward.mode() != ForwardMode::Proxy)
+        else {
+            continue;
+        };
+        let span = rp
+            .get_ref()
+            .maglev_table_size
+            .as_ref()
+            .map_or_else(|| rp.get_ref().name.span(), Spanned::span);
+        c.err(
+            span,
+            format!(
+                "maglev_table_size {} is above the packet data plane's {max}, and service `{}` uses pool `{}` with forward = \"{}\"",
+                size.get(),
+                s.name,
+                p.name,
+                s.forward.mode().as_str()
+            ),
+            Some(format!("use a prime of at most {max} (e.g. 65537), or forward = \"proxy\"")),
+        );
     }
 }
 
