@@ -383,3 +383,52 @@ fn a_packet_data_plane_pool_keeps_to_the_data_plane_table() {
         "{e}"
     );
 }
+
+const FULL: &str = include_str!("fixtures/full.toml");
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+    /// Damaging a valid file anywhere never panics the error collection, and every error
+    /// points inside the text.
+    #[test]
+    fn damaged_files_give_located_errors_never_a_panic(
+        at in 0usize..FULL.len(),
+        cut in 0usize..40,
+        insert in prop::sample::select(vec!["", "x", "=", "\"", "[", "]", ",", "{", "}", "\n", "1", "nme", "é", "interval = 0\n", "bogus = 1\n", "weight = -5"]),
+    ) {
+        let mut text = FULL.to_owned();
+        let mut start = at.min(text.len());
+        while !text.is_char_boundary(start) {
+            start -= 1;
+        }
+        let mut end = (start + cut).min(text.len());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.replace_range(start..end, insert);
+        if let Err(errors) = config::parse_all(&text) {
+            prop_assert!(!errors.is_empty());
+            for e in &errors {
+                prop_assert!(!e.message.is_empty(), "{e:?}");
+                if let Some(s) = &e.span {
+                    prop_assert!(s.start <= s.end && s.end <= text.len(), "{e:?} in {} bytes", text.len());
+                }
+                let _ = e.render("t.toml", &text);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_misspelled_name_value_gets_a_suggestion_too() {
+    let e = err("[[pool]]\nname = \"p\"\nscheduler = \"magelv\"\n");
+    assert!(
+        e.contains("help: did you mean \"maglev\"? valid: rr, wrr"),
+        "{e}"
+    );
+    let e = err("[[pool]]\nname = \"p\"\nscheduler = \"fastest\"\n");
+    assert!(
+        e.contains("help: valid: rr, wrr") && !e.contains("did you mean"),
+        "{e}"
+    );
+}
