@@ -432,3 +432,28 @@ fn a_misspelled_name_value_gets_a_suggestion_too() {
         "{e}"
     );
 }
+
+#[test]
+fn the_packet_data_plane_limits_are_checked() {
+    use std::fmt::Write as _;
+    let mut t = String::new();
+    for i in 0..33 {
+        let _ = write!(t, "[[service]]\nname = \"s{i}\"\nlisten = \"198.18.0.1:{}\"\nprotocol = \"tcp\"\npool = \"p\"\nforward = \"dsr\"\n", 100 + i);
+    }
+    t.push_str("[[pool]]\nname = \"p\"\n[xdp]\ninterface = \"eth0\"\n");
+    let e = err(&t);
+    assert!(
+        e.starts_with("t.toml:194:8: more than 32 dsr/tunnel/nat services"),
+        "{e}"
+    );
+    let mut t = String::from("[[service]]\nname = \"s\"\nlisten = \"198.18.0.1:80\"\nprotocol = \"tcp\"\npool = \"p\"\nforward = \"dsr\"\n[[pool]]\nname = \"p\"\nbackend = [\n");
+    for i in 0..4097 {
+        let _ = writeln!(t, "{{ address = \"198.18.{}.{}:80\" }},", i / 256, i % 256);
+    }
+    t.push_str("]\n[xdp]\ninterface = \"eth0\"\n");
+    let e = err(&t);
+    assert!(
+        e.contains("have 4097 backends: the packet data plane holds at most 4096"),
+        "{e}"
+    );
+}

@@ -30,6 +30,11 @@ pub const MAGLEV_TABLE_SIZE: RangeInclusive<u32> = 3..=PrimeTableSize::MAX;
 /// data plane's table (`FX_MAGLEV_MAX` in crates/xdp/bpf/include/types.h).
 pub const XDP_MAGLEV_TABLE_SIZE: u32 = 65_537;
 
+/// dsr/tunnel/nat services at once (`FX_MAX_SERVICES`).
+pub const XDP_MAX_SERVICES: usize = 32;
+/// Static backends of the pools of dsr/tunnel/nat services, together (`FX_MAX_BACKENDS`).
+pub const XDP_MAX_BACKENDS: usize = 4096;
+
 /// `[[service]] idle_timeout`.
 pub const IDLE_TIMEOUT: RangeInclusive<Duration> = MS..=Duration::from_secs(7 * 86_400);
 /// `[[service]] drain_timeout` (0: close open connections at once).
