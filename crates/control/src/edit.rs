@@ -269,3 +269,56 @@ pub fn delete_pool(cfg: &Config, pool: &str) -> Result<Config, ChangeError> {
     }
     reparse(doc)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "[[service]]\nname = \"s\"\nlisten = \"127.0.0.1:8080\"\nprotocol = \"tcp\"\npool = \"p\"\n\n[[pool]]\nname = \"p\"\nscheduler = \"maglev\"\nmaglev_table_size = 3\n[[pool.backend]]\naddress = \"127.0.0.1:1\"\n[[pool.backend]]\naddress = \"127.0.0.1:2\"\n";
+
+    fn base() -> Config {
+        config::parse(BASE).expect("base config")
+    }
+
+    fn invalid(r: Result<Config, ChangeError>) -> String {
+        match r {
+            Err(ChangeError::Invalid(m)) => m,
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn out_of_range_numbers_are_refused_before_anything_is_built() {
+        // This once made the process allocate 16 GiB for a Maglev table.
+        let m = invalid(set_pool(
+            &base(),
+            "p",
+            serde_json::json!({"maglev_table_size": 4_294_967_291_u64}),
+        ));
+        assert!(m.contains("out of range") && m.contains("1000003"), "{m}");
+        // A duration that would overflow the clock on the first connection.
+        let m = invalid(set_pool(
+            &base(),
+            "p",
+            serde_json::json!({"persistence": "18446744073709551615s"}),
+        ));
+        assert!(
+            m.contains("too long") || m.contains("invalid duration"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn a_backend_beyond_the_maglev_table_is_refused_so_the_saved_config_stays_valid() {
+        let cfg = set_backend(&base(), "p", "127.0.0.1:3".parse().expect("addr"), 1)
+            .expect("3 backends fit a table of 3");
+        assert!(config::parse(&cfg.to_toml()).is_ok());
+        let m = invalid(set_backend(
+            &cfg,
+            "p",
+            "127.0.0.1:4".parse().expect("addr"),
+            1,
+        ));
+        assert!(m.contains("smaller than the number of backends (4)"), "{m}");
+    }
+}

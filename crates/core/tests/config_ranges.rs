@@ -369,3 +369,91 @@ fn a_maglev_pool_never_has_more_backends_than_table_slots() {
     );
     assert!(e.contains("e.g. 1000003"), "{e}");
 }
+
+#[test]
+fn a_packet_data_plane_pool_keeps_to_the_data_plane_table() {
+    let text = |forward: &str, size: u32| {
+        format!("[[service]]\nname = \"s\"\nlisten = \"198.18.0.1:80\"\nprotocol = \"tcp\"\npool = \"p\"\nforward = \"{forward}\"\n[[pool]]\nname = \"p\"\nscheduler = \"maglev\"\nmaglev_table_size = {size}\n[xdp]\ninterface = \"eth0\"\n")
+    };
+    assert!(config::parse(&text("dsr", 65537)).is_ok());
+    assert!(config::parse(&text("proxy", 65539)).is_ok());
+    let e = err(&text("dsr", 65539));
+    assert!(
+        e.starts_with("t.toml:10:21: maglev_table_size 65539 is above the packet data plane's 65537, and service `s` uses pool `p` with forward = \"dsr\""),
+        "{e}"
+    );
+}
+
+const FULL: &str = include_str!("fixtures/full.toml");
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+    /// Damaging a valid file anywhere never panics the error collection, and every error
+    /// points inside the text.
+    #[test]
+    fn damaged_files_give_located_errors_never_a_panic(
+        at in 0usize..FULL.len(),
+        cut in 0usize..40,
+        insert in prop::sample::select(vec!["", "x", "=", "\"", "[", "]", ",", "{", "}", "\n", "1", "nme", "é", "interval = 0\n", "bogus = 1\n", "weight = -5"]),
+    ) {
+        let mut text = FULL.to_owned();
+        let mut start = at.min(text.len());
+        while !text.is_char_boundary(start) {
+            start -= 1;
+        }
+        let mut end = (start + cut).min(text.len());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.replace_range(start..end, insert);
+        if let Err(errors) = config::parse_all(&text) {
+            prop_assert!(!errors.is_empty());
+            for e in &errors {
+                prop_assert!(!e.message.is_empty(), "{e:?}");
+                if let Some(s) = &e.span {
+                    prop_assert!(s.start <= s.end && s.end <= text.len(), "{e:?} in {} bytes", text.len());
+                }
+                let _ = e.render("t.toml", &text);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_misspelled_name_value_gets_a_suggestion_too() {
+    let e = err("[[pool]]\nname = \"p\"\nscheduler = \"magelv\"\n");
+    assert!(
+        e.contains("help: did you mean \"maglev\"? valid: rr, wrr"),
+        "{e}"
+    );
+    let e = err("[[pool]]\nname = \"p\"\nscheduler = \"fastest\"\n");
+    assert!(
+        e.contains("help: valid: rr, wrr") && !e.contains("did you mean"),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_packet_data_plane_limits_are_checked() {
+    use std::fmt::Write as _;
+    let mut t = String::new();
+    for i in 0..33 {
+        let _ = write!(t, "[[service]]\nname = \"s{i}\"\nlisten = \"198.18.0.1:{}\"\nprotocol = \"tcp\"\npool = \"p\"\nforward = \"dsr\"\n", 100 + i);
+    }
+    t.push_str("[[pool]]\nname = \"p\"\n[xdp]\ninterface = \"eth0\"\n");
+    let e = err(&t);
+    assert!(
+        e.starts_with("t.toml:194:8: more than 32 dsr/tunnel/nat services"),
+        "{e}"
+    );
+    let mut t = String::from("[[service]]\nname = \"s\"\nlisten = \"198.18.0.1:80\"\nprotocol = \"tcp\"\npool = \"p\"\nforward = \"dsr\"\n[[pool]]\nname = \"p\"\nbackend = [\n");
+    for i in 0..4097 {
+        let _ = writeln!(t, "{{ address = \"198.18.{}.{}:80\" }},", i / 256, i % 256);
+    }
+    t.push_str("]\n[xdp]\ninterface = \"eth0\"\n");
+    let e = err(&t);
+    assert!(
+        e.contains("have 4097 backends: the packet data plane holds at most 4096"),
+        "{e}"
+    );
+}

@@ -17,6 +17,7 @@ mod check;
 mod ctl;
 mod decap;
 mod demo;
+mod files;
 mod run;
 mod speaker;
 

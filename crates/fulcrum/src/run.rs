@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use fulcrum_control::admin::{self, AdminState};
-use fulcrum_core::config::{self, Config};
+use fulcrum_core::config::Config;
 use fulcrum_core::model::defaults;
 use fulcrum_proxy::controller::{Control, Controller};
 use fulcrum_proxy::relay::RelayMode;
@@ -61,17 +61,10 @@ pub(crate) fn init_logging(format: LogFormat) {
     };
 }
 
-/// Parses the file, or renders the error as `fulcrum check` does.
-pub fn load(path: &std::path::Path) -> Result<Config, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    config::parse(&text).map_err(|e| e.render(&path.display().to_string(), &text))
-}
-
 /// Runs until SIGTERM/SIGINT and a graceful drain. Returns the process exit code.
 pub fn run(args: &RunArgs) -> anyhow::Result<u8> {
     init_logging(args.log_format);
-    let cfg = match load(&args.config) {
+    let cfg = match crate::files::load(&args.config) {
         Ok(c) => c,
         Err(msg) => {
             eprintln!("{msg}");
@@ -118,22 +111,22 @@ pub(crate) async fn serve(
     let admin_cfg = cfg.admin.clone();
     let xdp_cfg = cfg.xdp.clone();
     let announce_cfg = cfg.announce.clone();
-    let token = match admin_cfg.as_ref().and_then(|a| a.token_file.as_ref()) {
-        Some(f) => Some(Arc::<str>::from(
-            std::fs::read_to_string(f)
-                .with_context(|| format!("cannot read admin token file {}", f.display()))?
-                .trim(),
-        )),
-        None => None,
-    };
+    let token = admin_cfg
+        .as_ref()
+        .and_then(|a| a.token_file.as_ref())
+        .map(|f| crate::files::read_token(f).map_err(|(msg, _)| anyhow::anyhow!(msg)))
+        .transpose()?
+        .map(Arc::<str>::from);
     let workers = start_workers(n, &shared)?;
-    let controller = match Controller::start(Arc::clone(&shared), workers, path, cfg) {
+    let mut controller = match Controller::start(Arc::clone(&shared), workers, path, cfg) {
         Ok(c) => c,
         Err(msg) => {
             tracing::error!("{msg}");
             return Ok(1);
         }
     };
+    // Reloads check the files a config names, as at start and as `fulcrum check` does.
+    controller.set_loader(crate::files::load);
     tokio::spawn(controller.run(ev_rx, ctl_rx));
     // The XDP data plane (dsr/tunnel services), kept in step with the snapshots; detached
     // when dropped at the end of this function.

@@ -942,3 +942,30 @@ async fn admin_connections_time_out() {
     eprintln!("closed after: slowloris {slow:?}, silent {silent:?}, idle keep-alive {idle:?}");
     f.assert_no_panic();
 }
+
+/// A reload whose token file became empty (or blank) is refused: authentication is never
+/// switched off by an empty file, and nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_refuses_an_empty_token_file() {
+    let b1 = TcpBackend::start(Behaviour::Echo).await;
+    let (admin, vip) = (free_addr(), free_addr());
+    let dir = common::temp_dir("api_empty_token");
+    let cfg = format!(
+        "{}{}{}",
+        token_config(&dir, admin),
+        service_toml("web", vip, "tcp", "web", ""),
+        pool_toml("web", "rr", "", &weighted(&[b1.addr]))
+    );
+    let f = Fulcrum::start("api_empty_token", admin, &cfg, &["--workers", "1"]).await;
+    std::fs::write(dir.join("admin.token"), " \n\t\n").unwrap();
+    let r = req(admin, "POST", "/api/v1/reload", Some(TOKEN), "").await;
+    let msg = assert_err(&r, 400, "reload with an empty token file");
+    assert!(msg.contains("admin.token is empty"), "{msg}");
+    // Still protected, by the token read at start.
+    let put = format!("/api/v1/pools/web/backends/{}", free_addr());
+    let r = req(admin, "PUT", &put, None, r#"{"weight": 1}"#).await;
+    assert_err(&r, 401, "mutating call without a token");
+    let r = req(admin, "PUT", &put, Some(TOKEN), r#"{"weight": 1}"#).await;
+    assert_eq!(r.0, 200, "{}", r.1);
+    f.assert_no_panic();
+}

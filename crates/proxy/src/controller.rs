@@ -91,6 +91,22 @@ struct Tracked {
     checker: Option<(HealthConfig, JoinHandle<()>)>,
 }
 
+/// Reads and validates a config file for a reload: the config, or the rendered errors.
+pub type Loader = fn(&std::path::Path) -> Result<Config, String>;
+
+/// The [`Loader`] of [`Controller::start`]: reads the file and parses it (every error),
+/// without checking the files it names; the binary sets its own.
+pub fn parse_file(path: &std::path::Path) -> Result<Config, String> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{file}: cannot read: {e}"))?;
+    config::parse_all(&text).map_err(|errs| {
+        errs.iter()
+            .map(|e| e.render(&file, &text))
+            .collect::<Vec<_>>()
+            .join("\n")
+    })
+}
+
 /// See the module docs.
 pub struct Controller {
     shared: Arc<Shared>,
@@ -106,6 +122,8 @@ pub struct Controller {
     generation: u64,
     /// Per-pool discovery tasks and their last reported sets.
     discovery: Discoveries,
+    /// How a reload reads the file.
+    loader: Loader,
 }
 
 fn listen_key(s: &config::ServiceConfig) -> ListenKey {
@@ -144,6 +162,7 @@ impl Controller {
             next_id: 0,
             generation: 0,
             discovery: Discoveries::default(),
+            loader: parse_file,
         };
         c.apply(config)?;
         c.shared.set_ready(true);
@@ -152,6 +171,12 @@ impl Controller {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Sets how reloads read the config file (the binary checks the files a config names
+    /// too, as at start).
+    pub fn set_loader(&mut self, loader: Loader) {
+        self.loader = loader;
     }
 
     /// Applies a new config: binds new listeners first (any failure changes nothing), then
@@ -424,12 +449,7 @@ impl Controller {
     /// Re-reads the config file. An invalid file changes nothing; the error is rendered
     /// exactly as `fulcrum check` prints it.
     pub fn reload(&mut self) -> Result<(), String> {
-        let res = std::fs::read_to_string(&self.path)
-            .map_err(|e| format!("{}: cannot read: {e}", self.path.display()))
-            .and_then(|text| {
-                config::parse(&text).map_err(|e| e.render(&self.path.display().to_string(), &text))
-            })
-            .and_then(|cfg| self.apply(cfg));
+        let res = (self.loader)(&self.path).and_then(|cfg| self.apply(cfg));
         let counter = if res.is_ok() {
             &self.shared.global.reloads_ok
         } else {

@@ -26,6 +26,15 @@ pub const RATE_LIMIT: u32 = 10_000_000;
 /// `[[pool]] maglev_table_size` (a prime; see [`PrimeTableSize::MAX`]).
 pub const MAGLEV_TABLE_SIZE: RangeInclusive<u32> = 3..=PrimeTableSize::MAX;
 
+/// `[[pool]] maglev_table_size` of a pool that a dsr/tunnel/nat service uses: the packet
+/// data plane's table (`FX_MAGLEV_MAX` in crates/xdp/bpf/include/types.h).
+pub const XDP_MAGLEV_TABLE_SIZE: u32 = 65_537;
+
+/// dsr/tunnel/nat services at once (`FX_MAX_SERVICES`).
+pub const XDP_MAX_SERVICES: usize = 32;
+/// Static backends of the pools of dsr/tunnel/nat services, together (`FX_MAX_BACKENDS`).
+pub const XDP_MAX_BACKENDS: usize = 4096;
+
 /// `[[service]] idle_timeout`.
 pub const IDLE_TIMEOUT: RangeInclusive<Duration> = MS..=Duration::from_secs(7 * 86_400);
 /// `[[service]] drain_timeout` (0: close open connections at once).

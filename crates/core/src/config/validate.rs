@@ -157,6 +157,8 @@ pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Config, Vec<ConfigE
         })
         .collect();
 
+    check_xdp_limits(&mut c, &raw, &services, &pools);
+
     let admin = raw.admin.map(|a| {
         let a = a.into_inner();
         AdminConfig {
@@ -186,6 +188,82 @@ pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Config, Vec<ConfigE
         c.errs
             .sort_by_key(|e| e.span.as_ref().map_or(0, |s| s.start));
         Err(c.errs)
+    }
+}
+
+/// The packet data plane's maps have fixed sizes ([`limits::XDP_MAX_SERVICES`] services,
+/// [`limits::XDP_MAX_BACKENDS`] backends, Maglev tables of at most
+/// [`limits::XDP_MAGLEV_TABLE_SIZE`] slots): a config beyond them would make `run` fail
+/// where `check` passed.
+fn check_xdp_limits(
+    c: &mut Checker<'_>,
+    raw: &RawConfig,
+    services: &[ServiceConfig],
+    pools: &[PoolConfig],
+) {
+    let xdp: Vec<(usize, &ServiceConfig)> = services
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.forward.mode() != ForwardMode::Proxy)
+        .collect();
+    if let Some((i, _)) = xdp.get(limits::XDP_MAX_SERVICES) {
+        c.err(
+            raw.service[*i].get_ref().name.span(),
+            format!(
+                "more than {} dsr/tunnel/nat services: the packet data plane holds at most {}",
+                limits::XDP_MAX_SERVICES,
+                limits::XDP_MAX_SERVICES
+            ),
+            Some("use forward = \"proxy\" for the others".into()),
+        );
+    }
+    let mut xdp_pools: Vec<&str> = xdp.iter().map(|(_, s)| s.pool.as_str()).collect();
+    xdp_pools.sort_unstable();
+    xdp_pools.dedup();
+    let backends: usize = pools
+        .iter()
+        .filter(|p| xdp_pools.contains(&p.name.as_str()))
+        .map(|p| p.backends.len())
+        .sum();
+    if backends > limits::XDP_MAX_BACKENDS {
+        if let Some((i, _)) = xdp.first() {
+            c.err(
+                raw.service[*i].get_ref().name.span(),
+                format!(
+                    "the pools of the dsr/tunnel/nat services have {backends} backends: the packet data plane holds at most {}",
+                    limits::XDP_MAX_BACKENDS
+                ),
+                Some("use fewer backends in these pools, or forward = \"proxy\"".into()),
+            );
+        }
+    }
+    let max = limits::XDP_MAGLEV_TABLE_SIZE;
+    for (p, rp) in pools.iter().zip(&raw.pool) {
+        let Some(size) = p.maglev_table_size.filter(|m| m.get() > max) else {
+            continue;
+        };
+        let Some(s) = services
+            .iter()
+            .find(|s| s.pool == p.name && s.forward.mode() != ForwardMode::Proxy)
+        else {
+            continue;
+        };
+        let span = rp
+            .get_ref()
+            .maglev_table_size
+            .as_ref()
+            .map_or_else(|| rp.get_ref().name.span(), Spanned::span);
+        c.err(
+            span,
+            format!(
+                "maglev_table_size {} is above the packet data plane's {max}, and service `{}` uses pool `{}` with forward = \"{}\"",
+                size.get(),
+                s.name,
+                p.name,
+                s.forward.mode().as_str()
+            ),
+            Some(format!("use a prime of at most {max} (e.g. 65537), or forward = \"proxy\"")),
+        );
     }
 }
 
