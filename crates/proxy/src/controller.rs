@@ -405,6 +405,7 @@ impl Controller {
                     pool: Arc::clone(pool),
                     proxy_protocol,
                     max_connections: u64::from(s.max_connections),
+                    max_flows: u64::from(s.max_flows.min(s.max_connections)),
                     idle_timeout: s.idle_timeout,
                     drain_timeout: s.drain_timeout,
                     connect_timeout: defaults::CONNECT_TIMEOUT,

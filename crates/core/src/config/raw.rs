@@ -61,6 +61,8 @@ pub struct RawService {
     pub proxy_protocol: Option<Spanned<ProxyProtocolValue>>,
     /// Concurrent connection limit.
     pub max_connections: Option<Count>,
+    /// udp: concurrent flow limit (each flow holds one socket).
+    pub max_flows: Option<Spanned<Count>>,
     /// Idle connection timeout.
     pub idle_timeout: Option<HumanDuration>,
     /// Graceful drain limit.
