@@ -8,11 +8,13 @@
 //! - [`health`]: active checks (tcp, http).
 //! - [`discovery`]: backends from DNS (A/AAAA, SRV) and files, per pool.
 //! - [`stats`]: the atomic counters behind the metrics.
+//! - [`files`]: opening configured files without blocking (regular files only).
 //! - [`ratelog`]: warnings written at most once a second.
 
 pub mod accept;
 pub mod controller;
 pub mod discovery;
+pub mod files;
 pub mod health;
 pub mod l7;
 pub mod proxy_protocol;
