@@ -162,7 +162,7 @@ pub(crate) async fn serve(
         None => None,
     };
     let workers = start_workers(n, &shared)?;
-    let controller = match Controller::start(Arc::clone(&shared), workers, path, cfg) {
+    let controller = match Controller::start(Arc::clone(&shared), workers, path, cfg).await {
         Ok(c) => c,
         Err(msg) => {
             tracing::error!("{msg}");
