@@ -7,8 +7,9 @@
 //! controller applies like a reload.
 
 use std::net::SocketAddr;
+use std::path::Path;
 
-use fulcrum_core::config::{self, Config, ConfigError};
+use fulcrum_core::config::{self, AccessLog, Config, ConfigError, LogTarget, ServiceConfig};
 use fulcrum_proxy::controller::ChangeError;
 use toml::{Table, Value};
 
@@ -171,7 +172,46 @@ pub fn put_service(
         Some(s) => *s = Value::Table(table),
         None => services.push(Value::Table(table)),
     }
-    reparse(doc)
+    let new = reparse(doc)?;
+    if let Some(svc) = new.service(name) {
+        files_already_named(cfg, svc)?;
+    }
+    Ok(new)
+}
+
+/// The files a service names: its access log and its TLS certificates and keys.
+pub fn service_files(s: &ServiceConfig) -> Vec<&Path> {
+    let mut files = Vec::new();
+    if let Some(AccessLog {
+        target: LogTarget::File(p),
+        ..
+    }) = &s.access_log
+    {
+        files.push(p.as_path());
+    }
+    if let Some(tls) = &s.tls {
+        for pair in &tls.certs {
+            files.push(pair.cert.as_path());
+            files.push(pair.key.as_path());
+        }
+    }
+    files
+}
+
+/// The admin API may only point a service at files the running configuration already names
+/// (so, files the operator put in the config file): an API user cannot create, append to,
+/// read or probe any other file as Fulcrum's user.
+fn files_already_named(cfg: &Config, svc: &ServiceConfig) -> Result<(), ChangeError> {
+    let known: Vec<&Path> = cfg.services.iter().flat_map(service_files).collect();
+    match service_files(svc).into_iter().find(|f| !known.contains(f)) {
+        None => Ok(()),
+        Some(f) => Err(ChangeError::Invalid(format!(
+            "{} is not a file the configuration file names: the admin API may only use access \
+             log, certificate and key paths that some service of the file already uses (put \
+             the new path in the config file and reload)",
+            f.display()
+        ))),
+    }
 }
 
 /// `DELETE /api/v1/services/{name}`.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use fulcrum_control::admin::{self, AdminState};
-use fulcrum_core::config::Config;
+use fulcrum_core::config::{self, Config};
 use fulcrum_core::model::defaults;
 use fulcrum_proxy::controller::{Control, Controller};
 use fulcrum_proxy::relay::RelayMode;
@@ -71,6 +71,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<u8> {
             return Ok(2);
         }
     };
+    raise_fd_limit();
     let workers = args
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get))
@@ -87,6 +88,42 @@ pub fn run(args: &RunArgs) -> anyhow::Result<u8> {
     };
     // A LocalSet: with one worker, the worker runs on this thread (`Workers::start_inline`).
     tokio::task::LocalSet::new().block_on(&rt, serve(args.config.clone(), cfg, workers, mode))
+}
+
+/// Raises the soft open-file limit (`RLIMIT_NOFILE`) to the hard limit, as nginx's
+/// `worker_rlimit_nofile` or `HAProxy` do: every connection, UDP flow and backend connection
+/// holds a descriptor, and the usual soft default (1024) runs out long before memory does.
+/// Says in the log what the limit is.
+#[allow(unsafe_code)]
+fn raise_fd_limit() {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass, which we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut r) } != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot read the open file limit (RLIMIT_NOFILE)");
+        return;
+    }
+    if r.rlim_cur >= r.rlim_max {
+        tracing::info!(
+            limit = r.rlim_cur,
+            "open file limit (RLIMIT_NOFILE) is at its hard limit"
+        );
+        return;
+    }
+    let soft = r.rlim_cur;
+    r.rlim_cur = r.rlim_max;
+    // SAFETY: setrlimit only reads the struct we pass.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const r) } == 0 {
+        tracing::info!(
+            from = soft,
+            to = r.rlim_max,
+            "raised the open file limit (RLIMIT_NOFILE) to its hard limit"
+        );
+    } else {
+        tracing::warn!(limit = soft, hard = r.rlim_max, error = %std::io::Error::last_os_error(), "cannot raise the open file limit (RLIMIT_NOFILE)");
+    }
 }
 
 /// One worker runs on this thread (the process has one thread); more get a thread each.
@@ -118,7 +155,7 @@ pub(crate) async fn serve(
         .transpose()?
         .map(Arc::<str>::from);
     let workers = start_workers(n, &shared)?;
-    let mut controller = match Controller::start(Arc::clone(&shared), workers, path, cfg) {
+    let mut controller = match Controller::start(Arc::clone(&shared), workers, path, cfg).await {
         Ok(c) => c,
         Err(msg) => {
             tracing::error!("{msg}");

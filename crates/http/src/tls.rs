@@ -1,7 +1,7 @@
 //! TLS termination: certificates loaded from PEM files, chosen by SNI (the first pair is the
 //! default), ALPN h2 and http/1.1, TLS 1.2 and 1.3 only, the `ring` provider.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -124,8 +124,15 @@ fn load_pair(pair: &CertPair) -> Result<(CertificateDer<'static>, Arc<CertifiedK
     Ok((leaf, Arc::new(ck)))
 }
 
-fn read_certs(path: &PathBuf) -> Result<Vec<CertificateDer<'static>>, String> {
-    let data = std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+/// PEM files are regular files of at most 1 MiB, opened without blocking (a FIFO would
+/// block the reader, a device might never end).
+fn read_pem(path: &Path) -> Result<Vec<u8>, String> {
+    fulcrum_proxy::files::read_limited(path, 1 << 20)
+        .map_err(|e| format!("{}: cannot read: {e}", path.display()))
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let data = read_pem(path)?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut data.as_slice())
         .collect::<Result<_, _>>()
         .map_err(|e| format!("{}: bad PEM: {e}", path.display()))?;
@@ -135,8 +142,8 @@ fn read_certs(path: &PathBuf) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(certs)
 }
 
-fn read_key(path: &PathBuf) -> Result<PrivateKeyDer<'static>, String> {
-    let data = std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    let data = read_pem(path)?;
     rustls_pemfile::private_key(&mut data.as_slice())
         .map_err(|e| format!("{}: bad PEM: {e}", path.display()))?
         .ok_or_else(|| format!("{}: no PRIVATE KEY in the file", path.display()))

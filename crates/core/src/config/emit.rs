@@ -143,6 +143,9 @@ pub fn service(sv: &ServiceConfig) -> Table {
     if sv.max_connections != model::defaults::MAX_CONNECTIONS {
         t.insert("max_connections".into(), int(sv.max_connections));
     }
+    if sv.max_flows != model::defaults::MAX_FLOWS {
+        t.insert("max_flows".into(), int(sv.max_flows));
+    }
     if sv.idle_timeout != model::defaults::IDLE_TIMEOUT {
         t.insert("idle_timeout".into(), dur(sv.idle_timeout));
     }

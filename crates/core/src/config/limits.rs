@@ -17,6 +17,8 @@ pub const DURATION_MAX: Duration = Duration::from_secs(365 * 86_400);
 
 /// `[[service]] max_connections`.
 pub const MAX_CONNECTIONS: u32 = 10_000_000;
+/// `[[service]] max_flows` (udp; each flow holds a socket, so a file descriptor).
+pub const MAX_FLOWS: u32 = 1_000_000;
 /// `[pool.health] rise` and `fall`.
 pub const HEALTH_RISE_FALL: u32 = 1_000;
 /// `[pool.outlier] consecutive_failures`.

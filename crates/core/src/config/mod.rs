@@ -166,6 +166,9 @@ pub struct ServiceConfig {
     pub forward: Forwarding,
     /// Concurrent connection limit (default 100000).
     pub max_connections: u32,
+    /// udp: concurrent flows (default 10000), each holding one socket; when full, the least
+    /// recently active flow gives way to the new one.
+    pub max_flows: u32,
     /// Idle connection timeout (default 5m).
     pub idle_timeout: Duration,
     /// How long a graceful stop waits for open connections (default 30s).

@@ -64,6 +64,8 @@ pub struct RawService {
     pub proxy_protocol: Option<Spanned<ProxyProtocolValue>>,
     /// Concurrent connection limit.
     pub max_connections: Option<Count<{ limits::MAX_CONNECTIONS }>>,
+    /// udp: concurrent flow limit (each flow holds one socket).
+    pub max_flows: Option<Spanned<Count<{ limits::MAX_FLOWS }>>>,
     /// Idle connection timeout.
     pub idle_timeout: Option<Spanned<HumanDuration>>,
     /// Graceful drain limit.

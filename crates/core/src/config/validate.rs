@@ -406,6 +406,15 @@ fn service(c: &mut Checker<'_>, s: &RawService, defined: &[&str], has_xdp: bool)
             );
         }
     }
+    if let Some(m) = &s.max_flows {
+        if protocol != ServiceProtocol::Udp {
+            c.err(
+                m.span(),
+                format!("max_flows applies only to udp services; `{name}` is {proto_name}"),
+                Some("use max_connections to bound tcp and http services".into()),
+            );
+        }
+    }
     let source = s.source.as_ref().map(|x| x.get_ref().0);
     let forward = match mode {
         ForwardMode::Proxy => Forwarding::Proxy { proxy_protocol },
@@ -530,6 +539,10 @@ fn service(c: &mut Checker<'_>, s: &RawService, defined: &[&str], has_xdp: bool)
         max_connections: s
             .max_connections
             .map_or(model::defaults::MAX_CONNECTIONS, super::value::Count::get),
+        max_flows: s
+            .max_flows
+            .as_ref()
+            .map_or(model::defaults::MAX_FLOWS, |m| m.get_ref().get()),
         idle_timeout: dur(
             c,
             s.idle_timeout.as_ref(),
