@@ -92,7 +92,9 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
 }
 
 /// Like [`parse`], but returns every error found (sorted by position; never empty on
-/// `Err`). A syntax or type error stops parsing, so it is always alone.
+/// `Err`). A TOML syntax error is alone; past a key or value error the rest of the file is
+/// still checked (see `recover`), and cross-key checks run when what remains still means
+/// what the file says.
 pub fn parse_all(text: &str) -> Result<Config, Vec<ConfigError>> {
     let mut rec = recover::deserialize(text).map_err(|e| vec![e])?;
     let mut errors = std::mem::take(&mut rec.errors);
