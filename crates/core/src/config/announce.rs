@@ -138,6 +138,25 @@ pub(super) fn validate(
     }
 }
 
+/// `fulcrum check`'s line for `[announce]`.
+pub(super) fn summary_line(a: &AnnounceConfig) -> String {
+    let grace = humantime::format_duration(a.withdraw_grace);
+    match &a.speaker {
+        Speaker::Bird {
+            socket,
+            protocol_prefix,
+        } => format!(
+            "announce: bird at {} (protocols {protocol_prefix}SERVICE), withdraw_grace {grace}",
+            socket.display()
+        ),
+        Speaker::Exabgp => {
+            format!(
+                "announce: exabgp (its process: fulcrum announce -c FILE), withdraw_grace {grace}"
+            )
+        }
+    }
+}
+
 /// The `[announce]` table, defaults left out.
 pub(super) fn emit(a: &AnnounceConfig) -> Table {
     let mut t = Table::new();
@@ -204,6 +223,13 @@ address = "127.0.0.1:9001"
         assert_eq!(a.withdraw_grace, Duration::from_secs(2));
         assert_eq!(a.bird_protocol("web").as_deref(), Some("fulcrum_web"));
         assert_eq!(parse(&c.to_toml()).unwrap(), c);
+        assert!(
+            c.summary().contains(
+                "announce: bird at /run/bird/bird.ctl (protocols fulcrum_SERVICE), withdraw_grace 2s"
+            ),
+            "{}",
+            c.summary()
+        );
 
         let c = parse(&format!(
             "{BASE}\n[announce]\nspeaker = \"bird\"\nsocket = \"/tmp/b.ctl\"\nprotocol_prefix = \"lb_\"\nwithdraw_grace = \"500ms\"\n"
