@@ -173,11 +173,10 @@ pub(crate) async fn serve(
             token,
             protect_reads: a.protect_reads,
         };
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, admin::router(state)).await {
-                tracing::error!(error = %e, "admin server failed");
-            }
-        });
+        tokio::spawn(fulcrum_control::serve::serve(
+            listener,
+            admin::router(state),
+        ));
     }
     tracing::info!(workers = n, "fulcrum running");
 

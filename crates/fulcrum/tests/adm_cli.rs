@@ -151,13 +151,6 @@ async fn add_service_then_real_server_then_clear() {
     );
     let f = Fulcrum::start("adm-add", admin, &cfg, &[]).await;
     let (code, _, err) = adm(admin, &format!("-A -t {vip} -s wrr -p 60"));
-    if err.contains("has no PUT /api/v1/pools endpoint") {
-        eprintln!(
-            "SKIPPED: the admin API has no PUT /api/v1/pools/{{pool}} yet, so `adm -A` cannot \
-             create a service's pool: {err}"
-        );
-        return;
-    }
     assert_eq!(code, 0, "{err}");
     let (code, _, err) = adm(admin, &format!("-a -t {vip} -r {} -w 1", b.addr));
     assert_eq!(code, 0, "{err}");

@@ -33,9 +33,10 @@ macro_rules! require_dnsmasq {
         match dnsmasq_path() {
             Some(p) => p,
             None => {
-                eprintln!(
-                    "SKIPPED: dnsmasq is not installed (apt-get install -y dnsmasq); \
-                     DNS discovery not tested"
+                fulcrum_xdp::testing::require(
+                    "discovery_dns",
+                    false,
+                    "dnsmasq (apt-get install -y dnsmasq)",
                 );
                 return;
             }

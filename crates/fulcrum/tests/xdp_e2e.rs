@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fulcrum_xdp::testing::{in_netns, is_root};
+use fulcrum_xdp::testing::{in_netns, require_netns_lab};
 use netns::{line, sh, Backends, Topology};
 
 mod netns;
@@ -271,8 +271,7 @@ fn scenario(tag: &str, forward: &str, decap: bool) {
 
 #[test]
 fn xdp_dsr_end_to_end() {
-    if !is_root() {
-        eprintln!("SKIPPED xdp_dsr_end_to_end: needs root (XDP, network namespaces)");
+    if !require_netns_lab("xdp_dsr_end_to_end") {
         return;
     }
     scenario("d", "forward = \"dsr\"", false);
@@ -280,8 +279,7 @@ fn xdp_dsr_end_to_end() {
 
 #[test]
 fn xdp_tunnel_ipip_end_to_end() {
-    if !is_root() {
-        eprintln!("SKIPPED xdp_tunnel_ipip_end_to_end: needs root (XDP, network namespaces)");
+    if !require_netns_lab("xdp_tunnel_ipip_end_to_end") {
         return;
     }
     scenario("i", "forward = \"tunnel\"\ntunnel = \"ipip\"", true);
@@ -289,8 +287,7 @@ fn xdp_tunnel_ipip_end_to_end() {
 
 #[test]
 fn xdp_tunnel_gue_end_to_end() {
-    if !is_root() {
-        eprintln!("SKIPPED xdp_tunnel_gue_end_to_end: needs root (XDP, network namespaces)");
+    if !require_netns_lab("xdp_tunnel_gue_end_to_end") {
         return;
     }
     scenario("g", "forward = \"tunnel\"\ntunnel = \"gue\"", true);
@@ -304,8 +301,7 @@ fn xdp_tunnel_gue_end_to_end() {
 /// goes through and is echoed back intact (the echo returns directly from the backend).
 #[test]
 fn xdp_tunnel_df_client_learns_the_path_mtu() {
-    if !is_root() {
-        eprintln!("SKIPPED xdp_tunnel_df_client_learns_the_path_mtu: needs root (XDP, network namespaces)");
+    if !require_netns_lab("xdp_tunnel_df_client_learns_the_path_mtu") {
         return;
     }
     let mut t = Topology::new("m", Backends::VipsOnLoopback);

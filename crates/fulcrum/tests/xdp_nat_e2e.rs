@@ -22,7 +22,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fulcrum_xdp::testing::{in_netns, is_root};
+use fulcrum_xdp::testing::{in_netns, require_netns_lab};
 use netns::{line, Backends, Topology};
 
 mod netns;
@@ -162,8 +162,7 @@ address = "198.18.0.13:9000"
 
 #[test]
 fn xdp_nat_and_fragments_end_to_end() {
-    if !is_root() {
-        eprintln!("SKIPPED xdp_nat_and_fragments_end_to_end: needs root (XDP, network namespaces)");
+    if !require_netns_lab("xdp_nat_and_fragments_end_to_end") {
         return;
     }
     let started = Instant::now();

@@ -1,5 +1,6 @@
 //! The running state as one immutable value, swapped whole by the controller (`arc-swap`).
-//! The data path loads it once per new connection or flow and never locks.
+//! The data path loads it once per new connection or flow (and the HTTP proxy once per
+//! request) and never locks.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -124,6 +125,10 @@ pub struct ServiceRt {
     pub stats: Arc<ServiceStats>,
     /// State built by the L7 handler for services it serves (see [`crate::l7`]).
     pub ext: Option<ServiceExt>,
+    /// The generation of the snapshot this value belongs to: a connection that outlives
+    /// its snapshot (HTTP keep-alive) compares it with the running one's to know when to
+    /// look its service up again.
+    pub generation: u64,
 }
 
 /// Everything running, as one value.

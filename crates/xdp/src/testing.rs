@@ -11,6 +11,52 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// The environment variable CI sets (`.ci/run`): with it, a missing prerequisite fails the
+/// test instead of skipping it, so a green CI run cannot hide a missing install step.
+pub const REQUIRE_ALL: &str = "FULCRUM_REQUIRE_ALL";
+
+/// A test's prerequisite: `true` when `present`. Otherwise the test is skipped (it prints
+/// why and returns `false`), unless `FULCRUM_REQUIRE_ALL` is set, where it panics.
+pub fn require(test: &str, present: bool, what: &str) -> bool {
+    if present {
+        return true;
+    }
+    let required = std::env::var_os(REQUIRE_ALL).is_some_and(|v| !v.is_empty() && v != "0");
+    assert!(
+        !required,
+        "{test}: prerequisite missing: {what} ({REQUIRE_ALL} is set, so this fails instead of skipping)"
+    );
+    eprintln!("SKIPPED {test}: prerequisite missing: {what}");
+    false
+}
+
+/// `require(test, is_root(), ...)`: root for BPF and network namespaces.
+pub fn require_root(test: &str) -> bool {
+    require(test, is_root(), "root (BPF, network namespaces)")
+}
+
+/// What the network-namespace labs need: root, `ip` (iproute2) and `ethtool` (senders'
+/// checksum offloads must be off, or XDP-forwarded frames carry bad checksums).
+pub fn require_netns_lab(test: &str) -> bool {
+    require_root(test)
+        && require(test, have_program("ip"), "ip (apt-get install iproute2)")
+        && require(
+            test,
+            have_program("ethtool"),
+            "ethtool (apt-get install ethtool)",
+        )
+}
+
+/// Whether `program` is an executable on the PATH (or an absolute path that exists).
+pub fn have_program(program: &str) -> bool {
+    let p = std::path::Path::new(program);
+    if p.is_absolute() {
+        return p.exists();
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+}
+
 /// Runs `f` on a new thread inside the network namespace `/var/run/netns/NAME` (created by
 /// `ip netns add NAME`) and returns its result. The thread is pinned to the CPU it starts on:
 /// `BPF_PROG_TEST_RUN` runs the program on the calling thread's CPU, and the per-CPU state

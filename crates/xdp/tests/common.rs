@@ -128,10 +128,5 @@ pub fn service(
 }
 
 pub fn is_root_or_skip(test: &str) -> bool {
-    if fulcrum_xdp::testing::is_root() {
-        true
-    } else {
-        eprintln!("SKIPPED {test}: needs root (BPF, network namespaces)");
-        false
-    }
+    fulcrum_xdp::testing::require_root(test)
 }

@@ -35,7 +35,11 @@ int main(int argc, char **argv) {
         .arg(&src)
         .status()
     else {
-        eprintln!("SKIPPED c_jhash2_equals_the_core: no C compiler `{cc}`");
+        fulcrum_xdp::testing::require(
+            "c_jhash2_equals_the_core",
+            false,
+            &format!("a C compiler `{cc}` (apt-get install gcc)"),
+        );
         return;
     };
     assert!(st.success(), "compile jhash.h");

@@ -287,7 +287,7 @@ fn health(h: &HealthConfig) -> Table {
     if h.interval != defaults::HEALTH_INTERVAL {
         t.insert("interval".into(), dur(h.interval));
     }
-    if h.timeout != defaults::HEALTH_TIMEOUT {
+    if h.timeout != defaults::health_timeout(h.interval) {
         t.insert("timeout".into(), dur(h.timeout));
     }
     if h.rise != defaults::HEALTH_RISE {

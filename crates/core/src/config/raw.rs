@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use serde_spanned::Spanned;
 
+use super::limits;
 use super::value::{
     AccessLogFormatValue, Address, BackendProtocolValue, Check, Count, Forward, HashKeyValue,
     HostPort, HumanDuration, Ip, Name, Percent, Protocol, ProxyProtocolValue, RetryAttempts,
@@ -62,11 +63,11 @@ pub struct RawService {
     /// tcp + proxy: PROXY protocol header to backends.
     pub proxy_protocol: Option<Spanned<ProxyProtocolValue>>,
     /// Concurrent connection limit.
-    pub max_connections: Option<Count>,
+    pub max_connections: Option<Count<{ limits::MAX_CONNECTIONS }>>,
     /// Idle connection timeout.
-    pub idle_timeout: Option<HumanDuration>,
+    pub idle_timeout: Option<Spanned<HumanDuration>>,
     /// Graceful drain limit.
-    pub drain_timeout: Option<HumanDuration>,
+    pub drain_timeout: Option<Spanned<HumanDuration>>,
     /// `forward = "tunnel"`: `ipip` | `gue`.
     pub tunnel: Option<Spanned<Tunnel>>,
     /// tunnel/nat: the load balancer's own address.
@@ -121,9 +122,9 @@ pub struct RawCert {
 #[serde(deny_unknown_fields)]
 pub struct RawRateLimit {
     /// Token refill rate per client IP.
-    pub requests_per_second: Count,
+    pub requests_per_second: Count<{ limits::RATE_LIMIT }>,
     /// Bucket size (default: `requests_per_second`).
-    pub burst: Option<Count>,
+    pub burst: Option<Count<{ limits::RATE_LIMIT }>>,
 }
 
 /// `[service.access_log]`.
@@ -171,7 +172,7 @@ pub struct RawPool {
     /// What hashing schedulers hash.
     pub hash_key: Option<Spanned<HashKeyValue>>,
     /// Client-IP persistence (ipvsadm `-p`).
-    pub persistence: Option<HumanDuration>,
+    pub persistence: Option<Spanned<HumanDuration>>,
     /// Maglev table size (prime).
     pub maglev_table_size: Option<Spanned<TableSize>>,
     /// http: affinity cookie name.
@@ -200,9 +201,9 @@ pub struct RawHealth {
     /// Per-check timeout.
     pub timeout: Option<Spanned<HumanDuration>>,
     /// Successes to come up.
-    pub rise: Option<Count>,
+    pub rise: Option<Count<{ limits::HEALTH_RISE_FALL }>>,
     /// Failures to go down.
-    pub fall: Option<Count>,
+    pub fall: Option<Count<{ limits::HEALTH_RISE_FALL }>>,
     /// http: the path to GET.
     pub path: Option<Spanned<String>>,
     /// http: accepted statuses.
@@ -214,7 +215,7 @@ pub struct RawHealth {
 #[serde(deny_unknown_fields)]
 pub struct RawOutlier {
     /// Failures in a row that eject a backend.
-    pub consecutive_failures: Option<Count>,
+    pub consecutive_failures: Option<Count<{ limits::OUTLIER_FAILURES }>>,
     /// How long an ejection lasts.
     pub ejection: Option<Spanned<HumanDuration>>,
 }

@@ -147,22 +147,23 @@ impl Topology {
             Backends::DefaultRouteViaLb => &["c", "lb", "b1", "b2", "b3"],
         };
         for n in no_offload {
-            let _ = Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    &t.ns(n),
-                    "ethtool",
-                    "-K",
-                    "eth0",
-                    "tx",
-                    "off",
-                    "tso",
-                    "off",
-                    "gso",
-                    "off",
-                ])
-                .output();
+            // a failure here fails the test: with offloads on, forwarded frames carry bad
+            // checksums and the test would fail later for a reason that is hard to see
+            sh(&[
+                "ip",
+                "netns",
+                "exec",
+                &t.ns(n),
+                "ethtool",
+                "-K",
+                "eth0",
+                "tx",
+                "off",
+                "tso",
+                "off",
+                "gso",
+                "off",
+            ]);
         }
         // the client: VIPs via the lb (MTU: tunnel headroom)
         t.ip("c", &["route", "add", "198.19.0.0/24", "via", "198.18.0.2"]);
