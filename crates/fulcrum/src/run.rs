@@ -266,7 +266,7 @@ async fn withdraw(
     int: &mut tokio::signal::unix::Signal,
 ) {
     tracing::info!(withdraw_grace = ?a.withdraw_grace, "stopping: withdrawing VIPs");
-    shared.announce.set_drained(true);
+    shared.announce.begin_stopping();
     sp.flush(Duration::from_secs(3)).await;
     tokio::select! {
         () = tokio::time::sleep(a.withdraw_grace) => {}

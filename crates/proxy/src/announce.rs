@@ -24,6 +24,8 @@ pub struct AnnounceState {
     /// The instance is drained (`fulcrum ctl instance drain`, or SIGTERM's withdraw phase):
     /// every VIP is withdrawn; established connections keep being served.
     drained: AtomicBool,
+    /// SIGTERM came: drained for good (undrain is refused).
+    stopping: AtomicBool,
     /// Per service: whether the speaker holds its VIP now (bird: confirmed by bird;
     /// exabgp: what `fulcrum announce` is told).
     announced: Mutex<BTreeMap<String, bool>>,
@@ -63,6 +65,17 @@ impl AnnounceState {
     /// Drains (`true`) or undrains the instance.
     pub fn set_drained(&self, drained: bool) {
         self.drained.store(drained, Ordering::Release);
+    }
+
+    /// SIGTERM's first step: drained, and undrain refused from now on.
+    pub fn begin_stopping(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.set_drained(true);
+    }
+
+    /// Whether the instance is stopping (see [`AnnounceState::begin_stopping`]).
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
     }
 
     /// Whether the instance is drained (see [`AnnounceState::set_drained`]).
