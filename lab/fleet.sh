@@ -20,6 +20,7 @@
 #   lab/fleet.sh stop N        drain instance N: withdraw its VIPs, wait, SIGTERM, stop bird
 #   lab/fleet.sh announce N on|off   enable/disable instance N's bird static protocols
 #   lab/fleet.sh routes        the router's routes to the VIPs
+#   lab/fleet.sh ready N       exit 0 when instance N sees every backend up
 # Environment (defaults): FLEET_PREFIX (fl) names the namespaces PREFIX-c, PREFIX-r, ...;
 # FLEET_DIR (/tmp/fulcrum-fleet-PREFIX) holds configs, logs, sockets and pid files;
 # FLEET_ROUTER (ecmp): ecmp (bird merge paths, hash-threshold multipath), resilient (bird
@@ -27,7 +28,8 @@
 # static multipath route, no bird on the router); FLEET_BFD (on); FLEET_INSTANCES (1 2 3);
 # FULCRUM (the fulcrum binary: target/debug/fulcrum, else on the PATH); FLEET_SPEAKER
 # (lab: the lab enables bird's protocols once fulcrum is ready; fulcrum: fulcrum does it
-# through its [announce] section); FLEET_BACKENDS_ONLY (unset).
+# through its [announce] section); FLEET_SERVE (python: `python3 -m http.server 80` on each
+# backend, answering its name at /; none: bring your own).
 set -euo pipefail
 
 P=${FLEET_PREFIX:-fl}
@@ -235,6 +237,15 @@ cmd_up() {
     ip netns exec "$(ns "b$n")" "$FULCRUM" decap --interface eth0 >"$DIR/b$n.decap.log" 2>&1 &
     echo $! >"$DIR/b$n.decap.pid"
   done
+  # a server on each backend (tests run their own: FLEET_SERVE=none)
+  if [ "${FLEET_SERVE:-python}" = python ]; then
+    command -v python3 >/dev/null || die "python3 for the backends' servers (or FLEET_SERVE=none and your own)"
+    for n in 1 2 3; do
+      mkdir -p "$DIR/www-b$n" && echo "b$n" >"$DIR/www-b$n/index.html"
+      ip netns exec "$(ns "b$n")" python3 -m http.server 80 --directory "$DIR/www-b$n" >"$DIR/b$n.www.log" 2>&1 &
+      echo $! >"$DIR/b$n.www.pid"
+    done
+  fi
   # the router's routes to the VIPs
   case $ROUTER in
     static)
@@ -249,7 +260,6 @@ cmd_up() {
       ;;
     *) die "FLEET_ROUTER: ecmp, resilient or static, not $ROUTER" ;;
   esac
-  [ -n "${FLEET_BACKENDS_ONLY:-}" ] && return 0
   for n in $INSTANCES; do cmd_start "$n"; done
 }
 
@@ -287,8 +297,11 @@ resilient_start() {
   echo $! >"$DIR/r.resilient.pid"
 }
 
-admin_get() { # N PATH
-  inn "i$1" bash -c "exec 3<>/dev/tcp/127.0.0.1/9090 && printf 'GET $2 HTTP/1.0\r\n\r\n' >&3 && cat <&3" 2>/dev/null
+# Whether instance N's fulcrum has every backend up (its table then equals the others').
+backends_all_up() {
+  local m
+  m=$(inn "i$1" curl -s -m 1 http://127.0.0.1:9090/metrics 2>/dev/null | grep '^fulcrum_backend_up{') || return 1
+  ! grep -qv ' 1$' <<<"$m"
 }
 
 cmd_start() { # N
@@ -300,11 +313,13 @@ cmd_start() { # N
   bird_start "i$n" "i$n" "$DIR/i$n.bird.conf"
   ip netns exec "$(ns "i$n")" "$FULCRUM" run -c "$DIR/i$n.toml" --workers 1 >"$DIR/i$n.log" 2>&1 &
   echo $! >"$DIR/i$n.fulcrum.pid"
-  # ready: the admin API answers and both services have a backend up
-  for _ in $(seq 100); do
-    if admin_get "$n" /readyz | grep -q '^HTTP/1.[01] 200'; then break; fi
+  # announced once every backend is up: an instance that sees fewer backends up than the
+  # others would choose other backends for the flows it takes over
+  for _ in $(seq 150); do
+    backends_all_up "$n" && break
     sleep 0.1
   done
+  backends_all_up "$n" || die "instance $n: not every backend up after 15 s (see $DIR/i$n.log)"
   [ "$SPEAKER" = lab ] && cmd_announce "$n" on
   return 0
 }
@@ -328,7 +343,7 @@ cmd_stop() { # N: withdraw, wait for the router to move the flows, then SIGTERM
 
 cmd_down() {
   local n
-  for n in 1 2 3; do stop_pid "i$n.fulcrum" TERM; stop_pid "i$n.bird" TERM; stop_pid "b$n.decap" TERM; done
+  for n in 1 2 3; do stop_pid "i$n.fulcrum" TERM; stop_pid "i$n.bird" TERM; stop_pid "b$n.decap" TERM; stop_pid "b$n.www" TERM; done
   stop_pid r.resilient TERM
   stop_pid r.bird TERM
   for n in c r sw i1 i2 i3 b1 b2 b3; do ip netns del "$(ns "$n")" 2>/dev/null || true; done
@@ -349,5 +364,6 @@ case ${1:-} in
   stop) cmd_stop "${2:?instance}" ;;
   announce) cmd_announce "${2:?instance}" "${3:?on|off}" ;;
   routes) cmd_routes ;;
+  ready) backends_all_up "${2:?instance}" ;;
   *) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 2 ;;
 esac
