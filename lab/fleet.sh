@@ -20,7 +20,7 @@
 #   lab/fleet.sh stop N        drain instance N: withdraw its VIPs, wait, SIGTERM, stop bird
 #   lab/fleet.sh announce N on|off   enable/disable instance N's bird static protocols
 #   lab/fleet.sh routes        the router's routes to the VIPs
-#   lab/fleet.sh ready N       exit 0 when instance N sees every backend up
+#   lab/fleet.sh ready N       exit 0 when instance N has seen every backend up for 0.5 s
 # Environment (defaults): FLEET_PREFIX (fl) names the namespaces PREFIX-c, PREFIX-r, ...;
 # FLEET_DIR (/tmp/fulcrum-fleet-PREFIX) holds configs, logs, sockets and pid files;
 # FLEET_ROUTER (ecmp): ecmp (bird merge paths, hash-threshold multipath), resilient (bird
@@ -36,7 +36,7 @@ P=${FLEET_PREFIX:-fl}
 DIR=${FLEET_DIR:-/tmp/fulcrum-fleet-$P}
 ROUTER=${FLEET_ROUTER:-ecmp}
 BFD=${FLEET_BFD:-on}
-INSTANCES=${FLEET_INSTANCES:-1 2 3}
+INSTANCES=${FLEET_INSTANCES-1 2 3}
 SPEAKER=${FLEET_SPEAKER:-lab}
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(dirname "$HERE")
@@ -304,6 +304,13 @@ backends_all_up() {
   ! grep -qv ' 1$' <<<"$m"
 }
 
+# Every backend up, still so 0.5 s later: the XDP maps follow the controller's snapshot
+# within 100 ms. Announcing before they do sends flows to an instance whose table still
+# lacks a backend: it re-decides their conntrack entries onto other backends (resets).
+ready() {
+  backends_all_up "$1" && sleep 0.5 && backends_all_up "$1"
+}
+
 cmd_start() { # N
   local n=$1
   case $n in 1 | 2 | 3) ;; *) die "instance: 1, 2 or 3, not $n" ;; esac
@@ -316,10 +323,10 @@ cmd_start() { # N
   # announced once every backend is up: an instance that sees fewer backends up than the
   # others would choose other backends for the flows it takes over
   for _ in $(seq 150); do
-    backends_all_up "$n" && break
+    ready "$n" && break
     sleep 0.1
   done
-  backends_all_up "$n" || die "instance $n: not every backend up after 15 s (see $DIR/i$n.log)"
+  ready "$n" || die "instance $n: not every backend up after 15 s (see $DIR/i$n.log)"
   [ "$SPEAKER" = lab ] && cmd_announce "$n" on
   return 0
 }
@@ -330,9 +337,17 @@ cmd_announce() { # N on|off
   for s in tun dsr; do birdc -s "$DIR/i$1.bird.ctl" "$verb" "fulcrum_$s" >/dev/null; done
 }
 
-cmd_kill() { # N
-  stop_pid "i$1.fulcrum" KILL
-  stop_pid "i$1.bird" KILL
+cmd_kill() { # N: fulcrum and its bird together, as when the host dies
+  local pids="" f
+  for f in "$DIR/i$1.fulcrum.pid" "$DIR/i$1.bird.pid"; do
+    [ -f "$f" ] && pids="$pids $(cat "$f")" && rm -f "$f"
+  done
+  [ -n "$pids" ] || return 0
+  # shellcheck disable=SC2086
+  kill -KILL $pids 2>/dev/null || true
+  for f in $pids; do
+    for _ in $(seq 100); do kill -0 "$f" 2>/dev/null || break; sleep 0.05; done
+  done
 }
 
 cmd_stop() { # N: withdraw, wait for the router to move the flows, then SIGTERM
@@ -364,6 +379,6 @@ case ${1:-} in
   stop) cmd_stop "${2:?instance}" ;;
   announce) cmd_announce "${2:?instance}" "${3:?on|off}" ;;
   routes) cmd_routes ;;
-  ready) backends_all_up "${2:?instance}" ;;
+  ready) ready "${2:?instance}" ;;
   *) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 2 ;;
 esac
