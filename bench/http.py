@@ -19,8 +19,14 @@ one request each: HTTP proxies hold no backend connection for an idle client), a
 req/s with h2load (`-c64 -m10`, prior-knowledge h2c) when h2load is installed
 (`apt-get install nghttp2-client`).
 
-The result goes between the http-bench markers of docs/benchmarks.md; the rest of the file
-(the L4 section) is left intact.
+Then, once per proxy: the time per request, one at a time over one keep-alive connection,
+in front of a backend that writes each answer's head and body in two writes with Nagle on
+(`--split-requests`; 0 skips it), and the same straight to that backend. Such a backend
+holds the body until the head is acknowledged, and a pooled connection's receiver delays
+that ACK by up to 40 ms unless it acknowledges at once. `--split-only` runs just this part.
+
+The results go between the http-bench and http-split-bench markers of docs/benchmarks.md;
+the rest of the file (the L4 section) is left intact.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -52,6 +59,43 @@ MARK_BEGIN = "<!-- http-bench:begin (written by bench/http.py; edits inside are 
 MARK_END = "<!-- http-bench:end -->"
 MARK_BEGIN_RE = re.compile(r"<!-- http-bench:begin[^>]*-->")
 H2_PORT: dict[int, int] = {}  # proxy port -> its h2c port (nginx needs its own)
+SPLIT_BEGIN = ("<!-- http-split-bench:begin (written by bench/http.py; edits inside are "
+               "overwritten) -->")
+SPLIT_END = "<!-- http-split-bench:end -->"
+SPLIT_BEGIN_RE = re.compile(r"<!-- http-split-bench:begin[^>]*-->")
+
+# A keep-alive HTTP/1.1 backend that writes each answer in two writes, head then a 100-byte
+# body, with Nagle on (as most servers leave it). Stdlib only; one thread per connection.
+SPLIT_BACKEND = textwrap.dedent("""\
+    import socket, sys, threading
+    BODY = b"x" * 100
+    HEAD = b"HTTP/1.1 200 OK\\r\\nContent-Type: text/plain\\r\\nContent-Length: 100\\r\\n\\r\\n"
+    def serve(c):
+        buf = b""
+        try:
+            while True:
+                while b"\\r\\n\\r\\n" not in buf:
+                    d = c.recv(65536)
+                    if not d:
+                        return
+                    buf += d
+                head, buf = buf.split(b"\\r\\n\\r\\n", 1)
+                c.sendall(HEAD)
+                c.sendall(BODY)
+                if b"connection: close" in head.lower():
+                    return
+        except OSError:
+            pass
+        finally:
+            c.close()
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((sys.argv[1], int(sys.argv[2])))
+    s.listen(1024)
+    while True:
+        c, _ = s.accept()
+        threading.Thread(target=serve, args=(c,), daemon=True).start()
+    """)
 
 
 def haproxy_conf(tmp: Path, port: int, backends: list[int], nofile: int) -> list[str]:
@@ -233,6 +277,108 @@ def bench_proxy(name: str, args, procs, tmp: Path, backends: list[int], nofile: 
         procs.stop(p)
 
 
+def split_latency(port: int, n: int, new_conn: bool = False) -> dict:
+    """Milliseconds per request, one at a time, over one keep-alive connection to `port` (or
+    a new connection per request, as curl does): p50, p99, max."""
+    req = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+    lat: list[float] = []
+    s = None
+    try:
+        for _ in range(n):
+            t = time.perf_counter()
+            if s is None or new_conn:
+                if s is not None:
+                    s.close()
+                s = socket.create_connection((HOST, port), timeout=5)
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s.sendall(req)
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                d = s.recv(65536)
+                if not d:
+                    raise l4.BenchError(f"closed before an answer on {HOST}:{port}")
+                buf += d
+            head, body = buf.split(b"\r\n\r\n", 1)
+            m = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+            if not head.startswith(b"HTTP/1.1 200") or not m:
+                raise l4.BenchError(f"unexpected answer on {HOST}:{port}: {head[:200]!r}")
+            while len(body) < int(m.group(1)):
+                d = s.recv(65536)
+                if not d:
+                    raise l4.BenchError(f"closed in a body on {HOST}:{port}")
+                body += d
+            lat.append((time.perf_counter() - t) * 1000)
+    except OSError as e:
+        raise l4.BenchError(f"split-write latency through {HOST}:{port}: {e}") from e
+    finally:
+        if s is not None:
+            s.close()
+    lat.sort()
+    return {"p50_ms": statistics.median(lat), "p99_ms": lat[min(len(lat) - 1, len(lat) * 99 // 100)],
+            "max_ms": lat[-1]}
+
+
+def bench_split(args, procs, tmp: Path, names: list[str], nofile: int) -> dict:
+    """The split-write backend: the latency through each proxy, and straight to it."""
+    script = tmp / "split_backend.py"
+    script.write_text(SPLIT_BACKEND)
+    port = l4.free_port()
+    log = tmp / "split-backend.log"
+    bproc = procs.start([*l4.pin(args, args.load_core), sys.executable, str(script), HOST,
+                         str(port)], log)
+    res: dict = {}
+    try:
+        l4.wait_ready(bproc, port, "split-write backend", log)
+        for n in names:
+            p, pport, _, _ = l4.start_proxy(n, args, procs, tmp, [port], nofile, "s")
+            try:
+                res[n] = split_latency(pport, args.split_requests)
+            finally:
+                procs.stop(p)
+            l4.log(f"  split-write backend through {LABEL[n]}: p50 {res[n]['p50_ms']:.2f} ms, "
+                   f"p99 {res[n]['p99_ms']:.2f} ms")
+        res["direct"] = split_latency(port, args.split_requests)
+        res["direct_new"] = split_latency(port, args.split_requests, new_conn=True)
+        l4.log(f"  split-write backend direct: keep-alive p50 {res['direct']['p50_ms']:.2f} ms, "
+               f"new connections p50 {res['direct_new']['p50_ms']:.2f} ms")
+    finally:
+        procs.stop(bproc)
+    return res
+
+
+def render_split(args, res: dict, names: list[str], info: dict, cmdline: str,
+                 started: str) -> str:
+    label = {**LABEL, "direct": "direct, keep-alive",
+             "direct_new": "direct, a new connection per request (as curl)"}
+    L = ["## HTTP: a backend that writes head and body apart\n"]
+    L.append(f"{started}. {args.split_requests} requests, one at a time, over one keep-alive "
+             "client connection, to a backend that writes each answer in two writes (head, "
+             "then a 100-byte body) with Nagle on, as many servers do. Nagle holds the body "
+             "until the head is acknowledged; on a reused connection the receiving kernel "
+             "delays that ACK by up to 40 ms unless the receiver asks for it at once "
+             "(`TCP_QUICKACK`, what Fulcrum does when an answer is not all there with its "
+             "head). Each proxy is configured as in the section above, alone in front of this "
+             "one backend; \"direct\" is the client straight to the backend.\n")
+    if "fulcrum" in names and "/debug/" in args.fulcrum:
+        L.append("Fulcrum is a debug build here: the 40 ms is the kernel's delayed-ACK timer, "
+                 "which the build does not change.\n")
+    L.append("| path | p50 | p99 | max |")
+    L.append("|---|---|---|---|")
+    for n in [*names, "direct", "direct_new"]:
+        if n in res:
+            r = res[n]
+            L.append(f"| {label[n]} | {r['p50_ms']:.2f} ms | {r['p99_ms']:.2f} ms | "
+                     f"{r['max_ms']:.2f} ms |")
+    L.append("")
+    L.append(f"- {info['haproxy']}; {info['nginx']}")
+    if "fulcrum" in info:
+        L.append(f"- Fulcrum: {info['fulcrum']} (git {info.get('fulcrum_git', '?')}), "
+                 f"`{args.fulcrum}`")
+    L.append("")
+    L.append("Command:\n\n```sh\n" + cmdline + "\n```")
+    return "\n".join(L) + "\n"
+
+
 METRICS = [  # key, header, format
     ("rps", "req/s", "{:,.0f}"),
     ("p99_ms", "p99", "{:.2f} ms"),
@@ -352,6 +498,11 @@ def main() -> int:
     ap.add_argument("--proxy-core", type=int, default=0)
     ap.add_argument("--load-core", type=int, default=1)
     ap.add_argument("--backend-workers", type=int, default=2)
+    ap.add_argument("--split-requests", type=int, default=200,
+                    help="requests per proxy in front of the split-write backend (0: skip)")
+    ap.add_argument("--split-only", action="store_true",
+                    help="only the split-write backend part (writes only its own section)")
+    ap.add_argument("--lock-wait", type=float, default=900)
     ap.add_argument("--output", default=str(REPO / "docs/benchmarks.md"))
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--json")
@@ -368,10 +519,11 @@ def main() -> int:
             ap.error(f"no Fulcrum binary at {args.fulcrum} (cargo build --release -p fulcrum)")
     cmdline = shlex.join(["python3", "bench/http.py"] + sys.argv[1:])
     l4.ensure_packages()
-    if not shutil.which("h2load"):
+    if not shutil.which("h2load") and not args.split_only:
         subprocess.run(["apt-get", "install", "-y", "nghttp2-client"], capture_output=True,
                        timeout=300)
     nofile = l4.raise_nofile(65535)
+    lock = l4.take_bench_lock(args.lock_wait)  # noqa: F841  (held until exit)
     started = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     info = l4.machine_info(args.fulcrum if "fulcrum" in names else None)
     procs = l4.Procs()
@@ -382,6 +534,7 @@ def main() -> int:
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGHUP)}
     runs: list[dict] = []
+    split: dict = {}
     try:
         backends = [l4.free_port() for _ in range(3)]
         bconf = l4.backend_conf(tmp, backends, args.backend_workers, nofile)
@@ -390,13 +543,16 @@ def main() -> int:
                              str(bconf), "-g", "daemon off;"], tmp / "backend.log")
         for bp in backends:
             l4.wait_ready(bproc, bp, f"backend nginx :{bp}", bconf.parent / "error.log")
-        for i in range(args.runs):
+        for i in range(0 if args.split_only else args.runs):
             l4.log(f"run {i + 1}/{args.runs}")
             one: dict = {}
             for n in names:
                 one[n] = bench_proxy(n, args, procs, tmp, backends, nofile)
             runs.append(one)
         procs.stop(bproc)
+        if args.split_requests > 0:
+            l4.log("split-write backend")
+            split = bench_split(args, procs, tmp, names, nofile)
     except KeyboardInterrupt:
         l4.log("interrupted; cleaning up")
         return 130
@@ -408,15 +564,25 @@ def main() -> int:
         for s, h in old.items():
             signal.signal(s, h)
         shutil.rmtree(tmp, ignore_errors=True)
-    med = medians(runs, names)
-    body = render(args, med, runs, names, info, cmdline, started)
-    print(body)
+    med = medians(runs, names) if runs else {}
+    if runs:
+        body = render(args, med, runs, names, info, cmdline, started)
+        print(body)
+        if not args.no_write:
+            l4.MARK_BEGIN, l4.MARK_END, l4.MARK_BEGIN_RE = MARK_BEGIN, MARK_END, MARK_BEGIN_RE
+            l4.write_section(Path(args.output), body)
+            l4.log(f"wrote section 'HTTP (L7) proxy' of {args.output}")
+    if split:
+        body = render_split(args, split, names, info, cmdline, started)
+        print(body)
+        if not args.no_write:
+            l4.MARK_BEGIN, l4.MARK_END, l4.MARK_BEGIN_RE = SPLIT_BEGIN, SPLIT_END, SPLIT_BEGIN_RE
+            l4.write_section(Path(args.output), body)
+            l4.log(f"wrote section 'HTTP: a backend that writes head and body apart' of "
+                   f"{args.output}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"runs": runs, "median": med}, indent=2))
-    if not args.no_write:
-        l4.MARK_BEGIN, l4.MARK_END, l4.MARK_BEGIN_RE = MARK_BEGIN, MARK_END, MARK_BEGIN_RE
-        l4.write_section(Path(args.output), body)
-        l4.log(f"wrote section 'HTTP (L7) proxy' of {args.output}")
+        Path(args.json).write_text(json.dumps({"runs": runs, "median": med, "split": split},
+                                              indent=2))
     return 0
 
 

@@ -1,6 +1,6 @@
 //! The admin API (HTTP/JSON on `admin.listen`): health, readiness, metrics, the read side
 //! of services and pools, `explain`, the running config, reload and run-time changes of
-//! backends and services. Errors answer `{"error": "..."}`: 400 bad body or address, 401
+//! backends and services, VIP announcement and instance drain. Errors answer `{"error": "..."}`: 400 bad body or address, 401
 //! missing or wrong token, 404 unknown pool/service/backend, 409 conflicts, 413 body too
 //! large. See `docs/admin-api.md`.
 
@@ -55,6 +55,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/api/v1/services/{name}"),
     ("GET", "/api/v1/config"),
     ("POST", "/api/v1/reload"),
+    ("GET", "/api/v1/announce"),
+    ("POST", "/api/v1/instance/drain"),
+    ("POST", "/api/v1/instance/undrain"),
 ];
 
 /// The `OpenAPI` 3.1 document of this API (`docs/openapi.json`), served at
@@ -81,6 +84,9 @@ fn endpoint(method: &str, path: &str) -> Option<MethodRouter<AdminState>> {
         ("DELETE", "/api/v1/services/{name}") => delete(delete_service),
         ("GET", "/api/v1/config") => get(get_config),
         ("POST", "/api/v1/reload") => post(reload),
+        ("GET", "/api/v1/announce") => get(announce::get_announce),
+        ("POST", "/api/v1/instance/drain") => post(announce::drain_instance),
+        ("POST", "/api/v1/instance/undrain") => post(announce::undrain_instance),
         _ => return None,
     })
 }
@@ -199,7 +205,7 @@ pub fn error(status: StatusCode, msg: impl Into<String>) -> Response {
 async fn readyz(State(st): State<AdminState>) -> Response {
     if st.shared.is_ready() {
         (StatusCode::OK, "ready\n").into_response()
-    } else if st.shared.is_draining() {
+    } else if st.shared.is_draining() || st.shared.announce.is_drained() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()
@@ -729,6 +735,8 @@ fn percent_decode(s: &str) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+mod announce;
 
 #[cfg(test)]
 mod openapi_tests;

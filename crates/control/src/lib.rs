@@ -3,3 +3,4 @@ pub mod admin;
 pub mod edit;
 pub mod explain;
 pub mod metrics;
+pub mod serve;

@@ -18,6 +18,8 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+mod announce;
+
 /// Reads everything at scrape time.
 #[derive(Debug)]
 pub struct FulcrumCollector {
@@ -270,7 +272,10 @@ impl EncodeMetric for L7Histogram<'_> {
 /// The registry with Fulcrum's collector.
 pub fn registry(shared: Arc<Shared>) -> Registry {
     let mut r = Registry::default();
-    r.register_collector(Box::new(FulcrumCollector { shared }));
+    r.register_collector(Box::new(FulcrumCollector {
+        shared: Arc::clone(&shared),
+    }));
+    r.register_collector(Box::new(announce::AnnounceCollector { shared }));
     r
 }
 

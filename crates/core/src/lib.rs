@@ -6,7 +6,9 @@
 //! - [`flow`]: the bounded LRU flow table (flow affinity, persistence).
 //! - [`health`]: active (rise/fall) and passive (outlier) health state machines.
 //! - [`config`]: TOML parsing into types that cannot hold a bad value, with located errors.
+//! - [`announce`]: whether a VIP is announced to the routers, and the speakers' line formats.
 
+pub mod announce;
 pub mod config;
 pub mod flow;
 pub mod hash;

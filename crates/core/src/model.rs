@@ -262,16 +262,20 @@ pub mod defaults {
     pub const MAX_CONNECTIONS: u32 = 100_000;
 }
 
-/// A Maglev lookup-table size: always a prime (the Maglev permutation needs it), at least 3.
+/// A Maglev lookup-table size: always a prime (the Maglev permutation needs it) in
+/// `3..=PrimeTableSize::MAX`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PrimeTableSize(u32);
 
 impl PrimeTableSize {
     pub const DEFAULT: Self = Self(defaults::MAGLEV_TABLE_SIZE);
+    /// The largest table: 1,000,003 slots (a prime; 4 MB of table). Above it a single
+    /// API call could make the process allocate gigabytes.
+    pub const MAX: u32 = 1_000_003;
 
-    /// `None` unless `n` is a prime of at least 3.
+    /// `None` unless `n` is a prime in `3..=MAX`.
     pub fn new(n: u32) -> Option<Self> {
-        (n >= 3 && is_prime(n)).then_some(Self(n))
+        ((3..=Self::MAX).contains(&n) && is_prime(n)).then_some(Self(n))
     }
     pub const fn get(self) -> u32 {
         self.0
@@ -302,12 +306,13 @@ pub fn is_prime(n: u32) -> bool {
     true
 }
 
-/// The next prime at or above `n` (for advice in error messages).
-pub fn next_prime(mut n: u32) -> u32 {
+/// The next prime at or above `n` (for advice in error messages); `None` above the largest
+/// `u32` prime.
+pub fn next_prime(mut n: u32) -> Option<u32> {
     while !is_prime(n) {
-        n += 1;
+        n = n.checked_add(1)?;
     }
-    n
+    Some(n)
 }
 
 /// Monotonic time as the IO layer passes it in: the time since an epoch of the caller's

@@ -63,6 +63,18 @@ pub enum CtlCommand {
     },
     /// Print the running configuration as TOML (file plus run-time changes).
     Config,
+    /// Drain or undrain the whole instance (VIP announcement, `[announce]`).
+    #[command(subcommand)]
+    Instance(InstanceCommand),
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum InstanceCommand {
+    /// Withdraw every VIP and answer 503 on /readyz; established connections keep being
+    /// served (and so are flows that still arrive while routers converge).
+    Drain,
+    /// End a drain: VIPs that can be served are announced again.
+    Undrain,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -154,6 +166,24 @@ fn run_inner(args: &CtlArgs) -> Result<String, Fail> {
         CtlCommand::Config => {
             let (_, body) = api.call("GET", "/api/v1/config", None)?;
             Ok(body)
+        }
+        CtlCommand::Instance(cmd) => {
+            let (path, what) = match cmd {
+                InstanceCommand::Drain => (
+                    "/api/v1/instance/drain",
+                    "instance drained: VIPs withdrawn, /readyz answers 503, established connections keep running",
+                ),
+                InstanceCommand::Undrain => (
+                    "/api/v1/instance/undrain",
+                    "instance undrained: VIPs that can be served are announced again",
+                ),
+            };
+            let v = api.json("POST", path, None)?;
+            Ok(if args.json {
+                pretty(&v)
+            } else {
+                format!("{what}\n")
+            })
         }
     }
 }
@@ -323,7 +353,7 @@ impl Api {
     }
 }
 
-fn parse_response(buf: &[u8]) -> Option<(u16, String)> {
+pub(crate) fn parse_response(buf: &[u8]) -> Option<(u16, String)> {
     let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = String::from_utf8_lossy(&buf[..end]);
     let status: u16 = head.split_whitespace().nth(1)?.parse().ok()?;
@@ -422,6 +452,8 @@ fn status(api: &Api, as_json: bool) -> Result<String, Fail> {
     let (code, ready) = api.call("GET", "/readyz", None)?;
     let services = api.json("GET", "/api/v1/services", None)?;
     let pools = api.json("GET", "/api/v1/pools", None)?;
+    // An instance from before `/api/v1/announce` answers 404: no column then.
+    let announce = api.json("GET", "/api/v1/announce", None).ok();
     if as_json {
         return Ok(pretty(&json!({
             "url": api.url,
@@ -429,8 +461,32 @@ fn status(api: &Api, as_json: bool) -> Result<String, Fail> {
             "readiness": ready.trim(),
             "services": services["services"],
             "pools": pools["pools"],
+            "announce": announce,
         })));
     }
+    let announced = |name: &Value| -> String {
+        let Some(a) = &announce else {
+            return "-".into();
+        };
+        if a["speaker"].is_null() {
+            return "-".into();
+        }
+        a["services"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| &s["service"] == name)
+            .map_or_else(
+                || "-".into(),
+                |s| {
+                    if s["announced"] == true {
+                        "yes".into()
+                    } else {
+                        "no".into()
+                    }
+                },
+            )
+    };
     let mut out = format!("{}: {}\n\n", api.url, ready.trim());
     let rows: Vec<Vec<String>> = services["services"]
         .as_array()
@@ -445,12 +501,20 @@ fn status(api: &Api, as_json: bool) -> Result<String, Fail> {
                 cell(&s["pool"]),
                 cell(&s["active_connections"]),
                 cell(&s["total_connections"]),
+                announced(&s["name"]),
             ]
         })
         .collect();
     out.push_str(&table(
         &[
-            "SERVICE", "LISTEN", "PROTOCOL", "FORWARD", "POOL", "ACTIVE", "TOTAL",
+            "SERVICE",
+            "LISTEN",
+            "PROTOCOL",
+            "FORWARD",
+            "POOL",
+            "ACTIVE",
+            "TOTAL",
+            "ANNOUNCED",
         ],
         &rows,
     ));

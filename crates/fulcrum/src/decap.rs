@@ -77,9 +77,11 @@ pub struct XdpRuntime {
 impl XdpRuntime {
     /// Must run inside the tokio runtime that drives the controller.
     pub fn start(cfg: &XdpConfig, shared: &Arc<Shared>) -> anyhow::Result<Self> {
+        let services = fulcrum_xdp::sync::services_from_snapshot(&shared.snapshot.load());
+        // without forwarding on the interface bpf_fib_lookup answers nothing: refuse to start
+        fulcrum_xdp::host::check_forwarding(&cfg.interface, &services)?;
         let mut plane =
             XdpPlane::load(LoadOptions::default()).context("cannot load the XDP program")?;
-        let services = fulcrum_xdp::sync::services_from_snapshot(&shared.snapshot.load());
         for s in &services {
             if matches!(s.mode, fulcrum_xdp::Mode::Nat { .. }) {
                 continue; // nat rewrites the port
@@ -91,6 +93,22 @@ impl XdpRuntime {
         plane
             .update(&services)
             .context("cannot fill the XDP maps")?;
+        // the backends' next hops resolved before the first packet (docs/xdp.md, "Next hops")
+        plane.manage_neighbours()?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        loop {
+            let r = plane.resolve_next_hops()?.unwrap_or_default();
+            if r.pending.is_empty() || std::time::Instant::now() >= deadline {
+                if !r.pending.is_empty() {
+                    tracing::warn!(next_hops = ?r.pending.iter().map(|n| n.addr).collect::<Vec<_>>(), "some backends' next hops are not resolved yet: their packets are dropped until they are");
+                }
+                if !r.unroutable.is_empty() {
+                    tracing::warn!(backends = ?r.unroutable, "no route to these backends: their packets are dropped (no_route)");
+                }
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         plane
             .attach(&cfg.interface, cfg.mode)
             .context("cannot attach the XDP program")?;

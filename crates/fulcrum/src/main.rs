@@ -12,11 +12,13 @@ use clap::{Parser, Subcommand};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod adm;
+mod announce;
 mod check;
 mod ctl;
 mod decap;
 mod demo;
 mod run;
+mod speaker;
 
 /// Fulcrum: a load balancer (L4/L7 proxy, XDP data plane, control plane).
 #[derive(Debug, Parser)]
@@ -44,6 +46,9 @@ enum Command {
     /// Backend side of `forward = "tunnel"`: strip IPIP/GUE on an interface (XDP) and
     /// deliver the inner packets to the VIP on loopback, until SIGINT/SIGTERM.
     Decap(decap::DecapArgs),
+    /// exabgp's API process: print announce/withdraw lines for the local instance's VIPs
+    /// (read from its admin API) until stdin closes.
+    Announce(announce::AnnounceArgs),
 }
 
 /// Exit code of a runtime failure (an `Err` from a subcommand).
@@ -83,6 +88,7 @@ fn main() -> ExitCode {
         Command::Ctl(args) => ctl::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Decap(args) => decap::run(args),
+        Command::Announce(args) => announce::run(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

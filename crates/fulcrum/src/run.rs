@@ -105,6 +105,7 @@ fn start_workers(n: usize, shared: &Arc<Shared>) -> anyhow::Result<Workers> {
     })
 }
 
+#[allow(clippy::too_many_lines)] // start-up, signals and shutdown, in order
 pub(crate) async fn serve(
     path: PathBuf,
     cfg: Config,
@@ -116,6 +117,7 @@ pub(crate) async fn serve(
     let shared = Arc::new(Shared::new(ev_tx, mode, Some(fulcrum_http::handler())));
     let admin_cfg = cfg.admin.clone();
     let xdp_cfg = cfg.xdp.clone();
+    let announce_cfg = cfg.announce.clone();
     let token = match admin_cfg.as_ref().and_then(|a| a.token_file.as_ref()) {
         Some(f) => Some(Arc::<str>::from(
             std::fs::read_to_string(f)
@@ -145,6 +147,11 @@ pub(crate) async fn serve(
         },
         None => None,
     };
+    shared.announce.set_xdp_attached(xdp.is_some());
+    // VIP announcement through the BGP speaker (`[announce]`), off the data path.
+    let speaker = announce_cfg
+        .as_ref()
+        .map(|a| crate::speaker::start(a, Arc::clone(&shared)));
 
     if let Some(a) = admin_cfg {
         let listener = tokio::net::TcpListener::bind(a.listen)
@@ -166,11 +173,10 @@ pub(crate) async fn serve(
             token,
             protect_reads: a.protect_reads,
         };
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, admin::router(state)).await {
-                tracing::error!(error = %e, "admin server failed");
-            }
-        });
+        tokio::spawn(fulcrum_control::serve::serve(
+            listener,
+            admin::router(state),
+        ));
     }
     tracing::info!(workers = n, "fulcrum running");
 
@@ -186,6 +192,9 @@ pub(crate) async fn serve(
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
+    }
+    if let (Some(sp), Some(a)) = (&speaker, &announce_cfg) {
+        withdraw(sp, a, &shared, &mut term, &mut int).await;
     }
     // The drain timeout of the configuration running now (reloads may have changed it).
     let drain = shared
@@ -214,4 +223,24 @@ pub(crate) async fn serve(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(0)
+}
+
+/// SIGTERM's first step with `[announce]`: withdraw the VIPs and give the routers
+/// `withdraw_grace` to move new flows elsewhere (connections still arriving meanwhile are
+/// served); a second signal skips the wait.
+async fn withdraw(
+    sp: &crate::speaker::SpeakerHandle,
+    a: &config::AnnounceConfig,
+    shared: &Shared,
+    term: &mut tokio::signal::unix::Signal,
+    int: &mut tokio::signal::unix::Signal,
+) {
+    tracing::info!(withdraw_grace = ?a.withdraw_grace, "stopping: withdrawing VIPs");
+    shared.announce.begin_stopping();
+    sp.flush(Duration::from_secs(3)).await;
+    tokio::select! {
+        () = tokio::time::sleep(a.withdraw_grace) => {}
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
 }

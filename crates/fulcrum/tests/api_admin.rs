@@ -844,3 +844,101 @@ async fn metrics_carry_every_contract_name_and_reads_can_be_protected() {
 async fn req_ok(admin: SocketAddr, path: &str) -> Option<u16> {
     common::http(admin, "GET", path).await.ok().map(|r| r.0)
 }
+
+/// Reads until EOF or a reset; how long that took, or `None` if the connection was still
+/// open after `limit`.
+async fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    let mut buf = [0u8; 4096];
+    let res = tokio::time::timeout(limit, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    res.ok().map(|()| start.elapsed())
+}
+
+/// Admin connections that make no progress are closed: a slowloris head (sent a byte at a
+/// time, never finished), a connection that never sends anything, and an idle keep-alive
+/// connection after a request. The API keeps answering meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_connections_time_out() {
+    let admin = free_addr();
+    let b = TcpBackend::start(Behaviour::Echo).await;
+    let cfg = format!(
+        "{}{}{}",
+        admin_toml(admin),
+        service_toml("svc", free_addr(), "tcp", "p", ""),
+        pool_toml("p", "rr", "", &weighted(&[b.addr]))
+    );
+    let f = Fulcrum::start("admin-timeouts", admin, &cfg, &[]).await;
+    let limit = Duration::from_secs(12);
+
+    let slowloris = async {
+        let mut s = TcpStream::connect(admin).await.unwrap();
+        let head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+        // A byte every 200 ms, never the final CRLF: each byte is progress for a plain idle
+        // timer, so only the header-read limit can end it.
+        let start = Instant::now();
+        for (i, byte) in head.iter().cycle().enumerate() {
+            if start.elapsed() > limit || i > 200 {
+                return None;
+            }
+            if s.write_all(&[*byte]).await.is_err() {
+                return Some(start.elapsed());
+            }
+            let mut buf = [0u8; 512];
+            if let Ok(r) = tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await
+            {
+                if matches!(r, Ok(0) | Err(_)) {
+                    return Some(start.elapsed());
+                }
+            }
+        }
+        None
+    };
+    let silent = async {
+        let mut s = TcpStream::connect(admin).await.unwrap();
+        closed_within(&mut s, limit).await
+    };
+    let keep_alive = async {
+        let mut s = TcpStream::connect(admin).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        closed_within(&mut s, limit).await
+    };
+    let api = async {
+        // The API answers while those connections hang on.
+        for _ in 0..5 {
+            let (st, body) = req(admin, "GET", "/api/v1/pools/p", None, "").await;
+            assert_eq!(st, 200, "{body}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    let (slow, silent, idle, ()) = tokio::join!(slowloris, silent, keep_alive, api);
+    assert!(
+        slow.is_some(),
+        "a slowloris admin connection was still open after {limit:?}"
+    );
+    assert!(
+        silent.is_some(),
+        "a silent admin connection was still open after {limit:?}"
+    );
+    assert!(
+        idle.is_some(),
+        "an idle keep-alive admin connection was still open after {limit:?}"
+    );
+    eprintln!("closed after: slowloris {slow:?}, silent {silent:?}, idle keep-alive {idle:?}");
+    f.assert_no_panic();
+}

@@ -1060,9 +1060,11 @@ impl Tasks {
 
 /// A raw keep-alive HTTP/1.1 backend that can be killed outright: its listener and every
 /// open connection are aborted at once (the sockets close under in-flight requests).
+/// Counts the connections the proxy closed (`ended`).
 struct Killable {
     addr: SocketAddr,
     hits: Arc<AtomicU64>,
+    ended: Arc<AtomicU64>,
     tasks: Tasks,
 }
 
@@ -1071,18 +1073,22 @@ impl Killable {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let hits = Arc::new(AtomicU64::new(0));
+        let ended = Arc::new(AtomicU64::new(0));
         let tasks = Tasks::default();
-        let (h, t) = (Arc::clone(&hits), tasks.clone());
+        let (h, e, t) = (Arc::clone(&hits), Arc::clone(&ended), tasks.clone());
         let accept = tokio::spawn(async move {
             while let Ok((mut s, _)) = l.accept().await {
-                let h = Arc::clone(&h);
+                let (h, e) = (Arc::clone(&h), Arc::clone(&e));
                 let conn = tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 4096];
                     loop {
                         while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
                             match s.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
+                                Ok(0) | Err(_) => {
+                                    e.fetch_add(1, Ordering::Relaxed);
+                                    return;
+                                }
                                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
                             }
                         }
@@ -1103,7 +1109,12 @@ impl Killable {
             }
         });
         tasks.add(&accept);
-        Self { addr, hits, tasks }
+        Self {
+            addr,
+            hits,
+            ended,
+            tasks,
+        }
     }
 
     fn kill(&self) {
@@ -1158,6 +1169,530 @@ async fn backend_killed_mid_load_costs_no_idempotent_request() {
     assert!(total > 50, "only {total} requests in 3 s");
     assert_eq!(failed, 0, "{failed} of {total} idempotent requests failed");
     assert!(a.hits.load(Ordering::Relaxed) > 0 && b.hits.load(Ordering::Relaxed) > 0);
+    f.assert_no_panic();
+}
+
+// ------------------------------------------------- keep-alive clients and the running pool
+
+/// One keep-alive `GET /` on `s`: the answer, its body read by its `Content-Length`.
+async fn ka_get(s: &mut TcpStream) -> Resp {
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = read_head(s).await;
+    let end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let len: usize = parse(&got[..end])
+        .header("content-length")
+        .and_then(|v| v.parse().ok())
+        .expect("an answer with a Content-Length");
+    let mut buf = vec![0u8; 4096];
+    while got.len() < end + len {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("the body")
+            .unwrap();
+        assert!(n > 0, "closed in the body");
+        got.extend_from_slice(&buf[..n]);
+    }
+    parse(&got)
+}
+
+/// One `GET /` on an HTTP/2 connection: the status and the backend's name (its body's first
+/// line).
+async fn h2_get(s: &mut hyper::client::conn::http2::SendRequest<Frames>) -> (u16, String) {
+    let (status, body, _) = h2_call(
+        s,
+        h2_req(
+            "GET",
+            "http://x/",
+            Frames(std::collections::VecDeque::new()),
+        ),
+    )
+    .await;
+    let who = String::from_utf8_lossy(&body)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned();
+    (status, who)
+}
+
+/// Waits (up to 5 s) until the admin API shows `addr` of `pool` in `state`.
+async fn wait_state(admin: SocketAddr, pool: &str, addr: SocketAddr, state: &str) {
+    let path = format!("/api/v1/pools/{pool}");
+    let ok = common::eventually(Duration::from_secs(5), || {
+        let path = path.clone();
+        async move {
+            let Ok((200, text)) = common::http(admin, "GET", &path).await else {
+                return false;
+            };
+            let pool: serde_json::Value = serde_json::from_str(&text).unwrap();
+            common::find_backend(&pool, addr).is_some_and(|b| b["state"] == state)
+        }
+    })
+    .await;
+    assert!(ok, "{addr} of pool {pool} is not {state} within 5 s");
+}
+
+/// Keep-alive client connections (HTTP/1.1, parked or not, and HTTP/2) choose each request's
+/// backend from the running pool: after a drain or a DELETE through the admin API, no new
+/// request reaches that backend on connections opened before.
+#[tokio::test]
+async fn keep_alive_clients_follow_drain_and_delete() {
+    let (a, b, c) = (backend("a").await, backend("b").await, backend("c").await);
+    let listen = free_addr();
+    let body = web_service(listen, "", &[a.addr, b.addr, c.addr]);
+    let (f, admin) = start("http-ka-drain", &body).await;
+    let mut h1 = TcpStream::connect(listen).await.unwrap();
+    let mut h2 = h2_client(listen).await;
+    let mut seen = HashSet::new();
+    for _ in 0..6 {
+        let r = ka_get(&mut h1).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        seen.insert(r.who().to_owned());
+        let (st, who) = h2_get(&mut h2).await;
+        assert_eq!(st, 200);
+        seen.insert(who);
+    }
+    assert_eq!(
+        seen.len(),
+        3,
+        "both connections reach every backend: {seen:?}"
+    );
+
+    // The HTTP/1.1 connection idles until it is parked; b is drained meanwhile.
+    let parked = common::eventually(Duration::from_secs(5), || async {
+        let (_, m) = common::http(admin, "GET", "/metrics").await.unwrap();
+        common::metric_value(&m, "fulcrum_http_parked_connections", &[("service", "web")])
+            == Some(1.0)
+    })
+    .await;
+    assert!(parked, "the idle HTTP/1.1 connection was not parked");
+    let drain = format!("/api/v1/pools/p/backends/{}/drain", b.addr);
+    let (st, text) = common::http(admin, "POST", &drain).await.unwrap();
+    assert_eq!(st, 200, "{text}");
+    let before = b.hits.load(Ordering::Relaxed);
+    for _ in 0..10 {
+        let r = ka_get(&mut h1).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        let (st, _) = h2_get(&mut h2).await;
+        assert_eq!(st, 200);
+    }
+    let after = b.hits.load(Ordering::Relaxed);
+    assert_eq!(
+        after - before,
+        0,
+        "the drained backend got {} requests from keep-alive connections",
+        after - before
+    );
+
+    // c is removed: only a is left for new requests.
+    let del = format!("/api/v1/pools/p/backends/{}", c.addr);
+    let (st, text) = common::http(admin, "DELETE", &del).await.unwrap();
+    assert!(st == 200 || st == 204, "{st} {text}");
+    let before = c.hits.load(Ordering::Relaxed);
+    for _ in 0..10 {
+        let r = ka_get(&mut h1).await;
+        assert_eq!((r.status, r.who()), (200, "a"), "{r:?}");
+        assert_eq!(h2_get(&mut h2).await, (200, "a".to_owned()));
+    }
+    assert_eq!(
+        c.hits.load(Ordering::Relaxed),
+        before,
+        "the removed backend got requests"
+    );
+
+    // The service is removed: the request at hand is answered, then the connections end.
+    let (st, text) = common::http(admin, "DELETE", "/api/v1/services/web")
+        .await
+        .unwrap();
+    assert!(st == 200 || st == 204, "{st} {text}");
+    let r = ka_get(&mut h1).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("connection"), Some("close"), "{r:?}");
+    expect_closed(&mut h1, Duration::from_secs(2), "HTTP/1.1, service removed").await;
+    assert_eq!(h2_get(&mut h2).await.0, 200);
+    let closed = common::eventually(Duration::from_secs(2), || {
+        let closed = h2.is_closed();
+        async move { closed }
+    })
+    .await;
+    assert!(closed, "HTTP/2, service removed: still open");
+    f.assert_no_panic();
+}
+
+/// Keep-alive client connections stop using a backend once it is marked down (killed: its
+/// health check fails) or ejected (it answers 503): with retries off, no request fails
+/// after that, on HTTP/1.1 and HTTP/2 connections opened before.
+#[tokio::test]
+async fn keep_alive_clients_stop_using_down_and_ejected_backends() {
+    let (k1, k2) = (Killable::start("k1").await, Killable::start("k2").await);
+    let (good, bad) = (backend("good").await, backend("bad").await);
+    let (l1, l2) = (free_addr(), free_addr());
+    let no_retry = "[service.retry]\nattempts = 0\n";
+    let body = format!(
+        "{}{}{}{}",
+        http_service("down", l1, "p", no_retry),
+        http_service("eject", l2, "q", no_retry),
+        common::pool_toml(
+            "p",
+            "rr",
+            "[pool.health]\ncheck = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\nrise = 1\nfall = 2\n",
+            &weighted(&[k1.addr, k2.addr])
+        ),
+        common::pool_toml(
+            "q",
+            "rr",
+            "[pool.outlier]\nconsecutive_failures = 3\nejection = \"30s\"\n",
+            &weighted(&[good.addr, bad.addr])
+        ),
+    );
+    let (f, admin) = start("http-ka-down", &body).await;
+
+    // Down: k2 is killed and its health check marks it down.
+    let down = async {
+        let mut h1 = TcpStream::connect(l1).await.unwrap();
+        let mut h2 = h2_client(l1).await;
+        for _ in 0..4 {
+            assert_eq!(ka_get(&mut h1).await.status, 200);
+            assert_eq!(h2_get(&mut h2).await.0, 200);
+        }
+        assert!(k2.hits.load(Ordering::Relaxed) > 0);
+        k2.kill();
+        wait_state(admin, "p", k2.addr, "down").await;
+        let mut failed = 0;
+        for _ in 0..10 {
+            failed += u32::from(ka_get(&mut h1).await.who() != "k1");
+            failed += u32::from(h2_get(&mut h2).await != (200, "k1".to_owned()));
+        }
+        failed
+    };
+
+    // Ejected: bad answers 503 until the outlier detection ejects it.
+    let ejected = async {
+        bad.status.store(503, Ordering::Relaxed);
+        let mut h1 = TcpStream::connect(l2).await.unwrap();
+        let mut h2 = h2_client(l2).await;
+        for _ in 0..4 {
+            ka_get(&mut h1).await;
+            h2_get(&mut h2).await;
+        }
+        wait_state(admin, "q", bad.addr, "ejected").await;
+        let mut failed = 0;
+        for _ in 0..10 {
+            failed += u32::from(ka_get(&mut h1).await.who() != "good");
+            failed += u32::from(h2_get(&mut h2).await != (200, "good".to_owned()));
+        }
+        failed
+    };
+    let (down, ejected) = tokio::join!(down, ejected);
+    assert_eq!(
+        (down, ejected),
+        (0, 0),
+        "of 20 requests after the backend was marked down, and of 20 after it was ejected, \
+         these did not go to the other backend"
+    );
+    f.assert_no_panic();
+}
+
+/// A worker closes its idle pooled connections to a backend once it is drained (at the
+/// next request it serves), so none is reused when the backend comes back.
+#[tokio::test]
+async fn pooled_connections_to_a_drained_backend_are_closed() {
+    let (k1, k2) = (Killable::start("k1").await, Killable::start("k2").await);
+    let listen = free_addr();
+    let body = web_service(listen, "", &[k1.addr, k2.addr]);
+    let (f, admin) = start("http-pool-drained", &body).await;
+    let mut h1 = TcpStream::connect(listen).await.unwrap();
+    for _ in 0..4 {
+        assert_eq!(ka_get(&mut h1).await.status, 200);
+    }
+    assert!(k2.hits.load(Ordering::Relaxed) > 0);
+    assert_eq!(k2.ended.load(Ordering::Relaxed), 0);
+    let drain = format!("/api/v1/pools/p/backends/{}/drain", k2.addr);
+    let (st, text) = common::http(admin, "POST", &drain).await.unwrap();
+    assert_eq!(st, 200, "{text}");
+    assert_eq!(ka_get(&mut h1).await.who(), "k1");
+    let closed = common::eventually(Duration::from_secs(3), || async {
+        k2.ended.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+    assert!(
+        closed,
+        "the idle pooled connection to the drained backend is still open"
+    );
+    assert_eq!(
+        k1.ended.load(Ordering::Relaxed),
+        0,
+        "a connection to k1 was closed"
+    );
+    f.assert_no_panic();
+}
+
+/// A TLS HTTP/1.1 keep-alive connection is closed after the service's `idle_timeout`.
+#[tokio::test]
+async fn tls_keep_alive_idle_timeout() {
+    let b = backend("tlsidle").await;
+    let dir = common::temp_dir("http-tls-idle-certs");
+    let (roots, _, certs) = tls_material(&dir);
+    let listen = free_addr();
+    let body = format!(
+        "{}\n[service.tls]\ncerts = [ {certs} ]\n\n{}",
+        http_service("tls", listen, "p", "idle_timeout = \"1s\""),
+        common::pool_toml("p", "rr", "", &weighted(&[b.addr])),
+    );
+    let (f, _) = start("http-tls-idle", &body).await;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cc = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cc.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = TcpStream::connect(listen).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cc))
+        .connect(
+            rustls::pki_types::ServerName::try_from("a.test").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert!(n > 0, "closed before answering");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    let t0 = Instant::now();
+    let mut rest = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(4), tls.read_to_end(&mut rest)).await;
+    assert!(
+        r.is_ok(),
+        "the idle TLS keep-alive connection is still open after 4 s"
+    );
+    assert!(
+        t0.elapsed() >= Duration::from_millis(700),
+        "{:?}",
+        t0.elapsed()
+    );
+    f.assert_no_panic();
+}
+
+/// A backend answering every request with an endless body (`Content-Length` of 1 GB): at
+/// full speed, or (`trickle`) 100 bytes and then silence. Counts the connections that ended
+/// (a write failed, or EOF). Each connection stops after 30 s.
+async fn endless_backend(trickle: bool) -> (SocketAddr, Arc<AtomicU64>, Tasks) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let ended = Arc::new(AtomicU64::new(0));
+    let tasks = Tasks::default();
+    let (e, t) = (Arc::clone(&ended), tasks.clone());
+    let accept = tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let e = Arc::clone(&e);
+            let conn = tokio::spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(30), async {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let head = b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\n";
+                    if s.write_all(head).await.is_err() {
+                        return;
+                    }
+                    if trickle {
+                        if s.write_all(&[b'x'; 100]).await.is_err() {
+                            return;
+                        }
+                        // silence until the proxy gives up
+                        while let Ok(n) = s.read(&mut chunk).await {
+                            if n == 0 {
+                                return;
+                            }
+                        }
+                    } else {
+                        let data = vec![b'x'; 64 * 1024];
+                        while s.write_all(&data).await.is_ok() {}
+                    }
+                })
+                .await;
+                e.fetch_add(1, Ordering::Relaxed);
+            });
+            t.add(&conn);
+        }
+    });
+    tasks.add(&accept);
+    (addr, ended, tasks)
+}
+
+/// With `idle_timeout = "1s"`: a client that stops reading an answer (HTTP/1.1, or HTTP/2
+/// leaving its flow-control window shut), a backend that goes silent in the middle of a
+/// body, and an upgraded connection where nothing moves each lose their connections after
+/// about that long, freeing the backend connection.
+#[tokio::test]
+async fn stalled_answers_and_quiet_tunnels_time_out() {
+    let (fast, fast_ended, fast_tasks) = endless_backend(false).await;
+    let (fast2, fast2_ended, fast2_tasks) = endless_backend(false).await;
+    let (slow, slow_ended, slow_tasks) = endless_backend(true).await;
+    let ws = backend("ws").await;
+    let (l1, l2, l3, l4) = (free_addr(), free_addr(), free_addr(), free_addr());
+    let idle = "idle_timeout = \"1s\"";
+    let body = format!(
+        "{}{}{}{}{}{}{}{}",
+        http_service("fast", l1, "f", idle),
+        http_service("fast2", l4, "f2", idle),
+        http_service("slow", l2, "s", idle),
+        http_service("ws", l3, "w", idle),
+        common::pool_toml("f", "rr", "", &weighted(&[fast])),
+        common::pool_toml("f2", "rr", "", &weighted(&[fast2])),
+        common::pool_toml("s", "rr", "", &weighted(&[slow])),
+        common::pool_toml("w", "rr", "", &weighted(&[ws.addr])),
+    );
+    let (f, _) = start("http-stalled", &body).await;
+    // Each case runs at once, and says what failed.
+    let ended = |c: &Arc<AtomicU64>| {
+        let c = Arc::clone(c);
+        common::eventually(Duration::from_secs(6), move || {
+            let c = Arc::clone(&c);
+            async move { c.load(Ordering::Relaxed) >= 1 }
+        })
+    };
+
+    // HTTP/1.1: the client sends its request and never reads.
+    let h1_client = async {
+        let mut h1 = TcpStream::connect(l1).await.unwrap();
+        h1.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let ok = ended(&fast_ended).await;
+        drop(h1);
+        ok.then_some(()).ok_or(
+            "the backend connection of an HTTP/1.1 client that stopped reading is still open",
+        )
+    };
+
+    // HTTP/2: the client takes the head and never reads the body (its window stays shut).
+    let h2_client = async {
+        let tcp = TcpStream::connect(l4).await.unwrap();
+        let (mut s, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(65_535)
+            .initial_connection_window_size(65_535)
+            .adaptive_window(false)
+            .handshake(TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let resp = tokio::time::timeout(
+            Duration::from_secs(5),
+            s.send_request(h2_req(
+                "GET",
+                "http://x/",
+                Frames(std::collections::VecDeque::new()),
+            )),
+        )
+        .await
+        .expect("a response head")
+        .unwrap();
+        assert_eq!(resp.status(), 200);
+        let ok = ended(&fast2_ended).await;
+        drop(resp);
+        ok.then_some(())
+            .ok_or("the backend connection of an HTTP/2 client with a shut window is still open")
+    };
+
+    // The backend goes silent after 100 bytes of its body: the client is told by a close.
+    let silent_backend = async {
+        let mut c = TcpStream::connect(l2).await.unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        read_head(&mut c).await;
+        let t0 = Instant::now();
+        let mut buf = [0u8; 4096];
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Ok(n) = c.read(&mut buf).await {
+                if n == 0 {
+                    return;
+                }
+            }
+        })
+        .await;
+        if closed.is_err() {
+            return Err("the client connection is still open while the backend is silent");
+        }
+        assert!(
+            t0.elapsed() >= Duration::from_millis(700),
+            "{:?}",
+            t0.elapsed()
+        );
+        ended(&slow_ended)
+            .await
+            .then_some(())
+            .ok_or("the silent backend's connection is still open")
+    };
+
+    // An upgraded connection where nothing moves is closed.
+    let quiet_tunnel = async {
+        let mut s = TcpStream::connect(l3).await.unwrap();
+        s.write_all(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let head = read_head(&mut s).await;
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        s.write_all(b"ping").await.unwrap();
+        let mut echo = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut echo))
+            .await
+            .expect("the echo")
+            .unwrap();
+        assert_eq!(&echo, b"ping");
+        let t0 = Instant::now();
+        let mut buf = [0u8; 64];
+        match tokio::time::timeout(Duration::from_secs(4), s.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => {
+                assert!(
+                    t0.elapsed() >= Duration::from_millis(700),
+                    "{:?}",
+                    t0.elapsed()
+                );
+                Ok(())
+            }
+            Ok(Ok(_)) => Err("unexpected bytes in the quiet tunnel"),
+            Err(_) => Err("the quiet tunnel is still open after 4 s"),
+        }
+    };
+
+    let results = tokio::join!(h1_client, h2_client, silent_backend, quiet_tunnel);
+    let failed: Vec<&str> = [results.0, results.1, results.2, results.3]
+        .into_iter()
+        .filter_map(Result::err)
+        .collect();
+    assert!(failed.is_empty(), "{failed:#?}");
+    for t in [fast_tasks, fast2_tasks, slow_tasks] {
+        t.abort_all();
+    }
     f.assert_no_panic();
 }
 
@@ -1733,6 +2268,402 @@ async fn trailers_pass_both_ways_h1_and_h2() {
         assert!(tail.contains(want), "{want:?} not in the trailers {tail:?}");
     }
     assert!(tail.ends_with("\r\n\r\n"), "{tail:?}");
+    f.assert_no_panic();
+}
+
+// ------------------------------------------------- framing, codings, Host, 101, Nagle
+
+/// What [`scripted_backend`] writes for a request: the pieces of its answer by path, each
+/// written on its own (`/split`: head, then body; `/split-head`: the status line, then the
+/// rest); `/101` switches protocols unasked; the default is a small `200`.
+fn scripted_answer(req: &str) -> Vec<&'static [u8]> {
+    let path = req.split_whitespace().nth(1).unwrap_or("/");
+    match path {
+        "/split" => vec![
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\n",
+            b"hello",
+        ],
+        "/split-head" => vec![b"HTTP/1.1 200 OK\r\n", b"Content-Length: 5\r\n\r\nhello"],
+        "/conn-cl" => vec![
+            b"HTTP/1.1 200 OK\r\nConnection: Content-Length, X-Hop\r\nContent-Length: 5\r\nX-Hop: 1\r\n\r\nhello",
+        ],
+        "/gz" => vec![b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nGZ-GZ\r\n0\r\n\r\n"],
+        "/gz-close" => vec![b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nConnection: close\r\n\r\nGZ-GZ"],
+        "/101" => vec![b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: other\r\n\r\n"],
+        _ => vec![b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n"],
+    }
+}
+
+/// A raw keep-alive HTTP/1.1 backend with Nagle on (as its sockets are accepted): for each
+/// request (head, then a Content-Length or chunked body up to the end of its trailers) it
+/// records the request as it arrived and writes [`scripted_answer`]'s pieces one by one;
+/// it closes after an answer saying `Connection: close`.
+struct Scripted {
+    addr: SocketAddr,
+    got: Arc<std::sync::Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Scripted {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Scripted {
+    fn requests(&self) -> Vec<String> {
+        self.got.lock().unwrap().clone()
+    }
+}
+
+async fn scripted_backend() -> Scripted {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let g = Arc::clone(&got);
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let g = Arc::clone(&g);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut tmp = [0u8; 4096];
+                loop {
+                    // The head, then the body (Content-Length or chunked to its last CRLF).
+                    let end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..i]).to_lowercase();
+                            let rest = &buf[i + 4..];
+                            if head.contains("transfer-encoding:") {
+                                if rest.ends_with(b"\r\n\r\n") || rest == b"0\r\n\r\n".as_slice() {
+                                    break buf.len();
+                                }
+                            } else {
+                                let len: usize = head
+                                    .lines()
+                                    .find_map(|l| l.strip_prefix("content-length:"))
+                                    .map_or(0, |v| v.trim().parse().unwrap());
+                                if rest.len() >= len {
+                                    break i + 4 + len;
+                                }
+                            }
+                        }
+                        match s.read(&mut tmp).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                        }
+                    };
+                    let req = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end);
+                    let answer = scripted_answer(&req);
+                    g.lock().unwrap().push(req);
+                    for piece in &answer {
+                        if s.write_all(piece).await.is_err() {
+                            return;
+                        }
+                    }
+                    if answer
+                        .iter()
+                        .any(|p| p.windows(17).any(|w| w == b"Connection: close"))
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Scripted { addr, got, task }
+}
+
+/// Reads one `Content-Length` answer on a keep-alive connection: (head, body), within 5 s.
+async fn read_sized(s: &mut TcpStream) -> (String, Vec<u8>) {
+    let mut got = read_head(s).await;
+    let i = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&got[..i]).to_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .unwrap_or_else(|| panic!("no Content-Length: {head}"))
+        .trim()
+        .parse()
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    while got.len() < i + len {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("the rest of the body")
+            .unwrap();
+        assert!(n > 0, "closed in the body");
+        got.extend_from_slice(&buf[..n]);
+    }
+    (head, got[i..].to_vec())
+}
+
+/// A backend that writes its answer's head and body in two writes with Nagle on holds the
+/// body until the head is acknowledged. On a pooled backend connection the kernel delays
+/// that ACK (40 ms) unless Fulcrum acknowledges at once: every request would take 40 ms.
+/// The same for a keep-alive client writing a request's head and body apart.
+#[tokio::test]
+async fn split_writes_cost_no_delayed_ack_stall() {
+    let b = scripted_backend().await;
+    let listen = free_addr();
+    let (f, _) = start("http-split-write", &web_service(listen, "", &[b.addr])).await;
+    let mut s = TcpStream::connect(listen).await.unwrap();
+    // The body apart from the head, then the head itself in two pieces.
+    for path in ["/split", "/split-head"] {
+        let mut took = Vec::new();
+        for _ in 0..20 {
+            let t = Instant::now();
+            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let (head, body) = read_sized(&mut s).await;
+            took.push(t.elapsed());
+            assert!(head.starts_with("http/1.1 200"), "{head}");
+            assert_eq!(body, b"hello");
+        }
+        took.sort();
+        let median = took[took.len() / 2];
+        assert!(
+            median < Duration::from_millis(20),
+            "{path}: median {median:?} per request (a delayed ACK costs 40 ms): {took:?}"
+        );
+    }
+    assert_eq!(b.requests().len(), 40);
+    // The client's request body apart from its head (this socket has Nagle on too).
+    let mut took = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        s.write_all(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n")
+            .await
+            .unwrap();
+        s.write_all(b"hello").await.unwrap();
+        let (head, body) = read_sized(&mut s).await;
+        took.push(t.elapsed());
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert_eq!(body, b"ok\n");
+    }
+    took.sort();
+    let median = took[took.len() / 2];
+    assert!(
+        median < Duration::from_millis(20),
+        "request body: median {median:?} per request: {took:?}"
+    );
+    let reqs = b.requests();
+    assert!(
+        reqs[40..].iter().all(|r| r.ends_with("\r\n\r\nhello")),
+        "{reqs:?}"
+    );
+    f.assert_no_panic();
+}
+
+/// A backend listing `Content-Length` in its `Connection` header keeps its framing: the
+/// client gets the length (else it could not tell where the body ends) and the connection
+/// carries the next request; the other header it lists is dropped.
+#[tokio::test]
+async fn framing_headers_named_by_connection_are_kept() {
+    let b = scripted_backend().await;
+    let listen = free_addr();
+    let (f, _) = start("http-conn-cl", &web_service(listen, "", &[b.addr])).await;
+    let mut s = TcpStream::connect(listen).await.unwrap();
+    for _ in 0..2 {
+        s.write_all(b"GET /conn-cl HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let (head, body) = read_sized(&mut s).await;
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert!(head.contains("content-length: 5\r\n"), "{head}");
+        assert!(!head.contains("x-hop"), "{head}");
+        assert_eq!(body, b"hello");
+    }
+    f.assert_no_panic();
+}
+
+/// Transfer codings besides chunked (`gzip, chunked`) pass both ways as they came; a
+/// client or backend that cannot take them gets an error instead of a body it would
+/// misread.
+#[tokio::test]
+async fn transfer_codings_besides_chunked_are_kept() {
+    let b = scripted_backend().await;
+    let h2b = h2_backend("h2").await;
+    let (listen, l_h2) = (free_addr(), free_addr());
+    let body = format!(
+        "{}{}{}",
+        web_service(listen, "", &[b.addr]),
+        http_service("to-h2", l_h2, "h2", ""),
+        common::pool_toml(
+            "h2",
+            "rr",
+            "backend_protocol = \"h2c\"\n",
+            &weighted(&[h2b.addr])
+        ),
+    );
+    let (f, _) = start("http-codings", &body).await;
+
+    // Answers: chunked with gzip under it, and close-delimited gzip (re-chunked).
+    for path in ["/gz", "/gz-close"] {
+        let r = get(listen, "x", path, "").await;
+        assert_eq!(r.status, 200, "{path}: {r:?}");
+        assert_eq!(
+            r.header("transfer-encoding"),
+            Some("gzip, chunked"),
+            "{path}: {r:?}"
+        );
+        assert_eq!(dechunk(&r.body), "GZ-GZ", "{path}");
+    }
+    // An HTTP/1.0 client (and an HTTP/2 one) cannot receive a transfer coding: 502.
+    let r = raw_from(None, listen, "GET /gz HTTP/1.0\r\nHost: x\r\n\r\n").await;
+    assert_eq!(r.status, 502, "{r:?}");
+    let mut h2 = h2_client(listen).await;
+    let (status, _, _) = h2_call(&mut h2, h2_req("GET", "http://x/gz", frames("", &[]))).await;
+    assert_eq!(status, 502);
+
+    // A request: the backend gets the codings, and the body as it was sent.
+    let r = raw_from(
+        None,
+        listen,
+        "POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n5\r\nGZ-GZ\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let reqs = b.requests();
+    let up = reqs.iter().find(|r| r.starts_with("POST /up")).unwrap();
+    assert!(up.contains("Transfer-Encoding: gzip, chunked\r\n"), "{up}");
+    assert!(up.ends_with("\r\n\r\n5\r\nGZ-GZ\r\n0\r\n\r\n"), "{up}");
+    // An HTTP/2 backend has no transfer codings: 501, nothing sent to it.
+    let r = raw_from(
+        None,
+        l_h2,
+        "POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n5\r\nGZ-GZ\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 501, "{r:?}");
+    assert_eq!(h2b.hits.load(Ordering::Relaxed), 0);
+    f.assert_no_panic();
+}
+
+/// An HTTP/1.1 request without `Host`, or any request with two, or with a Host that is not
+/// a host and port: 400, never forwarded (RFC 9112 3.2). HTTP/1.0 may leave it out.
+#[tokio::test]
+async fn host_missing_repeated_or_invalid_is_refused() {
+    let b = backend("b").await;
+    let listen = free_addr();
+    let (f, _) = start("http-host", &web_service(listen, "", &[b.addr])).await;
+    for req in [
+        "GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\nConnection: close\r\n\r\n",
+        "GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: a/b@c\r\nConnection: close\r\n\r\n",
+        "GET http://a/ HTTP/1.1\r\nConnection: close\r\n\r\n",
+    ] {
+        let r = raw_from(None, listen, req).await;
+        assert_eq!(r.status, 400, "{req:?}: {r:?}");
+        assert!(r.body.contains("Host"), "{req:?}: {r:?}");
+    }
+    assert_eq!(
+        b.hits.load(Ordering::Relaxed),
+        0,
+        "a refused request was forwarded"
+    );
+    let r = raw_from(None, listen, "GET / HTTP/1.0\r\n\r\n").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = get(listen, "a.example:8080", "/", "").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    f.assert_no_panic();
+}
+
+/// A `101 Switching Protocols` to a request that asked for no upgrade is not passed on:
+/// the client gets 502 (and the backend connection is not used again).
+#[tokio::test]
+async fn unsolicited_101_becomes_502() {
+    let b = scripted_backend().await;
+    let listen = free_addr();
+    let (f, _) = start("http-101", &web_service(listen, "", &[b.addr])).await;
+    let r = get(listen, "x", "/101", "").await;
+    assert_eq!(r.status, 502, "{r:?}");
+    assert!(r.body.contains("switched protocols"), "{r:?}");
+    // The same over HTTP/2.
+    let mut h2 = h2_client(listen).await;
+    let (status, _, _) = h2_call(&mut h2, h2_req("GET", "http://x/101", frames("", &[]))).await;
+    assert_eq!(status, 502);
+    // Other requests are still served.
+    let r = get(listen, "x", "/", "").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "ok\n"), "{r:?}");
+    f.assert_no_panic();
+}
+
+/// Request trailers named like forwarding headers (or hop-by-hop ones) never reach a
+/// backend, whether the client speaks HTTP/1.1 or HTTP/2 and the backend HTTP/1.1 or
+/// HTTP/2; other trailers do.
+#[tokio::test]
+async fn forwarding_trailers_never_reach_the_backend() {
+    let b = scripted_backend().await;
+    let h2b = h2_backend("h2").await;
+    let (listen, l_h2) = (free_addr(), free_addr());
+    let body = format!(
+        "{}{}{}",
+        web_service(listen, "", &[b.addr]),
+        http_service("to-h2", l_h2, "h2", ""),
+        common::pool_toml(
+            "h2",
+            "rr",
+            "backend_protocol = \"h2c\"\n",
+            &weighted(&[h2b.addr])
+        ),
+    );
+    let (f, _) = start("http-trailer-filter", &body).await;
+    let forged = "X-Forwarded-For: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\nX-Forwarded-Proto: h6\r\nX-Forwarded-Host: h6\r\nKeep-Alive: 6\r\nX-Ok: 1\r\n";
+
+    // HTTP/1.1 client -> HTTP/1.1 backend.
+    let r = raw_from(
+        None,
+        listen,
+        &format!("POST /t1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n{forged}\r\n"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    // HTTP/2 client -> HTTP/1.1 backend.
+    let mut h2 = h2_client(listen).await;
+    let trailers = [
+        ("x-forwarded-for", "6.6.6.6"),
+        ("forwarded", "for=6.6.6.6"),
+        ("x-real-ip", "6.6.6.6"),
+        ("x-forwarded-proto", "h6"),
+        ("x-ok", "1"),
+    ];
+    let (status, _, _) = h2_call(
+        &mut h2,
+        h2_req("POST", "http://x/t2", frames("abc", &trailers)),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let reqs = b.requests();
+    assert_eq!(reqs.len(), 2, "{reqs:?}");
+    for req in &reqs {
+        let (_, tail) = req.split_once("\r\n\r\n").unwrap();
+        assert!(tail.to_lowercase().contains("\r\nx-ok: 1\r\n"), "{req}");
+        assert!(!req.contains("6.6.6.6") && !req.contains("h6"), "{req}");
+        assert!(!tail.to_lowercase().contains("keep-alive"), "{req}");
+    }
+
+    // HTTP/1.1 client -> HTTP/2 backend (it echoes the trailers it got as x-echo-*).
+    let r = raw_from(
+        None,
+        l_h2,
+        &format!("POST /trailers HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n4\r\npong\r\n0\r\n{forged}\r\n"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let tail = r
+        .body
+        .rsplit_once("\r\n0\r\n")
+        .map(|(_, t)| t.to_owned())
+        .unwrap_or_default();
+    assert!(tail.contains("x-echo-x-ok: 1\r\n"), "{tail:?}");
+    assert!(
+        !tail.contains("6.6.6.6") && !tail.contains("h6"),
+        "{tail:?}"
+    );
     f.assert_no_panic();
 }
 

@@ -376,3 +376,63 @@ async fn persistence_keeps_a_client_on_one_backend_across_reloads() {
     );
     f.assert_no_panic();
 }
+
+/// A burst of 200 concurrent connects against `max_connections = 50`: at most 50 are ever
+/// served at once (the backend holds every connection it gets, so what it accepted is what
+/// is served at the same time), and the limit is filled, not undershot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_holds_under_a_burst() {
+    for workers in ["1", "2"] {
+        max_connections_burst(workers).await;
+    }
+}
+
+async fn max_connections_burst(workers: &str) {
+    const LIMIT: usize = 50;
+    const BURST: usize = 200;
+    let b = TcpBackend::start(Behaviour::NeverRead).await;
+    let (admin, listen) = (free_addr(), free_addr());
+    let cfg = one_service(
+        admin,
+        listen,
+        &format!("max_connections = {LIMIT}"),
+        "rr",
+        &[b.addr],
+    );
+    let f = Fulcrum::start("maxconn-burst", admin, &cfg, &["--workers", workers]).await;
+    let gate = Arc::new(tokio::sync::Barrier::new(BURST));
+    let mut tasks = Vec::new();
+    for _ in 0..BURST {
+        let gate = Arc::clone(&gate);
+        tasks.push(tokio::spawn(async move {
+            gate.wait().await;
+            let s = tokio::time::timeout(
+                Duration::from_secs(5),
+                tokio::net::TcpStream::connect(listen),
+            )
+            .await;
+            // Held until the counts are read.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            s
+        }));
+    }
+    // Let the proxy connect whatever it let through.
+    let deadline = Instant::now() + Duration::from_millis(1500);
+    let mut peak = 0;
+    while Instant::now() < deadline {
+        peak = peak.max(b.accepted.load(std::sync::atomic::Ordering::SeqCst));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        peak <= LIMIT,
+        "--workers {workers}: {peak} connections served at once with max_connections = {LIMIT}"
+    );
+    assert_eq!(
+        peak, LIMIT,
+        "--workers {workers}: a burst of {BURST} should fill all {LIMIT} places"
+    );
+    for t in tasks {
+        let _ = t.await;
+    }
+    f.assert_no_panic();
+}

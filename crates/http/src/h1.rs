@@ -107,7 +107,7 @@ impl Msg {
         &self.buf[s.0 as usize..s.1 as usize]
     }
 
-    pub fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+    pub fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> + Clone + '_ {
         self.hdrs.iter().map(|(n, v)| (self.get(*n), self.get(*v)))
     }
 
@@ -250,14 +250,30 @@ pub enum Framing {
     Close,
 }
 
-/// What the length headers say: `Content-Length` (all equal, else an error) and whether
-/// `Transfer-Encoding` is present with `chunked` as its final coding.
-fn lengths<'a>(
+/// The transfer codings of a head, in order, over all its `Transfer-Encoding` fields.
+fn te_tokens<'a>(
     headers: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+) -> impl Iterator<Item = &'a [u8]> {
+    headers
+        .filter(|(n, _)| n.eq_ignore_ascii_case(b"transfer-encoding"))
+        .flat_map(|(_, v)| v.split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+fn is_chunked(coding: &[u8]) -> bool {
+    coding.eq_ignore_ascii_case(b"chunked")
+}
+
+/// What the length headers say: `Content-Length` (all equal, else an error) and whether
+/// `Transfer-Encoding` is present with `chunked` as its final coding (`chunked` anywhere
+/// else is an error: it is applied once, last; RFC 9112 6.1).
+fn lengths<'a>(
+    headers: impl Iterator<Item = (&'a [u8], &'a [u8])> + Clone,
 ) -> Result<(Option<u64>, Option<bool>), &'static str> {
     let mut len: Option<u64> = None;
     let mut te: Option<bool> = None;
-    for (n, v) in headers {
+    for (n, v) in headers.clone() {
         if n.eq_ignore_ascii_case(b"content-length") {
             let l = parse_len(v).ok_or("bad request: invalid Content-Length")?;
             if len.is_some_and(|x| x != l) {
@@ -265,17 +281,33 @@ fn lengths<'a>(
             }
             len = Some(l);
         } else if n.eq_ignore_ascii_case(b"transfer-encoding") {
-            let last = v.rsplit(|b| *b == b',').next().unwrap_or(b"").trim_ascii();
-            te = Some(last.eq_ignore_ascii_case(b"chunked"));
+            te = Some(false);
         }
     }
+    for t in te_tokens(headers) {
+        if te == Some(true) {
+            return Err("bad request: chunked is not the final transfer coding");
+        }
+        te = Some(is_chunked(t));
+    }
     Ok((len, te))
+}
+
+/// The transfer codings of a message besides its final `chunked`, in order (`gzip, chunked`:
+/// `gzip`). Fulcrum undoes only the chunked framing; these must reach the recipient as they
+/// came. Empty for almost every message, and then it allocates nothing.
+pub fn codings<'a>(headers: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> Vec<&'a [u8]> {
+    let mut c: Vec<&[u8]> = te_tokens(headers).collect();
+    if c.last().is_some_and(|t| is_chunked(t)) {
+        c.pop();
+    }
+    c
 }
 
 /// A request's framing from its headers: conflicting or bad framing is an error (400),
 /// never a guess (RFC 9112 6.3: smuggling).
 pub fn request_framing<'a>(
-    headers: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+    headers: impl Iterator<Item = (&'a [u8], &'a [u8])> + Clone,
 ) -> Result<Framing, &'static str> {
     match lengths(headers)? {
         (Some(_), Some(_)) => Err("bad request: both Content-Length and Transfer-Encoding"),
@@ -297,6 +329,27 @@ pub fn response_framing(m: &Msg, head: bool) -> Result<Framing, ()> {
         (Some(0), None) => Framing::Empty,
         (Some(n), None) => Framing::Length(n),
     })
+}
+
+/// Whether `bytes` (read after a head) hold the whole body of that `framing`. A
+/// close-delimited body never is.
+pub fn complete_in(framing: Framing, bytes: &[u8]) -> bool {
+    match framing {
+        Framing::Empty => true,
+        Framing::Length(n) => bytes.len() as u64 >= n,
+        Framing::Close => false,
+        Framing::Chunked => {
+            let mut d = Decoder::new(framing);
+            let mut at = 0;
+            while !d.is_done() && at < bytes.len() {
+                match d.step(&bytes[at..]) {
+                    Ok(s) if s.consumed > 0 => at += s.consumed,
+                    _ => return false,
+                }
+            }
+            d.is_done()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -685,6 +738,61 @@ mod tests {
             Ok(Framing::Chunked)
         );
         assert_eq!(h(&[]), Ok(Framing::Empty));
+        // Chunked is applied once, last; over several fields too.
+        assert!(h(&[("Transfer-Encoding", "chunked, chunked")]).is_err());
+        assert!(h(&[
+            ("Transfer-Encoding", "chunked"),
+            ("Transfer-Encoding", "chunked")
+        ])
+        .is_err());
+        assert!(h(&[
+            ("Transfer-Encoding", "chunked"),
+            ("Transfer-Encoding", "gzip")
+        ])
+        .is_err());
+        assert!(h(&[("Transfer-Encoding", "")]).is_err());
+        assert_eq!(
+            h(&[
+                ("Transfer-Encoding", "gzip"),
+                ("Transfer-Encoding", "chunked")
+            ]),
+            Ok(Framing::Chunked)
+        );
+    }
+
+    #[test]
+    fn codings_besides_chunked() {
+        let c = |v: &[(&'static str, &'static str)]| {
+            codings(v.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())))
+        };
+        assert!(c(&[("Transfer-Encoding", "chunked"), ("X", "gzip")]).is_empty());
+        assert!(c(&[]).is_empty());
+        assert_eq!(c(&[("Transfer-Encoding", "gzip, chunked")]), [b"gzip"]);
+        assert_eq!(
+            c(&[
+                ("transfer-encoding", "gzip ,"),
+                ("Transfer-Encoding", "br, CHUNKED")
+            ]),
+            [&b"gzip"[..], b"br"]
+        );
+        // A close-delimited answer: every coding is kept.
+        assert_eq!(c(&[("Transfer-Encoding", "gzip")]), [b"gzip"]);
+    }
+
+    #[test]
+    fn whole_body_at_hand() {
+        assert!(complete_in(Framing::Empty, b""));
+        assert!(complete_in(Framing::Length(5), b"hello"));
+        assert!(!complete_in(Framing::Length(5), b"hell"));
+        assert!(!complete_in(Framing::Close, b"anything"));
+        assert!(complete_in(
+            Framing::Chunked,
+            b"5\r\nhello\r\n0\r\nX: 1\r\n\r\n"
+        ));
+        assert!(!complete_in(Framing::Chunked, b"5\r\nhello\r\n0\r\n"));
+        assert!(!complete_in(Framing::Chunked, b"5\r\nhel"));
+        assert!(!complete_in(Framing::Chunked, b""));
+        assert!(!complete_in(Framing::Chunked, b"ZZ\r\n"));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! each request goes through the same [`proxy::forward`] as HTTP/1.1 requests, and the
 //! backend's answer is streamed back as the response body.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
@@ -113,11 +113,27 @@ where
     let activity = Rc::new(Activity {
         active: Cell::new(0),
         last: Cell::new(Instant::now()),
+        streaming: Cell::new(0),
+        moved: Cell::new(Instant::now()),
     });
     let act = Rc::clone(&activity);
+    let gone = Rc::new(tokio::sync::Notify::new());
+    let gone_tx = Rc::clone(&gone);
+    let ctx = RefCell::new(ctx);
     let svc = hyper::service::service_fn(move |req| {
         let busy = Busy::new(&act);
-        let fut = handle(Rc::clone(&ctx), req);
+        // Each request chooses among the backends as they are now (drained, removed, down).
+        let c = {
+            let mut c = ctx.borrow_mut();
+            if let Some(current) = c.refresh() {
+                *c = current;
+            } else if c.gone.get() {
+                // The service was removed: this request is served, then GOAWAY.
+                gone_tx.notify_one();
+            }
+            Rc::clone(&c)
+        };
+        let fut = handle(c, req, Rc::clone(&act));
         async move {
             let r = fut.await;
             drop(busy);
@@ -126,28 +142,43 @@ where
     });
     let conn = b.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
+    // Dropping the connection closes it, with the backend connections of its streams.
+    let stalled = stalled(&activity, idle_timeout);
+    tokio::pin!(stalled);
     tokio::select! {
         r = conn.as_mut() => {
             if let Err(e) = r {
                 tracing::trace!(error = %e, "http/2 connection ended");
             }
         }
-        () = drain.notified() => {
+        () = async { tokio::select! { () = drain.notified() => {}, () = gone.notified() => {} } } => {
             conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = &mut stalled => {}
+            }
         }
         () = idle(&activity, idle_timeout) => {
             // GOAWAY: streams still sending their bodies finish, no new ones start
             conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = &mut stalled => {}
+            }
+        }
+        () = &mut stalled => {
+            tracing::debug!("http/2 connection closed: its answers made no progress for idle_timeout");
         }
     }
 }
 
-/// Requests in progress on an HTTP/2 connection and when the last one began or ended.
+/// Requests in progress on an HTTP/2 connection and when the last one began or ended; the
+/// backends' answer bodies being streamed and when one last moved.
 struct Activity {
     active: Cell<u32>,
     last: Cell<Instant>,
+    streaming: Cell<u32>,
+    moved: Cell<Instant>,
 }
 
 /// Marks a request in progress (from its arrival until its answer's head is ready).
@@ -185,6 +216,26 @@ async fn idle(a: &Activity, timeout: Duration) {
     }
 }
 
+/// Ready once answer bodies are being streamed and nothing has moved for `timeout` (the
+/// service's `idle_timeout`; a frame of an answer's or of a request's body is progress): the
+/// client does not read them (a zero flow-control window, or it stopped reading the
+/// connection) or their backends stopped sending. The streams hold
+/// backend connections, so the connection is closed (HAProxy's `timeout client`, nginx's
+/// `send_timeout`). One timer per `timeout`, not per frame.
+async fn stalled(a: &Activity, timeout: Duration) {
+    loop {
+        let deadline = a.moved.get() + timeout;
+        if a.streaming.get() > 0 && Instant::now() >= deadline {
+            return;
+        }
+        if a.streaming.get() == 0 {
+            tokio::time::sleep(timeout).await;
+        } else {
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
 struct H2Req<'a>(&'a http::request::Parts);
 
 impl ReqView for H2Req<'_> {
@@ -218,10 +269,12 @@ struct H2ReqBody {
     pending: Option<Bytes>,
     trailers: Option<http::HeaderMap>,
     end: bool,
+    /// The connection's: a body still being sent (full duplex) is progress too.
+    act: Rc<Activity>,
 }
 
 impl H2ReqBody {
-    fn new(inner: Incoming, h: &http::HeaderMap) -> Self {
+    fn new(inner: Incoming, h: &http::HeaderMap, act: Rc<Activity>) -> Self {
         let end = inner.is_end_stream();
         let len = h
             .get(http::header::CONTENT_LENGTH)
@@ -237,6 +290,7 @@ impl H2ReqBody {
             pending: None,
             trailers: None,
             end: framing == Framing::Empty,
+            act,
         }
     }
 }
@@ -259,6 +313,7 @@ impl ReqBody for H2ReqBody {
             None => self.end = true,
             Some(Err(_)) => return Err(BodyError),
             Some(Ok(f)) => {
+                self.act.moved.set(Instant::now());
                 match f.into_data() {
                     Ok(d) => self.pending = Some(d),
                     Err(f) => self.trailers = f.into_trailers().ok(),
@@ -273,9 +328,13 @@ impl ReqBody for H2ReqBody {
     }
 }
 
-async fn handle(c: Rc<ConnCtx>, req: Request<Incoming>) -> Result<Response<H2Body>, Infallible> {
+async fn handle(
+    c: Rc<ConnCtx>,
+    req: Request<Incoming>,
+    act: Rc<Activity>,
+) -> Result<Response<H2Body>, Infallible> {
     let (parts, body) = req.into_parts();
-    let mut body = H2ReqBody::new(body, &parts.headers);
+    let mut body = H2ReqBody::new(body, &parts.headers, Rc::clone(&act));
     let outcome = proxy::forward(&c, &H2Req(&parts), &mut body).await;
     Ok(match outcome {
         Outcome::Local(l, done) => {
@@ -307,12 +366,15 @@ async fn handle(c: Rc<ConnCtx>, req: Request<Incoming>) -> Result<Response<H2Bod
                 b = b.header(http::header::SET_COOKIE, proxy::set_cookie(name, value));
             }
             let dec = Decoder::new(ex.framing);
+            act.streaming.set(act.streaming.get() + 1);
+            act.moved.set(Instant::now());
             let body = H2Body::Backend(Box::new(Stream {
                 c: Rc::clone(&c),
                 ex: None,
                 dec,
                 trailers: None,
                 bytes: 0,
+                act,
             }));
             let mut r = b.body(body).unwrap_or_else(|_| {
                 let mut r = Response::new(H2Body::Full(None));
@@ -345,6 +407,8 @@ pub(crate) struct Stream {
     /// An HTTP/1.1 backend's trailers, to send after the last data.
     trailers: Option<http::HeaderMap>,
     bytes: u64,
+    /// The connection's; counts this body as streaming until it ends.
+    act: Rc<Activity>,
 }
 
 impl Stream {
@@ -352,6 +416,11 @@ impl Stream {
         if let Some(ex) = self.ex.take() {
             ex.finish(&self.c, self.bytes, complete);
         }
+    }
+
+    /// A frame goes to the client: the connection's answers are moving.
+    fn moved(&self) {
+        self.act.moved.set(Instant::now());
     }
 }
 
@@ -379,6 +448,7 @@ impl Stream {
                 if let Some(d) = f.data_ref() {
                     self.bytes += d.len() as u64;
                 }
+                self.moved();
                 Poll::Ready(Some(Ok(f)))
             }
         }
@@ -410,6 +480,7 @@ impl Stream {
                 self.end(true);
             }
             if !out.is_empty() {
+                self.moved();
                 return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
             }
             let Some(Exchange {
@@ -446,6 +517,9 @@ impl Stream {
 impl Drop for Stream {
     fn drop(&mut self) {
         self.end(false);
+        let a = &self.act;
+        a.streaming.set(a.streaming.get().saturating_sub(1));
+        a.moved.set(Instant::now());
     }
 }
 

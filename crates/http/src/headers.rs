@@ -23,6 +23,14 @@ pub fn is_hop_by_hop(name: &[u8]) -> bool {
         .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
 }
 
+/// Header fields that frame a message's body. A `Connection` header naming them does not
+/// make them hop-by-hop: dropping them would leave the body unframed (a backend listing
+/// `Content-Length` there would hang its client). `Transfer-Encoding` is rewritten with the
+/// framing Fulcrum forwards, its codings kept (`headers::write_chunked_te`).
+fn is_framing(name: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"transfer-encoding")
+}
+
 /// Whether a trailer field may be passed on: not hop-by-hop, not one that frames, routes or
 /// upgrades a message (RFC 9110 6.5.1).
 pub fn is_trailer_allowed(name: &[u8]) -> bool {
@@ -30,6 +38,65 @@ pub fn is_trailer_allowed(name: &[u8]) -> bool {
         || name.eq_ignore_ascii_case(b"content-length")
         || name.eq_ignore_ascii_case(b"host")
         || name.eq_ignore_ascii_case(b"upgrade"))
+}
+
+/// Header fields that say where a request came from. Fulcrum writes them in the backend's
+/// request head; a client's copy in its request trailers would reach a backend after them
+/// and could be taken for Fulcrum's.
+fn is_forwarding(name: &[u8]) -> bool {
+    const XF: &[u8] = b"x-forwarded-";
+    name.eq_ignore_ascii_case(b"forwarded")
+        || name.eq_ignore_ascii_case(b"x-real-ip")
+        || (name.len() >= XF.len() && name[..XF.len()].eq_ignore_ascii_case(XF))
+}
+
+/// Whether a client's request trailer field may reach the backend: as
+/// [`is_trailer_allowed`], and not a forwarding header ([`is_forwarding`]).
+pub fn is_request_trailer_allowed(name: &[u8]) -> bool {
+    is_trailer_allowed(name) && !is_forwarding(name)
+}
+
+/// Filters a client's request trailers for the backend ([`is_request_trailer_allowed`]);
+/// `None` if none is left.
+pub fn request_trailers(t: Option<http::HeaderMap>) -> Option<http::HeaderMap> {
+    let mut t = t?;
+    if t.keys()
+        .all(|n| is_request_trailer_allowed(n.as_str().as_bytes()))
+    {
+        return Some(t);
+    }
+    let mut kept = http::HeaderMap::new();
+    let mut name = None;
+    for (n, v) in t.drain() {
+        if let Some(n) = n {
+            name = is_request_trailer_allowed(n.as_str().as_bytes()).then_some(n);
+        }
+        if let Some(n) = &name {
+            kept.append(n.clone(), v);
+        }
+    }
+    (!kept.is_empty()).then_some(kept)
+}
+
+/// Why an HTTP/1.x request's `Host` is refused with 400 (RFC 9112 3.2): absent from an
+/// HTTP/1.1 request, given more than once, or not a host and port.
+pub fn host_problem<'a>(
+    http11: bool,
+    headers: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+) -> Option<&'static str> {
+    let mut hosts = headers.filter(|(n, _)| n.eq_ignore_ascii_case(b"host"));
+    let Some((_, v)) = hosts.next() else {
+        return http11.then_some("bad request: an HTTP/1.1 request needs a Host header");
+    };
+    if hosts.next().is_some() {
+        return Some("bad request: more than one Host header");
+    }
+    // uri-host [ ":" port ]: reg-name (unreserved, pct-encoded, sub-delims), or an IP literal.
+    let ok = v
+        .trim_ascii()
+        .iter()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:[]".contains(b));
+    (!ok).then_some("bad request: the Host header is not a host name and port")
 }
 
 /// The header names listed by `Connection` headers (also hop-by-hop). Few: kept inline.
@@ -76,7 +143,19 @@ pub fn is_dropped(name: &[u8], named: &Tokens<'_>, keep_upgrade: bool) -> bool {
     if name.eq_ignore_ascii_case(b"upgrade") {
         return !keep_upgrade;
     }
-    is_hop_by_hop(name) || named.contains(name)
+    is_hop_by_hop(name) || (named.contains(name) && !is_framing(name))
+}
+
+/// Writes `Transfer-Encoding` for a chunked body: the message's other transfer codings
+/// (`h1::codings`) first, in order, then `chunked`.
+pub fn write_chunked_te(out: &mut impl HeadOut, codings: &[&[u8]]) {
+    out.start(b"Transfer-Encoding");
+    for c in codings {
+        out.put(c);
+        out.put(b", ");
+    }
+    out.put(b"chunked");
+    out.end();
 }
 
 /// `example.com:8080` -> `example.com`; `[::1]:80` -> `[::1]`.
@@ -296,6 +375,85 @@ mod tests {
         assert_eq!(kept[0].0, b"x-ok");
         assert!(is_dropped(b"Upgrade", &named, false));
         assert!(!is_dropped(b"Upgrade", &named, true));
+    }
+
+    #[test]
+    fn framing_headers_named_by_connection_are_kept() {
+        let h: [(&[u8], &[u8]); 4] = [
+            (b"Connection", b"Content-Length, transfer-encoding, X-Hop"),
+            (b"Content-Length", b"5"),
+            (b"X-Hop", b"1"),
+            (b"Transfer-Encoding", b"chunked"),
+        ];
+        let named = Tokens::of(h.into_iter());
+        assert!(!is_dropped(b"content-length", &named, false));
+        assert!(is_dropped(b"x-hop", &named, false));
+        // Still hop-by-hop: Fulcrum writes the framing it forwards, codings kept.
+        assert!(is_dropped(b"Transfer-Encoding", &named, false));
+        let mut out: Vec<u8> = Vec::new();
+        write_chunked_te(&mut out, &[b"gzip", b"x-custom"]);
+        write_chunked_te(&mut out, &[]);
+        assert_eq!(
+            out,
+            b"Transfer-Encoding: gzip, x-custom, chunked\r\nTransfer-Encoding: chunked\r\n"
+        );
+    }
+
+    #[test]
+    fn request_trailers_lose_forwarding_and_hop_by_hop_fields() {
+        for n in [
+            "x-forwarded-for",
+            "X-Forwarded-Proto",
+            "x-forwarded-whatever",
+            "Forwarded",
+            "x-real-ip",
+            "connection",
+            "te",
+            "transfer-encoding",
+            "content-length",
+            "host",
+        ] {
+            assert!(!is_request_trailer_allowed(n.as_bytes()), "{n}");
+        }
+        for n in ["x-checksum", "grpc-status", "x-forwardedfor", "forwarded-x"] {
+            assert!(is_request_trailer_allowed(n.as_bytes()), "{n}");
+        }
+        // Response trailers are not about the client's address: only hop-by-hop ones go.
+        assert!(is_trailer_allowed(b"x-forwarded-for"));
+        let mut t = http::HeaderMap::new();
+        t.append("x-sum", "1".parse().unwrap());
+        t.append("x-forwarded-for", "6.6.6.6".parse().unwrap());
+        t.append("x-sum", "2".parse().unwrap());
+        t.append("x-real-ip", "6.6.6.6".parse().unwrap());
+        let kept = request_trailers(Some(t)).unwrap();
+        assert_eq!(kept.len(), 2, "{kept:?}");
+        let sums: Vec<_> = kept.get_all("x-sum").iter().collect();
+        assert_eq!(sums, ["1", "2"]);
+        let mut t = http::HeaderMap::new();
+        t.append("forwarded", "for=6.6.6.6".parse().unwrap());
+        assert!(request_trailers(Some(t)).is_none());
+        assert!(request_trailers(None).is_none());
+    }
+
+    #[test]
+    fn host_is_required_once_and_valid() {
+        let check = |http11: bool, h: &[(&'static str, &'static str)]| {
+            host_problem(http11, h.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())))
+        };
+        assert_eq!(check(true, &[("Host", "example.com:8080")]), None);
+        assert_eq!(check(true, &[("host", "[::1]:80")]), None);
+        assert_eq!(check(true, &[("Host", "")]), None);
+        assert_eq!(check(true, &[("Host", " a.b \t")]), None);
+        assert_eq!(check(false, &[]), None);
+        assert!(check(true, &[]).unwrap().contains("needs a Host"));
+        assert!(check(true, &[("X-Host", "a")]).is_some());
+        for http11 in [true, false] {
+            let two = check(http11, &[("Host", "a"), ("HOST", "a")]);
+            assert!(two.unwrap().contains("more than one"));
+        }
+        for bad in ["a b", "a/b", "a@b", "a\"b"] {
+            assert!(check(true, &[("Host", bad)]).is_some(), "{bad}");
+        }
     }
 
     #[test]

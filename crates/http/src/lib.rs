@@ -32,7 +32,7 @@ use std::time::Duration;
 use fulcrum_core::config::{HttpTimeouts, RateLimit, RetryPolicy, Route, ServiceConfig};
 use fulcrum_core::model::ServiceProtocol;
 use fulcrum_proxy::l7::{L7Handler, L7Metrics, ServiceExt};
-use fulcrum_proxy::snapshot::{PoolRt, ServiceRt, Shared};
+use fulcrum_proxy::snapshot::{PoolRt, ServiceRt, Shared, Snapshot};
 use tokio::net::TcpStream;
 
 pub use accesslog::AccessLogger;
@@ -169,6 +169,18 @@ pub fn cookie_value(addr: SocketAddr) -> String {
         "{:08x}",
         fulcrum_core::hash::hash_bytes(addr.to_string().as_bytes())
     )
+}
+
+/// `fut`'s output, or `None` if it is not done within `limit`. The timer is armed only if
+/// the future is not done at once (most writes and reads are), so the hot path pays no
+/// timer insert and removal.
+pub(crate) async fn within<F: std::future::Future>(limit: Duration, fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(fut.as_mut().poll(cx))).await;
+    if let std::task::Poll::Ready(v) = first {
+        return Some(v);
+    }
+    tokio::time::timeout(limit, fut).await.ok()
 }
 
 /// The HTTP handler. Create one per process and pass it to `Shared::new`.
@@ -331,10 +343,74 @@ pub(crate) struct ConnCtx {
     pub tls: bool,
     /// Notified when the process starts draining.
     pub drain: Rc<tokio::sync::Notify>,
+    /// Whether this value counts the connection as open (a renewed context takes the count
+    /// over, see [`ConnCtx::refresh`]).
+    counted: Cell<bool>,
+    /// The service is gone from the running snapshot: the connection closes after the
+    /// request at hand (HTTP/1.1) or is shut down gracefully (HTTP/2).
+    pub gone: Cell<bool>,
+}
+
+impl ConnCtx {
+    /// Called before each request: the connection's context in the running snapshot, when
+    /// it is not `self`'s (a reload, an admin API change, a backend's health or drain state
+    /// changed since), so that every request chooses among the backends as they are now.
+    /// `None` while `self` is current, or when its service is gone (then `gone` is set: the
+    /// request at hand is served as the service was, and the connection ends). Cheap while
+    /// nothing changes: one `ArcSwap` load and a compare.
+    pub(crate) fn refresh(&self) -> Option<Rc<ConnCtx>> {
+        let snap = self.shared.snapshot.load();
+        upstream::forget_gone(&snap);
+        if snap.generation == self.svc.generation {
+            return None;
+        }
+        self.renew(&snap)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn renew(&self, snap: &Snapshot) -> Option<Rc<ConnCtx>> {
+        let found = snap
+            .services
+            .iter()
+            .find(|s| s.name == self.svc.name && s.protocol == self.svc.protocol)
+            .and_then(|s| {
+                let ext = s.ext.clone()?.downcast::<HttpService>().ok()?;
+                Some((s, ext))
+            });
+        let Some((svc, ext)) = found else {
+            self.gone.set(true);
+            return None;
+        };
+        if self.counted.get() && Arc::ptr_eq(&svc.stats, &self.svc.stats) {
+            // The same service: the new context counts the connection from now on.
+            self.counted.set(false);
+        } else {
+            svc.stats.active.fetch_add(1, Ordering::Relaxed);
+            self.shared
+                .global
+                .open_connections
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        Some(Rc::new(ConnCtx {
+            shared: Arc::clone(&self.shared),
+            svc: Arc::clone(svc),
+            ext,
+            peer: self.peer,
+            local: self.local,
+            tls: self.tls,
+            drain: Rc::clone(&self.drain),
+            counted: Cell::new(true),
+            gone: Cell::new(false),
+        }))
+    }
 }
 
 impl Drop for ConnCtx {
     fn drop(&mut self) {
+        if !self.counted.get() {
+            return;
+        }
         self.svc.stats.active.fetch_sub(1, Ordering::Relaxed);
         self.shared
             .global
@@ -374,6 +450,8 @@ fn spawn_conn(shared: Arc<Shared>, svc: Arc<ServiceRt>, sock: TcpStream, peer: S
         peer,
         local,
         drain,
+        counted: Cell::new(true),
+        gone: Cell::new(false),
     });
     if ctx.tls {
         tokio::task::spawn_local(serve_tls(ctx, sock));

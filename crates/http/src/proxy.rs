@@ -23,7 +23,8 @@ use tokio::net::TcpStream;
 use crate::accesslog::{AccessLogger, Entry};
 use crate::h1::{self, Enc, Framing, Msg};
 use crate::headers::{
-    cookie, is_dropped, request_id, strip_port, write_forwarding, H2Head, HeadOut, Tokens,
+    cookie, host_problem, is_dropped, request_id, request_trailers, strip_port, write_chunked_te,
+    write_forwarding, H2Head, HeadOut, Tokens,
 };
 use crate::upstream::{self, ConnectError};
 use crate::{ConnCtx, RoutePool};
@@ -275,6 +276,16 @@ impl Exchange {
         }
     }
 
+    /// Writes `Transfer-Encoding` for the chunked body an HTTP/1.1 client gets: an HTTP/1.1
+    /// backend's transfer codings besides chunked are kept, in order.
+    pub fn write_chunked_te(&self, out: &mut Vec<u8>) {
+        let codings = match &self.answer {
+            Answer::H1 { resp, .. } => h1::codings(resp.headers()),
+            Answer::H2 { .. } => Vec::new(),
+        };
+        write_chunked_te(out, &codings);
+    }
+
     pub fn upgraded(&self) -> bool {
         matches!(self.answer, Answer::H1 { upgraded: true, .. })
     }
@@ -462,7 +473,7 @@ fn write_fields<O: HeadOut>(
         Framing::Length(n) => {
             out.field(b"Content-Length", itoa_buf(n).get());
         }
-        Framing::Chunked if !O::H2 => out.field(b"Transfer-Encoding", b"chunked"),
+        Framing::Chunked if !O::H2 => write_chunked_te(out, &h1::codings(req.headers())),
         Framing::Empty if had_len => out.field(b"Content-Length", b"0"),
         Framing::Empty | Framing::Chunked | Framing::Close => {}
     }
@@ -535,8 +546,11 @@ enum Fail {
         answered: bool,
         reused: bool,
     },
-    /// The backend's answer is malformed.
-    Malformed,
+    /// The backend's answer is malformed (why).
+    Malformed(&'static str),
+    /// The backend's answer uses a transfer coding this client cannot be sent (HTTP/1.0,
+    /// HTTP/2): not the backend's failure.
+    Uncarried,
 }
 
 impl Fail {
@@ -563,9 +577,11 @@ impl Fail {
                 StatusCode::BAD_GATEWAY,
                 "bad gateway: the backend closed the connection without an answer",
             ),
-            Fail::Malformed => (
+            Fail::Malformed(why) => (StatusCode::BAD_GATEWAY, *why),
+            Fail::Uncarried => (
                 StatusCode::BAD_GATEWAY,
-                "bad gateway: the backend's answer is malformed",
+                "bad gateway: the backend's answer has a transfer coding besides chunked, \
+                 which only an HTTP/1.1 client can receive",
             ),
         };
         Local::new(status, why)
@@ -625,7 +641,7 @@ async fn attempt(
             .map_err(|BodyError| AttemptError::Client)?;
         let done = body.is_done();
         if done {
-            enc.finish(&mut out, body.take_trailers().as_ref());
+            enc.finish(&mut out, request_trailers(body.take_trailers()).as_ref());
         }
         if !out.is_empty() {
             conn.write_all(&out).await.map_err(|_| err(false))?;
@@ -643,6 +659,7 @@ async fn attempt(
     conn.readable().await.map_err(|_| err(true))?;
     let resp = slot.get_or_insert_with(Msg::take);
     resp.clear();
+    let mut acked = false;
     loop {
         match resp.parse_response() {
             Ok(true) if resp.status >= 100 && resp.status < 200 && resp.status != 101 => {
@@ -658,6 +675,11 @@ async fn attempt(
                 })
             }
         }
+        if !acked && !resp.buf.is_empty() {
+            // The answer has begun: its next piece may wait for this ACK.
+            upstream::quickack(conn);
+            acked = true;
+        }
         match resp.read_from(conn).await {
             Ok(n) if n > 0 => {}
             _ => {
@@ -668,6 +690,27 @@ async fn attempt(
             }
         }
     }
+}
+
+const MALFORMED: &str = "bad gateway: the backend's answer is malformed";
+
+/// How an HTTP/1.1 backend's answer head frames its body, or why it cannot be passed on:
+/// malformed framing, a `101 Switching Protocols` to a request that asked for no upgrade,
+/// or transfer codings (besides chunked) for a client that cannot receive them.
+fn answer_framing<R: ReqView>(f: &Fwd<'_, R>, resp: &Msg) -> Result<Framing, Fail> {
+    if resp.status == 101 && !f.upgrade {
+        return Err(Fail::Malformed(
+            "bad gateway: the backend switched protocols for a request that asked for no upgrade",
+        ));
+    }
+    let framing = h1::response_framing(resp, f.is_head).map_err(|()| Fail::Malformed(MALFORMED))?;
+    if framing != Framing::Empty
+        && f.req.version() != Version::HTTP_11
+        && !h1::codings(resp.headers()).is_empty()
+    {
+        return Err(Fail::Uncarried);
+    }
+    Ok(framing)
 }
 
 /// One attempt on an HTTP/1.1 backend: a pooled keep-alive connection (or a new one) driven
@@ -725,12 +768,18 @@ async fn h1_exchange<R: ReqView>(
         Ok(Ok(())) => {}
     }
     let Some(resp) = slot.take() else {
-        return Err(Fail::Malformed);
+        return Err(Fail::Malformed(MALFORMED));
     };
-    let Ok(framing) = h1::response_framing(&resp, f.is_head) else {
-        *slot = Some(resp);
-        return Err(Fail::Malformed);
+    let framing = match answer_framing(f, &resp) {
+        Ok(framing) => framing,
+        Err(e) => {
+            *slot = Some(resp);
+            return Err(e);
+        }
     };
+    if !h1::complete_in(framing, resp.rest()) {
+        upstream::quickack(&conn);
+    }
     let keep_alive = resp.minor >= 1
         && framing != Framing::Close
         && !f.upgrade
@@ -792,7 +841,7 @@ async fn pump(
     }
     if body.is_done() {
         if let Some(s) = tx.take() {
-            s.end(body.take_trailers()).await;
+            s.end(request_trailers(body.take_trailers())).await;
         }
         return Ok(());
     }
@@ -886,7 +935,7 @@ async fn h2_exchange<R: ReqView>(
             .map(|v| h1::parse_len(v.as_bytes()))
         {
             Some(Some(n)) => Framing::Length(n),
-            Some(None) => return Err(Fail::Malformed),
+            Some(None) => return Err(Fail::Malformed(MALFORMED)),
             None => Framing::Chunked,
         }
     };
@@ -924,6 +973,11 @@ pub(crate) async fn forward<'c>(
         Ok(f) => f,
         Err(why) => return r.local(Local::new(StatusCode::BAD_REQUEST, why)),
     };
+    if req.version() <= Version::HTTP_11 {
+        if let Some(why) = host_problem(req.version() == Version::HTTP_11, req.headers()) {
+            return r.local(Local::new(StatusCode::BAD_REQUEST, why));
+        }
+    }
     if let Some((_, l)) = &ext.limiter {
         if let Err(wait) = l.check(c.peer.ip(), c.shared.now()) {
             let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
@@ -939,6 +993,14 @@ pub(crate) async fn forward<'c>(
 
     let pool = &rp.pool;
     let h2 = pool.backend_protocol == BackendProtocol::H2c;
+    if h2 && framing == Framing::Chunked && !h1::codings(req.headers()).is_empty() {
+        // HTTP/2 has no transfer codings: the body cannot be passed on as it is.
+        return r.local(Local::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "not implemented: a transfer coding besides chunked cannot be passed to this \
+             route's HTTP/2 backends",
+        ));
+    }
     // An HTTP/2 backend cannot take an HTTP/1.1 upgrade: `Upgrade` is dropped (the backend
     // answers the plain request).
     let upgrade = !h2
@@ -1016,7 +1078,7 @@ pub(crate) async fn forward<'c>(
                     }
                     _ => {}
                 }
-                if !matches!(e, Fail::Client) {
+                if !matches!(e, Fail::Client | Fail::Uncarried) {
                     c.shared.report_passive(stats, false);
                 }
                 // After a connect failure nothing was sent: any request may go to another
@@ -1024,7 +1086,7 @@ pub(crate) async fn forward<'c>(
                 let retry = match e {
                     Fail::Connect(_) => true,
                     Fail::Backend { .. } => replayable,
-                    Fail::Timeout | Fail::Client | Fail::Malformed => false,
+                    Fail::Timeout | Fail::Client | Fail::Malformed(_) | Fail::Uncarried => false,
                 };
                 last_err = Some(e.answer());
                 if retry && tried.len() < max_attempts && ext.budget.try_spend() {

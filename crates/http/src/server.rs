@@ -5,20 +5,23 @@
 //! driven inline by [`proxy::forward`]. A connection opening with the HTTP/2 preface (prior
 //! knowledge) goes to [`crate::h2`].
 
+use std::cell::Cell;
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::h1::{self, Decoder, Enc, Framing, HeadError, Msg};
 use crate::proxy::{self, Answer, BodyError, Local, Outcome, ReqBody, ReqView};
-use crate::ConnCtx;
+use crate::{within, ConnCtx};
 
 /// A client connection.
 pub(crate) trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
@@ -29,6 +32,8 @@ pub(crate) trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// bytes for `TcpStream::readable`), only the registration's own reader slot is used.
     fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
     fn set_nodelay(&self);
+    /// Acknowledges at once what came (see [`crate::upstream::quickack`]).
+    fn quickack(&self);
 }
 
 impl ClientIo for TcpStream {
@@ -38,6 +43,9 @@ impl ClientIo for TcpStream {
     }
     fn set_nodelay(&self) {
         let _ = TcpStream::set_nodelay(self, true);
+    }
+    fn quickack(&self) {
+        crate::upstream::quickack(self);
     }
 }
 
@@ -49,6 +57,9 @@ impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {
     }
     fn set_nodelay(&self) {
         let _ = self.get_ref().0.set_nodelay(true);
+    }
+    fn quickack(&self) {
+        crate::upstream::quickack(self.get_ref().0);
     }
 }
 
@@ -112,7 +123,7 @@ enum Wake {
 /// [`crate::park::PARK_AFTER`] and may be parked (its `idle_timeout` not yet reached), for
 /// the caller to park it.
 pub(crate) async fn serve_h1<S: ClientIo>(
-    ctx: Rc<ConnCtx>,
+    mut ctx: Rc<ConnCtx>,
     mut io: S,
     start: Start,
 ) -> Option<(Rc<ConnCtx>, S, Instant)> {
@@ -130,12 +141,11 @@ pub(crate) async fn serve_h1<S: ClientIo>(
     // nginx's `keepalive_timeout`), and the time to park. One timer for the connection's
     // life, re-armed only when it fires early (a request came since it was set): no timer
     // insert and removal per request.
-    let idle_timeout = ctx.svc.idle_timeout;
-    let park_after = if may_park && crate::park::PARK_AFTER < idle_timeout {
-        Some(crate::park::PARK_AFTER)
-    } else {
-        None
+    let mut idle_timeout = ctx.svc.idle_timeout;
+    let parks_after = |idle_timeout| {
+        (may_park && crate::park::PARK_AFTER < idle_timeout).then_some(crate::park::PARK_AFTER)
     };
+    let mut park_after = parks_after(idle_timeout);
     let mut idle = std::pin::pin!(tokio::time::sleep_until(
         last_request + park_after.unwrap_or(idle_timeout)
     ));
@@ -178,8 +188,26 @@ pub(crate) async fn serve_h1<S: ClientIo>(
                 Wake::Park => return Some((ctx, io, last_request)),
             }
         }
+        // Each request chooses among the backends as they are now (drained, removed, down).
+        if let Some(current) = ctx.refresh() {
+            ctx = current;
+            // A reload may have changed the service's `idle_timeout`.
+            idle_timeout = ctx.svc.idle_timeout;
+            park_after = parks_after(idle_timeout);
+            idle.as_mut()
+                .reset(last_request + park_after.unwrap_or(idle_timeout));
+        }
         let msg = carry.take().unwrap_or_else(Msg::take);
-        let next = Box::pin(one_request(&ctx, &mut io, msg, first, &mut nodelay)).await;
+        let idle_until = last_request + idle_timeout;
+        let next = Box::pin(one_request(
+            &ctx,
+            &mut io,
+            msg,
+            first,
+            idle_until,
+            &mut nodelay,
+        ))
+        .await;
         last_request = Instant::now();
         if !nodelay && !matches!(next, Next::Close | Next::H2(_)) {
             // As nginx does: Nagle off once the connection is kept alive (a first answer
@@ -304,6 +332,8 @@ impl<S: ClientIo> ReqBody for H1Body<'_, S> {
                 .await
                 .map_err(|_| BodyError)?;
         }
+        // A client writing head and body apart with Nagle on waits for this ACK.
+        self.io.quickack();
         let e = self.extra.get_or_insert_with(Msg::take);
         match e.read_from(self.io).await {
             Ok(n) if n > 0 => Ok(()),
@@ -313,17 +343,20 @@ impl<S: ClientIo> ReqBody for H1Body<'_, S> {
 }
 
 #[allow(clippy::single_match_else)]
-/// Reads one request head into `msg` (within the header timeout once started).
+/// Reads one request head into `msg` (within the header timeout once started). A keep-alive
+/// connection that had to wait for it here (TLS) is closed at `idle_until`.
 async fn read_head<S: ClientIo>(
     c: &ConnCtx,
     io: &mut S,
     msg: &mut Msg,
     first: bool,
+    idle_until: Instant,
 ) -> Result<(), Option<Local>> {
     let mut deadline: Option<Instant> = None;
     if !first && !S::WAITS_READY && msg.buf.is_empty() {
         // An idle keep-alive connection that could not wait without a buffer (TLS): it
-        // idles here, with no timeout, until the next request starts or the process drains.
+        // idles here until the next request starts, its `idle_timeout` since the last
+        // request is over, or the process drains.
         let notified = c.drain.notified();
         if c.shared.is_draining() {
             return Err(None);
@@ -334,6 +367,7 @@ async fn read_head<S: ClientIo>(
                 _ => return Err(None),
             },
             () = notified => return Err(None),
+            () = tokio::time::sleep_until(idle_until) => return Err(None),
         }
     }
     loop {
@@ -392,16 +426,17 @@ async fn one_request<S: ClientIo>(
     io: &mut S,
     mut msg: Box<Msg>,
     first: bool,
+    idle_until: Instant,
     nodelay: &mut bool,
 ) -> Next {
-    if let Err(answer) = read_head(c, io, &mut msg, first).await {
+    if let Err(answer) = read_head(c, io, &mut msg, first, idle_until).await {
         if first && msg.buf.starts_with(H2_PREFACE) {
             return Next::H2(msg);
         }
         if let Some(l) = answer {
             let mut out = h1::take_vec();
             l.write_h1(&mut out, true);
-            let _ = io.write_all(&out).await;
+            let _ = within(c.svc.idle_timeout, io.write_all(&out)).await;
             h1::give_vec(out);
         }
         msg.give();
@@ -434,12 +469,15 @@ async fn one_request<S: ClientIo>(
     let outcome = proxy::forward(c, &req, &mut body).await;
     let complete = body.dec.is_done() && body.framing.is_ok();
     let (off, extra) = (body.off, body.extra.take());
-    close |= !complete || c.shared.is_draining();
+    close |= !complete || c.shared.is_draining() || c.gone.get();
     let keep = match outcome {
         Outcome::Local(l, done) => {
             let mut out = h1::take_vec();
             let n = l.write_h1(&mut out, close);
-            let ok = io.write_all(&out).await.is_ok();
+            let ok = matches!(
+                within(c.svc.idle_timeout, io.write_all(&out)).await,
+                Some(Ok(()))
+            );
             h1::give_vec(out);
             done.finish(c, n);
             ok && !close
@@ -512,7 +550,7 @@ async fn respond<S: ClientIo>(
         out.extend_from_slice(b"\r\n");
     }
     if enc == Enc::Chunked && !is_head {
-        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+        ex.write_chunked_te(&mut out);
     }
     if close {
         out.extend_from_slice(b"Connection: close\r\n");
@@ -529,6 +567,7 @@ async fn respond<S: ClientIo>(
         enc,
         bytes: &mut bytes,
         nodelay,
+        idle: c.svc.idle_timeout,
     };
     let ok = match &mut ex.answer {
         Answer::H1 { conn, resp, .. } => {
@@ -550,12 +589,21 @@ struct Body<'a, S> {
     enc: Enc,
     bytes: &'a mut u64,
     nodelay: &'a mut bool,
+    /// The service's `idle_timeout`: the longest the client may take to accept a write, or
+    /// the backend to send the next bytes of its body; over it the exchange is abandoned
+    /// (both connections close).
+    idle: Duration,
 }
 
 impl<S: ClientIo> Body<'_, S> {
-    /// Writes what is in `out`; `false` if the client is gone.
+    /// Writes what is in `out`; `false` if the client is gone or stopped reading.
     async fn flush(&mut self) -> bool {
-        if !self.out.is_empty() && self.io.write_all(self.out).await.is_err() {
+        if !self.out.is_empty()
+            && !matches!(
+                within(self.idle, self.io.write_all(self.out)).await,
+                Some(Ok(()))
+            )
+        {
             return false;
         }
         self.out.clear();
@@ -592,14 +640,14 @@ impl<S: ClientIo> Body<'_, S> {
                 return true;
             }
             self.more();
-            match resp.read_from(conn).await {
-                Ok(n) if n > 0 => {}
-                Ok(_) => {
+            match within(self.idle, resp.read_from(conn)).await {
+                Some(Ok(n)) if n > 0 => {}
+                Some(Ok(_)) => {
                     if dec.eof().is_err() {
                         return false;
                     }
                 }
-                Err(_) => return false,
+                Some(Err(_)) | None => return false,
             }
         }
     }
@@ -615,7 +663,10 @@ impl<S: ClientIo> Body<'_, S> {
             if !self.flush().await {
                 return false;
             }
-            match from.frame().await {
+            let Some(frame) = within(self.idle, from.frame()).await else {
+                return false;
+            };
+            match frame {
                 None => break,
                 Some(Err(_)) => return false,
                 Some(Ok(f)) => match f.into_data() {
@@ -675,9 +726,80 @@ async fn relay_upgrade<S: ClientIo>(c: &ConnCtx, io: &mut S, ex: proxy::Exchange
     resp.give();
     done.finish(c, 0);
     io.set_nodelay();
-    let ok = io.write_all(&out).await.is_ok() && conn.write_all(pending).await.is_ok();
+    let idle = c.svc.idle_timeout;
+    let ok = matches!(within(idle, io.write_all(&out)).await, Some(Ok(())))
+        && matches!(within(idle, conn.write_all(pending)).await, Some(Ok(())));
     h1::give_vec(out);
     if ok {
-        let _ = tokio::io::copy_bidirectional(io, &mut conn).await;
+        tunnel(io, &mut conn, idle).await;
+    }
+}
+
+/// Relays bytes both ways until either side closes, or no byte has moved either way for
+/// `idle` (the service's `idle_timeout`).
+async fn tunnel<S: ClientIo>(client: &mut S, backend: &mut TcpStream, idle: Duration) {
+    let last = Cell::new(Instant::now());
+    let mut a = Moved {
+        io: client,
+        last: &last,
+    };
+    let mut b = Moved {
+        io: backend,
+        last: &last,
+    };
+    let copy = tokio::io::copy_bidirectional(&mut a, &mut b);
+    let quiet = async {
+        loop {
+            let until = last.get() + idle;
+            if Instant::now() >= until {
+                return;
+            }
+            tokio::time::sleep_until(until).await;
+        }
+    };
+    tokio::select! {
+        _ = copy => {}
+        () = quiet => {}
+    }
+}
+
+/// A connection that notes when bytes last moved on it.
+struct Moved<'a, S> {
+    io: &'a mut S,
+    last: &'a Cell<Instant>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Moved<'_, S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut *self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.last.set(Instant::now());
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Moved<'_, S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut *self.io).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.last.set(Instant::now());
+        }
+        r
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.io).poll_shutdown(cx)
     }
 }

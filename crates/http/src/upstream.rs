@@ -7,7 +7,7 @@
 //!   connection task on the worker), shared by every request of the worker and opened again
 //!   when it closes.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -15,6 +15,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
+use fulcrum_proxy::snapshot::Snapshot;
 use http_body::{Body, Frame};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
@@ -75,6 +76,50 @@ pub fn put_idle(addr: SocketAddr, s: TcpStream) {
         if v.len() < MAX_IDLE_PER_BACKEND {
             v.push(s);
         }
+    });
+}
+
+/// Acknowledges at once what the peer sent (`TCP_QUICKACK`), before waiting for the rest of
+/// a message it has begun (a backend's answer, a client's request body). A peer that writes
+/// a message in pieces with Nagle on (head, then body: many do) holds each piece until the
+/// one before is acknowledged; on a connection that has carried requests the kernel is in
+/// its interactive ("pingpong") mode and delays that ACK by up to 40 ms, so every such
+/// message would wait 40 ms. The option also leaves that mode, so the pieces that follow
+/// are acknowledged as they are read. A failure only costs the delay.
+pub fn quickack(s: &TcpStream) {
+    let _ = socket2::SockRef::from(s).set_quickack(true);
+}
+
+thread_local! {
+    /// The snapshot generation [`forget_gone`] last looked at on this worker.
+    static SEEN: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Once per snapshot per worker: closes the idle HTTP/1.1 connections and drops the HTTP/2
+/// connections to backends that no pool of `snap` sends requests to any more (removed,
+/// draining, down or ejected), so none is reused if such a backend comes back (an HTTP/2
+/// connection ends once its streams are done).
+pub fn forget_gone(snap: &Snapshot) {
+    if SEEN.get() != snap.generation {
+        forget(snap);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn forget(snap: &Snapshot) {
+    SEEN.set(snap.generation);
+    let wanted = |addr: &SocketAddr| {
+        snap.pools.iter().any(|p| {
+            p.backends
+                .iter()
+                .any(|b| b.address == *addr && b.is_eligible())
+        })
+    };
+    IDLE.with(|m| m.borrow_mut().retain(|(a, _)| wanted(a)));
+    H2.with(|m| {
+        m.borrow_mut()
+            .retain(|(a, s)| matches!(s, H2Slot::Connecting(_)) || wanted(a));
     });
 }
 

@@ -410,6 +410,7 @@ impl Controller {
                     connect_timeout: defaults::CONNECT_TIMEOUT,
                     stats: Arc::clone(self.services.get(&s.name)?),
                     ext,
+                    generation: self.generation,
                 }))
             })
             .collect();

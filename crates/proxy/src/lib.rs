@@ -8,13 +8,17 @@
 //! - [`health`]: active checks (tcp, http).
 //! - [`discovery`]: backends from DNS (A/AAAA, SRV) and files, per pool.
 //! - [`stats`]: the atomic counters behind the metrics.
+//! - [`ratelog`]: warnings written at most once a second.
+//! - [`announce`]: VIP announcement state (what to announce, the instance drain flag).
 
 pub mod accept;
+pub mod announce;
 pub mod controller;
 pub mod discovery;
 pub mod health;
 pub mod l7;
 pub mod proxy_protocol;
+pub mod ratelog;
 pub mod relay;
 pub mod snapshot;
 pub mod splice;

@@ -1,5 +1,6 @@
 //! The running state as one immutable value, swapped whole by the controller (`arc-swap`).
-//! The data path loads it once per new connection or flow and never locks.
+//! The data path loads it once per new connection or flow (and the HTTP proxy once per
+//! request) and never locks.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -124,6 +125,10 @@ pub struct ServiceRt {
     pub stats: Arc<ServiceStats>,
     /// State built by the L7 handler for services it serves (see [`crate::l7`]).
     pub ext: Option<ServiceExt>,
+    /// The generation of the snapshot this value belongs to: a connection that outlives
+    /// its snapshot (HTTP keep-alive) compares it with the running one's to know when to
+    /// look its service up again.
+    pub generation: u64,
 }
 
 /// Everything running, as one value.
@@ -186,6 +191,8 @@ pub struct Shared {
     pub l7: Option<Arc<dyn L7Handler>>,
     pub events: UnboundedSender<Event>,
     pub global: GlobalStats,
+    /// VIP announcement: the instance drain flag and what the BGP speaker holds.
+    pub announce: crate::announce::AnnounceState,
     epoch: Instant,
     ready: AtomicBool,
     draining: AtomicBool,
@@ -203,6 +210,7 @@ impl Shared {
             l7,
             events,
             global: GlobalStats::default(),
+            announce: crate::announce::AnnounceState::default(),
             epoch: Instant::now(),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
@@ -223,9 +231,10 @@ impl Shared {
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
     }
-    /// `/readyz`: every service listening and not draining.
+    /// `/readyz`: every service listening, not draining, and the instance not drained
+    /// (`fulcrum ctl instance drain`).
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && !self.is_draining()
+        self.ready.load(Ordering::Acquire) && !self.is_draining() && !self.announce.is_drained()
     }
 
     /// Reports a passive result for `stats`' backend. Successes are only reported after a

@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 use crate::accept::Acceptor;
 
 use crate::proxy_protocol;
+use crate::ratelog::LogLimit;
 use crate::relay::{relay, RelayEnd};
 use crate::snapshot::{ServiceRt, Shared};
 use crate::stats::ActiveGuard;
@@ -27,8 +28,12 @@ pub async fn serve(shared: Arc<Shared>, mut listener: Acceptor, listen: SocketAd
         let (sock, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
-                // EMFILE/ENFILE and friends: back off briefly instead of spinning.
-                tracing::warn!(%listen, error = %e, "accept failed");
+                // EMFILE/ENFILE and friends: back off briefly instead of spinning, and say
+                // so once a second, not once per try.
+                static ACCEPT_FAILED: LogLimit = LogLimit::new();
+                if let Some(suppressed) = ACCEPT_FAILED.allow() {
+                    tracing::warn!(%listen, error = %e, suppressed, "accept failed");
+                }
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
@@ -37,20 +42,61 @@ pub async fn serve(shared: Arc<Shared>, mut listener: Acceptor, listen: SocketAd
         let Some(svc) = snap.service_at(Proto::Tcp, listen) else {
             continue; // the service was removed by a reload; the listener is going away
         };
-        if svc.stats.active.load(Ordering::Relaxed) >= svc.max_connections {
+        // Reserve the slot before anything else: workers and bursts of accepts race here,
+        // and a check before the count grows would let each of them through.
+        let Some(slot) = Slot::reserve(svc) else {
             svc.stats.refused_limit.fetch_add(1, Ordering::Relaxed);
             reset(&sock);
             continue;
-        }
-        let svc = Arc::clone(svc);
+        };
         if svc.ext.is_some() {
             if let Some(l7) = &shared.l7 {
-                l7.spawn(Arc::clone(&shared), svc, sock, peer);
+                // The handler counts the connection itself, synchronously, before `slot`
+                // is released: the count never dips below the connections served.
+                l7.spawn(Arc::clone(&shared), Arc::clone(&slot.0), sock, peer);
                 continue;
             }
         }
         let shared = Arc::clone(&shared);
-        tokio::task::spawn_local(async move { handle(&shared, &svc, sock, peer).await });
+        tokio::task::spawn_local(async move { handle(&shared, &slot, sock, peer).await });
+    }
+}
+
+/// One of a service's `max_connections` places, taken by an atomic reserve (add, then
+/// check) and given back when dropped.
+struct Slot(Arc<ServiceRt>);
+
+impl Slot {
+    fn reserve(svc: &Arc<ServiceRt>) -> Option<Self> {
+        if try_reserve(&svc.stats.active, svc.max_connections) {
+            Some(Self(Arc::clone(svc)))
+        } else {
+            None
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.stats.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl std::ops::Deref for Slot {
+    type Target = ServiceRt;
+    fn deref(&self) -> &ServiceRt {
+        &self.0
+    }
+}
+
+/// Adds one to `count` if that keeps it at most `max`; whether it did. Concurrent callers
+/// cannot both take the last place (the add comes first, then the check).
+pub(crate) fn try_reserve(count: &AtomicU64, max: u64) -> bool {
+    if count.fetch_add(1, Ordering::AcqRel) < max {
+        true
+    } else {
+        count.fetch_sub(1, Ordering::AcqRel);
+        false
     }
 }
 
@@ -58,8 +104,9 @@ fn reset(sock: &TcpStream) {
     let _ = SockRef::from(sock).set_linger(Some(Duration::ZERO));
 }
 
-async fn handle(shared: &Shared, svc: &ServiceRt, client: TcpStream, peer: SocketAddr) {
-    let _svc_active = ActiveGuard::new(&svc.stats.active);
+/// Serves one client; `svc`'s place among `max_connections` is held until this returns.
+async fn handle(shared: &Shared, svc: &Slot, client: TcpStream, peer: SocketAddr) {
+    let svc: &ServiceRt = svc;
     let _open = ActiveGuard::new(&shared.global.open_connections);
     svc.stats.total.fetch_add(1, Ordering::Relaxed);
     // The service address is the local address unless it listens on a wildcard (saves a

@@ -154,6 +154,16 @@ struct {
 	__type(value, __u32);
 } nat_on SEC(".maps");
 
+/* [0]: a bit (1 << BPF_FIB_LKUP_RET_*) for each reason bpf_fib_lookup failed since userspace
+ * last cleared it. Userspace polls it and resolves the backends' next hops at once (managed
+ * neighbour entries, docs/xdp.md "Next hops"); the packet itself is dropped. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} nh_miss SEC(".maps");
+
 /* [0]: the current next-hop generation (see struct nexthop); starts at 1. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -246,8 +256,9 @@ FX_INLINE void fx_fib_init(struct bpf_fib_lookup *fib, struct xdp_md *ctx, __u8 
 
 /* The next hop towards backend `idx` (`dst`, from `src`): the per-CPU cache while its
  * generation is current, else bpf_fib_lookup (route + neighbour table), cached with the
- * route's MTU. NULL when the kernel has no route or no neighbour entry yet (the packet is
- * then passed). */
+ * route's MTU. NULL when the kernel has no route or no neighbour entry yet: the packet is
+ * then dropped (never passed: the kernel would answer the client with an ICMP error, see
+ * docs/xdp.md "Next hops"), and `nh_miss` tells userspace. */
 #define FX_NH_SEL(idx, family, proto) ((idx) | ((__u32)(family) << 16) | ((__u32)(proto) << 24))
 
 struct {
@@ -278,8 +289,16 @@ static __attribute__((noinline)) struct nexthop *fx_nexthop_fill(struct xdp_md *
 
 	/* tot_len 0: never "fragmentation needed", so the MACs are filled in */
 	fx_fib_init(fp, ctx, family, src, dst, proto, 0);
-	if (bpf_fib_lookup(ctx, fp, sizeof(*fp), 0) != BPF_FIB_LKUP_RET_SUCCESS)
+	long rc = bpf_fib_lookup(ctx, fp, sizeof(*fp), 0);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS) {
+		/* no route, no neighbour entry yet, forwarding disabled...: tell userspace */
+		__u32 *miss = bpf_map_lookup_elem(&nh_miss, &zero);
+		__u32 bit = 1u << (rc & 31);
+
+		if (miss && !(*miss & bit))
+			*miss |= bit;
 		return NULL;
+	}
 	__builtin_memcpy(nh->dmac, fp->dmac, ETH_ALEN);
 	__builtin_memcpy(nh->smac, fp->smac, ETH_ALEN);
 	nh->ifindex = fp->ifindex;
@@ -592,7 +611,7 @@ static __attribute__((noinline)) int fx_nat_forward(struct xdp_md *ctx, const st
 	struct nexthop *nh = fx_nexthop(ctx, FX_NH_SEL(f->backend, family, p->proto), f->saddr, f->baddr);
 	if (!nh) {
 		fx_count(row, FX_ACT_NO_ROUTE, bytes);
-		return XDP_PASS;
+		return XDP_DROP;
 	}
 	if (fx_nat_rewrite(ctx, p, f->saddr, f->nport, f->baddr, f->bport)) {
 		fx_count(row, FX_ACT_ERROR, bytes);
@@ -652,7 +671,7 @@ FX_INLINE int fx_forward(struct xdp_md *ctx, const struct pkt *p, const struct s
 		nh = fx_nexthop(ctx, FX_NH_SEL(be_idx, be->family, p->proto), p->src, be->addr);
 		if (!nh) {
 			fx_count(row, FX_ACT_NO_ROUTE, bytes);
-			return XDP_PASS;
+			return XDP_DROP;
 		}
 		return fx_xmit(ctx, nh, row, bytes);
 	}
@@ -671,7 +690,7 @@ FX_INLINE int fx_forward(struct xdp_md *ctx, const struct pkt *p, const struct s
 	nh = fx_nexthop(ctx, FX_NH_SEL(be_idx, ofam, gue ? IPPROTO_UDP : 0), osrc, odst);
 	if (!nh) {
 		fx_count(row, FX_ACT_NO_ROUTE, bytes);
-		return XDP_PASS;
+		return XDP_DROP;
 	}
 	if (p->ip_len + olen > nh->mtu && p->df) {
 		/* path MTU: the sender must send smaller packets (its TCP lowers the MSS) */
@@ -1031,7 +1050,7 @@ static __attribute__((noinline)) int fx_icmp_nat_flow(struct xdp_md *ctx, struct
 					f->saddr, f->baddr);
 	if (!nh) {
 		fx_count(row, FX_ACT_NO_ROUTE, bytes);
-		return XDP_PASS;
+		return XDP_DROP;
 	}
 	if (fx_icmp_rewrite(ctx, l2, rw)) {
 		fx_count(row, FX_ACT_ERROR, bytes);

@@ -11,8 +11,10 @@
 //!
 //! See `docs/xdp.md` for the design, the backend setup and the limits.
 
+pub mod host;
 pub mod maps;
 pub mod metrics;
+pub mod neigh;
 pub mod plane;
 pub mod sync;
 #[doc(hidden)]

@@ -146,6 +146,9 @@ pub struct XdpPlane {
     backends: Array<MapData, BackendEntry>,
     maglev: Array<MapData, u32>,
     nh_gen: Array<MapData, u64>,
+    nh_miss: Array<MapData, u32>,
+    /// Managed neighbour entries for the backends' next hops (after [`Self::manage_neighbours`]).
+    neighbours: Option<crate::neigh::Neighbours>,
     flows4: PerCpuArray<MapData, Flow4Set>,
     ct4: BpfHashMap<MapData, Ct4Key, CtValue>,
     ct4_filter: Array<MapData, u32>,
@@ -215,6 +218,7 @@ impl XdpPlane {
         let stats_map = take(&mut ebpf, "stats")?;
         let mut nh_gen: Array<MapData, u64> = take(&mut ebpf, "nh_gen")?;
         nh_gen.set(0, 1, 0)?;
+        let nh_miss = take(&mut ebpf, "nh_miss")?;
         let flows4 = take(&mut ebpf, "flows4")?;
         let ct4 = take(&mut ebpf, "ct4")?;
         let ct4_filter = take(&mut ebpf, "ct4_filter")?;
@@ -227,6 +231,8 @@ impl XdpPlane {
             backends,
             maglev,
             nh_gen,
+            nh_miss,
+            neighbours: None,
             flows4,
             ct4,
             ct4_filter,
@@ -558,6 +564,61 @@ impl XdpPlane {
             v.names = names;
         }
         Ok(())
+    }
+
+    /// From now on, [`Self::resolve_next_hops`] keeps a managed neighbour entry for every
+    /// backend's next hop (docs/xdp.md, "Next hops"). Opens an rtnetlink socket in the
+    /// calling thread's network namespace.
+    pub fn manage_neighbours(&mut self) -> Result<(), XdpError> {
+        let n = crate::neigh::Neighbours::new()
+            .map_err(|e| XdpError::Config(format!("cannot open an rtnetlink socket: {e}")))?;
+        self.neighbours = Some(n);
+        Ok(())
+    }
+
+    /// The distinct addresses of the backends in the maps.
+    pub fn backend_addresses(&self) -> Vec<IpAddr> {
+        let mut out: Vec<IpAddr> = self
+            .backend_ids
+            .keys()
+            .map(|(_, a)| a.ip())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Makes sure every backend's next hop has a managed neighbour entry (the kernel resolves
+    /// it and keeps it resolved), after [`Self::manage_neighbours`]; `None` before.
+    pub fn resolve_next_hops(&mut self) -> Result<Option<crate::neigh::Reconciled>, XdpError> {
+        let addrs = self.backend_addresses();
+        let Some(n) = self.neighbours.as_mut() else {
+            return Ok(None);
+        };
+        let r = n.reconcile(&addrs).map_err(|e| {
+            XdpError::Config(format!(
+                "cannot manage the backends' neighbour entries: {e}"
+            ))
+        })?;
+        for nh in &r.created {
+            tracing::info!(next_hop = %nh.addr, ifindex = nh.ifindex, "managed neighbour entry for a backend's next hop");
+        }
+        if !r.created.is_empty() {
+            // packets that failed their lookup retry it at once
+            self.refresh_nexthops()?;
+        }
+        Ok(Some(r))
+    }
+
+    /// The reasons (`1 << BPF_FIB_LKUP_RET_*`) `bpf_fib_lookup` failed for the data path since
+    /// the last call (those packets were dropped and counted as `no_route`); clears them.
+    pub fn take_nh_miss(&mut self) -> Result<u32, XdpError> {
+        let v = self.nh_miss.get(&0, 0)?;
+        if v != 0 {
+            self.nh_miss.set(0, 0, 0)?;
+        }
+        Ok(v)
     }
 
     /// Invalidates every cached next hop: the next packet to each backend, on each CPU,

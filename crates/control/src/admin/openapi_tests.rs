@@ -100,6 +100,10 @@ const STATUSES: &[(&str, &str, &[u16])] = &[
     ),
     ("GET", "/api/v1/config", &[200, 401, 503]),
     ("POST", "/api/v1/reload", &[200, 400, 401, 503]),
+    ("GET", "/api/v1/announce", &[200, 401]),
+    // A closed controller channel: 503; undrain while shutting down (SIGTERM): 409.
+    ("POST", "/api/v1/instance/drain", &[200, 401, 503]),
+    ("POST", "/api/v1/instance/undrain", &[200, 401, 409, 503]),
 ];
 
 #[test]
@@ -730,6 +734,30 @@ async fn the_live_router_answers_exactly_the_documented_routes_and_statuses() {
             s(""),
             400,
         ),
+        (
+            "GET",
+            "/api/v1/announce",
+            s("/api/v1/announce"),
+            None,
+            s(""),
+            200,
+        ),
+        (
+            "POST",
+            "/api/v1/instance/drain",
+            s("/api/v1/instance/drain"),
+            tok,
+            s(""),
+            200,
+        ),
+        (
+            "POST",
+            "/api/v1/instance/undrain",
+            s("/api/v1/instance/undrain"),
+            tok,
+            s(""),
+            200,
+        ),
     ];
     for (m, p, path, t, body, want) in more {
         cases.push((live, m, p, path, t, body, want));
@@ -766,6 +794,7 @@ async fn the_live_router_answers_exactly_the_documented_routes_and_statuses() {
         ("DELETE", "/api/v1/pools/{pool}/backends/{address}", 409),
         ("DELETE", "/api/v1/services/{name}", 409),
         ("POST", "/api/v1/reload", 200),
+        ("POST", "/api/v1/instance/undrain", 409),
     ];
     for (key, op) in &ops {
         for c in codes(op) {

@@ -49,6 +49,9 @@ impl Config {
         if let Some(x) = &self.xdp {
             doc.insert("xdp".into(), Value::Table(xdp(x)));
         }
+        if let Some(a) = &self.announce {
+            doc.insert("announce".into(), Value::Table(super::announce::emit(a)));
+        }
         doc
     }
 }
@@ -284,7 +287,7 @@ fn health(h: &HealthConfig) -> Table {
     if h.interval != defaults::HEALTH_INTERVAL {
         t.insert("interval".into(), dur(h.interval));
     }
-    if h.timeout != defaults::HEALTH_TIMEOUT {
+    if h.timeout != defaults::health_timeout(h.interval) {
         t.insert("timeout".into(), dur(h.timeout));
     }
     if h.rise != defaults::HEALTH_RISE {

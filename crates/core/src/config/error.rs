@@ -54,6 +54,37 @@ impl ConfigError {
         }
     }
 
+    /// Maps a TOML syntax error of `text`: one line of message (the parser's detail, e.g.
+    /// "expected `]`", goes to the help), and a missing value after `=` said as such (the
+    /// parser reports it as an empty message or as an "invalid string").
+    pub fn from_syntax(err: &toml::de::Error, text: &str) -> Self {
+        let raw = err.message().trim();
+        let (first, rest) = raw.split_once('\n').unwrap_or((raw, ""));
+        let mut e = Self {
+            message: first.trim().to_owned(),
+            help: (!rest.trim().is_empty()).then(|| rest.trim().replace('\n', "; ")),
+            span: err.span(),
+        };
+        let at = e
+            .span
+            .as_ref()
+            .map_or(text.len(), |s| s.start.min(text.len()));
+        let before = text[..floor_char_boundary(text, at)].trim_end_matches([' ', '\t']);
+        let after = text[floor_char_boundary(text, at)..].trim_start_matches([' ', '\t']);
+        let value_missing =
+            before.ends_with('=') && (after.is_empty() || after.starts_with(['\n', '\r', '#']));
+        if value_missing {
+            e.message = "missing value after `=`".into();
+            e.help = Some(
+                "write a value: a string \"text\", a number 10, true or false, an array [ ... ] or an inline table { ... }".into(),
+            );
+        } else if e.message.is_empty() {
+            e.message = "invalid TOML syntax here".into();
+            e.help = Some("see https://toml.io for the syntax of keys, values and tables".into());
+        }
+        e
+    }
+
     /// 1-based line and column (in characters) of the span's start in `text`.
     pub fn line_col(&self, text: &str) -> Option<(usize, usize)> {
         self.span.as_ref().map(|s| line_col(text, s.start))
@@ -73,13 +104,19 @@ impl ConfigError {
     }
 }
 
-/// 1-based line and character column of byte offset `pos` in `text` (clamped to the text,
-/// and to a character boundary).
-pub fn line_col(text: &str, pos: usize) -> (usize, usize) {
+/// The largest character boundary of `text` at or below `pos` (clamped to the text).
+fn floor_char_boundary(text: &str, pos: usize) -> usize {
     let mut pos = pos.min(text.len());
     while !text.is_char_boundary(pos) {
         pos -= 1;
     }
+    pos
+}
+
+/// 1-based line and character column of byte offset `pos` in `text` (clamped to the text,
+/// and to a character boundary).
+pub fn line_col(text: &str, pos: usize) -> (usize, usize) {
+    let pos = floor_char_boundary(text, pos);
     let before = &text[..pos];
     let line = before.matches('\n').count() + 1;
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);

@@ -9,9 +9,12 @@
 //!
 //! There is no partial result: a file yields a whole `Config` or errors.
 
+pub mod announce;
 mod emit;
 mod error;
+pub mod limits;
 pub mod raw;
+mod recover;
 mod summary;
 mod validate;
 pub mod value;
@@ -20,10 +23,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use announce::{AnnounceConfig, Speaker};
 pub use emit::{service as service_table, table_to_string};
 pub use error::{line_col, ConfigError};
+pub use recover::{locate, PathStep};
 pub use value::{
-    AccessLogFormat, BackendProtocol, CheckKind, HostPort, StatusRange, TunnelKind, XdpMode,
+    AccessLogFormat, BackendProtocol, CheckKind, HostPort, SpeakerKind, StatusRange, TunnelKind,
+    XdpMode,
 };
 
 use crate::model::{
@@ -40,8 +46,15 @@ pub mod defaults {
     );
     /// `[pool.health] interval`.
     pub const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
-    /// `[pool.health] timeout`.
+    /// `[pool.health] timeout`, when the interval is at least twice as long (see
+    /// [`health_timeout`]).
     pub const HEALTH_TIMEOUT: Duration = Duration::from_millis(500);
+
+    /// `[pool.health] timeout` when absent: 500ms, or half the interval when that is
+    /// shorter, so that the default is always valid (shorter than the interval).
+    pub fn health_timeout(interval: Duration) -> Duration {
+        HEALTH_TIMEOUT.min(interval / 2)
+    }
     /// `[pool.health] rise`.
     pub const HEALTH_RISE: u32 = 2;
     /// `[pool.health] fall`.
@@ -81,8 +94,22 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
 /// Like [`parse`], but returns every error found (sorted by position; never empty on
 /// `Err`). A syntax or type error stops parsing, so it is always alone.
 pub fn parse_all(text: &str) -> Result<Config, Vec<ConfigError>> {
-    let raw: raw::RawConfig = toml::from_str(text).map_err(|e| vec![ConfigError::from_toml(&e)])?;
-    validate::validate(raw, text)
+    let mut rec = recover::deserialize(text).map_err(|e| vec![e])?;
+    let mut errors = std::mem::take(&mut rec.errors);
+    // Cross-key checks only on a text that still means what the file means (else they
+    // would report what the patches caused).
+    if let (Some(raw), true) = (rec.raw.take(), rec.faithful) {
+        match validate::validate(raw, &rec.text) {
+            Ok(cfg) if errors.is_empty() => return Ok(cfg),
+            Ok(_) => {}
+            Err(more) => errors.extend(more.into_iter().map(|mut e| {
+                e.span = e.span.map(|s| rec.map_span(s));
+                e
+            })),
+        }
+    }
+    errors.sort_by_key(|e| e.span.as_ref().map_or(0, |s| s.start));
+    Err(errors)
 }
 
 /// A validated configuration: the type the runtime uses.
@@ -96,6 +123,8 @@ pub struct Config {
     pub pools: Vec<PoolConfig>,
     /// The packet data plane (`[xdp]`), required by dsr/tunnel/nat services.
     pub xdp: Option<XdpConfig>,
+    /// VIP announcement through a BGP speaker (`[announce]`); `None`: none.
+    pub announce: Option<AnnounceConfig>,
 }
 
 impl Config {
@@ -369,7 +398,7 @@ pub struct HealthConfig {
     pub check: HealthCheck,
     /// Time between checks (> 0, default 1s).
     pub interval: Duration,
-    /// Per-check timeout (> 0 and < interval, default 500ms).
+    /// Per-check timeout (> 0 and < interval, default 500ms or half the interval).
     pub timeout: Duration,
     /// Consecutive successes to come up (>= 1, default 2).
     pub rise: u32,

@@ -9,10 +9,11 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use serde_spanned::Spanned;
 
+use super::limits;
 use super::value::{
     AccessLogFormatValue, Address, BackendProtocolValue, Check, Count, Forward, HashKeyValue,
     HostPort, HumanDuration, Ip, Name, Percent, Protocol, ProxyProtocolValue, RetryAttempts,
-    Scheduler, StatusRange, TableSize, Tunnel, WeightValue, XdpModeValue,
+    Scheduler, SpeakerValue, StatusRange, TableSize, Tunnel, WeightValue, XdpModeValue,
 };
 
 /// The whole file.
@@ -29,6 +30,8 @@ pub struct RawConfig {
     pub pool: Vec<Spanned<RawPool>>,
     /// `[xdp]`.
     pub xdp: Option<Spanned<RawXdp>>,
+    /// `[announce]`.
+    pub announce: Option<Spanned<RawAnnounce>>,
 }
 
 /// `[admin]`.
@@ -60,11 +63,11 @@ pub struct RawService {
     /// tcp + proxy: PROXY protocol header to backends.
     pub proxy_protocol: Option<Spanned<ProxyProtocolValue>>,
     /// Concurrent connection limit.
-    pub max_connections: Option<Count>,
+    pub max_connections: Option<Count<{ limits::MAX_CONNECTIONS }>>,
     /// Idle connection timeout.
-    pub idle_timeout: Option<HumanDuration>,
+    pub idle_timeout: Option<Spanned<HumanDuration>>,
     /// Graceful drain limit.
-    pub drain_timeout: Option<HumanDuration>,
+    pub drain_timeout: Option<Spanned<HumanDuration>>,
     /// `forward = "tunnel"`: `ipip` | `gue`.
     pub tunnel: Option<Spanned<Tunnel>>,
     /// tunnel/nat: the load balancer's own address.
@@ -119,9 +122,9 @@ pub struct RawCert {
 #[serde(deny_unknown_fields)]
 pub struct RawRateLimit {
     /// Token refill rate per client IP.
-    pub requests_per_second: Count,
+    pub requests_per_second: Count<{ limits::RATE_LIMIT }>,
     /// Bucket size (default: `requests_per_second`).
-    pub burst: Option<Count>,
+    pub burst: Option<Count<{ limits::RATE_LIMIT }>>,
 }
 
 /// `[service.access_log]`.
@@ -169,7 +172,7 @@ pub struct RawPool {
     /// What hashing schedulers hash.
     pub hash_key: Option<Spanned<HashKeyValue>>,
     /// Client-IP persistence (ipvsadm `-p`).
-    pub persistence: Option<HumanDuration>,
+    pub persistence: Option<Spanned<HumanDuration>>,
     /// Maglev table size (prime).
     pub maglev_table_size: Option<Spanned<TableSize>>,
     /// http: affinity cookie name.
@@ -198,9 +201,9 @@ pub struct RawHealth {
     /// Per-check timeout.
     pub timeout: Option<Spanned<HumanDuration>>,
     /// Successes to come up.
-    pub rise: Option<Count>,
+    pub rise: Option<Count<{ limits::HEALTH_RISE_FALL }>>,
     /// Failures to go down.
-    pub fall: Option<Count>,
+    pub fall: Option<Count<{ limits::HEALTH_RISE_FALL }>>,
     /// http: the path to GET.
     pub path: Option<Spanned<String>>,
     /// http: accepted statuses.
@@ -212,7 +215,7 @@ pub struct RawHealth {
 #[serde(deny_unknown_fields)]
 pub struct RawOutlier {
     /// Failures in a row that eject a backend.
-    pub consecutive_failures: Option<Count>,
+    pub consecutive_failures: Option<Count<{ limits::OUTLIER_FAILURES }>>,
     /// How long an ejection lasts.
     pub ejection: Option<Spanned<HumanDuration>>,
 }
@@ -249,4 +252,18 @@ pub struct RawXdp {
     pub interface: Spanned<String>,
     /// `native` | `generic`.
     pub mode: Option<XdpModeValue>,
+}
+
+/// `[announce]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAnnounce {
+    /// `bird` | `exabgp`.
+    pub speaker: Spanned<SpeakerValue>,
+    /// bird: its control socket.
+    pub socket: Option<Spanned<PathBuf>>,
+    /// bird: protocol name = prefix + service name.
+    pub protocol_prefix: Option<Spanned<String>>,
+    /// How long SIGTERM waits between withdrawing and draining.
+    pub withdraw_grace: Option<HumanDuration>,
 }

@@ -2,12 +2,13 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::ops::Range;
+use std::ops::{Range, RangeInclusive};
 use std::time::Duration;
 
 use serde_spanned::Spanned;
 
 use super::error::line_col;
+use super::limits;
 use super::raw::{RawConfig, RawHealth, RawPool, RawRoute, RawService};
 use super::value::{CheckKind, HumanDuration};
 use super::{
@@ -168,12 +169,18 @@ pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Config, Vec<ConfigE
         }
     });
 
+    let announce = raw
+        .announce
+        .as_ref()
+        .map(|a| super::announce::validate(a.get_ref(), &raw.service, &mut c.errs));
+
     if c.errs.is_empty() {
         Ok(Config {
             admin,
             services,
             pools,
             xdp,
+            announce,
         })
     } else {
         c.errs
@@ -409,8 +416,9 @@ fn service(c: &mut Checker<'_>, s: &RawService, defined: &[&str], has_xdp: bool)
     let timeouts = s.timeouts.as_ref().map(|t| {
         http_only(c, t.span(), "[service.timeouts]");
         let t = t.get_ref();
-        let mut get =
-            |v: &Option<Spanned<HumanDuration>>, default, what| dur(c, v.as_ref(), default, what);
+        let mut get = |v: &Option<Spanned<HumanDuration>>, default, what| {
+            dur(c, v.as_ref(), default, what, &limits::HTTP_TIMEOUT)
+        };
         HttpTimeouts {
             connect: get(&t.connect, defaults::HTTP_CONNECT_TIMEOUT, "connect"),
             response: get(&t.response, defaults::HTTP_RESPONSE_TIMEOUT, "response"),
@@ -444,12 +452,20 @@ fn service(c: &mut Checker<'_>, s: &RawService, defined: &[&str], has_xdp: bool)
         max_connections: s
             .max_connections
             .map_or(model::defaults::MAX_CONNECTIONS, super::value::Count::get),
-        idle_timeout: s
-            .idle_timeout
-            .map_or(model::defaults::IDLE_TIMEOUT, |d| d.0),
-        drain_timeout: s
-            .drain_timeout
-            .map_or(model::defaults::DRAIN_TIMEOUT, |d| d.0),
+        idle_timeout: dur(
+            c,
+            s.idle_timeout.as_ref(),
+            model::defaults::IDLE_TIMEOUT,
+            "idle_timeout",
+            &limits::IDLE_TIMEOUT,
+        ),
+        drain_timeout: dur(
+            c,
+            s.drain_timeout.as_ref(),
+            model::defaults::DRAIN_TIMEOUT,
+            "drain_timeout",
+            &limits::DRAIN_TIMEOUT,
+        ),
         routes,
         tls,
         rate_limit,
@@ -555,34 +571,51 @@ fn pool(c: &mut Checker<'_>, p: &RawPool, users: &[(&str, ServiceProtocol)]) -> 
         scheduler.is_hashing().then_some(model::HashKey::SrcIp)
     };
 
-    let maglev_table_size = if let Some(ts) = &p.maglev_table_size {
-        let size = ts.get_ref().0;
-        if scheduler != model::SchedulerKind::Maglev {
-            c.err(
-                ts.span(),
-                format!("maglev_table_size applies only to scheduler = \"maglev\"; pool `{name}` uses \"{sched_name}\""),
-                Some("remove maglev_table_size, or set scheduler = \"maglev\"".into()),
-            );
-        } else if (size.get() as usize) < p.backend.len() {
-            let advised = model::next_prime(
-                u32::try_from(p.backend.len().saturating_mul(100)).unwrap_or(u32::MAX / 2),
-            );
-            c.err(
-                ts.span(),
-                format!(
-                    "maglev_table_size {} is smaller than the number of backends ({})",
-                    size.get(),
-                    p.backend.len()
+    if let (Some(ts), false) = (
+        &p.maglev_table_size,
+        scheduler == model::SchedulerKind::Maglev,
+    ) {
+        c.err(
+            ts.span(),
+            format!("maglev_table_size applies only to scheduler = \"maglev\"; pool `{name}` uses \"{sched_name}\""),
+            Some("remove maglev_table_size, or set scheduler = \"maglev\"".into()),
+        );
+    }
+    let maglev_table_size = (scheduler == model::SchedulerKind::Maglev).then(|| {
+        let size = p
+            .maglev_table_size
+            .as_ref()
+            .map_or(PrimeTableSize::DEFAULT, |ts| ts.get_ref().0);
+        // Every backend needs a slot, whether the size was written or is the default (else
+        // some backends would get no traffic, and the saved config would not load).
+        let n = p.backend.len();
+        if (size.get() as usize) < n {
+            let (span, what) = match &p.maglev_table_size {
+                Some(ts) => (ts.span(), format!("maglev_table_size {}", size.get())),
+                None => (
+                    p.name.span(),
+                    format!("the default maglev_table_size {}", size.get()),
                 ),
-                Some(format!(
-                    "at least 100 x backends is advised, e.g. {advised}"
-                )),
+            };
+            let max = *limits::MAGLEV_TABLE_SIZE.end();
+            let help = if n > max as usize {
+                format!("a maglev pool holds at most {max} backends (the largest table); split the pool or use scheduler = \"ring_hash\"")
+            } else {
+                let advised = u32::try_from(n.saturating_mul(100))
+                    .ok()
+                    .and_then(model::next_prime)
+                    .filter(|a| *a <= max)
+                    .unwrap_or(max);
+                format!("set maglev_table_size to a prime of at least the number of backends, at most {max}; 100 x backends is advised, e.g. {advised}")
+            };
+            c.err(
+                span,
+                format!("{what} is smaller than the number of backends ({n}) of pool `{name}`"),
+                Some(help),
             );
         }
-        (scheduler == model::SchedulerKind::Maglev).then_some(size)
-    } else {
-        (scheduler == model::SchedulerKind::Maglev).then_some(PrimeTableSize::DEFAULT)
-    };
+        size
+    });
 
     let sticky_cookie = p.sticky_cookie.as_ref().map(|sc| {
         if !is_token(sc.get_ref()) {
@@ -625,16 +658,13 @@ fn pool(c: &mut Checker<'_>, p: &RawPool, users: &[(&str, ServiceProtocol)]) -> 
     let health = p.health.as_ref().and_then(|h| health(c, h.get_ref()));
 
     let outlier = p.outlier.as_ref().map_or_else(OutlierConfig::default, |o| {
-        let ejection = o.ejection.as_ref().map_or(defaults::OUTLIER_EJECTION, |e| {
-            if e.get_ref().0.is_zero() {
-                c.err(
-                    e.span(),
-                    "ejection must be longer than 0".into(),
-                    Some("e.g. ejection = \"10s\"".into()),
-                );
-            }
-            e.get_ref().0
-        });
+        let ejection = dur(
+            c,
+            o.ejection.as_ref(),
+            defaults::OUTLIER_EJECTION,
+            "ejection",
+            &limits::OUTLIER_EJECTION,
+        );
         OutlierConfig {
             consecutive_failures: o.consecutive_failures.map_or(
                 defaults::OUTLIER_CONSECUTIVE_FAILURES,
@@ -703,7 +733,14 @@ fn pool(c: &mut Checker<'_>, p: &RawPool, users: &[(&str, ServiceProtocol)]) -> 
         name,
         scheduler,
         hash_key,
-        persistence: p.persistence.map(|d| d.0).filter(|d| !d.is_zero()),
+        persistence: Some(dur(
+            c,
+            p.persistence.as_ref(),
+            Duration::ZERO,
+            "persistence",
+            &limits::PERSISTENCE,
+        ))
+        .filter(|d| !d.is_zero()),
         maglev_table_size,
         sticky_cookie,
         backend_protocol,
@@ -743,24 +780,29 @@ fn health(c: &mut Checker<'_>, h: &RawHealth) -> Option<HealthConfig> {
         h.interval.as_ref(),
         defaults::HEALTH_INTERVAL,
         "interval",
+        &limits::HEALTH_INTERVAL,
     );
-    let timeout = dur(c, h.timeout.as_ref(), defaults::HEALTH_TIMEOUT, "timeout");
-    if !interval.is_zero() && !timeout.is_zero() && timeout >= interval {
-        // Point at the key the user wrote (timeout first, else interval).
-        let (span, note) = match (&h.timeout, &h.interval) {
-            (Some(t), _) => (t.span(), ""),
-            (None, Some(i)) => (i.span(), " (the default timeout)"),
-            (None, None) => (0..0, ""),
-        };
-        c.err(
-            span,
-            format!(
-                "health check timeout {}{note} must be shorter than the interval {}",
-                humantime::format_duration(timeout),
-                humantime::format_duration(interval)
-            ),
-            Some("a check must finish before the next one starts; e.g. interval = \"1s\", timeout = \"500ms\"".into()),
-        );
+    let timeout = dur(
+        c,
+        h.timeout.as_ref(),
+        defaults::health_timeout(interval),
+        "timeout",
+        &limits::HEALTH_TIMEOUT,
+    );
+    // An absent timeout is derived from the interval (always shorter), so only a written
+    // one can be too long.
+    if let Some(t) = &h.timeout {
+        if !interval.is_zero() && !timeout.is_zero() && timeout >= interval {
+            c.err(
+                t.span(),
+                format!(
+                    "health check timeout {} must be shorter than the interval {}",
+                    humantime::format_duration(timeout),
+                    humantime::format_duration(interval)
+                ),
+                Some("a check must finish before the next one starts; e.g. interval = \"1s\", timeout = \"500ms\"".into()),
+            );
+        }
     }
     let check = match kind {
         CheckKind::None => return None,
@@ -804,26 +846,38 @@ fn health(c: &mut Checker<'_>, h: &RawHealth) -> Option<HealthConfig> {
     })
 }
 
+/// A duration key's value (or `default` when absent), checked against its `range`.
 fn dur(
     c: &mut Checker<'_>,
     v: Option<&Spanned<super::value::HumanDuration>>,
     default: Duration,
     what: &str,
+    range: &RangeInclusive<Duration>,
 ) -> Duration {
-    match v {
-        None => default,
-        Some(d) => {
-            if d.get_ref().0.is_zero() {
-                c.err(
-                    d.span(),
-                    format!("{what} must be longer than 0"),
-                    Some(format!(
-                        "e.g. {what} = \"{}\"",
-                        humantime::format_duration(default)
-                    )),
-                );
-            }
-            d.get_ref().0
-        }
+    let Some(d) = v else {
+        return default;
+    };
+    let value = d.get_ref().0;
+    let shown = humantime::format_duration(value);
+    let valid = limits::show(range);
+    let problem = if value.is_zero() && !range.contains(&value) {
+        Some(format!("{what} must be longer than 0"))
+    } else if value < *range.start() {
+        Some(format!("{what} {shown} is too short"))
+    } else if value > *range.end() {
+        Some(format!("{what} {shown} is too long"))
+    } else {
+        None
+    };
+    if let Some(message) = problem {
+        c.err(
+            d.span(),
+            message,
+            Some(format!(
+                "valid: {valid}, e.g. {what} = \"{}\"",
+                humantime::format_duration(default)
+            )),
+        );
     }
+    value
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::de::{self, Deserialize, Deserializer, Visitor};
 
 use super::error::HELP_SEP;
+use super::limits;
 use crate::model::{
     next_prime, ForwardMode, HashKey, PrimeTableSize, ProxyProtocol, SchedulerKind,
     ServiceProtocol, Weight,
@@ -166,10 +167,16 @@ impl<'de> Deserialize<'de> for HumanDuration {
             d,
             "a duration string with a unit, like \"250ms\", \"10s\" or \"5m\"",
             |s| {
-                humantime::parse_duration(s).map(Self).map_err(|e| {
+                let d = humantime::parse_duration(s).map_err(|e| {
                     Invalid::new(format!("invalid duration \"{s}\": {e}"))
                         .help("durations are strings with a unit, e.g. \"250ms\", \"10s\", \"5m\"")
-                })
+                })?;
+                if d > limits::DURATION_MAX {
+                    return Err(Invalid::new(format!("duration \"{s}\" is too long")).help(
+                        "no duration may exceed 365 days; each key's range is in docs/interface.md",
+                    ));
+                }
+                Ok(Self(d))
             },
         )
     }
@@ -212,27 +219,28 @@ impl<'de> Deserialize<'de> for WeightValue {
     }
 }
 
-/// A count of at least 1 (`rise`, `fall`, `max_connections`, ...).
+/// A count in `1..=MAX` (`rise`, `fall`, `max_connections`, ...; the maxima are in
+/// [`super::limits`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Count(pub NonZeroU32);
+pub struct Count<const MAX: u32>(pub NonZeroU32);
 
-impl Count {
+impl<const MAX: u32> Count<MAX> {
     /// The count.
     pub const fn get(self) -> u32 {
         self.0.get()
     }
 }
 
-impl<'de> Deserialize<'de> for Count {
+impl<'de, const MAX: u32> Deserialize<'de> for Count<MAX> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         from_int(d, "an integer of at least 1", |n| {
             u32::try_from(n)
                 .ok()
+                .filter(|n| *n <= MAX)
                 .and_then(NonZeroU32::new)
                 .map(Self)
                 .ok_or_else(|| {
-                    Invalid::new(format!("{n} is out of range"))
-                        .help(format!("valid: 1..={}", u32::MAX))
+                    Invalid::new(format!("{n} is out of range")).help(format!("valid: 1..={MAX}"))
                 })
         })
     }
@@ -283,21 +291,28 @@ impl<'de> Deserialize<'de> for Percent {
     }
 }
 
-/// A Maglev table size: a prime of at least 3.
+/// A Maglev table size: a prime in [`super::limits::MAGLEV_TABLE_SIZE`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TableSize(pub PrimeTableSize);
 
 impl<'de> Deserialize<'de> for TableSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         from_int(d, "a prime integer table size", |n| {
-            let Ok(n32) = u32::try_from(n) else {
-                return Err(Invalid::new(format!("maglev_table_size {n} is out of range"))
-                    .help("use a prime of at least 3, e.g. 65537 (at least 100 x backends is advised)"));
+            let range = limits::MAGLEV_TABLE_SIZE;
+            let Some(n32) = u32::try_from(n).ok().filter(|n| range.contains(n)) else {
+                return Err(
+                    Invalid::new(format!("maglev_table_size {n} is out of range")).help(format!(
+                        "use a prime of {}..={}, e.g. 65537 (at least 100 x backends is advised)",
+                        range.start(),
+                        range.end()
+                    )),
+                );
             };
             PrimeTableSize::new(n32).map(Self).ok_or_else(|| {
-                let suggestion = next_prime(n32.max(3));
+                // n32 <= MAX, which is prime: the next prime exists and is in range.
+                let next = next_prime(n32).unwrap_or(*range.end());
                 Invalid::new(format!("maglev_table_size {n} is not a prime"))
-                    .help(format!("the next prime is {suggestion}"))
+                    .help(format!("the next prime is {next}"))
             })
         })
     }
@@ -445,6 +460,33 @@ named!(
         "combined" => AccessLogFormat::Combined,
     }
 );
+
+named!(
+    /// `[announce] speaker = "bird" | "exabgp"`.
+    SpeakerValue(SpeakerKind), "announce speaker", {
+        "bird" => SpeakerKind::Bird,
+        "exabgp" => SpeakerKind::Exabgp,
+    }
+);
+
+/// The BGP speaker that announces VIPs (`[announce] speaker`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SpeakerKind {
+    /// bird2, through its control socket.
+    Bird,
+    /// exabgp, running `fulcrum announce` as its API process.
+    Exabgp,
+}
+
+impl SpeakerKind {
+    /// The config name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Bird => "bird",
+            Self::Exabgp => "exabgp",
+        }
+    }
+}
 
 named!(
     /// `[[pool]] backend_protocol = "http1" | "h2c"`.

@@ -46,7 +46,7 @@
 #define FX_ACT_TX 1        /* forwarded out of the interface it came in on */
 #define FX_ACT_REDIRECT 2  /* forwarded out of another interface */
 #define FX_ACT_DROP 3      /* for a service without a usable backend */
-#define FX_ACT_NO_ROUTE 4  /* the kernel has no route/neighbour for the backend: passed */
+#define FX_ACT_NO_ROUTE 4  /* the kernel has no route/neighbour for the backend: dropped */
 #define FX_ACT_CT_MISS 5   /* new flow (also counted as tx/redirect) */
 #define FX_ACT_ERROR 6     /* headroom or header write failed: dropped */
 #define FX_ACT_NAT_FULL 7  /* nat: no port or table entry for a new flow: refused (dropped) */

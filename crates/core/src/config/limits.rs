@@ -1,0 +1,72 @@
+//! The valid range of every number and duration in the configuration file (the table in
+//! docs/interface.md lists the same). Ranges are what an HAProxy or Envoy user would find
+//! sensible; their point is that no accepted value can overflow a clock or an allocation
+//! at run time.
+
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
+use crate::model::PrimeTableSize;
+
+const MS: Duration = Duration::from_millis(1);
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// No duration anywhere is longer than this (365 days): `Instant + d` and timers stay far
+/// from overflow. Each key has a tighter range below.
+pub const DURATION_MAX: Duration = Duration::from_secs(365 * 86_400);
+
+/// `[[service]] max_connections`.
+pub const MAX_CONNECTIONS: u32 = 10_000_000;
+/// `[pool.health] rise` and `fall`.
+pub const HEALTH_RISE_FALL: u32 = 1_000;
+/// `[pool.outlier] consecutive_failures`.
+pub const OUTLIER_FAILURES: u32 = 1_000_000;
+/// `[service.rate_limit] requests_per_second` and `burst`.
+pub const RATE_LIMIT: u32 = 10_000_000;
+/// `[[pool]] maglev_table_size` (a prime; see [`PrimeTableSize::MAX`]).
+pub const MAGLEV_TABLE_SIZE: RangeInclusive<u32> = 3..=PrimeTableSize::MAX;
+
+/// `[[service]] idle_timeout`.
+pub const IDLE_TIMEOUT: RangeInclusive<Duration> = MS..=Duration::from_secs(7 * 86_400);
+/// `[[service]] drain_timeout` (0: close open connections at once).
+pub const DRAIN_TIMEOUT: RangeInclusive<Duration> = Duration::ZERO..=DAY;
+/// `[[pool]] persistence` (0: off).
+pub const PERSISTENCE: RangeInclusive<Duration> = Duration::ZERO..=DAY;
+/// `[pool.health] interval`.
+pub const HEALTH_INTERVAL: RangeInclusive<Duration> = Duration::from_millis(10)..=DAY;
+/// `[pool.health] timeout` (and shorter than the interval).
+pub const HEALTH_TIMEOUT: RangeInclusive<Duration> = MS..=DAY;
+/// `[pool.outlier] ejection`.
+pub const OUTLIER_EJECTION: RangeInclusive<Duration> = MS..=DAY;
+/// `[service.timeouts]` `connect`, `response`, `request_header`, `tls_handshake`.
+pub const HTTP_TIMEOUT: RangeInclusive<Duration> = MS..=DAY;
+
+/// A range as the error help writes it, e.g. `1ms..=1day`.
+pub fn show(r: &RangeInclusive<Duration>) -> String {
+    format!(
+        "{}..={}",
+        humantime::format_duration(*r.start()),
+        humantime::format_duration(*r.end())
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_largest_table_is_prime() {
+        assert!(crate::model::is_prime(PrimeTableSize::MAX));
+        assert!(PrimeTableSize::new(PrimeTableSize::MAX).is_some());
+        assert!(
+            PrimeTableSize::new(1_000_033).is_none(),
+            "prime, but above MAX"
+        );
+    }
+
+    #[test]
+    fn show_is_humantime() {
+        assert_eq!(show(&HTTP_TIMEOUT), "1ms..=1day");
+        assert_eq!(show(&DRAIN_TIMEOUT), "0s..=1day");
+    }
+}
