@@ -207,7 +207,9 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        let _ = self.command(&["down"], &[]).output();
+        // on failure the logs stay (the daemons are stopped and the namespaces deleted)
+        let keep = if std::thread::panicking() { "1" } else { "" };
+        let _ = self.command(&["down"], &[("FLEET_KEEP", keep)]).output();
     }
 }
 
@@ -614,7 +616,8 @@ fn bgp_scenario(tag: &str, router: &'static str) {
         "BFD withdraws before the 3 s hold timer: {withdrawn:?}"
     );
     // back: not announced until it sees every backend up again (its health checks failed
-    // while it was cut off; with fewer backends up its table would differ)
+    // while it was cut off; with fewer backends up its table would differ): `fulcrum ctl
+    // instance drain` before the link returns, `undrain` once every backend is up
     phase(&w, "instance 2 back", Duration::from_secs(2), || {
         lab.run(&["announce", "2", "off"], &[]);
         nft("delete table bridge fleet\n");
@@ -634,10 +637,27 @@ fn bgp_scenario(tag: &str, router: &'static str) {
         lab.wait_next_hops(&[1, 2, 3], Duration::from_secs(15));
     });
 
-    // c. SIGTERM drain: the VIPs are withdrawn first, then the instance stops
+    // c. SIGTERM: the instance withdraws its VIPs ([announce]), waits withdraw_grace (2 s)
+    // while still serving what arrives, then stops
     phase(&w, "c: instance 3 drained", Duration::from_secs(2), || {
-        lab.run(&["stop", "3"], &[]);
-        lab.wait_next_hops(&[1, 2], Duration::from_secs(5));
+        let (withdrawn, exited) = std::thread::scope(|s| {
+            let stop = s.spawn(|| {
+                lab.run(&["stop", "3"], &[]);
+                Instant::now()
+            });
+            let t0 = Instant::now();
+            lab.wait_next_hops(&[1, 2], Duration::from_secs(5));
+            let withdrawn = Instant::now();
+            let exited = stop.join().expect("stop");
+            (withdrawn.duration_since(t0), exited.duration_since(t0))
+        });
+        eprintln!(
+            "fleet {router}: SIGTERM: withdrawn after {withdrawn:?}, the instance exited after {exited:?}"
+        );
+        assert!(
+            exited > withdrawn + Duration::from_millis(1500),
+            "the VIPs are withdrawn before the instance stops serving: withdrawn after {withdrawn:?}, exited after {exited:?}"
+        );
     });
     drop(w);
     drop(lab);
