@@ -458,6 +458,24 @@ struct Phase {
 
 /// Runs `event`, lets the workload run `settle`, and checks that nothing broke.
 fn phase(w: &Workload, name: &str, settle: Duration, event: impl FnOnce()) -> Phase {
+    let p = measure(w, name, settle, event);
+    let counts = p.counts;
+    let errors = w.stats.errors.lock().expect("lock").clone();
+    assert_eq!(
+        (counts.resets, counts.stalls, counts.refused),
+        (0, 0, 0),
+        "{name}: resets, stalls, failed new connections must be 0 ({counts:?}); errors: {errors:?}"
+    );
+    assert!(
+        counts.echoes as f64 >= CONNS as f64 * settle.as_secs_f64() * 5.0,
+        "{name}: the connections exchange data every 100 ms ({counts:?})"
+    );
+    assert!(counts.opened > 0, "{name}: new connections opened");
+    p
+}
+
+/// Runs `event`, lets the workload run `settle`, and counts what broke.
+fn measure(w: &Workload, name: &str, settle: Duration, event: impl FnOnce()) -> Phase {
     let before = w.stats.counts();
     let t0 = Instant::now();
     event();
@@ -494,17 +512,6 @@ fn phase(w: &Workload, name: &str, settle: Duration, event: impl FnOnce()) -> Ph
         "fleet phase {}: {:?}, {} flows interrupted > {SLOW:?}, longest {:?}",
         p.name, p.counts, p.interrupted, p.longest
     );
-    let errors = w.stats.errors.lock().expect("lock").clone();
-    assert_eq!(
-        (counts.resets, counts.stalls, counts.refused),
-        (0, 0, 0),
-        "{name}: resets, stalls, failed new connections must be 0 ({counts:?}); errors: {errors:?}"
-    );
-    assert!(
-        counts.echoes as f64 >= CONNS as f64 * settle.as_secs_f64() * 5.0,
-        "{name}: the connections exchange data every 100 ms ({counts:?})"
-    );
-    assert!(counts.opened > 0, "{name}: new connections opened");
     p
 }
 
@@ -750,6 +757,99 @@ fn fleet_static_multipath_kill_and_rejoin() {
             lab.run(&["start", "1"], &[]);
             route(&[1, 2, 3]);
         },
+    );
+    drop(w);
+    drop(lab);
+}
+
+/// The baseline of docs/benchmarks.md (by hand: `cargo test -p fulcrum --test fleet --
+/// --ignored`): the same client and router (a static multipath route), but 3 instances
+/// doing nftables DNAT with an independent random choice (and SNAT, so that replies come
+/// back through them). One instance lost: the flows it carried reach instances without
+/// their conntrack entry, which choose again and translate the source again, so the
+/// backends reset them: about a third of all flows break. This is what the fleet tests
+/// above would catch if the instances did not agree.
+#[test]
+#[ignore = "a measurement, run by hand"]
+fn fleet_baseline_nftables_dnat_loses_an_instance() {
+    if !prerequisites("fleet_baseline_nftables_dnat_loses_an_instance") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::up("n", "static");
+    let map = "numgen random mod 3 map { 0 : 198.18.0.11, 1 : 198.18.0.12, 2 : 198.18.0.13 }";
+    let rules = format!(
+        "table ip lb {{\n chain pre {{\n  type nat hook prerouting priority dstnat;\n  ip daddr {{ 198.19.0.10, 198.19.0.11 }} tcp dport 80 dnat to {map}\n }}\n chain post {{\n  type nat hook postrouting priority srcnat;\n  ip daddr 198.18.0.0/24 masquerade\n }}\n}}\n"
+    );
+    for i in 1..=3 {
+        let n = format!("i{i}");
+        lab.ip(&n, &["route", "add", "default", "via", "198.18.0.1"]);
+        for k in ["all", "eth0"] {
+            let ns = lab.ns(&n);
+            let sysctl = format!("net.ipv4.conf.{k}.send_redirects=0");
+            let out = Command::new("ip")
+                .args(["netns", "exec", &ns, "sysctl", "-qw", &sysctl])
+                .output()
+                .expect("sysctl");
+            assert!(out.status.success(), "{sysctl}");
+        }
+        let out = Command::new("ip")
+            .args(["netns", "exec", &lab.ns(&n), "nft", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                c.stdin.take().expect("stdin").write_all(rules.as_bytes())?;
+                c.wait_with_output()
+            })
+            .expect("nft");
+        assert!(
+            out.status.success(),
+            "nft: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    lab.wait_next_hops(&[1, 2, 3], Duration::from_secs(5));
+    let w = Workload::start(&lab);
+    let steady = measure(&w, "nftables: steady", Duration::from_secs(2), || {});
+    let lost = measure(
+        &w,
+        "nftables: instance 1 lost",
+        Duration::from_secs(3),
+        || {
+            lab.ip("i1", &["link", "set", "eth0", "down"]);
+            for vip in VIPS {
+                let ip = vip.split(':').next().expect("ip");
+                lab.ip(
+                    "r",
+                    &[
+                        "route",
+                        "replace",
+                        &format!("{ip}/32"),
+                        "nexthop",
+                        "via",
+                        "198.18.0.3",
+                        "nexthop",
+                        "via",
+                        "198.18.0.4",
+                    ],
+                );
+            }
+        },
+    );
+    eprintln!(
+        "fleet baseline (nftables DNAT, random choice): steady {} resets; losing 1 of 3 instances: {} of {CONNS} connections reset, {} stalled",
+        steady.counts.resets, lost.counts.resets, lost.counts.stalls
+    );
+    assert_eq!(
+        steady.counts.resets, 0,
+        "nothing breaks while nothing changes"
+    );
+    assert!(
+        lost.counts.resets + lost.counts.stalls > CONNS as u64 / 6,
+        "independent choices break the lost instance's flows: {:?}",
+        lost.counts
     );
     drop(w);
     drop(lab);
