@@ -372,11 +372,18 @@ cmd_stop() { # N: withdraw, wait for the router to move the flows, then SIGTERM
   stop_pid "i$1.bird" TERM
 }
 
-cmd_down() {
-  local n
-  for n in 1 2 3; do stop_pid "i$n.fulcrum" TERM; stop_pid "i$n.bird" TERM; stop_pid "b$n.decap" TERM; stop_pid "b$n.www" TERM; done
-  stop_pid r.resilient TERM
-  stop_pid r.bird TERM
+cmd_down() { # every recorded pid gets SIGTERM at once, then 10 s, then SIGKILL
+  local f pid pids=""
+  for f in "$DIR"/*.pid; do
+    [ -f "$f" ] || continue
+    pid=$(cat "$f")
+    rm -f "$f"
+    [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null && pids="$pids $pid"
+  done
+  for pid in $pids; do
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  done
   for n in c r sw i1 i2 i3 b1 b2 b3; do ip netns del "$(ns "$n")" 2>/dev/null || true; done
   if [ -n "${FLEET_KEEP:-}" ]; then echo "fleet.sh: logs kept in $DIR" >&2; else rm -rf "$DIR"; fi
 }
