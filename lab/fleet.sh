@@ -22,6 +22,8 @@
 #   lab/fleet.sh announce N on|off   `fulcrum ctl instance undrain|drain` on instance N
 #   lab/fleet.sh routes        the router's routes to the VIPs
 #   lab/fleet.sh ready N       exit 0 when instance N has seen every backend up for 2 s
+#   lab/fleet.sh cut N | uncut N   nft at the switch drops every frame from and to instance N
+#   lab/fleet.sh withdraw-time N   cut N off, print how long until the router withdrew it, uncut
 # Environment (defaults): FLEET_PREFIX (fl) names the namespaces PREFIX-c, PREFIX-r, ...;
 # FLEET_DIR (/tmp/fulcrum-fleet-PREFIX) holds configs, logs, sockets and pid files;
 # FLEET_ROUTER (ecmp): ecmp (bird merge paths, hash-threshold multipath), resilient (bird
@@ -388,6 +390,26 @@ cmd_down() { # every recorded pid gets SIGTERM at once, then 10 s, then SIGKILL
   if [ -n "${FLEET_KEEP:-}" ]; then echo "fleet.sh: logs kept in $DIR" >&2; else rm -rf "$DIR"; fi
 }
 
+# Instance N silently loses its link: nft drops every frame from and to its switch port.
+cmd_cut() {
+  printf 'table bridge cut_i%s {\n chain forward {\n  type filter hook forward priority 0; policy accept;\n  iifname "p-i%s" drop\n  oifname "p-i%s" drop\n }\n}\n' "$1" "$1" "$1" |
+    inn sw nft -f -
+}
+cmd_uncut() { inn sw nft delete table bridge "cut_i$1"; }
+
+# Cuts instance N off and prints how long the router took to withdraw it (BFD, or the
+# hold timer with FLEET_BFD=off), then restores the link.
+cmd_withdraw_time() {
+  local t0 t1 gw="198.18.0.$((1 + $1))"
+  ip -n "$(ns r)" route show 198.19.0.10/32 | grep -q "via $gw " || die "instance $1 is not a next hop"
+  t0=$(date +%s%N)
+  cmd_cut "$1"
+  while ip -n "$(ns r)" route show 198.19.0.10/32 | grep -q "via $gw "; do sleep 0.01; done
+  t1=$(date +%s%N)
+  cmd_uncut "$1"
+  echo "instance $1 withdrawn after $(((t1 - t0) / 1000000)) ms"
+}
+
 cmd_routes() {
   for v in $VIPS; do ip -n "$(ns r)" route show "$v/32"; done
   [ "$ROUTER" = resilient ] && ip -n "$(ns r)" nexthop show
@@ -403,5 +425,8 @@ case ${1:-} in
   announce) cmd_announce "${2:?instance}" "${3:?on|off}" ;;
   routes) cmd_routes ;;
   ready) ready "${2:?instance}" ;;
+  cut) cmd_cut "${2:?instance}" ;;
+  uncut) cmd_uncut "${2:?instance}" ;;
+  withdraw-time) cmd_withdraw_time "${2:?instance}" ;;
   *) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 2 ;;
 esac

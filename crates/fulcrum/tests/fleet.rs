@@ -590,27 +590,9 @@ fn bgp_scenario(tag: &str, router: &'static str) {
 
     // b. instance 2 silently loses its link (nft drops every frame from and to it at the
     // switch): only BFD notices quickly
-    let nft = |rules: &str| {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &lab.ns("sw"), "nft", "-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .and_then(|mut c| {
-                c.stdin.take().expect("stdin").write_all(rules.as_bytes())?;
-                c.wait_with_output()
-            })
-            .expect("nft");
-        assert!(
-            out.status.success(),
-            "nft: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
     let mut withdrawn = Duration::ZERO;
     let p = phase(&w, "b: instance 2 cut off", Duration::from_secs(3), || {
-        nft("table bridge fleet {\n chain cut {\n  type filter hook forward priority 0; policy accept;\n  iifname \"p-i2\" drop\n  oifname \"p-i2\" drop\n }\n}\n");
+        lab.run(&["cut", "2"], &[]);
         withdrawn = lab.wait_next_hops(&[1, 3], Duration::from_secs(10));
         eprintln!("fleet {router}: cut off: the router withdrew instance 2 after {withdrawn:?}");
     });
@@ -627,7 +609,7 @@ fn bgp_scenario(tag: &str, router: &'static str) {
     // instance drain` before the link returns, `undrain` once every backend is up
     phase(&w, "instance 2 back", Duration::from_secs(2), || {
         lab.run(&["announce", "2", "off"], &[]);
-        nft("delete table bridge fleet\n");
+        lab.run(&["uncut", "2"], &[]);
         let deadline = Instant::now() + Duration::from_secs(15);
         while !lab
             .command(&["ready", "2"], &[])
