@@ -132,9 +132,23 @@ pub(super) fn validate(
             Speaker::Exabgp
         }
     };
+    let withdraw_grace = a.withdraw_grace.as_ref().map_or(WITHDRAW_GRACE, |d| {
+        let range = &super::limits::WITHDRAW_GRACE;
+        if !range.contains(&d.get_ref().0) {
+            err(
+                d.span(),
+                format!(
+                    "withdraw_grace {} is out of range",
+                    humantime::format_duration(d.get_ref().0)
+                ),
+                &format!("valid: {} (0: drain at once)", super::limits::show(range)),
+            );
+        }
+        d.get_ref().0
+    });
     AnnounceConfig {
         speaker,
-        withdraw_grace: a.withdraw_grace.map_or(WITHDRAW_GRACE, |d| d.0),
+        withdraw_grace,
     }
 }
 
@@ -279,6 +293,13 @@ address = "127.0.0.1:9001"
             "{BASE}\n[announce]\nspeaker = \"bird\"\nbogus = 1\n"
         ));
         assert!(e.contains("bogus"), "{e}");
+        let e = first_error(&format!(
+            "{BASE}\n[announce]\nspeaker = \"bird\"\nwithdraw_grace = \"2h\"\n"
+        ));
+        assert!(
+            e.contains("withdraw_grace 2h is out of range") && e.contains("0s..=1h"),
+            "{e}"
+        );
         let dashed = BASE.replace("name = \"web\"", "name = \"web-1\"");
         let errs = parse_all(&format!("{dashed}\n[announce]\nspeaker = \"bird\"\n")).unwrap_err();
         assert!(

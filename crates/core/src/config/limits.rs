@@ -41,6 +41,9 @@ pub const OUTLIER_EJECTION: RangeInclusive<Duration> = MS..=DAY;
 /// `[service.timeouts]` `connect`, `response`, `request_header`, `tls_handshake`.
 pub const HTTP_TIMEOUT: RangeInclusive<Duration> = MS..=DAY;
 
+/// `[announce] withdraw_grace` (0: withdraw and drain at once).
+pub const WITHDRAW_GRACE: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_secs(3600);
+
 /// A range as the error help writes it, e.g. `1ms..=1day`.
 pub fn show(r: &RangeInclusive<Duration>) -> String {
     format!(

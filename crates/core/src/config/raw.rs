@@ -265,5 +265,5 @@ pub struct RawAnnounce {
     /// bird: protocol name = prefix + service name.
     pub protocol_prefix: Option<Spanned<String>>,
     /// How long SIGTERM waits between withdrawing and draining.
-    pub withdraw_grace: Option<HumanDuration>,
+    pub withdraw_grace: Option<Spanned<HumanDuration>>,
 }
