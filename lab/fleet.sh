@@ -17,19 +17,23 @@
 #                              the namespaces and the directory
 #   lab/fleet.sh start N       start instance N (fulcrum, then its bird; announced when ready)
 #   lab/fleet.sh kill N        SIGKILL instance N's fulcrum and bird
-#   lab/fleet.sh stop N        drain instance N: withdraw its VIPs, wait, SIGTERM, stop bird
-#   lab/fleet.sh announce N on|off   enable/disable instance N's bird static protocols
+#   lab/fleet.sh stop N        SIGTERM instance N (it withdraws its VIPs, waits 2 s, drains),
+#                              then stop its bird
+#   lab/fleet.sh announce N on|off   `fulcrum ctl instance undrain|drain` on instance N
 #   lab/fleet.sh routes        the router's routes to the VIPs
-#   lab/fleet.sh ready N       exit 0 when instance N has seen every backend up for 0.5 s
+#   lab/fleet.sh ready N       exit 0 when instance N has seen every backend up for 2 s
+#   lab/fleet.sh cut N | uncut N   nft at the switch drops every frame from and to instance N
+#   lab/fleet.sh withdraw-time N   cut N off, print how long until the router withdrew it, uncut
 # Environment (defaults): FLEET_PREFIX (fl) names the namespaces PREFIX-c, PREFIX-r, ...;
 # FLEET_DIR (/tmp/fulcrum-fleet-PREFIX) holds configs, logs, sockets and pid files;
 # FLEET_ROUTER (ecmp): ecmp (bird merge paths, hash-threshold multipath), resilient (bird
 # exports into table 100, a reconciler keeps a resilient nexthop group per VIP), static (a
 # static multipath route, no bird on the router); FLEET_BFD (on); FLEET_INSTANCES (1 2 3);
 # FULCRUM (the fulcrum binary: target/debug/fulcrum, else on the PATH); FLEET_SPEAKER
-# (lab: the lab enables bird's protocols once fulcrum is ready; fulcrum: fulcrum does it
-# through its [announce] section); FLEET_SERVE (python: `python3 -m http.server 80` on each
-# backend, answering its name at /; none: bring your own).
+# (fulcrum: each instance drives its bird through [announce], withdraws on SIGTERM before
+# draining, and `announce N off|on` is `fulcrum ctl instance drain|undrain`; lab: the lab
+# enables and disables bird's protocols itself with birdc); FLEET_SERVE (python: `python3 -m http.server 80` on each
+# backend, answering its name at /; none: bring your own); FLEET_KEEP (down keeps DIR).
 set -euo pipefail
 
 P=${FLEET_PREFIX:-fl}
@@ -37,7 +41,7 @@ DIR=${FLEET_DIR:-/tmp/fulcrum-fleet-$P}
 ROUTER=${FLEET_ROUTER:-ecmp}
 BFD=${FLEET_BFD:-on}
 INSTANCES=${FLEET_INSTANCES-1 2 3}
-SPEAKER=${FLEET_SPEAKER:-lab}
+SPEAKER=${FLEET_SPEAKER:-fulcrum}
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(dirname "$HERE")
 if [ -z "${FULCRUM:-}" ]; then
@@ -51,7 +55,7 @@ ns() { echo "$P-$1"; }
 inn() { local n=$1; shift; ip netns exec "$(ns "$n")" "$@"; }
 die() { echo "fleet.sh: $*" >&2; exit 1; }
 
-# pid files: DIR/NAME.pid; stop_pid NAME SIGNAL waits up to 5 s, then SIGKILL
+# pid files: DIR/NAME.pid; stop_pid NAME SIGNAL waits up to 10 s, then SIGKILL
 stop_pid() {
   local f="$DIR/$1.pid" sig=${2:-TERM} pid i
   [ -f "$f" ] || return 0
@@ -59,7 +63,7 @@ stop_pid() {
   rm -f "$f"
   [ -n "$pid" ] || return 0
   kill -"$sig" "$pid" 2>/dev/null || return 0
-  for i in $(seq 50); do
+  for i in $(seq 100); do
     kill -0 "$pid" 2>/dev/null || return 0
     sleep 0.1
   done
@@ -304,11 +308,17 @@ backends_all_up() {
   ! grep -qv ' 1$' <<<"$m"
 }
 
-# Every backend up, still so 0.5 s later: the XDP maps follow the controller's snapshot
-# within 100 ms. Announcing before they do sends flows to an instance whose table still
-# lacks a backend: it re-decides their conntrack entries onto other backends (resets).
+# Every backend up, and still so for 2 s: the XDP maps follow the controller's snapshot
+# (polled every 100 ms, but a table change also reads every CPU's conntrack: ~150 ms per
+# service on an idle 2-CPU machine, seconds on a loaded one). Announcing before they do
+# sends flows to an instance whose table still lacks a backend: it re-decides their
+# conntrack entries onto other backends (resets).
 ready() {
-  backends_all_up "$1" && sleep 0.5 && backends_all_up "$1"
+  local i
+  for i in 1 2 3 4 5; do
+    backends_all_up "$1" || return 1
+    [ "$i" = 5 ] || sleep 0.5
+  done
 }
 
 cmd_start() { # N
@@ -317,21 +327,29 @@ cmd_start() { # N
   instance_config "$n" >"$DIR/i$n.toml"
   instance_bird_conf "$n" >"$DIR/i$n.bird.conf"
   rm -f "$DIR/i$n.bird.ctl" "$DIR/i$n.bird.pid"
-  bird_start "i$n" "i$n" "$DIR/i$n.bird.conf"
   ip netns exec "$(ns "i$n")" "$FULCRUM" run -c "$DIR/i$n.toml" --workers 1 >"$DIR/i$n.log" 2>&1 &
   echo $! >"$DIR/i$n.fulcrum.pid"
-  # announced once every backend is up: an instance that sees fewer backends up than the
-  # others would choose other backends for the flows it takes over
+  # bird (and so the announcement) only once every backend is up: Fulcrum announces a VIP
+  # as soon as one backend is up, and an instance that sees fewer backends up than the
+  # others chooses other backends for the flows it takes over. (Fulcrum finds bird's
+  # socket within a second.)
   for _ in $(seq 150); do
     ready "$n" && break
     sleep 0.1
   done
   ready "$n" || die "instance $n: not every backend up after 15 s (see $DIR/i$n.log)"
+  bird_start "i$n" "i$n" "$DIR/i$n.bird.conf"
   [ "$SPEAKER" = lab ] && cmd_announce "$n" on
   return 0
 }
 
 cmd_announce() { # N on|off
+  if [ "$SPEAKER" = fulcrum ]; then
+    local verb=undrain
+    [ "$2" = off ] && verb=drain
+    inn "i$1" "$FULCRUM" ctl instance "$verb" >/dev/null
+    return 0
+  fi
   local verb=enable
   [ "$2" = off ] && verb=disable
   for s in tun dsr; do birdc -s "$DIR/i$1.bird.ctl" "$verb" "fulcrum_$s" >/dev/null; done
@@ -356,13 +374,40 @@ cmd_stop() { # N: withdraw, wait for the router to move the flows, then SIGTERM
   stop_pid "i$1.bird" TERM
 }
 
-cmd_down() {
-  local n
-  for n in 1 2 3; do stop_pid "i$n.fulcrum" TERM; stop_pid "i$n.bird" TERM; stop_pid "b$n.decap" TERM; stop_pid "b$n.www" TERM; done
-  stop_pid r.resilient TERM
-  stop_pid r.bird TERM
+cmd_down() { # every recorded pid gets SIGTERM at once, then 10 s, then SIGKILL
+  local f pid pids=""
+  for f in "$DIR"/*.pid; do
+    [ -f "$f" ] || continue
+    pid=$(cat "$f")
+    rm -f "$f"
+    [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null && pids="$pids $pid"
+  done
+  for pid in $pids; do
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  done
   for n in c r sw i1 i2 i3 b1 b2 b3; do ip netns del "$(ns "$n")" 2>/dev/null || true; done
-  rm -rf "$DIR"
+  if [ -n "${FLEET_KEEP:-}" ]; then echo "fleet.sh: logs kept in $DIR" >&2; else rm -rf "$DIR"; fi
+}
+
+# Instance N silently loses its link: nft drops every frame from and to its switch port.
+cmd_cut() {
+  printf 'table bridge cut_i%s {\n chain forward {\n  type filter hook forward priority 0; policy accept;\n  iifname "p-i%s" drop\n  oifname "p-i%s" drop\n }\n}\n' "$1" "$1" "$1" |
+    inn sw nft -f -
+}
+cmd_uncut() { inn sw nft delete table bridge "cut_i$1"; }
+
+# Cuts instance N off and prints how long the router took to withdraw it (BFD, or the
+# hold timer with FLEET_BFD=off), then restores the link.
+cmd_withdraw_time() {
+  local t0 t1 gw="198.18.0.$((1 + $1))"
+  ip -n "$(ns r)" route show 198.19.0.10/32 | grep -q "via $gw " || die "instance $1 is not a next hop"
+  t0=$(date +%s%N)
+  cmd_cut "$1"
+  while ip -n "$(ns r)" route show 198.19.0.10/32 | grep -q "via $gw "; do sleep 0.01; done
+  t1=$(date +%s%N)
+  cmd_uncut "$1"
+  echo "instance $1 withdrawn after $(((t1 - t0) / 1000000)) ms"
 }
 
 cmd_routes() {
@@ -380,5 +425,8 @@ case ${1:-} in
   announce) cmd_announce "${2:?instance}" "${3:?on|off}" ;;
   routes) cmd_routes ;;
   ready) ready "${2:?instance}" ;;
+  cut) cmd_cut "${2:?instance}" ;;
+  uncut) cmd_uncut "${2:?instance}" ;;
+  withdraw-time) cmd_withdraw_time "${2:?instance}" ;;
   *) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 2 ;;
 esac
