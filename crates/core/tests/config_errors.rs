@@ -96,6 +96,8 @@ fn cases() -> Vec<Case> {
         case("dsr without xdp", format!("{tcp}forward = \"dsr\"\n{POOL}"), "6:11", "forward = \"dsr\" needs the packet data plane, but there is no [xdp] table", Some("[xdp]")),
         case("nat on http", format!("{http}forward = \"nat\"\n{POOL}[xdp]\ninterface = \"eth0\"\n"), "6:11", "forward = \"nat\" works only for tcp and udp services", Some("forward = \"proxy\"")),
         case("tunnel without forward tunnel", format!("{tcp}tunnel = \"ipip\"\n{POOL}"), "6:10", "tunnel applies only to forward = \"tunnel\"; `s` uses \"proxy\"", None),
+        case("second_chance with ipip", format!("{tcp}forward = \"tunnel\"\nsecond_chance = true\n{POOL}[xdp]\ninterface = \"eth0\"\n"), "7:17", "second_chance needs tunnel = \"gue\"", Some("set tunnel = \"gue\"")),
+        case("second_chance with dsr", format!("{tcp}forward = \"dsr\"\nsecond_chance = false\n{POOL}[xdp]\ninterface = \"eth0\"\n"), "7:17", "second_chance applies only to forward = \"tunnel\"", None),
         case("source without tunnel/nat", format!("{tcp}source = \"198.18.0.2\"\n{POOL}"), "6:10", "source applies only to forward", None),
         case("timeout not below interval", format!("{tcp}{POOL}[pool.health]\ninterval = \"1s\"\ntimeout = \"1s\"\n"), "13:11", "health check timeout 1s must be shorter than the interval 1s", None),
         case("zero interval", format!("{tcp}{POOL}[pool.health]\ninterval = \"0s\"\n"), "12:12", "interval must be longer than 0", None),

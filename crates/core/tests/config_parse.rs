@@ -176,7 +176,8 @@ fn every_key_parses() {
         tun.forward,
         Forwarding::Tunnel {
             encap: TunnelKind::Gue,
-            source: Some("198.18.0.2".parse().expect("ip"))
+            source: Some("198.18.0.2".parse().expect("ip")),
+            second_chance: true,
         }
     );
     assert_eq!(tun.listen, addr("[::1]:7000"));
@@ -286,6 +287,31 @@ address = \"127.0.0.1:2\"
     assert!(config::parse(&none).expect("valid").pools[0]
         .health
         .is_none());
+}
+
+/// `second_chance` is on by default for `tunnel = "gue"`, off for ipip (no room in the
+/// header), and `second_chance = false` turns it off.
+#[test]
+fn second_chance_defaults_on_for_gue_and_can_be_turned_off() {
+    let cfg = |extra: &str| {
+        let text = format!(
+            "[[service]]\nname = \"t\"\nlisten = \"198.19.0.10:80\"\nprotocol = \"tcp\"\npool = \"p\"\nforward = \"tunnel\"\n{extra}\n[[pool]]\nname = \"p\"\n[[pool.backend]]\naddress = \"198.18.0.11:80\"\n[xdp]\ninterface = \"eth0\"\n"
+        );
+        config::parse(&text)
+            .expect("config")
+            .service("t")
+            .expect("t")
+            .forward
+    };
+    let sc = |f: Forwarding| match f {
+        Forwarding::Tunnel { second_chance, .. } => second_chance,
+        other => panic!("{other:?}"),
+    };
+    assert!(sc(cfg("tunnel = \"gue\"")));
+    assert!(sc(cfg("tunnel = \"gue\"\nsecond_chance = true")));
+    assert!(!sc(cfg("tunnel = \"gue\"\nsecond_chance = false")));
+    assert!(!sc(cfg("tunnel = \"ipip\"")));
+    assert!(!sc(cfg("second_chance = false")));
 }
 
 #[test]

@@ -70,6 +70,7 @@ fn services() -> Vec<XdpService> {
             Mode::Tunnel {
                 kind: TunnelKind::Ipip,
                 source: Some("198.18.0.2".parse().expect("ip")),
+                second_chance: false,
             },
             HashKey::FiveTuple,
             backends(&BACKENDS4, 80),
@@ -81,6 +82,7 @@ fn services() -> Vec<XdpService> {
             Mode::Tunnel {
                 kind: TunnelKind::Gue,
                 source: Some("198.18.0.2".parse().expect("ip")),
+                second_chance: false,
             },
             HashKey::FiveTuple,
             backends(&BACKENDS4, 80),

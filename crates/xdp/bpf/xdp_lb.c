@@ -374,6 +374,68 @@ FX_INLINE struct backend *fx_pick(const struct svc_value *svc, __u32 hash, __u32
 	return be;
 }
 
+/* Second chance (types.h, FX_SVC_PREV_TABLE): the index of the flow's owner in the
+ * service's previous Maglev table (the other of its two table slots) when that is another
+ * backend of the outer family `fam` still in `backends`; FX_NO_SECONDARY otherwise. */
+#define FX_NO_SECONDARY 0xffffffff
+FX_INLINE __u32 fx_secondary(const struct svc_value *svc, __u32 hash, __u32 be_idx, __u8 fam)
+{
+	__u32 m = svc->table_size;
+
+	if (!(svc->flags & FX_SVC_PREV_TABLE) || m == 0 || m > FX_MAGLEV_MAX ||
+	    svc->id >= FX_MAX_SERVICES)
+		return FX_NO_SECONDARY;
+	__u32 first = svc->id * 2 * FX_MAGLEV_MAX;
+	__u32 slot = (svc->table_base == first ? first + FX_MAGLEV_MAX : first) + hash % m;
+	__u32 *idxp = bpf_map_lookup_elem(&maglev, &slot);
+	if (!idxp || *idxp == be_idx)
+		return FX_NO_SECONDARY;
+	__u32 idx = *idxp;
+	struct backend *be = bpf_map_lookup_elem(&backends, &idx);
+	if (!be || be->family != fam)
+		return FX_NO_SECONDARY;
+	return idx;
+}
+
+/* Second chance: writes backend `sidx` (fx_secondary) into the GUE header that fx_encap
+ * pushed with a zero address, and adds it to the UDP checksum. A call, with its own stack
+ * frame: xdp_lb's is near the limit of 512 bytes for the whole call chain. */
+static __attribute__((noinline)) int fx_sc_fill(struct xdp_md *ctx, __u32 sidx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct backend *be = bpf_map_lookup_elem(&backends, &sidx);
+	struct ethhdr *eth = data;
+	struct udphdr *uh;
+	__u64 sum;
+
+	if (!be || (void *)(eth + 1) > data_end)
+		return -1;
+	__u32 l2 = eth->h_proto == bpf_htons(ETH_P_8021Q) || eth->h_proto == bpf_htons(ETH_P_8021AD)
+			   ? 18
+			   : 14;
+	if (be->family == FX_AF_INET)
+		uh = l2 == 18 ? data + 18 + 20 : data + 14 + 20;
+	else
+		uh = l2 == 18 ? data + 18 + 40 : data + 14 + 40;
+	struct gue_sc *g = (void *)(uh + 1);
+	if ((void *)g + FX_GUE_SC4_LEN > data_end)
+		return -1;
+	if (be->family == FX_AF_INET) {
+		__builtin_memcpy(g->addr, be->addr, 4);
+		sum = fx_sum16(g->addr, 2);
+	} else {
+		if ((void *)g + FX_GUE_SC6_LEN > data_end)
+			return -1;
+		__builtin_memcpy(g->addr, be->addr, 16);
+		sum = fx_sum16(g->addr, 8);
+	}
+	if (uh->check) {
+		__u16 c = ~fx_csum_fold((__u16)~uh->check + sum);
+		uh->check = c ? c : 0xffff;
+	}
+	return 0;
+}
 
 /* May the shared LRU `ct4` hold the flow whose fx_tuple_hash is `fh`? (types.h,
  * FX_CT4_FILTER: no means certainly not) */
@@ -658,7 +720,7 @@ static __attribute__((noinline)) int fx_nat_reply(struct xdp_md *ctx, const stru
 /* dsr and tunnel: the packet to backend `be` (index `be_idx`). Inlined into xdp_lb: the hit
  * path makes no BPF-to-BPF call (the FIB refill, the too-big answer and nat are calls). */
 FX_INLINE int fx_forward(struct xdp_md *ctx, const struct pkt *p, const struct svc_value *svc,
-			 const struct backend *be, __u32 be_idx, __u32 hash, __u32 row)
+			 const struct backend *be, __u32 be_idx, __u32 hash, __u32 row, int allow_sc)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -684,7 +746,9 @@ FX_INLINE int fx_forward(struct xdp_md *ctx, const struct pkt *p, const struct s
 	 * xdp_lb and its calls must stay under 512 bytes) */
 	__u8 ofam = be->family;
 	int gue = svc->tunnel == FX_TUNNEL_GUE;
-	__u32 olen = (ofam == FX_AF_INET ? 20 : 40) + (gue ? 8 : 0);
+	int sc = allow_sc && gue && (svc->flags & FX_SVC_SECOND_CHANCE);
+	__u32 olen = (ofam == FX_AF_INET ? 20 : 40) + (gue ? 8 : 0) +
+		     (sc ? FX_GUE_SC_LEN(ofam) : 0);
 	const __u8 *osrc = ofam == FX_AF_INET ? (const __u8 *)&svc->src4 : svc->src6;
 	const __u8 *odst = be->addr;
 	nh = fx_nexthop(ctx, FX_NH_SEL(be_idx, ofam, gue ? IPPROTO_UDP : 0), osrc, odst);
@@ -704,10 +768,13 @@ FX_INLINE int fx_forward(struct xdp_md *ctx, const struct pkt *p, const struct s
 		return XDP_TX;
 	}
 	__u16 sport = bpf_htons(0x8000 | (hash & 0x7fff));
-	if (fx_encap(ctx, p, ofam, osrc, odst, gue, sport, svc->gue_dport, hash)) {
+	__u32 sidx = sc ? fx_secondary(svc, hash, be_idx, ofam) : FX_NO_SECONDARY;
+	if (fx_encap(ctx, p, ofam, osrc, odst, gue, sport, svc->gue_dport, hash, sc)) {
 		fx_count(row, FX_ACT_ERROR, bytes);
 		return XDP_DROP;
 	}
+	if (sidx != FX_NO_SECONDARY)
+		fx_sc_fill(ctx, sidx);
 	rc = fx_xmit(ctx, nh, row, bytes);
 	if (fx_bench_undo_encap) {
 		data = (void *)(long)ctx->data;
@@ -788,7 +855,7 @@ FX_INLINE int fx_fcache_forward(struct xdp_md *ctx, struct pkt *p, const __u32 *
 		return -1;
 	if (e->sv.mode == FX_MODE_NAT)
 		return fx_nat_cached(ctx, p, e, row);
-	return fx_forward(ctx, p, &e->sv, be, idx, e->hash, row);
+	return fx_forward(ctx, p, &e->sv, be, idx, e->hash, row, 1);
 }
 
 
@@ -965,7 +1032,8 @@ found:
 	/* forwarded as it is (GUE: with a zero UDP checksum, as for fragments: encap.h's LCO
 	 * assumes a TCP/UDP checksum) */
 	p->frag = FX_FRAG_MORE;
-	return fx_forward(ctx, p, svc, be, be_idx, hash, row);
+	/* no second chance: an ICMP error is no TCP segment (GUE variant 1) */
+	return fx_forward(ctx, p, svc, be, be_idx, hash, row, 0);
 }
 
 /* Rewrites the error as `sc->rw` says (icmp_err.h). */
@@ -1342,7 +1410,7 @@ int xdp_lb(struct xdp_md *ctx)
 forward:
 	if (p.family == FX_AF_INET && be->family == FX_AF_INET && !p.frag && !fx_bench_no_fcache)
 		fx_fcache_fill(&p, fh & (FX_FCACHE_SLOTS - 1), svc, be_idx, hash, row);
-	return fx_forward(ctx, &p, svc, be, be_idx, hash, row);
+	return fx_forward(ctx, &p, svc, be, be_idx, hash, row, 1);
 }
 
 /* A bare XDP_PASS: the floor of benchmarks, and the program a veth peer needs so that

@@ -44,6 +44,38 @@ pub const NAT_RST: u8 = 4;
 pub const TUNNEL_IPIP: u8 = 1;
 /// `FX_TUNNEL_GUE`.
 pub const TUNNEL_GUE: u8 = 2;
+/// `FX_SVC_SECOND_CHANCE` (`svc_value.flags`): the GUE header names a secondary backend.
+pub const SVC_SECOND_CHANCE: u8 = 1;
+/// `FX_SVC_PREV_TABLE`: the service's other table slot holds its previous Maglev table.
+pub const SVC_PREV_TABLE: u8 = 2;
+/// `FX_GUE_SC_KIND`: the first byte of Fulcrum's GUE private data.
+pub const GUE_SC_KIND: u8 = 0x5c;
+/// `FX_GUE_SC_TAKEN`: the packet was forwarded to the secondary already.
+pub const GUE_SC_TAKEN: u8 = 1;
+/// `FX_GUE_SC4_LEN`, `FX_GUE_SC6_LEN`: the GUE header of second chance.
+pub const GUE_SC4_LEN: usize = 12;
+/// See [`GUE_SC4_LEN`].
+pub const GUE_SC6_LEN: usize = 24;
+
+/// `struct gue_sc`: the GUE variant 0 header of second chance (the wire format; the Rust
+/// twin documents it and is checked against the C header, the data path never reads it).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GueSc {
+    /// Variant 0 | words of private data.
+    pub hlen: u8,
+    /// The inner protocol: 4 or 41.
+    pub proto: u8,
+    pub gflags: u16,
+    /// [`GUE_SC_KIND`].
+    pub kind: u8,
+    /// [`GUE_SC_TAKEN`].
+    pub hops: u8,
+    pub pad: u16,
+    /// The secondary (4 bytes in an IPv4 outer header; zero: none).
+    pub addr: [u8; 16],
+}
+const _: () = assert!(size_of::<GueSc>() == 24);
 /// `FX_HASH_SRC_IP`.
 pub const HASH_SRC_IP: u8 = 0;
 /// `FX_HASH_SRC_IP_PORT`.
@@ -81,7 +113,8 @@ pub struct SvcValue {
     pub mode: u8,
     pub tunnel: u8,
     pub hash_key: u8,
-    pub pad0: u8,
+    /// `SVC_*`.
+    pub flags: u8,
     pub src4: [u8; 4],
     pub src6: [u8; 16],
     pub gue_dport: u16,

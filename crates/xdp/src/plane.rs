@@ -15,7 +15,8 @@ use crate::maps::{
     addr_bytes, BackendEntry, Counter, Ct4Key, CtKey, CtValue, Flow4, Flow4Set, NatFwd, NatRev,
     SvcKey, SvcValue, ACTIONS, AF_INET, BACKEND_ALIVE, FLOW4_LRU, FLOW4_SETS, HASH_FIVE_TUPLE,
     HASH_SRC_IP, HASH_SRC_IP_PORT, MAGLEV_MAX, MAX_BACKENDS, MAX_SERVICES, MODE_DSR, MODE_NAT,
-    MODE_TUNNEL, NAT_FIN_FWD, NAT_FIN_REV, NAT_RST, STATS_ROWS, TUNNEL_GUE, TUNNEL_IPIP,
+    MODE_TUNNEL, NAT_FIN_FWD, NAT_FIN_REV, NAT_RST, STATS_ROWS, SVC_PREV_TABLE, SVC_SECOND_CHANCE,
+    TUNNEL_GUE, TUNNEL_IPIP,
 };
 
 /// The GUE destination port when none is configured (`fulcrum decap --gue-port`).
@@ -44,6 +45,8 @@ pub enum Mode {
     Tunnel {
         kind: TunnelKind,
         source: Option<IpAddr>,
+        /// GUE only: GLB-style second chance (docs/xdp.md, "Second chance").
+        second_chance: bool,
     },
     /// Full NAT: destination -> the backend (address and port), source -> `source` (default:
     /// the address the kernel would use towards the first backend of that family) with a
@@ -643,6 +646,43 @@ impl XdpPlane {
         Ok(())
     }
 
+    /// Writes `table` into the service's inactive slot unless it is the active one already:
+    /// (slot, table base, whether the other slot holds the previous table of the same size).
+    /// Second chance reads the inactive slot as the previous table until the next change
+    /// overwrites it: while it is written the data path must not read it, so the flag goes
+    /// first (and the flow caches' copies of the value with it).
+    fn write_table(
+        &mut self,
+        id: u32,
+        prev: Option<&Installed>,
+        key: &SvcKey,
+        table: &[u32],
+    ) -> Result<(u32, u32, bool), XdpError> {
+        if let Some(p) = prev.filter(|p| p.table == table && p.key == *key) {
+            return Ok((
+                p.slot,
+                p.value.table_base,
+                p.value.flags & SVC_PREV_TABLE != 0,
+            ));
+        }
+        if let Some(p) = prev.filter(|p| p.value.flags & SVC_PREV_TABLE != 0) {
+            let value = SvcValue {
+                flags: p.value.flags & !SVC_PREV_TABLE,
+                ..p.value
+            };
+            self.services.insert(p.key, value, 0)?;
+            self.refresh_nexthops()?;
+        }
+        let slot = prev.map_or(0, |p| 1 - p.slot);
+        let base = (id * 2 + slot) * MAGLEV_MAX;
+        for (i, b) in table.iter().enumerate() {
+            self.maglev.set(base + i as u32, *b, 0)?;
+        }
+        let prev_table = prev
+            .is_some_and(|p| p.key == *key && !p.table.is_empty() && p.table.len() == table.len());
+        Ok((slot, base, prev_table))
+    }
+
     fn install(
         &mut self,
         id: u32,
@@ -669,19 +709,29 @@ impl XdpPlane {
             proto: s.proto as u8,
             family,
         };
-        let (mode, tunnel, src4, src6) = match s.mode {
-            Mode::Dsr => (MODE_DSR, 0, [0; 4], [0; 16]),
-            Mode::Tunnel { kind, source } => {
+        let (mode, tunnel, src4, src6, sc) = match s.mode {
+            Mode::Dsr => (MODE_DSR, 0, [0; 4], [0; 16], false),
+            Mode::Tunnel {
+                kind,
+                source,
+                second_chance,
+            } => {
                 let (s4, s6) = sources(source, &s.backends);
                 let k = match kind {
                     TunnelKind::Ipip => TUNNEL_IPIP,
                     TunnelKind::Gue => TUNNEL_GUE,
                 };
-                (MODE_TUNNEL, k, s4, s6)
+                (
+                    MODE_TUNNEL,
+                    k,
+                    s4,
+                    s6,
+                    second_chance && kind == TunnelKind::Gue,
+                )
             }
             Mode::Nat { source } => {
                 let (s4, s6) = sources(source, &s.backends);
-                (MODE_NAT, 0, s4, s6)
+                (MODE_NAT, 0, s4, s6, false)
             }
         };
         let hash_key = match s.hash_key {
@@ -690,16 +740,11 @@ impl XdpPlane {
             _ => HASH_FIVE_TUPLE,
         };
         let prev = self.installed.get(&id).cloned();
-        let (slot, table_base) = match &prev {
-            Some(p) if p.table == table && p.key == key => (p.slot, p.value.table_base),
-            _ => {
-                let slot = prev.as_ref().map_or(0, |p| 1 - p.slot);
-                let base = (id * 2 + slot) * MAGLEV_MAX;
-                for (i, b) in table.iter().enumerate() {
-                    self.maglev.set(base + i as u32, *b, 0)?;
-                }
-                (slot, base)
-            }
+        let (slot, table_base, prev_table) = self.write_table(id, prev.as_ref(), &key, &table)?;
+        let flags = if sc {
+            SVC_SECOND_CHANCE | if prev_table { SVC_PREV_TABLE } else { 0 }
+        } else {
+            0
         };
         let value = SvcValue {
             id,
@@ -708,7 +753,7 @@ impl XdpPlane {
             mode,
             tunnel,
             hash_key,
-            pad0: 0,
+            flags,
             src4,
             src6,
             gue_dport: self.gue_port.to_be(),

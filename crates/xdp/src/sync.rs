@@ -19,9 +19,14 @@ pub fn services_from_snapshot(snap: &Snapshot) -> Vec<XdpService> {
         .filter_map(|s| {
             let mode = match s.forwarding {
                 Forwarding::Dsr => Mode::Dsr,
-                Forwarding::Tunnel { encap, source } => Mode::Tunnel {
+                Forwarding::Tunnel {
+                    encap,
+                    source,
+                    second_chance,
+                } => Mode::Tunnel {
                     kind: encap,
                     source,
+                    second_chance,
                 },
                 Forwarding::Nat { source } => Mode::Nat { source },
                 Forwarding::Proxy { .. } => return None,

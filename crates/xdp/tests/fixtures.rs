@@ -149,6 +149,7 @@ fn tunnel(kind: TunnelKind, source: &str) -> Mode {
     Mode::Tunnel {
         kind,
         source: Some(ip(source)),
+        second_chance: false,
     }
 }
 
@@ -1169,5 +1170,174 @@ fn decap_strips_what_the_lb_encapsulates() {
             let dec = testrun::run(prog, &enc[..len], 1, None).expect("decap run");
             assert!([XDP_PASS, XDP_DROP].contains(&dec.verdict));
         }
+    });
+}
+
+/// The folded one's-complement sum of `b` (16-bit words, network order).
+fn ones_sum(b: &[u8]) -> u32 {
+    let mut s: u32 = b
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s
+}
+
+/// The UDP checksum of an IPv4 outer header at `l3` is valid (or zero).
+fn udp4_checksum_ok(frame: &[u8], l3: usize) -> bool {
+    let udp = &frame[l3 + 20..];
+    if udp[6..8] == [0, 0] {
+        return true;
+    }
+    let mut pseudo = frame[l3 + 12..l3 + 20].to_vec();
+    pseudo.extend_from_slice(&[0, 17]);
+    pseudo.extend_from_slice(&(udp.len() as u16).to_be_bytes());
+    let s = ones_sum(&pseudo) + ones_sum(udp);
+    ones_sum(&s.to_be_bytes()) == 0xffff
+}
+
+/// Second chance (docs/xdp.md): after a backend is added, the GUE header of a flow that
+/// Maglev moved names the flow's owner in the previous table; `fulcrum decap` on the new
+/// backend sends a mid-connection packet it has no socket for on to that secondary (once),
+/// and keeps SYNs and packets of its own connections.
+#[test]
+fn second_chance_names_the_previous_owner_and_decap_forwards_to_it() {
+    if !is_root_or_skip("second_chance_names_the_previous_owner_and_decap_forwards_to_it") {
+        return;
+    }
+    let mode = Mode::Tunnel {
+        kind: TunnelKind::Gue,
+        source: Some(ip("198.18.0.2")),
+        second_chance: true,
+    };
+    let svc = |n: usize| {
+        service(
+            "g4",
+            "198.19.0.10:80",
+            Proto::Tcp,
+            mode,
+            HashKey::FiveTuple,
+            backends(&BACKENDS4[..n], 80),
+        )
+    };
+    let (two, three) = (svc(2), svc(3));
+    with_plane("fxsc", vec![two.clone()], move |plane, ifx| {
+        // before any change: the header is there, with no secondary
+        let pkt = frame_mid("198.18.1.1:1000", "198.19.0.10:80", b"data");
+        let out = run(plane, ifx, &pkt);
+        assert_eq!(out.verdict, XDP_TX);
+        assert_eq!(&out.data[42..54], &[2, 4, 0, 0, 0x5c, 0, 0, 0, 0, 0, 0, 0]);
+
+        plane
+            .update(std::slice::from_ref(&three))
+            .expect("add a backend");
+        let new = ip(BACKENDS4[2]);
+        let mut moved = None;
+        let mut kept = None;
+        for port in 1000..3000u16 {
+            let src = format!("198.18.1.1:{port}");
+            let f = flow(&src, "198.19.0.10:80", Proto::Tcp);
+            let (now, hash) = core_pick(&three, &f);
+            let (before, _) = core_pick(&two, &f);
+            if now == new && moved.is_none() {
+                moved = Some((src, hash, before));
+            } else if now == before && kept.is_none() {
+                kept = Some(src);
+            }
+        }
+        let (src, hash, before) = moved.expect("a flow Maglev moved to the new backend");
+        let IpAddr::V4(before4) = before else {
+            unreachable!()
+        };
+        let pkt = frame_mid(&src, "198.19.0.10:80", b"data");
+        let out = run(plane, ifx, &pkt);
+        assert_eq!(out.verdict, XDP_TX);
+        // exact bytes: Ethernet, outer IPv4, UDP, GUE variant 0 (hlen 2, proto 4) with
+        // the private data (kind 0x5c, hops 0, pad, the secondary), the inner packet
+        let o = &out.data;
+        assert_eq!(o.len(), pkt.len() + 20 + 8 + 12);
+        assert_eq!(&o[0..6], &mac_of(new));
+        assert_eq!(&o[6..12], &LB_MAC);
+        check_outer_v4(o, 14, 17, LB4, new, &o[42..], 0);
+        assert_eq!(&o[54..], &pkt[14..], "inner packet unchanged");
+        let udp = UdpHeader::from_slice(&o[34..]).expect("udp").0;
+        assert_eq!(udp.source_port, 0x8000 | (hash & 0x7fff) as u16);
+        assert_eq!(udp.destination_port, 6080);
+        assert_eq!(usize::from(udp.length), o.len() - 34);
+        assert!(udp4_checksum_ok(o, 14), "UDP checksum");
+        let mut gue = vec![2, 4, 0, 0, 0x5c, 0, 0, 0];
+        gue.extend_from_slice(&before4.octets());
+        assert_eq!(&o[42..54], &gue[..]);
+        // a flow that stayed has no secondary
+        let kept = kept.expect("a flow that stayed");
+        let k = run(plane, ifx, &frame_mid(&kept, "198.19.0.10:80", b"data"));
+        assert_eq!(&k.data[46..54], &[0x5c, 0, 0, 0, 0, 0, 0, 0]);
+        assert!(udp4_checksum_ok(&k.data, 14));
+
+        // the new backend: no socket for the flow here -> on to the secondary, still
+        // encapsulated, from this host's address, marked
+        let decap = fulcrum_xdp::Decap::load(6080).expect("load decap");
+        let prog = decap.program().expect("prog");
+        let fwd = testrun::run(prog, o, 1, Some(ifx)).expect("decap run");
+        assert_eq!(fwd.verdict, XDP_TX, "forwarded to the secondary");
+        let f = &fwd.data;
+        assert_eq!(f.len(), o.len());
+        assert_eq!(&f[0..6], &mac_of(before));
+        assert_eq!(&f[6..12], &LB_MAC);
+        let (h, _) = Ipv4Header::from_slice(&f[14..]).expect("ipv4");
+        assert_eq!(h.calc_header_checksum(), h.header_checksum);
+        assert_eq!(h.source, [198, 18, 0, 13]);
+        assert_eq!(h.destination, before4.octets());
+        assert_eq!(h.time_to_live, 63);
+        assert_eq!(&f[34..40], &o[34..40], "UDP ports, length");
+        assert_eq!(&f[42..46], &o[42..46], "GUE fixed part");
+        assert_eq!(&f[46..48], &[0x5c, 1], "the second chance is taken");
+        assert_eq!(&f[50..], &o[50..]);
+        assert!(udp4_checksum_ok(f, 14), "UDP checksum after the rewrite");
+        // the secondary: marked, so delivered (stripped) whatever its sockets
+        let dec = testrun::run(prog, f, 1, Some(ifx)).expect("decap run");
+        assert_eq!(dec.verdict, XDP_PASS);
+        let mut want = f[0..12].to_vec();
+        want.extend_from_slice(&pkt[12..]);
+        assert_eq!(dec.data, want);
+        // a SYN is the new backend's own: delivered
+        let syn = frame(&src, "198.19.0.10:80", Proto::Tcp, None, 0, b"");
+        let enc = run(plane, ifx, &syn);
+        assert_eq!(&enc.data[46..54], &gue[4..]);
+        let dec = testrun::run(prog, &enc.data, 1, Some(ifx)).expect("decap run");
+        assert_eq!(dec.verdict, XDP_PASS);
+        assert_eq!(&dec.data[12..], &syn[12..]);
+
+        // a connection this host holds: delivered here. The inner tuple of the moved
+        // flow's frame becomes that of a real local connection to the VIP.
+        let st = std::process::Command::new("ip")
+            .args(["addr", "add", "198.19.0.10/32", "dev", "lo"])
+            .status()
+            .expect("ip");
+        assert!(st.success());
+        let l = std::net::TcpListener::bind("198.19.0.10:80").expect("listen on the VIP");
+        let c = std::net::TcpStream::connect("198.19.0.10:80").expect("connect");
+        let _a = l.accept().expect("accept");
+        let local = c.local_addr().expect("local");
+        let IpAddr::V4(lip) = local.ip() else {
+            unreachable!()
+        };
+        let mut mine = o.clone();
+        mine[54 + 12..54 + 16].copy_from_slice(&lip.octets());
+        mine[54 + 20..54 + 22].copy_from_slice(&local.port().to_be_bytes());
+        let dec = testrun::run(prog, &mine, 1, Some(ifx)).expect("decap run");
+        assert_eq!(
+            dec.verdict, XDP_PASS,
+            "a local connection's packet stays here"
+        );
+        assert_eq!(&dec.data[12..14], &[0x08, 0x00]);
+        assert_eq!(dec.data.len(), pkt.len());
+        // ... and a listener alone is no connection: forwarded
+        let mut other = mine.clone();
+        other[54 + 20..54 + 22].copy_from_slice(&local.port().wrapping_add(1).to_be_bytes());
+        let fwd = testrun::run(prog, &other, 1, Some(ifx)).expect("decap run");
+        assert_eq!(fwd.verdict, XDP_TX);
     });
 }

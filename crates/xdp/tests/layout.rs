@@ -21,6 +21,7 @@ fn sizes_and_constants_match_the_c_header() {
         ("nexthop", size_of::<NextHop>()),
         ("nat_fwd", size_of::<NatFwd>()),
         ("nat_rev", size_of::<NatRev>()),
+        ("gue_sc", size_of::<GueSc>()),
     ];
     let mut found = 0;
     for line in h.lines() {
@@ -57,6 +58,12 @@ fn sizes_and_constants_match_the_c_header() {
         v.parse().unwrap_or_else(|_| panic!("{name} = {v}"))
     };
     assert_eq!(define("FX_MAX_SERVICES"), u64::from(MAX_SERVICES));
+    assert_eq!(define("FX_SVC_SECOND_CHANCE"), u64::from(SVC_SECOND_CHANCE));
+    assert_eq!(define("FX_SVC_PREV_TABLE"), u64::from(SVC_PREV_TABLE));
+    assert_eq!(define("FX_GUE_SC_KIND"), u64::from(GUE_SC_KIND));
+    assert_eq!(define("FX_GUE_SC_TAKEN"), u64::from(GUE_SC_TAKEN));
+    assert_eq!(define("FX_GUE_SC4_LEN"), GUE_SC4_LEN as u64);
+    assert_eq!(define("FX_GUE_SC6_LEN"), GUE_SC6_LEN as u64);
     assert_eq!(define("FX_MAX_BACKENDS"), u64::from(MAX_BACKENDS));
     assert_eq!(define("FX_MAGLEV_MAX"), u64::from(MAGLEV_MAX));
     assert_eq!(define("FX_CT_ENTRIES"), u64::from(CT_ENTRIES));

@@ -552,6 +552,7 @@ fn fragments_first_middle_last_reach_one_backend() {
         Mode::Tunnel {
             kind: TunnelKind::Gue,
             source: Some("198.18.0.2".parse().expect("ip")),
+            second_chance: false,
         },
         HashKey::FiveTuple,
         backends(&BACKENDS4, 53),
@@ -661,6 +662,7 @@ fn tunnel_too_big_with_df_answers_icmp() {
         Mode::Tunnel {
             kind: TunnelKind::Ipip,
             source: Some("198.18.0.2".parse().expect("ip")),
+            second_chance: false,
         },
         HashKey::FiveTuple,
         backends(&BACKENDS4, 80),
@@ -672,6 +674,7 @@ fn tunnel_too_big_with_df_answers_icmp() {
         Mode::Tunnel {
             kind: TunnelKind::Gue,
             source: Some("2001:2::2".parse().expect("ip")),
+            second_chance: false,
         },
         HashKey::FiveTuple,
         backends(&BACKENDS6, 80),

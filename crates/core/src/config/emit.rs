@@ -11,7 +11,8 @@ use toml::{Table, Value};
 
 use super::{
     defaults, AccessLog, AdminConfig, BackendProtocol, Config, Discovery, Forwarding, HealthCheck,
-    HealthConfig, LogTarget, OutlierConfig, PoolConfig, Route, ServiceConfig, XdpConfig,
+    HealthConfig, LogTarget, OutlierConfig, PoolConfig, Route, ServiceConfig, TunnelKind,
+    XdpConfig,
 };
 use crate::model::{self, ProxyProtocol};
 
@@ -128,8 +129,15 @@ pub fn service(sv: &ServiceConfig) -> Table {
             }
         }
         Forwarding::Dsr => {}
-        Forwarding::Tunnel { encap, source } => {
+        Forwarding::Tunnel {
+            encap,
+            source,
+            second_chance,
+        } => {
             t.insert("tunnel".into(), s(encap.as_str()));
+            if encap == TunnelKind::Gue && !second_chance {
+                t.insert("second_chance".into(), Value::Boolean(false));
+            }
             if let Some(ip) = source {
                 t.insert("source".into(), s(ip.to_string()));
             }

@@ -206,6 +206,10 @@ pub enum Forwarding {
         encap: TunnelKind,
         /// Outer source address.
         source: Option<IpAddr>,
+        /// GUE only: the header names a secondary backend, to which a backend's `fulcrum
+        /// decap` sends a mid-connection TCP packet it has no socket for (docs/xdp.md,
+        /// "Second chance"). Default: on for gue; ipip has no room for it.
+        second_chance: bool,
     },
     /// Rewrite destination (and source, when given) (XDP; tcp/udp).
     Nat {

@@ -72,6 +72,8 @@ pub struct RawService {
     pub drain_timeout: Option<Spanned<HumanDuration>>,
     /// `forward = "tunnel"`: `ipip` | `gue`.
     pub tunnel: Option<Spanned<Tunnel>>,
+    /// `forward = "tunnel"` with `tunnel = "gue"`: GLB-style second chance (default true).
+    pub second_chance: Option<Spanned<bool>>,
     /// tunnel/nat: the load balancer's own address.
     pub source: Option<Spanned<Ip>>,
     /// `[[service.route]]` (http only).

@@ -394,6 +394,30 @@ fn service(c: &mut Checker<'_>, s: &RawService, defined: &[&str], has_xdp: bool)
             );
         }
     }
+    let encap = s
+        .tunnel
+        .as_ref()
+        .map_or(TunnelKind::Ipip, |t| t.get_ref().0);
+    if let Some(sc) = &s.second_chance {
+        if mode != ForwardMode::Tunnel {
+            c.err(
+                sc.span(),
+                format!(
+                    "second_chance applies only to forward = \"tunnel\"; `{name}` uses \"{}\"",
+                    mode.as_str()
+                ),
+                Some("remove second_chance".into()),
+            );
+        } else if *sc.get_ref() && encap == TunnelKind::Ipip {
+            c.err(
+                sc.span(),
+                format!(
+                    "second_chance needs tunnel = \"gue\" (an IP-in-IP header has no room for the secondary backend); `{name}` uses \"ipip\""
+                ),
+                Some("set tunnel = \"gue\", or remove second_chance".into()),
+            );
+        }
+    }
     if let Some(src) = &s.source {
         if !matches!(mode, ForwardMode::Tunnel | ForwardMode::Nat) {
             c.err(
@@ -420,11 +444,10 @@ fn service(c: &mut Checker<'_>, s: &RawService, defined: &[&str], has_xdp: bool)
         ForwardMode::Proxy => Forwarding::Proxy { proxy_protocol },
         ForwardMode::Dsr => Forwarding::Dsr,
         ForwardMode::Tunnel => Forwarding::Tunnel {
-            encap: s
-                .tunnel
-                .as_ref()
-                .map_or(TunnelKind::Ipip, |t| t.get_ref().0),
+            encap,
             source,
+            second_chance: encap == TunnelKind::Gue
+                && s.second_chance.as_ref().is_none_or(|v| *v.get_ref()),
         },
         ForwardMode::Nat => Forwarding::Nat { source },
     };

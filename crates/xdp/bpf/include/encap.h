@@ -35,12 +35,17 @@ FX_INLINE __u64 fx_inner_sum(const void *ip, void *data_end, const struct pkt *p
 	return sum + l4;
 }
 
+/* The length of the GUE header of second chance (types.h, struct gue_sc) in front of the
+ * inner packet for an outer header of `family`. */
+#define FX_GUE_SC_LEN(family) ((family) == FX_AF_INET ? FX_GUE_SC4_LEN : FX_GUE_SC6_LEN)
+
 /* Pushes the outer header. `outer_family` is the backend's; `gue_sport`/`gue_dport`
- * (network order) are used when `gue` is set. Returns 0 on success; packet pointers of
- * the caller are invalid afterwards. */
+ * (network order) are used when `gue` is set; with `sc` (gue only) a GUE variant 0 header
+ * with no secondary (a zero address, which the caller may fill) follows the UDP header.
+ * Returns 0 on success; packet pointers of the caller are invalid afterwards. */
 FX_INLINE int fx_encap(struct xdp_md *ctx, const struct pkt *p, __u8 outer_family,
 		       const __u8 *osrc, const __u8 *odst, int gue, __u16 gue_sport,
-		       __u16 gue_dport, __u32 hash)
+		       __u16 gue_dport, __u32 hash, int sc)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -67,7 +72,8 @@ FX_INLINE int fx_encap(struct xdp_md *ctx, const struct pkt *p, __u8 outer_famil
 		if (!ok)
 			return -1;
 	}
-	olen = (outer_family == FX_AF_INET ? 20 : 40) + (gue ? 8 : 0);
+	__u32 glen = gue ? 8 + (sc ? FX_GUE_SC_LEN(outer_family) : 0) : 0;
+	olen = (outer_family == FX_AF_INET ? 20 : 40) + glen;
 	if (bpf_xdp_adjust_head(ctx, -olen))
 		return -1;
 	data = (void *)(long)ctx->data;
@@ -89,13 +95,13 @@ FX_INLINE int fx_encap(struct xdp_md *ctx, const struct pkt *p, __u8 outer_famil
 	__u16 *ethertype = l3 - 2;
 	__u8 inner_proto = p->family == FX_AF_INET ? FX_IPPROTO_IPIP : FX_IPPROTO_IPV6;
 	__u8 oproto = gue ? IPPROTO_UDP : inner_proto;
-	__u32 payload = p->ip_len + (gue ? 8 : 0);
+	__u32 payload = p->ip_len + glen;
 	void *l4;
 
 	if (outer_family == FX_AF_INET) {
 		struct iphdr *iph = l3;
 
-		if ((void *)(iph + 1) + (gue ? 8 : 0) > data_end)
+		if ((void *)(iph + 1) + 8 > data_end)
 			return -1;
 		*ethertype = bpf_htons(ETH_P_IP);
 		iph->version = 4;
@@ -114,7 +120,7 @@ FX_INLINE int fx_encap(struct xdp_md *ctx, const struct pkt *p, __u8 outer_famil
 	} else {
 		struct ipv6hdr *ip6h = l3;
 
-		if ((void *)(ip6h + 1) + (gue ? 8 : 0) > data_end)
+		if ((void *)(ip6h + 1) + 8 > data_end)
 			return -1;
 		*ethertype = bpf_htons(ETH_P_IPV6);
 		ip6h->version = 6;
@@ -138,10 +144,33 @@ FX_INLINE int fx_encap(struct xdp_md *ctx, const struct pkt *p, __u8 outer_famil
 		uh->dest = gue_dport;
 		uh->len = bpf_htons(payload);
 		uh->check = 0;
+		__u64 gsum = 0;
+		if (sc) {
+			struct gue_sc *g = (void *)(uh + 1);
+
+			if (outer_family == FX_AF_INET) {
+				if ((void *)g + FX_GUE_SC4_LEN > data_end)
+					return -1;
+				g->hlen = (FX_GUE_SC4_LEN - 4) / 4;
+				__builtin_memset(g->addr, 0, 4);
+			} else {
+				if ((void *)g + FX_GUE_SC6_LEN > data_end)
+					return -1;
+				g->hlen = (FX_GUE_SC6_LEN - 4) / 4;
+				__builtin_memset(g->addr, 0, 16);
+			}
+			g->proto = inner_proto;
+			g->gflags = 0;
+			g->kind = FX_GUE_SC_KIND;
+			g->hops = 0;
+			g->pad = 0;
+			/* the address is zero: it adds nothing */
+			gsum = fx_sum16(g, 4);
+		}
 		if (p->frag)
 			return 0;
 		__u64 sum = fx_pseudo_sum(osrc, odst, outer_family, payload, IPPROTO_UDP) +
-			    fx_sum16(uh, 4) + inner;
+			    fx_sum16(uh, 4) + gsum + inner;
 		__u16 c = ~fx_csum_fold(sum);
 		uh->check = c ? c : 0xffff;
 	}

@@ -38,6 +38,34 @@
 #define FX_HASH_SRC_IP_PORT 1
 #define FX_HASH_FIVE_TUPLE 2
 
+/* svc_value.flags */
+/* tunnel gue: GLB-style second chance (docs/xdp.md, "Second chance"): the GUE header carries
+ * Fulcrum's private data (struct gue_sc) with a secondary backend */
+#define FX_SVC_SECOND_CHANCE 1
+/* the other table slot of the service (`table_base` of the other half of its two slots)
+ * holds the previous Maglev table, of the same size: the secondary of a flow is its owner
+ * there, when it differs from the primary */
+#define FX_SVC_PREV_TABLE 2
+
+/* The GUE header of second chance: variant 0 (the first two bits 00), hlen words of private
+ * data after the 4 fixed bytes, no GUE flags. The private data is `kind`, `hops`, a pad and
+ * the secondary's address in the outer header's family (zero: none). IPv4 outer: 12 bytes
+ * (hlen 2); IPv6 outer: 24 bytes (hlen 5). */
+#define FX_GUE_SC_KIND 92  /* 0x5c */
+#define FX_GUE_SC_TAKEN 1   /* gue_sc.hops: forwarded once already (never again) */
+#define FX_GUE_SC4_LEN 12
+#define FX_GUE_SC6_LEN 24
+struct gue_sc {
+	__u8 hlen;         /* variant 0 (top bits 00) | words of private data */
+	__u8 proto;        /* the inner protocol: 4 or 41 */
+	__u16 gflags;      /* GUE flags: 0 */
+	__u8 kind;         /* FX_GUE_SC_KIND */
+	__u8 hops;         /* FX_GUE_SC_TAKEN */
+	__u16 pad;
+	__u8 addr[16];     /* the secondary (4 bytes in an IPv4 outer header) */
+};
+_Static_assert(sizeof(struct gue_sc) == 24, "gue_sc");
+
 /* backend.flags */
 #define FX_BACKEND_ALIVE 1
 
@@ -87,7 +115,7 @@ struct svc_value {
 	__u8 mode;         /* FX_MODE_* */
 	__u8 tunnel;       /* FX_TUNNEL_* */
 	__u8 hash_key;     /* FX_HASH_* */
-	__u8 pad0;
+	__u8 flags;        /* FX_SVC_* */
 	__u32 src4;        /* tunnel outer source, IPv4, network order */
 	__u8 src6[16];     /* tunnel outer source, IPv6 */
 	__u16 gue_dport;   /* network order */
