@@ -87,13 +87,50 @@ fn services() -> Vec<XdpService> {
             HashKey::FiveTuple,
             backends(&BACKENDS4, 80),
         ),
+        gue_sc(3),
     ]
 }
 
+/// `tunnel gue` with second chance over the first `n` fixture backends.
+fn gue_sc(n: usize) -> XdpService {
+    service(
+        "gue-sc",
+        "198.19.0.13:80",
+        Proto::Tcp,
+        Mode::Tunnel {
+            kind: TunnelKind::Gue,
+            source: Some("198.18.0.2".parse().expect("ip")),
+            second_chance: true,
+        },
+        HashKey::FiveTuple,
+        backends(&BACKENDS4[..n], 80),
+    )
+}
+
+/// The plane, after `gue-sc` went from 2 backends to 3 (its previous table is in place: a
+/// flow's secondary is looked up on every packet).
 fn plane(opts: LoadOptions) -> XdpPlane {
     let mut p = XdpPlane::load(opts).expect("load");
+    let mut before = services();
+    before.pop();
+    before.push(gue_sc(2));
+    p.update(&before).expect("update");
     p.update(&services()).expect("update");
     p
+}
+
+/// Median ns of `runs` single runs (repeat 1: for programs that change the frame for good,
+/// as `fulcrum decap` does).
+fn measure_once(prog: &aya::programs::Xdp, pkt: &[u8], ifx: u32, runs: usize, want: u32) -> f64 {
+    let mut v: Vec<u32> = (0..runs)
+        .map(|_| {
+            let o = testrun::run(prog, pkt, 1, Some(ifx)).expect("test run");
+            assert_eq!(o.verdict, want, "unexpected verdict");
+            o.ns_per_run
+        })
+        .collect();
+    v.sort_unstable();
+    f64::from(v[runs / 2])
 }
 
 /// Median ns/packet over ROUNDS runs of `repeat`.
@@ -157,6 +194,7 @@ fn main() {
                     ([198, 19, 0, 10], testrun::XDP_TX),
                     ([198, 19, 0, 11], testrun::XDP_TX),
                     ([198, 19, 0, 12], testrun::XDP_TX),
+                    ([198, 19, 0, 13], testrun::XDP_TX),
                 ] {
                     let o =
                         testrun::run(prog, &tcp4_syn(i, vip, 80), 1, Some(ifx)).expect("prefill");
@@ -251,9 +289,23 @@ fn main() {
                 tcp4(flows + f, [198, 19, 0, 12], 80),
                 tx,
             ),
+            (
+                "tunnel gue + second chance, conntrack hit, flow cache (+ encap undo)",
+                &undo,
+                "xdp_lb",
+                tcp4(f, [198, 19, 0, 13], 80),
+                tx,
+            ),
+            (
+                "tunnel gue + second chance, conntrack miss, mid-flow TCP (+ encap undo)",
+                &undo_miss,
+                "xdp_lb",
+                tcp4(flows + f, [198, 19, 0, 13], 80),
+                tx,
+            ),
         ];
         let floor = measure(&normal, "xdp_pass", &cases[0].3, ifx, repeat, pass);
-        cases
+        let mut rows = cases
             .iter()
             .filter(|c| {
                 c.2 == "xdp_pass"
@@ -268,7 +320,54 @@ fn main() {
                 };
                 (name.to_string(), ns, ns / floor)
             })
-            .collect::<Vec<_>>()
+            .collect::<Vec<_>>();
+        // `fulcrum decap`, repeat 1 (it strips or forwards the frame for good): the median of
+        // single runs, as ratios to `XDP_PASS` measured the same way
+        if only.is_empty() || only.iter().any(|o| "decap".contains(o.as_str())) {
+            let runs = (repeat / 100).clamp(101, 20_001) as usize;
+            let lb = normal.program("xdp_lb").expect("prog");
+            let enc = |pkt: &[u8]| testrun::run(lb, pkt, 1, Some(ifx)).expect("encap").data;
+            // a flow the table change moved (a secondary in its header), one that stayed
+            let moved = (0..flows)
+                .map(|i| enc(&tcp4(i, [198, 19, 0, 13], 80)))
+                .find(|o| o[50..54] != [0, 0, 0, 0])
+                .expect("a moved flow");
+            let decap = fulcrum_xdp::Decap::load(6080).expect("decap");
+            let dprog = decap.program().expect("prog");
+            let pass_prog = normal.program("xdp_pass").expect("prog");
+            let dfloor = measure_once(pass_prog, &moved, ifx, runs, pass);
+            let mut syn = moved.clone();
+            syn[54 + 33] |= 0x02; // SYN: delivered here whatever the sockets
+            for (name, pkt, want) in [
+                (
+                    "decap: `XDP_PASS` (floor, single runs)".to_owned(),
+                    None,
+                    pass,
+                ),
+                (
+                    "decap: GUE variant 1 (no second chance), strip".to_owned(),
+                    Some(enc(&tcp4(f, [198, 19, 0, 12], 80))),
+                    pass,
+                ),
+                (
+                    "decap: second chance header, SYN, strip".to_owned(),
+                    Some(syn),
+                    pass,
+                ),
+                (
+                    "decap: second chance, no local socket (bpf_skc_lookup_tcp), forwarded to the secondary".to_owned(),
+                    Some(moved.clone()),
+                    tx,
+                ),
+            ] {
+                let ns = match pkt {
+                    None => dfloor,
+                    Some(p) => measure_once(dprog, &p, ifx, runs, want),
+                };
+                rows.push((name, ns, ns / dfloor));
+            }
+        }
+        rows
     })
     .expect("netns");
     drop(ns);
