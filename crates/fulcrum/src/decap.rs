@@ -53,9 +53,21 @@ pub fn run(args: &DecapArgs) -> anyhow::Result<u8> {
     rt.block_on(async {
         let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+        // second chance: resolve the neighbour entries of secondaries the program met
+        // without one (docs/xdp.md, "Second chance")
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = tick.tick() => {
+                    for addr in decap.take_unresolved().unwrap_or_default() {
+                        if let Err(e) = fulcrum_xdp::resolve_neighbour(addr) {
+                            eprintln!("fulcrum decap: cannot resolve the neighbour of secondary {addr}: {e}");
+                        }
+                    }
+                }
+            }
         }
         anyhow::Ok(())
     })?;

@@ -402,3 +402,122 @@ fn xdp_tunnel_df_client_learns_the_path_mtu() {
     );
     t.stop_children();
 }
+
+/// Issue 14, 3d in small: one instance, and what a flow that changes instance meets. 60
+/// held connections through lb run 1 (pool b1, b2); lb run 1 is killed and run 2 starts
+/// with the same pool (an instance without conntrack for them, as when the router moves
+/// flows to another instance); before the connections send again, b3 joins the pool
+/// (SIGHUP). Maglev sends about a third of them to b3, which has no socket for them. With
+/// second chance, b3's `fulcrum decap` forwards them to their owner in the previous table:
+/// 0 broken. With `second_chance = false`, b3 answers them with a RST: some broken (this
+/// test can fail). Returns the number of broken connections.
+fn second_chance_scenario(tag: &str, second_chance: bool) -> usize {
+    let mut t = Topology::new(tag, Backends::VipsOnLoopback);
+    let dir = std::env::temp_dir().join(format!("fulcrum-{}", t.prefix));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    // decap forwards out of a backend's veth with XDP_TX: its peer needs an XDP program
+    let _passes: Vec<_> = ["p-b1", "p-b2", "p-b3"]
+        .iter()
+        .map(|p| {
+            let p = p.to_string();
+            in_netns(&t.ns("sw"), move || {
+                fulcrum_xdp::PassProgram::attach(&p).expect("pass program")
+            })
+            .expect("sw netns")
+        })
+        .collect();
+    for b in ["b1", "b2", "b3"] {
+        server(&t, b, 80, Arc::new(AtomicBool::new(false)));
+        let log = dir.join(format!("decap-{b}.log"));
+        t.spawn(
+            b,
+            &[
+                env!("CARGO_BIN_EXE_fulcrum"),
+                "decap",
+                "--interface",
+                "eth0",
+            ],
+            log.to_str().expect("path"),
+        );
+    }
+    let config = |backends: &[&str]| {
+        let mut c = format!(
+            "[admin]\nlisten = \"127.0.0.1:9090\"\n\n[xdp]\ninterface = \"eth0\"\nmode = \"native\"\n\n\
+             [[service]]\nname = \"web\"\nlisten = \"198.19.0.10:80\"\nprotocol = \"tcp\"\npool = \"web\"\n\
+             forward = \"tunnel\"\ntunnel = \"gue\"\nsecond_chance = {second_chance}\n\n\
+             [[pool]]\nname = \"web\"\nscheduler = \"maglev\"\nhash_key = \"five_tuple\"\n\
+             [pool.health]\ncheck = \"tcp\"\ninterval = \"300ms\"\ntimeout = \"200ms\"\nrise = 1\nfall = 1\n"
+        );
+        for b in backends {
+            c += &format!("[[pool.backend]]\naddress = \"{b}\"\n");
+        }
+        c
+    };
+    let two = ["198.18.0.11:80", "198.18.0.12:80"];
+    let three = ["198.18.0.11:80", "198.18.0.12:80", "198.18.0.13:80"];
+    let cfg = dir.join("lb.toml");
+    std::fs::write(&cfg, config(&two)).expect("config");
+    let run = |t: &mut Topology, n: u32| {
+        let log = dir.join(format!("lb{n}.log"));
+        t.spawn(
+            "lb",
+            &[
+                env!("CARGO_BIN_EXE_fulcrum"),
+                "run",
+                "-c",
+                cfg.to_str().expect("path"),
+                "--workers",
+                "1",
+            ],
+            log.to_str().expect("path"),
+        );
+    };
+    run(&mut t, 1);
+    let vip: SocketAddr = "198.19.0.10:80".parse().expect("vip");
+    ask_until(&t, vip, |n| n == "b1" || n == "b2", Duration::from_secs(15));
+    let mut conns: Vec<(String, TcpStream)> = (0..60)
+        .map(|_| open(&t, vip).unwrap_or_else(|e| panic!("{vip}: {e}")))
+        .collect();
+    assert!(conns.iter().all(|(n, _)| n == "b1" || n == "b2"));
+
+    // the instance is lost; another (no conntrack for these flows) takes over
+    let mut lb1 = t.children.pop().expect("lb run 1");
+    let _ = lb1.kill();
+    let _ = lb1.wait();
+    run(&mut t, 2);
+    ask_until(&t, vip, |n| n == "b1" || n == "b2", Duration::from_secs(15));
+    // b3 joins the pool before the held connections send again
+    std::fs::write(&cfg, config(&three)).expect("config");
+    let lb_pid = t.children.last().expect("lb").id().to_string();
+    sh(&["kill", "-HUP", &lb_pid]);
+    ask_until(&t, vip, |n| n == "b3", Duration::from_secs(15));
+
+    let mut broken = 0;
+    for (i, (name, s)) in conns.iter_mut().enumerate() {
+        let ok = s.write_all(format!("ping {i}\n").as_bytes()).is_ok()
+            && line(s).is_ok_and(|l| l == format!("ping {i}"));
+        if !ok {
+            eprintln!("second_chance = {second_chance}: connection {i} to {name} broke");
+            broken += 1;
+        }
+    }
+    eprintln!("second_chance = {second_chance}: {broken} of 60 held connections broke");
+    drop(conns);
+    t.stop_children();
+    drop(t);
+    let _ = std::fs::remove_dir_all(&dir);
+    broken
+}
+
+#[test]
+fn xdp_tunnel_gue_second_chance_keeps_connections_when_the_pool_grows() {
+    if !netns::prerequisites("xdp_tunnel_gue_second_chance_keeps_connections_when_the_pool_grows") {
+        return;
+    }
+    assert_eq!(second_chance_scenario("sc", true), 0, "with second chance");
+    assert!(
+        second_chance_scenario("sn", false) > 0,
+        "without second chance some connections moved to b3 must break (else this test \
+         proves nothing)"
+    );
+}

@@ -22,14 +22,24 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 const volatile __u16 fx_gue_port = 0xc017; /* bpf_htons(6080) */
 
 /* Counters: [0] passed untouched, [1] IPIP stripped, [2] GUE stripped, [3] errors,
- * [4] forwarded to the secondary (second chance), [5] no route to the secondary (stripped
- * and delivered here). */
+ * [4] forwarded to the secondary (second chance), [5] the secondary's neighbour entry is
+ * not resolved yet (dropped: the sender retransmits; `sc_unresolved` asks userspace to
+ * resolve it), [6] no route to the secondary (stripped and delivered here). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 6);
+	__uint(max_entries, 7);
 	__type(key, __u32);
 	__type(value, __u64);
 } decap_stats SEC(".maps");
+
+/* Secondaries bpf_fib_lookup found no neighbour entry for (types.h, struct sc_addr):
+ * `fulcrum decap` makes the kernel resolve each (a datagram to it) and deletes the key. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, struct sc_addr);
+	__type(value, __u32);
+} sc_unresolved SEC(".maps");
 
 FX_INLINE void fx_dcount(__u32 key)
 {
@@ -130,8 +140,21 @@ FX_INLINE int fx_second_chance(struct xdp_md *ctx, void *data, void *data_end, v
 		__builtin_memcpy(fib.ipv6_src, &ip6h->daddr, 16);
 		__builtin_memcpy(fib.ipv6_dst, g->addr, 16);
 	}
-	if (bpf_fib_lookup(ctx, &fib, sizeof(fib), 0) != BPF_FIB_LKUP_RET_SUCCESS) {
+	long rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
+		struct sc_addr k = { .family = ofam };
+		__u32 one = 1;
+
+		if (ofam == 4)
+			__builtin_memcpy(k.addr, g->addr, 4);
+		else
+			__builtin_memcpy(k.addr, g->addr, 16);
+		bpf_map_update_elem(&sc_unresolved, &k, &one, BPF_ANY);
 		fx_dcount(5);
+		return XDP_DROP;
+	}
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS) {
+		fx_dcount(6);
 		return XDP_PASS;
 	}
 

@@ -22,8 +22,8 @@ pub mod testing;
 pub mod testrun;
 
 pub use plane::{
-    Decap, LoadOptions, Mode, NatSweep, NatTimeouts, PassProgram, XdpError, XdpPlane, XdpService,
-    DEFAULT_GUE_PORT,
+    resolve_neighbour, Decap, LoadOptions, Mode, NatSweep, NatTimeouts, PassProgram, XdpError,
+    XdpPlane, XdpService, DEFAULT_GUE_PORT,
 };
 
 /// The load balancer object (`bpf/xdp_lb.c`).

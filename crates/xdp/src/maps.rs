@@ -76,6 +76,17 @@ pub struct GueSc {
     pub addr: [u8; 16],
 }
 const _: () = assert!(size_of::<GueSc>() == 24);
+
+/// `struct sc_addr` (decap.c): a key of `sc_unresolved`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScAddr {
+    /// IPv4 in the first 4 bytes.
+    pub addr: [u8; 16],
+    /// 4 or 6.
+    pub family: u32,
+}
+const _: () = assert!(size_of::<ScAddr>() == 20);
 /// `FX_HASH_SRC_IP`.
 pub const HASH_SRC_IP: u8 = 0;
 /// `FX_HASH_SRC_IP_PORT`.
@@ -327,6 +338,7 @@ const _: () = assert!(size_of::<Counter>() == 16);
 #[allow(unsafe_code)]
 mod pod {
     unsafe impl aya::Pod for super::SvcKey {}
+    unsafe impl aya::Pod for super::ScAddr {}
     unsafe impl aya::Pod for super::SvcValue {}
     unsafe impl aya::Pod for super::BackendEntry {}
     unsafe impl aya::Pod for super::CtKey {}

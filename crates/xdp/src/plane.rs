@@ -13,10 +13,10 @@ use fulcrum_core::sched::maglev::Maglev;
 
 use crate::maps::{
     addr_bytes, BackendEntry, Counter, Ct4Key, CtKey, CtValue, Flow4, Flow4Set, NatFwd, NatRev,
-    SvcKey, SvcValue, ACTIONS, AF_INET, BACKEND_ALIVE, FLOW4_LRU, FLOW4_SETS, HASH_FIVE_TUPLE,
-    HASH_SRC_IP, HASH_SRC_IP_PORT, MAGLEV_MAX, MAX_BACKENDS, MAX_SERVICES, MODE_DSR, MODE_NAT,
-    MODE_TUNNEL, NAT_FIN_FWD, NAT_FIN_REV, NAT_RST, STATS_ROWS, SVC_PREV_TABLE, SVC_SECOND_CHANCE,
-    TUNNEL_GUE, TUNNEL_IPIP,
+    ScAddr, SvcKey, SvcValue, ACTIONS, AF_INET, BACKEND_ALIVE, FLOW4_LRU, FLOW4_SETS,
+    HASH_FIVE_TUPLE, HASH_SRC_IP, HASH_SRC_IP_PORT, MAGLEV_MAX, MAX_BACKENDS, MAX_SERVICES,
+    MODE_DSR, MODE_NAT, MODE_TUNNEL, NAT_FIN_FWD, NAT_FIN_REV, NAT_RST, STATS_ROWS, SVC_PREV_TABLE,
+    SVC_SECOND_CHANCE, TUNNEL_GUE, TUNNEL_IPIP,
 };
 
 /// The GUE destination port when none is configured (`fulcrum decap --gue-port`).
@@ -934,6 +934,19 @@ fn sources(source: Option<IpAddr>, backends: &[Backend]) -> ([u8; 4], [u8; 16]) 
     (s4, s6)
 }
 
+/// Makes the kernel resolve the neighbour entry towards `addr` (an empty datagram to its
+/// discard port: the kernel queues it and resolves the next hop), so that `fulcrum decap`'s
+/// `bpf_fib_lookup` finds it for the next packet to that secondary.
+pub fn resolve_neighbour(addr: IpAddr) -> std::io::Result<()> {
+    let any: IpAddr = if addr.is_ipv4() {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    };
+    let s = UdpSocket::bind((any, 0))?;
+    s.send_to(&[], (addr, 9)).map(|_| ())
+}
+
 /// `fulcrum decap`: the backend-side program, attached while this value lives.
 #[derive(Debug)]
 pub struct Decap {
@@ -973,6 +986,28 @@ impl Decap {
             ))
         })?;
         Ok(())
+    }
+
+    /// Second chance: the secondaries the program found no neighbour entry for since the
+    /// last call (it dropped those packets; their senders retransmit). The caller makes the
+    /// kernel resolve them ([`resolve_neighbour`]).
+    pub fn take_unresolved(&mut self) -> Result<Vec<IpAddr>, XdpError> {
+        let mut map: BpfHashMap<&mut MapData, ScAddr, u32> = BpfHashMap::try_from(
+            self.ebpf
+                .map_mut("sc_unresolved")
+                .ok_or_else(|| XdpError::Config("no map `sc_unresolved`".into()))?,
+        )?;
+        let keys: Vec<ScAddr> = map.keys().filter_map(Result::ok).collect();
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            let _ = map.remove(&k);
+            out.push(if k.family == 4 {
+                IpAddr::from([k.addr[0], k.addr[1], k.addr[2], k.addr[3]])
+            } else {
+                IpAddr::from(k.addr)
+            });
+        }
+        Ok(out)
     }
 
     /// The loaded program (for [`crate::testrun`]).

@@ -22,6 +22,7 @@ fn sizes_and_constants_match_the_c_header() {
         ("nat_fwd", size_of::<NatFwd>()),
         ("nat_rev", size_of::<NatRev>()),
         ("gue_sc", size_of::<GueSc>()),
+        ("sc_addr", size_of::<ScAddr>()),
     ];
     let mut found = 0;
     for line in h.lines() {

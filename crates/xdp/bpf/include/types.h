@@ -66,6 +66,13 @@ struct gue_sc {
 };
 _Static_assert(sizeof(struct gue_sc) == 24, "gue_sc");
 
+/* decap.c `sc_unresolved` key: a secondary without a neighbour entry yet */
+struct sc_addr {
+	__u8 addr[16];     /* IPv4 in the first 4 bytes */
+	__u32 family;      /* 4 or 6 */
+};
+_Static_assert(sizeof(struct sc_addr) == 20, "sc_addr");
+
 /* backend.flags */
 #define FX_BACKEND_ALIVE 1
 
