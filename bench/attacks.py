@@ -577,12 +577,13 @@ def render(args, results: dict, names: list[str]) -> str:
            f"2-core machine (shared with other work; figures are indicative). "
            f"{vers['haproxy']}; {vers['nginx']}; Fulcrum release build, `--workers 1`.",
            "",
-           "Bystander: HTTP/1.1 GETs on new connections to the same proxy process, 100/s, "
-           "2 s timeout. CPU: the proxy's utime+stime during the attack "
+           "Bystander: HTTP/1.1 GETs on new connections to the same proxy process, one after "
+           "the other, at most 100/s, 2 s timeout; ok % (requests sent: fewer when each took "
+           "longer) and p99. CPU: the proxy's utime+stime during the attack "
            f"({args.duration} s). RSS: peak growth during the attack. Closed: attacking "
            "connections the proxy ended / opened.", ""]
     head = "| attack | " + " | ".join(
-        f"{LABEL[n]} ok % | p99 ms | CPU s | RSS +MiB | closed" for n in names) + " |"
+        f"{LABEL[n]} ok % (n) | p99 ms | CPU s | RSS +MiB | closed" for n in names) + " |"
     out += [head, "|" + " --- |" * (1 + 5 * len(names))]
     for attack in ATTACKS:
         if attack not in results.get(names[0], {}):
@@ -593,7 +594,7 @@ def render(args, results: dict, names: list[str]) -> str:
             if r is None:
                 row += ["-"] * 5
                 continue
-            row += [f"{r['success']:.1f}", f"{r['p99_ms']:.1f}", f"{r['cpu_s']:.2f}",
+            row += [f"{r['success']:.1f} ({r['requests']})", f"{r['p99_ms']:.1f}", f"{r['cpu_s']:.2f}",
                     f"{r['rss_grow_mb']:.1f}",
                     f"{r['attack_closed']}/{r['attack_conns']}" if attack != "baseline" else "-"]
         out.append("| " + " | ".join(row) + " |")
