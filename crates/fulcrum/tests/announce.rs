@@ -156,20 +156,28 @@ async fn bird_protocol_follows_backends_drain_and_sigterm() {
     let (admin, listen) = (free_addr(), free_addr());
     let health = "[pool.health]\ncheck = \"tcp\"\ninterval = \"100ms\"\ntimeout = \"50ms\"\nrise = 1\nfall = 1\n";
     let cfg = format!(
-        "{}{}{}\n[announce]\nspeaker = \"bird\"\nsocket = \"{}\"\nwithdraw_grace = \"2s\"\n",
+        "{}{}{}\n[announce]\nspeaker = \"bird\"\nsocket = \"{}\"\nwithdraw_grace = \"2s\"\nannounce_delay = \"1500ms\"\n",
         admin_toml(admin),
         service_toml("web", listen, "tcp", "p", ""),
         pool_toml("p", "rr", health, &[(backend.addr, 1)]),
         bird.socket.display()
     );
+    let started = Instant::now();
     let mut f = Fulcrum::start("announce-bird", admin, &cfg, &["--workers", "1"]).await;
     let limit = Duration::from_secs(5);
+    let delay = Duration::from_millis(1500);
 
-    // A backend up: announced (the protocol enabled, its route in bird's table).
+    // A backend up: announced (the protocol enabled, its route in bird's table), once
+    // health has held still for announce_delay.
     assert!(
         bird.wait_route(VIP, "fulcrum_web", true, limit).await,
         "not announced; stderr:\n{}",
         f.stderr_tail(20)
+    );
+    assert!(
+        started.elapsed() >= delay,
+        "announced {:?} after start, before announce_delay",
+        started.elapsed()
     );
     assert_eq!(
         f.metric("fulcrum_vip_announced", &[("service", "web")])
@@ -203,8 +211,16 @@ async fn bird_protocol_follows_backends_drain_and_sigterm() {
         })
         .await
     );
+    // Back: announced again only after announce_delay (the health check sees it within
+    // 100 ms); withdrawal above was immediate.
+    let back = Instant::now();
     backend.restart().await;
     assert!(bird.wait_route(VIP, "fulcrum_web", true, limit).await);
+    assert!(
+        back.elapsed() >= delay,
+        "announced again {:?} after the backend came back, before announce_delay",
+        back.elapsed()
+    );
 
     // Instance drain: withdrawn, /readyz 503, and the service still serves.
     let out = ctl(admin, &["instance", "drain"]);

@@ -17,6 +17,8 @@ pub const BIRD_SOCKET: &str = "/run/bird/bird.ctl";
 pub const PROTOCOL_PREFIX: &str = "fulcrum_";
 /// `[announce] withdraw_grace` when absent.
 pub const WITHDRAW_GRACE: Duration = Duration::from_secs(2);
+/// `[announce] announce_delay` when absent.
+pub const ANNOUNCE_DELAY: Duration = Duration::from_secs(2);
 
 /// `[announce]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +27,9 @@ pub struct AnnounceConfig {
     pub speaker: Speaker,
     /// On SIGTERM: withdraw, wait this long (routers move new flows elsewhere), then drain.
     pub withdraw_grace: Duration,
+    /// Before a VIP is announced (at start, and again after it was withdrawn), its
+    /// service's health must have held still this long (see `should_announce`).
+    pub announce_delay: Duration,
 }
 
 /// The BGP speaker and its options.
@@ -146,26 +151,45 @@ pub(super) fn validate(
         }
         d.get_ref().0
     });
+    let announce_delay = a.announce_delay.as_ref().map_or(ANNOUNCE_DELAY, |d| {
+        let range = &super::limits::ANNOUNCE_DELAY;
+        if !range.contains(&d.get_ref().0) {
+            err(
+                d.span(),
+                format!(
+                    "announce_delay {} is out of range",
+                    humantime::format_duration(d.get_ref().0)
+                ),
+                &format!(
+                    "valid: {} (0: announce once health has settled)",
+                    super::limits::show(range)
+                ),
+            );
+        }
+        d.get_ref().0
+    });
     AnnounceConfig {
         speaker,
         withdraw_grace,
+        announce_delay,
     }
 }
 
 /// `fulcrum check`'s line for `[announce]`.
 pub(super) fn summary_line(a: &AnnounceConfig) -> String {
     let grace = humantime::format_duration(a.withdraw_grace);
+    let delay = humantime::format_duration(a.announce_delay);
     match &a.speaker {
         Speaker::Bird {
             socket,
             protocol_prefix,
         } => format!(
-            "announce: bird at {} (protocols {protocol_prefix}SERVICE), withdraw_grace {grace}",
+            "announce: bird at {} (protocols {protocol_prefix}SERVICE), withdraw_grace {grace}, announce_delay {delay}",
             socket.display()
         ),
         Speaker::Exabgp => {
             format!(
-                "announce: exabgp (its process: fulcrum announce -c FILE), withdraw_grace {grace}"
+                "announce: exabgp (its process: fulcrum announce -c FILE), withdraw_grace {grace}, announce_delay {delay}"
             )
         }
     }
@@ -202,6 +226,12 @@ pub(super) fn emit(a: &AnnounceConfig) -> Table {
             Value::String(humantime::format_duration(a.withdraw_grace).to_string()),
         );
     }
+    if a.announce_delay != ANNOUNCE_DELAY {
+        t.insert(
+            "announce_delay".into(),
+            Value::String(humantime::format_duration(a.announce_delay).to_string()),
+        );
+    }
     t
 }
 
@@ -235,6 +265,7 @@ address = "127.0.0.1:9001"
             }
         );
         assert_eq!(a.withdraw_grace, Duration::from_secs(2));
+        assert_eq!(a.announce_delay, Duration::from_secs(2));
         assert_eq!(a.bird_protocol("web").as_deref(), Some("fulcrum_web"));
         assert_eq!(parse(&c.to_toml()).unwrap(), c);
         assert!(
@@ -246,12 +277,13 @@ address = "127.0.0.1:9001"
         );
 
         let c = parse(&format!(
-            "{BASE}\n[announce]\nspeaker = \"bird\"\nsocket = \"/tmp/b.ctl\"\nprotocol_prefix = \"lb_\"\nwithdraw_grace = \"500ms\"\n"
+            "{BASE}\n[announce]\nspeaker = \"bird\"\nsocket = \"/tmp/b.ctl\"\nprotocol_prefix = \"lb_\"\nwithdraw_grace = \"500ms\"\nannounce_delay = \"0s\"\n"
         ))
         .unwrap();
         let a = c.announce.clone().unwrap();
         assert_eq!(a.bird_protocol("web").as_deref(), Some("lb_web"));
         assert_eq!(a.withdraw_grace, Duration::from_millis(500));
+        assert_eq!(a.announce_delay, Duration::ZERO);
         assert_eq!(parse(&c.to_toml()).unwrap(), c);
     }
 
@@ -298,6 +330,13 @@ address = "127.0.0.1:9001"
         ));
         assert!(
             e.contains("withdraw_grace 2h is out of range") && e.contains("0s..=1h"),
+            "{e}"
+        );
+        let e = first_error(&format!(
+            "{BASE}\n[announce]\nspeaker = \"bird\"\nannounce_delay = \"61min\"\n"
+        ));
+        assert!(
+            e.contains("announce_delay 1h 1m is out of range") && e.contains("0s..=1h"),
             "{e}"
         );
         let dashed = BASE.replace("name = \"web\"", "name = \"web-1\"");

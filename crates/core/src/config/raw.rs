@@ -268,4 +268,6 @@ pub struct RawAnnounce {
     pub protocol_prefix: Option<Spanned<String>>,
     /// How long SIGTERM waits between withdrawing and draining.
     pub withdraw_grace: Option<Spanned<HumanDuration>>,
+    /// How long a service's health must hold still before its VIP is (re-)announced.
+    pub announce_delay: Option<Spanned<HumanDuration>>,
 }
