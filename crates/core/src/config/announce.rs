@@ -30,6 +30,9 @@ pub struct AnnounceConfig {
     /// Before a VIP is announced (at start, and again after it was withdrawn), its
     /// service's health must have held still this long (see `should_announce`).
     pub announce_delay: Duration,
+    /// A TUN device the instance creates at start; the kernel deletes it when the process
+    /// ends (however it ends), so a bird static route `via "NAME"` disappears with it.
+    pub liveness_interface: Option<String>,
 }
 
 /// The BGP speaker and its options.
@@ -137,42 +140,74 @@ pub(super) fn validate(
             Speaker::Exabgp
         }
     };
-    let withdraw_grace = a.withdraw_grace.as_ref().map_or(WITHDRAW_GRACE, |d| {
-        let range = &super::limits::WITHDRAW_GRACE;
-        if !range.contains(&d.get_ref().0) {
-            err(
-                d.span(),
-                format!(
-                    "withdraw_grace {} is out of range",
-                    humantime::format_duration(d.get_ref().0)
-                ),
-                &format!("valid: {} (0: drain at once)", super::limits::show(range)),
-            );
+    let withdraw_grace = duration_key(
+        errs,
+        a.withdraw_grace.as_ref(),
+        ("withdraw_grace", "drain at once"),
+        WITHDRAW_GRACE,
+        &super::limits::WITHDRAW_GRACE,
+    );
+    let announce_delay = duration_key(
+        errs,
+        a.announce_delay.as_ref(),
+        ("announce_delay", "announce once health has settled"),
+        ANNOUNCE_DELAY,
+        &super::limits::ANNOUNCE_DELAY,
+    );
+    let liveness_interface = a.liveness_interface.as_ref().map(|n| {
+        if !is_interface_name(n.get_ref()) {
+            errs.push(ConfigError {
+                message: format!("invalid liveness_interface \"{}\"", n.get_ref()),
+                help: Some("a network interface name that does not exist yet: 1 to 15 characters among letters, digits, '_', '-' and '.', e.g. \"fulcrum0\"".to_owned()),
+                span: Some(n.span()),
+            });
         }
-        d.get_ref().0
-    });
-    let announce_delay = a.announce_delay.as_ref().map_or(ANNOUNCE_DELAY, |d| {
-        let range = &super::limits::ANNOUNCE_DELAY;
-        if !range.contains(&d.get_ref().0) {
-            err(
-                d.span(),
-                format!(
-                    "announce_delay {} is out of range",
-                    humantime::format_duration(d.get_ref().0)
-                ),
-                &format!(
-                    "valid: {} (0: announce once health has settled)",
-                    super::limits::show(range)
-                ),
-            );
-        }
-        d.get_ref().0
+        n.get_ref().clone()
     });
     AnnounceConfig {
         speaker,
         withdraw_grace,
         announce_delay,
+        liveness_interface,
     }
+}
+
+/// A duration key of `[announce]`: its value (or `default`), an error when out of `range`.
+/// `key` is its name and what 0 means.
+fn duration_key(
+    errs: &mut Vec<ConfigError>,
+    v: Option<&Spanned<super::value::HumanDuration>>,
+    key: (&str, &str),
+    default: Duration,
+    range: &std::ops::RangeInclusive<Duration>,
+) -> Duration {
+    v.map_or(default, |d| {
+        if !range.contains(&d.get_ref().0) {
+            errs.push(ConfigError {
+                message: format!(
+                    "{} {} is out of range",
+                    key.0,
+                    humantime::format_duration(d.get_ref().0)
+                ),
+                help: Some(format!(
+                    "valid: {} (0: {})",
+                    super::limits::show(range),
+                    key.1
+                )),
+                span: Some(d.span()),
+            });
+        }
+        d.get_ref().0
+    })
+}
+/// Whether `s` can name a Linux network interface: 1 to 15 bytes of letters, digits, `_`,
+/// `-` and `.`, not `.` or `..`.
+pub fn is_interface_name(s: &str) -> bool {
+    (1..=15).contains(&s.len())
+        && s != "."
+        && s != ".."
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
 /// `fulcrum check`'s line for `[announce]`.
@@ -226,6 +261,9 @@ pub(super) fn emit(a: &AnnounceConfig) -> Table {
             Value::String(humantime::format_duration(a.withdraw_grace).to_string()),
         );
     }
+    if let Some(n) = &a.liveness_interface {
+        t.insert("liveness_interface".into(), Value::String(n.clone()));
+    }
     if a.announce_delay != ANNOUNCE_DELAY {
         t.insert(
             "announce_delay".into(),
@@ -277,13 +315,14 @@ address = "127.0.0.1:9001"
         );
 
         let c = parse(&format!(
-            "{BASE}\n[announce]\nspeaker = \"bird\"\nsocket = \"/tmp/b.ctl\"\nprotocol_prefix = \"lb_\"\nwithdraw_grace = \"500ms\"\nannounce_delay = \"0s\"\n"
+            "{BASE}\n[announce]\nspeaker = \"bird\"\nsocket = \"/tmp/b.ctl\"\nprotocol_prefix = \"lb_\"\nwithdraw_grace = \"500ms\"\nannounce_delay = \"0s\"\nliveness_interface = \"fulcrum0\"\n"
         ))
         .unwrap();
         let a = c.announce.clone().unwrap();
         assert_eq!(a.bird_protocol("web").as_deref(), Some("lb_web"));
         assert_eq!(a.withdraw_grace, Duration::from_millis(500));
         assert_eq!(a.announce_delay, Duration::ZERO);
+        assert_eq!(a.liveness_interface.as_deref(), Some("fulcrum0"));
         assert_eq!(parse(&c.to_toml()).unwrap(), c);
     }
 
@@ -339,6 +378,12 @@ address = "127.0.0.1:9001"
             e.contains("announce_delay 1h 1m is out of range") && e.contains("0s..=1h"),
             "{e}"
         );
+        for bad in ["", "a/b", "sixteen_chars_xx", "..", "a b"] {
+            let e = first_error(&format!(
+                "{BASE}\n[announce]\nspeaker = \"bird\"\nliveness_interface = \"{bad}\"\n"
+            ));
+            assert!(e.contains("invalid liveness_interface"), "{bad:?}: {e}");
+        }
         let dashed = BASE.replace("name = \"web\"", "name = \"web-1\"");
         let errs = parse_all(&format!("{dashed}\n[announce]\nspeaker = \"bird\"\n")).unwrap_err();
         assert!(

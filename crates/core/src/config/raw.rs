@@ -270,4 +270,6 @@ pub struct RawAnnounce {
     pub withdraw_grace: Option<Spanned<HumanDuration>>,
     /// How long a service's health must hold still before its VIP is (re-)announced.
     pub announce_delay: Option<Spanned<HumanDuration>>,
+    /// A network interface that exists exactly while this process runs (a TUN device).
+    pub liveness_interface: Option<Spanned<String>>,
 }
