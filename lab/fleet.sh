@@ -33,7 +33,8 @@
 # FULCRUM (the fulcrum binary: target/debug/fulcrum, else on the PATH); FLEET_SPEAKER
 # (fulcrum: each instance drives its bird through [announce], withdraws on SIGTERM before
 # draining, and `announce N off|on` is `fulcrum ctl instance drain|undrain`; lab: the lab
-# enables and disables bird's protocols itself with birdc); FLEET_SERVE (python: `python3 -m http.server 80` on each
+# enables and disables bird's protocols itself with birdc); FLEET_ANNOUNCE_DELAY (2s: the
+# instances' [announce] announce_delay); FLEET_SERVE (python: `python3 -m http.server 80` on each
 # backend, answering its name at /; none: bring your own); FLEET_KEEP (down keeps DIR).
 set -euo pipefail
 
@@ -145,6 +146,7 @@ speaker = "bird"
 socket = "$DIR/i$n.bird.ctl"
 protocol_prefix = "fulcrum_"
 withdraw_grace = "2s"
+announce_delay = "${FLEET_ANNOUNCE_DELAY:-2s}"
 CONF
   fi
   cat <<CONF
