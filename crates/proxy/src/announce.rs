@@ -151,9 +151,12 @@ pub fn desired(shared: &Shared) -> Vec<VipStatus> {
     let xdp_applied = shared.announce.xdp_applied(snap.generation);
     let delay = shared.announce.delay();
     let now = shared.now();
-    let Ok(mut holds) = shared.announce.holds.lock() else {
-        return Vec::new();
-    };
+    // a panic elsewhere while holding it leaves a map that is still whole
+    let mut holds = shared
+        .announce
+        .holds
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     holds.retain(|name, _| snap.services.iter().any(|s| &s.name == name));
     snap.services
         .iter()
