@@ -61,6 +61,9 @@ pub const HTTP_TIMEOUT: RangeInclusive<Duration> = MS..=DAY;
 /// `[announce] withdraw_grace` (0: withdraw and drain at once).
 pub const WITHDRAW_GRACE: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_secs(3600);
 
+/// `[announce] announce_delay` (0: announce as soon as health has settled).
+pub const ANNOUNCE_DELAY: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_secs(3600);
+
 /// A range as the error help writes it, e.g. `1ms..=1day`.
 pub fn show(r: &RangeInclusive<Duration>) -> String {
     format!(

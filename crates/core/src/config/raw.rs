@@ -284,4 +284,8 @@ pub struct RawAnnounce {
     pub protocol_prefix: Option<Spanned<String>>,
     /// How long SIGTERM waits between withdrawing and draining.
     pub withdraw_grace: Option<Spanned<HumanDuration>>,
+    /// How long a service's health must hold still before its VIP is (re-)announced.
+    pub announce_delay: Option<Spanned<HumanDuration>>,
+    /// A network interface that exists exactly while this process runs (a TUN device).
+    pub liveness_interface: Option<Spanned<String>>,
 }
