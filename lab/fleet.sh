@@ -15,13 +15,14 @@
 #                              every instance in FLEET_INSTANCES (fulcrum + bird, announced)
 #   lab/fleet.sh down          stop every daemon it started (by the pid it recorded), delete
 #                              the namespaces and the directory
-#   lab/fleet.sh start N       start instance N (fulcrum, then its bird; announced when ready)
+#   lab/fleet.sh start N       start instance N (fulcrum and its bird); returns once announced
 #   lab/fleet.sh kill N        SIGKILL instance N's fulcrum and bird
 #   lab/fleet.sh stop N        SIGTERM instance N (it withdraws its VIPs, waits 2 s, drains),
 #                              then stop its bird
 #   lab/fleet.sh announce N on|off   `fulcrum ctl instance undrain|drain` on instance N
 #   lab/fleet.sh routes        the router's routes to the VIPs
-#   lab/fleet.sh ready N       exit 0 when instance N has seen every backend up for 2 s
+#   lab/fleet.sh ready N       exit 0 when instance N announces every VIP (FLEET_SPEAKER=lab:
+#                              when it has seen every backend up for 2 s)
 #   lab/fleet.sh cut N | uncut N   nft at the switch drops every frame from and to instance N
 #   lab/fleet.sh withdraw-time N   cut N off, print how long until the router withdrew it, uncut
 # Environment (defaults): FLEET_PREFIX (fl) names the namespaces PREFIX-c, PREFIX-r, ...;
@@ -32,7 +33,8 @@
 # FULCRUM (the fulcrum binary: target/debug/fulcrum, else on the PATH); FLEET_SPEAKER
 # (fulcrum: each instance drives its bird through [announce], withdraws on SIGTERM before
 # draining, and `announce N off|on` is `fulcrum ctl instance drain|undrain`; lab: the lab
-# enables and disables bird's protocols itself with birdc); FLEET_SERVE (python: `python3 -m http.server 80` on each
+# enables and disables bird's protocols itself with birdc); FLEET_ANNOUNCE_DELAY (2s: the
+# instances' [announce] announce_delay); FLEET_SERVE (python: `python3 -m http.server 80` on each
 # backend, answering its name at /; none: bring your own); FLEET_KEEP (down keeps DIR).
 set -euo pipefail
 
@@ -144,6 +146,7 @@ speaker = "bird"
 socket = "$DIR/i$n.bird.ctl"
 protocol_prefix = "fulcrum_"
 withdraw_grace = "2s"
+announce_delay = "${FLEET_ANNOUNCE_DELAY:-2s}"
 CONF
   fi
   cat <<CONF
@@ -308,12 +311,18 @@ backends_all_up() {
   ! grep -qv ' 1$' <<<"$m"
 }
 
-# Every backend up, and still so for 2 s: the XDP maps follow the controller's snapshot
-# (polled every 100 ms, but a table change also reads every CPU's conntrack: ~150 ms per
-# service on an idle 2-CPU machine, seconds on a loaded one). Announcing before they do
-# sends flows to an instance whose table still lacks a backend: it re-decides their
-# conntrack entries onto other backends (resets).
+# Whether instance N announces (or, FLEET_SPEAKER=lab, may announce) every VIP.
+# fulcrum: Fulcrum's own decision (GET /api/v1/announce): it holds a VIP back until its
+# XDP maps hold the current backends and health has settled for [announce]
+# announce_delay (docs/fleet.md, "Joining"). lab: nobody holds it back but this: every
+# backend up, and still so for 2 s (the XDP maps follow the controller with a delay).
 ready() {
+  if [ "$SPEAKER" = fulcrum ]; then
+    local a
+    a=$(inn "i$1" curl -s -m 1 http://127.0.0.1:9090/api/v1/announce 2>/dev/null) || return 1
+    grep -q '"announce":true' <<<"$a" && ! grep -q '"announce":false' <<<"$a"
+    return
+  fi
   local i
   for i in 1 2 3 4 5; do
     backends_all_up "$1" || return 1
@@ -329,17 +338,20 @@ cmd_start() { # N
   rm -f "$DIR/i$n.bird.ctl" "$DIR/i$n.bird.pid"
   ip netns exec "$(ns "i$n")" "$FULCRUM" run -c "$DIR/i$n.toml" --workers 1 >"$DIR/i$n.log" 2>&1 &
   echo $! >"$DIR/i$n.fulcrum.pid"
-  # bird (and so the announcement) only once every backend is up: Fulcrum announces a VIP
-  # as soon as one backend is up, and an instance that sees fewer backends up than the
-  # others chooses other backends for the flows it takes over. (Fulcrum finds bird's
-  # socket within a second.)
-  for _ in $(seq 150); do
+  # fulcrum: bird at once (Fulcrum enables its protocols when it decides to announce);
+  # lab: the lab announces itself, so bird only once every backend is up
+  [ "$SPEAKER" = fulcrum ] && bird_start "i$n" "i$n" "$DIR/i$n.bird.conf"
+  # returns once the instance announces (or may): the static router's tests add its next
+  # hop then
+  for _ in $(seq 200); do
     ready "$n" && break
     sleep 0.1
   done
-  ready "$n" || die "instance $n: not every backend up after 15 s (see $DIR/i$n.log)"
-  bird_start "i$n" "i$n" "$DIR/i$n.bird.conf"
-  [ "$SPEAKER" = lab ] && cmd_announce "$n" on
+  ready "$n" || die "instance $n: not ready after 20 s (see $DIR/i$n.log)"
+  if [ "$SPEAKER" = lab ]; then
+    bird_start "i$n" "i$n" "$DIR/i$n.bird.conf"
+    cmd_announce "$n" on
+  fi
   return 0
 }
 

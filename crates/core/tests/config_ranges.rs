@@ -134,6 +134,48 @@ fn counts_are_bounded() {
     assert!(err(&rl).contains("valid: 1..=10000000"));
 }
 
+#[test]
+fn http2_limits_are_bounded_and_saved() {
+    let http = "[[service]]\nname = \"s\"\nlisten = \"127.0.0.1:8080\"\nprotocol = \"http\"\npool = \"p\"\n";
+    for (key, max) in [
+        ("max_concurrent_streams", limits::H2_MAX_CONCURRENT_STREAMS),
+        ("max_header_list_size", limits::H2_MAX_HEADER_LIST_SIZE),
+        ("max_resets_per_second", limits::H2_FRAMES_PER_SECOND),
+        (
+            "max_control_frames_per_second",
+            limits::H2_FRAMES_PER_SECOND,
+        ),
+    ] {
+        for (v, ok) in [(0, false), (1, true), (max, true), (max + 1, false)] {
+            let text = format!("{http}[service.http2]\n{key} = {v}\n{POOL}");
+            if ok {
+                let c = parse(&text);
+                let h = c.services[0].http2.expect("[service.http2]");
+                let got = match key {
+                    "max_concurrent_streams" => h.max_concurrent_streams,
+                    "max_header_list_size" => h.max_header_list_size,
+                    "max_resets_per_second" => h.max_resets_per_second,
+                    _ => h.max_control_frames_per_second,
+                };
+                assert_eq!(got, v, "{key}");
+                round_trip(&c);
+            } else {
+                assert!(
+                    err(&text).contains(&format!("valid: 1..={max}")),
+                    "{key} = {v}: {}",
+                    err(&text)
+                );
+            }
+        }
+    }
+    let tcp_http2 = tcp("[service.http2]\nmax_concurrent_streams = 10\n");
+    assert!(
+        err(&tcp_http2).contains("[service.http2]"),
+        "{}",
+        err(&tcp_http2)
+    );
+}
+
 /// Every duration key, as `(table text before, key, the key's range)`.
 fn duration_keys() -> Vec<(String, &'static str, std::ops::RangeInclusive<Duration>)> {
     let svc = "[[service]]\nname = \"s\"\nlisten = \"127.0.0.1:8080\"\nprotocol = \"http\"\npool = \"p\"\n";

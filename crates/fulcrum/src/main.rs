@@ -18,6 +18,7 @@ mod ctl;
 mod decap;
 mod demo;
 mod files;
+mod liveness;
 mod run;
 mod speaker;
 

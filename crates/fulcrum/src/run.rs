@@ -178,6 +178,20 @@ pub(crate) async fn serve(
         None => None,
     };
     shared.announce.set_xdp_attached(xdp.is_some());
+    // `[announce] liveness_interface`: lives (and so the bird routes via it) as long as
+    // this process.
+    let _liveness = match announce_cfg
+        .as_ref()
+        .and_then(|a| a.liveness_interface.as_deref())
+        .map(crate::liveness::create)
+        .transpose()
+    {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            return Ok(1);
+        }
+    };
     // VIP announcement through the BGP speaker (`[announce]`), off the data path.
     let speaker = announce_cfg
         .as_ref()

@@ -31,6 +31,7 @@ use common::{
 };
 
 const BIRD_SNIPPET: &str = include_str!("../../../examples/announce/bird.conf");
+const LIVENESS_SNIPPET: &str = include_str!("../../../examples/announce/bird-liveness.conf");
 const EXABGP_SNIPPET: &str = include_str!("../../../examples/announce/exabgp.conf");
 const FLEET_DOC: &str = include_str!("../../../docs/fleet.md");
 
@@ -135,7 +136,11 @@ const VIP: &str = "198.18.0.10/32";
 
 #[test]
 fn fleet_doc_holds_the_tested_snippets() {
-    for (name, snippet) in [("bird", BIRD_SNIPPET), ("exabgp", EXABGP_SNIPPET)] {
+    for (name, snippet) in [
+        ("bird", BIRD_SNIPPET),
+        ("bird-liveness", LIVENESS_SNIPPET),
+        ("exabgp", EXABGP_SNIPPET),
+    ] {
         assert!(
             FLEET_DOC.contains(snippet.trim_end()),
             "docs/fleet.md must hold examples/announce/{name}.conf verbatim"
@@ -156,20 +161,28 @@ async fn bird_protocol_follows_backends_drain_and_sigterm() {
     let (admin, listen) = (free_addr(), free_addr());
     let health = "[pool.health]\ncheck = \"tcp\"\ninterval = \"100ms\"\ntimeout = \"50ms\"\nrise = 1\nfall = 1\n";
     let cfg = format!(
-        "{}{}{}\n[announce]\nspeaker = \"bird\"\nsocket = \"{}\"\nwithdraw_grace = \"2s\"\n",
+        "{}{}{}\n[announce]\nspeaker = \"bird\"\nsocket = \"{}\"\nwithdraw_grace = \"2s\"\nannounce_delay = \"1500ms\"\n",
         admin_toml(admin),
         service_toml("web", listen, "tcp", "p", ""),
         pool_toml("p", "rr", health, &[(backend.addr, 1)]),
         bird.socket.display()
     );
+    let started = Instant::now();
     let mut f = Fulcrum::start("announce-bird", admin, &cfg, &["--workers", "1"]).await;
     let limit = Duration::from_secs(5);
+    let delay = Duration::from_millis(1500);
 
-    // A backend up: announced (the protocol enabled, its route in bird's table).
+    // A backend up: announced (the protocol enabled, its route in bird's table), once
+    // health has held still for announce_delay.
     assert!(
         bird.wait_route(VIP, "fulcrum_web", true, limit).await,
         "not announced; stderr:\n{}",
         f.stderr_tail(20)
+    );
+    assert!(
+        started.elapsed() >= delay,
+        "announced {:?} after start, before announce_delay",
+        started.elapsed()
     );
     assert_eq!(
         f.metric("fulcrum_vip_announced", &[("service", "web")])
@@ -203,8 +216,16 @@ async fn bird_protocol_follows_backends_drain_and_sigterm() {
         })
         .await
     );
+    // Back: announced again only after announce_delay (the health check sees it within
+    // 100 ms); withdrawal above was immediate.
+    let back = Instant::now();
     backend.restart().await;
     assert!(bird.wait_route(VIP, "fulcrum_web", true, limit).await);
+    assert!(
+        back.elapsed() >= delay,
+        "announced again {:?} after the backend came back, before announce_delay",
+        back.elapsed()
+    );
 
     // Instance drain: withdrawn, /readyz 503, and the service still serves.
     let out = ctl(admin, &["instance", "drain"]);
@@ -259,6 +280,88 @@ async fn bird_protocol_follows_backends_drain_and_sigterm() {
         term.elapsed()
     );
     f.assert_no_panic();
+    drop(bird);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `[announce] liveness_interface`: the TUN device lives exactly as long as the process, so
+/// a bird static route `via` it goes away when Fulcrum is killed (SIGKILL), with no Fulcrum code
+/// running (and no ExecStopPost): the snippet of docs/fleet.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bird_route_via_the_liveness_interface_dies_with_fulcrum() {
+    if !require("bird", "bird2") {
+        return;
+    }
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+    if !root {
+        assert!(
+            std::env::var("FULCRUM_REQUIRE_ALL").as_deref() != Ok("1"),
+            "root is required to create a TUN device (FULCRUM_REQUIRE_ALL=1)"
+        );
+        eprintln!("SKIPPED: not root (a TUN device needs CAP_NET_ADMIN)");
+        return;
+    }
+    let ifname = format!("flv{}", std::process::id() % 100_000);
+    let dir = temp_dir("announce-liveness");
+    let conf = format!(
+        "router id 198.18.0.3;\n\n{}",
+        LIVENESS_SNIPPET.replace("\"fulcrum0\"", &format!("\"{ifname}\""))
+    );
+    let bird = Bird::start(&dir, &conf);
+    let backend = TcpBackend::start(Behaviour::Echo).await;
+    let (admin, listen) = (free_addr(), free_addr());
+    let cfg = format!(
+        "{}{}{}\n[announce]\nspeaker = \"bird\"\nsocket = \"{}\"\nannounce_delay = \"0s\"\nliveness_interface = \"{ifname}\"\n",
+        admin_toml(admin),
+        service_toml("web", listen, "tcp", "p", ""),
+        pool_toml("p", "rr", "", &[(backend.addr, 1)]),
+        bird.socket.display()
+    );
+    let mut f = Fulcrum::start("announce-liveness", admin, &cfg, &["--workers", "1"]).await;
+    assert!(
+        bird.wait_route(VIP, "fulcrum_web", true, Duration::from_secs(5))
+            .await,
+        "not announced via {ifname}; stderr:\n{}\nbird: {}",
+        f.stderr_tail(20),
+        bird.birdc("show route all")
+    );
+    // A second instance cannot take the device while the first holds it.
+    let (admin2, listen2) = (free_addr(), free_addr());
+    let cfg2 = cfg
+        .replace(&admin.to_string(), &admin2.to_string())
+        .replace(&listen.to_string(), &listen2.to_string());
+    let cfg2_path = dir.join("second.toml");
+    std::fs::write(&cfg2_path, cfg2).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_fulcrum"))
+        .args(["run", "-c"])
+        .arg(&cfg2_path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot create TUN device"), "{err}");
+
+    // SIGKILL: nothing of Fulcrum runs, bird still has the protocol enabled, and the route
+    // goes away because the kernel deleted the device.
+    f.signal("KILL");
+    assert!(
+        bird.wait_route(VIP, "fulcrum_web", false, Duration::from_secs(2))
+            .await,
+        "still announced after SIGKILL"
+    );
+    assert!(
+        bird.birdc("show protocols fulcrum_web").contains(" up "),
+        "the protocol stays enabled: only the device went"
+    );
+    let link = Command::new("ip")
+        .args(["link", "show", &ifname])
+        .output()
+        .unwrap();
+    assert!(!link.status.success(), "{ifname} is gone with the process");
+    let _ = f.wait_exit(Duration::from_secs(5)).await;
     drop(bird);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -12,6 +12,7 @@
 mod accesslog;
 mod h1;
 mod h2;
+mod h2guard;
 mod headers;
 mod metrics;
 mod park;

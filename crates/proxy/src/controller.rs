@@ -260,6 +260,9 @@ impl Controller {
                     t.health = new_health(pool);
                     t.settings = settings;
                 }
+                t.stats
+                    .settled
+                    .store(t.health.active().is_settled(), Ordering::Release);
                 let same = match (&t.checker, &pool.health) {
                     (Some((old, _)), Some(h)) => old == h,
                     (None, None) => true,
@@ -554,7 +557,13 @@ impl Controller {
                 let t = self
                     .backends
                     .get_mut(&(pool.clone(), backend))
-                    .and_then(|t| t.health.record_check(ok));
+                    .and_then(|t| {
+                        let tr = t.health.record_check(ok);
+                        t.stats
+                            .settled
+                            .store(t.health.active().is_settled(), Ordering::Release);
+                        tr
+                    });
                 (pool, backend, t)
             }
             Event::Passive { pool, backend, ok } => {
@@ -811,7 +820,7 @@ fn table_moved(old: &PoolRt, new: &PoolRt) -> Option<f64> {
 /// Health state machines for a new backend: up at start (as `HAProxy` does, so a fresh
 /// instance serves at once; the first active check runs within a tenth of an interval).
 fn new_health(pool: &PoolConfig) -> BackendHealth {
-    let active = pool.health.as_ref().map_or(ActiveHealth::new(1, 1), |h| {
+    let active = pool.health.as_ref().map_or(ActiveHealth::unchecked(), |h| {
         ActiveHealth::new(h.rise, h.fall)
     });
     let o = pool.outlier;

@@ -25,6 +25,12 @@ pub const HEALTH_RISE_FALL: u32 = 1_000;
 pub const OUTLIER_FAILURES: u32 = 1_000_000;
 /// `[service.rate_limit] requests_per_second` and `burst`.
 pub const RATE_LIMIT: u32 = 10_000_000;
+/// `[service.http2] max_concurrent_streams`.
+pub const H2_MAX_CONCURRENT_STREAMS: u32 = 10_000;
+/// `[service.http2] max_header_list_size` (bytes; 16 MiB).
+pub const H2_MAX_HEADER_LIST_SIZE: u32 = 16 << 20;
+/// `[service.http2]` `max_resets_per_second`, `max_control_frames_per_second`.
+pub const H2_FRAMES_PER_SECOND: u32 = 1_000_000;
 /// `[[pool]] maglev_table_size` (a prime; see [`PrimeTableSize::MAX`]).
 pub const MAGLEV_TABLE_SIZE: RangeInclusive<u32> = 3..=PrimeTableSize::MAX;
 
@@ -54,6 +60,9 @@ pub const HTTP_TIMEOUT: RangeInclusive<Duration> = MS..=DAY;
 
 /// `[announce] withdraw_grace` (0: withdraw and drain at once).
 pub const WITHDRAW_GRACE: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_secs(3600);
+
+/// `[announce] announce_delay` (0: announce as soon as health has settled).
+pub const ANNOUNCE_DELAY: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_secs(3600);
 
 /// A range as the error help writes it, e.g. `1ms..=1day`.
 pub fn show(r: &RangeInclusive<Duration>) -> String {

@@ -75,6 +75,14 @@ pub mod defaults {
     pub const HTTP_REQUEST_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
     /// `[service.timeouts] tls_handshake`.
     pub const HTTP_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+    /// `[service.http2] max_concurrent_streams` (HAProxy's and the RFC's advice: 100).
+    pub const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
+    /// `[service.http2] max_header_list_size` (bytes).
+    pub const H2_MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
+    /// `[service.http2] max_resets_per_second`.
+    pub const H2_MAX_RESETS_PER_SECOND: u32 = 100;
+    /// `[service.http2] max_control_frames_per_second`.
+    pub const H2_MAX_CONTROL_FRAMES_PER_SECOND: u32 = 100;
     /// `[service.retry] attempts`.
     pub const HTTP_RETRY_ATTEMPTS: u8 = 2;
     /// `[service.retry] budget` (percent).
@@ -187,6 +195,8 @@ pub struct ServiceConfig {
     pub timeouts: Option<HttpTimeouts>,
     /// http: `[service.retry]` (`None`: absent, the defaults apply).
     pub retry: Option<RetryPolicy>,
+    /// http: `[service.http2]` (`None`: absent, the defaults apply).
+    pub http2: Option<Http2Limits>,
 }
 
 /// The forwarding mode and its mode-specific options (so no option can be set for a mode
@@ -330,6 +340,34 @@ impl Default for HttpTimeouts {
             response: defaults::HTTP_RESPONSE_TIMEOUT,
             request_header: defaults::HTTP_REQUEST_HEADER_TIMEOUT,
             tls_handshake: defaults::HTTP_TLS_HANDSHAKE_TIMEOUT,
+        }
+    }
+}
+
+/// `[service.http2]`: limits on each HTTP/2 client connection; every one is at least 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http2Limits {
+    /// Streams a client may have open at once (default 100); more are refused
+    /// (`REFUSED_STREAM`).
+    pub max_concurrent_streams: u32,
+    /// The largest decoded request header list, in bytes (default 64 KiB): larger gets
+    /// `431`, a header block that never ends (CONTINUATION flood) ends the connection.
+    pub max_header_list_size: u32,
+    /// `RST_STREAM` frames a client may send in a second (default 100); more close the
+    /// connection (rapid reset, CVE-2023-44487).
+    pub max_resets_per_second: u32,
+    /// `SETTINGS`, `PING` and `PRIORITY` frames a client may send in a second (default
+    /// 100); more close the connection (floods).
+    pub max_control_frames_per_second: u32,
+}
+
+impl Default for Http2Limits {
+    fn default() -> Self {
+        Self {
+            max_concurrent_streams: defaults::H2_MAX_CONCURRENT_STREAMS,
+            max_header_list_size: defaults::H2_MAX_HEADER_LIST_SIZE,
+            max_resets_per_second: defaults::H2_MAX_RESETS_PER_SECOND,
+            max_control_frames_per_second: defaults::H2_MAX_CONTROL_FRAMES_PER_SECOND,
         }
     }
 }

@@ -10,12 +10,12 @@ use serde_spanned::Spanned;
 use super::error::line_col;
 use super::limits;
 use super::raw::{RawConfig, RawHealth, RawPool, RawRoute, RawService};
-use super::value::{CheckKind, HumanDuration};
+use super::value::{CheckKind, Count, HumanDuration};
 use super::{
     defaults, AccessLog, AdminConfig, BackendProtocol, CertPair, Config, ConfigError, Discovery,
-    Forwarding, HealthCheck, HealthConfig, HostMatch, HttpTimeouts, LogTarget, OutlierConfig,
-    PoolConfig, RateLimit, RetryPolicy, Route, ServiceConfig, StatusRange, TlsConfig, TunnelKind,
-    XdpConfig,
+    Forwarding, HealthCheck, HealthConfig, HostMatch, Http2Limits, HttpTimeouts, LogTarget,
+    OutlierConfig, PoolConfig, RateLimit, RetryPolicy, Route, ServiceConfig, StatusRange,
+    TlsConfig, TunnelKind, XdpConfig,
 };
 use crate::model::{self, canonical_addr, Backend, ForwardMode, PrimeTableSize, ServiceProtocol};
 
@@ -553,6 +553,30 @@ fn service(c: &mut Checker<'_>, s: &RawService, defined: &[&str], has_xdp: bool)
         }
     });
 
+    let http2 = s.http2.as_ref().map(|h| {
+        http_only(c, h.span(), "[service.http2]");
+        let h = h.get_ref();
+        let get = |v: Option<u32>, default| v.unwrap_or(default);
+        Http2Limits {
+            max_concurrent_streams: get(
+                h.max_concurrent_streams.map(Count::get),
+                defaults::H2_MAX_CONCURRENT_STREAMS,
+            ),
+            max_header_list_size: get(
+                h.max_header_list_size.map(Count::get),
+                defaults::H2_MAX_HEADER_LIST_SIZE,
+            ),
+            max_resets_per_second: get(
+                h.max_resets_per_second.map(Count::get),
+                defaults::H2_MAX_RESETS_PER_SECOND,
+            ),
+            max_control_frames_per_second: get(
+                h.max_control_frames_per_second.map(Count::get),
+                defaults::H2_MAX_CONTROL_FRAMES_PER_SECOND,
+            ),
+        }
+    });
+
     ServiceConfig {
         name: name.clone(),
         listen: s.listen.get_ref().0,
@@ -586,6 +610,7 @@ fn service(c: &mut Checker<'_>, s: &RawService, defined: &[&str], has_xdp: bool)
         access_log,
         timeouts,
         retry,
+        http2,
     }
 }
 
