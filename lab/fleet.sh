@@ -8,7 +8,7 @@
 #   router  r   eth1 198.18.0.1/24 --+
 #   instances i1..i3  198.18.0.2-4 --+-- bridge br0 (namespace sw)
 #   backends  b1..b3  198.18.0.11-13 +
-#   VIPs: 198.19.0.10:80 (service `tun`, tunnel ipip), 198.19.0.11:80 (service `dsr`)
+#   VIPs: 198.19.0.10:80 (service `tun`, tunnel FLEET_TUNNEL), 198.19.0.11:80 (service `dsr`)
 #
 # Usage:
 #   lab/fleet.sh up            build it, start the router's bird, decap on the backends, and
@@ -25,6 +25,8 @@
 #                              when it has seen every backend up for 2 s)
 #   lab/fleet.sh cut N | uncut N   nft at the switch drops every frame from and to instance N
 #   lab/fleet.sh withdraw-time N   cut N off, print how long until the router withdrew it, uncut
+#   lab/fleet.sh pool "1 2 3"  the backends in the pool of every running instance (and of the
+#                              instances started later): rewrites their configs, SIGHUP
 # Environment (defaults): FLEET_PREFIX (fl) names the namespaces PREFIX-c, PREFIX-r, ...;
 # FLEET_DIR (/tmp/fulcrum-fleet-PREFIX) holds configs, logs, sockets and pid files;
 # FLEET_ROUTER (ecmp): ecmp (bird merge paths, hash-threshold multipath), resilient (bird
@@ -35,7 +37,11 @@
 # draining, and `announce N off|on` is `fulcrum ctl instance drain|undrain`; lab: the lab
 # enables and disables bird's protocols itself with birdc); FLEET_ANNOUNCE_DELAY (2s: the
 # instances' [announce] announce_delay); FLEET_SERVE (python: `python3 -m http.server 80` on each
-# backend, answering its name at /; none: bring your own); FLEET_KEEP (down keeps DIR).
+# backend, answering its name at /; none: bring your own); FLEET_KEEP (down keeps DIR);
+# FLEET_TUNNEL (ipip: service `tun`'s tunnel, or gue); FLEET_SECOND_CHANCE (unset: the
+# default, on for gue; true|false: `second_chance` of service `tun`); FLEET_POOL (1 2 3: the
+# backends in the pool at `up`; `pool` changes it); FLEET_TUN_FORWARD (tunnel: service
+# `tun`'s forward, or nat: the instance translates both ways, its own address as source).
 set -euo pipefail
 
 P=${FLEET_PREFIX:-fl}
@@ -127,9 +133,14 @@ protocol bgp uplink {
 CONF
 }
 
+# The backends in the pool now (`pool` writes DIR/pool).
+pool_now() {
+  if [ -f "$DIR/pool" ]; then cat "$DIR/pool"; else echo "${FLEET_POOL:-1 2 3}"; fi
+}
+
 # Identical on every instance (only the control socket path, a local file, differs).
 instance_config() { # N
-  local n=$1
+  local n=$1 b
   cat <<CONF
 [admin]
 listen = "127.0.0.1:9090"
@@ -156,8 +167,14 @@ name = "tun"
 listen = "198.19.0.10:80"
 protocol = "tcp"
 pool = "web"
-forward = "tunnel"
-tunnel = "ipip"
+CONF
+  if [ "${FLEET_TUN_FORWARD:-tunnel}" = nat ]; then
+    echo 'forward = "nat"'
+  else
+    printf 'forward = "tunnel"\ntunnel = "%s"\n' "${FLEET_TUNNEL:-ipip}"
+    if [ -n "${FLEET_SECOND_CHANCE:-}" ]; then echo "second_chance = $FLEET_SECOND_CHANCE"; fi
+  fi
+  cat <<CONF
 
 [[service]]
 name = "dsr"
@@ -176,13 +193,11 @@ interval = "500ms"
 timeout = "300ms"
 rise = 1
 fall = 2
-[[pool.backend]]
-address = "198.18.0.11:80"
-[[pool.backend]]
-address = "198.18.0.12:80"
-[[pool.backend]]
-address = "198.18.0.13:80"
 CONF
+  for b in $(pool_now); do
+    case $b in 1 | 2 | 3) ;; *) die "pool: backends 1, 2 or 3, not $b" ;; esac
+    printf '[[pool.backend]]\naddress = "198.18.0.%s:80"\n' "$((10 + b))"
+  done
 }
 
 link() { # NS-A IF-A NS-B IF-B
@@ -229,10 +244,12 @@ cmd_up() {
   inn r sysctl -qw net.ipv4.fib_multipath_hash_policy=3
   inn r sysctl -qw net.ipv4.fib_multipath_hash_fields=0x37
   # instances: bpf_fib_lookup needs forwarding on; XDP_TX into a veth needs an XDP
-  # program on its peer (docs/xdp.md): a bare XDP_PASS on each instance's bridge port
+  # program on its peer (docs/xdp.md): a bare XDP_PASS on each instance's bridge port, and
+  # on each backend's (`fulcrum decap` sends second-chance packets on with XDP_TX)
   for n in 1 2 3; do
     inn "i$n" sysctl -qw net.ipv4.conf.all.forwarding=1
     ip -n "$(ns sw)" link set dev "p-i$n" xdpdrv object "$PASS_OBJ" program xdp_pass
+    ip -n "$(ns sw)" link set dev "p-b$n" xdpdrv object "$PASS_OBJ" program xdp_pass
   done
   # backends: the VIPs on loopback (no ARP for them), replies via the router
   for n in 1 2 3; do
@@ -241,6 +258,8 @@ cmd_up() {
     for k in all eth0; do
       inn "b$n" sysctl -qw "net.ipv4.conf.$k.arp_ignore=1" "net.ipv4.conf.$k.arp_announce=2"
     done
+    # second chance: decap's bpf_fib_lookup towards another backend needs forwarding on eth0
+    inn "b$n" sysctl -qw net.ipv4.conf.eth0.forwarding=1
     ip netns exec "$(ns "b$n")" "$FULCRUM" decap --interface eth0 >"$DIR/b$n.decap.log" 2>&1 &
     echo $! >"$DIR/b$n.decap.pid"
   done
@@ -422,6 +441,18 @@ cmd_withdraw_time() {
   echo "instance $1 withdrawn after $(((t1 - t0) / 1000000)) ms"
 }
 
+# The pool of every running instance (and of those started later) becomes "$1": each
+# running instance's config is rewritten and it reloads (SIGHUP).
+cmd_pool() {
+  local n
+  echo "$1" >"$DIR/pool"
+  for n in 1 2 3; do
+    [ -f "$DIR/i$n.fulcrum.pid" ] || continue
+    instance_config "$n" >"$DIR/i$n.toml"
+    kill -HUP "$(cat "$DIR/i$n.fulcrum.pid")"
+  done
+}
+
 cmd_routes() {
   for v in $VIPS; do ip -n "$(ns r)" route show "$v/32"; done
   [ "$ROUTER" = resilient ] && ip -n "$(ns r)" nexthop show
@@ -440,5 +471,6 @@ case ${1:-} in
   cut) cmd_cut "${2:?instance}" ;;
   uncut) cmd_uncut "${2:?instance}" ;;
   withdraw-time) cmd_withdraw_time "${2:?instance}" ;;
+  pool) cmd_pool "${2:?backends, e.g. \"1 2 3\"}" ;;
   *) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 2 ;;
 esac

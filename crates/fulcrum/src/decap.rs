@@ -46,6 +46,14 @@ pub fn run(args: &DecapArgs) -> anyhow::Result<u8> {
         args.interface,
         mode.as_str()
     );
+    let off = fulcrum_xdp::host::decap_forwarding_off(&args.interface);
+    if !off.is_empty() {
+        eprintln!(
+            "fulcrum decap: warning: {} not 1: over that family, second chance (tunnel = \"gue\") cannot send a packet of a connection this host does not hold on to its previous backend (bpf_fib_lookup needs forwarding on {}); such packets are delivered here and reset. Set it with sysctl -w NAME=1 (docs/xdp.md, \"Second chance\")",
+            off.join(", "),
+            args.interface
+        );
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -71,6 +79,13 @@ pub fn run(args: &DecapArgs) -> anyhow::Result<u8> {
         }
         anyhow::Ok(())
     })?;
+    // what it did, for the operator (and the tests' logs)
+    if let Ok(c) = decap.counters() {
+        eprintln!(
+            "fulcrum decap: passed {}, IPIP stripped {}, GUE stripped {}, errors {}; second chance: forwarded {}, dropped awaiting the secondary's neighbour {}, no route to the secondary {}",
+            c[0], c[1], c[2], c[3], c[4], c[5], c[6]
+        );
+    }
     drop(decap); // detaches
     eprintln!("fulcrum decap: detached from {}", args.interface);
     Ok(0)

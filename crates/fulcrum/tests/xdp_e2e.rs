@@ -427,6 +427,16 @@ fn second_chance_scenario(tag: &str, second_chance: bool) -> usize {
         })
         .collect();
     for b in ["b1", "b2", "b3"] {
+        // decap's bpf_fib_lookup towards the secondary needs forwarding on eth0
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &t.ns(b),
+            "sysctl",
+            "-qw",
+            "net.ipv4.conf.eth0.forwarding=1",
+        ]);
         server(&t, b, 80, Arc::new(AtomicBool::new(false)));
         let log = dir.join(format!("decap-{b}.log"));
         t.spawn(
@@ -504,6 +514,12 @@ fn second_chance_scenario(tag: &str, second_chance: bool) -> usize {
     eprintln!("second_chance = {second_chance}: {broken} of 60 held connections broke");
     drop(conns);
     t.stop_children();
+    for b in ["b1", "b2", "b3"] {
+        let log = std::fs::read_to_string(dir.join(format!("decap-{b}.log"))).unwrap_or_default();
+        for l in log.lines().filter(|l| l.contains("second chance")) {
+            eprintln!("{b}: {l}");
+        }
+    }
     drop(t);
     let _ = std::fs::remove_dir_all(&dir);
     broken

@@ -121,7 +121,9 @@ FX_INLINE int fx_second_chance(struct xdp_md *ctx, void *data, void *data_end, v
 	if (fx_sc_local(ctx, inner, data_end, g->proto == 4 ? 4 : 6))
 		return XDP_PASS;
 
-	/* the way to the secondary: from this host's address the packet came to */
+	/* the way to the secondary: from this host's address the packet came to, looked up
+	 * as for a packet this host sends (BPF_FIB_LOOKUP_OUTPUT: a backend need not forward,
+	 * and a lookup as forwarded would fail with FWD_DISABLED there) */
 	struct bpf_fib_lookup fib = {};
 	fib.ifindex = ctx->ingress_ifindex;
 	fib.l4_protocol = IPPROTO_UDP;
@@ -140,7 +142,7 @@ FX_INLINE int fx_second_chance(struct xdp_md *ctx, void *data, void *data_end, v
 		__builtin_memcpy(fib.ipv6_src, &ip6h->daddr, 16);
 		__builtin_memcpy(fib.ipv6_dst, g->addr, 16);
 	}
-	long rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+	long rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT);
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
 		struct sc_addr k = { .family = ofam };
 		__u32 one = 1;

@@ -947,6 +947,9 @@ pub fn resolve_neighbour(addr: IpAddr) -> std::io::Result<()> {
     s.send_to(&[], (addr, 9)).map(|_| ())
 }
 
+/// The number of `decap_stats` counters (decap.c).
+pub const DECAP_COUNTERS: usize = 7;
+
 /// `fulcrum decap`: the backend-side program, attached while this value lives.
 #[derive(Debug)]
 pub struct Decap {
@@ -1006,6 +1009,22 @@ impl Decap {
             } else {
                 IpAddr::from(k.addr)
             });
+        }
+        Ok(out)
+    }
+
+    /// The `decap_stats` counters summed over the CPUs: [0] passed untouched, [1] IPIP
+    /// stripped, [2] GUE stripped, [3] errors, [4] forwarded to the secondary, [5] dropped
+    /// while the secondary's neighbour entry was unresolved, [6] no route to the secondary.
+    pub fn counters(&self) -> Result<[u64; DECAP_COUNTERS], XdpError> {
+        let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
+            self.ebpf
+                .map("decap_stats")
+                .ok_or_else(|| XdpError::Config("no map `decap_stats`".into()))?,
+        )?;
+        let mut out = [0u64; DECAP_COUNTERS];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = map.get(&(i as u32), 0)?.iter().sum();
         }
         Ok(out)
     }
