@@ -24,7 +24,8 @@ const volatile __u16 fx_gue_port = 0xc017; /* bpf_htons(6080) */
 /* Counters: [0] passed untouched, [1] IPIP stripped, [2] GUE stripped, [3] errors,
  * [4] forwarded to the secondary (second chance), [5] the secondary's neighbour entry is
  * not resolved yet (dropped: the sender retransmits; `sc_unresolved` asks userspace to
- * resolve it), [6] no route to the secondary (stripped and delivered here). */
+ * resolve it), [6] no route to the secondary, or forwarding off on the interface
+ * (stripped and delivered here). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 7);
@@ -122,8 +123,9 @@ FX_INLINE int fx_second_chance(struct xdp_md *ctx, void *data, void *data_end, v
 		return XDP_PASS;
 
 	/* the way to the secondary: from this host's address the packet came to, looked up
-	 * as for a packet this host sends (BPF_FIB_LOOKUP_OUTPUT: a backend need not forward,
-	 * and a lookup as forwarded would fail with FWD_DISABLED there) */
+	 * as forwarded from the interface it came in on (any egress interface; the kernel
+	 * answers FWD_DISABLED, counted as no route, unless forwarding is on for that
+	 * interface: `fulcrum decap` warns at start) */
 	struct bpf_fib_lookup fib = {};
 	fib.ifindex = ctx->ingress_ifindex;
 	fib.l4_protocol = IPPROTO_UDP;
@@ -142,7 +144,7 @@ FX_INLINE int fx_second_chance(struct xdp_md *ctx, void *data, void *data_end, v
 		__builtin_memcpy(fib.ipv6_src, &ip6h->daddr, 16);
 		__builtin_memcpy(fib.ipv6_dst, g->addr, 16);
 	}
-	long rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT);
+	long rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
 		struct sc_addr k = { .family = ofam };
 		__u32 one = 1;
