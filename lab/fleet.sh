@@ -260,6 +260,8 @@ cmd_up() {
     done
     # second chance: decap's bpf_fib_lookup towards another backend needs forwarding on eth0
     inn "b$n" sysctl -qw net.ipv4.conf.eth0.forwarding=1
+    # nat: the instance rewrites the replies, whose checksums must be complete on the wire
+    if [ "${FLEET_TUN_FORWARD:-tunnel}" = nat ]; then inn "b$n" ethtool -K eth0 tx off tso off gso off >/dev/null; fi
     ip netns exec "$(ns "b$n")" "$FULCRUM" decap --interface eth0 >"$DIR/b$n.decap.log" 2>&1 &
     echo $! >"$DIR/b$n.decap.pid"
   done
