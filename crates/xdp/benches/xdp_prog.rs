@@ -338,6 +338,23 @@ fn main() {
             let dfloor = measure_once(pass_prog, &moved, ifx, runs, pass);
             let mut syn = moved.clone();
             syn[54 + 33] |= 0x02; // SYN: delivered here whatever the sockets
+            // a connection this host holds, with a secondary in its header (a connection
+            // opened on the new backend after the change): the socket lookup finds it
+            let st = std::process::Command::new("ip")
+                .args(["addr", "add", "198.19.0.13/32", "dev", "lo"])
+                .status()
+                .expect("ip");
+            assert!(st.success(), "ip addr add 198.19.0.13/32 dev lo");
+            let l = std::net::TcpListener::bind("198.19.0.13:80").expect("listen on the VIP");
+            let c = std::net::TcpStream::connect("198.19.0.13:80").expect("connect");
+            let _a = l.accept().expect("accept");
+            let local = c.local_addr().expect("local");
+            let std::net::IpAddr::V4(lip) = local.ip() else {
+                unreachable!("an IPv4 connection")
+            };
+            let mut mine = moved.clone();
+            mine[54 + 12..54 + 16].copy_from_slice(&lip.octets());
+            mine[54 + 20..54 + 22].copy_from_slice(&local.port().to_be_bytes());
             for (name, pkt, want) in [
                 (
                     "decap: `XDP_PASS` (floor, single runs)".to_owned(),
@@ -352,6 +369,11 @@ fn main() {
                 (
                     "decap: second chance header, SYN, strip".to_owned(),
                     Some(syn),
+                    pass,
+                ),
+                (
+                    "decap: second chance, a local connection (bpf_skc_lookup_tcp finds it), strip".to_owned(),
+                    Some(mine),
                     pass,
                 ),
                 (
