@@ -85,6 +85,21 @@ pub fn check_forwarding(interface: &str, services: &[XdpService]) -> Result<(), 
     }
 }
 
+/// `fulcrum decap`'s second chance sends packets on to another backend with
+/// `bpf_fib_lookup`, which needs forwarding on the interface they came in on: the
+/// forwarding sysctls of `interface` (IPv4, IPv6) that are not `1` (or cannot be read).
+/// Without them the packets are delivered locally as without second chance.
+pub fn decap_forwarding_off(interface: &str) -> Vec<String> {
+    [4, 6]
+        .into_iter()
+        .filter(|f| {
+            let path = format!("/proc/sys/net/ipv{f}/conf/{interface}/forwarding");
+            std::fs::read_to_string(path).map_or(true, |v| v.trim() != "1")
+        })
+        .map(|f| format!("net.ipv{f}.conf.{}.forwarding", interface.replace('.', "/")))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,19 +152,4 @@ mod tests {
         );
         assert!(msg.contains("fx-no-such-if0"), "{msg}");
     }
-}
-
-/// `fulcrum decap`'s second chance sends packets on to another backend with
-/// `bpf_fib_lookup`, which needs forwarding on the interface they came in on: the
-/// forwarding sysctls of `interface` (IPv4, IPv6) that are not `1` (or cannot be read).
-/// Without them the packets are delivered locally as without second chance.
-pub fn decap_forwarding_off(interface: &str) -> Vec<String> {
-    [4, 6]
-        .into_iter()
-        .filter(|f| {
-            let path = format!("/proc/sys/net/ipv{f}/conf/{interface}/forwarding");
-            std::fs::read_to_string(path).map_or(true, |v| v.trim() != "1")
-        })
-        .map(|f| format!("net.ipv{f}.conf.{}.forwarding", interface.replace('.', "/")))
-        .collect()
 }

@@ -118,36 +118,7 @@ pub fn service(sv: &ServiceConfig) -> Table {
     t.insert("protocol".into(), s(sv.protocol.as_str()));
     t.insert("pool".into(), s(&sv.pool));
     t.insert("forward".into(), s(sv.forward.mode().as_str()));
-    match sv.forward {
-        Forwarding::Proxy { proxy_protocol } => {
-            if let Some(pp) = proxy_protocol {
-                let v = match pp {
-                    ProxyProtocol::V1 => "v1",
-                    ProxyProtocol::V2 => "v2",
-                };
-                t.insert("proxy_protocol".into(), s(v));
-            }
-        }
-        Forwarding::Dsr => {}
-        Forwarding::Tunnel {
-            encap,
-            source,
-            second_chance,
-        } => {
-            t.insert("tunnel".into(), s(encap.as_str()));
-            if encap == TunnelKind::Gue && !second_chance {
-                t.insert("second_chance".into(), Value::Boolean(false));
-            }
-            if let Some(ip) = source {
-                t.insert("source".into(), s(ip.to_string()));
-            }
-        }
-        Forwarding::Nat { source } => {
-            if let Some(ip) = source {
-                t.insert("source".into(), s(ip.to_string()));
-            }
-        }
-    }
+    forwarding(&mut t, sv.forward);
     if sv.max_connections != model::defaults::MAX_CONNECTIONS {
         t.insert("max_connections".into(), int(sv.max_connections));
     }
@@ -219,6 +190,40 @@ pub fn service(sv: &ServiceConfig) -> Table {
         t.insert("retry".into(), Value::Table(x));
     }
     t
+}
+
+/// The keys of a service's forwarding mode (`forward` itself is written by the caller).
+fn forwarding(t: &mut Table, f: Forwarding) {
+    match f {
+        Forwarding::Proxy { proxy_protocol } => {
+            if let Some(pp) = proxy_protocol {
+                let v = match pp {
+                    ProxyProtocol::V1 => "v1",
+                    ProxyProtocol::V2 => "v2",
+                };
+                t.insert("proxy_protocol".into(), s(v));
+            }
+        }
+        Forwarding::Dsr => {}
+        Forwarding::Tunnel {
+            encap,
+            source,
+            second_chance,
+        } => {
+            t.insert("tunnel".into(), s(encap.as_str()));
+            if encap == TunnelKind::Gue && !second_chance {
+                t.insert("second_chance".into(), Value::Boolean(false));
+            }
+            if let Some(ip) = source {
+                t.insert("source".into(), s(ip.to_string()));
+            }
+        }
+        Forwarding::Nat { source } => {
+            if let Some(ip) = source {
+                t.insert("source".into(), s(ip.to_string()));
+            }
+        }
+    }
 }
 
 fn route(r: &Route) -> Table {
