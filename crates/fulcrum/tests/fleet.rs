@@ -866,6 +866,8 @@ struct PoolGrows {
     lost: Phase,
     /// Flows that changed instance when instance 1 was lost.
     moved: usize,
+    /// Instance 1 back (started afresh with the new pool: it has no previous table).
+    rejoin: Phase,
 }
 
 /// Issue 14 3d. The pool is b1, b2 on every instance (service `tun`, `tunnel = "gue"`), the
@@ -943,9 +945,32 @@ fn pool_grows_scenario(tag: &str, second_chance: Option<bool>) -> PoolGrows {
         "fleet 3d ({label}): b3 added: {} reset, {} stalled; instance 1 lost ({on1} flows on it, {moved} of {CONNS} changed instance): {} reset, {} stalled",
         grow.counts.resets, grow.counts.stalls, lost.counts.resets, lost.counts.stalls
     );
+    // measured, not asserted: a fresh instance has no previous table, so the flows the
+    // router moves to it that the others' conntrack kept on their old backend, and that
+    // the new table gives to b3, get no secondary (docs/fleet.md, "Second chance")
+    let rejoin = measure(
+        &w,
+        &format!("{label}: instance 1 back"),
+        Duration::from_secs(3),
+        || {
+            lab.run(&["start", "1"], &[]);
+            lab.wait_next_hops(&[1, 2, 3], Duration::from_secs(15));
+        },
+    );
+    let back = lab.paths(&w.flows);
+    let to1 = back.iter().filter(|&&h| h == 2).count();
+    eprintln!(
+        "fleet 3d ({label}): instance 1 back afresh ({to1} flows moved to it): {} reset, {} stalled",
+        rejoin.counts.resets, rejoin.counts.stalls
+    );
     drop(w);
     drop(lab);
-    PoolGrows { grow, lost, moved }
+    PoolGrows {
+        grow,
+        lost,
+        moved,
+        rejoin,
+    }
 }
 
 /// Issue 14 3d: a backend is added to the pool on every instance, then an instance is
