@@ -945,9 +945,11 @@ fn pool_grows_scenario(tag: &str, second_chance: Option<bool>) -> PoolGrows {
         "fleet 3d ({label}): b3 added: {} reset, {} stalled; instance 1 lost ({on1} flows on it, {moved} of {CONNS} changed instance): {} reset, {} stalled",
         grow.counts.resets, grow.counts.stalls, lost.counts.resets, lost.counts.stalls
     );
-    // measured, not asserted: a fresh instance has no previous table, so the flows the
-    // router moves to it that the others' conntrack kept on their old backend, and that
-    // the new table gives to b3, get no secondary (docs/fleet.md, "Second chance")
+    // instance 1 back, started afresh with the new pool: the flows the router moves back
+    // to it (those it carried before: hash-threshold ECMP) meet the new table without
+    // conntrack; the ones second chance saved go to b3 again and need their secondary
+    // there. The secondary is stateless (the owner over the pool without the primary), so
+    // a fresh instance names it as the others do (docs/fleet.md, "Second chance").
     let rejoin = measure(
         &w,
         &format!("{label}: instance 1 back"),
@@ -1005,6 +1007,11 @@ fn fleet_second_chance_pool_grows_while_an_instance_is_lost() {
         (on.lost.counts.resets, on.lost.counts.stalls),
         (0, 0),
         "with second chance no connection breaks when the pool grows while an instance is lost"
+    );
+    assert_eq!(
+        (on.rejoin.counts.resets, on.rejoin.counts.stalls),
+        (0, 0),
+        "with second chance the lost instance's fresh rejoin breaks none of the flows it saved"
     );
     assert!(
         off.lost.counts.resets + off.lost.counts.stalls > 0,

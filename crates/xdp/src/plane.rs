@@ -647,10 +647,10 @@ impl XdpPlane {
     }
 
     /// Writes `table` into the service's inactive slot unless it is the active one already:
-    /// (slot, table base, whether the other slot holds the previous table of the same size).
-    /// Second chance reads the inactive slot as the previous table until the next change
-    /// overwrites it: while it is written the data path must not read it, so the flag goes
-    /// first (and the flow caches' copies of the value with it).
+    /// (slot, table base, whether the other slot holds this table's secondaries already).
+    /// Second chance reads the inactive slot as the secondaries' table until the next
+    /// change overwrites it: while it is written the data path must not read it, so the
+    /// flag goes first (and the flow caches' copies of the value with it).
     fn write_table(
         &mut self,
         id: u32,
@@ -678,9 +678,55 @@ impl XdpPlane {
         for (i, b) in table.iter().enumerate() {
             self.maglev.set(base + i as u32, *b, 0)?;
         }
-        let prev_table = prev
-            .is_some_and(|p| p.key == *key && !p.table.is_empty() && p.table.len() == table.len());
-        Ok((slot, base, prev_table))
+        Ok((slot, base, false))
+    }
+
+    /// Second chance, GLB's idea with Maglev: the secondary of a table slot is its owner in
+    /// the Maglev table of the same backends without the slot's owner (the core's Maglev
+    /// depends only on the set, not on its order). It is stateless: when a backend has
+    /// just been added, that is exactly the slot's owner before, and every instance,
+    /// including one started after the change, computes the same. Backend ids, one per
+    /// slot; a slot without another backend names its owner (no secondary). Costs one
+    /// table build per backend owning slots, at each change.
+    fn secondary_table(&self, s: &XdpService, table: &[u32]) -> Result<Vec<u32>, XdpError> {
+        let id_of = |i: usize| -> Result<u32, XdpError> {
+            self.backend_ids
+                .get(&(s.pool.clone(), s.backends[i].address))
+                .copied()
+                .ok_or_else(|| {
+                    XdpError::Config(format!(
+                        "service `{}`: backend {} has no id",
+                        s.name, s.backends[i].address
+                    ))
+                })
+        };
+        let mut without: HashMap<u32, Vec<u32>> = HashMap::new();
+        let mut out = Vec::with_capacity(table.len());
+        for (slot, &owner) in table.iter().enumerate() {
+            if !without.contains_key(&owner) {
+                let rest: Vec<Backend> = s
+                    .backends
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i != owner as usize)
+                    .map(|(_, b)| b.clone())
+                    .collect();
+                let t = Maglev::new(&rest, s.table_size);
+                // indices into `rest` -> indices into `s.backends`
+                let back: Vec<u32> = t
+                    .table()
+                    .iter()
+                    .map(|&k| if k >= owner { k + 1 } else { k })
+                    .collect();
+                without.insert(owner, back);
+            }
+            let alt = without
+                .get(&owner)
+                .and_then(|t| t.get(slot).copied())
+                .unwrap_or(owner);
+            out.push(id_of(alt as usize)?);
+        }
+        Ok(out)
     }
 
     fn install(
@@ -740,13 +786,19 @@ impl XdpPlane {
             _ => HASH_FIVE_TUPLE,
         };
         let prev = self.installed.get(&id).cloned();
-        let (slot, table_base, prev_table) = self.write_table(id, prev.as_ref(), &key, &table)?;
+        let (slot, table_base, secondaries_in_place) =
+            self.write_table(id, prev.as_ref(), &key, &table)?;
         let flags = if sc {
-            SVC_SECOND_CHANCE | if prev_table { SVC_PREV_TABLE } else { 0 }
+            SVC_SECOND_CHANCE
+                | if secondaries_in_place {
+                    SVC_PREV_TABLE
+                } else {
+                    0
+                }
         } else {
             0
         };
-        let value = SvcValue {
+        let mut value = SvcValue {
             id,
             table_base,
             table_size: if table.is_empty() { 0 } else { m },
@@ -774,6 +826,20 @@ impl XdpPlane {
                     let _ = self.services.remove(&p.key);
                 }
             }
+        }
+        if sc && !secondaries_in_place && !table.is_empty() {
+            // the other slot (the previous table until now, read by nobody: the flag is
+            // off) gets the secondaries of this table; flow caches holding the value from
+            // before the switch are invalidated first
+            self.refresh_nexthops()?;
+            let secondaries = self.secondary_table(s, maglev.table())?;
+            let other = (id * 2 + (1 - slot)) * MAGLEV_MAX;
+            for (i, b) in secondaries.iter().enumerate() {
+                self.maglev.set(other + i as u32, *b, 0)?;
+            }
+            value.flags |= SVC_PREV_TABLE;
+            self.services.insert(key, value, 0)?;
+            self.refresh_nexthops()?;
         }
         self.installed.insert(
             id,

@@ -1198,10 +1198,11 @@ fn udp4_checksum_ok(frame: &[u8], l3: usize) -> bool {
     ones_sum(&s.to_be_bytes()) == 0xffff
 }
 
-/// Second chance (docs/xdp.md): after a backend is added, the GUE header of a flow that
-/// Maglev moved names the flow's owner in the previous table; `fulcrum decap` on the new
-/// backend sends a mid-connection packet it has no socket for on to that secondary (once),
-/// and keeps SYNs and packets of its own connections.
+/// Second chance (docs/xdp.md): the GUE header names the flow's owner in the Maglev table
+/// of the pool without its primary, so after a backend is added, a flow that Maglev moved
+/// names its previous owner; `fulcrum decap` on the new backend sends a mid-connection
+/// packet it has no socket for on to that secondary (once), and keeps SYNs and packets of
+/// its own connections.
 #[test]
 fn second_chance_names_the_previous_owner_and_decap_forwards_to_it() {
     if !is_root_or_skip("second_chance_names_the_previous_owner_and_decap_forwards_to_it") {
@@ -1223,12 +1224,27 @@ fn second_chance_names_the_previous_owner_and_decap_forwards_to_it() {
         )
     };
     let (two, three) = (svc(2), svc(3));
+    // the secondary the core's Maglev gives: the owner over the pool without the primary
+    let secondary = |pool: &XdpService, f: &FlowTuple| -> IpAddr {
+        let (primary, _) = core_pick(pool, f);
+        let mut rest = pool.clone();
+        rest.backends.retain(|b| b.address.ip() != primary);
+        core_pick(&rest, f).0
+    };
     with_plane("fxsc", vec![two.clone()], move |plane, ifx| {
-        // before any change: the header is there, with no secondary
+        // stateless: already before any change the header names a secondary (the other
+        // of the two backends)
         let pkt = frame_mid("198.18.1.1:1000", "198.19.0.10:80", b"data");
         let out = run(plane, ifx, &pkt);
         assert_eq!(out.verdict, XDP_TX);
-        assert_eq!(&out.data[42..54], &[2, 4, 0, 0, 0x5c, 0, 0, 0, 0, 0, 0, 0]);
+        let f0 = flow("198.18.1.1:1000", "198.19.0.10:80", Proto::Tcp);
+        let IpAddr::V4(other) = secondary(&two, &f0) else {
+            unreachable!()
+        };
+        assert_ne!(IpAddr::V4(other), core_pick(&two, &f0).0);
+        let mut want = vec![2, 4, 0, 0, 0x5c, 0, 0, 0];
+        want.extend_from_slice(&other.octets());
+        assert_eq!(&out.data[42..54], &want[..]);
 
         plane
             .update(std::slice::from_ref(&three))
@@ -1270,10 +1286,20 @@ fn second_chance_names_the_previous_owner_and_decap_forwards_to_it() {
         let mut gue = vec![2, 4, 0, 0, 0x5c, 0, 0, 0];
         gue.extend_from_slice(&before4.octets());
         assert_eq!(&o[42..54], &gue[..]);
-        // a flow that stayed has no secondary
+        // the moved flow's secondary is the stateless one too
+        assert_eq!(
+            secondary(&three, &flow(&src, "198.19.0.10:80", Proto::Tcp)),
+            before
+        );
+        // a flow that stayed names its owner without its primary (another backend)
         let kept = kept.expect("a flow that stayed");
         let k = run(plane, ifx, &frame_mid(&kept, "198.19.0.10:80", b"data"));
-        assert_eq!(&k.data[46..54], &[0x5c, 0, 0, 0, 0, 0, 0, 0]);
+        let IpAddr::V4(alt) = secondary(&three, &flow(&kept, "198.19.0.10:80", Proto::Tcp)) else {
+            unreachable!()
+        };
+        let mut want = vec![0x5c, 0, 0, 0];
+        want.extend_from_slice(&alt.octets());
+        assert_eq!(&k.data[46..54], &want[..]);
         assert!(udp4_checksum_ok(&k.data, 14));
 
         // the new backend: no socket for the flow here -> on to the secondary, still
