@@ -647,22 +647,27 @@ impl XdpPlane {
     }
 
     /// Writes `table` into the service's inactive slot unless it is the active one already:
-    /// (slot, table base, whether the other slot holds this table's secondaries already).
-    /// Second chance reads the inactive slot as the secondaries' table until the next
-    /// change overwrites it: while it is written the data path must not read it, so the
-    /// flag goes first (and the flow caches' copies of the value with it).
+    /// (slot, table base, whether the other slot holds a table of the same size the data
+    /// path may read as secondaries, whether `table` was written). Second chance reads the
+    /// inactive slot as the secondaries' table until the next change overwrites it: while
+    /// it is written the data path must not read it, so the flag goes first (and the flow
+    /// caches' copies of the value with it). Right after a change the other slot holds the
+    /// previous table: its owners are valid secondaries (for a slot a new backend took, the
+    /// very same as the stateless ones) until [`Self::secondary_table`]'s are written over
+    /// them, entry by entry, with the flag on.
     fn write_table(
         &mut self,
         id: u32,
         prev: Option<&Installed>,
         key: &SvcKey,
         table: &[u32],
-    ) -> Result<(u32, u32, bool), XdpError> {
+    ) -> Result<(u32, u32, bool, bool), XdpError> {
         if let Some(p) = prev.filter(|p| p.table == table && p.key == *key) {
             return Ok((
                 p.slot,
                 p.value.table_base,
                 p.value.flags & SVC_PREV_TABLE != 0,
+                false,
             ));
         }
         if let Some(p) = prev.filter(|p| p.value.flags & SVC_PREV_TABLE != 0) {
@@ -678,7 +683,9 @@ impl XdpPlane {
         for (i, b) in table.iter().enumerate() {
             self.maglev.set(base + i as u32, *b, 0)?;
         }
-        Ok((slot, base, false))
+        let prev_table = prev
+            .is_some_and(|p| p.key == *key && !p.table.is_empty() && p.table.len() == table.len());
+        Ok((slot, base, prev_table, true))
     }
 
     /// Second chance, GLB's idea with Maglev: the secondary of a table slot is its owner in
@@ -786,18 +793,18 @@ impl XdpPlane {
             _ => HASH_FIVE_TUPLE,
         };
         let prev = self.installed.get(&id).cloned();
-        let (slot, table_base, secondaries_in_place) =
+        let (slot, table_base, other_usable, written) =
             self.write_table(id, prev.as_ref(), &key, &table)?;
         let flags = if sc {
-            SVC_SECOND_CHANCE
-                | if secondaries_in_place {
-                    SVC_PREV_TABLE
-                } else {
-                    0
-                }
+            SVC_SECOND_CHANCE | if other_usable { SVC_PREV_TABLE } else { 0 }
         } else {
             0
         };
+        // the secondaries are due after a change, at the first install, and when second
+        // chance is turned on
+        let secondaries_due = sc
+            && !table.is_empty()
+            && (written || prev.as_ref().is_none_or(|p| p.value.flags & SVC_SECOND_CHANCE == 0));
         let mut value = SvcValue {
             id,
             table_base,
@@ -827,19 +834,19 @@ impl XdpPlane {
                 }
             }
         }
-        if sc && !secondaries_in_place && !table.is_empty() {
-            // the other slot (the previous table until now, read by nobody: the flag is
-            // off) gets the secondaries of this table; flow caches holding the value from
-            // before the switch are invalidated first
-            self.refresh_nexthops()?;
+        if secondaries_due {
+            // the other slot gets this table's secondaries (over the previous table, whose
+            // owners serve as secondaries meanwhile when the flag is on already)
             let secondaries = self.secondary_table(s, maglev.table())?;
             let other = (id * 2 + (1 - slot)) * MAGLEV_MAX;
             for (i, b) in secondaries.iter().enumerate() {
                 self.maglev.set(other + i as u32, *b, 0)?;
             }
-            value.flags |= SVC_PREV_TABLE;
-            self.services.insert(key, value, 0)?;
-            self.refresh_nexthops()?;
+            if value.flags & SVC_PREV_TABLE == 0 {
+                value.flags |= SVC_PREV_TABLE;
+                self.services.insert(key, value, 0)?;
+                self.refresh_nexthops()?;
+            }
         }
         self.installed.insert(
             id,
