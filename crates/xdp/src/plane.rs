@@ -688,6 +688,31 @@ impl XdpPlane {
         Ok((slot, base, prev_table, true))
     }
 
+    /// The other slot of service `id` (active slot `slot`) gets the secondaries of `table`
+    /// (indices into `s.backends`), over the previous table, whose owners serve as
+    /// secondaries meanwhile when the flag is on already; then the flag goes on.
+    fn write_secondaries(
+        &mut self,
+        id: u32,
+        slot: u32,
+        s: &XdpService,
+        table: &[u32],
+        key: &SvcKey,
+        value: &mut SvcValue,
+    ) -> Result<(), XdpError> {
+        let secondaries = self.secondary_table(s, table)?;
+        let other = (id * 2 + (1 - slot)) * MAGLEV_MAX;
+        for (i, b) in secondaries.iter().enumerate() {
+            self.maglev.set(other + i as u32, *b, 0)?;
+        }
+        if value.flags & SVC_PREV_TABLE == 0 {
+            value.flags |= SVC_PREV_TABLE;
+            self.services.insert(*key, *value, 0)?;
+            self.refresh_nexthops()?;
+        }
+        Ok(())
+    }
+
     /// Second chance, GLB's idea with Maglev: the secondary of a table slot is its owner in
     /// the Maglev table of the same backends without the slot's owner (the core's Maglev
     /// depends only on the set, not on its order). It is stateless: when a backend has
@@ -710,7 +735,7 @@ impl XdpPlane {
         let mut without: HashMap<u32, Vec<u32>> = HashMap::new();
         let mut out = Vec::with_capacity(table.len());
         for (slot, &owner) in table.iter().enumerate() {
-            if !without.contains_key(&owner) {
+            let t = without.entry(owner).or_insert_with(|| {
                 let rest: Vec<Backend> = s
                     .backends
                     .iter()
@@ -718,19 +743,14 @@ impl XdpPlane {
                     .filter(|(i, _)| *i != owner as usize)
                     .map(|(_, b)| b.clone())
                     .collect();
-                let t = Maglev::new(&rest, s.table_size);
                 // indices into `rest` -> indices into `s.backends`
-                let back: Vec<u32> = t
+                Maglev::new(&rest, s.table_size)
                     .table()
                     .iter()
                     .map(|&k| if k >= owner { k + 1 } else { k })
-                    .collect();
-                without.insert(owner, back);
-            }
-            let alt = without
-                .get(&owner)
-                .and_then(|t| t.get(slot).copied())
-                .unwrap_or(owner);
+                    .collect()
+            });
+            let alt = t.get(slot).copied().unwrap_or(owner);
             out.push(id_of(alt as usize)?);
         }
         Ok(out)
@@ -762,31 +782,7 @@ impl XdpPlane {
             proto: s.proto as u8,
             family,
         };
-        let (mode, tunnel, src4, src6, sc) = match s.mode {
-            Mode::Dsr => (MODE_DSR, 0, [0; 4], [0; 16], false),
-            Mode::Tunnel {
-                kind,
-                source,
-                second_chance,
-            } => {
-                let (s4, s6) = sources(source, &s.backends);
-                let k = match kind {
-                    TunnelKind::Ipip => TUNNEL_IPIP,
-                    TunnelKind::Gue => TUNNEL_GUE,
-                };
-                (
-                    MODE_TUNNEL,
-                    k,
-                    s4,
-                    s6,
-                    second_chance && kind == TunnelKind::Gue,
-                )
-            }
-            Mode::Nat { source } => {
-                let (s4, s6) = sources(source, &s.backends);
-                (MODE_NAT, 0, s4, s6, false)
-            }
-        };
+        let (mode, tunnel, src4, src6, sc) = mode_fields(s);
         let hash_key = match s.hash_key {
             HashKey::SrcIp => HASH_SRC_IP,
             HashKey::SrcIpPort => HASH_SRC_IP_PORT,
@@ -804,7 +800,10 @@ impl XdpPlane {
         // chance is turned on
         let secondaries_due = sc
             && !table.is_empty()
-            && (written || prev.as_ref().is_none_or(|p| p.value.flags & SVC_SECOND_CHANCE == 0));
+            && (written
+                || prev
+                    .as_ref()
+                    .is_none_or(|p| p.value.flags & SVC_SECOND_CHANCE == 0));
         let mut value = SvcValue {
             id,
             table_base,
@@ -835,18 +834,7 @@ impl XdpPlane {
             }
         }
         if secondaries_due {
-            // the other slot gets this table's secondaries (over the previous table, whose
-            // owners serve as secondaries meanwhile when the flag is on already)
-            let secondaries = self.secondary_table(s, maglev.table())?;
-            let other = (id * 2 + (1 - slot)) * MAGLEV_MAX;
-            for (i, b) in secondaries.iter().enumerate() {
-                self.maglev.set(other + i as u32, *b, 0)?;
-            }
-            if value.flags & SVC_PREV_TABLE == 0 {
-                value.flags |= SVC_PREV_TABLE;
-                self.services.insert(key, value, 0)?;
-                self.refresh_nexthops()?;
-            }
+            self.write_secondaries(id, slot, s, maglev.table(), &key, &mut value)?;
         }
         self.installed.insert(
             id,
@@ -1005,6 +993,36 @@ fn sources(source: Option<IpAddr>, backends: &[Backend]) -> ([u8; 4], [u8; 16]) 
         s6 = a.octets();
     }
     (s4, s6)
+}
+
+/// A service's mode in the data plane's terms: (mode, tunnel kind, IPv4 and IPv6 source,
+/// second chance on).
+fn mode_fields(s: &XdpService) -> (u8, u8, [u8; 4], [u8; 16], bool) {
+    match s.mode {
+        Mode::Dsr => (MODE_DSR, 0, [0; 4], [0; 16], false),
+        Mode::Tunnel {
+            kind,
+            source,
+            second_chance,
+        } => {
+            let (s4, s6) = sources(source, &s.backends);
+            let k = match kind {
+                TunnelKind::Ipip => TUNNEL_IPIP,
+                TunnelKind::Gue => TUNNEL_GUE,
+            };
+            (
+                MODE_TUNNEL,
+                k,
+                s4,
+                s6,
+                second_chance && kind == TunnelKind::Gue,
+            )
+        }
+        Mode::Nat { source } => {
+            let (s4, s6) = sources(source, &s.backends);
+            (MODE_NAT, 0, s4, s6, false)
+        }
+    }
 }
 
 /// Makes the kernel resolve the neighbour entry towards `addr` (an empty datagram to its
