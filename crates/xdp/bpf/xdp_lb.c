@@ -374,9 +374,9 @@ FX_INLINE struct backend *fx_pick(const struct svc_value *svc, __u32 hash, __u32
 	return be;
 }
 
-/* Second chance (types.h, FX_SVC_PREV_TABLE): the index of the flow's owner in the
- * service's previous Maglev table (the other of its two table slots) when that is another
- * backend of the outer family `fam` still in `backends`; FX_NO_SECONDARY otherwise. */
+/* Second chance (types.h, FX_SVC_PREV_TABLE): the index of the flow's secondary (the
+ * other of the service's two table slots) when that is another backend of the outer
+ * family `fam` still in `backends`; FX_NO_SECONDARY otherwise. */
 #define FX_NO_SECONDARY 0xffffffff
 FX_INLINE __u32 fx_secondary(const struct svc_value *svc, __u32 hash, __u32 be_idx, __u8 fam)
 {

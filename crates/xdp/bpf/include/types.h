@@ -43,7 +43,9 @@
  * Fulcrum's private data (struct gue_sc) with a secondary backend */
 #define FX_SVC_SECOND_CHANCE 1
 /* the other table slot of the service (`table_base` of the other half of its two slots)
- * holds the previous Maglev table, of the same size: the secondary of a flow is its owner
+ * holds the secondaries, of the same size: per slot, its owner in the Maglev table of the
+ * pool without the slot's owner (plane.rs, secondary_table; right after a change, until
+ * those are written over it, the previous table); the secondary of a flow is the entry
  * there, when it differs from the primary */
 #define FX_SVC_PREV_TABLE 2
 
