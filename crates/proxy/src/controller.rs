@@ -785,7 +785,7 @@ impl Build {
                     max_flows: u64::from(s.max_flows.min(s.max_connections)),
                     idle_timeout: s.idle_timeout,
                     drain_timeout: s.drain_timeout,
-                    connect_timeout: defaults::CONNECT_TIMEOUT,
+                    connect_timeout: s.timeouts.map_or(defaults::CONNECT_TIMEOUT, |t| t.connect),
                     stats,
                     ext,
                     generation: self.generation,

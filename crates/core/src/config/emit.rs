@@ -11,7 +11,8 @@ use toml::{Table, Value};
 
 use super::{
     defaults, AccessLog, AdminConfig, BackendProtocol, Config, Discovery, Forwarding, HealthCheck,
-    HealthConfig, LogTarget, OutlierConfig, PoolConfig, Route, ServiceConfig, XdpConfig,
+    HealthConfig, HttpTimeouts, LogTarget, OutlierConfig, PoolConfig, Route, ServiceConfig,
+    ServiceProtocol, XdpConfig,
 };
 use crate::model::{self, ProxyProtocol};
 
@@ -193,12 +194,7 @@ pub fn service(sv: &ServiceConfig) -> Table {
         t.insert("access_log".into(), Value::Table(access_log(al)));
     }
     if let Some(to) = &sv.timeouts {
-        let mut x = Table::new();
-        x.insert("connect".into(), dur(to.connect));
-        x.insert("response".into(), dur(to.response));
-        x.insert("request_header".into(), dur(to.request_header));
-        x.insert("tls_handshake".into(), dur(to.tls_handshake));
-        t.insert("timeouts".into(), Value::Table(x));
+        t.insert("timeouts".into(), Value::Table(timeouts(to, sv.protocol)));
     }
     if let Some(h) = &sv.http2 {
         let mut x = Table::new();
@@ -221,6 +217,18 @@ pub fn service(sv: &ServiceConfig) -> Table {
         t.insert("retry".into(), Value::Table(x));
     }
     t
+}
+
+/// `[service.timeouts]`: a tcp service has `connect` only.
+fn timeouts(to: &HttpTimeouts, protocol: ServiceProtocol) -> Table {
+    let mut x = Table::new();
+    x.insert("connect".into(), dur(to.connect));
+    if protocol == ServiceProtocol::Http {
+        x.insert("response".into(), dur(to.response));
+        x.insert("request_header".into(), dur(to.request_header));
+        x.insert("tls_handshake".into(), dur(to.tls_handshake));
+    }
+    x
 }
 
 fn route(r: &Route) -> Table {
