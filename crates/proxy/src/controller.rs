@@ -152,6 +152,7 @@ impl Controller {
         path: PathBuf,
         config: Config,
     ) -> Result<Self, String> {
+        let discovery = Discoveries::new(Arc::clone(&shared.discovery_errors));
         let mut c = Self {
             shared,
             workers,
@@ -164,7 +165,7 @@ impl Controller {
             listening: HashSet::new(),
             next_id: 0,
             generation: 0,
-            discovery: Discoveries::default(),
+            discovery,
             loader: parse_file,
         };
         c.apply(config).await?;

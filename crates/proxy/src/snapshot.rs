@@ -195,6 +195,8 @@ pub struct Shared {
     pub global: GlobalStats,
     /// VIP announcement: the instance drain flag and what the BGP speaker holds.
     pub announce: crate::announce::AnnounceState,
+    /// The controller's discovery failures, for the metrics endpoint.
+    pub discovery_errors: Arc<crate::discovery::DiscoveryErrors>,
     epoch: Instant,
     ready: AtomicBool,
     draining: AtomicBool,
@@ -213,6 +215,7 @@ impl Shared {
             events,
             global: GlobalStats::default(),
             announce: crate::announce::AnnounceState::default(),
+            discovery_errors: Arc::default(),
             epoch: Instant::now(),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
