@@ -1097,7 +1097,9 @@ pub(crate) async fn forward<'c>(
         let status = got.answer.status();
         if let Some(failure) = Failure::of_status(status) {
             stats.http_5xx.fetch_add(1, Ordering::Relaxed);
-            c.shared.report_passive(stats, false);
+            if failure.counts_against_backend() {
+                c.shared.report_passive(stats, false);
+            }
             let others_left = || {
                 pool.backends
                     .iter()
