@@ -34,7 +34,7 @@ fn invalid(e: &ConfigError) -> ChangeError {
 }
 
 /// Writes the edited document and validates it like a file.
-fn reparse(doc: Table) -> Result<Config, ChangeError> {
+fn reparse(doc: &Table) -> Result<Config, ChangeError> {
     let text = config::table_to_string(doc);
     config::parse(&text).map_err(|e| invalid(&e))
 }
@@ -94,7 +94,7 @@ pub fn set_backend(
         b.insert("weight".into(), w);
         backends.push(Value::Table(b));
     }
-    reparse(doc)
+    reparse(&doc)
 }
 
 /// `DELETE /api/v1/pools/{pool}/backends/{address}`. A pool may become empty (as an
@@ -117,7 +117,7 @@ pub fn remove_backend(cfg: &Config, pool: &str, addr: SocketAddr) -> Result<Conf
     {
         p.remove("backend");
     }
-    reparse(doc)
+    reparse(&doc)
 }
 
 /// `PUT /api/v1/services/{name}`: `body` has the keys of a `[[service]]` table (`name` may
@@ -172,7 +172,7 @@ pub fn put_service(
         Some(s) => *s = Value::Table(table),
         None => services.push(Value::Table(table)),
     }
-    let new = reparse(doc)?;
+    let new = reparse(&doc)?;
     if let Some(svc) = new.service(name) {
         files_already_named(cfg, svc)?;
     }
@@ -228,7 +228,7 @@ pub fn delete_service(cfg: &Config, name: &str) -> Result<Config, ChangeError> {
     {
         doc.remove("service");
     }
-    reparse(doc)
+    reparse(&doc)
 }
 
 /// `PUT /api/v1/pools/{pool}`: creates the pool (empty) or changes its settings, keeping its
@@ -280,7 +280,7 @@ pub fn set_pool(cfg: &Config, pool: &str, body: serde_json::Value) -> Result<Con
             .map_err(|e| ChangeError::Invalid(format!("bad value for {k:?}: {e}")))?;
         t.insert(k, v);
     }
-    reparse(doc)
+    reparse(&doc)
 }
 
 /// `DELETE /api/v1/pools/{pool}`: only when no service or route uses it (else a conflict).
@@ -307,7 +307,7 @@ pub fn delete_pool(cfg: &Config, pool: &str) -> Result<Config, ChangeError> {
     {
         doc.remove("pool");
     }
-    reparse(doc)
+    reparse(&doc)
 }
 
 #[cfg(test)]

@@ -192,7 +192,7 @@ impl Collector for FulcrumCollector {
             None,
             MetricType::Counter,
         )?;
-        for (pool, kind, n) in fulcrum_proxy::discovery::error_counts() {
+        for (pool, kind, n) in self.shared.discovery_errors.counts() {
             ConstCounter::new(n)
                 .encode(m.encode_family(&[("pool", pool.as_str()), ("kind", kind)])?)?;
         }

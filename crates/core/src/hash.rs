@@ -219,3 +219,45 @@ fn words_of(key: &HashKey, flow: &FlowTuple) -> Option<Words> {
 pub fn flow_hash(key: &HashKey, flow: &FlowTuple) -> Option<u32> {
     words_of(key, flow).map(|w| jhash2(w.as_slice(), FLOW_HASH_SEED))
 }
+
+/// The hash a connection is scheduled under when its pool's key cannot hash it.
+///
+/// Only the `header:`/`cookie:` keys cannot ([`flow_hash`] is `None`), and they are HTTP's:
+/// the configuration refuses them on a pool that a tcp or udp service uses, and the HTTP
+/// path hashes the header or cookie itself instead of asking for a connection's hash. So a
+/// valid configuration never gets here. Were it reached: a fixed hash, not a panic (the data
+/// path does not panic on what a configuration holds) and not a random one (a hashing pool
+/// promises that a flow keeps its backend; a fixed hash keeps that promise, if by sending
+/// every flow to one backend).
+pub const UNHASHABLE_FLOW: u32 = 0;
+
+/// The hash a connection of `flow` is scheduled under: its [`flow_hash`], or
+/// [`UNHASHABLE_FLOW`] for an HTTP-only key.
+pub fn connection_hash(key: &HashKey, flow: &FlowTuple) -> u32 {
+    flow_hash(key, flow).unwrap_or(UNHASHABLE_FLOW)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Proto;
+
+    #[test]
+    fn connection_hash_is_the_flow_hash_or_the_fixed_one() {
+        let flow = FlowTuple {
+            src: "192.0.2.1:4000".parse().expect("address"),
+            dst: "198.18.0.1:80".parse().expect("address"),
+            proto: Proto::Tcp,
+        };
+        for key in [HashKey::SrcIp, HashKey::SrcIpPort, HashKey::FiveTuple] {
+            assert_eq!(Some(connection_hash(&key, &flow)), flow_hash(&key, &flow));
+        }
+        for key in [
+            HashKey::Header("x-user".into()),
+            HashKey::Cookie("id".into()),
+        ] {
+            assert_eq!(flow_hash(&key, &flow), None);
+            assert_eq!(connection_hash(&key, &flow), UNHASHABLE_FLOW);
+        }
+    }
+}

@@ -5,6 +5,7 @@
 //! - [`sched`]: every scheduler of the contract behind one trait, Maglev and ring hash included.
 //! - [`flow`]: the bounded LRU flow table (flow affinity, persistence).
 //! - [`health`]: active (rise/fall) and passive (outlier) health state machines.
+//! - [`retry`]: HTTP retries and passive ejection: which failures retry, attempts, budget.
 //! - [`config`]: TOML parsing into types that cannot hold a bad value, with located errors.
 //! - [`announce`]: whether a VIP is announced to the routers, and the speakers' line formats.
 
@@ -14,4 +15,5 @@ pub mod flow;
 pub mod hash;
 pub mod health;
 pub mod model;
+pub mod retry;
 pub mod sched;

@@ -257,6 +257,7 @@ pub mod defaults {
     use super::Duration;
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
     pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+    /// `[service.timeouts] connect` of a tcp service when absent.
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
     pub const MAGLEV_TABLE_SIZE: u32 = 65537;
     pub const MAX_CONNECTIONS: u32 = 100_000;

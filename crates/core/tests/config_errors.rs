@@ -106,7 +106,9 @@ fn cases() -> Vec<Case> {
         case("duplicate backend, v4-mapped", format!("{tcp}{POOL}[[pool.backend]]\naddress = \"[::ffff:127.0.0.1]:9001\"\n"), "12:11", "listed twice", None),
         case("discovery without source", format!("{tcp}\n[[pool]]\nname = \"p\"\n[pool.discovery]\nnameserver = \"127.0.0.1:53\"\n"), "9:1", "[pool.discovery] names no source", Some("dns")),
         // --- http timeouts, retries, backend protocol ---
-        case("timeouts on tcp", format!("{tcp}[service.timeouts]\nconnect = \"1s\"\n{POOL}"), "6:1", "[service.timeouts] applies only to http services; `s` is tcp", Some("protocol = \"http\"")),
+        case("http timeouts on tcp", format!("{tcp}[service.timeouts]\nconnect = \"1s\"\nresponse = \"1s\"\n{POOL}"), "8:12", "[service.timeouts] response applies only to http services; `s` is tcp", Some("only `connect`")),
+        case("timeouts on udp", format!("{udp}[service.timeouts]\nconnect = \"1s\"\n{POOL}"), "6:1", "[service.timeouts] applies only to http and tcp services; `s` is udp", Some("does not connect")),
+        case("zero connect timeout on tcp", format!("{tcp}[service.timeouts]\nconnect = \"0s\"\n{POOL}"), "7:11", "connect must be longer than 0", Some("connect = \"3s\"")),
         case("retry on udp", format!("{udp}[service.retry]\nattempts = 1\n{POOL}"), "6:1", "[service.retry] applies only to http services; `s` is udp", None),
         case("zero connect timeout", format!("{http}[service.timeouts]\nconnect = \"0s\"\n{POOL}"), "7:11", "connect must be longer than 0", Some("connect = \"3s\"")),
         case("zero response timeout", format!("{http}[service.timeouts]\nconnect = \"1s\"\nresponse = \"0ms\"\n{POOL}"), "8:12", "response must be longer than 0", Some("response = \"1m\"")),

@@ -431,3 +431,41 @@ fn http_timeouts_and_retry_take_defaults_for_absent_keys() {
     assert_eq!(s.retry.map(|r| r.budget_percent), Some(100));
     assert_eq!(s.timeouts, Some(HttpTimeouts::default()), "an empty table");
 }
+
+/// A tcp service takes `[service.timeouts] connect` (default 3s, as before the key) and
+/// writes it back alone.
+#[test]
+fn tcp_connect_timeout() {
+    let svc =
+        "[[service]]\nname = \"s\"\nlisten = \"127.0.0.1:1\"\nprotocol = \"tcp\"\npool = \"p\"\n";
+    let pool = "\n[[pool]]\nname = \"p\"\n[[pool.backend]]\naddress = \"127.0.0.1:2\"\n";
+    let cfg = config::parse(&format!("{svc}{pool}")).expect("valid");
+    assert_eq!(cfg.services[0].timeouts, None);
+    assert_eq!(
+        fulcrum_core::model::defaults::CONNECT_TIMEOUT,
+        Duration::from_secs(3)
+    );
+    let cfg = config::parse(&format!(
+        "{svc}[service.timeouts]\nconnect = \"250ms\"\n{pool}"
+    ))
+    .expect("valid");
+    let t = cfg.services[0].timeouts.expect("timeouts");
+    assert_eq!(t.connect, Duration::from_millis(250));
+    let text = cfg.to_toml();
+    assert!(
+        text.contains("[service.timeouts]\nconnect = \"250ms\"\n"),
+        "{text}"
+    );
+    assert!(!text.contains("response"), "{text}");
+    assert_eq!(config::parse(&text).expect("round trip"), cfg);
+    // Not for a tcp service of the packet data plane, which makes no connections.
+    let xdp = format!(
+        "[xdp]\ninterface = \"lo\"\n{svc}forward = \"dsr\"\n[service.timeouts]\nconnect = \"1s\"\n{pool}"
+    );
+    let err = config::parse(&xdp).expect_err("dsr with timeouts");
+    assert!(
+        err.message.contains("needs forward = \"proxy\""),
+        "{}",
+        err.message
+    );
+}

@@ -436,3 +436,63 @@ async fn max_connections_burst(workers: &str) {
     }
     f.assert_no_panic();
 }
+
+/// `[service.timeouts] connect` bounds a tcp service's connect to a backend: one whose
+/// accept queue is full (its SYNs go unanswered) is given up after 300 ms rather than the
+/// default 3 s, counted, and the client is served by the next backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_timeout_is_the_services_key() {
+    // A listener that never accepts, its queue filled: further connects hang.
+    let hang = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    hang.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    hang.listen(0).unwrap();
+    let hang_addr = hang.local_addr().unwrap().as_socket().unwrap();
+    let mut queued = Vec::new();
+    for _ in 0..64 {
+        match std::net::TcpStream::connect_timeout(&hang_addr, Duration::from_millis(200)) {
+            Ok(s) => queued.push(s),
+            Err(_) => break,
+        }
+    }
+    assert!(
+        std::net::TcpStream::connect_timeout(&hang_addr, Duration::from_millis(200)).is_err(),
+        "the listener's queue did not fill up ({} connections)",
+        queued.len()
+    );
+    let good = TcpBackend::start(Behaviour::Echo).await;
+    let (admin, listen) = (free_addr(), free_addr());
+    let cfg = one_service(
+        admin,
+        listen,
+        "[service.timeouts]\nconnect = \"300ms\"\n",
+        "rr",
+        &[hang_addr, good.addr],
+    );
+    let f = Fulcrum::start("connect-timeout", admin, &cfg, &[]).await;
+    let mut slowest = Duration::ZERO;
+    for _ in 0..4 {
+        let t = Instant::now();
+        echo_once(listen, b"ping").await.unwrap();
+        slowest = slowest.max(t.elapsed());
+    }
+    let timeouts = f
+        .metric(
+            "fulcrum_backend_failures_total",
+            &[
+                ("backend", hang_addr.to_string().as_str()),
+                ("kind", "connect_timeout"),
+            ],
+        )
+        .await;
+    assert!(
+        timeouts.is_some_and(|n| n >= 1.0),
+        "connect timeouts of {hang_addr}: {timeouts:?}"
+    );
+    assert!(
+        slowest >= Duration::from_millis(250) && slowest < Duration::from_secs(2),
+        "the slowest connection took {slowest:?}: the 300ms connect timeout was not used"
+    );
+    f.assert_no_panic();
+    drop(queued);
+}

@@ -1,14 +1,15 @@
 //! Access logs: one line per request, JSON or the combined log format, to stderr or a file.
 //! A line is written with one `write` call.
 
-use std::fmt::Write as _;
 use std::fs::File;
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, SystemTime};
 
 use fulcrum_core::config::{AccessLog, AccessLogFormat, LogTarget};
+use time::format_description::BorrowedFormatItem;
+use time::OffsetDateTime;
 
 /// An open access log.
 #[derive(Debug)]
@@ -55,16 +56,16 @@ impl AccessLogger {
     pub fn write(&self, e: &Entry) {
         let line = match self.cfg.format {
             AccessLogFormat::Json => json_line(e),
-            AccessLogFormat::Combined => combined_line(e),
+            AccessLogFormat::Combined => combined_line(e).into_bytes(),
         };
         match &self.file {
             Some(f) => {
                 if let Ok(mut f) = f.lock() {
-                    let _ = f.write_all(line.as_bytes());
+                    let _ = f.write_all(&line);
                 }
             }
             None => {
-                let _ = std::io::stderr().lock().write_all(line.as_bytes());
+                let _ = std::io::stderr().lock().write_all(&line);
             }
         }
     }
@@ -80,32 +81,26 @@ fn version_str(v: http::Version) -> &'static str {
     }
 }
 
-fn json_str(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
+/// Appends `s` as a JSON string (escaped by `serde_json`).
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    // Writing a `str` to a `Vec` cannot fail.
+    let _ = serde_json::to_writer(out, s);
 }
 
-fn json_line(e: &Entry) -> String {
-    let mut s = String::with_capacity(320);
-    s.push_str("{\"time\":");
+/// The line's layout is written here, its strings escaped by `serde_json`: a derived
+/// `Serialize` would print `duration_ms` as the shortest float (1.5), not with the fixed
+/// three decimals (1.500) the format documents.
+fn json_line(e: &Entry) -> Vec<u8> {
+    let mut s = Vec::with_capacity(320);
+    s.extend_from_slice(b"{\"time\":");
     json_str(&mut s, &rfc3339(e.time));
-    s.push_str(",\"service\":");
+    s.extend_from_slice(b",\"service\":");
     json_str(&mut s, &e.service);
     let _ = write!(s, ",\"client\":\"{}\",\"method\":", e.client);
     json_str(&mut s, e.method.as_str());
-    s.push_str(",\"host\":");
+    s.extend_from_slice(b",\"host\":");
     json_str(&mut s, &e.host);
-    s.push_str(",\"path\":");
+    s.extend_from_slice(b",\"path\":");
     json_str(&mut s, &e.path);
     let _ = write!(
         s,
@@ -117,7 +112,7 @@ fn json_line(e: &Entry) -> String {
         Some(b) => {
             let _ = write!(s, "\"{b}\"");
         }
-        None => s.push_str("null"),
+        None => s.extend_from_slice(b"null"),
     }
     let _ = write!(
         s,
@@ -126,9 +121,9 @@ fn json_line(e: &Entry) -> String {
         e.duration.as_secs_f64() * 1000.0
     );
     json_str(&mut s, &e.request_id);
-    s.push_str(",\"user_agent\":");
+    s.extend_from_slice(b",\"user_agent\":");
     json_str(&mut s, &e.user_agent);
-    s.push_str("}\n");
+    s.extend_from_slice(b"}\n");
     s
 }
 
@@ -162,48 +157,43 @@ fn combined_line(e: &Entry) -> String {
     )
 }
 
-/// (year, month, day, hour, minute, second, millis) in UTC.
-fn civil(t: SystemTime) -> (i64, u32, u32, u32, u32, u32, u32) {
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let secs = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400) as u32;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = if month <= 2 { y + 1 } else { y };
-    (
-        year,
-        month,
-        day,
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        d.subsec_millis(),
-    )
+/// `t` in UTC; a clock before 1970 (or past year 9999) reads as 1970.
+fn utc(t: SystemTime) -> OffsetDateTime {
+    let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since.as_secs())
+        .ok()
+        .and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok())
+        .map_or(OffsetDateTime::UNIX_EPOCH, |d| {
+            d.replace_nanosecond(since.subsec_nanos()).unwrap_or(d)
+        })
 }
 
+/// Formats `t` in UTC. The descriptions are fixed and every component they name is in an
+/// `OffsetDateTime`, so formatting cannot fail; if it ever did, the field is left empty.
+fn format(t: SystemTime, description: &[BorrowedFormatItem<'_>]) -> String {
+    utc(t).format(description).unwrap_or_default()
+}
+
+/// A fixed format description, parsed once.
+fn description(d: &'static str) -> Vec<BorrowedFormatItem<'static>> {
+    time::format_description::parse_borrowed::<2>(d).unwrap_or_default()
+}
+
+static RFC3339_MS: LazyLock<Vec<BorrowedFormatItem<'static>>> = LazyLock::new(|| {
+    description("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z")
+});
+
+static CLF: LazyLock<Vec<BorrowedFormatItem<'static>>> =
+    LazyLock::new(|| description("[day]/[month repr:short]/[year]:[hour]:[minute]:[second] +0000"));
+
+/// `2000-10-10T12:55:36.123Z`
 fn rfc3339(t: SystemTime) -> String {
-    let (year, mo, day, hour, mi, sec, ms) = civil(t);
-    format!("{year:04}-{mo:02}-{day:02}T{hour:02}:{mi:02}:{sec:02}.{ms:03}Z")
+    format(t, &RFC3339_MS)
 }
 
+/// `10/Oct/2000:12:55:36 +0000`
 fn clf_time(t: SystemTime) -> String {
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let (year, mo, day, hour, mi, sec, _) = civil(t);
-    format!(
-        "{day:02}/{}/{year:04}:{hour:02}:{mi:02}:{sec:02} +0000",
-        MONTHS[(mo as usize).saturating_sub(1) % 12]
-    )
+    format(t, &CLF)
 }
 
 #[cfg(test)]
@@ -215,5 +205,80 @@ mod tests {
         let t = SystemTime::UNIX_EPOCH + Duration::from_millis(971_182_536_123);
         assert_eq!(rfc3339(t), "2000-10-10T12:55:36.123Z");
         assert_eq!(clf_time(t), "10/Oct/2000:12:55:36 +0000");
+        // Leap day, the end of a year, single-digit fields, the epoch and before it.
+        let at = |ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+        assert_eq!(rfc3339(at(951_782_400_007)), "2000-02-29T00:00:00.007Z");
+        assert_eq!(clf_time(at(951_782_400_007)), "29/Feb/2000:00:00:00 +0000");
+        assert_eq!(rfc3339(at(1_767_225_599_999)), "2025-12-31T23:59:59.999Z");
+        assert_eq!(
+            clf_time(at(1_767_225_599_999)),
+            "31/Dec/2025:23:59:59 +0000"
+        );
+        assert_eq!(rfc3339(at(0)), "1970-01-01T00:00:00.000Z");
+        let before = SystemTime::UNIX_EPOCH - Duration::from_secs(5);
+        assert_eq!(rfc3339(before), "1970-01-01T00:00:00.000Z");
+    }
+
+    fn entry() -> Entry {
+        Entry {
+            service: "web".into(),
+            client: "192.0.2.7:40000".parse().expect("address"),
+            method: http::Method::GET,
+            path: "/a\"b\\c?é".into(),
+            version: http::Version::HTTP_11,
+            host: "example.test".into(),
+            status: 200,
+            backend: Some("127.0.0.1:8080".parse().expect("address")),
+            bytes: 1234,
+            duration: Duration::from_micros(1500),
+            request_id: "r-1".into(),
+            user_agent: "curl/8 \u{1f}".into(),
+            referer: String::new(),
+            time: SystemTime::UNIX_EPOCH + Duration::from_millis(971_182_536_123),
+        }
+    }
+
+    /// The lines are byte for byte what the hand-written encoder wrote.
+    #[test]
+    fn lines_keep_their_format() {
+        let e = entry();
+        assert_eq!(
+            String::from_utf8(json_line(&e)).expect("utf-8"),
+            "{\"time\":\"2000-10-10T12:55:36.123Z\",\"service\":\"web\",\
+             \"client\":\"192.0.2.7:40000\",\"method\":\"GET\",\"host\":\"example.test\",\
+             \"path\":\"/a\\\"b\\\\c?é\",\"protocol\":\"HTTP/1.1\",\"status\":200,\
+             \"backend\":\"127.0.0.1:8080\",\"bytes\":1234,\"duration_ms\":1.500,\
+             \"request_id\":\"r-1\",\"user_agent\":\"curl/8 \\u001f\"}\n"
+        );
+        assert_eq!(
+            combined_line(&e),
+            "192.0.2.7 - - [10/Oct/2000:12:55:36 +0000] \"GET /a\\\"b\\\\c?é HTTP/1.1\" 200 \
+             1234 \"-\" \"curl/8 \u{1f}\" 127.0.0.1:8080 1.500 r-1\n"
+        );
+        let none = Entry {
+            backend: None,
+            request_id: String::new(),
+            ..entry()
+        };
+        let json = String::from_utf8(json_line(&none)).expect("utf-8");
+        assert!(json.contains(",\"backend\":null,"), "{json}");
+        assert!(combined_line(&none).ends_with(" - 1.500 -\n"));
+    }
+
+    /// Control characters are escaped: each JSON line parses back to the logged strings.
+    #[test]
+    fn json_lines_parse_back() {
+        let e = Entry {
+            path: "/\t\n\r\u{0}\u{7f}".into(),
+            user_agent: "\"\\\u{8}\u{c}".into(),
+            ..entry()
+        };
+        let line = json_line(&e);
+        assert_eq!(line.iter().position(|&b| b == b'\n'), Some(line.len() - 1));
+        let v: serde_json::Value = serde_json::from_slice(&line).expect("JSON");
+        assert_eq!(v["path"], e.path.as_str());
+        assert_eq!(v["user_agent"], e.user_agent.as_str());
+        assert_eq!(v["backend"], "127.0.0.1:8080");
+        assert_eq!(v["status"], 200);
     }
 }

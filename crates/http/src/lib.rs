@@ -26,12 +26,13 @@ mod upstream;
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use fulcrum_core::config::{HttpTimeouts, RateLimit, RetryPolicy, Route, ServiceConfig};
 use fulcrum_core::model::ServiceProtocol;
+use fulcrum_core::retry::RetryBudget;
 use fulcrum_proxy::l7::{L7Handler, L7Metrics, ServiceExt};
 use fulcrum_proxy::snapshot::{PoolRt, ServiceRt, Shared, Snapshot};
 use tokio::net::TcpStream;
@@ -56,7 +57,7 @@ pub struct Tuning {
     /// Extra attempts on other backends (connect failure, 502, 503).
     pub retries: u32,
     /// Retries allowed per 100 requests on average (the retry budget), in addition to
-    /// `RETRY_BUDGET_MIN` in reserve.
+    /// `fulcrum_core::retry::RETRY_BUDGET_MIN` in reserve.
     pub retry_budget_percent: u8,
 }
 
@@ -85,42 +86,6 @@ impl Tuning {
 impl Default for Tuning {
     fn default() -> Self {
         Self::new(&HttpTimeouts::default(), &RetryPolicy::default())
-    }
-}
-
-/// Retries allowed at once when the budget is empty of earned tokens.
-const RETRY_BUDGET_MIN: i64 = 10;
-const MILLI: i64 = 1000;
-
-/// A retry budget: each request earns `percent`/100 of a retry, each retry spends one; the
-/// balance is capped, so under an outage retries add at most `percent`% to the traffic.
-#[derive(Debug)]
-pub struct RetryBudget {
-    milli: AtomicI64,
-    earn: i64,
-    cap: i64,
-}
-
-impl RetryBudget {
-    pub fn new(percent: u8) -> Self {
-        Self {
-            milli: AtomicI64::new(RETRY_BUDGET_MIN * MILLI),
-            earn: i64::from(percent) * MILLI / 100,
-            cap: (RETRY_BUDGET_MIN + 100) * MILLI,
-        }
-    }
-    pub fn earn(&self) {
-        if self.milli.load(Ordering::Relaxed) < self.cap {
-            self.milli.fetch_add(self.earn, Ordering::Relaxed);
-        }
-    }
-    pub fn try_spend(&self) -> bool {
-        if self.milli.fetch_sub(MILLI, Ordering::Relaxed) >= MILLI {
-            true
-        } else {
-            self.milli.fetch_add(MILLI, Ordering::Relaxed);
-            false
-        }
     }
 }
 

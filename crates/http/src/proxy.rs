@@ -13,6 +13,7 @@ use std::time::{Instant, SystemTime};
 use fulcrum_core::config::BackendProtocol;
 use fulcrum_core::hash::hash_bytes;
 use fulcrum_core::model::{FlowTuple, HashKey, Proto};
+use fulcrum_core::retry::{Attempts, Failure, Next, Replay};
 use fulcrum_core::sched::{PickError, PickRequest};
 use fulcrum_proxy::stats::BackendStats;
 use http::{StatusCode, Version};
@@ -84,13 +85,6 @@ pub(crate) fn host(r: &impl ReqView) -> &str {
 fn path(target: &[u8]) -> &str {
     let p = target.split(|b| *b == b'?').next().unwrap_or(b"");
     std::str::from_utf8(p).unwrap_or("")
-}
-
-fn is_idempotent(m: &[u8]) -> bool {
-    matches!(
-        m,
-        b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE"
-    )
 }
 
 fn values<'a>(r: &'a impl ReqView, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
@@ -554,6 +548,26 @@ enum Fail {
 }
 
 impl Fail {
+    /// The failure as the retry and ejection policy sees it.
+    fn kind(&self) -> Failure {
+        match *self {
+            Fail::Connect(_) => Failure::Connect,
+            Fail::Timeout => Failure::ResponseTimeout,
+            Fail::Client => Failure::Client,
+            Fail::Backend {
+                sent,
+                answered,
+                reused,
+            } => Failure::Backend {
+                sent,
+                answered,
+                reused,
+            },
+            Fail::Malformed(_) => Failure::Malformed,
+            Fail::Uncarried => Failure::Uncarried,
+        }
+    }
+
     /// Fulcrum's answer when this is the last failure of a request.
     fn answer(&self) -> Local {
         let (status, why) = match self {
@@ -1018,7 +1032,7 @@ pub(crate) async fn forward<'c>(
         e.request_id = String::from_utf8_lossy(rid).into_owned();
     }
     let is_head = req.method() == b"HEAD";
-    let replayable = framing == Framing::Empty && is_idempotent(req.method()) && !upgrade;
+    let replay = Replay::of(req.method(), framing == Framing::Empty, upgrade);
     let mut bytes_in = 0;
 
     let tuning = ext.tuning;
@@ -1031,13 +1045,12 @@ pub(crate) async fn forward<'c>(
         is_head,
         tuning,
     };
-    let max_attempts = 1 + tuning.retries as usize;
+    let mut attempts = Attempts::new(tuning.retries);
     let mut tried: Vec<usize> = Vec::new();
-    let mut stale_retries = 0;
     let mut last_err: Option<Local> = None;
     let mut slot: Option<Box<Msg>> = None;
     let out = loop {
-        if tried.len() >= max_attempts {
+        if !attempts.may_start(tried.len()) {
             break None;
         }
         let Ok((idx, sticky_hit)) = pick(c, rp, req, &tried) else {
@@ -1054,19 +1067,12 @@ pub(crate) async fn forward<'c>(
         let got = match sent {
             Ok(g) => g,
             Err(e) => {
-                if let Fail::Backend {
-                    sent,
-                    answered: false,
-                    reused: true,
-                } = e
-                {
-                    let resendable = replayable || (!sent && framing == Framing::Empty);
-                    if resendable && stale_retries < 2 {
-                        // A pooled connection the backend had closed: try a fresh one.
-                        stale_retries += 1;
-                        tried.pop();
-                        continue;
-                    }
+                let failure = e.kind();
+                let next = attempts.after(failure, replay, tried.len(), || true, &ext.budget);
+                if next == Next::Resend {
+                    // A pooled connection the backend had closed: try a fresh one.
+                    tried.pop();
+                    continue;
                 }
                 match &e {
                     Fail::Connect(ConnectError::Refused(err)) => {
@@ -1078,37 +1084,30 @@ pub(crate) async fn forward<'c>(
                     }
                     _ => {}
                 }
-                if !matches!(e, Fail::Client | Fail::Uncarried) {
+                if failure.counts_against_backend() {
                     c.shared.report_passive(stats, false);
                 }
-                // After a connect failure nothing was sent: any request may go to another
-                // backend; after a backend failure, only one that can be sent again.
-                let retry = match e {
-                    Fail::Connect(_) => true,
-                    Fail::Backend { .. } => replayable,
-                    Fail::Timeout | Fail::Client | Fail::Malformed(_) | Fail::Uncarried => false,
-                };
                 last_err = Some(e.answer());
-                if retry && tried.len() < max_attempts && ext.budget.try_spend() {
+                if next == Next::Retry {
                     continue;
                 }
                 break None;
             }
         };
         let status = got.answer.status();
-        if status >= 500 {
+        if let Some(failure) = Failure::of_status(status) {
             stats.http_5xx.fetch_add(1, Ordering::Relaxed);
-            c.shared.report_passive(stats, false);
-            if matches!(status, 502 | 503)
-                && replayable
-                && tried.len() < max_attempts
-                && pool
-                    .backends
+            if failure.counts_against_backend() {
+                c.shared.report_passive(stats, false);
+            }
+            let others_left = || {
+                pool.backends
                     .iter()
                     .enumerate()
                     .any(|(i, b)| b.is_eligible() && !tried.contains(&i))
-                && ext.budget.try_spend()
-            {
+            };
+            let next = attempts.after(failure, replay, tried.len(), others_left, &ext.budget);
+            if next == Next::Retry {
                 if let Answer::H1 {
                     conn,
                     resp,

@@ -152,6 +152,7 @@ impl Controller {
         path: PathBuf,
         config: Config,
     ) -> Result<Self, String> {
+        let discovery = Discoveries::new(Arc::clone(&shared.discovery_errors));
         let mut c = Self {
             shared,
             workers,
@@ -164,7 +165,7 @@ impl Controller {
             listening: HashSet::new(),
             next_id: 0,
             generation: 0,
-            discovery: Discoveries::default(),
+            discovery,
             loader: parse_file,
         };
         c.apply(config).await?;
@@ -785,7 +786,7 @@ impl Build {
                     max_flows: u64::from(s.max_flows.min(s.max_connections)),
                     idle_timeout: s.idle_timeout,
                     drain_timeout: s.drain_timeout,
-                    connect_timeout: defaults::CONNECT_TIMEOUT,
+                    connect_timeout: s.timeouts.map_or(defaults::CONNECT_TIMEOUT, |t| t.connect),
                     stats,
                     ext,
                     generation: self.generation,

@@ -21,13 +21,13 @@
 //!
 //! A failed lookup (timeout, refused, no such name, no records) or an unreadable or
 //! invalid file keeps that source's last good set, is logged and is counted in
-//! [`error_counts`] (`fulcrum_discovery_errors_total{pool,kind}`); a failed DNS lookup is
+//! [`DiscoveryErrors`] (`fulcrum_discovery_errors_total{pool,kind}`); a failed DNS lookup is
 //! retried after 1 s, doubling up to 30 s.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fulcrum_core::config::{Discovery, HostPort, PoolConfig};
@@ -55,20 +55,25 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// A whole lookup (A then AAAA, UDP then TCP) gives up after this.
 const LOOKUP_DEADLINE: Duration = Duration::from_secs(3);
 
-/// `(pool, kind)` -> failed lookups or file reads, for `fulcrum_discovery_errors_total`.
-static ERRORS: Mutex<BTreeMap<(String, &'static str), u64>> = Mutex::new(BTreeMap::new());
+/// Failed lookups or file reads per `(pool, kind)`, for `fulcrum_discovery_errors_total`:
+/// counted by the discovery tasks of one [`Discoveries`], read by the metrics endpoint
+/// (through [`crate::snapshot::Shared::discovery_errors`]).
+#[derive(Debug, Default)]
+pub struct DiscoveryErrors(Mutex<BTreeMap<(String, &'static str), u64>>);
 
-/// Failed lookups/reads so far, as `(pool, kind, count)` with kind `dns`, `srv` or `file`.
-pub fn error_counts() -> Vec<(String, &'static str, u64)> {
-    ERRORS
-        .lock()
-        .map(|m| m.iter().map(|((p, k), n)| (p.clone(), *k, *n)).collect())
-        .unwrap_or_default()
-}
+impl DiscoveryErrors {
+    /// Failed lookups/reads so far, as `(pool, kind, count)` with kind `dns`, `srv` or `file`.
+    pub fn counts(&self) -> Vec<(String, &'static str, u64)> {
+        self.0
+            .lock()
+            .map(|m| m.iter().map(|((p, k), n)| (p.clone(), *k, *n)).collect())
+            .unwrap_or_default()
+    }
 
-fn count_error(pool: &str, kind: &'static str) {
-    if let Ok(mut m) = ERRORS.lock() {
-        *m.entry((pool.to_owned(), kind)).or_insert(0) += 1;
+    fn count(&self, pool: &str, kind: &'static str) {
+        if let Ok(mut m) = self.0.lock() {
+            *m.entry((pool.to_owned(), kind)).or_insert(0) += 1;
+        }
     }
 }
 
@@ -110,6 +115,7 @@ pub fn spawn(
     cfg: Discovery,
     task: u64,
     events: UnboundedSender<Event>,
+    errors: Arc<DiscoveryErrors>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let (tx, mut rx) = unbounded_channel::<(Source, Vec<Backend>)>();
@@ -119,21 +125,29 @@ pub fn spawn(
                 Ok(r) => {
                     if let Some(hp) = cfg.dns.clone() {
                         let (r, pool, tx) = (r.clone(), pool.clone(), tx.clone());
-                        sources.push(tokio::spawn(dns_loop(r, pool, hp, tx)));
+                        let errors = Arc::clone(&errors);
+                        sources.push(tokio::spawn(dns_loop(r, pool, hp, tx, errors)));
                     }
                     if let Some(name) = cfg.srv.clone() {
                         let (pool, tx) = (pool.clone(), tx.clone());
-                        sources.push(tokio::spawn(srv_loop(r, pool, name, tx)));
+                        let errors = Arc::clone(&errors);
+                        sources.push(tokio::spawn(srv_loop(r, pool, name, tx, errors)));
                     }
                 }
                 Err(e) => {
                     tracing::error!(pool, "discovery: no resolver: {e}");
-                    count_error(&pool, if cfg.dns.is_some() { "dns" } else { "srv" });
+                    errors.count(&pool, if cfg.dns.is_some() { "dns" } else { "srv" });
                 }
             }
         }
         if let Some(path) = cfg.file.clone() {
-            sources.push(tokio::spawn(file_loop(pool.clone(), path, tx.clone())));
+            let errors = Arc::clone(&errors);
+            sources.push(tokio::spawn(file_loop(
+                pool.clone(),
+                path,
+                tx.clone(),
+                errors,
+            )));
         }
         drop(tx);
         // Abort the source tasks when this task is aborted or ends.
@@ -236,6 +250,7 @@ async fn dns_loop(
     pool: String,
     hp: HostPort,
     tx: UnboundedSender<(Source, Vec<Backend>)>,
+    errors: Arc<DiscoveryErrors>,
 ) {
     let mut retry = Duration::ZERO;
     loop {
@@ -253,7 +268,7 @@ async fn dns_loop(
             }
             Err(e) => {
                 retry = next_retry(retry);
-                count_error(&pool, Source::Dns.kind());
+                errors.count(&pool, Source::Dns.kind());
                 tracing::warn!(pool, name = %hp, "discovery: dns lookup failed, keeping the last good set (retry in {retry:?}): {e}");
                 retry
             }
@@ -297,6 +312,7 @@ async fn srv_loop(
     pool: String,
     name: String,
     tx: UnboundedSender<(Source, Vec<Backend>)>,
+    errors: Arc<DiscoveryErrors>,
 ) {
     let mut retry = Duration::ZERO;
     loop {
@@ -310,7 +326,7 @@ async fn srv_loop(
             }
             Err(e) => {
                 retry = next_retry(retry);
-                count_error(&pool, Source::Srv.kind());
+                errors.count(&pool, Source::Srv.kind());
                 tracing::warn!(pool, name, "discovery: srv lookup failed, keeping the last good set (retry in {retry:?}): {e}");
                 retry
             }
@@ -364,7 +380,12 @@ fn stamp(path: &Path) -> std::io::Result<(std::time::SystemTime, u64, u64)> {
     Ok((m.modified()?, m.len(), m.ino()))
 }
 
-async fn file_loop(pool: String, path: PathBuf, tx: UnboundedSender<(Source, Vec<Backend>)>) {
+async fn file_loop(
+    pool: String,
+    path: PathBuf,
+    tx: UnboundedSender<(Source, Vec<Backend>)>,
+    errors: Arc<DiscoveryErrors>,
+) {
     let mut seen = None;
     let mut failing = false;
     loop {
@@ -388,7 +409,7 @@ async fn file_loop(pool: String, path: PathBuf, tx: UnboundedSender<(Source, Vec
                 }
                 Err(e) => {
                     failing = true;
-                    count_error(&pool, Source::File.kind());
+                    errors.count(&pool, Source::File.kind());
                     tracing::warn!(pool, file = %path.display(), "discovery: cannot use the backends file, keeping the last good set: {e}");
                 }
             }
@@ -398,16 +419,26 @@ async fn file_loop(pool: String, path: PathBuf, tx: UnboundedSender<(Source, Vec
     }
 }
 
-/// The controller's side: one running discovery task per pool.
-#[derive(Default)]
+/// The controller's side: one running discovery task per pool, and their failures.
 pub struct Discoveries {
     tasks: HashMap<String, (Discovery, u64, JoinHandle<()>)>,
     /// The last set each pool's current task reported.
     sets: HashMap<String, Vec<Backend>>,
     next: u64,
+    errors: Arc<DiscoveryErrors>,
 }
 
 impl Discoveries {
+    /// No tasks yet; their failures are counted in `errors`.
+    pub fn new(errors: Arc<DiscoveryErrors>) -> Self {
+        Self {
+            tasks: HashMap::new(),
+            sets: HashMap::new(),
+            next: 0,
+            errors,
+        }
+    }
+
     /// Starts, restarts (new settings) or stops tasks so that exactly the pools in `pools`
     /// with a discovery table have one. A pool whose settings changed keeps its last set
     /// until the new task reports.
@@ -426,7 +457,14 @@ impl Discoveries {
                         h.abort();
                     }
                     self.next += 1;
-                    let h = spawn(name.to_owned(), d.clone(), self.next, events.clone());
+                    let errors = Arc::clone(&self.errors);
+                    let h = spawn(
+                        name.to_owned(),
+                        d.clone(),
+                        self.next,
+                        events.clone(),
+                        errors,
+                    );
                     keep.insert(name.to_owned(), (d.clone(), self.next, h));
                 }
             }
@@ -467,6 +505,21 @@ impl Drop for Discoveries {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each discovery state counts its own failures, per pool and kind.
+    #[test]
+    fn error_counts_belong_to_their_state() {
+        let (a, b) = (DiscoveryErrors::default(), DiscoveryErrors::default());
+        a.count("web", "dns");
+        a.count("web", "dns");
+        a.count("api", "file");
+        b.count("web", "srv");
+        assert_eq!(
+            a.counts(),
+            vec![("api".to_owned(), "file", 1), ("web".to_owned(), "dns", 2)]
+        );
+        assert_eq!(b.counts(), vec![("web".to_owned(), "srv", 1)]);
+    }
 
     #[test]
     fn static_wins_on_duplicates() {

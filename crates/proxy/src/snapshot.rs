@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use fulcrum_core::config::BackendProtocol;
 use fulcrum_core::flow::{FlowKey, FlowTable};
-use fulcrum_core::hash::flow_hash;
+use fulcrum_core::hash::connection_hash;
 use fulcrum_core::model::{
     Backend, FlowTuple, ForwardMode, HashKey, Proto, ProxyProtocol, SchedulerKind, ServiceProtocol,
 };
@@ -99,7 +99,7 @@ impl PoolRt {
     /// The scheduler's choice, with the flow hash of the pool's hash key.
     fn pick(&self, flow: &FlowTuple, exclude: &[usize]) -> Result<usize, PickError> {
         self.scheduler.pick(&PickRequest {
-            hash: flow_hash(&self.hash_key, flow).unwrap_or(0),
+            hash: connection_hash(&self.hash_key, flow),
             random: fastrand::u64(..),
             loads: self,
             exclude,
@@ -195,6 +195,8 @@ pub struct Shared {
     pub global: GlobalStats,
     /// VIP announcement: the instance drain flag and what the BGP speaker holds.
     pub announce: crate::announce::AnnounceState,
+    /// The controller's discovery failures, for the metrics endpoint.
+    pub discovery_errors: Arc<crate::discovery::DiscoveryErrors>,
     epoch: Instant,
     ready: AtomicBool,
     draining: AtomicBool,
@@ -213,6 +215,7 @@ impl Shared {
             events,
             global: GlobalStats::default(),
             announce: crate::announce::AnnounceState::default(),
+            discovery_errors: Arc::default(),
             epoch: Instant::now(),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),

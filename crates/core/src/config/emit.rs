@@ -11,15 +11,15 @@ use toml::{Table, Value};
 
 use super::{
     defaults, AccessLog, AdminConfig, BackendProtocol, Config, Discovery, Forwarding, HealthCheck,
-    HealthConfig, LogTarget, OutlierConfig, PoolConfig, Route, ServiceConfig, TunnelKind,
-    XdpConfig,
+    HealthConfig, HttpTimeouts, LogTarget, OutlierConfig, PoolConfig, Route, ServiceConfig,
+    ServiceProtocol, TunnelKind, XdpConfig,
 };
 use crate::model::{self, ProxyProtocol};
 
 impl Config {
     /// The configuration as TOML text that [`super::parse`] turns back into `self`.
     pub fn to_toml(&self) -> String {
-        let body = table_to_string(self.to_toml_table());
+        let body = table_to_string(&self.to_toml_table());
         format!("# The running configuration of this Fulcrum instance.\n\n{body}")
     }
 
@@ -60,25 +60,35 @@ impl Config {
 /// Writes a configuration document (as [`Config::to_toml_table`] makes it, perhaps edited)
 /// as TOML text. `[service.tls] certs` is written inline (`certs = [{ cert = ..., key = ...
 /// }]`), the form the contract documents.
-pub fn table_to_string(mut doc: Table) -> String {
-    let mut inline = Vec::new();
-    if let Some(Value::Array(services)) = doc.get_mut("service") {
-        for sv in services {
-            let Some(Value::Table(tls)) = sv.get_mut("tls") else {
+pub fn table_to_string(doc: &Table) -> String {
+    let text = toml::to_string(doc).unwrap_or_default();
+    let Ok(mut edit) = text.parse::<toml_edit::DocumentMut>() else {
+        // `toml` wrote it, so `toml_edit` reads it; were it not so, the sections still parse.
+        return text;
+    };
+    if let Some(services) = edit
+        .get_mut("service")
+        .and_then(toml_edit::Item::as_array_of_tables_mut)
+    {
+        for sv in services.iter_mut() {
+            let Some(tls) = sv.get_mut("tls").and_then(toml_edit::Item::as_table_mut) else {
                 continue;
             };
-            if let Some(certs) = tls.get_mut("certs") {
-                let marker = format!("__fulcrum_inline_{}__", inline.len());
-                let v = std::mem::replace(certs, Value::String(marker.clone()));
-                inline.push((format!("\"{marker}\""), v.to_string()));
+            let Some(certs) = tls.get_mut("certs") else {
+                continue;
+            };
+            if let Some(a) = certs.as_array_of_tables() {
+                *certs = toml_edit::value(a.clone().into_array());
+                // The key was written as part of `[[service.tls.certs]]`: format it as a key.
+                if let Some(mut k) = tls.key_mut("certs") {
+                    k.fmt();
+                }
             }
+            // Its header carries `certs` now.
+            tls.set_implicit(false);
         }
     }
-    let mut text = toml::to_string(&doc).unwrap_or_default();
-    for (marker, v) in inline {
-        text = text.replacen(&marker, &v, 1);
-    }
-    text
+    edit.to_string()
 }
 
 fn s(v: impl Into<String>) -> Value {
@@ -162,12 +172,7 @@ pub fn service(sv: &ServiceConfig) -> Table {
         t.insert("access_log".into(), Value::Table(access_log(al)));
     }
     if let Some(to) = &sv.timeouts {
-        let mut x = Table::new();
-        x.insert("connect".into(), dur(to.connect));
-        x.insert("response".into(), dur(to.response));
-        x.insert("request_header".into(), dur(to.request_header));
-        x.insert("tls_handshake".into(), dur(to.tls_handshake));
-        t.insert("timeouts".into(), Value::Table(x));
+        t.insert("timeouts".into(), Value::Table(timeouts(to, sv.protocol)));
     }
     if let Some(h) = &sv.http2 {
         let mut x = Table::new();
@@ -224,6 +229,18 @@ fn forwarding(t: &mut Table, f: Forwarding) {
             }
         }
     }
+}
+
+/// `[service.timeouts]`: a tcp service has `connect` only.
+fn timeouts(to: &HttpTimeouts, protocol: ServiceProtocol) -> Table {
+    let mut x = Table::new();
+    x.insert("connect".into(), dur(to.connect));
+    if protocol == ServiceProtocol::Http {
+        x.insert("response".into(), dur(to.response));
+        x.insert("request_header".into(), dur(to.request_header));
+        x.insert("tls_handshake".into(), dur(to.tls_handshake));
+    }
+    x
 }
 
 fn route(r: &Route) -> Table {
@@ -351,4 +368,66 @@ fn xdp(x: &XdpConfig) -> Table {
     t.insert("interface".into(), s(&x.interface));
     t.insert("mode".into(), s(x.mode.as_str()));
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `certs` is written inline under its `[service.tls]`, and the rest of the document as
+    /// `toml` writes it.
+    #[test]
+    fn tls_certs_are_written_inline() {
+        let doc: Table = toml::from_str(
+            r#"
+            [[service]]
+            name = "a"
+            tls = { certs = [{ cert = "a.pem", key = "a.key" }, { cert = "b \"q\".pem", key = "b.key" }] }
+            timeouts = { connect = "1s" }
+
+            [[service]]
+            name = "b"
+            pool = "p"
+
+            [[service]]
+            name = "c"
+            tls = { certs = [] }
+
+            [[pool]]
+            name = "p"
+            backend = [{ address = "127.0.0.1:1" }]
+            "#,
+        )
+        .expect("TOML");
+        let text = table_to_string(&doc);
+        assert_eq!(
+            text,
+            r#"[[pool]]
+name = "p"
+
+[[pool.backend]]
+address = "127.0.0.1:1"
+
+[[service]]
+name = "a"
+
+[service.timeouts]
+connect = "1s"
+
+[service.tls]
+certs = [{ cert = "a.pem", key = "a.key" }, { cert = 'b "q".pem', key = "b.key" }]
+
+[[service]]
+name = "b"
+pool = "p"
+
+[[service]]
+name = "c"
+
+[service.tls]
+certs = []
+"#
+        );
+        assert_eq!(toml::from_str::<Table>(&text).expect("TOML"), doc);
+    }
 }

@@ -124,42 +124,73 @@ pub fn line_col(text: &str, pos: usize) -> (usize, usize) {
     (line, col)
 }
 
+/// A serde error, read back from the text the `toml` crate made of it.
+///
+/// Why text: `toml::de::Error` keeps only a message and a span. serde's derived code reports
+/// an unknown or missing field by calling `serde::de::Error::unknown_field` /
+/// `missing_field` on the deserializer's error type, and `toml` turns the call into text at
+/// once. `serde_path_to_error` does not help: it wraps the deserializer but keeps its error
+/// type, so the calls still reach `toml`; keeping the structure would take a deserializer of
+/// our own around `toml`'s (and `toml` attaches spans only to its own error). So the texts
+/// are read here, in one place for the messages and the recovery of [`super::recover`], and
+/// the test `serde_texts_are_read` fails when an upgrade of serde or `toml` changes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum SerdeError<'a> {
+    /// ``unknown field `key`, expected one of `a`, `b` `` (or `` expected `a` ``, or
+    /// `there are no fields`).
+    UnknownField { key: &'a str, valid: Vec<&'a str> },
+    /// ``missing field `key` ``.
+    MissingField(&'a str),
+    /// `invalid type: <what came>, expected <what is valid>`: the rest.
+    InvalidType(&'a str),
+    /// Anything else (a custom message, a syntax error).
+    Other(&'a str),
+}
+
+impl<'a> SerdeError<'a> {
+    /// Reads `message` (of `toml::de::Error::message`).
+    pub(crate) fn read(message: &'a str) -> Self {
+        let msg = message.trim();
+        if let Some(rest) = msg.strip_prefix("unknown field `") {
+            if let Some((key, after)) = rest.split_once('`') {
+                let valid = after
+                    .strip_prefix(", expected ")
+                    .map(backticked)
+                    .unwrap_or_default();
+                return Self::UnknownField { key, valid };
+            }
+        }
+        if let Some(rest) = msg.strip_prefix("missing field ") {
+            return Self::MissingField(rest.trim().trim_matches('`'));
+        }
+        if let Some(rest) = msg.strip_prefix("invalid type: ") {
+            return Self::InvalidType(rest);
+        }
+        Self::Other(msg)
+    }
+}
+
 /// Rewords serde's generic messages (`unknown field`, `missing field`) into the contract's
 /// vocabulary (keys), moving the list of valid choices into the help.
 fn reword_serde(raw: &str) -> (String, Option<String>) {
-    if let Some(rest) = raw.strip_prefix("unknown field ") {
-        return match rest.split_once(", expected ") {
-            Some((field, expected)) => (
-                format!("unknown key {field}"),
-                Some(format!("valid keys here: {}", list_of_backticked(expected))),
-            ),
-            None => match rest.split_once(", there are no fields") {
-                Some((field, _)) => (format!("unknown key {field}"), None),
-                None => (format!("unknown key {rest}"), None),
-            },
-        };
+    match SerdeError::read(raw) {
+        SerdeError::UnknownField { key, valid } => (
+            format!("unknown key `{key}`"),
+            (!valid.is_empty()).then(|| format!("valid keys here: {}", valid.join(", "))),
+        ),
+        SerdeError::MissingField(key) => (format!("missing key `{key}` in this table"), None),
+        SerdeError::InvalidType(rest) => (format!("wrong type: {rest}"), None),
+        SerdeError::Other(msg) => (msg.to_owned(), None),
     }
-    if let Some(rest) = raw.strip_prefix("missing field ") {
-        return (format!("missing key {rest} in this table"), None);
-    }
-    if let Some(rest) = raw.strip_prefix("invalid type: ") {
-        return (format!("wrong type: {rest}"), None);
-    }
-    (raw.to_owned(), None)
 }
 
-/// "one of `a`, `b`, `c`" / "`a` or `b`" / "`a`" -> "a, b, c".
-fn list_of_backticked(expected: &str) -> String {
-    let names: Vec<&str> = expected
+/// "one of `a`, `b`, `c`" / "`a` or `b`" / "`a`" -> [a, b, c].
+fn backticked(expected: &str) -> Vec<&str> {
+    expected
         .split('`')
         .enumerate()
         .filter_map(|(i, part)| (i % 2 == 1).then_some(part))
-        .collect();
-    if names.is_empty() {
-        expected.to_owned()
-    } else {
-        names.join(", ")
-    }
+        .collect()
 }
 
 #[cfg(test)]
@@ -180,9 +211,78 @@ mod tests {
     fn rewords_unknown_field() {
         let (m, h) = reword_serde("unknown field `bogus`, expected one of `name`, `listen`");
         assert_eq!(m, "unknown key `bogus`");
+        let (m, h0) = reword_serde("unknown field `zz`, there are no fields");
+        assert_eq!((m.as_str(), h0), ("unknown key `zz`", None));
         assert_eq!(h.as_deref(), Some("valid keys here: name, listen"));
         let (_, h) = reword_serde("unknown field `zz`, expected `pool`");
         assert_eq!(h.as_deref(), Some("valid keys here: pool"));
+    }
+
+    /// The texts `toml` makes of serde's errors, as [`SerdeError::read`] reads them: an
+    /// upgrade that changes them fails here, not silently in the messages.
+    #[test]
+    fn serde_texts_are_read() {
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Two {
+            name: String,
+            listen: u16,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct One {
+            pool: String,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct None_ {}
+        let err = |r: Result<(), toml::de::Error>| r.expect_err("an error").message().to_owned();
+        let e = err(toml::from_str::<Two>("name = \"a\"\nlisten = 1\nbogus = 1").map(drop));
+        assert_eq!(
+            SerdeError::read(&e),
+            SerdeError::UnknownField {
+                key: "bogus",
+                valid: vec!["name", "listen"]
+            }
+        );
+        assert_eq!(
+            ConfigError::from_toml(
+                &toml::from_str::<Two>("name = \"a\"\nlisten = 1\nbogus = 1").expect_err("error")
+            )
+            .help
+            .as_deref(),
+            Some("valid keys here: name, listen")
+        );
+        let e = err(toml::from_str::<One>("pool = \"p\"\nzz = 1").map(drop));
+        assert_eq!(
+            SerdeError::read(&e),
+            SerdeError::UnknownField {
+                key: "zz",
+                valid: vec!["pool"]
+            }
+        );
+        let e = err(toml::from_str::<None_>("zz = 1").map(drop));
+        assert_eq!(
+            SerdeError::read(&e),
+            SerdeError::UnknownField {
+                key: "zz",
+                valid: vec![]
+            }
+        );
+        let e = err(toml::from_str::<Two>("name = \"a\"").map(drop));
+        assert_eq!(SerdeError::read(&e), SerdeError::MissingField("listen"));
+        assert_eq!(reword_serde(&e).0, "missing key `listen` in this table");
+        let e = err(toml::from_str::<Two>("name = 1\nlisten = 1").map(drop));
+        assert_eq!(
+            SerdeError::read(&e),
+            SerdeError::InvalidType("integer `1`, expected a string")
+        );
+        assert_eq!(
+            reword_serde(&e).0,
+            "wrong type: integer `1`, expected a string"
+        );
     }
 
     #[test]

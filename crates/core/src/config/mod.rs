@@ -191,7 +191,8 @@ pub struct ServiceConfig {
     pub rate_limit: Option<RateLimit>,
     /// http: access log; off when `None`.
     pub access_log: Option<AccessLog>,
-    /// http: `[service.timeouts]` (`None`: absent, the defaults apply).
+    /// http and tcp: `[service.timeouts]` (`None`: absent, the defaults apply); a tcp
+    /// service sets only `connect` (the others keep their defaults).
     pub timeouts: Option<HttpTimeouts>,
     /// http: `[service.retry]` (`None`: absent, the defaults apply).
     pub retry: Option<RetryPolicy>,
@@ -320,10 +321,11 @@ pub struct RateLimit {
     pub burst: u32,
 }
 
-/// `[service.timeouts]`: every timeout is longer than 0.
+/// `[service.timeouts]`: every timeout is longer than 0. tcp services use `connect` only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HttpTimeouts {
-    /// Connecting to a backend (default 3s): over it, `504` and the next backend.
+    /// Connecting to a backend (default 3s): over it, `504` and the next backend (tcp: the
+    /// next backend).
     pub connect: Duration,
     /// From sending the request to the backend's response head (default 60s): over it, `504`.
     pub response: Duration,

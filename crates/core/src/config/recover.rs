@@ -12,7 +12,7 @@ use std::ops::Range;
 
 use toml_edit::{ImDocument, Item, Value};
 
-use super::error::ConfigError;
+use super::error::{ConfigError, SerdeError};
 use super::raw::RawConfig;
 
 /// At most this many deserialization errors are reported for one file.
@@ -86,10 +86,9 @@ pub(super) fn deserialize(text: &str) -> Result<Recovered, ConfigError> {
             out.errors.push(ce);
             break;
         };
-        let msg = err.message();
-        let patched = if let Some(rest) = msg.strip_prefix("unknown field ") {
-            let (key, valid) = unknown_field(rest);
-            let suggestion = did_you_mean(&key, &valid);
+        let read = SerdeError::read(err.message());
+        let patched = if let SerdeError::UnknownField { key, valid } = &read {
+            let suggestion = did_you_mean(key, valid);
             if let Some(s) = suggestion {
                 ce.help = Some(match ce.help.take() {
                     Some(h) => format!("did you mean `{s}`? {h}"),
@@ -100,8 +99,7 @@ pub(super) fn deserialize(text: &str) -> Result<Recovered, ConfigError> {
                 .and_then(|s| rename(&mut out, span.clone(), s))
                 .or_else(|| blank(&out.text, &span))
                 .map(|text| (text, None))
-        } else if let Some(rest) = msg.strip_prefix("missing field ") {
-            let key = rest.trim().trim_matches('`');
+        } else if let SerdeError::MissingField(key) = read {
             // A key blanked for a bad value was already reported: not again as missing.
             // (It was in this table: after the table's start, with no table header between.)
             let caused = blanked.iter().any(|(k, at)| {
@@ -140,24 +138,6 @@ pub(super) fn deserialize(text: &str) -> Result<Recovered, ConfigError> {
         out.text = text;
     }
     Ok(out)
-}
-
-/// `` `key`, expected one of `a`, `b` `` (serde's text after "unknown field ") -> the key
-/// and the valid keys.
-fn unknown_field(rest: &str) -> (String, Vec<String>) {
-    let mut parts = rest.split('`').skip(1);
-    let key = parts.next().unwrap_or_default().to_owned();
-    let valid = rest
-        .split_once("expected")
-        .map(|(_, list)| {
-            list.split('`')
-                .enumerate()
-                .filter(|(i, _)| i % 2 == 1)
-                .map(|(_, s)| s.to_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    (key, valid)
 }
 
 /// The valid key closest to `key`, if close enough to be a typo (edit distance at most 1

@@ -524,8 +524,52 @@ fn service(c: &mut Checker<'_>, s: &RawService, defined: &[&str], has_xdp: bool)
     });
 
     let timeouts = s.timeouts.as_ref().map(|t| {
-        http_only(c, t.span(), "[service.timeouts]");
+        let t_span = t.span();
         let t = t.get_ref();
+        match protocol {
+            ServiceProtocol::Http => {}
+            // A tcp service connects to backends too: `connect` applies, the rest is HTTP's.
+            ServiceProtocol::Tcp => {
+                if mode != ForwardMode::Proxy {
+                    c.err(
+                        t_span.clone(),
+                        format!(
+                            "[service.timeouts] needs forward = \"proxy\"; `{name}` uses \"{}\"",
+                            mode.as_str()
+                        ),
+                        Some(
+                            "the packet data plane makes no connections; remove [service.timeouts]"
+                                .into(),
+                        ),
+                    );
+                }
+                let http_keys = [
+                    ("response", &t.response),
+                    ("request_header", &t.request_header),
+                    ("tls_handshake", &t.tls_handshake),
+                ];
+                for (key, v) in http_keys {
+                    if let Some(v) = v {
+                        c.err(
+                            v.span(),
+                            format!(
+                                "[service.timeouts] {key} applies only to http services; \
+                                 `{name}` is tcp"
+                            ),
+                            Some("a tcp service takes only `connect` here".into()),
+                        );
+                    }
+                }
+            }
+            ServiceProtocol::Udp => c.err(
+                t_span,
+                format!(
+                    "[service.timeouts] applies only to http and tcp services; `{name}` is \
+                     {proto_name}"
+                ),
+                Some("remove it: a udp service does not connect to its backends".into()),
+            ),
+        }
         let mut get = |v: &Option<Spanned<HumanDuration>>, default, what| {
             dur(c, v.as_ref(), default, what, &limits::HTTP_TIMEOUT)
         };
