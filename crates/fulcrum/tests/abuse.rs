@@ -55,6 +55,10 @@ const RSS_AFTER_SLACK_KIB: u64 = 4 * 1024;
 /// Rounds of the idle-connection abuse against one process.
 const ROUNDS: usize = 2;
 
+/// The tests of this file run one at a time: each measures a Fulcrum process while it is
+/// the only abuse running, and the larger ones need most of this process's descriptors.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -235,7 +239,7 @@ impl Baseline {
     }
 
     /// Waits (up to `limit`) for the service to have no connection left and the descriptors
-    /// to be back at the baseline, then checks them and RSS. Returns (fds, RSS KiB) after.
+    /// to be back at the baseline, then checks them and RSS.
     async fn expect_back(&self, f: &Fulcrum, service: &str, what: &str, limit: Duration) {
         let deadline = Instant::now() + limit;
         let (mut active, mut fds) = (u64::MAX, usize::MAX);
@@ -446,6 +450,7 @@ const FIRST_REQUEST_BUDGET_BYTES: u64 = 8 * 1024;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_tcp_connections_cost_no_buffers_and_leave_nothing() {
+    let _serial = SERIAL.lock().await;
     // This process holds a client and a backend socket per connection, Fulcrum two.
     let n = idle_size(2);
     // Fulcrum connects to the backends from 127.0.0.1: four backend addresses give it four
@@ -512,6 +517,7 @@ async fn idle_tcp_connections_cost_no_buffers_and_leave_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_http_connections_cost_no_buffers_and_leave_nothing() {
+    let _serial = SERIAL.lock().await;
     // This process and Fulcrum each hold one socket per idle connection.
     let n = idle_size(1);
     let b = HttpBackend::start(HttpMode::OkClose).await;
@@ -664,11 +670,13 @@ async fn flood_past_max_connections(protocol: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_flood_past_max_connections_is_bounded() {
+    let _serial = SERIAL.lock().await;
     flood_past_max_connections("tcp").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_flood_past_max_connections_is_bounded() {
+    let _serial = SERIAL.lock().await;
     flood_past_max_connections("http").await;
 }
 
@@ -683,6 +691,7 @@ const FLOW_BUDGET_BYTES: u64 = 3 * 1024;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_flood_from_random_ports_keeps_the_flow_table_and_memory_bounded() {
+    let _serial = SERIAL.lock().await;
     const MAX_FLOWS: u64 = 1000;
     let sources = env_usize("FULCRUM_ABUSE_UDP_SOURCES", 20_000);
     let b = UdpBackend::start("b0").await;
@@ -898,11 +907,13 @@ async fn backend_never_reads(protocol: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_backend_that_never_reads_an_upload() {
+    let _serial = SERIAL.lock().await;
     backend_never_reads("tcp").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_backend_that_never_reads_an_upload() {
+    let _serial = SERIAL.lock().await;
     backend_never_reads("http").await;
 }
 
@@ -982,10 +993,12 @@ async fn client_never_reads(protocol: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_client_that_never_reads_an_answer() {
+    let _serial = SERIAL.lock().await;
     client_never_reads("tcp").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_client_that_never_reads_an_answer() {
+    let _serial = SERIAL.lock().await;
     client_never_reads("http").await;
 }
