@@ -1002,3 +1002,73 @@ async fn http_client_that_never_reads_an_answer() {
     let _serial = SERIAL.lock().await;
     client_never_reads("http").await;
 }
+
+/// hyper's server receive window per HTTP/2 connection (and per stream), which Fulcrum keeps
+/// (`DEFAULT_CONN_WINDOW` in hyper's `proto/h2/server.rs`): the most of a client's request
+/// bodies it can hold unread.
+const H2_CONN_WINDOW_KIB: u64 = 1024;
+
+/// An HTTP/2 client (h2c, prior knowledge) uploads `FULCRUM_ABUSE_BYTES` to a backend that
+/// never reads: Fulcrum takes the client's DATA only as the backend connection takes it, so
+/// the upload stalls with at most a receive window held, and the exchange ends at the
+/// response timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_backend_that_never_reads_an_upload() {
+    let _serial = SERIAL.lock().await;
+    let total = env_usize("FULCRUM_ABUSE_BYTES", 1 << 30) as u64;
+    let b = TcpBackend::start(Behaviour::NeverRead).await;
+    let (admin, listen) = (free_addr(), free_addr());
+    let extra = "idle_timeout = \"2s\"\n[service.timeouts]\nresponse = \"2s\"\n[service.retry]\nattempts = 0";
+    let cfg = http_config(admin, listen, extra, &[b.addr]);
+    let f = Fulcrum::start("abuse-h2-upload", admin, &cfg, &["--workers", "1"]).await;
+    let base = Baseline::take(&f);
+    let tcp = connect(listen).await.unwrap();
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let (mut tx, body) = http_body_util::channel::Channel::<bytes::Bytes>::new(1);
+    let req = hyper::Request::post("http://abuse/upload")
+        .header("content-length", total)
+        .body(body)
+        .unwrap();
+    let answer =
+        tokio::spawn(async move { h2.send_request(req).await.map(|r| r.status().as_u16()) });
+    let piece = bytes::Bytes::from(vec![b'u'; 1 << 20]);
+    let mut sent = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sent < total && Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(1), tx.send_data(piece.clone())).await {
+            Ok(Ok(())) => sent += piece.len() as u64,
+            _ => break,
+        }
+    }
+    let stalled = Instant::now();
+    let answered = tokio::time::timeout(STALL_CUT + Duration::from_secs(4), answer).await;
+    let grown = peak_kib(f.pid).saturating_sub(base.rss);
+    eprintln!(
+        "h2 upload to a backend that never reads: {sent} bytes handed to the client, answer {answered:?} {:?} after the stall, peak RSS +{grown} KiB",
+        stalled.elapsed()
+    );
+    assert!(
+        sent < total,
+        "{sent} of {total} bytes taken although the backend never reads"
+    );
+    assert!(
+        answered.is_ok(),
+        "the stalled upload was not ended within {STALL_CUT:?} and 4 s"
+    );
+    let bound = H2_CONN_WINDOW_KIB + stalled_bound_kib("http", 1);
+    assert!(
+        grown <= bound,
+        "peak RSS +{grown} KiB with a stalled HTTP/2 upload; bound {bound} KiB (a receive window, one HTTP/1.1 exchange, the slack)"
+    );
+    drop(tx);
+    drop(b);
+    base.expect_back(&f, "h", "h2 upload", Duration::from_secs(20))
+        .await;
+    f.assert_no_panic();
+}
