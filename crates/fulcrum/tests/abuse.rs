@@ -691,8 +691,8 @@ const FLOW_BUDGET_BYTES: u64 = 3 * 1024;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_flood_from_random_ports_keeps_the_flow_table_and_memory_bounded() {
-    let _serial = SERIAL.lock().await;
     const MAX_FLOWS: u64 = 1000;
+    let _serial = SERIAL.lock().await;
     let sources = env_usize("FULCRUM_ABUSE_UDP_SOURCES", 20_000);
     let b = UdpBackend::start("b0").await;
     let (admin, listen) = (free_addr(), free_addr());
