@@ -419,10 +419,17 @@ fn spawn_conn(shared: Arc<Shared>, svc: Arc<ServiceRt>, sock: TcpStream, peer: S
         counted: Cell::new(true),
         gone: Cell::new(false),
     });
+    // Once it ends (or parks), its memory may be given back: `fulcrum_proxy::memory`.
     if ctx.tls {
-        tokio::task::spawn_local(serve_tls(ctx, sock));
+        tokio::task::spawn_local(async move {
+            serve_tls(ctx, sock).await;
+            fulcrum_proxy::memory::connection_ended();
+        });
     } else {
-        tokio::task::spawn_local(server::serve_tcp(ctx, sock));
+        tokio::task::spawn_local(async move {
+            server::serve_tcp(ctx, sock).await;
+            fulcrum_proxy::memory::connection_ended();
+        });
     }
 }
 

@@ -44,9 +44,6 @@ use crate::ConnCtx;
 /// How long a keep-alive connection idles in its task before it is parked.
 pub(crate) const PARK_AFTER: Duration = Duration::from_secs(1);
 
-/// How long after a park the freed memory is given back (parks come in bursts).
-const RELEASE_DELAY: Duration = Duration::from_millis(100);
-
 /// A parked connection.
 struct Parked {
     sock: std::net::TcpStream,
@@ -59,8 +56,6 @@ struct Lot {
     /// A handle on the lot's epoll instance, for (de)registering parked sockets.
     registry: Registry,
     slots: RefCell<Slots>,
-    /// Connections were parked and their memory is not yet released.
-    parked_lately: std::cell::Cell<bool>,
 }
 
 #[derive(Default)]
@@ -116,16 +111,10 @@ impl AsRawFd for LotPoll {
     }
 }
 
-/// Set once by the binary: returns the calling thread's freed allocator memory to the kernel
-/// (the allocator is the binary's choice). Called after connections were parked.
-static RELEASE_FREE_MEMORY: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
-
-/// Registers the function the worker calls after parking connections, so memory freed by
-/// parking (their tasks and socket registrations) leaves the process's RSS. Only the first
-/// call counts.
-pub fn set_release_free_memory(f: fn()) {
-    let _ = RELEASE_FREE_MEMORY.set(f);
-}
+/// Registers the function the worker calls after parking or unparking connections (and
+/// after connections end), so the memory they freed (tasks, socket registrations) leaves the
+/// process's RSS: [`fulcrum_proxy::memory`]. Only the first call counts.
+pub use fulcrum_proxy::memory::set_release_free_memory;
 
 thread_local! {
     /// This worker's lot, created by the first connection parked on it.
@@ -158,18 +147,9 @@ pub(crate) fn park(
         }
     };
     let fd = sock.as_raw_fd();
-    if !lot.parked_lately.replace(true) {
-        // The first park after a release: give back what parking freed once this burst of
-        // parks is over (the tasks end and registrations go when the reactor next turns).
-        let lot = Rc::clone(&lot);
-        tokio::task::spawn_local(async move {
-            tokio::time::sleep(RELEASE_DELAY).await;
-            lot.parked_lately.set(false);
-            if let Some(release) = RELEASE_FREE_MEMORY.get() {
-                release();
-            }
-        });
-    }
+    // Give back what parking freed once this burst of parks is over (the task ends and the
+    // registration goes when the reactor next turns).
+    fulcrum_proxy::memory::release_soon();
     let mut slots = lot.slots.borrow_mut();
     let i = slots.insert(Parked {
         sock,
@@ -202,7 +182,6 @@ fn lot(ctx: &Rc<ConnCtx>) -> io::Result<Rc<Lot>> {
         let l = Rc::new(Lot {
             registry,
             slots: RefCell::new(Slots::default()),
-            parked_lately: std::cell::Cell::new(false),
         });
         *cell.borrow_mut() = Some(Rc::clone(&l));
         tokio::task::spawn_local(run(
@@ -271,6 +250,9 @@ fn unpark(lot: &Lot, i: usize) {
     match TcpStream::from_std(p.sock) {
         Ok(sock) => {
             tokio::task::spawn_local(crate::server::resume_h1(p.ctx, sock, p.last_request));
+            // A burst of unparks (thousands of keep-alive clients leaving at once) frees
+            // their new tasks right after: give that back too.
+            fulcrum_proxy::memory::release_soon();
         }
         Err(e) => tracing::debug!(error = %e, "cannot unpark a connection: closing it"),
     }

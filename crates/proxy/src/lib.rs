@@ -19,6 +19,7 @@ pub mod discovery;
 pub mod files;
 pub mod health;
 pub mod l7;
+pub mod memory;
 pub mod proxy_protocol;
 pub mod ratelog;
 pub mod relay;

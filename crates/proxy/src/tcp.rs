@@ -58,7 +58,11 @@ pub async fn serve(shared: Arc<Shared>, mut listener: Acceptor, listen: SocketAd
             }
         }
         let shared = Arc::clone(&shared);
-        tokio::task::spawn_local(async move { handle(&shared, &slot, sock, peer).await });
+        tokio::task::spawn_local(async move {
+            handle(&shared, &slot, sock, peer).await;
+            drop(slot);
+            crate::memory::connection_ended();
+        });
     }
 }
 
