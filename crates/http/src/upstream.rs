@@ -451,7 +451,7 @@ mod tests {
     }
 
     /// A burst leaves connections the steady load never takes again (the most recently
-    /// pooled are taken first): they are closed once idle for BACKEND_IDLE_TIMEOUT, and one
+    /// pooled are taken first): they are closed once idle for `BACKEND_IDLE_TIMEOUT`, and one
     /// the backend closed is let go at the next sweep, not held until it is reached.
     #[tokio::test(flavor = "current_thread")]
     async fn idle_backend_connections_expire() {
