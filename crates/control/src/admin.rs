@@ -7,6 +7,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
@@ -22,17 +23,25 @@ use prometheus_client::registry::Registry;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
+/// Who may use the API, from `[admin]`: read at start and replaced at every reload (a
+/// rewritten `token_file` takes effect with the reload that reads it).
+#[derive(Debug, Default)]
+pub struct Auth {
+    /// When set, mutating calls need `Authorization: Bearer <token>`.
+    pub token: Option<Arc<str>>,
+    /// `[admin] protect_reads`: with a token, read-only endpoints need it too (not
+    /// `/healthz` and `/readyz`).
+    pub protect_reads: bool,
+}
+
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AdminState {
     pub shared: Arc<Shared>,
     pub control: ControlSender,
     pub registry: Arc<Registry>,
-    /// When set, mutating calls need `Authorization: Bearer <token>`.
-    pub token: Option<Arc<str>>,
-    /// `[admin] protect_reads`: with a token, read-only endpoints need it too (not
-    /// `/healthz` and `/readyz`).
-    pub protect_reads: bool,
+    /// The running [`Auth`]; the binary swaps in a new one after each reload.
+    pub auth: Arc<ArcSwap<Auth>>,
 }
 
 /// Every endpoint of the admin API as (method, path), in axum's path syntax. The router is
@@ -288,7 +297,8 @@ async fn pool(State(st): State<AdminState>, Path(name): Path<String>) -> Respons
 
 /// Constant-time comparison of the presented bearer token.
 fn authorized(st: &AdminState, headers: &HeaderMap) -> bool {
-    let Some(want) = &st.token else { return true };
+    let auth = st.auth.load();
+    let Some(want) = &auth.token else { return true };
     let got = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -325,7 +335,7 @@ async fn protect_reads(
     next: axum::middleware::Next,
 ) -> Response {
     let path = req.uri().path();
-    if st.protect_reads
+    if st.auth.load().protect_reads
         && req.method() == axum::http::Method::GET
         && path != "/healthz"
         && path != "/readyz"

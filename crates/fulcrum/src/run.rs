@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use arc_swap::ArcSwap;
 use fulcrum_control::admin::{self, AdminState};
 use fulcrum_core::config::{self, Config};
 use fulcrum_core::model::defaults;
@@ -164,6 +165,32 @@ pub(crate) async fn serve(
     };
     // Reloads check the files a config names, as at start and as `fulcrum check` does.
     controller.set_loader(crate::files::load);
+    // The admin API's token and protect_reads, replaced by every reload (token rotation:
+    // rewrite token_file, then reload).
+    let auth = Arc::new(ArcSwap::from_pointee(admin::Auth {
+        token,
+        protect_reads: admin_cfg.as_ref().is_some_and(|a| a.protect_reads),
+    }));
+    controller.set_after_reload({
+        let auth = Arc::clone(&auth);
+        Arc::new(move |cfg: &Config| {
+            // The admin listener is bound once; a file without [admin] leaves it as it is.
+            let Some(a) = cfg.admin.as_ref() else {
+                return Ok(());
+            };
+            let token = match &a.token_file {
+                Some(f) => Some(Arc::<str>::from(crate::files::read_token(f).map_err(
+                    |(msg, _)| format!("{msg}; the admin API keeps the token it had"),
+                )?)),
+                None => None,
+            };
+            auth.store(Arc::new(admin::Auth {
+                token,
+                protect_reads: a.protect_reads,
+            }));
+            Ok(())
+        })
+    });
     tokio::spawn(controller.run(ev_rx, ctl_rx));
     // The XDP data plane (dsr/tunnel services), kept in step with the snapshots; detached
     // when dropped at the end of this function.
@@ -201,7 +228,7 @@ pub(crate) async fn serve(
         let listener = tokio::net::TcpListener::bind(a.listen)
             .await
             .with_context(|| format!("cannot listen on admin address {}", a.listen))?;
-        if !a.listen.ip().is_loopback() && token.is_none() {
+        if !a.listen.ip().is_loopback() && auth.load().token.is_none() {
             tracing::warn!(listen = %a.listen, "admin API bound beyond loopback without a token_file: anyone who reaches it can change this instance");
         }
         let state = AdminState {
@@ -214,8 +241,7 @@ pub(crate) async fn serve(
                 }
                 r
             }),
-            token,
-            protect_reads: a.protect_reads,
+            auth: Arc::clone(&auth),
         };
         tokio::spawn(fulcrum_control::serve::serve(
             listener,

@@ -971,6 +971,52 @@ async fn reload_refuses_an_empty_token_file() {
     f.assert_no_panic();
 }
 
+/// The admin token rotates with a reload: `token_file` rewritten, then a reload (API or
+/// SIGHUP) that reads it; from the reload's answer on, the old token is refused and the new
+/// one accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_file_rotates_with_a_reload() {
+    let b1 = TcpBackend::start(Behaviour::Echo).await;
+    let (admin, vip) = (free_addr(), free_addr());
+    let dir = common::temp_dir("api_token_rotate");
+    let cfg = format!(
+        "{}{}{}",
+        token_config(&dir, admin),
+        service_toml("web", vip, "tcp", "web", ""),
+        pool_toml("web", "rr", "", &weighted(&[b1.addr]))
+    );
+    let f = Fulcrum::start("api_token_rotate", admin, &cfg, &["--workers", "1"]).await;
+    let put = format!("/api/v1/pools/web/backends/{}", free_addr());
+    // Rewritten but not reloaded yet: the running token is still the old one.
+    std::fs::write(dir.join("admin.token"), "second-token\n").unwrap();
+    let r = req(admin, "PUT", &put, Some("second-token"), r#"{"weight": 1}"#).await;
+    assert_err(&r, 401, "new token before the reload");
+    let r = req(admin, "POST", "/api/v1/reload", Some(TOKEN), "").await;
+    assert_eq!(r.0, 200, "reload with the old token: {}", r.1);
+    let r = req(admin, "PUT", &put, Some(TOKEN), r#"{"weight": 1}"#).await;
+    assert_err(&r, 401, "old token after the reload");
+    let r = req(admin, "PUT", &put, Some("second-token"), r#"{"weight": 1}"#).await;
+    assert_eq!(r.0, 200, "new token after the reload: {}", r.1);
+    // Again through SIGHUP.
+    std::fs::write(dir.join("admin.token"), "third-token\n").unwrap();
+    f.signal("HUP");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = req(admin, "PUT", &put, Some("third-token"), r#"{"weight": 2}"#).await;
+        if r.0 == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the token of the rewritten file was not taken after SIGHUP: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = req(admin, "PUT", &put, Some("second-token"), r#"{"weight": 1}"#).await;
+    assert_err(&r, 401, "the previous token after SIGHUP");
+    f.assert_no_panic();
+}
+
 /// One admin request that must be answered within 5 s (a blocked control thread is a
 /// failure here, not a hang).
 async fn answered(admin: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {

@@ -8,11 +8,12 @@
 //!   when it closes.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fulcrum_proxy::snapshot::Snapshot;
@@ -24,9 +25,26 @@ use tokio::sync::{mpsc, Notify};
 /// Idle connections kept per backend per worker thread.
 const MAX_IDLE_PER_BACKEND: usize = 512;
 
+/// A pooled connection not reused for this long is closed (nginx's upstream
+/// `keepalive_timeout` is 60 s, HAProxy purges idle server connections every 5 s): a burst
+/// of concurrency (a slow backend) opens connections that the steady load, reusing the most
+/// recently pooled ones first, never needs again; without it they (and the descriptors of
+/// those the backend closed meanwhile) were held until the backend left the pool.
+pub const BACKEND_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often a worker looks through its pools for expired or closed connections (on its
+/// next pool access; a worker without HTTP traffic keeps what it holds).
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// The idle connections to one backend: most recently pooled at the back (taken first),
+/// each with the time it was pooled.
+type Idle = VecDeque<(TcpStream, Instant)>;
+
 thread_local! {
     /// Per backend address (few: a linear scan beats hashing).
-    static IDLE: RefCell<Vec<(SocketAddr, Vec<TcpStream>)>> = const { RefCell::new(Vec::new()) };
+    static IDLE: RefCell<Vec<(SocketAddr, Idle)>> = const { RefCell::new(Vec::new()) };
+    /// When this worker last swept its pools.
+    static SWEPT: Cell<Option<Instant>> = const { Cell::new(None) };
 }
 
 /// Why no connection could be had.
@@ -50,13 +68,36 @@ fn usable(s: &TcpStream) -> bool {
     }
 }
 
+/// At most once per [`SWEEP_EVERY`]: closes every pooled connection idle for
+/// [`BACKEND_IDLE_TIMEOUT`] or closed by its backend, and forgets empty pools.
+fn sweep(m: &mut Vec<(SocketAddr, Idle)>, now: Instant) {
+    if SWEPT
+        .get()
+        .is_some_and(|t| now.saturating_duration_since(t) < SWEEP_EVERY)
+    {
+        return;
+    }
+    SWEPT.set(Some(now));
+    for (_, v) in m.iter_mut() {
+        v.retain(|(s, since)| {
+            now.saturating_duration_since(*since) < BACKEND_IDLE_TIMEOUT && usable(s)
+        });
+    }
+    m.retain(|(_, v)| !v.is_empty());
+}
+
 /// An idle pooled connection to `addr`, if one is still usable.
 pub fn take_idle(addr: SocketAddr) -> Option<TcpStream> {
+    take_idle_at(addr, Instant::now())
+}
+
+fn take_idle_at(addr: SocketAddr, now: Instant) -> Option<TcpStream> {
     IDLE.with(|m| {
         let mut m = m.borrow_mut();
+        sweep(&mut m, now);
         let (_, v) = m.iter_mut().find(|(a, _)| *a == addr)?;
-        while let Some(s) = v.pop() {
-            if usable(&s) {
+        while let Some((s, since)) = v.pop_back() {
+            if now.saturating_duration_since(since) < BACKEND_IDLE_TIMEOUT && usable(&s) {
                 return Some(s);
             }
         }
@@ -66,17 +107,33 @@ pub fn take_idle(addr: SocketAddr) -> Option<TcpStream> {
 
 /// Returns a connection whose last response is complete.
 pub fn put_idle(addr: SocketAddr, s: TcpStream) {
+    put_idle_at(addr, s, Instant::now());
+}
+
+fn put_idle_at(addr: SocketAddr, s: TcpStream, now: Instant) {
     IDLE.with(|m| {
         let mut m = m.borrow_mut();
+        sweep(&mut m, now);
         let i = m.iter().position(|(a, _)| *a == addr).unwrap_or_else(|| {
-            m.push((addr, Vec::new()));
+            m.push((addr, VecDeque::new()));
             m.len() - 1
         });
         let v = &mut m[i].1;
         if v.len() < MAX_IDLE_PER_BACKEND {
-            v.push(s);
+            v.push_back((s, now));
         }
     });
+}
+
+/// How many idle connections this worker holds to `addr` (tests).
+#[cfg(test)]
+fn idle_count(addr: SocketAddr) -> usize {
+    IDLE.with(|m| {
+        m.borrow()
+            .iter()
+            .find(|(a, _)| *a == addr)
+            .map_or(0, |(_, v)| v.len())
+    })
 }
 
 /// Acknowledges at once what the peer sent (`TCP_QUICKACK`), before waiting for the rest of
@@ -362,5 +419,80 @@ impl Body for UpBody {
 
     fn is_end_stream(&self) -> bool {
         self.rx.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    /// `n` connections to a fresh listener: (client sides, server sides).
+    async fn pairs(l: &TcpListener, n: usize) -> (Vec<TcpStream>, Vec<TcpStream>) {
+        let addr = l.local_addr().unwrap();
+        let (mut c, mut s) = (Vec::new(), Vec::new());
+        for _ in 0..n {
+            c.push(TcpStream::connect(addr).await.unwrap());
+            s.push(l.accept().await.unwrap().0);
+        }
+        (c, s)
+    }
+
+    /// Whether the peer of `s` closed it (read gives EOF within a second).
+    async fn closed(s: &mut TcpStream) -> bool {
+        let mut b = [0u8; 1];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), s.read(&mut b)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    }
+
+    /// A burst leaves connections the steady load never takes again (the most recently
+    /// pooled are taken first): they are closed once idle for `BACKEND_IDLE_TIMEOUT`, and one
+    /// the backend closed is let go at the next sweep, not held until it is reached.
+    #[tokio::test(flavor = "current_thread")]
+    async fn idle_backend_connections_expire() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (clients, mut servers) = pairs(&l, 4).await;
+        let t0 = Instant::now();
+        for c in clients {
+            put_idle_at(addr, c, t0);
+        }
+        assert_eq!(idle_count(addr), 4);
+        // The steady load: one request at a time takes and returns the newest connection.
+        let mut t = t0;
+        for _ in 0..12 {
+            t += Duration::from_secs(1);
+            let c = take_idle_at(addr, t).unwrap();
+            put_idle_at(addr, c, t);
+        }
+        // The three connections under it were idle for 12 s: closed; the one in use stays.
+        assert_eq!(idle_count(addr), 1, "expired connections still pooled");
+        for s in &mut servers[..3] {
+            assert!(
+                closed(s).await,
+                "an expired pooled connection was not closed"
+            );
+        }
+        assert!(
+            !closed(&mut servers[3]).await,
+            "the reused connection was closed"
+        );
+
+        // A pooled connection its backend closed is dropped at the next sweep.
+        let (clients, mut servers2) = pairs(&l, 2).await;
+        let t1 = t + Duration::from_secs(2);
+        for c in clients {
+            put_idle_at(addr, c, t1);
+        }
+        drop(servers2.remove(0));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let c = take_idle_at(addr, t1 + Duration::from_secs(2)).unwrap();
+        assert_eq!(idle_count(addr), 1, "a closed connection is still pooled");
+        drop(c);
     }
 }

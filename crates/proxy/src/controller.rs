@@ -94,6 +94,11 @@ struct Tracked {
 /// Reads and validates a config file for a reload: the config, or the rendered errors.
 pub type Loader = fn(&std::path::Path) -> Result<Config, String>;
 
+/// Run after each successful reload with the new config, off the control thread (it may
+/// read files: the binary re-reads `[admin] token_file` here). An error is logged; the
+/// reload stands.
+pub type AfterReload = Arc<dyn Fn(&Config) -> Result<(), String> + Send + Sync>;
+
 /// The [`Loader`] of [`Controller::start`]: reads the file and parses it (every error),
 /// without checking the files it names; the binary sets its own.
 pub fn parse_file(path: &std::path::Path) -> Result<Config, String> {
@@ -124,6 +129,8 @@ pub struct Controller {
     discovery: Discoveries,
     /// How a reload reads the file.
     loader: Loader,
+    /// What else a successful reload changes (see [`AfterReload`]).
+    after_reload: Option<AfterReload>,
 }
 
 fn listen_key(s: &config::ServiceConfig) -> ListenKey {
@@ -167,6 +174,7 @@ impl Controller {
             generation: 0,
             discovery,
             loader: parse_file,
+            after_reload: None,
         };
         c.apply(config).await?;
         c.shared.set_ready(true);
@@ -181,6 +189,12 @@ impl Controller {
     /// too, as at start).
     pub fn set_loader(&mut self, loader: Loader) {
         self.loader = loader;
+    }
+
+    /// Sets what runs after each successful reload, before the reload is answered and
+    /// counted (see [`AfterReload`]).
+    pub fn set_after_reload(&mut self, f: AfterReload) {
+        self.after_reload = Some(f);
     }
 
     /// Applies a new config: binds new listeners first (any failure changes nothing), then
@@ -466,6 +480,12 @@ impl Controller {
             Ok(cfg) => self.apply(cfg).await,
             Err(e) => Err(e),
         };
+        if let (Ok(()), Some(f)) = (&res, &self.after_reload) {
+            let (f, cfg) = (Arc::clone(f), self.config.clone());
+            if let Err(e) = off_thread(move || f(&cfg)).await.and_then(|r| r) {
+                tracing::error!("after the reload: {e}");
+            }
+        }
         let counter = if res.is_ok() {
             &self.shared.global.reloads_ok
         } else {

@@ -347,8 +347,10 @@ async fn serve(token: Option<&str>, controller: bool, protect_reads: bool) -> So
         )),
         control: tx,
         registry: Arc::new(prometheus_client::registry::Registry::default()),
-        token: token.map(Arc::from),
-        protect_reads,
+        auth: Arc::new(arc_swap::ArcSwap::from_pointee(super::Auth {
+            token: token.map(Arc::from),
+            protect_reads,
+        })),
     };
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
