@@ -59,6 +59,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/announce"),
     ("POST", "/api/v1/instance/drain"),
     ("POST", "/api/v1/instance/undrain"),
+    ("GET", "/api/v1/cluster"),
 ];
 
 /// The `OpenAPI` 3.1 document of this API (`docs/openapi.json`), served at
@@ -88,6 +89,7 @@ fn endpoint(method: &str, path: &str) -> Option<MethodRouter<AdminState>> {
         ("GET", "/api/v1/announce") => get(announce::get_announce),
         ("POST", "/api/v1/instance/drain") => post(announce::drain_instance),
         ("POST", "/api/v1/instance/undrain") => post(announce::undrain_instance),
+        ("GET", "/api/v1/cluster") => get(cluster),
         _ => return None,
     })
 }
@@ -633,6 +635,17 @@ async fn delete_service(
 }
 
 /// `GET /api/v1/config`: the running configuration (file plus run-time changes) as TOML.
+/// `GET /api/v1/cluster`: the fleet as this instance sees it (`[cluster]`, docs/cluster.md).
+async fn cluster(State(st): State<AdminState>) -> Response {
+    match st.shared.cluster.load_full() {
+        Some(status) => Json(status.as_ref().clone()).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "this instance has no [cluster] section: it is not part of a fleet",
+        ),
+    }
+}
+
 async fn get_config(State(st): State<AdminState>) -> Response {
     let (tx, rx) = oneshot::channel();
     match ask(&st, Control::Config(tx), rx).await {

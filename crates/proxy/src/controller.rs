@@ -51,6 +51,13 @@ pub enum Control {
     },
     /// The running configuration (with the run-time changes).
     Config(oneshot::Sender<Config>),
+    /// A new revision of the fleet's shared configuration (`[cluster]`), already merged
+    /// with the local sections and checked: applied exactly as a reload (all or nothing,
+    /// counted in `fulcrum_config_reloads_total`), except that operator drains stay.
+    Apply {
+        config: Box<Config>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
 }
 
 /// See [`Control::Edit`].
@@ -64,6 +71,7 @@ impl std::fmt::Debug for Control {
             Self::Edit { undrain, .. } => write!(f, "Edit {{ undrain: {undrain:?} }}"),
             Self::Drain { pool, backend, .. } => write!(f, "Drain({pool}, {backend})"),
             Self::Config(_) => f.write_str("Config"),
+            Self::Apply { .. } => f.write_str("Apply"),
         }
     }
 }
@@ -92,7 +100,7 @@ struct Tracked {
 }
 
 /// Reads and validates a config file for a reload: the config, or the rendered errors.
-pub type Loader = fn(&std::path::Path) -> Result<Config, String>;
+pub type Loader = Arc<dyn Fn(&std::path::Path) -> Result<Config, String> + Send + Sync>;
 
 /// The [`Loader`] of [`Controller::start`]: reads the file and parses it (every error),
 /// without checking the files it names; the binary sets its own.
@@ -165,7 +173,7 @@ impl Controller {
             next_id: 0,
             generation: 0,
             discovery: Discoveries::default(),
-            loader: parse_file,
+            loader: Arc::new(parse_file),
         };
         c.apply(config).await?;
         c.shared.set_ready(true);
@@ -459,8 +467,18 @@ impl Controller {
     pub async fn reload(&mut self) -> Result<(), String> {
         // Read and parsed off the control thread (a large file takes a while to parse).
         let path = self.path.clone();
-        let loader = self.loader;
+        let loader = Arc::clone(&self.loader);
         let parsed = off_thread(move || loader(&path)).await.and_then(|r| r);
+        self.reload_with(parsed, true).await
+    }
+
+    /// Applies a reload's result (`parsed`): counts it, logs it; `end_drains`: operator
+    /// drains end with it (a file reload), or stay (a cluster revision).
+    async fn reload_with(
+        &mut self,
+        parsed: Result<Config, String>,
+        end_drains: bool,
+    ) -> Result<(), String> {
         let res = match parsed {
             Ok(cfg) => self.apply(cfg).await,
             Err(e) => Err(e),
@@ -471,7 +489,7 @@ impl Controller {
             &self.shared.global.reloads_error
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        if res.is_ok() {
+        if res.is_ok() && end_drains {
             // Run-time changes last until a reload: operator drains end too (the file says
             // weight = 0 for a lasting drain).
             let mut undrained = false;
@@ -636,6 +654,15 @@ impl Controller {
                     }
                     Some(Control::Config(reply)) => {
                         let _ = reply.send(self.config.clone());
+                        false
+                    }
+                    Some(Control::Apply { config, reply }) => {
+                        let res = if self.shared.is_draining() {
+                            Err("shutting down".to_owned())
+                        } else {
+                            self.reload_with(Ok(*config), false).await
+                        };
+                        let _ = reply.send(res);
                         false
                     }
                     Some(Control::StopAccepting(reply)) => {

@@ -195,6 +195,9 @@ pub struct Shared {
     pub global: GlobalStats,
     /// VIP announcement: the instance drain flag and what the BGP speaker holds.
     pub announce: crate::announce::AnnounceState,
+    /// The fleet as this instance sees it (`[cluster]`); `None` without `[cluster]`.
+    /// Written whole by the cluster task, read by the admin API and the metrics.
+    pub cluster: arc_swap::ArcSwapOption<fulcrum_core::cluster::ClusterStatus>,
     epoch: Instant,
     ready: AtomicBool,
     draining: AtomicBool,
@@ -213,6 +216,7 @@ impl Shared {
             events,
             global: GlobalStats::default(),
             announce: crate::announce::AnnounceState::default(),
+            cluster: arc_swap::ArcSwapOption::empty(),
             epoch: Instant::now(),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
