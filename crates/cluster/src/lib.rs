@@ -21,13 +21,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use etcd_client::{
-    Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions, WatchResponse,
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
+    WatchOptions, WatchResponse,
 };
 use fulcrum_core::cluster::{
     self as core, Backoff, ClusterStatus, Decision, KeyKind, MemberRecord, Refusal, Revisions,
 };
 use fulcrum_core::config::{ClusterConfig, Config};
-use fulcrum_proxy::controller::{Control, ControlSender};
+use fulcrum_proxy::controller::{ChangeError, ConfigEdit, Control, ControlSender, FleetEdit};
 use fulcrum_proxy::snapshot::Shared;
 use tokio::sync::oneshot;
 
@@ -426,5 +427,118 @@ impl Task {
         rx.await
             .map_err(|_| "the controller has stopped".to_owned())??;
         Ok(text)
+    }
+}
+
+/// How many times a fleet edit is made again on a newer revision before giving up.
+const EDIT_ATTEMPTS: u32 = 20;
+
+/// The admin API's changes on an instance in a fleet ([`FleetEdit`]): read the newest
+/// shared document and its revision, merge it with the local file, apply the edit, write
+/// the shared part back in a transaction that only succeeds if the document is still at
+/// the revision read; when another change came first, do it again on the newer one.
+pub struct Editor {
+    endpoints: Vec<String>,
+    prefix: String,
+    path: PathBuf,
+    validate: Validate,
+}
+
+impl Editor {
+    /// An editor for the fleet of `cluster`, with the local file at `path`.
+    pub fn new(cluster: &ClusterConfig, path: PathBuf, validate: Validate) -> Self {
+        Self {
+            endpoints: cluster.etcd.iter().map(|e| e.0.clone()).collect(),
+            prefix: cluster.prefix.0.clone(),
+            path,
+            validate,
+        }
+    }
+
+    async fn edit_once(
+        &self,
+        c: &mut Client,
+        edit: &ConfigEdit,
+    ) -> Result<Option<i64>, ChangeError> {
+        let key = core::config_key(&self.prefix);
+        let got = c.get(key.clone(), None).await.map_err(unavailable)?;
+        let (rev, value) = got.kvs().first().map_or((0, Vec::new()), |kv| {
+            (kv.mod_revision(), kv.value().to_vec())
+        });
+        let path = self.path.clone();
+        let validate = self.validate;
+        let edit = Arc::clone(edit);
+        let name = format!("etcd:{key}@{rev}");
+        // Parse, edit and re-check off this thread (as the controller does with edits).
+        let document = tokio::task::spawn_blocking(move || {
+            let text = core::check_document(&value).map_err(|e| {
+                ChangeError::Conflict(format!(
+                    "the fleet's newest configuration (revision {rev}) is not valid, so it cannot be edited; push a good one: {e}"
+                ))
+            })?;
+            let local = std::fs::read_to_string(&path).map_err(|e| {
+                ChangeError::Conflict(format!("{}: cannot read the config file: {e}", path.display()))
+            })?;
+            let merged = core::merge(text, &local).map_err(|e| ChangeError::Conflict(e.to_string()))?;
+            let running = validate(&name, &merged).map_err(|e| {
+                ChangeError::Conflict(format!(
+                    "the fleet's newest configuration (revision {rev}) is not valid here, so it cannot be edited; push a good one:\n{e}"
+                ))
+            })?;
+            let new = edit(&running)?;
+            let shared: toml::Table = new
+                .to_toml_table()
+                .into_iter()
+                .filter(|(k, _)| core::SHARED_KEYS.contains(&k.as_str()))
+                .collect();
+            Ok::<_, ChangeError>(fulcrum_core::config::table_to_string(shared))
+        })
+        .await
+        .map_err(|e| ChangeError::Invalid(format!("the change failed: {e}")))??;
+        // A key that does not exist has mod_revision 0, so this also covers the first write.
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
+            .and_then([TxnOp::put(key, document, None)]);
+        let r = c.txn(txn).await.map_err(unavailable)?;
+        if !r.succeeded() {
+            return Ok(None);
+        }
+        r.header().map(|h| Some(h.revision())).ok_or_else(|| {
+            ChangeError::Unavailable("etcd answered a transaction without a header".into())
+        })
+    }
+}
+
+fn unavailable(e: etcd_client::Error) -> ChangeError {
+    ChangeError::Unavailable(format!(
+        "cannot reach etcd to change the fleet's configuration: {e}"
+    ))
+}
+
+impl FleetEdit for Editor {
+    fn edit(
+        &self,
+        edit: ConfigEdit,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<i64, ChangeError>> + Send + '_>>
+    {
+        Box::pin(async move {
+            let mut c = connect(&self.endpoints).await.map_err(|e| {
+                ChangeError::Unavailable(format!(
+                    "cannot reach etcd to change the fleet's configuration: {e}"
+                ))
+            })?;
+            for attempt in 1..=EDIT_ATTEMPTS {
+                if let Some(rev) = self.edit_once(&mut c, &edit).await? {
+                    return Ok(rev);
+                }
+                tracing::debug!(
+                    attempt,
+                    "the fleet's configuration changed meanwhile; editing the newer revision"
+                );
+            }
+            Err(ChangeError::Conflict(format!(
+                "the fleet's configuration changed under this edit {EDIT_ATTEMPTS} times in a row; try again"
+            )))
+        })
     }
 }

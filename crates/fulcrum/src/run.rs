@@ -183,6 +183,14 @@ pub(crate) async fn serve(
         Arc::new(crate::files::load)
     });
     tokio::spawn(controller.run(ev_rx, ctl_rx));
+    // In a fleet, the admin API's changes are transactions on the shared configuration.
+    let fleet = cluster_cfg.as_ref().map(|c| {
+        Arc::new(fulcrum_cluster::Editor::new(
+            c,
+            path.clone(),
+            crate::files::validate_named,
+        )) as Arc<dyn fulcrum_proxy::controller::FleetEdit>
+    });
     if let Some(c) = cluster_cfg {
         let member = c.member.clone().unwrap_or_else(hostname);
         tracing::info!(member, prefix = %c.prefix.0, "joining the fleet in etcd");
@@ -250,6 +258,7 @@ pub(crate) async fn serve(
             }),
             token,
             protect_reads: a.protect_reads,
+            fleet,
         };
         tokio::spawn(fulcrum_control::serve::serve(
             listener,

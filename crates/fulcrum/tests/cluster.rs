@@ -24,8 +24,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    admin_toml, echo_once, eventually, free_port, http, pool_toml, service_toml, temp_dir,
-    Behaviour, Fulcrum, TcpBackend,
+    admin_toml, echo_once, eventually, free_port, http, http_body, pool_toml, service_toml,
+    temp_dir, Behaviour, Fulcrum, TcpBackend,
 };
 use fulcrum_xdp::testing::{have_program, require};
 use serde_json::Value;
@@ -438,6 +438,48 @@ async fn fleet_follows_etcd_and_survives_it() {
         lat[lat.len() - 1]
     );
     echo_once(listen, b"after 100 pushes").await.unwrap();
+
+    // 4b. Concurrent admin API changes on two instances: each becomes a transaction on the
+    // shared configuration conditioned on the revision it read, so both survive, on every
+    // instance.
+    for round in 0..5u16 {
+        let a = SocketAddr::from(([127, 0, 0, 2], 40_000 + round));
+        let b = SocketAddr::from(([127, 0, 0, 3], 40_000 + round));
+        let (pa, pb) = (
+            format!("/api/v1/pools/web/backends/{a}"),
+            format!("/api/v1/pools/web/backends/{b}"),
+        );
+        let (ra, rb) = tokio::join!(
+            http_body(fleet[0].admin, "PUT", &pa, "{\"weight\": 2}"),
+            http_body(fleet[1].admin, "PUT", &pb, "{\"weight\": 3}"),
+        );
+        let (ra, rb) = (ra.unwrap(), rb.unwrap());
+        assert_eq!(ra.0, 200, "{}", ra.1);
+        assert_eq!(rb.0, 200, "{}", rb.1);
+    }
+    let (edited, doc) = fulcrum_cluster::pull(&endpoints, PREFIX)
+        .await
+        .unwrap()
+        .unwrap();
+    let doc = String::from_utf8(doc).unwrap();
+    wait_applied(&fleet, edited, Duration::from_secs(10)).await;
+    for round in 0..5u16 {
+        for ip in [2u8, 3] {
+            let addr = SocketAddr::from(([127, 0, 0, ip], 40_000 + round));
+            assert!(
+                doc.contains(&addr.to_string()),
+                "{addr} lost from the fleet's configuration:\n{doc}"
+            );
+            for f in &fleet {
+                assert!(
+                    common::find_backend(&f.pool("web").await, addr).is_some(),
+                    "{} lacks {addr}",
+                    f.admin
+                );
+            }
+        }
+    }
+    println!("10 concurrent admin API changes on two instances: all 10 in revision {edited} on every instance");
 
     // 5. One etcd member killed: pushes still reach everyone.
     etcd.kill(0);

@@ -60,8 +60,22 @@ pub enum Control {
     },
 }
 
-/// See [`Control::Edit`].
-pub type ConfigEdit = Box<dyn FnOnce(&Config) -> Result<Config, ChangeError> + Send>;
+/// See [`Control::Edit`]. `Fn`, not `FnOnce`: a fleet edit ([`FleetEdit`]) runs it again
+/// on a newer revision when another edit came first.
+pub type ConfigEdit = Arc<dyn Fn(&Config) -> Result<Config, ChangeError> + Send + Sync>;
+
+/// Where the admin API's changes go on an instance in a fleet (`[cluster]`): not into the
+/// running config, but into the fleet's shared configuration in etcd, as a transaction
+/// conditioned on the revision the edit was made on (retried on a newer one when another
+/// change came first, so concurrent changes on several instances all survive).
+pub trait FleetEdit: Send + Sync {
+    /// Applies `edit` to the fleet's newest configuration and writes the result as a new
+    /// revision; returns that revision (which the instance then applies like any other).
+    fn edit(
+        &self,
+        edit: ConfigEdit,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<i64, ChangeError>> + Send + '_>>;
+}
 
 impl std::fmt::Debug for Control {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -89,6 +103,10 @@ pub enum ChangeError {
     /// It conflicts with the running state (a listen address in use, the last backend).
     #[error("{0}")]
     Conflict(String),
+    /// It cannot be made now: the store of the fleet's configuration (etcd) cannot be
+    /// reached. Nothing changed.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 struct Tracked {

@@ -333,6 +333,9 @@ async fn serve(token: Option<&str>, controller: bool, protect_reads: bool) -> So
                     Control::StopAccepting(reply) => {
                         let _ = reply.send(());
                     }
+                    Control::Apply { reply, .. } => {
+                        let _ = reply.send(Err("no fleet here".into()));
+                    }
                 }
             }
         });
@@ -349,6 +352,7 @@ async fn serve(token: Option<&str>, controller: bool, protect_reads: bool) -> So
         registry: Arc::new(prometheus_client::registry::Registry::default()),
         token: token.map(Arc::from),
         protect_reads,
+        fleet: None,
     };
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
