@@ -228,7 +228,7 @@ impl Task {
         let endpoints: Vec<String> = self.opts.cluster.etcd.iter().map(|e| e.0.clone()).collect();
         let prefix = self.opts.cluster.prefix.0.clone();
         let mut c = connect(&endpoints).await?;
-        let ttl = core::MEMBER_TTL.as_secs() as i64;
+        let ttl = i64::try_from(core::MEMBER_TTL.as_secs()).unwrap_or(i64::MAX);
         let lease = c.lease_grant(ttl, None).await?.id();
         let (mut keeper, mut kept) = c.lease_keep_alive(lease).await?;
 
@@ -320,7 +320,7 @@ impl Task {
                 self.members.insert(name.to_owned(), r);
             }
             Err(e) => {
-                tracing::warn!(member = name, error = %e, "ignoring a member record that is not valid")
+                tracing::warn!(member = name, error = %e, "ignoring a member record that is not valid");
             }
         }
     }
@@ -509,6 +509,7 @@ impl Editor {
     }
 }
 
+#[allow(clippy::needless_pass_by_value)] // used as `map_err(unavailable)`
 fn unavailable(e: etcd_client::Error) -> ChangeError {
     ChangeError::Unavailable(format!(
         "cannot reach etcd to change the fleet's configuration: {e}"

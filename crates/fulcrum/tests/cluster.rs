@@ -13,7 +13,8 @@
 #![allow(
     clippy::unwrap_used,
     clippy::missing_panics_doc,
-    clippy::too_many_lines
+    clippy::too_many_lines,
+    clippy::many_single_char_names
 )]
 
 mod common;
