@@ -466,7 +466,7 @@ async fn fleet_edit(
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(error(
-                StatusCode::GATEWAY_TIMEOUT,
+                StatusCode::SERVICE_UNAVAILABLE,
                 format!("the fleet's configuration was changed (revision {rev}) but this instance has not applied it within {FLEET_APPLY_WAIT:?}"),
             ));
         }

@@ -401,6 +401,7 @@ async fn fleet_follows_etcd_and_survives_it() {
 
     // 4. Write -> applied on every instance, over 100 pushes (measured, not asserted).
     let mut lat: Vec<Duration> = Vec::new();
+    let mut puts: Vec<Duration> = Vec::new();
     let mut last = rev;
     for i in 0..100u32 {
         let doc = shared_toml(listen, backend.addr, 1 + i % 50);
@@ -437,6 +438,12 @@ async fn fleet_follows_etcd_and_survives_it() {
         percentile(&lat, 0.50),
         percentile(&lat, 0.99),
         lat[lat.len() - 1]
+    );
+    puts.sort();
+    println!(
+        "  of which the write itself (connect + put, acknowledged by the etcd majority): p50 {:?} p99 {:?}",
+        percentile(&puts, 0.50),
+        percentile(&puts, 0.99)
     );
     echo_once(listen, b"after 100 pushes").await.unwrap();
 
