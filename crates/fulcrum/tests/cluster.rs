@@ -409,6 +409,7 @@ async fn fleet_follows_etcd_and_survives_it() {
         let r = fulcrum_cluster::push(&endpoints, PREFIX, &doc)
             .await
             .unwrap();
+        puts.push(t0.elapsed());
         let mut pending: Vec<usize> = (0..fleet.len()).collect();
         let deadline = t0 + Duration::from_secs(10);
         while !pending.is_empty() {
