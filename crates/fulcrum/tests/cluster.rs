@@ -44,6 +44,7 @@ struct EtcdMember {
 struct Etcd {
     members: Vec<EtcdMember>,
     token: String,
+    base: PathBuf,
 }
 
 impl Etcd {
@@ -61,6 +62,7 @@ impl Etcd {
         let mut e = Self {
             members,
             token: format!("fulcrum-test-{}", std::process::id()),
+            base,
         };
         for i in 0..3 {
             e.spawn(i);
@@ -151,6 +153,10 @@ impl Drop for Etcd {
     fn drop(&mut self) {
         for i in 0..self.members.len() {
             self.kill(i);
+        }
+        // The data directories and logs stay for a look when the test failed.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.base);
         }
     }
 }
