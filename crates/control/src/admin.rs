@@ -42,6 +42,9 @@ pub struct AdminState {
     pub registry: Arc<Registry>,
     /// The running [`Auth`]; the binary swaps in a new one after each reload.
     pub auth: Arc<ArcSwap<Auth>>,
+    /// `[cluster]`: changes go to the fleet's configuration in etcd (see
+    /// [`fulcrum_proxy::controller::FleetEdit`]); `None`: to this instance.
+    pub fleet: Option<Arc<dyn fulcrum_proxy::controller::FleetEdit>>,
 }
 
 /// Every endpoint of the admin API as (method, path), in axum's path syntax. The router is
@@ -68,6 +71,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/announce"),
     ("POST", "/api/v1/instance/drain"),
     ("POST", "/api/v1/instance/undrain"),
+    ("GET", "/api/v1/cluster"),
 ];
 
 /// The `OpenAPI` 3.1 document of this API (`docs/openapi.json`), served at
@@ -97,6 +101,7 @@ fn endpoint(method: &str, path: &str) -> Option<MethodRouter<AdminState>> {
         ("GET", "/api/v1/announce") => get(announce::get_announce),
         ("POST", "/api/v1/instance/drain") => post(announce::drain_instance),
         ("POST", "/api/v1/instance/undrain") => post(announce::undrain_instance),
+        ("GET", "/api/v1/cluster") => get(cluster),
         _ => return None,
     })
 }
@@ -358,6 +363,7 @@ fn change_error(e: &ChangeError) -> Response {
         ChangeError::Invalid(_) => StatusCode::BAD_REQUEST,
         ChangeError::NotFound(_) => StatusCode::NOT_FOUND,
         ChangeError::Conflict(_) => StatusCode::CONFLICT,
+        ChangeError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
     error(status, e.to_string())
 }
@@ -414,6 +420,20 @@ async fn apply_edit(
     undrain: Option<(String, std::net::SocketAddr)>,
     ok: impl FnOnce() -> Response,
 ) -> Response {
+    let edit = match &st.fleet {
+        None => edit,
+        Some(fleet) => {
+            if let Err(r) = fleet_edit(st, fleet.as_ref(), edit).await {
+                return r;
+            }
+            // Applied from etcd; what is left is this instance's own part of the change
+            // (ending an operator drain): the running config, unchanged, with it.
+            if undrain.is_none() {
+                return ok();
+            }
+            Arc::new(|cfg: &Config| Ok(cfg.clone()))
+        }
+    };
     let (tx, rx) = oneshot::channel();
     let msg = Control::Edit {
         edit,
@@ -424,6 +444,43 @@ async fn apply_edit(
         Ok(Ok(())) => ok(),
         Ok(Err(e)) => change_error(&e),
         Err(r) => r,
+    }
+}
+
+/// How long a fleet change waits for this instance to apply the revision it wrote.
+const FLEET_APPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A change on an instance in a fleet: written to etcd as a transaction, then awaited until
+/// this instance runs that revision (so the answer shows the change, as without a fleet).
+async fn fleet_edit(
+    st: &AdminState,
+    fleet: &dyn fulcrum_proxy::controller::FleetEdit,
+    edit: fulcrum_proxy::controller::ConfigEdit,
+) -> Result<(), Response> {
+    let rev = fleet.edit(edit).await.map_err(|e| change_error(&e))?;
+    let deadline = tokio::time::Instant::now() + FLEET_APPLY_WAIT;
+    loop {
+        if let Some(c) = st.shared.cluster.load_full() {
+            if c.applied_revision >= rev {
+                return Ok(());
+            }
+            if let Some(r) = c.refused.as_ref().filter(|r| r.revision >= rev) {
+                return Err(error(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "the fleet's configuration was changed (revision {rev}) but this instance refused revision {}: {}",
+                        r.revision, r.error
+                    ),
+                ));
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the fleet's configuration was changed (revision {rev}) but this instance has not applied it within {FLEET_APPLY_WAIT:?}"),
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
 }
 
@@ -484,7 +541,7 @@ async fn put_backend(
         },
     };
     let p = pool.clone();
-    let edit = Box::new(move |cfg: &Config| {
+    let edit = Arc::new(move |cfg: &Config| {
         let w = weight.unwrap_or_else(|| {
             cfg.pool(&p)
                 .and_then(|pc| pc.backends.iter().find(|b| b.address == addr))
@@ -512,7 +569,7 @@ async fn delete_backend(
         Err(e) => return change_error(&e),
     };
     let p = pool.clone();
-    let edit = Box::new(move |cfg: &Config| crate::edit::remove_backend(cfg, &p, addr));
+    let edit = Arc::new(move |cfg: &Config| crate::edit::remove_backend(cfg, &p, addr));
     apply_edit(&st, edit, None, || {
         Json(json!({ "pool": pool, "removed": addr.to_string() })).into_response()
     })
@@ -561,7 +618,7 @@ async fn put_service(
         Err(r) => return r,
     };
     let n = name.clone();
-    let edit = Box::new(move |cfg: &Config| crate::edit::put_service(cfg, &n, v));
+    let edit = Arc::new(move |cfg: &Config| crate::edit::put_service(cfg, &n, v.clone()));
     apply_edit(&st, edit, None, || {
         let snap = st.shared.snapshot.load();
         let svc = snap.services.iter().find(|s| s.name == name).map(|s| {
@@ -594,7 +651,7 @@ async fn put_pool(
         Err(r) => return r,
     };
     let n = name.clone();
-    let edit = Box::new(move |cfg: &Config| crate::edit::set_pool(cfg, &n, v));
+    let edit = Arc::new(move |cfg: &Config| crate::edit::set_pool(cfg, &n, v.clone()));
     apply_edit(&st, edit, None, || {
         let snap = st.shared.snapshot.load();
         match snap.pool(&name) {
@@ -618,7 +675,7 @@ async fn delete_pool(
         return unauthorized();
     }
     let n = name.clone();
-    let edit = Box::new(move |cfg: &Config| crate::edit::delete_pool(cfg, &n));
+    let edit = Arc::new(move |cfg: &Config| crate::edit::delete_pool(cfg, &n));
     apply_edit(&st, edit, None, || {
         Json(json!({ "removed": name })).into_response()
     })
@@ -635,7 +692,7 @@ async fn delete_service(
         return unauthorized();
     }
     let n = name.clone();
-    let edit = Box::new(move |cfg: &Config| crate::edit::delete_service(cfg, &n));
+    let edit = Arc::new(move |cfg: &Config| crate::edit::delete_service(cfg, &n));
     apply_edit(&st, edit, None, || {
         Json(json!({ "removed": name })).into_response()
     })
@@ -643,6 +700,17 @@ async fn delete_service(
 }
 
 /// `GET /api/v1/config`: the running configuration (file plus run-time changes) as TOML.
+/// `GET /api/v1/cluster`: the fleet as this instance sees it (`[cluster]`, docs/cluster.md).
+async fn cluster(State(st): State<AdminState>) -> Response {
+    match st.shared.cluster.load_full() {
+        Some(status) => Json(status.as_ref().clone()).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "this instance has no [cluster] section: it is not part of a fleet",
+        ),
+    }
+}
+
 async fn get_config(State(st): State<AdminState>) -> Response {
     let (tx, rx) = oneshot::channel();
     match ask(&st, Control::Config(tx), rx).await {

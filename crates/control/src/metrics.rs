@@ -19,6 +19,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 mod announce;
+mod cluster;
 
 /// Reads everything at scrape time.
 #[derive(Debug)]
@@ -275,7 +276,10 @@ pub fn registry(shared: Arc<Shared>) -> Registry {
     r.register_collector(Box::new(FulcrumCollector {
         shared: Arc::clone(&shared),
     }));
-    r.register_collector(Box::new(announce::AnnounceCollector { shared }));
+    r.register_collector(Box::new(announce::AnnounceCollector {
+        shared: Arc::clone(&shared),
+    }));
+    r.register_collector(Box::new(cluster::ClusterCollector { shared }));
     r
 }
 

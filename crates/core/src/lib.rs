@@ -8,8 +8,10 @@
 //! - [`retry`]: HTTP retries and passive ejection: which failures retry, attempts, budget.
 //! - [`config`]: TOML parsing into types that cannot hold a bad value, with located errors.
 //! - [`announce`]: whether a VIP is announced to the routers, and the speakers' line formats.
+//! - [`cluster`]: the fleet control plane in etcd: shared vs local, merging, revisions.
 
 pub mod announce;
+pub mod cluster;
 pub mod config;
 pub mod flow;
 pub mod hash;

@@ -66,6 +66,9 @@ pub enum CtlCommand {
     /// Drain or undrain the whole instance (VIP announcement, `[announce]`).
     #[command(subcommand)]
     Instance(InstanceCommand),
+    /// The fleet as the instance sees it (`[cluster]`): members, the revision each runs,
+    /// and who disagrees with the newest.
+    Cluster,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -161,6 +164,14 @@ fn run_inner(args: &CtlArgs) -> Result<String, Fail> {
                 pretty(&v)
             } else {
                 explain_text(&v)
+            })
+        }
+        CtlCommand::Cluster => {
+            let v = api.json("GET", "/api/v1/cluster", None)?;
+            Ok(if args.json {
+                pretty(&v)
+            } else {
+                cluster_text(&v)
             })
         }
         CtlCommand::Config => {
@@ -417,6 +428,90 @@ fn cell(v: &Value) -> String {
         Value::Null => "-".into(),
         other => other.to_string(),
     }
+}
+
+/// `ctl cluster`: a header, one row per member, then the disagreement.
+fn cluster_text(v: &Value) -> String {
+    let mut out = format!(
+        "member {} prefix {} etcd {} newest revision {} running {}\n",
+        cell(&v["member"]),
+        cell(&v["prefix"]),
+        if v["connected"].as_bool() == Some(true) {
+            "connected"
+        } else {
+            "DISCONNECTED"
+        },
+        cell(&v["latest_revision"]),
+        cell(&v["applied_revision"]),
+    );
+    if let Some(r) = v["refused"].as_object() {
+        let _ = writeln!(
+            out,
+            "refused revision {}: {}",
+            cell(&r["revision"]),
+            r["error"].as_str().unwrap_or_default()
+        );
+    }
+    let rows: Vec<Vec<String>> = v["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            let vips: Vec<&str> = m["announced"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            vec![
+                cell(&m["member"]),
+                cell(&m["address"]),
+                cell(&m["version"]),
+                cell(&m["applied_revision"]),
+                if m["current"].as_bool() == Some(true) {
+                    "yes".into()
+                } else {
+                    "NO".into()
+                },
+                if vips.is_empty() {
+                    "-".into()
+                } else {
+                    vips.join(",")
+                },
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            "MEMBER",
+            "ADDRESS",
+            "VERSION",
+            "APPLIED",
+            "CURRENT",
+            "ANNOUNCED",
+        ],
+        &rows,
+    ));
+    let dis = v["disagreement"].as_array().map_or(&[][..], Vec::as_slice);
+    if dis.is_empty() {
+        out.push_str("every member runs the newest revision\n");
+    } else {
+        for d in dis {
+            let _ = write!(
+                out,
+                "disagreement: {} runs revision {}",
+                cell(&d["member"]),
+                cell(&d["applied_revision"])
+            );
+            match d["refused"].as_str() {
+                Some(why) => {
+                    let _ = writeln!(out, ", refused the newest: {why}");
+                }
+                None => out.push('\n'),
+            }
+        }
+    }
+    out
 }
 
 fn pools_table(v: &Value) -> String {

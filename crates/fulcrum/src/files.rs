@@ -129,3 +129,22 @@ pub fn load(path: &Path) -> Result<Config, String> {
         .map_err(|e| format!("{file}: cannot read the config file: {e}"))?;
     parse(&text).map_err(|errors| render(&file, &text, &errors))
 }
+
+/// [`parse`]s `text` (a merged fleet configuration), rendering errors with `name` as the
+/// file name (`etcd:PREFIX/config@REVISION`).
+pub fn validate_named(name: &str, text: &str) -> Result<Config, String> {
+    parse(text).map_err(|errors| render(name, text, &errors))
+}
+
+/// A reload in a fleet: the local file at `path` merged with the shared document running
+/// now (`doc`), checked as [`load`] checks a file.
+pub fn load_merged(path: &Path, doc: &str) -> Result<Config, String> {
+    let file = path.display().to_string();
+    let local = std::fs::read_to_string(path)
+        .map_err(|e| format!("{file}: cannot read the config file: {e}"))?;
+    let merged = fulcrum_core::cluster::merge(doc, &local).map_err(|e| format!("{file}: {e}"))?;
+    validate_named(
+        &format!("{file} (merged with the fleet's configuration)"),
+        &merged,
+    )
+}

@@ -14,6 +14,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod adm;
 mod announce;
 mod check;
+mod cluster;
 mod ctl;
 mod decap;
 mod demo;
@@ -40,6 +41,9 @@ enum Command {
     Check(check::CheckArgs),
     /// Run the load balancer from a config file until SIGTERM/SIGINT.
     Run(run::RunArgs),
+    /// The fleet's shared configuration in etcd: `push` a checked file, `pull` the current
+    /// one.
+    Cluster(cluster::ClusterArgs),
     /// Talk to a running instance's admin API: status, pools, backends, reload, explain.
     Ctl(ctl::CtlArgs),
     /// A self-contained tour: demo backends, an HTTP service on 127.0.0.1:8080, the admin
@@ -87,6 +91,7 @@ fn main() -> ExitCode {
         Command::Adm(args) => Ok(adm::run(args)),
         Command::Check(args) => check::run(args),
         Command::Run(args) => run::run(args),
+        Command::Cluster(args) => cluster::run(args),
         Command::Ctl(args) => ctl::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Decap(args) => decap::run(args),

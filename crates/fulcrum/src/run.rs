@@ -149,6 +149,7 @@ pub(crate) async fn serve(
     let admin_cfg = cfg.admin.clone();
     let xdp_cfg = cfg.xdp.clone();
     let announce_cfg = cfg.announce.clone();
+    let cluster_cfg = cfg.cluster.clone();
     let token = admin_cfg
         .as_ref()
         .and_then(|a| a.token_file.as_ref())
@@ -156,15 +157,32 @@ pub(crate) async fn serve(
         .transpose()?
         .map(Arc::<str>::from);
     let workers = start_workers(n, &shared)?;
-    let mut controller = match Controller::start(Arc::clone(&shared), workers, path, cfg).await {
-        Ok(c) => c,
-        Err(msg) => {
-            tracing::error!("{msg}");
-            return Ok(1);
-        }
-    };
-    // Reloads check the files a config names, as at start and as `fulcrum check` does.
-    controller.set_loader(crate::files::load);
+    let mut controller =
+        match Controller::start(Arc::clone(&shared), workers, path.clone(), cfg).await {
+            Ok(c) => c,
+            Err(msg) => {
+                tracing::error!("{msg}");
+                return Ok(1);
+            }
+        };
+    // Reloads check the files a config names, as at start and as `fulcrum check` does;
+    // in a fleet, they merge the local file with the shared revision running now.
+    let running: fulcrum_cluster::Running = Arc::default();
+    controller.set_loader(if cluster_cfg.is_some() {
+        let running = Arc::clone(&running);
+        Arc::new(move |p: &std::path::Path| {
+            let doc = running
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            match doc {
+                Some(doc) => crate::files::load_merged(p, &doc),
+                None => crate::files::load(p),
+            }
+        })
+    } else {
+        Arc::new(crate::files::load)
+    });
     // The admin API's token and protect_reads, replaced by every reload (token rotation:
     // rewrite token_file, then reload).
     let auth = Arc::new(ArcSwap::from_pointee(admin::Auth {
@@ -192,6 +210,30 @@ pub(crate) async fn serve(
         })
     });
     tokio::spawn(controller.run(ev_rx, ctl_rx));
+    // In a fleet, the admin API's changes are transactions on the shared configuration.
+    let fleet = cluster_cfg.as_ref().map(|c| {
+        Arc::new(fulcrum_cluster::Editor::new(
+            c,
+            path.clone(),
+            crate::files::validate_named,
+        )) as Arc<dyn fulcrum_proxy::controller::FleetEdit>
+    });
+    if let Some(c) = cluster_cfg {
+        let member = c.member.clone().unwrap_or_else(hostname);
+        tracing::info!(member, prefix = %c.prefix.0, "joining the fleet in etcd");
+        fulcrum_cluster::spawn(
+            fulcrum_cluster::Options {
+                cluster: c,
+                member,
+                address: admin_cfg.as_ref().map(|a| a.listen.to_string()),
+                path,
+                validate: crate::files::validate_named,
+                running,
+            },
+            Arc::clone(&shared),
+            ctl_tx.clone(),
+        );
+    }
     // The XDP data plane (dsr/tunnel services), kept in step with the snapshots; detached
     // when dropped at the end of this function.
     let xdp = match &xdp_cfg {
@@ -242,6 +284,7 @@ pub(crate) async fn serve(
                 r
             }),
             auth: Arc::clone(&auth),
+            fleet,
         };
         tokio::spawn(fulcrum_control::serve::serve(
             listener,
@@ -293,6 +336,15 @@ pub(crate) async fn serve(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(0)
+}
+
+/// The host name (`[cluster] member` when absent).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty() && !h.contains('/'))
+        .unwrap_or_else(|| "fulcrum".to_owned())
 }
 
 /// SIGTERM's first step with `[announce]`: withdraw the VIPs and give the routers

@@ -331,6 +331,14 @@ async fn served_document_lists_every_endpoint_and_real_answers_match_it() {
             String::new(),
             200,
         ),
+        // Without [cluster] (tests/cluster.rs checks the 200 answer against a fleet).
+        (
+            "GET",
+            "/api/v1/cluster",
+            "/api/v1/cluster".into(),
+            String::new(),
+            404,
+        ),
     ];
     let mut exercised = BTreeSet::new();
     for (m, tpl, path, body, want) in steps {

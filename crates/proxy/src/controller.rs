@@ -51,10 +51,31 @@ pub enum Control {
     },
     /// The running configuration (with the run-time changes).
     Config(oneshot::Sender<Config>),
+    /// A new revision of the fleet's shared configuration (`[cluster]`), already merged
+    /// with the local sections and checked: applied exactly as a reload (all or nothing,
+    /// counted in `fulcrum_config_reloads_total`), except that operator drains stay.
+    Apply {
+        config: Box<Config>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
 }
 
-/// See [`Control::Edit`].
-pub type ConfigEdit = Box<dyn FnOnce(&Config) -> Result<Config, ChangeError> + Send>;
+/// See [`Control::Edit`]. `Fn`, not `FnOnce`: a fleet edit ([`FleetEdit`]) runs it again
+/// on a newer revision when another edit came first.
+pub type ConfigEdit = Arc<dyn Fn(&Config) -> Result<Config, ChangeError> + Send + Sync>;
+
+/// Where the admin API's changes go on an instance in a fleet (`[cluster]`): not into the
+/// running config, but into the fleet's shared configuration in etcd, as a transaction
+/// conditioned on the revision the edit was made on (retried on a newer one when another
+/// change came first, so concurrent changes on several instances all survive).
+pub trait FleetEdit: Send + Sync {
+    /// Applies `edit` to the fleet's newest configuration and writes the result as a new
+    /// revision; returns that revision (which the instance then applies like any other).
+    fn edit(
+        &self,
+        edit: ConfigEdit,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<i64, ChangeError>> + Send + '_>>;
+}
 
 impl std::fmt::Debug for Control {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -64,6 +85,7 @@ impl std::fmt::Debug for Control {
             Self::Edit { undrain, .. } => write!(f, "Edit {{ undrain: {undrain:?} }}"),
             Self::Drain { pool, backend, .. } => write!(f, "Drain({pool}, {backend})"),
             Self::Config(_) => f.write_str("Config"),
+            Self::Apply { .. } => f.write_str("Apply"),
         }
     }
 }
@@ -81,6 +103,10 @@ pub enum ChangeError {
     /// It conflicts with the running state (a listen address in use, the last backend).
     #[error("{0}")]
     Conflict(String),
+    /// It cannot be made now: the store of the fleet's configuration (etcd) cannot be
+    /// reached. Nothing changed.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 struct Tracked {
@@ -92,7 +118,7 @@ struct Tracked {
 }
 
 /// Reads and validates a config file for a reload: the config, or the rendered errors.
-pub type Loader = fn(&std::path::Path) -> Result<Config, String>;
+pub type Loader = Arc<dyn Fn(&std::path::Path) -> Result<Config, String> + Send + Sync>;
 
 /// Run after each successful reload with the new config, off the control thread (it may
 /// read files: the binary re-reads `[admin] token_file` here). An error is logged; the
@@ -173,7 +199,7 @@ impl Controller {
             next_id: 0,
             generation: 0,
             discovery,
-            loader: parse_file,
+            loader: Arc::new(parse_file),
             after_reload: None,
         };
         c.apply(config).await?;
@@ -474,8 +500,18 @@ impl Controller {
     pub async fn reload(&mut self) -> Result<(), String> {
         // Read and parsed off the control thread (a large file takes a while to parse).
         let path = self.path.clone();
-        let loader = self.loader;
+        let loader = Arc::clone(&self.loader);
         let parsed = off_thread(move || loader(&path)).await.and_then(|r| r);
+        self.reload_with(parsed, true).await
+    }
+
+    /// Applies a reload's result (`parsed`): counts it, logs it; `end_drains`: operator
+    /// drains end with it (a file reload), or stay (a cluster revision).
+    async fn reload_with(
+        &mut self,
+        parsed: Result<Config, String>,
+        end_drains: bool,
+    ) -> Result<(), String> {
         let res = match parsed {
             Ok(cfg) => self.apply(cfg).await,
             Err(e) => Err(e),
@@ -492,7 +528,7 @@ impl Controller {
             &self.shared.global.reloads_error
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        if res.is_ok() {
+        if res.is_ok() && end_drains {
             // Run-time changes last until a reload: operator drains end too (the file says
             // weight = 0 for a lasting drain).
             let mut undrained = false;
@@ -657,6 +693,15 @@ impl Controller {
                     }
                     Some(Control::Config(reply)) => {
                         let _ = reply.send(self.config.clone());
+                        false
+                    }
+                    Some(Control::Apply { config, reply }) => {
+                        let res = if self.shared.is_draining() {
+                            Err("shutting down".to_owned())
+                        } else {
+                            self.reload_with(Ok(*config), false).await
+                        };
+                        let _ = reply.send(res);
                         false
                     }
                     Some(Control::StopAccepting(reply)) => {

@@ -197,6 +197,9 @@ pub struct Shared {
     pub announce: crate::announce::AnnounceState,
     /// The controller's discovery failures, for the metrics endpoint.
     pub discovery_errors: Arc<crate::discovery::DiscoveryErrors>,
+    /// The fleet as this instance sees it (`[cluster]`); `None` without `[cluster]`.
+    /// Written whole by the cluster task, read by the admin API and the metrics.
+    pub cluster: arc_swap::ArcSwapOption<fulcrum_core::cluster::ClusterStatus>,
     epoch: Instant,
     ready: AtomicBool,
     draining: AtomicBool,
@@ -216,6 +219,7 @@ impl Shared {
             global: GlobalStats::default(),
             announce: crate::announce::AnnounceState::default(),
             discovery_errors: Arc::default(),
+            cluster: arc_swap::ArcSwapOption::empty(),
             epoch: Instant::now(),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),

@@ -52,6 +52,8 @@ fn codes(op: &Value) -> BTreeSet<u16> {
 const STATUSES: &[(&str, &str, &[u16])] = &[
     ("GET", "/healthz", &[200]),
     ("GET", "/readyz", &[200, 503]),
+    // 404 without [cluster] (the stand-in here has none).
+    ("GET", "/api/v1/cluster", &[200, 401, 404]),
     // metrics: encoding failure 500.
     ("GET", "/metrics", &[200, 401, 500]),
     ("GET", "/api/v1/openapi.json", &[200, 401]),
@@ -333,6 +335,9 @@ async fn serve(token: Option<&str>, controller: bool, protect_reads: bool) -> So
                     Control::StopAccepting(reply) => {
                         let _ = reply.send(());
                     }
+                    Control::Apply { reply, .. } => {
+                        let _ = reply.send(Err("no fleet here".into()));
+                    }
                 }
             }
         });
@@ -351,6 +356,7 @@ async fn serve(token: Option<&str>, controller: bool, protect_reads: bool) -> So
             token: token.map(Arc::from),
             protect_reads,
         })),
+        fleet: None,
     };
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -745,6 +751,14 @@ async fn the_live_router_answers_exactly_the_documented_routes_and_statuses() {
             200,
         ),
         (
+            "GET",
+            "/api/v1/cluster",
+            s("/api/v1/cluster"),
+            None,
+            s(""),
+            404,
+        ),
+        (
             "POST",
             "/api/v1/instance/drain",
             s("/api/v1/instance/drain"),
@@ -797,6 +811,8 @@ async fn the_live_router_answers_exactly_the_documented_routes_and_statuses() {
         ("DELETE", "/api/v1/services/{name}", 409),
         ("POST", "/api/v1/reload", 200),
         ("POST", "/api/v1/instance/undrain", 409),
+        // A fleet view needs [cluster] and etcd: crates/fulcrum/tests/cluster.rs.
+        ("GET", "/api/v1/cluster", 200),
     ];
     for (key, op) in &ops {
         for c in codes(op) {

@@ -53,6 +53,9 @@ impl Config {
         if let Some(a) = &self.announce {
             doc.insert("announce".into(), Value::Table(super::announce::emit(a)));
         }
+        if let Some(c) = &self.cluster {
+            doc.insert("cluster".into(), Value::Table(super::cluster::emit(c)));
+        }
         doc
     }
 }

@@ -10,6 +10,7 @@
 //! There is no partial result: a file yields a whole `Config` or errors.
 
 pub mod announce;
+pub mod cluster;
 mod emit;
 mod error;
 pub mod limits;
@@ -24,6 +25,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use announce::{AnnounceConfig, Speaker};
+pub use cluster::{ClusterConfig, ClusterPrefix, EtcdEndpoint, HealthQuorum};
 pub use emit::{service as service_table, table_to_string};
 pub use error::{line_col, ConfigError};
 pub use recover::{locate, PathStep};
@@ -135,6 +137,8 @@ pub struct Config {
     pub xdp: Option<XdpConfig>,
     /// VIP announcement through a BGP speaker (`[announce]`); `None`: none.
     pub announce: Option<AnnounceConfig>,
+    /// The fleet control plane in etcd (`[cluster]`); `None`: this instance stands alone.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Config {

@@ -32,6 +32,8 @@ pub struct RawConfig {
     pub xdp: Option<Spanned<RawXdp>>,
     /// `[announce]`.
     pub announce: Option<Spanned<RawAnnounce>>,
+    /// `[cluster]`.
+    pub cluster: Option<Spanned<super::cluster::RawCluster>>,
 }
 
 /// `[admin]`.

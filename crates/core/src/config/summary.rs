@@ -37,6 +37,16 @@ impl Config {
         if let Some(a) = &self.announce {
             let _ = writeln!(out, "{}", super::announce::summary_line(a));
         }
+        if let Some(c) = &self.cluster {
+            let etcd: Vec<&str> = c.etcd.iter().map(|e| e.0.as_str()).collect();
+            let _ = writeln!(
+                out,
+                "cluster: {} on etcd {} (member {}): services and pools come from etcd",
+                c.prefix.0,
+                etcd.join(","),
+                c.member.as_deref().unwrap_or("= host name")
+            );
+        }
 
         if !self.services.is_empty() {
             out.push_str("\nservices:\n");

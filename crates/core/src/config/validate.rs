@@ -183,6 +183,7 @@ pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Config, Vec<ConfigE
             pools,
             xdp,
             announce,
+            cluster: raw.cluster.map(|c| c.into_inner().into_config()),
         })
     } else {
         c.errs
