@@ -1,34 +1,52 @@
-//! `lc`: least connections: the eligible backend with the fewest active connections.
+//! `lc` and `wlc`: least connections, one implementation. `lc` takes the eligible backend
+//! with the fewest active connections; `wlc` the one with the lowest `active / weight`,
+//! compared by cross-multiplying (`a1 * w2 < a2 * w1`, as IPVS). `lc` is `wlc` with every
+//! weight 1.
 //!
 //! Ties are shared: the scan starts at a position that rotates with every pick, and the first
 //! backend with the minimum from there wins.
 
 use std::sync::atomic::AtomicUsize;
 
-use super::common::{rotate, Eligible};
+use super::common::{less_loaded, rotate, Eligible};
 use super::{PickError, PickRequest, Scheduler};
 use crate::model::{Backend, SchedulerKind};
 
-/// Least connections (weights only decide eligibility).
+/// Least connections (`lc`) or weighted least connections (`wlc`).
 #[derive(Debug)]
-pub struct LeastConn {
+pub struct LeastLoaded {
+    kind: SchedulerKind,
     eligible: Eligible,
+    /// Weight per backend index (0 for ineligible ones); all 1 for `lc`.
+    weights: Vec<u32>,
     rotor: AtomicUsize,
 }
 
-impl LeastConn {
-    /// Builds over the eligible backends of `backends`.
-    pub fn new(backends: &[Backend]) -> Self {
+impl LeastLoaded {
+    /// `lc` over the eligible backends of `backends` (weights only decide eligibility).
+    pub fn least_conn(backends: &[Backend]) -> Self {
+        Self::build(SchedulerKind::LeastConn, backends, vec![1; backends.len()])
+    }
+
+    /// `wlc` over the eligible backends of `backends`.
+    pub fn weighted(backends: &[Backend]) -> Self {
+        let weights = backends.iter().map(|b| b.weight.get()).collect();
+        Self::build(SchedulerKind::WeightedLeastConn, backends, weights)
+    }
+
+    fn build(kind: SchedulerKind, backends: &[Backend], weights: Vec<u32>) -> Self {
         Self {
+            kind,
             eligible: Eligible::new(backends),
+            weights,
             rotor: AtomicUsize::new(0),
         }
     }
 }
 
-impl Scheduler for LeastConn {
+impl Scheduler for LeastLoaded {
     fn kind(&self) -> SchedulerKind {
-        SchedulerKind::LeastConn
+        self.kind
     }
 
     fn pick(&self, req: &PickRequest<'_>) -> Result<usize, PickError> {
@@ -43,7 +61,10 @@ impl Scheduler for LeastConn {
                 continue;
             }
             let active = req.loads.active(i);
-            if best.is_none_or(|(_, b)| active < b) {
+            let better = best.is_none_or(|(b, b_active)| {
+                less_loaded(active, self.weights[i], b_active, self.weights[b])
+            });
+            if better {
                 best = Some((i, active));
             }
         }
