@@ -3,12 +3,15 @@
 //! - [`model`]: services, pools, backends and their states.
 //! - [`hash`]: the documented flow hash (Linux `jhash`), shared bit for bit with the BPF programs.
 //! - [`sched`]: every scheduler of the contract behind one trait, Maglev and ring hash included.
+//! - [`choice`]: the one backend choice of a new flow or request (sticky cookie, persistence,
+//!   scheduler), for the L4 data path, the HTTP proxy and `explain` alike.
 //! - [`flow`]: the bounded LRU flow table (flow affinity, persistence).
 //! - [`health`]: active (rise/fall) and passive (outlier) health state machines.
 //! - [`config`]: TOML parsing into types that cannot hold a bad value, with located errors.
 //! - [`announce`]: whether a VIP is announced to the routers, and the speakers' line formats.
 
 pub mod announce;
+pub mod choice;
 pub mod config;
 pub mod flow;
 pub mod hash;
