@@ -162,21 +162,14 @@ pub fn choose(pool: &impl Pool, flow: &Flow<'_>, mode: Mode<'_>) -> Result<Choic
     if let Some(i) = flow.sticky.filter(|&i| usable(pool, i, flow.tried)) {
         return done(i, Why::Sticky);
     }
-    let sched = pool.scheduler();
-    let hashing = sched.kind().is_hashing();
-    let hash = if hashing {
-        key_hash(pool.hash_key(), flow)
-    } else {
-        Err(Why::Scheduler)
-    };
     // Request-keyed pools place each request by its key, not by the client.
     let consult = !pool.hash_key().is_http_only();
-    let key = FlowKey::client_ip(flow.tuple.src.ip());
+    let key = || FlowKey::client_ip(flow.tuple.src.ip());
     let explain = matches!(mode, Mode::Explain { .. });
     let mut insert = None;
     let kept = match mode {
         Mode::Pick(Some(table)) if consult => {
-            let hit = table.get(&key, flow.now);
+            let hit = table.get(&key(), flow.now);
             insert = Some(table);
             hit.map(|id| keep(pool, id, flow.tried))
         }
@@ -185,7 +178,7 @@ pub fn choose(pool: &impl Pool, flow: &Flow<'_>, mode: Mode<'_>) -> Result<Choic
             kept,
         } if consult => {
             *kept = table
-                .peek(&key, flow.now)
+                .peek(&key(), flow.now)
                 .map(|id| keep(pool, id, flow.tried));
             *kept
         }
@@ -198,10 +191,17 @@ pub fn choose(pool: &impl Pool, flow: &Flow<'_>, mode: Mode<'_>) -> Result<Choic
     {
         return done(i, Why::Persistence);
     }
+    let sched = pool.scheduler();
+    let hash = if sched.kind().is_hashing() {
+        key_hash(pool.hash_key(), flow)
+    } else {
+        Err(Why::Scheduler)
+    };
     let (hash, why) = match hash {
         Ok(h) => (h, Why::Hash(h)),
         Err(why) if explain => return Ok(Choice { backend: None, why }),
-        // A missing key: the random number's high half stands in for the hash.
+        // A missing key: the random number's high half stands in for the hash (schedulers
+        // that do not hash ignore it).
         Err(why) => ((flow.random >> 32) as u32, why),
     };
     let i = sched.pick(&PickRequest {
@@ -211,7 +211,7 @@ pub fn choose(pool: &impl Pool, flow: &Flow<'_>, mode: Mode<'_>) -> Result<Choic
         exclude: flow.tried,
     })?;
     if let (Some(table), Some(id)) = (insert, pool.backend_id(i)) {
-        table.insert(&key, id, flow.now);
+        table.insert(&key(), id, flow.now);
     }
     done(i, why)
 }

@@ -52,6 +52,7 @@ impl Eligible {
 /// The candidates of a hashing table (`sh`'s slots, `maglev`'s slots, `ring_hash`'s points):
 /// the owner at `start`, then every following entry (forward, wrapping), as indices into the
 /// backend slice. The one walk of the three hashing schedulers.
+#[inline]
 pub(crate) fn candidates(table: &[u32], start: usize) -> impl Iterator<Item = usize> + '_ {
     table[start..]
         .iter()
@@ -61,6 +62,7 @@ pub(crate) fn candidates(table: &[u32], start: usize) -> impl Iterator<Item = us
 
 /// The first candidate from `start` (see [`candidates`]) that is not in `exclude`; the
 /// error of `eligible` when the table is empty or every eligible backend is excluded.
+#[inline]
 pub(crate) fn first_candidate(
     eligible: &Eligible,
     table: &[u32],

@@ -1,7 +1,7 @@
 //! `lc` and `wlc`: least connections, one implementation. `lc` takes the eligible backend
 //! with the fewest active connections; `wlc` the one with the lowest `active / weight`,
 //! compared by cross-multiplying (`a1 * w2 < a2 * w1`, as IPVS). `lc` is `wlc` with every
-//! weight 1.
+//! weight 1 (its counts compared directly).
 //!
 //! Ties are shared: the scan starts at a position that rotates with every pick, and the first
 //! backend with the minimum from there wins.
@@ -17,24 +17,25 @@ use crate::model::{Backend, SchedulerKind};
 pub struct LeastLoaded {
     kind: SchedulerKind,
     eligible: Eligible,
-    /// Weight per backend index (0 for ineligible ones); all 1 for `lc`.
-    weights: Vec<u32>,
+    /// `wlc`: weight per backend index (0 for ineligible ones). `None` for `lc`, where every
+    /// weight counts as 1 and the counts are compared directly.
+    weights: Option<Vec<u32>>,
     rotor: AtomicUsize,
 }
 
 impl LeastLoaded {
     /// `lc` over the eligible backends of `backends` (weights only decide eligibility).
     pub fn least_conn(backends: &[Backend]) -> Self {
-        Self::build(SchedulerKind::LeastConn, backends, vec![1; backends.len()])
+        Self::build(SchedulerKind::LeastConn, backends, None)
     }
 
     /// `wlc` over the eligible backends of `backends`.
     pub fn weighted(backends: &[Backend]) -> Self {
         let weights = backends.iter().map(|b| b.weight.get()).collect();
-        Self::build(SchedulerKind::WeightedLeastConn, backends, weights)
+        Self::build(SchedulerKind::WeightedLeastConn, backends, Some(weights))
     }
 
-    fn build(kind: SchedulerKind, backends: &[Backend], weights: Vec<u32>) -> Self {
+    fn build(kind: SchedulerKind, backends: &[Backend], weights: Option<Vec<u32>>) -> Self {
         Self {
             kind,
             eligible: Eligible::new(backends),
@@ -61,8 +62,9 @@ impl Scheduler for LeastLoaded {
                 continue;
             }
             let active = req.loads.active(i);
-            let better = best.is_none_or(|(b, b_active)| {
-                less_loaded(active, self.weights[i], b_active, self.weights[b])
+            let better = best.is_none_or(|(b, b_active)| match &self.weights {
+                None => active < b_active,
+                Some(w) => less_loaded(active, w[i], b_active, w[b]),
             });
             if better {
                 best = Some((i, active));
