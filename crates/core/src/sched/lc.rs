@@ -51,6 +51,24 @@ impl Scheduler for LeastLoaded {
     }
 
     fn pick(&self, req: &PickRequest<'_>) -> Result<usize, PickError> {
+        match &self.weights {
+            None => self.scan(req, |_, active, _, b_active| active < b_active),
+            Some(w) => self.scan(req, |i, active, b, b_active| {
+                less_loaded(active, w[i], b_active, w[b])
+            }),
+        }
+    }
+}
+
+impl LeastLoaded {
+    /// The one scan of `lc` and `wlc`: from the rotating start, the first backend not
+    /// excluded that no later one is `less` loaded than (`less(i, active_i, b, active_b)`).
+    /// Generic, so each kind's loop is compiled with its own comparison.
+    fn scan(
+        &self,
+        req: &PickRequest<'_>,
+        less: impl Fn(usize, u64, usize, u64) -> bool,
+    ) -> Result<usize, PickError> {
         let idx = &self.eligible.idx;
         if idx.is_empty() {
             return Err(self.eligible.error());
@@ -62,11 +80,7 @@ impl Scheduler for LeastLoaded {
                 continue;
             }
             let active = req.loads.active(i);
-            let better = best.is_none_or(|(b, b_active)| match &self.weights {
-                None => active < b_active,
-                Some(w) => less_loaded(active, w[i], b_active, w[b]),
-            });
-            if better {
+            if best.is_none_or(|(b, b_active)| less(i, active, b, b_active)) {
                 best = Some((i, active));
             }
         }
