@@ -64,6 +64,10 @@ impl LeastLoaded {
     /// The one scan of `lc` and `wlc`: from the rotating start, the first backend not
     /// excluded that no later one is `less` loaded than (`less(i, active_i, b, active_b)`).
     /// Generic, so each kind's loop is compiled with its own comparison.
+    // Measured (criterion `pick/lc/10`, same run, medians of 5): without it lc took 1.38x
+    // the old separate loop, with it 1.13x (rr, unchanged, 1.04x).
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
     fn scan(
         &self,
         req: &PickRequest<'_>,
