@@ -5,10 +5,10 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 
-use fulcrum_core::flow::FlowKey;
+use fulcrum_core::choice::{Choice, Flow, Why};
 use fulcrum_core::hash::{flow_hash, flow_words};
 use fulcrum_core::model::{FlowTuple, Proto, ServiceProtocol};
-use fulcrum_core::sched::PickRequest;
+use fulcrum_core::sched::PickError;
 use fulcrum_proxy::snapshot::{PoolRt, Shared, Snapshot};
 use serde_json::{json, Value};
 
@@ -40,7 +40,6 @@ fn backend_json(p: &PoolRt, i: usize) -> Value {
 }
 
 /// The explanation as JSON (the pool exists in `snap`).
-#[allow(clippy::too_many_lines)] // one decision walked through in order, as the data path takes it
 pub fn explain(shared: &Shared, snap: &Snapshot, p: &PoolRt, q: Query) -> Value {
     // The service address the flow is addressed to: given, else the first service of this
     // pool (of the given protocol).
@@ -79,69 +78,82 @@ pub fn explain(shared: &Shared, snap: &Snapshot, p: &PoolRt, q: Query) -> Value 
         "total_backends": p.backends.len(),
     });
 
+    // The data path's own choice, in explain mode (`fulcrum_core::choice`).
+    let (chosen, kept) = p.explain(&Flow::l4(flow, &[], 0, shared.now()));
+
     // 1. Persistence (ipvsadm -p): a client IP that has a live entry keeps its backend.
     let mut persistence = json!({ "configured": p.persistence.is_some(), "hit": false });
     if let Some(pers) = &p.persistence {
         persistence["timeout"] = json!(humantime_secs(pers.timeout));
-        let key = FlowKey::client_ip(q.client.ip());
-        let hit = pers
-            .table
-            .lock()
-            .ok()
-            .and_then(|t| t.peek(&key, shared.now()));
-        if let Some(id) = hit {
-            if let Some(i) = p.stats.iter().position(|s| s.id == id) {
-                let eligible = p.backends[i].is_eligible();
-                persistence["hit"] = json!(true);
-                persistence["backend"] = json!(p.backends[i].address.to_string());
-                persistence["usable"] = json!(eligible);
-                if eligible {
-                    out["persistence"] = persistence;
-                    out["decision"] = json!("persistence");
-                    out["backend"] = backend_json(p, i);
-                    out["reason"] = json!(format!(
-                        "client {} has a live persistence entry for {}, which takes new flows",
-                        q.client.ip(),
-                        p.backends[i].address
-                    ));
-                    return out;
-                }
-            } else {
-                persistence["hit"] = json!(true);
-                persistence["backend"] = Value::Null;
-                persistence["usable"] = json!(false);
-            }
-        }
+    }
+    if let Some(k) = kept {
+        persistence["hit"] = json!(true);
+        persistence["backend"] = json!(k.backend.map(|i| p.backends[i].address.to_string()));
+        persistence["usable"] = json!(k.usable);
     }
     out["persistence"] = persistence;
+    decide(&mut out, p, q, &flow, chosen);
+    out
+}
+
+/// The decision and its reason, from the choice `chosen` of the flow `flow` of `q`.
+fn decide(
+    out: &mut Value,
+    p: &PoolRt,
+    q: Query,
+    flow: &FlowTuple,
+    chosen: Result<Choice, PickError>,
+) {
     let persisted_note = if p.persistence.is_some() {
         "; the choice will be remembered for the persistence timeout"
     } else {
         ""
     };
-
     // 2. The scheduler.
-    if !p.kind.is_hashing() {
-        out["decision"] = json!("scheduler_state");
-        out["backend"] = Value::Null;
-        out["reason"] = json!(format!(
-            "{} does not hash the flow: the backend depends on the scheduler's position, \
-             random numbers or live connection counts at the moment the flow arrives{persisted_note}",
-            p.kind.as_str()
-        ));
-        return out;
-    }
-    let Some(hash) = flow_hash(&p.hash_key, &flow) else {
-        out["hash"] = json!({ "key": p.hash_key.to_string() });
-        out["decision"] = json!("http_hash_key");
-        out["backend"] = Value::Null;
-        out["reason"] = json!(format!(
-            "hash_key {} is taken from each HTTP request, not from the connection",
-            p.hash_key
-        ));
-        return out;
+    let hash = match &chosen {
+        Ok(Choice {
+            backend: Some(i),
+            why: Why::Persistence,
+        }) => {
+            out["decision"] = json!("persistence");
+            out["backend"] = backend_json(p, *i);
+            out["reason"] = json!(format!(
+                "client {} has a live persistence entry for {}, which takes new flows",
+                q.client.ip(),
+                p.backends[*i].address
+            ));
+            return;
+        }
+        Ok(Choice {
+            why: Why::RequestKey,
+            ..
+        }) => {
+            out["hash"] = json!({ "key": p.hash_key.to_string() });
+            out["decision"] = json!("http_hash_key");
+            out["backend"] = Value::Null;
+            out["reason"] = json!(format!(
+                "hash_key {} is taken from each HTTP request, not from the connection",
+                p.hash_key
+            ));
+            return;
+        }
+        Ok(Choice {
+            why: Why::Hash(h), ..
+        }) => *h,
+        // Only a hashing scheduler fails in explain, and only over an address hash key.
+        Err(_) => flow_hash(&p.hash_key, flow).unwrap_or_default(),
+        Ok(Choice { .. }) => {
+            out["decision"] = json!("scheduler_state");
+            out["backend"] = Value::Null;
+            out["reason"] = json!(format!(
+                "{} does not hash the flow: the backend depends on the scheduler's position, \
+                 random numbers or live connection counts at the moment the flow arrives{persisted_note}",
+                p.kind.as_str()
+            ));
+            return;
+        }
     };
-    let words: Vec<String> = flow_words(&p.hash_key, &flow)
+    let words: Vec<String> = flow_words(&p.hash_key, flow)
         .unwrap_or_default()
         .iter()
         .map(|w| format!("{w:#010x}"))
@@ -152,41 +164,14 @@ pub fn explain(shared: &Shared, snap: &Snapshot, p: &PoolRt, q: Query) -> Value 
         "value": hash,
         "hex": format!("{hash:#010x}"),
     });
-    if let Some(m) = p.scheduler.as_maglev() {
-        let slot = m.slot(hash);
-        out["table"] = json!({
-            "kind": "maglev",
-            "size": m.size(),
-            "slot": slot,
-            "owner": m.table().get(slot).map(|&i| p.backends[i as usize].address.to_string()),
-        });
-    } else if let Some(r) = p.scheduler.as_ring_hash() {
-        let pos = r.position(hash);
-        out["table"] = json!({
-            "kind": "ring_hash",
-            "points": r.points().len(),
-            "position": pos,
-            "point": pos.map(|i| r.points()[i]),
-            "owner": pos.map(|i| p.backends[r.owners()[i] as usize].address.to_string()),
-        });
-    } else if let Some(sh) = p.scheduler.as_source_hash() {
-        let t = sh.table();
-        let slot = (!t.is_empty()).then(|| hash as usize % t.len());
-        out["table"] = json!({
-            "kind": "sh",
-            "size": t.len(),
-            "slot": slot,
-            "owner": slot.map(|s| p.backends[t[s] as usize].address.to_string()),
-        });
+    let table = table_json(p, hash);
+    if !table.is_null() {
+        out["table"] = table;
     }
-    let req = PickRequest {
-        hash,
-        random: 0,
-        loads: p,
-        exclude: &[],
-    };
-    match p.scheduler.pick(&req) {
-        Ok(i) => {
+    match chosen {
+        Ok(Choice {
+            backend: Some(i), ..
+        }) => {
             out["decision"] = json!("hash");
             out["backend"] = backend_json(p, i);
             out["reason"] = json!(format!(
@@ -196,13 +181,47 @@ pub fn explain(shared: &Shared, snap: &Snapshot, p: &PoolRt, q: Query) -> Value 
                 p.backends[i].address
             ));
         }
+        Ok(Choice { backend: None, .. }) => {}
         Err(e) => {
             out["decision"] = json!("no_backend");
             out["backend"] = Value::Null;
             out["reason"] = json!(e.to_string());
         }
     }
-    out
+}
+
+/// Where `hash` falls in the pool's hashing table (the first owner, before any backend is
+/// skipped).
+fn table_json(p: &PoolRt, hash: u32) -> Value {
+    if let Some(m) = p.scheduler.as_maglev() {
+        let slot = m.slot(hash);
+        json!({
+            "kind": "maglev",
+            "size": m.size(),
+            "slot": slot,
+            "owner": m.table().get(slot).map(|&i| p.backends[i as usize].address.to_string()),
+        })
+    } else if let Some(r) = p.scheduler.as_ring_hash() {
+        let pos = r.position(hash);
+        json!({
+            "kind": "ring_hash",
+            "points": r.points().len(),
+            "position": pos,
+            "point": pos.map(|i| r.points()[i]),
+            "owner": pos.map(|i| p.backends[r.owners()[i] as usize].address.to_string()),
+        })
+    } else if let Some(sh) = p.scheduler.as_source_hash() {
+        let t = sh.table();
+        let slot = (!t.is_empty()).then(|| hash as usize % t.len());
+        json!({
+            "kind": "sh",
+            "size": t.len(),
+            "slot": slot,
+            "owner": slot.map(|s| p.backends[t[s] as usize].address.to_string()),
+        })
+    } else {
+        Value::Null
+    }
 }
 
 fn humantime_secs(d: std::time::Duration) -> String {

@@ -1,12 +1,17 @@
-//! Pick time per flow for every scheduler (10 and 1,000 backends) and Maglev table build time
-//! (M = 65537, 100 and 1,000 backends).
+//! Pick time per flow for every scheduler (10 and 1,000 backends), the cost of the one choice
+//! (`choice::choose`) over a bare pick, and Maglev table build time (M = 65537, 100 and 1,000
+//! backends).
 
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use fulcrum_core::hash::jhash2;
-use fulcrum_core::model::{Backend, PrimeTableSize, SchedulerKind};
-use fulcrum_core::sched::{build, Maglev, PickRequest, SchedOptions};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use fulcrum_core::choice::{self, Flow, Mode};
+use fulcrum_core::hash::{flow_hash, jhash2};
+use fulcrum_core::model::{Backend, FlowTuple, HashKey, PrimeTableSize, Proto, SchedulerKind};
+use fulcrum_core::sched::{build, Loads, Maglev, PickRequest, SchedOptions, Scheduler};
 
 fn pool(n: usize) -> Vec<Backend> {
     (0..n)
@@ -62,5 +67,81 @@ fn maglev_build(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, picks, maglev_build);
+/// A pool as the proxy holds one.
+struct BenchPool {
+    backends: Vec<Backend>,
+    loads: Vec<u64>,
+    scheduler: Arc<dyn Scheduler>,
+    key: HashKey,
+}
+
+impl Loads for BenchPool {
+    fn active(&self, idx: usize) -> u64 {
+        self.loads.active(idx)
+    }
+}
+
+impl choice::Pool for BenchPool {
+    fn backends(&self) -> &[Backend] {
+        &self.backends
+    }
+    fn scheduler(&self) -> &dyn Scheduler {
+        &*self.scheduler
+    }
+    fn hash_key(&self) -> &HashKey {
+        &self.key
+    }
+    fn backend_id(&self, idx: usize) -> Option<u32> {
+        u32::try_from(idx).ok()
+    }
+    fn index_of(&self, id: u32) -> Option<usize> {
+        usize::try_from(id).ok()
+    }
+}
+
+/// Per flow, 10 backends: `bare` is the flow hash and `Scheduler::pick` (the L4 path before
+/// `choice` existed), `choose` is `choice::choose` in pick mode, both without persistence.
+fn choose(crit: &mut Criterion) {
+    let mut g = crit.benchmark_group("choose");
+    let backends = pool(10);
+    let loads: Vec<u64> = (0..10u64).map(|i| (i * 37) % 101).collect();
+    for kind in SchedulerKind::ALL {
+        let p = BenchPool {
+            scheduler: build(kind, &backends, &SchedOptions::default()),
+            backends: backends.clone(),
+            loads: loads.clone(),
+            key: HashKey::SrcIpPort,
+        };
+        let tuple = |k: u32| FlowTuple {
+            src: SocketAddr::from(([198, 18, 1, (k >> 16) as u8], k as u16)),
+            dst: SocketAddr::from(([198, 18, 0, 1], 80)),
+            proto: Proto::Tcp,
+        };
+        let mut k = 0u32;
+        g.bench_function(BenchmarkId::new("bare", kind.as_str()), |bencher| {
+            bencher.iter(|| {
+                k = k.wrapping_add(1);
+                let t = tuple(k);
+                let req = PickRequest {
+                    hash: flow_hash(&p.key, black_box(&t)).unwrap_or(0),
+                    random: u64::from(k.wrapping_mul(0x9e37_79b9)) << 13,
+                    loads: &p,
+                    exclude: &[],
+                };
+                black_box(p.scheduler.pick(&req))
+            });
+        });
+        g.bench_function(BenchmarkId::new("choose", kind.as_str()), |bencher| {
+            bencher.iter(|| {
+                k = k.wrapping_add(1);
+                let random = u64::from(k.wrapping_mul(0x9e37_79b9)) << 13;
+                let flow = Flow::l4(black_box(tuple(k)), &[], random, std::time::Duration::ZERO);
+                black_box(choice::choose(&p, &flow, Mode::Pick(None)))
+            });
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, picks, choose, maglev_build);
 criterion_main!(benches);

@@ -3,6 +3,8 @@
 //! - [`model`]: services, pools, backends and their states.
 //! - [`hash`]: the documented flow hash (Linux `jhash`), shared bit for bit with the BPF programs.
 //! - [`sched`]: every scheduler of the contract behind one trait, Maglev and ring hash included.
+//! - [`choice`]: the one backend choice of a new flow or request (sticky cookie, persistence,
+//!   scheduler), for the L4 data path, the HTTP proxy and `explain` alike.
 //! - [`flow`]: the bounded LRU flow table (flow affinity, persistence).
 //! - [`health`]: active (rise/fall) and passive (outlier) health state machines.
 //! - [`retry`]: HTTP retries and passive ejection: which failures retry, attempts, budget.
@@ -11,6 +13,7 @@
 //! - [`cluster`]: the fleet control plane in etcd: shared vs local, merging, revisions.
 
 pub mod announce;
+pub mod choice;
 pub mod cluster;
 pub mod config;
 pub mod flow;

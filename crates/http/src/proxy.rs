@@ -10,11 +10,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use fulcrum_core::choice::{Flow, RequestKey, Why};
 use fulcrum_core::config::BackendProtocol;
-use fulcrum_core::hash::hash_bytes;
 use fulcrum_core::model::{FlowTuple, HashKey, Proto};
 use fulcrum_core::retry::{Attempts, Failure, Next, Replay};
-use fulcrum_core::sched::{PickError, PickRequest};
+use fulcrum_core::sched::PickError;
 use fulcrum_proxy::stats::BackendStats;
 use http::{StatusCode, Version};
 use hyper::body::Incoming;
@@ -339,6 +339,8 @@ impl<'a> Req<'a> {
     }
 }
 
+/// The backend for this request ([`fulcrum_proxy::snapshot::PoolRt::choose`]: the sticky
+/// cookie, persistence or the scheduler) and whether the sticky cookie named it.
 fn pick(
     c: &ConnCtx,
     rp: &RoutePool,
@@ -346,37 +348,29 @@ fn pick(
     tried: &[usize],
 ) -> Result<(usize, bool), PickError> {
     let pool = &rp.pool;
-    if let Some(name) = &pool.sticky_cookie {
-        if let Some(v) = cookie(values(req, "cookie"), name) {
-            if let Some(i) = rp.cookie_values.iter().position(|x| x.as_bytes() == v) {
-                if pool.backends[i].is_eligible() && !tried.contains(&i) {
-                    return Ok((i, true));
-                }
-            }
-        }
-    }
-    let key = match &pool.hash_key {
-        HashKey::Header(n) => Some(req.header(n.as_str())),
-        HashKey::Cookie(n) => Some(cookie(values(req, "cookie"), n)),
-        _ => None,
+    let sticky = pool.sticky_cookie.as_ref().and_then(|name| {
+        let v = cookie(values(req, "cookie"), name)?;
+        rp.cookie_values.iter().position(|x| x.as_bytes() == v)
+    });
+    let request = match &pool.hash_key {
+        HashKey::Header(n) => RequestKey::Value(req.header(n.as_str())),
+        HashKey::Cookie(n) => RequestKey::Value(cookie(values(req, "cookie"), n)),
+        _ => RequestKey::NoRequest,
     };
-    let idx = match key {
-        None => {
-            let flow = FlowTuple {
-                src: c.peer,
-                dst: c.local,
-                proto: Proto::Tcp,
-            };
-            pool.choose(&flow, tried, c.shared.now())?
-        }
-        Some(v) => pool.scheduler.pick(&PickRequest {
-            hash: v.map_or_else(|| fastrand::u32(..), hash_bytes),
-            random: fastrand::u64(..),
-            loads: &**pool,
-            exclude: tried,
-        })?,
+    let flow = Flow {
+        tuple: FlowTuple {
+            src: c.peer,
+            dst: c.local,
+            proto: Proto::Tcp,
+        },
+        request,
+        sticky,
+        tried,
+        random: fastrand::u64(..),
+        now: c.shared.now(),
     };
-    Ok((idx, false))
+    let (idx, why) = pool.choose(&flow)?;
+    Ok((idx, why == Why::Sticky))
 }
 
 fn entry(c: &ConnCtx, req: &impl ReqView, host: &str) -> Entry {

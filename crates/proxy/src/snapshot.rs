@@ -8,13 +8,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use fulcrum_core::choice::{self, Choice, Flow, Kept, Mode, Why};
 use fulcrum_core::config::BackendProtocol;
-use fulcrum_core::flow::{FlowKey, FlowTable};
-use fulcrum_core::hash::connection_hash;
+use fulcrum_core::flow::FlowTable;
 use fulcrum_core::model::{
-    Backend, FlowTuple, ForwardMode, HashKey, Proto, ProxyProtocol, SchedulerKind, ServiceProtocol,
+    Backend, ForwardMode, HashKey, Proto, ProxyProtocol, SchedulerKind, ServiceProtocol,
 };
-use fulcrum_core::sched::{Loads, PickError, PickRequest, Scheduler};
+use fulcrum_core::sched::{Loads, PickError, Scheduler};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::l7::{L7Handler, ServiceExt};
@@ -67,43 +67,48 @@ impl PoolRt {
         f64::from_bits(self.moved.load(Ordering::Relaxed))
     }
 
-    /// Chooses a backend for a new flow: the persistence table first (when configured and
-    /// its backend can still take new flows), else the scheduler.
-    pub fn choose(
-        &self,
-        flow: &FlowTuple,
-        exclude: &[usize],
-        now: Duration,
-    ) -> Result<usize, PickError> {
-        let Some(p) = &self.persistence else {
-            return self.pick(flow, exclude);
-        };
-        // One lock for the lookup, the pick and the insert: two connections of one client
-        // racing each other still agree on its backend.
-        let key = FlowKey::client_ip(flow.src.ip());
-        let Ok(mut table) = p.table.lock() else {
-            return self.pick(flow, exclude);
-        };
-        let kept = table
-            .get(&key, now)
-            .and_then(|id| self.stats.iter().position(|s| s.id == id))
-            .filter(|&i| self.backends[i].is_eligible() && !exclude.contains(&i));
-        if let Some(i) = kept {
-            return Ok(i);
-        }
-        let idx = self.pick(flow, exclude)?;
-        table.insert(&key, self.stats[idx].id, now);
-        Ok(idx)
+    /// The data path's choice of a backend for a new flow or request (L4 and HTTP):
+    /// [`choice::choose`] with the persistence table locked across the lookup, the pick and
+    /// the insert, so two connections of one client racing each other agree on its backend.
+    pub fn choose(&self, flow: &Flow<'_>) -> Result<(usize, Why), PickError> {
+        let mut guard = self.persistence.as_ref().and_then(|p| p.table.lock().ok());
+        let c = choice::choose(self, flow, Mode::Pick(guard.as_deref_mut()))?;
+        // `Mode::Pick` always names a backend.
+        c.backend
+            .map(|i| (i, c.why))
+            .ok_or(PickError::NoneEligible {
+                total: self.backends.len(),
+            })
     }
 
-    /// The scheduler's choice, with the flow hash of the pool's hash key.
-    fn pick(&self, flow: &FlowTuple, exclude: &[usize]) -> Result<usize, PickError> {
-        self.scheduler.pick(&PickRequest {
-            hash: connection_hash(&self.hash_key, flow),
-            random: fastrand::u64(..),
-            loads: self,
-            exclude,
-        })
+    /// `explain`: the same choice, changing nothing (the persistence table is peeked at, no
+    /// scheduler state moves), with the client's live persistence entry, if it was looked at.
+    pub fn explain(&self, flow: &Flow<'_>) -> (Result<Choice, PickError>, Option<Kept>) {
+        let guard = self.persistence.as_ref().and_then(|p| p.table.lock().ok());
+        let mut kept = None;
+        let mode = Mode::Explain {
+            table: guard.as_deref(),
+            kept: &mut kept,
+        };
+        (choice::choose(self, flow, mode), kept)
+    }
+}
+
+impl choice::Pool for PoolRt {
+    fn backends(&self) -> &[Backend] {
+        &self.backends
+    }
+    fn scheduler(&self) -> &dyn Scheduler {
+        &*self.scheduler
+    }
+    fn hash_key(&self) -> &HashKey {
+        &self.hash_key
+    }
+    fn backend_id(&self, idx: usize) -> Option<u32> {
+        self.stats.get(idx).map(|s| s.id)
+    }
+    fn index_of(&self, id: u32) -> Option<usize> {
+        self.stats.iter().position(|s| s.id == id)
     }
 }
 

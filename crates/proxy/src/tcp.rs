@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use fulcrum_core::choice::Flow;
 use fulcrum_core::model::{FlowTuple, Proto};
 use socket2::SockRef;
 use tokio::io::AsyncWriteExt;
@@ -166,8 +167,14 @@ async fn connect(
     let pool = &svc.pool;
     let mut tried = [0usize; MAX_CONNECT_ATTEMPTS];
     for attempt in 0..MAX_CONNECT_ATTEMPTS {
-        let idx = match pool.choose(&flow, &tried[..attempt], shared.now()) {
-            Ok(i) => i,
+        let chosen = pool.choose(&Flow::l4(
+            flow,
+            &tried[..attempt],
+            fastrand::u64(..),
+            shared.now(),
+        ));
+        let idx = match chosen {
+            Ok((i, _)) => i,
             Err(e) => {
                 if attempt == 0 {
                     svc.stats.refused_no_backend.fetch_add(1, Ordering::Relaxed);

@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use fulcrum_core::choice;
 use fulcrum_core::model::{FlowTuple, Proto};
 use tokio::net::UdpSocket;
 use tokio::task::AbortHandle;
@@ -239,8 +240,13 @@ async fn open_flow(
         proto: Proto::Udp,
     };
     let pool = &svc.pool;
-    let idx = match pool.choose(&flow, &[], shared.now()) {
-        Ok(i) => i,
+    let idx = match pool.choose(&choice::Flow::l4(
+        flow,
+        &[],
+        fastrand::u64(..),
+        shared.now(),
+    )) {
+        Ok((i, _)) => i,
         Err(e) => {
             svc.stats.refused_no_backend.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(service = %svc.name, "udp flow refused: {e}");

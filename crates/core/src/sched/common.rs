@@ -49,6 +49,39 @@ impl Eligible {
     }
 }
 
+/// The candidates of a hashing table (`sh`'s slots, `maglev`'s slots, `ring_hash`'s points):
+/// the owner at `start`, then every following entry (forward, wrapping), as indices into the
+/// backend slice. The one walk of the three hashing schedulers.
+#[inline]
+pub(crate) fn candidates(table: &[u32], start: usize) -> impl Iterator<Item = usize> + '_ {
+    table[start..]
+        .iter()
+        .chain(&table[..start])
+        .map(|&i| i as usize)
+}
+
+/// The first candidate from `start` (see [`candidates`]) that is not in `exclude`; the
+/// error of `eligible` when the table is empty or every eligible backend is excluded.
+#[inline]
+pub(crate) fn first_candidate(
+    eligible: &Eligible,
+    table: &[u32],
+    start: usize,
+    exclude: &[usize],
+) -> Result<usize, PickError> {
+    let Some(&first) = table.get(start) else {
+        return Err(eligible.error());
+    };
+    if exclude.is_empty() {
+        return Ok(first as usize);
+    }
+    // Every eligible backend excluded: say so before walking a whole table for nothing.
+    eligible.ensure_some_left(exclude)?;
+    candidates(table, start)
+        .find(|i| !exclude.contains(i))
+        .ok_or_else(|| eligible.error())
+}
+
 /// Greatest common divisor.
 pub(crate) fn gcd(mut a: u64, mut b: u64) -> u64 {
     while b != 0 {

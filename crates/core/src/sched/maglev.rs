@@ -20,7 +20,7 @@
 
 use std::collections::HashMap;
 
-use super::common::{sorted_eligible, Eligible};
+use super::common::{first_candidate, sorted_eligible, Eligible};
 use super::{PickError, PickRequest, Scheduler};
 use crate::hash::{jhash, jhash2};
 use crate::model::{canonical_addr, Backend, PrimeTableSize, SchedulerKind};
@@ -231,21 +231,12 @@ impl Scheduler for Maglev {
     }
 
     fn pick(&self, req: &PickRequest<'_>) -> Result<usize, PickError> {
-        if self.table.is_empty() {
-            return Err(self.eligible.error());
-        }
-        let slot = self.slot(req.hash);
-        let first = self.table[slot] as usize;
-        if req.exclude.is_empty() {
-            return Ok(first);
-        }
-        self.eligible.ensure_some_left(req.exclude)?;
-        self.table[slot..]
-            .iter()
-            .chain(&self.table[..slot])
-            .map(|&i| i as usize)
-            .find(|i| !req.exclude.contains(i))
-            .ok_or_else(|| self.eligible.error())
+        let start = if self.table.is_empty() {
+            0
+        } else {
+            self.slot(req.hash)
+        };
+        first_candidate(&self.eligible, &self.table, start, req.exclude)
     }
 
     fn as_maglev(&self) -> Option<&Maglev> {

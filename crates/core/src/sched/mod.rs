@@ -17,7 +17,6 @@ pub mod random;
 pub mod ring_hash;
 pub mod rr;
 pub mod sh;
-pub mod wlc;
 pub mod wrr;
 
 pub use maglev::{moved_ratio, Maglev};
@@ -107,8 +106,8 @@ pub fn build(kind: SchedulerKind, backends: &[Backend], opts: &SchedOptions) -> 
     match kind {
         SchedulerKind::RoundRobin => Arc::new(rr::RoundRobin::new(backends)),
         SchedulerKind::WeightedRoundRobin => Arc::new(wrr::WeightedRoundRobin::new(backends)),
-        SchedulerKind::LeastConn => Arc::new(lc::LeastConn::new(backends)),
-        SchedulerKind::WeightedLeastConn => Arc::new(wlc::WeightedLeastConn::new(backends)),
+        SchedulerKind::LeastConn => Arc::new(lc::LeastLoaded::least_conn(backends)),
+        SchedulerKind::WeightedLeastConn => Arc::new(lc::LeastLoaded::weighted(backends)),
         SchedulerKind::SourceHash => Arc::new(sh::SourceHash::new(backends)),
         SchedulerKind::Random => Arc::new(random::Random::new(backends)),
         SchedulerKind::PowerOfTwo => Arc::new(p2c::PowerOfTwo::new(backends)),

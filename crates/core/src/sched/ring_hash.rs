@@ -12,7 +12,7 @@
 
 use std::fmt::Write as _;
 
-use super::common::{sorted_eligible, Eligible};
+use super::common::{first_candidate, sorted_eligible, Eligible};
 use super::{PickError, PickRequest, Scheduler};
 use crate::hash::jhash;
 use crate::model::{Backend, SchedulerKind};
@@ -102,24 +102,8 @@ impl Scheduler for RingHash {
     }
 
     fn pick(&self, req: &PickRequest<'_>) -> Result<usize, PickError> {
-        if self.points.is_empty() {
-            return Err(self.eligible.error());
-        }
-        let mut pos = self.points.partition_point(|&p| p < req.hash);
-        if pos == self.points.len() {
-            pos = 0;
-        }
-        let first = self.owners[pos] as usize;
-        if req.exclude.is_empty() {
-            return Ok(first);
-        }
-        self.eligible.ensure_some_left(req.exclude)?;
-        self.owners[pos..]
-            .iter()
-            .chain(&self.owners[..pos])
-            .map(|&i| i as usize)
-            .find(|i| !req.exclude.contains(i))
-            .ok_or_else(|| self.eligible.error())
+        let start = self.position(req.hash).unwrap_or(0);
+        first_candidate(&self.eligible, &self.owners, start, req.exclude)
     }
 
     fn as_ring_hash(&self) -> Option<&RingHash> {

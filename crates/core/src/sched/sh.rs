@@ -7,7 +7,7 @@
 //! `table[hash % table.len()]`; if that backend is excluded, to the next slot (forward,
 //! wrapping) holding a backend that is not.
 
-use super::common::{smooth_sequence, sorted_eligible, Eligible};
+use super::common::{first_candidate, smooth_sequence, sorted_eligible, Eligible};
 use super::{PickError, PickRequest, Scheduler};
 use crate::model::{Backend, SchedulerKind};
 
@@ -52,21 +52,12 @@ impl Scheduler for SourceHash {
     }
 
     fn pick(&self, req: &PickRequest<'_>) -> Result<usize, PickError> {
-        if self.table.is_empty() {
-            return Err(self.eligible.error());
-        }
-        let slot = req.hash as usize % self.table.len();
-        let first = self.table[slot] as usize;
-        if req.exclude.is_empty() {
-            return Ok(first);
-        }
-        self.eligible.ensure_some_left(req.exclude)?;
-        self.table[slot..]
-            .iter()
-            .chain(&self.table[..slot])
-            .map(|&i| i as usize)
-            .find(|i| !req.exclude.contains(i))
-            .ok_or_else(|| self.eligible.error())
+        let start = if self.table.is_empty() {
+            0
+        } else {
+            req.hash as usize % self.table.len()
+        };
+        first_candidate(&self.eligible, &self.table, start, req.exclude)
     }
 
     fn as_source_hash(&self) -> Option<&SourceHash> {
