@@ -1,7 +1,11 @@
 //! What fuzzing found in the HTTP/1.1 codec (docs/fuzzing.md), end to end: the real
 //! `fulcrum` binary, a raw TCP backend in this process that answers every request with a
 //! canned response, raw TCP clients. Only 127.0.0.0/8.
-#![allow(clippy::unwrap_used, clippy::missing_panics_doc, clippy::many_single_char_names)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::missing_panics_doc,
+    clippy::many_single_char_names
+)]
 
 mod common;
 

@@ -312,8 +312,9 @@ fn chunked(input: &[u8], strict: bool) -> Chunked {
         let Ok(size) = usize::try_from(size) else {
             return Chunked::Incomplete;
         };
-        if input.len() < at + size + 2 {
-            if input.len() > at + size && input[at + size] != b'\r' {
+        let avail = input.len() - at;
+        if size >= avail || avail - size < 2 {
+            if size < avail && input[at + size] != b'\r' {
                 return Chunked::Bad("chunk data not followed by CRLF");
             }
             return Chunked::Incomplete;
