@@ -17,6 +17,7 @@ use axum::{Json, Router};
 use fulcrum_core::config::Config;
 use fulcrum_proxy::controller::{ChangeError, Control, ControlSender};
 use fulcrum_proxy::snapshot::{PoolRt, Shared};
+use fulcrum_proxy::stats::BackendStats;
 use prometheus_client::registry::Registry;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
@@ -246,20 +247,22 @@ async fn services(State(st): State<AdminState>) -> Json<Value> {
     Json(json!({ "services": list }))
 }
 
+fn backend_json(b: &fulcrum_core::model::Backend, s: &BackendStats) -> Value {
+    json!({
+        "address": b.address.to_string(),
+        "weight": b.weight.get(),
+        "state": b.state.as_str(),
+        "active_connections": s.active.load(Ordering::Relaxed),
+        "total_connections": s.total.load(Ordering::Relaxed),
+    })
+}
+
 fn pool_json(p: &PoolRt) -> Value {
     let backends: Vec<Value> = p
         .backends
         .iter()
         .zip(&p.stats)
-        .map(|(b, s)| {
-            json!({
-                "address": b.address.to_string(),
-                "weight": b.weight.get(),
-                "state": b.state.as_str(),
-                "active_connections": s.active.load(Ordering::Relaxed),
-                "total_connections": s.total.load(Ordering::Relaxed),
-            })
-        })
+        .map(|(b, s)| backend_json(b, s))
         .collect();
     json!({
         "name": p.name,
@@ -416,12 +419,10 @@ async fn apply_edit(
 
 fn backend_answer(st: &AdminState, pool: &str, addr: std::net::SocketAddr) -> Response {
     let snap = st.shared.snapshot.load();
+    // Only this backend's object (a pool may have thousands).
     let b = snap.pool(pool).and_then(|p| {
-        pool_json(p)["backends"].as_array().and_then(|bs| {
-            bs.iter()
-                .find(|b| b["address"] == addr.to_string())
-                .cloned()
-        })
+        let i = p.backends.iter().position(|b| b.address == addr)?;
+        Some(backend_json(&p.backends[i], p.stats.get(i)?))
     });
     Json(json!({ "pool": pool, "backend": b })).into_response()
 }

@@ -7,8 +7,9 @@
 //! controller applies like a reload.
 
 use std::net::SocketAddr;
+use std::path::Path;
 
-use fulcrum_core::config::{self, Config, ConfigError};
+use fulcrum_core::config::{self, AccessLog, Config, ConfigError, LogTarget, ServiceConfig};
 use fulcrum_proxy::controller::ChangeError;
 use toml::{Table, Value};
 
@@ -171,7 +172,46 @@ pub fn put_service(
         Some(s) => *s = Value::Table(table),
         None => services.push(Value::Table(table)),
     }
-    reparse(doc)
+    let new = reparse(doc)?;
+    if let Some(svc) = new.service(name) {
+        files_already_named(cfg, svc)?;
+    }
+    Ok(new)
+}
+
+/// The files a service names: its access log and its TLS certificates and keys.
+pub fn service_files(s: &ServiceConfig) -> Vec<&Path> {
+    let mut files = Vec::new();
+    if let Some(AccessLog {
+        target: LogTarget::File(p),
+        ..
+    }) = &s.access_log
+    {
+        files.push(p.as_path());
+    }
+    if let Some(tls) = &s.tls {
+        for pair in &tls.certs {
+            files.push(pair.cert.as_path());
+            files.push(pair.key.as_path());
+        }
+    }
+    files
+}
+
+/// The admin API may only point a service at files the running configuration already names
+/// (so, files the operator put in the config file): an API user cannot create, append to,
+/// read or probe any other file as Fulcrum's user.
+fn files_already_named(cfg: &Config, svc: &ServiceConfig) -> Result<(), ChangeError> {
+    let known: Vec<&Path> = cfg.services.iter().flat_map(service_files).collect();
+    match service_files(svc).into_iter().find(|f| !known.contains(f)) {
+        None => Ok(()),
+        Some(f) => Err(ChangeError::Invalid(format!(
+            "{} is not a file the configuration file names: the admin API may only use access \
+             log, certificate and key paths that some service of the file already uses (put \
+             the new path in the config file and reload)",
+            f.display()
+        ))),
+    }
 }
 
 /// `DELETE /api/v1/services/{name}`.
@@ -268,4 +308,57 @@ pub fn delete_pool(cfg: &Config, pool: &str) -> Result<Config, ChangeError> {
         doc.remove("pool");
     }
     reparse(doc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "[[service]]\nname = \"s\"\nlisten = \"127.0.0.1:8080\"\nprotocol = \"tcp\"\npool = \"p\"\n\n[[pool]]\nname = \"p\"\nscheduler = \"maglev\"\nmaglev_table_size = 3\n[[pool.backend]]\naddress = \"127.0.0.1:1\"\n[[pool.backend]]\naddress = \"127.0.0.1:2\"\n";
+
+    fn base() -> Config {
+        config::parse(BASE).expect("base config")
+    }
+
+    fn invalid(r: Result<Config, ChangeError>) -> String {
+        match r {
+            Err(ChangeError::Invalid(m)) => m,
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn out_of_range_numbers_are_refused_before_anything_is_built() {
+        // This once made the process allocate 16 GiB for a Maglev table.
+        let m = invalid(set_pool(
+            &base(),
+            "p",
+            serde_json::json!({"maglev_table_size": 4_294_967_291_u64}),
+        ));
+        assert!(m.contains("out of range") && m.contains("1000003"), "{m}");
+        // A duration that would overflow the clock on the first connection.
+        let m = invalid(set_pool(
+            &base(),
+            "p",
+            serde_json::json!({"persistence": "18446744073709551615s"}),
+        ));
+        assert!(
+            m.contains("too long") || m.contains("invalid duration"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn a_backend_beyond_the_maglev_table_is_refused_so_the_saved_config_stays_valid() {
+        let cfg = set_backend(&base(), "p", "127.0.0.1:3".parse().expect("addr"), 1)
+            .expect("3 backends fit a table of 3");
+        assert!(config::parse(&cfg.to_toml()).is_ok());
+        let m = invalid(set_backend(
+            &cfg,
+            "p",
+            "127.0.0.1:4".parse().expect("addr"),
+            1,
+        ));
+        assert!(m.contains("smaller than the number of backends (4)"), "{m}");
+    }
 }

@@ -6,22 +6,60 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use std::time::Duration;
+
+use crate::model::Now;
+
 /// What decides whether one service's VIP is announced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VipInputs {
     /// The service's listener is bound (`forward = "proxy"`), or the XDP program that
     /// serves it is attached (`dsr`/`tunnel`/`nat`).
     pub serving: bool,
+    /// The data plane runs the snapshot whose backends are counted here: always for
+    /// `proxy`; for XDP services, once the maps were written from that snapshot.
+    pub applied: bool,
     /// Backends of the service's default pool that can take new flows (up, weight > 0).
     pub backends_up: usize,
+    /// Backends of that pool whose health checks have not given a definite state yet
+    /// (a new backend is taken as up until its first checks say up or down).
+    pub backends_unsettled: usize,
     /// The instance is draining: `fulcrum ctl instance drain`, or shutting down.
     pub instance_draining: bool,
 }
 
-/// A VIP is announced only while this instance can serve it: its listener is bound (or its
-/// XDP program attached), at least one backend is up, and the instance is not draining.
-pub const fn should_announce(i: VipInputs) -> bool {
-    i.serving && i.backends_up > 0 && !i.instance_draining
+/// The hold-down of one service's announcement: the previous decision, and since when the
+/// service's health (backends up, their states, serving, draining) has been as it is now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hold {
+    /// The previous decision: the VIP is announced.
+    pub announced: bool,
+    /// When the service's health last changed (at start: when it was first seen).
+    pub since: Now,
+    /// `[announce] announce_delay`: how long it must have held still.
+    pub delay: Duration,
+}
+
+/// Whether a service's VIP should be announced at `now`.
+///
+/// Withdrawn at once when the instance cannot serve it: the listener is not bound (or the
+/// XDP program not attached), no backend is up, or the instance is draining. An announced
+/// VIP stays announced otherwise (the XDP maps lagging a health change by a moment is
+/// served with the previous table, as on every other instance).
+///
+/// Announced (at start, or again after a withdrawal) only once health has settled, since
+/// an instance that sees other backends up than its peers hashes the flows the routers
+/// give it onto other backends (Maglev over another set), resetting them: no backend still
+/// waiting for its first definite check result, the data plane running the current
+/// snapshot, and the health unchanged for `hold.delay`.
+pub fn should_announce(i: VipInputs, hold: Hold, now: Now) -> bool {
+    if !i.serving || i.backends_up == 0 || i.instance_draining {
+        return false;
+    }
+    if hold.announced {
+        return true;
+    }
+    i.applied && i.backends_unsettled == 0 && now.saturating_sub(hold.since) >= hold.delay
 }
 
 /// The host route of a VIP: `IP/32` (IPv4) or `IP/128` (IPv6).
@@ -163,22 +201,96 @@ mod tests {
     fn inputs(serving: bool, backends_up: usize, instance_draining: bool) -> VipInputs {
         VipInputs {
             serving,
+            applied: true,
             backends_up,
+            backends_unsettled: 0,
             instance_draining,
+        }
+    }
+
+    const S: Duration = Duration::from_secs(1);
+
+    fn hold(announced: bool, since: u64) -> Hold {
+        Hold {
+            announced,
+            since: S * u32::try_from(since).unwrap(),
+            delay: 2 * S,
         }
     }
 
     #[test]
     fn announced_only_when_serving_with_a_backend_and_not_draining() {
-        assert!(should_announce(inputs(true, 1, false)));
-        assert!(should_announce(inputs(true, 5, false)));
-        assert!(
-            !should_announce(inputs(false, 5, false)),
-            "listener not bound"
-        );
-        assert!(!should_announce(inputs(true, 0, false)), "no backend up");
-        assert!(!should_announce(inputs(true, 5, true)), "draining");
-        assert!(!should_announce(inputs(false, 0, true)));
+        let settled = hold(false, 0);
+        let now = 10 * S;
+        assert!(should_announce(inputs(true, 1, false), settled, now));
+        assert!(should_announce(inputs(true, 5, false), settled, now));
+        for h in [settled, hold(true, 0)] {
+            assert!(
+                !should_announce(inputs(false, 5, false), h, now),
+                "listener not bound"
+            );
+            assert!(
+                !should_announce(inputs(true, 0, false), h, now),
+                "no backend up"
+            );
+            assert!(!should_announce(inputs(true, 5, true), h, now), "draining");
+            assert!(!should_announce(inputs(false, 0, true), h, now));
+        }
+    }
+
+    #[test]
+    fn announced_only_once_health_held_still_for_the_delay() {
+        let i = inputs(true, 3, false);
+        // Health changed at 5 s: not before 7 s.
+        assert!(!should_announce(i, hold(false, 5), 5 * S));
+        assert!(!should_announce(
+            i,
+            hold(false, 5),
+            Duration::from_millis(6999)
+        ));
+        assert!(should_announce(i, hold(false, 5), 7 * S));
+        // A delay of 0 announces at once.
+        let h = Hold {
+            delay: Duration::ZERO,
+            ..hold(false, 5)
+        };
+        assert!(should_announce(i, h, 5 * S));
+        // A clock before `since` (never in practice) holds off rather than panicking.
+        assert!(!should_announce(i, hold(false, 5), S));
+    }
+
+    #[test]
+    fn not_announced_while_a_backend_awaits_its_first_checks_or_the_maps_lag() {
+        let now = 100 * S;
+        let unsettled = VipInputs {
+            backends_unsettled: 1,
+            ..inputs(true, 3, false)
+        };
+        assert!(!should_announce(unsettled, hold(false, 0), now));
+        let lagging = VipInputs {
+            applied: false,
+            ..inputs(true, 3, false)
+        };
+        assert!(!should_announce(lagging, hold(false, 0), now));
+        // Once announced, neither withdraws: the instance serves with what it has.
+        assert!(should_announce(unsettled, hold(true, 99), now));
+        assert!(should_announce(lagging, hold(true, 99), now));
+    }
+
+    #[test]
+    fn an_announced_vip_stays_through_health_changes_and_is_withdrawn_at_once() {
+        // A backend went down at 99 s (since = 99): still announced at 99 s.
+        assert!(should_announce(
+            inputs(true, 2, false),
+            hold(true, 99),
+            99 * S
+        ));
+        // The last one down: withdrawn with no delay.
+        assert!(!should_announce(
+            inputs(true, 0, false),
+            hold(true, 99),
+            99 * S
+        ));
     }
 
     #[test]

@@ -44,6 +44,9 @@ pub struct ActiveHealth {
     up: bool,
     /// Consecutive results against the current state (failures when up, successes when down).
     streak: u32,
+    /// The checks have given a definite state: one result that agrees with the state, or
+    /// a change of state. False for a new backend until then (it is taken as up meanwhile).
+    settled: bool,
 }
 
 impl ActiveHealth {
@@ -55,6 +58,15 @@ impl ActiveHealth {
             fall: fall.max(1),
             up: true,
             streak: 0,
+            settled: false,
+        }
+    }
+
+    /// A backend without active checks: up, and settled (nothing will check it).
+    pub fn unchecked() -> Self {
+        Self {
+            settled: true,
+            ..Self::new(1, 1)
         }
     }
 
@@ -71,6 +83,7 @@ impl ActiveHealth {
     pub fn record(&mut self, ok: bool) -> Option<Transition> {
         if ok == self.up {
             self.streak = 0;
+            self.settled = true;
             return None;
         }
         self.streak += 1;
@@ -81,6 +94,7 @@ impl ActiveHealth {
         let from = self.state();
         self.up = !self.up;
         self.streak = 0;
+        self.settled = true;
         Transition::between(from, self.state())
     }
 
@@ -96,6 +110,12 @@ impl ActiveHealth {
         } else {
             BackendState::Down
         }
+    }
+
+    /// Whether the checks have given a definite state yet (see the field): false for a
+    /// new backend until a check agrees with its state or `fall`/`rise` results change it.
+    pub const fn is_settled(&self) -> bool {
+        self.settled
     }
 
     /// Consecutive results so far against the current state (failures while up, successes

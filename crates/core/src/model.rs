@@ -260,6 +260,8 @@ pub mod defaults {
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
     pub const MAGLEV_TABLE_SIZE: u32 = 65537;
     pub const MAX_CONNECTIONS: u32 = 100_000;
+    /// udp services: flows (one socket, so one file descriptor, each) per service.
+    pub const MAX_FLOWS: u32 = 10_000;
 }
 
 /// A Maglev lookup-table size: always a prime (the Maglev permutation needs it) in

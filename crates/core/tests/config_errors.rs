@@ -49,6 +49,8 @@ fn cases() -> Vec<Case> {
         case("duplicate key", format!("{tcp}pool = \"q\"{POOL}"), "6:1", "duplicate key `pool`", None),
         case("unknown top-level key", "bogus = 1\n".into(), "1:1", "unknown key `bogus`", Some("valid keys here: admin, service, pool, xdp")),
         case("unknown service key", format!("{tcp}colour = \"red\"\n{POOL}"), "6:1", "unknown key `colour`", Some("max_connections")),
+        case("max_flows on tcp", format!("{tcp}max_flows = 5\n{POOL}"), "6:13", "max_flows applies only to udp services; `s` is tcp", Some("use max_connections to bound tcp and http services")),
+        case("max_flows zero", format!("{udp}max_flows = 0\n{POOL}"), "6:13", "0 is out of range", Some("valid: 1..=1000000")),
         case("unknown pool.health key", format!("{tcp}{POOL}[pool.health]\nintervall = \"1s\"\n"), "12:1", "unknown key `intervall`", Some("interval")),
         case("missing key", "[[service]]\nname = \"s\"\n".into(), "1:1", "missing key `listen`", None),
         case("wrong type", format!("{tcp}{POOL}weight = \"3\"\n"), "11:10", "wrong type: string \"3\", expected an integer weight 0..=65535", None),

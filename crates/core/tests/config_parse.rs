@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use fulcrum_core::config::{
     self, AccessLogFormat, BackendProtocol, CheckKind, Forwarding, HealthCheck, HostMatch,
-    HttpTimeouts, LogTarget, RetryPolicy, StatusRange, TunnelKind, XdpMode,
+    Http2Limits, HttpTimeouts, LogTarget, RetryPolicy, StatusRange, TunnelKind, XdpMode,
 };
 use fulcrum_core::model::{
     defaults, ForwardMode, HashKey, ProxyProtocol, SchedulerKind, ServiceProtocol,
@@ -150,6 +150,15 @@ fn every_key_parses() {
         Some(RetryPolicy {
             attempts: 0,
             budget_percent: 50
+        })
+    );
+    assert_eq!(
+        web.http2,
+        Some(Http2Limits {
+            max_concurrent_streams: 128,
+            max_header_list_size: 65536,
+            max_resets_per_second: 200,
+            max_control_frames_per_second: 100,
         })
     );
     let log = web.access_log.as_ref().expect("access log");

@@ -134,6 +134,48 @@ fn counts_are_bounded() {
     assert!(err(&rl).contains("valid: 1..=10000000"));
 }
 
+#[test]
+fn http2_limits_are_bounded_and_saved() {
+    let http = "[[service]]\nname = \"s\"\nlisten = \"127.0.0.1:8080\"\nprotocol = \"http\"\npool = \"p\"\n";
+    for (key, max) in [
+        ("max_concurrent_streams", limits::H2_MAX_CONCURRENT_STREAMS),
+        ("max_header_list_size", limits::H2_MAX_HEADER_LIST_SIZE),
+        ("max_resets_per_second", limits::H2_FRAMES_PER_SECOND),
+        (
+            "max_control_frames_per_second",
+            limits::H2_FRAMES_PER_SECOND,
+        ),
+    ] {
+        for (v, ok) in [(0, false), (1, true), (max, true), (max + 1, false)] {
+            let text = format!("{http}[service.http2]\n{key} = {v}\n{POOL}");
+            if ok {
+                let c = parse(&text);
+                let h = c.services[0].http2.expect("[service.http2]");
+                let got = match key {
+                    "max_concurrent_streams" => h.max_concurrent_streams,
+                    "max_header_list_size" => h.max_header_list_size,
+                    "max_resets_per_second" => h.max_resets_per_second,
+                    _ => h.max_control_frames_per_second,
+                };
+                assert_eq!(got, v, "{key}");
+                round_trip(&c);
+            } else {
+                assert!(
+                    err(&text).contains(&format!("valid: 1..={max}")),
+                    "{key} = {v}: {}",
+                    err(&text)
+                );
+            }
+        }
+    }
+    let tcp_http2 = tcp("[service.http2]\nmax_concurrent_streams = 10\n");
+    assert!(
+        err(&tcp_http2).contains("[service.http2]"),
+        "{}",
+        err(&tcp_http2)
+    );
+}
+
 /// Every duration key, as `(table text before, key, the key's range)`.
 fn duration_keys() -> Vec<(String, &'static str, std::ops::RangeInclusive<Duration>)> {
     let svc = "[[service]]\nname = \"s\"\nlisten = \"127.0.0.1:8080\"\nprotocol = \"http\"\npool = \"p\"\n";
@@ -368,4 +410,92 @@ fn a_maglev_pool_never_has_more_backends_than_table_slots() {
         "{e}"
     );
     assert!(e.contains("e.g. 1000003"), "{e}");
+}
+
+#[test]
+fn a_packet_data_plane_pool_keeps_to_the_data_plane_table() {
+    let text = |forward: &str, size: u32| {
+        format!("[[service]]\nname = \"s\"\nlisten = \"198.18.0.1:80\"\nprotocol = \"tcp\"\npool = \"p\"\nforward = \"{forward}\"\n[[pool]]\nname = \"p\"\nscheduler = \"maglev\"\nmaglev_table_size = {size}\n[xdp]\ninterface = \"eth0\"\n")
+    };
+    assert!(config::parse(&text("dsr", 65537)).is_ok());
+    assert!(config::parse(&text("proxy", 65539)).is_ok());
+    let e = err(&text("dsr", 65539));
+    assert!(
+        e.starts_with("t.toml:10:21: maglev_table_size 65539 is above the packet data plane's 65537, and service `s` uses pool `p` with forward = \"dsr\""),
+        "{e}"
+    );
+}
+
+const FULL: &str = include_str!("fixtures/full.toml");
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+    /// Damaging a valid file anywhere never panics the error collection, and every error
+    /// points inside the text.
+    #[test]
+    fn damaged_files_give_located_errors_never_a_panic(
+        at in 0usize..FULL.len(),
+        cut in 0usize..40,
+        insert in prop::sample::select(vec!["", "x", "=", "\"", "[", "]", ",", "{", "}", "\n", "1", "nme", "é", "interval = 0\n", "bogus = 1\n", "weight = -5"]),
+    ) {
+        let mut text = FULL.to_owned();
+        let mut start = at.min(text.len());
+        while !text.is_char_boundary(start) {
+            start -= 1;
+        }
+        let mut end = (start + cut).min(text.len());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.replace_range(start..end, insert);
+        if let Err(errors) = config::parse_all(&text) {
+            prop_assert!(!errors.is_empty());
+            for e in &errors {
+                prop_assert!(!e.message.is_empty(), "{e:?}");
+                if let Some(s) = &e.span {
+                    prop_assert!(s.start <= s.end && s.end <= text.len(), "{e:?} in {} bytes", text.len());
+                }
+                let _ = e.render("t.toml", &text);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_misspelled_name_value_gets_a_suggestion_too() {
+    let e = err("[[pool]]\nname = \"p\"\nscheduler = \"magelv\"\n");
+    assert!(
+        e.contains("help: did you mean \"maglev\"? valid: rr, wrr"),
+        "{e}"
+    );
+    let e = err("[[pool]]\nname = \"p\"\nscheduler = \"fastest\"\n");
+    assert!(
+        e.contains("help: valid: rr, wrr") && !e.contains("did you mean"),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_packet_data_plane_limits_are_checked() {
+    use std::fmt::Write as _;
+    let mut t = String::new();
+    for i in 0..33 {
+        let _ = write!(t, "[[service]]\nname = \"s{i}\"\nlisten = \"198.18.0.1:{}\"\nprotocol = \"tcp\"\npool = \"p\"\nforward = \"dsr\"\n", 100 + i);
+    }
+    t.push_str("[[pool]]\nname = \"p\"\n[xdp]\ninterface = \"eth0\"\n");
+    let e = err(&t);
+    assert!(
+        e.starts_with("t.toml:194:8: more than 32 dsr/tunnel/nat services"),
+        "{e}"
+    );
+    let mut t = String::from("[[service]]\nname = \"s\"\nlisten = \"198.18.0.1:80\"\nprotocol = \"tcp\"\npool = \"p\"\nforward = \"dsr\"\n[[pool]]\nname = \"p\"\nbackend = [\n");
+    for i in 0..4097 {
+        let _ = writeln!(t, "{{ address = \"198.18.{}.{}:80\" }},", i / 256, i % 256);
+    }
+    t.push_str("]\n[xdp]\ninterface = \"eth0\"\n");
+    let e = err(&t);
+    assert!(
+        e.contains("have 4097 backends: the packet data plane holds at most 4096"),
+        "{e}"
+    );
 }

@@ -105,6 +105,7 @@ fn gen_service() -> impl Strategy<Value = GenService> {
         prop::collection::vec(
             prop::sample::select(vec![
                 "max_connections = 7",
+                "max_flows = 9",
                 "idle_timeout = \"90s\"",
                 "drain_timeout = \"1s 500ms\"",
                 "proxy_protocol = \"v2\"",

@@ -270,3 +270,32 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_new_backend_is_settled_by_its_first_agreeing_check_or_a_change() {
+    // Up at start, unsettled until a check agrees (one success).
+    let mut a = ActiveHealth::new(2, 3);
+    assert!(!a.is_settled());
+    assert_eq!(a.record(true), None);
+    assert!(a.is_settled());
+
+    // A dead one: failures below `fall` leave it unsettled; the `fall`th takes it down.
+    let mut a = ActiveHealth::new(2, 3);
+    a.record(false);
+    a.record(false);
+    assert!(!a.is_settled() && a.is_up());
+    assert!(a.record(false).is_some());
+    assert!(a.is_settled() && !a.is_up());
+
+    // Starting down: settled by a failure (agrees) or by `rise` successes.
+    let mut a = ActiveHealth::starting_down(2, 3);
+    assert!(!a.is_settled());
+    a.record(true);
+    assert!(!a.is_settled());
+    assert!(a.record(true).is_some());
+    assert!(a.is_settled());
+
+    // Nothing checks it: settled from the start.
+    assert!(ActiveHealth::unchecked().is_settled());
+    assert!(ActiveHealth::unchecked().is_up());
+}

@@ -34,7 +34,7 @@ const IO_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Runs until stdin or stdout closes; returns the exit code.
 pub fn run(args: &AnnounceArgs) -> anyhow::Result<u8> {
-    let cfg = match crate::run::load(&args.config) {
+    let cfg = match crate::files::load(&args.config) {
         Ok(c) => c,
         Err(msg) => {
             eprintln!("{msg}");

@@ -3,8 +3,6 @@
 use std::io::Write as _;
 use std::path::PathBuf;
 
-use fulcrum_core::config;
-
 /// Exit code for a bad or unreadable config file (contract: 2 = bad usage or bad config).
 pub const EXIT_BAD_CONFIG: u8 = 2;
 
@@ -28,7 +26,7 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<u8> {
             return Ok(EXIT_BAD_CONFIG);
         }
     };
-    match config::parse_all(&text) {
+    match crate::files::parse(&text) {
         Ok(cfg) => {
             let mut out = std::io::stdout().lock();
             writeln!(out, "{file}: OK")?;
@@ -38,12 +36,7 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<u8> {
         }
         Err(errors) => {
             let mut err = std::io::stderr().lock();
-            for e in &errors {
-                writeln!(err, "{}", e.render(&file, &text))?;
-            }
-            if errors.len() > 1 {
-                writeln!(err, "{file}: {} errors", errors.len())?;
-            }
+            writeln!(err, "{}", crate::files::render(&file, &text, &errors))?;
             Ok(EXIT_BAD_CONFIG)
         }
     }

@@ -94,10 +94,18 @@ impl XdpRuntime {
             .update(&services)
             .context("cannot fill the XDP maps")?;
         // the backends' next hops resolved before the first packet (docs/xdp.md, "Next hops")
+        // (a failure is logged, not fatal: the data path then drops those packets and the
+        // sync task retries every second)
         plane.manage_neighbours()?;
         let deadline = std::time::Instant::now() + Duration::from_secs(1);
         loop {
-            let r = plane.resolve_next_hops()?.unwrap_or_default();
+            let r = match plane.resolve_next_hops() {
+                Ok(r) => r.unwrap_or_default(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot resolve the backends' next hops yet");
+                    break;
+                }
+            };
             if r.pending.is_empty() || std::time::Instant::now() >= deadline {
                 if !r.pending.is_empty() {
                     tracing::warn!(next_hops = ?r.pending.iter().map(|n| n.addr).collect::<Vec<_>>(), "some backends' next hops are not resolved yet: their packets are dropped until they are");

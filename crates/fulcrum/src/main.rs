@@ -17,6 +17,8 @@ mod check;
 mod ctl;
 mod decap;
 mod demo;
+mod files;
+mod liveness;
 mod run;
 mod speaker;
 

@@ -61,23 +61,17 @@ pub(crate) fn init_logging(format: LogFormat) {
     };
 }
 
-/// Parses the file, or renders the error as `fulcrum check` does.
-pub fn load(path: &std::path::Path) -> Result<Config, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    config::parse(&text).map_err(|e| e.render(&path.display().to_string(), &text))
-}
-
 /// Runs until SIGTERM/SIGINT and a graceful drain. Returns the process exit code.
 pub fn run(args: &RunArgs) -> anyhow::Result<u8> {
     init_logging(args.log_format);
-    let cfg = match load(&args.config) {
+    let cfg = match crate::files::load(&args.config) {
         Ok(c) => c,
         Err(msg) => {
             eprintln!("{msg}");
             return Ok(2);
         }
     };
+    raise_fd_limit();
     let workers = args
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get))
@@ -94,6 +88,42 @@ pub fn run(args: &RunArgs) -> anyhow::Result<u8> {
     };
     // A LocalSet: with one worker, the worker runs on this thread (`Workers::start_inline`).
     tokio::task::LocalSet::new().block_on(&rt, serve(args.config.clone(), cfg, workers, mode))
+}
+
+/// Raises the soft open-file limit (`RLIMIT_NOFILE`) to the hard limit, as nginx's
+/// `worker_rlimit_nofile` or `HAProxy` do: every connection, UDP flow and backend connection
+/// holds a descriptor, and the usual soft default (1024) runs out long before memory does.
+/// Says in the log what the limit is.
+#[allow(unsafe_code)]
+fn raise_fd_limit() {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass, which we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut r) } != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot read the open file limit (RLIMIT_NOFILE)");
+        return;
+    }
+    if r.rlim_cur >= r.rlim_max {
+        tracing::info!(
+            limit = r.rlim_cur,
+            "open file limit (RLIMIT_NOFILE) is at its hard limit"
+        );
+        return;
+    }
+    let soft = r.rlim_cur;
+    r.rlim_cur = r.rlim_max;
+    // SAFETY: setrlimit only reads the struct we pass.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const r) } == 0 {
+        tracing::info!(
+            from = soft,
+            to = r.rlim_max,
+            "raised the open file limit (RLIMIT_NOFILE) to its hard limit"
+        );
+    } else {
+        tracing::warn!(limit = soft, hard = r.rlim_max, error = %std::io::Error::last_os_error(), "cannot raise the open file limit (RLIMIT_NOFILE)");
+    }
 }
 
 /// One worker runs on this thread (the process has one thread); more get a thread each.
@@ -118,22 +148,22 @@ pub(crate) async fn serve(
     let admin_cfg = cfg.admin.clone();
     let xdp_cfg = cfg.xdp.clone();
     let announce_cfg = cfg.announce.clone();
-    let token = match admin_cfg.as_ref().and_then(|a| a.token_file.as_ref()) {
-        Some(f) => Some(Arc::<str>::from(
-            std::fs::read_to_string(f)
-                .with_context(|| format!("cannot read admin token file {}", f.display()))?
-                .trim(),
-        )),
-        None => None,
-    };
+    let token = admin_cfg
+        .as_ref()
+        .and_then(|a| a.token_file.as_ref())
+        .map(|f| crate::files::read_token(f).map_err(|(msg, _)| anyhow::anyhow!(msg)))
+        .transpose()?
+        .map(Arc::<str>::from);
     let workers = start_workers(n, &shared)?;
-    let controller = match Controller::start(Arc::clone(&shared), workers, path, cfg) {
+    let mut controller = match Controller::start(Arc::clone(&shared), workers, path, cfg).await {
         Ok(c) => c,
         Err(msg) => {
             tracing::error!("{msg}");
             return Ok(1);
         }
     };
+    // Reloads check the files a config names, as at start and as `fulcrum check` does.
+    controller.set_loader(crate::files::load);
     tokio::spawn(controller.run(ev_rx, ctl_rx));
     // The XDP data plane (dsr/tunnel services), kept in step with the snapshots; detached
     // when dropped at the end of this function.
@@ -148,6 +178,20 @@ pub(crate) async fn serve(
         None => None,
     };
     shared.announce.set_xdp_attached(xdp.is_some());
+    // `[announce] liveness_interface`: lives (and so the bird routes via it) as long as
+    // this process.
+    let _liveness = match announce_cfg
+        .as_ref()
+        .and_then(|a| a.liveness_interface.as_deref())
+        .map(crate::liveness::create)
+        .transpose()
+    {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            return Ok(1);
+        }
+    };
     // VIP announcement through the BGP speaker (`[announce]`), off the data path.
     let speaker = announce_cfg
         .as_ref()
@@ -236,7 +280,7 @@ async fn withdraw(
     int: &mut tokio::signal::unix::Signal,
 ) {
     tracing::info!(withdraw_grace = ?a.withdraw_grace, "stopping: withdrawing VIPs");
-    shared.announce.set_drained(true);
+    shared.announce.begin_stopping();
     sp.flush(Duration::from_secs(3)).await;
     tokio::select! {
         () = tokio::time::sleep(a.withdraw_grace) => {}

@@ -49,6 +49,7 @@ impl SpeakerHandle {
 /// Starts the speaker task of `cfg` on the current runtime.
 pub fn start(cfg: &AnnounceConfig, shared: Arc<Shared>) -> SpeakerHandle {
     shared.announce.set_speaker(cfg.speaker.kind());
+    shared.announce.set_delay(cfg.announce_delay);
     let (tx, rx) = mpsc::unbounded_channel();
     match &cfg.speaker {
         Speaker::Bird {

@@ -7,6 +7,7 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -940,5 +941,139 @@ async fn admin_connections_time_out() {
         "an idle keep-alive admin connection was still open after {limit:?}"
     );
     eprintln!("closed after: slowloris {slow:?}, silent {silent:?}, idle keep-alive {idle:?}");
+    f.assert_no_panic();
+}
+
+/// A reload whose token file became empty (or blank) is refused: authentication is never
+/// switched off by an empty file, and nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_refuses_an_empty_token_file() {
+    let b1 = TcpBackend::start(Behaviour::Echo).await;
+    let (admin, vip) = (free_addr(), free_addr());
+    let dir = common::temp_dir("api_empty_token");
+    let cfg = format!(
+        "{}{}{}",
+        token_config(&dir, admin),
+        service_toml("web", vip, "tcp", "web", ""),
+        pool_toml("web", "rr", "", &weighted(&[b1.addr]))
+    );
+    let f = Fulcrum::start("api_empty_token", admin, &cfg, &["--workers", "1"]).await;
+    std::fs::write(dir.join("admin.token"), " \n\t\n").unwrap();
+    let r = req(admin, "POST", "/api/v1/reload", Some(TOKEN), "").await;
+    let msg = assert_err(&r, 400, "reload with an empty token file");
+    assert!(msg.contains("admin.token is empty"), "{msg}");
+    // Still protected, by the token read at start.
+    let put = format!("/api/v1/pools/web/backends/{}", free_addr());
+    let r = req(admin, "PUT", &put, None, r#"{"weight": 1}"#).await;
+    assert_err(&r, 401, "mutating call without a token");
+    let r = req(admin, "PUT", &put, Some(TOKEN), r#"{"weight": 1}"#).await;
+    assert_eq!(r.0, 200, "{}", r.1);
+    f.assert_no_panic();
+}
+
+/// One admin request that must be answered within 5 s (a blocked control thread is a
+/// failure here, not a hang).
+async fn answered(admin: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    tokio::time::timeout(Duration::from_secs(5), req(admin, method, path, None, body))
+        .await
+        .unwrap_or_else(|_| panic!("{method} {path} not answered within 5 s"))
+}
+
+/// Files named through the admin API: a service may only use access log, certificate and
+/// key paths that the config file already names (else 400 and no file is created); a FIFO
+/// named by the config file (with or without a reader on its other end) fails the reload
+/// with a clear error instead of blocking the control thread, and the API, `/healthz` and
+/// SIGTERM keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_file_paths_are_constrained_and_fifos_never_block() {
+    let admin = free_addr();
+    let b = TcpBackend::start(Behaviour::Echo).await;
+    let dir = common::temp_dir("api-files");
+    let log = dir.join("access.log");
+    let outside = dir.join("outside.log");
+    let cfg_with = |log: &Path| {
+        format!(
+            "{}{}[service.access_log]\nformat = \"json\"\npath = \"{}\"\n\n{}",
+            admin_toml(admin),
+            service_toml("web", free_addr(), "http", "p", ""),
+            log.display(),
+            pool_toml("p", "rr", "", &weighted(&[b.addr]))
+        )
+    };
+    let mut f = Fulcrum::start("api-files", admin, &cfg_with(&log), &["--workers", "1"]).await;
+    assert!(log.exists(), "the file's access log is opened");
+
+    // The API may not name a new file: not as an access log, not as a certificate.
+    let vip = free_addr();
+    let body = format!(
+        r#"{{"listen": "{vip}", "protocol": "http", "pool": "p", "access_log": {{"path": "{}"}}}}"#,
+        outside.display()
+    );
+    let r = answered(admin, "PUT", "/api/v1/services/web2", &body).await;
+    let msg = assert_err(&r, 400, "access log outside the file's paths");
+    assert!(
+        msg.contains("not a file the configuration file names"),
+        "{msg}"
+    );
+    assert!(!outside.exists(), "the API created {}", outside.display());
+    let body = format!(
+        r#"{{"listen": "{vip}", "protocol": "http", "pool": "p", "tls": {{"certs": [{{"cert": "/etc/passwd", "key": "{}"}}]}}}}"#,
+        outside.display()
+    );
+    let r = answered(admin, "PUT", "/api/v1/services/web2", &body).await;
+    assert_err(&r, 400, "certificate outside the file's paths");
+    assert!(!outside.exists());
+    // The file's own path is fine for another service.
+    let body = format!(
+        r#"{{"listen": "{vip}", "protocol": "http", "pool": "p", "access_log": {{"path": "{}"}}}}"#,
+        log.display()
+    );
+    let (st, body) = answered(admin, "PUT", "/api/v1/services/web2", &body).await;
+    assert_eq!(st, 200, "{body}");
+
+    // A FIFO in the config file: no reader, then a reader holding the other end open (so an
+    // open for writing would succeed), then as a certificate.
+    let fifo = dir.join("fifo");
+    let st = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("run mkfifo");
+    assert!(st.success(), "mkfifo failed");
+    let reload_fails = |what: &'static str| async move {
+        let r = answered(admin, "POST", "/api/v1/reload", "").await;
+        let msg = assert_err(&r, 400, what);
+        assert!(msg.contains("fifo"), "{what}: {msg}");
+        let (st, _) = answered(admin, "GET", "/healthz", "").await;
+        assert_eq!(st, 200, "{what}: /healthz");
+        let (st, body) = answered(admin, "GET", "/api/v1/services", "").await;
+        assert_eq!(st, 200, "{what}: {body}");
+        assert!(body.contains("web2"), "{what}: nothing changed: {body}");
+    };
+    f.write_config(&cfg_with(&fifo));
+    reload_fails("a FIFO access log without a reader").await;
+    let reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .expect("open the FIFO's read end");
+    reload_fails("a FIFO access log with a reader").await;
+    drop(reader);
+    f.write_config(&format!(
+        "{}{}[service.tls]\ncerts = [ {{ cert = \"{}\", key = \"{}\" }} ]\n\n{}",
+        admin_toml(admin),
+        service_toml("web", free_addr(), "http", "p", ""),
+        fifo.display(),
+        fifo.display(),
+        pool_toml("p", "rr", "", &weighted(&[b.addr]))
+    ));
+    reload_fails("a FIFO certificate").await;
+
+    f.signal("TERM");
+    let exit = f.wait_exit(Duration::from_secs(10)).await;
+    assert!(
+        exit.is_some_and(|s| s.success()),
+        "SIGTERM: {exit:?}\n{}",
+        f.stderr_tail(20)
+    );
     f.assert_no_panic();
 }

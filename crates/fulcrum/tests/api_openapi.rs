@@ -310,6 +310,27 @@ async fn served_document_lists_every_endpoint_and_real_answers_match_it() {
             String::new(),
             200,
         ),
+        (
+            "GET",
+            "/api/v1/announce",
+            "/api/v1/announce".into(),
+            String::new(),
+            200,
+        ),
+        (
+            "POST",
+            "/api/v1/instance/drain",
+            "/api/v1/instance/drain".into(),
+            String::new(),
+            200,
+        ),
+        (
+            "POST",
+            "/api/v1/instance/undrain",
+            "/api/v1/instance/undrain".into(),
+            String::new(),
+            200,
+        ),
     ];
     let mut exercised = BTreeSet::new();
     for (m, tpl, path, body, want) in steps {

@@ -702,9 +702,89 @@ async fn ten_thousand_rapid_api_calls_while_traffic_flows() {
     let mut s = connect(vip).await.unwrap();
     round_trip(&mut s, b"still here").await.unwrap();
     f.assert_no_panic();
-    let elapsed = started.elapsed();
-    assert!(
-        elapsed < Duration::from_secs(50),
-        "took {elapsed:?}: the check must stay well under a minute"
+    // Speed is the benchmarks' business, not a timed test's: only reported here.
+    eprintln!("api_stress: the whole check took {:?}", started.elapsed());
+}
+
+/// Adding backends one at a time to a large maglev pool must not stall the data path, even
+/// with `--workers 1` (one thread for everything): table builds and config parsing run off
+/// the control thread. A probe does TCP echo round trips through another service while the
+/// backends are added; its median latency must stay far below the time one add takes (before
+/// the builds moved off the thread, every probe waited for the add in progress, so its median
+/// was about the add's own time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_adds_to_a_large_pool_do_not_stall_the_data_path() {
+    const BACKENDS: usize = 2000;
+    const ADDS: usize = 8;
+    let echo = TcpBackend::start(Behaviour::Echo).await;
+    let (admin, probe, big) = (free_addr(), free_addr(), free_addr());
+    let fake: Vec<(SocketAddr, u32)> = (0..BACKENDS)
+        .map(|i| {
+            let ip = std::net::Ipv4Addr::new(198, 18, (i / 250) as u8, (i % 250 + 1) as u8);
+            (SocketAddr::from((ip, 80)), 1)
+        })
+        .collect();
+    let cfg = format!(
+        "{}{}{}{}{}",
+        admin_toml(admin),
+        service_toml("probe", probe, "tcp", "echo", ""),
+        service_toml("big", big, "tcp", "big", ""),
+        pool_toml("echo", "rr", "", &weighted(&[echo.addr])),
+        pool_toml("big", "maglev", "", &fake)
     );
+    let f = Fulcrum::start("adds-stall", admin, &cfg, &["--workers", "1"]).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let prober = {
+        let stop = Arc::clone(&stop);
+        tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while !stop.load(Ordering::SeqCst) && lat.len() < 100_000 {
+                let t = Instant::now();
+                tokio::time::timeout(Duration::from_secs(10), echo_once(probe, b"probe"))
+                    .await
+                    .expect("probe round trip within 10 s")
+                    .expect("probe round trip");
+                lat.push(t.elapsed());
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            lat
+        })
+    };
+    let mut calls = Vec::new();
+    for i in 0..ADDS {
+        let addr = format!("198.19.0.{}:80", i + 1);
+        let t = Instant::now();
+        let (st, body) = common::http_body(
+            admin,
+            "PUT",
+            &format!("/api/v1/pools/big/backends/{addr}"),
+            r#"{"weight": 1}"#,
+        )
+        .await
+        .unwrap();
+        assert_eq!(st, 200, "add {addr}: {body}");
+        calls.push(t.elapsed());
+    }
+    stop.store(true, Ordering::SeqCst);
+    let mut lat = prober.await.unwrap();
+    lat.sort();
+    calls.sort();
+    let (probe_median, call_median) = (lat[lat.len() / 2], calls[calls.len() / 2]);
+    eprintln!(
+        "{} probes: median {probe_median:?}, max {:?}; {ADDS} adds: median {call_median:?}",
+        lat.len(),
+        lat[lat.len() - 1]
+    );
+    assert!(
+        probe_median * 4 < call_median,
+        "the data path stalls while backends are added: probe median {probe_median:?}, one add takes {call_median:?}"
+    );
+    let pool = f.pool("big").await;
+    assert_eq!(
+        pool["backends"].as_array().unwrap().len(),
+        BACKENDS + ADDS,
+        "every add applied"
+    );
+    f.assert_no_panic();
 }

@@ -151,3 +151,111 @@ async fn udp_first_datagram_of_each_flow_is_answered() {
     );
     f.assert_no_panic();
 }
+
+/// The service's open flows (`active_connections` of `GET /api/v1/services`).
+async fn flows_of(f: &Fulcrum, service: &str) -> u64 {
+    let (st, body) = f.get("/api/v1/services").await;
+    assert_eq!(st, 200, "GET /api/v1/services: {body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == service)
+        .and_then(|s| s["active_connections"].as_u64())
+        .unwrap_or_else(|| panic!("no service {service} in {body}"))
+}
+
+/// A flood of datagrams from 1,500 source addresses (spoofable: each is a new flow and a
+/// new socket in the proxy) against `max_flows = 100` on two workers: the flow count never
+/// passes the bound and ends at it, the proxy's descriptors stay bounded, the admin API keeps
+/// answering, a client that arrives after the flood is served (the least recently active
+/// flow gives way), and the full-table warnings come at most once a second each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_flood_of_sources_stays_within_max_flows() {
+    const MAX_FLOWS: u64 = 100;
+    const SOURCES: usize = 1500;
+    let b = UdpBackend::start("b0").await;
+    let (admin, listen) = (free_addr(), free_addr());
+    let cfg = format!(
+        "{}{}{}",
+        admin_toml(admin),
+        service_toml(
+            "dns",
+            listen,
+            "udp",
+            "p",
+            &format!("idle_timeout = \"60s\"\nmax_flows = {MAX_FLOWS}")
+        ),
+        pool_toml("p", "rr", "", &weighted(&[b.addr]))
+    );
+    let f = Fulcrum::start("udp-flood", admin, &cfg, &["--workers", "2"]).await;
+    let fds_before = f.fd_count();
+    let started = std::time::Instant::now();
+
+    // Sources 127.1.x.y, a datagram each, sent in the background.
+    let flood = tokio::task::spawn_blocking(move || {
+        let mut sent = 0;
+        for i in 0..SOURCES {
+            let ip = std::net::Ipv4Addr::new(127, 1, (i / 250) as u8, (i % 250 + 1) as u8);
+            let Ok(s) = std::net::UdpSocket::bind((ip, 0)) else {
+                continue;
+            };
+            if s.send_to(format!("flood-{i}").as_bytes(), listen).is_ok() {
+                sent += 1;
+            }
+            if i % 100 == 99 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        sent
+    });
+    let mut peak = 0;
+    while !flood.is_finished() {
+        let (st, _) = f.get("/healthz").await;
+        assert_eq!(st, 200, "/healthz during the flood");
+        peak = peak.max(flows_of(&f, "dns").await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let sent = flood.await.unwrap();
+    assert!(
+        sent > SOURCES / 2,
+        "only {sent} of {SOURCES} flood datagrams sent"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = flows_of(&f, "dns").await;
+    peak = peak.max(after);
+    eprintln!("flood: {sent} sources, peak {peak} flows, {after} after");
+    assert!(
+        peak <= MAX_FLOWS,
+        "{peak} flows open with max_flows = {MAX_FLOWS}"
+    );
+    assert_eq!(
+        after, MAX_FLOWS,
+        "the flood should fill the table to its bound"
+    );
+    let fds = f.fd_count();
+    assert!(
+        fds <= fds_before + MAX_FLOWS as usize + 20,
+        "fulcrum holds {fds} descriptors ({fds_before} before the flood, max_flows = {MAX_FLOWS})"
+    );
+
+    // A new client after the flood gets its answer: a flood flow gave way.
+    let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (name, from) = ask_retry(&c, listen, "after-the-flood").await;
+    assert_eq!((name.as_str(), from), ("b0", listen));
+    assert!(flows_of(&f, "dns").await <= MAX_FLOWS);
+
+    // Warnings: at most one line a second per kind, not one per flow.
+    let secs = started.elapsed().as_secs() + 2;
+    let lines = f
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("udp flows full"))
+        .count();
+    assert!(
+        lines >= 1 && lines as u64 <= 2 * secs,
+        "{lines} 'udp flows full' warning lines in {secs} s"
+    );
+    f.assert_no_panic();
+}

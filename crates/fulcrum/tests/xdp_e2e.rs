@@ -9,7 +9,8 @@
 //! Backends hold the VIPs on loopback (arp_ignore/arp_announce) and run a TCP server that
 //! answers its name; in tunnel mode they run `fulcrum decap`. Replies go straight to the
 //! client. Real TCP connections, IPv4 and IPv6; a backend that fails its health check stops
-//! receiving flows. Needs root: skips with a message otherwise.
+//! receiving flows. Needs root, `ip` and `ethtool`: skips with a message otherwise, fails when
+//! `FULCRUM_REQUIRE_ALL=1`.
 // Scenario scripts: long, with short names for the parts of a response.
 #![allow(clippy::too_many_lines, clippy::many_single_char_names)]
 #![allow(clippy::pedantic)]
@@ -21,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fulcrum_xdp::testing::{in_netns, require_netns_lab};
+use fulcrum_xdp::testing::in_netns;
 use netns::{line, sh, Backends, Topology};
 
 mod netns;
@@ -271,7 +272,7 @@ fn scenario(tag: &str, forward: &str, decap: bool) {
 
 #[test]
 fn xdp_dsr_end_to_end() {
-    if !require_netns_lab("xdp_dsr_end_to_end") {
+    if !netns::prerequisites("xdp_dsr_end_to_end") {
         return;
     }
     scenario("d", "forward = \"dsr\"", false);
@@ -279,7 +280,7 @@ fn xdp_dsr_end_to_end() {
 
 #[test]
 fn xdp_tunnel_ipip_end_to_end() {
-    if !require_netns_lab("xdp_tunnel_ipip_end_to_end") {
+    if !netns::prerequisites("xdp_tunnel_ipip_end_to_end") {
         return;
     }
     scenario("i", "forward = \"tunnel\"\ntunnel = \"ipip\"", true);
@@ -287,7 +288,7 @@ fn xdp_tunnel_ipip_end_to_end() {
 
 #[test]
 fn xdp_tunnel_gue_end_to_end() {
-    if !require_netns_lab("xdp_tunnel_gue_end_to_end") {
+    if !netns::prerequisites("xdp_tunnel_gue_end_to_end") {
         return;
     }
     scenario("g", "forward = \"tunnel\"\ntunnel = \"gue\"", true);
@@ -301,7 +302,7 @@ fn xdp_tunnel_gue_end_to_end() {
 /// goes through and is echoed back intact (the echo returns directly from the backend).
 #[test]
 fn xdp_tunnel_df_client_learns_the_path_mtu() {
-    if !require_netns_lab("xdp_tunnel_df_client_learns_the_path_mtu") {
+    if !netns::prerequisites("xdp_tunnel_df_client_learns_the_path_mtu") {
         return;
     }
     let mut t = Topology::new("m", Backends::VipsOnLoopback);

@@ -10,8 +10,8 @@
 //! is port 80: nat rewrites it), their default route via the lb. 1,000 real TCP connections
 //! over IPv4 (and some over IPv6) go through nat; the backends see the lb as the peer; the
 //! allocated ports come back after the connections close. A 4,000-byte UDP datagram
-//! (fragmented by the client's kernel) reaches a `dsr` backend whole. Needs root: skips with
-//! a message otherwise.
+//! (fragmented by the client's kernel) reaches a `dsr` backend whole. Needs root, `ip` and
+//! `ethtool`: skips with a message otherwise, fails when `FULCRUM_REQUIRE_ALL=1`.
 // Scenario scripts: long, with short names for the parts of a response.
 #![allow(clippy::too_many_lines, clippy::many_single_char_names)]
 #![allow(clippy::pedantic)]
@@ -22,7 +22,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fulcrum_xdp::testing::{in_netns, require_netns_lab};
+use fulcrum_xdp::testing::in_netns;
 use netns::{line, Backends, Topology};
 
 mod netns;
@@ -162,7 +162,7 @@ address = "198.18.0.13:9000"
 
 #[test]
 fn xdp_nat_and_fragments_end_to_end() {
-    if !require_netns_lab("xdp_nat_and_fragments_end_to_end") {
+    if !netns::prerequisites("xdp_nat_and_fragments_end_to_end") {
         return;
     }
     let started = Instant::now();

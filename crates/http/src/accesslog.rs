@@ -40,11 +40,9 @@ impl AccessLogger {
     pub fn open(cfg: &AccessLog) -> Result<Self, String> {
         let file = match &cfg.target {
             LogTarget::Stderr => None,
+            // Regular files only, opened without blocking (a FIFO would block the opener).
             LogTarget::File(p) => Some(Mutex::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)
+                fulcrum_proxy::files::open_append(p)
                     .map_err(|e| format!("access log {}: cannot open: {e}", p.display()))?,
             )),
         };

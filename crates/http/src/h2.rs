@@ -22,6 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 use crate::h1::{self, Decoder, Enc, Framing};
+use crate::h2guard::{FrameMeter, Guarded};
 use crate::proxy::{self, Answer, BodyError, Exchange, Outcome, ReqBody, ReqView};
 use crate::ConnCtx;
 
@@ -104,10 +105,15 @@ pub(crate) async fn serve<I>(ctx: Rc<ConnCtx>, io: I)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let lim = ctx.ext.cfg.http2.unwrap_or_default();
     let mut b = hyper::server::conn::http2::Builder::new(LocalExec);
     b.timer(TokioTimer::new())
-        .max_header_list_size(64 * 1024)
-        .max_concurrent_streams(250);
+        .max_header_list_size(lim.max_header_list_size)
+        .max_concurrent_streams(lim.max_concurrent_streams);
+    let io = Guarded::new(
+        io,
+        FrameMeter::new(lim.max_resets_per_second, lim.max_control_frames_per_second),
+    );
     let drain = Rc::clone(&ctx.drain);
     let idle_timeout = ctx.svc.idle_timeout;
     let activity = Rc::new(Activity {

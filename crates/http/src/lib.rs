@@ -14,6 +14,7 @@ mod accesslog;
 pub mod fuzzing;
 mod h1;
 mod h2;
+mod h2guard;
 mod headers;
 mod metrics;
 mod park;
@@ -40,7 +41,7 @@ use tokio::net::TcpStream;
 pub use accesslog::AccessLogger;
 pub use metrics::{CodeCounters, PoolMetrics, ServiceMetrics};
 pub use ratelimit::RateLimiter;
-pub use tls::TlsState;
+pub use tls::{check_pair, PairError, PairFile, TlsState};
 
 /// A service's timeouts and retry policy (`[service.timeouts]`, `[service.retry]`; see
 /// docs/http.md), as the data path uses them.

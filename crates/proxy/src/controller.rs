@@ -91,6 +91,22 @@ struct Tracked {
     checker: Option<(HealthConfig, JoinHandle<()>)>,
 }
 
+/// Reads and validates a config file for a reload: the config, or the rendered errors.
+pub type Loader = fn(&std::path::Path) -> Result<Config, String>;
+
+/// The [`Loader`] of [`Controller::start`]: reads the file and parses it (every error),
+/// without checking the files it names; the binary sets its own.
+pub fn parse_file(path: &std::path::Path) -> Result<Config, String> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{file}: cannot read: {e}"))?;
+    config::parse_all(&text).map_err(|errs| {
+        errs.iter()
+            .map(|e| e.render(&file, &text))
+            .collect::<Vec<_>>()
+            .join("\n")
+    })
+}
+
 /// See the module docs.
 pub struct Controller {
     shared: Arc<Shared>,
@@ -106,6 +122,8 @@ pub struct Controller {
     generation: u64,
     /// Per-pool discovery tasks and their last reported sets.
     discovery: Discoveries,
+    /// How a reload reads the file.
+    loader: Loader,
 }
 
 fn listen_key(s: &config::ServiceConfig) -> ListenKey {
@@ -125,7 +143,10 @@ fn served(shared: &Shared, s: &config::ServiceConfig) -> bool {
 
 impl Controller {
     /// Builds the first snapshot and binds every listener; fails if any cannot be bound.
-    pub fn start(
+    ///
+    /// # Errors
+    /// The rendered reason when the config cannot be applied.
+    pub async fn start(
         shared: Arc<Shared>,
         workers: Workers,
         path: PathBuf,
@@ -144,8 +165,9 @@ impl Controller {
             next_id: 0,
             generation: 0,
             discovery: Discoveries::default(),
+            loader: parse_file,
         };
-        c.apply(config)?;
+        c.apply(config).await?;
         c.shared.set_ready(true);
         Ok(c)
     }
@@ -154,17 +176,29 @@ impl Controller {
         &self.config
     }
 
+    /// Sets how reloads read the config file (the binary checks the files a config names
+    /// too, as at start).
+    pub fn set_loader(&mut self, loader: Loader) {
+        self.loader = loader;
+    }
+
     /// Applies a new config: binds new listeners first (any failure changes nothing), then
     /// swaps in the new snapshot and retires listeners that are gone. Established
     /// connections keep running, even to backends that were removed.
-    pub fn apply(&mut self, new: Config) -> Result<(), String> {
-        self.apply_checked(new).map_err(|e| e.to_string())
+    ///
+    /// # Errors
+    /// The rendered reason; nothing changed.
+    pub async fn apply(&mut self, new: Config) -> Result<(), String> {
+        self.apply_checked(new).await.map_err(|e| e.to_string())
     }
 
     /// [`Controller::apply`] with the kind of failure: a listener that cannot be bound is a
     /// [`ChangeError::Conflict`], an L7 service that cannot be built [`ChangeError::Invalid`].
     #[allow(clippy::too_many_lines)]
-    pub fn apply_checked(&mut self, new: Config) -> Result<(), ChangeError> {
+    ///
+    /// # Errors
+    /// See above; nothing changed.
+    pub async fn apply_checked(&mut self, new: Config) -> Result<(), ChangeError> {
         let wanted: HashSet<ListenKey> = new
             .services
             .iter()
@@ -183,7 +217,12 @@ impl Controller {
             bound.push((*key, socks));
         }
 
-        self.check_l7(&new).map_err(ChangeError::Invalid)?;
+        if let Some(check) = self.check_l7(&new) {
+            off_thread(check)
+                .await
+                .map_err(ChangeError::Invalid)?
+                .map_err(ChangeError::Invalid)?;
+        }
         self.discovery.sync(&new.pools, &self.shared.events);
 
         // Backends: keep the counters and health state of the ones that stay.
@@ -221,6 +260,9 @@ impl Controller {
                     t.health = new_health(pool);
                     t.settings = settings;
                 }
+                t.stats
+                    .settled
+                    .store(t.health.active().is_settled(), Ordering::Release);
                 let same = match (&t.checker, &pool.health) {
                     (Some((old, _)), Some(h)) => old == h,
                     (None, None) => true,
@@ -266,7 +308,7 @@ impl Controller {
             }
         }
         self.config = new;
-        self.rebuild();
+        self.rebuild().await;
 
         for (key, socks) in bound {
             for (i, s) in socks.into_iter().enumerate() {
@@ -283,34 +325,58 @@ impl Controller {
     }
 
     /// Lets the L7 handler build every L7 service of `new` once, against throwaway pools, so
-    /// that a bad certificate or route fails the reload before anything changes.
-    fn check_l7(&self, new: &Config) -> Result<(), String> {
-        let Some(l7) = &self.shared.l7 else {
-            return Ok(());
-        };
-        let snap = self.shared.snapshot.load();
-        let pools: Vec<Arc<PoolRt>> = new
-            .pools
-            .iter()
-            .map(|p| Arc::new(self.pool_rt(p)))
-            .collect();
-        for s in new
+    /// that a bad certificate or route fails the change before anything changes. Returns the
+    /// check, to run off the control thread (it reads certificate files); `None` when there
+    /// is nothing to check.
+    fn check_l7(
+        &self,
+        new: &Config,
+    ) -> Option<impl FnOnce() -> Result<(), String> + Send + 'static> {
+        let l7 = self.shared.l7.clone()?;
+        let services: Vec<config::ServiceConfig> = new
             .services
             .iter()
             .filter(|s| served(&self.shared, s) && l7.handles(s))
-        {
-            let prev = snap
-                .services
-                .iter()
-                .find(|x| x.name == s.name)
-                .and_then(|x| x.ext.as_ref());
-            l7.build(s, &pools, prev)
-                .map_err(|e| format!("service {:?}: {e}", s.name))?;
+            .cloned()
+            .collect();
+        if services.is_empty() {
+            return None;
         }
-        Ok(())
+        // Only the pools these services use, with a cheap scheduler: the check needs their
+        // names and backends, not their tables.
+        let pools: Vec<PoolParts> = new
+            .pools
+            .iter()
+            .filter(|p| {
+                services
+                    .iter()
+                    .any(|s| s.pool == p.name || s.routes.iter().any(|r| r.pool == p.name))
+            })
+            .map(|p| self.pool_parts(p))
+            .collect();
+        let snap = self.shared.snapshot.load_full();
+        Some(move || {
+            let pools: Vec<Arc<PoolRt>> = pools
+                .into_iter()
+                .map(|p| Arc::new(p.build_unscheduled()))
+                .collect();
+            for s in &services {
+                let prev = snap
+                    .services
+                    .iter()
+                    .find(|x| x.name == s.name)
+                    .and_then(|x| x.ext.as_ref());
+                l7.build(s, &pools, prev)
+                    .map_err(|e| format!("service {:?}: {e}", s.name))?;
+            }
+            Ok(())
+        })
     }
 
-    fn pool_rt(&self, p: &PoolConfig) -> PoolRt {
+    /// A pool's parts for a snapshot: everything but the scheduler, which
+    /// [`PoolParts::build`] makes (off the control thread: a Maglev table of a large pool
+    /// takes milliseconds).
+    fn pool_parts(&self, p: &PoolConfig) -> PoolParts {
         let mut backends = self.discovery.backends(&p.name, &p.backends);
         let mut stats = Vec::with_capacity(backends.len());
         for b in &mut backends {
@@ -323,14 +389,13 @@ impl Controller {
                 None => stats.push(Arc::new(BackendStats::new(0, &p.name, b.address))),
             }
         }
-        let opts = SchedOptions {
-            maglev_table_size: p.maglev_table_size.unwrap_or_default(),
-        };
-        PoolRt {
+        PoolParts {
             name: p.name.clone(),
             kind: p.scheduler,
             hash_key: p.hash_key.clone().unwrap_or(HashKey::SrcIp),
-            scheduler: sched::build(p.scheduler, &backends, &opts),
+            opts: SchedOptions {
+                maglev_table_size: p.maglev_table_size.unwrap_or_default(),
+            },
             backends,
             stats,
             persistence: self.persistence.get(&p.name).cloned(),
@@ -347,89 +412,59 @@ impl Controller {
         }
     }
 
-    /// Builds a snapshot from the current config and health and swaps it in.
-    fn rebuild(&mut self) {
+    /// Builds a snapshot from the current config and health on a blocking thread (Maglev
+    /// tables, L7 state with its file reads) and swaps it in. The controller waits for it, so
+    /// changes are applied in order; the control thread (with `--workers 1` also the data
+    /// path) keeps running meanwhile.
+    async fn rebuild(&mut self) {
+        let build = self.prepare();
+        match off_thread(move || build.run()).await {
+            Ok(snap) => self.shared.snapshot.store(Arc::new(snap)),
+            Err(e) => tracing::error!("{e}; the running state stays as it was"),
+        }
+    }
+
+    /// What the next snapshot is built from (cheap: copies of lists and `Arc`s).
+    fn prepare(&mut self) -> Build {
         self.generation += 1;
         for p in &self.config.pools {
             self.changes.entry(p.name.clone()).or_default();
         }
         self.changes
             .retain(|name, _| self.config.pool(name).is_some());
-        let old = self.shared.snapshot.load_full();
-        let pools: Vec<Arc<PoolRt>> = self
-            .config
-            .pools
-            .iter()
-            .map(|p| Arc::new(self.pool_rt(p)))
-            .collect();
-        for p in &pools {
-            let prev = old.pool(&p.name);
-            if prev.is_none_or(|o| o.backends != p.backends) {
-                p.changes.fetch_add(1, Ordering::Relaxed);
-                if let Some(ratio) = prev.and_then(|o| table_moved(o, p)) {
-                    p.moved.store(ratio.to_bits(), Ordering::Relaxed);
-                    tracing::info!(pool = %p.name, scheduler = %p.kind, moved_ratio = ratio, "pool changed: share of hash table slots that changed owner");
-                }
-            }
-        }
-        let l7 = self.shared.l7.as_ref();
-        let services = self
-            .config
-            .services
-            .iter()
-            .filter_map(|s| {
-                let pool = pools.iter().find(|p| p.name == s.pool)?;
-                let prev = old.services.iter().find(|x| x.name == s.name).and_then(|x| x.ext.clone());
-                let ext = match l7.filter(|h| h.handles(s)) {
-                    None => None,
-                    Some(h) => match h.build(s, &pools, prev.as_ref()) {
-                        Ok(x) => Some(x),
-                        Err(e) => {
-                            // check_l7 passed for this config, so this is a passing fault
-                            // (a file changed under us): keep serving with the old state.
-                            tracing::error!(service = %s.name, "L7 state rebuild failed, keeping the previous one: {e}");
-                            prev
-                        }
-                    },
-                };
-                let proxy_protocol = match s.forward {
-                    Forwarding::Proxy { proxy_protocol } => proxy_protocol,
-                    _ => None,
-                };
-                Some(Arc::new(ServiceRt {
-                    name: s.name.clone(),
-                    listen: s.listen,
-                    protocol: s.protocol,
-                    forward: s.forward.mode(),
-                    forwarding: s.forward,
-                    pool: Arc::clone(pool),
-                    proxy_protocol,
-                    max_connections: u64::from(s.max_connections),
-                    idle_timeout: s.idle_timeout,
-                    drain_timeout: s.drain_timeout,
-                    connect_timeout: defaults::CONNECT_TIMEOUT,
-                    stats: Arc::clone(self.services.get(&s.name)?),
-                    ext,
-                    generation: self.generation,
-                }))
-            })
-            .collect();
-        self.shared.snapshot.store(Arc::new(Snapshot {
+        Build {
             generation: self.generation,
-            services,
-            pools,
-        }));
+            pools: self
+                .config
+                .pools
+                .iter()
+                .map(|p| self.pool_parts(p))
+                .collect(),
+            services: self
+                .config
+                .services
+                .iter()
+                .filter_map(|s| Some((s.clone(), Arc::clone(self.services.get(&s.name)?))))
+                .collect(),
+            old: self.shared.snapshot.load_full(),
+            l7: self.shared.l7.clone(),
+        }
     }
 
     /// Re-reads the config file. An invalid file changes nothing; the error is rendered
     /// exactly as `fulcrum check` prints it.
-    pub fn reload(&mut self) -> Result<(), String> {
-        let res = std::fs::read_to_string(&self.path)
-            .map_err(|e| format!("{}: cannot read: {e}", self.path.display()))
-            .and_then(|text| {
-                config::parse(&text).map_err(|e| e.render(&self.path.display().to_string(), &text))
-            })
-            .and_then(|cfg| self.apply(cfg));
+    ///
+    /// # Errors
+    /// The rendered reason; nothing changed.
+    pub async fn reload(&mut self) -> Result<(), String> {
+        // Read and parsed off the control thread (a large file takes a while to parse).
+        let path = self.path.clone();
+        let loader = self.loader;
+        let parsed = off_thread(move || loader(&path)).await.and_then(|r| r);
+        let res = match parsed {
+            Ok(cfg) => self.apply(cfg).await,
+            Err(e) => Err(e),
+        };
         let counter = if res.is_ok() {
             &self.shared.global.reloads_ok
         } else {
@@ -446,7 +481,7 @@ impl Controller {
                 }
             }
             if undrained {
-                self.rebuild();
+                self.rebuild().await;
             }
         }
         match &res {
@@ -457,7 +492,7 @@ impl Controller {
     }
 
     /// Applies an admin API change (see [`Control::Edit`]).
-    fn edit(
+    async fn edit(
         &mut self,
         edit: ConfigEdit,
         undrain: Option<(String, SocketAddr)>,
@@ -465,13 +500,17 @@ impl Controller {
         if self.shared.is_draining() {
             return Err(ChangeError::Conflict("shutting down".into()));
         }
-        let new = edit(&self.config)?;
-        self.apply_checked(new)?;
+        // The edit writes, re-parses and validates the whole config: off the control thread.
+        let running = self.config.clone();
+        let new = off_thread(move || edit(&running))
+            .await
+            .map_err(ChangeError::Invalid)??;
+        self.apply_checked(new).await?;
         if let Some(k) = undrain {
             if let Some(t) = self.backends.get_mut(&k) {
                 if let Some(tr) = t.health.set_draining(false) {
                     log_transition(&k.0, k.1, tr);
-                    self.rebuild();
+                    self.rebuild().await;
                 }
             }
         }
@@ -480,7 +519,7 @@ impl Controller {
     }
 
     /// Drains one backend: state `draining`, no new flows, existing ones finish.
-    fn drain(&mut self, pool: &str, backend: SocketAddr) -> Result<(), ChangeError> {
+    async fn drain(&mut self, pool: &str, backend: SocketAddr) -> Result<(), ChangeError> {
         if self.config.pool(pool).is_none() {
             return Err(ChangeError::NotFound(format!("no pool named {pool:?}")));
         }
@@ -491,12 +530,12 @@ impl Controller {
         };
         if let Some(tr) = t.health.set_draining(true) {
             log_transition(pool, backend, tr);
-            self.rebuild();
+            self.rebuild().await;
         }
         Ok(())
     }
 
-    fn on_event(&mut self, ev: Event) -> bool {
+    async fn on_event(&mut self, ev: Event) -> bool {
         let now = self.shared.now();
         let (pool, backend, t) = match ev {
             Event::Discovered {
@@ -508,7 +547,7 @@ impl Controller {
                 // counters) and rebuilds the snapshot. Not while draining (it would listen
                 // again).
                 if self.discovery.report(&pool, task, backends) && !self.shared.is_draining() {
-                    if let Err(e) = self.apply(self.config.clone()) {
+                    if let Err(e) = self.apply(self.config.clone()).await {
                         tracing::error!(pool, "applying discovered backends failed: {e}");
                     }
                 }
@@ -518,7 +557,13 @@ impl Controller {
                 let t = self
                     .backends
                     .get_mut(&(pool.clone(), backend))
-                    .and_then(|t| t.health.record_check(ok));
+                    .and_then(|t| {
+                        let tr = t.health.record_check(ok);
+                        t.stats
+                            .settled
+                            .store(t.health.active().is_settled(), Ordering::Release);
+                        tr
+                    });
                 (pool, backend, t)
             }
             Event::Passive { pool, backend, ok } => {
@@ -569,24 +614,24 @@ impl Controller {
                 .map(|t| t.saturating_sub(self.shared.now()));
             let changed = tokio::select! {
                 Some(ev) = events.recv() => {
-                    let mut changed = self.on_event(ev);
+                    let mut changed = self.on_event(ev).await;
                     while let Ok(ev) = events.try_recv() {
-                        changed |= self.on_event(ev);
+                        changed |= self.on_event(ev).await;
                     }
                     changed
                 }
                 () = tokio::time::sleep(wake.unwrap_or(Duration::from_secs(3600))), if wake.is_some() => self.poll_ejections(),
                 msg = control.recv() => match msg {
                     Some(Control::Reload(reply)) => {
-                        let _ = reply.send(self.reload());
+                        let _ = reply.send(self.reload().await);
                         false
                     }
                     Some(Control::Edit { edit, undrain, reply }) => {
-                        let _ = reply.send(self.edit(edit, undrain));
+                        let _ = reply.send(self.edit(edit, undrain).await);
                         false
                     }
                     Some(Control::Drain { pool, backend, reply }) => {
-                        let _ = reply.send(self.drain(&pool, backend));
+                        let _ = reply.send(self.drain(&pool, backend).await);
                         false
                     }
                     Some(Control::Config(reply)) => {
@@ -604,8 +649,153 @@ impl Controller {
                 },
             };
             if changed {
-                self.rebuild();
+                self.rebuild().await;
             }
+        }
+    }
+}
+
+/// How long the controller waits for a build off its thread before giving up on it.
+pub const BUILD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs `f` on a blocking thread and waits for it at most [`BUILD_TIMEOUT`]: table builds,
+/// config parsing and the L7 state (which reads files) never hold up the control thread,
+/// which serves the admin API, signals and, with `--workers 1`, the data path.
+async fn off_thread<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    match tokio::time::timeout(BUILD_TIMEOUT, tokio::task::spawn_blocking(f)).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(format!("building the new state failed: {e}")),
+        Err(_) => Err(format!(
+            "building the new state took over {BUILD_TIMEOUT:?} (a configured file that does not answer?)"
+        )),
+    }
+}
+
+/// A pool for a snapshot, before its scheduler is built.
+struct PoolParts {
+    name: String,
+    kind: fulcrum_core::model::SchedulerKind,
+    hash_key: HashKey,
+    opts: SchedOptions,
+    backends: Vec<fulcrum_core::model::Backend>,
+    stats: Vec<Arc<BackendStats>>,
+    persistence: Option<Arc<Persistence>>,
+    changes: Arc<AtomicU64>,
+    moved: Arc<AtomicU64>,
+    sticky_cookie: Option<String>,
+    backend_protocol: config::BackendProtocol,
+}
+
+impl PoolParts {
+    /// With the pool's own scheduler (Maglev tables and the like: the costly part).
+    fn build(self) -> PoolRt {
+        let scheduler = sched::build(self.kind, &self.backends, &self.opts);
+        self.with(scheduler)
+    }
+
+    /// With a round-robin scheduler, for checks that do not pick (cheap at any size).
+    fn build_unscheduled(self) -> PoolRt {
+        let scheduler = sched::build(
+            fulcrum_core::model::SchedulerKind::RoundRobin,
+            &self.backends,
+            &self.opts,
+        );
+        self.with(scheduler)
+    }
+
+    fn with(self, scheduler: Arc<dyn sched::Scheduler>) -> PoolRt {
+        PoolRt {
+            name: self.name,
+            kind: self.kind,
+            hash_key: self.hash_key,
+            backends: self.backends,
+            stats: self.stats,
+            scheduler,
+            persistence: self.persistence,
+            changes: self.changes,
+            moved: self.moved,
+            sticky_cookie: self.sticky_cookie,
+            backend_protocol: self.backend_protocol,
+        }
+    }
+}
+
+/// Everything a snapshot is built from, owned, so that the build can run off the control
+/// thread.
+struct Build {
+    generation: u64,
+    pools: Vec<PoolParts>,
+    services: Vec<(config::ServiceConfig, Arc<ServiceStats>)>,
+    old: Arc<Snapshot>,
+    l7: Option<Arc<dyn crate::l7::L7Handler>>,
+}
+
+impl Build {
+    fn run(self) -> Snapshot {
+        let old = self.old;
+        let pools: Vec<Arc<PoolRt>> = self
+            .pools
+            .into_iter()
+            .map(|p| Arc::new(p.build()))
+            .collect();
+        for p in &pools {
+            let prev = old.pool(&p.name);
+            if prev.is_none_or(|o| o.backends != p.backends) {
+                p.changes.fetch_add(1, Ordering::Relaxed);
+                if let Some(ratio) = prev.and_then(|o| table_moved(o, p)) {
+                    p.moved.store(ratio.to_bits(), Ordering::Relaxed);
+                    tracing::info!(pool = %p.name, scheduler = %p.kind, moved_ratio = ratio, "pool changed: share of hash table slots that changed owner");
+                }
+            }
+        }
+        let l7 = self.l7.as_ref();
+        let services = self
+            .services
+            .into_iter()
+            .filter_map(|(s, stats)| {
+                let pool = pools.iter().find(|p| p.name == s.pool)?;
+                let prev = old.services.iter().find(|x| x.name == s.name).and_then(|x| x.ext.clone());
+                let ext = match l7.filter(|h| h.handles(&s)) {
+                    None => None,
+                    Some(h) => match h.build(&s, &pools, prev.as_ref()) {
+                        Ok(x) => Some(x),
+                        Err(e) => {
+                            // check_l7 passed for this config, so this is a passing fault
+                            // (a file changed under us): keep serving with the old state.
+                            tracing::error!(service = %s.name, "L7 state rebuild failed, keeping the previous one: {e}");
+                            prev
+                        }
+                    },
+                };
+                let proxy_protocol = match s.forward {
+                    Forwarding::Proxy { proxy_protocol } => proxy_protocol,
+                    _ => None,
+                };
+                Some(Arc::new(ServiceRt {
+                    name: s.name.clone(),
+                    listen: s.listen,
+                    protocol: s.protocol,
+                    forward: s.forward.mode(),
+                    forwarding: s.forward,
+                    pool: Arc::clone(pool),
+                    proxy_protocol,
+                    max_connections: u64::from(s.max_connections),
+                    max_flows: u64::from(s.max_flows.min(s.max_connections)),
+                    idle_timeout: s.idle_timeout,
+                    drain_timeout: s.drain_timeout,
+                    connect_timeout: defaults::CONNECT_TIMEOUT,
+                    stats,
+                    ext,
+                    generation: self.generation,
+                }))
+            })
+            .collect();
+        Snapshot {
+            generation: self.generation,
+            services,
+            pools,
         }
     }
 }
@@ -630,7 +820,7 @@ fn table_moved(old: &PoolRt, new: &PoolRt) -> Option<f64> {
 /// Health state machines for a new backend: up at start (as `HAProxy` does, so a fresh
 /// instance serves at once; the first active check runs within a tenth of an interval).
 fn new_health(pool: &PoolConfig) -> BackendHealth {
-    let active = pool.health.as_ref().map_or(ActiveHealth::new(1, 1), |h| {
+    let active = pool.health.as_ref().map_or(ActiveHealth::unchecked(), |h| {
         ActiveHealth::new(h.rise, h.fall)
     });
     let o = pool.outlier;

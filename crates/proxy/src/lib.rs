@@ -8,6 +8,7 @@
 //! - [`health`]: active checks (tcp, http).
 //! - [`discovery`]: backends from DNS (A/AAAA, SRV) and files, per pool.
 //! - [`stats`]: the atomic counters behind the metrics.
+//! - [`files`]: opening configured files without blocking (regular files only).
 //! - [`ratelog`]: warnings written at most once a second.
 //! - [`announce`]: VIP announcement state (what to announce, the instance drain flag).
 
@@ -15,6 +16,7 @@ pub mod accept;
 pub mod announce;
 pub mod controller;
 pub mod discovery;
+pub mod files;
 pub mod health;
 pub mod l7;
 pub mod proxy_protocol;

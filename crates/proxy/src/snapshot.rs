@@ -119,6 +119,8 @@ pub struct ServiceRt {
     pub pool: Arc<PoolRt>,
     pub proxy_protocol: Option<ProxyProtocol>,
     pub max_connections: u64,
+    /// udp: flows at most (the smaller of `max_flows` and `max_connections`).
+    pub max_flows: u64,
     pub idle_timeout: Duration,
     pub drain_timeout: Duration,
     pub connect_timeout: Duration,

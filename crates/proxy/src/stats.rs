@@ -2,7 +2,7 @@
 //! locks, and a metrics scrape only loads them.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// One backend of one pool. Lives across snapshots (keyed by pool name and address), so
 /// active connection counts stay right through reloads and API changes.
@@ -20,6 +20,9 @@ pub struct BackendStats {
     /// Consecutive passive failures seen by the data path (reset on success); lets the data
     /// path report successes to the controller only after a failure.
     pub consecutive_failures: AtomicU64,
+    /// Its active checks have given a definite state (see `ActiveHealth::is_settled`); set
+    /// by the controller, read by the announcement hold-down.
+    pub settled: AtomicBool,
 }
 
 impl BackendStats {
@@ -34,6 +37,7 @@ impl BackendStats {
             connect_timeouts: AtomicU64::new(0),
             http_5xx: AtomicU64::new(0),
             consecutive_failures: AtomicU64::new(0),
+            settled: AtomicBool::new(false),
         }
     }
 }

@@ -1,23 +1,36 @@
 //! The UDP proxy: one flow per client address, sticky to its backend for the flow's life.
 //! Replies are sent back from the service's own socket (so from the service address); flows
-//! expire after the service's idle timeout; the flow count is bounded by `max_connections`.
+//! expire after the service's idle timeout.
 //!
 //! Each worker owns its flows (the kernel's `SO_REUSEPORT` hash keeps a client's datagrams on
 //! one worker), so the flow map needs no lock.
+//!
+//! The flows of a service are bounded by its `max_flows` (each flow holds a socket, so a
+//! file descriptor): a place is reserved atomically on the service's counter, shared by the
+//! workers. When the service is full, the least recently active flow of this worker gives way
+//! to the new one, found by a CLOCK sweep (each flow has a "used" bit, set by traffic either
+//! way and cleared by the sweeping hand: the first flow found without it is evicted), as
+//! Linux conntrack drops an old unreplied entry for a new one rather than refusing it.
+//! Source addresses of UDP can be spoofed: refusing new flows when full would let a flood of
+//! invented clients lock every real one out for a whole idle timeout, while eviction keeps
+//! clients that are actually talking and lets new ones in.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use fulcrum_core::model::{FlowTuple, Proto};
 use tokio::net::UdpSocket;
+use tokio::task::AbortHandle;
 
+use crate::ratelog::LogLimit;
 use crate::snapshot::{ServiceRt, Shared};
 use crate::stats::BackendStats;
+use crate::tcp::try_reserve;
 
 const MAX_DATAGRAM: usize = 65_536;
 /// How long a datagram may wait for its backend socket to become writable.
@@ -30,23 +43,121 @@ thread_local! {
 struct Flow {
     sock: UdpSocket,
     last: Cell<Duration>,
+    /// Traffic either way since the eviction clock's hand last passed this flow.
+    used: Cell<bool>,
+    released: Cell<bool>,
     backend: Arc<BackendStats>,
     service: Arc<ServiceRt>,
 }
 
-impl Drop for Flow {
-    fn drop(&mut self) {
-        self.backend.active.fetch_sub(1, Ordering::Relaxed);
-        self.service.stats.active.fetch_sub(1, Ordering::Relaxed);
+impl Flow {
+    /// Gives the flow's places back (the service's among `max_flows`, the backend's active
+    /// count); once, at eviction or when the flow is dropped, whichever comes first.
+    fn release(&self) {
+        if !self.released.replace(true) {
+            self.backend.active.fetch_sub(1, Ordering::Relaxed);
+            self.service.stats.active.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
-type Flows = Rc<RefCell<HashMap<SocketAddr, Rc<Flow>>>>;
+impl Drop for Flow {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// One flow in a worker's table.
+struct Entry {
+    flow: Rc<Flow>,
+    /// Tells this flow from a later one of the same client.
+    id: u64,
+    /// Its reply task (which holds the flow's socket); aborted on eviction.
+    task: AbortHandle,
+}
+
+/// A worker's flows for one service socket.
+#[derive(Default)]
+struct Table {
+    map: HashMap<SocketAddr, Entry>,
+    /// (client, flow id) in the order the flows were opened; the eviction clock's hand is the
+    /// front. Entries of flows that have ended are skipped and compacted away.
+    order: VecDeque<(SocketAddr, u64)>,
+    next_id: u64,
+}
+
+impl Table {
+    fn new_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn insert(&mut self, peer: SocketAddr, id: u64, flow: Rc<Flow>, task: AbortHandle) {
+        if let Some(old) = self.map.insert(peer, Entry { flow, id, task }) {
+            old.task.abort();
+        }
+        self.order.push_back((peer, id));
+        if self.order.len() > 2 * self.map.len() + 64 {
+            let map = &self.map;
+            self.order
+                .retain(|(p, id)| map.get(p).is_some_and(|e| e.id == *id));
+        }
+    }
+
+    /// Forgets the flow `id` of `peer` (its reply task ended).
+    fn remove(&mut self, peer: SocketAddr, id: u64) {
+        if self.map.get(&peer).is_some_and(|e| e.id == id) {
+            self.map.remove(&peer);
+        }
+    }
+
+    /// Ends the least recently active flow (CLOCK: the first one the hand finds without
+    /// traffic since its last pass); whether there was one. Two passes at most.
+    fn evict_one(&mut self) -> bool {
+        while let Some((peer, id)) = self.order.pop_front() {
+            let Some(e) = self.map.get(&peer).filter(|e| e.id == id) else {
+                continue; // ended already
+            };
+            if e.flow.used.replace(false) {
+                self.order.push_back((peer, id));
+                continue;
+            }
+            if let Some(e) = self.map.remove(&peer) {
+                // The task (and with it the socket) goes at its next poll; the places are
+                // given back now, for the flow that takes this one's place.
+                e.flow.release();
+                e.task.abort();
+            }
+            return true;
+        }
+        false
+    }
+}
+
+type Flows = Rc<RefCell<Table>>;
+
+/// A reserved place among a service's `max_flows`, given back when dropped unless a flow
+/// took it over.
+struct Place<'a>(Option<&'a AtomicU64>);
+
+impl Place<'_> {
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.0 {
+            c.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
 
 /// Serves one UDP service socket until the task is aborted (which ends its flows too).
 pub async fn serve(shared: Arc<Shared>, sock: UdpSocket, listen: SocketAddr) {
     let sock = Rc::new(sock);
-    let flows: Flows = Rc::new(RefCell::new(HashMap::new()));
+    let flows: Flows = Rc::new(RefCell::new(Table::default()));
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut reply_tasks = tokio::task::JoinSet::new();
     loop {
@@ -57,20 +168,23 @@ pub async fn serve(shared: Arc<Shared>, sock: UdpSocket, listen: SocketAddr) {
                 continue;
             }
         };
-        let existing = flows.borrow().get(&peer).cloned();
+        let existing = flows.borrow().map.get(&peer).map(|e| Rc::clone(&e.flow));
         let flow = if let Some(f) = existing {
+            f.used.set(true);
             f
         } else {
             let Some(f) = open_flow(&shared, listen, peer, &flows).await else {
                 continue;
             };
-            reply_tasks.spawn_local(replies(
+            let id = flows.borrow_mut().new_id();
+            let task = reply_tasks.spawn_local(replies(
                 Rc::clone(&f),
                 Rc::clone(&sock),
-                peer,
+                (peer, id),
                 Rc::clone(&flows),
                 Arc::clone(&shared),
             ));
+            flows.borrow_mut().insert(peer, id, Rc::clone(&f), task);
             f
         };
         flow.last.set(shared.now());
@@ -96,12 +210,29 @@ async fn open_flow(
     peer: SocketAddr,
     flows: &Flows,
 ) -> Option<Rc<Flow>> {
+    static TABLE_FULL: LogLimit = LogLimit::new();
+    static EVICTING: LogLimit = LogLimit::new();
+    static NO_SOCKET: LogLimit = LogLimit::new();
     let snap = shared.snapshot.load();
     let svc = snap.service_at(Proto::Udp, listen)?;
-    if flows.borrow().len() as u64 >= svc.max_connections {
-        svc.stats.refused_limit.fetch_add(1, Ordering::Relaxed);
-        return None;
-    }
+    let place = if try_reserve(&svc.stats.active, svc.max_flows) {
+        Place(Some(&svc.stats.active))
+    } else {
+        // Full: this worker's least recently active flow gives way (its end gives its
+        // place back), then the place is taken again (another worker may have taken it).
+        let evicted = flows.borrow_mut().evict_one();
+        if !(evicted && try_reserve(&svc.stats.active, svc.max_flows)) {
+            svc.stats.refused_limit.fetch_add(1, Ordering::Relaxed);
+            if let Some(suppressed) = TABLE_FULL.allow() {
+                tracing::warn!(service = %svc.name, max_flows = svc.max_flows, suppressed, "udp flows full and none of this worker's to evict: new flow dropped");
+            }
+            return None;
+        }
+        if let Some(suppressed) = EVICTING.allow() {
+            tracing::warn!(service = %svc.name, max_flows = svc.max_flows, suppressed, "udp flows full: the least recently active flow gave way to a new one");
+        }
+        Place(Some(&svc.stats.active))
+    };
     let flow = FlowTuple {
         src: peer,
         dst: listen,
@@ -121,9 +252,16 @@ async fn open_flow(
         IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
     };
-    let sock = UdpSocket::bind(SocketAddr::new(unspecified, 0))
-        .await
-        .ok()?;
+    let sock = match UdpSocket::bind(SocketAddr::new(unspecified, 0)).await {
+        Ok(s) => s,
+        Err(e) => {
+            // EMFILE/ENFILE: max_flows is above what the descriptor limit leaves.
+            if let Some(suppressed) = NO_SOCKET.allow() {
+                tracing::warn!(service = %svc.name, error = %e, suppressed, "cannot open a socket for a udp flow; datagram dropped");
+            }
+            return None;
+        }
+    };
     if let Err(e) = sock.connect(addr).await {
         pool.stats[idx]
             .connect_failures
@@ -135,16 +273,17 @@ async fn open_flow(
     let backend = Arc::clone(&pool.stats[idx]);
     backend.active.fetch_add(1, Ordering::Relaxed);
     backend.total.fetch_add(1, Ordering::Relaxed);
-    svc.stats.active.fetch_add(1, Ordering::Relaxed);
     svc.stats.total.fetch_add(1, Ordering::Relaxed);
-    let f = Rc::new(Flow {
+    // The flow gives the service's place back when it ends (`Flow::drop`).
+    place.keep();
+    Some(Rc::new(Flow {
         sock,
         last: Cell::new(shared.now()),
+        used: Cell::new(false),
+        released: Cell::new(false),
         backend,
         service: Arc::clone(svc),
-    });
-    flows.borrow_mut().insert(peer, Rc::clone(&f));
-    Some(f)
+    }))
 }
 
 /// Carries a flow's replies back to its client; ends (and forgets the flow) once it has been
@@ -152,7 +291,7 @@ async fn open_flow(
 async fn replies(
     flow: Rc<Flow>,
     service_sock: Rc<UdpSocket>,
-    peer: SocketAddr,
+    (peer, id): (SocketAddr, u64),
     flows: Flows,
     shared: Arc<Shared>,
 ) {
@@ -170,6 +309,7 @@ async fn replies(
                 let mut b = b.borrow_mut();
                 flow.sock.try_recv(&mut b[..]).map(|n| {
                     flow.last.set(shared.now());
+                    flow.used.set(true);
                     flow.service
                         .stats
                         .bytes_out
@@ -190,8 +330,5 @@ async fn replies(
             }
         }
     }
-    let mut map = flows.borrow_mut();
-    if map.get(&peer).is_some_and(|f| Rc::ptr_eq(f, &flow)) {
-        map.remove(&peer);
-    }
+    flows.borrow_mut().remove(peer, id);
 }

@@ -73,6 +73,24 @@ pub struct Reconciled {
     pub pending: Vec<NextHop>,
     /// Backends the kernel has no unicast route to.
     pub unroutable: Vec<IpAddr>,
+    /// Next hops whose entry the kernel refused to create or flag (and why).
+    pub failed: Vec<(NextHop, String)>,
+}
+
+/// Why a request failed: the kernel refused it (an errno in `NLMSG_ERROR`), or the socket
+/// failed (including no answer within 1 s).
+#[derive(Debug)]
+enum NlError {
+    Kernel(io::Error),
+    Socket(io::Error),
+}
+
+impl From<NlError> for io::Error {
+    fn from(e: NlError) -> Self {
+        match e {
+            NlError::Kernel(e) | NlError::Socket(e) => e,
+        }
+    }
 }
 
 /// An rtnetlink socket and the managed entries this process created.
@@ -230,7 +248,7 @@ impl Neighbours {
         flags: u16,
         body: &[u8],
         single: bool,
-    ) -> io::Result<Vec<(u16, Vec<u8>)>> {
+    ) -> Result<Vec<(u16, Vec<u8>)>, NlError> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
         let mut msg = Vec::with_capacity(16 + body.len());
@@ -255,7 +273,7 @@ impl Neighbours {
             )
         };
         if n < 0 {
-            return Err(io::Error::last_os_error());
+            return Err(NlError::Socket(io::Error::last_os_error()));
         }
         let mut out = Vec::new();
         let mut buf = vec![0u8; 65536];
@@ -264,7 +282,7 @@ impl Neighbours {
             let n =
                 unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
             if n < 0 {
-                return Err(io::Error::last_os_error());
+                return Err(NlError::Socket(io::Error::last_os_error()));
             }
             let data = &buf[..n as usize];
             let mut off = 0;
@@ -296,7 +314,7 @@ impl Neighbours {
                         if err == 0 {
                             return Ok(out);
                         }
-                        return Err(io::Error::from_raw_os_error(-err));
+                        return Err(NlError::Kernel(io::Error::from_raw_os_error(-err)));
                     }
                     _ => {
                         out.push((mtype, payload.to_vec()));
@@ -322,18 +340,18 @@ impl Neighbours {
                 .iter()
                 .find(|(t, _)| *t == RTM_NEWROUTE)
                 .and_then(|(_, m)| parse_route(m, dst))),
-            // ENETUNREACH, EHOSTUNREACH...: no route
-            Err(e) if e.kind() != io::ErrorKind::WouldBlock && e.raw_os_error().is_some() => {
-                Ok(None)
-            }
-            Err(e) => Err(e),
+            // ENETUNREACH, EHOSTUNREACH, EINVAL (blackhole)...: no route
+            Err(NlError::Kernel(_)) => Ok(None),
+            Err(e) => Err(e.into()),
         }
     }
 
     /// The kernel's neighbour table (IPv4 and IPv6).
     pub fn dump(&mut self) -> io::Result<HashMap<NextHop, NeighEntry>> {
         let body = vec![0u8; 12]; // ndmsg, family AF_UNSPEC: both tables
-        let answers = self.request(RTM_GETNEIGH, NLM_F_DUMP, &body, false)?;
+        let answers = self
+            .request(RTM_GETNEIGH, NLM_F_DUMP, &body, false)
+            .map_err(io::Error::from)?;
         Ok(answers
             .iter()
             .filter(|(t, _)| *t == RTM_NEWNEIGH)
@@ -362,14 +380,16 @@ impl Neighbours {
             NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
             &body,
             false,
-        )?;
+        )
+        .map_err(io::Error::from)?;
         Ok(())
     }
 
     /// Deletes the entry of `nh`.
     pub fn delete(&mut self, nh: NextHop) -> io::Result<()> {
         let body = Self::neigh_msg(nh, 0);
-        self.request(RTM_DELNEIGH, NLM_F_ACK, &body, false)?;
+        self.request(RTM_DELNEIGH, NLM_F_ACK, &body, false)
+            .map_err(io::Error::from)?;
         Ok(())
     }
 
@@ -394,11 +414,13 @@ impl Neighbours {
             match entry {
                 Some(e) if e.state & NUD_STATIC != 0 => continue,
                 Some(e) if e.managed => {}
-                _ => {
-                    self.set_managed(*nh)?;
-                    self.ours.insert(*nh);
-                    out.created.push(*nh);
-                }
+                _ => match self.set_managed(*nh) {
+                    Ok(()) => {
+                        self.ours.insert(*nh);
+                        out.created.push(*nh);
+                    }
+                    Err(e) => out.failed.push((*nh, e.to_string())),
+                },
             }
             if entry.is_none_or(|e| e.state & NUD_VALID == 0) {
                 out.pending.push(*nh);

@@ -149,6 +149,8 @@ pub struct XdpPlane {
     nh_miss: Array<MapData, u32>,
     /// Managed neighbour entries for the backends' next hops (after [`Self::manage_neighbours`]).
     neighbours: Option<crate::neigh::Neighbours>,
+    /// Next hops whose managed entry the kernel refused, as last logged.
+    nh_failed: Vec<crate::neigh::NextHop>,
     flows4: PerCpuArray<MapData, Flow4Set>,
     ct4: BpfHashMap<MapData, Ct4Key, CtValue>,
     ct4_filter: Array<MapData, u32>,
@@ -233,6 +235,7 @@ impl XdpPlane {
             nh_gen,
             nh_miss,
             neighbours: None,
+            nh_failed: Vec::new(),
             flows4,
             ct4,
             ct4_filter,
@@ -601,6 +604,15 @@ impl XdpPlane {
                 "cannot manage the backends' neighbour entries: {e}"
             ))
         })?;
+        let failed: Vec<_> = r.failed.iter().map(|(nh, _)| *nh).collect();
+        for (nh, e) in r
+            .failed
+            .iter()
+            .filter(|(nh, _)| !self.nh_failed.contains(nh))
+        {
+            tracing::warn!(next_hop = %nh.addr, ifindex = nh.ifindex, error = %e, "cannot create a managed neighbour entry for a backend's next hop (needs Linux 5.16+)");
+        }
+        self.nh_failed = failed;
         for nh in &r.created {
             tracing::info!(next_hop = %nh.addr, ifindex = nh.ifindex, "managed neighbour entry for a backend's next hop");
         }

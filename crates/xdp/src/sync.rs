@@ -192,6 +192,8 @@ pub async fn run(plane: Arc<std::sync::Mutex<XdpPlane>>, shared: Arc<Shared>, pe
                     .await;
             match result {
                 Ok(Some(Ok(()))) => {
+                    // the announcement may now count this snapshot's backends as served
+                    shared.announce.set_xdp_applied(snap.generation);
                     tracing::debug!(
                         generation = snap.generation,
                         services = n,

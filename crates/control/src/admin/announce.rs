@@ -62,7 +62,7 @@ pub(super) async fn undrain_instance(State(st): State<AdminState>, headers: Head
     if st.control.is_closed() {
         return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
     }
-    if st.shared.is_draining() {
+    if st.shared.is_draining() || st.shared.announce.is_stopping() {
         return error(
             StatusCode::CONFLICT,
             "the instance is shutting down; it cannot be undrained",

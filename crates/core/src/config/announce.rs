@@ -17,6 +17,8 @@ pub const BIRD_SOCKET: &str = "/run/bird/bird.ctl";
 pub const PROTOCOL_PREFIX: &str = "fulcrum_";
 /// `[announce] withdraw_grace` when absent.
 pub const WITHDRAW_GRACE: Duration = Duration::from_secs(2);
+/// `[announce] announce_delay` when absent.
+pub const ANNOUNCE_DELAY: Duration = Duration::from_secs(2);
 
 /// `[announce]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +27,12 @@ pub struct AnnounceConfig {
     pub speaker: Speaker,
     /// On SIGTERM: withdraw, wait this long (routers move new flows elsewhere), then drain.
     pub withdraw_grace: Duration,
+    /// Before a VIP is announced (at start, and again after it was withdrawn), its
+    /// service's health must have held still this long (see `should_announce`).
+    pub announce_delay: Duration,
+    /// A TUN device the instance creates at start; the kernel deletes it when the process
+    /// ends (however it ends), so a bird static route `via "NAME"` disappears with it.
+    pub liveness_interface: Option<String>,
 }
 
 /// The BGP speaker and its options.
@@ -132,9 +140,93 @@ pub(super) fn validate(
             Speaker::Exabgp
         }
     };
+    let withdraw_grace = duration_key(
+        errs,
+        a.withdraw_grace.as_ref(),
+        ("withdraw_grace", "drain at once"),
+        WITHDRAW_GRACE,
+        &super::limits::WITHDRAW_GRACE,
+    );
+    let announce_delay = duration_key(
+        errs,
+        a.announce_delay.as_ref(),
+        ("announce_delay", "announce once health has settled"),
+        ANNOUNCE_DELAY,
+        &super::limits::ANNOUNCE_DELAY,
+    );
+    let liveness_interface = a.liveness_interface.as_ref().map(|n| {
+        if !is_interface_name(n.get_ref()) {
+            errs.push(ConfigError {
+                message: format!("invalid liveness_interface \"{}\"", n.get_ref()),
+                help: Some("a network interface name that does not exist yet: 1 to 15 characters among letters, digits, '_', '-' and '.', e.g. \"fulcrum0\"".to_owned()),
+                span: Some(n.span()),
+            });
+        }
+        n.get_ref().clone()
+    });
     AnnounceConfig {
         speaker,
-        withdraw_grace: a.withdraw_grace.map_or(WITHDRAW_GRACE, |d| d.0),
+        withdraw_grace,
+        announce_delay,
+        liveness_interface,
+    }
+}
+
+/// A duration key of `[announce]`: its value (or `default`), an error when out of `range`.
+/// `key` is its name and what 0 means.
+fn duration_key(
+    errs: &mut Vec<ConfigError>,
+    v: Option<&Spanned<super::value::HumanDuration>>,
+    key: (&str, &str),
+    default: Duration,
+    range: &std::ops::RangeInclusive<Duration>,
+) -> Duration {
+    v.map_or(default, |d| {
+        if !range.contains(&d.get_ref().0) {
+            errs.push(ConfigError {
+                message: format!(
+                    "{} {} is out of range",
+                    key.0,
+                    humantime::format_duration(d.get_ref().0)
+                ),
+                help: Some(format!(
+                    "valid: {} (0: {})",
+                    super::limits::show(range),
+                    key.1
+                )),
+                span: Some(d.span()),
+            });
+        }
+        d.get_ref().0
+    })
+}
+/// Whether `s` can name a Linux network interface: 1 to 15 bytes of letters, digits, `_`,
+/// `-` and `.`, not `.` or `..`.
+pub fn is_interface_name(s: &str) -> bool {
+    (1..=15).contains(&s.len())
+        && s != "."
+        && s != ".."
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// `fulcrum check`'s line for `[announce]`.
+pub(super) fn summary_line(a: &AnnounceConfig) -> String {
+    let grace = humantime::format_duration(a.withdraw_grace);
+    let delay = humantime::format_duration(a.announce_delay);
+    match &a.speaker {
+        Speaker::Bird {
+            socket,
+            protocol_prefix,
+        } => format!(
+            "announce: bird at {} (protocols {protocol_prefix}SERVICE), withdraw_grace {grace}, announce_delay {delay}",
+            socket.display()
+        ),
+        Speaker::Exabgp => {
+            format!(
+                "announce: exabgp (its process: fulcrum announce -c FILE), withdraw_grace {grace}, announce_delay {delay}"
+            )
+        }
     }
 }
 
@@ -167,6 +259,15 @@ pub(super) fn emit(a: &AnnounceConfig) -> Table {
         t.insert(
             "withdraw_grace".into(),
             Value::String(humantime::format_duration(a.withdraw_grace).to_string()),
+        );
+    }
+    if let Some(n) = &a.liveness_interface {
+        t.insert("liveness_interface".into(), Value::String(n.clone()));
+    }
+    if a.announce_delay != ANNOUNCE_DELAY {
+        t.insert(
+            "announce_delay".into(),
+            Value::String(humantime::format_duration(a.announce_delay).to_string()),
         );
     }
     t
@@ -202,16 +303,26 @@ address = "127.0.0.1:9001"
             }
         );
         assert_eq!(a.withdraw_grace, Duration::from_secs(2));
+        assert_eq!(a.announce_delay, Duration::from_secs(2));
         assert_eq!(a.bird_protocol("web").as_deref(), Some("fulcrum_web"));
         assert_eq!(parse(&c.to_toml()).unwrap(), c);
+        assert!(
+            c.summary().contains(
+                "announce: bird at /run/bird/bird.ctl (protocols fulcrum_SERVICE), withdraw_grace 2s"
+            ),
+            "{}",
+            c.summary()
+        );
 
         let c = parse(&format!(
-            "{BASE}\n[announce]\nspeaker = \"bird\"\nsocket = \"/tmp/b.ctl\"\nprotocol_prefix = \"lb_\"\nwithdraw_grace = \"500ms\"\n"
+            "{BASE}\n[announce]\nspeaker = \"bird\"\nsocket = \"/tmp/b.ctl\"\nprotocol_prefix = \"lb_\"\nwithdraw_grace = \"500ms\"\nannounce_delay = \"0s\"\nliveness_interface = \"fulcrum0\"\n"
         ))
         .unwrap();
         let a = c.announce.clone().unwrap();
         assert_eq!(a.bird_protocol("web").as_deref(), Some("lb_web"));
         assert_eq!(a.withdraw_grace, Duration::from_millis(500));
+        assert_eq!(a.announce_delay, Duration::ZERO);
+        assert_eq!(a.liveness_interface.as_deref(), Some("fulcrum0"));
         assert_eq!(parse(&c.to_toml()).unwrap(), c);
     }
 
@@ -253,6 +364,26 @@ address = "127.0.0.1:9001"
             "{BASE}\n[announce]\nspeaker = \"bird\"\nbogus = 1\n"
         ));
         assert!(e.contains("bogus"), "{e}");
+        let e = first_error(&format!(
+            "{BASE}\n[announce]\nspeaker = \"bird\"\nwithdraw_grace = \"2h\"\n"
+        ));
+        assert!(
+            e.contains("withdraw_grace 2h is out of range") && e.contains("0s..=1h"),
+            "{e}"
+        );
+        let e = first_error(&format!(
+            "{BASE}\n[announce]\nspeaker = \"bird\"\nannounce_delay = \"61min\"\n"
+        ));
+        assert!(
+            e.contains("announce_delay 1h 1m is out of range") && e.contains("0s..=1h"),
+            "{e}"
+        );
+        for bad in ["", "a/b", "sixteen_chars_xx", "..", "a b"] {
+            let e = first_error(&format!(
+                "{BASE}\n[announce]\nspeaker = \"bird\"\nliveness_interface = \"{bad}\"\n"
+            ));
+            assert!(e.contains("invalid liveness_interface"), "{bad:?}: {e}");
+        }
         let dashed = BASE.replace("name = \"web\"", "name = \"web-1\"");
         let errs = parse_all(&format!("{dashed}\n[announce]\nspeaker = \"bird\"\n")).unwrap_err();
         assert!(

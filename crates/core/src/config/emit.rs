@@ -143,6 +143,9 @@ pub fn service(sv: &ServiceConfig) -> Table {
     if sv.max_connections != model::defaults::MAX_CONNECTIONS {
         t.insert("max_connections".into(), int(sv.max_connections));
     }
+    if sv.max_flows != model::defaults::MAX_FLOWS {
+        t.insert("max_flows".into(), int(sv.max_flows));
+    }
     if sv.idle_timeout != model::defaults::IDLE_TIMEOUT {
         t.insert("idle_timeout".into(), dur(sv.idle_timeout));
     }
@@ -186,6 +189,20 @@ pub fn service(sv: &ServiceConfig) -> Table {
         x.insert("request_header".into(), dur(to.request_header));
         x.insert("tls_handshake".into(), dur(to.tls_handshake));
         t.insert("timeouts".into(), Value::Table(x));
+    }
+    if let Some(h) = &sv.http2 {
+        let mut x = Table::new();
+        x.insert(
+            "max_concurrent_streams".into(),
+            int(h.max_concurrent_streams),
+        );
+        x.insert("max_header_list_size".into(), int(h.max_header_list_size));
+        x.insert("max_resets_per_second".into(), int(h.max_resets_per_second));
+        x.insert(
+            "max_control_frames_per_second".into(),
+            int(h.max_control_frames_per_second),
+        );
+        t.insert("http2".into(), Value::Table(x));
     }
     if let Some(r) = &sv.retry {
         let mut x = Table::new();

@@ -17,14 +17,31 @@ pub const DURATION_MAX: Duration = Duration::from_secs(365 * 86_400);
 
 /// `[[service]] max_connections`.
 pub const MAX_CONNECTIONS: u32 = 10_000_000;
+/// `[[service]] max_flows` (udp; each flow holds a socket, so a file descriptor).
+pub const MAX_FLOWS: u32 = 1_000_000;
 /// `[pool.health] rise` and `fall`.
 pub const HEALTH_RISE_FALL: u32 = 1_000;
 /// `[pool.outlier] consecutive_failures`.
 pub const OUTLIER_FAILURES: u32 = 1_000_000;
 /// `[service.rate_limit] requests_per_second` and `burst`.
 pub const RATE_LIMIT: u32 = 10_000_000;
+/// `[service.http2] max_concurrent_streams`.
+pub const H2_MAX_CONCURRENT_STREAMS: u32 = 10_000;
+/// `[service.http2] max_header_list_size` (bytes; 16 MiB).
+pub const H2_MAX_HEADER_LIST_SIZE: u32 = 16 << 20;
+/// `[service.http2]` `max_resets_per_second`, `max_control_frames_per_second`.
+pub const H2_FRAMES_PER_SECOND: u32 = 1_000_000;
 /// `[[pool]] maglev_table_size` (a prime; see [`PrimeTableSize::MAX`]).
 pub const MAGLEV_TABLE_SIZE: RangeInclusive<u32> = 3..=PrimeTableSize::MAX;
+
+/// `[[pool]] maglev_table_size` of a pool that a dsr/tunnel/nat service uses: the packet
+/// data plane's table (`FX_MAGLEV_MAX` in crates/xdp/bpf/include/types.h).
+pub const XDP_MAGLEV_TABLE_SIZE: u32 = 65_537;
+
+/// dsr/tunnel/nat services at once (`FX_MAX_SERVICES`).
+pub const XDP_MAX_SERVICES: usize = 32;
+/// Static backends of the pools of dsr/tunnel/nat services, together (`FX_MAX_BACKENDS`).
+pub const XDP_MAX_BACKENDS: usize = 4096;
 
 /// `[[service]] idle_timeout`.
 pub const IDLE_TIMEOUT: RangeInclusive<Duration> = MS..=Duration::from_secs(7 * 86_400);
@@ -40,6 +57,12 @@ pub const HEALTH_TIMEOUT: RangeInclusive<Duration> = MS..=DAY;
 pub const OUTLIER_EJECTION: RangeInclusive<Duration> = MS..=DAY;
 /// `[service.timeouts]` `connect`, `response`, `request_header`, `tls_handshake`.
 pub const HTTP_TIMEOUT: RangeInclusive<Duration> = MS..=DAY;
+
+/// `[announce] withdraw_grace` (0: withdraw and drain at once).
+pub const WITHDRAW_GRACE: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_secs(3600);
+
+/// `[announce] announce_delay` (0: announce as soon as health has settled).
+pub const ANNOUNCE_DELAY: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_secs(3600);
 
 /// A range as the error help writes it, e.g. `1ms..=1day`.
 pub fn show(r: &RangeInclusive<Duration>) -> String {

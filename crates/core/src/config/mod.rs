@@ -75,6 +75,14 @@ pub mod defaults {
     pub const HTTP_REQUEST_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
     /// `[service.timeouts] tls_handshake`.
     pub const HTTP_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+    /// `[service.http2] max_concurrent_streams` (HAProxy's and the RFC's advice: 100).
+    pub const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
+    /// `[service.http2] max_header_list_size` (bytes).
+    pub const H2_MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
+    /// `[service.http2] max_resets_per_second`.
+    pub const H2_MAX_RESETS_PER_SECOND: u32 = 100;
+    /// `[service.http2] max_control_frames_per_second`.
+    pub const H2_MAX_CONTROL_FRAMES_PER_SECOND: u32 = 100;
     /// `[service.retry] attempts`.
     pub const HTTP_RETRY_ATTEMPTS: u8 = 2;
     /// `[service.retry] budget` (percent).
@@ -92,7 +100,9 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
 }
 
 /// Like [`parse`], but returns every error found (sorted by position; never empty on
-/// `Err`). A syntax or type error stops parsing, so it is always alone.
+/// `Err`). A TOML syntax error is alone; past a key or value error the rest of the file is
+/// still checked (see `recover`), and cross-key checks run when what remains still means
+/// what the file says.
 pub fn parse_all(text: &str) -> Result<Config, Vec<ConfigError>> {
     let mut rec = recover::deserialize(text).map_err(|e| vec![e])?;
     let mut errors = std::mem::take(&mut rec.errors);
@@ -166,6 +176,9 @@ pub struct ServiceConfig {
     pub forward: Forwarding,
     /// Concurrent connection limit (default 100000).
     pub max_connections: u32,
+    /// udp: concurrent flows (default 10000), each holding one socket; when full, the least
+    /// recently active flow gives way to the new one.
+    pub max_flows: u32,
     /// Idle connection timeout (default 5m).
     pub idle_timeout: Duration,
     /// How long a graceful stop waits for open connections (default 30s).
@@ -182,6 +195,8 @@ pub struct ServiceConfig {
     pub timeouts: Option<HttpTimeouts>,
     /// http: `[service.retry]` (`None`: absent, the defaults apply).
     pub retry: Option<RetryPolicy>,
+    /// http: `[service.http2]` (`None`: absent, the defaults apply).
+    pub http2: Option<Http2Limits>,
 }
 
 /// The forwarding mode and its mode-specific options (so no option can be set for a mode
@@ -321,6 +336,34 @@ impl Default for HttpTimeouts {
             response: defaults::HTTP_RESPONSE_TIMEOUT,
             request_header: defaults::HTTP_REQUEST_HEADER_TIMEOUT,
             tls_handshake: defaults::HTTP_TLS_HANDSHAKE_TIMEOUT,
+        }
+    }
+}
+
+/// `[service.http2]`: limits on each HTTP/2 client connection; every one is at least 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http2Limits {
+    /// Streams a client may have open at once (default 100); more are refused
+    /// (`REFUSED_STREAM`).
+    pub max_concurrent_streams: u32,
+    /// The largest decoded request header list, in bytes (default 64 KiB): larger gets
+    /// `431`, a header block that never ends (CONTINUATION flood) ends the connection.
+    pub max_header_list_size: u32,
+    /// `RST_STREAM` frames a client may send in a second (default 100); more close the
+    /// connection (rapid reset, CVE-2023-44487).
+    pub max_resets_per_second: u32,
+    /// `SETTINGS`, `PING` and `PRIORITY` frames a client may send in a second (default
+    /// 100); more close the connection (floods).
+    pub max_control_frames_per_second: u32,
+}
+
+impl Default for Http2Limits {
+    fn default() -> Self {
+        Self {
+            max_concurrent_streams: defaults::H2_MAX_CONCURRENT_STREAMS,
+            max_header_list_size: defaults::H2_MAX_HEADER_LIST_SIZE,
+            max_resets_per_second: defaults::H2_MAX_RESETS_PER_SECOND,
+            max_control_frames_per_second: defaults::H2_MAX_CONTROL_FRAMES_PER_SECOND,
         }
     }
 }

@@ -64,6 +64,8 @@ pub struct RawService {
     pub proxy_protocol: Option<Spanned<ProxyProtocolValue>>,
     /// Concurrent connection limit.
     pub max_connections: Option<Count<{ limits::MAX_CONNECTIONS }>>,
+    /// udp: concurrent flow limit (each flow holds one socket).
+    pub max_flows: Option<Spanned<Count<{ limits::MAX_FLOWS }>>>,
     /// Idle connection timeout.
     pub idle_timeout: Option<Spanned<HumanDuration>>,
     /// Graceful drain limit.
@@ -85,6 +87,22 @@ pub struct RawService {
     pub timeouts: Option<Spanned<RawTimeouts>>,
     /// `[service.retry]` (http only).
     pub retry: Option<Spanned<RawRetry>>,
+    /// `[service.http2]` (http only).
+    pub http2: Option<Spanned<RawHttp2>>,
+}
+
+/// `[service.http2]`: limits on each HTTP/2 client connection.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp2 {
+    /// Streams open at once (`SETTINGS_MAX_CONCURRENT_STREAMS`).
+    pub max_concurrent_streams: Option<Count<{ limits::H2_MAX_CONCURRENT_STREAMS }>>,
+    /// Decoded request header list, bytes (`SETTINGS_MAX_HEADER_LIST_SIZE`).
+    pub max_header_list_size: Option<Count<{ limits::H2_MAX_HEADER_LIST_SIZE }>>,
+    /// `RST_STREAM` frames a client may send per second.
+    pub max_resets_per_second: Option<Count<{ limits::H2_FRAMES_PER_SECOND }>>,
+    /// `SETTINGS`, `PING` and `PRIORITY` frames a client may send per second.
+    pub max_control_frames_per_second: Option<Count<{ limits::H2_FRAMES_PER_SECOND }>>,
 }
 
 /// `[[service.route]]`.
@@ -265,5 +283,9 @@ pub struct RawAnnounce {
     /// bird: protocol name = prefix + service name.
     pub protocol_prefix: Option<Spanned<String>>,
     /// How long SIGTERM waits between withdrawing and draining.
-    pub withdraw_grace: Option<HumanDuration>,
+    pub withdraw_grace: Option<Spanned<HumanDuration>>,
+    /// How long a service's health must hold still before its VIP is (re-)announced.
+    pub announce_delay: Option<Spanned<HumanDuration>>,
+    /// A network interface that exists exactly while this process runs (a TUN device).
+    pub liveness_interface: Option<Spanned<String>>,
 }

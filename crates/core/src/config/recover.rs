@@ -162,7 +162,7 @@ fn unknown_field(rest: &str) -> (String, Vec<String>) {
 
 /// The valid key closest to `key`, if close enough to be a typo (edit distance at most 1
 /// for short keys, 2 from 5 characters on, 3 from 10 on; transpositions count 1).
-pub(super) fn did_you_mean<'v>(key: &str, valid: &'v [String]) -> Option<&'v str> {
+pub(super) fn did_you_mean<'v, S: AsRef<str>>(key: &str, valid: &'v [S]) -> Option<&'v str> {
     let limit = match key.chars().count() {
         0..=4 => 1,
         5..=9 => 2,
@@ -170,10 +170,10 @@ pub(super) fn did_you_mean<'v>(key: &str, valid: &'v [String]) -> Option<&'v str
     };
     valid
         .iter()
-        .map(|v| (strsim::damerau_levenshtein(key, v), v))
+        .map(|v| (strsim::damerau_levenshtein(key, v.as_ref()), v.as_ref()))
         .filter(|(d, _)| *d <= limit)
         .min_by_key(|(d, _)| *d)
-        .map(|(_, v)| v.as_str())
+        .map(|(_, v)| v)
 }
 
 /// Renames the key at `span` to `to`, if the text stays valid TOML (the suggested key may

@@ -34,6 +34,9 @@ impl Config {
         if let Some(x) = &self.xdp {
             let _ = writeln!(out, "xdp: {} ({})", x.interface, x.mode.as_str());
         }
+        if let Some(a) = &self.announce {
+            let _ = writeln!(out, "{}", super::announce::summary_line(a));
+        }
 
         if !self.services.is_empty() {
             out.push_str("\nservices:\n");

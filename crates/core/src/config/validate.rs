@@ -10,12 +10,12 @@ use serde_spanned::Spanned;
 use super::error::line_col;
 use super::limits;
 use super::raw::{RawConfig, RawHealth, RawPool, RawRoute, RawService};
-use super::value::{CheckKind, HumanDuration};
+use super::value::{CheckKind, Count, HumanDuration};
 use super::{
     defaults, AccessLog, AdminConfig, BackendProtocol, CertPair, Config, ConfigError, Discovery,
-    Forwarding, HealthCheck, HealthConfig, HostMatch, HttpTimeouts, LogTarget, OutlierConfig,
-    PoolConfig, RateLimit, RetryPolicy, Route, ServiceConfig, StatusRange, TlsConfig, TunnelKind,
-    XdpConfig,
+    Forwarding, HealthCheck, HealthConfig, HostMatch, Http2Limits, HttpTimeouts, LogTarget,
+    OutlierConfig, PoolConfig, RateLimit, RetryPolicy, Route, ServiceConfig, StatusRange,
+    TlsConfig, TunnelKind, XdpConfig,
 };
 use crate::model::{self, canonical_addr, Backend, ForwardMode, PrimeTableSize, ServiceProtocol};
 
@@ -157,6 +157,8 @@ pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Config, Vec<ConfigE
         })
         .collect();
 
+    check_xdp_limits(&mut c, &raw, &services, &pools);
+
     let admin = raw.admin.map(|a| {
         let a = a.into_inner();
         AdminConfig {
@@ -186,6 +188,82 @@ pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Config, Vec<ConfigE
         c.errs
             .sort_by_key(|e| e.span.as_ref().map_or(0, |s| s.start));
         Err(c.errs)
+    }
+}
+
+/// The packet data plane's maps have fixed sizes ([`limits::XDP_MAX_SERVICES`] services,
+/// [`limits::XDP_MAX_BACKENDS`] backends, Maglev tables of at most
+/// [`limits::XDP_MAGLEV_TABLE_SIZE`] slots): a config beyond them would make `run` fail
+/// where `check` passed.
+fn check_xdp_limits(
+    c: &mut Checker<'_>,
+    raw: &RawConfig,
+    services: &[ServiceConfig],
+    pools: &[PoolConfig],
+) {
+    let xdp: Vec<(usize, &ServiceConfig)> = services
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.forward.mode() != ForwardMode::Proxy)
+        .collect();
+    if let Some((i, _)) = xdp.get(limits::XDP_MAX_SERVICES) {
+        c.err(
+            raw.service[*i].get_ref().name.span(),
+            format!(
+                "more than {} dsr/tunnel/nat services: the packet data plane holds at most {}",
+                limits::XDP_MAX_SERVICES,
+                limits::XDP_MAX_SERVICES
+            ),
+            Some("use forward = \"proxy\" for the others".into()),
+        );
+    }
+    let mut xdp_pools: Vec<&str> = xdp.iter().map(|(_, s)| s.pool.as_str()).collect();
+    xdp_pools.sort_unstable();
+    xdp_pools.dedup();
+    let backends: usize = pools
+        .iter()
+        .filter(|p| xdp_pools.contains(&p.name.as_str()))
+        .map(|p| p.backends.len())
+        .sum();
+    if backends > limits::XDP_MAX_BACKENDS {
+        if let Some((i, _)) = xdp.first() {
+            c.err(
+                raw.service[*i].get_ref().name.span(),
+                format!(
+                    "the pools of the dsr/tunnel/nat services have {backends} backends: the packet data plane holds at most {}",
+                    limits::XDP_MAX_BACKENDS
+                ),
+                Some("use fewer backends in these pools, or forward = \"proxy\"".into()),
+            );
+        }
+    }
+    let max = limits::XDP_MAGLEV_TABLE_SIZE;
+    for (p, rp) in pools.iter().zip(&raw.pool) {
+        let Some(size) = p.maglev_table_size.filter(|m| m.get() > max) else {
+            continue;
+        };
+        let Some(s) = services
+            .iter()
+            .find(|s| s.pool == p.name && s.forward.mode() != ForwardMode::Proxy)
+        else {
+            continue;
+        };
+        let span = rp
+            .get_ref()
+            .maglev_table_size
+            .as_ref()
+            .map_or_else(|| rp.get_ref().name.span(), Spanned::span);
+        c.err(
+            span,
+            format!(
+                "maglev_table_size {} is above the packet data plane's {max}, and service `{}` uses pool `{}` with forward = \"{}\"",
+                size.get(),
+                s.name,
+                p.name,
+                s.forward.mode().as_str()
+            ),
+            Some(format!("use a prime of at most {max} (e.g. 65537), or forward = \"proxy\"")),
+        );
     }
 }
 
@@ -328,6 +406,15 @@ fn service(c: &mut Checker<'_>, s: &RawService, defined: &[&str], has_xdp: bool)
             );
         }
     }
+    if let Some(m) = &s.max_flows {
+        if protocol != ServiceProtocol::Udp {
+            c.err(
+                m.span(),
+                format!("max_flows applies only to udp services; `{name}` is {proto_name}"),
+                Some("use max_connections to bound tcp and http services".into()),
+            );
+        }
+    }
     let source = s.source.as_ref().map(|x| x.get_ref().0);
     let forward = match mode {
         ForwardMode::Proxy => Forwarding::Proxy { proxy_protocol },
@@ -443,6 +530,30 @@ fn service(c: &mut Checker<'_>, s: &RawService, defined: &[&str], has_xdp: bool)
         }
     });
 
+    let http2 = s.http2.as_ref().map(|h| {
+        http_only(c, h.span(), "[service.http2]");
+        let h = h.get_ref();
+        let get = |v: Option<u32>, default| v.unwrap_or(default);
+        Http2Limits {
+            max_concurrent_streams: get(
+                h.max_concurrent_streams.map(Count::get),
+                defaults::H2_MAX_CONCURRENT_STREAMS,
+            ),
+            max_header_list_size: get(
+                h.max_header_list_size.map(Count::get),
+                defaults::H2_MAX_HEADER_LIST_SIZE,
+            ),
+            max_resets_per_second: get(
+                h.max_resets_per_second.map(Count::get),
+                defaults::H2_MAX_RESETS_PER_SECOND,
+            ),
+            max_control_frames_per_second: get(
+                h.max_control_frames_per_second.map(Count::get),
+                defaults::H2_MAX_CONTROL_FRAMES_PER_SECOND,
+            ),
+        }
+    });
+
     ServiceConfig {
         name: name.clone(),
         listen: s.listen.get_ref().0,
@@ -452,6 +563,10 @@ fn service(c: &mut Checker<'_>, s: &RawService, defined: &[&str], has_xdp: bool)
         max_connections: s
             .max_connections
             .map_or(model::defaults::MAX_CONNECTIONS, super::value::Count::get),
+        max_flows: s
+            .max_flows
+            .as_ref()
+            .map_or(model::defaults::MAX_FLOWS, |m| m.get_ref().get()),
         idle_timeout: dur(
             c,
             s.idle_timeout.as_ref(),
@@ -472,6 +587,7 @@ fn service(c: &mut Checker<'_>, s: &RawService, defined: &[&str], has_xdp: bool)
         access_log,
         timeouts,
         retry,
+        http2,
     }
 }
 

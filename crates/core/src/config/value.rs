@@ -398,7 +398,13 @@ macro_rules! named {
 }
 
 fn unknown(what: &str, got: &str, valid: &[&str]) -> Invalid {
-    Invalid::new(format!("unknown {what} \"{got}\"")).help(format!("valid: {}", valid.join(", ")))
+    let list = valid.join(", ");
+    Invalid::new(format!("unknown {what} \"{got}\"")).help(
+        match super::recover::did_you_mean(got, valid) {
+            Some(s) => format!("did you mean \"{s}\"? valid: {list}"),
+            None => format!("valid: {list}"),
+        },
+    )
 }
 
 named!(

@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+# Per-call cost of adding backends one at a time (PUT /api/v1/pools/big/backends/ADDR) to a
+# large maglev pool, and the data-path stall meanwhile, seen by a probe doing TCP connect +
+# 1-byte echo round trips through another service of the same process.
+#   python3 bench/api_adds.py FULCRUM_BINARY BACKENDS ADDS [WORKERS]
+#   python3 bench/api_adds.py target/release/fulcrum 8000 30 1
+# The pool's backends are in 198.18.0.0/15 and are never contacted (no health checks, no
+# traffic to that service); the probe's echo backend and every listener are on 127.0.0.1
+# (ports 29421-29423). Runs in the current directory (writes big.toml, big.err); stops the
+# fulcrum it started.
+import socket, subprocess, time, sys, threading, http.client, statistics
+binary=sys.argv[1]; N=int(sys.argv[2]); ADDS=int(sys.argv[3]); workers=sys.argv[4] if len(sys.argv)>4 else "1"
+adm=("127.0.0.1",29421); probe=("127.0.0.1",29422); big=("127.0.0.1",29423)
+echo=socket.socket(); echo.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR,1); echo.bind(("127.0.0.1",0)); echo.listen(128)
+eaddr=echo.getsockname()
+def echo_loop():
+    while True:
+        c,_=echo.accept()
+        def h(c=c):
+            try:
+                while True:
+                    d=c.recv(64)
+                    if not d: break
+                    c.sendall(d)
+            except OSError: pass
+            c.close()
+        threading.Thread(target=h,daemon=True).start()
+threading.Thread(target=echo_loop,daemon=True).start()
+lines=[f'[admin]\nlisten = "{adm[0]}:{adm[1]}"\n',
+ f'[[service]]\nname = "probe"\nlisten = "{probe[0]}:{probe[1]}"\nprotocol = "tcp"\npool = "echo"\n',
+ f'[[service]]\nname = "big"\nlisten = "{big[0]}:{big[1]}"\nprotocol = "tcp"\npool = "big"\n',
+ f'[[pool]]\nname = "echo"\nscheduler = "rr"\n[[pool.backend]]\naddress = "{eaddr[0]}:{eaddr[1]}"\n',
+ '[[pool]]\nname = "big"\nscheduler = "maglev"\n']
+for i in range(N):
+    lines.append(f'[[pool.backend]]\naddress = "198.18.{i//250}.{i%250+1}:80"\n')
+open("big.toml","w").write("\n".join(lines))
+p=subprocess.Popen([binary,"run","-c","big.toml","--workers",workers],stderr=open("big.err","w"))
+for _ in range(200):
+    try:
+        c=http.client.HTTPConnection(*adm,timeout=2); c.request("GET","/readyz"); 
+        if c.getresponse().status==200: break
+    except OSError: pass
+    time.sleep(0.1)
+stop=False; lat=[]
+def prober():
+    while not stop:
+        t=time.perf_counter()
+        s=socket.create_connection(probe,timeout=5); s.sendall(b"x"); s.recv(1); s.close()
+        lat.append(time.perf_counter()-t)
+        time.sleep(0.002)
+def run_probe(secs):
+    global stop, lat
+    lat=[]; stop=False
+    th=threading.Thread(target=prober); th.start(); time.sleep(secs); stop=True; th.join()
+    return sorted(lat)
+idle=run_probe(1.0)
+lat=[]; stop=False
+th=threading.Thread(target=prober); th.start()
+calls=[]
+c=http.client.HTTPConnection(*adm,timeout=30)
+for i in range(ADDS):
+    addr=f"198.19.{i//250}.{i%250+1}:80"
+    t=time.perf_counter()
+    c.request("PUT",f"/api/v1/pools/big/backends/{addr}",body='{"weight":1}',headers={"Content-Type":"application/json"})
+    r=c.getresponse(); r.read()
+    calls.append(time.perf_counter()-t)
+    assert r.status==200, r.status
+stop=True; th.join()
+busy=sorted(lat)
+q=lambda v,f: v[min(len(v)-1,int(len(v)*f))]*1000
+print(f"N={N} adds={ADDS} workers={workers}")
+print(f"per call: median {statistics.median(calls)*1000:.1f} ms, mean {statistics.mean(calls)*1000:.1f} ms, max {max(calls)*1000:.1f} ms")
+print(f"probe idle: n={len(idle)} p50 {q(idle,.5):.2f} p99 {q(idle,.99):.2f} max {idle[-1]*1000:.2f} ms")
+print(f"probe during adds: n={len(busy)} p50 {q(busy,.5):.2f} p99 {q(busy,.99):.2f} max {busy[-1]*1000:.2f} ms")
+p.terminate(); p.wait()
