@@ -71,8 +71,13 @@ pub enum HeadError {
     TooLarge,
 }
 
+/// Where `s` lies in `base`; an empty span for a slice from elsewhere (`httparse` gives a
+/// reason phrase that is not UTF-8 as a static `""`).
 fn span(base: &[u8], s: &[u8]) -> Span {
-    let start = s.as_ptr() as usize - base.as_ptr() as usize;
+    let start = (s.as_ptr() as usize).wrapping_sub(base.as_ptr() as usize);
+    if start > base.len() || s.len() > base.len() - start {
+        return (0, 0);
+    }
     (start as u32, (start + s.len()) as u32)
 }
 
@@ -261,6 +266,25 @@ fn te_tokens<'a>(
         .filter(|t| !t.is_empty())
 }
 
+fn is_token(s: &[u8]) -> bool {
+    !s.is_empty()
+        && s.iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b))
+}
+
+/// A transfer coding, `token *( OWS ";" OWS token "=" token )` (RFC 9112 7). Quoted
+/// parameter values, which no coding in use has, are refused: a comma inside one splits
+/// the list differently for another parser, and it could see another final coding.
+fn is_coding(c: &[u8]) -> bool {
+    let mut parts = c.split(|b| *b == b';');
+    is_token(parts.next().unwrap_or_default().trim_ascii())
+        && parts.all(|p| {
+            p.iter()
+                .position(|b| *b == b'=')
+                .is_some_and(|i| is_token(p[..i].trim_ascii()) && is_token(p[i + 1..].trim_ascii()))
+        })
+}
+
 fn is_chunked(coding: &[u8]) -> bool {
     coding.eq_ignore_ascii_case(b"chunked")
 }
@@ -285,6 +309,9 @@ fn lengths<'a>(
         }
     }
     for t in te_tokens(headers) {
+        if !is_coding(t) {
+            return Err("bad request: invalid Transfer-Encoding (valid: a list of transfer codings, e.g. \"gzip, chunked\")");
+        }
         if te == Some(true) {
             return Err("bad request: chunked is not the final transfer coding");
         }
@@ -306,10 +333,16 @@ pub fn codings<'a>(headers: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> Vec<&
 
 /// A request's framing from its headers: conflicting or bad framing is an error (400),
 /// never a guess (RFC 9112 6.3: smuggling).
+/// `minor`: the HTTP/1.x minor version (an HTTP/1.0 message with `Transfer-Encoding` has
+/// faulty framing, RFC 9112 6.1).
 pub fn request_framing<'a>(
+    minor: u8,
     headers: impl Iterator<Item = (&'a [u8], &'a [u8])> + Clone,
 ) -> Result<Framing, &'static str> {
     match lengths(headers)? {
+        (_, Some(_)) if minor == 0 => {
+            Err("bad request: Transfer-Encoding in an HTTP/1.0 request (valid from HTTP/1.1 on)")
+        }
         (Some(_), Some(_)) => Err("bad request: both Content-Length and Transfer-Encoding"),
         (None, Some(true)) => Ok(Framing::Chunked),
         (None, Some(false)) => Err("bad request: Transfer-Encoding is not chunked"),
@@ -544,15 +577,20 @@ impl Decoder {
                     }
                     self.st = CSt::Size;
                 }
-                CSt::TrailerStart => {
-                    if b == b'\r' {
-                        self.st = CSt::EndLf;
-                    } else {
+                // Trailer lines end with CRLF only: a bare LF (which a lenient parser
+                // would take as a line end, ending the message elsewhere) is refused.
+                CSt::TrailerStart => match b {
+                    b'\r' => self.st = CSt::EndLf,
+                    b'\n' => return Err(BadBody),
+                    _ => {
                         self.trailer_byte(b)?;
                         self.st = CSt::TrailerLine;
                     }
-                }
+                },
                 CSt::TrailerLine => {
+                    if b == b'\n' {
+                        return Err(BadBody);
+                    }
                     self.trailer_byte(b)?;
                     if b == b'\r' {
                         self.st = CSt::TrailerLf;
@@ -667,6 +705,60 @@ mod tests {
     }
 
     #[test]
+    fn transfer_codings_must_be_tokens() {
+        // Found by the differential fuzz target: `x;p=", chunked` split on commas ends
+        // in `chunked`, but for a parser that reads the quoted string the final coding is
+        // `x` (then the body could be read as the next request).
+        let framing =
+            |v: &str| request_framing(1, [(&b"Transfer-Encoding"[..], v.as_bytes())].into_iter());
+        for bad in [
+            "chunt: a, chunked",
+            "x;p=\", chunked",
+            "x;p=\"a\", chunked",
+            "x;, chunked",
+            "chunked;",
+        ] {
+            assert!(framing(bad).is_err(), "{bad}");
+        }
+        // HTTP/1.0 has no transfer codings (found by the differential fuzz target).
+        let te = [(&b"Transfer-Encoding"[..], &b"chunked"[..])];
+        assert!(request_framing(0, te.into_iter()).is_err());
+        for good in [
+            "chunked",
+            "gzip, chunked",
+            "x;q=1 ; r=b, chunked",
+            " , chunked",
+        ] {
+            assert_eq!(framing(good), Ok(Framing::Chunked), "{good}");
+        }
+    }
+
+    #[test]
+    fn bare_lf_in_trailers_is_a_bad_body() {
+        // Found by the differential fuzz target: a parser taking a bare LF as a line end
+        // would end these bodies earlier than the CRLF this decoder waited for.
+        for input in [
+            &b"0\r\nX: a\nb\r\n\r\n"[..],
+            b"0\r\nX: a\n\r\n\r\n",
+            b"0\r\n\n\r\n",
+        ] {
+            assert!(decode_all(Framing::Chunked, input).is_err(), "{input:?}");
+        }
+    }
+
+    #[test]
+    fn reason_phrase_not_utf8_is_empty() {
+        // A backend's reason phrase with obs-text: httparse gives it as a `""` outside the
+        // buffer, which once made the span arithmetic overflow (found by fuzzing).
+        let mut m = Msg::take();
+        m.buf
+            .extend_from_slice(b"HTTP/1.1 200 OK\xff\r\nContent-Length: 2\r\n\r\nok");
+        assert_eq!(m.parse_response(), Ok(true));
+        assert_eq!((m.status, m.get(m.reason)), (200, &b""[..]));
+        assert_eq!(m.rest(), b"ok");
+    }
+
+    #[test]
     fn chunked() {
         let (out, done, used) = decode_all(
             Framing::Chunked,
@@ -726,7 +818,7 @@ mod tests {
     #[test]
     fn framing() {
         let h = |v: &[(&'static str, &'static str)]| {
-            request_framing(v.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())))
+            request_framing(1, v.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())))
         };
         assert!(h(&[("Content-Length", "5"), ("Transfer-Encoding", "chunked")]).is_err());
         assert!(h(&[("Content-Length", "5"), ("content-length", "6")]).is_err());

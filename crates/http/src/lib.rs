@@ -10,6 +10,8 @@
 //!   drives its backend connection (pooled per worker, [`upstream`]) in the request's task.
 
 mod accesslog;
+#[doc(hidden)]
+pub mod fuzzing;
 mod h1;
 mod h2;
 mod h2guard;

@@ -394,13 +394,30 @@ fn entry(c: &ConnCtx, req: &impl ReqView, host: &str) -> Entry {
     }
 }
 
+/// The client of a request as header rewriting sees it: its address and whether it came
+/// over TLS.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Client {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+impl From<&ConnCtx> for Client {
+    fn from(c: &ConnCtx) -> Self {
+        Client {
+            peer: c.peer,
+            tls: c.tls,
+        }
+    }
+}
+
 /// Writes the header fields of the backend's request: those passed on except hop-by-hop
 /// ones, forwarding headers appended, the request id, and the framing of the body as
 /// forwarded. For HTTP/2 (`O::H2`) the host goes in the URI instead, and `TE: trailers` is
 /// passed on (gRPC needs it).
-fn write_fields<O: HeadOut>(
+pub(crate) fn write_fields<O: HeadOut>(
     out: &mut O,
-    c: &ConnCtx,
+    c: Client,
     req: &impl ReqView,
     rid: &[u8],
     upgrade: bool,
@@ -495,9 +512,9 @@ fn itoa_buf(mut n: u64) -> Digits {
 }
 
 /// Writes the backend's HTTP/1.1 request head.
-fn write_head(
+pub(crate) fn write_head(
     out: &mut Vec<u8>,
-    c: &ConnCtx,
+    c: Client,
     req: &impl ReqView,
     rid: &[u8],
     upgrade: bool,
@@ -753,7 +770,7 @@ async fn h1_exchange<R: ReqView>(
         f.tuning.response_timeout,
         attempt(
             &mut conn,
-            |out: &mut Vec<u8>| write_head(out, f.c, f.req, f.rid, f.upgrade, f.framing),
+            |out: &mut Vec<u8>| write_head(out, f.c.into(), f.req, f.rid, f.upgrade, f.framing),
             body,
             enc,
             slot,
@@ -825,7 +842,7 @@ fn h2_request<R: ReqView>(f: &Fwd<'_, R>, addr: SocketAddr) -> Option<http::requ
     parts.uri = uri;
     parts.version = Version::HTTP_2;
     let mut head = H2Head::default();
-    write_fields(&mut head, f.c, f.req, f.rid, false, f.framing);
+    write_fields(&mut head, f.c.into(), f.req, f.rid, false, f.framing);
     parts.headers = head.map;
     Some(parts)
 }

@@ -232,14 +232,14 @@ pub(crate) async fn serve_h1<S: ClientIo>(
 }
 
 /// An HTTP/1.1 request head.
-struct H1Req<'a> {
+pub(crate) struct H1Req<'a> {
     m: &'a Msg,
     target: &'a [u8],
     authority: Option<&'a [u8]>,
 }
 
 impl<'a> H1Req<'a> {
-    fn new(m: &'a Msg) -> Self {
+    pub(crate) fn new(m: &'a Msg) -> Self {
         let t = m.get(m.target);
         // Absolute form (RFC 9112 3.2.2): the authority is the host.
         let abs = [&b"http://"[..], b"https://"].into_iter().find_map(|p| {
@@ -452,7 +452,7 @@ async fn one_request<S: ClientIo>(
     } else {
         conn_has("close")
     };
-    let framing = h1::request_framing(msg.headers());
+    let framing = h1::request_framing(msg.minor, msg.headers());
     let expect = msg.headers().any(|(n, v)| {
         n.eq_ignore_ascii_case(b"expect") && v.trim_ascii().eq_ignore_ascii_case(b"100-continue")
     });
