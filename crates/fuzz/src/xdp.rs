@@ -37,9 +37,11 @@ fn services() -> Vec<XdpService> {
             .collect(),
         table_size: PrimeTableSize::new(251).expect("prime"),
     };
+    // Second chance as configured by default: on for GUE (ignored for IPIP).
     let tunnel = |kind, src: &str| Mode::Tunnel {
         kind,
         source: Some(src.parse().expect("ip")),
+        second_chance: true,
     };
     vec![
         svc("dsr4", "198.19.0.10:80", Proto::Tcp, Mode::Dsr, &BACKENDS4),

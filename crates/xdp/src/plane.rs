@@ -13,10 +13,10 @@ use fulcrum_core::sched::maglev::Maglev;
 
 use crate::maps::{
     addr_bytes, BackendEntry, Counter, Ct4Key, CtKey, CtValue, Flow4, Flow4Set, NatFwd, NatRev,
-    ScAddr, SvcKey, SvcValue, AF_INET, BACKEND_ALIVE, FLOW4_LRU, FLOW4_SETS,
-    HASH_FIVE_TUPLE, HASH_SRC_IP, HASH_SRC_IP_PORT, MAGLEV_MAX, MAX_BACKENDS, MAX_SERVICES,
-    MODE_DSR, MODE_NAT, MODE_TUNNEL, NAT_FIN_FWD, NAT_FIN_REV, NAT_RST, STATS_ROWS, SVC_PREV_TABLE,
-    SVC_SECOND_CHANCE, TUNNEL_GUE, TUNNEL_IPIP,
+    ScAddr, SvcKey, SvcValue, AF_INET, BACKEND_ALIVE, FLOW4_LRU, FLOW4_SETS, HASH_FIVE_TUPLE,
+    HASH_SRC_IP, HASH_SRC_IP_PORT, MAGLEV_MAX, MAX_BACKENDS, MAX_SERVICES, MODE_DSR, MODE_NAT,
+    MODE_TUNNEL, NAT_FIN_FWD, NAT_FIN_REV, NAT_RST, STATS_ROWS, SVC_PREV_TABLE, SVC_SECOND_CHANCE,
+    TUNNEL_GUE, TUNNEL_IPIP,
 };
 
 /// The GUE destination port when none is configured (`fulcrum decap --gue-port`).
