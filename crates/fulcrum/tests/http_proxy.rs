@@ -407,6 +407,26 @@ async fn routing_headers_h2c_and_bad_input() {
     f.assert_no_panic();
 }
 
+/// Waits (at most 5 s) until the admin API shows every one of `addrs` in `pool` as ejected:
+/// passive ejections reach the running snapshot through the controller, asynchronously.
+async fn wait_ejected(admin: SocketAddr, pool: &str, addrs: &[SocketAddr]) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, body) = common::http(admin, "GET", &format!("/api/v1/pools/{pool}"))
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let all = addrs
+            .iter()
+            .all(|&a| common::find_backend(&v, a).is_some_and(|b| b["state"] == "ejected"));
+        if all {
+            return;
+        }
+        assert!(Instant::now() < deadline, "not ejected within 5 s: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn retries_ejection_and_budget() {
     let good1 = backend("good1").await;
@@ -443,14 +463,12 @@ async fn retries_ejection_and_budget() {
         assert_eq!(r.status, 200, "request {i} failed: {r:?}");
     }
     // The 503 backend and the dead one are ejected.
-    let (_, pool) = common::http(admin, "GET", "/api/v1/pools/p").await.unwrap();
-    let pool: serde_json::Value = serde_json::from_str(&pool).unwrap();
-    for a in [bad.addr, dead] {
-        let b = common::find_backend(&pool, a).unwrap();
-        assert_eq!(b["state"], "ejected", "{pool}");
-    }
+    wait_ejected(admin, "p", &[bad.addr, dead]).await;
+    // 3 failures eject it; without ejection round robin sends it about 10 of the 40. The
+    // controller applies an ejection asynchronously, so on a loaded machine a request or
+    // two more may reach it first.
     let bad_hits = bad.hits.load(Ordering::Relaxed);
-    assert!(bad_hits <= 4, "bad backend hit {bad_hits} times");
+    assert!(bad_hits <= 5, "bad backend hit {bad_hits} times");
 
     // Budget: when every backend answers 503, retries stay within the budget.
     let n = 100;
@@ -2117,16 +2135,11 @@ async fn h2c_backends_share_one_connection_with_retries_and_ejection() {
         assert_eq!(r.status, 200, "request {i}: {r:?}");
         assert!(["h2b", "h2c"].contains(&r.who()), "{r:?}");
     }
-    let (_, pool) = common::http(admin, "GET", "/api/v1/pools/r").await.unwrap();
-    let pool: serde_json::Value = serde_json::from_str(&pool).unwrap();
-    for addr in [dead, failing.addr] {
-        let be = common::find_backend(&pool, addr).unwrap();
-        assert_eq!(be["state"], "ejected", "{pool}");
-    }
-    assert!(
-        failing.hits.load(Ordering::Relaxed) <= 3,
-        "retried into an ejected backend"
-    );
+    wait_ejected(admin, "r", &[dead, failing.addr]).await;
+    // 2 failures eject it (about 10 of the 30 without ejection); the controller applies the
+    // ejection asynchronously, so a request or two more may reach it first.
+    let hits = failing.hits.load(Ordering::Relaxed);
+    assert!(hits <= 4, "retried into an ejected backend: {hits} hits");
     assert_eq!(b1.conns.load(Ordering::Relaxed), 1);
     assert_eq!(b2.conns.load(Ordering::Relaxed), 1);
 
@@ -2706,18 +2719,19 @@ async fn sigterm_closes_idle_keep_alive_connections() {
 async fn keep_alive_idle_timeout() {
     let b = backend("b").await;
     let listen = free_addr();
-    let body = web_service(listen, "idle_timeout = \"600ms\"", &[b.addr]);
+    let body = web_service(listen, "idle_timeout = \"1s\"", &[b.addr]);
     let (f, _admin) = start("http-idle", &body).await;
-    // busy: a request every 300 ms for 1.5 s (longer than the timeout in total)
+    // busy: a request every 250 ms for 1.5 s (longer than the timeout in total; the gaps
+    // leave a loaded machine room below the timeout)
     let mut busy = TcpStream::connect(listen).await.unwrap();
     let mut idle = TcpStream::connect(listen).await.unwrap();
     keep_alive_get(&mut idle, 0).await;
     let t0 = Instant::now();
-    for i in 0..5 {
+    for i in 0..6 {
         keep_alive_get(&mut busy, i).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    // the idle one was closed after ~600 ms
+    // the idle one was closed after ~1 s
     expect_closed(&mut idle, Duration::from_secs(2), "the idle connection").await;
     assert!(
         t0.elapsed() >= Duration::from_millis(500),
