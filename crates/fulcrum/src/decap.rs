@@ -99,6 +99,11 @@ pub fn run(args: &DecapArgs) -> anyhow::Result<u8> {
 pub struct XdpRuntime {
     plane: Arc<Mutex<XdpPlane>>,
     task: tokio::task::JoinHandle<()>,
+    /// nat sync (`[xdp.sync]`): its task and counters.
+    nat_sync: Option<(
+        tokio::task::JoinHandle<()>,
+        Arc<fulcrum_xdp::natsync::SyncStats>,
+    )>,
 }
 
 impl XdpRuntime {
@@ -107,8 +112,28 @@ impl XdpRuntime {
         let services = fulcrum_xdp::sync::services_from_snapshot(&shared.snapshot.load());
         // without forwarding on the interface bpf_fib_lookup answers nothing: refuse to start
         fulcrum_xdp::host::check_forwarding(&cfg.interface, &services)?;
-        let mut plane =
-            XdpPlane::load(LoadOptions::default()).context("cannot load the XDP program")?;
+        // nat sync: this instance's source ports, and its socket bound before anything else
+        // (a clear error at start)
+        let sync = match &cfg.sync {
+            Some(sc) => {
+                let slice = fulcrum_xdp::natsync::PortSlice::for_member(sc.member, sc.members)
+                    .with_context(|| {
+                        format!(
+                            "[xdp.sync] member = {} of members = {}: no port slice",
+                            sc.member, sc.members
+                        )
+                    })?;
+                let sock = fulcrum_xdp::natsync::bind(sc.listen)
+                    .with_context(|| format!("[xdp.sync] cannot bind listen = {}", sc.listen))?;
+                Some((sc.clone(), slice, sock))
+            }
+            None => None,
+        };
+        let opts = LoadOptions {
+            nat_sync: sync.as_ref().map(|(_, s, _)| *s),
+            ..LoadOptions::default()
+        };
+        let mut plane = XdpPlane::load(opts).context("cannot load the XDP program")?;
         for s in &services {
             if matches!(s.mode, fulcrum_xdp::Mode::Nat { .. }) {
                 continue; // nat rewrites the port
@@ -154,7 +179,39 @@ impl XdpRuntime {
             Arc::clone(shared),
             Duration::from_millis(100),
         ));
-        Ok(Self { plane, task })
+        let nat_sync = sync.map(|(sc, slice, sock)| {
+            let t = fulcrum_xdp::NatTimeouts::default();
+            let opts = fulcrum_xdp::natsync::SyncOptions {
+                listen: sc.listen,
+                peers: sc.peers.clone(),
+                member: sc.member,
+                refresh: t.tcp.min(t.udp) / 3,
+            };
+            tracing::info!(listen = %sc.listen, peers = ?sc.peers, member = sc.member, ports = %format!("{}-{}", slice.first(), u32::from(slice.first()) + u32::from(slice.count()) - 1), "nat sync on");
+            let stats = Arc::new(fulcrum_xdp::natsync::SyncStats::default());
+            let t = tokio::spawn(fulcrum_xdp::natsync::run(
+                Arc::clone(&plane),
+                sock,
+                opts,
+                Arc::clone(&stats),
+            ));
+            (t, stats)
+        });
+        Ok(Self {
+            plane,
+            task,
+            nat_sync,
+        })
+    }
+
+    /// The `fulcrum_xdp_nat_sync_total` collector (`[xdp.sync]` only).
+    pub fn nat_sync_collector(&self) -> Option<fulcrum_xdp::natsync::NatSyncCollector> {
+        self.nat_sync
+            .as_ref()
+            .map(|(_, stats)| fulcrum_xdp::natsync::NatSyncCollector {
+                plane: Arc::clone(&self.plane),
+                stats: Arc::clone(stats),
+            })
     }
 
     /// The `fulcrum_xdp_packets_total` collector, for the metrics registry.
@@ -166,6 +223,9 @@ impl XdpRuntime {
 impl Drop for XdpRuntime {
     fn drop(&mut self) {
         self.task.abort();
+        if let Some((t, _)) = &self.nat_sync {
+            t.abort();
+        }
         tracing::info!("XDP data plane detaching");
     }
 }

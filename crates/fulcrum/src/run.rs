@@ -281,6 +281,12 @@ pub(crate) async fn serve(
                 if let Some(c) = xdp.as_ref().and_then(crate::decap::XdpRuntime::collector) {
                     r.register_collector(Box::new(c));
                 }
+                if let Some(c) = xdp
+                    .as_ref()
+                    .and_then(crate::decap::XdpRuntime::nat_sync_collector)
+                {
+                    r.register_collector(Box::new(c));
+                }
                 r
             }),
             auth: Arc::clone(&auth),

@@ -41,6 +41,14 @@ const volatile __u8 fx_bench_no_fcache = 0;
 /* nat flows may be served from the flow cache (types.h, FX_NAT_FCACHE_MIN_TIMEOUT_NS):
  * set by userspace when every nat idle timeout allows it. */
 const volatile __u8 fx_nat_fcache = 0;
+/* nat sync (types.h, struct nat_event): new flows go to `nat_events`, and a reply to a nat
+ * source address (map `nat_srcs`) and port with no flow is dropped rather than passed (the
+ * kernel would reset the backend's connection; the owner's peers learn it in a moment). */
+const volatile __u8 fx_nat_sync = 0;
+/* The source ports this instance allocates: fx_nat_port_count from fx_nat_port_lo, a slice
+ * of FX_NAT_PORT_MIN..FX_NAT_PORT_MAX disjoint from the peers' (set by userspace). */
+const volatile __u16 fx_nat_port_lo = FX_NAT_PORT_MIN;
+const volatile __u16 fx_nat_port_count = FX_NAT_PORT_MAX - FX_NAT_PORT_MIN + 1;
 /* After a successful encapsulation, strip it again so BPF_PROG_TEST_RUN's `repeat` sees
  * the same frame every time (costs one bpf_xdp_adjust_head). */
 const volatile __u8 fx_bench_undo_encap = 0;
@@ -145,6 +153,39 @@ struct {
 	__type(key, __u32);
 	__type(value, struct nat_scratch);
 } nat_scratch SEC(".maps");
+
+/* nat sync: new flows for userspace (types.h, struct nat_event) */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, FX_NAT_EVENTS_BYTES);
+} nat_events SEC(".maps");
+
+/* nat sync: the nat source addresses (key: 16 bytes, IPv4 in the first 4) */
+struct nat_src {
+	__u8 addr[16];
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, struct nat_src);
+	__type(value, __u32);
+} nat_srcs SEC(".maps");
+
+/* nat sync: FX_NSS_* counters */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, FX_NSS_COUNTERS);
+	__type(key, __u32);
+	__type(value, __u64);
+} nat_sync_stats SEC(".maps");
+
+FX_INLINE void fx_nss_count(__u32 i)
+{
+	__u64 *c = bpf_map_lookup_elem(&nat_sync_stats, &i);
+
+	if (c)
+		__sync_fetch_and_add(c, 1);
+}
 
 /* [0]: the number of nat services (0: packets for no service skip the nat_rev lookup) */
 struct {
@@ -621,12 +662,13 @@ static __attribute__((noinline)) int fx_nat_forward(struct xdp_md *ctx, const st
 		 * not in use towards this backend:port wins */
 		__u32 h5 = svc->hash_key == FX_HASH_FIVE_TUPLE ? hash
 							       : fx_flow_hash(FX_HASH_FIVE_TUPLE, p);
-		const __u32 range = FX_NAT_PORT_MAX - FX_NAT_PORT_MIN + 1;
+		const __u32 range = fx_nat_port_count ? fx_nat_port_count : 1;
+		const __u32 lo = fx_nat_port_lo;
 		int ok = 0;
 
 		fx_rev_key(rkp, nf, p->proto, p->family);
 		for (int i = 0; i < FX_NAT_PROBES; i++) {
-			rkp->dport = bpf_htons(FX_NAT_PORT_MIN + (h5 + i) % range);
+			rkp->dport = bpf_htons(lo + (h5 + i) % range);
 			if (bpf_map_update_elem(&nat_rev, rkp, rv, BPF_NOEXIST) == 0) {
 				ok = 1;
 				break;
@@ -647,6 +689,22 @@ static __attribute__((noinline)) int fx_nat_forward(struct xdp_md *ctx, const st
 			return XDP_DROP;
 		}
 		fx_count(row, FX_ACT_CT_MISS, bytes);
+		if (fx_nat_sync) {
+			/* the peers learn the flow (docs/fleet.md, "nat flows in sync") */
+			struct nat_event *ev = bpf_ringbuf_reserve(&nat_events, sizeof(*ev), 0);
+
+			if (ev) {
+				__builtin_memcpy(&ev->ck, ck, sizeof(ev->ck));
+				__builtin_memcpy(ev->baddr, f->baddr, 16);
+				__builtin_memcpy(ev->saddr, f->saddr, 16);
+				ev->bport = f->bport;
+				ev->nport = f->nport;
+				ev->pad = 0;
+				bpf_ringbuf_submit(ev, 0);
+			} else {
+				fx_nss_count(FX_NSS_EVENTS_LOST);
+			}
+		}
 	}
 	if (f->seen != now)
 		f->seen = now;
@@ -682,6 +740,29 @@ static __attribute__((noinline)) int fx_nat_forward(struct xdp_md *ctx, const st
 	return fx_xmit(ctx, nh, row, bytes);
 }
 
+/* nat sync: the way back to the client of a flow a peer sent (ifindex 0): route and
+ * neighbour from bpf_fib_lookup, written into the entry once (every CPU writes the same
+ * values; ifindex last, after a compiler barrier, so a reader that sees it sees the MACs).
+ * 0: filled. */
+static __attribute__((noinline)) int fx_nat_rev_fill(struct xdp_md *ctx, struct nat_rev *r, __u8 family,
+						     __u8 proto)
+{
+	__u32 zero = 0;
+	struct bpf_fib_lookup *fp = bpf_map_lookup_elem(&fib_scratch, &zero);
+
+	if (!fp)
+		return -1;
+	fx_fib_init(fp, ctx, family, r->vaddr, r->caddr, proto, 0);
+	if (bpf_fib_lookup(ctx, fp, sizeof(*fp), 0) != BPF_FIB_LKUP_RET_SUCCESS)
+		return -1;
+	__builtin_memcpy(r->cmac, fp->dmac, ETH_ALEN);
+	__builtin_memcpy(r->lmac, fp->smac, ETH_ALEN);
+	asm volatile("" ::: "memory");
+	r->ifindex = fp->ifindex;
+	fx_nss_count(FX_NSS_REV_FILLED);
+	return 0;
+}
+
 /* nat, backend -> client: a reply to a translated flow goes back as VIP -> client, out of
  * the interface and to the MAC the client's packets came from. -1: not a nat reply. */
 static __attribute__((noinline)) int fx_nat_reply(struct xdp_md *ctx, const struct pkt *p, __u64 bytes)
@@ -706,6 +787,11 @@ static __attribute__((noinline)) int fx_nat_reply(struct xdp_md *ctx, const stru
 	__u8 fl = fx_nat_flags(p, FX_NAT_FIN_REV);
 	if (fl)
 		r->flags |= fl;
+	if (r->ifindex == 0 && fx_nat_rev_fill(ctx, r, p->family, p->proto)) {
+		fx_nss_count(FX_NSS_REV_NO_ROUTE);
+		fx_count(row, FX_ACT_NO_ROUTE, bytes);
+		return XDP_DROP;
+	}
 	if (fx_nat_rewrite(ctx, p, r->vaddr, r->vport, r->caddr, r->cport)) {
 		fx_count(row, FX_ACT_ERROR, bytes);
 		return XDP_DROP;
@@ -715,6 +801,22 @@ static __attribute__((noinline)) int fx_nat_reply(struct xdp_md *ctx, const stru
 	__builtin_memcpy(nh.smac, r->lmac, ETH_ALEN);
 	nh.ifindex = r->ifindex;
 	return fx_xmit(ctx, &nh, row, bytes);
+}
+
+/* nat sync: a packet to a nat source address and a port of the fleet's nat range that has
+ * no flow here (yet): a peer's flow whose sync has not arrived, or a lost one. */
+FX_INLINE int fx_nat_sync_miss(const struct pkt *p)
+{
+	__u16 port = bpf_ntohs(p->dport);
+
+	if (port < FX_NAT_PORT_MIN || port > FX_NAT_PORT_MAX)
+		return 0;
+	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
+		return 0;
+	struct nat_src k;
+
+	__builtin_memcpy(k.addr, p->dst, 16);
+	return bpf_map_lookup_elem(&nat_srcs, &k) != NULL;
 }
 
 /* dsr and tunnel: the packet to backend `be` (index `be_idx`). Inlined into xdp_lb: the hit
@@ -1182,6 +1284,11 @@ int xdp_lb(struct xdp_md *ctx)
 			int rc = fx_nat_reply(ctx, &p, bytes);
 			if (rc >= 0)
 				return rc;
+			if (fx_nat_sync && fx_nat_sync_miss(&p)) {
+				fx_nss_count(FX_NSS_REPLY_MISS);
+				fx_count(FX_MAX_SERVICES, FX_ACT_DROP, bytes);
+				return XDP_DROP;
+			}
 		}
 		fx_count(FX_MAX_SERVICES, FX_ACT_PASS, bytes);
 		return XDP_PASS;

@@ -14,6 +14,7 @@
 pub mod host;
 pub mod maps;
 pub mod metrics;
+pub mod natsync;
 pub mod neigh;
 pub mod plane;
 pub mod sync;

@@ -321,6 +321,42 @@ pub struct NatRev {
 }
 const _: () = assert!(size_of::<NatRev>() == 72);
 
+/// `struct nat_event`: a new nat flow, from the `nat_events` ring buffer (nat sync).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NatEvent {
+    /// The client's 5-tuple (to the VIP).
+    pub ck: CtKey,
+    pub baddr: [u8; 16],
+    pub saddr: [u8; 16],
+    /// Network order.
+    pub bport: u16,
+    /// The allocated source port, network order.
+    pub nport: u16,
+    pub pad: u32,
+}
+const _: () = assert!(size_of::<NatEvent>() == 80);
+
+/// `FX_NSS_EVENTS_LOST`: new flows not sent to userspace (the ring buffer was full).
+pub const NSS_EVENTS_LOST: u32 = 0;
+/// `FX_NSS_REPLY_MISS`: replies to a nat source and port with no flow, dropped.
+pub const NSS_REPLY_MISS: u32 = 1;
+/// `FX_NSS_REV_FILLED`: peers' flows whose way back `bpf_fib_lookup` found.
+pub const NSS_REV_FILLED: u32 = 2;
+/// `FX_NSS_REV_NO_ROUTE`: ... and did not (the reply was dropped).
+pub const NSS_REV_NO_ROUTE: u32 = 3;
+/// `FX_NSS_COUNTERS`.
+pub const NSS_COUNTERS: u32 = 4;
+/// `FX_NAT_EVENTS_BYTES`: the size of the `nat_events` ring buffer.
+pub const NAT_EVENTS_BYTES: u32 = 1 << 20;
+
+/// `struct nat_src`: a key of `nat_srcs` (IPv4 in the first 4 bytes).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct NatSrc {
+    pub addr: [u8; 16],
+}
+
 /// `FX_NH_TTL_NS`: how often userspace invalidates the resolved next hops.
 pub const NH_TTL_NS: u64 = 1_000_000_000;
 
@@ -349,6 +385,8 @@ mod pod {
     unsafe impl aya::Pod for super::NextHop {}
     unsafe impl aya::Pod for super::NatFwd {}
     unsafe impl aya::Pod for super::NatRev {}
+    unsafe impl aya::Pod for super::NatEvent {}
+    unsafe impl aya::Pod for super::NatSrc {}
 }
 
 /// An address as the maps hold it: family and 16 bytes (IPv4 in the first four). IPv4-mapped

@@ -114,6 +114,9 @@ pub struct LoadOptions {
     pub gue_port: Option<u16>,
     /// nat idle and closing timeouts.
     pub nat_timeouts: NatTimeouts,
+    /// nat sync (docs/fleet.md, "nat flows in sync"): `Some` turns it on, with the source
+    /// ports this instance allocates (a slice disjoint from its peers').
+    pub nat_sync: Option<crate::natsync::PortSlice>,
 }
 
 /// What the metrics collector reads: the per-CPU counters and each row's service name.
@@ -161,6 +164,14 @@ pub struct XdpPlane {
     nat_rev: BpfHashMap<MapData, CtKey, NatRev>,
     nat_on: Array<MapData, u32>,
     nat_timeouts: NatTimeouts,
+    /// nat sync: on, and its maps (the ring buffer is taken by [`Self::take_nat_events`]).
+    nat_sync: Option<crate::natsync::PortSlice>,
+    nat_events: Option<aya::maps::RingBuf<MapData>>,
+    nat_srcs: BpfHashMap<MapData, crate::maps::NatSrc, u32>,
+    nat_srcs_installed: Vec<crate::maps::NatSrc>,
+    nat_sync_stats: Array<MapData, u64>,
+    /// nat services by VIP: (service row, pool), for flows peers send.
+    nat_services: HashMap<SvcKey, (u32, String)>,
     /// Fragment entries (VIP, port 0, proto): a copy of the lowest-port service's value.
     frag_installed: HashMap<SvcKey, SvcValue>,
     gen: u64,
@@ -204,11 +215,22 @@ impl XdpPlane {
             t.tcp.min(t.udp)
                 >= std::time::Duration::from_nanos(crate::maps::NAT_FCACHE_MIN_TIMEOUT_NS),
         );
+        let sync_on = u8::from(opts.nat_sync.is_some());
+        let (port_lo, port_count) = opts.nat_sync.map_or(
+            (
+                crate::maps::NAT_PORT_MIN,
+                crate::maps::NAT_PORT_MAX - crate::maps::NAT_PORT_MIN + 1,
+            ),
+            |p| (p.first(), p.count()),
+        );
         let mut ebpf = EbpfLoader::new()
             .set_global("fx_bench_ct_miss", &miss, true)
             .set_global("fx_bench_undo_encap", &undo, true)
             .set_global("fx_bench_no_fcache", &nofc, true)
             .set_global("fx_nat_fcache", &nat_fcache, true)
+            .set_global("fx_nat_sync", &sync_on, true)
+            .set_global("fx_nat_port_lo", &port_lo, true)
+            .set_global("fx_nat_port_count", &port_count, true)
             .load(crate::XDP_LB_OBJ)?;
         for name in ["xdp_lb", "xdp_pass"] {
             let prog: &mut Xdp = ebpf
@@ -230,6 +252,13 @@ impl XdpPlane {
         let nat_fwd = take(&mut ebpf, "nat_fwd")?;
         let nat_rev = take(&mut ebpf, "nat_rev")?;
         let nat_on = take(&mut ebpf, "nat_on")?;
+        let nat_events = if opts.nat_sync.is_some() {
+            Some(take(&mut ebpf, "nat_events")?)
+        } else {
+            None
+        };
+        let nat_srcs = take(&mut ebpf, "nat_srcs")?;
+        let nat_sync_stats = take(&mut ebpf, "nat_sync_stats")?;
         Ok(Self {
             ebpf,
             services,
@@ -246,6 +275,12 @@ impl XdpPlane {
             nat_rev,
             nat_on,
             nat_timeouts: opts.nat_timeouts,
+            nat_sync: opts.nat_sync,
+            nat_events,
+            nat_srcs,
+            nat_srcs_installed: Vec::new(),
+            nat_sync_stats,
+            nat_services: HashMap::new(),
             frag_installed: HashMap::new(),
             gen: 1,
             stats: Arc::new(Mutex::new(StatsView {
@@ -563,6 +598,7 @@ impl XdpPlane {
             .filter(|s| matches!(s.mode, Mode::Nat { .. }))
             .count() as u32;
         self.nat_on.set(0, nat, 0)?;
+        self.update_nat_sync(services)?;
         // the per-CPU flow caches (struct fcache4) hold copies of service values and
         // backend choices: a generation bump empties them all (and re-resolves next hops)
         self.refresh_nexthops()?;
@@ -930,6 +966,181 @@ impl XdpPlane {
             self.refresh_nexthops()?;
         }
         Ok(out)
+    }
+
+    /// nat sync: the nat services by VIP (for flows from peers) and the nat source
+    /// addresses (`nat_srcs`: replies to them with no flow are dropped, not passed).
+    fn update_nat_sync(&mut self, services: &[XdpService]) -> Result<(), XdpError> {
+        self.nat_services.clear();
+        let mut srcs = Vec::new();
+        for s in services {
+            let Mode::Nat { source } = s.mode else {
+                continue;
+            };
+            let (family, addr) = addr_bytes(s.vip.ip());
+            let key = SvcKey {
+                addr,
+                port: s.vip.port().to_be(),
+                proto: s.proto as u8,
+                family,
+            };
+            if let Some(id) = self.svc_ids.get(&s.name) {
+                self.nat_services.insert(key, (*id, s.pool.clone()));
+            }
+            let (s4, s6) = sources(source, &s.backends);
+            if s4 != [0; 4] {
+                let mut a = [0u8; 16];
+                a[..4].copy_from_slice(&s4);
+                srcs.push(crate::maps::NatSrc { addr: a });
+            }
+            if s6 != [0; 16] {
+                srcs.push(crate::maps::NatSrc { addr: s6 });
+            }
+        }
+        if self.nat_sync.is_none() {
+            return Ok(());
+        }
+        srcs.sort_by_key(|s| s.addr);
+        srcs.dedup();
+        for old in &self.nat_srcs_installed {
+            if !srcs.contains(old) {
+                let _ = self.nat_srcs.remove(old);
+            }
+        }
+        for s in &srcs {
+            self.nat_srcs.insert(*s, 1, 0)?;
+        }
+        self.nat_srcs_installed = srcs;
+        Ok(())
+    }
+
+    /// nat sync: the ring buffer of new flows (once; `None` when sync is off or taken).
+    pub fn take_nat_events(&mut self) -> Option<aya::maps::RingBuf<MapData>> {
+        self.nat_events.take()
+    }
+
+    /// nat sync: this instance's source ports (`None`: sync off).
+    pub fn nat_port_slice(&self) -> Option<crate::natsync::PortSlice> {
+        self.nat_sync
+    }
+
+    /// nat sync: the data path's counters (`maps::NSS_*`).
+    pub fn nat_sync_counters(&self) -> [u64; crate::maps::NSS_COUNTERS as usize] {
+        let mut out = [0u64; crate::maps::NSS_COUNTERS as usize];
+        for (i, v) in out.iter_mut().enumerate() {
+            *v = self.nat_sync_stats.get(&(i as u32), 0).unwrap_or(0);
+        }
+        out
+    }
+
+    /// nat sync: inserts a flow a peer created (both directions), unless this instance
+    /// has it already. Its `seen` is now: it ages out like a local flow. A flow whose
+    /// port is this instance's own, whose service is not a nat service here or whose
+    /// backend is not in the pool here is refused.
+    pub fn insert_synced(
+        &mut self,
+        f: &crate::natsync::FlowRecord,
+    ) -> Result<crate::natsync::Inserted, XdpError> {
+        use crate::natsync::Inserted;
+        if self
+            .nat_sync
+            .is_some_and(|p| p.contains(u16::from_be(f.nport)))
+        {
+            return Ok(Inserted::OwnPort);
+        }
+        let key = SvcKey {
+            addr: f.ck.dst,
+            port: f.ck.dport,
+            proto: f.ck.proto,
+            family: f.ck.family,
+        };
+        let Some((row, pool)) = self.nat_services.get(&key) else {
+            return Ok(Inserted::NoService);
+        };
+        let row = *row;
+        let baddr = crate::natsync::ip_of(f.ck.family, &f.baddr);
+        let Some(backend) = self
+            .backend_ids
+            .get(&(pool.clone(), SocketAddr::new(baddr, u16::from_be(f.bport))))
+            .copied()
+        else {
+            return Ok(Inserted::NoBackend);
+        };
+        let now = monotonic_ns();
+        let rk = CtKey {
+            src: f.baddr,
+            dst: f.saddr,
+            sport: f.bport,
+            dport: f.nport,
+            proto: f.ck.proto,
+            family: f.ck.family,
+            pad: 0,
+        };
+        // a port the owner reuses: the flow that held it before is over
+        if let Ok(old) = self.nat_rev.get(&rk, 0) {
+            if old.caddr != f.ck.src
+                || old.cport != f.ck.sport
+                || old.vaddr != f.ck.dst
+                || old.vport != f.ck.dport
+            {
+                let ok = CtKey {
+                    src: old.caddr,
+                    dst: old.vaddr,
+                    sport: old.cport,
+                    dport: old.vport,
+                    proto: f.ck.proto,
+                    family: f.ck.family,
+                    pad: 0,
+                };
+                let _ = self.nat_fwd.remove(&ok);
+            }
+        }
+        let fwd = NatFwd {
+            baddr: f.baddr,
+            saddr: f.saddr,
+            bport: f.bport,
+            nport: f.nport,
+            backend,
+            svc: row,
+            flags: 0,
+            pad: [0; 3],
+            seen: now,
+        };
+        let rev = NatRev {
+            caddr: f.ck.src,
+            vaddr: f.ck.dst,
+            cport: f.ck.sport,
+            vport: f.ck.dport,
+            cmac: [0; 6],
+            lmac: [0; 6],
+            ifindex: 0, // the data path finds the way back (fx_nat_rev_fill)
+            svc: row,
+            flags: 0,
+            pad: [0; 7],
+            seen: now,
+        };
+        let existed = self.nat_fwd.get(&f.ck, 0).is_ok();
+        // the reverse entry first (a reply finds its way back before the client's next
+        // packet uses the flow); a refresh keeps the way back already found
+        match self.nat_rev.get(&rk, 0) {
+            Ok(mut r) if r.caddr == rev.caddr && r.cport == rev.cport => {
+                r.seen = now;
+                self.nat_rev.insert(rk, r, 0)?;
+            }
+            _ => self.nat_rev.insert(rk, rev, 0)?,
+        }
+        match self.nat_fwd.get(&f.ck, 0) {
+            Ok(mut old) if old.nport == fwd.nport && old.baddr == fwd.baddr => {
+                old.seen = now;
+                self.nat_fwd.insert(f.ck, old, 0)?;
+            }
+            _ => self.nat_fwd.insert(f.ck, fwd, 0)?,
+        }
+        Ok(if existed {
+            Inserted::Refreshed
+        } else {
+            Inserted::New
+        })
     }
 
     /// The nat flows (client 5-tuple, translation), for tests and diagnostics.

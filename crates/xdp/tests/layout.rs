@@ -21,6 +21,7 @@ fn sizes_and_constants_match_the_c_header() {
         ("nexthop", size_of::<NextHop>()),
         ("nat_fwd", size_of::<NatFwd>()),
         ("nat_rev", size_of::<NatRev>()),
+        ("nat_event", size_of::<NatEvent>()),
         ("gue_sc", size_of::<GueSc>()),
         ("sc_addr", size_of::<ScAddr>()),
     ];
@@ -78,6 +79,11 @@ fn sizes_and_constants_match_the_c_header() {
     assert_eq!(define("FX_NAT_ENTRIES"), u64::from(NAT_ENTRIES));
     assert_eq!(define("FX_NAT_PORT_MIN"), u64::from(NAT_PORT_MIN));
     assert_eq!(define("FX_NAT_PORT_MAX"), u64::from(NAT_PORT_MAX));
+    assert_eq!(define("FX_NSS_EVENTS_LOST"), u64::from(NSS_EVENTS_LOST));
+    assert_eq!(define("FX_NSS_REPLY_MISS"), u64::from(NSS_REPLY_MISS));
+    assert_eq!(define("FX_NSS_REV_FILLED"), u64::from(NSS_REV_FILLED));
+    assert_eq!(define("FX_NSS_REV_NO_ROUTE"), u64::from(NSS_REV_NO_ROUTE));
+    assert_eq!(define("FX_NSS_COUNTERS"), u64::from(NSS_COUNTERS));
     assert_eq!(define("FX_NAT_PROBES"), u64::from(NAT_PROBES));
     for (n, v) in [
         ("FX_AF_INET", AF_INET),

@@ -511,4 +511,22 @@ pub struct XdpConfig {
     pub interface: String,
     /// native (default) or generic.
     pub mode: XdpMode,
+    /// `[xdp.sync]`: nat flows shared with the peers (docs/fleet.md, "nat flows in sync").
+    pub sync: Option<NatSyncConfig>,
+}
+
+/// The largest `[xdp.sync] members`.
+pub const NAT_SYNC_MAX_MEMBERS: u16 = 64;
+
+/// `[xdp.sync]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatSyncConfig {
+    /// UDP address this instance receives its peers' flows on.
+    pub listen: SocketAddr,
+    /// The peers' `listen` addresses (flows are sent to each, and accepted only from them).
+    pub peers: Vec<SocketAddr>,
+    /// This instance's index, below `members`.
+    pub member: u16,
+    /// Instances in the fleet, 1 to [`NAT_SYNC_MAX_MEMBERS`].
+    pub members: u16,
 }

@@ -274,6 +274,22 @@ pub struct RawXdp {
     pub interface: Spanned<String>,
     /// `native` | `generic`.
     pub mode: Option<XdpModeValue>,
+    /// `[xdp.sync]`: nat flows shared with the peers.
+    pub sync: Option<Spanned<RawNatSync>>,
+}
+
+/// `[xdp.sync]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNatSync {
+    /// Where this instance receives its peers' flows (UDP).
+    pub listen: Address,
+    /// The other instances' `listen` addresses.
+    pub peers: Vec<Address>,
+    /// This instance's index in the fleet, 0 to `members - 1`.
+    pub member: Spanned<u16>,
+    /// The number of instances (the nat port range is cut into this many slices).
+    pub members: Spanned<u16>,
 }
 
 /// `[announce]`.

@@ -136,9 +136,48 @@ pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Config, Vec<ConfigE
                 Some("a network interface name of 1 to 15 characters, e.g. \"eth0\"".into()),
             );
         }
+        let sync = x.get_ref().sync.as_ref().map(|sy| {
+            let r = sy.get_ref();
+            let members = *r.members.get_ref();
+            let member = *r.member.get_ref();
+            if members == 0 || members > super::NAT_SYNC_MAX_MEMBERS {
+                c.err(
+                    r.members.span(),
+                    format!("members = {members} is out of range"),
+                    Some(format!(
+                        "the number of instances in the fleet, 1 to {}",
+                        super::NAT_SYNC_MAX_MEMBERS
+                    )),
+                );
+            } else if member >= members {
+                c.err(
+                    r.member.span(),
+                    format!("member = {member} is not below members = {members}"),
+                    Some(format!("this instance's index, 0 to {}", members - 1)),
+                );
+            }
+            let peers: Vec<std::net::SocketAddr> = r.peers.iter().map(|a| a.0).collect();
+            if peers.contains(&r.listen.0) {
+                c.err(
+                    sy.span(),
+                    format!(
+                        "peers lists this instance's own listen address {}",
+                        r.listen.0
+                    ),
+                    Some("peers: the other instances' listen addresses only".into()),
+                );
+            }
+            super::NatSyncConfig {
+                listen: r.listen.0,
+                peers,
+                member,
+                members,
+            }
+        });
         XdpConfig {
             interface: iface.clone(),
             mode: x.get_ref().mode.as_ref().map(|m| m.0).unwrap_or_default(),
+            sync,
         }
     });
 

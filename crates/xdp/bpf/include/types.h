@@ -295,6 +295,27 @@ struct nat_rev {
 };
 _Static_assert(sizeof(struct nat_rev) == 72, "nat_rev");
 
+/* nat sync (docs/fleet.md, "nat flows in sync"): a new flow as fx_nat_forward created it,
+ * sent to userspace through the `nat_events` ring buffer when fx_nat_sync is set, and from
+ * there to the peers, which insert both directions. A nat_rev entry a peer inserted has
+ * ifindex 0: its way back to the client is found by bpf_fib_lookup on its first reply. */
+struct nat_event {
+	struct ct_key ck;  /* the client's 5-tuple (to the VIP) */
+	__u8 baddr[16];    /* backend */
+	__u8 saddr[16];    /* the new source (the fleet-shared address) */
+	__u16 bport;       /* network order */
+	__u16 nport;       /* the allocated source port, network order */
+	__u32 pad;
+};
+_Static_assert(sizeof(struct nat_event) == 80, "nat_event");
+/* nat sync counters (map `nat_sync_stats`, indexes) */
+#define FX_NSS_EVENTS_LOST 0   /* new flows not sent: the ring buffer was full */
+#define FX_NSS_REPLY_MISS 1    /* replies to a nat source and port with no flow: dropped */
+#define FX_NSS_REV_FILLED 2    /* peers' flows whose way back was found (bpf_fib_lookup) */
+#define FX_NSS_REV_NO_ROUTE 3  /* ... and not found: the reply was dropped */
+#define FX_NSS_COUNTERS 4
+#define FX_NAT_EVENTS_BYTES (1 << 20)
+
 struct counter {
 	__u64 packets;
 	__u64 bytes;
