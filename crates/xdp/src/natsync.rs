@@ -217,6 +217,18 @@ pub fn decode(b: &[u8]) -> Result<Message, DecodeError> {
     Ok(Message { member, flows })
 }
 
+/// A `nat_events` ring buffer item as the event it holds (`None`: too short).
+pub fn event_of(item: &[u8]) -> Option<NatEvent> {
+    if item.len() < size_of::<NatEvent>() {
+        return None;
+    }
+    // SAFETY: NatEvent is #[repr(C)] plain data (aya::Pod: every bit pattern valid) and the
+    // item holds at least its size; read_unaligned needs no alignment.
+    #[allow(unsafe_code)]
+    let ev = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<NatEvent>()) };
+    Some(ev)
+}
+
 /// The address in a map's 16 bytes.
 pub fn ip_of(family: u8, a: &[u8; 16]) -> IpAddr {
     if family == AF_INET {
@@ -385,11 +397,7 @@ pub async fn run(
                 };
                 let rb = g.get_inner_mut();
                 while let Some(item) = rb.next() {
-                    if item.len() >= size_of::<NatEvent>() {
-                        // SAFETY: NatEvent is #[repr(C)] plain data (aya::Pod) and the item
-                        // holds at least its size; read_unaligned needs no alignment.
-                        #[allow(unsafe_code)]
-                        let ev = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<NatEvent>()) };
+                    if let Some(ev) = event_of(&item) {
                         batch.push(ev);
                     }
                     if batch.len() == MAX_RECORDS {
