@@ -41,7 +41,10 @@
 # FLEET_TUNNEL (ipip: service `tun`'s tunnel, or gue); FLEET_SECOND_CHANCE (unset: the
 # default, on for gue; true|false: `second_chance` of service `tun`); FLEET_POOL (1 2 3: the
 # backends in the pool at `up`; `pool` changes it); FLEET_TUN_FORWARD (tunnel: service
-# `tun`'s forward, or nat: the instance translates both ways, its own address as source).
+# `tun`'s forward, or nat: the instance translates both ways, its own address as source);
+# FLEET_NAT_SYNC (off; on, with FLEET_TUN_FORWARD=nat: every instance translates to the
+# fleet-shared source NAT_SOURCE, which each announces by BGP like a VIP, allocates ports
+# from its own slice, and shares its flows with the other two over [xdp.sync]).
 set -euo pipefail
 
 P=${FLEET_PREFIX:-fl}
@@ -57,6 +60,9 @@ if [ -z "${FULCRUM:-}" ]; then
 fi
 PASS_OBJ=${FLEET_PASS_OBJ:-$ROOT/crates/xdp/bpf/obj/xdp_lb.o}
 VIPS="198.19.0.10 198.19.0.11"
+NAT_SOURCE=198.18.2.1
+NAT_SYNC_PORT=7070
+nat_sync() { [ "${FLEET_TUN_FORWARD:-tunnel}" = nat ] && [ "${FLEET_NAT_SYNC:-off}" = on ]; }
 CLIENT_ADDRS=64
 
 ns() { echo "$P-$1"; }
@@ -124,6 +130,7 @@ protocol device { scan time 10; }
 $(bfd_conf eth0)
 protocol static fulcrum_tun { ipv4; disabled; route 198.19.0.10/32 blackhole; }
 protocol static fulcrum_dsr { ipv4; disabled; route 198.19.0.11/32 blackhole; }
+$(nat_sync && echo "protocol static nat_source { ipv4; route $NAT_SOURCE/32 blackhole; }")
 protocol bgp uplink {
   local 198.18.0.$((1 + n)) as 65001;
   neighbor 198.18.0.1 as 65000;
@@ -149,6 +156,20 @@ listen = "127.0.0.1:9090"
 interface = "eth0"
 mode = "native"
 CONF
+  if nat_sync; then
+    local m peers=""
+    for m in 1 2 3; do
+      [ "$m" = "$n" ] || peers="$peers${peers:+, }\"198.18.0.$((1 + m)):$NAT_SYNC_PORT\""
+    done
+    cat <<CONF
+
+[xdp.sync]
+listen = "198.18.0.$((1 + n)):$NAT_SYNC_PORT"
+peers = [$peers]
+member = $((n - 1))
+members = 3
+CONF
+  fi
   if [ "$SPEAKER" = fulcrum ]; then
     cat <<CONF
 
@@ -170,6 +191,7 @@ pool = "web"
 CONF
   if [ "${FLEET_TUN_FORWARD:-tunnel}" = nat ]; then
     echo 'forward = "nat"'
+    if nat_sync; then echo "source = \"$NAT_SOURCE\""; fi
   else
     printf 'forward = "tunnel"\ntunnel = "%s"\n' "${FLEET_TUNNEL:-ipip}"
     if [ -n "${FLEET_SECOND_CHANCE:-}" ]; then echo "second_chance = $FLEET_SECOND_CHANCE"; fi
@@ -248,6 +270,8 @@ cmd_up() {
   # on each backend's (`fulcrum decap` sends second-chance packets on with XDP_TX)
   for n in 1 2 3; do
     inn "i$n" sysctl -qw net.ipv4.conf.all.forwarding=1
+    # nat sync: a peer's flow goes back to its client by this instance's route (bpf_fib_lookup)
+    if nat_sync; then ip -n "$(ns "i$n")" route add default via 198.18.0.1; fi
     ip -n "$(ns sw)" link set dev "p-i$n" xdpdrv object "$PASS_OBJ" program xdp_pass
     ip -n "$(ns sw)" link set dev "p-b$n" xdpdrv object "$PASS_OBJ" program xdp_pass
   done
@@ -277,7 +301,7 @@ cmd_up() {
   # the router's routes to the VIPs
   case $ROUTER in
     static)
-      for v in $VIPS; do
+      for v in $VIPS $(nat_sync && echo "$NAT_SOURCE"); do
         ip -n "$(ns r)" route add "$v/32" nexthop via 198.18.0.2 nexthop via 198.18.0.3 nexthop via 198.18.0.4
       done
       ;;

@@ -57,7 +57,12 @@ impl Lab {
     }
 
     fn up_with(tag: &str, router: &'static str, env: &[(&'static str, &'static str)]) -> Self {
-        let prefix = format!("fl{tag}{}", std::process::id() % 10_000);
+        // (tags starting with "ns" name the namespaces themselves: "ns..." for nat sync)
+        let prefix = if tag.starts_with("ns") {
+            format!("{tag}{}", std::process::id() % 10_000)
+        } else {
+            format!("fl{tag}{}", std::process::id() % 10_000)
+        };
         let dir = std::env::temp_dir()
             .join(format!("fulcrum-fleet-{prefix}"))
             .to_string_lossy()
@@ -1062,6 +1067,63 @@ fn fleet_nat_loses_an_instance() {
     assert!(
         broken as usize >= on1,
         "nat: at least the lost instance's flows break ({broken} broken, {on1} on instance 1, {moved} moved)"
+    );
+    drop(w);
+    drop(lab);
+}
+
+/// Issue 14 3e with nat sync (docs/fleet.md, "nat flows in sync"): the same scenario as
+/// `fleet_nat_loses_an_instance`, with `FLEET_NAT_SYNC=on`: the fleet-shared source
+/// address (announced by every instance), a port slice per instance, and `[xdp.sync]`
+/// between the three. Instance 1 is lost: its flows and those ECMP re-partitions continue
+/// on instances that learned them from their peers. 0 broken.
+#[test]
+fn fleet_nat_sync_loses_an_instance() {
+    if !prerequisites("fleet_nat_sync_loses_an_instance") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::up_with(
+        "nsnat",
+        "ecmp",
+        &[("FLEET_TUN_FORWARD", "nat"), ("FLEET_NAT_SYNC", "on")],
+    );
+    for i in ["1", "2", "3"] {
+        lab.run(&["start", i], &[]);
+    }
+    lab.wait_next_hops(&[1, 2, 3], Duration::from_secs(15));
+    let w = Workload::start_on(&lab, &TUN);
+    let steady = measure(&w, "nat sync: steady", Duration::from_secs(2), || {});
+    let before = lab.paths(&w.flows);
+    let lost = measure(
+        &w,
+        "nat sync: instance 1 lost",
+        Duration::from_secs(4),
+        || {
+            lab.run(&["kill", "1"], &[]);
+            lab.wait_next_hops(&[2, 3], Duration::from_secs(10));
+        },
+    );
+    let after = lab.paths(&w.flows);
+    let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
+    let on1 = before.iter().filter(|&&h| h == 2).count();
+    eprintln!(
+        "fleet 3e (nat sync): instance 1 lost: {on1} flows on it, {moved} of {CONNS} changed instance; {} reset, {} stalled",
+        lost.counts.resets, lost.counts.stalls
+    );
+    assert_eq!(
+        (steady.counts.resets, steady.counts.stalls),
+        (0, 0),
+        "nothing breaks while nothing changes"
+    );
+    assert!(
+        on1 > 0 && moved > 0,
+        "the loss moved flows ({on1} on 1, {moved} moved)"
+    );
+    assert_eq!(
+        (lost.counts.resets, lost.counts.stalls),
+        (0, 0),
+        "nat sync: no flow breaks when an instance is lost ({on1} on instance 1, {moved} moved)"
     );
     drop(w);
     drop(lab);

@@ -171,6 +171,14 @@ struct {
 	__type(value, __u32);
 } nat_srcs SEC(".maps");
 
+/* nat sync: slice -> the instance that owns it (types.h, struct nat_owner) */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, FX_NAT_SYNC_MAX_MEMBERS);
+	__type(key, __u32);
+	__type(value, struct nat_owner);
+} nat_owners SEC(".maps");
+
 /* nat sync: FX_NSS_* counters */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -819,6 +827,39 @@ FX_INLINE int fx_nat_sync_miss(const struct pkt *p)
 	return bpf_map_lookup_elem(&nat_srcs, &k) != NULL;
 }
 
+/* nat sync: a reply for a flow of another instance's port slice that this instance does
+ * not know (yet: the owner's datagram is on its way) goes to the owner, unchanged but for
+ * the MACs (bpf_fib_lookup towards the owner's address). -1: no owner known, or no way. */
+static __attribute__((noinline)) int fx_nat_to_owner(struct xdp_md *ctx, __u32 port)
+{
+	__u32 zero = 0;
+	__u32 count = fx_nat_port_count;
+
+	if (count == 0 || port < FX_NAT_PORT_MIN)
+		return -1;
+	__u32 member = (port - FX_NAT_PORT_MIN) / count;
+	struct nat_owner *o = bpf_map_lookup_elem(&nat_owners, &member);
+	struct bpf_fib_lookup *fp = bpf_map_lookup_elem(&fib_scratch, &zero);
+
+	if (!o || !fp || (o->family != FX_AF_INET && o->family != FX_AF_INET6))
+		return -1;
+	__u8 none[16] = {};
+	fx_fib_init(fp, ctx, o->family, none, o->addr, 0, 0);
+	if (bpf_fib_lookup(ctx, fp, sizeof(*fp), 0) != BPF_FIB_LKUP_RET_SUCCESS)
+		return -1;
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > data_end)
+		return -1;
+	__builtin_memcpy(eth->h_dest, fp->dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, fp->smac, ETH_ALEN);
+	if (fp->ifindex == ctx->ingress_ifindex)
+		return XDP_TX;
+	return bpf_redirect(fp->ifindex, 0);
+}
+
 /* dsr and tunnel: the packet to backend `be` (index `be_idx`). Inlined into xdp_lb: the hit
  * path makes no BPF-to-BPF call (the FIB refill, the too-big answer and nat are calls). */
 FX_INLINE int fx_forward(struct xdp_md *ctx, const struct pkt *p, const struct svc_value *svc,
@@ -1285,6 +1326,12 @@ int xdp_lb(struct xdp_md *ctx)
 			if (rc >= 0)
 				return rc;
 			if (fx_nat_sync && fx_nat_sync_miss(&p)) {
+				rc = fx_nat_to_owner(ctx, bpf_ntohs(p.dport));
+				if (rc >= 0) {
+					fx_nss_count(FX_NSS_TO_OWNER);
+					fx_count(FX_MAX_SERVICES, rc == XDP_TX ? FX_ACT_TX : FX_ACT_REDIRECT, bytes);
+					return rc;
+				}
 				fx_nss_count(FX_NSS_REPLY_MISS);
 				fx_count(FX_MAX_SERVICES, FX_ACT_DROP, bytes);
 				return XDP_DROP;

@@ -345,8 +345,22 @@ pub const NSS_REPLY_MISS: u32 = 1;
 pub const NSS_REV_FILLED: u32 = 2;
 /// `FX_NSS_REV_NO_ROUTE`: ... and did not (the reply was dropped).
 pub const NSS_REV_NO_ROUTE: u32 = 3;
+/// `FX_NSS_TO_OWNER`: ... sent on to the instance that owns the port instead.
+pub const NSS_TO_OWNER: u32 = 4;
 /// `FX_NSS_COUNTERS`.
-pub const NSS_COUNTERS: u32 = 4;
+pub const NSS_COUNTERS: u32 = 5;
+/// `FX_NAT_SYNC_MAX_MEMBERS`: the most instances in a nat sync fleet.
+pub const NAT_SYNC_MAX_MEMBERS: u32 = 64;
+
+/// `struct nat_owner`: the instance that owns a slice of the nat ports (map `nat_owners`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NatOwner {
+    pub addr: [u8; 16],
+    /// `AF_INET` | `AF_INET6`, 0: none.
+    pub family: u32,
+}
+const _: () = assert!(size_of::<NatOwner>() == 20);
 /// `FX_NAT_EVENTS_BYTES`: the size of the `nat_events` ring buffer.
 pub const NAT_EVENTS_BYTES: u32 = 1 << 20;
 
@@ -387,6 +401,7 @@ mod pod {
     unsafe impl aya::Pod for super::NatRev {}
     unsafe impl aya::Pod for super::NatEvent {}
     unsafe impl aya::Pod for super::NatSrc {}
+    unsafe impl aya::Pod for super::NatOwner {}
 }
 
 /// An address as the maps hold it: family and 16 bytes (IPv4 in the first four). IPv4-mapped

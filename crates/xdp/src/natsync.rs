@@ -24,7 +24,8 @@ pub const MAGIC: [u8; 4] = *b"FXNS";
 pub const VERSION: u8 = 1;
 /// Message kind: new (or refreshed) flows.
 pub const KIND_FLOWS: u8 = 1;
-/// Header: magic (4), version (1), kind (1), record count (2, big endian), sender's member
+/// Header: magic (4), version (1), kind (1), record count (2, big endian; 0: a heartbeat,
+/// sent every refresh: the peers learn who owns the sender's port slice), sender's member
 /// index (2), reserved (2, zero).
 pub const HEADER_LEN: usize = 12;
 /// One record: family (1), protocol (1), client address (16), VIP (16), client port (2),
@@ -159,7 +160,7 @@ pub fn decode(b: &[u8]) -> Result<Message, DecodeError> {
     }
     let count = usize::from(u16::from_be_bytes([b[6], b[7]]));
     let member = u16::from_be_bytes([b[8], b[9]]);
-    if count == 0 || count > MAX_RECORDS || b.len() != HEADER_LEN + count * RECORD_LEN {
+    if count > MAX_RECORDS || b.len() != HEADER_LEN + count * RECORD_LEN {
         return Err(DecodeError::Length {
             len: b.len(),
             count,
@@ -275,6 +276,9 @@ pub struct SyncStats {
     pub malformed: AtomicU64,
     /// Datagrams dropped: not from a configured peer.
     pub unknown_peer: AtomicU64,
+    /// Datagrams dropped: the sender claims this instance's member index, or one out of
+    /// range.
+    pub bad_member: AtomicU64,
 }
 
 /// What [`run`] needs.
@@ -298,7 +302,15 @@ async fn send_all(
     stats: &SyncStats,
     flows: &[FlowRecord],
 ) {
-    for chunk in flows.chunks(MAX_RECORDS) {
+    // no flows: one datagram without records all the same (peers learn who owns this
+    // instance's slice)
+    let empty: [&[FlowRecord]; 1] = [&[]];
+    let chunks: Vec<&[FlowRecord]> = if flows.is_empty() {
+        empty.to_vec()
+    } else {
+        flows.chunks(MAX_RECORDS).collect()
+    };
+    for chunk in chunks {
         let d = encode(opts.member, chunk);
         for p in &opts.peers {
             match sock.send_to(&d, p).await {
@@ -386,7 +398,6 @@ pub async fn run(
     let _abort = AbortOnDrop(recv);
     let mut refresh = tokio::time::interval(opts.refresh);
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    refresh.tick().await;
     let mut batch = Vec::with_capacity(MAX_RECORDS);
     loop {
         tokio::select! {
@@ -437,6 +448,7 @@ async fn receive(
 ) {
     let mut buf = vec![0u8; 2048];
     let mut last_log: Option<std::time::Instant> = None;
+    let mut owners: std::collections::HashMap<u16, IpAddr> = std::collections::HashMap::new();
     loop {
         let (n, from) = match sock.recv_from(&mut buf).await {
             Ok(r) => r,
@@ -463,9 +475,23 @@ async fn receive(
                 continue;
             }
         };
+        if msg.member == opts.member || u32::from(msg.member) >= crate::maps::NAT_SYNC_MAX_MEMBERS {
+            add(&stats.bad_member, 1);
+            continue;
+        }
         let Ok(mut p) = plane.lock() else {
             return;
         };
+        // the sender owns its slice: replies to its ports that arrive here first go there
+        if owners.get(&msg.member) != Some(&from.ip()) {
+            match p.set_nat_owner(msg.member, from.ip()) {
+                Ok(()) => {
+                    owners.insert(msg.member, from.ip());
+                    tracing::info!(member = msg.member, peer = %from, "nat sync: peer's slice owner");
+                }
+                Err(e) => tracing::warn!(error = %e, "nat sync: cannot record the peer's slice"),
+            }
+        }
         for f in &msg.flows {
             match p.insert_synced(f) {
                 Ok(Inserted::New) => add(&stats.flows_inserted, 1),
@@ -504,7 +530,7 @@ impl prometheus_client::collector::Collector for NatSyncCollector {
             .map_or([0; crate::maps::NSS_COUNTERS as usize], |p| {
                 p.nat_sync_counters()
             });
-        let rows: [(&str, u64); 16] = [
+        let rows: [(&str, u64); 18] = [
             ("flows_sent", s.flows_sent.load(Ordering::Relaxed)),
             ("flows_refreshed", s.flows_refreshed.load(Ordering::Relaxed)),
             ("datagrams_sent", s.datagrams_sent.load(Ordering::Relaxed)),
@@ -520,6 +546,8 @@ impl prometheus_client::collector::Collector for NatSyncCollector {
             ("flows_refused", s.flows_refused.load(Ordering::Relaxed)),
             ("malformed", s.malformed.load(Ordering::Relaxed)),
             ("unknown_peer", s.unknown_peer.load(Ordering::Relaxed)),
+            ("bad_member", s.bad_member.load(Ordering::Relaxed)),
+            ("reply_to_owner", dp[crate::maps::NSS_TO_OWNER as usize]),
             ("events_lost", dp[crate::maps::NSS_EVENTS_LOST as usize]),
             ("reply_miss", dp[crate::maps::NSS_REPLY_MISS as usize]),
             ("way_back_found", dp[crate::maps::NSS_REV_FILLED as usize]),
@@ -581,6 +609,19 @@ mod tests {
         let m = decode(&d).expect("decodes");
         assert_eq!(m.member, 2);
         assert_eq!(m.flows, flows);
+    }
+
+    #[test]
+    fn a_heartbeat_has_no_records() {
+        let d = encode(5, &[]);
+        assert_eq!(d.len(), HEADER_LEN);
+        assert_eq!(
+            decode(&d),
+            Ok(Message {
+                member: 5,
+                flows: vec![]
+            })
+        );
     }
 
     #[test]

@@ -170,6 +170,7 @@ pub struct XdpPlane {
     nat_srcs: BpfHashMap<MapData, crate::maps::NatSrc, u32>,
     nat_srcs_installed: Vec<crate::maps::NatSrc>,
     nat_sync_stats: Array<MapData, u64>,
+    nat_owners: Array<MapData, crate::maps::NatOwner>,
     /// nat services by VIP: (service row, pool), for flows peers send.
     nat_services: HashMap<SvcKey, (u32, String)>,
     /// Fragment entries (VIP, port 0, proto): a copy of the lowest-port service's value.
@@ -259,6 +260,7 @@ impl XdpPlane {
         };
         let nat_srcs = take(&mut ebpf, "nat_srcs")?;
         let nat_sync_stats = take(&mut ebpf, "nat_sync_stats")?;
+        let nat_owners = take(&mut ebpf, "nat_owners")?;
         Ok(Self {
             ebpf,
             services,
@@ -280,6 +282,7 @@ impl XdpPlane {
             nat_srcs,
             nat_srcs_installed: Vec::new(),
             nat_sync_stats,
+            nat_owners,
             nat_services: HashMap::new(),
             frag_installed: HashMap::new(),
             gen: 1,
@@ -1022,6 +1025,27 @@ impl XdpPlane {
     /// nat sync: this instance's source ports (`None`: sync off).
     pub fn nat_port_slice(&self) -> Option<crate::natsync::PortSlice> {
         self.nat_sync
+    }
+
+    /// nat sync: `addr` is the instance that allocates slice `member` of the nat ports (a
+    /// reply to one of them that arrives before the flow is sent on there).
+    pub fn set_nat_owner(&mut self, member: u16, addr: IpAddr) -> Result<(), XdpError> {
+        if u32::from(member) >= crate::maps::NAT_SYNC_MAX_MEMBERS {
+            return Err(XdpError::Config(format!(
+                "nat sync member {member}: at most {} members",
+                crate::maps::NAT_SYNC_MAX_MEMBERS
+            )));
+        }
+        let (family, a) = addr_bytes(addr);
+        self.nat_owners.set(
+            u32::from(member),
+            crate::maps::NatOwner {
+                addr: a,
+                family: u32::from(family),
+            },
+            0,
+        )?;
+        Ok(())
     }
 
     /// nat sync: the data path's counters (`maps::NSS_*`).

@@ -22,6 +22,7 @@ fn sizes_and_constants_match_the_c_header() {
         ("nat_fwd", size_of::<NatFwd>()),
         ("nat_rev", size_of::<NatRev>()),
         ("nat_event", size_of::<NatEvent>()),
+        ("nat_owner", size_of::<NatOwner>()),
         ("gue_sc", size_of::<GueSc>()),
         ("sc_addr", size_of::<ScAddr>()),
     ];
@@ -83,7 +84,16 @@ fn sizes_and_constants_match_the_c_header() {
     assert_eq!(define("FX_NSS_REPLY_MISS"), u64::from(NSS_REPLY_MISS));
     assert_eq!(define("FX_NSS_REV_FILLED"), u64::from(NSS_REV_FILLED));
     assert_eq!(define("FX_NSS_REV_NO_ROUTE"), u64::from(NSS_REV_NO_ROUTE));
+    assert_eq!(define("FX_NSS_TO_OWNER"), u64::from(NSS_TO_OWNER));
     assert_eq!(define("FX_NSS_COUNTERS"), u64::from(NSS_COUNTERS));
+    assert_eq!(
+        define("FX_NAT_SYNC_MAX_MEMBERS"),
+        u64::from(NAT_SYNC_MAX_MEMBERS)
+    );
+    assert_eq!(
+        u32::from(fulcrum_core::config::NAT_SYNC_MAX_MEMBERS),
+        NAT_SYNC_MAX_MEMBERS
+    );
     assert_eq!(define("FX_NAT_PROBES"), u64::from(NAT_PROBES));
     for (n, v) in [
         ("FX_AF_INET", AF_INET),

@@ -2,7 +2,8 @@
 //! allocates from its own port slice and reports the new flow in `nat_events`; a peer that
 //! inserts that flow translates the client's next packet and the backend's reply exactly as
 //! the owner would (the way back found by bpf_fib_lookup); a reply to the nat source and a
-//! nat port with no flow is dropped, not passed. Needs root; skips with a message otherwise.
+//! nat port with no flow is sent on to the port's owner, or dropped (never passed) when
+//! the owner is not known. Needs root; skips with a message otherwise.
 #![allow(clippy::pedantic)]
 
 mod common;
@@ -12,7 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use common::*;
 use etherparse::PacketBuilder;
 use fulcrum_core::model::{HashKey, Proto};
-use fulcrum_xdp::maps::{NatEvent, NSS_REPLY_MISS, NSS_REV_FILLED};
+use fulcrum_xdp::maps::{NatEvent, NSS_REPLY_MISS, NSS_REV_FILLED, NSS_TO_OWNER};
 use fulcrum_xdp::natsync::{Inserted, PortSlice};
 use fulcrum_xdp::testrun::{self, XDP_PASS, XDP_TX};
 use fulcrum_xdp::{LoadOptions, Mode, XdpPlane};
@@ -21,6 +22,8 @@ const SYN: u8 = 2;
 const ACK: u8 = 0x10;
 /// The router's MAC: the client side's next hop in this fixture.
 const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x09];
+/// The owner instance's MAC (198.18.0.5).
+const OWNER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x05];
 
 fn sa(s: &str) -> SocketAddr {
     s.parse().expect("socket address")
@@ -74,6 +77,17 @@ fn nat_sync_owner_reports_peer_translates_both_ways() {
         "198.18.0.1",
         "dev",
         "v0",
+    ]);
+    ns.ip(&[
+        "neigh",
+        "add",
+        "198.18.0.5",
+        "lladdr",
+        "02:00:00:00:00:05",
+        "dev",
+        "v0",
+        "nud",
+        "permanent",
     ]);
     // the fleet-shared source: not an address of the interface
     let shared = "198.18.2.1";
@@ -151,6 +165,17 @@ fn nat_sync_owner_reports_peer_translates_both_ways() {
         // ... and a packet to another port of that address is not nat's business
         let other = tcp(mac_of(be.ip()), LB_MAC, be, sa("198.18.2.1:40000"), ACK);
         assert_eq!(run(&peer, ifx, &other).verdict, XDP_PASS);
+
+        // ... or, once it knows the slice's owner (from the owner's datagrams), sent there
+        // as they are but for the MACs
+        peer.set_nat_owner(1, "198.18.0.5".parse().expect("ip"))
+            .expect("owner");
+        let mut want = reply.clone();
+        want[..6].copy_from_slice(&OWNER_MAC);
+        want[6..12].copy_from_slice(&LB_MAC);
+        let out = run(&peer, ifx, &reply);
+        assert_eq!((out.verdict, &out.data), (XDP_TX, &want), "to the owner");
+        assert_eq!(peer.nat_sync_counters()[NSS_TO_OWNER as usize], 1);
 
         // ... then it learns them (a flow in its own slice is refused)
         for (_, ev) in &flows {

@@ -313,7 +313,18 @@ _Static_assert(sizeof(struct nat_event) == 80, "nat_event");
 #define FX_NSS_REPLY_MISS 1    /* replies to a nat source and port with no flow: dropped */
 #define FX_NSS_REV_FILLED 2    /* peers' flows whose way back was found (bpf_fib_lookup) */
 #define FX_NSS_REV_NO_ROUTE 3  /* ... and not found: the reply was dropped */
-#define FX_NSS_COUNTERS 4
+#define FX_NSS_TO_OWNER 4      /* ... sent on to the instance that owns the port instead */
+#define FX_NSS_COUNTERS 5
+/* nat sync: the most instances in a fleet (map `nat_owners`) */
+#define FX_NAT_SYNC_MAX_MEMBERS 64
+/* nat sync: the address of the instance that allocates slice i of the nat ports (map
+ * `nat_owners`, learnt from its datagrams; family 0: unknown). A reply to a port of a
+ * peer's slice that arrives before the peer's flow is sent there as it is (L2). */
+struct nat_owner {
+	__u8 addr[16];
+	__u32 family;      /* FX_AF_*, 0: none */
+};
+_Static_assert(sizeof(struct nat_owner) == 20, "nat_owner");
 #define FX_NAT_EVENTS_BYTES (1 << 20)
 
 struct counter {
