@@ -398,9 +398,14 @@ pub async fn run(
     let _abort = AbortOnDrop(recv);
     let mut refresh = tokio::time::interval(opts.refresh);
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // a heartbeat every second: a peer that starts (or restarts) learns this instance's
+    // slice at once, not at the next refresh
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(MAX_RECORDS);
     loop {
         tokio::select! {
+            _ = heartbeat.tick() => send_all(&sock, &opts, &stats, &[]).await,
             g = events.readable_mut() => {
                 let Ok(mut g) = g else {
                     tracing::error!("nat sync: the ring buffer cannot be polled; flows are not shared");
