@@ -708,7 +708,12 @@ static __attribute__((noinline)) int fx_nat_forward(struct xdp_md *ctx, const st
 				ev->bport = f->bport;
 				ev->nport = f->nport;
 				ev->pad = 0;
-				bpf_ringbuf_submit(ev, 0);
+				/* no wakeup (userspace polls every FX_NAT_EVENTS_POLL_MS) unless a
+				 * backlog builds up: a wakeup per event would cost more than the rest
+				 * of the new flow (an interrupt: ~8.7 us in a VM, docs/fleet.md) */
+				__u64 backlog = bpf_ringbuf_query(&nat_events, BPF_RB_AVAIL_DATA);
+				bpf_ringbuf_submit(ev, backlog >= FX_NAT_EVENTS_WAKE ? BPF_RB_FORCE_WAKEUP
+										     : BPF_RB_NO_WAKEUP);
 			} else {
 				fx_nss_count(FX_NSS_EVENTS_LOST);
 			}

@@ -363,6 +363,10 @@ pub struct NatOwner {
 const _: () = assert!(size_of::<NatOwner>() == 20);
 /// `FX_NAT_EVENTS_BYTES`: the size of the `nat_events` ring buffer.
 pub const NAT_EVENTS_BYTES: u32 = 1 << 20;
+/// `FX_NAT_EVENTS_WAKE`: unread bytes of `nat_events` that wake userspace up.
+pub const NAT_EVENTS_WAKE: u32 = 65_536;
+/// `FX_NAT_EVENTS_POLL_MS`: below that, userspace reads it this often.
+pub const NAT_EVENTS_POLL_MS: u64 = 5;
 
 /// `struct nat_src`: a key of `nat_srcs` (IPv4 in the first 4 bytes).
 #[repr(C)]

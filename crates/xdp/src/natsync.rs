@@ -402,6 +402,10 @@ pub async fn run(
     // slice at once, not at the next refresh
     let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // the data path wakes this task only when a backlog builds up (types.h,
+    // FX_NAT_EVENTS_WAKE): below, it reads the ring buffer this often
+    let mut poll = tokio::time::interval(Duration::from_millis(crate::maps::NAT_EVENTS_POLL_MS));
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(MAX_RECORDS);
     loop {
         tokio::select! {
@@ -411,28 +415,46 @@ pub async fn run(
                     tracing::error!("nat sync: the ring buffer cannot be polled; flows are not shared");
                     return;
                 };
-                let rb = g.get_inner_mut();
-                while let Some(item) = rb.next() {
-                    if let Some(ev) = event_of(&item) {
-                        batch.push(ev);
-                    }
-                    if batch.len() == MAX_RECORDS {
-                        break;
-                    }
-                }
-                if batch.len() < MAX_RECORDS {
-                    g.clear_ready();
-                }
-                if !batch.is_empty() {
-                    send_all(&sock, &opts, &stats, &batch).await;
-                    batch.clear();
-                }
+                g.clear_ready();
+                drain(g.get_inner_mut(), &mut batch, &sock, &opts, &stats).await;
+            }
+            _ = poll.tick() => {
+                drain(events.get_mut(), &mut batch, &sock, &opts, &stats).await;
             }
             _ = refresh.tick() => {
                 let flows = owned_flows(&plane);
                 add(&stats.flows_refreshed, flows.len() as u64);
                 send_all(&sock, &opts, &stats, &flows).await;
             }
+        }
+    }
+}
+
+/// Sends every event in the ring buffer, `MAX_RECORDS` a datagram.
+async fn drain(
+    rb: &mut aya::maps::RingBuf<aya::maps::MapData>,
+    batch: &mut Vec<FlowRecord>,
+    sock: &tokio::net::UdpSocket,
+    opts: &SyncOptions,
+    stats: &SyncStats,
+) {
+    loop {
+        while batch.len() < MAX_RECORDS {
+            let Some(item) = rb.next() else {
+                break;
+            };
+            if let Some(ev) = event_of(&item) {
+                batch.push(ev);
+            }
+        }
+        if batch.is_empty() {
+            return;
+        }
+        let full = batch.len() == MAX_RECORDS;
+        send_all(sock, opts, stats, batch).await;
+        batch.clear();
+        if !full {
+            return;
         }
     }
 }

@@ -85,6 +85,8 @@ fn sizes_and_constants_match_the_c_header() {
     assert_eq!(define("FX_NSS_REV_FILLED"), u64::from(NSS_REV_FILLED));
     assert_eq!(define("FX_NSS_REV_NO_ROUTE"), u64::from(NSS_REV_NO_ROUTE));
     assert_eq!(define("FX_NSS_TO_OWNER"), u64::from(NSS_TO_OWNER));
+    assert_eq!(define("FX_NAT_EVENTS_WAKE"), u64::from(NAT_EVENTS_WAKE));
+    assert_eq!(define("FX_NAT_EVENTS_POLL_MS"), NAT_EVENTS_POLL_MS);
     assert_eq!(define("FX_NSS_COUNTERS"), u64::from(NSS_COUNTERS));
     assert_eq!(
         define("FX_NAT_SYNC_MAX_MEMBERS"),

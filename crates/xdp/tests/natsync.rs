@@ -221,3 +221,144 @@ fn nat_sync_owner_reports_peer_translates_both_ways() {
     .expect("netns");
     drop(ns);
 }
+
+/// Median of `v`.
+fn median(mut v: Vec<u32>) -> u32 {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+/// The costs of nat sync (docs/fleet.md, "nat flows in sync"), by hand:
+/// `cargo test --release -p fulcrum-xdp --test natsync -- --ignored --nocapture`.
+/// BPF_PROG_TEST_RUN, repeat 1 (nat rewrites the frame for good), medians of `N` runs, sync
+/// off and on in the same run: a new flow (SYN), an established flow's client packet and
+/// its reply on the owner, and a reply on a peer (a synced flow). Then userspace: inserting
+/// `N` peers' flows, and one scan of the flow table (the alternative to the ring buffer).
+#[test]
+#[ignore = "a measurement, run by hand"]
+fn nat_sync_costs() {
+    if !is_root_or_skip("nat_sync_costs") {
+        return;
+    }
+    // 1,000 flows a backend: far from a full slice (4,256 ports a backend)
+    const N: u16 = 3_000;
+    let ns = fixture_netns("nsnatcost");
+    ns.ip(&[
+        "neigh",
+        "add",
+        "198.18.0.1",
+        "lladdr",
+        "02:00:00:00:00:09",
+        "dev",
+        "v0",
+        "nud",
+        "permanent",
+    ]);
+    ns.ip(&[
+        "route",
+        "add",
+        "198.18.0.0/15",
+        "via",
+        "198.18.0.1",
+        "dev",
+        "v0",
+    ]);
+    let shared = "198.18.2.1";
+    let svc = service(
+        "tun",
+        "198.19.0.10:80",
+        Proto::Tcp,
+        Mode::Nat {
+            source: Some(shared.parse().expect("ip")),
+        },
+        HashKey::FiveTuple,
+        backends(&BACKENDS4, 8080),
+    );
+    fulcrum_xdp::testing::in_netns(&ns.0, move || {
+        let ifx = fulcrum_xdp::testing::ifindex("v0").expect("v0");
+        let client = |i: u16| sa(&format!("198.19.{}.{}:{}", 100 + i / 250, i % 250 + 1, 1024 + i));
+        let mut rows = Vec::new();
+        let mut events_all = Vec::new();
+        for sync in [false, true] {
+            let mut p = XdpPlane::load(LoadOptions {
+                nat_sync: sync.then(|| PortSlice::for_member(1, 3).expect("slice")),
+                ..LoadOptions::default()
+            })
+            .expect("load");
+            p.update(std::slice::from_ref(&svc)).expect("update");
+            let mut rb = if sync { p.take_nat_events() } else { None };
+            let mut syn = Vec::new();
+            for i in 0..N {
+                let o = run(&p, ifx, &tcp(ROUTER_MAC, LB_MAC, client(i), svc.vip, SYN));
+                assert_eq!(o.verdict, XDP_TX);
+                syn.push(o.ns_per_run);
+                if let Some(rb) = rb.as_mut() {
+                    while let Some(item) = rb.next() {
+                        events_all.push(fulcrum_xdp::natsync::event_of(&item).expect("event"));
+                    }
+                }
+            }
+            let flows = p.nat_flows();
+            let mut fwd = Vec::new();
+            let mut rev = Vec::new();
+            for (k, f) in flows.iter().take(usize::from(N)) {
+                let c = SocketAddr::new(fulcrum_xdp::natsync::ip_of(k.family, &k.src), u16::from_be(k.sport));
+                let o = run(&p, ifx, &tcp(ROUTER_MAC, LB_MAC, c, svc.vip, ACK));
+                assert_eq!(o.verdict, XDP_TX);
+                fwd.push(o.ns_per_run);
+                let be = SocketAddr::new(fulcrum_xdp::natsync::ip_of(k.family, &f.baddr), u16::from_be(f.bport));
+                let sn = SocketAddr::new(shared.parse().expect("ip"), u16::from_be(f.nport));
+                let o = run(&p, ifx, &tcp(mac_of(be.ip()), LB_MAC, be, sn, ACK));
+                assert_eq!(o.verdict, XDP_TX);
+                rev.push(o.ns_per_run);
+            }
+            let t = std::time::Instant::now();
+            let scanned = p.nat_flows().len();
+            let scan = t.elapsed();
+            rows.push((sync, median(syn), median(fwd), median(rev), scanned, scan));
+        }
+        for (sync, syn, fwd, rev, scanned, scan) in &rows {
+            eprintln!(
+                "nat sync {}: new flow (SYN) {syn} ns, client packet {fwd} ns, reply {rev} ns (medians of {N}); one scan of {scanned} flows: {:.1} ms",
+                if *sync { "on " } else { "off" },
+                scan.as_secs_f64() * 1e3
+            );
+        }
+        assert_eq!(events_all.len(), usize::from(N), "one event per new flow");
+        // a peer: inserting the flows, then their replies (the first finds the way back)
+        let mut peer = XdpPlane::load(LoadOptions {
+            nat_sync: Some(PortSlice::for_member(0, 3).expect("slice")),
+            ..LoadOptions::default()
+        })
+        .expect("load");
+        peer.update(std::slice::from_ref(&svc)).expect("update");
+        let t = std::time::Instant::now();
+        for ev in &events_all {
+            assert_eq!(peer.insert_synced(ev).expect("insert"), Inserted::New);
+        }
+        let insert = t.elapsed();
+        let mut first = Vec::new();
+        let mut next = Vec::new();
+        for ev in &events_all {
+            let be = SocketAddr::new(fulcrum_xdp::natsync::ip_of(ev.ck.family, &ev.baddr), u16::from_be(ev.bport));
+            let sn = SocketAddr::new(shared.parse().expect("ip"), u16::from_be(ev.nport));
+            let f = tcp(mac_of(be.ip()), LB_MAC, be, sn, ACK);
+            let o = run(&peer, ifx, &f);
+            assert_eq!(o.verdict, XDP_TX);
+            first.push(o.ns_per_run);
+            next.push(run(&peer, ifx, &f).ns_per_run);
+        }
+        let bytes = fulcrum_xdp::natsync::encode(1, &events_all[..fulcrum_xdp::natsync::MAX_RECORDS]).len();
+        eprintln!(
+            "peer: {N} flows inserted in {:.1} ms ({:.1} us each); reply of a synced flow: first {} ns (bpf_fib_lookup), then {} ns; a full datagram: {} flows in {bytes} bytes ({:.1} bytes/flow + 42 of Ethernet/IP/UDP per datagram)",
+            insert.as_secs_f64() * 1e3,
+            insert.as_secs_f64() * 1e6 / f64::from(N),
+            median(first),
+            median(next),
+            fulcrum_xdp::natsync::MAX_RECORDS,
+            bytes as f64 / fulcrum_xdp::natsync::MAX_RECORDS as f64,
+        );
+    })
+    .expect("netns");
+    drop(ns);
+}

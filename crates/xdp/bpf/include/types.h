@@ -326,6 +326,10 @@ struct nat_owner {
 };
 _Static_assert(sizeof(struct nat_owner) == 20, "nat_owner");
 #define FX_NAT_EVENTS_BYTES (1 << 20)
+/* Unread bytes of `nat_events` that wake userspace up (about 800 events); below, it polls
+ * every FX_NAT_EVENTS_POLL_MS */
+#define FX_NAT_EVENTS_WAKE 65536
+#define FX_NAT_EVENTS_POLL_MS 5
 
 struct counter {
 	__u64 packets;
