@@ -122,6 +122,10 @@ fn cases() -> Vec<Case> {
         case("unknown backend_protocol", format!("{http}\n[[pool]]\nname = \"p\"\nbackend_protocol = \"h2\"\n"), "9:20", "unknown backend protocol \"h2\"", Some("valid: http1, h2c")),
         case("h2c backends for a tcp service", format!("{tcp}\n[[pool]]\nname = \"p\"\nbackend_protocol = \"h2c\"\n[[pool.backend]]\naddress = \"127.0.0.1:1\"\n"), "9:20", "backend_protocol = \"h2c\" needs HTTP, but tcp service `s` uses pool `p`", Some("http1")),
         case("xdp interface empty", "[xdp]\ninterface = \"\"\n".into(), "2:13", "invalid interface name", None),
+        case("xdp.sync member not below members", "[xdp]\ninterface = \"eth0\"\n[xdp.sync]\nlisten = \"198.18.0.2:7070\"\npeers = [\"198.18.0.3:7070\"]\nmember = 3\nmembers = 3\n".into(), "6:10", "member = 3 is not below members = 3", Some("0 to 2")),
+        case("xdp.sync members 0", "[xdp]\ninterface = \"eth0\"\n[xdp.sync]\nlisten = \"198.18.0.2:7070\"\npeers = []\nmember = 0\nmembers = 0\n".into(), "7:11", "members = 0 is out of range", Some("1 to 64")),
+        case("xdp.sync peers holds listen", "[xdp]\ninterface = \"eth0\"\n[xdp.sync]\nlisten = \"198.18.0.2:7070\"\npeers = [\"198.18.0.2:7070\"]\nmember = 0\nmembers = 2\n".into(), "3:1", "own listen address", None),
+        case("xdp.sync unknown key", "[xdp]\ninterface = \"eth0\"\n[xdp.sync]\nlisten = \"198.18.0.2:7070\"\npeers = []\nmember = 0\nmembers = 1\nsyncid = 1\n".into(), "8:1", "unknown key `syncid`", None),
     ]
 }
 

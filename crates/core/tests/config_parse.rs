@@ -262,6 +262,18 @@ fn every_key_parses() {
 }
 
 #[test]
+fn xdp_sync_parses_and_is_written_back() {
+    let text = "[xdp]\ninterface = \"eth0\"\n[xdp.sync]\nlisten = \"198.18.0.2:7070\"\npeers = [\"198.18.0.3:7070\", \"198.18.0.4:7070\"]\nmember = 0\nmembers = 3\n";
+    let cfg = fulcrum_core::config::parse(text).expect("parses");
+    let sync = cfg.xdp.as_ref().and_then(|x| x.sync.clone()).expect("sync");
+    assert_eq!(sync.listen, "198.18.0.2:7070".parse().expect("addr"));
+    assert_eq!(sync.peers.len(), 2);
+    assert_eq!((sync.member, sync.members), (0, 3));
+    let again = fulcrum_core::config::parse(&cfg.to_toml()).expect("written back parses");
+    assert_eq!(again.xdp, cfg.xdp);
+}
+
+#[test]
 fn defaults_apply_when_keys_are_absent() {
     let text = "
 [[service]]
