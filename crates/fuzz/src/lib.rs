@@ -29,7 +29,21 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("proxy_protocol", proxy_protocol),
     ("admin_json", admin_json),
     ("xdp", xdp::xdp),
+    ("nat_sync", nat_sync),
 ];
+
+/// nat sync datagrams (`fulcrum_xdp::natsync`): any input decodes or fails with an error,
+/// never a panic; what decodes encodes back to the same bytes (one encoding per message).
+pub fn nat_sync(data: &[u8]) {
+    use fulcrum_xdp::natsync::{decode, encode};
+    if let Ok(m) = decode(data) {
+        assert_eq!(
+            encode(m.member, &m.flows),
+            data,
+            "decode then encode: {m:?}"
+        );
+    }
+}
 
 /// The config parser: any text parses or fails with an error that renders; a config that
 /// parses survives `to_toml` unchanged, and `parse_all` agrees with `parse`.

@@ -42,6 +42,11 @@ fn fuzz(name: &str) {
 }
 
 #[test]
+fn nat_sync() {
+    fuzz("nat_sync");
+}
+
+#[test]
 fn config() {
     fuzz("config");
 }

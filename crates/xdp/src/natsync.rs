@@ -94,6 +94,8 @@ pub enum DecodeError {
     Kind(u8),
     #[error("{len} bytes for {count} records: want {HEADER_LEN} + {count} x {RECORD_LEN}")]
     Length { len: usize, count: usize },
+    #[error("the reserved header bytes are not zero")]
+    Reserved,
     #[error("record {0}: {1}")]
     Record(usize, &'static str),
 }
@@ -160,6 +162,9 @@ pub fn decode(b: &[u8]) -> Result<Message, DecodeError> {
     }
     let count = usize::from(u16::from_be_bytes([b[6], b[7]]));
     let member = u16::from_be_bytes([b[8], b[9]]);
+    if b[10] != 0 || b[11] != 0 {
+        return Err(DecodeError::Reserved);
+    }
     if count > MAX_RECORDS || b.len() != HEADER_LEN + count * RECORD_LEN {
         return Err(DecodeError::Length {
             len: b.len(),
@@ -679,6 +684,7 @@ mod tests {
         assert!(matches!(set(4, 2), Err(DecodeError::Version(2))));
         assert!(matches!(set(5, 9), Err(DecodeError::Kind(9))));
         assert!(matches!(set(7, 3), Err(DecodeError::Length { .. })));
+        assert!(matches!(set(11, 1), Err(DecodeError::Reserved)));
         assert!(matches!(set(7, 0), Err(DecodeError::Length { .. })));
         let r1 = HEADER_LEN + RECORD_LEN; // the second record
         assert!(matches!(set(r1, 7), Err(DecodeError::Record(1, _))));
