@@ -372,10 +372,10 @@ fn xdp(x: &XdpConfig) -> Table {
     t.insert("mode".into(), s(x.mode.as_str()));
     if let Some(sy) = &x.sync {
         let mut st = Table::new();
-        st.insert("listen".into(), s(&sy.listen.to_string()));
+        st.insert("listen".into(), s(sy.listen.to_string()));
         st.insert(
             "peers".into(),
-            Value::Array(sy.peers.iter().map(|p| s(&p.to_string())).collect()),
+            Value::Array(sy.peers.iter().map(|p| s(p.to_string())).collect()),
         );
         st.insert("member".into(), Value::Integer(i64::from(sy.member)));
         st.insert("members".into(), Value::Integer(i64::from(sy.members)));
