@@ -17,9 +17,11 @@
 //! Zones without enough samples hold their weight. The rule reads nothing but the weights
 //! in the document and the reports, so a new leader continues where the last one stopped.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use crate::cluster::MemberRecord;
+use crate::locality::Locality;
 use crate::model::Zone;
 
 /// What one zone did over an interval, summed over members and backends.
@@ -162,6 +164,105 @@ pub fn next(
         .collect()
 }
 
+/// The members' counters at the last reading, to turn the next reading into the samples of
+/// the interval between them.
+#[derive(Debug, Default)]
+pub struct Counters {
+    last: HashMap<(String, String, String), Sample>,
+}
+
+impl Counters {
+    /// The samples per pool and zone since the last call (the first call only remembers).
+    /// A counter that went down (the member restarted) counts from 0.
+    pub fn advance(&mut self, members: &[MemberRecord]) -> BTreeMap<(String, Zone), Sample> {
+        let mut out: BTreeMap<(String, Zone), Sample> = BTreeMap::new();
+        let mut next = HashMap::with_capacity(self.last.len());
+        for m in members {
+            for r in &m.report {
+                let now = Sample {
+                    requests: r.requests,
+                    failures: r.failures,
+                    latency_us: r.latency_us,
+                    latency_samples: r.latency_samples,
+                };
+                let key = (m.member.clone(), r.pool.clone(), r.address.clone());
+                if let (Some(prev), Some(zone)) = (self.last.get(&key), &r.zone) {
+                    let d = |now: u64, prev: u64| now.checked_sub(prev).unwrap_or(now);
+                    let delta = if now.requests < prev.requests {
+                        now
+                    } else {
+                        Sample {
+                            requests: d(now.requests, prev.requests),
+                            failures: d(now.failures, prev.failures),
+                            latency_us: d(now.latency_us, prev.latency_us),
+                            latency_samples: d(now.latency_samples, prev.latency_samples),
+                        }
+                    };
+                    out.entry((r.pool.clone(), Zone::new(zone)))
+                        .or_default()
+                        .add(&delta);
+                }
+                next.insert(key, now);
+            }
+        }
+        self.last = next;
+        out
+    }
+}
+
+/// The pools of a shared document whose locality the controller moves
+/// (`[pool.locality] weights` with `controlled = true`), with their weights now.
+///
+/// # Errors
+/// The document does not parse as a configuration (the reason, as `fulcrum check` says).
+pub fn controlled(document: &str) -> Result<Vec<(String, BTreeMap<Zone, u32>)>, String> {
+    let cfg = crate::config::parse(document).map_err(|e| e.render("document", document))?;
+    Ok(cfg
+        .pools
+        .into_iter()
+        .filter_map(|p| match p.locality {
+            Some(Locality::Weights {
+                weights,
+                controlled: true,
+            }) => Some((p.name, weights)),
+            _ => None,
+        })
+        .collect())
+}
+
+/// The document with `pool`'s `[pool.locality] weights` set to `weights`, everything else
+/// (comments, order, formatting) kept.
+///
+/// # Errors
+/// The document is not TOML, or has no such pool with a `[pool.locality]` table.
+pub fn set_weights(
+    document: &str,
+    pool: &str,
+    weights: &BTreeMap<Zone, u32>,
+) -> Result<String, String> {
+    let mut doc: toml_edit::DocumentMut = document
+        .parse()
+        .map_err(|e: toml_edit::TomlError| e.to_string())?;
+    let pools = doc
+        .get_mut("pool")
+        .and_then(toml_edit::Item::as_array_of_tables_mut)
+        .ok_or("the document has no [[pool]]")?;
+    let p = pools
+        .iter_mut()
+        .find(|t| t.get("name").and_then(toml_edit::Item::as_str) == Some(pool))
+        .ok_or_else(|| format!("the document has no pool `{pool}`"))?;
+    let loc = p
+        .get_mut("locality")
+        .and_then(toml_edit::Item::as_table_like_mut)
+        .ok_or_else(|| format!("pool `{pool}` has no [pool.locality]"))?;
+    let mut w = toml_edit::InlineTable::new();
+    for (z, v) in weights {
+        w.insert(z.as_str(), i64::from(*v).into());
+    }
+    loc.insert("weights", toml_edit::value(w));
+    Ok(doc.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,6 +283,50 @@ mod tests {
             .into_iter()
             .map(|d| (d.zone.to_string(), d.to, d.why))
             .collect()
+    }
+
+    #[test]
+    fn the_document_is_rewritten_in_place() {
+        let doc = "# the fleet\n[[service]]\nname = \"web\"\nlisten = \"127.0.0.1:80\"\nprotocol = \"http\"\npool = \"web\"\n\n[[pool]]\nname = \"web\" # ours\nbackend = [{ address = \"127.0.0.1:1\", zone = \"a\" }]\n[pool.locality]\nweights = { a = 100, b = 100 }\ncontrolled = true\n";
+        let before = controlled(doc).expect("valid");
+        assert_eq!(before[0].0, "web");
+        let w: BTreeMap<Zone, u32> = [(Zone::new("a"), 100), (Zone::new("b"), 50)].into();
+        let out = set_weights(doc, "web", &w).expect("rewritten");
+        assert!(out.starts_with("# the fleet\n"), "{out}");
+        assert!(out.contains("name = \"web\" # ours"), "{out}");
+        assert_eq!(controlled(&out).expect("valid"), [("web".to_owned(), w)]);
+        assert!(set_weights(doc, "nope", &BTreeMap::new()).is_err());
+    }
+
+    #[test]
+    fn counters_give_the_interval_and_survive_a_restart() {
+        use crate::cluster::BackendReport;
+        let rec = |requests: u64, us: u64| MemberRecord {
+            member: "m".into(),
+            address: None,
+            version: "0".into(),
+            applied_revision: 1,
+            announced: vec![],
+            refused: None,
+            report: vec![BackendReport {
+                pool: "web".into(),
+                address: "127.0.0.1:1".into(),
+                zone: Some("a".into()),
+                requests,
+                failures: 0,
+                latency_us: us,
+                latency_samples: requests,
+            }],
+        };
+        let mut c = Counters::default();
+        assert!(c.advance(&[rec(100, 1000)]).is_empty());
+        let key = ("web".to_owned(), Zone::new("a"));
+        let got = c.advance(&[rec(150, 6000)]);
+        assert_eq!(got[&key].requests, 50);
+        assert_eq!(got[&key].mean(), Some(Duration::from_micros(100)));
+        // Restarted: counts from 0.
+        let got = c.advance(&[rec(10, 500)]);
+        assert_eq!(got[&key].requests, 10);
     }
 
     #[test]
