@@ -4,7 +4,8 @@
 //! `P/controller` (etcd's election API, under a lease of [`LEASE_TTL`]), and only the leader
 //! acts. Every interval the leader:
 //! 1. reads the members' records (`P/members/`) and turns their reports into the samples
-//!    of the interval per pool and zone ([`control::Counters`]);
+//!    of the interval per pool and zone ([`control::Counters`]), gathered over intervals
+//!    until each has enough requests ([`control::Window`]);
 //! 2. reads the shared document (`P/config`) and, for each pool with `[pool.locality]
 //!    controlled = true`, computes the next weights ([`control::next`]);
 //! 3. if any changed, writes the document with the new weights as a new revision, in a
@@ -22,7 +23,7 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, LeaderKey, ResignOptions, Txn, TxnOp,
 };
 use fulcrum_core::cluster::{self as core, Backoff, MemberRecord};
-use fulcrum_core::locality::control::{self, Counters, Move, Policy};
+use fulcrum_core::locality::control::{self, Counters, Move, Policy, Window};
 use fulcrum_core::model::Zone;
 use tokio::sync::watch;
 
@@ -141,7 +142,7 @@ async fn lead(
     lost: &mut watch::Receiver<bool>,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), Error> {
-    let mut counters = Counters::default();
+    let mut counters = (Counters::default(), Window::default());
     let mut tick = tokio::time::interval(opts.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -158,7 +159,7 @@ async fn round(
     opts: &Options,
     c: &mut Client,
     key: &LeaderKey,
-    counters: &mut Counters,
+    counters: &mut (Counters, Window),
 ) -> Result<(), Error> {
     let started = Instant::now();
     let r = c
@@ -172,7 +173,9 @@ async fn round(
         .iter()
         .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
         .collect();
-    let samples = counters.advance(&members);
+    let samples = counters
+        .1
+        .take(counters.0.advance(&members), opts.policy.min_requests);
     let config_key = core::config_key(&opts.prefix);
     let r = c.get(config_key.clone(), None).await?;
     let Some(kv) = r.kvs().first() else {

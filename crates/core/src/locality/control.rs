@@ -14,8 +14,10 @@
 //! - **hold** between the two (hysteresis: a zone that was moved away from comes back only
 //!   once it is clearly well again, and a zone near the threshold does not flap).
 //!
-//! Zones without enough samples hold their weight. The rule reads nothing but the weights
-//! in the document and the reports, so a new leader continues where the last one stopped.
+//! A zone's sample spans as many intervals as it takes to gather `min_requests` requests
+//! ([`Window`]): a zone held at a small weight gets few requests, and its recovery must still
+//! be seen. Until then it holds its weight. The rule reads nothing but the weights in the
+//! document and the reports, so a new leader continues where the last one stopped.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -210,6 +212,36 @@ impl Counters {
     }
 }
 
+/// Samples per pool and zone gathered over intervals until each has `min_requests`.
+#[derive(Debug, Default)]
+pub struct Window {
+    pending: BTreeMap<(String, Zone), Sample>,
+}
+
+impl Window {
+    /// Adds one interval's samples; returns those that now have `min_requests` requests
+    /// (and starts them again), keeping the others for the next intervals.
+    pub fn take(
+        &mut self,
+        fresh: BTreeMap<(String, Zone), Sample>,
+        min_requests: u64,
+    ) -> BTreeMap<(String, Zone), Sample> {
+        for (k, s) in fresh {
+            self.pending.entry(k).or_default().add(&s);
+        }
+        let ready: Vec<(String, Zone)> = self
+            .pending
+            .iter()
+            .filter(|(_, s)| s.requests >= min_requests)
+            .map(|(k, _)| k.clone())
+            .collect();
+        ready
+            .into_iter()
+            .filter_map(|k| self.pending.remove_entry(&k))
+            .collect()
+    }
+}
+
 /// The pools of a shared document whose locality the controller moves
 /// (`[pool.locality] weights` with `controlled = true`), with their weights now.
 ///
@@ -327,6 +359,19 @@ mod tests {
         // Restarted: counts from 0.
         let got = c.advance(&[rec(10, 500)]);
         assert_eq!(got[&key].requests, 10);
+    }
+
+    #[test]
+    fn a_window_waits_for_enough_requests() {
+        let mut w = Window::default();
+        let k = |z: &str| ("web".to_owned(), Zone::new(z));
+        let got = w.take([(k("a"), s(30, 0, 1)), (k("c"), s(8, 0, 1))].into(), 20);
+        assert_eq!(got.keys().collect::<Vec<_>>(), [&k("a")]);
+        let got = w.take([(k("a"), s(5, 0, 1)), (k("c"), s(8, 0, 1))].into(), 20);
+        assert!(got.is_empty());
+        let got = w.take([(k("c"), s(8, 0, 1))].into(), 20);
+        assert_eq!(got[&k("c")].requests, 24);
+        assert_eq!(got.len(), 1);
     }
 
     #[test]
