@@ -61,7 +61,7 @@ pub async fn run(opts: Options, mut stop: watch::Receiver<bool>) {
                 Ok(()) => return,
                 Err(e) => tracing::warn!(error = %e, "controller: lost etcd or the leadership; campaigning again"),
             },
-            _ = flag(&mut stop) => return,
+            () = flag(&mut stop) => return,
         }
         tokio::time::sleep(backoff.next(fastrand::f64())).await;
     }
@@ -94,8 +94,8 @@ async fn session(
         tracing::info!(name = %opts.name, "controller: campaigning");
         let leader = tokio::select! {
             r = ec.campaign(election_key(&opts.prefix), opts.name.clone(), lease) => r?,
-            _ = flag(&mut lost) => return Err(Error::Protocol("the controller lease was lost".into())),
-            _ = flag(&mut stop) => return Ok(()),
+            () = flag(&mut lost) => return Err(Error::Protocol("the controller lease was lost".into())),
+            () = flag(&mut stop) => return Ok(()),
         };
         let key = leader
             .leader()
@@ -148,8 +148,8 @@ async fn lead(
     loop {
         tokio::select! {
             _ = tick.tick() => round(opts, c, key, &mut counters).await?,
-            _ = flag(lost) => return Err(Error::Protocol("the controller lease was lost".into())),
-            _ = flag(stop) => return Ok(()),
+            () = flag(lost) => return Err(Error::Protocol("the controller lease was lost".into())),
+            () = flag(stop) => return Ok(()),
         }
     }
 }
@@ -182,7 +182,7 @@ async fn round(
         return Ok(());
     };
     let rev = kv.mod_revision();
-    let Ok(mut doc) = std::str::from_utf8(kv.value()).map(str::to_owned) else {
+    let Ok(doc) = std::str::from_utf8(kv.value()).map(str::to_owned) else {
         tracing::warn!(
             revision = rev,
             "controller: the shared document is not UTF-8"
@@ -199,6 +199,38 @@ async fn round(
             return Ok(());
         }
     };
+    let Some(doc) = reweigh(doc, pools, &samples, &opts.policy) else {
+        return Ok(());
+    };
+    let txn = Txn::new()
+        .when(vec![
+            Compare::mod_revision(config_key.clone(), CompareOp::Equal, rev),
+            Compare::create_revision(key.key().to_vec(), CompareOp::Greater, 0),
+        ])
+        .and_then(vec![TxnOp::put(config_key, doc, None)]);
+    let r = c.txn(txn).await?;
+    if r.succeeded() {
+        let new = r.header().map_or(0, etcd_client::ResponseHeader::revision);
+        tracing::info!(
+            revision = new,
+            took = ?started.elapsed(),
+            "controller: wrote new locality weights"
+        );
+    } else {
+        tracing::info!(
+            "controller: the document changed or the leadership moved meanwhile; next round"
+        );
+    }
+    Ok(())
+}
+
+/// The document with each controlled pool's next weights, if any moved (and logs each move).
+fn reweigh(
+    mut doc: String,
+    pools: Vec<(String, control::ZoneWeights)>,
+    samples: &BTreeMap<(String, Zone), control::Sample>,
+    policy: &Policy,
+) -> Option<String> {
     let mut changed = false;
     for (pool, weights) in pools {
         let zone_samples: BTreeMap<Zone, control::Sample> = samples
@@ -206,7 +238,7 @@ async fn round(
             .filter(|((p, _), _)| *p == pool)
             .map(|((_, z), s)| (z.clone(), *s))
             .collect();
-        let decisions = control::next(&weights, &zone_samples, &opts.policy);
+        let decisions = control::next(&weights, &zone_samples, policy);
         let next: BTreeMap<Zone, u32> = decisions.iter().map(|d| (d.zone.clone(), d.to)).collect();
         for d in decisions
             .iter()
@@ -232,34 +264,12 @@ async fn round(
                     changed = true;
                 }
                 Err(e) => {
-                    tracing::warn!(pool = %pool, error = %e, "controller: cannot set weights")
+                    tracing::warn!(pool = %pool, error = %e, "controller: cannot set weights");
                 }
             }
         }
     }
-    if !changed {
-        return Ok(());
-    }
-    let txn = Txn::new()
-        .when(vec![
-            Compare::mod_revision(config_key.clone(), CompareOp::Equal, rev),
-            Compare::create_revision(key.key().to_vec(), CompareOp::Greater, 0),
-        ])
-        .and_then(vec![TxnOp::put(config_key, doc, None)]);
-    let r = c.txn(txn).await?;
-    if r.succeeded() {
-        let new = r.header().map_or(0, etcd_client::ResponseHeader::revision);
-        tracing::info!(
-            revision = new,
-            took = ?started.elapsed(),
-            "controller: wrote new locality weights"
-        );
-    } else {
-        tracing::info!(
-            "controller: the document changed or the leadership moved meanwhile; next round"
-        );
-    }
-    Ok(())
+    changed.then_some(doc)
 }
 
 /// Until the flag says true (or its sender is gone).

@@ -109,10 +109,11 @@ fn bad_locality_says_what_would_be_valid() {
         ("[pool.locality]\nprefer = \"local\"\nnear = 1", "near"),
     ] {
         let errs = parse_all(&doc(bad)).expect_err(bad);
-        let text: String = errs
+        let text = errs
             .iter()
-            .map(|e| format!("{} {}\n", e.message, e.help.clone().unwrap_or_default()))
-            .collect();
+            .map(|e| [e.message.clone(), e.help.clone().unwrap_or_default()].join(" "))
+            .collect::<Vec<_>>()
+            .join("\n");
         assert!(text.contains(want), "{bad}: {text}");
     }
 }

@@ -81,8 +81,7 @@ pub fn run(args: &ControllerArgs) -> anyhow::Result<u8> {
     }
     let name = args.name.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_owned())
-            .unwrap_or_else(|_| "controller".into());
+            .map_or_else(|_| "controller".into(), |h| h.trim().to_owned());
         format!("{host}-{}", std::process::id())
     });
     let opts = fulcrum_cluster::controller::Options {

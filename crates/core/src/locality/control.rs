@@ -242,12 +242,15 @@ impl Window {
     }
 }
 
+/// Zone weights, by zone.
+pub type ZoneWeights = BTreeMap<Zone, u32>;
+
 /// The pools of a shared document whose locality the controller moves
 /// (`[pool.locality] weights` with `controlled = true`), with their weights now.
 ///
 /// # Errors
 /// The document does not parse as a configuration (the reason, as `fulcrum check` says).
-pub fn controlled(document: &str) -> Result<Vec<(String, BTreeMap<Zone, u32>)>, String> {
+pub fn controlled(document: &str) -> Result<Vec<(String, ZoneWeights)>, String> {
     let cfg = crate::config::parse(document).map_err(|e| e.render("document", document))?;
     Ok(cfg
         .pools
