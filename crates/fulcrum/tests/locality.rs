@@ -1,6 +1,8 @@
 //! Locality and the global controller (docs/cluster.md "Locality", "The global controller")
 //! against a real 3-member etcd cluster on loopback, two real `fulcrum run` instances, one
 //! HTTP backend in each of three zones, and two real `fulcrum controller`s:
+//! - a pool with `prefer = "local"`: each instance (`[cluster] zone` a or b) sends every
+//!   client to its own zone's backend (its admin API's `explain`);
 //! - with `weights = { a = 100, b = 100, c = 100 } controlled = true`, each zone takes about a
 //!   third of the requests;
 //! - zone c's backend slows down (100 ms per response): the leading controller halves c's
@@ -339,8 +341,19 @@ async fn controller_moves_traffic_away_from_a_slow_zone_and_fails_over() {
         );
     }
     pool.push_str("[pool.locality]\nweights = { a = 100, b = 100, c = 100 }\ncontrolled = true\n");
+    // A second pool over the same backends that prefers the instance's own zone.
+    let near_listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut near = String::from("[[pool]]\nname = \"near\"\nscheduler = \"maglev\"\n");
+    for (b, z) in backends.iter().zip(ZONES) {
+        let _ = write!(
+            near,
+            "[[pool.backend]]\naddress = \"{}\"\nzone = \"{z}\"\n",
+            b.addr
+        );
+    }
+    near.push_str("[pool.locality]\nprefer = \"local\"\n");
     let doc = format!(
-        "[[service]]\nname = \"web\"\nlisten = \"{listen}\"\nprotocol = \"http\"\npool = \"web\"\n\n{pool}"
+        "[[service]]\nname = \"web\"\nlisten = \"{listen}\"\nprotocol = \"http\"\npool = \"web\"\n\n[[service]]\nname = \"near\"\nlisten = \"{near_listen}\"\nprotocol = \"tcp\"\npool = \"near\"\n\n{pool}\n{near}"
     );
     fulcrum_core::config::parse(&doc).expect("the shared document checks");
     let rev = {
@@ -377,6 +390,31 @@ async fn controller_moves_traffic_away_from_a_slow_zone_and_fails_over() {
         })
         .await;
         assert!(ok, "{} did not apply {rev}\n{}", f.admin, f.stderr_tail(30));
+    }
+
+    // prefer = "local": each instance's `explain` names a backend of its own zone, for
+    // every client.
+    for (f, zone) in fleet.iter().zip(["a", "b"]) {
+        let own = backends[ZONES.iter().position(|z| *z == zone).unwrap()].addr;
+        for port in 0..50u16 {
+            let (code, body) = http(
+                f.admin,
+                "GET",
+                &format!(
+                    "/api/v1/pools/near/explain?client=198.18.0.9:{}",
+                    1024 + port
+                ),
+            )
+            .await
+            .unwrap();
+            assert_eq!(code, 200, "{body}");
+            let v: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(
+                v["backend"]["address"].as_str(),
+                Some(own.to_string().as_str()),
+                "instance in zone {zone}: {v}"
+            );
+        }
     }
 
     // Load: 6 clients, one request per connection, for at most 90 s.
