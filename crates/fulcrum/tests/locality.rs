@@ -493,6 +493,29 @@ async fn controller_moves_traffic_away_from_a_slow_zone_and_fails_over() {
     let after = share_c(&answers, Duration::from_secs(1)).unwrap_or(0.0);
     assert!(after < 0.10, "c took {after:.2} at weight 5");
 
+    // The admin API shows the plan: c's share of new flows is 5 / 205.
+    for f in &fleet {
+        let ok = eventually(Duration::from_secs(5), || async {
+            let (_, body) = http(f.admin, "GET", "/api/v1/pools/web").await.unwrap();
+            let v: Value = serde_json::from_str(&body).unwrap();
+            v["locality"].as_array().is_some_and(|zones| {
+                zones.iter().any(|z| {
+                    z["zone"] == "c"
+                        && z["share"]
+                            .as_f64()
+                            .is_some_and(|s| (s - 500.0 / 205.0).abs() < 0.01)
+                })
+            })
+        })
+        .await;
+        assert!(
+            ok,
+            "{}: {}",
+            f.admin,
+            http(f.admin, "GET", "/api/v1/pools/web").await.unwrap().1
+        );
+    }
+
     // Kill the leader: the other takes over.
     let idx = ctls.iter().position(|c| c.name == first).unwrap();
     ctls[idx].kill();
