@@ -8,7 +8,9 @@
 //! 2. reads everything under the prefix: the members and the newest shared document
 //!    (applied if newer than what runs: a reconnection catches up to the latest state and
 //!    never replays older ones);
-//! 3. publishes its member record under the lease;
+//! 3. publishes its member record under the lease, with its report for the global
+//!    controller (each backend's requests, failures and latency) refreshed every
+//!    [`fulcrum_core::cluster::REPORT_INTERVAL`];
 //! 4. watches the prefix from the revision it read, applying each new document revision
 //!    through the controller (`Control::Apply`, the reload path) and following members.
 //!
@@ -17,6 +19,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -25,7 +28,8 @@ use etcd_client::{
     WatchOptions, WatchResponse,
 };
 use fulcrum_core::cluster::{
-    self as core, Backoff, ClusterStatus, Decision, KeyKind, MemberRecord, Refusal, Revisions,
+    self as core, BackendReport, Backoff, ClusterStatus, Decision, KeyKind, MemberRecord, Refusal,
+    Revisions,
 };
 use fulcrum_core::config::{ClusterConfig, Config};
 use fulcrum_proxy::controller::{ChangeError, ConfigEdit, Control, ControlSender, FleetEdit};
@@ -34,6 +38,8 @@ use tokio::sync::oneshot;
 
 /// The etcd client this crate uses (its tests write raw keys with it).
 pub use etcd_client;
+
+pub mod controller;
 
 /// A failure to talk to etcd.
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +142,7 @@ struct Task {
     latest: i64,
     members: BTreeMap<String, MemberRecord>,
     connected: bool,
+    report: Vec<BackendReport>,
 }
 
 async fn run(opts: Options, shared: Arc<Shared>, control: ControlSender) {
@@ -148,6 +155,7 @@ async fn run(opts: Options, shared: Arc<Shared>, control: ControlSender) {
         latest: 0,
         members: BTreeMap::new(),
         connected: false,
+        report: Vec::new(),
     };
     t.publish();
     let mut backoff = Backoff::default();
@@ -207,7 +215,33 @@ impl Task {
             applied_revision: self.revisions.applied,
             announced,
             refused: self.refused.clone(),
+            report: self.report.clone(),
         }
+    }
+
+    /// Each backend's counters now (for the record's report).
+    fn report_now(&self) -> Vec<BackendReport> {
+        let snap = self.shared.snapshot.load();
+        let mut out = Vec::new();
+        // Only pools with zones: the controller moves locality weights, nothing else.
+        for p in snap
+            .pools
+            .iter()
+            .filter(|p| p.backends.iter().any(|b| b.zone.is_some()))
+        {
+            for (b, s) in p.backends.iter().zip(&p.stats) {
+                out.push(BackendReport {
+                    pool: p.name.clone(),
+                    address: b.address.to_string(),
+                    zone: b.zone.as_ref().map(ToString::to_string),
+                    requests: s.total.load(Ordering::Relaxed),
+                    failures: s.failures(),
+                    latency_us: s.latency_us.load(Ordering::Relaxed),
+                    latency_samples: s.latency_samples.load(Ordering::Relaxed),
+                });
+            }
+        }
+        out
     }
 
     async fn put_record(&mut self, c: &mut Client, lease: i64) -> Result<MemberRecord, Error> {
@@ -277,6 +311,7 @@ impl Task {
             )
             .await?;
         let mut tick = tokio::time::interval(core::MEMBER_TTL / 5);
+        let mut report_tick = tokio::time::interval(core::REPORT_INTERVAL);
         let mut last_ack = Instant::now();
         loop {
             tokio::select! {
@@ -293,6 +328,7 @@ impl Task {
                         None => return Err(Error::Protocol("the lease keep-alive ended".into())),
                     }
                 }
+                _ = report_tick.tick() => self.report = self.report_now(),
                 _ = tick.tick() => {
                     if last_ack.elapsed() > core::MEMBER_TTL / 2 {
                         return Err(Error::Protocol(format!(

@@ -268,6 +268,7 @@ fn backend_json(b: &fulcrum_core::model::Backend, s: &BackendStats) -> Value {
         "state": b.state.as_str(),
         "active_connections": s.active.load(Ordering::Relaxed),
         "total_connections": s.total.load(Ordering::Relaxed),
+        "zone": b.zone.as_ref().map(ToString::to_string),
     })
 }
 
@@ -284,6 +285,12 @@ fn pool_json(p: &PoolRt) -> Value {
         "hash_key": p.hash_key.to_string(),
         "persistence": p.persistence.as_ref().map_or(0, |x| x.timeout.as_secs()),
         "backends": backends,
+        "locality": p.locality.as_ref().map(|plan| {
+            plan.percentages()
+                .into_iter()
+                .map(|(zone, share)| json!({ "zone": zone.to_string(), "share": share }))
+                .collect::<Vec<_>>()
+        }),
     })
 }
 

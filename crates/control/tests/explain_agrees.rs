@@ -1,6 +1,6 @@
 //! `explain` names exactly the backend the data path picks: for every scheduler, 10,000
 //! random flows, with and without backends already tried, with and without persistence,
-//! before and after a change of the pool. Through the real functions: `explain::explain`
+//! with and without `[pool.locality]` weights, before and after a change of the pool. Through the real functions: `explain::explain`
 //! (the admin API's handler body) and `PoolRt::explain` (what it calls, which also takes the
 //! tried backends) against `PoolRt::choose` (what the TCP, UDP and HTTP data paths call).
 
@@ -12,7 +12,8 @@ use fulcrum_control::explain::{explain, Query};
 use fulcrum_core::choice::{Flow, RequestKey, Why};
 use fulcrum_core::config::BackendProtocol;
 use fulcrum_core::flow::FlowTable;
-use fulcrum_core::model::{Backend, BackendState, FlowTuple, HashKey, Proto, SchedulerKind};
+use fulcrum_core::locality::{Locality, ZonePlan};
+use fulcrum_core::model::{Backend, BackendState, FlowTuple, HashKey, Proto, SchedulerKind, Zone};
 use fulcrum_core::sched::{self, SchedOptions};
 use fulcrum_proxy::relay::RelayMode;
 use fulcrum_proxy::snapshot::{Persistence, PoolRt, Shared, Snapshot};
@@ -47,14 +48,19 @@ fn pool(
     key: HashKey,
     specs: &[Spec],
     persistence: Option<Arc<Persistence>>,
+    locality: Option<&Locality>,
 ) -> PoolRt {
     let backends: Vec<Backend> = specs
         .iter()
         .map(|&(port, weight, state, _)| Backend {
             state,
             ..Backend::new(SocketAddr::from(([127, 0, 0, 1], port)), weight)
+                .in_zone(Some(zone_of(port)))
         })
         .collect();
+    let plan = locality.and_then(|l| {
+        ZonePlan::build(l, None, kind, &backends, &SchedOptions::default()).map(Arc::new)
+    });
     let stats = specs
         .iter()
         .zip(&backends)
@@ -72,12 +78,33 @@ fn pool(
         moved: Arc::default(),
         sticky_cookie: None,
         backend_protocol: BackendProtocol::default(),
+        locality: plan,
+    }
+}
+
+/// Backends 9001..=9008 in zones a, b, c by port.
+fn zone_of(port: u16) -> Zone {
+    Zone::new(["a", "b", "c"][usize::from(port % 3)])
+}
+
+/// `weights = { a = 90, b = 5, c = 5 }` (the example).
+fn weights() -> Locality {
+    Locality::Weights {
+        weights: [("a", 90), ("b", 5), ("c", 5)]
+            .into_iter()
+            .map(|(z, w)| (Zone::new(z), w))
+            .collect(),
+        controlled: false,
     }
 }
 
 /// The pool before the change, and after it: backend 9001 removed, 9003 down, 9005
 /// re-weighted, 9008 added (stats ids as the controller keeps them: stable per backend).
-fn before_after(kind: SchedulerKind, p: Option<&Arc<Persistence>>) -> [PoolRt; 2] {
+fn before_after(
+    kind: SchedulerKind,
+    p: Option<&Arc<Persistence>>,
+    locality: Option<&Locality>,
+) -> [PoolRt; 2] {
     use BackendState::{Down, Draining, Up};
     let before: [Spec; 7] = [
         (9001, 1, Up, 1),
@@ -97,7 +124,7 @@ fn before_after(kind: SchedulerKind, p: Option<&Arc<Persistence>>) -> [PoolRt; 2
         (9007, 1, Up, 7),
         (9008, 2, Up, 8),
     ];
-    [&before[..], &after[..]].map(|s| pool(kind, hash_key(kind), s, p.cloned()))
+    [&before[..], &after[..]].map(|s| pool(kind, hash_key(kind), s, p.cloned(), locality))
 }
 
 fn said_by_api(shared: &Shared, snap: &Snapshot, client: SocketAddr) -> Said {
@@ -202,8 +229,14 @@ fn explain_names_what_the_data_path_picks() {
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
     let shared = Shared::new(tx, RelayMode::default(), None);
     let mut rng = fastrand::Rng::with_seed(13);
+    let zoned = weights();
     for kind in SchedulerKind::ALL {
-        for persist in [false, true] {
+        for (persist, locality) in [
+            (false, None),
+            (true, None),
+            (false, Some(&zoned)),
+            (true, Some(&zoned)),
+        ] {
             let p = persist.then(|| {
                 let timeout = Duration::from_secs(300);
                 Arc::new(Persistence {
@@ -211,7 +244,11 @@ fn explain_names_what_the_data_path_picks() {
                     table: Mutex::new(FlowTable::new(4096, timeout)),
                 })
             });
-            for (phase, pool) in before_after(kind, p.as_ref()).into_iter().enumerate() {
+            for (phase, pool) in before_after(kind, p.as_ref(), locality)
+                .into_iter()
+                .enumerate()
+            {
+                assert_eq!(pool.locality.is_some(), locality.is_some());
                 let exact = run(&shared, pool, &mut rng);
                 // Hashing schedulers: every flow. The others: the flows a persistence
                 // entry decides (most, with 64 client IPs), none without persistence.
@@ -222,7 +259,8 @@ fn explain_names_what_the_data_path_picks() {
                 };
                 assert!(
                     exact >= want,
-                    "{kind} persistence {persist} phase {phase}: explain named {exact} of {FLOWS} flows"
+                    "{kind} persistence {persist} locality {} phase {phase}: explain named {exact} of {FLOWS} flows",
+                    locality.is_some()
                 );
             }
         }
@@ -237,7 +275,7 @@ fn request_keys_agree_given_the_request() {
     let shared = Shared::new(tx, RelayMode::default(), None);
     let mut rng = fastrand::Rng::with_seed(1313);
     for kind in SchedulerKind::ALL.into_iter().filter(|k| k.is_hashing()) {
-        let [p, _] = before_after(kind, None);
+        let [p, _] = before_after(kind, None, None);
         let p = PoolRt {
             hash_key: HashKey::Header("x-user".into()),
             ..p
@@ -274,5 +312,45 @@ fn request_keys_agree_given_the_request() {
                 (said, picked) => panic!("{kind}: explain {said:?}, data path {picked:?}"),
             }
         }
+    }
+}
+
+/// With `weights = { a = 90, b = 5, c = 5 }`, every scheduler sends about 90 % of new flows to
+/// zone a; when a's backends go down, its share spills to b and c.
+#[test]
+fn locality_weights_shape_every_scheduler() {
+    use BackendState::{Down, Up};
+    let mut rng = fastrand::Rng::with_seed(7);
+    let zoned = weights();
+    for kind in SchedulerKind::ALL {
+        // Two backends per zone (9003, 9006: a; 9001, 9004: b; 9002, 9005: c).
+        let up: Vec<Spec> = (9001..=9006).map(|p| (p, 1, Up, u32::from(p))).collect();
+        let p = pool(kind, hash_key(kind), &up, None, Some(&zoned));
+        let share = |p: &PoolRt, rng: &mut fastrand::Rng| {
+            let mut a = 0;
+            for _ in 0..FLOWS {
+                let tuple = FlowTuple {
+                    src: SocketAddr::from(([198, 18, 1, rng.u8(..)], rng.u16(1024..))),
+                    dst: LISTEN,
+                    proto: Proto::Tcp,
+                };
+                let (i, _) = p
+                    .choose(&Flow::l4(tuple, &[], rng.u64(..), Duration::ZERO))
+                    .expect("a backend");
+                if p.backends[i].zone.as_ref().map(Zone::as_str) == Some("a") {
+                    a += 1;
+                }
+            }
+            a * 100 / FLOWS
+        };
+        let a = share(&p, &mut rng);
+        assert!((86..=94).contains(&a), "{kind}: zone a took {a} %");
+        // Both of a's backends down: a takes nothing.
+        let down: Vec<Spec> = up
+            .iter()
+            .map(|&(port, w, s, id)| (port, w, if port % 3 == 0 { Down } else { s }, id))
+            .collect();
+        let p = pool(kind, hash_key(kind), &down, None, Some(&zoned));
+        assert_eq!(share(&p, &mut rng), 0, "{kind}");
     }
 }

@@ -7,7 +7,11 @@
 //! 2. the persistence table (ipvsadm `-p`, keyed by the client IP): a live entry whose
 //!    backend takes new flows and was not tried. Pools hashed by a `header:`/`cookie:` key
 //!    place each request by its key, so they do not consult it;
-//! 3. the scheduler. Hashing schedulers (`sh`, `maglev`, `ring_hash`) get the hash of the pool's
+//! 3. the pool's locality ([`crate::locality`]), if it has a plan: a zone by its weights
+//!    (hashing schedulers: by a mix of the hash below, so a flow keeps its zone; the others:
+//!    by the random number), then the pool's scheduler restricted to that zone. If that zone
+//!    has nothing left for this flow, the pool's scheduler over every zone;
+//! 4. the scheduler. Hashing schedulers (`sh`, `maglev`, `ring_hash`) get the hash of the pool's
 //!    hash key: of the flow's addresses, or of the request's header or cookie; a request
 //!    without that value (or a flow that is no request) is placed by a random number
 //!    ([`Why::KeyMissing`]).
@@ -22,6 +26,7 @@
 
 use crate::flow::{FlowKey, FlowTable};
 use crate::hash::{flow_hash, hash_bytes};
+use crate::locality::{zone_key, ZonePlan};
 use crate::model::{Backend, FlowTuple, HashKey, Now};
 use crate::sched::{Loads, PickError, PickRequest, Scheduler};
 
@@ -37,6 +42,10 @@ pub trait Pool: Loads {
     fn backend_id(&self, idx: usize) -> Option<u32>;
     /// The index of the backend with the stable id `id`, if it is still in the pool.
     fn index_of(&self, id: u32) -> Option<usize>;
+    /// The pool's locality plan, if it has `[pool.locality]` and a zone can take a flow.
+    fn locality(&self) -> Option<&ZonePlan> {
+        None
+    }
 }
 
 /// The value of a `header:NAME`/`cookie:NAME` hash key.
@@ -204,12 +213,26 @@ pub fn choose(pool: &impl Pool, flow: &Flow<'_>, mode: Mode<'_>) -> Result<Choic
         // that do not hash ignore it).
         Err(why) => ((flow.random >> 32) as u32, why),
     };
-    let i = sched.pick(&PickRequest {
+    let req = PickRequest {
         hash,
         random: flow.random,
         loads: pool,
         exclude: flow.tried,
-    })?;
+    };
+    let zone_r = if sched.kind().is_hashing() {
+        hash
+    } else {
+        // The low half: the high half stood in for a hash above.
+        flow.random as u32
+    };
+    let zoned = pool
+        .locality()
+        .and_then(|plan| plan.pick(zone_key(zone_r)))
+        .and_then(|zone| zone.scheduler.pick(&req).ok());
+    let i = match zoned {
+        Some(i) => i,
+        None => sched.pick(&req)?,
+    };
     if let (Some(table), Some(id)) = (insert, pool.backend_id(i)) {
         table.insert(&key(), id, flow.now);
     }

@@ -214,6 +214,33 @@ pub struct MemberRecord {
     pub announced: Vec<String>,
     /// The newest revision it refused, with the reason (the member's status).
     pub refused: Option<Refusal>,
+    /// Its periodic report for the global controller (every [`REPORT_INTERVAL`]): each
+    /// backend's counters since the member started.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub report: Vec<BackendReport>,
+}
+
+/// How often a member refreshes its report.
+pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// One backend in a member's report. The counters only grow while the member runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendReport {
+    /// The pool.
+    pub pool: String,
+    /// The backend's address.
+    pub address: String,
+    /// Its zone, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// Requests (HTTP) or connections (L4) sent to it.
+    pub requests: u64,
+    /// Connect failures and timeouts, HTTP 5xx.
+    pub failures: u64,
+    /// Sum of latencies, microseconds.
+    pub latency_us: u64,
+    /// How many latencies `latency_us` sums.
+    pub latency_samples: u64,
 }
 
 /// One member as an instance sees the fleet.
@@ -447,6 +474,7 @@ prefix = "/fulcrum/prod"
             version: "0".into(),
             applied_revision: applied,
             announced: vec![],
+            report: vec![],
             refused: refused.map(|revision| Refusal {
                 revision,
                 error: "bad".into(),

@@ -19,6 +19,7 @@ pub mod config;
 pub mod flow;
 pub mod hash;
 pub mod health;
+pub mod locality;
 pub mod model;
 pub mod retry;
 pub mod sched;

@@ -52,12 +52,34 @@ impl Weight {
     }
 }
 
+/// A locality (availability zone) name: `[[pool.backend]] zone`, `[cluster] zone`, the keys
+/// of `[pool.locality] weights` (1..=64 of `A-Z a-z 0-9 _ - .`, checked when parsed).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Zone(pub std::sync::Arc<str>);
+
+impl Zone {
+    pub fn new(name: &str) -> Self {
+        Self(name.into())
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Zone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// One backend as the schedulers see it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Backend {
     pub address: SocketAddr,
     pub weight: Weight,
     pub state: BackendState,
+    /// Its locality (`zone`), if it has one (see [`crate::locality`]).
+    pub zone: Option<Zone>,
 }
 
 impl Backend {
@@ -66,7 +88,15 @@ impl Backend {
             address,
             weight: Weight::new(weight),
             state: BackendState::Up,
+            zone: None,
         }
+    }
+
+    /// The same backend in `zone`.
+    #[must_use]
+    pub fn in_zone(mut self, zone: Option<Zone>) -> Self {
+        self.zone = zone;
+        self
     }
 
     /// Whether a scheduler may send a *new* flow here.

@@ -49,7 +49,7 @@ pub enum ClusterCommand {
 }
 
 /// The endpoints and the prefix, checked as `[cluster]` checks them.
-fn target(t: &Target) -> Result<(Vec<String>, String), String> {
+pub fn target(t: &Target) -> Result<(Vec<String>, String), String> {
     let mut endpoints = Vec::with_capacity(t.etcd.len());
     for e in &t.etcd {
         let e =

@@ -15,6 +15,7 @@ mod adm;
 mod announce;
 mod check;
 mod cluster;
+mod controller;
 mod ctl;
 mod decap;
 mod demo;
@@ -44,6 +45,9 @@ enum Command {
     /// The fleet's shared configuration in etcd: `push` a checked file, `pull` the current
     /// one.
     Cluster(cluster::ClusterArgs),
+    /// The global controller: reads the members' reports and moves `[pool.locality]
+    /// controlled = true` weights away from zones that slow down or fail (one leads).
+    Controller(controller::ControllerArgs),
     /// Talk to a running instance's admin API: status, pools, backends, reload, explain.
     Ctl(ctl::CtlArgs),
     /// A self-contained tour: demo backends, an HTTP service on 127.0.0.1:8080, the admin
@@ -92,6 +96,7 @@ fn main() -> ExitCode {
         Command::Check(args) => check::run(args),
         Command::Run(args) => run::run(args),
         Command::Cluster(args) => cluster::run(args),
+        Command::Controller(args) => controller::run(args),
         Command::Ctl(args) => ctl::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Decap(args) => decap::run(args),

@@ -1070,13 +1070,17 @@ pub(crate) async fn forward<'c>(
         tried.push(idx);
         let addr = pool.backends[idx].address;
         let stats = &pool.stats[idx];
+        let started = std::time::Instant::now();
         let sent = if h2 {
             h2_exchange(&f, body, addr, stats, &mut bytes_in).await
         } else {
             h1_exchange(&f, body, addr, stats, &mut slot, &mut bytes_in).await
         };
         let got = match sent {
-            Ok(g) => g,
+            Ok(g) => {
+                stats.record_latency(started.elapsed());
+                g
+            }
             Err(e) => {
                 let failure = e.kind();
                 let next = attempts.after(failure, replay, tried.len(), || true, &ext.budget);

@@ -450,6 +450,8 @@ impl Controller {
                 .unwrap_or_default(),
             sticky_cookie: p.sticky_cookie.clone(),
             backend_protocol: p.backend_protocol,
+            locality: p.locality.clone(),
+            local_zone: self.config.cluster.as_ref().and_then(|c| c.zone.clone()),
         }
     }
 
@@ -752,13 +754,27 @@ struct PoolParts {
     moved: Arc<AtomicU64>,
     sticky_cookie: Option<String>,
     backend_protocol: config::BackendProtocol,
+    locality: Option<fulcrum_core::locality::Locality>,
+    local_zone: Option<fulcrum_core::model::Zone>,
 }
 
 impl PoolParts {
-    /// With the pool's own scheduler (Maglev tables and the like: the costly part).
+    /// With the pool's own scheduler (Maglev tables and the like: the costly part), and
+    /// its locality plan with one scheduler per zone.
     fn build(self) -> PoolRt {
         let scheduler = sched::build(self.kind, &self.backends, &self.opts);
-        self.with(scheduler)
+        let plan = self.locality.as_ref().and_then(|l| {
+            fulcrum_core::locality::ZonePlan::build(
+                l,
+                self.local_zone.as_ref(),
+                self.kind,
+                &self.backends,
+                &self.opts,
+            )
+        });
+        let mut p = self.with(scheduler);
+        p.locality = plan.map(Arc::new);
+        p
     }
 
     /// With a round-robin scheduler, for checks that do not pick (cheap at any size).
@@ -783,6 +799,7 @@ impl PoolParts {
             changes: self.changes,
             moved: self.moved,
             sticky_cookie: self.sticky_cookie,
+            locality: None,
             backend_protocol: self.backend_protocol,
         }
     }

@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use fulcrum_core::choice::{self, Choice, Flow, Kept, Mode, Why};
 use fulcrum_core::config::BackendProtocol;
 use fulcrum_core::flow::FlowTable;
+use fulcrum_core::locality::ZonePlan;
 use fulcrum_core::model::{
     Backend, ForwardMode, HashKey, Proto, ProxyProtocol, SchedulerKind, ServiceProtocol,
 };
@@ -50,6 +51,9 @@ pub struct PoolRt {
     pub sticky_cookie: Option<String>,
     /// http: how the backends are spoken to (`[[pool]] backend_protocol`).
     pub backend_protocol: BackendProtocol,
+    /// `[pool.locality]`'s plan for these backends (`None`: none, or no zone can take a
+    /// flow; see [`fulcrum_core::locality`]).
+    pub locality: Option<Arc<ZonePlan>>,
 }
 
 impl Loads for PoolRt {
@@ -109,6 +113,9 @@ impl choice::Pool for PoolRt {
     }
     fn index_of(&self, id: u32) -> Option<usize> {
         self.stats.iter().position(|s| s.id == id)
+    }
+    fn locality(&self) -> Option<&ZonePlan> {
+        self.locality.as_deref()
     }
 }
 

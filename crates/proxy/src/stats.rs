@@ -23,6 +23,11 @@ pub struct BackendStats {
     /// Its active checks have given a definite state (see `ActiveHealth::is_settled`); set
     /// by the controller, read by the announcement hold-down.
     pub settled: AtomicBool,
+    /// Sum of latencies in microseconds (HTTP: request sent to response head; TCP: the
+    /// connect), for the member's report to the global controller.
+    pub latency_us: AtomicU64,
+    /// How many latencies `latency_us` sums.
+    pub latency_samples: AtomicU64,
 }
 
 impl BackendStats {
@@ -38,7 +43,23 @@ impl BackendStats {
             http_5xx: AtomicU64::new(0),
             consecutive_failures: AtomicU64::new(0),
             settled: AtomicBool::new(false),
+            latency_us: AtomicU64::new(0),
+            latency_samples: AtomicU64::new(0),
         }
+    }
+
+    /// Counts one latency.
+    pub fn record_latency(&self, d: std::time::Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.latency_us.fetch_add(us, Ordering::Relaxed);
+        self.latency_samples.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Connect failures and timeouts, and HTTP 5xx answers.
+    pub fn failures(&self) -> u64 {
+        self.connect_failures.load(Ordering::Relaxed)
+            + self.connect_timeouts.load(Ordering::Relaxed)
+            + self.http_5xx.load(Ordering::Relaxed)
     }
 }
 

@@ -186,6 +186,7 @@ async fn connect(
         tried[attempt] = idx;
         let stats = &pool.stats[idx];
         let addr = pool.backends[idx].address;
+        let started = std::time::Instant::now();
         let mut backend = match tokio::time::timeout(svc.connect_timeout, TcpStream::connect(addr))
             .await
         {
@@ -205,6 +206,7 @@ async fn connect(
         };
         shared.report_passive(stats, true);
         stats.total.fetch_add(1, Ordering::Relaxed);
+        stats.record_latency(started.elapsed());
         let _ = backend.set_nodelay(true);
         if let Some(v) = svc.proxy_protocol {
             let header = proxy_protocol::header(v, peer, local);

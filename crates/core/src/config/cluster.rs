@@ -20,6 +20,8 @@ pub struct ClusterConfig {
     pub member: Option<String>,
     /// How many members must see a backend up for the fleet to count it up.
     pub health_quorum: HealthQuorum,
+    /// This instance's locality (zone), for `[pool.locality] prefer = "local"`.
+    pub zone: Option<crate::model::Zone>,
 }
 
 /// The raw `[cluster]` table.
@@ -34,6 +36,8 @@ pub struct RawCluster {
     pub member: Option<super::value::Name>,
     /// `majority` | `any` | `all` | N.
     pub health_quorum: Option<HealthQuorum>,
+    /// This instance's zone.
+    pub zone: Option<super::value::Name>,
 }
 
 impl RawCluster {
@@ -44,6 +48,7 @@ impl RawCluster {
             prefix: self.prefix,
             member: self.member.map(|m| m.0),
             health_quorum: self.health_quorum.unwrap_or_default(),
+            zone: self.zone.map(|z| crate::model::Zone::new(&z.0)),
         }
     }
 }
@@ -216,6 +221,9 @@ pub(super) fn emit(c: &ClusterConfig) -> Table {
         t.insert("member".into(), Value::String(m.clone()));
     }
     t.insert("health_quorum".into(), c.health_quorum.to_value());
+    if let Some(z) = &c.zone {
+        t.insert("zone".into(), Value::String(z.to_string()));
+    }
     t
 }
 

@@ -308,6 +308,9 @@ fn pool(p: &PoolConfig) -> Table {
                 let mut x = Table::new();
                 x.insert("address".into(), s(b.address.to_string()));
                 x.insert("weight".into(), int(b.weight.get()));
+                if let Some(z) = &b.zone {
+                    x.insert("zone".into(), s(z.as_str()));
+                }
                 Value::Table(x)
             })
             .collect();
@@ -315,6 +318,33 @@ fn pool(p: &PoolConfig) -> Table {
     }
     if let Some(d) = &p.discovery {
         t.insert("discovery".into(), Value::Table(discovery(d)));
+    }
+    if let Some(l) = &p.locality {
+        t.insert("locality".into(), Value::Table(locality(l)));
+    }
+    t
+}
+
+fn locality(l: &crate::locality::Locality) -> Table {
+    let mut t = Table::new();
+    match l {
+        crate::locality::Locality::Weights {
+            weights,
+            controlled,
+        } => {
+            let w = weights
+                .iter()
+                .map(|(z, w)| (z.to_string(), int(*w)))
+                .collect();
+            t.insert("weights".into(), Value::Table(w));
+            if *controlled {
+                t.insert("controlled".into(), Value::Boolean(true));
+            }
+        }
+        crate::locality::Locality::PreferLocal { spill_below } => {
+            t.insert("prefer".into(), s("local"));
+            t.insert("spill_below".into(), int(*spill_below));
+        }
     }
     t
 }

@@ -442,6 +442,8 @@ pub struct PoolConfig {
     pub backends: Vec<Backend>,
     /// Dynamic backends; with `backends`, at least one of the two is non-empty.
     pub discovery: Option<Discovery>,
+    /// `[pool.locality]` (see [`crate::locality`]).
+    pub locality: Option<crate::locality::Locality>,
 }
 
 /// Active health checking.

@@ -12,8 +12,9 @@ use serde_spanned::Spanned;
 use super::limits;
 use super::value::{
     AccessLogFormatValue, Address, BackendProtocolValue, Check, Count, Forward, HashKeyValue,
-    HostPort, HumanDuration, Ip, Name, Percent, Protocol, ProxyProtocolValue, RetryAttempts,
-    Scheduler, SpeakerValue, StatusRange, TableSize, Tunnel, WeightValue, XdpModeValue,
+    HostPort, HumanDuration, Ip, Name, Percent, Prefer, Protocol, ProxyProtocolValue,
+    RetryAttempts, Scheduler, SpeakerValue, StatusRange, TableSize, Tunnel, WeightValue,
+    XdpModeValue, ZoneWeight,
 };
 
 /// The whole file.
@@ -210,6 +211,22 @@ pub struct RawPool {
     pub backend: Vec<Spanned<RawBackend>>,
     /// `[pool.discovery]`.
     pub discovery: Option<Spanned<RawDiscovery>>,
+    /// `[pool.locality]`.
+    pub locality: Option<Spanned<RawLocality>>,
+}
+
+/// `[pool.locality]`: `weights`, or `prefer = "local"` (with `spill_below`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLocality {
+    /// `{ ZONE = WEIGHT, ... }`.
+    pub weights: Option<Spanned<std::collections::BTreeMap<Spanned<String>, ZoneWeight>>>,
+    /// With `weights`: the global controller may rewrite them (default false).
+    pub controlled: Option<Spanned<bool>>,
+    /// `local`.
+    pub prefer: Option<Spanned<Prefer>>,
+    /// With `prefer`: the local zone's healthy share below which traffic spills (percent).
+    pub spill_below: Option<Spanned<Percent>>,
 }
 
 /// `[pool.health]`.
@@ -250,6 +267,8 @@ pub struct RawBackend {
     pub address: Spanned<Address>,
     /// 0..=65535, default 1.
     pub weight: Option<WeightValue>,
+    /// Its locality (availability zone).
+    pub zone: Option<Name>,
 }
 
 /// `[pool.discovery]`.

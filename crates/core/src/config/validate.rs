@@ -917,7 +917,9 @@ fn pool(c: &mut Checker<'_>, p: &RawPool, users: &[(&str, ServiceProtocol)]) -> 
         let weight = b
             .weight
             .map_or(defaults::BACKEND_WEIGHT, |w| w.0.get() as u16);
-        backends.push(Backend::new(addr, weight));
+        backends.push(
+            Backend::new(addr, weight).in_zone(b.zone.as_ref().map(|z| model::Zone::new(&z.0))),
+        );
     }
 
     let discovery = p.discovery.as_ref().map(|d| {
@@ -949,6 +951,8 @@ fn pool(c: &mut Checker<'_>, p: &RawPool, users: &[(&str, ServiceProtocol)]) -> 
         }
     });
 
+    let locality = p.locality.as_ref().and_then(|l| locality(c, l, &name));
+
     // A pool may be empty (as an ipvsadm service without real servers, or an HAProxy backend
     // without servers): its services refuse clients until a backend is added at run time.
 
@@ -971,6 +975,101 @@ fn pool(c: &mut Checker<'_>, p: &RawPool, users: &[(&str, ServiceProtocol)]) -> 
         outlier,
         backends,
         discovery,
+        locality,
+    }
+}
+
+const LOCALITY_HELP: &str = "either weights = { a = 90, b = 5, c = 5 } (optionally controlled = true), or prefer = \"local\" (optionally spill_below = 70)";
+
+fn locality(
+    c: &mut Checker<'_>,
+    l: &Spanned<super::raw::RawLocality>,
+    pool: &str,
+) -> Option<crate::locality::Locality> {
+    use crate::locality::Locality;
+    let raw = l.get_ref();
+    match (&raw.weights, &raw.prefer) {
+        (Some(w), None) => {
+            if let Some(s) = &raw.spill_below {
+                c.err(
+                    s.span(),
+                    format!("spill_below applies only to prefer = \"local\" (pool `{pool}` has weights)"),
+                    Some(LOCALITY_HELP.into()),
+                );
+            }
+            let mut weights = std::collections::BTreeMap::new();
+            for (zone, weight) in w.get_ref() {
+                let name = zone.get_ref();
+                let ok = !name.is_empty()
+                    && name.len() <= 64
+                    && name
+                        .chars()
+                        .all(|ch| ch.is_ascii_alphanumeric() || "_-.".contains(ch));
+                if ok {
+                    weights.insert(model::Zone::new(name), weight.0);
+                } else {
+                    c.err(
+                        zone.span(),
+                        format!("invalid zone name \"{name}\" in pool `{pool}`"),
+                        Some(
+                            "zone names are 1 to 64 characters of A-Z, a-z, 0-9, '_', '-', '.'"
+                                .into(),
+                        ),
+                    );
+                }
+            }
+            if weights.values().all(|w| *w == 0) {
+                c.err(
+                    w.span(),
+                    format!(
+                        "[pool.locality] weights of pool `{pool}` give no zone a weight above 0"
+                    ),
+                    Some("name at least one zone with a weight of 1 or more".into()),
+                );
+                return None;
+            }
+            Some(Locality::Weights {
+                weights,
+                controlled: raw.controlled.as_ref().is_some_and(|b| *b.get_ref()),
+            })
+        }
+        (None, Some(_)) => {
+            if let Some(ctl) = &raw.controlled {
+                c.err(
+                    ctl.span(),
+                    format!("controlled applies only to weights (pool `{pool}` has prefer)"),
+                    Some(LOCALITY_HELP.into()),
+                );
+            }
+            let spill_below = raw
+                .spill_below
+                .as_ref()
+                .map_or(crate::locality::DEFAULT_SPILL_BELOW, |s| s.get_ref().0);
+            if spill_below == 0 {
+                c.err(
+                    raw.spill_below.as_ref().map_or(l.span(), Spanned::span),
+                    "spill_below = 0 would never spill".into(),
+                    Some("use 1..=100 (percent; default 70)".into()),
+                );
+            }
+            Some(Locality::PreferLocal { spill_below })
+        }
+        (Some(w), Some(_)) => {
+            c.err(
+                w.span(),
+                format!("[pool.locality] of pool `{pool}` has both weights and prefer"),
+                Some(LOCALITY_HELP.into()),
+            );
+            None
+        }
+        (None, None) => {
+            c.err(
+                l.span(),
+                format!("[pool.locality] of pool `{pool}` has neither weights nor prefer"),
+                Some(LOCALITY_HELP.into()),
+            );
+            None
+        }
     }
 }
 

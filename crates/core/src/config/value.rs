@@ -219,6 +219,35 @@ impl<'de> Deserialize<'de> for WeightValue {
     }
 }
 
+/// A locality weight, 0..=10000 (`[pool.locality] weights`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ZoneWeight(pub u32);
+
+impl<'de> Deserialize<'de> for ZoneWeight {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let max = crate::locality::MAX_WEIGHT;
+        from_int(d, "an integer zone weight 0..=10000", |n| {
+            u32::try_from(n)
+                .ok()
+                .filter(|w| *w <= max)
+                .map(Self)
+                .ok_or_else(|| {
+                    Invalid::new(format!("zone weight {n} is out of range")).help(format!(
+                        "zone weights are 0..={max} (0 = no new flows to the zone)"
+                    ))
+                })
+        })
+    }
+}
+
+/// `[pool.locality] prefer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Prefer {
+    /// The instance's own zone (`[cluster] zone`).
+    Local,
+}
+
 /// A count in `1..=MAX` (`rise`, `fall`, `max_connections`, ...; the maxima are in
 /// [`super::limits`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
