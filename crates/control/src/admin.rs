@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::{Json, Router};
 use fulcrum_core::config::Config;
-use fulcrum_proxy::controller::{Control, ControlSender};
+use fulcrum_proxy::controller::{ChangeError, Control, ControlSender};
 use fulcrum_proxy::snapshot::Shared;
 use prometheus_client::registry::Registry;
 use serde_json::{json, Value};
@@ -490,6 +490,19 @@ async fn drain_backend(
     Ok(backend_answer(&st, &pool, addr))
 }
 
+/// The change of a named pool or service: `change(running config, name, body)` (`body`
+/// `{}` when the call has none).
+async fn edit_named(
+    st: &AdminState,
+    name: &str,
+    body: Option<Value>,
+    change: fn(&Config, &str, Value) -> Result<Config, ChangeError>,
+) -> Result<(), ApiError> {
+    let (n, v) = (name.to_owned(), body.unwrap_or_else(|| json!({})));
+    let edit = Arc::new(move |cfg: &Config| change(cfg, &n, v.clone()));
+    apply_edit(st, edit, None).await
+}
+
 /// `PUT /api/v1/services/{name}`: the body has the keys of a `[[service]]` table.
 async fn put_service(
     State(st): State<AdminState>,
@@ -497,10 +510,10 @@ async fn put_service(
     _: Authorized,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ServiceAnswer>, ApiError> {
-    let v = json_body(&body?)?;
-    let n = name.clone();
-    let edit = Arc::new(move |cfg: &Config| crate::edit::put_service(cfg, &n, v.clone()));
-    apply_edit(&st, edit, None).await?;
+    edit_named(&st, &name, Some(json_body(&body?)?), |cfg, n, v| {
+        crate::edit::put_service(cfg, n, v)
+    })
+    .await?;
     let snap = st.shared.snapshot.load();
     let service = snap.services.iter().find(|s| s.name == name);
     Ok(Json(ServiceAnswer {
@@ -515,10 +528,10 @@ async fn put_pool(
     _: Authorized,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<PoolView>, ApiError> {
-    let v = json_body(&body?)?;
-    let n = name.clone();
-    let edit = Arc::new(move |cfg: &Config| crate::edit::set_pool(cfg, &n, v.clone()));
-    apply_edit(&st, edit, None).await?;
+    edit_named(&st, &name, Some(json_body(&body?)?), |cfg, n, v| {
+        crate::edit::set_pool(cfg, n, v)
+    })
+    .await?;
     let snap = st.shared.snapshot.load();
     let p = snap
         .pool(&name)
@@ -532,9 +545,10 @@ async fn delete_pool(
     Path(name): Path<String>,
     _: Authorized,
 ) -> Result<Json<Removed>, ApiError> {
-    let n = name.clone();
-    let edit = Arc::new(move |cfg: &Config| crate::edit::delete_pool(cfg, &n));
-    apply_edit(&st, edit, None).await?;
+    edit_named(&st, &name, None, |cfg, n, _| {
+        crate::edit::delete_pool(cfg, n)
+    })
+    .await?;
     Ok(Json(Removed { removed: name }))
 }
 
@@ -544,9 +558,10 @@ async fn delete_service(
     Path(name): Path<String>,
     _: Authorized,
 ) -> Result<Json<Removed>, ApiError> {
-    let n = name.clone();
-    let edit = Arc::new(move |cfg: &Config| crate::edit::delete_service(cfg, &n));
-    apply_edit(&st, edit, None).await?;
+    edit_named(&st, &name, None, |cfg, n, _| {
+        crate::edit::delete_service(cfg, n)
+    })
+    .await?;
     Ok(Json(Removed { removed: name }))
 }
 

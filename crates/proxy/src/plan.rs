@@ -614,16 +614,19 @@ mod tests {
         }
     }
 
+    /// Service `s` (tcp) and service `h` (`protocol`), one pool with persistence and checks.
+    fn two_services(protocol: &str) -> Config {
+        let p = pool(
+            "p",
+            &format!("persistence = \"3s\"\n{HEALTH}"),
+            &["10.0.0.1:80"],
+        );
+        config(&(service("s", A, "tcp", "p", "") + &service("h", B, protocol, "p", "") + &p))
+    }
+
     #[test]
     fn from_nothing_everything_is_bound_tracked_and_spawned() {
-        let text = service("s", A, "tcp", "p", "")
-            + &service("h", B, "http", "p", "")
-            + &pool(
-                "p",
-                &format!("persistence = \"3s\"\n{HEALTH}"),
-                &["10.0.0.1:80"],
-            );
-        let c = config(&text);
+        let c = two_services("http");
         let got = render(&plan(&c, &c, &Running::default(), &served, &l7));
         assert_eq!(
             got,
@@ -671,14 +674,7 @@ mod tests {
 
     #[test]
     fn after_a_plan_is_carried_out_the_same_config_plans_nothing() {
-        let text = service("s", A, "tcp", "p", "")
-            + &service("u", B, "udp", "p", "")
-            + &pool(
-                "p",
-                &format!("persistence = \"3s\"\n{HEALTH}"),
-                &["10.0.0.1:80"],
-            );
-        let c = config(&text);
+        let c = two_services("udp");
         let r = carried_out(
             &Running::default(),
             &plan(&c, &c, &Running::default(), &served, &l7),

@@ -43,12 +43,7 @@ pub(super) async fn drain_instance(
     State(st): State<AdminState>,
     _: Authorized,
 ) -> Result<Json<Announce>, ApiError> {
-    if st.control.is_closed() {
-        return Err(ApiError::shutting_down());
-    }
-    st.shared.announce.set_drained(true);
-    tracing::info!("instance drained: VIPs withdrawn, established connections keep running");
-    Ok(announce(&st))
+    set_drained(&st, true)
 }
 
 /// `POST /api/v1/instance/undrain`: announce again what can be served. Refused (409) while
@@ -57,15 +52,23 @@ pub(super) async fn undrain_instance(
     State(st): State<AdminState>,
     _: Authorized,
 ) -> Result<Json<Announce>, ApiError> {
+    set_drained(&st, false)
+}
+
+fn set_drained(st: &AdminState, drained: bool) -> Result<Json<Announce>, ApiError> {
     if st.control.is_closed() {
         return Err(ApiError::shutting_down());
     }
-    if st.shared.is_draining() || st.shared.announce.is_stopping() {
+    if !drained && (st.shared.is_draining() || st.shared.announce.is_stopping()) {
         return Err(ApiError::Conflict(
             "the instance is shutting down; it cannot be undrained".into(),
         ));
     }
-    st.shared.announce.set_drained(false);
-    tracing::info!("instance undrained: VIPs announced again where they can be served");
-    Ok(announce(&st))
+    st.shared.announce.set_drained(drained);
+    if drained {
+        tracing::info!("instance drained: VIPs withdrawn, established connections keep running");
+    } else {
+        tracing::info!("instance undrained: VIPs announced again where they can be served");
+    }
+    Ok(announce(st))
 }
