@@ -4,24 +4,28 @@
 //! missing or wrong token, 404 unknown pool/service/backend, 409 conflicts, 413 body too
 //! large. See `docs/admin-api.md`.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, RawQuery, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::{Json, Router};
 use fulcrum_core::config::Config;
 use fulcrum_proxy::controller::{ChangeError, Control, ControlSender};
-use fulcrum_proxy::snapshot::{PoolRt, Shared};
-use fulcrum_proxy::stats::BackendStats;
+use fulcrum_proxy::snapshot::Shared;
 use prometheus_client::registry::Registry;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
+
+use answers::{
+    BackendAnswer, BackendRemoved, BackendView, PoolView, Pools, Reloaded, Removed, ServiceAnswer,
+    Services,
+};
 
 /// Who may use the API, from `[admin]`: read at start and replaced at every reload (a
 /// rewritten `token_file` takes effect with the reload that reads it).
@@ -130,9 +134,8 @@ pub fn router(state: AdminState) -> Router {
             protect_reads,
         ))
         .fallback(|| async {
-            error(
-                StatusCode::NOT_FOUND,
-                "no such endpoint; see /api/v1/openapi.json for the endpoints",
+            ApiError::NotFound(
+                "no such endpoint; see /api/v1/openapi.json for the endpoints".into(),
             )
         })
         .method_not_allowed_fallback(|req: axum::extract::Request| async move {
@@ -212,11 +215,6 @@ async fn openapi() -> Response {
 /// The largest request body the API reads (a service definition is well below it).
 pub const MAX_BODY: usize = 64 * 1024;
 
-/// A JSON error answer.
-pub fn error(status: StatusCode, msg: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": msg.into() }))).into_response()
-}
-
 async fn readyz(State(st): State<AdminState>) -> Response {
     if st.shared.is_ready() {
         (StatusCode::OK, "ready\n").into_response()
@@ -227,84 +225,36 @@ async fn readyz(State(st): State<AdminState>) -> Response {
     }
 }
 
-async fn metrics(State(st): State<AdminState>) -> Response {
-    match crate::metrics::render(&st.registry) {
-        Ok(body) => (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            body,
-        )
-            .into_response(),
-        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "metrics encoding failed"),
-    }
+async fn metrics(State(st): State<AdminState>) -> Result<Response, ApiError> {
+    let body = crate::metrics::render(&st.registry)
+        .map_err(|_| ApiError::Internal("metrics encoding failed".into()))?;
+    let kind = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    Ok(([(header::CONTENT_TYPE, kind)], body).into_response())
 }
 
-async fn services(State(st): State<AdminState>) -> Json<Value> {
+async fn services(State(st): State<AdminState>) -> Json<Services> {
     let snap = st.shared.snapshot.load();
-    let list: Vec<Value> = snap
-        .services
-        .iter()
-        .map(|s| {
-            json!({
-                "name": s.name,
-                "listen": s.listen.to_string(),
-                "protocol": s.protocol.as_str(),
-                "forward": s.forward.as_str(),
-                "pool": s.pool.name,
-                "active_connections": s.stats.active.load(Ordering::Relaxed),
-                "total_connections": s.stats.total.load(Ordering::Relaxed),
-            })
-        })
-        .collect();
-    Json(json!({ "services": list }))
-}
-
-fn backend_json(b: &fulcrum_core::model::Backend, s: &BackendStats) -> Value {
-    json!({
-        "address": b.address.to_string(),
-        "weight": b.weight.get(),
-        "state": b.state.as_str(),
-        "active_connections": s.active.load(Ordering::Relaxed),
-        "total_connections": s.total.load(Ordering::Relaxed),
-        "zone": b.zone.as_ref().map(ToString::to_string),
+    Json(Services {
+        services: snap.services.iter().map(|s| s.as_ref().into()).collect(),
     })
 }
 
-fn pool_json(p: &PoolRt) -> Value {
-    let backends: Vec<Value> = p
-        .backends
-        .iter()
-        .zip(&p.stats)
-        .map(|(b, s)| backend_json(b, s))
-        .collect();
-    json!({
-        "name": p.name,
-        "scheduler": p.kind.as_str(),
-        "hash_key": p.hash_key.to_string(),
-        "persistence": p.persistence.as_ref().map_or(0, |x| x.timeout.as_secs()),
-        "backends": backends,
-        "locality": p.locality.as_ref().map(|plan| {
-            plan.percentages()
-                .into_iter()
-                .map(|(zone, share)| json!({ "zone": zone.to_string(), "share": share }))
-                .collect::<Vec<_>>()
-        }),
+async fn pools(State(st): State<AdminState>) -> Json<Pools> {
+    let snap = st.shared.snapshot.load();
+    Json(Pools {
+        pools: snap.pools.iter().map(|p| p.as_ref().into()).collect(),
     })
 }
 
-async fn pools(State(st): State<AdminState>) -> Json<Value> {
+async fn pool(
+    State(st): State<AdminState>,
+    Path(name): Path<String>,
+) -> Result<Json<PoolView>, ApiError> {
     let snap = st.shared.snapshot.load();
-    Json(json!({ "pools": snap.pools.iter().map(|p| pool_json(p)).collect::<Vec<_>>() }))
-}
-
-async fn pool(State(st): State<AdminState>, Path(name): Path<String>) -> Response {
-    let snap = st.shared.snapshot.load();
-    match snap.pool(&name) {
-        Some(p) => Json(pool_json(p)).into_response(),
-        None => error(StatusCode::NOT_FOUND, format!("no pool named {name:?}")),
-    }
+    let p = snap
+        .pool(&name)
+        .ok_or_else(|| ApiError::NotFound(format!("no pool named {name:?}")))?;
+    Ok(Json(p.as_ref().into()))
 }
 
 /// Constant-time comparison of the presented bearer token.
@@ -324,19 +274,28 @@ fn authorized(st: &AdminState, headers: &HeaderMap) -> bool {
     diff == 0
 }
 
-async fn reload(State(st): State<AdminState>, headers: HeaderMap) -> Response {
-    if !authorized(&st, &headers) {
-        return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+/// The bearer token was checked: an extractor for every mutating call (401 otherwise,
+/// before the body is read).
+pub(crate) struct Authorized;
+
+impl FromRequestParts<AdminState> for Authorized {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, st: &AdminState) -> Result<Self, ApiError> {
+        if authorized(st, &parts.headers) {
+            Ok(Self)
+        } else {
+            Err(ApiError::Unauthorized)
+        }
     }
+}
+
+async fn reload(State(st): State<AdminState>, _: Authorized) -> Result<Json<Reloaded>, ApiError> {
     let (tx, rx) = oneshot::channel();
-    if st.control.send(Control::Reload(tx)).is_err() {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
-    }
-    match rx.await {
-        Ok(Ok(())) => Json(json!({ "status": "reloaded" })).into_response(),
-        Ok(Err(msg)) => error(StatusCode::BAD_REQUEST, msg),
-        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
-    }
+    ask(&st, Control::Reload(tx), rx)
+        .await?
+        .map_err(ApiError::BadRequest)?;
+    Ok(Json(Reloaded { status: "reloaded" }))
 }
 
 /// With `protect_reads`, every GET but the probes needs the token (mutating calls check
@@ -353,90 +312,42 @@ async fn protect_reads(
         && path != "/readyz"
         && !authorized(&st, req.headers())
     {
-        return unauthorized();
+        return ApiError::Unauthorized.into_response();
     }
     next.run(req).await
 }
 
-fn unauthorized() -> Response {
-    error(
-        StatusCode::UNAUTHORIZED,
-        "missing or wrong bearer token (send Authorization: Bearer <token from [admin] token_file>)",
-    )
-}
-
-fn change_error(e: &ChangeError) -> Response {
-    let status = match e {
-        ChangeError::Invalid(_) => StatusCode::BAD_REQUEST,
-        ChangeError::NotFound(_) => StatusCode::NOT_FOUND,
-        ChangeError::Conflict(_) => StatusCode::CONFLICT,
-        ChangeError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-    };
-    error(status, e.to_string())
-}
-
-fn body_error(e: &BytesRejection) -> Response {
-    let status = e.status();
-    let status = if status == StatusCode::PAYLOAD_TOO_LARGE {
-        status
-    } else {
-        StatusCode::BAD_REQUEST
-    };
-    error(
-        status,
-        format!("cannot read the request body: {}", e.body_text()),
-    )
-}
-
 /// Parses a JSON body; an empty body is `{}`.
-/// A mutating call's body, once the bearer token is checked (401 first) and the body was
-/// read within its size limit (else 413 or 400).
-#[allow(clippy::result_large_err)] // the error is the handler's answer (axum's Response)
-fn checked_body(
-    st: &AdminState,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Bytes, Response> {
-    if !authorized(st, headers) {
-        return Err(unauthorized());
-    }
-    body.map_err(|e| body_error(&e))
-}
-
-#[allow(clippy::result_large_err)] // the error is the handler's answer (axum's Response)
-fn json_body(body: &Bytes) -> Result<Value, Response> {
+fn json_body(body: &Bytes) -> Result<Value, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(json!({}));
     }
     serde_json::from_slice(body)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
 }
 
-async fn ask<T>(st: &AdminState, msg: Control, rx: oneshot::Receiver<T>) -> Result<T, Response> {
+/// Sends `msg` to the controller and waits for its answer.
+async fn ask<T>(st: &AdminState, msg: Control, rx: oneshot::Receiver<T>) -> Result<T, ApiError> {
     if st.control.send(msg).is_err() {
-        return Err(error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"));
+        return Err(ApiError::shutting_down());
     }
-    rx.await
-        .map_err(|_| error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"))
+    rx.await.map_err(|_| ApiError::shutting_down())
 }
 
-/// Sends a config edit to the controller and answers with the changed object.
+/// Sends a config edit to the controller (or, in a fleet, to etcd); `Ok` once it runs here.
 async fn apply_edit(
     st: &AdminState,
     edit: fulcrum_proxy::controller::ConfigEdit,
     undrain: Option<(String, std::net::SocketAddr)>,
-    ok: impl FnOnce() -> Response,
-) -> Response {
+) -> Result<(), ApiError> {
     let edit = match &st.fleet {
         None => edit,
         Some(fleet) => {
-            if let Err(r) = fleet_edit(st, fleet.as_ref(), edit).await {
-                return r;
-            }
+            fleet_edit(st, fleet.as_ref(), edit).await?;
             // Applied from etcd; what is left is this instance's own part of the change
             // (ending an operator drain): the running config, unchanged, with it.
             if undrain.is_none() {
-                return ok();
+                return Ok(());
             }
             Arc::new(|cfg: &Config| Ok(cfg.clone()))
         }
@@ -447,11 +358,7 @@ async fn apply_edit(
         undrain,
         reply: tx,
     };
-    match ask(st, msg, rx).await {
-        Ok(Ok(())) => ok(),
-        Ok(Err(e)) => change_error(&e),
-        Err(r) => r,
-    }
+    Ok(ask(st, msg, rx).await??)
 }
 
 /// How long a fleet change waits for this instance to apply the revision it wrote.
@@ -463,8 +370,8 @@ async fn fleet_edit(
     st: &AdminState,
     fleet: &dyn fulcrum_proxy::controller::FleetEdit,
     edit: fulcrum_proxy::controller::ConfigEdit,
-) -> Result<(), Response> {
-    let rev = fleet.edit(edit).await.map_err(|e| change_error(&e))?;
+) -> Result<(), ApiError> {
+    let rev = fleet.edit(edit).await?;
     let deadline = tokio::time::Instant::now() + FLEET_APPLY_WAIT;
     loop {
         if let Some(c) = st.shared.cluster.load_full() {
@@ -472,81 +379,71 @@ async fn fleet_edit(
                 return Ok(());
             }
             if let Some(r) = c.refused.as_ref().filter(|r| r.revision >= rev) {
-                return Err(error(
-                    StatusCode::CONFLICT,
-                    format!(
-                        "the fleet's configuration was changed (revision {rev}) but this instance refused revision {}: {}",
-                        r.revision, r.error
-                    ),
-                ));
+                return Err(ApiError::Conflict(format!(
+                    "the fleet's configuration was changed (revision {rev}) but this instance refused revision {}: {}",
+                    r.revision, r.error
+                )));
             }
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("the fleet's configuration was changed (revision {rev}) but this instance has not applied it within {FLEET_APPLY_WAIT:?}"),
-            ));
+            return Err(ApiError::Unavailable(format!(
+                "the fleet's configuration was changed (revision {rev}) but this instance has not applied it within {FLEET_APPLY_WAIT:?}"
+            )));
         }
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
 }
 
-fn backend_answer(st: &AdminState, pool: &str, addr: std::net::SocketAddr) -> Response {
+fn backend_answer(st: &AdminState, pool: &str, addr: std::net::SocketAddr) -> Json<BackendAnswer> {
     let snap = st.shared.snapshot.load();
     // Only this backend's object (a pool may have thousands).
-    let b = snap.pool(pool).and_then(|p| {
+    let backend = snap.pool(pool).and_then(|p| {
         let i = p.backends.iter().position(|b| b.address == addr)?;
-        Some(backend_json(&p.backends[i], p.stats.get(i)?))
+        Some(BackendView::new(&p.backends[i], p.stats.get(i)?))
     });
-    Json(json!({ "pool": pool, "backend": b })).into_response()
+    Json(BackendAnswer {
+        backend,
+        pool: pool.to_owned(),
+    })
+}
+
+/// The body of `PUT /api/v1/pools/{pool}/backends/{address}`: `{"weight": N}`, the weight
+/// optional.
+fn backend_weight(v: &Value) -> Result<Option<u16>, ApiError> {
+    let Some(obj) = v.as_object() else {
+        return Err(ApiError::BadRequest(
+            "the body must be a JSON object: {\"weight\": N}".into(),
+        ));
+    };
+    if let Some(k) = obj.keys().find(|k| k.as_str() != "weight") {
+        return Err(ApiError::BadRequest(format!(
+            "unknown field {k:?} in the body; valid: weight"
+        )));
+    }
+    obj.get("weight")
+        .map(|w| {
+            w.as_u64()
+                .and_then(|w| u16::try_from(w).ok())
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "weight {w} is invalid: weights are integers 0..=65535 (0 = no new flows)"
+                    ))
+                })
+        })
+        .transpose()
 }
 
 /// `PUT /api/v1/pools/{pool}/backends/{address}` with `{"weight": N}` (optional: a new
 /// backend gets 1, an existing one keeps its weight). Ends an operator drain.
 async fn put_backend(
     State(st): State<AdminState>,
-    headers: HeaderMap,
     Path((pool, address)): Path<(String, String)>,
+    _: Authorized,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let body = match checked_body(&st, &headers, body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let addr = match crate::edit::parse_addr(&address) {
-        Ok(a) => a,
-        Err(e) => return change_error(&e),
-    };
-    let v = match json_body(&body) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    let Some(obj) = v.as_object() else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "the body must be a JSON object: {\"weight\": N}",
-        );
-    };
-    if let Some(k) = obj.keys().find(|k| k.as_str() != "weight") {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("unknown field {k:?} in the body; valid: weight"),
-        );
-    }
-    let weight = match obj.get("weight") {
-        None => None,
-        Some(w) => match w.as_u64().and_then(|w| u16::try_from(w).ok()) {
-            Some(w) => Some(w),
-            None => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    format!(
-                        "weight {w} is invalid: weights are integers 0..=65535 (0 = no new flows)"
-                    ),
-                )
-            }
-        },
-    };
+) -> Result<Json<BackendAnswer>, ApiError> {
+    let body = body?;
+    let addr = crate::edit::parse_addr(&address)?;
+    let weight = backend_weight(&json_body(&body)?)?;
     let p = pool.clone();
     let edit = Arc::new(move |cfg: &Config| {
         let w = weight.unwrap_or_else(|| {
@@ -556,244 +453,184 @@ async fn put_backend(
         });
         crate::edit::set_backend(cfg, &p, addr, w)
     });
-    apply_edit(&st, edit, Some((pool.clone(), addr)), || {
-        backend_answer(&st, &pool, addr)
-    })
-    .await
+    apply_edit(&st, edit, Some((pool.clone(), addr))).await?;
+    Ok(backend_answer(&st, &pool, addr))
 }
 
 /// `DELETE /api/v1/pools/{pool}/backends/{address}`: existing flows finish.
 async fn delete_backend(
     State(st): State<AdminState>,
-    headers: HeaderMap,
     Path((pool, address)): Path<(String, String)>,
-) -> Response {
-    if !authorized(&st, &headers) {
-        return unauthorized();
-    }
-    let addr = match crate::edit::parse_addr(&address) {
-        Ok(a) => a,
-        Err(e) => return change_error(&e),
-    };
+    _: Authorized,
+) -> Result<Json<BackendRemoved>, ApiError> {
+    let addr = crate::edit::parse_addr(&address)?;
     let p = pool.clone();
     let edit = Arc::new(move |cfg: &Config| crate::edit::remove_backend(cfg, &p, addr));
-    apply_edit(&st, edit, None, || {
-        Json(json!({ "pool": pool, "removed": addr.to_string() })).into_response()
-    })
-    .await
+    apply_edit(&st, edit, None).await?;
+    Ok(Json(BackendRemoved {
+        pool,
+        removed: addr.to_string(),
+    }))
 }
 
 /// `POST /api/v1/pools/{pool}/backends/{address}/drain`.
 async fn drain_backend(
     State(st): State<AdminState>,
-    headers: HeaderMap,
     Path((pool, address)): Path<(String, String)>,
-) -> Response {
-    if !authorized(&st, &headers) {
-        return unauthorized();
-    }
-    let addr = match crate::edit::parse_addr(&address) {
-        Ok(a) => a,
-        Err(e) => return change_error(&e),
-    };
+    _: Authorized,
+) -> Result<Json<BackendAnswer>, ApiError> {
+    let addr = crate::edit::parse_addr(&address)?;
     let (tx, rx) = oneshot::channel();
     let msg = Control::Drain {
         pool: pool.clone(),
         backend: addr,
         reply: tx,
     };
-    match ask(&st, msg, rx).await {
-        Ok(Ok(())) => backend_answer(&st, &pool, addr),
-        Ok(Err(e)) => change_error(&e),
-        Err(r) => r,
-    }
+    ask(&st, msg, rx).await??;
+    Ok(backend_answer(&st, &pool, addr))
+}
+
+/// The change of a named pool or service: `change(running config, name, body)` (`body`
+/// `{}` when the call has none).
+async fn edit_named(
+    st: &AdminState,
+    name: &str,
+    body: Option<Value>,
+    change: fn(&Config, &str, Value) -> Result<Config, ChangeError>,
+) -> Result<(), ApiError> {
+    let (n, v) = (name.to_owned(), body.unwrap_or_else(|| json!({})));
+    let edit = Arc::new(move |cfg: &Config| change(cfg, &n, v.clone()));
+    apply_edit(st, edit, None).await
 }
 
 /// `PUT /api/v1/services/{name}`: the body has the keys of a `[[service]]` table.
 async fn put_service(
     State(st): State<AdminState>,
-    headers: HeaderMap,
     Path(name): Path<String>,
+    _: Authorized,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let body = match checked_body(&st, &headers, body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let v = match json_body(&body) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    let n = name.clone();
-    let edit = Arc::new(move |cfg: &Config| crate::edit::put_service(cfg, &n, v.clone()));
-    apply_edit(&st, edit, None, || {
-        let snap = st.shared.snapshot.load();
-        let svc = snap.services.iter().find(|s| s.name == name).map(|s| {
-            json!({
-                "name": s.name,
-                "listen": s.listen.to_string(),
-                "protocol": s.protocol.as_str(),
-                "forward": s.forward.as_str(),
-                "pool": s.pool.name,
-            })
-        });
-        Json(json!({ "service": svc })).into_response()
+) -> Result<Json<ServiceAnswer>, ApiError> {
+    edit_named(&st, &name, Some(json_body(&body?)?), |cfg, n, v| {
+        crate::edit::put_service(cfg, n, v)
     })
-    .await
+    .await?;
+    let snap = st.shared.snapshot.load();
+    let service = snap.services.iter().find(|s| s.name == name);
+    Ok(Json(ServiceAnswer {
+        service: service.map(|s| s.as_ref().into()),
+    }))
 }
 
 /// `PUT /api/v1/pools/{pool}`: creates a pool (empty) or changes its settings.
 async fn put_pool(
     State(st): State<AdminState>,
-    headers: HeaderMap,
     Path(name): Path<String>,
+    _: Authorized,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let body = match checked_body(&st, &headers, body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let v = match json_body(&body) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    let n = name.clone();
-    let edit = Arc::new(move |cfg: &Config| crate::edit::set_pool(cfg, &n, v.clone()));
-    apply_edit(&st, edit, None, || {
-        let snap = st.shared.snapshot.load();
-        match snap.pool(&name) {
-            Some(p) => Json(pool_json(p)).into_response(),
-            None => error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "pool missing after the change",
-            ),
-        }
+) -> Result<Json<PoolView>, ApiError> {
+    edit_named(&st, &name, Some(json_body(&body?)?), |cfg, n, v| {
+        crate::edit::set_pool(cfg, n, v)
     })
-    .await
+    .await?;
+    let snap = st.shared.snapshot.load();
+    let p = snap
+        .pool(&name)
+        .ok_or_else(|| ApiError::Internal("pool missing after the change".into()))?;
+    Ok(Json(p.as_ref().into()))
 }
 
 /// `DELETE /api/v1/pools/{pool}`: 409 while a service or route uses it.
 async fn delete_pool(
     State(st): State<AdminState>,
-    headers: HeaderMap,
     Path(name): Path<String>,
-) -> Response {
-    if !authorized(&st, &headers) {
-        return unauthorized();
-    }
-    let n = name.clone();
-    let edit = Arc::new(move |cfg: &Config| crate::edit::delete_pool(cfg, &n));
-    apply_edit(&st, edit, None, || {
-        Json(json!({ "removed": name })).into_response()
+    _: Authorized,
+) -> Result<Json<Removed>, ApiError> {
+    edit_named(&st, &name, None, |cfg, n, _| {
+        crate::edit::delete_pool(cfg, n)
     })
-    .await
+    .await?;
+    Ok(Json(Removed { removed: name }))
 }
 
 /// `DELETE /api/v1/services/{name}`: stops listening; open connections finish.
 async fn delete_service(
     State(st): State<AdminState>,
-    headers: HeaderMap,
     Path(name): Path<String>,
-) -> Response {
-    if !authorized(&st, &headers) {
-        return unauthorized();
-    }
-    let n = name.clone();
-    let edit = Arc::new(move |cfg: &Config| crate::edit::delete_service(cfg, &n));
-    apply_edit(&st, edit, None, || {
-        Json(json!({ "removed": name })).into_response()
+    _: Authorized,
+) -> Result<Json<Removed>, ApiError> {
+    edit_named(&st, &name, None, |cfg, n, _| {
+        crate::edit::delete_service(cfg, n)
     })
-    .await
+    .await?;
+    Ok(Json(Removed { removed: name }))
+}
+
+/// `GET /api/v1/cluster`: the fleet as this instance sees it (`[cluster]`, docs/cluster.md).
+async fn cluster(State(st): State<AdminState>) -> Result<Response, ApiError> {
+    let status = st.shared.cluster.load_full().ok_or_else(|| {
+        ApiError::NotFound(
+            "this instance has no [cluster] section: it is not part of a fleet".into(),
+        )
+    })?;
+    Ok(Json(status.as_ref().clone()).into_response())
 }
 
 /// `GET /api/v1/config`: the running configuration (file plus run-time changes) as TOML.
-/// `GET /api/v1/cluster`: the fleet as this instance sees it (`[cluster]`, docs/cluster.md).
-async fn cluster(State(st): State<AdminState>) -> Response {
-    match st.shared.cluster.load_full() {
-        Some(status) => Json(status.as_ref().clone()).into_response(),
-        None => error(
-            StatusCode::NOT_FOUND,
-            "this instance has no [cluster] section: it is not part of a fleet",
-        ),
-    }
-}
-
-async fn get_config(State(st): State<AdminState>) -> Response {
+async fn get_config(State(st): State<AdminState>) -> Result<Response, ApiError> {
     let (tx, rx) = oneshot::channel();
-    match ask(&st, Control::Config(tx), rx).await {
-        Ok(cfg) => (
-            [(header::CONTENT_TYPE, "application/toml; charset=utf-8")],
-            cfg.to_toml(),
-        )
-            .into_response(),
-        Err(r) => r,
-    }
+    let cfg = ask(&st, Control::Config(tx), rx).await?;
+    let kind = "application/toml; charset=utf-8";
+    Ok(([(header::CONTENT_TYPE, kind)], cfg.to_toml()).into_response())
 }
 
-/// `GET /api/v1/pools/{pool}/explain?client=IP:PORT[&dst=IP:PORT][&proto=tcp|udp]`.
-#[allow(clippy::result_large_err)] // its parsing closure answers with axum's Response
-async fn explain(
-    State(st): State<AdminState>,
-    Path(pool): Path<String>,
-    RawQuery(query): RawQuery,
-) -> Response {
+/// The query of `explain`: `client=IP:PORT[&dst=IP:PORT][&proto=tcp|udp]`.
+fn explain_query(query: Option<&str>) -> Result<crate::explain::Query, ApiError> {
     let mut client = None;
     let mut dst = None;
     let mut proto = None;
-    for pair in query
-        .as_deref()
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let v = percent_decode(v);
         let addr = |what: &str| {
             v.parse::<std::net::SocketAddr>().map_err(|_| {
-                error(
-                    StatusCode::BAD_REQUEST,
-                    format!("invalid {what} address {v:?}: write IP:PORT, e.g. 198.18.1.3:40000"),
-                )
+                ApiError::BadRequest(format!(
+                    "invalid {what} address {v:?}: write IP:PORT, e.g. 198.18.1.3:40000"
+                ))
             })
         };
         match k {
-            "client" => match addr("client") {
-                Ok(a) => client = Some(a),
-                Err(r) => return r,
-            },
-            "dst" => match addr("dst") {
-                Ok(a) => dst = Some(a),
-                Err(r) => return r,
-            },
-            "proto" => match crate::explain::parse_proto(&v) {
-                Some(p) => proto = Some(p),
-                None => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        format!("invalid proto {v:?}: valid: tcp, udp"),
-                    )
-                }
-            },
+            "client" => client = Some(addr("client")?),
+            "dst" => dst = Some(addr("dst")?),
+            "proto" => {
+                proto = Some(crate::explain::parse_proto(&v).ok_or_else(|| {
+                    ApiError::BadRequest(format!("invalid proto {v:?}: valid: tcp, udp"))
+                })?);
+            }
             _ => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    format!("unknown query parameter {k:?}; valid: client, dst, proto"),
-                )
+                return Err(ApiError::BadRequest(format!(
+                    "unknown query parameter {k:?}; valid: client, dst, proto"
+                )))
             }
         }
     }
-    let Some(client) = client else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "missing client=IP:PORT (the flow's source address)",
-        );
-    };
+    let client = client.ok_or_else(|| {
+        ApiError::BadRequest("missing client=IP:PORT (the flow's source address)".into())
+    })?;
+    Ok(crate::explain::Query { client, dst, proto })
+}
+
+/// `GET /api/v1/pools/{pool}/explain?client=IP:PORT[&dst=IP:PORT][&proto=tcp|udp]`.
+async fn explain(
+    State(st): State<AdminState>,
+    Path(pool): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let q = explain_query(query.as_deref())?;
     let snap = st.shared.snapshot.load();
-    let Some(p) = snap.pool(&pool) else {
-        return error(StatusCode::NOT_FOUND, format!("no pool named {pool:?}"));
-    };
-    let q = crate::explain::Query { client, dst, proto };
-    Json(crate::explain::explain(&st.shared, &snap, p, q)).into_response()
+    let p = snap
+        .pool(&pool)
+        .ok_or_else(|| ApiError::NotFound(format!("no pool named {pool:?}")))?;
+    Ok(Json(crate::explain::explain(&st.shared, &snap, p, q)))
 }
 
 /// Decodes `%XX` escapes (and `+` as space) of a query value.
@@ -823,6 +660,9 @@ fn percent_decode(s: &str) -> String {
 }
 
 mod announce;
+mod answers;
+
+pub use answers::{error, ApiError};
 
 #[cfg(test)]
 mod openapi_tests;

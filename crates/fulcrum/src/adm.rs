@@ -10,12 +10,13 @@
 //! itself exits 255 there), 2 bad usage (as ipvsadm).
 
 use std::fmt::Write as _;
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs as _};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+
+use crate::api_client::{self, Client, Endpoint, UrlError};
 
 /// Arguments of `fulcrum adm`: everything after `adm`, parsed by [`parse`].
 #[derive(Debug, clap::Args)]
@@ -498,15 +499,11 @@ pub fn list_all(svcs: &[Svc], f: Format, exact: bool) -> String {
 }
 
 // ----------------------------------------------------------------------------------------
-// the admin API client (HTTP/1.1 over std, one connection per call)
+// the admin API (through the command line's one client, crate::api_client)
 // ----------------------------------------------------------------------------------------
 
-struct Api {
-    host: String,
-    addr: SocketAddr,
-    token: Option<String>,
-    url: String,
-}
+/// The admin API, with ipvsadm's wording of its failures.
+struct Api(Client);
 
 /// An answer: status and parsed JSON body (`Value::Null` when not JSON).
 struct Answer {
@@ -531,17 +528,14 @@ fn cannot_reach(url: &str, e: &dyn std::fmt::Display) -> Fail {
 
 impl Api {
     fn new(url: &str, token_file: Option<&PathBuf>) -> Result<Self, Fail> {
-        let rest = url.strip_prefix("http://").ok_or_else(|| {
-            usage_err(format!(
+        let endpoint = Endpoint::parse(url).map_err(|e| match e {
+            UrlError::NotHttp => usage_err(format!(
                 "--admin {url}: only http://HOST:PORT URLs are supported"
-            ))
+            )),
+            UrlError::Resolve(host, _) => {
+                usage_err(format!("--admin {url}: cannot resolve {host}"))
+            }
         })?;
-        let host = rest.trim_end_matches('/').to_owned();
-        let addr = host
-            .to_socket_addrs()
-            .ok()
-            .and_then(|mut a| a.next())
-            .ok_or_else(|| usage_err(format!("--admin {url}: cannot resolve {host}")))?;
         let token = match token_file {
             Some(p) => Some(
                 std::fs::read_to_string(p)
@@ -551,48 +545,28 @@ impl Api {
             ),
             None => None,
         };
-        Ok(Self {
-            host,
-            addr,
-            token,
-            url: url.to_owned(),
-        })
+        let client = Client::new(endpoint, token, "fulcrum-adm")
+            .map_err(|e| cannot_reach(url, &e))?
+            .timeouts(Duration::from_secs(5), Duration::from_secs(30));
+        Ok(Self(client))
     }
 
     fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Answer, Fail> {
-        let mut s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))
-            .map_err(|e| cannot_reach(&self.url, &e))?;
-        let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
-        let body = body.map(Value::to_string).unwrap_or_default();
-        let mut req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAccept: application/json\r\nContent-Length: {}\r\n",
-            self.host,
-            body.len()
-        );
-        if !body.is_empty() {
-            req.push_str("Content-Type: application/json\r\n");
-        }
-        if let Some(t) = &self.token {
-            let _ = write!(req, "Authorization: Bearer {t}\r\n");
-        }
-        req.push_str("\r\n");
-        req.push_str(&body);
-        s.write_all(req.as_bytes())
-            .map_err(|e| cannot_reach(&self.url, &e))?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw)
-            .map_err(|e| cannot_reach(&self.url, &e))?;
-        let (status, body) = parse_response(&raw)
-            .ok_or_else(|| op_err(format!("{method} {path}: malformed HTTP answer")))?;
-        if status == 401 {
+        let a = self.0.call(method, path, body).map_err(|e| match e {
+            api_client::Error::Malformed(_) => {
+                op_err(format!("{method} {path}: malformed HTTP answer"))
+            }
+            api_client::Error::Unreachable(e) => cannot_reach(&self.0.endpoint.url, &e),
+        })?;
+        if a.status == 401 {
             return Err(op_err(format!(
                 "Permission denied (you must be root)\n\
                  (the admin API refused the token: give the right one with --token-file; {method} {path})"
             )));
         }
         Ok(Answer {
-            status,
-            body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+            status: a.status,
+            body: serde_json::from_slice(&a.body).unwrap_or(Value::Null),
         })
     }
 
@@ -606,34 +580,6 @@ impl Api {
             )));
         }
         Ok(a.body)
-    }
-}
-
-/// Status and (de-chunked) body of an HTTP/1.1 answer.
-fn parse_response(raw: &[u8]) -> Option<(u16, Vec<u8>)> {
-    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = std::str::from_utf8(&raw[..end]).ok()?;
-    let status: u16 = head.split(' ').nth(1)?.parse().ok()?;
-    let body = &raw[end + 4..];
-    let chunked = head.lines().any(|l| {
-        let l = l.to_ascii_lowercase();
-        l.starts_with("transfer-encoding:") && l.contains("chunked")
-    });
-    if !chunked {
-        return Some((status, body.to_vec()));
-    }
-    let mut out = Vec::new();
-    let mut rest = body;
-    loop {
-        let nl = rest.windows(2).position(|w| w == b"\r\n")?;
-        let size_text = std::str::from_utf8(&rest[..nl]).ok()?;
-        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-        rest = &rest[nl + 2..];
-        if size == 0 {
-            return Some((status, out));
-        }
-        out.extend_from_slice(rest.get(..size)?);
-        rest = rest.get(size + 2..)?;
     }
 }
 
@@ -1204,15 +1150,7 @@ TCP  198.18.10.10:80                     7        0        0        0        0
     }
 
     #[test]
-    fn http_answers() {
-        let (st, b) =
-            parse_response(b"HTTP/1.1 404 Not Found\r\ncontent-length: 2\r\n\r\n{}").unwrap();
-        assert_eq!((st, b.as_slice()), (404, &b"{}"[..]));
-        let (st, b) = parse_response(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
-        )
-        .unwrap();
-        assert_eq!((st, b.as_slice()), (200, &b"abcde"[..]));
+    fn names_in_paths() {
         assert_eq!(seg("[::1]:80"), "%5B::1%5D:80");
         assert_eq!(
             generated_name(Proto::Tcp, a("127.0.0.1:80")),

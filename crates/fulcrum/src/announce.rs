@@ -9,13 +9,15 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use fulcrum_core::announce::{exabgp_changes, vip_routes};
 use fulcrum_core::config::SpeakerKind;
 use serde_json::Value;
+
+use crate::api_client::{Client, Endpoint};
 
 /// Arguments of `fulcrum announce`.
 #[derive(Debug, clap::Args)]
@@ -71,6 +73,9 @@ pub fn run(args: &AnnounceArgs) -> anyhow::Result<u8> {
         _ => None,
     };
     let addr = reachable(admin.listen);
+    let client = Client::new(Endpoint::at(addr), token, "fulcrum-announce")?
+        .timeouts(IO_TIMEOUT, IO_TIMEOUT)
+        .max_body(1 << 20);
 
     // stdin closes when exabgp stops (or restarts) this process: exit 0 then.
     std::thread::spawn(|| {
@@ -87,7 +92,7 @@ pub fn run(args: &AnnounceArgs) -> anyhow::Result<u8> {
     let mut held: BTreeMap<IpAddr, bool> = BTreeMap::new();
     let mut failures = 0u32;
     loop {
-        let next = match poll(addr, token.as_deref()) {
+        let next = match poll(&client) {
             Ok(v) => {
                 if failures >= UNREACHABLE_POLLS {
                     eprintln!("fulcrum announce: the instance at {addr} answers again");
@@ -133,23 +138,13 @@ fn reachable(listen: SocketAddr) -> SocketAddr {
 }
 
 /// One `GET /api/v1/announce`: the routes to hold per VIP.
-fn poll(addr: SocketAddr, token: Option<&str>) -> Result<BTreeMap<IpAddr, bool>, String> {
-    let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).map_err(|e| e.to_string())?;
-    let _ = s.set_read_timeout(Some(IO_TIMEOUT));
-    let _ = s.set_write_timeout(Some(IO_TIMEOUT));
-    let auth = token.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
-    let req = format!(
-        "GET /api/v1/announce HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: fulcrum-announce\r\nAccept: application/json\r\nConnection: close\r\n{auth}\r\n"
-    );
-    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
-    let mut buf = Vec::new();
-    s.take(1 << 20)
-        .read_to_end(&mut buf)
+fn poll(client: &Client) -> Result<BTreeMap<IpAddr, bool>, String> {
+    let answer = client
+        .call("GET", "/api/v1/announce", None)
         .map_err(|e| e.to_string())?;
-    let (status, body) =
-        crate::ctl::parse_response(&buf).ok_or_else(|| "a malformed HTTP answer".to_owned())?;
-    if status != 200 {
-        return Err(format!("status {status}: {}", body.trim()));
+    let body = answer.text();
+    if answer.status != 200 {
+        return Err(format!("status {}: {}", answer.status, body.trim()));
     }
     let v: Value = serde_json::from_str(&body).map_err(|e| format!("bad JSON: {e}"))?;
     let services = v["services"]

@@ -1,20 +1,20 @@
 //! `fulcrum ctl …`: talks to a running instance's admin API.
 //!
-//! A deliberately small HTTP/1.1 client (one request per connection, `Connection: close`)
-//! over `std::net::TcpStream`: the admin API is plain HTTP on loopback or a management
-//! network, and `ctl` makes one or three requests per run.
+//! Requests go through the command line's one admin API client ([`crate::api_client`]);
+//! `ctl` makes one or three requests per run.
 //!
 //! Exit codes: 0 success; 1 the instance cannot be reached, refuses the token, or refuses
 //! the change (404, 409, 5xx); 2 bad usage (bad arguments, unreadable token file, or a
 //! request the API calls bad: 400).
 
 use std::fmt::Write as _;
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs as _};
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+
+use crate::api_client::{self, Client, Endpoint, UrlError};
 
 /// Arguments of `fulcrum ctl`.
 #[derive(Debug, clap::Args)]
@@ -216,48 +216,27 @@ fn enc(s: &str) -> String {
     out
 }
 
-/// The admin API endpoint and token.
-struct Api {
-    url: String,
-    host: String,
-    addrs: Vec<SocketAddr>,
-    prefix: String,
-    token: Option<String>,
-}
+/// The admin API, with `ctl`'s wording of its failures.
+struct Api(Client);
 
 impl Api {
     fn new(args: &CtlArgs) -> Result<Self, Fail> {
-        let url = args.admin.trim_end_matches('/').to_owned();
-        let Some(rest) = url.strip_prefix("http://").map(str::to_owned) else {
-            return Err(Fail(
+        let endpoint = Endpoint::parse(&args.admin).map_err(|e| match e {
+            UrlError::NotHttp => Fail(
                 EXIT_USAGE,
                 format!(
-                    "--admin {url:?}: only http:// URLs are supported, e.g. http://127.0.0.1:9090"
+                    "--admin {:?}: only http:// URLs are supported, e.g. http://127.0.0.1:9090",
+                    args.admin.trim_end_matches('/')
                 ),
-            ));
-        };
-        let (hostport, prefix) = match rest.find('/') {
-            Some(i) => (&rest[..i], rest[i..].to_owned()),
-            None => (rest.as_str(), String::new()),
-        };
-        let with_port = if hostport.rsplit_once(':').is_some_and(|(h, p)| {
-            !p.is_empty()
-                && p.bytes().all(|c| c.is_ascii_digit())
-                && (!h.contains(':') || h.ends_with(']'))
-        }) {
-            hostport.to_owned()
-        } else {
-            format!("{hostport}:80")
-        };
-        let addrs: Vec<SocketAddr> = with_port
-            .to_socket_addrs()
-            .map_err(|e| {
-                Fail(
-                    EXIT_FAILURE,
-                    format!("cannot reach the admin API at {url}: {e}"),
-                )
-            })?
-            .collect();
+            ),
+            UrlError::Resolve(_, e) => Fail(
+                EXIT_FAILURE,
+                format!(
+                    "cannot reach the admin API at {}: {e}",
+                    args.admin.trim_end_matches('/')
+                ),
+            ),
+        })?;
         let token = match &args.token_file {
             None => None,
             Some(f) => Some(
@@ -272,71 +251,45 @@ impl Api {
                     .to_owned(),
             ),
         };
-        Ok(Self {
-            url,
-            host: hostport.to_owned(),
-            addrs,
-            prefix,
-            token,
-        })
+        let client = Client::new(endpoint, token, "fulcrum-ctl")
+            .map_err(|e| {
+                Fail(
+                    EXIT_FAILURE,
+                    format!("cannot start the admin API client: {e}"),
+                )
+            })?
+            .timeouts(Duration::from_secs(3), Duration::from_secs(60));
+        Ok(Self(client))
+    }
+
+    /// The admin URL as given.
+    fn url(&self) -> &str {
+        &self.0.endpoint.url
     }
 
     /// One request; the status and body. Errors for transport failures only.
     fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, String), Fail> {
-        let unreachable = |e: &std::io::Error| {
-            let why = match e.kind() {
-                std::io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
-                std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => {
-                    "timed out".to_owned()
-                }
-                _ => e.to_string(),
-            };
-            Fail(
+        let url = self.url();
+        match self.0.call(method, path, body) {
+            Ok(a) => Ok((a.status, a.text())),
+            Err(api_client::Error::Malformed(_)) => Err(Fail(
                 EXIT_FAILURE,
-                format!("cannot reach the admin API at {}: {why} (is `fulcrum run` running with [admin] listen there?)", self.url),
-            )
-        };
-        let mut last = None;
-        let mut stream = None;
-        for a in &self.addrs {
-            match TcpStream::connect_timeout(a, Duration::from_secs(3)) {
-                Ok(s) => {
-                    stream = Some(s);
-                    break;
-                }
-                Err(e) => last = Some(e),
+                format!("the admin API at {url} sent a malformed HTTP answer"),
+            )),
+            Err(api_client::Error::Unreachable(e)) => {
+                let why = match e.kind() {
+                    std::io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
+                    std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => {
+                        "timed out".to_owned()
+                    }
+                    _ => e.to_string(),
+                };
+                Err(Fail(
+                    EXIT_FAILURE,
+                    format!("cannot reach the admin API at {url}: {why} (is `fulcrum run` running with [admin] listen there?)"),
+                ))
             }
         }
-        let Some(mut s) = stream else {
-            let e = last.unwrap_or_else(|| std::io::Error::other("no address"));
-            return Err(unreachable(&e));
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
-        let _ = s.set_write_timeout(Some(Duration::from_secs(10)));
-        let body = body.map(Value::to_string).unwrap_or_default();
-        let mut req = format!(
-            "{method} {}{path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: fulcrum-ctl\r\nAccept: application/json\r\nConnection: close\r\nContent-Length: {}\r\n",
-            self.prefix,
-            self.host,
-            body.len()
-        );
-        if !body.is_empty() {
-            req.push_str("Content-Type: application/json\r\n");
-        }
-        if let Some(t) = &self.token {
-            let _ = write!(req, "Authorization: Bearer {t}\r\n");
-        }
-        req.push_str("\r\n");
-        req.push_str(&body);
-        s.write_all(req.as_bytes()).map_err(|e| unreachable(&e))?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).map_err(|e| unreachable(&e))?;
-        parse_response(&buf).ok_or_else(|| {
-            Fail(
-                EXIT_FAILURE,
-                format!("the admin API at {} sent a malformed HTTP answer", self.url),
-            )
-        })
     }
 
     /// A request whose success answer is JSON; API errors become [`Fail`]s.
@@ -352,7 +305,7 @@ impl Api {
         Err(match status {
             401 => Fail(
                 EXIT_FAILURE,
-                if self.token.is_some() {
+                if self.0.has_token() {
                     format!("the admin API refused the token from --token-file (401): {msg}")
                 } else {
                     format!("the admin API refused the request without a token (401): pass --token-file FILE ({msg})")
@@ -362,33 +315,6 @@ impl Api {
             _ => Fail(EXIT_FAILURE, format!("{msg} ({status})")),
         })
     }
-}
-
-pub(crate) fn parse_response(buf: &[u8]) -> Option<(u16, String)> {
-    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = String::from_utf8_lossy(&buf[..end]);
-    let status: u16 = head.split_whitespace().nth(1)?.parse().ok()?;
-    let mut body = buf[end + 4..].to_vec();
-    let chunked = head.lines().any(|l| {
-        let l = l.to_ascii_lowercase();
-        l.starts_with("transfer-encoding:") && l.contains("chunked")
-    });
-    if chunked {
-        let mut out = Vec::new();
-        let mut rest = &body[..];
-        while let Some(p) = rest.windows(2).position(|w| w == b"\r\n") {
-            let size_text = String::from_utf8_lossy(&rest[..p]).to_string();
-            let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-            rest = &rest[p + 2..];
-            if size == 0 || rest.len() < size {
-                break;
-            }
-            out.extend_from_slice(&rest[..size]);
-            rest = &rest[(size + 2).min(rest.len())..];
-        }
-        body = out;
-    }
-    Some((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// A table with columns padded to their widest cell.
@@ -551,7 +477,7 @@ fn status(api: &Api, as_json: bool) -> Result<String, Fail> {
     let announce = api.json("GET", "/api/v1/announce", None).ok();
     if as_json {
         return Ok(pretty(&json!({
-            "url": api.url,
+            "url": api.url(),
             "ready": code == 200,
             "readiness": ready.trim(),
             "services": services["services"],
@@ -582,7 +508,7 @@ fn status(api: &Api, as_json: bool) -> Result<String, Fail> {
                 },
             )
     };
-    let mut out = format!("{}: {}\n\n", api.url, ready.trim());
+    let mut out = format!("{}: {}\n\n", api.url(), ready.trim());
     let rows: Vec<Vec<String>> = services["services"]
         .as_array()
         .into_iter()

@@ -13,6 +13,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod adm;
 mod announce;
+mod api_client;
 mod check;
 mod cluster;
 mod controller;

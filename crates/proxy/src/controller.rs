@@ -12,7 +12,7 @@ use std::time::Duration;
 use fulcrum_core::config::{self, Config, Forwarding, HealthConfig, OutlierConfig, PoolConfig};
 use fulcrum_core::flow::FlowTable;
 use fulcrum_core::health::{ActiveHealth, BackendHealth, Outlier, Transition};
-use fulcrum_core::model::{defaults, BackendState, HashKey, Proto, ServiceProtocol};
+use fulcrum_core::model::{defaults, BackendState, HashKey, ServiceProtocol};
 use fulcrum_core::sched::{self, SchedOptions};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::sync::oneshot;
@@ -20,9 +20,13 @@ use tokio::task::JoinHandle;
 
 use crate::discovery::Discoveries;
 use crate::health;
+use crate::plan::{
+    self, BackendPlan, CheckerStep, PersistenceStep, Plan, Running, ServiceStep, TrackStep,
+    TrackedHealth,
+};
 use crate::snapshot::{Event, Persistence, PoolRt, ServiceRt, Shared, Snapshot};
 use crate::stats::{BackendStats, ServiceStats};
-use crate::worker::{self, ListenKey, WorkerCmd, Workers};
+use crate::worker::{self, BoundSocket, ListenKey, WorkerCmd, Workers};
 
 /// Persistence tables hold at most this many client IPs per pool (least recently seen are
 /// forgotten beyond it). Preallocated: 65,536 entries cost about 4 MiB.
@@ -117,6 +121,14 @@ struct Tracked {
     checker: Option<(HealthConfig, JoinHandle<()>)>,
 }
 
+impl Tracked {
+    fn abort_checker(&mut self) {
+        if let Some((_, h)) = self.checker.take() {
+            h.abort();
+        }
+    }
+}
+
 /// Reads and validates a config file for a reload: the config, or the rendered errors.
 pub type Loader = Arc<dyn Fn(&std::path::Path) -> Result<Config, String> + Send + Sync>;
 
@@ -157,14 +169,6 @@ pub struct Controller {
     loader: Loader,
     /// What else a successful reload changes (see [`AfterReload`]).
     after_reload: Option<AfterReload>,
-}
-
-fn listen_key(s: &config::ServiceConfig) -> ListenKey {
-    let proto = match s.protocol {
-        ServiceProtocol::Udp => Proto::Udp,
-        ServiceProtocol::Tcp | ServiceProtocol::Http => Proto::Tcp,
-    };
-    (proto, s.listen)
 }
 
 /// Whether the userspace data path listens for this service (`forward = "proxy"`; http
@@ -235,134 +239,189 @@ impl Controller {
 
     /// [`Controller::apply`] with the kind of failure: a listener that cannot be bound is a
     /// [`ChangeError::Conflict`], an L7 service that cannot be built [`ChangeError::Invalid`].
-    #[allow(clippy::too_many_lines)]
+    /// The change is planned first ([`plan::plan`], no IO), then carried out.
     ///
     /// # Errors
     /// See above; nothing changed.
     pub async fn apply_checked(&mut self, new: Config) -> Result<(), ChangeError> {
-        let wanted: HashSet<ListenKey> = new
-            .services
-            .iter()
-            .filter(|s| served(&self.shared, s))
-            .map(listen_key)
-            .collect();
-        let mut bound = Vec::new();
-        for key in wanted.difference(&self.listening) {
-            let mut socks = Vec::with_capacity(self.workers.count());
-            for _ in 0..self.workers.count() {
-                let s = worker::bind(*key).map_err(|e| {
-                    ChangeError::Conflict(format!("cannot listen on {} ({:?}): {e}", key.1, key.0))
-                })?;
-                socks.push(s);
-            }
-            bound.push((*key, socks));
-        }
-
-        if let Some(check) = self.check_l7(&new) {
+        let plan = self.plan(&new);
+        let bound = self.bind(&plan)?;
+        if let Some(check) = self.check_l7(&new, &plan.l7_check) {
             off_thread(check)
                 .await
                 .map_err(ChangeError::Invalid)?
                 .map_err(ChangeError::Invalid)?;
         }
         self.discovery.sync(&new.pools, &self.shared.events);
-
-        // Backends: keep the counters and health state of the ones that stay.
-        let mut kept = HashMap::new();
-        for pool in &new.pools {
-            for b in &self.discovery.backends(&pool.name, &pool.backends) {
-                let k = (pool.name.clone(), b.address);
-                let t = if let Some(t) = self.backends.remove(&k) {
-                    t
-                } else {
-                    self.next_id += 1;
-                    Tracked {
-                        stats: Arc::new(BackendStats::new(self.next_id, &pool.name, b.address)),
-                        health: new_health(pool),
-                        settings: (pool.health.clone(), pool.outlier),
-                        checker: None,
-                    }
-                };
-                kept.insert(k, t);
-            }
-        }
-        for (_, t) in self.backends.drain() {
-            if let Some((_, h)) = t.checker {
-                h.abort();
-            }
-        }
-        self.backends = kept;
-        for pool in &new.pools {
-            for b in &self.discovery.backends(&pool.name, &pool.backends) {
-                let Some(t) = self.backends.get_mut(&(pool.name.clone(), b.address)) else {
-                    continue;
-                };
-                let settings = (pool.health.clone(), pool.outlier);
-                if t.settings != settings {
-                    t.health = new_health(pool);
-                    t.settings = settings;
-                }
-                t.stats
-                    .settled
-                    .store(t.health.active().is_settled(), Ordering::Release);
-                let same = match (&t.checker, &pool.health) {
-                    (Some((old, _)), Some(h)) => old == h,
-                    (None, None) => true,
-                    _ => false,
-                };
-                if !same {
-                    if let Some((_, h)) = t.checker.take() {
-                        h.abort();
-                    }
-                    t.checker = pool.health.clone().map(|h| {
-                        let handle = health::spawn(
-                            pool.name.clone(),
-                            b.address,
-                            h.clone(),
-                            self.shared.events.clone(),
-                        );
-                        (h, handle)
-                    });
-                }
-            }
-        }
-        self.services.retain(|name, _| new.service(name).is_some());
-        for s in &new.services {
-            self.services.entry(s.name.clone()).or_default();
-        }
-        self.persistence
-            .retain(|name, _| new.pool(name).is_some_and(|p| p.persistence.is_some()));
-        for p in &new.pools {
-            if let Some(timeout) = p.persistence {
-                let keep = self
-                    .persistence
-                    .get(&p.name)
-                    .is_some_and(|x| x.timeout == timeout);
-                if !keep {
-                    self.persistence.insert(
-                        p.name.clone(),
-                        Arc::new(Persistence {
-                            timeout,
-                            table: Mutex::new(FlowTable::new(PERSISTENCE_CAPACITY, timeout)),
-                        }),
-                    );
-                }
-            }
-        }
+        self.carry_out_backends(&new, &plan.backends);
+        self.carry_out_counters(&plan);
         self.config = new;
         self.rebuild().await;
+        self.listen(bound, &plan);
+        Ok(())
+    }
 
+    /// What the controller runs now, for the planner.
+    fn running(&self) -> Running {
+        Running {
+            listening: self.listening.clone(),
+            backends: self
+                .backends
+                .iter()
+                .map(|(k, t)| {
+                    let health = TrackedHealth {
+                        settings: t.settings.clone(),
+                        checker: t.checker.as_ref().map(|(h, _)| h.clone()),
+                    };
+                    (k.clone(), health)
+                })
+                .collect(),
+            services: self.services.keys().cloned().collect(),
+            persistence: self
+                .persistence
+                .iter()
+                .map(|(k, p)| (k.clone(), p.timeout))
+                .collect(),
+            discovered: self.discovery.sets().clone(),
+        }
+    }
+
+    /// The plan that turns the running state into `new`'s.
+    fn plan(&self, new: &Config) -> Plan {
+        let l7 = self.shared.l7.as_ref();
+        plan::plan(
+            &self.config,
+            new,
+            &self.running(),
+            &|s| served(&self.shared, s),
+            &|s| l7.is_some_and(|h| h.handles(s)),
+        )
+    }
+
+    /// Binds the plan's new listen addresses, one socket per worker; the first failure
+    /// drops them all (nothing changed).
+    fn bind(&self, plan: &Plan) -> Result<Vec<(ListenKey, Vec<BoundSocket>)>, ChangeError> {
+        plan.binds()
+            .map(|key| {
+                let socks = (0..self.workers.count())
+                    .map(|_| {
+                        worker::bind(key).map_err(|e| {
+                            ChangeError::Conflict(format!(
+                                "cannot listen on {} ({:?}): {e}",
+                                key.1, key.0
+                            ))
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((key, socks))
+            })
+            .collect()
+    }
+
+    /// Hands the bound sockets to the workers and retires the listeners that are gone.
+    fn listen(&mut self, bound: Vec<(ListenKey, Vec<BoundSocket>)>, plan: &Plan) {
         for (key, socks) in bound {
             for (i, s) in socks.into_iter().enumerate() {
                 self.workers.send(i, WorkerCmd::Listen(key, s));
             }
             self.listening.insert(key);
         }
-        let gone: Vec<ListenKey> = self.listening.difference(&wanted).copied().collect();
-        for key in gone {
+        for key in plan.unbinds() {
             self.workers.broadcast(|| WorkerCmd::Unlisten(key));
             self.listening.remove(&key);
         }
-        Ok(())
+    }
+
+    /// Tracks, resets and forgets backends; spawns and aborts their health checkers.
+    fn carry_out_backends(&mut self, new: &Config, steps: &[BackendPlan]) {
+        for step in steps {
+            let key = (step.pool.clone(), step.address);
+            let pool = new.pool(&step.pool);
+            match (step.track, pool) {
+                (TrackStep::Forget, _) => {
+                    if let Some((_, h)) = self.backends.remove(&key).and_then(|t| t.checker) {
+                        h.abort();
+                    }
+                    continue;
+                }
+                (TrackStep::Track, Some(pool)) => {
+                    self.next_id += 1;
+                    let t = Tracked {
+                        stats: Arc::new(BackendStats::new(self.next_id, &pool.name, step.address)),
+                        health: new_health(pool),
+                        settings: (pool.health.clone(), pool.outlier),
+                        checker: None,
+                    };
+                    self.backends.insert(key.clone(), t);
+                }
+                (TrackStep::ResetHealth, Some(pool)) => {
+                    if let Some(t) = self.backends.get_mut(&key) {
+                        t.health = new_health(pool);
+                        t.settings = (pool.health.clone(), pool.outlier);
+                    }
+                }
+                _ => {}
+            }
+            let Some(t) = self.backends.get_mut(&key) else {
+                continue;
+            };
+            t.stats
+                .settled
+                .store(t.health.active().is_settled(), Ordering::Release);
+            let spawn = match &step.checker {
+                CheckerStep::Keep => continue,
+                CheckerStep::Spawn(h) => Some(h),
+                CheckerStep::Respawn(h) => {
+                    t.abort_checker();
+                    Some(h)
+                }
+                CheckerStep::Abort => {
+                    t.abort_checker();
+                    None
+                }
+            };
+            t.checker = spawn.map(|h| {
+                let handle = health::spawn(
+                    step.pool.clone(),
+                    step.address,
+                    h.clone(),
+                    self.shared.events.clone(),
+                );
+                (h.clone(), handle)
+            });
+        }
+    }
+
+    /// Adds and drops service counters and persistence tables.
+    fn carry_out_counters(&mut self, plan: &Plan) {
+        for (name, step) in &plan.services {
+            match step {
+                ServiceStep::Add => {
+                    self.services.insert(name.clone(), Arc::default());
+                }
+                ServiceStep::Remove => {
+                    self.services.remove(name);
+                }
+                ServiceStep::Keep { .. } => {}
+            }
+        }
+        for (name, step) in &plan.persistence {
+            match *step {
+                PersistenceStep::New(timeout) => {
+                    self.persistence.insert(
+                        name.clone(),
+                        Arc::new(Persistence {
+                            timeout,
+                            table: Mutex::new(FlowTable::new(PERSISTENCE_CAPACITY, timeout)),
+                        }),
+                    );
+                }
+                PersistenceStep::Drop => {
+                    self.persistence.remove(name);
+                }
+                PersistenceStep::Keep => {}
+            }
+        }
     }
 
     /// Lets the L7 handler build every L7 service of `new` once, against throwaway pools, so
@@ -372,12 +431,12 @@ impl Controller {
     fn check_l7(
         &self,
         new: &Config,
+        names: &[String],
     ) -> Option<impl FnOnce() -> Result<(), String> + Send + 'static> {
         let l7 = self.shared.l7.clone()?;
-        let services: Vec<config::ServiceConfig> = new
-            .services
+        let services: Vec<config::ServiceConfig> = names
             .iter()
-            .filter(|s| served(&self.shared, s) && l7.handles(s))
+            .filter_map(|n| new.service(n))
             .cloned()
             .collect();
         if services.is_empty() {

@@ -485,6 +485,11 @@ impl Discoveries {
         true
     }
 
+    /// The last set each pool's current task reported.
+    pub fn sets(&self) -> &HashMap<String, Vec<Backend>> {
+        &self.sets
+    }
+
     /// The pool's backends: static ones merged with the discovered ones.
     pub fn backends(&self, pool: &str, statics: &[Backend]) -> Vec<Backend> {
         match self.sets.get(pool) {

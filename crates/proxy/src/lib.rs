@@ -3,6 +3,7 @@
 //!
 //! - [`snapshot`]: the immutable running state the data path reads (`arc-swap`).
 //! - [`controller`]: the one owner of mutable control state; builds and swaps snapshots.
+//! - [`plan`]: a reload as a pure plan (bind, unbind, spawn, abort, keep), no IO.
 //! - [`worker`]: data-path threads, one `SO_REUSEPORT` socket each per service.
 //! - [`tcp`], [`udp`], [`relay`], [`proxy_protocol`]: the per-connection path.
 //! - [`health`]: active checks (tcp, http).
@@ -20,6 +21,7 @@ pub mod files;
 pub mod health;
 pub mod l7;
 pub mod memory;
+pub mod plan;
 pub mod proxy_protocol;
 pub mod ratelog;
 pub mod relay;

@@ -2,73 +2,73 @@
 //! and what its BGP speaker holds) and `POST /api/v1/instance/drain` / `undrain`.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
 use axum::Json;
 use fulcrum_proxy::announce::desired;
-use serde_json::{json, Value};
 
-use super::{authorized, error, unauthorized, AdminState};
+use super::answers::{Announce, AnnouncedVip};
+use super::{AdminState, ApiError, Authorized};
 
-fn announce_json(st: &AdminState) -> Value {
+fn announce(st: &AdminState) -> Json<Announce> {
     let shared = &st.shared;
     let held = shared.announce.announced();
-    let services: Vec<Value> = desired(shared)
+    let services = desired(shared)
         .into_iter()
-        .map(|v| {
-            let announced = held.get(&v.service).copied().unwrap_or(false);
-            json!({
-                "service": v.service,
-                "vip": v.vip.to_string(),
-                "serving": v.serving,
-                "backends_up": v.backends_up,
-                "announce": v.announce,
-                "announced": announced,
-            })
+        .map(|v| AnnouncedVip {
+            announced: held.get(&v.service).copied().unwrap_or(false),
+            announce: v.announce,
+            backends_up: v.backends_up,
+            serving: v.serving,
+            vip: v.vip.to_string(),
+            service: v.service,
         })
         .collect();
-    json!({
-        "speaker": shared.announce.speaker().map(fulcrum_core::config::SpeakerKind::as_str),
-        "draining": shared.is_draining() || shared.announce.is_drained(),
-        "services": services,
+    Json(Announce {
+        draining: shared.is_draining() || shared.announce.is_drained(),
+        services,
+        speaker: shared
+            .announce
+            .speaker()
+            .map(fulcrum_core::config::SpeakerKind::as_str),
     })
 }
 
 /// `GET /api/v1/announce`.
-pub(super) async fn get_announce(State(st): State<AdminState>) -> Json<Value> {
-    Json(announce_json(&st))
+pub(super) async fn get_announce(State(st): State<AdminState>) -> Json<Announce> {
+    announce(&st)
 }
 
 /// `POST /api/v1/instance/drain`: withdraw every VIP, answer 503 on `/readyz`, keep
 /// serving (established connections and flows that still arrive while routers converge).
-pub(super) async fn drain_instance(State(st): State<AdminState>, headers: HeaderMap) -> Response {
-    if !authorized(&st, &headers) {
-        return unauthorized();
-    }
-    if st.control.is_closed() {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
-    }
-    st.shared.announce.set_drained(true);
-    tracing::info!("instance drained: VIPs withdrawn, established connections keep running");
-    Json(announce_json(&st)).into_response()
+pub(super) async fn drain_instance(
+    State(st): State<AdminState>,
+    _: Authorized,
+) -> Result<Json<Announce>, ApiError> {
+    set_drained(&st, true)
 }
 
 /// `POST /api/v1/instance/undrain`: announce again what can be served. Refused (409) while
 /// the instance shuts down.
-pub(super) async fn undrain_instance(State(st): State<AdminState>, headers: HeaderMap) -> Response {
-    if !authorized(&st, &headers) {
-        return unauthorized();
-    }
+pub(super) async fn undrain_instance(
+    State(st): State<AdminState>,
+    _: Authorized,
+) -> Result<Json<Announce>, ApiError> {
+    set_drained(&st, false)
+}
+
+fn set_drained(st: &AdminState, drained: bool) -> Result<Json<Announce>, ApiError> {
     if st.control.is_closed() {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+        return Err(ApiError::shutting_down());
     }
-    if st.shared.is_draining() || st.shared.announce.is_stopping() {
-        return error(
-            StatusCode::CONFLICT,
-            "the instance is shutting down; it cannot be undrained",
-        );
+    if !drained && (st.shared.is_draining() || st.shared.announce.is_stopping()) {
+        return Err(ApiError::Conflict(
+            "the instance is shutting down; it cannot be undrained".into(),
+        ));
     }
-    st.shared.announce.set_drained(false);
-    tracing::info!("instance undrained: VIPs announced again where they can be served");
-    Json(announce_json(&st)).into_response()
+    st.shared.announce.set_drained(drained);
+    if drained {
+        tracing::info!("instance drained: VIPs withdrawn, established connections keep running");
+    } else {
+        tracing::info!("instance undrained: VIPs announced again where they can be served");
+    }
+    Ok(announce(st))
 }
