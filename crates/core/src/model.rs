@@ -58,6 +58,8 @@ pub struct Backend {
     pub address: SocketAddr,
     pub weight: Weight,
     pub state: BackendState,
+    /// The backend's zone (locality), if known (a registration names it).
+    pub zone: Option<String>,
 }
 
 impl Backend {
@@ -66,6 +68,7 @@ impl Backend {
             address,
             weight: Weight::new(weight),
             state: BackendState::Up,
+            zone: None,
         }
     }
 

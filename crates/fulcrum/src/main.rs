@@ -20,6 +20,7 @@ mod decap;
 mod demo;
 mod files;
 mod liveness;
+mod register;
 mod run;
 mod speaker;
 
@@ -44,6 +45,9 @@ enum Command {
     /// The fleet's shared configuration in etcd: `push` a checked file, `pull` the current
     /// one.
     Cluster(cluster::ClusterArgs),
+    /// Register a backend in etcd and keep it registered (a leased key, heartbeats) until
+    /// SIGTERM/SIGINT, which deregisters it; pools with `[pool.discovery] etcd` serve it.
+    Register(register::RegisterArgs),
     /// Talk to a running instance's admin API: status, pools, backends, reload, explain.
     Ctl(ctl::CtlArgs),
     /// A self-contained tour: demo backends, an HTTP service on 127.0.0.1:8080, the admin
@@ -92,6 +96,7 @@ fn main() -> ExitCode {
         Command::Check(args) => check::run(args),
         Command::Run(args) => run::run(args),
         Command::Cluster(args) => cluster::run(args),
+        Command::Register(args) => register::run(args),
         Command::Ctl(args) => ctl::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Decap(args) => decap::run(args),
