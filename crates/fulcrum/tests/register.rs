@@ -15,7 +15,8 @@
     clippy::unwrap_used,
     clippy::missing_panics_doc,
     clippy::too_many_lines,
-    clippy::cast_precision_loss
+    clippy::cast_precision_loss,
+    clippy::many_single_char_names
 )]
 
 mod common;

@@ -618,7 +618,7 @@ impl Controller {
         Ok(())
     }
 
-    async fn on_event(&mut self, ev: Event) -> bool {
+    fn on_event(&mut self, ev: Event) -> bool {
         let now = self.shared.now();
         let (pool, backend, t) = match ev {
             Event::Discovered {
@@ -771,9 +771,9 @@ impl Controller {
             let leaving = self.discovery.leaving().next().is_some();
             let changed = tokio::select! {
                 Some(ev) = events.recv() => {
-                    let mut changed = self.on_event(ev).await;
+                    let mut changed = self.on_event(ev);
                     while let Ok(ev) = events.try_recv() {
-                        changed |= self.on_event(ev).await;
+                        changed |= self.on_event(ev);
                     }
                     // Discovery reports: one apply for all of them. Not while draining (it
                     // would listen again).

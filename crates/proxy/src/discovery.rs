@@ -221,16 +221,15 @@ pub fn spawn(
                 tx: tx.clone(),
                 errors: Arc::clone(&errors),
             };
-            match &registry {
-                Some(r) => sources.push(r.watch(pool.clone(), prefix, out)),
-                None => {
-                    out.failed();
-                    tracing::error!(
-                        pool,
-                        prefix = %prefix.0,
-                        "discovery: etcd needs the [cluster] section (its etcd endpoints); this pool gets no registered backends"
-                    );
-                }
+            if let Some(r) = &registry {
+                sources.push(r.watch(pool.clone(), prefix, out));
+            } else {
+                out.failed();
+                tracing::error!(
+                    pool,
+                    prefix = %prefix.0,
+                    "discovery: etcd needs the [cluster] section (its etcd endpoints); this pool gets no registered backends"
+                );
             }
         }
         drop(tx);
