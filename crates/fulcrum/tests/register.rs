@@ -505,22 +505,24 @@ async fn thousand_registered_backends_churn() {
     let t0 = Instant::now();
     let mut rss: Vec<Vec<u64>> = vec![Vec::new(); fleet.len()];
     let mut failures = 0usize;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // Spread over the second: one expires and one registers every 1/per_sec s.
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / per_sec.max(1));
     let mut n = 0u64;
     let mut registered = 0u64;
     while t0.elapsed() < Duration::from_secs(secs) {
         tick.tick().await;
         n += 1;
-        for _ in 0..per_sec {
-            if let Some((_, h)) = live.pop_front() {
-                h.abort();
-            }
-            let a = fake(next);
-            next += 1;
-            live.push_back((a, spawn_hb(a)));
-            registered += 1;
+        if let Some((_, h)) = live.pop_front() {
+            h.abort();
         }
-        // The established connections keep working.
+        let a = fake(next);
+        next += 1;
+        live.push_back((a, spawn_hb(a)));
+        registered += 1;
+        if n % u64::from(per_sec.max(1)) != 0 {
+            continue;
+        }
+        // Every second: the established connections keep working.
         for (i, s) in held.iter_mut().enumerate() {
             if round_trip(s, format!("tick {n} conn {i}").as_bytes())
                 .await
@@ -529,7 +531,7 @@ async fn thousand_registered_backends_churn() {
                 failures += 1;
             }
         }
-        if n % 5 == 0 {
+        if n % (5 * u64::from(per_sec.max(1))) == 0 {
             for (i, f) in fleet.iter().enumerate() {
                 rss[i].push(rss_kib(f.pid));
             }

@@ -163,12 +163,14 @@ impl SetSender {
 /// Merges discovered backends into a pool's static ones: static backends first, in file
 /// order; a discovered backend whose address is already static is left out (static wins).
 pub fn merge(statics: &[Backend], discovered: &[Backend]) -> Vec<Backend> {
+    let mut seen: HashSet<SocketAddr> = statics.iter().map(|b| b.address).collect();
     let mut out = statics.to_vec();
-    for b in discovered {
-        if !out.iter().any(|s| s.address == b.address) {
-            out.push(b.clone());
-        }
-    }
+    out.extend(
+        discovered
+            .iter()
+            .filter(|b| seen.insert(b.address))
+            .cloned(),
+    );
     out
 }
 
@@ -663,11 +665,8 @@ impl Discoveries {
             None => statics.to_vec(),
         };
         if let Some(l) = self.leaving.get(pool) {
-            for x in l {
-                if !out.iter().any(|b| b.address == x.backend.address) {
-                    out.push(x.backend.clone());
-                }
-            }
+            let gone: Vec<Backend> = l.iter().map(|x| x.backend.clone()).collect();
+            out = merge(&out, &gone);
         }
         out
     }
