@@ -699,6 +699,43 @@ mod tests {
         assert_eq!(b.counts(), vec![("web".to_owned(), "srv", 1)]);
     }
 
+    /// A backend that leaves an etcd-discovered set stays (to drain) until its drain ends;
+    /// registering again takes it off the leaving list.
+    #[tokio::test]
+    async fn leaving_backends_stay_until_their_drain_ends() {
+        let (tx, _rx) = unbounded_channel();
+        let mut d = Discoveries::new(Arc::default(), None);
+        let pool: PoolConfig = fulcrum_core::config::parse(
+            "[[pool]]\nname = \"web\"\n[pool.discovery]\netcd = \"/services/web/\"\n",
+        )
+        .unwrap()
+        .pools
+        .remove(0);
+        d.sync(std::slice::from_ref(&pool), &tx);
+        assert!(d.drains_on_leave("web"));
+        let task = d.tasks["web"].1;
+        let a = Backend::new("127.0.0.1:1".parse().unwrap(), 1);
+        let b = Backend::new("127.0.0.1:2".parse().unwrap(), 1);
+        assert_eq!(
+            d.report("web", task, vec![a.clone(), b.clone()]),
+            Some(vec![])
+        );
+        assert_eq!(d.report("web", task + 1, vec![]), None, "a stale task");
+        let gone = d.report("web", task, vec![a.clone()]).unwrap();
+        assert_eq!(gone, vec![b.clone()]);
+        d.leave("web", b.clone(), Duration::from_secs(30));
+        assert!(d.is_leaving("web", b.address));
+        assert_eq!(d.backends("web", &[]).len(), 2, "still there, to drain");
+        // Back: no longer leaving.
+        d.report("web", task, vec![a.clone(), b.clone()]).unwrap();
+        assert!(!d.is_leaving("web", b.address));
+        // Gone again; its drain ends.
+        d.report("web", task, vec![a.clone()]).unwrap();
+        d.leave("web", b.clone(), Duration::from_secs(30));
+        assert!(d.end_leaving(|_, x| x.backend.address == b.address));
+        assert_eq!(d.backends("web", &[]), vec![a]);
+    }
+
     #[test]
     fn static_wins_on_duplicates() {
         let s = vec![Backend::new("127.0.0.1:1".parse().unwrap(), 5)];
