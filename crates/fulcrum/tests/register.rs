@@ -8,7 +8,9 @@
 //!   refused (`fulcrum_registry_refused_total{reason}`), never a panic;
 //! - bad `fulcrum register` arguments exit 2 with what would be valid;
 //! - churn: 1,000 registered backends, some expiring and new ones registering every second
-//!   (`FULCRUM_CHURN_SECS`, default 20; the 5-minute run of docs/cluster.md sets 300):
+//!   (`FULCRUM_CHURN_SECS`, default 20; the 5-minute run of docs/cluster.md sets 300;
+//!   `FULCRUM_CHURN_PER_SEC`, default 20, spread evenly over each second;
+//!   `FULCRUM_CHURN_TOTAL`, default 1000; `FULCRUM_CHURN_TTL_SECS`, default 5):
 //!   established connections to backends that stay keep working on their backend; CPU,
 //!   table rebuilds per second and memory of each instance are printed.
 #![allow(
@@ -414,14 +416,22 @@ async fn thousand_registered_backends_churn() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
-    let total: u32 = 1000;
-    let ttl = Duration::from_secs(5);
+    let total: u32 = std::env::var("FULCRUM_CHURN_TOTAL")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
+    let ttl = Duration::from_secs(
+        std::env::var("FULCRUM_CHURN_TTL_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(5),
+    );
 
     let etcd = Etcd::start();
     let endpoints = etcd.endpoints();
     etcd.wait_healthy(Duration::from_secs(30)).await;
 
-    let stable: Vec<TcpBackend> = futures_join(4).await;
+    let stable: Vec<TcpBackend> = backends(4).await;
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let mut fleet = Vec::new();
     for i in 0..2 {
@@ -547,8 +557,14 @@ async fn thousand_registered_backends_churn() {
         let cpu = (cpu_ticks(f.pid) - c0) as f64 / 100.0 / wall * 100.0;
         let rebuilds = (changes(f).await - ch0) / wall;
         let r = &rss[i];
+        let moved = metric_value(
+            &f.metrics().await,
+            "fulcrum_pool_table_moved_ratio",
+            &[("pool", "web")],
+        )
+        .unwrap_or(-1.0);
         println!(
-            "instance {i}: CPU {cpu:.1} % of a core, pool changes (table rebuilds) {rebuilds:.2}/s, RSS KiB start {r0} samples {r:?} end {}, pool size {}",
+            "instance {i}: CPU {cpu:.1} % of a core, pool changes (table rebuilds) {rebuilds:.2}/s, last Maglev moved ratio {moved:.4}, RSS KiB start {r0} samples {r:?} end {}, pool size {}",
             rss_kib(f.pid),
             pool_len(f).await
         );
@@ -593,7 +609,7 @@ async fn changes(f: &Fulcrum) -> f64 {
     .unwrap_or(0.0)
 }
 
-async fn futures_join(n: usize) -> Vec<TcpBackend> {
+async fn backends(n: usize) -> Vec<TcpBackend> {
     let mut v = Vec::with_capacity(n);
     for _ in 0..n {
         v.push(TcpBackend::start(Behaviour::Echo).await);
