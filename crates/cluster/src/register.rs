@@ -47,18 +47,22 @@ pub async fn run(endpoints: &[String], hb: &Heartbeat, stop: impl Future<Output 
     let mut stop = std::pin::pin!(stop);
     let mut backoff = Backoff::default();
     loop {
-        let res = async {
-            let mut c = connect(endpoints).await?;
-            session(&mut c, hb, stop.as_mut(), &mut backoff).await
-        }
-        .await;
+        // Connecting may take seconds when etcd is away: a stop ends it.
+        let connected = tokio::select! {
+            () = stop.as_mut() => return,
+            c = connect(endpoints) => c,
+        };
+        let res = match connected {
+            Ok(mut c) => session(&mut c, hb, stop.as_mut(), &mut backoff).await,
+            Err(e) => Err(e),
+        };
+        let wait = backoff.next(fastrand::f64());
         match res {
             Ok(Ended::Stopped) => return,
             Err(e) => {
-                tracing::warn!(key = hb.key, error = %e, "register: lost the registration; registering again");
+                tracing::warn!(key = hb.key, error = %e, "register: not registered; trying again in {wait:?}");
             }
         }
-        let wait = backoff.next(fastrand::f64());
         tokio::select! {
             () = stop.as_mut() => return,
             () = tokio::time::sleep(wait) => {}
