@@ -16,6 +16,12 @@
 //!
 //! Any error ends the connection: the instance keeps serving what it runs, says
 //! `fulcrum_cluster_connected 0`, and connects again after a backoff.
+//!
+//! Registered backends: [`register`] is the heartbeat of `fulcrum register`, [`registry`]
+//! the watch behind `[pool.discovery] etcd`.
+
+pub mod register;
+pub mod registry;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -197,6 +197,16 @@ impl Collector for FulcrumCollector {
             ConstCounter::new(n)
                 .encode(m.encode_family(&[("pool", pool.as_str()), ("kind", kind)])?)?;
         }
+        let mut m = enc.encode_descriptor(
+            "fulcrum_registry_refused",
+            "Keys under a pool's [pool.discovery] etcd prefix refused as registrations, by reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for (pool, reason, n) in self.shared.discovery_errors.refusals() {
+            ConstCounter::new(n)
+                .encode(m.encode_family(&[("pool", pool.as_str()), ("reason", reason)])?)?;
+        }
         Ok(())
     }
 }

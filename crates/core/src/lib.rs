@@ -11,6 +11,7 @@
 //! - [`config`]: TOML parsing into types that cannot hold a bad value, with located errors.
 //! - [`announce`]: whether a VIP is announced to the routers, and the speakers' line formats.
 //! - [`cluster`]: the fleet control plane in etcd: shared vs local, merging, revisions.
+//! - [`registry`]: backends that register themselves in etcd: keys, values, refusals.
 
 pub mod announce;
 pub mod choice;
@@ -21,5 +22,6 @@ pub mod hash;
 pub mod health;
 pub mod locality;
 pub mod model;
+pub mod registry;
 pub mod retry;
 pub mod sched;

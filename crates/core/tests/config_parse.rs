@@ -481,3 +481,23 @@ fn tcp_connect_timeout() {
         err.message
     );
 }
+
+/// `[pool.discovery] etcd`: the prefix gets its trailing `/`; a bad one is refused with
+/// what would be valid.
+#[test]
+fn discovery_etcd_prefix() {
+    let base = "[[service]]\nname = \"s\"\nlisten = \"127.0.0.1:80\"\nprotocol = \"tcp\"\npool = \"web\"\n[[pool]]\nname = \"web\"\n[pool.discovery]\n";
+    for (given, want) in [
+        ("/services/web/", "/services/web/"),
+        ("/services/web", "/services/web/"),
+    ] {
+        let cfg = fulcrum_core::config::parse(&format!("{base}etcd = \"{given}\"\n")).unwrap();
+        let d = cfg.pool("web").unwrap().discovery.clone().unwrap();
+        assert_eq!(d.etcd.map(|p| p.0).as_deref(), Some(want));
+    }
+    for bad in ["services/web/", "/services//web/", "/", "/a b/"] {
+        let errs = fulcrum_core::config::parse(&format!("{base}etcd = \"{bad}\"\n")).unwrap_err();
+        let text = format!("{errs:?}");
+        assert!(text.contains("invalid etcd prefix"), "{bad}: {text}");
+    }
+}

@@ -22,6 +22,7 @@ mod decap;
 mod demo;
 mod files;
 mod liveness;
+mod register;
 mod run;
 mod speaker;
 
@@ -49,6 +50,9 @@ enum Command {
     /// The global controller: reads the members' reports and moves `[pool.locality]
     /// controlled = true` weights away from zones that slow down or fail (one leads).
     Controller(controller::ControllerArgs),
+    /// Register a backend in etcd and keep it registered (a leased key, heartbeats) until
+    /// SIGTERM/SIGINT, which deregisters it; pools with `[pool.discovery] etcd` serve it.
+    Register(register::RegisterArgs),
     /// Talk to a running instance's admin API: status, pools, backends, reload, explain.
     Ctl(ctl::CtlArgs),
     /// A self-contained tour: demo backends, an HTTP service on 127.0.0.1:8080, the admin
@@ -98,6 +102,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Cluster(args) => cluster::run(args),
         Command::Controller(args) => controller::run(args),
+        Command::Register(args) => register::run(args),
         Command::Ctl(args) => ctl::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Decap(args) => decap::run(args),

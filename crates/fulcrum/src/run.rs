@@ -145,7 +145,14 @@ pub(crate) async fn serve(
 ) -> anyhow::Result<u8> {
     let (ev_tx, ev_rx) = unbounded_channel();
     let (ctl_tx, ctl_rx) = unbounded_channel();
-    let shared = Arc::new(Shared::new(ev_tx, mode, Some(fulcrum_http::handler())));
+    let mut shared = Shared::new(ev_tx, mode, Some(fulcrum_http::handler()));
+    if let Some(c) = &cfg.cluster {
+        // `[pool.discovery] etcd` watches through the fleet's etcd.
+        shared = shared.with_registry(Arc::new(fulcrum_cluster::registry::EtcdRegistry::new(
+            c.etcd.iter().map(|e| e.0.clone()).collect(),
+        )));
+    }
+    let shared = Arc::new(shared);
     let admin_cfg = cfg.admin.clone();
     let xdp_cfg = cfg.xdp.clone();
     let announce_cfg = cfg.announce.clone();

@@ -119,6 +119,9 @@ struct Tracked {
     /// The settings `health` was built with; other settings on reload start it afresh.
     settings: (Option<HealthConfig>, OutlierConfig),
     checker: Option<(HealthConfig, JoinHandle<()>)>,
+    /// Drained because it left its pool's etcd-discovered set (not by an operator): the
+    /// drain ends if it registers again, and a file reload does not end it.
+    left: bool,
 }
 
 impl Tracked {
@@ -165,6 +168,8 @@ pub struct Controller {
     generation: u64,
     /// Per-pool discovery tasks and their last reported sets.
     discovery: Discoveries,
+    /// A discovery task reported a new set since the last apply.
+    rediscover: bool,
     /// How a reload reads the file.
     loader: Loader,
     /// What else a successful reload changes (see [`AfterReload`]).
@@ -189,7 +194,10 @@ impl Controller {
         path: PathBuf,
         config: Config,
     ) -> Result<Self, String> {
-        let discovery = Discoveries::new(Arc::clone(&shared.discovery_errors));
+        let discovery = Discoveries::new(
+            Arc::clone(&shared.discovery_errors),
+            shared.registry.clone(),
+        );
         let mut c = Self {
             shared,
             workers,
@@ -203,6 +211,7 @@ impl Controller {
             next_id: 0,
             generation: 0,
             discovery,
+            rediscover: false,
             loader: Arc::new(parse_file),
             after_reload: None,
         };
@@ -254,6 +263,7 @@ impl Controller {
         }
         self.discovery.sync(&new.pools, &self.shared.events);
         self.carry_out_backends(&new, &plan.backends);
+        self.mark_left(&new);
         self.carry_out_counters(&plan);
         self.config = new;
         self.rebuild().await;
@@ -282,7 +292,7 @@ impl Controller {
                 .iter()
                 .map(|(k, p)| (k.clone(), p.timeout))
                 .collect(),
-            discovered: self.discovery.sets().clone(),
+            discovered: self.discovery.sets_with_leaving(),
         }
     }
 
@@ -351,6 +361,7 @@ impl Controller {
                         health: new_health(pool),
                         settings: (pool.health.clone(), pool.outlier),
                         checker: None,
+                        left: false,
                     };
                     self.backends.insert(key.clone(), t);
                 }
@@ -389,6 +400,30 @@ impl Controller {
                 );
                 (h.clone(), handle)
             });
+        }
+    }
+
+    /// Drains the registered backends that left their pool's etcd-discovered set, and
+    /// undrains the ones that registered again.
+    fn mark_left(&mut self, new: &Config) {
+        for pool in &new.pools {
+            for b in &self.discovery.backends(&pool.name, &pool.backends) {
+                let Some(t) = self.backends.get_mut(&(pool.name.clone(), b.address)) else {
+                    continue;
+                };
+                let leaving = self.discovery.is_leaving(&pool.name, b.address);
+                if leaving && !t.left && !t.health.is_draining() {
+                    t.left = true;
+                    if let Some(tr) = t.health.set_draining(true) {
+                        log_transition(&pool.name, b.address, tr);
+                    }
+                } else if !leaving && t.left {
+                    t.left = false;
+                    if let Some(tr) = t.health.set_draining(false) {
+                        log_transition(&pool.name, b.address, tr);
+                    }
+                }
+            }
         }
     }
 
@@ -594,6 +629,9 @@ impl Controller {
             // weight = 0 for a lasting drain).
             let mut undrained = false;
             for ((pool, addr), t) in &mut self.backends {
+                if t.left {
+                    continue; // a registered backend that left: drains until it is gone
+                }
                 if let Some(tr) = t.health.set_draining(false) {
                     undrained |= log_transition(pool, *addr, tr);
                 }
@@ -653,7 +691,7 @@ impl Controller {
         Ok(())
     }
 
-    async fn on_event(&mut self, ev: Event) -> bool {
+    fn on_event(&mut self, ev: Event) -> bool {
         let now = self.shared.now();
         let (pool, backend, t) = match ev {
             Event::Discovered {
@@ -661,12 +699,13 @@ impl Controller {
                 task,
                 backends,
             } => {
-                // Re-apply the running config: tracks the new backends (health checks,
-                // counters) and rebuilds the snapshot. Not while draining (it would listen
-                // again).
-                if self.discovery.report(&pool, task, backends) && !self.shared.is_draining() {
-                    if let Err(e) = self.apply(self.config.clone()).await {
-                        tracing::error!(pool, "applying discovered backends failed: {e}");
+                // Applied once for every report waiting (see `run`).
+                if let Some(gone) = self.discovery.report(&pool, task, backends) {
+                    self.rediscover = true;
+                    if self.discovery.drains_on_leave(&pool) {
+                        for b in gone {
+                            self.start_leaving(&pool, b, now);
+                        }
                     }
                 }
                 return false;
@@ -702,6 +741,75 @@ impl Controller {
         t.is_some_and(|t| log_transition(&pool, backend, t))
     }
 
+    /// `backend` left `pool`'s etcd-discovered set: it drains (state `draining`, as an
+    /// operator drain) while it may still carry flows: until its proxied connections have
+    /// closed (checked every [`LEAVE_POLL`]; data-plane services have no such count, so
+    /// there it waits the whole time), at most the longest `drain_timeout` of the services
+    /// using the pool. Without a flow to wait for, it leaves at once.
+    fn start_leaving(&mut self, pool: &str, backend: fulcrum_core::model::Backend, now: Duration) {
+        if self
+            .config
+            .pool(pool)
+            .is_some_and(|p| p.backends.iter().any(|b| b.address == backend.address))
+        {
+            return; // also static: it stays
+        }
+        let (linger, counted) = self.linger(pool);
+        let active = self
+            .backends
+            .get(&(pool.to_owned(), backend.address))
+            .map_or(0, |t| t.stats.active.load(Ordering::Relaxed));
+        if linger.is_zero() || (counted && active == 0) {
+            return;
+        }
+        tracing::info!(pool, backend = %backend.address, active, "registered backend left: draining");
+        self.discovery.leave(pool, backend, now + linger);
+    }
+
+    /// The longest `drain_timeout` of the services using `pool`, and whether all of them
+    /// are proxied (so that a backend's active connections are counted).
+    fn linger(&self, pool: &str) -> (Duration, bool) {
+        let mut longest = Duration::ZERO;
+        let mut counted = true;
+        for s in &self.config.services {
+            if s.pool == pool || s.routes.iter().any(|r| r.pool == pool) {
+                longest = longest.max(s.drain_timeout);
+                counted &= matches!(s.forward, Forwarding::Proxy { .. });
+            }
+        }
+        (longest, counted)
+    }
+
+    /// Ends the drains of registered backends that left and have no flow left (or whose
+    /// time is up); re-applies when one ended.
+    async fn poll_leaving(&mut self) -> bool {
+        let now = self.shared.now();
+        let linger: HashMap<String, (Duration, bool)> = self
+            .discovery
+            .leaving()
+            .map(|(p, _)| (p.to_owned(), self.linger(p)))
+            .collect();
+        let backends = &self.backends;
+        let ended = self.discovery.end_leaving(|p, x| {
+            let counted = linger.get(p).is_none_or(|l| l.1);
+            let active = backends
+                .get(&(p.to_owned(), x.backend.address))
+                .map_or(0, |t| t.stats.active.load(Ordering::Relaxed));
+            let done = now >= x.until || (counted && active == 0);
+            if done {
+                tracing::info!(pool = p, backend = %x.backend.address, active, "registered backend drained: removed");
+            }
+            done
+        });
+        if ended && !self.shared.is_draining() {
+            if let Err(e) = self.apply(self.config.clone()).await {
+                tracing::error!("removing drained registered backends failed: {e}");
+                return true;
+            }
+        }
+        false
+    }
+
     fn poll_ejections(&mut self) -> bool {
         let now = self.shared.now();
         let mut changed = false;
@@ -726,19 +834,32 @@ impl Controller {
         mut events: UnboundedReceiver<Event>,
         mut control: UnboundedReceiver<Control>,
     ) {
+        // Kept across iterations, so that a stream of events does not put the check off.
+        let mut leave_tick = tokio::time::interval(LEAVE_POLL);
+        leave_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let wake = self
                 .next_ejection_end()
                 .map(|t| t.saturating_sub(self.shared.now()));
+            let leaving = self.discovery.leaving().next().is_some();
             let changed = tokio::select! {
                 Some(ev) = events.recv() => {
-                    let mut changed = self.on_event(ev).await;
+                    let mut changed = self.on_event(ev);
                     while let Ok(ev) = events.try_recv() {
-                        changed |= self.on_event(ev).await;
+                        changed |= self.on_event(ev);
+                    }
+                    // Discovery reports: one apply for all of them. Not while draining (it
+                    // would listen again).
+                    if std::mem::take(&mut self.rediscover) && !self.shared.is_draining() {
+                        match self.apply(self.config.clone()).await {
+                            Ok(()) => changed = false,
+                            Err(e) => tracing::error!("applying discovered backends failed: {e}"),
+                        }
                     }
                     changed
                 }
                 () = tokio::time::sleep(wake.unwrap_or(Duration::from_secs(3600))), if wake.is_some() => self.poll_ejections(),
+                _ = leave_tick.tick(), if leaving => self.poll_leaving().await,
                 msg = control.recv() => match msg {
                     Some(Control::Reload(reply)) => {
                         let _ = reply.send(self.reload().await);
@@ -781,6 +902,9 @@ impl Controller {
         }
     }
 }
+
+/// How often the drains of registered backends that left are checked for their end.
+pub const LEAVE_POLL: Duration = Duration::from_secs(1);
 
 /// How long the controller waits for a build off its thread before giving up on it.
 pub const BUILD_TIMEOUT: Duration = Duration::from_secs(10);

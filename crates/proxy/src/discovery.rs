@@ -18,19 +18,23 @@
 //!   the file is re-read when one of them changes.
 //! - `nameserver = "IP:PORT"`: the resolver to ask (UDP, then TCP); default: the system's,
 //!   from /etc/resolv.conf.
+//! - `etcd = "/services/web/"`: backends that register themselves (`fulcrum register`),
+//!   watched by the instance's [`Registry`] (the binary gives one to instances with
+//!   `[cluster]`: `fulcrum_cluster::registry`). A backend that leaves such a pool's set (its
+//!   lease expired, or it deregistered) is drained, not dropped: see [`Discoveries`].
 //!
 //! A failed lookup (timeout, refused, no such name, no records) or an unreadable or
 //! invalid file keeps that source's last good set, is logged and is counted in
 //! [`DiscoveryErrors`] (`fulcrum_discovery_errors_total{pool,kind}`); a failed DNS lookup is
 //! retried after 1 s, doubling up to 30 s.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fulcrum_core::config::{Discovery, HostPort, PoolConfig};
+use fulcrum_core::config::{Discovery, HostPort, PoolConfig, RegistryPrefix};
 use fulcrum_core::model::Backend;
 use hickory_resolver::config::{NameServerConfigGroup, ResolverConfig, ResolverOpts};
 use hickory_resolver::name_server::TokioConnectionProvider;
@@ -59,10 +63,29 @@ const LOOKUP_DEADLINE: Duration = Duration::from_secs(3);
 /// counted by the discovery tasks of one [`Discoveries`], read by the metrics endpoint
 /// (through [`crate::snapshot::Shared::discovery_errors`]).
 #[derive(Debug, Default)]
-pub struct DiscoveryErrors(Mutex<BTreeMap<(String, &'static str), u64>>);
+pub struct DiscoveryErrors(
+    Mutex<BTreeMap<(String, &'static str), u64>>,
+    Mutex<BTreeMap<(String, &'static str), u64>>,
+);
 
 impl DiscoveryErrors {
-    /// Failed lookups/reads so far, as `(pool, kind, count)` with kind `dns`, `srv` or `file`.
+    /// Registration keys refused so far (etcd discovery), as `(pool, reason, count)`, for
+    /// `fulcrum_registry_refused_total` (reasons: `fulcrum_core::registry::Refused::reason`).
+    pub fn refusals(&self) -> Vec<(String, &'static str, u64)> {
+        self.1
+            .lock()
+            .map(|m| m.iter().map(|((p, k), n)| (p.clone(), *k, *n)).collect())
+            .unwrap_or_default()
+    }
+
+    fn refused(&self, pool: &str, reason: &'static str) {
+        if let Ok(mut m) = self.1.lock() {
+            *m.entry((pool.to_owned(), reason)).or_insert(0) += 1;
+        }
+    }
+
+    /// Failed lookups/reads so far, as `(pool, kind, count)` with kind `dns`, `srv`, `file`
+    /// or `etcd` (a lost or refused connection to etcd).
     pub fn counts(&self) -> Vec<(String, &'static str, u64)> {
         self.0
             .lock()
@@ -83,6 +106,7 @@ enum Source {
     Dns,
     Srv,
     File,
+    Etcd,
 }
 
 impl Source {
@@ -91,19 +115,62 @@ impl Source {
             Self::Dns => "dns",
             Self::Srv => "srv",
             Self::File => "file",
+            Self::Etcd => "etcd",
         }
+    }
+}
+
+/// The source of `etcd = "PREFIX"` discovery: the binary gives one (through
+/// [`crate::snapshot::Shared::with_registry`]) to instances with `[cluster]`.
+pub trait Registry: Send + Sync + std::fmt::Debug {
+    /// Watches `prefix` for pool `pool` and sends each new set of registered backends
+    /// through `out`, until `out` is closed or the task is aborted. A lost connection keeps
+    /// the last set (`out.failed()`); a key that is not a registration is left out
+    /// (`out.refused(reason)`).
+    fn watch(&self, pool: String, prefix: RegistryPrefix, out: SetSender) -> JoinHandle<()>;
+}
+
+/// Where a [`Registry`] sends its sets, and counts its failures.
+#[derive(Debug, Clone)]
+pub struct SetSender {
+    pool: String,
+    tx: UnboundedSender<(Source, Vec<Backend>)>,
+    errors: Arc<DiscoveryErrors>,
+}
+
+impl SetSender {
+    /// Sends the current set; `false` once nobody listens any more.
+    pub fn send(&self, set: Vec<Backend>) -> bool {
+        self.tx.send((Source::Etcd, set)).is_ok()
+    }
+
+    /// Counts a failure to reach etcd (`fulcrum_discovery_errors_total{kind="etcd"}`).
+    pub fn failed(&self) {
+        self.errors.count(&self.pool, Source::Etcd.kind());
+    }
+
+    /// Counts a refused key (`fulcrum_registry_refused_total{reason}`).
+    pub fn refused(&self, reason: &'static str) {
+        self.errors.refused(&self.pool, reason);
+    }
+
+    /// Whether nobody listens any more (the pool's discovery stopped).
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
     }
 }
 
 /// Merges discovered backends into a pool's static ones: static backends first, in file
 /// order; a discovered backend whose address is already static is left out (static wins).
 pub fn merge(statics: &[Backend], discovered: &[Backend]) -> Vec<Backend> {
+    let mut seen: HashSet<SocketAddr> = statics.iter().map(|b| b.address).collect();
     let mut out = statics.to_vec();
-    for b in discovered {
-        if !out.iter().any(|s| s.address == b.address) {
-            out.push(b.clone());
-        }
-    }
+    out.extend(
+        discovered
+            .iter()
+            .filter(|b| seen.insert(b.address))
+            .cloned(),
+    );
     out
 }
 
@@ -116,6 +183,7 @@ pub fn spawn(
     task: u64,
     events: UnboundedSender<Event>,
     errors: Arc<DiscoveryErrors>,
+    registry: Option<Arc<dyn Registry>>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let (tx, mut rx) = unbounded_channel::<(Source, Vec<Backend>)>();
@@ -149,6 +217,23 @@ pub fn spawn(
                 errors,
             )));
         }
+        if let Some(prefix) = cfg.etcd.clone() {
+            let out = SetSender {
+                pool: pool.clone(),
+                tx: tx.clone(),
+                errors: Arc::clone(&errors),
+            };
+            if let Some(r) = &registry {
+                sources.push(r.watch(pool.clone(), prefix, out));
+            } else {
+                out.failed();
+                tracing::error!(
+                    pool,
+                    prefix = %prefix.0,
+                    "discovery: etcd needs the [cluster] section (its etcd endpoints); this pool gets no registered backends"
+                );
+            }
+        }
         drop(tx);
         // Abort the source tasks when this task is aborted or ends.
         let _guard = AbortOnDrop(sources);
@@ -167,7 +252,8 @@ pub fn spawn(
             if last.as_ref() != Some(&merged) {
                 tracing::info!(
                     pool,
-                    backends = %merged.iter().map(|b| format!("{}*{}", b.address, b.weight.get())).collect::<Vec<_>>().join(" "),
+                    count = merged.len(),
+                    backends = %merged.iter().take(32).map(|b| format!("{}*{}", b.address, b.weight.get())).collect::<Vec<_>>().join(" "),
                     "discovery: backend set changed"
                 );
                 last = Some(merged.clone());
@@ -419,23 +505,45 @@ async fn file_loop(
     }
 }
 
-/// The controller's side: one running discovery task per pool, and their failures.
+/// A backend that left an etcd-discovered set and drains until `until` (or sooner, see
+/// [`Discoveries::leave`]).
+#[derive(Debug, Clone)]
+pub struct Leaving {
+    pub backend: Backend,
+    /// The controller's clock (`Shared::now`).
+    pub until: Duration,
+}
+
+/// The controller's side: one running discovery task per pool, their last sets, and the
+/// backends that left an etcd-discovered set and drain.
+///
+/// A backend that leaves the set of a pool with `etcd` discovery (its lease expired: it
+/// stopped heartbeating, or it deregistered) is not dropped at once: the controller puts
+/// it here ([`Discoveries::leave`]) and drains it exactly as an operator drain does (state
+/// `draining`: no new flows, established ones go on), until its connections have closed
+/// or the pool's longest `drain_timeout` has passed. Registering again ends the drain.
 pub struct Discoveries {
     tasks: HashMap<String, (Discovery, u64, JoinHandle<()>)>,
     /// The last set each pool's current task reported.
     sets: HashMap<String, Vec<Backend>>,
+    /// Per pool: backends that left its etcd-discovered set and drain.
+    leaving: HashMap<String, Vec<Leaving>>,
     next: u64,
     errors: Arc<DiscoveryErrors>,
+    registry: Option<Arc<dyn Registry>>,
 }
 
 impl Discoveries {
-    /// No tasks yet; their failures are counted in `errors`.
-    pub fn new(errors: Arc<DiscoveryErrors>) -> Self {
+    /// No tasks yet; their failures are counted in `errors`; `registry` serves `etcd`
+    /// discovery.
+    pub fn new(errors: Arc<DiscoveryErrors>, registry: Option<Arc<dyn Registry>>) -> Self {
         Self {
             tasks: HashMap::new(),
             sets: HashMap::new(),
+            leaving: HashMap::new(),
             next: 0,
             errors,
+            registry,
         }
     }
 
@@ -464,6 +572,7 @@ impl Discoveries {
                         self.next,
                         events.clone(),
                         errors,
+                        self.registry.clone(),
                     );
                     keep.insert(name.to_owned(), (d.clone(), self.next, h));
                 }
@@ -474,15 +583,39 @@ impl Discoveries {
         }
         self.tasks = keep;
         self.sets.retain(|p, _| self.tasks.contains_key(p));
+        let etcd: HashSet<&str> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.0.etcd.is_some())
+            .map(|(p, _)| p.as_str())
+            .collect();
+        self.leaving.retain(|p, _| etcd.contains(p.as_str()));
     }
 
-    /// Records a report; `false` when it comes from a task that was replaced or stopped.
-    pub fn report(&mut self, pool: &str, task: u64, backends: Vec<Backend>) -> bool {
+    /// Records a report; `None` when it comes from a task that was replaced or stopped,
+    /// else the backends of the previous set that are not in this one.
+    pub fn report(
+        &mut self,
+        pool: &str,
+        task: u64,
+        backends: Vec<Backend>,
+    ) -> Option<Vec<Backend>> {
         if self.tasks.get(pool).is_none_or(|t| t.1 != task) {
-            return false;
+            return None;
         }
-        self.sets.insert(pool.to_owned(), backends);
-        true
+        if let Some(l) = self.leaving.get_mut(pool) {
+            l.retain(|x| !backends.iter().any(|b| b.address == x.backend.address));
+        }
+        let old = self
+            .sets
+            .insert(pool.to_owned(), backends)
+            .unwrap_or_default();
+        let new = &self.sets[pool];
+        Some(
+            old.into_iter()
+                .filter(|o| !new.iter().any(|b| b.address == o.address))
+                .collect(),
+        )
     }
 
     /// The last set each pool's current task reported.
@@ -490,12 +623,69 @@ impl Discoveries {
         &self.sets
     }
 
-    /// The pool's backends: static ones merged with the discovered ones.
+    /// The last set each pool's current task reported, with the backends that left it
+    /// and still drain: what the reload planner keeps tracking.
+    pub fn sets_with_leaving(&self) -> HashMap<String, Vec<Backend>> {
+        let mut out = self.sets.clone();
+        for (pool, l) in &self.leaving {
+            let gone: Vec<Backend> = l.iter().map(|x| x.backend.clone()).collect();
+            let set = out.entry(pool.clone()).or_default();
+            *set = merge(set, &gone);
+        }
+        out
+    }
+
+    /// Whether backends that leave `pool`'s discovered set drain (`etcd` discovery).
+    pub fn drains_on_leave(&self, pool: &str) -> bool {
+        self.tasks.get(pool).is_some_and(|t| t.0.etcd.is_some())
+    }
+
+    /// `backend` left `pool`'s set and drains until `until` at the latest.
+    pub fn leave(&mut self, pool: &str, backend: Backend, until: Duration) {
+        let l = self.leaving.entry(pool.to_owned()).or_default();
+        l.retain(|x| x.backend.address != backend.address);
+        l.push(Leaving { backend, until });
+    }
+
+    /// Whether `address` drains after leaving `pool`'s set.
+    pub fn is_leaving(&self, pool: &str, address: SocketAddr) -> bool {
+        self.leaving
+            .get(pool)
+            .is_some_and(|l| l.iter().any(|x| x.backend.address == address))
+    }
+
+    /// Every draining backend that left a set, as `(pool, leaving)`.
+    pub fn leaving(&self) -> impl Iterator<Item = (&str, &Leaving)> {
+        self.leaving
+            .iter()
+            .flat_map(|(p, l)| l.iter().map(move |x| (p.as_str(), x)))
+    }
+
+    /// Ends the drain of the backends for which `done(pool, leaving)` holds (they leave
+    /// the pool with the next apply); whether any did.
+    pub fn end_leaving(&mut self, mut done: impl FnMut(&str, &Leaving) -> bool) -> bool {
+        let mut any = false;
+        for (p, l) in &mut self.leaving {
+            let n = l.len();
+            l.retain(|x| !done(p, x));
+            any |= l.len() != n;
+        }
+        self.leaving.retain(|_, l| !l.is_empty());
+        any
+    }
+
+    /// The pool's backends: static ones merged with the discovered ones, then the ones
+    /// that left and drain.
     pub fn backends(&self, pool: &str, statics: &[Backend]) -> Vec<Backend> {
-        match self.sets.get(pool) {
+        let mut out = match self.sets.get(pool) {
             Some(d) => merge(statics, d),
             None => statics.to_vec(),
+        };
+        if let Some(l) = self.leaving.get(pool) {
+            let gone: Vec<Backend> = l.iter().map(|x| x.backend.clone()).collect();
+            out = merge(&out, &gone);
         }
+        out
     }
 }
 
@@ -524,6 +714,43 @@ mod tests {
             vec![("api".to_owned(), "file", 1), ("web".to_owned(), "dns", 2)]
         );
         assert_eq!(b.counts(), vec![("web".to_owned(), "srv", 1)]);
+    }
+
+    /// A backend that leaves an etcd-discovered set stays (to drain) until its drain ends;
+    /// registering again takes it off the leaving list.
+    #[tokio::test]
+    async fn leaving_backends_stay_until_their_drain_ends() {
+        let (tx, _rx) = unbounded_channel();
+        let mut d = Discoveries::new(Arc::default(), None);
+        let pool: PoolConfig = fulcrum_core::config::parse(
+            "[[pool]]\nname = \"web\"\n[pool.discovery]\netcd = \"/services/web/\"\n",
+        )
+        .unwrap()
+        .pools
+        .remove(0);
+        d.sync(std::slice::from_ref(&pool), &tx);
+        assert!(d.drains_on_leave("web"));
+        let task = d.tasks["web"].1;
+        let a = Backend::new("127.0.0.1:1".parse().unwrap(), 1);
+        let b = Backend::new("127.0.0.1:2".parse().unwrap(), 1);
+        assert_eq!(
+            d.report("web", task, vec![a.clone(), b.clone()]),
+            Some(vec![])
+        );
+        assert_eq!(d.report("web", task + 1, vec![]), None, "a stale task");
+        let gone = d.report("web", task, vec![a.clone()]).unwrap();
+        assert_eq!(gone, vec![b.clone()]);
+        d.leave("web", b.clone(), Duration::from_secs(30));
+        assert!(d.is_leaving("web", b.address));
+        assert_eq!(d.backends("web", &[]).len(), 2, "still there, to drain");
+        // Back: no longer leaving.
+        d.report("web", task, vec![a.clone(), b.clone()]).unwrap();
+        assert!(!d.is_leaving("web", b.address));
+        // Gone again; its drain ends.
+        d.report("web", task, vec![a.clone()]).unwrap();
+        d.leave("web", b.clone(), Duration::from_secs(30));
+        assert!(d.end_leaving(|_, x| x.backend.address == b.address));
+        assert_eq!(d.backends("web", &[]), vec![a]);
     }
 
     #[test]

@@ -212,6 +212,9 @@ pub struct Shared {
     /// The fleet as this instance sees it (`[cluster]`); `None` without `[cluster]`.
     /// Written whole by the cluster task, read by the admin API and the metrics.
     pub cluster: arc_swap::ArcSwapOption<fulcrum_core::cluster::ClusterStatus>,
+    /// The source of `[pool.discovery] etcd` (registered backends); set by the binary on
+    /// instances with `[cluster]` ([`Shared::with_registry`]).
+    pub registry: Option<Arc<dyn crate::discovery::Registry>>,
     epoch: Instant,
     ready: AtomicBool,
     draining: AtomicBool,
@@ -232,10 +235,18 @@ impl Shared {
             announce: crate::announce::AnnounceState::default(),
             discovery_errors: Arc::default(),
             cluster: arc_swap::ArcSwapOption::empty(),
+            registry: None,
             epoch: Instant::now(),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
         }
+    }
+
+    /// With `registry` as the source of `[pool.discovery] etcd`.
+    #[must_use]
+    pub fn with_registry(mut self, registry: Arc<dyn crate::discovery::Registry>) -> Self {
+        self.registry = Some(registry);
+        self
     }
 
     /// Monotonic time for the core's state machines and tables.

@@ -147,6 +147,33 @@ impl<'de> Deserialize<'de> for ClusterPrefix {
     }
 }
 
+/// `[pool.discovery] etcd`: the key prefix a pool watches for registered backends
+/// (`fulcrum register`, [`crate::registry`]). Written `"/services/web/"` (a missing trailing
+/// `/` is added): starts with `/`, no empty segment, at most 200 characters of letters,
+/// digits, `_`, `-`, `.` and `/`. Held with its trailing `/`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct RegistryPrefix(pub String);
+
+const REGISTRY_PREFIX_HELP: &str = "the prefix `fulcrum register --prefix P --pool POOL` writes under, \"P/POOL/\", e.g. etcd = \"/services/web/\": starts with '/', no empty segment, at most 200 characters of A-Z, a-z, 0-9, '_', '-', '.', '/'";
+
+impl RegistryPrefix {
+    /// Parses a prefix (see the type).
+    pub fn parse(s: &str) -> Result<Self, (String, &'static str)> {
+        let trimmed = s.strip_suffix('/').unwrap_or(s);
+        match ClusterPrefix::parse(trimmed) {
+            Ok(p) => Ok(Self(format!("{}/", p.0))),
+            Err(_) => Err((format!("invalid etcd prefix \"{s}\""), REGISTRY_PREFIX_HELP)),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RegistryPrefix {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(|(m, h)| invalid(&m, h))
+    }
+}
+
 /// `health_quorum`: how many members must see a backend up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "snake_case")]

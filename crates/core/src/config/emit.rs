@@ -390,6 +390,9 @@ fn discovery(d: &Discovery) -> Table {
     if let Some(x) = &d.file {
         t.insert("file".into(), path(x));
     }
+    if let Some(x) = &d.etcd {
+        t.insert("etcd".into(), s(&x.0));
+    }
     if let Some(x) = &d.nameserver {
         t.insert("nameserver".into(), s(x.to_string()));
     }

@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use announce::{AnnounceConfig, Speaker};
-pub use cluster::{ClusterConfig, ClusterPrefix, EtcdEndpoint, HealthQuorum};
+pub use cluster::{ClusterConfig, ClusterPrefix, EtcdEndpoint, HealthQuorum, RegistryPrefix};
 pub use emit::{service as service_table, table_to_string};
 pub use error::{line_col, ConfigError};
 pub use recover::{locate, PathStep};
@@ -493,7 +493,7 @@ impl Default for OutlierConfig {
     }
 }
 
-/// `[pool.discovery]`: at least one of `dns`, `srv`, `file`.
+/// `[pool.discovery]`: at least one of `dns`, `srv`, `file`, `etcd`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Discovery {
     /// A/AAAA name and port, re-resolved at the TTL.
@@ -502,6 +502,9 @@ pub struct Discovery {
     pub srv: Option<String>,
     /// Backends file, re-read when it changes.
     pub file: Option<PathBuf>,
+    /// etcd prefix of registered backends (`fulcrum register`), watched through the
+    /// `[cluster] etcd` endpoints.
+    pub etcd: Option<RegistryPrefix>,
     /// Resolver to use; `None`: the system's.
     pub nameserver: Option<SocketAddr>,
 }

@@ -281,6 +281,8 @@ pub struct RawDiscovery {
     pub srv: Option<Spanned<String>>,
     /// A backends file, re-read on change.
     pub file: Option<PathBuf>,
+    /// etcd prefix of registered backends.
+    pub etcd: Option<super::cluster::RegistryPrefix>,
     /// Resolver to ask instead of the system's.
     pub nameserver: Option<Address>,
 }

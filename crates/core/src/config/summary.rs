@@ -210,6 +210,9 @@ fn pool(out: &mut String, p: &PoolConfig) {
         if let Some(x) = &d.file {
             parts.push(format!("file {}", x.display()));
         }
+        if let Some(x) = &d.etcd {
+            parts.push(format!("etcd {}", x.0));
+        }
         if let Some(ns) = d.nameserver {
             parts.push(format!("via {ns}"));
         }

@@ -924,12 +924,12 @@ fn pool(c: &mut Checker<'_>, p: &RawPool, users: &[(&str, ServiceProtocol)]) -> 
 
     let discovery = p.discovery.as_ref().map(|d| {
         let raw = d.get_ref();
-        if raw.dns.is_none() && raw.srv.is_none() && raw.file.is_none() {
+        if raw.dns.is_none() && raw.srv.is_none() && raw.file.is_none() && raw.etcd.is_none() {
             c.err(
                 d.span(),
                 "[pool.discovery] names no source".into(),
                 Some(
-                    "set dns = \"NAME:PORT\", srv = \"_http._tcp.NAME\" and/or file = \"PATH\""
+                    "set dns = \"NAME:PORT\", srv = \"_http._tcp.NAME\", file = \"PATH\" and/or etcd = \"/services/web/\""
                         .into(),
                 ),
             );
@@ -947,6 +947,7 @@ fn pool(c: &mut Checker<'_>, p: &RawPool, users: &[(&str, ServiceProtocol)]) -> 
             dns: raw.dns.clone(),
             srv: raw.srv.as_ref().map(|s| s.get_ref().clone()),
             file: raw.file.clone(),
+            etcd: raw.etcd.clone(),
             nameserver: raw.nameserver.map(|n| n.0),
         }
     });

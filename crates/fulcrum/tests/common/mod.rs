@@ -18,6 +18,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinHandle;
 
+pub mod etcd;
+
 // ---------------------------------------------------------------------------------------
 // ports and temp files
 // ---------------------------------------------------------------------------------------
