@@ -112,6 +112,15 @@ async fn serve_tcp_from(mut ctx: Rc<ConnCtx>, mut sock: TcpStream, mut start: St
     }
 }
 
+/// Once the process drains, how long an idle HTTP/1.1 keep-alive connection is kept open
+/// for its next request, which is answered with `Connection: close`, before it is closed.
+/// Closing it at once races with a request the client is sending on it: a request sent as
+/// the connection closes fails (a reset, or the connection closed without an answer). A
+/// client under load sends its next request well within this; one that idles through it is
+/// closed as by `idle_timeout`. (HAProxy's `idle-close-on-response`.) Connections already
+/// parked (idle for [`crate::park::PARK_AFTER`]) are closed at once.
+const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(1);
+
 /// How an idle wait ended.
 enum Wake {
     Readable,
@@ -149,29 +158,41 @@ pub(crate) async fn serve_h1<S: ClientIo>(
     let mut idle = std::pin::pin!(tokio::time::sleep_until(
         last_request + park_after.unwrap_or(idle_timeout)
     ));
+    // Draining: until when an idle connection waits for its next request (answered with
+    // `Connection: close`) before it is closed (see [`DRAIN_IDLE_GRACE`]).
+    let mut drain_until: Option<Instant> = None;
     loop {
         if carry.is_none() {
             // Idle keep-alive: no buffer until the next request shows up.
             let notified = ctx.drain.notified();
-            if ctx.shared.is_draining() {
-                return None;
+            if drain_until.is_none() && ctx.shared.is_draining() {
+                drain_until = Some(Instant::now() + DRAIN_IDLE_GRACE);
+                idle.as_mut().reset(Instant::now());
             }
             let wake = {
                 let mut notified = std::pin::pin!(notified);
                 std::future::poll_fn(|cx| {
-                    if notified.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Wake::Close);
+                    if drain_until.is_none() && notified.as_mut().poll(cx).is_ready() {
+                        drain_until = Some(Instant::now() + DRAIN_IDLE_GRACE);
+                        idle.as_mut().reset(Instant::now());
                     }
-                    // the timer fired: idle long enough since the last request, or re-armed
+                    // the timer fired: idle long enough since the last request, the drain
+                    // grace is over, or re-armed
                     while idle.as_mut().poll(cx).is_ready() {
                         let now = Instant::now();
-                        if now >= last_request + idle_timeout {
+                        if now >= last_request + idle_timeout
+                            || drain_until.is_some_and(|d| now >= d)
+                        {
                             return Poll::Ready(Wake::Close);
                         }
-                        let deadline = match park_after {
-                            Some(p) if now >= last_request + p => return Poll::Ready(Wake::Park),
-                            Some(p) => last_request + p,
-                            None => last_request + idle_timeout,
+                        let deadline = match (park_after, drain_until) {
+                            // draining: no parking (the lot closes what it holds)
+                            (_, Some(d)) => d.min(last_request + idle_timeout),
+                            (Some(p), None) if now >= last_request + p => {
+                                return Poll::Ready(Wake::Park)
+                            }
+                            (Some(p), None) => last_request + p,
+                            (None, None) => last_request + idle_timeout,
                         };
                         idle.as_mut().reset(deadline);
                     }
