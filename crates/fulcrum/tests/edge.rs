@@ -6,7 +6,7 @@
 //! host). Built by `lab/fleet.sh` with `FLEET_SERVE=edge` in network namespaces this test
 //! creates and deletes (198.18.0.0/15 only).
 //!
-//! Under continuous HTTP load (keep-alive connections sending a request every 50 ms, and a
+//! Under continuous HTTP load (keep-alive connections sending a request every 200 ms, and a
 //! new connection per request every 20 ms), it counts failed requests (a connect error, a
 //! reset, a connection closed without an answer, a timeout, a status other than 200):
 //! - a rolling restart of every L7 instance: drained in the pool of every L4 instance
@@ -33,6 +33,10 @@ const LAB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../lab/fleet.sh");
 const VIP: &str = "198.19.0.10:80";
 /// Keep-alive connections of the load.
 const KEEP_ALIVE: usize = 24;
+/// The pause between two requests of a keep-alive connection: longer than the time the L7
+/// tier takes from SIGTERM to noticing its idle connections (its drain wake-up: 100 ms), so
+/// that most keep-alive connections are idle then; shorter than the drain's idle grace (1 s).
+const KEEP_ALIVE_EVERY: Duration = Duration::from_millis(200);
 /// Threads opening a new connection per request.
 const OPENERS: usize = 2;
 
@@ -322,7 +326,7 @@ fn request(s: &mut TcpStream, close: bool) -> std::io::Result<(u16, bool)> {
     Ok((status, server_closes))
 }
 
-/// A keep-alive client: a request every 50 ms on one connection, a new connection when the
+/// A keep-alive client: a request every [`KEEP_ALIVE_EVERY`] on one connection, a new connection when the
 /// server closed it (`Connection: close`) or it failed.
 fn keep_alive_loop(src: SocketAddr, st: &Stats, stop: &AtomicBool) {
     let vip: SocketAddr = VIP.parse().expect("vip");
@@ -365,7 +369,7 @@ fn keep_alive_loop(src: SocketAddr, st: &Stats, stop: &AtomicBool) {
                 conn = None;
             }
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(KEEP_ALIVE_EVERY);
     }
 }
 
@@ -485,8 +489,9 @@ fn edge_two_tier_rolling_restarts_fail_no_request() {
         let n = b.to_string();
         let t0 = Instant::now();
         eprintln!(
-            "edge: at {:.2?}: L7 instance {b} drained",
-            load.stats.t0.elapsed()
+            "edge: at {:.2?}: L7 instance {b} drained {:?}",
+            load.stats.t0.elapsed(),
+            load.stats.counts()
         );
         // drained in the pool of every L4 instance: new connections go to the others,
         // established ones keep their L7 instance
@@ -495,14 +500,14 @@ fn edge_two_tier_rolling_restarts_fail_no_request() {
         // its connections end: SIGTERM makes it answer each keep-alive connection's next
         // request with `Connection: close` and exit once none is left
         let t1 = Instant::now();
-        eprintln!("edge: at {:.2?}: SIGTERM", load.stats.t0.elapsed());
+        eprintln!("edge: at {:.2?}: SIGTERM {:?}", load.stats.t0.elapsed(), load.stats.counts());
         lab.run(&["l7", "stop", &n]);
         let drained = t1.elapsed();
-        eprintln!("edge: at {:.2?}: exited", load.stats.t0.elapsed());
+        eprintln!("edge: at {:.2?}: exited {:?}", load.stats.t0.elapsed(), load.stats.counts());
         lab.run(&["l7", "start", &n]);
-        eprintln!("edge: at {:.2?}: started", load.stats.t0.elapsed());
+        eprintln!("edge: at {:.2?}: started {:?}", load.stats.t0.elapsed(), load.stats.counts());
         lab.run(&["backend", "undrain", &n]);
-        eprintln!("edge: at {:.2?}: undrained", load.stats.t0.elapsed());
+        eprintln!("edge: at {:.2?}: undrained {:?}", load.stats.t0.elapsed(), load.stats.counts());
         let t2 = Instant::now();
         while !(1..=3).all(|i| lab.l4_sees_up(i, b)) {
             assert!(
