@@ -51,11 +51,13 @@ fn prerequisites(test: &str) -> bool {
 struct Lab {
     prefix: String,
     dir: String,
+    /// `FLEET_TUNNEL`: the L4 tier's tunnel (`gue`: second chance on).
+    tunnel: &'static str,
     stop: Arc<AtomicBool>,
 }
 
 impl Lab {
-    fn up(tag: &str) -> Self {
+    fn up(tag: &str, tunnel: &'static str) -> Self {
         let prefix = format!("tt{tag}{}", std::process::id() % 10_000);
         let dir = std::env::temp_dir()
             .join(format!("fulcrum-fleet-{prefix}"))
@@ -64,6 +66,7 @@ impl Lab {
         let lab = Self {
             prefix,
             dir,
+            tunnel,
             stop: Arc::new(AtomicBool::new(false)),
         };
         // the topology, the router, decap and the L7 tier on the backends; then the app
@@ -88,7 +91,7 @@ impl Lab {
             .env("FLEET_ROUTER", "ecmp")
             .env("FLEET_SERVE", "edge")
             .env("FLEET_APP", "none")
-            .env("FLEET_TUNNEL", "gue")
+            .env("FLEET_TUNNEL", self.tunnel)
             .env("FLEET_INSTANCES", "")
             .env("FULCRUM", env!("CARGO_BIN_EXE_fulcrum"));
         if keep {
@@ -458,14 +461,18 @@ fn delta(a: Counts, b: Counts) -> Counts {
     }
 }
 
-/// Issue 14, 4: rolling restarts of the L7 tier and of the L4 tier under HTTP load, 0 failed
-/// requests.
-#[test]
-fn edge_two_tier_rolling_restarts_fail_no_request() {
-    if !prerequisites("edge_two_tier_rolling_restarts_fail_no_request") {
-        return;
-    }
-    let lab = Lab::up("e");
+/// The rolling restarts of both tiers under load: what the load saw during each.
+struct Restarts {
+    l7: Counts,
+    l4: Counts,
+    l7_errors: Vec<String>,
+    l4_errors: Vec<String>,
+}
+
+/// Issue 14, 4: the lab with the L4 tier's `tunnel`, the load, a rolling restart of the L7
+/// tier, then of the L4 tier.
+fn rolling_restarts(tag: &str, tunnel: &'static str) -> Restarts {
+    let lab = Lab::up(tag, tunnel);
     for i in ["1", "2", "3"] {
         lab.run(&["start", i]);
     }
@@ -500,14 +507,30 @@ fn edge_two_tier_rolling_restarts_fail_no_request() {
         // its connections end: SIGTERM makes it answer each keep-alive connection's next
         // request with `Connection: close` and exit once none is left
         let t1 = Instant::now();
-        eprintln!("edge: at {:.2?}: SIGTERM {:?}", load.stats.t0.elapsed(), load.stats.counts());
+        eprintln!(
+            "edge: at {:.2?}: SIGTERM {:?}",
+            load.stats.t0.elapsed(),
+            load.stats.counts()
+        );
         lab.run(&["l7", "stop", &n]);
         let drained = t1.elapsed();
-        eprintln!("edge: at {:.2?}: exited {:?}", load.stats.t0.elapsed(), load.stats.counts());
+        eprintln!(
+            "edge: at {:.2?}: exited {:?}",
+            load.stats.t0.elapsed(),
+            load.stats.counts()
+        );
         lab.run(&["l7", "start", &n]);
-        eprintln!("edge: at {:.2?}: started {:?}", load.stats.t0.elapsed(), load.stats.counts());
+        eprintln!(
+            "edge: at {:.2?}: started {:?}",
+            load.stats.t0.elapsed(),
+            load.stats.counts()
+        );
         lab.run(&["backend", "undrain", &n]);
-        eprintln!("edge: at {:.2?}: undrained {:?}", load.stats.t0.elapsed(), load.stats.counts());
+        eprintln!(
+            "edge: at {:.2?}: undrained {:?}",
+            load.stats.t0.elapsed(),
+            load.stats.counts()
+        );
         let t2 = Instant::now();
         while !(1..=3).all(|i| lab.l4_sees_up(i, b)) {
             assert!(
@@ -519,18 +542,14 @@ fn edge_two_tier_rolling_restarts_fail_no_request() {
         }
         let took = t0.elapsed();
         eprintln!(
-            "edge: L7 instance {b} restarted in {took:?} (its connections ended and it exited {drained:?} after SIGTERM)"
+            "edge ({tunnel}): L7 instance {b} restarted in {took:?} (its connections ended and it exited {drained:?} after SIGTERM)"
         );
         l7_times.push(took);
         std::thread::sleep(Duration::from_secs(1));
     }
     let l7 = delta(before, load.stats.counts());
-    let errors = load.stats.errors.lock().expect("lock").clone();
-    eprintln!("edge: rolling restart of the L7 tier: {l7:?}, restarts {l7_times:?}");
-    assert_eq!(
-        l7.failed, 0,
-        "a rolling restart of the L7 tier fails no request ({l7:?}); errors: {errors:?}"
-    );
+    let l7_errors = std::mem::take(&mut *load.stats.errors.lock().expect("lock"));
+    eprintln!("edge ({tunnel}): rolling restart of the L7 tier: {l7:?}, restarts {l7_times:?}");
     assert!(
         l7.closed_by_server > 0,
         "the restarted L7 instances closed keep-alive connections ({l7:?})"
@@ -558,19 +577,72 @@ fn edge_two_tier_rolling_restarts_fail_no_request() {
         lab.wait_next_hops(&[1, 2, 3], Duration::from_secs(15));
         let took = t0.elapsed();
         eprintln!(
-            "edge: L4 instance {i} restarted in {took:?} (withdrawn, drained and exited after {stopped:?})"
+            "edge ({tunnel}): L4 instance {i} restarted in {took:?} (withdrawn, drained and exited after {stopped:?})"
         );
         l4_times.push(took);
         std::thread::sleep(Duration::from_secs(1));
     }
     let l4 = delta(before, load.stats.counts());
-    let errors = load.stats.errors.lock().expect("lock").clone();
-    eprintln!("edge: rolling restart of the L4 tier: {l4:?}, restarts {l4_times:?}");
-    assert_eq!(
-        l4.failed, 0,
-        "a rolling restart of the L4 tier fails no request ({l4:?}); errors: {errors:?}"
-    );
+    let l4_errors = std::mem::take(&mut *load.stats.errors.lock().expect("lock"));
+    eprintln!("edge ({tunnel}): rolling restart of the L4 tier: {l4:?}, restarts {l4_times:?}");
     assert!(l4.served > 1000, "the load ran through it: {l4:?}");
     drop(load);
     drop(lab);
+    Restarts {
+        l7,
+        l4,
+        l7_errors,
+        l4_errors,
+    }
+}
+
+/// Issue 14, 4: rolling restarts of the L7 tier and of the L4 tier (`tunnel = "gue"`,
+/// second chance on) under HTTP load: 0 failed requests.
+#[test]
+fn edge_two_tier_rolling_restarts_fail_no_request() {
+    if !prerequisites("edge_two_tier_rolling_restarts_fail_no_request") {
+        return;
+    }
+    let r = rolling_restarts("e", "gue");
+    assert_eq!(
+        r.l7.failed, 0,
+        "a rolling restart of the L7 tier fails no request ({:?}); errors: {:?}",
+        r.l7, r.l7_errors
+    );
+    assert_eq!(
+        r.l4.failed, 0,
+        "a rolling restart of the L4 tier fails no request ({:?}); errors: {:?}",
+        r.l4, r.l4_errors
+    );
+}
+
+/// The same with `tunnel = "ipip"` (no second chance; a measurement, by hand: `cargo test
+/// -p fulcrum --test edge -- --ignored --nocapture`). The L7 restarts move no flow between
+/// L4 instances: 0 failed. The L4 restarts do: the connections opened while an L7 instance
+/// was drained, whose Maglev slot is that instance's again, reach it through an L4
+/// instance without their conntrack entry and are reset there; it reports how many.
+#[test]
+#[ignore = "a measurement, run by hand"]
+fn edge_two_tier_ipip_without_second_chance() {
+    if !prerequisites("edge_two_tier_ipip_without_second_chance") {
+        return;
+    }
+    let r = rolling_restarts("i", "ipip");
+    eprintln!(
+        "edge (ipip, no second chance): L7 rolling restart: {} failed of {} ({:?})",
+        r.l7.failed,
+        r.l7.served + r.l7.failed,
+        r.l7_errors
+    );
+    eprintln!(
+        "edge (ipip, no second chance): L4 rolling restart: {} failed of {} ({:?})",
+        r.l4.failed,
+        r.l4.served + r.l4.failed,
+        r.l4_errors
+    );
+    assert_eq!(
+        r.l7.failed, 0,
+        "a rolling restart of the L7 tier fails no request ({:?}); errors: {:?}",
+        r.l7, r.l7_errors
+    );
 }
