@@ -53,6 +53,8 @@ struct Lab {
     dir: String,
     /// `FLEET_TUNNEL`: the L4 tier's tunnel (`gue`: second chance on).
     tunnel: &'static str,
+    /// Keep the logs (`FLEET_KEEP`) when the lab goes: a request failed.
+    keep: bool,
     stop: Arc<AtomicBool>,
 }
 
@@ -67,6 +69,7 @@ impl Lab {
             prefix,
             dir,
             tunnel,
+            keep: false,
             stop: Arc::new(AtomicBool::new(false)),
         };
         // the topology, the router, decap and the L7 tier on the backends; then the app
@@ -93,7 +96,9 @@ impl Lab {
             .env("FLEET_APP", "none")
             .env("FLEET_TUNNEL", self.tunnel)
             .env("FLEET_INSTANCES", "")
-            .env("FULCRUM", env!("CARGO_BIN_EXE_fulcrum"));
+            .env("FULCRUM", env!("CARGO_BIN_EXE_fulcrum"))
+            // the L7 instances say when draining closes a keep-alive connection
+            .env("FULCRUM_LOG", "info,fulcrum_http=debug");
         if keep {
             c.env("FLEET_KEEP", "1");
         }
@@ -472,7 +477,7 @@ struct Restarts {
 /// Issue 14, 4: the lab with the L4 tier's `tunnel`, the load, a rolling restart of the L7
 /// tier, then of the L4 tier.
 fn rolling_restarts(tag: &str, tunnel: &'static str) -> Restarts {
-    let lab = Lab::up(tag, tunnel);
+    let mut lab = Lab::up(tag, tunnel);
     for i in ["1", "2", "3"] {
         lab.run(&["start", i]);
     }
@@ -587,6 +592,13 @@ fn rolling_restarts(tag: &str, tunnel: &'static str) -> Restarts {
     eprintln!("edge ({tunnel}): rolling restart of the L4 tier: {l4:?}, restarts {l4_times:?}");
     assert!(l4.served > 1000, "the load ran through it: {l4:?}");
     drop(load);
+    if l7.failed + l4.failed > 0 {
+        eprintln!(
+            "edge ({tunnel}): requests failed: the lab's logs stay in {}",
+            lab.dir
+        );
+        lab.keep = true;
+    }
     drop(lab);
     Restarts {
         l7,

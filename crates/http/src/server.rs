@@ -117,9 +117,9 @@ async fn serve_tcp_from(mut ctx: Rc<ConnCtx>, mut sock: TcpStream, mut start: St
 /// Closing it at once races with a request the client is sending on it: a request sent as
 /// the connection closes fails (a reset, or the connection closed without an answer). A
 /// client under load sends its next request well within this; one that idles through it is
-/// closed as by `idle_timeout`. (HAProxy's `idle-close-on-response`.) Connections already
-/// parked (idle for [`crate::park::PARK_AFTER`]) are closed at once.
-const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(1);
+/// closed as by `idle_timeout`. (HAProxy's `idle-close-on-response`.) Connections parked
+/// (idle for [`crate::park::PARK_AFTER`]) get the same grace in the lot.
+pub(crate) const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(1);
 
 /// How an idle wait ended.
 enum Wake {
@@ -172,6 +172,18 @@ pub(crate) async fn serve_h1<S: ClientIo>(
             let wake = {
                 let mut notified = std::pin::pin!(notified);
                 std::future::poll_fn(|cx| {
+                    // A request already there is served, whatever timer fired meanwhile (a
+                    // busy worker may see both at once): above all once draining, where
+                    // closing it would fail the request the grace is there for.
+                    if S::WAITS_READY {
+                        if let Poll::Ready(r) = io.poll_ready(cx) {
+                            return Poll::Ready(if r.is_ok() {
+                                Wake::Readable
+                            } else {
+                                Wake::Close
+                            });
+                        }
+                    }
                     if drain_until.is_none() && notified.as_mut().poll(cx).is_ready() {
                         drain_until = Some(Instant::now() + DRAIN_IDLE_GRACE);
                         idle.as_mut().reset(Instant::now());
@@ -180,9 +192,13 @@ pub(crate) async fn serve_h1<S: ClientIo>(
                     // grace is over, or re-armed
                     while idle.as_mut().poll(cx).is_ready() {
                         let now = Instant::now();
-                        if now >= last_request + idle_timeout
-                            || drain_until.is_some_and(|d| now >= d)
-                        {
+                        if now >= last_request + idle_timeout {
+                            return Poll::Ready(Wake::Close);
+                        }
+                        if drain_until.is_some_and(|d| now >= d) {
+                            tracing::debug!(
+                                "draining: closed a keep-alive connection idle through the grace"
+                            );
                             return Poll::Ready(Wake::Close);
                         }
                         let deadline = match (park_after, drain_until) {
