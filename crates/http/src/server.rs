@@ -121,6 +121,31 @@ async fn serve_tcp_from(mut ctx: Rc<ConnCtx>, mut sock: TcpStream, mut start: St
 /// (idle for [`crate::park::PARK_AFTER`]) get the same grace in the lot.
 pub(crate) const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(1);
 
+/// An idle connection's timer fired at `now`: when it should fire next, or how the wait
+/// ends (closed: `idle_timeout` since the last request, or the drain's grace over; parked).
+fn idle_deadline(
+    now: Instant,
+    last_request: Instant,
+    idle_timeout: Duration,
+    park_after: Option<Duration>,
+    drain_until: Option<Instant>,
+) -> Result<Instant, Wake> {
+    if now >= last_request + idle_timeout {
+        return Err(Wake::Close);
+    }
+    if drain_until.is_some_and(|d| now >= d) {
+        tracing::debug!("draining: closed a keep-alive connection idle through the grace");
+        return Err(Wake::Close);
+    }
+    Ok(match (park_after, drain_until) {
+        // draining: no parking (the lot gives what it holds the same grace)
+        (_, Some(d)) => d.min(last_request + idle_timeout),
+        (Some(p), None) if now >= last_request + p => return Err(Wake::Park),
+        (Some(p), None) => last_request + p,
+        (None, None) => last_request + idle_timeout,
+    })
+}
+
 /// How an idle wait ended.
 enum Wake {
     Readable,
@@ -177,11 +202,7 @@ pub(crate) async fn serve_h1<S: ClientIo>(
                     // closing it would fail the request the grace is there for.
                     if S::WAITS_READY {
                         if let Poll::Ready(r) = io.poll_ready(cx) {
-                            return Poll::Ready(if r.is_ok() {
-                                Wake::Readable
-                            } else {
-                                Wake::Close
-                            });
+                            return Poll::Ready(r.map_or(Wake::Close, |()| Wake::Readable));
                         }
                     }
                     if drain_until.is_none() && notified.as_mut().poll(cx).is_ready() {
@@ -191,26 +212,17 @@ pub(crate) async fn serve_h1<S: ClientIo>(
                     // the timer fired: idle long enough since the last request, the drain
                     // grace is over, or re-armed
                     while idle.as_mut().poll(cx).is_ready() {
-                        let now = Instant::now();
-                        if now >= last_request + idle_timeout {
-                            return Poll::Ready(Wake::Close);
+                        let next = idle_deadline(
+                            Instant::now(),
+                            last_request,
+                            idle_timeout,
+                            park_after,
+                            drain_until,
+                        );
+                        match next {
+                            Ok(deadline) => idle.as_mut().reset(deadline),
+                            Err(wake) => return Poll::Ready(wake),
                         }
-                        if drain_until.is_some_and(|d| now >= d) {
-                            tracing::debug!(
-                                "draining: closed a keep-alive connection idle through the grace"
-                            );
-                            return Poll::Ready(Wake::Close);
-                        }
-                        let deadline = match (park_after, drain_until) {
-                            // draining: no parking (the lot closes what it holds)
-                            (_, Some(d)) => d.min(last_request + idle_timeout),
-                            (Some(p), None) if now >= last_request + p => {
-                                return Poll::Ready(Wake::Park)
-                            }
-                            (Some(p), None) => last_request + p,
-                            (None, None) => last_request + idle_timeout,
-                        };
-                        idle.as_mut().reset(deadline);
                     }
                     io.poll_ready(cx).map(|r| match r {
                         Ok(()) => Wake::Readable,
