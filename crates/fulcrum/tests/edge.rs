@@ -273,7 +273,14 @@ impl Stats {
 fn connect_from(src: SocketAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
     sock.bind(&src.into())?;
-    sock.connect_timeout(&to.into(), Duration::from_secs(3))?;
+    // the port bind chose, for the error (a refused connection: which tuple)
+    let local = sock
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .map_or_else(String::new, |a| a.to_string());
+    sock.connect_timeout(&to.into(), Duration::from_secs(3))
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{local}: {e}")))?;
     let s: TcpStream = sock.into();
     s.set_nodelay(true)?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
