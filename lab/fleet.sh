@@ -27,6 +27,11 @@
 #   lab/fleet.sh withdraw-time N   cut N off, print how long until the router withdrew it, uncut
 #   lab/fleet.sh pool "1 2 3"  the backends in the pool of every running instance (and of the
 #                              instances started later): rewrites their configs, SIGHUP
+#   lab/fleet.sh l7 start|stop|ready N   FLEET_SERVE=edge: backend N's L7 instance (`fulcrum
+#                              run`, HTTP on port 80 fronting the app servers on port 8080 of
+#                              every backend); stop = SIGTERM, returns once it exited
+#   lab/fleet.sh backend drain|undrain N   on every running instance (admin API): backend N
+#                              of pool `web` draining (no new flows) or back (weight 1)
 # Environment (defaults): FLEET_PREFIX (fl) names the namespaces PREFIX-c, PREFIX-r, ...;
 # FLEET_DIR (/tmp/fulcrum-fleet-PREFIX) holds configs, logs, sockets and pid files;
 # FLEET_ROUTER (ecmp): ecmp (bird merge paths, hash-threshold multipath), resilient (bird
@@ -45,6 +50,10 @@
 # FLEET_NAT_SYNC (off; on, with FLEET_TUN_FORWARD=nat: every instance translates to the
 # fleet-shared source NAT_SOURCE, which each announces by BGP like a VIP, allocates ports
 # from its own slice, and shares its flows with the other two over [xdp.sync]).
+# FLEET_SERVE=edge (the two-tier edge, docs/fleet.md): each backend runs an L7 instance
+# (`fulcrum run`, protocol http, listen 0.0.0.0:80) whose pool is the app servers on
+# 198.18.0.11-13:8080; FLEET_APP (python: `python3 -m http.server 8080` on each backend;
+# none: bring your own).
 set -euo pipefail
 
 P=${FLEET_PREFIX:-fl}
@@ -298,6 +307,17 @@ cmd_up() {
       echo $! >"$DIR/b$n.www.pid"
     done
   fi
+  if [ "${FLEET_SERVE:-python}" = edge ]; then
+    if [ "${FLEET_APP:-python}" = python ]; then
+      command -v python3 >/dev/null || die "python3 for the app servers (or FLEET_APP=none and your own)"
+      for n in 1 2 3; do
+        mkdir -p "$DIR/app-b$n" && echo "app b$n" >"$DIR/app-b$n/index.html"
+        ip netns exec "$(ns "b$n")" python3 -m http.server 8080 --bind "198.18.0.$((10 + n))" --directory "$DIR/app-b$n" >"$DIR/b$n.app.log" 2>&1 &
+        echo $! >"$DIR/b$n.app.pid"
+      done
+    fi
+    for n in 1 2 3; do cmd_l7 start "$n"; done
+  fi
   # the router's routes to the VIPs
   case $ROUTER in
     static)
@@ -479,6 +499,87 @@ cmd_pool() {
   done
 }
 
+# The L7 tier (FLEET_SERVE=edge): `fulcrum run` on backend N, HTTP on port 80 (the VIPs are on
+# its loopback, `fulcrum decap` hands it the tunnelled packets), fronting the app servers on
+# port 8080 of every backend.
+l7_config() {
+  cat <<CONF
+[admin]
+listen = "127.0.0.1:9090"
+
+[[service]]
+name = "web"
+listen = "0.0.0.0:80"
+protocol = "http"
+pool = "app"
+drain_timeout = "10s"
+
+[[pool]]
+name = "app"
+scheduler = "rr"
+[pool.health]
+check = "tcp"
+interval = "500ms"
+timeout = "300ms"
+rise = 1
+fall = 2
+CONF
+  for b in 1 2 3; do printf '[[pool.backend]]\naddress = "198.18.0.%s:8080"\n' "$((10 + b))"; done
+}
+
+l7_ready() { inn "b$1" curl -sf -m 1 http://127.0.0.1:9090/readyz >/dev/null 2>&1; }
+
+cmd_l7() { # start|stop|ready N
+  local n=$2
+  case $n in 1 | 2 | 3) ;; *) die "l7: backend 1, 2 or 3, not $n" ;; esac
+  case $1 in
+    start)
+      l7_config >"$DIR/l7-b$n.toml"
+      ip netns exec "$(ns "b$n")" "$FULCRUM" run -c "$DIR/l7-b$n.toml" --workers 1 >>"$DIR/l7-b$n.log" 2>&1 &
+      echo $! >"$DIR/l7-b$n.pid"
+      for _ in $(seq 100); do l7_ready "$n" && return 0; sleep 0.1; done
+      die "L7 instance on b$n: not ready after 10 s (see $DIR/l7-b$n.log)"
+      ;;
+    stop) stop_pid "l7-b$n" TERM ;;
+    ready) l7_ready "$n" ;;
+    *) die "l7: start, stop or ready, not $1" ;;
+  esac
+}
+
+# Whether instance N's XDP maps hold its running snapshot (every service `serving`).
+maps_hold_snapshot() {
+  local a
+  a=$(inn "i$1" curl -s -m 1 http://127.0.0.1:9090/api/v1/announce 2>/dev/null) || return 1
+  grep -q '"serving":true' <<<"$a" && ! grep -q '"serving":false' <<<"$a"
+}
+
+# Backend N of pool `web` draining (no new flows; established ones keep their backend) or
+# back (weight 1), on every running instance, through its admin API; returns once every
+# instance's XDP maps hold the change.
+cmd_backend() { # drain|undrain N
+  local n i addr
+  case $2 in 1 | 2 | 3) ;; *) die "backend: 1, 2 or 3, not $2" ;; esac
+  addr="198.18.0.$((10 + $2)):80"
+  for i in 1 2 3; do
+    [ -f "$DIR/i$i.fulcrum.pid" ] || continue
+    case $1 in
+      drain) inn "i$i" curl -sf -m 5 -X POST "http://127.0.0.1:9090/api/v1/pools/web/backends/$addr/drain" >/dev/null ;;
+      undrain) inn "i$i" curl -sf -m 5 -X PUT -d '{"weight": 1}' "http://127.0.0.1:9090/api/v1/pools/web/backends/$addr" >/dev/null ;;
+      *) die "backend: drain or undrain, not $1" ;;
+    esac || die "backend $1 $2 on instance $i failed"
+  done
+  # returns once every instance's XDP maps hold the change (`serving` in GET
+  # /api/v1/announce: the maps hold the running snapshot)
+  for i in 1 2 3; do
+    [ -f "$DIR/i$i.fulcrum.pid" ] || continue
+    for _ in $(seq 100); do
+      maps_hold_snapshot "$i" && continue 2
+      sleep 0.1
+    done
+    die "backend $1 $2: instance $i's XDP maps do not hold the change after 10 s"
+  done
+}
+
 cmd_routes() {
   for v in $VIPS; do ip -n "$(ns r)" route show "$v/32"; done
   [ "$ROUTER" = resilient ] && ip -n "$(ns r)" nexthop show
@@ -498,5 +599,7 @@ case ${1:-} in
   uncut) cmd_uncut "${2:?instance}" ;;
   withdraw-time) cmd_withdraw_time "${2:?instance}" ;;
   pool) cmd_pool "${2:?backends, e.g. \"1 2 3\"}" ;;
+  l7) cmd_l7 "${2:?start|stop|ready}" "${3:?backend}" ;;
+  backend) cmd_backend "${2:?drain|undrain}" "${3:?backend}" ;;
   *) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 2 ;;
 esac

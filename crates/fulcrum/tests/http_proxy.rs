@@ -2680,8 +2680,9 @@ async fn forwarding_trailers_never_reach_the_backend() {
     f.assert_no_panic();
 }
 
-/// SIGTERM: idle keep-alive client connections are closed at once (they hold no request),
-/// so the process exits 0 long before `drain_timeout`; a new connection is refused.
+/// SIGTERM: idle keep-alive client connections are closed once the drain's grace (1 s) is
+/// over (they hold no request), so the process exits 0 long before `drain_timeout`; a new
+/// connection is refused.
 #[tokio::test]
 async fn sigterm_closes_idle_keep_alive_connections() {
     let b = backend("b").await;
@@ -2710,6 +2711,41 @@ async fn sigterm_closes_idle_keep_alive_connections() {
         TcpStream::connect(listen).await.is_err(),
         "the listener is gone"
     );
+    f.assert_no_panic();
+}
+
+/// SIGTERM while a keep-alive connection idles: its next request, sent within the drain's
+/// grace (1 s), is answered with `Connection: close` instead of failing on a connection
+/// closed under it (docs/fleet.md, "The two-tier edge").
+#[tokio::test]
+async fn sigterm_answers_the_next_request_of_an_idle_keep_alive_connection() {
+    let b = backend("b").await;
+    let listen = free_addr();
+    let body = web_service(listen, "drain_timeout = \"20s\"", &[b.addr]);
+    let (mut f, _admin) = start("http-sigterm-grace", &body).await;
+    let mut s = TcpStream::connect(listen).await.unwrap();
+    keep_alive_get(&mut s, 0).await;
+    let t0 = Instant::now();
+    f.signal("TERM");
+    // once the drain has begun (its wake-up looks every 100 ms), within the grace
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    s.write_all(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let head = String::from_utf8_lossy(&read_head(&mut s).await).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    // then closed (after the rest of the answer)
+    let mut buf = [0u8; 1024];
+    loop {
+        let r = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+            .await
+            .expect("closed after its answer");
+        if matches!(r, Ok(0) | Err(_)) {
+            break;
+        }
+    }
+    exits_promptly(&mut f, t0).await;
     f.assert_no_panic();
 }
 
@@ -2871,7 +2907,8 @@ async fn idle_keep_alive_connections_are_parked_and_served_again() {
         "closed {closed_c:?} after its last request (idle_timeout 3s)"
     );
     wait_parked(admin, 1).await;
-    // SIGTERM: the parked connection is closed at once, long before drain_timeout
+    // SIGTERM: the parked connection is closed after the drain's grace (1 s), long before
+    // drain_timeout
     let t0 = Instant::now();
     f.signal("TERM");
     expect_closed(

@@ -14,7 +14,9 @@
 //! - The service's `idle_timeout` still applies, counted from the last request: a sweep once
 //!   per [`PARK_AFTER`] closes the parked connections whose time is up (so it fires up to that
 //!   much late; `idle_timeout`s shorter than [`PARK_AFTER`] never park).
-//! - When the process starts draining, every parked connection is closed at once.
+//! - When the process starts draining, the parked connections get the drain's grace
+//!   ([`crate::server::DRAIN_IDLE_GRACE`]): one that turns readable meanwhile is unparked
+//!   and its request answered with `Connection: close`; the others are closed after it.
 //!
 //! Parking costs four `epoll_ctl` calls and a task spawn per park/unpark cycle, paid only by
 //! connections that were idle for a second; a busy connection never parks.
@@ -194,22 +196,37 @@ fn lot(ctx: &Rc<ConnCtx>) -> io::Result<Rc<Lot>> {
     })
 }
 
-/// The lot's task: unparks readable connections, sweeps expired ones, closes all on drain.
+/// The lot's task: unparks readable connections, sweeps expired ones, closes all once the
+/// drain's grace is over.
 async fn run(lot: Rc<Lot>, mut poll: AsyncFd<LotPoll>, shared: Arc<Shared>, drain: Rc<Notify>) {
     let mut events = Events::with_capacity(256);
     let mut sweep = tokio::time::interval(PARK_AFTER);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut drained = false;
+    // Draining: when the parked connections still idle are closed (none is parked after
+    // the drain starts: `park` refuses).
+    let mut close_at: Option<Instant> = None;
     loop {
         let notified = drain.notified();
         let mut notified = std::pin::pin!(notified);
         notified.as_mut().enable();
         if !drained && shared.is_draining() {
             drained = true;
-            let closed = lot.slots.borrow_mut().sweep(|_| true);
-            tracing::debug!(closed, "draining: closed the parked connections");
+            close_at = Some(Instant::now() + crate::server::DRAIN_IDLE_GRACE);
         }
+        let at = close_at;
+        let grace_over = async move {
+            match at {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            () = grace_over => {
+                close_at = None;
+                let closed = lot.slots.borrow_mut().sweep(|_| true);
+                tracing::debug!(closed, "draining: closed the parked connections idle through the grace");
+            }
             ready = poll.readable_mut() => {
                 let Ok(mut ready) = ready else { return };
                 // Cleared first: an event that arrives while the lot is read raises a new one.

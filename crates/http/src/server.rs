@@ -112,6 +112,40 @@ async fn serve_tcp_from(mut ctx: Rc<ConnCtx>, mut sock: TcpStream, mut start: St
     }
 }
 
+/// Once the process drains, how long an idle HTTP/1.1 keep-alive connection is kept open
+/// for its next request, which is answered with `Connection: close`, before it is closed.
+/// Closing it at once races with a request the client is sending on it: a request sent as
+/// the connection closes fails (a reset, or the connection closed without an answer). A
+/// client under load sends its next request well within this; one that idles through it is
+/// closed as by `idle_timeout`. (HAProxy's `idle-close-on-response`.) Connections parked
+/// (idle for [`crate::park::PARK_AFTER`]) get the same grace in the lot.
+pub(crate) const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(1);
+
+/// An idle connection's timer fired at `now`: when it should fire next, or how the wait
+/// ends (closed: `idle_timeout` since the last request, or the drain's grace over; parked).
+fn idle_deadline(
+    now: Instant,
+    last_request: Instant,
+    idle_timeout: Duration,
+    park_after: Option<Duration>,
+    drain_until: Option<Instant>,
+) -> Result<Instant, Wake> {
+    if now >= last_request + idle_timeout {
+        return Err(Wake::Close);
+    }
+    if drain_until.is_some_and(|d| now >= d) {
+        tracing::debug!("draining: closed a keep-alive connection idle through the grace");
+        return Err(Wake::Close);
+    }
+    Ok(match (park_after, drain_until) {
+        // draining: no parking (the lot gives what it holds the same grace)
+        (_, Some(d)) => d.min(last_request + idle_timeout),
+        (Some(p), None) if now >= last_request + p => return Err(Wake::Park),
+        (Some(p), None) => last_request + p,
+        (None, None) => last_request + idle_timeout,
+    })
+}
+
 /// How an idle wait ended.
 enum Wake {
     Readable,
@@ -149,31 +183,46 @@ pub(crate) async fn serve_h1<S: ClientIo>(
     let mut idle = std::pin::pin!(tokio::time::sleep_until(
         last_request + park_after.unwrap_or(idle_timeout)
     ));
+    // Draining: until when an idle connection waits for its next request (answered with
+    // `Connection: close`) before it is closed (see [`DRAIN_IDLE_GRACE`]).
+    let mut drain_until: Option<Instant> = None;
     loop {
         if carry.is_none() {
             // Idle keep-alive: no buffer until the next request shows up.
             let notified = ctx.drain.notified();
-            if ctx.shared.is_draining() {
-                return None;
+            if drain_until.is_none() && ctx.shared.is_draining() {
+                drain_until = Some(Instant::now() + DRAIN_IDLE_GRACE);
+                idle.as_mut().reset(Instant::now());
             }
             let wake = {
                 let mut notified = std::pin::pin!(notified);
                 std::future::poll_fn(|cx| {
-                    if notified.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Wake::Close);
-                    }
-                    // the timer fired: idle long enough since the last request, or re-armed
-                    while idle.as_mut().poll(cx).is_ready() {
-                        let now = Instant::now();
-                        if now >= last_request + idle_timeout {
-                            return Poll::Ready(Wake::Close);
+                    // A request already there is served, whatever timer fired meanwhile (a
+                    // busy worker may see both at once): above all once draining, where
+                    // closing it would fail the request the grace is there for.
+                    if S::WAITS_READY {
+                        if let Poll::Ready(r) = io.poll_ready(cx) {
+                            return Poll::Ready(r.map_or(Wake::Close, |()| Wake::Readable));
                         }
-                        let deadline = match park_after {
-                            Some(p) if now >= last_request + p => return Poll::Ready(Wake::Park),
-                            Some(p) => last_request + p,
-                            None => last_request + idle_timeout,
-                        };
-                        idle.as_mut().reset(deadline);
+                    }
+                    if drain_until.is_none() && notified.as_mut().poll(cx).is_ready() {
+                        drain_until = Some(Instant::now() + DRAIN_IDLE_GRACE);
+                        idle.as_mut().reset(Instant::now());
+                    }
+                    // the timer fired: idle long enough since the last request, the drain
+                    // grace is over, or re-armed
+                    while idle.as_mut().poll(cx).is_ready() {
+                        let next = idle_deadline(
+                            Instant::now(),
+                            last_request,
+                            idle_timeout,
+                            park_after,
+                            drain_until,
+                        );
+                        match next {
+                            Ok(deadline) => idle.as_mut().reset(deadline),
+                            Err(wake) => return Poll::Ready(wake),
+                        }
                     }
                     io.poll_ready(cx).map(|r| match r {
                         Ok(()) => Wake::Readable,
