@@ -190,7 +190,7 @@ mod tests {
         let b = parse(P, k.as_bytes(), value(a, 7, Some("c")).as_bytes()).unwrap();
         assert_eq!(b.address, a);
         assert_eq!(b.weight.get(), 7);
-        assert_eq!(b.zone.as_deref(), Some("c"));
+        assert_eq!(b.zone.as_ref().map(crate::model::Zone::as_str), Some("c"));
         let v6: SocketAddr = "[::1]:81".parse().unwrap();
         let b = parse(
             P,
