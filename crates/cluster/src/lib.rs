@@ -32,6 +32,8 @@ use fulcrum_proxy::controller::{ChangeError, ConfigEdit, Control, ControlSender,
 use fulcrum_proxy::snapshot::Shared;
 use tokio::sync::oneshot;
 
+mod health;
+
 /// The etcd client this crate uses (its tests write raw keys with it).
 pub use etcd_client;
 
@@ -136,10 +138,20 @@ struct Task {
     latest: i64,
     members: BTreeMap<String, MemberRecord>,
     connected: bool,
+    /// The fleet's health view (`P/health/`).
+    health: health::FleetHealth,
 }
 
 async fn run(opts: Options, shared: Arc<Shared>, control: ControlSender) {
+    let health = health::FleetHealth::new(
+        opts.cluster.health_quorum,
+        opts.member.clone(),
+        opts.cluster.prefix.0.clone(),
+        Arc::clone(&shared),
+        control.clone(),
+    );
     let mut t = Task {
+        health,
         opts,
         shared,
         control,
@@ -156,6 +168,7 @@ async fn run(opts: Options, shared: Arc<Shared>, control: ControlSender) {
             let was = t.connected;
             t.connected = false;
             t.publish();
+            t.health.lost();
             if was {
                 tracing::warn!(error = %e, "lost etcd; serving the last applied revision, reconnecting");
             } else {
@@ -166,6 +179,7 @@ async fn run(opts: Options, shared: Arc<Shared>, control: ControlSender) {
             return;
         }
         tokio::time::sleep(backoff.next(fastrand::f64())).await;
+        t.health.lost();
     }
 }
 
@@ -241,12 +255,15 @@ impl Task {
             .map(etcd_client::ResponseHeader::revision)
             .ok_or_else(|| Error::Protocol("a get answered without a header".into()))?;
         self.members.clear();
+        self.health.connected();
         let mut document = None;
         for kv in all.kvs() {
             match core::classify(&prefix, kv.key()) {
                 KeyKind::Config => document = Some((kv.mod_revision(), kv.value().to_vec())),
                 KeyKind::Member(name) => self.member_put(name, kv.value()),
-                KeyKind::Other => {}
+                KeyKind::Other => {
+                    self.health.on_key(kv.key(), Some(kv.value()));
+                }
             }
         }
         self.connected = true;
@@ -264,6 +281,11 @@ impl Task {
         self.members
             .insert(self.opts.member.clone(), published.clone());
         self.publish();
+        // This member's verdicts, and the table from the views read (its own joins when
+        // the watch brings it back, so every instance decides from what etcd holds).
+        let mut local_health = self.shared.local_health.subscribe();
+        self.health.publish(&mut c, lease).await?;
+        self.health.decide();
 
         let mut watch = c
             .watch(
@@ -291,6 +313,11 @@ impl Task {
                         Some(a) if a.ttl() > 0 => last_ack = Instant::now(),
                         Some(_) => return Err(Error::Protocol("the member lease expired".into())),
                         None => return Err(Error::Protocol("the lease keep-alive ended".into())),
+                    }
+                }
+                changed = local_health.changed() => {
+                    if changed.is_ok() {
+                        self.health.publish(&mut c, lease).await?;
                     }
                 }
                 _ = tick.tick() => {
@@ -336,6 +363,7 @@ impl Task {
         let prefix = self.opts.cluster.prefix.0.clone();
         // Of several document revisions in one response only the newest is applied.
         let mut document: Option<(i64, Vec<u8>)> = None;
+        let mut health = false;
         for ev in resp.events() {
             let Some(kv) = ev.kv() else { continue };
             match (core::classify(&prefix, kv.key()), ev.event_type()) {
@@ -352,10 +380,18 @@ impl Task {
                 (KeyKind::Member(name), EventType::Delete) => {
                     self.members.remove(name);
                 }
-                (KeyKind::Other, _) => {
-                    tracing::debug!(key = %String::from_utf8_lossy(kv.key()), "ignoring a key under the prefix");
+                (KeyKind::Other, t) => {
+                    let value = (t == EventType::Put).then(|| kv.value());
+                    if self.health.on_key(kv.key(), value) {
+                        health = true;
+                    } else {
+                        tracing::debug!(key = %String::from_utf8_lossy(kv.key()), "ignoring a key under the prefix");
+                    }
                 }
             }
+        }
+        if health {
+            self.health.decide();
         }
         if let Some((r, value)) = document {
             self.latest = self.latest.max(r);

@@ -703,7 +703,30 @@ async fn delete_service(
 /// `GET /api/v1/cluster`: the fleet as this instance sees it (`[cluster]`, docs/cluster.md).
 async fn cluster(State(st): State<AdminState>) -> Response {
     match st.shared.cluster.load_full() {
-        Some(status) => Json(status.as_ref().clone()).into_response(),
+        Some(status) => {
+            let mut v = serde_json::to_value(status.as_ref()).unwrap_or_default();
+            if let (Some(obj), Some(h)) = (v.as_object_mut(), st.shared.fleet_health.load_full()) {
+                let mut h = h.as_ref().clone();
+                // Passive ejection is this instance's own, never the fleet's: read from the
+                // running snapshot now.
+                let snap = st.shared.snapshot.load();
+                h.ejected_locally = snap
+                    .pools
+                    .iter()
+                    .flat_map(|p| {
+                        p.backends
+                            .iter()
+                            .filter(|b| b.state == fulcrum_core::model::BackendState::Ejected)
+                            .map(|b| (p.name.clone(), b.address))
+                    })
+                    .collect();
+                obj.insert(
+                    "health".into(),
+                    serde_json::to_value(h).unwrap_or_default(),
+                );
+            }
+            Json(v).into_response()
+        }
         None => error(
             StatusCode::NOT_FOUND,
             "this instance has no [cluster] section: it is not part of a fleet",

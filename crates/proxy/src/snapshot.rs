@@ -205,6 +205,13 @@ pub struct Shared {
     /// The fleet as this instance sees it (`[cluster]`); `None` without `[cluster]`.
     /// Written whole by the cluster task, read by the admin API and the metrics.
     pub cluster: arc_swap::ArcSwapOption<fulcrum_core::cluster::ClusterStatus>,
+    /// This instance's active checks' verdicts (backends of pools with active checks),
+    /// written by the controller when one changes; the cluster task publishes them to the
+    /// fleet (`[cluster]`, docs/cluster.md).
+    pub local_health: tokio::sync::watch::Sender<Arc<fulcrum_core::fleet_health::Verdicts>>,
+    /// The fleet's health as this instance sees it (`[cluster]`); `None` without
+    /// `[cluster]`. Written whole by the cluster task, read by the admin API.
+    pub fleet_health: arc_swap::ArcSwapOption<fulcrum_core::fleet_health::FleetHealthStatus>,
     epoch: Instant,
     ready: AtomicBool,
     draining: AtomicBool,
@@ -225,6 +232,8 @@ impl Shared {
             announce: crate::announce::AnnounceState::default(),
             discovery_errors: Arc::default(),
             cluster: arc_swap::ArcSwapOption::empty(),
+            local_health: tokio::sync::watch::Sender::new(Arc::default()),
+            fleet_health: arc_swap::ArcSwapOption::empty(),
             epoch: Instant::now(),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
