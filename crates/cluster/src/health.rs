@@ -199,7 +199,8 @@ impl FleetHealth {
             members: self.views.keys().cloned().collect(),
             quorum_disagreement,
             backends: self.table.backends.values().cloned().collect(),
-            // Filled by the admin API from the running snapshot.
+            // Filled by the admin API from the running state.
+            local: Verdicts::new(),
             ejected_locally: Vec::new(),
         })));
     }

@@ -169,10 +169,16 @@ async fn run(opts: Options, shared: Arc<Shared>, control: ControlSender) {
             t.connected = false;
             t.publish();
             t.health.lost();
-            if was {
-                tracing::warn!(error = %e, "lost etcd; serving the last applied revision, reconnecting");
+            let serving = if t.revisions.applied == 0 {
+                "serving the local file's services and pools (no fleet revision applied yet)".to_owned()
             } else {
-                tracing::warn!(error = %e, "cannot reach etcd; serving the last applied revision, retrying");
+                format!("serving the last applied revision ({})", t.revisions.applied)
+            };
+            let endpoints: Vec<&str> = t.opts.cluster.etcd.iter().map(|e| e.0.as_str()).collect();
+            if was {
+                tracing::warn!(error = %e, etcd = ?endpoints, "lost etcd; {serving}; reconnecting with backoff");
+            } else {
+                tracing::warn!(error = %e, etcd = ?endpoints, "cannot reach etcd; {serving}; retrying with backoff");
             }
         }
         if t.control.is_closed() {

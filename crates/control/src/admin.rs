@@ -709,6 +709,7 @@ async fn cluster(State(st): State<AdminState>) -> Response {
                 let mut h = h.as_ref().clone();
                 // Passive ejection is this instance's own, never the fleet's: read from the
                 // running snapshot now.
+                h.local = st.shared.local_health.borrow().as_ref().clone();
                 let snap = st.shared.snapshot.load();
                 h.ejected_locally = snap
                     .pools

@@ -251,6 +251,8 @@ pub struct FleetHealthStatus {
     pub quorum_disagreement: BTreeMap<String, String>,
     /// Every backend with a verdict: the fleet's state, the votes and each member's view.
     pub backends: Vec<FleetBackend>,
+    /// This instance's own active checks' verdicts, as it publishes them.
+    pub local: Verdicts,
     /// Backends this instance ejects after failures on its own traffic (passive health,
     /// never shared with the fleet): (pool, backend).
     pub ejected_locally: Vec<BackendKey>,
