@@ -516,7 +516,7 @@ async fn one_member_partitioned_from_a_backend_under_each_quorum() {
         let changes_before: Vec<f64> = {
             let mut v = Vec::new();
             for f in &fleet {
-                v.push(f.metric("fulcrum_pool_changes", &[("pool", "web")]).await.unwrap_or(0.0));
+                v.push(f.metric("fulcrum_pool_changes_total", &[("pool", "web")]).await.expect("fulcrum_pool_changes_total"));
             }
             v
         };
@@ -533,11 +533,16 @@ async fn one_member_partitioned_from_a_backend_under_each_quorum() {
         assert_eq!(local_verdict(&cluster(&fleet[0]).await, a.addr), "down");
         let mut changes_after = Vec::new();
         for f in &fleet {
-            changes_after.push(f.metric("fulcrum_pool_changes", &[("pool", "web")]).await.unwrap_or(0.0));
+            changes_after.push(f.metric("fulcrum_pool_changes_total", &[("pool", "web")]).await.expect("fulcrum_pool_changes_total"));
         }
         if one_cut == "up" {
             // The table did not change at all on any instance.
             assert_eq!(changes_before, changes_after, "{quorum}: a table changed");
+        } else {
+            // It changed once on every instance, in step.
+            for (b, a) in changes_before.iter().zip(&changes_after) {
+                assert_eq!(a - b, 1.0, "{quorum}: {changes_before:?} -> {changes_after:?}");
+            }
         }
         println!(
             "health_quorum = {quorum}: lb0 cut from {}: votes up {} down {}; {} on every instance: {:?}; table changes {:?} -> {:?}",
@@ -642,10 +647,6 @@ async fn fleet_health_survives_etcd_trouble() {
     let prefix = "/fulcrum/quorum-etcd";
     let fleet = start_fleet(&endpoints, prefix, "\"majority\"", listen, &backends).await;
     let mut parts = Partitions::new();
-    // lb0 cut from a throughout: the fleet keeps a up.
-    parts.cut("lb0", fleet[0].pid, a.addr);
-    wait_member_verdict(&fleet, "lb0", a.addr, "down").await;
-    settle(&fleet, a.addr, "up", Duration::from_millis(500)).await;
     let changes = |fleet: &'_ [Fulcrum]| {
         let fleet: Vec<SocketAddr> = fleet.iter().map(|f| f.admin).collect();
         async move {
@@ -653,8 +654,8 @@ async fn fleet_health_survives_etcd_trouble() {
             for admin in fleet {
                 let (_, text) = http(admin, "GET", "/metrics").await.unwrap();
                 v.push(
-                    common::metric_value(&text, "fulcrum_pool_changes", &[("pool", "web")])
-                        .unwrap_or(0.0),
+                    common::metric_value(&text, "fulcrum_pool_changes_total", &[("pool", "web")])
+                        .expect("fulcrum_pool_changes_total"),
                 );
             }
             v
@@ -685,11 +686,15 @@ async fn fleet_health_survives_etcd_trouble() {
         .await;
         assert!(ok, "{}: {}", f.admin, cluster(f).await);
     }
+    parts.cut("lb0", fleet[0].pid, a.addr);
     parts.cut("lb1", fleet[1].pid, a.addr);
     settle(&fleet, a.addr, "down", Duration::ZERO).await;
     parts.heal();
-    parts.cut("lb0", fleet[0].pid, a.addr);
     settle(&fleet, a.addr, "up", Duration::ZERO).await;
+    // From here on lb0 is cut from a: the fleet keeps a up (lb0 may eject it locally
+    // after failed connects of its own traffic).
+    parts.cut("lb0", fleet[0].pid, a.addr);
+    wait_member_verdict(&fleet, "lb0", a.addr, "down").await;
     println!("one etcd member down: {sent} requests, 0 failed, no table change; a health change still reached every table");
 
     // 2. Every etcd member killed: requests keep succeeding for the whole outage; the
@@ -758,7 +763,16 @@ async fn fleet_health_survives_etcd_trouble() {
         assert!(ok, "{}: {}\n{}", f.admin, cluster(f).await, f.stderr_tail(20));
     }
     println!("etcd back: revision {rev} applied and the fleet view back on every instance {:?} after the push", back.elapsed());
-    settle(&fleet, a.addr, "up", Duration::from_millis(500)).await;
+    for f in &fleet {
+        let ok = eventually(Duration::from_secs(10), || async {
+            fleet_entry(&cluster(f).await, a.addr).is_some_and(|e| e["fleet"] == "up")
+        })
+        .await;
+        assert!(ok, "{}", cluster(f).await["health"]);
+    }
+    settle(&fleet[1..], a.addr, "up", Duration::from_millis(500)).await;
+    let s0 = state(&fleet[0], a.addr).await;
+    assert!(s0 == "up" || s0 == "ejected", "lb0: {s0}");
     for (f, before) in fleet.iter().zip(reloads_before) {
         let after = f
             .metric("fulcrum_config_reloads_total", &[("result", "ok")])

@@ -613,6 +613,33 @@ impl Controller {
     }
 
     async fn on_event(&mut self, ev: Event) -> bool {
+        // With a fleet view the effective state is not the local machines' own (the
+        // fleet's verdict replaces the local checks), so a change of either counts.
+        let key = match &ev {
+            Event::Check { pool, backend, .. } | Event::Passive { pool, backend, .. } => {
+                Some((pool.clone(), *backend))
+            }
+            Event::Discovered { .. } => None,
+        };
+        let before = key.as_ref().and_then(|k| {
+            let t = self.backends.get(k)?;
+            Some(self.effective(&k.0, k.1, t))
+        });
+        let local = self.on_local_event(ev).await;
+        let after = key.as_ref().and_then(|k| {
+            let t = self.backends.get(k)?;
+            Some(self.effective(&k.0, k.1, t))
+        });
+        if self.fleet.is_some() && before != after {
+            if let (Some((pool, backend)), Some(from), Some(to)) = (&key, before, after) {
+                tracing::info!(pool, %backend, %from, %to, "backend state changed on this instance (fleet health in place of its own checks)");
+            }
+            return true;
+        }
+        local
+    }
+
+    async fn on_local_event(&mut self, ev: Event) -> bool {
         let now = self.shared.now();
         let (pool, backend, t) = match ev {
             Event::Discovered {
