@@ -111,7 +111,7 @@ impl FleetHealth {
             }
             Some(Ok(mut view)) => {
                 // The key names the member, whatever the record says.
-                view.member = name.to_owned();
+                name.clone_into(&mut view.member);
                 self.views.insert(name.to_owned(), view);
             }
             Some(Err(e)) => {
@@ -193,15 +193,17 @@ impl FleetHealth {
             .filter(|v| v.health_quorum != mine)
             .map(|v| (v.member.clone(), v.health_quorum.clone()))
             .collect();
-        self.shared.fleet_health.store(Some(Arc::new(FleetHealthStatus {
-            health_quorum: mine,
-            source: self.source.as_str().to_owned(),
-            members: self.views.keys().cloned().collect(),
-            quorum_disagreement,
-            backends: self.table.backends.values().cloned().collect(),
-            // Filled by the admin API from the running state.
-            local: Verdicts::new(),
-            ejected_locally: Vec::new(),
-        })));
+        self.shared
+            .fleet_health
+            .store(Some(Arc::new(FleetHealthStatus {
+                health_quorum: mine,
+                source: self.source.as_str().to_owned(),
+                members: self.views.keys().cloned().collect(),
+                quorum_disagreement,
+                backends: self.table.backends.values().cloned().collect(),
+                // Filled by the admin API from the running state.
+                local: Verdicts::new(),
+                ejected_locally: Vec::new(),
+            })));
     }
 }

@@ -170,9 +170,13 @@ async fn run(opts: Options, shared: Arc<Shared>, control: ControlSender) {
             t.publish();
             t.health.lost();
             let serving = if t.revisions.applied == 0 {
-                "serving the local file's services and pools (no fleet revision applied yet)".to_owned()
+                "serving the local file's services and pools (no fleet revision applied yet)"
+                    .to_owned()
             } else {
-                format!("serving the last applied revision ({})", t.revisions.applied)
+                format!(
+                    "serving the last applied revision ({})",
+                    t.revisions.applied
+                )
             };
             let endpoints: Vec<&str> = t.opts.cluster.etcd.iter().map(|e| e.0.as_str()).collect();
             if was {

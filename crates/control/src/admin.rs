@@ -721,10 +721,7 @@ async fn cluster(State(st): State<AdminState>) -> Response {
                             .map(|b| (p.name.clone(), b.address))
                     })
                     .collect();
-                obj.insert(
-                    "health".into(),
-                    serde_json::to_value(h).unwrap_or_default(),
-                );
+                obj.insert("health".into(), serde_json::to_value(h).unwrap_or_default());
             }
             Json(v).into_response()
         }

@@ -298,8 +298,8 @@ mod tests {
 
     #[test]
     fn quorums() {
-        let t = |up, down| Tally { up, down };
         use HealthQuorum::{All, Any, AtLeast, Majority};
+        let t = |up, down| Tally { up, down };
         // One member partitioned from the backend: 2 up, 1 down.
         assert!(quorum_up(Majority, t(2, 1)));
         assert!(quorum_up(Any, t(2, 1)));
@@ -382,7 +382,12 @@ mod tests {
 
     #[test]
     fn passive_ejection_stays_local_and_drain_wins() {
-        let checked = || BackendHealth::new(ActiveHealth::new(1, 1), Outlier::new(1, Duration::from_secs(5)));
+        let checked = || {
+            BackendHealth::new(
+                ActiveHealth::new(1, 1),
+                Outlier::new(1, Duration::from_secs(5)),
+            )
+        };
         let mut h = checked();
         h.record_check(false);
         assert_eq!(h.state(), BackendState::Down);
@@ -425,7 +430,11 @@ mod tests {
     }
 
     fn verdict() -> impl Strategy<Value = Verdict> {
-        prop_oneof![Just(Verdict::Up), Just(Verdict::Down), Just(Verdict::Unknown)]
+        prop_oneof![
+            Just(Verdict::Up),
+            Just(Verdict::Down),
+            Just(Verdict::Unknown)
+        ]
     }
 
     fn quorum() -> impl Strategy<Value = HealthQuorum> {

@@ -18,7 +18,9 @@
     clippy::too_many_lines,
     clippy::cast_precision_loss,
     clippy::cast_possible_truncation,
-    clippy::cast_sign_loss
+    clippy::cast_sign_loss,
+    clippy::many_single_char_names,
+    clippy::float_cmp
 )]
 
 mod common;
@@ -328,8 +330,7 @@ async fn states(fleet: &[Fulcrum], backend: SocketAddr) -> Vec<String> {
 async fn wait_member_verdict(fleet: &[Fulcrum], member: &str, backend: SocketAddr, verdict: &str) {
     for f in fleet {
         let ok = eventually(Duration::from_secs(15), || async {
-            fleet_entry(&cluster(f).await, backend)
-                .is_some_and(|e| e["members"][member] == verdict)
+            fleet_entry(&cluster(f).await, backend).is_some_and(|e| e["members"][member] == verdict)
         })
         .await;
         assert!(
@@ -375,9 +376,8 @@ async fn start_fleet(
             admin_toml(admin),
             cluster_toml(endpoints, prefix, &format!("lb{i}"), quorum)
         );
-        fleet.push(
-            Fulcrum::start(&format!("quorum-lb{i}"), admin, &cfg, &["--workers", "1"]).await,
-        );
+        fleet
+            .push(Fulcrum::start(&format!("quorum-lb{i}"), admin, &cfg, &["--workers", "1"]).await);
     }
     let rev = put_doc(endpoints, prefix, &shared_toml(listen, backends, 1)).await;
     for f in &fleet {
@@ -386,9 +386,9 @@ async fn start_fleet(
             c["applied_revision"].as_i64() >= Some(rev)
                 && c["health"]["source"] == "fleet"
                 && c["health"]["members"].as_array().map(Vec::len) == Some(3)
-                && backends.iter().all(|b| {
-                    fleet_entry(&c, *b).is_some_and(|e| e["votes"]["up"] == 3)
-                })
+                && backends
+                    .iter()
+                    .all(|b| fleet_entry(&c, *b).is_some_and(|e| e["votes"]["up"] == 3))
         })
         .await;
         assert!(
@@ -423,7 +423,11 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 fn prerequisites(test: &str) -> bool {
     require_root(test)
-        && require(test, have_program("etcd"), "etcd (apt-get install etcd-server)")
+        && require(
+            test,
+            have_program("etcd"),
+            "etcd (apt-get install etcd-server)",
+        )
         && require(test, have_program("nft"), "nft (apt-get install nftables)")
         && require(
             test,
@@ -461,7 +465,10 @@ async fn time_flips(
             if local_verdict(&cluster(&fleet[who]).await, backend) == want_local {
                 break Instant::now();
             }
-            assert!(Instant::now() < deadline, "lb{who} never saw {backend} {want_local}");
+            assert!(
+                Instant::now() < deadline,
+                "lb{who} never saw {backend} {want_local}"
+            );
         };
         // ...until the last instance's table shows it.
         let mut pending: Vec<usize> = (0..fleet.len()).collect();
@@ -516,7 +523,11 @@ async fn one_member_partitioned_from_a_backend_under_each_quorum() {
         let changes_before: Vec<f64> = {
             let mut v = Vec::new();
             for f in &fleet {
-                v.push(f.metric("fulcrum_pool_changes_total", &[("pool", "web")]).await.expect("fulcrum_pool_changes_total"));
+                v.push(
+                    f.metric("fulcrum_pool_changes_total", &[("pool", "web")])
+                        .await
+                        .expect("fulcrum_pool_changes_total"),
+                );
             }
             v
         };
@@ -533,7 +544,11 @@ async fn one_member_partitioned_from_a_backend_under_each_quorum() {
         assert_eq!(local_verdict(&cluster(&fleet[0]).await, a.addr), "down");
         let mut changes_after = Vec::new();
         for f in &fleet {
-            changes_after.push(f.metric("fulcrum_pool_changes_total", &[("pool", "web")]).await.expect("fulcrum_pool_changes_total"));
+            changes_after.push(
+                f.metric("fulcrum_pool_changes_total", &[("pool", "web")])
+                    .await
+                    .expect("fulcrum_pool_changes_total"),
+            );
         }
         if one_cut == "up" {
             // The table did not change at all on any instance.
@@ -541,7 +556,11 @@ async fn one_member_partitioned_from_a_backend_under_each_quorum() {
         } else {
             // It changed once on every instance, in step.
             for (b, a) in changes_before.iter().zip(&changes_after) {
-                assert_eq!(a - b, 1.0, "{quorum}: {changes_before:?} -> {changes_after:?}");
+                assert_eq!(
+                    a - b,
+                    1.0,
+                    "{quorum}: {changes_before:?} -> {changes_after:?}"
+                );
             }
         }
         println!(
@@ -603,7 +622,10 @@ async fn one_member_partitioned_from_a_backend_under_each_quorum() {
             assert_eq!(state(&fleet[0], a.addr).await, "ejected");
             for f in &fleet[1..] {
                 assert_eq!(state(f, a.addr).await, "up");
-                assert_eq!(cluster(f).await["health"]["ejected_locally"], serde_json::json!([]));
+                assert_eq!(
+                    cluster(f).await["health"]["ejected_locally"],
+                    serde_json::json!([])
+                );
             }
             assert_eq!(fleet_entry(&c0, a.addr).unwrap()["fleet"], "up");
             let admin0 = format!("http://{}", fleet[0].admin);
@@ -614,8 +636,14 @@ async fn one_member_partitioned_from_a_backend_under_each_quorum() {
             let text = String::from_utf8_lossy(&out.stdout).to_string();
             println!("{text}");
             assert!(out.status.success(), "{text}");
-            assert!(text.contains("quorum majority, decided by the fleet"), "{text}");
-            assert!(text.contains("ejected here only (passive, local to this instance): web"), "{text}");
+            assert!(
+                text.contains("quorum majority, decided by the fleet"),
+                "{text}"
+            );
+            assert!(
+                text.contains("ejected here only (passive, local to this instance): web"),
+                "{text}"
+            );
         }
         parts.heal();
         drop(parts);
@@ -676,8 +704,15 @@ async fn fleet_health_survives_etcd_trouble() {
         assert_eq!(states(&fleet, a.addr).await, ["up", "up", "up"]);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(failed, 0, "{failed} of {sent} failed with one etcd member down");
-    assert_eq!(before, changes(&fleet).await, "a table changed when one etcd member died");
+    assert_eq!(
+        failed, 0,
+        "{failed} of {sent} failed with one etcd member down"
+    );
+    assert_eq!(
+        before,
+        changes(&fleet).await,
+        "a table changed when one etcd member died"
+    );
     for f in &fleet {
         let ok = eventually(Duration::from_secs(15), || async {
             let c = cluster(f).await;
@@ -711,7 +746,9 @@ async fn fleet_health_survives_etcd_trouble() {
         }
         v
     };
-    let applied_before = cluster(&fleet[0]).await["applied_revision"].as_i64().unwrap();
+    let applied_before = cluster(&fleet[0]).await["applied_revision"]
+        .as_i64()
+        .unwrap();
     etcd.kill(1);
     etcd.kill(2);
     let t = Instant::now();
@@ -724,7 +761,12 @@ async fn fleet_health_survives_etcd_trouble() {
         }
         if sent % 50 == 0 {
             for f in &fleet {
-                sources.insert(cluster(f).await["health"]["source"].as_str().unwrap_or("-").to_owned());
+                sources.insert(
+                    cluster(f).await["health"]["source"]
+                        .as_str()
+                        .unwrap_or("-")
+                        .to_owned(),
+                );
             }
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -742,7 +784,11 @@ async fn fleet_health_survives_etcd_trouble() {
     assert_eq!(failed, 0);
     if outage > Duration::from_secs(12) {
         assert!(sources.contains("local"), "{sources:?}");
-        assert_eq!(state(&fleet[0], a.addr).await, "down", "lb0's own checks decide");
+        assert_eq!(
+            state(&fleet[0], a.addr).await,
+            "down",
+            "lb0's own checks decide"
+        );
     }
 
     // 3. etcd back: a push made now is applied everywhere, once; the fleet view returns
@@ -760,7 +806,13 @@ async fn fleet_health_survives_etcd_trouble() {
                 && c["health"]["members"].as_array().map(Vec::len) == Some(3)
         })
         .await;
-        assert!(ok, "{}: {}\n{}", f.admin, cluster(f).await, f.stderr_tail(20));
+        assert!(
+            ok,
+            "{}: {}\n{}",
+            f.admin,
+            cluster(f).await,
+            f.stderr_tail(20)
+        );
     }
     println!("etcd back: revision {rev} applied and the fleet view back on every instance {:?} after the push", back.elapsed());
     for f in &fleet {
@@ -778,7 +830,13 @@ async fn fleet_health_survives_etcd_trouble() {
             .metric("fulcrum_config_reloads_total", &[("result", "ok")])
             .await
             .unwrap_or(0.0);
-        assert_eq!(after - before, 1.0, "{}: one revision pushed, {} applied", f.admin, after - before);
+        assert_eq!(
+            after - before,
+            1.0,
+            "{}: one revision pushed, {} applied",
+            f.admin,
+            after - before
+        );
         let backend = f.backend("web", b.addr).await;
         assert_eq!(backend["weight"], 7, "{backend}");
     }
@@ -792,7 +850,11 @@ async fn fleet_health_survives_etcd_trouble() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_unreachable_at_start() {
     let test = "etcd_unreachable_at_start";
-    if !require(test, have_program("etcd"), "etcd (apt-get install etcd-server)") {
+    if !require(
+        test,
+        have_program("etcd"),
+        "etcd (apt-get install etcd-server)",
+    ) {
         return;
     }
     // Ports for an etcd cluster that is not running yet.
@@ -818,10 +880,7 @@ async fn etcd_unreachable_at_start() {
     assert_eq!(c["health"]["source"], "local", "{c}");
     // It says why, what it serves meanwhile, and that it retries (more than once).
     let ok = eventually(Duration::from_secs(10), || async {
-        f.stderr()
-            .matches("cannot reach etcd")
-            .count()
-            >= 2
+        f.stderr().matches("cannot reach etcd").count() >= 2
     })
     .await;
     let log = f.stderr();
@@ -845,7 +904,10 @@ async fn etcd_unreachable_at_start() {
     })
     .await;
     assert!(ok, "{}\n{}", cluster(&f).await, f.stderr_tail(20));
-    println!("etcd up after the start: joined and applied revision {rev} within {:?}", t.elapsed());
+    println!(
+        "etcd up after the start: joined and applied revision {rev} within {:?}",
+        t.elapsed()
+    );
     echo_once(shared, b"from the fleet").await.unwrap();
     f.assert_no_panic();
 }

@@ -96,11 +96,7 @@ impl std::fmt::Debug for Control {
             Self::Drain { pool, backend, .. } => write!(f, "Drain({pool}, {backend})"),
             Self::Config(_) => f.write_str("Config"),
             Self::Apply { .. } => f.write_str("Apply"),
-            Self::FleetHealth(d) => write!(
-                f,
-                "FleetHealth({})",
-                d.as_ref().map_or(0, |d| d.len())
-            ),
+            Self::FleetHealth(d) => write!(f, "FleetHealth({})", d.as_ref().map_or(0, |d| d.len())),
         }
     }
 }
@@ -708,7 +704,9 @@ impl Controller {
             .map(|((p, a), t)| ((p.clone(), *a), self.effective(p, *a, t)))
             .collect();
         if decisions.is_none() && self.fleet.is_some() {
-            tracing::warn!("no fleet health view: this instance's own checks decide backend health");
+            tracing::warn!(
+                "no fleet health view: this instance's own checks decide backend health"
+            );
         }
         self.fleet = decisions;
         let mut changed = false;
