@@ -10,7 +10,9 @@
 //!    never replays older ones);
 //! 3. publishes its member record under the lease;
 //! 4. watches the prefix from the revision it read, applying each new document revision
-//!    through the controller (`Control::Apply`, the reload path) and following members.
+//!    through the controller (`Control::Apply`, the reload path) and following members;
+//! 5. publishes its active checks' verdicts and decides the fleet's health table from every
+//!    member's (`health`, `Control::FleetHealth`).
 //!
 //! Any error ends the connection: the instance keeps serving what it runs, says
 //! `fulcrum_cluster_connected 0`, and connects again after a backoff.
