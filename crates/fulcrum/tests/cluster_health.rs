@@ -193,14 +193,21 @@ fn cgroup2_mount() -> Option<PathBuf> {
 /// and cgroups go when dropped.
 struct Partitions {
     mount: PathBuf,
+    /// `quorum_PID_N`: tests of this file run at once in one process.
     table: String,
     groups: Vec<(String, u32)>,
 }
 
+static PARTITIONS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 impl Partitions {
     fn new() -> Self {
         let mount = cgroup2_mount().expect("a cgroup2 mount under /sys/fs/cgroup");
-        let table = format!("quorum_{}", std::process::id());
+        let table = format!(
+            "quorum_{}_{}",
+            std::process::id(),
+            PARTITIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
         nft(&format!("add table inet {table}"));
         nft(&format!(
             "add chain inet {table} out {{ type filter hook output priority 0 ; policy accept ; }}"
@@ -214,7 +221,7 @@ impl Partitions {
 
     /// Cuts the instance `pid` off from `backend` (TCP to its port on 127.0.0.1).
     fn cut(&mut self, name: &str, pid: u32, backend: SocketAddr) {
-        let group = format!("quorum-{}-{name}", std::process::id());
+        let group = format!("{}-{name}", self.table.replace('_', "-"));
         let dir = self.mount.join(&group);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("cgroup.procs"), pid.to_string()).unwrap();
@@ -235,6 +242,10 @@ impl Partitions {
     /// Ends every cut: rules flushed, instances moved back to the root cgroup.
     fn heal(&mut self) {
         nft(&format!("flush chain inet {} out", self.table));
+        self.release();
+    }
+
+    fn release(&mut self) {
         for (group, pid) in self.groups.drain(..) {
             let _ = std::fs::write(self.mount.join("cgroup.procs"), pid.to_string());
             let _ = std::fs::remove_dir(self.mount.join(&group));
@@ -244,7 +255,7 @@ impl Partitions {
 
 impl Drop for Partitions {
     fn drop(&mut self) {
-        self.heal();
+        self.release();
         let _ = Command::new("nft")
             .args(["delete", "table", "inet", &self.table])
             .status();
