@@ -12,7 +12,9 @@
 //!    controller (each backend's requests, failures and latency) refreshed every
 //!    [`fulcrum_core::cluster::REPORT_INTERVAL`];
 //! 4. watches the prefix from the revision it read, applying each new document revision
-//!    through the controller (`Control::Apply`, the reload path) and following members.
+//!    through the controller (`Control::Apply`, the reload path) and following members;
+//! 5. publishes its active checks' verdicts and decides the fleet's health table from every
+//!    member's (`health`, `Control::FleetHealth`).
 //!
 //! Any error ends the connection: the instance keeps serving what it runs, says
 //! `fulcrum_cluster_connected 0`, and connects again after a backoff.
@@ -41,6 +43,8 @@ use fulcrum_core::config::{ClusterConfig, Config};
 use fulcrum_proxy::controller::{ChangeError, ConfigEdit, Control, ControlSender, FleetEdit};
 use fulcrum_proxy::snapshot::Shared;
 use tokio::sync::oneshot;
+
+mod health;
 
 /// The etcd client this crate uses (its tests write raw keys with it).
 pub use etcd_client;
@@ -149,10 +153,20 @@ struct Task {
     members: BTreeMap<String, MemberRecord>,
     connected: bool,
     report: Vec<BackendReport>,
+    /// The fleet's health view (`P/health/`).
+    health: health::FleetHealth,
 }
 
 async fn run(opts: Options, shared: Arc<Shared>, control: ControlSender) {
+    let health = health::FleetHealth::new(
+        opts.cluster.health_quorum,
+        opts.member.clone(),
+        opts.cluster.prefix.0.clone(),
+        Arc::clone(&shared),
+        control.clone(),
+    );
     let mut t = Task {
+        health,
         opts,
         shared,
         control,
@@ -170,16 +184,28 @@ async fn run(opts: Options, shared: Arc<Shared>, control: ControlSender) {
             let was = t.connected;
             t.connected = false;
             t.publish();
-            if was {
-                tracing::warn!(error = %e, "lost etcd; serving the last applied revision, reconnecting");
+            t.health.lost();
+            let serving = if t.revisions.applied == 0 {
+                "serving the local file's services and pools (no fleet revision applied yet)"
+                    .to_owned()
             } else {
-                tracing::warn!(error = %e, "cannot reach etcd; serving the last applied revision, retrying");
+                format!(
+                    "serving the last applied revision ({})",
+                    t.revisions.applied
+                )
+            };
+            let endpoints: Vec<&str> = t.opts.cluster.etcd.iter().map(|e| e.0.as_str()).collect();
+            if was {
+                tracing::warn!(error = %e, etcd = ?endpoints, "lost etcd; {serving}; reconnecting with backoff");
+            } else {
+                tracing::warn!(error = %e, etcd = ?endpoints, "cannot reach etcd; {serving}; retrying with backoff");
             }
         }
         if t.control.is_closed() {
             return;
         }
         tokio::time::sleep(backoff.next(fastrand::f64())).await;
+        t.health.lost();
     }
 }
 
@@ -281,12 +307,15 @@ impl Task {
             .map(etcd_client::ResponseHeader::revision)
             .ok_or_else(|| Error::Protocol("a get answered without a header".into()))?;
         self.members.clear();
+        self.health.connected();
         let mut document = None;
         for kv in all.kvs() {
             match core::classify(&prefix, kv.key()) {
                 KeyKind::Config => document = Some((kv.mod_revision(), kv.value().to_vec())),
                 KeyKind::Member(name) => self.member_put(name, kv.value()),
-                KeyKind::Other => {}
+                KeyKind::Other => {
+                    self.health.on_key(kv.key(), Some(kv.value()));
+                }
             }
         }
         self.connected = true;
@@ -304,6 +333,11 @@ impl Task {
         self.members
             .insert(self.opts.member.clone(), published.clone());
         self.publish();
+        // This member's verdicts, and the table from the views read (its own joins when
+        // the watch brings it back, so every instance decides from what etcd holds).
+        let mut local_health = self.shared.local_health.subscribe();
+        self.health.publish(&mut c, lease).await?;
+        self.health.decide();
 
         let mut watch = c
             .watch(
@@ -335,6 +369,11 @@ impl Task {
                     }
                 }
                 _ = report_tick.tick() => self.report = self.report_now(),
+                changed = local_health.changed() => {
+                    if changed.is_ok() {
+                        self.health.publish(&mut c, lease).await?;
+                    }
+                }
                 _ = tick.tick() => {
                     if last_ack.elapsed() > core::MEMBER_TTL / 2 {
                         return Err(Error::Protocol(format!(
@@ -378,6 +417,7 @@ impl Task {
         let prefix = self.opts.cluster.prefix.0.clone();
         // Of several document revisions in one response only the newest is applied.
         let mut document: Option<(i64, Vec<u8>)> = None;
+        let mut health = false;
         for ev in resp.events() {
             let Some(kv) = ev.kv() else { continue };
             match (core::classify(&prefix, kv.key()), ev.event_type()) {
@@ -394,10 +434,18 @@ impl Task {
                 (KeyKind::Member(name), EventType::Delete) => {
                     self.members.remove(name);
                 }
-                (KeyKind::Other, _) => {
-                    tracing::debug!(key = %String::from_utf8_lossy(kv.key()), "ignoring a key under the prefix");
+                (KeyKind::Other, t) => {
+                    let value = (t == EventType::Put).then(|| kv.value());
+                    if self.health.on_key(kv.key(), value) {
+                        health = true;
+                    } else {
+                        tracing::debug!(key = %String::from_utf8_lossy(kv.key()), "ignoring a key under the prefix");
+                    }
                 }
             }
+        }
+        if health {
+            self.health.decide();
         }
         if let Some((r, value)) = document {
             self.latest = self.latest.max(r);

@@ -567,12 +567,33 @@ async fn delete_service(
 
 /// `GET /api/v1/cluster`: the fleet as this instance sees it (`[cluster]`, docs/cluster.md).
 async fn cluster(State(st): State<AdminState>) -> Result<Response, ApiError> {
-    let status = st.shared.cluster.load_full().ok_or_else(|| {
-        ApiError::NotFound(
+    match st.shared.cluster.load_full() {
+        Some(status) => {
+            let mut v = serde_json::to_value(status.as_ref()).unwrap_or_default();
+            if let (Some(obj), Some(h)) = (v.as_object_mut(), st.shared.fleet_health.load_full()) {
+                let mut h = h.as_ref().clone();
+                // Passive ejection is this instance's own, never the fleet's: read from the
+                // running snapshot now.
+                h.local = st.shared.local_health.borrow().as_ref().clone();
+                let snap = st.shared.snapshot.load();
+                h.ejected_locally = snap
+                    .pools
+                    .iter()
+                    .flat_map(|p| {
+                        p.backends
+                            .iter()
+                            .filter(|b| b.state == fulcrum_core::model::BackendState::Ejected)
+                            .map(|b| (p.name.clone(), b.address))
+                    })
+                    .collect();
+                obj.insert("health".into(), serde_json::to_value(h).unwrap_or_default());
+            }
+            Ok(Json(v).into_response())
+        }
+        None => Err(ApiError::NotFound(
             "this instance has no [cluster] section: it is not part of a fleet".into(),
-        )
-    })?;
-    Ok(Json(status.as_ref().clone()).into_response())
+        )),
+    }
 }
 
 /// `GET /api/v1/config`: the running configuration (file plus run-time changes) as TOML.

@@ -437,6 +437,74 @@ fn cluster_text(v: &Value) -> String {
             }
         }
     }
+    if v["health"].is_object() {
+        out.push_str(&cluster_health_text(&v["health"]));
+    }
+    out
+}
+
+/// `ctl cluster`'s health part: the fleet's table with each member's verdict, then what
+/// this instance ejects on its own (passive, never shared).
+fn cluster_health_text(h: &Value) -> String {
+    let members: Vec<&str> = h["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let source = match h["source"].as_str() {
+        Some("fleet") => "decided by the fleet".to_owned(),
+        Some("held") => "etcd lost: the last fleet table is held".to_owned(),
+        Some("local") => "no fleet view: this instance's own checks decide".to_owned(),
+        other => other.unwrap_or("-").to_owned(),
+    };
+    let mut out = format!(
+        "\nhealth: quorum {}, {source}, views of {} member(s)\n",
+        cell(&h["health_quorum"]),
+        members.len()
+    );
+    let mut header = vec!["POOL", "BACKEND", "FLEET", "UP/DOWN"];
+    header.extend(members.iter().copied());
+    let rows: Vec<Vec<String>> = h["backends"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|b| {
+            let mut row = vec![
+                cell(&b["pool"]),
+                cell(&b["backend"]),
+                cell(&b["fleet"]).to_uppercase(),
+                format!("{}/{}", cell(&b["votes"]["up"]), cell(&b["votes"]["down"])),
+            ];
+            row.extend(members.iter().map(|m| cell(&b["members"][*m])));
+            row
+        })
+        .collect();
+    if rows.is_empty() {
+        out.push_str("no member publishes active check verdicts (no pool has [pool.health])\n");
+    } else {
+        out.push_str(&table(&header, &rows));
+    }
+    for (m, q) in h["quorum_disagreement"].as_object().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "quorum disagreement: {m} has health_quorum {} (it may build another table)",
+            cell(q)
+        );
+    }
+    let ejected: Vec<String> = h["ejected_locally"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| format!("{} {}", cell(&e[0]), cell(&e[1])))
+        .collect();
+    if !ejected.is_empty() {
+        let _ = writeln!(
+            out,
+            "ejected here only (passive, local to this instance): {}",
+            ejected.join(", ")
+        );
+    }
     out
 }
 

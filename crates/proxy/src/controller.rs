@@ -2,7 +2,7 @@
 //! results into [`Snapshot`]s and swaps them in; binds and retires listeners; runs health
 //! checkers; applies reloads whole or not at all.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fulcrum_core::config::{self, Config, Forwarding, HealthConfig, OutlierConfig, PoolConfig};
+use fulcrum_core::fleet_health::{self, BackendKey, Verdict};
 use fulcrum_core::flow::FlowTable;
 use fulcrum_core::health::{ActiveHealth, BackendHealth, Outlier, Transition};
 use fulcrum_core::model::{defaults, BackendState, HashKey, ServiceProtocol};
@@ -62,7 +63,16 @@ pub enum Control {
         config: Box<Config>,
         reply: oneshot::Sender<Result<(), String>>,
     },
+    /// The fleet's health decisions (`[cluster]`, [`fulcrum_core::fleet_health`]): for each
+    /// backend the members publish verdicts on, whether the fleet counts it up. They take
+    /// the place of this instance's own active checks; its passive ejections and operator
+    /// drains stay. `None`: no fleet view (etcd lost for longer than the hold time), the
+    /// instance's own checks decide again.
+    FleetHealth(Option<Arc<FleetDecisions>>),
 }
+
+/// The fleet's decisions: (pool, backend) -> up.
+pub type FleetDecisions = BTreeMap<BackendKey, bool>;
 
 /// See [`Control::Edit`]. `Fn`, not `FnOnce`: a fleet edit ([`FleetEdit`]) runs it again
 /// on a newer revision when another edit came first.
@@ -90,6 +100,7 @@ impl std::fmt::Debug for Control {
             Self::Drain { pool, backend, .. } => write!(f, "Drain({pool}, {backend})"),
             Self::Config(_) => f.write_str("Config"),
             Self::Apply { .. } => f.write_str("Apply"),
+            Self::FleetHealth(d) => write!(f, "FleetHealth({})", d.as_ref().map_or(0, |d| d.len())),
         }
     }
 }
@@ -174,6 +185,9 @@ pub struct Controller {
     loader: Loader,
     /// What else a successful reload changes (see [`AfterReload`]).
     after_reload: Option<AfterReload>,
+    /// The fleet's health decisions in place of the local active checks (`[cluster]`);
+    /// `None`: the local checks decide.
+    fleet: Option<Arc<FleetDecisions>>,
 }
 
 /// Whether the userspace data path listens for this service (`forward = "proxy"`; http
@@ -214,6 +228,7 @@ impl Controller {
             rediscover: false,
             loader: Arc::new(parse_file),
             after_reload: None,
+            fleet: None,
         };
         c.apply(config).await?;
         c.shared.set_ready(true);
@@ -266,6 +281,7 @@ impl Controller {
         self.mark_left(&new);
         self.carry_out_counters(&plan);
         self.config = new;
+        self.publish_local_health();
         self.rebuild().await;
         self.listen(bound, &plan);
         Ok(())
@@ -517,7 +533,7 @@ impl Controller {
         for b in &mut backends {
             match self.backends.get(&(p.name.clone(), b.address)) {
                 Some(t) => {
-                    b.state = t.health.state();
+                    b.state = self.effective(&p.name, b.address, t);
                     stats.push(Arc::clone(&t.stats));
                 }
                 // Only for check_l7's throwaway pools: a backend not tracked yet.
@@ -692,6 +708,33 @@ impl Controller {
     }
 
     fn on_event(&mut self, ev: Event) -> bool {
+        // With a fleet view the effective state is not the local machines' own (the
+        // fleet's verdict replaces the local checks), so a change of either counts.
+        let key = match &ev {
+            Event::Check { pool, backend, .. } | Event::Passive { pool, backend, .. } => {
+                Some((pool.clone(), *backend))
+            }
+            Event::Discovered { .. } => None,
+        };
+        let before = key.as_ref().and_then(|k| {
+            let t = self.backends.get(k)?;
+            Some(self.effective(&k.0, k.1, t))
+        });
+        let local = self.on_local_event(ev);
+        let after = key.as_ref().and_then(|k| {
+            let t = self.backends.get(k)?;
+            Some(self.effective(&k.0, k.1, t))
+        });
+        if self.fleet.is_some() && before != after {
+            if let (Some((pool, backend)), Some(from), Some(to)) = (&key, before, after) {
+                tracing::info!(pool, %backend, %from, %to, "backend state changed on this instance (fleet health in place of its own checks)");
+            }
+            return true;
+        }
+        local
+    }
+
+    fn on_local_event(&mut self, ev: Event) -> bool {
         let now = self.shared.now();
         let (pool, backend, t) = match ev {
             Event::Discovered {
@@ -721,6 +764,7 @@ impl Controller {
                             .store(t.health.active().is_settled(), Ordering::Release);
                         tr
                     });
+                self.local_verdict_changed(&pool, backend);
                 (pool, backend, t)
             }
             Event::Passive { pool, backend, ok } => {
@@ -810,6 +854,87 @@ impl Controller {
         false
     }
 
+    /// A backend's effective state here: with a fleet view, the fleet's verdict in place
+    /// of the local active checks ([`fleet_health::effective_state`]).
+    fn effective(&self, pool: &str, addr: SocketAddr, t: &Tracked) -> BackendState {
+        let fleet = self
+            .fleet
+            .as_ref()
+            .and_then(|f| f.get(&(pool.to_owned(), addr)).copied());
+        fleet_health::effective_state(&t.health, fleet)
+    }
+
+    /// Takes the fleet's new decisions; true when a backend's effective state changed
+    /// (each such change is logged).
+    fn set_fleet(&mut self, decisions: Option<Arc<FleetDecisions>>) -> bool {
+        let before: HashMap<(String, SocketAddr), BackendState> = self
+            .backends
+            .iter()
+            .map(|((p, a), t)| ((p.clone(), *a), self.effective(p, *a, t)))
+            .collect();
+        if decisions.is_none() && self.fleet.is_some() {
+            tracing::warn!(
+                "no fleet health view: this instance's own checks decide backend health"
+            );
+        }
+        self.fleet = decisions;
+        let mut changed = false;
+        for ((pool, addr), t) in &self.backends {
+            let now = self.effective(pool, *addr, t);
+            let was = before.get(&(pool.clone(), *addr)).copied().unwrap_or(now);
+            if now != was {
+                changed = true;
+                let votes = self.fleet.as_ref().map_or("local checks", |f| {
+                    match f.get(&(pool.clone(), *addr)) {
+                        Some(true) => "the fleet counts it up",
+                        Some(false) => "the fleet counts it down",
+                        None => "no fleet verdict",
+                    }
+                });
+                tracing::info!(pool, backend = %addr, from = %was, to = %now, by = votes, "backend state changed (fleet health)");
+            }
+        }
+        changed
+    }
+
+    /// This instance's verdict on one backend changed, maybe: updates the published ones.
+    fn local_verdict_changed(&self, pool: &str, addr: SocketAddr) {
+        let Some(t) = self.backends.get(&(pool.to_owned(), addr)) else {
+            return;
+        };
+        let Some(v) = Verdict::of(&t.health, t.settings.0.is_some()) else {
+            return;
+        };
+        self.shared.local_health.send_if_modified(|all| {
+            if all.get(pool).and_then(|p| p.get(&addr)) == Some(&v) {
+                return false;
+            }
+            Arc::make_mut(all)
+                .entry(pool.to_owned())
+                .or_default()
+                .insert(addr, v);
+            true
+        });
+    }
+
+    /// Recomputes every published verdict (after a change of configuration: backends come
+    /// and go).
+    fn publish_local_health(&self) {
+        let mut all = fleet_health::Verdicts::new();
+        for ((pool, addr), t) in &self.backends {
+            if let Some(v) = Verdict::of(&t.health, t.settings.0.is_some()) {
+                all.entry(pool.clone()).or_default().insert(*addr, v);
+            }
+        }
+        self.shared.local_health.send_if_modified(|old| {
+            if **old == all {
+                return false;
+            }
+            *old = Arc::new(all);
+            true
+        });
+    }
+
     fn poll_ejections(&mut self) -> bool {
         let now = self.shared.now();
         let mut changed = false;
@@ -886,6 +1011,7 @@ impl Controller {
                         let _ = reply.send(res);
                         false
                     }
+                    Some(Control::FleetHealth(decisions)) => self.set_fleet(decisions),
                     Some(Control::StopAccepting(reply)) => {
                         self.shared.set_draining();
                         self.workers.broadcast(|| WorkerCmd::StopAccepting);

@@ -215,6 +215,13 @@ pub struct Shared {
     /// The source of `[pool.discovery] etcd` (registered backends); set by the binary on
     /// instances with `[cluster]` ([`Shared::with_registry`]).
     pub registry: Option<Arc<dyn crate::discovery::Registry>>,
+    /// This instance's active checks' verdicts (backends of pools with active checks),
+    /// written by the controller when one changes; the cluster task publishes them to the
+    /// fleet (`[cluster]`, docs/cluster.md).
+    pub local_health: tokio::sync::watch::Sender<Arc<fulcrum_core::fleet_health::Verdicts>>,
+    /// The fleet's health as this instance sees it (`[cluster]`); `None` without
+    /// `[cluster]`. Written whole by the cluster task, read by the admin API.
+    pub fleet_health: arc_swap::ArcSwapOption<fulcrum_core::fleet_health::FleetHealthStatus>,
     epoch: Instant,
     ready: AtomicBool,
     draining: AtomicBool,
@@ -236,6 +243,8 @@ impl Shared {
             discovery_errors: Arc::default(),
             cluster: arc_swap::ArcSwapOption::empty(),
             registry: None,
+            local_health: tokio::sync::watch::Sender::new(Arc::default()),
+            fleet_health: arc_swap::ArcSwapOption::empty(),
             epoch: Instant::now(),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),

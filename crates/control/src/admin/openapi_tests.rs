@@ -338,6 +338,7 @@ async fn serve(token: Option<&str>, controller: bool, protect_reads: bool) -> So
                     Control::Apply { reply, .. } => {
                         let _ = reply.send(Err("no fleet here".into()));
                     }
+                    Control::FleetHealth(_) => {}
                 }
             }
         });
