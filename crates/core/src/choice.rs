@@ -209,6 +209,7 @@ pub fn choose(pool: &impl Pool, flow: &Flow<'_>, mode: Mode<'_>) -> Result<Choic
         random: flow.random,
         loads: pool,
         exclude: flow.tried,
+        now: flow.now,
     })?;
     if let (Some(table), Some(id)) = (insert, pool.backend_id(i)) {
         table.insert(&key(), id, flow.now);

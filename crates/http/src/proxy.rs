@@ -1070,6 +1070,7 @@ pub(crate) async fn forward<'c>(
         tried.push(idx);
         let addr = pool.backends[idx].address;
         let stats = &pool.stats[idx];
+        let sent_at = c.shared.now();
         let sent = if h2 {
             h2_exchange(&f, body, addr, stats, &mut bytes_in).await
         } else {
@@ -1105,6 +1106,8 @@ pub(crate) async fn forward<'c>(
                 break None;
             }
         };
+        let now = c.shared.now();
+        pool.observe(idx, now.saturating_sub(sent_at), now);
         let status = got.answer.status();
         if let Some(failure) = Failure::of_status(status) {
             stats.http_5xx.fetch_add(1, Ordering::Relaxed);

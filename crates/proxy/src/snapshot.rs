@@ -58,9 +58,20 @@ impl Loads for PoolRt {
             .get(idx)
             .map_or(0, |s| s.active.load(Ordering::Relaxed))
     }
+    fn signals(&self, idx: usize) -> Option<&fulcrum_core::sched::Signals> {
+        self.stats.get(idx).map(|s| &s.signals)
+    }
 }
 
 impl PoolRt {
+    /// Tells the scheduler a response time of backend `idx` (HTTP: request sent to answer
+    /// head; L4: the connect), measured by the caller's clock at `now`.
+    pub fn observe(&self, idx: usize, sample: Duration, now: Duration) {
+        if let Some(s) = self.stats.get(idx) {
+            self.scheduler.observe(&s.signals, sample, now);
+        }
+    }
+
     /// `fulcrum_pool_table_moved_ratio`: the share of hash-table slots that changed owner at
     /// the last change of this pool (0 before any change).
     pub fn moved_ratio(&self) -> f64 {

@@ -23,6 +23,8 @@ pub struct BackendStats {
     /// Its active checks have given a definite state (see `ActiveHealth::is_settled`); set
     /// by the controller, read by the announcement hold-down.
     pub settled: AtomicBool,
+    /// The latency-aware schedulers' view of it (response-time averages, when it came up).
+    pub signals: fulcrum_core::sched::Signals,
 }
 
 impl BackendStats {
@@ -38,6 +40,7 @@ impl BackendStats {
             http_5xx: AtomicU64::new(0),
             consecutive_failures: AtomicU64::new(0),
             settled: AtomicBool::new(false),
+            signals: fulcrum_core::sched::Signals::default(),
         }
     }
 }

@@ -186,6 +186,7 @@ async fn connect(
         tried[attempt] = idx;
         let stats = &pool.stats[idx];
         let addr = pool.backends[idx].address;
+        let started = shared.now();
         let mut backend = match tokio::time::timeout(svc.connect_timeout, TcpStream::connect(addr))
             .await
         {
@@ -204,6 +205,8 @@ async fn connect(
             }
         };
         shared.report_passive(stats, true);
+        let now = shared.now();
+        pool.observe(idx, now.saturating_sub(started), now);
         stats.total.fetch_add(1, Ordering::Relaxed);
         let _ = backend.set_nodelay(true);
         if let Some(v) = svc.proxy_protocol {

@@ -282,6 +282,26 @@ fn pool(p: &PoolConfig) -> Table {
     if let Some(m) = p.maglev_table_size {
         t.insert("maglev_table_size".into(), int(m.get()));
     }
+    if let Some(d) = p.slow_start {
+        t.insert("slow_start".into(), dur(d));
+    }
+    let (o, d) = (p.scheduler_options, super::SchedulerOptions::default());
+    if o != d {
+        let mut so = Table::new();
+        if o.half_life != d.half_life {
+            so.insert("half_life".into(), dur(o.half_life));
+        }
+        if o.horizon != d.horizon {
+            so.insert("horizon".into(), dur(o.horizon));
+        }
+        if o.active_request_bias.to_bits() != d.active_request_bias.to_bits() {
+            so.insert(
+                "active_request_bias".into(),
+                Value::Float(o.active_request_bias),
+            );
+        }
+        t.insert("scheduler_options".into(), Value::Table(so));
+    }
     if let Some(c) = &p.sticky_cookie {
         t.insert("sticky_cookie".into(), s(c));
     }
