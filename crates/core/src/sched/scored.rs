@@ -5,15 +5,23 @@ use super::common::WeightedPicker;
 use super::p2c::two_positions;
 use super::{PickError, PickRequest};
 
-/// Power of two choices: two weighted-random candidates (as `p2c` draws them), the one with
-/// the lower score wins; on a tie, the first. With no load and no samples every score ties,
-/// so the pick is a weighted random choice: weights are respected exactly.
+/// Power of two choices: two weighted-random candidates (as `p2c` draws them; if the redraws
+/// still give the first, the next backend not excluded after it), the one with the lower
+/// score wins; on a tie, the first. With no load and no samples every score ties, so the
+/// pick is a weighted random choice: weights are respected exactly.
 pub(crate) fn two_choices(
     p: &WeightedPicker,
     req: &PickRequest<'_>,
     score: impl Fn(usize, u32) -> f64,
 ) -> Result<usize, PickError> {
-    let (first, second) = two_positions(p, req.random, req.exclude)?;
+    let (first, mut second) = two_positions(p, req.random, req.exclude)?;
+    if second == first {
+        let n = p.eligible.idx.len();
+        second = (1..n)
+            .map(|d| (first + d) % n)
+            .find(|&k| !req.exclude.contains(&p.eligible.idx[k]))
+            .unwrap_or(first);
+    }
     let (a, b) = (p.eligible.idx[first], p.eligible.idx[second]);
     if score(b, p.weights[second]) < score(a, p.weights[first]) {
         Ok(b)

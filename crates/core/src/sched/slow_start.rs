@@ -8,8 +8,9 @@
 //! scheduler picks; a ramping backend is kept with probability `f` (drawn from the caller's
 //! random number), else it is set aside and the inner scheduler picks again among the
 //! others (at most [`TRIES`] times; when nothing else is left the ramping backend is taken).
-//! For the weighted random choices this gives each backend a share proportional to its
-//! effective weight; for the others a ramping backend gets its usual share times `f`.
+//! Under `wrr` (and `rr`) a ramping backend of weight `w` then gets HAProxy's share
+//! `w f / (others + w f)`; under the random choices (`random`, `p2c`, `peak_ewma`) and the
+//! least-loaded ones its usual share times `f`, the others taking up the rest.
 
 use std::time::Duration;
 
