@@ -525,16 +525,56 @@ fn scheduler_options_are_parsed_with_their_ranges() {
 
     // Zero, negative and out-of-range values are refused with the valid range.
     for (sched, extra, want) in [
-        ("peak_ewma", "[pool.scheduler_options]\nhalf_life = \"0s\"\n", "half_life must be longer than 0"),
-        ("predictive", "[pool.scheduler_options]\nhorizon = \"0s\"\n", "horizon must be longer than 0"),
-        ("peak_ewma", "[pool.scheduler_options]\nhalf_life = \"2h\"\n", "valid: 1ms..=1h"),
-        ("wrr", "slow_start = \"0s\"\n", "slow_start must be longer than 0"),
-        ("least_request", "[pool.scheduler_options]\nactive_request_bias = -1.0\n", "valid: 0..=10"),
-        ("least_request", "[pool.scheduler_options]\nactive_request_bias = 11.0\n", "out of range"),
-        ("maglev", "slow_start = \"30s\"\n", "does not apply to the hashing scheduler"),
-        ("wrr", "[pool.scheduler_options]\nhalf_life = \"5s\"\n", "applies only to scheduler = peak_ewma or predictive"),
-        ("peak_ewma", "[pool.scheduler_options]\nhorizon = \"5s\"\n", "applies only to scheduler = predictive"),
-        ("peak_ewma", "[pool.scheduler_options]\nhalflife = \"5s\"\n", "half_life"),
+        (
+            "peak_ewma",
+            "[pool.scheduler_options]\nhalf_life = \"0s\"\n",
+            "half_life must be longer than 0",
+        ),
+        (
+            "predictive",
+            "[pool.scheduler_options]\nhorizon = \"0s\"\n",
+            "horizon must be longer than 0",
+        ),
+        (
+            "peak_ewma",
+            "[pool.scheduler_options]\nhalf_life = \"2h\"\n",
+            "valid: 1ms..=1h",
+        ),
+        (
+            "wrr",
+            "slow_start = \"0s\"\n",
+            "slow_start must be longer than 0",
+        ),
+        (
+            "least_request",
+            "[pool.scheduler_options]\nactive_request_bias = -1.0\n",
+            "valid: 0..=10",
+        ),
+        (
+            "least_request",
+            "[pool.scheduler_options]\nactive_request_bias = 11.0\n",
+            "out of range",
+        ),
+        (
+            "maglev",
+            "slow_start = \"30s\"\n",
+            "does not apply to the hashing scheduler",
+        ),
+        (
+            "wrr",
+            "[pool.scheduler_options]\nhalf_life = \"5s\"\n",
+            "applies only to scheduler = peak_ewma or predictive",
+        ),
+        (
+            "peak_ewma",
+            "[pool.scheduler_options]\nhorizon = \"5s\"\n",
+            "applies only to scheduler = predictive",
+        ),
+        (
+            "peak_ewma",
+            "[pool.scheduler_options]\nhalflife = \"5s\"\n",
+            "half_life",
+        ),
     ] {
         let e = err(&pool(sched, extra));
         assert!(e.contains(want), "{sched} {extra}: {e}");

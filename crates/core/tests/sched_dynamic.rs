@@ -74,7 +74,11 @@ const NEW: [SchedulerKind; 3] = [
 fn every_new_scheduler_is_deterministic_under_a_fixed_seed() {
     for kind in NEW {
         let run = || {
-            let s = build(kind, &pool(&[1, 2, 3, 1, 1, 4, 1, 1, 2, 5]), &SchedOptions::default());
+            let s = build(
+                kind,
+                &pool(&[1, 2, 3, 1, 1, 4, 1, 1, 2, 5]),
+                &SchedOptions::default(),
+            );
             let mut st = State::new(10);
             let mut seed = 42;
             let mut out = Vec::new();
@@ -111,7 +115,10 @@ fn weights_are_respected_over_100000_picks_within_1_percent() {
         for (k, &w) in weights.iter().enumerate() {
             let want = f64::from(w) / f64::from(total);
             let got = c[k] as f64 / n as f64;
-            assert!((got - want).abs() < 0.01 * want.max(0.1), "{kind}: backend {k} got {got:.4}, want {want:.4}");
+            assert!(
+                (got - want).abs() < 0.01 * want.max(0.1),
+                "{kind}: backend {k} got {got:.4}, want {want:.4}"
+            );
         }
     }
 }
@@ -225,7 +232,10 @@ fn a_rising_latency_is_forecast_above_its_average() {
     let now = 100 * MS * 59;
     let f = sig.forecast_ns(now, h, S).expect("sampled") / 1e6;
     let last = 10.0 + 10.0 * 59.0;
-    assert!(f > last, "forecast {f} ms is above the last sample {last} ms: the trend");
+    assert!(
+        f > last,
+        "forecast {f} ms is above the last sample {last} ms: the trend"
+    );
     // A flat series forecasts itself.
     let flat = Signals::default();
     for k in 0..20u32 {
@@ -234,7 +244,10 @@ fn a_rising_latency_is_forecast_above_its_average() {
     let f = flat.forecast_ns(100 * MS * 19, h, S).expect("sampled") / 1e6;
     assert!((f - 20.0).abs() < 0.01, "{f}");
     // Left alone, it decays towards 0 at the half-life (so the backend is tried again).
-    let g = flat.forecast_ns(100 * MS * 19 + 2 * h, h, S).expect("sampled") / 1e6;
+    let g = flat
+        .forecast_ns(100 * MS * 19 + 2 * h, h, S)
+        .expect("sampled")
+        / 1e6;
     assert!((g - 5.0).abs() < 0.01, "{g}");
 }
 
@@ -259,7 +272,10 @@ fn ramp(kind: SchedulerKind, w: Duration) {
     let s = build(
         kind,
         &pool(&[1, 1, 1]),
-        &SchedOptions { slow_start: Some(w), ..SchedOptions::default() },
+        &SchedOptions {
+            slow_start: Some(w),
+            ..SchedOptions::default()
+        },
     );
     let st = State::new(3);
     for k in 0..3 {
@@ -273,7 +289,8 @@ fn ramp(kind: SchedulerKind, w: Duration) {
         let n = 60_000;
         let mut c: HashMap<usize, usize> = HashMap::new();
         for _ in 0..n {
-            *c.entry(pick(&*s, &st, splitmix(&mut seed), t0 + after)).or_default() += 1;
+            *c.entry(pick(&*s, &st, splitmix(&mut seed), t0 + after))
+                .or_default() += 1;
         }
         let share = c.get(&2).copied().unwrap_or(0) as f64 / n as f64;
         let expect = if kind == SchedulerKind::Random {
@@ -281,7 +298,10 @@ fn ramp(kind: SchedulerKind, w: Duration) {
         } else {
             want / (2.0 + want)
         };
-        assert!((share - expect).abs() < 0.01, "{kind} after {after:?}: share {share:.3}, want {expect:.3}");
+        assert!(
+            (share - expect).abs() < 0.01,
+            "{kind} after {after:?}: share {share:.3}, want {expect:.3}"
+        );
     }
 }
 
@@ -305,7 +325,11 @@ fn backends_there_from_the_start_do_not_ramp_and_added_ones_do() {
 
 #[test]
 fn an_unsampled_backend_is_probed_one_request_at_a_time() {
-    let s = build(SchedulerKind::PeakEwma, &pool(&[1, 1]), &SchedOptions::default());
+    let s = build(
+        SchedulerKind::PeakEwma,
+        &pool(&[1, 1]),
+        &SchedOptions::default(),
+    );
     let mut st = State::new(2);
     s.observe(&st.signals[0], 50 * MS, S);
     // Backend 1 has no sample: idle, it wins; holding one request, it loses.

@@ -150,17 +150,20 @@ fn run(kind: SchedulerKind, sc: Scenario, seed: u64) -> Report {
     let mut latencies = Vec::new();
     let mut count = [0usize; 3];
     let ns = |t: f64| (t * 1e9) as u64;
-    let start_work = |b: usize, arrival: f64, now: f64, rng: &mut Rng, ev: &mut BinaryHeap<Event>| {
-        let s = rng.exp(sc.mean(b, now));
-        ev.push(Reverse((ns(sc.finish(b, now, s)), b, ns(arrival))));
-    };
+    let start_work =
+        |b: usize, arrival: f64, now: f64, rng: &mut Rng, ev: &mut BinaryHeap<Event>| {
+            let s = rng.exp(sc.mean(b, now));
+            ev.push(Reverse((ns(sc.finish(b, now, s)), b, ns(arrival))));
+        };
     let mut t = 0.0;
     let mut next_arrival = rng.exp(1.0 / rate);
     while t < SECONDS || !events.is_empty() {
         let next_done = events.peek().map(|Reverse((d, ..))| *d as f64 / 1e9);
         match next_done {
             Some(d) if d <= next_arrival || next_arrival >= SECONDS => {
-                let Some(Reverse((_, b, arr))) = events.pop() else { break };
+                let Some(Reverse((_, b, arr))) = events.pop() else {
+                    break;
+                };
                 t = d;
                 let arrival = arr as f64 / 1e9;
                 lb.active[b] -= 1;
@@ -198,7 +201,8 @@ fn run(kind: SchedulerKind, sc: Scenario, seed: u64) -> Report {
         }
     }
     latencies.sort_by(f64::total_cmp);
-    let q = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)] * 1e3;
+    let q =
+        |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)] * 1e3;
     let cap = sc.capacity();
     let cap_total: f64 = cap.iter().sum();
     let total: usize = count.iter().sum();
@@ -257,14 +261,21 @@ fn table(sc: Scenario) -> Vec<(SchedulerKind, Report)> {
 }
 
 fn get(rows: &[(SchedulerKind, Report)], k: SchedulerKind) -> Report {
-    rows.iter().find(|(x, _)| *x == k).map(|(_, r)| *r).expect("row")
+    rows.iter()
+        .find(|(x, _)| *x == k)
+        .map(|(_, r)| *r)
+        .expect("row")
 }
 
 #[test]
 fn identical_backends_every_load_aware_scheduler_stays_even() {
     let rows = table(Scenario::Identical);
     let rr = get(&rows, SchedulerKind::RoundRobin);
-    for k in [SchedulerKind::LeastRequest, SchedulerKind::PeakEwma, SchedulerKind::Predictive] {
+    for k in [
+        SchedulerKind::LeastRequest,
+        SchedulerKind::PeakEwma,
+        SchedulerKind::Predictive,
+    ] {
         let r = get(&rows, k);
         assert!(r.imbalance < 1.1, "{k}: imbalance {}", r.imbalance);
         assert!(r.p99 <= rr.p99 * 1.1, "{k}: p99 {} vs rr {}", r.p99, rr.p99);
@@ -276,7 +287,11 @@ fn one_slower_backend_load_aware_schedulers_cut_the_tail() {
     let rows = table(Scenario::OneSlower);
     let rr = get(&rows, SchedulerKind::RoundRobin);
     let lc = get(&rows, SchedulerKind::LeastConn);
-    for k in [SchedulerKind::LeastRequest, SchedulerKind::PeakEwma, SchedulerKind::Predictive] {
+    for k in [
+        SchedulerKind::LeastRequest,
+        SchedulerKind::PeakEwma,
+        SchedulerKind::Predictive,
+    ] {
         let r = get(&rows, k);
         assert!(r.p99 < rr.p99 * 0.5, "{k}: p99 {} vs rr {}", r.p99, rr.p99);
     }
@@ -292,7 +307,12 @@ fn gc_stalls_latency_aware_schedulers_beat_least_connections() {
     let rows = table(Scenario::GcStalls);
     let rr = get(&rows, SchedulerKind::RoundRobin);
     let ewma = get(&rows, SchedulerKind::PeakEwma);
-    assert!(ewma.p99 < rr.p99 * 0.5, "peak_ewma p99 {} vs rr {}", ewma.p99, rr.p99);
+    assert!(
+        ewma.p99 < rr.p99 * 0.5,
+        "peak_ewma p99 {} vs rr {}",
+        ewma.p99,
+        rr.p99
+    );
 }
 
 #[test]
@@ -302,8 +322,18 @@ fn slow_for_a_while_latency_aware_schedulers_cut_the_tail() {
     let lc = get(&rows, SchedulerKind::LeastConn);
     for k in [SchedulerKind::PeakEwma, SchedulerKind::Predictive] {
         let r = get(&rows, k);
-        assert!(r.p999 < rr.p999 * 0.5, "{k}: p999 {} vs rr {}", r.p999, rr.p999);
-        assert!(r.p999 < lc.p999 * 0.5, "{k}: p999 {} vs lc {}", r.p999, lc.p999);
+        assert!(
+            r.p999 < rr.p999 * 0.5,
+            "{k}: p999 {} vs rr {}",
+            r.p999,
+            rr.p999
+        );
+        assert!(
+            r.p999 < lc.p999 * 0.5,
+            "{k}: p999 {} vs lc {}",
+            r.p999,
+            lc.p999
+        );
     }
 }
 

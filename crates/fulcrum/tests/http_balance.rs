@@ -46,14 +46,17 @@ async fn slow_backend(delay_ms: u64) -> Slow {
             };
             let (d, h) = (Arc::clone(&d), Arc::clone(&h));
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
-                    h.fetch_add(1, Ordering::Relaxed);
-                    let ms = d.load(Ordering::Relaxed);
-                    async move {
-                        tokio::time::sleep(Duration::from_millis(ms)).await;
-                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok\n"))))
-                    }
-                });
+                let svc =
+                    hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
+                        h.fetch_add(1, Ordering::Relaxed);
+                        let ms = d.load(Ordering::Relaxed);
+                        async move {
+                            tokio::time::sleep(Duration::from_millis(ms)).await;
+                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+                                b"ok\n",
+                            ))))
+                        }
+                    });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(sock), svc)
                     .await;
@@ -69,7 +72,11 @@ async fn slow_backend(delay_ms: u64) -> Slow {
 }
 
 /// `clients` closed-loop keep-alive clients sending GETs to `addr` until `stop`.
-fn load(addr: SocketAddr, clients: usize, stop: &Arc<AtomicBool>) -> Vec<tokio::task::JoinHandle<()>> {
+fn load(
+    addr: SocketAddr,
+    clients: usize,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     (0..clients)
         .map(|_| {
             let stop = Arc::clone(stop);
@@ -83,7 +90,9 @@ fn load(addr: SocketAddr, clients: usize, stop: &Arc<AtomicBool>) -> Vec<tokio::
                     let mut buf = vec![0u8; 4096];
                     for _ in 0..100 {
                         if stop.load(Ordering::Relaxed)
-                            || s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").await.is_err()
+                            || s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+                                .await
+                                .is_err()
                         {
                             break;
                         }
@@ -123,13 +132,20 @@ async fn start(name: &str, sched: &str, extra: &str, bs: &[Slow]) -> (Fulcrum, S
         common::service_toml("web", listen, "http", "p", ""),
         common::pool_toml("p", sched, extra, &backends)
     );
-    (Fulcrum::start(name, admin, &cfg, &["--workers", "1"]).await, listen)
+    (
+        Fulcrum::start(name, admin, &cfg, &["--workers", "1"]).await,
+        listen,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_that_turns_slow_loses_its_share_and_gets_it_back() {
     for sched in ["peak_ewma", "predictive"] {
-        let bs = vec![slow_backend(2).await, slow_backend(2).await, slow_backend(2).await];
+        let bs = vec![
+            slow_backend(2).await,
+            slow_backend(2).await,
+            slow_backend(2).await,
+        ];
         let (f, listen) = start(
             &format!("balance-{sched}"),
             sched,
@@ -157,13 +173,20 @@ async fn a_backend_that_turns_slow_loses_its_share_and_gets_it_back() {
         eprintln!("{sched}: even {even:.2?} slow {slow:.2?} back {back:.2?}");
         assert!(even[2] > 0.2, "{sched}: even shares {even:?}");
         assert!(slow[2] < 0.08, "{sched}: the slow backend's share {slow:?}");
-        assert!(back[2] > 0.2, "{sched}: the recovered backend's share {back:?}");
+        assert!(
+            back[2] > 0.2,
+            "{sched}: the recovered backend's share {back:?}"
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_request_sends_less_to_the_slow_backend() {
-    let bs = vec![slow_backend(2).await, slow_backend(2).await, slow_backend(40).await];
+    let bs = vec![
+        slow_backend(2).await,
+        slow_backend(2).await,
+        slow_backend(40).await,
+    ];
     let (f, listen) = start("balance-lr", "least_request", "", &bs).await;
     let stop = Arc::new(AtomicBool::new(false));
     let clients = load(listen, 8, &stop);
@@ -180,14 +203,20 @@ async fn least_request_sends_less_to_the_slow_backend() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_start_ramps_a_backend_that_comes_back() {
-    let bs = vec![slow_backend(2).await, slow_backend(2).await, slow_backend(2).await];
+    let bs = vec![
+        slow_backend(2).await,
+        slow_backend(2).await,
+        slow_backend(2).await,
+    ];
     let (f, listen) = start("balance-slowstart", "wrr", "slow_start = \"4s\"\n", &bs).await;
     let stop = Arc::new(AtomicBool::new(false));
     let clients = load(listen, 6, &stop);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let at_start = shares(&bs, Duration::from_secs(1)).await;
     let path = format!("/api/v1/pools/p/backends/{}", bs[2].addr);
-    let (st, _) = http_body(f.admin, "POST", &format!("{path}/drain"), "").await.unwrap();
+    let (st, _) = http_body(f.admin, "POST", &format!("{path}/drain"), "")
+        .await
+        .unwrap();
     assert_eq!(st, 200);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (st, _) = http_body(f.admin, "PUT", &path, "{}").await.unwrap();
@@ -202,10 +231,15 @@ async fn slow_start_ramps_a_backend_that_comes_back() {
         let _ = c.await;
     }
     f.assert_no_panic();
-    eprintln!("slow start: from the start {at_start:.2?}, per second after coming back {per_second:.3?}");
+    eprintln!(
+        "slow start: from the start {at_start:.2?}, per second after coming back {per_second:.3?}"
+    );
     assert!(at_start[2] > 0.25, "no ramp at startup: {at_start:?}");
     // wrr: share w f / (others + w f); f averages 0.21 in the first second, 1 after 4 s.
     assert!(per_second[0] < 0.17, "{per_second:?}");
-    assert!(per_second[0] < per_second[2] && per_second[2] < per_second[4], "{per_second:?}");
+    assert!(
+        per_second[0] < per_second[2] && per_second[2] < per_second[4],
+        "{per_second:?}"
+    );
     assert!(per_second[4] > 0.28, "{per_second:?}");
 }

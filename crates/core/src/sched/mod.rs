@@ -152,6 +152,11 @@ pub trait Scheduler: Send + Sync + std::fmt::Debug {
     fn score(&self, _loads: &dyn Loads, _idx: usize, _now: Now) -> Option<f64> {
         None
     }
+    /// The response time (ns) this scheduler believes of backend `idx` at `now`: the peak
+    /// EWMA (`peak_ewma`) or the forecast (`predictive`); for metrics and `explain`.
+    fn latency_ns(&self, _loads: &dyn Loads, _idx: usize, _now: Now) -> Option<f64> {
+        None
+    }
     /// The slow-start window, if this scheduler ramps backends that come up.
     fn slow_start(&self) -> Option<Duration> {
         None

@@ -63,6 +63,10 @@ impl Scheduler for PeakEwma {
         signals.observe_peak(sample, now, self.half_life);
     }
 
+    fn latency_ns(&self, loads: &dyn super::Loads, idx: usize, now: Now) -> Option<f64> {
+        loads.signals(idx)?.peak_ns(now, self.half_life)
+    }
+
     fn score(&self, loads: &dyn super::Loads, idx: usize, now: Now) -> Option<f64> {
         let w = self.picker.eligible_weight(idx)?;
         Some(self.score(loads.signals(idx), loads.active(idx), w, now))

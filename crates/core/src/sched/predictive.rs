@@ -69,6 +69,12 @@ impl Scheduler for Predictive {
         signals.observe_smooth(sample, now, self.half_life);
     }
 
+    fn latency_ns(&self, loads: &dyn super::Loads, idx: usize, now: Now) -> Option<f64> {
+        loads
+            .signals(idx)?
+            .forecast_ns(now, self.half_life, self.horizon)
+    }
+
     fn score(&self, loads: &dyn super::Loads, idx: usize, now: Now) -> Option<f64> {
         let w = self.picker.eligible_weight(idx)?;
         Some(self.score(loads.signals(idx), loads.active(idx), w, now))

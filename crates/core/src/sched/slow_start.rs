@@ -92,6 +92,10 @@ impl Scheduler for SlowStart {
         self.inner.score(loads, idx, now)
     }
 
+    fn latency_ns(&self, loads: &dyn Loads, idx: usize, now: Now) -> Option<f64> {
+        self.inner.latency_ns(loads, idx, now)
+    }
+
     fn slow_start(&self) -> Option<Duration> {
         Some(self.window)
     }
