@@ -359,6 +359,12 @@ def median_of(runs: list[dict]) -> dict:
 
 def render(res: dict, args, cmdline: str) -> str:
     lines = [
+        "## Balancing uneven backends: tail latency against HAProxy and nginx",
+        "",
+        "Scheduler reference and the simulator: docs/schedulers.md. HAProxy has no "
+        "response-time algorithm (`leastconn` is its closest); nginx's `least_time` and "
+        "`random two least_time` are nginx Plus only.",
+        "",
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, `{cmdline}`: medians of "
         f"{args.runs} runs of {args.seconds:.0f} s (after {args.warmup:.0f} s of warm-up), "
         f"release build, proxy alone on core {args.proxy_core}, backends and load generator "
@@ -396,7 +402,7 @@ def write_section(path: Path, body: str) -> None:
         z = text.index(MARK_END) + len(MARK_END)
         text = text[:a] + block + text[z:]
     else:
-        text = text.rstrip() + "\n\n## Balancing uneven backends (bench/balance.py)\n\n" + block + "\n"
+        text = text.rstrip() + "\n\n" + block + "\n"
     path.write_text(text)
 
 
