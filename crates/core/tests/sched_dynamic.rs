@@ -1,4 +1,4 @@
-//! least_request, peak_ewma, predictive and slow start: each pick is what its policy says
+//! `least_request`, `peak_ewma`, `predictive` and slow start: each pick is what its policy says
 //! for the given loads and samples, picks are deterministic, weights are respected, slow
 //! start ramps as documented, and a clock that goes backwards breaks nothing.
 
@@ -149,8 +149,8 @@ proptest! {
         let mut st = State::new(2);
         st.active.clone_from(&active);
         let now = 10 * S;
-        for k in 0..2 {
-            s.observe(&st.signals[k], MS * lat[k] as u32, now);
+        for (sig, &l) in st.signals.iter().zip(&lat) {
+            s.observe(sig, MS * l as u32, now);
         }
         let cost = |k: usize| lat[k] as f64 * (active[k] as f64 + 1.0) / f64::from(weights[k]);
         let i = pick(&*s, &st, r, now);
@@ -169,8 +169,8 @@ proptest! {
         let mut st = State::new(n);
         st.active.clone_from(&active[..n].to_vec());
         let now = 10 * S;
-        for k in 0..n {
-            s.observe(&st.signals[k], MS * lat[k] as u32, now);
+        for (sig, &l) in st.signals.iter().zip(&lat) {
+            s.observe(sig, MS * l as u32, now);
         }
         let i = pick(&*s, &st, r, now);
         let scores: Vec<f64> = (0..n).map(|k| s.score(&st, k, now).expect("score")).collect();
@@ -309,7 +309,7 @@ fn ramp(kind: SchedulerKind, w: Duration) {
 fn backends_there_from_the_start_do_not_ramp_and_added_ones_do() {
     let sig = Signals::default();
     sig.set_up(true, 50 * S, false);
-    assert_eq!(slow_start_factor(sig.up_for(50 * S), 30 * S), 1.0);
+    assert!((slow_start_factor(sig.up_for(50 * S), 30 * S) - 1.0).abs() < f64::EPSILON);
     let added = Signals::default();
     added.set_up(true, 50 * S, true);
     assert!((slow_start_factor(added.up_for(50 * S), 30 * S) - SLOW_START_MIN).abs() < 1e-12);

@@ -63,19 +63,20 @@ impl Scenario {
             _ => [1.0; 3],
         }
     }
-    /// When work started at `start` needing `s` seconds completes (GC stalls push it out).
-    fn finish(self, b: usize, start: f64, s: f64) -> f64 {
-        let mut end = start + s;
-        if let (Self::GcStalls, 2) = (self, b) {
+    /// When work started at `start` needing `work` seconds completes (GC stalls push it
+    /// out).
+    fn finish(self, backend: usize, start: f64, work: f64) -> f64 {
+        let mut end = start + work;
+        if let (Self::GcStalls, 2) = (self, backend) {
             // Stalls [2k + 1, 2k + 1.2): every stall the work overlaps adds its length.
             let mut k = ((start - 1.0) / 2.0).floor().max(0.0);
             loop {
-                let (a, z) = (2.0 * k + 1.0, 2.0 * k + 1.2);
-                if a >= end {
+                let (from, to) = (2.0 * k + 1.0, 2.0 * k + 1.2);
+                if from >= end {
                     break;
                 }
-                if z > start {
-                    end += z - a.max(start);
+                if to > start {
+                    end += to - from.max(start);
                 }
                 k += 1.0;
             }

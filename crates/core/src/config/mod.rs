@@ -452,11 +452,11 @@ pub struct PoolConfig {
 /// `[pool.scheduler_options]`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SchedulerOptions {
-    /// peak_ewma, predictive: half-life of the response-time averages (default 5s).
+    /// `peak_ewma`, `predictive`: half-life of the response-time averages (default 5s).
     pub half_life: Duration,
-    /// predictive: how far ahead the forecast looks (default 1s).
+    /// `predictive`: how far ahead the forecast looks (default 1s).
     pub horizon: Duration,
-    /// least_request: `active_request_bias` (default 1.0; 0 ignores load).
+    /// `least_request`: `active_request_bias` (default 1.0; 0 ignores load).
     pub active_request_bias: f64,
 }
 

@@ -220,11 +220,11 @@ pub struct RawPool {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSchedulerOptions {
-    /// peak_ewma, predictive: half-life of the response-time averages.
+    /// `peak_ewma`, `predictive`: half-life of the response-time averages.
     pub half_life: Option<Spanned<HumanDuration>>,
-    /// predictive: how far ahead the forecast looks.
+    /// `predictive`: how far ahead the forecast looks.
     pub horizon: Option<Spanned<HumanDuration>>,
-    /// least_request: Envoy's `active_request_bias`.
+    /// `least_request`: Envoy's `active_request_bias`.
     pub active_request_bias: Option<Spanned<f64>>,
 }
 

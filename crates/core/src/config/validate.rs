@@ -959,9 +959,9 @@ fn sched_options(
         }
         dur(c, Some(ss), Duration::from_secs(30), "slow_start", &limits::SLOW_START)
     });
-    let mut o = super::SchedulerOptions::default();
+    let mut opts = super::SchedulerOptions::default();
     let Some(raw) = &p.scheduler_options else {
-        return (slow_start, o);
+        return (slow_start, opts);
     };
     let raw = raw.get_ref();
     let applies = |c: &mut Checker<'_>, span: Range<usize>, key: &str, to: &[K]| {
@@ -974,29 +974,29 @@ fn sched_options(
             );
         }
     };
-    if let Some(h) = &raw.half_life {
-        applies(c, h.span(), "half_life", &[K::PeakEwma, K::Predictive]);
-        o.half_life = dur(c, Some(h), o.half_life, "half_life", &limits::HALF_LIFE);
+    if let Some(hl) = &raw.half_life {
+        applies(c, hl.span(), "half_life", &[K::PeakEwma, K::Predictive]);
+        opts.half_life = dur(c, Some(hl), opts.half_life, "half_life", &limits::HALF_LIFE);
     }
-    if let Some(h) = &raw.horizon {
-        applies(c, h.span(), "horizon", &[K::Predictive]);
-        o.horizon = dur(c, Some(h), o.horizon, "horizon", &limits::HORIZON);
+    if let Some(hz) = &raw.horizon {
+        applies(c, hz.span(), "horizon", &[K::Predictive]);
+        opts.horizon = dur(c, Some(hz), opts.horizon, "horizon", &limits::HORIZON);
     }
-    if let Some(b) = &raw.active_request_bias {
-        applies(c, b.span(), "active_request_bias", &[K::LeastRequest]);
-        let v = *b.get_ref();
-        let r = limits::ACTIVE_REQUEST_BIAS;
-        if r.contains(&v) {
-            o.active_request_bias = v;
+    if let Some(bias) = &raw.active_request_bias {
+        applies(c, bias.span(), "active_request_bias", &[K::LeastRequest]);
+        let value = *bias.get_ref();
+        let range = limits::ACTIVE_REQUEST_BIAS;
+        if range.contains(&value) {
+            opts.active_request_bias = value;
         } else {
             c.err(
-                b.span(),
-                format!("active_request_bias {v} is out of range"),
-                Some(format!("valid: {}..={} (0 ignores load, 1 is Envoy's default), e.g. active_request_bias = 1.0", r.start(), r.end())),
+                bias.span(),
+                format!("active_request_bias {value} is out of range"),
+                Some(format!("valid: {}..={} (0 ignores load, 1 is Envoy's default), e.g. active_request_bias = 1.0", range.start(), range.end())),
             );
         }
     }
-    (slow_start, o)
+    (slow_start, opts)
 }
 
 fn health(c: &mut Checker<'_>, h: &RawHealth) -> Option<HealthConfig> {

@@ -77,7 +77,7 @@ pub struct PickRequest<'a> {
     pub loads: &'a dyn Loads,
     /// Backend indices already tried for this flow (failed connects): never chosen again.
     pub exclude: &'a [usize],
-    /// The caller's clock (peak_ewma and predictive decay their averages by it; slow start
+    /// The caller's clock (`peak_ewma` and `predictive` decay their averages by it; slow start
     /// ramps by it).
     pub now: Now,
 }

@@ -52,30 +52,29 @@ impl Scheduler for SlowStart {
             return self.inner.pick(req);
         }
         let mut ex = [0usize; MAX_EXCLUDE + TRIES];
-        let mut n = req.exclude.len();
-        ex[..n].copy_from_slice(req.exclude);
+        let base = req.exclude.len();
+        ex[..base].copy_from_slice(req.exclude);
         let mut random = req.random;
         let mut set_aside = None;
-        for _ in 0..TRIES {
-            let r = PickRequest {
+        for len in base..base + TRIES {
+            let attempt = PickRequest {
                 random,
-                exclude: &ex[..n],
+                exclude: &ex[..len],
                 ..*req
             };
-            let i = match self.inner.pick(&r) {
-                Ok(i) => i,
+            let idx = match self.inner.pick(&attempt) {
+                Ok(idx) => idx,
                 Err(e) => return set_aside.ok_or(e),
             };
-            let f = self.factor(req.loads, i, req.now);
+            let factor = self.factor(req.loads, idx, req.now);
             random = splitmix64(random);
             // The top 53 bits as a uniform number in [0, 1).
-            let u = (random >> 11) as f64 / (1u64 << 53) as f64;
-            if f >= 1.0 || u < f {
-                return Ok(i);
+            let draw = (random >> 11) as f64 / (1u64 << 53) as f64;
+            if factor >= 1.0 || draw < factor {
+                return Ok(idx);
             }
-            ex[n] = i;
-            n += 1;
-            set_aside = Some(i);
+            ex[len] = idx;
+            set_aside = Some(idx);
         }
         // Set aside `TRIES` times: the last one set aside is taken.
         match set_aside {
