@@ -2,6 +2,8 @@
 //! three HTTP backends in this process (one made slow, then fast again), closed-loop clients.
 //! Only 127.0.0.0/8; every load loop is bounded in time.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+// `common` has short names in its helpers.
+#![allow(clippy::many_single_char_names)]
 
 mod common;
 
