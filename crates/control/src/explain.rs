@@ -93,6 +93,24 @@ pub fn explain(shared: &Shared, snap: &Snapshot, p: &PoolRt, q: Query) -> Value 
     }
     out["persistence"] = persistence;
     decide(&mut out, p, q, &flow, chosen);
+    // What a scoring or slow-starting scheduler decides by, per eligible backend, now.
+    let now = shared.now();
+    let views: Vec<_> = (0..p.backends.len()).map(|i| (i, p.view(i, now))).collect();
+    if p.scheduler.slow_start().is_some() || views.iter().any(|(_, v)| v.score.is_some()) {
+        out["scores"] = views
+            .iter()
+            .filter(|(i, _)| p.backends[*i].is_eligible())
+            .map(|(i, v)| {
+                json!({
+                    "address": p.backends[*i].address.to_string(),
+                    "outstanding": p.stats[*i].active.load(Ordering::Relaxed),
+                    "latency_seconds": v.latency,
+                    "score": v.score,
+                    "effective_weight": v.effective_weight,
+                })
+            })
+            .collect();
+    }
     out
 }
 

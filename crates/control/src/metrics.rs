@@ -78,6 +78,48 @@ impl Collector for FulcrumCollector {
             ConstCounter::new(load(&s.total))
                 .encode(m.encode_family(&[("pool", p.name.as_str()), ("backend", a.as_str())])?)?;
         }
+        let now = self.shared.now();
+        let views: Vec<_> = snap
+            .pools
+            .iter()
+            .flat_map(|p| (0..p.backends.len()).map(move |i| p.view(i, now)))
+            .collect();
+        let mut m = enc.encode_descriptor(
+            "fulcrum_backend_latency_seconds",
+            "The response time the scheduler believes (peak_ewma: peak EWMA; predictive: forecast)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (((p, _, _), a), v) in rows.iter().zip(&addrs).zip(&views) {
+            if let Some(l) = v.latency {
+                ConstGauge::new(l).encode(
+                    m.encode_family(&[("pool", p.name.as_str()), ("backend", a.as_str())])?,
+                )?;
+            }
+        }
+        let mut m = enc.encode_descriptor(
+            "fulcrum_backend_scheduler_score",
+            "The scheduler's score of the backend, lower wins (least_request, peak_ewma, predictive)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (((p, _, _), a), v) in rows.iter().zip(&addrs).zip(&views) {
+            if let Some(s) = v.score {
+                ConstGauge::new(s).encode(
+                    m.encode_family(&[("pool", p.name.as_str()), ("backend", a.as_str())])?,
+                )?;
+            }
+        }
+        let mut m = enc.encode_descriptor(
+            "fulcrum_backend_effective_weight",
+            "The weight with slow start applied (0: takes no new flows)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (((p, _, _), a), v) in rows.iter().zip(&addrs).zip(&views) {
+            ConstGauge::new(v.effective_weight)
+                .encode(m.encode_family(&[("pool", p.name.as_str()), ("backend", a.as_str())])?)?;
+        }
         let mut m = enc.encode_descriptor(
             "fulcrum_backend_failures",
             "Failures seen on real traffic, by kind",

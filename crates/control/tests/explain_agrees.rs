@@ -354,3 +354,76 @@ fn locality_weights_shape_every_scheduler() {
         assert_eq!(share(&p, &mut rng), 0, "{kind}");
     }
 }
+
+/// The scoring schedulers: explain shows each eligible backend's score, and the backend the
+/// scan takes (predictive: the lowest score) is the one with the lowest score shown.
+#[test]
+fn explain_shows_the_scores_that_decide() {
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let shared = Shared::new(tx, RelayMode::default(), None);
+    for kind in [
+        SchedulerKind::LeastRequest,
+        SchedulerKind::PeakEwma,
+        SchedulerKind::Predictive,
+    ] {
+        let specs: Vec<Spec> = (0..4)
+            .map(|k| (9001 + k, 1, BackendState::Up, u32::from(k)))
+            .collect();
+        let rt = pool(kind, HashKey::SrcIp, &specs, None, None);
+        let now = shared.now();
+        // Response times 40, 10, 30 and 20 ms; backend 9002 (10 ms) also holds 5 requests.
+        for (i, ms) in [40u64, 10, 30, 20].into_iter().enumerate() {
+            rt.observe(i, Duration::from_millis(ms), now);
+        }
+        rt.stats[1]
+            .active
+            .store(5, std::sync::atomic::Ordering::Relaxed);
+        let snap = Snapshot {
+            generation: 1,
+            services: Vec::new(),
+            pools: vec![Arc::new(rt)],
+        };
+        let q = Query {
+            client: SocketAddr::from(([198, 18, 1, 1], 4000)),
+            dst: Some(LISTEN),
+            proto: Some(Proto::Tcp),
+        };
+        let said = explain(&shared, &snap, &snap.pools[0], q);
+        let scores = said["scores"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{kind}: no scores: {said}"));
+        assert_eq!(scores.len(), 4, "{kind}: {said}");
+        let best = scores
+            .iter()
+            .min_by(|x, y| {
+                x["score"]
+                    .as_f64()
+                    .unwrap_or(f64::MAX)
+                    .total_cmp(&y["score"].as_f64().unwrap_or(f64::MAX))
+            })
+            .and_then(|row| row["address"].as_str())
+            .unwrap_or_default()
+            .to_owned();
+        if kind == SchedulerKind::LeastRequest {
+            // Fewest outstanding: any of the three idle ones, not 9002.
+            assert_ne!(best, "127.0.0.1:9002", "{said}");
+        } else {
+            // 20 ms x 1 beats 10 ms x 6.
+            assert_eq!(best, "127.0.0.1:9004", "{kind}: {said}");
+            let lat = scores[3]["latency_seconds"].as_f64().unwrap_or_default();
+            assert!((lat - 0.020).abs() < 1e-4, "{kind}: {said}");
+        }
+        if kind == SchedulerKind::Predictive {
+            let running = &snap.pools[0];
+            let tuple = FlowTuple {
+                src: q.client,
+                dst: LISTEN,
+                proto: Proto::Tcp,
+            };
+            let (idx, _) = running
+                .choose(&Flow::l4(tuple, &[], 7, shared.now()))
+                .unwrap_or((99, Why::Scheduler));
+            assert_eq!(running.backends[idx].address.to_string(), best);
+        }
+    }
+}

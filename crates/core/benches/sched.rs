@@ -39,6 +39,7 @@ fn picks(crit: &mut Criterion) {
                         random: u64::from(h) << 32 | u64::from(k.wrapping_mul(0x9e37_79b9)),
                         loads: &loads,
                         exclude: &[],
+                        now: std::time::Duration::ZERO,
                     };
                     black_box(s.pick(black_box(&req)))
                 });
@@ -127,6 +128,7 @@ fn choose(crit: &mut Criterion) {
                     random: u64::from(k.wrapping_mul(0x9e37_79b9)) << 13,
                     loads: &p,
                     exclude: &[],
+                    now: std::time::Duration::ZERO,
                 };
                 black_box(p.scheduler.pick(&req))
             });

@@ -218,6 +218,7 @@ pub fn choose(pool: &impl Pool, flow: &Flow<'_>, mode: Mode<'_>) -> Result<Choic
         random: flow.random,
         loads: pool,
         exclude: flow.tried,
+        now: flow.now,
     };
     let zone_r = if sched.kind().is_hashing() {
         hash

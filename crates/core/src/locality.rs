@@ -313,6 +313,7 @@ mod tests {
                     random: 0,
                     loads: &sched::NoLoads,
                     exclude: &[],
+                    now: crate::model::Now::ZERO,
                 })
                 .expect("a backend");
             let zone = bs[pick].zone.clone().expect("zoned");

@@ -117,10 +117,13 @@ pub enum SchedulerKind {
     PowerOfTwo,
     Maglev,
     RingHash,
+    LeastRequest,
+    PeakEwma,
+    Predictive,
 }
 
 impl SchedulerKind {
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 12] = [
         Self::RoundRobin,
         Self::WeightedRoundRobin,
         Self::LeastConn,
@@ -130,6 +133,9 @@ impl SchedulerKind {
         Self::PowerOfTwo,
         Self::Maglev,
         Self::RingHash,
+        Self::LeastRequest,
+        Self::PeakEwma,
+        Self::Predictive,
     ];
 
     /// The config name (`scheduler = "..."`).
@@ -144,6 +150,9 @@ impl SchedulerKind {
             Self::PowerOfTwo => "p2c",
             Self::Maglev => "maglev",
             Self::RingHash => "ring_hash",
+            Self::LeastRequest => "least_request",
+            Self::PeakEwma => "peak_ewma",
+            Self::Predictive => "predictive",
         }
     }
 

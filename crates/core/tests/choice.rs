@@ -210,6 +210,7 @@ fn request_keys() {
         random: 0,
         loads: &p,
         exclude: &[],
+        now: std::time::Duration::ZERO,
     });
     assert_eq!(c.backend, by_hash.ok());
     // No request (explain): no backend, it depends on the request.

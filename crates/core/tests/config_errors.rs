@@ -165,7 +165,7 @@ fn render_format_is_file_line_col_message_then_help() {
     let err = config::parse(text).expect_err("bad scheduler");
     assert_eq!(
         err.render("/etc/fulcrum.toml", text),
-        "/etc/fulcrum.toml:3:13: unknown scheduler \"fastest\"\n  help: valid: rr, wrr, lc, wlc, sh, random, p2c, maglev, ring_hash"
+        "/etc/fulcrum.toml:3:13: unknown scheduler \"fastest\"\n  help: valid: rr, wrr, lc, wlc, sh, random, p2c, maglev, ring_hash, least_request, peak_ewma, predictive"
     );
 }
 

@@ -499,3 +499,84 @@ fn the_packet_data_plane_limits_are_checked() {
         "{e}"
     );
 }
+
+#[test]
+fn scheduler_options_are_parsed_with_their_ranges() {
+    let pool = |sched: &str, extra: &str| {
+        format!(
+            "[[service]]\nname = \"s\"\nlisten = \"127.0.0.1:8080\"\nprotocol = \"http\"\npool = \"p\"\n\n[[pool]]\nname = \"p\"\nscheduler = \"{sched}\"\n{extra}\n[[pool.backend]]\naddress = \"127.0.0.1:9001\"\n"
+        )
+    };
+    let c = parse(&pool(
+        "predictive",
+        "slow_start = \"30s\"\n[pool.scheduler_options]\nhalf_life = \"2s\"\nhorizon = \"500ms\"\n",
+    ));
+    let p = &c.pools[0];
+    assert_eq!(p.slow_start, Some(Duration::from_secs(30)));
+    assert_eq!(p.scheduler_options.half_life, Duration::from_secs(2));
+    assert_eq!(p.scheduler_options.horizon, Duration::from_millis(500));
+    round_trip(&c);
+    let c = parse(&pool(
+        "least_request",
+        "[pool.scheduler_options]\nactive_request_bias = 0.5\n",
+    ));
+    assert!((c.pools[0].scheduler_options.active_request_bias - 0.5).abs() < 1e-12);
+    round_trip(&c);
+
+    // Zero, negative and out-of-range values are refused with the valid range.
+    for (sched, extra, want) in [
+        (
+            "peak_ewma",
+            "[pool.scheduler_options]\nhalf_life = \"0s\"\n",
+            "half_life must be longer than 0",
+        ),
+        (
+            "predictive",
+            "[pool.scheduler_options]\nhorizon = \"0s\"\n",
+            "horizon must be longer than 0",
+        ),
+        (
+            "peak_ewma",
+            "[pool.scheduler_options]\nhalf_life = \"2h\"\n",
+            "valid: 1ms..=1h",
+        ),
+        (
+            "wrr",
+            "slow_start = \"0s\"\n",
+            "slow_start must be longer than 0",
+        ),
+        (
+            "least_request",
+            "[pool.scheduler_options]\nactive_request_bias = -1.0\n",
+            "valid: 0..=10",
+        ),
+        (
+            "least_request",
+            "[pool.scheduler_options]\nactive_request_bias = 11.0\n",
+            "out of range",
+        ),
+        (
+            "maglev",
+            "slow_start = \"30s\"\n",
+            "does not apply to the hashing scheduler",
+        ),
+        (
+            "wrr",
+            "[pool.scheduler_options]\nhalf_life = \"5s\"\n",
+            "applies only to scheduler = peak_ewma or predictive",
+        ),
+        (
+            "peak_ewma",
+            "[pool.scheduler_options]\nhorizon = \"5s\"\n",
+            "applies only to scheduler = predictive",
+        ),
+        (
+            "peak_ewma",
+            "[pool.scheduler_options]\nhalflife = \"5s\"\n",
+            "half_life",
+        ),
+    ] {
+        let e = err(&pool(sched, extra));
+        assert!(e.contains(want), "{sched} {extra}: {e}");
+    }
+}

@@ -63,6 +63,7 @@ fn raw_choices(kind: SchedulerKind) -> Vec<String> {
                 random: 0,
                 loads: &NoLoads,
                 exclude: &[],
+                now: std::time::Duration::ZERO,
             };
             canonical_addr(&b[s.pick(&req).expect("pick")].address)
         })

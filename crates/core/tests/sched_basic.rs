@@ -19,6 +19,7 @@ fn req<'a>(random: u64, loads: &'a dyn Loads, exclude: &'a [usize]) -> PickReque
         random,
         loads,
         exclude,
+        now: std::time::Duration::ZERO,
     }
 }
 

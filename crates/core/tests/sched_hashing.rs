@@ -83,11 +83,11 @@ proptest! {
             shuffled.swap(k, (x >> 33) as usize % (k + 1));
         }
         let b2: Vec<Backend> = shuffled.iter().map(|&i| b[i].clone()).collect();
-        let opts = SchedOptions { maglev_table_size: size(1009) };
+        let opts = SchedOptions { maglev_table_size: size(1009), ..SchedOptions::default() };
         for kind in [SchedulerKind::Maglev, SchedulerKind::RingHash, SchedulerKind::SourceHash] {
             let (s1, s2) = (build(kind, &b, &opts), build(kind, &b2, &opts));
             for &h in &hashes {
-                let r = |ex: &'static [usize]| PickRequest { hash: h, random: 0, loads: &NoLoads, exclude: ex };
+                let r = |ex: &'static [usize]| PickRequest { hash: h, random: 0, loads: &NoLoads, exclude: ex, now: std::time::Duration::ZERO };
                 let p1 = s1.pick(&r(&[])).map(|i| b[i].address);
                 let p2 = s2.pick(&r(&[])).map(|i| b2[i].address);
                 prop_assert_eq!(p1, p2, "{}", kind);
@@ -188,6 +188,7 @@ fn maglev_exclusion_probes_forward_deterministically() {
             random: 0,
             loads: &NoLoads,
             exclude: &[first],
+            now: std::time::Duration::ZERO,
         };
         assert_eq!(fulcrum_core::sched::Scheduler::pick(&mg, &req), Ok(expect));
     }
@@ -219,6 +220,7 @@ fn ring_hash_points_follow_weights() {
             random: 0,
             loads: &NoLoads,
             exclude: &[],
+            now: std::time::Duration::ZERO,
         })
         .expect("pick")] += 1;
     }

@@ -50,6 +50,7 @@ fn ring_position_agrees_with_pick() {
             random: 0,
             loads: &sched::NoLoads,
             exclude: &[],
+            now: std::time::Duration::ZERO,
         };
         let picked = sched::Scheduler::pick(&r, &req).unwrap();
         assert_eq!(r.owners()[pos] as usize, picked);

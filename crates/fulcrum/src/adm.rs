@@ -314,6 +314,9 @@ pub fn scheduler_to_fulcrum(s: &str) -> Option<&'static str> {
         "random" => "random",
         "p2c" | "twos" => "p2c",
         "ring_hash" => "ring_hash",
+        "least_request" => "least_request",
+        "peak_ewma" => "peak_ewma",
+        "predictive" => "predictive",
         _ => return None,
     })
 }
@@ -692,7 +695,7 @@ fn pool_body(o: &Opts) -> Result<Value, Fail> {
     let Some(f) = scheduler_to_fulcrum(sched) else {
         return Err(op_err(format!(
             "Scheduler or persistence engine not found\n\
-             (fulcrum has no `{sched}` scheduler; available: rr wrr lc wlc sh mh, and random p2c ring_hash)"
+             (fulcrum has no `{sched}` scheduler; available: rr wrr lc wlc sh mh, and random p2c ring_hash least_request peak_ewma predictive)"
         )));
     };
     let mut b = json!({ "scheduler": f });
@@ -936,7 +939,8 @@ Options:
   --token-file FILE    bearer token for mutating calls
   --tcp-service  -t    service-address is host:port
   --udp-service  -u    service-address is host:port
-  --scheduler    -s    rr|wrr|lc|wlc|sh|mh (also random, p2c, ring_hash); default wlc
+  --scheduler    -s    rr|wrr|lc|wlc|sh|mh (also random, p2c, ring_hash, least_request,
+                       peak_ewma, predictive); default wlc
   --persistent   -p    persistent service with a timeout in seconds (default 300)
   --real-server  -r    server-address is host:port
   --gatewaying   -g    direct routing (Fulcrum forward = \"dsr\")
@@ -1041,6 +1045,8 @@ mod tests {
             assert_eq!(scheduler_to_ipvs(s), s);
         }
         assert_eq!(scheduler_to_fulcrum("mh"), Some("maglev"));
+        assert_eq!(scheduler_to_fulcrum("peak_ewma"), Some("peak_ewma"));
+        assert_eq!(scheduler_to_fulcrum("sed"), None);
         assert_eq!(scheduler_to_ipvs("maglev"), "mh");
         for s in ["dh", "lblc", "lblcr", "sed", "nq", "fo", "ovf"] {
             assert_eq!(scheduler_to_fulcrum(s), None);

@@ -106,7 +106,7 @@ fn bad_file_prints_file_line_col_and_help_and_exits_2() {
     );
     assert_eq!(
         lines.next(),
-        Some("  help: valid: rr, wrr, lc, wlc, sh, random, p2c, maglev, ring_hash")
+        Some("  help: valid: rr, wrr, lc, wlc, sh, random, p2c, maglev, ring_hash, least_request, peak_ewma, predictive")
     );
 }
 

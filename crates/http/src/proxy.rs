@@ -1070,17 +1070,14 @@ pub(crate) async fn forward<'c>(
         tried.push(idx);
         let addr = pool.backends[idx].address;
         let stats = &pool.stats[idx];
-        let started = std::time::Instant::now();
+        let sent_at = c.shared.now();
         let sent = if h2 {
             h2_exchange(&f, body, addr, stats, &mut bytes_in).await
         } else {
             h1_exchange(&f, body, addr, stats, &mut slot, &mut bytes_in).await
         };
         let got = match sent {
-            Ok(g) => {
-                stats.record_latency(started.elapsed());
-                g
-            }
+            Ok(g) => g,
             Err(e) => {
                 let failure = e.kind();
                 let next = attempts.after(failure, replay, tried.len(), || true, &ext.budget);
@@ -1109,6 +1106,9 @@ pub(crate) async fn forward<'c>(
                 break None;
             }
         };
+        let now = c.shared.now();
+        pool.observe(idx, now.saturating_sub(sent_at), now);
+        stats.record_latency(now.saturating_sub(sent_at));
         let status = got.answer.status();
         if let Some(failure) = Failure::of_status(status) {
             stats.http_5xx.fetch_add(1, Ordering::Relaxed);

@@ -530,10 +530,15 @@ impl Controller {
     fn pool_parts(&self, p: &PoolConfig) -> PoolParts {
         let mut backends = self.discovery.backends(&p.name, &p.backends);
         let mut stats = Vec::with_capacity(backends.len());
+        // Slow start: a backend first seen in a pool that already runs counts as just added;
+        // one there from the pool's start does not ramp.
+        let running = self.shared.snapshot.load().pool(&p.name).is_some();
+        let now = self.shared.now();
         for b in &mut backends {
             match self.backends.get(&(p.name.clone(), b.address)) {
                 Some(t) => {
                     b.state = self.effective(&p.name, b.address, t);
+                    t.stats.signals.set_up(b.is_eligible(), now, running);
                     stats.push(Arc::clone(&t.stats));
                 }
                 // Only for check_l7's throwaway pools: a backend not tracked yet.
@@ -546,6 +551,10 @@ impl Controller {
             hash_key: p.hash_key.clone().unwrap_or(HashKey::SrcIp),
             opts: SchedOptions {
                 maglev_table_size: p.maglev_table_size.unwrap_or_default(),
+                half_life: p.scheduler_options.half_life,
+                horizon: p.scheduler_options.horizon,
+                active_request_bias: p.scheduler_options.active_request_bias,
+                slow_start: p.slow_start,
             },
             backends,
             stats,

@@ -29,6 +29,17 @@ pub struct Persistence {
     pub table: Mutex<FlowTable>,
 }
 
+/// The scheduler's view of one backend (see [`PoolRt::view`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SchedView {
+    /// `peak_ewma`: the peak EWMA; `predictive`: the forecast; seconds.
+    pub latency: Option<f64>,
+    /// `least_request`, `peak_ewma`, `predictive`: the score (lower wins).
+    pub score: Option<f64>,
+    /// The weight with slow start applied (0 when the backend takes no new flows).
+    pub effective_weight: f64,
+}
+
 /// One pool as the data path sees it.
 #[derive(Debug)]
 pub struct PoolRt {
@@ -62,9 +73,42 @@ impl Loads for PoolRt {
             .get(idx)
             .map_or(0, |s| s.active.load(Ordering::Relaxed))
     }
+    fn signals(&self, idx: usize) -> Option<&fulcrum_core::sched::Signals> {
+        self.stats.get(idx).map(|s| &s.signals)
+    }
 }
 
 impl PoolRt {
+    /// Tells the scheduler a response time of backend `idx` (HTTP: request sent to answer
+    /// head; L4: the connect), measured by the caller's clock at `now`.
+    pub fn observe(&self, idx: usize, sample: Duration, now: Duration) {
+        if let Some(s) = self.stats.get(idx) {
+            self.scheduler.observe(&s.signals, sample, now);
+        }
+    }
+
+    /// The scheduler's view of backend `idx` at `now` (metrics, `explain`).
+    pub fn view(&self, idx: usize, now: Duration) -> SchedView {
+        let weight = self.backends.get(idx).map_or(0.0, |b| {
+            if b.is_eligible() {
+                let f = self.scheduler.slow_start().map_or(1.0, |w| {
+                    fulcrum_core::sched::signals::slow_start_factor(
+                        self.stats.get(idx).and_then(|s| s.signals.up_for(now)),
+                        w,
+                    )
+                });
+                f64::from(b.weight.get()) * f
+            } else {
+                0.0
+            }
+        });
+        SchedView {
+            latency: self.scheduler.latency_ns(self, idx, now).map(|ns| ns / 1e9),
+            score: self.scheduler.score(self, idx, now),
+            effective_weight: weight,
+        }
+    }
+
     /// `fulcrum_pool_table_moved_ratio`: the share of hash-table slots that changed owner at
     /// the last change of this pool (0 before any change).
     pub fn moved_ratio(&self) -> f64 {

@@ -28,6 +28,8 @@ pub struct BackendStats {
     pub latency_us: AtomicU64,
     /// How many latencies `latency_us` sums.
     pub latency_samples: AtomicU64,
+    /// The latency-aware schedulers' view of it (response-time averages, when it came up).
+    pub signals: fulcrum_core::sched::Signals,
 }
 
 impl BackendStats {
@@ -45,6 +47,7 @@ impl BackendStats {
             settled: AtomicBool::new(false),
             latency_us: AtomicU64::new(0),
             latency_samples: AtomicU64::new(0),
+            signals: fulcrum_core::sched::Signals::default(),
         }
     }
 

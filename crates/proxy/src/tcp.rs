@@ -186,7 +186,7 @@ async fn connect(
         tried[attempt] = idx;
         let stats = &pool.stats[idx];
         let addr = pool.backends[idx].address;
-        let started = std::time::Instant::now();
+        let started = shared.now();
         let mut backend = match tokio::time::timeout(svc.connect_timeout, TcpStream::connect(addr))
             .await
         {
@@ -205,8 +205,10 @@ async fn connect(
             }
         };
         shared.report_passive(stats, true);
+        let now = shared.now();
+        pool.observe(idx, now.saturating_sub(started), now);
         stats.total.fetch_add(1, Ordering::Relaxed);
-        stats.record_latency(started.elapsed());
+        stats.record_latency(now.saturating_sub(started));
         let _ = backend.set_nodelay(true);
         if let Some(v) = svc.proxy_protocol {
             let header = proxy_protocol::header(v, peer, local);

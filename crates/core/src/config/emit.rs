@@ -269,6 +269,26 @@ fn access_log(al: &AccessLog) -> Table {
     t
 }
 
+/// `[pool.scheduler_options]` with the values that differ from the defaults (`None`: all
+/// default).
+fn scheduler_options(opts: &super::SchedulerOptions) -> Option<Table> {
+    let def = super::SchedulerOptions::default();
+    let mut so = Table::new();
+    if opts.half_life != def.half_life {
+        so.insert("half_life".into(), dur(opts.half_life));
+    }
+    if opts.horizon != def.horizon {
+        so.insert("horizon".into(), dur(opts.horizon));
+    }
+    if opts.active_request_bias.to_bits() != def.active_request_bias.to_bits() {
+        so.insert(
+            "active_request_bias".into(),
+            Value::Float(opts.active_request_bias),
+        );
+    }
+    (!so.is_empty()).then_some(so)
+}
+
 fn pool(p: &PoolConfig) -> Table {
     let mut t = Table::new();
     t.insert("name".into(), s(&p.name));
@@ -281,6 +301,12 @@ fn pool(p: &PoolConfig) -> Table {
     }
     if let Some(m) = p.maglev_table_size {
         t.insert("maglev_table_size".into(), int(m.get()));
+    }
+    if let Some(d) = p.slow_start {
+        t.insert("slow_start".into(), dur(d));
+    }
+    if let Some(so) = scheduler_options(&p.scheduler_options) {
+        t.insert("scheduler_options".into(), Value::Table(so));
     }
     if let Some(c) = &p.sticky_cookie {
         t.insert("sticky_cookie".into(), s(c));

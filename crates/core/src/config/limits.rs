@@ -10,6 +10,7 @@ use crate::model::PrimeTableSize;
 
 const MS: Duration = Duration::from_millis(1);
 const DAY: Duration = Duration::from_secs(86_400);
+const HOUR: Duration = Duration::from_secs(3_600);
 
 /// No duration anywhere is longer than this (365 days): `Instant + d` and timers stay far
 /// from overflow. Each key has a tighter range below.
@@ -49,6 +50,14 @@ pub const IDLE_TIMEOUT: RangeInclusive<Duration> = MS..=Duration::from_secs(7 * 
 pub const DRAIN_TIMEOUT: RangeInclusive<Duration> = Duration::ZERO..=DAY;
 /// `[[pool]] persistence` (0: off).
 pub const PERSISTENCE: RangeInclusive<Duration> = Duration::ZERO..=DAY;
+/// `[[pool]] slow_start`.
+pub const SLOW_START: RangeInclusive<Duration> = MS..=HOUR;
+/// `[pool.scheduler_options] half_life`.
+pub const HALF_LIFE: RangeInclusive<Duration> = MS..=HOUR;
+/// `[pool.scheduler_options] horizon`.
+pub const HORIZON: RangeInclusive<Duration> = MS..=HOUR;
+/// `[pool.scheduler_options] active_request_bias`.
+pub const ACTIVE_REQUEST_BIAS: RangeInclusive<f64> = 0.0..=10.0;
 /// `[pool.health] interval`.
 pub const HEALTH_INTERVAL: RangeInclusive<Duration> = Duration::from_millis(10)..=DAY;
 /// `[pool.health] timeout` (and shorter than the interval).

@@ -429,6 +429,11 @@ pub struct PoolConfig {
     pub persistence: Option<Duration>,
     /// Maglev table size: `Some` exactly when the scheduler is maglev (default 65537).
     pub maglev_table_size: Option<PrimeTableSize>,
+    /// Slow-start window of a backend that comes up (`None`: off; never with a hashing
+    /// scheduler).
+    pub slow_start: Option<Duration>,
+    /// `[pool.scheduler_options]`, defaults filled in (each applies to its schedulers only).
+    pub scheduler_options: SchedulerOptions,
     /// http: the affinity cookie name.
     pub sticky_cookie: Option<String>,
     /// http: how backends are spoken to (default HTTP/1.1; h2c only when every user of the
@@ -444,6 +449,28 @@ pub struct PoolConfig {
     pub discovery: Option<Discovery>,
     /// `[pool.locality]` (see [`crate::locality`]).
     pub locality: Option<crate::locality::Locality>,
+}
+
+/// `[pool.scheduler_options]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SchedulerOptions {
+    /// `peak_ewma`, `predictive`: half-life of the response-time averages (default 5s).
+    pub half_life: Duration,
+    /// `predictive`: how far ahead the forecast looks (default 1s).
+    pub horizon: Duration,
+    /// `least_request`: `active_request_bias` (default 1.0; 0 ignores load).
+    pub active_request_bias: f64,
+}
+
+impl Default for SchedulerOptions {
+    fn default() -> Self {
+        use crate::sched::option_defaults as d;
+        Self {
+            half_life: d::HALF_LIFE,
+            horizon: d::HORIZON,
+            active_request_bias: d::ACTIVE_REQUEST_BIAS,
+        }
+    }
 }
 
 /// Active health checking.

@@ -198,6 +198,10 @@ pub struct RawPool {
     pub persistence: Option<Spanned<HumanDuration>>,
     /// Maglev table size (prime).
     pub maglev_table_size: Option<Spanned<TableSize>>,
+    /// Slow-start window of a backend that comes up.
+    pub slow_start: Option<Spanned<HumanDuration>>,
+    /// `[pool.scheduler_options]`.
+    pub scheduler_options: Option<Spanned<RawSchedulerOptions>>,
     /// http: affinity cookie name.
     pub sticky_cookie: Option<Spanned<String>>,
     /// http: `http1` | `h2c`.
@@ -227,6 +231,18 @@ pub struct RawLocality {
     pub prefer: Option<Spanned<Prefer>>,
     /// With `prefer`: the local zone's healthy share below which traffic spills (percent).
     pub spill_below: Option<Spanned<Percent>>,
+}
+
+/// `[pool.scheduler_options]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSchedulerOptions {
+    /// `peak_ewma`, `predictive`: half-life of the response-time averages.
+    pub half_life: Option<Spanned<HumanDuration>>,
+    /// `predictive`: how far ahead the forecast looks.
+    pub horizon: Option<Spanned<HumanDuration>>,
+    /// `least_request`: Envoy's `active_request_bias`.
+    pub active_request_bias: Option<Spanned<f64>>,
 }
 
 /// `[pool.health]`.

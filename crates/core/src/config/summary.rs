@@ -171,6 +171,9 @@ fn pool(out: &mut String, p: &PoolConfig) {
     if let Some(d) = p.persistence {
         let _ = write!(head, ", persistence {}", humantime::format_duration(d));
     }
+    if let Some(d) = p.slow_start {
+        let _ = write!(head, ", slow start {}", humantime::format_duration(d));
+    }
     if let Some(c) = &p.sticky_cookie {
         let _ = write!(head, ", sticky cookie {c}");
     }

@@ -840,6 +840,8 @@ fn pool(c: &mut Checker<'_>, p: &RawPool, users: &[(&str, ServiceProtocol)]) -> 
         size
     });
 
+    let (slow_start, scheduler_options) = sched_options(c, p, scheduler, &name);
+
     let sticky_cookie = p.sticky_cookie.as_ref().map(|sc| {
         if !is_token(sc.get_ref()) {
             c.err(
@@ -970,6 +972,8 @@ fn pool(c: &mut Checker<'_>, p: &RawPool, users: &[(&str, ServiceProtocol)]) -> 
         ))
         .filter(|d| !d.is_zero()),
         maglev_table_size,
+        slow_start,
+        scheduler_options,
         sticky_cookie,
         backend_protocol,
         health,
@@ -1072,6 +1076,66 @@ fn locality(
             None
         }
     }
+}
+
+/// `slow_start` and `[pool.scheduler_options]`: each option only with the schedulers it
+/// applies to, every value in its range.
+fn sched_options(
+    c: &mut Checker<'_>,
+    p: &RawPool,
+    scheduler: model::SchedulerKind,
+    name: &str,
+) -> (Option<Duration>, super::SchedulerOptions) {
+    use model::SchedulerKind as K;
+    let sched_name = scheduler.as_str();
+    let slow_start = p.slow_start.as_ref().map(|ss| {
+        if scheduler.is_hashing() {
+            c.err(
+                ss.span(),
+                format!("slow_start does not apply to the hashing scheduler \"{sched_name}\" of pool `{name}` (ramping a backend would move keys)"),
+                Some("remove slow_start, or use a non-hashing scheduler such as \"wrr\", \"least_request\" or \"peak_ewma\"".into()),
+            );
+        }
+        dur(c, Some(ss), Duration::from_secs(30), "slow_start", &limits::SLOW_START)
+    });
+    let mut opts = super::SchedulerOptions::default();
+    let Some(raw) = &p.scheduler_options else {
+        return (slow_start, opts);
+    };
+    let raw = raw.get_ref();
+    let applies = |c: &mut Checker<'_>, span: Range<usize>, key: &str, to: &[K]| {
+        if !to.contains(&scheduler) {
+            let names: Vec<&str> = to.iter().map(|k| k.as_str()).collect();
+            c.err(
+                span,
+                format!("scheduler_options.{key} applies only to scheduler = {}; pool `{name}` uses \"{sched_name}\"", names.join(" or ")),
+                Some(format!("remove {key}, or set scheduler = \"{}\"", names[0])),
+            );
+        }
+    };
+    if let Some(hl) = &raw.half_life {
+        applies(c, hl.span(), "half_life", &[K::PeakEwma, K::Predictive]);
+        opts.half_life = dur(c, Some(hl), opts.half_life, "half_life", &limits::HALF_LIFE);
+    }
+    if let Some(hz) = &raw.horizon {
+        applies(c, hz.span(), "horizon", &[K::Predictive]);
+        opts.horizon = dur(c, Some(hz), opts.horizon, "horizon", &limits::HORIZON);
+    }
+    if let Some(bias) = &raw.active_request_bias {
+        applies(c, bias.span(), "active_request_bias", &[K::LeastRequest]);
+        let value = *bias.get_ref();
+        let range = limits::ACTIVE_REQUEST_BIAS;
+        if range.contains(&value) {
+            opts.active_request_bias = value;
+        } else {
+            c.err(
+                bias.span(),
+                format!("active_request_bias {value} is out of range"),
+                Some(format!("valid: {}..={} (0 ignores load, 1 is Envoy's default), e.g. active_request_bias = 1.0", range.start(), range.end())),
+            );
+        }
+    }
+    (slow_start, opts)
 }
 
 fn health(c: &mut Checker<'_>, h: &RawHealth) -> Option<HealthConfig> {

@@ -193,6 +193,12 @@ impl WeightedPicker {
         }
     }
 
+    /// The weight of backend `idx` (an index into the backend slice), if it is eligible.
+    pub fn eligible_weight(&self, idx: usize) -> Option<u32> {
+        let k = self.eligible.idx.binary_search(&idx).ok()?;
+        self.weights.get(k).copied()
+    }
+
     /// A weighted choice: a position into `eligible.idx`, or `None` if nothing is left.
     pub fn pick_pos(&self, random: u64, exclude: &[usize]) -> Option<usize> {
         let total = *self.prefix.last()?;

@@ -6,25 +6,39 @@
 //! the *eligible* backends only, so their choice is a pure function of that set.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::model::{Backend, PrimeTableSize, SchedulerKind};
+use crate::model::{Backend, Now, PrimeTableSize, SchedulerKind};
 
 mod common;
 pub mod lc;
+pub mod least_request;
 pub mod maglev;
 pub mod p2c;
+pub mod peak_ewma;
+pub mod predictive;
 pub mod random;
 pub mod ring_hash;
 pub mod rr;
+mod scored;
 pub mod sh;
+pub mod signals;
+pub mod slow_start;
 pub mod wrr;
 
 pub use maglev::{moved_ratio, Maglev};
 pub use ring_hash::RingHash;
+pub use signals::Signals;
 
-/// Active connection counts, as the IO layer keeps them (per index of the backend slice).
+/// Active connection counts (HTTP: in-flight requests), as the IO layer keeps them (per
+/// index of the backend slice), and the latency-aware schedulers' per-backend state.
 pub trait Loads {
     fn active(&self, idx: usize) -> u64;
+    /// The backend's [`Signals`] (response-time samples, when it came up), if the caller
+    /// keeps them; `None` counts as no sample and up for ever.
+    fn signals(&self, _idx: usize) -> Option<&Signals> {
+        None
+    }
 }
 
 impl Loads for [u64] {
@@ -63,6 +77,9 @@ pub struct PickRequest<'a> {
     pub loads: &'a dyn Loads,
     /// Backend indices already tried for this flow (failed connects): never chosen again.
     pub exclude: &'a [usize],
+    /// The caller's clock (`peak_ewma` and `predictive` decay their averages by it; slow start
+    /// ramps by it).
+    pub now: Now,
 }
 
 /// Why no backend could be chosen.
@@ -75,9 +92,37 @@ pub enum PickError {
 }
 
 /// Scheduler options from the pool's config.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct SchedOptions {
     pub maglev_table_size: PrimeTableSize,
+    /// `peak_ewma`/`predictive`: the half-life of the response-time averages.
+    pub half_life: Duration,
+    /// `predictive`: how far ahead the forecast looks.
+    pub horizon: Duration,
+    /// `least_request`: `active_request_bias` (Envoy's; 0 ignores load).
+    pub active_request_bias: f64,
+    /// The slow-start window of a backend that comes up (`None`: off).
+    pub slow_start: Option<Duration>,
+}
+
+/// Defaults of the scheduler options (`[pool.scheduler_options]`).
+pub mod option_defaults {
+    use std::time::Duration;
+    pub const HALF_LIFE: Duration = Duration::from_secs(5);
+    pub const HORIZON: Duration = Duration::from_secs(1);
+    pub const ACTIVE_REQUEST_BIAS: f64 = 1.0;
+}
+
+impl Default for SchedOptions {
+    fn default() -> Self {
+        Self {
+            maglev_table_size: PrimeTableSize::DEFAULT,
+            half_life: option_defaults::HALF_LIFE,
+            horizon: option_defaults::HORIZON,
+            active_request_bias: option_defaults::ACTIVE_REQUEST_BIAS,
+            slow_start: None,
+        }
+    }
 }
 
 /// One scheduler instance for one backend list.
@@ -99,10 +144,42 @@ pub trait Scheduler: Send + Sync + std::fmt::Debug {
     fn as_source_hash(&self) -> Option<&sh::SourceHash> {
         None
     }
+    /// Folds a response-time sample of a backend into its `signals` (the latency-aware
+    /// schedulers; the others ignore samples).
+    fn observe(&self, _signals: &Signals, _sample: Duration, _now: Now) {}
+    /// The score this scheduler gives backend `idx` at `now` (lower wins), for schedulers
+    /// that score (`least_request`, `peak_ewma`, `predictive`), for `explain` and metrics.
+    fn score(&self, _loads: &dyn Loads, _idx: usize, _now: Now) -> Option<f64> {
+        None
+    }
+    /// The response time (ns) this scheduler believes of backend `idx` at `now`: the peak
+    /// EWMA (`peak_ewma`) or the forecast (`predictive`); for metrics and `explain`.
+    fn latency_ns(&self, _loads: &dyn Loads, _idx: usize, _now: Now) -> Option<f64> {
+        None
+    }
+    /// The slow-start window, if this scheduler ramps backends that come up.
+    fn slow_start(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// Builds the scheduler `kind` over `backends` (only eligible backends are ever picked).
+/// With `opts.slow_start`, a non-hashing scheduler is wrapped in [`slow_start::SlowStart`].
 pub fn build(kind: SchedulerKind, backends: &[Backend], opts: &SchedOptions) -> Arc<dyn Scheduler> {
+    let s = build_plain(kind, backends, opts);
+    match opts.slow_start {
+        Some(window) if !kind.is_hashing() && !window.is_zero() => {
+            Arc::new(slow_start::SlowStart::new(s, window))
+        }
+        _ => s,
+    }
+}
+
+fn build_plain(
+    kind: SchedulerKind,
+    backends: &[Backend],
+    opts: &SchedOptions,
+) -> Arc<dyn Scheduler> {
     match kind {
         SchedulerKind::RoundRobin => Arc::new(rr::RoundRobin::new(backends)),
         SchedulerKind::WeightedRoundRobin => Arc::new(wrr::WeightedRoundRobin::new(backends)),
@@ -113,5 +190,15 @@ pub fn build(kind: SchedulerKind, backends: &[Backend], opts: &SchedOptions) -> 
         SchedulerKind::PowerOfTwo => Arc::new(p2c::PowerOfTwo::new(backends)),
         SchedulerKind::Maglev => Arc::new(Maglev::new(backends, opts.maglev_table_size)),
         SchedulerKind::RingHash => Arc::new(RingHash::new(backends)),
+        SchedulerKind::LeastRequest => Arc::new(least_request::LeastRequest::new(
+            backends,
+            opts.active_request_bias,
+        )),
+        SchedulerKind::PeakEwma => Arc::new(peak_ewma::PeakEwma::new(backends, opts.half_life)),
+        SchedulerKind::Predictive => Arc::new(predictive::Predictive::new(
+            backends,
+            opts.half_life,
+            opts.horizon,
+        )),
     }
 }

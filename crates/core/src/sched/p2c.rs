@@ -28,7 +28,7 @@ impl PowerOfTwo {
 }
 
 /// One splitmix64 step (a bijective mixer).
-fn splitmix64(x: u64) -> u64 {
+pub(crate) fn splitmix64(x: u64) -> u64 {
     let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -42,18 +42,7 @@ impl Scheduler for PowerOfTwo {
 
     fn pick(&self, req: &PickRequest<'_>) -> Result<usize, PickError> {
         let p = &self.picker;
-        let first = p
-            .pick_pos(req.random, req.exclude)
-            .ok_or_else(|| p.eligible.error())?;
-        let mut r = req.random.rotate_left(32);
-        let mut second = p.pick_pos(r, req.exclude).unwrap_or(first);
-        for _ in 0..REDRAWS {
-            if second != first {
-                break;
-            }
-            r = splitmix64(r);
-            second = p.pick_pos(r, req.exclude).unwrap_or(first);
-        }
+        let (first, second) = two_positions(p, req.random, req.exclude)?;
         let (a, b) = (p.eligible.idx[first], p.eligible.idx[second]);
         let (wa, wb) = (p.weights[first], p.weights[second]);
         if less_loaded(req.loads.active(b), wb, req.loads.active(a), wa) {
@@ -62,4 +51,27 @@ impl Scheduler for PowerOfTwo {
             Ok(a)
         }
     }
+}
+
+/// The two candidate positions (into `p.eligible.idx`) of one power-of-two pick: the first
+/// from `random`, the second from `random` rotated by 32 bits, redrawn while equal to the
+/// first (see the module doc). Shared with `least_request` and `peak_ewma`.
+pub(crate) fn two_positions(
+    p: &WeightedPicker,
+    random: u64,
+    exclude: &[usize],
+) -> Result<(usize, usize), PickError> {
+    let first = p
+        .pick_pos(random, exclude)
+        .ok_or_else(|| p.eligible.error())?;
+    let mut r = random.rotate_left(32);
+    let mut second = p.pick_pos(r, exclude).unwrap_or(first);
+    for _ in 0..REDRAWS {
+        if second != first {
+            break;
+        }
+        r = splitmix64(r);
+        second = p.pick_pos(r, exclude).unwrap_or(first);
+    }
+    Ok((first, second))
 }

@@ -1,0 +1,74 @@
+//! `peak_ewma`: Finagle's and linkerd's peak EWMA. Each backend's response time is averaged
+//! with a weight that depends on the time between samples (half-life `half_life`), except
+//! that a sample above the average replaces it at once (the peak): one slow answer is
+//! believed immediately, recovery is believed gradually. While no sample comes in, the
+//! average decays towards 0 at the same half-life, so a backend left alone is tried again.
+//!
+//! Score = `ewma x (outstanding + 1) / weight`; power of two choices (two weighted-random
+//! candidates, the lower score wins, ties to the first). A backend with no sample yet scores
+//! 0 while it holds no request and [`PENALTY`] while it holds one, so it is probed one request
+//! at a time. HTTP samples the time to the answer's head; L4 the connect time.
+
+use std::time::Duration;
+
+use super::common::WeightedPicker;
+use super::scored::{clean, two_choices};
+use super::signals::Signals;
+use super::{PickError, PickRequest, Scheduler};
+use crate::model::{Backend, Now, SchedulerKind};
+
+/// The score of a backend with no sample that already holds a request (Finagle's penalty).
+pub const PENALTY: f64 = 1e300;
+
+/// Peak EWMA of response time times load.
+#[derive(Debug)]
+pub struct PeakEwma {
+    picker: WeightedPicker,
+    half_life: Duration,
+}
+
+impl PeakEwma {
+    /// Builds over the eligible backends of `backends`.
+    pub fn new(backends: &[Backend], half_life: Duration) -> Self {
+        Self {
+            picker: WeightedPicker::new(backends),
+            half_life,
+        }
+    }
+
+    /// The score of one backend (lower wins): see the module doc.
+    pub fn score(&self, signals: Option<&Signals>, active: u64, weight: u32, now: Now) -> f64 {
+        let load = active as f64 + 1.0;
+        let w = f64::from(weight.max(1));
+        match signals.and_then(|s| s.peak_ns(now, self.half_life)) {
+            Some(ewma) => clean(ewma * load / w),
+            None if active == 0 => 0.0,
+            None => PENALTY,
+        }
+    }
+}
+
+impl Scheduler for PeakEwma {
+    fn kind(&self) -> SchedulerKind {
+        SchedulerKind::PeakEwma
+    }
+
+    fn pick(&self, req: &PickRequest<'_>) -> Result<usize, PickError> {
+        two_choices(&self.picker, req, |i, w| {
+            self.score(req.loads.signals(i), req.loads.active(i), w, req.now)
+        })
+    }
+
+    fn observe(&self, signals: &Signals, sample: Duration, now: Now) {
+        signals.observe_peak(sample, now, self.half_life);
+    }
+
+    fn latency_ns(&self, loads: &dyn super::Loads, idx: usize, now: Now) -> Option<f64> {
+        loads.signals(idx)?.peak_ns(now, self.half_life)
+    }
+
+    fn score(&self, loads: &dyn super::Loads, idx: usize, now: Now) -> Option<f64> {
+        let w = self.picker.eligible_weight(idx)?;
+        Some(self.score(loads.signals(idx), loads.active(idx), w, now))
+    }
+}
