@@ -1521,7 +1521,9 @@ int xdp_lb(struct xdp_md *ctx)
 				fx_count(row, FX_ACT_DROP, bytes);
 				return XDP_DROP;
 			}
-			fx_count(row, FX_ACT_CT_MISS, bytes);
+			/* (a SYN that found its 5-tuple's entry is no miss) */
+			if (!FX_PLAIN_SYN(&p) || (!fe && !ct))
+				fx_count(row, FX_ACT_CT_MISS, bytes);
 			fflags = first ? FX_FLOW4_FIRST : 0;
 			if (ct && FX_PLAIN_SYN(&p)) {
 				/* the shared entry of an old flow with this 5-tuple: now the new
@@ -1563,14 +1565,15 @@ int xdp_lb(struct xdp_md *ctx)
 		 * and calls an update directly, only when its call site always sees the same map;
 		 * the asm statements, register moves to themselves, different per map, keep clang
 		 * from merging the calls into one with a selected map pointer) */
-		if (fx_bench_ct_miss || FX_PLAIN_SYN(&p)) {
-			/* a SYN: the insert below replaces an old flow's entry */
+		if (fx_bench_ct_miss) {
 			ct = NULL;
 		} else {
 			ct = bpf_map_lookup_elem(&conntrack, &ck.k6);
 			asm volatile("%0 = %0\n\t%0 = %0" : "+r"(ct));
 		}
-		if (ct && ct->svc == row) {
+		/* a SYN: the current table's choice, and the insert below replaces an old flow's
+		 * entry */
+		if (ct && ct->svc == row && !FX_PLAIN_SYN(&p)) {
 			__u32 idx = ct->backend;
 
 			hash = ct->hash;
@@ -1586,7 +1589,8 @@ int xdp_lb(struct xdp_md *ctx)
 				fx_count(row, FX_ACT_DROP, bytes);
 				return XDP_DROP;
 			}
-			fx_count(row, FX_ACT_CT_MISS, bytes);
+			if (!ct || !FX_PLAIN_SYN(&p))
+				fx_count(row, FX_ACT_CT_MISS, bytes);
 			/* Only the first packet of a flow creates its entry: a TCP SYN (without ACK),
 			 * or any UDP datagram (UDP has no first packet to tell). A TCP packet in
 			 * mid-flow without an entry takes the stateless Maglev choice above, the same

@@ -640,7 +640,7 @@ fn maglev_tables_in_maps_equal_core_and_health_changes_apply() {
             })
             .collect();
 
-        // drain .12: existing flows stay (conntrack), new flows avoid it
+        // drain .12: existing flows stay (conntrack: their mid-flow packets), new flows avoid it
         let mut drained = s.clone();
         drained.backends[1].state = BackendState::Draining;
         plane.update(&[drained.clone()]).expect("update");
@@ -654,11 +654,7 @@ fn maglev_tables_in_maps_equal_core_and_health_changes_apply() {
             core
         );
         for (src, be) in flows.iter().zip(&first) {
-            let out = run(
-                plane,
-                ifx,
-                &frame(src, "198.19.0.10:80", Proto::Tcp, None, 0, b""),
-            );
+            let out = run(plane, ifx, &frame_mid(src, "198.19.0.10:80", b""));
             assert_eq!(
                 backend_of(&out.data),
                 *be,
@@ -688,11 +684,7 @@ fn maglev_tables_in_maps_equal_core_and_health_changes_apply() {
         down.backends[1].state = BackendState::Down;
         plane.update(&[down.clone()]).expect("update");
         for (src, be) in flows.iter().zip(&first) {
-            let out = run(
-                plane,
-                ifx,
-                &frame(src, "198.19.0.10:80", Proto::Tcp, None, 0, b""),
-            );
+            let out = run(plane, ifx, &frame_mid(src, "198.19.0.10:80", b""));
             let now = backend_of(&out.data);
             if *be == ip("198.18.0.12") {
                 assert_eq!(
