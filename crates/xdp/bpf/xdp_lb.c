@@ -22,6 +22,9 @@
 #define FX_TCP_SYN 0x02
 #define FX_TCP_RST 0x04
 #define FX_TCP_ACK 0x10
+/* a plain TCP SYN (no ACK): a new connection (docs/xdp.md, "Conntrack") */
+#define FX_PLAIN_SYN(p) \
+	((p)->proto == IPPROTO_TCP && ((p)->tcp_flags & (FX_TCP_SYN | FX_TCP_ACK)) == FX_TCP_SYN)
 
 #define AF_INET_K 2
 #define AF_INET6_K 10
@@ -586,6 +589,16 @@ FX_INLINE struct fcache4 *fx_fcache_fill(const struct pkt *p, __u32 slot, const 
 	return e;
 }
 
+/* nat: would the current table send a new connection with this 5-tuple to another backend
+ * than `idx`? (a call: fx_nat_forward's frame has no room for the hash) */
+static __attribute__((noinline)) int fx_nat_syn_moves(const struct svc_value *svc,
+						      const struct pkt *p, __u32 idx)
+{
+	__u32 pick = idx;
+
+	return fx_pick(svc, fx_flow_hash(svc->hash_key, p), &pick) && pick != idx;
+}
+
 /* (nat is a BPF-to-BPF call: its own stack frame, and the dsr/tunnel path keeps its
  * registers) */
 /* nat, client -> backend: the flow's translation (a new one for a new flow: a backend from
@@ -613,8 +626,16 @@ static __attribute__((noinline)) int fx_nat_forward(struct xdp_md *ctx, const st
 		__u32 idx = f->backend;
 
 		be = bpf_map_lookup_elem(&backends, &idx);
-		if (f->svc != row || !be || !(be->flags & FX_BACKEND_ALIVE)) {
-			/* the backend is down or gone: the flow cannot continue there */
+		int stale = f->svc != row || !be || !(be->flags & FX_BACKEND_ALIVE);
+		if (!stale && FX_PLAIN_SYN(p)) {
+			/* a new connection on an old flow's 5-tuple (a client reusing a source
+			 * port): the current table's choice, as in dsr/tunnel (docs/xdp.md,
+			 * "Conntrack"); the same backend keeps the flow (a SYN retransmitted) */
+			stale = fx_nat_syn_moves(svc, p, idx);
+		}
+		if (stale) {
+			/* the backend is down or gone, or a new connection goes elsewhere: the
+			 * old flow cannot continue there */
 			fx_rev_key(rkp, f, p->proto, p->family);
 			bpf_map_delete_elem(&nat_rev, rkp);
 			bpf_map_delete_elem(&nat_fwd, ck);
@@ -1301,9 +1322,13 @@ int xdp_lb(struct xdp_md *ctx)
 	 * conntrack's set */
 	__u32 fw[4] = {};
 	__u32 fh = 0;
+	/* a plain TCP SYN (no ACK) starts a new connection: it takes the current Maglev choice
+	 * whatever conntrack remembers for its 5-tuple (IPVS's conn_reuse_mode), so a client
+	 * that reuses the source port of an old flow to a draining backend is not sent there.
+	 * docs/xdp.md, "Conntrack" */
 	if (p.family == FX_AF_INET && !p.frag) {
 		fh = fx_tuple_hash(&p, fw);
-		if (!fx_bench_no_fcache) {
+		if (!fx_bench_no_fcache && !FX_PLAIN_SYN(&p)) {
 			int rc = fx_fcache_forward(ctx, &p, fw, fh & (FX_FCACHE_SLOTS - 1));
 			if (rc >= 0)
 				return rc;
@@ -1385,8 +1410,7 @@ int xdp_lb(struct xdp_md *ctx)
 	} else if (p.family == FX_AF_INET) {
 		/* IPv4: this CPU's conntrack (types.h, struct flow4), then the shared LRU `ct4` (only
 		 * promoted flows), then the stateless Maglev choice. docs/xdp.md, "Conntrack". */
-		int first = p.proto != IPPROTO_TCP ||
-			    (p.tcp_flags & (FX_TCP_SYN | FX_TCP_ACK)) == FX_TCP_SYN;
+		int first = p.proto != IPPROTO_TCP || FX_PLAIN_SYN(&p);
 		__u32 zero = 0;
 		__u32 sidx = fh & (FX_FLOW4_SETS - 1);
 		__u64 *genp = bpf_map_lookup_elem(&nh_gen, &zero);
@@ -1408,7 +1432,7 @@ int xdp_lb(struct xdp_md *ctx)
 			fe = NULL;
 		if (fe && fe->row != row)
 			fe = NULL;
-		if (fe) {
+		if (fe && !FX_PLAIN_SYN(&p)) {
 			__u32 idx = fe->backend;
 
 			be = bpf_map_lookup_elem(&backends, &idx);
@@ -1478,7 +1502,7 @@ int xdp_lb(struct xdp_md *ctx)
 		/* not on this CPU (or its backend died): the shared LRU, if it may hold the flow */
 		ct = fx_ct4_maybe(fh) ? bpf_map_lookup_elem(&ct4, &ck.k4) : NULL;
 		asm volatile("%0 = %0" : "+r"(ct));
-		if (ct && ct->svc == row) {
+		if (ct && ct->svc == row && !FX_PLAIN_SYN(&p)) {
 			__u32 idx = ct->backend;
 
 			be = bpf_map_lookup_elem(&backends, &idx);
@@ -1497,11 +1521,24 @@ int xdp_lb(struct xdp_md *ctx)
 				fx_count(row, FX_ACT_DROP, bytes);
 				return XDP_DROP;
 			}
-			fx_count(row, FX_ACT_CT_MISS, bytes);
+			/* (a SYN that found its 5-tuple's entry is no miss) */
+			if (!FX_PLAIN_SYN(&p) || (!fe && !ct))
+				fx_count(row, FX_ACT_CT_MISS, bytes);
 			fflags = first ? FX_FLOW4_FIRST : 0;
+			if (ct && FX_PLAIN_SYN(&p)) {
+				/* the shared entry of an old flow with this 5-tuple: now the new
+				 * connection's, in place, so other CPUs do not find the old backend */
+				if (ct->svc != row || ct->backend != be_idx || ct->hash != hash) {
+					ct->hash = hash;
+					ct->svc = row;
+					ct->backend = be_idx;
+				}
+				fflags |= FX_FLOW4_LRU;
+			}
 		}
-		/* an insert is a slot write: a free way or the least recently seen one (a mid-flow
-		 * packet's entry never evicts a first packet's) */
+		/* an insert is a slot write (a SYN's entry overwrites the way of an old flow with
+		 * its 5-tuple): a free way or the least recently seen one (a mid-flow packet's
+		 * entry never evicts a first packet's) */
 		if (!fe)
 			fe = fx_flow4_victim(set, fflags & FX_FLOW4_FIRST);
 		if (fe) {
@@ -1534,7 +1571,9 @@ int xdp_lb(struct xdp_md *ctx)
 			ct = bpf_map_lookup_elem(&conntrack, &ck.k6);
 			asm volatile("%0 = %0\n\t%0 = %0" : "+r"(ct));
 		}
-		if (ct && ct->svc == row) {
+		/* a SYN: the current table's choice, and the insert below replaces an old flow's
+		 * entry */
+		if (ct && ct->svc == row && !FX_PLAIN_SYN(&p)) {
 			__u32 idx = ct->backend;
 
 			hash = ct->hash;
@@ -1550,7 +1589,8 @@ int xdp_lb(struct xdp_md *ctx)
 				fx_count(row, FX_ACT_DROP, bytes);
 				return XDP_DROP;
 			}
-			fx_count(row, FX_ACT_CT_MISS, bytes);
+			if (!ct || !FX_PLAIN_SYN(&p))
+				fx_count(row, FX_ACT_CT_MISS, bytes);
 			/* Only the first packet of a flow creates its entry: a TCP SYN (without ACK),
 			 * or any UDP datagram (UDP has no first packet to tell). A TCP packet in
 			 * mid-flow without an entry takes the stateless Maglev choice above, the same

@@ -640,7 +640,7 @@ fn maglev_tables_in_maps_equal_core_and_health_changes_apply() {
             })
             .collect();
 
-        // drain .12: existing flows stay (conntrack), new flows avoid it
+        // drain .12: existing flows stay (conntrack: their mid-flow packets), new flows avoid it
         let mut drained = s.clone();
         drained.backends[1].state = BackendState::Draining;
         plane.update(&[drained.clone()]).expect("update");
@@ -654,11 +654,7 @@ fn maglev_tables_in_maps_equal_core_and_health_changes_apply() {
             core
         );
         for (src, be) in flows.iter().zip(&first) {
-            let out = run(
-                plane,
-                ifx,
-                &frame(src, "198.19.0.10:80", Proto::Tcp, None, 0, b""),
-            );
+            let out = run(plane, ifx, &frame_mid(src, "198.19.0.10:80", b""));
             assert_eq!(
                 backend_of(&out.data),
                 *be,
@@ -688,11 +684,7 @@ fn maglev_tables_in_maps_equal_core_and_health_changes_apply() {
         down.backends[1].state = BackendState::Down;
         plane.update(&[down.clone()]).expect("update");
         for (src, be) in flows.iter().zip(&first) {
-            let out = run(
-                plane,
-                ifx,
-                &frame(src, "198.19.0.10:80", Proto::Tcp, None, 0, b""),
-            );
+            let out = run(plane, ifx, &frame_mid(src, "198.19.0.10:80", b""));
             let now = backend_of(&out.data);
             if *be == ip("198.18.0.12") {
                 assert_eq!(
@@ -1063,6 +1055,156 @@ fn per_cpu_conntrack_set_eviction() {
             );
         }
     });
+}
+
+/// A plain TCP SYN is a new connection (IPVS's conn_reuse_mode, docs/xdp.md "Conntrack"): it
+/// takes the current table's choice even when conntrack holds an old flow with its 5-tuple
+/// to a draining backend (a client reusing a source port), and that entry (this CPU's
+/// `flows4` way, the shared `ct4` entry; IPv6: `conntrack`) then holds the new backend.
+/// Mid-flow packets of existing flows keep their draining backend.
+#[test]
+fn syn_reusing_a_tuple_takes_the_table_choice_not_a_draining_backend() {
+    if !is_root_or_skip("syn_reusing_a_tuple_takes_the_table_choice_not_a_draining_backend") {
+        return;
+    }
+    let s4 = service(
+        "web4",
+        "198.19.0.10:80",
+        Proto::Tcp,
+        Mode::Dsr,
+        HashKey::FiveTuple,
+        backends(&BACKENDS4, 80),
+    );
+    let s6 = service(
+        "web6",
+        "[2001:3::10]:80",
+        Proto::Tcp,
+        Mode::Dsr,
+        HashKey::FiveTuple,
+        backends(&BACKENDS6, 80),
+    );
+    with_plane(
+        "synfixreuse",
+        vec![s4.clone(), s6.clone()],
+        move |plane, ifx| {
+            // per family: two flows to backend 1 (.12), one reused, one kept
+            let on1 = |s: &XdpService, fmt: &dyn Fn(u32) -> String, dst: &str| -> Vec<String> {
+                let a = s.backends[1].address.ip();
+                (1024..20000)
+                    .map(fmt)
+                    .filter(|src| core_pick(s, &flow(src, dst, Proto::Tcp)).0 == a)
+                    .take(2)
+                    .collect()
+            };
+            let (d4, d6) = ("198.19.0.10:80", "[2001:3::10]:80");
+            let f4 = on1(&s4, &|p| format!("198.18.7.1:{p}"), d4);
+            let f6 = on1(&s6, &|p| format!("[2001:2::7]:{p}"), d6);
+            assert_eq!((f4.len(), f6.len()), (2, 2));
+            let cases = [(&s4, d4, &f4), (&s6, d6, &f6)];
+            let send =
+                |plane: &XdpPlane, src: &str, dst: &str, syn: bool, want: IpAddr, what: &str| {
+                    let pkt = if syn {
+                        frame(src, dst, Proto::Tcp, None, 0, b"")
+                    } else {
+                        frame_mid(src, dst, b"m")
+                    };
+                    let out = run(plane, ifx, &pkt);
+                    assert_eq!(
+                        (out.verdict, &out.data),
+                        (XDP_TX, &dsr_to(&pkt, want)),
+                        "{src}: {what}"
+                    );
+                };
+            for (s, dst, f) in cases {
+                let a = s.backends[1].address.ip();
+                for src in f.iter() {
+                    send(plane, src, dst, true, a, "first SYN");
+                    send(plane, src, dst, false, a, "established");
+                }
+            }
+            // drain backend 1 in both services: alive, out of the tables
+            let (mut ds4, mut ds6) = (s4.clone(), s6.clone());
+            ds4.backends[1].state = BackendState::Draining;
+            ds6.backends[1].state = BackendState::Draining;
+            plane.update(&[ds4.clone(), ds6.clone()]).expect("drain");
+            for ((s, dst, f), ds) in cases.into_iter().zip([&ds4, &ds6]) {
+                let a = s.backends[1].address.ip();
+                let (reused, kept) = (&f[0], &f[1]);
+                let b = core_pick(ds, &flow(reused, dst, Proto::Tcp)).0;
+                assert_ne!(b, a);
+                // mid-flow: still the draining backend (IPv4: now promoted into ct4)
+                send(plane, reused, dst, false, a, "mid-flow after the drain");
+                send(plane, kept, dst, false, a, "mid-flow after the drain");
+                // the client reuses the tuple: a SYN goes to the table's choice, and the flow's
+                // next packets follow it
+                send(plane, reused, dst, true, b, "new SYN, reused tuple");
+                send(plane, reused, dst, false, b, "the new connection's ACK");
+                send(plane, reused, dst, true, b, "SYN retransmitted");
+                // the other flow is not disturbed
+                send(plane, kept, dst, false, a, "existing flow kept");
+            }
+            // IPv4: both flows were promoted into ct4 by the drain; the reused tuple's entry now
+            // names the new backend, the kept flow's the draining one
+            let ct4 = plane.ct4().expect("ct4");
+            let id = |src: &str| {
+                ct4.get(&ct4_key(src, d4, Proto::Tcp), 0)
+                    .expect("flow in ct4")
+                    .backend
+            };
+            assert_ne!(
+                id(&f4[0]),
+                id(&f4[1]),
+                "ct4 entry of the reused tuple rewritten"
+            );
+            let b4 = core_pick(&ds4, &flow(&f4[0], d4, Proto::Tcp));
+            let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+            if cpus > 1 {
+                // another CPU (no flows4 entry): ct4 sends the new connection's packets to the
+                // new backend, the kept flow's to the draining one
+                let here = fulcrum_xdp::testing::current_cpu().expect("cpu");
+                fulcrum_xdp::testing::pin_to_cpu((here + 1) % cpus).expect("pin");
+                send(
+                    plane,
+                    &f4[0],
+                    d4,
+                    false,
+                    b4.0,
+                    "new connection on another CPU",
+                );
+                send(
+                    plane,
+                    &f4[1],
+                    d4,
+                    false,
+                    ip("198.18.0.12"),
+                    "kept flow on another CPU",
+                );
+                fulcrum_xdp::testing::pin_to_cpu(here).expect("pin back");
+            }
+            // IPv6: the LRU entry of the reused tuple names the new backend
+            let c6: Vec<_> = plane
+                .conntrack()
+                .expect("conntrack")
+                .iter()
+                .map(|r| r.expect("entry").1)
+                .collect();
+            let id6 = |src: &str| {
+                let h = core_pick(&s6, &flow(src, d6, Proto::Tcp)).1;
+                let m: Vec<u32> = c6
+                    .iter()
+                    .filter(|v| v.hash == h)
+                    .map(|v| v.backend)
+                    .collect();
+                assert_eq!(m.len(), 1, "{src}: one conntrack entry");
+                m[0]
+            };
+            assert_ne!(
+                id6(&f6[0]),
+                id6(&f6[1]),
+                "conntrack entry of the reused tuple rewritten"
+            );
+        },
+    );
 }
 
 fn backend_of(frame: &[u8]) -> IpAddr {

@@ -1039,3 +1039,68 @@ fn icmp_errors_follow_their_flow() {
         assert_eq!((out.verdict, out.data), (XDP_PASS, err));
     });
 }
+
+/// nat applies the SYN rule of dsr/tunnel (docs/xdp.md, "Conntrack"): a plain SYN on the
+/// 5-tuple of an existing flow whose backend is draining starts a new flow to the current
+/// table's choice (the old translation is released); the mid-flow packets of another flow to
+/// the draining backend keep going there.
+#[test]
+fn nat_syn_reusing_a_tuple_takes_the_table_choice() {
+    if !is_root_or_skip("nat_syn_reusing_a_tuple_takes_the_table_choice") {
+        return;
+    }
+    let s = nat_services().swap_remove(0);
+    let list = vec![s.clone()];
+    with_plane(
+        "synfixnat",
+        LoadOptions::default(),
+        list,
+        move |plane, ifx| {
+            let drained_ip = IpAddr::from([198, 18, 0, 12]);
+            // two flows to .12: one whose tuple is reused, one kept
+            let clients: Vec<SocketAddr> = (0..5000u16)
+                .map(|n| sa(&format!("198.18.8.1:{}", 20000 + n)))
+                .filter(|c| expect_nat(&s, *c, Proto::Tcp).0.ip() == drained_ip)
+                .take(2)
+                .collect();
+            assert_eq!(clients.len(), 2);
+            let src = IpAddr::from(LB4);
+            let send = |plane: &XdpPlane, c: SocketAddr, l4: L4, be: SocketAddr, nport: u16| {
+                let input = pkt(CLIENT_MAC, LB_MAC, c, s.vip, l4, b"");
+                let want = pkt(
+                    LB_MAC,
+                    mac_of(be.ip()),
+                    SocketAddr::new(src, nport),
+                    be,
+                    l4,
+                    b"",
+                );
+                let out = run(plane, ifx, &input);
+                assert_eq!((out.verdict, &out.data), (XDP_TX, &want), "{c} -> {be}");
+            };
+            for c in &clients {
+                let (be, nport) = expect_nat(&s, *c, Proto::Tcp);
+                send(plane, *c, L4::Tcp(SYN), be, nport);
+                send(plane, *c, L4::Tcp(ACK), be, nport);
+            }
+            let mut ds = s.clone();
+            ds.backends[1].state = fulcrum_core::model::BackendState::Draining;
+            plane.update(&[ds.clone()]).expect("drain .12");
+            let (reused, kept) = (clients[0], clients[1]);
+            let (old_be, old_nport) = expect_nat(&s, reused, Proto::Tcp);
+            send(plane, reused, L4::Tcp(ACK), old_be, old_nport);
+            let (new_be, new_nport) = expect_nat(&ds, reused, Proto::Tcp);
+            assert_ne!(new_be.ip(), drained_ip);
+            send(plane, reused, L4::Tcp(SYN), new_be, new_nport);
+            send(plane, reused, L4::Tcp(ACK), new_be, new_nport);
+            send(plane, reused, L4::Tcp(SYN), new_be, new_nport); // retransmitted: same flow
+            let (kb, kp) = expect_nat(&s, kept, Proto::Tcp);
+            send(plane, kept, L4::Tcp(ACK), kb, kp);
+            assert_eq!(
+                plane.nat_flows().len(),
+                2,
+                "the old translation was replaced"
+            );
+        },
+    );
+}
