@@ -343,7 +343,7 @@ resilient_start() {
     set +e +o pipefail
     declare -A last
     while :; do
-      for v in $VIPS; do
+      for v in $VIPS $(nat_sync && echo "$NAT_SOURCE"); do
         local gws ids id g group
         gws=$(ip -n "$(ns r)" route show table 100 "$v/32" 2>/dev/null | grep -o 'via 198\.18\.0\.[0-9]*' | awk '{print $2}' | sort -u | tr '\n' ' ')
         [ "${last[$v]:-none}" = "$gws" ] && continue
