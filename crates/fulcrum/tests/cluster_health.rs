@@ -27,149 +27,18 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::etcd::Etcd;
 use common::{
-    admin_toml, echo_once, eventually, free_port, http, pool_toml, service_toml, temp_dir,
-    Behaviour, Fulcrum, TcpBackend,
+    admin_toml, echo_once, eventually, free_port, http, pool_toml, service_toml, Behaviour,
+    Fulcrum, TcpBackend,
 };
 use fulcrum_xdp::testing::{have_program, require, require_root};
 use serde_json::Value;
 
-// ------------------------------------------------------------------------------------
-// etcd (as in tests/cluster.rs)
-// ------------------------------------------------------------------------------------
-
-struct EtcdMember {
-    name: String,
-    client: u16,
-    peer: u16,
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-/// A 3-member etcd cluster on loopback; every member is killed (by PID) when dropped.
-struct Etcd {
-    members: Vec<EtcdMember>,
-    token: String,
-    base: PathBuf,
-}
-
-impl Etcd {
-    /// Ports and directories, nothing started.
-    fn new() -> Self {
-        let base = temp_dir("quorum-etcd");
-        let members = (0..3)
-            .map(|i| EtcdMember {
-                name: format!("e{i}"),
-                client: free_port(),
-                peer: free_port(),
-                dir: base.join(format!("e{i}")),
-                child: None,
-            })
-            .collect();
-        Self {
-            members,
-            token: format!("fulcrum-quorum-{}", std::process::id()),
-            base,
-        }
-    }
-
-    fn start() -> Self {
-        let mut e = Self::new();
-        e.spawn_all();
-        e
-    }
-
-    fn spawn_all(&mut self) {
-        for i in 0..self.members.len() {
-            self.spawn(i);
-        }
-    }
-
-    fn spawn(&mut self, i: usize) {
-        let initial: Vec<String> = self
-            .members
-            .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
-            .collect();
-        let m = &mut self.members[i];
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(format!("{}.log", m.dir.display()))
-            .unwrap();
-        let client = format!("http://127.0.0.1:{}", m.client);
-        let peer = format!("http://127.0.0.1:{}", m.peer);
-        let child = Command::new("etcd")
-            .args(["--name", &m.name, "--data-dir"])
-            .arg(&m.dir)
-            .args(["--listen-client-urls", &client])
-            .args(["--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer])
-            .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &initial.join(",")])
-            .args(["--initial-cluster-token", &self.token])
-            .args(["--initial-cluster-state", "new"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("start etcd");
-        m.child = Some(child);
-    }
-
-    fn kill(&mut self, i: usize) {
-        if let Some(mut c) = self.members[i].child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn endpoints(&self) -> Vec<String> {
-        self.members
-            .iter()
-            .map(|m| format!("http://127.0.0.1:{}", m.client))
-            .collect()
-    }
-
-    /// Waits until a write through every live member's endpoint succeeds.
-    async fn wait_healthy(&self, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        for m in self.members.iter().filter(|m| m.child.is_some()) {
-            let ep = vec![format!("http://127.0.0.1:{}", m.client)];
-            loop {
-                let ok = async {
-                    let mut c = fulcrum_cluster::connect(&ep).await.ok()?;
-                    c.put("/fulcrum-test/health", "ok", None).await.ok()
-                }
-                .await
-                .is_some();
-                if ok {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "etcd member {} not healthy within {limit:?}",
-                    m.name
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        for i in 0..self.members.len() {
-            self.kill(i);
-        }
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.base);
-        }
-    }
-}
+// etcd: `common::etcd::Etcd` (as in tests/cluster.rs)
 
 // ------------------------------------------------------------------------------------
 // a partition between one instance and one backend

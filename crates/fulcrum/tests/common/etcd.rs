@@ -24,7 +24,15 @@ pub struct Etcd {
 }
 
 impl Etcd {
+    /// Three members started.
     pub fn start() -> Self {
+        let mut e = Self::new();
+        e.spawn_all();
+        e
+    }
+
+    /// Ports and directories, nothing started.
+    pub fn new() -> Self {
         let base = temp_dir("etcd");
         let members: Vec<EtcdMember> = (0..3)
             .map(|i| EtcdMember {
@@ -35,15 +43,17 @@ impl Etcd {
                 child: None,
             })
             .collect();
-        let mut e = Self {
+        Self {
             members,
             token: format!("fulcrum-test-{}", std::process::id()),
             base,
-        };
-        for i in 0..3 {
-            e.spawn(i);
         }
-        e
+    }
+
+    pub fn spawn_all(&mut self) {
+        for i in 0..self.members.len() {
+            self.spawn(i);
+        }
     }
 
     pub fn spawn(&mut self, i: usize) {
