@@ -478,21 +478,21 @@ mod tests {
     #[test]
     #[allow(clippy::too_many_lines)]
     fn every_transition() {
-        let p = pool("p", "", &["10.0.0.1:80"]);
-        let q = pool("q", "", &["10.0.0.2:80"]);
+        let p = pool("p", "", &["198.18.0.1:80"]);
+        let q = pool("q", "", &["198.18.0.2:80"]);
         let tcp = service("s", A, "tcp", "p", "");
         #[rustfmt::skip]
         let cases: Vec<(&str, String, String, Vec<&str>)> = vec![
             ("nothing changes", tcp.clone() + &p, tcp.clone() + &p, vec![
                 "keep tcp 127.0.0.1:8001",
-                "keep p 10.0.0.1:80 checker keep",
+                "keep p 198.18.0.1:80 checker keep",
                 "service s keep { changes: [] }",
             ]),
             ("add a service", tcp.clone() + &p,
              tcp.clone() + &service("t", B, "udp", "p", "") + &p, vec![
                 "keep tcp 127.0.0.1:8001",
                 "bind udp 127.0.0.1:8002",
-                "keep p 10.0.0.1:80 checker keep",
+                "keep p 198.18.0.1:80 checker keep",
                 "service s keep { changes: [] }",
                 "service t add",
             ]),
@@ -500,46 +500,46 @@ mod tests {
              tcp.clone() + &p, vec![
                 "keep tcp 127.0.0.1:8001",
                 "unbind udp 127.0.0.1:8002",
-                "keep p 10.0.0.1:80 checker keep",
+                "keep p 198.18.0.1:80 checker keep",
                 "service s keep { changes: [] }",
                 "service t remove",
             ]),
             ("change protocol tcp to udp", tcp.clone() + &p, service("s", A, "udp", "p", "") + &p, vec![
                 "bind udp 127.0.0.1:8001",
                 "unbind tcp 127.0.0.1:8001",
-                "keep p 10.0.0.1:80 checker keep",
+                "keep p 198.18.0.1:80 checker keep",
                 "service s keep { changes: [protocol] }",
             ]),
             ("change protocol tcp to http: the same socket", tcp.clone() + &p,
              service("s", A, "http", "p", "") + &p, vec![
                 "keep tcp 127.0.0.1:8001",
-                "keep p 10.0.0.1:80 checker keep",
+                "keep p 198.18.0.1:80 checker keep",
                 "service s keep { changes: [protocol] }",
                 "l7 check s",
             ]),
             ("change address", tcp.clone() + &p, service("s", B, "tcp", "p", "") + &p, vec![
                 "bind tcp 127.0.0.1:8002",
                 "unbind tcp 127.0.0.1:8001",
-                "keep p 10.0.0.1:80 checker keep",
+                "keep p 198.18.0.1:80 checker keep",
                 "service s keep { changes: [listen] }",
             ]),
             ("change pool", tcp.clone() + &p, service("s", A, "tcp", "q", "") + &q, vec![
                 "keep tcp 127.0.0.1:8001",
-                "track q 10.0.0.2:80 checker keep",
-                "forget p 10.0.0.1:80 checker keep",
+                "track q 198.18.0.2:80 checker keep",
+                "forget p 198.18.0.1:80 checker keep",
                 "service s keep { changes: [pool] }",
             ]),
             ("change TLS", service("s", A, "http", "p", TLS) + &p,
              service("s", A, "http", "p", TLS2) + &p, vec![
                 "keep tcp 127.0.0.1:8001",
-                "keep p 10.0.0.1:80 checker keep",
+                "keep p 198.18.0.1:80 checker keep",
                 "service s keep { changes: [tls] }",
                 "l7 check s",
             ]),
             ("add TLS and a limit", service("s", A, "http", "p", "") + &p,
              service("s", A, "http", "p", &format!("max_connections = 7\n{TLS}")) + &p, vec![
                 "keep tcp 127.0.0.1:8001",
-                "keep p 10.0.0.1:80 checker keep",
+                "keep p 198.18.0.1:80 checker keep",
                 "service s keep { changes: [tls, other] }",
                 "l7 check s",
             ]),
@@ -547,64 +547,64 @@ mod tests {
              "[xdp]\ninterface = \"lo\"\n".to_owned() + &tcp + &p,
              "[xdp]\ninterface = \"lo\"\n".to_owned() + &service("s", A, "tcp", "p", "forward = \"nat\"") + &p, vec![
                 "unbind tcp 127.0.0.1:8001",
-                "keep p 10.0.0.1:80 checker keep",
+                "keep p 198.18.0.1:80 checker keep",
                 "service s keep { changes: [other] }",
             ]),
-            ("add a backend with health checks", tcp.clone() + &pool("p", HEALTH, &["10.0.0.1:80"]),
-             tcp.clone() + &pool("p", HEALTH, &["10.0.0.1:80", "10.0.0.3:80"]), vec![
+            ("add a backend with health checks", tcp.clone() + &pool("p", HEALTH, &["198.18.0.1:80"]),
+             tcp.clone() + &pool("p", HEALTH, &["198.18.0.1:80", "198.18.0.3:80"]), vec![
                 "keep tcp 127.0.0.1:8001",
-                "keep p 10.0.0.1:80 checker keep",
-                "track p 10.0.0.3:80 checker spawn 1s",
+                "keep p 198.18.0.1:80 checker keep",
+                "track p 198.18.0.3:80 checker spawn 1s",
                 "service s keep { changes: [] }",
             ]),
-            ("remove a backend with health checks", tcp.clone() + &pool("p", HEALTH, &["10.0.0.1:80", "10.0.0.3:80"]),
-             tcp.clone() + &pool("p", HEALTH, &["10.0.0.1:80"]), vec![
+            ("remove a backend with health checks", tcp.clone() + &pool("p", HEALTH, &["198.18.0.1:80", "198.18.0.3:80"]),
+             tcp.clone() + &pool("p", HEALTH, &["198.18.0.1:80"]), vec![
                 "keep tcp 127.0.0.1:8001",
-                "keep p 10.0.0.1:80 checker keep",
-                "forget p 10.0.0.3:80 checker abort",
+                "keep p 198.18.0.1:80 checker keep",
+                "forget p 198.18.0.3:80 checker abort",
                 "service s keep { changes: [] }",
             ]),
-            ("turn health checks on", tcp.clone() + &p, tcp.clone() + &pool("p", HEALTH, &["10.0.0.1:80"]), vec![
+            ("turn health checks on", tcp.clone() + &p, tcp.clone() + &pool("p", HEALTH, &["198.18.0.1:80"]), vec![
                 "keep tcp 127.0.0.1:8001",
-                "resethealth p 10.0.0.1:80 checker spawn 1s",
+                "resethealth p 198.18.0.1:80 checker spawn 1s",
                 "service s keep { changes: [] }",
             ]),
-            ("change health checks", tcp.clone() + &pool("p", HEALTH, &["10.0.0.1:80"]),
-             tcp.clone() + &pool("p", HEALTH2, &["10.0.0.1:80"]), vec![
+            ("change health checks", tcp.clone() + &pool("p", HEALTH, &["198.18.0.1:80"]),
+             tcp.clone() + &pool("p", HEALTH2, &["198.18.0.1:80"]), vec![
                 "keep tcp 127.0.0.1:8001",
-                "resethealth p 10.0.0.1:80 checker respawn 2s",
+                "resethealth p 198.18.0.1:80 checker respawn 2s",
                 "service s keep { changes: [] }",
             ]),
-            ("turn health checks off", tcp.clone() + &pool("p", HEALTH, &["10.0.0.1:80"]), tcp.clone() + &p, vec![
+            ("turn health checks off", tcp.clone() + &pool("p", HEALTH, &["198.18.0.1:80"]), tcp.clone() + &p, vec![
                 "keep tcp 127.0.0.1:8001",
-                "resethealth p 10.0.0.1:80 checker abort",
+                "resethealth p 198.18.0.1:80 checker abort",
                 "service s keep { changes: [] }",
             ]),
             ("change outlier detection only", tcp.clone() + &p,
-             tcp.clone() + &pool("p", "[pool.outlier]\nconsecutive_failures = 9\n", &["10.0.0.1:80"]), vec![
+             tcp.clone() + &pool("p", "[pool.outlier]\nconsecutive_failures = 9\n", &["198.18.0.1:80"]), vec![
                 "keep tcp 127.0.0.1:8001",
-                "resethealth p 10.0.0.1:80 checker keep",
+                "resethealth p 198.18.0.1:80 checker keep",
                 "service s keep { changes: [] }",
             ]),
-            ("persistence on, changed, kept, off", tcp.clone() + &p + &pool("q", "persistence = \"10s\"", &["10.0.0.2:80"])
-                + &pool("r", "persistence = \"10s\"", &["10.0.0.4:80"]),
-             tcp.clone() + &pool("p", "persistence = \"5s\"", &["10.0.0.1:80"])
-                + &pool("q", "persistence = \"20s\"", &["10.0.0.2:80"])
-                + &pool("r", "persistence = \"10s\"", &["10.0.0.4:80"]), vec![
+            ("persistence on, changed, kept, off", tcp.clone() + &p + &pool("q", "persistence = \"10s\"", &["198.18.0.2:80"])
+                + &pool("r", "persistence = \"10s\"", &["198.18.0.4:80"]),
+             tcp.clone() + &pool("p", "persistence = \"5s\"", &["198.18.0.1:80"])
+                + &pool("q", "persistence = \"20s\"", &["198.18.0.2:80"])
+                + &pool("r", "persistence = \"10s\"", &["198.18.0.4:80"]), vec![
                 "keep tcp 127.0.0.1:8001",
-                "keep p 10.0.0.1:80 checker keep",
-                "keep q 10.0.0.2:80 checker keep",
-                "keep r 10.0.0.4:80 checker keep",
+                "keep p 198.18.0.1:80 checker keep",
+                "keep q 198.18.0.2:80 checker keep",
+                "keep r 198.18.0.4:80 checker keep",
                 "service s keep { changes: [] }",
                 "persistence p new(5s)",
                 "persistence q new(20s)",
                 "persistence r keep",
             ]),
-            ("remove a pool with persistence", tcp.clone() + &p + &pool("q", "persistence = \"10s\"", &["10.0.0.2:80"]),
+            ("remove a pool with persistence", tcp.clone() + &p + &pool("q", "persistence = \"10s\"", &["198.18.0.2:80"]),
              tcp.clone() + &p, vec![
                 "keep tcp 127.0.0.1:8001",
-                "keep p 10.0.0.1:80 checker keep",
-                "forget q 10.0.0.2:80 checker keep",
+                "keep p 198.18.0.1:80 checker keep",
+                "forget q 198.18.0.2:80 checker keep",
                 "service s keep { changes: [] }",
                 "persistence q drop",
             ]),
@@ -619,7 +619,7 @@ mod tests {
         let p = pool(
             "p",
             &format!("persistence = \"3s\"\n{HEALTH}"),
-            &["10.0.0.1:80"],
+            &["198.18.0.1:80"],
         );
         config(&(service("s", A, "tcp", "p", "") + &service("h", B, protocol, "p", "") + &p))
     }
@@ -633,7 +633,7 @@ mod tests {
             [
                 "bind tcp 127.0.0.1:8001",
                 "bind tcp 127.0.0.1:8002",
-                "track p 10.0.0.1:80 checker spawn 1s",
+                "track p 198.18.0.1:80 checker spawn 1s",
                 "service s add",
                 "service h add",
                 "persistence p new(3s)",
@@ -645,29 +645,34 @@ mod tests {
     #[test]
     fn discovered_backends_are_tracked_while_the_pool_discovers() {
         let disc = "[pool.discovery]\nfile = \"/nonexistent/backends.toml\"\n";
-        let with = config(&(service("s", A, "tcp", "p", "") + &pool("p", disc, &["10.0.0.1:80"])));
-        let without = config(&(service("s", A, "tcp", "p", "") + &pool("p", "", &["10.0.0.1:80"])));
+        let with =
+            config(&(service("s", A, "tcp", "p", "") + &pool("p", disc, &["198.18.0.1:80"])));
+        let without =
+            config(&(service("s", A, "tcp", "p", "") + &pool("p", "", &["198.18.0.1:80"])));
         let mut running = carried_out(
             &Running::default(),
             &plan(&with, &with, &Running::default(), &served, &l7),
             &with,
         );
-        let found = Backend::new("10.0.0.9:80".parse().unwrap_or_else(|_| unreachable!()), 1);
+        let found = Backend::new(
+            "198.18.0.9:80".parse().unwrap_or_else(|_| unreachable!()),
+            1,
+        );
         running.discovered.insert("p".into(), vec![found]);
         let again = render(&plan(&with, &with, &running, &served, &l7));
         assert!(
-            again.contains(&"track p 10.0.0.9:80 checker keep".to_owned()),
+            again.contains(&"track p 198.18.0.9:80 checker keep".to_owned()),
             "{again:?}"
         );
         let after = carried_out(&running, &plan(&with, &with, &running, &served, &l7), &with);
         // Discovery removed from the pool: the discovered backend goes.
         let off = render(&plan(&with, &without, &after, &served, &l7));
         assert!(
-            off.contains(&"forget p 10.0.0.9:80 checker keep".to_owned()),
+            off.contains(&"forget p 198.18.0.9:80 checker keep".to_owned()),
             "{off:?}"
         );
         assert!(
-            off.contains(&"keep p 10.0.0.1:80 checker keep".to_owned()),
+            off.contains(&"keep p 198.18.0.1:80 checker keep".to_owned()),
             "{off:?}"
         );
     }
