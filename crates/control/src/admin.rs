@@ -76,6 +76,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/instance/drain"),
     ("POST", "/api/v1/instance/undrain"),
     ("GET", "/api/v1/cluster"),
+    ("GET", "/api/v1/dashboard"),
 ];
 
 /// The `OpenAPI` 3.1 document of this API (`docs/openapi.json`), served at
@@ -106,6 +107,7 @@ fn endpoint(method: &str, path: &str) -> Option<MethodRouter<AdminState>> {
         ("POST", "/api/v1/instance/drain") => post(announce::drain_instance),
         ("POST", "/api/v1/instance/undrain") => post(announce::undrain_instance),
         ("GET", "/api/v1/cluster") => get(cluster),
+        ("GET", "/api/v1/dashboard") => get(dashboard::get_dashboard),
         _ => return None,
     })
 }
@@ -133,6 +135,8 @@ pub fn router(state: AdminState) -> Router {
             state.clone(),
             protect_reads,
         ))
+        // The dashboard's static files: after the `protect_reads` layer (they hold no data).
+        .merge(dashboard::assets())
         .fallback(|| async {
             ApiError::NotFound(
                 "no such endpoint; see /api/v1/openapi.json for the endpoints".into(),
@@ -682,6 +686,7 @@ fn percent_decode(s: &str) -> String {
 
 mod announce;
 mod answers;
+mod dashboard;
 
 pub use answers::{error, ApiError};
 

@@ -54,6 +54,8 @@ const STATUSES: &[(&str, &str, &[u16])] = &[
     ("GET", "/readyz", &[200, 503]),
     // 404 without [cluster] (the stand-in here has none).
     ("GET", "/api/v1/cluster", &[200, 401, 404]),
+    // The XDP counters are read from the metrics text: its encoding failure 500.
+    ("GET", "/api/v1/dashboard", &[200, 401, 500]),
     // metrics: encoding failure 500.
     ("GET", "/metrics", &[200, 401, 500]),
     ("GET", "/api/v1/openapi.json", &[200, 401]),
@@ -488,6 +490,14 @@ async fn the_live_router_answers_exactly_the_documented_routes_and_statuses() {
         ("GET", "/api/v1/pools", s("/api/v1/pools"), None, s(""), 200),
         (
             "GET",
+            "/api/v1/dashboard",
+            s("/api/v1/dashboard"),
+            None,
+            s(""),
+            200,
+        ),
+        (
+            "GET",
             "/api/v1/pools/{pool}",
             s("/api/v1/pools/nope"),
             None,
@@ -803,6 +813,7 @@ async fn the_live_router_answers_exactly_the_documented_routes_and_statuses() {
     let needs_data_path: &[(&str, &str, u16)] = &[
         ("GET", "/readyz", 200),
         ("GET", "/metrics", 500),
+        ("GET", "/api/v1/dashboard", 500),
         ("GET", "/api/v1/pools/{pool}", 200),
         ("GET", "/api/v1/pools/{pool}/explain", 200),
         ("PUT", "/api/v1/pools/{pool}", 200),
