@@ -193,6 +193,13 @@ async fn served_document_lists_every_endpoint_and_real_answers_match_it() {
         ),
         (
             "GET",
+            "/api/v1/dashboard",
+            "/api/v1/dashboard".into(),
+            String::new(),
+            200,
+        ),
+        (
+            "GET",
             "/api/v1/pools/{pool}",
             "/api/v1/pools/web".into(),
             String::new(),

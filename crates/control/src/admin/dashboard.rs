@@ -24,6 +24,7 @@ use super::{AdminState, ApiError};
 const INDEX_HTML: &str = include_str!("dashboard/index.html");
 const APP_JS: &str = include_str!("dashboard/dashboard.js");
 const APP_CSS: &str = include_str!("dashboard/dashboard.css");
+const ICON_SVG: &str = include_str!("dashboard/favicon.svg");
 
 /// The page's policy: its own script and style files only (no inline code, no `eval`),
 /// requests to this origin only, no frames, no forms, no plugins.
@@ -36,6 +37,7 @@ pub const ASSETS: &[(&str, &str, &str)] = &[
     ("/", "text/html; charset=utf-8", INDEX_HTML),
     ("/dashboard.js", "text/javascript; charset=utf-8", APP_JS),
     ("/dashboard.css", "text/css; charset=utf-8", APP_CSS),
+    ("/favicon.svg", "image/svg+xml", ICON_SVG),
 ];
 
 fn asset(kind: &'static str, body: &'static str) -> Response {
