@@ -1,5 +1,5 @@
 //! The dashboard at `GET /` of the admin listener, in a real browser: Debian's chromium,
-//! headless, driven through the Chrome DevTools protocol (a websocket) from this test.
+//! headless, driven through the Chrome `DevTools` protocol (a websocket) from this test.
 //!
 //! - the page loads (its own script and style under the strict Content-Security-Policy)
 //!   and shows the 3 backends, with their share of the maglev table;
@@ -7,7 +7,12 @@
 //!   into the page) drain, undrain and weight clicks change the backend in the API;
 //! - a killed backend's row turns red within 2 s;
 //! - no console error, exception or CSP violation but the one expected 401.
-#![allow(clippy::unwrap_used, clippy::missing_panics_doc, clippy::too_many_lines)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::missing_panics_doc,
+    clippy::too_many_lines,
+    clippy::many_single_char_names
+)]
 
 mod common;
 
@@ -143,7 +148,7 @@ impl Drop for Chromium {
     }
 }
 
-/// A DevTools protocol connection to one page target.
+/// A `DevTools` protocol connection to one page target.
 struct Cdp {
     ws: WebSocket<TcpStream>,
     next: u64,
@@ -206,7 +211,7 @@ impl Cdp {
     }
 
     /// Sends a command and waits (10 s at most) for its answer, keeping events.
-    fn call(&mut self, method: &str, params: Value) -> Value {
+    fn call(&mut self, method: &str, params: &Value) -> Value {
         self.next += 1;
         let id = self.next;
         let msg = json!({"id": id, "method": method, "params": params});
@@ -231,7 +236,7 @@ impl Cdp {
     fn eval(&mut self, expr: &str) -> Value {
         let r = self.call(
             "Runtime.evaluate",
-            json!({"expression": expr, "returnByValue": true, "awaitPromise": true}),
+            &json!({"expression": expr, "returnByValue": true, "awaitPromise": true}),
         );
         assert!(
             r.get("exceptionDetails").is_none(),
@@ -271,9 +276,7 @@ impl Cdp {
                 }
                 "Log.entryAdded" if p["entry"]["level"] == "error" => Some(format!(
                     "log ({}): {} {}",
-                    p["entry"]["source"],
-                    p["entry"]["text"],
-                    p["entry"]["url"]
+                    p["entry"]["source"], p["entry"]["text"], p["entry"]["url"]
                 )),
                 _ => None,
             })
@@ -359,11 +362,11 @@ async fn dashboard_in_a_headless_chromium() {
     let (chrome, port) = tokio::task::block_in_place(|| Chromium::start(&dir));
     let chrome_pid = chrome.child.id();
     let mut cdp = tokio::task::block_in_place(|| Cdp::connect(port));
-    cdp.call("Runtime.enable", json!({}));
-    cdp.call("Log.enable", json!({}));
-    cdp.call("Page.enable", json!({}));
+    cdp.call("Runtime.enable", &json!({}));
+    cdp.call("Log.enable", &json!({}));
+    cdp.call("Page.enable", &json!({}));
     let load_start = Instant::now();
-    cdp.call("Page.navigate", json!({"url": format!("http://{admin}/")}));
+    cdp.call("Page.navigate", &json!({"url": format!("http://{admin}/")}));
 
     // It shows the three backends, up, each with a third of the maglev table.
     let all_up = format!(
@@ -375,7 +378,10 @@ async fn dashboard_in_a_headless_chromium() {
     let shares: f64 = addrs
         .iter()
         .map(|a| {
-            let t = cdp.eval(&format!("{}.querySelector('td.share').textContent", row(*a)));
+            let t = cdp.eval(&format!(
+                "{}.querySelector('td.share').textContent",
+                row(*a)
+            ));
             let pct: f64 = t.as_str().unwrap().trim_end_matches('%').parse().unwrap();
             assert!((pct - 100.0 / 3.0).abs() < 5.0, "{a}: share {t}");
             pct
@@ -440,7 +446,10 @@ async fn dashboard_in_a_headless_chromium() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     cdp.wait_true(
-        &format!("{}.querySelector('td.weight').textContent === '7'", row(addrs[1])),
+        &format!(
+            "{}.querySelector('td.weight').textContent === '7'",
+            row(addrs[1])
+        ),
         Duration::from_secs(3),
     );
 
@@ -454,7 +463,10 @@ async fn dashboard_in_a_headless_chromium() {
     );
     cdp.wait_true(&red, Duration::from_secs(2));
     let red_after = killed.elapsed();
-    assert!(red_after <= Duration::from_secs(2), "red after {red_after:?}");
+    assert!(
+        red_after <= Duration::from_secs(2),
+        "red after {red_after:?}"
+    );
     assert_eq!(api_backend(&f, addrs[2]).await["state"], "down");
 
     // No console errors but the expected 401 of the tokenless click.

@@ -103,7 +103,7 @@ struct DashService {
 struct DashPool {
     backends: Vec<DashBackend>,
     changes: u64,
-    /// maglev/ring_hash: the share of the hash table that changed owner at the last change.
+    /// `maglev`, `ring_hash`: the share of the hash table that changed owner at the last change.
     moved_ratio: Option<f64>,
     name: String,
     scheduler: &'static str,
@@ -118,8 +118,8 @@ struct DashBackend {
     /// HTTP requests it answered (pools of http services), else connections opened.
     requests: u64,
     state: &'static str,
-    /// sh/maglev/ring_hash: its share (0..=1) of the hash table (maglev, sh: slots;
-    /// ring_hash: hash space); `None` for other schedulers.
+    /// `sh`, `maglev`, `ring_hash`: its share (0..=1) of the hash table (`maglev`, `sh`:
+    /// slots; `ring_hash`: hash space); `None` for other schedulers.
     table_share: Option<f64>,
     total_connections: u64,
     weight: u32,
@@ -177,10 +177,7 @@ fn http_requests(st: &AdminState, snap: &Snapshot) -> HttpCounts {
         l7.metrics(s, &mut m);
     }
     for r in m.requests {
-        *out.entry(r.pool)
-            .or_default()
-            .entry(r.backend)
-            .or_default() += r.value;
+        *out.entry(r.pool).or_default().entry(r.backend).or_default() += r.value;
     }
     out
 }
@@ -251,7 +248,13 @@ fn table_shares(s: &dyn Scheduler, backends: &[Backend]) -> Option<Vec<f64>> {
     Some(
         owned
             .iter()
-            .map(|&n| if total == 0 { 0.0 } else { n as f64 / total as f64 })
+            .map(|&n| {
+                if total == 0 {
+                    0.0
+                } else {
+                    n as f64 / total as f64
+                }
+            })
             .collect(),
     )
 }
@@ -322,12 +325,16 @@ mod tests {
         for kind in fulcrum_core::model::SchedulerKind::ALL {
             let s = fulcrum_core::sched::build(kind, &b, &opts);
             let shares = table_shares(s.as_ref(), &b);
-            if s.as_maglev().is_some() || s.as_ring_hash().is_some() || s.as_source_hash().is_some() {
+            if s.as_maglev().is_some() || s.as_ring_hash().is_some() || s.as_source_hash().is_some()
+            {
                 let v = shares.unwrap_or_else(|| panic!("{kind:?}: no shares"));
                 let sum: f64 = v.iter().sum();
                 assert!((sum - 1.0).abs() < 1e-9, "{kind:?}: shares sum to {sum}");
                 for x in &v {
-                    assert!((x - 1.0 / 3.0).abs() < 0.1, "{kind:?}: uneven share {x} of {v:?}");
+                    assert!(
+                        (x - 1.0 / 3.0).abs() < 0.1,
+                        "{kind:?}: uneven share {x} of {v:?}"
+                    );
                 }
             } else {
                 assert!(shares.is_none(), "{kind:?}");
