@@ -249,8 +249,11 @@ impl Cdp {
     /// Evaluates `expr` until it is `true`; the time it took. Panics after `limit`.
     fn wait_true(&mut self, expr: &str, limit: Duration) -> Duration {
         let start = Instant::now();
+        // False, not an exception, while the page is still loading.
+        let guarded =
+            format!("(() => {{ try {{ return ({expr}); }} catch (_) {{ return false; }} }})()");
         loop {
-            if self.eval(expr) == Value::Bool(true) {
+            if self.eval(&guarded) == Value::Bool(true) {
                 return start.elapsed();
             }
             let body = self.eval("document.body ? document.body.innerText : ''");
@@ -388,6 +391,16 @@ async fn dashboard_in_a_headless_chromium() {
         })
         .sum();
     assert!((shares - 100.0).abs() < 0.5, "shares sum to {shares}");
+    // Traffic shows as rates: 12 connections through the service, a few per second.
+    for i in 0..12u8 {
+        common::echo_once(vip, &[i; 64]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rates = format!(
+        "[{}].map(r => parseFloat(r.querySelector('td.req').textContent) || 0).reduce((a, b) => a + b, 0) > 0 && parseFloat(document.querySelector('tr[data-service=\"front\"] td:nth-child(7)').textContent) > 0",
+        addrs.iter().map(|a| row(*a)).collect::<Vec<_>>().join(", ")
+    );
+    cdp.wait_true(&rates, Duration::from_secs(3));
     // The stylesheet applied (the policy lets the page's own files in).
     let font = cdp.eval("getComputedStyle(document.querySelector('th')).fontWeight");
     assert_eq!(font, json!("600"), "dashboard.css not applied");
@@ -482,6 +495,45 @@ async fn dashboard_in_a_headless_chromium() {
     });
     let errors = cdp.errors();
     assert_eq!(errors, expected_401, "console errors");
+
+    // With `protect_reads`, the page (no data) still loads, asks for the token, and shows
+    // the backends once it has it.
+    let admin2 = free_addr();
+    let config2 = config
+        .replace(&admin.to_string(), &admin2.to_string())
+        .replace("token_file =", "protect_reads = true\ntoken_file =")
+        .replace(&vip.to_string(), &free_addr().to_string());
+    let f2 = Fulcrum::start("dashboard-protected", admin2, &config2, &[]).await;
+    let (st, _, _) = tokio::task::block_in_place(|| http(admin2, "GET", "/", None));
+    assert_eq!(st, 200);
+    let (st, _, _) = tokio::task::block_in_place(|| http(admin2, "GET", "/api/v1/dashboard", None));
+    assert_eq!(st, 401);
+    cdp.events.clear();
+    cdp.call(
+        "Page.navigate",
+        &json!({"url": format!("http://{admin2}/")}),
+    );
+    cdp.wait_true(
+        "document.getElementById('status').textContent.includes('enter the admin token') && document.querySelectorAll('tr[data-backend]').length === 0",
+        Duration::from_secs(5),
+    );
+    cdp.eval(&format!(
+        "(() => {{ document.getElementById('token').value = '{TOKEN}'; document.getElementById('token-save').click(); return true; }})()"
+    ));
+    cdp.wait_true(
+        "document.querySelectorAll('tr[data-backend]').length === 3",
+        Duration::from_secs(5),
+    );
+    // Its only errors: the 401s of the reads before the token.
+    let errors2 = cdp.errors();
+    assert!(
+        !errors2.is_empty()
+            && errors2
+                .iter()
+                .all(|e| e.contains("401") && e.contains("/api/v1/dashboard")),
+        "{errors2:?}"
+    );
+    f2.assert_no_panic();
 
     drop(cdp);
     drop(chrome);
