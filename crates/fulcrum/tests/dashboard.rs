@@ -287,6 +287,35 @@ impl Cdp {
     }
 }
 
+/// An HTTP/1.1 backend: answers every request head with `200 ok` (keep-alive).
+async fn http_backend() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        got.drain(..end + 4);
+                        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                        if s.write_all(ok).await.is_err() {
+                            return;
+                        }
+                    }
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
 fn row(addr: SocketAddr) -> String {
     format!("document.querySelector('tr[data-backend=\"{addr}\"]')")
 }
@@ -497,13 +526,39 @@ async fn dashboard_in_a_headless_chromium() {
     assert_eq!(errors, expected_401, "console errors");
 
     // With `protect_reads`, the page (no data) still loads, asks for the token, and shows
-    // the backends once it has it.
+    // the backends once it has it. This instance also has an http service: its backend's
+    // `requests` are HTTP requests.
     let admin2 = free_addr();
-    let config2 = config
-        .replace(&admin.to_string(), &admin2.to_string())
-        .replace("token_file =", "protect_reads = true\ntoken_file =")
-        .replace(&vip.to_string(), &free_addr().to_string());
+    let (web, api_vip) = (http_backend().await, free_addr());
+    let config2 = format!(
+        "{}{}{}",
+        config
+            .replace(&admin.to_string(), &admin2.to_string())
+            .replace("token_file =", "protect_reads = true\ntoken_file =")
+            .replace(&vip.to_string(), &free_addr().to_string()),
+        service_toml("api", api_vip, "http", "api", ""),
+        pool_toml("api", "rr", "", &[(web.0, 1)]),
+    );
     let f2 = Fulcrum::start("dashboard-protected", admin2, &config2, &[]).await;
+    for _ in 0..5 {
+        let (st, body) = common::http(api_vip, "GET", "/").await.unwrap();
+        assert_eq!(st, 200, "{body}");
+    }
+    let (st, _, body) =
+        tokio::task::block_in_place(|| http(admin2, "GET", "/api/v1/dashboard", Some(TOKEN)));
+    assert_eq!(st, 200, "{body}");
+    let d: Value = serde_json::from_str(&body).unwrap();
+    let api_pool = d["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "api")
+        .unwrap();
+    assert_eq!(api_pool["backends"][0]["requests"], 5, "{d}");
+    assert_eq!(api_pool["backends"][0]["table_share"], Value::Null, "{d}");
+    assert_eq!(api_pool["moved_ratio"], Value::Null, "{d}");
+    assert_eq!(d["xdp"], json!([]), "{d}");
+    web.1.abort();
     let (st, _, _) = tokio::task::block_in_place(|| http(admin2, "GET", "/", None));
     assert_eq!(st, 200);
     let (st, _, _) = tokio::task::block_in_place(|| http(admin2, "GET", "/api/v1/dashboard", None));
@@ -521,7 +576,7 @@ async fn dashboard_in_a_headless_chromium() {
         "(() => {{ document.getElementById('token').value = '{TOKEN}'; document.getElementById('token-save').click(); return true; }})()"
     ));
     cdp.wait_true(
-        "document.querySelectorAll('tr[data-backend]').length === 3",
+        "document.querySelectorAll('tr[data-backend]').length === 4",
         Duration::from_secs(5),
     );
     // Its only errors: the 401s of the reads before the token.
