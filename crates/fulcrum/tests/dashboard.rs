@@ -97,6 +97,8 @@ impl Chromium {
                 "--disable-component-update",
                 "--disable-default-apps",
                 "--disable-sync",
+                "--disable-crash-reporter",
+                "--disable-breakpad",
                 "--no-first-run",
                 "--no-default-browser-check",
                 "--remote-debugging-address=127.0.0.1",
@@ -141,10 +143,47 @@ impl Chromium {
     }
 }
 
-impl Drop for Chromium {
-    fn drop(&mut self) {
+impl Chromium {
+    /// PIDs of the processes started with this test's profile (the browser and its
+    /// helpers: zygote, renderer, GPU, network).
+    fn processes(&self) -> Vec<u32> {
+        let profile = self.dir.join("profile");
+        let needle = format!("--user-data-dir={}", profile.display());
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        dir.filter_map(|e| {
+            let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            cmd.contains(&needle).then_some(pid)
+        })
+        .collect()
+    }
+
+    /// Ends the browser: SIGTERM to its PID (it closes its helpers), SIGKILL after 5 s.
+    fn stop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl Drop for Chromium {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -591,13 +630,22 @@ async fn dashboard_in_a_headless_chromium() {
     f2.assert_no_panic();
 
     drop(cdp);
-    drop(chrome);
+    let mut chrome = chrome;
+    tokio::task::block_in_place(|| chrome.stop());
+    // Its helpers go with it (bounded wait).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let left = loop {
+        let left = chrome.processes();
+        if left.is_empty() || Instant::now() >= deadline {
+            break left;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(
-        !Path::new(&format!("/proc/{chrome_pid}")).exists()
-            || std::fs::read_to_string(format!("/proc/{chrome_pid}/stat"))
-                .is_ok_and(|s| s.contains(") Z ")),
-        "chromium {chrome_pid} still running"
+        left.is_empty(),
+        "chromium {chrome_pid}'s processes left: {left:?}"
     );
+    drop(chrome);
     f.assert_no_panic();
     eprintln!(
         "dashboard: page {page_bytes} bytes (html+js+css), 3 backends shown {load_time:?} after navigate, red {red_after:?} after the kill, test {:?}",
