@@ -115,6 +115,7 @@ fn tour(backends: &[SocketAddr]) -> String {
         "\
 Fulcrum demo: three demo backends ({}),
 an HTTP load balancer on http://{DEMO_LISTEN} and the admin API on http://{DEMO_ADMIN}.
+Open http://{DEMO_ADMIN}/ in a browser for the live dashboard.
 
 Try, in another terminal:
   for i in 1 2 3 4 5 6; do curl -s http://{DEMO_LISTEN}/; done     # round robin over the three
