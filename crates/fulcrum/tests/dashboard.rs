@@ -628,6 +628,12 @@ async fn dashboard_in_a_headless_chromium() {
         "{errors2:?}"
     );
     f2.assert_no_panic();
+    // The instance goes away: the page says so and greys out what it showed.
+    drop(f2);
+    cdp.wait_true(
+        "document.body.classList.contains('stale') && document.getElementById('status').textContent.includes('cannot be reached')",
+        Duration::from_secs(4),
+    );
 
     drop(cdp);
     let mut chrome = chrome;

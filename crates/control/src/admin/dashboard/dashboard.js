@@ -210,10 +210,12 @@
     renderXdp(d.xdp);
   }
 
+  // A stale page (the API cannot be read) greys out what it last showed.
   function status(text, stale) {
     const s = $('status');
     s.textContent = text;
     s.className = stale ? 'stale' : '';
+    document.body.classList.toggle('stale', stale);
   }
 
   async function refresh() {
