@@ -21,9 +21,11 @@ mod ctl;
 mod decap;
 mod demo;
 mod files;
+mod handover;
 mod liveness;
 mod register;
 mod run;
+mod sdnotify;
 mod speaker;
 
 /// Fulcrum: a load balancer (L4/L7 proxy, XDP data plane, control plane).
