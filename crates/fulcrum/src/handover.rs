@@ -26,11 +26,13 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileTypeExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
 use fulcrum_core::model::Proto;
 use fulcrum_proxy::controller::Control;
+use fulcrum_proxy::snapshot::Shared;
 use fulcrum_proxy::worker::{BoundSocket, ListenKey};
 use serde_json::json;
 use socket2::{Domain, SockAddr, Socket, Type};
@@ -132,9 +134,15 @@ fn recv_record(sock: &Socket) -> io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
         while !cmsg.is_null() {
             if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
                 let len = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
-                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                let data = libc::CMSG_DATA(cmsg);
                 for i in 0..len / std::mem::size_of::<RawFd>() {
-                    fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+                    let mut raw = [0u8; std::mem::size_of::<RawFd>()];
+                    std::ptr::copy_nonoverlapping(
+                        data.add(i * raw.len()),
+                        raw.as_mut_ptr(),
+                        raw.len(),
+                    );
+                    fds.push(OwnedFd::from_raw_fd(RawFd::from_ne_bytes(raw)));
                 }
             }
             cmsg = libc::CMSG_NXTHDR(&raw const msg, cmsg);
@@ -362,6 +370,7 @@ impl Server {
         self,
         listener: Socket,
         control: UnboundedSender<Control>,
+        shared: Arc<Shared>,
         admin: Option<(SocketAddr, std::net::TcpListener)>,
         stop: UnboundedSender<u32>,
     ) -> anyhow::Result<()> {
@@ -376,7 +385,7 @@ impl Server {
                         continue;
                     }
                 };
-                match self.serve_one(&conn, &control, admin.as_ref()) {
+                match Self::serve_one(&conn, &control, &shared, admin.as_ref()) {
                     Ok(Some(pid)) => {
                         drop(listener);
                         let _ = std::fs::remove_file(&self.path);
@@ -394,9 +403,9 @@ impl Server {
 
     /// One connection: `Some(pid)` once a new process said `READY`.
     fn serve_one(
-        &self,
         conn: &Socket,
         control: &UnboundedSender<Control>,
+        shared: &Shared,
         admin: Option<&(SocketAddr, std::net::TcpListener)>,
     ) -> anyhow::Result<Option<u32>> {
         conn.set_read_timeout(Some(TIMEOUT))?;
@@ -423,8 +432,8 @@ impl Server {
         let socks = rx
             .blocking_recv()
             .map_err(|_| anyhow!("the controller did not answer"))?;
-        if socks.is_empty() && admin.is_none() {
-            bail!("nothing to hand over (stopping?)");
+        if shared.is_draining() {
+            bail!("this process is stopping; it hands nothing over");
         }
         let mut sent = 0usize;
         for ((proto, listen), list) in &socks {

@@ -445,7 +445,9 @@ pub(crate) async fn serve(
         match crate::handover::Server::bind(p) {
             Ok((server, sock)) => {
                 let dup = admin_dup.take();
-                if let Err(e) = server.spawn(sock, ctl_tx.clone(), dup, stop_tx) {
+                if let Err(e) =
+                    server.spawn(sock, ctl_tx.clone(), Arc::clone(&shared), dup, stop_tx)
+                {
                     tracing::error!("{e:#}");
                 }
             }
@@ -487,6 +489,10 @@ pub(crate) async fn serve(
         // No STOPPING=1: the unit goes on, served by the new main process.
     } else {
         notify.send(&["STOPPING=1", "STATUS=stopping: draining connections"]);
+        // A stopping process hands nothing over (its listeners close now).
+        if let Some(p) = &life.handover {
+            let _ = std::fs::remove_file(p);
+        }
     }
     if handed_over.is_some() {
         // The new process serves the admin API on the same socket.
@@ -668,7 +674,7 @@ fn spawn_replacement(handover: Option<&std::path::Path>) {
                 });
         }
         Err(e) => {
-            tracing::error!(program = %program.to_string_lossy(), error = %e, "SIGUSR2: cannot start the replacement process; still serving")
+            tracing::error!(program = %program.to_string_lossy(), error = %e, "SIGUSR2: cannot start the replacement process; still serving");
         }
     }
 }

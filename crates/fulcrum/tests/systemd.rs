@@ -1,10 +1,15 @@
 //! systemd integration through the real binary: the `sd_notify` messages read from a
 //! `NOTIFY_SOCKET` the test creates (a path and an abstract name), the watchdog pings, and
 //! `systemd-analyze verify` on the shipped unit file (dist/fulcrum.service).
-#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::missing_panics_doc,
+    clippy::many_single_char_names
+)]
 
 mod common;
 
+use std::os::linux::net::SocketAddrExt as _;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -142,7 +147,6 @@ async fn notify_on_an_abstract_socket_without_watchdog() {
         pool_toml("p", "rr", "", &weighted(&[backend.addr])),
         service_toml("s", listen, "tcp", "p", "")
     );
-    use std::os::linux::net::SocketAddrExt as _;
     let name = format!("fulcrum-test-notify-{}", std::process::id());
     let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
     let sock = UnixDatagram::bind_addr(&addr).unwrap();

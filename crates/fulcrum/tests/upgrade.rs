@@ -6,7 +6,8 @@
 #![allow(
     clippy::unwrap_used,
     clippy::missing_panics_doc,
-    clippy::too_many_lines
+    clippy::too_many_lines,
+    clippy::many_single_char_names
 )]
 
 mod common;
@@ -356,7 +357,7 @@ async fn upgrade_under_load_loses_nothing() {
         .map(|_| tokio::spawn(udp_flow(lab.udp, Arc::clone(&stop))))
         .collect();
 
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let before = ka.ok.load(Ordering::SeqCst) + nc.ok.load(Ordering::SeqCst);
     let t = Instant::now();
     let mut new = Fulcrum::spawn(
@@ -635,4 +636,100 @@ async fn old_process_that_does_not_answer_keeps_serving() {
         next.stderr_tail(10)
     );
     next.wait_ready(Duration::from_secs(5)).await;
+}
+
+/// Kills a process this test started indirectly (by PID) when dropped.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &self.0.to_string()])
+            .status();
+    }
+}
+
+/// SIGUSR2 under systemd's eyes: the running process starts its replacement (same program,
+/// arguments and environment, plus --upgrade), which tells the notify socket `MAINPID=` and
+/// `READY=1`; the old one drains and exits without `STOPPING=1` (the unit goes on). New
+/// connections meanwhile: none fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr2_starts_the_replacement_and_tells_systemd() {
+    let lab = lab().await;
+    let dir = temp_dir("usr2-sock");
+    let hs = handover_path(&dir);
+    let notify_path = dir.join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut old = Fulcrum::spawn_env(
+        "usr2-old",
+        lab.admin,
+        &lab.config,
+        &["--handover", &hs],
+        &[("NOTIFY_SOCKET", notify_path.to_str().unwrap())],
+    );
+    old.wait_ready(Duration::from_secs(10)).await;
+    let mut messages = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut drain = |messages: &mut Vec<String>, limit: Duration| {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(n) = notify.recv(&mut buf) {
+                messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+    };
+    drain(&mut messages, Duration::from_millis(300));
+    assert!(
+        messages.iter().any(|m| m.starts_with("READY=1")),
+        "{messages:?}"
+    );
+    messages.clear();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let nc = Arc::new(Counts::default());
+    let load = tokio::spawn(new_conn_client(
+        lab.http,
+        Arc::clone(&stop),
+        Arc::clone(&nc),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    old.signal("USR2");
+    let st = old.wait_exit(Duration::from_secs(20)).await;
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "{st:?}\n{}",
+        old.stderr_tail(30)
+    );
+    let log = old.stderr();
+    let new_pid: u32 = log
+        .split("new_pid=")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no new_pid in the old log:\n{log}"));
+    let _guard = KillOnDrop(new_pid);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
+    load.await.unwrap();
+    drain(&mut messages, Duration::from_millis(300));
+    let main = format!("MAINPID={new_pid}\nREADY=1");
+    assert!(
+        messages.iter().any(|m| m.starts_with(&main)),
+        "want {main:?} in {messages:?}"
+    );
+    assert!(
+        !messages.iter().any(|m| m.contains("STOPPING=1")),
+        "{messages:?}"
+    );
+    assert_eq!(nc.failed.load(Ordering::SeqCst), 0, "{}", nc.summary());
+    assert_eq!(nc.refused.load(Ordering::SeqCst), 0, "{}", nc.summary());
+    assert!(nc.ok.load(Ordering::SeqCst) > 20, "{}", nc.summary());
+    assert_eq!(
+        common::http(lab.admin, "GET", "/readyz").await.unwrap().0,
+        200
+    );
+    assert!(Path::new(&format!("/proc/{new_pid}")).exists());
 }

@@ -402,7 +402,7 @@ impl Controller {
                     match s.try_clone() {
                         Ok(d) => held.push(d),
                         Err(e) => {
-                            tracing::warn!(listen = %key.1, error = %e, "cannot keep a descriptor to hand this listener over")
+                            tracing::warn!(listen = %key.1, error = %e, "cannot keep a descriptor to hand this listener over");
                         }
                     }
                 }
