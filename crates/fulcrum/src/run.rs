@@ -48,10 +48,15 @@ pub struct RunArgs {
 
 /// How `serve` starts: the handover socket, and whether it takes over from a running
 /// process (docs/operations.md).
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub struct Lifecycle {
     pub handover: Option<PathBuf>,
     pub upgrade: bool,
+    /// Sockets passed by systemd (socket activation), per address.
+    pub activated: std::collections::HashMap<
+        fulcrum_proxy::worker::ListenKey,
+        Vec<fulcrum_proxy::worker::BoundSocket>,
+    >,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -91,6 +96,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<u8> {
         }
     };
     raise_fd_limit();
+    // Before any thread starts (it edits the environment).
+    let activated = crate::activation::take();
     let workers = args
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get))
@@ -109,6 +116,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<u8> {
     let life = Lifecycle {
         handover: args.handover.clone(),
         upgrade: args.upgrade,
+        activated,
     };
     tokio::task::LocalSet::new().block_on(&rt, serve(args.config.clone(), cfg, workers, mode, life))
 }
@@ -164,8 +172,9 @@ pub(crate) async fn serve(
     cfg: Config,
     n: usize,
     mode: RelayMode,
-    life: Lifecycle,
+    mut life: Lifecycle,
 ) -> anyhow::Result<u8> {
+    let mut activated = std::mem::take(&mut life.activated);
     let notify = crate::sdnotify::Notifier::from_env();
     // Before anything binds: take the sockets over from a running process (--upgrade), or
     // make sure this is not a second start on the same handover path or addresses.
@@ -206,11 +215,12 @@ pub(crate) async fn serve(
         )
         .collect();
     let taken = |k: &fulcrum_proxy::worker::ListenKey| {
-        inherited.as_ref().is_some_and(|i| {
-            i.sockets.contains_key(k)
-                || (k.0 == fulcrum_core::model::Proto::Tcp
-                    && i.admin.as_ref().is_some_and(|(a, _)| *a == k.1))
-        })
+        activated.contains_key(k)
+            || inherited.as_ref().is_some_and(|i| {
+                i.sockets.contains_key(k)
+                    || (k.0 == fulcrum_core::model::Proto::Tcp
+                        && i.admin.as_ref().is_some_and(|(a, _)| *a == k.1))
+            })
     };
     if let Err(e) = crate::handover::refuse_taken(served_keys, &taken) {
         tracing::error!("{e:#}");
@@ -238,7 +248,15 @@ pub(crate) async fn serve(
         .map(Arc::<str>::from);
     // The admin listener first: it is the one address that cannot be shared, so a second
     // instance fails here before it takes any traffic.
-    let inherited_admin = inherited.as_mut().and_then(|i| i.admin.take());
+    let inherited_admin = inherited.as_mut().and_then(|i| i.admin.take()).or_else(|| {
+        // A socket passed by systemd for the admin address serves the admin API.
+        let a = admin_cfg.as_ref()?.listen;
+        let mut socks = activated.remove(&(fulcrum_core::model::Proto::Tcp, a))?;
+        match socks.pop()? {
+            fulcrum_proxy::worker::BoundSocket::Tcp(l) => Some((a, l)),
+            fulcrum_proxy::worker::BoundSocket::Udp(_) => None,
+        }
+    });
     let admin_listener = match &admin_cfg {
         Some(a) => Some(match inherited_admin {
             Some((addr, l)) if addr == a.listen => {
@@ -262,7 +280,7 @@ pub(crate) async fn serve(
     let inherited_sockets = inherited
         .as_mut()
         .map(|i| std::mem::take(&mut i.sockets))
-        .unwrap_or_default();
+        .unwrap_or(activated);
     let mut controller = match Controller::start_inherited(
         Arc::clone(&shared),
         workers,

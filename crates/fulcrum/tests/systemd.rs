@@ -219,3 +219,87 @@ fn unit_file_verifies() {
         out.status
     );
 }
+
+/// Socket activation: `systemd-socket-activate` (systemd's own tool) binds the service and
+/// admin addresses, starts fulcrum on the first connection with `LISTEN_FDS`, and fulcrum
+/// serves those sockets, the connection that started it included, binding neither address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_activation_serves_the_passed_sockets() {
+    if !fulcrum_xdp::testing::require(
+        "socket_activation_serves_the_passed_sockets",
+        fulcrum_xdp::testing::have_program("systemd-socket-activate"),
+        "systemd-socket-activate (apt-get install systemd)",
+    ) {
+        return;
+    }
+    let backend = common::TcpBackend::start(common::Behaviour::Echo).await;
+    let admin = free_addr();
+    let listen = free_addr();
+    let config = format!(
+        "{}{}{}",
+        admin_toml(admin),
+        pool_toml("p", "rr", "", &weighted(&[backend.addr])),
+        service_toml("s", listen, "tcp", "p", "")
+    );
+    let dir = temp_dir("sd-activate");
+    let cfg = dir.join("fulcrum.toml");
+    std::fs::write(&cfg, config).unwrap();
+    let log = dir.join("stderr.log");
+    let mut child = Command::new("systemd-socket-activate")
+        .arg("-l")
+        .arg(listen.to_string())
+        .arg("-l")
+        .arg(admin.to_string())
+        .arg("--fdname=web:admin")
+        .arg(env!("CARGO_BIN_EXE_fulcrum"))
+        .args(["run", "--workers", "2", "-c"])
+        .arg(&cfg)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    // The tool execs fulcrum in its own process: same pid.
+    let pid = child.id();
+    let kill = |sig: &str| {
+        let _ = Command::new("kill")
+            .args([format!("-{sig}"), pid.to_string()])
+            .status();
+    };
+    // The first connection starts fulcrum; it waits in the passed socket's queue.
+    let mut first = None;
+    for _ in 0..100 {
+        match common::echo_once(listen, b"first").await {
+            Ok(()) => {
+                first = Some(());
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    let stderr = || std::fs::read_to_string(&log).unwrap_or_default();
+    if first.is_none() {
+        kill("KILL");
+        panic!("the first connection was not served\n{}", stderr());
+    }
+    let ready = common::eventually(Duration::from_secs(10), || async {
+        matches!(common::http(admin, "GET", "/readyz").await, Ok((200, _)))
+    })
+    .await;
+    let text = stderr();
+    let used = text
+        .matches("socket activation: using a socket passed by systemd")
+        .count();
+    kill("TERM");
+    let st = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(ready, "admin API not ready\n{text}");
+    assert_eq!(used, 2, "{text}");
+    assert!(
+        text.contains("name=\"web\"") && text.contains("name=\"admin\""),
+        "{text}"
+    );
+    assert!(st.success(), "{st:?}\n{}", stderr());
+}

@@ -357,8 +357,9 @@ impl Controller {
 
     /// Binds the plan's new listen addresses, one socket per worker, or takes the
     /// inherited sockets of an address (all of them, spread over the workers; workers
-    /// beyond their count get a new socket in the same `SO_REUSEPORT` group). The first
-    /// failure drops them all (nothing changed). Each entry: per worker, its sockets.
+    /// beyond their count serve none of that address: a socket passed by systemd may not
+    /// be in a `SO_REUSEPORT` group that new sockets could join). The first failure drops
+    /// them all (nothing changed). Each entry: per worker, its sockets.
     #[allow(clippy::type_complexity)]
     fn bind(
         &mut self,
@@ -378,8 +379,9 @@ impl Controller {
                 {
                     per[j % n].push(s);
                 }
+                let inherited = per.iter().any(|p| !p.is_empty());
                 for socks in &mut per {
-                    if socks.is_empty() {
+                    if socks.is_empty() && !inherited {
                         socks.push(worker::bind(key).map_err(|e| {
                             ChangeError::Conflict(format!(
                                 "cannot listen on {} ({:?}): {e}",
