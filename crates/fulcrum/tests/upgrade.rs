@@ -733,3 +733,90 @@ async fn sigusr2_starts_the_replacement_and_tells_systemd() {
     );
     assert!(Path::new(&format!("/proc/{new_pid}")).exists());
 }
+
+/// A new process that fails after it received the sockets (its config names an address
+/// something else holds): it exits 1, the old one logs the abandoned handover and goes on
+/// serving every connection, and a later upgrade still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_process_that_fails_after_the_handover_leaves_the_old_serving() {
+    let lab = lab().await;
+    let dir = temp_dir("failing-sock");
+    let hs = handover_path(&dir);
+    let mut old = Fulcrum::start(
+        "failing-old",
+        lab.admin,
+        &lab.config,
+        &["--workers", "2", "--handover", &hs],
+    )
+    .await;
+    // An address held by another socket (no SO_REUSEPORT): the new config cannot serve it.
+    let blocker = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let blocked = blocker.local_addr().unwrap();
+    let bad = format!(
+        "{}{}",
+        lab.config,
+        service_toml("extra", blocked, "tcp", "echo", "")
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let nc = Arc::new(Counts::default());
+    let load = tokio::spawn(new_conn_client(
+        lab.http,
+        Arc::clone(&stop),
+        Arc::clone(&nc),
+    ));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut new = Fulcrum::spawn(
+        "failing-new",
+        lab.admin,
+        &bad,
+        &["--workers", "2", "--handover", &hs, "--upgrade"],
+    );
+    let st = new.wait_exit(Duration::from_secs(15)).await;
+    assert_eq!(st.and_then(|s| s.code()), Some(1), "{}", new.stderr());
+    assert!(
+        new.stderr().contains("took the listening sockets over"),
+        "{}",
+        new.stderr()
+    );
+    assert!(
+        new.stderr().contains(&blocked.to_string()),
+        "{}",
+        new.stderr()
+    );
+    assert!(
+        common::eventually(Duration::from_secs(5), || async {
+            old.stderr().contains("handover abandoned, still serving")
+        })
+        .await,
+        "{}",
+        old.stderr_tail(20)
+    );
+    assert!(
+        old.try_wait().is_none(),
+        "the old process exited: {}",
+        old.stderr_tail(20)
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::SeqCst);
+    load.await.unwrap();
+    assert_eq!(nc.failed.load(Ordering::SeqCst), 0, "{}", nc.summary());
+    assert_eq!(nc.refused.load(Ordering::SeqCst), 0, "{}", nc.summary());
+    assert!(nc.ok.load(Ordering::SeqCst) > 20, "{}", nc.summary());
+    common::echo_once(lab.tcp, b"still").await.unwrap();
+    // The handover socket is still the old one's: a good upgrade goes through.
+    let mut next = Fulcrum::spawn(
+        "failing-next",
+        lab.admin,
+        &lab.config,
+        &["--workers", "2", "--handover", &hs, "--upgrade"],
+    );
+    let st = old.wait_exit(Duration::from_secs(20)).await;
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "{}\n{}",
+        old.stderr_tail(10),
+        next.stderr_tail(10)
+    );
+    next.wait_ready(Duration::from_secs(5)).await;
+    drop(blocker);
+}
