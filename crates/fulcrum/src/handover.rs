@@ -503,11 +503,12 @@ fn peer_pid(conn: &Socket) -> Option<u32> {
     (rc == 0).then_some(cred.pid as u32)
 }
 
-/// A plain start's check that nobody serves the service and admin addresses already (a
-/// second `fulcrum run` on the same config would otherwise join the service ports through
-/// `SO_REUSEPORT` and take traffic before failing on the admin port). Binds each address
-/// without `SO_REUSEPORT`/`SO_REUSEADDR` for UDP and never listens, so no client is
-/// touched. `skip`: addresses inherited from a handover.
+/// A plain start's check, before anything is bound, that nobody serves these addresses
+/// already (the binary passes the admin address: a second `fulcrum run` on the same config
+/// used to join the service ports through `SO_REUSEPORT` and take traffic before failing on
+/// the admin port). Binds each address without `SO_REUSEPORT` (and for UDP without
+/// `SO_REUSEADDR`) and never listens, so no client is touched. `skip`: addresses inherited
+/// from a handover or socket activation.
 pub fn refuse_taken(
     keys: impl IntoIterator<Item = ListenKey>,
     skip: &dyn Fn(&ListenKey) -> bool,
@@ -532,7 +533,7 @@ pub fn refuse_taken(
         if let Err(e) = s.bind(&addr.into()) {
             if e.kind() == io::ErrorKind::AddrInUse {
                 bail!(
-                    "{addr} ({name}) is already in use, probably by a fulcrum already running with this configuration; \
+                    "admin address {addr} ({name}) is already in use, probably by a fulcrum already running with this configuration; \
                      nothing was bound. To replace a running fulcrum, start the new one with --upgrade (and the same --handover path)"
                 );
             }

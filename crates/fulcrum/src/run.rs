@@ -203,16 +203,12 @@ pub(crate) async fn serve(
         }
         (None, _) => None,
     };
+    // The admin address tells a second start on the same config; service addresses do
+    // not (instances may share them through SO_REUSEPORT on purpose).
     let served_keys: Vec<_> = cfg
-        .services
+        .admin
         .iter()
-        .filter(|s| matches!(s.forward, config::Forwarding::Proxy { .. }))
-        .map(fulcrum_proxy::plan::listen_key)
-        .chain(
-            cfg.admin
-                .iter()
-                .map(|a| (fulcrum_core::model::Proto::Tcp, a.listen)),
-        )
+        .map(|a| (fulcrum_core::model::Proto::Tcp, a.listen))
         .collect();
     let taken = |k: &fulcrum_proxy::worker::ListenKey| {
         activated.contains_key(k)
