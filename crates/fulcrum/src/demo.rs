@@ -164,6 +164,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<u8> {
             cfg,
             args.workers.max(1),
             RelayMode::Auto,
+            run::Lifecycle::default(),
         )
         .await
     })

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod activation;
 mod adm;
 mod announce;
 mod api_client;
@@ -21,9 +22,11 @@ mod ctl;
 mod decap;
 mod demo;
 mod files;
+mod handover;
 mod liveness;
 mod register;
 mod run;
+mod sdnotify;
 mod speaker;
 
 /// Fulcrum: a load balancer (L4/L7 proxy, XDP data plane, control plane).

@@ -34,6 +34,29 @@ pub struct RunArgs {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// The handover socket (a unix socket, mode 0600) on which this process hands its
+    /// listening sockets to a new one started with --upgrade; also refuses a second start
+    /// with the same path. Off when absent. The unit file uses /run/fulcrum/handover.sock.
+    #[arg(long, value_name = "PATH")]
+    pub handover: Option<PathBuf>,
+    /// Binary upgrade: take the listening sockets over from the fulcrum serving --handover
+    /// PATH instead of binding them; once this process is ready, that one drains and exits.
+    /// SIGUSR2 makes a running fulcrum start its own replacement this way.
+    #[arg(long, requires = "handover")]
+    pub upgrade: bool,
+}
+
+/// How `serve` starts: the handover socket, and whether it takes over from a running
+/// process (docs/operations.md).
+#[derive(Debug, Default)]
+pub struct Lifecycle {
+    pub handover: Option<PathBuf>,
+    pub upgrade: bool,
+    /// Sockets passed by systemd (socket activation), per address.
+    pub activated: std::collections::HashMap<
+        fulcrum_proxy::worker::ListenKey,
+        Vec<fulcrum_proxy::worker::BoundSocket>,
+    >,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -73,6 +96,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<u8> {
         }
     };
     raise_fd_limit();
+    // Before any thread starts (it edits the environment).
+    let activated = crate::activation::take();
     let workers = args
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get))
@@ -88,7 +113,12 @@ pub fn run(args: &RunArgs) -> anyhow::Result<u8> {
         Relay::Auto => RelayMode::Auto,
     };
     // A LocalSet: with one worker, the worker runs on this thread (`Workers::start_inline`).
-    tokio::task::LocalSet::new().block_on(&rt, serve(args.config.clone(), cfg, workers, mode))
+    let life = Lifecycle {
+        handover: args.handover.clone(),
+        upgrade: args.upgrade,
+        activated,
+    };
+    tokio::task::LocalSet::new().block_on(&rt, serve(args.config.clone(), cfg, workers, mode, life))
 }
 
 /// Raises the soft open-file limit (`RLIMIT_NOFILE`) to the hard limit, as nginx's
@@ -142,7 +172,56 @@ pub(crate) async fn serve(
     cfg: Config,
     n: usize,
     mode: RelayMode,
+    mut life: Lifecycle,
 ) -> anyhow::Result<u8> {
+    let mut activated = std::mem::take(&mut life.activated);
+    let notify = crate::sdnotify::Notifier::from_env();
+    // Before anything binds: take the sockets over from a running process (--upgrade), or
+    // make sure this is not a second start on the same handover path or addresses.
+    let mut inherited = match (&life.handover, life.upgrade) {
+        (Some(p), true) => match crate::handover::take_over(p) {
+            Ok(i) => {
+                tracing::info!(
+                    old_pid = i.pid,
+                    sockets = i.sockets.values().map(Vec::len).sum::<usize>(),
+                    admin = i.admin.is_some(),
+                    "took the listening sockets over"
+                );
+                Some(i)
+            }
+            Err(e) => {
+                tracing::error!("{e:#}");
+                return Ok(1);
+            }
+        },
+        (Some(p), false) => {
+            if let Err(e) = crate::handover::refuse_if_running(p) {
+                tracing::error!("{e:#}");
+                return Ok(1);
+            }
+            None
+        }
+        (None, _) => None,
+    };
+    // The admin address tells a second start on the same config; service addresses do
+    // not (instances may share them through SO_REUSEPORT on purpose).
+    let served_keys: Vec<_> = cfg
+        .admin
+        .iter()
+        .map(|a| (fulcrum_core::model::Proto::Tcp, a.listen))
+        .collect();
+    let taken = |k: &fulcrum_proxy::worker::ListenKey| {
+        activated.contains_key(k)
+            || inherited.as_ref().is_some_and(|i| {
+                i.sockets.contains_key(k)
+                    || (k.0 == fulcrum_core::model::Proto::Tcp
+                        && i.admin.as_ref().is_some_and(|(a, _)| *a == k.1))
+            })
+    };
+    if let Err(e) = crate::handover::refuse_taken(served_keys, &taken) {
+        tracing::error!("{e:#}");
+        return Ok(1);
+    }
     let (ev_tx, ev_rx) = unbounded_channel();
     let (ctl_tx, ctl_rx) = unbounded_channel();
     let mut shared = Shared::new(ev_tx, mode, Some(fulcrum_http::handler()));
@@ -163,15 +242,57 @@ pub(crate) async fn serve(
         .map(|f| crate::files::read_token(f).map_err(|(msg, _)| anyhow::anyhow!(msg)))
         .transpose()?
         .map(Arc::<str>::from);
-    let workers = start_workers(n, &shared)?;
-    let mut controller =
-        match Controller::start(Arc::clone(&shared), workers, path.clone(), cfg).await {
-            Ok(c) => c,
-            Err(msg) => {
-                tracing::error!("{msg}");
-                return Ok(1);
+    // The admin listener first: it is the one address that cannot be shared, so a second
+    // instance fails here before it takes any traffic.
+    let inherited_admin = inherited.as_mut().and_then(|i| i.admin.take()).or_else(|| {
+        // A socket passed by systemd for the admin address serves the admin API.
+        let a = admin_cfg.as_ref()?.listen;
+        let mut socks = activated.remove(&(fulcrum_core::model::Proto::Tcp, a))?;
+        match socks.pop()? {
+            fulcrum_proxy::worker::BoundSocket::Tcp(l) => Some((a, l)),
+            fulcrum_proxy::worker::BoundSocket::Udp(_) => None,
+        }
+    });
+    let admin_listener = match &admin_cfg {
+        Some(a) => Some(match inherited_admin {
+            Some((addr, l)) if addr == a.listen => {
+                l.set_nonblocking(true)?;
+                tokio::net::TcpListener::from_std(l)?
             }
-        };
+            _ => match tokio::net::TcpListener::bind(a.listen).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(
+                        "cannot listen on admin address {}: {e}; nothing else was bound",
+                        a.listen
+                    );
+                    return Ok(1);
+                }
+            },
+        }),
+        None => None,
+    };
+    let workers = start_workers(n, &shared)?;
+    let inherited_sockets = inherited
+        .as_mut()
+        .map(|i| std::mem::take(&mut i.sockets))
+        .unwrap_or(activated);
+    let mut controller = match Controller::start_inherited(
+        Arc::clone(&shared),
+        workers,
+        path.clone(),
+        cfg,
+        inherited_sockets,
+    )
+    .await
+    {
+        Ok(c) => c,
+        Err(msg) => {
+            tracing::error!("{msg}");
+            return Ok(1);
+        }
+    };
+    let health_deadline = first_round_limit(controller.config());
     // Reloads check the files a config names, as at start and as `fulcrum check` does;
     // in a fleet, they merge the local file with the shared revision running now.
     let running: fulcrum_cluster::Running = Arc::default();
@@ -273,10 +394,11 @@ pub(crate) async fn serve(
         .as_ref()
         .map(|a| crate::speaker::start(a, Arc::clone(&shared)));
 
-    if let Some(a) = admin_cfg {
-        let listener = tokio::net::TcpListener::bind(a.listen)
-            .await
-            .with_context(|| format!("cannot listen on admin address {}", a.listen))?;
+    let mut admin_task = None;
+    let mut admin_dup = None;
+    if let (Some(a), Some(listener)) = (admin_cfg, admin_listener) {
+        // A descriptor of the admin listener for the handover (the task owns the other).
+        admin_dup = listener.local_addr().ok().zip(listener_dup(&listener));
         if !a.listen.ip().is_loopback() && auth.load().token.is_none() {
             tracing::warn!(listen = %a.listen, "admin API bound beyond loopback without a token_file: anyone who reaches it can change this instance");
         }
@@ -299,27 +421,100 @@ pub(crate) async fn serve(
             auth: Arc::clone(&auth),
             fleet,
         };
-        tokio::spawn(fulcrum_control::serve::serve(
+        admin_task = Some(tokio::spawn(fulcrum_control::serve::serve(
             listener,
             admin::router(state),
-        ));
+        )));
+    }
+    // Every listener is bound; READY waits for the first health round too.
+    wait_first_round(&shared, health_deadline).await;
+    let notify = Arc::new(notify);
+    if notify.enabled() {
+        let mut lines = vec!["READY=1".to_owned()];
+        if inherited.is_some() {
+            // The new main process of the unit (needs NotifyAccess=all).
+            lines.insert(0, format!("MAINPID={}", std::process::id()));
+        }
+        lines.push(format!("STATUS={}", summary(&shared)));
+        notify.send(&lines.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+    if let Some(interval) = crate::sdnotify::watchdog_interval(inherited.is_some()) {
+        // From this runtime: a control thread that hangs stops the pings.
+        let notify = Arc::clone(&notify);
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(interval);
+            loop {
+                t.tick().await;
+                notify.send(&["WATCHDOG=1"]);
+            }
+        });
+    }
+    let (stop_tx, mut stop_rx) = unbounded_channel::<u32>();
+    if let Some(p) = &life.handover {
+        if let Some(i) = inherited.take() {
+            if let Err(e) = i.finish(p) {
+                tracing::error!("{e:#}");
+            }
+        }
+        match crate::handover::Server::bind(p) {
+            Ok((server, sock)) => {
+                let dup = admin_dup.take();
+                if let Err(e) =
+                    server.spawn(sock, ctl_tx.clone(), Arc::clone(&shared), dup, stop_tx)
+                {
+                    tracing::error!("{e:#}");
+                }
+            }
+            Err(e) => tracing::error!("{e:#}; a binary upgrade cannot take over from this process"),
+        }
     }
     tracing::info!(workers = n, "fulcrum running");
 
     let mut hup = signal(SignalKind::hangup()).context("cannot install SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
-    loop {
+    let mut usr2 = signal(SignalKind::user_defined2()).context("cannot install SIGUSR2 handler")?;
+    let handed_over = loop {
         tokio::select! {
             _ = hup.recv() => {
-                let (tx, _rx) = oneshot::channel();
+                notify.reloading();
+                let (tx, rx) = oneshot::channel();
                 let _ = ctl_tx.send(Control::Reload(tx));
+                let notify = Arc::clone(&notify);
+                let shared = Arc::clone(&shared);
+                tokio::spawn(async move {
+                    let outcome = match rx.await {
+                        Ok(Ok(())) => "reloaded".to_owned(),
+                        Ok(Err(e)) => format!("reload refused, running the previous configuration: {}", e.lines().next().unwrap_or_default()),
+                        Err(_) => "reload not answered".to_owned(),
+                    };
+                    let status = format!("STATUS={outcome}; {}", summary(&shared));
+                    notify.send(&["READY=1", &status]);
+                });
             }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = usr2.recv() => spawn_replacement(life.handover.as_deref()),
+            Some(pid) = stop_rx.recv() => break Some(pid),
+            _ = term.recv() => break None,
+            _ = int.recv() => break None,
+        }
+    };
+    if let Some(pid) = handed_over {
+        tracing::info!(new_pid = pid, "handed over to a new process");
+        // No STOPPING=1: the unit goes on, served by the new main process.
+    } else {
+        notify.send(&["STOPPING=1", "STATUS=stopping: draining connections"]);
+        // A stopping process hands nothing over (its listeners close now).
+        if let Some(p) = &life.handover {
+            let _ = std::fs::remove_file(p);
         }
     }
-    if let (Some(sp), Some(a)) = (&speaker, &announce_cfg) {
+    if handed_over.is_some() {
+        // The new process serves the admin API on the same socket.
+        if let Some(t) = admin_task {
+            t.abort();
+        }
+    }
+    if let (Some(sp), Some(a), None) = (&speaker, &announce_cfg, handed_over) {
         withdraw(sp, a, &shared, &mut term, &mut int).await;
     }
     // The drain timeout of the configuration running now (reloads may have changed it).
@@ -336,8 +531,15 @@ pub(crate) async fn serve(
     let _ = ctl_tx.send(Control::StopAccepting(tx));
     let _ = rx.await;
     let deadline = Instant::now() + drain;
+    let mut last_status = None::<Instant>;
     loop {
         let open = shared.global.open_connections.load(Ordering::Relaxed);
+        if handed_over.is_none()
+            && last_status.is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            notify.status(&format!("stopping: draining {open} open connections"));
+            last_status = Some(Instant::now());
+        }
         if open == 0 {
             tracing::info!("drained; exiting");
             break;
@@ -377,5 +579,116 @@ async fn withdraw(
         () = tokio::time::sleep(a.withdraw_grace) => {}
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+/// How long READY waits for the first health round: the longest a pool's checks take to
+/// settle a backend that fails (`interval * fall + timeout`), at most a minute.
+fn first_round_limit(cfg: &Config) -> Duration {
+    cfg.pools
+        .iter()
+        .filter_map(|p| p.health.as_ref())
+        .map(|h| h.interval * h.fall.max(1) + h.timeout)
+        .max()
+        .unwrap_or(Duration::ZERO)
+        .min(Duration::from_secs(60))
+}
+
+/// Backends whose active checks have not given a definite state yet.
+fn unsettled(shared: &Shared) -> usize {
+    shared
+        .snapshot
+        .load()
+        .pools
+        .iter()
+        .flat_map(|p| p.stats.iter())
+        .filter(|s| !s.settled.load(Ordering::Acquire))
+        .count()
+}
+
+/// Waits until every backend's active checks have given a first verdict, or `limit`.
+async fn wait_first_round(shared: &Shared, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = unsettled(shared);
+        if left == 0 {
+            return;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                backends = left,
+                "ready before every backend's first health check settled"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The one-line `STATUS=` summary.
+fn summary(shared: &Shared) -> String {
+    let snap = shared.snapshot.load();
+    let total: usize = snap.pools.iter().map(|p| p.backends.len()).sum();
+    let up: usize = snap
+        .pools
+        .iter()
+        .map(|p| p.backends.iter().filter(|b| b.is_eligible()).count())
+        .sum();
+    format!(
+        "{} services, {} pools, {up}/{total} backends up, {} open connections",
+        snap.services.len(),
+        snap.pools.len(),
+        shared.global.open_connections.load(Ordering::Relaxed)
+    )
+}
+
+/// A second descriptor of the admin listener (kept for the handover).
+fn listener_dup(l: &tokio::net::TcpListener) -> Option<std::net::TcpListener> {
+    use std::os::fd::AsFd as _;
+    match l.as_fd().try_clone_to_owned() {
+        Ok(fd) => Some(std::net::TcpListener::from(fd)),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot keep the admin listener for a handover");
+            None
+        }
+    }
+}
+
+/// SIGUSR2: starts this binary's replacement, as nginx does: the program at the path this
+/// process was started with (the new binary once the package replaced it), with the same
+/// arguments and `--upgrade`, in the same environment (and so the same service cgroup and
+/// `NOTIFY_SOCKET`). The new process takes the sockets over; this one then drains and
+/// exits. A replacement that fails is logged; this process keeps serving.
+fn spawn_replacement(handover: Option<&std::path::Path>) {
+    if handover.is_none() {
+        tracing::warn!("SIGUSR2: a binary upgrade needs --handover PATH; ignored");
+        return;
+    }
+    let mut args = std::env::args_os();
+    let Some(program) = args.next() else {
+        tracing::error!("SIGUSR2: cannot tell this process's program path");
+        return;
+    };
+    let args: Vec<_> = args.filter(|a| a != "--upgrade").collect();
+    tracing::info!(program = %program.to_string_lossy(), "SIGUSR2: starting the replacement process");
+    match std::process::Command::new(&program)
+        .args(&args)
+        .arg("--upgrade")
+        .spawn()
+    {
+        Ok(mut child) => {
+            let pid = child.id();
+            // Reaps it if it fails (it outlives this process if it succeeds).
+            let _ = std::thread::Builder::new()
+                .name("fulcrum-upgrade-child".to_owned())
+                .spawn(move || match child.wait() {
+                    Ok(st) if st.success() => {}
+                    Ok(st) => tracing::error!(pid, status = %st, "the replacement process failed; still serving"),
+                    Err(e) => tracing::error!(pid, error = %e, "cannot wait for the replacement process"),
+                });
+        }
+        Err(e) => {
+            tracing::error!(program = %program.to_string_lossy(), error = %e, "SIGUSR2: cannot start the replacement process; still serving");
+        }
     }
 }

@@ -39,6 +39,9 @@ pub enum Control {
     Reload(oneshot::Sender<Result<(), String>>),
     /// Graceful shutdown: stop accepting; the caller waits for connections to finish.
     StopAccepting(oneshot::Sender<()>),
+    /// Another descriptor (`dup`) of every listening socket, for a new process taking
+    /// this one's place (binary upgrade, docs/operations.md); empty once draining.
+    Sockets(oneshot::Sender<Vec<(ListenKey, Vec<BoundSocket>)>>),
     /// A run-time change (admin API): `edit` turns the running config into the new one, or
     /// refuses; the controller then applies it exactly as a reload (listeners bound first,
     /// all or nothing). Edits run one at a time on the controller, so none is lost.
@@ -96,6 +99,7 @@ impl std::fmt::Debug for Control {
         match self {
             Self::Reload(_) => f.write_str("Reload"),
             Self::StopAccepting(_) => f.write_str("StopAccepting"),
+            Self::Sockets(_) => f.write_str("Sockets"),
             Self::Edit { undrain, .. } => write!(f, "Edit {{ undrain: {undrain:?} }}"),
             Self::Drain { pool, backend, .. } => write!(f, "Drain({pool}, {backend})"),
             Self::Config(_) => f.write_str("Config"),
@@ -175,6 +179,12 @@ pub struct Controller {
     persistence: HashMap<String, Arc<Persistence>>,
     changes: HashMap<String, Arc<AtomicU64>>,
     listening: HashSet<ListenKey>,
+    /// A descriptor of each socket the workers serve, per address, to hand over
+    /// ([`Control::Sockets`]).
+    held: HashMap<ListenKey, Vec<BoundSocket>>,
+    /// Sockets received from the process this one takes over from, taken by the first
+    /// binds in place of new ones.
+    inherited: HashMap<ListenKey, Vec<BoundSocket>>,
     next_id: u32,
     generation: u64,
     /// Per-pool discovery tasks and their last reported sets.
@@ -208,6 +218,22 @@ impl Controller {
         path: PathBuf,
         config: Config,
     ) -> Result<Self, String> {
+        Self::start_inherited(shared, workers, path, config, HashMap::new()).await
+    }
+
+    /// [`Controller::start`], serving `inherited` sockets (received from the process this
+    /// one replaces) instead of binding their addresses anew. Inherited sockets the
+    /// config no longer names are closed.
+    ///
+    /// # Errors
+    /// The rendered reason when the config cannot be applied.
+    pub async fn start_inherited(
+        shared: Arc<Shared>,
+        workers: Workers,
+        path: PathBuf,
+        config: Config,
+        inherited: HashMap<ListenKey, Vec<BoundSocket>>,
+    ) -> Result<Self, String> {
         let discovery = Discoveries::new(
             Arc::clone(&shared.discovery_errors),
             shared.registry.clone(),
@@ -222,6 +248,8 @@ impl Controller {
             persistence: HashMap::new(),
             changes: HashMap::new(),
             listening: HashSet::new(),
+            held: HashMap::new(),
+            inherited,
             next_id: 0,
             generation: 0,
             discovery,
@@ -231,6 +259,9 @@ impl Controller {
             fleet: None,
         };
         c.apply(config).await?;
+        for (key, socks) in c.inherited.drain() {
+            tracing::warn!(listen = %key.1, protocol = ?key.0, sockets = socks.len(), "closing a handed-over socket the configuration no longer names");
+        }
         c.shared.set_ready(true);
         Ok(c)
     }
@@ -324,38 +355,88 @@ impl Controller {
         )
     }
 
-    /// Binds the plan's new listen addresses, one socket per worker; the first failure
-    /// drops them all (nothing changed).
-    fn bind(&self, plan: &Plan) -> Result<Vec<(ListenKey, Vec<BoundSocket>)>, ChangeError> {
-        plan.binds()
+    /// Binds the plan's new listen addresses, one socket per worker, or takes the
+    /// inherited sockets of an address (all of them, spread over the workers; workers
+    /// beyond their count serve none of that address: a socket passed by systemd may not
+    /// be in a `SO_REUSEPORT` group that new sockets could join). The first failure drops
+    /// them all (nothing changed). Each entry: per worker, its sockets.
+    #[allow(clippy::type_complexity)]
+    fn bind(
+        &mut self,
+        plan: &Plan,
+    ) -> Result<Vec<(ListenKey, Vec<Vec<BoundSocket>>)>, ChangeError> {
+        let n = self.workers.count().max(1);
+        let keys: Vec<ListenKey> = plan.binds().collect();
+        keys.into_iter()
             .map(|key| {
-                let socks = (0..self.workers.count())
-                    .map(|_| {
-                        worker::bind(key).map_err(|e| {
+                let mut per: Vec<Vec<BoundSocket>> = (0..n).map(|_| Vec::new()).collect();
+                for (j, s) in self
+                    .inherited
+                    .remove(&key)
+                    .into_iter()
+                    .flatten()
+                    .enumerate()
+                {
+                    per[j % n].push(s);
+                }
+                let inherited = per.iter().any(|p| !p.is_empty());
+                for socks in &mut per {
+                    if socks.is_empty() && !inherited {
+                        socks.push(worker::bind(key).map_err(|e| {
                             ChangeError::Conflict(format!(
                                 "cannot listen on {} ({:?}): {e}",
                                 key.1, key.0
                             ))
-                        })
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok((key, socks))
+                        })?);
+                    }
+                }
+                Ok((key, per))
             })
             .collect()
     }
 
     /// Hands the bound sockets to the workers and retires the listeners that are gone.
-    fn listen(&mut self, bound: Vec<(ListenKey, Vec<BoundSocket>)>, plan: &Plan) {
-        for (key, socks) in bound {
-            for (i, s) in socks.into_iter().enumerate() {
-                self.workers.send(i, WorkerCmd::Listen(key, s));
+    fn listen(&mut self, bound: Vec<(ListenKey, Vec<Vec<BoundSocket>>)>, plan: &Plan) {
+        for (key, per) in bound {
+            let held = self.held.entry(key).or_default();
+            for (i, socks) in per.into_iter().enumerate() {
+                for s in &socks {
+                    match s.try_clone() {
+                        Ok(d) => held.push(d),
+                        Err(e) => {
+                            tracing::warn!(listen = %key.1, error = %e, "cannot keep a descriptor to hand this listener over");
+                        }
+                    }
+                }
+                self.workers.send(i, WorkerCmd::Listen(key, socks));
             }
             self.listening.insert(key);
         }
         for key in plan.unbinds() {
             self.workers.broadcast(|| WorkerCmd::Unlisten(key));
             self.listening.remove(&key);
+            self.held.remove(&key);
         }
+    }
+
+    /// Another descriptor of every listening socket ([`Control::Sockets`]).
+    fn sockets(&self) -> Vec<(ListenKey, Vec<BoundSocket>)> {
+        self.held
+            .iter()
+            .map(|(key, socks)| {
+                let dups = socks
+                    .iter()
+                    .filter_map(|s| match s.try_clone() {
+                        Ok(d) => Some(d),
+                        Err(e) => {
+                            tracing::warn!(listen = %key.1, error = %e, "cannot hand this socket over");
+                            None
+                        }
+                    })
+                    .collect();
+                (*key, dups)
+            })
+            .collect()
     }
 
     /// Tracks, resets and forgets backends; spawns and aborts their health checkers.
@@ -1021,10 +1102,15 @@ impl Controller {
                         false
                     }
                     Some(Control::FleetHealth(decisions)) => self.set_fleet(decisions),
+                    Some(Control::Sockets(reply)) => {
+                        let _ = reply.send(self.sockets());
+                        false
+                    }
                     Some(Control::StopAccepting(reply)) => {
                         self.shared.set_draining();
                         self.workers.broadcast(|| WorkerCmd::StopAccepting);
                         self.listening.clear();
+                        self.held.clear();
                         let _ = reply.send(());
                         false
                     }

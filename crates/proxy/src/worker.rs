@@ -26,10 +26,65 @@ pub enum BoundSocket {
     Udp(std::net::UdpSocket),
 }
 
+impl BoundSocket {
+    /// Another descriptor for the same socket (`dup`): what the controller keeps to hand a
+    /// listener over to a new process (docs/operations.md, binary upgrade).
+    ///
+    /// # Errors
+    /// When `dup` fails (`EMFILE`).
+    pub fn try_clone(&self) -> io::Result<Self> {
+        Ok(match self {
+            Self::Tcp(l) => Self::Tcp(l.try_clone()?),
+            Self::Udp(s) => Self::Udp(s.try_clone()?),
+        })
+    }
+
+    /// The socket as an owned descriptor.
+    pub fn into_fd(self) -> std::os::fd::OwnedFd {
+        match self {
+            Self::Tcp(l) => l.into(),
+            Self::Udp(s) => s.into(),
+        }
+    }
+
+    /// A socket of `proto` from a descriptor (one received from the process this one takes
+    /// over from), made non-blocking.
+    ///
+    /// # Errors
+    /// When the descriptor is not a socket bound to `key`'s protocol and address.
+    pub fn from_fd(key: ListenKey, fd: std::os::fd::OwnedFd) -> io::Result<Self> {
+        let s = Socket::from(fd);
+        let (want, kind) = match key.0 {
+            Proto::Tcp => (Type::STREAM, "TCP"),
+            Proto::Udp => (Type::DGRAM, "UDP"),
+        };
+        if s.r#type()? != want {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("the descriptor for {} is not a {kind} socket", key.1),
+            ));
+        }
+        let local = s.local_addr()?.as_socket();
+        if local != Some(key.1) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("the descriptor for {} is bound to {local:?}", key.1),
+            ));
+        }
+        s.set_nonblocking(true)?;
+        Ok(match key.0 {
+            Proto::Tcp => Self::Tcp(s.into()),
+            Proto::Udp => Self::Udp(s.into()),
+        })
+    }
+}
+
 /// What the controller tells a worker.
 #[derive(Debug)]
 pub enum WorkerCmd {
-    Listen(ListenKey, BoundSocket),
+    /// Serve these sockets of one address (usually one; more when a process with more
+    /// workers handed its sockets over, so that none of them and its queue is closed).
+    Listen(ListenKey, Vec<BoundSocket>),
     Unlisten(ListenKey),
     /// Graceful shutdown: close every listener; open connections go on.
     StopAccepting,
@@ -138,25 +193,33 @@ fn run(rt: &tokio::runtime::Runtime, shared: &Arc<Shared>, rx: UnboundedReceiver
 
 /// A worker's command loop: starts and stops its listeners until the controller is gone.
 async fn serve_commands(shared: &Arc<Shared>, mut rx: UnboundedReceiver<WorkerCmd>) {
-    let mut listeners: HashMap<ListenKey, AbortHandle> = HashMap::new();
+    let mut listeners: HashMap<ListenKey, Vec<AbortHandle>> = HashMap::new();
     while let Some(cmd) = rx.recv().await {
         match cmd {
-            WorkerCmd::Listen(key, sock) => match start(shared, key, sock) {
-                Ok(h) => {
-                    if let Some(old) = listeners.insert(key, h) {
-                        old.abort();
+            WorkerCmd::Listen(key, socks) => {
+                let mut handles = Vec::with_capacity(socks.len());
+                for sock in socks {
+                    match start(shared, key, sock) {
+                        Ok(h) => handles.push(h),
+                        Err(e) => {
+                            tracing::error!(listen = %key.1, error = %e, "cannot serve socket");
+                        }
                     }
                 }
-                Err(e) => tracing::error!(listen = %key.1, error = %e, "cannot serve socket"),
-            },
+                for old in listeners.insert(key, handles).into_iter().flatten() {
+                    old.abort();
+                }
+            }
             WorkerCmd::Unlisten(key) => {
-                if let Some(h) = listeners.remove(&key) {
+                for h in listeners.remove(&key).into_iter().flatten() {
                     h.abort();
                 }
             }
             WorkerCmd::StopAccepting => {
-                for (_, h) in listeners.drain() {
-                    h.abort();
+                for (_, hs) in listeners.drain() {
+                    for h in hs {
+                        h.abort();
+                    }
                 }
             }
         }

@@ -341,6 +341,9 @@ async fn serve(token: Option<&str>, controller: bool, protect_reads: bool) -> So
                         let _ = reply.send(Err("no fleet here".into()));
                     }
                     Control::FleetHealth(_) => {}
+                    Control::Sockets(reply) => {
+                        let _ = reply.send(Vec::new());
+                    }
                 }
             }
         });

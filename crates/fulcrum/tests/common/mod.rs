@@ -148,6 +148,17 @@ pub struct Fulcrum {
 impl Fulcrum {
     /// Writes `config` and starts `fulcrum run -c FILE` plus `extra_args`, without waiting.
     pub fn spawn(name: &str, admin: SocketAddr, config: &str, extra_args: &[&str]) -> Self {
+        Self::spawn_env(name, admin, config, extra_args, &[])
+    }
+
+    /// [`Fulcrum::spawn`] with extra environment variables.
+    pub fn spawn_env(
+        name: &str,
+        admin: SocketAddr,
+        config: &str,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let dir = temp_dir(name);
         let config_path = dir.join("fulcrum.toml");
         std::fs::write(&config_path, config).expect("write config");
@@ -159,6 +170,7 @@ impl Fulcrum {
             .arg(&config_path)
             .args(extra_args)
             .env("RUST_BACKTRACE", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(stderr))

@@ -1,0 +1,822 @@
+//! Binary upgrade without loss (docs/operations.md), through the real binary: a new
+//! `fulcrum run --upgrade` takes the listening sockets over from the running one on the
+//! handover socket; the old one drains and exits. Under continuous load (bounded in time and
+//! count) every failure is counted and must be 0. Also the bad inputs: a second start on the
+//! same config, a stale handover socket file, an old process that does not answer.
+#![allow(
+    clippy::unwrap_used,
+    clippy::missing_panics_doc,
+    clippy::too_many_lines,
+    clippy::many_single_char_names
+)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{admin_toml, free_addr, pool_toml, service_toml, temp_dir, weighted, Fulcrum};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+
+/// A keep-alive HTTP/1.1 backend answering every request with its name.
+async fn http_backend(name: &'static str) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = find(&buf, b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let body = name.as_bytes();
+                        let head =
+                            format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
+                        if s.write_all(head.as_bytes()).await.is_err()
+                            || s.write_all(body).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// One request on `s`; `Ok(true)`: answered 200 and the connection stays open.
+async fn request(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<bool> {
+    s.write_all(b"GET / HTTP/1.1\r\nhost: upgrade\r\n\r\n")
+        .await?;
+    let mut chunk = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(end) = find(buf, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .ok_or_else(|| std::io::Error::other(format!("no content-length: {head}")))?;
+            if buf.len() >= end + 4 + len {
+                if !head.starts_with("http/1.1 200") {
+                    return Err(std::io::Error::other(format!("status: {head}")));
+                }
+                buf.drain(..end + 4 + len);
+                return Ok(!head.contains("connection: close"));
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read(&mut chunk)).await {
+            Ok(Ok(0)) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counts {
+    ok: AtomicUsize,
+    failed: AtomicUsize,
+    refused: AtomicUsize,
+    errors: Mutex<Vec<String>>,
+}
+
+impl Counts {
+    fn fail(&self, what: &str, e: &std::io::Error) {
+        if e.kind() == std::io::ErrorKind::ConnectionRefused {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+        } else {
+            self.failed.fetch_add(1, Ordering::SeqCst);
+        }
+        let mut v = self.errors.lock().unwrap();
+        if v.len() < 20 {
+            v.push(format!("{what}: {e}"));
+        }
+    }
+    fn summary(&self) -> String {
+        format!(
+            "ok {} failed {} refused {} {:?}",
+            self.ok.load(Ordering::SeqCst),
+            self.failed.load(Ordering::SeqCst),
+            self.refused.load(Ordering::SeqCst),
+            self.errors.lock().unwrap()
+        )
+    }
+}
+
+/// At most this many requests per client: the loops are bounded in count as in time.
+const MAX_REQUESTS: usize = 20_000;
+
+/// Keep-alive client: requests back to back on one connection, a new one when the server
+/// says `connection: close`.
+async fn keep_alive_client(addr: SocketAddr, stop: Arc<AtomicBool>, c: Arc<Counts>) {
+    let mut conn: Option<TcpStream> = None;
+    let mut buf = Vec::new();
+    for _ in 0..MAX_REQUESTS {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut s = match conn.take() {
+            Some(s) => s,
+            None => match TcpStream::connect(addr).await {
+                Ok(s) => {
+                    buf.clear();
+                    s
+                }
+                Err(e) => {
+                    c.fail("connect", &e);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        match request(&mut s, &mut buf).await {
+            Ok(keep) => {
+                c.ok.fetch_add(1, Ordering::SeqCst);
+                if keep {
+                    conn = Some(s);
+                }
+            }
+            Err(e) => c.fail("keep-alive request", &e),
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// New-connection client: one request per connection.
+async fn new_conn_client(addr: SocketAddr, stop: Arc<AtomicBool>, c: Arc<Counts>) {
+    for _ in 0..MAX_REQUESTS {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        match TcpStream::connect(addr).await {
+            Ok(mut s) => {
+                let mut buf = Vec::new();
+                match request(&mut s, &mut buf).await {
+                    Ok(_) => {
+                        c.ok.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(e) => c.fail("request", &e),
+                }
+            }
+            Err(e) => c.fail("connect", &e),
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// A long echo transfer: `total` bytes in paced chunks, read back whole and checked.
+async fn long_transfer(addr: SocketAddr, total: usize, pause: Duration) -> std::io::Result<()> {
+    let s = TcpStream::connect(addr).await?;
+    let (mut r, mut w) = s.into_split();
+    let data: Arc<Vec<u8>> = Arc::new((0..total).map(common::pattern_byte).collect());
+    let d = Arc::clone(&data);
+    let writer = tokio::spawn(async move {
+        for chunk in d.chunks(64 * 1024) {
+            w.write_all(chunk).await?;
+            tokio::time::sleep(pause).await;
+        }
+        w.shutdown().await
+    });
+    let mut back = Vec::with_capacity(total);
+    tokio::time::timeout(Duration::from_secs(30), r.read_to_end(&mut back))
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    writer.await.map_err(std::io::Error::other)??;
+    if back != *data {
+        return Err(std::io::Error::other(format!(
+            "echoed {} of {total} bytes, or different ones",
+            back.len()
+        )));
+    }
+    Ok(())
+}
+
+/// UDP flows: each client socket (one flow) sends a numbered datagram every 20 ms and
+/// records which backend answered. Returns per flow: the backends seen, sent, answered.
+async fn udp_flow(addr: SocketAddr, stop: Arc<AtomicBool>) -> (HashSet<String>, usize, usize) {
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    sock.connect(addr).await.unwrap();
+    let mut seen = HashSet::new();
+    let (mut sent, mut answered) = (0, 0);
+    let mut buf = [0u8; 1500];
+    for i in 0..MAX_REQUESTS {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let msg = format!("m{i}");
+        if sock.send(msg.as_bytes()).await.is_err() {
+            continue;
+        }
+        sent += 1;
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(1), sock.recv(&mut buf)).await {
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if let Some((name, echo)) = text.split_once('|') {
+                if echo == msg {
+                    answered += 1;
+                    seen.insert(name.to_owned());
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (seen, sent, answered)
+}
+
+struct Lab {
+    admin: SocketAddr,
+    http: SocketAddr,
+    tcp: SocketAddr,
+    udp: SocketAddr,
+    config: String,
+    _tcp_backends: Vec<common::TcpBackend>,
+    _udp_backends: Vec<common::UdpBackend>,
+}
+
+async fn lab() -> Lab {
+    let web = vec![http_backend("web1").await, http_backend("web2").await];
+    let tcp_b = vec![
+        common::TcpBackend::start(common::Behaviour::Echo).await,
+        common::TcpBackend::start(common::Behaviour::Echo).await,
+    ];
+    let udp_b = vec![
+        common::UdpBackend::start("u1").await,
+        common::UdpBackend::start("u2").await,
+        common::UdpBackend::start("u3").await,
+    ];
+    let (admin, http, tcp, udp) = (free_addr(), free_addr(), free_addr(), free_addr());
+    let config = format!(
+        "{}{}{}{}{}{}{}",
+        admin_toml(admin),
+        pool_toml("web", "rr", "", &weighted(&web)),
+        pool_toml(
+            "echo",
+            "rr",
+            "",
+            &weighted(&tcp_b.iter().map(|b| b.addr).collect::<Vec<_>>())
+        ),
+        // A hashing scheduler: the new process picks the same backend for a flow.
+        pool_toml(
+            "dns",
+            "maglev",
+            "hash_key = \"src_ip_port\"\n",
+            &weighted(&udp_b.iter().map(|b| b.addr).collect::<Vec<_>>())
+        ),
+        service_toml("web", http, "http", "web", ""),
+        service_toml("echo", tcp, "tcp", "echo", ""),
+        service_toml("dns", udp, "udp", "dns", ""),
+    );
+    Lab {
+        admin,
+        http,
+        tcp,
+        udp,
+        config,
+        _tcp_backends: tcp_b,
+        _udp_backends: udp_b,
+    }
+}
+
+fn handover_path(dir: &Path) -> String {
+    dir.join("handover.sock").to_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_under_load_loses_nothing() {
+    let lab = lab().await;
+    let dir = temp_dir("upgrade-sock");
+    let hs = handover_path(&dir);
+    let mut old = Fulcrum::start(
+        "upgrade-old",
+        lab.admin,
+        &lab.config,
+        &["--workers", "2", "--handover", &hs],
+    )
+    .await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ka = Arc::new(Counts::default());
+    let nc = Arc::new(Counts::default());
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        tasks.push(tokio::spawn(keep_alive_client(
+            lab.http,
+            Arc::clone(&stop),
+            Arc::clone(&ka),
+        )));
+    }
+    for _ in 0..2 {
+        tasks.push(tokio::spawn(new_conn_client(
+            lab.http,
+            Arc::clone(&stop),
+            Arc::clone(&nc),
+        )));
+    }
+    let tcp_new = Arc::new(Counts::default());
+    {
+        let (stop, c, addr) = (Arc::clone(&stop), Arc::clone(&tcp_new), lab.tcp);
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..MAX_REQUESTS {
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                match common::echo_once(addr, b"ping").await {
+                    Ok(()) => {
+                        c.ok.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(e) => c.fail("tcp echo", &e),
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }));
+    }
+    // 8 MiB echoed in 64 KiB pieces 30 ms apart: about 4 s, across the upgrade.
+    let long = tokio::spawn(long_transfer(lab.tcp, 8 << 20, Duration::from_millis(30)));
+    let udp: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(udp_flow(lab.udp, Arc::clone(&stop))))
+        .collect();
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = ka.ok.load(Ordering::SeqCst) + nc.ok.load(Ordering::SeqCst);
+    let t = Instant::now();
+    let mut new = Fulcrum::spawn(
+        "upgrade-new",
+        lab.admin,
+        &lab.config,
+        &["--workers", "2", "--handover", &hs, "--upgrade"],
+    );
+    // The old one hands over, drains and exits 0.
+    let st = old.wait_exit(Duration::from_secs(20)).await;
+    let handover_took = t.elapsed();
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "old process: {st:?}\nold:\n{}\nnew:\n{}",
+        old.stderr_tail(20),
+        new.stderr_tail(20)
+    );
+    assert!(
+        new.try_wait().is_none(),
+        "new process exited: {}",
+        new.stderr_tail(30)
+    );
+    assert!(
+        old.stderr().contains("handed over to a new process"),
+        "{}",
+        old.stderr_tail(20)
+    );
+    // Load goes on against the new process alone.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::SeqCst);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let long_result = long.await.unwrap();
+    let mut flows = Vec::new();
+    for u in udp {
+        flows.push(u.await.unwrap());
+    }
+    let after = ka.ok.load(Ordering::SeqCst) + nc.ok.load(Ordering::SeqCst);
+
+    eprintln!(
+        "handover (spawn to old exit) {handover_took:?}\nkeep-alive: {}\nnew conns: {}\ntcp: {}\nudp flows: {:?}",
+        ka.summary(),
+        nc.summary(),
+        tcp_new.summary(),
+        flows
+    );
+    for (name, c) in [
+        ("keep-alive", &ka),
+        ("new connections", &nc),
+        ("tcp", &tcp_new),
+    ] {
+        assert_eq!(
+            c.failed.load(Ordering::SeqCst),
+            0,
+            "{name}: {}",
+            c.summary()
+        );
+        assert_eq!(
+            c.refused.load(Ordering::SeqCst),
+            0,
+            "{name}: {}",
+            c.summary()
+        );
+        assert!(
+            c.ok.load(Ordering::SeqCst) > 50,
+            "{name}: too little load: {}",
+            c.summary()
+        );
+    }
+    assert!(
+        after > before + 50,
+        "requests served after the upgrade: {before} -> {after}"
+    );
+    long_result.unwrap_or_else(|e| panic!("long transfer: {e}"));
+    let mut backends_used = HashSet::new();
+    for (seen, sent, answered) in &flows {
+        assert_eq!(seen.len(), 1, "a UDP flow changed backend: {seen:?}");
+        assert_eq!(answered, sent, "UDP datagrams unanswered: {flows:?}");
+        backends_used.extend(seen.iter().cloned());
+    }
+    assert!(
+        backends_used.len() > 1,
+        "the flows all hashed to one backend: {flows:?}"
+    );
+    // The new process serves the admin API and the handover socket for the next upgrade.
+    assert_eq!(
+        common::http(lab.admin, "GET", "/readyz").await.unwrap().0,
+        200
+    );
+    let st = std::process::Command::new(env!("CARGO_BIN_EXE_fulcrum"))
+        .args(["run", "-c"])
+        .arg(&new.config)
+        .args(["--handover", &hs])
+        .output()
+        .unwrap();
+    assert_eq!(st.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&st.stderr);
+    assert!(
+        err.contains(&format!("pid={}", new.pid)) && err.contains("--upgrade"),
+        "{err}"
+    );
+    new.assert_no_panic();
+    old.assert_no_panic();
+}
+
+/// A second `fulcrum run` on the same config: refused before it binds anything, with or
+/// without the handover path, and the running one loses no connection meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_start_is_refused_before_binding() {
+    let lab = lab().await;
+    let dir = temp_dir("second-sock");
+    let hs = handover_path(&dir);
+    let _old = Fulcrum::start("second-old", lab.admin, &lab.config, &["--handover", &hs]).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let nc = Arc::new(Counts::default());
+    let load = tokio::spawn(new_conn_client(
+        lab.http,
+        Arc::clone(&stop),
+        Arc::clone(&nc),
+    ));
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &[],
+            "is already in use, probably by a fulcrum already running",
+        ),
+        (&["--handover", &hs], "already listens on handover socket"),
+        // Another handover path: the addresses are still taken.
+        (
+            &["--handover", "/nonexistent-dir-for-test/h.sock"],
+            "is already in use",
+        ),
+    ];
+    for (args, want) in cases {
+        for _ in 0..3 {
+            let mut f = Fulcrum::spawn("second-new", lab.admin, &lab.config, args);
+            let st = f.wait_exit(Duration::from_secs(10)).await;
+            assert_eq!(st.and_then(|s| s.code()), Some(1), "{}", f.stderr());
+            assert!(f.stderr().contains(want), "{args:?}: {}", f.stderr());
+            assert!(f.stderr().contains("nothing was bound"), "{}", f.stderr());
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::SeqCst);
+    load.await.unwrap();
+    assert_eq!(nc.failed.load(Ordering::SeqCst), 0, "{}", nc.summary());
+    assert_eq!(nc.refused.load(Ordering::SeqCst), 0, "{}", nc.summary());
+    assert!(nc.ok.load(Ordering::SeqCst) > 10, "{}", nc.summary());
+}
+
+/// A stale handover socket file (its process died) is removed and the path reused; a path
+/// taken by something that is not a socket is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_handover_socket_is_cleaned_and_a_file_refused() {
+    let lab = lab().await;
+    let dir = temp_dir("stale-sock");
+    let hs = handover_path(&dir);
+    // A socket file nobody listens on (a listener bound, then closed: the file stays).
+    drop(std::os::unix::net::UnixListener::bind(&hs).unwrap());
+    assert!(Path::new(&hs).exists());
+    let f = Fulcrum::start("stale", lab.admin, &lab.config, &["--handover", &hs]).await;
+    assert!(
+        f.stderr().contains("removing a stale handover socket"),
+        "{}",
+        f.stderr()
+    );
+    // Live now, and for its owner only.
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&hs).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    common::echo_once(lab.tcp, b"x").await.unwrap();
+    drop(f);
+
+    let lab = lab_again(lab).await;
+    let file = dir.join("plain-file");
+    std::fs::write(&file, "not a socket").unwrap();
+    let mut g = Fulcrum::spawn(
+        "stale-file",
+        lab.admin,
+        &lab.config,
+        &["--handover", file.to_str().unwrap()],
+    );
+    let st = g.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(st.and_then(|s| s.code()), Some(1), "{}", g.stderr());
+    assert!(
+        g.stderr().contains("exists and is not a socket"),
+        "{}",
+        g.stderr()
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "not a socket");
+    // --upgrade with nobody to take over from: refused.
+    let mut h = Fulcrum::spawn(
+        "nobody",
+        lab.admin,
+        &lab.config,
+        &[
+            "--handover",
+            &dir.join("none.sock").to_string_lossy(),
+            "--upgrade",
+        ],
+    );
+    let st = h.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(st.and_then(|s| s.code()), Some(1), "{}", h.stderr());
+    assert!(
+        h.stderr().contains("nothing to take over"),
+        "{}",
+        h.stderr()
+    );
+}
+
+/// The same lab (backends) with the killed process's ports: waits until they are free.
+async fn lab_again(lab: Lab) -> Lab {
+    assert!(common::wait_refused(lab.admin, Duration::from_secs(5)).await);
+    lab
+}
+
+/// An old process that does not answer the handover (stopped with SIGSTOP): the new one
+/// gives up after the timeout without binding anything, and the old one, continued, still
+/// serves every connection, those queued meanwhile too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_process_that_does_not_answer_keeps_serving() {
+    let lab = lab().await;
+    let dir = temp_dir("hung-sock");
+    let hs = handover_path(&dir);
+    let old = Fulcrum::start("hung-old", lab.admin, &lab.config, &["--handover", &hs]).await;
+    old.signal("STOP");
+    let t = Instant::now();
+    let mut new = Fulcrum::spawn(
+        "hung-new",
+        lab.admin,
+        &lab.config,
+        &["--handover", &hs, "--upgrade"],
+    );
+    let st = new.wait_exit(Duration::from_secs(15)).await;
+    let took = t.elapsed();
+    // Connections made while the old one is stopped wait in its accept queue.
+    let queued = tokio::spawn(common::echo_once(lab.tcp, b"queued"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    old.signal("CONT");
+    assert_eq!(st.and_then(|s| s.code()), Some(1), "{}", new.stderr());
+    assert!(
+        new.stderr().contains("did not answer within 5s"),
+        "{}",
+        new.stderr()
+    );
+    assert!(
+        took >= Duration::from_secs(5) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+    queued.await.unwrap().unwrap();
+    let c = Counts::default();
+    for _ in 0..50 {
+        let mut s = TcpStream::connect(lab.http).await.unwrap();
+        let mut buf = Vec::new();
+        match request(&mut s, &mut buf).await {
+            Ok(_) => {
+                c.ok.fetch_add(1, Ordering::SeqCst);
+            }
+            Err(e) => c.fail("request", &e),
+        }
+    }
+    assert_eq!(c.ok.load(Ordering::SeqCst), 50, "{}", c.summary());
+    // And a handover to a process that answers works afterwards.
+    let mut next = Fulcrum::spawn(
+        "hung-next",
+        lab.admin,
+        &lab.config,
+        &["--handover", &hs, "--upgrade"],
+    );
+    let mut old = old;
+    let st = old.wait_exit(Duration::from_secs(20)).await;
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "{}\n{}",
+        old.stderr_tail(10),
+        next.stderr_tail(10)
+    );
+    next.wait_ready(Duration::from_secs(5)).await;
+}
+
+/// Kills a process this test started indirectly (by PID) when dropped.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &self.0.to_string()])
+            .status();
+    }
+}
+
+/// SIGUSR2 under systemd's eyes: the running process starts its replacement (same program,
+/// arguments and environment, plus --upgrade), which tells the notify socket `MAINPID=` and
+/// `READY=1`; the old one drains and exits without `STOPPING=1` (the unit goes on). New
+/// connections meanwhile: none fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr2_starts_the_replacement_and_tells_systemd() {
+    let lab = lab().await;
+    let dir = temp_dir("usr2-sock");
+    let hs = handover_path(&dir);
+    let notify_path = dir.join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut old = Fulcrum::spawn_env(
+        "usr2-old",
+        lab.admin,
+        &lab.config,
+        &["--handover", &hs],
+        &[("NOTIFY_SOCKET", notify_path.to_str().unwrap())],
+    );
+    old.wait_ready(Duration::from_secs(10)).await;
+    let mut messages = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut drain = |messages: &mut Vec<String>, limit: Duration| {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(n) = notify.recv(&mut buf) {
+                messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+    };
+    drain(&mut messages, Duration::from_millis(300));
+    assert!(
+        messages.iter().any(|m| m.starts_with("READY=1")),
+        "{messages:?}"
+    );
+    messages.clear();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let nc = Arc::new(Counts::default());
+    let load = tokio::spawn(new_conn_client(
+        lab.http,
+        Arc::clone(&stop),
+        Arc::clone(&nc),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    old.signal("USR2");
+    let st = old.wait_exit(Duration::from_secs(20)).await;
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "{st:?}\n{}",
+        old.stderr_tail(30)
+    );
+    let log = old.stderr();
+    let new_pid: u32 = log
+        .split("new_pid=")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no new_pid in the old log:\n{log}"));
+    let _guard = KillOnDrop(new_pid);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
+    load.await.unwrap();
+    drain(&mut messages, Duration::from_millis(300));
+    let main = format!("MAINPID={new_pid}\nREADY=1");
+    assert!(
+        messages.iter().any(|m| m.starts_with(&main)),
+        "want {main:?} in {messages:?}"
+    );
+    assert!(
+        !messages.iter().any(|m| m.contains("STOPPING=1")),
+        "{messages:?}"
+    );
+    assert_eq!(nc.failed.load(Ordering::SeqCst), 0, "{}", nc.summary());
+    assert_eq!(nc.refused.load(Ordering::SeqCst), 0, "{}", nc.summary());
+    assert!(nc.ok.load(Ordering::SeqCst) > 20, "{}", nc.summary());
+    assert_eq!(
+        common::http(lab.admin, "GET", "/readyz").await.unwrap().0,
+        200
+    );
+    assert!(Path::new(&format!("/proc/{new_pid}")).exists());
+}
+
+/// A new process that fails after it received the sockets (its config names an address
+/// something else holds): it exits 1, the old one logs the abandoned handover and goes on
+/// serving every connection, and a later upgrade still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_process_that_fails_after_the_handover_leaves_the_old_serving() {
+    let lab = lab().await;
+    let dir = temp_dir("failing-sock");
+    let hs = handover_path(&dir);
+    let mut old = Fulcrum::start(
+        "failing-old",
+        lab.admin,
+        &lab.config,
+        &["--workers", "2", "--handover", &hs],
+    )
+    .await;
+    // An address held by another socket (no SO_REUSEPORT): the new config cannot serve it.
+    let blocker = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let blocked = blocker.local_addr().unwrap();
+    let bad = format!(
+        "{}{}",
+        lab.config,
+        service_toml("extra", blocked, "tcp", "echo", "")
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let nc = Arc::new(Counts::default());
+    let load = tokio::spawn(new_conn_client(
+        lab.http,
+        Arc::clone(&stop),
+        Arc::clone(&nc),
+    ));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut new = Fulcrum::spawn(
+        "failing-new",
+        lab.admin,
+        &bad,
+        &["--workers", "2", "--handover", &hs, "--upgrade"],
+    );
+    let st = new.wait_exit(Duration::from_secs(15)).await;
+    assert_eq!(st.and_then(|s| s.code()), Some(1), "{}", new.stderr());
+    assert!(
+        new.stderr().contains("took the listening sockets over"),
+        "{}",
+        new.stderr()
+    );
+    assert!(
+        new.stderr().contains(&blocked.to_string()),
+        "{}",
+        new.stderr()
+    );
+    assert!(
+        common::eventually(Duration::from_secs(5), || async {
+            old.stderr().contains("handover abandoned, still serving")
+        })
+        .await,
+        "{}",
+        old.stderr_tail(20)
+    );
+    assert!(
+        old.try_wait().is_none(),
+        "the old process exited: {}",
+        old.stderr_tail(20)
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::SeqCst);
+    load.await.unwrap();
+    assert_eq!(nc.failed.load(Ordering::SeqCst), 0, "{}", nc.summary());
+    assert_eq!(nc.refused.load(Ordering::SeqCst), 0, "{}", nc.summary());
+    assert!(nc.ok.load(Ordering::SeqCst) > 20, "{}", nc.summary());
+    common::echo_once(lab.tcp, b"still").await.unwrap();
+    // The handover socket is still the old one's: a good upgrade goes through.
+    let mut next = Fulcrum::spawn(
+        "failing-next",
+        lab.admin,
+        &lab.config,
+        &["--workers", "2", "--handover", &hs, "--upgrade"],
+    );
+    let st = old.wait_exit(Duration::from_secs(20)).await;
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "{}\n{}",
+        old.stderr_tail(10),
+        next.stderr_tail(10)
+    );
+    next.wait_ready(Duration::from_secs(5)).await;
+    drop(blocker);
+}
