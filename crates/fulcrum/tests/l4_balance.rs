@@ -1,4 +1,4 @@
-//! L4 `peak_ewma` with uneven backends (docs/schedulers.md, "peak_ewma"): a real `fulcrum
+//! L4 `peak_ewma` with uneven backends (docs/schedulers.md, section `peak_ewma`): a real `fulcrum
 //! run` over two TCP backends that connect equally fast, one of which holds each connection
 //! ten times longer (it answers after 150 ms instead of 15 ms, then closes). The connection
 //! term (completed connections' durations, open connections' age) must show in the
@@ -7,7 +7,8 @@
 #![allow(
     clippy::unwrap_used,
     clippy::missing_panics_doc,
-    clippy::cast_precision_loss
+    clippy::cast_precision_loss,
+    clippy::many_single_char_names
 )]
 
 mod common;
