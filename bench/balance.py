@@ -25,6 +25,14 @@ Contenders, each alone on core 0 (`taskset`), backends and generator on core 1:
 Reported per contender and scenario (median of --runs): p50, p99, p999 response time, each
 backend's share, the proxy's CPU time per request (schedstat, ns resolution) and the whole
 machine's busy CPU. Results go between the balance-bench markers of docs/benchmarks.md.
+
+Order: each round runs every contender once, in its own order, so that drift over a run
+(a machine that warms up, other work that starts or stops, page cache) does not always
+favour the same contender. `--order shuffle` (default): a fresh random order per round from
+`random.Random(seed)` (`--seed`, default random; the seed and every round's order are
+logged and written with the results, so a run can be repeated). `--order rotate`: round r
+starts at contender r (with --runs equal to the number of contenders, each one runs once in
+every position). `--order fixed`: the list order every round (as before).
 """
 
 from __future__ import annotations
@@ -357,7 +365,7 @@ def median_of(runs: list[dict]) -> dict:
     return m
 
 
-def render(res: dict, args, cmdline: str) -> str:
+def render(res: dict, args, cmdline: str, orders: dict) -> str:
     lines = [
         "## Balancing uneven backends: tail latency against HAProxy and nginx",
         "",
@@ -368,7 +376,11 @@ def render(res: dict, args, cmdline: str) -> str:
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, `{cmdline}`: medians of "
         f"{args.runs} runs of {args.seconds:.0f} s (after {args.warmup:.0f} s of warm-up), "
         f"release build, proxy alone on core {args.proxy_core}, backends and load generator "
-        f"on core {args.load_core} of this 2-core machine (shared with other work).",
+        f"on core {args.load_core} of this 2-core machine (shared with other work). "
+        f"Contenders' order per round: `{args.order}` (seed {args.seed}), so order effects "
+        "cancel over the rounds: "
+        + "; ".join(f"{scen} " + " / ".join(",".join(f"{p}:{a}" for p, a in o) for o in os_)
+                    for scen, os_ in orders.items()) + ".",
         "",
     ]
     for scen, title in (("slow", "A: the third backend 5x slower (50 ms mean vs 10 ms)"),
@@ -406,6 +418,17 @@ def write_section(path: Path, body: str) -> None:
     path.write_text(text)
 
 
+def round_order(want: list, r: int, how: str, rng: random.Random) -> list:
+    """The contenders' order in round `r` (0-based): see the module doc."""
+    if how == "rotate":
+        k = r % len(want)
+        return want[k:] + want[:k]
+    order = list(want)
+    if how == "shuffle":
+        rng.shuffle(order)
+    return order
+
+
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "backend":
         _, _, port, name, mean, stalls = sys.argv
@@ -426,19 +449,30 @@ def main() -> int:
     ap.add_argument("--only", default="", help="comma list of contenders, e.g. fulcrum:peak_ewma,nginx:least_conn")
     ap.add_argument("--scenarios", default="slow,stalls")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--order", choices=("shuffle", "rotate", "fixed"), default="shuffle",
+                    help="the contenders' order in each round (see the module doc)")
+    ap.add_argument("--seed", type=int, default=None, help="--order shuffle's seed (default random)")
     args = ap.parse_args()
+    if args.seed is None:
+        args.seed = random.SystemRandom().randrange(1 << 32)
     cmdline = "python3 bench/balance.py " + " ".join(sys.argv[1:])
     want = [tuple(x.split(":")) for x in args.only.split(",") if x] or CONTENDERS
     lock = l4.take_bench_lock(1800)
     procs = l4.Procs()
     res: dict = {}
+    rng = random.Random(args.seed)
+    orders: dict = {}
     try:
         with tempfile.TemporaryDirectory(prefix="fulcrum-balance-") as t:
             tmp = Path(t)
             for scen in args.scenarios.split(","):
                 runs: dict = {c: [] for c in want}
                 for r in range(args.runs):
-                    for c in want:
+                    order = round_order(want, r, args.order, rng)
+                    l4.log(f"{scen} run {r + 1} order ({args.order}, seed {args.seed}): "
+                           + ", ".join(f"{p}:{a}" for p, a in order))
+                    orders.setdefault(scen, []).append(order)
+                    for c in order:
                         m = run_one(args, procs, tmp, scen, c[0], c[1], r)
                         l4.log(f"{scen} run {r + 1} {c[0]} {c[1]}: p50 {m['p50']:.1f} p99 "
                                f"{m['p99']:.1f} p999 {m['p999']:.1f} ms, shares "
@@ -452,7 +486,7 @@ def main() -> int:
     Path("/tmp/fulcrum-balance.json").write_text(json.dumps(
         {s: {f"{p}:{a}": m for (p, a), m in v.items()} for s, v in res.items()}, indent=1))
     if set(res) == {"slow", "stalls"} and all(("fulcrum", "rr") in v for v in res.values()):
-        body = render(res, args, cmdline)
+        body = render(res, args, cmdline, orders)
         print(body)
         if not args.no_write:
             write_section(REPO / "docs/benchmarks.md", body)

@@ -274,6 +274,7 @@ impl Task {
             announced,
             refused: self.refused.clone(),
             report: self.report.clone(),
+            registry_refused: self.shared.discovery_errors.recent_refusals(),
         }
     }
 

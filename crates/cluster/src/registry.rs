@@ -56,10 +56,11 @@ impl Set {
     fn put(&mut self, kv: &KeyValue, out: &SetSender) {
         match registry::parse(&self.prefix, kv.key(), kv.value()) {
             Ok(b) => {
+                out.cleared(kv.key());
                 self.backends.insert(b.address, b);
             }
             Err(e) => {
-                out.refused(e.reason());
+                out.refused(kv.key(), &e, kv.mod_revision());
                 tracing::warn!(
                     pool = self.pool,
                     key = %String::from_utf8_lossy(kv.key()),
@@ -74,7 +75,8 @@ impl Set {
         }
     }
 
-    fn delete(&mut self, kv: &KeyValue) {
+    fn delete(&mut self, kv: &KeyValue, out: &SetSender) {
+        out.cleared(kv.key());
         if let Ok(a) = registry::parse_key(&self.prefix, kv.key()) {
             self.backends.remove(&a);
         }
@@ -94,6 +96,7 @@ async fn run(endpoints: Vec<String>, pool: String, prefix: String, out: SetSende
             tracing::warn!(pool, prefix, error = %e, "discovery: lost etcd; keeping the last set of registered backends, reconnecting");
         }
         if out.is_closed() {
+            out.reset_refused();
             return;
         }
         tokio::time::sleep(backoff.next(fastrand::f64())).await;
@@ -129,6 +132,7 @@ async fn session(
         prefix: prefix.to_owned(),
         backends: BTreeMap::new(),
     };
+    out.reset_refused();
     for kv in all.kvs() {
         set.put(kv, out);
     }
@@ -184,7 +188,7 @@ fn apply(set: &mut Set, resp: &etcd_client::WatchResponse, out: &SetSender) -> R
         let Some(kv) = ev.kv() else { continue };
         match ev.event_type() {
             EventType::Put => set.put(kv, out),
-            EventType::Delete => set.delete(kv),
+            EventType::Delete => set.delete(kv, out),
         }
     }
     Ok(())

@@ -86,7 +86,7 @@ impl Collector for FulcrumCollector {
             .collect();
         let mut m = enc.encode_descriptor(
             "fulcrum_backend_latency_seconds",
-            "The response time the scheduler believes (peak_ewma: peak EWMA; predictive: forecast)",
+            "The response time the scheduler believes (peak_ewma: peak EWMA, on L4 plus the connection term; predictive: forecast)",
             None,
             MetricType::Gauge,
         )?;

@@ -64,6 +64,27 @@ fn maglev_build(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("m65537_equal_weights", n), &n, |b, _| {
             b.iter(|| black_box(Maglev::new(black_box(&equal), PrimeTableSize::DEFAULT)));
         });
+        // The plain probing population in the same run (the table is the same).
+        g.bench_with_input(BenchmarkId::new("m65537_reference", n), &n, |b, _| {
+            b.iter(|| {
+                black_box(fulcrum_core::sched::maglev::populate_reference(
+                    black_box(&backends),
+                    PrimeTableSize::DEFAULT,
+                ))
+            });
+        });
+        g.bench_with_input(
+            BenchmarkId::new("m65537_equal_weights_reference", n),
+            &n,
+            |b, _| {
+                b.iter(|| {
+                    black_box(fulcrum_core::sched::maglev::populate_reference(
+                        black_box(&equal),
+                        PrimeTableSize::DEFAULT,
+                    ))
+                });
+            },
+        );
     }
     g.finish();
 }

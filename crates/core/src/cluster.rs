@@ -218,6 +218,10 @@ pub struct MemberRecord {
     /// backend's counters since the member started.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub report: Vec<BackendReport>,
+    /// The keys under its pools' `[pool.discovery] etcd` prefixes that it refuses now, with
+    /// the reason (bounded: `registry::MAX_REPORTED_REFUSALS` newest per pool).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub registry_refused: Vec<crate::registry::KeyRefusal>,
 }
 
 /// How often a member refreshes its report.
@@ -475,6 +479,7 @@ prefix = "/fulcrum/prod"
             applied_revision: applied,
             announced: vec![],
             report: vec![],
+            registry_refused: vec![],
             refused: refused.map(|revision| Refusal {
                 revision,
                 error: "bad".into(),

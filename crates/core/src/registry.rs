@@ -164,6 +164,97 @@ pub fn parse(prefix: &str, key: &[u8], value: &[u8]) -> Result<Backend, Refused>
     Ok(b)
 }
 
+/// How many refused keys a member reports per pool on its status key (the newest).
+pub const MAX_REPORTED_REFUSALS: usize = 16;
+
+/// How much of a refused key, and of its reason, is reported (bytes; longer ones are cut
+/// at a character boundary and end in `…`), so a garbage key of etcd's 1.5 MiB cannot blow
+/// up the status key.
+pub const MAX_REPORTED_TEXT: usize = 256;
+
+/// A refused key as a member reports it on its status key (`P/members/NAME`,
+/// `registry_refused`) and in `GET /api/v1/cluster`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRefusal {
+    /// The pool whose `[pool.discovery] etcd` prefix holds the key.
+    pub pool: String,
+    /// The key (lossy UTF-8, cut to [`MAX_REPORTED_TEXT`]).
+    pub key: String,
+    /// [`Refused::reason`]: `wrong_prefix`, `bad_key`, `too_large`, `bad_value`,
+    /// `address_mismatch`.
+    pub reason: String,
+    /// What was wrong and what would be valid (cut to [`MAX_REPORTED_TEXT`]).
+    pub error: String,
+    /// The etcd revision that wrote the key.
+    pub revision: i64,
+}
+
+impl KeyRefusal {
+    /// The report of `refused` for the key `key` of pool `pool`, written at `revision`.
+    pub fn new(pool: &str, key: &[u8], refused: &Refused, revision: i64) -> Self {
+        Self {
+            pool: pool.to_owned(),
+            key: cut(&lossy(key)),
+            reason: refused.reason().to_owned(),
+            error: cut(&refused.to_string()),
+            revision,
+        }
+    }
+}
+
+fn cut(s: &str) -> String {
+    if s.len() <= MAX_REPORTED_TEXT {
+        return s.to_owned();
+    }
+    let mut end = MAX_REPORTED_TEXT;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// The keys refused now, per pool: a key stays listed while it is there and refused, and
+/// leaves when it is deleted or becomes a valid registration; of each pool only the
+/// [`MAX_REPORTED_REFUSALS`] newest refusals are kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecentRefusals {
+    pools: std::collections::BTreeMap<String, std::collections::VecDeque<KeyRefusal>>,
+}
+
+impl RecentRefusals {
+    /// Records a refusal (replacing an older one of the same key), dropping the pool's
+    /// oldest beyond [`MAX_REPORTED_REFUSALS`].
+    pub fn refused(&mut self, r: KeyRefusal) {
+        let list = self.pools.entry(r.pool.clone()).or_default();
+        list.retain(|o| o.key != r.key);
+        list.push_back(r);
+        while list.len() > MAX_REPORTED_REFUSALS {
+            list.pop_front();
+        }
+    }
+
+    /// The key `key` of pool `pool` is gone or is a registration now.
+    pub fn cleared(&mut self, pool: &str, key: &[u8]) {
+        let key = cut(&lossy(key));
+        if let Some(list) = self.pools.get_mut(pool) {
+            list.retain(|o| o.key != key);
+            if list.is_empty() {
+                self.pools.remove(pool);
+            }
+        }
+    }
+
+    /// Forgets pool `pool`'s refusals (its watch reads every key again).
+    pub fn reset(&mut self, pool: &str) {
+        self.pools.remove(pool);
+    }
+
+    /// Every refusal: by pool, oldest first.
+    pub fn list(&self) -> Vec<KeyRefusal> {
+        self.pools.values().flatten().cloned().collect()
+    }
+}
+
 /// The value `fulcrum register` writes.
 pub fn value(address: SocketAddr, weight: u16, zone: Option<&str>) -> String {
     let r = Registration {
@@ -178,6 +269,52 @@ pub fn value(address: SocketAddr, weight: u16, zone: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recent_refusals_are_bounded_cut_and_cleared() {
+        let mut r = RecentRefusals::default();
+        let e = Refused::TooLarge(5000);
+        for i in 0..(MAX_REPORTED_REFUSALS + 4) {
+            let k = format!("/services/web/127.0.0.1:{}", 100 + i);
+            r.refused(KeyRefusal::new(
+                "web",
+                k.as_bytes(),
+                &e,
+                i64::try_from(i).unwrap(),
+            ));
+        }
+        // Refused again: moves to the newest, not listed twice.
+        let again = format!("/services/web/127.0.0.1:{}", 100 + 10);
+        r.refused(KeyRefusal::new("web", again.as_bytes(), &e, 99));
+        let l = r.list();
+        assert_eq!(l.len(), MAX_REPORTED_REFUSALS);
+        assert_eq!(l.iter().filter(|x| x.key == again).count(), 1);
+        assert_eq!(l.last().map(|x| x.revision), Some(99));
+        assert_eq!(
+            l[0].key, "/services/web/127.0.0.1:104",
+            "the oldest were dropped"
+        );
+        assert_eq!(l[0].reason, "too_large");
+        assert!(l[0].error.contains("at most 1024"), "{}", l[0].error);
+        // A huge key is cut, at a character boundary.
+        let huge = format!("/services/api/{}", "é".repeat(10_000));
+        let refused = parse_key(P, huge.as_bytes()).unwrap_err();
+        r.refused(KeyRefusal::new("api", huge.as_bytes(), &refused, 1));
+        let k = &r.list()[0];
+        assert_eq!(
+            (k.pool.as_str(), k.reason.as_str()),
+            ("api", "wrong_prefix")
+        );
+        assert!(k.key.len() <= MAX_REPORTED_TEXT + '…'.len_utf8() && k.key.ends_with('…'));
+        assert!(k.error.len() <= MAX_REPORTED_TEXT + '…'.len_utf8());
+        // Deleted or fixed: gone; a pool read again: forgotten.
+        r.cleared("api", huge.as_bytes());
+        r.cleared("web", again.as_bytes());
+        assert_eq!(r.list().len(), MAX_REPORTED_REFUSALS - 1);
+        assert!(r.list().iter().all(|x| x.key != again && x.pool == "web"));
+        r.reset("web");
+        assert!(r.list().is_empty());
+    }
 
     const P: &str = "/services/web/";
 

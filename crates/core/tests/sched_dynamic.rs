@@ -337,3 +337,125 @@ fn an_unsampled_backend_is_probed_one_request_at_a_time() {
     st.active[1] = 1;
     assert_eq!(pick(&*s, &st, 3, S), 0);
 }
+
+/// `peak_ewma` on L4 (connect time plus the connection term), simulated with explicit time:
+/// connections arrive every 5 ms for 20 s, connect in 1 ms everywhere, and backend 1 holds
+/// each 10 times longer (200 ms) than backend 0 (20 ms). Returns backend 1's share of the
+/// last 10 s, and the pick of each arrival. `durations`: the IO layer reports opened and
+/// closed connections and their durations (as `crates/proxy/src/tcp.rs` does); without,
+/// only the connect time and the open count score (what L4 `peak_ewma` had before).
+fn l4_share(durations: bool) -> f64 {
+    let s = build(
+        SchedulerKind::PeakEwma,
+        &pool(&[1, 1]),
+        &SchedOptions::default(),
+    );
+    let mut st = State::new(2);
+    let hold = [20 * MS, 200 * MS];
+    // (close time, backend, opened)
+    let mut open: Vec<(Duration, usize, Duration)> = Vec::new();
+    let mut seed = 7;
+    let (mut picks, mut ones) = (0u32, 0u32);
+    for n in 0..4000u32 {
+        let now = S + 5 * MS * n;
+        open.sort_by_key(|c| c.0);
+        while open.first().is_some_and(|c| c.0 <= now) {
+            let (at, i, opened) = open.remove(0);
+            st.active[i] -= 1;
+            if durations {
+                st.signals[i].connection_closed(opened);
+                s.observe_connection(&st.signals[i], at.saturating_sub(opened), at);
+            }
+        }
+        let i = pick(&*s, &st, splitmix(&mut seed), now);
+        s.observe(&st.signals[i], MS, now + MS);
+        st.active[i] += 1;
+        let opened = now + MS;
+        if durations {
+            assert!(st.signals[i].connection_opened(opened));
+        }
+        open.push((opened + hold[i], i, opened));
+        if n >= 2000 {
+            picks += 1;
+            ones += u32::from(i == 1);
+        }
+    }
+    f64::from(ones) / f64::from(picks)
+}
+
+#[test]
+fn l4_peak_ewma_takes_less_of_a_backend_that_holds_connections_longer() {
+    let with = l4_share(true);
+    let without = l4_share(false);
+    println!("backend 1 (holds 10x longer): share {with:.3} with the connection term, {without:.3} with connect time only");
+    assert!(
+        with < without * 0.8,
+        "the connection term moves load away: {with:.3} vs {without:.3}"
+    );
+    assert!(with > 0.0, "the slower backend is still tried");
+}
+
+#[test]
+fn l4_connection_term_is_the_larger_of_completed_durations_and_open_ages() {
+    let h = Duration::from_secs(5);
+    let sig = Signals::default();
+    assert_eq!(
+        sig.connection_ns(S, h),
+        None,
+        "no connection yet (HTTP pools)"
+    );
+    // Open connections: their mean age counts before any completes.
+    assert!(sig.connection_opened(S));
+    assert!(sig.connection_opened(2 * S));
+    let (n, age) = sig.open_connections(3 * S);
+    assert_eq!(n, 2);
+    assert!((age / 1e9 - 1.5).abs() < 1e-6, "{age}");
+    assert!((sig.connection_ns(3 * S, h).unwrap() / 1e9 - 1.5).abs() < 1e-6);
+    // Completed durations: a plain EWMA (the first sets it).
+    sig.connection_closed(S);
+    sig.connection_closed(2 * S);
+    assert_eq!(sig.open_connections(3 * S).0, 0);
+    sig.observe_duration(100 * MS, 3 * S, h);
+    assert!((sig.connection_ns(3 * S, h).unwrap() / 1e6 - 100.0).abs() < 1e-6);
+    // One half-life later a 300 ms one moves it half way (not to the peak).
+    sig.observe_duration(300 * MS, 3 * S + h, h);
+    let v = sig.connection_ns(3 * S + h, h).unwrap() / 1e6;
+    assert!((v - 200.0).abs() < 1e-6, "{v}");
+    // It decays while none completes; an old open connection then dominates.
+    assert!(sig.connection_opened(3 * S + h));
+    let later = 3 * S + h + 4 * h;
+    let v = sig.connection_ns(later, h).unwrap() / 1e9;
+    assert!((v - 20.0).abs() < 1e-6, "the open connection's age: {v}");
+    // The score adds the term to the connect EWMA.
+    let s = build(
+        SchedulerKind::PeakEwma,
+        &pool(&[1]),
+        &SchedOptions::default(),
+    );
+    let mut st = State::new(1);
+    st.signals[0].observe_peak(MS, S, h);
+    let base = s.score(&st, 0, S).unwrap();
+    assert!(st.signals[0].connection_opened(S));
+    st.active[0] = 1;
+    let with = s.score(&st, 0, S + S).unwrap();
+    // (connect ewma decayed + 1 s of age) x (1 + 1)
+    assert!(with > 1e9 && with > base, "{base} {with}");
+}
+
+#[test]
+fn l4_connection_term_survives_clock_jumps_and_saturation() {
+    let h = Duration::from_secs(5);
+    let sig = Signals::default();
+    assert!(sig.connection_opened(10 * S));
+    // The clock went back before the opening: age 0, never NaN or negative.
+    let v = sig.connection_ns(5 * S, h).unwrap();
+    assert!(v.is_finite() && (0.0..1.0).contains(&v), "{v}");
+    sig.observe_duration(S, 20 * S, h);
+    sig.observe_duration(2 * S, 3 * S, h);
+    let v = sig.connection_ns(S, h).unwrap();
+    assert!(v.is_finite() && v >= 0.0, "{v}");
+    // Closing more than was opened never underflows the count.
+    sig.connection_closed(10 * S);
+    sig.connection_closed(10 * S);
+    assert_eq!(sig.open_connections(30 * S).0, 0);
+}

@@ -437,6 +437,20 @@ fn cluster_text(v: &Value) -> String {
             }
         }
     }
+    for m in v["members"].as_array().into_iter().flatten() {
+        for r in m["registry_refused"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                out,
+                "registration refused by {}: pool {} key {} ({}, revision {}): {}",
+                cell(&m["member"]),
+                cell(&r["pool"]),
+                cell(&r["key"]),
+                cell(&r["reason"]),
+                cell(&r["revision"]),
+                r["error"].as_str().unwrap_or_default()
+            );
+        }
+    }
     if v["health"].is_object() {
         out.push_str(&cluster_health_text(&v["health"]));
     }

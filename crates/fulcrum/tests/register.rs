@@ -369,9 +369,116 @@ async fn registered_backends_join_leave_and_drain() {
         );
         f.assert_no_panic();
     }
+    // Each is reported with its key and reason on the member's status key
+    // (`P/members/NAME`, `registry_refused`), in `GET /api/v1/cluster` and `ctl cluster`.
+    let listed = |list: &[serde_json::Value], k: &str, reason: &str| {
+        list.iter().any(|r| {
+            r["pool"] == "web"
+                && r["key"] == k
+                && r["reason"] == reason
+                && r["revision"].as_i64().is_some_and(|n| n > 0)
+                && r["error"].as_str().is_some_and(|e| !e.is_empty())
+        })
+    };
+    for (i, f) in fleet.iter().enumerate() {
+        let member = format!("lb{i}");
+        let ok = eventually(Duration::from_secs(10), || async {
+            let list = refused_on_status_key(&c, &member).await;
+            bad.iter().all(|(k, _, reason)| listed(&list, k, reason))
+        })
+        .await;
+        let list = refused_on_status_key(&c, &member).await;
+        assert!(ok, "{member}: status key lacks a refusal: {list:#?}");
+        assert_eq!(list.len(), bad.len(), "{list:#?}");
+        // The reasons say what was wrong (and what would be valid).
+        let why = |k: &str| {
+            list.iter()
+                .find(|r| r["key"] == k)
+                .and_then(|r| r["error"].as_str())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        assert!(
+            why("/services/web/127.0.0.1:10").contains("at most 1024"),
+            "{list:#?}"
+        );
+        assert!(
+            why("/services/web/garbage").contains("canonical form"),
+            "{list:#?}"
+        );
+        assert!(
+            why("/services/web/deeper/127.0.0.1:11").contains("directly under the watched prefix"),
+            "{list:#?}"
+        );
+        // Seen by the other instance's view of the fleet too.
+        let other = &fleet[1 - i];
+        let (st, body) = other.get("/api/v1/cluster").await;
+        assert_eq!(st, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let view = v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["member"] == member.as_str())
+            .map(|m| {
+                m["registry_refused"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default();
+        assert!(
+            bad.iter().all(|(k, _, reason)| listed(&view, k, reason)),
+            "{}'s view of {member}: {view:#?}",
+            other.admin
+        );
+        let out = Command::new(env!("CARGO_BIN_EXE_fulcrum"))
+            .args(["ctl", "--admin", &format!("http://{}", f.admin), "cluster"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(out.status.success(), "{text}");
+        assert!(
+            text.contains(&format!(
+                "registration refused by {member}: pool web key /services/web/garbage (bad_key,"
+            )),
+            "{text}"
+        );
+    }
     for (k, _, _) in &bad {
         c.delete(*k, None).await.unwrap();
     }
+    // Deleted: no longer reported.
+    for i in 0..fleet.len() {
+        let member = format!("lb{i}");
+        let ok = eventually(Duration::from_secs(10), || async {
+            refused_on_status_key(&c, &member).await.is_empty()
+        })
+        .await;
+        assert!(
+            ok,
+            "{member}: deleted keys still reported: {:#?}",
+            refused_on_status_key(&c, &member).await
+        );
+    }
+}
+
+/// The registration keys member `member` reports refused on its status key
+/// (`P/members/NAME`, `registry_refused`).
+async fn refused_on_status_key(
+    c: &fulcrum_cluster::etcd_client::Client,
+    member: &str,
+) -> Vec<serde_json::Value> {
+    let mut c = c.clone();
+    let key = fulcrum_core::cluster::member_key(CLUSTER_PREFIX, member);
+    let got = c.get(key, None).await.unwrap();
+    let rec: serde_json::Value = got.kvs().first().map_or(serde_json::Value::Null, |kv| {
+        serde_json::from_slice(kv.value()).unwrap()
+    });
+    rec["registry_refused"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// `/proc/PID/stat` utime + stime, in clock ticks (100 per second).

@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 
 use fulcrum_core::config::{Discovery, HostPort, PoolConfig, RegistryPrefix};
 use fulcrum_core::model::Backend;
+use fulcrum_core::registry::{KeyRefusal, RecentRefusals, Refused};
 use hickory_resolver::config::{NameServerConfigGroup, ResolverConfig, ResolverOpts};
 use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::{Resolver, TokioResolver};
@@ -66,9 +67,22 @@ const LOOKUP_DEADLINE: Duration = Duration::from_secs(3);
 pub struct DiscoveryErrors(
     Mutex<BTreeMap<(String, &'static str), u64>>,
     Mutex<BTreeMap<(String, &'static str), u64>>,
+    Mutex<RecentRefusals>,
 );
 
 impl DiscoveryErrors {
+    /// The registration keys refused now, with key and reason, for the member's status key
+    /// (`registry_refused` in `P/members/NAME`).
+    pub fn recent_refusals(&self) -> Vec<KeyRefusal> {
+        self.2.lock().map(|r| r.list()).unwrap_or_default()
+    }
+
+    fn with_recent(&self, f: impl FnOnce(&mut RecentRefusals)) {
+        if let Ok(mut r) = self.2.lock() {
+            f(&mut r);
+        }
+    }
+
     /// Registration keys refused so far (etcd discovery), as `(pool, reason, count)`, for
     /// `fulcrum_registry_refused_total` (reasons: `fulcrum_core::registry::Refused::reason`).
     pub fn refusals(&self) -> Vec<(String, &'static str, u64)> {
@@ -126,7 +140,7 @@ pub trait Registry: Send + Sync + std::fmt::Debug {
     /// Watches `prefix` for pool `pool` and sends each new set of registered backends
     /// through `out`, until `out` is closed or the task is aborted. A lost connection keeps
     /// the last set (`out.failed()`); a key that is not a registration is left out
-    /// (`out.refused(reason)`).
+    /// (`out.refused(key, reason, revision)`).
     fn watch(&self, pool: String, prefix: RegistryPrefix, out: SetSender) -> JoinHandle<()>;
 }
 
@@ -149,9 +163,22 @@ impl SetSender {
         self.errors.count(&self.pool, Source::Etcd.kind());
     }
 
-    /// Counts a refused key (`fulcrum_registry_refused_total{reason}`).
-    pub fn refused(&self, reason: &'static str) {
-        self.errors.refused(&self.pool, reason);
+    /// Counts a refused key (`fulcrum_registry_refused_total{reason}`) and lists it, with
+    /// the reason, for the member's status key until it is [`Self::cleared`].
+    pub fn refused(&self, key: &[u8], refused: &Refused, revision: i64) {
+        self.errors.refused(&self.pool, refused.reason());
+        let r = KeyRefusal::new(&self.pool, key, refused, revision);
+        self.errors.with_recent(|l| l.refused(r));
+    }
+
+    /// The key `key` is gone, or is a registration now: no longer listed as refused.
+    pub fn cleared(&self, key: &[u8]) {
+        self.errors.with_recent(|l| l.cleared(&self.pool, key));
+    }
+
+    /// The watch reads every key again: the pool's listed refusals are forgotten first.
+    pub fn reset_refused(&self) {
+        self.errors.with_recent(|l| l.reset(&self.pool));
     }
 
     /// Whether nobody listens any more (the pool's discovery stopped).

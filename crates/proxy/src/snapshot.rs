@@ -87,6 +87,14 @@ impl PoolRt {
         }
     }
 
+    /// Tells the scheduler the duration of a completed L4 connection to backend `idx`,
+    /// ended at `now` (`peak_ewma`'s connection term).
+    pub fn observe_connection(&self, idx: usize, duration: Duration, now: Duration) {
+        if let Some(s) = self.stats.get(idx) {
+            self.scheduler.observe_connection(&s.signals, duration, now);
+        }
+    }
+
     /// The scheduler's view of backend `idx` at `now` (metrics, `explain`).
     pub fn view(&self, idx: usize, now: Duration) -> SchedView {
         let weight = self.backends.get(idx).map_or(0.0, |b| {

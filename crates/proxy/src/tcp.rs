@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use fulcrum_core::choice::Flow;
 use fulcrum_core::model::{FlowTuple, Proto};
+use fulcrum_core::sched::Signals;
 use socket2::SockRef;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -130,6 +131,8 @@ async fn handle(shared: &Shared, svc: &Slot, client: TcpStream, peer: SocketAddr
         return;
     };
     let _active = ActiveGuard::new(&svc.pool.stats[idx].active);
+    let opened = shared.now();
+    let _age = OpenAge::new(&svc.pool.stats[idx].signals, opened);
     match relay(
         &client,
         &backend,
@@ -139,7 +142,13 @@ async fn handle(shared: &Shared, svc: &Slot, client: TcpStream, peer: SocketAddr
     )
     .await
     {
-        RelayEnd::Closed => {}
+        // A connection that ended normally tells `peak_ewma` how long the backend held it
+        // (idle timeouts and errors say nothing about the backend's speed).
+        RelayEnd::Closed => {
+            let now = shared.now();
+            svc.pool
+                .observe_connection(idx, now.saturating_sub(opened), now);
+        }
         // The client's address is asked again only for the log line, so the established
         // connection's task does not carry it.
         RelayEnd::IdleTimeout => {
@@ -219,6 +228,32 @@ async fn connect(
         return Some((backend, idx));
     }
     None
+}
+
+/// Counts an established connection's age in its backend's [`Signals`] (`peak_ewma`'s
+/// connection term) until dropped. Two compare-and-swaps per connection, no lock.
+struct OpenAge<'a> {
+    signals: &'a Signals,
+    opened: Duration,
+    counted: bool,
+}
+
+impl<'a> OpenAge<'a> {
+    fn new(signals: &'a Signals, opened: Duration) -> Self {
+        Self {
+            signals,
+            opened,
+            counted: signals.connection_opened(opened),
+        }
+    }
+}
+
+impl Drop for OpenAge<'_> {
+    fn drop(&mut self) {
+        if self.counted {
+            self.signals.connection_closed(self.opened);
+        }
+    }
 }
 
 /// "All backends down" is logged at most once a second per process, not once per connection.

@@ -352,6 +352,7 @@ mod tests {
                 latency_us: us,
                 latency_samples: requests,
             }],
+            registry_refused: vec![],
         };
         let mut c = Counters::default();
         assert!(c.advance(&[rec(100, 1000)]).is_empty());

@@ -51,6 +51,8 @@ struct Lane {
     acc: u64,
     quota: u32,
     taken: u32,
+    /// `skip^-1 mod M`, computed when first needed (0: not yet).
+    inverse: u32,
 }
 
 impl Maglev {
@@ -123,6 +125,7 @@ fn lanes(sorted: &[(String, usize)], weights: &[u32], m: u32) -> Vec<Lane> {
             acc: 0,
             quota,
             taken: 0,
+            inverse: 0,
         })
         .collect()
 }
@@ -146,11 +149,154 @@ fn quotas(weights: &[u32], m: u32) -> Vec<u32> {
 }
 
 /// Fills the table as described in the module documentation; lane `k` writes `owners[k]`.
+///
+/// Each lane takes "the next free slot of its permutation". While many slots are free that
+/// is found by probing the permutation (one bit per slot); once at most [`TAIL`] slots are
+/// free (where probing costs about `M / free` steps per slot taken, most of a build), the
+/// free slots are kept in a list and a lane takes the one it would reach first: the fewest
+/// steps `((slot - pos) mod M) x skip^-1 mod M` from its position. Both give the same slot,
+/// so the table is the same ([`populate_reference`] is the plain probing, and the tests
+/// compare the two).
 fn populate(lanes: &mut [Lane], owners: &[u32], m: u32) -> Vec<u32> {
     let Some(max_w) = lanes.iter().map(|l| l.weight).max() else {
         return Vec::new();
     };
     // Every slot is written exactly once (the quotas sum to `m`).
+    let mut table = vec![0; m as usize];
+    let mut used = Used::new(m);
+    let mut free = Tail::new(m);
+    let mut active: Vec<usize> = (0..lanes.len()).filter(|&k| lanes[k].quota > 0).collect();
+    let mut filled = 0u32;
+    while filled < m {
+        let mut took = false;
+        for &k in &active {
+            let lane = &mut lanes[k];
+            lane.acc += lane.weight;
+            if lane.acc < max_w {
+                continue;
+            }
+            lane.acc -= max_w;
+            let slot = if free.on {
+                free.take(lane, m)
+            } else {
+                probe_next_free(lane, &mut used, m)
+            };
+            table[slot as usize] = owners[k];
+            lane.taken += 1;
+            filled += 1;
+            took = true;
+            if !free.on && m - filled <= TAIL {
+                free.start(&used, m);
+            }
+        }
+        active.retain(|&k| lanes[k].taken < lanes[k].quota);
+        if !took {
+            skip_idle_rounds(lanes, &active, max_w);
+        }
+    }
+    table
+}
+
+/// How many free slots are left when [`populate`] switches from probing to the list of free
+/// slots (probing then costs about `M / TAIL` steps per slot, the list `TAIL` multiplications).
+const TAIL: u32 = 192;
+
+/// The free slots of the table's last [`TAIL`] (see [`populate`]).
+struct Tail {
+    on: bool,
+    slots: Vec<u32>,
+    /// `floor(2^64 / m)`, for Barrett reduction modulo `m`.
+    barrett: u64,
+}
+
+impl Tail {
+    fn new(m: u32) -> Self {
+        Self {
+            on: false,
+            slots: Vec::new(),
+            barrett: u64::MAX / u64::from(m),
+        }
+    }
+
+    /// Lists the free slots of `used`.
+    fn start(&mut self, used: &Used, m: u32) {
+        self.slots.clear();
+        for (w, &bits) in used.0.iter().enumerate() {
+            let mut free = !bits;
+            while free != 0 {
+                let slot = (w as u32) * 64 + free.trailing_zeros();
+                if slot < m {
+                    self.slots.push(slot);
+                }
+                free &= free - 1;
+            }
+        }
+        self.on = true;
+    }
+
+    /// `x mod m` for `x < 2^64` (`m < 2^32`): Barrett's estimate is low by at most one.
+    #[inline]
+    fn reduce(&self, x: u64, m: u64) -> u64 {
+        let q = ((u128::from(x) * u128::from(self.barrett)) >> 64) as u64;
+        let r = x - q * m;
+        if r >= m {
+            r - m
+        } else {
+            r
+        }
+    }
+
+    /// The free slot the lane's permutation reaches first, taken.
+    fn take(&mut self, lane: &mut Lane, m: u32) -> u32 {
+        if lane.inverse == 0 {
+            lane.inverse = inverse_mod(lane.skip, m);
+        }
+        let (mm, pos, inv) = (u64::from(m), u64::from(lane.pos), u64::from(lane.inverse));
+        let mut best = (u64::MAX, 0usize);
+        for (i, &s) in self.slots.iter().enumerate() {
+            let s = u64::from(s);
+            let diff = if s >= pos { s - pos } else { s + mm - pos };
+            let steps = self.reduce(diff * inv, mm);
+            if steps < best.0 {
+                best = (steps, i);
+            }
+        }
+        let slot = self.slots.swap_remove(best.1);
+        lane.pos = slot + lane.skip;
+        if lane.pos >= m {
+            lane.pos -= m;
+        }
+        slot
+    }
+}
+
+/// `a^-1 mod m` for a prime `m` and `0 < a < m` (extended Euclid).
+fn inverse_mod(a: u32, m: u32) -> u32 {
+    let (mut r0, mut r1) = (i64::from(m), i64::from(a));
+    let (mut t0, mut t1) = (0i64, 1i64);
+    while r1 != 0 {
+        let q = r0 / r1;
+        (r0, r1) = (r1, r0 - q * r1);
+        (t0, t1) = (t1, t0 - q * t1);
+    }
+    t0.rem_euclid(i64::from(m)) as u32
+}
+
+/// The plain population: every lane probes its permutation to the next free slot until the
+/// table is full. The reference [`populate`] must agree with (its tests and benchmark).
+#[doc(hidden)]
+pub fn populate_reference(backends: &[Backend], size: PrimeTableSize) -> Vec<u32> {
+    let m = size.get();
+    let sorted = sorted_eligible(backends);
+    let weights: Vec<u32> = sorted
+        .iter()
+        .map(|(_, i)| backends[*i].weight.get())
+        .collect();
+    let mut lanes = lanes(&sorted, &weights, m);
+    let owners: Vec<u32> = sorted.iter().map(|(_, i)| *i as u32).collect();
+    let Some(max_w) = lanes.iter().map(|l| l.weight).max() else {
+        return Vec::new();
+    };
     let mut table = vec![0; m as usize];
     let mut used = Used::new(m);
     let mut active: Vec<usize> = (0..lanes.len()).filter(|&k| lanes[k].quota > 0).collect();
@@ -164,13 +310,15 @@ fn populate(lanes: &mut [Lane], owners: &[u32], m: u32) -> Vec<u32> {
                 continue;
             }
             lane.acc -= max_w;
-            take_next_free(lane, &mut used, &mut table, owners[k], m);
+            let slot = probe_next_free(lane, &mut used, m);
+            table[slot as usize] = owners[k];
+            lane.taken += 1;
             filled += 1;
             took = true;
         }
         active.retain(|&k| lanes[k].taken < lanes[k].quota);
         if !took {
-            skip_idle_rounds(lanes, &active, max_w);
+            skip_idle_rounds(&mut lanes, &active, max_w);
         }
     }
     table
@@ -195,9 +343,10 @@ impl Used {
     }
 }
 
-/// Takes the next free slot of the lane's permutation (the table has one).
+/// Probes the lane's permutation to its next free slot (the table has one), marks it used
+/// and returns it.
 #[inline]
-fn take_next_free(lane: &mut Lane, used: &mut Used, table: &mut [u32], owner: u32, m: u32) {
+fn probe_next_free(lane: &mut Lane, used: &mut Used, m: u32) -> u32 {
     loop {
         let slot = lane.pos;
         lane.pos += lane.skip;
@@ -205,9 +354,7 @@ fn take_next_free(lane: &mut Lane, used: &mut Used, table: &mut [u32], owner: u3
             lane.pos -= m;
         }
         if used.claim(slot) {
-            table[slot as usize] = owner;
-            lane.taken += 1;
-            return;
+            return slot;
         }
     }
 }
@@ -274,4 +421,103 @@ pub fn moved_ratio(
         .filter(|(&o, &n)| old_ids[o as usize] != new_ids[n as usize])
         .count();
     moved as f64 / old.table.len() as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(n: usize, seed: u64, weights: bool) -> Vec<Backend> {
+        let mut x = seed;
+        (0..n)
+            .map(|i| {
+                x = x
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                let w = if weights { (x >> 40) % 9 } else { 1 } as u16;
+                let a = format!("198.18.{}.{}:{}", i / 250, i % 250 + 1, 80 + (x >> 60));
+                Backend::new(a.parse().unwrap(), w)
+            })
+            .collect()
+    }
+
+    /// Build time at M = 65537 against the reference in the same run, robust to a loaded
+    /// machine: the minimum (and median) of many builds, interleaved. Run with
+    /// `cargo test --release -p fulcrum-core --lib maglev_build_time -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement (docs/benchmarks.md), not a check"]
+    fn maglev_build_time() {
+        let size = PrimeTableSize::DEFAULT;
+        for (n, weights) in [(1000usize, true), (1000, false), (10_000, false)] {
+            let backends: Vec<Backend> = (0..n)
+                .map(|i| {
+                    let a = format!("198.18.{}.{}:80", i / 250, i % 250 + 1);
+                    let w = if weights { (i % 7 + 1) as u16 } else { 1 };
+                    Backend::new(a.parse().unwrap(), w)
+                })
+                .collect();
+            let (mut fast, mut reference) = (Vec::new(), Vec::new());
+            for _ in 0..300 {
+                let t = std::time::Instant::now();
+                std::hint::black_box(Maglev::new(&backends, size));
+                fast.push(t.elapsed());
+                let t = std::time::Instant::now();
+                std::hint::black_box(populate_reference(&backends, size));
+                reference.push(t.elapsed());
+            }
+            fast.sort();
+            reference.sort();
+            println!(
+                "maglev build M=65537 n={n} weights={weights}: min {:?} median {:?}; reference (probing only) min {:?} median {:?}; min ratio {:.2}",
+                fast[0],
+                fast[150],
+                reference[0],
+                reference[150],
+                fast[0].as_secs_f64() / reference[0].as_secs_f64()
+            );
+        }
+    }
+
+    #[test]
+    fn inverse_mod_is_the_inverse() {
+        for m in [3u32, 7, 251, 65_537, PrimeTableSize::MAX] {
+            for a in [1, 2, m / 2, m - 2, m - 1] {
+                let inv = inverse_mod(a, m);
+                assert!(inv < m);
+                assert_eq!(
+                    u64::from(a) * u64::from(inv) % u64::from(m),
+                    1,
+                    "{a} mod {m}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_tail_list_gives_the_same_table_as_probing() {
+        for (m, n) in [
+            (3u32, 1usize),
+            (3, 3),
+            (7, 5),
+            (251, 10),
+            (251, 200),
+            (4093, 50),
+            (65_537, 1),
+            (65_537, 100),
+            (65_537, 1000),
+            (1_000_003, 300),
+        ] {
+            for (seed, weights) in [(1, false), (2, true), (3, true)] {
+                let backends = pool(n, seed, weights);
+                let size = PrimeTableSize::new(m).unwrap();
+                let fast = Maglev::new(&backends, size);
+                let reference = populate_reference(&backends, size);
+                assert_eq!(
+                    fast.table(),
+                    reference.as_slice(),
+                    "M = {m}, {n} backends, seed {seed}"
+                );
+            }
+        }
+    }
 }

@@ -147,6 +147,9 @@ pub trait Scheduler: Send + Sync + std::fmt::Debug {
     /// Folds a response-time sample of a backend into its `signals` (the latency-aware
     /// schedulers; the others ignore samples).
     fn observe(&self, _signals: &Signals, _sample: Duration, _now: Now) {}
+    /// Folds the duration of a completed L4 connection to a backend into its `signals`
+    /// (`peak_ewma`; the others ignore it).
+    fn observe_connection(&self, _signals: &Signals, _duration: Duration, _now: Now) {}
     /// The score this scheduler gives backend `idx` at `now` (lower wins), for schedulers
     /// that score (`least_request`, `peak_ewma`, `predictive`), for `explain` and metrics.
     fn score(&self, _loads: &dyn Loads, _idx: usize, _now: Now) -> Option<f64> {

@@ -7,7 +7,11 @@
 //! Score = `ewma x (outstanding + 1) / weight`; power of two choices (two weighted-random
 //! candidates, the lower score wins, ties to the first). A backend with no sample yet scores
 //! 0 while it holds no request and [`PENALTY`] while it holds one, so it is probed one request
-//! at a time. HTTP samples the time to the answer's head; L4 the connect time.
+//! at a time. HTTP samples the time to the answer's head; L4 the connect time, and its
+//! `ewma` is the connect time's peak EWMA plus the connection term
+//! ([`Signals::connection_ns`]: the larger of the moving average of completed connections'
+//! durations and the mean age of the open ones), so a backend that holds its connections
+//! longer scores higher.
 
 use std::time::Duration;
 
@@ -40,8 +44,9 @@ impl PeakEwma {
     pub fn score(&self, signals: Option<&Signals>, active: u64, weight: u32, now: Now) -> f64 {
         let load = active as f64 + 1.0;
         let w = f64::from(weight.max(1));
+        let conn = signals.and_then(|s| s.connection_ns(now, self.half_life));
         match signals.and_then(|s| s.peak_ns(now, self.half_life)) {
-            Some(ewma) => clean(ewma * load / w),
+            Some(ewma) => clean((ewma + conn.unwrap_or(0.0)) * load / w),
             None if active == 0 => 0.0,
             None => PENALTY,
         }
@@ -63,8 +68,14 @@ impl Scheduler for PeakEwma {
         signals.observe_peak(sample, now, self.half_life);
     }
 
+    fn observe_connection(&self, signals: &Signals, duration: Duration, now: Now) {
+        signals.observe_duration(duration, now, self.half_life);
+    }
+
     fn latency_ns(&self, loads: &dyn super::Loads, idx: usize, now: Now) -> Option<f64> {
-        loads.signals(idx)?.peak_ns(now, self.half_life)
+        let s = loads.signals(idx)?;
+        let peak = s.peak_ns(now, self.half_life)?;
+        Some(peak + s.connection_ns(now, self.half_life).unwrap_or(0.0))
     }
 
     fn score(&self, loads: &dyn super::Loads, idx: usize, now: Now) -> Option<f64> {

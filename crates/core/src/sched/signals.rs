@@ -36,7 +36,23 @@ pub struct Signals {
     last: AtomicU64,
     /// When the backend last came up (nanoseconds of [`Now`]), [`NOT_UP`] or [`UNSET`].
     up_since: AtomicU64,
+    /// `peak_ewma` on L4: the moving average of completed connections' durations, in
+    /// nanoseconds (`f64` bits).
+    duration: AtomicU64,
+    /// When the last duration sample came in (nanoseconds of [`Now`]); [`NEVER`] before.
+    duration_at: AtomicU64,
+    /// L4: the connections open now and the sum of their opening times, one word so a
+    /// reader sees both of one moment: the count in the top [`OPEN_COUNT_BITS`] bits, the
+    /// sum of the opening times in milliseconds modulo `2^OPEN_SUM_BITS` below (wrapping
+    /// is exact for the ages: `count x now - sum` only needs the true sum of the open
+    /// connections' ages to stay below `2^44` ms, 557 years).
+    open: AtomicU64,
 }
+
+const OPEN_SUM_BITS: u32 = 44;
+const OPEN_COUNT_BITS: u32 = 64 - OPEN_SUM_BITS;
+const OPEN_SUM_MASK: u64 = (1 << OPEN_SUM_BITS) - 1;
+const OPEN_COUNT_MAX: u64 = (1 << OPEN_COUNT_BITS) - 1;
 
 impl Default for Signals {
     fn default() -> Self {
@@ -46,8 +62,15 @@ impl Default for Signals {
             at: AtomicU64::new(NEVER),
             last: AtomicU64::new(0),
             up_since: AtomicU64::new(UNSET),
+            duration: AtomicU64::new(0f64.to_bits()),
+            duration_at: AtomicU64::new(NEVER),
+            open: AtomicU64::new(0),
         }
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -70,7 +93,7 @@ fn unpack(w: u64) -> (f32, f32) {
 }
 
 /// Applies `f` to an atomic word until the compare-and-swap holds.
-fn update(word: &AtomicU64, f: impl Fn(u64) -> u64) {
+fn update(word: &AtomicU64, mut f: impl FnMut(u64) -> u64) {
     let mut cur = word.load(Ordering::Relaxed);
     loop {
         match word.compare_exchange_weak(cur, f(cur), Ordering::Relaxed, Ordering::Relaxed) {
@@ -158,6 +181,102 @@ impl Signals {
         let f = (level + rate * (s1 - s2) * horizon.as_secs_f64()).max(s1 / 2.0);
         let f = f * decay(dt, half_life);
         Some(if f.is_finite() { f.max(0.0) } else { 0.0 })
+    }
+
+    /// L4: a connection to the backend was established at `now`; its age counts in
+    /// [`Self::connection_ns`] until [`Self::connection_closed`] with the same `opened`.
+    /// `false` (and nothing counted) past 2^20 - 1 open connections on one backend: then
+    /// do not call `connection_closed` for it.
+    pub fn connection_opened(&self, opened: Now) -> bool {
+        let ms = millis(opened);
+        let mut counted = false;
+        update(&self.open, |w| {
+            let count = w >> OPEN_SUM_BITS;
+            counted = count < OPEN_COUNT_MAX;
+            if counted {
+                ((count + 1) << OPEN_SUM_BITS)
+                    | ((w & OPEN_SUM_MASK).wrapping_add(ms) & OPEN_SUM_MASK)
+            } else {
+                w
+            }
+        });
+        counted
+    }
+
+    /// L4: a connection counted by [`Self::connection_opened`] at `opened` has ended.
+    pub fn connection_closed(&self, opened: Now) {
+        let ms = millis(opened);
+        update(&self.open, |w| {
+            let count = w >> OPEN_SUM_BITS;
+            if count == 0 {
+                return w;
+            }
+            ((count - 1) << OPEN_SUM_BITS) | ((w & OPEN_SUM_MASK).wrapping_sub(ms) & OPEN_SUM_MASK)
+        });
+    }
+
+    /// The connections open now and their mean age at `now` in nanoseconds (0 when the
+    /// clock went backwards past their opening).
+    pub fn open_connections(&self, now: Now) -> (u64, f64) {
+        let w = self.open.load(Ordering::Relaxed);
+        let count = w >> OPEN_SUM_BITS;
+        if count == 0 {
+            return (0, 0.0);
+        }
+        let ages = count
+            .wrapping_mul(millis(now))
+            .wrapping_sub(w & OPEN_SUM_MASK)
+            & OPEN_SUM_MASK;
+        // Above half the range: the sum is "negative", a clock that went backwards.
+        let ages = if ages >= 1 << (OPEN_SUM_BITS - 1) {
+            0
+        } else {
+            ages
+        };
+        (count, ages as f64 / count as f64 * 1e6)
+    }
+
+    /// `peak_ewma` on L4: folds a completed connection's `duration` into the moving
+    /// average of durations, with the weight `1 - 2^(-dt / half_life)` (`dt`: the time
+    /// since the previous duration; the first sets it). A plain average, not a peak: one
+    /// long-lived connection among short ones is a client's choice, not the backend
+    /// slowing down.
+    pub fn observe_duration(&self, duration: Duration, now: Now, half_life: Duration) {
+        let x = duration.as_nanos() as f64;
+        let now = nanos(now);
+        let prev = self.duration_at.swap(now, Ordering::Relaxed);
+        let dt = (prev != NEVER).then(|| now.saturating_sub(prev));
+        update(&self.duration, |bits| {
+            let new = match dt {
+                None => x,
+                Some(dt) => {
+                    let keep = decay(dt, half_life);
+                    f64::from_bits(bits) * keep + x * (1.0 - keep)
+                }
+            };
+            new.to_bits()
+        });
+    }
+
+    /// `peak_ewma`'s connection term on L4, in nanoseconds at `now`: the larger of the
+    /// moving average of completed connections' durations (decayed towards 0 while none
+    /// completes, like the peak) and the mean age of the connections open now (so a
+    /// backend that holds its connections longer is seen before they end). `None` when
+    /// no connection was ever counted (HTTP pools, or none yet).
+    pub fn connection_ns(&self, now: Now, half_life: Duration) -> Option<f64> {
+        let at = self.duration_at.load(Ordering::Relaxed);
+        let avg = (at != NEVER).then(|| {
+            f64::from_bits(self.duration.load(Ordering::Relaxed))
+                * decay(nanos(now).saturating_sub(at), half_life)
+        });
+        let (open, age) = self.open_connections(now);
+        match (avg, open) {
+            (None, 0) => None,
+            (avg, _) => {
+                let v = avg.unwrap_or(0.0).max(age);
+                Some(if v.is_finite() { v.max(0.0) } else { 0.0 })
+            }
+        }
     }
 
     /// The latest sample, in nanoseconds (0 before the first).

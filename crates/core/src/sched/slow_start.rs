@@ -87,6 +87,10 @@ impl Scheduler for SlowStart {
         self.inner.observe(signals, sample, now);
     }
 
+    fn observe_connection(&self, signals: &super::Signals, duration: Duration, now: Now) {
+        self.inner.observe_connection(signals, duration, now);
+    }
+
     fn score(&self, loads: &dyn Loads, idx: usize, now: Now) -> Option<f64> {
         self.inner.score(loads, idx, now)
     }
