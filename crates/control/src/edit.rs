@@ -291,7 +291,7 @@ pub fn delete_pool(cfg: &Config, pool: &str) -> Result<Config, ChangeError> {
     if let Some(s) = cfg
         .services
         .iter()
-        .find(|s| s.pool == pool || s.routes.iter().any(|r| r.pool == pool))
+        .find(|s| s.uses_pool(pool))
     {
         return Err(ChangeError::Conflict(format!(
             "pool {pool:?} is used by service {:?}; remove or change that service first",

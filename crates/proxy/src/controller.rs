@@ -501,7 +501,7 @@ impl Controller {
             .filter(|p| {
                 services
                     .iter()
-                    .any(|s| s.pool == p.name || s.routes.iter().any(|r| r.pool == p.name))
+                    .any(|s| s.uses_pool(&p.name))
             })
             .map(|p| self.pool_parts(p))
             .collect();
@@ -825,7 +825,7 @@ impl Controller {
         let mut longest = Duration::ZERO;
         let mut counted = true;
         for s in &self.config.services {
-            if s.pool == pool || s.routes.iter().any(|r| r.pool == pool) {
+            if s.uses_pool(pool) {
                 longest = longest.max(s.drain_timeout);
                 counted &= matches!(s.forward, Forwarding::Proxy { .. });
             }
