@@ -76,7 +76,8 @@ fn joined(buf: &[u8]) -> Result<Option<Vec<u8>>, &'static str> {
         rest = &rest[RECORD_HEADER + len..];
         early(&msg)?;
         if msg.len() >= 4 {
-            let want = 4 + usize::from(msg[1]) * 65536 + usize::from(msg[2]) * 256 + usize::from(msg[3]);
+            let want =
+                4 + usize::from(msg[1]) * 65536 + usize::from(msg[2]) * 256 + usize::from(msg[3]);
             if msg.len() >= want {
                 msg.truncate(want);
                 return Ok(Some(msg));
@@ -93,7 +94,8 @@ fn early(msg: &[u8]) -> Result<(), &'static str> {
         }
     }
     if msg.len() >= 4 {
-        let want = 4 + usize::from(msg[1]) * 65536 + usize::from(msg[2]) * 256 + usize::from(msg[3]);
+        let want =
+            4 + usize::from(msg[1]) * 65536 + usize::from(msg[2]) * 256 + usize::from(msg[3]);
         if want > MAX_HELLO {
             return Err("ClientHello larger than 16 KiB");
         }
@@ -215,7 +217,10 @@ mod tests {
             let mut entry = vec![0u8];
             entry.extend_from_slice(&u16::try_from(n.len()).unwrap_or(0).to_be_bytes());
             entry.extend_from_slice(n.as_bytes());
-            let mut list = u16::try_from(entry.len()).unwrap_or(0).to_be_bytes().to_vec();
+            let mut list = u16::try_from(entry.len())
+                .unwrap_or(0)
+                .to_be_bytes()
+                .to_vec();
             list.extend_from_slice(&entry);
             exts.extend_from_slice(&[0, 0]);
             exts.extend_from_slice(&u16::try_from(list.len()).unwrap_or(0).to_be_bytes());
@@ -272,14 +277,23 @@ mod tests {
     #[test]
     fn garbage_is_named_not_panicked_on() {
         assert!(matches!(peek(b"GET / HTTP/1.1\r\n\r\n"), Hello::Garbage(_)));
-        assert!(matches!(peek(&[22, 9, 1, 0, 5, 1, 0, 0, 1, 0]), Hello::Garbage(_)));
+        assert!(matches!(
+            peek(&[22, 9, 1, 0, 5, 1, 0, 0, 1, 0]),
+            Hello::Garbage(_)
+        ));
         assert!(matches!(peek(&[22, 3, 1, 0, 0]), Hello::Garbage(_)));
         // A ServerHello, not a ClientHello.
-        assert!(matches!(peek(&[22, 3, 3, 0, 4, 2, 0, 0, 0]), Hello::Garbage(_)));
+        assert!(matches!(
+            peek(&[22, 3, 3, 0, 4, 2, 0, 0, 0]),
+            Hello::Garbage(_)
+        ));
         // A length past the bound.
         assert!(matches!(peek(&[22, 3, 3, 0x40, 0x01]), Hello::Garbage(_)));
         // A handshake length over 16 KiB.
-        assert!(matches!(peek(&[22, 3, 3, 0, 4, 1, 1, 0, 0]), Hello::Garbage(_)));
+        assert!(matches!(
+            peek(&[22, 3, 3, 0, 4, 1, 1, 0, 0]),
+            Hello::Garbage(_)
+        ));
         // Every corruption of one byte of a real hello and every truncation with a wrong
         // record length: some answer, no panic.
         let h = hello(Some("c.test"));

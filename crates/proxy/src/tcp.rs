@@ -122,14 +122,36 @@ async fn handle(shared: &Shared, svc: &Slot, client: TcpStream, peer: SocketAddr
         svc.listen
     };
     let _ = client.set_nodelay(true);
+    // TLS passthrough: the pool is chosen by the ClientHello's server name; the hello's
+    // bytes are sent on first, unchanged.
+    let mut hello = Vec::new();
+    let pool = if svc.sni_routes.is_empty() {
+        &svc.pool
+    } else {
+        match read_hello(&client, &mut hello).await {
+            Ok(name) => sni_pool(svc, name.as_deref()),
+            Err(why) => {
+                svc.stats.refused_bad_hello.fetch_add(1, Ordering::Relaxed);
+                static BAD_HELLO: LogLimit = LogLimit::new();
+                if let Some(suppressed) = BAD_HELLO.allow() {
+                    tracing::info!(service = %svc.name, %peer, suppressed, "TLS passthrough: closed, {why}");
+                }
+                return;
+            }
+        }
+    };
     // Boxed: the connect phase's state (retries, timeout, connect future) is allocated only
     // while connecting, so an established connection's task stays small (memory per idle
     // connection is the figure HAProxy and nginx are measured on).
-    let Some((backend, idx)) = Box::pin(connect(shared, svc, peer, local)).await else {
+    let Some((mut backend, idx)) = Box::pin(connect(shared, svc, pool, peer, local)).await else {
         reset(&client);
         return;
     };
-    let _active = ActiveGuard::new(&svc.pool.stats[idx].active);
+    if !hello.is_empty() && backend.write_all(&hello).await.is_err() {
+        return;
+    }
+    drop(hello);
+    let _active = ActiveGuard::new(&pool.stats[idx].active);
     match relay(
         &client,
         &backend,
@@ -156,6 +178,7 @@ async fn handle(shared: &Shared, svc: &Slot, client: TcpStream, peer: SocketAddr
 async fn connect(
     shared: &Shared,
     svc: &ServiceRt,
+    pool: &crate::snapshot::PoolRt,
     peer: SocketAddr,
     local: SocketAddr,
 ) -> Option<(TcpStream, usize)> {
@@ -164,7 +187,6 @@ async fn connect(
         dst: local,
         proto: Proto::Tcp,
     };
-    let pool = &svc.pool;
     let mut tried = [0usize; MAX_CONNECT_ATTEMPTS];
     for attempt in 0..MAX_CONNECT_ATTEMPTS {
         let chosen = pool.choose(&Flow::l4(
@@ -219,6 +241,48 @@ async fn connect(
         return Some((backend, idx));
     }
     None
+}
+
+/// How long a TLS passthrough client has to send its whole ClientHello.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads (consuming, into `buf`) a client's first bytes until they hold a whole
+/// ClientHello: its server name, or why the connection is closed. At most
+/// [`fulcrum_core::tls_hello::MAX_HELLO`] bytes, within [`HELLO_TIMEOUT`].
+async fn read_hello(client: &TcpStream, buf: &mut Vec<u8>) -> Result<Option<String>, &'static str> {
+    use fulcrum_core::tls_hello::{peek, Hello, MAX_HELLO};
+    let read = async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            client.readable().await.map_err(|_| "read failed")?;
+            let want = chunk.len().min(MAX_HELLO - buf.len());
+            match client.try_read(&mut chunk[..want]) {
+                Ok(0) => return Err("the client closed before a whole ClientHello"),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(_) => return Err("read failed"),
+            }
+            match peek(buf) {
+                Hello::Incomplete => {}
+                Hello::Complete(name) => return Ok(name),
+                Hello::Garbage(why) => return Err(why),
+            }
+        }
+    };
+    tokio::time::timeout(HELLO_TIMEOUT, read)
+        .await
+        .unwrap_or(Err("no whole ClientHello within 10s"))
+}
+
+/// The pool of the first SNI route that names `name`, else the service's default pool.
+fn sni_pool<'a>(svc: &'a ServiceRt, name: Option<&str>) -> &'a Arc<crate::snapshot::PoolRt> {
+    name.and_then(|n| {
+        svc.sni_routes
+            .iter()
+            .find(|(m, _)| m.matches(n))
+            .map(|(_, p)| p)
+    })
+    .unwrap_or(&svc.pool)
 }
 
 /// "All backends down" is logged at most once a second per process, not once per connection.

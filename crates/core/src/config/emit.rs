@@ -170,7 +170,10 @@ pub fn service(sv: &ServiceConfig) -> Table {
             x.insert("client_ca".into(), path(&ca.ca));
             x.insert("client_auth".into(), s(ca.mode.as_str()));
             x.insert("client_subject_header".into(), s(&ca.subject_header));
-            x.insert("client_fingerprint_header".into(), s(&ca.fingerprint_header));
+            x.insert(
+                "client_fingerprint_header".into(),
+                s(&ca.fingerprint_header),
+            );
         }
         if !tls.session_tickets {
             x.insert("session_tickets".into(), Value::Boolean(false));

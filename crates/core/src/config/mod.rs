@@ -30,8 +30,8 @@ pub use emit::{service as service_table, table_to_string};
 pub use error::{line_col, ConfigError};
 pub use recover::{locate, PathStep};
 pub use value::{
-    AccessLogFormat, BackendProtocol, CheckKind, ClientAuthMode, HostPort, SpeakerKind, StatusRange, TunnelKind,
-    XdpMode,
+    AccessLogFormat, BackendProtocol, CheckKind, ClientAuthMode, HostPort, SpeakerKind,
+    StatusRange, TunnelKind, XdpMode,
 };
 
 use crate::model::{

@@ -11,8 +11,8 @@ use serde_spanned::Spanned;
 
 use super::limits;
 use super::value::{
-    AccessLogFormatValue, Address, BackendProtocolValue, Check, ClientAuthValue, Count, Forward, HashKeyValue,
-    HostPort, HumanDuration, Ip, Name, Percent, Prefer, Protocol, ProxyProtocolValue,
+    AccessLogFormatValue, Address, BackendProtocolValue, Check, ClientAuthValue, Count, Forward,
+    HashKeyValue, HostPort, HumanDuration, Ip, Name, Percent, Prefer, Protocol, ProxyProtocolValue,
     RetryAttempts, Scheduler, SpeakerValue, StatusRange, TableSize, Tunnel, WeightValue,
     XdpModeValue, ZoneWeight,
 };

@@ -13,11 +13,9 @@ use super::raw::{RawConfig, RawHealth, RawPool, RawRoute, RawService};
 use super::value::{CheckKind, Count, HumanDuration};
 use super::{
     defaults, AccessLog, AdminConfig, BackendProtocol, BackendTls, CertPair, ClientAuth,
-    ClientAuthMode, Config, ConfigError, Discovery,
-    Forwarding, HealthCheck, HealthConfig, HostMatch, Http2Limits, HttpTimeouts, LogTarget,
-    OutlierConfig, PoolConfig, RateLimit, RetryPolicy, Route, ServiceConfig, SniRoute,
-    StatusRange,
-    TlsConfig, TunnelKind, XdpConfig,
+    ClientAuthMode, Config, ConfigError, Discovery, Forwarding, HealthCheck, HealthConfig,
+    HostMatch, Http2Limits, HttpTimeouts, LogTarget, OutlierConfig, PoolConfig, RateLimit,
+    RetryPolicy, Route, ServiceConfig, SniRoute, StatusRange, TlsConfig, TunnelKind, XdpConfig,
 };
 use crate::model::{self, canonical_addr, Backend, ForwardMode, PrimeTableSize, ServiceProtocol};
 
@@ -710,7 +708,12 @@ fn service(c: &mut Checker<'_>, s: &RawService, defined: &[&str], has_xdp: bool)
 }
 
 /// A header name a TLS setting puts on requests: a non-empty HTTP token.
-fn header_name(c: &mut Checker<'_>, v: Option<&Spanned<String>>, default: &str, key: &str) -> String {
+fn header_name(
+    c: &mut Checker<'_>,
+    v: Option<&Spanned<String>>,
+    default: &str,
+    key: &str,
+) -> String {
     let Some(v) = v else {
         return default.to_owned();
     };
@@ -720,7 +723,9 @@ fn header_name(c: &mut Checker<'_>, v: Option<&Spanned<String>>, default: &str, 
         c.err(
             v.span(),
             format!("{key} \"{text}\" is not a valid header name"),
-            Some(format!("letters, digits and !#$%&'*+-.^_`|~, e.g. {key} = \"{default}\"")),
+            Some(format!(
+                "letters, digits and !#$%&'*+-.^_`|~, e.g. {key} = \"{default}\""
+            )),
         );
     }
     text.clone()
@@ -768,8 +773,12 @@ fn service_tls(c: &mut Checker<'_>, t: &super::raw::RawTls) -> TlsConfig {
             for (span, key) in stray.into_iter().flatten() {
                 c.err(
                     span,
-                    format!("{key} needs client_ca: the CA that client certificates are verified with"),
-                    Some("add client_ca = \"clients-ca.pem\" to [service.tls], or remove it".into()),
+                    format!(
+                        "{key} needs client_ca: the CA that client certificates are verified with"
+                    ),
+                    Some(
+                        "add client_ca = \"clients-ca.pem\" to [service.tls], or remove it".into(),
+                    ),
                 );
             }
             None
