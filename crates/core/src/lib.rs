@@ -13,7 +13,7 @@
 //! - [`cluster`]: the fleet control plane in etcd: shared vs local, merging, revisions.
 //! - [`registry`]: backends that register themselves in etcd: keys, values, refusals.
 //! - [`fleet_health`]: one health view for a fleet: members' verdicts and `health_quorum`.
-//! - [`tls_hello`]: the server name of a TLS ClientHello, for passthrough routing.
+//! - [`tls_hello`]: the server name of a TLS `ClientHello`, for passthrough routing.
 //! - [`x509name`]: a certificate's subject as RFC 4514 text (client certificates).
 
 pub mod announce;

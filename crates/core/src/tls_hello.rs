@@ -1,24 +1,24 @@
-//! The server name (SNI) of a TLS ClientHello, read without terminating TLS: what TLS
+//! The server name (SNI) of a TLS `ClientHello`, read without terminating TLS: what TLS
 //! passthrough (`[[service.sni_route]]`, HAProxy's `req.ssl_sni`) routes by.
 //!
 //! [`peek`] looks at the first bytes a client sent: TLS records of type handshake whose
-//! payloads, joined, start with a ClientHello (RFC 8446 4.1.2, RFC 5246 7.4.1.2). It reads
+//! payloads, joined, start with a `ClientHello` (RFC 8446 4.1.2, RFC 5246 7.4.1.2). It reads
 //! at most [`MAX_HELLO`] bytes, checks every length against what holds it, and never
 //! panics: whatever the bytes, the answer is one of [`Hello`].
 
-/// The most bytes [`peek`] looks at: a ClientHello larger than this is refused (real ones
+/// The most bytes [`peek`] looks at: a `ClientHello` larger than this is refused (real ones
 /// are below 2 KiB; post-quantum key shares add about 1.2 KiB).
 pub const MAX_HELLO: usize = 16 * 1024;
 
 /// What the first bytes of a connection say.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Hello {
-    /// A ClientHello may follow but is not complete yet: read more (up to [`MAX_HELLO`]).
+    /// A `ClientHello` may follow but is not complete yet: read more (up to [`MAX_HELLO`]).
     Incomplete,
-    /// A complete ClientHello, with the server name it asks for (`None`: no SNI, or an
+    /// A complete `ClientHello`, with the server name it asks for (`None`: no SNI, or an
     /// SNI without a host name).
     Complete(Option<String>),
-    /// Not a TLS ClientHello (why).
+    /// Not a TLS `ClientHello` (why).
     Garbage(&'static str),
 }
 
@@ -29,7 +29,7 @@ const CLIENT_HELLO: u8 = 1;
 /// TLSPlaintext.length may not exceed 2^14 (RFC 8446 5.1).
 const MAX_RECORD: usize = 1 << 14;
 
-/// Reads the ClientHello at the start of `buf` (the bytes received so far).
+/// Reads the `ClientHello` at the start of `buf` (the bytes received so far).
 pub fn peek(buf: &[u8]) -> Hello {
     match joined(buf) {
         Ok(Some(msg)) => match client_hello(&msg) {
@@ -86,7 +86,7 @@ fn joined(buf: &[u8]) -> Result<Option<Vec<u8>>, &'static str> {
     }
 }
 
-/// Refuses a message that is not a ClientHello, or cannot fit, as soon as its header says so.
+/// Refuses a message that is not a `ClientHello`, or cannot fit, as soon as its header says so.
 fn early(msg: &[u8]) -> Result<(), &'static str> {
     if let Some(&t) = msg.first() {
         if t != CLIENT_HELLO {
@@ -133,7 +133,7 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// The SNI host name of a whole ClientHello message (header included).
+/// The SNI host name of a whole `ClientHello` message (header included).
 fn client_hello(msg: &[u8]) -> Result<Option<String>, &'static str> {
     let mut r = Reader(msg.get(4..).ok_or("ClientHello too short")?);
     let version = r.take(2)?;
@@ -210,7 +210,7 @@ fn server_name(data: &[u8]) -> Result<Option<String>, &'static str> {
 mod tests {
     use super::*;
 
-    /// A ClientHello naming `sni` (if any), as one record, and extra extensions bytes.
+    /// A `ClientHello` naming `sni` (if any), as one record, and extra extensions bytes.
     fn hello(sni: Option<&str>) -> Vec<u8> {
         let mut exts = Vec::new();
         if let Some(n) = sni {

@@ -8,8 +8,11 @@
 
 use std::fmt::Write as _;
 
-/// One DER element: tag, contents, and what follows it.
-fn element(b: &[u8]) -> Option<(u8, &[u8], &[u8], &[u8])> {
+/// One DER element: its tag, its contents, the whole element, and what follows it.
+type Element<'a> = (u8, &'a [u8], &'a [u8], &'a [u8]);
+
+/// The DER element at the start of `b`.
+fn element(b: &[u8]) -> Option<Element<'_>> {
     let tag = *b.first()?;
     let first = usize::from(*b.get(1)?);
     let (len, head) = if first < 0x80 {

@@ -1,5 +1,5 @@
 //! Issue 21, item 1: TLS at the edge, through real peers.
-//! - client certificates (`[service.tls] client_ca`, `client_auth`): openssl s_client with a
+//! - client certificates (`[service.tls] client_ca`, `client_auth`): `openssl s_client` with a
 //!   good certificate, one from another CA, an expired one and one for the wrong usage; the
 //!   verified subject and fingerprint reach the backend (nginx) in headers;
 //! - OCSP stapling (`ocsp`): `s_client -status` sees the response made by `openssl ocsp`,
@@ -9,9 +9,10 @@
 //!   certificate; a wrong CA or name is a failed connect (502);
 //! - TLS passthrough by SNI (`[[service.sni_route]]`): two names land on two TLS backends
 //!   (nginx, HAProxy) whose own certificates the client sees; garbage is closed and counted;
-//! - `fulcrum check` refuses unreadable and bad files at FILE:LINE:COL; a reload changes
+//! - `fulcrum check` refuses unreadable and bad files at `FILE:LINE:COL`; a reload changes
 //!   `client_auth` while a connection stays open.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+#![allow(clippy::too_many_lines, clippy::many_single_char_names)]
 
 mod common;
 
@@ -82,9 +83,9 @@ fn leaf(
 
 /// Every file the tests use, in one directory.
 fn material(dir: &Path) {
+    use ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
     let ca1 = ca(dir, "ca");
     let ca2 = ca(dir, "otherca");
-    use ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
     leaf(dir, &ca1, "a.test", 1, ServerAuth, false);
     leaf(dir, &ca1, "b.test", 2, ServerAuth, false);
     leaf(dir, &ca1, "backend.test", 3, ServerAuth, false);
@@ -775,7 +776,7 @@ async fn passthrough_by_sni() {
     f.assert_no_panic();
 }
 
-/// `fulcrum check`: unreadable and bad TLS files at FILE:LINE:COL, with what is valid.
+/// `fulcrum check`: unreadable and bad TLS files at `FILE:LINE:COL`, with what is valid.
 #[test]
 fn check_refuses_bad_tls_files() {
     if !require("check_refuses_bad_tls_files", true, "") {

@@ -95,13 +95,10 @@ impl TlsState {
         let mut certs = Vec::with_capacity(cfg.certs.len());
         for pair in &cfg.certs {
             let (leaf, ck) = load_pair(pair).map_err(|e| e.message)?;
-            let ocsp = match &pair.ocsp {
-                None => None,
-                Some(path) => Some(Ocsp {
-                    path: path.clone(),
-                    stamp: ArcSwap::from_pointee(stamp(path)),
-                }),
-            };
+            let ocsp = pair.ocsp.as_ref().map(|path| Ocsp {
+                path: path.clone(),
+                stamp: ArcSwap::from_pointee(stamp(path)),
+            });
             certs.push(Served {
                 leaf,
                 key: ArcSwap::new(ck),
@@ -319,7 +316,7 @@ impl Served {
                 tracing::info!(file = %o.path.display(), "OCSP response re-read");
             }
             Err(e) => {
-                tracing::warn!(error = %e, "OCSP response not re-read; the last one is stapled")
+                tracing::warn!(error = %e, "OCSP response not re-read; the last one is stapled");
             }
         }
     }

@@ -176,7 +176,7 @@ pub struct ServiceRt {
     pub forwarding: fulcrum_core::config::Forwarding,
     pub pool: Arc<PoolRt>,
     /// tcp: TLS passthrough routes (`[[service.sni_route]]`), in order; `pool` is the
-    /// default. Empty: no ClientHello is read.
+    /// default. Empty: no `ClientHello` is read.
     pub sni_routes: Vec<(fulcrum_core::config::HostMatch, Arc<PoolRt>)>,
     pub proxy_protocol: Option<ProxyProtocol>,
     pub max_connections: u64,

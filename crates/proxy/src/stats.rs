@@ -92,7 +92,7 @@ pub struct ServiceStats {
     /// Refused because no backend was available (all down, draining, ejected or weight 0).
     pub refused_no_backend: AtomicU64,
     /// TLS passthrough (`[[service.sni_route]]`): closed because the first bytes were not a
-    /// TLS ClientHello, or none came in time.
+    /// TLS `ClientHello`, or none came in time.
     pub refused_bad_hello: AtomicU64,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,

@@ -109,6 +109,9 @@ fn reset(sock: &TcpStream) {
     let _ = SockRef::from(sock).set_linger(Some(Duration::ZERO));
 }
 
+/// Refused TLS passthrough clients are logged at most once a second.
+static BAD_HELLO: LogLimit = LogLimit::new();
+
 /// Serves one client; `svc`'s place among `max_connections` is held until this returns.
 async fn handle(shared: &Shared, svc: &Slot, client: TcpStream, peer: SocketAddr) {
     let svc: &ServiceRt = svc;
@@ -132,7 +135,6 @@ async fn handle(shared: &Shared, svc: &Slot, client: TcpStream, peer: SocketAddr
             Ok(name) => sni_pool(svc, name.as_deref()),
             Err(why) => {
                 svc.stats.refused_bad_hello.fetch_add(1, Ordering::Relaxed);
-                static BAD_HELLO: LogLimit = LogLimit::new();
                 if let Some(suppressed) = BAD_HELLO.allow() {
                     tracing::info!(service = %svc.name, %peer, suppressed, "TLS passthrough: closed, {why}");
                 }
@@ -243,11 +245,11 @@ async fn connect(
     None
 }
 
-/// How long a TLS passthrough client has to send its whole ClientHello.
+/// How long a TLS passthrough client has to send its whole `ClientHello`.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Reads (consuming, into `buf`) a client's first bytes until they hold a whole
-/// ClientHello: its server name, or why the connection is closed. At most
+/// `ClientHello`: its server name, or why the connection is closed. At most
 /// [`fulcrum_core::tls_hello::MAX_HELLO`] bytes, within [`HELLO_TIMEOUT`].
 async fn read_hello(client: &TcpStream, buf: &mut Vec<u8>) -> Result<Option<String>, &'static str> {
     use fulcrum_core::tls_hello::{peek, Hello, MAX_HELLO};

@@ -124,6 +124,7 @@ fn admin(a: &AdminConfig) -> Table {
 
 /// One `[[service]]` table (the admin API's `PUT /api/v1/services/{name}` body has the
 /// same keys).
+#[allow(clippy::too_many_lines)]
 pub fn service(sv: &ServiceConfig) -> Table {
     let mut t = Table::new();
     t.insert("name".into(), s(&sv.name));

@@ -202,9 +202,9 @@ pub struct ServiceConfig {
     pub retry: Option<RetryPolicy>,
     /// http: `[service.http2]` (`None`: absent, the defaults apply).
     pub http2: Option<Http2Limits>,
-    /// tcp (`forward = "proxy"`): TLS passthrough routes by the ClientHello's SNI, in
+    /// tcp (`forward = "proxy"`): TLS passthrough routes by the `ClientHello`'s SNI, in
     /// order; a connection whose name matches none (or that sends no SNI) goes to
-    /// [`ServiceConfig::pool`]. Empty: no ClientHello is read.
+    /// [`ServiceConfig::pool`]. Empty: no `ClientHello` is read.
     pub sni_routes: Vec<SniRoute>,
 }
 
@@ -218,7 +218,7 @@ impl ServiceConfig {
     }
 }
 
-/// `[[service.sni_route]]`: connections whose ClientHello names a matching server go to
+/// `[[service.sni_route]]`: connections whose `ClientHello` names a matching server go to
 /// `pool`, their bytes relayed unchanged (HAProxy `req.ssl_sni`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SniRoute {

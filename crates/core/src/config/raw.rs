@@ -94,12 +94,12 @@ pub struct RawService {
     pub retry: Option<Spanned<RawRetry>>,
     /// `[service.http2]` (http only).
     pub http2: Option<Spanned<RawHttp2>>,
-    /// `[[service.sni_route]]` (tcp only): TLS passthrough routed by the ClientHello's SNI.
+    /// `[[service.sni_route]]` (tcp only): TLS passthrough routed by the `ClientHello`'s SNI.
     #[serde(default)]
     pub sni_route: Vec<Spanned<RawSniRoute>>,
 }
 
-/// `[[service.sni_route]]`: connections whose ClientHello names `sni` go to `pool`.
+/// `[[service.sni_route]]`: connections whose `ClientHello` names `sni` go to `pool`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSniRoute {

@@ -731,6 +731,7 @@ fn header_name(
     text.clone()
 }
 
+#[allow(clippy::single_match_else)]
 fn service_tls(c: &mut Checker<'_>, t: &super::raw::RawTls) -> TlsConfig {
     let certs = &t.certs;
     if certs.get_ref().is_empty() {
