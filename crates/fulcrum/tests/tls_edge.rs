@@ -889,3 +889,57 @@ fn check_refuses_bad_tls_files() {
         "{text}"
     );
 }
+
+/// `session_ticket_rotation`: a ticket resumes at once; two rotations later its key is gone
+/// and the client gets a full handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_ticket_keys_rotate() {
+    if !require(
+        "session_ticket_keys_rotate",
+        have_program("openssl"),
+        "openssl (apt install openssl)",
+    ) {
+        return;
+    }
+    let dir = common::temp_dir("tls-tickets");
+    material(&dir);
+    let (admin, vip, dead) = (free_addr(), free_addr(), free_addr());
+    let config = format!(
+        "{}[[service]]\nname = \"web\"\nlisten = \"{vip}\"\nprotocol = \"http\"\npool = \"p\"\n\
+         [service.tls]\ncerts = [ {{ cert = \"{}\", key = \"{}\" }} ]\nsession_ticket_rotation = \"1s\"\n\n\
+         [[pool]]\nname = \"p\"\n[[pool.backend]]\naddress = \"{dead}\"\n",
+        admin_toml(admin),
+        p(&dir, "a.test.pem"),
+        p(&dir, "a.test.key"),
+    );
+    let f = Fulcrum::start("tls-tickets", admin, &config, &[]).await;
+    let sess = dir.join("sess.pem").display().to_string();
+    let connect = |args: &[&str]| {
+        let mut all = vec!["-servername", "a.test", "-tls1_2"];
+        all.extend_from_slice(args);
+        tokio::task::block_in_place(|| s_client(vip, &all, &get("a.test")))
+    };
+    let first = connect(&["-sess_out", &sess]);
+    assert!(
+        first.contains("TLS session ticket lifetime hint: 2 (seconds)"),
+        "no ticket with the configured lifetime (twice the rotation: the key after this one still opens it):\n{first}"
+    );
+    let again = connect(&["-sess_in", &sess]);
+    assert!(
+        again.contains("Reused, TLSv1.2"),
+        "not resumed at once:\n{again}"
+    );
+    // Two rotations: keys roll when tickets are made (so full handshakes in between), once
+    // the clock's whole second is past the switch time (so 2.2 s apart for a 1 s rotation).
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(2200)).await;
+        let other = connect(&[]);
+        assert!(other.contains("New, TLSv1.2"), "{other}");
+    }
+    let late = connect(&["-sess_in", &sess]);
+    assert!(
+        late.contains("New, TLSv1.2") && !late.contains("Reused"),
+        "a ticket two rotations old still resumed:\n{late}"
+    );
+    f.assert_no_panic();
+}

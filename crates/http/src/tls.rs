@@ -123,9 +123,13 @@ impl TlsState {
         }));
         sc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         if cfg.session_tickets {
-            // Keys rotate every 6 hours; tickets of the previous key are still accepted.
-            sc.ticketer = rustls::crypto::ring::Ticketer::new()
-                .map_err(|e| format!("TLS session tickets: {e}"))?;
+            // A new key every `session_ticket_rotation`; tickets of the previous key are
+            // still accepted (rustls' rotator, with our ChaCha20-Poly1305 ticket sealer).
+            let secs = u32::try_from(cfg.session_ticket_rotation.as_secs()).unwrap_or(u32::MAX);
+            sc.ticketer = Arc::new(
+                rustls::ticketer::TicketRotator::new(secs, TicketKey::generate)
+                    .map_err(|e| format!("TLS session tickets: {e}"))?,
+            );
         }
         Ok(Self {
             acceptor: TlsAcceptor::from(Arc::new(sc)),
@@ -162,6 +166,86 @@ fn read_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
             .map_err(|e| format!("{}: not a usable CA certificate: {e}", path.display()))?;
     }
     Ok(roots)
+}
+
+/// One session ticket key: tickets are `key name (16) | nonce (12) | ChaCha20-Poly1305
+/// sealed state`, the key name authenticated too. Keys live in memory only.
+struct TicketKey {
+    key: ring::aead::LessSafeKey,
+    name: [u8; 16],
+}
+
+impl std::fmt::Debug for TicketKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TicketKey").finish_non_exhaustive()
+    }
+}
+
+impl TicketKey {
+    fn generate(
+    ) -> Result<Box<dyn rustls::server::ProducesTickets>, rustls::crypto::GetRandomFailed> {
+        use ring::rand::SecureRandom as _;
+        let rng = ring::rand::SystemRandom::new();
+        let mut secret = [0u8; 32];
+        let mut name = [0u8; 16];
+        rng.fill(&mut secret)
+            .map_err(|_| rustls::crypto::GetRandomFailed)?;
+        rng.fill(&mut name)
+            .map_err(|_| rustls::crypto::GetRandomFailed)?;
+        let key = ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, &secret)
+            .map_err(|_| rustls::crypto::GetRandomFailed)?;
+        Ok(Box::new(Self {
+            key: ring::aead::LessSafeKey::new(key),
+            name,
+        }))
+    }
+}
+
+impl rustls::server::ProducesTickets for TicketKey {
+    fn enabled(&self) -> bool {
+        true
+    }
+
+    fn lifetime(&self) -> u32 {
+        // The rotator reports its own lifetime; this is not used.
+        0
+    }
+
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        use ring::rand::SecureRandom as _;
+        let mut nonce = [0u8; ring::aead::NONCE_LEN];
+        ring::rand::SystemRandom::new().fill(&mut nonce).ok()?;
+        let mut out = Vec::with_capacity(16 + nonce.len() + plain.len() + 16);
+        out.extend_from_slice(&self.name);
+        out.extend_from_slice(&nonce);
+        let mut sealed = plain.to_vec();
+        self.key
+            .seal_in_place_append_tag(
+                ring::aead::Nonce::assume_unique_for_key(nonce),
+                ring::aead::Aad::from(&self.name),
+                &mut sealed,
+            )
+            .ok()?;
+        out.extend_from_slice(&sealed);
+        Some(out)
+    }
+
+    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+        let rest = cipher.strip_prefix(&self.name[..])?;
+        if rest.len() < ring::aead::NONCE_LEN + 16 {
+            return None;
+        }
+        let (nonce, sealed) = rest.split_at(ring::aead::NONCE_LEN);
+        let nonce = ring::aead::Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let mut buf = sealed.to_vec();
+        let plain = self
+            .key
+            .open_in_place(nonce, ring::aead::Aad::from(&self.name), &mut buf)
+            .ok()?;
+        let n = plain.len();
+        buf.truncate(n);
+        Some(buf)
+    }
 }
 
 /// Checks a CA file exactly as [`TlsState::load`] and [`BackendTlsState::load`] read it.

@@ -179,6 +179,12 @@ pub fn service(sv: &ServiceConfig) -> Table {
         if !tls.session_tickets {
             x.insert("session_tickets".into(), Value::Boolean(false));
         }
+        if tls.session_ticket_rotation != super::defaults::SESSION_TICKET_ROTATION {
+            x.insert(
+                "session_ticket_rotation".into(),
+                dur(tls.session_ticket_rotation),
+            );
+        }
         t.insert("tls".into(), Value::Table(x));
     }
     if !sv.sni_routes.is_empty() {

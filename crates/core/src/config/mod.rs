@@ -46,6 +46,8 @@ pub mod defaults {
     pub const ADMIN_LISTEN: std::net::SocketAddr = std::net::SocketAddr::V4(
         std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 9090),
     );
+    /// `[service.tls] session_ticket_rotation` (rustls' own ticketer's period).
+    pub const SESSION_TICKET_ROTATION: Duration = Duration::from_secs(6 * 3600);
     /// `[pool.health] interval`.
     pub const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
     /// `[pool.health] timeout`, when the interval is at least twice as long (see
@@ -334,6 +336,9 @@ pub struct TlsConfig {
     /// Stateless session tickets with rotating keys (default true); off, TLS 1.3 clients
     /// still resume from the server's in-memory session cache.
     pub session_tickets: bool,
+    /// How long one ticket key encrypts new tickets (default 6h); the previous key still
+    /// decrypts, so a ticket resumes for at most twice this.
+    pub session_ticket_rotation: Duration,
 }
 
 /// `[service.tls] client_ca` and what goes with it.

@@ -151,6 +151,8 @@ pub struct RawTls {
     pub client_fingerprint_header: Option<Spanned<String>>,
     /// Stateless TLS session tickets (rotating keys); default true.
     pub session_tickets: Option<bool>,
+    /// How long one ticket key encrypts new tickets (default 6h).
+    pub session_ticket_rotation: Option<Spanned<HumanDuration>>,
 }
 
 /// One `{ cert, key }` of `[service.tls] certs`.

@@ -797,6 +797,13 @@ fn service_tls(c: &mut Checker<'_>, t: &super::raw::RawTls) -> TlsConfig {
             .collect(),
         client_auth,
         session_tickets: t.session_tickets.unwrap_or(true),
+        session_ticket_rotation: dur(
+            c,
+            t.session_ticket_rotation.as_ref(),
+            defaults::SESSION_TICKET_ROTATION,
+            "session_ticket_rotation",
+            &limits::SESSION_TICKET_ROTATION,
+        ),
     }
 }
 
