@@ -380,6 +380,28 @@ async fn mtls_ocsp_and_resumption_with_openssl() {
         !out.contains("forged"),
         "a client's own X-Client-Subject passed:\n{out}"
     );
+    // The same over HTTP/2 (curl, ALPN h2).
+    let out = run(Command::new("curl")
+        .args([
+            "-sS",
+            "--http2",
+            "-H",
+            "X-Client-Fingerprint: forged",
+            "--cacert",
+        ])
+        .arg(dir.join("ca.pem"))
+        .arg("--cert")
+        .arg(dir.join("client1.pem"))
+        .arg("--key")
+        .arg(dir.join("client1.key"))
+        .args(["-w", "%{http_version}", "--resolve"])
+        .arg(format!("a.test:{}:{}", vip.port(), vip.ip()))
+        .arg(format!("https://a.test:{}/", vip.port())));
+    assert_eq!(
+        out,
+        format!("subject=[O=Fulcrum Tests,CN=client1] fp=[{fp}]\n2"),
+        "HTTP/2 client: wrong headers at the backend"
+    );
 
     // Another CA, expired, wrong usage, none: refused in the handshake.
     for (cert, why) in [
