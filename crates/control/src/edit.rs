@@ -193,6 +193,12 @@ pub fn service_files(s: &ServiceConfig) -> Vec<&Path> {
         for pair in &tls.certs {
             files.push(pair.cert.as_path());
             files.push(pair.key.as_path());
+            if let Some(o) = &pair.ocsp {
+                files.push(o.as_path());
+            }
+        }
+        if let Some(ca) = &tls.client_auth {
+            files.push(ca.ca.as_path());
         }
     }
     files
@@ -288,11 +294,7 @@ pub fn delete_pool(cfg: &Config, pool: &str) -> Result<Config, ChangeError> {
     if cfg.pool(pool).is_none() {
         return Err(ChangeError::NotFound(format!("no pool named {pool:?}")));
     }
-    if let Some(s) = cfg
-        .services
-        .iter()
-        .find(|s| s.pool == pool || s.routes.iter().any(|r| r.pool == pool))
-    {
+    if let Some(s) = cfg.services.iter().find(|s| s.uses_pool(pool)) {
         return Err(ChangeError::Conflict(format!(
             "pool {pool:?} is used by service {:?}; remove or change that service first",
             s.name

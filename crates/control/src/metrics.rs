@@ -175,7 +175,7 @@ impl Collector for FulcrumCollector {
         }
         let mut m = enc.encode_descriptor(
             "fulcrum_service_refused",
-            "Clients refused: max_connections reached, or no backend available",
+            "Clients refused: max_connections reached, no backend available, or (TLS passthrough) no valid ClientHello",
             None,
             MetricType::Counter,
         )?;
@@ -183,6 +183,7 @@ impl Collector for FulcrumCollector {
             for (reason, v) in [
                 ("max_connections", &s.stats.refused_limit),
                 ("no_backend", &s.stats.refused_no_backend),
+                ("bad_client_hello", &s.stats.refused_bad_hello),
             ] {
                 ConstCounter::new(load(v)).encode(
                     m.encode_family(&[("service", s.name.as_str()), ("reason", reason)])?,

@@ -78,6 +78,7 @@ fn pool(
         moved: Arc::default(),
         sticky_cookie: None,
         backend_protocol: BackendProtocol::default(),
+        tls: None,
         locality: plan,
     }
 }

@@ -13,6 +13,8 @@
 //! - [`cluster`]: the fleet control plane in etcd: shared vs local, merging, revisions.
 //! - [`registry`]: backends that register themselves in etcd: keys, values, refusals.
 //! - [`fleet_health`]: one health view for a fleet: members' verdicts and `health_quorum`.
+//! - [`tls_hello`]: the server name of a TLS `ClientHello`, for passthrough routing.
+//! - [`x509name`]: a certificate's subject as RFC 4514 text (client certificates).
 
 pub mod announce;
 pub mod choice;
@@ -27,3 +29,5 @@ pub mod model;
 pub mod registry;
 pub mod retry;
 pub mod sched;
+pub mod tls_hello;
+pub mod x509name;

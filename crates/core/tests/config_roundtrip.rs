@@ -31,6 +31,77 @@ fn fixtures_round_trip() {
     }
 }
 
+/// Every TLS key (service, pool, SNI routes) survives the round trip.
+#[test]
+fn tls_keys_round_trip() {
+    let text = r#"
+[[service]]
+name = "web"
+listen = "127.0.0.1:8443"
+protocol = "http"
+pool = "up"
+[service.tls]
+certs = [ { cert = "a.pem", key = "a.key", ocsp = "a.der" }, { cert = "b.pem", key = "b.key" } ]
+client_ca = "clients.pem"
+client_auth = "required"
+client_fingerprint_header = "X-FP"
+session_ticket_rotation = "30m"
+
+[[service]]
+name = "pt"
+listen = "127.0.0.1:443"
+protocol = "tcp"
+pool = "a"
+[[service.sni_route]]
+sni = "b.test"
+pool = "b"
+[[service.sni_route]]
+sni = "*.c.test"
+pool = "a"
+
+[[pool]]
+name = "up"
+[pool.tls]
+ca = "ca.pem"
+sni = "Backend.internal"
+cert = "lb.pem"
+key = "lb.key"
+[[pool.backend]]
+address = "127.0.0.1:9443"
+
+[[pool]]
+name = "a"
+[[pool.backend]]
+address = "127.0.0.1:9001"
+
+[[pool]]
+name = "b"
+[[pool.backend]]
+address = "127.0.0.1:9002"
+"#;
+    let c = config::parse(text).unwrap_or_else(|e| panic!("{}", e.render("t", text)));
+    let tls = c.services[0].tls.as_ref().unwrap();
+    assert_eq!(
+        tls.certs[0].ocsp.as_deref(),
+        Some(std::path::Path::new("a.der"))
+    );
+    let ca = tls.client_auth.as_ref().unwrap();
+    assert_eq!(
+        (ca.subject_header.as_str(), ca.fingerprint_header.as_str()),
+        ("X-Client-Subject", "X-FP")
+    );
+    assert!(tls.session_tickets);
+    assert_eq!(
+        tls.session_ticket_rotation,
+        std::time::Duration::from_secs(1800)
+    );
+    assert_eq!(c.services[1].sni_routes.len(), 2);
+    assert!(c.services[1].uses_pool("b"));
+    let up = c.pools[0].tls.as_ref().unwrap();
+    assert_eq!(up.sni.as_deref(), Some("backend.internal"));
+    round_trip(&c);
+}
+
 #[derive(Debug, Clone)]
 struct GenPool {
     scheduler: &'static str,
@@ -115,6 +186,8 @@ fn gen_service() -> impl Strategy<Value = GenService> {
                 "[service.rate_limit]\nrequests_per_second = 10",
                 "[service.access_log]\nformat = \"json\"\npath = \"/tmp/x.log\"",
                 "[service.tls]\ncerts = [ { cert = \"a.pem\", key = \"a.key\" } ]",
+                "[service.tls]\ncerts = [ { cert = \"a.pem\", key = \"a.key\", ocsp = \"a.der\" } ]\nclient_ca = \"ca.pem\"\nclient_auth = \"optional\"\nclient_subject_header = \"X-DN\"\nsession_tickets = false\nsession_ticket_rotation = \"1h\"",
+                "[[service.sni_route]]\nsni = \"*.B.test\"\npool = \"p1\"",
                 "[service.timeouts]\nresponse = \"300ms\"\ntls_handshake = \"1m 30s\"",
                 "[service.timeouts]",
                 "[service.retry]\nattempts = 0\nbudget = 100",

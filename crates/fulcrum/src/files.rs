@@ -30,6 +30,11 @@ pub fn read_token(path: &Path) -> Result<String, (String, Option<String>)> {
     Ok(token.to_owned())
 }
 
+const PEM_HELP: &str = "PEM files: a certificate chain (cert) and its private key (key)";
+const OCSP_HELP: &str =
+    "a DER OCSP response for this certificate (`openssl ocsp ... -respout FILE`)";
+const CA_HELP: &str = "a PEM file of one or more CA certificates (-----BEGIN CERTIFICATE-----)";
+
 /// Every problem with the files `cfg` (parsed from `text`) names, each at the key that
 /// names the file.
 pub fn check(cfg: &Config, text: &str) -> Vec<ConfigError> {
@@ -55,9 +60,10 @@ pub fn check(cfg: &Config, text: &str) -> Vec<ConfigError> {
         if let Some(tls) = &s.tls {
             for (j, pair) in tls.certs.iter().enumerate() {
                 if let Err(e) = fulcrum_http::check_pair(pair) {
-                    let key = match e.file {
-                        fulcrum_http::PairFile::Cert => "cert",
-                        fulcrum_http::PairFile::Key => "key",
+                    let (key, help) = match e.file {
+                        fulcrum_http::PairFile::Cert => ("cert", PEM_HELP),
+                        fulcrum_http::PairFile::Key => ("key", PEM_HELP),
+                        fulcrum_http::PairFile::Ocsp => ("ocsp", OCSP_HELP),
                     };
                     let at = [
                         svc[0],
@@ -67,14 +73,18 @@ pub fn check(cfg: &Config, text: &str) -> Vec<ConfigError> {
                         PathStep::Index(j),
                         PathStep::Key(key),
                     ];
-                    report(
-                        &at,
-                        e.message,
-                        Some(
-                            "PEM files: a certificate chain (cert) and its private key (key)"
-                                .into(),
-                        ),
-                    );
+                    report(&at, e.message, Some(help.into()));
+                }
+            }
+            if let Some(ca) = &tls.client_auth {
+                if let Err(e) = fulcrum_http::check_ca(&ca.ca) {
+                    let at = [
+                        svc[0],
+                        svc[1],
+                        PathStep::Key("tls"),
+                        PathStep::Key("client_ca"),
+                    ];
+                    report(&at, e, Some(CA_HELP.into()));
                 }
             }
         }
@@ -93,6 +103,32 @@ pub fn check(cfg: &Config, text: &str) -> Vec<ConfigError> {
                         Some("a file fulcrum can create or append to, or \"-\" for stderr".into()),
                     );
                 }
+            }
+        }
+    }
+    for (i, p) in cfg.pools.iter().enumerate() {
+        let Some(tls) = &p.tls else {
+            continue;
+        };
+        let at = |key| {
+            [
+                PathStep::Key("pool"),
+                PathStep::Index(i),
+                PathStep::Key("tls"),
+                PathStep::Key(key),
+            ]
+        };
+        if let Err(e) = fulcrum_http::check_ca(&tls.ca) {
+            report(&at("ca"), e, Some(CA_HELP.into()));
+        }
+        if let Some((cert, key)) = &tls.client_cert {
+            if let Err(e) = fulcrum_http::check_client_pair(cert, key) {
+                let k = if e.file == fulcrum_http::PairFile::Key {
+                    "key"
+                } else {
+                    "cert"
+                };
+                report(&at(k), e.message, Some(PEM_HELP.into()));
             }
         }
     }

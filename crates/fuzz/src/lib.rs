@@ -30,7 +30,42 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("admin_json", admin_json),
     ("xdp", xdp::xdp),
     ("nat_sync", nat_sync),
+    ("tls_hello", tls_hello),
 ];
+
+/// The TLS passthrough `ClientHello` reader (`fulcrum_core::tls_hello::peek`): any bytes give
+/// an answer, never a panic; a complete hello's every prefix is incomplete or the same
+/// answer (bytes arriving in pieces never change the route), bytes after it change
+/// nothing, and a server name is a lowercase DNS name.
+pub fn tls_hello(data: &[u8]) {
+    use fulcrum_core::tls_hello::{peek, Hello};
+    let whole = peek(data);
+    if let Hello::Complete(sni) = &whole {
+        if let Some(n) = sni {
+            assert!(
+                !n.is_empty()
+                    && n.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b)
+                    }),
+                "not a lowercase host name: {n:?}"
+            );
+        }
+        for cut in 0..data.len() {
+            let part = peek(&data[..cut]);
+            assert!(
+                part == Hello::Incomplete || part == whole,
+                "prefix of {cut} bytes: {part:?}, whole: {whole:?}"
+            );
+        }
+        let mut more = data.to_vec();
+        more.extend_from_slice(b"\x16\x03\x01 trailing");
+        assert_eq!(
+            peek(&more),
+            whole,
+            "bytes after a complete hello changed it"
+        );
+    }
+}
 
 /// nat sync datagrams (`fulcrum_xdp::natsync`): any input decodes or fails with an error,
 /// never a panic; what decodes encodes back to the same bytes (one encoding per message).

@@ -82,6 +82,11 @@ fn proxy_protocol() {
 }
 
 #[test]
+fn tls_hello() {
+    fuzz("tls_hello");
+}
+
+#[test]
 fn admin_json() {
     fuzz("admin_json");
 }

@@ -203,7 +203,11 @@ fn rewrite(
     if host_problem(req.version() == http::Version::HTTP_11, req.headers()).is_some() {
         return None;
     }
-    let c = Client { peer, tls };
+    let c = Client {
+        peer,
+        tls,
+        cert: None,
+    };
     let rid = b"00000000-0000-4000-8000-000000000000";
     let mut out = Vec::new();
     write_head(&mut out, c, &req, rid, upgrade, framing);

@@ -472,12 +472,8 @@ impl Stream {
             else {
                 continue;
             };
-            if let Err(e) = std::task::ready!(conn.poll_read_ready(cx)) {
-                self.end(false);
-                return Poll::Ready(Some(Err(e)));
-            }
             resp.reserve_read();
-            match conn.try_read_buf(&mut resp.buf) {
+            match std::task::ready!(conn.poll_read_buf(cx, &mut resp.buf)) {
                 Ok(0) => {
                     let ok = self.dec.eof().is_ok();
                     self.end(ok);

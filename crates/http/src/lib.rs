@@ -80,7 +80,10 @@ use tokio::net::TcpStream;
 pub use accesslog::AccessLogger;
 pub use metrics::{CodeCounters, PoolMetrics, ServiceMetrics};
 pub use ratelimit::RateLimiter;
-pub use tls::{check_pair, PairError, PairFile, TlsState};
+pub use tls::{
+    check_ca, check_client_pair, check_ocsp, check_pair, BackendTlsState, ClientHeaders, PairError,
+    PairFile, PeerCert, TlsState,
+};
 
 /// A service's timeouts and retry policy (`[service.timeouts]`, `[service.retry]`; see
 /// docs/http.md), as the data path uses them.
@@ -138,6 +141,8 @@ pub struct RoutePool {
     pub backend_metrics: Vec<Arc<CodeCounters>>,
     /// Parallel to `pool.backends`: the sticky cookie value naming each backend.
     pub cookie_values: Vec<String>,
+    /// `[pool.tls]`: the client config its backends are spoken to with.
+    pub tls: Option<Arc<BackendTlsState>>,
 }
 
 /// A service's L7 state in one snapshot (the `ext` of its `ServiceRt`).
@@ -222,7 +227,19 @@ impl L7Handler for HttpHandler {
                 .find(|p| p.name == name)
                 .ok_or_else(|| format!("pool {name:?} does not exist"))?;
             let pm = metrics.pool(name);
+            let tls = match &pool.tls {
+                None => None,
+                Some(t) => match prev
+                    .and_then(|p| p.pools.iter().find(|rp| rp.pool.name == name))
+                    .and_then(|rp| rp.tls.as_ref())
+                    .filter(|s| s.is_current(t))
+                {
+                    Some(s) => Some(Arc::clone(s)),
+                    None => Some(Arc::new(BackendTlsState::load(t)?)),
+                },
+            };
             used.push(RoutePool {
+                tls,
                 backend_metrics: pool
                     .backends
                     .iter()
@@ -347,6 +364,9 @@ pub(crate) struct ConnCtx {
     pub peer: SocketAddr,
     pub local: SocketAddr,
     pub tls: bool,
+    /// The client's verified certificate (`[service.tls] client_ca`), set after the
+    /// handshake.
+    pub peer_cert: std::cell::OnceCell<PeerCert>,
     /// Notified when the process starts draining.
     pub drain: Rc<tokio::sync::Notify>,
     /// Whether this value counts the connection as open (a renewed context takes the count
@@ -405,6 +425,7 @@ impl ConnCtx {
             peer: self.peer,
             local: self.local,
             tls: self.tls,
+            peer_cert: self.peer_cert.clone(),
             drain: Rc::clone(&self.drain),
             counted: Cell::new(true),
             gone: Cell::new(false),
@@ -452,6 +473,7 @@ fn spawn_conn(shared: Arc<Shared>, svc: Arc<ServiceRt>, sock: TcpStream, peer: S
         shared,
         svc,
         tls: ext.tls.is_some(),
+        peer_cert: std::cell::OnceCell::new(),
         ext,
         peer,
         local,
@@ -484,6 +506,16 @@ async fn serve_tls(ctx: Rc<ConnCtx>, sock: TcpStream) {
     else {
         return;
     };
+    if tls.client_headers.is_some() {
+        if let Some(leaf) = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(<[_]>::first)
+        {
+            let _ = ctx.peer_cert.set(PeerCert::of(leaf));
+        }
+    }
     if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
         h2::serve(ctx, stream).await;
     } else {

@@ -19,7 +19,6 @@ use fulcrum_proxy::stats::BackendStats;
 use http::{StatusCode, Version};
 use hyper::body::Incoming;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use crate::accesslog::{AccessLogger, Entry};
 use crate::h1::{self, Enc, Framing, Msg};
@@ -186,7 +185,7 @@ impl Local {
 pub(crate) enum Answer {
     /// HTTP/1.1: the connection, the parsed head and the body bytes read so far.
     H1 {
-        conn: TcpStream,
+        conn: upstream::Conn,
         resp: Box<Msg>,
         /// The connection can carry another request once this body is read.
         keep_alive: bool,
@@ -394,19 +393,28 @@ fn entry(c: &ConnCtx, req: &impl ReqView, host: &str) -> Entry {
     }
 }
 
-/// The client of a request as header rewriting sees it: its address and whether it came
-/// over TLS.
+/// The client of a request as header rewriting sees it: its address, whether it came
+/// over TLS, and (with `[service.tls] client_ca`) its verified certificate.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Client {
+pub(crate) struct Client<'a> {
     pub peer: SocketAddr,
     pub tls: bool,
+    /// The client certificate headers' names (these are dropped from what the client sent)
+    /// and the verified certificate, if the client sent one.
+    pub cert: Option<(&'a crate::ClientHeaders, Option<&'a crate::PeerCert>)>,
 }
 
-impl From<&ConnCtx> for Client {
-    fn from(c: &ConnCtx) -> Self {
+impl<'a> From<&'a ConnCtx> for Client<'a> {
+    fn from(c: &'a ConnCtx) -> Self {
         Client {
             peer: c.peer,
             tls: c.tls,
+            cert: c
+                .ext
+                .tls
+                .as_ref()
+                .and_then(|t| t.client_headers.as_ref())
+                .map(|h| (h, c.peer_cert.get())),
         }
     }
 }
@@ -417,12 +425,19 @@ impl From<&ConnCtx> for Client {
 /// passed on (gRPC needs it).
 pub(crate) fn write_fields<O: HeadOut>(
     out: &mut O,
-    c: Client,
+    c: Client<'_>,
     req: &impl ReqView,
     rid: &[u8],
     upgrade: bool,
     framing: Framing,
 ) {
+    let cert_names = c.cert.map(|(h, _)| h);
+    let is_cert_header = |n: &[u8]| {
+        cert_names.is_some_and(|h| {
+            n.eq_ignore_ascii_case(h.subject.as_bytes())
+                || n.eq_ignore_ascii_case(h.fingerprint.as_bytes())
+        })
+    };
     let named = Tokens::of(req.headers());
     let mut xff: Vec<&[u8]> = Vec::new();
     let mut fwd: Vec<&[u8]> = Vec::new();
@@ -433,7 +448,7 @@ pub(crate) fn write_fields<O: HeadOut>(
         if eq(n, "te") {
             te_trailers |= h1::has_token(v, "trailers");
         }
-        if is_dropped(n, &named, upgrade) {
+        if is_dropped(n, &named, upgrade) || is_cert_header(n) {
             continue;
         }
         if eq(n, "x-forwarded-for") {
@@ -468,6 +483,10 @@ pub(crate) fn write_fields<O: HeadOut>(
     }
     write_forwarding(out, &xff, &fwd, c.peer, host, c.tls);
     out.field(b"X-Request-Id", rid);
+    if let Some((h, Some(pc))) = c.cert {
+        out.field(h.subject.as_bytes(), pc.subject.as_bytes());
+        out.field(h.fingerprint.as_bytes(), pc.fingerprint.as_bytes());
+    }
     if upgrade {
         out.field(b"Connection", b"upgrade");
     }
@@ -514,7 +533,7 @@ fn itoa_buf(mut n: u64) -> Digits {
 /// Writes the backend's HTTP/1.1 request head.
 pub(crate) fn write_head(
     out: &mut Vec<u8>,
-    c: Client,
+    c: Client<'_>,
     req: &impl ReqView,
     rid: &[u8],
     upgrade: bool,
@@ -636,6 +655,8 @@ struct Got {
 /// What every attempt of one request shares.
 struct Fwd<'a, R> {
     c: &'a ConnCtx,
+    /// The pool's `[pool.tls]`, when its backends speak TLS.
+    tls: Option<&'a crate::BackendTlsState>,
     req: &'a R,
     rid: &'a [u8],
     upgrade: bool,
@@ -647,7 +668,7 @@ struct Fwd<'a, R> {
 /// Sends the request (head written by `head`, then the body) and reads the final response
 /// head into a buffer taken (into `slot`) only once the backend has something to say.
 async fn attempt(
-    conn: &mut TcpStream,
+    conn: &mut upstream::Conn,
     head: impl FnOnce(&mut Vec<u8>),
     body: &mut impl ReqBody,
     enc: Enc,
@@ -702,7 +723,7 @@ async fn attempt(
         }
         if !acked && !resp.buf.is_empty() {
             // The answer has begun: its next piece may wait for this ACK.
-            upstream::quickack(conn);
+            upstream::quickack(conn.tcp());
             acked = true;
         }
         match resp.read_from(conn).await {
@@ -751,12 +772,12 @@ async fn h1_exchange<R: ReqView>(
     let pooled = if f.upgrade {
         None
     } else {
-        upstream::take_idle(addr)
+        upstream::take_idle(addr, f.tls.map_or(0, |t| t.id))
     };
     let reused = pooled.is_some();
     let mut conn = match pooled {
         Some(s) => s,
-        None => upstream::connect(addr, f.tuning.connect_timeout)
+        None => upstream::connect_conn(addr, f.tuning.connect_timeout, f.tls)
             .await
             .map_err(Fail::Connect)?,
     };
@@ -803,7 +824,7 @@ async fn h1_exchange<R: ReqView>(
         }
     };
     if !h1::complete_in(framing, resp.rest()) {
-        upstream::quickack(&conn);
+        upstream::quickack(conn.tcp());
     }
     let keep_alive = resp.minor >= 1
         && framing != Framing::Close
@@ -1049,6 +1070,7 @@ pub(crate) async fn forward<'c>(
     let tuning = ext.tuning;
     let f = Fwd {
         c,
+        tls: rp.tls.as_deref(),
         req,
         rid,
         upgrade,

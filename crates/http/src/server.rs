@@ -669,7 +669,12 @@ impl<S: ClientIo> Body<'_, S> {
 
     /// From an HTTP/1.1 backend: decoded by its framing from the bytes read after the head,
     /// then from the connection; a chunked body's trailers are passed on.
-    async fn copy_h1(&mut self, conn: &mut TcpStream, resp: &mut Msg, framing: Framing) -> bool {
+    async fn copy_h1(
+        &mut self,
+        conn: &mut crate::upstream::Conn,
+        resp: &mut Msg,
+        framing: Framing,
+    ) -> bool {
         let mut dec = Decoder::new(framing);
         loop {
             match h1::transcode(&mut dec, resp.rest(), self.enc, self.out) {
@@ -786,7 +791,7 @@ async fn relay_upgrade<S: ClientIo>(c: &ConnCtx, io: &mut S, ex: proxy::Exchange
 
 /// Relays bytes both ways until either side closes, or no byte has moved either way for
 /// `idle` (the service's `idle_timeout`).
-async fn tunnel<S: ClientIo>(client: &mut S, backend: &mut TcpStream, idle: Duration) {
+async fn tunnel<S: ClientIo>(client: &mut S, backend: &mut crate::upstream::Conn, idle: Duration) {
     let last = Cell::new(Instant::now());
     let mut a = Moved {
         io: client,

@@ -1,21 +1,65 @@
 //! TLS termination: certificates loaded from PEM files, chosen by SNI (the first pair is the
-//! default), ALPN h2 and http/1.1, TLS 1.2 and 1.3 only, the `ring` provider.
+//! default), ALPN h2 and http/1.1, TLS 1.2 and 1.3 only, the `ring` provider; client
+//! certificates (`client_ca`), OCSP stapling (`ocsp`, re-read when the file changes) and
+//! session tickets with rotating keys. TLS towards backends is [`BackendTlsState`].
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
-use fulcrum_core::config::{CertPair, TlsConfig};
+use arc_swap::ArcSwap;
+use fulcrum_core::config::{BackendTls, CertPair, ClientAuth, ClientAuthMode, TlsConfig};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+/// How often a handshake may look whether an OCSP response file changed.
+const OCSP_CHECK_EVERY_MS: u64 = 1000;
+
+/// The largest OCSP response file read.
+const MAX_OCSP: u64 = 64 * 1024;
 
 /// The loaded TLS state of one service, reused across snapshots while its files are unchanged.
 pub struct TlsState {
     pub acceptor: TlsAcceptor,
+    /// With `client_ca`: the headers that carry a verified client certificate to backends.
+    pub client_headers: Option<ClientHeaders>,
     cfg: TlsConfig,
     stamps: Vec<Option<SystemTime>>,
+}
+
+/// The header names of `[service.tls] client_subject_header` and `client_fingerprint_header`.
+#[derive(Debug, Clone)]
+pub struct ClientHeaders {
+    pub subject: String,
+    pub fingerprint: String,
+}
+
+/// What a verified client certificate tells backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerCert {
+    /// RFC 4514 subject (`CN=...,O=...`).
+    pub subject: String,
+    /// SHA-256 of the certificate's DER, lowercase hex.
+    pub fingerprint: String,
+}
+
+impl PeerCert {
+    /// The facts of the leaf certificate `der`.
+    pub fn of(der: &[u8]) -> Self {
+        let digest = ring::digest::digest(&ring::digest::SHA256, der);
+        let mut fingerprint = String::with_capacity(64);
+        for b in digest.as_ref() {
+            use std::fmt::Write as _;
+            let _ = write!(fingerprint, "{b:02x}");
+        }
+        Self {
+            subject: fulcrum_core::x509name::subject(der).unwrap_or_default(),
+            fingerprint,
+        }
+    }
 }
 
 impl std::fmt::Debug for TlsState {
@@ -26,16 +70,22 @@ impl std::fmt::Debug for TlsState {
     }
 }
 
+fn stamp(f: &Path) -> Option<SystemTime> {
+    std::fs::metadata(f).and_then(|m| m.modified()).ok()
+}
+
 fn stamps(cfg: &TlsConfig) -> Vec<Option<SystemTime>> {
     cfg.certs
         .iter()
         .flat_map(|p| [&p.cert, &p.key])
-        .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+        .chain(cfg.client_auth.as_ref().map(|c| &c.ca))
+        .map(|f| stamp(f))
         .collect()
 }
 
 impl TlsState {
-    /// Whether this state still matches `cfg` and the files on disk.
+    /// Whether this state still matches `cfg` and the files on disk (an OCSP response is
+    /// re-read by the state itself).
     pub fn is_current(&self, cfg: &TlsConfig) -> bool {
         self.cfg == *cfg && self.stamps == stamps(cfg)
     }
@@ -44,24 +94,182 @@ impl TlsState {
         let stamps = stamps(cfg);
         let mut certs = Vec::with_capacity(cfg.certs.len());
         for pair in &cfg.certs {
-            certs.push(load_pair(pair).map_err(|e| e.message)?);
+            let (leaf, ck) = load_pair(pair).map_err(|e| e.message)?;
+            let ocsp = pair.ocsp.as_ref().map(|path| Ocsp {
+                path: path.clone(),
+                stamp: ArcSwap::from_pointee(stamp(path)),
+            });
+            certs.push(Served {
+                leaf,
+                key: ArcSwap::new(ck),
+                ocsp,
+            });
         }
         if certs.is_empty() {
             return Err("[service.tls] certs is empty".into());
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut sc = rustls::ServerConfig::builder_with_provider(provider)
+        let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| format!("TLS setup: {e}"))?
-            .with_no_client_auth()
-            .with_cert_resolver(Arc::new(SniResolver { certs }));
+            .map_err(|e| format!("TLS setup: {e}"))?;
+        let builder = match &cfg.client_auth {
+            None => builder.with_no_client_auth(),
+            Some(ca) => builder.with_client_cert_verifier(client_verifier(ca, provider)?),
+        };
+        let mut sc = builder.with_cert_resolver(Arc::new(SniResolver {
+            certs,
+            epoch: Instant::now(),
+            next_check: AtomicU64::new(0),
+        }));
         sc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        if cfg.session_tickets {
+            // A new key every `session_ticket_rotation`; tickets of the previous key are
+            // still accepted (rustls' rotator, with our ChaCha20-Poly1305 ticket sealer).
+            let secs = u32::try_from(cfg.session_ticket_rotation.as_secs()).unwrap_or(u32::MAX);
+            sc.ticketer = Arc::new(
+                rustls::ticketer::TicketRotator::new(secs, TicketKey::generate)
+                    .map_err(|e| format!("TLS session tickets: {e}"))?,
+            );
+        }
         Ok(Self {
             acceptor: TlsAcceptor::from(Arc::new(sc)),
+            client_headers: cfg.client_auth.as_ref().map(|c| ClientHeaders {
+                subject: c.subject_header.clone(),
+                fingerprint: c.fingerprint_header.clone(),
+            }),
             cfg: cfg.clone(),
             stamps,
         })
     }
+}
+
+fn client_verifier(
+    ca: &ClientAuth,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, String> {
+    let roots = read_roots(&ca.ca)?;
+    let b = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+    let b = match ca.mode {
+        ClientAuthMode::Required => b,
+        ClientAuthMode::Optional => b.allow_unauthenticated(),
+    };
+    b.build()
+        .map_err(|e| format!("{}: cannot verify clients with it: {e}", ca.ca.display()))
+}
+
+/// The CA certificates of a PEM file, as trust anchors.
+fn read_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in read_certs(path)? {
+        roots
+            .add(c)
+            .map_err(|e| format!("{}: not a usable CA certificate: {e}", path.display()))?;
+    }
+    Ok(roots)
+}
+
+/// One session ticket key: tickets are `key name (16) | nonce (12) | ChaCha20-Poly1305
+/// sealed state`, the key name authenticated too. Keys live in memory only.
+struct TicketKey {
+    key: ring::aead::LessSafeKey,
+    name: [u8; 16],
+}
+
+impl std::fmt::Debug for TicketKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TicketKey").finish_non_exhaustive()
+    }
+}
+
+impl TicketKey {
+    fn generate(
+    ) -> Result<Box<dyn rustls::server::ProducesTickets>, rustls::crypto::GetRandomFailed> {
+        use ring::rand::SecureRandom as _;
+        let rng = ring::rand::SystemRandom::new();
+        let mut secret = [0u8; 32];
+        let mut name = [0u8; 16];
+        rng.fill(&mut secret)
+            .map_err(|_| rustls::crypto::GetRandomFailed)?;
+        rng.fill(&mut name)
+            .map_err(|_| rustls::crypto::GetRandomFailed)?;
+        let key = ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, &secret)
+            .map_err(|_| rustls::crypto::GetRandomFailed)?;
+        Ok(Box::new(Self {
+            key: ring::aead::LessSafeKey::new(key),
+            name,
+        }))
+    }
+}
+
+impl rustls::server::ProducesTickets for TicketKey {
+    fn enabled(&self) -> bool {
+        true
+    }
+
+    fn lifetime(&self) -> u32 {
+        // The rotator reports its own lifetime; this is not used.
+        0
+    }
+
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        use ring::rand::SecureRandom as _;
+        let mut nonce = [0u8; ring::aead::NONCE_LEN];
+        ring::rand::SystemRandom::new().fill(&mut nonce).ok()?;
+        let mut out = Vec::with_capacity(16 + nonce.len() + plain.len() + 16);
+        out.extend_from_slice(&self.name);
+        out.extend_from_slice(&nonce);
+        let mut sealed = plain.to_vec();
+        self.key
+            .seal_in_place_append_tag(
+                ring::aead::Nonce::assume_unique_for_key(nonce),
+                ring::aead::Aad::from(&self.name),
+                &mut sealed,
+            )
+            .ok()?;
+        out.extend_from_slice(&sealed);
+        Some(out)
+    }
+
+    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+        let rest = cipher.strip_prefix(&self.name[..])?;
+        if rest.len() < ring::aead::NONCE_LEN + 16 {
+            return None;
+        }
+        let (nonce, sealed) = rest.split_at(ring::aead::NONCE_LEN);
+        let nonce = ring::aead::Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let mut buf = sealed.to_vec();
+        let plain = self
+            .key
+            .open_in_place(nonce, ring::aead::Aad::from(&self.name), &mut buf)
+            .ok()?;
+        let n = plain.len();
+        buf.truncate(n);
+        Some(buf)
+    }
+}
+
+/// Checks a CA file exactly as [`TlsState::load`] and [`BackendTlsState::load`] read it.
+pub fn check_ca(path: &Path) -> Result<(), String> {
+    read_roots(path).map(|_| ())
+}
+
+/// Reads an OCSP response file: DER, not empty, at most 64 KiB.
+fn read_ocsp(path: &Path) -> Result<Vec<u8>, String> {
+    let data = fulcrum_proxy::files::read_limited(path, MAX_OCSP)
+        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    // An OCSPResponse is a DER SEQUENCE; a PEM or text file is a mistake worth naming.
+    if data.first() != Some(&0x30) {
+        return Err(format!(
+            "{}: not a DER OCSP response (make one with `openssl ocsp ... -respout FILE`)",
+            path.display()
+        ));
+    }
+    Ok(data)
+}
+
+/// Checks an OCSP response file exactly as it is read for stapling.
+pub fn check_ocsp(path: &Path) -> Result<(), String> {
+    read_ocsp(path).map(|_| ())
 }
 
 /// Which file of a certificate pair a [`PairError`] is about.
@@ -71,6 +279,8 @@ pub enum PairFile {
     Cert,
     /// The private key (`key`).
     Key,
+    /// The OCSP response (`ocsp`).
+    Ocsp,
 }
 
 /// Why a certificate pair cannot be used.
@@ -88,8 +298,22 @@ pub fn check_pair(pair: &CertPair) -> Result<(), PairError> {
     load_pair(pair).map(|_| ())
 }
 
-/// Reads, parses and matches one certificate chain and its key.
+/// Reads, parses and matches one certificate chain and its key (and its OCSP response).
 fn load_pair(pair: &CertPair) -> Result<(CertificateDer<'static>, Arc<CertifiedKey>), PairError> {
+    let (leaf, mut ck) = load_chain(&pair.cert, &pair.key)?;
+    if let Some(o) = &pair.ocsp {
+        ck.ocsp = Some(read_ocsp(o).map_err(|message| PairError {
+            file: PairFile::Ocsp,
+            message,
+        })?);
+    }
+    Ok((leaf, Arc::new(ck)))
+}
+
+fn load_chain(
+    cert: &Path,
+    key: &Path,
+) -> Result<(CertificateDer<'static>, CertifiedKey), PairError> {
     let cert_err = |message| PairError {
         file: PairFile::Cert,
         message,
@@ -98,30 +322,22 @@ fn load_pair(pair: &CertPair) -> Result<(CertificateDer<'static>, Arc<CertifiedK
         file: PairFile::Key,
         message,
     };
-    let chain = read_certs(&pair.cert).map_err(cert_err)?;
-    let key = read_key(&pair.key).map_err(key_err)?;
-    let signing = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| {
-        key_err(format!(
-            "{}: unsupported private key: {e}",
-            pair.key.display()
-        ))
-    })?;
+    let chain = read_certs(cert).map_err(cert_err)?;
+    let der = read_key(key).map_err(key_err)?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&der)
+        .map_err(|e| key_err(format!("{}: unsupported private key: {e}", key.display())))?;
     let leaf = chain[0].clone();
-    webpki::EndEntityCert::try_from(&leaf).map_err(|e| {
-        cert_err(format!(
-            "{}: not a usable certificate: {e}",
-            pair.cert.display()
-        ))
-    })?;
+    webpki::EndEntityCert::try_from(&leaf)
+        .map_err(|e| cert_err(format!("{}: not a usable certificate: {e}", cert.display())))?;
     let ck = CertifiedKey::new(chain, signing);
     ck.keys_match().map_err(|e| {
         key_err(format!(
             "{} and {}: the key does not match the certificate: {e}",
-            pair.cert.display(),
-            pair.key.display()
+            cert.display(),
+            key.display()
         ))
     })?;
-    Ok((leaf, Arc::new(ck)))
+    Ok((leaf, ck))
 }
 
 /// PEM files are regular files of at most 1 MiB, opened without blocking (a FIFO would
@@ -149,28 +365,183 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
         .ok_or_else(|| format!("{}: no PRIVATE KEY in the file", path.display()))
 }
 
+/// One served certificate; its key (with the stapled OCSP response) is swapped when the
+/// response file changes.
+struct Served {
+    leaf: CertificateDer<'static>,
+    key: ArcSwap<CertifiedKey>,
+    ocsp: Option<Ocsp>,
+}
+
+struct Ocsp {
+    path: PathBuf,
+    /// The modification time of the response served.
+    stamp: ArcSwap<Option<SystemTime>>,
+}
+
+impl Served {
+    /// Re-reads the OCSP response if its file changed. A file that became unreadable or
+    /// invalid keeps the last good response (logged).
+    fn refresh_ocsp(&self) {
+        let Some(o) = &self.ocsp else {
+            return;
+        };
+        let now = stamp(&o.path);
+        if now == **o.stamp.load() {
+            return;
+        }
+        o.stamp.store(Arc::new(now));
+        match read_ocsp(&o.path) {
+            Ok(resp) => {
+                let cur = self.key.load_full();
+                let mut ck = CertifiedKey::new(cur.cert.clone(), Arc::clone(&cur.key));
+                ck.ocsp = Some(resp);
+                self.key.store(Arc::new(ck));
+                tracing::info!(file = %o.path.display(), "OCSP response re-read");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "OCSP response not re-read; the last one is stapled");
+            }
+        }
+    }
+}
+
 /// Chooses the first certificate valid for the client's SNI name, else the first one.
-#[derive(Debug)]
 struct SniResolver {
-    certs: Vec<(CertificateDer<'static>, Arc<CertifiedKey>)>,
+    certs: Vec<Served>,
+    epoch: Instant,
+    /// Milliseconds since `epoch` after which OCSP files are looked at again.
+    next_check: AtomicU64,
+}
+
+impl std::fmt::Debug for SniResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SniResolver")
+            .field("certs", &self.certs.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SniResolver {
+    /// At most once a second (one handshake does it; the others go on): OCSP files changed?
+    fn maybe_refresh(&self) {
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let next = self.next_check.load(Ordering::Relaxed);
+        if now < next
+            || self
+                .next_check
+                .compare_exchange(
+                    next,
+                    now + OCSP_CHECK_EVERY_MS,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_err()
+        {
+            return;
+        }
+        for c in &self.certs {
+            c.refresh_ocsp();
+        }
+    }
 }
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if self.certs.iter().any(|c| c.ocsp.is_some()) {
+            self.maybe_refresh();
+        }
         if self.certs.len() > 1 {
             if let Some(name) = hello
                 .server_name()
                 .and_then(|n| ServerName::try_from(n.to_owned()).ok())
             {
-                for (leaf, ck) in &self.certs {
-                    let ok = webpki::EndEntityCert::try_from(leaf)
-                        .is_ok_and(|c| c.verify_is_valid_for_subject_name(&name).is_ok());
+                for c in &self.certs {
+                    let ok = webpki::EndEntityCert::try_from(&c.leaf)
+                        .is_ok_and(|e| e.verify_is_valid_for_subject_name(&name).is_ok());
                     if ok {
-                        return Some(Arc::clone(ck));
+                        return Some(c.key.load_full());
                     }
                 }
             }
         }
-        self.certs.first().map(|(_, ck)| Arc::clone(ck))
+        self.certs.first().map(|c| c.key.load_full())
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// TLS to backends
+// ---------------------------------------------------------------------------------------
+
+/// A pool's `[pool.tls]`, loaded: one rustls client config per snapshot (reused while the
+/// settings and files are unchanged).
+pub struct BackendTlsState {
+    pub connector: TlsConnector,
+    /// The name verified (and sent as SNI when it is a DNS name); `None`: the backend's IP.
+    pub sni: Option<ServerName<'static>>,
+    /// Tells pooled connections of this config from others to the same address.
+    pub id: u64,
+    cfg: BackendTls,
+    stamps: Vec<Option<SystemTime>>,
+}
+
+impl std::fmt::Debug for BackendTlsState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendTlsState")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+fn backend_stamps(cfg: &BackendTls) -> Vec<Option<SystemTime>> {
+    std::iter::once(&cfg.ca)
+        .chain(cfg.client_cert.iter().flat_map(|(c, k)| [c, k]))
+        .map(|f| stamp(f))
+        .collect()
+}
+
+static BACKEND_TLS_IDS: AtomicU64 = AtomicU64::new(1);
+
+impl BackendTlsState {
+    /// Whether this state still matches `cfg` and the files on disk.
+    pub fn is_current(&self, cfg: &BackendTls) -> bool {
+        self.cfg == *cfg && self.stamps == backend_stamps(cfg)
+    }
+
+    pub fn load(cfg: &BackendTls) -> Result<Self, String> {
+        let stamps = backend_stamps(cfg);
+        let roots = read_roots(&cfg.ca)?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let b = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| format!("TLS setup: {e}"))?
+            .with_root_certificates(roots);
+        let mut cc = match &cfg.client_cert {
+            None => b.with_no_client_auth(),
+            Some((cert, key)) => {
+                let (_, ck) = load_chain(cert, key).map_err(|e| e.message)?;
+                b.with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(ck)))
+            }
+        };
+        cc.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let sni = match &cfg.sni {
+            None => None,
+            Some(n) => Some(
+                ServerName::try_from(n.clone())
+                    .map_err(|e| format!("[pool.tls] sni {n:?}: {e}"))?,
+            ),
+        };
+        Ok(Self {
+            connector: TlsConnector::from(Arc::new(cc)),
+            sni,
+            id: BACKEND_TLS_IDS.fetch_add(1, Ordering::Relaxed),
+            cfg: cfg.clone(),
+            stamps,
+        })
+    }
+}
+
+/// Checks a `[pool.tls]` client certificate pair exactly as it is loaded.
+pub fn check_client_pair(cert: &Path, key: &Path) -> Result<(), PairError> {
+    load_chain(cert, key).map(|_| ())
 }

@@ -38,11 +38,115 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// The idle connections to one backend: most recently pooled at the back (taken first),
 /// each with the time it was pooled.
-type Idle = VecDeque<(TcpStream, Instant)>;
+type Idle = VecDeque<(Conn, Instant)>;
+
+/// A pool key: the backend's address and the TLS config the connection was made with (0:
+/// plain TCP), so a connection is reused only by the pool settings that made it.
+type Key = (SocketAddr, u64);
+
+/// A connection to an HTTP/1.1 backend: plain TCP, or TLS (`[pool.tls]`).
+#[derive(Debug)]
+pub enum Conn {
+    Plain(TcpStream),
+    /// With the id of the [`crate::BackendTlsState`] that made it.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>, u64),
+}
+
+impl Conn {
+    /// The TCP connection under it.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Conn::Plain(s) => s,
+            Conn::Tls(s, _) => s.get_ref().0,
+        }
+    }
+
+    fn tls_id(&self) -> u64 {
+        match self {
+            Conn::Plain(_) => 0,
+            Conn::Tls(_, id) => *id,
+        }
+    }
+
+    /// Reads what is there into `buf` once the connection is readable (plain TCP: `Ok` may
+    /// be a `WouldBlock` error, to poll again).
+    pub fn poll_read_buf<B: bytes::BufMut>(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut B,
+    ) -> Poll<std::io::Result<usize>> {
+        match self {
+            Conn::Plain(s) => {
+                std::task::ready!(s.poll_read_ready(cx))?;
+                Poll::Ready(s.try_read_buf(buf))
+            }
+            Conn::Tls(t, _) => {
+                let mut b = [0u8; 16 * 1024];
+                let want = buf.remaining_mut().min(b.len());
+                let mut rb = tokio::io::ReadBuf::new(&mut b[..want]);
+                std::task::ready!(tokio::io::AsyncRead::poll_read(
+                    Pin::new(&mut **t),
+                    cx,
+                    &mut rb
+                ))?;
+                let n = rb.filled().len();
+                buf.put_slice(rb.filled());
+                Poll::Ready(Ok(n))
+            }
+        }
+    }
+
+    /// Waits until the backend has sent something (plain TCP). A TLS connection may hold
+    /// decrypted bytes the socket does not show: it does not wait.
+    pub async fn readable(&self) -> std::io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.readable().await,
+            Conn::Tls(..) => Ok(()),
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s, _) => Pin::new(&mut **s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s, _) => Pin::new(&mut **s).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s, _) => Pin::new(&mut **s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s, _) => Pin::new(&mut **s).poll_shutdown(cx),
+        }
+    }
+}
 
 thread_local! {
-    /// Per backend address (few: a linear scan beats hashing).
-    static IDLE: RefCell<Vec<(SocketAddr, Idle)>> = const { RefCell::new(Vec::new()) };
+    /// Per backend address and TLS config (few: a linear scan beats hashing).
+    static IDLE: RefCell<Vec<(Key, Idle)>> = const { RefCell::new(Vec::new()) };
     /// When this worker last swept its pools.
     static SWEPT: Cell<Option<Instant>> = const { Cell::new(None) };
 }
@@ -55,8 +159,21 @@ pub enum ConnectError {
 }
 
 /// Whether an idle connection is still usable: the backend sent nothing (no EOF, no stray
-/// bytes). Costs a syscall only when the socket was reported readable.
-fn usable(s: &TcpStream) -> bool {
+/// bytes; over TLS, records such as session tickets are taken in). Costs a syscall only
+/// when the socket was reported readable.
+fn usable(c: &mut Conn) -> bool {
+    let s = match c {
+        Conn::Plain(s) => s,
+        Conn::Tls(t, _) => {
+            let mut cx = Context::from_waker(Waker::noop());
+            let mut b = [0u8; 1];
+            let mut buf = tokio::io::ReadBuf::new(&mut b);
+            return matches!(
+                tokio::io::AsyncRead::poll_read(Pin::new(&mut **t), &mut cx, &mut buf),
+                Poll::Pending
+            );
+        }
+    };
     let mut cx = Context::from_waker(Waker::noop());
     match s.poll_read_ready(&mut cx) {
         Poll::Pending => true,
@@ -70,7 +187,7 @@ fn usable(s: &TcpStream) -> bool {
 
 /// At most once per [`SWEEP_EVERY`]: closes every pooled connection idle for
 /// [`BACKEND_IDLE_TIMEOUT`] or closed by its backend, and forgets empty pools.
-fn sweep(m: &mut Vec<(SocketAddr, Idle)>, now: Instant) {
+fn sweep(m: &mut Vec<(Key, Idle)>, now: Instant) {
     if SWEPT
         .get()
         .is_some_and(|t| now.saturating_duration_since(t) < SWEEP_EVERY)
@@ -79,25 +196,26 @@ fn sweep(m: &mut Vec<(SocketAddr, Idle)>, now: Instant) {
     }
     SWEPT.set(Some(now));
     for (_, v) in m.iter_mut() {
-        v.retain(|(s, since)| {
+        v.retain_mut(|(s, since)| {
             now.saturating_duration_since(*since) < BACKEND_IDLE_TIMEOUT && usable(s)
         });
     }
     m.retain(|(_, v)| !v.is_empty());
 }
 
-/// An idle pooled connection to `addr`, if one is still usable.
-pub fn take_idle(addr: SocketAddr) -> Option<TcpStream> {
-    take_idle_at(addr, Instant::now())
+/// An idle pooled connection to `addr` made with TLS config `tls_id` (0: plain), if one is
+/// still usable.
+pub fn take_idle(addr: SocketAddr, tls_id: u64) -> Option<Conn> {
+    take_idle_at((addr, tls_id), Instant::now())
 }
 
-fn take_idle_at(addr: SocketAddr, now: Instant) -> Option<TcpStream> {
+fn take_idle_at(key: Key, now: Instant) -> Option<Conn> {
     IDLE.with(|m| {
         let mut m = m.borrow_mut();
         sweep(&mut m, now);
-        let (_, v) = m.iter_mut().find(|(a, _)| *a == addr)?;
-        while let Some((s, since)) = v.pop_back() {
-            if now.saturating_duration_since(since) < BACKEND_IDLE_TIMEOUT && usable(&s) {
+        let (_, v) = m.iter_mut().find(|(a, _)| *a == key)?;
+        while let Some((mut s, since)) = v.pop_back() {
+            if now.saturating_duration_since(since) < BACKEND_IDLE_TIMEOUT && usable(&mut s) {
                 return Some(s);
             }
         }
@@ -106,16 +224,17 @@ fn take_idle_at(addr: SocketAddr, now: Instant) -> Option<TcpStream> {
 }
 
 /// Returns a connection whose last response is complete.
-pub fn put_idle(addr: SocketAddr, s: TcpStream) {
+pub fn put_idle(addr: SocketAddr, s: Conn) {
     put_idle_at(addr, s, Instant::now());
 }
 
-fn put_idle_at(addr: SocketAddr, s: TcpStream, now: Instant) {
+fn put_idle_at(addr: SocketAddr, s: Conn, now: Instant) {
+    let key = (addr, s.tls_id());
     IDLE.with(|m| {
         let mut m = m.borrow_mut();
         sweep(&mut m, now);
-        let i = m.iter().position(|(a, _)| *a == addr).unwrap_or_else(|| {
-            m.push((addr, VecDeque::new()));
+        let i = m.iter().position(|(a, _)| *a == key).unwrap_or_else(|| {
+            m.push((key, VecDeque::new()));
             m.len() - 1
         });
         let v = &mut m[i].1;
@@ -131,7 +250,7 @@ fn idle_count(addr: SocketAddr) -> usize {
     IDLE.with(|m| {
         m.borrow()
             .iter()
-            .find(|(a, _)| *a == addr)
+            .find(|(a, _)| *a == (addr, 0))
             .map_or(0, |(_, v)| v.len())
     })
 }
@@ -173,7 +292,7 @@ fn forget(snap: &Snapshot) {
                 .any(|b| b.address == *addr && b.is_eligible())
         })
     };
-    IDLE.with(|m| m.borrow_mut().retain(|(a, _)| wanted(a)));
+    IDLE.with(|m| m.borrow_mut().retain(|((a, _), _)| wanted(a)));
     H2.with(|m| {
         m.borrow_mut()
             .retain(|(a, s)| matches!(s, H2Slot::Connecting(_)) || wanted(a));
@@ -189,6 +308,33 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, C
     };
     let _ = tcp.set_nodelay(true);
     Ok(tcp)
+}
+
+/// Opens a new HTTP/1.1 connection: plain, or TLS with `tls` (the handshake within the same
+/// `timeout`; a failed handshake counts as a failed connect).
+pub async fn connect_conn(
+    addr: SocketAddr,
+    timeout: Duration,
+    tls: Option<&crate::BackendTlsState>,
+) -> Result<Conn, ConnectError> {
+    let start = Instant::now();
+    let tcp = connect(addr, timeout).await?;
+    let Some(tls) = tls else {
+        return Ok(Conn::Plain(tcp));
+    };
+    let name = tls
+        .sni
+        .clone()
+        .unwrap_or_else(|| rustls::pki_types::ServerName::IpAddress(addr.ip().into()));
+    let left = timeout.saturating_sub(start.elapsed());
+    match tokio::time::timeout(left, tls.connector.connect(name, tcp)).await {
+        Ok(Ok(s)) => Ok(Conn::Tls(Box::new(s), tls.id)),
+        Ok(Err(e)) => {
+            tracing::debug!(backend = %addr, error = %e, "TLS handshake with a backend failed");
+            Err(ConnectError::Refused(e))
+        }
+        Err(_) => Err(ConnectError::Timeout),
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -460,14 +606,14 @@ mod tests {
         let (clients, mut servers) = pairs(&l, 4).await;
         let t0 = Instant::now();
         for c in clients {
-            put_idle_at(addr, c, t0);
+            put_idle_at(addr, Conn::Plain(c), t0);
         }
         assert_eq!(idle_count(addr), 4);
         // The steady load: one request at a time takes and returns the newest connection.
         let mut t = t0;
         for _ in 0..12 {
             t += Duration::from_secs(1);
-            let c = take_idle_at(addr, t).unwrap();
+            let c = take_idle_at((addr, 0), t).unwrap();
             put_idle_at(addr, c, t);
         }
         // The three connections under it were idle for 12 s: closed; the one in use stays.
@@ -487,11 +633,11 @@ mod tests {
         let (clients, mut servers2) = pairs(&l, 2).await;
         let t1 = t + Duration::from_secs(2);
         for c in clients {
-            put_idle_at(addr, c, t1);
+            put_idle_at(addr, Conn::Plain(c), t1);
         }
         drop(servers2.remove(0));
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let c = take_idle_at(addr, t1 + Duration::from_secs(2)).unwrap();
+        let c = take_idle_at((addr, 0), t1 + Duration::from_secs(2)).unwrap();
         assert_eq!(idle_count(addr), 1, "a closed connection is still pooled");
         drop(c);
     }

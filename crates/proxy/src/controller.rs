@@ -579,11 +579,7 @@ impl Controller {
         let pools: Vec<PoolParts> = new
             .pools
             .iter()
-            .filter(|p| {
-                services
-                    .iter()
-                    .any(|s| s.pool == p.name || s.routes.iter().any(|r| r.pool == p.name))
-            })
+            .filter(|p| services.iter().any(|s| s.uses_pool(&p.name)))
             .map(|p| self.pool_parts(p))
             .collect();
         let snap = self.shared.snapshot.load_full();
@@ -650,6 +646,7 @@ impl Controller {
                 .unwrap_or_default(),
             sticky_cookie: p.sticky_cookie.clone(),
             backend_protocol: p.backend_protocol,
+            tls: p.tls.clone(),
             locality: p.locality.clone(),
             local_zone: self.config.cluster.as_ref().and_then(|c| c.zone.clone()),
         }
@@ -906,7 +903,7 @@ impl Controller {
         let mut longest = Duration::ZERO;
         let mut counted = true;
         for s in &self.config.services {
-            if s.pool == pool || s.routes.iter().any(|r| r.pool == pool) {
+            if s.uses_pool(pool) {
                 longest = longest.max(s.drain_timeout);
                 counted &= matches!(s.forward, Forwarding::Proxy { .. });
             }
@@ -1158,6 +1155,7 @@ struct PoolParts {
     moved: Arc<AtomicU64>,
     sticky_cookie: Option<String>,
     backend_protocol: config::BackendProtocol,
+    tls: Option<config::BackendTls>,
     locality: Option<fulcrum_core::locality::Locality>,
     local_zone: Option<fulcrum_core::model::Zone>,
 }
@@ -1205,6 +1203,7 @@ impl PoolParts {
             sticky_cookie: self.sticky_cookie,
             locality: None,
             backend_protocol: self.backend_protocol,
+            tls: self.tls,
         }
     }
 }
@@ -1267,6 +1266,14 @@ impl Build {
                     forward: s.forward.mode(),
                     forwarding: s.forward,
                     pool: Arc::clone(pool),
+                    sni_routes: s
+                        .sni_routes
+                        .iter()
+                        .filter_map(|r| {
+                            let p = pools.iter().find(|p| p.name == r.pool)?;
+                            Some((r.sni.clone(), Arc::clone(p)))
+                        })
+                        .collect(),
                     proxy_protocol,
                     max_connections: u64::from(s.max_connections),
                     max_flows: u64::from(s.max_flows.min(s.max_connections)),

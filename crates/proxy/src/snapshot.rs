@@ -62,6 +62,8 @@ pub struct PoolRt {
     pub sticky_cookie: Option<String>,
     /// http: how the backends are spoken to (`[[pool]] backend_protocol`).
     pub backend_protocol: BackendProtocol,
+    /// http: `[pool.tls]`, TLS to the backends (loaded by the HTTP handler).
+    pub tls: Option<fulcrum_core::config::BackendTls>,
     /// `[pool.locality]`'s plan for these backends (`None`: none, or no zone can take a
     /// flow; see [`fulcrum_core::locality`]).
     pub locality: Option<Arc<ZonePlan>>,
@@ -181,6 +183,9 @@ pub struct ServiceRt {
     /// The forwarding mode with its options (tunnel kind and source: the XDP data plane).
     pub forwarding: fulcrum_core::config::Forwarding,
     pub pool: Arc<PoolRt>,
+    /// tcp: TLS passthrough routes (`[[service.sni_route]]`), in order; `pool` is the
+    /// default. Empty: no `ClientHello` is read.
+    pub sni_routes: Vec<(fulcrum_core::config::HostMatch, Arc<PoolRt>)>,
     pub proxy_protocol: Option<ProxyProtocol>,
     pub max_connections: u64,
     /// udp: flows at most (the smaller of `max_flows` and `max_connections`).

@@ -91,6 +91,9 @@ pub struct ServiceStats {
     pub refused_limit: AtomicU64,
     /// Refused because no backend was available (all down, draining, ejected or weight 0).
     pub refused_no_backend: AtomicU64,
+    /// TLS passthrough (`[[service.sni_route]]`): closed because the first bytes were not a
+    /// TLS `ClientHello`, or none came in time.
+    pub refused_bad_hello: AtomicU64,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
 }

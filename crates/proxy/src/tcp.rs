@@ -110,6 +110,9 @@ fn reset(sock: &TcpStream) {
     let _ = SockRef::from(sock).set_linger(Some(Duration::ZERO));
 }
 
+/// Refused TLS passthrough clients are logged at most once a second.
+static BAD_HELLO: LogLimit = LogLimit::new();
+
 /// Serves one client; `svc`'s place among `max_connections` is held until this returns.
 async fn handle(shared: &Shared, svc: &Slot, client: TcpStream, peer: SocketAddr) {
     let svc: &ServiceRt = svc;
@@ -123,16 +126,37 @@ async fn handle(shared: &Shared, svc: &Slot, client: TcpStream, peer: SocketAddr
         svc.listen
     };
     let _ = client.set_nodelay(true);
+    // TLS passthrough: the pool is chosen by the ClientHello's server name; the hello's
+    // bytes are sent on first, unchanged.
+    let mut hello = Vec::new();
+    let pool = if svc.sni_routes.is_empty() {
+        &svc.pool
+    } else {
+        match read_hello(&client, &mut hello).await {
+            Ok(name) => sni_pool(svc, name.as_deref()),
+            Err(why) => {
+                svc.stats.refused_bad_hello.fetch_add(1, Ordering::Relaxed);
+                if let Some(suppressed) = BAD_HELLO.allow() {
+                    tracing::info!(service = %svc.name, %peer, suppressed, "TLS passthrough: closed, {why}");
+                }
+                return;
+            }
+        }
+    };
     // Boxed: the connect phase's state (retries, timeout, connect future) is allocated only
     // while connecting, so an established connection's task stays small (memory per idle
     // connection is the figure HAProxy and nginx are measured on).
-    let Some((backend, idx)) = Box::pin(connect(shared, svc, peer, local)).await else {
+    let Some((mut backend, idx)) = Box::pin(connect(shared, svc, pool, peer, local)).await else {
         reset(&client);
         return;
     };
-    let _active = ActiveGuard::new(&svc.pool.stats[idx].active);
+    if !hello.is_empty() && backend.write_all(&hello).await.is_err() {
+        return;
+    }
+    drop(hello);
+    let _active = ActiveGuard::new(&pool.stats[idx].active);
     let opened = shared.now();
-    let _age = OpenAge::new(&svc.pool.stats[idx].signals, opened);
+    let _age = OpenAge::new(&pool.stats[idx].signals, opened);
     match relay(
         &client,
         &backend,
@@ -146,8 +170,7 @@ async fn handle(shared: &Shared, svc: &Slot, client: TcpStream, peer: SocketAddr
         // (idle timeouts and errors say nothing about the backend's speed).
         RelayEnd::Closed => {
             let now = shared.now();
-            svc.pool
-                .observe_connection(idx, now.saturating_sub(opened), now);
+            pool.observe_connection(idx, now.saturating_sub(opened), now);
         }
         // The client's address is asked again only for the log line, so the established
         // connection's task does not carry it.
@@ -165,6 +188,7 @@ async fn handle(shared: &Shared, svc: &Slot, client: TcpStream, peer: SocketAddr
 async fn connect(
     shared: &Shared,
     svc: &ServiceRt,
+    pool: &crate::snapshot::PoolRt,
     peer: SocketAddr,
     local: SocketAddr,
 ) -> Option<(TcpStream, usize)> {
@@ -173,7 +197,6 @@ async fn connect(
         dst: local,
         proto: Proto::Tcp,
     };
-    let pool = &svc.pool;
     let mut tried = [0usize; MAX_CONNECT_ATTEMPTS];
     for attempt in 0..MAX_CONNECT_ATTEMPTS {
         let chosen = pool.choose(&Flow::l4(
@@ -254,6 +277,48 @@ impl Drop for OpenAge<'_> {
             self.signals.connection_closed(self.opened);
         }
     }
+}
+
+/// How long a TLS passthrough client has to send its whole `ClientHello`.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads (consuming, into `buf`) a client's first bytes until they hold a whole
+/// `ClientHello`: its server name, or why the connection is closed. At most
+/// [`fulcrum_core::tls_hello::MAX_HELLO`] bytes, within [`HELLO_TIMEOUT`].
+async fn read_hello(client: &TcpStream, buf: &mut Vec<u8>) -> Result<Option<String>, &'static str> {
+    use fulcrum_core::tls_hello::{peek, Hello, MAX_HELLO};
+    let read = async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            client.readable().await.map_err(|_| "read failed")?;
+            let want = chunk.len().min(MAX_HELLO - buf.len());
+            match client.try_read(&mut chunk[..want]) {
+                Ok(0) => return Err("the client closed before a whole ClientHello"),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(_) => return Err("read failed"),
+            }
+            match peek(buf) {
+                Hello::Incomplete => {}
+                Hello::Complete(name) => return Ok(name),
+                Hello::Garbage(why) => return Err(why),
+            }
+        }
+    };
+    tokio::time::timeout(HELLO_TIMEOUT, read)
+        .await
+        .unwrap_or(Err("no whole ClientHello within 10s"))
+}
+
+/// The pool of the first SNI route that names `name`, else the service's default pool.
+fn sni_pool<'a>(svc: &'a ServiceRt, name: Option<&str>) -> &'a Arc<crate::snapshot::PoolRt> {
+    name.and_then(|n| {
+        svc.sni_routes
+            .iter()
+            .find(|(m, _)| m.matches(n))
+            .map(|(_, p)| p)
+    })
+    .unwrap_or(&svc.pool)
 }
 
 /// "All backends down" is logged at most once a second per process, not once per connection.

@@ -124,6 +124,7 @@ fn admin(a: &AdminConfig) -> Table {
 
 /// One `[[service]]` table (the admin API's `PUT /api/v1/services/{name}` body has the
 /// same keys).
+#[allow(clippy::too_many_lines)]
 pub fn service(sv: &ServiceConfig) -> Table {
     let mut t = Table::new();
     t.insert("name".into(), s(&sv.name));
@@ -158,12 +159,46 @@ pub fn service(sv: &ServiceConfig) -> Table {
                 let mut p = Table::new();
                 p.insert("cert".into(), path(&c.cert));
                 p.insert("key".into(), path(&c.key));
+                if let Some(o) = &c.ocsp {
+                    p.insert("ocsp".into(), path(o));
+                }
                 Value::Table(p)
             })
             .collect();
         let mut x = Table::new();
         x.insert("certs".into(), Value::Array(certs));
+        if let Some(ca) = &tls.client_auth {
+            x.insert("client_ca".into(), path(&ca.ca));
+            x.insert("client_auth".into(), s(ca.mode.as_str()));
+            x.insert("client_subject_header".into(), s(&ca.subject_header));
+            x.insert(
+                "client_fingerprint_header".into(),
+                s(&ca.fingerprint_header),
+            );
+        }
+        if !tls.session_tickets {
+            x.insert("session_tickets".into(), Value::Boolean(false));
+        }
+        if tls.session_ticket_rotation != super::defaults::SESSION_TICKET_ROTATION {
+            x.insert(
+                "session_ticket_rotation".into(),
+                dur(tls.session_ticket_rotation),
+            );
+        }
         t.insert("tls".into(), Value::Table(x));
+    }
+    if !sv.sni_routes.is_empty() {
+        let routes = sv
+            .sni_routes
+            .iter()
+            .map(|r| {
+                let mut x = Table::new();
+                x.insert("sni".into(), s(r.sni.to_string()));
+                x.insert("pool".into(), s(&r.pool));
+                Value::Table(x)
+            })
+            .collect();
+        t.insert("sni_route".into(), Value::Array(routes));
     }
     if let Some(rl) = &sv.rate_limit {
         let mut x = Table::new();
@@ -344,6 +379,18 @@ fn pool(p: &PoolConfig) -> Table {
     }
     if let Some(d) = &p.discovery {
         t.insert("discovery".into(), Value::Table(discovery(d)));
+    }
+    if let Some(tls) = &p.tls {
+        let mut x = Table::new();
+        x.insert("ca".into(), path(&tls.ca));
+        if let Some(n) = &tls.sni {
+            x.insert("sni".into(), s(n));
+        }
+        if let Some((c, k)) = &tls.client_cert {
+            x.insert("cert".into(), path(c));
+            x.insert("key".into(), path(k));
+        }
+        t.insert("tls".into(), Value::Table(x));
     }
     if let Some(l) = &p.locality {
         t.insert("locality".into(), Value::Table(locality(l)));

@@ -52,6 +52,8 @@ pub const DRAIN_TIMEOUT: RangeInclusive<Duration> = Duration::ZERO..=DAY;
 pub const PERSISTENCE: RangeInclusive<Duration> = Duration::ZERO..=DAY;
 /// `[[pool]] slow_start`.
 pub const SLOW_START: RangeInclusive<Duration> = MS..=HOUR;
+/// `[service.tls] session_ticket_rotation`.
+pub const SESSION_TICKET_ROTATION: RangeInclusive<Duration> = Duration::from_secs(1)..=DAY;
 /// `[pool.scheduler_options] half_life`.
 pub const HALF_LIFE: RangeInclusive<Duration> = MS..=HOUR;
 /// `[pool.scheduler_options] horizon`.

@@ -30,8 +30,8 @@ pub use emit::{service as service_table, table_to_string};
 pub use error::{line_col, ConfigError};
 pub use recover::{locate, PathStep};
 pub use value::{
-    AccessLogFormat, BackendProtocol, CheckKind, HostPort, SpeakerKind, StatusRange, TunnelKind,
-    XdpMode,
+    AccessLogFormat, BackendProtocol, CheckKind, ClientAuthMode, HostPort, SpeakerKind,
+    StatusRange, TunnelKind, XdpMode,
 };
 
 use crate::model::{
@@ -46,6 +46,8 @@ pub mod defaults {
     pub const ADMIN_LISTEN: std::net::SocketAddr = std::net::SocketAddr::V4(
         std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 9090),
     );
+    /// `[service.tls] session_ticket_rotation` (rustls' own ticketer's period).
+    pub const SESSION_TICKET_ROTATION: Duration = Duration::from_secs(6 * 3600);
     /// `[pool.health] interval`.
     pub const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
     /// `[pool.health] timeout`, when the interval is at least twice as long (see
@@ -202,6 +204,30 @@ pub struct ServiceConfig {
     pub retry: Option<RetryPolicy>,
     /// http: `[service.http2]` (`None`: absent, the defaults apply).
     pub http2: Option<Http2Limits>,
+    /// tcp (`forward = "proxy"`): TLS passthrough routes by the `ClientHello`'s SNI, in
+    /// order; a connection whose name matches none (or that sends no SNI) goes to
+    /// [`ServiceConfig::pool`]. Empty: no `ClientHello` is read.
+    pub sni_routes: Vec<SniRoute>,
+}
+
+impl ServiceConfig {
+    /// Whether the service sends any traffic to `pool` (its default pool, a route's or an
+    /// SNI route's).
+    pub fn uses_pool(&self, pool: &str) -> bool {
+        self.pool == pool
+            || self.routes.iter().any(|r| r.pool == pool)
+            || self.sni_routes.iter().any(|r| r.pool == pool)
+    }
+}
+
+/// `[[service.sni_route]]`: connections whose `ClientHello` names a matching server go to
+/// `pool`, their bytes relayed unchanged (HAProxy `req.ssl_sni`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SniRoute {
+    /// The server name: exact or `*.suffix` (case-insensitive).
+    pub sni: HostMatch,
+    /// Target pool (exists in [`Config::pools`]).
+    pub pool: String,
 }
 
 /// The forwarding mode and its mode-specific options (so no option can be set for a mode
@@ -305,6 +331,29 @@ impl std::fmt::Display for HostMatch {
 pub struct TlsConfig {
     /// Certificate and key files (not read at parse time).
     pub certs: Vec<CertPair>,
+    /// Client certificates (mTLS): `None` asks for none.
+    pub client_auth: Option<ClientAuth>,
+    /// Stateless session tickets with rotating keys (default true); off, TLS 1.3 clients
+    /// still resume from the server's in-memory session cache.
+    pub session_tickets: bool,
+    /// How long one ticket key encrypts new tickets (default 6h); the previous key still
+    /// decrypts, so a ticket resumes for at most twice this.
+    pub session_ticket_rotation: Duration,
+}
+
+/// `[service.tls] client_ca` and what goes with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAuth {
+    /// PEM CA certificates a client certificate must chain to.
+    pub ca: PathBuf,
+    /// `required` (default) or `optional`.
+    pub mode: ClientAuthMode,
+    /// The request header that carries the verified certificate's subject (RFC 4514 text)
+    /// to backends (default `X-Client-Subject`); any such header from the client is dropped.
+    pub subject_header: String,
+    /// The request header that carries its SHA-256 fingerprint, lowercase hex (default
+    /// `X-Client-Fingerprint`); any such header from the client is dropped.
+    pub fingerprint_header: String,
 }
 
 /// One PEM certificate chain and its key.
@@ -314,6 +363,20 @@ pub struct CertPair {
     pub cert: PathBuf,
     /// Private key file.
     pub key: PathBuf,
+    /// A DER OCSP response to staple, re-read when the file changes.
+    pub ocsp: Option<PathBuf>,
+}
+
+/// `[pool.tls]`: TLS towards a pool's backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendTls {
+    /// PEM CA certificates the backends' certificates are verified with.
+    pub ca: PathBuf,
+    /// The name sent in SNI and verified in the certificate; `None`: the backend's IP
+    /// address (no SNI is sent for an address).
+    pub sni: Option<String>,
+    /// A client certificate chain and key presented to backends that ask for one.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
 }
 
 /// `[service.rate_limit]`: a token bucket per client IP.
@@ -449,6 +512,8 @@ pub struct PoolConfig {
     pub discovery: Option<Discovery>,
     /// `[pool.locality]` (see [`crate::locality`]).
     pub locality: Option<crate::locality::Locality>,
+    /// http: `[pool.tls]`, TLS to the backends.
+    pub tls: Option<BackendTls>,
 }
 
 /// `[pool.scheduler_options]`.

@@ -11,8 +11,8 @@ use serde_spanned::Spanned;
 
 use super::limits;
 use super::value::{
-    AccessLogFormatValue, Address, BackendProtocolValue, Check, Count, Forward, HashKeyValue,
-    HostPort, HumanDuration, Ip, Name, Percent, Prefer, Protocol, ProxyProtocolValue,
+    AccessLogFormatValue, Address, BackendProtocolValue, Check, ClientAuthValue, Count, Forward,
+    HashKeyValue, HostPort, HumanDuration, Ip, Name, Percent, Prefer, Protocol, ProxyProtocolValue,
     RetryAttempts, Scheduler, SpeakerValue, StatusRange, TableSize, Tunnel, WeightValue,
     XdpModeValue, ZoneWeight,
 };
@@ -94,6 +94,19 @@ pub struct RawService {
     pub retry: Option<Spanned<RawRetry>>,
     /// `[service.http2]` (http only).
     pub http2: Option<Spanned<RawHttp2>>,
+    /// `[[service.sni_route]]` (tcp only): TLS passthrough routed by the `ClientHello`'s SNI.
+    #[serde(default)]
+    pub sni_route: Vec<Spanned<RawSniRoute>>,
+}
+
+/// `[[service.sni_route]]`: connections whose `ClientHello` names `sni` go to `pool`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSniRoute {
+    /// Exact name or `*.suffix`.
+    pub sni: Spanned<String>,
+    /// Target pool.
+    pub pool: Spanned<Name>,
 }
 
 /// `[service.http2]`: limits on each HTTP/2 client connection.
@@ -128,6 +141,18 @@ pub struct RawRoute {
 pub struct RawTls {
     /// Certificate/key pairs; the first is the default.
     pub certs: Spanned<Vec<RawCert>>,
+    /// PEM CA certificates that client certificates must chain to (mTLS).
+    pub client_ca: Option<Spanned<PathBuf>>,
+    /// `required` | `optional` (default `required` when `client_ca` is set).
+    pub client_auth: Option<Spanned<ClientAuthValue>>,
+    /// The request header carrying the verified client certificate's subject.
+    pub client_subject_header: Option<Spanned<String>>,
+    /// The request header carrying the verified client certificate's SHA-256 fingerprint.
+    pub client_fingerprint_header: Option<Spanned<String>>,
+    /// Stateless TLS session tickets (rotating keys); default true.
+    pub session_tickets: Option<bool>,
+    /// How long one ticket key encrypts new tickets (default 6h).
+    pub session_ticket_rotation: Option<Spanned<HumanDuration>>,
 }
 
 /// One `{ cert, key }` of `[service.tls] certs`.
@@ -138,6 +163,8 @@ pub struct RawCert {
     pub cert: PathBuf,
     /// PEM private key file.
     pub key: PathBuf,
+    /// A DER OCSP response for `cert`, stapled; re-read when it changes.
+    pub ocsp: Option<PathBuf>,
 }
 
 /// `[service.rate_limit]`.
@@ -217,6 +244,22 @@ pub struct RawPool {
     pub discovery: Option<Spanned<RawDiscovery>>,
     /// `[pool.locality]`.
     pub locality: Option<Spanned<RawLocality>>,
+    /// `[pool.tls]` (http): TLS to the backends.
+    pub tls: Option<Spanned<RawPoolTls>>,
+}
+
+/// `[pool.tls]`: TLS towards the backends.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPoolTls {
+    /// PEM CA certificates the backends' certificates must chain to.
+    pub ca: Spanned<PathBuf>,
+    /// The server name sent (SNI) and verified; default: the backend's IP address.
+    pub sni: Option<Spanned<String>>,
+    /// PEM client certificate chain presented to the backends.
+    pub cert: Option<Spanned<PathBuf>>,
+    /// Its private key.
+    pub key: Option<Spanned<PathBuf>>,
 }
 
 /// `[pool.locality]`: `weights`, or `prefer = "local"` (with `spill_below`).

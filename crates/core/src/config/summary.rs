@@ -67,6 +67,9 @@ impl Config {
                     }
                     let _ = writeln!(out, "  {}: route{m} -> {}", s.name, r.pool);
                 }
+                for r in &s.sni_routes {
+                    let _ = writeln!(out, "  {}: sni {} -> {}", s.name, r.sni, r.pool);
+                }
             }
         }
 

@@ -12,10 +12,10 @@ use super::limits;
 use super::raw::{RawConfig, RawHealth, RawPool, RawRoute, RawService};
 use super::value::{CheckKind, Count, HumanDuration};
 use super::{
-    defaults, AccessLog, AdminConfig, BackendProtocol, CertPair, Config, ConfigError, Discovery,
-    Forwarding, HealthCheck, HealthConfig, HostMatch, Http2Limits, HttpTimeouts, LogTarget,
-    OutlierConfig, PoolConfig, RateLimit, RetryPolicy, Route, ServiceConfig, StatusRange,
-    TlsConfig, TunnelKind, XdpConfig,
+    defaults, AccessLog, AdminConfig, BackendProtocol, BackendTls, CertPair, ClientAuth,
+    ClientAuthMode, Config, ConfigError, Discovery, Forwarding, HealthCheck, HealthConfig,
+    HostMatch, Http2Limits, HttpTimeouts, LogTarget, OutlierConfig, PoolConfig, RateLimit,
+    RetryPolicy, Route, ServiceConfig, SniRoute, StatusRange, TlsConfig, TunnelKind, XdpConfig,
 };
 use crate::model::{self, canonical_addr, Backend, ForwardMode, PrimeTableSize, ServiceProtocol};
 
@@ -117,6 +117,12 @@ pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Config, Vec<ConfigE
             .or_default()
             .push((name, proto));
         for r in &s.route {
+            users
+                .entry(r.get_ref().pool.get_ref().0.as_str())
+                .or_default()
+                .push((name, proto));
+        }
+        for r in &s.sni_route {
             users
                 .entry(r.get_ref().pool.get_ref().0.as_str())
                 .or_default()
@@ -514,25 +520,27 @@ fn service(c: &mut Checker<'_>, s: &RawService, defined: &[&str], has_xdp: bool)
 
     let tls = s.tls.as_ref().map(|t| {
         http_only(c, t.span(), "[service.tls]");
-        let certs = &t.get_ref().certs;
-        if certs.get_ref().is_empty() {
-            c.err(
-                certs.span(),
-                "[service.tls] certs is empty".into(),
-                Some("list at least one { cert = \"site.pem\", key = \"site.key\" }".into()),
-            );
-        }
-        TlsConfig {
-            certs: certs
-                .get_ref()
-                .iter()
-                .map(|p| CertPair {
-                    cert: p.cert.clone(),
-                    key: p.key.clone(),
-                })
-                .collect(),
-        }
+        service_tls(c, t.get_ref())
     });
+    let sni_routes = s
+        .sni_route
+        .iter()
+        .map(|r| {
+            if protocol != ServiceProtocol::Tcp || mode != ForwardMode::Proxy {
+                c.err(
+                    r.span(),
+                    format!("[[service.sni_route]] applies only to tcp services with forward = \"proxy\"; `{name}` is {proto_name} with forward = \"{}\"", mode.as_str()),
+                    Some("TLS passthrough reads the ClientHello in the userspace proxy: use protocol = \"tcp\" (an http service terminates TLS with [service.tls])".into()),
+                );
+            }
+            let raw = r.get_ref();
+            pool_ref(c, &raw.pool, defined, &format!("an sni_route of service `{name}`"));
+            SniRoute {
+                sni: host_match(c, &raw.sni, "sni"),
+                pool: raw.pool.get_ref().0.clone(),
+            }
+        })
+        .collect();
     let rate_limit = s.rate_limit.as_ref().map(|r| {
         http_only(c, r.span(), "[service.rate_limit]");
         let rl = r.get_ref();
@@ -695,6 +703,132 @@ fn service(c: &mut Checker<'_>, s: &RawService, defined: &[&str], has_xdp: bool)
         timeouts,
         retry,
         http2,
+        sni_routes,
+    }
+}
+
+/// A header name a TLS setting puts on requests: a non-empty HTTP token.
+fn header_name(
+    c: &mut Checker<'_>,
+    v: Option<&Spanned<String>>,
+    default: &str,
+    key: &str,
+) -> String {
+    let Some(v) = v else {
+        return default.to_owned();
+    };
+    let text = v.get_ref();
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if text.is_empty() || !text.bytes().all(token) {
+        c.err(
+            v.span(),
+            format!("{key} \"{text}\" is not a valid header name"),
+            Some(format!(
+                "letters, digits and !#$%&'*+-.^_`|~, e.g. {key} = \"{default}\""
+            )),
+        );
+    }
+    text.clone()
+}
+
+#[allow(clippy::single_match_else)]
+fn service_tls(c: &mut Checker<'_>, t: &super::raw::RawTls) -> TlsConfig {
+    let certs = &t.certs;
+    if certs.get_ref().is_empty() {
+        c.err(
+            certs.span(),
+            "[service.tls] certs is empty".into(),
+            Some("list at least one { cert = \"site.pem\", key = \"site.key\" }".into()),
+        );
+    }
+    let client_auth = match &t.client_ca {
+        Some(ca) => Some(ClientAuth {
+            ca: ca.get_ref().clone(),
+            mode: t
+                .client_auth
+                .as_ref()
+                .map_or(ClientAuthMode::Required, |m| m.get_ref().0),
+            subject_header: header_name(
+                c,
+                t.client_subject_header.as_ref(),
+                "X-Client-Subject",
+                "client_subject_header",
+            ),
+            fingerprint_header: header_name(
+                c,
+                t.client_fingerprint_header.as_ref(),
+                "X-Client-Fingerprint",
+                "client_fingerprint_header",
+            ),
+        }),
+        None => {
+            let stray = [
+                t.client_auth.as_ref().map(|v| (v.span(), "client_auth")),
+                t.client_subject_header
+                    .as_ref()
+                    .map(|v| (v.span(), "client_subject_header")),
+                t.client_fingerprint_header
+                    .as_ref()
+                    .map(|v| (v.span(), "client_fingerprint_header")),
+            ];
+            for (span, key) in stray.into_iter().flatten() {
+                c.err(
+                    span,
+                    format!(
+                        "{key} needs client_ca: the CA that client certificates are verified with"
+                    ),
+                    Some(
+                        "add client_ca = \"clients-ca.pem\" to [service.tls], or remove it".into(),
+                    ),
+                );
+            }
+            None
+        }
+    };
+    TlsConfig {
+        certs: certs
+            .get_ref()
+            .iter()
+            .map(|p| CertPair {
+                cert: p.cert.clone(),
+                key: p.key.clone(),
+                ocsp: p.ocsp.clone(),
+            })
+            .collect(),
+        client_auth,
+        session_tickets: t.session_tickets.unwrap_or(true),
+        session_ticket_rotation: dur(
+            c,
+            t.session_ticket_rotation.as_ref(),
+            defaults::SESSION_TICKET_ROTATION,
+            "session_ticket_rotation",
+            &limits::SESSION_TICKET_ROTATION,
+        ),
+    }
+}
+
+/// An exact host name or `*.suffix` (routes' `host`, SNI routes' `sni`).
+fn host_match(c: &mut Checker<'_>, h: &Spanned<String>, key: &str) -> HostMatch {
+    let text = h.get_ref().to_ascii_lowercase();
+    let (wild, rest) = match text.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, text.as_str()),
+    };
+    let ok = !rest.is_empty()
+        && rest
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '.' || ch == '_');
+    if !ok {
+        c.err(
+            h.span(),
+            format!("invalid {key} \"{}\"", h.get_ref()),
+            Some("a host name without port, exact (\"api.example.com\") or a wildcard (\"*.example.com\")".into()),
+        );
+    }
+    if wild {
+        HostMatch::Suffix(format!(".{rest}"))
+    } else {
+        HostMatch::Exact(text.clone())
     }
 }
 
@@ -880,6 +1014,58 @@ fn pool(c: &mut Checker<'_>, p: &RawPool, users: &[(&str, ServiceProtocol)]) -> 
         proto
     });
 
+    let tls = p.tls.as_ref().map(|t| {
+        let raw = t.get_ref();
+        if let Some((svc, sp)) = non_http_user {
+            c.err(
+                t.span(),
+                format!(
+                    "[pool.tls] needs HTTP, but {} service `{svc}` uses pool `{name}`",
+                    sp.as_str()
+                ),
+                Some("use this pool only from http services (a tcp service relays TLS as it is)".into()),
+            );
+        }
+        if backend_protocol == BackendProtocol::H2c {
+            c.err(
+                t.span(),
+                format!("[pool.tls] cannot be used with backend_protocol = \"h2c\" (cleartext HTTP/2) in pool `{name}`"),
+                Some("use backend_protocol = \"http1\" with [pool.tls]".into()),
+            );
+        }
+        let client_cert = match (&raw.cert, &raw.key) {
+            (Some(cert), Some(key)) => Some((cert.get_ref().clone(), key.get_ref().clone())),
+            (None, None) => None,
+            (Some(v), None) | (None, Some(v)) => {
+                c.err(
+                    v.span(),
+                    "[pool.tls] cert and key go together: the client certificate and its private key".into(),
+                    Some("set both cert = \"client.pem\" and key = \"client.key\", or neither".into()),
+                );
+                None
+            }
+        };
+        let sni = raw.sni.as_ref().map(|v| {
+            let ok = !v.get_ref().is_empty()
+                && v.get_ref()
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '.' || ch == '_');
+            if !ok {
+                c.err(
+                    v.span(),
+                    format!("invalid sni \"{}\"", v.get_ref()),
+                    Some("a DNS name the backends' certificates are for, e.g. sni = \"backend.internal\"".into()),
+                );
+            }
+            v.get_ref().to_ascii_lowercase()
+        });
+        BackendTls {
+            ca: raw.ca.get_ref().clone(),
+            sni,
+            client_cert,
+        }
+    });
+
     let health = p.health.as_ref().and_then(|h| health(c, h.get_ref()));
 
     let outlier = p.outlier.as_ref().map_or_else(OutlierConfig::default, |o| {
@@ -981,6 +1167,7 @@ fn pool(c: &mut Checker<'_>, p: &RawPool, users: &[(&str, ServiceProtocol)]) -> 
         backends,
         discovery,
         locality,
+        tls,
     }
 }
 

@@ -663,3 +663,32 @@ impl BackendProtocol {
         }
     }
 }
+
+named!(
+    /// `[service.tls] client_auth = "required" | "optional"`.
+    ClientAuthValue(ClientAuthMode), "client_auth mode", {
+        "required" => ClientAuthMode::Required,
+        "optional" => ClientAuthMode::Optional,
+    }
+);
+
+/// Whether a TLS service asks its clients for a certificate (`[service.tls] client_auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClientAuthMode {
+    /// A client without a certificate verified by `client_ca` is refused in the handshake
+    /// (nginx `ssl_verify_client on`, HAProxy `verify required`).
+    Required,
+    /// A client may send none; one that sends a certificate must send a valid one (nginx
+    /// `ssl_verify_client optional`, HAProxy `verify optional`).
+    Optional,
+}
+
+impl ClientAuthMode {
+    /// The config name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Required => "required",
+            Self::Optional => "optional",
+        }
+    }
+}
