@@ -53,7 +53,15 @@ fn rustc_version() -> String {
 
 /// `name version` of the libraries that do the work, read from the workspace's Cargo.lock.
 fn libraries() -> String {
-    const WANTED: &[&str] = &["tokio", "hyper", "h2", "rustls", "aya", "etcd-client", "mimalloc"];
+    const WANTED: &[&str] = &[
+        "tokio",
+        "hyper",
+        "h2",
+        "rustls",
+        "aya",
+        "etcd-client",
+        "mimalloc",
+    ];
     let lock = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.lock");
     println!("cargo:rerun-if-changed={}", lock.display());
     let Ok(text) = std::fs::read_to_string(&lock) else {

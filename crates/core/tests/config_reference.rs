@@ -11,6 +11,7 @@
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
 use std::collections::BTreeSet;
+use std::fmt::Write as _;
 
 use fulcrum_core::config::parse_all;
 
@@ -30,11 +31,11 @@ fn valid_keys(path: &[(String, Kind)]) -> Option<Vec<String>> {
     let mut text = String::new();
     for (p, k) in path {
         match k {
-            Kind::Table => text.push_str(&format!("[{p}]\n")),
-            Kind::Array => text.push_str(&format!("[[{p}]]\n")),
+            Kind::Table => writeln!(text, "[{p}]").unwrap(),
+            Kind::Array => writeln!(text, "[[{p}]]").unwrap(),
         }
     }
-    text.push_str(&format!("{PROBE} = 1\n"));
+    writeln!(text, "{PROBE} = 1").unwrap();
     let errors = parse_all(&text).err()?;
     let unknown = errors
         .iter()
@@ -51,7 +52,10 @@ fn parser_keys() -> BTreeSet<String> {
     let mut todo: Vec<Vec<(String, Kind)>> = vec![Vec::new()];
     while let Some(parents) = todo.pop() {
         let keys = valid_keys(&parents).expect("a table found before lists its keys");
-        let prefix = parents.last().map(|(p, _)| format!("{p}.")).unwrap_or_default();
+        let prefix = parents
+            .last()
+            .map(|(p, _)| format!("{p}."))
+            .unwrap_or_default();
         for k in keys {
             let path = format!("{prefix}{k}");
             assert!(out.insert(path.clone()), "{path} listed twice");
@@ -80,7 +84,11 @@ fn doc_rows() -> Vec<(String, String)> {
             {
                 return None;
             }
-            assert_eq!(cells.len(), 6, "row of {key}: key | type | default | valid | reload | example");
+            assert_eq!(
+                cells.len(),
+                6,
+                "row of {key}: key | type | default | valid | reload | example"
+            );
             let example = cells[5]
                 .strip_suffix(" |")
                 .and_then(|e| e.strip_prefix('`'))
@@ -91,7 +99,7 @@ fn doc_rows() -> Vec<(String, String)> {
         .collect()
 }
 
-/// The ```toml blocks under "## Complete examples".
+/// The TOML code blocks under "## Complete examples".
 fn complete_examples() -> Vec<String> {
     let start = DOC
         .find("## Complete examples")

@@ -1,5 +1,5 @@
-//! `fulcrum completions SHELL` and `fulcrum man DIR`: shell completions (clap_complete) and
-//! man pages (clap_mangen), generated from the very command definitions the binary parses,
+//! `fulcrum completions SHELL` and `fulcrum man DIR`: shell completions (`clap_complete`) and
+//! man pages (`clap_mangen`), generated from the very command definitions the binary parses,
 //! so they cannot fall behind it. The .deb ships both (dist/build-deb.sh).
 
 use std::path::PathBuf;

@@ -54,6 +54,7 @@ pub struct RunArgs {
     /// Log level: error, warn, info, debug, trace or off, or per-module directives
     /// (`info,fulcrum_http=debug`). Default: $FULCRUM_LOG, else $RUST_LOG, else info.
     #[arg(long, value_name = "LEVEL", value_parser = parse_log_level)]
+    #[allow(clippy::doc_markdown)] // the help text: the variables as a shell writes them
     pub log_level: Option<String>,
 }
 

@@ -2,7 +2,11 @@
 //! `version`, shell completions, man pages, `run --help`, the log level (`--log-level`,
 //! `FULCRUM_LOG`, `RUST_LOG`) and the `FULCRUM_ADMIN` / `FULCRUM_TOKEN_FILE` defaults of
 //! `ctl` and `adm`.
-#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::missing_panics_doc,
+    clippy::many_single_char_names
+)]
 
 mod common;
 
@@ -108,8 +112,7 @@ fn completions_for_bash_zsh_and_fish_are_valid_scripts_that_complete() {
         std::fs::write(&file, &script).unwrap();
         // Each shell's own syntax check.
         let check: &[&str] = match shell {
-            "bash" => &["-n"],
-            "zsh" => &["-n"],
+            "bash" | "zsh" => &["-n"],
             _ => &["--no-execute"],
         };
         if require(
@@ -142,7 +145,12 @@ fn completions_for_bash_zsh_and_fish_are_valid_scripts_that_complete() {
             dir.join("fulcrum.fish").display()
         );
         let o = Command::new("fish").args(["-c", &probe]).output().unwrap();
-        assert!(stdout(&o).starts_with("check\t"), "{}{}", stdout(&o), stderr(&o));
+        assert!(
+            stdout(&o).starts_with("check\t"),
+            "{}{}",
+            stdout(&o),
+            stderr(&o)
+        );
     }
     // An unknown shell is a usage error that names the valid ones.
     let o = run(&["completions", "tcsh"], &[]);
@@ -156,18 +164,29 @@ fn man_writes_one_page_per_subcommand() {
     let o = run(&["man", dir.to_str().unwrap()], &[]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let listed: Vec<&str> = std::str::from_utf8(&o.stdout).unwrap().lines().collect();
-    for page in ["fulcrum.1", "fulcrum-run.1", "fulcrum-check.1", "fulcrum-ctl-status.1"] {
+    for page in [
+        "fulcrum.1",
+        "fulcrum-run.1",
+        "fulcrum-check.1",
+        "fulcrum-ctl-status.1",
+    ] {
         let p = dir.join(page);
         assert!(listed.contains(&p.to_str().unwrap()), "{page} not listed");
         let text = std::fs::read_to_string(&p).unwrap();
-        assert!(text.starts_with(".ie") || text.contains(".TH "), "{page}: not roff");
+        assert!(
+            text.starts_with(".ie") || text.contains(".TH "),
+            "{page}: not roff"
+        );
     }
     let run_page = std::fs::read_to_string(dir.join("fulcrum-run.1")).unwrap();
     for word in ["SIGHUP", "SIGUSR1", "FULCRUM_LOG", "log\\-level"] {
         assert!(run_page.contains(word), "fulcrum-run.1 lacks {word}");
     }
     let adm_page = std::fs::read_to_string(dir.join("fulcrum-adm.1")).unwrap();
-    assert!(adm_page.contains("FULCRUM_ADMIN"), "fulcrum-adm.1 lacks the adm usage");
+    assert!(
+        adm_page.contains("FULCRUM_ADMIN"),
+        "fulcrum-adm.1 lacks the adm usage"
+    );
     // Rendered by man(1) when it is there: the page is well-formed enough to read.
     if have_program("man") {
         let o = Command::new("man")
@@ -284,7 +303,12 @@ async fn log_level_comes_from_the_flag_then_fulcrum_log_then_rust_log() {
     .await;
     assert!(shown(&s), "FULCRUM_LOG=info, RUST_LOG=warn:\n{s}");
     // Per-module directives work: this one silences fulcrum's own lines only.
-    let s = run_and_stop("cli_log_directive", &["--log-level", "info,fulcrum=warn"], &[]).await;
+    let s = run_and_stop(
+        "cli_log_directive",
+        &["--log-level", "info,fulcrum=warn"],
+        &[],
+    )
+    .await;
     assert!(hidden(&s), "info,fulcrum=warn:\n{s}");
     // A bad variable is reported and the next source is used.
     let s = run_and_stop(
@@ -298,10 +322,23 @@ async fn log_level_comes_from_the_flag_then_fulcrum_log_then_rust_log() {
         "bad FULCRUM_LOG:\n{s}"
     );
     // A bad flag is a usage error (exit 2) that says what is valid, before anything starts.
-    let o = run(&["run", "-c", "/nonexistent.toml", "--log-level", "info,=[bad"], &[]);
+    let o = run(
+        &[
+            "run",
+            "-c",
+            "/nonexistent.toml",
+            "--log-level",
+            "info,=[bad",
+        ],
+        &[],
+    );
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("--log-level"), "{}", stderr(&o));
-    assert!(stderr(&o).contains("valid: error, warn, info"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("valid: error, warn, info"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 fn write_token(dir: &Path, token: &str) -> String {

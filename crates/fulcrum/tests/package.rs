@@ -2,7 +2,11 @@
 //! `dist/build-deb.sh` builds a package holding the binary, the unit, the config (as a
 //! conffile), the man pages and the completions, or fails saying what is missing. (CI also
 //! installs the release package with `dpkg -i` and checks the installed config: .ci/run.)
-#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::missing_panics_doc,
+    clippy::many_single_char_names
+)]
 
 mod common;
 
