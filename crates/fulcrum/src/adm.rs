@@ -705,6 +705,12 @@ fn pool_body(o: &Opts) -> Result<Value, Fail> {
     Ok(b)
 }
 
+/// A non-empty environment variable (`FULCRUM_ADMIN`, `FULCRUM_TOKEN_FILE`): the default
+/// of the flag of the same meaning.
+fn env_value(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
 /// One match arm per ipvsadm command, each a few API calls.
 #[allow(clippy::too_many_lines)]
 fn run_opts(o: &Opts) -> Result<String, Fail> {
@@ -712,8 +718,16 @@ fn run_opts(o: &Opts) -> Result<String, Fail> {
     if cmd == Cmd::Help {
         return Ok(HELP.to_owned());
     }
-    let url = o.admin.clone().unwrap_or_else(|| DEFAULT_ADMIN.to_owned());
-    let api = Api::new(&url, o.token_file.as_ref())?;
+    let url = o
+        .admin
+        .clone()
+        .or_else(|| env_value("FULCRUM_ADMIN"))
+        .unwrap_or_else(|| DEFAULT_ADMIN.to_owned());
+    let token_file = o
+        .token_file
+        .clone()
+        .or_else(|| env_value("FULCRUM_TOKEN_FILE").map(PathBuf::from));
+    let api = Api::new(&url, token_file.as_ref())?;
     match cmd {
         Cmd::Help => Ok(HELP.to_owned()),
         Cmd::List => list(&api, o),
@@ -923,7 +937,7 @@ fn list(api: &Api, o: &Opts) -> Result<String, Fail> {
     }
 }
 
-const HELP: &str = "\
+pub const HELP: &str = "\
 fulcrum adm: the ipvsadm vocabulary on top of Fulcrum's admin API
 Usage:
   fulcrum adm -A|E -t|u service-address [-s scheduler] [-p [timeout]]
@@ -935,8 +949,8 @@ Usage:
   fulcrum adm -h
 
 Options:
-  --admin URL          the admin API (default http://127.0.0.1:9090)
-  --token-file FILE    bearer token for mutating calls
+  --admin URL          the admin API (default $FULCRUM_ADMIN, else http://127.0.0.1:9090)
+  --token-file FILE    bearer token for mutating calls (default $FULCRUM_TOKEN_FILE)
   --tcp-service  -t    service-address is host:port
   --udp-service  -u    service-address is host:port
   --scheduler    -s    rr|wrr|lc|wlc|sh|mh (also random, p2c, ring_hash, least_request,

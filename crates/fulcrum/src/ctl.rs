@@ -23,12 +23,13 @@ pub struct CtlArgs {
     #[arg(
         long,
         global = true,
+        env = "FULCRUM_ADMIN",
         default_value = "http://127.0.0.1:9090",
         value_name = "URL"
     )]
     pub admin: String,
     /// A file holding the bearer token (`[admin] token_file` of the instance).
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, global = true, env = "FULCRUM_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
     /// Print the API's JSON instead of tables.
     #[arg(long, global = true)]

@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 
 /// mimalloc: no per-allocation header and cheap aligned allocations (tokio's per-socket
 /// state is cache-line aligned), which cuts memory per idle proxied connection.
@@ -24,14 +24,25 @@ mod demo;
 mod files;
 mod handover;
 mod liveness;
+mod manual;
 mod register;
 mod run;
 mod sdnotify;
 mod speaker;
+mod version;
 
 /// Fulcrum: a load balancer (L4/L7 proxy, XDP data plane, control plane).
 #[derive(Debug, Parser)]
-#[command(name = "fulcrum", version, about)]
+#[command(
+    name = "fulcrum",
+    version = version::SHORT,
+    long_version = version::LONG,
+    about,
+    after_help = "Environment: FULCRUM_LOG (or RUST_LOG) sets the log level of run, demo, \
+                  register, controller and decap; FULCRUM_ADMIN and FULCRUM_TOKEN_FILE are \
+                  the defaults of --admin and --token-file for ctl and adm. `fulcrum run --help` \
+                  lists the signals."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -42,6 +53,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// ipvsadm's vocabulary on the admin API: -A/-E/-D, -a/-e/-d, -L -n, -C (`adm -h`).
+    #[command(after_long_help = adm::HELP)]
     Adm(adm::AdmArgs),
     /// Validate a config file and print a one-screen summary.
     Check(check::CheckArgs),
@@ -67,6 +79,12 @@ enum Command {
     /// exabgp's API process: print announce/withdraw lines for the local instance's VIPs
     /// (read from its admin API) until stdin closes.
     Announce(announce::AnnounceArgs),
+    /// Print the version, the commit and what the binary was built with (as --version).
+    Version(version::VersionArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    Completions(manual::CompletionsArgs),
+    /// Write the man pages (fulcrum.1 and one per subcommand) into a directory.
+    Man(manual::ManArgs),
 }
 
 /// Exit code of a runtime failure (an `Err` from a subcommand).
@@ -110,6 +128,9 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Decap(args) => decap::run(args),
         Command::Announce(args) => announce::run(args),
+        Command::Version(args) => Ok(version::run(args)),
+        Command::Completions(args) => Ok(manual::completions(args, Cli::command())),
+        Command::Man(args) => manual::man(args, Cli::command()),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -18,8 +18,27 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc::unbounded_channel;
 use tokio::sync::oneshot;
 
+/// What `fulcrum run --help` says after the options: the signals and the environment.
+const RUN_AFTER_HELP: &str = "\
+Signals:
+  SIGHUP           reload the config file (as `fulcrum ctl reload`); a bad file is refused
+                   and the running config kept
+  SIGTERM, SIGINT  stop accepting, drain open connections (up to each service's
+                   drain_timeout), then exit 0
+  SIGUSR1          reopen log files (after logrotate has renamed them)
+  SIGUSR2          binary upgrade: start this program again with --upgrade; it takes the
+                   listening sockets over --handover PATH, then this process drains and exits
+
+Environment:
+  FULCRUM_LOG      log level when --log-level is not given (e.g. debug, or
+                   info,fulcrum_http=debug)
+  RUST_LOG         read when neither --log-level nor FULCRUM_LOG is set; default info
+
+Exit codes: 0 stopped on a signal, 1 runtime failure, 2 bad usage or bad config.";
+
 /// Arguments of `fulcrum run`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = RUN_AFTER_HELP)]
 pub struct RunArgs {
     /// The configuration file (TOML).
     #[arg(short = 'c', long = "config")]
@@ -44,6 +63,11 @@ pub struct RunArgs {
     /// SIGUSR2 makes a running fulcrum start its own replacement this way.
     #[arg(long, requires = "handover")]
     pub upgrade: bool,
+    /// Log level: error, warn, info, debug, trace or off, or per-module directives
+    /// (`info,fulcrum_http=debug`). Default: $FULCRUM_LOG, else $RUST_LOG, else info.
+    #[arg(long, value_name = "LEVEL", value_parser = parse_log_level)]
+    #[allow(clippy::doc_markdown)] // the help text: the variables as a shell writes them
+    pub log_level: Option<String>,
 }
 
 /// How `serve` starts: the handover socket, and whether it takes over from a running
@@ -57,6 +81,17 @@ pub struct Lifecycle {
         fulcrum_proxy::worker::ListenKey,
         Vec<fulcrum_proxy::worker::BoundSocket>,
     >,
+}
+
+/// Checks a `--log-level` value with the filter parser the logger uses.
+fn parse_log_level(s: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(s).map_err(|e| {
+        format!(
+            "{e}; valid: error, warn, info, debug, trace, off, or directives such as \
+             info,fulcrum_http=debug"
+        )
+    })?;
+    Ok(s.to_owned())
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -73,8 +108,36 @@ pub enum LogFormat {
 }
 
 pub(crate) fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FULCRUM_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    init_logging_at(format, None);
+}
+
+/// The log filter: `level` (`--log-level`), else `FULCRUM_LOG`, else `RUST_LOG`, else
+/// `info`. A variable that does not parse is reported on stderr and skipped.
+fn log_filter(level: Option<&str>) -> tracing_subscriber::EnvFilter {
+    use tracing_subscriber::EnvFilter;
+    if let Some(f) = level.and_then(|l| EnvFilter::try_new(l).ok()) {
+        return f;
+    }
+    for var in ["FULCRUM_LOG", "RUST_LOG"] {
+        let Ok(v) = std::env::var(var) else { continue };
+        if v.trim().is_empty() {
+            continue;
+        }
+        match EnvFilter::try_new(&v) {
+            Ok(f) => return f,
+            Err(e) => eprintln!(
+                "fulcrum: {var}={v:?} is not a log level ({e}); valid: error, warn, info, \
+                 debug, trace, off, or directives such as info,fulcrum_http=debug"
+            ),
+        }
+    }
+    EnvFilter::new("info")
+}
+
+/// Installs the stderr logger with `format`, at `level` or the environment's (see
+/// [`log_filter`]).
+pub(crate) fn init_logging_at(format: LogFormat, level: Option<&str>) {
+    let filter = log_filter(level);
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -87,7 +150,7 @@ pub(crate) fn init_logging(format: LogFormat) {
 
 /// Runs until SIGTERM/SIGINT and a graceful drain. Returns the process exit code.
 pub fn run(args: &RunArgs) -> anyhow::Result<u8> {
-    init_logging(args.log_format);
+    init_logging_at(args.log_format, args.log_level.as_deref());
     let cfg = match crate::files::load(&args.config) {
         Ok(c) => c,
         Err(msg) => {
