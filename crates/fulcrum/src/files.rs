@@ -79,19 +79,26 @@ pub fn check(cfg: &Config, text: &str) -> Vec<ConfigError> {
             }
         }
         if let Some(al) = &s.access_log {
-            if let LogTarget::File(_) = al.target {
+            let (key, help) = match al.target {
+                LogTarget::Stderr => ("", ""),
+                LogTarget::File(_) => (
+                    "path",
+                    "a file fulcrum can create or append to, or \"-\" for stderr",
+                ),
+                LogTarget::Syslog { .. } => (
+                    "syslog",
+                    "a syslog daemon's unix datagram socket that exists, or a UDP address",
+                ),
+            };
+            if !key.is_empty() {
                 if let Err(e) = fulcrum_http::AccessLogger::open(al) {
                     let at = [
                         svc[0],
                         svc[1],
                         PathStep::Key("access_log"),
-                        PathStep::Key("path"),
+                        PathStep::Key(key),
                     ];
-                    report(
-                        &at,
-                        e,
-                        Some("a file fulcrum can create or append to, or \"-\" for stderr".into()),
-                    );
+                    report(&at, e, Some(help.into()));
                 }
             }
         }
