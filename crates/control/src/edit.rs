@@ -182,20 +182,17 @@ pub fn put_service(
 /// The files a service names: its access log and its TLS certificates and keys.
 pub fn service_files(s: &ServiceConfig) -> Vec<&Path> {
     let mut files = Vec::new();
-    match &s.access_log {
-        Some(AccessLog {
-            target: LogTarget::File(p),
-            ..
-        })
-        | Some(AccessLog {
-            target:
-                LogTarget::Syslog {
-                    dest: config::SyslogDest::Unix(p),
-                    ..
-                },
-            ..
-        }) => files.push(p.as_path()),
-        _ => {}
+    if let Some(AccessLog {
+        target:
+            LogTarget::File(p)
+            | LogTarget::Syslog {
+                dest: config::SyslogDest::Unix(p),
+                ..
+            },
+        ..
+    }) = &s.access_log
+    {
+        files.push(p.as_path());
     }
     if let Some(tls) = &s.tls {
         for pair in &tls.certs {

@@ -114,6 +114,8 @@ fn gen_service() -> impl Strategy<Value = GenService> {
                 "[[service.route]]\npath_prefix = \"/v1/\"\npool = \"p1\"",
                 "[service.rate_limit]\nrequests_per_second = 10",
                 "[service.access_log]\nformat = \"json\"\npath = \"/tmp/x.log\"",
+                "[service.access_log]\nformat = \"json\"\nfields = [\"client\", \"duration_ms\"]\nsyslog = \"udp:127.0.0.1:514\"\nfacility = \"local5\"",
+                "[service.access_log]\nsyslog = \"unix:/dev/log\"",
                 "[service.tls]\ncerts = [ { cert = \"a.pem\", key = \"a.key\" } ]",
                 "[service.timeouts]\nresponse = \"300ms\"\ntls_handshake = \"1m 30s\"",
                 "[service.timeouts]",

@@ -9,6 +9,12 @@
     clippy::unwrap_used,
     clippy::missing_panics_doc
 )]
+// Metric values are whole numbers read as f64; short names for the parts of a scenario.
+#![allow(
+    clippy::float_cmp,
+    clippy::many_single_char_names,
+    clippy::cast_precision_loss
+)]
 
 mod common;
 
@@ -210,7 +216,7 @@ async fn wait_lines(p: &Path, n: usize) -> Vec<String> {
 }
 
 /// One line per TCP connection and UDP flow: client, backend, bytes each way, duration and
-/// how it ended (closed, no_backend, connect_failed, idle_timeout).
+/// how it ended (`closed`, `no_backend`, `connect_failed`, `idle_timeout`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_logs_for_tcp_and_udp() {
     let echo = TcpBackend::start(Behaviour::Echo).await;

@@ -191,13 +191,15 @@ impl Syslog {
                     return;
                 }
             }
-            static FAILED: LogLimit = LogLimit::new();
-            if let Some(suppressed) = FAILED.allow() {
+            if let Some(suppressed) = SYSLOG_FAILED.allow() {
                 tracing::warn!(syslog = %self.dest, error = %e, suppressed, "syslog message dropped");
             }
         }
     }
 }
+
+/// Syslog sends that failed, said at most once a second.
+static SYSLOG_FAILED: LogLimit = LogLimit::new();
 
 /// `<PRI>1 `: the facility's messages at severity 6 (informational).
 fn pri(f: SyslogFacility) -> String {

@@ -269,7 +269,7 @@ fn access_log(al: &AccessLog) -> Table {
             t.insert("path".into(), path(f));
         }
         LogTarget::Syslog { dest, facility } => {
-            t.insert("syslog".into(), s(&dest.to_string()));
+            t.insert("syslog".into(), s(dest.to_string()));
             t.insert("facility".into(), s(facility.as_str()));
         }
     }

@@ -1298,95 +1298,11 @@ fn access_log(
             v
         }
     };
-    let fields = al.fields.as_ref().map(|fs| {
-        if format != F::Json {
-            c.err(
-                fs.span(),
-                format!(
-                    "fields choose the keys of format = \"json\"; \"{}\" is a fixed format",
-                    format.as_str()
-                ),
-                Some("use format = \"json\", or remove fields".into()),
-            );
-        }
-        if fs.get_ref().is_empty() {
-            c.err(
-                fs.span(),
-                "fields is empty".into(),
-                Some("name at least one field, or remove fields for the default set".into()),
-            );
-        }
-        let ok = |f: LogField| if is_http { f.for_http() } else { f.for_l4() };
-        let valid: Vec<&str> = LogField::ALL
-            .iter()
-            .filter(|f| ok(**f))
-            .map(|f| f.as_str())
-            .collect();
-        let mut out: Vec<LogField> = Vec::new();
-        for f in fs.get_ref() {
-            let v = f.get_ref().0;
-            if !ok(v) {
-                c.err(
-                    f.span(),
-                    format!(
-                        "access log field \"{}\" does not apply to `{name}`, a {} service",
-                        v.as_str(),
-                        protocol.as_str()
-                    ),
-                    Some(format!("valid: {}", valid.join(", "))),
-                );
-            } else if out.contains(&v) {
-                c.err(
-                    f.span(),
-                    format!("access log field \"{}\" is named twice", v.as_str()),
-                    None,
-                );
-            } else {
-                out.push(v);
-            }
-        }
-        out
-    });
-    let facility = al
-        .facility
+    let fields = al
+        .fields
         .as_ref()
-        .map_or(SyslogFacility::LOCAL0, |f| f.get_ref().0);
-    let target = match (&al.syslog, &al.path) {
-        (Some(sl), Some(p)) => {
-            c.err(
-                p.span(),
-                "access_log has both path and syslog".into(),
-                Some("keep one: a file (or \"-\" for stderr), or syslog".into()),
-            );
-            let _ = sl;
-            LogTarget::Stderr
-        }
-        (Some(sl), None) => match syslog_dest(sl.get_ref()) {
-            Ok(dest) => LogTarget::Syslog { dest, facility },
-            Err(why) => {
-                c.err(
-                    sl.span(),
-                    format!("syslog {:?}: {why}", sl.get_ref()),
-                    Some(
-                        "\"unix:/dev/log\" (a unix datagram socket) or \"udp:127.0.0.1:514\""
-                            .into(),
-                    ),
-                );
-                LogTarget::Stderr
-            }
-        },
-        (None, None) => LogTarget::Stderr,
-        (None, Some(p)) if p.get_ref() == "-" => LogTarget::Stderr,
-        (None, Some(p)) if p.get_ref().is_empty() => {
-            c.err(
-                p.span(),
-                "access_log path is empty".into(),
-                Some("use \"-\" for stderr, or a file path".into()),
-            );
-            LogTarget::Stderr
-        }
-        (None, Some(p)) => LogTarget::File(p.get_ref().into()),
-    };
+        .map(|fs| log_fields(c, fs, format, protocol, name));
+    let target = log_target(c, al);
     if let (Some(f), false) = (&al.facility, matches!(target, LogTarget::Syslog { .. })) {
         c.err(
             f.span(),
@@ -1419,4 +1335,106 @@ fn syslog_dest(s: &str) -> Result<SyslogDest, String> {
         return Ok(SyslogDest::Udp(addr));
     }
     Err("not unix:PATH or udp:IP:PORT".into())
+}
+
+/// `[service.access_log] fields`: each one valid for the service's protocol, once.
+fn log_fields(
+    c: &mut Checker<'_>,
+    fs: &Spanned<Vec<Spanned<super::value::LogFieldValue>>>,
+    format: super::AccessLogFormat,
+    protocol: ServiceProtocol,
+    name: &str,
+) -> Vec<LogField> {
+    use super::AccessLogFormat as F;
+    let is_http = protocol == ServiceProtocol::Http;
+    if format != F::Json {
+        c.err(
+            fs.span(),
+            format!(
+                "fields choose the keys of format = \"json\"; \"{}\" is a fixed format",
+                format.as_str()
+            ),
+            Some("use format = \"json\", or remove fields".into()),
+        );
+    }
+    if fs.get_ref().is_empty() {
+        c.err(
+            fs.span(),
+            "fields is empty".into(),
+            Some("name at least one field, or remove fields for the default set".into()),
+        );
+    }
+    let ok = |f: LogField| if is_http { f.for_http() } else { f.for_l4() };
+    let valid: Vec<&str> = LogField::ALL
+        .iter()
+        .filter(|f| ok(**f))
+        .map(|f| f.as_str())
+        .collect();
+    let mut out: Vec<LogField> = Vec::new();
+    for f in fs.get_ref() {
+        let v = f.get_ref().0;
+        if !ok(v) {
+            c.err(
+                f.span(),
+                format!(
+                    "access log field \"{}\" does not apply to `{name}`, a {} service",
+                    v.as_str(),
+                    protocol.as_str()
+                ),
+                Some(format!("valid: {}", valid.join(", "))),
+            );
+        } else if out.contains(&v) {
+            c.err(
+                f.span(),
+                format!("access log field \"{}\" is named twice", v.as_str()),
+                None,
+            );
+        } else {
+            out.push(v);
+        }
+    }
+    out
+}
+
+/// `[service.access_log]` `path` or `syslog` (with `facility`).
+fn log_target(c: &mut Checker<'_>, al: &super::raw::RawAccessLog) -> LogTarget {
+    let facility = al
+        .facility
+        .as_ref()
+        .map_or(SyslogFacility::LOCAL0, |f| f.get_ref().0);
+    match (&al.syslog, &al.path) {
+        (Some(_), Some(p)) => {
+            c.err(
+                p.span(),
+                "access_log has both path and syslog".into(),
+                Some("keep one: a file (or \"-\" for stderr), or syslog".into()),
+            );
+            LogTarget::Stderr
+        }
+        (Some(sl), None) => match syslog_dest(sl.get_ref()) {
+            Ok(dest) => LogTarget::Syslog { dest, facility },
+            Err(why) => {
+                c.err(
+                    sl.span(),
+                    format!("syslog {:?}: {why}", sl.get_ref()),
+                    Some(
+                        "\"unix:/dev/log\" (a unix datagram socket) or \"udp:127.0.0.1:514\""
+                            .into(),
+                    ),
+                );
+                LogTarget::Stderr
+            }
+        },
+        (None, None) => LogTarget::Stderr,
+        (None, Some(p)) if p.get_ref() == "-" => LogTarget::Stderr,
+        (None, Some(p)) if p.get_ref().is_empty() => {
+            c.err(
+                p.span(),
+                "access_log path is empty".into(),
+                Some("use \"-\" for stderr, or a file path".into()),
+            );
+            LogTarget::Stderr
+        }
+        (None, Some(p)) => LogTarget::File(p.get_ref().into()),
+    }
 }
