@@ -234,6 +234,27 @@ mod tests {
         assert!(combined_line(&none).ends_with(" - 1.500 -\n"));
     }
 
+    /// `fields` chooses the keys and their order; each value is the entry's.
+    #[test]
+    fn chosen_fields() {
+        let e = entry();
+        let line = json_line(
+            &e,
+            &[
+                LogField::Status,
+                LogField::ClientIp,
+                LogField::BytesIn,
+                LogField::Referer,
+                LogField::Path,
+            ],
+        );
+        assert_eq!(
+            String::from_utf8(line).expect("utf-8"),
+            "{\"status\":200,\"client_ip\":\"192.0.2.7\",\"bytes_in\":78,\"referer\":\"\",\
+             \"path\":\"/a\\\"b\\\\c?é\"}\n"
+        );
+    }
+
     /// Control characters are escaped: each JSON line parses back to the logged strings.
     #[test]
     fn json_lines_parse_back() {

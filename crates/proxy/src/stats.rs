@@ -117,13 +117,13 @@ pub const BUCKETS: [f64; 18] = [
     1.0, 2.5, 5.0, 7.5, 10.0,
 ];
 
-/// A fixed-bucket histogram of atomics: an observation is three relaxed adds.
+/// A fixed-bucket histogram of atomics: an observation is two relaxed adds (its bucket and
+/// the sum); the count is the buckets' total, added up at scrape time.
 #[derive(Debug, Default)]
 pub struct Histogram {
     /// One per bound, plus +Inf.
     counts: [AtomicU64; BUCKETS.len() + 1],
     sum_ns: AtomicU64,
-    count: AtomicU64,
 }
 
 /// A histogram as read at scrape time.
@@ -148,7 +148,6 @@ impl Histogram {
             u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
-        self.count.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn sample(&self) -> HistogramSample {
@@ -162,8 +161,32 @@ impl Histogram {
         let sum = self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
         HistogramSample {
             sum,
-            count: self.count.load(Ordering::Relaxed),
+            count: buckets.iter().map(|(_, n)| n).sum(),
             buckets,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn histogram_buckets_count_and_sum() {
+        let h = Histogram::default();
+        for us in [10, 50, 51, 1000, 2_000_000, 20_000_000] {
+            h.observe(Duration::from_micros(us));
+        }
+        let s = h.sample();
+        assert_eq!(s.count, 6);
+        assert!((s.sum - 22.001_111).abs() < 1e-9, "{}", s.sum);
+        let at = |bound: f64| s.buckets.iter().find(|(b, _)| *b == bound).map(|(_, n)| *n);
+        assert_eq!(at(0.000_05), Some(2), "bounds are inclusive: 10µs and 50µs");
+        assert_eq!(at(0.000_1), Some(1));
+        assert_eq!(at(0.001), Some(1));
+        assert_eq!(at(2.5), Some(1));
+        assert_eq!(at(f64::MAX), Some(1), "20 s is past the last bound");
+        assert_eq!(s.buckets.len(), BUCKETS.len() + 1);
     }
 }
