@@ -181,12 +181,15 @@ mod tests {
         let s = h.sample();
         assert_eq!(s.count, 6);
         assert!((s.sum - 22.001_111).abs() < 1e-9, "{}", s.sum);
-        let at = |bound: f64| s.buckets.iter().find(|(b, _)| *b == bound).map(|(_, n)| *n);
-        assert_eq!(at(0.000_05), Some(2), "bounds are inclusive: 10µs and 50µs");
-        assert_eq!(at(0.000_1), Some(1));
-        assert_eq!(at(0.001), Some(1));
-        assert_eq!(at(2.5), Some(1));
-        assert_eq!(at(f64::MAX), Some(1), "20 s is past the last bound");
+        // The count of the bucket whose bound is BUCKETS[i] (i = BUCKETS.len(): +Inf).
+        let at = |i: usize| s.buckets[i].1;
+        assert_eq!(at(0), 2, "bounds are inclusive: 10µs and 50µs (50µs)");
+        assert_eq!(at(1), 1, "51µs (100µs)");
+        assert_eq!(at(4), 1, "1ms (1ms)");
+        assert_eq!(at(14), 1, "2s (2.5s)");
+        assert_eq!(at(BUCKETS.len()), 1, "20 s is past the last bound");
+        let total: u64 = s.buckets.iter().map(|(_, n)| n).sum();
+        assert_eq!(total, 6);
         assert_eq!(s.buckets.len(), BUCKETS.len() + 1);
     }
 }
