@@ -183,7 +183,12 @@ pub fn put_service(
 pub fn service_files(s: &ServiceConfig) -> Vec<&Path> {
     let mut files = Vec::new();
     if let Some(AccessLog {
-        target: LogTarget::File(p),
+        target:
+            LogTarget::File(p)
+            | LogTarget::Syslog {
+                dest: config::SyslogDest::Unix(p),
+                ..
+            },
         ..
     }) = &s.access_log
     {

@@ -20,6 +20,7 @@ use prometheus_client::registry::Registry;
 
 mod announce;
 mod cluster;
+pub mod process;
 
 /// Reads everything at scrape time.
 #[derive(Debug)]
@@ -139,6 +140,20 @@ impl Collector for FulcrumCollector {
                 ])?)?;
             }
         }
+        let mut m = enc.encode_descriptor(
+            "fulcrum_health_check_duration_seconds",
+            "How long each active health check took (a failed one: until it failed or timed out)",
+            None,
+            MetricType::Histogram,
+        )?;
+        for ((p, _, s), a) in rows.iter().zip(&addrs) {
+            let h = s.health_duration.sample();
+            if h.count > 0 {
+                Hist(&h).encode(
+                    m.encode_family(&[("pool", p.name.as_str()), ("backend", a.as_str())])?,
+                )?;
+            }
+        }
 
         let mut m = enc.encode_descriptor(
             "fulcrum_service_bytes",
@@ -175,7 +190,7 @@ impl Collector for FulcrumCollector {
         }
         let mut m = enc.encode_descriptor(
             "fulcrum_service_refused",
-            "Clients refused: max_connections reached, no backend available, or (TLS passthrough) no valid ClientHello",
+            "Clients refused, by reason: max_connections reached, no backend available, rate limited (http 429), bad request (http 400/431), or (TLS passthrough) no valid ClientHello",
             None,
             MetricType::Counter,
         )?;
@@ -184,6 +199,8 @@ impl Collector for FulcrumCollector {
                 ("max_connections", &s.stats.refused_limit),
                 ("no_backend", &s.stats.refused_no_backend),
                 ("bad_client_hello", &s.stats.refused_bad_hello),
+                ("rate_limited", &s.stats.refused_rate_limited),
+                ("bad_request", &s.stats.refused_bad_request),
             ] {
                 ConstCounter::new(load(v)).encode(
                     m.encode_family(&[("service", s.name.as_str()), ("reason", reason)])?,
@@ -290,6 +307,19 @@ fn encode_l7(
         )?;
     }
     let mut m = enc.encode_descriptor(
+        "fulcrum_http_backend_response_seconds",
+        "Time from a request sent to a backend to its response's head, per backend",
+        None,
+        MetricType::Histogram,
+    )?;
+    for d in &out.backend_durations {
+        Hist(&d.histogram).encode(m.encode_family(&[
+            ("service", d.service.as_str()),
+            ("pool", d.pool.as_str()),
+            ("backend", d.backend.as_str()),
+        ])?)?;
+    }
+    let mut m = enc.encode_descriptor(
         "fulcrum_http_parked_connections",
         "Idle HTTP/1.1 keep-alive client connections parked out of their tasks",
         None,
@@ -323,6 +353,28 @@ impl EncodeMetric for L7Histogram<'_> {
     }
 }
 
+/// A histogram sample read at scrape time.
+#[derive(Debug)]
+struct Hist<'a>(&'a fulcrum_proxy::stats::HistogramSample);
+
+impl EncodeMetric for Hist<'_> {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            self.0.sum,
+            self.0.count,
+            &self.0.buckets,
+            None,
+        )
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
 /// The registry with Fulcrum's collector.
 pub fn registry(shared: Arc<Shared>) -> Registry {
     let mut r = Registry::default();
@@ -333,6 +385,8 @@ pub fn registry(shared: Arc<Shared>) -> Registry {
         shared: Arc::clone(&shared),
     }));
     r.register_collector(Box::new(cluster::ClusterCollector { shared }));
+    r.register_collector(Box::new(process::ProcessCollector::default()));
+    r.register_collector(Box::new(process::BuildInfo::default()));
     r
 }
 

@@ -185,6 +185,8 @@ fn gen_service() -> impl Strategy<Value = GenService> {
                 "[[service.route]]\npath_prefix = \"/v1/\"\npool = \"p1\"",
                 "[service.rate_limit]\nrequests_per_second = 10",
                 "[service.access_log]\nformat = \"json\"\npath = \"/tmp/x.log\"",
+                "[service.access_log]\nformat = \"json\"\nfields = [\"client\", \"duration_ms\"]\nsyslog = \"udp:127.0.0.1:514\"\nfacility = \"local5\"",
+                "[service.access_log]\nsyslog = \"unix:/dev/log\"",
                 "[service.tls]\ncerts = [ { cert = \"a.pem\", key = \"a.key\" } ]",
                 "[service.tls]\ncerts = [ { cert = \"a.pem\", key = \"a.key\", ocsp = \"a.der\" } ]\nclient_ca = \"ca.pem\"\nclient_auth = \"optional\"\nclient_subject_header = \"X-DN\"\nsession_tickets = false\nsession_ticket_rotation = \"1h\"",
                 "[[service.sni_route]]\nsni = \"*.B.test\"\npool = \"p1\"",

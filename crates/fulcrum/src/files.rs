@@ -89,23 +89,38 @@ pub fn check(cfg: &Config, text: &str) -> Vec<ConfigError> {
             }
         }
         if let Some(al) = &s.access_log {
-            if let LogTarget::File(_) = al.target {
+            let (key, help) = match al.target {
+                LogTarget::Stderr => ("", ""),
+                LogTarget::File(_) => (
+                    "path",
+                    "a file fulcrum can create or append to, or \"-\" for stderr",
+                ),
+                LogTarget::Syslog { .. } => (
+                    "syslog",
+                    "a syslog daemon's unix datagram socket that exists, or a UDP address",
+                ),
+            };
+            if !key.is_empty() {
                 if let Err(e) = fulcrum_http::AccessLogger::open(al) {
                     let at = [
                         svc[0],
                         svc[1],
                         PathStep::Key("access_log"),
-                        PathStep::Key("path"),
+                        PathStep::Key(key),
                     ];
-                    report(
-                        &at,
-                        e,
-                        Some("a file fulcrum can create or append to, or \"-\" for stderr".into()),
-                    );
+                    report(&at, e, Some(help.into()));
                 }
             }
         }
     }
+    check_pool_tls(cfg, &mut report);
+    errors.sort_by_key(|e| e.span.as_ref().map_or(0, |s| s.start));
+    errors
+}
+
+/// The CA and client certificate files of every pool's `[pool.tls]`, each reported at the
+/// key that names it.
+fn check_pool_tls(cfg: &Config, report: &mut impl FnMut(&[PathStep<'_>], String, Option<String>)) {
     for (i, p) in cfg.pools.iter().enumerate() {
         let Some(tls) = &p.tls else {
             continue;
@@ -132,8 +147,6 @@ pub fn check(cfg: &Config, text: &str) -> Vec<ConfigError> {
             }
         }
     }
-    errors.sort_by_key(|e| e.span.as_ref().map_or(0, |s| s.start));
-    errors
 }
 
 /// Parses `text` and checks the files it names: the config, or every error.

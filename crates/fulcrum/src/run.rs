@@ -534,13 +534,21 @@ pub(crate) async fn serve(
     tracing::info!(workers = n, "fulcrum running");
 
     let mut hup = signal(SignalKind::hangup()).context("cannot install SIGHUP handler")?;
+    // SIGUSR1 (nginx's): reopen the access and connection logs (logrotate's rename, then
+    // signal); SIGHUP reopens them too, before its reload.
+    let mut usr1 = signal(SignalKind::user_defined1()).context("cannot install SIGUSR1 handler")?;
     let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
     let mut usr2 = signal(SignalKind::user_defined2()).context("cannot install SIGUSR2 handler")?;
     let handed_over = loop {
         tokio::select! {
+            _ = usr1.recv() => {
+                tracing::info!("SIGUSR1: reopening log files");
+                fulcrum_proxy::logsink::reopen_all();
+            }
             _ = hup.recv() => {
                 notify.reloading();
+                fulcrum_proxy::logsink::reopen_all();
                 let (tx, rx) = oneshot::channel();
                 let _ = ctl_tx.send(Control::Reload(tx));
                 let notify = Arc::clone(&notify);

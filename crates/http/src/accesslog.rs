@@ -1,21 +1,19 @@
-//! Access logs: one line per request, JSON or the combined log format, to stderr or a file.
-//! A line is written with one `write` call.
+//! Access logs: one line per request, JSON (with the keys `fields` names) or the combined
+//! log format, to stderr, a file or syslog ([`fulcrum_proxy::logsink`], which also reopens
+//! files on SIGUSR1/SIGHUP). A line is written with one `write` call.
 
-use std::fs::File;
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, SystemTime};
 
-use fulcrum_core::config::{AccessLog, AccessLogFormat, LogTarget};
-use time::format_description::BorrowedFormatItem;
-use time::OffsetDateTime;
+use fulcrum_core::config::{AccessLog, AccessLogFormat, LogField};
+use fulcrum_proxy::logsink::{clf_time, rfc3339, LogSink};
 
 /// An open access log.
 #[derive(Debug)]
 pub struct AccessLogger {
     pub cfg: AccessLog,
-    file: Option<Mutex<File>>,
+    sink: LogSink,
 }
 
 /// What one line says.
@@ -29,7 +27,10 @@ pub struct Entry {
     pub host: String,
     pub status: u16,
     pub backend: Option<SocketAddr>,
+    /// Response body bytes sent to the client.
     pub bytes: u64,
+    /// Request bytes from the client: head and body.
+    pub bytes_in: u64,
     pub duration: Duration,
     pub request_id: String,
     pub user_agent: String,
@@ -38,36 +39,27 @@ pub struct Entry {
 }
 
 impl AccessLogger {
+    /// # Errors
+    /// The destination cannot be opened (the message names it).
     pub fn open(cfg: &AccessLog) -> Result<Self, String> {
-        let file = match &cfg.target {
-            LogTarget::Stderr => None,
-            // Regular files only, opened without blocking (a FIFO would block the opener).
-            LogTarget::File(p) => Some(Mutex::new(
-                fulcrum_proxy::files::open_append(p)
-                    .map_err(|e| format!("access log {}: cannot open: {e}", p.display()))?,
-            )),
-        };
         Ok(Self {
             cfg: cfg.clone(),
-            file,
+            sink: LogSink::open(&cfg.target)?,
         })
     }
 
     pub fn write(&self, e: &Entry) {
         let line = match self.cfg.format {
-            AccessLogFormat::Json => json_line(e),
-            AccessLogFormat::Combined => combined_line(e).into_bytes(),
+            AccessLogFormat::Json => json_line(
+                e,
+                self.cfg
+                    .fields
+                    .as_deref()
+                    .unwrap_or(&LogField::HTTP_DEFAULT),
+            ),
+            _ => combined_line(e).into_bytes(),
         };
-        match &self.file {
-            Some(f) => {
-                if let Ok(mut f) = f.lock() {
-                    let _ = f.write_all(&line);
-                }
-            }
-            None => {
-                let _ = std::io::stderr().lock().write_all(&line);
-            }
-        }
+        self.sink.write(&line, "access");
     }
 }
 
@@ -90,39 +82,54 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
 /// The line's layout is written here, its strings escaped by `serde_json`: a derived
 /// `Serialize` would print `duration_ms` as the shortest float (1.5), not with the fixed
 /// three decimals (1.500) the format documents.
-fn json_line(e: &Entry) -> Vec<u8> {
+fn json_line(e: &Entry, fields: &[LogField]) -> Vec<u8> {
     let mut s = Vec::with_capacity(320);
-    s.extend_from_slice(b"{\"time\":");
-    json_str(&mut s, &rfc3339(e.time));
-    s.extend_from_slice(b",\"service\":");
-    json_str(&mut s, &e.service);
-    let _ = write!(s, ",\"client\":\"{}\",\"method\":", e.client);
-    json_str(&mut s, e.method.as_str());
-    s.extend_from_slice(b",\"host\":");
-    json_str(&mut s, &e.host);
-    s.extend_from_slice(b",\"path\":");
-    json_str(&mut s, &e.path);
-    let _ = write!(
-        s,
-        ",\"protocol\":\"{}\",\"status\":{},\"backend\":",
-        version_str(e.version),
-        e.status
-    );
-    match e.backend {
-        Some(b) => {
-            let _ = write!(s, "\"{b}\"");
+    s.push(b'{');
+    for (i, f) in fields.iter().enumerate() {
+        if i > 0 {
+            s.push(b',');
         }
-        None => s.extend_from_slice(b"null"),
+        let _ = write!(s, "\"{}\":", f.as_str());
+        match f {
+            LogField::Time => json_str(&mut s, &rfc3339(e.time)),
+            LogField::Service => json_str(&mut s, &e.service),
+            LogField::Client => {
+                let _ = write!(s, "\"{}\"", e.client);
+            }
+            LogField::ClientIp => {
+                let _ = write!(s, "\"{}\"", e.client.ip());
+            }
+            LogField::Method => json_str(&mut s, e.method.as_str()),
+            LogField::Host => json_str(&mut s, &e.host),
+            LogField::Path => json_str(&mut s, &e.path),
+            LogField::Protocol => {
+                let _ = write!(s, "\"{}\"", version_str(e.version));
+            }
+            LogField::Status => {
+                let _ = write!(s, "{}", e.status);
+            }
+            LogField::Backend => match e.backend {
+                Some(b) => {
+                    let _ = write!(s, "\"{b}\"");
+                }
+                None => s.extend_from_slice(b"null"),
+            },
+            LogField::Bytes | LogField::BytesOut => {
+                let _ = write!(s, "{}", e.bytes);
+            }
+            LogField::BytesIn => {
+                let _ = write!(s, "{}", e.bytes_in);
+            }
+            LogField::DurationMs => {
+                let _ = write!(s, "{:.3}", e.duration.as_secs_f64() * 1000.0);
+            }
+            LogField::RequestId => json_str(&mut s, &e.request_id),
+            LogField::UserAgent => json_str(&mut s, &e.user_agent),
+            LogField::Referer => json_str(&mut s, &e.referer),
+            // tcp/udp only; refused by the config for http services.
+            LogField::Termination => s.extend_from_slice(b"null"),
+        }
     }
-    let _ = write!(
-        s,
-        ",\"bytes\":{},\"duration_ms\":{:.3},\"request_id\":",
-        e.bytes,
-        e.duration.as_secs_f64() * 1000.0
-    );
-    json_str(&mut s, &e.request_id);
-    s.extend_from_slice(b",\"user_agent\":");
-    json_str(&mut s, &e.user_agent);
     s.extend_from_slice(b"}\n");
     s
 }
@@ -155,45 +162,6 @@ fn combined_line(e: &Entry) -> String {
             &e.request_id
         },
     )
-}
-
-/// `t` in UTC; a clock before 1970 (or past year 9999) reads as 1970.
-fn utc(t: SystemTime) -> OffsetDateTime {
-    let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    i64::try_from(since.as_secs())
-        .ok()
-        .and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok())
-        .map_or(OffsetDateTime::UNIX_EPOCH, |d| {
-            d.replace_nanosecond(since.subsec_nanos()).unwrap_or(d)
-        })
-}
-
-/// Formats `t` in UTC. The descriptions are fixed and every component they name is in an
-/// `OffsetDateTime`, so formatting cannot fail; if it ever did, the field is left empty.
-fn format(t: SystemTime, description: &[BorrowedFormatItem<'_>]) -> String {
-    utc(t).format(description).unwrap_or_default()
-}
-
-/// A fixed format description, parsed once.
-fn description(d: &'static str) -> Vec<BorrowedFormatItem<'static>> {
-    time::format_description::parse_borrowed::<2>(d).unwrap_or_default()
-}
-
-static RFC3339_MS: LazyLock<Vec<BorrowedFormatItem<'static>>> = LazyLock::new(|| {
-    description("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z")
-});
-
-static CLF: LazyLock<Vec<BorrowedFormatItem<'static>>> =
-    LazyLock::new(|| description("[day]/[month repr:short]/[year]:[hour]:[minute]:[second] +0000"));
-
-/// `2000-10-10T12:55:36.123Z`
-fn rfc3339(t: SystemTime) -> String {
-    format(t, &RFC3339_MS)
-}
-
-/// `10/Oct/2000:12:55:36 +0000`
-fn clf_time(t: SystemTime) -> String {
-    format(t, &CLF)
 }
 
 #[cfg(test)]
@@ -230,6 +198,7 @@ mod tests {
             status: 200,
             backend: Some("127.0.0.1:8080".parse().expect("address")),
             bytes: 1234,
+            bytes_in: 78,
             duration: Duration::from_micros(1500),
             request_id: "r-1".into(),
             user_agent: "curl/8 \u{1f}".into(),
@@ -243,7 +212,7 @@ mod tests {
     fn lines_keep_their_format() {
         let e = entry();
         assert_eq!(
-            String::from_utf8(json_line(&e)).expect("utf-8"),
+            String::from_utf8(json_line(&e, &LogField::HTTP_DEFAULT)).expect("utf-8"),
             "{\"time\":\"2000-10-10T12:55:36.123Z\",\"service\":\"web\",\
              \"client\":\"192.0.2.7:40000\",\"method\":\"GET\",\"host\":\"example.test\",\
              \"path\":\"/a\\\"b\\\\c?é\",\"protocol\":\"HTTP/1.1\",\"status\":200,\
@@ -260,9 +229,30 @@ mod tests {
             request_id: String::new(),
             ..entry()
         };
-        let json = String::from_utf8(json_line(&none)).expect("utf-8");
+        let json = String::from_utf8(json_line(&none, &LogField::HTTP_DEFAULT)).expect("utf-8");
         assert!(json.contains(",\"backend\":null,"), "{json}");
         assert!(combined_line(&none).ends_with(" - 1.500 -\n"));
+    }
+
+    /// `fields` chooses the keys and their order; each value is the entry's.
+    #[test]
+    fn chosen_fields() {
+        let e = entry();
+        let line = json_line(
+            &e,
+            &[
+                LogField::Status,
+                LogField::ClientIp,
+                LogField::BytesIn,
+                LogField::Referer,
+                LogField::Path,
+            ],
+        );
+        assert_eq!(
+            String::from_utf8(line).expect("utf-8"),
+            "{\"status\":200,\"client_ip\":\"192.0.2.7\",\"bytes_in\":78,\"referer\":\"\",\
+             \"path\":\"/a\\\"b\\\\c?é\"}\n"
+        );
     }
 
     /// Control characters are escaped: each JSON line parses back to the logged strings.
@@ -273,7 +263,7 @@ mod tests {
             user_agent: "\"\\\u{8}\u{c}".into(),
             ..entry()
         };
-        let line = json_line(&e);
+        let line = json_line(&e, &LogField::HTTP_DEFAULT);
         assert_eq!(line.iter().position(|&b| b == b'\n'), Some(line.len() - 1));
         let v: serde_json::Value = serde_json::from_slice(&line).expect("JSON");
         assert_eq!(v["path"], e.path.as_str());

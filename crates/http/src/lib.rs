@@ -78,7 +78,7 @@ use fulcrum_proxy::snapshot::{PoolRt, ServiceRt, Shared, Snapshot};
 use tokio::net::TcpStream;
 
 pub use accesslog::AccessLogger;
-pub use metrics::{CodeCounters, PoolMetrics, ServiceMetrics};
+pub use metrics::{BackendMetrics, CodeCounters, PoolMetrics, ServiceMetrics};
 pub use ratelimit::RateLimiter;
 pub use tls::{
     check_ca, check_client_pair, check_ocsp, check_pair, BackendTlsState, ClientHeaders, PairError,
@@ -138,7 +138,7 @@ pub struct RoutePool {
     pub pool: Arc<PoolRt>,
     pub metrics: Arc<PoolMetrics>,
     /// Parallel to `pool.backends`.
-    pub backend_metrics: Vec<Arc<CodeCounters>>,
+    pub backend_metrics: Vec<Arc<BackendMetrics>>,
     /// Parallel to `pool.backends`: the sticky cookie value naming each backend.
     pub cookie_values: Vec<String>,
     /// `[pool.tls]`: the client config its backends are spoken to with.

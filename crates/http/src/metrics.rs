@@ -5,54 +5,21 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use fulcrum_proxy::l7::{HttpDurationSample, HttpRequestsSample, L7Metrics};
+use fulcrum_proxy::l7::{
+    HttpBackendDurationSample, HttpDurationSample, HttpRequestsSample, L7Metrics,
+};
 
-/// Upper bounds (seconds) of `fulcrum_http_request_duration_seconds`: 50µs .. 10s.
-pub const BUCKETS: [f64; 18] = [
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5, 5.0, 7.5, 10.0,
-];
+pub use fulcrum_proxy::stats::Histogram;
 
-/// A fixed-bucket histogram of atomics.
-#[derive(Debug, Default)]
-pub struct Histogram {
-    /// One per bound, plus +Inf.
-    counts: [AtomicU64; BUCKETS.len() + 1],
-    sum_ns: AtomicU64,
-    count: AtomicU64,
-}
-
-impl Histogram {
-    pub fn observe(&self, d: Duration) {
-        let s = d.as_secs_f64();
-        let i = BUCKETS
-            .iter()
-            .position(|b| s <= *b)
-            .unwrap_or(BUCKETS.len());
-        self.counts[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_ns.fetch_add(
-            u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
-        self.count.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn sample(&self, service: &str, pool: &str) -> HttpDurationSample {
-        let mut buckets: Vec<(f64, u64)> = BUCKETS
-            .iter()
-            .zip(&self.counts)
-            .map(|(b, c)| (*b, c.load(Ordering::Relaxed)))
-            .collect();
-        buckets.push((f64::MAX, self.counts[BUCKETS.len()].load(Ordering::Relaxed)));
-        HttpDurationSample {
-            service: service.to_owned(),
-            pool: pool.to_owned(),
-            sum: self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9,
-            count: self.count.load(Ordering::Relaxed),
-            buckets,
-        }
+fn duration_sample(h: &Histogram, service: &str, pool: &str) -> HttpDurationSample {
+    let x = h.sample();
+    HttpDurationSample {
+        service: service.to_owned(),
+        pool: pool.to_owned(),
+        sum: x.sum,
+        count: x.count,
+        buckets: x.buckets,
     }
 }
 
@@ -69,18 +36,26 @@ impl CodeCounters {
     }
 }
 
+/// One backend of one pool as used by one service.
+#[derive(Debug, Default)]
+pub struct BackendMetrics {
+    pub codes: CodeCounters,
+    /// Request sent to the response's head (`fulcrum_http_backend_response_seconds`).
+    pub duration: Histogram,
+}
+
 /// One pool as used by one service.
 #[derive(Debug, Default)]
 pub struct PoolMetrics {
     pub duration: Histogram,
     /// Answers Fulcrum made itself (no backend): 429, 502, 503, 504...
     pub local: CodeCounters,
-    backends: Mutex<HashMap<SocketAddr, Arc<CodeCounters>>>,
+    backends: Mutex<HashMap<SocketAddr, Arc<BackendMetrics>>>,
 }
 
 impl PoolMetrics {
     /// The counters of one backend (build time only: takes a lock).
-    pub fn backend(&self, addr: SocketAddr) -> Arc<CodeCounters> {
+    pub fn backend(&self, addr: SocketAddr) -> Arc<BackendMetrics> {
         let mut m = self
             .backends
             .lock()
@@ -118,8 +93,9 @@ impl ServiceMetrics {
         names.sort();
         for name in names {
             let p = &pools[name];
-            out.durations.push(p.duration.sample(service, name));
-            let mut rows: Vec<(String, Arc<CodeCounters>)> = p
+            out.durations
+                .push(duration_sample(&p.duration, service, name));
+            let mut rows: Vec<(String, Arc<BackendMetrics>)> = p
                 .backends
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -127,8 +103,23 @@ impl ServiceMetrics {
                 .map(|(a, c)| (a.to_string(), Arc::clone(c)))
                 .collect();
             rows.sort_by(|a, b| a.0.cmp(&b.0));
+            for (backend, m) in &rows {
+                let x = m.duration.sample();
+                if x.count > 0 {
+                    out.backend_durations.push(HttpBackendDurationSample {
+                        service: service.to_owned(),
+                        pool: name.clone(),
+                        backend: backend.clone(),
+                        histogram: x,
+                    });
+                }
+            }
             let local = ("none".to_owned(), &p.local);
-            for (backend, c) in rows.iter().map(|(a, c)| (a.clone(), &**c)).chain([local]) {
+            for (backend, c) in rows
+                .iter()
+                .map(|(a, m)| (a.clone(), &m.codes))
+                .chain([local])
+            {
                 for (i, class) in CLASSES.iter().enumerate() {
                     let value = c.0[i].load(Ordering::Relaxed);
                     if value == 0 && backend == "none" {

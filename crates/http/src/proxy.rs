@@ -38,6 +38,13 @@ pub(crate) trait ReqView {
     fn authority(&self) -> Option<&[u8]>;
     fn version(&self) -> Version;
     fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_;
+    /// The head's size in bytes: as received (HTTP/1.1), or as HTTP/1.1 text would be
+    /// (HTTP/2: the HPACK-compressed size is not seen; request line and `name: value` lines).
+    fn head_len(&self) -> u64 {
+        let line = self.method().len() + self.target().len() + 12; // " " " HTTP/1.1\r\n"
+        let fields: usize = self.headers().map(|(n, v)| n.len() + v.len() + 4).sum();
+        (line + fields + 2) as u64
+    }
 
     fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers()
@@ -316,6 +323,19 @@ struct Req<'a> {
     log: Option<(Arc<AccessLogger>, Box<Entry>)>,
 }
 
+/// Counts a request Fulcrum answered itself for `fulcrum_service_refused_total`.
+pub(crate) fn count_refusal(c: &ConnCtx, status: StatusCode) {
+    let s = &c.svc.stats;
+    let counter = match status {
+        StatusCode::TOO_MANY_REQUESTS => &s.refused_rate_limited,
+        StatusCode::BAD_REQUEST | StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => {
+            &s.refused_bad_request
+        }
+        _ => return,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
 impl<'a> Req<'a> {
     fn done(&mut self, status: u16, backend: Option<SocketAddr>, active: Option<Active>) -> Done {
         let log = self.log.take().map(|(l, mut e)| {
@@ -385,6 +405,7 @@ fn entry(c: &ConnCtx, req: &impl ReqView, host: &str) -> Entry {
         status: 0,
         backend: None,
         bytes: 0,
+        bytes_in: 0,
         duration: std::time::Duration::ZERO,
         request_id: String::new(),
         user_agent: s("user-agent"),
@@ -1008,24 +1029,34 @@ pub(crate) async fn forward<'c>(
     ext.budget.earn();
     let host = host(req);
     let rp = ext.route(host, path(req.target()));
-    let log = ext
-        .access_log
-        .as_ref()
-        .map(|l| (Arc::clone(l), Box::new(entry(c, req, host))));
+    // The head counts as bytes in (`fulcrum_service_bytes_total{direction="in"}`), the
+    // body's bytes are added as they are forwarded.
+    let head = req.head_len();
+    c.svc.stats.bytes_in.fetch_add(head, Ordering::Relaxed);
+    let log = ext.access_log.as_ref().map(|l| {
+        let mut e = Box::new(entry(c, req, host));
+        e.bytes_in = head;
+        (Arc::clone(l), e)
+    });
     let mut r = Req { rp, start, log };
 
     // Request smuggling: never guess which framing the backend would believe.
     let framing = match body.framing() {
         Ok(f) => f,
-        Err(why) => return r.local(Local::new(StatusCode::BAD_REQUEST, why)),
+        Err(why) => {
+            count_refusal(c, StatusCode::BAD_REQUEST);
+            return r.local(Local::new(StatusCode::BAD_REQUEST, why));
+        }
     };
     if req.version() <= Version::HTTP_11 {
         if let Some(why) = host_problem(req.version() == Version::HTTP_11, req.headers()) {
+            count_refusal(c, StatusCode::BAD_REQUEST);
             return r.local(Local::new(StatusCode::BAD_REQUEST, why));
         }
     }
     if let Some((_, l)) = &ext.limiter {
         if let Err(wait) = l.check(c.peer.ip(), c.shared.now()) {
+            count_refusal(c, StatusCode::TOO_MANY_REQUESTS);
             let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             return r.local(Local {
                 retry_after: Some(secs.max(1)),
@@ -1129,8 +1160,10 @@ pub(crate) async fn forward<'c>(
             }
         };
         let now = c.shared.now();
-        pool.observe(idx, now.saturating_sub(sent_at), now);
-        stats.record_latency(now.saturating_sub(sent_at));
+        let took = now.saturating_sub(sent_at);
+        pool.observe(idx, took, now);
+        stats.record_latency(took);
+        rp.backend_metrics[idx].duration.observe(took);
         let status = got.answer.status();
         if let Some(failure) = Failure::of_status(status) {
             stats.http_5xx.fetch_add(1, Ordering::Relaxed);
@@ -1170,7 +1203,7 @@ pub(crate) async fn forward<'c>(
             c.shared.report_passive(stats, true);
         }
 
-        rp.backend_metrics[idx].count(status);
+        rp.backend_metrics[idx].codes.count(status);
         rp.metrics.duration.observe(start.elapsed());
         let done = r.done(status, Some(addr), Some(got.active));
         let cookie = match &pool.sticky_cookie {
@@ -1193,8 +1226,17 @@ pub(crate) async fn forward<'c>(
         m.give();
     }
     c.svc.stats.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
+    if let Some((_, e)) = &mut r.log {
+        e.bytes_in += bytes_in;
+    }
     if let Some((ex, cookie)) = out {
         return Outcome::Backend(ex, cookie);
+    }
+    if tried.is_empty() {
+        c.svc
+            .stats
+            .refused_no_backend
+            .fetch_add(1, Ordering::Relaxed);
     }
     r.local(match last_err {
         Some(l) => l,

@@ -335,6 +335,9 @@ impl ReqView for H1Req<'_> {
     fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
         self.m.headers()
     }
+    fn head_len(&self) -> u64 {
+        self.m.head_len as u64
+    }
 }
 
 /// An HTTP/1.1 request body: first the bytes read with the head, then more reads.
@@ -483,6 +486,7 @@ async fn one_request<S: ClientIo>(
             return Next::H2(msg);
         }
         if let Some(l) = answer {
+            proxy::count_refusal(c, l.status);
             let mut out = h1::take_vec();
             l.write_h1(&mut out, true);
             let _ = within(c.svc.idle_timeout, io.write_all(&out)).await;

@@ -494,6 +494,7 @@ impl Controller {
                     step.address,
                     h.clone(),
                     self.shared.events.clone(),
+                    Arc::clone(&t.stats),
                 );
                 (h.clone(), handle)
             });
@@ -1242,7 +1243,9 @@ impl Build {
             .into_iter()
             .filter_map(|(s, stats)| {
                 let pool = pools.iter().find(|p| p.name == s.pool)?;
-                let prev = old.services.iter().find(|x| x.name == s.name).and_then(|x| x.ext.clone());
+                let prev_svc = old.services.iter().find(|x| x.name == s.name);
+                let prev = prev_svc.and_then(|x| x.ext.clone());
+                let conn_log = conn_log(&s, prev_svc);
                 let ext = match l7.filter(|h| h.handles(&s)) {
                     None => None,
                     Some(h) => match h.build(&s, &pools, prev.as_ref()) {
@@ -1282,6 +1285,7 @@ impl Build {
                     connect_timeout: s.timeouts.map_or(defaults::CONNECT_TIMEOUT, |t| t.connect),
                     stats,
                     ext,
+                    conn_log,
                     generation: self.generation,
                 }))
             })
@@ -1290,6 +1294,32 @@ impl Build {
             generation: self.generation,
             services,
             pools,
+        }
+    }
+}
+
+/// A tcp/udp service's connection log: the running one while its configuration holds,
+/// else opened anew (the loader checked it opens; if it no longer does, none is kept and
+/// that is said).
+fn conn_log(
+    s: &config::ServiceConfig,
+    prev: Option<&Arc<ServiceRt>>,
+) -> Option<Arc<crate::connlog::ConnLogger>> {
+    if s.protocol == fulcrum_core::model::ServiceProtocol::Http {
+        return None;
+    }
+    let cfg = s.access_log.as_ref()?;
+    if let Some(l) = prev
+        .and_then(|p| p.conn_log.as_ref())
+        .filter(|l| l.cfg == *cfg)
+    {
+        return Some(Arc::clone(l));
+    }
+    match crate::connlog::ConnLogger::open(cfg) {
+        Ok(l) => Some(Arc::new(l)),
+        Err(e) => {
+            tracing::error!(service = %s.name, "{e}; no connection log");
+            None
         }
     }
 }

@@ -67,13 +67,16 @@ pub fn spawn(
     backend: SocketAddr,
     cfg: HealthConfig,
     events: UnboundedSender<Event>,
+    stats: std::sync::Arc<crate::stats::BackendStats>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         // First check soon after start, at a random point of the first interval's first tenth,
         // so a fresh instance learns states quickly but checks still spread.
         tokio::time::sleep(cfg.interval.mul_f64(fastrand::f64() * 0.1)).await;
         loop {
+            let started = std::time::Instant::now();
             let ok = check_once(&cfg.check, backend, cfg.timeout).await;
+            stats.health_duration.observe(started.elapsed());
             if events
                 .send(Event::Check {
                     pool: pool.clone(),

@@ -64,11 +64,21 @@ pub struct HttpDurationSample {
     pub buckets: Vec<(f64, u64)>,
 }
 
+/// One `fulcrum_http_backend_response_seconds` histogram.
+#[derive(Debug, Clone)]
+pub struct HttpBackendDurationSample {
+    pub service: String,
+    pub pool: String,
+    pub backend: String,
+    pub histogram: crate::stats::HistogramSample,
+}
+
 /// What [`L7Handler::metrics`] fills in.
 #[derive(Debug, Default)]
 pub struct L7Metrics {
     pub requests: Vec<HttpRequestsSample>,
     pub durations: Vec<HttpDurationSample>,
+    pub backend_durations: Vec<HttpBackendDurationSample>,
     /// (service, idle keep-alive connections parked out of their tasks).
     pub parked: Vec<(String, u64)>,
 }

@@ -15,11 +15,13 @@
 
 pub mod accept;
 pub mod announce;
+pub mod connlog;
 pub mod controller;
 pub mod discovery;
 pub mod files;
 pub mod health;
 pub mod l7;
+pub mod logsink;
 pub mod memory;
 pub mod plan;
 pub mod proxy_protocol;

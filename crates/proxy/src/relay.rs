@@ -102,6 +102,8 @@ struct Half {
     shut: bool,
     /// At most [`FLUSH_BYTES`] plus one poll's reads (16 x 64 KiB), so u32 is enough.
     unflushed: u32,
+    /// Bytes published so far (for the connection log).
+    total: u64,
     /// Set once this direction moves by splice (a pipe is then created on first use).
     splice: bool,
     auto: bool,
@@ -260,20 +262,21 @@ impl Half {
     fn flush_count(&mut self, counter: &AtomicU64, force: bool) {
         if self.unflushed > 0 && (force || self.unflushed >= FLUSH_BYTES) {
             counter.fetch_add(u64::from(self.unflushed), Ordering::Relaxed);
+            self.total += u64::from(self.unflushed);
             self.unflushed = 0;
         }
     }
 }
 
 /// Relays between `client` and `backend` until both halves close, a side fails, or nothing
-/// moves for `idle`.
+/// moves for `idle`. Returns how it ended and the bytes moved: (from the client, to it).
 pub async fn relay(
     client: &TcpStream,
     backend: &TcpStream,
     idle: Duration,
     mode: RelayMode,
     counters: &ServiceStats,
-) -> RelayEnd {
+) -> (RelayEnd, u64, u64) {
     let mut up = Half::new(mode);
     let mut down = Half::new(mode);
     let mut last = Instant::now();
@@ -321,5 +324,5 @@ pub async fn relay(
         let _ = SockRef::from(client).set_linger(Some(Duration::ZERO));
         let _ = SockRef::from(backend).set_linger(Some(Duration::ZERO));
     }
-    end
+    (end, up.total, down.total)
 }

@@ -196,6 +196,9 @@ pub struct ServiceRt {
     pub stats: Arc<ServiceStats>,
     /// State built by the L7 handler for services it serves (see [`crate::l7`]).
     pub ext: Option<ServiceExt>,
+    /// tcp/udp: the connection log (`[service.access_log]`), kept across snapshots while
+    /// its configuration stays the same.
+    pub conn_log: Option<Arc<crate::connlog::ConnLogger>>,
     /// The generation of the snapshot this value belongs to: a connection that outlives
     /// its snapshot (HTTP keep-alive) compares it with the running one's to know when to
     /// look its service up again.

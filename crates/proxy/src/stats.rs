@@ -30,6 +30,8 @@ pub struct BackendStats {
     pub latency_samples: AtomicU64,
     /// The latency-aware schedulers' view of it (response-time averages, when it came up).
     pub signals: fulcrum_core::sched::Signals,
+    /// How long its active health checks take (a failed one: until it failed or timed out).
+    pub health_duration: Histogram,
 }
 
 impl BackendStats {
@@ -48,6 +50,7 @@ impl BackendStats {
             latency_us: AtomicU64::new(0),
             latency_samples: AtomicU64::new(0),
             signals: fulcrum_core::sched::Signals::default(),
+            health_duration: Histogram::default(),
         }
     }
 
@@ -94,6 +97,10 @@ pub struct ServiceStats {
     /// TLS passthrough (`[[service.sni_route]]`): closed because the first bytes were not a
     /// TLS `ClientHello`, or none came in time.
     pub refused_bad_hello: AtomicU64,
+    /// http: answered 429 by `[service.rate_limit]`.
+    pub refused_rate_limited: AtomicU64,
+    /// http: answered 400 or 431 (a request Fulcrum will not pass on).
+    pub refused_bad_request: AtomicU64,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
 }
@@ -105,4 +112,87 @@ pub struct GlobalStats {
     pub reloads_error: AtomicU64,
     /// Open connections of every service: graceful shutdown waits for this to reach 0.
     pub open_connections: AtomicU64,
+}
+
+/// Upper bounds (seconds) of Fulcrum's duration histograms: 50µs .. 10s.
+pub const BUCKETS: [f64; 18] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+/// A fixed-bucket histogram of atomics: an observation is two relaxed adds (its bucket and
+/// the sum); the count is the buckets' total, added up at scrape time.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// One per bound, plus +Inf.
+    counts: [AtomicU64; BUCKETS.len() + 1],
+    sum_ns: AtomicU64,
+}
+
+/// A histogram as read at scrape time.
+#[derive(Debug, Clone)]
+pub struct HistogramSample {
+    /// Seconds.
+    pub sum: f64,
+    pub count: u64,
+    /// (upper bound, count in this bucket only); the last bound is `f64::MAX` (+Inf).
+    pub buckets: Vec<(f64, u64)>,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: std::time::Duration) {
+        let s = d.as_secs_f64();
+        let i = BUCKETS
+            .iter()
+            .position(|b| s <= *b)
+            .unwrap_or(BUCKETS.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(
+            u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    pub fn sample(&self) -> HistogramSample {
+        let mut buckets: Vec<(f64, u64)> = BUCKETS
+            .iter()
+            .zip(&self.counts)
+            .map(|(b, c)| (*b, c.load(Ordering::Relaxed)))
+            .collect();
+        buckets.push((f64::MAX, self.counts[BUCKETS.len()].load(Ordering::Relaxed)));
+        #[allow(clippy::cast_precision_loss)] // nanoseconds to seconds for display
+        let sum = self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        HistogramSample {
+            sum,
+            count: buckets.iter().map(|(_, n)| n).sum(),
+            buckets,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn histogram_buckets_count_and_sum() {
+        let h = Histogram::default();
+        for us in [10, 50, 51, 1000, 2_000_000, 20_000_000] {
+            h.observe(Duration::from_micros(us));
+        }
+        let s = h.sample();
+        assert_eq!(s.count, 6);
+        assert!((s.sum - 22.001_111).abs() < 1e-9, "{}", s.sum);
+        // The count of the bucket whose bound is BUCKETS[i] (i = BUCKETS.len(): +Inf).
+        let at = |i: usize| s.buckets[i].1;
+        assert_eq!(at(0), 2, "bounds are inclusive: 10µs and 50µs (50µs)");
+        assert_eq!(at(1), 1, "51µs (100µs)");
+        assert_eq!(at(4), 1, "1ms (1ms)");
+        assert_eq!(at(14), 1, "2s (2.5s)");
+        assert_eq!(at(BUCKETS.len()), 1, "20 s is past the last bound");
+        let total: u64 = s.buckets.iter().map(|(_, n)| n).sum();
+        assert_eq!(total, 6);
+        assert_eq!(s.buckets.len(), BUCKETS.len() + 1);
+    }
 }

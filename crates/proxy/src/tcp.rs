@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 
 use crate::accept::Acceptor;
 
+use crate::connlog::{ConnEntry, Termination};
 use crate::proxy_protocol;
 use crate::ratelog::LogLimit;
 use crate::relay::{relay, RelayEnd};
@@ -118,6 +119,11 @@ async fn handle(shared: &Shared, svc: &Slot, client: TcpStream, peer: SocketAddr
     let svc: &ServiceRt = svc;
     let _open = ActiveGuard::new(&shared.global.open_connections);
     svc.stats.total.fetch_add(1, Ordering::Relaxed);
+    // Only with a connection log: the clocks it needs.
+    let start = svc
+        .conn_log
+        .as_ref()
+        .map(|_| (std::time::SystemTime::now(), std::time::Instant::now()));
     // The service address is the local address unless it listens on a wildcard (saves a
     // getsockname per connection).
     let local = if svc.listen.ip().is_unspecified() {
@@ -146,52 +152,98 @@ async fn handle(shared: &Shared, svc: &Slot, client: TcpStream, peer: SocketAddr
     // Boxed: the connect phase's state (retries, timeout, connect future) is allocated only
     // while connecting, so an established connection's task stays small (memory per idle
     // connection is the figure HAProxy and nginx are measured on).
-    let Some((mut backend, idx)) = Box::pin(connect(shared, svc, pool, peer, local)).await else {
-        reset(&client);
-        return;
+    let (mut backend, idx) = match Box::pin(connect(shared, svc, pool, peer, local)).await {
+        Ok(x) => x,
+        Err(why) => {
+            reset(&client);
+            log_conn(svc, pool, start, peer, None, (0, 0), why);
+            return;
+        }
     };
     if !hello.is_empty() && backend.write_all(&hello).await.is_err() {
+        let addr = pool.backends.get(idx).map(|b| b.address);
+        log_conn(svc, pool, start, peer, addr, (0, 0), Termination::Error);
         return;
     }
     drop(hello);
     let _active = ActiveGuard::new(&pool.stats[idx].active);
     let opened = shared.now();
     let _age = OpenAge::new(&pool.stats[idx].signals, opened);
-    match relay(
+    let (end, bytes_in, bytes_out) = relay(
         &client,
         &backend,
         svc.idle_timeout,
         shared.relay_mode,
         &svc.stats,
     )
-    .await
-    {
+    .await;
+    let termination = match end {
         // A connection that ended normally tells `peak_ewma` how long the backend held it
         // (idle timeouts and errors say nothing about the backend's speed).
         RelayEnd::Closed => {
             let now = shared.now();
             pool.observe_connection(idx, now.saturating_sub(opened), now);
+            Termination::Closed
         }
         // The client's address is asked again only for the log line, so the established
         // connection's task does not carry it.
         RelayEnd::IdleTimeout => {
             tracing::debug!(service = %svc.name, client = ?client.peer_addr().ok(), "idle timeout");
+            Termination::IdleTimeout
         }
         RelayEnd::Error(e) => {
             tracing::debug!(service = %svc.name, client = ?client.peer_addr().ok(), error = %e, "relay ended");
+            Termination::Error
         }
-    }
+    };
+    let backend = pool.backends.get(idx).map(|b| b.address);
+    log_conn(
+        svc,
+        pool,
+        start,
+        peer,
+        backend,
+        (bytes_in, bytes_out),
+        termination,
+    );
+}
+
+/// Writes the connection's line when the service has a connection log.
+fn log_conn(
+    svc: &ServiceRt,
+    pool: &crate::snapshot::PoolRt,
+    start: Option<(std::time::SystemTime, std::time::Instant)>,
+    client: SocketAddr,
+    backend: Option<SocketAddr>,
+    (bytes_in, bytes_out): (u64, u64),
+    termination: Termination,
+) {
+    let (Some(log), Some((at, t0))) = (&svc.conn_log, start) else {
+        return;
+    };
+    log.write(&ConnEntry {
+        service: &svc.name,
+        protocol: "tcp",
+        pool: &pool.name,
+        client,
+        backend,
+        bytes_in,
+        bytes_out,
+        duration: t0.elapsed(),
+        termination,
+        start: at,
+    });
 }
 
 /// Chooses a backend and connects, trying others on failure; sends the PROXY header.
-/// Returns the connected socket and the backend's index in the pool.
+/// Returns the connected socket and the backend's index in the pool, or why there is none.
 async fn connect(
     shared: &Shared,
     svc: &ServiceRt,
     pool: &crate::snapshot::PoolRt,
     peer: SocketAddr,
     local: SocketAddr,
-) -> Option<(TcpStream, usize)> {
+) -> Result<(TcpStream, usize), Termination> {
     let flow = FlowTuple {
         src: peer,
         dst: local,
@@ -211,8 +263,9 @@ async fn connect(
                 if attempt == 0 {
                     svc.stats.refused_no_backend.fetch_add(1, Ordering::Relaxed);
                     log_no_backend(svc, &e);
+                    return Err(Termination::NoBackend);
                 }
-                return None;
+                return Err(Termination::ConnectFailed);
             }
         };
         tried[attempt] = idx;
@@ -245,12 +298,12 @@ async fn connect(
         if let Some(v) = svc.proxy_protocol {
             let header = proxy_protocol::header(v, peer, local);
             if backend.write_all(&header).await.is_err() {
-                return None;
+                return Err(Termination::ConnectFailed);
             }
         }
-        return Some((backend, idx));
+        return Ok((backend, idx));
     }
-    None
+    Err(Termination::ConnectFailed)
 }
 
 /// Counts an established connection's age in its backend's [`Signals`] (`peak_ewma`'s

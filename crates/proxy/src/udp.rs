@@ -28,6 +28,7 @@ use fulcrum_core::model::{FlowTuple, Proto};
 use tokio::net::UdpSocket;
 use tokio::task::AbortHandle;
 
+use crate::connlog::{ConnEntry, Termination};
 use crate::ratelog::LogLimit;
 use crate::snapshot::{ServiceRt, Shared};
 use crate::stats::BackendStats;
@@ -49,6 +50,17 @@ struct Flow {
     released: Cell<bool>,
     backend: Arc<BackendStats>,
     service: Arc<ServiceRt>,
+    /// With a connection log: the client, when the flow began, its bytes each way and how
+    /// it ends (written when the flow is dropped).
+    log: Option<Box<FlowLog>>,
+}
+
+struct FlowLog {
+    client: SocketAddr,
+    start: (std::time::SystemTime, std::time::Instant),
+    bytes_in: Cell<u64>,
+    bytes_out: Cell<u64>,
+    end: Cell<Termination>,
 }
 
 impl Flow {
@@ -65,6 +77,35 @@ impl Flow {
 impl Drop for Flow {
     fn drop(&mut self) {
         self.release();
+        if let (Some(l), Some(log)) = (&self.log, &self.service.conn_log) {
+            log.write(&ConnEntry {
+                service: &self.service.name,
+                protocol: "udp",
+                pool: &self.service.pool.name,
+                client: l.client,
+                backend: Some(self.backend.address),
+                bytes_in: l.bytes_in.get(),
+                bytes_out: l.bytes_out.get(),
+                duration: l.start.1.elapsed(),
+                termination: l.end.get(),
+                start: l.start.0,
+            });
+        }
+    }
+}
+
+impl Flow {
+    fn count(&self, n: usize, inbound: bool) {
+        if let Some(l) = &self.log {
+            let c = if inbound { &l.bytes_in } else { &l.bytes_out };
+            c.set(c.get() + n as u64);
+        }
+    }
+
+    fn ended(&self, how: Termination) {
+        if let Some(l) = &self.log {
+            l.end.set(how);
+        }
     }
 }
 
@@ -127,6 +168,7 @@ impl Table {
                 // The task (and with it the socket) goes at its next poll; the places are
                 // given back now, for the flow that takes this one's place.
                 e.flow.release();
+                e.flow.ended(Termination::Evicted);
                 e.task.abort();
             }
             return true;
@@ -189,6 +231,7 @@ pub async fn serve(shared: Arc<Shared>, sock: UdpSocket, listen: SocketAddr) {
             f
         };
         flow.last.set(shared.now());
+        flow.count(n, true);
         flow.service
             .stats
             .bytes_in
@@ -250,6 +293,20 @@ async fn open_flow(
         Err(e) => {
             svc.stats.refused_no_backend.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(service = %svc.name, "udp flow refused: {e}");
+            if let Some(log) = &svc.conn_log {
+                log.write(&ConnEntry {
+                    service: &svc.name,
+                    protocol: "udp",
+                    pool: &svc.pool.name,
+                    client: peer,
+                    backend: None,
+                    bytes_in: 0,
+                    bytes_out: 0,
+                    duration: Duration::ZERO,
+                    termination: Termination::NoBackend,
+                    start: std::time::SystemTime::now(),
+                });
+            }
             return None;
         }
     };
@@ -289,6 +346,15 @@ async fn open_flow(
         released: Cell::new(false),
         backend,
         service: Arc::clone(svc),
+        log: svc.conn_log.as_ref().map(|_| {
+            Box::new(FlowLog {
+                client: peer,
+                start: (std::time::SystemTime::now(), std::time::Instant::now()),
+                bytes_in: Cell::new(0),
+                bytes_out: Cell::new(0),
+                end: Cell::new(Termination::Shutdown),
+            })
+        }),
     }))
 }
 
@@ -305,6 +371,7 @@ async fn replies(
     loop {
         let since = shared.now().saturating_sub(flow.last.get());
         let Some(left) = idle.checked_sub(since).filter(|d| !d.is_zero()) else {
+            flow.ended(Termination::IdleTimeout);
             break;
         };
         // Wait without a buffer; read into the worker's scratch buffer only when data is there,
@@ -316,6 +383,7 @@ async fn replies(
                 flow.sock.try_recv(&mut b[..]).map(|n| {
                     flow.last.set(shared.now());
                     flow.used.set(true);
+                    flow.count(n, false);
                     flow.service
                         .stats
                         .bytes_out

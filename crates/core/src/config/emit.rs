@@ -296,11 +296,24 @@ fn route(r: &Route) -> Table {
 fn access_log(al: &AccessLog) -> Table {
     let mut t = Table::new();
     t.insert("format".into(), s(al.format.as_str()));
-    let p = match &al.target {
-        LogTarget::Stderr => s("-"),
-        LogTarget::File(f) => path(f),
-    };
-    t.insert("path".into(), p);
+    match &al.target {
+        LogTarget::Stderr => {
+            t.insert("path".into(), s("-"));
+        }
+        LogTarget::File(f) => {
+            t.insert("path".into(), path(f));
+        }
+        LogTarget::Syslog { dest, facility } => {
+            t.insert("syslog".into(), s(dest.to_string()));
+            t.insert("facility".into(), s(facility.as_str()));
+        }
+    }
+    if let Some(fields) = &al.fields {
+        t.insert(
+            "fields".into(),
+            Value::Array(fields.iter().map(|f| s(f.as_str())).collect()),
+        );
+    }
     t
 }
 

@@ -30,8 +30,8 @@ pub use emit::{service as service_table, table_to_string};
 pub use error::{line_col, ConfigError};
 pub use recover::{locate, PathStep};
 pub use value::{
-    AccessLogFormat, BackendProtocol, CheckKind, ClientAuthMode, HostPort, SpeakerKind,
-    StatusRange, TunnelKind, XdpMode,
+    AccessLogFormat, BackendProtocol, CheckKind, ClientAuthMode, HostPort, LogField, SpeakerKind,
+    StatusRange, SyslogFacility, TunnelKind, XdpMode,
 };
 
 use crate::model::{
@@ -467,6 +467,8 @@ pub struct AccessLog {
     pub format: AccessLogFormat,
     /// Where lines go.
     pub target: LogTarget,
+    /// `format = "json"`: the keys of each line, in order (`None`: the default set).
+    pub fields: Option<Vec<LogField>>,
 }
 
 /// An access log destination.
@@ -476,6 +478,29 @@ pub enum LogTarget {
     Stderr,
     /// A file, appended to.
     File(PathBuf),
+    /// `syslog = "..."`: RFC 5424 messages to a syslog daemon.
+    Syslog {
+        dest: SyslogDest,
+        facility: SyslogFacility,
+    },
+}
+
+/// Where syslog messages go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyslogDest {
+    /// `unix:/dev/log`: a unix datagram socket.
+    Unix(PathBuf),
+    /// `udp:127.0.0.1:514`.
+    Udp(SocketAddr),
+}
+
+impl std::fmt::Display for SyslogDest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unix(p) => write!(f, "unix:{}", p.display()),
+            Self::Udp(a) => write!(f, "udp:{a}"),
+        }
+    }
 }
 
 /// A pool (`[[pool]]`).

@@ -12,9 +12,9 @@ use serde_spanned::Spanned;
 use super::limits;
 use super::value::{
     AccessLogFormatValue, Address, BackendProtocolValue, Check, ClientAuthValue, Count, Forward,
-    HashKeyValue, HostPort, HumanDuration, Ip, Name, Percent, Prefer, Protocol, ProxyProtocolValue,
-    RetryAttempts, Scheduler, SpeakerValue, StatusRange, TableSize, Tunnel, WeightValue,
-    XdpModeValue, ZoneWeight,
+    HashKeyValue, HostPort, HumanDuration, Ip, LogFieldValue, Name, Percent, Prefer, Protocol,
+    ProxyProtocolValue, RetryAttempts, Scheduler, SpeakerValue, StatusRange, SyslogFacilityValue,
+    TableSize, Tunnel, WeightValue, XdpModeValue, ZoneWeight,
 };
 
 /// The whole file.
@@ -86,7 +86,7 @@ pub struct RawService {
     pub tls: Option<Spanned<RawTls>>,
     /// `[service.rate_limit]` (http only).
     pub rate_limit: Option<Spanned<RawRateLimit>>,
-    /// `[service.access_log]` (http only).
+    /// `[service.access_log]` (http: requests; tcp/udp: connections).
     pub access_log: Option<Spanned<RawAccessLog>>,
     /// `[service.timeouts]` (http only).
     pub timeouts: Option<Spanned<RawTimeouts>>,
@@ -181,10 +181,16 @@ pub struct RawRateLimit {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAccessLog {
-    /// `json` | `combined`.
-    pub format: Option<AccessLogFormatValue>,
+    /// `json` | `combined` (http) | `tcplog` (tcp/udp).
+    pub format: Option<Spanned<AccessLogFormatValue>>,
     /// `-` = stderr, else a file.
     pub path: Option<Spanned<String>>,
+    /// `format = "json"`: the keys of each line, in order.
+    pub fields: Option<Spanned<Vec<Spanned<LogFieldValue>>>>,
+    /// `unix:PATH` or `udp:IP:PORT`: RFC 5424 syslog instead of `path`.
+    pub syslog: Option<Spanned<String>>,
+    /// The syslog facility (default `local0`).
+    pub facility: Option<Spanned<SyslogFacilityValue>>,
 }
 
 /// `[service.timeouts]`.

@@ -14,8 +14,9 @@ use super::value::{CheckKind, Count, HumanDuration};
 use super::{
     defaults, AccessLog, AdminConfig, BackendProtocol, BackendTls, CertPair, ClientAuth,
     ClientAuthMode, Config, ConfigError, Discovery, Forwarding, HealthCheck, HealthConfig,
-    HostMatch, Http2Limits, HttpTimeouts, LogTarget, OutlierConfig, PoolConfig, RateLimit,
-    RetryPolicy, Route, ServiceConfig, SniRoute, StatusRange, TlsConfig, TunnelKind, XdpConfig,
+    HostMatch, Http2Limits, HttpTimeouts, LogField, LogTarget, OutlierConfig, PoolConfig,
+    RateLimit, RetryPolicy, Route, ServiceConfig, SniRoute, StatusRange, SyslogDest,
+    SyslogFacility, TlsConfig, TunnelKind, XdpConfig,
 };
 use crate::model::{self, canonical_addr, Backend, ForwardMode, PrimeTableSize, ServiceProtocol};
 
@@ -549,27 +550,10 @@ fn service(c: &mut Checker<'_>, s: &RawService, defined: &[&str], has_xdp: bool)
             burst: rl.burst.unwrap_or(rl.requests_per_second).get(),
         }
     });
-    let access_log = s.access_log.as_ref().map(|a| {
-        http_only(c, a.span(), "[service.access_log]");
-        let al = a.get_ref();
-        let target = match &al.path {
-            None => LogTarget::Stderr,
-            Some(p) if p.get_ref() == "-" => LogTarget::Stderr,
-            Some(p) if p.get_ref().is_empty() => {
-                c.err(
-                    p.span(),
-                    "access_log path is empty".into(),
-                    Some("use \"-\" for stderr, or a file path".into()),
-                );
-                LogTarget::Stderr
-            }
-            Some(p) => LogTarget::File(p.get_ref().into()),
-        };
-        AccessLog {
-            format: al.format.as_ref().map(|f| f.0).unwrap_or_default(),
-            target,
-        }
-    });
+    let access_log = s
+        .access_log
+        .as_ref()
+        .map(|a| access_log(c, a, protocol, mode, &name));
 
     let timeouts = s.timeouts.as_ref().map(|t| {
         let t_span = t.span();
@@ -1454,4 +1438,191 @@ fn dur(
         );
     }
     value
+}
+
+/// `[service.access_log]`: http services log requests, tcp/udp services (`forward =
+/// "proxy"`) log connections and flows.
+fn access_log(
+    c: &mut Checker<'_>,
+    a: &Spanned<super::raw::RawAccessLog>,
+    protocol: ServiceProtocol,
+    mode: ForwardMode,
+    name: &str,
+) -> AccessLog {
+    use super::AccessLogFormat as F;
+    let is_http = protocol == ServiceProtocol::Http;
+    if mode != ForwardMode::Proxy {
+        c.err(
+            a.span(),
+            format!(
+                "[service.access_log] needs forward = \"proxy\"; `{name}` forwards packets \
+                 in the kernel, which logs no connection"
+            ),
+            Some("remove [service.access_log], or use forward = \"proxy\"".into()),
+        );
+    }
+    let al = a.get_ref();
+    let format = match &al.format {
+        None if is_http => F::Combined,
+        None => F::Tcplog,
+        Some(f) => {
+            let v = f.get_ref().0;
+            let bad = match v {
+                F::Combined if !is_http => Some("\"json\" or \"tcplog\""),
+                F::Tcplog if is_http => Some("\"json\" or \"combined\""),
+                _ => None,
+            };
+            if let Some(valid) = bad {
+                c.err(
+                    f.span(),
+                    format!(
+                        "access log format \"{}\" does not apply to `{name}`, a {} service",
+                        v.as_str(),
+                        protocol.as_str()
+                    ),
+                    Some(format!("valid here: {valid}")),
+                );
+            }
+            v
+        }
+    };
+    let fields = al
+        .fields
+        .as_ref()
+        .map(|fs| log_fields(c, fs, format, protocol, name));
+    let target = log_target(c, al);
+    if let (Some(f), false) = (&al.facility, matches!(target, LogTarget::Syslog { .. })) {
+        c.err(
+            f.span(),
+            "facility applies only with syslog".into(),
+            Some("add syslog = \"unix:/dev/log\", or remove facility".into()),
+        );
+    }
+    AccessLog {
+        format,
+        target,
+        fields,
+    }
+}
+
+/// `unix:PATH` or `udp:IP:PORT`.
+fn syslog_dest(s: &str) -> Result<SyslogDest, String> {
+    if let Some(p) = s.strip_prefix("unix:") {
+        if !p.starts_with('/') {
+            return Err("a unix socket path must be absolute".into());
+        }
+        return Ok(SyslogDest::Unix(p.into()));
+    }
+    if let Some(a) = s.strip_prefix("udp:") {
+        let addr: SocketAddr = a
+            .parse()
+            .map_err(|_| format!("{a:?} is not an IP:PORT address"))?;
+        if addr.port() == 0 {
+            return Err("port 0".into());
+        }
+        return Ok(SyslogDest::Udp(addr));
+    }
+    Err("not unix:PATH or udp:IP:PORT".into())
+}
+
+/// `[service.access_log] fields`: each one valid for the service's protocol, once.
+fn log_fields(
+    c: &mut Checker<'_>,
+    fs: &Spanned<Vec<Spanned<super::value::LogFieldValue>>>,
+    format: super::AccessLogFormat,
+    protocol: ServiceProtocol,
+    name: &str,
+) -> Vec<LogField> {
+    use super::AccessLogFormat as F;
+    let is_http = protocol == ServiceProtocol::Http;
+    if format != F::Json {
+        c.err(
+            fs.span(),
+            format!(
+                "fields choose the keys of format = \"json\"; \"{}\" is a fixed format",
+                format.as_str()
+            ),
+            Some("use format = \"json\", or remove fields".into()),
+        );
+    }
+    if fs.get_ref().is_empty() {
+        c.err(
+            fs.span(),
+            "fields is empty".into(),
+            Some("name at least one field, or remove fields for the default set".into()),
+        );
+    }
+    let ok = |f: LogField| if is_http { f.for_http() } else { f.for_l4() };
+    let valid: Vec<&str> = LogField::ALL
+        .iter()
+        .filter(|f| ok(**f))
+        .map(|f| f.as_str())
+        .collect();
+    let mut out: Vec<LogField> = Vec::new();
+    for f in fs.get_ref() {
+        let v = f.get_ref().0;
+        if !ok(v) {
+            c.err(
+                f.span(),
+                format!(
+                    "access log field \"{}\" does not apply to `{name}`, a {} service",
+                    v.as_str(),
+                    protocol.as_str()
+                ),
+                Some(format!("valid: {}", valid.join(", "))),
+            );
+        } else if out.contains(&v) {
+            c.err(
+                f.span(),
+                format!("access log field \"{}\" is named twice", v.as_str()),
+                None,
+            );
+        } else {
+            out.push(v);
+        }
+    }
+    out
+}
+
+/// `[service.access_log]` `path` or `syslog` (with `facility`).
+fn log_target(c: &mut Checker<'_>, al: &super::raw::RawAccessLog) -> LogTarget {
+    let facility = al
+        .facility
+        .as_ref()
+        .map_or(SyslogFacility::LOCAL0, |f| f.get_ref().0);
+    match (&al.syslog, &al.path) {
+        (Some(_), Some(p)) => {
+            c.err(
+                p.span(),
+                "access_log has both path and syslog".into(),
+                Some("keep one: a file (or \"-\" for stderr), or syslog".into()),
+            );
+            LogTarget::Stderr
+        }
+        (Some(sl), None) => match syslog_dest(sl.get_ref()) {
+            Ok(dest) => LogTarget::Syslog { dest, facility },
+            Err(why) => {
+                c.err(
+                    sl.span(),
+                    format!("syslog {:?}: {why}", sl.get_ref()),
+                    Some(
+                        "\"unix:/dev/log\" (a unix datagram socket) or \"udp:127.0.0.1:514\""
+                            .into(),
+                    ),
+                );
+                LogTarget::Stderr
+            }
+        },
+        (None, None) => LogTarget::Stderr,
+        (None, Some(p)) if p.get_ref() == "-" => LogTarget::Stderr,
+        (None, Some(p)) if p.get_ref().is_empty() => {
+            c.err(
+                p.span(),
+                "access_log path is empty".into(),
+                Some("use \"-\" for stderr, or a file path".into()),
+            );
+            LogTarget::Stderr
+        }
+        (None, Some(p)) => LogTarget::File(p.get_ref().into()),
+    }
 }

@@ -489,10 +489,51 @@ named!(
 );
 
 named!(
-    /// `[service.access_log] format = "json" | "combined"`.
+    /// `[service.access_log] format = "json" | "combined" | "tcplog"`.
     AccessLogFormatValue(AccessLogFormat), "access log format", {
         "json" => AccessLogFormat::Json,
         "combined" => AccessLogFormat::Combined,
+        "tcplog" => AccessLogFormat::Tcplog,
+    }
+);
+
+named!(
+    /// `[service.access_log] fields = [...]`: one key of a JSON log line.
+    LogFieldValue(LogField), "access log field", {
+        "time" => LogField::Time,
+        "service" => LogField::Service,
+        "client" => LogField::Client,
+        "client_ip" => LogField::ClientIp,
+        "method" => LogField::Method,
+        "host" => LogField::Host,
+        "path" => LogField::Path,
+        "protocol" => LogField::Protocol,
+        "status" => LogField::Status,
+        "backend" => LogField::Backend,
+        "bytes" => LogField::Bytes,
+        "bytes_in" => LogField::BytesIn,
+        "bytes_out" => LogField::BytesOut,
+        "duration_ms" => LogField::DurationMs,
+        "request_id" => LogField::RequestId,
+        "user_agent" => LogField::UserAgent,
+        "referer" => LogField::Referer,
+        "termination" => LogField::Termination,
+    }
+);
+
+named!(
+    /// `[service.access_log] facility = "local0"` (syslog).
+    SyslogFacilityValue(SyslogFacility), "syslog facility", {
+        "user" => SyslogFacility(1),
+        "daemon" => SyslogFacility(3),
+        "local0" => SyslogFacility(16),
+        "local1" => SyslogFacility(17),
+        "local2" => SyslogFacility(18),
+        "local3" => SyslogFacility(19),
+        "local4" => SyslogFacility(20),
+        "local5" => SyslogFacility(21),
+        "local6" => SyslogFacility(22),
+        "local7" => SyslogFacility(23),
     }
 );
 
@@ -628,9 +669,11 @@ impl XdpMode {
 pub enum AccessLogFormat {
     /// One JSON object per line.
     Json,
-    /// The Apache/nginx combined log format (the default).
+    /// The Apache/nginx combined log format (the default for http).
     #[default]
     Combined,
+    /// tcp/udp connection logs in the manner of HAProxy's `option tcplog` (their default).
+    Tcplog,
 }
 
 impl AccessLogFormat {
@@ -639,6 +682,155 @@ impl AccessLogFormat {
         match self {
             Self::Json => "json",
             Self::Combined => "combined",
+            Self::Tcplog => "tcplog",
+        }
+    }
+}
+
+/// One key of a JSON access log line (`[service.access_log] fields`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LogField {
+    Time,
+    Service,
+    Client,
+    ClientIp,
+    Method,
+    Host,
+    Path,
+    Protocol,
+    Status,
+    Backend,
+    Bytes,
+    BytesIn,
+    BytesOut,
+    DurationMs,
+    RequestId,
+    UserAgent,
+    Referer,
+    Termination,
+}
+
+impl LogField {
+    /// Every field, in the contract's order.
+    pub const ALL: [Self; 18] = [
+        Self::Time,
+        Self::Service,
+        Self::Client,
+        Self::ClientIp,
+        Self::Method,
+        Self::Host,
+        Self::Path,
+        Self::Protocol,
+        Self::Status,
+        Self::Backend,
+        Self::Bytes,
+        Self::BytesIn,
+        Self::BytesOut,
+        Self::DurationMs,
+        Self::RequestId,
+        Self::UserAgent,
+        Self::Referer,
+        Self::Termination,
+    ];
+
+    /// The JSON key (and config name).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Time => "time",
+            Self::Service => "service",
+            Self::Client => "client",
+            Self::ClientIp => "client_ip",
+            Self::Method => "method",
+            Self::Host => "host",
+            Self::Path => "path",
+            Self::Protocol => "protocol",
+            Self::Status => "status",
+            Self::Backend => "backend",
+            Self::Bytes => "bytes",
+            Self::BytesIn => "bytes_in",
+            Self::BytesOut => "bytes_out",
+            Self::DurationMs => "duration_ms",
+            Self::RequestId => "request_id",
+            Self::UserAgent => "user_agent",
+            Self::Referer => "referer",
+            Self::Termination => "termination",
+        }
+    }
+
+    /// Whether an http request log has it.
+    pub const fn for_http(self) -> bool {
+        !matches!(self, Self::Termination)
+    }
+
+    /// Whether a tcp/udp connection log has it.
+    pub const fn for_l4(self) -> bool {
+        matches!(
+            self,
+            Self::Time
+                | Self::Service
+                | Self::Client
+                | Self::ClientIp
+                | Self::Protocol
+                | Self::Backend
+                | Self::BytesIn
+                | Self::BytesOut
+                | Self::DurationMs
+                | Self::Termination
+        )
+    }
+
+    /// The default JSON line of an http service (what `format = "json"` always wrote).
+    pub const HTTP_DEFAULT: [Self; 13] = [
+        Self::Time,
+        Self::Service,
+        Self::Client,
+        Self::Method,
+        Self::Host,
+        Self::Path,
+        Self::Protocol,
+        Self::Status,
+        Self::Backend,
+        Self::Bytes,
+        Self::DurationMs,
+        Self::RequestId,
+        Self::UserAgent,
+    ];
+
+    /// The default JSON line of a tcp/udp service.
+    pub const L4_DEFAULT: [Self; 9] = [
+        Self::Time,
+        Self::Service,
+        Self::Protocol,
+        Self::Client,
+        Self::Backend,
+        Self::BytesIn,
+        Self::BytesOut,
+        Self::DurationMs,
+        Self::Termination,
+    ];
+}
+
+/// A syslog facility's number (RFC 5424 6.2.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SyslogFacility(pub u8);
+
+impl SyslogFacility {
+    /// `local0`, the default.
+    pub const LOCAL0: Self = Self(16);
+
+    /// The config name.
+    pub const fn as_str(self) -> &'static str {
+        match self.0 {
+            1 => "user",
+            3 => "daemon",
+            17 => "local1",
+            18 => "local2",
+            19 => "local3",
+            20 => "local4",
+            21 => "local5",
+            22 => "local6",
+            23 => "local7",
+            _ => "local0",
         }
     }
 }
