@@ -59,6 +59,7 @@ mod park;
 pub use park::set_release_free_memory;
 mod proxy;
 mod ratelimit;
+pub mod rules;
 mod server;
 mod tls;
 mod upstream;
@@ -155,17 +156,22 @@ pub struct HttpService {
     pub metrics: Arc<ServiceMetrics>,
     pub budget: Arc<RetryBudget>,
     pub tuning: Tuning,
+    /// The rules of the service and of each route (docs/rules.md).
+    pub rules: rules::ServiceRules,
 }
 
 impl HttpService {
     /// The pool for a request: the first matching route, else the default.
     pub fn route(&self, host: &str, path: &str) -> &RoutePool {
-        let i = self
-            .routes
-            .iter()
-            .find(|(r, _)| r.matches(host, path))
-            .map_or(self.default_pool, |(_, i)| *i);
-        &self.pools[i]
+        self.route_index(host, path).1
+    }
+
+    /// The matched route's index (`None`: no route matched) and its pool.
+    pub fn route_index(&self, host: &str, path: &str) -> (Option<usize>, &RoutePool) {
+        match self.routes.iter().position(|(r, _)| r.matches(host, path)) {
+            Some(i) => (Some(i), &self.pools[self.routes[i].1]),
+            None => (None, &self.pools[self.default_pool]),
+        }
     }
 }
 
@@ -283,6 +289,13 @@ impl L7Handler for HttpHandler {
                 Some(p) => Arc::clone(&p.budget),
                 None => Arc::new(RetryBudget::new(tuning.retry_budget_percent)),
             };
+        // The files the rules name are read at every build, so a reload re-reads them.
+        let rules = rules::ServiceRules::load(svc).map_err(|p| {
+            p.iter()
+                .map(|p| p.message.clone())
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?;
         Ok(Arc::new(HttpService {
             name: svc.name.clone(),
             cfg: svc.clone(),
@@ -295,6 +308,7 @@ impl L7Handler for HttpHandler {
             metrics,
             budget,
             tuning,
+            rules,
         }))
     }
 

@@ -197,6 +197,7 @@ pub fn service(sv: &ServiceConfig) -> Table {
         x.insert("budget".into(), int(r.budget_percent));
         t.insert("retry".into(), Value::Table(x));
     }
+    super::rules::emit(&sv.rules, &mut t);
     t
 }
 
@@ -255,6 +256,7 @@ fn route(r: &Route) -> Table {
         t.insert("path_prefix".into(), s(p));
     }
     t.insert("pool".into(), s(&r.pool));
+    super::rules::emit(&r.rules, &mut t);
     t
 }
 

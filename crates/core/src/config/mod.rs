@@ -16,6 +16,7 @@ mod error;
 pub mod limits;
 pub mod raw;
 mod recover;
+pub mod rules;
 mod summary;
 mod validate;
 pub mod value;
@@ -202,6 +203,8 @@ pub struct ServiceConfig {
     pub retry: Option<RetryPolicy>,
     /// http: `[service.http2]` (`None`: absent, the defaults apply).
     pub http2: Option<Http2Limits>,
+    /// http: the service's rules (docs/rules.md); a route's are merged over them.
+    pub rules: crate::rules::Rules,
 }
 
 /// The forwarding mode and its mode-specific options (so no option can be set for a mode
@@ -254,6 +257,8 @@ pub struct Route {
     pub path_prefix: Option<String>,
     /// Target pool (exists in [`Config::pools`]).
     pub pool: String,
+    /// The route's own rules (docs/rules.md), merged over its service's.
+    pub rules: crate::rules::Rules,
 }
 
 impl Route {
