@@ -115,7 +115,8 @@ pub enum RedirectStatus {
 
 impl RedirectStatus {
     /// Every status, as written in the config.
-    pub const ALL: [RedirectStatus; 4] = [Self::Moved, Self::Found, Self::Temporary, Self::Permanent];
+    pub const ALL: [RedirectStatus; 4] =
+        [Self::Moved, Self::Found, Self::Temporary, Self::Permanent];
 
     pub const fn code(self) -> u16 {
         self as u16
@@ -609,14 +610,20 @@ mod tests {
             host: None,
             path: None,
         };
-        assert_eq!(r.location("http", "a.test:8080", "/x?y"), "https://a.test:8080/x?y");
+        assert_eq!(
+            r.location("http", "a.test:8080", "/x?y"),
+            "https://a.test:8080/x?y"
+        );
         let r = Redirect {
             status: RedirectStatus::Found,
             scheme: None,
             host: Some("b.test".into()),
             path: Some("/new".into()),
         };
-        assert_eq!(r.location("http", "a.test", "/x?y=1"), "http://b.test/new?y=1");
+        assert_eq!(
+            r.location("http", "a.test", "/x?y=1"),
+            "http://b.test/new?y=1"
+        );
     }
 
     #[test]

@@ -121,7 +121,10 @@ impl ServiceMetrics {
     pub fn collect(&self, service: &str, out: &mut L7Metrics) {
         out.parked
             .push((service.to_owned(), self.parked.load(Ordering::Relaxed)));
-        for (reason, n) in [("access", &self.refused.access), ("auth", &self.refused.auth)] {
+        for (reason, n) in [
+            ("access", &self.refused.access),
+            ("auth", &self.refused.auth),
+        ] {
             out.refused
                 .push((service.to_owned(), reason, n.load(Ordering::Relaxed)));
         }

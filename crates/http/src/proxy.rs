@@ -27,8 +27,8 @@ use crate::headers::{
     cookie, host_problem, is_dropped, request_id, request_trailers, strip_port, write_chunked_te,
     write_forwarding, H2Head, HeadOut, Tokens,
 };
+use crate::rules::{Encoder, RespEdit, RuleSet, Ruled, Vars};
 use crate::upstream::{self, ConnectError};
-use crate::rules::{Encoder, RespEdit, Ruled, RuleSet, Vars};
 use crate::{ConnCtx, RoutePool};
 
 /// A request head as the shared logic reads it.
@@ -1317,7 +1317,9 @@ async fn request_phases(c: &ConnCtx, rs: &RuleSet, req: &impl ReqView) -> Option
     }
     if let Some(rd) = &rs.rules.redirect {
         let scheme = if c.tls { "https" } else { "http" };
-        let host = raw_host(req).map(String::from_utf8_lossy).unwrap_or_default();
+        let host = raw_host(req)
+            .map(String::from_utf8_lossy)
+            .unwrap_or_default();
         let target = String::from_utf8_lossy(req.target());
         let location = rd.location(scheme, &host, &target);
         // The client's host and target are already checked (no CR, LF or spaces).
@@ -1355,8 +1357,14 @@ fn resp_edit(
         };
         let eligible = !is_head
             && framing != Framing::Empty
-            && req.version() == Version::HTTP_11
-            && matches!(answer, Answer::H1 { upgraded: false, .. } | Answer::H2 { .. })
+            && req.version() <= Version::HTTP_11
+            && matches!(
+                answer,
+                Answer::H1 {
+                    upgraded: false,
+                    ..
+                } | Answer::H2 { .. }
+            )
             && comp.compresses(
                 answer.status(),
                 answer.header("content-type"),
@@ -1370,7 +1378,10 @@ fn resp_edit(
             encoder = coding.and_then(|cd| Encoder::new(cd, comp));
             match (coding, &encoder) {
                 (Some(cd), Some(_)) => {
-                    extra.push((b"Content-Encoding".to_vec(), cd.as_str().as_bytes().to_vec()));
+                    extra.push((
+                        b"Content-Encoding".to_vec(),
+                        cd.as_str().as_bytes().to_vec(),
+                    ));
                 }
                 _ => coding = None,
             }

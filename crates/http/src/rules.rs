@@ -116,7 +116,11 @@ const HTPASSWD_HELP: &str =
     "a readable file of user:bcrypt-hash lines, as `htpasswd -B -c FILE USER` writes";
 
 impl RuleSet {
-    fn load(rules: Rules, route_name: String, route: Option<usize>) -> Result<Self, Vec<FileProblem>> {
+    fn load(
+        rules: Rules,
+        route_name: String,
+        route: Option<usize>,
+    ) -> Result<Self, Vec<FileProblem>> {
         let mut problems = Vec::new();
         let users = rules.basic_auth.as_ref().and_then(|b| {
             read_htpasswd(&b.htpasswd)
@@ -270,7 +274,10 @@ pub fn check_files(svc: &ServiceConfig) -> Vec<FileProblem> {
     // A service's file is named by the service's key, though each route's set reads it too.
     let mut out: Vec<FileProblem> = Vec::new();
     for p in ServiceRules::load(svc).err().unwrap_or_default() {
-        if !out.iter().any(|q| q.table == p.table && q.key == p.key && q.message == p.message) {
+        if !out
+            .iter()
+            .any(|q| q.table == p.table && q.key == p.key && q.message == p.message)
+        {
             out.push(p);
         }
     }
@@ -332,7 +339,9 @@ impl<R: ReqView> ReqView for Ruled<'_, R> {
         self.inner.method()
     }
     fn target(&self) -> &[u8] {
-        self.target.as_deref().unwrap_or_else(|| self.inner.target())
+        self.target
+            .as_deref()
+            .unwrap_or_else(|| self.inner.target())
     }
     fn authority(&self) -> Option<&[u8]> {
         self.inner.authority()

@@ -128,7 +128,12 @@ fn nets(list: Option<&Spanned<Vec<Spanned<String>>>>, errs: &mut Vec<ConfigError
                     None
                 }
                 None => {
-                    err(errs, s.span(), format!("invalid address or network \"{t}\""), CIDR_HELP);
+                    err(
+                        errs,
+                        s.span(),
+                        format!("invalid address or network \"{t}\""),
+                        CIDR_HELP,
+                    );
                     None
                 }
             }
@@ -138,9 +143,8 @@ fn nets(list: Option<&Spanned<Vec<Spanned<String>>>>, errs: &mut Vec<ConfigError
 
 fn is_token(s: &str) -> bool {
     !s.is_empty()
-        && s.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-        })
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// Header fields no rule may touch: framing and connection management are Fulcrum's.
@@ -172,7 +176,10 @@ fn header_name(s: &Spanned<String>, errs: &mut Vec<ConfigError>) -> Option<Strin
             errs,
             s.span(),
             format!("header `{n}` cannot be changed by a rule"),
-            &format!("Fulcrum sets the framing and connection fields itself ({})", RESERVED.join(", ")),
+            &format!(
+                "Fulcrum sets the framing and connection fields itself ({})",
+                RESERVED.join(", ")
+            ),
         );
         return None;
     }
@@ -185,7 +192,8 @@ fn template(s: &Spanned<String>, errs: &mut Vec<ConfigError>) -> Option<Template
         Err(e) => {
             let help = match e {
                 TemplateError::Control => {
-                    "a header value cannot hold CR, LF or other control characters (tab is allowed)".to_owned()
+                    "a header value cannot hold CR, LF or other control characters (tab is allowed)"
+                        .to_owned()
                 }
                 _ => format!("variables: {}; `$$` is a literal `$`", Var::help()),
             };
@@ -248,7 +256,12 @@ fn redirect(r: &Spanned<RawRedirect>, errs: &mut Vec<ConfigError>) -> Redirect {
     let scheme = raw.scheme.as_ref().map(|s| {
         let v = s.get_ref();
         if v != "http" && v != "https" {
-            err(errs, s.span(), format!("invalid redirect scheme \"{}\"", v.escape_debug()), "\"http\" or \"https\"");
+            err(
+                errs,
+                s.span(),
+                format!("invalid redirect scheme \"{}\"", v.escape_debug()),
+                "\"http\" or \"https\"",
+            );
         }
         v.clone()
     });
@@ -302,7 +315,8 @@ fn prefix(s: &Spanned<String>, what: &str, errs: &mut Vec<ConfigError>) -> Strin
 
 fn rewrite(r: &Spanned<RawRewrite>, errs: &mut Vec<ConfigError>) -> Option<Rewrite> {
     let raw = r.get_ref();
-    const HELP: &str = "either strip_prefix = \"/api\", or replace_prefix = \"/old/\" with with = \"/new/\"";
+    const HELP: &str =
+        "either strip_prefix = \"/api\", or replace_prefix = \"/old/\" with with = \"/new/\"";
     match (&raw.strip_prefix, &raw.replace_prefix, &raw.with) {
         (Some(p), None, None) => Some(Rewrite::StripPrefix(prefix(p, "strip_prefix", errs))),
         (None, Some(from), Some(to)) => Some(Rewrite::ReplacePrefix {
@@ -310,13 +324,24 @@ fn rewrite(r: &Spanned<RawRewrite>, errs: &mut Vec<ConfigError>) -> Option<Rewri
             to: prefix(to, "with", errs),
         }),
         _ => {
-            err(errs, r.span(), "[rewrite] needs one way to rewrite the path".into(), HELP);
+            err(
+                errs,
+                r.span(),
+                "[rewrite] needs one way to rewrite the path".into(),
+                HELP,
+            );
             None
         }
     }
 }
 
-fn level(v: Option<&Spanned<i64>>, name: &str, range: std::ops::RangeInclusive<i64>, default: u32, errs: &mut Vec<ConfigError>) -> u32 {
+fn level(
+    v: Option<&Spanned<i64>>,
+    name: &str,
+    range: std::ops::RangeInclusive<i64>,
+    default: u32,
+    errs: &mut Vec<ConfigError>,
+) -> u32 {
     let Some(v) = v else {
         return default;
     };
@@ -339,7 +364,12 @@ fn compression(c: &Spanned<RawCompression>, errs: &mut Vec<ConfigError>) -> Comp
         None => Coding::ALL.to_vec(),
         Some(list) => {
             if list.get_ref().is_empty() {
-                err(errs, list.span(), "algorithms is empty".into(), "some of \"zstd\", \"br\", \"gzip\" (the preferred first)");
+                err(
+                    errs,
+                    list.span(),
+                    "algorithms is empty".into(),
+                    "some of \"zstd\", \"br\", \"gzip\" (the preferred first)",
+                );
             }
             list.get_ref()
                 .iter()
@@ -348,7 +378,10 @@ fn compression(c: &Spanned<RawCompression>, errs: &mut Vec<ConfigError>) -> Comp
                         err(
                             errs,
                             a.span(),
-                            format!("unknown compression algorithm \"{}\"", a.get_ref().escape_debug()),
+                            format!(
+                                "unknown compression algorithm \"{}\"",
+                                a.get_ref().escape_debug()
+                            ),
                             "\"zstd\", \"br\" or \"gzip\"",
                         );
                         None
@@ -360,7 +393,12 @@ fn compression(c: &Spanned<RawCompression>, errs: &mut Vec<ConfigError>) -> Comp
     let min_size = match &raw.min_size {
         None => DEFAULT_MIN_SIZE,
         Some(v) => u64::try_from(*v.get_ref()).unwrap_or_else(|_| {
-            err(errs, v.span(), format!("min_size {} is negative", v.get_ref()), "0..=9223372036854775807 (bytes)");
+            err(
+                errs,
+                v.span(),
+                format!("min_size {} is negative", v.get_ref()),
+                "0..=9223372036854775807 (bytes)",
+            );
             DEFAULT_MIN_SIZE
         }),
     };
@@ -407,7 +445,8 @@ fn error_pages(m: Option<&SpannedMap>, errs: &mut Vec<ConfigError>) -> Vec<Error
         .iter()
         .filter_map(|(k, v)| {
             let key = k.get_ref();
-            let status = if let Some(c) = key.strip_suffix("xx").filter(|c| *c == "4" || *c == "5") {
+            let status = if let Some(c) = key.strip_suffix("xx").filter(|c| *c == "4" || *c == "5")
+            {
                 c.parse().ok().map(StatusMatch::Class)
             } else {
                 key.parse::<u16>()
@@ -425,7 +464,12 @@ fn error_pages(m: Option<&SpannedMap>, errs: &mut Vec<ConfigError>) -> Vec<Error
                 return None;
             };
             if v.get_ref().is_empty() {
-                err(errs, v.span(), "error page file is empty".into(), "a path to an HTML or text file");
+                err(
+                    errs,
+                    v.span(),
+                    "error page file is empty".into(),
+                    "a path to an HTML or text file",
+                );
                 return None;
             }
             Some(ErrorPage {
@@ -452,13 +496,23 @@ pub fn rules(raw: &RawRules<'_>, errs: &mut Vec<ConfigError>) -> Rules {
             |r| {
                 let v = r.get_ref();
                 if v.contains(['"', '\\']) || bad_text(v) {
-                    err(errs, r.span(), format!("invalid realm \"{}\"", v.escape_debug()), "text without '\"', '\\' or control characters");
+                    err(
+                        errs,
+                        r.span(),
+                        format!("invalid realm \"{}\"", v.escape_debug()),
+                        "text without '\"', '\\' or control characters",
+                    );
                 }
                 v.clone()
             },
         );
         if b.htpasswd.get_ref().is_empty() {
-            err(errs, b.htpasswd.span(), "htpasswd is empty".into(), "the path of an htpasswd file of user:bcrypt-hash lines (htpasswd -B)");
+            err(
+                errs,
+                b.htpasswd.span(),
+                "htpasswd is empty".into(),
+                "the path of an htpasswd file of user:bcrypt-hash lines (htpasswd -B)",
+            );
         }
         BasicAuth {
             realm,
@@ -500,7 +554,11 @@ pub(super) fn emit(r: &Rules, t: &mut toml::Table) {
     if let Some(rd) = &r.redirect {
         let mut x = toml::Table::new();
         x.insert("status".into(), Value::Integer(i64::from(rd.status.code())));
-        for (k, v) in [("scheme", &rd.scheme), ("host", &rd.host), ("path", &rd.path)] {
+        for (k, v) in [
+            ("scheme", &rd.scheme),
+            ("host", &rd.host),
+            ("path", &rd.path),
+        ] {
             if let Some(v) = v {
                 x.insert(k.into(), s(v));
             }
@@ -520,7 +578,10 @@ pub(super) fn emit(r: &Rules, t: &mut toml::Table) {
         }
         t.insert("rewrite".into(), Value::Table(x));
     }
-    for (key, h) in [("request_headers", &r.request_headers), ("response_headers", &r.response_headers)] {
+    for (key, h) in [
+        ("request_headers", &r.request_headers),
+        ("response_headers", &r.response_headers),
+    ] {
         if h.is_empty() {
             continue;
         }
@@ -535,15 +596,27 @@ pub(super) fn emit(r: &Rules, t: &mut toml::Table) {
             x.insert("add".into(), pairs(&h.add));
         }
         if !h.remove.is_empty() {
-            x.insert("remove".into(), Value::Array(h.remove.iter().map(|n| s(n)).collect()));
+            x.insert(
+                "remove".into(),
+                Value::Array(h.remove.iter().map(|n| s(n)).collect()),
+            );
         }
         t.insert(key.into(), Value::Table(x));
     }
     if let Some(c) = &r.compression {
         let mut x = toml::Table::new();
-        x.insert("algorithms".into(), Value::Array(c.algorithms.iter().map(|a| s(a.as_str())).collect()));
-        x.insert("min_size".into(), Value::Integer(i64::try_from(c.min_size).unwrap_or(i64::MAX)));
-        x.insert("types".into(), Value::Array(c.types.iter().map(|v| s(v)).collect()));
+        x.insert(
+            "algorithms".into(),
+            Value::Array(c.algorithms.iter().map(|a| s(a.as_str())).collect()),
+        );
+        x.insert(
+            "min_size".into(),
+            Value::Integer(i64::try_from(c.min_size).unwrap_or(i64::MAX)),
+        );
+        x.insert(
+            "types".into(),
+            Value::Array(c.types.iter().map(|v| s(v)).collect()),
+        );
         x.insert("gzip_level".into(), Value::Integer(i64::from(c.gzip_level)));
         x.insert("br_level".into(), Value::Integer(i64::from(c.br_level)));
         x.insert("zstd_level".into(), Value::Integer(i64::from(c.zstd_level)));
