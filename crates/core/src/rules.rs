@@ -50,17 +50,17 @@ impl Rules {
     /// service's, then the route's; error pages the route's first, then the service's.
     #[must_use]
     pub fn merged(service: &Rules, route: &Rules) -> Rules {
-        fn pick<T: Clone>(r: &Option<T>, s: &Option<T>) -> Option<T> {
-            r.clone().or_else(|| s.clone())
+        fn pick<T: Clone>(r: Option<&T>, s: Option<&T>) -> Option<T> {
+            r.or(s).cloned()
         }
         Rules {
-            access: pick(&route.access, &service.access),
-            basic_auth: pick(&route.basic_auth, &service.basic_auth),
-            redirect: pick(&route.redirect, &service.redirect),
-            rewrite: pick(&route.rewrite, &service.rewrite),
+            access: pick(route.access.as_ref(), service.access.as_ref()),
+            basic_auth: pick(route.basic_auth.as_ref(), service.basic_auth.as_ref()),
+            redirect: pick(route.redirect.as_ref(), service.redirect.as_ref()),
+            rewrite: pick(route.rewrite.as_ref(), service.rewrite.as_ref()),
             request_headers: service.request_headers.then(&route.request_headers),
             response_headers: service.response_headers.then(&route.response_headers),
-            compression: pick(&route.compression, &service.compression),
+            compression: pick(route.compression.as_ref(), service.compression.as_ref()),
             error_pages: route
                 .error_pages
                 .iter()

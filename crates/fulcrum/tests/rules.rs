@@ -3,6 +3,8 @@
 //! received), `fulcrum check` for the load-time refusals, a reload with a keep-alive
 //! connection open, and a compression bomb in a request body.
 
+#![allow(clippy::too_many_lines, clippy::many_single_char_names)]
+
 mod common;
 
 use std::io::{Read as _, Write as _};
@@ -478,7 +480,7 @@ async fn compression_bomb_request_body_passes_through() {
             let Ok(mut s) = s else { continue };
             let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
             let mut buf = Vec::new();
-            let mut chunk = [0u8; 65536];
+            let mut chunk = vec![0u8; 65536];
             let (head_end, len) = loop {
                 let Ok(n) = s.read(&mut chunk) else {
                     break (0, 0);
@@ -628,7 +630,7 @@ async fn reload_changes_rules_keeping_connections() {
     f.assert_no_panic();
 }
 
-/// `fulcrum check` refuses bad rules at load, each at FILE:LINE:COL with the valid forms.
+/// `fulcrum check` refuses bad rules at load, each at `FILE:LINE:COL` with the valid forms.
 #[test]
 fn check_refuses_bad_rules() {
     let dir = temp_dir("rules_check");

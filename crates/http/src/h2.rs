@@ -322,7 +322,7 @@ async fn handle(
         Outcome::Local(l, done) => {
             let text = l.body();
             done.finish(&c, text.len() as u64);
-            let mut r = Response::new(H2Body::Full(Some(Bytes::from(text))));
+            let mut r = Response::new(H2Body::Full(Some(text)));
             *r.status_mut() = l.status;
             for (n, v) in l.headers() {
                 if let Ok(v) = HeaderValue::from_str(&v) {

@@ -1352,8 +1352,7 @@ fn resp_edit(
     if let Some(comp) = &rs.rules.compression {
         let length = match framing {
             Framing::Length(n) => Some(n),
-            Framing::Empty => None,
-            Framing::Chunked | Framing::Close => None,
+            Framing::Empty | Framing::Chunked | Framing::Close => None,
         };
         let eligible = !is_head
             && framing != Framing::Empty

@@ -397,7 +397,8 @@ impl Encoder {
                 22,
             ))),
             Coding::Zstd => Encoder::Zstd(
-                zstd::stream::write::Encoder::new(Vec::new(), cfg.zstd_level as i32).ok()?,
+                zstd::stream::write::Encoder::new(Vec::new(), i32::try_from(cfg.zstd_level).ok()?)
+                    .ok()?,
             ),
         })
     }

@@ -314,9 +314,9 @@ fn prefix(s: &Spanned<String>, what: &str, errs: &mut Vec<ConfigError>) -> Strin
 }
 
 fn rewrite(r: &Spanned<RawRewrite>, errs: &mut Vec<ConfigError>) -> Option<Rewrite> {
-    let raw = r.get_ref();
     const HELP: &str =
         "either strip_prefix = \"/api\", or replace_prefix = \"/old/\" with with = \"/new/\"";
+    let raw = r.get_ref();
     match (&raw.strip_prefix, &raw.replace_prefix, &raw.with) {
         (Some(p), None, None) => Some(Rewrite::StripPrefix(prefix(p, "strip_prefix", errs))),
         (None, Some(from), Some(to)) => Some(Rewrite::ReplacePrefix {
@@ -533,25 +533,25 @@ pub fn rules(raw: &RawRules<'_>, errs: &mut Vec<ConfigError>) -> Rules {
 
 /// Writes `r`'s keys into a `[[service]]` or `[[service.route]]` table (the inverse of
 /// [`rules`]).
-pub(super) fn emit(r: &Rules, t: &mut toml::Table) {
+pub(super) fn emit(rules: &Rules, out: &mut toml::Table) {
     use toml::Value;
-    let s = |v: &str| Value::String(v.to_owned());
+    let text = |v: &str| Value::String(v.to_owned());
     let list = |v: &[IpNet]| Value::Array(v.iter().map(|n| Value::String(n.to_string())).collect());
-    if let Some(a) = &r.access {
+    if let Some(a) = &rules.access {
         if !a.allow.is_empty() || a.deny.is_empty() {
-            t.insert("allow".into(), list(&a.allow));
+            out.insert("allow".into(), list(&a.allow));
         }
         if !a.deny.is_empty() {
-            t.insert("deny".into(), list(&a.deny));
+            out.insert("deny".into(), list(&a.deny));
         }
     }
-    if let Some(b) = &r.basic_auth {
+    if let Some(b) = &rules.basic_auth {
         let mut x = toml::Table::new();
-        x.insert("realm".into(), s(&b.realm));
-        x.insert("htpasswd".into(), s(&b.htpasswd.to_string_lossy()));
-        t.insert("basic_auth".into(), Value::Table(x));
+        x.insert("realm".into(), text(&b.realm));
+        x.insert("htpasswd".into(), text(&b.htpasswd.to_string_lossy()));
+        out.insert("basic_auth".into(), Value::Table(x));
     }
-    if let Some(rd) = &r.redirect {
+    if let Some(rd) = &rules.redirect {
         let mut x = toml::Table::new();
         x.insert("status".into(), Value::Integer(i64::from(rd.status.code())));
         for (k, v) in [
@@ -560,34 +560,38 @@ pub(super) fn emit(r: &Rules, t: &mut toml::Table) {
             ("path", &rd.path),
         ] {
             if let Some(v) = v {
-                x.insert(k.into(), s(v));
+                x.insert(k.into(), text(v));
             }
         }
-        t.insert("redirect".into(), Value::Table(x));
+        out.insert("redirect".into(), Value::Table(x));
     }
-    if let Some(rw) = &r.rewrite {
+    if let Some(rw) = &rules.rewrite {
         let mut x = toml::Table::new();
         match rw {
             Rewrite::StripPrefix(p) => {
-                x.insert("strip_prefix".into(), s(p));
+                x.insert("strip_prefix".into(), text(p));
             }
             Rewrite::ReplacePrefix { from, to } => {
-                x.insert("replace_prefix".into(), s(from));
-                x.insert("with".into(), s(to));
+                x.insert("replace_prefix".into(), text(from));
+                x.insert("with".into(), text(to));
             }
         }
-        t.insert("rewrite".into(), Value::Table(x));
+        out.insert("rewrite".into(), Value::Table(x));
     }
     for (key, h) in [
-        ("request_headers", &r.request_headers),
-        ("response_headers", &r.response_headers),
+        ("request_headers", &rules.request_headers),
+        ("response_headers", &rules.response_headers),
     ] {
         if h.is_empty() {
             continue;
         }
         let mut x = toml::Table::new();
         let pairs = |v: &[(String, Template)]| {
-            Value::Table(v.iter().map(|(n, t)| (n.clone(), s(&t.source))).collect())
+            Value::Table(
+                v.iter()
+                    .map(|(n, t)| (n.clone(), text(&t.source)))
+                    .collect(),
+            )
         };
         if !h.set.is_empty() {
             x.insert("set".into(), pairs(&h.set));
@@ -598,16 +602,16 @@ pub(super) fn emit(r: &Rules, t: &mut toml::Table) {
         if !h.remove.is_empty() {
             x.insert(
                 "remove".into(),
-                Value::Array(h.remove.iter().map(|n| s(n)).collect()),
+                Value::Array(h.remove.iter().map(|n| text(n)).collect()),
             );
         }
-        t.insert(key.into(), Value::Table(x));
+        out.insert(key.into(), Value::Table(x));
     }
-    if let Some(c) = &r.compression {
+    if let Some(c) = &rules.compression {
         let mut x = toml::Table::new();
         x.insert(
             "algorithms".into(),
-            Value::Array(c.algorithms.iter().map(|a| s(a.as_str())).collect()),
+            Value::Array(c.algorithms.iter().map(|a| text(a.as_str())).collect()),
         );
         x.insert(
             "min_size".into(),
@@ -615,19 +619,19 @@ pub(super) fn emit(r: &Rules, t: &mut toml::Table) {
         );
         x.insert(
             "types".into(),
-            Value::Array(c.types.iter().map(|v| s(v)).collect()),
+            Value::Array(c.types.iter().map(|v| text(v)).collect()),
         );
         x.insert("gzip_level".into(), Value::Integer(i64::from(c.gzip_level)));
         x.insert("br_level".into(), Value::Integer(i64::from(c.br_level)));
         x.insert("zstd_level".into(), Value::Integer(i64::from(c.zstd_level)));
-        t.insert("compression".into(), Value::Table(x));
+        out.insert("compression".into(), Value::Table(x));
     }
-    if !r.error_pages.is_empty() {
-        let x = r
+    if !rules.error_pages.is_empty() {
+        let x = rules
             .error_pages
             .iter()
-            .map(|p| (p.status.key(), s(&p.file.to_string_lossy())))
+            .map(|p| (p.status.key(), text(&p.file.to_string_lossy())))
             .collect();
-        t.insert("error_pages".into(), Value::Table(x));
+        out.insert("error_pages".into(), Value::Table(x));
     }
 }
