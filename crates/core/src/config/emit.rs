@@ -74,6 +74,13 @@ pub fn table_to_string(doc: &Table) -> String {
         .and_then(toml_edit::Item::as_array_of_tables_mut)
     {
         for sv in services.iter_mut() {
+            super::rules::inline_maps(sv);
+            if let Some(routes) = sv
+                .get_mut("route")
+                .and_then(toml_edit::Item::as_array_of_tables_mut)
+            {
+                routes.iter_mut().for_each(super::rules::inline_maps);
+            }
             let Some(tls) = sv.get_mut("tls").and_then(toml_edit::Item::as_table_mut) else {
                 continue;
             };

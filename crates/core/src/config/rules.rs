@@ -635,3 +635,88 @@ pub(super) fn emit(rules: &Rules, out: &mut toml::Table) {
         out.insert("error_pages".into(), Value::Table(x));
     }
 }
+
+/// Writes a table's rule maps (`error_pages`, the header rules' `set` and `add`) inline, as
+/// docs/rules.md shows them (their keys read back only in that form).
+pub(super) fn inline_maps(t: &mut toml_edit::Table) {
+    let inline = |item: &mut toml_edit::Item| {
+        if let Some(tab) = item.as_table() {
+            *item = toml_edit::value(tab.clone().into_inline_table());
+        }
+    };
+    if let Some(item) = t.get_mut("error_pages") {
+        inline(item);
+    }
+    for key in ["request_headers", "response_headers"] {
+        if let Some(h) = t.get_mut(key).and_then(toml_edit::Item::as_table_mut) {
+            for k in ["set", "add"] {
+                if let Some(item) = h.get_mut(k) {
+                    inline(item);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::parse;
+
+    const FILE: &str = r#"
+[[service]]
+name = "web"
+listen = "127.0.0.1:8080"
+protocol = "http"
+pool = "web"
+allow = ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7"]
+deny = ["10.1.0.0/16"]
+error_pages = { "404" = "/srv/404.html", "5xx" = "/srv/5xx.html" }
+basic_auth = { realm = "staff", htpasswd = "/etc/fulcrum/htpasswd" }
+[service.request_headers]
+set = { X-Real-IP = "${client_addr}", b = "$$1" }
+add = { X-Route = "${route} ${pool}" }
+remove = ["X-Debug"]
+[service.response_headers]
+set = { Strict-Transport-Security = "max-age=63072000" }
+[service.compression]
+algorithms = ["gzip", "br"]
+min_size = 10
+types = ["text/*"]
+gzip_level = 6
+[[service.route]]
+path_prefix = "/old/"
+pool = "web"
+redirect = { status = 302, scheme = "https", host = "example.com:8443", path = "/new" }
+rewrite = { replace_prefix = "/old/", with = "/v2/" }
+[[service.route]]
+path_prefix = "/api/"
+pool = "web"
+rewrite = { strip_prefix = "/api" }
+[[pool]]
+name = "web"
+[[pool.backend]]
+address = "127.0.0.1:9001"
+"#;
+
+    #[test]
+    fn every_rule_survives_a_round_trip() {
+        let cfg = parse(FILE).expect("valid");
+        let s = &cfg.services[0];
+        assert_eq!(s.rules.access.as_ref().map(|a| a.allow.len()), Some(3));
+        assert_eq!(s.rules.request_headers.set.len(), 2);
+        assert!(s.routes[0].rules.redirect.is_some());
+        assert_eq!(parse(&cfg.to_toml()).expect("emitted text parses"), cfg);
+    }
+
+    #[test]
+    fn rules_on_a_tcp_service_are_refused() {
+        let text = FILE.replace("protocol = \"http\"", "protocol = \"tcp\"");
+        let err = crate::config::parse_all(&text).expect_err("refused");
+        assert!(
+            err.iter().any(|e| e
+                .message
+                .contains("a rule (docs/rules.md) applies only to http")),
+            "{err:?}"
+        );
+    }
+}
