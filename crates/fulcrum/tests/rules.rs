@@ -21,11 +21,14 @@ use fulcrum_xdp::testing::{have_program, require};
 struct Nginx {
     child: Child,
     addr: SocketAddr,
+    /// The same site over h2c (prior knowledge).
+    h2c: SocketAddr,
 }
 
 impl Nginx {
     fn start(dir: &Path) -> Nginx {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let h2c: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let d = dir.display();
         let conf = format!(
             r#"daemon off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/nginx.err;
@@ -34,7 +37,7 @@ http {{
   include /etc/nginx/mime.types; access_log off;
   client_body_temp_path {d}/cb; proxy_temp_path {d}/pt; fastcgi_temp_path {d}/ft;
   uwsgi_temp_path {d}/ut; scgi_temp_path {d}/st;
-  server {{ listen {addr}; root {d}/www;
+  server {{ listen {addr}; listen {h2c} http2; root {d}/www;
     location /echo {{ default_type text/plain;
       return 200 "uri=$request_uri xc=$http_x_client rid=$http_x_request_id route=$http_x_route gone=$http_x_gone\n"; }}
     location /pre/ {{ default_type text/plain; add_header Content-Encoding gzip; alias {d}/www/static/; }}
@@ -58,7 +61,7 @@ http {{
             assert!(Instant::now() < deadline, "nginx did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Nginx { child, addr }
+        Nginx { child, addr, h2c }
     }
 }
 
@@ -154,6 +157,17 @@ fn config(
     dir: &Path,
     tag: &str,
 ) -> String {
+    config_h2c(admin, listen, backend, backend, dir, tag)
+}
+
+fn config_h2c(
+    admin: SocketAddr,
+    listen: SocketAddr,
+    backend: SocketAddr,
+    h2c: SocketAddr,
+    dir: &Path,
+    tag: &str,
+) -> String {
     let d = dir.display();
     format!(
         r#"[admin]
@@ -201,6 +215,11 @@ path_prefix = "/down"
 pool = "down"
 
 [[service.route]]
+path_prefix = "/h2c/"
+pool = "h2c"
+rewrite = {{ strip_prefix = "/h2c" }}
+
+[[service.route]]
 path_prefix = "/empty"
 pool = "empty"
 
@@ -210,6 +229,14 @@ name = "web"
 check = "none"
 [[pool.backend]]
 address = "{backend}"
+
+[[pool]]
+name = "h2c"
+backend_protocol = "h2c"
+[pool.health]
+check = "none"
+[[pool.backend]]
+address = "{h2c}"
 
 [[pool]]
 name = "down"
@@ -251,7 +278,7 @@ async fn every_rule_end_to_end() {
     let f = Fulcrum::start(
         "rules_every_rule_f",
         admin,
-        &config(admin, listen, nginx.addr, &dir, "v1"),
+        &config_h2c(admin, listen, nginx.addr, nginx.h2c, &dir, "v1"),
         &["--workers", "1"],
     )
     .await;
@@ -392,6 +419,34 @@ async fn every_rule_end_to_end() {
             "{coding}: {} bytes",
             raw.body.len()
         );
+    }
+    // HTTP/2 clients, and an HTTP/2 (h2c) backend, likewise.
+    for (client, path) in [
+        ("--http2-prior-knowledge", "/static/big.html"),
+        ("--http1.1", "/h2c/static/big.html"),
+        ("--http2-prior-knowledge", "/h2c/static/big.html"),
+    ] {
+        for coding in ["gzip", "br", "zstd"] {
+            let a = c(s(&[
+                client,
+                "--compressed",
+                "-H",
+                &format!("Accept-Encoding: {coding}"),
+                &url(path),
+            ]))
+            .await;
+            assert_eq!(a.status, 200, "{client} {path}: {}", a.head);
+            assert_eq!(
+                a.field("content-encoding").as_deref(),
+                Some(coding),
+                "{client} {path}: {}",
+                a.head
+            );
+            assert!(
+                a.body == original,
+                "{client} {path} {coding}: the decompressed body differs"
+            );
+        }
     }
     // q-values: zstd refused, br preferred over gzip by weight.
     let a = c(s(&[

@@ -1336,7 +1336,6 @@ async fn request_phases(c: &ConnCtx, rs: &RuleSet, req: &impl ReqView) -> Option
 
 /// What the response rules do to this answer (`None`: nothing): `response_headers`, and
 /// compression when the answer qualifies (docs/rules.md) and the client accepts a coding.
-/// HTTP/2 clients get answers uncompressed for now.
 fn resp_edit(
     rs: &Arc<RuleSet>,
     answer: &Answer,
@@ -1356,7 +1355,6 @@ fn resp_edit(
         };
         let eligible = !is_head
             && framing != Framing::Empty
-            && req.version() <= Version::HTTP_11
             && matches!(
                 answer,
                 Answer::H1 {
