@@ -328,6 +328,16 @@ fn encode_l7(
     for (service, n) in &out.parked {
         ConstGauge::new(*n).encode(m.encode_family(&[("service", service.as_str())])?)?;
     }
+    let mut m = enc.encode_descriptor(
+        "fulcrum_http_refused",
+        "Requests refused by a service's rules (reason: access = allow/deny, 403; auth = basic auth, 401)",
+        None,
+        MetricType::Counter,
+    )?;
+    for (service, reason, n) in &out.refused {
+        ConstCounter::new(*n)
+            .encode(m.encode_family(&[("service", service.as_str()), ("reason", *reason)])?)?;
+    }
     Ok(())
 }
 

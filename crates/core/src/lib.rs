@@ -12,6 +12,8 @@
 //! - [`announce`]: whether a VIP is announced to the routers, and the speakers' line formats.
 //! - [`cluster`]: the fleet control plane in etcd: shared vs local, merging, revisions.
 //! - [`registry`]: backends that register themselves in etcd: keys, values, refusals.
+//! - [`rules`]: http request and response rules (redirects, headers, rewrites, access lists,
+//!   basic auth, compression, error pages) and their order.
 //! - [`fleet_health`]: one health view for a fleet: members' verdicts and `health_quorum`.
 //! - [`tls_hello`]: the server name of a TLS `ClientHello`, for passthrough routing.
 //! - [`x509name`]: a certificate's subject as RFC 4514 text (client certificates).
@@ -28,6 +30,7 @@ pub mod locality;
 pub mod model;
 pub mod registry;
 pub mod retry;
+pub mod rules;
 pub mod sched;
 pub mod tls_hello;
 pub mod x509name;

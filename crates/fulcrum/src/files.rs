@@ -57,6 +57,14 @@ pub fn check(cfg: &Config, text: &str) -> Vec<ConfigError> {
     }
     for (i, s) in cfg.services.iter().enumerate() {
         let svc = [PathStep::Key("service"), PathStep::Index(i)];
+        for p in fulcrum_http::rules::check_files(s) {
+            let mut at = svc.to_vec();
+            if let Some(r) = p.route {
+                at.extend([PathStep::Key("route"), PathStep::Index(r)]);
+            }
+            at.extend([PathStep::Key(p.table), PathStep::Key(&p.key)]);
+            report(&at, p.message, Some(p.help));
+        }
         if let Some(tls) = &s.tls {
             for (j, pair) in tls.certs.iter().enumerate() {
                 if let Err(e) = fulcrum_http::check_pair(pair) {

@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use crate::h1::{self, Decoder, Enc, Framing};
 use crate::h2guard::{FrameMeter, Guarded};
 use crate::proxy::{self, Answer, BodyError, Exchange, Outcome, ReqBody, ReqView};
+use crate::rules::Encoder;
 use crate::ConnCtx;
 
 /// Spawns hyper's HTTP/2 tasks (server streams, client connections) on the worker's
@@ -322,7 +323,7 @@ async fn handle(
         Outcome::Local(l, done) => {
             let text = l.body();
             done.finish(&c, text.len() as u64);
-            let mut r = Response::new(H2Body::Full(Some(Bytes::from(text))));
+            let mut r = Response::new(H2Body::Full(Some(text)));
             *r.status_mut() = l.status;
             for (n, v) in l.headers() {
                 if let Ok(v) = HeaderValue::from_str(&v) {
@@ -348,6 +349,7 @@ async fn handle(
                 b = b.header(http::header::SET_COOKIE, proxy::set_cookie(name, value));
             }
             let dec = Decoder::new(ex.framing);
+            let zip = ex.take_encoder();
             act.streaming.set(act.streaming.get() + 1);
             act.moved.set(Instant::now());
             let body = H2Body::Backend(Box::new(Stream {
@@ -357,6 +359,8 @@ async fn handle(
                 trailers: None,
                 bytes: 0,
                 act,
+                zip,
+                pending: None,
             }));
             let mut r = b.body(body).unwrap_or_else(|_| {
                 let mut r = Response::new(H2Body::Full(None));
@@ -391,6 +395,17 @@ pub(crate) struct Stream {
     bytes: u64,
     /// The connection's; counts this body as streaming until it ends.
     act: Rc<Activity>,
+    /// The compressor when the rules compress this body (docs/rules.md).
+    zip: Option<Encoder>,
+    /// A frame held back while the compressor's last bytes go first (an HTTP/2 backend's
+    /// trailers, or the end), once those bytes went.
+    pending: Option<Held>,
+}
+
+/// What a compressed HTTP/2 backend stream sends after the compressor's last bytes.
+enum Held {
+    Trailers(Frame<Bytes>),
+    End,
 }
 
 impl Stream {
@@ -407,8 +422,55 @@ impl Stream {
 }
 
 impl Stream {
+    /// `data` compressed when the rules compress this body (the compressed stream ended
+    /// when `last`); else `data` as it is.
+    fn pack(&mut self, data: Bytes, last: bool) -> io::Result<Bytes> {
+        let Some(z) = self.zip.as_mut() else {
+            return Ok(data);
+        };
+        let mut packed = Vec::new();
+        z.push(&data, &mut packed)?;
+        if last {
+            if let Some(z) = self.zip.take() {
+                z.finish(&mut packed)?;
+            }
+        }
+        Ok(Bytes::from(packed))
+    }
+
     /// An HTTP/2 backend's frames, passed on as they come (trailers included).
     fn poll_h2(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        loop {
+            let r = std::task::ready!(self.poll_h2_raw(cx));
+            if self.zip.is_none() {
+                return Poll::Ready(r);
+            }
+            match r {
+                Some(Ok(f)) => match f.into_data() {
+                    Ok(d) => match self.pack(d, false) {
+                        Ok(p) if p.is_empty() => {}
+                        Ok(p) => return Poll::Ready(Some(Ok(Frame::data(p)))),
+                        Err(e) => return Poll::Ready(Some(Err(e))),
+                    },
+                    Err(trailers) => {
+                        // The compressed stream ends before the trailers.
+                        self.pending = Some(Held::Trailers(trailers));
+                        return Poll::Ready(Some(self.pack(Bytes::new(), true).map(Frame::data)));
+                    }
+                },
+                None => {
+                    self.pending = Some(Held::End);
+                    return Poll::Ready(Some(self.pack(Bytes::new(), true).map(Frame::data)));
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+            }
+        }
+    }
+
+    fn poll_h2_raw(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let Some(Exchange {
             answer: Answer::H2 { body, .. },
             ..
@@ -457,13 +519,21 @@ impl Stream {
                 self.end(false);
                 return Poll::Ready(Some(Err(io::ErrorKind::InvalidData.into())));
             }
-            if self.dec.is_done() {
+            let done = self.dec.is_done();
+            if done {
                 self.trailers = self.dec.take_trailers();
                 self.end(true);
             }
+            let out = match self.pack(Bytes::from(out), done) {
+                Ok(b) => b,
+                Err(e) => {
+                    self.end(false);
+                    return Poll::Ready(Some(Err(e)));
+                }
+            };
             if !out.is_empty() {
                 self.moved();
-                return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+                return Poll::Ready(Some(Ok(Frame::data(out))));
             }
             let Some(Exchange {
                 answer: Answer::H1 { conn, resp, .. },
@@ -514,6 +584,11 @@ impl Body for H2Body {
             H2Body::Full(d) => return Poll::Ready(d.take().map(|d| Ok(Frame::data(d)))),
             H2Body::Backend(s) => &mut **s,
         };
+        match s.pending.take() {
+            Some(Held::Trailers(t)) => return Poll::Ready(Some(Ok(t))),
+            Some(Held::End) => return Poll::Ready(None),
+            None => {}
+        }
         if matches!(
             s.ex,
             Some(Exchange {
@@ -529,7 +604,9 @@ impl Body for H2Body {
     fn is_end_stream(&self) -> bool {
         match self {
             H2Body::Full(d) => d.is_none(),
-            H2Body::Backend(s) => s.ex.is_none() && s.trailers.is_none(),
+            H2Body::Backend(s) => {
+                s.ex.is_none() && s.trailers.is_none() && s.pending.is_none() && s.zip.is_none()
+            }
         }
     }
 

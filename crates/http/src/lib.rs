@@ -59,6 +59,7 @@ mod park;
 pub use park::set_release_free_memory;
 mod proxy;
 mod ratelimit;
+pub mod rules;
 mod server;
 mod tls;
 mod upstream;
@@ -160,17 +161,22 @@ pub struct HttpService {
     pub metrics: Arc<ServiceMetrics>,
     pub budget: Arc<RetryBudget>,
     pub tuning: Tuning,
+    /// The rules of the service and of each route (docs/rules.md).
+    pub rules: rules::ServiceRules,
 }
 
 impl HttpService {
     /// The pool for a request: the first matching route, else the default.
     pub fn route(&self, host: &str, path: &str) -> &RoutePool {
-        let i = self
-            .routes
-            .iter()
-            .find(|(r, _)| r.matches(host, path))
-            .map_or(self.default_pool, |(_, i)| *i);
-        &self.pools[i]
+        self.route_index(host, path).1
+    }
+
+    /// The matched route's index (`None`: no route matched) and its pool.
+    pub fn route_index(&self, host: &str, path: &str) -> (Option<usize>, &RoutePool) {
+        match self.routes.iter().position(|(r, _)| r.matches(host, path)) {
+            Some(i) => (Some(i), &self.pools[self.routes[i].1]),
+            None => (None, &self.pools[self.default_pool]),
+        }
     }
 }
 
@@ -203,6 +209,41 @@ pub fn handler() -> Arc<dyn L7Handler> {
     Arc::new(HttpHandler)
 }
 
+/// A pool as a service's routes use it: its metrics handles, cookie values and backend TLS
+/// (kept from `prev` while its files are unchanged).
+fn route_pool(
+    pool: &Arc<PoolRt>,
+    pm: Arc<metrics::PoolMetrics>,
+    prev: Option<&HttpService>,
+) -> Result<RoutePool, String> {
+    let tls = match &pool.tls {
+        None => None,
+        Some(t) => match prev
+            .and_then(|p| p.pools.iter().find(|rp| rp.pool.name == pool.name))
+            .and_then(|rp| rp.tls.as_ref())
+            .filter(|s| s.is_current(t))
+        {
+            Some(s) => Some(Arc::clone(s)),
+            None => Some(Arc::new(BackendTlsState::load(t)?)),
+        },
+    };
+    Ok(RoutePool {
+        tls,
+        backend_metrics: pool
+            .backends
+            .iter()
+            .map(|b| pm.backend(b.address))
+            .collect(),
+        cookie_values: pool
+            .backends
+            .iter()
+            .map(|b| cookie_value(b.address))
+            .collect(),
+        pool: Arc::clone(pool),
+        metrics: pm,
+    })
+}
+
 impl L7Handler for HttpHandler {
     fn handles(&self, svc: &ServiceConfig) -> bool {
         svc.protocol == ServiceProtocol::Http
@@ -226,33 +267,7 @@ impl L7Handler for HttpHandler {
                 .iter()
                 .find(|p| p.name == name)
                 .ok_or_else(|| format!("pool {name:?} does not exist"))?;
-            let pm = metrics.pool(name);
-            let tls = match &pool.tls {
-                None => None,
-                Some(t) => match prev
-                    .and_then(|p| p.pools.iter().find(|rp| rp.pool.name == name))
-                    .and_then(|rp| rp.tls.as_ref())
-                    .filter(|s| s.is_current(t))
-                {
-                    Some(s) => Some(Arc::clone(s)),
-                    None => Some(Arc::new(BackendTlsState::load(t)?)),
-                },
-            };
-            used.push(RoutePool {
-                tls,
-                backend_metrics: pool
-                    .backends
-                    .iter()
-                    .map(|b| pm.backend(b.address))
-                    .collect(),
-                cookie_values: pool
-                    .backends
-                    .iter()
-                    .map(|b| cookie_value(b.address))
-                    .collect(),
-                pool: Arc::clone(pool),
-                metrics: pm,
-            });
+            used.push(route_pool(pool, metrics.pool(name), prev)?);
             Ok(used.len() - 1)
         };
         let default_pool = index(&svc.pool)?;
@@ -300,6 +315,13 @@ impl L7Handler for HttpHandler {
                 Some(p) => Arc::clone(&p.budget),
                 None => Arc::new(RetryBudget::new(tuning.retry_budget_percent)),
             };
+        // The files the rules name are read at every build, so a reload re-reads them.
+        let rules = rules::ServiceRules::load(svc).map_err(|p| {
+            p.iter()
+                .map(|p| p.message.clone())
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?;
         Ok(Arc::new(HttpService {
             name: svc.name.clone(),
             cfg: svc.clone(),
@@ -312,6 +334,7 @@ impl L7Handler for HttpHandler {
             metrics,
             budget,
             tuning,
+            rules,
         }))
     }
 

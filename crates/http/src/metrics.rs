@@ -70,6 +70,17 @@ pub struct ServiceMetrics {
     pools: Mutex<HashMap<String, Arc<PoolMetrics>>>,
     /// Idle keep-alive connections in a worker's parking lot now.
     pub parked: AtomicU64,
+    /// Requests refused by the rules (docs/rules.md).
+    pub refused: Refused,
+}
+
+/// Requests refused by the rules, by reason.
+#[derive(Debug, Default)]
+pub struct Refused {
+    /// By `allow` / `deny` (403).
+    pub access: AtomicU64,
+    /// By `basic_auth` (401).
+    pub auth: AtomicU64,
 }
 
 impl ServiceMetrics {
@@ -85,6 +96,13 @@ impl ServiceMetrics {
     pub fn collect(&self, service: &str, out: &mut L7Metrics) {
         out.parked
             .push((service.to_owned(), self.parked.load(Ordering::Relaxed)));
+        for (reason, n) in [
+            ("access", &self.refused.access),
+            ("auth", &self.refused.auth),
+        ] {
+            out.refused
+                .push((service.to_owned(), reason, n.load(Ordering::Relaxed)));
+        }
         let pools = self
             .pools
             .lock()

@@ -26,6 +26,7 @@ use crate::headers::{
     cookie, host_problem, is_dropped, request_id, request_trailers, strip_port, write_chunked_te,
     write_forwarding, H2Head, HeadOut, Tokens,
 };
+use crate::rules::{Encoder, RespEdit, RuleSet, Ruled, Vars};
 use crate::upstream::{self, ConnectError};
 use crate::{ConnCtx, RoutePool};
 
@@ -134,13 +135,18 @@ impl Done {
     }
 }
 
-/// An answer from Fulcrum itself, with a short body saying why.
-#[derive(Debug, Clone, Copy)]
+/// An answer from Fulcrum itself, with a short body saying why (or the service's error
+/// page for its status), and always a `Date`.
+#[derive(Debug, Clone)]
 pub(crate) struct Local {
     pub status: StatusCode,
     pub why: &'static str,
     /// `Retry-After` seconds (429).
     pub retry_after: Option<u64>,
+    /// One more field: `Location` (redirects), `WWW-Authenticate` (401).
+    pub field: Option<(&'static str, String)>,
+    /// An error page in place of `why`: the body and its content type.
+    pub page: Option<(bytes::Bytes, &'static str)>,
 }
 
 impl Local {
@@ -149,18 +155,38 @@ impl Local {
             status,
             why,
             retry_after: None,
+            field: None,
+            page: None,
         }
     }
 
-    pub fn body(&self) -> String {
-        format!("{}\n", self.why)
+    /// With the error page `rules` give for its status (4xx and 5xx only).
+    #[must_use]
+    pub fn with_page(mut self, rules: Option<&RuleSet>) -> Self {
+        if self.page.is_none() && self.status.as_u16() >= 400 {
+            self.page = rules.and_then(|r| r.page(self.status.as_u16()));
+        }
+        self
+    }
+
+    pub fn body(&self) -> bytes::Bytes {
+        match &self.page {
+            Some((b, _)) => b.clone(),
+            None => bytes::Bytes::from(format!("{}\n", self.why)),
+        }
     }
 
     /// The headers of the answer (besides framing).
-    pub fn headers(&self) -> impl Iterator<Item = (&'static str, String)> {
+    pub fn headers(&self) -> impl Iterator<Item = (&'static str, String)> + '_ {
+        let ct = self
+            .page
+            .as_ref()
+            .map_or("text/plain; charset=utf-8", |(_, t)| *t);
         [
-            Some(("content-type", "text/plain; charset=utf-8".to_owned())),
+            Some(("date", httpdate::fmt_http_date(SystemTime::now()))),
+            Some(("content-type", ct.to_owned())),
             self.retry_after.map(|s| ("retry-after", s.to_string())),
+            self.field.clone(),
         ]
         .into_iter()
         .flatten()
@@ -183,7 +209,7 @@ impl Local {
             out.extend_from_slice(b"connection: close\r\n");
         }
         out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(body.as_bytes());
+        out.extend_from_slice(&body);
         body.len() as u64
     }
 }
@@ -211,6 +237,17 @@ pub(crate) enum Answer {
 }
 
 impl Answer {
+    /// The first field of this name in the answer's head.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        match self {
+            Answer::H1 { resp, .. } => resp
+                .headers()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+                .map(|(_, v)| v),
+            Answer::H2 { head, .. } => head.headers.get(name).map(http::HeaderValue::as_bytes),
+        }
+    }
+
     pub fn status(&self) -> u16 {
         match self {
             Answer::H1 { resp, .. } => resp.status,
@@ -227,6 +264,8 @@ pub(crate) struct Exchange {
     /// for an HTTP/2 backend `Length` when it sent `Content-Length`, else `Chunked`.
     pub framing: Framing,
     pub done: Done,
+    /// What the response rules change (headers, compression); `None`: nothing.
+    pub edit: Option<Box<RespEdit>>,
 }
 
 impl Exchange {
@@ -261,7 +300,20 @@ impl Exchange {
                 ),
             ),
         };
-        h1.into_iter().flatten().chain(h2.into_iter().flatten())
+        let edit = self.edit.as_deref();
+        h1.into_iter()
+            .flatten()
+            .chain(h2.into_iter().flatten())
+            .filter(move |(n, _)| edit.is_none_or(|e| !e.drops(n)))
+            .chain(
+                edit.into_iter()
+                    .flat_map(|e| e.extra.iter().map(|(n, v)| (&n[..], &v[..]))),
+            )
+    }
+
+    /// The compressor of the body, when the rules compress it (taken once).
+    pub fn take_encoder(&mut self) -> Option<Encoder> {
+        self.edit.as_mut().and_then(|e| e.encoder.take())
     }
 
     pub fn status(&self) -> u16 {
@@ -319,6 +371,7 @@ pub(crate) enum Outcome<'c> {
 /// Per-request facts for the answer and the log.
 struct Req<'a> {
     rp: &'a RoutePool,
+    rules: Option<&'a RuleSet>,
     start: Instant,
     log: Option<(Arc<AccessLogger>, Box<Entry>)>,
 }
@@ -351,6 +404,7 @@ impl<'a> Req<'a> {
     }
 
     fn local(&mut self, l: Local) -> Outcome<'a> {
+        let l = l.with_page(self.rules);
         self.rp.metrics.local.count(l.status.as_u16());
         self.rp.metrics.duration.observe(self.start.elapsed());
         let done = self.done(l.status.as_u16(), None, None);
@@ -1028,7 +1082,8 @@ pub(crate) async fn forward<'c>(
     let ext = &*c.ext;
     ext.budget.earn();
     let host = host(req);
-    let rp = ext.route(host, path(req.target()));
+    let (route_i, rp) = ext.route_index(host, path(req.target()));
+    let rs = ext.rules.get(route_i);
     // The head counts as bytes in (`fulcrum_service_bytes_total{direction="in"}`), the
     // body's bytes are added as they are forwarded.
     let head = req.head_len();
@@ -1038,7 +1093,12 @@ pub(crate) async fn forward<'c>(
         e.bytes_in = head;
         (Arc::clone(l), e)
     });
-    let mut r = Req { rp, start, log };
+    let mut r = Req {
+        rp,
+        rules: rs.map(|a| &**a),
+        start,
+        log,
+    };
 
     // Request smuggling: never guess which framing the backend would believe.
     let framing = match body.framing() {
@@ -1052,6 +1112,12 @@ pub(crate) async fn forward<'c>(
         if let Some(why) = host_problem(req.version() == Version::HTTP_11, req.headers()) {
             count_refusal(c, StatusCode::BAD_REQUEST);
             return r.local(Local::new(StatusCode::BAD_REQUEST, why));
+        }
+    }
+    // The rules' access phases (docs/rules.md): allow/deny, basic auth, redirect.
+    if let Some(rs) = rs {
+        if let Some(l) = request_phases(c, rs, req).await {
+            return r.local(l);
         }
     }
     if let Some((_, l)) = &ext.limiter {
@@ -1094,6 +1160,39 @@ pub(crate) async fn forward<'c>(
     if let Some((_, e)) = &mut r.log {
         e.request_id = String::from_utf8_lossy(rid).into_owned();
     }
+    let orig = req;
+    let vars = Vars {
+        client: c.peer,
+        request_id: rid,
+        route: rs.map_or("default", |r| r.route_name.as_str()),
+        pool: &rp.pool.name,
+        host,
+        tls: c.tls,
+    };
+    // Rewrite and request headers: the backend gets this view of the request.
+    let ruled = match rs {
+        None => Ruled {
+            inner: req,
+            target: None,
+            drop: None,
+            extra: Vec::new(),
+        },
+        Some(rs) => {
+            let hr = &rs.rules.request_headers;
+            Ruled {
+                inner: req,
+                target: rs
+                    .rules
+                    .rewrite
+                    .as_ref()
+                    .and_then(|rw| rw.apply(&String::from_utf8_lossy(req.target())))
+                    .map(String::into_bytes),
+                drop: (!hr.is_empty()).then_some(hr),
+                extra: vars.fields(hr),
+            }
+        }
+    };
+    let req = &ruled;
     let is_head = req.method() == b"HEAD";
     let replay = Replay::of(req.method(), framing == Framing::Empty, upgrade);
     let mut bytes_in = 0;
@@ -1212,12 +1311,14 @@ pub(crate) async fn forward<'c>(
             }
             _ => None,
         };
+        let edit = rs.and_then(|rs| resp_edit(rs, &got.answer, got.framing, &vars, orig, is_head));
         break Some((
             Exchange {
                 addr,
                 answer: got.answer,
                 framing: got.framing,
                 done,
+                edit,
             },
             cookie,
         ));
@@ -1254,4 +1355,106 @@ pub(crate) async fn forward<'c>(
 /// The `Set-Cookie` value pinning a client to a backend.
 pub(crate) fn set_cookie(name: &str, value: &str) -> String {
     format!("{name}={value}; Path=/; HttpOnly")
+}
+
+/// The access phases of the rules: allow/deny (403), basic auth (401), redirect. `Some`:
+/// Fulcrum answers the request itself.
+async fn request_phases(c: &ConnCtx, rs: &RuleSet, req: &impl ReqView) -> Option<Local> {
+    if let Some(a) = &rs.rules.access {
+        if !a.permits(c.peer.ip()) {
+            c.ext.metrics.refused.access.fetch_add(1, Ordering::Relaxed);
+            return Some(Local::new(
+                StatusCode::FORBIDDEN,
+                "forbidden: your address may not use this service",
+            ));
+        }
+    }
+    if rs.rules.basic_auth.is_some() && !rs.authorized(req.header("authorization")).await {
+        c.ext.metrics.refused.auth.fetch_add(1, Ordering::Relaxed);
+        return Some(Local {
+            field: Some(("www-authenticate", rs.challenge.clone())),
+            ..Local::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized: this service needs a user name and password",
+            )
+        });
+    }
+    if let Some(rd) = &rs.rules.redirect {
+        let scheme = if c.tls { "https" } else { "http" };
+        let host = raw_host(req)
+            .map(String::from_utf8_lossy)
+            .unwrap_or_default();
+        let target = String::from_utf8_lossy(req.target());
+        let location = rd.location(scheme, &host, &target);
+        // The client's host and target are already checked (no CR, LF or spaces).
+        return Some(Local {
+            field: Some(("location", location)),
+            ..Local::new(
+                StatusCode::from_u16(rd.status.code()).unwrap_or(StatusCode::MOVED_PERMANENTLY),
+                "moved: see Location",
+            )
+        });
+    }
+    None
+}
+
+/// What the response rules do to this answer (`None`: nothing): `response_headers`, and
+/// compression when the answer qualifies (docs/rules.md) and the client accepts a coding.
+fn resp_edit(
+    rs: &Arc<RuleSet>,
+    answer: &Answer,
+    framing: Framing,
+    vars: &Vars<'_>,
+    req: &impl ReqView,
+    is_head: bool,
+) -> Option<Box<RespEdit>> {
+    let rh = &rs.rules.response_headers;
+    let mut extra = vars.fields(rh);
+    let mut coding = None;
+    let mut encoder = None;
+    if let Some(comp) = &rs.rules.compression {
+        let length = match framing {
+            Framing::Length(n) => Some(n),
+            Framing::Empty | Framing::Chunked | Framing::Close => None,
+        };
+        let eligible = !is_head
+            && framing != Framing::Empty
+            && matches!(
+                answer,
+                Answer::H1 {
+                    upgraded: false,
+                    ..
+                } | Answer::H2 { .. }
+            )
+            && comp.compresses(
+                answer.status(),
+                answer.header("content-type"),
+                answer.header("content-encoding").is_some(),
+                answer.header("content-range").is_some(),
+                length,
+            );
+        if eligible {
+            extra.push((b"Vary".to_vec(), b"Accept-Encoding".to_vec()));
+            coding = comp.negotiate(values(req, "accept-encoding"));
+            encoder = coding.and_then(|cd| Encoder::new(cd, comp));
+            match (coding, &encoder) {
+                (Some(cd), Some(_)) => {
+                    extra.push((
+                        b"Content-Encoding".to_vec(),
+                        cd.as_str().as_bytes().to_vec(),
+                    ));
+                }
+                _ => coding = None,
+            }
+        }
+    }
+    if extra.is_empty() && rh.is_empty() {
+        return None;
+    }
+    Some(Box::new(RespEdit {
+        rules: Arc::clone(rs),
+        extra,
+        coding,
+        encoder,
+    }))
 }

@@ -21,6 +21,7 @@ use tokio::time::Instant;
 
 use crate::h1::{self, Decoder, Enc, Framing, HeadError, Msg};
 use crate::proxy::{self, Answer, BodyError, Local, Outcome, ReqBody, ReqView};
+use crate::rules::Encoder;
 use crate::{within, ConnCtx};
 
 /// A client connection.
@@ -487,6 +488,7 @@ async fn one_request<S: ClientIo>(
         }
         if let Some(l) = answer {
             proxy::count_refusal(c, l.status);
+            let l = l.with_page(c.ext.rules.default.as_deref());
             let mut out = h1::take_vec();
             l.write_h1(&mut out, true);
             let _ = within(c.svc.idle_timeout, io.write_all(&out)).await;
@@ -587,7 +589,14 @@ async fn respond<S: ClientIo>(
     mut close: bool,
     nodelay: &mut bool,
 ) -> bool {
-    let enc = match ex.framing {
+    // A compressed body's length is known only at its end: chunked (HTTP/1.0: close).
+    let zip = ex.take_encoder();
+    let client_framing = if zip.is_some() {
+        Framing::Chunked
+    } else {
+        ex.framing
+    };
+    let enc = match client_framing {
         Framing::Empty | Framing::Length(_) => Enc::Identity,
         Framing::Chunked | Framing::Close if minor >= 1 => Enc::Chunked,
         Framing::Chunked | Framing::Close => {
@@ -621,6 +630,7 @@ async fn respond<S: ClientIo>(
         bytes: &mut bytes,
         nodelay,
         idle: c.svc.idle_timeout,
+        zip,
     };
     let ok = match &mut ex.answer {
         Answer::H1 { conn, resp, .. } => {
@@ -646,6 +656,8 @@ struct Body<'a, S> {
     /// the backend to send the next bytes of its body; over it the exchange is abandoned
     /// (both connections close).
     idle: Duration,
+    /// The compressor when the rules compress this body (docs/rules.md).
+    zip: Option<Encoder>,
 }
 
 impl<S: ClientIo> Body<'_, S> {
@@ -680,13 +692,23 @@ impl<S: ClientIo> Body<'_, S> {
         framing: Framing,
     ) -> bool {
         let mut dec = Decoder::new(framing);
+        let mut plain = Vec::new();
         loop {
-            match h1::transcode(&mut dec, resp.rest(), self.enc, self.out) {
+            let into = if self.zip.is_some() {
+                plain.clear();
+                (&mut plain, Enc::Identity)
+            } else {
+                (&mut *self.out, self.enc)
+            };
+            match h1::transcode(&mut dec, resp.rest(), into.1, into.0) {
                 Ok((used, n)) => {
                     resp.consume(used);
                     *self.bytes += n;
                 }
                 Err(_) => return false,
+            }
+            if !self.compress(&plain, dec.is_done()) {
+                return false;
             }
             if dec.is_done() {
                 self.enc.finish(self.out, dec.take_trailers().as_ref());
@@ -729,7 +751,13 @@ impl<S: ClientIo> Body<'_, S> {
                 Some(Err(_)) => return false,
                 Some(Ok(f)) => match f.into_data() {
                     Ok(d) => {
-                        self.enc.put(self.out, &d);
+                        if self.zip.is_some() {
+                            if !self.compress(&d, false) {
+                                return false;
+                            }
+                        } else {
+                            self.enc.put(self.out, &d);
+                        }
                         *self.bytes += d.len() as u64;
                         self.more();
                     }
@@ -737,8 +765,32 @@ impl<S: ClientIo> Body<'_, S> {
                 },
             }
         }
+        if !self.compress(&[], true) {
+            return false;
+        }
         self.enc.finish(self.out, trailers.as_ref());
         self.flush().await
+    }
+
+    /// With a compressor: `plain` compressed into `out` (and the compressed stream ended
+    /// when `last`). Without: nothing to do.
+    fn compress(&mut self, plain: &[u8], last: bool) -> bool {
+        let Some(z) = self.zip.as_mut() else {
+            return true;
+        };
+        let mut packed = Vec::new();
+        if z.push(plain, &mut packed).is_err() {
+            return false;
+        }
+        if last {
+            if let Some(z) = self.zip.take() {
+                if z.finish(&mut packed).is_err() {
+                    return false;
+                }
+            }
+        }
+        self.enc.put(self.out, &packed);
+        true
     }
 }
 

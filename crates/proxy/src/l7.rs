@@ -81,4 +81,7 @@ pub struct L7Metrics {
     pub backend_durations: Vec<HttpBackendDurationSample>,
     /// (service, idle keep-alive connections parked out of their tasks).
     pub parked: Vec<(String, u64)>,
+    /// (service, reason, requests refused by the service's rules: `access` (allow/deny,
+    /// 403), `auth` (basic auth, 401)).
+    pub refused: Vec<(String, &'static str, u64)>,
 }

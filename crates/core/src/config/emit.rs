@@ -74,6 +74,13 @@ pub fn table_to_string(doc: &Table) -> String {
         .and_then(toml_edit::Item::as_array_of_tables_mut)
     {
         for sv in services.iter_mut() {
+            super::rules::inline_maps(sv);
+            if let Some(routes) = sv
+                .get_mut("route")
+                .and_then(toml_edit::Item::as_array_of_tables_mut)
+            {
+                routes.iter_mut().for_each(super::rules::inline_maps);
+            }
             let Some(tls) = sv.get_mut("tls").and_then(toml_edit::Item::as_table_mut) else {
                 continue;
             };
@@ -232,6 +239,7 @@ pub fn service(sv: &ServiceConfig) -> Table {
         x.insert("budget".into(), int(r.budget_percent));
         t.insert("retry".into(), Value::Table(x));
     }
+    super::rules::emit(&sv.rules, &mut t);
     t
 }
 
@@ -290,6 +298,7 @@ fn route(r: &Route) -> Table {
         t.insert("path_prefix".into(), s(p));
     }
     t.insert("pool".into(), s(&r.pool));
+    super::rules::emit(&r.rules, &mut t);
     t
 }
 

@@ -16,6 +16,7 @@ mod error;
 pub mod limits;
 pub mod raw;
 mod recover;
+pub mod rules;
 mod summary;
 mod validate;
 pub mod value;
@@ -208,6 +209,8 @@ pub struct ServiceConfig {
     /// order; a connection whose name matches none (or that sends no SNI) goes to
     /// [`ServiceConfig::pool`]. Empty: no `ClientHello` is read.
     pub sni_routes: Vec<SniRoute>,
+    /// http: the service's rules (docs/rules.md); a route's are merged over them.
+    pub rules: crate::rules::Rules,
 }
 
 impl ServiceConfig {
@@ -280,6 +283,8 @@ pub struct Route {
     pub path_prefix: Option<String>,
     /// Target pool (exists in [`Config::pools`]).
     pub pool: String,
+    /// The route's own rules (docs/rules.md), merged over its service's.
+    pub rules: crate::rules::Rules,
 }
 
 impl Route {

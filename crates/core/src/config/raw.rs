@@ -97,6 +97,24 @@ pub struct RawService {
     /// `[[service.sni_route]]` (tcp only): TLS passthrough routed by the `ClientHello`'s SNI.
     #[serde(default)]
     pub sni_route: Vec<Spanned<RawSniRoute>>,
+    /// http: rules (docs/rules.md): `allow` / `deny` networks.
+    pub allow: Option<Spanned<Vec<Spanned<String>>>>,
+    /// http: clients refused (see `allow`).
+    pub deny: Option<Spanned<Vec<Spanned<String>>>>,
+    /// http: `[basic_auth]`.
+    pub basic_auth: Option<Spanned<super::rules::RawBasicAuth>>,
+    /// http: `[redirect]`.
+    pub redirect: Option<Spanned<super::rules::RawRedirect>>,
+    /// http: `[rewrite]`.
+    pub rewrite: Option<Spanned<super::rules::RawRewrite>>,
+    /// http: `[request_headers]`.
+    pub request_headers: Option<Spanned<super::rules::RawHeaders>>,
+    /// http: `[response_headers]`.
+    pub response_headers: Option<Spanned<super::rules::RawHeaders>>,
+    /// http: `[compression]`.
+    pub compression: Option<Spanned<super::rules::RawCompression>>,
+    /// http: `[error_pages]`: status or class -> file.
+    pub error_pages: Option<Spanned<std::collections::BTreeMap<Spanned<String>, Spanned<String>>>>,
 }
 
 /// `[[service.sni_route]]`: connections whose `ClientHello` names `sni` go to `pool`.
@@ -133,6 +151,24 @@ pub struct RawRoute {
     pub path_prefix: Option<Spanned<String>>,
     /// Target pool.
     pub pool: Spanned<Name>,
+    /// http: rules (docs/rules.md): `allow` / `deny` networks.
+    pub allow: Option<Spanned<Vec<Spanned<String>>>>,
+    /// http: clients refused (see `allow`).
+    pub deny: Option<Spanned<Vec<Spanned<String>>>>,
+    /// http: `[basic_auth]`.
+    pub basic_auth: Option<Spanned<super::rules::RawBasicAuth>>,
+    /// http: `[redirect]`.
+    pub redirect: Option<Spanned<super::rules::RawRedirect>>,
+    /// http: `[rewrite]`.
+    pub rewrite: Option<Spanned<super::rules::RawRewrite>>,
+    /// http: `[request_headers]`.
+    pub request_headers: Option<Spanned<super::rules::RawHeaders>>,
+    /// http: `[response_headers]`.
+    pub response_headers: Option<Spanned<super::rules::RawHeaders>>,
+    /// http: `[compression]`.
+    pub compression: Option<Spanned<super::rules::RawCompression>>,
+    /// http: `[error_pages]`: status or class -> file.
+    pub error_pages: Option<Spanned<std::collections::BTreeMap<Spanned<String>, Spanned<String>>>>,
 }
 
 /// `[service.tls]`.
@@ -395,3 +431,26 @@ pub struct RawAnnounce {
     /// A network interface that exists exactly while this process runs (a TUN device).
     pub liveness_interface: Option<Spanned<String>>,
 }
+
+macro_rules! raw_rules {
+    ($t:ty) => {
+        impl $t {
+            /// Its rule keys (docs/rules.md).
+            pub fn rules(&self) -> super::rules::RawRules<'_> {
+                super::rules::RawRules {
+                    allow: self.allow.as_ref(),
+                    deny: self.deny.as_ref(),
+                    basic_auth: self.basic_auth.as_ref(),
+                    redirect: self.redirect.as_ref(),
+                    rewrite: self.rewrite.as_ref(),
+                    request_headers: self.request_headers.as_ref(),
+                    response_headers: self.response_headers.as_ref(),
+                    compression: self.compression.as_ref(),
+                    error_pages: self.error_pages.as_ref(),
+                }
+            }
+        }
+    };
+}
+raw_rules!(RawService);
+raw_rules!(RawRoute);

@@ -653,6 +653,12 @@ fn service(c: &mut Checker<'_>, s: &RawService, defined: &[&str], has_xdp: bool)
         }
     });
 
+    let raw_rules = s.rules();
+    if let Some(span) = raw_rules.first_span() {
+        http_only(c, span, "a rule (docs/rules.md)");
+    }
+    let rules = super::rules::rules(&raw_rules, &mut c.errs);
+
     ServiceConfig {
         name: name.clone(),
         listen: s.listen.get_ref().0,
@@ -688,6 +694,7 @@ fn service(c: &mut Checker<'_>, s: &RawService, defined: &[&str], has_xdp: bool)
         retry,
         http2,
         sni_routes,
+        rules,
     }
 }
 
@@ -871,6 +878,7 @@ fn route(c: &mut Checker<'_>, r: &Spanned<RawRoute>, defined: &[&str], service: 
         host,
         path_prefix,
         pool: raw.pool.get_ref().0.clone(),
+        rules: super::rules::rules(&raw.rules(), &mut c.errs),
     }
 }
 

@@ -1,0 +1,449 @@
+//! The rules of a service and its routes as the data path uses them (docs/rules.md): the
+//! decisions are `fulcrum_core::rules`'; here are the files they name (htpasswd, error
+//! pages, read at every snapshot build, so a reload re-reads them), the password check, the
+//! request view with the path rewritten and the header rules applied, and the streaming
+//! compressors.
+
+use std::cell::RefCell;
+use std::io::Write as _;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use fulcrum_core::config::{Route, ServiceConfig};
+use fulcrum_core::rules::{Coding, Compression, HeaderRules, Rules, StatusMatch, Var};
+use http::Version;
+
+use crate::proxy::ReqView;
+
+/// One route's (or the default's) rules with the files they name, loaded.
+#[derive(Debug)]
+pub struct RuleSet {
+    pub rules: Rules,
+    /// `basic_auth`: the htpasswd file's users and bcrypt hashes.
+    users: Option<Vec<(String, String)>>,
+    /// `WWW-Authenticate` of a 401.
+    pub challenge: String,
+    /// `error_pages`, loaded: (statuses, body, content type).
+    pages: Vec<(StatusMatch, Bytes, &'static str)>,
+    /// `${route}`.
+    pub route_name: String,
+    /// Distinguishes this set's cached password checks from another's.
+    id: u64,
+}
+
+/// A service's rule sets: the default's (no route matched) and each route's, `None` where
+/// no rule applies (the data path then does nothing more than before).
+#[derive(Debug, Default)]
+pub struct ServiceRules {
+    pub default: Option<Arc<RuleSet>>,
+    pub routes: Vec<Option<Arc<RuleSet>>>,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A file a rule names that cannot be used: which key names it and why.
+#[derive(Debug, Clone)]
+pub struct FileProblem {
+    /// The route's index, or `None` for the service's own keys.
+    pub route: Option<usize>,
+    /// `basic_auth` or `error_pages`.
+    pub table: &'static str,
+    /// `htpasswd`, or the status key of an error page.
+    pub key: String,
+    pub message: String,
+    pub help: String,
+}
+
+fn route_name(r: Option<&Route>) -> String {
+    match r {
+        None => "default".into(),
+        Some(r) => format!(
+            "{}{}",
+            r.host.as_ref().map(ToString::to_string).unwrap_or_default(),
+            r.path_prefix.as_deref().unwrap_or("")
+        ),
+    }
+}
+
+fn content_type(p: &Path) -> &'static str {
+    match p.extension().and_then(|e| e.to_str()) {
+        Some("html" | "htm") => "text/html; charset=utf-8",
+        Some("json") => "application/json",
+        _ => "text/plain; charset=utf-8",
+    }
+}
+
+/// Reads an htpasswd file: `user:hash` lines of bcrypt hashes (`htpasswd -B`); blank lines
+/// and `#` comments skipped.
+pub fn read_htpasswd(path: &Path) -> Result<Vec<(String, String)>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read htpasswd file {}: {e}", path.display()))?;
+    let mut users = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((user, hash)) = line.split_once(':') else {
+            return Err(format!(
+                "{}:{}: not a `user:hash` line",
+                path.display(),
+                i + 1
+            ));
+        };
+        if !["$2a$", "$2b$", "$2y$", "$2x$"]
+            .iter()
+            .any(|p| hash.starts_with(p))
+        {
+            return Err(format!(
+                "{}:{}: the hash of user `{user}` is not bcrypt",
+                path.display(),
+                i + 1
+            ));
+        }
+        users.push((user.to_owned(), hash.to_owned()));
+    }
+    if users.is_empty() {
+        return Err(format!("htpasswd file {} has no users", path.display()));
+    }
+    Ok(users)
+}
+
+const HTPASSWD_HELP: &str =
+    "a readable file of user:bcrypt-hash lines, as `htpasswd -B -c FILE USER` writes";
+
+impl RuleSet {
+    fn load(
+        rules: Rules,
+        route_name: String,
+        route: Option<usize>,
+    ) -> Result<Self, Vec<FileProblem>> {
+        let mut problems = Vec::new();
+        let users = rules.basic_auth.as_ref().and_then(|b| {
+            read_htpasswd(&b.htpasswd)
+                .map_err(|message| {
+                    problems.push(FileProblem {
+                        route,
+                        table: "basic_auth",
+                        key: "htpasswd".into(),
+                        message,
+                        help: HTPASSWD_HELP.into(),
+                    });
+                })
+                .ok()
+        });
+        let mut pages = Vec::new();
+        for p in &rules.error_pages {
+            match std::fs::read(&p.file) {
+                Ok(b) => pages.push((p.status, Bytes::from(b), content_type(&p.file))),
+                Err(e) => problems.push(FileProblem {
+                    route,
+                    table: "error_pages",
+                    key: p.status.key(),
+                    message: format!("cannot read error page {}: {e}", p.file.display()),
+                    help: "a readable file; .html and .htm are sent as text/html, .json as application/json, others as text/plain".into(),
+                }),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let challenge = rules
+            .basic_auth
+            .as_ref()
+            .map(|b| format!("Basic realm=\"{}\", charset=\"UTF-8\"", b.realm))
+            .unwrap_or_default();
+        Ok(RuleSet {
+            rules,
+            users,
+            challenge,
+            pages,
+            route_name,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        })
+    }
+
+    /// The error page for one of Fulcrum's own answers.
+    pub fn page(&self, status: u16) -> Option<(Bytes, &'static str)> {
+        self.pages
+            .iter()
+            .find(|(m, _, _)| m.matches(status))
+            .map(|(_, b, t)| (b.clone(), *t))
+    }
+
+    /// Whether `authorization` (the request's header) names a user of the htpasswd file
+    /// with the right password. bcrypt is slow by design: it runs on tokio's blocking pool,
+    /// and a success is remembered per worker (up to 1024 credentials, per rule set).
+    pub async fn authorized(&self, authorization: Option<&[u8]>) -> bool {
+        let (Some(users), Some(h)) = (&self.users, authorization) else {
+            return false;
+        };
+        let Some(b64) = h
+            .trim_ascii()
+            .strip_prefix(b"Basic ")
+            .or_else(|| h.trim_ascii().strip_prefix(b"basic "))
+        else {
+            return false;
+        };
+        let b64 = b64.trim_ascii();
+        if AUTH_OK.with(|c| c.borrow().iter().any(|(id, v)| *id == self.id && v == b64)) {
+            return true;
+        }
+        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(b64) else {
+            return false;
+        };
+        let Some(colon) = decoded.iter().position(|b| *b == b':') else {
+            return false;
+        };
+        let (user, pass) = (&decoded[..colon], &decoded[colon + 1..]);
+        let Some((_, hash)) = users.iter().find(|(u, _)| u.as_bytes() == user) else {
+            return false;
+        };
+        let (hash, pass) = (hash.clone(), pass.to_vec());
+        let ok = tokio::task::spawn_blocking(move || bcrypt::verify(pass, &hash).unwrap_or(false))
+            .await
+            .unwrap_or(false);
+        if ok {
+            AUTH_OK.with(|c| {
+                let mut c = c.borrow_mut();
+                if c.len() >= 1024 {
+                    c.clear();
+                }
+                c.push((self.id, b64.to_vec()));
+            });
+        }
+        ok
+    }
+}
+
+thread_local! {
+    /// Per worker: credentials (rule set id, base64 text) that passed bcrypt.
+    static AUTH_OK: RefCell<Vec<(u64, Vec<u8>)>> = const { RefCell::new(Vec::new()) };
+}
+
+impl ServiceRules {
+    /// Loads the rule sets of a service (reads the files they name).
+    pub fn load(svc: &ServiceConfig) -> Result<Self, Vec<FileProblem>> {
+        let mut problems = Vec::new();
+        let mut one = |rules: Rules, name: String, route: Option<usize>| {
+            if rules.is_empty() {
+                return None;
+            }
+            match RuleSet::load(rules, name, route) {
+                Ok(s) => Some(Arc::new(s)),
+                Err(p) => {
+                    problems.extend(p);
+                    None
+                }
+            }
+        };
+        let default = one(svc.rules.clone(), route_name(None), None);
+        let routes = svc
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                one(
+                    Rules::merged(&svc.rules, &r.rules),
+                    route_name(Some(r)),
+                    Some(i),
+                )
+            })
+            .collect();
+        if problems.is_empty() {
+            Ok(ServiceRules { default, routes })
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// The rule set of the matched route (`None`: the default).
+    pub fn get(&self, route: Option<usize>) -> Option<&Arc<RuleSet>> {
+        match route {
+            None => self.default.as_ref(),
+            Some(i) => self.routes.get(i).and_then(Option::as_ref),
+        }
+    }
+}
+
+/// Every problem with the files a service's rules name (for `fulcrum check`).
+pub fn check_files(svc: &ServiceConfig) -> Vec<FileProblem> {
+    // A service's file is named by the service's key, though each route's set reads it too.
+    let mut out: Vec<FileProblem> = Vec::new();
+    for p in ServiceRules::load(svc).err().unwrap_or_default() {
+        if !out
+            .iter()
+            .any(|q| q.table == p.table && q.key == p.key && q.message == p.message)
+        {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// The values of a request's variables.
+pub(crate) struct Vars<'a> {
+    pub client: std::net::SocketAddr,
+    pub request_id: &'a [u8],
+    pub route: &'a str,
+    pub pool: &'a str,
+    pub host: &'a str,
+    pub tls: bool,
+}
+
+impl Vars<'_> {
+    pub fn put(&self, v: Var, out: &mut Vec<u8>) {
+        match v {
+            Var::ClientAddr => {
+                let _ = write!(out, "{}", self.client.ip().to_canonical());
+            }
+            Var::ClientPort => {
+                let _ = write!(out, "{}", self.client.port());
+            }
+            Var::RequestId => out.extend_from_slice(self.request_id),
+            Var::Route => out.extend_from_slice(self.route.as_bytes()),
+            Var::Pool => out.extend_from_slice(self.pool.as_bytes()),
+            Var::Host => out.extend_from_slice(self.host.as_bytes()),
+            Var::Scheme => out.extend_from_slice(if self.tls { b"https" } else { b"http" }),
+        }
+    }
+
+    /// The fields `set` and `add` write, expanded.
+    pub fn fields(&self, h: &HeaderRules) -> Vec<(Vec<u8>, Vec<u8>)> {
+        h.set
+            .iter()
+            .chain(&h.add)
+            .map(|(n, t)| {
+                let mut v = Vec::new();
+                t.expand(&mut v, |var, o| self.put(var, o));
+                (n.as_bytes().to_vec(), v)
+            })
+            .collect()
+    }
+}
+
+/// A request as the backend gets it: its path rewritten, fields dropped by the header rules
+/// and the rules' fields added.
+pub(crate) struct Ruled<'a, R> {
+    pub inner: &'a R,
+    pub target: Option<Vec<u8>>,
+    pub drop: Option<&'a HeaderRules>,
+    pub extra: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl<R: ReqView> ReqView for Ruled<'_, R> {
+    fn method(&self) -> &[u8] {
+        self.inner.method()
+    }
+    fn target(&self) -> &[u8] {
+        self.target
+            .as_deref()
+            .unwrap_or_else(|| self.inner.target())
+    }
+    fn authority(&self) -> Option<&[u8]> {
+        self.inner.authority()
+    }
+    fn version(&self) -> Version {
+        self.inner.version()
+    }
+    fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.inner
+            .headers()
+            .filter(|(n, _)| self.drop.is_none_or(|h| !h.drops(n)))
+            .chain(self.extra.iter().map(|(n, v)| (&n[..], &v[..])))
+    }
+}
+
+/// What the response rules do to one answer: fields dropped, fields added (the
+/// `response_headers` rules, `Content-Encoding`, `Vary`) and the compressor.
+pub(crate) struct RespEdit {
+    pub rules: Arc<RuleSet>,
+    pub extra: Vec<(Vec<u8>, Vec<u8>)>,
+    pub coding: Option<Coding>,
+    /// The compressor, until the body writer takes it.
+    pub encoder: Option<Encoder>,
+}
+
+impl RespEdit {
+    /// Whether a backend's field is not passed on.
+    pub fn drops(&self, name: &[u8]) -> bool {
+        self.rules.rules.response_headers.drops(name)
+            || (self.coding.is_some() && name.eq_ignore_ascii_case(b"content-length"))
+    }
+}
+
+/// A streaming compressor: each piece of the body in, the compressed bytes so far out
+/// (flushed, so a slow stream reaches the client as it comes).
+pub(crate) enum Encoder {
+    Gzip(flate2::write::GzEncoder<Vec<u8>>),
+    Br(Box<brotli::CompressorWriter<Vec<u8>>>),
+    Zstd(zstd::stream::write::Encoder<'static, Vec<u8>>),
+}
+
+impl Encoder {
+    pub fn new(c: Coding, cfg: &Compression) -> Option<Encoder> {
+        Some(match c {
+            Coding::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(
+                Vec::new(),
+                flate2::Compression::new(cfg.gzip_level),
+            )),
+            Coding::Br => Encoder::Br(Box::new(brotli::CompressorWriter::new(
+                Vec::new(),
+                4096,
+                cfg.br_level,
+                22,
+            ))),
+            Coding::Zstd => Encoder::Zstd(
+                zstd::stream::write::Encoder::new(Vec::new(), i32::try_from(cfg.zstd_level).ok()?)
+                    .ok()?,
+            ),
+        })
+    }
+
+    fn inner(&mut self) -> &mut Vec<u8> {
+        match self {
+            Encoder::Gzip(e) => e.get_mut(),
+            Encoder::Br(e) => e.get_mut(),
+            Encoder::Zstd(e) => e.get_mut(),
+        }
+    }
+
+    /// Compresses `data` and moves what is ready into `out`.
+    pub fn push(&mut self, data: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Encoder::Gzip(e) => {
+                e.write_all(data)?;
+                e.flush()?;
+            }
+            Encoder::Br(e) => {
+                e.write_all(data)?;
+                e.flush()?;
+            }
+            Encoder::Zstd(e) => {
+                e.write_all(data)?;
+                e.flush()?;
+            }
+        }
+        let inner = self.inner();
+        out.extend_from_slice(inner);
+        inner.clear();
+        Ok(())
+    }
+
+    /// Ends the stream: its last bytes into `out`.
+    pub fn finish(self, out: &mut Vec<u8>) -> std::io::Result<()> {
+        let rest = match self {
+            Encoder::Gzip(e) => e.finish()?,
+            Encoder::Br(e) => e.into_inner(),
+            Encoder::Zstd(e) => e.finish()?,
+        };
+        out.extend_from_slice(&rest);
+        Ok(())
+    }
+}
