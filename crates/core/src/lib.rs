@@ -12,12 +12,14 @@
 //! - [`announce`]: whether a VIP is announced to the routers, and the speakers' line formats.
 //! - [`cluster`]: the fleet control plane in etcd: shared vs local, merging, revisions.
 //! - [`registry`]: backends that register themselves in etcd: keys, values, refusals.
+//! - [`dns`]: the authoritative answers of `protocol = "dns"` services (hickory-proto wire format).
 //! - [`fleet_health`]: one health view for a fleet: members' verdicts and `health_quorum`.
 
 pub mod announce;
 pub mod choice;
 pub mod cluster;
 pub mod config;
+pub mod dns;
 pub mod fleet_health;
 pub mod flow;
 pub mod hash;

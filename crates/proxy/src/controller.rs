@@ -1174,6 +1174,22 @@ impl Build {
                     Forwarding::Proxy { proxy_protocol } => proxy_protocol,
                     _ => None,
                 };
+                let dns = s.dns.as_ref().and_then(|d| {
+                    let zone = fulcrum_core::dns::Zone::new(d, self.generation as u32)
+                        .map_err(|e| tracing::error!(service = %s.name, "dns zone: {e}"))
+                        .ok()?;
+                    let dns_pools = zone
+                        .pools()
+                        .iter()
+                        .filter_map(|n| pools.iter().find(|p| p.name == *n).cloned())
+                        .collect::<Vec<_>>();
+                    (dns_pools.len() == zone.pools().len()).then(|| {
+                        Arc::new(crate::snapshot::DnsRt {
+                            zone,
+                            pools: dns_pools,
+                        })
+                    })
+                });
                 Some(Arc::new(ServiceRt {
                     name: s.name.clone(),
                     listen: s.listen,
@@ -1189,6 +1205,7 @@ impl Build {
                     connect_timeout: s.timeouts.map_or(defaults::CONNECT_TIMEOUT, |t| t.connect),
                     stats,
                     ext,
+                    dns,
                     generation: self.generation,
                 }))
             })

@@ -17,6 +17,7 @@ pub mod accept;
 pub mod announce;
 pub mod controller;
 pub mod discovery;
+pub mod dns;
 pub mod files;
 pub mod health;
 pub mod l7;
