@@ -638,6 +638,37 @@ fn status(api: &Api, as_json: bool) -> Result<String, Fail> {
         ],
         &rows,
     ));
+    // dns services: the names they answer.
+    let rows: Vec<Vec<String>> = services["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| {
+            let origin = cell(&s["dns"]["origin"]);
+            s["dns"]["names"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(move |n| {
+                    vec![
+                        cell(&s["name"]),
+                        origin.clone(),
+                        cell(&n["name"]),
+                        cell(&n["pool"]),
+                        format!("{}s", cell(&n["ttl"])),
+                        cell(&n["max_answers"]),
+                    ]
+                })
+        })
+        .collect();
+    if !rows.is_empty() {
+        out.push('\n');
+        out.push_str(&table(
+            &["DNS SERVICE", "ZONE", "NAME", "POOL", "TTL", "MAX ANSWERS"],
+            &rows,
+        ));
+    }
     Ok(out)
 }
 

@@ -899,3 +899,84 @@ async fn rrl_limits_a_flood_to_one_prefix_and_others_are_still_served() {
     );
     s.f.assert_no_panic();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_ctl_and_adm_show_dns_services() {
+    if !need("dns metrics", "dig", "bind9-dnsutils") {
+        return;
+    }
+    let s = setup(
+        "dns-metrics",
+        &www(1, "30s"),
+        NO_RRL,
+        &format!(
+            "[[pool]]\nname = \"web\"\nscheduler = \"rr\"\n[pool.health]\ncheck = \"none\"\n{}",
+            backends(&ips("127.0.10.", 2))
+        ),
+    )
+    .await;
+    for _ in 0..4 {
+        assert_eq!(
+            answer_ips(&dig(s.dns, &["www.example.test", "+short"])).len(),
+            1
+        );
+    }
+    assert_eq!(status(&dig(s.dns, &["nope.example.test"])), "NXDOMAIN");
+    assert_eq!(status(&dig(s.dns, &["example.com"])), "REFUSED");
+    let m = s.f.metrics().await;
+    let q = |qtype: &str, rcode: &str| {
+        common::metric_value(
+            &m,
+            "fulcrum_dns_queries_total",
+            &[("service", "dns"), ("qtype", qtype), ("rcode", rcode)],
+        )
+    };
+    assert_eq!(q("A", "NOERROR"), Some(4.0), "{m}");
+    assert_eq!(q("A", "NXDOMAIN"), Some(1.0), "{m}");
+    assert_eq!(q("A", "REFUSED"), Some(1.0), "{m}");
+    for b in ["127.0.10.1:80", "127.0.10.2:80"] {
+        let n = common::metric_value(
+            &m,
+            "fulcrum_dns_answers_total",
+            &[("pool", "web"), ("backend", b)],
+        );
+        assert_eq!(n, Some(2.0), "rr: 2 answers each for {b}: {m}");
+    }
+    let admin = format!("http://{}", s.f.admin);
+    let (a2, admin2) = (admin.clone(), admin);
+    let ctl = tokio::task::spawn_blocking(move || {
+        run(
+            env!("CARGO_BIN_EXE_fulcrum"),
+            &["ctl", "--admin", &a2, "status"],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(ctl.contains("DNS SERVICE"), "{ctl}");
+    assert!(
+        ctl.lines().any(|l| l.contains("www.example.test")
+            && l.contains("example.test")
+            && l.contains("30s")),
+        "{ctl}"
+    );
+    let adm = tokio::task::spawn_blocking(move || {
+        run(
+            env!("CARGO_BIN_EXE_fulcrum"),
+            &["adm", "--admin", &admin2, "-L", "-n"],
+        )
+    })
+    .await
+    .unwrap();
+    let svc = s.dns.to_string();
+    assert!(
+        adm.lines()
+            .any(|l| l.starts_with("UDP") && l.contains(&svc)),
+        "{adm}"
+    );
+    assert!(
+        adm.lines()
+            .any(|l| l.starts_with("TCP") && l.contains(&svc)),
+        "{adm}"
+    );
+    s.f.assert_no_panic();
+}
