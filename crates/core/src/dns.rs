@@ -687,3 +687,110 @@ fn servfail(reply: &Message, mut out: Outcome) -> Outcome {
         .ok();
     out
 }
+
+/// HTTP-DNS helpers: the JSON API's query and answer (Google's and Cloudflare's shape) and
+/// RFC 8484's base64url, on the same [`answer`].
+pub mod http {
+    use hickory_proto::op::{Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::{Name, RecordType};
+    use serde_json::{json, Value};
+
+    /// The query message of `GET /dns-query?name=&type=` (`kind`: a type name such as
+    /// `AAAA` or its number; default A).
+    ///
+    /// # Errors
+    /// What is wrong with the name or type, for a 400 answer.
+    pub fn query(name: &str, kind: Option<&str>) -> Result<Vec<u8>, String> {
+        let n =
+            Name::from_ascii(name).map_err(|e| format!("name \"{name}\" is no DNS name: {e}"))?;
+        let t = match kind {
+            None | Some("") => RecordType::A,
+            Some(k) => match k.parse::<u16>() {
+                Ok(num) => RecordType::from(num),
+                Err(_) => k.to_ascii_uppercase().parse::<RecordType>().map_err(|_| {
+                    format!("type \"{k}\" is no record type; e.g. A, AAAA, SOA, NS or a number")
+                })?,
+            },
+        };
+        let mut m = Message::new();
+        m.set_id(0)
+            .set_message_type(MessageType::Query)
+            .set_op_code(OpCode::Query)
+            .set_recursion_desired(true);
+        m.add_query(Query::query(n, t));
+        m.to_vec()
+            .map_err(|e| format!("cannot encode the query: {e}"))
+    }
+
+    /// A reply as JSON: `Status`, `TC`, `RD`, `RA`, `AD`, `CD`, `Question`, `Answer`,
+    /// `Authority` (each record `name`, `type`, `TTL`, `data`), as the Google and Cloudflare
+    /// JSON APIs answer. `None`: not a DNS message.
+    pub fn json(reply: &[u8]) -> Option<Value> {
+        let m = Message::from_vec(reply).ok()?;
+        let records = |rs: &[hickory_proto::rr::Record]| -> Vec<Value> {
+            rs.iter()
+                .map(|r| {
+                    json!({
+                        "name": r.name().to_string(),
+                        "type": u16::from(r.record_type()),
+                        "TTL": r.ttl(),
+                        "data": r.data().to_string(),
+                    })
+                })
+                .collect()
+        };
+        let mut v = json!({
+            "Status": u16::from(m.response_code()),
+            "TC": m.truncated(),
+            "RD": m.recursion_desired(),
+            "RA": m.recursion_available(),
+            "AD": m.authentic_data(),
+            "CD": m.checking_disabled(),
+            "Question": m.queries().iter().map(|q| json!({
+                "name": q.name().to_string(),
+                "type": u16::from(q.query_type()),
+            })).collect::<Vec<_>>(),
+        });
+        if !m.answers().is_empty() {
+            v["Answer"] = Value::Array(records(m.answers()));
+        }
+        if !m.name_servers().is_empty() {
+            v["Authority"] = Value::Array(records(m.name_servers()));
+        }
+        Some(v)
+    }
+
+    /// The smallest TTL of a reply's records (RFC 8484 5.1: the HTTP freshness lifetime).
+    pub fn min_ttl(reply: &[u8]) -> Option<u32> {
+        let m = Message::from_vec(reply).ok()?;
+        m.answers()
+            .iter()
+            .chain(m.name_servers())
+            .map(hickory_proto::rr::Record::ttl)
+            .min()
+    }
+
+    /// RFC 4648 base64url without padding (RFC 8484's `dns` parameter); `None`: not that.
+    pub fn base64url(text: &str) -> Option<Vec<u8>> {
+        let mut out = Vec::with_capacity(text.len() * 3 / 4);
+        let (mut acc, mut bits) = (0u32, 0u32);
+        for c in text.bytes().filter(|&c| c != b'=') {
+            let v = match c {
+                b'A'..=b'Z' => c - b'A',
+                b'a'..=b'z' => c - b'a' + 26,
+                b'0'..=b'9' => c - b'0' + 52,
+                b'-' => 62,
+                b'_' => 63,
+                _ => return None,
+            };
+            acc = (acc << 6) | u32::from(v);
+            bits += 6;
+            if bits >= 8 {
+                bits -= 8;
+                out.push((acc >> bits) as u8);
+                acc &= (1 << bits) - 1;
+            }
+        }
+        Some(out)
+    }
+}

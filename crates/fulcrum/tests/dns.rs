@@ -980,3 +980,141 @@ async fn metrics_ctl_and_adm_show_dns_services() {
     );
     s.f.assert_no_panic();
 }
+
+fn base64url(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..=chunk.len() {
+            out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+fn curl(args: &[&str]) -> Vec<u8> {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "5"])
+        .args(args)
+        .output()
+        .unwrap();
+    out.stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_dns_json_and_rfc8484_give_the_udp_answers() {
+    if !need("dns http", "dig", "bind9-dnsutils") || !need("dns http", "curl", "curl") {
+        return;
+    }
+    let s = setup(
+        "dns-doh",
+        &www(3, "30s"),
+        NO_RRL,
+        &format!(
+            "[[pool]]\nname = \"web\"\nscheduler = \"maglev\"\n[pool.health]\ncheck = \"none\"\n{}",
+            backends(&ips("127.0.11.", 8))
+        ),
+    )
+    .await;
+    let admin = s.f.admin;
+    // JSON (Google/Cloudflare shape): the same addresses as dig gets over UDP (maglev keys
+    // on the client address, 127.0.0.1 both ways).
+    let udp: BTreeSet<IpAddr> = answer_ips(&dig(s.dns, &["www.example.test", "+short"]))
+        .into_iter()
+        .collect();
+    assert_eq!(udp.len(), 3);
+    let url = format!("http://{admin}/dns-query?name=www.example.test&type=A");
+    let v: serde_json::Value =
+        serde_json::from_slice(&curl(&["-H", "accept: application/dns-json", &url])).unwrap();
+    assert_eq!(v["Status"], 0, "{v}");
+    let json: BTreeSet<IpAddr> = v["Answer"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["data"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(json, udp, "{v}");
+    assert!(v["Answer"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|a| a["TTL"] == 30 && a["type"] == 1));
+    let v: serde_json::Value = serde_json::from_slice(&curl(&[&format!(
+        "http://{admin}/dns-query?name=nope.example.test&type=AAAA"
+    )]))
+    .unwrap();
+    assert_eq!(v["Status"], 3, "NXDOMAIN: {v}");
+    assert_eq!(v["Authority"][0]["type"], 6, "{v}");
+    let v: serde_json::Value = serde_json::from_slice(&curl(&[&format!(
+        "http://{admin}/dns-query?name=example.com"
+    )]))
+    .unwrap();
+    assert_eq!(v["Status"], 5, "REFUSED: {v}");
+    // A bad type: 400 with the error body.
+    let v: serde_json::Value = serde_json::from_slice(&curl(&[&format!(
+        "http://{admin}/dns-query?name=www.example.test&type=BOGUS"
+    )]))
+    .unwrap();
+    assert!(v["error"].as_str().unwrap().contains("BOGUS"), "{v}");
+
+    // RFC 8484 GET and POST: byte for byte the UDP reply to the same query.
+    let mut q = qname(&["www", "example", "test"]);
+    q.extend_from_slice(&[0, 1, 0, 1]);
+    let q = packet(0, 0x0100, 1, &q);
+    let over_udp = raw(s.dns, "127.0.0.1", &q).await.expect("udp reply");
+    let get = curl(&[&format!("http://{admin}/dns-query?dns={}", base64url(&q))]);
+    assert_eq!(get, over_udp, "GET");
+    let dir = temp_dir("dns-doh");
+    let f = dir.join("q");
+    std::fs::write(&f, &q).unwrap();
+    let post = curl(&[
+        "-H",
+        "content-type: application/dns-message",
+        "--data-binary",
+        &format!("@{}", f.display()),
+        &format!("http://{admin}/dns-query"),
+    ]);
+    assert_eq!(post, over_udp, "POST");
+    // The freshness lifetime is the answer's TTL (RFC 8484 5.1).
+    let head = String::from_utf8_lossy(&curl(&[
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        &format!("http://{admin}/dns-query?dns={}", base64url(&q)),
+    ]))
+    .to_ascii_lowercase();
+    assert!(
+        head.contains("content-type: application/dns-message")
+            && head.contains("cache-control: max-age=30"),
+        "{head}"
+    );
+    // POST of something else: 415.
+    let code = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--data-binary",
+        "x",
+        &format!("http://{admin}/dns-query"),
+    ]);
+    assert_eq!(code, b"415");
+    let m = s.f.metrics().await;
+    assert!(
+        common::metric_value(
+            &m,
+            "fulcrum_dns_queries_total",
+            &[("service", "dns"), ("qtype", "A"), ("rcode", "NOERROR")]
+        )
+        .unwrap()
+            >= 5.0
+    );
+    s.f.assert_no_panic();
+}
