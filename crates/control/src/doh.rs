@@ -5,7 +5,6 @@
 //! the first dns service (or `?service=NAME`); not part of the OpenAPI document (its
 //! answers are DNS messages, and it needs no token).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use axum::body::Bytes;
@@ -23,7 +22,17 @@ fn bad(msg: impl Into<String>) -> Response {
 }
 
 /// The dns service asked for, else the first one.
-fn service(shared: &Shared, asked: Option<&String>) -> Result<String, Response> {
+/// The query parameters of `/dns-query`.
+#[derive(Debug, serde::Deserialize)]
+pub struct Params {
+    name: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    dns: Option<String>,
+    service: Option<String>,
+}
+
+fn service(shared: &Shared, asked: Option<&String>) -> Result<String, String> {
     let snap = shared.snapshot.load();
     let mut dns = snap
         .services
@@ -33,14 +42,9 @@ fn service(shared: &Shared, asked: Option<&String>) -> Result<String, Response> 
         Some(n) => dns.find(|s| s.name == *n),
         None => dns.next(),
     };
-    found.map(|s| s.name.clone()).ok_or_else(|| {
-        crate::admin::answers::error(
-            StatusCode::NOT_FOUND,
-            match asked {
-                Some(n) => format!("no dns service named `{n}`"),
-                None => "no dns service is configured (protocol = \"dns\")".into(),
-            },
-        )
+    found.map(|s| s.name.clone()).ok_or_else(|| match asked {
+        Some(n) => format!("no dns service named `{n}`"),
+        None => "no dns service is configured (protocol = \"dns\")".into(),
     })
 }
 
@@ -64,14 +68,14 @@ pub async fn get(
     State(st): State<crate::admin::AdminState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
+    Query(q): Query<Params>,
 ) -> Response {
     let shared = st.shared;
-    let svc = match service(&shared, q.get("service")) {
+    let svc = match service(&shared, q.service.as_ref()) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(e) => return crate::admin::answers::error(StatusCode::NOT_FOUND, e),
     };
-    if let Some(d) = q.get("dns") {
+    if let Some(d) = &q.dns {
         let Some(packet) = dnshttp::base64url(d) else {
             return bad("dns is not base64url (RFC 8484 4.1)");
         };
@@ -80,10 +84,10 @@ pub async fn get(
             None => bad("not a DNS query"),
         };
     }
-    let Some(name) = q.get("name") else {
+    let Some(name) = &q.name else {
         return bad("give name= (and type=) for JSON, or dns= (RFC 8484)");
     };
-    let packet = match dnshttp::query(name, q.get("type").map(String::as_str)) {
+    let packet = match dnshttp::query(name, q.kind.as_deref()) {
         Ok(p) => p,
         Err(e) => return bad(e),
     };
@@ -110,7 +114,7 @@ pub async fn post(
     State(st): State<crate::admin::AdminState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
+    Query(q): Query<Params>,
     body: Bytes,
 ) -> Response {
     let ct = headers
@@ -124,9 +128,9 @@ pub async fn post(
         );
     }
     let shared = st.shared;
-    let svc = match service(&shared, q.get("service")) {
+    let svc = match service(&shared, q.service.as_ref()) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(e) => return crate::admin::answers::error(StatusCode::NOT_FOUND, e),
     };
     match answer(&shared, &svc, &body, peer) {
         Some(reply) => message(reply),

@@ -2,7 +2,11 @@
 //! (knot-dnsutils) and unbound as a recursive resolver in front, against the real `fulcrum`
 //! binary on 127.0.0.0/8. Raw packets from this test only for what no client sends (bad
 //! input, a flood).
-#![allow(clippy::unwrap_used, clippy::too_many_lines)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::too_many_lines,
+    clippy::many_single_char_names
+)]
 
 mod common;
 
@@ -351,7 +355,7 @@ fn batch(server: SocketAddr, lines: &[String]) -> Vec<Vec<IpAddr>> {
         if *name != last || groups.is_empty() {
             groups.push(Vec::new());
         }
-        last = (*name).to_owned();
+        (*name).clone_into(&mut last);
         groups.last_mut().unwrap().push(ip);
     }
     groups
@@ -372,7 +376,8 @@ async fn shares_over_1000_queries_follow_weights() {
         let s = setup(
             &format!("dns-w-{sched}"),
             // Distinct names so each query's answer is its own group in dig's output.
-            &(0..2).map(|i| format!("[[service.dns_name]]\nname = \"n{i}.example.test\"\nmax_answers = 1\n")).collect::<String>(),
+            "[[service.dns_name]]\nname = \"n0.example.test\"\nmax_answers = 1\n\
+             [[service.dns_name]]\nname = \"n1.example.test\"\nmax_answers = 1\n",
             NO_RRL,
             &format!("[[pool]]\nname = \"web\"\nscheduler = \"{sched}\"\n[pool.health]\ncheck = \"none\"\n{}", backends(&pool)),
         )
