@@ -638,7 +638,11 @@ fn status(api: &Api, as_json: bool) -> Result<String, Fail> {
         ],
         &rows,
     ));
-    // dns services: the names they answer.
+    Ok(out + &dns_names_table(&services))
+}
+
+/// The names of the dns services in `GET /api/v1/services` (empty: none).
+fn dns_names_table(services: &Value) -> String {
     let rows: Vec<Vec<String>> = services["services"]
         .as_array()
         .into_iter()
@@ -662,14 +666,16 @@ fn status(api: &Api, as_json: bool) -> Result<String, Fail> {
                 })
         })
         .collect();
-    if !rows.is_empty() {
-        out.push('\n');
-        out.push_str(&table(
+    if rows.is_empty() {
+        return String::new();
+    }
+    format!(
+        "\n{}",
+        table(
             &["DNS SERVICE", "ZONE", "NAME", "POOL", "TTL", "MAX ANSWERS"],
             &rows,
-        ));
-    }
-    Ok(out)
+        )
+    )
 }
 
 fn backend(api: &Api, cmd: &BackendCommand, as_json: bool) -> Result<String, Fail> {
