@@ -137,6 +137,14 @@ pub fn router(state: AdminState) -> Router {
         ))
         // The dashboard's static files: after the `protect_reads` layer (they hold no data).
         .merge(dashboard::assets())
+        // HTTP-DNS: public like the DNS it answers (no token), outside the OpenAPI
+        // document (docs/dns.md).
+        .route(
+            "/dns-query",
+            get(crate::doh::get)
+                .post(crate::doh::post)
+                .layer(DefaultBodyLimit::max(usize::from(u16::MAX))),
+        )
         .fallback(|| async {
             ApiError::NotFound(
                 "no such endpoint; see /api/v1/openapi.json for the endpoints".into(),
@@ -685,7 +693,7 @@ fn percent_decode(s: &str) -> String {
 }
 
 mod announce;
-mod answers;
+pub(crate) mod answers;
 mod dashboard;
 
 pub use answers::{error, ApiError};

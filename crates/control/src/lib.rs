@@ -1,5 +1,6 @@
 //! Fulcrum's control plane: the admin API and the metrics.
 pub mod admin;
+pub mod doh;
 pub mod edit;
 pub mod explain;
 pub mod metrics;

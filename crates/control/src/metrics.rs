@@ -208,6 +208,36 @@ impl Collector for FulcrumCollector {
             }
         }
 
+        let mut m = enc.encode_descriptor(
+            "fulcrum_dns_queries",
+            "dns services: queries by question type and response code (rcode \"dropped\": no reply)",
+            None,
+            MetricType::Counter,
+        )?;
+        for s in snap.services.iter().filter(|s| s.dns.is_some()) {
+            for (qtype, rcode, n) in s.stats.dns.nonzero() {
+                ConstCounter::new(n).encode(m.encode_family(&[
+                    ("service", s.name.as_str()),
+                    ("qtype", qtype),
+                    ("rcode", rcode),
+                ])?)?;
+            }
+        }
+        let mut m = enc.encode_descriptor(
+            "fulcrum_dns_answers",
+            "dns services: answers that carried the backend's address",
+            None,
+            MetricType::Counter,
+        )?;
+        for ((p, _, s), a) in rows.iter().zip(&addrs) {
+            let n = load(&s.dns_answers);
+            if n > 0 {
+                ConstCounter::new(n).encode(
+                    m.encode_family(&[("pool", p.name.as_str()), ("backend", a.as_str())])?,
+                )?;
+            }
+        }
+
         let g = &self.shared.global;
         let mut m = enc.encode_descriptor(
             "fulcrum_config_reloads",

@@ -30,7 +30,7 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub async fn serve(listener: TcpListener, app: Router) {
     static ERRORS: LogLimit = LogLimit::new();
     loop {
-        let (sock, _) = match listener.accept().await {
+        let (sock, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
                 // EMFILE and friends: one line a second at most, and a pause, not a spin.
@@ -42,7 +42,11 @@ pub async fn serve(listener: TcpListener, app: Router) {
             }
         };
         let _ = sock.set_nodelay(true);
-        tokio::spawn(connection(sock, app.clone()));
+        // The peer's address for handlers that key on the client (`/dns-query`).
+        let app = app
+            .clone()
+            .layer(axum::Extension(axum::extract::ConnectInfo(peer)));
+        tokio::spawn(connection(sock, app));
     }
 }
 

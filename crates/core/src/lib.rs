@@ -14,6 +14,7 @@
 //! - [`registry`]: backends that register themselves in etcd: keys, values, refusals.
 //! - [`rules`]: http request and response rules (redirects, headers, rewrites, access lists,
 //!   basic auth, compression, error pages) and their order.
+//! - [`dns`]: the authoritative answers of `protocol = "dns"` services (hickory-proto wire format).
 //! - [`fleet_health`]: one health view for a fleet: members' verdicts and `health_quorum`.
 //! - [`tls_hello`]: the server name of a TLS `ClientHello`, for passthrough routing.
 //! - [`x509name`]: a certificate's subject as RFC 4514 text (client certificates).
@@ -22,6 +23,7 @@ pub mod announce;
 pub mod choice;
 pub mod cluster;
 pub mod config;
+pub mod dns;
 pub mod fleet_health;
 pub mod flow;
 pub mod hash;

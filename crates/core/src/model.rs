@@ -240,6 +240,9 @@ pub enum ServiceProtocol {
     Tcp,
     Udp,
     Http,
+    /// An authoritative DNS server answering with the pool's healthy backends, on UDP and
+    /// TCP at the same address (docs/dns.md).
+    Dns,
 }
 
 impl ServiceProtocol {
@@ -248,6 +251,7 @@ impl ServiceProtocol {
             Self::Tcp => "tcp",
             Self::Udp => "udp",
             Self::Http => "http",
+            Self::Dns => "dns",
         }
     }
 }

@@ -622,17 +622,22 @@ fn services(api: &Api) -> Result<Vec<RunningSvc>, Fail> {
     let list = v["services"].as_array().cloned().unwrap_or_default();
     Ok(list
         .iter()
-        .filter_map(|s| {
-            Some(RunningSvc {
-                name: s["name"].as_str()?.to_owned(),
-                proto: if s["protocol"].as_str()? == "udp" {
-                    Proto::Udp
-                } else {
-                    Proto::Tcp
-                },
-                listen: s["listen"].as_str()?.parse().ok()?,
-                forward: s["forward"].as_str().unwrap_or("proxy").to_owned(),
-                pool: s["pool"].as_str()?.to_owned(),
+        .flat_map(|s| {
+            // A dns service listens on UDP and TCP: two virtual services, as ipvsadm would
+            // list them.
+            let protos: &[Proto] = match s["protocol"].as_str() {
+                Some("udp") => &[Proto::Udp],
+                Some("dns") => &[Proto::Udp, Proto::Tcp],
+                _ => &[Proto::Tcp],
+            };
+            protos.iter().filter_map(move |&proto| {
+                Some(RunningSvc {
+                    name: s["name"].as_str()?.to_owned(),
+                    proto,
+                    listen: s["listen"].as_str()?.parse().ok()?,
+                    forward: s["forward"].as_str().unwrap_or("proxy").to_owned(),
+                    pool: s["pool"].as_str()?.to_owned(),
+                })
             })
         })
         .collect())

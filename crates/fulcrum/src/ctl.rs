@@ -653,7 +653,44 @@ fn status(api: &Api, as_json: bool) -> Result<String, Fail> {
         ],
         &rows,
     ));
-    Ok(out)
+    Ok(out + &dns_names_table(&services))
+}
+
+/// The names of the dns services in `GET /api/v1/services` (empty: none).
+fn dns_names_table(services: &Value) -> String {
+    let rows: Vec<Vec<String>> = services["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| {
+            let origin = cell(&s["dns"]["origin"]);
+            s["dns"]["names"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(move |n| {
+                    vec![
+                        cell(&s["name"]),
+                        origin.clone(),
+                        cell(&n["name"]),
+                        cell(&n["pool"]),
+                        format!("{}s", cell(&n["ttl"])),
+                        cell(&n["max_answers"]),
+                    ]
+                })
+        })
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    format!(
+        "\n{}",
+        table(
+            &["DNS SERVICE", "ZONE", "NAME", "POOL", "TTL", "MAX ANSWERS"],
+            &rows,
+        )
+    )
 }
 
 fn backend(api: &Api, cmd: &BackendCommand, as_json: bool) -> Result<String, Fail> {

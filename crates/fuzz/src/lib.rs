@@ -31,6 +31,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("xdp", xdp::xdp),
     ("nat_sync", nat_sync),
     ("tls_hello", tls_hello),
+    ("dns", dns),
 ];
 
 /// The TLS passthrough `ClientHello` reader (`fulcrum_core::tls_hello::peek`): any bytes give
@@ -64,6 +65,105 @@ pub fn tls_hello(data: &[u8]) {
             whole,
             "bytes after a complete hello changed it"
         );
+    }
+}
+
+/// A pool for the dns target: 6 backends (4 IPv4, 2 IPv6), maglev, one down.
+struct DnsPool {
+    backends: Vec<fulcrum_core::model::Backend>,
+    scheduler: std::sync::Arc<dyn fulcrum_core::sched::Scheduler>,
+    key: fulcrum_core::model::HashKey,
+}
+
+impl fulcrum_core::sched::Loads for DnsPool {
+    fn active(&self, _idx: usize) -> u64 {
+        0
+    }
+}
+
+impl fulcrum_core::choice::Pool for DnsPool {
+    fn backends(&self) -> &[fulcrum_core::model::Backend] {
+        &self.backends
+    }
+    fn scheduler(&self) -> &dyn fulcrum_core::sched::Scheduler {
+        &*self.scheduler
+    }
+    fn hash_key(&self) -> &fulcrum_core::model::HashKey {
+        &self.key
+    }
+    fn backend_id(&self, idx: usize) -> Option<u32> {
+        u32::try_from(idx).ok()
+    }
+    fn index_of(&self, id: u32) -> Option<usize> {
+        usize::try_from(id)
+            .ok()
+            .filter(|&i| i < self.backends.len())
+    }
+}
+
+/// The dns answerer (`fulcrum_core::dns::answer`): any packet over UDP, TCP or HTTPS is
+/// answered or dropped, never a panic; a reply is a response with the query's id, no
+/// larger than the transport allows, and names only backends of the pool.
+pub fn dns(data: &[u8]) {
+    use fulcrum_core::dns::{answer, Incoming, Rrl, Transport, Zone};
+    use fulcrum_core::model::{Backend, BackendState, HashKey, SchedulerKind};
+    use std::sync::OnceLock;
+    static ZONE: OnceLock<(Zone, Vec<DnsPool>)> = OnceLock::new();
+    let (zone, pools) = ZONE.get_or_init(|| {
+        let cfg = config::parse(
+            "[[service]]\nname = \"d\"\nlisten = \"127.0.0.1:53\"\nprotocol = \"dns\"\npool = \"p\"\n\
+             [[service.dns_name]]\nname = \"www.example.test\"\n\
+             [[service.dns_name]]\nname = \"a.b.example.test\"\nmax_answers = 64\n\
+             [service.dns_zone]\norigin = \"example.test\"\nns = [\"ns1.example.test\"]\n\
+             [[pool]]\nname = \"p\"\n[[pool.backend]]\naddress = \"127.0.0.1:80\"\n",
+        )
+        .expect("the dns fuzz config parses");
+        let dns = cfg.services[0].dns.clone().expect("a dns service");
+        let zone = Zone::new(&dns, 1).expect("the zone builds");
+        let mut backends: Vec<Backend> = (1..=4u8)
+            .map(|i| Backend::new(SocketAddr::from(([198, 18, 0, i], 80)), 1))
+            .chain((1..=2u16).map(|i| {
+                Backend::new(SocketAddr::from((Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, i), 80)), 1)
+            }))
+            .collect();
+        backends[1].state = BackendState::Down;
+        let pool = DnsPool {
+            scheduler: fulcrum_core::sched::build(
+                SchedulerKind::Maglev,
+                &backends,
+                &fulcrum_core::sched::SchedOptions::default(),
+            ),
+            backends,
+            key: HashKey::SrcIp,
+        };
+        (zone, vec![pool])
+    });
+    let mut rrl = Rrl::default();
+    for (transport, limit) in [
+        (Transport::Udp, 1232),
+        (Transport::Tcp, 65535),
+        (Transport::Https, 65535),
+    ] {
+        let q = Incoming {
+            packet: data,
+            client: IpAddr::V4(Ipv4Addr::new(198, 18, 1, 1)),
+            transport,
+            random: 7,
+            now: std::time::Duration::from_secs(1),
+        };
+        let out = answer(zone, pools.as_slice(), &q, Some(&mut rrl));
+        if let Some(r) = out.reply {
+            assert!(
+                r.len() >= 12 && r.len() <= limit,
+                "reply of {} bytes",
+                r.len()
+            );
+            assert_eq!(&r[..2], &data[..2], "the query's id");
+            assert_eq!(r[2] & 0x80, 0x80, "QR set");
+        }
+        for (p, b) in out.answered {
+            assert!(p == 0 && b < 6, "answered ({p}, {b})");
+        }
     }
 }
 

@@ -112,3 +112,8 @@ fn every_target_has_a_test_and_a_corpus() {
         assert!(!runner::corpus(name).is_empty(), "no corpus for {name}");
     }
 }
+
+#[test]
+fn dns() {
+    fuzz("dns");
+}

@@ -1262,6 +1262,22 @@ impl Build {
                     Forwarding::Proxy { proxy_protocol } => proxy_protocol,
                     _ => None,
                 };
+                let dns = s.dns.as_ref().and_then(|d| {
+                    let zone = fulcrum_core::dns::Zone::new(d, self.generation as u32)
+                        .map_err(|e| tracing::error!(service = %s.name, "dns zone: {e}"))
+                        .ok()?;
+                    let dns_pools = zone
+                        .pools()
+                        .iter()
+                        .filter_map(|n| pools.iter().find(|p| p.name == *n).cloned())
+                        .collect::<Vec<_>>();
+                    (dns_pools.len() == zone.pools().len()).then(|| {
+                        Arc::new(crate::snapshot::DnsRt {
+                            zone,
+                            pools: dns_pools,
+                        })
+                    })
+                });
                 Some(Arc::new(ServiceRt {
                     name: s.name.clone(),
                     listen: s.listen,
@@ -1286,6 +1302,7 @@ impl Build {
                     stats,
                     ext,
                     conn_log,
+                    dns,
                     generation: self.generation,
                 }))
             })

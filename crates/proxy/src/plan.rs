@@ -149,13 +149,15 @@ impl Plan {
     }
 }
 
-/// The address and protocol a service listens on.
-pub fn listen_key(s: &ServiceConfig) -> ListenKey {
-    let proto = match s.protocol {
-        ServiceProtocol::Udp => Proto::Udp,
-        ServiceProtocol::Tcp | ServiceProtocol::Http => Proto::Tcp,
+/// The addresses and protocols a service listens on (dns: UDP and TCP).
+pub fn listen_keys(s: &ServiceConfig) -> impl Iterator<Item = ListenKey> {
+    let protos: &[Proto] = match s.protocol {
+        ServiceProtocol::Udp => &[Proto::Udp],
+        ServiceProtocol::Tcp | ServiceProtocol::Http => &[Proto::Tcp],
+        ServiceProtocol::Dns => &[Proto::Udp, Proto::Tcp],
     };
-    (proto, s.listen)
+    let listen = s.listen;
+    protos.iter().map(move |p| (*p, listen))
 }
 
 /// The backends a pool of the new config has once discovery is in step with it: its static
@@ -198,7 +200,12 @@ fn plan_listeners(
 ) -> Vec<(ListenKey, ListenerStep)> {
     let mut out: Vec<(ListenKey, ListenerStep)> = Vec::new();
     let mut wanted = HashSet::new();
-    for key in new.services.iter().filter(|s| served(s)).map(listen_key) {
+    for key in new
+        .services
+        .iter()
+        .filter(|s| served(s))
+        .flat_map(listen_keys)
+    {
         if wanted.insert(key) {
             let step = if running.listening.contains(&key) {
                 ListenerStep::Keep

@@ -199,10 +199,40 @@ pub struct ServiceRt {
     /// tcp/udp: the connection log (`[service.access_log]`), kept across snapshots while
     /// its configuration stays the same.
     pub conn_log: Option<Arc<crate::connlog::ConnLogger>>,
+    /// dns services: the zone and the pools its names use.
+    pub dns: Option<Arc<DnsRt>>,
     /// The generation of the snapshot this value belongs to: a connection that outlives
     /// its snapshot (HTTP keep-alive) compares it with the running one's to know when to
     /// look its service up again.
     pub generation: u64,
+}
+
+/// A dns service's zone with the pools of its names ([`fulcrum_core::dns::Zone::pools`]'s
+/// order).
+#[derive(Debug)]
+pub struct DnsRt {
+    pub zone: fulcrum_core::dns::Zone,
+    pub pools: Vec<Arc<PoolRt>>,
+}
+
+impl DnsRt {
+    /// Answers one query ([`fulcrum_core::dns::answer`]) and counts it: the service's
+    /// `fulcrum_dns_queries_total`, each answered backend's `dns_answers`.
+    pub fn answer(
+        &self,
+        stats: &ServiceStats,
+        q: &fulcrum_core::dns::Incoming<'_>,
+        rrl: Option<&mut fulcrum_core::dns::Rrl>,
+    ) -> fulcrum_core::dns::Outcome {
+        let out = fulcrum_core::dns::answer(&self.zone, self.pools.as_slice(), q, rrl);
+        stats.dns.count(&out);
+        for &(p, b) in &out.answered {
+            if let Some(s) = self.pools.get(p).and_then(|p| p.stats.get(b)) {
+                s.dns_answers.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        out
+    }
 }
 
 /// Everything running, as one value.
@@ -220,7 +250,7 @@ impl Snapshot {
             s.listen == addr
                 && match proto {
                     Proto::Tcp => s.protocol != ServiceProtocol::Udp,
-                    Proto::Udp => s.protocol == ServiceProtocol::Udp,
+                    Proto::Udp => matches!(s.protocol, ServiceProtocol::Udp | ServiceProtocol::Dns),
                 }
         })
     }

@@ -32,6 +32,8 @@ pub struct BackendStats {
     pub signals: fulcrum_core::sched::Signals,
     /// How long its active health checks take (a failed one: until it failed or timed out).
     pub health_duration: Histogram,
+    /// dns services: answers that carried its address.
+    pub dns_answers: AtomicU64,
 }
 
 impl BackendStats {
@@ -51,6 +53,7 @@ impl BackendStats {
             latency_samples: AtomicU64::new(0),
             signals: fulcrum_core::sched::Signals::default(),
             health_duration: Histogram::default(),
+            dns_answers: AtomicU64::new(0),
         }
     }
 
@@ -103,6 +106,63 @@ pub struct ServiceStats {
     pub refused_bad_request: AtomicU64,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
+    /// dns services: queries by question type and outcome.
+    pub dns: DnsCounts,
+}
+
+/// The question types a dns service's queries are counted by (`qtype` label).
+pub const DNS_QTYPES: [&str; 7] = ["A", "AAAA", "SOA", "NS", "ANY", "other", "none"];
+/// The outcomes (`rcode` label): the reply's response code, or `dropped`.
+pub const DNS_RCODES: [&str; 8] = [
+    "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "BADVERS", "dropped",
+];
+
+/// `fulcrum_dns_queries_total{qtype, rcode}` of one service.
+#[derive(Debug, Default)]
+pub struct DnsCounts {
+    counts: [[AtomicU64; DNS_RCODES.len()]; DNS_QTYPES.len()],
+}
+
+impl DnsCounts {
+    /// Counts one query.
+    pub fn count(&self, o: &fulcrum_core::dns::Outcome) {
+        use fulcrum_core::dns::{RecordType, ResponseCode};
+        let q = match o.qtype {
+            Some(RecordType::A) => 0,
+            Some(RecordType::AAAA) => 1,
+            Some(RecordType::SOA) => 2,
+            Some(RecordType::NS) => 3,
+            Some(RecordType::ANY) => 4,
+            Some(_) => 5,
+            None => 6,
+        };
+        let r = if o.dropped.is_some() {
+            7
+        } else {
+            match o.rcode {
+                ResponseCode::NoError => 0,
+                ResponseCode::FormErr => 1,
+                ResponseCode::NXDomain => 3,
+                ResponseCode::NotImp => 4,
+                ResponseCode::Refused => 5,
+                ResponseCode::BADVERS => 6,
+                _ => 2,
+            }
+        };
+        if let Some(c) = self.counts.get(q).and_then(|row| row.get(r)) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Every (qtype, rcode, count) with a count above 0.
+    pub fn nonzero(&self) -> impl Iterator<Item = (&'static str, &'static str, u64)> + '_ {
+        self.counts.iter().zip(DNS_QTYPES).flat_map(|(row, q)| {
+            row.iter()
+                .zip(DNS_RCODES)
+                .map(move |(c, r)| (q, r, c.load(Ordering::Relaxed)))
+                .filter(|(_, _, n)| *n > 0)
+        })
+    }
 }
 
 /// Process-wide counters for the control plane.

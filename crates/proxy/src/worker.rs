@@ -14,7 +14,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::task::AbortHandle;
 
 use crate::snapshot::Shared;
-use crate::{tcp, udp};
+use crate::{dns, tcp, udp};
 
 /// Which socket: a protocol and an address.
 pub type ListenKey = (Proto, SocketAddr);
@@ -229,14 +229,28 @@ async fn serve_commands(shared: &Arc<Shared>, mut rx: UnboundedReceiver<WorkerCm
 fn start(shared: &Arc<Shared>, key: ListenKey, sock: BoundSocket) -> io::Result<AbortHandle> {
     let shared = Arc::clone(shared);
     let listen = key.1;
+    // The snapshot holding this service is swapped in before its sockets are handed out.
+    let is_dns = shared
+        .snapshot
+        .load()
+        .service_at(key.0, listen)
+        .is_some_and(|s| s.protocol == fulcrum_core::model::ServiceProtocol::Dns);
     Ok(match sock {
         BoundSocket::Tcp(l) => {
             let l = crate::accept::Acceptor::new(l)?;
-            tokio::task::spawn_local(tcp::serve(shared, l, listen)).abort_handle()
+            if is_dns {
+                tokio::task::spawn_local(dns::serve_tcp(shared, l, listen)).abort_handle()
+            } else {
+                tokio::task::spawn_local(tcp::serve(shared, l, listen)).abort_handle()
+            }
         }
         BoundSocket::Udp(s) => {
             let s = tokio::net::UdpSocket::from_std(s)?;
-            tokio::task::spawn_local(udp::serve(shared, s, listen)).abort_handle()
+            if is_dns {
+                tokio::task::spawn_local(dns::serve_udp(shared, s, listen)).abort_handle()
+            } else {
+                tokio::task::spawn_local(udp::serve(shared, s, listen)).abort_handle()
+            }
         }
     })
 }

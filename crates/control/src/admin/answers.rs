@@ -110,6 +110,25 @@ pub struct ServiceSummary {
     pool: String,
     protocol: &'static str,
     total_connections: u64,
+    /// dns services: the zone and its names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dns: Option<DnsSummary>,
+}
+
+/// A dns service's zone in [`ServiceSummary`].
+#[derive(Debug, Serialize)]
+pub struct DnsSummary {
+    origin: String,
+    names: Vec<DnsNameSummary>,
+}
+
+/// One answered name.
+#[derive(Debug, Serialize)]
+pub struct DnsNameSummary {
+    name: String,
+    pool: String,
+    ttl: u32,
+    max_answers: usize,
 }
 
 impl From<&ServiceRt> for ServiceSummary {
@@ -122,6 +141,23 @@ impl From<&ServiceRt> for ServiceSummary {
             pool: s.pool.name.clone(),
             protocol: s.protocol.as_str(),
             total_connections: s.stats.total.load(Ordering::Relaxed),
+            dns: s.dns.as_ref().map(|d| {
+                let mut names: Vec<DnsNameSummary> = d
+                    .zone
+                    .names()
+                    .map(|(name, pool, ttl, max_answers)| DnsNameSummary {
+                        name,
+                        pool: pool.to_owned(),
+                        ttl,
+                        max_answers,
+                    })
+                    .collect();
+                names.sort_by(|a, b| a.name.cmp(&b.name));
+                DnsSummary {
+                    origin: d.zone.origin(),
+                    names,
+                }
+            }),
         }
     }
 }
@@ -361,6 +397,7 @@ mod tests {
                 pool: "p".into(),
                 protocol: "tcp",
                 total_connections: 0,
+                dns: None,
             }],
         });
         same(&ServiceAnswer {

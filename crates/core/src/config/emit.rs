@@ -240,7 +240,38 @@ pub fn service(sv: &ServiceConfig) -> Table {
         t.insert("retry".into(), Value::Table(x));
     }
     super::rules::emit(&sv.rules, &mut t);
+    if let Some(d) = &sv.dns {
+        dns(&mut t, d);
+    }
     t
+}
+
+/// A dns service's `[service.dns_zone]`, `[[service.dns_name]]` and `[service.dns_rrl]`.
+fn dns(t: &mut Table, d: &super::DnsConfig) {
+    let mut z = Table::new();
+    z.insert("origin".into(), s(&d.origin));
+    z.insert("ns".into(), Value::Array(d.ns.iter().map(s).collect()));
+    t.insert("dns_zone".into(), Value::Table(z));
+    let names = d
+        .names
+        .iter()
+        .map(|n| {
+            let mut x = Table::new();
+            x.insert("name".into(), s(&n.name));
+            x.insert("pool".into(), s(&n.pool));
+            x.insert("ttl".into(), dur(n.ttl));
+            x.insert("max_answers".into(), int(n.max_answers));
+            Value::Table(x)
+        })
+        .collect();
+    t.insert("dns_name".into(), Value::Array(names));
+    let mut r = Table::new();
+    r.insert(
+        "responses_per_second".into(),
+        int(d.rrl.responses_per_second),
+    );
+    r.insert("slip".into(), int(d.rrl.slip));
+    t.insert("dns_rrl".into(), Value::Table(r));
 }
 
 /// The keys of a service's forwarding mode (`forward` itself is written by the caller).

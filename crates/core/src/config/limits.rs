@@ -32,6 +32,12 @@ pub const H2_MAX_CONCURRENT_STREAMS: u32 = 10_000;
 pub const H2_MAX_HEADER_LIST_SIZE: u32 = 16 << 20;
 /// `[service.http2]` `max_resets_per_second`, `max_control_frames_per_second`.
 pub const H2_FRAMES_PER_SECOND: u32 = 1_000_000;
+/// `[[service.dns_name]] max_answers`.
+pub const DNS_MAX_ANSWERS: u32 = 64;
+/// `[[service.dns_name]] ttl` (0: not cached).
+pub const DNS_TTL: RangeInclusive<Duration> = Duration::ZERO..=DAY;
+/// `[service.dns_rrl] slip`.
+pub const DNS_SLIP: RangeInclusive<u8> = 0..=10;
 /// `[[pool]] maglev_table_size` (a prime; see [`PrimeTableSize::MAX`]).
 pub const MAGLEV_TABLE_SIZE: RangeInclusive<u32> = 3..=PrimeTableSize::MAX;
 

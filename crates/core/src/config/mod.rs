@@ -92,6 +92,14 @@ pub mod defaults {
     pub const HTTP_RETRY_ATTEMPTS: u8 = 2;
     /// `[service.retry] budget` (percent).
     pub const HTTP_RETRY_BUDGET: u8 = 20;
+    /// `[[service.dns_name]] ttl`.
+    pub const DNS_TTL: Duration = Duration::from_secs(30);
+    /// `[[service.dns_name]] max_answers`.
+    pub const DNS_MAX_ANSWERS: u8 = 4;
+    /// `[service.dns_rrl] responses_per_second`.
+    pub const DNS_RRL_RESPONSES_PER_SECOND: u32 = 100;
+    /// `[service.dns_rrl] slip`.
+    pub const DNS_RRL_SLIP: u8 = 2;
     /// `[[pool]] scheduler` when absent.
     pub const SCHEDULER: crate::model::SchedulerKind =
         crate::model::SchedulerKind::WeightedRoundRobin;
@@ -211,6 +219,8 @@ pub struct ServiceConfig {
     pub sni_routes: Vec<SniRoute>,
     /// http: the service's rules (docs/rules.md); a route's are merged over them.
     pub rules: crate::rules::Rules,
+    /// dns: the zone, its names and the rate limit (`Some` exactly for dns services).
+    pub dns: Option<DnsConfig>,
 }
 
 impl ServiceConfig {
@@ -231,6 +241,44 @@ pub struct SniRoute {
     pub sni: HostMatch,
     /// Target pool (exists in [`Config::pools`]).
     pub pool: String,
+}
+
+/// A dns service's zone and names (`[service.dns_zone]`, `[[service.dns_name]]`,
+/// `[service.dns_rrl]`; docs/dns.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// The zone's apex, lower case, without the final dot.
+    pub origin: String,
+    /// Its name servers (at least one), lower case, without the final dot.
+    pub ns: Vec<String>,
+    /// The names answered with backends, each in the zone (names unique).
+    pub names: Vec<DnsName>,
+    /// Response rate limiting of UDP answers.
+    pub rrl: DnsRrl,
+}
+
+/// One `[[service.dns_name]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsName {
+    /// Lower case, without the final dot.
+    pub name: String,
+    /// Its pool (exists in [`Config::pools`]).
+    pub pool: String,
+    /// TTL of its answers.
+    pub ttl: Duration,
+    /// Addresses per answer at most.
+    pub max_answers: u8,
+}
+
+/// `[service.dns_rrl]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DnsRrl {
+    /// UDP responses per second to one client prefix (IPv4 /24, IPv6 /56); a burst of one
+    /// second's worth.
+    pub responses_per_second: u32,
+    /// Past the limit, every `slip`-th response goes out truncated (TC, no records) so a
+    /// real client retries over TCP; the others are dropped. 0: all dropped.
+    pub slip: u8,
 }
 
 /// The forwarding mode and its mode-specific options (so no option can be set for a mode

@@ -115,6 +115,13 @@ pub struct RawService {
     pub compression: Option<Spanned<super::rules::RawCompression>>,
     /// http: `[error_pages]`: status or class -> file.
     pub error_pages: Option<Spanned<std::collections::BTreeMap<Spanned<String>, Spanned<String>>>>,
+    /// `[[service.dns_name]]` (dns only): the names it answers with backends.
+    #[serde(default)]
+    pub dns_name: Vec<Spanned<RawDnsName>>,
+    /// `[service.dns_zone]` (dns only, required there): SOA and NS of the zone.
+    pub dns_zone: Option<Spanned<RawDnsZone>>,
+    /// `[service.dns_rrl]` (dns only): response rate limiting.
+    pub dns_rrl: Option<Spanned<RawDnsRrl>>,
 }
 
 /// `[[service.sni_route]]`: connections whose `ClientHello` names `sni` go to `pool`.
@@ -125,6 +132,40 @@ pub struct RawSniRoute {
     pub sni: Spanned<String>,
     /// Target pool.
     pub pool: Spanned<Name>,
+}
+
+/// `[[service.dns_name]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDnsName {
+    /// The owner name (in the zone).
+    pub name: Spanned<String>,
+    /// Its pool (default: the service's `pool`).
+    pub pool: Option<Spanned<Name>>,
+    /// TTL of its answers.
+    pub ttl: Option<Spanned<HumanDuration>>,
+    /// Addresses per answer at most.
+    pub max_answers: Option<Spanned<Count<{ limits::DNS_MAX_ANSWERS }>>>,
+}
+
+/// `[service.dns_zone]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDnsZone {
+    /// The zone's apex.
+    pub origin: Spanned<String>,
+    /// Its name servers (NS records; the first is the SOA's MNAME).
+    pub ns: Spanned<Vec<Spanned<String>>>,
+}
+
+/// `[service.dns_rrl]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDnsRrl {
+    /// UDP responses per second to one client prefix (/24, /56).
+    pub responses_per_second: Option<Count<{ limits::RATE_LIMIT }>>,
+    /// Past the limit, every `slip`-th response goes out truncated (0: none; 1: all).
+    pub slip: Option<Spanned<u8>>,
 }
 
 /// `[service.http2]`: limits on each HTTP/2 client connection.

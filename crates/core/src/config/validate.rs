@@ -28,10 +28,12 @@ enum Transport {
 }
 
 impl Transport {
-    const fn of(p: ServiceProtocol) -> Self {
+    /// The transports a service of protocol `p` listens on (dns: both).
+    const fn of(p: ServiceProtocol) -> &'static [Self] {
         match p {
-            ServiceProtocol::Tcp | ServiceProtocol::Http => Self::Tcp,
-            ServiceProtocol::Udp => Self::Udp,
+            ServiceProtocol::Tcp | ServiceProtocol::Http => &[Self::Tcp],
+            ServiceProtocol::Udp => &[Self::Udp],
+            ServiceProtocol::Dns => &[Self::Udp, Self::Tcp],
         }
     }
     const fn as_str(self) -> &'static str {
@@ -117,6 +119,14 @@ pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Config, Vec<ConfigE
             .entry(s.pool.get_ref().0.as_str())
             .or_default()
             .push((name, proto));
+        for d in &s.dns_name {
+            if let Some(p) = &d.get_ref().pool {
+                users
+                    .entry(p.get_ref().0.as_str())
+                    .or_default()
+                    .push((name, proto));
+            }
+        }
         for r in &s.route {
             users
                 .entry(r.get_ref().pool.get_ref().0.as_str())
@@ -338,24 +348,25 @@ fn check_listeners(c: &mut Checker<'_>, raw: &RawConfig) {
     for s in &raw.service {
         let s = s.get_ref();
         let addr = s.listen.get_ref().0;
-        let t = Transport::of(s.protocol.get_ref().0);
         let name = s.name.get_ref().0.as_str();
-        if let Some((first, _, who, span)) = seen
-            .iter()
-            .find(|(other, ot, _, _)| *ot == t && overlaps(addr, *other))
-        {
-            let line = c.line(span);
-            let msg = format!(
+        for &t in Transport::of(s.protocol.get_ref().0) {
+            if let Some((first, _, who, span)) = seen
+                .iter()
+                .find(|(other, ot, _, _)| *ot == t && overlaps(addr, *other))
+            {
+                let line = c.line(span);
+                let msg = format!(
                 "service `{name}` listens on {addr} ({}), which {who} already uses ({first}, line {line})",
                 t.as_str()
             );
-            c.err(
+                c.err(
                 s.listen.span(),
                 msg,
                 Some("listen addresses must be unique per transport (a tcp and a udp service may share one); use another port".into()),
             );
+            }
+            seen.push((addr, t, format!("service `{name}`"), s.listen.span()));
         }
-        seen.push((addr, t, format!("service `{name}`"), s.listen.span()));
     }
 }
 
@@ -389,14 +400,14 @@ fn service(c: &mut Checker<'_>, s: &RawService, defined: &[&str], has_xdp: bool)
         .map_or(ForwardMode::Proxy, |f| f.get_ref().0);
     if let Some(f) = &s.forward {
         if mode != ForwardMode::Proxy {
-            if protocol == ServiceProtocol::Http {
+            if matches!(protocol, ServiceProtocol::Http | ServiceProtocol::Dns) {
                 c.err(
                     f.span(),
                     format!(
-                        "forward = \"{}\" works only for tcp and udp services; `{name}` is http",
+                        "forward = \"{}\" works only for tcp and udp services; `{name}` is {proto_name}",
                         mode.as_str()
                     ),
-                    Some("http services use forward = \"proxy\"".into()),
+                    Some(format!("{proto_name} services use forward = \"proxy\"")),
                 );
             } else if !has_xdp {
                 c.err(
@@ -593,7 +604,7 @@ fn service(c: &mut Checker<'_>, s: &RawService, defined: &[&str], has_xdp: bool)
                     }
                 }
             }
-            ServiceProtocol::Udp => c.err(
+            ServiceProtocol::Udp | ServiceProtocol::Dns => c.err(
                 t_span,
                 format!(
                     "[service.timeouts] applies only to http and tcp services; `{name}` is \
@@ -658,6 +669,7 @@ fn service(c: &mut Checker<'_>, s: &RawService, defined: &[&str], has_xdp: bool)
         http_only(c, span, "a rule (docs/rules.md)");
     }
     let rules = super::rules::rules(&raw_rules, &mut c.errs);
+    let dns = dns(c, s, defined, &name);
 
     ServiceConfig {
         name: name.clone(),
@@ -695,6 +707,7 @@ fn service(c: &mut Checker<'_>, s: &RawService, defined: &[&str], has_xdp: bool)
         http2,
         sni_routes,
         rules,
+        dns,
     }
 }
 
@@ -821,6 +834,191 @@ fn host_match(c: &mut Checker<'_>, h: &Spanned<String>, key: &str) -> HostMatch 
     } else {
         HostMatch::Exact(text.clone())
     }
+}
+
+/// A DNS name as the config writes it: lower-cased, without the final dot, or why it is
+/// not one.
+fn dns_name_text(text: &str) -> Result<String, String> {
+    let t = text.strip_suffix('.').unwrap_or(text).to_ascii_lowercase();
+    if t.is_empty() {
+        return Err("is empty".into());
+    }
+    if t.len() > 253 {
+        return Err(format!("is {} characters long; at most 253", t.len()));
+    }
+    for label in t.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err(format!(
+                "has a label of {} characters; each must be 1 to 63",
+                label.len()
+            ));
+        }
+        if let Some(ch) = label
+            .chars()
+            .find(|ch| !(ch.is_ascii_alphanumeric() || *ch == '-' || *ch == '_'))
+        {
+            return Err(format!(
+                "holds {ch:?}; labels use letters, digits, '-' and '_'"
+            ));
+        }
+    }
+    Ok(t)
+}
+
+/// Whether `name` is `origin` or below it.
+fn in_zone(name: &str, origin: &str) -> bool {
+    name == origin
+        || name
+            .strip_suffix(origin)
+            .is_some_and(|head| head.ends_with('.'))
+}
+
+/// The dns keys of a service: required and checked for dns, refused for the others.
+#[allow(clippy::too_many_lines)]
+fn dns(
+    c: &mut Checker<'_>,
+    s: &RawService,
+    defined: &[&str],
+    service: &str,
+) -> Option<super::DnsConfig> {
+    let protocol = s.protocol.get_ref().0;
+    if protocol != ServiceProtocol::Dns {
+        let keys = [
+            (
+                "[[service.dns_name]]",
+                s.dns_name.first().map(Spanned::span),
+            ),
+            ("[service.dns_zone]", s.dns_zone.as_ref().map(Spanned::span)),
+            ("[service.dns_rrl]", s.dns_rrl.as_ref().map(Spanned::span)),
+        ];
+        for (what, span) in keys {
+            if let Some(span) = span {
+                c.err(
+                    span,
+                    format!(
+                        "{what} applies only to dns services; `{service}` is {}",
+                        protocol.as_str()
+                    ),
+                    Some("remove it, or use protocol = \"dns\"".into()),
+                );
+            }
+        }
+        return None;
+    }
+    let name_of = |c: &mut Checker<'_>, v: &Spanned<String>, what: &str| {
+        dns_name_text(v.get_ref()).unwrap_or_else(|why| {
+            c.err(
+                v.span(),
+                format!("{what} \"{}\" {why}", v.get_ref()),
+                Some("write a DNS name such as \"www.example.test\"".into()),
+            );
+            String::new()
+        })
+    };
+    let Some(zone) = &s.dns_zone else {
+        c.err(
+            s.protocol.span(),
+            format!("dns service `{service}` has no [service.dns_zone]"),
+            Some("add [service.dns_zone] with origin = \"example.test\" and ns = [\"ns1.example.test\"]".into()),
+        );
+        return None;
+    };
+    let z = zone.get_ref();
+    let origin = name_of(c, &z.origin, "origin");
+    if z.ns.get_ref().is_empty() {
+        c.err(
+            z.ns.span(),
+            "[service.dns_zone] ns is empty".into(),
+            Some("list the zone's name servers, e.g. ns = [\"ns1.example.test\"]".into()),
+        );
+    }
+    let ns = z.ns.get_ref().iter().map(|n| name_of(c, n, "ns")).collect();
+    let mut names: Vec<super::DnsName> = Vec::new();
+    for d in &s.dns_name {
+        let d = d.get_ref();
+        let name = name_of(c, &d.name, "dns_name");
+        if !name.is_empty() && !origin.is_empty() && !in_zone(&name, &origin) {
+            c.err(
+                d.name.span(),
+                format!("dns_name \"{name}\" is not in the zone \"{origin}\""),
+                Some(format!(
+                    "use a name ending in .{origin}, or change [service.dns_zone] origin"
+                )),
+            );
+        }
+        if names.iter().any(|n| n.name == name && !name.is_empty()) {
+            c.err(
+                d.name.span(),
+                format!("dns_name \"{name}\" is listed twice in service `{service}`"),
+                Some("list each name once".into()),
+            );
+        }
+        if let Some(p) = &d.pool {
+            pool_ref(
+                c,
+                p,
+                defined,
+                &format!("dns_name \"{name}\" of service `{service}`"),
+            );
+        }
+        let max_answers = d
+            .max_answers
+            .as_ref()
+            .map_or(defaults::DNS_MAX_ANSWERS, |m| {
+                u8::try_from(m.get_ref().get()).unwrap_or(u8::MAX)
+            });
+        names.push(super::DnsName {
+            pool: d
+                .pool
+                .as_ref()
+                .map_or_else(|| s.pool.get_ref().0.clone(), |p| p.get_ref().0.clone()),
+            ttl: dur(
+                c,
+                d.ttl.as_ref(),
+                defaults::DNS_TTL,
+                "ttl",
+                &limits::DNS_TTL,
+            ),
+            max_answers,
+            name,
+        });
+    }
+    let rrl = s.dns_rrl.as_ref().map_or(
+        super::DnsRrl {
+            responses_per_second: defaults::DNS_RRL_RESPONSES_PER_SECOND,
+            slip: defaults::DNS_RRL_SLIP,
+        },
+        |r| {
+            let r = r.get_ref();
+            let slip = r.slip.as_ref().map_or(defaults::DNS_RRL_SLIP, |v| {
+                let slip = *v.get_ref();
+                if !limits::DNS_SLIP.contains(&slip) {
+                    c.err(
+                        v.span(),
+                        format!("slip {slip} is out of range"),
+                        Some(format!(
+                            "valid: {} to {}",
+                            limits::DNS_SLIP.start(),
+                            limits::DNS_SLIP.end()
+                        )),
+                    );
+                }
+                slip
+            });
+            super::DnsRrl {
+                responses_per_second: r
+                    .responses_per_second
+                    .map_or(defaults::DNS_RRL_RESPONSES_PER_SECOND, Count::get),
+                slip,
+            }
+        },
+    );
+    Some(super::DnsConfig {
+        origin,
+        ns,
+        names,
+        rrl,
+    })
 }
 
 fn route(c: &mut Checker<'_>, r: &Spanned<RawRoute>, defined: &[&str], service: &str) -> Route {

@@ -437,11 +437,12 @@ fn unknown(what: &str, got: &str, valid: &[&str]) -> Invalid {
 }
 
 named!(
-    /// `protocol = "tcp" | "udp" | "http"`.
+    /// `protocol = "tcp" | "udp" | "http" | "dns"`.
     Protocol(ServiceProtocol), "protocol", {
         "tcp" => ServiceProtocol::Tcp,
         "udp" => ServiceProtocol::Udp,
         "http" => ServiceProtocol::Http,
+        "dns" => ServiceProtocol::Dns,
     }
 );
 

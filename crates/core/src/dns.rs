@@ -1,0 +1,796 @@
+//! The authoritative DNS answerer of `protocol = "dns"` services, sans IO: a query's bytes
+//! in, the reply's bytes (or nothing: dropped) out. UDP, TCP and HTTP-DNS (RFC 8484 and the
+//! JSON API) all call [`answer`], so they give the same answers (docs/dns.md).
+//!
+//! The wire format is hickory-proto's (decoding has no IO and bounds names, labels and
+//! compression pointers); the decisions are here:
+//! - which backends answer: the pool's, through [`crate::choice::choose`] (the one backend
+//!   choice), `max_answers` times with the backends already chosen (and those of the other
+//!   address family) as "tried". So rr rotates, wrr and random weigh, and the hashing
+//!   schedulers (sh, maglev, `ring_hash`) hash the client: the EDNS Client Subnet (RFC 7871)
+//!   when the query has one, else the source address;
+//! - no backend up: fail open, every backend of the family (see [`FAIL_OPEN_TTL`]);
+//! - SOA and NS at the apex, NXDOMAIN, NODATA (also for empty non-terminals), REFUSED for
+//!   names outside the zone, NOTIMP for other opcodes, FORMERR for what does not decode,
+//!   BADVERS for EDNS versions past 0, nothing at all for responses and for packets shorter
+//!   than a header;
+//! - the reply's size: 512 bytes without EDNS, the client's EDNS payload size (at most
+//!   [`EDNS_PAYLOAD`]) with it, 65535 over TCP; a larger answer goes out with TC set and no
+//!   records, so the client asks again over TCP;
+//! - response rate limiting of UDP ([`Rrl`]).
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use hickory_proto::op::ResponseCode;
+use hickory_proto::op::{Edns, Header, Message, MessageType, OpCode, Query};
+use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
+use hickory_proto::rr::rdata::{A, AAAA, NS, SOA};
+pub use hickory_proto::rr::RecordType;
+use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
+
+use crate::choice::{self, Flow, Mode, Pool as _};
+use crate::config::{DnsConfig, DnsRrl};
+use crate::model::{FlowTuple, Now, Proto};
+
+/// The UDP payload Fulcrum advertises and answers with at most (the DNS flag day 2020
+/// value: no IP fragmentation on common paths).
+pub const EDNS_PAYLOAD: u16 = 1232;
+/// Without EDNS (RFC 1035).
+pub const CLASSIC_PAYLOAD: usize = 512;
+/// The TTL of fail-open answers (every backend down): short, so that answers recover
+/// soon after the backends do.
+pub const FAIL_OPEN_TTL: u32 = 5;
+/// TTL of the SOA and NS records.
+pub const ZONE_TTL: u32 = 3600;
+/// The client prefix an ECS address is cut to before it is hashed (RFC 7871 section 11.1
+/// advises resolvers to send at most /24 and /56; a longer one is cut here too).
+pub const ECS_V4_PREFIX: u8 = 24;
+/// See [`ECS_V4_PREFIX`].
+pub const ECS_V6_PREFIX: u8 = 56;
+/// Slots of the [`Rrl`] table.
+pub const RRL_SLOTS: usize = 1 << 14;
+
+/// A configuration the answerer cannot use.
+#[derive(Debug, thiserror::Error)]
+pub enum ZoneError {
+    #[error("`{name}` is no DNS name: {why}")]
+    BadName { name: String, why: String },
+}
+
+/// One answered name.
+#[derive(Debug, Clone)]
+struct Entry {
+    name: Name,
+    /// Index into [`Zone::pools`].
+    pool: usize,
+    ttl: u32,
+    max_answers: usize,
+}
+
+/// A dns service's zone, ready to answer from.
+#[derive(Debug)]
+pub struct Zone {
+    origin: LowerName,
+    soa: Record,
+    ns: Vec<Record>,
+    names: HashMap<LowerName, Entry>,
+    /// Names with names below them but no records of their own (NODATA, not NXDOMAIN).
+    empty_non_terminals: HashSet<LowerName>,
+    /// Pool names in the order entries index them.
+    pools: Vec<String>,
+    negative_ttl: u32,
+    rrl: DnsRrl,
+}
+
+fn name(text: &str) -> Result<Name, ZoneError> {
+    let mut n = Name::from_ascii(text).map_err(|e| ZoneError::BadName {
+        name: text.into(),
+        why: e.to_string(),
+    })?;
+    n.set_fqdn(true);
+    Ok(n)
+}
+
+fn secs(d: Duration) -> u32 {
+    u32::try_from(d.as_secs()).unwrap_or(u32::MAX)
+}
+
+impl Zone {
+    /// The zone of a dns service's config; `serial` is the SOA serial (the caller's
+    /// snapshot generation: it grows with every change).
+    ///
+    /// # Errors
+    /// A name hickory does not take (the config parser checks names first, so only a
+    /// config built by hand gets here).
+    pub fn new(cfg: &DnsConfig, serial: u32) -> Result<Self, ZoneError> {
+        let origin = name(&cfg.origin)?;
+        let mut pools: Vec<String> = Vec::new();
+        let mut names = HashMap::with_capacity(cfg.names.len());
+        let mut ents = HashSet::new();
+        let lower_origin = LowerName::new(&origin);
+        for n in &cfg.names {
+            let owner = name(&n.name)?;
+            let pool = pools.iter().position(|p| *p == n.pool).unwrap_or_else(|| {
+                pools.push(n.pool.clone());
+                pools.len() - 1
+            });
+            let mut up = owner.base_name();
+            while up.num_labels() > origin.num_labels() {
+                ents.insert(LowerName::new(&up));
+                up = up.base_name();
+            }
+            names.insert(
+                LowerName::new(&owner),
+                Entry {
+                    name: owner,
+                    pool,
+                    ttl: secs(n.ttl),
+                    max_answers: usize::from(n.max_answers.max(1)),
+                },
+            );
+        }
+        ents.retain(|e| !names.contains_key(e));
+        // Negative answers are cached for min(SOA TTL, MINIMUM) (RFC 2308): as long as
+        // the shortest answer, so a name added later shows as soon as an answer changes.
+        let negative_ttl = cfg
+            .names
+            .iter()
+            .map(|n| secs(n.ttl))
+            .min()
+            .unwrap_or(30)
+            .min(ZONE_TTL);
+        let ns_names = cfg
+            .ns
+            .iter()
+            .map(|n| name(n))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mname = ns_names.first().cloned().unwrap_or_else(|| origin.clone());
+        let rname = Name::from_ascii("hostmaster")
+            .and_then(|h| h.append_domain(&origin))
+            .unwrap_or_else(|_| origin.clone());
+        let soa = Record::from_rdata(
+            origin.clone(),
+            negative_ttl,
+            RData::SOA(SOA::new(
+                mname,
+                rname,
+                serial,
+                3600,
+                600,
+                604_800,
+                negative_ttl,
+            )),
+        );
+        let ns = ns_names
+            .into_iter()
+            .map(|n| Record::from_rdata(origin.clone(), ZONE_TTL, RData::NS(NS(n))))
+            .collect();
+        Ok(Self {
+            origin: lower_origin,
+            soa,
+            ns,
+            names,
+            empty_non_terminals: ents,
+            pools,
+            negative_ttl,
+            rrl: cfg.rrl,
+        })
+    }
+
+    /// The pools the names use; [`Pools::pool`] is asked for these indices.
+    pub fn pools(&self) -> &[String] {
+        &self.pools
+    }
+
+    /// The rate limit of UDP answers.
+    pub fn rrl(&self) -> DnsRrl {
+        self.rrl
+    }
+
+    /// The zone's apex.
+    pub fn origin(&self) -> String {
+        self.origin.to_string()
+    }
+
+    /// The answered names with their pool, TTL and answer size (admin API, `explain`).
+    pub fn names(&self) -> impl Iterator<Item = (String, &str, u32, usize)> + '_ {
+        self.names.values().map(|e| {
+            (
+                e.name.to_string(),
+                self.pools.get(e.pool).map_or("", String::as_str),
+                e.ttl,
+                e.max_answers,
+            )
+        })
+    }
+}
+
+/// The pools a zone's names use, by index ([`Zone::pools`]).
+pub trait Pools {
+    type Pool: choice::Pool;
+    fn pool(&self, idx: usize) -> Option<&Self::Pool>;
+}
+
+impl<P: choice::Pool> Pools for [Arc<P>] {
+    type Pool = P;
+    fn pool(&self, idx: usize) -> Option<&P> {
+        self.get(idx).map(|p| &**p)
+    }
+}
+
+impl<P: choice::Pool> Pools for [P] {
+    type Pool = P;
+    fn pool(&self, idx: usize) -> Option<&P> {
+        self.get(idx)
+    }
+}
+
+/// How a query came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+    /// RFC 8484 or the JSON API: no size limit, no rate limit.
+    Https,
+}
+
+/// One query.
+#[derive(Debug, Clone, Copy)]
+pub struct Incoming<'a> {
+    pub packet: &'a [u8],
+    /// The source address (the key of the hashing schedulers without ECS, and of RRL).
+    pub client: IpAddr,
+    pub transport: Transport,
+    /// A fresh random number (random scheduler, fail-open rotation).
+    pub random: u64,
+    pub now: Now,
+}
+
+/// Why a packet got no reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dropped {
+    /// Shorter than a header, or a response.
+    Malformed,
+    /// Over the rate limit and not slipped.
+    RateLimited,
+}
+
+/// What [`answer`] decided.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The reply's bytes; `None`: dropped (see `dropped`).
+    pub reply: Option<Vec<u8>>,
+    pub dropped: Option<Dropped>,
+    /// The question's type, if the packet had one question.
+    pub qtype: Option<RecordType>,
+    /// The reply's response code (`NoError` when dropped).
+    pub rcode: ResponseCode,
+    /// The reply went out truncated (TC): too large, or slipped by RRL.
+    pub truncated: bool,
+    /// The backends in the answer: (index into [`Zone::pools`], backend index).
+    pub answered: Vec<(usize, usize)>,
+}
+
+impl Outcome {
+    fn dropped(why: Dropped, qtype: Option<RecordType>) -> Self {
+        Self {
+            reply: None,
+            dropped: Some(why),
+            qtype,
+            rcode: ResponseCode::NoError,
+            truncated: false,
+            answered: Vec::new(),
+        }
+    }
+}
+
+/// What the RRL says of one response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RrlVerdict {
+    Send,
+    /// Send a truncated reply (TC, no records): a real client retries over TCP.
+    Slip,
+    Drop,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Slot {
+    prefix: u128,
+    tokens: f64,
+    last: Now,
+    over: u32,
+}
+
+/// Response rate limiting, as BIND's RRL but per client prefix for every response: each
+/// IPv4 /24 and IPv6 /56 has a token bucket of `responses_per_second` (refilled at that
+/// rate, holding one second's worth); past it, every `slip`-th response is sent truncated
+/// and the others are dropped. A spoofed flood in a victim's name thus reaches the victim at
+/// the limit and at a fraction of the size; other prefixes are not touched. The table has
+/// [`RRL_SLOTS`] slots indexed by a hash of the prefix; a prefix taking a slot another one
+/// held starts with a full bucket. One table per worker socket: with W workers a prefix
+/// whose queries the kernel spreads over several gets up to W times the rate.
+#[derive(Debug)]
+pub struct Rrl {
+    slots: Vec<Slot>,
+}
+
+impl Default for Rrl {
+    fn default() -> Self {
+        Self {
+            slots: vec![Slot::default(); RRL_SLOTS],
+        }
+    }
+}
+
+fn prefix_of(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u128::from(u32::from(v4) & 0xffff_ff00) | (1 << 127),
+        IpAddr::V6(v6) => u128::from(v6) & !((1u128 << 72) - 1),
+    }
+}
+
+impl Rrl {
+    /// The verdict on one more response to `client` at `now`.
+    pub fn check(&mut self, client: IpAddr, now: Now, limit: DnsRrl) -> RrlVerdict {
+        let prefix = prefix_of(client);
+        let h = crate::sched::p2c::splitmix64((prefix >> 64) as u64 ^ (prefix as u64));
+        let len = self.slots.len().max(1);
+        let Some(slot) = self.slots.get_mut((h as usize) % len) else {
+            return RrlVerdict::Send;
+        };
+        let rate = f64::from(limit.responses_per_second);
+        if slot.prefix != prefix || slot.last.is_zero() {
+            *slot = Slot {
+                prefix,
+                tokens: rate,
+                last: now,
+                over: 0,
+            };
+        } else {
+            let dt = now.saturating_sub(slot.last).as_secs_f64();
+            slot.tokens = (slot.tokens + dt * rate).min(rate);
+            slot.last = now;
+        }
+        if slot.tokens >= 1.0 {
+            slot.tokens -= 1.0;
+            slot.over = 0;
+            return RrlVerdict::Send;
+        }
+        slot.over = slot.over.wrapping_add(1);
+        if limit.slip > 0 && slot.over % u32::from(limit.slip) == 0 {
+            RrlVerdict::Slip
+        } else {
+            RrlVerdict::Drop
+        }
+    }
+}
+
+/// The client subnet of a query's ECS option: (address cut to its source prefix, source
+/// prefix). `Err`: malformed (RFC 7871 7.1: FORMERR).
+fn ecs(msg: &Message) -> Result<Option<ClientSubnet>, ()> {
+    let Some(EdnsOption::Subnet(cs)) = msg
+        .extensions()
+        .as_ref()
+        .and_then(|e| e.option(EdnsCode::Subnet))
+    else {
+        return Ok(None);
+    };
+    let max = if cs.addr().is_ipv4() { 32 } else { 128 };
+    if cs.source_prefix() > max {
+        return Err(());
+    }
+    Ok(Some(*cs))
+}
+
+fn mask(ip: IpAddr, bits: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => {
+            let m = u32::MAX
+                .checked_shl(32 - u32::from(bits.min(32)))
+                .unwrap_or(0);
+            IpAddr::V4(Ipv4Addr::from(u32::from(v4) & m))
+        }
+        IpAddr::V6(v6) => {
+            let m = u128::MAX
+                .checked_shl(128 - u32::from(bits.min(128)))
+                .unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(u128::from(v6) & m))
+        }
+    }
+}
+
+/// The fixed service side of the tuple the hashing schedulers hash, so that every
+/// transport (and the HTTP listener) hashes a client alike.
+const DNS_SIDE: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 53);
+
+/// Up to `max` backends of `pool` with addresses of the family (`v4`), chosen by the pool's
+/// scheduler (see the module doc), distinct by IP; `fail_open` when none was up.
+fn subset<P: choice::Pool>(
+    pool: &P,
+    v4: bool,
+    max: usize,
+    key: IpAddr,
+    random: u64,
+    now: Now,
+) -> (Vec<usize>, bool) {
+    let backends = pool.backends();
+    let mut tried: Vec<usize> = backends
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.address.is_ipv4() != v4)
+        .map(|(i, _)| i)
+        .collect();
+    let family = backends.len() - tried.len();
+    let mut out = Vec::with_capacity(max.min(family));
+    let tuple = FlowTuple {
+        src: SocketAddr::new(key, 0),
+        dst: DNS_SIDE,
+        proto: Proto::Udp,
+    };
+    let mut r = random;
+    while out.len() < max && tried.len() < backends.len() {
+        r = crate::sched::p2c::splitmix64(r);
+        let flow = Flow::l4(tuple, &tried, r, now);
+        let Ok(choice::Choice {
+            backend: Some(i), ..
+        }) = choice::choose(pool, &flow, Mode::Pick(None))
+        else {
+            break;
+        };
+        out.push(i);
+        let ip = backends.get(i).map(|b| b.address.ip());
+        tried.extend(
+            backends
+                .iter()
+                .enumerate()
+                .filter(|(j, b)| Some(b.address.ip()) == ip && !tried.contains(j))
+                .map(|(j, _)| j)
+                .collect::<Vec<_>>(),
+        );
+    }
+    if !out.is_empty() || family == 0 {
+        return (out, false);
+    }
+    // Fail open: every backend of the family, from a random one on.
+    let fam: Vec<usize> = (0..backends.len())
+        .filter(|&i| backends.get(i).is_some_and(|b| b.address.is_ipv4() == v4))
+        .collect();
+    let start = (random % fam.len() as u64) as usize;
+    let mut ips: Vec<IpAddr> = Vec::new();
+    for k in 0..fam.len() {
+        let Some(&i) = fam.get((start + k) % fam.len()) else {
+            continue;
+        };
+        let Some(ip) = backends.get(i).map(|b| b.address.ip()) else {
+            continue;
+        };
+        if out.len() < max && !ips.contains(&ip) {
+            ips.push(ip);
+            out.push(i);
+        }
+    }
+    (out, true)
+}
+
+/// Answers one query (see the module doc). `rrl`: the caller's table for UDP; `None` over
+/// TCP and HTTPS.
+#[allow(clippy::too_many_lines)]
+pub fn answer<S: Pools + ?Sized>(
+    zone: &Zone,
+    pools: &S,
+    q: &Incoming<'_>,
+    rrl: Option<&mut Rrl>,
+) -> Outcome {
+    let Ok(header) = Header::read(&mut BinDecoder::new(q.packet)) else {
+        return Outcome::dropped(Dropped::Malformed, None);
+    };
+    if header.message_type() == MessageType::Response {
+        return Outcome::dropped(Dropped::Malformed, None);
+    }
+    let parsed = Message::from_vec(q.packet);
+    let qtype = parsed
+        .as_ref()
+        .ok()
+        .and_then(|m| (m.queries().len() == 1).then(|| m.queries().first().map(Query::query_type)))
+        .flatten();
+    let verdict = match (rrl, q.transport) {
+        (Some(rrl), Transport::Udp) => rrl.check(q.client, q.now, zone.rrl),
+        _ => RrlVerdict::Send,
+    };
+    if verdict == RrlVerdict::Drop {
+        return Outcome::dropped(Dropped::RateLimited, qtype);
+    }
+    let Ok(msg) = parsed else {
+        let reply = Message::error_msg(header.id(), header.op_code(), ResponseCode::FormErr);
+        return finish(
+            &reply,
+            ResponseCode::FormErr,
+            qtype,
+            Vec::new(),
+            CLASSIC_PAYLOAD,
+        );
+    };
+    let limit = match (q.transport, msg.extensions()) {
+        (Transport::Tcp | Transport::Https, _) => usize::from(u16::MAX),
+        (Transport::Udp, Some(e)) => usize::from(e.max_payload().clamp(512, EDNS_PAYLOAD)),
+        (Transport::Udp, None) => CLASSIC_PAYLOAD,
+    };
+    let mut reply = Message::new();
+    reply
+        .set_id(msg.id())
+        .set_message_type(MessageType::Response)
+        .set_op_code(msg.op_code())
+        .set_recursion_desired(msg.recursion_desired())
+        .set_checking_disabled(msg.checking_disabled());
+    reply.add_queries(msg.queries().iter().cloned());
+    let query_ecs = ecs(&msg);
+    let mut edns = msg.extensions().as_ref().map(|_| {
+        let mut e = Edns::new();
+        e.set_max_payload(EDNS_PAYLOAD);
+        e
+    });
+    let mut answered: Vec<(usize, usize)> = Vec::new();
+    let mut scope = 0;
+    let rcode = 'rc: {
+        if msg.op_code() != OpCode::Query {
+            break 'rc ResponseCode::NotImp;
+        }
+        if msg.extensions().as_ref().is_some_and(|e| e.version() > 0) {
+            break 'rc ResponseCode::BADVERS;
+        }
+        let (Some(question), 1, Ok(subnet)) = (msg.query(), msg.queries().len(), &query_ecs) else {
+            break 'rc ResponseCode::FormErr;
+        };
+        let qname = LowerName::new(question.name());
+        if question.query_class() != DNSClass::IN || !zone.origin.zone_of(&qname) {
+            break 'rc ResponseCode::Refused;
+        }
+        reply.set_authoritative(true);
+        if verdict == RrlVerdict::Slip {
+            break 'rc ResponseCode::NoError;
+        }
+        let (key, scope_of) = match subnet {
+            Some(cs) if cs.source_prefix() > 0 => {
+                let cap = if cs.addr().is_ipv4() {
+                    ECS_V4_PREFIX
+                } else {
+                    ECS_V6_PREFIX
+                };
+                let bits = cs.source_prefix().min(cap);
+                (mask(cs.addr(), bits), bits)
+            }
+            _ => (q.client, 0),
+        };
+        let qt = question.query_type();
+        let entry = zone.names.get(&qname);
+        let apex = qname == zone.origin;
+        let mut found = false;
+        if let Some(e) = entry {
+            let v4 = match qt {
+                RecordType::A | RecordType::ANY => Some(true),
+                RecordType::AAAA => Some(false),
+                _ => None,
+            };
+            if let (Some(v4), Some(pool)) = (v4, pools.pool(e.pool)) {
+                let mut want = v4;
+                let (mut picked, mut open) =
+                    subset(pool, want, e.max_answers, key, q.random, q.now);
+                if picked.is_empty() && qt == RecordType::ANY {
+                    want = false;
+                    (picked, open) = subset(pool, want, e.max_answers, key, q.random, q.now);
+                }
+                if !picked.is_empty() && !open && pool.scheduler().kind().is_hashing() {
+                    scope = scope_of;
+                }
+                let ttl = if open {
+                    e.ttl.min(FAIL_OPEN_TTL)
+                } else {
+                    e.ttl
+                };
+                for &i in &picked {
+                    let Some(b) = pool.backends().get(i) else {
+                        continue;
+                    };
+                    let rdata = match b.address.ip() {
+                        IpAddr::V4(ip) => RData::A(A(ip)),
+                        IpAddr::V6(ip) => RData::AAAA(AAAA(ip)),
+                    };
+                    reply.add_answer(Record::from_rdata(e.name.clone(), ttl, rdata));
+                    found = true;
+                }
+                answered.extend(picked.iter().map(|&i| (e.pool, i)));
+            }
+        }
+        if apex && !found {
+            match qt {
+                RecordType::SOA | RecordType::ANY => {
+                    reply.add_answer(zone.soa.clone());
+                    found = true;
+                }
+                RecordType::NS => {
+                    reply.add_answers(zone.ns.iter().cloned());
+                    found = true;
+                }
+                _ => {}
+            }
+        }
+        if !found {
+            let mut soa = zone.soa.clone();
+            soa.set_ttl(zone.negative_ttl);
+            reply.add_name_server(soa);
+            if entry.is_none() && !apex && !zone.empty_non_terminals.contains(&qname) {
+                break 'rc ResponseCode::NXDomain;
+            }
+        }
+        ResponseCode::NoError
+    };
+    if let (Some(e), Ok(Some(cs))) = (edns.as_mut(), &query_ecs) {
+        e.options_mut().insert(EdnsOption::Subnet(ClientSubnet::new(
+            cs.addr(),
+            cs.source_prefix(),
+            scope,
+        )));
+    }
+    if let Some(e) = edns {
+        reply.set_edns(e);
+    }
+    reply.set_response_code(rcode);
+    if verdict == RrlVerdict::Slip {
+        let mut out = finish(&reply.truncate(), rcode, qtype, Vec::new(), limit);
+        out.truncated = true;
+        return out;
+    }
+    finish(&reply, rcode, qtype, answered, limit)
+}
+
+/// Encodes `reply`, truncated (TC, no records) when it exceeds `limit` bytes.
+fn finish(
+    reply: &Message,
+    rcode: ResponseCode,
+    qtype: Option<RecordType>,
+    answered: Vec<(usize, usize)>,
+    limit: usize,
+) -> Outcome {
+    let mut out = Outcome {
+        reply: None,
+        dropped: None,
+        qtype,
+        rcode,
+        truncated: false,
+        answered,
+    };
+    let bytes = match reply.to_vec() {
+        Ok(b) if b.len() <= limit => b,
+        Ok(_) => {
+            out.truncated = true;
+            out.answered.clear();
+            match reply.truncate().to_vec() {
+                Ok(b) => b,
+                Err(_) => return servfail(reply, out),
+            }
+        }
+        Err(_) => return servfail(reply, out),
+    };
+    out.reply = Some(bytes);
+    out
+}
+
+fn servfail(reply: &Message, mut out: Outcome) -> Outcome {
+    out.rcode = ResponseCode::ServFail;
+    out.answered.clear();
+    out.reply = Message::error_msg(reply.id(), reply.op_code(), ResponseCode::ServFail)
+        .to_vec()
+        .ok();
+    out
+}
+
+/// HTTP-DNS helpers: the JSON API's query and answer (Google's and Cloudflare's shape) and
+/// RFC 8484's base64url, on the same [`answer`].
+pub mod http {
+    use hickory_proto::op::{Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::{Name, RecordType};
+    use serde_json::{json, Value};
+
+    /// The query message of `GET /dns-query?name=&type=` (`kind`: a type name such as
+    /// `AAAA` or its number; default A).
+    ///
+    /// # Errors
+    /// What is wrong with the name or type, for a 400 answer.
+    pub fn query(name: &str, kind: Option<&str>) -> Result<Vec<u8>, String> {
+        let n =
+            Name::from_ascii(name).map_err(|e| format!("name \"{name}\" is no DNS name: {e}"))?;
+        let t = match kind {
+            None | Some("") => RecordType::A,
+            Some(k) => match k.parse::<u16>() {
+                Ok(num) => RecordType::from(num),
+                Err(_) => k.to_ascii_uppercase().parse::<RecordType>().map_err(|_| {
+                    format!("type \"{k}\" is no record type; e.g. A, AAAA, SOA, NS or a number")
+                })?,
+            },
+        };
+        let mut m = Message::new();
+        m.set_id(0)
+            .set_message_type(MessageType::Query)
+            .set_op_code(OpCode::Query)
+            .set_recursion_desired(true);
+        m.add_query(Query::query(n, t));
+        m.to_vec()
+            .map_err(|e| format!("cannot encode the query: {e}"))
+    }
+
+    /// A reply as JSON: `Status`, `TC`, `RD`, `RA`, `AD`, `CD`, `Question`, `Answer`,
+    /// `Authority` (each record `name`, `type`, `TTL`, `data`), as the Google and Cloudflare
+    /// JSON APIs answer. `None`: not a DNS message.
+    pub fn json(reply: &[u8]) -> Option<Value> {
+        let m = Message::from_vec(reply).ok()?;
+        let records = |rs: &[hickory_proto::rr::Record]| -> Vec<Value> {
+            rs.iter()
+                .map(|r| {
+                    json!({
+                        "name": r.name().to_string(),
+                        "type": u16::from(r.record_type()),
+                        "TTL": r.ttl(),
+                        "data": r.data().to_string(),
+                    })
+                })
+                .collect()
+        };
+        let mut v = json!({
+            "Status": u16::from(m.response_code()),
+            "TC": m.truncated(),
+            "RD": m.recursion_desired(),
+            "RA": m.recursion_available(),
+            "AD": m.authentic_data(),
+            "CD": m.checking_disabled(),
+            "Question": m.queries().iter().map(|q| json!({
+                "name": q.name().to_string(),
+                "type": u16::from(q.query_type()),
+            })).collect::<Vec<_>>(),
+        });
+        if !m.answers().is_empty() {
+            v["Answer"] = Value::Array(records(m.answers()));
+        }
+        if !m.name_servers().is_empty() {
+            v["Authority"] = Value::Array(records(m.name_servers()));
+        }
+        Some(v)
+    }
+
+    /// The smallest TTL of a reply's records (RFC 8484 5.1: the HTTP freshness lifetime).
+    pub fn min_ttl(reply: &[u8]) -> Option<u32> {
+        let m = Message::from_vec(reply).ok()?;
+        m.answers()
+            .iter()
+            .chain(m.name_servers())
+            .map(hickory_proto::rr::Record::ttl)
+            .min()
+    }
+
+    /// RFC 4648 base64url without padding (RFC 8484's `dns` parameter); `None`: not that.
+    pub fn base64url(text: &str) -> Option<Vec<u8>> {
+        let mut out = Vec::with_capacity(text.len() * 3 / 4);
+        let (mut acc, mut bits) = (0u32, 0u32);
+        for c in text.bytes().filter(|&c| c != b'=') {
+            let v = match c {
+                b'A'..=b'Z' => c - b'A',
+                b'a'..=b'z' => c - b'a' + 26,
+                b'0'..=b'9' => c - b'0' + 52,
+                b'-' => 62,
+                b'_' => 63,
+                _ => return None,
+            };
+            acc = (acc << 6) | u32::from(v);
+            bits += 6;
+            if bits >= 8 {
+                bits -= 8;
+                out.push((acc >> bits) as u8);
+                acc &= (1 << bits) - 1;
+            }
+        }
+        Some(out)
+    }
+}

@@ -1,0 +1,1125 @@
+//! `protocol = "dns"` services through real clients: dig (bind9-dnsutils), kdig
+//! (knot-dnsutils) and unbound as a recursive resolver in front, against the real `fulcrum`
+//! binary on 127.0.0.0/8. Raw packets from this test only for what no client sends (bad
+//! input, a flood).
+#![allow(
+    clippy::unwrap_used,
+    clippy::too_many_lines,
+    clippy::many_single_char_names
+)]
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{admin_toml, free_addr, free_port, temp_dir, Fulcrum};
+use fulcrum_xdp::testing::{have_program, require};
+
+fn need(test: &str, prog: &str, pkg: &str) -> bool {
+    require(
+        test,
+        have_program(prog),
+        &format!("{prog} (apt-get install -y {pkg})"),
+    )
+}
+
+/// Runs a client (dig, kdig) with a time limit; its stdout.
+fn run(prog: &str, args: &[&str]) -> String {
+    let out = Command::new(prog)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{prog}: {e}"));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn dig(server: SocketAddr, args: &[&str]) -> String {
+    let at = format!("@{}", server.ip());
+    let port = server.port().to_string();
+    let mut all = vec![at.as_str(), "-p", port.as_str(), "+time=2", "+tries=1"];
+    all.extend_from_slice(args);
+    run("dig", &all)
+}
+
+/// The addresses of the answer section (`dig +short` style lines that parse as IPs).
+fn answer_ips(text: &str) -> Vec<IpAddr> {
+    text.lines().filter_map(|l| l.trim().parse().ok()).collect()
+}
+
+fn status(text: &str) -> String {
+    text.split("status: ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .unwrap_or("")
+        .to_owned()
+}
+
+fn flags(text: &str) -> String {
+    text.split(";; flags: ")
+        .nth(1)
+        .and_then(|r| r.split(';').next())
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// (name, type, ttl, data) of each record line of a dig answer.
+fn records(text: &str, section: &str) -> Vec<(String, String, u32, String)> {
+    let Some(start) = text.find(&format!(";; {section} SECTION:")) else {
+        return Vec::new();
+    };
+    text[start..]
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some((
+                f.first()?.to_string(),
+                f.get(3)?.to_string(),
+                f.get(1)?.parse().ok()?,
+                f.get(4..)?.join(" "),
+            ))
+        })
+        .collect()
+}
+
+/// A dns service on a fresh address answering `www.example.test` from pool `web`.
+struct Setup {
+    f: Fulcrum,
+    dns: SocketAddr,
+}
+
+fn backends(ips: &[(String, u32)]) -> String {
+    let mut s = String::new();
+    for (ip, w) in ips {
+        let _ = write!(
+            s,
+            "[[pool.backend]]\naddress = \"{ip}:80\"\nweight = {w}\n\n"
+        );
+    }
+    s
+}
+
+async fn setup(name: &str, names: &str, extra: &str, pools: &str) -> Setup {
+    let admin = free_addr();
+    let dns = free_addr();
+    let cfg = format!(
+        "{}[[service]]\nname = \"dns\"\nlisten = \"{dns}\"\nprotocol = \"dns\"\npool = \"web\"\n{names}\n\
+         [service.dns_zone]\norigin = \"example.test\"\nns = [\"ns1.example.test\", \"ns2.example.test\"]\n{extra}\n{pools}",
+        admin_toml(admin)
+    );
+    let f = Fulcrum::start(name, admin, &cfg, &[]).await;
+    Setup { f, dns }
+}
+
+fn www(max: u32, ttl: &str) -> String {
+    format!("[[service.dns_name]]\nname = \"www.example.test\"\npool = \"web\"\nttl = \"{ttl}\"\nmax_answers = {max}\n")
+}
+
+const NO_RRL: &str = "[service.dns_rrl]\nresponses_per_second = 1000000\n";
+
+fn ips(prefix: &str, n: usize) -> Vec<(String, u32)> {
+    (1..=n).map(|i| (format!("{prefix}{i}"), 1)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_soa_ns_nxdomain_nodata_refused_over_udp_and_tcp() {
+    if !need("dns answers", "dig", "bind9-dnsutils")
+        || !need("dns answers", "kdig", "knot-dnsutils")
+    {
+        return;
+    }
+    let mut pool = ips("127.0.1.", 4);
+    pool.push(("[::1]".into(), 1));
+    let names = format!(
+        "{}[[service.dns_name]]\nname = \"a.deep.example.test\"\nttl = \"10s\"\n",
+        www(2, "30s")
+    );
+    let s = setup(
+        "dns-answers",
+        &names,
+        NO_RRL,
+        &format!(
+            "[[pool]]\nname = \"web\"\nscheduler = \"rr\"\n[pool.health]\ncheck = \"none\"\n{}",
+            backends(&pool)
+        ),
+    )
+    .await;
+
+    // A: 2 of the 4 IPv4 backends, authoritative, TTL as configured; rr rotates.
+    let mut seen = BTreeSet::new();
+    for _ in 0..4 {
+        let out = dig(s.dns, &["www.example.test", "A"]);
+        assert_eq!(status(&out), "NOERROR", "{out}");
+        assert!(flags(&out).contains("aa"), "{out}");
+        assert!(!flags(&out).contains("ra"), "not a resolver: {out}");
+        let a = records(&out, "ANSWER");
+        assert_eq!(a.len(), 2, "{out}");
+        assert!(a.iter().all(|r| r.1 == "A" && r.2 == 30), "{out}");
+        seen.extend(a.into_iter().map(|r| r.3));
+    }
+    assert_eq!(
+        seen.len(),
+        4,
+        "rr shows every backend over 4 answers: {seen:?}"
+    );
+
+    // AAAA: the IPv6 backend only.
+    let out = dig(s.dns, &["www.example.test", "AAAA", "+short"]);
+    assert_eq!(
+        answer_ips(&out),
+        vec!["::1".parse::<IpAddr>().unwrap()],
+        "{out}"
+    );
+
+    // The same answer over TCP, and through kdig.
+    let out = dig(s.dns, &["+tcp", "www.example.test", "A"]);
+    assert_eq!(records(&out, "ANSWER").len(), 2, "{out}");
+    let port = s.dns.port().to_string();
+    let out = run(
+        "kdig",
+        &[
+            "@127.0.0.1",
+            "-p",
+            &port,
+            "+time=2",
+            "+retry=0",
+            "www.example.test",
+            "A",
+        ],
+    );
+    assert!(out.contains("status: NOERROR"), "{out}");
+    assert_eq!(records(&out, "ANSWER").len(), 2, "kdig: {out}");
+    let out = run(
+        "kdig",
+        &[
+            "@127.0.0.1",
+            "-p",
+            &port,
+            "+tcp",
+            "+time=2",
+            "+retry=0",
+            "www.example.test",
+            "A",
+        ],
+    );
+    assert_eq!(records(&out, "ANSWER").len(), 2, "kdig +tcp: {out}");
+
+    // SOA and NS at the apex.
+    let out = dig(s.dns, &["example.test", "SOA"]);
+    let soa = records(&out, "ANSWER");
+    assert_eq!(soa.len(), 1, "{out}");
+    assert!(
+        soa[0]
+            .3
+            .starts_with("ns1.example.test. hostmaster.example.test."),
+        "{out}"
+    );
+    let out = dig(s.dns, &["example.test", "NS", "+short"]);
+    let ns: BTreeSet<&str> = out.lines().collect();
+    assert_eq!(
+        ns,
+        BTreeSet::from(["ns1.example.test.", "ns2.example.test."]),
+        "{out}"
+    );
+
+    // NXDOMAIN with the SOA (negative TTL: the shortest name TTL, 10s).
+    let out = dig(s.dns, &["nope.example.test", "A"]);
+    assert_eq!(status(&out), "NXDOMAIN", "{out}");
+    assert!(flags(&out).contains("aa"), "{out}");
+    let auth = records(&out, "AUTHORITY");
+    assert_eq!(
+        (auth.len(), auth[0].1.as_str(), auth[0].2),
+        (1, "SOA", 10),
+        "{out}"
+    );
+    // Below an answered name: NXDOMAIN too.
+    assert_eq!(
+        status(&dig(s.dns, &["x.www.example.test", "A"])),
+        "NXDOMAIN"
+    );
+
+    // NODATA: the name exists, the type does not; an empty non-terminal exists.
+    for (q, t) in [
+        ("www.example.test", "TXT"),
+        ("www.example.test", "MX"),
+        ("deep.example.test", "A"),
+        ("example.test", "A"),
+    ] {
+        let out = dig(s.dns, &[q, t]);
+        assert_eq!(status(&out), "NOERROR", "{q} {t}: {out}");
+        assert!(records(&out, "ANSWER").is_empty(), "{q} {t}: {out}");
+        assert_eq!(
+            records(&out, "AUTHORITY").first().map(|r| r.1.clone()),
+            Some("SOA".into()),
+            "{out}"
+        );
+    }
+    // The name whose pool is the service's default.
+    assert_eq!(
+        answer_ips(&dig(s.dns, &["a.deep.example.test", "+short"])).len(),
+        4
+    );
+
+    // Not an open resolver: other zones are refused, without AA.
+    for q in ["example.com", "test", "xexample.test", "."] {
+        let out = dig(s.dns, &[q, "A"]);
+        assert_eq!(status(&out), "REFUSED", "{q}: {out}");
+        assert!(!flags(&out).contains("aa"), "{out}");
+    }
+    // Class CH (version.bind and friends): refused.
+    assert_eq!(
+        status(&dig(s.dns, &["-c", "CH", "version.bind", "TXT"])),
+        "REFUSED"
+    );
+
+    // ANY: a small answer (RFC 8482), never the whole zone.
+    let out = dig(s.dns, &["www.example.test", "ANY"]);
+    assert_eq!(status(&out), "NOERROR", "{out}");
+    let any = records(&out, "ANSWER");
+    assert!(!any.is_empty() && any.len() <= 2, "{out}");
+    // Opcode other than QUERY: NOTIMP. EDNS version 1: BADVERS.
+    let out = dig(s.dns, &["+opcode=notify", "www.example.test"]);
+    assert_eq!(status(&out), "NOTIMP", "{out}");
+    let out = dig(s.dns, &["+edns=1", "+noednsneg", "www.example.test"]);
+    assert_eq!(status(&out), "BADVERS", "{out}");
+    s.f.assert_no_panic();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_answers_set_tc_and_dig_retries_over_tcp() {
+    if !need("dns tc", "dig", "bind9-dnsutils") {
+        return;
+    }
+    let s = setup(
+        "dns-tc",
+        &www(64, "30s"),
+        NO_RRL,
+        &format!(
+            "[[pool]]\nname = \"web\"\nscheduler = \"random\"\n[pool.health]\ncheck = \"none\"\n{}",
+            backends(&ips("127.0.2.", 60))
+        ),
+    )
+    .await;
+    // No EDNS: 512 bytes at most, 60 A records do not fit: TC, no records.
+    let out = dig(s.dns, &["+noedns", "+ignore", "www.example.test"]);
+    assert!(flags(&out).contains("tc"), "{out}");
+    assert!(records(&out, "ANSWER").is_empty(), "{out}");
+    // dig retries a truncated answer over TCP: all 60.
+    let out = dig(s.dns, &["+noedns", "www.example.test"]);
+    assert!(!flags(&out).contains("tc"), "{out}");
+    assert_eq!(records(&out, "ANSWER").len(), 60, "{out}");
+    // EDNS with 1232 bytes: they fit over UDP.
+    let out = dig(s.dns, &["+bufsize=1232", "+ignore", "www.example.test"]);
+    assert!(!flags(&out).contains("tc"), "{out}");
+    assert_eq!(records(&out, "ANSWER").len(), 60, "{out}");
+    assert!(
+        out.contains("udp: 1232"),
+        "advertises its payload size: {out}"
+    );
+    // A client asking for 4096 gets at most 1232 (and a 600-byte client gets TC).
+    let out = dig(s.dns, &["+bufsize=600", "+ignore", "www.example.test"]);
+    assert!(flags(&out).contains("tc"), "{out}");
+    s.f.assert_no_panic();
+}
+
+/// `dig -f`: one process, many queries; the first address of each answer.
+fn batch(server: SocketAddr, lines: &[String]) -> Vec<Vec<IpAddr>> {
+    let dir = temp_dir("dns-batch");
+    let file = dir.join("queries");
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let out = dig(
+        server,
+        &[
+            "-f",
+            file.to_str().unwrap(),
+            "+noall",
+            "+answer",
+            "+nottlid",
+            "+noclass",
+        ],
+    );
+    // Answers of one query are consecutive; dig prints no separator with +noall, so group
+    // by the query name each line starts with.
+    let mut groups: Vec<Vec<IpAddr>> = Vec::new();
+    let mut last = String::new();
+    for l in out.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let (Some(name), Some(ip)) = (f.first(), f.last().and_then(|x| x.parse().ok())) else {
+            continue;
+        };
+        if *name != last || groups.is_empty() {
+            groups.push(Vec::new());
+        }
+        (*name).clone_into(&mut last);
+        groups.last_mut().unwrap().push(ip);
+    }
+    groups
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shares_over_1000_queries_follow_weights() {
+    if !need("dns weights", "dig", "bind9-dnsutils") {
+        return;
+    }
+    let weights = [1u32, 2, 3, 4];
+    for sched in ["wrr", "random"] {
+        let pool: Vec<(String, u32)> = weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (format!("127.0.3.{}", i + 1), *w))
+            .collect();
+        let s = setup(
+            &format!("dns-w-{sched}"),
+            // Distinct names so each query's answer is its own group in dig's output.
+            "[[service.dns_name]]\nname = \"n0.example.test\"\nmax_answers = 1\n\
+             [[service.dns_name]]\nname = \"n1.example.test\"\nmax_answers = 1\n",
+            NO_RRL,
+            &format!("[[pool]]\nname = \"web\"\nscheduler = \"{sched}\"\n[pool.health]\ncheck = \"none\"\n{}", backends(&pool)),
+        )
+        .await;
+        let lines: Vec<String> = (0..1000)
+            .map(|i| format!("n{}.example.test A", i % 2))
+            .collect();
+        let got = batch(s.dns, &lines);
+        assert_eq!(got.len(), 1000, "{sched}: every query answered");
+        let mut count: HashMap<IpAddr, usize> = HashMap::new();
+        for g in &got {
+            assert_eq!(g.len(), 1, "{sched}: max_answers = 1");
+            *count.entry(g[0]).or_default() += 1;
+        }
+        let total: u32 = weights.iter().sum();
+        for (i, w) in weights.iter().enumerate() {
+            let ip: IpAddr = format!("127.0.3.{}", i + 1).parse().unwrap();
+            let share = *count.get(&ip).unwrap_or(&0) as f64 / 1000.0;
+            let want = f64::from(*w) / f64::from(total);
+            assert!(
+                (share - want).abs() <= 0.05,
+                "{sched}: {ip} share {share:.3}, weight share {want:.3}: {count:?}"
+            );
+        }
+        s.f.assert_no_panic();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ecs_subnets_get_stable_different_subsets_under_maglev() {
+    if !need("dns ecs", "kdig", "knot-dnsutils") {
+        return;
+    }
+    let s = setup(
+        "dns-ecs",
+        &www(3, "30s"),
+        NO_RRL,
+        &format!(
+            "[[pool]]\nname = \"web\"\nscheduler = \"maglev\"\n[pool.health]\ncheck = \"none\"\n{}",
+            backends(&ips("127.0.4.", 10))
+        ),
+    )
+    .await;
+    let port = s.dns.port().to_string();
+    let ask = |subnet: &str| -> (Vec<IpAddr>, String) {
+        let sub = format!("+subnet={subnet}");
+        let out = run(
+            "kdig",
+            &[
+                "@127.0.0.1",
+                "-p",
+                &port,
+                "+time=2",
+                "+retry=0",
+                &sub,
+                "www.example.test",
+                "A",
+            ],
+        );
+        let a: Vec<IpAddr> = records(&out, "ANSWER")
+            .iter()
+            .filter_map(|r| r.3.parse().ok())
+            .collect();
+        (a, out)
+    };
+    let (first, out) = ask("198.18.10.0/24");
+    assert_eq!(first.len(), 3, "{out}");
+    // Echoed with the scope the answer depends on (/24).
+    assert!(out.contains("CLIENT-SUBNET: 198.18.10.0/24/24"), "{out}");
+    for _ in 0..5 {
+        assert_eq!(ask("198.18.10.0/24").0, first, "stable for one subnet");
+    }
+    // Other addresses of the same /24 (a longer source prefix is cut to /24): the same.
+    assert_eq!(ask("198.18.10.77/32").0, first);
+    // Another subnet: stable too, and a different subset for some of a few subnets.
+    let mut differ = 0;
+    for n in 0..4 {
+        let sub = format!("198.18.{}.0/24", 100 + n);
+        let (a, out) = ask(&sub);
+        assert_eq!(a.len(), 3, "{out}");
+        assert_eq!(ask(&sub).0, a, "stable for {sub}");
+        if a != first {
+            differ += 1;
+        }
+    }
+    assert!(differ >= 1, "other subnets map elsewhere");
+    // Without ECS, the source address is the key: stable for this client.
+    let plain = run(
+        "kdig",
+        &[
+            "@127.0.0.1",
+            "-p",
+            &port,
+            "+time=2",
+            "+retry=0",
+            "+short",
+            "www.example.test",
+        ],
+    );
+    assert_eq!(
+        plain,
+        run(
+            "kdig",
+            &[
+                "@127.0.0.1",
+                "-p",
+                &port,
+                "+time=2",
+                "+retry=0",
+                "+short",
+                "www.example.test"
+            ]
+        )
+    );
+    s.f.assert_no_panic();
+}
+
+/// A TCP listener on `ip` (a health check target), closed when the task is aborted.
+async fn listener(ip: &str) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let addr: SocketAddr = format!("{ip}:{}", free_port()).parse().unwrap();
+    let l = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let h = tokio::spawn(async move {
+        loop {
+            if let Ok((s, _)) = l.accept().await {
+                drop(s);
+            }
+        }
+    });
+    (addr, h)
+}
+
+fn pool_with_checks(addrs: &[SocketAddr]) -> String {
+    let mut s = "[[pool]]\nname = \"web\"\nscheduler = \"rr\"\n[pool.health]\ncheck = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\nrise = 1\nfall = 1\n".to_owned();
+    for a in addrs {
+        let _ = write!(s, "[[pool.backend]]\naddress = \"{a}\"\n\n");
+    }
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_or_drained_backend_leaves_the_answers_and_all_down_fails_open() {
+    if !need("dns health", "dig", "bind9-dnsutils") {
+        return;
+    }
+    let mut ls = Vec::new();
+    for i in 1..=3 {
+        ls.push(listener(&format!("127.0.5.{i}")).await);
+    }
+    let addrs: Vec<SocketAddr> = ls.iter().map(|l| l.0).collect();
+    let s = setup(
+        "dns-health",
+        &www(4, "1s"),
+        NO_RRL,
+        &pool_with_checks(&addrs),
+    )
+    .await;
+    let answer = || -> BTreeSet<IpAddr> {
+        answer_ips(&dig(s.dns, &["www.example.test", "+short"]))
+            .into_iter()
+            .collect()
+    };
+    let all: BTreeSet<IpAddr> = addrs.iter().map(SocketAddr::ip).collect();
+    // Up after the first checks.
+    let t0 = Instant::now();
+    while answer() != all {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "all three up: {:?}",
+            answer()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A failing health check: gone within one interval (plus the check's timeout).
+    ls[0].1.abort();
+    let t0 = Instant::now();
+    while answer().contains(&addrs[0].ip()) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "failed backend still answered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = t0.elapsed();
+    // One interval (200 ms) plus the check's timeout, with room for a loaded machine.
+    assert!(
+        took <= Duration::from_millis(200 + 100 + 300),
+        "gone after {took:?}"
+    );
+    // Drained through the admin API: gone at once.
+    let path = format!("/api/v1/pools/web/backends/{}/drain", addrs[1]);
+    let (code, body) = common::http(s.f.admin, "POST", &path).await.unwrap();
+    assert!(code == 200 || code == 204, "{code} {body}");
+    let want: BTreeSet<IpAddr> = BTreeSet::from([addrs[2].ip()]);
+    assert_eq!(answer(), want);
+    // Every backend down: fail open (every backend, a short TTL).
+    ls[2].1.abort();
+    let t0 = Instant::now();
+    loop {
+        let out = dig(s.dns, &["www.example.test"]);
+        let a = records(&out, "ANSWER");
+        if a.len() == 3 {
+            assert!(a.iter().all(|r| r.2 <= 1), "{out}");
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(2), "fail open: {out}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    s.f.assert_no_panic();
+}
+
+/// unbound on `port`, forwarding example.test to `to`.
+fn unbound(dir: &std::path::Path, port: u16, to: SocketAddr) -> Child {
+    let conf = dir.join("unbound.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "server:\n  interface: 127.0.0.1\n  port: {port}\n  do-daemonize: no\n  username: \"\"\n  chroot: \"\"\n  \
+             directory: \"{d}\"\n  pidfile: \"\"\n  use-syslog: no\n  logfile: \"\"\n  verbosity: 1\n  \
+             do-not-query-localhost: no\n  access-control: 127.0.0.0/8 allow\n  domain-insecure: \"example.test\"\n  \
+             module-config: \"iterator\"\n  num-threads: 1\n  so-reuseport: no\n  \
+             local-zone: \"test.\" nodefault\n  do-ip6: no\n\
+             stub-zone:\n  name: \"example.test\"\n  stub-addr: {ip}@{p}\n  stub-first: no\n",
+            d = dir.display(),
+            ip = to.ip(),
+            p = to.port()
+        ),
+    )
+    .unwrap();
+    Command::new("unbound")
+        .arg("-d")
+        .arg("-c")
+        .arg(&conf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(
+            std::fs::File::create(dir.join("unbound.log")).unwrap(),
+        ))
+        .spawn()
+        .expect("spawn unbound")
+}
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unbound_in_front_answers_with_ttls_and_drops_a_down_backend_within_ttl_plus_interval() {
+    if !need("dns unbound", "dig", "bind9-dnsutils") || !need("dns unbound", "unbound", "unbound") {
+        return;
+    }
+    let mut ls = Vec::new();
+    for i in 1..=3 {
+        ls.push(listener(&format!("127.0.6.{i}")).await);
+    }
+    let addrs: Vec<SocketAddr> = ls.iter().map(|l| l.0).collect();
+    let s = setup(
+        "dns-unbound",
+        &www(4, "2s"),
+        NO_RRL,
+        &pool_with_checks(&addrs),
+    )
+    .await;
+    let dir = temp_dir("dns-unbound");
+    let port = free_port();
+    let _u = Killed(unbound(&dir, port, s.dns));
+    let resolver: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let all: BTreeSet<IpAddr> = addrs.iter().map(SocketAddr::ip).collect();
+    let t0 = Instant::now();
+    let out = loop {
+        let out = dig(resolver, &["www.example.test"]);
+        let got: BTreeSet<IpAddr> = records(&out, "ANSWER")
+            .iter()
+            .filter_map(|r| r.3.parse().ok())
+            .collect();
+        if got == all {
+            break out;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "through unbound: {out}\n{}",
+            std::fs::read_to_string(dir.join("unbound.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // A resolver's answer: RA set, TTL at most ours.
+    assert!(flags(&out).contains("ra"), "{out}");
+    assert!(records(&out, "ANSWER").iter().all(|r| r.2 <= 2), "{out}");
+    // NXDOMAIN passes through too.
+    assert_eq!(status(&dig(resolver, &["nope.example.test"])), "NXDOMAIN");
+    // A backend down: gone from the resolver's answers within TTL (2 s) + one interval.
+    ls[1].1.abort();
+    let t0 = Instant::now();
+    loop {
+        let got: BTreeSet<IpAddr> = answer_ips(&dig(resolver, &["www.example.test", "+short"]))
+            .into_iter()
+            .collect();
+        if !got.contains(&addrs[1].ip()) && got.len() == 2 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_millis(2000 + 200 + 100 + 500),
+            "still {got:?} after {:?}",
+            t0.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s.f.assert_no_panic();
+}
+
+/// Sends one raw datagram; the reply, if one comes within 300 ms.
+async fn raw(server: SocketAddr, from: &str, packet: &[u8]) -> Option<Vec<u8>> {
+    let sock = tokio::net::UdpSocket::bind(format!("{from}:0"))
+        .await
+        .unwrap();
+    sock.send_to(packet, server).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    match tokio::time::timeout(Duration::from_millis(300), sock.recv(&mut buf)).await {
+        Ok(Ok(n)) => Some(buf[..n].to_vec()),
+        _ => None,
+    }
+}
+
+/// A query header (id, flags, counts) followed by `body`.
+fn packet(id: u16, flags: u16, qd: u16, body: &[u8]) -> Vec<u8> {
+    let mut p = Vec::new();
+    for v in [id, flags, qd, 0, 0, 0] {
+        p.extend_from_slice(&v.to_be_bytes());
+    }
+    p.extend_from_slice(body);
+    p
+}
+
+fn qname(labels: &[&str]) -> Vec<u8> {
+    let mut b = Vec::new();
+    for l in labels {
+        b.push(l.len() as u8);
+        b.extend_from_slice(l.as_bytes());
+    }
+    b.push(0);
+    b
+}
+
+fn rcode(reply: &[u8]) -> u8 {
+    reply[3] & 0x0f
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_formerr_or_dropped_and_the_server_keeps_answering() {
+    if !need("dns bad input", "dig", "bind9-dnsutils") {
+        return;
+    }
+    let s = setup(
+        "dns-bad",
+        &www(2, "30s"),
+        NO_RRL,
+        &format!(
+            "[[pool]]\nname = \"web\"\nscheduler = \"rr\"\n[pool.health]\ncheck = \"none\"\n{}",
+            backends(&ips("127.0.7.", 3))
+        ),
+    )
+    .await;
+    let a_in = [0u8, 1, 0, 1];
+    let good = {
+        let mut b = qname(&["www", "example", "test"]);
+        b.extend_from_slice(&a_in);
+        b
+    };
+    // Shorter than a header: dropped.
+    assert_eq!(raw(s.dns, "127.0.0.1", &[0x12, 0x34, 0x01]).await, None);
+    assert_eq!(raw(s.dns, "127.0.0.1", &[]).await, None);
+    // A response (QR set): dropped (no reflection loops).
+    assert_eq!(
+        raw(s.dns, "127.0.0.1", &packet(7, 0x8000, 1, &good)).await,
+        None
+    );
+    // A header claiming a question that is not there: FORMERR with the query's id.
+    let r = raw(s.dns, "127.0.0.1", &packet(0xabcd, 0x0100, 1, &[]))
+        .await
+        .expect("formerr");
+    assert_eq!(
+        (&r[..2], r[2] & 0x80, rcode(&r)),
+        (&[0xab, 0xcd][..], 0x80, 1)
+    );
+    // The question truncated mid-label.
+    let r = raw(s.dns, "127.0.0.1", &packet(2, 0x0100, 1, &good[..7]))
+        .await
+        .expect("formerr");
+    assert_eq!(rcode(&r), 1);
+    // A compression pointer to itself, and two pointing at each other.
+    let r = raw(
+        s.dns,
+        "127.0.0.1",
+        &packet(3, 0x0100, 1, &[0xc0, 12, 0, 1, 0, 1]),
+    )
+    .await
+    .expect("formerr");
+    assert_eq!(rcode(&r), 1);
+    let r = raw(
+        s.dns,
+        "127.0.0.1",
+        &packet(4, 0x0100, 1, &[1, b'a', 0xc0, 16, 0xc0, 12, 0, 1, 0, 1]),
+    )
+    .await
+    .expect("formerr");
+    assert_eq!(rcode(&r), 1);
+    // A pointer forward past the end.
+    let r = raw(
+        s.dns,
+        "127.0.0.1",
+        &packet(5, 0x0100, 1, &[0xc0, 0xff, 0, 1, 0, 1]),
+    )
+    .await
+    .expect("formerr");
+    assert_eq!(rcode(&r), 1);
+    // 200 one-character labels (a 401-byte name, past the 255 limit).
+    let labels: Vec<&str> = std::iter::repeat_n("a", 200).collect();
+    let mut body = qname(&labels);
+    body.extend_from_slice(&a_in);
+    let r = raw(s.dns, "127.0.0.1", &packet(6, 0x0100, 1, &body))
+        .await
+        .expect("formerr");
+    assert_eq!(rcode(&r), 1);
+    // 127 labels in a legal 255-byte name: answered (REFUSED: not in the zone).
+    let labels: Vec<&str> = std::iter::repeat_n("a", 127).collect();
+    let mut body = qname(&labels);
+    body.extend_from_slice(&a_in);
+    if let Some(r) = raw(s.dns, "127.0.0.1", &packet(8, 0x0100, 1, &body)).await {
+        assert!(rcode(&r) == 5 || rcode(&r) == 1, "rcode {}", rcode(&r));
+    }
+    // Two questions: FORMERR.
+    let mut two = good.clone();
+    two.extend_from_slice(&good);
+    let r = raw(s.dns, "127.0.0.1", &packet(9, 0x0100, 2, &two))
+        .await
+        .expect("formerr");
+    assert_eq!(rcode(&r), 1);
+    // A thousand random packets: each answered or dropped, never a crash.
+    let mut x = 0x1234_5678_9abc_def0u64;
+    for i in 0..1000u32 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let len = (x % 80) as usize;
+        let mut p: Vec<u8> = (0..len).map(|k| (x >> (k % 56)) as u8 ^ k as u8).collect();
+        if i % 2 == 0 && p.len() > 12 {
+            p[2] &= 0x7f; // a query, so the decoder gets to the question
+        }
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.send_to(&p, s.dns).unwrap();
+    }
+    // Still answering, and alive.
+    let out = dig(s.dns, &["www.example.test", "+short"]);
+    assert_eq!(answer_ips(&out).len(), 2, "{out}");
+    s.f.assert_no_panic();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rrl_limits_a_flood_to_one_prefix_and_others_are_still_served() {
+    if !need("dns rrl", "dig", "bind9-dnsutils") {
+        return;
+    }
+    let s = setup(
+        "dns-rrl",
+        &www(2, "30s"),
+        "[service.dns_rrl]\nresponses_per_second = 20\nslip = 2\n",
+        &format!(
+            "[[pool]]\nname = \"web\"\nscheduler = \"rr\"\n[pool.health]\ncheck = \"none\"\n{}",
+            backends(&ips("127.0.8.", 3))
+        ),
+    )
+    .await;
+    // The "victim": queries with its source address (127.0.0.55), as a spoofed flood in
+    // its name would arrive.
+    let victim = std::sync::Arc::new(tokio::net::UdpSocket::bind("127.0.0.55:0").await.unwrap());
+    let mut q = qname(&["www", "example", "test"]);
+    q.extend_from_slice(&[0, 1, 0, 1]);
+    let q = packet(1, 0x0100, 1, &q);
+    let t0 = Instant::now();
+    let rx = std::sync::Arc::clone(&victim);
+    let counter = tokio::spawn(async move {
+        let (mut full, mut tc) = (0usize, 0usize);
+        let mut buf = vec![0u8; 2048];
+        while let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(500), rx.recv(&mut buf)).await
+        {
+            if buf[2] & 0x02 != 0 {
+                tc += 1;
+            } else if n > 12 {
+                full += 1;
+            }
+        }
+        (full, tc)
+    });
+    for i in 0..2000 {
+        let _ = victim.send_to(&q, s.dns).await;
+        if i % 50 == 49 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    // Meanwhile another client (another /24) is served normally.
+    let dns = s.dns;
+    let out = tokio::task::spawn_blocking(move || {
+        dig(dns, &["-b", "127.0.9.1", "www.example.test", "+short"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(answer_ips(&out).len(), 2, "another prefix: {out}");
+    let (full, tc) = counter.await.unwrap();
+    let secs = t0.elapsed().as_secs_f64();
+    // Full answers: the bucket (20) plus 20 per second of the flood, per worker (2).
+    let cap = (2.0 * (20.0 + 20.0 * secs)).ceil() as usize;
+    assert!(full <= cap, "full answers {full} > {cap} in {secs:.2}s");
+    assert!(full >= 20, "the first 20 answered: {full}");
+    // Slip 2: about every second limited response goes out truncated, the rest dropped.
+    eprintln!("rrl: {full} full, {tc} truncated of 2000 in {secs:.2}s");
+    let limited = 2000 - full;
+    assert!(
+        tc >= limited / 4 && tc <= limited / 2 + 2,
+        "tc {tc} of {limited} limited"
+    );
+    s.f.assert_no_panic();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_ctl_and_adm_show_dns_services() {
+    if !need("dns metrics", "dig", "bind9-dnsutils") {
+        return;
+    }
+    let s = setup(
+        "dns-metrics",
+        &www(1, "30s"),
+        NO_RRL,
+        &format!(
+            "[[pool]]\nname = \"web\"\nscheduler = \"rr\"\n[pool.health]\ncheck = \"none\"\n{}",
+            backends(&ips("127.0.10.", 2))
+        ),
+    )
+    .await;
+    for _ in 0..4 {
+        assert_eq!(
+            answer_ips(&dig(s.dns, &["www.example.test", "+short"])).len(),
+            1
+        );
+    }
+    assert_eq!(status(&dig(s.dns, &["nope.example.test"])), "NXDOMAIN");
+    assert_eq!(status(&dig(s.dns, &["example.com"])), "REFUSED");
+    let m = s.f.metrics().await;
+    let q = |qtype: &str, rcode: &str| {
+        common::metric_value(
+            &m,
+            "fulcrum_dns_queries_total",
+            &[("service", "dns"), ("qtype", qtype), ("rcode", rcode)],
+        )
+    };
+    assert_eq!(q("A", "NOERROR"), Some(4.0), "{m}");
+    assert_eq!(q("A", "NXDOMAIN"), Some(1.0), "{m}");
+    assert_eq!(q("A", "REFUSED"), Some(1.0), "{m}");
+    for b in ["127.0.10.1:80", "127.0.10.2:80"] {
+        let n = common::metric_value(
+            &m,
+            "fulcrum_dns_answers_total",
+            &[("pool", "web"), ("backend", b)],
+        );
+        assert_eq!(n, Some(2.0), "rr: 2 answers each for {b}: {m}");
+    }
+    let admin = format!("http://{}", s.f.admin);
+    let (a2, admin2) = (admin.clone(), admin);
+    let ctl = tokio::task::spawn_blocking(move || {
+        run(
+            env!("CARGO_BIN_EXE_fulcrum"),
+            &["ctl", "--admin", &a2, "status"],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(ctl.contains("DNS SERVICE"), "{ctl}");
+    assert!(
+        ctl.lines().any(|l| l.contains("www.example.test")
+            && l.contains("example.test")
+            && l.contains("30s")),
+        "{ctl}"
+    );
+    let adm = tokio::task::spawn_blocking(move || {
+        run(
+            env!("CARGO_BIN_EXE_fulcrum"),
+            &["adm", "--admin", &admin2, "-L", "-n"],
+        )
+    })
+    .await
+    .unwrap();
+    let svc = s.dns.to_string();
+    assert!(
+        adm.lines()
+            .any(|l| l.starts_with("UDP") && l.contains(&svc)),
+        "{adm}"
+    );
+    assert!(
+        adm.lines()
+            .any(|l| l.starts_with("TCP") && l.contains(&svc)),
+        "{adm}"
+    );
+    s.f.assert_no_panic();
+}
+
+fn base64url(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..=chunk.len() {
+            out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+fn curl(args: &[&str]) -> Vec<u8> {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "5"])
+        .args(args)
+        .output()
+        .unwrap();
+    out.stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_dns_json_and_rfc8484_give_the_udp_answers() {
+    if !need("dns http", "dig", "bind9-dnsutils") || !need("dns http", "curl", "curl") {
+        return;
+    }
+    let s = setup(
+        "dns-doh",
+        &www(3, "30s"),
+        NO_RRL,
+        &format!(
+            "[[pool]]\nname = \"web\"\nscheduler = \"maglev\"\n[pool.health]\ncheck = \"none\"\n{}",
+            backends(&ips("127.0.11.", 8))
+        ),
+    )
+    .await;
+    let admin = s.f.admin;
+    // JSON (Google/Cloudflare shape): the same addresses as dig gets over UDP (maglev keys
+    // on the client address, 127.0.0.1 both ways).
+    let udp: BTreeSet<IpAddr> = answer_ips(&dig(s.dns, &["www.example.test", "+short"]))
+        .into_iter()
+        .collect();
+    assert_eq!(udp.len(), 3);
+    let url = format!("http://{admin}/dns-query?name=www.example.test&type=A");
+    let v: serde_json::Value =
+        serde_json::from_slice(&curl(&["-H", "accept: application/dns-json", &url])).unwrap();
+    assert_eq!(v["Status"], 0, "{v}");
+    let json: BTreeSet<IpAddr> = v["Answer"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["data"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(json, udp, "{v}");
+    assert!(v["Answer"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|a| a["TTL"] == 30 && a["type"] == 1));
+    let v: serde_json::Value = serde_json::from_slice(&curl(&[&format!(
+        "http://{admin}/dns-query?name=nope.example.test&type=AAAA"
+    )]))
+    .unwrap();
+    assert_eq!(v["Status"], 3, "NXDOMAIN: {v}");
+    assert_eq!(v["Authority"][0]["type"], 6, "{v}");
+    let v: serde_json::Value = serde_json::from_slice(&curl(&[&format!(
+        "http://{admin}/dns-query?name=example.com"
+    )]))
+    .unwrap();
+    assert_eq!(v["Status"], 5, "REFUSED: {v}");
+    // A bad type: 400 with the error body.
+    let v: serde_json::Value = serde_json::from_slice(&curl(&[&format!(
+        "http://{admin}/dns-query?name=www.example.test&type=BOGUS"
+    )]))
+    .unwrap();
+    assert!(v["error"].as_str().unwrap().contains("BOGUS"), "{v}");
+
+    // RFC 8484 GET and POST: byte for byte the UDP reply to the same query.
+    let mut q = qname(&["www", "example", "test"]);
+    q.extend_from_slice(&[0, 1, 0, 1]);
+    let q = packet(0, 0x0100, 1, &q);
+    let over_udp = raw(s.dns, "127.0.0.1", &q).await.expect("udp reply");
+    let get = curl(&[&format!("http://{admin}/dns-query?dns={}", base64url(&q))]);
+    assert_eq!(get, over_udp, "GET");
+    let dir = temp_dir("dns-doh");
+    let f = dir.join("q");
+    std::fs::write(&f, &q).unwrap();
+    let post = curl(&[
+        "-H",
+        "content-type: application/dns-message",
+        "--data-binary",
+        &format!("@{}", f.display()),
+        &format!("http://{admin}/dns-query"),
+    ]);
+    assert_eq!(post, over_udp, "POST");
+    // The freshness lifetime is the answer's TTL (RFC 8484 5.1).
+    let head = String::from_utf8_lossy(&curl(&[
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        &format!("http://{admin}/dns-query?dns={}", base64url(&q)),
+    ]))
+    .to_ascii_lowercase();
+    assert!(
+        head.contains("content-type: application/dns-message")
+            && head.contains("cache-control: max-age=30"),
+        "{head}"
+    );
+    // POST of something else: 415.
+    let code = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--data-binary",
+        "x",
+        &format!("http://{admin}/dns-query"),
+    ]);
+    assert_eq!(code, b"415");
+    let m = s.f.metrics().await;
+    assert!(
+        common::metric_value(
+            &m,
+            "fulcrum_dns_queries_total",
+            &[("service", "dns"), ("qtype", "A"), ("rcode", "NOERROR")]
+        )
+        .unwrap()
+            >= 5.0
+    );
+    s.f.assert_no_panic();
+}
