@@ -2921,6 +2921,69 @@ async fn idle_keep_alive_connections_are_parked_and_served_again() {
     f.assert_no_panic();
 }
 
+/// A connection opened without a request (a browser's preconnect, a slow client) idles as a
+/// keep-alive one does: parked after a second, without a buffer. When its request finally
+/// comes it is served, HTTP/1.1 or HTTP/2 with prior knowledge alike; one that sends nothing
+/// is closed (silently: no 408 to a preconnect) once the shorter of `idle_timeout` and
+/// `request_header` passed since it was accepted.
+#[tokio::test]
+async fn connections_idle_before_their_first_request_park_and_are_served() {
+    async fn parked(admin: SocketAddr) -> Option<u64> {
+        let (_, m) = common::http(admin, "GET", "/metrics").await.ok()?;
+        m.lines()
+            .find_map(|l| l.strip_prefix("fulcrum_http_parked_connections{service=\"web\"} "))
+            .and_then(|v| v.trim().parse().ok())
+    }
+    let b = backend("b").await;
+    let listen = free_addr();
+    let body = web_service(listen, "idle_timeout = \"3s\"", &[b.addr]);
+    let (f, admin) = start("http-park-first", &body).await;
+    let opened = Instant::now();
+    let mut h1 = TcpStream::connect(listen).await.unwrap();
+    let h2 = TcpStream::connect(listen).await.unwrap();
+    let mut silent = TcpStream::connect(listen).await.unwrap();
+    let t0 = Instant::now();
+    while parked(admin).await != Some(3) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "connections without a request parked: {:?}, want 3",
+            parked(admin).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The first request of a parked connection is served, and the next one too.
+    keep_alive_get(&mut h1, 1).await;
+    keep_alive_get(&mut h1, 2).await;
+    // HTTP/2 prior knowledge is still recognised on a connection that was parked.
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(h2))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .uri("http://x/h2")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // The silent one is closed about 3 s (idle_timeout, shorter than request_header's 10 s)
+    // after it was opened, with no answer.
+    let mut buf = [0u8; 64];
+    let r = tokio::time::timeout(Duration::from_secs(8), silent.read(&mut buf))
+        .await
+        .expect("the silent connection is still open after 8 s");
+    let took = opened.elapsed();
+    assert!(
+        matches!(r, Ok(0) | Err(_)),
+        "the silent connection got {r:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(2900) && took < Duration::from_millis(5500),
+        "the silent connection was closed {took:?} after it was opened (idle_timeout 3s)"
+    );
+    f.assert_no_panic();
+}
+
 /// Full duplex through an h2c pool, as a gRPC bidirectional streaming call needs: the backend
 /// answers at once and echoes each piece of the request body as it comes; the HTTP/2 client
 /// sends its next piece only after it got the echo of the previous one.

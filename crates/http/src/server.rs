@@ -82,9 +82,22 @@ pub(crate) enum Start {
     /// A new connection; it is parked when it idles if `may_park`.
     New { may_park: bool },
     /// Back from the parking lot because it turned readable: read a request at once.
-    Unparked { last_request: Instant },
+    /// `first`: it had not sent a request yet (`since` is then when it was accepted).
+    Unparked { since: Instant, first: bool },
     /// Could not be parked (draining, or the lot failed): it idles in its task.
-    Kept { last_request: Instant },
+    Kept { since: Instant, first: bool },
+}
+
+/// How long a connection may idle, counted from its last request, or from its accept
+/// (`first`: no request yet) for the service's `idle_timeout` or `request_header`,
+/// whichever is shorter: a client that opens a connection and sends nothing (a browser's
+/// preconnect, a slow client) is closed, silently, when that time is over.
+pub(crate) fn idle_limit(ctx: &ConnCtx, first: bool) -> Duration {
+    if first {
+        ctx.svc.idle_timeout.min(ctx.ext.tuning.header_timeout)
+    } else {
+        ctx.svc.idle_timeout
+    }
 }
 
 /// Serves a plain TCP client connection, parking it when it idles (see [`crate::park`]).
@@ -93,20 +106,20 @@ pub(crate) async fn serve_tcp(ctx: Rc<ConnCtx>, sock: TcpStream) {
 }
 
 /// Serves a connection unparked because it became readable.
-pub(crate) async fn resume_h1(ctx: Rc<ConnCtx>, sock: TcpStream, last_request: Instant) {
-    serve_tcp_from(ctx, sock, Start::Unparked { last_request }).await;
+pub(crate) async fn resume_h1(ctx: Rc<ConnCtx>, sock: TcpStream, since: Instant, first: bool) {
+    serve_tcp_from(ctx, sock, Start::Unparked { since, first }).await;
 }
 
 async fn serve_tcp_from(mut ctx: Rc<ConnCtx>, mut sock: TcpStream, mut start: Start) {
     loop {
-        let Some((c, s, last_request)) = serve_h1(ctx, sock, start).await else {
+        let Some((c, s, since, first)) = serve_h1(ctx, sock, start).await else {
             return;
         };
-        match crate::park::park(c, s, last_request) {
+        match crate::park::park(c, s, since, first) {
             Ok(()) => return,
             Err((c, s)) => {
                 (ctx, sock) = (c, s);
-                start = Start::Kept { last_request };
+                start = Start::Kept { since, first };
             }
         }
     }
@@ -154,18 +167,25 @@ enum Wake {
 }
 
 /// The HTTP/1.1 loop of one connection. Returns the connection when it has idled for
-/// [`crate::park::PARK_AFTER`] and may be parked (its `idle_timeout` not yet reached), for
-/// the caller to park it.
+/// [`crate::park::PARK_AFTER`] and may be parked (its [`idle_limit`] not yet reached), for
+/// the caller to park it, with the time its idling counts from and whether it has not sent
+/// a request yet.
 pub(crate) async fn serve_h1<S: ClientIo>(
     mut ctx: Rc<ConnCtx>,
     mut io: S,
     start: Start,
-) -> Option<(Rc<ConnCtx>, S, Instant)> {
+) -> Option<(Rc<ConnCtx>, S, Instant, bool)> {
+    // A new connection that can wait for readability without a buffer (clear TCP) idles
+    // until its first bytes as a keep-alive connection does between requests: no buffer,
+    // parked after `PARK_AFTER` (a preconnected or silent client costs what an idle
+    // keep-alive one does). `last_request` is its accept until the first request.
     let (mut first, read_at_once, may_park, mut last_request) = match start {
-        Start::New { may_park } => (true, true, may_park, Instant::now()),
-        Start::Unparked { last_request } => (false, true, true, last_request),
-        Start::Kept { last_request } => (false, false, false, last_request),
+        Start::New { may_park } => (true, !S::WAITS_READY, may_park, Instant::now()),
+        Start::Unparked { since, first } => (first, true, true, since),
+        Start::Kept { since, first } => (first, false, false, since),
     };
+    // The first request head must be complete within `request_header` of the accept.
+    let head_by = last_request + ctx.ext.tuning.header_timeout;
     // A connection back from the lot already had Nagle turned off.
     let mut nodelay = !first;
     // The first request is read at once (it is usually there already), within the header
@@ -175,7 +195,7 @@ pub(crate) async fn serve_h1<S: ClientIo>(
     // nginx's `keepalive_timeout`), and the time to park. One timer for the connection's
     // life, re-armed only when it fires early (a request came since it was set): no timer
     // insert and removal per request.
-    let mut idle_timeout = ctx.svc.idle_timeout;
+    let mut idle_timeout = idle_limit(&ctx, first);
     let parks_after = |idle_timeout| {
         (may_park && crate::park::PARK_AFTER < idle_timeout).then_some(crate::park::PARK_AFTER)
     };
@@ -234,14 +254,14 @@ pub(crate) async fn serve_h1<S: ClientIo>(
             match wake {
                 Wake::Readable => {}
                 Wake::Close => return None,
-                Wake::Park => return Some((ctx, io, last_request)),
+                Wake::Park => return Some((ctx, io, last_request, first)),
             }
         }
         // Each request chooses among the backends as they are now (drained, removed, down).
         if let Some(current) = ctx.refresh() {
             ctx = current;
             // A reload may have changed the service's `idle_timeout`.
-            idle_timeout = ctx.svc.idle_timeout;
+            idle_timeout = idle_limit(&ctx, first);
             park_after = parks_after(idle_timeout);
             idle.as_mut()
                 .reset(last_request + park_after.unwrap_or(idle_timeout));
@@ -252,7 +272,7 @@ pub(crate) async fn serve_h1<S: ClientIo>(
             &ctx,
             &mut io,
             msg,
-            first,
+            first.then_some(head_by),
             idle_until,
             &mut nodelay,
         ))
@@ -276,7 +296,11 @@ pub(crate) async fn serve_h1<S: ClientIo>(
                 return None;
             }
         }
-        first = false;
+        if first {
+            first = false;
+            idle_timeout = ctx.svc.idle_timeout;
+            park_after = parks_after(idle_timeout);
+        }
     }
 }
 
@@ -398,9 +422,10 @@ async fn read_head<S: ClientIo>(
     c: &ConnCtx,
     io: &mut S,
     msg: &mut Msg,
-    first: bool,
+    head_by: Option<Instant>,
     idle_until: Instant,
 ) -> Result<(), Option<Local>> {
+    let first = head_by.is_some();
     let mut deadline: Option<Instant> = None;
     if !first && !S::WAITS_READY && msg.buf.is_empty() {
         // An idle keep-alive connection that could not wait without a buffer (TLS): it
@@ -450,8 +475,10 @@ async fn read_head<S: ClientIo>(
         let r = match r {
             Some(r) => r,
             None => {
-                let d =
-                    *deadline.get_or_insert_with(|| Instant::now() + c.ext.tuning.header_timeout);
+                // The first head: within `request_header` of the accept (or of the handshake).
+                let d = *deadline.get_or_insert_with(|| {
+                    head_by.unwrap_or_else(|| Instant::now() + c.ext.tuning.header_timeout)
+                });
                 match tokio::time::timeout_at(d, read).await {
                     Ok(r) => r,
                     Err(_) => {
@@ -474,11 +501,12 @@ async fn one_request<S: ClientIo>(
     c: &ConnCtx,
     io: &mut S,
     mut msg: Box<Msg>,
-    first: bool,
+    head_by: Option<Instant>,
     idle_until: Instant,
     nodelay: &mut bool,
 ) -> Next {
-    if let Err(answer) = read_head(c, io, &mut msg, first, idle_until).await {
+    let first = head_by.is_some();
+    if let Err(answer) = read_head(c, io, &mut msg, head_by, idle_until).await {
         if first && msg.buf.starts_with(H2_PREFACE) {
             return Next::H2(msg);
         }
