@@ -1508,6 +1508,76 @@ async fn tls_keep_alive_idle_timeout() {
     f.assert_no_panic();
 }
 
+/// A TLS connection that idles after its handshake, before its first request, waits
+/// without a buffer: its request, when it comes, is answered (and the next one too); one
+/// that sends nothing is closed, without an answer, once `idle_timeout` passed since the
+/// handshake.
+#[tokio::test]
+async fn tls_connection_idle_before_its_first_request() {
+    async fn get(tls: &mut tokio_rustls::client::TlsStream<TcpStream>, i: u32) {
+        tls.write_all(format!("GET /{i} HTTP/1.1\r\nHost: a.test\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf))
+                .await
+                .expect("an answer")
+                .unwrap();
+            assert!(n > 0, "closed before answering request {i}");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(
+            got.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+    let b = backend("tlsfirst").await;
+    let dir = common::temp_dir("http-tls-first-certs");
+    let (roots, _, certs) = tls_material(&dir);
+    let listen = free_addr();
+    let body = format!(
+        "{}\n[service.tls]\ncerts = [ {certs} ]\n\n{}",
+        http_service("tls", listen, "p", "idle_timeout = \"2s\""),
+        common::pool_toml("p", "rr", "", &weighted(&[b.addr])),
+    );
+    let (f, _) = start("http-tls-first", &body).await;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cc = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cc.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cc));
+    let mut conns = Vec::new();
+    for _ in 0..2 {
+        let tcp = TcpStream::connect(listen).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("a.test").unwrap();
+        conns.push(connector.connect(name, tcp).await.unwrap());
+    }
+    let handshaken = Instant::now();
+    let (mut late, mut silent) = (conns.remove(0), conns.remove(0));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    get(&mut late, 1).await;
+    get(&mut late, 2).await;
+    let mut rest = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut rest)).await;
+    let took = handshaken.elapsed();
+    assert!(
+        r.is_ok(),
+        "the silent TLS connection is still open after 6 s"
+    );
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    assert!(
+        took >= Duration::from_millis(1800) && took < Duration::from_millis(3500),
+        "the silent TLS connection was closed {took:?} after its handshake (idle_timeout 2s)"
+    );
+    f.assert_no_panic();
+}
+
 /// A backend answering every request with an endless body (`Content-Length` of 1 GB): at
 /// full speed, or (`trickle`) 100 bytes and then silence. Counts the connections that ended
 /// (a write failed, or EOF). Each connection stops after 30 s.

@@ -11,6 +11,8 @@
 //!
 //! - When a parked socket becomes readable (the next request, or the peer closing), it goes
 //!   back to tokio and a new task serves it from where the old one stopped.
+//! - A new connection that has not sent a byte yet parks the same way (a browser's
+//!   preconnect, a slow client); its limit is [`crate::server::idle_limit`] from its accept.
 //! - The service's `idle_timeout` still applies, counted from the last request: a sweep once
 //!   per [`PARK_AFTER`] closes the parked connections whose time is up (so it fires up to that
 //!   much late; `idle_timeout`s shorter than [`PARK_AFTER`] never park).

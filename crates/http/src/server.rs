@@ -50,10 +50,17 @@ impl ClientIo for TcpStream {
 }
 
 impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {
-    const WAITS_READY: bool = false;
-    fn poll_ready(&self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // rustls may hold decrypted bytes: the socket's readiness does not tell.
-        Poll::Ready(Ok(()))
+    const WAITS_READY: bool = true;
+    fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let (sock, tls) = self.get_ref();
+        // rustls may hold decrypted bytes (or the peer's close_notify): then there is
+        // something to read at once. Otherwise what comes next comes through the socket
+        // (a record rustls holds in part is completed by bytes the socket gets).
+        if tls.wants_read() {
+            sock.poll_read_ready(cx)
+        } else {
+            Poll::Ready(Ok(()))
+        }
     }
     fn set_nodelay(&self) {
         let _ = self.get_ref().0.set_nodelay(true);
@@ -428,7 +435,7 @@ async fn read_head<S: ClientIo>(
     let first = head_by.is_some();
     let mut deadline: Option<Instant> = None;
     if !first && !S::WAITS_READY && msg.buf.is_empty() {
-        // An idle keep-alive connection that could not wait without a buffer (TLS): it
+        // An idle keep-alive connection that cannot wait without a buffer: it
         // idles here until the next request starts, its `idle_timeout` since the last
         // request is over, or the process drains.
         let notified = c.drain.notified();
