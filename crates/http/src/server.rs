@@ -295,20 +295,27 @@ pub(crate) async fn serve_h1<S: ClientIo>(
             Next::Close => return None,
             Next::Idle => {}
             Next::Carry(m) => carry = Some(m),
-            Next::H2(mut m) => {
-                io.set_nodelay();
-                let io = crate::h2::Prefixed::new(std::mem::take(&mut m.buf), io);
-                m.give();
-                Box::pin(crate::h2::serve(ctx, io)).await;
-                return None;
-            }
+            Next::H2(m) => return prior_knowledge_h2(ctx, io, m).await,
         }
-        if first {
-            first = false;
+        if std::mem::take(&mut first) {
             idle_timeout = ctx.svc.idle_timeout;
             park_after = parks_after(idle_timeout);
         }
     }
+}
+
+/// Serves as HTTP/2 a connection that opened with the preface (prior knowledge), given the
+/// bytes read so far.
+async fn prior_knowledge_h2<S: ClientIo>(
+    ctx: Rc<ConnCtx>,
+    io: S,
+    mut m: Box<Msg>,
+) -> Option<(Rc<ConnCtx>, S, Instant, bool)> {
+    io.set_nodelay();
+    let io = crate::h2::Prefixed::new(std::mem::take(&mut m.buf), io);
+    m.give();
+    Box::pin(crate::h2::serve(ctx, io)).await;
+    None
 }
 
 /// An HTTP/1.1 request head.
