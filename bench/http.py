@@ -291,8 +291,7 @@ def bench_proxy(name: str, args, procs, tmp: Path, backends: list[int], nofile: 
                f"{res['conn_rate']:.0f} conn/s, {res['cpu_us_per_req']:.2f} us/req, "
                f"{res['cpu_us_per_conn']:.1f} us/conn, {res['bytes_per_idle_conn']:.0f} B/idle "
                f"({res['bytes_per_unused_conn']:.0f} before a request), "
-               f"{res['added_us_per_req'] if 'added_us_per_req' in res else float('nan'):.2f} "
-               "added us/req, "
+
                f"h2 {res.get('h2_rps', 0):.0f} req/s")
         return res
     finally:
