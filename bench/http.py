@@ -157,6 +157,7 @@ def nginx_conf(tmp: Path, port: int, backends: list[int], nofile: int) -> list[s
         http {{
             access_log off;
             keepalive_timeout 900s;
+            client_header_timeout 900s;
             keepalive_requests 100000000;
             client_body_temp_path {d}/body;
             proxy_temp_path {d}/proxy;
@@ -196,6 +197,13 @@ def fulcrum_conf(tmp: Path, port: int, backends: list[int], binary: str,
         listen = "{HOST}:{port}"
         protocol = "http"
         pool = "httpbench"
+        # as long as HAProxy's `timeout http-request`/`http-keep-alive` and nginx's
+        # `client_header_timeout`/`keepalive_timeout` here: the idle tests hold connections
+        # opened without a request
+        idle_timeout = "15m"
+
+        [service.timeouts]
+        request_header = "15m"
 
         [[pool]]
         name = "httpbench"
@@ -245,6 +253,15 @@ def bench_proxy(name: str, args, procs, tmp: Path, backends: list[int], nofile: 
     res: dict = {}
     bg = l4.wait_quiet(args)
     res["background_proxy_core"], res["background_load_core"] = bg
+    # RSS per connection opened and left without a request, on a fresh process (memory
+    # freed by one idle test stays in the proxy's pools and would hide the next one's)
+    p, port, pids, logfile = l4.start_proxy(name, args, procs, tmp, backends, nofile, "u")
+    try:
+        r = l4.idle_rss(args, port, pids, set(), tmp, "connect")
+        res["bytes_per_unused_conn"] = r["bytes_per_idle_conn"]
+        res["unused_ok"], res["unused_alive"] = r["idle_ok"], r["idle_alive"]
+    finally:
+        procs.stop(p)
     p, port, pids, logfile = l4.start_proxy(name, args, procs, tmp, backends, nofile, "h")
     try:
         l4.log(f"  {LABEL[name]}: pid(s) {pids()} on core {args.proxy_core}, port {port}")
@@ -262,6 +279,8 @@ def bench_proxy(name: str, args, procs, tmp: Path, backends: list[int], nofile: 
             "errors_ka": ka["socket_errors"] + ka["non2xx"],
             "conn_rate": cl["rps"], "p99_close_ms": cl["p99_ms"],
             "cpu_us_per_conn": cl["cpu_us_per_req"],
+            "machine_us_per_req": ka["machine_us_per_req"],
+            "machine_us_per_conn": cl["machine_us_per_req"],
             "proxy_util_close": cl["proxy_cpu_util"], "other_util_close": cl["core_other_util"],
             "errors_close": cl["socket_errors"] + cl["non2xx"],
             **h2,
@@ -270,7 +289,9 @@ def bench_proxy(name: str, args, procs, tmp: Path, backends: list[int], nofile: 
             raise l4.BenchError(f"{LABEL[name]} died during the run:\n{l4.tail(logfile)}")
         l4.log(f"  {LABEL[name]}: {res['rps']:.0f} req/s p99 {res['p99_ms']:.2f} ms, "
                f"{res['conn_rate']:.0f} conn/s, {res['cpu_us_per_req']:.2f} us/req, "
-               f"{res['cpu_us_per_conn']:.1f} us/conn, {res['bytes_per_idle_conn']:.0f} B/idle, "
+               f"{res['cpu_us_per_conn']:.1f} us/conn, {res['bytes_per_idle_conn']:.0f} B/idle "
+               f"({res['bytes_per_unused_conn']:.0f} before a request), "
+
                f"h2 {res.get('h2_rps', 0):.0f} req/s")
         return res
     finally:
@@ -386,6 +407,9 @@ METRICS = [  # key, header, format
     ("cpu_us_per_req", "CPU µs/req", "{:.2f}"),
     ("cpu_us_per_conn", "CPU µs/new conn", "{:.1f}"),
     ("bytes_per_idle_conn", "bytes/idle conn", "{:,.0f}"),
+    ("bytes_per_unused_conn", "bytes/conn before its first request", "{:,.0f}"),
+    ("added_us_per_req", "added machine CPU µs/req", "{:.2f}"),
+    ("added_us_per_conn", "added machine CPU µs/new conn", "{:.1f}"),
     ("h2_rps", "h2 req/s", "{:,.0f}"),
     ("h2_cpu_us_per_req", "h2 CPU µs/req", "{:.2f}"),
 ]
@@ -438,6 +462,14 @@ def render(args, med: dict, runs: list[dict], names: list[str], info: dict, cmdl
     L.append(f"- **bytes/idle conn**: VmRSS before and after a client holds "
              f"{args.idle_conns} idle keep-alive connections, each having carried one "
              "request, divided by the connections held (kernel socket buffers not counted).")
+    L.append(f"- **bytes/conn before its first request**: the same for {args.idle_conns} "
+             "connections opened and left without a byte (a browser's preconnect, a slow "
+             "client), on a fresh process of the proxy, measured after `--idle-settle` s.")
+    L.append("- **added machine CPU µs/req, µs/new conn**: non-idle time of all cores "
+             "(`/proc/stat`) over the proxied wrk run, minus the same for the same load sent "
+             "straight to a backend in the same run, divided by the requests: work moved "
+             "into softirq, kworkers or other processes counts. Anything else running on "
+             "the machine counts too: meaningful on a quiet machine only.")
     L.append(f"- **h2 req/s, h2 CPU µs/req**: `h2load -t1 -c{args.connections} -m10 "
              f"-D{args.duration}` over cleartext HTTP/2 (prior knowledge; nginx on a "
              "`listen ... http2` port).")
@@ -546,8 +578,11 @@ def main() -> int:
         for i in range(0 if args.split_only else args.runs):
             l4.log(f"run {i + 1}/{args.runs}")
             one: dict = {}
+            l4.wait_quiet(args)
+            one["direct"] = l4.direct_baseline(args, backends)
             for n in names:
                 one[n] = bench_proxy(n, args, procs, tmp, backends, nofile)
+                l4.add_machine(one[n], one["direct"])
             runs.append(one)
         procs.stop(bproc)
         if args.split_requests > 0:

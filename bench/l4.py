@@ -240,6 +240,37 @@ def core_ticks(core: int) -> tuple[int, int]:
     return 0, 0
 
 
+def machine_ticks() -> int:
+    """Non-idle ticks of all CPUs together (the `cpu` line of /proc/stat): user, nice,
+    system, irq, softirq, steal; idle and iowait excluded."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("cpu "):
+            v = [int(x) for x in line.split()[1:]]
+            return v[0] + v[1] + v[2] + v[5] + v[6] + v[7]
+    return 0
+
+
+def direct_baseline(args, backends: list[int], http_path: str = "/") -> dict:
+    """Whole-machine CPU per request of the same wrk loads sent straight to a backend (no
+    proxy): subtracted from a proxied run's whole-machine CPU, what remains is what the
+    proxy added, wherever it ran (its process, softirq, kworkers, wake-ups of the peers)."""
+    port = backends[0]
+    ka = run_wrk(args, port, lambda: [], args.duration, close=False, conns=args.connections)
+    time.sleep(1)
+    cl = run_wrk(args, port, lambda: [], args.duration, close=True, conns=args.connections)
+    log(f"  direct to a backend: {ka['machine_us_per_req']:.2f} us/req keep-alive, "
+        f"{cl['machine_us_per_req']:.2f} us/req close (whole machine)")
+    return {"machine_us_per_req": ka["machine_us_per_req"],
+            "machine_us_per_conn": cl["machine_us_per_req"],
+            "rps": ka["rps"], "conn_rate": cl["rps"]}
+
+
+def add_machine(res: dict, direct: dict) -> None:
+    """The added whole-machine CPU of a proxied run over the direct one."""
+    res["added_us_per_req"] = res["machine_us_per_req"] - direct["machine_us_per_req"]
+    res["added_us_per_conn"] = res["machine_us_per_conn"] - direct["machine_us_per_conn"]
+
+
 def established_to_ports(ports: set[int]) -> int:
     """ESTABLISHED IPv4 sockets whose local port is one of `ports` (backend server side)."""
     n = 0
@@ -507,13 +538,15 @@ def parse_wrk(out: str) -> dict:
     return r
 
 
-def run_wrk(args, port: int, pids_fn, duration: int, close: bool, conns: int) -> dict:
+def run_wrk(args, port: int, pids_fn, duration: int, close: bool, conns: int,
+            url: str | None = None) -> dict:
     cmd = [*pin(args, args.load_core), "wrk", f"-t{args.threads}", f"-c{conns}",
            f"-d{duration}s", "--latency", "--timeout", "5s"]
     if close:
         cmd += ["-H", "Connection: close"]
-    cmd.append(f"http://{HOST}:{port}/")
+    cmd.append(url or f"http://{HOST}:{port}/")
     pids = pids_fn()
+    m0 = machine_ticks()
     c0, (b0, q0), t0 = cpu_ticks(pids), core_ticks(args.proxy_core), time.monotonic()
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
@@ -521,6 +554,7 @@ def run_wrk(args, port: int, pids_fn, duration: int, close: bool, conns: int) ->
         raise BenchError(f"wrk did not finish: {shlex.join(cmd)}") from e
     pids = pids_fn()
     c1, (b1, q1), t1 = cpu_ticks(pids), core_ticks(args.proxy_core), time.monotonic()
+    m1 = machine_ticks()
     if p.returncode != 0:
         raise BenchError(f"wrk failed ({p.returncode}): {p.stderr}{p.stdout}")
     r = parse_wrk(p.stdout)
@@ -530,6 +564,9 @@ def run_wrk(args, port: int, pids_fn, duration: int, close: bool, conns: int) ->
     r["proxy_cpu_us"] = cpu_us
     r["cpu_us_per_req"] = cpu_us / req
     r["core_busy_us_per_req"] = core_us / req  # whole proxy core, incl. softirq + others
+    # every core, non-idle: the proxy, wrk, the backends, softirq, kworkers (and whatever
+    # else runs on the machine: only meaningful on a quiet one)
+    r["machine_us_per_req"] = (m1 - m0) * 1e6 / CLK_TCK / req
     r["proxy_cpu_util"] = cpu_us / 1e6 / (t1 - t0)
     r["core_other_util"] = max(0.0, (core_us - cpu_us) / 1e6 / (t1 - t0))
     r["core_softirq_util"] = (q1 - q0) / CLK_TCK / (t1 - t0)
@@ -769,6 +806,8 @@ def bench_proxy(name: str, args, procs: Procs, tmp: Path, backends: list[int],
             "conn_rate": cl["rps"], "p99_close_ms": cl["p99_ms"],
             "cpu_us_per_conn": cl["cpu_us_per_req"],
             "core_us_per_conn": cl["core_busy_us_per_req"],
+            "machine_us_per_req": ka["machine_us_per_req"],
+            "machine_us_per_conn": cl["machine_us_per_req"],
             "proxy_util_close": cl["proxy_cpu_util"], "other_util_close": cl["core_other_util"],
             "errors_close": cl["socket_errors"] + cl["non2xx"],
             "wrk_ka_cmd": ka["cmd"], "wrk_close_cmd": cl["cmd"],
@@ -797,6 +836,8 @@ METRICS = [  # key, header, format, better
     ("cpu_us_per_req", "CPU µs/req", "{:.2f}", "lower"),
     ("cpu_us_per_conn", "CPU µs/new conn", "{:.1f}", "lower"),
     ("bytes_per_idle_conn", "bytes/idle conn", "{:,.0f}", "lower"),
+    ("added_us_per_req", "added machine CPU µs/req", "{:.2f}", "lower"),
+    ("added_us_per_conn", "added machine CPU µs/new conn", "{:.1f}", "lower"),
 ]
 
 
@@ -840,8 +881,9 @@ def render(args, med: dict, runs: list[dict], names: list[str], info: dict, cmdl
         L.append("| " + " | ".join(cells) + " |")
     L.append("")
     L.append("Ratios are this proxy's figure divided by HAProxy's, in column order (req/s, "
-             "p99, new conn/s, CPU µs/req, CPU µs/new conn, bytes/idle conn): above 1 is "
-             "better for req/s and new conn/s, worse for the other four.\n")
+             "p99, new conn/s, CPU µs/req, CPU µs/new conn, bytes/idle conn, added machine "
+             "CPU µs/req, added machine CPU µs/new conn): above 1 is better for req/s and new "
+             "conn/s, worse for the others.\n")
 
     L.append("How each figure is taken:\n")
     L.append(f"- **req/s, p99**: `wrk -t{args.threads} -c{args.connections} "
@@ -854,6 +896,13 @@ def render(args, med: dict, runs: list[dict], names: list[str], info: dict, cmdl
              "(summed over all the proxy's processes: nginx master + worker) over the wrk "
              "run, divided by the requests wrk completed. Kernel work the proxy's syscalls "
              "do (loopback TCP) is in stime and so counted.")
+    L.append("- **added machine CPU µs/req, µs/new conn**: non-idle time of all cores "
+             "(`/proc/stat` `cpu` line: user, nice, system, irq, softirq, steal) over the "
+             "proxied wrk run, minus the same over the same wrk load sent straight to a "
+             "backend in the same run, divided by the requests. Work the proxy moves into "
+             "softirq, kworkers or its peers' wake-ups is counted here and not in its own "
+             "CPU. Anything else running on the machine is counted too: meaningful only on "
+             "a quiet machine (see the background load below).")
     L.append(f"- **bytes/idle conn**: VmRSS summed over the proxy's processes, before and "
              f"after a client holds {args.idle_conns} idle connections through it, each having "
              "carried one request and response (an idle keep-alive connection), divided by "
@@ -1081,8 +1130,11 @@ def main() -> int:
         for i in range(args.runs):
             log(f"run {i + 1}/{args.runs}")
             one: dict = {"loadavg": Path("/proc/loadavg").read_text().split()[:3]}
+            wait_quiet(args)
+            one["direct"] = direct_baseline(args, backends)
             for n in names:
                 one[n] = bench_proxy(n, args, procs, tmp, backends, nofile)
+                add_machine(one[n], one["direct"])
             runs.append(one)
         procs.stop(bproc)
     except KeyboardInterrupt:

@@ -1508,6 +1508,76 @@ async fn tls_keep_alive_idle_timeout() {
     f.assert_no_panic();
 }
 
+/// A TLS connection that idles after its handshake, before its first request, waits
+/// without a buffer: its request, when it comes, is answered (and the next one too); one
+/// that sends nothing is closed, without an answer, once `idle_timeout` passed since the
+/// handshake.
+#[tokio::test]
+async fn tls_connection_idle_before_its_first_request() {
+    async fn get(tls: &mut tokio_rustls::client::TlsStream<TcpStream>, i: u32) {
+        tls.write_all(format!("GET /{i} HTTP/1.1\r\nHost: a.test\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf))
+                .await
+                .expect("an answer")
+                .unwrap();
+            assert!(n > 0, "closed before answering request {i}");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(
+            got.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+    let b = backend("tlsfirst").await;
+    let dir = common::temp_dir("http-tls-first-certs");
+    let (roots, _, certs) = tls_material(&dir);
+    let listen = free_addr();
+    let body = format!(
+        "{}\n[service.tls]\ncerts = [ {certs} ]\n\n{}",
+        http_service("tls", listen, "p", "idle_timeout = \"2s\""),
+        common::pool_toml("p", "rr", "", &weighted(&[b.addr])),
+    );
+    let (f, _) = start("http-tls-first", &body).await;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cc = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cc.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cc));
+    let mut conns = Vec::new();
+    for _ in 0..2 {
+        let tcp = TcpStream::connect(listen).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("a.test").unwrap();
+        conns.push(connector.connect(name, tcp).await.unwrap());
+    }
+    let handshaken = Instant::now();
+    let (mut late, mut silent) = (conns.remove(0), conns.remove(0));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    get(&mut late, 1).await;
+    get(&mut late, 2).await;
+    let mut rest = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut rest)).await;
+    let took = handshaken.elapsed();
+    assert!(
+        r.is_ok(),
+        "the silent TLS connection is still open after 6 s"
+    );
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    assert!(
+        took >= Duration::from_millis(1800) && took < Duration::from_millis(3500),
+        "the silent TLS connection was closed {took:?} after its handshake (idle_timeout 2s)"
+    );
+    f.assert_no_panic();
+}
+
 /// A backend answering every request with an endless body (`Content-Length` of 1 GB): at
 /// full speed, or (`trickle`) 100 bytes and then silence. Counts the connections that ended
 /// (a write failed, or EOF). Each connection stops after 30 s.
@@ -2918,6 +2988,69 @@ async fn idle_keep_alive_connections_are_parked_and_served_again() {
     )
     .await;
     exits_promptly(&mut f, t0).await;
+    f.assert_no_panic();
+}
+
+/// A connection opened without a request (a browser's preconnect, a slow client) idles as a
+/// keep-alive one does: parked after a second, without a buffer. When its request finally
+/// comes it is served, HTTP/1.1 or HTTP/2 with prior knowledge alike; one that sends nothing
+/// is closed (silently: no 408 to a preconnect) once the shorter of `idle_timeout` and
+/// `request_header` passed since it was accepted.
+#[tokio::test]
+async fn connections_idle_before_their_first_request_park_and_are_served() {
+    async fn parked(admin: SocketAddr) -> Option<u64> {
+        let (_, m) = common::http(admin, "GET", "/metrics").await.ok()?;
+        m.lines()
+            .find_map(|l| l.strip_prefix("fulcrum_http_parked_connections{service=\"web\"} "))
+            .and_then(|v| v.trim().parse().ok())
+    }
+    let b = backend("b").await;
+    let listen = free_addr();
+    let body = web_service(listen, "idle_timeout = \"3s\"", &[b.addr]);
+    let (f, admin) = start("http-park-first", &body).await;
+    let opened = Instant::now();
+    let mut h1 = TcpStream::connect(listen).await.unwrap();
+    let h2 = TcpStream::connect(listen).await.unwrap();
+    let mut silent = TcpStream::connect(listen).await.unwrap();
+    let t0 = Instant::now();
+    while parked(admin).await != Some(3) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "connections without a request parked: {:?}, want 3",
+            parked(admin).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The first request of a parked connection is served, and the next one too.
+    keep_alive_get(&mut h1, 1).await;
+    keep_alive_get(&mut h1, 2).await;
+    // HTTP/2 prior knowledge is still recognised on a connection that was parked.
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(h2))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .uri("http://x/h2")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // The silent one is closed about 3 s (idle_timeout, shorter than request_header's 10 s)
+    // after it was opened, with no answer.
+    let mut buf = [0u8; 64];
+    let r = tokio::time::timeout(Duration::from_secs(8), silent.read(&mut buf))
+        .await
+        .expect("the silent connection is still open after 8 s");
+    let took = opened.elapsed();
+    assert!(
+        matches!(r, Ok(0) | Err(_)),
+        "the silent connection got {r:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(2900) && took < Duration::from_millis(5500),
+        "the silent connection was closed {took:?} after it was opened (idle_timeout 3s)"
+    );
     f.assert_no_panic();
 }
 

@@ -11,6 +11,8 @@
 //!
 //! - When a parked socket becomes readable (the next request, or the peer closing), it goes
 //!   back to tokio and a new task serves it from where the old one stopped.
+//! - A new connection that has not sent a byte yet parks the same way (a browser's
+//!   preconnect, a slow client); its limit is [`crate::server::idle_limit`] from its accept.
 //! - The service's `idle_timeout` still applies, counted from the last request: a sweep once
 //!   per [`PARK_AFTER`] closes the parked connections whose time is up (so it fires up to that
 //!   much late; `idle_timeout`s shorter than [`PARK_AFTER`] never park).
@@ -50,7 +52,10 @@ pub(crate) const PARK_AFTER: Duration = Duration::from_secs(1);
 struct Parked {
     sock: std::net::TcpStream,
     ctx: Rc<ConnCtx>,
-    last_request: Instant,
+    /// When its last request ended, or when it was accepted if `first`.
+    since: Instant,
+    /// It has not sent a request yet (see [`crate::server::idle_limit`]).
+    first: bool,
 }
 
 /// One worker's lot.
@@ -123,12 +128,14 @@ thread_local! {
     static LOT: RefCell<Option<Rc<Lot>>> = const { RefCell::new(None) };
 }
 
-/// Parks an idle connection whose last request ended at `last_request`. On failure the
-/// connection is handed back, still in tokio.
+/// Parks an idle connection whose last request ended at `since` (or, `first`, that was
+/// accepted then and has not sent a request yet). On failure the connection is handed
+/// back, still in tokio.
 pub(crate) fn park(
     ctx: Rc<ConnCtx>,
     sock: TcpStream,
-    last_request: Instant,
+    since: Instant,
+    first: bool,
 ) -> Result<(), (Rc<ConnCtx>, TcpStream)> {
     if ctx.shared.is_draining() {
         return Err((ctx, sock));
@@ -156,7 +163,8 @@ pub(crate) fn park(
     let i = slots.insert(Parked {
         sock,
         ctx,
-        last_request,
+        since,
+        first,
     });
     if let Err(e) = lot
         .registry
@@ -251,7 +259,7 @@ async fn run(lot: Rc<Lot>, mut poll: AsyncFd<LotPoll>, shared: Arc<Shared>, drai
                 let now = Instant::now();
                 lot.slots
                     .borrow_mut()
-                    .sweep(|p| now >= p.last_request + p.ctx.svc.idle_timeout);
+                    .sweep(|p| now >= p.since + crate::server::idle_limit(&p.ctx, p.first));
             }
             () = &mut notified => {}
         }
@@ -266,7 +274,7 @@ fn unpark(lot: &Lot, i: usize) {
     let _ = lot.registry.deregister(&mut SourceFd(&p.sock.as_raw_fd()));
     match TcpStream::from_std(p.sock) {
         Ok(sock) => {
-            tokio::task::spawn_local(crate::server::resume_h1(p.ctx, sock, p.last_request));
+            tokio::task::spawn_local(crate::server::resume_h1(p.ctx, sock, p.since, p.first));
             // A burst of unparks (thousands of keep-alive clients leaving at once) frees
             // their new tasks right after: give that back too.
             fulcrum_proxy::memory::release_soon();

@@ -51,10 +51,17 @@ impl ClientIo for TcpStream {
 }
 
 impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {
-    const WAITS_READY: bool = false;
-    fn poll_ready(&self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // rustls may hold decrypted bytes: the socket's readiness does not tell.
-        Poll::Ready(Ok(()))
+    const WAITS_READY: bool = true;
+    fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let (sock, tls) = self.get_ref();
+        // rustls may hold decrypted bytes (or the peer's close_notify): then there is
+        // something to read at once. Otherwise what comes next comes through the socket
+        // (a record rustls holds in part is completed by bytes the socket gets).
+        if tls.wants_read() {
+            sock.poll_read_ready(cx)
+        } else {
+            Poll::Ready(Ok(()))
+        }
     }
     fn set_nodelay(&self) {
         let _ = self.get_ref().0.set_nodelay(true);
@@ -83,9 +90,22 @@ pub(crate) enum Start {
     /// A new connection; it is parked when it idles if `may_park`.
     New { may_park: bool },
     /// Back from the parking lot because it turned readable: read a request at once.
-    Unparked { last_request: Instant },
+    /// `first`: it had not sent a request yet (`since` is then when it was accepted).
+    Unparked { since: Instant, first: bool },
     /// Could not be parked (draining, or the lot failed): it idles in its task.
-    Kept { last_request: Instant },
+    Kept { since: Instant, first: bool },
+}
+
+/// How long a connection may idle, counted from its last request, or from its accept
+/// (`first`: no request yet) for the service's `idle_timeout` or `request_header`,
+/// whichever is shorter: a client that opens a connection and sends nothing (a browser's
+/// preconnect, a slow client) is closed, silently, when that time is over.
+pub(crate) fn idle_limit(ctx: &ConnCtx, first: bool) -> Duration {
+    if first {
+        ctx.svc.idle_timeout.min(ctx.ext.tuning.header_timeout)
+    } else {
+        ctx.svc.idle_timeout
+    }
 }
 
 /// Serves a plain TCP client connection, parking it when it idles (see [`crate::park`]).
@@ -94,20 +114,20 @@ pub(crate) async fn serve_tcp(ctx: Rc<ConnCtx>, sock: TcpStream) {
 }
 
 /// Serves a connection unparked because it became readable.
-pub(crate) async fn resume_h1(ctx: Rc<ConnCtx>, sock: TcpStream, last_request: Instant) {
-    serve_tcp_from(ctx, sock, Start::Unparked { last_request }).await;
+pub(crate) async fn resume_h1(ctx: Rc<ConnCtx>, sock: TcpStream, since: Instant, first: bool) {
+    serve_tcp_from(ctx, sock, Start::Unparked { since, first }).await;
 }
 
 async fn serve_tcp_from(mut ctx: Rc<ConnCtx>, mut sock: TcpStream, mut start: Start) {
     loop {
-        let Some((c, s, last_request)) = serve_h1(ctx, sock, start).await else {
+        let Some((c, s, since, first)) = serve_h1(ctx, sock, start).await else {
             return;
         };
-        match crate::park::park(c, s, last_request) {
+        match crate::park::park(c, s, since, first) {
             Ok(()) => return,
             Err((c, s)) => {
                 (ctx, sock) = (c, s);
-                start = Start::Kept { last_request };
+                start = Start::Kept { since, first };
             }
         }
     }
@@ -155,18 +175,25 @@ enum Wake {
 }
 
 /// The HTTP/1.1 loop of one connection. Returns the connection when it has idled for
-/// [`crate::park::PARK_AFTER`] and may be parked (its `idle_timeout` not yet reached), for
-/// the caller to park it.
+/// [`crate::park::PARK_AFTER`] and may be parked (its [`idle_limit`] not yet reached), for
+/// the caller to park it, with the time its idling counts from and whether it has not sent
+/// a request yet.
 pub(crate) async fn serve_h1<S: ClientIo>(
     mut ctx: Rc<ConnCtx>,
     mut io: S,
     start: Start,
-) -> Option<(Rc<ConnCtx>, S, Instant)> {
+) -> Option<(Rc<ConnCtx>, S, Instant, bool)> {
+    // A new connection that can wait for readability without a buffer (clear TCP) idles
+    // until its first bytes as a keep-alive connection does between requests: no buffer,
+    // parked after `PARK_AFTER` (a preconnected or silent client costs what an idle
+    // keep-alive one does). `last_request` is its accept until the first request.
     let (mut first, read_at_once, may_park, mut last_request) = match start {
-        Start::New { may_park } => (true, true, may_park, Instant::now()),
-        Start::Unparked { last_request } => (false, true, true, last_request),
-        Start::Kept { last_request } => (false, false, false, last_request),
+        Start::New { may_park } => (true, !S::WAITS_READY, may_park, Instant::now()),
+        Start::Unparked { since, first } => (first, true, true, since),
+        Start::Kept { since, first } => (first, false, false, since),
     };
+    // The first request head must be complete within `request_header` of the accept.
+    let head_by = last_request + ctx.ext.tuning.header_timeout;
     // A connection back from the lot already had Nagle turned off.
     let mut nodelay = !first;
     // The first request is read at once (it is usually there already), within the header
@@ -176,7 +203,7 @@ pub(crate) async fn serve_h1<S: ClientIo>(
     // nginx's `keepalive_timeout`), and the time to park. One timer for the connection's
     // life, re-armed only when it fires early (a request came since it was set): no timer
     // insert and removal per request.
-    let mut idle_timeout = ctx.svc.idle_timeout;
+    let mut idle_timeout = idle_limit(&ctx, first);
     let parks_after = |idle_timeout| {
         (may_park && crate::park::PARK_AFTER < idle_timeout).then_some(crate::park::PARK_AFTER)
     };
@@ -235,14 +262,14 @@ pub(crate) async fn serve_h1<S: ClientIo>(
             match wake {
                 Wake::Readable => {}
                 Wake::Close => return None,
-                Wake::Park => return Some((ctx, io, last_request)),
+                Wake::Park => return Some((ctx, io, last_request, first)),
             }
         }
         // Each request chooses among the backends as they are now (drained, removed, down).
         if let Some(current) = ctx.refresh() {
             ctx = current;
             // A reload may have changed the service's `idle_timeout`.
-            idle_timeout = ctx.svc.idle_timeout;
+            idle_timeout = idle_limit(&ctx, first);
             park_after = parks_after(idle_timeout);
             idle.as_mut()
                 .reset(last_request + park_after.unwrap_or(idle_timeout));
@@ -253,7 +280,7 @@ pub(crate) async fn serve_h1<S: ClientIo>(
             &ctx,
             &mut io,
             msg,
-            first,
+            first.then_some(head_by),
             idle_until,
             &mut nodelay,
         ))
@@ -269,16 +296,27 @@ pub(crate) async fn serve_h1<S: ClientIo>(
             Next::Close => return None,
             Next::Idle => {}
             Next::Carry(m) => carry = Some(m),
-            Next::H2(mut m) => {
-                io.set_nodelay();
-                let io = crate::h2::Prefixed::new(std::mem::take(&mut m.buf), io);
-                m.give();
-                Box::pin(crate::h2::serve(ctx, io)).await;
-                return None;
-            }
+            Next::H2(m) => return prior_knowledge_h2(ctx, io, m).await,
         }
-        first = false;
+        if std::mem::take(&mut first) {
+            idle_timeout = ctx.svc.idle_timeout;
+            park_after = parks_after(idle_timeout);
+        }
     }
+}
+
+/// Serves as HTTP/2 a connection that opened with the preface (prior knowledge), given the
+/// bytes read so far.
+async fn prior_knowledge_h2<S: ClientIo>(
+    ctx: Rc<ConnCtx>,
+    io: S,
+    mut m: Box<Msg>,
+) -> Option<(Rc<ConnCtx>, S, Instant, bool)> {
+    io.set_nodelay();
+    let io = crate::h2::Prefixed::new(std::mem::take(&mut m.buf), io);
+    m.give();
+    Box::pin(crate::h2::serve(ctx, io)).await;
+    None
 }
 
 /// An HTTP/1.1 request head.
@@ -402,12 +440,13 @@ async fn read_head<S: ClientIo>(
     c: &ConnCtx,
     io: &mut S,
     msg: &mut Msg,
-    first: bool,
+    head_by: Option<Instant>,
     idle_until: Instant,
 ) -> Result<(), Option<Local>> {
+    let first = head_by.is_some();
     let mut deadline: Option<Instant> = None;
     if !first && !S::WAITS_READY && msg.buf.is_empty() {
-        // An idle keep-alive connection that could not wait without a buffer (TLS): it
+        // An idle keep-alive connection that cannot wait without a buffer: it
         // idles here until the next request starts, its `idle_timeout` since the last
         // request is over, or the process drains.
         let notified = c.drain.notified();
@@ -454,8 +493,10 @@ async fn read_head<S: ClientIo>(
         let r = match r {
             Some(r) => r,
             None => {
-                let d =
-                    *deadline.get_or_insert_with(|| Instant::now() + c.ext.tuning.header_timeout);
+                // The first head: within `request_header` of the accept (or of the handshake).
+                let d = *deadline.get_or_insert_with(|| {
+                    head_by.unwrap_or_else(|| Instant::now() + c.ext.tuning.header_timeout)
+                });
                 match tokio::time::timeout_at(d, read).await {
                     Ok(r) => r,
                     Err(_) => {
@@ -478,11 +519,12 @@ async fn one_request<S: ClientIo>(
     c: &ConnCtx,
     io: &mut S,
     mut msg: Box<Msg>,
-    first: bool,
+    head_by: Option<Instant>,
     idle_until: Instant,
     nodelay: &mut bool,
 ) -> Next {
-    if let Err(answer) = read_head(c, io, &mut msg, first, idle_until).await {
+    let first = head_by.is_some();
+    if let Err(answer) = read_head(c, io, &mut msg, head_by, idle_until).await {
         if first && msg.buf.starts_with(H2_PREFACE) {
             return Next::H2(msg);
         }
