@@ -669,13 +669,27 @@ fn finish(
             out.truncated = true;
             out.answered.clear();
             match reply.truncate().to_vec() {
-                Ok(b) => b,
+                Ok(b) if b.len() <= limit => b,
+                // Even the question and OPT alone do not fit: only a malformed query gets
+                // here (the `dns` fuzz target found a 1,743-byte "truncated" UDP reply), so
+                // it is answered FORMERR with the header alone.
+                Ok(_) => return formerr(reply, out),
                 Err(_) => return servfail(reply, out),
             }
         }
         Err(_) => return servfail(reply, out),
     };
     out.reply = Some(bytes);
+    out
+}
+
+fn formerr(reply: &Message, mut out: Outcome) -> Outcome {
+    out.rcode = ResponseCode::FormErr;
+    out.truncated = false;
+    out.answered.clear();
+    out.reply = Message::error_msg(reply.id(), reply.op_code(), ResponseCode::FormErr)
+        .to_vec()
+        .ok();
     out
 }
 
