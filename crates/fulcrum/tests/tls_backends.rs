@@ -328,7 +328,7 @@ async fn http_checks_speak_tls() {
     let pool = |name: &str, ca: &str| {
         format!(
             "[[pool]]\nname = \"{name}\"\n[pool.tls]\nca = \"{}\"\nsni = \"backend.test\"\ncert = \"{}\"\nkey = \"{}\"\n\
-             [pool.health]\ncheck = \"http\"\npath = \"/healthz\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\nrise = 2\nfall = 2\n\
+             [pool.health]\ncheck = \"http\"\npath = \"/healthz\"\ninterval = \"1s\"\ntimeout = \"800ms\"\nrise = 2\nfall = 3\n\
              [[pool.backend]]\naddress = \"{ng}\"\n\n",
             p(&dir, ca),
             p(&dir, "fulcrum-lb.pem"),
@@ -347,8 +347,8 @@ async fn http_checks_speak_tls() {
         .await;
     f.wait_state("bad", ng, "down", Duration::from_secs(10))
         .await;
-    // It stays so over several intervals.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // It stays so over several intervals (the checks of the good pool pass).
+    tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(f.backend_state("good", ng).await, "up");
     assert_eq!(f.backend_state("bad", ng).await, "down");
     let (status, body) = common::http(vip, "GET", "/healthz").await.unwrap();

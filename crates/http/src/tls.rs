@@ -121,7 +121,9 @@ impl TlsState {
             epoch: Instant::now(),
             next_check: AtomicU64::new(0),
         }));
-        sc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // http/1.0 too, as nginx: a client that offers only it (`curl --http1.0`) is not
+        // refused the handshake.
+        sc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"http/1.0".to_vec()];
         if cfg.session_tickets {
             // A new key every `session_ticket_rotation`; tickets of the previous key are
             // still accepted (rustls' rotator, with our ChaCha20-Poly1305 ticket sealer).
