@@ -83,10 +83,11 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2";
 /// client may have stopped reading).
 const CLOSE_NOTIFY_WAIT: Duration = Duration::from_secs(1);
 
-/// Ends a connection in order (see [`ClientIo::CLOSE_NOTIFY`]): TLS sends `close_notify`,
-/// then the FIN. Not after a failed answer, whose end must not look like a complete one.
-async fn close_orderly<S: ClientIo>(io: &mut S) {
-    if S::CLOSE_NOTIFY {
+/// Ends a connection in order when `orderly` (see [`ClientIo::CLOSE_NOTIFY`]): TLS sends
+/// `close_notify`, then the FIN. Not after a failed answer (`orderly` false), whose end
+/// must not look like a complete one.
+async fn close_orderly<S: ClientIo>(io: &mut S, orderly: bool) {
+    if S::CLOSE_NOTIFY && orderly {
         let _ = within(CLOSE_NOTIFY_WAIT, io.shutdown()).await;
     }
 }
@@ -198,6 +199,7 @@ enum Wake {
 /// [`crate::park::PARK_AFTER`] and may be parked (its [`idle_limit`] not yet reached), for
 /// the caller to park it, with the time its idling counts from and whether it has not sent
 /// a request yet.
+#[allow(clippy::too_many_lines)] // one loop: idle wait, request, what follows
 pub(crate) async fn serve_h1<S: ClientIo>(
     mut ctx: Rc<ConnCtx>,
     mut io: S,
@@ -234,7 +236,7 @@ pub(crate) async fn serve_h1<S: ClientIo>(
     // Draining: until when an idle connection waits for its next request (answered with
     // `Connection: close`) before it is closed (see [`DRAIN_IDLE_GRACE`]).
     let mut drain_until: Option<Instant> = None;
-    loop {
+    let orderly = loop {
         if carry.is_none() {
             // Idle keep-alive: no buffer until the next request shows up.
             let notified = ctx.drain.notified();
@@ -281,10 +283,7 @@ pub(crate) async fn serve_h1<S: ClientIo>(
             };
             match wake {
                 Wake::Readable => {}
-                Wake::Close => {
-                    close_orderly(&mut io).await;
-                    return None;
-                }
+                Wake::Close => break true,
                 Wake::Park => return Some((ctx, io, last_request, first)),
             }
         }
@@ -316,11 +315,8 @@ pub(crate) async fn serve_h1<S: ClientIo>(
             nodelay = true;
         }
         match next {
-            Next::Close => {
-                close_orderly(&mut io).await;
-                return None;
-            }
-            Next::Abort => return None,
+            Next::Close => break true,
+            Next::Abort => break false,
             Next::Idle => {}
             Next::Carry(m) => carry = Some(m),
             Next::H2(m) => return prior_knowledge_h2(ctx, io, m).await,
@@ -329,7 +325,9 @@ pub(crate) async fn serve_h1<S: ClientIo>(
             idle_timeout = ctx.svc.idle_timeout;
             park_after = parks_after(idle_timeout);
         }
-    }
+    };
+    close_orderly(&mut io, orderly).await;
+    None
 }
 
 /// Serves as HTTP/2 a connection that opened with the preface (prior knowledge), given the
