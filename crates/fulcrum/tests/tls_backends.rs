@@ -8,11 +8,8 @@
 //! - `check = "http"` on a pool with `[pool.tls]` speaks TLS with the pool's CA, SNI and
 //!   client certificate: a backend nginx that requires the client certificate stays up; a
 //!   pool whose CA does not verify its backend goes down.
-#![allow(
-    clippy::unwrap_used,
-    clippy::missing_panics_doc,
-    clippy::too_many_lines
-)]
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+#![allow(clippy::too_many_lines, clippy::many_single_char_names)]
 
 mod common;
 
@@ -83,7 +80,7 @@ fn s_client(addr: SocketAddr, ca: &str, input: &str, limit: Duration) -> (String
     (out, took)
 }
 
-/// What s_client says when the server closed without `close_notify` (OpenSSL 3).
+/// What `s_client` says when the server closed without `close_notify` (OpenSSL 3).
 fn cut(out: &str) -> bool {
     out.contains("unexpected eof")
 }
