@@ -16,16 +16,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::peers::{need, Peer as Killed};
 use common::{admin_toml, free_addr, free_port, temp_dir, Fulcrum};
-use fulcrum_xdp::testing::{have_program, require};
-
-fn need(test: &str, prog: &str, pkg: &str) -> bool {
-    require(
-        test,
-        have_program(prog),
-        &format!("{prog} (apt-get install -y {pkg})"),
-    )
-}
 
 /// Runs a client (dig, kdig) with a time limit; its stdout.
 fn run(prog: &str, args: &[&str]) -> String {
@@ -617,14 +609,6 @@ fn unbound(dir: &std::path::Path, port: u16, to: SocketAddr) -> Child {
         ))
         .spawn()
         .expect("spawn unbound")
-}
-
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::peers::need;
 use common::{free_port, temp_dir, Fulcrum};
-use fulcrum_xdp::testing::{have_program, require};
 
 /// nginx on loopback serving `dir/www`, with `/echo` answering what it got (request target,
 /// some headers) and `/pre/` serving files already gzip-encoded.
@@ -257,9 +257,7 @@ weight = 0
 }
 
 fn setup(name: &str) -> Option<(PathBuf, Nginx, SocketAddr, SocketAddr)> {
-    if !require(name, have_program("nginx"), "nginx (apt-get install nginx)")
-        || !require(name, have_program("curl"), "curl (apt-get install curl)")
-    {
+    if !need(name, "nginx", "nginx") || !need(name, "curl", "curl") {
         return None;
     }
     let dir = temp_dir(name);

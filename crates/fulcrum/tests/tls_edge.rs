@@ -19,67 +19,17 @@ mod common;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::certs::{both, ca, leaf, p};
+use common::peers::{need, nginx, wait_listening, Peer};
 use common::{admin_toml, free_addr, Fulcrum};
-use fulcrum_xdp::testing::{have_program, require};
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, SerialNumber,
-};
+use rcgen::ExtendedKeyUsagePurpose;
 
 // ---------------------------------------------------------------------------------------
 // certificates
 // ---------------------------------------------------------------------------------------
-
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-fn ca(dir: &Path, name: &str) -> Ca {
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.distinguished_name = DistinguishedName::new();
-    p.distinguished_name.push(DnType::CommonName, name);
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let cert = p.self_signed(&key).unwrap();
-    std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
-    std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
-    Ca { cert, key }
-}
-
-/// A leaf signed by `ca`, written as NAME.pem and NAME.key.
-fn leaf(
-    dir: &Path,
-    ca: &Ca,
-    name: &str,
-    serial: u8,
-    usage: ExtendedKeyUsagePurpose,
-    expired: bool,
-) {
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(vec![name.to_owned()]).unwrap();
-    p.distinguished_name = DistinguishedName::new();
-    p.distinguished_name.push(DnType::CommonName, name);
-    p.distinguished_name
-        .push(DnType::OrganizationName, "Fulcrum Tests");
-    p.extended_key_usages = vec![usage];
-    p.serial_number = Some(SerialNumber::from(vec![serial]));
-    if expired {
-        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
-        p.not_after = rcgen::date_time_ymd(2020, 2, 1);
-    }
-    let cert = p.signed_by(&key, &ca.cert, &ca.key).unwrap();
-    std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
-    std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
-}
 
 /// Every file the tests use, in one directory.
 fn material(dir: &Path) {
@@ -95,12 +45,8 @@ fn material(dir: &Path) {
     leaf(dir, &ca1, "expired", 21, ClientAuth, true);
     leaf(dir, &ca1, "wrongusage", 22, ServerAuth, false);
     // HAProxy wants the chain and key in one file.
-    let mut both = std::fs::read(dir.join("b.test.pem")).unwrap();
-    both.extend(std::fs::read(dir.join("b.test.key")).unwrap());
-    std::fs::write(dir.join("b.test.both"), both).unwrap();
-    let mut both = std::fs::read(dir.join("backend.test.pem")).unwrap();
-    both.extend(std::fs::read(dir.join("backend.test.key")).unwrap());
-    std::fs::write(dir.join("backend.test.both"), both).unwrap();
+    both(dir, "b.test");
+    both(dir, "backend.test");
 }
 
 fn run(cmd: &mut Command) -> String {
@@ -153,58 +99,6 @@ fn ocsp_response(dir: &Path, revoked: bool, out: &Path) {
 // ---------------------------------------------------------------------------------------
 // peers
 // ---------------------------------------------------------------------------------------
-
-/// A child process killed (by its PID) when dropped.
-struct Peer(Child);
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_listening(addr: SocketAddr, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-        assert!(Instant::now() < deadline, "{what} not listening on {addr}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// nginx with `servers` (server blocks), in `dir`.
-fn nginx(dir: &Path, servers: &str, listens: &[SocketAddr]) -> Peer {
-    let d = dir.join("nginx");
-    std::fs::create_dir_all(&d).unwrap();
-    let conf = d.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\ndaemon off;\nmaster_process off;\n\
-             events {{ worker_connections 256; }}\nhttp {{\n access_log off;\n client_body_temp_path {d}/body;\n\
-             proxy_temp_path {d}/proxy;\n fastcgi_temp_path {d}/fcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n{servers}\n}}\n",
-            d = d.display()
-        ),
-    )
-    .unwrap();
-    let child = Command::new("nginx")
-        .arg("-p")
-        .arg(&d)
-        .arg("-e")
-        .arg(d.join("error.log"))
-        .arg("-c")
-        .arg(&conf)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn nginx");
-    let p = Peer(child);
-    for a in listens {
-        wait_listening(*a, "nginx");
-    }
-    p
-}
 
 fn haproxy(dir: &Path, body: &str, listens: &[SocketAddr]) -> Peer {
     let conf = dir.join("haproxy.cfg");
@@ -279,21 +173,10 @@ fn get(host: &str) -> String {
     )
 }
 
-fn p(dir: &Path, f: &str) -> String {
-    dir.join(f).display().to_string()
-}
-
 fn prerequisites(test: &str) -> bool {
-    require(
-        test,
-        have_program("openssl"),
-        "openssl (apt install openssl)",
-    ) && require(test, have_program("nginx"), "nginx (apt install nginx)")
-        && require(
-            test,
-            have_program("haproxy"),
-            "haproxy (apt install haproxy)",
-        )
+    need(test, "openssl", "openssl")
+        && need(test, "nginx", "nginx")
+        && need(test, "haproxy", "haproxy")
 }
 
 /// The SHA-256 fingerprint of a PEM certificate, lowercase hex without colons.
@@ -801,9 +684,6 @@ async fn passthrough_by_sni() {
 /// `fulcrum check`: unreadable and bad TLS files at `FILE:LINE:COL`, with what is valid.
 #[test]
 fn check_refuses_bad_tls_files() {
-    if !require("check_refuses_bad_tls_files", true, "") {
-        return;
-    }
     let dir = common::temp_dir("tls-check");
     material(&dir);
     std::fs::write(dir.join("text.ocsp"), "not der\n").unwrap();
@@ -916,11 +796,7 @@ fn check_refuses_bad_tls_files() {
 /// and the client gets a full handshake.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_ticket_keys_rotate() {
-    if !require(
-        "session_ticket_keys_rotate",
-        have_program("openssl"),
-        "openssl (apt install openssl)",
-    ) {
+    if !need("session_ticket_keys_rotate", "openssl", "openssl") {
         return;
     }
     let dir = common::temp_dir("tls-tickets");

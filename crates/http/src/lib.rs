@@ -74,7 +74,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fulcrum_core::config::{HttpTimeouts, RateLimit, RetryPolicy, Route, ServiceConfig};
+use fulcrum_core::config::{
+    BackendProtocol, HttpTimeouts, RateLimit, RetryPolicy, Route, ServiceConfig,
+};
 use fulcrum_core::model::ServiceProtocol;
 use fulcrum_core::retry::RetryBudget;
 use fulcrum_state::l7::{L7Handler, L7Metrics, ServiceExt};
@@ -219,15 +221,16 @@ fn route_pool(
     pm: Arc<metrics::PoolMetrics>,
     prev: Option<&HttpService>,
 ) -> Result<RoutePool, String> {
+    let h2 = pool.backend_protocol == BackendProtocol::H2;
     let tls = match &pool.tls {
         None => None,
         Some(t) => match prev
             .and_then(|p| p.pools.iter().find(|rp| rp.pool.name == pool.name))
             .and_then(|rp| rp.tls.as_ref())
-            .filter(|s| s.is_current(t))
+            .filter(|s| s.is_current(t, h2))
         {
             Some(s) => Some(Arc::clone(s)),
-            None => Some(Arc::new(BackendTlsState::load(t)?)),
+            None => Some(Arc::new(BackendTlsState::load(t, h2)?)),
         },
     };
     Ok(RoutePool {
@@ -318,8 +321,8 @@ impl L7Handler for HttpHandler {
                 Some(p) => Arc::clone(&p.budget),
                 None => Arc::new(RetryBudget::new(tuning.retry_budget_percent)),
             };
-        // The files the rules name are read at every build, so a reload re-reads them.
-        let rules = rules::ServiceRules::load(svc).map_err(|p| {
+        // The files the rules name are read again when they (or the rules) changed.
+        let rules = rules::ServiceRules::load(svc, prev.map(|p| &p.rules)).map_err(|p| {
             p.iter()
                 .map(|p| p.message.clone())
                 .collect::<Vec<_>>()
@@ -343,6 +346,14 @@ impl L7Handler for HttpHandler {
 
     fn spawn(&self, shared: Arc<Shared>, svc: Arc<ServiceRt>, sock: TcpStream, peer: SocketAddr) {
         spawn_conn(shared, svc, sock, peer);
+    }
+
+    fn check_tls(
+        &self,
+        cfg: &fulcrum_core::config::BackendTls,
+    ) -> Result<Arc<dyn fulcrum_state::l7::CheckTls>, String> {
+        // ALPN http/1.1: the check is an HTTP/1.1 GET whatever the pool's backend_protocol.
+        Ok(Arc::new(CheckTlsState(BackendTlsState::load(cfg, false)?)))
     }
 
     fn metrics(&self, svc: &ServiceRt, out: &mut L7Metrics) {
@@ -546,5 +557,28 @@ async fn serve_tls(ctx: Rc<ConnCtx>, sock: TcpStream) {
         h2::serve(ctx, stream).await;
     } else {
         server::serve_h1(ctx, stream, server::Start::New { may_park: false }).await;
+    }
+}
+
+/// A pool's `[pool.tls]` as its health checks use it.
+#[derive(Debug)]
+struct CheckTlsState(BackendTlsState);
+
+impl fulcrum_state::l7::CheckTls for CheckTlsState {
+    fn is_current(&self, cfg: &fulcrum_core::config::BackendTls) -> bool {
+        self.0.is_current(cfg, false)
+    }
+
+    fn connect(&self, tcp: TcpStream, addr: SocketAddr) -> fulcrum_state::l7::CheckConnect {
+        let name = self
+            .0
+            .sni
+            .clone()
+            .unwrap_or_else(|| rustls::pki_types::ServerName::IpAddress(addr.ip().into()));
+        let connect = self.0.connector.connect(name, tcp);
+        Box::pin(async move {
+            let s = connect.await?;
+            Ok(Box::new(s) as Box<dyn fulcrum_state::l7::CheckIo>)
+        })
     }
 }

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use fulcrum_core::choice::{Flow, RequestKey, Why};
-use fulcrum_core::config::BackendProtocol;
 use fulcrum_core::model::{FlowTuple, HashKey, Proto};
 use fulcrum_core::retry::{Attempts, Failure, Next, Replay};
 use fulcrum_core::sched::PickError;
@@ -352,6 +351,9 @@ impl Exchange {
         {
             if complete && keep_alive && !upgraded {
                 upstream::put_idle(self.addr, conn);
+            } else if complete && !upgraded {
+                // The backend said `Connection: close`: the exchange is over, in order.
+                conn.close();
             }
             resp.give();
         }
@@ -926,7 +928,7 @@ fn h2_request<R: ReqView>(f: &Fwd<'_, R>, addr: SocketAddr) -> Option<http::requ
         .or_else(|| http::uri::Authority::try_from(addr.to_string()).ok())?;
     let t = f.req.target();
     let uri = http::Uri::builder()
-        .scheme("http")
+        .scheme(if f.tls.is_some() { "https" } else { "http" })
         .authority(authority)
         .path_and_query(if t.is_empty() { b"/" } else { t })
         .build()
@@ -988,7 +990,7 @@ enum End {
     Client,
 }
 
-/// One attempt on an HTTP/2 (h2c) backend: a stream on this worker's multiplexed connection
+/// One attempt on an HTTP/2 backend (h2c, or h2 over TLS): a stream on this worker's multiplexed connection
 /// to it; the client's body is forwarded while the response head is awaited, and what is left
 /// of it then goes with the answer (`Answer::H2::upload`).
 async fn h2_exchange<R: ReqView>(
@@ -998,7 +1000,7 @@ async fn h2_exchange<R: ReqView>(
     stats: &Arc<BackendStats>,
     bytes_in: &mut u64,
 ) -> Result<Got, Fail> {
-    let (mut sender, reused) = upstream::h2_sender(addr, f.tuning.connect_timeout)
+    let (mut sender, reused) = upstream::h2_sender(addr, f.tuning.connect_timeout, f.tls)
         .await
         .map_err(Fail::Connect)?;
     let active = Active::new(stats);
@@ -1171,6 +1173,8 @@ fn keep_for_retry(got: Got, addr: SocketAddr, slot: &mut Option<Box<Msg>>) {
         };
         if keep_alive && whole {
             upstream::put_idle(addr, conn);
+        } else if whole {
+            conn.close();
         }
         *slot = Some(resp);
     }
@@ -1211,7 +1215,7 @@ pub(crate) async fn forward<'c>(
     };
 
     let pool = &rp.pool;
-    let h2 = pool.backend_protocol == BackendProtocol::H2c;
+    let h2 = pool.backend_protocol.is_h2();
     if h2 && framing == Framing::Chunked && !h1::codings(req.headers()).is_empty() {
         // HTTP/2 has no transfer codings: the body cannot be passed on as it is.
         return r.local(Local::new(

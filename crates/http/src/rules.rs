@@ -1,6 +1,7 @@
 //! The rules of a service and its routes as the data path uses them (docs/rules.md): the
 //! decisions are `fulcrum_core::rules`'; here are the files they name (htpasswd, error
-//! pages, read at every snapshot build, so a reload re-reads them), the password check, the
+//! pages, read at a snapshot build when the rules or the files changed, so a reload after
+//! an edit re-reads them and a health change reads nothing), the password check, the
 //! request view with the path rewritten and the header rules applied, and the streaming
 //! compressors.
 
@@ -32,6 +33,27 @@ pub struct RuleSet {
     pub route_name: String,
     /// Distinguishes this set's cached password checks from another's.
     id: u64,
+    /// The files read (htpasswd, then the error pages) as they were when read.
+    stamps: Vec<Stamp>,
+}
+
+/// A file's modification time and length (`None`: unreadable).
+type Stamp = Option<(std::time::SystemTime, u64)>;
+
+fn stamp(path: &Path) -> Stamp {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// The files `rules` names, in the order [`RuleSet::load`] reads them.
+fn stamps(rules: &Rules) -> Vec<Stamp> {
+    rules
+        .basic_auth
+        .iter()
+        .map(|b| b.htpasswd.as_path())
+        .chain(rules.error_pages.iter().map(|p| p.file.as_path()))
+        .map(stamp)
+        .collect()
 }
 
 /// A service's rule sets: the default's (no route matched) and each route's, `None` where
@@ -122,6 +144,8 @@ impl RuleSet {
         route: Option<usize>,
     ) -> Result<Self, Vec<FileProblem>> {
         let mut problems = Vec::new();
+        // Taken before reading: a file changed meanwhile is read again at the next build.
+        let stamps = stamps(&rules);
         let users = rules.basic_auth.as_ref().and_then(|b| {
             read_htpasswd(&b.htpasswd)
                 .map_err(|message| {
@@ -163,7 +187,14 @@ impl RuleSet {
             pages,
             route_name,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            stamps,
         })
+    }
+
+    /// Whether this set was loaded from `rules` under `route_name`, from the files as they
+    /// are now (same modification time and length).
+    fn is_current(&self, rules: &Rules, route_name: &str) -> bool {
+        self.rules == *rules && self.route_name == route_name && self.stamps == stamps(rules)
     }
 
     /// The error page for one of Fulcrum's own answers.
@@ -225,12 +256,28 @@ thread_local! {
 }
 
 impl ServiceRules {
-    /// Loads the rule sets of a service (reads the files they name).
-    pub fn load(svc: &ServiceConfig) -> Result<Self, Vec<FileProblem>> {
+    /// Loads the rule sets of a service, reading the files they name; a set of `prev` (the
+    /// running snapshot's) with the same rules and unchanged files is kept instead, so a
+    /// snapshot rebuilt for a health change reads nothing (and keeps its checked passwords).
+    pub fn load(
+        svc: &ServiceConfig,
+        prev: Option<&ServiceRules>,
+    ) -> Result<Self, Vec<FileProblem>> {
         let mut problems = Vec::new();
+        let kept = |rules: &Rules, name: &str| {
+            let p = prev?;
+            std::iter::once(&p.default)
+                .chain(&p.routes)
+                .flatten()
+                .find(|s| s.is_current(rules, name))
+                .cloned()
+        };
         let mut one = |rules: Rules, name: String, route: Option<usize>| {
             if rules.is_empty() {
                 return None;
+            }
+            if let Some(s) = kept(&rules, &name) {
+                return Some(s);
             }
             match RuleSet::load(rules, name, route) {
                 Ok(s) => Some(Arc::new(s)),
@@ -273,7 +320,7 @@ impl ServiceRules {
 pub fn check_files(svc: &ServiceConfig) -> Vec<FileProblem> {
     // A service's file is named by the service's key, though each route's set reads it too.
     let mut out: Vec<FileProblem> = Vec::new();
-    for p in ServiceRules::load(svc).err().unwrap_or_default() {
+    for p in ServiceRules::load(svc, None).err().unwrap_or_default() {
         if !out
             .iter()
             .any(|q| q.table == p.table && q.key == p.key && q.message == p.message)
@@ -545,5 +592,100 @@ impl Encoder {
         };
         out.extend_from_slice(&rest);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn service(dir: &Path) -> ServiceConfig {
+        let d = dir.display();
+        let text = format!(
+            r#"
+[[service]]
+name = "web"
+listen = "127.0.0.1:8080"
+protocol = "http"
+pool = "p"
+error_pages = {{ "404" = "{d}/404.html" }}
+
+[service.basic_auth]
+htpasswd = "{d}/htpasswd"
+
+[[service.route]]
+path_prefix = "/api/"
+pool = "p"
+error_pages = {{ "5xx" = "{d}/5xx.html" }}
+
+[[pool]]
+name = "p"
+
+[[pool.backend]]
+address = "127.0.0.1:9000"
+"#
+        );
+        fulcrum_core::config::parse(&text)
+            .unwrap()
+            .services
+            .remove(0)
+    }
+
+    fn sets(r: &ServiceRules) -> Vec<Arc<RuleSet>> {
+        std::iter::once(&r.default)
+            .chain(&r.routes)
+            .flatten()
+            .cloned()
+            .collect()
+    }
+
+    /// A rebuild with nothing changed (a health flap) keeps the loaded sets: nothing is
+    /// read (`RuleSet::load` is the only reader); a changed file or rule is read again.
+    #[test]
+    fn unchanged_files_are_not_read_again() {
+        let dir = std::env::temp_dir().join(format!("fulcrum-rules-reuse-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let hash = "$2b$04$abcdefghijklmnopqrstuuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01";
+        std::fs::write(dir.join("htpasswd"), format!("alice:{hash}\n")).unwrap();
+        std::fs::write(dir.join("404.html"), "<h1>gone</h1>").unwrap();
+        std::fs::write(dir.join("5xx.html"), "<h1>broken</h1>").unwrap();
+        let svc = service(&dir);
+
+        let first = ServiceRules::load(&svc, None).unwrap();
+        assert_eq!(sets(&first).len(), 2);
+        let again = ServiceRules::load(&svc, Some(&first)).unwrap();
+        for (a, b) in sets(&first).iter().zip(sets(&again)) {
+            assert!(Arc::ptr_eq(a, &b), "an unchanged rule set was loaded again");
+        }
+
+        // The htpasswd file changes: both sets (the route's inherits basic_auth) read it
+        // again; the error page is read again with it.
+        std::fs::write(dir.join("htpasswd"), format!("alice:{hash}\nbob:{hash}\n")).unwrap();
+        let third = ServiceRules::load(&svc, Some(&again)).unwrap();
+        for (a, b) in sets(&again).iter().zip(sets(&third)) {
+            assert!(
+                !Arc::ptr_eq(a, &b),
+                "a changed htpasswd file was not read again"
+            );
+            assert_eq!(b.users.as_ref().unwrap().len(), 2);
+        }
+
+        // Only the route's error page changes: the default set is kept.
+        std::fs::write(dir.join("5xx.html"), "<h1>still broken</h1>").unwrap();
+        let fourth = ServiceRules::load(&svc, Some(&third)).unwrap();
+        let (t, f) = (sets(&third), sets(&fourth));
+        assert!(
+            Arc::ptr_eq(&t[0], &f[0]),
+            "the default set was loaded again"
+        );
+        assert!(
+            !Arc::ptr_eq(&t[1], &f[1]),
+            "a changed error page was not read again"
+        );
+        assert_eq!(&f[1].page(502).unwrap().0[..], b"<h1>still broken</h1>");
+
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

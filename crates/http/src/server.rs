@@ -30,6 +30,10 @@ use crate::{within, ConnCtx};
 pub(crate) trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// Whether [`ClientIo::ready`] really waits.
     const WAITS_READY: bool;
+    /// Whether an orderly close says so first (TLS: a `close_notify` alert; without it a
+    /// client cannot tell the close from a cut, and `openssl s_client` reports "unexpected
+    /// eof"). Clear TCP has its FIN when the socket is dropped.
+    const CLOSE_NOTIFY: bool = false;
     /// Ready once bytes may be read, without a buffer (at once if unsupported). A poll
     /// method, not a future: an idle connection's task stores no readiness future (152
     /// bytes for `TcpStream::readable`), only the registration's own reader slot is used.
@@ -54,6 +58,7 @@ impl ClientIo for TcpStream {
 
 impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {
     const WAITS_READY: bool = true;
+    const CLOSE_NOTIFY: bool = true;
     fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let (sock, tls) = self.get_ref();
         // rustls may hold decrypted bytes (or the peer's close_notify): then there is
@@ -76,9 +81,25 @@ impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {
 /// The start of the HTTP/2 connection preface (httparse stops at the version).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2";
 
+/// The longest an orderly close of a TLS connection waits to write its `close_notify` (the
+/// client may have stopped reading).
+const CLOSE_NOTIFY_WAIT: Duration = Duration::from_secs(1);
+
+/// Ends a connection in order when `orderly` (see [`ClientIo::CLOSE_NOTIFY`]): TLS sends
+/// `close_notify`, then the FIN. Not after a failed answer (`orderly` false), whose end
+/// must not look like a complete one.
+async fn close_orderly<S: ClientIo>(io: &mut S, orderly: bool) {
+    if S::CLOSE_NOTIFY && orderly {
+        let _ = within(CLOSE_NOTIFY_WAIT, io.shutdown()).await;
+    }
+}
+
 /// What follows a request on the connection.
 enum Next {
+    /// The connection ends in order (its answers are complete).
     Close,
+    /// The connection is cut: an answer could not be completed.
+    Abort,
     Idle,
     /// Pipelined bytes already read: the next request starts there.
     Carry(Box<Msg>),
@@ -160,6 +181,7 @@ enum Wake {
 /// [`crate::idle::PARK_AFTER`] and may be parked (its [`idle_limit`] not yet reached), for
 /// the caller to park it, with the time its idling counts from and whether it has not sent
 /// a request yet.
+#[allow(clippy::too_many_lines)] // one loop: idle wait, request, what follows
 pub(crate) async fn serve_h1<S: ClientIo>(
     mut ctx: Rc<ConnCtx>,
     mut io: S,
@@ -196,7 +218,7 @@ pub(crate) async fn serve_h1<S: ClientIo>(
     // Draining: until when an idle connection waits for its next request (answered with
     // `Connection: close`) before it is closed (see [`DRAIN_IDLE_GRACE`]).
     let mut drain_until: Option<Instant> = None;
-    loop {
+    let orderly = loop {
         if carry.is_none() {
             // Idle keep-alive: no buffer until the next request shows up.
             let notified = ctx.drain.notified();
@@ -243,7 +265,7 @@ pub(crate) async fn serve_h1<S: ClientIo>(
             };
             match wake {
                 Wake::Readable => {}
-                Wake::Close => return None,
+                Wake::Close => break true,
                 Wake::Park => return Some((ctx, io, last_request, first)),
             }
         }
@@ -268,14 +290,15 @@ pub(crate) async fn serve_h1<S: ClientIo>(
         ))
         .await;
         last_request = Instant::now();
-        if !nodelay && !matches!(next, Next::Close | Next::H2(_)) {
+        if !nodelay && !matches!(next, Next::Close | Next::Abort | Next::H2(_)) {
             // As nginx does: Nagle off once the connection is kept alive (a first answer
             // written in one piece is not delayed by it).
             io.set_nodelay();
             nodelay = true;
         }
         match next {
-            Next::Close => return None,
+            Next::Close => break true,
+            Next::Abort => break false,
             Next::Idle => {}
             Next::Carry(m) => carry = Some(m),
             Next::H2(m) => return prior_knowledge_h2(ctx, io, m).await,
@@ -284,7 +307,9 @@ pub(crate) async fn serve_h1<S: ClientIo>(
             idle_timeout = ctx.svc.idle_timeout;
             park_after = parks_after(idle_timeout);
         }
-    }
+    };
+    close_orderly(&mut io, orderly).await;
+    None
 }
 
 /// Serves as HTTP/2 a connection that opened with the preface (prior knowledge), given the
@@ -549,7 +574,7 @@ async fn one_request<S: ClientIo>(
     let complete = body.dec.is_done() && body.framing.is_ok();
     let (off, extra) = (body.off, body.extra.take());
     close |= !complete || c.shared.is_draining() || c.gone.get();
-    let keep = match outcome {
+    let ok = match outcome {
         Outcome::Local(l, done) => {
             let mut out = h1::take_vec();
             let n = l.write_h1(&mut out, close);
@@ -559,7 +584,7 @@ async fn one_request<S: ClientIo>(
             );
             h1::give_vec(out);
             done.finish(c, n);
-            ok && !close
+            ok
         }
         Outcome::Backend(ex, _) if ex.upgraded() => {
             let mut pending = msg.buf[off..].to_vec();
@@ -567,22 +592,23 @@ async fn one_request<S: ClientIo>(
                 pending.extend_from_slice(e.rest());
             }
             relay_upgrade(c, io, ex, &pending).await;
-            false
+            close = true;
+            true
         }
         Outcome::Backend(mut ex, cookie) => {
             // An HTTP/1.1 client's body comes on the connection the answer goes to: what is
             // left of it once an HTTP/2 backend answered is not sent (its stream is reset),
             // and the connection closes since that body was not read to its end.
             drop(ex.take_upload());
-            respond(c, io, ex, cookie, msg.minor, is_head, close, nodelay).await && !close
+            respond(c, io, ex, cookie, msg.minor, is_head, &mut close, nodelay).await
         }
     };
-    if !keep {
+    if !ok || close {
         if let Some(e) = extra {
             e.give();
         }
         msg.give();
-        return Next::Close;
+        return if ok { Next::Close } else { Next::Abort };
     }
     if let Some(mut e) = extra {
         if !e.rest().is_empty() {
@@ -601,7 +627,8 @@ async fn one_request<S: ClientIo>(
     Next::Idle
 }
 
-/// Writes a backend's answer to an HTTP/1.1 client; whether the client connection can go on.
+/// Writes a backend's answer to an HTTP/1.1 client; whether it was all written. `close` is
+/// set when the answer ends the connection (an HTTP/1.0 client's body delimited by it).
 #[allow(clippy::too_many_arguments)]
 async fn respond<S: ClientIo>(
     c: &ConnCtx,
@@ -610,7 +637,7 @@ async fn respond<S: ClientIo>(
     cookie: Option<(&str, &str)>,
     minor: u8,
     is_head: bool,
-    mut close: bool,
+    close: &mut bool,
     nodelay: &mut bool,
 ) -> bool {
     // A compressed body's length is known only at its end: chunked (HTTP/1.0: close).
@@ -624,7 +651,7 @@ async fn respond<S: ClientIo>(
         Framing::Empty | Framing::Length(_) => Enc::Identity,
         Framing::Chunked | Framing::Close if minor >= 1 => Enc::Chunked,
         Framing::Chunked | Framing::Close => {
-            close = true;
+            *close = true;
             Enc::Identity
         }
     };
@@ -638,7 +665,7 @@ async fn respond<S: ClientIo>(
     if enc == Enc::Chunked && !is_head {
         ex.write_chunked_te(&mut out);
     }
-    if close {
+    if *close {
         out.extend_from_slice(b"Connection: close\r\n");
     } else if minor == 0 {
         // An HTTP/1.0 client that asked for keep-alive must be told it got it.

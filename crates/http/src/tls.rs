@@ -121,7 +121,9 @@ impl TlsState {
             epoch: Instant::now(),
             next_check: AtomicU64::new(0),
         }));
-        sc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // http/1.0 too, as nginx: a client that offers only it (`curl --http1.0`) is not
+        // refused the handshake.
+        sc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"http/1.0".to_vec()];
         if cfg.session_tickets {
             // A new key every `session_ticket_rotation`; tickets of the previous key are
             // still accepted (rustls' rotator, with our ChaCha20-Poly1305 ticket sealer).
@@ -481,6 +483,8 @@ pub struct BackendTlsState {
     pub sni: Option<ServerName<'static>>,
     /// Tells pooled connections of this config from others to the same address.
     pub id: u64,
+    /// Offers ALPN `h2` only (`backend_protocol = "h2"`), else `http/1.1`.
+    pub h2: bool,
     cfg: BackendTls,
     stamps: Vec<Option<SystemTime>>,
 }
@@ -504,11 +508,12 @@ static BACKEND_TLS_IDS: AtomicU64 = AtomicU64::new(1);
 
 impl BackendTlsState {
     /// Whether this state still matches `cfg` and the files on disk.
-    pub fn is_current(&self, cfg: &BackendTls) -> bool {
-        self.cfg == *cfg && self.stamps == backend_stamps(cfg)
+    pub fn is_current(&self, cfg: &BackendTls, h2: bool) -> bool {
+        self.h2 == h2 && self.cfg == *cfg && self.stamps == backend_stamps(cfg)
     }
 
-    pub fn load(cfg: &BackendTls) -> Result<Self, String> {
+    /// Loads `cfg`'s files into a client config offering ALPN `h2` (`h2`) or `http/1.1`.
+    pub fn load(cfg: &BackendTls, h2: bool) -> Result<Self, String> {
         let stamps = backend_stamps(cfg);
         let roots = read_roots(&cfg.ca)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -523,7 +528,11 @@ impl BackendTlsState {
                 b.with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(ck)))
             }
         };
-        cc.alpn_protocols = vec![b"http/1.1".to_vec()];
+        cc.alpn_protocols = vec![if h2 {
+            b"h2".to_vec()
+        } else {
+            b"http/1.1".to_vec()
+        }];
         let sni = match &cfg.sni {
             None => None,
             Some(n) => Some(
@@ -535,6 +544,7 @@ impl BackendTlsState {
             connector: TlsConnector::from(Arc::new(cc)),
             sni,
             id: BACKEND_TLS_IDS.fetch_add(1, Ordering::Relaxed),
+            h2,
             cfg: cfg.clone(),
             stamps,
         })

@@ -3,7 +3,7 @@
 //! - HTTP/1.1: a pool of idle keep-alive connections per backend address, with no task per
 //!   connection (the request's own task drives its backend connection). An idle connection
 //!   holds no buffer.
-//! - HTTP/2 (h2c): one multiplexed connection per backend address (hyper's client, its
+//! - HTTP/2 (h2c, or h2 over TLS): one multiplexed connection per backend address (hyper's client, its
 //!   connection task on the worker), shared by every request of the worker and opened again
 //!   when it closes.
 
@@ -93,6 +93,18 @@ impl Conn {
                 buf.put_slice(rb.filled());
                 Poll::Ready(Ok(n))
             }
+        }
+    }
+
+    /// Closes the connection in an orderly way: over TLS, a `close_notify` alert goes first,
+    /// written at once if the socket takes it (it always has room for 24 bytes but when
+    /// the backend stopped reading; then the connection is closed without it). Used when a
+    /// connection is let go after a complete exchange (idle too long, backend gone, pool
+    /// full, the backend's `Connection: close`), never after a failure.
+    pub fn close(self) {
+        if let Conn::Tls(mut t, _) = self {
+            let mut cx = Context::from_waker(Waker::noop());
+            let _ = tokio::io::AsyncWrite::poll_shutdown(Pin::new(&mut *t), &mut cx);
         }
     }
 
@@ -196,9 +208,14 @@ fn sweep(m: &mut Vec<(Key, Idle)>, now: Instant) {
     }
     SWEPT.set(Some(now));
     for (_, v) in m.iter_mut() {
-        v.retain_mut(|(s, since)| {
-            now.saturating_duration_since(*since) < BACKEND_IDLE_TIMEOUT && usable(s)
-        });
+        for (s, since) in std::mem::take(v) {
+            let mut s = s;
+            if now.saturating_duration_since(since) < BACKEND_IDLE_TIMEOUT && usable(&mut s) {
+                v.push_back((s, since));
+            } else {
+                s.close();
+            }
+        }
     }
     m.retain(|(_, v)| !v.is_empty());
 }
@@ -218,6 +235,7 @@ fn take_idle_at(key: Key, now: Instant) -> Option<Conn> {
             if now.saturating_duration_since(since) < BACKEND_IDLE_TIMEOUT && usable(&mut s) {
                 return Some(s);
             }
+            s.close();
         }
         None
     })
@@ -240,6 +258,8 @@ fn put_idle_at(addr: SocketAddr, s: Conn, now: Instant) {
         let v = &mut m[i].1;
         if v.len() < MAX_IDLE_PER_BACKEND {
             v.push_back((s, now));
+        } else {
+            s.close();
         }
     });
 }
@@ -292,10 +312,18 @@ fn forget(snap: &Snapshot) {
                 .any(|b| b.address == *addr && b.is_eligible())
         })
     };
-    IDLE.with(|m| m.borrow_mut().retain(|((a, _), _)| wanted(a)));
+    IDLE.with(|m| {
+        m.borrow_mut().retain_mut(|((a, _), v)| {
+            let keep = wanted(a);
+            if !keep {
+                v.drain(..).for_each(|(s, _)| s.close());
+            }
+            keep
+        });
+    });
     H2.with(|m| {
         m.borrow_mut()
-            .retain(|(a, s)| matches!(s, H2Slot::Connecting(_)) || wanted(a));
+            .retain(|((a, _), s)| matches!(s, H2Slot::Connecting(_)) || wanted(a));
     });
 }
 
@@ -338,7 +366,7 @@ pub async fn connect_conn(
 }
 
 // ---------------------------------------------------------------------------------------
-// HTTP/2 (h2c, prior knowledge) backends
+// HTTP/2 backends (h2c with prior knowledge, h2 over TLS)
 // ---------------------------------------------------------------------------------------
 
 /// A handle on a multiplexed HTTP/2 connection to a backend.
@@ -352,8 +380,8 @@ enum H2Slot {
 }
 
 thread_local! {
-    /// Per backend address, one connection per worker thread.
-    static H2: RefCell<Vec<(SocketAddr, H2Slot)>> = const { RefCell::new(Vec::new()) };
+    /// Per backend address and TLS config (0: h2c), one connection per worker thread.
+    static H2: RefCell<Vec<(Key, H2Slot)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Rounds of waiting for another request's connect before opening a connection of one's own.
@@ -362,7 +390,7 @@ const H2_WAIT_ROUNDS: usize = 2;
 /// Marks a connect in progress; if it ends without a connection (failed, or the request was
 /// dropped), the slot is freed. Either way the waiters are told.
 struct Connecting {
-    addr: SocketAddr,
+    addr: Key,
     notify: Rc<Notify>,
     /// The connection the connect ended with (`None` on drop: failed or abandoned).
     sender: Option<H2Sender>,
@@ -379,7 +407,7 @@ impl Drop for Connecting {
         let sender = self.sender.take();
         H2.with(|m| {
             let mut m = m.borrow_mut();
-            let mine = |(a, s): &(SocketAddr, H2Slot)| {
+            let mine = |(a, s): &(Key, H2Slot)| {
                 *a == self.addr && matches!(s, H2Slot::Connecting(n) if Rc::ptr_eq(n, &self.notify))
             };
             if let Some(i) = m.iter().position(mine) {
@@ -402,7 +430,7 @@ enum H2Next {
     Open(Connecting),
 }
 
-fn h2_next(addr: SocketAddr) -> H2Next {
+fn h2_next(addr: Key) -> H2Next {
     H2.with(|m| {
         let mut m = m.borrow_mut();
         let fresh = || {
@@ -434,14 +462,17 @@ fn h2_next(addr: SocketAddr) -> H2Next {
     })
 }
 
-/// A sender on this worker's HTTP/2 connection to `addr`, opened if there is none (or it
-/// closed); `true` with it when the connection was there already.
+/// A sender on this worker's HTTP/2 connection to `addr` (over TLS with `tls`: h2, else
+/// h2c), opened if there is none (or it closed); `true` with it when the connection was
+/// there already.
 pub async fn h2_sender(
     addr: SocketAddr,
     timeout: Duration,
+    tls: Option<&crate::BackendTlsState>,
 ) -> Result<(H2Sender, bool), ConnectError> {
+    let key = (addr, tls.map_or(0, |t| t.id));
     for _ in 0..H2_WAIT_ROUNDS {
-        match h2_next(addr) {
+        match h2_next(key) {
             H2Next::Use(s) => return Ok((s, true)),
             H2Next::Wait(n) => {
                 // Registered before any await, so the connect's notification is not missed.
@@ -449,7 +480,7 @@ pub async fn h2_sender(
                 let _ = tokio::time::timeout(timeout, notified).await;
             }
             H2Next::Open(guard) => {
-                let r = h2_connect(addr, timeout).await;
+                let r = h2_connect(addr, timeout, tls).await;
                 guard.done(r.as_ref().ok());
                 return r.map(|s| (s, false));
             }
@@ -457,15 +488,31 @@ pub async fn h2_sender(
     }
     // The connection another request was opening did not come: open one for this request
     // alone (it ends when the request is done with it).
-    h2_connect(addr, timeout).await.map(|s| (s, false))
+    h2_connect(addr, timeout, tls).await.map(|s| (s, false))
 }
 
-/// Opens an HTTP/2 connection with prior knowledge; its task runs on this worker.
-async fn h2_connect(addr: SocketAddr, timeout: Duration) -> Result<H2Sender, ConnectError> {
-    let tcp = connect(addr, timeout).await?;
+/// Opens an HTTP/2 connection: with prior knowledge over TCP, or over TLS where the
+/// backend must choose ALPN `h2`; its task runs on this worker.
+async fn h2_connect(
+    addr: SocketAddr,
+    timeout: Duration,
+    tls: Option<&crate::BackendTlsState>,
+) -> Result<H2Sender, ConnectError> {
+    let start = Instant::now();
+    let conn = connect_conn(addr, timeout, tls).await?;
+    if let Conn::Tls(t, _) = &conn {
+        if t.get_ref().1.alpn_protocol() != Some(b"h2") {
+            tracing::debug!(backend = %addr, "the backend did not choose ALPN h2");
+            conn.close();
+            return Err(ConnectError::Refused(std::io::Error::other(
+                "backend_protocol = \"h2\": the backend did not choose ALPN h2 in the TLS handshake",
+            )));
+        }
+    }
+    let left = timeout.saturating_sub(start.elapsed());
     let mut b = hyper::client::conn::http2::Builder::new(crate::exec::LocalExec);
     b.timer(TokioTimer::new());
-    match tokio::time::timeout(timeout, b.handshake(TokioIo::new(tcp))).await {
+    match tokio::time::timeout(left, b.handshake(TokioIo::new(conn))).await {
         Ok(Ok((sender, conn))) => {
             tokio::task::spawn_local(async move {
                 if let Err(e) = conn.await {

@@ -493,7 +493,8 @@ impl Controller {
                     step.pool.clone(),
                     step.address,
                     h.clone(),
-                    self.shared.events.clone(),
+                    Arc::clone(&self.shared),
+                    pool.and_then(|p| p.tls.clone()),
                     Arc::clone(&t.stats),
                 );
                 (h.clone(), handle)

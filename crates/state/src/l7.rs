@@ -8,7 +8,11 @@ use std::fmt::Debug;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use fulcrum_core::config::ServiceConfig;
+use std::future::Future;
+use std::pin::Pin;
+
+use fulcrum_core::config::{BackendTls, ServiceConfig};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::snapshot::{PoolRt, ServiceRt, Shared};
@@ -39,6 +43,28 @@ pub trait L7Handler: Send + Sync + Debug {
 
     /// Appends `svc`'s metrics (read from the handler's atomics at scrape time).
     fn metrics(&self, _svc: &ServiceRt, _out: &mut L7Metrics) {}
+
+    /// TLS for the active `http` checks of a pool with `[pool.tls]` (HAProxy's
+    /// `check-ssl`): loads `cfg`'s files. Runs off the data path (the checker's task).
+    fn check_tls(&self, _cfg: &BackendTls) -> Result<Arc<dyn CheckTls>, String> {
+        Err("this binary has no TLS towards backends".into())
+    }
+}
+
+/// A stream a health check speaks over (TLS from [`CheckTls`]).
+pub trait CheckIo: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> CheckIo for T {}
+
+/// What [`CheckTls::connect`] returns.
+pub type CheckConnect = Pin<Box<dyn Future<Output = std::io::Result<Box<dyn CheckIo>>> + Send>>;
+
+/// A pool's `[pool.tls]` loaded for its health checks ([`L7Handler::check_tls`]).
+pub trait CheckTls: Send + Sync + Debug {
+    /// Whether this still matches `cfg` and the files on disk.
+    fn is_current(&self, cfg: &BackendTls) -> bool;
+    /// The TLS handshake over `tcp`, connected to backend `addr` (verified as the pool's
+    /// `sni`, else as `addr`'s IP address).
+    fn connect(&self, tcp: TcpStream, addr: SocketAddr) -> CheckConnect;
 }
 
 /// One `fulcrum_http_requests_total` sample.

@@ -566,10 +566,11 @@ impl SpeakerKind {
 }
 
 named!(
-    /// `[[pool]] backend_protocol = "http1" | "h2c"`.
+    /// `[[pool]] backend_protocol = "http1" | "h2c" | "h2"`.
     BackendProtocolValue(BackendProtocol), "backend protocol", {
         "http1" => BackendProtocol::Http1,
         "h2c" => BackendProtocol::H2c,
+        "h2" => BackendProtocol::H2,
     }
 );
 
@@ -845,14 +846,23 @@ pub enum BackendProtocol {
     /// HTTP/2 over cleartext TCP with prior knowledge (gRPC backends): one multiplexed
     /// connection per backend and worker.
     H2c,
+    /// HTTP/2 over TLS (`[pool.tls]`, ALPN `h2`; HAProxy's `alpn h2`, nginx's `grpc_pass
+    /// grpcs://`): one multiplexed connection per backend and worker.
+    H2,
 }
 
 impl BackendProtocol {
+    /// Whether backends are spoken to over HTTP/2 (`h2c` or `h2`).
+    pub const fn is_h2(self) -> bool {
+        matches!(self, Self::H2c | Self::H2)
+    }
+
     /// The config name.
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Http1 => "http1",
             Self::H2c => "h2c",
+            Self::H2 => "h2",
         }
     }
 }

@@ -18,7 +18,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinHandle;
 
+pub mod certs;
 pub mod etcd;
+pub mod peers;
 
 // ---------------------------------------------------------------------------------------
 // ports and temp files
