@@ -285,6 +285,27 @@ pub(crate) async fn serve(
         tracing::error!("{e:#}");
         return Ok(1);
     }
+    // One process per configuration file, with or without [admin] and --handover: its
+    // instance lock, taken over from the old process in an upgrade.
+    let inherited_lock = inherited.as_mut().and_then(|i| i.lock.take());
+    let instance_lock = match inherited_lock {
+        Some(fd) => Some(crate::handover::InstanceLock::inherit(fd, &path)),
+        None => match crate::handover::InstanceLock::acquire(&path) {
+            Ok(l) => Some(l),
+            Err(e) if inherited.is_some() => {
+                // An old binary that hands no lock over, yet holds one.
+                tracing::warn!("{e:#}; going on: this is an upgrade");
+                None
+            }
+            Err(e) => {
+                tracing::error!("{e:#}");
+                return Ok(1);
+            }
+        },
+    };
+    if let Some(l) = &instance_lock {
+        tracing::debug!(lock = %l.path().display(), "instance lock held");
+    }
     let (ev_tx, ev_rx) = unbounded_channel();
     let (ctl_tx, ctl_rx) = unbounded_channel();
     let mut shared = Shared::new(ev_tx, mode, Some(fulcrum_http::handler()));
@@ -293,6 +314,11 @@ pub(crate) async fn serve(
         shared = shared.with_registry(Arc::new(fulcrum_cluster::registry::EtcdRegistry::new(
             c.etcd.iter().map(|e| e.0.clone()).collect(),
         )));
+    }
+    if let Some(i) = inherited.as_mut() {
+        shared
+            .udp_handover
+            .inherit(std::mem::take(&mut i.udp_flows));
     }
     let shared = Arc::new(shared);
     let admin_cfg = cfg.admin.clone();
@@ -428,7 +454,11 @@ pub(crate) async fn serve(
     // The XDP data plane (dsr/tunnel services), kept in step with the snapshots; detached
     // when dropped at the end of this function.
     let xdp = match &xdp_cfg {
-        Some(x) => match crate::decap::XdpRuntime::start(x, &shared) {
+        Some(x) => match crate::decap::XdpRuntime::start(
+            x,
+            &shared,
+            inherited.as_mut().and_then(|i| i.xdp.take()),
+        ) {
             Ok(rt) => Some(rt),
             Err(e) => {
                 tracing::error!("{e:#}");
@@ -519,12 +549,21 @@ pub(crate) async fn serve(
                 tracing::error!("{e:#}");
             }
         }
-        match crate::handover::Server::bind(p) {
+        match crate::handover::Server::bind(p, instance_lock.as_ref()) {
             Ok((server, sock)) => {
                 let dup = admin_dup.take();
-                if let Err(e) =
-                    server.spawn(sock, ctl_tx.clone(), Arc::clone(&shared), dup, stop_tx)
-                {
+                let plane = xdp
+                    .as_ref()
+                    .zip(xdp_cfg.as_ref())
+                    .map(|(r, c)| (r.plane(), c.mode));
+                if let Err(e) = server.spawn(
+                    sock,
+                    ctl_tx.clone(),
+                    Arc::clone(&shared),
+                    dup,
+                    plane,
+                    stop_tx,
+                ) {
                     tracing::error!("{e:#}");
                 }
             }
@@ -571,6 +610,9 @@ pub(crate) async fn serve(
     };
     if let Some(pid) = handed_over {
         tracing::info!(new_pid = pid, "handed over to a new process");
+        if let Some(x) = &xdp {
+            x.handed_over();
+        }
         // No STOPPING=1: the unit goes on, served by the new main process.
     } else {
         notify.send(&["STOPPING=1", "STATUS=stopping: draining connections"]);

@@ -19,9 +19,9 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use fulcrum_core::choice;
 use fulcrum_core::model::{FlowTuple, Proto};
@@ -197,14 +197,129 @@ impl Drop for Place<'_> {
     }
 }
 
+/// One UDP flow as a binary upgrade hands it over: (service address, client, backend).
+pub type FlowRecord = (SocketAddr, SocketAddr, SocketAddr);
+
+/// The UDP flows across a binary upgrade (docs/operations.md): the old process exports
+/// its flows' backends ([`Self::export`]); the new one sends new flows of those clients to
+/// the same backends ([`Self::inherit`]) for a service's idle timeout, whatever the
+/// scheduler (`rr` would otherwise start over). Touched by the data path only when a flow
+/// opens (a read of a table written once, before the workers start) and, in the serve
+/// loops, by a watch that changes only at a handover.
+#[derive(Debug)]
+pub struct UdpHandover {
+    request: tokio::sync::watch::Sender<u64>,
+    answers: Mutex<Vec<FlowRecord>>,
+    answered: AtomicUsize,
+    loops: AtomicUsize,
+    inherited: OnceLock<(Instant, HashMap<(SocketAddr, SocketAddr), SocketAddr>)>,
+}
+
+impl Default for UdpHandover {
+    fn default() -> Self {
+        Self {
+            request: tokio::sync::watch::Sender::new(0),
+            answers: Mutex::new(Vec::new()),
+            answered: AtomicUsize::new(0),
+            loops: AtomicUsize::new(0),
+            inherited: OnceLock::new(),
+        }
+    }
+}
+
+impl UdpHandover {
+    /// Every worker's UDP flows: asks each serve loop and waits (blocking: call it off the
+    /// runtime, as the handover thread does) until all answered or `limit` passed.
+    pub fn export(&self, limit: Duration) -> Vec<FlowRecord> {
+        if let Ok(mut a) = self.answers.lock() {
+            a.clear();
+        }
+        self.answered.store(0, Ordering::SeqCst);
+        let want = self.loops.load(Ordering::SeqCst);
+        self.request.send_modify(|g| *g += 1);
+        let deadline = Instant::now() + limit;
+        while self.answered.load(Ordering::SeqCst) < want && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if self.answered.load(Ordering::SeqCst) < want {
+            tracing::warn!(
+                answered = self.answered.load(Ordering::SeqCst),
+                loops = want,
+                "handover: not every udp socket listed its flows in time; the others' flows may change backend"
+            );
+        }
+        self.answers
+            .lock()
+            .map(|mut a| std::mem::take(&mut *a))
+            .unwrap_or_default()
+    }
+
+    /// The new process, before its workers start: the old one's flows.
+    pub fn inherit(&self, flows: impl IntoIterator<Item = FlowRecord>) {
+        let map = flows
+            .into_iter()
+            .map(|(listen, client, backend)| ((listen, client), backend))
+            .collect();
+        let _ = self.inherited.set((Instant::now(), map));
+    }
+
+    /// The backend an inherited flow of `client` to `listen` had, while its idle timeout
+    /// since the handover has not passed.
+    pub fn backend_of(
+        &self,
+        listen: SocketAddr,
+        client: SocketAddr,
+        idle: Duration,
+    ) -> Option<SocketAddr> {
+        let (at, map) = self.inherited.get()?;
+        if at.elapsed() > idle {
+            return None;
+        }
+        map.get(&(listen, client)).copied()
+    }
+
+    fn answer(&self, flows: &Table, listen: SocketAddr) {
+        if let Ok(mut a) = self.answers.lock() {
+            a.extend(
+                flows
+                    .map
+                    .iter()
+                    .map(|(peer, e)| (listen, *peer, e.flow.backend.address)),
+            );
+        }
+        self.answered.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Counts a serve loop among those [`UdpHandover::export`] waits for.
+struct LoopGuard<'a>(&'a AtomicUsize);
+
+impl Drop for LoopGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Serves one UDP service socket until the task is aborted (which ends its flows too).
 pub async fn serve(shared: Arc<Shared>, sock: UdpSocket, listen: SocketAddr) {
     let sock = Rc::new(sock);
     let flows: Flows = Rc::new(RefCell::new(Table::default()));
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut reply_tasks = tokio::task::JoinSet::new();
+    let handover = &shared.udp_handover;
+    let mut export = handover.request.subscribe();
+    handover.loops.fetch_add(1, Ordering::SeqCst);
+    let _counted = LoopGuard(&handover.loops);
     loop {
-        let (n, peer) = match sock.recv_from(&mut buf).await {
+        let got = tokio::select! {
+            biased;
+            r = sock.recv_from(&mut buf) => r,
+            Ok(()) = export.changed() => {
+                handover.answer(&flows.borrow(), listen);
+                continue;
+            }
+        };
+        let (n, peer) = match got {
             Ok(x) => x,
             Err(e) => {
                 tracing::debug!(%listen, error = %e, "udp recv failed");
@@ -283,12 +398,13 @@ async fn open_flow(
         proto: Proto::Udp,
     };
     let pool = &svc.pool;
-    let idx = match pool.choose(&choice::Flow::l4(
-        flow,
-        &[],
-        fastrand::u64(..),
-        shared.now(),
-    )) {
+    let mut pick = choice::Flow::l4(flow, &[], fastrand::u64(..), shared.now());
+    // A flow the process before a binary upgrade had: its backend, if still eligible.
+    pick.sticky = shared
+        .udp_handover
+        .backend_of(listen, peer, svc.idle_timeout)
+        .and_then(|b| pool.backends.iter().position(|x| x.address == b));
+    let idx = match pool.choose(&pick) {
         Ok((i, _)) => i,
         Err(e) => {
             svc.stats.refused_no_backend.fetch_add(1, Ordering::Relaxed);
