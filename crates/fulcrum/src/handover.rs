@@ -299,16 +299,7 @@ pub fn take_over(path: &Path) -> anyhow::Result<Inherited> {
                 continue;
             }
             Some("udp_flows") => {
-                let list = v["flows"].as_array().ok_or_else(|| {
-                    anyhow!("--upgrade: a udp_flows record without a flows list: {v}")
-                })?;
-                for f in list {
-                    let addr = |i: usize| f[i].as_str().and_then(|a| a.parse::<SocketAddr>().ok());
-                    let (Some(l), Some(c), Some(b)) = (addr(0), addr(1), addr(2)) else {
-                        bail!("--upgrade: a udp flow that is not [listen, client, backend]: {f}");
-                    };
-                    udp_flows.push((l, c, b));
-                }
+                udp_flows_from_record(&v, &mut udp_flows)?;
                 continue;
             }
             _ => {}
@@ -566,6 +557,24 @@ impl Server {
             None => bail!("the new process closed the handover before it was ready"),
         }
     }
+}
+
+/// The flows of a `udp_flows` record, appended to `out`.
+fn udp_flows_from_record(
+    v: &serde_json::Value,
+    out: &mut Vec<fulcrum_proxy::udp::FlowRecord>,
+) -> anyhow::Result<()> {
+    let list = v["flows"]
+        .as_array()
+        .ok_or_else(|| anyhow!("--upgrade: a udp_flows record without a flows list: {v}"))?;
+    for f in list {
+        let addr = |i: usize| f[i].as_str().and_then(|a| a.parse::<SocketAddr>().ok());
+        let (Some(l), Some(c), Some(b)) = (addr(0), addr(1), addr(2)) else {
+            bail!("--upgrade: a udp flow that is not [listen, client, backend]: {f}");
+        };
+        out.push((l, c, b));
+    }
+    Ok(())
 }
 
 /// The running XDP data plane and its mode, for the handover.

@@ -230,12 +230,16 @@ async fn udp_flow(addr: SocketAddr, stop: Arc<AtomicBool>) -> (HashSet<String>, 
             continue;
         }
         sent += 1;
-        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(1), sock.recv(&mut buf)).await {
+        // The answer to this datagram within 1 s; a late answer to an earlier one is
+        // skipped (it was counted unanswered), so one delay does not shift every later match.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await {
             let text = String::from_utf8_lossy(&buf[..n]).into_owned();
             if let Some((name, echo)) = text.split_once('|') {
                 if echo == msg {
                     answered += 1;
                     seen.insert(name.to_owned());
+                    break;
                 }
             }
         }
@@ -399,6 +403,11 @@ async fn upgrade_under_load_loses_nothing() {
     }
     let after = ka.ok.load(Ordering::SeqCst) + nc.ok.load(Ordering::SeqCst);
 
+    eprintln!(
+        "old:\n{}\nnew:\n{}",
+        old.stderr_tail(12),
+        new.stderr_tail(12)
+    );
     eprintln!(
         "handover (spawn to old exit) {handover_took:?}\nkeep-alive: {}\nnew conns: {}\ntcp: {}\nudp flows: {:?}",
         ka.summary(),

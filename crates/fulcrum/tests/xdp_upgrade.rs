@@ -6,7 +6,7 @@
 //! their backends only through the handed-over conntrack (a moved one would reach a backend
 //! that has no such connection and be reset). Under continuous traffic, established and
 //! new, every failure is counted and must be 0. Needs root, `ip` and `ethtool`.
-#![allow(clippy::pedantic)]
+#![allow(clippy::pedantic, clippy::unwrap_used)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -62,7 +62,7 @@ fn config(with_b3: bool) -> String {
     );
     for (name, listen) in [("web", "198.19.0.10:80"), ("web6", "[2001:2:0:1::10]:80")] {
         c += &format!(
-            "\n[[service]]\nname = \"{name}\"\nlisten = \"{listen}\"\nprotocol = \"tcp\"\npool = \"{name}\"\nforwarding = \"dsr\"\n"
+            "\n[[service]]\nname = \"{name}\"\nlisten = \"{listen}\"\nprotocol = \"tcp\"\npool = \"{name}\"\nforward = \"dsr\"\n"
         );
     }
     for (pool, addrs) in [

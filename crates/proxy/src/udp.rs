@@ -212,8 +212,11 @@ pub struct UdpHandover {
     answers: Mutex<Vec<FlowRecord>>,
     answered: AtomicUsize,
     loops: AtomicUsize,
-    inherited: OnceLock<(Instant, HashMap<(SocketAddr, SocketAddr), SocketAddr>)>,
+    inherited: OnceLock<(Instant, InheritedFlows)>,
 }
+
+/// (service address, client) -> backend, as handed over.
+type InheritedFlows = HashMap<(SocketAddr, SocketAddr), SocketAddr>;
 
 impl Default for UdpHandover {
     fn default() -> Self {

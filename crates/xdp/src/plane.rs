@@ -239,6 +239,31 @@ impl std::fmt::Debug for XdpPlane {
     }
 }
 
+/// Descriptors of the state maps ([`STATE_MAPS`]) of a loaded object.
+fn state_fds(ebpf: &Ebpf) -> Result<Vec<(&'static str, std::os::fd::OwnedFd)>, XdpError> {
+    use aya::maps::Map;
+    let mut out = Vec::new();
+    for name in STATE_MAPS {
+        let Some(
+            Map::Array(data)
+            | Map::HashMap(data)
+            | Map::LruHashMap(data)
+            | Map::PerCpuArray(data)
+            | Map::PerCpuHashMap(data),
+        ) = ebpf.map(name)
+        else {
+            return Err(XdpError::Config(format!(
+                "the BPF object has no map `{name}` of the expected kind"
+            )));
+        };
+        let fd = std::os::fd::AsFd::as_fd(data.fd())
+            .try_clone_to_owned()
+            .map_err(|e| XdpError::Config(format!("cannot duplicate map `{name}`: {e}")))?;
+        out.push((name, fd));
+    }
+    Ok(out)
+}
+
 fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T, XdpError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
@@ -360,28 +385,7 @@ impl XdpPlane {
             .set_global("fx_nat_port_lo", &port_lo, true)
             .set_global("fx_nat_port_count", &port_count, true)
             .load(object)?;
-        let mut state_fds = Vec::new();
-        for name in STATE_MAPS {
-            use aya::maps::Map;
-            let data = match ebpf.map(name) {
-                Some(
-                    Map::Array(d)
-                    | Map::HashMap(d)
-                    | Map::LruHashMap(d)
-                    | Map::PerCpuArray(d)
-                    | Map::PerCpuHashMap(d),
-                ) => d,
-                _ => {
-                    return Err(XdpError::Config(format!(
-                        "the BPF object has no map `{name}` of the expected kind"
-                    )))
-                }
-            };
-            let fd = std::os::fd::AsFd::as_fd(data.fd())
-                .try_clone_to_owned()
-                .map_err(|e| XdpError::Config(format!("cannot duplicate map `{name}`: {e}")))?;
-            state_fds.push((name, fd));
-        }
+        let state_fds = state_fds(&ebpf)?;
         for name in ["xdp_lb", "xdp_pass"] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
