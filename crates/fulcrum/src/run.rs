@@ -290,6 +290,8 @@ pub(crate) async fn serve(
     let inherited_lock = inherited.as_mut().and_then(|i| i.lock.take());
     let instance_lock = match inherited_lock {
         Some(fd) => Some(crate::handover::InstanceLock::inherit(fd, &path)),
+        // `fulcrum demo` serves a configuration held in memory: no file, no lock.
+        None if !path.is_file() => None,
         None => match crate::handover::InstanceLock::acquire(&path) {
             Ok(l) => Some(l),
             Err(e) if inherited.is_some() => {
