@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const OBJECTS: [&str; 2] = ["xdp_lb.o", "decap.o"];
+const OBJECTS: [&str; 3] = ["xdp_lb.o", "xdp_lb_state.o", "decap.o"];
 
 fn main() {
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
@@ -27,6 +27,7 @@ fn main() {
         "include/icmp.h",
         "include/icmp_err.h",
         "obj/xdp_lb.o",
+        "obj/xdp_lb_state.o",
         "obj/decap.o",
     ] {
         println!("cargo:rerun-if-changed=bpf/{f}");

@@ -108,7 +108,12 @@ pub struct XdpRuntime {
 
 impl XdpRuntime {
     /// Must run inside the tokio runtime that drives the controller.
-    pub fn start(cfg: &XdpConfig, shared: &Arc<Shared>) -> anyhow::Result<Self> {
+    /// `inherited`: a binary upgrade's handed-over flow state and link.
+    pub fn start(
+        cfg: &XdpConfig,
+        shared: &Arc<Shared>,
+        inherited: Option<fulcrum_xdp::Handover>,
+    ) -> anyhow::Result<Self> {
         let services = crate::xdp_sync::services_from_snapshot(&shared.snapshot.load());
         // without forwarding on the interface bpf_fib_lookup answers nothing: refuse to start
         fulcrum_xdp::host::check_forwarding(&cfg.interface, &services)?;
@@ -133,7 +138,11 @@ impl XdpRuntime {
             nat_sync: sync.as_ref().map(|(_, s, _)| *s),
             ..LoadOptions::default()
         };
-        let mut plane = XdpPlane::load(opts).context("cannot load the XDP program")?;
+        let mut plane = match inherited {
+            Some(h) => XdpPlane::load_inherited(opts, h)
+                .context("cannot load the XDP program against the running process's maps")?,
+            None => XdpPlane::load(opts).context("cannot load the XDP program")?,
+        };
         for s in &services {
             if matches!(s.mode, fulcrum_xdp::Mode::Nat { .. }) {
                 continue; // nat rewrites the port
@@ -202,6 +211,22 @@ impl XdpRuntime {
             task,
             nat_sync,
         })
+    }
+
+    /// For the handover: the plane (its maps, link and ids are handed over).
+    pub fn plane(&self) -> Arc<Mutex<XdpPlane>> {
+        Arc::clone(&self.plane)
+    }
+
+    /// After a binary upgrade: the new process owns the maps and the link; this one stops
+    /// writing to them (table sync, nat sweeps, nat sync) and leaves them as they are when
+    /// it exits.
+    pub fn handed_over(&self) {
+        self.task.abort();
+        if let Some((t, _)) = &self.nat_sync {
+            t.abort();
+        }
+        tracing::info!("XDP data plane handed over: this process no longer updates its maps");
     }
 
     /// The `fulcrum_xdp_nat_sync_total` collector (`[xdp.sync]` only).

@@ -6,8 +6,11 @@
 //! The protocol, on a `SOCK_SEQPACKET` unix socket (one record per message):
 //! - new -> old: `TAKEOVER 1` (or `PROBE`, answered with `FULCRUM pid=N` and closed);
 //! - old -> new: one record per listening address, `{"proto":"tcp"|"udp"|"admin",
-//!   "listen":"ADDR"}`, with that address's descriptors attached (`SCM_RIGHTS`), then
-//!   `{"done":true,"pid":N}`;
+//!   "listen":"ADDR"}`, with that address's descriptors attached (`SCM_RIGHTS`);
+//!   `{"proto":"lock"}` with the instance lock's descriptor ([`InstanceLock`]);
+//!   `{"proto":"udp_flows","flows":[["LISTEN","CLIENT","BACKEND"],...]}` records, the UDP
+//!   flows' backends; `{"proto":"xdp",...}` with the XDP state maps' and link's descriptors
+//!   ([`fulcrum_xdp::Handover`]); then `{"done":true,"pid":N}`;
 //! - new -> old: `READY` once it serves (every listener, first health round);
 //! - old -> new: `BYE` after it closed and removed the handover socket; it then stops
 //!   accepting, drains and exits (the SIGTERM path), and the new one binds the handover
@@ -46,7 +49,10 @@ pub const TIMEOUT: Duration = Duration::from_secs(5);
 pub const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// Descriptors per record (the kernel's limit, `SCM_MAX_FD`, is 253).
 const FDS_PER_RECORD: usize = 200;
-const RECORD_MAX: usize = 4096;
+const RECORD_MAX: usize = 64 * 1024;
+/// UDP flows per `udp_flows` record: at most 3 * 49 + 8 bytes each (IPv6 with ports), so a
+/// record fits in [`RECORD_MAX`].
+const UDP_FLOWS_PER_RECORD: usize = 24;
 
 /// What a new process received from the old one.
 pub struct Inherited {
@@ -56,6 +62,12 @@ pub struct Inherited {
     pub admin: Option<(SocketAddr, std::net::TcpListener)>,
     /// The old process's id.
     pub pid: u32,
+    /// The instance lock's descriptor, locked by the old process (an old binary sends none).
+    pub lock: Option<OwnedFd>,
+    /// The old process's UDP flows: (service address, client, backend).
+    pub udp_flows: Vec<fulcrum_state::udp_handover::FlowRecord>,
+    /// The XDP data plane's state maps, link and ids.
+    pub xdp: Option<fulcrum_xdp::Handover>,
     conn: Socket,
 }
 
@@ -249,6 +261,9 @@ pub fn take_over(path: &Path) -> anyhow::Result<Inherited> {
     send_record(&conn, b"TAKEOVER 1", &[]).map_err(no_answer)?;
     let mut sockets: HashMap<ListenKey, Vec<BoundSocket>> = HashMap::new();
     let mut admin = None;
+    let mut lock = None;
+    let mut udp_flows = Vec::new();
+    let mut xdp = None;
     loop {
         let Some((data, fds)) = recv_record(&conn).map_err(no_answer)? else {
             bail!(
@@ -268,8 +283,26 @@ pub fn take_over(path: &Path) -> anyhow::Result<Inherited> {
                 sockets,
                 admin,
                 pid,
+                lock,
+                udp_flows,
+                xdp,
                 conn,
             });
+        }
+        match v["proto"].as_str() {
+            Some("lock") => {
+                lock = fds.into_iter().next();
+                continue;
+            }
+            Some("xdp") => {
+                xdp = Some(xdp_from_record(&v, fds)?);
+                continue;
+            }
+            Some("udp_flows") => {
+                udp_flows_from_record(&v, &mut udp_flows)?;
+                continue;
+            }
+            _ => {}
         }
         let listen: SocketAddr = v["listen"]
             .as_str()
@@ -326,12 +359,14 @@ impl Inherited {
 /// to a process that asks. `stop` is sent once a new process is ready.
 pub struct Server {
     path: PathBuf,
+    /// A descriptor of the instance lock, handed over with the sockets.
+    lock: Option<OwnedFd>,
 }
 
 impl Server {
     /// Binds the handover socket. The caller made sure nobody listens there
     /// ([`refuse_if_running`], or the old process's `BYE`).
-    pub fn bind(path: &Path) -> anyhow::Result<(Self, Socket)> {
+    pub fn bind(path: &Path, lock: Option<&InstanceLock>) -> anyhow::Result<(Self, Socket)> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             if !dir.exists() {
                 std::fs::create_dir_all(dir).with_context(|| {
@@ -357,9 +392,17 @@ impl Server {
                 )
             })?;
         s.listen(4)?;
+        let lock = lock.and_then(|l| match l.file.try_clone() {
+            Ok(f) => Some(OwnedFd::from(f)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot keep the instance lock for a handover");
+                None
+            }
+        });
         Ok((
             Self {
                 path: path.to_owned(),
+                lock,
             },
             s,
         ))
@@ -372,6 +415,7 @@ impl Server {
         control: UnboundedSender<Control>,
         shared: Arc<Shared>,
         admin: Option<(SocketAddr, std::net::TcpListener)>,
+        xdp: Option<XdpShare>,
         stop: UnboundedSender<u32>,
     ) -> anyhow::Result<()> {
         std::thread::Builder::new()
@@ -385,7 +429,14 @@ impl Server {
                         continue;
                     }
                 };
-                match Self::serve_one(&conn, &control, &shared, admin.as_ref()) {
+                match Self::serve_one(
+                    &conn,
+                    &control,
+                    &shared,
+                    admin.as_ref(),
+                    self.lock.as_ref(),
+                    xdp.as_ref(),
+                ) {
                     Ok(Some(pid)) => {
                         drop(listener);
                         let _ = std::fs::remove_file(&self.path);
@@ -407,6 +458,8 @@ impl Server {
         control: &UnboundedSender<Control>,
         shared: &Shared,
         admin: Option<&(SocketAddr, std::net::TcpListener)>,
+        lock: Option<&OwnedFd>,
+        xdp: Option<&XdpShare>,
     ) -> anyhow::Result<Option<u32>> {
         conn.set_read_timeout(Some(TIMEOUT))?;
         conn.set_write_timeout(Some(TIMEOUT))?;
@@ -458,12 +511,36 @@ impl Server {
             let head = json!({ "proto": "admin", "listen": listen.to_string() }).to_string();
             send_record(conn, head.as_bytes(), &[l.as_raw_fd()])?;
         }
+        if let Some(l) = lock {
+            send_record(conn, br#"{"proto":"lock"}"#, &[l.as_raw_fd()])?;
+        }
+        if let Some((plane, mode)) = xdp {
+            let h = plane
+                .lock()
+                .map_err(|_| anyhow!("the XDP plane's lock is poisoned"))?
+                .handover(*mode)?;
+            let (rec, fds) = xdp_record(h);
+            let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+            send_record(conn, rec.as_bytes(), &raw)
+                .context("sending the XDP maps and link (a record of at most 64 KiB)")?;
+        }
+        // The UDP flows last: those opened meanwhile are in.
+        let flows = shared.udp_handover.export(Duration::from_secs(1));
+        for chunk in flows.chunks(UDP_FLOWS_PER_RECORD) {
+            let list: Vec<_> = chunk
+                .iter()
+                .map(|(l, c, b)| json!([l.to_string(), c.to_string(), b.to_string()]))
+                .collect();
+            let rec = json!({ "proto": "udp_flows", "flows": list }).to_string();
+            send_record(conn, rec.as_bytes(), &[])?;
+        }
         let done = json!({ "done": true, "pid": std::process::id() }).to_string();
         send_record(conn, done.as_bytes(), &[])?;
         // The duplicates sent are closed here; the new process holds its own.
         drop(socks);
         tracing::info!(
             sockets = sent,
+            udp_flows = flows.len(),
             "handover: sockets sent; waiting for the new process to be ready"
         );
         conn.set_read_timeout(Some(READY_TIMEOUT))?;
@@ -480,6 +557,111 @@ impl Server {
             None => bail!("the new process closed the handover before it was ready"),
         }
     }
+}
+
+/// The flows of a `udp_flows` record, appended to `out`.
+fn udp_flows_from_record(
+    v: &serde_json::Value,
+    out: &mut Vec<fulcrum_state::udp_handover::FlowRecord>,
+) -> anyhow::Result<()> {
+    let list = v["flows"]
+        .as_array()
+        .ok_or_else(|| anyhow!("--upgrade: a udp_flows record without a flows list: {v}"))?;
+    for f in list {
+        let addr = |i: usize| f[i].as_str().and_then(|a| a.parse::<SocketAddr>().ok());
+        let (Some(l), Some(c), Some(b)) = (addr(0), addr(1), addr(2)) else {
+            bail!("--upgrade: a udp flow that is not [listen, client, backend]: {f}");
+        };
+        out.push((l, c, b));
+    }
+    Ok(())
+}
+
+/// The running XDP data plane and its mode, for the handover.
+pub type XdpShare = (
+    Arc<std::sync::Mutex<fulcrum_xdp::XdpPlane>>,
+    fulcrum_core::config::XdpMode,
+);
+
+/// The `xdp` record: the ids and names as JSON, the descriptors (maps, then the link).
+fn xdp_record(h: fulcrum_xdp::Handover) -> (String, Vec<OwnedFd>) {
+    let names: Vec<&str> = h.maps.iter().map(|(n, _)| n.as_str()).collect();
+    let rec = json!({
+        "proto": "xdp",
+        "version": h.version,
+        "interface": h.interface,
+        "mode": h.mode,
+        "maps": names,
+        "link": h.link.is_some(),
+        "svc_ids": h.svc_ids,
+        "backend_ids": h.backend_ids.iter().map(|(p, a, i)| json!([p, a.to_string(), i])).collect::<Vec<_>>(),
+    })
+    .to_string();
+    let mut fds: Vec<OwnedFd> = h.maps.into_iter().map(|(_, f)| f).collect();
+    fds.extend(h.link);
+    (rec, fds)
+}
+
+fn xdp_from_record(
+    v: &serde_json::Value,
+    fds: Vec<OwnedFd>,
+) -> anyhow::Result<fulcrum_xdp::Handover> {
+    let bad = || anyhow!("--upgrade: a malformed xdp handover record: {v}");
+    let names: Vec<String> = v["maps"]
+        .as_array()
+        .ok_or_else(bad)?
+        .iter()
+        .map(|n| n.as_str().map(str::to_owned).ok_or_else(bad))
+        .collect::<anyhow::Result<_>>()?;
+    let with_link = v["link"].as_bool() == Some(true);
+    if fds.len() != names.len() + usize::from(with_link) {
+        bail!(
+            "--upgrade: the xdp handover record names {} maps{} but carries {} descriptors",
+            names.len(),
+            if with_link { " and a link" } else { "" },
+            fds.len()
+        );
+    }
+    let mut fds = fds.into_iter();
+    let maps = names.into_iter().zip(fds.by_ref()).collect();
+    let link = if with_link { fds.next() } else { None };
+    let svc_ids = v["svc_ids"]
+        .as_array()
+        .ok_or_else(bad)?
+        .iter()
+        .map(|p| {
+            Some((
+                p[0].as_str()?.to_owned(),
+                u32::try_from(p[1].as_u64()?).ok()?,
+            ))
+        })
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(bad)?;
+    let backend_ids = v["backend_ids"]
+        .as_array()
+        .ok_or_else(bad)?
+        .iter()
+        .map(|p| {
+            Some((
+                p[0].as_str()?.to_owned(),
+                p[1].as_str()?.parse().ok()?,
+                u32::try_from(p[2].as_u64()?).ok()?,
+            ))
+        })
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(bad)?;
+    Ok(fulcrum_xdp::Handover {
+        version: v["version"]
+            .as_u64()
+            .and_then(|x| u32::try_from(x).ok())
+            .ok_or_else(bad)?,
+        interface: v["interface"].as_str().ok_or_else(bad)?.to_owned(),
+        mode: v["mode"].as_str().ok_or_else(bad)?.to_owned(),
+        maps,
+        link,
+        svc_ids,
+        backend_ids,
+    })
 }
 
 /// The peer's process id (`SO_PEERCRED`).
@@ -542,4 +724,104 @@ pub fn refuse_taken(
         }
     }
     Ok(())
+}
+
+/// The instance lock: a file per configuration path, locked (`flock`) for as long as a
+/// process serves that configuration. A plain start that cannot take it refuses before it
+/// binds anything, with or without `[admin]` and `--handover`; an `--upgrade` receives the
+/// running process's descriptor of it over the handover socket (`{"proto":"lock"}`), so the
+/// lock passes to the new process without a moment unlocked.
+///
+/// The file is `fulcrum-HASH.lock`, `HASH` the FNV-1a of the configuration's canonical
+/// path, in `/run/fulcrum` when that is writable (the unit's `RuntimeDirectory`), else
+/// `$XDG_RUNTIME_DIR`, else the temporary directory; it holds the owner's pid and the path.
+pub struct InstanceLock {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl InstanceLock {
+    /// Where the lock of the configuration at `config` lives.
+    pub fn path_for(config: &Path) -> PathBuf {
+        let canonical = std::fs::canonicalize(config).unwrap_or_else(|_| config.to_owned());
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in canonical.as_os_str().as_encoded_bytes() {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        let name = format!("fulcrum-{h:016x}.lock");
+        let run = Path::new("/run/fulcrum");
+        let writable = |d: &Path| {
+            // SAFETY: access(2) reads the NUL-terminated path we pass and nothing else.
+            std::ffi::CString::new(d.as_os_str().as_encoded_bytes())
+                .is_ok_and(|c| unsafe { libc::access(c.as_ptr(), libc::W_OK) } == 0)
+        };
+        let dir = if writable(run) {
+            run.to_owned()
+        } else if let Some(x) = std::env::var_os("XDG_RUNTIME_DIR").filter(|x| !x.is_empty()) {
+            PathBuf::from(x)
+        } else {
+            std::env::temp_dir()
+        };
+        dir.join(name)
+    }
+
+    /// A plain start: takes the lock of `config`, or says who holds it.
+    pub fn acquire(config: &Path) -> anyhow::Result<Self> {
+        let path = Self::path_for(config);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("cannot open the instance lock {}", path.display()))?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::WouldBlock {
+                bail!("cannot lock the instance lock {}: {e}", path.display());
+            }
+            let owner = std::fs::read_to_string(&path).unwrap_or_default();
+            let pid = owner
+                .lines()
+                .find_map(|l| l.strip_prefix("pid="))
+                .map_or_else(|| "a process".to_owned(), |p| format!("fulcrum (pid={p})"));
+            bail!(
+                "{pid} already runs with configuration {} (it holds the instance lock {}); nothing was bound. \
+                 To replace it with this binary, start it with --handover PATH and this one with --upgrade; \
+                 to run a second instance, copy the configuration to another file",
+                config.display(),
+                path.display()
+            );
+        }
+        let lock = Self { file, path };
+        lock.write_owner(config);
+        Ok(lock)
+    }
+
+    /// An `--upgrade`: the lock received from the old process (already locked).
+    pub fn inherit(fd: OwnedFd, config: &Path) -> Self {
+        let lock = Self {
+            file: std::fs::File::from(fd),
+            path: Self::path_for(config),
+        };
+        lock.write_owner(config);
+        lock
+    }
+
+    fn write_owner(&self, config: &Path) {
+        use std::io::{Seek as _, Write as _};
+        let mut f = &self.file;
+        let text = format!("pid={}\nconfig={}\n", std::process::id(), config.display());
+        let _ = f
+            .set_len(0)
+            .and_then(|()| f.seek(io::SeekFrom::Start(0)))
+            .and_then(|_| f.write_all(text.as_bytes()));
+    }
+
+    /// The lock file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
 }

@@ -247,9 +247,18 @@ pub(crate) async fn serve(
     if refuse_taken(cfg.admin.as_ref(), &activated, inherited.as_ref()) {
         return Ok(1);
     }
+    let Ok(instance_lock) = instance_lock(&path, inherited.as_mut()) else {
+        return Ok(1);
+    };
     let (ev_tx, ev_rx) = unbounded_channel();
     let (ctl_tx, ctl_rx) = unbounded_channel();
-    let shared = Arc::new(shared_state(&cfg, ev_tx, mode));
+    let shared = shared_state(&cfg, ev_tx, mode);
+    if let Some(i) = inherited.as_mut() {
+        shared
+            .udp_handover
+            .inherit(std::mem::take(&mut i.udp_flows));
+    }
+    let shared = Arc::new(shared);
     let admin_cfg = cfg.admin.clone();
     let xdp_cfg = cfg.xdp.clone();
     let announce_cfg = cfg.announce.clone();
@@ -304,8 +313,12 @@ pub(crate) async fn serve(
         &shared,
         &ctl_tx,
     );
-    let Ok((xdp, _liveness)) = start_packet_side(xdp_cfg.as_ref(), announce_cfg.as_ref(), &shared)
-    else {
+    let Ok((xdp, _liveness)) = start_packet_side(
+        xdp_cfg.as_ref(),
+        announce_cfg.as_ref(),
+        &shared,
+        inherited.as_mut().and_then(|i| i.xdp.take()),
+    ) else {
         return Ok(1);
     };
     // VIP announcement through the BGP speaker (`[announce]`), off the data path.
@@ -327,12 +340,17 @@ pub(crate) async fn serve(
     notify_ready(&notify, &shared, inherited.is_some());
     let (stop_tx, mut stop_rx) = unbounded_channel::<u32>();
     if let Some(p) = &life.handover {
+        let plane = xdp
+            .as_ref()
+            .zip(xdp_cfg.as_ref())
+            .map(|(r, c)| (r.plane(), c.mode));
         serve_handover(
             p,
-            inherited.take(),
+            (inherited.take(), instance_lock.as_ref()),
             admin_dup.take(),
             &ctl_tx,
             &shared,
+            plane,
             stop_tx,
         );
     }
@@ -350,6 +368,9 @@ pub(crate) async fn serve(
         .await;
     if let Some(pid) = handed_over {
         tracing::info!(new_pid = pid, "handed over to a new process");
+        if let Some(x) = &xdp {
+            x.handed_over();
+        }
         // No STOPPING=1: the unit goes on, served by the new main process.
     } else {
         notify.send(&["STOPPING=1", "STATUS=stopping: draining connections"]);
@@ -712,10 +733,14 @@ fn join_fleet(
 /// has).
 fn serve_handover(
     p: &std::path::Path,
-    inherited: Option<crate::handover::Inherited>,
+    (inherited, lock): (
+        Option<crate::handover::Inherited>,
+        Option<&crate::handover::InstanceLock>,
+    ),
     admin_dup: Option<(std::net::SocketAddr, std::net::TcpListener)>,
     ctl_tx: &fulcrum_state::controller::ControlSender,
     shared: &Arc<Shared>,
+    plane: Option<crate::handover::XdpShare>,
     stop_tx: tokio::sync::mpsc::UnboundedSender<u32>,
 ) {
     if let Some(i) = inherited {
@@ -723,10 +748,17 @@ fn serve_handover(
             tracing::error!("{e:#}");
         }
     }
-    match crate::handover::Server::bind(p) {
+    match crate::handover::Server::bind(p, lock) {
         Ok((server, sock)) => {
             let dup = admin_dup;
-            if let Err(e) = server.spawn(sock, ctl_tx.clone(), Arc::clone(shared), dup, stop_tx) {
+            if let Err(e) = server.spawn(
+                sock,
+                ctl_tx.clone(),
+                Arc::clone(shared),
+                dup,
+                plane,
+                stop_tx,
+            ) {
                 tracing::error!("{e:#}");
             }
         }
@@ -742,6 +774,7 @@ fn start_packet_side(
     xdp_cfg: Option<&fulcrum_core::config::XdpConfig>,
     announce_cfg: Option<&fulcrum_core::config::AnnounceConfig>,
     shared: &Arc<Shared>,
+    inherited: Option<fulcrum_xdp::Handover>,
 ) -> Result<
     (
         Option<crate::decap::XdpRuntime>,
@@ -750,7 +783,7 @@ fn start_packet_side(
     (),
 > {
     let xdp = match xdp_cfg {
-        Some(x) => match crate::decap::XdpRuntime::start(x, shared) {
+        Some(x) => match crate::decap::XdpRuntime::start(x, shared, inherited) {
             Ok(rt) => Some(rt),
             Err(e) => {
                 tracing::error!("{e:#}");
@@ -805,6 +838,37 @@ fn refuse_taken(
         return true;
     }
     false
+}
+
+/// One process per configuration file, with or without [admin] and --handover: its
+/// instance lock, taken over from the old process in an upgrade. `Err` (logged): another
+/// process holds it.
+fn instance_lock(
+    path: &std::path::Path,
+    inherited: Option<&mut crate::handover::Inherited>,
+) -> Result<Option<crate::handover::InstanceLock>, ()> {
+    let upgrade = inherited.is_some();
+    let lock = match inherited.and_then(|i| i.lock.take()) {
+        Some(fd) => Some(crate::handover::InstanceLock::inherit(fd, path)),
+        // `fulcrum demo` serves a configuration held in memory: no file, no lock.
+        None if !path.is_file() => None,
+        None => match crate::handover::InstanceLock::acquire(path) {
+            Ok(l) => Some(l),
+            Err(e) if upgrade => {
+                // An old binary that hands no lock over, yet holds one.
+                tracing::warn!("{e:#}; going on: this is an upgrade");
+                None
+            }
+            Err(e) => {
+                tracing::error!("{e:#}");
+                return Err(());
+            }
+        },
+    };
+    if let Some(l) = &lock {
+        tracing::debug!(lock = %l.path().display(), "instance lock held");
+    }
+    Ok(lock)
 }
 
 /// The running state the controller, the data paths and the admin API share.

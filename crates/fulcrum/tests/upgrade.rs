@@ -230,12 +230,16 @@ async fn udp_flow(addr: SocketAddr, stop: Arc<AtomicBool>) -> (HashSet<String>, 
             continue;
         }
         sent += 1;
-        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(1), sock.recv(&mut buf)).await {
+        // The answer to this datagram within 1 s; a late answer to an earlier one is
+        // skipped (it was counted unanswered), so one delay does not shift every later match.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await {
             let text = String::from_utf8_lossy(&buf[..n]).into_owned();
             if let Some((name, echo)) = text.split_once('|') {
                 if echo == msg {
                     answered += 1;
                     seen.insert(name.to_owned());
+                    break;
                 }
             }
         }
@@ -276,11 +280,12 @@ async fn lab() -> Lab {
             "",
             &weighted(&tcp_b.iter().map(|b| b.addr).collect::<Vec<_>>())
         ),
-        // A hashing scheduler: the new process picks the same backend for a flow.
+        // Round robin: the new process would start over and pick otherwise; the flows keep
+        // their backends because the old process hands its UDP flow table over.
         pool_toml(
             "dns",
-            "maglev",
-            "hash_key = \"src_ip_port\"\n",
+            "rr",
+            "",
             &weighted(&udp_b.iter().map(|b| b.addr).collect::<Vec<_>>())
         ),
         service_toml("web", http, "http", "web", ""),
@@ -399,6 +404,11 @@ async fn upgrade_under_load_loses_nothing() {
     let after = ka.ok.load(Ordering::SeqCst) + nc.ok.load(Ordering::SeqCst);
 
     eprintln!(
+        "old:\n{}\nnew:\n{}",
+        old.stderr_tail(12),
+        new.stderr_tail(12)
+    );
+    eprintln!(
         "handover (spawn to old exit) {handover_took:?}\nkeep-alive: {}\nnew conns: {}\ntcp: {}\nudp flows: {:?}",
         ka.summary(),
         nc.summary(),
@@ -441,7 +451,12 @@ async fn upgrade_under_load_loses_nothing() {
     }
     assert!(
         backends_used.len() > 1,
-        "the flows all hashed to one backend: {flows:?}"
+        "the flows all went to one backend: {flows:?}"
+    );
+    assert!(
+        new.stderr().contains("udp_flows=8") || old.stderr().contains("udp_flows=8"),
+        "the old process did not hand its 8 UDP flows over:\n{}",
+        old.stderr_tail(20)
     );
     // The new process serves the admin API and the handover socket for the next upgrade.
     assert_eq!(
@@ -819,4 +834,96 @@ async fn new_process_that_fails_after_the_handover_leaves_the_old_serving() {
     );
     next.wait_ready(Duration::from_secs(5)).await;
     drop(blocker);
+}
+
+/// A second `fulcrum run` on the same configuration file without `[admin]` and without
+/// `--handover` (nothing else tells it): refused by the instance lock before it binds
+/// anything, and the running one loses no connection meanwhile; once the first is gone the
+/// lock is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_start_without_admin_or_handover_is_refused_by_the_lock() {
+    let b = common::TcpBackend::start(common::Behaviour::Echo).await;
+    let tcp = free_addr();
+    let config = format!(
+        "{}{}",
+        pool_toml("echo", "rr", "", &weighted(&[b.addr])),
+        service_toml("echo", tcp, "tcp", "echo", ""),
+    );
+    // No [admin]: readiness is the service answering.
+    let unused_admin = free_addr();
+    let mut first = Fulcrum::spawn("lock-first", unused_admin, &config, &[]);
+    assert!(
+        common::eventually(Duration::from_secs(10), || async {
+            common::echo_once(tcp, b"up").await.is_ok()
+        })
+        .await,
+        "{}",
+        first.stderr_tail(20)
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let c = Arc::new(Counts::default());
+    let load = {
+        let (stop, c) = (Arc::clone(&stop), Arc::clone(&c));
+        tokio::spawn(async move {
+            for _ in 0..MAX_REQUESTS {
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                match common::echo_once(tcp, b"ping").await {
+                    Ok(()) => {
+                        c.ok.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(e) => c.fail("tcp echo", &e),
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    for _ in 0..3 {
+        let out = tokio::task::spawn_blocking({
+            let path = first.config.clone();
+            move || {
+                std::process::Command::new(env!("CARGO_BIN_EXE_fulcrum"))
+                    .args(["run", "--workers", "2", "-c"])
+                    .arg(path)
+                    .output()
+                    .unwrap()
+            }
+        })
+        .await
+        .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains(&format!(
+                "fulcrum (pid={}) already runs with configuration",
+                first.pid
+            )) && err.contains("nothing was bound"),
+            "{err}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::SeqCst);
+    load.await.unwrap();
+    assert_eq!(c.failed.load(Ordering::SeqCst), 0, "{}", c.summary());
+    assert_eq!(c.refused.load(Ordering::SeqCst), 0, "{}", c.summary());
+    assert!(c.ok.load(Ordering::SeqCst) > 20, "{}", c.summary());
+    // The lock goes with its process: a start after it works.
+    first.signal("TERM");
+    let st = first.wait_exit(Duration::from_secs(15)).await;
+    assert!(st.is_some_and(|s| s.success()), "{}", first.stderr_tail(10));
+    let mut again = std::process::Command::new(env!("CARGO_BIN_EXE_fulcrum"))
+        .args(["run", "-c"])
+        .arg(&first.config)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _guard = KillOnDrop(again.id());
+    assert!(
+        common::eventually(Duration::from_secs(10), || async {
+            common::echo_once(tcp, b"again").await.is_ok()
+        })
+        .await
+    );
+    assert!(again.try_wait().unwrap().is_none());
 }

@@ -203,8 +203,25 @@ pub async fn serve(shared: Arc<Shared>, sock: UdpSocket, listen: SocketAddr) {
     let flows: Flows = Rc::new(RefCell::new(Table::default()));
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut reply_tasks = tokio::task::JoinSet::new();
+    let handover = &shared.udp_handover;
+    let mut export = handover.subscribe();
+    let _counted = handover.count_loop();
     loop {
-        let (n, peer) = match sock.recv_from(&mut buf).await {
+        let got = tokio::select! {
+            biased;
+            r = sock.recv_from(&mut buf) => r,
+            Ok(()) = export.changed() => {
+                handover.answer(
+                    flows
+                        .borrow()
+                        .map
+                        .iter()
+                        .map(|(peer, e)| (listen, *peer, e.flow.backend.address)),
+                );
+                continue;
+            }
+        };
+        let (n, peer) = match got {
             Ok(x) => x,
             Err(e) => {
                 tracing::debug!(%listen, error = %e, "udp recv failed");
@@ -283,12 +300,13 @@ async fn open_flow(
         proto: Proto::Udp,
     };
     let pool = &svc.pool;
-    let idx = match pool.choose(&choice::Flow::l4(
-        flow,
-        &[],
-        fastrand::u64(..),
-        shared.now(),
-    )) {
+    let mut pick = choice::Flow::l4(flow, &[], fastrand::u64(..), shared.now());
+    // A flow the process before a binary upgrade had: its backend, if still eligible.
+    pick.sticky = shared
+        .udp_handover
+        .backend_of(listen, peer, svc.idle_timeout)
+        .and_then(|b| pool.backends.iter().position(|x| x.address == b));
+    let idx = match pool.choose(&pick) {
         Ok((i, _)) => i,
         Err(e) => {
             svc.stats.refused_no_backend.fetch_add(1, Ordering::Relaxed);

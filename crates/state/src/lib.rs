@@ -31,4 +31,5 @@ pub mod plan;
 pub mod ratelog;
 pub mod snapshot;
 pub mod stats;
+pub mod udp_handover;
 pub mod worker;

@@ -311,6 +311,8 @@ pub struct Shared {
     /// The fleet's health as this instance sees it (`[cluster]`); `None` without
     /// `[cluster]`. Written whole by the cluster task, read by the admin API.
     pub fleet_health: arc_swap::ArcSwapOption<fulcrum_core::fleet_health::FleetHealthStatus>,
+    /// UDP flows across a binary upgrade (exported by the old process, kept by the new).
+    pub udp_handover: crate::udp_handover::UdpHandover,
     epoch: Instant,
     ready: AtomicBool,
     draining: AtomicBool,
@@ -334,6 +336,7 @@ impl Shared {
             registry: None,
             local_health: tokio::sync::watch::Sender::new(Arc::default()),
             fleet_health: arc_swap::ArcSwapOption::empty(),
+            udp_handover: crate::udp_handover::UdpHandover::default(),
             epoch: Instant::now(),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),

@@ -15,3 +15,7 @@ for prog in xdp_lb decap; do
 		-I include -I "$arch_inc" -c "$prog.c" -o "$out/$prog.o"
 	$STRIP -g "$out/$prog.o"
 done
+# the same load balancer with its flow-state maps pinned by name (binary upgrade)
+$CLANG -O2 -g -target bpf -fdebug-compilation-dir=. -Wall -Werror -DFX_PIN_STATE \
+	-I include -I "$arch_inc" -c xdp_lb.c -o "$out/xdp_lb_state.o"
+$STRIP -g "$out/xdp_lb_state.o"

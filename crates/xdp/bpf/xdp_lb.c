@@ -56,6 +56,16 @@ const volatile __u16 fx_nat_port_count = FX_NAT_PORT_MAX - FX_NAT_PORT_MIN + 1;
  * the same frame every time (costs one bpf_xdp_adjust_head). */
 const volatile __u8 fx_bench_undo_encap = 0;
 
+/* The flow state kept across a binary upgrade (docs/operations.md, "XDP"): built a second
+ * time with FX_PIN_STATE (obj/xdp_lb_state.o), where these maps are pinned by name, so that
+ * the new process's loader reuses the running one's maps (handed over, pinned in a private
+ * bpffs for the load) instead of creating empty ones. */
+#ifdef FX_PIN_STATE
+#define FX_STATE_MAP __uint(pinning, LIBBPF_PIN_BY_NAME);
+#else
+#define FX_STATE_MAP
+#endif
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	/* a service and its fragment entry (port 0), twice while a key changes */
@@ -84,6 +94,7 @@ struct {
 	__uint(max_entries, FX_CT_ENTRIES);
 	__type(key, struct ct_key);
 	__type(value, struct ct_value);
+	FX_STATE_MAP
 } conntrack SEC(".maps");
 
 /* dsr/tunnel conntrack, IPv4 flows, second level: a 16-byte key. Only promoted flows are
@@ -94,6 +105,7 @@ struct {
 	__uint(max_entries, FX_CT_ENTRIES);
 	__type(key, struct ct4_key);
 	__type(value, struct ct_value);
+	FX_STATE_MAP
 } ct4 SEC(".maps");
 
 /* the filter in front of `ct4` (types.h, FX_CT4_FILTER) */
@@ -102,6 +114,7 @@ struct {
 	__uint(max_entries, FX_CT4_FILTER);
 	__type(key, __u32);
 	__type(value, __u32);
+	FX_STATE_MAP
 } ct4_filter SEC(".maps");
 
 struct {
@@ -125,6 +138,7 @@ struct {
 	__uint(max_entries, FX_FLOW4_SETS);
 	__type(key, __u32);
 	__type(value, struct flow4_set);
+	FX_STATE_MAP
 } flows4 SEC(".maps");
 
 /* nat: the client's 5-tuple -> the translation (see types.h) */
@@ -133,6 +147,7 @@ struct {
 	__uint(max_entries, FX_NAT_ENTRIES);
 	__type(key, struct ct_key);
 	__type(value, struct nat_fwd);
+	FX_STATE_MAP
 } nat_fwd SEC(".maps");
 
 /* nat: the reply's 5-tuple (backend -> source:port) -> the way back to the client */
@@ -141,6 +156,7 @@ struct {
 	__uint(max_entries, FX_NAT_ENTRIES);
 	__type(key, struct ct_key);
 	__type(value, struct nat_rev);
+	FX_STATE_MAP
 } nat_rev SEC(".maps");
 
 /* nat: a new flow's entries are built here, not on the stack (the BPF stack is 512 bytes
@@ -229,6 +245,7 @@ struct {
 	__uint(max_entries, FX_STATS_ROWS * FX_ACTIONS);
 	__type(key, __u32);
 	__type(value, struct counter);
+	FX_STATE_MAP
 } stats SEC(".maps");
 
 FX_INLINE void fx_count(__u32 row, __u32 action, __u64 bytes)

@@ -12,6 +12,7 @@
 //! See `docs/xdp.md` for the design, the backend setup and the limits.
 
 pub mod host;
+mod link;
 pub mod maps;
 pub mod metrics;
 pub mod natsync;
@@ -22,11 +23,15 @@ pub mod testing;
 pub mod testrun;
 
 pub use plane::{
-    resolve_neighbour, Decap, LoadOptions, Mode, NatSweep, NatTimeouts, PassProgram, XdpError,
-    XdpPlane, XdpService, DEFAULT_GUE_PORT,
+    resolve_neighbour, Decap, Handover, LoadOptions, Mode, NatSweep, NatTimeouts, PassProgram,
+    XdpError, XdpPlane, XdpService, DEFAULT_GUE_PORT,
 };
 
 /// The load balancer object (`bpf/xdp_lb.c`).
 pub static XDP_LB_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_lb.o"));
+/// The load balancer object with its flow-state maps pinned by name (`-DFX_PIN_STATE`):
+/// loaded by a new process that takes the running one's maps over (binary upgrade).
+pub static XDP_LB_STATE_OBJ: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_lb_state.o"));
 /// The decap object (`bpf/decap.c`).
 pub static DECAP_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/decap.o"));

@@ -119,6 +119,41 @@ pub struct LoadOptions {
     pub nat_sync: Option<crate::natsync::PortSlice>,
 }
 
+/// The maps a binary upgrade hands over (pinned by name in [`crate::XDP_LB_STATE_OBJ`]):
+/// the conntrack and nat flows, and the counters.
+pub const STATE_MAPS: [&str; 7] = [
+    "conntrack",
+    "ct4",
+    "ct4_filter",
+    "flows4",
+    "nat_fwd",
+    "nat_rev",
+    "stats",
+];
+
+/// The layout of [`STATE_MAPS`] and of the ids their entries hold: a new process takes the
+/// maps over only from a process with the same version (else it starts with empty ones).
+pub const STATE_VERSION: u32 = 1;
+
+/// What a binary upgrade hands from the running data plane to the new one: the state maps,
+/// the XDP link, and the ids the maps' entries refer to (service rows, backend ids).
+#[derive(Debug, Default)]
+pub struct Handover {
+    /// [`STATE_VERSION`] of the process that sent it.
+    pub version: u32,
+    /// The interface the link attaches to, and its mode (`native`/`generic`).
+    pub interface: String,
+    pub mode: String,
+    /// The state maps by name.
+    pub maps: Vec<(String, std::os::fd::OwnedFd)>,
+    /// The XDP link (the new process swaps its program in).
+    pub link: Option<std::os::fd::OwnedFd>,
+    /// Service name -> row.
+    pub svc_ids: Vec<(String, u32)>,
+    /// (pool, backend address) -> backend id.
+    pub backend_ids: Vec<(String, SocketAddr, u32)>,
+}
+
 /// What the metrics collector reads: the per-CPU counters and each row's service name.
 pub(crate) struct StatsView {
     pub(crate) map: PerCpuArray<MapData, Counter>,
@@ -178,6 +213,16 @@ pub struct XdpPlane {
     gen: u64,
     stats: Arc<Mutex<StatsView>>,
     attached: Option<String>,
+    /// The XDP link (detached when the last descriptor of it closes: this process's exit, or
+    /// the new process's after a binary upgrade).
+    link: Option<std::os::fd::OwnedFd>,
+    /// Descriptors of the state maps ([`STATE_MAPS`]), for a binary upgrade.
+    state_fds: Vec<(&'static str, std::os::fd::OwnedFd)>,
+    /// From a binary upgrade: the running process's link, taken over at [`Self::attach`].
+    inherited_link: Option<(String, String, std::os::fd::OwnedFd)>,
+    /// From a binary upgrade: the first [`Self::update`] keeps the inherited flows on their
+    /// backends whatever the new tables say.
+    adopt_flows: bool,
     gue_port: u16,
     svc_ids: HashMap<String, u32>,
     installed: HashMap<u32, Installed>,
@@ -194,6 +239,31 @@ impl std::fmt::Debug for XdpPlane {
     }
 }
 
+/// Descriptors of the state maps ([`STATE_MAPS`]) of a loaded object.
+fn state_fds(ebpf: &Ebpf) -> Result<Vec<(&'static str, std::os::fd::OwnedFd)>, XdpError> {
+    use aya::maps::Map;
+    let mut out = Vec::new();
+    for name in STATE_MAPS {
+        let Some(
+            Map::Array(data)
+            | Map::HashMap(data)
+            | Map::LruHashMap(data)
+            | Map::PerCpuArray(data)
+            | Map::PerCpuHashMap(data),
+        ) = ebpf.map(name)
+        else {
+            return Err(XdpError::Config(format!(
+                "the BPF object has no map `{name}` of the expected kind"
+            )));
+        };
+        let fd = std::os::fd::AsFd::as_fd(data.fd())
+            .try_clone_to_owned()
+            .map_err(|e| XdpError::Config(format!("cannot duplicate map `{name}`: {e}")))?;
+        out.push((name, fd));
+    }
+    Ok(out)
+}
+
 fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T, XdpError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
@@ -207,6 +277,84 @@ where
 impl XdpPlane {
     /// Loads the programs and maps into the kernel (nothing attached yet).
     pub fn load(opts: LoadOptions) -> Result<Self, XdpError> {
+        Self::load_object(opts, crate::XDP_LB_OBJ, None)
+    }
+
+    /// Loads the programs against the state maps of the running process ([`Handover`]), so
+    /// that conntrack and nat flows survive a binary upgrade; [`Self::attach`] then swaps
+    /// this program into the running one's link. The maps are pinned for the load in a
+    /// private bpffs directory, removed right after ([`crate::link::BpfDir`]). From another
+    /// [`STATE_VERSION`]: a plain load (flows start over), logged.
+    pub fn load_inherited(opts: LoadOptions, h: Handover) -> Result<Self, XdpError> {
+        if h.version != STATE_VERSION {
+            tracing::warn!(
+                theirs = h.version,
+                ours = STATE_VERSION,
+                "the running process's XDP flow state has another layout: starting with empty conntrack and nat tables"
+            );
+            return Self::load(opts);
+        }
+        let dir = crate::link::BpfDir::new().map_err(|e| {
+            XdpError::Config(format!(
+                "cannot take the XDP maps over (they are pinned for the load in a bpffs directory): {e}"
+            ))
+        })?;
+        let mut names = Vec::new();
+        for (name, fd) in h.maps {
+            if !STATE_MAPS.contains(&name.as_str()) {
+                continue;
+            }
+            let m = MapData::from_fd(fd)?;
+            m.pin(dir.path().join(&name)).map_err(|e| {
+                XdpError::Config(format!("cannot pin the handed-over map `{name}`: {e}"))
+            })?;
+            names.push(name);
+        }
+        let mut plane = Self::load_object(opts, crate::XDP_LB_STATE_OBJ, Some(dir.path()))?;
+        drop(dir);
+        plane.svc_ids = h.svc_ids.into_iter().collect();
+        plane.backend_ids = h
+            .backend_ids
+            .into_iter()
+            .map(|(pool, addr, id)| ((pool, addr), id))
+            .collect();
+        plane.inherited_link = h.link.map(|l| (h.interface, h.mode, l));
+        plane.adopt_flows = true;
+        tracing::info!(maps = ?names, services = plane.svc_ids.len(), backends = plane.backend_ids.len(), "XDP: took the running process's flow state over");
+        Ok(plane)
+    }
+
+    /// For a binary upgrade: the state maps, the link and the ids (descriptors duplicated;
+    /// this plane keeps its own).
+    pub fn handover(&self, mode: XdpMode) -> Result<Handover, XdpError> {
+        let dup = |f: &std::os::fd::OwnedFd| {
+            f.try_clone()
+                .map_err(|e| XdpError::Config(format!("cannot duplicate a descriptor: {e}")))
+        };
+        Ok(Handover {
+            version: STATE_VERSION,
+            interface: self.attached.clone().unwrap_or_default(),
+            mode: mode.as_str().to_owned(),
+            maps: self
+                .state_fds
+                .iter()
+                .map(|(n, f)| Ok(((*n).to_owned(), dup(f)?)))
+                .collect::<Result<_, XdpError>>()?,
+            link: self.link.as_ref().map(dup).transpose()?,
+            svc_ids: self.svc_ids.iter().map(|(n, i)| (n.clone(), *i)).collect(),
+            backend_ids: self
+                .backend_ids
+                .iter()
+                .map(|((p, a), i)| (p.clone(), *a, *i))
+                .collect(),
+        })
+    }
+
+    fn load_object(
+        opts: LoadOptions,
+        object: &[u8],
+        pin_dir: Option<&std::path::Path>,
+    ) -> Result<Self, XdpError> {
         let miss = u8::from(opts.bench_ct_miss);
         let undo = u8::from(opts.bench_undo_encap);
         let nofc = u8::from(opts.bench_no_fcache);
@@ -224,7 +372,11 @@ impl XdpPlane {
             ),
             |p| (p.first(), p.count()),
         );
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        if let Some(d) = pin_dir {
+            loader.map_pin_path(d);
+        }
+        let mut ebpf = loader
             .set_global("fx_bench_ct_miss", &miss, true)
             .set_global("fx_bench_undo_encap", &undo, true)
             .set_global("fx_bench_no_fcache", &nofc, true)
@@ -232,7 +384,8 @@ impl XdpPlane {
             .set_global("fx_nat_sync", &sync_on, true)
             .set_global("fx_nat_port_lo", &port_lo, true)
             .set_global("fx_nat_port_count", &port_count, true)
-            .load(crate::XDP_LB_OBJ)?;
+            .load(object)?;
+        let state_fds = state_fds(&ebpf)?;
         for name in ["xdp_lb", "xdp_pass"] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
@@ -292,6 +445,10 @@ impl XdpPlane {
                 nat_flows: 0,
             })),
             attached: None,
+            link: None,
+            state_fds,
+            inherited_link: None,
+            adopt_flows: false,
             gue_port: opts.gue_port.unwrap_or(DEFAULT_GUE_PORT),
             svc_ids: HashMap::new(),
             installed: HashMap::new(),
@@ -438,12 +595,41 @@ impl XdpPlane {
                 XdpFlags::SKB_MODE
             }
         };
-        let prog: &mut Xdp = self
+        let prog: &Xdp = self
             .ebpf
-            .program_mut("xdp_lb")
+            .program("xdp_lb")
             .ok_or_else(|| XdpError::Config("no program `xdp_lb`".into()))?
             .try_into()?;
-        prog.attach(interface, flags).map_err(|e| {
+        let prog_fd = std::os::fd::AsFd::as_fd(prog.fd()?);
+        // A binary upgrade: the running process's link on the same interface and mode gets
+        // this program, atomically (BPF_LINK_UPDATE): every packet meets one program or
+        // the other. Another interface or mode: a link of our own (the old one goes with
+        // the old process).
+        if let Some((ifname, old_mode, link)) = self.inherited_link.take() {
+            if ifname == interface && old_mode == mode.as_str() {
+                crate::link::update(std::os::fd::AsFd::as_fd(&link), prog_fd).map_err(|e| {
+                    XdpError::Config(format!(
+                        "cannot swap this program into the running process's XDP link on `{interface}`: {e}"
+                    ))
+                })?;
+                tracing::info!(interface, "XDP: program swapped into the running link");
+                self.link = Some(link);
+                self.attached = Some(interface.to_owned());
+                return Ok(());
+            }
+            tracing::warn!(from = %ifname, to = interface, "XDP: the interface or mode changed: attaching anew");
+        }
+        let c = std::ffi::CString::new(interface)
+            .map_err(|_| XdpError::Config(format!("bad interface name `{interface}`")))?;
+        // SAFETY: if_nametoindex reads the NUL-terminated name we own.
+        #[allow(unsafe_code)]
+        let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
+        let res = if ifindex == 0 {
+            Err(std::io::Error::other("no such interface"))
+        } else {
+            crate::link::create(prog_fd, ifindex, flags.bits())
+        };
+        let link = res.map_err(|e| {
             let hint = if mode == XdpMode::Native {
                 " (if the driver has no native XDP, set [xdp] mode = \"generic\")"
             } else {
@@ -454,6 +640,7 @@ impl XdpPlane {
                 mode.as_str()
             ))
         })?;
+        self.link = Some(link);
         self.attached = Some(interface.to_owned());
         Ok(())
     }
@@ -522,17 +709,21 @@ impl XdpPlane {
         }
         let mut keys: Vec<_> = live.keys().cloned().collect();
         keys.sort();
+        // ids held (also those a binary upgrade handed over, not written yet)
+        let mut held: std::collections::HashSet<u32> = self.backend_ids.values().copied().collect();
+        held.extend(self.backend_entries.keys().copied());
         for k in keys {
             let entry = live[&k];
             let id = if let Some(id) = self.backend_ids.get(&k) {
                 *id
             } else {
                 let id = (0..MAX_BACKENDS)
-                    .find(|i| !self.backend_entries.contains_key(i))
+                    .find(|i| !held.contains(i))
                     .ok_or_else(|| {
                         XdpError::Config(format!("more than {MAX_BACKENDS} backends"))
                     })?;
                 self.backend_ids.insert(k.clone(), id);
+                held.insert(id);
                 id
             };
             let prev = self.backend_entries.get(&id).copied();
@@ -555,6 +746,20 @@ impl XdpPlane {
             names[id as usize] = Some(s.name.clone());
             present.push(id);
             self.install(id, s, &mut snapshot)?;
+        }
+        if std::mem::take(&mut self.adopt_flows) {
+            // a binary upgrade: the handed-over flows whose backend these tables would not
+            // choose go to the shared conntrack before this program sees a packet
+            for s in services {
+                let id = self.svc_ids[&s.name];
+                let Some(inst) = self.installed.get(&id) else {
+                    continue;
+                };
+                if inst.key.family == AF_INET && inst.value.mode != MODE_NAT {
+                    let table = inst.table.clone();
+                    self.promote_before_switch(id, s, &table, &mut snapshot)?;
+                }
+            }
         }
         let stale: Vec<u32> = self
             .installed

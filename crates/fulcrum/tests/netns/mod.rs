@@ -86,7 +86,11 @@ impl Topology {
     }
 
     pub fn new(tag: &str, backends: Backends) -> Self {
-        let prefix = format!("fx{tag}{}", std::process::id() % 100_000);
+        Self::with_prefix(format!("fx{tag}{}", std::process::id() % 100_000), backends)
+    }
+
+    /// As [`Self::new`], with namespaces named `PREFIX-sw`, `PREFIX-c`, ….
+    pub fn with_prefix(prefix: String, backends: Backends) -> Self {
         let mut t = Self {
             prefix,
             names: Vec::new(),
