@@ -1,6 +1,6 @@
 //! TLS termination: certificates loaded from PEM files, chosen by SNI (the first pair is the
-//! default), ALPN h2 and http/1.1, TLS 1.2 and 1.3 only, the `ring` provider; client
-//! certificates (`client_ca`), OCSP stapling (`ocsp`, re-read when the file changes) and
+//! default), ALPN h2 and http/1.1, TLS 1.2 and 1.3 only, the crypto provider of the cargo
+//! features ([`PROVIDER`]: `aws-lc-rs` or `ring`); client certificates (`client_ca`), OCSP stapling (`ocsp`, re-read when the file changes) and
 //! session tickets with rotating keys. TLS towards backends is [`BackendTlsState`].
 
 use std::path::{Path, PathBuf};
@@ -14,6 +14,33 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+#[cfg(feature = "aws-lc-rs")]
+use aws_lc_rs as crypto;
+#[cfg(all(feature = "ring", not(feature = "aws-lc-rs")))]
+use ring as crypto;
+
+#[cfg(not(any(feature = "ring", feature = "aws-lc-rs")))]
+compile_error!("fulcrum-http needs a crypto provider: the cargo feature `aws-lc-rs` or `ring`");
+
+/// The crypto library under rustls (the cargo features choose; with both, aws-lc-rs).
+#[cfg(feature = "aws-lc-rs")]
+pub const PROVIDER: &str = "aws-lc-rs";
+/// The crypto library under rustls (the cargo features choose; with both, aws-lc-rs).
+#[cfg(all(feature = "ring", not(feature = "aws-lc-rs")))]
+pub const PROVIDER: &str = "ring";
+
+/// rustls' provider over [`PROVIDER`]: its default cipher suites and key exchange groups.
+fn provider() -> rustls::crypto::CryptoProvider {
+    #[cfg(feature = "aws-lc-rs")]
+    {
+        rustls::crypto::aws_lc_rs::default_provider()
+    }
+    #[cfg(all(feature = "ring", not(feature = "aws-lc-rs")))]
+    {
+        rustls::crypto::ring::default_provider()
+    }
+}
 
 /// How often a handshake may look whether an OCSP response file changed.
 const OCSP_CHECK_EVERY_MS: u64 = 1000;
@@ -49,7 +76,7 @@ pub struct PeerCert {
 impl PeerCert {
     /// The facts of the leaf certificate `der`.
     pub fn of(der: &[u8]) -> Self {
-        let digest = ring::digest::digest(&ring::digest::SHA256, der);
+        let digest = crypto::digest::digest(&crypto::digest::SHA256, der);
         let mut fingerprint = String::with_capacity(64);
         for b in digest.as_ref() {
             use std::fmt::Write as _;
@@ -108,7 +135,7 @@ impl TlsState {
         if certs.is_empty() {
             return Err("[service.tls] certs is empty".into());
         }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(provider());
         let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| format!("TLS setup: {e}"))?;
@@ -171,7 +198,7 @@ fn read_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
 /// One session ticket key: tickets are `key name (16) | nonce (12) | ChaCha20-Poly1305
 /// sealed state`, the key name authenticated too. Keys live in memory only.
 struct TicketKey {
-    key: ring::aead::LessSafeKey,
+    key: crypto::aead::LessSafeKey,
     name: [u8; 16],
 }
 
@@ -184,18 +211,18 @@ impl std::fmt::Debug for TicketKey {
 impl TicketKey {
     fn generate(
     ) -> Result<Box<dyn rustls::server::ProducesTickets>, rustls::crypto::GetRandomFailed> {
-        use ring::rand::SecureRandom as _;
-        let rng = ring::rand::SystemRandom::new();
+        use crypto::rand::SecureRandom as _;
+        let rng = crypto::rand::SystemRandom::new();
         let mut secret = [0u8; 32];
         let mut name = [0u8; 16];
         rng.fill(&mut secret)
             .map_err(|_| rustls::crypto::GetRandomFailed)?;
         rng.fill(&mut name)
             .map_err(|_| rustls::crypto::GetRandomFailed)?;
-        let key = ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, &secret)
+        let key = crypto::aead::UnboundKey::new(&crypto::aead::CHACHA20_POLY1305, &secret)
             .map_err(|_| rustls::crypto::GetRandomFailed)?;
         Ok(Box::new(Self {
-            key: ring::aead::LessSafeKey::new(key),
+            key: crypto::aead::LessSafeKey::new(key),
             name,
         }))
     }
@@ -212,17 +239,17 @@ impl rustls::server::ProducesTickets for TicketKey {
     }
 
     fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
-        use ring::rand::SecureRandom as _;
-        let mut nonce = [0u8; ring::aead::NONCE_LEN];
-        ring::rand::SystemRandom::new().fill(&mut nonce).ok()?;
+        use crypto::rand::SecureRandom as _;
+        let mut nonce = [0u8; crypto::aead::NONCE_LEN];
+        crypto::rand::SystemRandom::new().fill(&mut nonce).ok()?;
         let mut out = Vec::with_capacity(16 + nonce.len() + plain.len() + 16);
         out.extend_from_slice(&self.name);
         out.extend_from_slice(&nonce);
         let mut sealed = plain.to_vec();
         self.key
             .seal_in_place_append_tag(
-                ring::aead::Nonce::assume_unique_for_key(nonce),
-                ring::aead::Aad::from(&self.name),
+                crypto::aead::Nonce::assume_unique_for_key(nonce),
+                crypto::aead::Aad::from(&self.name),
                 &mut sealed,
             )
             .ok()?;
@@ -232,15 +259,15 @@ impl rustls::server::ProducesTickets for TicketKey {
 
     fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
         let rest = cipher.strip_prefix(&self.name[..])?;
-        if rest.len() < ring::aead::NONCE_LEN + 16 {
+        if rest.len() < crypto::aead::NONCE_LEN + 16 {
             return None;
         }
-        let (nonce, sealed) = rest.split_at(ring::aead::NONCE_LEN);
-        let nonce = ring::aead::Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let (nonce, sealed) = rest.split_at(crypto::aead::NONCE_LEN);
+        let nonce = crypto::aead::Nonce::try_assume_unique_for_key(nonce).ok()?;
         let mut buf = sealed.to_vec();
         let plain = self
             .key
-            .open_in_place(nonce, ring::aead::Aad::from(&self.name), &mut buf)
+            .open_in_place(nonce, crypto::aead::Aad::from(&self.name), &mut buf)
             .ok()?;
         let n = plain.len();
         buf.truncate(n);
@@ -324,7 +351,9 @@ fn load_chain(
     };
     let chain = read_certs(cert).map_err(cert_err)?;
     let der = read_key(key).map_err(key_err)?;
-    let signing = rustls::crypto::ring::sign::any_supported_type(&der)
+    let signing = provider()
+        .key_provider
+        .load_private_key(der)
         .map_err(|e| key_err(format!("{}: unsupported private key: {e}", key.display())))?;
     let leaf = chain[0].clone();
     webpki::EndEntityCert::try_from(&leaf)
@@ -511,7 +540,7 @@ impl BackendTlsState {
     pub fn load(cfg: &BackendTls) -> Result<Self, String> {
         let stamps = backend_stamps(cfg);
         let roots = read_roots(&cfg.ca)?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(provider());
         let b = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| format!("TLS setup: {e}"))?
