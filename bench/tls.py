@@ -219,7 +219,7 @@ def start_proxy(name: str, args, procs, tmp: Path, backends: list[int], nofile: 
                 cert: tuple, tag: str):
     port = l4.free_port()
     d = tmp / f"{name}-{tag}"
-    d.mkdir()
+    d.mkdir(exist_ok=True)  # the same proxy and certificate again in the next run
     if name == "haproxy":
         cmd = haproxy_conf(d, port, backends, nofile, cert)
     elif name == "nginx":
