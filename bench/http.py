@@ -538,7 +538,9 @@ def main() -> int:
     ap.add_argument("--output", default=str(REPO / "docs/benchmarks.md"))
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--json")
+    l4.add_exclude_nice_arg(ap)
     args = ap.parse_args()
+    l4.set_exclude_nice(args)
     for k, v in {"nice": 0}.items():  # attributes the shared harness may read
         if not hasattr(args, k):
             setattr(args, k, v)

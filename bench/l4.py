@@ -230,14 +230,51 @@ def rss_bytes(pids: list[int]) -> int:
     return total
 
 
+# --exclude-nice: leave the `nice` column of /proc/stat (user time of processes at a
+# positive nice level) out of every busy figure, so that background jobs at nice 19 on a
+# shared machine are not charged to the proxies. Only sound when everything the benchmark
+# runs is at nice 0 or below (set_exclude_nice refuses otherwise).
+EXCLUDE_NICE = False
+
+
+def add_exclude_nice_arg(ap) -> None:
+    """The --exclude-nice option of every harness that reads whole-machine CPU."""
+    ap.add_argument("--exclude-nice", action="store_true",
+                    help="leave the `nice` column of /proc/stat out of whole-machine and "
+                         "per-core busy time (background jobs at a positive nice level are "
+                         "not charged); the benchmark itself must run at nice <= 0")
+
+
+def set_exclude_nice(args) -> None:
+    """Applies --exclude-nice; refuses when the benchmark's own processes would land in the
+    excluded column (this script, or --nice, at a positive nice level)."""
+    global EXCLUDE_NICE
+    if not getattr(args, "exclude_nice", False):
+        return
+    if os.environ.get("FULCRUM_BENCH_BACKGROUND_CGROUP"):
+        # a niced background in that cgroup would be subtracted twice
+        raise SystemExit("--exclude-nice and FULCRUM_BENCH_BACKGROUND_CGROUP are two ways of "
+                         "leaving background work out: use one")
+    own = os.nice(0) + getattr(args, "nice", 0)
+    if own > 0:
+        raise SystemExit(f"--exclude-nice: the benchmark would run at nice {own}, so its own "
+                         "user time would be in the excluded `nice` column; run it at nice 0 "
+                         "(or pass --nice with a value <= 0)")
+    EXCLUDE_NICE = True
+
+
+def _busy(v: list[int]) -> int:
+    # user nice system idle iowait irq softirq steal guest guest_nice
+    return v[0] + (0 if EXCLUDE_NICE else v[1]) + v[2] + v[5] + v[6] + v[7]
+
+
 def core_ticks(core: int) -> tuple[int, int]:
-    """(busy, irq+softirq) ticks of one CPU from /proc/stat; busy = all but idle, iowait."""
+    """(busy, irq+softirq) ticks of one CPU from /proc/stat; busy = all but idle, iowait
+    (and nice with --exclude-nice)."""
     for line in Path("/proc/stat").read_text().splitlines():
         if line.startswith(f"cpu{core} "):
             v = [int(x) for x in line.split()[1:]]
-            # user nice system idle iowait irq softirq steal guest guest_nice
-            busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7]
-            return busy - background_core_ticks(core), v[5] + v[6]
+            return _busy(v) - background_core_ticks(core), v[5] + v[6]
     return 0, 0
 
 
@@ -281,12 +318,12 @@ def background_ticks() -> int:
 
 def machine_ticks() -> int:
     """Non-idle ticks of all CPUs together (the `cpu` line of /proc/stat): user, nice,
-    system, irq, softirq, steal; idle and iowait excluded. Minus the background cgroup's
-    ticks when FULCRUM_BENCH_BACKGROUND_CGROUP names one (see `background_ticks`)."""
+    system, irq, softirq, steal; idle and iowait excluded (and nice with --exclude-nice).
+    Minus the background cgroup's ticks when FULCRUM_BENCH_BACKGROUND_CGROUP names one (see
+    `background_ticks`)."""
     for line in Path("/proc/stat").read_text().splitlines():
         if line.startswith("cpu "):
-            v = [int(x) for x in line.split()[1:]]
-            return v[0] + v[1] + v[2] + v[5] + v[6] + v[7] - background_ticks()
+            return _busy([int(x) for x in line.split()[1:]]) - background_ticks()
     return 0
 
 
@@ -579,7 +616,7 @@ def parse_wrk(out: str) -> dict:
 
 
 def run_wrk(args, port: int, pids_fn, duration: int, close: bool, conns: int,
-            url: str | None = None) -> dict:
+            url: str | None = None, env: dict | None = None) -> dict:
     cmd = [*pin(args, args.load_core), "wrk", f"-t{args.threads}", f"-c{conns}",
            f"-d{duration}s", "--latency", "--timeout", "5s"]
     if close:
@@ -589,7 +626,8 @@ def run_wrk(args, port: int, pids_fn, duration: int, close: bool, conns: int,
     m0 = machine_ticks()
     c0, (b0, q0), t0 = cpu_ticks(pids), core_ticks(args.proxy_core), time.monotonic()
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60,
+                           env=env)
     except subprocess.TimeoutExpired as e:
         raise BenchError(f"wrk did not finish: {shlex.join(cmd)}") from e
     pids = pids_fn()
@@ -1104,7 +1142,9 @@ def main() -> int:
     ap.add_argument("--output", default=str(REPO / "docs/benchmarks.md"))
     ap.add_argument("--no-write", action="store_true", help="do not touch --output")
     ap.add_argument("--json", help="also write all per-run figures to this JSON file")
+    add_exclude_nice_arg(ap)
     args = ap.parse_args()
+    set_exclude_nice(args)
 
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     bad = [n for n in names if n not in PROXIES]

@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import os
 import re
 import shlex
 import shutil
@@ -59,10 +60,11 @@ import l4  # noqa: E402  (the shared harness)
 
 REPO = l4.REPO
 HOST = l4.HOST
-PROXIES = ("haproxy", "nginx", "fulcrum")
-LABEL = {"haproxy": "HAProxy", "nginx": "nginx", "fulcrum": "Fulcrum"}
+PROXIES = ("haproxy", "nginx", "fulcrum", "fulcrum_b")
+LABEL = {"haproxy": "HAProxy", "nginx": "nginx", "fulcrum": "Fulcrum", "fulcrum_b": "Fulcrum B"}
 CERTS = ("ecdsa", "rsa")
 CERT_LABEL = {"ecdsa": "ECDSA P-256", "rsa": "RSA 2048"}
+PARTS = ("idle", "full", "resumed", "ka", "h2")
 MARK_BEGIN = "<!-- tls-bench:begin (written by bench/tls.py; edits inside are overwritten) -->"
 MARK_END = "<!-- tls-bench:end -->"
 MARK_BEGIN_RE = re.compile(r"<!-- tls-bench:begin[^>]*-->")
@@ -217,13 +219,14 @@ def start_proxy(name: str, args, procs, tmp: Path, backends: list[int], nofile: 
                 cert: tuple, tag: str):
     port = l4.free_port()
     d = tmp / f"{name}-{tag}"
-    d.mkdir()
+    d.mkdir(exist_ok=True)  # the same proxy and certificate again in the next run
     if name == "haproxy":
         cmd = haproxy_conf(d, port, backends, nofile, cert)
     elif name == "nginx":
         cmd = nginx_conf(d, port, backends, nofile, cert)
     else:
-        cmd = fulcrum_conf(d, port, backends, args.fulcrum, args.fulcrum_arg, cert)
+        binary = args.fulcrum_b if name == "fulcrum_b" else args.fulcrum
+        cmd = fulcrum_conf(d, port, backends, binary, args.fulcrum_arg, cert)
     logfile = tmp / f"{name}-{tag}.log"
     p = procs.start([*l4.pin(args, args.proxy_core), *cmd], logfile)
     deadline = time.monotonic() + 20
@@ -398,47 +401,68 @@ def idle_tls(args, name, procs, tmp, backends, nofile, cert, tag, mode) -> dict:
         procs.stop(p)
 
 
+# An OpenSSL configuration that caps every client reading it (wrk) at TLS 1.2.
+MAX_TLS12_CONF = """openssl_conf = openssl_init
+[openssl_init]
+ssl_conf = ssl_sect
+[ssl_sect]
+system_default = system_default_sect
+[system_default_sect]
+MaxProtocol = TLSv1.2
+"""
+
+
 def bench_proxy(name: str, args, procs, tmp: Path, backends: list[int], nofile: int,
                 cert: tuple, kind: str) -> dict:
     res: dict = {}
     bg = l4.wait_quiet(args)
     res["background"] = max(bg)
-    r = idle_tls(args, name, procs, tmp, backends, nofile, cert, f"{kind}-i0", "connect")
-    res["bytes_idle_handshake"] = r["bytes_per_idle_conn"]
-    res["idle_ok_handshake"], res["idle_alive_handshake"] = r["idle_ok"], r["idle_alive"]
-    r = idle_tls(args, name, procs, tmp, backends, nofile, cert, f"{kind}-i1", "request")
-    res["bytes_idle_request"] = r["bytes_per_idle_conn"]
-    res["idle_ok_request"], res["idle_alive_request"] = r["idle_ok"], r["idle_alive"]
+    if "idle" in args.parts:
+        r = idle_tls(args, name, procs, tmp, backends, nofile, cert, f"{kind}-i0", "connect")
+        res["bytes_idle_handshake"] = r["bytes_per_idle_conn"]
+        res["idle_ok_handshake"], res["idle_alive_handshake"] = r["idle_ok"], r["idle_alive"]
+        r = idle_tls(args, name, procs, tmp, backends, nofile, cert, f"{kind}-i1", "request")
+        res["bytes_idle_request"] = r["bytes_per_idle_conn"]
+        res["idle_ok_request"], res["idle_alive_request"] = r["idle_ok"], r["idle_alive"]
     p, port, pids, logfile = start_proxy(name, args, procs, tmp, backends, nofile, cert, kind)
     try:
         l4.log(f"  {LABEL[name]} ({CERT_LABEL[kind]}): pid(s) {pids()} port {port}")
         for v in ("tls1_3", "tls1_2"):
-            full = s_time(args, port, pids, v, reuse=False)
-            res[f"full_{v}"] = full["hs_per_cpu_s"]
-            res[f"full_rate_{v}"] = full["hs_per_s"]
+            if "full" in args.parts:
+                full = s_time(args, port, pids, v, reuse=False)
+                res[f"full_{v}"] = full["hs_per_cpu_s"]
+                res[f"full_rate_{v}"] = full["hs_per_s"]
+                time.sleep(0.5)
+            if "resumed" in args.parts:
+                again = s_time(args, port, pids, v, reuse=True)
+                res[f"resumed_{v}"] = again["hs_per_cpu_s"]
+                res[f"resumed_rate_{v}"] = again["hs_per_s"]
+                res[f"resumed_share_{v}"] = again["resumed_share"]
+                time.sleep(0.5)
+        if "ka" in args.parts:
+            ka = l4.run_wrk(args, port, pids, args.duration, close=False,
+                            conns=args.connections, url=f"https://{HOST}:{port}/")
+            res.update({"rps": ka["rps"], "cpu_us_per_req": ka["cpu_us_per_req"],
+                        "machine_us_per_req": ka["machine_us_per_req"],
+                        "errors_ka": ka["socket_errors"] + ka["non2xx"]})
             time.sleep(0.5)
-            again = s_time(args, port, pids, v, reuse=True)
-            res[f"resumed_{v}"] = again["hs_per_cpu_s"]
-            res[f"resumed_rate_{v}"] = again["hs_per_s"]
-            res[f"resumed_share_{v}"] = again["resumed_share"]
+            # the same with wrk capped at TLS 1.2 (OpenSSL's system default MaxProtocol)
+            env = {**os.environ, "OPENSSL_CONF": str(tmp / "max-tls12.cnf")}
+            ka = l4.run_wrk(args, port, pids, args.duration, close=False,
+                            conns=args.connections, url=f"https://{HOST}:{port}/", env=env)
+            res.update({"rps_tls1_2": ka["rps"], "cpu_us_per_req_tls1_2": ka["cpu_us_per_req"],
+                        "machine_us_per_req_tls1_2": ka["machine_us_per_req"],
+                        "errors_ka_tls1_2": ka["socket_errors"] + ka["non2xx"]})
             time.sleep(0.5)
-        ka = l4.run_wrk(args, port, pids, args.duration, close=False, conns=args.connections,
-                        url=f"https://{HOST}:{port}/")
-        res.update({"rps": ka["rps"], "cpu_us_per_req": ka["cpu_us_per_req"],
-                    "machine_us_per_req": ka["machine_us_per_req"],
-                    "errors_ka": ka["socket_errors"] + ka["non2xx"]})
-        time.sleep(0.5)
-        res.update(run_h2load(args, port, pids))
+        if "h2" in args.parts:
+            res.update(run_h2load(args, port, pids))
         if p.poll() is not None:
             raise l4.BenchError(f"{LABEL[name]} died during the run:\n{l4.tail(logfile)}")
     finally:
         procs.stop(p)
-    l4.log(f"  {LABEL[name]} ({CERT_LABEL[kind]}): full hs/cpu-s 1.3 {res['full_tls1_3']:.0f} "
-           f"1.2 {res['full_tls1_2']:.0f}, resumed 1.3 {res['resumed_tls1_3']:.0f} "
-           f"({res['resumed_share_tls1_3']:.0%}) 1.2 {res['resumed_tls1_2']:.0f} "
-           f"({res['resumed_share_tls1_2']:.0%}), {res['cpu_us_per_req']:.2f} us/req, idle "
-           f"{res['bytes_idle_handshake']:.0f}/{res['bytes_idle_request']:.0f} B, "
-           f"h2 {res.get('h2_rps', 0):.0f} req/s")
+    l4.log(f"  {LABEL[name]} ({CERT_LABEL[kind]}): " + ", ".join(
+        f"{k} {v:.4g}" for k, v in res.items()
+        if isinstance(v, float) and not k.startswith(("idle_", "machine_"))))
     return res
 
 
@@ -449,8 +473,10 @@ METRICS = [  # key, header, format, higher is better
     ("full_tls1_2", "full hs per CPU-s, TLS 1.2", "{:,.0f}", True),
     ("resumed_tls1_3", "resumed hs per CPU-s, TLS 1.3", "{:,.0f}", True),
     ("resumed_tls1_2", "resumed hs per CPU-s, TLS 1.2", "{:,.0f}", True),
-    ("cpu_us_per_req", "CPU µs/keep-alive req", "{:.2f}", False),
-    ("added_us_per_req", "added machine CPU µs/req", "{:.2f}", False),
+    ("cpu_us_per_req", "CPU µs/keep-alive req, TLS 1.3", "{:.2f}", False),
+    ("cpu_us_per_req_tls1_2", "CPU µs/keep-alive req, TLS 1.2", "{:.2f}", False),
+    ("added_us_per_req", "added machine CPU µs/req, TLS 1.3", "{:.2f}", False),
+    ("added_us_per_req_tls1_2", "added machine CPU µs/req, TLS 1.2", "{:.2f}", False),
     ("bytes_idle_handshake", "bytes/idle conn, handshake only", "{:,.0f}", False),
     ("bytes_idle_request", "bytes/idle conn, after a request", "{:,.0f}", False),
     ("h2_rps", "h2 req/s", "{:,.0f}", True),
@@ -510,18 +536,24 @@ def render(args, runs: list[dict], names: list[str], kinds: list[str], info: dic
         L.append("Handshakes/s reached (not CPU-bound: the clients share one core), share of "
                  "`-reuse` connections actually resumed, idle connections held:\n")
         L.append("| proxy | full/s 1.3 | full/s 1.2 | resumed/s 1.3 | resumed/s 1.2 | "
-                 "resumed share 1.3 / 1.2 | keep-alive req/s | idle conns held |")
+                 "resumed share 1.3 / 1.2 | keep-alive req/s 1.3 / 1.2 | idle conns held |")
         L.append("|---|---|---|---|---|---|---|---|")
+
+        def cell(m: dict, fmt: str, *keys: str) -> str:
+            return " / ".join(fmt.format(m[k]) if k in m else "n/a" for k in keys)
+
         for n in names:
             if n not in med:
                 continue
             m = med[n]
             L.append("| " + " | ".join([
-                LABEL[n], f"{m['full_rate_tls1_3']:,.0f}", f"{m['full_rate_tls1_2']:,.0f}",
-                f"{m['resumed_rate_tls1_3']:,.0f}", f"{m['resumed_rate_tls1_2']:,.0f}",
-                f"{m['resumed_share_tls1_3']:.0%} / {m['resumed_share_tls1_2']:.0%}",
-                f"{m['rps']:,.0f}",
-                f"{m['idle_ok_handshake']:.0f} / {m['idle_ok_request']:.0f}"]) + " |")
+                LABEL[n], cell(m, "{:,.0f}", "full_rate_tls1_3"),
+                cell(m, "{:,.0f}", "full_rate_tls1_2"),
+                cell(m, "{:,.0f}", "resumed_rate_tls1_3"),
+                cell(m, "{:,.0f}", "resumed_rate_tls1_2"),
+                cell(m, "{:.0%}", "resumed_share_tls1_3", "resumed_share_tls1_2"),
+                cell(m, "{:,.0f}", "rps", "rps_tls1_2"),
+                cell(m, "{:.0f}", "idle_ok_handshake", "idle_ok_request")]) + " |")
         L.append("")
     L.append("How each figure is taken:\n")
     L.append(f"- **full hs per CPU-s**: {args.clients} parallel `openssl s_time -new "
@@ -533,7 +565,9 @@ def render(args, runs: list[dict], names: list[str], kinds: list[str], info: dic
              "cache; one `GET /` per connection, since s_time reads a TLS 1.3 ticket, sent "
              "after the handshake, only with a request).")
     L.append(f"- **CPU µs/keep-alive req**: `wrk -t{args.threads} -c{args.connections} "
-             f"-d{args.duration}s` on `https://` (TLS 1.3, HTTP/1.1), proxy CPU / requests. "
+             f"-d{args.duration}s` on `https://` (HTTP/1.1; TLS 1.3, and TLS 1.2 with wrk's "
+             "OpenSSL capped by `OPENSSL_CONF` setting `MaxProtocol = TLSv1.2`), proxy CPU / "
+             "requests. "
              "**added machine CPU µs/req**: all cores' non-idle time (`/proc/stat`) over that "
              "run, minus the same for the same load in clear straight to a backend in the "
              "same run, per request: TLS and proxying together, wherever the work ran.")
@@ -542,7 +576,8 @@ def render(args, runs: list[dict], names: list[str], kinds: list[str], info: dic
              f"handshake only / after one request each, measured `--idle-settle` "
              f"({args.idle_settle:g} s) after the last one opened.")
     L.append(f"- **h2 req/s, h2 CPU µs/req**: `h2load -t1 -c{args.connections} -m10 "
-             f"-D{args.duration}` on `https://` (ALPN h2).")
+             f"-D{args.duration}` on `https://` (ALPN h2; TLS 1.3 only: h2load sets its own "
+             "protocol range, and h2 in TLS 1.2 differs only in the handshake).")
     L.append("")
     L.append("Machine and software:\n")
     L.append(f"- {info['nproc']} CPUs ({info['cpu']}), {info['mem_gib']} GiB, Linux {info['kernel']}")
@@ -551,8 +586,12 @@ def render(args, runs: list[dict], names: list[str], kinds: list[str], info: dic
     if shutil.which("h2load"):
         L.append(f"- {l4.tool_version(['h2load', '--version'])}")
     if "fulcrum" in info:
-        L.append(f"- Fulcrum: {info['fulcrum']} (git {info.get('fulcrum_git', '?')}), rustls "
-                 "with the `ring` provider, `fulcrum run -c CONF --workers 1`")
+        L.append(f"- {LABEL['fulcrum']}: {info['fulcrum']} (git {info.get('fulcrum_git', '?')}),"
+                 f" rustls on {info.get('fulcrum_provider', '?')}, `fulcrum run -c CONF "
+                 "--workers 1`")
+    if "fulcrum_b" in names:
+        L.append(f"- {LABEL['fulcrum_b']}: `{args.fulcrum_b_path}`, rustls on "
+                 f"{info.get('fulcrum_b_provider', '?')}")
     L.append("")
     L.append("Command:\n\n```sh\n" + cmdline + "\n```")
     return "\n".join(L) + "\n"
@@ -565,6 +604,9 @@ def main() -> int:
     ap.add_argument("--certs", default=",".join(CERTS))
     ap.add_argument("--fulcrum", default=str(REPO / "target/release/fulcrum"))
     ap.add_argument("--fulcrum-arg", action="append", default=[], metavar="ARG")
+    ap.add_argument("--fulcrum-b", metavar="PATH",
+                    help="a second Fulcrum binary measured beside the first in the same run "
+                         "(e.g. built with another crypto provider: `--features aws-lc-rs`)")
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--clients", type=int, default=4, help="parallel openssl s_time")
     ap.add_argument("--connections", type=int, default=64)
@@ -581,16 +623,32 @@ def main() -> int:
     ap.add_argument("--output", default=str(REPO / "docs/benchmarks.md"))
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--json")
+    ap.add_argument("--parts", default=",".join(PARTS),
+                    help="which measurements (default all): idle (bytes per idle connection), "
+                         "full, resumed (handshakes), ka (keep-alive HTTP/1.1), h2")
+    l4.add_exclude_nice_arg(ap)
     args = ap.parse_args()
+    l4.set_exclude_nice(args)
     cmdline = shlex.join(["python3", "bench/tls.py"] + sys.argv[1:])
-    names = [n for n in PROXIES if n in {x.strip() for x in args.only.split(",")}]
+    only = {x.strip() for x in args.only.split(",")}
+    if args.fulcrum_b:
+        only.add("fulcrum_b")
+    names = [n for n in PROXIES if n in only]
     kinds = [k for k in CERTS if k in {x.strip() for x in args.certs.split(",")}]
+    args.parts = {x.strip() for x in args.parts.split(",")}
+    if not args.parts <= set(PARTS):
+        ap.error(f"--parts: choose from {','.join(PARTS)}")
     if not names or not kinds:
         ap.error("--only: choose from haproxy,nginx,fulcrum; --certs from ecdsa,rsa")
     if "fulcrum" in names:
         args.fulcrum = str(Path(args.fulcrum).resolve())
         if not Path(args.fulcrum).is_file():
             ap.error(f"no Fulcrum binary at {args.fulcrum}: cargo build --release -p fulcrum")
+    if args.fulcrum_b:
+        args.fulcrum_b = str(Path(args.fulcrum_b).resolve())
+        if not Path(args.fulcrum_b).is_file():
+            ap.error(f"no Fulcrum binary at {args.fulcrum_b}")
+    args.fulcrum_b_path = args.fulcrum_b
     l4.ensure_packages()
     for tool, pkg in (("h2load", "nghttp2-client"), ("openssl", "openssl")):
         if not shutil.which(tool):
@@ -599,6 +657,13 @@ def main() -> int:
     lock = l4.take_bench_lock(args.lock_wait)  # noqa: F841  (held until exit)
     started = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     info = l4.machine_info(args.fulcrum if "fulcrum" in names else None)
+    for n in ("fulcrum", "fulcrum_b"):
+        path = args.fulcrum if n == "fulcrum" else args.fulcrum_b
+        if n in names and path:
+            info[f"{n}_provider"] = crypto_provider(path)
+    if "fulcrum_b" in names and info.get("fulcrum_provider") != info.get("fulcrum_b_provider"):
+        LABEL["fulcrum"] = f"Fulcrum ({info.get('fulcrum_provider')})"
+        LABEL["fulcrum_b"] = f"Fulcrum ({info.get('fulcrum_b_provider')})"
     procs = l4.Procs()
     tmp = Path(tempfile.mkdtemp(prefix="fulcrum-tls-"))
 
@@ -613,7 +678,12 @@ def main() -> int:
             src = args.fulcrum
             args.fulcrum = str(tmp / "fulcrum-bin")
             shutil.copy2(src, args.fulcrum)
+        if "fulcrum_b" in names:
+            src = args.fulcrum_b
+            args.fulcrum_b = str(tmp / "fulcrum-b-bin")
+            shutil.copy2(src, args.fulcrum_b)
         certs = {k: make_cert(tmp, k) for k in kinds}
+        (tmp / "max-tls12.cnf").write_text(MAX_TLS12_CONF)
         backends = [l4.free_port() for _ in range(3)]
         bconf = l4.backend_conf(tmp, backends, args.backend_workers, nofile)
         bproc = procs.start([*l4.pin(args, args.load_core), "nginx", "-p",
@@ -631,7 +701,9 @@ def main() -> int:
                 one[kind] = {}
                 for n in names:
                     r = bench_proxy(n, args, procs, tmp, backends, nofile, certs[kind], kind)
-                    r["added_us_per_req"] = r["machine_us_per_req"] - direct
+                    for v in ("", "_tls1_2"):
+                        if f"machine_us_per_req{v}" in r:
+                            r[f"added_us_per_req{v}"] = r[f"machine_us_per_req{v}"] - direct
                     one[kind][n] = r
             runs.append(one)
         procs.stop(bproc)
@@ -655,6 +727,16 @@ def main() -> int:
         l4.write_section(Path(args.output), body)
         l4.log(f"wrote section 'TLS termination' of {args.output}")
     return 0
+
+
+def crypto_provider(binary: str) -> str:
+    """The crypto library under rustls, from `fulcrum --version` (`+tls(rustls/NAME)`)."""
+    try:
+        v = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    m = re.search(r"\+tls\(rustls/([^)]+)\)", v.stdout)
+    return m.group(1) if m else "?"
 
 
 def run_direct(args, backends: list[int]) -> float:

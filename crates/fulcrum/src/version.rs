@@ -9,29 +9,42 @@ pub const SHORT: &str = concat!(
     ")"
 );
 
+/// Everything `--version` prints after `fulcrum `, with the crypto provider under rustls.
+macro_rules! long {
+    ($provider:literal) => {
+        concat!(
+            env!("CARGO_PKG_VERSION"),
+            "\ncommit: ",
+            env!("FULCRUM_COMMIT"),
+            "\nbuilt with: ",
+            env!("FULCRUM_RUSTC"),
+            "\ntarget: ",
+            env!("FULCRUM_TARGET"),
+            "\nprofile: ",
+            env!("FULCRUM_PROFILE"),
+            " (opt-level ",
+            env!("FULCRUM_OPT_LEVEL"),
+            ")",
+            "\ncargo features: ",
+            env!("FULCRUM_CARGO_FEATURES"),
+            "\nbuilt in: ",
+            "+tcp +udp +http/1.1 +http/2 +h2c +tls(rustls/",
+            $provider,
+            ") +proxy-protocol ",
+            "+xdp(dsr,tunnel,nat; BPF objects embedded) +splice +dns-discovery +file-discovery ",
+            "+etcd(cluster,registry) +announce(bird,exabgp) +mimalloc",
+            "\nlibraries: ",
+            env!("FULCRUM_LIBRARIES"),
+        )
+    };
+}
+
 /// Everything `--version` prints after `fulcrum `.
-pub const LONG: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
-    "\ncommit: ",
-    env!("FULCRUM_COMMIT"),
-    "\nbuilt with: ",
-    env!("FULCRUM_RUSTC"),
-    "\ntarget: ",
-    env!("FULCRUM_TARGET"),
-    "\nprofile: ",
-    env!("FULCRUM_PROFILE"),
-    " (opt-level ",
-    env!("FULCRUM_OPT_LEVEL"),
-    ")",
-    "\ncargo features: ",
-    env!("FULCRUM_CARGO_FEATURES"),
-    "\nbuilt in: ",
-    "+tcp +udp +http/1.1 +http/2 +h2c +tls(rustls/ring) +proxy-protocol ",
-    "+xdp(dsr,tunnel,nat; BPF objects embedded) +splice +dns-discovery +file-discovery ",
-    "+etcd(cluster,registry) +announce(bird,exabgp) +mimalloc",
-    "\nlibraries: ",
-    env!("FULCRUM_LIBRARIES"),
-);
+#[cfg(feature = "aws-lc-rs")]
+pub const LONG: &str = long!("aws-lc-rs");
+/// Everything `--version` prints after `fulcrum `.
+#[cfg(not(feature = "aws-lc-rs"))]
+pub const LONG: &str = long!("ring");
 
 /// Arguments of `fulcrum version` (none).
 #[derive(Debug, clap::Args)]

@@ -87,6 +87,9 @@ fn version_names_the_commit_the_compiler_and_what_is_built_in() {
     ] {
         assert!(v.contains(key), "--version lacks {key:?}:\n{v}");
     }
+    // The crypto provider named is the one the TLS code was built with.
+    let tls = format!("+tls(rustls/{})", fulcrum_http::TLS_PROVIDER);
+    assert!(v.contains(&tls), "--version lacks {tls:?}:\n{v}");
     // `fulcrum version` prints the same; `-V` is the one-line form.
     let o2 = run(&["version"], &[]);
     assert_eq!(o2.status.code(), Some(0));

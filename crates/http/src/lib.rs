@@ -88,7 +88,7 @@ pub use metrics::{BackendMetrics, CodeCounters, PoolMetrics, ServiceMetrics};
 pub use ratelimit::RateLimiter;
 pub use tls::{
     check_ca, check_client_pair, check_ocsp, check_pair, BackendTlsState, ClientHeaders, PairError,
-    PairFile, PeerCert, TlsState,
+    PairFile, PeerCert, TlsState, PROVIDER as TLS_PROVIDER,
 };
 
 /// A service's timeouts and retry policy (`[service.timeouts]`, `[service.retry]`; see

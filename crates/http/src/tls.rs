@@ -1,6 +1,6 @@
 //! TLS termination: certificates loaded from PEM files, chosen by SNI (the first pair is the
-//! default), ALPN h2 and http/1.1, TLS 1.2 and 1.3 only, the `ring` provider; client
-//! certificates (`client_ca`), OCSP stapling (`ocsp`, re-read when the file changes) and
+//! default), ALPN h2 and http/1.1, TLS 1.2 and 1.3 only, the crypto provider of the cargo
+//! features ([`PROVIDER`]: `aws-lc-rs` or `ring`); client certificates (`client_ca`), OCSP stapling (`ocsp`, re-read when the file changes) and
 //! session tickets with rotating keys. TLS towards backends is [`BackendTlsState`].
 
 use std::path::{Path, PathBuf};
@@ -14,6 +14,33 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+#[cfg(feature = "aws-lc-rs")]
+use aws_lc_rs as crypto;
+#[cfg(all(feature = "ring", not(feature = "aws-lc-rs")))]
+use ring as crypto;
+
+#[cfg(not(any(feature = "ring", feature = "aws-lc-rs")))]
+compile_error!("fulcrum-http needs a crypto provider: the cargo feature `aws-lc-rs` or `ring`");
+
+/// The crypto library under rustls (the cargo features choose; with both, aws-lc-rs).
+#[cfg(feature = "aws-lc-rs")]
+pub const PROVIDER: &str = "aws-lc-rs";
+/// The crypto library under rustls (the cargo features choose; with both, aws-lc-rs).
+#[cfg(all(feature = "ring", not(feature = "aws-lc-rs")))]
+pub const PROVIDER: &str = "ring";
+
+/// rustls' provider over [`PROVIDER`]: its default cipher suites and key exchange groups.
+fn provider() -> rustls::crypto::CryptoProvider {
+    #[cfg(feature = "aws-lc-rs")]
+    {
+        rustls::crypto::aws_lc_rs::default_provider()
+    }
+    #[cfg(all(feature = "ring", not(feature = "aws-lc-rs")))]
+    {
+        rustls::crypto::ring::default_provider()
+    }
+}
 
 /// How often a handshake may look whether an OCSP response file changed.
 const OCSP_CHECK_EVERY_MS: u64 = 1000;
@@ -49,7 +76,7 @@ pub struct PeerCert {
 impl PeerCert {
     /// The facts of the leaf certificate `der`.
     pub fn of(der: &[u8]) -> Self {
-        let digest = ring::digest::digest(&ring::digest::SHA256, der);
+        let digest = crypto::digest::digest(&crypto::digest::SHA256, der);
         let mut fingerprint = String::with_capacity(64);
         for b in digest.as_ref() {
             use std::fmt::Write as _;
@@ -108,7 +135,7 @@ impl TlsState {
         if certs.is_empty() {
             return Err("[service.tls] certs is empty".into());
         }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(provider());
         let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| format!("TLS setup: {e}"))?;
@@ -173,8 +200,12 @@ fn read_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
 /// One session ticket key: tickets are `key name (16) | nonce (12) | ChaCha20-Poly1305
 /// sealed state`, the key name authenticated too. Keys live in memory only.
 struct TicketKey {
-    key: ring::aead::LessSafeKey,
+    key: crypto::aead::LessSafeKey,
     name: [u8; 16],
+    /// Nonces are this key's 4 random bytes, then `sealed` (big-endian): unique per key
+    /// without a `getrandom` call per ticket (two tickets per full TLS 1.3 handshake).
+    salt: [u8; 4],
+    sealed: AtomicU64,
 }
 
 impl std::fmt::Debug for TicketKey {
@@ -186,19 +217,21 @@ impl std::fmt::Debug for TicketKey {
 impl TicketKey {
     fn generate(
     ) -> Result<Box<dyn rustls::server::ProducesTickets>, rustls::crypto::GetRandomFailed> {
-        use ring::rand::SecureRandom as _;
-        let rng = ring::rand::SystemRandom::new();
+        use crypto::rand::SecureRandom as _;
+        let rng = crypto::rand::SystemRandom::new();
         let mut secret = [0u8; 32];
         let mut name = [0u8; 16];
-        rng.fill(&mut secret)
-            .map_err(|_| rustls::crypto::GetRandomFailed)?;
-        rng.fill(&mut name)
-            .map_err(|_| rustls::crypto::GetRandomFailed)?;
-        let key = ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, &secret)
+        let mut salt = [0u8; 4];
+        for buf in [&mut secret[..], &mut name[..], &mut salt[..]] {
+            rng.fill(buf).map_err(|_| rustls::crypto::GetRandomFailed)?;
+        }
+        let key = crypto::aead::UnboundKey::new(&crypto::aead::CHACHA20_POLY1305, &secret)
             .map_err(|_| rustls::crypto::GetRandomFailed)?;
         Ok(Box::new(Self {
-            key: ring::aead::LessSafeKey::new(key),
+            key: crypto::aead::LessSafeKey::new(key),
             name,
+            salt,
+            sealed: AtomicU64::new(0),
         }))
     }
 }
@@ -214,35 +247,38 @@ impl rustls::server::ProducesTickets for TicketKey {
     }
 
     fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
-        use ring::rand::SecureRandom as _;
-        let mut nonce = [0u8; ring::aead::NONCE_LEN];
-        ring::rand::SystemRandom::new().fill(&mut nonce).ok()?;
-        let mut out = Vec::with_capacity(16 + nonce.len() + plain.len() + 16);
+        let mut nonce = [0u8; crypto::aead::NONCE_LEN];
+        nonce[..4].copy_from_slice(&self.salt);
+        nonce[4..].copy_from_slice(&self.sealed.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+        // Sealed where it lies: one buffer, `name | nonce | plain`, then the tag.
+        let head = self.name.len() + nonce.len();
+        let mut out = Vec::with_capacity(head + plain.len() + 16);
         out.extend_from_slice(&self.name);
         out.extend_from_slice(&nonce);
-        let mut sealed = plain.to_vec();
-        self.key
-            .seal_in_place_append_tag(
-                ring::aead::Nonce::assume_unique_for_key(nonce),
-                ring::aead::Aad::from(&self.name),
-                &mut sealed,
+        out.extend_from_slice(plain);
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(
+                crypto::aead::Nonce::assume_unique_for_key(nonce),
+                crypto::aead::Aad::from(&self.name),
+                &mut out[head..],
             )
             .ok()?;
-        out.extend_from_slice(&sealed);
+        out.extend_from_slice(tag.as_ref());
         Some(out)
     }
 
     fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
         let rest = cipher.strip_prefix(&self.name[..])?;
-        if rest.len() < ring::aead::NONCE_LEN + 16 {
+        if rest.len() < crypto::aead::NONCE_LEN + 16 {
             return None;
         }
-        let (nonce, sealed) = rest.split_at(ring::aead::NONCE_LEN);
-        let nonce = ring::aead::Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let (nonce, sealed) = rest.split_at(crypto::aead::NONCE_LEN);
+        let nonce = crypto::aead::Nonce::try_assume_unique_for_key(nonce).ok()?;
         let mut buf = sealed.to_vec();
         let plain = self
             .key
-            .open_in_place(nonce, ring::aead::Aad::from(&self.name), &mut buf)
+            .open_in_place(nonce, crypto::aead::Aad::from(&self.name), &mut buf)
             .ok()?;
         let n = plain.len();
         buf.truncate(n);
@@ -326,7 +362,9 @@ fn load_chain(
     };
     let chain = read_certs(cert).map_err(cert_err)?;
     let der = read_key(key).map_err(key_err)?;
-    let signing = rustls::crypto::ring::sign::any_supported_type(&der)
+    let signing = provider()
+        .key_provider
+        .load_private_key(der)
         .map_err(|e| key_err(format!("{}: unsupported private key: {e}", key.display())))?;
     let leaf = chain[0].clone();
     webpki::EndEntityCert::try_from(&leaf)
@@ -516,7 +554,7 @@ impl BackendTlsState {
     pub fn load(cfg: &BackendTls, h2: bool) -> Result<Self, String> {
         let stamps = backend_stamps(cfg);
         let roots = read_roots(&cfg.ca)?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(provider());
         let b = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| format!("TLS setup: {e}"))?
@@ -554,4 +592,33 @@ impl BackendTlsState {
 /// Checks a `[pool.tls]` client certificate pair exactly as it is loaded.
 pub fn check_client_pair(cert: &Path, key: &Path) -> Result<(), PairError> {
     load_chain(cert, key).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TicketKey;
+    use rustls::server::ProducesTickets as _;
+
+    #[test]
+    fn ticket_keys_seal_and_open() {
+        let a = TicketKey::generate().expect("key");
+        let b = TicketKey::generate().expect("key");
+        let plain = b"resumption state of one session";
+        let t1 = a.encrypt(plain).expect("sealed");
+        let t2 = a.encrypt(plain).expect("sealed");
+        assert_eq!(t1.len(), 16 + 12 + plain.len() + 16);
+        // a fresh nonce each time: the same state seals differently
+        assert_ne!(t1, t2);
+        assert_ne!(t1[16..28], t2[16..28]);
+        assert_eq!(a.decrypt(&t1).as_deref(), Some(&plain[..]));
+        assert_eq!(a.decrypt(&t2).as_deref(), Some(&plain[..]));
+        // another key does not open it, nor does a changed byte anywhere
+        assert_eq!(b.decrypt(&t1), None);
+        for i in 0..t1.len() {
+            let mut bad = t1.clone();
+            bad[i] ^= 1;
+            assert_eq!(a.decrypt(&bad), None, "byte {i} changed and still opened");
+        }
+        assert_eq!(a.decrypt(&t1[..40]), None);
+    }
 }
