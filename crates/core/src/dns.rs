@@ -152,11 +152,10 @@ impl Zone {
             .values()
             .filter(|e| lower_origin.zone_of(&LowerName::new(&e.name)))
             .filter_map(|e| {
-                let owner: Box<[u8]> = hickory_proto::serialize::binary::BinEncodable::to_bytes(
-                    &e.name,
-                )
-                .ok()?
-                .into();
+                let owner: Box<[u8]> =
+                    hickory_proto::serialize::binary::BinEncodable::to_bytes(&e.name)
+                        .ok()?
+                        .into();
                 let key = owner.iter().map(u8::to_ascii_lowercase).collect();
                 Some((
                     key,
@@ -310,7 +309,6 @@ pub struct Outcome {
     /// The backends in the answer: (index into [`Zone::pools`], backend index).
     pub answered: Vec<(usize, usize)>,
 }
-
 
 /// What the RRL says of one response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -651,18 +649,10 @@ pub fn answer_reference<S: Pools + ?Sized>(
     let mut reply = Vec::new();
     let mut answered = Vec::new();
     let Ok(header) = Header::read(&mut BinDecoder::new(q.packet)) else {
-        return outcome(
-            Summary::dropped(Dropped::Malformed, None),
-            reply,
-            answered,
-        );
+        return outcome(Summary::dropped(Dropped::Malformed, None), reply, answered);
     };
     if header.message_type() == MessageType::Response {
-        return outcome(
-            Summary::dropped(Dropped::Malformed, None),
-            reply,
-            answered,
-        );
+        return outcome(Summary::dropped(Dropped::Malformed, None), reply, answered);
     }
     let parsed = Message::from_vec(q.packet);
     let qtype = parsed
@@ -712,11 +702,7 @@ fn fast_answer<S: Pools + ?Sized>(
     if f.qclass != u16::from(DNSClass::IN) {
         return false;
     }
-    let Some(e) = f
-        .lower
-        .get(..f.lower_len)
-        .and_then(|k| zone.fast.get(k))
-    else {
+    let Some(e) = f.lower.get(..f.lower_len).and_then(|k| zone.fast.get(k)) else {
         return false;
     };
     let Some(pool) = pools.pool(e.pool) else {
@@ -732,9 +718,7 @@ fn fast_answer<S: Pools + ?Sized>(
     }
     let limit = match (q.transport, f.edns) {
         (Transport::Tcp | Transport::Https, _) => usize::from(u16::MAX),
-        (Transport::Udp, Some((payload, _))) => {
-            usize::from(payload.clamp(512, EDNS_PAYLOAD))
-        }
+        (Transport::Udp, Some((payload, _))) => usize::from(payload.clamp(512, EDNS_PAYLOAD)),
         (Transport::Udp, None) => CLASSIC_PAYLOAD,
     };
     let mut owner = fast::Owner::new(&e.owner, f.qname);

@@ -77,7 +77,12 @@ fn backends(pool: &str) -> Vec<Backend> {
         _ => (1, 0, &[]),
     };
     let mut out: Vec<Backend> = (1..=v4)
-        .map(|i| Backend::new(SocketAddr::from(([198, 18, 0, i], 80)), u16::from(i % 3) + 1))
+        .map(|i| {
+            Backend::new(
+                SocketAddr::from(([198, 18, 0, i], 80)),
+                u16::from(i % 3) + 1,
+            )
+        })
         .chain((1..=v6).map(|i| {
             Backend::new(
                 SocketAddr::from((Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, i), 80)),
@@ -174,7 +179,11 @@ fn query(rng: &mut Rng) -> Vec<u8> {
         rng.next() as u8
     });
     p.push(if rng.chance(80) { 0 } else { rng.next() as u8 });
-    let qd: u16 = if rng.chance(95) { 1 } else { *rng.pick(&[0, 2]) };
+    let qd: u16 = if rng.chance(95) {
+        1
+    } else {
+        *rng.pick(&[0, 2])
+    };
     let an: u16 = if rng.chance(97) { 0 } else { 1 };
     let edns = rng.chance(60);
     let ar: u16 = u16::from(edns) + u16::from(rng.chance(2));
@@ -185,7 +194,11 @@ fn query(rng: &mut Rng) -> Vec<u8> {
         name_wire(rng, &mut p);
         let qtype: u16 = *rng.pick(&[1, 1, 1, 28, 28, 255, 6, 2, 15, 16, 0, 41]);
         p.extend_from_slice(&qtype.to_be_bytes());
-        let class: u16 = if rng.chance(95) { 1 } else { *rng.pick(&[3, 255, 254]) };
+        let class: u16 = if rng.chance(95) {
+            1
+        } else {
+            *rng.pick(&[3, 255, 254])
+        };
         p.extend_from_slice(&class.to_be_bytes());
     }
     if edns {
@@ -267,11 +280,30 @@ fn the_fast_path_answers_as_hickory_does() {
         for n in 0..20_000u64 {
             let packet = query(&mut rng);
             let client = if rng.chance(70) {
-                IpAddr::V4(Ipv4Addr::new(198, 18, rng.below(4) as u8, rng.below(256) as u8))
+                IpAddr::V4(Ipv4Addr::new(
+                    198,
+                    18,
+                    rng.below(4) as u8,
+                    rng.below(256) as u8,
+                ))
             } else {
-                IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, rng.below(3) as u16, 0, 0, 0, 0, 1))
+                IpAddr::V6(Ipv6Addr::new(
+                    0x2001,
+                    0xdb8,
+                    rng.below(3) as u16,
+                    0,
+                    0,
+                    0,
+                    0,
+                    1,
+                ))
             };
-            let transport = *rng.pick(&[Transport::Udp, Transport::Udp, Transport::Tcp, Transport::Https]);
+            let transport = *rng.pick(&[
+                Transport::Udp,
+                Transport::Udp,
+                Transport::Tcp,
+                Transport::Https,
+            ]);
             let q = Incoming {
                 packet: &packet,
                 client,
@@ -295,7 +327,12 @@ fn the_fast_path_answers_as_hickory_does() {
                 "{}",
                 ctx()
             );
-            assert_eq!(Some(&reply), r.reply.as_ref().or(Some(&Vec::new())), "{}", ctx());
+            assert_eq!(
+                Some(&reply),
+                r.reply.as_ref().or(Some(&Vec::new())),
+                "{}",
+                ctx()
+            );
             assert_eq!(answered, r.answered, "{}", ctx());
             if s.fast {
                 fast_total += 1;

@@ -128,6 +128,7 @@ pub async fn serve_udp(shared: Arc<Shared>, sock: UdpSocket, listen: SocketAddr)
 }
 
 /// `recvmmsg`/`sendmmsg` over buffers kept across batches; `unsafe` only at the calls.
+#[allow(unsafe_code)]
 mod mmsg {
     use std::io;
     use std::net::SocketAddr;
@@ -284,7 +285,6 @@ mod mmsg {
             Ok(sent)
         }
     }
-
 }
 
 /// Serves one dns service's TCP listener until the task is aborted.

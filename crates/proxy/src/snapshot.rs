@@ -252,7 +252,9 @@ impl DnsRt {
             reply,
             answered,
         );
-        stats.dns.count_one(out.qtype, out.rcode, out.dropped.is_some());
+        stats
+            .dns
+            .count_one(out.qtype, out.rcode, out.dropped.is_some());
         for &(p, b) in answered.iter() {
             if let Some(s) = self.pools.get(p).and_then(|p| p.stats.get(b)) {
                 s.dns_answers.fetch_add(1, Ordering::Relaxed);

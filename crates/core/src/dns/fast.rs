@@ -86,7 +86,11 @@ pub(super) fn parse(packet: &[u8]) -> Option<Query<'_>> {
             return None;
         }
         let label = packet.get(at..=at + len)?;
-        for (d, s) in lower.get_mut(at - 12..=at - 12 + len)?.iter_mut().zip(label) {
+        for (d, s) in lower
+            .get_mut(at - 12..=at - 12 + len)?
+            .iter_mut()
+            .zip(label)
+        {
             *d = s.to_ascii_lowercase();
         }
         // The length byte is below 64: lower-casing left it alone.
