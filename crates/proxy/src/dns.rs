@@ -71,10 +71,11 @@ pub fn answer_https(
     dns.answer(&svc.stats, &q, None).reply
 }
 
-/// Datagrams read (and replies sent) per system call. Measured (docs/dns.md,
-/// "Performance"): with one `recv_from` and one `send_to` per query, system call entry and
-/// the task's wake-ups were a fifth of the worker's time under dnsperf load; `recvmmsg` and
-/// `sendmmsg` pay them once per batch.
+/// Datagrams read (and replies sent) per system call. `perf` under dnsperf load (docs/dns.md,
+/// "Performance"): with one `recvfrom` and one `sendto` per query, half of the worker's time
+/// was in those calls; most of it is per packet (the loopback delivery), but the entry, the
+/// socket lookup and the task's wake-up per query are paid once per batch with `recvmmsg`
+/// and `sendmmsg`, as gdnsd and Knot do.
 const BATCH: usize = 32;
 
 /// Serves one dns service's UDP socket until the task is aborted: up to [`BATCH`] queries

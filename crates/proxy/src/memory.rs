@@ -41,9 +41,10 @@ pub fn set_release_free_memory(f: fn()) {
 
 /// Releases now, on the calling thread: after a snapshot was built and swapped in, when the
 /// build's temporaries (and the previous snapshot) were just freed. Measured with
-/// `bench/dns.py`'s 1,000 pools x 10 backends: 20.2 MiB over the one-name baseline without
-/// it, about half of that freed-but-resident pages of the configuration load and the
-/// snapshot build (docs/dns.md, "Performance").
+/// `bench/dns.py`'s 1,000 pools x 10 backends: 20.2 MiB over the one-name process without
+/// it, 10.8 MiB with mimalloc purging at once (`MIMALLOC_PURGE_DELAY=0`): about half were
+/// freed pages of the configuration load and the snapshot build still resident
+/// (docs/dns.md, "Performance").
 pub fn release_now() {
     if let Some(&release) = RELEASE_FREE_MEMORY.get() {
         release();
