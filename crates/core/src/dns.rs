@@ -686,6 +686,7 @@ pub fn answer_reference<S: Pools + ?Sized>(
 
 /// The fast path (see `fast`): `true` when it wrote the reply. It declines, before any
 /// scheduler is asked, whatever it does not answer exactly as [`slow`] would.
+#[allow(clippy::too_many_lines)]
 fn fast_answer<S: Pools + ?Sized>(
     zone: &Zone,
     pools: &S,

@@ -212,7 +212,7 @@ fn compression(owner: &[u8], qname: &[u8]) -> Option<(usize, usize)> {
 /// Writes the answers' owner names as hickory does: the first as [`compression`] says,
 /// each later one as a pointer to the first full occurrence.
 pub(super) struct Owner<'a> {
-    owner: &'a [u8],
+    name: &'a [u8],
     /// After the first record: the pointer every later owner is.
     pointer: Option<[u8; 2]>,
     first: Option<(usize, usize)>,
@@ -221,7 +221,7 @@ pub(super) struct Owner<'a> {
 impl<'a> Owner<'a> {
     pub fn new(owner: &'a [u8], qname: &[u8]) -> Self {
         Self {
-            owner,
+            name: owner,
             pointer: None,
             first: compression(owner, qname),
         }
@@ -236,11 +236,11 @@ impl<'a> Owner<'a> {
         let target = match self.first {
             Some((0, to)) => to,
             Some((cut, _)) => {
-                out.extend_from_slice(self.owner.get(..cut).unwrap_or_default());
+                out.extend_from_slice(self.name.get(..cut).unwrap_or_default());
                 here
             }
             None => {
-                out.extend_from_slice(self.owner);
+                out.extend_from_slice(self.name);
                 here
             }
         };
@@ -252,7 +252,7 @@ impl<'a> Owner<'a> {
 
     /// The most bytes one owner name takes.
     pub fn max_len(&self) -> usize {
-        self.owner.len() + 2
+        self.name.len() + 2
     }
 }
 
