@@ -184,7 +184,7 @@ fn query(rng: &mut Rng) -> Vec<u8> {
     } else {
         *rng.pick(&[0, 2])
     };
-    let an: u16 = if rng.chance(97) { 0 } else { 1 };
+    let an = u16::from(!rng.chance(97));
     let edns = rng.chance(60);
     let ar: u16 = u16::from(edns) + u16::from(rng.chance(2));
     for c in [qd, an, 0, ar] {
@@ -207,7 +207,7 @@ fn query(rng: &mut Rng) -> Vec<u8> {
         let payload: u16 = *rng.pick(&[0, 100, 512, 1232, 1232, 4096, 65535]);
         p.extend_from_slice(&payload.to_be_bytes());
         p.push(if rng.chance(90) { 0 } else { rng.next() as u8 }); // extended rcode
-        p.push(if rng.chance(90) { 0 } else { 1 }); // version
+        p.push(u8::from(!rng.chance(90))); // version
         p.extend_from_slice(&(if rng.chance(50) { 0x8000u16 } else { 0 }).to_be_bytes());
         let mut data = Vec::new();
         if rng.chance(50) {
