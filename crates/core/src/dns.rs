@@ -33,6 +33,8 @@ use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 
 use crate::choice::{self, Flow, Mode, Pool as _};
+
+mod fast;
 use crate::config::{DnsConfig, DnsRrl};
 use crate::model::{FlowTuple, Now, Proto};
 
@@ -71,10 +73,22 @@ struct Entry {
     max_answers: usize,
 }
 
+/// A name as the fast path looks it up (see `fast`).
+#[derive(Debug)]
+struct FastEntry {
+    /// The owner name as configured, wire form (what the hickory path writes).
+    owner: Box<[u8]>,
+    pool: usize,
+    ttl: u32,
+    max_answers: usize,
+}
+
 /// A dns service's zone, ready to answer from.
 #[derive(Debug)]
 pub struct Zone {
     origin: LowerName,
+    /// The names by their lower-cased wire form (the fast path's lookup).
+    fast: HashMap<Box<[u8]>, FastEntry>,
     soa: Record,
     ns: Vec<Record>,
     names: HashMap<LowerName, Entry>,
@@ -134,6 +148,26 @@ impl Zone {
             );
         }
         ents.retain(|e| !names.contains_key(e));
+        let fast = names
+            .values()
+            .filter(|e| lower_origin.zone_of(&LowerName::new(&e.name)))
+            .filter_map(|e| {
+                let owner: Box<[u8]> =
+                    hickory_proto::serialize::binary::BinEncodable::to_bytes(&e.name)
+                        .ok()?
+                        .into();
+                let key = owner.iter().map(u8::to_ascii_lowercase).collect();
+                Some((
+                    key,
+                    FastEntry {
+                        owner,
+                        pool: e.pool,
+                        ttl: e.ttl,
+                        max_answers: e.max_answers,
+                    },
+                ))
+            })
+            .collect();
         // Negative answers are cached for min(SOA TTL, MINIMUM) (RFC 2308): as long as
         // the shortest answer, so a name added later shows as soon as an answer changes.
         let negative_ttl = cfg
@@ -171,6 +205,7 @@ impl Zone {
             .collect();
         Ok(Self {
             origin: lower_origin,
+            fast,
             soa,
             ns,
             names,
@@ -273,19 +308,6 @@ pub struct Outcome {
     pub truncated: bool,
     /// The backends in the answer: (index into [`Zone::pools`], backend index).
     pub answered: Vec<(usize, usize)>,
-}
-
-impl Outcome {
-    fn dropped(why: Dropped, qtype: Option<RecordType>) -> Self {
-        Self {
-            reply: None,
-            dropped: Some(why),
-            qtype,
-            rcode: ResponseCode::NoError,
-            truncated: false,
-            answered: Vec::new(),
-        }
-    }
 }
 
 /// What the RRL says of one response.
@@ -407,89 +429,230 @@ fn mask(ip: IpAddr, bits: u8) -> IpAddr {
 /// transport (and the HTTP listener) hashes a client alike.
 const DNS_SIDE: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 53);
 
-/// Up to `max` backends of `pool` with addresses of the family (`v4`), chosen by the pool's
-/// scheduler (see the module doc), distinct by IP; `fail_open` when none was up.
+/// Pools of at most this many backends keep a query's "tried" list on the stack.
+const STACK_TRIED: usize = 64;
+
+/// Up to `max` backends of `pool` (index `pool_idx`) with addresses of the family (`v4`),
+/// chosen by the pool's scheduler (see the module doc), distinct by IP, appended to `out`;
+/// `true`: fail open (none was up). No allocation for pools of up to [`STACK_TRIED`]
+/// backends.
+#[allow(clippy::too_many_arguments)]
 fn subset<P: choice::Pool>(
     pool: &P,
+    pool_idx: usize,
     v4: bool,
     max: usize,
     key: IpAddr,
     random: u64,
     now: Now,
-) -> (Vec<usize>, bool) {
+    out: &mut Vec<(usize, usize)>,
+) -> bool {
     let backends = pool.backends();
-    let mut tried: Vec<usize> = backends
-        .iter()
-        .enumerate()
-        .filter(|(_, b)| b.address.is_ipv4() != v4)
-        .map(|(i, _)| i)
-        .collect();
-    let family = backends.len() - tried.len();
-    let mut out = Vec::with_capacity(max.min(family));
+    let base = out.len();
+    let mut stack = [0usize; STACK_TRIED];
+    let mut heap = Vec::new();
+    let tried: &mut [usize] = if backends.len() <= STACK_TRIED {
+        stack.get_mut(..backends.len()).unwrap_or_default()
+    } else {
+        heap.resize(backends.len(), 0);
+        &mut heap
+    };
+    // The other family's backends start as tried.
+    let mut n = 0;
+    for (i, b) in backends.iter().enumerate() {
+        if b.address.is_ipv4() != v4 {
+            if let Some(t) = tried.get_mut(n) {
+                *t = i;
+                n += 1;
+            }
+        }
+    }
+    let family = backends.len() - n;
     let tuple = FlowTuple {
         src: SocketAddr::new(key, 0),
         dst: DNS_SIDE,
         proto: Proto::Udp,
     };
     let mut r = random;
-    while out.len() < max && tried.len() < backends.len() {
+    let mut picked = 0;
+    while picked < max && n < backends.len() {
         r = crate::sched::p2c::splitmix64(r);
-        let flow = Flow::l4(tuple, &tried, r, now);
+        let flow = Flow::l4(tuple, tried.get(..n).unwrap_or_default(), r, now);
         let Ok(choice::Choice {
             backend: Some(i), ..
         }) = choice::choose(pool, &flow, Mode::Pick(None))
         else {
             break;
         };
-        out.push(i);
+        out.push((pool_idx, i));
+        picked += 1;
         let ip = backends.get(i).map(|b| b.address.ip());
-        tried.extend(
-            backends
-                .iter()
-                .enumerate()
-                .filter(|(j, b)| Some(b.address.ip()) == ip && !tried.contains(j))
-                .map(|(j, _)| j)
-                .collect::<Vec<_>>(),
-        );
-    }
-    if !out.is_empty() || family == 0 {
-        return (out, false);
-    }
-    // Fail open: every backend of the family, from a random one on.
-    let fam: Vec<usize> = (0..backends.len())
-        .filter(|&i| backends.get(i).is_some_and(|b| b.address.is_ipv4() == v4))
-        .collect();
-    let start = (random % fam.len() as u64) as usize;
-    let mut ips: Vec<IpAddr> = Vec::new();
-    for k in 0..fam.len() {
-        let Some(&i) = fam.get((start + k) % fam.len()) else {
-            continue;
-        };
-        let Some(ip) = backends.get(i).map(|b| b.address.ip()) else {
-            continue;
-        };
-        if out.len() < max && !ips.contains(&ip) {
-            ips.push(ip);
-            out.push(i);
+        for (j, b) in backends.iter().enumerate() {
+            if Some(b.address.ip()) == ip && !tried.get(..n).unwrap_or_default().contains(&j) {
+                if let Some(t) = tried.get_mut(n) {
+                    *t = j;
+                    n += 1;
+                }
+            }
         }
     }
-    (out, true)
+    if picked > 0 || family == 0 {
+        return false;
+    }
+    // Fail open: every backend of the family (distinct by IP), from a random one on.
+    let start = (random % family as u64) as usize;
+    for from_start in [true, false] {
+        let mut rank = 0;
+        for (i, b) in backends.iter().enumerate() {
+            if b.address.is_ipv4() != v4 {
+                continue;
+            }
+            let take = (rank >= start) == from_start;
+            rank += 1;
+            if !take || picked >= max {
+                continue;
+            }
+            let ip = b.address.ip();
+            let seen = out
+                .get(base..)
+                .unwrap_or_default()
+                .iter()
+                .any(|&(_, o)| backends.get(o).map(|x| x.address.ip()) == Some(ip));
+            if !seen {
+                out.push((pool_idx, i));
+                picked += 1;
+            }
+        }
+    }
+    true
+}
+
+/// What [`answer_into`] decided; the reply's bytes are in the caller's buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    /// `Some`: no reply (the buffer is empty).
+    pub dropped: Option<Dropped>,
+    /// The question's type, if the packet had one question.
+    pub qtype: Option<RecordType>,
+    /// The reply's response code (`NoError` when dropped).
+    pub rcode: ResponseCode,
+    /// The reply went out truncated (TC): too large, or slipped by RRL.
+    pub truncated: bool,
+    /// The fast path (`fast`) wrote the reply, not hickory-proto.
+    pub fast: bool,
+}
+
+impl Summary {
+    fn dropped(why: Dropped, qtype: Option<RecordType>) -> Self {
+        Self {
+            dropped: Some(why),
+            qtype,
+            rcode: ResponseCode::NoError,
+            truncated: false,
+            fast: false,
+        }
+    }
 }
 
 /// Answers one query (see the module doc). `rrl`: the caller's table for UDP; `None` over
-/// TCP and HTTPS.
-#[allow(clippy::too_many_lines)]
+/// TCP and HTTPS. [`answer_into`] without the caller's buffers.
 pub fn answer<S: Pools + ?Sized>(
     zone: &Zone,
     pools: &S,
     q: &Incoming<'_>,
     rrl: Option<&mut Rrl>,
 ) -> Outcome {
+    let mut reply = Vec::new();
+    let mut answered = Vec::new();
+    let s = answer_into(zone, pools, q, rrl, &mut reply, &mut answered);
+    outcome(s, reply, answered)
+}
+
+fn outcome(s: Summary, reply: Vec<u8>, answered: Vec<(usize, usize)>) -> Outcome {
+    Outcome {
+        reply: s.dropped.is_none().then_some(reply),
+        dropped: s.dropped,
+        qtype: s.qtype,
+        rcode: s.rcode,
+        truncated: s.truncated,
+        answered,
+    }
+}
+
+/// Answers one query (see the module doc) into the caller's buffers, which it clears
+/// first: `reply` gets the reply's bytes (none when dropped), `answered` the backends in
+/// the answer (index into [`Zone::pools`], backend index). With buffers kept across
+/// queries, the common query (`fast`) allocates nothing.
+pub fn answer_into<S: Pools + ?Sized>(
+    zone: &Zone,
+    pools: &S,
+    q: &Incoming<'_>,
+    rrl: Option<&mut Rrl>,
+    reply: &mut Vec<u8>,
+    answered: &mut Vec<(usize, usize)>,
+) -> Summary {
+    reply.clear();
+    answered.clear();
+    // Shorter than a header, or a response: dropped.
+    let Some(&flags) = q.packet.get(2).filter(|_| q.packet.len() >= 12) else {
+        return Summary::dropped(Dropped::Malformed, None);
+    };
+    if flags & 0x80 != 0 {
+        return Summary::dropped(Dropped::Malformed, None);
+    }
+    let quick = fast::parse(q.packet);
+    let parsed = if quick.is_some() {
+        None
+    } else {
+        Some(Message::from_vec(q.packet))
+    };
+    let qtype = match (&quick, &parsed) {
+        (Some(f), _) => Some(RecordType::from(f.qtype)),
+        (None, Some(p)) => p.as_ref().ok().and_then(|m| {
+            (m.queries().len() == 1)
+                .then(|| m.queries().first().map(Query::query_type))
+                .flatten()
+        }),
+        (None, None) => None,
+    };
+    let verdict = match (rrl, q.transport) {
+        (Some(rrl), Transport::Udp) => rrl.check(q.client, q.now, zone.rrl),
+        _ => RrlVerdict::Send,
+    };
+    if verdict == RrlVerdict::Drop {
+        return Summary::dropped(Dropped::RateLimited, qtype);
+    }
+    if let (Some(f), RrlVerdict::Send) = (&quick, verdict) {
+        if fast_answer(zone, pools, q, f, reply, answered) {
+            return Summary {
+                dropped: None,
+                qtype,
+                rcode: ResponseCode::NoError,
+                truncated: false,
+                fast: true,
+            };
+        }
+    }
+    let parsed = parsed.unwrap_or_else(|| Message::from_vec(q.packet));
+    slow(zone, pools, q, verdict, parsed, qtype, reply, answered)
+}
+
+/// [`answer`] by hickory-proto alone, without the fast path: the reference the fast path is
+/// tested against (`crates/core/tests/dns_fast.rs`, the `dns` fuzz target).
+#[doc(hidden)]
+pub fn answer_reference<S: Pools + ?Sized>(
+    zone: &Zone,
+    pools: &S,
+    q: &Incoming<'_>,
+    rrl: Option<&mut Rrl>,
+) -> Outcome {
+    let mut reply = Vec::new();
+    let mut answered = Vec::new();
     let Ok(header) = Header::read(&mut BinDecoder::new(q.packet)) else {
-        return Outcome::dropped(Dropped::Malformed, None);
+        return outcome(Summary::dropped(Dropped::Malformed, None), reply, answered);
     };
     if header.message_type() == MessageType::Response {
-        return Outcome::dropped(Dropped::Malformed, None);
+        return outcome(Summary::dropped(Dropped::Malformed, None), reply, answered);
     }
     let parsed = Message::from_vec(q.packet);
     let qtype = parsed
@@ -502,16 +665,196 @@ pub fn answer<S: Pools + ?Sized>(
         _ => RrlVerdict::Send,
     };
     if verdict == RrlVerdict::Drop {
-        return Outcome::dropped(Dropped::RateLimited, qtype);
+        return outcome(
+            Summary::dropped(Dropped::RateLimited, qtype),
+            reply,
+            answered,
+        );
     }
+    let s = slow(
+        zone,
+        pools,
+        q,
+        verdict,
+        parsed,
+        qtype,
+        &mut reply,
+        &mut answered,
+    );
+    outcome(s, reply, answered)
+}
+
+/// The fast path (see `fast`): `true` when it wrote the reply. It declines, before any
+/// scheduler is asked, whatever it does not answer exactly as [`slow`] would.
+#[allow(clippy::too_many_lines)]
+fn fast_answer<S: Pools + ?Sized>(
+    zone: &Zone,
+    pools: &S,
+    q: &Incoming<'_>,
+    f: &fast::Query<'_>,
+    reply: &mut Vec<u8>,
+    answered: &mut Vec<(usize, usize)>,
+) -> bool {
+    let v4 = match RecordType::from(f.qtype) {
+        RecordType::A => true,
+        RecordType::AAAA => false,
+        _ => return false,
+    };
+    if f.qclass != u16::from(DNSClass::IN) {
+        return false;
+    }
+    let Some(e) = f.lower.get(..f.lower_len).and_then(|k| zone.fast.get(k)) else {
+        return false;
+    };
+    let Some(pool) = pools.pool(e.pool) else {
+        return false;
+    };
+    let family = pool
+        .backends()
+        .iter()
+        .filter(|b| b.address.is_ipv4() == v4)
+        .count();
+    if family == 0 {
+        return false; // NODATA, with the SOA: the hickory path's
+    }
+    let limit = match (q.transport, f.edns) {
+        (Transport::Tcp | Transport::Https, _) => usize::from(u16::MAX),
+        (Transport::Udp, Some((payload, _))) => usize::from(payload.clamp(512, EDNS_PAYLOAD)),
+        (Transport::Udp, None) => CLASSIC_PAYLOAD,
+    };
+    let mut owner = fast::Owner::new(&e.owner, f.qname);
+    let rdlen = if v4 { 4 } else { 16 };
+    let opt_len = f.edns.map_or(0, |(_, ecs)| {
+        11 + ecs.map_or(0, |c| 8 + usize::from(c.source).div_ceil(8))
+    });
+    let most = 12
+        + f.qname.len()
+        + 4
+        + e.max_answers.min(family) * (owner.max_len() + 10 + rdlen)
+        + opt_len;
+    if most > limit {
+        return false; // might be truncated: the hickory path's
+    }
+    let (key, scope_of) = match f.edns.and_then(|(_, ecs)| ecs) {
+        Some(cs) if cs.source > 0 => {
+            let cap = if cs.v4 { ECS_V4_PREFIX } else { ECS_V6_PREFIX };
+            let bits = cs.source.min(cap);
+            (mask(cs.addr, bits), bits)
+        }
+        _ => (q.client, 0),
+    };
+    let open = subset(
+        pool,
+        e.pool,
+        v4,
+        e.max_answers,
+        key,
+        q.random,
+        q.now,
+        answered,
+    );
+    let scope = if !answered.is_empty() && !open && pool.scheduler().kind().is_hashing() {
+        scope_of
+    } else {
+        0
+    };
+    let ttl = if open {
+        e.ttl.min(FAIL_OPEN_TTL)
+    } else {
+        e.ttl
+    };
+    // Header: the id, QR, QUERY, AA, RD as asked; CD as asked, NOERROR.
+    reply.extend_from_slice(&f.id);
+    reply.push(0x80 | 0x04 | u8::from(f.rd));
+    reply.push(if f.cd { 0x10 } else { 0 });
+    reply.extend_from_slice(&1u16.to_be_bytes());
+    let count_at = reply.len();
+    reply.extend_from_slice(&[0, 0, 0, 0]);
+    reply.extend_from_slice(&u16::from(f.edns.is_some()).to_be_bytes());
+    reply.extend_from_slice(f.qname);
+    reply.extend_from_slice(&f.qtype.to_be_bytes());
+    reply.extend_from_slice(&f.qclass.to_be_bytes());
+    let mut count: u16 = 0;
+    for &(_, i) in answered.iter() {
+        let Some(b) = pool.backends().get(i) else {
+            continue;
+        };
+        owner.write(reply);
+        reply.extend_from_slice(&f.qtype.to_be_bytes());
+        reply.extend_from_slice(&1u16.to_be_bytes());
+        reply.extend_from_slice(&ttl.to_be_bytes());
+        match b.address.ip() {
+            IpAddr::V4(ip) => {
+                reply.extend_from_slice(&4u16.to_be_bytes());
+                reply.extend_from_slice(&ip.octets());
+            }
+            IpAddr::V6(ip) => {
+                reply.extend_from_slice(&16u16.to_be_bytes());
+                reply.extend_from_slice(&ip.octets());
+            }
+        }
+        count += 1;
+    }
+    if let Some(c) = reply.get_mut(count_at..count_at + 2) {
+        c.copy_from_slice(&count.to_be_bytes());
+    }
+    if let Some((_, ecs)) = f.edns {
+        // OPT: root, type 41, our payload size, rcode/version/flags 0, ECS echoed.
+        reply.push(0);
+        reply.extend_from_slice(&41u16.to_be_bytes());
+        reply.extend_from_slice(&EDNS_PAYLOAD.to_be_bytes());
+        reply.extend_from_slice(&[0, 0, 0, 0]);
+        match ecs {
+            None => reply.extend_from_slice(&[0, 0]),
+            Some(cs) => {
+                let n = usize::from(cs.source).div_ceil(8);
+                let octets = match cs.addr {
+                    IpAddr::V4(ip) => ip.to_ipv6_mapped().octets(),
+                    IpAddr::V6(ip) => ip.octets(),
+                };
+                let bytes = if cs.v4 {
+                    octets.get(12..12 + n)
+                } else {
+                    octets.get(..n)
+                }
+                .unwrap_or_default();
+                let len = 4 + bytes.len() as u16;
+                reply.extend_from_slice(&(len + 4).to_be_bytes());
+                reply.extend_from_slice(&8u16.to_be_bytes());
+                reply.extend_from_slice(&len.to_be_bytes());
+                reply.extend_from_slice(&(if cs.v4 { 1u16 } else { 2u16 }).to_be_bytes());
+                reply.push(cs.source);
+                reply.push(scope);
+                reply.extend_from_slice(bytes);
+            }
+        }
+    }
+    true
+}
+
+/// The hickory path: every query the fast path declines.
+#[allow(clippy::too_many_lines, clippy::too_many_arguments)]
+fn slow<S: Pools + ?Sized>(
+    zone: &Zone,
+    pools: &S,
+    q: &Incoming<'_>,
+    verdict: RrlVerdict,
+    parsed: Result<Message, hickory_proto::ProtoError>,
+    qtype: Option<RecordType>,
+    bytes: &mut Vec<u8>,
+    answered: &mut Vec<(usize, usize)>,
+) -> Summary {
     let Ok(msg) = parsed else {
-        let reply = Message::error_msg(header.id(), header.op_code(), ResponseCode::FormErr);
+        let (id, op) = Header::read(&mut BinDecoder::new(q.packet))
+            .map_or((0, OpCode::Query), |h| (h.id(), h.op_code()));
+        let reply = Message::error_msg(id, op, ResponseCode::FormErr);
         return finish(
             &reply,
             ResponseCode::FormErr,
             qtype,
-            Vec::new(),
             CLASSIC_PAYLOAD,
+            bytes,
+            answered,
         );
     };
     let limit = match (q.transport, msg.extensions()) {
@@ -533,7 +876,6 @@ pub fn answer<S: Pools + ?Sized>(
         e.set_max_payload(EDNS_PAYLOAD);
         e
     });
-    let mut answered: Vec<(usize, usize)> = Vec::new();
     let mut scope = 0;
     let rcode = 'rc: {
         if msg.op_code() != OpCode::Query {
@@ -576,14 +918,29 @@ pub fn answer<S: Pools + ?Sized>(
                 _ => None,
             };
             if let (Some(v4), Some(pool)) = (v4, pools.pool(e.pool)) {
-                let mut want = v4;
-                let (mut picked, mut open) =
-                    subset(pool, want, e.max_answers, key, q.random, q.now);
-                if picked.is_empty() && qt == RecordType::ANY {
-                    want = false;
-                    (picked, open) = subset(pool, want, e.max_answers, key, q.random, q.now);
+                let mut open = subset(
+                    pool,
+                    e.pool,
+                    v4,
+                    e.max_answers,
+                    key,
+                    q.random,
+                    q.now,
+                    answered,
+                );
+                if answered.is_empty() && qt == RecordType::ANY {
+                    open = subset(
+                        pool,
+                        e.pool,
+                        false,
+                        e.max_answers,
+                        key,
+                        q.random,
+                        q.now,
+                        answered,
+                    );
                 }
-                if !picked.is_empty() && !open && pool.scheduler().kind().is_hashing() {
+                if !answered.is_empty() && !open && pool.scheduler().kind().is_hashing() {
                     scope = scope_of;
                 }
                 let ttl = if open {
@@ -591,7 +948,7 @@ pub fn answer<S: Pools + ?Sized>(
                 } else {
                     e.ttl
                 };
-                for &i in &picked {
+                for &(_, i) in answered.iter() {
                     let Some(b) = pool.backends().get(i) else {
                         continue;
                     };
@@ -602,7 +959,6 @@ pub fn answer<S: Pools + ?Sized>(
                     reply.add_answer(Record::from_rdata(e.name.clone(), ttl, rdata));
                     found = true;
                 }
-                answered.extend(picked.iter().map(|&i| (e.pool, i)));
             }
         }
         if apex && !found {
@@ -640,65 +996,69 @@ pub fn answer<S: Pools + ?Sized>(
     }
     reply.set_response_code(rcode);
     if verdict == RrlVerdict::Slip {
-        let mut out = finish(&reply.truncate(), rcode, qtype, Vec::new(), limit);
+        answered.clear();
+        let mut out = finish(&reply.truncate(), rcode, qtype, limit, bytes, answered);
         out.truncated = true;
         return out;
     }
-    finish(&reply, rcode, qtype, answered, limit)
+    finish(&reply, rcode, qtype, limit, bytes, answered)
 }
 
-/// Encodes `reply`, truncated (TC, no records) when it exceeds `limit` bytes.
+/// Encodes `reply` into `bytes`, truncated (TC, no records) when it exceeds `limit` bytes.
 fn finish(
     reply: &Message,
     rcode: ResponseCode,
     qtype: Option<RecordType>,
-    answered: Vec<(usize, usize)>,
     limit: usize,
-) -> Outcome {
-    let mut out = Outcome {
-        reply: None,
+    bytes: &mut Vec<u8>,
+    answered: &mut Vec<(usize, usize)>,
+) -> Summary {
+    let mut out = Summary {
         dropped: None,
         qtype,
         rcode,
         truncated: false,
-        answered,
+        fast: false,
     };
-    let bytes = match reply.to_vec() {
+    let encoded = match reply.to_vec() {
         Ok(b) if b.len() <= limit => b,
         Ok(_) => {
             out.truncated = true;
-            out.answered.clear();
+            answered.clear();
             match reply.truncate().to_vec() {
                 Ok(b) if b.len() <= limit => b,
                 // Even the question and OPT alone do not fit: only a malformed query gets
                 // here (the `dns` fuzz target found a 1,743-byte "truncated" UDP reply), so
                 // it is answered FORMERR with the header alone.
-                Ok(_) => return formerr(reply, out),
-                Err(_) => return servfail(reply, out),
+                Ok(_) => return error_reply(reply, ResponseCode::FormErr, out, bytes, answered),
+                Err(_) => return error_reply(reply, ResponseCode::ServFail, out, bytes, answered),
             }
         }
-        Err(_) => return servfail(reply, out),
+        Err(_) => return error_reply(reply, ResponseCode::ServFail, out, bytes, answered),
     };
-    out.reply = Some(bytes);
+    bytes.extend_from_slice(&encoded);
     out
 }
 
-fn formerr(reply: &Message, mut out: Outcome) -> Outcome {
-    out.rcode = ResponseCode::FormErr;
-    out.truncated = false;
-    out.answered.clear();
-    out.reply = Message::error_msg(reply.id(), reply.op_code(), ResponseCode::FormErr)
-        .to_vec()
-        .ok();
-    out
-}
-
-fn servfail(reply: &Message, mut out: Outcome) -> Outcome {
-    out.rcode = ResponseCode::ServFail;
-    out.answered.clear();
-    out.reply = Message::error_msg(reply.id(), reply.op_code(), ResponseCode::ServFail)
-        .to_vec()
-        .ok();
+/// FORMERR (the reply would not fit) or SERVFAIL (it would not encode), header alone.
+fn error_reply(
+    reply: &Message,
+    rcode: ResponseCode,
+    mut out: Summary,
+    bytes: &mut Vec<u8>,
+    answered: &mut Vec<(usize, usize)>,
+) -> Summary {
+    out.rcode = rcode;
+    if rcode == ResponseCode::FormErr {
+        out.truncated = false;
+    }
+    answered.clear();
+    bytes.clear();
+    match Message::error_msg(reply.id(), reply.op_code(), rcode).to_vec() {
+        Ok(b) => bytes.extend_from_slice(&b),
+        // Nothing to send: counted as dropped.
+        Err(_) => out.dropped = Some(Dropped::Malformed),
+    }
     out
 }
 

@@ -660,8 +660,17 @@ impl Controller {
     /// path) keeps running meanwhile.
     async fn rebuild(&mut self) {
         let build = self.prepare();
-        match off_thread(move || build.run()).await {
-            Ok(snap) => self.shared.snapshot.store(Arc::new(snap)),
+        let built = off_thread(move || {
+            let snap = build.run();
+            crate::memory::release_now();
+            snap
+        })
+        .await;
+        match built {
+            Ok(snap) => {
+                self.shared.snapshot.store(Arc::new(snap));
+                crate::memory::release_now();
+            }
             Err(e) => tracing::error!("{e}; the running state stays as it was"),
         }
     }

@@ -232,6 +232,35 @@ impl DnsRt {
         }
         out
     }
+
+    /// [`DnsRt::answer`] into the caller's buffers ([`fulcrum_core::dns::answer_into`]):
+    /// the UDP loop keeps them across queries, so the common query allocates nothing.
+    pub fn answer_into(
+        &self,
+        stats: &ServiceStats,
+        q: &fulcrum_core::dns::Incoming<'_>,
+        rrl: Option<&mut fulcrum_core::dns::Rrl>,
+        reply: &mut Vec<u8>,
+        answered: &mut Vec<(usize, usize)>,
+    ) -> fulcrum_core::dns::Summary {
+        let out = fulcrum_core::dns::answer_into(
+            &self.zone,
+            self.pools.as_slice(),
+            q,
+            rrl,
+            reply,
+            answered,
+        );
+        stats
+            .dns
+            .count_one(out.qtype, out.rcode, out.dropped.is_some());
+        for &(p, b) in answered.iter() {
+            if let Some(s) = self.pools.get(p).and_then(|p| p.stats.get(b)) {
+                s.dns_answers.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        out
+    }
 }
 
 /// Everything running, as one value.

@@ -126,8 +126,18 @@ pub struct DnsCounts {
 impl DnsCounts {
     /// Counts one query.
     pub fn count(&self, o: &fulcrum_core::dns::Outcome) {
+        self.count_one(o.qtype, o.rcode, o.dropped.is_some());
+    }
+
+    /// Counts one query by its question type and response code, or as dropped.
+    pub fn count_one(
+        &self,
+        qtype: Option<fulcrum_core::dns::RecordType>,
+        rcode: fulcrum_core::dns::ResponseCode,
+        dropped: bool,
+    ) {
         use fulcrum_core::dns::{RecordType, ResponseCode};
-        let q = match o.qtype {
+        let q = match qtype {
             Some(RecordType::A) => 0,
             Some(RecordType::AAAA) => 1,
             Some(RecordType::SOA) => 2,
@@ -136,10 +146,10 @@ impl DnsCounts {
             Some(_) => 5,
             None => 6,
         };
-        let r = if o.dropped.is_some() {
+        let r = if dropped {
             7
         } else {
-            match o.rcode {
+            match rcode {
                 ResponseCode::NoError => 0,
                 ResponseCode::FormErr => 1,
                 ResponseCode::NXDomain => 3,
