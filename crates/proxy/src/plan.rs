@@ -815,7 +815,11 @@ mod tests {
             + &service("h", "127.0.0.1:81", "http", "b", "");
         let a = |bs: &[&str]| pool("a", HEALTH, bs);
         let b = |bs: &[&str]| pool("b", "", bs);
-        let base = config(&(svc.clone() + &a(&["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]) + &b(&["10.0.1.1:80"])));
+        let base = config(
+            &(svc.clone()
+                + &a(&["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"])
+                + &b(&["10.0.1.1:80"])),
+        );
         let weighted = svc.clone()
             + "[[pool]]\nname = \"a\"\nscheduler = \"rr\"\n"
             + HEALTH
@@ -825,8 +829,12 @@ mod tests {
         let running = carried_out(&Running::default(), &first, &base);
         let changes = [
             // added at the end, in the middle, removed, reordered, re-weighted, both pools
-            svc.clone() + &a(&["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80"]) + &b(&["10.0.1.1:80"]),
-            svc.clone() + &a(&["10.0.0.1:80", "10.0.0.9:80", "10.0.0.2:80", "10.0.0.3:80"]) + &b(&["10.0.1.1:80"]),
+            svc.clone()
+                + &a(&["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80"])
+                + &b(&["10.0.1.1:80"]),
+            svc.clone()
+                + &a(&["10.0.0.1:80", "10.0.0.9:80", "10.0.0.2:80", "10.0.0.3:80"])
+                + &b(&["10.0.1.1:80"]),
             svc.clone() + &a(&["10.0.0.1:80", "10.0.0.3:80"]) + &b(&["10.0.1.1:80"]),
             svc.clone() + &a(&["10.0.0.3:80", "10.0.0.1:80"]) + &b(&["10.0.1.1:80"]),
             weighted,
@@ -841,7 +849,8 @@ mod tests {
                 .filter(|s| !(s.track == TrackStep::Keep && s.checker == CheckerStep::Keep))
                 .collect();
             let mut got = backends_only(&base, &new).expect("a backend-only change");
-            let order = |x: &BackendPlan, y: &BackendPlan| (&x.pool, x.address).cmp(&(&y.pool, y.address));
+            let order =
+                |x: &BackendPlan, y: &BackendPlan| (&x.pool, x.address).cmp(&(&y.pool, y.address));
             expected.sort_by(order);
             got.sort_by(order);
             assert_eq!(got, expected, "{text}");
@@ -849,9 +858,17 @@ mod tests {
         // Not backend-only: no change, a pool setting, a service, a new pool.
         assert_eq!(backends_only(&base, &base), None);
         let others = [
-            svc.clone() + &a(&["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]) + &pool("b", HEALTH2, &["10.0.1.1:80"]),
-            service("s", "127.0.0.1:82", "tcp", "a", "") + &service("h", "127.0.0.1:81", "http", "b", "") + &a(&["10.0.0.1:80"]) + &b(&["10.0.1.1:80"]),
-            svc.clone() + &a(&["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]) + &b(&["10.0.1.1:80"]) + &pool("c", "", &["10.0.2.1:80"]),
+            svc.clone()
+                + &a(&["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"])
+                + &pool("b", HEALTH2, &["10.0.1.1:80"]),
+            service("s", "127.0.0.1:82", "tcp", "a", "")
+                + &service("h", "127.0.0.1:81", "http", "b", "")
+                + &a(&["10.0.0.1:80"])
+                + &b(&["10.0.1.1:80"]),
+            svc.clone()
+                + &a(&["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"])
+                + &b(&["10.0.1.1:80"])
+                + &pool("c", "", &["10.0.2.1:80"]),
             svc.clone() + &pool("a", HEALTH2, &["10.0.0.1:80"]) + &b(&["10.0.1.1:80"]),
         ];
         for text in &others {
