@@ -705,7 +705,12 @@ impl Controller {
     async fn rebuild(&mut self) {
         let build = self.prepare();
         match off_thread(move || build.run()).await {
-            Ok(snap) => self.shared.snapshot.store(Arc::new(snap)),
+            Ok(snap) => {
+                // The old snapshot (a large pool's table and backend lists) is freed off
+                // this thread too, once no connection holds it.
+                let old = self.shared.snapshot.swap(Arc::new(snap));
+                tokio::task::spawn_blocking(move || drop(old));
+            }
             Err(e) => tracing::error!("{e}; the running state stays as it was"),
         }
     }

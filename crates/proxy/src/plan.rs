@@ -257,11 +257,7 @@ pub fn backends_only(old: &Config, new: &Config) -> Option<Vec<BackendPlan>> {
             continue;
         }
         changed = true;
-        let bare = |p: &PoolConfig| PoolConfig {
-            backends: Vec::new(),
-            ..p.clone()
-        };
-        if o.discovery.is_some() || n.discovery.is_some() || bare(o) != bare(n) {
+        if o.discovery.is_some() || n.discovery.is_some() || !same_but_backends(o, n) {
             return None;
         }
         // The common head and tail (an append, a removal) are compared as they are; only
@@ -315,6 +311,42 @@ pub fn backends_only(old: &Config, new: &Config) -> Option<Vec<BackendPlan>> {
         }
     }
     changed.then_some(out)
+}
+
+/// Whether two pools differ at most in their static backends (every field named, so that
+/// a new one is not silently taken as unchanged; no copy of the backends).
+fn same_but_backends(o: &PoolConfig, n: &PoolConfig) -> bool {
+    let PoolConfig {
+        name,
+        scheduler,
+        hash_key,
+        persistence,
+        maglev_table_size,
+        slow_start,
+        scheduler_options,
+        sticky_cookie,
+        backend_protocol,
+        health,
+        outlier,
+        backends: _,
+        discovery,
+        locality,
+        tls,
+    } = n;
+    *name == o.name
+        && *scheduler == o.scheduler
+        && *hash_key == o.hash_key
+        && *persistence == o.persistence
+        && *maglev_table_size == o.maglev_table_size
+        && *slow_start == o.slow_start
+        && *scheduler_options == o.scheduler_options
+        && *sticky_cookie == o.sticky_cookie
+        && *backend_protocol == o.backend_protocol
+        && *health == o.health
+        && *outlier == o.outlier
+        && *discovery == o.discovery
+        && *locality == o.locality
+        && *tls == o.tls
 }
 
 fn plan_backends(new: &Config, running: &Running) -> Vec<BackendPlan> {
