@@ -319,20 +319,17 @@ impl CanonicalAddr {
             IpAddr::V4(v4) => Some(v4),
             IpAddr::V6(v6) => v6.to_ipv4_mapped(),
         };
-        match v4 {
-            Some(v4) => {
-                for (i, octet) in v4.octets().into_iter().enumerate() {
-                    if i > 0 {
-                        out.push(b'.');
-                    }
-                    out.push_decimal(u32::from(octet));
+        if let Some(v4) = v4 {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
                 }
+                out.push_decimal(u32::from(octet));
             }
-            None => {
-                use std::fmt::Write as _;
-                // Cannot fail: the longest IPv6 text is 39 bytes.
-                let _ = write!(out, "[{}]", addr.ip());
-            }
+        } else {
+            use std::fmt::Write as _;
+            // Cannot fail: the longest IPv6 text is 39 bytes.
+            let _ = write!(out, "[{}]", addr.ip());
         }
         out.push(b':');
         out.push_decimal(u32::from(addr.port()));

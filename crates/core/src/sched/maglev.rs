@@ -118,7 +118,9 @@ struct SortedLane {
 /// strings: the address text is written into a fixed buffer and sorted by its big-endian
 /// words.
 fn sorted_lanes(backends: &[Backend], m: u32) -> Vec<SortedLane> {
-    let mut v: Vec<(([u64; 6], u32, u32), SortedLane)> = backends
+    /// Address words, weight, listing position.
+    type Key = ([u64; 6], u32, u32);
+    let mut v: Vec<(Key, SortedLane)> = backends
         .iter()
         .enumerate()
         .filter(|(_, b)| b.is_eligible())
@@ -136,7 +138,7 @@ fn sorted_lanes(backends: &[Backend], m: u32) -> Vec<SortedLane> {
             ((addr.sort_key(), weight, i as u32), lane)
         })
         .collect();
-    v.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    v.sort_unstable_by_key(|e| e.0);
     v.into_iter().map(|(_, lane)| lane).collect()
 }
 
@@ -453,6 +455,13 @@ impl Scheduler for Maglev {
     }
 }
 
+/// The canonical address of backend-slice index `i` of table `t`.
+fn slot_owner(t: &Maglev, i: u32) -> Option<&CanonicalAddr> {
+    t.rank_of
+        .get(i as usize)
+        .and_then(|&r| t.sorted_addrs.get(r as usize))
+}
+
 /// The share (0..=1) of table slots whose owner *address* differs between `old` (built from
 /// `old_backends`) and `new` (built from `new_backends`): the live disruption of a change.
 /// Tables of different sizes count as fully moved (1.0); two empty tables as 0.0, one
@@ -473,16 +482,11 @@ pub fn moved_ratio(
     // keep them, sorted): compared as they are, without a map of the addresses.
     debug_assert_eq!(old.rank_of.len(), old_backends.len());
     debug_assert_eq!(new.rank_of.len(), new_backends.len());
-    fn owner(t: &Maglev, i: u32) -> Option<&CanonicalAddr> {
-        t.rank_of
-            .get(i as usize)
-            .and_then(|&r| t.sorted_addrs.get(r as usize))
-    }
     let moved = old
         .table
         .iter()
         .zip(&new.table)
-        .filter(|(&o, &n)| owner(old, o) != owner(new, n))
+        .filter(|(&o, &n)| slot_owner(old, o) != slot_owner(new, n))
         .count();
     moved as f64 / old.table.len() as f64
 }
