@@ -16,7 +16,7 @@ use fulcrum_core::config::{Route, ServiceConfig};
 use fulcrum_core::rules::{Coding, Compression, HeaderRules, Rules, StatusMatch, Var};
 use http::Version;
 
-use crate::proxy::ReqView;
+use crate::request::ReqView;
 
 /// One route's (or the default's) rules with the files they name, loaded.
 #[derive(Debug)]
