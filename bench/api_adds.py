@@ -1,14 +1,18 @@
 #!/usr/bin/env python3
 # Per-call cost of adding backends one at a time (PUT /api/v1/pools/big/backends/ADDR) to a
-# large maglev pool, and the data-path stall meanwhile, seen by a probe doing TCP connect +
-# 1-byte echo round trips through another service of the same process.
+# large maglev pool, then removing them again (DELETE), and the data-path stall meanwhile,
+# seen by a probe doing TCP connect + 1-byte echo round trips through another service of the
+# same process (and, for comparison, the same probe for 3 s without changes).
 #   python3 bench/api_adds.py FULCRUM_BINARY BACKENDS ADDS [WORKERS]
 #   python3 bench/api_adds.py target/release/fulcrum 8000 30 1
 # The pool's backends are in 198.18.0.0/15 and are never contacted (no health checks, no
 # traffic to that service); the probe's echo backend and every listener are on 127.0.0.1
 # (ports 29421-29423). Runs in the current directory (writes big.toml, big.err); stops the
 # fulcrum it started.
-import socket, subprocess, time, sys, threading, http.client, statistics
+import os, sys
+# bench/http.py would shadow the standard library's http package: not from this directory.
+sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+import socket, subprocess, time, threading, http.client, statistics
 binary=sys.argv[1]; N=int(sys.argv[2]); ADDS=int(sys.argv[3]); workers=sys.argv[4] if len(sys.argv)>4 else "1"
 adm=("127.0.0.1",29421); probe=("127.0.0.1",29422); big=("127.0.0.1",29423)
 echo=socket.socket(); echo.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR,1); echo.bind(("127.0.0.1",0)); echo.listen(128)
@@ -53,7 +57,7 @@ def run_probe(secs):
     lat=[]; stop=False
     th=threading.Thread(target=prober); th.start(); time.sleep(secs); stop=True; th.join()
     return sorted(lat)
-idle=run_probe(1.0)
+idle=run_probe(3.0)
 lat=[]; stop=False
 th=threading.Thread(target=prober); th.start()
 calls=[]
@@ -65,11 +69,20 @@ for i in range(ADDS):
     r=c.getresponse(); r.read()
     calls.append(time.perf_counter()-t)
     assert r.status==200, r.status
+removes=[]
+for i in range(ADDS):
+    addr=f"198.19.{i//250}.{i%250+1}:80"
+    t=time.perf_counter()
+    c.request("DELETE",f"/api/v1/pools/big/backends/{addr}")
+    r=c.getresponse(); r.read()
+    removes.append(time.perf_counter()-t)
+    assert r.status==200, r.status
 stop=True; th.join()
 busy=sorted(lat)
 q=lambda v,f: v[min(len(v)-1,int(len(v)*f))]*1000
 print(f"N={N} adds={ADDS} workers={workers}")
-print(f"per call: median {statistics.median(calls)*1000:.1f} ms, mean {statistics.mean(calls)*1000:.1f} ms, max {max(calls)*1000:.1f} ms")
+print(f"per add: median {statistics.median(calls)*1000:.1f} ms, mean {statistics.mean(calls)*1000:.1f} ms, max {max(calls)*1000:.1f} ms")
+print(f"per remove: median {statistics.median(removes)*1000:.1f} ms, mean {statistics.mean(removes)*1000:.1f} ms, max {max(removes)*1000:.1f} ms")
 print(f"probe idle: n={len(idle)} p50 {q(idle,.5):.2f} p99 {q(idle,.99):.2f} max {idle[-1]*1000:.2f} ms")
-print(f"probe during adds: n={len(busy)} p50 {q(busy,.5):.2f} p99 {q(busy,.99):.2f} max {busy[-1]*1000:.2f} ms")
+print(f"probe during adds and removes: n={len(busy)} p50 {q(busy,.5):.2f} p99 {q(busy,.99):.2f} max {busy[-1]*1000:.2f} ms")
 p.terminate(); p.wait()

@@ -78,6 +78,70 @@ pub fn set_backend(
     addr: SocketAddr,
     weight: u16,
 ) -> Result<Config, ChangeError> {
+    if let Some(new) = set_backend_direct(cfg, pool, addr, weight) {
+        return Ok(new);
+    }
+    set_backend_reparsed(cfg, pool, addr, weight)
+}
+
+/// Whether a backend change of `pool` can be made on the [`Config`] directly, with the same
+/// result as editing and re-parsing the whole document ([`set_backend_reparsed`],
+/// [`remove_backend_reparsed`]; the tests compare the two). A pool of a dsr/tunnel/nat
+/// service is left to the full check (the packet data plane's limit on the backends of all
+/// such pools together).
+fn direct_edit_applies(cfg: &Config, pool: &str) -> bool {
+    !cfg.services
+        .iter()
+        .any(|s| s.forward.mode() != fulcrum_core::model::ForwardMode::Proxy && s.uses_pool(pool))
+}
+
+/// [`set_backend`] on the [`Config`] itself: at 10,000 backends, writing and re-parsing the
+/// whole document takes tens of milliseconds per call. `None` when the change could be
+/// refused (another spelling of an address already in the pool, a Maglev table too small
+/// for one more backend, port 0, an IPv6 scope or flow label) or the pool is not a plain
+/// one ([`direct_edit_applies`]): the full re-parse then decides, and says exactly why.
+fn set_backend_direct(cfg: &Config, pool: &str, addr: SocketAddr, weight: u16) -> Option<Config> {
+    let plain = match addr {
+        SocketAddr::V4(_) => true,
+        SocketAddr::V6(v6) => v6.scope_id() == 0 && v6.flowinfo() == 0,
+    };
+    if !plain || addr.port() == 0 || !direct_edit_applies(cfg, pool) {
+        return None;
+    }
+    let i = cfg.pools.iter().position(|p| p.name == pool)?;
+    let p = &cfg.pools[i];
+    let same = p.backends.iter().position(|b| b.address == addr);
+    if same.is_none() {
+        let key = fulcrum_core::model::CanonicalAddr::new(&addr);
+        if p.backends
+            .iter()
+            .any(|b| fulcrum_core::model::CanonicalAddr::new(&b.address) == key)
+        {
+            return None;
+        }
+        if p.maglev_table_size
+            .is_some_and(|size| size.get() as usize <= p.backends.len())
+        {
+            return None;
+        }
+    }
+    let mut new = cfg.clone();
+    let backends = &mut new.pools[i].backends;
+    match same {
+        Some(j) => backends[j].weight = fulcrum_core::model::Weight::new(weight),
+        None => backends.push(fulcrum_core::model::Backend::new(addr, weight)),
+    }
+    Some(new)
+}
+
+/// [`set_backend`] by writing the whole config as a document, editing it and parsing it
+/// again.
+fn set_backend_reparsed(
+    cfg: &Config,
+    pool: &str,
+    addr: SocketAddr,
+    weight: u16,
+) -> Result<Config, ChangeError> {
     let mut doc = cfg.to_toml_table();
     let p = pool_table(&mut doc, pool)?;
     let backends = array_mut(p, "backend");
@@ -108,6 +172,24 @@ pub fn remove_backend(cfg: &Config, pool: &str, addr: SocketAddr) -> Result<Conf
             "pool {pool:?} has no backend {addr}"
         )));
     }
+    if direct_edit_applies(cfg, pool) {
+        // Removing a backend cannot make a valid config invalid (a pool may be empty).
+        let mut new = cfg.clone();
+        if let Some(p) = new.pools.iter_mut().find(|p| p.name == pool) {
+            p.backends.retain(|b| b.address != addr);
+        }
+        return Ok(new);
+    }
+    remove_backend_reparsed(cfg, pool, addr)
+}
+
+/// [`remove_backend`] by writing, editing and parsing the whole document (see
+/// [`set_backend_reparsed`]).
+fn remove_backend_reparsed(
+    cfg: &Config,
+    pool: &str,
+    addr: SocketAddr,
+) -> Result<Config, ChangeError> {
     let mut doc = cfg.to_toml_table();
     let p = pool_table(&mut doc, pool)?;
     array_mut(p, "backend").retain(|b| !same_addr(b, addr));
@@ -367,5 +449,71 @@ mod tests {
             1,
         ));
         assert!(m.contains("smaller than the number of backends (4)"), "{m}");
+    }
+
+    /// The direct backend edits give exactly the config (or the refusal) that editing and
+    /// re-parsing the whole document gives. (Not with `[pool.locality] weights`: the
+    /// re-parse of such a config fails today, "expected a borrowed string", so every admin
+    /// API change of such a config is refused; left to the config's owners.)
+    #[test]
+    fn direct_backend_edits_equal_the_reparsed_ones() {
+        const RICH: &str = "[[service]]\nname = \"s\"\nlisten = \"127.0.0.1:8080\"\nprotocol = \"tcp\"\npool = \"p\"\n\n[[service]]\nname = \"h\"\nlisten = \"127.0.0.1:8081\"\nprotocol = \"http\"\npool = \"z\"\n\n[[pool]]\nname = \"p\"\nscheduler = \"maglev\"\nmaglev_table_size = 5\n[pool.health]\ncheck = \"tcp\"\ninterval = \"2s\"\n[[pool.backend]]\naddress = \"127.0.0.1:1\"\nweight = 3\n[[pool.backend]]\naddress = \"[::ffff:127.0.0.2]:2\"\n[[pool.backend]]\naddress = \"[2001:db8::1]:80\"\nweight = 0\n\n[[pool]]\nname = \"z\"\nscheduler = \"wrr\"\n[[pool.backend]]\naddress = \"127.0.0.1:9\"\nzone = \"a\"\n[[pool.backend]]\naddress = \"127.0.0.1:10\"\nzone = \"b\"\n\n[[pool]]\nname = \"empty\"\nscheduler = \"rr\"\n";
+        let base = config::parse(RICH).expect("rich config");
+        let addr = |s: &str| s.parse::<SocketAddr>().expect("addr");
+        let sets = [
+            ("p", "127.0.0.1:3", 1u16),
+            ("p", "127.0.0.1:1", 7),
+            ("p", "127.0.0.1:1", 0),
+            ("p", "127.0.0.2:2", 1),
+            ("p", "[::ffff:127.0.0.1]:1", 1),
+            ("p", "[2001:db8::1]:80", 65535),
+            ("p", "[fe80::1%3]:80", 2),
+            ("z", "127.0.0.1:9", 4),
+            ("z", "127.0.0.1:11", 1),
+            ("empty", "10.0.0.1:80", 1),
+            ("nope", "10.0.0.1:80", 1),
+        ];
+        for (pool, a, w) in sets {
+            let a = addr(a);
+            assert_eq!(
+                set_backend(&base, pool, a, w),
+                set_backend_reparsed(&base, pool, a, w),
+                "set {pool} {a} {w}"
+            );
+        }
+        // A full table: the fifth backend fits, the sixth is refused (by the re-parse).
+        let full = set_backend(&base, "p", addr("127.0.0.1:4"), 1).expect("fits");
+        let full = set_backend(&full, "p", addr("127.0.0.1:5"), 1).expect("fits");
+        assert_eq!(
+            set_backend(&full, "p", addr("127.0.0.1:6"), 1),
+            set_backend_reparsed(&full, "p", addr("127.0.0.1:6"), 1)
+        );
+        assert!(set_backend(&full, "p", addr("127.0.0.1:6"), 1).is_err());
+        for (pool, a) in [
+            ("p", "127.0.0.1:1"),
+            ("p", "[::ffff:127.0.0.2]:2"),
+            ("z", "127.0.0.1:10"),
+            ("p", "127.0.0.1:99"),
+            ("nope", "127.0.0.1:1"),
+        ] {
+            let a = addr(a);
+            let direct = remove_backend(&base, pool, a);
+            let reparsed = if base
+                .pool(pool)
+                .is_some_and(|p| p.backends.iter().any(|b| b.address == a))
+            {
+                remove_backend_reparsed(&base, pool, a)
+            } else {
+                direct.clone()
+            };
+            assert_eq!(direct, reparsed, "remove {pool} {a}");
+        }
+        // Both pool's backends gone: the pool stays, empty, as in the file.
+        let one = remove_backend(&base, "z", addr("127.0.0.1:9")).expect("remove");
+        let none = remove_backend(&one, "z", addr("127.0.0.1:10")).expect("remove");
+        assert_eq!(
+            Ok(none),
+            remove_backend_reparsed(&one, "z", addr("127.0.0.1:10"))
+        );
     }
 }

@@ -295,6 +295,110 @@ pub fn canonical_addr(addr: &SocketAddr) -> String {
     }
 }
 
+/// [`canonical_addr`]'s text without an allocation (at most 47 bytes:
+/// `[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535`), ordered bytewise like the text: what
+/// the Maglev table build sorts and hashes for every backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CanonicalAddr {
+    /// The text, zero-padded (the text has no zero byte, so comparing the whole buffers
+    /// orders as comparing the texts).
+    buf: [u8; CanonicalAddr::CAP],
+    len: u8,
+}
+
+impl CanonicalAddr {
+    const CAP: usize = 48;
+
+    /// The canonical text of `addr`; the same bytes as [`canonical_addr`].
+    pub fn new(addr: &SocketAddr) -> Self {
+        let mut out = Self {
+            buf: [0; Self::CAP],
+            len: 0,
+        };
+        let v4 = match addr.ip() {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(v6) => v6.to_ipv4_mapped(),
+        };
+        if let Some(v4) = v4 {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                out.push_decimal(u32::from(octet));
+            }
+        } else {
+            use std::fmt::Write as _;
+            // Cannot fail: the longest IPv6 text is 39 bytes.
+            let _ = write!(out, "[{}]", addr.ip());
+        }
+        out.push(b':');
+        out.push_decimal(u32::from(addr.port()));
+        out
+    }
+
+    /// The text's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..usize::from(self.len)]
+    }
+
+    /// The text as big-endian words: comparing them orders as comparing the texts.
+    pub fn sort_key(&self) -> [u64; 6] {
+        std::array::from_fn(|i| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&self.buf[i * 8..i * 8 + 8]);
+            u64::from_be_bytes(w)
+        })
+    }
+
+    fn push(&mut self, b: u8) {
+        if let Some(slot) = self.buf.get_mut(usize::from(self.len)) {
+            *slot = b;
+            self.len += 1;
+        }
+    }
+
+    fn push_decimal(&mut self, mut v: u32) {
+        let mut digits = [0u8; 10];
+        let mut n = 0;
+        loop {
+            digits[n] = b'0' + (v % 10) as u8;
+            n += 1;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        for &d in digits[..n].iter().rev() {
+            self.push(d);
+        }
+    }
+}
+
+impl std::fmt::Write for CanonicalAddr {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = usize::from(self.len) + s.len();
+        let dst = self
+            .buf
+            .get_mut(usize::from(self.len)..end)
+            .ok_or(std::fmt::Error)?;
+        dst.copy_from_slice(s.as_bytes());
+        self.len = end as u8;
+        Ok(())
+    }
+}
+
+impl PartialOrd for CanonicalAddr {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for CanonicalAddr {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.sort_key().cmp(&other.sort_key())
+    }
+}
+
 /// Default durations shared by config and runtime.
 pub mod defaults {
     use super::Duration;

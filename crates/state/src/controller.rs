@@ -299,6 +299,9 @@ impl Controller {
     /// # Errors
     /// See above; nothing changed.
     pub async fn apply_checked(&mut self, new: Config) -> Result<(), ChangeError> {
+        if let Some(steps) = plan::backends_only(&self.config, &new) {
+            return self.apply_backends(new, &steps).await;
+        }
         let plan = self.plan(&new);
         let bound = self.bind(&plan)?;
         if let Some(check) = self.check_l7(&new, &plan.l7_check) {
@@ -315,6 +318,43 @@ impl Controller {
         self.publish_local_health();
         self.rebuild().await;
         self.listen(bound, &plan);
+        Ok(())
+    }
+
+    /// [`Controller::apply_checked`] for a change of static backends only
+    /// ([`plan::backends_only`], e.g. one admin API backend call): the same result as the
+    /// whole plan, with work on this thread (with `--workers 1` also the data path) only for
+    /// the backends that come or go and the changed pools, not for every backend of every
+    /// pool. The snapshot is still built off this thread.
+    async fn apply_backends(
+        &mut self,
+        new: Config,
+        steps: &[BackendPlan],
+    ) -> Result<(), ChangeError> {
+        // As the whole plan: every served L7 service is built once before anything changes.
+        let l7 = self.shared.l7.as_ref();
+        let names: Vec<String> = new
+            .services
+            .iter()
+            .filter(|s| served(&self.shared, s) && l7.is_some_and(|h| h.handles(s)))
+            .map(|s| s.name.clone())
+            .collect();
+        if let Some(check) = self.check_l7(&new, &names) {
+            off_thread(check)
+                .await
+                .map_err(ChangeError::Invalid)?
+                .map_err(ChangeError::Invalid)?;
+        }
+        self.carry_out_backends(&new, steps);
+        let checked = steps
+            .iter()
+            .any(|s| new.pool(&s.pool).is_some_and(|p| p.health.is_some()))
+            || steps.iter().any(|s| s.checker != CheckerStep::Keep);
+        self.config = new;
+        if checked {
+            self.publish_local_health();
+        }
+        self.rebuild().await;
         Ok(())
     }
 
@@ -506,8 +546,11 @@ impl Controller {
     /// undrains the ones that registered again.
     fn mark_left(&mut self, new: &Config) {
         for pool in &new.pools {
+            // One key per pool, its address replaced per backend (no allocation each).
+            let mut key = (pool.name.clone(), SocketAddr::from(([0, 0, 0, 0], 0)));
             for b in &self.discovery.backends(&pool.name, &pool.backends) {
-                let Some(t) = self.backends.get_mut(&(pool.name.clone(), b.address)) else {
+                key.1 = b.address;
+                let Some(t) = self.backends.get_mut(&key) else {
                     continue;
                 };
                 let leaving = self.discovery.is_leaving(&pool.name, b.address);
@@ -613,8 +656,10 @@ impl Controller {
         // one there from the pool's start does not ramp.
         let running = self.shared.snapshot.load().pool(&p.name).is_some();
         let now = self.shared.now();
+        let mut key = (p.name.clone(), SocketAddr::from(([0, 0, 0, 0], 0)));
         for b in &mut backends {
-            match self.backends.get(&(p.name.clone(), b.address)) {
+            key.1 = b.address;
+            match self.backends.get(&key) {
                 Some(t) => {
                     b.state = self.effective(&p.name, b.address, t);
                     t.stats.signals.set_up(b.is_eligible(), now, running);
@@ -668,8 +713,13 @@ impl Controller {
         .await;
         match built {
             Ok(snap) => {
-                self.shared.snapshot.store(Arc::new(snap));
-                crate::memory::release_now();
+                // The old snapshot (a large pool's table and backend lists) is freed off
+                // this thread too, once no connection holds it.
+                let old = self.shared.snapshot.swap(Arc::new(snap));
+                tokio::task::spawn_blocking(move || {
+                    drop(old);
+                    crate::memory::release_now();
+                });
             }
             Err(e) => tracing::error!("{e}; the running state stays as it was"),
         }

@@ -221,6 +221,134 @@ fn plan_listeners(
     out
 }
 
+/// The backend steps of a change that only adds, removes or re-weights static backends of
+/// pools without discovery (an admin API backend call), from the two configs alone: one
+/// step per backend that comes or goes, where [`plan`] lists every backend of every pool
+/// (the others are kept as they are). `None` for any other change (also for none at all):
+/// the whole [`plan`] then applies. Running state consistent with `old` (as the
+/// controller's is after carrying out `old`'s plan) gives the same steps as [`plan`] minus
+/// its keep-everything ones (the tests compare the two).
+pub fn backends_only(old: &Config, new: &Config) -> Option<Vec<BackendPlan>> {
+    // Every field named, so that a new one is not silently taken as unchanged.
+    let Config {
+        admin,
+        services,
+        pools,
+        xdp,
+        announce,
+        cluster,
+    } = new;
+    if *admin != old.admin
+        || *services != old.services
+        || *xdp != old.xdp
+        || *announce != old.announce
+        || *cluster != old.cluster
+        || pools.len() != old.pools.len()
+    {
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut changed = false;
+    for (o, n) in old.pools.iter().zip(pools) {
+        if o.backends == n.backends {
+            if o != n {
+                return None;
+            }
+            continue;
+        }
+        changed = true;
+        if o.discovery.is_some() || n.discovery.is_some() || !same_but_backends(o, n) {
+            return None;
+        }
+        // The common head and tail (an append, a removal) are compared as they are; only
+        // the part between is looked at address by address.
+        let head = o
+            .backends
+            .iter()
+            .zip(&n.backends)
+            .take_while(|(a, b)| a.address == b.address)
+            .count();
+        let tail = o.backends[head..]
+            .iter()
+            .rev()
+            .zip(n.backends[head..].iter().rev())
+            .take_while(|(a, b)| a.address == b.address)
+            .count();
+        let was: HashSet<SocketAddr> = o.backends[head..o.backends.len() - tail]
+            .iter()
+            .map(|b| b.address)
+            .collect();
+        let is: HashSet<SocketAddr> = n.backends[head..n.backends.len() - tail]
+            .iter()
+            .map(|b| b.address)
+            .collect();
+        for b in &n.backends[head..n.backends.len() - tail] {
+            if !was.contains(&b.address) {
+                out.push(BackendPlan {
+                    pool: n.name.clone(),
+                    address: b.address,
+                    track: TrackStep::Track,
+                    checker: n
+                        .health
+                        .clone()
+                        .map_or(CheckerStep::Keep, CheckerStep::Spawn),
+                });
+            }
+        }
+        for b in &o.backends[head..o.backends.len() - tail] {
+            if !is.contains(&b.address) {
+                out.push(BackendPlan {
+                    pool: o.name.clone(),
+                    address: b.address,
+                    track: TrackStep::Forget,
+                    checker: if o.health.is_some() {
+                        CheckerStep::Abort
+                    } else {
+                        CheckerStep::Keep
+                    },
+                });
+            }
+        }
+    }
+    changed.then_some(out)
+}
+
+/// Whether two pools differ at most in their static backends (every field named, so that
+/// a new one is not silently taken as unchanged; no copy of the backends).
+fn same_but_backends(o: &PoolConfig, n: &PoolConfig) -> bool {
+    let PoolConfig {
+        name,
+        scheduler,
+        hash_key,
+        persistence,
+        maglev_table_size,
+        slow_start,
+        scheduler_options,
+        sticky_cookie,
+        backend_protocol,
+        health,
+        outlier,
+        backends: _,
+        discovery,
+        locality,
+        tls,
+    } = n;
+    *name == o.name
+        && *scheduler == o.scheduler
+        && *hash_key == o.hash_key
+        && *persistence == o.persistence
+        && *maglev_table_size == o.maglev_table_size
+        && *slow_start == o.slow_start
+        && *scheduler_options == o.scheduler_options
+        && *sticky_cookie == o.sticky_cookie
+        && *backend_protocol == o.backend_protocol
+        && *health == o.health
+        && *outlier == o.outlier
+        && *discovery == o.discovery
+        && *locality == o.locality
+        && *tls == o.tls
+}
+
 fn plan_backends(new: &Config, running: &Running) -> Vec<BackendPlan> {
     let mut out = Vec::new();
     let mut seen = HashSet::new();
@@ -709,5 +837,74 @@ mod tests {
                 .all(|(_, s)| *s == PersistenceStep::Keep),
             "{p:?}"
         );
+    }
+
+    /// A change of static backends only: [`backends_only`] gives the steps of the whole
+    /// plan that do something, and nothing for any other change.
+    #[test]
+    fn backend_only_changes_plan_the_same_steps_as_the_whole_plan() {
+        let svc = service("s", "127.0.0.1:80", "tcp", "a", "")
+            + &service("h", "127.0.0.1:81", "http", "b", "");
+        let a = |bs: &[&str]| pool("a", HEALTH, bs);
+        let b = |bs: &[&str]| pool("b", "", bs);
+        let base = config(
+            &(svc.clone()
+                + &a(&["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"])
+                + &b(&["10.0.1.1:80"])),
+        );
+        let weighted = svc.clone()
+            + "[[pool]]\nname = \"a\"\nscheduler = \"rr\"\n"
+            + HEALTH
+            + "[[pool.backend]]\naddress = \"10.0.0.1:80\"\nweight = 5\n[[pool.backend]]\naddress = \"10.0.0.2:80\"\n[[pool.backend]]\naddress = \"10.0.0.3:80\"\n"
+            + &b(&["10.0.1.1:80"]);
+        let first = plan(&base, &base, &Running::default(), &served, &l7);
+        let running = carried_out(&Running::default(), &first, &base);
+        let changes = [
+            // added at the end, in the middle, removed, reordered, re-weighted, both pools
+            svc.clone()
+                + &a(&["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80"])
+                + &b(&["10.0.1.1:80"]),
+            svc.clone()
+                + &a(&["10.0.0.1:80", "10.0.0.9:80", "10.0.0.2:80", "10.0.0.3:80"])
+                + &b(&["10.0.1.1:80"]),
+            svc.clone() + &a(&["10.0.0.1:80", "10.0.0.3:80"]) + &b(&["10.0.1.1:80"]),
+            svc.clone() + &a(&["10.0.0.3:80", "10.0.0.1:80"]) + &b(&["10.0.1.1:80"]),
+            weighted,
+            svc.clone() + &a(&[]) + &b(&["10.0.1.1:80", "10.0.1.2:80"]),
+        ];
+        for text in &changes {
+            let new = config(text);
+            let whole = plan(&base, &new, &running, &served, &l7);
+            let mut expected: Vec<BackendPlan> = whole
+                .backends
+                .into_iter()
+                .filter(|s| !(s.track == TrackStep::Keep && s.checker == CheckerStep::Keep))
+                .collect();
+            let mut got = backends_only(&base, &new).expect("a backend-only change");
+            let order =
+                |x: &BackendPlan, y: &BackendPlan| (&x.pool, x.address).cmp(&(&y.pool, y.address));
+            expected.sort_by(order);
+            got.sort_by(order);
+            assert_eq!(got, expected, "{text}");
+        }
+        // Not backend-only: no change, a pool setting, a service, a new pool.
+        assert_eq!(backends_only(&base, &base), None);
+        let others = [
+            svc.clone()
+                + &a(&["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"])
+                + &pool("b", HEALTH2, &["10.0.1.1:80"]),
+            service("s", "127.0.0.1:82", "tcp", "a", "")
+                + &service("h", "127.0.0.1:81", "http", "b", "")
+                + &a(&["10.0.0.1:80"])
+                + &b(&["10.0.1.1:80"]),
+            svc.clone()
+                + &a(&["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"])
+                + &b(&["10.0.1.1:80"])
+                + &pool("c", "", &["10.0.2.1:80"]),
+            svc.clone() + &pool("a", HEALTH2, &["10.0.0.1:80"]) + &b(&["10.0.1.1:80"]),
+        ];
+        for text in &others {
+            assert_eq!(backends_only(&base, &config(text)), None, "{text}");
+        }
     }
 }

@@ -18,12 +18,10 @@
 //! A flow goes to `table[hash % M]`; if that backend is excluded (already tried), to the next
 //! slot forward (wrapping) holding a backend that is not.
 
-use std::collections::HashMap;
-
 use super::common::{first_candidate, sorted_eligible, Eligible};
 use super::{PickError, PickRequest, Scheduler};
 use crate::hash::{jhash, jhash2};
-use crate::model::{canonical_addr, Backend, PrimeTableSize, SchedulerKind};
+use crate::model::{Backend, CanonicalAddr, PrimeTableSize, SchedulerKind};
 
 /// Seed of the permutation offset ("Magl").
 pub const OFFSET_SEED: u32 = 0x4d61_676c;
@@ -38,7 +36,7 @@ pub struct Maglev {
     /// `M` entries (or none without eligible backends): indices into the backend slice.
     table: Vec<u32>,
     /// Canonical addresses of the table's backends, sorted.
-    sorted_addrs: Vec<String>,
+    sorted_addrs: Vec<CanonicalAddr>,
     /// For each backend-slice index, its position in `sorted_addrs` (`u32::MAX` if absent).
     rank_of: Vec<u32>,
 }
@@ -51,31 +49,25 @@ struct Lane {
     acc: u64,
     quota: u32,
     taken: u32,
-    /// `skip^-1 mod M`, computed when first needed (0: not yet).
-    inverse: u32,
 }
 
 impl Maglev {
     /// Builds the table of size `size` over the eligible backends of `backends`.
     pub fn new(backends: &[Backend], size: PrimeTableSize) -> Self {
         let m = size.get();
-        let sorted = sorted_eligible(backends);
-        let weights: Vec<u32> = sorted
-            .iter()
-            .map(|(_, i)| backends[*i].weight.get())
-            .collect();
-        let mut lanes = lanes(&sorted, &weights, m);
-        let owners: Vec<u32> = sorted.iter().map(|(_, i)| *i as u32).collect();
-        let table = populate(&mut lanes, &owners, m);
+        let sorted = sorted_lanes(backends, m);
+        let weights: Vec<u32> = sorted.iter().map(|e| e.weight).collect();
+        let quotas = quotas(&weights, m);
+        let table = populate(&sorted, &quotas, m);
         let mut rank_of = vec![u32::MAX; backends.len()];
-        for (rank, (_, i)) in sorted.iter().enumerate() {
-            rank_of[*i] = rank as u32;
+        for (rank, e) in sorted.iter().enumerate() {
+            rank_of[e.owner as usize] = rank as u32;
         }
         Self {
             eligible: Eligible::new(backends),
             size: m,
             table,
-            sorted_addrs: sorted.into_iter().map(|(a, _)| a).collect(),
+            sorted_addrs: sorted.iter().map(|e| e.addr).collect(),
             rank_of,
         }
     }
@@ -111,6 +103,45 @@ impl Maglev {
     }
 }
 
+/// One eligible backend, for [`populate`]: its canonical address, weight, index into the
+/// backend slice and permutation (start and skip).
+struct SortedLane {
+    addr: CanonicalAddr,
+    weight: u32,
+    owner: u32,
+    pos: u32,
+    skip: u32,
+}
+
+/// The eligible backends in the table's order (canonical address bytewise, then weight,
+/// then listing order: the order of [`sorted_eligible`]), with their permutations. No
+/// strings: the address text is written into a fixed buffer and sorted by its big-endian
+/// words.
+fn sorted_lanes(backends: &[Backend], m: u32) -> Vec<SortedLane> {
+    /// Address words, weight, listing position.
+    type Key = ([u64; 6], u32, u32);
+    let mut v: Vec<(Key, SortedLane)> = backends
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.is_eligible())
+        .map(|(i, b)| {
+            let addr = CanonicalAddr::new(&b.address);
+            let text = addr.as_bytes();
+            let weight = b.weight.get();
+            let lane = SortedLane {
+                addr,
+                weight,
+                owner: i as u32,
+                pos: jhash(text, OFFSET_SEED) % m,
+                skip: jhash(text, SKIP_SEED) % (m - 1) + 1,
+            };
+            ((addr.sort_key(), weight, i as u32), lane)
+        })
+        .collect();
+    v.sort_unstable_by_key(|e| e.0);
+    v.into_iter().map(|(_, lane)| lane).collect()
+}
+
 /// The lanes of the sorted backends: permutation start, skip, weight and quota.
 fn lanes(sorted: &[(String, usize)], weights: &[u32], m: u32) -> Vec<Lane> {
     let quotas = quotas(weights, m);
@@ -125,7 +156,6 @@ fn lanes(sorted: &[(String, usize)], weights: &[u32], m: u32) -> Vec<Lane> {
             acc: 0,
             quota,
             taken: 0,
-            inverse: 0,
         })
         .collect()
 }
@@ -148,7 +178,8 @@ fn quotas(weights: &[u32], m: u32) -> Vec<u32> {
     q
 }
 
-/// Fills the table as described in the module documentation; lane `k` writes `owners[k]`.
+/// Fills the table as described in the module documentation; lane `k` writes
+/// `lanes[k].owner`.
 ///
 /// Each lane takes "the next free slot of its permutation". While many slots are free that
 /// is found by probing the permutation (one bit per slot); once at most [`TAIL`] slots are
@@ -156,43 +187,65 @@ fn quotas(weights: &[u32], m: u32) -> Vec<u32> {
 /// free slots are kept in a list and a lane takes the one it would reach first: the fewest
 /// steps `((slot - pos) mod M) x skip^-1 mod M` from its position. Both give the same slot,
 /// so the table is the same ([`populate_reference`] is the plain probing, and the tests
-/// compare the two).
-fn populate(lanes: &mut [Lane], owners: &[u32], m: u32) -> Vec<u32> {
-    let Some(max_w) = lanes.iter().map(|l| l.weight).max() else {
+/// compare the two). The lanes' state is kept in separate arrays (the probing reads only
+/// positions and skips), and each round first lists the lanes whose weight fires, without a
+/// branch per lane, then lets them take their slots in order.
+fn populate(lanes: &[SortedLane], quotas: &[u32], m: u32) -> Vec<u32> {
+    let Some(max_w) = lanes.iter().map(|l| u64::from(l.weight)).max() else {
         return Vec::new();
     };
+    let mut pos: Vec<u32> = lanes.iter().map(|l| l.pos).collect();
+    let skip: Vec<u32> = lanes.iter().map(|l| l.skip).collect();
+    let weight: Vec<u64> = lanes.iter().map(|l| u64::from(l.weight)).collect();
+    let mut acc = vec![0u64; lanes.len()];
+    let mut left = quotas.to_vec();
+    let mut active: Vec<u32> = (0..lanes.len() as u32)
+        .filter(|&k| left[k as usize] > 0)
+        .collect();
+    let mut fired: Vec<u32> = vec![0; lanes.len()];
     // Every slot is written exactly once (the quotas sum to `m`).
     let mut table = vec![0; m as usize];
     let mut used = Used::new(m);
     let mut free = Tail::new(m);
-    let mut active: Vec<usize> = (0..lanes.len()).filter(|&k| lanes[k].quota > 0).collect();
     let mut filled = 0u32;
     while filled < m {
-        let mut took = false;
+        // The lanes that fire this round, in order.
+        let mut n = 0;
         for &k in &active {
-            let lane = &mut lanes[k];
-            lane.acc += lane.weight;
-            if lane.acc < max_w {
-                continue;
+            let k = k as usize;
+            let a = acc[k] + weight[k];
+            let fire = a >= max_w;
+            acc[k] = if fire { a - max_w } else { a };
+            fired[n] = k as u32;
+            n += usize::from(fire);
+        }
+        if n == 0 {
+            // As many rounds as would also be idle, at once.
+            let idle = active
+                .iter()
+                .map(|&k| (max_w - acc[k as usize]).div_ceil(weight[k as usize]) - 1)
+                .min()
+                .unwrap_or(0);
+            for &k in &active {
+                acc[k as usize] += idle * weight[k as usize];
             }
-            lane.acc -= max_w;
+            continue;
+        }
+        for &k in &fired[..n] {
+            let k = k as usize;
             let slot = if free.on {
-                free.take(lane, m)
+                free.take(k, &mut pos[k], skip[k], m)
             } else {
-                probe_next_free(lane, &mut used, m)
+                probe_next_free(&mut pos[k], skip[k], &mut used, m)
             };
-            table[slot as usize] = owners[k];
-            lane.taken += 1;
+            table[slot as usize] = lanes[k].owner;
+            left[k] -= 1;
             filled += 1;
-            took = true;
             if !free.on && m - filled <= TAIL {
-                free.start(&used, m);
+                free.start(&used, m, lanes.len());
             }
         }
-        active.retain(|&k| lanes[k].taken < lanes[k].quota);
-        if !took {
-            skip_idle_rounds(lanes, &active, max_w);
-        }
+        active.retain(|&k| left[k as usize] > 0);
     }
     table
 }
@@ -207,6 +260,8 @@ struct Tail {
     slots: Vec<u32>,
     /// `floor(2^64 / m)`, for Barrett reduction modulo `m`.
     barrett: u64,
+    /// Per lane, `skip^-1 mod M`, computed when first needed (0: not yet).
+    inverse: Vec<u32>,
 }
 
 impl Tail {
@@ -215,12 +270,14 @@ impl Tail {
             on: false,
             slots: Vec::new(),
             barrett: u64::MAX / u64::from(m),
+            inverse: Vec::new(),
         }
     }
 
-    /// Lists the free slots of `used`.
-    fn start(&mut self, used: &Used, m: u32) {
+    /// Lists the free slots of `used`, for `lanes` lanes.
+    fn start(&mut self, used: &Used, m: u32, lanes: usize) {
         self.slots.clear();
+        self.inverse = vec![0; lanes];
         for (w, &bits) in used.0.iter().enumerate() {
             let mut free = !bits;
             while free != 0 {
@@ -246,25 +303,34 @@ impl Tail {
         }
     }
 
-    /// The free slot the lane's permutation reaches first, taken.
-    fn take(&mut self, lane: &mut Lane, m: u32) -> u32 {
-        if lane.inverse == 0 {
-            lane.inverse = inverse_mod(lane.skip, m);
-        }
-        let (mm, pos, inv) = (u64::from(m), u64::from(lane.pos), u64::from(lane.inverse));
+    /// The free slot the permutation at `pos` with `skip` reaches first, taken; `pos`
+    /// moves past it.
+    fn take(&mut self, lane: usize, pos: &mut u32, skip: u32, m: u32) -> u32 {
+        let inv = match self.inverse.get_mut(lane) {
+            Some(0) | None => {
+                let inv = inverse_mod(skip, m);
+                if let Some(slot) = self.inverse.get_mut(lane) {
+                    *slot = inv;
+                }
+                inv
+            }
+            Some(&mut inv) => inv,
+        };
+        let inv = u64::from(inv);
+        let (mm, p) = (u64::from(m), u64::from(*pos));
         let mut best = (u64::MAX, 0usize);
         for (i, &s) in self.slots.iter().enumerate() {
             let s = u64::from(s);
-            let diff = if s >= pos { s - pos } else { s + mm - pos };
+            let diff = if s >= p { s - p } else { s + mm - p };
             let steps = self.reduce(diff * inv, mm);
             if steps < best.0 {
                 best = (steps, i);
             }
         }
         let slot = self.slots.swap_remove(best.1);
-        lane.pos = slot + lane.skip;
-        if lane.pos >= m {
-            lane.pos -= m;
+        *pos = slot + skip;
+        if *pos >= m {
+            *pos -= m;
         }
         slot
     }
@@ -310,7 +376,7 @@ pub fn populate_reference(backends: &[Backend], size: PrimeTableSize) -> Vec<u32
                 continue;
             }
             lane.acc -= max_w;
-            let slot = probe_next_free(lane, &mut used, m);
+            let slot = probe_next_free(&mut lane.pos, lane.skip, &mut used, m);
             table[slot as usize] = owners[k];
             lane.taken += 1;
             filled += 1;
@@ -346,13 +412,11 @@ impl Used {
 /// Probes the lane's permutation to its next free slot (the table has one), marks it used
 /// and returns it.
 #[inline]
-fn probe_next_free(lane: &mut Lane, used: &mut Used, m: u32) -> u32 {
+fn probe_next_free(pos: &mut u32, skip: u32, used: &mut Used, m: u32) -> u32 {
     loop {
-        let slot = lane.pos;
-        lane.pos += lane.skip;
-        if lane.pos >= m {
-            lane.pos -= m;
-        }
+        let slot = *pos;
+        let next = slot + skip;
+        *pos = if next >= m { next - m } else { next };
         if used.claim(slot) {
             return slot;
         }
@@ -391,6 +455,13 @@ impl Scheduler for Maglev {
     }
 }
 
+/// The canonical address of backend-slice index `i` of table `t`.
+fn slot_owner(t: &Maglev, i: u32) -> Option<&CanonicalAddr> {
+    t.rank_of
+        .get(i as usize)
+        .and_then(|&r| t.sorted_addrs.get(r as usize))
+}
+
 /// The share (0..=1) of table slots whose owner *address* differs between `old` (built from
 /// `old_backends`) and `new` (built from `new_backends`): the live disruption of a change.
 /// Tables of different sizes count as fully moved (1.0); two empty tables as 0.0, one
@@ -407,18 +478,15 @@ pub fn moved_ratio(
         (false, false) if old.table.len() != new.table.len() => return 1.0,
         (false, false) => {}
     }
-    let mut ids: HashMap<String, u32> = HashMap::new();
-    let mut id_of = |b: &Backend| {
-        let next = ids.len() as u32;
-        *ids.entry(canonical_addr(&b.address)).or_insert(next)
-    };
-    let old_ids: Vec<u32> = old_backends.iter().map(&mut id_of).collect();
-    let new_ids: Vec<u32> = new_backends.iter().map(&mut id_of).collect();
+    // A slot's owner address is the canonical address at its owner's rank (the tables
+    // keep them, sorted): compared as they are, without a map of the addresses.
+    debug_assert_eq!(old.rank_of.len(), old_backends.len());
+    debug_assert_eq!(new.rank_of.len(), new_backends.len());
     let moved = old
         .table
         .iter()
         .zip(&new.table)
-        .filter(|(&o, &n)| old_ids[o as usize] != new_ids[n as usize])
+        .filter(|(&o, &n)| slot_owner(old, o) != slot_owner(new, n))
         .count();
     moved as f64 / old.table.len() as f64
 }
@@ -426,6 +494,7 @@ pub fn moved_ratio(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::canonical_addr;
 
     fn pool(n: usize, seed: u64, weights: bool) -> Vec<Backend> {
         let mut x = seed;
@@ -435,7 +504,18 @@ mod tests {
                     .wrapping_mul(6_364_136_223_846_793_005)
                     .wrapping_add(1_442_695_040_888_963_407);
                 let w = if weights { (x >> 40) % 9 } else { 1 } as u16;
-                let a = format!("198.18.{}.{}:{}", i / 250, i % 250 + 1, 80 + (x >> 60));
+                // Mostly IPv4; some IPv6 and IPv4-mapped IPv6 (written as IPv4), so the
+                // text order mixes lengths and kinds.
+                let a = match (x >> 33) % 8 {
+                    0 => format!("[2001:db8::{:x}]:{}", i + 1, 80 + (x >> 60)),
+                    1 => format!(
+                        "[::ffff:198.19.{}.{}]:{}",
+                        i / 250,
+                        i % 250 + 1,
+                        80 + (x >> 60)
+                    ),
+                    _ => format!("198.18.{}.{}:{}", i / 250, i % 250 + 1, 80 + (x >> 60)),
+                };
                 Backend::new(a.parse().unwrap(), w)
             })
             .collect()
@@ -475,6 +555,45 @@ mod tests {
                 reference[150],
                 fast[0].as_secs_f64() / reference[0].as_secs_f64()
             );
+        }
+    }
+
+    #[test]
+    fn canonical_addr_without_a_string_is_the_same_text_and_order() {
+        let addrs: Vec<std::net::SocketAddr> = [
+            "0.0.0.0:1",
+            "1.2.3.4:80",
+            "10.0.0.10:8080",
+            "255.255.255.255:65535",
+            "198.18.2.1:80",
+            "198.18.10.1:80",
+            "[::1]:443",
+            "[::]:9",
+            "[2001:db8::1]:80",
+            "[2001:db8:0:0:1:0:0:1]:80",
+            "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535",
+            "[::ffff:1.2.3.4]:80",
+            "[::1.2.3.4]:80",
+            "[fe80::1%7]:80",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+        for a in &addrs {
+            assert_eq!(
+                CanonicalAddr::new(a).as_bytes(),
+                canonical_addr(a).as_bytes(),
+                "{a}"
+            );
+            for b in &addrs {
+                assert_eq!(
+                    CanonicalAddr::new(a).cmp(&CanonicalAddr::new(b)),
+                    canonical_addr(a)
+                        .as_bytes()
+                        .cmp(canonical_addr(b).as_bytes()),
+                    "{a} {b}"
+                );
+            }
         }
     }
 
