@@ -33,6 +33,8 @@ use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 
 use crate::choice::{self, Flow, Mode, Pool as _};
+
+pub mod explain;
 use crate::config::{DnsConfig, DnsRrl};
 use crate::model::{FlowTuple, Now, Proto};
 
