@@ -542,7 +542,7 @@ impl Stream {
             else {
                 continue;
             };
-            resp.reserve_read();
+            resp.reserve_body_read();
             match std::task::ready!(conn.poll_read_buf(cx, &mut resp.buf)) {
                 Ok(0) => {
                     let ok = self.dec.eof().is_ok();

@@ -149,6 +149,27 @@ pub(crate) struct Local {
     pub page: Option<(bytes::Bytes, &'static str)>,
 }
 
+thread_local! {
+    /// The `Date` value of the current second, formatted once per second per worker (as
+    /// nginx keeps its cached time strings).
+    static DATE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+}
+
+/// Now as an HTTP date (RFC 9110 5.6.7).
+fn http_date_now() -> String {
+    let now = SystemTime::now();
+    let secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.0 != secs {
+            *d = (secs, httpdate::fmt_http_date(now));
+        }
+        d.1.clone()
+    })
+}
+
 impl Local {
     pub fn new(status: StatusCode, why: &'static str) -> Self {
         Self {
@@ -183,7 +204,7 @@ impl Local {
             .as_ref()
             .map_or("text/plain; charset=utf-8", |(_, t)| *t);
         [
-            Some(("date", httpdate::fmt_http_date(SystemTime::now()))),
+            Some(("date", http_date_now())),
             Some(("content-type", ct.to_owned())),
             self.retry_after.map(|s| ("retry-after", s.to_string())),
             self.field.clone(),
@@ -801,7 +822,7 @@ async fn attempt(
             upstream::quickack(conn.tcp());
             acked = true;
         }
-        match resp.read_from(conn).await {
+        match resp.read_body_from(conn).await {
             Ok(n) if n > 0 => {}
             _ => {
                 return Err(AttemptError::Backend {

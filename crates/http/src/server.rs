@@ -426,7 +426,7 @@ impl<S: ClientIo> ReqBody for H1Body<'_, S> {
         // A client writing head and body apart with Nagle on waits for this ACK.
         self.io.quickack();
         let e = self.extra.get_or_insert_with(Msg::take);
-        match e.read_from(self.io).await {
+        match e.read_body_from(self.io).await {
             Ok(n) if n > 0 => Ok(()),
             _ => Err(BodyError),
         }
@@ -762,7 +762,7 @@ impl<S: ClientIo> Body<'_, S> {
                 return true;
             }
             self.more();
-            match within(self.idle, resp.read_from(conn)).await {
+            match within(self.idle, resp.read_body_from(conn)).await {
                 Some(Ok(n)) if n > 0 => {}
                 Some(Ok(_)) => {
                     if dec.eof().is_err() {
