@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use fulcrum_core::dns::explain::{explain, Decision, ExplainError, Question};
+use fulcrum_core::dns::explain::{explain, Decision, ExplainError, Explained, Question};
 use fulcrum_core::dns::{ECS_V4_PREFIX, ECS_V6_PREFIX};
 use fulcrum_proxy::snapshot::{ServiceRt, Shared};
 use serde_json::{json, Value};
@@ -133,14 +133,42 @@ pub fn explain_dns(shared: &Shared, svc: &ServiceRt, q: &Query) -> Result<Value,
         return Err(ApiError::Internal("the name's pool is gone".into()));
     };
     let kind = pool.kind.as_str();
-    let hashing = pool.kind.is_hashing();
+    let (decision, reason) = decision(&e, kind, pool.kind.is_hashing());
+    out["pool"] = json!(pool.name);
+    out["scheduler"] = json!(kind);
+    out["ttl"] = json!(e.ttl);
+    out["max_answers"] = json!(e.max_answers);
+    out["key"] = json!(e.key.map(|k| k.to_string()));
+    out["key_prefix"] = json!(e.key_prefix);
+    out["scope"] = json!(e.scope);
+    out["decision"] = json!(decision);
+    out["reason"] = json!(reason);
+    out["eligible_backends"] = json!(pool.backends.iter().filter(|b| b.is_eligible()).count());
+    out["total_backends"] = json!(pool.backends.len());
+    out["backends"] = e
+        .backends
+        .iter()
+        .filter_map(|&i| pool.backends.get(i))
+        .map(|b| {
+            json!({
+                "address": b.address.ip().to_string(),
+                "weight": b.weight.get(),
+                "state": b.state.as_str(),
+            })
+        })
+        .collect();
+    Ok(out)
+}
+
+/// The decision's name and the reason given for it.
+fn decision(e: &Explained, kind: &str, hashing: bool) -> (&'static str, String) {
     let key_text = match (e.key, e.key_prefix) {
         (Some(k), 0) => format!("the client address {k}"),
         (Some(k), p) => format!("the ECS subnet {k}/{p}"),
         (None, _) => String::new(),
     };
     let n = e.backends.len();
-    let (decision, reason) = match e.decision {
+    match e.decision {
         Decision::Hash => (
             "hash",
             format!(
@@ -177,29 +205,5 @@ pub fn explain_dns(shared: &Shared, svc: &ServiceRt, q: &Query) -> Result<Value,
             "nodata",
             "the pool has no backend of this address family: NOERROR, no answer (NODATA)".into(),
         ),
-    };
-    out["pool"] = json!(pool.name);
-    out["scheduler"] = json!(kind);
-    out["ttl"] = json!(e.ttl);
-    out["max_answers"] = json!(e.max_answers);
-    out["key"] = json!(e.key.map(|k| k.to_string()));
-    out["key_prefix"] = json!(e.key_prefix);
-    out["scope"] = json!(e.scope);
-    out["decision"] = json!(decision);
-    out["reason"] = json!(reason);
-    out["eligible_backends"] = json!(pool.backends.iter().filter(|b| b.is_eligible()).count());
-    out["total_backends"] = json!(pool.backends.len());
-    out["backends"] = e
-        .backends
-        .iter()
-        .filter_map(|&i| pool.backends.get(i))
-        .map(|b| {
-            json!({
-                "address": b.address.ip().to_string(),
-                "weight": b.weight.get(),
-                "state": b.state.as_str(),
-            })
-        })
-        .collect();
-    Ok(out)
+    }
 }

@@ -1257,7 +1257,7 @@ fn answer_addrs(text: &str) -> Vec<IpAddr> {
         .collect()
 }
 
-/// Issue 18 item 2: `dns_service` on an http service with TLS is the DoH apps use: kdig
+/// Issue 18 item 2: `dns_service` on an http service with TLS is the DNS over HTTPS apps use: kdig
 /// `+https` (POST and GET, HTTP/2 over TLS) and curl (JSON, RFC 8484) get what the dns
 /// service answers over UDP, byte for byte for the same query; other paths still go to the
 /// pool; `fulcrum check` lists the names and refuses a `dns_service` that names no dns

@@ -75,7 +75,11 @@ const STATUSES: &[(&str, &str, &[u16])] = &[
         &[200, 400, 401, 404, 409, 503],
     ),
     ("GET", "/api/v1/pools/{pool}/explain", &[200, 400, 401, 404]),
-    ("GET", "/api/v1/services/{name}/explain", &[200, 400, 401, 404]),
+    (
+        "GET",
+        "/api/v1/services/{name}/explain",
+        &[200, 400, 401, 404],
+    ),
     (
         "PUT",
         "/api/v1/pools/{pool}/backends/{address}",

@@ -122,7 +122,7 @@ pub struct RawService {
     pub dns_zone: Option<Spanned<RawDnsZone>>,
     /// `[service.dns_rrl]` (dns only): response rate limiting.
     pub dns_rrl: Option<Spanned<RawDnsRrl>>,
-    /// http only: the dns service this one serves at `/dns-query` (HTTP-DNS, DoH with TLS).
+    /// http only: the dns service this one serves at `/dns-query` (HTTP-DNS; with TLS, DNS over HTTPS).
     pub dns_service: Option<Spanned<Name>>,
 }
 
