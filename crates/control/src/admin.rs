@@ -70,6 +70,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/pools/{pool}/backends/{address}/drain"),
     ("PUT", "/api/v1/services/{name}"),
     ("DELETE", "/api/v1/services/{name}"),
+    ("GET", "/api/v1/services/{name}/explain"),
     ("GET", "/api/v1/config"),
     ("POST", "/api/v1/reload"),
     ("GET", "/api/v1/announce"),
@@ -101,6 +102,7 @@ fn endpoint(method: &str, path: &str) -> Option<MethodRouter<AdminState>> {
         ("POST", "/api/v1/pools/{pool}/backends/{address}/drain") => post(drain_backend),
         ("PUT", "/api/v1/services/{name}") => put(put_service),
         ("DELETE", "/api/v1/services/{name}") => delete(delete_service),
+        ("GET", "/api/v1/services/{name}/explain") => get(explain_dns),
         ("GET", "/api/v1/config") => get(get_config),
         ("POST", "/api/v1/reload") => post(reload),
         ("GET", "/api/v1/announce") => get(announce::get_announce),
@@ -141,8 +143,8 @@ pub fn router(state: AdminState) -> Router {
         // document (docs/dns.md).
         .route(
             "/dns-query",
-            get(crate::doh::get)
-                .post(crate::doh::post)
+            get(crate::doh::handle)
+                .post(crate::doh::handle)
                 .layer(DefaultBodyLimit::max(usize::from(u16::MAX))),
         )
         .fallback(|| async {
@@ -664,6 +666,23 @@ async fn explain(
         .pool(&pool)
         .ok_or_else(|| ApiError::NotFound(format!("no pool named {pool:?}")))?;
     Ok(Json(crate::explain::explain(&st.shared, &snap, p, q)))
+}
+
+/// `GET /api/v1/services/{name}/explain?name=NAME[&type=A|AAAA][&client=IP][&subnet=IP/LEN]`
+/// (dns services).
+async fn explain_dns(
+    State(st): State<AdminState>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let q = crate::explain_dns::query(query.as_deref())?;
+    let snap = st.shared.snapshot.load();
+    let svc = snap
+        .services
+        .iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| ApiError::NotFound(format!("no service named {name:?}")))?;
+    crate::explain_dns::explain_dns(&st.shared, svc, &q).map(Json)
 }
 
 /// Decodes `%XX` escapes (and `+` as space) of a query value.

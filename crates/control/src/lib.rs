@@ -3,5 +3,6 @@ pub mod admin;
 pub mod doh;
 pub mod edit;
 pub mod explain;
+pub mod explain_dns;
 pub mod metrics;
 pub mod serve;

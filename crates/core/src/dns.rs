@@ -34,6 +34,7 @@ use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 
 use crate::choice::{self, Flow, Mode, Pool as _};
 
+pub mod explain;
 mod fast;
 use crate::config::{DnsConfig, DnsRrl};
 use crate::model::{FlowTuple, Now, Proto};

@@ -24,6 +24,7 @@ pub mod choice;
 pub mod cluster;
 pub mod config;
 pub mod dns;
+pub mod doh;
 pub mod fleet_health;
 pub mod flow;
 pub mod hash;

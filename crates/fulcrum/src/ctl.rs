@@ -63,6 +63,22 @@ pub enum CtlCommand {
         #[arg(long)]
         proto: Option<String>,
     },
+    /// Which backends a dns service answers a query for NAME with now, and why.
+    ExplainDns {
+        /// The dns service.
+        service: String,
+        /// A name of its zone.
+        name: String,
+        /// The query's source IP (the key of the hashing schedulers without ECS).
+        #[arg(long)]
+        client: Option<String>,
+        /// The query's EDNS Client Subnet, IP/LEN.
+        #[arg(long)]
+        subnet: Option<String>,
+        /// A (default) or AAAA.
+        #[arg(long = "type", value_name = "TYPE")]
+        qtype: Option<String>,
+    },
     /// Print the running configuration as TOML (file plus run-time changes).
     Config,
     /// Drain or undrain the whole instance (VIP announcement, `[announce]`).
@@ -160,6 +176,30 @@ fn run_inner(args: &CtlArgs) -> Result<String, Fail> {
                 pretty(&v)
             } else {
                 explain_text(&v)
+            })
+        }
+        CtlCommand::ExplainDns {
+            service,
+            name,
+            client,
+            subnet,
+            qtype,
+        } => {
+            let mut q = format!("name={}", enc(name));
+            for (k, v) in [("client", client), ("subnet", subnet), ("type", qtype)] {
+                if let Some(v) = v {
+                    let _ = write!(q, "&{k}={}", enc(v));
+                }
+            }
+            let v = api.json(
+                "GET",
+                &format!("/api/v1/services/{}/explain?{q}", enc(service)),
+                None,
+            )?;
+            Ok(if args.json {
+                pretty(&v)
+            } else {
+                explain_dns_text(&v)
             })
         }
         CtlCommand::Cluster => {
@@ -738,6 +778,49 @@ fn backend(api: &Api, cmd: &BackendCommand, as_json: bool) -> Result<String, Fai
 }
 
 #[allow(clippy::many_single_char_names)] // v and the sections of it: flow, persistence, hash, table, backend
+fn explain_dns_text(v: &Value) -> String {
+    let mut out = String::new();
+    let who = match (v["client"].as_str(), v["subnet"].as_str()) {
+        (Some(c), Some(s)) => format!(" from {c} (ECS {s})"),
+        (Some(c), None) => format!(" from {c}"),
+        (None, Some(s)) => format!(" (ECS {s})"),
+        (None, None) => String::new(),
+    };
+    let _ = writeln!(
+        out,
+        "query      {} {}{who} (service {}, zone {})",
+        cell(&v["name"]),
+        cell(&v["type"]),
+        cell(&v["service"]),
+        cell(&v["zone"])
+    );
+    if v["pool"].is_string() {
+        let _ = writeln!(
+            out,
+            "pool       {} (scheduler {}, {} of {} backends up), ttl {} s, max {} answers",
+            cell(&v["pool"]),
+            cell(&v["scheduler"]),
+            cell(&v["eligible_backends"]),
+            cell(&v["total_backends"]),
+            cell(&v["ttl"]),
+            cell(&v["max_answers"])
+        );
+    }
+    let _ = writeln!(out, "decision   {}", cell(&v["decision"]));
+    for b in v["backends"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "backend    {} (weight {}, {})",
+            cell(&b["address"]),
+            cell(&b["weight"]),
+            cell(&b["state"])
+        );
+    }
+    let _ = writeln!(out, "reason     {}", cell(&v["reason"]));
+    out
+}
+
+#[allow(clippy::many_single_char_names)] // v, f, p...: the JSON sections it prints
 fn explain_text(v: &Value) -> String {
     let mut out = String::new();
     let f = &v["flow"];

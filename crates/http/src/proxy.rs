@@ -1214,6 +1214,15 @@ pub(crate) async fn forward<'c>(
         Err(l) => return r.local(l),
     };
 
+    // HTTP-DNS of the service's `dns_service` (docs/dns.md): answered here, after the
+    // access rules and the rate limit.
+    if let Some(dns) = &ext.cfg.dns_service {
+        if path(req.target()) == fulcrum_core::doh::PATH {
+            let l = dns_query(c, dns, req, body, framing).await;
+            return r.local(l);
+        }
+    }
+
     let pool = &rp.pool;
     let h2 = pool.backend_protocol.is_h2();
     if h2 && framing == Framing::Chunked && !h1::codings(req.headers()).is_empty() {
@@ -1387,6 +1396,69 @@ fn no_answer(c: &ConnCtx, none_tried: bool, last_err: Option<Local>) -> Local {
             StatusCode::BAD_GATEWAY,
             "bad gateway: no backend could answer",
         ),
+    }
+}
+
+/// `/dns-query` on an http service with `dns_service`: the body read (at most one DNS
+/// message, within the header timeout), then `fulcrum_core::doh::serve` with the dns
+/// service's answerer, as the admin listener does.
+async fn dns_query(
+    c: &ConnCtx,
+    service: &str,
+    req: &impl ReqView,
+    body: &mut impl ReqBody,
+    framing: Framing,
+) -> Local {
+    use fulcrum_core::doh;
+    let mut data = Vec::new();
+    if framing != Framing::Empty {
+        loop {
+            if body.take_buffered(&mut data, Enc::Identity).is_err() {
+                count_refusal(c, StatusCode::BAD_REQUEST);
+                return Local::new(StatusCode::BAD_REQUEST, "bad request: malformed body");
+            }
+            if data.len() > doh::MAX_MESSAGE {
+                return Local::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload too large: a DNS message is at most 65535 bytes",
+                );
+            }
+            if body.is_done() {
+                break;
+            }
+            match crate::within(c.ext.tuning.header_timeout, body.wait_more()).await {
+                Some(Ok(())) => {}
+                _ => {
+                    return Local::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad request: the body was cut short or too slow",
+                    )
+                }
+            }
+        }
+    }
+    let target = std::str::from_utf8(req.target()).unwrap_or("");
+    let a = doh::serve(
+        &doh::Request {
+            method: req.method(),
+            query: target.split_once('?').map(|(_, q)| q),
+            content_type: req.header("content-type"),
+            accept: req.header("accept"),
+            body: &data,
+        },
+        |packet| fulcrum_state::dns::answer_https(&c.shared, service, packet, c.peer),
+    );
+    let field = a
+        .max_age
+        .map(|t| ("cache-control", format!("max-age={t}")))
+        .or(a.allow.map(|m| ("allow", m.to_owned())));
+    Local {
+        field,
+        page: Some((bytes::Bytes::from(a.body), a.content_type)),
+        ..Local::new(
+            StatusCode::from_u16(a.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            "dns",
+        )
     }
 }
 

@@ -597,7 +597,6 @@ pub fn check_client_pair(cert: &Path, key: &Path) -> Result<(), PairError> {
 #[cfg(test)]
 mod tests {
     use super::TicketKey;
-    use rustls::server::ProducesTickets as _;
 
     #[test]
     fn ticket_keys_seal_and_open() {

@@ -49,28 +49,6 @@ fn answer(
     dns.answer(&svc.stats, &q, rrl).reply
 }
 
-/// Answers a query that came over HTTPS (RFC 8484, the JSON API) for the dns service named
-/// `service`: the same function as UDP and TCP, without size or rate limit.
-pub fn answer_https(
-    shared: &Shared,
-    service: &str,
-    packet: &[u8],
-    peer: SocketAddr,
-) -> Option<Vec<u8>> {
-    let snap = shared.snapshot.load();
-    let svc = snap.services.iter().find(|s| s.name == service)?;
-    let dns = svc.dns.as_ref()?;
-    svc.stats.total.fetch_add(1, Ordering::Relaxed);
-    let q = Incoming {
-        packet,
-        client: peer.ip(),
-        transport: Transport::Https,
-        random: fastrand::u64(..),
-        now: shared.now(),
-    };
-    dns.answer(&svc.stats, &q, None).reply
-}
-
 /// Datagrams read (and replies sent) per system call. `perf` under dnsperf load (docs/dns.md,
 /// "Performance"): with one `recvfrom` and one `sendto` per query, half of the worker's time
 /// was in those calls; most of it is per packet (the loopback delivery), but the entry, the

@@ -439,6 +439,10 @@ impl Controller {
     fn listen(&mut self, bound: Vec<(ListenKey, Vec<Vec<BoundSocket>>)>, plan: &Plan) {
         for (key, per) in bound {
             let held = self.held.entry(key).or_default();
+            if plan.rebinds(key) {
+                // The old sockets close once their workers serve the new ones.
+                held.clear();
+            }
             for (i, socks) in per.into_iter().enumerate() {
                 for s in &socks {
                     match s.try_clone() {

@@ -22,6 +22,7 @@ pub mod announce;
 pub mod connlog;
 pub mod controller;
 pub mod discovery;
+pub mod dns;
 pub mod files;
 pub mod health;
 pub mod l7;

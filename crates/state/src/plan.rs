@@ -47,6 +47,12 @@ pub enum ListenerStep {
     Unbind,
     /// Stays as it is.
     Keep,
+    /// Bound anew like [`ListenerStep::Bind`] (the new sockets join the old ones'
+    /// `SO_REUSEPORT` group, so the address stays served), then served with the new
+    /// snapshot while the old sockets close: what serves the address changed (a udp or tcp
+    /// service became a dns service, or back), and a socket's serving task is chosen when
+    /// it starts.
+    Rebind,
 }
 
 /// What happens to one backend's tracking (counters and health state machines).
@@ -131,9 +137,19 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The listen addresses to bind, in order.
+    /// The listen addresses to bind, in order (new ones and rebound ones).
     pub fn binds(&self) -> impl Iterator<Item = ListenKey> + '_ {
-        self.listeners_with(ListenerStep::Bind)
+        self.listeners
+            .iter()
+            .filter(|(_, s)| matches!(s, ListenerStep::Bind | ListenerStep::Rebind))
+            .map(|(k, _)| *k)
+    }
+
+    /// Whether `key` is rebound (its old sockets are let go once the new ones serve).
+    pub fn rebinds(&self, key: ListenKey) -> bool {
+        self.listeners
+            .iter()
+            .any(|(k, s)| *k == key && *s == ListenerStep::Rebind)
     }
 
     /// The listen addresses to retire.
@@ -180,7 +196,7 @@ pub fn plan(
     l7: &dyn Fn(&ServiceConfig) -> bool,
 ) -> Plan {
     Plan {
-        listeners: plan_listeners(new, running, served),
+        listeners: plan_listeners(old, new, running, served),
         backends: plan_backends(new, running),
         services: plan_services(old, new, running),
         persistence: plan_persistence(new, running),
@@ -193,7 +209,17 @@ pub fn plan(
     }
 }
 
+/// Whether the sockets of `key` serve a dns service in `cfg` (their task is the dns one,
+/// else the udp or tcp proxy's); `None`: no service of `cfg` listens there.
+fn serves_dns(cfg: &Config, key: ListenKey) -> Option<bool> {
+    cfg.services
+        .iter()
+        .find(|s| listen_keys(s).any(|k| k == key))
+        .map(|s| s.protocol == ServiceProtocol::Dns)
+}
+
 fn plan_listeners(
+    old: &Config,
     new: &Config,
     running: &Running,
     served: &dyn Fn(&ServiceConfig) -> bool,
@@ -208,7 +234,10 @@ fn plan_listeners(
     {
         if wanted.insert(key) {
             let step = if running.listening.contains(&key) {
-                ListenerStep::Keep
+                match serves_dns(old, key) {
+                    Some(was) if Some(was) != serves_dns(new, key) => ListenerStep::Rebind,
+                    _ => ListenerStep::Keep,
+                }
             } else {
                 ListenerStep::Bind
             };
@@ -485,6 +514,8 @@ mod tests {
     const HEALTH: &str = "[pool.health]\ncheck = \"tcp\"\ninterval = \"1s\"\ntimeout = \"100ms\"\nrise = 2\nfall = 2\n";
     const HEALTH2: &str = "[pool.health]\ncheck = \"tcp\"\ninterval = \"2s\"\ntimeout = \"100ms\"\nrise = 2\nfall = 2\n";
     const TLS: &str = "[service.tls]\ncerts = [ { cert = \"a.pem\", key = \"a.key\" } ]\n";
+    const ZONE: &str =
+        "[service.dns_zone]\norigin = \"example.test\"\nns = [\"ns1.example.test\"]\n";
     const TLS2: &str = "[service.tls]\ncerts = [ { cert = \"b.pem\", key = \"b.key\" } ]\n";
 
     fn service(name: &str, listen: &str, protocol: &str, pool: &str, extra: &str) -> String {
@@ -525,7 +556,7 @@ mod tests {
         let mut r = before.clone();
         for (key, step) in &plan.listeners {
             match step {
-                ListenerStep::Bind => r.listening.insert(*key),
+                ListenerStep::Bind | ListenerStep::Rebind => r.listening.insert(*key),
                 ListenerStep::Unbind => r.listening.remove(key),
                 ListenerStep::Keep => true,
             };
@@ -651,6 +682,27 @@ mod tests {
                 "keep p 198.18.0.1:80 checker keep",
                 "service s keep { changes: [protocol] }",
                 "l7 check s",
+            ]),
+            ("change protocol udp to dns: the udp socket is served anew", service("s", A, "udp", "p", "") + &p,
+             service("s", A, "dns", "p", ZONE) + &p, vec![
+                "rebind udp 127.0.0.1:8001",
+                "bind tcp 127.0.0.1:8001",
+                "keep p 198.18.0.1:80 checker keep",
+                "service s keep { changes: [protocol, other] }",
+            ]),
+            ("change protocol dns to tcp: the tcp socket is served anew", service("s", A, "dns", "p", ZONE) + &p,
+             tcp.clone() + &p, vec![
+                "rebind tcp 127.0.0.1:8001",
+                "unbind udp 127.0.0.1:8001",
+                "keep p 198.18.0.1:80 checker keep",
+                "service s keep { changes: [protocol, other] }",
+            ]),
+            ("change a dns service's names only: the sockets stay", service("s", A, "dns", "p", ZONE) + &p,
+             service("s", A, "dns", "p", &format!("{ZONE}[[service.dns_name]]\nname = \"www.example.test\"\n")) + &p, vec![
+                "keep udp 127.0.0.1:8001",
+                "keep tcp 127.0.0.1:8001",
+                "keep p 198.18.0.1:80 checker keep",
+                "service s keep { changes: [other] }",
             ]),
             ("change address", tcp.clone() + &p, service("s", B, "tcp", "p", "") + &p, vec![
                 "bind tcp 127.0.0.1:8002",

@@ -76,6 +76,11 @@ const STATUSES: &[(&str, &str, &[u16])] = &[
     ),
     ("GET", "/api/v1/pools/{pool}/explain", &[200, 400, 401, 404]),
     (
+        "GET",
+        "/api/v1/services/{name}/explain",
+        &[200, 400, 401, 404],
+    ),
+    (
         "PUT",
         "/api/v1/pools/{pool}/backends/{address}",
         &[200, 400, 401, 404, 409, 413, 503],
@@ -532,6 +537,22 @@ async fn the_live_router_answers_exactly_the_documented_routes_and_statuses() {
             404,
         ),
         (
+            "GET",
+            "/api/v1/services/{name}/explain",
+            s("/api/v1/services/dns/explain"),
+            None,
+            s(""),
+            400,
+        ),
+        (
+            "GET",
+            "/api/v1/services/{name}/explain",
+            s("/api/v1/services/nope/explain?name=www.example.test"),
+            None,
+            s(""),
+            404,
+        ),
+        (
             "PUT",
             "/api/v1/pools/{pool}",
             s("/api/v1/pools/web"),
@@ -819,6 +840,7 @@ async fn the_live_router_answers_exactly_the_documented_routes_and_statuses() {
         ("GET", "/api/v1/dashboard", 500),
         ("GET", "/api/v1/pools/{pool}", 200),
         ("GET", "/api/v1/pools/{pool}/explain", 200),
+        ("GET", "/api/v1/services/{name}/explain", 200),
         ("PUT", "/api/v1/pools/{pool}", 200),
         ("PUT", "/api/v1/pools/{pool}", 409),
         ("PUT", "/api/v1/pools/{pool}/backends/{address}", 409),

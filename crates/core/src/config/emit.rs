@@ -243,6 +243,9 @@ pub fn service(sv: &ServiceConfig) -> Table {
     if let Some(d) = &sv.dns {
         dns(&mut t, d);
     }
+    if let Some(d) = &sv.dns_service {
+        t.insert("dns_service".into(), s(d.clone()));
+    }
     t
 }
 

@@ -221,6 +221,8 @@ pub struct ServiceConfig {
     pub rules: crate::rules::Rules,
     /// dns: the zone, its names and the rate limit (`Some` exactly for dns services).
     pub dns: Option<DnsConfig>,
+    /// http: the dns service (of this config) answered at `/dns-query` (`dns_service`).
+    pub dns_service: Option<String>,
 }
 
 impl ServiceConfig {

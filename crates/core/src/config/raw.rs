@@ -122,6 +122,8 @@ pub struct RawService {
     pub dns_zone: Option<Spanned<RawDnsZone>>,
     /// `[service.dns_rrl]` (dns only): response rate limiting.
     pub dns_rrl: Option<Spanned<RawDnsRrl>>,
+    /// http only: the dns service this one serves at `/dns-query` (HTTP-DNS; with TLS, DNS over HTTPS).
+    pub dns_service: Option<Spanned<Name>>,
 }
 
 /// `[[service.sni_route]]`: connections whose `ClientHello` names `sni` go to `pool`.

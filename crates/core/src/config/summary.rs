@@ -70,6 +70,29 @@ impl Config {
                 for r in &s.sni_routes {
                     let _ = writeln!(out, "  {}: sni {} -> {}", s.name, r.sni, r.pool);
                 }
+                if let Some(d) = &s.dns {
+                    let _ = writeln!(
+                        out,
+                        "  {}: zone {} (ns {})",
+                        s.name,
+                        d.origin,
+                        d.ns.join(", ")
+                    );
+                    for n in &d.names {
+                        let _ = writeln!(
+                            out,
+                            "  {}: dns {} -> {} (ttl {}, max {})",
+                            s.name,
+                            n.name,
+                            n.pool,
+                            humantime::format_duration(n.ttl),
+                            n.max_answers
+                        );
+                    }
+                }
+                if let Some(d) = &s.dns_service {
+                    let _ = writeln!(out, "  {}: /dns-query -> dns service {d}", s.name);
+                }
             }
         }
 

@@ -108,6 +108,7 @@ pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Config, Vec<ConfigE
     }
 
     check_listeners(&mut c, &raw);
+    check_dns_service(&mut c, &raw);
 
     // Which services use which pool (default pool and routes).
     let mut users: HashMap<&str, Vec<(&str, ServiceProtocol)>> = HashMap::new();
@@ -708,6 +709,53 @@ fn service(c: &mut Checker<'_>, s: &RawService, defined: &[&str], has_xdp: bool)
         sni_routes,
         rules,
         dns,
+        dns_service: s.dns_service.as_ref().map(|d| {
+            http_only(c, d.span(), "dns_service");
+            d.get_ref().0.clone()
+        }),
+    }
+}
+
+/// `dns_service` names a dns service of the same file.
+fn check_dns_service(c: &mut Checker<'_>, raw: &RawConfig) {
+    let mut dns: Vec<&str> = raw
+        .service
+        .iter()
+        .map(Spanned::get_ref)
+        .filter(|s| s.protocol.get_ref().0 == ServiceProtocol::Dns)
+        .map(|s| s.name.get_ref().0.as_str())
+        .collect();
+    dns.sort_unstable();
+    for s in raw.service.iter().map(Spanned::get_ref) {
+        let Some(d) = &s.dns_service else {
+            continue;
+        };
+        let want = d.get_ref().0.as_str();
+        if dns.contains(&want) {
+            continue;
+        }
+        let what = if raw
+            .service
+            .iter()
+            .any(|o| o.get_ref().name.get_ref().0 == want)
+        {
+            "is not a dns service"
+        } else {
+            "does not exist"
+        };
+        let help = if dns.is_empty() {
+            "no dns services are defined; add a [[service]] with protocol = \"dns\"".to_owned()
+        } else {
+            format!("dns services: {}", dns.join(", "))
+        };
+        c.err(
+            d.span(),
+            format!(
+                "dns_service of service `{}` names `{want}`, which {what}",
+                s.name.get_ref().0
+            ),
+            Some(help),
+        );
     }
 }
 
