@@ -251,12 +251,22 @@ pub enum Prefer {
 /// A count in `1..=MAX` (`rise`, `fall`, `max_connections`, ...; the maxima are in
 /// [`super::limits`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Count<const MAX: u32>(pub NonZeroU32);
+pub struct Count<const MAX: u32>(NonZeroU32);
 
 impl<const MAX: u32> Count<MAX> {
+    /// `Some` when `n` is in `1..=MAX`.
+    pub fn new(n: u32) -> Option<Self> {
+        NonZeroU32::new(n).filter(|n| n.get() <= MAX).map(Self)
+    }
+
     /// The count.
     pub const fn get(self) -> u32 {
         self.0.get()
+    }
+
+    /// The count, as the non-zero number it is.
+    pub const fn non_zero(self) -> NonZeroU32 {
+        self.0
     }
 }
 
@@ -265,9 +275,7 @@ impl<'de, const MAX: u32> Deserialize<'de> for Count<MAX> {
         from_int(d, "an integer of at least 1", |n| {
             u32::try_from(n)
                 .ok()
-                .filter(|n| *n <= MAX)
-                .and_then(NonZeroU32::new)
-                .map(Self)
+                .and_then(Self::new)
                 .ok_or_else(|| {
                     Invalid::new(format!("{n} is out of range")).help(format!("valid: 1..={MAX}"))
                 })
