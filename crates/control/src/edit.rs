@@ -158,7 +158,7 @@ pub fn put_service(
         if let Some(other) = cfg.services.iter().find(|s| {
             s.name != name
                 && s.listen == listen
-                && (s.protocol == fulcrum_core::model::ServiceProtocol::Udp) == udp
+                && (s.protocol() == fulcrum_core::model::ServiceProtocol::Udp) == udp
         }) {
             return Err(ChangeError::Conflict(format!(
                 "service {:?} already listens on {listen}",
@@ -190,11 +190,11 @@ pub fn service_files(s: &ServiceConfig) -> Vec<&Path> {
                 ..
             },
         ..
-    }) = &s.access_log
+    }) = s.access_log()
     {
         files.push(p.as_path());
     }
-    if let Some(tls) = &s.tls {
+    if let Some(tls) = s.tls() {
         for pair in &tls.certs {
             files.push(pair.cert.as_path());
             files.push(pair.key.as_path());

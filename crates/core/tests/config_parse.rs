@@ -120,7 +120,11 @@ fn every_key_parses() {
 
     let web = cfg.service("web").expect("web");
     assert_eq!(
-        (web.max_connections.get(), web.idle_timeout, web.drain_timeout),
+        (
+            web.max_connections.get(),
+            web.idle_timeout,
+            web.drain_timeout
+        ),
         (5000, Duration::from_secs(120), Duration::from_secs(15))
     );
     assert_eq!(
@@ -134,7 +138,8 @@ fn every_key_parses() {
     assert_eq!(tls.certs.len(), 2);
     assert_eq!(tls.certs[0].cert, PathBuf::from("site.pem"));
     assert_eq!(
-        http.rate_limit.map(|r| (r.requests_per_second.get(), r.burst.get())),
+        http.rate_limit
+            .map(|r| (r.requests_per_second.get(), r.burst.get())),
         Some((100, 200))
     );
     assert_eq!(
@@ -162,7 +167,7 @@ fn every_key_parses() {
         ]),
         Some([128, 65536, 200, 100])
     );
-    let log = web.access_log.as_ref().expect("access log");
+    let log = web.access_log().expect("access log");
     assert_eq!(
         (log.format, &log.target),
         (AccessLogFormat::Json, &LogTarget::Stderr)

@@ -121,8 +121,8 @@ impl Tuning {
     /// A service's tuning: its `[service.timeouts]` and `[service.retry]`, or the defaults.
     pub fn of(svc: &ServiceConfig) -> Self {
         Self::new(
-            &svc.timeouts.unwrap_or_default(),
-            &svc.retry.unwrap_or_default(),
+            &svc.http().and_then(|h| h.timeouts).unwrap_or_default(),
+            &svc.http().and_then(|h| h.retry).unwrap_or_default(),
         )
     }
 }
@@ -246,7 +246,7 @@ fn route_pool(
 
 impl L7Handler for HttpHandler {
     fn handles(&self, svc: &ServiceConfig) -> bool {
-        svc.protocol == ServiceProtocol::Http
+        svc.protocol() == ServiceProtocol::Http
     }
 
     fn build(
@@ -271,11 +271,11 @@ impl L7Handler for HttpHandler {
             Ok(used.len() - 1)
         };
         let default_pool = index(&svc.pool)?;
-        let mut routes = Vec::with_capacity(svc.routes.len());
-        for r in &svc.routes {
+        let mut routes = Vec::with_capacity(svc.routes().len());
+        for r in svc.routes() {
             routes.push((r.clone(), index(&r.pool)?));
         }
-        let tls = match &svc.tls {
+        let tls = match svc.tls() {
             None => None,
             Some(t) => match prev
                 .and_then(|p| p.tls.as_ref())
@@ -285,7 +285,7 @@ impl L7Handler for HttpHandler {
                 None => Some(Arc::new(TlsState::load(t)?)),
             },
         };
-        let limiter = svc.rate_limit.map(|rl| {
+        let limiter = svc.http().and_then(|h| h.rate_limit).map(|rl| {
             match prev
                 .and_then(|p| p.limiter.as_ref())
                 .filter(|(c, _)| *c == rl)
@@ -293,11 +293,14 @@ impl L7Handler for HttpHandler {
                 Some((_, l)) => (rl, Arc::clone(l)),
                 None => (
                     rl,
-                    Arc::new(RateLimiter::new(rl.requests_per_second, rl.burst)),
+                    Arc::new(RateLimiter::new(
+                        rl.requests_per_second.get(),
+                        rl.burst.get(),
+                    )),
                 ),
             }
         });
-        let access_log = match &svc.access_log {
+        let access_log = match svc.access_log() {
             None => None,
             Some(a) => match prev
                 .and_then(|p| p.access_log.as_ref())

@@ -150,7 +150,7 @@ pub fn service(sv: &ServiceConfig) -> Table {
     if sv.drain_timeout != model::defaults::DRAIN_TIMEOUT {
         t.insert("drain_timeout".into(), dur(sv.drain_timeout));
     }
-    if let Some(al) = &sv.access_log {
+    if let Some(al) = sv.access_log() {
         t.insert("access_log".into(), Value::Table(access_log(al)));
     }
     match &sv.kind {
@@ -575,7 +575,10 @@ fn xdp(x: &XdpConfig) -> Table {
             Value::Array(sy.peers.iter().map(|p| s(p.to_string())).collect()),
         );
         st.insert("member".into(), Value::Integer(i64::from(sy.member)));
-        st.insert("members".into(), Value::Integer(i64::from(sy.members.get())));
+        st.insert(
+            "members".into(),
+            Value::Integer(i64::from(sy.members.get())),
+        );
         t.insert("sync".into(), Value::Table(st));
     }
     t

@@ -201,9 +201,6 @@ pub struct ServiceConfig {
     pub idle_timeout: Duration,
     /// How long a graceful stop waits for open connections (default 30s).
     pub drain_timeout: Duration,
-    /// The access log (http: requests; tcp/udp with `forward = "proxy"`: connections and
-    /// flows); off when `None`.
-    pub access_log: Option<AccessLog>,
     /// The protocol, with the options that only it has.
     pub kind: ServiceKind,
 }
@@ -243,6 +240,8 @@ pub struct TcpProxy {
     /// `[service.timeouts]`: a tcp service has `connect` only (`None`: absent, the default
     /// applies).
     pub timeouts: Option<TcpTimeouts>,
+    /// The connection log; off when `None`.
+    pub access_log: Option<AccessLog>,
 }
 
 /// A tcp service's `[service.timeouts]`.
@@ -253,13 +252,25 @@ pub struct TcpTimeouts {
 }
 
 /// A udp service's options.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UdpService {
-    /// `None`: `forward = "proxy"`; else the packet data plane's mode.
-    pub packet: Option<PacketForward>,
+    /// How flows reach the backends.
+    pub forward: UdpForward,
     /// Concurrent flows (default 10000), each holding one socket; when full, the least
     /// recently active flow gives way to the new one.
     pub max_flows: NonZeroU32,
+}
+
+/// A udp service's forwarding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UdpForward {
+    /// `forward = "proxy"`, with the flow log (`[service.access_log]`; off when `None`).
+    Proxy {
+        /// The flow log.
+        access_log: Option<AccessLog>,
+    },
+    /// `dsr`, `tunnel` or `nat`: the packet data plane.
+    Packet(PacketForward),
 }
 
 /// An http service's options.
@@ -279,6 +290,8 @@ pub struct HttpService {
     pub http2: Option<Http2Limits>,
     /// The service's rules (docs/rules.md); a route's are merged over them.
     pub rules: crate::rules::Rules,
+    /// The request log; off when `None`.
+    pub access_log: Option<AccessLog>,
 }
 
 /// The packet data plane's forwarding modes (tcp and udp services; needs `[xdp]`).
@@ -363,9 +376,13 @@ impl ServiceConfig {
             },
             ServiceKind::Tcp(TcpService::Packet(f))
             | ServiceKind::Udp(UdpService {
-                packet: Some(f), ..
+                forward: UdpForward::Packet(f),
+                ..
             }) => f.forwarding(),
-            ServiceKind::Udp(UdpService { packet: None, .. })
+            ServiceKind::Udp(UdpService {
+                forward: UdpForward::Proxy { .. },
+                ..
+            })
             | ServiceKind::Http(_)
             | ServiceKind::Dns(_) => Forwarding::Proxy {
                 proxy_protocol: None,
@@ -385,6 +402,20 @@ impl ServiceConfig {
     pub const fn dns(&self) -> Option<&DnsConfig> {
         match &self.kind {
             ServiceKind::Dns(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// The access log (http: requests; tcp and udp with `forward = "proxy"`: connections
+    /// and flows); `None`: off, or a service that has none.
+    pub const fn access_log(&self) -> Option<&AccessLog> {
+        match &self.kind {
+            ServiceKind::Http(HttpService { access_log, .. })
+            | ServiceKind::Tcp(TcpService::Proxy(TcpProxy { access_log, .. }))
+            | ServiceKind::Udp(UdpService {
+                forward: UdpForward::Proxy { access_log },
+                ..
+            }) => access_log.as_ref(),
             _ => None,
         }
     }
@@ -1096,4 +1127,109 @@ pub struct NatSyncConfig {
     pub member: u16,
     /// Instances in the fleet, 1 to [`NAT_SYNC_MAX_MEMBERS`].
     pub members: NonZeroU16,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_scheduler_has_its_own_variant_with_its_options() {
+        for kind in SchedulerKind::ALL {
+            let sc = SchedulerConfig::of(kind);
+            assert_eq!(sc.kind(), kind);
+            assert_eq!(sc.hash_key().is_some(), kind.is_hashing(), "{kind}");
+            assert_eq!(
+                sc.maglev_table_size().is_some(),
+                kind == SchedulerKind::Maglev,
+                "{kind}"
+            );
+            assert_eq!(sc.slow_start(), None);
+            let o = sc.sched_options();
+            let d = crate::sched::SchedOptions::default();
+            assert_eq!(
+                (o.half_life, o.horizon, o.maglev_table_size),
+                (d.half_life, d.horizon, d.maglev_table_size)
+            );
+        }
+        assert_eq!(SchedulerConfig::default().kind(), defaults::SCHEDULER);
+    }
+
+    #[test]
+    fn newtypes_refuse_what_is_out_of_range() {
+        assert_eq!(ActiveRequestBias::new(-0.1), None);
+        assert_eq!(ActiveRequestBias::new(10.5), None);
+        assert_eq!(ActiveRequestBias::new(f64::NAN), None);
+        assert_eq!(
+            ActiveRequestBias::new(0.5).map(ActiveRequestBias::get),
+            Some(0.5)
+        );
+        assert_eq!(value::Count::<10>::new(0), None);
+        assert_eq!(value::Count::<10>::new(11), None);
+        assert_eq!(value::Count::<10>::new(10).map(value::Count::get), Some(10));
+    }
+
+    /// The flat view of a service's forwarding follows its kind: http and dns always
+    /// proxy, only a tcp proxy has a PROXY header, `second_chance` only inside GUE.
+    #[test]
+    fn the_forwarding_view_follows_the_kind() {
+        let svc = |kind| ServiceConfig {
+            name: "s".into(),
+            listen: "127.0.0.1:1".parse().expect("addr"),
+            pool: "p".into(),
+            max_connections: crate::model::defaults::MAX_CONNECTIONS,
+            idle_timeout: Duration::from_secs(1),
+            drain_timeout: Duration::from_secs(1),
+            kind,
+        };
+        let http = svc(ServiceKind::Http(HttpService::default()));
+        assert_eq!(http.protocol(), ServiceProtocol::Http);
+        assert_eq!(
+            http.forward(),
+            Forwarding::Proxy {
+                proxy_protocol: None
+            }
+        );
+        let tcp = svc(ServiceKind::Tcp(TcpService::Proxy(TcpProxy {
+            proxy_protocol: Some(ProxyProtocol::V2),
+            ..TcpProxy::default()
+        })));
+        assert_eq!(
+            tcp.forward(),
+            Forwarding::Proxy {
+                proxy_protocol: Some(ProxyProtocol::V2)
+            }
+        );
+        assert_eq!((tcp.max_flows(), tcp.routes().len()), (None, 0));
+        let gue = svc(ServiceKind::Udp(UdpService {
+            forward: UdpForward::Packet(PacketForward::Tunnel {
+                encap: Encap::Gue {
+                    second_chance: true,
+                },
+                source: None,
+            }),
+            max_flows: crate::model::defaults::MAX_FLOWS,
+        }));
+        assert_eq!(
+            gue.forward(),
+            Forwarding::Tunnel {
+                encap: TunnelKind::Gue,
+                source: None,
+                second_chance: true
+            }
+        );
+        assert_eq!(gue.access_log(), None);
+        assert_eq!(
+            PacketForward::Tunnel {
+                encap: Encap::Ipip,
+                source: None
+            }
+            .forwarding(),
+            Forwarding::Tunnel {
+                encap: TunnelKind::Ipip,
+                source: None,
+                second_chance: false
+            }
+        );
+    }
 }

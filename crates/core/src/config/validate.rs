@@ -12,13 +12,12 @@ use super::limits;
 use super::raw::{RawConfig, RawHealth, RawPool, RawRoute, RawService};
 use super::value::{CheckKind, Count, HumanDuration};
 use super::{
-    defaults, AccessLog, AdminConfig, BackendProtocol, BalancingScheduler, HashingScheduler,
-    SchedulerConfig, BackendTls, CertPair, ClientAuth,
-    ClientAuthMode, Config, ConfigError, Discovery, Encap, HealthCheck, HealthConfig, HostMatch,
-    Http2Limits, HttpService, HttpTimeouts, LogField, LogTarget, OutlierConfig, PacketForward,
-    PoolConfig, RateLimit, RetryPolicy, Route, ServiceConfig, ServiceKind, SniRoute, StatusRange,
-    SyslogDest, SyslogFacility, TcpProxy, TcpService, TcpTimeouts, TlsConfig, TunnelKind,
-    UdpService, XdpConfig,
+    defaults, AccessLog, AdminConfig, BackendProtocol, BackendTls, BalancingScheduler, CertPair,
+    ClientAuth, ClientAuthMode, Config, ConfigError, Discovery, Encap, HashingScheduler,
+    HealthCheck, HealthConfig, HostMatch, Http2Limits, HttpService, HttpTimeouts, LogField,
+    LogTarget, OutlierConfig, PacketForward, PoolConfig, RateLimit, RetryPolicy, Route,
+    SchedulerConfig, ServiceConfig, ServiceKind, SniRoute, StatusRange, SyslogDest, SyslogFacility,
+    TcpProxy, TcpService, TcpTimeouts, TlsConfig, TunnelKind, UdpForward, UdpService, XdpConfig,
 };
 use crate::model::{self, canonical_addr, Backend, ForwardMode, PrimeTableSize, ServiceProtocol};
 
@@ -422,16 +421,24 @@ fn service(c: &mut Checker<'_>, s: &RawService, defined: &[&str], has_xdp: bool)
                 proxy_protocol,
                 sni_routes,
                 timeouts: timeouts.map(|t| TcpTimeouts { connect: t.connect }),
+                access_log,
             }),
         }),
         ServiceProtocol::Udp => ServiceKind::Udp(UdpService {
-            packet,
+            forward: match packet {
+                Some(p) => UdpForward::Packet(p),
+                None => UdpForward::Proxy { access_log },
+            },
             max_flows: s
                 .max_flows
                 .as_ref()
                 .map_or(model::defaults::MAX_FLOWS, |m| m.get_ref().non_zero()),
         }),
-        ServiceProtocol::Http => ServiceKind::Http(HttpService { timeouts, ..http }),
+        ServiceProtocol::Http => ServiceKind::Http(HttpService {
+            timeouts,
+            access_log,
+            ..http
+        }),
         // `None` only with an error reported (no `[service.dns_zone]`).
         ServiceProtocol::Dns => ServiceKind::Dns(dns.unwrap_or_else(|| super::DnsConfig {
             origin: String::new(),
@@ -462,7 +469,6 @@ fn service(c: &mut Checker<'_>, s: &RawService, defined: &[&str], has_xdp: bool)
             "drain_timeout",
             &limits::DRAIN_TIMEOUT,
         ),
-        access_log,
         kind,
     }
 }
@@ -476,7 +482,11 @@ fn forwarding(
     s: &RawService,
     name: &str,
     has_xdp: bool,
-) -> (ForwardMode, Option<PacketForward>, Option<model::ProxyProtocol>) {
+) -> (
+    ForwardMode,
+    Option<PacketForward>,
+    Option<model::ProxyProtocol>,
+) {
     let protocol = s.protocol.get_ref().0;
     let proto_name = protocol.as_str();
     let mode = s
@@ -595,12 +605,7 @@ fn forwarding(
 /// `[service.retry]`, `[service.http2]`, the rules; `[service.timeouts]` is
 /// [`timeouts`]'), each refused elsewhere; checked whatever the protocol, so every error
 /// inside them is found too.
-fn http_service(
-    c: &mut Checker<'_>,
-    s: &RawService,
-    defined: &[&str],
-    name: &str,
-) -> HttpService {
+fn http_service(c: &mut Checker<'_>, s: &RawService, defined: &[&str], name: &str) -> HttpService {
     let protocol = s.protocol.get_ref().0;
     let proto_name = protocol.as_str();
     let is_http = protocol == ServiceProtocol::Http;
@@ -672,6 +677,7 @@ fn http_service(
         retry,
         http2,
         rules,
+        access_log: None,
     }
 }
 
@@ -1057,33 +1063,30 @@ fn dns(
             name,
         });
     }
-    let rrl = s.dns_rrl.as_ref().map_or(
-        super::DnsRrl::default(),
-        |r| {
-            let r = r.get_ref();
-            let slip = r.slip.as_ref().map_or(defaults::DNS_RRL_SLIP, |v| {
-                let slip = *v.get_ref();
-                if !limits::DNS_SLIP.contains(&slip) {
-                    c.err(
-                        v.span(),
-                        format!("slip {slip} is out of range"),
-                        Some(format!(
-                            "valid: {} to {}",
-                            limits::DNS_SLIP.start(),
-                            limits::DNS_SLIP.end()
-                        )),
-                    );
-                }
-                slip
-            });
-            super::DnsRrl {
-                responses_per_second: r
-                    .responses_per_second
-                    .map_or(defaults::DNS_RRL_RESPONSES_PER_SECOND, Count::non_zero),
-                slip,
+    let rrl = s.dns_rrl.as_ref().map_or(super::DnsRrl::default(), |r| {
+        let r = r.get_ref();
+        let slip = r.slip.as_ref().map_or(defaults::DNS_RRL_SLIP, |v| {
+            let slip = *v.get_ref();
+            if !limits::DNS_SLIP.contains(&slip) {
+                c.err(
+                    v.span(),
+                    format!("slip {slip} is out of range"),
+                    Some(format!(
+                        "valid: {} to {}",
+                        limits::DNS_SLIP.start(),
+                        limits::DNS_SLIP.end()
+                    )),
+                );
             }
-        },
-    );
+            slip
+        });
+        super::DnsRrl {
+            responses_per_second: r
+                .responses_per_second
+                .map_or(defaults::DNS_RRL_RESPONSES_PER_SECOND, Count::non_zero),
+            slip,
+        }
+    });
     Some(super::DnsConfig {
         origin,
         ns,
@@ -1271,10 +1274,9 @@ fn pool(c: &mut Checker<'_>, p: &RawPool, users: &[(&str, ServiceProtocol)]) -> 
             &limits::OUTLIER_EJECTION,
         );
         OutlierConfig {
-            consecutive_failures: o.consecutive_failures.map_or(
-                defaults::OUTLIER_CONSECUTIVE_FAILURES,
-                Count::non_zero,
-            ),
+            consecutive_failures: o
+                .consecutive_failures
+                .map_or(defaults::OUTLIER_CONSECUTIVE_FAILURES, Count::non_zero),
             ejection,
         }
     });
@@ -1710,12 +1712,8 @@ fn health(c: &mut Checker<'_>, h: &RawHealth) -> Option<HealthConfig> {
         check,
         interval,
         timeout,
-        rise: h
-            .rise
-            .map_or(defaults::HEALTH_RISE, Count::non_zero),
-        fall: h
-            .fall
-            .map_or(defaults::HEALTH_FALL, Count::non_zero),
+        rise: h.rise.map_or(defaults::HEALTH_RISE, Count::non_zero),
+        fall: h.fall.map_or(defaults::HEALTH_FALL, Count::non_zero),
     })
 }
 
@@ -1766,7 +1764,16 @@ fn access_log(
 ) -> AccessLog {
     use super::AccessLogFormat as F;
     let is_http = protocol == ServiceProtocol::Http;
-    if mode != ForwardMode::Proxy {
+    if protocol == ServiceProtocol::Dns {
+        c.err(
+            a.span(),
+            format!(
+                "[service.access_log] applies only to http, tcp and udp services; `{name}` is \
+                 dns, whose answers are counted in the metrics, not logged"
+            ),
+            Some("remove [service.access_log]".into()),
+        );
+    } else if mode != ForwardMode::Proxy {
         c.err(
             a.span(),
             format!(

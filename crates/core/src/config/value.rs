@@ -273,12 +273,9 @@ impl<const MAX: u32> Count<MAX> {
 impl<'de, const MAX: u32> Deserialize<'de> for Count<MAX> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         from_int(d, "an integer of at least 1", |n| {
-            u32::try_from(n)
-                .ok()
-                .and_then(Self::new)
-                .ok_or_else(|| {
-                    Invalid::new(format!("{n} is out of range")).help(format!("valid: 1..={MAX}"))
-                })
+            u32::try_from(n).ok().and_then(Self::new).ok_or_else(|| {
+                Invalid::new(format!("{n} is out of range")).help(format!("valid: 1..={MAX}"))
+            })
         })
     }
 }
