@@ -206,6 +206,9 @@ pub struct ServiceConfig {
 }
 
 /// A service's protocol with its own options (`protocol = "tcp" | "udp" | "http" | "dns"`).
+// An http service's rules make its variant the largest; a config is built once per reload
+// and its services sit in one `Vec`, so a box would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServiceKind {
     /// `protocol = "tcp"`.
@@ -830,7 +833,7 @@ pub struct PoolConfig {
 /// with a hashing one, each `[pool.scheduler_options]` key only with its schedulers.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SchedulerConfig {
-    /// sh, maglev, ring_hash: the choice is a function of the hash key.
+    /// `sh`, `maglev`, `ring_hash`: the choice is a function of the hash key.
     Hashing {
         /// Which one, with its options.
         kind: HashingScheduler,
