@@ -818,11 +818,16 @@ impl LogField {
 
 /// A syslog facility's number (RFC 5424 6.2.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct SyslogFacility(pub u8);
+pub struct SyslogFacility(u8);
 
 impl SyslogFacility {
     /// `local0`, the default.
     pub const LOCAL0: Self = Self(16);
+
+    /// The facility's number (one of the names [`Self::as_str`] gives).
+    pub const fn code(self) -> u8 {
+        self.0
+    }
 
     /// The config name.
     pub const fn as_str(self) -> &'static str {
