@@ -151,13 +151,7 @@ fn every_key_parses() {
             tls_handshake: Duration::from_secs(3),
         })
     );
-    assert_eq!(
-        http.retry,
-        Some(RetryPolicy {
-            attempts: 0,
-            budget_percent: 50
-        })
-    );
+    assert_eq!(http.retry, Some(RetryPolicy::new(0, 50).expect("in range")));
     assert_eq!(
         http.http2.map(|h| [
             h.max_concurrent_streams.get(),
@@ -416,10 +410,7 @@ fn http_timeouts_and_retry_take_defaults_for_absent_keys() {
     );
     assert_eq!(
         RetryPolicy::default(),
-        RetryPolicy {
-            attempts: 2,
-            budget_percent: 20
-        }
+        RetryPolicy::new(2, 20).expect("in range")
     );
     // Partial tables: the keys given, defaults for the rest; the bounds are accepted.
     let text = format!(
@@ -436,25 +427,16 @@ fn http_timeouts_and_retry_take_defaults_for_absent_keys() {
     );
     assert_eq!(
         s.retry,
-        Some(RetryPolicy {
-            attempts: 10,
-            ..RetryPolicy::default()
-        })
+        Some(RetryPolicy::new(10, RetryPolicy::default().budget_percent()).expect("in range"))
     );
     let text = format!("{svc}[service.retry]\nattempts = 0\nbudget = 0\n{pool}");
     let cfg = config::parse(&text).expect("valid");
     let s = cfg.services[0].http().expect("http");
-    assert_eq!(
-        s.retry,
-        Some(RetryPolicy {
-            attempts: 0,
-            budget_percent: 0
-        })
-    );
+    assert_eq!(s.retry, Some(RetryPolicy::new(0, 0).expect("in range")));
     let text = format!("{svc}[service.retry]\nbudget = 100\n[service.timeouts]\n{pool}");
     let cfg = config::parse(&text).expect("valid");
     let s = cfg.services[0].http().expect("http");
-    assert_eq!(s.retry.map(|r| r.budget_percent), Some(100));
+    assert_eq!(s.retry.map(RetryPolicy::budget_percent), Some(100));
     assert_eq!(s.timeouts, Some(HttpTimeouts::default()), "an empty table");
 }
 

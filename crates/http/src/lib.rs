@@ -113,8 +113,8 @@ impl Tuning {
             response_timeout: t.response,
             header_timeout: t.request_header,
             handshake_timeout: t.tls_handshake,
-            retries: u32::from(r.attempts),
-            retry_budget_percent: r.budget_percent,
+            retries: u32::from(r.attempts()),
+            retry_budget_percent: r.budget_percent(),
         }
     }
 

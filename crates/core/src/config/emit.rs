@@ -231,8 +231,8 @@ fn http(t: &mut Table, h: &HttpService) {
     }
     if let Some(r) = &h.retry {
         let mut x = Table::new();
-        x.insert("attempts".into(), int(r.attempts));
-        x.insert("budget".into(), int(r.budget_percent));
+        x.insert("attempts".into(), int(r.attempts()));
+        x.insert("budget".into(), int(r.budget_percent()));
         t.insert("retry".into(), Value::Table(x));
     }
     super::rules::emit(&h.rules, t);

@@ -738,14 +738,37 @@ impl Default for Http2Limits {
     }
 }
 
-/// `[service.retry]`.
+/// `[service.retry]`: its two numbers are in range (see [`RetryPolicy::new`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
-    /// Extra tries on other backends per request, 0..=10 (default 2; 0: never retry).
-    pub attempts: u8,
-    /// Retries allowed as a percentage of requests, 0..=100 (default 20), on top of a
-    /// small reserve.
-    pub budget_percent: u8,
+    attempts: u8,
+    budget_percent: u8,
+}
+
+impl RetryPolicy {
+    /// `attempts` extra tries on other backends per request, 0..=10 (0: never retry), and
+    /// retries allowed as `budget_percent` of requests, 0..=100, on top of a small
+    /// reserve; `None` when either is out of range.
+    pub const fn new(attempts: u8, budget_percent: u8) -> Option<Self> {
+        if attempts <= value::RetryAttempts::MAX && budget_percent <= 100 {
+            Some(Self {
+                attempts,
+                budget_percent,
+            })
+        } else {
+            None
+        }
+    }
+
+    /// Extra tries on other backends per request (default 2).
+    pub const fn attempts(self) -> u8 {
+        self.attempts
+    }
+
+    /// Retries as a percentage of requests (default 20).
+    pub const fn budget_percent(self) -> u8 {
+        self.budget_percent
+    }
 }
 
 impl Default for RetryPolicy {
@@ -1170,6 +1193,9 @@ mod tests {
         assert_eq!(value::Count::<10>::new(0), None);
         assert_eq!(value::Count::<10>::new(11), None);
         assert_eq!(value::Count::<10>::new(10).map(value::Count::get), Some(10));
+        assert_eq!(RetryPolicy::new(11, 20), None);
+        assert_eq!(RetryPolicy::new(2, 101), None);
+        assert_eq!(RetryPolicy::new(2, 20), Some(RetryPolicy::default()));
     }
 
     /// The flat view of a service's forwarding follows its kind: http and dns always

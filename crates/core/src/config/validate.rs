@@ -641,10 +641,12 @@ fn http_service(c: &mut Checker<'_>, s: &RawService, defined: &[&str], name: &st
     let retry = s.retry.as_ref().map(|r| {
         http_only(c, r.span(), "[service.retry]");
         let r = r.get_ref();
-        RetryPolicy {
-            attempts: r.attempts.map_or(defaults::HTTP_RETRY_ATTEMPTS, |a| a.0),
-            budget_percent: r.budget.map_or(defaults::HTTP_RETRY_BUDGET, |b| b.0),
-        }
+        // Both in range: `RetryAttempts` and `Percent` are.
+        RetryPolicy::new(
+            r.attempts.map_or(defaults::HTTP_RETRY_ATTEMPTS, |a| a.0),
+            r.budget.map_or(defaults::HTTP_RETRY_BUDGET, |b| b.0),
+        )
+        .unwrap_or_default()
     });
     let http2 = s.http2.as_ref().map(|h| {
         http_only(c, h.span(), "[service.http2]");
