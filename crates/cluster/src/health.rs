@@ -17,8 +17,8 @@ use etcd_client::{Client, PutOptions};
 use fulcrum_core::cluster::MEMBER_TTL;
 use fulcrum_core::config::HealthQuorum;
 use fulcrum_core::fleet_health::{self as core, FleetHealthStatus, HealthView, Verdicts};
-use fulcrum_proxy::controller::{Control, ControlSender, FleetDecisions};
-use fulcrum_proxy::snapshot::Shared;
+use fulcrum_state::controller::{Control, ControlSender, FleetDecisions};
+use fulcrum_state::snapshot::Shared;
 
 use crate::Error;
 

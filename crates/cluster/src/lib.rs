@@ -40,8 +40,8 @@ use fulcrum_core::cluster::{
     Revisions,
 };
 use fulcrum_core::config::{ClusterConfig, Config};
-use fulcrum_proxy::controller::{ChangeError, ConfigEdit, Control, ControlSender, FleetEdit};
-use fulcrum_proxy::snapshot::Shared;
+use fulcrum_state::controller::{ChangeError, ConfigEdit, Control, ControlSender, FleetEdit};
+use fulcrum_state::snapshot::Shared;
 use tokio::sync::oneshot;
 
 mod health;

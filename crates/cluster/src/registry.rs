@@ -17,7 +17,7 @@ use fulcrum_core::cluster::Backoff;
 use fulcrum_core::config::RegistryPrefix;
 use fulcrum_core::model::Backend;
 use fulcrum_core::registry;
-use fulcrum_proxy::discovery::{Registry, SetSender};
+use fulcrum_state::discovery::{Registry, SetSender};
 use tokio::task::JoinHandle;
 
 use crate::{connect, Error};

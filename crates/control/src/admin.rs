@@ -16,8 +16,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::{Json, Router};
 use fulcrum_core::config::Config;
-use fulcrum_proxy::controller::{ChangeError, Control, ControlSender};
-use fulcrum_proxy::snapshot::Shared;
+use fulcrum_state::controller::{ChangeError, Control, ControlSender};
+use fulcrum_state::snapshot::Shared;
 use prometheus_client::registry::Registry;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
@@ -47,8 +47,8 @@ pub struct AdminState {
     /// The running [`Auth`]; the binary swaps in a new one after each reload.
     pub auth: Arc<ArcSwap<Auth>>,
     /// `[cluster]`: changes go to the fleet's configuration in etcd (see
-    /// [`fulcrum_proxy::controller::FleetEdit`]); `None`: to this instance.
-    pub fleet: Option<Arc<dyn fulcrum_proxy::controller::FleetEdit>>,
+    /// [`fulcrum_state::controller::FleetEdit`]); `None`: to this instance.
+    pub fleet: Option<Arc<dyn fulcrum_state::controller::FleetEdit>>,
 }
 
 /// Every endpoint of the admin API as (method, path), in axum's path syntax. The router is
@@ -349,7 +349,7 @@ async fn ask<T>(st: &AdminState, msg: Control, rx: oneshot::Receiver<T>) -> Resu
 /// Sends a config edit to the controller (or, in a fleet, to etcd); `Ok` once it runs here.
 async fn apply_edit(
     st: &AdminState,
-    edit: fulcrum_proxy::controller::ConfigEdit,
+    edit: fulcrum_state::controller::ConfigEdit,
     undrain: Option<(String, std::net::SocketAddr)>,
 ) -> Result<(), ApiError> {
     let edit = match &st.fleet {
@@ -380,8 +380,8 @@ const FLEET_APPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(10)
 /// this instance runs that revision (so the answer shows the change, as without a fleet).
 async fn fleet_edit(
     st: &AdminState,
-    fleet: &dyn fulcrum_proxy::controller::FleetEdit,
-    edit: fulcrum_proxy::controller::ConfigEdit,
+    fleet: &dyn fulcrum_state::controller::FleetEdit,
+    edit: fulcrum_state::controller::ConfigEdit,
 ) -> Result<(), ApiError> {
     let rev = fleet.edit(edit).await?;
     let deadline = tokio::time::Instant::now() + FLEET_APPLY_WAIT;

@@ -13,7 +13,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use fulcrum_core::dns::http as dnshttp;
 use fulcrum_core::model::ServiceProtocol;
-use fulcrum_proxy::snapshot::Shared;
+use fulcrum_state::snapshot::Shared;
 
 const DNS_MESSAGE: &str = "application/dns-message";
 

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use fulcrum_core::config::{self, AccessLog, Config, ConfigError, LogTarget, ServiceConfig};
-use fulcrum_proxy::controller::ChangeError;
+use fulcrum_state::controller::ChangeError;
 use toml::{Table, Value};
 
 /// Parses an address from a URL path: `IP:PORT` (`[IPv6]:PORT`), port not 0.

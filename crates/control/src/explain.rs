@@ -9,7 +9,7 @@ use fulcrum_core::choice::{Choice, Flow, Why};
 use fulcrum_core::hash::{flow_hash, flow_words};
 use fulcrum_core::model::{FlowTuple, Proto, ServiceProtocol};
 use fulcrum_core::sched::PickError;
-use fulcrum_proxy::snapshot::{PoolRt, Shared, Snapshot};
+use fulcrum_state::snapshot::{PoolRt, Shared, Snapshot};
 use serde_json::{json, Value};
 
 /// The query, already parsed.

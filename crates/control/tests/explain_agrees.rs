@@ -15,9 +15,9 @@ use fulcrum_core::flow::FlowTable;
 use fulcrum_core::locality::{Locality, ZonePlan};
 use fulcrum_core::model::{Backend, BackendState, FlowTuple, HashKey, Proto, SchedulerKind, Zone};
 use fulcrum_core::sched::{self, SchedOptions};
-use fulcrum_proxy::relay::RelayMode;
-use fulcrum_proxy::snapshot::{Persistence, PoolRt, Shared, Snapshot};
-use fulcrum_proxy::stats::BackendStats;
+use fulcrum_state::snapshot::RelayMode;
+use fulcrum_state::snapshot::{Persistence, PoolRt, Shared, Snapshot};
+use fulcrum_state::stats::BackendStats;
 
 const FLOWS: usize = 10_000;
 const LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)), 80);

@@ -1,5 +1,5 @@
 //! The one backend choice for a new flow or request. The L4 data path and the HTTP proxy
-//! (through `fulcrum_proxy::snapshot::PoolRt::choose`) and the admin API's `explain`
+//! (through `fulcrum_state::snapshot::PoolRt::choose`) and the admin API's `explain`
 //! (through `PoolRt::explain`) all call [`choose`], so `explain` says what traffic does.
 //!
 //! In order:

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 use fulcrum_core::model::Proto;
-use fulcrum_proxy::worker::{BoundSocket, ListenKey};
+use fulcrum_state::worker::{BoundSocket, ListenKey};
 use socket2::{Socket, Type};
 
 /// The first descriptor systemd passes (`SD_LISTEN_FDS_START`).

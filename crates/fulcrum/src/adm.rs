@@ -17,6 +17,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::api_client::{self, Client, Endpoint, UrlError};
+use crate::fail::{Fail, EXIT_FAILURE, EXIT_USAGE};
 
 /// Arguments of `fulcrum adm`: everything after `adm`, parsed by [`parse`].
 #[derive(Debug, clap::Args)]
@@ -31,22 +32,19 @@ const DEFAULT_ADMIN: &str = "http://127.0.0.1:9090";
 /// ipvsadm's default persistence timeout (`-p` without a value).
 const DEFAULT_PERSISTENCE: u32 = 300;
 
-/// An ipvsadm-style failure: the message (printed as is) and the exit code.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Fail(pub String, pub u8);
-
+/// An ipvsadm-style usage error: the message and where to find help.
 fn usage_err(msg: impl Into<String>) -> Fail {
     Fail(
+        EXIT_USAGE,
         format!(
             "{}\nTry `fulcrum adm -h' or 'fulcrum adm --help' for more information.",
             msg.into()
         ),
-        2,
     )
 }
 
 fn op_err(msg: impl Into<String>) -> Fail {
-    Fail(msg.into(), 1)
+    Fail(EXIT_FAILURE, msg.into())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -980,7 +978,7 @@ pub fn run(args: &AdmArgs) -> u8 {
             print!("{out}");
             0
         }
-        Err(Fail(msg, code)) => {
+        Err(Fail(code, msg)) => {
             eprintln!("{msg}");
             code
         }
@@ -1032,28 +1030,28 @@ mod tests {
     #[test]
     fn usage_errors_as_ipvsadm() {
         let e = parse(&args("-A -s rr")).unwrap_err();
-        assert_eq!(e.1, 2);
-        assert!(e.0.starts_with(
+        assert_eq!(e.0, EXIT_USAGE);
+        assert!(e.1.starts_with(
             "You need to supply the 'service-address' option for the 'add-service' command"
         ));
-        assert!(parse(&args("-a -t 1.2.3.4:80")).unwrap_err().0.starts_with(
+        assert!(parse(&args("-a -t 1.2.3.4:80")).unwrap_err().1.starts_with(
             "You need to supply the 'real-server' option for the 'add-server' command"
         ));
         assert!(parse(&args("-A -t nonsense"))
             .unwrap_err()
-            .0
+            .1
             .starts_with("illegal virtual server address[:port] specified"));
         assert!(parse(&args("-a -t 1.2.3.4:80 -r 1.2.3.5:80 -w 70000"))
             .unwrap_err()
-            .0
+            .1
             .starts_with("illegal weight specified"));
         assert!(parse(&args("-A -D -t 1.2.3.4:80"))
             .unwrap_err()
-            .0
+            .1
             .starts_with("multiple commands specified"));
         assert!(parse(&args("-D -t 1.2.3.4:80 -s rr"))
             .unwrap_err()
-            .0
+            .1
             .starts_with("Illegal 'scheduler' option with the 'delete-service' command"));
     }
 

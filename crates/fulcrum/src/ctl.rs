@@ -15,6 +15,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::api_client::{self, Client, Endpoint, UrlError};
+use crate::fail::{Fail, EXIT_FAILURE, EXIT_USAGE};
 
 /// Arguments of `fulcrum ctl`.
 #[derive(Debug, clap::Args)]
@@ -97,12 +98,6 @@ pub enum BackendCommand {
     /// Remove a backend from a pool; existing flows finish.
     Remove { pool: String, address: String },
 }
-
-const EXIT_FAILURE: u8 = 1;
-const EXIT_USAGE: u8 = 2;
-
-/// A failure with its exit code.
-struct Fail(u8, String);
 
 /// Runs `ctl`; returns the exit code.
 pub fn run(args: &CtlArgs) -> anyhow::Result<u8> {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use fulcrum_core::config::{XdpConfig, XdpMode};
-use fulcrum_proxy::snapshot::Shared;
+use fulcrum_state::snapshot::Shared;
 use fulcrum_xdp::{Decap, LoadOptions, XdpPlane, DEFAULT_GUE_PORT};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -109,7 +109,7 @@ pub struct XdpRuntime {
 impl XdpRuntime {
     /// Must run inside the tokio runtime that drives the controller.
     pub fn start(cfg: &XdpConfig, shared: &Arc<Shared>) -> anyhow::Result<Self> {
-        let services = fulcrum_xdp::sync::services_from_snapshot(&shared.snapshot.load());
+        let services = crate::xdp_sync::services_from_snapshot(&shared.snapshot.load());
         // without forwarding on the interface bpf_fib_lookup answers nothing: refuse to start
         fulcrum_xdp::host::check_forwarding(&cfg.interface, &services)?;
         // nat sync: this instance's source ports, and its socket bound before anything else
@@ -175,7 +175,7 @@ impl XdpRuntime {
             .context("cannot attach the XDP program")?;
         tracing::info!(interface = %cfg.interface, mode = cfg.mode.as_str(), services = services.len(), "XDP data plane attached");
         let plane = Arc::new(Mutex::new(plane));
-        let task = tokio::spawn(fulcrum_xdp::sync::run(
+        let task = tokio::spawn(crate::xdp_sync::run(
             Arc::clone(&plane),
             Arc::clone(shared),
             Duration::from_millis(100),

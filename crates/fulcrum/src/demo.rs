@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use bytes::Bytes;
 use fulcrum_core::config;
-use fulcrum_proxy::relay::RelayMode;
+use fulcrum_state::snapshot::RelayMode;
 use http_body_util::Full;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
@@ -145,7 +145,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<u8> {
         .thread_name("fulcrum-control")
         .build()
         .context("cannot start the control runtime")?;
-    // A LocalSet: with one worker, the worker runs on this thread (`Workers::start_inline`).
+    // A LocalSet: with one worker, the worker runs on this thread (`fulcrum_proxy::worker::start_inline`).
     tokio::task::LocalSet::new().block_on(&rt, async {
         let mut addrs = Vec::new();
         for i in 1..=3 {

@@ -31,9 +31,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
 use fulcrum_core::model::Proto;
-use fulcrum_proxy::controller::Control;
-use fulcrum_proxy::snapshot::Shared;
-use fulcrum_proxy::worker::{BoundSocket, ListenKey};
+use fulcrum_state::controller::Control;
+use fulcrum_state::snapshot::Shared;
+use fulcrum_state::worker::{BoundSocket, ListenKey};
 use serde_json::json;
 use socket2::{Domain, SockAddr, Socket, Type};
 use tokio::sync::mpsc::UnboundedSender;

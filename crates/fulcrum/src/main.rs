@@ -21,6 +21,7 @@ mod controller;
 mod ctl;
 mod decap;
 mod demo;
+mod fail;
 mod files;
 mod handover;
 mod liveness;
@@ -30,6 +31,7 @@ mod run;
 mod sdnotify;
 mod speaker;
 mod version;
+mod xdp_sync;
 
 /// Fulcrum: a load balancer (L4/L7 proxy, XDP data plane, control plane).
 #[derive(Debug, Parser)]
@@ -87,9 +89,6 @@ enum Command {
     Man(manual::ManArgs),
 }
 
-/// Exit code of a runtime failure (an `Err` from a subcommand).
-const EXIT_FAILURE: u8 = 1;
-
 /// Returns this thread's freed allocator pages to the kernel now rather than on some later
 /// allocation: called by a worker after idle connections were parked (their tasks and socket
 /// registrations freed), so RSS follows. Without it the pages stay resident until mimalloc's
@@ -136,7 +135,7 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
             eprintln!("fulcrum: {err:#}");
-            ExitCode::from(EXIT_FAILURE)
+            ExitCode::from(fail::EXIT_FAILURE)
         }
     }
 }

@@ -10,10 +10,10 @@ use arc_swap::ArcSwap;
 use fulcrum_control::admin::{self, AdminState};
 use fulcrum_core::config::{self, Config};
 use fulcrum_core::model::defaults;
-use fulcrum_proxy::controller::{Control, Controller};
-use fulcrum_proxy::relay::RelayMode;
-use fulcrum_proxy::snapshot::Shared;
-use fulcrum_proxy::worker::Workers;
+use fulcrum_state::controller::{Control, Controller};
+use fulcrum_state::snapshot::RelayMode;
+use fulcrum_state::snapshot::Shared;
+use fulcrum_state::worker::Workers;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc::unbounded_channel;
 use tokio::sync::oneshot;
@@ -78,8 +78,8 @@ pub struct Lifecycle {
     pub upgrade: bool,
     /// Sockets passed by systemd (socket activation), per address.
     pub activated: std::collections::HashMap<
-        fulcrum_proxy::worker::ListenKey,
-        Vec<fulcrum_proxy::worker::BoundSocket>,
+        fulcrum_state::worker::ListenKey,
+        Vec<fulcrum_state::worker::BoundSocket>,
     >,
 }
 
@@ -175,7 +175,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<u8> {
         Relay::Splice => RelayMode::Splice,
         Relay::Auto => RelayMode::Auto,
     };
-    // A LocalSet: with one worker, the worker runs on this thread (`Workers::start_inline`).
+    // A LocalSet: with one worker, the worker runs on this thread (`fulcrum_proxy::worker::start_inline`).
     let life = Lifecycle {
         handover: args.handover.clone(),
         upgrade: args.upgrade,
@@ -223,9 +223,9 @@ fn raise_fd_limit() {
 /// One worker runs on this thread (the process has one thread); more get a thread each.
 fn start_workers(n: usize, shared: &Arc<Shared>) -> anyhow::Result<Workers> {
     Ok(if n == 1 {
-        Workers::start_inline(shared)
+        fulcrum_proxy::worker::start_inline(shared)
     } else {
-        Workers::start(n, shared).context("cannot start worker threads")?
+        fulcrum_proxy::worker::start(n, shared).context("cannot start worker threads")?
     })
 }
 
@@ -241,60 +241,15 @@ pub(crate) async fn serve(
     let notify = crate::sdnotify::Notifier::from_env();
     // Before anything binds: take the sockets over from a running process (--upgrade), or
     // make sure this is not a second start on the same handover path or addresses.
-    let mut inherited = match (&life.handover, life.upgrade) {
-        (Some(p), true) => match crate::handover::take_over(p) {
-            Ok(i) => {
-                tracing::info!(
-                    old_pid = i.pid,
-                    sockets = i.sockets.values().map(Vec::len).sum::<usize>(),
-                    admin = i.admin.is_some(),
-                    "took the listening sockets over"
-                );
-                Some(i)
-            }
-            Err(e) => {
-                tracing::error!("{e:#}");
-                return Ok(1);
-            }
-        },
-        (Some(p), false) => {
-            if let Err(e) = crate::handover::refuse_if_running(p) {
-                tracing::error!("{e:#}");
-                return Ok(1);
-            }
-            None
-        }
-        (None, _) => None,
+    let Ok(mut inherited) = take_over(&life) else {
+        return Ok(1);
     };
-    // The admin address tells a second start on the same config; service addresses do
-    // not (instances may share them through SO_REUSEPORT on purpose).
-    let served_keys: Vec<_> = cfg
-        .admin
-        .iter()
-        .map(|a| (fulcrum_core::model::Proto::Tcp, a.listen))
-        .collect();
-    let taken = |k: &fulcrum_proxy::worker::ListenKey| {
-        activated.contains_key(k)
-            || inherited.as_ref().is_some_and(|i| {
-                i.sockets.contains_key(k)
-                    || (k.0 == fulcrum_core::model::Proto::Tcp
-                        && i.admin.as_ref().is_some_and(|(a, _)| *a == k.1))
-            })
-    };
-    if let Err(e) = crate::handover::refuse_taken(served_keys, &taken) {
-        tracing::error!("{e:#}");
+    if refuse_taken(cfg.admin.as_ref(), &activated, inherited.as_ref()) {
         return Ok(1);
     }
     let (ev_tx, ev_rx) = unbounded_channel();
     let (ctl_tx, ctl_rx) = unbounded_channel();
-    let mut shared = Shared::new(ev_tx, mode, Some(fulcrum_http::handler()));
-    if let Some(c) = &cfg.cluster {
-        // `[pool.discovery] etcd` watches through the fleet's etcd.
-        shared = shared.with_registry(Arc::new(fulcrum_cluster::registry::EtcdRegistry::new(
-            c.etcd.iter().map(|e| e.0.clone()).collect(),
-        )));
-    }
-    let shared = Arc::new(shared);
+    let shared = Arc::new(shared_state(&cfg, ev_tx, mode));
     let admin_cfg = cfg.admin.clone();
     let xdp_cfg = cfg.xdp.clone();
     let announce_cfg = cfg.announce.clone();
@@ -307,33 +262,9 @@ pub(crate) async fn serve(
         .map(Arc::<str>::from);
     // The admin listener first: it is the one address that cannot be shared, so a second
     // instance fails here before it takes any traffic.
-    let inherited_admin = inherited.as_mut().and_then(|i| i.admin.take()).or_else(|| {
-        // A socket passed by systemd for the admin address serves the admin API.
-        let a = admin_cfg.as_ref()?.listen;
-        let mut socks = activated.remove(&(fulcrum_core::model::Proto::Tcp, a))?;
-        match socks.pop()? {
-            fulcrum_proxy::worker::BoundSocket::Tcp(l) => Some((a, l)),
-            fulcrum_proxy::worker::BoundSocket::Udp(_) => None,
-        }
-    });
-    let admin_listener = match &admin_cfg {
-        Some(a) => Some(match inherited_admin {
-            Some((addr, l)) if addr == a.listen => {
-                l.set_nonblocking(true)?;
-                tokio::net::TcpListener::from_std(l)?
-            }
-            _ => match tokio::net::TcpListener::bind(a.listen).await {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::error!(
-                        "cannot listen on admin address {}: {e}; nothing else was bound",
-                        a.listen
-                    );
-                    return Ok(1);
-                }
-            },
-        }),
-        None => None,
+    let Ok(admin_listener) = bind_admin(admin_cfg.as_ref(), &mut inherited, &mut activated).await?
+    else {
+        return Ok(1);
     };
     let workers = start_workers(n, &shared)?;
     let inherited_sockets = inherited
@@ -356,11 +287,135 @@ pub(crate) async fn serve(
         }
     };
     let health_deadline = first_round_limit(controller.config());
+    let running: fulcrum_cluster::Running = Arc::default();
+    let auth = configure_reloads(
+        &mut controller,
+        cluster_cfg.is_some(),
+        &running,
+        token,
+        admin_cfg.as_ref(),
+    );
+    tokio::spawn(controller.run(ev_rx, ctl_rx));
+    let fleet = join_fleet(
+        cluster_cfg,
+        admin_cfg.as_ref(),
+        path,
+        running,
+        &shared,
+        &ctl_tx,
+    );
+    let Ok((xdp, _liveness)) = start_packet_side(xdp_cfg.as_ref(), announce_cfg.as_ref(), &shared)
+    else {
+        return Ok(1);
+    };
+    // VIP announcement through the BGP speaker (`[announce]`), off the data path.
+    let speaker = announce_cfg
+        .as_ref()
+        .map(|a| crate::speaker::start(a, Arc::clone(&shared)));
+
+    let (admin_task, mut admin_dup) = match (admin_cfg, admin_listener) {
+        (Some(a), Some(listener)) => {
+            let (task, dup) =
+                start_admin(&a, listener, &shared, &ctl_tx, xdp.as_ref(), &auth, fleet);
+            (Some(task), dup)
+        }
+        _ => (None, None),
+    };
+    // Every listener is bound; READY waits for the first health round too.
+    wait_first_round(&shared, health_deadline).await;
+    let notify = Arc::new(notify);
+    notify_ready(&notify, &shared, inherited.is_some());
+    let (stop_tx, mut stop_rx) = unbounded_channel::<u32>();
+    if let Some(p) = &life.handover {
+        serve_handover(
+            p,
+            inherited.take(),
+            admin_dup.take(),
+            &ctl_tx,
+            &shared,
+            stop_tx,
+        );
+    }
+    tracing::info!(workers = n, "fulcrum running");
+
+    let mut signals = Signals::install()?;
+    let handed_over = signals
+        .until_stop(
+            &ctl_tx,
+            &notify,
+            &shared,
+            life.handover.as_deref(),
+            &mut stop_rx,
+        )
+        .await;
+    if let Some(pid) = handed_over {
+        tracing::info!(new_pid = pid, "handed over to a new process");
+        // No STOPPING=1: the unit goes on, served by the new main process.
+    } else {
+        notify.send(&["STOPPING=1", "STATUS=stopping: draining connections"]);
+        // A stopping process hands nothing over (its listeners close now).
+        if let Some(p) = &life.handover {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+    if handed_over.is_some() {
+        // The new process serves the admin API on the same socket.
+        if let Some(t) = admin_task {
+            t.abort();
+        }
+    }
+    if let (Some(sp), Some(a), None) = (&speaker, &announce_cfg, handed_over) {
+        withdraw(sp, a, &shared, &mut signals.term, &mut signals.int).await;
+    }
+    drain(&shared, &ctl_tx, &notify, handed_over.is_some()).await;
+    Ok(0)
+}
+
+/// `--upgrade`: the sockets of the running process; else makes sure no process serves the
+/// handover path. `Err` (logged): the start fails.
+fn take_over(life: &Lifecycle) -> Result<Option<crate::handover::Inherited>, ()> {
+    match (&life.handover, life.upgrade) {
+        (Some(p), true) => match crate::handover::take_over(p) {
+            Ok(i) => {
+                tracing::info!(
+                    old_pid = i.pid,
+                    sockets = i.sockets.values().map(Vec::len).sum::<usize>(),
+                    admin = i.admin.is_some(),
+                    "took the listening sockets over"
+                );
+                Ok(Some(i))
+            }
+            Err(e) => {
+                tracing::error!("{e:#}");
+                Err(())
+            }
+        },
+        (Some(p), false) => {
+            if let Err(e) = crate::handover::refuse_if_running(p) {
+                tracing::error!("{e:#}");
+                return Err(());
+            }
+            Ok(None)
+        }
+        (None, _) => Ok(None),
+    }
+}
+
+/// How the controller loads a file on reload (checking the files it names, as at start and
+/// as `fulcrum check` does; in a fleet, merged with the shared revision running now) and
+/// what it does after each: the admin API's token and `protect_reads`, returned, are
+/// replaced by every reload (token rotation: rewrite `token_file`, then reload).
+fn configure_reloads(
+    controller: &mut Controller,
+    in_fleet: bool,
+    running: &fulcrum_cluster::Running,
+    token: Option<Arc<str>>,
+    admin_cfg: Option<&fulcrum_core::config::AdminConfig>,
+) -> Arc<ArcSwap<admin::Auth>> {
     // Reloads check the files a config names, as at start and as `fulcrum check` does;
     // in a fleet, they merge the local file with the shared revision running now.
-    let running: fulcrum_cluster::Running = Arc::default();
-    controller.set_loader(if cluster_cfg.is_some() {
-        let running = Arc::clone(&running);
+    controller.set_loader(if in_fleet {
+        let running = Arc::clone(running);
         Arc::new(move |p: &std::path::Path| {
             let doc = running
                 .lock()
@@ -378,7 +433,7 @@ pub(crate) async fn serve(
     // rewrite token_file, then reload).
     let auth = Arc::new(ArcSwap::from_pointee(admin::Auth {
         token,
-        protect_reads: admin_cfg.as_ref().is_some_and(|a| a.protect_reads),
+        protect_reads: admin_cfg.is_some_and(|a| a.protect_reads),
     }));
     controller.set_after_reload({
         let auth = Arc::clone(&auth);
@@ -400,194 +455,59 @@ pub(crate) async fn serve(
             Ok(())
         })
     });
-    tokio::spawn(controller.run(ev_rx, ctl_rx));
-    // In a fleet, the admin API's changes are transactions on the shared configuration.
-    let fleet = cluster_cfg.as_ref().map(|c| {
-        Arc::new(fulcrum_cluster::Editor::new(
-            c,
-            path.clone(),
-            crate::files::validate_named,
-        )) as Arc<dyn fulcrum_proxy::controller::FleetEdit>
-    });
-    if let Some(c) = cluster_cfg {
-        let member = c.member.clone().unwrap_or_else(hostname);
-        tracing::info!(member, prefix = %c.prefix.0, "joining the fleet in etcd");
-        fulcrum_cluster::spawn(
-            fulcrum_cluster::Options {
-                cluster: c,
-                member,
-                address: admin_cfg.as_ref().map(|a| a.listen.to_string()),
-                path,
-                validate: crate::files::validate_named,
-                running,
-            },
-            Arc::clone(&shared),
-            ctl_tx.clone(),
-        );
-    }
-    // The XDP data plane (dsr/tunnel services), kept in step with the snapshots; detached
-    // when dropped at the end of this function.
-    let xdp = match &xdp_cfg {
-        Some(x) => match crate::decap::XdpRuntime::start(x, &shared) {
-            Ok(rt) => Some(rt),
-            Err(e) => {
-                tracing::error!("{e:#}");
-                return Ok(1);
-            }
-        },
-        None => None,
-    };
-    shared.announce.set_xdp_attached(xdp.is_some());
-    // `[announce] liveness_interface`: lives (and so the bird routes via it) as long as
-    // this process.
-    let _liveness = match announce_cfg
-        .as_ref()
-        .and_then(|a| a.liveness_interface.as_deref())
-        .map(crate::liveness::create)
-        .transpose()
-    {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            return Ok(1);
-        }
-    };
-    // VIP announcement through the BGP speaker (`[announce]`), off the data path.
-    let speaker = announce_cfg
-        .as_ref()
-        .map(|a| crate::speaker::start(a, Arc::clone(&shared)));
+    auth
+}
 
-    let mut admin_task = None;
-    let mut admin_dup = None;
-    if let (Some(a), Some(listener)) = (admin_cfg, admin_listener) {
-        // A descriptor of the admin listener for the handover (the task owns the other).
-        admin_dup = listener.local_addr().ok().zip(listener_dup(&listener));
-        if !a.listen.ip().is_loopback() && auth.load().token.is_none() {
-            tracing::warn!(listen = %a.listen, "admin API bound beyond loopback without a token_file: anyone who reaches it can change this instance");
-        }
-        let state = AdminState {
-            shared: Arc::clone(&shared),
-            control: ctl_tx.clone(),
-            registry: Arc::new({
-                let mut r = fulcrum_control::metrics::registry(Arc::clone(&shared));
-                if let Some(c) = xdp.as_ref().and_then(crate::decap::XdpRuntime::collector) {
-                    r.register_collector(Box::new(c));
-                }
-                if let Some(c) = xdp
-                    .as_ref()
-                    .and_then(crate::decap::XdpRuntime::nat_sync_collector)
-                {
-                    r.register_collector(Box::new(c));
-                }
-                r
-            }),
-            auth: Arc::clone(&auth),
-            fleet,
-        };
-        admin_task = Some(tokio::spawn(fulcrum_control::serve::serve(
-            listener,
-            admin::router(state),
-        )));
+/// Serves the admin API on its listener; returns its task and a descriptor of the
+/// listener for the handover (the task owns the other).
+fn start_admin(
+    a: &fulcrum_core::config::AdminConfig,
+    listener: tokio::net::TcpListener,
+    shared: &Arc<Shared>,
+    ctl_tx: &fulcrum_state::controller::ControlSender,
+    xdp: Option<&crate::decap::XdpRuntime>,
+    auth: &Arc<ArcSwap<admin::Auth>>,
+    fleet: Option<Arc<dyn fulcrum_state::controller::FleetEdit>>,
+) -> (
+    tokio::task::JoinHandle<()>,
+    Option<(std::net::SocketAddr, std::net::TcpListener)>,
+) {
+    // A descriptor of the admin listener for the handover (the task owns the other).
+    let dup = listener.local_addr().ok().zip(listener_dup(&listener));
+    if !a.listen.ip().is_loopback() && auth.load().token.is_none() {
+        tracing::warn!(listen = %a.listen, "admin API bound beyond loopback without a token_file: anyone who reaches it can change this instance");
     }
-    // Every listener is bound; READY waits for the first health round too.
-    wait_first_round(&shared, health_deadline).await;
-    let notify = Arc::new(notify);
-    if notify.enabled() {
-        let mut lines = vec!["READY=1".to_owned()];
-        if inherited.is_some() {
-            // The new main process of the unit (needs NotifyAccess=all).
-            lines.insert(0, format!("MAINPID={}", std::process::id()));
-        }
-        lines.push(format!("STATUS={}", summary(&shared)));
-        notify.send(&lines.iter().map(String::as_str).collect::<Vec<_>>());
-    }
-    if let Some(interval) = crate::sdnotify::watchdog_interval(inherited.is_some()) {
-        // From this runtime: a control thread that hangs stops the pings.
-        let notify = Arc::clone(&notify);
-        tokio::spawn(async move {
-            let mut t = tokio::time::interval(interval);
-            loop {
-                t.tick().await;
-                notify.send(&["WATCHDOG=1"]);
+    let state = AdminState {
+        shared: Arc::clone(shared),
+        control: ctl_tx.clone(),
+        registry: Arc::new({
+            let mut r = fulcrum_control::metrics::registry(Arc::clone(shared));
+            if let Some(c) = xdp.and_then(crate::decap::XdpRuntime::collector) {
+                r.register_collector(Box::new(c));
             }
-        });
-    }
-    let (stop_tx, mut stop_rx) = unbounded_channel::<u32>();
-    if let Some(p) = &life.handover {
-        if let Some(i) = inherited.take() {
-            if let Err(e) = i.finish(p) {
-                tracing::error!("{e:#}");
+            if let Some(c) = xdp.and_then(crate::decap::XdpRuntime::nat_sync_collector) {
+                r.register_collector(Box::new(c));
             }
-        }
-        match crate::handover::Server::bind(p) {
-            Ok((server, sock)) => {
-                let dup = admin_dup.take();
-                if let Err(e) =
-                    server.spawn(sock, ctl_tx.clone(), Arc::clone(&shared), dup, stop_tx)
-                {
-                    tracing::error!("{e:#}");
-                }
-            }
-            Err(e) => tracing::error!("{e:#}; a binary upgrade cannot take over from this process"),
-        }
-    }
-    tracing::info!(workers = n, "fulcrum running");
-
-    let mut hup = signal(SignalKind::hangup()).context("cannot install SIGHUP handler")?;
-    // SIGUSR1 (nginx's): reopen the access and connection logs (logrotate's rename, then
-    // signal); SIGHUP reopens them too, before its reload.
-    let mut usr1 = signal(SignalKind::user_defined1()).context("cannot install SIGUSR1 handler")?;
-    let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
-    let mut usr2 = signal(SignalKind::user_defined2()).context("cannot install SIGUSR2 handler")?;
-    let handed_over = loop {
-        tokio::select! {
-            _ = usr1.recv() => {
-                tracing::info!("SIGUSR1: reopening log files");
-                fulcrum_proxy::logsink::reopen_all();
-            }
-            _ = hup.recv() => {
-                notify.reloading();
-                fulcrum_proxy::logsink::reopen_all();
-                let (tx, rx) = oneshot::channel();
-                let _ = ctl_tx.send(Control::Reload(tx));
-                let notify = Arc::clone(&notify);
-                let shared = Arc::clone(&shared);
-                tokio::spawn(async move {
-                    let outcome = match rx.await {
-                        Ok(Ok(())) => "reloaded".to_owned(),
-                        Ok(Err(e)) => format!("reload refused, running the previous configuration: {}", e.lines().next().unwrap_or_default()),
-                        Err(_) => "reload not answered".to_owned(),
-                    };
-                    let status = format!("STATUS={outcome}; {}", summary(&shared));
-                    notify.send(&["READY=1", &status]);
-                });
-            }
-            _ = usr2.recv() => spawn_replacement(life.handover.as_deref()),
-            Some(pid) = stop_rx.recv() => break Some(pid),
-            _ = term.recv() => break None,
-            _ = int.recv() => break None,
-        }
+            r
+        }),
+        auth: Arc::clone(auth),
+        fleet,
     };
-    if let Some(pid) = handed_over {
-        tracing::info!(new_pid = pid, "handed over to a new process");
-        // No STOPPING=1: the unit goes on, served by the new main process.
-    } else {
-        notify.send(&["STOPPING=1", "STATUS=stopping: draining connections"]);
-        // A stopping process hands nothing over (its listeners close now).
-        if let Some(p) = &life.handover {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-    if handed_over.is_some() {
-        // The new process serves the admin API on the same socket.
-        if let Some(t) = admin_task {
-            t.abort();
-        }
-    }
-    if let (Some(sp), Some(a), None) = (&speaker, &announce_cfg, handed_over) {
-        withdraw(sp, a, &shared, &mut term, &mut int).await;
-    }
+    let task = tokio::spawn(fulcrum_control::serve::serve(
+        listener,
+        admin::router(state),
+    ));
+    (task, dup)
+}
+
+/// Stops accepting and waits for the open connections to end, at most the longest
+/// `drain_timeout` of the configuration running now (reloads may have changed it).
+async fn drain(
+    shared: &Shared,
+    ctl_tx: &fulcrum_state::controller::ControlSender,
+    notify: &crate::sdnotify::Notifier,
+    handed_over: bool,
+) {
     // The drain timeout of the configuration running now (reloads may have changed it).
     let drain = shared
         .snapshot
@@ -605,9 +525,7 @@ pub(crate) async fn serve(
     let mut last_status = None::<Instant>;
     loop {
         let open = shared.global.open_connections.load(Ordering::Relaxed);
-        if handed_over.is_none()
-            && last_status.is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
-        {
+        if !handed_over && last_status.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
             notify.status(&format!("stopping: draining {open} open connections"));
             last_status = Some(Instant::now());
         }
@@ -621,7 +539,288 @@ pub(crate) async fn serve(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Ok(0)
+}
+
+/// Tells systemd the service is ready (after an upgrade: that this is its main process now)
+/// and starts the watchdog pings, from this runtime: a control thread that hangs stops them.
+fn notify_ready(notify: &Arc<crate::sdnotify::Notifier>, shared: &Shared, upgraded: bool) {
+    if notify.enabled() {
+        let mut lines = vec!["READY=1".to_owned()];
+        if upgraded {
+            // The new main process of the unit (needs NotifyAccess=all).
+            lines.insert(0, format!("MAINPID={}", std::process::id()));
+        }
+        lines.push(format!("STATUS={}", summary(shared)));
+        notify.send(&lines.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+    if let Some(interval) = crate::sdnotify::watchdog_interval(upgraded) {
+        // From this runtime: a control thread that hangs stops the pings.
+        let notify = Arc::clone(notify);
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(interval);
+            loop {
+                t.tick().await;
+                notify.send(&["WATCHDOG=1"]);
+            }
+        });
+    }
+}
+
+/// The signals `run` answers (installed once, before the first can come).
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        Ok(Self {
+            hup: signal(SignalKind::hangup()).context("cannot install SIGHUP handler")?,
+            // SIGUSR1 (nginx's): reopen the access and connection logs (logrotate's rename, then
+            // signal); SIGHUP reopens them too, before its reload.
+            usr1: signal(SignalKind::user_defined1()).context("cannot install SIGUSR1 handler")?,
+            term: signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?,
+            usr2: signal(SignalKind::user_defined2()).context("cannot install SIGUSR2 handler")?,
+        })
+    }
+
+    /// Answers SIGHUP (reload), SIGUSR1 (reopen the logs) and SIGUSR2 (start a
+    /// replacement) until SIGTERM or SIGINT (`None`) or a new process took over (its pid).
+    async fn until_stop(
+        &mut self,
+        ctl_tx: &fulcrum_state::controller::ControlSender,
+        notify: &Arc<crate::sdnotify::Notifier>,
+        shared: &Arc<Shared>,
+        handover: Option<&std::path::Path>,
+        stop_rx: &mut tokio::sync::mpsc::UnboundedReceiver<u32>,
+    ) -> Option<u32> {
+        loop {
+            tokio::select! {
+                _ = self.usr1.recv() => {
+                    tracing::info!("SIGUSR1: reopening log files");
+                    fulcrum_state::logsink::reopen_all();
+                }
+                _ = self.hup.recv() => {
+                    notify.reloading();
+                    fulcrum_state::logsink::reopen_all();
+                    let (tx, rx) = oneshot::channel();
+                    let _ = ctl_tx.send(Control::Reload(tx));
+                    let notify = Arc::clone(notify);
+                    let shared = Arc::clone(shared);
+                    tokio::spawn(async move {
+                        let outcome = match rx.await {
+                            Ok(Ok(())) => "reloaded".to_owned(),
+                            Ok(Err(e)) => format!("reload refused, running the previous configuration: {}", e.lines().next().unwrap_or_default()),
+                            Err(_) => "reload not answered".to_owned(),
+                        };
+                        let status = format!("STATUS={outcome}; {}", summary(&shared));
+                        notify.send(&["READY=1", &status]);
+                    });
+                }
+                _ = self.usr2.recv() => spawn_replacement(handover),
+                Some(pid) = stop_rx.recv() => break Some(pid),
+                _ = self.term.recv() => break None,
+                _ = self.int.recv() => break None,
+            }
+        }
+    }
+}
+
+/// The admin API's listener: inherited (binary upgrade), passed by systemd, or bound now.
+/// `Ok(Err(()))`: it cannot be bound (logged), the start fails.
+async fn bind_admin(
+    admin_cfg: Option<&fulcrum_core::config::AdminConfig>,
+    inherited: &mut Option<crate::handover::Inherited>,
+    activated: &mut std::collections::HashMap<
+        fulcrum_state::worker::ListenKey,
+        Vec<fulcrum_state::worker::BoundSocket>,
+    >,
+) -> anyhow::Result<Result<Option<tokio::net::TcpListener>, ()>> {
+    let inherited_admin = inherited.as_mut().and_then(|i| i.admin.take()).or_else(|| {
+        // A socket passed by systemd for the admin address serves the admin API.
+        let a = admin_cfg?.listen;
+        let mut socks = activated.remove(&(fulcrum_core::model::Proto::Tcp, a))?;
+        match socks.pop()? {
+            fulcrum_state::worker::BoundSocket::Tcp(l) => Some((a, l)),
+            fulcrum_state::worker::BoundSocket::Udp(_) => None,
+        }
+    });
+    Ok(Ok(match admin_cfg {
+        Some(a) => Some(match inherited_admin {
+            Some((addr, l)) if addr == a.listen => {
+                l.set_nonblocking(true)?;
+                tokio::net::TcpListener::from_std(l)?
+            }
+            _ => match tokio::net::TcpListener::bind(a.listen).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(
+                        "cannot listen on admin address {}: {e}; nothing else was bound",
+                        a.listen
+                    );
+                    return Ok(Err(()));
+                }
+            },
+        }),
+        None => None,
+    }))
+}
+
+/// With `[cluster]`: joins the fleet in etcd; returns how the admin API's changes become
+/// transactions on the shared configuration.
+fn join_fleet(
+    cluster_cfg: Option<fulcrum_core::config::ClusterConfig>,
+    admin_cfg: Option<&fulcrum_core::config::AdminConfig>,
+    path: PathBuf,
+    running: fulcrum_cluster::Running,
+    shared: &Arc<Shared>,
+    ctl_tx: &fulcrum_state::controller::ControlSender,
+) -> Option<Arc<dyn fulcrum_state::controller::FleetEdit>> {
+    // In a fleet, the admin API's changes are transactions on the shared configuration.
+    let fleet = cluster_cfg.as_ref().map(|c| {
+        Arc::new(fulcrum_cluster::Editor::new(
+            c,
+            path.clone(),
+            crate::files::validate_named,
+        )) as Arc<dyn fulcrum_state::controller::FleetEdit>
+    });
+    if let Some(c) = cluster_cfg {
+        let member = c.member.clone().unwrap_or_else(hostname);
+        tracing::info!(member, prefix = %c.prefix.0, "joining the fleet in etcd");
+        fulcrum_cluster::spawn(
+            fulcrum_cluster::Options {
+                cluster: c,
+                member,
+                address: admin_cfg.map(|a| a.listen.to_string()),
+                path,
+                validate: crate::files::validate_named,
+                running,
+            },
+            Arc::clone(shared),
+            ctl_tx.clone(),
+        );
+    }
+    fleet
+}
+
+/// Finishes taking over from the old process (`inherited`), then serves the handover path,
+/// so that a binary upgrade can take over from this process (`stop_tx`: its pid, once it
+/// has).
+fn serve_handover(
+    p: &std::path::Path,
+    inherited: Option<crate::handover::Inherited>,
+    admin_dup: Option<(std::net::SocketAddr, std::net::TcpListener)>,
+    ctl_tx: &fulcrum_state::controller::ControlSender,
+    shared: &Arc<Shared>,
+    stop_tx: tokio::sync::mpsc::UnboundedSender<u32>,
+) {
+    if let Some(i) = inherited {
+        if let Err(e) = i.finish(p) {
+            tracing::error!("{e:#}");
+        }
+    }
+    match crate::handover::Server::bind(p) {
+        Ok((server, sock)) => {
+            let dup = admin_dup;
+            if let Err(e) = server.spawn(sock, ctl_tx.clone(), Arc::clone(shared), dup, stop_tx) {
+                tracing::error!("{e:#}");
+            }
+        }
+        Err(e) => tracing::error!("{e:#}; a binary upgrade cannot take over from this process"),
+    }
+}
+
+/// The XDP data plane (dsr/tunnel/nat services), kept in step with the snapshots (detached
+/// when dropped), and `[announce] liveness_interface`, which lives (and so the bird routes
+/// via it) as long as what is returned. `Err` (logged): the start fails.
+#[allow(clippy::type_complexity)]
+fn start_packet_side(
+    xdp_cfg: Option<&fulcrum_core::config::XdpConfig>,
+    announce_cfg: Option<&fulcrum_core::config::AnnounceConfig>,
+    shared: &Arc<Shared>,
+) -> Result<
+    (
+        Option<crate::decap::XdpRuntime>,
+        Option<crate::liveness::Liveness>,
+    ),
+    (),
+> {
+    let xdp = match xdp_cfg {
+        Some(x) => match crate::decap::XdpRuntime::start(x, shared) {
+            Ok(rt) => Some(rt),
+            Err(e) => {
+                tracing::error!("{e:#}");
+                return Err(());
+            }
+        },
+        None => None,
+    };
+    shared.announce.set_xdp_attached(xdp.is_some());
+    // `[announce] liveness_interface`: lives (and so the bird routes via it) as long as
+    // this process.
+    let liveness = match announce_cfg
+        .and_then(|a| a.liveness_interface.as_deref())
+        .map(crate::liveness::create)
+        .transpose()
+    {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            return Err(());
+        }
+    };
+    Ok((xdp, liveness))
+}
+
+/// Whether another process serves this configuration (logged): its admin address is taken
+/// by a socket neither inherited nor passed by systemd.
+fn refuse_taken(
+    admin_cfg: Option<&fulcrum_core::config::AdminConfig>,
+    activated: &std::collections::HashMap<
+        fulcrum_state::worker::ListenKey,
+        Vec<fulcrum_state::worker::BoundSocket>,
+    >,
+    inherited: Option<&crate::handover::Inherited>,
+) -> bool {
+    // The admin address tells a second start on the same config; service addresses do
+    // not (instances may share them through SO_REUSEPORT on purpose).
+    let served_keys: Vec<_> = admin_cfg
+        .iter()
+        .map(|a| (fulcrum_core::model::Proto::Tcp, a.listen))
+        .collect();
+    let taken = |k: &fulcrum_state::worker::ListenKey| {
+        activated.contains_key(k)
+            || inherited.is_some_and(|i| {
+                i.sockets.contains_key(k)
+                    || (k.0 == fulcrum_core::model::Proto::Tcp
+                        && i.admin.as_ref().is_some_and(|(a, _)| *a == k.1))
+            })
+    };
+    if let Err(e) = crate::handover::refuse_taken(served_keys, &taken) {
+        tracing::error!("{e:#}");
+        return true;
+    }
+    false
+}
+
+/// The running state the controller, the data paths and the admin API share.
+fn shared_state(
+    cfg: &Config,
+    ev_tx: tokio::sync::mpsc::UnboundedSender<fulcrum_state::snapshot::Event>,
+    mode: RelayMode,
+) -> Shared {
+    let mut shared = Shared::new(ev_tx, mode, Some(fulcrum_http::handler()));
+    if let Some(c) = &cfg.cluster {
+        // `[pool.discovery] etcd` watches through the fleet's etcd.
+        shared = shared.with_registry(Arc::new(fulcrum_cluster::registry::EtcdRegistry::new(
+            c.etcd.iter().map(|e| e.0.clone()).collect(),
+        )));
+    }
+    shared
 }
 
 /// The host name (`[cluster] member` when absent).

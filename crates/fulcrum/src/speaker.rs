@@ -1,5 +1,5 @@
 //! `fulcrum run` with `[announce]`: keeps the BGP speaker in step with what this instance
-//! can serve (the core's `should_announce`, read through `fulcrum_proxy::announce`).
+//! can serve (the core's `should_announce`, read through `fulcrum_state::announce`).
 //!
 //! - bird: one task, off the data path, talks to bird's control socket. On every change of
 //!   the decision, and every [`RESYNC`] to repair after a bird restart, it sends `enable
@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use fulcrum_core::announce::{bird_command, bird_outcome, parse_bird_line, BirdLine, BirdOutcome};
 use fulcrum_core::config::{AnnounceConfig, Speaker};
-use fulcrum_proxy::announce::desired;
-use fulcrum_proxy::snapshot::Shared;
+use fulcrum_state::announce::desired;
+use fulcrum_state::snapshot::Shared;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};

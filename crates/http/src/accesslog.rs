@@ -1,5 +1,5 @@
 //! Access logs: one line per request, JSON (with the keys `fields` names) or the combined
-//! log format, to stderr, a file or syslog ([`fulcrum_proxy::logsink`], which also reopens
+//! log format, to stderr, a file or syslog ([`fulcrum_state::logsink`], which also reopens
 //! files on SIGUSR1/SIGHUP). A line is written with one `write` call.
 
 use std::io::Write as _;
@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 use fulcrum_core::config::{AccessLog, AccessLogFormat, LogField};
-use fulcrum_proxy::logsink::{clf_time, rfc3339, LogSink};
+use fulcrum_state::logsink::{clf_time, rfc3339, LogSink};
 
 /// An open access log.
 #[derive(Debug)]

@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 pub use crate::h1::Framing;
 use crate::h1::{self, Decoder, Enc, HeadError, Msg};
 use crate::headers::{host_problem, H2Head};
-use crate::proxy::{write_fields, write_head, Client, ReqView as _};
+use crate::proxy::{write_fields, write_head, Client};
+use crate::request::ReqView as _;
 use crate::server::H1Req;
 
 /// One HTTP/1.1 message as the codec understood it.

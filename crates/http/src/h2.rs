@@ -4,7 +4,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::convert::Infallible;
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -21,25 +20,13 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
+use crate::exec::LocalExec;
 use crate::h1::{self, Decoder, Enc, Framing};
 use crate::h2guard::{FrameMeter, Guarded};
-use crate::proxy::{self, Answer, BodyError, Exchange, Outcome, ReqBody, ReqView};
+use crate::proxy::{self, Answer, BodyError, Exchange, Outcome, ReqBody};
+use crate::request::ReqView;
 use crate::rules::Encoder;
 use crate::ConnCtx;
-
-/// Spawns hyper's HTTP/2 tasks (server streams, client connections) on the worker's
-/// `LocalSet`.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct LocalExec;
-
-impl<F> hyper::rt::Executor<F> for LocalExec
-where
-    F: Future + 'static,
-{
-    fn execute(&self, fut: F) {
-        tokio::task::spawn_local(fut);
-    }
-}
 
 /// A connection with bytes already read from it in front.
 pub(crate) struct Prefixed<S> {
@@ -545,7 +532,7 @@ impl Stream {
             else {
                 continue;
             };
-            resp.reserve_read();
+            resp.reserve_body_read();
             match std::task::ready!(conn.poll_read_buf(cx, &mut resp.buf)) {
                 Ok(0) => {
                     let ok = self.dec.eof().is_ok();

@@ -1,5 +1,5 @@
 //! Fulcrum's L7 HTTP proxy (`protocol = "http"` services), plugged into the L4 data path
-//! through [`fulcrum_proxy::l7::L7Handler`].
+//! through [`fulcrum_state::l7::L7Handler`].
 //!
 //! - [`HttpHandler::build`] turns a service's config and the snapshot's pools into an
 //!   [`HttpService`] (routes resolved to pools, TLS acceptor, rate limiter, access log,
@@ -48,17 +48,20 @@ macro_rules! write_through_io {
 }
 
 mod accesslog;
+mod exec;
 #[doc(hidden)]
 pub mod fuzzing;
 mod h1;
 mod h2;
 mod h2guard;
 mod headers;
+mod idle;
 mod metrics;
 mod park;
 pub use park::set_release_free_memory;
 mod proxy;
 mod ratelimit;
+mod request;
 pub mod rules;
 mod server;
 mod tls;
@@ -74,8 +77,8 @@ use std::time::Duration;
 use fulcrum_core::config::{HttpTimeouts, RateLimit, RetryPolicy, Route, ServiceConfig};
 use fulcrum_core::model::ServiceProtocol;
 use fulcrum_core::retry::RetryBudget;
-use fulcrum_proxy::l7::{L7Handler, L7Metrics, ServiceExt};
-use fulcrum_proxy::snapshot::{PoolRt, ServiceRt, Shared, Snapshot};
+use fulcrum_state::l7::{L7Handler, L7Metrics, ServiceExt};
+use fulcrum_state::snapshot::{PoolRt, ServiceRt, Shared, Snapshot};
 use tokio::net::TcpStream;
 
 pub use accesslog::AccessLogger;
@@ -507,16 +510,16 @@ fn spawn_conn(shared: Arc<Shared>, svc: Arc<ServiceRt>, sock: TcpStream, peer: S
         counted: Cell::new(true),
         gone: Cell::new(false),
     });
-    // Once it ends (or parks), its memory may be given back: `fulcrum_proxy::memory`.
+    // Once it ends (or parks), its memory may be given back: `fulcrum_state::memory`.
     if ctx.tls {
         tokio::task::spawn_local(async move {
             serve_tls(ctx, sock).await;
-            fulcrum_proxy::memory::connection_ended();
+            fulcrum_state::memory::connection_ended();
         });
     } else {
         tokio::task::spawn_local(async move {
             server::serve_tcp(ctx, sock).await;
-            fulcrum_proxy::memory::connection_ended();
+            fulcrum_state::memory::connection_ended();
         });
     }
 }

@@ -6,11 +6,11 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use fulcrum_proxy::l7::{
+use fulcrum_state::l7::{
     HttpBackendDurationSample, HttpDurationSample, HttpRequestsSample, L7Metrics,
 };
 
-pub use fulcrum_proxy::stats::Histogram;
+pub use fulcrum_state::stats::Histogram;
 
 fn duration_sample(h: &Histogram, service: &str, pool: &str) -> HttpDurationSample {
     let x = h.sample();

@@ -12,12 +12,12 @@
 //! - When a parked socket becomes readable (the next request, or the peer closing), it goes
 //!   back to tokio and a new task serves it from where the old one stopped.
 //! - A new connection that has not sent a byte yet parks the same way (a browser's
-//!   preconnect, a slow client); its limit is [`crate::server::idle_limit`] from its accept.
+//!   preconnect, a slow client); its limit is [`crate::idle::idle_limit`] from its accept.
 //! - The service's `idle_timeout` still applies, counted from the last request: a sweep once
 //!   per [`PARK_AFTER`] closes the parked connections whose time is up (so it fires up to that
 //!   much late; `idle_timeout`s shorter than [`PARK_AFTER`] never park).
 //! - When the process starts draining, the parked connections get the drain's grace
-//!   ([`crate::server::DRAIN_IDLE_GRACE`]): one that turns readable meanwhile is unparked
+//!   ([`crate::idle::DRAIN_IDLE_GRACE`]): one that turns readable meanwhile is unparked
 //!   and its request answered with `Connection: close`; the others are closed after it.
 //!
 //! Parking costs four `epoll_ctl` calls and a task spawn per park/unpark cycle, paid only by
@@ -34,7 +34,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fulcrum_proxy::snapshot::Shared;
+use fulcrum_state::snapshot::Shared;
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
@@ -43,10 +43,8 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::idle::PARK_AFTER;
 use crate::ConnCtx;
-
-/// How long a keep-alive connection idles in its task before it is parked.
-pub(crate) const PARK_AFTER: Duration = Duration::from_secs(1);
 
 /// A parked connection.
 struct Parked {
@@ -54,12 +52,18 @@ struct Parked {
     ctx: Rc<ConnCtx>,
     /// When its last request ended, or when it was accepted if `first`.
     since: Instant,
-    /// It has not sent a request yet (see [`crate::server::idle_limit`]).
+    /// It has not sent a request yet (see [`crate::idle::idle_limit`]).
     first: bool,
 }
 
+/// How the lot hands an unparked connection back (its HTTP/1.1 loop, in a new task): the
+/// connection, when its last request ended (or its accept) and whether it has sent none.
+pub(crate) type Resume = fn(Rc<ConnCtx>, TcpStream, Instant, bool);
+
 /// One worker's lot.
 struct Lot {
+    /// What an unparked connection goes back to.
+    resume: Resume,
     /// A handle on the lot's epoll instance, for (de)registering parked sockets.
     registry: Registry,
     slots: RefCell<Slots>,
@@ -120,8 +124,8 @@ impl AsRawFd for LotPoll {
 
 /// Registers the function the worker calls after parking or unparking connections (and
 /// after connections end), so the memory they freed (tasks, socket registrations) leaves the
-/// process's RSS: [`fulcrum_proxy::memory`]. Only the first call counts.
-pub use fulcrum_proxy::memory::set_release_free_memory;
+/// process's RSS: [`fulcrum_state::memory`]. Only the first call counts.
+pub use fulcrum_state::memory::set_release_free_memory;
 
 thread_local! {
     /// This worker's lot, created by the first connection parked on it.
@@ -129,18 +133,19 @@ thread_local! {
 }
 
 /// Parks an idle connection whose last request ended at `since` (or, `first`, that was
-/// accepted then and has not sent a request yet). On failure the connection is handed
-/// back, still in tokio.
+/// accepted then and has not sent a request yet); once readable it goes to `resume`. On
+/// failure the connection is handed back, still in tokio.
 pub(crate) fn park(
     ctx: Rc<ConnCtx>,
     sock: TcpStream,
     since: Instant,
     first: bool,
+    resume: Resume,
 ) -> Result<(), (Rc<ConnCtx>, TcpStream)> {
     if ctx.shared.is_draining() {
         return Err((ctx, sock));
     }
-    let lot = match lot(&ctx) {
+    let lot = match lot(&ctx, resume) {
         Ok(l) => l,
         Err(e) => {
             tracing::debug!(error = %e, "cannot start the parking lot");
@@ -158,7 +163,7 @@ pub(crate) fn park(
     let fd = sock.as_raw_fd();
     // Give back what parking freed once this burst of parks is over (the task ends and the
     // registration goes when the reactor next turns).
-    fulcrum_proxy::memory::release_soon();
+    fulcrum_state::memory::release_soon();
     let mut slots = lot.slots.borrow_mut();
     let i = slots.insert(Parked {
         sock,
@@ -177,7 +182,7 @@ pub(crate) fn park(
 }
 
 /// This worker's lot, started on first use.
-fn lot(ctx: &Rc<ConnCtx>) -> io::Result<Rc<Lot>> {
+fn lot(ctx: &Rc<ConnCtx>, resume: Resume) -> io::Result<Rc<Lot>> {
     LOT.with(|cell| {
         if let Some(l) = cell.borrow().as_ref() {
             return Ok(Rc::clone(l));
@@ -190,6 +195,7 @@ fn lot(ctx: &Rc<ConnCtx>) -> io::Result<Rc<Lot>> {
             AsyncFd::register_with_interest(LotPoll(poll), tokio::io::Interest::READABLE)?
         };
         let l = Rc::new(Lot {
+            resume,
             registry,
             slots: RefCell::new(Slots::default()),
         });
@@ -220,7 +226,7 @@ async fn run(lot: Rc<Lot>, mut poll: AsyncFd<LotPoll>, shared: Arc<Shared>, drai
         notified.as_mut().enable();
         if !drained && shared.is_draining() {
             drained = true;
-            close_at = Some(Instant::now() + crate::server::DRAIN_IDLE_GRACE);
+            close_at = Some(Instant::now() + crate::idle::DRAIN_IDLE_GRACE);
         }
         let at = close_at;
         let grace_over = async move {
@@ -259,7 +265,7 @@ async fn run(lot: Rc<Lot>, mut poll: AsyncFd<LotPoll>, shared: Arc<Shared>, drai
                 let now = Instant::now();
                 lot.slots
                     .borrow_mut()
-                    .sweep(|p| now >= p.since + crate::server::idle_limit(&p.ctx, p.first));
+                    .sweep(|p| now >= p.since + crate::idle::idle_limit(&p.ctx, p.first));
             }
             () = &mut notified => {}
         }
@@ -274,10 +280,10 @@ fn unpark(lot: &Lot, i: usize) {
     let _ = lot.registry.deregister(&mut SourceFd(&p.sock.as_raw_fd()));
     match TcpStream::from_std(p.sock) {
         Ok(sock) => {
-            tokio::task::spawn_local(crate::server::resume_h1(p.ctx, sock, p.since, p.first));
+            (lot.resume)(p.ctx, sock, p.since, p.first);
             // A burst of unparks (thousands of keep-alive clients leaving at once) frees
             // their new tasks right after: give that back too.
-            fulcrum_proxy::memory::release_soon();
+            fulcrum_state::memory::release_soon();
         }
         Err(e) => tracing::debug!(error = %e, "cannot unpark a connection: closing it"),
     }

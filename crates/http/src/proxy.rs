@@ -15,7 +15,7 @@ use fulcrum_core::config::BackendProtocol;
 use fulcrum_core::model::{FlowTuple, HashKey, Proto};
 use fulcrum_core::retry::{Attempts, Failure, Next, Replay};
 use fulcrum_core::sched::PickError;
-use fulcrum_proxy::stats::BackendStats;
+use fulcrum_state::stats::BackendStats;
 use http::{StatusCode, Version};
 use hyper::body::Incoming;
 use tokio::io::AsyncWriteExt;
@@ -26,33 +26,10 @@ use crate::headers::{
     cookie, host_problem, is_dropped, request_id, request_trailers, strip_port, write_chunked_te,
     write_forwarding, H2Head, HeadOut, Tokens,
 };
+use crate::request::ReqView;
 use crate::rules::{Encoder, RespEdit, RuleSet, Ruled, Vars};
 use crate::upstream::{self, ConnectError};
 use crate::{ConnCtx, RoutePool};
-
-/// A request head as the shared logic reads it.
-pub(crate) trait ReqView {
-    fn method(&self) -> &[u8];
-    /// The origin-form target (path and query).
-    fn target(&self) -> &[u8];
-    /// The URI authority (HTTP/2, absolute-form HTTP/1.1).
-    fn authority(&self) -> Option<&[u8]>;
-    fn version(&self) -> Version;
-    fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_;
-    /// The head's size in bytes: as received (HTTP/1.1), or as HTTP/1.1 text would be
-    /// (HTTP/2: the HPACK-compressed size is not seen; request line and `name: value` lines).
-    fn head_len(&self) -> u64 {
-        let line = self.method().len() + self.target().len() + 12; // " " " HTTP/1.1\r\n"
-        let fields: usize = self.headers().map(|(n, v)| n.len() + v.len() + 4).sum();
-        (line + fields + 2) as u64
-    }
-
-    fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
-            .map(|(_, v)| v)
-    }
-}
 
 /// The client's request body, as the shared logic forwards it.
 pub(crate) trait ReqBody {
@@ -149,6 +126,27 @@ pub(crate) struct Local {
     pub page: Option<(bytes::Bytes, &'static str)>,
 }
 
+thread_local! {
+    /// The `Date` value of the current second, formatted once per second per worker (as
+    /// nginx keeps its cached time strings).
+    static DATE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+}
+
+/// Now as an HTTP date (RFC 9110 5.6.7).
+fn http_date_now() -> String {
+    let now = SystemTime::now();
+    let secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.0 != secs {
+            *d = (secs, httpdate::fmt_http_date(now));
+        }
+        d.1.clone()
+    })
+}
+
 impl Local {
     pub fn new(status: StatusCode, why: &'static str) -> Self {
         Self {
@@ -183,7 +181,7 @@ impl Local {
             .as_ref()
             .map_or("text/plain; charset=utf-8", |(_, t)| *t);
         [
-            Some(("date", httpdate::fmt_http_date(SystemTime::now()))),
+            Some(("date", http_date_now())),
             Some(("content-type", ct.to_owned())),
             self.retry_after.map(|s| ("retry-after", s.to_string())),
             self.field.clone(),
@@ -412,7 +410,7 @@ impl<'a> Req<'a> {
     }
 }
 
-/// The backend for this request ([`fulcrum_proxy::snapshot::PoolRt::choose`]: the sticky
+/// The backend for this request ([`fulcrum_state::snapshot::PoolRt::choose`]: the sticky
 /// cookie, persistence or the scheduler) and whether the sticky cookie named it.
 fn pick(
     c: &ConnCtx,
@@ -801,7 +799,7 @@ async fn attempt(
             upstream::quickack(conn.tcp());
             acked = true;
         }
-        match resp.read_from(conn).await {
+        match resp.read_body_from(conn).await {
             Ok(n) if n > 0 => {}
             _ => {
                 return Err(AttemptError::Backend {
@@ -1071,6 +1069,113 @@ async fn h2_exchange<R: ReqView>(
     })
 }
 
+/// Whether a request may go on to a backend: its framing, its `Host`, the rules' access
+/// phases, the rate limit. `Ok`: how its body is framed; `Err`: the local answer.
+async fn admit(
+    c: &ConnCtx,
+    req: &impl ReqView,
+    body: &impl ReqBody,
+    rules: Option<&RuleSet>,
+) -> Result<Framing, Local> {
+    // Request smuggling: never guess which framing the backend would believe.
+    let framing = match body.framing() {
+        Ok(f) => f,
+        Err(why) => {
+            count_refusal(c, StatusCode::BAD_REQUEST);
+            return Err(Local::new(StatusCode::BAD_REQUEST, why));
+        }
+    };
+    if req.version() <= Version::HTTP_11 {
+        if let Some(why) = host_problem(req.version() == Version::HTTP_11, req.headers()) {
+            count_refusal(c, StatusCode::BAD_REQUEST);
+            return Err(Local::new(StatusCode::BAD_REQUEST, why));
+        }
+    }
+    // The rules' access phases (docs/rules.md): allow/deny, basic auth, redirect.
+    if let Some(rs) = rules {
+        if let Some(l) = request_phases(c, rs, req).await {
+            return Err(l);
+        }
+    }
+    if let Some((_, l)) = &c.ext.limiter {
+        if let Err(wait) = l.check(c.peer.ip(), c.shared.now()) {
+            count_refusal(c, StatusCode::TOO_MANY_REQUESTS);
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            return Err(Local {
+                retry_after: Some(secs.max(1)),
+                ..Local::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many requests from your address: slow down",
+                )
+            });
+        }
+    }
+    Ok(framing)
+}
+
+/// The request as the backend gets it: the route's rewrite and request header rules applied.
+fn ruled<'a, R: ReqView>(req: &'a R, rules: Option<&'a RuleSet>, vars: &Vars<'_>) -> Ruled<'a, R> {
+    match rules {
+        None => Ruled {
+            inner: req,
+            target: None,
+            drop: None,
+            extra: Vec::new(),
+        },
+        Some(rs) => {
+            let hr = &rs.rules.request_headers;
+            Ruled {
+                inner: req,
+                target: rs
+                    .rules
+                    .rewrite
+                    .as_ref()
+                    .and_then(|rw| rw.apply(&String::from_utf8_lossy(req.target())))
+                    .map(String::into_bytes),
+                drop: (!hr.is_empty()).then_some(hr),
+                extra: vars.fields(hr),
+            }
+        }
+    }
+}
+
+/// Counts a failed connect on the backend's counters.
+fn count_connect_failure(e: &Fail, addr: SocketAddr, stats: &BackendStats) {
+    match e {
+        Fail::Connect(ConnectError::Refused(err)) => {
+            tracing::debug!(backend = %addr, error = %err, "connect failed");
+            stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        Fail::Connect(ConnectError::Timeout) => {
+            stats.connect_timeouts.fetch_add(1, Ordering::Relaxed);
+        }
+        _ => {}
+    }
+}
+
+/// An error answer about to be retried on another backend: its HTTP/1.1 connection goes
+/// back to the pool if the (small) error body is all here, its buffer to `slot`.
+fn keep_for_retry(got: Got, addr: SocketAddr, slot: &mut Option<Box<Msg>>) {
+    if let Answer::H1 {
+        conn,
+        resp,
+        keep_alive,
+        ..
+    } = got.answer
+    {
+        let rest = resp.rest().len() as u64;
+        let whole = match got.framing {
+            Framing::Empty => rest == 0,
+            Framing::Length(n) => rest == n,
+            _ => false,
+        };
+        if keep_alive && whole {
+            upstream::put_idle(addr, conn);
+        }
+        *slot = Some(resp);
+    }
+}
+
 /// Forwards one request to a backend of its route; see the module docs.
 #[allow(clippy::too_many_lines)]
 pub(crate) async fn forward<'c>(
@@ -1100,39 +1205,10 @@ pub(crate) async fn forward<'c>(
         log,
     };
 
-    // Request smuggling: never guess which framing the backend would believe.
-    let framing = match body.framing() {
+    let framing = match admit(c, req, &*body, r.rules).await {
         Ok(f) => f,
-        Err(why) => {
-            count_refusal(c, StatusCode::BAD_REQUEST);
-            return r.local(Local::new(StatusCode::BAD_REQUEST, why));
-        }
+        Err(l) => return r.local(l),
     };
-    if req.version() <= Version::HTTP_11 {
-        if let Some(why) = host_problem(req.version() == Version::HTTP_11, req.headers()) {
-            count_refusal(c, StatusCode::BAD_REQUEST);
-            return r.local(Local::new(StatusCode::BAD_REQUEST, why));
-        }
-    }
-    // The rules' access phases (docs/rules.md): allow/deny, basic auth, redirect.
-    if let Some(rs) = rs {
-        if let Some(l) = request_phases(c, rs, req).await {
-            return r.local(l);
-        }
-    }
-    if let Some((_, l)) = &ext.limiter {
-        if let Err(wait) = l.check(c.peer.ip(), c.shared.now()) {
-            count_refusal(c, StatusCode::TOO_MANY_REQUESTS);
-            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            return r.local(Local {
-                retry_after: Some(secs.max(1)),
-                ..Local::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too many requests from your address: slow down",
-                )
-            });
-        }
-    }
 
     let pool = &rp.pool;
     let h2 = pool.backend_protocol == BackendProtocol::H2c;
@@ -1170,28 +1246,7 @@ pub(crate) async fn forward<'c>(
         tls: c.tls,
     };
     // Rewrite and request headers: the backend gets this view of the request.
-    let ruled = match rs {
-        None => Ruled {
-            inner: req,
-            target: None,
-            drop: None,
-            extra: Vec::new(),
-        },
-        Some(rs) => {
-            let hr = &rs.rules.request_headers;
-            Ruled {
-                inner: req,
-                target: rs
-                    .rules
-                    .rewrite
-                    .as_ref()
-                    .and_then(|rw| rw.apply(&String::from_utf8_lossy(req.target())))
-                    .map(String::into_bytes),
-                drop: (!hr.is_empty()).then_some(hr),
-                extra: vars.fields(hr),
-            }
-        }
-    };
+    let ruled = ruled(req, r.rules, &vars);
     let req = &ruled;
     let is_head = req.method() == b"HEAD";
     let replay = Replay::of(req.method(), framing == Framing::Empty, upgrade);
@@ -1238,16 +1293,7 @@ pub(crate) async fn forward<'c>(
                     tried.pop();
                     continue;
                 }
-                match &e {
-                    Fail::Connect(ConnectError::Refused(err)) => {
-                        tracing::debug!(backend = %addr, error = %err, "connect failed");
-                        stats.connect_failures.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Fail::Connect(ConnectError::Timeout) => {
-                        stats.connect_timeouts.fetch_add(1, Ordering::Relaxed);
-                    }
-                    _ => {}
-                }
+                count_connect_failure(&e, addr, stats);
                 if failure.counts_against_backend() {
                     c.shared.report_passive(stats, false);
                 }
@@ -1277,25 +1323,7 @@ pub(crate) async fn forward<'c>(
             };
             let next = attempts.after(failure, replay, tried.len(), others_left, &ext.budget);
             if next == Next::Retry {
-                if let Answer::H1 {
-                    conn,
-                    resp,
-                    keep_alive,
-                    ..
-                } = got.answer
-                {
-                    // The connection is reusable if the (small) error body is all here.
-                    let rest = resp.rest().len() as u64;
-                    let whole = match got.framing {
-                        Framing::Empty => rest == 0,
-                        Framing::Length(n) => rest == n,
-                        _ => false,
-                    };
-                    if keep_alive && whole {
-                        upstream::put_idle(addr, conn);
-                    }
-                    slot = Some(resp);
-                }
+                keep_for_retry(got, addr, &mut slot);
                 continue;
             }
         } else {
@@ -1333,15 +1361,21 @@ pub(crate) async fn forward<'c>(
     if let Some((ex, cookie)) = out {
         return Outcome::Backend(ex, cookie);
     }
-    if tried.is_empty() {
+    r.local(no_answer(c, tried.is_empty(), last_err))
+}
+
+/// The local answer when no backend answered: the last attempt's error, else 503 when none
+/// could be tried (counted as refused), else 502.
+fn no_answer(c: &ConnCtx, none_tried: bool, last_err: Option<Local>) -> Local {
+    if none_tried {
         c.svc
             .stats
             .refused_no_backend
             .fetch_add(1, Ordering::Relaxed);
     }
-    r.local(match last_err {
+    match last_err {
         Some(l) => l,
-        None if tried.is_empty() => Local::new(
+        None if none_tried => Local::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "service unavailable: no backend is available",
         ),
@@ -1349,7 +1383,7 @@ pub(crate) async fn forward<'c>(
             StatusCode::BAD_GATEWAY,
             "bad gateway: no backend could answer",
         ),
-    })
+    }
 }
 
 /// The `Set-Cookie` value pinning a client to a backend.

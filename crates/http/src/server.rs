@@ -20,7 +20,9 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::h1::{self, Decoder, Enc, Framing, HeadError, Msg};
-use crate::proxy::{self, Answer, BodyError, Local, Outcome, ReqBody, ReqView};
+use crate::idle::{idle_limit, DRAIN_IDLE_GRACE};
+use crate::proxy::{self, Answer, BodyError, Local, Outcome, ReqBody};
+use crate::request::ReqView;
 use crate::rules::Encoder;
 use crate::{within, ConnCtx};
 
@@ -96,26 +98,15 @@ pub(crate) enum Start {
     Kept { since: Instant, first: bool },
 }
 
-/// How long a connection may idle, counted from its last request, or from its accept
-/// (`first`: no request yet) for the service's `idle_timeout` or `request_header`,
-/// whichever is shorter: a client that opens a connection and sends nothing (a browser's
-/// preconnect, a slow client) is closed, silently, when that time is over.
-pub(crate) fn idle_limit(ctx: &ConnCtx, first: bool) -> Duration {
-    if first {
-        ctx.svc.idle_timeout.min(ctx.ext.tuning.header_timeout)
-    } else {
-        ctx.svc.idle_timeout
-    }
-}
-
 /// Serves a plain TCP client connection, parking it when it idles (see [`crate::park`]).
 pub(crate) async fn serve_tcp(ctx: Rc<ConnCtx>, sock: TcpStream) {
     serve_tcp_from(ctx, sock, Start::New { may_park: true }).await;
 }
 
-/// Serves a connection unparked because it became readable.
-pub(crate) async fn resume_h1(ctx: Rc<ConnCtx>, sock: TcpStream, since: Instant, first: bool) {
-    serve_tcp_from(ctx, sock, Start::Unparked { since, first }).await;
+/// Serves a connection unparked because it became readable, in a new task (the lot's
+/// [`crate::park::Resume`]).
+fn resume_h1(ctx: Rc<ConnCtx>, sock: TcpStream, since: Instant, first: bool) {
+    tokio::task::spawn_local(serve_tcp_from(ctx, sock, Start::Unparked { since, first }));
 }
 
 async fn serve_tcp_from(mut ctx: Rc<ConnCtx>, mut sock: TcpStream, mut start: Start) {
@@ -123,7 +114,7 @@ async fn serve_tcp_from(mut ctx: Rc<ConnCtx>, mut sock: TcpStream, mut start: St
         let Some((c, s, since, first)) = serve_h1(ctx, sock, start).await else {
             return;
         };
-        match crate::park::park(c, s, since, first) {
+        match crate::park::park(c, s, since, first, resume_h1) {
             Ok(()) => return,
             Err((c, s)) => {
                 (ctx, sock) = (c, s);
@@ -132,15 +123,6 @@ async fn serve_tcp_from(mut ctx: Rc<ConnCtx>, mut sock: TcpStream, mut start: St
         }
     }
 }
-
-/// Once the process drains, how long an idle HTTP/1.1 keep-alive connection is kept open
-/// for its next request, which is answered with `Connection: close`, before it is closed.
-/// Closing it at once races with a request the client is sending on it: a request sent as
-/// the connection closes fails (a reset, or the connection closed without an answer). A
-/// client under load sends its next request well within this; one that idles through it is
-/// closed as by `idle_timeout`. (HAProxy's `idle-close-on-response`.) Connections parked
-/// (idle for [`crate::park::PARK_AFTER`]) get the same grace in the lot.
-pub(crate) const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(1);
 
 /// An idle connection's timer fired at `now`: when it should fire next, or how the wait
 /// ends (closed: `idle_timeout` since the last request, or the drain's grace over; parked).
@@ -175,7 +157,7 @@ enum Wake {
 }
 
 /// The HTTP/1.1 loop of one connection. Returns the connection when it has idled for
-/// [`crate::park::PARK_AFTER`] and may be parked (its [`idle_limit`] not yet reached), for
+/// [`crate::idle::PARK_AFTER`] and may be parked (its [`idle_limit`] not yet reached), for
 /// the caller to park it, with the time its idling counts from and whether it has not sent
 /// a request yet.
 pub(crate) async fn serve_h1<S: ClientIo>(
@@ -205,7 +187,7 @@ pub(crate) async fn serve_h1<S: ClientIo>(
     // insert and removal per request.
     let mut idle_timeout = idle_limit(&ctx, first);
     let parks_after = |idle_timeout| {
-        (may_park && crate::park::PARK_AFTER < idle_timeout).then_some(crate::park::PARK_AFTER)
+        (may_park && crate::idle::PARK_AFTER < idle_timeout).then_some(crate::idle::PARK_AFTER)
     };
     let mut park_after = parks_after(idle_timeout);
     let mut idle = std::pin::pin!(tokio::time::sleep_until(
@@ -426,7 +408,7 @@ impl<S: ClientIo> ReqBody for H1Body<'_, S> {
         // A client writing head and body apart with Nagle on waits for this ACK.
         self.io.quickack();
         let e = self.extra.get_or_insert_with(Msg::take);
-        match e.read_from(self.io).await {
+        match e.read_body_from(self.io).await {
             Ok(n) if n > 0 => Ok(()),
             _ => Err(BodyError),
         }
@@ -762,7 +744,7 @@ impl<S: ClientIo> Body<'_, S> {
                 return true;
             }
             self.more();
-            match within(self.idle, resp.read_from(conn)).await {
+            match within(self.idle, resp.read_body_from(conn)).await {
                 Some(Ok(n)) if n > 0 => {}
                 Some(Ok(_)) => {
                     if dec.eof().is_err() {

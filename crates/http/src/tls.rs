@@ -255,7 +255,7 @@ pub fn check_ca(path: &Path) -> Result<(), String> {
 
 /// Reads an OCSP response file: DER, not empty, at most 64 KiB.
 fn read_ocsp(path: &Path) -> Result<Vec<u8>, String> {
-    let data = fulcrum_proxy::files::read_limited(path, MAX_OCSP)
+    let data = fulcrum_state::files::read_limited(path, MAX_OCSP)
         .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
     // An OCSPResponse is a DER SEQUENCE; a PEM or text file is a mistake worth naming.
     if data.first() != Some(&0x30) {
@@ -343,7 +343,7 @@ fn load_chain(
 /// PEM files are regular files of at most 1 MiB, opened without blocking (a FIFO would
 /// block the reader, a device might never end).
 fn read_pem(path: &Path) -> Result<Vec<u8>, String> {
-    fulcrum_proxy::files::read_limited(path, 1 << 20)
+    fulcrum_state::files::read_limited(path, 1 << 20)
         .map_err(|e| format!("{}: cannot read: {e}", path.display()))
 }
 

@@ -16,7 +16,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fulcrum_proxy::snapshot::Snapshot;
+use fulcrum_state::snapshot::Snapshot;
 use http_body::{Body, Frame};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
@@ -463,7 +463,7 @@ pub async fn h2_sender(
 /// Opens an HTTP/2 connection with prior knowledge; its task runs on this worker.
 async fn h2_connect(addr: SocketAddr, timeout: Duration) -> Result<H2Sender, ConnectError> {
     let tcp = connect(addr, timeout).await?;
-    let mut b = hyper::client::conn::http2::Builder::new(crate::h2::LocalExec);
+    let mut b = hyper::client::conn::http2::Builder::new(crate::exec::LocalExec);
     b.timer(TokioTimer::new());
     match tokio::time::timeout(timeout, b.handshake(TokioIo::new(tcp))).await {
         Ok(Ok((sender, conn))) => {

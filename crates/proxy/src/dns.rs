@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
 use crate::accept::Acceptor;
-use crate::snapshot::Shared;
+use fulcrum_state::snapshot::Shared;
 
 /// The largest UDP query read (larger ones are cut and then FORMERR).
 const MAX_QUERY: usize = 4096;

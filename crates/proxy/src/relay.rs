@@ -28,7 +28,8 @@ use socket2::SockRef;
 use tokio::io::Interest;
 
 use crate::splice::Pipe;
-use crate::stats::ServiceStats;
+use fulcrum_state::snapshot::RelayMode;
+use fulcrum_state::stats::ServiceStats;
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant};
 
@@ -81,15 +82,6 @@ pub enum RelayEnd {
     IdleTimeout,
     /// A side reset or failed; both were closed.
     Error(io::Error),
-}
-
-/// How bytes are moved; see the module docs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum RelayMode {
-    Copy,
-    Splice,
-    #[default]
-    Auto,
 }
 
 #[derive(Default)]

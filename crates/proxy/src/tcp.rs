@@ -15,12 +15,12 @@ use tokio::net::TcpStream;
 
 use crate::accept::Acceptor;
 
-use crate::connlog::{ConnEntry, Termination};
 use crate::proxy_protocol;
-use crate::ratelog::LogLimit;
 use crate::relay::{relay, RelayEnd};
-use crate::snapshot::{ServiceRt, Shared};
-use crate::stats::ActiveGuard;
+use fulcrum_state::connlog::{ConnEntry, Termination};
+use fulcrum_state::ratelog::LogLimit;
+use fulcrum_state::snapshot::{ServiceRt, Shared};
+use fulcrum_state::stats::ActiveGuard;
 
 /// Connect attempts per client connection (the first choice plus retries on other backends).
 pub const MAX_CONNECT_ATTEMPTS: usize = 3;
@@ -64,7 +64,7 @@ pub async fn serve(shared: Arc<Shared>, mut listener: Acceptor, listen: SocketAd
         tokio::task::spawn_local(async move {
             handle(&shared, &slot, sock, peer).await;
             drop(slot);
-            crate::memory::connection_ended();
+            fulcrum_state::memory::connection_ended();
         });
     }
 }
@@ -214,7 +214,7 @@ async fn handle(shared: &Shared, svc: &Slot, client: TcpStream, peer: SocketAddr
 /// Writes the connection's line when the service has a connection log.
 fn log_conn(
     svc: &ServiceRt,
-    pool: &crate::snapshot::PoolRt,
+    pool: &fulcrum_state::snapshot::PoolRt,
     start: Option<(std::time::SystemTime, std::time::Instant)>,
     client: SocketAddr,
     backend: Option<SocketAddr>,
@@ -243,7 +243,7 @@ fn log_conn(
 async fn connect(
     shared: &Shared,
     svc: &ServiceRt,
-    pool: &crate::snapshot::PoolRt,
+    pool: &fulcrum_state::snapshot::PoolRt,
     peer: SocketAddr,
     local: SocketAddr,
 ) -> Result<(TcpStream, usize), Termination> {
@@ -367,7 +367,10 @@ async fn read_hello(client: &TcpStream, buf: &mut Vec<u8>) -> Result<Option<Stri
 }
 
 /// The pool of the first SNI route that names `name`, else the service's default pool.
-fn sni_pool<'a>(svc: &'a ServiceRt, name: Option<&str>) -> &'a Arc<crate::snapshot::PoolRt> {
+fn sni_pool<'a>(
+    svc: &'a ServiceRt,
+    name: Option<&str>,
+) -> &'a Arc<fulcrum_state::snapshot::PoolRt> {
     name.and_then(|n| {
         svc.sni_routes
             .iter()

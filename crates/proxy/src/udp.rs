@@ -28,11 +28,11 @@ use fulcrum_core::model::{FlowTuple, Proto};
 use tokio::net::UdpSocket;
 use tokio::task::AbortHandle;
 
-use crate::connlog::{ConnEntry, Termination};
-use crate::ratelog::LogLimit;
-use crate::snapshot::{ServiceRt, Shared};
-use crate::stats::BackendStats;
 use crate::tcp::try_reserve;
+use fulcrum_state::connlog::{ConnEntry, Termination};
+use fulcrum_state::ratelog::LogLimit;
+use fulcrum_state::snapshot::{ServiceRt, Shared};
+use fulcrum_state::stats::BackendStats;
 
 const MAX_DATAGRAM: usize = 65_536;
 /// How long a datagram may wait for its backend socket to become writable.

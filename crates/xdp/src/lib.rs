@@ -17,7 +17,6 @@ pub mod metrics;
 pub mod natsync;
 pub mod neigh;
 pub mod plane;
-pub mod sync;
 #[doc(hidden)]
 pub mod testing;
 pub mod testrun;

@@ -677,7 +677,7 @@ impl XdpPlane {
 
     /// Invalidates every cached next hop: the next packet to each backend, on each CPU,
     /// resolves it again with `bpf_fib_lookup`. Called on every backend change, and
-    /// periodically ([`crate::maps::NH_TTL_NS`]) by [`crate::sync::run`] so that neighbour
+    /// periodically ([`crate::maps::NH_TTL_NS`]) by the binary's `xdp_sync::run` so that neighbour
     /// changes (a backend's new MAC) are followed.
     pub fn refresh_nexthops(&mut self) -> Result<(), XdpError> {
         self.gen += 1;
@@ -920,7 +920,7 @@ impl XdpPlane {
 
     /// Releases the ports of nat flows that ended (a FIN each way or a RST, then
     /// `tcp_closing`) or went idle (`tcp`, `udp`), and counts those left. Called every
-    /// second by [`crate::sync::run`].
+    /// second by the binary's `xdp_sync::run`.
     pub fn sweep_nat(&mut self) -> Result<NatSweep, XdpError> {
         let now = monotonic_ns();
         let t = self.nat_timeouts;

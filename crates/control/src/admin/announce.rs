@@ -3,7 +3,7 @@
 
 use axum::extract::State;
 use axum::Json;
-use fulcrum_proxy::announce::desired;
+use fulcrum_state::announce::desired;
 
 use super::answers::{Announce, AnnouncedVip};
 use super::{AdminState, ApiError, Authorized};

@@ -11,9 +11,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use fulcrum_core::model::Backend;
-use fulcrum_proxy::controller::ChangeError;
-use fulcrum_proxy::snapshot::{PoolRt, ServiceRt};
-use fulcrum_proxy::stats::BackendStats;
+use fulcrum_state::controller::ChangeError;
+use fulcrum_state::snapshot::{PoolRt, ServiceRt};
+use fulcrum_state::stats::BackendStats;
 use serde::Serialize;
 
 /// Every failure of an admin API call: its status and message.

@@ -16,7 +16,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use fulcrum_core::model::Backend;
 use fulcrum_core::sched::Scheduler;
-use fulcrum_proxy::snapshot::{PoolRt, ServiceRt, Snapshot};
+use fulcrum_state::snapshot::{PoolRt, ServiceRt, Snapshot};
 use serde::Serialize;
 
 use super::{AdminState, ApiError};
@@ -171,7 +171,7 @@ type HttpCounts = HashMap<String, HashMap<String, u64>>;
 fn http_requests(st: &AdminState, snap: &Snapshot) -> HttpCounts {
     let mut out = HttpCounts::new();
     let Some(l7) = &st.shared.l7 else { return out };
-    let mut m = fulcrum_proxy::l7::L7Metrics::default();
+    let mut m = fulcrum_state::l7::L7Metrics::default();
     for s in snap.services.iter().filter(|s| s.ext.is_some()) {
         out.entry(s.pool.name.clone()).or_default();
         l7.metrics(s, &mut m);

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use fulcrum_proxy::controller::Control;
-use fulcrum_proxy::snapshot::Shared;
+use fulcrum_state::controller::Control;
+use fulcrum_state::snapshot::Shared;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -323,7 +323,7 @@ async fn serve(token: Option<&str>, controller: bool, protect_reads: bool) -> So
                         let _ = reply.send(if known {
                             Ok(())
                         } else {
-                            Err(fulcrum_proxy::controller::ChangeError::NotFound(
+                            Err(fulcrum_state::controller::ChangeError::NotFound(
                                 "no such backend".into(),
                             ))
                         });
@@ -353,7 +353,7 @@ async fn serve(token: Option<&str>, controller: bool, protect_reads: bool) -> So
     let state = AdminState {
         shared: Arc::new(Shared::new(
             ev_tx,
-            fulcrum_proxy::relay::RelayMode::default(),
+            fulcrum_state::snapshot::RelayMode::default(),
             None,
         )),
         control: tx,

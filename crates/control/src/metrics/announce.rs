@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use fulcrum_proxy::snapshot::Shared;
+use fulcrum_state::snapshot::Shared;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::gauge::ConstGauge;

@@ -1,4 +1,4 @@
-//! Keeps an [`XdpPlane`] in step with the controller's snapshot: the same pools, backend
+//! Keeps an `XdpPlane` in step with the controller's snapshot: the same pools, backend
 //! states (health checks), reloads and API changes as the proxy.
 
 use std::sync::Arc;
@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use fulcrum_core::config::Forwarding;
 use fulcrum_core::model::{PrimeTableSize, Proto, ServiceProtocol};
-use fulcrum_proxy::snapshot::{Shared, Snapshot};
+use fulcrum_state::snapshot::{Shared, Snapshot};
 
-use crate::plane::{Mode, XdpPlane, XdpService};
+use fulcrum_xdp::{Mode, XdpPlane, XdpService};
 
 /// The dsr/tunnel/nat services of `snap` as the data plane needs them. The Maglev table size is
 /// the pool's (`maglev_table_size`) when its scheduler is `maglev`, else the default: the
@@ -101,7 +101,7 @@ impl MissLog {
         self.last = Some(std::time::Instant::now());
         if bits & MISS_FWD_DISABLED != 0 {
             if let Some(i) = interface {
-                if let Err(e) = crate::host::check_forwarding(i, services) {
+                if let Err(e) = fulcrum_xdp::host::check_forwarding(i, services) {
                     tracing::error!(error = %e, "packets for VIPs are dropped (no_route)");
                     return;
                 }
@@ -136,7 +136,7 @@ async fn resolve(plane: &Arc<std::sync::Mutex<XdpPlane>>, unroutable: &mut Vec<s
 pub async fn run(plane: Arc<std::sync::Mutex<XdpPlane>>, shared: Arc<Shared>, period: Duration) {
     let mut last = None;
     let mut refreshed = std::time::Instant::now();
-    let ttl = Duration::from_nanos(crate::maps::NH_TTL_NS);
+    let ttl = Duration::from_nanos(fulcrum_xdp::maps::NH_TTL_NS);
     let mut services = Vec::new();
     let mut miss_log = MissLog::default();
     let mut unroutable = Vec::new();
@@ -184,7 +184,7 @@ pub async fn run(plane: Arc<std::sync::Mutex<XdpPlane>>, shared: Arc<Shared>, pe
             services = services_from_snapshot(&snap);
             if let Some(i) = &interface {
                 // a reload or the API may bring backends of another family
-                if let Err(e) = crate::host::check_forwarding(i, &services) {
+                if let Err(e) = fulcrum_xdp::host::check_forwarding(i, &services) {
                     tracing::error!(error = %e, "packets of some services will be dropped (no_route)");
                 }
             }

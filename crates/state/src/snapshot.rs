@@ -19,7 +19,6 @@ use fulcrum_core::sched::{Loads, PickError, Scheduler};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::l7::{L7Handler, ServiceExt};
-use crate::relay::RelayMode;
 use crate::stats::{BackendStats, GlobalStats, ServiceStats};
 
 /// ipvsadm-style persistence: client IP -> backend id, shared by every snapshot of a pool.
@@ -385,4 +384,14 @@ impl Shared {
             ok,
         });
     }
+}
+
+/// How the L4 relay moves bytes (`fulcrum_proxy::relay`): a buffered copy, `splice(2)`, or
+/// copy that switches to splice once a read fills the whole buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RelayMode {
+    Copy,
+    Splice,
+    #[default]
+    Auto,
 }
