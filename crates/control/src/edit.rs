@@ -92,7 +92,7 @@ pub fn set_backend(
 fn direct_edit_applies(cfg: &Config, pool: &str) -> bool {
     !cfg.services
         .iter()
-        .any(|s| s.forward.mode() != fulcrum_core::model::ForwardMode::Proxy && s.uses_pool(pool))
+        .any(|s| s.forward().mode() != fulcrum_core::model::ForwardMode::Proxy && s.uses_pool(pool))
 }
 
 /// [`set_backend`] on the [`Config`] itself: at 10,000 backends, writing and re-parsing the
@@ -119,7 +119,8 @@ fn set_backend_direct(cfg: &Config, pool: &str, addr: SocketAddr, weight: u16) -
         {
             return None;
         }
-        if p.maglev_table_size
+        if p.scheduler
+            .maglev_table_size()
             .is_some_and(|size| size.get() as usize <= p.backends.len())
         {
             return None;
@@ -240,7 +241,7 @@ pub fn put_service(
         if let Some(other) = cfg.services.iter().find(|s| {
             s.name != name
                 && s.listen == listen
-                && (s.protocol == fulcrum_core::model::ServiceProtocol::Udp) == udp
+                && (s.protocol() == fulcrum_core::model::ServiceProtocol::Udp) == udp
         }) {
             return Err(ChangeError::Conflict(format!(
                 "service {:?} already listens on {listen}",
@@ -272,11 +273,11 @@ pub fn service_files(s: &ServiceConfig) -> Vec<&Path> {
                 ..
             },
         ..
-    }) = &s.access_log
+    }) = s.access_log()
     {
         files.push(p.as_path());
     }
-    if let Some(tls) = &s.tls {
+    if let Some(tls) = s.tls() {
         for pair in &tls.certs {
             files.push(pair.cert.as_path());
             files.push(pair.key.as_path());

@@ -144,7 +144,7 @@ impl Zone {
                     name: owner,
                     pool,
                     ttl: secs(n.ttl),
-                    max_answers: usize::from(n.max_answers.max(1)),
+                    max_answers: usize::from(n.max_answers.get()),
                 },
             );
         }
@@ -365,7 +365,7 @@ impl Rrl {
         let Some(slot) = self.slots.get_mut((h as usize) % len) else {
             return RrlVerdict::Send;
         };
-        let rate = f64::from(limit.responses_per_second);
+        let rate = f64::from(limit.responses_per_second.get());
         if slot.prefix != prefix || slot.last.is_zero() {
             *slot = Slot {
                 prefix,

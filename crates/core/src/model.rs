@@ -407,9 +407,10 @@ pub mod defaults {
     /// `[service.timeouts] connect` of a tcp service when absent.
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
     pub const MAGLEV_TABLE_SIZE: u32 = 65537;
-    pub const MAX_CONNECTIONS: u32 = 100_000;
+    pub const MAX_CONNECTIONS: std::num::NonZeroU32 =
+        std::num::NonZeroU32::new(100_000).expect("> 0");
     /// udp services: flows (one socket, so one file descriptor, each) per service.
-    pub const MAX_FLOWS: u32 = 10_000;
+    pub const MAX_FLOWS: std::num::NonZeroU32 = std::num::NonZeroU32::new(10_000).expect("> 0");
 }
 
 /// A Maglev lookup-table size: always a prime (the Maglev permutation needs it) in

@@ -43,6 +43,7 @@ fn cases() -> Vec<Case> {
     let tcp = svc("tcp");
     let http = svc("http");
     let udp = svc("udp");
+    let dns = svc("dns");
     vec![
         // --- syntax and shape (toml/serde errors) ---
         case("syntax: unterminated string", "[[service]]\nname = \"s\n".into(), "2:10", "invalid basic string", None),
@@ -99,6 +100,18 @@ fn cases() -> Vec<Case> {
         case("second_chance with ipip", format!("{tcp}forward = \"tunnel\"\nsecond_chance = true\n{POOL}[xdp]\ninterface = \"eth0\"\n"), "7:17", "second_chance needs tunnel = \"gue\"", Some("set tunnel = \"gue\"")),
         case("second_chance with dsr", format!("{tcp}forward = \"dsr\"\nsecond_chance = false\n{POOL}[xdp]\ninterface = \"eth0\"\n"), "7:17", "second_chance applies only to forward = \"tunnel\"", None),
         case("source without tunnel/nat", format!("{tcp}source = \"198.18.0.2\"\n{POOL}"), "6:10", "source applies only to forward", None),
+        // --- keys of one service kind on another (the typed config has no place for them) ---
+        case("access_log on dns", format!("{dns}[service.dns_zone]\norigin = \"example.test\"\nns = [\"ns1.example.test\"]\n[service.access_log]\n{POOL}"), "9:1", "[service.access_log] applies only to http, tcp and udp services; `s` is dns", Some("remove [service.access_log]")),
+        case("access_log with udp dsr", format!("{udp}forward = \"dsr\"\n[service.access_log]\n{POOL}[xdp]\ninterface = \"eth0\"\n"), "7:1", "[service.access_log] needs forward = \"proxy\"", Some("use forward = \"proxy\"")),
+        case("rate_limit on tcp", format!("{tcp}[service.rate_limit]\nrequests_per_second = 5\n{POOL}"), "6:1", "[service.rate_limit] applies only to http services; `s` is tcp", Some("protocol = \"http\"")),
+        case("http2 on udp", format!("{udp}[service.http2]\nmax_concurrent_streams = 5\n{POOL}"), "6:1", "[service.http2] applies only to http services; `s` is udp", None),
+        case("rule on tcp", format!("{tcp}allow = [\"10.0.0.0/8\"]\n{POOL}"), "6:9", "a rule (docs/rules.md) applies only to http services; `s` is tcp", None),
+        case("sni_route on http", format!("{http}[[service.sni_route]]\nsni = \"a.example\"\npool = \"p\"\n{POOL}"), "6:1", "[[service.sni_route]] applies only to tcp services with forward = \"proxy\"; `s` is http", Some("TLS passthrough")),
+        case("sni_route with tcp dsr", format!("{tcp}forward = \"dsr\"\n[[service.sni_route]]\nsni = \"a.example\"\npool = \"p\"\n{POOL}[xdp]\ninterface = \"eth0\"\n"), "7:1", "`s` is tcp with forward = \"dsr\"", None),
+        case("dns_zone on http", format!("{http}[service.dns_zone]\norigin = \"example.test\"\nns = [\"ns1.example.test\"]\n{POOL}"), "6:1", "[service.dns_zone] applies only to dns services; `s` is http", Some("protocol = \"dns\"")),
+        case("timeouts with tcp dsr", format!("{tcp}forward = \"dsr\"\n[service.timeouts]\nconnect = \"1s\"\n{POOL}[xdp]\ninterface = \"eth0\"\n"), "7:1", "[service.timeouts] needs forward = \"proxy\"", None),
+        case("slow_start with maglev", format!("{tcp}\n[[pool]]\nname = \"p\"\nscheduler = \"maglev\"\nslow_start = \"10s\"\n"), "10:14", "slow_start does not apply to the hashing scheduler \"maglev\"", Some("non-hashing scheduler")),
+        case("horizon with peak_ewma", format!("{tcp}\n[[pool]]\nname = \"p\"\nscheduler = \"peak_ewma\"\n[pool.scheduler_options]\nhorizon = \"1s\"\n"), "11:11", "scheduler_options.horizon applies only to scheduler = predictive; pool `p` uses \"peak_ewma\"", Some("remove horizon")),
         case("timeout not below interval", format!("{tcp}{POOL}[pool.health]\ninterval = \"1s\"\ntimeout = \"1s\"\n"), "13:11", "health check timeout 1s must be shorter than the interval 1s", None),
         case("zero interval", format!("{tcp}{POOL}[pool.health]\ninterval = \"0s\"\n"), "12:12", "interval must be longer than 0", None),
         case("path with tcp check", format!("{tcp}{POOL}[pool.health]\npath = \"/x\"\n"), "12:8", "path applies only to check = \"http\"", None),

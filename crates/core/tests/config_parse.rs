@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use fulcrum_core::config::{
     self, AccessLogFormat, BackendProtocol, CheckKind, Forwarding, HealthCheck, HostMatch,
-    Http2Limits, HttpTimeouts, LogTarget, RetryPolicy, StatusRange, TunnelKind, XdpMode,
+    HttpTimeouts, LogTarget, RetryPolicy, ServiceConfig, StatusRange, TunnelKind, XdpMode,
 };
 use fulcrum_core::model::{
     defaults, ForwardMode, HashKey, ProxyProtocol, SchedulerKind, ServiceProtocol,
@@ -42,9 +42,9 @@ fn contract_example_parses_once_its_api_pool_exists() {
     assert_eq!(cfg.services.len(), 1);
     let web = cfg.service("web").expect("service web");
     assert_eq!(web.listen, addr("127.0.0.1:8080"));
-    assert_eq!(web.protocol, ServiceProtocol::Http);
+    assert_eq!(web.protocol(), ServiceProtocol::Http);
     assert_eq!(
-        web.forward,
+        web.forward(),
         Forwarding::Proxy {
             proxy_protocol: None
         }
@@ -52,20 +52,20 @@ fn contract_example_parses_once_its_api_pool_exists() {
     assert_eq!(web.max_connections, defaults::MAX_CONNECTIONS);
     assert_eq!(web.idle_timeout, Duration::from_secs(300));
     assert_eq!(web.drain_timeout, Duration::from_secs(30));
-    assert_eq!(web.routes.len(), 1);
+    assert_eq!(web.routes().len(), 1);
     assert_eq!(
-        web.routes[0].host,
+        web.routes()[0].host,
         Some(HostMatch::Exact("api.example.com".into()))
     );
-    assert_eq!(web.routes[0].path_prefix.as_deref(), Some("/v1/"));
-    assert_eq!(web.routes[0].pool, "api");
-    assert!(web.routes[0].matches("API.example.com", "/v1/users"));
-    assert!(!web.routes[0].matches("api.example.com", "/v2/users"));
+    assert_eq!(web.routes()[0].path_prefix.as_deref(), Some("/v1/"));
+    assert_eq!(web.routes()[0].pool, "api");
+    assert!(web.routes()[0].matches("API.example.com", "/v1/users"));
+    assert!(!web.routes()[0].matches("api.example.com", "/v2/users"));
 
     let pool = cfg.pool("web").expect("pool web");
-    assert_eq!(pool.scheduler, SchedulerKind::WeightedRoundRobin);
-    assert_eq!(pool.hash_key, None);
-    assert_eq!(pool.maglev_table_size, None);
+    assert_eq!(pool.scheduler.kind(), SchedulerKind::WeightedRoundRobin);
+    assert_eq!(pool.scheduler.hash_key(), None);
+    assert_eq!(pool.scheduler.maglev_table_size(), None);
     let health = pool.health.as_ref().expect("health");
     assert_eq!(
         health.check,
@@ -78,8 +78,8 @@ fn contract_example_parses_once_its_api_pool_exists() {
         (health.interval, health.timeout),
         (Duration::from_secs(1), Duration::from_millis(500))
     );
-    assert_eq!((health.rise, health.fall), (2, 3));
-    assert_eq!(pool.outlier.consecutive_failures, 3);
+    assert_eq!((health.rise.get(), health.fall.get()), (2, 3));
+    assert_eq!(pool.outlier.consecutive_failures.get(), 3);
     assert_eq!(pool.outlier.ejection, Duration::from_secs(10));
     assert_eq!(pool.backends.len(), 1);
     assert_eq!(pool.backends[0].address, addr("127.0.0.1:9001"));
@@ -120,24 +120,30 @@ fn every_key_parses() {
 
     let web = cfg.service("web").expect("web");
     assert_eq!(
-        (web.max_connections, web.idle_timeout, web.drain_timeout),
+        (
+            web.max_connections.get(),
+            web.idle_timeout,
+            web.drain_timeout
+        ),
         (5000, Duration::from_secs(120), Duration::from_secs(15))
     );
     assert_eq!(
-        web.routes[1].host,
+        web.routes()[1].host,
         Some(HostMatch::Suffix(".static.example.com".into()))
     );
-    assert!(web.routes[1].matches("a.static.example.com", "/"));
-    assert!(!web.routes[1].matches("static.example.com", "/"));
-    let tls = web.tls.as_ref().expect("tls");
+    assert!(web.routes()[1].matches("a.static.example.com", "/"));
+    assert!(!web.routes()[1].matches("static.example.com", "/"));
+    let tls = web.tls().expect("tls");
+    let http = web.http().expect("http");
     assert_eq!(tls.certs.len(), 2);
     assert_eq!(tls.certs[0].cert, PathBuf::from("site.pem"));
     assert_eq!(
-        web.rate_limit.map(|r| (r.requests_per_second, r.burst)),
+        http.rate_limit
+            .map(|r| (r.requests_per_second.get(), r.burst.get())),
         Some((100, 200))
     );
     assert_eq!(
-        web.timeouts,
+        http.timeouts,
         Some(HttpTimeouts {
             connect: Duration::from_millis(500),
             response: Duration::from_secs(30),
@@ -145,23 +151,17 @@ fn every_key_parses() {
             tls_handshake: Duration::from_secs(3),
         })
     );
+    assert_eq!(http.retry, Some(RetryPolicy::new(0, 50).expect("in range")));
     assert_eq!(
-        web.retry,
-        Some(RetryPolicy {
-            attempts: 0,
-            budget_percent: 50
-        })
+        http.http2.map(|h| [
+            h.max_concurrent_streams.get(),
+            h.max_header_list_size.get(),
+            h.max_resets_per_second.get(),
+            h.max_control_frames_per_second.get(),
+        ]),
+        Some([128, 65536, 200, 100])
     );
-    assert_eq!(
-        web.http2,
-        Some(Http2Limits {
-            max_concurrent_streams: 128,
-            max_header_list_size: 65536,
-            max_resets_per_second: 200,
-            max_control_frames_per_second: 100,
-        })
-    );
-    let log = web.access_log.as_ref().expect("access log");
+    let log = web.access_log().expect("access log");
     assert_eq!(
         (log.format, &log.target),
         (AccessLogFormat::Json, &LogTarget::Stderr)
@@ -169,20 +169,20 @@ fn every_key_parses() {
 
     let db = cfg.service("db").expect("db");
     assert_eq!(
-        db.forward,
+        db.forward(),
         Forwarding::Proxy {
             proxy_protocol: Some(ProxyProtocol::V2)
         }
     );
     let dns = cfg.service("dns").expect("dns");
     assert_eq!(
-        (dns.protocol, dns.forward.mode()),
+        (dns.protocol(), dns.forward().mode()),
         (ServiceProtocol::Udp, ForwardMode::Dsr)
     );
     assert_eq!(dns.listen, db.listen, "tcp and udp may share an address");
     let tun = cfg.service("tunneled").expect("tunneled");
     assert_eq!(
-        tun.forward,
+        tun.forward(),
         Forwarding::Tunnel {
             encap: TunnelKind::Gue,
             source: Some("198.18.0.2".parse().expect("ip")),
@@ -191,13 +191,16 @@ fn every_key_parses() {
     );
     assert_eq!(tun.listen, addr("[::1]:7000"));
     assert_eq!(
-        cfg.service("natted").map(|s| s.forward),
+        cfg.service("natted").map(ServiceConfig::forward),
         Some(Forwarding::Nat { source: None })
     );
 
     let p = cfg.pool("web").expect("pool web");
-    assert_eq!(p.scheduler, SchedulerKind::RingHash);
-    assert_eq!(p.hash_key, Some(HashKey::Cookie("session".into())));
+    assert_eq!(p.scheduler.kind(), SchedulerKind::RingHash);
+    assert_eq!(
+        p.scheduler.hash_key(),
+        Some(&HashKey::Cookie("session".into()))
+    );
     assert_eq!(p.sticky_cookie.as_deref(), Some("FULCRUM_SRV"));
     let h = p.health.as_ref().expect("health");
     assert_eq!(
@@ -211,11 +214,11 @@ fn every_key_parses() {
         }
     );
     assert_eq!(
-        (h.interval, h.timeout, h.rise, h.fall),
+        (h.interval, h.timeout, h.rise.get(), h.fall.get()),
         (Duration::from_secs(2), Duration::from_millis(250), 1, 5)
     );
     assert_eq!(
-        (p.outlier.consecutive_failures, p.outlier.ejection),
+        (p.outlier.consecutive_failures.get(), p.outlier.ejection),
         (5, Duration::from_secs(30))
     );
     assert_eq!(p.backends[1].address, addr("[::1]:9002"));
@@ -225,7 +228,7 @@ fn every_key_parses() {
     );
 
     let api = cfg.pool("api").expect("api");
-    assert_eq!(api.scheduler, SchedulerKind::PowerOfTwo);
+    assert_eq!(api.scheduler.kind(), SchedulerKind::PowerOfTwo);
     assert_eq!(api.backend_protocol, BackendProtocol::H2c);
     assert_eq!(p.backend_protocol, BackendProtocol::Http1, "the default");
     assert!(api.health.is_none(), "no [pool.health]: no active checks");
@@ -247,10 +250,11 @@ fn every_key_parses() {
     );
 
     let mp = cfg.pool("dns").expect("dns pool");
-    assert_eq!(mp.scheduler, SchedulerKind::Maglev);
-    assert_eq!(mp.hash_key, Some(HashKey::FiveTuple));
+    assert_eq!(mp.scheduler.kind(), SchedulerKind::Maglev);
+    assert_eq!(mp.scheduler.hash_key(), Some(&HashKey::FiveTuple));
     assert_eq!(
-        mp.maglev_table_size
+        mp.scheduler
+            .maglev_table_size()
             .map(fulcrum_core::model::PrimeTableSize::get),
         Some(251)
     );
@@ -268,7 +272,7 @@ fn xdp_sync_parses_and_is_written_back() {
     let sync = cfg.xdp.as_ref().and_then(|x| x.sync.clone()).expect("sync");
     assert_eq!(sync.listen, "198.18.0.2:7070".parse().expect("addr"));
     assert_eq!(sync.peers.len(), 2);
-    assert_eq!((sync.member, sync.members), (0, 3));
+    assert_eq!((sync.member, sync.members.get()), (0, 3));
     let again = fulcrum_core::config::parse(&cfg.to_toml()).expect("written back parses");
     assert_eq!(again.xdp, cfg.xdp);
 }
@@ -292,9 +296,10 @@ address = \"127.0.0.1:2\"
     let cfg = config::parse(text).expect("valid");
     assert!(cfg.admin.is_none());
     let p = &cfg.pools[0];
-    assert_eq!(p.hash_key, Some(HashKey::SrcIp));
+    assert_eq!(p.scheduler.hash_key(), Some(&HashKey::SrcIp));
     assert_eq!(
-        p.maglev_table_size
+        p.scheduler
+            .maglev_table_size()
             .map(fulcrum_core::model::PrimeTableSize::get),
         Some(defaults::MAGLEV_TABLE_SIZE)
     );
@@ -322,7 +327,7 @@ fn second_chance_defaults_on_for_gue_and_can_be_turned_off() {
             .expect("config")
             .service("t")
             .expect("t")
-            .forward
+            .forward()
     };
     let sc = |f: Forwarding| match f {
         Forwarding::Tunnel { second_chance, .. } => second_chance,
@@ -391,8 +396,8 @@ fn http_timeouts_and_retry_take_defaults_for_absent_keys() {
     // Absent tables: `None` (the proxy uses the defaults).
     let cfg = config::parse(&format!("{svc}{pool}")).expect("valid");
     assert_eq!(
-        (cfg.services[0].timeouts, cfg.services[0].retry),
-        (None, None)
+        cfg.services[0].http().map(|h| (h.timeouts, h.retry)),
+        Some((None, None))
     );
     assert_eq!(
         HttpTimeouts::default(),
@@ -405,16 +410,14 @@ fn http_timeouts_and_retry_take_defaults_for_absent_keys() {
     );
     assert_eq!(
         RetryPolicy::default(),
-        RetryPolicy {
-            attempts: 2,
-            budget_percent: 20
-        }
+        RetryPolicy::new(2, 20).expect("in range")
     );
     // Partial tables: the keys given, defaults for the rest; the bounds are accepted.
     let text = format!(
         "{svc}[service.timeouts]\nresponse = \"300ms\"\n[service.retry]\nattempts = 10\n{pool}"
     );
-    let s = &config::parse(&text).expect("valid").services[0];
+    let cfg = config::parse(&text).expect("valid");
+    let s = cfg.services[0].http().expect("http");
     assert_eq!(
         s.timeouts,
         Some(HttpTimeouts {
@@ -424,23 +427,16 @@ fn http_timeouts_and_retry_take_defaults_for_absent_keys() {
     );
     assert_eq!(
         s.retry,
-        Some(RetryPolicy {
-            attempts: 10,
-            ..RetryPolicy::default()
-        })
+        Some(RetryPolicy::new(10, RetryPolicy::default().budget_percent()).expect("in range"))
     );
     let text = format!("{svc}[service.retry]\nattempts = 0\nbudget = 0\n{pool}");
-    let s = &config::parse(&text).expect("valid").services[0];
-    assert_eq!(
-        s.retry,
-        Some(RetryPolicy {
-            attempts: 0,
-            budget_percent: 0
-        })
-    );
+    let cfg = config::parse(&text).expect("valid");
+    let s = cfg.services[0].http().expect("http");
+    assert_eq!(s.retry, Some(RetryPolicy::new(0, 0).expect("in range")));
     let text = format!("{svc}[service.retry]\nbudget = 100\n[service.timeouts]\n{pool}");
-    let s = &config::parse(&text).expect("valid").services[0];
-    assert_eq!(s.retry.map(|r| r.budget_percent), Some(100));
+    let cfg = config::parse(&text).expect("valid");
+    let s = cfg.services[0].http().expect("http");
+    assert_eq!(s.retry.map(RetryPolicy::budget_percent), Some(100));
     assert_eq!(s.timeouts, Some(HttpTimeouts::default()), "an empty table");
 }
 
@@ -452,7 +448,7 @@ fn tcp_connect_timeout() {
         "[[service]]\nname = \"s\"\nlisten = \"127.0.0.1:1\"\nprotocol = \"tcp\"\npool = \"p\"\n";
     let pool = "\n[[pool]]\nname = \"p\"\n[[pool.backend]]\naddress = \"127.0.0.1:2\"\n";
     let cfg = config::parse(&format!("{svc}{pool}")).expect("valid");
-    assert_eq!(cfg.services[0].timeouts, None);
+    assert_eq!(cfg.services[0].connect_timeout(), None);
     assert_eq!(
         fulcrum_core::model::defaults::CONNECT_TIMEOUT,
         Duration::from_secs(3)
@@ -461,8 +457,10 @@ fn tcp_connect_timeout() {
         "{svc}[service.timeouts]\nconnect = \"250ms\"\n{pool}"
     ))
     .expect("valid");
-    let t = cfg.services[0].timeouts.expect("timeouts");
-    assert_eq!(t.connect, Duration::from_millis(250));
+    assert_eq!(
+        cfg.services[0].connect_timeout(),
+        Some(Duration::from_millis(250))
+    );
     let text = cfg.to_toml();
     assert!(
         text.contains("[service.timeouts]\nconnect = \"250ms\"\n"),

@@ -110,12 +110,19 @@ fn check_invariants(cfg: &Config, pools: usize, services: usize) {
     assert_eq!(names.len(), cfg.pools.len());
     for s in &cfg.services {
         assert!(cfg.pool(&s.pool).is_some(), "service pool resolves");
-        for r in &s.routes {
+        for r in s.routes() {
             assert!(cfg.pool(&r.pool).is_some(), "route pool resolves");
         }
     }
     for p in &cfg.pools {
-        assert_eq!(p.hash_key.is_some(), p.scheduler.is_hashing());
+        assert_eq!(
+            p.scheduler.hash_key().is_some(),
+            p.scheduler.kind().is_hashing()
+        );
+        assert_eq!(
+            p.scheduler.maglev_table_size().is_some(),
+            p.scheduler.kind() == fulcrum_core::model::SchedulerKind::Maglev
+        );
     }
 }
 

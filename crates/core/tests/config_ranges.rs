@@ -98,7 +98,8 @@ fn maglev_table_size_is_bounded() {
     );
     assert_eq!(
         parse(&pool("1000003")).pools[0]
-            .maglev_table_size
+            .scheduler
+            .maglev_table_size()
             .map(PrimeTableSize::get),
         Some(1_000_003)
     );
@@ -150,14 +151,17 @@ fn http2_limits_are_bounded_and_saved() {
             let text = format!("{http}[service.http2]\n{key} = {v}\n{POOL}");
             if ok {
                 let c = parse(&text);
-                let h = c.services[0].http2.expect("[service.http2]");
+                let h = c.services[0]
+                    .http()
+                    .and_then(|h| h.http2)
+                    .expect("[service.http2]");
                 let got = match key {
                     "max_concurrent_streams" => h.max_concurrent_streams,
                     "max_header_list_size" => h.max_header_list_size,
                     "max_resets_per_second" => h.max_resets_per_second,
                     _ => h.max_control_frames_per_second,
                 };
-                assert_eq!(got, v, "{key}");
+                assert_eq!(got.get(), v, "{key}");
                 round_trip(&c);
             } else {
                 assert!(
@@ -231,7 +235,7 @@ fn use_durations(c: &Config) {
     let now = Instant::now();
     for s in &c.services {
         let _ = now + s.idle_timeout + s.drain_timeout;
-        if let Some(t) = s.timeouts {
+        if let Some(t) = s.http().and_then(|h| h.timeouts) {
             let _ = now + t.connect + t.response + t.request_header + t.tls_handshake;
         }
     }
@@ -512,15 +516,16 @@ fn scheduler_options_are_parsed_with_their_ranges() {
         "slow_start = \"30s\"\n[pool.scheduler_options]\nhalf_life = \"2s\"\nhorizon = \"500ms\"\n",
     ));
     let p = &c.pools[0];
-    assert_eq!(p.slow_start, Some(Duration::from_secs(30)));
-    assert_eq!(p.scheduler_options.half_life, Duration::from_secs(2));
-    assert_eq!(p.scheduler_options.horizon, Duration::from_millis(500));
+    assert_eq!(p.scheduler.slow_start(), Some(Duration::from_secs(30)));
+    let o = p.scheduler.sched_options();
+    assert_eq!(o.half_life, Duration::from_secs(2));
+    assert_eq!(o.horizon, Duration::from_millis(500));
     round_trip(&c);
     let c = parse(&pool(
         "least_request",
         "[pool.scheduler_options]\nactive_request_bias = 0.5\n",
     ));
-    assert!((c.pools[0].scheduler_options.active_request_bias - 0.5).abs() < 1e-12);
+    assert!((c.pools[0].scheduler.sched_options().active_request_bias - 0.5).abs() < 1e-12);
     round_trip(&c);
 
     // Zero, negative and out-of-range values are refused with the valid range.

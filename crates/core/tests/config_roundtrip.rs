@@ -80,7 +80,7 @@ name = "b"
 address = "127.0.0.1:9002"
 "#;
     let c = config::parse(text).unwrap_or_else(|e| panic!("{}", e.render("t", text)));
-    let tls = c.services[0].tls.as_ref().unwrap();
+    let tls = c.services[0].tls().unwrap();
     assert_eq!(
         tls.certs[0].ocsp.as_deref(),
         Some(std::path::Path::new("a.der"))
@@ -95,7 +95,7 @@ address = "127.0.0.1:9002"
         tls.session_ticket_rotation,
         std::time::Duration::from_secs(1800)
     );
-    assert_eq!(c.services[1].sni_routes.len(), 2);
+    assert_eq!(c.services[1].sni_routes().len(), 2);
     assert!(c.services[1].uses_pool("b"));
     let up = c.pools[0].tls.as_ref().unwrap();
     assert_eq!(up.sni.as_deref(), Some("backend.internal"));

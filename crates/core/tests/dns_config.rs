@@ -29,7 +29,7 @@ fn the_issue_example_parses_with_defaults() {
          [service.dns_zone]\norigin = \"example.test\"\nns = [\"ns1.example.test\"]\n",
     ))
     .unwrap_or_else(|e| panic!("{e}"));
-    let d = cfg.services[0].dns.as_ref().expect("dns");
+    let d = cfg.services[0].dns().expect("dns");
     assert_eq!(d.origin, "example.test");
     assert_eq!(d.ns, vec!["ns1.example.test".to_owned()]);
     assert_eq!(
@@ -39,8 +39,8 @@ fn the_issue_example_parses_with_defaults() {
     assert_eq!(d.names[0].pool, "api");
     assert_eq!(d.names[1].pool, "web", "the service's pool by default");
     assert_eq!(d.names[1].ttl, Duration::from_secs(30));
-    assert_eq!(d.names[1].max_answers, 4);
-    assert_eq!((d.rrl.responses_per_second, d.rrl.slip), (100, 2));
+    assert_eq!(d.names[1].max_answers.get(), 4);
+    assert_eq!((d.rrl.responses_per_second.get(), d.rrl.slip), (100, 2));
     // The emitted table parses back to the same service (GET /api/v1/config).
     let again = fulcrum_core::config::service_table(&cfg.services[0]);
     let mut doc = toml::Table::new();

@@ -134,7 +134,7 @@ fn zone() -> Zone {
          [[pool]]\nname = \"dup\"\n[[pool.backend]]\naddress = \"127.0.0.1:80\"\n",
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    let dns = cfg.services[0].dns.clone().expect("a dns service");
+    let dns = cfg.services[0].dns().cloned().expect("a dns service");
     Zone::new(&dns, 3).expect("the zone builds")
 }
 

@@ -121,13 +121,14 @@ impl XdpRuntime {
         // (a clear error at start)
         let sync = match &cfg.sync {
             Some(sc) => {
-                let slice = fulcrum_xdp::natsync::PortSlice::for_member(sc.member, sc.members)
-                    .with_context(|| {
-                        format!(
-                            "[xdp.sync] member = {} of members = {}: no port slice",
-                            sc.member, sc.members
-                        )
-                    })?;
+                let slice =
+                    fulcrum_xdp::natsync::PortSlice::for_member(sc.member, sc.members.get())
+                        .with_context(|| {
+                            format!(
+                                "[xdp.sync] member = {} of members = {}: no port slice",
+                                sc.member, sc.members
+                            )
+                        })?;
                 let sock = fulcrum_xdp::natsync::bind(sc.listen)
                     .with_context(|| format!("[xdp.sync] cannot bind listen = {}", sc.listen))?;
                 Some((sc.clone(), slice, sock))

@@ -65,7 +65,7 @@ pub fn check(cfg: &Config, text: &str) -> Vec<ConfigError> {
             at.extend([PathStep::Key(p.table), PathStep::Key(&p.key)]);
             report(&at, p.message, Some(p.help));
         }
-        if let Some(tls) = &s.tls {
+        if let Some(tls) = s.tls() {
             for (j, pair) in tls.certs.iter().enumerate() {
                 if let Err(e) = fulcrum_http::check_pair(pair) {
                     let (key, help) = match e.file {
@@ -96,7 +96,7 @@ pub fn check(cfg: &Config, text: &str) -> Vec<ConfigError> {
                 }
             }
         }
-        if let Some(al) = &s.access_log {
+        if let Some(al) = s.access_log() {
             let (key, help) = match al.target {
                 LogTarget::Stderr => ("", ""),
                 LogTarget::File(_) => (

@@ -922,7 +922,7 @@ fn first_round_limit(cfg: &Config) -> Duration {
     cfg.pools
         .iter()
         .filter_map(|p| p.health.as_ref())
-        .map(|h| h.interval * h.fall.max(1) + h.timeout)
+        .map(|h| h.interval * h.fall.get() + h.timeout)
         .max()
         .unwrap_or(Duration::ZERO)
         .min(Duration::from_secs(60))

@@ -120,7 +120,7 @@ pub fn dns(data: &[u8]) {
              [[pool]]\nname = \"p\"\n[[pool.backend]]\naddress = \"127.0.0.1:80\"\n",
         )
         .expect("the dns fuzz config parses");
-        let dns = cfg.services[0].dns.clone().expect("a dns service");
+        let dns = cfg.services[0].dns().cloned().expect("a dns service");
         let zone = Zone::new(&dns, 1).expect("the zone builds");
         let mut backends: Vec<Backend> = (1..=4u8)
             .map(|i| Backend::new(SocketAddr::from(([198, 18, 0, i], 80)), 1))

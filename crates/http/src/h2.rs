@@ -69,14 +69,17 @@ pub(crate) async fn serve<I>(ctx: Rc<ConnCtx>, io: I)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let lim = ctx.ext.cfg.http2.unwrap_or_default();
+    let lim = ctx.ext.cfg.http().and_then(|h| h.http2).unwrap_or_default();
     let mut b = hyper::server::conn::http2::Builder::new(LocalExec);
     b.timer(TokioTimer::new())
-        .max_header_list_size(lim.max_header_list_size)
-        .max_concurrent_streams(lim.max_concurrent_streams);
+        .max_header_list_size(lim.max_header_list_size.get())
+        .max_concurrent_streams(lim.max_concurrent_streams.get());
     let io = Guarded::new(
         io,
-        FrameMeter::new(lim.max_resets_per_second, lim.max_control_frames_per_second),
+        FrameMeter::new(
+            lim.max_resets_per_second.get(),
+            lim.max_control_frames_per_second.get(),
+        ),
     );
     let drain = Rc::clone(&ctx.drain);
     let idle_timeout = ctx.svc.idle_timeout;

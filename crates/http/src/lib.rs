@@ -118,16 +118,16 @@ impl Tuning {
             response_timeout: t.response,
             header_timeout: t.request_header,
             handshake_timeout: t.tls_handshake,
-            retries: u32::from(r.attempts),
-            retry_budget_percent: r.budget_percent,
+            retries: u32::from(r.attempts()),
+            retry_budget_percent: r.budget_percent(),
         }
     }
 
     /// A service's tuning: its `[service.timeouts]` and `[service.retry]`, or the defaults.
     pub fn of(svc: &ServiceConfig) -> Self {
         Self::new(
-            &svc.timeouts.unwrap_or_default(),
-            &svc.retry.unwrap_or_default(),
+            &svc.http().and_then(|h| h.timeouts).unwrap_or_default(),
+            &svc.http().and_then(|h| h.retry).unwrap_or_default(),
         )
     }
 }
@@ -252,7 +252,7 @@ fn route_pool(
 
 impl L7Handler for HttpHandler {
     fn handles(&self, svc: &ServiceConfig) -> bool {
-        svc.protocol == ServiceProtocol::Http
+        svc.protocol() == ServiceProtocol::Http
     }
 
     fn build(
@@ -277,11 +277,11 @@ impl L7Handler for HttpHandler {
             Ok(used.len() - 1)
         };
         let default_pool = index(&svc.pool)?;
-        let mut routes = Vec::with_capacity(svc.routes.len());
-        for r in &svc.routes {
+        let mut routes = Vec::with_capacity(svc.routes().len());
+        for r in svc.routes() {
             routes.push((r.clone(), index(&r.pool)?));
         }
-        let tls = match &svc.tls {
+        let tls = match svc.tls() {
             None => None,
             Some(t) => match prev
                 .and_then(|p| p.tls.as_ref())
@@ -291,7 +291,7 @@ impl L7Handler for HttpHandler {
                 None => Some(Arc::new(TlsState::load(t)?)),
             },
         };
-        let limiter = svc.rate_limit.map(|rl| {
+        let limiter = svc.http().and_then(|h| h.rate_limit).map(|rl| {
             match prev
                 .and_then(|p| p.limiter.as_ref())
                 .filter(|(c, _)| *c == rl)
@@ -299,11 +299,14 @@ impl L7Handler for HttpHandler {
                 Some((_, l)) => (rl, Arc::clone(l)),
                 None => (
                     rl,
-                    Arc::new(RateLimiter::new(rl.requests_per_second, rl.burst)),
+                    Arc::new(RateLimiter::new(
+                        rl.requests_per_second.get(),
+                        rl.burst.get(),
+                    )),
                 ),
             }
         });
-        let access_log = match &svc.access_log {
+        let access_log = match svc.access_log() {
             None => None,
             Some(a) => match prev
                 .and_then(|p| p.access_log.as_ref())

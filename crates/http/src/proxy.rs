@@ -1216,7 +1216,7 @@ pub(crate) async fn forward<'c>(
 
     // HTTP-DNS of the service's `dns_service` (docs/dns.md): answered here, after the
     // access rules and the rate limit.
-    if let Some(dns) = &ext.cfg.dns_service {
+    if let Some(dns) = ext.cfg.dns_service() {
         if path(req.target()) == fulcrum_core::doh::PATH {
             let l = dns_query(c, dns, req, body, framing).await;
             return r.local(l);

@@ -287,14 +287,16 @@ impl ServiceRules {
                 }
             }
         };
-        let default = one(svc.rules.clone(), route_name(None), None);
+        let no_rules = Rules::default();
+        let service_rules = svc.http().map_or(&no_rules, |h| &h.rules);
+        let default = one(service_rules.clone(), route_name(None), None);
         let routes = svc
-            .routes
+            .routes()
             .iter()
             .enumerate()
             .map(|(i, r)| {
                 one(
-                    Rules::merged(&svc.rules, &r.rules),
+                    Rules::merged(service_rules, &r.rules),
                     route_name(Some(r)),
                     Some(i),
                 )

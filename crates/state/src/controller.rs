@@ -203,8 +203,9 @@ pub struct Controller {
 /// Whether the userspace data path listens for this service (`forward = "proxy"`; http
 /// services only when an L7 handler is present). The packet data plane serves the others.
 fn served(shared: &Shared, s: &config::ServiceConfig) -> bool {
-    matches!(s.forward, Forwarding::Proxy { .. })
-        && (s.protocol != ServiceProtocol::Http || shared.l7.as_ref().is_some_and(|h| h.handles(s)))
+    matches!(s.forward(), Forwarding::Proxy { .. })
+        && (s.protocol() != ServiceProtocol::Http
+            || shared.l7.as_ref().is_some_and(|h| h.handles(s)))
 }
 
 impl Controller {
@@ -675,15 +676,10 @@ impl Controller {
         }
         PoolParts {
             name: p.name.clone(),
-            kind: p.scheduler,
-            hash_key: p.hash_key.clone().unwrap_or(HashKey::SrcIp),
-            opts: SchedOptions {
-                maglev_table_size: p.maglev_table_size.unwrap_or_default(),
-                half_life: p.scheduler_options.half_life,
-                horizon: p.scheduler_options.horizon,
-                active_request_bias: p.scheduler_options.active_request_bias,
-                slow_start: p.slow_start,
-            },
+            kind: p.scheduler.kind(),
+            // A non-hashing scheduler hashes nothing; `src_ip` is what `explain` names.
+            hash_key: p.scheduler.hash_key().cloned().unwrap_or(HashKey::SrcIp),
+            opts: p.scheduler.sched_options(),
             backends,
             stats,
             persistence: self.persistence.get(&p.name).cloned(),
@@ -970,7 +966,7 @@ impl Controller {
         for s in &self.config.services {
             if s.uses_pool(pool) {
                 longest = longest.max(s.drain_timeout);
-                counted &= matches!(s.forward, Forwarding::Proxy { .. });
+                counted &= matches!(s.forward(), Forwarding::Proxy { .. });
             }
         }
         (longest, counted)
@@ -1322,11 +1318,12 @@ impl Build {
                         }
                     },
                 };
-                let proxy_protocol = match s.forward {
+                let forwarding = s.forward();
+                let proxy_protocol = match forwarding {
                     Forwarding::Proxy { proxy_protocol } => proxy_protocol,
                     _ => None,
                 };
-                let dns = s.dns.as_ref().and_then(|d| {
+                let dns = s.dns().and_then(|d| {
                     let zone = fulcrum_core::dns::Zone::new(d, self.generation as u32)
                         .map_err(|e| tracing::error!(service = %s.name, "dns zone: {e}"))
                         .ok()?;
@@ -1345,12 +1342,12 @@ impl Build {
                 Some(Arc::new(ServiceRt {
                     name: s.name.clone(),
                     listen: s.listen,
-                    protocol: s.protocol,
-                    forward: s.forward.mode(),
-                    forwarding: s.forward,
+                    protocol: s.protocol(),
+                    forward: forwarding.mode(),
+                    forwarding,
                     pool: Arc::clone(pool),
                     sni_routes: s
-                        .sni_routes
+                        .sni_routes()
                         .iter()
                         .filter_map(|r| {
                             let p = pools.iter().find(|p| p.name == r.pool)?;
@@ -1358,11 +1355,16 @@ impl Build {
                         })
                         .collect(),
                     proxy_protocol,
-                    max_connections: u64::from(s.max_connections),
-                    max_flows: u64::from(s.max_flows.min(s.max_connections)),
+                    max_connections: u64::from(s.max_connections.get()),
+                    max_flows: u64::from(
+                        s.max_flows()
+                            .unwrap_or(fulcrum_core::model::defaults::MAX_FLOWS)
+                            .min(s.max_connections)
+                            .get(),
+                    ),
                     idle_timeout: s.idle_timeout,
                     drain_timeout: s.drain_timeout,
-                    connect_timeout: s.timeouts.map_or(defaults::CONNECT_TIMEOUT, |t| t.connect),
+                    connect_timeout: s.connect_timeout().unwrap_or(defaults::CONNECT_TIMEOUT),
                     stats,
                     ext,
                     conn_log,
@@ -1386,10 +1388,10 @@ fn conn_log(
     s: &config::ServiceConfig,
     prev: Option<&Arc<ServiceRt>>,
 ) -> Option<Arc<crate::connlog::ConnLogger>> {
-    if s.protocol == fulcrum_core::model::ServiceProtocol::Http {
+    if s.protocol() == fulcrum_core::model::ServiceProtocol::Http {
         return None;
     }
-    let cfg = s.access_log.as_ref()?;
+    let cfg = s.access_log()?;
     if let Some(l) = prev
         .and_then(|p| p.conn_log.as_ref())
         .filter(|l| l.cfg == *cfg)
@@ -1426,10 +1428,13 @@ fn table_moved(old: &PoolRt, new: &PoolRt) -> Option<f64> {
 /// instance serves at once; the first active check runs within a tenth of an interval).
 fn new_health(pool: &PoolConfig) -> BackendHealth {
     let active = pool.health.as_ref().map_or(ActiveHealth::unchecked(), |h| {
-        ActiveHealth::new(h.rise, h.fall)
+        ActiveHealth::new(h.rise.get(), h.fall.get())
     });
     let o = pool.outlier;
-    BackendHealth::new(active, Outlier::new(o.consecutive_failures, o.ejection))
+    BackendHealth::new(
+        active,
+        Outlier::new(o.consecutive_failures.get(), o.ejection),
+    )
 }
 
 fn log_transition(pool: &str, backend: SocketAddr, t: Transition) -> bool {

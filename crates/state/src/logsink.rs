@@ -203,7 +203,7 @@ static SYSLOG_FAILED: LogLimit = LogLimit::new();
 
 /// `<PRI>1 `: the facility's messages at severity 6 (informational).
 fn pri(f: SyslogFacility) -> String {
-    format!("<{}>1 ", u32::from(f.0) * 8 + 6)
+    format!("<{}>1 ", u32::from(f.code()) * 8 + 6)
 }
 
 /// The host name for syslog's HOSTNAME field (`-` when unknown, as RFC 5424 says).

@@ -167,7 +167,7 @@ impl Plan {
 
 /// The addresses and protocols a service listens on (dns: UDP and TCP).
 pub fn listen_keys(s: &ServiceConfig) -> impl Iterator<Item = ListenKey> {
-    let protos: &[Proto] = match s.protocol {
+    let protos: &[Proto] = match s.protocol() {
         ServiceProtocol::Udp => &[Proto::Udp],
         ServiceProtocol::Tcp | ServiceProtocol::Http => &[Proto::Tcp],
         ServiceProtocol::Dns => &[Proto::Udp, Proto::Tcp],
@@ -215,7 +215,7 @@ fn serves_dns(cfg: &Config, key: ListenKey) -> Option<bool> {
     cfg.services
         .iter()
         .find(|s| listen_keys(s).any(|k| k == key))
-        .map(|s| s.protocol == ServiceProtocol::Dns)
+        .map(|s| s.protocol() == ServiceProtocol::Dns)
 }
 
 fn plan_listeners(
@@ -348,11 +348,7 @@ fn same_but_backends(o: &PoolConfig, n: &PoolConfig) -> bool {
     let PoolConfig {
         name,
         scheduler,
-        hash_key,
         persistence,
-        maglev_table_size,
-        slow_start,
-        scheduler_options,
         sticky_cookie,
         backend_protocol,
         health,
@@ -364,11 +360,7 @@ fn same_but_backends(o: &PoolConfig, n: &PoolConfig) -> bool {
     } = n;
     *name == o.name
         && *scheduler == o.scheduler
-        && *hash_key == o.hash_key
         && *persistence == o.persistence
-        && *maglev_table_size == o.maglev_table_size
-        && *slow_start == o.slow_start
-        && *scheduler_options == o.scheduler_options
         && *sticky_cookie == o.sticky_cookie
         && *backend_protocol == o.backend_protocol
         && *health == o.health
@@ -457,7 +449,7 @@ fn plan_services(old: &Config, new: &Config, running: &Running) -> Vec<(String, 
 /// What of a service differs between two versions of it.
 fn changes(old: &ServiceConfig, new: &ServiceConfig) -> Vec<ServiceChange> {
     let mut out = Vec::new();
-    if old.protocol != new.protocol {
+    if old.protocol() != new.protocol() {
         out.push(ServiceChange::Protocol);
     }
     if old.listen != new.listen {
@@ -466,20 +458,49 @@ fn changes(old: &ServiceConfig, new: &ServiceConfig) -> Vec<ServiceChange> {
     if old.pool != new.pool {
         out.push(ServiceChange::Pool);
     }
-    if old.tls != new.tls {
+    if old.tls() != new.tls() {
         out.push(ServiceChange::Tls);
     }
     let rest = ServiceConfig {
-        protocol: new.protocol,
         listen: new.listen,
         pool: new.pool.clone(),
-        tls: new.tls.clone(),
+        kind: new.kind.clone(),
         ..old.clone()
     };
-    if rest != *new {
+    if rest != *new || kind_options_differ(old, new) {
         out.push(ServiceChange::Other);
     }
     out
+}
+
+/// Whether the options of a service's kind differ, besides its protocol and TLS: between
+/// two protocols, the forwarding and any option that either kind sets.
+fn kind_options_differ(old: &ServiceConfig, new: &ServiceConfig) -> bool {
+    use fulcrum_core::config::{HttpService, ServiceKind as K, TcpService, UdpForward};
+    let no_tls = |h: &HttpService| HttpService {
+        tls: None,
+        ..h.clone()
+    };
+    let plain = |k: &K| match k {
+        K::Tcp(TcpService::Proxy(p)) => {
+            p.sni_routes.is_empty() && p.timeouts.is_none() && p.access_log.is_none()
+        }
+        K::Tcp(TcpService::Packet(_)) => true,
+        K::Udp(u) => {
+            u.max_flows == fulcrum_core::model::defaults::MAX_FLOWS
+                && matches!(
+                    u.forward,
+                    UdpForward::Packet(_) | UdpForward::Proxy { access_log: None }
+                )
+        }
+        K::Http(h) => no_tls(h) == HttpService::default(),
+        K::Dns(_) => false,
+    };
+    match (&old.kind, &new.kind) {
+        (K::Http(o), K::Http(n)) => no_tls(o) != no_tls(n),
+        (o, n) if old.protocol() == new.protocol() => o != n,
+        (o, n) => old.forward() != new.forward() || !plain(o) || !plain(n),
+    }
 }
 
 fn plan_persistence(new: &Config, running: &Running) -> Vec<(String, PersistenceStep)> {
@@ -543,11 +564,11 @@ mod tests {
 
     /// As if an L7 handler serves http services (the binary's).
     fn served(s: &ServiceConfig) -> bool {
-        matches!(s.forward, fulcrum_core::config::Forwarding::Proxy { .. })
+        matches!(s.forward(), fulcrum_core::config::Forwarding::Proxy { .. })
     }
 
     fn l7(s: &ServiceConfig) -> bool {
-        s.protocol == ServiceProtocol::Http
+        s.protocol() == ServiceProtocol::Http
     }
 
     /// The running state after `plan` was carried out on `before` (what the controller's

@@ -10,9 +10,10 @@ use std::time::Duration;
 use toml::{Table, Value};
 
 use super::{
-    defaults, AccessLog, AdminConfig, BackendProtocol, Config, Discovery, Forwarding, HealthCheck,
-    HealthConfig, HttpTimeouts, LogTarget, OutlierConfig, PoolConfig, Route, ServiceConfig,
-    ServiceProtocol, TunnelKind, XdpConfig,
+    defaults, AccessLog, AdminConfig, BackendProtocol, BalancingScheduler, Config, Discovery,
+    Forwarding, HashingScheduler, HealthCheck, HealthConfig, HttpService, HttpTimeouts, LogTarget,
+    OutlierConfig, PoolConfig, Route, SchedulerConfig, ServiceConfig, ServiceKind, TcpService,
+    TunnelKind, XdpConfig,
 };
 use crate::model::{self, ProxyProtocol};
 
@@ -131,20 +132,17 @@ fn admin(a: &AdminConfig) -> Table {
 
 /// One `[[service]]` table (the admin API's `PUT /api/v1/services/{name}` body has the
 /// same keys).
-#[allow(clippy::too_many_lines)]
 pub fn service(sv: &ServiceConfig) -> Table {
     let mut t = Table::new();
     t.insert("name".into(), s(&sv.name));
     t.insert("listen".into(), s(sv.listen.to_string()));
-    t.insert("protocol".into(), s(sv.protocol.as_str()));
+    t.insert("protocol".into(), s(sv.protocol().as_str()));
     t.insert("pool".into(), s(&sv.pool));
-    t.insert("forward".into(), s(sv.forward.mode().as_str()));
-    forwarding(&mut t, sv.forward);
+    let forward = sv.forward();
+    t.insert("forward".into(), s(forward.mode().as_str()));
+    forwarding(&mut t, forward);
     if sv.max_connections != model::defaults::MAX_CONNECTIONS {
-        t.insert("max_connections".into(), int(sv.max_connections));
-    }
-    if sv.max_flows != model::defaults::MAX_FLOWS {
-        t.insert("max_flows".into(), int(sv.max_flows));
+        t.insert("max_connections".into(), int(sv.max_connections.get()));
     }
     if sv.idle_timeout != model::defaults::IDLE_TIMEOUT {
         t.insert("idle_timeout".into(), dur(sv.idle_timeout));
@@ -152,101 +150,133 @@ pub fn service(sv: &ServiceConfig) -> Table {
     if sv.drain_timeout != model::defaults::DRAIN_TIMEOUT {
         t.insert("drain_timeout".into(), dur(sv.drain_timeout));
     }
-    if !sv.routes.is_empty() {
-        t.insert(
-            "route".into(),
-            Value::Array(sv.routes.iter().map(|r| Value::Table(route(r))).collect()),
-        );
-    }
-    if let Some(tls) = &sv.tls {
-        let certs = tls
-            .certs
-            .iter()
-            .map(|c| {
-                let mut p = Table::new();
-                p.insert("cert".into(), path(&c.cert));
-                p.insert("key".into(), path(&c.key));
-                if let Some(o) = &c.ocsp {
-                    p.insert("ocsp".into(), path(o));
-                }
-                Value::Table(p)
-            })
-            .collect();
-        let mut x = Table::new();
-        x.insert("certs".into(), Value::Array(certs));
-        if let Some(ca) = &tls.client_auth {
-            x.insert("client_ca".into(), path(&ca.ca));
-            x.insert("client_auth".into(), s(ca.mode.as_str()));
-            x.insert("client_subject_header".into(), s(&ca.subject_header));
-            x.insert(
-                "client_fingerprint_header".into(),
-                s(&ca.fingerprint_header),
-            );
-        }
-        if !tls.session_tickets {
-            x.insert("session_tickets".into(), Value::Boolean(false));
-        }
-        if tls.session_ticket_rotation != super::defaults::SESSION_TICKET_ROTATION {
-            x.insert(
-                "session_ticket_rotation".into(),
-                dur(tls.session_ticket_rotation),
-            );
-        }
-        t.insert("tls".into(), Value::Table(x));
-    }
-    if !sv.sni_routes.is_empty() {
-        let routes = sv
-            .sni_routes
-            .iter()
-            .map(|r| {
-                let mut x = Table::new();
-                x.insert("sni".into(), s(r.sni.to_string()));
-                x.insert("pool".into(), s(&r.pool));
-                Value::Table(x)
-            })
-            .collect();
-        t.insert("sni_route".into(), Value::Array(routes));
-    }
-    if let Some(rl) = &sv.rate_limit {
-        let mut x = Table::new();
-        x.insert("requests_per_second".into(), int(rl.requests_per_second));
-        x.insert("burst".into(), int(rl.burst));
-        t.insert("rate_limit".into(), Value::Table(x));
-    }
-    if let Some(al) = &sv.access_log {
+    if let Some(al) = sv.access_log() {
         t.insert("access_log".into(), Value::Table(access_log(al)));
     }
-    if let Some(to) = &sv.timeouts {
-        t.insert("timeouts".into(), Value::Table(timeouts(to, sv.protocol)));
+    match &sv.kind {
+        ServiceKind::Tcp(TcpService::Proxy(p)) => {
+            if !p.sni_routes.is_empty() {
+                let routes = p
+                    .sni_routes
+                    .iter()
+                    .map(|r| {
+                        let mut x = Table::new();
+                        x.insert("sni".into(), s(r.sni.to_string()));
+                        x.insert("pool".into(), s(&r.pool));
+                        Value::Table(x)
+                    })
+                    .collect();
+                t.insert("sni_route".into(), Value::Array(routes));
+            }
+            if let Some(to) = &p.timeouts {
+                let mut x = Table::new();
+                x.insert("connect".into(), dur(to.connect));
+                t.insert("timeouts".into(), Value::Table(x));
+            }
+        }
+        ServiceKind::Tcp(TcpService::Packet(_)) => {}
+        ServiceKind::Udp(u) => {
+            if u.max_flows != model::defaults::MAX_FLOWS {
+                t.insert("max_flows".into(), int(u.max_flows.get()));
+            }
+        }
+        ServiceKind::Http(h) => http(&mut t, h),
+        ServiceKind::Dns(d) => dns(&mut t, d),
     }
-    if let Some(h) = &sv.http2 {
+    t
+}
+
+/// An http service's own keys.
+fn http(t: &mut Table, h: &HttpService) {
+    if !h.routes.is_empty() {
+        t.insert(
+            "route".into(),
+            Value::Array(h.routes.iter().map(|r| Value::Table(route(r))).collect()),
+        );
+    }
+    if let Some(tls) = &h.tls {
+        t.insert("tls".into(), Value::Table(service_tls(tls)));
+    }
+    if let Some(rl) = &h.rate_limit {
+        let mut x = Table::new();
+        x.insert(
+            "requests_per_second".into(),
+            int(rl.requests_per_second.get()),
+        );
+        x.insert("burst".into(), int(rl.burst.get()));
+        t.insert("rate_limit".into(), Value::Table(x));
+    }
+    if let Some(to) = &h.timeouts {
+        t.insert("timeouts".into(), Value::Table(timeouts(to)));
+    }
+    if let Some(h2) = &h.http2 {
         let mut x = Table::new();
         x.insert(
             "max_concurrent_streams".into(),
-            int(h.max_concurrent_streams),
+            int(h2.max_concurrent_streams.get()),
         );
-        x.insert("max_header_list_size".into(), int(h.max_header_list_size));
-        x.insert("max_resets_per_second".into(), int(h.max_resets_per_second));
+        x.insert(
+            "max_header_list_size".into(),
+            int(h2.max_header_list_size.get()),
+        );
+        x.insert(
+            "max_resets_per_second".into(),
+            int(h2.max_resets_per_second.get()),
+        );
         x.insert(
             "max_control_frames_per_second".into(),
-            int(h.max_control_frames_per_second),
+            int(h2.max_control_frames_per_second.get()),
         );
         t.insert("http2".into(), Value::Table(x));
     }
-    if let Some(r) = &sv.retry {
+    if let Some(r) = &h.retry {
         let mut x = Table::new();
-        x.insert("attempts".into(), int(r.attempts));
-        x.insert("budget".into(), int(r.budget_percent));
+        x.insert("attempts".into(), int(r.attempts()));
+        x.insert("budget".into(), int(r.budget_percent()));
         t.insert("retry".into(), Value::Table(x));
     }
-    super::rules::emit(&sv.rules, &mut t);
-    if let Some(d) = &sv.dns {
-        dns(&mut t, d);
-    }
-    if let Some(d) = &sv.dns_service {
+    super::rules::emit(&h.rules, t);
+    if let Some(d) = &h.dns_service {
         t.insert("dns_service".into(), s(d.clone()));
     }
-    t
+}
+
+/// `[service.tls]`.
+fn service_tls(tls: &super::TlsConfig) -> Table {
+    let certs = tls
+        .certs
+        .iter()
+        .map(|c| {
+            let mut p = Table::new();
+            p.insert("cert".into(), path(&c.cert));
+            p.insert("key".into(), path(&c.key));
+            if let Some(o) = &c.ocsp {
+                p.insert("ocsp".into(), path(o));
+            }
+            Value::Table(p)
+        })
+        .collect();
+    let mut x = Table::new();
+    x.insert("certs".into(), Value::Array(certs));
+    if let Some(ca) = &tls.client_auth {
+        x.insert("client_ca".into(), path(&ca.ca));
+        x.insert("client_auth".into(), s(ca.mode.as_str()));
+        x.insert("client_subject_header".into(), s(&ca.subject_header));
+        x.insert(
+            "client_fingerprint_header".into(),
+            s(&ca.fingerprint_header),
+        );
+    }
+    if !tls.session_tickets {
+        x.insert("session_tickets".into(), Value::Boolean(false));
+    }
+    if tls.session_ticket_rotation != super::defaults::SESSION_TICKET_ROTATION {
+        x.insert(
+            "session_ticket_rotation".into(),
+            dur(tls.session_ticket_rotation),
+        );
+    }
+    x
 }
 
 /// A dns service's `[service.dns_zone]`, `[[service.dns_name]]` and `[service.dns_rrl]`.
@@ -263,7 +293,7 @@ fn dns(t: &mut Table, d: &super::DnsConfig) {
             x.insert("name".into(), s(&n.name));
             x.insert("pool".into(), s(&n.pool));
             x.insert("ttl".into(), dur(n.ttl));
-            x.insert("max_answers".into(), int(n.max_answers));
+            x.insert("max_answers".into(), int(n.max_answers.get()));
             Value::Table(x)
         })
         .collect();
@@ -271,7 +301,7 @@ fn dns(t: &mut Table, d: &super::DnsConfig) {
     let mut r = Table::new();
     r.insert(
         "responses_per_second".into(),
-        int(d.rrl.responses_per_second),
+        int(d.rrl.responses_per_second.get()),
     );
     r.insert("slip".into(), int(d.rrl.slip));
     t.insert("dns_rrl".into(), Value::Table(r));
@@ -311,15 +341,13 @@ fn forwarding(t: &mut Table, f: Forwarding) {
     }
 }
 
-/// `[service.timeouts]`: a tcp service has `connect` only.
-fn timeouts(to: &HttpTimeouts, protocol: ServiceProtocol) -> Table {
+/// An http service's `[service.timeouts]`.
+fn timeouts(to: &HttpTimeouts) -> Table {
     let mut x = Table::new();
     x.insert("connect".into(), dur(to.connect));
-    if protocol == ServiceProtocol::Http {
-        x.insert("response".into(), dur(to.response));
-        x.insert("request_header".into(), dur(to.request_header));
-        x.insert("tls_handshake".into(), dur(to.tls_handshake));
-    }
+    x.insert("response".into(), dur(to.response));
+    x.insert("request_header".into(), dur(to.request_header));
+    x.insert("tls_handshake".into(), dur(to.tls_handshake));
     x
 }
 
@@ -360,44 +388,54 @@ fn access_log(al: &AccessLog) -> Table {
     t
 }
 
-/// `[pool.scheduler_options]` with the values that differ from the defaults (`None`: all
-/// default).
-fn scheduler_options(opts: &super::SchedulerOptions) -> Option<Table> {
-    let def = super::SchedulerOptions::default();
+/// `scheduler` and the options it owns, each written when not its default.
+fn scheduler(t: &mut Table, sc: &SchedulerConfig) {
+    use crate::sched::option_defaults as d;
+    t.insert("scheduler".into(), s(sc.kind().as_str()));
     let mut so = Table::new();
-    if opts.half_life != def.half_life {
-        so.insert("half_life".into(), dur(opts.half_life));
+    match sc {
+        SchedulerConfig::Hashing { kind, hash_key } => {
+            t.insert("hash_key".into(), s(hash_key.to_string()));
+            if let HashingScheduler::Maglev { table_size } = kind {
+                t.insert("maglev_table_size".into(), int(table_size.get()));
+            }
+        }
+        SchedulerConfig::Balancing { kind, slow_start } => {
+            if let Some(d) = slow_start {
+                t.insert("slow_start".into(), dur(*d));
+            }
+            let (half_life, horizon, bias) = match *kind {
+                BalancingScheduler::LeastRequest {
+                    active_request_bias,
+                } => (None, None, Some(active_request_bias)),
+                BalancingScheduler::PeakEwma { half_life } => (Some(half_life), None, None),
+                BalancingScheduler::Predictive { half_life, horizon } => {
+                    (Some(half_life), Some(horizon), None)
+                }
+                _ => (None, None, None),
+            };
+            if let Some(hl) = half_life.filter(|v| *v != d::HALF_LIFE) {
+                so.insert("half_life".into(), dur(hl));
+            }
+            if let Some(hz) = horizon.filter(|v| *v != d::HORIZON) {
+                so.insert("horizon".into(), dur(hz));
+            }
+            if let Some(b) = bias.filter(|b| *b != super::ActiveRequestBias::DEFAULT) {
+                so.insert("active_request_bias".into(), Value::Float(b.get()));
+            }
+        }
     }
-    if opts.horizon != def.horizon {
-        so.insert("horizon".into(), dur(opts.horizon));
+    if !so.is_empty() {
+        t.insert("scheduler_options".into(), Value::Table(so));
     }
-    if opts.active_request_bias.to_bits() != def.active_request_bias.to_bits() {
-        so.insert(
-            "active_request_bias".into(),
-            Value::Float(opts.active_request_bias),
-        );
-    }
-    (!so.is_empty()).then_some(so)
 }
 
 fn pool(p: &PoolConfig) -> Table {
     let mut t = Table::new();
     t.insert("name".into(), s(&p.name));
-    t.insert("scheduler".into(), s(p.scheduler.as_str()));
-    if let Some(k) = &p.hash_key {
-        t.insert("hash_key".into(), s(k.to_string()));
-    }
+    scheduler(&mut t, &p.scheduler);
     if let Some(d) = p.persistence {
         t.insert("persistence".into(), dur(d));
-    }
-    if let Some(m) = p.maglev_table_size {
-        t.insert("maglev_table_size".into(), int(m.get()));
-    }
-    if let Some(d) = p.slow_start {
-        t.insert("slow_start".into(), dur(d));
-    }
-    if let Some(so) = scheduler_options(&p.scheduler_options) {
-        t.insert("scheduler_options".into(), Value::Table(so));
     }
     if let Some(c) = &p.sticky_cookie {
         t.insert("sticky_cookie".into(), s(c));
@@ -412,7 +450,7 @@ fn pool(p: &PoolConfig) -> Table {
         let mut o = Table::new();
         o.insert(
             "consecutive_failures".into(),
-            int(p.outlier.consecutive_failures),
+            int(p.outlier.consecutive_failures.get()),
         );
         o.insert("ejection".into(), dur(p.outlier.ejection));
         t.insert("outlier".into(), Value::Table(o));
@@ -500,10 +538,10 @@ fn health(h: &HealthConfig) -> Table {
         t.insert("timeout".into(), dur(h.timeout));
     }
     if h.rise != defaults::HEALTH_RISE {
-        t.insert("rise".into(), int(h.rise));
+        t.insert("rise".into(), int(h.rise.get()));
     }
     if h.fall != defaults::HEALTH_FALL {
-        t.insert("fall".into(), int(h.fall));
+        t.insert("fall".into(), int(h.fall.get()));
     }
     t
 }
@@ -540,7 +578,10 @@ fn xdp(x: &XdpConfig) -> Table {
             Value::Array(sy.peers.iter().map(|p| s(p.to_string())).collect()),
         );
         st.insert("member".into(), Value::Integer(i64::from(sy.member)));
-        st.insert("members".into(), Value::Integer(i64::from(sy.members)));
+        st.insert(
+            "members".into(),
+            Value::Integer(i64::from(sy.members.get())),
+        );
         t.insert("sync".into(), Value::Table(st));
     }
     t

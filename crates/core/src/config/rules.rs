@@ -701,7 +701,7 @@ address = "127.0.0.1:9001"
     #[test]
     fn every_rule_survives_a_round_trip() {
         let cfg = parse(FILE).expect("valid");
-        let s = &cfg.services[0];
+        let s = cfg.services[0].http().expect("an http service");
         assert_eq!(s.rules.access.as_ref().map(|a| a.allow.len()), Some(3));
         assert_eq!(s.rules.request_headers.set.len(), 2);
         assert!(s.routes[0].rules.redirect.is_some());

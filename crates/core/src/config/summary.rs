@@ -57,7 +57,7 @@ impl Config {
                 &rows,
             );
             for s in &self.services {
-                for r in &s.routes {
+                for r in s.routes() {
                     let mut m = String::new();
                     if let Some(h) = &r.host {
                         let _ = write!(m, " host {h}");
@@ -67,10 +67,10 @@ impl Config {
                     }
                     let _ = writeln!(out, "  {}: route{m} -> {}", s.name, r.pool);
                 }
-                for r in &s.sni_routes {
+                for r in s.sni_routes() {
                     let _ = writeln!(out, "  {}: sni {} -> {}", s.name, r.sni, r.pool);
                 }
-                if let Some(d) = &s.dns {
+                if let Some(d) = s.dns() {
                     let _ = writeln!(
                         out,
                         "  {}: zone {} (ns {})",
@@ -90,7 +90,7 @@ impl Config {
                         );
                     }
                 }
-                if let Some(d) = &s.dns_service {
+                if let Some(d) = s.dns_service() {
                     let _ = writeln!(out, "  {}: /dns-query -> dns service {d}", s.name);
                 }
             }
@@ -115,7 +115,7 @@ fn plural(n: usize) -> &'static str {
 }
 
 fn service_row(s: &ServiceConfig) -> [String; 5] {
-    let forward = match s.forward {
+    let forward = match s.forward() {
         Forwarding::Proxy {
             proxy_protocol: Some(pp),
         } => format!(
@@ -128,8 +128,8 @@ fn service_row(s: &ServiceConfig) -> [String; 5] {
         Forwarding::Tunnel { encap, .. } => format!("tunnel/{}", encap.as_str()),
         other => other.mode().as_str().to_owned(),
     };
-    let mut proto = s.protocol.as_str().to_owned();
-    if s.tls.is_some() {
+    let mut proto = s.protocol().as_str().to_owned();
+    if s.tls().is_some() {
         proto.push_str("+tls");
     }
     [
@@ -187,17 +187,17 @@ fn health_text(h: Option<&HealthConfig>) -> String {
 }
 
 fn pool(out: &mut String, p: &PoolConfig) {
-    let mut head = format!("  {}: {}", p.name, p.scheduler.as_str());
-    if let Some(k) = &p.hash_key {
+    let mut head = format!("  {}: {}", p.name, p.scheduler.kind().as_str());
+    if let Some(k) = p.scheduler.hash_key() {
         let _ = write!(head, " by {k}");
     }
-    if let Some(t) = p.maglev_table_size {
+    if let Some(t) = p.scheduler.maglev_table_size() {
         let _ = write!(head, ", table {}", t.get());
     }
     if let Some(d) = p.persistence {
         let _ = write!(head, ", persistence {}", humantime::format_duration(d));
     }
-    if let Some(d) = p.slow_start {
+    if let Some(d) = p.scheduler.slow_start() {
         let _ = write!(head, ", slow start {}", humantime::format_duration(d));
     }
     if let Some(c) = &p.sticky_cookie {

@@ -12,11 +12,12 @@ use super::limits;
 use super::raw::{RawConfig, RawHealth, RawPool, RawRoute, RawService};
 use super::value::{CheckKind, Count, HumanDuration};
 use super::{
-    defaults, AccessLog, AdminConfig, BackendProtocol, BackendTls, CertPair, ClientAuth,
-    ClientAuthMode, Config, ConfigError, Discovery, Forwarding, HealthCheck, HealthConfig,
-    HostMatch, Http2Limits, HttpTimeouts, LogField, LogTarget, OutlierConfig, PoolConfig,
-    RateLimit, RetryPolicy, Route, ServiceConfig, SniRoute, StatusRange, SyslogDest,
-    SyslogFacility, TlsConfig, TunnelKind, XdpConfig,
+    defaults, AccessLog, AdminConfig, BackendProtocol, BackendTls, BalancingScheduler, CertPair,
+    ClientAuth, ClientAuthMode, Config, ConfigError, Discovery, Encap, HashingScheduler,
+    HealthCheck, HealthConfig, HostMatch, Http2Limits, HttpService, HttpTimeouts, LogField,
+    LogTarget, OutlierConfig, PacketForward, PoolConfig, RateLimit, RetryPolicy, Route,
+    SchedulerConfig, ServiceConfig, ServiceKind, SniRoute, StatusRange, SyslogDest, SyslogFacility,
+    TcpProxy, TcpService, TcpTimeouts, TlsConfig, TunnelKind, UdpForward, UdpService, XdpConfig,
 };
 use crate::model::{self, canonical_addr, Backend, ForwardMode, PrimeTableSize, ServiceProtocol};
 
@@ -189,7 +190,8 @@ pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Config, Vec<ConfigE
                 listen: r.listen.0,
                 peers,
                 member,
-                members,
+                // Checked above (an error when 0).
+                members: std::num::NonZeroU16::new(members).unwrap_or(std::num::NonZeroU16::MIN),
             }
         });
         XdpConfig {
@@ -262,7 +264,7 @@ fn check_xdp_limits(
     let xdp: Vec<(usize, &ServiceConfig)> = services
         .iter()
         .enumerate()
-        .filter(|(_, s)| s.forward.mode() != ForwardMode::Proxy)
+        .filter(|(_, s)| s.forward().mode() != ForwardMode::Proxy)
         .collect();
     if let Some((i, _)) = xdp.get(limits::XDP_MAX_SERVICES) {
         c.err(
@@ -297,12 +299,12 @@ fn check_xdp_limits(
     }
     let max = limits::XDP_MAGLEV_TABLE_SIZE;
     for (p, rp) in pools.iter().zip(&raw.pool) {
-        let Some(size) = p.maglev_table_size.filter(|m| m.get() > max) else {
+        let Some(size) = p.scheduler.maglev_table_size().filter(|m| m.get() > max) else {
             continue;
         };
         let Some(s) = services
             .iter()
-            .find(|s| s.pool == p.name && s.forward.mode() != ForwardMode::Proxy)
+            .find(|s| s.pool == p.name && s.forward().mode() != ForwardMode::Proxy)
         else {
             continue;
         };
@@ -318,7 +320,7 @@ fn check_xdp_limits(
                 size.get(),
                 s.name,
                 p.name,
-                s.forward.mode().as_str()
+                s.forward().mode().as_str()
             ),
             Some(format!("use a prime of at most {max} (e.g. 65537), or forward = \"proxy\"")),
         );
@@ -388,13 +390,106 @@ fn pool_ref(c: &mut Checker<'_>, r: &Spanned<super::value::Name>, defined: &[&st
     );
 }
 
-#[allow(clippy::too_many_lines)]
 fn service(c: &mut Checker<'_>, s: &RawService, defined: &[&str], has_xdp: bool) -> ServiceConfig {
     let name = s.name.get_ref().0.clone();
     let protocol = s.protocol.get_ref().0;
     let proto_name = protocol.as_str();
     pool_ref(c, &s.pool, defined, &format!("service `{name}`"));
 
+    let (mode, packet, proxy_protocol) = forwarding(c, s, &name, has_xdp);
+    if let Some(m) = &s.max_flows {
+        if protocol != ServiceProtocol::Udp {
+            c.err(
+                m.span(),
+                format!("max_flows applies only to udp services; `{name}` is {proto_name}"),
+                Some("use max_connections to bound tcp and http services".into()),
+            );
+        }
+    }
+    let http = http_service(c, s, defined, &name);
+    let sni_routes = sni_routes(c, s, defined, &name, mode);
+    let access_log = s
+        .access_log
+        .as_ref()
+        .map(|a| access_log(c, a, protocol, mode, &name));
+    let timeouts = timeouts(c, s, &name, mode);
+    let dns = dns(c, s, defined, &name);
+
+    let kind = match protocol {
+        ServiceProtocol::Tcp => ServiceKind::Tcp(match packet {
+            Some(p) => TcpService::Packet(p),
+            None => TcpService::Proxy(TcpProxy {
+                proxy_protocol,
+                sni_routes,
+                timeouts: timeouts.map(|t| TcpTimeouts { connect: t.connect }),
+                access_log,
+            }),
+        }),
+        ServiceProtocol::Udp => ServiceKind::Udp(UdpService {
+            forward: match packet {
+                Some(p) => UdpForward::Packet(p),
+                None => UdpForward::Proxy { access_log },
+            },
+            max_flows: s
+                .max_flows
+                .as_ref()
+                .map_or(model::defaults::MAX_FLOWS, |m| m.get_ref().non_zero()),
+        }),
+        ServiceProtocol::Http => ServiceKind::Http(HttpService {
+            timeouts,
+            access_log,
+            ..http
+        }),
+        // `None` only with an error reported (no `[service.dns_zone]`).
+        ServiceProtocol::Dns => ServiceKind::Dns(dns.unwrap_or_else(|| super::DnsConfig {
+            origin: String::new(),
+            ns: Vec::new(),
+            names: Vec::new(),
+            rrl: super::DnsRrl::default(),
+        })),
+    };
+
+    ServiceConfig {
+        name,
+        listen: s.listen.get_ref().0,
+        pool: s.pool.get_ref().0.clone(),
+        max_connections: s
+            .max_connections
+            .map_or(model::defaults::MAX_CONNECTIONS, Count::non_zero),
+        idle_timeout: dur(
+            c,
+            s.idle_timeout.as_ref(),
+            model::defaults::IDLE_TIMEOUT,
+            "idle_timeout",
+            &limits::IDLE_TIMEOUT,
+        ),
+        drain_timeout: dur(
+            c,
+            s.drain_timeout.as_ref(),
+            model::defaults::DRAIN_TIMEOUT,
+            "drain_timeout",
+            &limits::DRAIN_TIMEOUT,
+        ),
+        kind,
+    }
+}
+
+/// `forward` and the keys of its modes (`proxy_protocol`, `tunnel`, `second_chance`,
+/// `source`): the mode, the packet data plane's mode with its options (`None`: proxy) and
+/// the PROXY protocol header (tcp proxy only).
+#[allow(clippy::too_many_lines)]
+fn forwarding(
+    c: &mut Checker<'_>,
+    s: &RawService,
+    name: &str,
+    has_xdp: bool,
+) -> (
+    ForwardMode,
+    Option<PacketForward>,
+    Option<model::ProxyProtocol>,
+) {
+    let protocol = s.protocol.get_ref().0;
+    let proto_name = protocol.as_str();
     let mode = s
         .forward
         .as_ref()
@@ -489,28 +584,31 @@ fn service(c: &mut Checker<'_>, s: &RawService, defined: &[&str], has_xdp: bool)
             );
         }
     }
-    if let Some(m) = &s.max_flows {
-        if protocol != ServiceProtocol::Udp {
-            c.err(
-                m.span(),
-                format!("max_flows applies only to udp services; `{name}` is {proto_name}"),
-                Some("use max_connections to bound tcp and http services".into()),
-            );
-        }
-    }
     let source = s.source.as_ref().map(|x| x.get_ref().0);
-    let forward = match mode {
-        ForwardMode::Proxy => Forwarding::Proxy { proxy_protocol },
-        ForwardMode::Dsr => Forwarding::Dsr,
-        ForwardMode::Tunnel => Forwarding::Tunnel {
-            encap,
+    let packet = match mode {
+        ForwardMode::Proxy => None,
+        ForwardMode::Dsr => Some(PacketForward::Dsr),
+        ForwardMode::Tunnel => Some(PacketForward::Tunnel {
+            encap: match encap {
+                TunnelKind::Ipip => Encap::Ipip,
+                TunnelKind::Gue => Encap::Gue {
+                    second_chance: s.second_chance.as_ref().is_none_or(|v| *v.get_ref()),
+                },
+            },
             source,
-            second_chance: encap == TunnelKind::Gue
-                && s.second_chance.as_ref().is_none_or(|v| *v.get_ref()),
-        },
-        ForwardMode::Nat => Forwarding::Nat { source },
+        }),
+        ForwardMode::Nat => Some(PacketForward::Nat { source }),
     };
+    (mode, packet, proxy_protocol)
+}
 
+/// The keys only http services take (routes, `[service.tls]`, `[service.rate_limit]`,
+/// `[service.retry]`, `[service.http2]`, the rules; `[service.timeouts]` is
+/// [`timeouts`]'), each refused elsewhere; checked whatever the protocol, so every error
+/// inside them is found too.
+fn http_service(c: &mut Checker<'_>, s: &RawService, defined: &[&str], name: &str) -> HttpService {
+    let protocol = s.protocol.get_ref().0;
+    let proto_name = protocol.as_str();
     let is_http = protocol == ServiceProtocol::Http;
     let http_only = |c: &mut Checker<'_>, span: Range<usize>, what: &str| {
         if !is_http {
@@ -521,198 +619,73 @@ fn service(c: &mut Checker<'_>, s: &RawService, defined: &[&str], has_xdp: bool)
             );
         }
     };
-
     let routes = s
         .route
         .iter()
         .map(|r| {
             http_only(c, r.span(), "[[service.route]]");
-            route(c, r, defined, &name)
+            route(c, r, defined, name)
         })
         .collect();
-
     let tls = s.tls.as_ref().map(|t| {
         http_only(c, t.span(), "[service.tls]");
         service_tls(c, t.get_ref())
     });
-    let sni_routes = s
-        .sni_route
-        .iter()
-        .map(|r| {
-            if protocol != ServiceProtocol::Tcp || mode != ForwardMode::Proxy {
-                c.err(
-                    r.span(),
-                    format!("[[service.sni_route]] applies only to tcp services with forward = \"proxy\"; `{name}` is {proto_name} with forward = \"{}\"", mode.as_str()),
-                    Some("TLS passthrough reads the ClientHello in the userspace proxy: use protocol = \"tcp\" (an http service terminates TLS with [service.tls])".into()),
-                );
-            }
-            let raw = r.get_ref();
-            pool_ref(c, &raw.pool, defined, &format!("an sni_route of service `{name}`"));
-            SniRoute {
-                sni: host_match(c, &raw.sni, "sni"),
-                pool: raw.pool.get_ref().0.clone(),
-            }
-        })
-        .collect();
     let rate_limit = s.rate_limit.as_ref().map(|r| {
         http_only(c, r.span(), "[service.rate_limit]");
         let rl = r.get_ref();
         RateLimit {
-            requests_per_second: rl.requests_per_second.get(),
-            burst: rl.burst.unwrap_or(rl.requests_per_second).get(),
-        }
-    });
-    let access_log = s
-        .access_log
-        .as_ref()
-        .map(|a| access_log(c, a, protocol, mode, &name));
-
-    let timeouts = s.timeouts.as_ref().map(|t| {
-        let t_span = t.span();
-        let t = t.get_ref();
-        match protocol {
-            ServiceProtocol::Http => {}
-            // A tcp service connects to backends too: `connect` applies, the rest is HTTP's.
-            ServiceProtocol::Tcp => {
-                if mode != ForwardMode::Proxy {
-                    c.err(
-                        t_span.clone(),
-                        format!(
-                            "[service.timeouts] needs forward = \"proxy\"; `{name}` uses \"{}\"",
-                            mode.as_str()
-                        ),
-                        Some(
-                            "the packet data plane makes no connections; remove [service.timeouts]"
-                                .into(),
-                        ),
-                    );
-                }
-                let http_keys = [
-                    ("response", &t.response),
-                    ("request_header", &t.request_header),
-                    ("tls_handshake", &t.tls_handshake),
-                ];
-                for (key, v) in http_keys {
-                    if let Some(v) = v {
-                        c.err(
-                            v.span(),
-                            format!(
-                                "[service.timeouts] {key} applies only to http services; \
-                                 `{name}` is tcp"
-                            ),
-                            Some("a tcp service takes only `connect` here".into()),
-                        );
-                    }
-                }
-            }
-            ServiceProtocol::Udp | ServiceProtocol::Dns => c.err(
-                t_span,
-                format!(
-                    "[service.timeouts] applies only to http and tcp services; `{name}` is \
-                     {proto_name}"
-                ),
-                Some("remove it: a udp service does not connect to its backends".into()),
-            ),
-        }
-        let mut get = |v: &Option<Spanned<HumanDuration>>, default, what| {
-            dur(c, v.as_ref(), default, what, &limits::HTTP_TIMEOUT)
-        };
-        HttpTimeouts {
-            connect: get(&t.connect, defaults::HTTP_CONNECT_TIMEOUT, "connect"),
-            response: get(&t.response, defaults::HTTP_RESPONSE_TIMEOUT, "response"),
-            request_header: get(
-                &t.request_header,
-                defaults::HTTP_REQUEST_HEADER_TIMEOUT,
-                "request_header",
-            ),
-            tls_handshake: get(
-                &t.tls_handshake,
-                defaults::HTTP_TLS_HANDSHAKE_TIMEOUT,
-                "tls_handshake",
-            ),
+            requests_per_second: rl.requests_per_second.non_zero(),
+            burst: rl.burst.unwrap_or(rl.requests_per_second).non_zero(),
         }
     });
     let retry = s.retry.as_ref().map(|r| {
         http_only(c, r.span(), "[service.retry]");
         let r = r.get_ref();
-        RetryPolicy {
-            attempts: r.attempts.map_or(defaults::HTTP_RETRY_ATTEMPTS, |a| a.0),
-            budget_percent: r.budget.map_or(defaults::HTTP_RETRY_BUDGET, |b| b.0),
-        }
+        // Both in range: `RetryAttempts` and `Percent` are.
+        RetryPolicy::new(
+            r.attempts.map_or(defaults::HTTP_RETRY_ATTEMPTS, |a| a.0),
+            r.budget.map_or(defaults::HTTP_RETRY_BUDGET, |b| b.0),
+        )
+        .unwrap_or_default()
     });
-
     let http2 = s.http2.as_ref().map(|h| {
         http_only(c, h.span(), "[service.http2]");
         let h = h.get_ref();
-        let get = |v: Option<u32>, default| v.unwrap_or(default);
         Http2Limits {
-            max_concurrent_streams: get(
-                h.max_concurrent_streams.map(Count::get),
-                defaults::H2_MAX_CONCURRENT_STREAMS,
-            ),
-            max_header_list_size: get(
-                h.max_header_list_size.map(Count::get),
-                defaults::H2_MAX_HEADER_LIST_SIZE,
-            ),
-            max_resets_per_second: get(
-                h.max_resets_per_second.map(Count::get),
-                defaults::H2_MAX_RESETS_PER_SECOND,
-            ),
-            max_control_frames_per_second: get(
-                h.max_control_frames_per_second.map(Count::get),
-                defaults::H2_MAX_CONTROL_FRAMES_PER_SECOND,
-            ),
+            max_concurrent_streams: h
+                .max_concurrent_streams
+                .map_or(defaults::H2_MAX_CONCURRENT_STREAMS, Count::non_zero),
+            max_header_list_size: h
+                .max_header_list_size
+                .map_or(defaults::H2_MAX_HEADER_LIST_SIZE, Count::non_zero),
+            max_resets_per_second: h
+                .max_resets_per_second
+                .map_or(defaults::H2_MAX_RESETS_PER_SECOND, Count::non_zero),
+            max_control_frames_per_second: h
+                .max_control_frames_per_second
+                .map_or(defaults::H2_MAX_CONTROL_FRAMES_PER_SECOND, Count::non_zero),
         }
     });
-
     let raw_rules = s.rules();
     if let Some(span) = raw_rules.first_span() {
         http_only(c, span, "a rule (docs/rules.md)");
     }
     let rules = super::rules::rules(&raw_rules, &mut c.errs);
-    let dns = dns(c, s, defined, &name);
-
-    ServiceConfig {
-        name: name.clone(),
-        listen: s.listen.get_ref().0,
-        protocol,
-        pool: s.pool.get_ref().0.clone(),
-        forward,
-        max_connections: s
-            .max_connections
-            .map_or(model::defaults::MAX_CONNECTIONS, super::value::Count::get),
-        max_flows: s
-            .max_flows
-            .as_ref()
-            .map_or(model::defaults::MAX_FLOWS, |m| m.get_ref().get()),
-        idle_timeout: dur(
-            c,
-            s.idle_timeout.as_ref(),
-            model::defaults::IDLE_TIMEOUT,
-            "idle_timeout",
-            &limits::IDLE_TIMEOUT,
-        ),
-        drain_timeout: dur(
-            c,
-            s.drain_timeout.as_ref(),
-            model::defaults::DRAIN_TIMEOUT,
-            "drain_timeout",
-            &limits::DRAIN_TIMEOUT,
-        ),
+    let dns_service = s.dns_service.as_ref().map(|d| {
+        http_only(c, d.span(), "dns_service");
+        d.get_ref().0.clone()
+    });
+    HttpService {
         routes,
         tls,
         rate_limit,
-        access_log,
-        timeouts,
+        timeouts: None,
         retry,
         http2,
-        sni_routes,
         rules,
-        dns,
-        dns_service: s.dns_service.as_ref().map(|d| {
-            http_only(c, d.span(), "dns_service");
-            d.get_ref().0.clone()
-        }),
+        access_log: None,
+        dns_service,
     }
 }
 
@@ -757,6 +730,112 @@ fn check_dns_service(c: &mut Checker<'_>, raw: &RawConfig) {
             Some(help),
         );
     }
+}
+
+/// `[[service.sni_route]]`: tcp services with `forward = "proxy"` only.
+fn sni_routes(
+    c: &mut Checker<'_>,
+    s: &RawService,
+    defined: &[&str],
+    name: &str,
+    mode: ForwardMode,
+) -> Vec<SniRoute> {
+    let protocol = s.protocol.get_ref().0;
+    let proto_name = protocol.as_str();
+    s.sni_route
+        .iter()
+        .map(|r| {
+            if protocol != ServiceProtocol::Tcp || mode != ForwardMode::Proxy {
+                c.err(
+                    r.span(),
+                    format!("[[service.sni_route]] applies only to tcp services with forward = \"proxy\"; `{name}` is {proto_name} with forward = \"{}\"", mode.as_str()),
+                    Some("TLS passthrough reads the ClientHello in the userspace proxy: use protocol = \"tcp\" (an http service terminates TLS with [service.tls])".into()),
+                );
+            }
+            let raw = r.get_ref();
+            pool_ref(c, &raw.pool, defined, &format!("an sni_route of service `{name}`"));
+            SniRoute {
+                sni: host_match(c, &raw.sni, "sni"),
+                pool: raw.pool.get_ref().0.clone(),
+            }
+        })
+        .collect()
+}
+
+/// `[service.timeouts]`: every key for http, `connect` alone for tcp with `forward =
+/// "proxy"`, none for udp and dns.
+fn timeouts(
+    c: &mut Checker<'_>,
+    s: &RawService,
+    name: &str,
+    mode: ForwardMode,
+) -> Option<HttpTimeouts> {
+    let protocol = s.protocol.get_ref().0;
+    let proto_name = protocol.as_str();
+    let t = s.timeouts.as_ref()?;
+    let t_span = t.span();
+    let t = t.get_ref();
+    match protocol {
+        ServiceProtocol::Http => {}
+        // A tcp service connects to backends too: `connect` applies, the rest is HTTP's.
+        ServiceProtocol::Tcp => {
+            if mode != ForwardMode::Proxy {
+                c.err(
+                    t_span.clone(),
+                    format!(
+                        "[service.timeouts] needs forward = \"proxy\"; `{name}` uses \"{}\"",
+                        mode.as_str()
+                    ),
+                    Some(
+                        "the packet data plane makes no connections; remove [service.timeouts]"
+                            .into(),
+                    ),
+                );
+            }
+            let http_keys = [
+                ("response", &t.response),
+                ("request_header", &t.request_header),
+                ("tls_handshake", &t.tls_handshake),
+            ];
+            for (key, v) in http_keys {
+                if let Some(v) = v {
+                    c.err(
+                        v.span(),
+                        format!(
+                            "[service.timeouts] {key} applies only to http services; \
+                             `{name}` is tcp"
+                        ),
+                        Some("a tcp service takes only `connect` here".into()),
+                    );
+                }
+            }
+        }
+        ServiceProtocol::Udp | ServiceProtocol::Dns => c.err(
+            t_span,
+            format!(
+                "[service.timeouts] applies only to http and tcp services; `{name}` is \
+                 {proto_name}"
+            ),
+            Some("remove it: a udp service does not connect to its backends".into()),
+        ),
+    }
+    let mut get = |v: &Option<Spanned<HumanDuration>>, default, what| {
+        dur(c, v.as_ref(), default, what, &limits::HTTP_TIMEOUT)
+    };
+    Some(HttpTimeouts {
+        connect: get(&t.connect, defaults::HTTP_CONNECT_TIMEOUT, "connect"),
+        response: get(&t.response, defaults::HTTP_RESPONSE_TIMEOUT, "response"),
+        request_header: get(
+            &t.request_header,
+            defaults::HTTP_REQUEST_HEADER_TIMEOUT,
+            "request_header",
+        ),
+        tls_handshake: get(
+            &t.tls_handshake,
+            defaults::HTTP_TLS_HANDSHAKE_TIMEOUT,
+            "tls_handshake",
+        ),
+    })
 }
 
 /// A header name a TLS setting puts on requests: a non-empty HTTP token.
@@ -1013,7 +1092,11 @@ fn dns(
             .max_answers
             .as_ref()
             .map_or(defaults::DNS_MAX_ANSWERS, |m| {
-                u8::try_from(m.get_ref().get()).unwrap_or(u8::MAX)
+                // `Count<DNS_MAX_ANSWERS>`: 1..=64.
+                u8::try_from(m.get_ref().get())
+                    .ok()
+                    .and_then(std::num::NonZeroU8::new)
+                    .unwrap_or(std::num::NonZeroU8::MAX)
             });
         names.push(super::DnsName {
             pool: d
@@ -1031,36 +1114,30 @@ fn dns(
             name,
         });
     }
-    let rrl = s.dns_rrl.as_ref().map_or(
-        super::DnsRrl {
-            responses_per_second: defaults::DNS_RRL_RESPONSES_PER_SECOND,
-            slip: defaults::DNS_RRL_SLIP,
-        },
-        |r| {
-            let r = r.get_ref();
-            let slip = r.slip.as_ref().map_or(defaults::DNS_RRL_SLIP, |v| {
-                let slip = *v.get_ref();
-                if !limits::DNS_SLIP.contains(&slip) {
-                    c.err(
-                        v.span(),
-                        format!("slip {slip} is out of range"),
-                        Some(format!(
-                            "valid: {} to {}",
-                            limits::DNS_SLIP.start(),
-                            limits::DNS_SLIP.end()
-                        )),
-                    );
-                }
-                slip
-            });
-            super::DnsRrl {
-                responses_per_second: r
-                    .responses_per_second
-                    .map_or(defaults::DNS_RRL_RESPONSES_PER_SECOND, Count::get),
-                slip,
+    let rrl = s.dns_rrl.as_ref().map_or(super::DnsRrl::default(), |r| {
+        let r = r.get_ref();
+        let slip = r.slip.as_ref().map_or(defaults::DNS_RRL_SLIP, |v| {
+            let slip = *v.get_ref();
+            if !limits::DNS_SLIP.contains(&slip) {
+                c.err(
+                    v.span(),
+                    format!("slip {slip} is out of range"),
+                    Some(format!(
+                        "valid: {} to {}",
+                        limits::DNS_SLIP.start(),
+                        limits::DNS_SLIP.end()
+                    )),
+                );
             }
-        },
-    );
+            slip
+        });
+        super::DnsRrl {
+            responses_per_second: r
+                .responses_per_second
+                .map_or(defaults::DNS_RRL_RESPONSES_PER_SECOND, Count::non_zero),
+            slip,
+        }
+    });
     Some(super::DnsConfig {
         origin,
         ns,
@@ -1141,78 +1218,11 @@ fn pool(c: &mut Checker<'_>, p: &RawPool, users: &[(&str, ServiceProtocol)]) -> 
         .scheduler
         .as_ref()
         .map_or(defaults::SCHEDULER, |s| s.get_ref().0);
-    let sched_name = scheduler.as_str();
     let non_http_user = users
         .iter()
         .find(|(_, proto)| *proto != ServiceProtocol::Http);
 
-    let hash_key = if let Some(hk) = &p.hash_key {
-        let key = &hk.get_ref().0;
-        if !scheduler.is_hashing() {
-            c.err(
-                hk.span(),
-                format!("hash_key applies only to the hashing schedulers sh, maglev, ring_hash; pool `{name}` uses \"{sched_name}\""),
-                Some("remove hash_key, or set scheduler = \"sh\", \"maglev\" or \"ring_hash\"".into()),
-            );
-        } else if let (true, Some((svc, proto))) = (key.is_http_only(), non_http_user) {
-            c.err(
-                hk.span(),
-                format!("hash_key \"{key}\" needs HTTP, but {} service `{svc}` uses pool `{name}`", proto.as_str()),
-                Some("use src_ip, src_ip_port or five_tuple, or use this pool only from http services".into()),
-            );
-        }
-        scheduler.is_hashing().then(|| key.clone())
-    } else {
-        scheduler.is_hashing().then_some(model::HashKey::SrcIp)
-    };
-
-    if let (Some(ts), false) = (
-        &p.maglev_table_size,
-        scheduler == model::SchedulerKind::Maglev,
-    ) {
-        c.err(
-            ts.span(),
-            format!("maglev_table_size applies only to scheduler = \"maglev\"; pool `{name}` uses \"{sched_name}\""),
-            Some("remove maglev_table_size, or set scheduler = \"maglev\"".into()),
-        );
-    }
-    let maglev_table_size = (scheduler == model::SchedulerKind::Maglev).then(|| {
-        let size = p
-            .maglev_table_size
-            .as_ref()
-            .map_or(PrimeTableSize::DEFAULT, |ts| ts.get_ref().0);
-        // Every backend needs a slot, whether the size was written or is the default (else
-        // some backends would get no traffic, and the saved config would not load).
-        let n = p.backend.len();
-        if (size.get() as usize) < n {
-            let (span, what) = match &p.maglev_table_size {
-                Some(ts) => (ts.span(), format!("maglev_table_size {}", size.get())),
-                None => (
-                    p.name.span(),
-                    format!("the default maglev_table_size {}", size.get()),
-                ),
-            };
-            let max = *limits::MAGLEV_TABLE_SIZE.end();
-            let help = if n > max as usize {
-                format!("a maglev pool holds at most {max} backends (the largest table); split the pool or use scheduler = \"ring_hash\"")
-            } else {
-                let advised = u32::try_from(n.saturating_mul(100))
-                    .ok()
-                    .and_then(model::next_prime)
-                    .filter(|a| *a <= max)
-                    .unwrap_or(max);
-                format!("set maglev_table_size to a prime of at least the number of backends, at most {max}; 100 x backends is advised, e.g. {advised}")
-            };
-            c.err(
-                span,
-                format!("{what} is smaller than the number of backends ({n}) of pool `{name}`"),
-                Some(help),
-            );
-        }
-        size
-    });
-
-    let (slow_start, scheduler_options) = sched_options(c, p, scheduler, &name);
+    let scheduler = self::scheduler(c, p, scheduler, &name, non_http_user);
 
     let sticky_cookie = p.sticky_cookie.as_ref().map(|sc| {
         if !is_token(sc.get_ref()) {
@@ -1239,22 +1249,14 @@ fn pool(c: &mut Checker<'_>, p: &RawPool, users: &[(&str, ServiceProtocol)]) -> 
 
     let backend_protocol = p.backend_protocol.as_ref().map_or_else(BackendProtocol::default, |bp| {
         let proto = bp.get_ref().0;
-        if let (true, Some((svc, sp))) = (proto.is_h2(), non_http_user) {
+        if let (BackendProtocol::H2c, Some((svc, sp))) = (proto, non_http_user) {
             c.err(
                 bp.span(),
                 format!(
-                    "backend_protocol = \"{}\" needs HTTP, but {} service `{svc}` uses pool `{name}`",
-                    proto.as_str(),
+                    "backend_protocol = \"h2c\" needs HTTP, but {} service `{svc}` uses pool `{name}`",
                     sp.as_str()
                 ),
                 Some("use backend_protocol = \"http1\" (or remove it), or use this pool only from http services".into()),
-            );
-        }
-        if proto == BackendProtocol::H2 && p.tls.is_none() {
-            c.err(
-                bp.span(),
-                format!("backend_protocol = \"h2\" is HTTP/2 over TLS, but pool `{name}` has no [pool.tls]"),
-                Some("add [pool.tls] with the backends' ca, or use backend_protocol = \"h2c\" for cleartext HTTP/2".into()),
             );
         }
         proto
@@ -1276,7 +1278,7 @@ fn pool(c: &mut Checker<'_>, p: &RawPool, users: &[(&str, ServiceProtocol)]) -> 
             c.err(
                 t.span(),
                 format!("[pool.tls] cannot be used with backend_protocol = \"h2c\" (cleartext HTTP/2) in pool `{name}`"),
-                Some("use backend_protocol = \"h2\" (HTTP/2 over TLS) or \"http1\" with [pool.tls]".into()),
+                Some("use backend_protocol = \"http1\" with [pool.tls]".into()),
             );
         }
         let client_cert = match (&raw.cert, &raw.key) {
@@ -1323,10 +1325,9 @@ fn pool(c: &mut Checker<'_>, p: &RawPool, users: &[(&str, ServiceProtocol)]) -> 
             &limits::OUTLIER_EJECTION,
         );
         OutlierConfig {
-            consecutive_failures: o.consecutive_failures.map_or(
-                defaults::OUTLIER_CONSECUTIVE_FAILURES,
-                super::value::Count::get,
-            ),
+            consecutive_failures: o
+                .consecutive_failures
+                .map_or(defaults::OUTLIER_CONSECUTIVE_FAILURES, Count::non_zero),
             ejection,
         }
     });
@@ -1394,7 +1395,6 @@ fn pool(c: &mut Checker<'_>, p: &RawPool, users: &[(&str, ServiceProtocol)]) -> 
     PoolConfig {
         name,
         scheduler,
-        hash_key,
         persistence: Some(dur(
             c,
             p.persistence.as_ref(),
@@ -1403,9 +1403,6 @@ fn pool(c: &mut Checker<'_>, p: &RawPool, users: &[(&str, ServiceProtocol)]) -> 
             &limits::PERSISTENCE,
         ))
         .filter(|d| !d.is_zero()),
-        maglev_table_size,
-        slow_start,
-        scheduler_options,
         sticky_cookie,
         backend_protocol,
         health,
@@ -1414,6 +1411,100 @@ fn pool(c: &mut Checker<'_>, p: &RawPool, users: &[(&str, ServiceProtocol)]) -> 
         discovery,
         locality,
         tls,
+    }
+}
+
+/// The scheduler with its options: `hash_key` and `maglev_table_size` (see
+/// [`sched_options`] for the others).
+fn scheduler(
+    c: &mut Checker<'_>,
+    p: &RawPool,
+    scheduler: model::SchedulerKind,
+    name: &str,
+    non_http_user: Option<&(&str, ServiceProtocol)>,
+) -> SchedulerConfig {
+    let sched_name = scheduler.as_str();
+    let hash_key = if let Some(hk) = &p.hash_key {
+        let key = &hk.get_ref().0;
+        if !scheduler.is_hashing() {
+            c.err(
+                hk.span(),
+                format!("hash_key applies only to the hashing schedulers sh, maglev, ring_hash; pool `{name}` uses \"{sched_name}\""),
+                Some("remove hash_key, or set scheduler = \"sh\", \"maglev\" or \"ring_hash\"".into()),
+            );
+        } else if let (true, Some((svc, proto))) = (key.is_http_only(), non_http_user) {
+            c.err(
+                hk.span(),
+                format!("hash_key \"{key}\" needs HTTP, but {} service `{svc}` uses pool `{name}`", proto.as_str()),
+                Some("use src_ip, src_ip_port or five_tuple, or use this pool only from http services".into()),
+            );
+        }
+        scheduler.is_hashing().then(|| key.clone())
+    } else {
+        scheduler.is_hashing().then_some(model::HashKey::SrcIp)
+    };
+
+    if let (Some(ts), false) = (
+        &p.maglev_table_size,
+        scheduler == model::SchedulerKind::Maglev,
+    ) {
+        c.err(
+            ts.span(),
+            format!("maglev_table_size applies only to scheduler = \"maglev\"; pool `{name}` uses \"{sched_name}\""),
+            Some("remove maglev_table_size, or set scheduler = \"maglev\"".into()),
+        );
+    }
+    let maglev_table_size = (scheduler == model::SchedulerKind::Maglev).then(|| {
+        let size = p
+            .maglev_table_size
+            .as_ref()
+            .map_or(PrimeTableSize::DEFAULT, |ts| ts.get_ref().0);
+        // Every backend needs a slot, whether the size was written or is the default (else
+        // some backends would get no traffic, and the saved config would not load).
+        let n = p.backend.len();
+        if (size.get() as usize) < n {
+            let (span, what) = match &p.maglev_table_size {
+                Some(ts) => (ts.span(), format!("maglev_table_size {}", size.get())),
+                None => (
+                    p.name.span(),
+                    format!("the default maglev_table_size {}", size.get()),
+                ),
+            };
+            let max = *limits::MAGLEV_TABLE_SIZE.end();
+            let help = if n > max as usize {
+                format!("a maglev pool holds at most {max} backends (the largest table); split the pool or use scheduler = \"ring_hash\"")
+            } else {
+                let advised = u32::try_from(n.saturating_mul(100))
+                    .ok()
+                    .and_then(model::next_prime)
+                    .filter(|a| *a <= max)
+                    .unwrap_or(max);
+                format!("set maglev_table_size to a prime of at least the number of backends, at most {max}; 100 x backends is advised, e.g. {advised}")
+            };
+            c.err(
+                span,
+                format!("{what} is smaller than the number of backends ({n}) of pool `{name}`"),
+                Some(help),
+            );
+        }
+        size
+    });
+
+    let (slow_start, balancing) = sched_options(c, p, scheduler, name);
+    match (SchedulerConfig::of(scheduler), balancing) {
+        (SchedulerConfig::Hashing { kind, .. }, _) => SchedulerConfig::Hashing {
+            kind: match (kind, maglev_table_size) {
+                (HashingScheduler::Maglev { .. }, Some(table_size)) => {
+                    HashingScheduler::Maglev { table_size }
+                }
+                (other, _) => other,
+            },
+            hash_key: hash_key.unwrap_or(model::HashKey::SrcIp),
+        },
+        (SchedulerConfig::Balancing { kind, .. }, balancing) => SchedulerConfig::Balancing {
+            kind: balancing.unwrap_or(kind),
+            slow_start,
+        },
     }
 }
 
@@ -1512,13 +1603,15 @@ fn locality(
 }
 
 /// `slow_start` and `[pool.scheduler_options]`: each option only with the schedulers it
-/// applies to, every value in its range.
+/// applies to, every value in its range. Returns the slow-start window and, for a
+/// non-hashing scheduler, the scheduler with its options.
 fn sched_options(
     c: &mut Checker<'_>,
     p: &RawPool,
     scheduler: model::SchedulerKind,
     name: &str,
-) -> (Option<Duration>, super::SchedulerOptions) {
+) -> (Option<Duration>, Option<BalancingScheduler>) {
+    use crate::sched::option_defaults as d;
     use model::SchedulerKind as K;
     let sched_name = scheduler.as_str();
     let slow_start = p.slow_start.as_ref().map(|ss| {
@@ -1531,44 +1624,57 @@ fn sched_options(
         }
         dur(c, Some(ss), Duration::from_secs(30), "slow_start", &limits::SLOW_START)
     });
-    let mut opts = super::SchedulerOptions::default();
-    let Some(raw) = &p.scheduler_options else {
-        return (slow_start, opts);
-    };
-    let raw = raw.get_ref();
-    let applies = |c: &mut Checker<'_>, span: Range<usize>, key: &str, to: &[K]| {
-        if !to.contains(&scheduler) {
-            let names: Vec<&str> = to.iter().map(|k| k.as_str()).collect();
-            c.err(
-                span,
-                format!("scheduler_options.{key} applies only to scheduler = {}; pool `{name}` uses \"{sched_name}\"", names.join(" or ")),
-                Some(format!("remove {key}, or set scheduler = \"{}\"", names[0])),
-            );
+    let (mut half_life, mut horizon) = (d::HALF_LIFE, d::HORIZON);
+    let mut bias = super::ActiveRequestBias::DEFAULT;
+    if let Some(raw) = &p.scheduler_options {
+        let raw = raw.get_ref();
+        let applies = |c: &mut Checker<'_>, span: Range<usize>, key: &str, to: &[K]| {
+            if !to.contains(&scheduler) {
+                let names: Vec<&str> = to.iter().map(|k| k.as_str()).collect();
+                c.err(
+                    span,
+                    format!("scheduler_options.{key} applies only to scheduler = {}; pool `{name}` uses \"{sched_name}\"", names.join(" or ")),
+                    Some(format!("remove {key}, or set scheduler = \"{}\"", names[0])),
+                );
+            }
+        };
+        if let Some(hl) = &raw.half_life {
+            applies(c, hl.span(), "half_life", &[K::PeakEwma, K::Predictive]);
+            half_life = dur(c, Some(hl), half_life, "half_life", &limits::HALF_LIFE);
         }
-    };
-    if let Some(hl) = &raw.half_life {
-        applies(c, hl.span(), "half_life", &[K::PeakEwma, K::Predictive]);
-        opts.half_life = dur(c, Some(hl), opts.half_life, "half_life", &limits::HALF_LIFE);
-    }
-    if let Some(hz) = &raw.horizon {
-        applies(c, hz.span(), "horizon", &[K::Predictive]);
-        opts.horizon = dur(c, Some(hz), opts.horizon, "horizon", &limits::HORIZON);
-    }
-    if let Some(bias) = &raw.active_request_bias {
-        applies(c, bias.span(), "active_request_bias", &[K::LeastRequest]);
-        let value = *bias.get_ref();
-        let range = limits::ACTIVE_REQUEST_BIAS;
-        if range.contains(&value) {
-            opts.active_request_bias = value;
-        } else {
-            c.err(
-                bias.span(),
-                format!("active_request_bias {value} is out of range"),
-                Some(format!("valid: {}..={} (0 ignores load, 1 is Envoy's default), e.g. active_request_bias = 1.0", range.start(), range.end())),
-            );
+        if let Some(hz) = &raw.horizon {
+            applies(c, hz.span(), "horizon", &[K::Predictive]);
+            horizon = dur(c, Some(hz), horizon, "horizon", &limits::HORIZON);
+        }
+        if let Some(b) = &raw.active_request_bias {
+            applies(c, b.span(), "active_request_bias", &[K::LeastRequest]);
+            let value = *b.get_ref();
+            if let Some(v) = super::ActiveRequestBias::new(value) {
+                bias = v;
+            } else {
+                let range = limits::ACTIVE_REQUEST_BIAS;
+                c.err(
+                    b.span(),
+                    format!("active_request_bias {value} is out of range"),
+                    Some(format!("valid: {}..={} (0 ignores load, 1 is Envoy's default), e.g. active_request_bias = 1.0", range.start(), range.end())),
+                );
+            }
         }
     }
-    (slow_start, opts)
+    let balancing = match SchedulerConfig::of(scheduler) {
+        SchedulerConfig::Hashing { .. } => None,
+        SchedulerConfig::Balancing { kind, .. } => Some(match kind {
+            BalancingScheduler::LeastRequest { .. } => BalancingScheduler::LeastRequest {
+                active_request_bias: bias,
+            },
+            BalancingScheduler::PeakEwma { .. } => BalancingScheduler::PeakEwma { half_life },
+            BalancingScheduler::Predictive { .. } => {
+                BalancingScheduler::Predictive { half_life, horizon }
+            }
+            other => other,
+        }),
+    };
+    (slow_start, balancing)
 }
 
 fn health(c: &mut Checker<'_>, h: &RawHealth) -> Option<HealthConfig> {
@@ -1657,12 +1763,8 @@ fn health(c: &mut Checker<'_>, h: &RawHealth) -> Option<HealthConfig> {
         check,
         interval,
         timeout,
-        rise: h
-            .rise
-            .map_or(defaults::HEALTH_RISE, super::value::Count::get),
-        fall: h
-            .fall
-            .map_or(defaults::HEALTH_FALL, super::value::Count::get),
+        rise: h.rise.map_or(defaults::HEALTH_RISE, Count::non_zero),
+        fall: h.fall.map_or(defaults::HEALTH_FALL, Count::non_zero),
     })
 }
 
@@ -1713,7 +1815,16 @@ fn access_log(
 ) -> AccessLog {
     use super::AccessLogFormat as F;
     let is_http = protocol == ServiceProtocol::Http;
-    if mode != ForwardMode::Proxy {
+    if protocol == ServiceProtocol::Dns {
+        c.err(
+            a.span(),
+            format!(
+                "[service.access_log] applies only to http, tcp and udp services; `{name}` is \
+                 dns, whose answers are counted in the metrics, not logged"
+            ),
+            Some("remove [service.access_log]".into()),
+        );
+    } else if mode != ForwardMode::Proxy {
         c.err(
             a.span(),
             format!(

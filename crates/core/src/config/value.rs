@@ -251,26 +251,31 @@ pub enum Prefer {
 /// A count in `1..=MAX` (`rise`, `fall`, `max_connections`, ...; the maxima are in
 /// [`super::limits`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Count<const MAX: u32>(pub NonZeroU32);
+pub struct Count<const MAX: u32>(NonZeroU32);
 
 impl<const MAX: u32> Count<MAX> {
+    /// `Some` when `n` is in `1..=MAX`.
+    pub fn new(n: u32) -> Option<Self> {
+        NonZeroU32::new(n).filter(|n| n.get() <= MAX).map(Self)
+    }
+
     /// The count.
     pub const fn get(self) -> u32 {
         self.0.get()
+    }
+
+    /// The count, as the non-zero number it is.
+    pub const fn non_zero(self) -> NonZeroU32 {
+        self.0
     }
 }
 
 impl<'de, const MAX: u32> Deserialize<'de> for Count<MAX> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         from_int(d, "an integer of at least 1", |n| {
-            u32::try_from(n)
-                .ok()
-                .filter(|n| *n <= MAX)
-                .and_then(NonZeroU32::new)
-                .map(Self)
-                .ok_or_else(|| {
-                    Invalid::new(format!("{n} is out of range")).help(format!("valid: 1..={MAX}"))
-                })
+            u32::try_from(n).ok().and_then(Self::new).ok_or_else(|| {
+                Invalid::new(format!("{n} is out of range")).help(format!("valid: 1..={MAX}"))
+            })
         })
     }
 }
@@ -814,11 +819,16 @@ impl LogField {
 
 /// A syslog facility's number (RFC 5424 6.2.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct SyslogFacility(pub u8);
+pub struct SyslogFacility(u8);
 
 impl SyslogFacility {
     /// `local0`, the default.
     pub const LOCAL0: Self = Self(16);
+
+    /// The facility's number (one of the names [`Self::as_str`] gives).
+    pub const fn code(self) -> u8 {
+        self.0
+    }
 
     /// The config name.
     pub const fn as_str(self) -> &'static str {
