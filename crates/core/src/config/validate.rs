@@ -1249,14 +1249,22 @@ fn pool(c: &mut Checker<'_>, p: &RawPool, users: &[(&str, ServiceProtocol)]) -> 
 
     let backend_protocol = p.backend_protocol.as_ref().map_or_else(BackendProtocol::default, |bp| {
         let proto = bp.get_ref().0;
-        if let (BackendProtocol::H2c, Some((svc, sp))) = (proto, non_http_user) {
+        if let (true, Some((svc, sp))) = (proto.is_h2(), non_http_user) {
             c.err(
                 bp.span(),
                 format!(
-                    "backend_protocol = \"h2c\" needs HTTP, but {} service `{svc}` uses pool `{name}`",
+                    "backend_protocol = \"{}\" needs HTTP, but {} service `{svc}` uses pool `{name}`",
+                    proto.as_str(),
                     sp.as_str()
                 ),
                 Some("use backend_protocol = \"http1\" (or remove it), or use this pool only from http services".into()),
+            );
+        }
+        if proto == BackendProtocol::H2 && p.tls.is_none() {
+            c.err(
+                bp.span(),
+                format!("backend_protocol = \"h2\" is HTTP/2 over TLS, but pool `{name}` has no [pool.tls]"),
+                Some("add [pool.tls] with the backends' ca, or use backend_protocol = \"h2c\" for cleartext HTTP/2".into()),
             );
         }
         proto
@@ -1278,7 +1286,7 @@ fn pool(c: &mut Checker<'_>, p: &RawPool, users: &[(&str, ServiceProtocol)]) -> 
             c.err(
                 t.span(),
                 format!("[pool.tls] cannot be used with backend_protocol = \"h2c\" (cleartext HTTP/2) in pool `{name}`"),
-                Some("use backend_protocol = \"http1\" with [pool.tls]".into()),
+                Some("use backend_protocol = \"h2\" (HTTP/2 over TLS) or \"http1\" with [pool.tls]".into()),
             );
         }
         let client_cert = match (&raw.cert, &raw.key) {
