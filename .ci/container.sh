@@ -47,7 +47,16 @@ if [ -z "$runtime" ] && [ "$(stat -f -c %T /sys/fs/cgroup)" != cgroup2fs ]; then
     command -v runc >/dev/null || skip "runc (apt-get install runc): crun does not run on hybrid cgroups"
     runtime=runc
 fi
+# podman raises RLIMIT_NOFILE and RLIMIT_NPROC in every container it runs (1048576 and
+# more); without CAP_SYS_RESOURCE (a sandboxed CI machine) runc fails with "error setting
+# rlimit type 7: operation not permitted". Then the runs ask for the hard limit this shell
+# has (fulcrum raises its soft limit to that) and 4096 processes.
+limits=()
+if (( (0x$(awk '/^CapEff:/ {print $2}' /proc/self/status) >> 24 & 1) == 0 )); then
+    limits=(--ulimit "nofile=$(ulimit -Hn):$(ulimit -Hn)" --ulimit nproc=4096:4096)
+fi
 pm() { podman ${runtime:+--runtime "$runtime"} "$@"; }
+pmrun() { pm run "${limits[@]}" "$@"; }
 
 tag="fulcrum-ci-$$"
 image="localhost/fulcrum:$tag"
@@ -100,11 +109,11 @@ step "image $image: built in $build_s s, $((size / 1000000)) MB ($((base_size / 
 
 [ "$(pm image inspect --format '{{.Config.User}}' "$image")" = fulcrum:fulcrum ] \
     || fail "the image's USER is not fulcrum:fulcrum"
-version="$(pm run --rm --network none "$image" --version)" || fail "fulcrum --version in the image"
+version="$(pmrun --rm --network none "$image" --version)" || fail "fulcrum --version in the image"
 grep -q '^fulcrum ' <<<"$version" || fail "fulcrum --version in the image: $version"
 
 # ---- 3. fulcrum check on the shipped config ------------------------------------------------
-out="$(pm run --rm --network none "$image" check -c /etc/fulcrum/fulcrum.toml 2>&1)" \
+out="$(pmrun --rm --network none "$image" check -c /etc/fulcrum/fulcrum.toml 2>&1)" \
     || fail "fulcrum check -c /etc/fulcrum/fulcrum.toml in the image: $out"
 grep -q 'admin: 127.0.0.1:9090' <<<"$out" || fail "fulcrum check output: $out"
 step "fulcrum check on the shipped /etc/fulcrum/fulcrum.toml: ok"
@@ -177,14 +186,14 @@ run_args=(--network host --read-only --security-opt no-new-privileges --cap-drop
     -v "$work/fulcrum.toml:/etc/fulcrum/fulcrum.toml:ro")
 
 # Without NET_BIND_SERVICE the port below 1024 cannot be bound: the start fails and says so.
-if out="$(timeout 60 podman ${runtime:+--runtime "$runtime"} run --name "$tag-nocap" "${run_args[@]}" "$image" 2>&1)"; then
+if out="$(timeout 60 podman ${runtime:+--runtime "$runtime"} run "${limits[@]}" --name "$tag-nocap" "${run_args[@]}" "$image" 2>&1)"; then
     fail "fulcrum started without NET_BIND_SERVICE on 127.0.0.1:$http_port: $out"
 fi
 grep -q -i 'permission denied' <<<"$out" || fail "the start without NET_BIND_SERVICE did not say why: $out"
 pm rm -f -i "$tag-nocap" >/dev/null
 step "without NET_BIND_SERVICE: refused ($(grep -i -m1 'permission denied' <<<"$out" | cut -c1-160))"
 
-pm run -d --name "$tag" "${run_args[@]}" --cap-add NET_BIND_SERVICE "$image" >/dev/null
+pmrun -d --name "$tag" "${run_args[@]}" --cap-add NET_BIND_SERVICE "$image" >/dev/null
 admin="http://127.0.0.1:$admin_port"
 ready=""
 for _ in $(seq 1 100); do
@@ -207,8 +216,12 @@ cap_bnd="$(awk '/^CapBnd:/ {print $2}' "/proc/$pid/status")"
 [ "$cap_bnd" = 0000000000000400 ] || fail "bounding set $cap_bnd, expected only NET_BIND_SERVICE (0000000000000400)"
 step "process $pid: uid $uid, CapEff $cap_eff, CapBnd $cap_bnd"
 
-# Both services reach the backend.
+# Both services reach the backend (after its first health checks: up to 5 s).
 want="backend $backend_port /"
+for _ in $(seq 1 50); do
+    [ "$(curl -s --max-time 2 "http://127.0.0.1:$http_port/" || true)" = "$want" ] && break
+    sleep 0.1
+done
 got="$(curl -s --max-time 5 "http://127.0.0.1:$http_port/")" || fail "GET through the http service on 127.0.0.1:$http_port"
 [ "$got" = "$want" ] || fail "the http service answered '$got', expected '$want'"
 got="$(curl -s --max-time 5 "http://127.0.0.1:$tcp_port/")" || fail "GET through the tcp service on 127.0.0.1:$tcp_port"
