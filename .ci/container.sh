@@ -66,7 +66,7 @@ work="$(mktemp -d /tmp/fulcrum-container.XXXXXX)"
 backend_pid=""
 cleanup() {
     pm rm -f -i "$tag" "$tag-nocap" >/dev/null 2>&1 || true
-    [ -n "$backend_pid" ] && kill "$backend_pid" 2>/dev/null || true
+    if [ -n "$backend_pid" ]; then kill "$backend_pid" 2>/dev/null || true; fi
     [ -n "${FULCRUM_KEEP_IMAGE:-}" ] || pm rmi -f "$image" >/dev/null 2>&1 || true
     rm -rf "$work"
 }

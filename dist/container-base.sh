@@ -34,6 +34,8 @@ printf '%s\n' 'path-exclude=/usr/share/man/*' 'path-exclude=/usr/share/info/*' \
     'path-exclude=/usr/share/locale/*' 'path-include=/usr/share/locale/locale.alias' \
     'path-exclude=/usr/share/doc/*' 'path-include=/usr/share/doc/*/copyright' > "$slim"
 start=$SECONDS
+# The hooks' "$1" (the root being built) is mmdebstrap's to expand, not this shell's.
+# shellcheck disable=SC2016
 mmdebstrap --quiet --mode=root --variant=apt --format=tar \
     --include=passwd \
     --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
