@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The container image, built and run for real (docs/operations.md, "The container image").
-# Not part of `.ci/run`: making the base image with mmdebstrap takes 1.5 to 6 minutes on the
-# 2-core CI machine. Run it by hand, as root:
+# `.ci/run` runs it after the package step (making the base image with mmdebstrap takes 1.5
+# to 6 minutes on the 2-core CI machine). By hand, as root:
 #
 #   bash .ci/container.sh
 #
