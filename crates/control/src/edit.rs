@@ -52,6 +52,18 @@ fn array_mut<'a>(t: &'a mut Table, key: &str) -> &'a mut Vec<Value> {
     }
 }
 
+/// `cfg` without the entry of array `key` (`service` or `pool`) named `name` (and without
+/// the array if that was its last entry).
+fn without_named(cfg: &Config, key: &str, name: &str) -> Result<Config, ChangeError> {
+    let mut doc = cfg.to_toml_table();
+    let entries = array_mut(&mut doc, key);
+    entries.retain(|e| name_of(e) != Some(name));
+    if entries.is_empty() {
+        doc.remove(key);
+    }
+    reparse(&doc)
+}
+
 fn name_of(v: &Value) -> Option<&str> {
     v.get("name").and_then(Value::as_str)
 }
@@ -318,16 +330,7 @@ pub fn delete_service(cfg: &Config, name: &str) -> Result<Config, ChangeError> {
     if cfg.service(name).is_none() {
         return Err(ChangeError::NotFound(format!("no service named {name:?}")));
     }
-    let mut doc = cfg.to_toml_table();
-    array_mut(&mut doc, "service").retain(|s| name_of(s) != Some(name));
-    if doc
-        .get("service")
-        .and_then(Value::as_array)
-        .is_some_and(Vec::is_empty)
-    {
-        doc.remove("service");
-    }
-    reparse(&doc)
+    without_named(cfg, "service", name)
 }
 
 /// `PUT /api/v1/pools/{pool}`: creates the pool (empty) or changes its settings, keeping its
@@ -393,16 +396,7 @@ pub fn delete_pool(cfg: &Config, pool: &str) -> Result<Config, ChangeError> {
             s.name
         )));
     }
-    let mut doc = cfg.to_toml_table();
-    array_mut(&mut doc, "pool").retain(|p| name_of(p) != Some(pool));
-    if doc
-        .get("pool")
-        .and_then(Value::as_array)
-        .is_some_and(Vec::is_empty)
-    {
-        doc.remove("pool");
-    }
-    reparse(&doc)
+    without_named(cfg, "pool", pool)
 }
 
 #[cfg(test)]

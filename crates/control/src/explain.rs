@@ -230,7 +230,7 @@ fn table_json(p: &PoolRt, hash: u32) -> Value {
         })
     } else if let Some(sh) = p.scheduler.as_source_hash() {
         let t = sh.table();
-        let slot = (!t.is_empty()).then(|| hash as usize % t.len());
+        let slot = sh.slot(hash);
         json!({
             "kind": "sh",
             "size": t.len(),

@@ -13,7 +13,7 @@ use fulcrum_core::model::{Backend, BackendState};
 use fulcrum_state::snapshot::{PoolRt, Shared, Snapshot};
 use fulcrum_state::stats::BackendStats;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
@@ -64,44 +64,58 @@ impl Collector for FulcrumCollector {
 /// A backend of a pool, with its counters.
 type Row<'a> = (&'a Arc<PoolRt>, &'a Backend, &'a Arc<BackendStats>);
 
+/// One family: its descriptor, then one sample per `(labels, value)` of `samples`.
+fn family<L: EncodeLabelSet, M: EncodeMetric>(
+    enc: &mut DescriptorEncoder<'_>,
+    (name, help, kind): (&str, &str, MetricType),
+    samples: impl IntoIterator<Item = (L, M)>,
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, kind)?;
+    for (labels, value) in samples {
+        value.encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// The labels of a per-backend sample.
+fn backend<'a>(p: &'a PoolRt, address: &'a str) -> [(&'static str, &'a str); 2] {
+    [("pool", p.name.as_str()), ("backend", address)]
+}
+
 /// The per-backend families (`addrs`: each row's address, as its label).
 fn encode_backends(
     rows: &[Row<'_>],
     addrs: &[String],
     enc: &mut DescriptorEncoder<'_>,
 ) -> Result<(), std::fmt::Error> {
-    let mut m = enc.encode_descriptor(
-        "fulcrum_backend_up",
-        "1 if the backend takes new flows by health (up), else 0",
-        None,
-        MetricType::Gauge,
+    let rows = || rows.iter().zip(addrs);
+    family(
+        enc,
+        (
+            "fulcrum_backend_up",
+            "1 if the backend takes new flows by health (up), else 0",
+            MetricType::Gauge,
+        ),
+        rows().map(|((p, b, _), a)| (backend(p, a), gauge(u64::from(b.state == BackendState::Up)))),
     )?;
-    for ((p, b, _), a) in rows.iter().zip(addrs) {
-        let up = u64::from(b.state == BackendState::Up);
-        gauge(up)
-            .encode(m.encode_family(&[("pool", p.name.as_str()), ("backend", a.as_str())])?)?;
-    }
-    let mut m = enc.encode_descriptor(
-        "fulcrum_backend_connections_active",
-        "Open connections (or UDP flows) to the backend",
-        None,
-        MetricType::Gauge,
+    family(
+        enc,
+        (
+            "fulcrum_backend_connections_active",
+            "Open connections (or UDP flows) to the backend",
+            MetricType::Gauge,
+        ),
+        rows().map(|((p, _, s), a)| (backend(p, a), gauge(load(&s.active)))),
     )?;
-    for ((p, _, s), a) in rows.iter().zip(addrs) {
-        gauge(load(&s.active))
-            .encode(m.encode_family(&[("pool", p.name.as_str()), ("backend", a.as_str())])?)?;
-    }
-    let mut m = enc.encode_descriptor(
-        "fulcrum_backend_connections",
-        "Connections (or UDP flows) opened to the backend",
-        None,
-        MetricType::Counter,
-    )?;
-    for ((p, _, s), a) in rows.iter().zip(addrs) {
-        ConstCounter::new(load(&s.total))
-            .encode(m.encode_family(&[("pool", p.name.as_str()), ("backend", a.as_str())])?)?;
-    }
-    Ok(())
+    family(
+        enc,
+        (
+            "fulcrum_backend_connections",
+            "Connections (or UDP flows) opened to the backend",
+            MetricType::Counter,
+        ),
+        rows().map(|((p, _, s), a)| (backend(p, a), ConstCounter::new(load(&s.total)))),
+    )
 }
 
 /// What the schedulers believe of each backend.
@@ -118,41 +132,34 @@ fn encode_backend_views(
         .iter()
         .flat_map(|p| (0..p.backends.len()).map(move |i| p.view(i, now)))
         .collect();
-    let mut m = enc.encode_descriptor(
-        "fulcrum_backend_latency_seconds",
-        "The response time the scheduler believes (peak_ewma: peak EWMA, on L4 plus the connection term; predictive: forecast)",
-        None,
-        MetricType::Gauge,
+    let rows = || rows.iter().zip(addrs).zip(&views);
+    family(
+        enc,
+        (
+            "fulcrum_backend_latency_seconds",
+            "The response time the scheduler believes (peak_ewma: peak EWMA, on L4 plus the connection term; predictive: forecast)",
+            MetricType::Gauge,
+        ),
+        rows().filter_map(|(((p, _, _), a), v)| Some((backend(p, a), ConstGauge::new(v.latency?)))),
     )?;
-    for (((p, _, _), a), v) in rows.iter().zip(addrs).zip(&views) {
-        if let Some(l) = v.latency {
-            ConstGauge::new(l)
-                .encode(m.encode_family(&[("pool", p.name.as_str()), ("backend", a.as_str())])?)?;
-        }
-    }
-    let mut m = enc.encode_descriptor(
-        "fulcrum_backend_scheduler_score",
-        "The scheduler's score of the backend, lower wins (least_request, peak_ewma, predictive)",
-        None,
-        MetricType::Gauge,
+    family(
+        enc,
+        (
+            "fulcrum_backend_scheduler_score",
+            "The scheduler's score of the backend, lower wins (least_request, peak_ewma, predictive)",
+            MetricType::Gauge,
+        ),
+        rows().filter_map(|(((p, _, _), a), v)| Some((backend(p, a), ConstGauge::new(v.score?)))),
     )?;
-    for (((p, _, _), a), v) in rows.iter().zip(addrs).zip(&views) {
-        if let Some(s) = v.score {
-            ConstGauge::new(s)
-                .encode(m.encode_family(&[("pool", p.name.as_str()), ("backend", a.as_str())])?)?;
-        }
-    }
-    let mut m = enc.encode_descriptor(
-        "fulcrum_backend_effective_weight",
-        "The weight with slow start applied (0: takes no new flows)",
-        None,
-        MetricType::Gauge,
-    )?;
-    for (((p, _, _), a), v) in rows.iter().zip(addrs).zip(&views) {
-        ConstGauge::new(v.effective_weight)
-            .encode(m.encode_family(&[("pool", p.name.as_str()), ("backend", a.as_str())])?)?;
-    }
-    Ok(())
+    family(
+        enc,
+        (
+            "fulcrum_backend_effective_weight",
+            "The weight with slow start applied (0: takes no new flows)",
+            MetricType::Gauge,
+        ),
+        rows().map(|(((p, _, _), a), v)| (backend(p, a), ConstGauge::new(v.effective_weight))),
+    )
 }
 
 /// Failures on real traffic and active check durations, per backend.
@@ -161,39 +168,42 @@ fn encode_backend_health(
     addrs: &[String],
     enc: &mut DescriptorEncoder<'_>,
 ) -> Result<(), std::fmt::Error> {
-    let mut m = enc.encode_descriptor(
-        "fulcrum_backend_failures",
-        "Failures seen on real traffic, by kind",
-        None,
-        MetricType::Counter,
+    let durations: Vec<_> = rows
+        .iter()
+        .zip(addrs)
+        .map(|((p, _, s), a)| (backend(p, a), s.health_duration.sample()))
+        .filter(|(_, h)| h.count > 0)
+        .collect();
+    family(
+        enc,
+        (
+            "fulcrum_backend_failures",
+            "Failures seen on real traffic, by kind",
+            MetricType::Counter,
+        ),
+        rows.iter().zip(addrs).flat_map(|((p, _, s), a)| {
+            [
+                ("connect_error", &s.connect_failures),
+                ("connect_timeout", &s.connect_timeouts),
+                ("http_5xx", &s.http_5xx),
+            ]
+            .map(|(kind, v)| {
+                let [pool, addr] = backend(p, a);
+                ([pool, addr, ("kind", kind)], ConstCounter::new(load(v)))
+            })
+        }),
     )?;
-    for ((p, _, s), a) in rows.iter().zip(addrs) {
-        for (kind, v) in [
-            ("connect_error", &s.connect_failures),
-            ("connect_timeout", &s.connect_timeouts),
-            ("http_5xx", &s.http_5xx),
-        ] {
-            ConstCounter::new(load(v)).encode(m.encode_family(&[
-                ("pool", p.name.as_str()),
-                ("backend", a.as_str()),
-                ("kind", kind),
-            ])?)?;
-        }
-    }
-    let mut m = enc.encode_descriptor(
-        "fulcrum_health_check_duration_seconds",
-        "How long each active health check took (a failed one: until it failed or timed out)",
-        None,
-        MetricType::Histogram,
-    )?;
-    for ((p, _, s), a) in rows.iter().zip(addrs) {
-        let h = s.health_duration.sample();
-        if h.count > 0 {
-            Hist(h.sum, h.count, &h.buckets)
-                .encode(m.encode_family(&[("pool", p.name.as_str()), ("backend", a.as_str())])?)?;
-        }
-    }
-    Ok(())
+    family(
+        enc,
+        (
+            "fulcrum_health_check_duration_seconds",
+            "How long each active health check took (a failed one: until it failed or timed out)",
+            MetricType::Histogram,
+        ),
+        durations
+            .iter()
+            .map(|(labels, h)| (*labels, Hist(h.sum, h.count, &h.buckets))),
+    )
 }
 
 /// The per-service families.
@@ -201,56 +211,69 @@ fn encode_services(
     snap: &Snapshot,
     enc: &mut DescriptorEncoder<'_>,
 ) -> Result<(), std::fmt::Error> {
-    let mut m = enc.encode_descriptor(
-        "fulcrum_service_bytes",
-        "Bytes relayed, in = from clients, out = to clients",
-        None,
-        MetricType::Counter,
+    let services = || snap.services.iter();
+    family(
+        enc,
+        (
+            "fulcrum_service_bytes",
+            "Bytes relayed, in = from clients, out = to clients",
+            MetricType::Counter,
+        ),
+        services().flat_map(|s| {
+            [("in", &s.stats.bytes_in), ("out", &s.stats.bytes_out)].map(|(dir, v)| {
+                (
+                    [("service", s.name.as_str()), ("direction", dir)],
+                    ConstCounter::new(load(v)),
+                )
+            })
+        }),
     )?;
-    for s in &snap.services {
-        for (dir, v) in [("in", &s.stats.bytes_in), ("out", &s.stats.bytes_out)] {
-            ConstCounter::new(load(v))
-                .encode(m.encode_family(&[("service", s.name.as_str()), ("direction", dir)])?)?;
-        }
-    }
-    let mut m = enc.encode_descriptor(
-        "fulcrum_service_connections_active",
-        "Open client connections (or UDP flows)",
-        None,
-        MetricType::Gauge,
+    family(
+        enc,
+        (
+            "fulcrum_service_connections_active",
+            "Open client connections (or UDP flows)",
+            MetricType::Gauge,
+        ),
+        services().map(|s| ([("service", s.name.as_str())], gauge(load(&s.stats.active)))),
     )?;
-    for s in &snap.services {
-        gauge(load(&s.stats.active)).encode(m.encode_family(&[("service", s.name.as_str())])?)?;
-    }
-    let mut m = enc.encode_descriptor(
-        "fulcrum_service_connections",
-        "Client connections (or UDP flows) accepted",
-        None,
-        MetricType::Counter,
+    family(
+        enc,
+        (
+            "fulcrum_service_connections",
+            "Client connections (or UDP flows) accepted",
+            MetricType::Counter,
+        ),
+        services().map(|s| {
+            (
+                [("service", s.name.as_str())],
+                ConstCounter::new(load(&s.stats.total)),
+            )
+        }),
     )?;
-    for s in &snap.services {
-        ConstCounter::new(load(&s.stats.total))
-            .encode(m.encode_family(&[("service", s.name.as_str())])?)?;
-    }
-    let mut m = enc.encode_descriptor(
-        "fulcrum_service_refused",
-        "Clients refused, by reason: max_connections reached, no backend available, rate limited (http 429), bad request (http 400/431), or (TLS passthrough) no valid ClientHello",
-        None,
-        MetricType::Counter,
-    )?;
-    for s in &snap.services {
-        for (reason, v) in [
-            ("max_connections", &s.stats.refused_limit),
-            ("no_backend", &s.stats.refused_no_backend),
-            ("bad_client_hello", &s.stats.refused_bad_hello),
-            ("rate_limited", &s.stats.refused_rate_limited),
-            ("bad_request", &s.stats.refused_bad_request),
-        ] {
-            ConstCounter::new(load(v))
-                .encode(m.encode_family(&[("service", s.name.as_str()), ("reason", reason)])?)?;
-        }
-    }
-    Ok(())
+    family(
+        enc,
+        (
+            "fulcrum_service_refused",
+            "Clients refused, by reason: max_connections reached, no backend available, rate limited (http 429), bad request (http 400/431), or (TLS passthrough) no valid ClientHello",
+            MetricType::Counter,
+        ),
+        services().flat_map(|s| {
+            [
+                ("max_connections", &s.stats.refused_limit),
+                ("no_backend", &s.stats.refused_no_backend),
+                ("bad_client_hello", &s.stats.refused_bad_hello),
+                ("rate_limited", &s.stats.refused_rate_limited),
+                ("bad_request", &s.stats.refused_bad_request),
+            ]
+            .map(|(reason, v)| {
+                (
+                    [("service", s.name.as_str()), ("reason", reason)],
+                    ConstCounter::new(load(v)),
+                )
+            })
+        }),
+    )
 }
 
 /// The dns services' families.
@@ -260,35 +283,36 @@ fn encode_dns(
     addrs: &[String],
     enc: &mut DescriptorEncoder<'_>,
 ) -> Result<(), std::fmt::Error> {
-    let mut m = enc.encode_descriptor(
-        "fulcrum_dns_queries",
-        "dns services: queries by question type and response code (rcode \"dropped\": no reply)",
-        None,
-        MetricType::Counter,
+    let dns = snap.services.iter().filter(|s| s.dns.is_some());
+    family(
+        enc,
+        (
+            "fulcrum_dns_queries",
+            "dns services: queries by question type and response code (rcode \"dropped\": no reply)",
+            MetricType::Counter,
+        ),
+        dns.flat_map(|s| {
+            s.stats.dns.nonzero().map(|(qtype, rcode, n)| {
+                (
+                    [("service", s.name.as_str()), ("qtype", qtype), ("rcode", rcode)],
+                    ConstCounter::new(n),
+                )
+            })
+        }),
     )?;
-    for s in snap.services.iter().filter(|s| s.dns.is_some()) {
-        for (qtype, rcode, n) in s.stats.dns.nonzero() {
-            ConstCounter::new(n).encode(m.encode_family(&[
-                ("service", s.name.as_str()),
-                ("qtype", qtype),
-                ("rcode", rcode),
-            ])?)?;
-        }
-    }
-    let mut m = enc.encode_descriptor(
-        "fulcrum_dns_answers",
-        "dns services: answers that carried the backend's address",
-        None,
-        MetricType::Counter,
-    )?;
-    for ((p, _, s), a) in rows.iter().zip(addrs) {
-        let n = load(&s.dns_answers);
-        if n > 0 {
-            ConstCounter::new(n)
-                .encode(m.encode_family(&[("pool", p.name.as_str()), ("backend", a.as_str())])?)?;
-        }
-    }
-    Ok(())
+    family(
+        enc,
+        (
+            "fulcrum_dns_answers",
+            "dns services: answers that carried the backend's address",
+            MetricType::Counter,
+        ),
+        rows.iter()
+            .zip(addrs)
+            .map(|((p, _, s), a)| (backend(p, a), load(&s.dns_answers)))
+            .filter(|(_, n)| *n > 0)
+            .map(|(labels, n)| (labels, ConstCounter::new(n))),
+    )
 }
 
 /// Reloads and the pools' changes.
@@ -298,41 +322,46 @@ fn encode_pools(
     enc: &mut DescriptorEncoder<'_>,
 ) -> Result<(), std::fmt::Error> {
     let g = &shared.global;
-    let mut m = enc.encode_descriptor(
-        "fulcrum_config_reloads",
-        "Configuration reloads by result",
-        None,
-        MetricType::Counter,
+    family(
+        enc,
+        (
+            "fulcrum_config_reloads",
+            "Configuration reloads by result",
+            MetricType::Counter,
+        ),
+        [("ok", &g.reloads_ok), ("error", &g.reloads_error)]
+            .map(|(result, v)| ([("result", result)], ConstCounter::new(load(v)))),
     )?;
-    for (result, v) in [("ok", &g.reloads_ok), ("error", &g.reloads_error)] {
-        ConstCounter::new(load(v)).encode(m.encode_family(&[("result", result)])?)?;
-    }
-    let mut m = enc.encode_descriptor(
-        "fulcrum_pool_changes",
-        "Changes of a pool's backend set or states",
-        None,
-        MetricType::Counter,
+    family(
+        enc,
+        (
+            "fulcrum_pool_changes",
+            "Changes of a pool's backend set or states",
+            MetricType::Counter,
+        ),
+        snap.pools.iter().map(|p| {
+            (
+                [("pool", p.name.as_str())],
+                ConstCounter::new(load(&p.changes)),
+            )
+        }),
     )?;
-    for p in &snap.pools {
-        ConstCounter::new(load(&p.changes))
-            .encode(m.encode_family(&[("pool", p.name.as_str())])?)?;
-    }
-    let mut m = enc.encode_descriptor(
-        "fulcrum_pool_table_moved_ratio",
-        "maglev/ring_hash: share of hash-table slots that changed owner at the pool's last change",
-        None,
-        MetricType::Gauge,
-    )?;
-    for p in snap.pools.iter().filter(|p| {
+    let hashing = snap.pools.iter().filter(|p| {
         matches!(
             p.kind,
             fulcrum_core::model::SchedulerKind::Maglev
                 | fulcrum_core::model::SchedulerKind::RingHash
         )
-    }) {
-        ConstGauge::new(p.moved_ratio()).encode(m.encode_family(&[("pool", p.name.as_str())])?)?;
-    }
-    Ok(())
+    });
+    family(
+        enc,
+        (
+            "fulcrum_pool_table_moved_ratio",
+            "maglev/ring_hash: share of hash-table slots that changed owner at the pool's last change",
+            MetricType::Gauge,
+        ),
+        hashing.map(|p| ([("pool", p.name.as_str())], ConstGauge::new(p.moved_ratio()))),
+    )
 }
 
 /// Discovery's failed lookups and refused registrations.
@@ -340,27 +369,37 @@ fn encode_discovery(
     shared: &Shared,
     enc: &mut DescriptorEncoder<'_>,
 ) -> Result<(), std::fmt::Error> {
-    let mut m = enc.encode_descriptor(
-        "fulcrum_discovery_errors",
-        "Failed discovery lookups or backends-file reads (the last good set is kept)",
-        None,
-        MetricType::Counter,
+    family(
+        enc,
+        (
+            "fulcrum_discovery_errors",
+            "Failed discovery lookups or backends-file reads (the last good set is kept)",
+            MetricType::Counter,
+        ),
+        per_pool("kind", &shared.discovery_errors.counts()),
     )?;
-    for (pool, kind, n) in shared.discovery_errors.counts() {
-        ConstCounter::new(n)
-            .encode(m.encode_family(&[("pool", pool.as_str()), ("kind", kind)])?)?;
-    }
-    let mut m = enc.encode_descriptor(
-        "fulcrum_registry_refused",
-        "Keys under a pool's [pool.discovery] etcd prefix refused as registrations, by reason",
-        None,
-        MetricType::Counter,
-    )?;
-    for (pool, reason, n) in shared.discovery_errors.refusals() {
-        ConstCounter::new(n)
-            .encode(m.encode_family(&[("pool", pool.as_str()), ("reason", reason)])?)?;
-    }
-    Ok(())
+    family(
+        enc,
+        (
+            "fulcrum_registry_refused",
+            "Keys under a pool's [pool.discovery] etcd prefix refused as registrations, by reason",
+            MetricType::Counter,
+        ),
+        per_pool("reason", &shared.discovery_errors.refusals()),
+    )
+}
+
+/// Counters of `(pool, value of label, count)` rows.
+fn per_pool<'a>(
+    label: &'static str,
+    rows: &'a [(String, &'static str, u64)],
+) -> impl Iterator<Item = ([(&'static str, &'a str); 2], ConstCounter)> + 'a {
+    rows.iter().map(move |(pool, v, n)| {
+        (
+            [("pool", pool.as_str()), (label, *v)],
+            ConstCounter::new(*n),
+        )
+    })
 }
 
 /// The L7 (HTTP) handler's request counters and latency histograms.
@@ -373,66 +412,83 @@ fn encode_l7(
     for s in snap.services.iter().filter(|s| s.ext.is_some()) {
         l7.metrics(s, &mut out);
     }
-    let mut m = enc.encode_descriptor(
-        "fulcrum_http_requests",
-        "HTTP requests answered, by backend (none: answered by Fulcrum) and status class",
-        None,
-        MetricType::Counter,
+    family(
+        enc,
+        (
+            "fulcrum_http_requests",
+            "HTTP requests answered, by backend (none: answered by Fulcrum) and status class",
+            MetricType::Counter,
+        ),
+        out.requests.iter().map(|r| {
+            (
+                [
+                    ("service", r.service.as_str()),
+                    ("pool", r.pool.as_str()),
+                    ("backend", r.backend.as_str()),
+                    ("code_class", r.code_class),
+                ],
+                ConstCounter::new(r.value),
+            )
+        }),
     )?;
-    for r in &out.requests {
-        ConstCounter::new(r.value).encode(m.encode_family(&[
-            ("service", r.service.as_str()),
-            ("pool", r.pool.as_str()),
-            ("backend", r.backend.as_str()),
-            ("code_class", r.code_class),
-        ])?)?;
-    }
-    let mut m = enc.encode_descriptor(
-        "fulcrum_http_request_duration_seconds",
-        "Time from a request's head to its response's head",
-        None,
-        MetricType::Histogram,
+    family(
+        enc,
+        (
+            "fulcrum_http_request_duration_seconds",
+            "Time from a request's head to its response's head",
+            MetricType::Histogram,
+        ),
+        out.durations.iter().map(|d| {
+            (
+                [("service", d.service.as_str()), ("pool", d.pool.as_str())],
+                Hist(d.sum, d.count, &d.buckets),
+            )
+        }),
     )?;
-    for d in &out.durations {
-        Hist(d.sum, d.count, &d.buckets).encode(
-            m.encode_family(&[("service", d.service.as_str()), ("pool", d.pool.as_str())])?,
-        )?;
-    }
-    let mut m = enc.encode_descriptor(
-        "fulcrum_http_backend_response_seconds",
-        "Time from a request sent to a backend to its response's head, per backend",
-        None,
-        MetricType::Histogram,
+    family(
+        enc,
+        (
+            "fulcrum_http_backend_response_seconds",
+            "Time from a request sent to a backend to its response's head, per backend",
+            MetricType::Histogram,
+        ),
+        out.backend_durations.iter().map(|d| {
+            let h = &d.histogram;
+            (
+                [
+                    ("service", d.service.as_str()),
+                    ("pool", d.pool.as_str()),
+                    ("backend", d.backend.as_str()),
+                ],
+                Hist(h.sum, h.count, &h.buckets),
+            )
+        }),
     )?;
-    for d in &out.backend_durations {
-        Hist(d.histogram.sum, d.histogram.count, &d.histogram.buckets).encode(m.encode_family(
-            &[
-                ("service", d.service.as_str()),
-                ("pool", d.pool.as_str()),
-                ("backend", d.backend.as_str()),
-            ],
-        )?)?;
-    }
-    let mut m = enc.encode_descriptor(
-        "fulcrum_http_parked_connections",
-        "Idle HTTP/1.1 keep-alive client connections parked out of their tasks",
-        None,
-        MetricType::Gauge,
+    family(
+        enc,
+        (
+            "fulcrum_http_parked_connections",
+            "Idle HTTP/1.1 keep-alive client connections parked out of their tasks",
+            MetricType::Gauge,
+        ),
+        out.parked
+            .iter()
+            .map(|(service, n)| ([("service", service.as_str())], ConstGauge::new(*n))),
     )?;
-    for (service, n) in &out.parked {
-        ConstGauge::new(*n).encode(m.encode_family(&[("service", service.as_str())])?)?;
-    }
-    let mut m = enc.encode_descriptor(
-        "fulcrum_http_refused",
-        "Requests refused by a service's rules (reason: access = allow/deny, 403; auth = basic auth, 401)",
-        None,
-        MetricType::Counter,
-    )?;
-    for (service, reason, n) in &out.refused {
-        ConstCounter::new(*n)
-            .encode(m.encode_family(&[("service", service.as_str()), ("reason", *reason)])?)?;
-    }
-    Ok(())
+    family(
+        enc,
+        (
+            "fulcrum_http_refused",
+            "Requests refused by a service's rules (reason: access = allow/deny, 403; auth = basic auth, 401)",
+            MetricType::Counter,
+        ),
+        out.refused.iter().map(|(service, reason, n)| {
+            (
+                [("service", service.as_str()), ("reason", *reason)],
+                ConstCounter::new(*n),
+            )
+        }),
+    )
 }
 
 /// A histogram read at scrape time: the sum (seconds), the count, and the buckets (upper

@@ -154,56 +154,55 @@ fn client_hello(msg: &[u8]) -> Result<Option<String>, &'static str> {
     if r.0.is_empty() {
         return Ok(None); // no extensions (SSL 3.0 style)
     }
-    let mut exts = Reader(r.vec16()?);
+    let exts = Reader(r.vec16()?);
     if !r.0.is_empty() {
         return Err("bytes after the ClientHello's extensions");
     }
-    let mut sni = None;
-    let mut seen = false;
-    while !exts.0.is_empty() {
-        let kind = exts.u16()?;
-        let data = exts.vec16()?;
-        if kind != 0 {
-            continue;
-        }
-        if seen {
-            return Err("two server_name extensions");
-        }
-        seen = true;
-        sni = server_name(data)?;
+    match only_kind_zero(exts, Reader::u16, "two server_name extensions")? {
+        Some(data) => server_name(data),
+        None => Ok(None),
     }
-    Ok(sni)
+}
+
+/// The data of the one entry of kind 0 (`server_name`, `host_name`) in a list of entries,
+/// each a kind (read by `kind`) and its data (with a `u16` length); `None` when no entry is
+/// of kind 0, the error `two` when two are.
+fn only_kind_zero<'a>(
+    mut list: Reader<'a>,
+    kind: fn(&mut Reader<'a>) -> Result<usize, &'static str>,
+    two: &'static str,
+) -> Result<Option<&'a [u8]>, &'static str> {
+    let mut found = None;
+    while !list.0.is_empty() {
+        let k = kind(&mut list)?;
+        let data = list.vec16()?;
+        if k == 0 && found.replace(data).is_some() {
+            return Err(two);
+        }
+    }
+    Ok(found)
 }
 
 /// The host name of a `server_name` extension (RFC 6066 3).
 fn server_name(data: &[u8]) -> Result<Option<String>, &'static str> {
     let mut r = Reader(data);
-    let mut list = Reader(r.vec16()?);
+    let list = Reader(r.vec16()?);
     if !r.0.is_empty() || list.0.is_empty() {
         return Err("bad server_name extension");
     }
-    let mut host = None;
-    while !list.0.is_empty() {
-        let kind = list.u8()?;
-        let name = list.vec16()?;
-        if kind != 0 {
-            continue;
-        }
-        if host.is_some() {
-            return Err("two host names in server_name");
-        }
-        let ok = !name.is_empty()
-            && name.len() <= 253
-            && name
-                .iter()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
-        if !ok {
-            return Err("server_name is not a DNS host name");
-        }
-        // ASCII only (checked above), so this cannot fail.
-        host = Some(String::from_utf8_lossy(name).to_ascii_lowercase());
+    let Some(name) = only_kind_zero(list, Reader::u8, "two host names in server_name")? else {
+        return Ok(None);
+    };
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+    if !ok {
+        return Err("server_name is not a DNS host name");
     }
-    Ok(host)
+    // ASCII only (checked above), so this cannot fail.
+    Ok(Some(String::from_utf8_lossy(name).to_ascii_lowercase()))
 }
 
 #[cfg(test)]

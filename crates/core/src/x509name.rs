@@ -35,18 +35,12 @@ fn element(b: &[u8]) -> Option<Element<'_>> {
 
 const SEQUENCE: u8 = 0x30;
 const SET: u8 = 0x31;
+const OBJECT_IDENTIFIER: u8 = 0x06;
 
 /// The subject of the certificate `der` as RFC 4514 text; `None` if it cannot be read.
 pub fn subject(der: &[u8]) -> Option<String> {
-    let (t, cert, _, _) = element(der)?;
-    if t != SEQUENCE {
-        return None;
-    }
-    let (t, tbs, _, _) = element(cert)?;
-    if t != SEQUENCE {
-        return None;
-    }
-    let mut rest = tbs;
+    let (cert, _) = tagged(SEQUENCE, der)?;
+    let (mut rest, _) = tagged(SEQUENCE, cert)?;
     // [0] EXPLICIT version, when present.
     if rest.first() == Some(&0xa0) {
         rest = element(rest)?.3;
@@ -55,42 +49,35 @@ pub fn subject(der: &[u8]) -> Option<String> {
     for _ in 0..4 {
         rest = element(rest)?.3;
     }
-    let (t, name, _, _) = element(rest)?;
-    if t != SEQUENCE {
-        return None;
-    }
+    let (mut name, _) = tagged(SEQUENCE, rest)?;
     let mut rdns = Vec::new();
-    let mut r = name;
-    while !r.is_empty() {
-        let (t, set, _, next) = element(r)?;
-        if t != SET {
-            return None;
-        }
+    while !name.is_empty() {
+        let (mut set, next) = tagged(SET, name)?;
         let mut parts = Vec::new();
-        let mut s = set;
-        while !s.is_empty() {
-            let (t, atv, _, more) = element(s)?;
-            if t != SEQUENCE {
-                return None;
-            }
-            let (t, oid, _, v) = element(atv)?;
-            if t != 0x06 {
-                return None;
-            }
+        while !set.is_empty() {
+            let (atv, more) = tagged(SEQUENCE, set)?;
+            let (oid, v) = tagged(OBJECT_IDENTIFIER, atv)?;
             let (vt, value, whole, _) = element(v)?;
             parts.push(format!(
                 "{}={}",
                 attr_name(oid),
                 attr_value(vt, value, whole)
             ));
-            s = more;
+            set = more;
         }
         rdns.push(parts.join("+"));
-        r = next;
+        name = next;
     }
     // RFC 4514 writes the last RDN first.
     rdns.reverse();
     Some(rdns.join(","))
+}
+
+/// The content of the element at the start of `der` and the bytes after it, if its tag is
+/// `tag`.
+fn tagged(tag: u8, der: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (t, content, _, rest) = element(der)?;
+    (t == tag).then_some((content, rest))
 }
 
 fn attr_name(oid: &[u8]) -> String {

@@ -714,6 +714,29 @@ fn env_value(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
+/// `DELETE /api/v1/services/{name}`.
+fn delete_service(api: &Api, name: &str) -> Result<(), Fail> {
+    mutation(
+        api,
+        "DELETE",
+        &format!("/api/v1/services/{}", seg(name)),
+        None,
+        "No such service",
+    )
+}
+
+/// `PUT` of a backend (`path`) with `weight`.
+fn put_weight(
+    api: &Api,
+    path: &str,
+    weight: impl Into<u64>,
+    not_found: &str,
+) -> Result<String, Fail> {
+    let body = json!({ "weight": weight.into() });
+    mutation(api, "PUT", path, Some(&body), not_found)?;
+    Ok(String::new())
+}
+
 /// One match arm per ipvsadm command, each a few API calls.
 #[allow(clippy::too_many_lines)]
 fn run_opts(o: &Opts) -> Result<String, Fail> {
@@ -736,13 +759,7 @@ fn run_opts(o: &Opts) -> Result<String, Fail> {
         Cmd::List => list(&api, o),
         Cmd::Clear => {
             for s in services(&api)? {
-                mutation(
-                    &api,
-                    "DELETE",
-                    &format!("/api/v1/services/{}", seg(&s.name)),
-                    None,
-                    "No such service",
-                )?;
+                delete_service(&api, &s.name)?;
             }
             Ok(String::new())
         }
@@ -789,13 +806,7 @@ fn run_opts(o: &Opts) -> Result<String, Fail> {
                     Ok(String::new())
                 }
                 (_, Some(s)) => {
-                    mutation(
-                        &api,
-                        "DELETE",
-                        &format!("/api/v1/services/{}", seg(&s.name)),
-                        None,
-                        "No such service",
-                    )?;
+                    delete_service(&api, &s.name)?;
                     Ok(String::new())
                 }
             }
@@ -828,28 +839,15 @@ fn run_opts(o: &Opts) -> Result<String, Fail> {
             match (cmd, existing) {
                 (Cmd::AddServer, Some(_)) => Err(op_err("Destination already exists")),
                 (Cmd::AddServer, None) => {
-                    let w = o.weight.unwrap_or(1);
-                    mutation(
-                        &api,
-                        "PUT",
-                        &path,
-                        Some(&json!({ "weight": w })),
-                        "Service not defined",
-                    )?;
-                    Ok(String::new())
+                    put_weight(&api, &path, o.weight.unwrap_or(1), "Service not defined")
                 }
                 (_, None) => Err(op_err("No such destination")),
-                (Cmd::EditServer, Some((_, w))) => {
-                    let w = o.weight.map_or(*w, u64::from);
-                    mutation(
-                        &api,
-                        "PUT",
-                        &path,
-                        Some(&json!({ "weight": w })),
-                        "No such destination",
-                    )?;
-                    Ok(String::new())
-                }
+                (Cmd::EditServer, Some((_, w))) => put_weight(
+                    &api,
+                    &path,
+                    o.weight.map_or(*w, u64::from),
+                    "No such destination",
+                ),
                 (_, Some(_)) => {
                     mutation(&api, "DELETE", &path, None, "No such destination")?;
                     Ok(String::new())

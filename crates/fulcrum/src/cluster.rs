@@ -50,14 +50,19 @@ pub enum ClusterCommand {
 
 /// The endpoints and the prefix, checked as `[cluster]` checks them.
 pub fn target(t: &Target) -> Result<(Vec<String>, String), String> {
-    let mut endpoints = Vec::with_capacity(t.etcd.len());
-    for e in &t.etcd {
+    etcd_and_prefix(&t.etcd, &t.prefix)
+}
+
+/// `--etcd` and `--prefix`, checked as `[cluster]` checks them.
+pub fn etcd_and_prefix(etcd: &[String], prefix: &str) -> Result<(Vec<String>, String), String> {
+    let mut endpoints = Vec::with_capacity(etcd.len());
+    for e in etcd {
         let e =
             EtcdEndpoint::parse(e.trim()).map_err(|(m, h)| format!("--etcd: {m}\n  help: {h}"))?;
         endpoints.push(e.0);
     }
     let prefix =
-        ClusterPrefix::parse(&t.prefix).map_err(|(m, h)| format!("--prefix: {m}\n  help: {h}"))?;
+        ClusterPrefix::parse(prefix).map_err(|(m, h)| format!("--prefix: {m}\n  help: {h}"))?;
     Ok((endpoints, prefix.0))
 }
 
@@ -66,17 +71,10 @@ pub fn run(args: &ClusterArgs) -> anyhow::Result<u8> {
     let t = match &args.command {
         ClusterCommand::Push { target, .. } | ClusterCommand::Pull { target } => target,
     };
-    let (endpoints, prefix) = match target(t) {
-        Ok(x) => x,
-        Err(msg) => {
-            eprintln!("fulcrum cluster: {msg}");
-            return Ok(EXIT_BAD_CONFIG);
-        }
+    let Some((endpoints, prefix)) = crate::stop::reported("cluster", target(t)) else {
+        return Ok(EXIT_BAD_CONFIG);
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start a runtime")?;
+    let rt = crate::stop::runtime()?;
     match &args.command {
         ClusterCommand::Push { config, .. } => {
             let file = config.display().to_string();

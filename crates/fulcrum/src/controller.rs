@@ -6,12 +6,11 @@
 
 use std::time::Duration;
 
-use anyhow::Context as _;
 use fulcrum_core::locality::control::Policy;
-use tokio::signal::unix::{signal, SignalKind};
 
 use crate::check::EXIT_BAD_CONFIG;
 use crate::cluster::Target;
+use crate::stop;
 
 /// Arguments of `fulcrum controller`.
 #[derive(Debug, clap::Args)]
@@ -56,12 +55,10 @@ pub struct ControllerArgs {
 /// Runs the controller; returns the exit code.
 pub fn run(args: &ControllerArgs) -> anyhow::Result<u8> {
     crate::run::init_logging(args.log_format);
-    let (endpoints, prefix) = match crate::cluster::target(&args.target) {
-        Ok(x) => x,
-        Err(e) => {
-            eprintln!("fulcrum controller: {e}");
-            return Ok(EXIT_BAD_CONFIG);
-        }
+    let Some((endpoints, prefix)) =
+        stop::reported("controller", crate::cluster::target(&args.target))
+    else {
+        return Ok(EXIT_BAD_CONFIG);
     };
     let bad = |m: &str| {
         eprintln!("fulcrum controller: {m}");
@@ -100,19 +97,11 @@ pub fn run(args: &ControllerArgs) -> anyhow::Result<u8> {
             min_requests: args.min_requests,
         },
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the runtime")?;
-    rt.block_on(async {
-        let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
-        let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
+    stop::runtime()?.block_on(async {
+        let signalled = stop::signalled()?;
         let (stop_tx, stop) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(fulcrum_cluster::controller::run(opts, stop));
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
+        signalled.await;
         let _ = stop_tx.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
         anyhow::Ok(())

@@ -8,7 +8,6 @@ use anyhow::Context as _;
 use fulcrum_core::config::{XdpConfig, XdpMode};
 use fulcrum_state::snapshot::Shared;
 use fulcrum_xdp::{Decap, LoadOptions, XdpPlane, DEFAULT_GUE_PORT};
-use tokio::signal::unix::{signal, SignalKind};
 
 /// Arguments of `fulcrum decap`.
 #[derive(Debug, clap::Args)]
@@ -54,20 +53,15 @@ pub fn run(args: &DecapArgs) -> anyhow::Result<u8> {
             args.interface
         );
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start a runtime")?;
-    rt.block_on(async {
-        let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-        let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    crate::stop::runtime()?.block_on(async {
+        let signalled = crate::stop::signalled()?;
+        tokio::pin!(signalled);
         // second chance: resolve the neighbour entries of secondaries the program met
         // without one (docs/xdp.md, "Second chance")
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         loop {
             tokio::select! {
-                _ = term.recv() => break,
-                _ = int.recv() => break,
+                () = &mut signalled => break,
                 _ = tick.tick() => {
                     for addr in decap.take_unresolved().unwrap_or_default() {
                         if let Err(e) = fulcrum_xdp::resolve_neighbour(addr) {

@@ -602,17 +602,22 @@ fn xdp_record(h: fulcrum_xdp::Handover) -> (String, Vec<OwnedFd>) {
     (rec, fds)
 }
 
+/// Each entry of the array `v[key]`, read by `row`; `None` if it is not an array or `row`
+/// cannot read an entry.
+fn rows<T>(
+    v: &serde_json::Value,
+    key: &str,
+    row: impl Fn(&serde_json::Value) -> Option<T>,
+) -> Option<Vec<T>> {
+    v[key].as_array()?.iter().map(row).collect()
+}
+
 fn xdp_from_record(
     v: &serde_json::Value,
     fds: Vec<OwnedFd>,
 ) -> anyhow::Result<fulcrum_xdp::Handover> {
     let bad = || anyhow!("--upgrade: a malformed xdp handover record: {v}");
-    let names: Vec<String> = v["maps"]
-        .as_array()
-        .ok_or_else(bad)?
-        .iter()
-        .map(|n| n.as_str().map(str::to_owned).ok_or_else(bad))
-        .collect::<anyhow::Result<_>>()?;
+    let names = rows(v, "maps", |n| n.as_str().map(str::to_owned)).ok_or_else(bad)?;
     let with_link = v["link"].as_bool() == Some(true);
     if fds.len() != names.len() + usize::from(with_link) {
         bail!(
@@ -625,31 +630,21 @@ fn xdp_from_record(
     let mut fds = fds.into_iter();
     let maps = names.into_iter().zip(fds.by_ref()).collect();
     let link = if with_link { fds.next() } else { None };
-    let svc_ids = v["svc_ids"]
-        .as_array()
-        .ok_or_else(bad)?
-        .iter()
-        .map(|p| {
-            Some((
-                p[0].as_str()?.to_owned(),
-                u32::try_from(p[1].as_u64()?).ok()?,
-            ))
-        })
-        .collect::<Option<Vec<_>>>()
-        .ok_or_else(bad)?;
-    let backend_ids = v["backend_ids"]
-        .as_array()
-        .ok_or_else(bad)?
-        .iter()
-        .map(|p| {
-            Some((
-                p[0].as_str()?.to_owned(),
-                p[1].as_str()?.parse().ok()?,
-                u32::try_from(p[2].as_u64()?).ok()?,
-            ))
-        })
-        .collect::<Option<Vec<_>>>()
-        .ok_or_else(bad)?;
+    let svc_ids = rows(v, "svc_ids", |p| {
+        Some((
+            p[0].as_str()?.to_owned(),
+            u32::try_from(p[1].as_u64()?).ok()?,
+        ))
+    })
+    .ok_or_else(bad)?;
+    let backend_ids = rows(v, "backend_ids", |p| {
+        Some((
+            p[0].as_str()?.to_owned(),
+            p[1].as_str()?.parse().ok()?,
+            u32::try_from(p[2].as_u64()?).ok()?,
+        ))
+    })
+    .ok_or_else(bad)?;
     Ok(fulcrum_xdp::Handover {
         version: v["version"]
             .as_u64()

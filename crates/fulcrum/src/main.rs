@@ -30,6 +30,7 @@ mod register;
 mod run;
 mod sdnotify;
 mod speaker;
+mod stop;
 mod version;
 mod xdp_sync;
 

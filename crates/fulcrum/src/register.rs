@@ -9,13 +9,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::Context as _;
-use fulcrum_core::config::{ClusterPrefix, EtcdEndpoint};
 use fulcrum_core::registry;
-use tokio::signal::unix::{signal, SignalKind};
 
 use crate::check::EXIT_BAD_CONFIG;
 use crate::run::{init_logging, LogFormat};
+use crate::stop;
 
 /// Arguments of `fulcrum register`.
 #[derive(Debug, clap::Args)]
@@ -50,14 +48,7 @@ pub struct RegisterArgs {
 
 /// The checked arguments: the endpoints and the heartbeat.
 fn parse(a: &RegisterArgs) -> Result<(Vec<String>, fulcrum_cluster::register::Heartbeat), String> {
-    let mut endpoints = Vec::with_capacity(a.etcd.len());
-    for e in &a.etcd {
-        let e =
-            EtcdEndpoint::parse(e.trim()).map_err(|(m, h)| format!("--etcd: {m}\n  help: {h}"))?;
-        endpoints.push(e.0);
-    }
-    let prefix =
-        ClusterPrefix::parse(&a.prefix).map_err(|(m, h)| format!("--prefix: {m}\n  help: {h}"))?;
+    let (endpoints, prefix) = crate::cluster::etcd_and_prefix(&a.etcd, &a.prefix)?;
     if !registry::valid_zone(&a.pool) {
         return Err(format!(
             "--pool: invalid name {:?}\n  help: 1 to 64 characters of A-Z, a-z, 0-9, '_', '-', '.'",
@@ -96,7 +87,7 @@ fn parse(a: &RegisterArgs) -> Result<(Vec<String>, fulcrum_cluster::register::He
     Ok((
         endpoints,
         fulcrum_cluster::register::Heartbeat {
-            key: registry::key(&prefix.0, &a.pool, address),
+            key: registry::key(&prefix, &a.pool, address),
             value: registry::value(address, a.weight, a.zone.as_deref()),
             ttl,
         },
@@ -106,27 +97,12 @@ fn parse(a: &RegisterArgs) -> Result<(Vec<String>, fulcrum_cluster::register::He
 /// Runs `register` until SIGTERM/SIGINT; returns the exit code.
 pub fn run(args: &RegisterArgs) -> anyhow::Result<u8> {
     init_logging(args.log_format);
-    let (endpoints, hb) = match parse(args) {
-        Ok(x) => x,
-        Err(msg) => {
-            eprintln!("fulcrum register: {msg}");
-            return Ok(EXIT_BAD_CONFIG);
-        }
+    let Some((endpoints, hb)) = stop::reported("register", parse(args)) else {
+        return Ok(EXIT_BAD_CONFIG);
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start a runtime")?;
+    let rt = stop::runtime()?;
     let code = rt.block_on(async {
-        let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
-        let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
-        let stop = async move {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        };
-        fulcrum_cluster::register::run(&endpoints, &hb, stop).await;
+        fulcrum_cluster::register::run(&endpoints, &hb, stop::signalled()?).await;
         anyhow::Ok(0)
     });
     // The client's background tasks (a connection attempt) need not finish.

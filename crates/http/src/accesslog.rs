@@ -2,11 +2,11 @@
 //! log format, to stderr, a file or syslog ([`fulcrum_state::logsink`], which also reopens
 //! files on SIGUSR1/SIGHUP). A line is written with one `write` call.
 
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 use fulcrum_core::config::{AccessLog, AccessLogFormat, LogField};
+use fulcrum_state::jsonlog;
 use fulcrum_state::logsink::{clf_time, rfc3339, LogSink};
 
 /// An open access log.
@@ -73,65 +73,28 @@ fn version_str(v: http::Version) -> &'static str {
     }
 }
 
-/// Appends `s` as a JSON string (escaped by `serde_json`).
-fn json_str(out: &mut Vec<u8>, s: &str) {
-    // Writing a `str` to a `Vec` cannot fail.
-    let _ = serde_json::to_writer(out, s);
-}
-
-/// The line's layout is written here, its strings escaped by `serde_json`: a derived
-/// `Serialize` would print `duration_ms` as the shortest float (1.5), not with the fixed
-/// three decimals (1.500) the format documents.
+/// One JSON object with `fields` in order ([`fulcrum_state::jsonlog`]).
 fn json_line(e: &Entry, fields: &[LogField]) -> Vec<u8> {
-    let mut s = Vec::with_capacity(320);
-    s.push(b'{');
-    for (i, f) in fields.iter().enumerate() {
-        if i > 0 {
-            s.push(b',');
-        }
-        let _ = write!(s, "\"{}\":", f.as_str());
-        match f {
-            LogField::Time => json_str(&mut s, &rfc3339(e.time)),
-            LogField::Service => json_str(&mut s, &e.service),
-            LogField::Client => {
-                let _ = write!(s, "\"{}\"", e.client);
-            }
-            LogField::ClientIp => {
-                let _ = write!(s, "\"{}\"", e.client.ip());
-            }
-            LogField::Method => json_str(&mut s, e.method.as_str()),
-            LogField::Host => json_str(&mut s, &e.host),
-            LogField::Path => json_str(&mut s, &e.path),
-            LogField::Protocol => {
-                let _ = write!(s, "\"{}\"", version_str(e.version));
-            }
-            LogField::Status => {
-                let _ = write!(s, "{}", e.status);
-            }
-            LogField::Backend => match e.backend {
-                Some(b) => {
-                    let _ = write!(s, "\"{b}\"");
-                }
-                None => s.extend_from_slice(b"null"),
-            },
-            LogField::Bytes | LogField::BytesOut => {
-                let _ = write!(s, "{}", e.bytes);
-            }
-            LogField::BytesIn => {
-                let _ = write!(s, "{}", e.bytes_in);
-            }
-            LogField::DurationMs => {
-                let _ = write!(s, "{:.3}", e.duration.as_secs_f64() * 1000.0);
-            }
-            LogField::RequestId => json_str(&mut s, &e.request_id),
-            LogField::UserAgent => json_str(&mut s, &e.user_agent),
-            LogField::Referer => json_str(&mut s, &e.referer),
-            // tcp/udp only; refused by the config for http services.
-            LogField::Termination => s.extend_from_slice(b"null"),
-        }
-    }
-    s.extend_from_slice(b"}\n");
-    s
+    jsonlog::line(fields, 320, |f, v| match f {
+        LogField::Time => v.plain(rfc3339(e.time)),
+        LogField::Service => v.str(&e.service),
+        LogField::Client => v.plain(e.client),
+        LogField::ClientIp => v.plain(e.client.ip()),
+        LogField::Method => v.str(e.method.as_str()),
+        LogField::Host => v.str(&e.host),
+        LogField::Path => v.str(&e.path),
+        LogField::Protocol => v.plain(version_str(e.version)),
+        LogField::Status => v.number(e.status),
+        LogField::Backend => v.plain_or_null(e.backend),
+        LogField::Bytes | LogField::BytesOut => v.number(e.bytes),
+        LogField::BytesIn => v.number(e.bytes_in),
+        LogField::DurationMs => v.ms(e.duration),
+        LogField::RequestId => v.str(&e.request_id),
+        LogField::UserAgent => v.str(&e.user_agent),
+        LogField::Referer => v.str(&e.referer),
+        // tcp/udp only; refused by the config for http services.
+        LogField::Termination => v.null(),
+    })
 }
 
 fn quoted(s: &str) -> String {

@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use fulcrum_core::config::{AccessLog, AccessLogFormat, LogField};
 
+use crate::jsonlog;
 use crate::logsink::{haproxy_time, rfc3339, LogSink};
 
 /// How a connection or flow ended.
@@ -132,73 +133,22 @@ pub fn tcplog_line(e: &ConnEntry<'_>) -> Vec<u8> {
     s
 }
 
-/// One JSON object with `fields` in order. Service and pool names are config names
-/// (letters, digits, `_ - .`), so they need no escaping; they are escaped anyway.
+/// One JSON object with `fields` in order.
 pub fn json_line(e: &ConnEntry<'_>, fields: &[LogField]) -> Vec<u8> {
-    let mut s = Vec::with_capacity(240);
-    s.push(b'{');
-    for (i, f) in fields.iter().enumerate() {
-        if i > 0 {
-            s.push(b',');
-        }
-        let _ = write!(s, "\"{}\":", f.as_str());
-        match f {
-            LogField::Time => {
-                let _ = write!(s, "\"{}\"", rfc3339(e.start));
-            }
-            LogField::Service => json_str(&mut s, e.service),
-            LogField::Client => {
-                let _ = write!(s, "\"{}\"", e.client);
-            }
-            LogField::ClientIp => {
-                let _ = write!(s, "\"{}\"", e.client.ip());
-            }
-            LogField::Protocol => {
-                let _ = write!(s, "\"{}\"", e.protocol);
-            }
-            LogField::Backend => match e.backend {
-                Some(b) => {
-                    let _ = write!(s, "\"{b}\"");
-                }
-                None => s.extend_from_slice(b"null"),
-            },
-            LogField::BytesIn => {
-                let _ = write!(s, "{}", e.bytes_in);
-            }
-            LogField::BytesOut | LogField::Bytes => {
-                let _ = write!(s, "{}", e.bytes_out);
-            }
-            LogField::DurationMs => {
-                let _ = write!(s, "{:.3}", ms(e.duration));
-            }
-            LogField::Termination => {
-                let _ = write!(s, "\"{}\"", e.termination.as_str());
-            }
-            // HTTP-only fields are refused by the config for tcp/udp services.
-            _ => s.extend_from_slice(b"null"),
-        }
-    }
-    s.extend_from_slice(b"}\n");
-    s
-}
-
-/// A JSON string with `"`, `\` and control characters escaped.
-pub fn json_str(out: &mut Vec<u8>, v: &str) {
-    out.push(b'"');
-    for c in v.chars() {
-        match c {
-            '"' => out.extend_from_slice(b"\\\""),
-            '\\' => out.extend_from_slice(b"\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => {
-                let mut b = [0; 4];
-                out.extend_from_slice(c.encode_utf8(&mut b).as_bytes());
-            }
-        }
-    }
-    out.push(b'"');
+    jsonlog::line(fields, 240, |f, v| match f {
+        LogField::Time => v.plain(rfc3339(e.start)),
+        LogField::Service => v.str(e.service),
+        LogField::Client => v.plain(e.client),
+        LogField::ClientIp => v.plain(e.client.ip()),
+        LogField::Protocol => v.plain(e.protocol),
+        LogField::Backend => v.plain_or_null(e.backend),
+        LogField::BytesIn => v.number(e.bytes_in),
+        LogField::BytesOut | LogField::Bytes => v.number(e.bytes_out),
+        LogField::DurationMs => v.ms(e.duration),
+        LogField::Termination => v.plain(e.termination.as_str()),
+        // HTTP-only fields are refused by the config for tcp/udp services.
+        _ => v.null(),
+    })
 }
 
 #[cfg(test)]
@@ -252,16 +202,6 @@ mod tests {
         assert_eq!(
             String::from_utf8(some).expect("utf-8"),
             "{\"termination\":\"closed\",\"client_ip\":\"192.0.2.7\",\"service\":\"db\"}\n"
-        );
-    }
-
-    #[test]
-    fn escapes() {
-        let mut out = Vec::new();
-        json_str(&mut out, "a\"b\\c\n\u{1}é");
-        assert_eq!(
-            String::from_utf8(out).expect("utf-8"),
-            "\"a\\\"b\\\\c\\u000a\\u0001é\""
         );
     }
 }

@@ -64,11 +64,26 @@ const LOOKUP_DEADLINE: Duration = Duration::from_secs(3);
 /// counted by the discovery tasks of one [`Discoveries`], read by the metrics endpoint
 /// (through [`crate::snapshot::Shared::discovery_errors`]).
 #[derive(Debug, Default)]
-pub struct DiscoveryErrors(
-    Mutex<BTreeMap<(String, &'static str), u64>>,
-    Mutex<BTreeMap<(String, &'static str), u64>>,
-    Mutex<RecentRefusals>,
-);
+pub struct DiscoveryErrors(PoolCounts, PoolCounts, Mutex<RecentRefusals>);
+
+/// Counts per `(pool, reason)`.
+#[derive(Debug, Default)]
+struct PoolCounts(Mutex<BTreeMap<(String, &'static str), u64>>);
+
+impl PoolCounts {
+    fn add(&self, pool: &str, reason: &'static str) {
+        if let Ok(mut m) = self.0.lock() {
+            *m.entry((pool.to_owned(), reason)).or_insert(0) += 1;
+        }
+    }
+
+    fn list(&self) -> Vec<(String, &'static str, u64)> {
+        self.0
+            .lock()
+            .map(|m| m.iter().map(|((p, k), n)| (p.clone(), *k, *n)).collect())
+            .unwrap_or_default()
+    }
+}
 
 impl DiscoveryErrors {
     /// The registration keys refused now, with key and reason, for the member's status key
@@ -86,31 +101,21 @@ impl DiscoveryErrors {
     /// Registration keys refused so far (etcd discovery), as `(pool, reason, count)`, for
     /// `fulcrum_registry_refused_total` (reasons: `fulcrum_core::registry::Refused::reason`).
     pub fn refusals(&self) -> Vec<(String, &'static str, u64)> {
-        self.1
-            .lock()
-            .map(|m| m.iter().map(|((p, k), n)| (p.clone(), *k, *n)).collect())
-            .unwrap_or_default()
+        self.1.list()
     }
 
     fn refused(&self, pool: &str, reason: &'static str) {
-        if let Ok(mut m) = self.1.lock() {
-            *m.entry((pool.to_owned(), reason)).or_insert(0) += 1;
-        }
+        self.1.add(pool, reason);
     }
 
     /// Failed lookups/reads so far, as `(pool, kind, count)` with kind `dns`, `srv`, `file`
     /// or `etcd` (a lost or refused connection to etcd).
     pub fn counts(&self) -> Vec<(String, &'static str, u64)> {
-        self.0
-            .lock()
-            .map(|m| m.iter().map(|((p, k), n)| (p.clone(), *k, *n)).collect())
-            .unwrap_or_default()
+        self.0.list()
     }
 
     fn count(&self, pool: &str, kind: &'static str) {
-        if let Ok(mut m) = self.0.lock() {
-            *m.entry((pool.to_owned(), kind)).or_insert(0) += 1;
-        }
+        self.0.add(pool, kind);
     }
 }
 
@@ -221,12 +226,14 @@ pub fn spawn(
                     if let Some(hp) = cfg.dns.clone() {
                         let (r, pool, tx) = (r.clone(), pool.clone(), tx.clone());
                         let errors = Arc::clone(&errors);
-                        sources.push(tokio::spawn(dns_loop(r, pool, hp, tx, errors)));
+                        let q = Query::Addrs(hp);
+                        sources.push(tokio::spawn(dns_loop(r, pool, q, tx, errors)));
                     }
                     if let Some(name) = cfg.srv.clone() {
                         let (pool, tx) = (pool.clone(), tx.clone());
                         let errors = Arc::clone(&errors);
-                        sources.push(tokio::spawn(srv_loop(r, pool, name, tx, errors)));
+                        let q = Query::Srv(name);
+                        sources.push(tokio::spawn(dns_loop(r, pool, q, tx, errors)));
                     }
                 }
                 Err(e) => {
@@ -358,38 +365,6 @@ async fn lookup_addrs(r: &TokioResolver, host: &str) -> Result<(Vec<IpAddr>, Ins
     Ok((ips, l.valid_until()))
 }
 
-async fn dns_loop(
-    r: TokioResolver,
-    pool: String,
-    hp: HostPort,
-    tx: UnboundedSender<(Source, Vec<Backend>)>,
-    errors: Arc<DiscoveryErrors>,
-) {
-    let mut retry = Duration::ZERO;
-    loop {
-        let wait = match lookup_addrs(&r, &hp.host).await {
-            Ok((ips, until)) => {
-                retry = Duration::ZERO;
-                let set = ips
-                    .into_iter()
-                    .map(|ip| Backend::new(SocketAddr::new(ip, hp.port), 1))
-                    .collect();
-                if tx.send((Source::Dns, set)).is_err() {
-                    return;
-                }
-                refresh_after(until)
-            }
-            Err(e) => {
-                retry = next_retry(retry);
-                errors.count(&pool, Source::Dns.kind());
-                tracing::warn!(pool, name = %hp, "discovery: dns lookup failed, keeping the last good set (retry in {retry:?}): {e}");
-                retry
-            }
-        };
-        tokio::time::sleep(wait).await;
-    }
-}
-
 /// SRV records of the lowest priority, targets resolved: `(backends, expiry)`.
 async fn lookup_srv(r: &TokioResolver, name: &str) -> Result<(Vec<Backend>, Instant), String> {
     let srv = tokio::time::timeout(LOOKUP_DEADLINE, r.srv_lookup(name))
@@ -420,27 +395,71 @@ async fn lookup_srv(r: &TokioResolver, name: &str) -> Result<(Vec<Backend>, Inst
     Ok((out, until))
 }
 
-async fn srv_loop(
+/// What a DNS source asks: the A/AAAA records of a host (its backends take the port given
+/// with it), or SRV records.
+enum Query {
+    Addrs(HostPort),
+    Srv(String),
+}
+
+impl Query {
+    fn source(&self) -> Source {
+        match self {
+            Self::Addrs(_) => Source::Dns,
+            Self::Srv(_) => Source::Srv,
+        }
+    }
+
+    /// The backends of the answer and when it expires.
+    async fn lookup(&self, r: &TokioResolver) -> Result<(Vec<Backend>, Instant), String> {
+        match self {
+            Self::Addrs(hp) => {
+                let (ips, until) = lookup_addrs(r, &hp.host).await?;
+                let set = ips
+                    .into_iter()
+                    .map(|ip| Backend::new(SocketAddr::new(ip, hp.port), 1))
+                    .collect();
+                Ok((set, until))
+            }
+            Self::Srv(name) => lookup_srv(r, name).await,
+        }
+    }
+}
+
+impl std::fmt::Display for Query {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Addrs(hp) => hp.fmt(f),
+            Self::Srv(name) => f.write_str(name),
+        }
+    }
+}
+
+/// Sends the backends `q` finds on `tx`, again whenever the answer expires, until `tx` is
+/// closed; a failed lookup is counted and logged, the last good set kept, and the lookup
+/// retried (1 s doubling to 30 s).
+async fn dns_loop(
     r: TokioResolver,
     pool: String,
-    name: String,
+    q: Query,
     tx: UnboundedSender<(Source, Vec<Backend>)>,
     errors: Arc<DiscoveryErrors>,
 ) {
+    let source = q.source();
     let mut retry = Duration::ZERO;
     loop {
-        let wait = match lookup_srv(&r, &name).await {
+        let wait = match q.lookup(&r).await {
             Ok((set, until)) => {
                 retry = Duration::ZERO;
-                if tx.send((Source::Srv, set)).is_err() {
+                if tx.send((source, set)).is_err() {
                     return;
                 }
                 refresh_after(until)
             }
             Err(e) => {
                 retry = next_retry(retry);
-                errors.count(&pool, Source::Srv.kind());
-                tracing::warn!(pool, name, "discovery: srv lookup failed, keeping the last good set (retry in {retry:?}): {e}");
+                errors.count(&pool, source.kind());
+                tracing::warn!(pool, name = %q, "discovery: {} lookup failed, keeping the last good set (retry in {retry:?}): {e}", source.kind());
                 retry
             }
         };

@@ -14,7 +14,8 @@
 //!   metric types it reports through it.
 //! - [`stats`]: the atomic counters behind the metrics.
 //!
-//! What both data paths share: [`connlog`] and [`logsink`] (connection and access logs),
+//! What both data paths share: [`connlog`], [`jsonlog`] and [`logsink`] (connection and access
+//! logs),
 //! [`files`] (opening configured files without blocking), [`ratelog`] (warnings at most once
 //! a second), [`memory`] (giving freed memory back after bursts).
 
@@ -25,6 +26,7 @@ pub mod discovery;
 pub mod dns;
 pub mod files;
 pub mod health;
+pub mod jsonlog;
 pub mod l7;
 pub mod logsink;
 pub mod memory;

@@ -303,43 +303,40 @@ pub fn backends_only(old: &Config, new: &Config) -> Option<Vec<BackendPlan>> {
             .zip(n.backends[head..].iter().rev())
             .take_while(|(a, b)| a.address == b.address)
             .count();
-        let was: HashSet<SocketAddr> = o.backends[head..o.backends.len() - tail]
-            .iter()
-            .map(|b| b.address)
-            .collect();
-        let is: HashSet<SocketAddr> = n.backends[head..n.backends.len() - tail]
-            .iter()
-            .map(|b| b.address)
-            .collect();
-        for b in &n.backends[head..n.backends.len() - tail] {
-            if !was.contains(&b.address) {
-                out.push(BackendPlan {
-                    pool: n.name.clone(),
-                    address: b.address,
-                    track: TrackStep::Track,
-                    checker: n
-                        .health
-                        .clone()
-                        .map_or(CheckerStep::Keep, CheckerStep::Spawn),
-                });
+        let was = &o.backends[head..o.backends.len() - tail];
+        let is = &n.backends[head..n.backends.len() - tail];
+        out.extend(added(was, is).map(|address| {
+            BackendPlan {
+                pool: n.name.clone(),
+                address,
+                track: TrackStep::Track,
+                checker: n
+                    .health
+                    .clone()
+                    .map_or(CheckerStep::Keep, CheckerStep::Spawn),
             }
-        }
-        for b in &o.backends[head..o.backends.len() - tail] {
-            if !is.contains(&b.address) {
-                out.push(BackendPlan {
-                    pool: o.name.clone(),
-                    address: b.address,
-                    track: TrackStep::Forget,
-                    checker: if o.health.is_some() {
-                        CheckerStep::Abort
-                    } else {
-                        CheckerStep::Keep
-                    },
-                });
-            }
-        }
+        }));
+        let checker = if o.health.is_some() {
+            CheckerStep::Abort
+        } else {
+            CheckerStep::Keep
+        };
+        out.extend(added(is, was).map(|address| BackendPlan {
+            pool: o.name.clone(),
+            address,
+            track: TrackStep::Forget,
+            checker: checker.clone(),
+        }));
     }
     changed.then_some(out)
+}
+
+/// The addresses of `now` that `before` does not hold, in the order of `now`.
+fn added<'a>(before: &[Backend], now: &'a [Backend]) -> impl Iterator<Item = SocketAddr> + 'a {
+    let before: HashSet<SocketAddr> = before.iter().map(|b| b.address).collect();
+    now.iter()
+        .map(|b| b.address)
+        .filter(move |a| !before.contains(a))
 }
 
 /// Whether two pools differ at most in their static backends (every field named, so that

@@ -28,35 +28,22 @@ impl Config {
     /// again, as the admin API does).
     pub fn to_toml_table(&self) -> Table {
         let mut doc = Table::new();
-        if let Some(a) = &self.admin {
-            doc.insert("admin".into(), Value::Table(admin(a)));
-        }
-        if !self.services.is_empty() {
-            doc.insert(
-                "service".into(),
-                Value::Array(
-                    self.services
-                        .iter()
-                        .map(|s| Value::Table(service(s)))
-                        .collect(),
-                ),
-            );
-        }
-        if !self.pools.is_empty() {
-            doc.insert(
-                "pool".into(),
-                Value::Array(self.pools.iter().map(|p| Value::Table(pool(p))).collect()),
-            );
-        }
-        if let Some(x) = &self.xdp {
-            doc.insert("xdp".into(), Value::Table(xdp(x)));
-        }
-        if let Some(a) = &self.announce {
-            doc.insert("announce".into(), Value::Table(super::announce::emit(a)));
-        }
-        if let Some(c) = &self.cluster {
-            doc.insert("cluster".into(), Value::Table(super::cluster::emit(c)));
-        }
+        put_table(&mut doc, "admin", self.admin.as_ref(), admin);
+        put_tables(&mut doc, "service", &self.services, service);
+        put_tables(&mut doc, "pool", &self.pools, pool);
+        put_table(&mut doc, "xdp", self.xdp.as_ref(), xdp);
+        put_table(
+            &mut doc,
+            "announce",
+            self.announce.as_ref(),
+            super::announce::emit,
+        );
+        put_table(
+            &mut doc,
+            "cluster",
+            self.cluster.as_ref(),
+            super::cluster::emit,
+        );
         doc
     }
 }
@@ -102,12 +89,38 @@ pub fn table_to_string(doc: &Table) -> String {
     edit.to_string()
 }
 
+/// `t[key]`: the table `f` makes of `v`, if there is a `v`.
+fn put_table<T: ?Sized>(t: &mut Table, key: &str, v: Option<&T>, f: impl FnOnce(&T) -> Table) {
+    if let Some(v) = v {
+        t.insert(key.into(), Value::Table(f(v)));
+    }
+}
+
+/// `t[key]`: the array of the tables `f` makes of `vs`, unless `vs` is empty.
+fn put_tables<T>(t: &mut Table, key: &str, vs: &[T], f: impl Fn(&T) -> Table) {
+    if !vs.is_empty() {
+        t.insert(key.into(), tables(vs, f));
+    }
+}
+
+/// An array of the tables `f` makes of `vs`.
+fn tables<T>(vs: &[T], f: impl Fn(&T) -> Table) -> Value {
+    Value::Array(vs.iter().map(|v| Value::Table(f(v))).collect())
+}
+
 fn s(v: impl Into<String>) -> Value {
     Value::String(v.into())
 }
 
 fn int(v: impl Into<i64>) -> Value {
     Value::Integer(v.into())
+}
+
+/// A table of integer keys.
+fn ints<T: Into<i64>, const N: usize>(keys: [(&str, T); N]) -> Table {
+    keys.into_iter()
+        .map(|(k, v)| (k.to_owned(), int(v)))
+        .collect()
 }
 
 fn dur(d: Duration) -> Value {
@@ -150,24 +163,15 @@ pub fn service(sv: &ServiceConfig) -> Table {
     if sv.drain_timeout != model::defaults::DRAIN_TIMEOUT {
         t.insert("drain_timeout".into(), dur(sv.drain_timeout));
     }
-    if let Some(al) = sv.access_log() {
-        t.insert("access_log".into(), Value::Table(access_log(al)));
-    }
+    put_table(&mut t, "access_log", sv.access_log(), access_log);
     match &sv.kind {
         ServiceKind::Tcp(TcpService::Proxy(p)) => {
-            if !p.sni_routes.is_empty() {
-                let routes = p
-                    .sni_routes
-                    .iter()
-                    .map(|r| {
-                        let mut x = Table::new();
-                        x.insert("sni".into(), s(r.sni.to_string()));
-                        x.insert("pool".into(), s(&r.pool));
-                        Value::Table(x)
-                    })
-                    .collect();
-                t.insert("sni_route".into(), Value::Array(routes));
-            }
+            put_tables(&mut t, "sni_route", &p.sni_routes, |r| {
+                let mut x = Table::new();
+                x.insert("sni".into(), s(r.sni.to_string()));
+                x.insert("pool".into(), s(&r.pool));
+                x
+            });
             if let Some(to) = &p.timeouts {
                 let mut x = Table::new();
                 x.insert("connect".into(), dur(to.connect));
@@ -188,53 +192,29 @@ pub fn service(sv: &ServiceConfig) -> Table {
 
 /// An http service's own keys.
 fn http(t: &mut Table, h: &HttpService) {
-    if !h.routes.is_empty() {
-        t.insert(
-            "route".into(),
-            Value::Array(h.routes.iter().map(|r| Value::Table(route(r))).collect()),
-        );
-    }
-    if let Some(tls) = &h.tls {
-        t.insert("tls".into(), Value::Table(service_tls(tls)));
-    }
-    if let Some(rl) = &h.rate_limit {
-        let mut x = Table::new();
-        x.insert(
-            "requests_per_second".into(),
-            int(rl.requests_per_second.get()),
-        );
-        x.insert("burst".into(), int(rl.burst.get()));
-        t.insert("rate_limit".into(), Value::Table(x));
-    }
-    if let Some(to) = &h.timeouts {
-        t.insert("timeouts".into(), Value::Table(timeouts(to)));
-    }
-    if let Some(h2) = &h.http2 {
-        let mut x = Table::new();
-        x.insert(
-            "max_concurrent_streams".into(),
-            int(h2.max_concurrent_streams.get()),
-        );
-        x.insert(
-            "max_header_list_size".into(),
-            int(h2.max_header_list_size.get()),
-        );
-        x.insert(
-            "max_resets_per_second".into(),
-            int(h2.max_resets_per_second.get()),
-        );
-        x.insert(
-            "max_control_frames_per_second".into(),
-            int(h2.max_control_frames_per_second.get()),
-        );
-        t.insert("http2".into(), Value::Table(x));
-    }
-    if let Some(r) = &h.retry {
-        let mut x = Table::new();
-        x.insert("attempts".into(), int(r.attempts()));
-        x.insert("budget".into(), int(r.budget_percent()));
-        t.insert("retry".into(), Value::Table(x));
-    }
+    put_tables(t, "route", &h.routes, route);
+    put_table(t, "tls", h.tls.as_ref(), service_tls);
+    put_table(t, "rate_limit", h.rate_limit.as_ref(), |rl| {
+        ints([
+            ("requests_per_second", rl.requests_per_second.get()),
+            ("burst", rl.burst.get()),
+        ])
+    });
+    put_table(t, "timeouts", h.timeouts.as_ref(), timeouts);
+    put_table(t, "http2", h.http2.as_ref(), |h2| {
+        ints([
+            ("max_concurrent_streams", h2.max_concurrent_streams.get()),
+            ("max_header_list_size", h2.max_header_list_size.get()),
+            ("max_resets_per_second", h2.max_resets_per_second.get()),
+            (
+                "max_control_frames_per_second",
+                h2.max_control_frames_per_second.get(),
+            ),
+        ])
+    });
+    put_table(t, "retry", h.retry.as_ref(), |r| {
+        ints([("attempts", r.attempts()), ("budget", r.budget_percent())])
+    });
     super::rules::emit(&h.rules, t);
     if let Some(d) = &h.dns_service {
         t.insert("dns_service".into(), s(d.clone()));
@@ -243,21 +223,17 @@ fn http(t: &mut Table, h: &HttpService) {
 
 /// `[service.tls]`.
 fn service_tls(tls: &super::TlsConfig) -> Table {
-    let certs = tls
-        .certs
-        .iter()
-        .map(|c| {
-            let mut p = Table::new();
-            p.insert("cert".into(), path(&c.cert));
-            p.insert("key".into(), path(&c.key));
-            if let Some(o) = &c.ocsp {
-                p.insert("ocsp".into(), path(o));
-            }
-            Value::Table(p)
-        })
-        .collect();
     let mut x = Table::new();
-    x.insert("certs".into(), Value::Array(certs));
+    let certs = tables(&tls.certs, |c| {
+        let mut p = Table::new();
+        p.insert("cert".into(), path(&c.cert));
+        p.insert("key".into(), path(&c.key));
+        if let Some(o) = &c.ocsp {
+            p.insert("ocsp".into(), path(o));
+        }
+        p
+    });
+    x.insert("certs".into(), certs);
     if let Some(ca) = &tls.client_auth {
         x.insert("client_ca".into(), path(&ca.ca));
         x.insert("client_auth".into(), s(ca.mode.as_str()));
@@ -285,26 +261,23 @@ fn dns(t: &mut Table, d: &super::DnsConfig) {
     z.insert("origin".into(), s(&d.origin));
     z.insert("ns".into(), Value::Array(d.ns.iter().map(s).collect()));
     t.insert("dns_zone".into(), Value::Table(z));
-    let names = d
-        .names
-        .iter()
-        .map(|n| {
-            let mut x = Table::new();
-            x.insert("name".into(), s(&n.name));
-            x.insert("pool".into(), s(&n.pool));
-            x.insert("ttl".into(), dur(n.ttl));
-            x.insert("max_answers".into(), int(n.max_answers.get()));
-            Value::Table(x)
-        })
-        .collect();
-    t.insert("dns_name".into(), Value::Array(names));
-    let mut r = Table::new();
-    r.insert(
-        "responses_per_second".into(),
-        int(d.rrl.responses_per_second.get()),
-    );
-    r.insert("slip".into(), int(d.rrl.slip));
-    t.insert("dns_rrl".into(), Value::Table(r));
+    let names = tables(&d.names, |n| {
+        let mut x = Table::new();
+        x.insert("name".into(), s(&n.name));
+        x.insert("pool".into(), s(&n.pool));
+        x.insert("ttl".into(), dur(n.ttl));
+        x.insert("max_answers".into(), int(n.max_answers.get()));
+        x
+    });
+    t.insert("dns_name".into(), names);
+    let rrl = ints([
+        (
+            "responses_per_second",
+            i64::from(d.rrl.responses_per_second.get()),
+        ),
+        ("slip", i64::from(d.rrl.slip)),
+    ]);
+    t.insert("dns_rrl".into(), Value::Table(rrl));
 }
 
 /// The keys of a service's forwarding mode (`forward` itself is written by the caller).
@@ -443,9 +416,7 @@ fn pool(p: &PoolConfig) -> Table {
     if p.backend_protocol != BackendProtocol::default() {
         t.insert("backend_protocol".into(), s(p.backend_protocol.as_str()));
     }
-    if let Some(h) = &p.health {
-        t.insert("health".into(), Value::Table(health(h)));
-    }
+    put_table(&mut t, "health", p.health.as_ref(), health);
     if p.outlier != OutlierConfig::default() {
         let mut o = Table::new();
         o.insert(
@@ -455,25 +426,16 @@ fn pool(p: &PoolConfig) -> Table {
         o.insert("ejection".into(), dur(p.outlier.ejection));
         t.insert("outlier".into(), Value::Table(o));
     }
-    if !p.backends.is_empty() {
-        let bs = p
-            .backends
-            .iter()
-            .map(|b| {
-                let mut x = Table::new();
-                x.insert("address".into(), s(b.address.to_string()));
-                x.insert("weight".into(), int(b.weight.get()));
-                if let Some(z) = &b.zone {
-                    x.insert("zone".into(), s(z.as_str()));
-                }
-                Value::Table(x)
-            })
-            .collect();
-        t.insert("backend".into(), Value::Array(bs));
-    }
-    if let Some(d) = &p.discovery {
-        t.insert("discovery".into(), Value::Table(discovery(d)));
-    }
+    put_tables(&mut t, "backend", &p.backends, |b| {
+        let mut x = Table::new();
+        x.insert("address".into(), s(b.address.to_string()));
+        x.insert("weight".into(), int(b.weight.get()));
+        if let Some(z) = &b.zone {
+            x.insert("zone".into(), s(z.as_str()));
+        }
+        x
+    });
+    put_table(&mut t, "discovery", p.discovery.as_ref(), discovery);
     if let Some(tls) = &p.tls {
         let mut x = Table::new();
         x.insert("ca".into(), path(&tls.ca));
@@ -486,9 +448,7 @@ fn pool(p: &PoolConfig) -> Table {
         }
         t.insert("tls".into(), Value::Table(x));
     }
-    if let Some(l) = &p.locality {
-        t.insert("locality".into(), Value::Table(locality(l)));
-    }
+    put_table(&mut t, "locality", p.locality.as_ref(), locality);
     t
 }
 
@@ -547,23 +507,16 @@ fn health(h: &HealthConfig) -> Table {
 }
 
 fn discovery(d: &Discovery) -> Table {
-    let mut t = Table::new();
-    if let Some(x) = &d.dns {
-        t.insert("dns".into(), s(x.to_string()));
-    }
-    if let Some(x) = &d.srv {
-        t.insert("srv".into(), s(x));
-    }
-    if let Some(x) = &d.file {
-        t.insert("file".into(), path(x));
-    }
-    if let Some(x) = &d.etcd {
-        t.insert("etcd".into(), s(&x.0));
-    }
-    if let Some(x) = &d.nameserver {
-        t.insert("nameserver".into(), s(x.to_string()));
-    }
-    t
+    [
+        ("dns", d.dns.as_ref().map(|x| s(x.to_string()))),
+        ("srv", d.srv.as_ref().map(s)),
+        ("file", d.file.as_deref().map(path)),
+        ("etcd", d.etcd.as_ref().map(|x| s(&x.0))),
+        ("nameserver", d.nameserver.map(|x| s(x.to_string()))),
+    ]
+    .into_iter()
+    .filter_map(|(key, v)| Some((key.to_owned(), v?)))
+    .collect()
 }
 
 fn xdp(x: &XdpConfig) -> Table {

@@ -266,17 +266,24 @@ fn blank(text: &str, span: &Range<usize>) -> Option<String> {
             }
         }
     }
+    let new = spaced(text, start..end);
+    new.parse::<toml::Table>().ok().map(|_| new)
+}
+
+/// `text` with the bytes of `range` replaced by spaces, newlines kept (so every offset and
+/// line stays).
+fn spaced(text: &str, range: Range<usize>) -> String {
     let mut new = String::with_capacity(text.len());
-    new.push_str(&text[..start]);
-    for ch in text[start..end].chars() {
+    new.push_str(&text[..range.start]);
+    for ch in text[range.clone()].chars() {
         if ch == '\n' {
             new.push('\n');
         } else {
             new.extend(std::iter::repeat_n(' ', ch.len_utf8()));
         }
     }
-    new.push_str(&text[end..]);
-    new.parse::<toml::Table>().ok().map(|_| new)
+    new.push_str(&text[range.end..]);
+    new
 }
 
 /// `text` with the `[table]` or `[[table]]` starting at `span` blanked, with its
@@ -310,16 +317,7 @@ fn blank_table(text: &str, span: &Range<usize>) -> Option<String> {
         }
         pos += line.len() + 1;
     }
-    let mut new = String::with_capacity(text.len());
-    new.push_str(&text[..from]);
-    for ch in text[from..end].chars() {
-        if ch == '\n' {
-            new.push('\n');
-        } else {
-            new.extend(std::iter::repeat_n(' ', ch.len_utf8()));
-        }
-    }
-    new.push_str(&text[end..]);
+    let new = spaced(text, from..end);
     (new != text && new.parse::<toml::Table>().is_ok()).then_some(new)
 }
 

@@ -28,6 +28,12 @@ impl Eligible {
         }
     }
 
+    /// The weight of each eligible backend of `backends` (the slice this was built from), in
+    /// the order of [`Self::idx`].
+    pub fn weights(&self, backends: &[Backend]) -> Vec<u32> {
+        weights_at(backends, self.idx.iter().copied())
+    }
+
     /// The error to return when nothing could be picked.
     pub fn error(&self) -> PickError {
         if self.idx.is_empty() {
@@ -61,15 +67,16 @@ pub(crate) fn candidates(table: &[u32], start: usize) -> impl Iterator<Item = us
 }
 
 /// The first candidate from `start` (see [`candidates`]) that is not in `exclude`; the
-/// error of `eligible` when the table is empty or every eligible backend is excluded.
+/// error of `eligible` when the table is empty (`start` is `None`) or every eligible backend
+/// is excluded.
 #[inline]
 pub(crate) fn first_candidate(
     eligible: &Eligible,
     table: &[u32],
-    start: usize,
+    start: Option<usize>,
     exclude: &[usize],
 ) -> Result<usize, PickError> {
-    let Some(&first) = table.get(start) else {
+    let Some((start, &first)) = start.and_then(|s| Some((s, table.get(s)?))) else {
         return Err(eligible.error());
     };
     if exclude.is_empty() {
@@ -88,6 +95,11 @@ pub(crate) fn gcd(mut a: u64, mut b: u64) -> u64 {
         (a, b) = (b, a % b);
     }
     a
+}
+
+/// The weights of `backends` at the indices `idx`.
+pub(crate) fn weights_at(backends: &[Backend], idx: impl Iterator<Item = usize>) -> Vec<u32> {
+    idx.map(|i| backends[i].weight.get()).collect()
 }
 
 /// Eligible backends sorted by canonical address (then weight), so a table built from this
@@ -174,11 +186,7 @@ pub(crate) struct WeightedPicker {
 impl WeightedPicker {
     pub fn new(backends: &[Backend]) -> Self {
         let eligible = Eligible::new(backends);
-        let weights: Vec<u32> = eligible
-            .idx
-            .iter()
-            .map(|&i| backends[i].weight.get())
-            .collect();
+        let weights = eligible.weights(backends);
         let prefix = weights
             .iter()
             .scan(0u64, |acc, &w| {

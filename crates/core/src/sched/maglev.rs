@@ -506,11 +506,7 @@ impl Scheduler for Maglev {
     }
 
     fn pick(&self, req: &PickRequest<'_>) -> Result<usize, PickError> {
-        let start = if self.table.is_empty() {
-            0
-        } else {
-            self.slot(req.hash)
-        };
+        let start = (!self.table.is_empty()).then(|| self.slot(req.hash));
         first_candidate(&self.eligible, &self.table, start, req.exclude)
     }
 
@@ -536,11 +532,12 @@ pub fn moved_ratio(
     new: &Maglev,
     new_backends: &[Backend],
 ) -> f64 {
-    match (old.table.is_empty(), new.table.is_empty()) {
-        (true, true) => return 0.0,
-        (true, false) | (false, true) => return 1.0,
-        (false, false) if old.table.len() != new.table.len() => return 1.0,
-        (false, false) => {}
+    if old.table.len() != new.table.len() {
+        // Tables of different sizes, or one of them empty.
+        return 1.0;
+    }
+    if old.table.is_empty() {
+        return 0.0;
     }
     // A slot's owner address is the canonical address at its owner's rank (the tables
     // keep them, sorted): compared as they are, without a map of the addresses.

@@ -12,7 +12,7 @@
 
 use std::fmt::Write as _;
 
-use super::common::{first_candidate, sorted_eligible, Eligible};
+use super::common::{first_candidate, sorted_eligible, weights_at, Eligible};
 use super::{PickError, PickRequest, Scheduler};
 use crate::hash::jhash;
 use crate::model::{Backend, SchedulerKind};
@@ -40,11 +40,7 @@ impl RingHash {
     /// Builds the ring over the eligible backends of `backends`.
     pub fn new(backends: &[Backend]) -> Self {
         let sorted = sorted_eligible(backends);
-        let weights: Vec<u64> = sorted
-            .iter()
-            .map(|(_, i)| u64::from(backends[*i].weight.get()))
-            .collect();
-        let counts = point_counts(&weights);
+        let counts = point_counts(&weights_at(backends, sorted.iter().map(|(_, i)| *i)));
         let mut ring: Vec<(u32, u32, u32)> = Vec::new();
         let mut label = String::new();
         for (rank, ((addr, idx), count)) in sorted.iter().zip(counts).enumerate() {
@@ -74,13 +70,14 @@ impl RingHash {
 }
 
 /// Points per backend (see the module documentation).
-fn point_counts(weights: &[u64]) -> Vec<u64> {
-    let Some(&w_min) = weights.iter().min() else {
+fn point_counts(weights: &[u32]) -> Vec<u64> {
+    let Some(w_min) = weights.iter().min().map(|&w| u64::from(w)) else {
         return Vec::new();
     };
     let counts: Vec<u64> = weights
         .iter()
         .map(|&w| {
+            let w = u64::from(w);
             (POINTS_PER_WEIGHT * w)
                 .div_ceil(w_min)
                 .min(MAX_POINTS_PER_BACKEND)
@@ -102,7 +99,7 @@ impl Scheduler for RingHash {
     }
 
     fn pick(&self, req: &PickRequest<'_>) -> Result<usize, PickError> {
-        let start = self.position(req.hash).unwrap_or(0);
+        let start = self.position(req.hash);
         first_candidate(&self.eligible, &self.owners, start, req.exclude)
     }
 

@@ -7,7 +7,7 @@
 //! `table[hash % table.len()]`; if that backend is excluded, to the next slot (forward,
 //! wrapping) holding a backend that is not.
 
-use super::common::{first_candidate, smooth_sequence, sorted_eligible, Eligible};
+use super::common::{first_candidate, smooth_sequence, sorted_eligible, weights_at, Eligible};
 use super::{PickError, PickRequest, Scheduler};
 use crate::model::{Backend, SchedulerKind};
 
@@ -26,10 +26,7 @@ impl SourceHash {
     /// Builds the table over the eligible backends of `backends`.
     pub fn new(backends: &[Backend]) -> Self {
         let sorted = sorted_eligible(backends);
-        let weights: Vec<u32> = sorted
-            .iter()
-            .map(|(_, i)| backends[*i].weight.get())
-            .collect();
+        let weights = weights_at(backends, sorted.iter().map(|(_, i)| *i));
         let table = smooth_sequence(&weights, MAX_TABLE)
             .into_iter()
             .map(|pos| sorted[pos as usize].1 as u32)
@@ -44,6 +41,11 @@ impl SourceHash {
     pub fn table(&self) -> &[u32] {
         &self.table
     }
+
+    /// The slot a flow hash lands on (`hash % table length`); `None` for an empty table.
+    pub fn slot(&self, hash: u32) -> Option<usize> {
+        (!self.table.is_empty()).then(|| hash as usize % self.table.len())
+    }
 }
 
 impl Scheduler for SourceHash {
@@ -52,12 +54,12 @@ impl Scheduler for SourceHash {
     }
 
     fn pick(&self, req: &PickRequest<'_>) -> Result<usize, PickError> {
-        let start = if self.table.is_empty() {
-            0
-        } else {
-            req.hash as usize % self.table.len()
-        };
-        first_candidate(&self.eligible, &self.table, start, req.exclude)
+        first_candidate(
+            &self.eligible,
+            &self.table,
+            self.slot(req.hash),
+            req.exclude,
+        )
     }
 
     fn as_source_hash(&self) -> Option<&SourceHash> {

@@ -8,7 +8,7 @@
 
 use std::sync::atomic::AtomicUsize;
 
-use super::common::{rotate, smooth_sequence, Eligible};
+use super::common::{first_candidate, rotate, smooth_sequence, Eligible};
 use super::{PickError, PickRequest, Scheduler};
 use crate::model::{Backend, SchedulerKind};
 
@@ -28,12 +28,7 @@ impl WeightedRoundRobin {
     /// Precomputes the cycle over the eligible backends of `backends` (listing order).
     pub fn new(backends: &[Backend]) -> Self {
         let eligible = Eligible::new(backends);
-        let weights: Vec<u32> = eligible
-            .idx
-            .iter()
-            .map(|&i| backends[i].weight.get())
-            .collect();
-        let cycle = smooth_sequence(&weights, MAX_CYCLE)
+        let cycle = smooth_sequence(&eligible.weights(backends), MAX_CYCLE)
             .into_iter()
             .map(|pos| eligible.idx[pos as usize] as u32)
             .collect();
@@ -56,20 +51,8 @@ impl Scheduler for WeightedRoundRobin {
     }
 
     fn pick(&self, req: &PickRequest<'_>) -> Result<usize, PickError> {
-        if self.cycle.is_empty() {
-            return Err(self.eligible.error());
-        }
-        let pos = rotate(&self.next, self.cycle.len());
-        let first = self.cycle[pos] as usize;
-        if req.exclude.is_empty() {
-            return Ok(first);
-        }
-        self.eligible.ensure_some_left(req.exclude)?;
-        self.cycle[pos..]
-            .iter()
-            .chain(&self.cycle[..pos])
-            .map(|&i| i as usize)
-            .find(|i| !req.exclude.contains(i))
-            .ok_or_else(|| self.eligible.error())
+        // The cycle's next position; after an excluded backend, the next one in the cycle.
+        let pos = (!self.cycle.is_empty()).then(|| rotate(&self.next, self.cycle.len()));
+        first_candidate(&self.eligible, &self.cycle, pos, req.exclude)
     }
 }
