@@ -609,17 +609,10 @@ pub fn answer_into<S: Pools + ?Sized>(
     };
     let qtype = match (&quick, &parsed) {
         (Some(f), _) => Some(RecordType::from(f.qtype)),
-        (None, Some(p)) => p.as_ref().ok().and_then(|m| {
-            (m.queries().len() == 1)
-                .then(|| m.queries().first().map(Query::query_type))
-                .flatten()
-        }),
+        (None, Some(p)) => p.as_ref().ok().and_then(qtype_of),
         (None, None) => None,
     };
-    let verdict = match (rrl, q.transport) {
-        (Some(rrl), Transport::Udp) => rrl.check(q.client, q.now, zone.rrl),
-        _ => RrlVerdict::Send,
-    };
+    let verdict = rrl_verdict(zone, q, rrl);
     if verdict == RrlVerdict::Drop {
         return Summary::dropped(Dropped::RateLimited, qtype);
     }
@@ -638,51 +631,105 @@ pub fn answer_into<S: Pools + ?Sized>(
     slow(zone, pools, q, verdict, parsed, qtype, reply, answered)
 }
 
+/// The type of a query's question, when it has exactly one.
+#[inline]
+fn qtype_of(m: &Message) -> Option<RecordType> {
+    (m.queries().len() == 1)
+        .then(|| m.queries().first().map(Query::query_type))
+        .flatten()
+}
+
+/// Response rate limiting's verdict: over UDP with the caller's table, else send.
+#[inline]
+fn rrl_verdict(zone: &Zone, q: &Incoming<'_>, rrl: Option<&mut Rrl>) -> RrlVerdict {
+    match (rrl, q.transport) {
+        (Some(rrl), Transport::Udp) => rrl.check(q.client, q.now, zone.rrl),
+        _ => RrlVerdict::Send,
+    }
+}
+
 /// [`answer`] by hickory-proto alone, without the fast path: the reference the fast path is
 /// tested against (`crates/core/tests/dns_fast.rs`, the `dns` fuzz target).
 #[doc(hidden)]
-pub fn answer_reference<S: Pools + ?Sized>(
+pub fn answer_reference<S>(
     zone: &Zone,
     pools: &S,
     q: &Incoming<'_>,
     rrl: Option<&mut Rrl>,
-) -> Outcome {
-    let mut reply = Vec::new();
-    let mut answered = Vec::new();
-    let Ok(header) = Header::read(&mut BinDecoder::new(q.packet)) else {
-        return outcome(Summary::dropped(Dropped::Malformed, None), reply, answered);
+) -> Outcome
+where
+    S: Pools + ?Sized,
+{
+    let (mut reply, mut answered) = (Vec::new(), Vec::new());
+    let s = match Header::read(&mut BinDecoder::new(q.packet)) {
+        Ok(h) if h.message_type() != MessageType::Response => {
+            let parsed = Message::from_vec(q.packet);
+            let qtype = parsed.as_ref().ok().and_then(qtype_of);
+            match rrl_verdict(zone, q, rrl) {
+                RrlVerdict::Drop => Summary::dropped(Dropped::RateLimited, qtype),
+                verdict => slow(
+                    zone,
+                    pools,
+                    q,
+                    verdict,
+                    parsed,
+                    qtype,
+                    &mut reply,
+                    &mut answered,
+                ),
+            }
+        }
+        _ => Summary::dropped(Dropped::Malformed, None),
     };
-    if header.message_type() == MessageType::Response {
-        return outcome(Summary::dropped(Dropped::Malformed, None), reply, answered);
-    }
-    let parsed = Message::from_vec(q.packet);
-    let qtype = parsed
-        .as_ref()
-        .ok()
-        .and_then(|m| (m.queries().len() == 1).then(|| m.queries().first().map(Query::query_type)))
-        .flatten();
-    let verdict = match (rrl, q.transport) {
-        (Some(rrl), Transport::Udp) => rrl.check(q.client, q.now, zone.rrl),
-        _ => RrlVerdict::Send,
-    };
-    if verdict == RrlVerdict::Drop {
-        return outcome(
-            Summary::dropped(Dropped::RateLimited, qtype),
-            reply,
-            answered,
-        );
-    }
-    let s = slow(
-        zone,
-        pools,
-        q,
-        verdict,
-        parsed,
-        qtype,
-        &mut reply,
-        &mut answered,
-    );
     outcome(s, reply, answered)
+}
+
+/// The address the hashing schedulers key on, and its prefix length: the query's client
+/// subnet (EDNS ECS: address, source prefix length, IPv4) masked to at most
+/// [`ECS_V4_PREFIX`] or [`ECS_V6_PREFIX`] bits, else the client's address.
+#[inline]
+fn ecs_key(client: IpAddr, subnet: Option<(IpAddr, u8, bool)>) -> (IpAddr, u8) {
+    match subnet {
+        Some((addr, bits, v4)) if bits > 0 => {
+            let bits = bits.min(if v4 { ECS_V4_PREFIX } else { ECS_V6_PREFIX });
+            (mask(addr, bits), bits)
+        }
+        _ => (client, 0),
+    }
+}
+
+impl Incoming<'_> {
+    /// [`subset`] with this query's random draw and time.
+    #[inline]
+    fn subset<P: choice::Pool>(
+        &self,
+        pool: &P,
+        pool_idx: usize,
+        max: usize,
+        v4: bool,
+        key: IpAddr,
+        out: &mut Vec<(usize, usize)>,
+    ) -> bool {
+        subset(pool, pool_idx, v4, max, key, self.random, self.now, out)
+    }
+}
+
+/// The TTL of an answer of `answered` backends (capped when the pool failed `open`) and its
+/// ECS scope: `scope_of` (the client prefix) when a hashing scheduler chose by it, else 0.
+#[inline]
+fn ttl_and_scope<P: choice::Pool>(
+    pool: &P,
+    ttl: u32,
+    open: bool,
+    answered: bool,
+    scope_of: u8,
+) -> (u32, u8) {
+    let scope = if answered && !open && pool.scheduler().kind().is_hashing() {
+        scope_of
+    } else {
+        0
+    };
+    (if open { ttl.min(FAIL_OPEN_TTL) } else { ttl }, scope)
 }
 
 /// The fast path (see `fast`): `true` when it wrote the reply. It declines, before any
@@ -736,34 +783,10 @@ fn fast_answer<S: Pools + ?Sized>(
     if most > limit {
         return false; // might be truncated: the hickory path's
     }
-    let (key, scope_of) = match f.edns.and_then(|(_, ecs)| ecs) {
-        Some(cs) if cs.source > 0 => {
-            let cap = if cs.v4 { ECS_V4_PREFIX } else { ECS_V6_PREFIX };
-            let bits = cs.source.min(cap);
-            (mask(cs.addr, bits), bits)
-        }
-        _ => (q.client, 0),
-    };
-    let open = subset(
-        pool,
-        e.pool,
-        v4,
-        e.max_answers,
-        key,
-        q.random,
-        q.now,
-        answered,
-    );
-    let scope = if !answered.is_empty() && !open && pool.scheduler().kind().is_hashing() {
-        scope_of
-    } else {
-        0
-    };
-    let ttl = if open {
-        e.ttl.min(FAIL_OPEN_TTL)
-    } else {
-        e.ttl
-    };
+    let subnet = f.edns.and_then(|(_, ecs)| ecs);
+    let (key, scope_of) = ecs_key(q.client, subnet.map(|cs| (cs.addr, cs.source, cs.v4)));
+    let open = q.subset(pool, e.pool, e.max_answers, v4, key, answered);
+    let (ttl, scope) = ttl_and_scope(pool, e.ttl, open, !answered.is_empty(), scope_of);
     // Header: the id, QR, QUERY, AA, RD as asked; CD as asked, NOERROR.
     reply.extend_from_slice(&f.id);
     reply.push(0x80 | 0x04 | u8::from(f.rd));
@@ -834,7 +857,7 @@ fn fast_answer<S: Pools + ?Sized>(
 }
 
 /// The hickory path: every query the fast path declines.
-#[allow(clippy::too_many_lines, clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)]
 fn slow<S: Pools + ?Sized>(
     zone: &Zone,
     pools: &S,
@@ -878,112 +901,18 @@ fn slow<S: Pools + ?Sized>(
         e
     });
     let mut scope = 0;
-    let rcode = 'rc: {
-        if msg.op_code() != OpCode::Query {
-            break 'rc ResponseCode::NotImp;
-        }
-        if msg.extensions().as_ref().is_some_and(|e| e.version() > 0) {
-            break 'rc ResponseCode::BADVERS;
-        }
-        let (Some(question), 1, Ok(subnet)) = (msg.query(), msg.queries().len(), &query_ecs) else {
-            break 'rc ResponseCode::FormErr;
-        };
-        let qname = LowerName::new(question.name());
-        if question.query_class() != DNSClass::IN || !zone.origin.zone_of(&qname) {
-            break 'rc ResponseCode::Refused;
-        }
-        reply.set_authoritative(true);
-        if verdict == RrlVerdict::Slip {
-            break 'rc ResponseCode::NoError;
-        }
-        let (key, scope_of) = match subnet {
-            Some(cs) if cs.source_prefix() > 0 => {
-                let cap = if cs.addr().is_ipv4() {
-                    ECS_V4_PREFIX
-                } else {
-                    ECS_V6_PREFIX
-                };
-                let bits = cs.source_prefix().min(cap);
-                (mask(cs.addr(), bits), bits)
-            }
-            _ => (q.client, 0),
-        };
-        let qt = question.query_type();
-        let entry = zone.names.get(&qname);
-        let apex = qname == zone.origin;
-        let mut found = false;
-        if let Some(e) = entry {
-            let v4 = match qt {
-                RecordType::A | RecordType::ANY => Some(true),
-                RecordType::AAAA => Some(false),
-                _ => None,
-            };
-            if let (Some(v4), Some(pool)) = (v4, pools.pool(e.pool)) {
-                let mut open = subset(
-                    pool,
-                    e.pool,
-                    v4,
-                    e.max_answers,
-                    key,
-                    q.random,
-                    q.now,
-                    answered,
-                );
-                if answered.is_empty() && qt == RecordType::ANY {
-                    open = subset(
-                        pool,
-                        e.pool,
-                        false,
-                        e.max_answers,
-                        key,
-                        q.random,
-                        q.now,
-                        answered,
-                    );
-                }
-                if !answered.is_empty() && !open && pool.scheduler().kind().is_hashing() {
-                    scope = scope_of;
-                }
-                let ttl = if open {
-                    e.ttl.min(FAIL_OPEN_TTL)
-                } else {
-                    e.ttl
-                };
-                for &(_, i) in answered.iter() {
-                    let Some(b) = pool.backends().get(i) else {
-                        continue;
-                    };
-                    let rdata = match b.address.ip() {
-                        IpAddr::V4(ip) => RData::A(A(ip)),
-                        IpAddr::V6(ip) => RData::AAAA(AAAA(ip)),
-                    };
-                    reply.add_answer(Record::from_rdata(e.name.clone(), ttl, rdata));
-                    found = true;
-                }
+    let rcode = match question(zone, &msg, &query_ecs) {
+        Err(rcode) => rcode,
+        Ok((question, subnet)) => {
+            reply.set_authoritative(true);
+            if verdict == RrlVerdict::Slip {
+                ResponseCode::NoError
+            } else {
+                let (rcode, s) = records(zone, pools, q, &question, subnet, &mut reply, answered);
+                scope = s;
+                rcode
             }
         }
-        if apex && !found {
-            match qt {
-                RecordType::SOA | RecordType::ANY => {
-                    reply.add_answer(zone.soa.clone());
-                    found = true;
-                }
-                RecordType::NS => {
-                    reply.add_answers(zone.ns.iter().cloned());
-                    found = true;
-                }
-                _ => {}
-            }
-        }
-        if !found {
-            let mut soa = zone.soa.clone();
-            soa.set_ttl(zone.negative_ttl);
-            reply.add_name_server(soa);
-            if entry.is_none() && !apex && !zone.empty_non_terminals.contains(&qname) {
-                break 'rc ResponseCode::NXDomain;
-            }
-        }
-        ResponseCode::NoError
     };
     if let (Some(e), Ok(Some(cs))) = (edns.as_mut(), &query_ecs) {
         e.options_mut().insert(EdnsOption::Subnet(ClientSubnet::new(
@@ -1003,6 +932,113 @@ fn slow<S: Pools + ?Sized>(
         return out;
     }
     finish(&reply, rcode, qtype, limit, bytes, answered)
+}
+
+/// The one question of a query this zone answers (name lower-cased, type), with its client
+/// subnet (EDNS ECS), or the error code when it does not answer it.
+fn question<'m>(
+    zone: &Zone,
+    msg: &'m Message,
+    query_ecs: &'m Result<Option<ClientSubnet>, ()>,
+) -> Result<((LowerName, RecordType), Option<&'m ClientSubnet>), ResponseCode> {
+    if msg.op_code() != OpCode::Query {
+        return Err(ResponseCode::NotImp);
+    }
+    if msg.extensions().as_ref().is_some_and(|e| e.version() > 0) {
+        return Err(ResponseCode::BADVERS);
+    }
+    let (Some(question), 1, Ok(subnet)) = (msg.query(), msg.queries().len(), query_ecs) else {
+        return Err(ResponseCode::FormErr);
+    };
+    let qname = LowerName::new(question.name());
+    if question.query_class() != DNSClass::IN || !zone.origin.zone_of(&qname) {
+        return Err(ResponseCode::Refused);
+    }
+    Ok(((qname, question.query_type()), subnet.as_ref()))
+}
+
+/// Adds the records answering `question` to `reply` (the backends in it to `answered`):
+/// the addresses of a name, the SOA or NS of the apex, else the SOA of a negative answer.
+/// Returns the code and the ECS scope.
+fn records<S: Pools + ?Sized>(
+    zone: &Zone,
+    pools: &S,
+    q: &Incoming<'_>,
+    (qname, qt): &(LowerName, RecordType),
+    subnet: Option<&ClientSubnet>,
+    reply: &mut Message,
+    answered: &mut Vec<(usize, usize)>,
+) -> (ResponseCode, u8) {
+    let qt = *qt;
+    let entry = zone.names.get(qname);
+    let apex = *qname == zone.origin;
+    let (mut found, scope) = match entry {
+        Some(e) => addresses(pools, q, e, qt, subnet, reply, answered),
+        None => (false, 0),
+    };
+    if apex && !found {
+        match qt {
+            RecordType::SOA | RecordType::ANY => {
+                reply.add_answer(zone.soa.clone());
+                found = true;
+            }
+            RecordType::NS => {
+                reply.add_answers(zone.ns.iter().cloned());
+                found = true;
+            }
+            _ => {}
+        }
+    }
+    if !found {
+        let mut soa = zone.soa.clone();
+        soa.set_ttl(zone.negative_ttl);
+        reply.add_name_server(soa);
+        if entry.is_none() && !apex && !zone.empty_non_terminals.contains(qname) {
+            return (ResponseCode::NXDomain, scope);
+        }
+    }
+    (ResponseCode::NoError, scope)
+}
+
+/// The A or AAAA records (for ANY: A, else AAAA) of the backends the scheduler picks for
+/// the name `e`. Returns whether it added any, and the ECS scope.
+fn addresses<S: Pools + ?Sized>(
+    pools: &S,
+    q: &Incoming<'_>,
+    e: &Entry,
+    qt: RecordType,
+    subnet: Option<&ClientSubnet>,
+    reply: &mut Message,
+    answered: &mut Vec<(usize, usize)>,
+) -> (bool, u8) {
+    let v4 = match qt {
+        RecordType::A | RecordType::ANY => true,
+        RecordType::AAAA => false,
+        _ => return (false, 0),
+    };
+    let Some(pool) = pools.pool(e.pool) else {
+        return (false, 0);
+    };
+    let subnet = subnet.map(|cs| (cs.addr(), cs.source_prefix(), cs.addr().is_ipv4()));
+    let (key, scope_of) = ecs_key(q.client, subnet);
+    let mut open = q.subset(pool, e.pool, e.max_answers, v4, key, answered);
+    if answered.is_empty() && qt == RecordType::ANY {
+        open = q.subset(pool, e.pool, e.max_answers, false, key, answered);
+    }
+    let (ttl, scope) = ttl_and_scope(pool, e.ttl, open, !answered.is_empty(), scope_of);
+    let mut found = false;
+    for &(_, i) in answered.iter() {
+        let Some(b) = pool.backends().get(i) else {
+            continue;
+        };
+        let rdata = match b.address.ip() {
+            IpAddr::V4(ip) => RData::A(A(ip)),
+            IpAddr::V6(ip) => RData::AAAA(AAAA(ip)),
+        };
+        reply.add_answer(Record::from_rdata(e.name.clone(), ttl, rdata));
+        found = true;
+    }
+    (found, scope)
 }
 
 /// Encodes `reply` into `bytes`, truncated (TC, no records) when it exceeds `limit` bytes.

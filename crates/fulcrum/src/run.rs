@@ -252,23 +252,12 @@ pub(crate) async fn serve(
     };
     let (ev_tx, ev_rx) = unbounded_channel();
     let (ctl_tx, ctl_rx) = unbounded_channel();
-    let shared = shared_state(&cfg, ev_tx, mode);
-    if let Some(i) = inherited.as_mut() {
-        shared
-            .udp_handover
-            .inherit(std::mem::take(&mut i.udp_flows));
-    }
-    let shared = Arc::new(shared);
+    let shared = Arc::new(shared_state(&cfg, ev_tx, mode, inherited.as_mut()));
     let admin_cfg = cfg.admin.clone();
     let xdp_cfg = cfg.xdp.clone();
     let announce_cfg = cfg.announce.clone();
     let cluster_cfg = cfg.cluster.clone();
-    let token = admin_cfg
-        .as_ref()
-        .and_then(|a| a.token_file.as_ref())
-        .map(|f| crate::files::read_token(f).map_err(|(msg, _)| anyhow::anyhow!(msg)))
-        .transpose()?
-        .map(Arc::<str>::from);
+    let token = admin_token(admin_cfg.as_ref())?;
     // The admin listener first: it is the one address that cannot be shared, so a second
     // instance fails here before it takes any traffic.
     let Ok(admin_listener) = bind_admin(admin_cfg.as_ref(), &mut inherited, &mut activated).await?
@@ -276,24 +265,12 @@ pub(crate) async fn serve(
         return Ok(1);
     };
     let workers = start_workers(n, &shared)?;
-    let inherited_sockets = inherited
+    let sockets = inherited
         .as_mut()
         .map(|i| std::mem::take(&mut i.sockets))
         .unwrap_or(activated);
-    let mut controller = match Controller::start_inherited(
-        Arc::clone(&shared),
-        workers,
-        path.clone(),
-        cfg,
-        inherited_sockets,
-    )
-    .await
-    {
-        Ok(c) => c,
-        Err(msg) => {
-            tracing::error!("{msg}");
-            return Ok(1);
-        }
+    let Ok(mut controller) = start_controller(&shared, workers, &path, cfg, sockets).await else {
+        return Ok(1);
     };
     let health_deadline = first_round_limit(controller.config());
     let running: fulcrum_cluster::Running = Arc::default();
@@ -366,30 +343,54 @@ pub(crate) async fn serve(
             &mut stop_rx,
         )
         .await;
-    if let Some(pid) = handed_over {
-        tracing::info!(new_pid = pid, "handed over to a new process");
-        if let Some(x) = &xdp {
-            x.handed_over();
-        }
-        // No STOPPING=1: the unit goes on, served by the new main process.
-    } else {
-        notify.send(&["STOPPING=1", "STATUS=stopping: draining connections"]);
-        // A stopping process hands nothing over (its listeners close now).
-        if let Some(p) = &life.handover {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-    if handed_over.is_some() {
-        // The new process serves the admin API on the same socket.
-        if let Some(t) = admin_task {
-            t.abort();
-        }
-    }
+    stopped(
+        handed_over,
+        xdp.as_ref(),
+        &notify,
+        life.handover.as_deref(),
+        admin_task,
+    );
     if let (Some(sp), Some(a), None) = (&speaker, &announce_cfg, handed_over) {
         withdraw(sp, a, &shared, &mut signals.term, &mut signals.int).await;
     }
     drain(&shared, &ctl_tx, &notify, handed_over.is_some()).await;
     Ok(0)
+}
+
+/// The admin API's token, read from `[admin] token_file`.
+fn admin_token(admin: Option<&config::AdminConfig>) -> anyhow::Result<Option<Arc<str>>> {
+    Ok(admin
+        .and_then(|a| a.token_file.as_ref())
+        .map(|f| crate::files::read_token(f).map_err(|(msg, _)| anyhow::anyhow!(msg)))
+        .transpose()?
+        .map(Arc::<str>::from))
+}
+
+/// The signal to stop came: handed over to the process `handed_over` (which serves the
+/// admin API on the same socket from now on), or stopping (it tells systemd, and removes
+/// the handover path: a stopping process hands nothing over).
+fn stopped(
+    handed_over: Option<u32>,
+    xdp: Option<&crate::decap::XdpRuntime>,
+    notify: &crate::sdnotify::Notifier,
+    handover: Option<&std::path::Path>,
+    admin_task: Option<tokio::task::JoinHandle<()>>,
+) {
+    if let Some(pid) = handed_over {
+        tracing::info!(new_pid = pid, "handed over to a new process");
+        if let Some(x) = xdp {
+            x.handed_over();
+        }
+        // No STOPPING=1: the unit goes on, served by the new main process.
+        if let Some(t) = admin_task {
+            t.abort();
+        }
+    } else {
+        notify.send(&["STOPPING=1", "STATUS=stopping: draining connections"]);
+        if let Some(p) = handover {
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }
 
 /// `--upgrade`: the sockets of the running process; else makes sure no process serves the
@@ -876,6 +877,7 @@ fn shared_state(
     cfg: &Config,
     ev_tx: tokio::sync::mpsc::UnboundedSender<fulcrum_state::snapshot::Event>,
     mode: RelayMode,
+    inherited: Option<&mut crate::handover::Inherited>,
 ) -> Shared {
     let mut shared = Shared::new(ev_tx, mode, Some(fulcrum_http::handler()));
     if let Some(c) = &cfg.cluster {
@@ -884,7 +886,30 @@ fn shared_state(
             c.etcd.iter().map(|e| e.0.clone()).collect(),
         )));
     }
+    // `--upgrade`: the running process's UDP flows.
+    if let Some(i) = inherited {
+        shared
+            .udp_handover
+            .inherit(std::mem::take(&mut i.udp_flows));
+    }
     shared
+}
+
+/// The controller, started on the inherited (or socket-activated) sockets. `Err`
+/// (logged): the start fails.
+async fn start_controller(
+    shared: &Arc<Shared>,
+    workers: Workers,
+    path: &std::path::Path,
+    cfg: Config,
+    sockets: std::collections::HashMap<
+        fulcrum_state::worker::ListenKey,
+        Vec<fulcrum_state::worker::BoundSocket>,
+    >,
+) -> Result<Controller, ()> {
+    Controller::start_inherited(Arc::clone(shared), workers, path.to_owned(), cfg, sockets)
+        .await
+        .map_err(|msg| tracing::error!("{msg}"))
 }
 
 /// The host name (`[cluster] member` when absent).

@@ -409,6 +409,56 @@ pub(crate) fn count_refusal(c: &ConnCtx, status: StatusCode) {
 }
 
 impl<'a> Req<'a> {
+    /// The request's facts; its head counts as bytes in
+    /// (`fulcrum_service_bytes_total{direction="in"}`, the body's bytes are added as they
+    /// are forwarded).
+    fn new(
+        c: &ConnCtx,
+        req: &impl ReqView,
+        host: &str,
+        rp: &'a RoutePool,
+        rules: Option<&'a RuleSet>,
+        start: Instant,
+    ) -> Self {
+        let head = req.head_len();
+        c.svc.stats.bytes_in.fetch_add(head, Ordering::Relaxed);
+        let log = c.ext.access_log.as_ref().map(|l| {
+            let mut e = Box::new(entry(c, req, host));
+            e.bytes_in = head;
+            (Arc::clone(l), e)
+        });
+        Self {
+            rp,
+            rules,
+            start,
+            log,
+        }
+    }
+
+    /// The answer `got` of backend `idx` (at `addr`), to pass on with the response edit
+    /// `edit` makes.
+    #[inline]
+    fn exchange(
+        &mut self,
+        idx: usize,
+        addr: SocketAddr,
+        got: Got,
+        edit: impl FnOnce(&Answer, Framing) -> Option<Box<RespEdit>>,
+    ) -> Exchange {
+        let status = got.answer.status();
+        self.rp.backend_metrics[idx].codes.count(status);
+        self.rp.metrics.duration.observe(self.start.elapsed());
+        let done = self.done(status, Some(addr), Some(got.active));
+        let edit = edit(&got.answer, got.framing);
+        Exchange {
+            addr,
+            answer: got.answer,
+            framing: got.framing,
+            done,
+            edit,
+        }
+    }
+
     fn done(&mut self, status: u16, backend: Option<SocketAddr>, active: Option<Active>) -> Done {
         let log = self.log.take().map(|(l, mut e)| {
             e.status = status;
@@ -1207,7 +1257,6 @@ fn keep_for_retry(got: Got, addr: SocketAddr, slot: &mut Option<Box<Msg>>) {
 }
 
 /// Forwards one request to a backend of its route; see the module docs.
-#[allow(clippy::too_many_lines)]
 pub(crate) async fn forward<'c>(
     c: &'c ConnCtx,
     req: &impl ReqView,
@@ -1219,21 +1268,7 @@ pub(crate) async fn forward<'c>(
     let host = host(req);
     let (route_i, rp) = ext.route_index(host, path(req.target()));
     let rs = ext.rules.get(route_i);
-    // The head counts as bytes in (`fulcrum_service_bytes_total{direction="in"}`), the
-    // body's bytes are added as they are forwarded.
-    let head = req.head_len();
-    c.svc.stats.bytes_in.fetch_add(head, Ordering::Relaxed);
-    let log = ext.access_log.as_ref().map(|l| {
-        let mut e = Box::new(entry(c, req, host));
-        e.bytes_in = head;
-        (Arc::clone(l), e)
-    });
-    let mut r = Req {
-        rp,
-        rules: rs.map(|a| &**a),
-        start,
-        log,
-    };
+    let mut r = Req::new(c, req, host, rp, rs.map(|a| &**a), start);
 
     let framing = match admit(c, req, &*body, r.rules).await {
         Ok(f) => f,
@@ -1252,19 +1287,11 @@ pub(crate) async fn forward<'c>(
     let pool = &rp.pool;
     let h2 = pool.backend_protocol.is_h2();
     if h2 && framing == Framing::Chunked && !h1::codings(req.headers()).is_empty() {
-        // HTTP/2 has no transfer codings: the body cannot be passed on as it is.
-        return r.local(Local::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "not implemented: a transfer coding besides chunked cannot be passed to this \
-             route's HTTP/2 backends",
-        ));
+        return r.local(codings_to_h2());
     }
     // An HTTP/2 backend cannot take an HTTP/1.1 upgrade: `Upgrade` is dropped (the backend
     // answers the plain request).
-    let upgrade = !h2
-        && req.version() <= Version::HTTP_11
-        && req.header("upgrade").is_some()
-        && values(req, "connection").any(|v| h1::has_token(v, "upgrade"));
+    let upgrade = !h2 && is_upgrade(req);
     let generated;
     let rid = if let Some(v) = req.header("x-request-id") {
         v
@@ -1289,7 +1316,6 @@ pub(crate) async fn forward<'c>(
     let req = &ruled;
     let is_head = req.method() == b"HEAD";
     let replay = Replay::of(req.method(), framing == Framing::Empty, upgrade);
-    let mut bytes_in = 0;
 
     let tuning = ext.tuning;
     let f = Fwd {
@@ -1302,105 +1328,201 @@ pub(crate) async fn forward<'c>(
         is_head,
         tuning,
     };
-    let mut attempts = Attempts::new(tuning.retries);
-    let mut tried: Vec<usize> = Vec::new();
-    let mut last_err: Option<Local> = None;
-    let mut slot: Option<Box<Msg>> = None;
+    let mut tries = Tries::new(tuning.retries);
     let out = loop {
-        if !attempts.may_start(tried.len()) {
-            break None;
-        }
-        let Ok((idx, sticky_hit)) = pick(c, rp, req, &tried) else {
+        let Some((idx, sticky_hit)) = tries.next(c, rp, req) else {
             break None;
         };
-        tried.push(idx);
         let addr = pool.backends[idx].address;
         let stats = &pool.stats[idx];
         let sent_at = c.shared.now();
         let sent = if h2 {
-            h2_exchange(&f, body, addr, stats, &mut bytes_in).await
+            h2_exchange(&f, body, addr, stats, &mut tries.bytes_in).await
         } else {
-            h1_exchange(&f, body, addr, stats, &mut slot, &mut bytes_in).await
+            h1_exchange(&f, body, addr, stats, &mut tries.slot, &mut tries.bytes_in).await
         };
         let got = match sent {
             Ok(g) => g,
-            Err(e) => {
-                let failure = e.kind();
-                let next = attempts.after(failure, replay, tried.len(), || true, &ext.budget);
-                if next == Next::Resend {
-                    // A pooled connection the backend had closed: try a fresh one.
-                    tried.pop();
-                    continue;
-                }
-                count_connect_failure(&e, addr, stats);
-                if failure.counts_against_backend() {
-                    c.shared.report_passive(stats, false);
-                }
-                last_err = Some(e.answer());
-                if next == Next::Retry {
-                    continue;
-                }
-                break None;
-            }
+            Err(e) => match tries.failed(c, &e, replay, addr, stats) {
+                Next::Resend | Next::Retry => continue,
+                Next::Stop => break None,
+            },
         };
-        let now = c.shared.now();
-        let took = now.saturating_sub(sent_at);
-        pool.observe(idx, took, now);
-        stats.record_latency(took);
-        rp.backend_metrics[idx].duration.observe(took);
+        observe(c, rp, idx, sent_at);
         let status = got.answer.status();
-        if let Some(failure) = Failure::of_status(status) {
-            stats.http_5xx.fetch_add(1, Ordering::Relaxed);
-            if failure.counts_against_backend() {
-                c.shared.report_passive(stats, false);
-            }
-            let others_left = || {
-                pool.backends
-                    .iter()
-                    .enumerate()
-                    .any(|(i, b)| b.is_eligible() && !tried.contains(&i))
-            };
-            let next = attempts.after(failure, replay, tried.len(), others_left, &ext.budget);
-            if next == Next::Retry {
-                keep_for_retry(got, addr, &mut slot);
-                continue;
-            }
-        } else {
-            c.shared.report_passive(stats, true);
+        if tries.retry_answer(c, rp, stats, status, replay) {
+            keep_for_retry(got, addr, &mut tries.slot);
+            continue;
         }
 
-        rp.backend_metrics[idx].codes.count(status);
-        rp.metrics.duration.observe(start.elapsed());
-        let done = r.done(status, Some(addr), Some(got.active));
-        let cookie = match &pool.sticky_cookie {
-            Some(name) if !sticky_hit && status != 101 => {
-                Some((name.as_str(), rp.cookie_values[idx].as_str()))
-            }
-            _ => None,
-        };
-        let edit = rs.and_then(|rs| resp_edit(rs, &got.answer, got.framing, &vars, orig, is_head));
-        break Some((
-            Exchange {
-                addr,
-                answer: got.answer,
-                framing: got.framing,
-                done,
-                edit,
-            },
-            cookie,
-        ));
+        let ex = r.exchange(idx, addr, got, |answer, framing| {
+            rs.and_then(|rs| resp_edit(rs, answer, framing, &vars, orig, is_head))
+        });
+        break Some((ex, cookie_to_set(rp, idx, sticky_hit, status)));
     };
-    if let Some(m) = slot {
-        m.give();
-    }
-    c.svc.stats.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
-    if let Some((_, e)) = &mut r.log {
-        e.bytes_in += bytes_in;
-    }
+    let (none_tried, last_err) = tries.end(c, &mut r);
     if let Some((ex, cookie)) = out {
         return Outcome::Backend(ex, cookie);
     }
-    r.local(no_answer(c, tried.is_empty(), last_err))
+    r.local(no_answer(c, none_tried, last_err))
+}
+
+/// HTTP/2 has no transfer codings: a body with one besides chunked cannot be passed on as
+/// it is.
+#[cold]
+fn codings_to_h2() -> Local {
+    Local::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "not implemented: a transfer coding besides chunked cannot be passed to this route's \
+         HTTP/2 backends",
+    )
+}
+
+/// Whether the request asks for an HTTP/1.1 upgrade (`Upgrade`, and `upgrade` in
+/// `Connection`).
+fn is_upgrade(req: &impl ReqView) -> bool {
+    req.version() <= Version::HTTP_11
+        && req.header("upgrade").is_some()
+        && values(req, "connection").any(|v| h1::has_token(v, "upgrade"))
+}
+
+/// Records an answer's latency (sent at `sent_at`) for the scheduler, the backend's
+/// stats and its histogram.
+#[inline]
+fn observe(c: &ConnCtx, rp: &RoutePool, idx: usize, sent_at: std::time::Duration) {
+    let now = c.shared.now();
+    let took = now.saturating_sub(sent_at);
+    rp.pool.observe(idx, took, now);
+    rp.pool.stats[idx].record_latency(took);
+    rp.backend_metrics[idx].duration.observe(took);
+}
+
+/// The sticky cookie to set on an answer of backend `idx`: when the pool has one and the
+/// request's cookie did not already name this backend (and not on a 101).
+#[inline]
+fn cookie_to_set(
+    rp: &RoutePool,
+    idx: usize,
+    sticky_hit: bool,
+    status: u16,
+) -> Option<(&str, &str)> {
+    match &rp.pool.sticky_cookie {
+        Some(name) if !sticky_hit && status != 101 => {
+            Some((name.as_str(), rp.cookie_values[idx].as_str()))
+        }
+        _ => None,
+    }
+}
+
+/// One request's attempts: the backends tried, the retry policy's count, the last
+/// failure's answer, and what the attempts share (the response buffer, the body bytes
+/// sent).
+struct Tries {
+    attempts: Attempts,
+    tried: Vec<usize>,
+    last_err: Option<Local>,
+    slot: Option<Box<Msg>>,
+    bytes_in: u64,
+}
+
+impl Tries {
+    fn new(retries: u32) -> Self {
+        Self {
+            attempts: Attempts::new(retries),
+            tried: Vec::new(),
+            last_err: None,
+            slot: None,
+            bytes_in: 0,
+        }
+    }
+
+    /// The backend of the next attempt (and whether the sticky cookie named it), if the
+    /// policy allows one and the pool has one.
+    #[inline]
+    fn next(&mut self, c: &ConnCtx, rp: &RoutePool, req: &impl ReqView) -> Option<(usize, bool)> {
+        if !self.attempts.may_start(self.tried.len()) {
+            return None;
+        }
+        let (idx, sticky_hit) = pick(c, rp, req, &self.tried).ok()?;
+        self.tried.push(idx);
+        Some((idx, sticky_hit))
+    }
+
+    /// An attempt on `addr` failed with `e`: counts it and keeps its answer. On a stale
+    /// pooled connection (`Next::Resend`) the same backend is tried again.
+    fn failed(
+        &mut self,
+        c: &ConnCtx,
+        e: &Fail,
+        replay: Replay,
+        addr: SocketAddr,
+        stats: &BackendStats,
+    ) -> Next {
+        let failure = e.kind();
+        let next = self
+            .attempts
+            .after(failure, replay, self.tried.len(), || true, &c.ext.budget);
+        if next == Next::Resend {
+            // A pooled connection the backend had closed: try a fresh one.
+            self.tried.pop();
+            return next;
+        }
+        count_connect_failure(e, addr, stats);
+        if failure.counts_against_backend() {
+            c.shared.report_passive(stats, false);
+        }
+        self.last_err = Some(e.answer());
+        next
+    }
+
+    /// A backend answered with `status`: reports it to passive health, and says whether
+    /// to retry on another backend (a 5xx the policy retries, while one is left).
+    #[inline]
+    fn retry_answer(
+        &mut self,
+        c: &ConnCtx,
+        rp: &RoutePool,
+        stats: &BackendStats,
+        status: u16,
+        replay: Replay,
+    ) -> bool {
+        let Some(failure) = Failure::of_status(status) else {
+            c.shared.report_passive(stats, true);
+            return false;
+        };
+        stats.http_5xx.fetch_add(1, Ordering::Relaxed);
+        if failure.counts_against_backend() {
+            c.shared.report_passive(stats, false);
+        }
+        let tried = &self.tried;
+        let others_left = || {
+            rp.pool
+                .backends
+                .iter()
+                .enumerate()
+                .any(|(i, b)| b.is_eligible() && !tried.contains(&i))
+        };
+        let next = self
+            .attempts
+            .after(failure, replay, tried.len(), others_left, &c.ext.budget);
+        next == Next::Retry
+    }
+
+    /// The attempts are over: the buffer goes back, the body's bytes are counted (service
+    /// and log). Returns whether none was tried and the last failure's answer.
+    fn end(self, c: &ConnCtx, r: &mut Req<'_>) -> (bool, Option<Local>) {
+        if let Some(m) = self.slot {
+            m.give();
+        }
+        c.svc
+            .stats
+            .bytes_in
+            .fetch_add(self.bytes_in, Ordering::Relaxed);
+        if let Some((_, e)) = &mut r.log {
+            e.bytes_in += self.bytes_in;
+        }
+        (self.tried.is_empty(), self.last_err)
+    }
 }
 
 /// The local answer when no backend answered: the last attempt's error, else 503 when none

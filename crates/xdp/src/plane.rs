@@ -264,6 +264,11 @@ fn state_fds(ebpf: &Ebpf) -> Result<Vec<(&'static str, std::os::fd::OwnedFd)>, X
     Ok(out)
 }
 
+/// The keys of `map` that `keep` does not keep (to remove them, after).
+fn keys_not<K: Clone, V>(map: &HashMap<K, V>, keep: impl Fn(&K) -> bool) -> Vec<K> {
+    map.keys().filter(|k| !keep(k)).cloned().collect()
+}
+
 fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T, XdpError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
@@ -660,9 +665,57 @@ impl XdpPlane {
     /// the data path) switches to it: a packet sees the old table or the new one, never a
     /// mix. Services not listed are removed; backend ids are stable per (pool, address), so
     /// conntrack entries of surviving backends stay valid.
-    #[allow(clippy::too_many_lines)]
     pub fn update(&mut self, services: &[XdpService]) -> Result<(), XdpError> {
-        // ids: keep those of services still present, give new ones the lowest free id
+        self.assign_service_ids(services)?;
+        self.update_backends(services)?;
+        // services
+        let mut names = vec![None; STATS_ROWS as usize];
+        let mut present = Vec::new();
+        let mut snapshot = None;
+        for s in services {
+            let id = self.svc_ids[&s.name];
+            names[id as usize] = Some(s.name.clone());
+            present.push(id);
+            self.install(id, s, &mut snapshot)?;
+        }
+        if std::mem::take(&mut self.adopt_flows) {
+            // a binary upgrade: the handed-over flows whose backend these tables would not
+            // choose go to the shared conntrack before this program sees a packet
+            for s in services {
+                let id = self.svc_ids[&s.name];
+                let Some(inst) = self.installed.get(&id) else {
+                    continue;
+                };
+                if inst.key.family == AF_INET && inst.value.mode != MODE_NAT {
+                    let table = inst.table.clone();
+                    self.promote_before_switch(id, s, &table, &mut snapshot)?;
+                }
+            }
+        }
+        for id in keys_not(&self.installed, |id| present.contains(id)) {
+            if let Some(old) = self.installed.remove(&id) {
+                let _ = self.services.remove(&old.key);
+            }
+        }
+        self.update_fragment_entries()?;
+        let nat = services
+            .iter()
+            .filter(|s| matches!(s.mode, Mode::Nat { .. }))
+            .count() as u32;
+        self.nat_on.set(0, nat, 0)?;
+        self.update_nat_sync(services)?;
+        // the per-CPU flow caches (struct fcache4) hold copies of service values and
+        // backend choices: a generation bump empties them all (and re-resolves next hops)
+        self.refresh_nexthops()?;
+        if let Ok(mut v) = self.stats.lock() {
+            v.names = names;
+        }
+        Ok(())
+    }
+
+    /// Service ids: those of services still present are kept, new ones get the lowest free
+    /// id.
+    fn assign_service_ids(&mut self, services: &[XdpService]) -> Result<(), XdpError> {
         let wanted: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
         self.svc_ids.retain(|n, _| wanted.contains(&n.as_str()));
         for s in services {
@@ -677,7 +730,12 @@ impl XdpPlane {
                 self.svc_ids.insert(s.name.clone(), id);
             }
         }
-        // backends: ids per (pool, ip)
+        Ok(())
+    }
+
+    /// The backends map: ids per (pool, address), stable while the backend stays; entries of
+    /// backends gone are cleared, changed ones rewritten.
+    fn update_backends(&mut self, services: &[XdpService]) -> Result<(), XdpError> {
         let mut live: HashMap<(String, SocketAddr), BackendEntry> = HashMap::new();
         for s in services {
             for b in &s.backends {
@@ -694,13 +752,7 @@ impl XdpPlane {
                 );
             }
         }
-        let gone: Vec<_> = self
-            .backend_ids
-            .keys()
-            .filter(|k| !live.contains_key(*k))
-            .cloned()
-            .collect();
-        for k in gone {
+        for k in keys_not(&self.backend_ids, |k| live.contains_key(k)) {
             if let Some(id) = self.backend_ids.remove(&k) {
                 self.backends.set(id, BackendEntry::default(), 0)?;
                 self.backend_entries.remove(&id);
@@ -737,43 +789,12 @@ impl XdpPlane {
                 }
             }
         }
-        // services
-        let mut names = vec![None; STATS_ROWS as usize];
-        let mut present = Vec::new();
-        let mut snapshot = None;
-        for s in services {
-            let id = self.svc_ids[&s.name];
-            names[id as usize] = Some(s.name.clone());
-            present.push(id);
-            self.install(id, s, &mut snapshot)?;
-        }
-        if std::mem::take(&mut self.adopt_flows) {
-            // a binary upgrade: the handed-over flows whose backend these tables would not
-            // choose go to the shared conntrack before this program sees a packet
-            for s in services {
-                let id = self.svc_ids[&s.name];
-                let Some(inst) = self.installed.get(&id) else {
-                    continue;
-                };
-                if inst.key.family == AF_INET && inst.value.mode != MODE_NAT {
-                    let table = inst.table.clone();
-                    self.promote_before_switch(id, s, &table, &mut snapshot)?;
-                }
-            }
-        }
-        let stale: Vec<u32> = self
-            .installed
-            .keys()
-            .filter(|id| !present.contains(id))
-            .copied()
-            .collect();
-        for id in stale {
-            if let Some(old) = self.installed.remove(&id) {
-                let _ = self.services.remove(&old.key);
-            }
-        }
-        // fragments carry no port: each (VIP, protocol) has an entry with port 0, a copy of
-        // its lowest-port service (docs/xdp.md)
+        Ok(())
+    }
+
+    /// Fragments carry no port: each (VIP, protocol) has an entry with port 0, a copy of its
+    /// lowest-port service (docs/xdp.md).
+    fn update_fragment_entries(&mut self) -> Result<(), XdpError> {
         let mut frags: HashMap<SvcKey, (u16, SvcValue)> = HashMap::new();
         for inst in self.installed.values() {
             let port = u16::from_be(inst.key.port);
@@ -791,27 +812,9 @@ impl XdpPlane {
                 self.frag_installed.insert(*key, *value);
             }
         }
-        let stale: Vec<SvcKey> = self
-            .frag_installed
-            .keys()
-            .filter(|k| !frags.contains_key(*k))
-            .copied()
-            .collect();
-        for k in stale {
+        for k in keys_not(&self.frag_installed, |k| frags.contains_key(k)) {
             let _ = self.services.remove(&k);
             self.frag_installed.remove(&k);
-        }
-        let nat = services
-            .iter()
-            .filter(|s| matches!(s.mode, Mode::Nat { .. }))
-            .count() as u32;
-        self.nat_on.set(0, nat, 0)?;
-        self.update_nat_sync(services)?;
-        // the per-CPU flow caches (struct fcache4) hold copies of service values and
-        // backend choices: a generation bump empties them all (and re-resolves next hops)
-        self.refresh_nexthops()?;
-        if let Ok(mut v) = self.stats.lock() {
-            v.names = names;
         }
         Ok(())
     }
@@ -1019,13 +1022,7 @@ impl XdpPlane {
             .iter()
             .map(|&i| self.backend_ids[&(s.pool.clone(), s.backends[i as usize].address)])
             .collect();
-        let (family, addr) = addr_bytes(s.vip.ip());
-        let key = SvcKey {
-            addr,
-            port: s.vip.port().to_be(),
-            proto: s.proto as u8,
-            family,
-        };
+        let key = svc_key(s);
         let (mode, tunnel, src4, src6, sc) = mode_fields(s);
         let hash_key = match s.hash_key {
             HashKey::SrcIp => HASH_SRC_IP,
@@ -1063,7 +1060,7 @@ impl XdpPlane {
         };
         if prev.as_ref().map(|p| (p.key, p.value)) != Some((key, value)) {
             if let Some(p) = &prev {
-                if family == AF_INET
+                if key.family == AF_INET
                     && mode != MODE_NAT
                     && (p.table != table || p.value.hash_key != hash_key)
                 {
@@ -1185,13 +1182,7 @@ impl XdpPlane {
             let Mode::Nat { source } = s.mode else {
                 continue;
             };
-            let (family, addr) = addr_bytes(s.vip.ip());
-            let key = SvcKey {
-                addr,
-                port: s.vip.port().to_be(),
-                proto: s.proto as u8,
-                family,
-            };
+            let key = svc_key(s);
             if let Some(id) = self.svc_ids.get(&s.name) {
                 self.nat_services.insert(key, (*id, s.pool.clone()));
             }
@@ -1428,6 +1419,17 @@ fn sources(source: Option<IpAddr>, backends: &[Backend]) -> ([u8; 4], [u8; 16]) 
         s6 = a.octets();
     }
     (s4, s6)
+}
+
+/// The services map's key of `s`: its VIP, port and protocol.
+fn svc_key(s: &XdpService) -> SvcKey {
+    let (family, addr) = addr_bytes(s.vip.ip());
+    SvcKey {
+        addr,
+        port: s.vip.port().to_be(),
+        proto: s.proto as u8,
+        family,
+    }
 }
 
 /// A service's mode in the data plane's terms: (mode, tunnel kind, IPv4 and IPv6 source,

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::ops::{Range, RangeInclusive};
 use std::time::Duration;
 
@@ -9,8 +10,11 @@ use serde_spanned::Spanned;
 
 use super::error::line_col;
 use super::limits;
-use super::raw::{RawConfig, RawHealth, RawPool, RawRoute, RawService};
-use super::value::{CheckKind, Count, HumanDuration};
+use super::raw::{
+    RawConfig, RawDiscovery, RawHealth, RawHttp2, RawNatSync, RawOutlier, RawPool, RawRoute,
+    RawService, RawXdp,
+};
+use super::value::{CheckKind, Count, HumanDuration, Name};
 use super::{
     defaults, AccessLog, AdminConfig, BackendProtocol, BackendTls, BalancingScheduler, CertPair,
     ClientAuth, ClientAuthMode, Config, ConfigError, Discovery, Encap, HashingScheduler,
@@ -65,141 +69,26 @@ impl Checker<'_> {
 
 /// Validates `raw` (parsed from `text`) into a [`Config`], or returns every error found,
 /// sorted by position.
-#[allow(clippy::too_many_lines)]
 pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Config, Vec<ConfigError>> {
     let mut c = Checker {
         text,
         errs: Vec::new(),
     };
 
-    // Unique pool names.
-    let mut pool_names: HashMap<&str, Range<usize>> = HashMap::new();
-    for p in &raw.pool {
-        let name = p.get_ref().name.get_ref().0.as_str();
-        let span = p.get_ref().name.span();
-        if let Some(first) = pool_names.get(name) {
-            let line = c.line(first);
-            c.err(
-                span,
-                format!("duplicate pool name `{name}` (first defined at line {line})"),
-                Some("pool names must be unique".into()),
-            );
-        } else {
-            pool_names.insert(name, span);
-        }
-    }
+    let pool_names = unique_names(&mut c, raw.pool.iter().map(|p| &p.get_ref().name), "pool");
     let mut defined: Vec<&str> = pool_names.keys().copied().collect();
     defined.sort_unstable();
-
-    // Unique service names.
-    let mut service_names: HashMap<&str, Range<usize>> = HashMap::new();
-    for s in &raw.service {
-        let name = s.get_ref().name.get_ref().0.as_str();
-        let span = s.get_ref().name.span();
-        if let Some(first) = service_names.get(name) {
-            let line = c.line(first);
-            c.err(
-                span,
-                format!("duplicate service name `{name}` (first defined at line {line})"),
-                Some("service names must be unique".into()),
-            );
-        } else {
-            service_names.insert(name, span);
-        }
-    }
+    unique_names(
+        &mut c,
+        raw.service.iter().map(|s| &s.get_ref().name),
+        "service",
+    );
 
     check_listeners(&mut c, &raw);
     check_dns_service(&mut c, &raw);
 
-    // Which services use which pool (default pool and routes).
-    let mut users: HashMap<&str, Vec<(&str, ServiceProtocol)>> = HashMap::new();
-    for s in &raw.service {
-        let s = s.get_ref();
-        let proto = s.protocol.get_ref().0;
-        let name = s.name.get_ref().0.as_str();
-        users
-            .entry(s.pool.get_ref().0.as_str())
-            .or_default()
-            .push((name, proto));
-        for d in &s.dns_name {
-            if let Some(p) = &d.get_ref().pool {
-                users
-                    .entry(p.get_ref().0.as_str())
-                    .or_default()
-                    .push((name, proto));
-            }
-        }
-        for r in &s.route {
-            users
-                .entry(r.get_ref().pool.get_ref().0.as_str())
-                .or_default()
-                .push((name, proto));
-        }
-        for r in &s.sni_route {
-            users
-                .entry(r.get_ref().pool.get_ref().0.as_str())
-                .or_default()
-                .push((name, proto));
-        }
-    }
-
-    let xdp = raw.xdp.as_ref().map(|x| {
-        let iface = x.get_ref().interface.get_ref();
-        let ok = !iface.is_empty()
-            && iface.len() <= 15
-            && !iface.contains(|ch: char| ch.is_whitespace() || ch == '/');
-        if !ok {
-            c.err(
-                x.get_ref().interface.span(),
-                format!("invalid interface name \"{iface}\""),
-                Some("a network interface name of 1 to 15 characters, e.g. \"eth0\"".into()),
-            );
-        }
-        let sync = x.get_ref().sync.as_ref().map(|sy| {
-            let r = sy.get_ref();
-            let members = *r.members.get_ref();
-            let member = *r.member.get_ref();
-            if members == 0 || members > super::NAT_SYNC_MAX_MEMBERS {
-                c.err(
-                    r.members.span(),
-                    format!("members = {members} is out of range"),
-                    Some(format!(
-                        "the number of instances in the fleet, 1 to {}",
-                        super::NAT_SYNC_MAX_MEMBERS
-                    )),
-                );
-            } else if member >= members {
-                c.err(
-                    r.member.span(),
-                    format!("member = {member} is not below members = {members}"),
-                    Some(format!("this instance's index, 0 to {}", members - 1)),
-                );
-            }
-            let peers: Vec<std::net::SocketAddr> = r.peers.iter().map(|a| a.0).collect();
-            if peers.contains(&r.listen.0) {
-                c.err(
-                    sy.span(),
-                    format!(
-                        "peers lists this instance's own listen address {}",
-                        r.listen.0
-                    ),
-                    Some("peers: the other instances' listen addresses only".into()),
-                );
-            }
-            super::NatSyncConfig {
-                listen: r.listen.0,
-                peers,
-                member,
-                // Checked above (an error when 0).
-                members: std::num::NonZeroU16::new(members).unwrap_or(std::num::NonZeroU16::MIN),
-            }
-        });
-        XdpConfig {
-            interface: iface.clone(),
-            mode: x.get_ref().mode.as_ref().map(|m| m.0).unwrap_or_default(),
-            sync,
-        }
-    });
+    let users = pool_users(&raw.service);
+    let xdp = raw.xdp.as_ref().map(|x| xdp(&mut c, x.get_ref()));
 
     let services: Vec<ServiceConfig> = raw
         .service
@@ -248,6 +137,109 @@ pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Config, Vec<ConfigE
         c.errs
             .sort_by_key(|e| e.span.as_ref().map_or(0, |s| s.start));
         Err(c.errs)
+    }
+}
+
+/// The names of the pools (or services: `what`), each with the span of its first
+/// definition; a name defined again is an error.
+fn unique_names<'r>(
+    c: &mut Checker<'_>,
+    names: impl Iterator<Item = &'r Spanned<Name>>,
+    what: &str,
+) -> HashMap<&'r str, Range<usize>> {
+    let mut first_at: HashMap<&str, Range<usize>> = HashMap::new();
+    for n in names {
+        let name = n.get_ref().0.as_str();
+        let span = n.span();
+        if let Some(first) = first_at.get(name) {
+            let line = c.line(first);
+            c.err(
+                span,
+                format!("duplicate {what} name `{name}` (first defined at line {line})"),
+                Some(format!("{what} names must be unique")),
+            );
+        } else {
+            first_at.insert(name, span);
+        }
+    }
+    first_at
+}
+
+/// Which services use which pool (default pool, dns names and routes), by pool name.
+fn pool_users(services: &[Spanned<RawService>]) -> HashMap<&str, Vec<(&str, ServiceProtocol)>> {
+    let mut users: HashMap<&str, Vec<(&str, ServiceProtocol)>> = HashMap::new();
+    for s in services {
+        let s = s.get_ref();
+        let user = (s.name.get_ref().0.as_str(), s.protocol.get_ref().0);
+        let pools = std::iter::once(&s.pool)
+            .chain(s.dns_name.iter().filter_map(|d| d.get_ref().pool.as_ref()))
+            .chain(s.route.iter().map(|r| &r.get_ref().pool))
+            .chain(s.sni_route.iter().map(|r| &r.get_ref().pool));
+        for p in pools {
+            users.entry(p.get_ref().0.as_str()).or_default().push(user);
+        }
+    }
+    users
+}
+
+/// `[xdp]`: the interface name and the NAT state sync.
+fn xdp(c: &mut Checker<'_>, x: &RawXdp) -> XdpConfig {
+    let iface = x.interface.get_ref();
+    let ok = !iface.is_empty()
+        && iface.len() <= 15
+        && !iface.contains(|ch: char| ch.is_whitespace() || ch == '/');
+    if !ok {
+        c.err(
+            x.interface.span(),
+            format!("invalid interface name \"{iface}\""),
+            Some("a network interface name of 1 to 15 characters, e.g. \"eth0\"".into()),
+        );
+    }
+    XdpConfig {
+        interface: iface.clone(),
+        mode: x.mode.as_ref().map(|m| m.0).unwrap_or_default(),
+        sync: x.sync.as_ref().map(|sy| nat_sync(c, sy)),
+    }
+}
+
+/// `[xdp.sync]`: this instance's place in the fleet and its peers.
+fn nat_sync(c: &mut Checker<'_>, sy: &Spanned<RawNatSync>) -> super::NatSyncConfig {
+    let r = sy.get_ref();
+    let members = *r.members.get_ref();
+    let member = *r.member.get_ref();
+    if members == 0 || members > super::NAT_SYNC_MAX_MEMBERS {
+        c.err(
+            r.members.span(),
+            format!("members = {members} is out of range"),
+            Some(format!(
+                "the number of instances in the fleet, 1 to {}",
+                super::NAT_SYNC_MAX_MEMBERS
+            )),
+        );
+    } else if member >= members {
+        c.err(
+            r.member.span(),
+            format!("member = {member} is not below members = {members}"),
+            Some(format!("this instance's index, 0 to {}", members - 1)),
+        );
+    }
+    let peers: Vec<std::net::SocketAddr> = r.peers.iter().map(|a| a.0).collect();
+    if peers.contains(&r.listen.0) {
+        c.err(
+            sy.span(),
+            format!(
+                "peers lists this instance's own listen address {}",
+                r.listen.0
+            ),
+            Some("peers: the other instances' listen addresses only".into()),
+        );
+    }
+    super::NatSyncConfig {
+        listen: r.listen.0,
+        peers,
+        member,
+        // Checked above (an error when 0).
+        members: std::num::NonZeroU16::new(members).unwrap_or(std::num::NonZeroU16::MIN),
     }
 }
 
@@ -536,33 +528,21 @@ fn forwarding(
         }
         pp.get_ref().0
     });
+    let tunnel = &[ForwardMode::Tunnel];
     if let Some(t) = &s.tunnel {
-        if mode != ForwardMode::Tunnel {
-            c.err(
-                t.span(),
-                format!(
-                    "tunnel applies only to forward = \"tunnel\"; `{name}` uses \"{}\"",
-                    mode.as_str()
-                ),
-                Some("remove tunnel, or set forward = \"tunnel\"".into()),
-            );
-        }
+        let help = "remove tunnel, or set forward = \"tunnel\"";
+        mode_only(c, t.span(), "tunnel", tunnel, (mode, name), help);
     }
     let encap = s
         .tunnel
         .as_ref()
         .map_or(TunnelKind::Ipip, |t| t.get_ref().0);
     if let Some(sc) = &s.second_chance {
-        if mode != ForwardMode::Tunnel {
-            c.err(
-                sc.span(),
-                format!(
-                    "second_chance applies only to forward = \"tunnel\"; `{name}` uses \"{}\"",
-                    mode.as_str()
-                ),
-                Some("remove second_chance".into()),
-            );
-        } else if *sc.get_ref() && encap == TunnelKind::Ipip {
+        let help = "remove second_chance";
+        if mode_only(c, sc.span(), "second_chance", tunnel, (mode, name), help)
+            && *sc.get_ref()
+            && encap == TunnelKind::Ipip
+        {
             c.err(
                 sc.span(),
                 format!(
@@ -573,16 +553,15 @@ fn forwarding(
         }
     }
     if let Some(src) = &s.source {
-        if !matches!(mode, ForwardMode::Tunnel | ForwardMode::Nat) {
-            c.err(
-                src.span(),
-                format!(
-                    "source applies only to forward = \"tunnel\" or \"nat\"; `{name}` uses \"{}\"",
-                    mode.as_str()
-                ),
-                Some("remove source".into()),
-            );
-        }
+        let modes = &[ForwardMode::Tunnel, ForwardMode::Nat];
+        mode_only(
+            c,
+            src.span(),
+            "source",
+            modes,
+            (mode, name),
+            "remove source",
+        );
     }
     let source = s.source.as_ref().map(|x| x.get_ref().0);
     let packet = match mode {
@@ -651,21 +630,7 @@ fn http_service(c: &mut Checker<'_>, s: &RawService, defined: &[&str], name: &st
     });
     let http2 = s.http2.as_ref().map(|h| {
         http_only(c, h.span(), "[service.http2]");
-        let h = h.get_ref();
-        Http2Limits {
-            max_concurrent_streams: h
-                .max_concurrent_streams
-                .map_or(defaults::H2_MAX_CONCURRENT_STREAMS, Count::non_zero),
-            max_header_list_size: h
-                .max_header_list_size
-                .map_or(defaults::H2_MAX_HEADER_LIST_SIZE, Count::non_zero),
-            max_resets_per_second: h
-                .max_resets_per_second
-                .map_or(defaults::H2_MAX_RESETS_PER_SECOND, Count::non_zero),
-            max_control_frames_per_second: h
-                .max_control_frames_per_second
-                .map_or(defaults::H2_MAX_CONTROL_FRAMES_PER_SECOND, Count::non_zero),
-        }
+        http2_limits(h.get_ref())
     });
     let raw_rules = s.rules();
     if let Some(span) = raw_rules.first_span() {
@@ -945,11 +910,7 @@ fn host_match(c: &mut Checker<'_>, h: &Spanned<String>, key: &str) -> HostMatch 
         Some(rest) => (true, rest),
         None => (false, text.as_str()),
     };
-    let ok = !rest.is_empty()
-        && rest
-            .chars()
-            .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '.' || ch == '_');
-    if !ok {
+    if !is_host_name(rest) {
         c.err(
             h.span(),
             format!("invalid {key} \"{}\"", h.get_ref()),
@@ -1164,39 +1125,11 @@ fn route(c: &mut Checker<'_>, r: &Spanned<RawRoute>, defined: &[&str], service: 
             ),
         );
     }
-    let host = raw.host.as_ref().map(|h| {
-        let text = h.get_ref().to_ascii_lowercase();
-        let (wild, rest) = match text.strip_prefix("*.") {
-            Some(rest) => (true, rest),
-            None => (false, text.as_str()),
-        };
-        let ok = !rest.is_empty()
-            && rest
-                .chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '.' || ch == '_');
-        if !ok {
-            c.err(
-                h.span(),
-                format!("invalid route host \"{}\"", h.get_ref()),
-                Some("a host name without port, exact (\"api.example.com\") or a wildcard (\"*.example.com\")".into()),
-            );
-        }
-        if wild {
-            HostMatch::Suffix(format!(".{rest}"))
-        } else {
-            HostMatch::Exact(text.clone())
-        }
-    });
-    let path_prefix = raw.path_prefix.as_ref().map(|p| {
-        if !p.get_ref().starts_with('/') {
-            c.err(
-                p.span(),
-                format!("path_prefix \"{}\" does not start with '/'", p.get_ref()),
-                Some("e.g. path_prefix = \"/v1/\"".into()),
-            );
-        }
-        p.get_ref().clone()
-    });
+    let host = raw.host.as_ref().map(|h| host_match(c, h, "route host"));
+    let path_prefix = raw
+        .path_prefix
+        .as_ref()
+        .map(|p| url_path(c, p, "path_prefix", "path_prefix = \"/v1/\""));
     Route {
         host,
         path_prefix,
@@ -1205,14 +1138,83 @@ fn route(c: &mut Checker<'_>, r: &Spanned<RawRoute>, defined: &[&str], service: 
     }
 }
 
+/// `[service.http2]`: each limit, or its default.
+fn http2_limits(h: &RawHttp2) -> Http2Limits {
+    use super::defaults as d;
+    Http2Limits {
+        max_concurrent_streams: count(h.max_concurrent_streams, d::H2_MAX_CONCURRENT_STREAMS),
+        max_header_list_size: count(h.max_header_list_size, d::H2_MAX_HEADER_LIST_SIZE),
+        max_resets_per_second: count(h.max_resets_per_second, d::H2_MAX_RESETS_PER_SECOND),
+        max_control_frames_per_second: count(
+            h.max_control_frames_per_second,
+            d::H2_MAX_CONTROL_FRAMES_PER_SECOND,
+        ),
+    }
+}
+
+/// A count key's value, or `default` when absent.
+fn count<const MAX: u32>(v: Option<Count<MAX>>, default: NonZeroU32) -> NonZeroU32 {
+    v.map_or(default, Count::non_zero)
+}
+
+/// A key (`what`) that applies only to the forward modes `modes`: an error when service
+/// `name`'s `mode` is another. Returns whether it applies.
+fn mode_only(
+    c: &mut Checker<'_>,
+    span: Range<usize>,
+    what: &str,
+    modes: &[ForwardMode],
+    (mode, name): (ForwardMode, &str),
+    help: &str,
+) -> bool {
+    if modes.contains(&mode) {
+        return true;
+    }
+    let modes: Vec<String> = modes
+        .iter()
+        .map(|m| format!("\"{}\"", m.as_str()))
+        .collect();
+    c.err(
+        span,
+        format!(
+            "{what} applies only to forward = {}; `{name}` uses \"{}\"",
+            modes.join(" or "),
+            mode.as_str()
+        ),
+        Some(help.into()),
+    );
+    false
+}
+
+/// A URL path (`what`, e.g. `path_prefix`): it starts with '/'.
+fn url_path(c: &mut Checker<'_>, p: &Spanned<String>, what: &str, example: &str) -> String {
+    if !p.get_ref().starts_with('/') {
+        c.err(
+            p.span(),
+            format!("{what} \"{}\" does not start with '/'", p.get_ref()),
+            Some(format!("e.g. {example}")),
+        );
+    }
+    p.get_ref().clone()
+}
+
+/// Letters, digits, '-', '.' and '_' (a host name, without port), not empty.
+fn is_host_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '.' || ch == '_')
+}
+
 fn is_token(s: &str) -> bool {
     !s.is_empty()
         && s.chars()
             .all(|ch| ch.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(ch))
 }
 
-#[allow(clippy::too_many_lines)]
-fn pool(c: &mut Checker<'_>, p: &RawPool, users: &[(&str, ServiceProtocol)]) -> PoolConfig {
+/// A service using a pool: its name and protocol.
+type User<'a> = (&'a str, ServiceProtocol);
+
+fn pool(c: &mut Checker<'_>, p: &RawPool, users: &[User<'_>]) -> PoolConfig {
     let name = p.name.get_ref().0.clone();
     let scheduler = p
         .scheduler
@@ -1223,178 +1225,20 @@ fn pool(c: &mut Checker<'_>, p: &RawPool, users: &[(&str, ServiceProtocol)]) -> 
         .find(|(_, proto)| *proto != ServiceProtocol::Http);
 
     let scheduler = self::scheduler(c, p, scheduler, &name, non_http_user);
-
-    let sticky_cookie = p.sticky_cookie.as_ref().map(|sc| {
-        if !is_token(sc.get_ref()) {
-            c.err(
-                sc.span(),
-                format!("invalid cookie name \"{}\"", sc.get_ref()),
-                Some(
-                    "a cookie name of letters, digits and !#$%&'*+-.^_`|~, e.g. \"FULCRUM_SRV\""
-                        .into(),
-                ),
-            );
-        } else if let Some((svc, proto)) = non_http_user {
-            c.err(
-                sc.span(),
-                format!(
-                    "sticky_cookie needs HTTP, but {} service `{svc}` uses pool `{name}`",
-                    proto.as_str()
-                ),
-                Some("remove sticky_cookie, or use this pool only from http services".into()),
-            );
-        }
-        sc.get_ref().clone()
-    });
-
-    let backend_protocol = p.backend_protocol.as_ref().map_or_else(BackendProtocol::default, |bp| {
-        let proto = bp.get_ref().0;
-        if let (true, Some((svc, sp))) = (proto.is_h2(), non_http_user) {
-            c.err(
-                bp.span(),
-                format!(
-                    "backend_protocol = \"{}\" needs HTTP, but {} service `{svc}` uses pool `{name}`",
-                    proto.as_str(),
-                    sp.as_str()
-                ),
-                Some("use backend_protocol = \"http1\" (or remove it), or use this pool only from http services".into()),
-            );
-        }
-        if proto == BackendProtocol::H2 && p.tls.is_none() {
-            c.err(
-                bp.span(),
-                format!("backend_protocol = \"h2\" is HTTP/2 over TLS, but pool `{name}` has no [pool.tls]"),
-                Some("add [pool.tls] with the backends' ca, or use backend_protocol = \"h2c\" for cleartext HTTP/2".into()),
-            );
-        }
-        proto
-    });
-
-    let tls = p.tls.as_ref().map(|t| {
-        let raw = t.get_ref();
-        if let Some((svc, sp)) = non_http_user {
-            c.err(
-                t.span(),
-                format!(
-                    "[pool.tls] needs HTTP, but {} service `{svc}` uses pool `{name}`",
-                    sp.as_str()
-                ),
-                Some("use this pool only from http services (a tcp service relays TLS as it is)".into()),
-            );
-        }
-        if backend_protocol == BackendProtocol::H2c {
-            c.err(
-                t.span(),
-                format!("[pool.tls] cannot be used with backend_protocol = \"h2c\" (cleartext HTTP/2) in pool `{name}`"),
-                Some("use backend_protocol = \"h2\" (HTTP/2 over TLS) or \"http1\" with [pool.tls]".into()),
-            );
-        }
-        let client_cert = match (&raw.cert, &raw.key) {
-            (Some(cert), Some(key)) => Some((cert.get_ref().clone(), key.get_ref().clone())),
-            (None, None) => None,
-            (Some(v), None) | (None, Some(v)) => {
-                c.err(
-                    v.span(),
-                    "[pool.tls] cert and key go together: the client certificate and its private key".into(),
-                    Some("set both cert = \"client.pem\" and key = \"client.key\", or neither".into()),
-                );
-                None
-            }
-        };
-        let sni = raw.sni.as_ref().map(|v| {
-            let ok = !v.get_ref().is_empty()
-                && v.get_ref()
-                    .chars()
-                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '.' || ch == '_');
-            if !ok {
-                c.err(
-                    v.span(),
-                    format!("invalid sni \"{}\"", v.get_ref()),
-                    Some("a DNS name the backends' certificates are for, e.g. sni = \"backend.internal\"".into()),
-                );
-            }
-            v.get_ref().to_ascii_lowercase()
-        });
-        BackendTls {
-            ca: raw.ca.get_ref().clone(),
-            sni,
-            client_cert,
-        }
-    });
-
+    let user = PoolUse {
+        name: &name,
+        non_http_user,
+    };
+    let sticky_cookie = p.sticky_cookie.as_ref().map(|sc| user.sticky_cookie(c, sc));
+    let backend_protocol = user.backend_protocol(c, p);
+    let tls = user.tls(c, p, backend_protocol);
     let health = p.health.as_ref().and_then(|h| health(c, h.get_ref()));
-
-    let outlier = p.outlier.as_ref().map_or_else(OutlierConfig::default, |o| {
-        let ejection = dur(
-            c,
-            o.ejection.as_ref(),
-            defaults::OUTLIER_EJECTION,
-            "ejection",
-            &limits::OUTLIER_EJECTION,
-        );
-        OutlierConfig {
-            consecutive_failures: o
-                .consecutive_failures
-                .map_or(defaults::OUTLIER_CONSECUTIVE_FAILURES, Count::non_zero),
-            ejection,
-        }
-    });
-
-    // Backends: unique addresses (canonical form, so ::ffff:1.2.3.4 equals 1.2.3.4).
-    let mut seen: HashMap<String, Range<usize>> = HashMap::new();
-    let mut backends = Vec::with_capacity(p.backend.len());
-    for b in &p.backend {
-        let b = b.get_ref();
-        let addr = b.address.get_ref().0;
-        let key = canonical_addr(&addr);
-        if let Some(first) = seen.get(&key) {
-            let line = c.line(first);
-            c.err(
-                b.address.span(),
-                format!("backend {key} is listed twice in pool `{name}` (first at line {line})"),
-                Some("each address appears once per pool; use weight to send it more".into()),
-            );
-        } else {
-            seen.insert(key, b.address.span());
-        }
-        let weight = b
-            .weight
-            .map_or(defaults::BACKEND_WEIGHT, |w| w.0.get() as u16);
-        backends.push(
-            Backend::new(addr, weight).in_zone(b.zone.as_ref().map(|z| model::Zone::new(&z.0))),
-        );
-    }
-
-    let discovery = p.discovery.as_ref().map(|d| {
-        let raw = d.get_ref();
-        if raw.dns.is_none() && raw.srv.is_none() && raw.file.is_none() && raw.etcd.is_none() {
-            c.err(
-                d.span(),
-                "[pool.discovery] names no source".into(),
-                Some(
-                    "set dns = \"NAME:PORT\", srv = \"_http._tcp.NAME\", file = \"PATH\" and/or etcd = \"/services/web/\""
-                        .into(),
-                ),
-            );
-        }
-        if let Some(srv) = &raw.srv {
-            if srv.get_ref().is_empty() {
-                c.err(
-                    srv.span(),
-                    "srv name is empty".into(),
-                    Some("e.g. srv = \"_http._tcp.backends.internal\"".into()),
-                );
-            }
-        }
-        Discovery {
-            dns: raw.dns.clone(),
-            srv: raw.srv.as_ref().map(|s| s.get_ref().clone()),
-            file: raw.file.clone(),
-            etcd: raw.etcd.clone(),
-            nameserver: raw.nameserver.map(|n| n.0),
-        }
-    });
-
+    let outlier = p
+        .outlier
+        .as_ref()
+        .map_or_else(OutlierConfig::default, |o| outlier(c, o));
+    let backends = backends(c, p, &name);
+    let discovery = p.discovery.as_ref().map(|d| discovery(c, d));
     let locality = p.locality.as_ref().and_then(|l| locality(c, l, &name));
 
     // A pool may be empty (as an ipvsadm service without real servers, or an HAProxy backend
@@ -1419,6 +1263,200 @@ fn pool(c: &mut Checker<'_>, p: &RawPool, users: &[(&str, ServiceProtocol)]) -> 
         discovery,
         locality,
         tls,
+    }
+}
+
+/// A pool's name and a service using it that is not http, for the checks of its
+/// HTTP-only keys.
+struct PoolUse<'a> {
+    name: &'a str,
+    non_http_user: Option<&'a User<'a>>,
+}
+
+impl PoolUse<'_> {
+    /// `sticky_cookie`: a cookie name, on a pool only http services use.
+    fn sticky_cookie(&self, c: &mut Checker<'_>, sc: &Spanned<String>) -> String {
+        let (pool, non_http_user) = (self.name, self.non_http_user);
+        if !is_token(sc.get_ref()) {
+            c.err(
+                sc.span(),
+                format!("invalid cookie name \"{}\"", sc.get_ref()),
+                Some(
+                    "a cookie name of letters, digits and !#$%&'*+-.^_`|~, e.g. \"FULCRUM_SRV\""
+                        .into(),
+                ),
+            );
+        } else if let Some((svc, proto)) = non_http_user {
+            c.err(
+                sc.span(),
+                format!(
+                    "sticky_cookie needs HTTP, but {} service `{svc}` uses pool `{pool}`",
+                    proto.as_str()
+                ),
+                Some("remove sticky_cookie, or use this pool only from http services".into()),
+            );
+        }
+        sc.get_ref().clone()
+    }
+
+    /// `backend_protocol`: HTTP/2 only for http services, and `h2` only with `[pool.tls]`.
+    fn backend_protocol(&self, c: &mut Checker<'_>, p: &RawPool) -> BackendProtocol {
+        let (pool, non_http_user) = (self.name, self.non_http_user);
+        let Some(bp) = &p.backend_protocol else {
+            return BackendProtocol::default();
+        };
+        let proto = bp.get_ref().0;
+        if let (true, Some((svc, sp))) = (proto.is_h2(), non_http_user) {
+            c.err(
+            bp.span(),
+            format!(
+                "backend_protocol = \"{}\" needs HTTP, but {} service `{svc}` uses pool `{pool}`",
+                proto.as_str(),
+                sp.as_str()
+            ),
+            Some("use backend_protocol = \"http1\" (or remove it), or use this pool only from http services".into()),
+        );
+        }
+        if proto == BackendProtocol::H2 && p.tls.is_none() {
+            c.err(
+            bp.span(),
+            format!("backend_protocol = \"h2\" is HTTP/2 over TLS, but pool `{pool}` has no [pool.tls]"),
+            Some("add [pool.tls] with the backends' ca, or use backend_protocol = \"h2c\" for cleartext HTTP/2".into()),
+        );
+        }
+        proto
+    }
+
+    /// `[pool.tls]`: TLS to the backends, for http services and not with `h2c`.
+    fn tls(&self, c: &mut Checker<'_>, p: &RawPool, proto: BackendProtocol) -> Option<BackendTls> {
+        let (pool, non_http_user) = (self.name, self.non_http_user);
+        let t = p.tls.as_ref()?;
+        let raw = t.get_ref();
+        if let Some((svc, sp)) = non_http_user {
+            c.err(
+                t.span(),
+                format!(
+                    "[pool.tls] needs HTTP, but {} service `{svc}` uses pool `{pool}`",
+                    sp.as_str()
+                ),
+                Some(
+                    "use this pool only from http services (a tcp service relays TLS as it is)"
+                        .into(),
+                ),
+            );
+        }
+        if proto == BackendProtocol::H2c {
+            c.err(
+            t.span(),
+            format!("[pool.tls] cannot be used with backend_protocol = \"h2c\" (cleartext HTTP/2) in pool `{pool}`"),
+            Some("use backend_protocol = \"h2\" (HTTP/2 over TLS) or \"http1\" with [pool.tls]".into()),
+        );
+        }
+        let client_cert = match (&raw.cert, &raw.key) {
+            (Some(cert), Some(key)) => Some((cert.get_ref().clone(), key.get_ref().clone())),
+            (None, None) => None,
+            (Some(v), None) | (None, Some(v)) => {
+                c.err(
+                v.span(),
+                "[pool.tls] cert and key go together: the client certificate and its private key"
+                    .into(),
+                Some("set both cert = \"client.pem\" and key = \"client.key\", or neither".into()),
+            );
+                None
+            }
+        };
+        let sni = raw.sni.as_ref().map(|v| {
+        if !is_host_name(v.get_ref()) {
+            c.err(
+                v.span(),
+                format!("invalid sni \"{}\"", v.get_ref()),
+                Some("a DNS name the backends' certificates are for, e.g. sni = \"backend.internal\"".into()),
+            );
+        }
+        v.get_ref().to_ascii_lowercase()
+    });
+        Some(BackendTls {
+            ca: raw.ca.get_ref().clone(),
+            sni,
+            client_cert,
+        })
+    }
+}
+
+/// `[pool.outlier]`: passive ejection.
+fn outlier(c: &mut Checker<'_>, o: &RawOutlier) -> OutlierConfig {
+    let ejection = dur(
+        c,
+        o.ejection.as_ref(),
+        defaults::OUTLIER_EJECTION,
+        "ejection",
+        &limits::OUTLIER_EJECTION,
+    );
+    OutlierConfig {
+        consecutive_failures: o
+            .consecutive_failures
+            .map_or(defaults::OUTLIER_CONSECUTIVE_FAILURES, Count::non_zero),
+        ejection,
+    }
+}
+
+/// The pool's backends: unique addresses (canonical form, so `::ffff:1.2.3.4` equals
+/// `1.2.3.4`).
+fn backends(c: &mut Checker<'_>, p: &RawPool, pool: &str) -> Vec<Backend> {
+    let mut seen: HashMap<String, Range<usize>> = HashMap::new();
+    let mut backends = Vec::with_capacity(p.backend.len());
+    for b in &p.backend {
+        let b = b.get_ref();
+        let addr = b.address.get_ref().0;
+        let key = canonical_addr(&addr);
+        if let Some(first) = seen.get(&key) {
+            let line = c.line(first);
+            c.err(
+                b.address.span(),
+                format!("backend {key} is listed twice in pool `{pool}` (first at line {line})"),
+                Some("each address appears once per pool; use weight to send it more".into()),
+            );
+        } else {
+            seen.insert(key, b.address.span());
+        }
+        let weight = b
+            .weight
+            .map_or(defaults::BACKEND_WEIGHT, |w| w.0.get() as u16);
+        backends.push(
+            Backend::new(addr, weight).in_zone(b.zone.as_ref().map(|z| model::Zone::new(&z.0))),
+        );
+    }
+    backends
+}
+
+/// `[pool.discovery]`: at least one source.
+fn discovery(c: &mut Checker<'_>, d: &Spanned<RawDiscovery>) -> Discovery {
+    let raw = d.get_ref();
+    if raw.dns.is_none() && raw.srv.is_none() && raw.file.is_none() && raw.etcd.is_none() {
+        c.err(
+            d.span(),
+            "[pool.discovery] names no source".into(),
+            Some(
+                "set dns = \"NAME:PORT\", srv = \"_http._tcp.NAME\", file = \"PATH\" and/or etcd = \"/services/web/\""
+                    .into(),
+            ),
+        );
+    }
+    if let Some(srv) = &raw.srv {
+        if srv.get_ref().is_empty() {
+            c.err(
+                srv.span(),
+                "srv name is empty".into(),
+                Some("e.g. srv = \"_http._tcp.backends.internal\"".into()),
+            );
+        }
+    }
+    Discovery {
+        dns: raw.dns.clone(),
+        srv: raw.srv.as_ref().map(|s| s.get_ref().clone()),
+        file: raw.file.clone(),
+        etcd: raw.etcd.clone(),
+        nameserver: raw.nameserver.map(|n| n.0),
     }
 }
 
@@ -1744,19 +1782,7 @@ fn health(c: &mut Checker<'_>, h: &RawHealth) -> Option<HealthConfig> {
         CheckKind::Http => {
             let path = h.path.as_ref().map_or_else(
                 || defaults::HEALTH_PATH.to_owned(),
-                |p| {
-                    if !p.get_ref().starts_with('/') {
-                        c.err(
-                            p.span(),
-                            format!(
-                                "health check path \"{}\" does not start with '/'",
-                                p.get_ref()
-                            ),
-                            Some("e.g. path = \"/healthz\"".into()),
-                        );
-                    }
-                    p.get_ref().clone()
-                },
+                |p| url_path(c, p, "health check path", "path = \"/healthz\""),
             );
             HealthCheck::Http {
                 path,
