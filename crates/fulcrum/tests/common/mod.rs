@@ -726,9 +726,17 @@ pub struct UdpBackend {
 
 impl UdpBackend {
     pub async fn start(name: &str) -> Self {
-        let sock = UdpSocket::bind("127.0.0.1:0")
-            .await
-            .expect("bind udp backend");
+        Self::start_delayed(name, Duration::ZERO).await
+    }
+
+    /// As [`Self::start`], each answer sent `delay` after its datagram came (answers overlap:
+    /// a slow backend, so that answers are on their way when something changes).
+    pub async fn start_delayed(name: &str, delay: Duration) -> Self {
+        let sock = Arc::new(
+            UdpSocket::bind("127.0.0.1:0")
+                .await
+                .expect("bind udp backend"),
+        );
         let addr = sock.local_addr().expect("local addr");
         let received = Arc::new(AtomicUsize::new(0));
         let r = Arc::clone(&received);
@@ -742,7 +750,15 @@ impl UdpBackend {
                 r.fetch_add(1, Ordering::SeqCst);
                 let mut out = prefix.clone();
                 out.extend_from_slice(&buf[..n]);
-                let _ = sock.send_to(&out, peer).await;
+                if delay.is_zero() {
+                    let _ = sock.send_to(&out, peer).await;
+                } else {
+                    let sock = Arc::clone(&sock);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        let _ = sock.send_to(&out, peer).await;
+                    });
+                }
             }
         });
         Self {
