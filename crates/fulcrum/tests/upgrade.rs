@@ -532,7 +532,7 @@ async fn udp_stream(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrade_delivers_udp_answers_on_their_way() {
     let delay = Duration::from_millis(300);
-    let backends = vec![
+    let backends = [
         common::UdpBackend::start_delayed("u1", delay).await,
         common::UdpBackend::start_delayed("u2", delay).await,
         common::UdpBackend::start_delayed("u3", delay).await,
@@ -597,11 +597,17 @@ async fn upgrade_delivers_udp_answers_on_their_way() {
         .iter()
         .map(|(n, got, _)| (0..*n).filter(|i| !got.contains(i)).collect())
         .collect();
+    // Lost on the way there (not received by a backend) or back (received, not answered).
+    let received: usize = backends
+        .iter()
+        .map(|b| b.received.load(Ordering::SeqCst))
+        .sum();
     eprintln!(
-        "old exited {old_took:?} after the new one started\nudp: {sent} datagrams sent, {answered} answered, {} lost: {lost:?}\nbackends per flow: {:?}\nold:\n{}",
+        "old exited {old_took:?} after the new one started\nudp: {sent} datagrams sent, {received} received by the backends, {answered} answered, {} lost: {lost:?}\nbackends per flow: {:?}\nold:\n{}\nnew:\n{}",
         sent - answered,
         results.iter().map(|r| &r.2).collect::<Vec<_>>(),
-        old.stderr_tail(8)
+        old.stderr_tail(8),
+        new.stderr_tail(8)
     );
     assert!(
         new.try_wait().is_none(),

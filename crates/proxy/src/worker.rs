@@ -104,7 +104,7 @@ struct Served {
 
 impl Served {
     fn stop_accepting(self) {
-        if !self.stop.is_some_and(|stop| stop.send(()).is_ok()) {
+        if self.stop.is_none_or(|stop| stop.send(()).is_err()) {
             self.task.abort();
         }
     }
