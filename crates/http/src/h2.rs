@@ -309,7 +309,10 @@ async fn handle(
 ) -> Result<Response<H2Body>, Infallible> {
     let (parts, body) = req.into_parts();
     let mut body = H2ReqBody::new(body, &parts.headers, Rc::clone(&act));
-    let outcome = proxy::forward(&c, &H2Req(&parts), &mut body).await;
+    // Boxed: hyper moves each stream's future several times while spawning it (into the
+    // stream, the box, the task cell); `forward`'s future is large, and copying it was 9% of
+    // the h2 profile (memcpy). Boxed, it is written once.
+    let outcome = Box::pin(proxy::forward(&c, &H2Req(&parts), &mut body)).await;
     Ok(match outcome {
         Outcome::Local(l, done) => {
             let text = l.body();
