@@ -546,7 +546,10 @@ async fn drain(
     let deadline = Instant::now() + drain;
     let mut last_status = None::<Instant>;
     loop {
-        let open = shared.global.open_connections.load(Ordering::Relaxed);
+        // UDP flows too: once stopped they end when quiet, and meanwhile deliver the answers
+        // to what they forwarded (fulcrum_proxy::udp, "Graceful shutdown").
+        let open = shared.global.open_connections.load(Ordering::Relaxed)
+            + fulcrum_proxy::udp::open_flows();
         if !handed_over && last_status.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
             notify.status(&format!("stopping: draining {open} open connections"));
             last_status = Some(Instant::now());

@@ -1,11 +1,15 @@
 //! A binary upgrade of an XDP instance (docs/operations.md, "XDP"), in network namespaces
-//! this test creates (`xho…`, 198.18.0.0/15 and 2001:2::/48 only; deleted at the end, also on
-//! failure), with the topology of `xdp_e2e.rs` in dsr mode. The new process takes over the
-//! running one's conntrack maps and XDP link; its configuration adds a backend, so its
-//! Maglev tables send about a third of the flows elsewhere: established connections keep
+//! this test creates (`uho…`, 198.18.0.0/15 and 2001:2::/48 only; deleted at the end, also on
+//! failure), with the topology of `xdp_e2e.rs`, in each forwarding mode: dsr, nat (the
+//! backends unmodified, their default route via the lb, as `xdp_nat_e2e.rs`: the nat_fwd and
+//! nat_rev maps go over) and tunnel, ipip and gue (the backends decapsulate with `fulcrum
+//! decap`, as `xdp_e2e.rs`: the kernel needs no ipip or fou module). The new process takes
+//! over the running one's conntrack maps and XDP link; its configuration adds a backend, so
+//! its Maglev tables send about a third of the flows elsewhere: established connections keep
 //! their backends only through the handed-over conntrack (a moved one would reach a backend
 //! that has no such connection and be reset). Under continuous traffic, established and
-//! new, every failure is counted and must be 0. Needs root, `ip` and `ethtool`.
+//! new, every failure is counted and must be 0. Needs root, `ip` and `ethtool`. The
+//! scenarios run one at a time (a lock): each keeps a 2-core machine busy.
 #![allow(clippy::pedantic, clippy::unwrap_used)]
 
 use std::io::{Read, Write};
@@ -55,14 +59,48 @@ fn open(t: &Topology, vip: SocketAddr) -> Result<(String, TcpStream), String> {
     .map_err(|e| e.to_string())?
 }
 
-/// dsr, IPv4 and IPv6, Maglev on the five-tuple; `with_b3`: the third backend too.
-fn config(with_b3: bool) -> String {
+/// A forwarding mode under test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Dsr,
+    Nat,
+    Ipip,
+    Gue,
+}
+
+impl Mode {
+    /// The service's forwarding keys; `source`: nat's source address on the backends' side.
+    fn forward(self, source: &str) -> String {
+        match self {
+            Mode::Dsr => "forward = \"dsr\"\n".into(),
+            Mode::Nat => format!("forward = \"nat\"\nsource = \"{source}\"\n"),
+            Mode::Ipip => "forward = \"tunnel\"\ntunnel = \"ipip\"\n".into(),
+            Mode::Gue => "forward = \"tunnel\"\ntunnel = \"gue\"\n".into(),
+        }
+    }
+
+    fn backends(self) -> Backends {
+        if self == Mode::Nat {
+            Backends::DefaultRouteViaLb
+        } else {
+            Backends::VipsOnLoopback
+        }
+    }
+}
+
+/// IPv4 and IPv6 services in `mode`, Maglev on the five-tuple; `with_b3`: the third backend
+/// too.
+fn config(mode: Mode, with_b3: bool) -> String {
     let mut c = String::from(
         "[admin]\nlisten = \"127.0.0.1:9090\"\n\n[xdp]\ninterface = \"eth0\"\nmode = \"native\"\n",
     );
-    for (name, listen) in [("web", "198.19.0.10:80"), ("web6", "[2001:2:0:1::10]:80")] {
+    for (name, listen, source) in [
+        ("web", "198.19.0.10:80", "198.18.0.2"),
+        ("web6", "[2001:2:0:1::10]:80", "2001:2::2"),
+    ] {
         c += &format!(
-            "\n[[service]]\nname = \"{name}\"\nlisten = \"{listen}\"\nprotocol = \"tcp\"\npool = \"{name}\"\nforward = \"dsr\"\n"
+            "\n[[service]]\nname = \"{name}\"\nlisten = \"{listen}\"\nprotocol = \"tcp\"\npool = \"{name}\"\n{}",
+            mode.forward(source)
         );
     }
     for (pool, addrs) in [
@@ -121,23 +159,71 @@ fn wait_exit(c: &mut std::process::Child, limit: Duration) -> Option<std::proces
     None
 }
 
+/// One scenario at a time: each keeps the machine busy for its timing.
+static LAB: Mutex<()> = Mutex::new(());
+
 #[test]
 fn xdp_flows_keep_their_backends_across_a_binary_upgrade() {
     if !netns::prerequisites("xdp_flows_keep_their_backends_across_a_binary_upgrade") {
         return;
     }
+    scenario("d", Mode::Dsr);
+}
+
+#[test]
+fn xdp_nat_flows_keep_their_backends_across_a_binary_upgrade() {
+    if !netns::prerequisites("xdp_nat_flows_keep_their_backends_across_a_binary_upgrade") {
+        return;
+    }
+    scenario("n", Mode::Nat);
+}
+
+#[test]
+fn xdp_tunnel_ipip_flows_keep_their_backends_across_a_binary_upgrade() {
+    if !netns::prerequisites("xdp_tunnel_ipip_flows_keep_their_backends_across_a_binary_upgrade") {
+        return;
+    }
+    scenario("i", Mode::Ipip);
+}
+
+#[test]
+fn xdp_tunnel_gue_flows_keep_their_backends_across_a_binary_upgrade() {
+    if !netns::prerequisites("xdp_tunnel_gue_flows_keep_their_backends_across_a_binary_upgrade") {
+        return;
+    }
+    scenario("g", Mode::Gue);
+}
+
+/// The upgrade under load in `mode`; `tag`: the namespaces' (`uhoTAGPID-…`).
+fn scenario(tag: &str, mode: Mode) {
+    let _one_at_a_time = LAB
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut t = Topology::with_prefix(
-        format!("xho{}", std::process::id() % 100_000),
-        Backends::VipsOnLoopback,
+        format!("uho{tag}{}", std::process::id() % 100_000),
+        mode.backends(),
     );
     let dir = std::env::temp_dir().join(format!("fulcrum-{}", t.prefix));
     std::fs::create_dir_all(&dir).expect("tmp dir");
     for b in ["b1", "b2", "b3"] {
         server(&t, b, 80);
+        if matches!(mode, Mode::Ipip | Mode::Gue) {
+            let log = dir.join(format!("decap-{b}.log"));
+            t.spawn(
+                b,
+                &[
+                    env!("CARGO_BIN_EXE_fulcrum"),
+                    "decap",
+                    "--interface",
+                    "eth0",
+                ],
+                log.to_str().expect("path"),
+            );
+        }
     }
     let cfg = dir.join("lb.toml");
     let hs = dir.join("handover.sock");
-    std::fs::write(&cfg, config(false)).expect("config");
+    std::fs::write(&cfg, config(mode, false)).expect("config");
     let (old_log, new_log) = (dir.join("old.log"), dir.join("new.log"));
     let run = |upgrade: bool| {
         let mut v = vec![
@@ -157,20 +243,24 @@ fn xdp_flows_keep_their_backends_across_a_binary_upgrade() {
     };
     let args: Vec<String> = run(false);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let old_lb = t.children.len();
     t.spawn("lb", &args, old_log.to_str().expect("path"));
     let log = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
 
     let vip4: SocketAddr = "198.19.0.10:80".parse().expect("vip");
     let vip6: SocketAddr = "[2001:2:0:1::10]:80".parse().expect("vip6");
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // (60 s: on a loaded machine, loading the programs of the lb and three decaps takes a
+    // while)
+    let started = Instant::now();
     while !(open(&t, vip4).is_ok() && open(&t, vip6).is_ok()) {
         assert!(
-            Instant::now() < deadline,
-            "the VIPs never answered; lb log:\n{}",
+            started.elapsed() < Duration::from_secs(60),
+            "{mode:?}: the VIPs never answered; lb log:\n{}",
             log(&old_log)
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    eprintln!("{mode:?}: the VIPs answered after {:?}", started.elapsed());
     // established connections: 24 IPv4, 12 IPv6, on b1 and b2
     let mut conns = Vec::new();
     for (vip, n) in [(vip4, 24), (vip6, 12)] {
@@ -245,11 +335,11 @@ fn xdp_flows_keep_their_backends_across_a_binary_upgrade() {
     };
     std::thread::sleep(Duration::from_millis(800));
     // the new binary's configuration adds b3: other Maglev tables
-    std::fs::write(&cfg, config(true)).expect("config");
+    std::fs::write(&cfg, config(mode, true)).expect("config");
     let args: Vec<String> = run(true);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     t.spawn("lb", &args, new_log.to_str().expect("path"));
-    let st = wait_exit(&mut t.children[0], Duration::from_secs(30));
+    let st = wait_exit(&mut t.children[old_lb], Duration::from_secs(30));
     assert!(
         st.is_some_and(|s| s.success()),
         "old process: {st:?}\nold:\n{}\nnew:\n{}",
@@ -257,7 +347,7 @@ fn xdp_flows_keep_their_backends_across_a_binary_upgrade() {
         log(&new_log)
     );
     assert!(
-        t.children[1].try_wait().expect("wait").is_none(),
+        t.children[old_lb + 1].try_wait().expect("wait").is_none(),
         "new process exited:\n{}",
         log(&new_log)
     );
@@ -268,7 +358,7 @@ fn xdp_flows_keep_their_backends_across_a_binary_upgrade() {
     newconns.join().expect("new connections thread");
     let new_text = log(&new_log);
     eprintln!(
-        "established: {}\nnew: {} ({} on b3)",
+        "{mode:?}: established: {}\nnew: {} ({} on b3)",
         established.summary(),
         fresh.summary(),
         fresh_b3.load(Ordering::SeqCst)

@@ -14,6 +14,13 @@
 //! Source addresses of UDP can be spoofed: refusing new flows when full would let a flood of
 //! invented clients lock every real one out for a whole idle timeout, while eviction keeps
 //! clients that are actually talking and lets new ones in.
+//!
+//! Graceful shutdown (and a binary upgrade, whose old process stops the same way): a serve
+//! loop told to stop ([`serve`]'s `stop`) reads no more from its service socket (the new
+//! process reads the same socket, or nobody does), but its flows live on so that answers to
+//! datagrams already forwarded still reach their clients: each ends once quiet both ways for
+//! its idle timeout or [`DRAIN_QUIET`], whichever is shorter. The drain waits for them
+//! ([`open_flows`]).
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -32,11 +39,26 @@ use crate::tcp::try_reserve;
 use fulcrum_state::connlog::{ConnEntry, Termination};
 use fulcrum_state::ratelog::LogLimit;
 use fulcrum_state::snapshot::{ServiceRt, Shared};
-use fulcrum_state::stats::BackendStats;
+use fulcrum_state::stats::{ActiveGuard, BackendStats};
 
 const MAX_DATAGRAM: usize = 65_536;
 /// How long a datagram may wait for its backend socket to become writable.
 const SEND_WAIT: Duration = Duration::from_millis(5);
+/// Once its serve loop stopped (shutdown, binary upgrade): how long a flow stays quiet both
+/// ways before it ends, if its idle timeout is longer. Nothing new is forwarded then, so
+/// this is how long an answer to the last datagram forwarded may take and still be
+/// delivered: a stub resolver's usual retry timeout (a later answer is not waited for).
+pub const DRAIN_QUIET: Duration = Duration::from_secs(5);
+
+/// The UDP flows open in this process, every service and worker: one per reply task.
+static OPEN_FLOWS: AtomicU64 = AtomicU64::new(0);
+
+/// The UDP flows open in this process (every service and worker). Graceful shutdown waits
+/// for this to reach 0 too: once their serve loops stopped, flows end when quiet (the
+/// module's "Graceful shutdown"), delivering the answers on their way meanwhile.
+pub fn open_flows() -> u64 {
+    OPEN_FLOWS.load(Ordering::Relaxed)
+}
 
 thread_local! {
     static REPLY_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; MAX_DATAGRAM].into_boxed_slice());
@@ -197,18 +219,32 @@ impl Drop for Place<'_> {
     }
 }
 
-/// Serves one UDP service socket until the task is aborted (which ends its flows too).
-pub async fn serve(shared: Arc<Shared>, sock: UdpSocket, listen: SocketAddr) {
+/// Serves one UDP service socket until the task is aborted (which ends its flows too) or
+/// `stop` says so: then it reads no more and waits for its flows to end (the module's
+/// "Graceful shutdown"). A `stop` dropped unsent changes nothing.
+pub async fn serve(
+    shared: Arc<Shared>,
+    sock: UdpSocket,
+    listen: SocketAddr,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) {
     let sock = Rc::new(sock);
     let flows: Flows = Rc::new(RefCell::new(Table::default()));
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut reply_tasks = tokio::task::JoinSet::new();
+    let (draining_tx, draining) = tokio::sync::watch::channel(false);
     let handover = &shared.udp_handover;
     let mut export = handover.subscribe();
-    let _counted = handover.count_loop();
+    let counted = handover.count_loop();
+    let mut stop = std::pin::pin!(async move {
+        if stop.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    });
     loop {
         let got = tokio::select! {
             biased;
+            () = &mut stop => break,
             r = sock.recv_from(&mut buf) => r,
             Ok(()) = export.changed() => {
                 handover.answer(
@@ -241,7 +277,7 @@ pub async fn serve(shared: Arc<Shared>, sock: UdpSocket, listen: SocketAddr) {
                 Rc::clone(&f),
                 Rc::clone(&sock),
                 (peer, id),
-                Rc::clone(&flows),
+                (Rc::clone(&flows), draining.clone()),
                 Arc::clone(&shared),
             ));
             flows.borrow_mut().insert(peer, id, Rc::clone(&f), task);
@@ -263,6 +299,12 @@ pub async fn serve(shared: Arc<Shared>, sock: UdpSocket, listen: SocketAddr) {
         }
         while reply_tasks.try_join_next().is_some() {}
     }
+    // Stopped: no more reads (a handover's export no longer waits for this loop); the flows
+    // live on for the answers still on their way, and the drain waits for them.
+    drop(counted);
+    let _ = draining_tx.send(true);
+    tracing::debug!(%listen, flows = reply_tasks.len(), "udp socket stopped; its flows finish");
+    while reply_tasks.join_next().await.is_some() {}
 }
 
 async fn open_flow(
@@ -377,24 +419,40 @@ async fn open_flow(
 }
 
 /// Carries a flow's replies back to its client; ends (and forgets the flow) once it has been
-/// idle for the service's idle timeout in both directions.
+/// idle for the service's idle timeout in both directions, or, once `draining` (its serve
+/// loop stopped), for [`DRAIN_QUIET`] if that is shorter.
 async fn replies(
     flow: Rc<Flow>,
     service_sock: Rc<UdpSocket>,
     (peer, id): (SocketAddr, u64),
-    flows: Flows,
+    (flows, mut draining): (Flows, tokio::sync::watch::Receiver<bool>),
     shared: Arc<Shared>,
 ) {
-    let idle = flow.service.idle_timeout;
+    // Counted while the task lives (aborted too): the drain waits for it.
+    let _open = ActiveGuard::new(&OPEN_FLOWS);
     loop {
+        let stopping = *draining.borrow_and_update();
+        let idle = if stopping {
+            flow.service.idle_timeout.min(DRAIN_QUIET)
+        } else {
+            flow.service.idle_timeout
+        };
         let since = shared.now().saturating_sub(flow.last.get());
         let Some(left) = idle.checked_sub(since).filter(|d| !d.is_zero()) else {
-            flow.ended(Termination::IdleTimeout);
+            flow.ended(if idle < flow.service.idle_timeout {
+                Termination::Shutdown
+            } else {
+                Termination::IdleTimeout
+            });
             break;
         };
         // Wait without a buffer; read into the worker's scratch buffer only when data is there,
         // so an idle flow holds no datagram-sized buffer.
-        let ready = tokio::time::timeout(left, flow.sock.readable()).await;
+        let ready = tokio::select! {
+            r = tokio::time::timeout(left, flow.sock.readable()) => r,
+            // The serve loop stopped: the wait is shorter now.
+            Ok(()) = draining.changed(), if !stopping => continue,
+        };
         let res = match ready {
             Ok(Ok(())) => REPLY_BUF.with(|b| {
                 let mut b = b.borrow_mut();

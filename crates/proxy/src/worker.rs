@@ -7,6 +7,7 @@ use std::io;
 use std::sync::Arc;
 
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 
 use crate::{dns, tcp, udp};
@@ -60,7 +61,7 @@ fn run(rt: &tokio::runtime::Runtime, shared: &Arc<Shared>, rx: UnboundedReceiver
 
 /// A worker's command loop: starts and stops its listeners until the controller is gone.
 async fn serve_commands(shared: &Arc<Shared>, mut rx: UnboundedReceiver<WorkerCmd>) {
-    let mut listeners: HashMap<ListenKey, Vec<AbortHandle>> = HashMap::new();
+    let mut listeners: HashMap<ListenKey, Vec<Served>> = HashMap::new();
     while let Some(cmd) = rx.recv().await {
         match cmd {
             WorkerCmd::Listen(key, socks) => {
@@ -74,18 +75,18 @@ async fn serve_commands(shared: &Arc<Shared>, mut rx: UnboundedReceiver<WorkerCm
                     }
                 }
                 for old in listeners.insert(key, handles).into_iter().flatten() {
-                    old.abort();
+                    old.task.abort();
                 }
             }
             WorkerCmd::Unlisten(key) => {
                 for h in listeners.remove(&key).into_iter().flatten() {
-                    h.abort();
+                    h.task.abort();
                 }
             }
             WorkerCmd::StopAccepting => {
                 for (_, hs) in listeners.drain() {
                     for h in hs {
-                        h.abort();
+                        h.stop_accepting();
                     }
                 }
             }
@@ -93,11 +94,23 @@ async fn serve_commands(shared: &Arc<Shared>, mut rx: UnboundedReceiver<WorkerCm
     }
 }
 
-fn serve_socket(
-    shared: &Arc<Shared>,
-    key: ListenKey,
-    sock: BoundSocket,
-) -> io::Result<AbortHandle> {
+/// A socket being served: its task, and for a UDP proxy socket the signal that stops its
+/// reads while its flows finish (graceful shutdown: answers on their way still reach their
+/// clients; `udp::serve`).
+struct Served {
+    task: AbortHandle,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Served {
+    fn stop_accepting(self) {
+        if self.stop.is_none_or(|stop| stop.send(()).is_err()) {
+            self.task.abort();
+        }
+    }
+}
+
+fn serve_socket(shared: &Arc<Shared>, key: ListenKey, sock: BoundSocket) -> io::Result<Served> {
     let shared = Arc::clone(shared);
     let listen = key.1;
     // The snapshot holding this service is swapped in before its sockets are handed out.
@@ -106,21 +119,30 @@ fn serve_socket(
         .load()
         .service_at(key.0, listen)
         .is_some_and(|s| s.protocol == fulcrum_core::model::ServiceProtocol::Dns);
+    let task = |h: tokio::task::JoinHandle<()>| Served {
+        task: h.abort_handle(),
+        stop: None,
+    };
     Ok(match sock {
         BoundSocket::Tcp(l) => {
             let l = crate::accept::Acceptor::new(l)?;
             if is_dns {
-                tokio::task::spawn_local(dns::serve_tcp(shared, l, listen)).abort_handle()
+                task(tokio::task::spawn_local(dns::serve_tcp(shared, l, listen)))
             } else {
-                tokio::task::spawn_local(tcp::serve(shared, l, listen)).abort_handle()
+                task(tokio::task::spawn_local(tcp::serve(shared, l, listen)))
             }
         }
         BoundSocket::Udp(s) => {
             let s = tokio::net::UdpSocket::from_std(s)?;
             if is_dns {
-                tokio::task::spawn_local(dns::serve_udp(shared, s, listen)).abort_handle()
+                task(tokio::task::spawn_local(dns::serve_udp(shared, s, listen)))
             } else {
-                tokio::task::spawn_local(udp::serve(shared, s, listen)).abort_handle()
+                let (stop, stopped) = oneshot::channel();
+                Served {
+                    task: tokio::task::spawn_local(udp::serve(shared, s, listen, stopped))
+                        .abort_handle(),
+                    stop: Some(stop),
+                }
             }
         }
     })

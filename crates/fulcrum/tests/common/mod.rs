@@ -721,17 +721,30 @@ pub struct UdpBackend {
     pub addr: SocketAddr,
     pub name: String,
     pub received: Arc<AtomicUsize>,
+    /// The datagrams received, with [`Self::start_delayed`] only.
+    pub payloads: Arc<Mutex<HashSet<Vec<u8>>>>,
     task: JoinHandle<()>,
 }
 
 impl UdpBackend {
     pub async fn start(name: &str) -> Self {
-        let sock = UdpSocket::bind("127.0.0.1:0")
-            .await
-            .expect("bind udp backend");
+        Self::start_delayed(name, Duration::ZERO).await
+    }
+
+    /// As [`Self::start`], each answer sent `delay` after its datagram came (answers overlap:
+    /// a slow backend, so that answers are on their way when something changes); with a
+    /// delay, every datagram received is kept in `payloads`.
+    pub async fn start_delayed(name: &str, delay: Duration) -> Self {
+        let sock = Arc::new(
+            UdpSocket::bind("127.0.0.1:0")
+                .await
+                .expect("bind udp backend"),
+        );
         let addr = sock.local_addr().expect("local addr");
         let received = Arc::new(AtomicUsize::new(0));
         let r = Arc::clone(&received);
+        let payloads = Arc::new(Mutex::new(HashSet::new()));
+        let p = Arc::clone(&payloads);
         let prefix = format!("{name}|").into_bytes();
         let task = tokio::spawn(async move {
             let mut buf = vec![0u8; 65_536];
@@ -740,15 +753,27 @@ impl UdpBackend {
                     continue;
                 };
                 r.fetch_add(1, Ordering::SeqCst);
+                if !delay.is_zero() {
+                    p.lock().expect("payloads").insert(buf[..n].to_vec());
+                }
                 let mut out = prefix.clone();
                 out.extend_from_slice(&buf[..n]);
-                let _ = sock.send_to(&out, peer).await;
+                if delay.is_zero() {
+                    let _ = sock.send_to(&out, peer).await;
+                } else {
+                    let sock = Arc::clone(&sock);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        let _ = sock.send_to(&out, peer).await;
+                    });
+                }
             }
         });
         Self {
             addr,
             name: name.to_owned(),
             received,
+            payloads,
             task,
         }
     }
