@@ -99,6 +99,8 @@ pub struct Zone {
     pools: Vec<String>,
     negative_ttl: u32,
     rrl: DnsRrl,
+    /// The fast path's subsets of `rr`/`wrr` pools ([`Zone::prepare`]).
+    rotations: fast::Rotations,
 }
 
 fn name(text: &str) -> Result<Name, ZoneError> {
@@ -214,7 +216,17 @@ impl Zone {
             pools,
             negative_ttl,
             rrl: cfg.rrl,
+            rotations: fast::Rotations::default(),
         })
+    }
+
+    /// Precomputes, for the `rr` and `wrr` pools of `pools`, the subset a query gets at
+    /// each position of the scheduler's rotation (see `fast::Rotations`), so that the fast
+    /// path answers such a query with one counter step and a copy. `pools` must be the
+    /// pools this zone answers from (a table is used only while its pool's scheduler is
+    /// the one it was computed from; answers are the same with or without it).
+    pub fn prepare<S: Pools + ?Sized>(&mut self, pools: &S) {
+        self.rotations = fast::Rotations::new(pools, self.pools.len());
     }
 
     /// The pools the names use; [`Pools::pool`] is asked for these indices.
@@ -744,16 +756,19 @@ fn fast_answer<S: Pools + ?Sized>(
         }
         _ => (q.client, 0),
     };
-    let open = subset(
-        pool,
-        e.pool,
-        v4,
-        e.max_answers,
-        key,
-        q.random,
-        q.now,
-        answered,
-    );
+    let open = !zone
+        .rotations
+        .answer(pool, e.pool, v4, e.max_answers, answered)
+        && subset(
+            pool,
+            e.pool,
+            v4,
+            e.max_answers,
+            key,
+            q.random,
+            q.now,
+            answered,
+        );
     let scope = if !answered.is_empty() && !open && pool.scheduler().kind().is_hashing() {
         scope_of
     } else {

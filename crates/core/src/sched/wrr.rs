@@ -9,7 +9,7 @@
 use std::sync::atomic::AtomicUsize;
 
 use super::common::{rotate, smooth_sequence, Eligible};
-use super::{PickError, PickRequest, Scheduler};
+use super::{PickError, PickRequest, Rotation, RotationId, Scheduler};
 use crate::model::{Backend, SchedulerKind};
 
 /// The longest precomputed cycle, in picks.
@@ -22,6 +22,8 @@ pub struct WeightedRoundRobin {
     /// One full cycle: indices into the backend slice.
     cycle: Vec<u32>,
     next: AtomicUsize,
+    /// Tells this rotation from any other ([`Rotation::id`]).
+    id: RotationId,
 }
 
 impl WeightedRoundRobin {
@@ -41,6 +43,7 @@ impl WeightedRoundRobin {
             eligible,
             cycle,
             next: AtomicUsize::new(0),
+            id: RotationId::fresh(),
         }
     }
 
@@ -71,5 +74,9 @@ impl Scheduler for WeightedRoundRobin {
             .map(|&i| i as usize)
             .find(|i| !req.exclude.contains(i))
             .ok_or_else(|| self.eligible.error())
+    }
+
+    fn rotation(&self) -> Option<Rotation<'_>> {
+        Some(Rotation::cycle(&self.cycle, &self.next, self.id))
     }
 }
