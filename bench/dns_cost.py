@@ -119,10 +119,9 @@ def callgrind_run(name: str, path: str, d: Path, bport: int, qfile: Path, n: int
         if not bench.wait_answer(port, 120.0):
             print(f"{name} (callgrind): no full answer", flush=True)
             return None
-        sent = subprocess.run(
+        subprocess.run(
             ["taskset", "-c", str(a.load_core), "dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(qfile),
              "-n", "1", "-c", "1", "-q", "1", "-t", "5"], capture_output=True, timeout=60, check=False)
-        del sent
         runs = []
 
         def load() -> None:
