@@ -305,8 +305,8 @@ struct Table {
     /// ends with a failed pick (backends left that are not eligible). A query for at most
     /// `groups` takes exactly as many picks as backends.
     calls_all: usize,
-    /// One row of `groups` backend indices per position.
-    rows: Box<[u32]>,
+    /// One row of `groups` backend indices per position (pools of up to 65,535 backends).
+    rows: Box<[u16]>,
 }
 
 impl Rotations {
@@ -361,7 +361,7 @@ impl Rotations {
         else {
             return false;
         };
-        out.extend(row.iter().map(|&b| (pool_idx, b as usize)));
+        out.extend(row.iter().map(|&b| (pool_idx, usize::from(b))));
         true
     }
 }
@@ -377,7 +377,7 @@ impl Table {
         if pool.locality().is_some()
             || rotation.is_empty()
             || rotation.len().saturating_mul(family) > MAX_TABLE
-            || u32::try_from(pool.backends().len()).is_err()
+            || u16::try_from(pool.backends().len()).is_err()
         {
             return None;
         }
@@ -418,7 +418,7 @@ impl Table {
                 return None;
             }
             for &(_, b) in &out {
-                rows.push(u32::try_from(b).ok()?);
+                rows.push(u16::try_from(b).ok()?);
             }
         }
         let (groups, calls_all) = shape?;
