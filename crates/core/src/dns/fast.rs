@@ -268,9 +268,11 @@ fn pointer(to: usize) -> [u8; 2] {
     (0xc000 | (to as u16 & 0x3fff)).to_be_bytes()
 }
 
-/// Positions x backends a [`Table`] holds at most (a longer rotation, or a larger pool, is
-/// answered by [`super::subset`] per query).
-const MAX_TABLE: usize = 4096;
+/// Positions x backends of the family a [`Table`] is built for at most (a longer rotation,
+/// or a larger pool, is answered by [`super::subset`] per query). It bounds the table's
+/// memory (2 bytes per entry) and the work of building it with each snapshot (one replayed
+/// pick per entry, each a walk over the pool: well under a millisecond per pool).
+const MAX_TABLE: usize = 1024;
 
 /// The subsets `rr` and `wrr` answer, precomputed per counter position for each pool and
 /// address family of a zone ([`super::Zone::prepare`]).
