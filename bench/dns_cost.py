@@ -9,14 +9,15 @@ One command:
 Same servers, names, pinning and dnsperf load as bench/dns.py (whose helpers it imports).
 Per server and run, interleaved:
   * queries/s as dnsperf reports it (wall clock: noisy when other work shares the cores);
-  * CPU time per query: the server's user+system CPU time (/proc/PID/stat, every thread)
-    over the run divided by the queries dnsperf saw answered. It counts only the server's
-    own time, so it moves much less than queries/s when other processes compete.
+  * CPU time per query, user and system apart: the server's CPU time (/proc/PID/stat, every
+    thread) over the run divided by the queries dnsperf saw answered. It counts only the
+    server's own time, so it moves much less than queries/s when other processes compete.
 With --callgrind N: the user-space instructions per query of each server run under
 `valgrind --tool=callgrind`: counters zeroed once the server answers, N queries sent by
 dnsperf, the instructions of an idle stretch as long as that subtracted (health checks,
 timers), divided by N. Exact and noise-free, but without the kernel's share (the sends and
-receives) and under valgrind's serialised threads. (This machine's VM exposes no hardware
+receives) and under valgrind's serialised threads; Fulcrum builds only (gdnsd's counters
+would not zero). (This machine's VM exposes no hardware
 counters, so `perf stat -e instructions` is not available.)
 
 Prints a table (medians of --runs); writes nothing. Only 127.0.0.0/8, only processes it
@@ -45,10 +46,10 @@ _spec.loader.exec_module(bench)
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of every thread of `pid`."""
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU time of every thread of `pid`."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+    return int(fields[11]) / TICK, int(fields[12]) / TICK
 
 
 def command(name: str, path: str, d: Path, port: int, bport: int) -> list[str]:
@@ -69,17 +70,19 @@ def dnsperf_run(port: int, qfile: Path, duration: int, core: int) -> tuple[float
     return (float(qps.group(1)) if qps else 0.0, int(done.group(1)) if done else 0)
 
 
-def load_run(name: str, path: str, d: Path, bport: int, qfile: Path, a) -> tuple[float, float] | None:
+def load_run(name: str, path: str, d: Path, bport: int, qfile: Path, a) -> tuple[float, float, float] | None:
     port = bench.free_port()
     p = bench.start(command(name, path, d, port, bport), a.server_core, d / f"{name}.log")
     try:
         if not bench.wait_answer(port):
             print(f"{name}: no full answer", flush=True)
             return None
-        before = cpu_seconds(p.pid)
+        u0, s0 = cpu_seconds(p.pid)
         qps, done = dnsperf_run(port, qfile, a.duration, a.load_core)
-        used = cpu_seconds(p.pid) - before
-        return qps, (used / done * 1e6 if done else float("nan"))
+        u1, s1 = cpu_seconds(p.pid)
+        if not done:
+            return None
+        return qps, (u1 - u0) / done * 1e6, (s1 - s0) / done * 1e6
     finally:
         bench.stop(p)
 
@@ -158,7 +161,7 @@ def main() -> None:
     bench.Listeners(bport)
     qfile = d / "queries"
     qfile.write_text("www.example.test A\n")
-    load: dict[str, list[tuple[float, float]]] = {s[0]: [] for s in servers}
+    load: dict[str, list[tuple[float, float, float]]] = {s[0]: [] for s in servers}
     cg: dict[str, list[float]] = {s[0]: [] for s in servers}
     try:
         for run in range(a.runs):
@@ -167,28 +170,31 @@ def main() -> None:
                 r = load_run(kind, path, d, bport, qfile, a)
                 if r:
                     load[label].append(r)
-                    print(f"run {run + 1} {label}: {r[0]:.0f} q/s, {r[1]:.2f} us CPU/query", flush=True)
-                if a.callgrind and shutil.which("valgrind"):
+                    print(f"run {run + 1} {label}: {r[0]:.0f} q/s, CPU per query {r[1]:.2f} us user "
+                          f"{r[2]:.2f} us system", flush=True)
+                # gdnsd is left out: `callgrind_control -z` did not zero its counters here
+                # (its "busy" total was its whole run's).
+                if a.callgrind and kind != "gdnsd" and shutil.which("valgrind"):
                     c = callgrind_run(kind, path, d, bport, qfile, a.callgrind, a)
                     if c:
                         cg[label].append(c)
                         print(f"run {run + 1} {label}: {c:.0f} user instructions/query (callgrind)", flush=True)
     finally:
         subprocess.run(["rm", "-rf", str(d)], check=False)
-    g = statistics.median(q for q, _ in load["gdnsd"]) if load["gdnsd"] else 0.0
-    gc = statistics.median(c for _, c in load["gdnsd"]) if load["gdnsd"] else 0.0
-    gi = statistics.median(cg["gdnsd"]) if cg["gdnsd"] else 0.0
+    def med(label: str, k: int) -> float:
+        return statistics.median(x[k] for x in load[label]) if load[label] else float("nan")
+
+    g, gu = med("gdnsd", 0), med("gdnsd", 1)
     print(f"load average {os.getloadavg()[0]:.1f}; medians of {a.runs}")
-    print("| server | queries/s | ratio | CPU us/query | ratio | user instructions/query | ratio |")
+    print("| server | queries/s | ratio to gdnsd | user CPU us/query | ratio to gdnsd | system CPU us/query "
+          "| user instructions/query (callgrind) |")
     print("|---|---|---|---|---|---|---|")
     for label, _ in servers:
         if not load[label]:
             continue
-        q = statistics.median(x for x, _ in load[label])
-        c = statistics.median(y for _, y in load[label])
-        i = statistics.median(cg[label]) if cg[label] else float("nan")
-        print(f"| {label} | {q:,.0f} | {q / g if g else float('nan'):.2f} | {c:.2f} | "
-              f"{c / gc if gc else float('nan'):.2f} | {i:,.0f} | {i / gi if gi else float('nan'):.2f} |")
+        i = f"{statistics.median(cg[label]):,.0f}" if cg[label] else "-"
+        print(f"| {label} | {med(label, 0):,.0f} | {med(label, 0) / g:.2f} | {med(label, 1):.2f} | "
+              f"{med(label, 1) / gu:.2f} | {med(label, 2):.2f} | {i} |")
 
 
 if __name__ == "__main__":
