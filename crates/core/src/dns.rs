@@ -99,6 +99,8 @@ pub struct Zone {
     pools: Vec<String>,
     negative_ttl: u32,
     rrl: DnsRrl,
+    /// The fast path's subsets of `rr`/`wrr` pools ([`Zone::prepare`]).
+    rotations: fast::Rotations,
 }
 
 fn name(text: &str) -> Result<Name, ZoneError> {
@@ -214,7 +216,17 @@ impl Zone {
             pools,
             negative_ttl,
             rrl: cfg.rrl,
+            rotations: fast::Rotations::default(),
         })
+    }
+
+    /// Precomputes, for the `rr` and `wrr` pools of `pools`, the subset a query gets at
+    /// each position of the scheduler's rotation (see `fast::Rotations`), so that the fast
+    /// path answers such a query with one counter step and a copy. `pools` must be the
+    /// pools this zone answers from (a table is used only while its pool's scheduler is
+    /// the one it was computed from; answers are the same with or without it).
+    pub fn prepare<S: Pools + ?Sized>(&mut self, pools: &S) {
+        self.rotations = fast::Rotations::new(pools, self.pools.len());
     }
 
     /// The pools the names use; [`Pools::pool`] is asked for these indices.
@@ -785,7 +797,12 @@ fn fast_answer<S: Pools + ?Sized>(
     }
     let subnet = f.edns.and_then(|(_, ecs)| ecs);
     let (key, scope_of) = ecs_key(q.client, subnet.map(|cs| (cs.addr, cs.source, cs.v4)));
-    let open = q.subset(pool, e.pool, e.max_answers, v4, key, answered);
+    // rr/wrr: the answer precomputed for this rotation position (`Zone::prepare`), else the
+    // scheduler's subset now.
+    let open = !zone
+        .rotations
+        .answer(pool, e.pool, v4, e.max_answers, answered)
+        && q.subset(pool, e.pool, e.max_answers, v4, key, answered);
     let (ttl, scope) = ttl_and_scope(pool, e.ttl, open, !answered.is_empty(), scope_of);
     // Header: the id, QR, QUERY, AA, RD as asked; CD as asked, NOERROR.
     reply.extend_from_slice(&f.id);

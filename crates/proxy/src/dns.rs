@@ -58,12 +58,14 @@ const BATCH: usize = 32;
 
 /// Serves one dns service's UDP socket until the task is aborted: up to [`BATCH`] queries
 /// per `recvmmsg`, answered into buffers kept across batches (no allocation per query on
-/// the fast path), the replies sent with one `sendmmsg`. The snapshot is loaded once per
+/// the fast path), the answers per backend counted once per batch
+/// ([`fulcrum_state::snapshot::AnswerTally`]), the replies sent with one `sendmmsg`. The snapshot is loaded once per
 /// batch, so a health change shows in the next batch's answers.
 pub async fn serve_udp(shared: Arc<Shared>, sock: UdpSocket, listen: SocketAddr) {
     let mut rrl = Rrl::default();
     let mut batch = mmsg::Batch::new(BATCH, MAX_QUERY);
     let mut answered = Vec::new();
+    let mut tally = fulcrum_state::snapshot::AnswerTally::default();
     loop {
         if let Err(e) = sock.readable().await {
             tracing::debug!(%listen, error = %e, "dns socket failed");
@@ -99,14 +101,25 @@ pub async fn serve_udp(shared: Arc<Shared>, sock: UdpSocket, listen: SocketAddr)
                 random: fastrand::u64(..),
                 now,
             };
-            dns.answer_into(&svc.stats, &q, Some(&mut rrl), reply, &mut answered);
+            dns.answer_tallied(
+                &svc.stats,
+                &q,
+                Some(&mut rrl),
+                reply,
+                &mut answered,
+                &mut tally,
+            );
         }
+        // Counted before the replies leave, so a client that has its answer sees it counted.
+        dns.flush(&mut tally);
         // UDP: replies that cannot be sent now are dropped, the clients ask again.
         let _ = sock.try_io(Interest::WRITABLE, || batch.send(fd, n));
     }
 }
 
-/// `recvmmsg`/`sendmmsg` over buffers kept across batches; `unsafe` only at the calls.
+/// `recvmmsg`/`sendmmsg` over buffers and message headers kept across batches (nothing is
+/// allocated or converted per batch: the replies go to the source addresses as the kernel
+/// gave them); `unsafe` only at the calls.
 #[allow(unsafe_code)]
 mod mmsg {
     use std::io;
@@ -115,16 +128,23 @@ mod mmsg {
 
     use socket2::SockAddr;
 
+    /// Every `Vec` here but `replies`, `send_iovs` and `send_hdrs` keeps its length (and so
+    /// its heap buffer) from [`Batch::new`] on: `recv_hdrs` points into `addrs` and
+    /// `recv_iovs`, and `recv_iovs` into `bufs`. The send headers are rebuilt per batch
+    /// (a reply's buffer may have grown).
     pub struct Batch {
         /// One receive buffer per slot.
         bufs: Vec<Vec<u8>>,
         lens: Vec<usize>,
         addrs: Vec<libc::sockaddr_storage>,
+        namelens: Vec<libc::socklen_t>,
         peers: Vec<Option<SocketAddr>>,
         /// The reply of each slot (empty: none).
         replies: Vec<Vec<u8>>,
-        /// The reply's destination as the kernel takes it.
-        dests: Vec<SockAddr>,
+        recv_iovs: Vec<libc::iovec>,
+        recv_hdrs: Vec<libc::mmsghdr>,
+        send_iovs: Vec<libc::iovec>,
+        send_hdrs: Vec<libc::mmsghdr>,
     }
 
     fn empty_storage() -> libc::sockaddr_storage {
@@ -133,15 +153,53 @@ mod mmsg {
         unsafe { std::mem::zeroed() }
     }
 
+    fn header(
+        name: *mut libc::sockaddr_storage,
+        len: libc::socklen_t,
+        iov: *mut libc::iovec,
+    ) -> libc::mmsghdr {
+        // SAFETY: `mmsghdr` is plain old data; all zeros is valid (no name, no buffers, no
+        // control data) and the pointers are set below.
+        let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+        h.msg_hdr.msg_name = name.cast();
+        h.msg_hdr.msg_namelen = len;
+        h.msg_hdr.msg_iov = iov;
+        h.msg_hdr.msg_iovlen = 1;
+        h
+    }
+
+    const STORAGE: libc::socklen_t = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+
     impl Batch {
         pub fn new(slots: usize, size: usize) -> Self {
+            let mut bufs: Vec<Vec<u8>> = (0..slots).map(|_| vec![0u8; size]).collect();
+            let mut addrs: Vec<libc::sockaddr_storage> =
+                (0..slots).map(|_| empty_storage()).collect();
+            let mut recv_iovs: Vec<libc::iovec> = bufs
+                .iter_mut()
+                .map(|b| libc::iovec {
+                    iov_base: b.as_mut_ptr().cast(),
+                    iov_len: b.len(),
+                })
+                .collect();
+            let recv_hdrs = recv_iovs
+                .iter_mut()
+                .zip(addrs.iter_mut())
+                .map(|(iov, addr)| {
+                    header(std::ptr::from_mut(addr), STORAGE, std::ptr::from_mut(iov))
+                })
+                .collect();
             Self {
-                bufs: (0..slots).map(|_| vec![0u8; size]).collect(),
+                bufs,
                 lens: vec![0; slots],
-                addrs: (0..slots).map(|_| empty_storage()).collect(),
+                addrs,
+                namelens: vec![0; slots],
                 peers: vec![None; slots],
                 replies: (0..slots).map(|_| Vec::with_capacity(512)).collect(),
-                dests: Vec::with_capacity(slots),
+                recv_iovs,
+                recv_hdrs,
+                send_iovs: Vec::with_capacity(slots),
+                send_hdrs: Vec::with_capacity(slots),
             }
         }
 
@@ -156,52 +214,39 @@ mod mmsg {
 
         /// Reads up to as many datagrams as there are slots, without waiting.
         pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
-            let slots = self.bufs.len();
-            let mut iovs: Vec<libc::iovec> = self
-                .bufs
-                .iter_mut()
-                .map(|b| libc::iovec {
-                    iov_base: b.as_mut_ptr().cast(),
-                    iov_len: b.len(),
-                })
-                .collect();
-            let mut hdrs: Vec<libc::mmsghdr> = iovs
-                .iter_mut()
-                .zip(self.addrs.iter_mut())
-                .map(|(iov, addr)| {
-                    // SAFETY: `mmsghdr` is plain old data; all zeros is valid (no name, no
-                    // buffers, no control data) and every pointer is set below.
-                    let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                    h.msg_hdr.msg_name = std::ptr::from_mut(addr).cast();
-                    h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-                    h.msg_hdr.msg_iov = std::ptr::from_mut(iov);
-                    h.msg_hdr.msg_iovlen = 1;
-                    h
-                })
-                .collect();
-            // SAFETY: `hdrs` holds `slots` headers whose name and iovec pointers point into
-            // `self.addrs`, `iovs` and `self.bufs`, all alive and not otherwise borrowed
-            // for the call; the kernel writes at most `iov_len` bytes into each buffer and
-            // at most `msg_namelen` into each address.
+            for h in &mut self.recv_hdrs {
+                h.msg_hdr.msg_namelen = STORAGE;
+                h.msg_hdr.msg_flags = 0;
+                h.msg_len = 0;
+            }
+            debug_assert_eq!(self.recv_iovs.len(), self.recv_hdrs.len());
+            // SAFETY: `recv_hdrs` holds one header per slot whose name and iovec pointers
+            // point into `self.addrs` and `self.recv_iovs` (and those into `self.bufs`),
+            // heap buffers that live as long as `self` and never move (see `Batch`); the
+            // kernel writes at most `iov_len` bytes into each buffer and at most
+            // `msg_namelen` into each address.
             let n = unsafe {
                 libc::recvmmsg(
                     fd,
-                    hdrs.as_mut_ptr(),
-                    slots as libc::c_uint,
+                    self.recv_hdrs.as_mut_ptr(),
+                    self.recv_hdrs.len() as libc::c_uint,
                     libc::MSG_DONTWAIT,
                     std::ptr::null_mut(),
                 )
             };
             let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
-            for (i, h) in hdrs.iter().enumerate().take(n) {
-                let len = h.msg_len as usize;
+            for (i, h) in self.recv_hdrs.iter().enumerate().take(n) {
+                let namelen = h.msg_hdr.msg_namelen.min(STORAGE);
                 if let Some(l) = self.lens.get_mut(i) {
-                    *l = len;
+                    *l = h.msg_len as usize;
+                }
+                if let Some(l) = self.namelens.get_mut(i) {
+                    *l = namelen;
                 }
                 let peer = self.addrs.get(i).and_then(|a| {
-                    // SAFETY: the kernel initialised `msg_namelen` bytes of this
+                    // SAFETY: the kernel initialised `namelen` bytes of this
                     // `sockaddr_storage` for datagram `i`.
-                    unsafe { SockAddr::new(*a, h.msg_hdr.msg_namelen) }.as_socket()
+                    unsafe { SockAddr::new(*a, namelen) }.as_socket()
                 });
                 if let Some(p) = self.peers.get_mut(i) {
                     *p = peer;
@@ -216,36 +261,40 @@ mod mmsg {
         /// Sends the non-empty replies of the first `n` slots to their sources; returns how
         /// many went out.
         pub fn send(&mut self, fd: RawFd, n: usize) -> io::Result<usize> {
-            self.dests.clear();
-            let mut iovs: Vec<libc::iovec> = Vec::with_capacity(n);
-            for (r, p) in self.replies.iter_mut().zip(&self.peers).take(n) {
-                if let (false, Some(peer)) = (r.is_empty(), p) {
-                    iovs.push(libc::iovec {
+            self.send_iovs.clear();
+            self.send_hdrs.clear();
+            for (i, r) in self.replies.iter_mut().enumerate().take(n) {
+                let has_peer = self.peers.get(i).is_some_and(Option::is_some);
+                if !r.is_empty() && has_peer {
+                    self.send_iovs.push(libc::iovec {
                         iov_base: r.as_mut_ptr().cast(),
                         iov_len: r.len(),
                     });
-                    self.dests.push(SockAddr::from(*peer));
                 }
             }
-            let mut hdrs: Vec<libc::mmsghdr> = iovs
-                .iter_mut()
-                .zip(&self.dests)
-                .map(|(iov, dest)| {
-                    // SAFETY: as in `recv`: plain old data, pointers set below.
-                    let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                    h.msg_hdr.msg_name = dest.as_ptr().cast_mut().cast();
-                    h.msg_hdr.msg_namelen = dest.len();
-                    h.msg_hdr.msg_iov = std::ptr::from_mut(iov);
-                    h.msg_hdr.msg_iovlen = 1;
-                    h
-                })
-                .collect();
+            let mut iovs = self.send_iovs.iter_mut();
+            for (i, r) in self.replies.iter().enumerate().take(n) {
+                let has_peer = self.peers.get(i).is_some_and(Option::is_some);
+                if r.is_empty() || !has_peer {
+                    continue;
+                }
+                let (Some(iov), Some(addr), Some(&len)) =
+                    (iovs.next(), self.addrs.get_mut(i), self.namelens.get(i))
+                else {
+                    break;
+                };
+                self.send_hdrs.push(header(
+                    std::ptr::from_mut(addr),
+                    len,
+                    std::ptr::from_mut(iov),
+                ));
+            }
             let mut sent = 0;
-            while sent < hdrs.len() {
-                let rest = hdrs.get_mut(sent..).unwrap_or_default();
-                // SAFETY: every header points at a live reply buffer (`self.replies`) and
-                // a live address (`self.dests`), neither touched during the call; the
-                // kernel only reads them.
+            while sent < self.send_hdrs.len() {
+                let rest = self.send_hdrs.get_mut(sent..).unwrap_or_default();
+                // SAFETY: every header points at a live reply buffer (`self.replies`, not
+                // touched since its iovec was made) and at its source address as the
+                // kernel wrote it (`self.addrs`, `namelens`); the kernel only reads them.
                 let r = unsafe {
                     libc::sendmmsg(
                         fd,

@@ -1324,7 +1324,7 @@ impl Build {
                     _ => None,
                 };
                 let dns = s.dns().and_then(|d| {
-                    let zone = fulcrum_core::dns::Zone::new(d, self.generation as u32)
+                    let mut zone = fulcrum_core::dns::Zone::new(d, self.generation as u32)
                         .map_err(|e| tracing::error!(service = %s.name, "dns zone: {e}"))
                         .ok()?;
                     let dns_pools = zone
@@ -1333,6 +1333,7 @@ impl Build {
                         .filter_map(|n| pools.iter().find(|p| p.name == *n).cloned())
                         .collect::<Vec<_>>();
                     (dns_pools.len() == zone.pools().len()).then(|| {
+                        zone.prepare(dns_pools.as_slice());
                         Arc::new(crate::snapshot::DnsRt {
                             zone,
                             pools: dns_pools,

@@ -22,6 +22,12 @@
 //! same function for both ([`super::subset`]).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::{subset, Pools};
+use crate::choice::Pool;
+use crate::model::{Backend, HashKey, Now, SchedulerKind};
+use crate::sched::{Loads, PickError, PickRequest, Rotation, Scheduler};
 
 /// The longest name on the wire (RFC 1035 3.1).
 const MAX_NAME: usize = 255;
@@ -260,4 +266,339 @@ fn pointer(to: usize) -> [u8; 2] {
     // Offsets here are within one query's question (below 12 + 255) or the first answer
     // (below 65535 only if it fits: the caller bounds the reply first).
     (0xc000 | (to as u16 & 0x3fff)).to_be_bytes()
+}
+
+/// Positions x backends of the family a [`Table`] is built for at most (a longer rotation,
+/// or a larger pool, is answered by [`super::subset`] per query). It bounds the table's
+/// memory (2 bytes per entry) and the work of building it with each snapshot (one replayed
+/// pick per entry, each a walk over the pool: well under a millisecond per pool).
+const MAX_TABLE: usize = 1024;
+
+/// The subsets `rr` and `wrr` answer, precomputed per counter position for each pool and
+/// address family of a zone ([`super::Zone::prepare`]).
+///
+/// Why: `perf record` of the UDP worker under `bench/dns.py`'s load (wrr, 10 answers) put
+/// most of the answerer's own time in [`super::subset`]: ten calls of
+/// [`choice::choose`](crate::choice::choose) per query, each walking the tried list, and
+/// ten atomic increments of the scheduler's counter. For these two schedulers a query's
+/// picks are a pure function of the counter's value at its start
+/// ([`Rotation`](crate::sched::Rotation)), and the number of picks it takes is the same for
+/// every value (below: `calls`). So the table holds, for each position, the backends
+/// [`super::subset`] answers from there, computed by running [`super::subset`] itself
+/// against a replay of the rotation; a query then moves the counter once, by that number,
+/// and copies its row. The answers and the counter's course are those of
+/// [`super::subset`], byte for byte (`crates/core/tests/dns_fast.rs`).
+///
+/// Never stale: a table belongs to the zone of one snapshot and is used only while the
+/// pool's scheduler is the one it was computed from ([`Rotation::id`]); a health change or
+/// a reload builds new schedulers, a new zone and new tables.
+#[derive(Debug, Default)]
+pub(super) struct Rotations {
+    /// By pool index ([`super::Zone::pools`]): IPv4, IPv6.
+    tables: Vec<[Option<Table>; 2]>,
+}
+
+#[derive(Debug)]
+struct Table {
+    rotation: crate::sched::RotationId,
+    /// The backends (distinct IPs) a query with no `max_answers` limit gets: the row length.
+    groups: usize,
+    /// The picks (counter steps) such a query takes: `groups`, or one more when the walk
+    /// ends with a failed pick (backends left that are not eligible). A query for at most
+    /// `groups` takes exactly as many picks as backends.
+    calls_all: usize,
+    /// One row of `groups` backend indices per position (pools of up to 65,535 backends).
+    rows: Box<[u16]>,
+}
+
+impl Rotations {
+    /// The tables of the `count` pools of `pools` that use `rr` or `wrr` (without slow
+    /// start and locality) with at least one backend up.
+    pub fn new<S: Pools + ?Sized>(pools: &S, count: usize) -> Self {
+        Self {
+            tables: (0..count)
+                .map(|i| {
+                    let table = |v4| pools.pool(i).and_then(|p| Table::new(p, i, v4));
+                    [table(true), table(false)]
+                })
+                .collect(),
+        }
+    }
+
+    /// Appends the answer of a query for up to `max` backends of the family (`v4`) of pool
+    /// `pool_idx` to `out`, moving the scheduler's counter as [`super::subset`] would;
+    /// `false` (nothing done): no table for it, the caller runs [`super::subset`].
+    pub fn answer<P: Pool>(
+        &self,
+        pool: &P,
+        pool_idx: usize,
+        v4: bool,
+        max: usize,
+        out: &mut Vec<(usize, usize)>,
+    ) -> bool {
+        let Some(t) = self
+            .tables
+            .get(pool_idx)
+            .and_then(|t| t.get(usize::from(!v4)))
+            .and_then(Option::as_ref)
+        else {
+            return false;
+        };
+        let Some(rotation) = pool.scheduler().rotation() else {
+            return false;
+        };
+        if max == 0 || rotation.id() != t.rotation || pool.locality().is_some() {
+            return false;
+        }
+        // A query that may take every group stops with a failed pick only if it asks for
+        // more than there are.
+        let (take, calls) = if max <= t.groups {
+            (max, max)
+        } else {
+            (t.groups, t.calls_all)
+        };
+        let Some(row) = rotation
+            .advance(calls)
+            .and_then(|pos| t.rows.get(pos * t.groups..pos * t.groups + take))
+        else {
+            return false;
+        };
+        out.extend(row.iter().map(|&b| (pool_idx, usize::from(b))));
+        true
+    }
+}
+
+impl Table {
+    fn new<P: Pool>(pool: &P, pool_idx: usize, v4: bool) -> Option<Self> {
+        let rotation = pool.scheduler().rotation()?;
+        let family = pool
+            .backends()
+            .iter()
+            .filter(|b| b.address.is_ipv4() == v4)
+            .count();
+        if pool.locality().is_some()
+            || rotation.is_empty()
+            || rotation.len().saturating_mul(family) > MAX_TABLE
+            || u16::try_from(pool.backends().len()).is_err()
+        {
+            return None;
+        }
+        let mut rows = Vec::new();
+        let mut out = Vec::new();
+        let mut shape = None;
+        for pos in 0..rotation.len() {
+            let replay = Replay {
+                pool,
+                scheduler: Replayed {
+                    kind: pool.scheduler().kind(),
+                    order: rotation,
+                    counter: AtomicUsize::new(pos),
+                },
+            };
+            out.clear();
+            let open = subset(
+                &replay,
+                pool_idx,
+                v4,
+                usize::MAX,
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                0,
+                Now::ZERO,
+                &mut out,
+            );
+            let calls = replay
+                .scheduler
+                .counter
+                .load(Ordering::Relaxed)
+                .wrapping_sub(pos);
+            // Fail open (nothing up) is random; a shape that depends on the position is
+            // not what this table assumes: no table.
+            if open
+                || out.is_empty()
+                || *shape.get_or_insert((out.len(), calls)) != (out.len(), calls)
+            {
+                return None;
+            }
+            for &(_, b) in &out {
+                rows.push(u16::try_from(b).ok()?);
+            }
+        }
+        let (groups, calls_all) = shape?;
+        Some(Self {
+            rotation: rotation.id(),
+            groups,
+            calls_all,
+            rows: rows.into(),
+        })
+    }
+}
+
+/// A pool whose `rr`/`wrr` scheduler is replayed from a chosen counter value, on its own
+/// counter: [`super::subset`] run against it answers what the real pool answers from that
+/// value, without moving the real counter.
+struct Replay<'a, P> {
+    pool: &'a P,
+    scheduler: Replayed<'a>,
+}
+
+/// The replayed scheduler: [`Rotation::pick_at`] at its own counter's positions.
+#[derive(Debug)]
+struct Replayed<'a> {
+    kind: SchedulerKind,
+    order: Rotation<'a>,
+    counter: AtomicUsize,
+}
+
+impl Scheduler for Replayed<'_> {
+    fn kind(&self) -> SchedulerKind {
+        self.kind
+    }
+
+    fn pick(&self, req: &PickRequest<'_>) -> Result<usize, PickError> {
+        let pos = self.counter.fetch_add(1, Ordering::Relaxed) % self.order.len().max(1);
+        self.order
+            .pick_at(pos, req.exclude)
+            .ok_or(PickError::AllTried {
+                tried: req.exclude.len(),
+            })
+    }
+}
+
+impl<P: Pool> Loads for Replay<'_, P> {
+    fn active(&self, idx: usize) -> u64 {
+        self.pool.active(idx)
+    }
+}
+
+impl<P: Pool> Pool for Replay<'_, P> {
+    fn backends(&self) -> &[Backend] {
+        self.pool.backends()
+    }
+    fn scheduler(&self) -> &dyn Scheduler {
+        &self.scheduler
+    }
+    fn hash_key(&self) -> &HashKey {
+        self.pool.hash_key()
+    }
+    fn backend_id(&self, idx: usize) -> Option<u32> {
+        self.pool.backend_id(idx)
+    }
+    fn index_of(&self, id: u32) -> Option<usize> {
+        self.pool.index_of(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::model::BackendState;
+    use crate::sched::{build, SchedOptions};
+
+    struct TestPool {
+        backends: Vec<Backend>,
+        scheduler: Arc<dyn Scheduler>,
+        key: HashKey,
+    }
+
+    impl Loads for TestPool {
+        fn active(&self, _idx: usize) -> u64 {
+            0
+        }
+    }
+
+    impl Pool for TestPool {
+        fn backends(&self) -> &[Backend] {
+            &self.backends
+        }
+        fn scheduler(&self) -> &dyn Scheduler {
+            &*self.scheduler
+        }
+        fn hash_key(&self) -> &HashKey {
+            &self.key
+        }
+        fn backend_id(&self, idx: usize) -> Option<u32> {
+            u32::try_from(idx).ok()
+        }
+        fn index_of(&self, id: u32) -> Option<usize> {
+            usize::try_from(id).ok()
+        }
+    }
+
+    /// Four IPv4 backends of weights 1..=4 (one a second port of the first's IP), two
+    /// IPv6, `down` of them down.
+    fn pool(kind: SchedulerKind, down: &[usize]) -> TestPool {
+        let mut backends: Vec<Backend> = [
+            SocketAddr::from(([198, 18, 0, 1], 80)),
+            SocketAddr::from(([198, 18, 0, 2], 80)),
+            SocketAddr::from(([198, 18, 0, 1], 81)),
+            SocketAddr::from(([198, 18, 0, 3], 80)),
+            SocketAddr::from((Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1), 80)),
+            SocketAddr::from((Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2), 80)),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, a)| Backend::new(a, (i % 4) as u16 + 1))
+        .collect();
+        for &d in down {
+            backends[d].state = BackendState::Down;
+        }
+        TestPool {
+            scheduler: build(kind, &backends, &SchedOptions::default()),
+            backends,
+            key: HashKey::SrcIp,
+        }
+    }
+
+    #[test]
+    fn tables_answer_what_subset_answers_and_move_the_counter_alike() {
+        let client = IpAddr::V4(Ipv4Addr::new(198, 18, 9, 9));
+        for kind in [SchedulerKind::RoundRobin, SchedulerKind::WeightedRoundRobin] {
+            for down in [&[][..], &[1], &[0, 4], &[1, 3, 5]] {
+                let (a, b) = (&[pool(kind, down)][..], pool(kind, down));
+                // Tables belong to the scheduler they were computed from.
+                let other = [pool(kind, down)];
+                let mut out = Vec::new();
+                assert!(!Rotations::new(other.as_slice(), 1).answer(&a[0], 0, true, 2, &mut out));
+                drop(other);
+                let stale = Rotations::new([pool(kind, down)].as_slice(), 1);
+                let c = pool(kind, down);
+                assert!(!stale.answer(&c, 0, true, 2, &mut out), "{kind:?}");
+                assert!(out.is_empty());
+                let tables = Rotations::new(a, 1);
+                for n in 0..200u64 {
+                    let v4 = n % 3 != 0;
+                    let max = [1, 2, 3, 8][(n % 4) as usize];
+                    let (mut got, mut want) = (Vec::new(), Vec::new());
+                    assert!(
+                        tables.answer(&a[0], 0, v4, max, &mut got),
+                        "{kind:?} down {down:?}: a table for v4 {v4}"
+                    );
+                    let open = subset(&b, 0, v4, max, client, n, Now::ZERO, &mut want);
+                    assert!(!open);
+                    assert_eq!(got, want, "{kind:?} down {down:?} query {n}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn no_table_for_other_schedulers_or_a_family_all_down() {
+        let mut out = Vec::new();
+        for kind in [
+            SchedulerKind::Maglev,
+            SchedulerKind::Random,
+            SchedulerKind::LeastConn,
+        ] {
+            let p = [pool(kind, &[])];
+            assert!(!Rotations::new(p.as_slice(), 1).answer(&p[0], 0, true, 2, &mut out));
+        }
+        let p = [pool(SchedulerKind::RoundRobin, &[4, 5])];
+        let tables = Rotations::new(p.as_slice(), 1);
+        assert!(!tables.answer(&p[0], 0, false, 2, &mut out), "fail open");
+        assert!(tables.answer(&p[0], 0, true, 2, &mut out));
+        assert_eq!(out.len(), 2);
+    }
 }

@@ -5,6 +5,7 @@
 //! changes (the IO layer swaps in a new snapshot); hashing schedulers build their tables from
 //! the *eligible* backends only, so their choice is a pure function of that set.
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -163,6 +164,103 @@ pub trait Scheduler: Send + Sync + std::fmt::Debug {
     /// The slow-start window, if this scheduler ramps backends that come up.
     fn slow_start(&self) -> Option<Duration> {
         None
+    }
+    /// `rr` and `wrr` (not wrapped in slow start): the order they walk and the counter they
+    /// walk it with ([`Rotation`]). `None` for every other scheduler.
+    fn rotation(&self) -> Option<Rotation<'_>> {
+        None
+    }
+}
+
+/// How `rr` and `wrr` pick: each pick takes the counter's next value (modulo the order's
+/// length) as a position in a fixed order of backend indices (`rr`: the eligible backends;
+/// `wrr`: one smooth weighted cycle, which holds every eligible backend) and answers the
+/// first entry from there on (wrapping) that is not excluded; when every entry is excluded
+/// the pick fails, the counter advanced all the same. The picks are thus a pure function of
+/// the counter's value and the exclusions, which lets the dns answerer precompute a
+/// query's subset per position (`crate::dns`), and [`Rotation::pick_at`] is that function.
+#[derive(Debug, Clone, Copy)]
+pub struct Rotation<'a> {
+    order: Order<'a>,
+    next: &'a AtomicUsize,
+    id: RotationId,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Order<'a> {
+    Indices(&'a [usize]),
+    Cycle(&'a [u32]),
+}
+
+impl<'a> Rotation<'a> {
+    pub(crate) fn indices(order: &'a [usize], next: &'a AtomicUsize, id: RotationId) -> Self {
+        Self {
+            order: Order::Indices(order),
+            next,
+            id,
+        }
+    }
+
+    pub(crate) fn cycle(order: &'a [u32], next: &'a AtomicUsize, id: RotationId) -> Self {
+        Self {
+            order: Order::Cycle(order),
+            next,
+            id,
+        }
+    }
+
+    /// The number of positions.
+    pub fn len(&self) -> usize {
+        match self.order {
+            Order::Indices(o) => o.len(),
+            Order::Cycle(o) => o.len(),
+        }
+    }
+
+    /// No positions: every pick fails.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn at(&self, pos: usize) -> Option<usize> {
+        match self.order {
+            Order::Indices(o) => o.get(pos).copied(),
+            Order::Cycle(o) => o.get(pos).map(|&i| i as usize),
+        }
+    }
+
+    /// The pick at position `pos` (see the type's doc); `None`: every entry is excluded.
+    pub fn pick_at(&self, pos: usize, exclude: &[usize]) -> Option<usize> {
+        let len = self.len();
+        (0..len)
+            .filter_map(|k| self.at((pos + k) % len))
+            .find(|i| !exclude.contains(i))
+    }
+
+    /// Takes `picks` values of the counter at once (the counter moves as after that many
+    /// picks); returns the position of the first (`None`: no positions).
+    pub fn advance(&self, picks: usize) -> Option<usize> {
+        let len = self.len();
+        (len > 0).then(|| self.next.fetch_add(picks, Ordering::Relaxed) % len)
+    }
+
+    /// Which scheduler this is: unique among every scheduler this process built, so a value
+    /// computed from one rotation can tell it is asked of that one (and not of a later
+    /// scheduler, even one at the same address).
+    pub fn id(&self) -> RotationId {
+        self.id
+    }
+}
+
+/// See [`Rotation::id`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RotationId(u64);
+
+impl RotationId {
+    /// A fresh id, for a scheduler being built.
+    pub(crate) fn fresh() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        Self(NEXT.fetch_add(1, Ordering::Relaxed))
     }
 }
 

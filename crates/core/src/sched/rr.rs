@@ -3,7 +3,7 @@
 use std::sync::atomic::AtomicUsize;
 
 use super::common::{rotate, Eligible};
-use super::{PickError, PickRequest, Scheduler};
+use super::{PickError, PickRequest, Rotation, RotationId, Scheduler};
 use crate::model::{Backend, SchedulerKind};
 
 /// Round robin: each eligible backend in listing order, one after the other.
@@ -11,6 +11,8 @@ use crate::model::{Backend, SchedulerKind};
 pub struct RoundRobin {
     eligible: Eligible,
     next: AtomicUsize,
+    /// Tells this rotation from any other ([`Rotation::id`]).
+    id: RotationId,
 }
 
 impl RoundRobin {
@@ -19,6 +21,7 @@ impl RoundRobin {
         Self {
             eligible: Eligible::new(backends),
             next: AtomicUsize::new(0),
+            id: RotationId::fresh(),
         }
     }
 }
@@ -40,5 +43,9 @@ impl Scheduler for RoundRobin {
             .copied()
             .find(|i| !req.exclude.contains(i))
             .ok_or_else(|| self.eligible.error())
+    }
+
+    fn rotation(&self) -> Option<Rotation<'_>> {
+        Some(Rotation::indices(&self.eligible.idx, &self.next, self.id))
     }
 }

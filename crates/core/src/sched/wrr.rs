@@ -9,7 +9,7 @@
 use std::sync::atomic::AtomicUsize;
 
 use super::common::{first_candidate, rotate, smooth_sequence, Eligible};
-use super::{PickError, PickRequest, Scheduler};
+use super::{PickError, PickRequest, Rotation, RotationId, Scheduler};
 use crate::model::{Backend, SchedulerKind};
 
 /// The longest precomputed cycle, in picks.
@@ -22,6 +22,8 @@ pub struct WeightedRoundRobin {
     /// One full cycle: indices into the backend slice.
     cycle: Vec<u32>,
     next: AtomicUsize,
+    /// Tells this rotation from any other ([`Rotation::id`]).
+    id: RotationId,
 }
 
 impl WeightedRoundRobin {
@@ -36,6 +38,7 @@ impl WeightedRoundRobin {
             eligible,
             cycle,
             next: AtomicUsize::new(0),
+            id: RotationId::fresh(),
         }
     }
 
@@ -54,5 +57,9 @@ impl Scheduler for WeightedRoundRobin {
         // The cycle's next position; after an excluded backend, the next one in the cycle.
         let pos = (!self.cycle.is_empty()).then(|| rotate(&self.next, self.cycle.len()));
         first_candidate(&self.eligible, &self.cycle, pos, req.exclude)
+    }
+
+    fn rotation(&self) -> Option<Rotation<'_>> {
+        Some(Rotation::cycle(&self.cycle, &self.next, self.id))
     }
 }
