@@ -105,10 +105,17 @@ pub fn table_to_string(doc: &Table) -> String {
     {
         for p in pools.iter_mut() {
             // `weights = { a = 90, b = 10 }`, the form docs/interface.md shows.
-            if let Some(l) = p.get_mut("locality").and_then(toml_edit::Item::as_table_mut) {
+            if let Some(l) = p
+                .get_mut("locality")
+                .and_then(toml_edit::Item::as_table_mut)
+            {
                 if let Some(w) = l.get_mut("weights") {
                     if let Some(tab) = w.as_table() {
                         *w = toml_edit::value(tab.clone().into_inline_table());
+                        // Written as part of a header before: format it as a key.
+                        if let Some(mut k) = l.key_mut("weights") {
+                            k.fmt();
+                        }
                     }
                 }
             }
