@@ -244,7 +244,8 @@ async fn h2_over_tls_to_nginx() {
 }
 
 /// `check = "http"` over TLS: with the pool's CA, SNI and client certificate (nginx
-/// requires it) the backend is up; with a CA that does not verify it, down.
+/// requires it) the backend is up; with a CA that does not verify it, down. The check's
+/// `Host` is the pool's `sni` (this nginx answers a check with another `Host` 421).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_checks_speak_tls() {
     if !need("http_checks_speak_tls", "nginx", "nginx") {
@@ -258,7 +259,9 @@ async fn http_checks_speak_tls() {
         &format!(
             "server {{ listen {ng} ssl; ssl_certificate {c}; ssl_certificate_key {k};\n\
              ssl_client_certificate {ca}; ssl_verify_client on;\n\
-             location = /healthz {{ return 200 \"ok\\n\"; }}\n\
+             location = /healthz {{ set $c \"\"; if ($http_user_agent = fulcrum-health) {{ set $c A; }}\n\
+             if ($host != backend.test) {{ set $c \"${{c}}B\"; }} if ($c = AB) {{ return 421; }}\n\
+             return 200 \"ok\\n\"; }}\n\
              location / {{ return 404; }} }}",
             c = p(&dir, "backend.test.pem"),
             k = p(&dir, "backend.test.key"),

@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use crate::exec::LocalExec;
 use crate::h1::{self, Decoder, Enc, Framing};
 use crate::h2guard::{FrameMeter, Guarded};
+use crate::headers::H2Head;
 use crate::proxy::{self, Answer, BodyError, Exchange, Outcome, ReqBody};
 use crate::request::ReqView;
 use crate::rules::Encoder;
@@ -315,11 +316,9 @@ async fn handle(
             done.finish(&c, text.len() as u64);
             let mut r = Response::new(H2Body::Full(Some(text)));
             *r.status_mut() = l.status;
-            for (n, v) in l.headers() {
-                if let Ok(v) = HeaderValue::from_str(&v) {
-                    r.headers_mut().insert(n, v);
-                }
-            }
+            let mut head = H2Head::default();
+            l.write_fields(&mut head);
+            *r.headers_mut() = head.map;
             r
         }
         Outcome::Backend(mut ex, cookie) => {

@@ -584,4 +584,11 @@ impl fulcrum_state::l7::CheckTls for CheckTlsState {
             Ok(Box::new(s) as Box<dyn fulcrum_state::l7::CheckIo>)
         })
     }
+
+    fn sni(&self) -> Option<&str> {
+        match &self.0.sni {
+            Some(rustls::pki_types::ServerName::DnsName(n)) => Some(n.as_ref()),
+            _ => None,
+        }
+    }
 }

@@ -4,7 +4,6 @@
 //! the body on a pooled connection driven by this task, read the response head, retry what
 //! is safe to retry, count and log. The caller writes the answer in its own protocol.
 
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -123,26 +122,33 @@ pub(crate) struct Local {
     pub field: Option<(&'static str, String)>,
     /// An error page in place of `why`: the body and its content type.
     pub page: Option<(bytes::Bytes, &'static str)>,
+    /// When it was decided (its `Date`); `None`: when it is written.
+    pub at: Option<Instant>,
 }
 
 thread_local! {
-    /// The `Date` value of the current second, formatted once per second per worker (as
-    /// nginx keeps its cached time strings).
-    static DATE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    /// The `Date` value of the current second and the instant until which it holds,
+    /// formatted once per second per worker (as nginx keeps its cached time strings).
+    static DATE: std::cell::RefCell<(Option<Instant>, String)> =
+        const { std::cell::RefCell::new((None, String::new())) };
 }
 
-/// Now as an HTTP date (RFC 9110 5.6.7).
-fn http_date_now() -> String {
-    let now = SystemTime::now();
-    let secs = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+/// Calls `f` with the HTTP date (RFC 9110 5.6.7) of `at` (default: now), borrowed from the
+/// per-worker cache: no allocation per answer, and no clock read when the caller has just
+/// read the clock.
+fn with_http_date<R>(at: Option<Instant>, f: impl FnOnce(&[u8]) -> R) -> R {
+    let at = at.unwrap_or_else(Instant::now);
     DATE.with(|d| {
         let mut d = d.borrow_mut();
-        if d.0 != secs {
-            *d = (secs, httpdate::fmt_http_date(now));
+        if d.0.is_none_or(|until| at >= until) {
+            let now = SystemTime::now();
+            let into = now
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            let left = std::time::Duration::from_nanos(u64::from(1_000_000_000 - into));
+            *d = (Some(at + left), httpdate::fmt_http_date(now));
         }
-        d.1.clone()
+        f(d.1.as_bytes())
     })
 }
 
@@ -154,6 +160,7 @@ impl Local {
             retry_after: None,
             field: None,
             page: None,
+            at: None,
         }
     }
 
@@ -173,37 +180,44 @@ impl Local {
         }
     }
 
-    /// The headers of the answer (besides framing).
-    pub fn headers(&self) -> impl Iterator<Item = (&'static str, String)> + '_ {
+    /// The length of [`Self::body`].
+    fn body_len(&self) -> usize {
+        self.page
+            .as_ref()
+            .map_or(self.why.len() + 1, |(b, _)| b.len())
+    }
+
+    /// The header fields of the answer, into an HTTP/1.1 head or an HTTP/2 header map; an
+    /// HTTP/1.1 head also gets its `Content-Length`. Written in place: the redirect rule's
+    /// cost (bench/rules.py) was in building them as owned strings first.
+    pub fn write_fields<O: HeadOut>(&self, out: &mut O) {
         let ct = self
             .page
             .as_ref()
             .map_or("text/plain; charset=utf-8", |(_, t)| *t);
-        [
-            Some(("date", http_date_now())),
-            Some(("content-type", ct.to_owned())),
-            self.retry_after.map(|s| ("retry-after", s.to_string())),
-            self.field.clone(),
-        ]
-        .into_iter()
-        .flatten()
+        with_http_date(self.at, |d| out.field(b"date", d));
+        out.field(b"content-type", ct.as_bytes());
+        if let Some(s) = self.retry_after {
+            out.field(b"retry-after", itoa_buf(s).get());
+        }
+        if let Some((n, v)) = &self.field {
+            out.field(n.as_bytes(), v.as_bytes());
+        }
+        if !O::H2 {
+            out.field(b"content-length", itoa_buf(self.body_len() as u64).get());
+        }
     }
 
     /// As an HTTP/1.1 message; the body bytes written. The answer to a `HEAD` request
     /// carries the head a `GET` would (its `content-length` too) and no body (RFC 9110
     /// 9.3.2): bytes after it would be read as the start of the next answer.
     pub fn write_h1(&self, out: &mut Vec<u8>, close: bool, head: bool) -> u64 {
-        let body = self.body();
-        let _ = write!(
-            out,
-            "HTTP/1.1 {} {}\r\n",
-            self.status.as_u16(),
-            self.status.canonical_reason().unwrap_or("")
-        );
-        for (n, v) in self.headers() {
-            let _ = write!(out, "{n}: {v}\r\n");
-        }
-        let _ = write!(out, "content-length: {}\r\n", body.len());
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(self.status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(self.status.canonical_reason().unwrap_or("").as_bytes());
+        out.extend_from_slice(b"\r\n");
+        self.write_fields(out);
         if close {
             out.extend_from_slice(b"connection: close\r\n");
         }
@@ -211,8 +225,13 @@ impl Local {
         if head {
             return 0;
         }
-        out.extend_from_slice(&body);
-        body.len() as u64
+        if let Some((b, _)) = &self.page {
+            out.extend_from_slice(b);
+        } else {
+            out.extend_from_slice(self.why.as_bytes());
+            out.push(b'\n');
+        }
+        self.body_len() as u64
     }
 }
 
@@ -409,9 +428,16 @@ impl<'a> Req<'a> {
     }
 
     fn local(&mut self, l: Local) -> Outcome<'a> {
-        let l = l.with_page(self.rules);
+        let now = Instant::now();
+        let l = Local {
+            at: Some(now),
+            ..l.with_page(self.rules)
+        };
         self.rp.metrics.local.count(l.status.as_u16());
-        self.rp.metrics.duration.observe(self.start.elapsed());
+        self.rp
+            .metrics
+            .duration
+            .observe(now.saturating_duration_since(self.start));
         let done = self.done(l.status.as_u16(), None, None);
         Outcome::Local(l, done)
     }

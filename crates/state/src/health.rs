@@ -41,8 +41,15 @@ pub async fn check_once(
                         }
                     },
                 };
+                // The backend as it is named: the pool's `sni` over TLS (with the port
+                // unless it is 443), else its address.
+                let host = match tls.and_then(CheckTls::sni) {
+                    Some(n) if addr.port() == 443 => n.to_owned(),
+                    Some(n) => format!("{n}:{}", addr.port()),
+                    None => addr.to_string(),
+                };
                 let req = format!(
-                    "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: fulcrum-health\r\nConnection: close\r\n\r\n"
+                    "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: fulcrum-health\r\nConnection: close\r\n\r\n"
                 );
                 stream.write_all(req.as_bytes()).await.ok()?;
                 let status = read_status(&mut stream).await?;

@@ -65,6 +65,9 @@ pub trait CheckTls: Send + Sync + Debug {
     /// The TLS handshake over `tcp`, connected to backend `addr` (verified as the pool's
     /// `sni`, else as `addr`'s IP address).
     fn connect(&self, tcp: TcpStream, addr: SocketAddr) -> CheckConnect;
+    /// The pool's `sni` when it is a DNS name: the check's `Host` (as the backend is named
+    /// over TLS).
+    fn sni(&self) -> Option<&str>;
 }
 
 /// One `fulcrum_http_requests_total` sample.
