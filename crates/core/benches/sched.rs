@@ -6,12 +6,11 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use fulcrum_core::choice::{self, Flow, Mode};
 use fulcrum_core::hash::{flow_hash, jhash2};
 use fulcrum_core::model::{Backend, FlowTuple, HashKey, PrimeTableSize, Proto, SchedulerKind};
-use fulcrum_core::sched::{build, Loads, Maglev, PickRequest, SchedOptions, Scheduler};
+use fulcrum_core::sched::{build, Maglev, PickRequest, SchedOptions};
 
 fn pool(n: usize) -> Vec<Backend> {
     (0..n)
