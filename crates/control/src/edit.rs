@@ -481,12 +481,11 @@ mod tests {
     }
 
     /// The direct backend edits give exactly the config (or the refusal) that editing and
-    /// re-parsing the whole document gives. (Not with `[pool.locality] weights`: the
-    /// re-parse of such a config fails today, "expected a borrowed string", so every admin
-    /// API change of such a config is refused; left to the config's owners.)
+    /// re-parsing the whole document gives (also for a pool with `[pool.locality] weights`,
+    /// whose re-parse once failed: "expected a borrowed string").
     #[test]
     fn direct_backend_edits_equal_the_reparsed_ones() {
-        const RICH: &str = "[[service]]\nname = \"s\"\nlisten = \"127.0.0.1:8080\"\nprotocol = \"tcp\"\npool = \"p\"\n\n[[service]]\nname = \"h\"\nlisten = \"127.0.0.1:8081\"\nprotocol = \"http\"\npool = \"z\"\n\n[[pool]]\nname = \"p\"\nscheduler = \"maglev\"\nmaglev_table_size = 5\n[pool.health]\ncheck = \"tcp\"\ninterval = \"2s\"\n[[pool.backend]]\naddress = \"127.0.0.1:1\"\nweight = 3\n[[pool.backend]]\naddress = \"[::ffff:127.0.0.2]:2\"\n[[pool.backend]]\naddress = \"[2001:db8::1]:80\"\nweight = 0\n\n[[pool]]\nname = \"z\"\nscheduler = \"wrr\"\n[[pool.backend]]\naddress = \"127.0.0.1:9\"\nzone = \"a\"\n[[pool.backend]]\naddress = \"127.0.0.1:10\"\nzone = \"b\"\n\n[[pool]]\nname = \"empty\"\nscheduler = \"rr\"\n";
+        const RICH: &str = "[[service]]\nname = \"s\"\nlisten = \"127.0.0.1:8080\"\nprotocol = \"tcp\"\npool = \"p\"\n\n[[service]]\nname = \"h\"\nlisten = \"127.0.0.1:8081\"\nprotocol = \"http\"\npool = \"z\"\n\n[[pool]]\nname = \"p\"\nscheduler = \"maglev\"\nmaglev_table_size = 5\n[pool.health]\ncheck = \"tcp\"\ninterval = \"2s\"\n[[pool.backend]]\naddress = \"127.0.0.1:1\"\nweight = 3\n[[pool.backend]]\naddress = \"[::ffff:127.0.0.2]:2\"\n[[pool.backend]]\naddress = \"[2001:db8::1]:80\"\nweight = 0\n\n[[pool]]\nname = \"z\"\nscheduler = \"wrr\"\n[[pool.backend]]\naddress = \"127.0.0.1:9\"\nzone = \"a\"\n[[pool.backend]]\naddress = \"127.0.0.1:10\"\nzone = \"b\"\n[pool.locality]\nweights = { a = 90, b = 10 }\n\n[[pool]]\nname = \"empty\"\nscheduler = \"rr\"\n";
         let base = config::parse(RICH).expect("rich config");
         let addr = |s: &str| s.parse::<SocketAddr>().expect("addr");
         let sets = [

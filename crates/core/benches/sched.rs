@@ -6,12 +6,11 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use fulcrum_core::choice::{self, Flow, Mode};
 use fulcrum_core::hash::{flow_hash, jhash2};
 use fulcrum_core::model::{Backend, FlowTuple, HashKey, PrimeTableSize, Proto, SchedulerKind};
-use fulcrum_core::sched::{build, Loads, Maglev, PickRequest, SchedOptions, Scheduler};
+use fulcrum_core::sched::{build, Maglev, PickRequest, SchedOptions};
 
 fn pool(n: usize) -> Vec<Backend> {
     (0..n)
@@ -89,37 +88,10 @@ fn maglev_build(c: &mut Criterion) {
     g.finish();
 }
 
-/// A pool as the proxy holds one.
-struct BenchPool {
-    backends: Vec<Backend>,
-    loads: Vec<u64>,
-    scheduler: Arc<dyn Scheduler>,
-    key: HashKey,
-}
+#[path = "../tests/common/pool.rs"]
+mod test_pool;
 
-impl Loads for BenchPool {
-    fn active(&self, idx: usize) -> u64 {
-        self.loads.active(idx)
-    }
-}
-
-impl choice::Pool for BenchPool {
-    fn backends(&self) -> &[Backend] {
-        &self.backends
-    }
-    fn scheduler(&self) -> &dyn Scheduler {
-        &*self.scheduler
-    }
-    fn hash_key(&self) -> &HashKey {
-        &self.key
-    }
-    fn backend_id(&self, idx: usize) -> Option<u32> {
-        u32::try_from(idx).ok()
-    }
-    fn index_of(&self, id: u32) -> Option<usize> {
-        usize::try_from(id).ok()
-    }
-}
+use test_pool::TestPool;
 
 /// Per flow, 10 backends: `bare` is the flow hash and `Scheduler::pick` (the L4 path before
 /// `choice` existed), `choose` is `choice::choose` in pick mode, both without persistence.
@@ -128,12 +100,7 @@ fn choose(crit: &mut Criterion) {
     let backends = pool(10);
     let loads: Vec<u64> = (0..10u64).map(|i| (i * 37) % 101).collect();
     for kind in SchedulerKind::ALL {
-        let p = BenchPool {
-            scheduler: build(kind, &backends, &SchedOptions::default()),
-            backends: backends.clone(),
-            loads: loads.clone(),
-            key: HashKey::SrcIpPort,
-        };
+        let p = TestPool::new(kind, HashKey::SrcIpPort, backends.clone()).with_loads(loads.clone());
         let tuple = |k: u32| FlowTuple {
             src: SocketAddr::from(([198, 18, 1, (k >> 16) as u8], k as u16)),
             dst: SocketAddr::from(([198, 18, 0, 1], 80)),

@@ -2,57 +2,24 @@
 //! explain mode leaves alone, and `header:`/`cookie:` hash keys.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use fulcrum_core::choice::{choose, Choice, Flow, Kept, Mode, Pool, RequestKey, Why};
 use fulcrum_core::flow::{FlowKey, FlowTable};
 use fulcrum_core::model::{Backend, BackendState, FlowTuple, HashKey, Proto, SchedulerKind};
-use fulcrum_core::sched::{build, Loads, PickError, PickRequest, SchedOptions, Scheduler};
+use fulcrum_core::sched::{build, PickError, PickRequest, SchedOptions};
 
-/// A pool as the proxy's `PoolRt` holds one: backends, their scheduler, ids 100 + index.
-struct TestPool {
-    backends: Vec<Backend>,
-    scheduler: Arc<dyn Scheduler>,
-    key: HashKey,
-}
+#[path = "common/pool.rs"]
+mod pool;
 
-impl TestPool {
-    fn new(kind: SchedulerKind, key: HashKey, n: usize) -> Self {
-        let backends: Vec<Backend> = (1..=n)
-            .map(|i| Backend::new(SocketAddr::from(([198, 18, 0, i as u8], 80)), 1))
-            .collect();
-        Self {
-            scheduler: build(kind, &backends, &SchedOptions::default()),
-            backends,
-            key,
-        }
-    }
-}
+use pool::TestPool;
 
-impl Loads for TestPool {
-    fn active(&self, _idx: usize) -> u64 {
-        0
-    }
-}
-
-impl Pool for TestPool {
-    fn backends(&self) -> &[Backend] {
-        &self.backends
-    }
-    fn scheduler(&self) -> &dyn Scheduler {
-        &*self.scheduler
-    }
-    fn hash_key(&self) -> &HashKey {
-        &self.key
-    }
-    fn backend_id(&self, idx: usize) -> Option<u32> {
-        u32::try_from(idx).ok().map(|i| i + 100)
-    }
-    fn index_of(&self, id: u32) -> Option<usize> {
-        let i = usize::try_from(id.checked_sub(100)?).ok()?;
-        (i < self.backends.len()).then_some(i)
-    }
+/// `n` backends 198.18.0.1..=n:80 under `kind`, ids 100 + index.
+fn test_pool(kind: SchedulerKind, key: HashKey, n: usize) -> TestPool {
+    let backends: Vec<Backend> = (1..=n)
+        .map(|i| Backend::new(SocketAddr::from(([198, 18, 0, i as u8], 80)), 1))
+        .collect();
+    TestPool::new(kind, key, backends).with_first_id(100)
 }
 
 const NOW: Duration = Duration::from_secs(10);
@@ -92,7 +59,7 @@ fn explain(
 
 #[test]
 fn sticky_cookie_first_unless_tried_or_not_eligible() {
-    let mut p = TestPool::new(SchedulerKind::Maglev, HashKey::SrcIp, 4);
+    let mut p = test_pool(SchedulerKind::Maglev, HashKey::SrcIp, 4);
     let sticky = |i, tried| Flow {
         sticky: Some(i),
         ..Flow::l4(tuple(1000), tried, 7, NOW)
@@ -115,7 +82,7 @@ fn sticky_cookie_first_unless_tried_or_not_eligible() {
 
 #[test]
 fn persistence_is_filled_by_pick_and_only_read_by_explain() {
-    let p = TestPool::new(SchedulerKind::RoundRobin, HashKey::SrcIp, 5);
+    let p = test_pool(SchedulerKind::RoundRobin, HashKey::SrcIp, 5);
     let mut tbl = table();
     let key = FlowKey::client_ip(tuple(0).src.ip());
     // A new client: explain names no backend (rr depends on its position) and fills nothing.
@@ -176,8 +143,8 @@ fn persistence_is_filled_by_pick_and_only_read_by_explain() {
 
 #[test]
 fn explain_moves_no_scheduler_state() {
-    let p = TestPool::new(SchedulerKind::RoundRobin, HashKey::SrcIp, 5);
-    let q = TestPool::new(SchedulerKind::RoundRobin, HashKey::SrcIp, 5);
+    let p = test_pool(SchedulerKind::RoundRobin, HashKey::SrcIp, 5);
+    let q = test_pool(SchedulerKind::RoundRobin, HashKey::SrcIp, 5);
     for port in 0..50 {
         for _ in 0..3 {
             let (c, _) = explain(&p, &Flow::l4(tuple(port), &[], 0, NOW), None);
@@ -191,7 +158,7 @@ fn explain_moves_no_scheduler_state() {
 
 #[test]
 fn request_keys() {
-    let p = TestPool::new(SchedulerKind::RingHash, HashKey::Header("x-user".into()), 5);
+    let p = test_pool(SchedulerKind::RingHash, HashKey::Header("x-user".into()), 5);
     let mut t = table();
     let with = |v| Flow {
         request: RequestKey::Value(v),
@@ -227,7 +194,7 @@ fn request_keys() {
 
 #[test]
 fn errors_say_why() {
-    let mut p = TestPool::new(SchedulerKind::Maglev, HashKey::SrcIp, 3);
+    let mut p = test_pool(SchedulerKind::Maglev, HashKey::SrcIp, 3);
     let all = [0, 1, 2];
     let e = pick(&p, &Flow::l4(tuple(1), &all, 0, NOW), None);
     assert_eq!(e, Err(PickError::AllTried { tried: 3 }));

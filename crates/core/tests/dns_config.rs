@@ -53,6 +53,9 @@ fn the_issue_example_parses_with_defaults() {
     assert_eq!(back.services[0], cfg.services[0]);
     let zone = fulcrum_core::dns::Zone::new(d, 7).expect("zone");
     assert_eq!(zone.pools(), ["api".to_owned(), "web".to_owned()]);
+    // A pool only a dns name answers with is used by the service (not deletable).
+    assert!(cfg.services[0].uses_pool("api") && cfg.services[0].uses_pool("web"));
+    assert!(!cfg.services[0].uses_pool("other"));
 }
 
 #[test]

@@ -5,45 +5,15 @@
 //! lockstep: every reply, rcode, drop and answered backend must be the same, byte for byte.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
-use fulcrum_core::choice::Pool;
 use fulcrum_core::dns::{answer_into, answer_reference, Incoming, Rrl, Transport, Zone};
 use fulcrum_core::model::{Backend, BackendState, HashKey, SchedulerKind};
-use fulcrum_core::sched::{build, Loads, SchedOptions, Scheduler};
 
-struct TestPool {
-    backends: Vec<Backend>,
-    scheduler: Arc<dyn Scheduler>,
-    key: HashKey,
-}
+#[path = "common/pool.rs"]
+mod pool;
 
-impl Loads for TestPool {
-    fn active(&self, idx: usize) -> u64 {
-        idx as u64 % 3
-    }
-}
-
-impl Pool for TestPool {
-    fn backends(&self) -> &[Backend] {
-        &self.backends
-    }
-    fn scheduler(&self) -> &dyn Scheduler {
-        &*self.scheduler
-    }
-    fn hash_key(&self) -> &HashKey {
-        &self.key
-    }
-    fn backend_id(&self, idx: usize) -> Option<u32> {
-        u32::try_from(idx).ok()
-    }
-    fn index_of(&self, id: u32) -> Option<usize> {
-        usize::try_from(id)
-            .ok()
-            .filter(|&i| i < self.backends.len())
-    }
-}
+use pool::TestPool;
 
 struct Rng(u64);
 
@@ -105,11 +75,8 @@ fn pools(zone: &Zone, kind: SchedulerKind) -> Vec<TestPool> {
         .iter()
         .map(|p| {
             let backends = backends(p);
-            TestPool {
-                scheduler: build(kind, &backends, &SchedOptions::default()),
-                backends,
-                key: HashKey::SrcIp,
-            }
+            let loads = (0..backends.len() as u64).map(|i| i % 3).collect();
+            TestPool::new(kind, HashKey::SrcIp, backends).with_loads(loads)
         })
         .collect()
 }

@@ -634,6 +634,106 @@ async fn running_config_round_trips_through_check_and_reload_ends_changes() {
     f.assert_no_panic();
 }
 
+/// A config with `[pool.locality] weights` takes admin API changes (each one is written as
+/// TOML and parsed again; the weights table used to be written as an implicit
+/// `[pool.locality]` that did not read back, "expected a borrowed string"), and the weights
+/// survive every change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_to_a_config_with_locality_weights_keep_the_weights() {
+    let b1 = TcpBackend::start(Behaviour::Echo).await;
+    let b2 = TcpBackend::start(Behaviour::Echo).await;
+    let b3 = TcpBackend::start(Behaviour::Echo).await;
+    let (admin, vip, vip2) = (free_addr(), free_addr(), free_addr());
+    let cfg = format!(
+        "{}{}[[pool]]\nname = \"web\"\nscheduler = \"wrr\"\n\
+         [[pool.backend]]\naddress = \"{}\"\nzone = \"a\"\n\
+         [[pool.backend]]\naddress = \"{}\"\nzone = \"b\"\n\
+         [pool.locality]\nweights = {{ a = 90, b = 10 }}\n",
+        admin_toml(admin),
+        service_toml("web", vip, "tcp", "web", ""),
+        b1.addr,
+        b2.addr,
+    );
+    let f = Fulcrum::start("api_locality", admin, &cfg, &["--workers", "1"]).await;
+    let body = format!(r#"{{"listen": "{vip2}", "protocol": "tcp", "pool": "web"}}"#);
+    let r = req(admin, "PUT", "/api/v1/services/extra", None, &body).await;
+    assert_eq!(r.0, 200, "adding a service: {}", r.1);
+    echo_once(vip2, b"via the new service").await.unwrap();
+    let r = req(
+        admin,
+        "PUT",
+        &format!("/api/v1/pools/web/backends/{}", b3.addr),
+        None,
+        r#"{"weight": 2}"#,
+    )
+    .await;
+    assert_eq!(r.0, 200, "adding a backend: {}", r.1);
+    let r = req(
+        admin,
+        "DELETE",
+        &format!("/api/v1/pools/web/backends/{}", b2.addr),
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(r.0, 200, "removing a backend: {}", r.1);
+    let r = req(admin, "DELETE", "/api/v1/services/extra", None, "").await;
+    assert_eq!(r.0, 200, "removing the service: {}", r.1);
+
+    let (st, text) = req(admin, "GET", "/api/v1/config", None, "").await;
+    assert_eq!(st, 200);
+    assert!(
+        text.contains("weights = { a = 90, b = 10 }"),
+        "the weights did not survive:\n{text}"
+    );
+    assert!(text.contains(&b3.addr.to_string()) && !text.contains(&b2.addr.to_string()));
+    let saved = f.dir.join("saved.toml");
+    std::fs::write(&saved, &text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fulcrum"))
+        .args(["check", "-c"])
+        .arg(&saved)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "fulcrum check refused the running config:\n{}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    echo_once(vip, b"the first service still works")
+        .await
+        .unwrap();
+    f.assert_no_panic();
+}
+
+/// A pool that only a dns name answers with is in use: deleting it is a conflict naming
+/// the dns service (it was counted as unused, so the delete went on to a re-parse that
+/// refused the dangling name with a 400), and it keeps answering; an unused pool goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_only_a_dns_name_uses_is_not_deleted() {
+    let b1 = TcpBackend::start(Behaviour::Echo).await;
+    let b2 = TcpBackend::start(Behaviour::Echo).await;
+    let (admin, dns) = (free_addr(), free_addr());
+    let cfg = format!(
+        "{}{}[[service.dns_name]]\nname = \"www.example.test\"\npool = \"names\"\n\
+         [service.dns_zone]\norigin = \"example.test\"\nns = [\"ns1.example.test\"]\n\n{}{}{}",
+        admin_toml(admin),
+        service_toml("dns", dns, "dns", "web", ""),
+        pool_toml("web", "rr", "", &weighted(&[b1.addr])),
+        pool_toml("names", "rr", "", &weighted(&[b2.addr])),
+        pool_toml("spare", "rr", "", &weighted(&[b2.addr])),
+    );
+    let f = Fulcrum::start("api_dns_pool", admin, &cfg, &["--workers", "1"]).await;
+    let r = req(admin, "DELETE", "/api/v1/pools/names", None, "").await;
+    let msg = assert_err(&r, 409, "a pool a dns name answers with");
+    assert!(msg.contains("used by service \"dns\""), "{msg}");
+    assert_eq!(addrs(&f.pool("names").await), vec![b2.addr.to_string()]);
+    let r = req(admin, "DELETE", "/api/v1/pools/spare", None, "").await;
+    assert_eq!(r.0, 200, "an unused pool: {}", r.1);
+    let (st, _) = f.get("/api/v1/pools/spare").await;
+    assert_eq!(st, 404);
+    f.assert_no_panic();
+}
+
 /// Connects from a chosen client port; sends one line; returns once echoed.
 async fn connect_from(vip: SocketAddr, port: u16) -> std::io::Result<()> {
     let sock = tokio::net::TcpSocket::new_v4()?;

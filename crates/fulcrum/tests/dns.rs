@@ -96,6 +96,15 @@ fn backends(ips: &[(String, u32)]) -> String {
     s
 }
 
+/// A `[[pool]]` named `name` with `scheduler` over `ips` (port 80), without health checks
+/// (the addresses need not answer: only the dns answers are tested).
+fn unchecked_pool(name: &str, scheduler: &str, ips: &[(String, u32)]) -> String {
+    format!(
+        "[[pool]]\nname = \"{name}\"\nscheduler = \"{scheduler}\"\n[pool.health]\ncheck = \"none\"\n{}",
+        backends(ips)
+    )
+}
+
 async fn setup(name: &str, names: &str, extra: &str, pools: &str) -> Setup {
     let admin = free_addr();
     let dns = free_addr();
@@ -135,10 +144,7 @@ async fn answers_soa_ns_nxdomain_nodata_refused_over_udp_and_tcp() {
         "dns-answers",
         &names,
         NO_RRL,
-        &format!(
-            "[[pool]]\nname = \"web\"\nscheduler = \"rr\"\n[pool.health]\ncheck = \"none\"\n{}",
-            backends(&pool)
-        ),
+        &unchecked_pool("web", "rr", &pool),
     )
     .await;
 
@@ -291,10 +297,7 @@ async fn large_answers_set_tc_and_dig_retries_over_tcp() {
         "dns-tc",
         &www(64, "30s"),
         NO_RRL,
-        &format!(
-            "[[pool]]\nname = \"web\"\nscheduler = \"random\"\n[pool.health]\ncheck = \"none\"\n{}",
-            backends(&ips("127.0.2.", 60))
-        ),
+        &unchecked_pool("web", "random", &ips("127.0.2.", 60)),
     )
     .await;
     // No EDNS: 512 bytes at most, 60 A records do not fit: TC, no records.
@@ -371,7 +374,7 @@ async fn shares_over_1000_queries_follow_weights() {
             "[[service.dns_name]]\nname = \"n0.example.test\"\nmax_answers = 1\n\
              [[service.dns_name]]\nname = \"n1.example.test\"\nmax_answers = 1\n",
             NO_RRL,
-            &format!("[[pool]]\nname = \"web\"\nscheduler = \"{sched}\"\n[pool.health]\ncheck = \"none\"\n{}", backends(&pool)),
+            &unchecked_pool("web", sched, &pool),
         )
         .await;
         let lines: Vec<String> = (0..1000)
@@ -407,10 +410,7 @@ async fn ecs_subnets_get_stable_different_subsets_under_maglev() {
         "dns-ecs",
         &www(3, "30s"),
         NO_RRL,
-        &format!(
-            "[[pool]]\nname = \"web\"\nscheduler = \"maglev\"\n[pool.health]\ncheck = \"none\"\n{}",
-            backends(&ips("127.0.4.", 10))
-        ),
+        &unchecked_pool("web", "maglev", &ips("127.0.4.", 10)),
     )
     .await;
     let port = s.dns.port().to_string();
@@ -739,10 +739,7 @@ async fn bad_input_is_formerr_or_dropped_and_the_server_keeps_answering() {
         "dns-bad",
         &www(2, "30s"),
         NO_RRL,
-        &format!(
-            "[[pool]]\nname = \"web\"\nscheduler = \"rr\"\n[pool.health]\ncheck = \"none\"\n{}",
-            backends(&ips("127.0.7.", 3))
-        ),
+        &unchecked_pool("web", "rr", &ips("127.0.7.", 3)),
     )
     .await;
     let a_in = [0u8, 1, 0, 1];
@@ -849,10 +846,7 @@ async fn rrl_limits_a_flood_to_one_prefix_and_others_are_still_served() {
         "dns-rrl",
         &www(2, "30s"),
         "[service.dns_rrl]\nresponses_per_second = 20\nslip = 2\n",
-        &format!(
-            "[[pool]]\nname = \"web\"\nscheduler = \"rr\"\n[pool.health]\ncheck = \"none\"\n{}",
-            backends(&ips("127.0.8.", 3))
-        ),
+        &unchecked_pool("web", "rr", &ips("127.0.8.", 3)),
     )
     .await;
     // The "victim": queries with its source address (127.0.0.55), as a spoofed flood in
@@ -916,10 +910,7 @@ async fn metrics_ctl_and_adm_show_dns_services() {
         "dns-metrics",
         &www(1, "30s"),
         NO_RRL,
-        &format!(
-            "[[pool]]\nname = \"web\"\nscheduler = \"rr\"\n[pool.health]\ncheck = \"none\"\n{}",
-            backends(&ips("127.0.10.", 2))
-        ),
+        &unchecked_pool("web", "rr", &ips("127.0.10.", 2)),
     )
     .await;
     for _ in 0..4 {
@@ -1023,10 +1014,7 @@ async fn http_dns_json_and_rfc8484_give_the_udp_answers() {
         "dns-doh",
         &www(3, "30s"),
         NO_RRL,
-        &format!(
-            "[[pool]]\nname = \"web\"\nscheduler = \"maglev\"\n[pool.health]\ncheck = \"none\"\n{}",
-            backends(&ips("127.0.11.", 8))
-        ),
+        &unchecked_pool("web", "maglev", &ips("127.0.11.", 8)),
     )
     .await;
     let admin = s.f.admin;
@@ -1270,10 +1258,8 @@ async fn doh_on_an_http_service_with_tls_answers_as_udp_for_kdig_and_curl() {
         &www(3, "30s"),
         &format!("{NO_RRL}\n{http_svc}"),
         &format!(
-            "[[pool]]\nname = \"web\"\nscheduler = \"maglev\"\n[pool.health]\ncheck = \"none\"\n{}\n\
-             [[pool]]\nname = \"site\"\n[pool.health]\ncheck = \"none\"\n[[pool.backend]]\naddress = \"{}\"\n",
-            backends(&ips("127.0.12.", 8)),
-            web
+            "{}\n[[pool]]\nname = \"site\"\n[pool.health]\ncheck = \"none\"\n[[pool.backend]]\naddress = \"{web}\"\n",
+            unchecked_pool("web", "maglev", &ips("127.0.12.", 8)),
         ),
     )
     .await;
@@ -1518,10 +1504,9 @@ async fn explain_shows_which_backends_a_dns_query_gets_and_why() {
         &names,
         NO_RRL,
         &format!(
-            "[[pool]]\nname = \"web\"\nscheduler = \"maglev\"\n[pool.health]\ncheck = \"none\"\n{}\n\
-             [[pool]]\nname = \"rot\"\nscheduler = \"rr\"\n[pool.health]\ncheck = \"none\"\n{}",
-            backends(&ips("127.0.13.", 8)),
-            backends(&ips("127.0.14.", 4))
+            "{}\n{}",
+            unchecked_pool("web", "maglev", &ips("127.0.13.", 8)),
+            unchecked_pool("rot", "rr", &ips("127.0.14.", 4))
         ),
     )
     .await;

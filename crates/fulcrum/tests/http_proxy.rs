@@ -2655,6 +2655,99 @@ async fn host_missing_repeated_or_invalid_is_refused() {
     f.assert_no_panic();
 }
 
+/// Fulcrum's own answers (a redirect, a 403) to `HEAD` carry the head of the `GET` answer,
+/// its `content-length` too, and no body, so the keep-alive connection's next answer
+/// parses: a body after the head would be read as the start of the next answer.
+#[tokio::test]
+async fn own_answers_to_head_have_no_body_and_keep_alive_goes_on() {
+    let b = backend("b").await;
+    let (redirect, deny) = (free_addr(), free_addr());
+    let cfg = format!(
+        "{}{}{}",
+        http_service(
+            "redirect",
+            redirect,
+            "p",
+            "[service.redirect]\nstatus = 301\nhost = \"new.test\"\n"
+        ),
+        http_service("deny", deny, "p", "allow = [\"10.0.0.0/8\"]\n"),
+        common::pool_toml("p", "rr", "", &weighted(&[b.addr])),
+    );
+    let (f, _) = start("http-head-local", &cfg).await;
+    let length = |head: &str| -> usize {
+        let r = parse(head.as_bytes());
+        r.header("content-length")
+            .unwrap_or_else(|| panic!("no content-length: {head}"))
+            .parse()
+            .unwrap()
+    };
+    for (listen, status) in [(redirect, 301), (deny, 403)] {
+        let mut s = TcpStream::connect(listen).await.unwrap();
+        let mut sizes = Vec::new();
+        for round in 0..2 {
+            s.write_all(b"HEAD /a HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let got = String::from_utf8_lossy(&read_head(&mut s).await).into_owned();
+            let (head, rest) = got.split_once("\r\n\r\n").unwrap();
+            assert!(
+                head.starts_with(&format!("HTTP/1.1 {status} ")),
+                "HEAD {round} on {status}: {got:?}"
+            );
+            assert_eq!(
+                rest, "",
+                "HEAD {round} on {status}: a body followed the head"
+            );
+            sizes.push(length(head));
+            s.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let got = read_head(&mut s).await;
+            let text = String::from_utf8_lossy(&got).into_owned();
+            assert!(
+                text.starts_with(&format!("HTTP/1.1 {status} ")),
+                "the GET after HEAD {round} on {status} did not parse: {text:?}"
+            );
+            let (head, rest) = text.split_once("\r\n\r\n").unwrap();
+            let n = length(head);
+            let mut body = rest.as_bytes().to_vec();
+            while body.len() < n {
+                let mut buf = [0u8; 1024];
+                let k = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+                    .await
+                    .expect("the GET body")
+                    .unwrap();
+                assert!(k > 0, "closed within the GET body");
+                body.extend_from_slice(&buf[..k]);
+            }
+            assert_eq!(body.len(), n, "{text:?}");
+            assert_eq!(sizes[round], n, "HEAD and GET lengths differ on {status}");
+        }
+        // The curl view: `curl -I` reads the head and stops, on the same connection twice.
+        if fulcrum_xdp::testing::require(
+            "own_answers_to_head_have_no_body_and_keep_alive_goes_on",
+            fulcrum_xdp::testing::have_program("curl"),
+            "curl",
+        ) {
+            let out = std::process::Command::new("curl")
+                .args(["-sS", "-I", "--max-time", "5"])
+                .arg(format!("http://{listen}/x"))
+                .arg(format!("http://{listen}/y"))
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "curl -I: {text} {out:?}");
+            assert_eq!(
+                text.matches(&format!("HTTP/1.1 {status} ")).count(),
+                2,
+                "{text}"
+            );
+        }
+    }
+    assert_eq!(b.hits.load(Ordering::Relaxed), 0, "forwarded");
+    f.assert_no_panic();
+}
+
 /// A `101 Switching Protocols` to a request that asked for no upgrade is not passed on:
 /// the client gets 502 (and the backend connection is not used again).
 #[tokio::test]

@@ -13,14 +13,14 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use common::certs::{ca, leaf, p};
-use common::peers::{need, nginx};
+use common::peers::{self, need, nginx};
 use common::{admin_toml, free_addr, Fulcrum};
 use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
 
@@ -32,52 +32,25 @@ fn material(dir: &Path) {
     leaf(dir, &ca1, "fulcrum-lb", 3, ClientAuth, false);
 }
 
-/// `openssl s_client` to `addr` (trusting `ca`), sending `input` and keeping the connection
-/// open until the server closes it (or `limit`): (stdout and stderr, how long it took).
-fn s_client(addr: SocketAddr, ca: &str, input: &str, limit: Duration) -> (String, Duration) {
-    let start = Instant::now();
-    let mut child = Command::new("openssl")
-        .args(["s_client", "-connect", &addr.to_string()])
-        .args([
+/// Starts [`peers::s_client`] to `addr` as `a.test` (trusting `ca`), sending `input` and
+/// keeping the connection open until the server closes it (or 10 s), off the runtime's
+/// threads; the task gives (stdout and stderr, how long it took).
+fn s_client(
+    addr: SocketAddr,
+    ca: &str,
+    input: &'static str,
+) -> tokio::task::JoinHandle<(String, Duration)> {
+    let ca = ca.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let args = [
             "-servername",
             "a.test",
             "-CAfile",
-            ca,
+            &ca,
             "-verify_return_error",
-        ])
-        .arg("-ign_eof")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn openssl s_client");
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(input.as_bytes()).unwrap();
-    drop(stdin);
-    let deadline = Instant::now() + limit;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.wait();
-    let took = start.elapsed();
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    (out, took)
+        ];
+        peers::s_client(addr, &args, input, Duration::from_secs(10))
+    })
 }
 
 /// What `s_client` says when the server closed without `close_notify` (OpenSSL 3).
@@ -124,17 +97,11 @@ async fn close_notify_on_orderly_closes() {
     let ca = p(&dir, "ca.pem");
 
     // `Connection: close`: the answer, then close_notify.
-    let (out, _) = tokio::task::spawn_blocking({
-        let ca = ca.clone();
-        move || {
-            s_client(
-                vip,
-                &ca,
-                "GET /hello HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
-                Duration::from_secs(10),
-            )
-        }
-    })
+    let (out, _) = s_client(
+        vip,
+        &ca,
+        "GET /hello HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+    )
     .await
     .unwrap();
     assert!(
@@ -147,19 +114,9 @@ async fn close_notify_on_orderly_closes() {
     );
 
     // Keep-alive: the connection idles through idle_timeout (1 s), then closes in order.
-    let (out, took) = tokio::task::spawn_blocking({
-        let ca = ca.clone();
-        move || {
-            s_client(
-                vip,
-                &ca,
-                "GET /hello HTTP/1.1\r\nHost: a.test\r\n\r\n",
-                Duration::from_secs(10),
-            )
-        }
-    })
-    .await
-    .unwrap();
+    let (out, took) = s_client(vip, &ca, "GET /hello HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .unwrap();
     assert!(
         out.contains("HTTP/1.1 200") && out.contains("hello"),
         "{out}"
@@ -212,23 +169,11 @@ async fn close_notify_on_orderly_closes() {
     assert_eq!(plain, page, "the body came cut");
 
     // Draining: an idle keep-alive connection is closed in order too.
-    let open = std::thread::spawn({
-        let ca = ca.clone();
-        move || {
-            s_client(
-                vip,
-                &ca,
-                "GET /hello HTTP/1.1\r\nHost: a.test\r\n\r\n",
-                Duration::from_secs(10),
-            )
-        }
-    });
+    let open = s_client(vip, &ca, "GET /hello HTTP/1.1\r\nHost: a.test\r\n\r\n");
     // Wait for its answer, then drain well within the 1 s idle_timeout.
     tokio::time::sleep(Duration::from_millis(300)).await;
     f.signal("TERM");
-    let (out, _) = tokio::task::spawn_blocking(move || open.join().unwrap())
-        .await
-        .unwrap();
+    let (out, _) = open.await.unwrap();
     assert!(out.contains("HTTP/1.1 200"), "{out}");
     assert!(!cut(&out), "the drain closed without close_notify:\n{out}");
     assert!(f.wait_exit(Duration::from_secs(10)).await.is_some());

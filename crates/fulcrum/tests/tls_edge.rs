@@ -23,7 +23,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::certs::{both, ca, leaf, p};
-use common::peers::{need, nginx, wait_listening, Peer};
+use common::peers::{self, need, nginx, wait_listening, Peer};
 use common::{admin_toml, free_addr, Fulcrum};
 use rcgen::ExtendedKeyUsagePurpose;
 
@@ -125,46 +125,9 @@ fn haproxy(dir: &Path, body: &str, listens: &[SocketAddr]) -> Peer {
     p
 }
 
-/// `openssl s_client` to `addr` with `args`, sending `input`, reading until the server closes
-/// (or 10 s): stdout and stderr together.
+/// [`peers::s_client`] within 10 s: stdout and stderr together.
 fn s_client(addr: SocketAddr, args: &[&str], input: &str) -> String {
-    let mut child = Command::new("openssl")
-        .arg("s_client")
-        .arg("-connect")
-        .arg(addr.to_string())
-        .arg("-ign_eof")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn openssl s_client");
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(input.as_bytes()).unwrap();
-    drop(stdin);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.wait();
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    out
+    peers::s_client(addr, args, input, Duration::from_secs(10)).0
 }
 
 fn get(host: &str) -> String {

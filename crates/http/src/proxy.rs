@@ -208,8 +208,10 @@ impl Local {
         }
     }
 
-    /// As an HTTP/1.1 message; the body's length.
-    pub fn write_h1(&self, out: &mut Vec<u8>, close: bool) -> u64 {
+    /// As an HTTP/1.1 message; the body bytes written. The answer to a `HEAD` request
+    /// carries the head a `GET` would (its `content-length` too) and no body (RFC 9110
+    /// 9.3.2): bytes after it would be read as the start of the next answer.
+    pub fn write_h1(&self, out: &mut Vec<u8>, close: bool, head: bool) -> u64 {
         out.extend_from_slice(b"HTTP/1.1 ");
         out.extend_from_slice(self.status.as_str().as_bytes());
         out.push(b' ');
@@ -220,6 +222,9 @@ impl Local {
             out.extend_from_slice(b"connection: close\r\n");
         }
         out.extend_from_slice(b"\r\n");
+        if head {
+            return 0;
+        }
         if let Some((b, _)) = &self.page {
             out.extend_from_slice(b);
         } else {

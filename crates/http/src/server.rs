@@ -539,7 +539,9 @@ async fn one_request<S: ClientIo>(
             proxy::count_refusal(c, l.status);
             let l = l.with_page(c.ext.rules.default.as_deref());
             let mut out = h1::take_vec();
-            l.write_h1(&mut out, true);
+            // The request line may not have been read: the connection closes after this
+            // answer, so a body a HEAD request should not get cannot be misread.
+            l.write_h1(&mut out, true, false);
             let _ = within(c.svc.idle_timeout, io.write_all(&out)).await;
             h1::give_vec(out);
         }
@@ -577,7 +579,7 @@ async fn one_request<S: ClientIo>(
     let ok = match outcome {
         Outcome::Local(l, done) => {
             let mut out = h1::take_vec();
-            let n = l.write_h1(&mut out, close);
+            let n = l.write_h1(&mut out, close, is_head);
             let ok = matches!(
                 within(c.svc.idle_timeout, io.write_all(&out)).await,
                 Some(Ok(()))

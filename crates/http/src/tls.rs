@@ -127,7 +127,7 @@ impl TlsState {
                 stamp: ArcSwap::from_pointee(stamp(path)),
             });
             certs.push(Served {
-                leaf,
+                names: dns_names(&leaf),
                 key: ArcSwap::new(ck),
                 ocsp,
             });
@@ -408,7 +408,8 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
 /// One served certificate; its key (with the stapled OCSP response) is swapped when the
 /// response file changes.
 struct Served {
-    leaf: CertificateDer<'static>,
+    /// The leaf's DNS names ([`dns_names`]), read once at load: a handshake only compares.
+    names: Box<[Box<str>]>,
     key: ArcSwap<CertifiedKey>,
     ocsp: Option<Ocsp>,
 }
@@ -492,20 +493,48 @@ impl ResolvesServerCert for SniResolver {
             self.maybe_refresh();
         }
         if self.certs.len() > 1 {
-            if let Some(name) = hello
-                .server_name()
-                .and_then(|n| ServerName::try_from(n.to_owned()).ok())
-            {
-                for c in &self.certs {
-                    let ok = webpki::EndEntityCert::try_from(&c.leaf)
-                        .is_ok_and(|e| e.verify_is_valid_for_subject_name(&name).is_ok());
-                    if ok {
-                        return Some(c.key.load_full());
-                    }
+            if let Some(sni) = hello.server_name() {
+                let valid = |c: &&Served| c.names.iter().any(|n| name_matches(n, sni));
+                if let Some(c) = self.certs.iter().find(valid) {
+                    return Some(c.key.load_full());
                 }
             }
         }
         self.certs.first().map(|c| c.key.load_full())
+    }
+}
+
+/// The DNS names (subjectAltName) a leaf certificate is valid for, as webpki reads them:
+/// lower case, `*.example.com` for a wildcard; absolute names (which webpki never matches)
+/// left out.
+fn dns_names(leaf: &CertificateDer<'_>) -> Box<[Box<str>]> {
+    webpki::EndEntityCert::try_from(leaf).map_or_else(
+        |_| Box::default(),
+        |e| {
+            e.valid_dns_names()
+                .filter(|n| !n.ends_with('.'))
+                .map(|n| n.to_ascii_lowercase().into_boxed_str())
+                .collect()
+        },
+    )
+}
+
+/// Whether the presented name `name` (one of [`dns_names`]) covers the client's SNI name,
+/// as webpki's `verify_is_valid_for_subject_name` decides: ASCII case-insensitive, a
+/// wildcard stands for exactly one whole left-most label, an absolute SNI name (trailing
+/// dot) matches the relative certificate name. No allocation.
+fn name_matches(name: &str, sni: &str) -> bool {
+    let sni = sni.strip_suffix('.').unwrap_or(sni).as_bytes();
+    if sni.contains(&b'*') {
+        return false;
+    }
+    match name.strip_prefix('*') {
+        Some(suffix) if sni.len() > suffix.len() => {
+            let (label, rest) = sni.split_at(sni.len() - suffix.len());
+            !label.contains(&b'.') && rest.eq_ignore_ascii_case(suffix.as_bytes())
+        }
+        Some(_) => false,
+        None => sni.eq_ignore_ascii_case(name.as_bytes()),
     }
 }
 
@@ -597,6 +626,60 @@ pub fn check_client_pair(cert: &Path, key: &Path) -> Result<(), PairError> {
 #[cfg(test)]
 mod tests {
     use super::TicketKey;
+
+    /// The names read at load and [`super::name_matches`] choose exactly as webpki's
+    /// per-certificate check (which the resolver ran on every handshake before).
+    #[test]
+    fn sni_matching_equals_webpki() {
+        let sans = [
+            "a.example.com",
+            "*.w.example.com",
+            "Mixed.Example.ORG",
+            "under_score.example.com",
+            "*.example.net",
+            "xn--bcher-kva.example",
+            "abs.example.com.",
+        ];
+        let params =
+            rcgen::CertificateParams::new(sans.map(str::to_owned).to_vec()).expect("params");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("cert");
+        let der = rustls::pki_types::CertificateDer::from(cert.der().to_vec());
+        let names = super::dns_names(&der);
+        assert!(names.len() >= 6, "{names:?}");
+        let ee = webpki::EndEntityCert::try_from(&der).expect("parsed");
+        let snis = [
+            "a.example.com",
+            "A.EXAMPLE.COM",
+            "a.example.com.",
+            "b.example.com",
+            "example.com",
+            "x.w.example.com",
+            "X.W.Example.Com",
+            "w.example.com",
+            "x.y.w.example.com",
+            ".w.example.com",
+            "mixed.example.org",
+            "under_score.example.com",
+            "a.example.net",
+            "example.net",
+            "a.b.example.net",
+            "xn--bcher-kva.example",
+            "abs.example.com",
+            "abs.example.com.",
+            "other.test",
+            "a",
+        ];
+        let mut matched = 0;
+        for sni in snis {
+            let ours = names.iter().any(|n| super::name_matches(n, sni));
+            let theirs = rustls::pki_types::ServerName::try_from(sni)
+                .is_ok_and(|n| ee.verify_is_valid_for_subject_name(&n).is_ok());
+            assert_eq!(ours, theirs, "{sni}: ours {ours}, webpki {theirs}");
+            matched += usize::from(ours);
+        }
+        assert!(matched >= 8, "{matched}");
+    }
 
     #[test]
     fn ticket_keys_seal_and_open() {

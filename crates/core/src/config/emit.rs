@@ -86,6 +86,29 @@ pub fn table_to_string(doc: &Table) -> String {
             tls.set_implicit(false);
         }
     }
+    if let Some(pools) = edit
+        .get_mut("pool")
+        .and_then(toml_edit::Item::as_array_of_tables_mut)
+    {
+        for p in pools.iter_mut() {
+            // `weights = { a = 90, b = 10 }`, the form docs/interface.md shows.
+            if let Some(l) = p
+                .get_mut("locality")
+                .and_then(toml_edit::Item::as_table_mut)
+            {
+                if let Some(w) = l.get_mut("weights") {
+                    if let Some(tab) = w.as_table() {
+                        *w = toml_edit::value(tab.clone().into_inline_table());
+                        // Written as part of a header before: format it as a key.
+                        if let Some(mut k) = l.key_mut("weights") {
+                            k.fmt();
+                        }
+                    }
+                }
+            }
+        }
+    }
+    explicit_headers(edit.as_table_mut());
     edit.to_string()
 }
 
@@ -106,6 +129,22 @@ fn put_tables<T>(t: &mut Table, key: &str, vs: &[T], f: impl Fn(&T) -> Table) {
 /// An array of the tables `f` makes of `vs`.
 fn tables<T>(vs: &[T], f: impl Fn(&T) -> Table) -> Value {
     Value::Array(vs.iter().map(|v| Value::Table(f(v))).collect())
+}
+
+/// Writes a header for every table `toml` left implicit (one holding only sub-tables, as
+/// `[pool.locality]` above `[pool.locality.weights]`). An implicit table has no span, and
+/// a `Spanned` section without one does not read back ("expected a borrowed string").
+fn explicit_headers(t: &mut toml_edit::Table) {
+    for (_, item) in t.iter_mut() {
+        match item {
+            toml_edit::Item::Table(sub) => {
+                sub.set_implicit(false);
+                explicit_headers(sub);
+            }
+            toml_edit::Item::ArrayOfTables(a) => a.iter_mut().for_each(explicit_headers),
+            _ => {}
+        }
+    }
 }
 
 fn s(v: impl Into<String>) -> Value {

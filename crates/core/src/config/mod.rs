@@ -467,12 +467,16 @@ impl ServiceConfig {
         }
     }
 
-    /// Whether the service sends any traffic to `pool` (its default pool, a route's or an
-    /// SNI route's; a dns name's pool is not counted, as before).
+    /// Whether the service sends traffic to `pool` or answers with its backends (its
+    /// default pool, a route's, an SNI route's or a dns name's): such a pool cannot be
+    /// deleted, and its leaving backends drain by this service's `drain_timeout`.
     pub fn uses_pool(&self, pool: &str) -> bool {
         self.pool == pool
             || self.routes().iter().any(|r| r.pool == pool)
             || self.sni_routes().iter().any(|r| r.pool == pool)
+            || self
+                .dns()
+                .is_some_and(|d| d.names.iter().any(|n| n.pool == pool))
     }
 }
 

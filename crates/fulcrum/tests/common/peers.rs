@@ -1,6 +1,7 @@
 //! Real peers for the end-to-end tests (nginx and others started by a test), and the
 //! checks that the programs they need are installed.
 
+use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -70,4 +71,53 @@ pub fn nginx(dir: &Path, servers: &str, listens: &[SocketAddr]) -> Peer {
         wait_listening(*a, "nginx");
     }
     p
+}
+
+/// `openssl s_client` to `addr` with `args`, sending `input` and keeping the connection open
+/// until the server closes it (or `limit`): (stdout and stderr together, how long it took).
+pub fn s_client(
+    addr: SocketAddr,
+    args: &[&str],
+    input: &str,
+    limit: Duration,
+) -> (String, Duration) {
+    let start = Instant::now();
+    let mut child = Command::new("openssl")
+        .arg("s_client")
+        .arg("-connect")
+        .arg(addr.to_string())
+        .arg("-ign_eof")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn openssl s_client");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).unwrap();
+    drop(stdin);
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.wait();
+    let took = start.elapsed();
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    (out, took)
 }
