@@ -225,11 +225,7 @@ impl DnsRt {
     ) -> fulcrum_core::dns::Outcome {
         let out = fulcrum_core::dns::answer(&self.zone, self.pools.as_slice(), q, rrl);
         stats.dns.count(&out);
-        for &(p, b) in &out.answered {
-            if let Some(s) = self.pools.get(p).and_then(|p| p.stats.get(b)) {
-                s.dns_answers.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        self.add_answers(out.answered.iter().map(|&at| (at, 1)));
         out
     }
 
