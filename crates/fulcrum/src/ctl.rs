@@ -603,8 +603,25 @@ fn status(api: &Api, as_json: bool) -> Result<String, Fail> {
             "announce": announce,
         })));
     }
+    Ok(status_text(
+        api.url(),
+        &ready,
+        &services,
+        &pools,
+        announce.as_ref(),
+    ))
+}
+
+/// `ctl status` as text: the readiness line, the services, the pools' counts, the dns names.
+fn status_text(
+    url: &str,
+    ready: &str,
+    services: &Value,
+    pools: &Value,
+    announce: Option<&Value>,
+) -> String {
     let announced = |name: &Value| -> String {
-        let Some(a) = &announce else {
+        let Some(a) = announce else {
             return "-".into();
         };
         if a["speaker"].is_null() {
@@ -626,7 +643,7 @@ fn status(api: &Api, as_json: bool) -> Result<String, Fail> {
                 },
             )
     };
-    let mut out = format!("{}: {}\n\n", api.url(), ready.trim());
+    let mut out = format!("{url}: {}\n\n", ready.trim());
     let rows: Vec<Vec<String>> = services["services"]
         .as_array()
         .into_iter()
@@ -688,7 +705,7 @@ fn status(api: &Api, as_json: bool) -> Result<String, Fail> {
         ],
         &rows,
     ));
-    Ok(out + &dns_names_table(&services))
+    out + &dns_names_table(services)
 }
 
 /// The names of the dns services in `GET /api/v1/services` (empty: none).
@@ -731,50 +748,50 @@ fn dns_names_table(services: &Value) -> String {
 fn backend(api: &Api, cmd: &BackendCommand, as_json: bool) -> Result<String, Fail> {
     let path =
         |pool: &str, addr: &str| format!("/api/v1/pools/{}/backends/{}", enc(pool), enc(addr));
-    let (v, what) = match cmd {
+    let v = match cmd {
         BackendCommand::Add {
             pool,
             address,
             weight,
         } => {
             let body = weight.map_or_else(|| json!({}), |w| json!({ "weight": w }));
-            let v = api.json("PUT", &path(pool, address), Some(&body))?;
-            let b = &v["backend"];
-            (
-                v.clone(),
-                format!(
-                    "backend {} in pool {pool}: weight {}, state {}",
-                    cell(&b["address"]),
-                    cell(&b["weight"]),
-                    cell(&b["state"])
-                ),
-            )
+            api.json("PUT", &path(pool, address), Some(&body))?
         }
         BackendCommand::Drain { pool, address } => {
-            let v = api.json("POST", &(path(pool, address) + "/drain"), None)?;
-            let b = &v["backend"];
-            (
-                v.clone(),
-                format!(
-                    "backend {} in pool {pool}: state {} (no new flows; {} open connections finish)",
-                    cell(&b["address"]),
-                    cell(&b["state"]),
-                    cell(&b["active_connections"])
-                ),
-            )
+            api.json("POST", &(path(pool, address) + "/drain"), None)?
         }
         BackendCommand::Remove { pool, address } => {
-            let v = api.json("DELETE", &path(pool, address), None)?;
-            (
-                v.clone(),
-                format!(
-                    "backend {} removed from pool {pool} (open connections finish)",
-                    cell(&v["removed"])
-                ),
-            )
+            api.json("DELETE", &path(pool, address), None)?
         }
     };
-    Ok(if as_json { pretty(&v) } else { what + "\n" })
+    Ok(if as_json {
+        pretty(&v)
+    } else {
+        backend_text(cmd, &v)
+    })
+}
+
+/// What `ctl backend …` did, from the API's answer `v`.
+fn backend_text(cmd: &BackendCommand, v: &Value) -> String {
+    let b = &v["backend"];
+    match cmd {
+        BackendCommand::Add { pool, .. } => format!(
+            "backend {} in pool {pool}: weight {}, state {}\n",
+            cell(&b["address"]),
+            cell(&b["weight"]),
+            cell(&b["state"])
+        ),
+        BackendCommand::Drain { pool, .. } => format!(
+            "backend {} in pool {pool}: state {} (no new flows; {} open connections finish)\n",
+            cell(&b["address"]),
+            cell(&b["state"]),
+            cell(&b["active_connections"])
+        ),
+        BackendCommand::Remove { pool, .. } => format!(
+            "backend {} removed from pool {pool} (open connections finish)\n",
+            cell(&v["removed"])
+        ),
+    }
 }
 
 #[allow(clippy::many_single_char_names)] // v and the sections of it: flow, persistence, hash, table, backend
@@ -906,4 +923,169 @@ fn explain_text(v: &Value) -> String {
     }
     let _ = writeln!(out, "why        {}", cell(&v["reason"]));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every text rendering of `ctl` over answers that take each branch: the output is
+    /// user-facing, so it is compared byte for byte with `ctl_golden.txt`
+    /// (`FULCRUM_BLESS=1` rewrites that file from the current code).
+    fn rendered() -> String {
+        let mut out = String::new();
+        let mut put = |name: &str, text: String| {
+            let _ = write!(out, "==== {name}\n{text}");
+        };
+        let member = |name: &str, current: bool, vips: &[&str]| {
+            json!({"member": name, "address": "198.18.0.1:9090", "version": "0.1.0",
+                   "applied_revision": 7, "current": current, "announced": vips})
+        };
+        let mut m2 = member("b", false, &[]);
+        m2["registry_refused"] = json!([{"pool": "web", "key": "/k/1", "reason": "bad",
+                                         "revision": 9, "error": "no such pool"}]);
+        let health = json!({
+            "members": ["a", "b"], "source": "fleet", "health_quorum": 2,
+            "backends": [{"pool": "web", "backend": "198.18.0.2:80", "fleet": "up",
+                          "votes": {"up": 2, "down": 0}, "members": {"a": "up", "b": "up"}},
+                         {"pool": "web", "backend": "198.18.0.3:80", "fleet": "down",
+                          "votes": {"up": 0, "down": 1}, "members": {"a": "down"}}],
+            "quorum_disagreement": {"b": 1},
+            "ejected_locally": [["web", "198.18.0.3:80"], ["api", "198.18.0.4:80"]],
+        });
+        put(
+            "cluster full",
+            cluster_text(&json!({
+                "member": "a", "prefix": "/f", "connected": true, "latest_revision": 9,
+                "applied_revision": 7, "refused": {"revision": 9, "error": "bad pool"},
+                "members": [member("a", true, &["198.18.0.10", "198.18.0.11"]), m2],
+                "disagreement": [{"member": "b", "applied_revision": 7, "refused": "bad"},
+                                 {"member": "c", "applied_revision": 6}],
+                "health": health,
+            })),
+        );
+        for source in ["held", "local", "other"] {
+            put(
+                source,
+                cluster_text(&json!({
+                    "member": "a", "prefix": "/f", "connected": false, "latest_revision": 0,
+                    "applied_revision": 0, "refused": null, "members": [], "disagreement": [],
+                    "health": {"members": [], "source": source, "health_quorum": 1,
+                               "backends": [], "ejected_locally": []},
+                })),
+            );
+        }
+        put("cluster bare", cluster_text(&json!({"member": "a"})));
+        let pools = json!({"pools": [
+            {"name": "web", "scheduler": "maglev", "backends": [
+                {"address": "198.18.0.2:80", "weight": 1, "state": "up",
+                 "active_connections": 3, "total_connections": 10},
+                {"address": "198.18.0.3:80", "weight": 20, "state": "draining",
+                 "active_connections": 0, "total_connections": 1234567},
+                {"address": "198.18.0.4:80", "weight": 0, "state": "down"},
+                {"address": "198.18.0.5:80", "weight": 1, "state": "ejected"}]},
+            {"name": "empty", "scheduler": "rr", "backends": []},
+            {"name": "x", "scheduler": null, "backends": [{"address": "198.18.0.9:53"}]}]});
+        put("pools", pools_table(&pools));
+        put("pools none", pools_table(&json!({"pools": []})));
+        let services = json!({"services": [
+            {"name": "web", "listen": "198.18.0.1:80", "protocol": "tcp", "forward": "proxy",
+             "pool": "web", "active_connections": 1, "total_connections": 2},
+            {"name": "dns", "listen": "198.18.0.1:53", "protocol": "dns", "forward": "proxy",
+             "pool": null, "active_connections": 0, "total_connections": 0,
+             "dns": {"origin": "example.org.", "names": [
+                 {"name": "www", "pool": "web", "ttl": 30, "max_answers": 2},
+                 {"name": "api", "pool": "x", "ttl": 5, "max_answers": 1}]}}]});
+        let announce = json!({"speaker": "exabgp", "services": [
+            {"service": "web", "announced": true}, {"service": "x", "announced": false}]});
+        let quiet = json!({"speaker": null, "services": []});
+        for (name, a) in [
+            ("a", Some(&announce)),
+            ("quiet", Some(&quiet)),
+            ("none", None),
+        ] {
+            put(
+                &format!("status {name}"),
+                status_text("http://127.0.0.1:9090", "ready\n", &services, &pools, a),
+            );
+        }
+        put(
+            "status empty",
+            status_text("u", "not ready", &json!({}), &json!({}), None),
+        );
+        let answer = json!({"backend": {"address": "198.18.0.2:80", "weight": 3, "state": "up",
+                                        "active_connections": 4}, "removed": "198.18.0.2:80"});
+        let (pool, address) = ("web".to_owned(), "198.18.0.2:80".to_owned());
+        for cmd in [
+            BackendCommand::Add {
+                pool: pool.clone(),
+                address: address.clone(),
+                weight: None,
+            },
+            BackendCommand::Drain {
+                pool: pool.clone(),
+                address: address.clone(),
+            },
+            BackendCommand::Remove { pool, address },
+        ] {
+            put("backend", backend_text(&cmd, &answer));
+        }
+        for (client, subnet) in [
+            (Some("198.18.0.7"), Some("198.18.0.0/24")),
+            (Some("198.18.0.7"), None),
+            (None, Some("198.18.0.0/24")),
+            (None, None),
+        ] {
+            put(
+                "explain dns",
+                explain_dns_text(&json!({
+                    "name": "www.example.org.", "type": "A", "service": "dns",
+                    "zone": "example.org.", "client": client, "subnet": subnet,
+                    "pool": if client.is_some() { json!("web") } else { json!(null) },
+                    "scheduler": "wrr", "eligible_backends": 2, "total_backends": 3,
+                    "ttl": 30, "max_answers": 2, "decision": "answer",
+                    "backends": [{"address": "198.18.0.2", "weight": 1, "state": "up"},
+                                 {"address": "198.18.0.3", "weight": 2, "state": "down"}],
+                    "reason": "weighted rotation",
+                })),
+            );
+        }
+        put("explain dns bare", explain_dns_text(&json!({})));
+        let flows = [
+            json!({"flow": {"client": "198.18.0.7:1234", "dst": "198.18.0.1:80",
+                            "proto": "tcp", "service": "web"},
+                   "pool": "web", "scheduler": "maglev", "eligible_backends": 2,
+                   "total_backends": 3,
+                   "persistence": {"configured": true, "hit": true, "backend": "198.18.0.2:80"},
+                   "hash": {"key": "five_tuple", "hex": "0xdeadbeef", "value": 3735928559_u64,
+                            "words": [1, "x", 3]},
+                   "table": {"kind": "maglev", "slot": 5, "size": 65537, "owner": "198.18.0.2:80"},
+                   "backend": {"address": "198.18.0.2:80", "state": "up", "weight": 1,
+                               "active_connections": 0},
+                   "reason": "table"}),
+            json!({"flow": {"client": "c", "dst": "d", "proto": "udp"},
+                   "persistence": {"configured": true, "hit": false},
+                   "table": {"kind": "ring_hash", "position": 1, "points": 10, "point": 77,
+                             "owner": "o"}, "hash": {"key": "k"},
+                   "reason": "ring"}),
+            json!({"persistence": {"configured": false}, "table": {"kind": "sh", "slot": 1},
+                   "backend": null}),
+            json!({"table": {"kind": "rr"}}),
+        ];
+        for f in &flows {
+            put("explain", explain_text(f));
+        }
+        out
+    }
+
+    #[test]
+    fn renderings_are_unchanged() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/ctl_golden.txt");
+        let got = rendered();
+        if std::env::var_os("FULCRUM_BLESS").is_some() {
+            std::fs::write(path, &got).unwrap();
+        }
+        let want = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(got == want, "ctl's text differs from {path}:\n{got}");
+    }
 }

@@ -79,15 +79,10 @@ fn open(raw: &str) -> io::Result<(UnixDatagram, SocketAddr)> {
 }
 
 /// `CLOCK_MONOTONIC` in microseconds (what systemd compares `MONOTONIC_USEC` with).
-#[allow(unsafe_code)]
 fn monotonic_usec() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
-    (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1000
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000
+        + u64::try_from(ts.tv_nsec).unwrap_or(0) / 1000
 }
 
 /// The watchdog period systemd asks for (`WATCHDOG_USEC`, for this process when

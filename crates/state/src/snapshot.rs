@@ -229,24 +229,10 @@ impl DnsRt {
         out
     }
 
-    /// [`DnsRt::answer`] into the caller's buffers ([`fulcrum_core::dns::answer_into`]):
-    /// the UDP loop keeps them across queries, so the common query allocates nothing.
-    pub fn answer_into(
-        &self,
-        stats: &ServiceStats,
-        q: &fulcrum_core::dns::Incoming<'_>,
-        rrl: Option<&mut fulcrum_core::dns::Rrl>,
-        reply: &mut Vec<u8>,
-        answered: &mut Vec<(usize, usize)>,
-    ) -> fulcrum_core::dns::Summary {
-        let out = self.answer_uncounted(stats, q, rrl, reply, answered);
-        self.add_answers(answered.iter().map(|&at| (at, 1)));
-        out
-    }
-
-    /// [`DnsRt::answer_into`] for one query of a batch: the answered backends are added up
-    /// in `tally`, and [`DnsRt::flush`] adds the tally to their `dns_answers` once per
-    /// batch. Why: counting them one by one took an atomic increment per backend in the
+    /// [`DnsRt::answer`] for one query of a batch, into the caller's buffers
+    /// ([`fulcrum_core::dns::answer_into`]: the UDP loop keeps them across queries, so the
+    /// common query allocates nothing). The answered backends are added up in `tally`, and
+    /// [`DnsRt::flush`] adds the tally to their `dns_answers` once per batch. Why: counting them one by one took an atomic increment per backend in the
     /// answer (ten per query under `bench/dns.py`), a locked instruction each.
     pub fn answer_tallied(
         &self,
@@ -256,27 +242,6 @@ impl DnsRt {
         reply: &mut Vec<u8>,
         answered: &mut Vec<(usize, usize)>,
         tally: &mut AnswerTally,
-    ) -> fulcrum_core::dns::Summary {
-        let out = self.answer_uncounted(stats, q, rrl, reply, answered);
-        tally.add(answered);
-        out
-    }
-
-    /// Adds `tally` (filled by [`DnsRt::answer_tallied`] with this same value) to the
-    /// backends' `dns_answers` and empties it.
-    pub fn flush(&self, tally: &mut AnswerTally) {
-        self.add_answers(tally.drain());
-    }
-
-    /// The answer, with the service's `fulcrum_dns_queries_total` counted but not the
-    /// answered backends.
-    fn answer_uncounted(
-        &self,
-        stats: &ServiceStats,
-        q: &fulcrum_core::dns::Incoming<'_>,
-        rrl: Option<&mut fulcrum_core::dns::Rrl>,
-        reply: &mut Vec<u8>,
-        answered: &mut Vec<(usize, usize)>,
     ) -> fulcrum_core::dns::Summary {
         let out = fulcrum_core::dns::answer_into(
             &self.zone,
@@ -289,7 +254,14 @@ impl DnsRt {
         stats
             .dns
             .count_one(out.qtype, out.rcode, out.dropped.is_some());
+        tally.add(answered);
         out
+    }
+
+    /// Adds `tally` (filled by [`DnsRt::answer_tallied`] with this same value) to the
+    /// backends' `dns_answers` and empties it.
+    pub fn flush(&self, tally: &mut AnswerTally) {
+        self.add_answers(tally.drain());
     }
 
     /// Adds `n` to the `dns_answers` of each (pool index, backend index).
