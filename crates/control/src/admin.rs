@@ -504,17 +504,29 @@ async fn drain_backend(
     Ok(backend_answer(&st, &pool, addr))
 }
 
-/// The change of a named pool or service: `change(running config, name, body)` (`body`
-/// `{}` when the call has none).
+/// The change of a named pool or service: `change(running config, name, body)`.
 async fn edit_named(
     st: &AdminState,
     name: &str,
-    body: Option<Value>,
+    body: Value,
     change: fn(&Config, &str, Value) -> Result<Config, ChangeError>,
 ) -> Result<(), ApiError> {
-    let (n, v) = (name.to_owned(), body.unwrap_or_else(|| json!({})));
-    let edit = Arc::new(move |cfg: &Config| change(cfg, &n, v.clone()));
+    let n = name.to_owned();
+    let edit = Arc::new(move |cfg: &Config| change(cfg, &n, body.clone()));
     apply_edit(st, edit, None).await
+}
+
+/// The removal of a named pool or service (`remove(running config, name)`); the answer
+/// names what was removed.
+async fn remove_named(
+    st: &AdminState,
+    name: String,
+    remove: fn(&Config, &str) -> Result<Config, ChangeError>,
+) -> Result<Json<Removed>, ApiError> {
+    let n = name.clone();
+    let edit = Arc::new(move |cfg: &Config| remove(cfg, &n));
+    apply_edit(st, edit, None).await?;
+    Ok(Json(Removed { removed: name }))
 }
 
 /// `PUT /api/v1/services/{name}`: the body has the keys of a `[[service]]` table.
@@ -524,10 +536,7 @@ async fn put_service(
     _: Authorized,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ServiceAnswer>, ApiError> {
-    edit_named(&st, &name, Some(json_body(&body?)?), |cfg, n, v| {
-        crate::edit::put_service(cfg, n, v)
-    })
-    .await?;
+    edit_named(&st, &name, json_body(&body?)?, crate::edit::put_service).await?;
     let snap = st.shared.snapshot.load();
     let service = snap.services.iter().find(|s| s.name == name);
     Ok(Json(ServiceAnswer {
@@ -542,10 +551,7 @@ async fn put_pool(
     _: Authorized,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<PoolView>, ApiError> {
-    edit_named(&st, &name, Some(json_body(&body?)?), |cfg, n, v| {
-        crate::edit::set_pool(cfg, n, v)
-    })
-    .await?;
+    edit_named(&st, &name, json_body(&body?)?, crate::edit::set_pool).await?;
     let snap = st.shared.snapshot.load();
     let p = snap
         .pool(&name)
@@ -559,11 +565,7 @@ async fn delete_pool(
     Path(name): Path<String>,
     _: Authorized,
 ) -> Result<Json<Removed>, ApiError> {
-    edit_named(&st, &name, None, |cfg, n, _| {
-        crate::edit::delete_pool(cfg, n)
-    })
-    .await?;
-    Ok(Json(Removed { removed: name }))
+    remove_named(&st, name, crate::edit::delete_pool).await
 }
 
 /// `DELETE /api/v1/services/{name}`: stops listening; open connections finish.
@@ -572,11 +574,7 @@ async fn delete_service(
     Path(name): Path<String>,
     _: Authorized,
 ) -> Result<Json<Removed>, ApiError> {
-    edit_named(&st, &name, None, |cfg, n, _| {
-        crate::edit::delete_service(cfg, n)
-    })
-    .await?;
-    Ok(Json(Removed { removed: name }))
+    remove_named(&st, name, crate::edit::delete_service).await
 }
 
 /// `GET /api/v1/cluster`: the fleet as this instance sees it (`[cluster]`, docs/cluster.md).

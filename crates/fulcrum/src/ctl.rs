@@ -135,48 +135,27 @@ pub fn run(args: &CtlArgs) -> anyhow::Result<u8> {
 
 fn run_inner(args: &CtlArgs) -> Result<String, Fail> {
     let api = Api::new(args)?;
-    match &args.command {
-        CtlCommand::Status => status(&api, args.json),
-        CtlCommand::Pools => {
-            let v = api.json("GET", "/api/v1/pools", None)?;
-            Ok(if args.json {
-                pretty(&v)
-            } else {
-                pools_table(&v)
-            })
-        }
-        CtlCommand::Backend(cmd) => backend(&api, cmd, args.json),
-        CtlCommand::Reload => {
-            let v = api.json("POST", "/api/v1/reload", None)?;
-            Ok(if args.json {
-                pretty(&v)
-            } else {
-                "reloaded: the config file is running (run-time changes ended)\n".into()
-            })
-        }
+    // the commands of one request: its method and path, and the answer as text
+    let (method, path, text): (&str, String, fn(&Value) -> String) = match &args.command {
+        CtlCommand::Status => return status(&api, args.json),
+        CtlCommand::Backend(cmd) => return backend(&api, cmd, args.json),
+        CtlCommand::Config => return Ok(api.call("GET", "/api/v1/config", None)?.1),
+        CtlCommand::Pools => ("GET", "/api/v1/pools".into(), pools_table),
+        CtlCommand::Reload => ("POST", "/api/v1/reload".into(), |_| {
+            "reloaded: the config file is running (run-time changes ended)\n".into()
+        }),
         CtlCommand::Explain {
             pool,
             client,
             dst,
             proto,
         } => {
-            let mut q = format!("client={}", enc(client));
-            if let Some(d) = dst {
-                let _ = write!(q, "&dst={}", enc(d));
-            }
-            if let Some(p) = proto {
-                let _ = write!(q, "&proto={}", enc(p));
-            }
-            let v = api.json(
-                "GET",
-                &format!("/api/v1/pools/{}/explain?{q}", enc(pool)),
-                None,
-            )?;
-            Ok(if args.json {
-                pretty(&v)
-            } else {
-                explain_text(&v)
-            })
+            let q = [
+                ("client", Some(client)),
+                ("dst", dst.as_ref()),
+                ("proto", proto.as_ref()),
+            ];
+            ("GET", explain_path("pools", pool, &q), explain_text)
         }
         CtlCommand::ExplainDns {
             service,
@@ -185,54 +164,45 @@ fn run_inner(args: &CtlArgs) -> Result<String, Fail> {
             subnet,
             qtype,
         } => {
-            let mut q = format!("name={}", enc(name));
-            for (k, v) in [("client", client), ("subnet", subnet), ("type", qtype)] {
-                if let Some(v) = v {
-                    let _ = write!(q, "&{k}={}", enc(v));
-                }
-            }
-            let v = api.json(
+            let q = [
+                ("name", Some(name)),
+                ("client", client.as_ref()),
+                ("subnet", subnet.as_ref()),
+                ("type", qtype.as_ref()),
+            ];
+            (
                 "GET",
-                &format!("/api/v1/services/{}/explain?{q}", enc(service)),
-                None,
-            )?;
-            Ok(if args.json {
-                pretty(&v)
-            } else {
-                explain_dns_text(&v)
+                explain_path("services", service, &q),
+                explain_dns_text,
+            )
+        }
+        CtlCommand::Cluster => ("GET", "/api/v1/cluster".into(), cluster_text),
+        CtlCommand::Instance(InstanceCommand::Drain) => {
+            ("POST", "/api/v1/instance/drain".into(), |_| {
+                "instance drained: VIPs withdrawn, /readyz answers 503, established connections keep running\n".into()
             })
         }
-        CtlCommand::Cluster => {
-            let v = api.json("GET", "/api/v1/cluster", None)?;
-            Ok(if args.json {
-                pretty(&v)
-            } else {
-                cluster_text(&v)
+        CtlCommand::Instance(InstanceCommand::Undrain) => {
+            ("POST", "/api/v1/instance/undrain".into(), |_| {
+                "instance undrained: VIPs that can be served are announced again\n".into()
             })
         }
-        CtlCommand::Config => {
-            let (_, body) = api.call("GET", "/api/v1/config", None)?;
-            Ok(body)
-        }
-        CtlCommand::Instance(cmd) => {
-            let (path, what) = match cmd {
-                InstanceCommand::Drain => (
-                    "/api/v1/instance/drain",
-                    "instance drained: VIPs withdrawn, /readyz answers 503, established connections keep running",
-                ),
-                InstanceCommand::Undrain => (
-                    "/api/v1/instance/undrain",
-                    "instance undrained: VIPs that can be served are announced again",
-                ),
-            };
-            let v = api.json("POST", path, None)?;
-            Ok(if args.json {
-                pretty(&v)
-            } else {
-                format!("{what}\n")
-            })
+    };
+    let v = api.json(method, &path, None)?;
+    Ok(if args.json { pretty(&v) } else { text(&v) })
+}
+
+/// `/api/v1/{collection}/{name}/explain?{query}`: the query has `key=value` for each pair
+/// with a value, percent-encoded.
+fn explain_path(collection: &str, name: &str, pairs: &[(&str, Option<&String>)]) -> String {
+    let mut q = format!("/api/v1/{collection}/{}/explain?", enc(name));
+    for (k, v) in pairs {
+        if let Some(v) = v {
+            let sep = if q.ends_with('?') { "" } else { "&" };
+            let _ = write!(q, "{sep}{k}={}", enc(v));
         }
     }
+    q
 }
 
 fn pretty(v: &Value) -> String {
@@ -384,6 +354,52 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// A table of JSON rows, described by two lines alike: `header` names the columns
+/// (`NAME|NAME|…`) and `cells` gives each column's template over a row (`{key}|{key}…`,
+/// see [`fill`]).
+fn table_of<'v>(header: &str, cells: &str, rows: impl IntoIterator<Item = &'v Value>) -> String {
+    let header: Vec<&str> = header.split('|').collect();
+    let rows: Vec<Vec<String>> = rows.into_iter().map(|r| row(cells, r)).collect();
+    table(&header, &rows)
+}
+
+/// One row of a table: each `|`-separated template of `cells` filled from `v`.
+fn row(cells: &str, v: &Value) -> Vec<String> {
+    cells.split('|').map(|t| fill(t, v)).collect()
+}
+
+/// `template` with each `{key}` replaced by the [`cell`] of `v[key]` (`{a.b}`: `v[a][b]`;
+/// `{0}`: an array's first element).
+fn fill(template: &str, v: &Value) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some((before, after)) = rest.split_once('{') {
+        let Some((path, after)) = after.split_once('}') else {
+            break;
+        };
+        out.push_str(before);
+        out.push_str(&cell(path.split('.').fold(
+            v,
+            |v, key| match key.parse::<usize>() {
+                Ok(i) if v.is_array() => &v[i],
+                _ => &v[key],
+            },
+        )));
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Lines of a label padded to ten columns and its text: the layout of `ctl explain`.
+fn labelled(lines: &[(&str, String)]) -> String {
+    let mut out = String::new();
+    for (label, text) in lines {
+        let _ = writeln!(out, "{label:<10} {text}");
+    }
+    out
+}
+
 fn cell(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
@@ -392,20 +408,28 @@ fn cell(v: &Value) -> String {
     }
 }
 
+/// The elements of a JSON array (none when `v` is not an array).
+fn items(v: &Value) -> impl Iterator<Item = &Value> {
+    v.as_array().into_iter().flatten()
+}
+
+/// The strings of a JSON array.
+fn strings(v: &Value) -> Vec<&str> {
+    items(v).filter_map(Value::as_str).collect()
+}
+
 /// `ctl cluster`: a header, one row per member, then the disagreement.
 fn cluster_text(v: &Value) -> String {
-    let mut out = format!(
-        "member {} prefix {} etcd {} newest revision {} running {}\n",
-        cell(&v["member"]),
-        cell(&v["prefix"]),
-        if v["connected"].as_bool() == Some(true) {
-            "connected"
-        } else {
-            "DISCONNECTED"
-        },
-        cell(&v["latest_revision"]),
-        cell(&v["applied_revision"]),
-    );
+    let mut out = fill("member {member} prefix {prefix} etcd ", v);
+    out.push_str(if v["connected"] == true {
+        "connected"
+    } else {
+        "DISCONNECTED"
+    });
+    out.push_str(&fill(
+        " newest revision {latest_revision} running {applied_revision}\n",
+        v,
+    ));
     if let Some(r) = v["refused"].as_object() {
         let _ = writeln!(
             out,
@@ -414,75 +438,48 @@ fn cluster_text(v: &Value) -> String {
             r["error"].as_str().unwrap_or_default()
         );
     }
-    let rows: Vec<Vec<String>> = v["members"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let members: Vec<Value> = items(&v["members"])
         .map(|m| {
-            let vips: Vec<&str> = m["announced"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .collect();
-            vec![
-                cell(&m["member"]),
-                cell(&m["address"]),
-                cell(&m["version"]),
-                cell(&m["applied_revision"]),
-                if m["current"].as_bool() == Some(true) {
-                    "yes".into()
-                } else {
-                    "NO".into()
-                },
-                if vips.is_empty() {
-                    "-".into()
-                } else {
-                    vips.join(",")
-                },
-            ]
+            let vips = strings(&m["announced"]);
+            let mut m = m.clone();
+            m["current"] = (if m["current"] == true { "yes" } else { "NO" }).into();
+            m["announced"] = (if vips.is_empty() {
+                "-".to_owned()
+            } else {
+                vips.join(",")
+            })
+            .into();
+            m
         })
         .collect();
-    out.push_str(&table(
-        &[
-            "MEMBER",
-            "ADDRESS",
-            "VERSION",
-            "APPLIED",
-            "CURRENT",
-            "ANNOUNCED",
-        ],
-        &rows,
+    out.push_str(&table_of(
+        "MEMBER|ADDRESS|VERSION|APPLIED|CURRENT|ANNOUNCED",
+        "{member}|{address}|{version}|{applied_revision}|{current}|{announced}",
+        &members,
     ));
     let dis = v["disagreement"].as_array().map_or(&[][..], Vec::as_slice);
     if dis.is_empty() {
         out.push_str("every member runs the newest revision\n");
-    } else {
-        for d in dis {
-            let _ = write!(
-                out,
-                "disagreement: {} runs revision {}",
-                cell(&d["member"]),
-                cell(&d["applied_revision"])
-            );
-            match d["refused"].as_str() {
-                Some(why) => {
-                    let _ = writeln!(out, ", refused the newest: {why}");
-                }
-                None => out.push('\n'),
+    }
+    for d in dis {
+        out.push_str(&fill(
+            "disagreement: {member} runs revision {applied_revision}",
+            d,
+        ));
+        match d["refused"].as_str() {
+            Some(why) => {
+                let _ = writeln!(out, ", refused the newest: {why}");
             }
+            None => out.push('\n'),
         }
     }
-    for m in v["members"].as_array().into_iter().flatten() {
-        for r in m["registry_refused"].as_array().into_iter().flatten() {
+    for m in items(&v["members"]) {
+        for r in items(&m["registry_refused"]) {
             let _ = writeln!(
                 out,
-                "registration refused by {}: pool {} key {} ({}, revision {}): {}",
+                "registration refused by {}: {}: {}",
                 cell(&m["member"]),
-                cell(&r["pool"]),
-                cell(&r["key"]),
-                cell(&r["reason"]),
-                cell(&r["revision"]),
+                fill("pool {pool} key {key} ({reason}, revision {revision})", r),
                 r["error"].as_str().unwrap_or_default()
             );
         }
@@ -496,12 +493,7 @@ fn cluster_text(v: &Value) -> String {
 /// `ctl cluster`'s health part: the fleet's table with each member's verdict, then what
 /// this instance ejects on its own (passive, never shared).
 fn cluster_health_text(h: &Value) -> String {
-    let members: Vec<&str> = h["members"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .collect();
+    let members = strings(&h["members"]);
     let source = match h["source"].as_str() {
         Some("fleet") => "decided by the fleet".to_owned(),
         Some("held") => "etcd lost: the last fleet table is held".to_owned(),
@@ -515,19 +507,12 @@ fn cluster_health_text(h: &Value) -> String {
     );
     let mut header = vec!["POOL", "BACKEND", "FLEET", "UP/DOWN"];
     header.extend(members.iter().copied());
-    let rows: Vec<Vec<String>> = h["backends"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let rows: Vec<Vec<String>> = items(&h["backends"])
         .map(|b| {
-            let mut row = vec![
-                cell(&b["pool"]),
-                cell(&b["backend"]),
-                cell(&b["fleet"]).to_uppercase(),
-                format!("{}/{}", cell(&b["votes"]["up"]), cell(&b["votes"]["down"])),
-            ];
-            row.extend(members.iter().map(|m| cell(&b["members"][*m])));
-            row
+            let mut r = row("{pool}|{backend}|{fleet}|{votes.up}/{votes.down}", b);
+            r[2] = r[2].to_uppercase();
+            r.extend(members.iter().map(|m| cell(&b["members"][*m])));
+            r
         })
         .collect();
     if rows.is_empty() {
@@ -542,11 +527,8 @@ fn cluster_health_text(h: &Value) -> String {
             cell(q)
         );
     }
-    let ejected: Vec<String> = h["ejected_locally"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| format!("{} {}", cell(&e[0]), cell(&e[1])))
+    let ejected: Vec<String> = items(&h["ejected_locally"])
+        .map(|e| fill("{0} {1}", e))
         .collect();
     if !ejected.is_empty() {
         let _ = writeln!(
@@ -559,30 +541,12 @@ fn cluster_health_text(h: &Value) -> String {
 }
 
 fn pools_table(v: &Value) -> String {
-    let mut rows = Vec::new();
-    for p in v["pools"].as_array().into_iter().flatten() {
-        for b in p["backends"].as_array().into_iter().flatten() {
-            rows.push(vec![
-                cell(&p["name"]),
-                cell(&p["scheduler"]),
-                cell(&b["address"]),
-                cell(&b["weight"]),
-                cell(&b["state"]),
-                cell(&b["active_connections"]),
-                cell(&b["total_connections"]),
-            ]);
-        }
-    }
-    table(
-        &[
-            "POOL",
-            "SCHEDULER",
-            "BACKEND",
-            "WEIGHT",
-            "STATE",
-            "ACTIVE",
-            "TOTAL",
-        ],
+    let rows: Vec<Value> = items(&v["pools"])
+        .flat_map(|p| items(&p["backends"]).map(move |b| json!({ "pool": p, "backend": b })))
+        .collect();
+    table_of(
+        "POOL|SCHEDULER|BACKEND|WEIGHT|STATE|ACTIVE|TOTAL",
+        "{pool.name}|{pool.scheduler}|{backend.address}|{backend.weight}|{backend.state}|{backend.active_connections}|{backend.total_connections}",
         &rows,
     )
 }
@@ -620,126 +584,64 @@ fn status_text(
     pools: &Value,
     announce: Option<&Value>,
 ) -> String {
-    let announced = |name: &Value| -> String {
-        let Some(a) = announce else {
-            return "-".into();
+    let announced = |name: &Value| -> &str {
+        let Some(a) = announce.filter(|a| !a["speaker"].is_null()) else {
+            return "-";
         };
-        if a["speaker"].is_null() {
-            return "-".into();
+        match items(&a["services"]).find(|s| &s["service"] == name) {
+            None => "-",
+            Some(s) if s["announced"] == true => "yes",
+            Some(_) => "no",
         }
-        a["services"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|s| &s["service"] == name)
-            .map_or_else(
-                || "-".into(),
-                |s| {
-                    if s["announced"] == true {
-                        "yes".into()
-                    } else {
-                        "no".into()
-                    }
-                },
-            )
     };
-    let mut out = format!("{url}: {}\n\n", ready.trim());
-    let rows: Vec<Vec<String>> = services["services"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let services_rows: Vec<Value> = items(&services["services"])
         .map(|s| {
-            vec![
-                cell(&s["name"]),
-                cell(&s["listen"]),
-                cell(&s["protocol"]),
-                cell(&s["forward"]),
-                cell(&s["pool"]),
-                cell(&s["active_connections"]),
-                cell(&s["total_connections"]),
-                announced(&s["name"]),
-            ]
+            let mut s = s.clone();
+            s["announced"] = announced(&s["name"]).into();
+            s
         })
         .collect();
-    out.push_str(&table(
-        &[
-            "SERVICE",
-            "LISTEN",
-            "PROTOCOL",
-            "FORWARD",
-            "POOL",
-            "ACTIVE",
-            "TOTAL",
-            "ANNOUNCED",
-        ],
-        &rows,
-    ));
-    out.push('\n');
-    let rows: Vec<Vec<String>> = pools["pools"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let pool_rows: Vec<Value> = items(&pools["pools"])
         .map(|p| {
-            let bs = p["backends"].as_array().cloned().unwrap_or_default();
-            let count = |st: &str| bs.iter().filter(|b| b["state"] == st).count().to_string();
-            vec![
-                cell(&p["name"]),
-                cell(&p["scheduler"]),
-                bs.len().to_string(),
-                count("up"),
-                count("down"),
-                count("draining"),
-                count("ejected"),
-            ]
+            let bs = p["backends"].as_array().map_or(&[][..], Vec::as_slice);
+            let count = |st: &str| bs.iter().filter(|b| b["state"] == st).count();
+            json!({
+                "name": p["name"], "scheduler": p["scheduler"], "backends": bs.len(),
+                "up": count("up"), "down": count("down"), "draining": count("draining"),
+                "ejected": count("ejected"),
+            })
         })
         .collect();
-    out.push_str(&table(
-        &[
-            "POOL",
-            "SCHEDULER",
-            "BACKENDS",
-            "UP",
-            "DOWN",
-            "DRAINING",
-            "EJECTED",
-        ],
-        &rows,
-    ));
-    out + &dns_names_table(services)
+    format!(
+        "{url}: {}\n\n{}\n{}{}",
+        ready.trim(),
+        table_of(
+            "SERVICE|LISTEN|PROTOCOL|FORWARD|POOL|ACTIVE|TOTAL|ANNOUNCED",
+            "{name}|{listen}|{protocol}|{forward}|{pool}|{active_connections}|{total_connections}|{announced}",
+            &services_rows,
+        ),
+        table_of(
+            "POOL|SCHEDULER|BACKENDS|UP|DOWN|DRAINING|EJECTED",
+            "{name}|{scheduler}|{backends}|{up}|{down}|{draining}|{ejected}",
+            &pool_rows,
+        ),
+        dns_names_table(services),
+    )
 }
 
 /// The names of the dns services in `GET /api/v1/services` (empty: none).
 fn dns_names_table(services: &Value) -> String {
-    let rows: Vec<Vec<String>> = services["services"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|s| {
-            let origin = cell(&s["dns"]["origin"]);
-            s["dns"]["names"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .into_iter()
-                .map(move |n| {
-                    vec![
-                        cell(&s["name"]),
-                        origin.clone(),
-                        cell(&n["name"]),
-                        cell(&n["pool"]),
-                        format!("{}s", cell(&n["ttl"])),
-                        cell(&n["max_answers"]),
-                    ]
-                })
-        })
+    let rows: Vec<Value> = items(&services["services"])
+        .flat_map(|s| items(&s["dns"]["names"]).map(move |n| json!({ "service": s, "name": n })))
         .collect();
     if rows.is_empty() {
         return String::new();
     }
     format!(
         "\n{}",
-        table(
-            &["DNS SERVICE", "ZONE", "NAME", "POOL", "TTL", "MAX ANSWERS"],
+        table_of(
+            "DNS SERVICE|ZONE|NAME|POOL|TTL|MAX ANSWERS",
+            "{service.name}|{service.dns.origin}|{name.name}|{name.pool}|{name.ttl}s|{name.max_answers}",
             &rows,
         )
     )
@@ -773,156 +675,119 @@ fn backend(api: &Api, cmd: &BackendCommand, as_json: bool) -> Result<String, Fai
 
 /// What `ctl backend …` did, from the API's answer `v`.
 fn backend_text(cmd: &BackendCommand, v: &Value) -> String {
-    let b = &v["backend"];
-    match cmd {
-        BackendCommand::Add { pool, .. } => format!(
-            "backend {} in pool {pool}: weight {}, state {}\n",
-            cell(&b["address"]),
-            cell(&b["weight"]),
-            cell(&b["state"])
+    let (pool, what) = match cmd {
+        BackendCommand::Add { pool, .. } => {
+            (pool, fill(": weight {backend.weight}, state {backend.state}", v))
+        }
+        BackendCommand::Drain { pool, .. } => (
+            pool,
+            fill(
+                ": state {backend.state} (no new flows; {backend.active_connections} open connections finish)",
+                v,
+            ),
         ),
-        BackendCommand::Drain { pool, .. } => format!(
-            "backend {} in pool {pool}: state {} (no new flows; {} open connections finish)\n",
-            cell(&b["address"]),
-            cell(&b["state"]),
-            cell(&b["active_connections"])
-        ),
-        BackendCommand::Remove { pool, .. } => format!(
-            "backend {} removed from pool {pool} (open connections finish)\n",
-            cell(&v["removed"])
-        ),
-    }
+        BackendCommand::Remove { pool, .. } => {
+            return fill("backend {removed} removed from pool ", v)
+                + pool
+                + " (open connections finish)\n";
+        }
+    };
+    fill("backend {backend.address} in pool ", v) + pool + &what + "\n"
 }
 
-#[allow(clippy::many_single_char_names)] // v and the sections of it: flow, persistence, hash, table, backend
+/// `ctl explain-dns`: the query, the pool, the decision, the backends answered, why.
 fn explain_dns_text(v: &Value) -> String {
-    let mut out = String::new();
     let who = match (v["client"].as_str(), v["subnet"].as_str()) {
         (Some(c), Some(s)) => format!(" from {c} (ECS {s})"),
         (Some(c), None) => format!(" from {c}"),
         (None, Some(s)) => format!(" (ECS {s})"),
         (None, None) => String::new(),
     };
-    let _ = writeln!(
-        out,
-        "query      {} {}{who} (service {}, zone {})",
-        cell(&v["name"]),
-        cell(&v["type"]),
-        cell(&v["service"]),
-        cell(&v["zone"])
-    );
+    let mut lines = vec![(
+        "query",
+        fill("{name} {type}", v) + &who + &fill(" (service {service}, zone {zone})", v),
+    )];
     if v["pool"].is_string() {
-        let _ = writeln!(
-            out,
-            "pool       {} (scheduler {}, {} of {} backends up), ttl {} s, max {} answers",
-            cell(&v["pool"]),
-            cell(&v["scheduler"]),
-            cell(&v["eligible_backends"]),
-            cell(&v["total_backends"]),
-            cell(&v["ttl"]),
-            cell(&v["max_answers"])
-        );
+        lines.push((
+            "pool",
+            fill(
+                "{pool} (scheduler {scheduler}, {eligible_backends} of {total_backends} backends up), ttl {ttl} s, max {max_answers} answers",
+                v,
+            ),
+        ));
     }
-    let _ = writeln!(out, "decision   {}", cell(&v["decision"]));
-    for b in v["backends"].as_array().into_iter().flatten() {
-        let _ = writeln!(
-            out,
-            "backend    {} (weight {}, {})",
-            cell(&b["address"]),
-            cell(&b["weight"]),
-            cell(&b["state"])
-        );
+    lines.push(("decision", fill("{decision}", v)));
+    for b in items(&v["backends"]) {
+        lines.push(("backend", fill("{address} (weight {weight}, {state})", b)));
     }
-    let _ = writeln!(out, "reason     {}", cell(&v["reason"]));
-    out
+    lines.push(("reason", fill("{reason}", v)));
+    labelled(&lines)
 }
 
-#[allow(clippy::many_single_char_names)] // v, f, p...: the JSON sections it prints
+/// `ctl explain`: the flow, the pool, persistence, the hash and table slot, the backend, why.
 fn explain_text(v: &Value) -> String {
-    let mut out = String::new();
-    let f = &v["flow"];
-    let _ = writeln!(
-        out,
-        "flow       {} -> {} ({}{})",
-        cell(&f["client"]),
-        cell(&f["dst"]),
-        cell(&f["proto"]),
-        f["service"]
-            .as_str()
-            .map(|s| format!(", service {s}"))
-            .unwrap_or_default()
-    );
-    let _ = writeln!(
-        out,
-        "pool       {} (scheduler {}, {} of {} backends take new flows)",
-        cell(&v["pool"]),
-        cell(&v["scheduler"]),
-        cell(&v["eligible_backends"]),
-        cell(&v["total_backends"])
-    );
+    let service = v["flow"]["service"]
+        .as_str()
+        .map(|s| format!(", service {s}"))
+        .unwrap_or_default();
+    let mut lines = vec![
+        (
+            "flow",
+            fill("{flow.client} -> {flow.dst} ({flow.proto}", v) + &service + ")",
+        ),
+        (
+            "pool",
+            fill(
+                "{pool} (scheduler {scheduler}, {eligible_backends} of {total_backends} backends take new flows)",
+                v,
+            ),
+        ),
+    ];
     let p = &v["persistence"];
-    if p["configured"] == true {
-        let hit = if p["hit"] == true {
-            format!("hit: {}", cell(&p["backend"]))
-        } else {
-            "miss".into()
-        };
-        let _ = writeln!(out, "persistence {hit}");
-    } else {
-        let _ = writeln!(out, "persistence not configured");
+    lines.push((
+        "persistence",
+        match (p["configured"] == true, p["hit"] == true) {
+            (false, _) => "not configured".to_owned(),
+            (true, true) => fill("hit: {backend}", p),
+            (true, false) => "miss".to_owned(),
+        },
+    ));
+    if v["hash"].is_object() {
+        let words: Vec<String> = items(&v["hash"]["words"]).map(cell).collect();
+        lines.push((
+            "hash",
+            fill("{hash.key} = {hash.hex} ({hash.value}) over [", v) + &words.join(" ") + "]",
+        ));
     }
-    let h = &v["hash"];
-    if h.is_object() {
-        let words = h["words"]
-            .as_array()
-            .map(|w| w.iter().map(cell).collect::<Vec<_>>().join(" "))
-            .unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "hash       {} = {} ({}) over [{words}]",
-            cell(&h["key"]),
-            cell(&h["hex"]),
-            cell(&h["value"])
-        );
-    }
-    let t = &v["table"];
-    match t["kind"].as_str() {
+    match v["table"]["kind"].as_str() {
         Some("maglev" | "sh") => {
-            let _ = writeln!(
-                out,
-                "table      slot {} of {} -> {}",
-                cell(&t["slot"]),
-                cell(&t["size"]),
-                cell(&t["owner"])
-            );
+            lines.push((
+                "table",
+                fill("slot {slot} of {size} -> {owner}", &v["table"]),
+            ));
         }
-        Some("ring_hash") => {
-            let _ = writeln!(
-                out,
-                "ring       position {} of {} points (point {}) -> {}",
-                cell(&t["position"]),
-                cell(&t["points"]),
-                cell(&t["point"]),
-                cell(&t["owner"])
-            );
-        }
+        Some("ring_hash") => lines.push((
+            "ring",
+            fill(
+                "position {position} of {points} points (point {point}) -> {owner}",
+                &v["table"],
+            ),
+        )),
         _ => {}
     }
-    let b = &v["backend"];
-    if b.is_object() {
-        let _ = writeln!(
-            out,
-            "backend    {} (state {}, weight {}, {} active)",
-            cell(&b["address"]),
-            cell(&b["state"]),
-            cell(&b["weight"]),
-            cell(&b["active_connections"])
-        );
-    } else {
-        let _ = writeln!(out, "backend    -");
-    }
-    let _ = writeln!(out, "why        {}", cell(&v["reason"]));
-    out
+    lines.push((
+        "backend",
+        if v["backend"].is_object() {
+            fill(
+                "{address} (state {state}, weight {weight}, {active_connections} active)",
+                &v["backend"],
+            )
+        } else {
+            "-".to_owned()
+        },
+    ));
+    lines.push(("why", fill("{reason}", v)));
+    labelled(&lines)
 }
 
 #[cfg(test)]
@@ -932,11 +797,19 @@ mod tests {
     /// Every text rendering of `ctl` over answers that take each branch: the output is
     /// user-facing, so it is compared byte for byte with `ctl_golden.txt`
     /// (`FULCRUM_BLESS=1` rewrites that file from the current code).
+    fn put(out: &mut String, name: &str, text: &str) {
+        let _ = write!(out, "==== {name}\n{text}");
+    }
+
     fn rendered() -> String {
         let mut out = String::new();
-        let mut put = |name: &str, text: String| {
-            let _ = write!(out, "==== {name}\n{text}");
-        };
+        cluster_cases(&mut out);
+        list_cases(&mut out);
+        explain_cases(&mut out);
+        out
+    }
+
+    fn cluster_cases(out: &mut String) {
         let member = |name: &str, current: bool, vips: &[&str]| {
             json!({"member": name, "address": "198.18.0.1:9090", "version": "0.1.0",
                    "applied_revision": 7, "current": current, "announced": vips})
@@ -954,8 +827,9 @@ mod tests {
             "ejected_locally": [["web", "198.18.0.3:80"], ["api", "198.18.0.4:80"]],
         });
         put(
+            out,
             "cluster full",
-            cluster_text(&json!({
+            &cluster_text(&json!({
                 "member": "a", "prefix": "/f", "connected": true, "latest_revision": 9,
                 "applied_revision": 7, "refused": {"revision": 9, "error": "bad pool"},
                 "members": [member("a", true, &["198.18.0.10", "198.18.0.11"]), m2],
@@ -966,8 +840,9 @@ mod tests {
         );
         for source in ["held", "local", "other"] {
             put(
+                out,
                 source,
-                cluster_text(&json!({
+                &cluster_text(&json!({
                     "member": "a", "prefix": "/f", "connected": false, "latest_revision": 0,
                     "applied_revision": 0, "refused": null, "members": [], "disagreement": [],
                     "health": {"members": [], "source": source, "health_quorum": 1,
@@ -975,19 +850,22 @@ mod tests {
                 })),
             );
         }
-        put("cluster bare", cluster_text(&json!({"member": "a"})));
+        put(out, "cluster bare", &cluster_text(&json!({"member": "a"})));
+    }
+
+    fn list_cases(out: &mut String) {
         let pools = json!({"pools": [
             {"name": "web", "scheduler": "maglev", "backends": [
                 {"address": "198.18.0.2:80", "weight": 1, "state": "up",
                  "active_connections": 3, "total_connections": 10},
                 {"address": "198.18.0.3:80", "weight": 20, "state": "draining",
-                 "active_connections": 0, "total_connections": 1234567},
+                 "active_connections": 0, "total_connections": 1_234_567},
                 {"address": "198.18.0.4:80", "weight": 0, "state": "down"},
                 {"address": "198.18.0.5:80", "weight": 1, "state": "ejected"}]},
             {"name": "empty", "scheduler": "rr", "backends": []},
             {"name": "x", "scheduler": null, "backends": [{"address": "198.18.0.9:53"}]}]});
-        put("pools", pools_table(&pools));
-        put("pools none", pools_table(&json!({"pools": []})));
+        put(out, "pools", &pools_table(&pools));
+        put(out, "pools none", &pools_table(&json!({"pools": []})));
         let services = json!({"services": [
             {"name": "web", "listen": "198.18.0.1:80", "protocol": "tcp", "forward": "proxy",
              "pool": "web", "active_connections": 1, "total_connections": 2},
@@ -1005,13 +883,15 @@ mod tests {
             ("none", None),
         ] {
             put(
+                out,
                 &format!("status {name}"),
-                status_text("http://127.0.0.1:9090", "ready\n", &services, &pools, a),
+                &status_text("http://127.0.0.1:9090", "ready\n", &services, &pools, a),
             );
         }
         put(
+            out,
             "status empty",
-            status_text("u", "not ready", &json!({}), &json!({}), None),
+            &status_text("u", "not ready", &json!({}), &json!({}), None),
         );
         let answer = json!({"backend": {"address": "198.18.0.2:80", "weight": 3, "state": "up",
                                         "active_connections": 4}, "removed": "198.18.0.2:80"});
@@ -1028,8 +908,11 @@ mod tests {
             },
             BackendCommand::Remove { pool, address },
         ] {
-            put("backend", backend_text(&cmd, &answer));
+            put(out, "backend", &backend_text(&cmd, &answer));
         }
+    }
+
+    fn explain_cases(out: &mut String) {
         for (client, subnet) in [
             (Some("198.18.0.7"), Some("198.18.0.0/24")),
             (Some("198.18.0.7"), None),
@@ -1037,8 +920,9 @@ mod tests {
             (None, None),
         ] {
             put(
+                out,
                 "explain dns",
-                explain_dns_text(&json!({
+                &explain_dns_text(&json!({
                     "name": "www.example.org.", "type": "A", "service": "dns",
                     "zone": "example.org.", "client": client, "subnet": subnet,
                     "pool": if client.is_some() { json!("web") } else { json!(null) },
@@ -1050,14 +934,14 @@ mod tests {
                 })),
             );
         }
-        put("explain dns bare", explain_dns_text(&json!({})));
+        put(out, "explain dns bare", &explain_dns_text(&json!({})));
         let flows = [
             json!({"flow": {"client": "198.18.0.7:1234", "dst": "198.18.0.1:80",
                             "proto": "tcp", "service": "web"},
                    "pool": "web", "scheduler": "maglev", "eligible_backends": 2,
                    "total_backends": 3,
                    "persistence": {"configured": true, "hit": true, "backend": "198.18.0.2:80"},
-                   "hash": {"key": "five_tuple", "hex": "0xdeadbeef", "value": 3735928559_u64,
+                   "hash": {"key": "five_tuple", "hex": "0xdeadbeef", "value": 3_735_928_559_u64,
                             "words": [1, "x", 3]},
                    "table": {"kind": "maglev", "slot": 5, "size": 65537, "owner": "198.18.0.2:80"},
                    "backend": {"address": "198.18.0.2:80", "state": "up", "weight": 1,
@@ -1073,9 +957,8 @@ mod tests {
             json!({"table": {"kind": "rr"}}),
         ];
         for f in &flows {
-            put("explain", explain_text(f));
+            put(out, "explain", &explain_text(f));
         }
-        out
     }
 
     #[test]

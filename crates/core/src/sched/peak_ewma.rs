@@ -16,7 +16,7 @@
 use std::time::Duration;
 
 use super::common::WeightedPicker;
-use super::scored::{clean, two_choices};
+use super::scored::{by_latency, two_choices};
 use super::signals::Signals;
 use super::{PickError, PickRequest, Scheduler};
 use crate::model::{Backend, Now, SchedulerKind};
@@ -42,14 +42,13 @@ impl PeakEwma {
 
     /// The score of one backend (lower wins): see the module doc.
     pub fn score(&self, signals: Option<&Signals>, active: u64, weight: u32, now: Now) -> f64 {
-        let load = active as f64 + 1.0;
-        let w = f64::from(weight.max(1));
-        let conn = signals.and_then(|s| s.connection_ns(now, self.half_life));
-        match signals.and_then(|s| s.peak_ns(now, self.half_life)) {
-            Some(ewma) => clean((ewma + conn.unwrap_or(0.0)) * load / w),
-            None if active == 0 => 0.0,
-            None => PENALTY,
-        }
+        by_latency(signals.and_then(|s| self.latency(s, now)), active, weight)
+    }
+
+    /// The peak EWMA plus the connection term; `None` without a sample.
+    fn latency(&self, s: &Signals, now: Now) -> Option<f64> {
+        let peak = s.peak_ns(now, self.half_life)?;
+        Some(peak + s.connection_ns(now, self.half_life).unwrap_or(0.0))
     }
 }
 
@@ -73,9 +72,7 @@ impl Scheduler for PeakEwma {
     }
 
     fn latency_ns(&self, loads: &dyn super::Loads, idx: usize, now: Now) -> Option<f64> {
-        let s = loads.signals(idx)?;
-        let peak = s.peak_ns(now, self.half_life)?;
-        Some(peak + s.connection_ns(now, self.half_life).unwrap_or(0.0))
+        self.latency(loads.signals(idx)?, now)
     }
 
     fn score(&self, loads: &dyn super::Loads, idx: usize, now: Now) -> Option<f64> {

@@ -18,8 +18,7 @@
 use std::time::Duration;
 
 use super::common::WeightedPicker;
-use super::peak_ewma::PENALTY;
-use super::scored::{clean, full_scan};
+use super::scored::{by_latency, full_scan};
 use super::signals::Signals;
 use super::{PickError, PickRequest, Scheduler};
 use crate::model::{Backend, Now, SchedulerKind};
@@ -44,13 +43,8 @@ impl Predictive {
 
     /// The score of one backend (lower wins): see the module doc.
     pub fn score(&self, signals: Option<&Signals>, active: u64, weight: u32, now: Now) -> f64 {
-        let load = active as f64 + 1.0;
-        let w = f64::from(weight.max(1));
-        match signals.and_then(|s| s.forecast_ns(now, self.half_life, self.horizon)) {
-            Some(f) => clean(f * load / w),
-            None if active == 0 => 0.0,
-            None => PENALTY,
-        }
+        let forecast = signals.and_then(|s| s.forecast_ns(now, self.half_life, self.horizon));
+        by_latency(forecast, active, weight)
     }
 }
 

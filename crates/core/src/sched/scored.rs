@@ -3,6 +3,7 @@
 
 use super::common::WeightedPicker;
 use super::p2c::two_positions;
+use super::peak_ewma::PENALTY;
 use super::{PickError, PickRequest};
 
 /// Power of two choices: two weighted-random candidates (as `p2c` draws them; if the redraws
@@ -54,6 +55,18 @@ pub(crate) fn full_scan(
         }
     }
     Ok(p.eligible.idx[best.0])
+}
+
+/// The score of the latency-aware schedulers (`peak_ewma`, `predictive`): `latency x
+/// (outstanding + 1) / weight`. A backend with no sample yet (`latency` is `None`) scores 0
+/// while it holds no request and [`PENALTY`] while it holds one, so it is probed one request
+/// at a time.
+pub(crate) fn by_latency(latency: Option<f64>, active: u64, weight: u32) -> f64 {
+    match latency {
+        Some(l) => clean(l * (active as f64 + 1.0) / f64::from(weight.max(1))),
+        None if active == 0 => 0.0,
+        None => PENALTY,
+    }
 }
 
 /// A score that is never NaN or negative (NaN and negatives count as 0, infinities stay).
