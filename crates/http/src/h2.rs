@@ -130,6 +130,7 @@ where
             tokio::select! {
                 _ = conn.as_mut() => {}
                 () = &mut stalled => {}
+                () = unanswered(&activity, idle_timeout) => {}
             }
         }
         () = idle(&activity, idle_timeout) => {
@@ -138,6 +139,7 @@ where
             tokio::select! {
                 _ = conn.as_mut() => {}
                 () = &mut stalled => {}
+                () = unanswered(&activity, idle_timeout) => {}
             }
         }
         () = &mut stalled => {
@@ -187,6 +189,20 @@ async fn idle(a: &Activity, timeout: Duration) {
         }
         // requests still in progress: look again a timeout later
         tokio::time::sleep(timeout).await;
+    }
+}
+
+/// Ready when, after a GOAWAY, nothing is in progress for `timeout`. hyper's graceful
+/// shutdown sends GOAWAY with a PING and closes once the client acknowledges it; a client
+/// that never does (a broken or hostile one) would keep the connection, and its file
+/// descriptor, forever. Then it is closed without waiting further (nginx closes an idle
+/// HTTP/2 connection right after its GOAWAY).
+async fn unanswered(a: &Activity, timeout: Duration) {
+    loop {
+        tokio::time::sleep(timeout).await;
+        if a.active.get() == 0 && a.streaming.get() == 0 {
+            return;
+        }
     }
 }
 
