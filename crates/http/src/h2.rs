@@ -331,12 +331,22 @@ async fn handle(
     let outcome = Box::pin(proxy::forward(&c, &H2Req(&parts), &mut body)).await;
     Ok(match outcome {
         Outcome::Local(l, done) => {
-            let text = l.body();
-            done.finish(&c, text.len() as u64);
-            let mut r = Response::new(H2Body::Full(Some(text)));
+            // A HEAD answer has the head only (RFC 9110 9.3.2): DATA on it is a stream error
+            // to the client (curl: PROTOCOL_ERROR).
+            let head_only = parts.method == http::Method::HEAD;
+            let text = (!head_only).then(|| l.body());
+            done.finish(&c, text.as_ref().map_or(0, |t| t.len() as u64));
+            let mut r = Response::new(H2Body::Full(text));
             *r.status_mut() = l.status;
             let mut head = H2Head::default();
             l.write_fields(&mut head);
+            if head_only {
+                // The length a GET would have had, as for HTTP/1.1.
+                head.map.insert(
+                    http::header::CONTENT_LENGTH,
+                    HeaderValue::from(l.body_len()),
+                );
+            }
             *r.headers_mut() = head.map;
             r
         }

@@ -181,7 +181,7 @@ impl Local {
     }
 
     /// The length of [`Self::body`].
-    fn body_len(&self) -> usize {
+    pub fn body_len(&self) -> usize {
         self.page
             .as_ref()
             .map_or(self.why.len() + 1, |(b, _)| b.len())
