@@ -130,6 +130,7 @@ where
             tokio::select! {
                 _ = conn.as_mut() => {}
                 () = &mut stalled => {}
+                () = unanswered(&activity, idle_timeout) => {}
             }
         }
         () = idle(&activity, idle_timeout) => {
@@ -138,6 +139,7 @@ where
             tokio::select! {
                 _ = conn.as_mut() => {}
                 () = &mut stalled => {}
+                () = unanswered(&activity, idle_timeout) => {}
             }
         }
         () = &mut stalled => {
@@ -187,6 +189,20 @@ async fn idle(a: &Activity, timeout: Duration) {
         }
         // requests still in progress: look again a timeout later
         tokio::time::sleep(timeout).await;
+    }
+}
+
+/// Ready when, after a GOAWAY, nothing is in progress for `timeout`. hyper's graceful
+/// shutdown sends GOAWAY with a PING and closes once the client acknowledges it; a client
+/// that never does (a broken or hostile one) would keep the connection, and its file
+/// descriptor, forever. Then it is closed without waiting further (nginx closes an idle
+/// HTTP/2 connection right after its GOAWAY).
+async fn unanswered(a: &Activity, timeout: Duration) {
+    loop {
+        tokio::time::sleep(timeout).await;
+        if a.active.get() == 0 && a.streaming.get() == 0 {
+            return;
+        }
     }
 }
 
@@ -315,12 +331,22 @@ async fn handle(
     let outcome = Box::pin(proxy::forward(&c, &H2Req(&parts), &mut body)).await;
     Ok(match outcome {
         Outcome::Local(l, done) => {
-            let text = l.body();
-            done.finish(&c, text.len() as u64);
-            let mut r = Response::new(H2Body::Full(Some(text)));
+            // A HEAD answer has the head only (RFC 9110 9.3.2): DATA on it is a stream error
+            // to the client (curl: PROTOCOL_ERROR).
+            let head_only = parts.method == http::Method::HEAD;
+            let text = (!head_only).then(|| l.body());
+            done.finish(&c, text.as_ref().map_or(0, |t| t.len() as u64));
+            let mut r = Response::new(H2Body::Full(text));
             *r.status_mut() = l.status;
             let mut head = H2Head::default();
             l.write_fields(&mut head);
+            if head_only {
+                // The length a GET would have had, as for HTTP/1.1.
+                head.map.insert(
+                    http::header::CONTENT_LENGTH,
+                    HeaderValue::from(l.body_len()),
+                );
+            }
             *r.headers_mut() = head.map;
             r
         }
