@@ -147,6 +147,63 @@ impl Tracked {
     }
 }
 
+/// The tracked backends by pool, then by address: a pool's snapshot build looks up each of
+/// its backends by address alone (at 10,000 backends, keys of (pool name, address) cost a
+/// string compare through a pointer per lookup: most of the control thread's work in one
+/// backend change).
+#[derive(Default)]
+struct TrackedSet(HashMap<String, HashMap<SocketAddr, Tracked>>);
+
+impl TrackedSet {
+    fn pool(&self, pool: &str) -> Option<&HashMap<SocketAddr, Tracked>> {
+        self.0.get(pool)
+    }
+
+    fn get(&self, pool: &str, addr: SocketAddr) -> Option<&Tracked> {
+        self.0.get(pool)?.get(&addr)
+    }
+
+    fn get_mut(&mut self, pool: &str, addr: SocketAddr) -> Option<&mut Tracked> {
+        self.0.get_mut(pool)?.get_mut(&addr)
+    }
+
+    fn insert(&mut self, pool: &str, addr: SocketAddr, t: Tracked) {
+        match self.0.get_mut(pool) {
+            Some(m) => {
+                m.insert(addr, t);
+            }
+            None => {
+                self.0.insert(pool.to_owned(), HashMap::from([(addr, t)]));
+            }
+        }
+    }
+
+    fn remove(&mut self, pool: &str, addr: SocketAddr) -> Option<Tracked> {
+        let m = self.0.get_mut(pool)?;
+        let t = m.remove(&addr);
+        if m.is_empty() {
+            self.0.remove(pool);
+        }
+        t
+    }
+
+    fn iter(&self) -> impl Iterator<Item = ((&str, SocketAddr), &Tracked)> {
+        self.0
+            .iter()
+            .flat_map(|(p, m)| m.iter().map(move |(a, t)| ((p.as_str(), *a), t)))
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = ((&str, SocketAddr), &mut Tracked)> {
+        self.0
+            .iter_mut()
+            .flat_map(|(p, m)| m.iter_mut().map(move |(a, t)| ((p.as_str(), *a), t)))
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Tracked> {
+        self.0.values().flat_map(HashMap::values)
+    }
+}
+
 /// Reads and validates a config file for a reload: the config, or the rendered errors.
 pub type Loader = Arc<dyn Fn(&std::path::Path) -> Result<Config, String> + Send + Sync>;
 
@@ -175,7 +232,7 @@ pub struct Controller {
     path: PathBuf,
     /// Shared with the edits that run off this thread (no copy of a large config here).
     config: Arc<Config>,
-    backends: HashMap<(String, SocketAddr), Tracked>,
+    backends: TrackedSet,
     services: HashMap<String, Arc<ServiceStats>>,
     persistence: HashMap<String, Arc<Persistence>>,
     changes: HashMap<String, Arc<AtomicU64>>,
@@ -280,7 +337,7 @@ impl Controller {
             workers,
             path,
             config: Arc::new(config.clone()),
-            backends: HashMap::new(),
+            backends: TrackedSet::default(),
             services: HashMap::new(),
             persistence: HashMap::new(),
             changes: HashMap::new(),
@@ -405,12 +462,12 @@ impl Controller {
             backends: self
                 .backends
                 .iter()
-                .map(|(k, t)| {
+                .map(|((pool, addr), t)| {
                     let health = TrackedHealth {
                         settings: t.settings.clone(),
                         checker: t.checker.as_ref().map(|(h, _)| h.clone()),
                     };
-                    (k.clone(), health)
+                    ((pool.to_owned(), addr), health)
                 })
                 .collect(),
             services: self.services.keys().cloned().collect(),
@@ -526,11 +583,14 @@ impl Controller {
     /// Tracks, resets and forgets backends; spawns and aborts their health checkers.
     fn carry_out_backends(&mut self, new: &Config, steps: &[BackendPlan]) {
         for step in steps {
-            let key = (step.pool.clone(), step.address);
             let pool = new.pool(&step.pool);
             match (step.track, pool) {
                 (TrackStep::Forget, _) => {
-                    if let Some((_, h)) = self.backends.remove(&key).and_then(|t| t.checker) {
+                    if let Some((_, h)) = self
+                        .backends
+                        .remove(&step.pool, step.address)
+                        .and_then(|t| t.checker)
+                    {
                         h.abort();
                     }
                     continue;
@@ -544,17 +604,17 @@ impl Controller {
                         checker: None,
                         left: false,
                     };
-                    self.backends.insert(key.clone(), t);
+                    self.backends.insert(&step.pool, step.address, t);
                 }
                 (TrackStep::ResetHealth, Some(pool)) => {
-                    if let Some(t) = self.backends.get_mut(&key) {
+                    if let Some(t) = self.backends.get_mut(&step.pool, step.address) {
                         t.health = new_health(pool);
                         t.settings = (pool.health.clone(), pool.outlier);
                     }
                 }
                 _ => {}
             }
-            let Some(t) = self.backends.get_mut(&key) else {
+            let Some(t) = self.backends.get_mut(&step.pool, step.address) else {
                 continue;
             };
             t.stats
@@ -590,11 +650,8 @@ impl Controller {
     /// undrains the ones that registered again.
     fn mark_left(&mut self, new: &Config) {
         for pool in &new.pools {
-            // One key per pool, its address replaced per backend (no allocation each).
-            let mut key = (pool.name.clone(), SocketAddr::from(([0, 0, 0, 0], 0)));
             for b in &self.discovery.backends(&pool.name, &pool.backends) {
-                key.1 = b.address;
-                let Some(t) = self.backends.get_mut(&key) else {
+                let Some(t) = self.backends.get_mut(&pool.name, b.address) else {
                     continue;
                 };
                 let leaving = self.discovery.is_leaving(&pool.name, b.address);
@@ -701,10 +758,10 @@ impl Controller {
         let moved = running.map(|o| Arc::clone(&o.moved)).unwrap_or_default();
         let running = running.is_some();
         let now = self.shared.now();
-        let mut key = (p.name.clone(), SocketAddr::from(([0, 0, 0, 0], 0)));
+        // The pool's tracked backends once, then each by its address.
+        let tracked = self.backends.pool(&p.name);
         for b in &mut backends {
-            key.1 = b.address;
-            match self.backends.get(&key) {
+            match tracked.and_then(|m| m.get(&b.address)) {
                 Some(t) => {
                     b.state = self.effective(&p.name, b.address, t);
                     t.stats.signals.set_up(b.is_eligible(), now, running);
@@ -849,12 +906,12 @@ impl Controller {
             // Run-time changes last until a reload: operator drains end too (the file says
             // weight = 0 for a lasting drain).
             let mut undrained = false;
-            for ((pool, addr), t) in &mut self.backends {
+            for ((pool, addr), t) in self.backends.iter_mut() {
                 if t.left {
                     continue; // a registered backend that left: drains until it is gone
                 }
                 if let Some(tr) = t.health.set_draining(false) {
-                    if log_transition(pool, *addr, tr) {
+                    if log_transition(pool, addr, tr) {
                         undrained = true;
                         self.stale.mark(pool);
                     }
@@ -887,7 +944,7 @@ impl Controller {
             .map_err(ChangeError::Invalid)??;
         self.apply_checked(new).await?;
         if let Some(k) = undrain {
-            if let Some(t) = self.backends.get_mut(&k) {
+            if let Some(t) = self.backends.get_mut(&k.0, k.1) {
                 if let Some(tr) = t.health.set_draining(false) {
                     log_transition(&k.0, k.1, tr);
                     self.stale.mark(&k.0);
@@ -904,7 +961,7 @@ impl Controller {
         if self.config.pool(pool).is_none() {
             return Err(ChangeError::NotFound(format!("no pool named {pool:?}")));
         }
-        let Some(t) = self.backends.get_mut(&(pool.to_owned(), backend)) else {
+        let Some(t) = self.backends.get_mut(pool, backend) else {
             return Err(ChangeError::NotFound(format!(
                 "pool {pool:?} has no backend {backend}"
             )));
@@ -927,12 +984,12 @@ impl Controller {
             Event::Discovered { .. } => None,
         };
         let before = key.as_ref().and_then(|k| {
-            let t = self.backends.get(k)?;
+            let t = self.backends.get(&k.0, k.1)?;
             Some(self.effective(&k.0, k.1, t))
         });
         let local = self.on_local_event(ev);
         let after = key.as_ref().and_then(|k| {
-            let t = self.backends.get(k)?;
+            let t = self.backends.get(&k.0, k.1)?;
             Some(self.effective(&k.0, k.1, t))
         });
         let changed = if self.fleet.is_some() && before != after {
@@ -969,31 +1026,25 @@ impl Controller {
                 return false;
             }
             Event::Check { pool, backend, ok } => {
-                let t = self
-                    .backends
-                    .get_mut(&(pool.clone(), backend))
-                    .and_then(|t| {
-                        let tr = t.health.record_check(ok);
-                        t.stats
-                            .settled
-                            .store(t.health.active().is_settled(), Ordering::Release);
-                        tr
-                    });
+                let t = self.backends.get_mut(&pool, backend).and_then(|t| {
+                    let tr = t.health.record_check(ok);
+                    t.stats
+                        .settled
+                        .store(t.health.active().is_settled(), Ordering::Release);
+                    tr
+                });
                 self.local_verdict_changed(&pool, backend);
                 (pool, backend, t)
             }
             Event::Passive { pool, backend, ok } => {
-                let t = self
-                    .backends
-                    .get_mut(&(pool.clone(), backend))
-                    .and_then(|t| {
-                        if ok {
-                            t.health.record_success();
-                            None
-                        } else {
-                            t.health.record_failure(now)
-                        }
-                    });
+                let t = self.backends.get_mut(&pool, backend).and_then(|t| {
+                    if ok {
+                        t.health.record_success();
+                        None
+                    } else {
+                        t.health.record_failure(now)
+                    }
+                });
                 (pool, backend, t)
             }
         };
@@ -1016,7 +1067,7 @@ impl Controller {
         let (linger, counted) = self.linger(pool);
         let active = self
             .backends
-            .get(&(pool.to_owned(), backend.address))
+            .get(pool, backend.address)
             .map_or(0, |t| t.stats.active.load(Ordering::Relaxed));
         if linger.is_zero() || (counted && active == 0) {
             return;
@@ -1052,7 +1103,7 @@ impl Controller {
         let ended = self.discovery.end_leaving(|p, x| {
             let counted = linger.get(p).is_none_or(|l| l.1);
             let active = backends
-                .get(&(p.to_owned(), x.backend.address))
+                .get(p, x.backend.address)
                 .map_or(0, |t| t.stats.active.load(Ordering::Relaxed));
             let done = now >= x.until || (counted && active == 0);
             if done {
@@ -1085,7 +1136,7 @@ impl Controller {
         let before: HashMap<(String, SocketAddr), BackendState> = self
             .backends
             .iter()
-            .map(|((p, a), t)| ((p.clone(), *a), self.effective(p, *a, t)))
+            .map(|((p, a), t)| ((p.to_owned(), a), self.effective(p, a, t)))
             .collect();
         if decisions.is_none() && self.fleet.is_some() {
             tracing::warn!(
@@ -1094,14 +1145,14 @@ impl Controller {
         }
         self.fleet = decisions;
         let mut changed = false;
-        for ((pool, addr), t) in &self.backends {
-            let now = self.effective(pool, *addr, t);
-            let was = before.get(&(pool.clone(), *addr)).copied().unwrap_or(now);
+        for ((pool, addr), t) in self.backends.iter() {
+            let now = self.effective(pool, addr, t);
+            let was = before.get(&(pool.to_owned(), addr)).copied().unwrap_or(now);
             if now != was {
                 changed = true;
                 self.stale.mark(pool);
                 let votes = self.fleet.as_ref().map_or("local checks", |f| {
-                    match f.get(&(pool.clone(), *addr)) {
+                    match f.get(&(pool.to_owned(), addr)) {
                         Some(true) => "the fleet counts it up",
                         Some(false) => "the fleet counts it down",
                         None => "no fleet verdict",
@@ -1115,7 +1166,7 @@ impl Controller {
 
     /// This instance's verdict on one backend changed, maybe: updates the published ones.
     fn local_verdict_changed(&self, pool: &str, addr: SocketAddr) {
-        let Some(t) = self.backends.get(&(pool.to_owned(), addr)) else {
+        let Some(t) = self.backends.get(pool, addr) else {
             return;
         };
         let Some(v) = Verdict::of(&t.health, t.settings.0.is_some()) else {
@@ -1137,9 +1188,9 @@ impl Controller {
     /// and go).
     fn publish_local_health(&self) {
         let mut all = fleet_health::Verdicts::new();
-        for ((pool, addr), t) in &self.backends {
+        for ((pool, addr), t) in self.backends.iter() {
             if let Some(v) = Verdict::of(&t.health, t.settings.0.is_some()) {
-                all.entry(pool.clone()).or_default().insert(*addr, v);
+                all.entry(pool.to_owned()).or_default().insert(addr, v);
             }
         }
         self.shared.local_health.send_if_modified(|old| {
@@ -1154,9 +1205,9 @@ impl Controller {
     fn poll_ejections(&mut self) -> bool {
         let now = self.shared.now();
         let mut changed = false;
-        for ((pool, addr), t) in &mut self.backends {
+        for ((pool, addr), t) in self.backends.iter_mut() {
             if let Some(tr) = t.health.poll(now) {
-                if log_transition(pool, *addr, tr) {
+                if log_transition(pool, addr, tr) {
                     changed = true;
                     self.stale.mark(pool);
                 }
