@@ -851,7 +851,7 @@ impl Controller {
                         .or_else(|| old.pool(&p.name));
                     match prev {
                         Some(o) if !stale.has(&p.name) => PoolBuild::Keep(Arc::clone(o)),
-                        _ => PoolBuild::New(Box::new(self.pool_parts(p, prev))),
+                        _ => PoolBuild::New(Box::new(self.pool_parts(p, prev)), prev.cloned()),
                     }
                 })
                 .collect(),
@@ -1391,10 +1391,11 @@ impl PoolParts {
     }
 }
 
-/// A pool of the next snapshot: the running one's, or built anew.
+/// A pool of the next snapshot: the running one's, or built anew (with the running one, if
+/// any, to count the change against).
 enum PoolBuild {
     Keep(Arc<PoolRt>),
-    New(Box<PoolParts>),
+    New(Box<PoolParts>, Option<Arc<PoolRt>>),
 }
 
 /// Everything a snapshot is built from, owned, so that the build can run off the control
@@ -1415,9 +1416,9 @@ impl Build {
             .into_iter()
             .map(|p| match p {
                 PoolBuild::Keep(p) => p,
-                PoolBuild::New(parts) => {
+                PoolBuild::New(parts, prev) => {
                     let p = Arc::new(parts.build());
-                    count_change(old.pool(&p.name).map(AsRef::as_ref), &p);
+                    count_change(prev.as_deref(), &p);
                     p
                 }
             })
