@@ -187,13 +187,13 @@ impl TrackedSet {
         t
     }
 
-    fn iter(&self) -> impl Iterator<Item = ((&str, SocketAddr), &Tracked)> {
+    fn all(&self) -> impl Iterator<Item = ((&str, SocketAddr), &Tracked)> {
         self.0
             .iter()
             .flat_map(|(p, m)| m.iter().map(move |(a, t)| ((p.as_str(), *a), t)))
     }
 
-    fn iter_mut(&mut self) -> impl Iterator<Item = ((&str, SocketAddr), &mut Tracked)> {
+    fn all_mut(&mut self) -> impl Iterator<Item = ((&str, SocketAddr), &mut Tracked)> {
         self.0
             .iter_mut()
             .flat_map(|(p, m)| m.iter_mut().map(move |(a, t)| ((p.as_str(), *a), t)))
@@ -461,7 +461,7 @@ impl Controller {
             listening: self.listening.clone(),
             backends: self
                 .backends
-                .iter()
+                .all()
                 .map(|((pool, addr), t)| {
                     let health = TrackedHealth {
                         settings: t.settings.clone(),
@@ -906,7 +906,7 @@ impl Controller {
             // Run-time changes last until a reload: operator drains end too (the file says
             // weight = 0 for a lasting drain).
             let mut undrained = false;
-            for ((pool, addr), t) in self.backends.iter_mut() {
+            for ((pool, addr), t) in self.backends.all_mut() {
                 if t.left {
                     continue; // a registered backend that left: drains until it is gone
                 }
@@ -1135,7 +1135,7 @@ impl Controller {
     fn set_fleet(&mut self, decisions: Option<Arc<FleetDecisions>>) -> bool {
         let before: HashMap<(String, SocketAddr), BackendState> = self
             .backends
-            .iter()
+            .all()
             .map(|((p, a), t)| ((p.to_owned(), a), self.effective(p, a, t)))
             .collect();
         if decisions.is_none() && self.fleet.is_some() {
@@ -1145,7 +1145,7 @@ impl Controller {
         }
         self.fleet = decisions;
         let mut changed = false;
-        for ((pool, addr), t) in self.backends.iter() {
+        for ((pool, addr), t) in self.backends.all() {
             let now = self.effective(pool, addr, t);
             let was = before.get(&(pool.to_owned(), addr)).copied().unwrap_or(now);
             if now != was {
@@ -1188,7 +1188,7 @@ impl Controller {
     /// and go).
     fn publish_local_health(&self) {
         let mut all = fleet_health::Verdicts::new();
-        for ((pool, addr), t) in self.backends.iter() {
+        for ((pool, addr), t) in self.backends.all() {
             if let Some(v) = Verdict::of(&t.health, t.settings.0.is_some()) {
                 all.entry(pool.to_owned()).or_default().insert(addr, v);
             }
@@ -1205,7 +1205,7 @@ impl Controller {
     fn poll_ejections(&mut self) -> bool {
         let now = self.shared.now();
         let mut changed = false;
-        for ((pool, addr), t) in self.backends.iter_mut() {
+        for ((pool, addr), t) in self.backends.all_mut() {
             if let Some(tr) = t.health.poll(now) {
                 if log_transition(pool, addr, tr) {
                     changed = true;
@@ -1595,9 +1595,13 @@ mod tests {
     fn config(a: &[&str], b: &[&str]) -> Config {
         let mut text = String::new();
         for (name, backends) in [("a", a), ("b", b)] {
-            text += &format!("[[pool]]\nname = \"{name}\"\nscheduler = \"maglev\"\n");
+            text += "[[pool]]\nname = \"";
+            text += name;
+            text += "\"\nscheduler = \"maglev\"\n";
             for addr in backends {
-                text += &format!("[[pool.backend]]\naddress = \"{addr}\"\n");
+                text += "[[pool.backend]]\naddress = \"";
+                text += addr;
+                text += "\"\n";
             }
         }
         match config::parse(&text) {
