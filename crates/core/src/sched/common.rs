@@ -69,7 +69,7 @@ pub(crate) fn candidates(table: &[u32], start: usize) -> impl Iterator<Item = us
 /// The first candidate from `start` (see [`candidates`]) that is not in `exclude`; the
 /// error of `eligible` when the table is empty (`start` is `None`) or every eligible backend
 /// is excluded.
-#[inline]
+#[inline(always)]
 pub(crate) fn first_candidate(
     eligible: &Eligible,
     table: &[u32],
