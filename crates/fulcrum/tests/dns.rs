@@ -1713,16 +1713,14 @@ async fn a_reload_switches_one_address_between_udp_and_dns() {
 
 /// The names of the dns UDP threads of process `pid` (`fulcrum-dns-udp`, one per socket).
 fn dns_threads(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|rd| {
-            rd.flatten()
-                .filter(|t| {
-                    std::fs::read_to_string(t.path().join("comm"))
-                        .is_ok_and(|c| c.trim() == "fulcrum-dns-udp")
-                })
-                .count()
-        })
-        .unwrap_or(0)
+    std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |rd| {
+        rd.flatten()
+            .filter(|t| {
+                std::fs::read_to_string(t.path().join("comm"))
+                    .is_ok_and(|c| c.trim() == "fulcrum-dns-udp")
+            })
+            .count()
+    })
 }
 
 /// Issue 18: each dns UDP socket is served by a thread blocked in `recvmmsg`. Removing the
