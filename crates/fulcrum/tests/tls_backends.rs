@@ -2,7 +2,9 @@
 //! - `close_notify`: a TLS service ends every orderly close with the alert: `openssl
 //!   s_client` after `Connection: close`, after the keep-alive `idle_timeout` and when the
 //!   process drains (SIGTERM) reports no "unexpected eof"; curl reading an HTTP/1.0 answer
-//!   delimited by the close gets all of it without a TLS error;
+//!   delimited by the close gets all of it without a TLS error; an HTTP/2 client (hyper over
+//!   rustls) sees an orderly close after `idle_timeout` and when the process drains; one that
+//!   never acknowledges the GOAWAY is closed one `idle_timeout` later;
 //! - `backend_protocol = "h2"`: requests reach nginx (`listen ... ssl http2`) over HTTP/2
 //!   (`$server_protocol`, `$ssl_alpn_protocol`), and a TLS backend without h2 is a 502;
 //! - `check = "http"` on a pool with `[pool.tls]` speaks TLS with the pool's CA, SNI and
@@ -17,7 +19,13 @@ use std::io::Read;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::ServerName;
 
 use common::certs::{ca, leaf, p};
 use common::peers::{self, need, nginx};
@@ -176,6 +184,135 @@ async fn close_notify_on_orderly_closes() {
     let (out, _) = open.await.unwrap();
     assert!(out.contains("HTTP/1.1 200"), "{out}");
     assert!(!cut(&out), "the drain closed without close_notify:\n{out}");
+    assert!(f.wait_exit(Duration::from_secs(10)).await.is_some());
+    f.assert_no_panic();
+}
+
+/// The client's HTTP/2 connection preface and an empty SETTINGS frame (RFC 9113 3.4).
+const H2_PREFACE: &str = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+
+/// A GET over HTTP/2 and TLS (ALPN h2, hyper's client: it acknowledges the server's PING and
+/// GOAWAY as browsers do): (its status, the request sender, which keeps the client's side
+/// open, and the connection's task, which gives how it ended and when). rustls reports a
+/// close without `close_notify` as an "unexpected eof" error, so `Ok` is an orderly close.
+async fn h2_get(
+    vip: SocketAddr,
+    roots: &rustls::RootCertStore,
+) -> (
+    u16,
+    hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    tokio::task::JoinHandle<(Result<(), String>, Duration)>,
+) {
+    let mut cc = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots.clone())
+    .with_no_client_auth();
+    cc.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(vip).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cc))
+        .connect(ServerName::try_from("a.test").unwrap(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    let start = Instant::now();
+    let conn = tokio::spawn(async move {
+        let r = conn.await.map_err(|e| format!("{e:?}"));
+        (r, start.elapsed())
+    });
+    let req = hyper::Request::get("https://a.test/")
+        .body(Empty::new())
+        .unwrap();
+    let status = send.send_request(req).await.unwrap().status().as_u16();
+    (status, send, conn)
+}
+
+/// HTTP/2 over TLS ends in order too: after `idle_timeout` (GOAWAY, then `close_notify`) and
+/// when the process drains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_notify_over_h2() {
+    let t = "close_notify_over_h2";
+    if !need(t, "nginx", "nginx") {
+        return;
+    }
+    let dir = common::temp_dir("tls-close-notify-h2");
+    let ca1 = ca(&dir, "ca");
+    leaf(&dir, &ca1, "a.test", 1, ServerAuth, false);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca1.cert.der().clone()).unwrap();
+    let ng = free_addr();
+    let _nginx = nginx(
+        &dir,
+        &format!("server {{ listen {ng}; location / {{ return 200 \"hello\\n\"; }} }}"),
+        &[ng],
+    );
+    let (admin, vip) = (free_addr(), free_addr());
+    let config = format!(
+        "{}[[service]]\nname = \"web\"\nlisten = \"{vip}\"\nprotocol = \"http\"\npool = \"ng\"\nidle_timeout = \"3s\"\n\
+         [service.tls]\ncerts = [{{ cert = \"{}\", key = \"{}\" }}]\n\n\
+         [[pool]]\nname = \"ng\"\n[[pool.backend]]\naddress = \"{ng}\"\n",
+        admin_toml(admin),
+        p(&dir, "a.test.pem"),
+        p(&dir, "a.test.key"),
+    );
+    let mut f = Fulcrum::start("tls-close-notify-h2", admin, &config, &[]).await;
+
+    // Idle: after idle_timeout (3 s), GOAWAY, then close_notify.
+    let (status, _send, conn) = h2_get(vip, &roots).await;
+    assert_eq!(status, 200);
+    let (r, took) = tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .expect("the idle HTTP/2 connection was not closed by idle_timeout")
+        .unwrap();
+    assert!(r.is_ok(), "the idle HTTP/2 close was not orderly: {r:?}");
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(8),
+        "closed after {took:?}, idle_timeout is 3 s"
+    );
+
+    // A client that sends the preface and never answers the GOAWAY's PING (`s_client`
+    // passes bytes through, it does not speak HTTP/2): closed anyway, one idle_timeout after
+    // the GOAWAY, so it cannot hold its connection forever.
+    if need(t, "openssl", "openssl") {
+        let ca = p(&dir, "ca.pem");
+        let (out, took) = tokio::task::spawn_blocking(move || {
+            let args = ["-servername", "a.test", "-CAfile", &ca, "-alpn", "h2"];
+            peers::s_client(vip, &args, H2_PREFACE, Duration::from_secs(15))
+        })
+        .await
+        .unwrap();
+        assert!(
+            out.contains("ALPN protocol: h2"),
+            "h2 was not negotiated:\n{out}"
+        );
+        assert!(
+            took < Duration::from_secs(11),
+            "a client that ignores GOAWAY kept its connection for {took:?} (idle_timeout 3 s):\n{out}"
+        );
+    }
+
+    // Draining: an open HTTP/2 connection gets GOAWAY and close_notify at once.
+    let (status, _send, conn) = h2_get(vip, &roots).await;
+    assert_eq!(status, 200);
+    f.signal("TERM");
+    let (r, took) = tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .expect("the drain did not close the HTTP/2 connection")
+        .unwrap();
+    assert!(
+        r.is_ok(),
+        "the drain closed HTTP/2 without close_notify: {r:?}"
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "closed after {took:?}: not by the drain"
+    );
     assert!(f.wait_exit(Duration::from_secs(10)).await.is_some());
     f.assert_no_panic();
 }

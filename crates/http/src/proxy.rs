@@ -25,7 +25,7 @@ use crate::headers::{
     write_forwarding, H2Head, HeadOut, Tokens,
 };
 use crate::request::ReqView;
-use crate::rules::{Encoder, RespEdit, RuleSet, Ruled, Vars};
+use crate::rules::{Encoder, Fields, RespEdit, RuleSet, Ruled, Vars};
 use crate::upstream::{self, ConnectError};
 use crate::{ConnCtx, RoutePool};
 
@@ -181,7 +181,7 @@ impl Local {
     }
 
     /// The length of [`Self::body`].
-    fn body_len(&self) -> usize {
+    pub fn body_len(&self) -> usize {
         self.page
             .as_ref()
             .map_or(self.why.len() + 1, |(b, _)| b.len())
@@ -326,10 +326,7 @@ impl Exchange {
             .flatten()
             .chain(h2.into_iter().flatten())
             .filter(move |(n, _)| edit.is_none_or(|e| !e.drops(n)))
-            .chain(
-                edit.into_iter()
-                    .flat_map(|e| e.extra.iter().map(|(n, v)| (&n[..], &v[..]))),
-            )
+            .chain(edit.into_iter().flat_map(|e| e.extra.iter()))
     }
 
     /// The compressor of the body, when the rules compress it (taken once).
@@ -1203,7 +1200,7 @@ fn ruled<'a, R: ReqView>(req: &'a R, rules: Option<&'a RuleSet>, vars: &Vars<'_>
             inner: req,
             target: None,
             drop: None,
-            extra: Vec::new(),
+            extra: Fields::default(),
         },
         Some(rs) => {
             let hr = &rs.rules.request_headers;
@@ -1697,15 +1694,12 @@ fn resp_edit(
                 length,
             );
         if eligible {
-            extra.push((b"Vary".to_vec(), b"Accept-Encoding".to_vec()));
+            extra.push(b"Vary", b"Accept-Encoding");
             coding = comp.negotiate(values(req, "accept-encoding"));
             encoder = coding.and_then(|cd| Encoder::new(cd, comp));
             match (coding, &encoder) {
                 (Some(cd), Some(_)) => {
-                    extra.push((
-                        b"Content-Encoding".to_vec(),
-                        cd.as_str().as_bytes().to_vec(),
-                    ));
+                    extra.push(b"Content-Encoding", cd.as_str().as_bytes());
                 }
                 _ => coding = None,
             }
