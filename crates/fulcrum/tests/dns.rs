@@ -1750,8 +1750,15 @@ async fn dns_udp_threads_let_go_on_removal_and_end_on_shutdown() {
             .await
             .is_some_and(|r| r.get(..2) == Some(&[0, 9][..]) && rcode(&r) == 0)
     };
+    let pid = f.pid;
+    // Each worker starts its socket's thread when it takes the socket: wait for both.
+    let two_threads = move || async move { dns_threads(pid) == 2 };
     assert!(answered().await, "no answer at start");
-    assert_eq!(dns_threads(f.pid), 2, "one thread per worker's socket");
+    assert!(
+        common::eventually(Duration::from_secs(2), two_threads).await,
+        "one thread per worker's socket: {}",
+        dns_threads(pid)
+    );
     let reload = |cfg: &str| {
         f.write_config(cfg);
         async move {
@@ -1761,7 +1768,6 @@ async fn dns_udp_threads_let_go_on_removal_and_end_on_shutdown() {
     };
     for round in 0..2 {
         reload(&none_cfg).await;
-        let pid = f.pid;
         assert!(
             common::eventually(Duration::from_secs(2), move || async move {
                 dns_threads(pid) == 0 && std::net::UdpSocket::bind(addr).is_ok()
@@ -1776,7 +1782,11 @@ async fn dns_udp_threads_let_go_on_removal_and_end_on_shutdown() {
             common::eventually(Duration::from_secs(2), answered).await,
             "round {round}: not answered after adding it back"
         );
-        assert_eq!(dns_threads(f.pid), 2, "round {round}");
+        assert!(
+            common::eventually(Duration::from_secs(2), two_threads).await,
+            "round {round}: {} dns threads",
+            dns_threads(pid)
+        );
     }
     f.signal("TERM");
     let st = f.wait_exit(Duration::from_secs(10)).await;
