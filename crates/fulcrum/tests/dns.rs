@@ -1710,3 +1710,86 @@ async fn a_reload_switches_one_address_between_udp_and_dns() {
     }
     f.assert_no_panic();
 }
+
+/// The names of the dns UDP threads of process `pid` (`fulcrum-dns-udp`, one per socket).
+fn dns_threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |rd| {
+        rd.flatten()
+            .filter(|t| {
+                std::fs::read_to_string(t.path().join("comm"))
+                    .is_ok_and(|c| c.trim() == "fulcrum-dns-udp")
+            })
+            .count()
+    })
+}
+
+/// Issue 18: each dns UDP socket is served by a thread blocked in `recvmmsg`. Removing the
+/// service lets go of the socket (the address can be bound again without `SO_REUSEPORT`)
+/// and ends the threads; adding it back serves it again; a graceful shutdown (SIGTERM)
+/// still ends the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_udp_threads_let_go_on_removal_and_end_on_shutdown() {
+    let admin = free_addr();
+    let addr = free_addr();
+    let pools = "[[pool]]\nname = \"web\"\n[pool.health]\ncheck = \"none\"\n\
+                 [[pool.backend]]\naddress = \"127.0.0.9:80\"\n";
+    let dns_cfg = format!(
+        "{}[[service]]\nname = \"dns\"\nlisten = \"{addr}\"\nprotocol = \"dns\"\npool = \"web\"\n{}\
+         [service.dns_zone]\norigin = \"example.test\"\nns = [\"ns1.example.test\"]\n{NO_RRL}\n{pools}",
+        admin_toml(admin),
+        www(4, "30s")
+    );
+    let none_cfg = format!("{}{pools}", admin_toml(admin));
+    let mut f = Fulcrum::start("dns-udp-thread", admin, &dns_cfg, &["--workers", "2"]).await;
+    let mut q = qname(&["www", "example", "test"]);
+    q.extend_from_slice(&[0, 1, 0, 1]);
+    let q = packet(9, 0x0100, 1, &q);
+    let qref: &[u8] = &q;
+    let answered = move || async move {
+        raw(addr, "127.0.0.1", qref)
+            .await
+            .is_some_and(|r| r.get(..2) == Some(&[0, 9][..]) && rcode(&r) == 0)
+    };
+    let pid = f.pid;
+    // Each worker starts its socket's thread when it takes the socket: wait for both.
+    let two_threads = move || async move { dns_threads(pid) == 2 };
+    assert!(answered().await, "no answer at start");
+    assert!(
+        common::eventually(Duration::from_secs(2), two_threads).await,
+        "one thread per worker's socket: {}",
+        dns_threads(pid)
+    );
+    let reload = |cfg: &str| {
+        f.write_config(cfg);
+        async move {
+            let (code, body) = common::http(admin, "POST", "/api/v1/reload").await.unwrap();
+            assert_eq!(code, 200, "{body}");
+        }
+    };
+    for round in 0..2 {
+        reload(&none_cfg).await;
+        assert!(
+            common::eventually(Duration::from_secs(2), move || async move {
+                dns_threads(pid) == 0 && std::net::UdpSocket::bind(addr).is_ok()
+            })
+            .await,
+            "round {round}: the dns threads ({}) or their sockets stayed",
+            dns_threads(pid)
+        );
+        assert!(!answered().await, "round {round}: answered after removal");
+        reload(&dns_cfg).await;
+        assert!(
+            common::eventually(Duration::from_secs(2), answered).await,
+            "round {round}: not answered after adding it back"
+        );
+        assert!(
+            common::eventually(Duration::from_secs(2), two_threads).await,
+            "round {round}: {} dns threads",
+            dns_threads(pid)
+        );
+    }
+    f.signal("TERM");
+    let st = f.wait_exit(Duration::from_secs(10)).await;
+    assert!(st.is_some_and(|s| s.success()), "no clean exit: {st:?}");
+    f.assert_no_panic();
+}

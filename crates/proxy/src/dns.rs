@@ -4,7 +4,7 @@
 //! running snapshot is loaded per query, so a health change shows in the next answer.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,8 +12,8 @@ use fulcrum_core::dns::{Incoming, Rrl, Transport};
 use fulcrum_core::model::Proto;
 use std::os::fd::AsRawFd;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::accept::Acceptor;
 use fulcrum_state::snapshot::Shared;
@@ -56,28 +56,85 @@ fn answer(
 /// and `sendmmsg`, as gdnsd and Knot do.
 const BATCH: usize = 32;
 
-/// Serves one dns service's UDP socket until the task is aborted: up to [`BATCH`] queries
-/// per `recvmmsg`, answered into buffers kept across batches (no allocation per query on
-/// the fast path), the answers per backend counted once per batch
-/// ([`fulcrum_state::snapshot::AnswerTally`]), the replies sent with one `sendmmsg`. The snapshot is loaded once per
-/// batch, so a health change shows in the next batch's answers.
-pub async fn serve_udp(shared: Arc<Shared>, sock: UdpSocket, listen: SocketAddr) {
+/// How long a read blocks before the UDP thread looks at its stop flag again (when it is not
+/// woken at once, [`UdpThread::close`]).
+const UDP_WAKE: Duration = Duration::from_millis(100);
+
+/// The thread serving one dns service's UDP socket ([`spawn_udp`]).
+pub struct UdpThread {
+    stop: Arc<AtomicBool>,
+    sock: Arc<std::net::UdpSocket>,
+}
+
+impl UdpThread {
+    /// Stops reading: the thread ends within [`UDP_WAKE`] and closes its descriptor. The
+    /// socket itself is left as it is, for the process it is handed to (binary upgrade).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+    }
+
+    /// Stops reading and wakes the thread now (`shutdown(SHUT_RD)`), so that the socket
+    /// leaves its `SO_REUSEPORT` group at once: for a socket this process retires (the
+    /// service is gone or its address is bound anew), never for one being handed over.
+    pub fn close(self) {
+        self.stop();
+        // On an unconnected UDP socket Linux answers ENOTCONN but does mark the socket shut
+        // and wakes its blocked reader (`inet_shutdown`).
+        let _ = socket2::SockRef::from(&*self.sock).shutdown(std::net::Shutdown::Read);
+    }
+}
+
+/// Serves one dns service's UDP socket on a thread of its own, as gdnsd does: the thread
+/// blocks in `recvmmsg(MSG_WAITFORONE)` and so takes a batch in one system call, where an
+/// event loop pays a `recvmmsg` that finds nothing (`EAGAIN`) and an `epoll_wait` per batch
+/// (`bench/dns_cost.py`: system CPU per query). The socket is made blocking with
+/// `SO_RCVTIMEO` ([`UDP_WAKE`]) so the thread sees its stop flag; the replies are still sent
+/// with `MSG_DONTWAIT`.
+///
+/// # Errors
+/// When the socket's flags cannot be set or the thread cannot be started.
+pub fn spawn_udp(
+    shared: Arc<Shared>,
+    sock: std::net::UdpSocket,
+    listen: SocketAddr,
+) -> std::io::Result<UdpThread> {
+    sock.set_nonblocking(false)?;
+    sock.set_read_timeout(Some(UDP_WAKE))?;
+    let sock = Arc::new(sock);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (s, st) = (Arc::clone(&sock), Arc::clone(&stop));
+    std::thread::Builder::new()
+        .name("fulcrum-dns-udp".into())
+        .spawn(move || serve_udp(&shared, &s, listen, &st))?;
+    Ok(UdpThread { stop, sock })
+}
+
+/// The UDP thread's loop until `stop`: up to [`BATCH`] queries per `recvmmsg`, answered
+/// into buffers kept across batches (no allocation per query on the fast path), the
+/// answers per backend counted once per batch ([`fulcrum_state::snapshot::AnswerTally`]),
+/// the replies sent with one `sendmmsg`. The snapshot is loaded once per batch, so a
+/// health change shows in the next batch's answers.
+fn serve_udp(shared: &Shared, sock: &std::net::UdpSocket, listen: SocketAddr, stop: &AtomicBool) {
+    let fd = sock.as_raw_fd();
     let mut rrl = Rrl::default();
     let mut batch = mmsg::Batch::new(BATCH, MAX_QUERY);
     let mut answered = Vec::new();
     let mut tally = fulcrum_state::snapshot::AnswerTally::default();
-    loop {
-        if let Err(e) = sock.readable().await {
-            tracing::debug!(%listen, error = %e, "dns socket failed");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            continue;
-        }
-        let fd = sock.as_raw_fd();
-        let n = match sock.try_io(Interest::READABLE, || batch.recv(fd)) {
+    while !stop.load(Ordering::Acquire) {
+        let n = match batch.recv(fd, libc::MSG_WAITFORONE) {
             Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                // The timeout, or the descriptor was made non-blocking again (the process
+                // this socket was handed to does that): then wait here, not in a spin.
+                if socket2::SockRef::from(sock).nonblocking().unwrap_or(true) {
+                    mmsg::wait_readable(fd, UDP_WAKE);
+                }
+                continue;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 tracing::debug!(%listen, error = %e, "dns recv failed");
+                std::thread::sleep(Duration::from_millis(10));
                 continue;
             }
         };
@@ -113,7 +170,7 @@ pub async fn serve_udp(shared: Arc<Shared>, sock: UdpSocket, listen: SocketAddr)
         // Counted before the replies leave, so a client that has its answer sees it counted.
         dns.flush(&mut tally);
         // UDP: replies that cannot be sent now are dropped, the clients ask again.
-        let _ = sock.try_io(Interest::WRITABLE, || batch.send(fd, n));
+        let _ = batch.send(fd, n);
     }
 }
 
@@ -168,6 +225,18 @@ mod mmsg {
         h
     }
 
+    /// Waits until `fd` is readable or `timeout` has passed.
+    pub fn wait_readable(fd: RawFd, timeout: std::time::Duration) {
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: one valid `pollfd` for the length given; the kernel writes only `revents`.
+        unsafe { libc::poll(&raw mut p, 1, ms) };
+    }
+
     const STORAGE: libc::socklen_t = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
 
     impl Batch {
@@ -212,8 +281,9 @@ mod mmsg {
             Some((packet, peer, reply))
         }
 
-        /// Reads up to as many datagrams as there are slots, without waiting.
-        pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        /// Reads up to as many datagrams as there are slots (`flags`: `MSG_WAITFORONE` blocks
+        /// for the first on a blocking socket).
+        pub fn recv(&mut self, fd: RawFd, flags: libc::c_int) -> io::Result<usize> {
             for h in &mut self.recv_hdrs {
                 h.msg_hdr.msg_namelen = STORAGE;
                 h.msg_hdr.msg_flags = 0;
@@ -230,7 +300,7 @@ mod mmsg {
                     fd,
                     self.recv_hdrs.as_mut_ptr(),
                     self.recv_hdrs.len() as libc::c_uint,
-                    libc::MSG_DONTWAIT,
+                    flags,
                     std::ptr::null_mut(),
                 )
             };

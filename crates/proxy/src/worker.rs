@@ -75,12 +75,12 @@ async fn serve_commands(shared: &Arc<Shared>, mut rx: UnboundedReceiver<WorkerCm
                     }
                 }
                 for old in listeners.insert(key, handles).into_iter().flatten() {
-                    old.task.abort();
+                    old.abort();
                 }
             }
             WorkerCmd::Unlisten(key) => {
                 for h in listeners.remove(&key).into_iter().flatten() {
-                    h.task.abort();
+                    h.abort();
                 }
             }
             WorkerCmd::StopAccepting => {
@@ -98,14 +98,35 @@ async fn serve_commands(shared: &Arc<Shared>, mut rx: UnboundedReceiver<WorkerCm
 /// reads while its flows finish (graceful shutdown: answers on their way still reach their
 /// clients; `udp::serve`).
 struct Served {
-    task: AbortHandle,
+    task: Task,
     stop: Option<oneshot::Sender<()>>,
 }
 
+/// What serves a socket: a task of this worker, or the thread of a dns UDP socket
+/// ([`dns::spawn_udp`]).
+enum Task {
+    Local(AbortHandle),
+    Thread(dns::UdpThread),
+}
+
 impl Served {
+    /// Stops serving a socket this process retires (removed, or bound anew).
+    fn abort(self) {
+        match self.task {
+            Task::Local(h) => h.abort(),
+            Task::Thread(t) => t.close(),
+        }
+    }
+
+    /// Graceful shutdown or hand-over: stops reading, leaves the socket as it is.
     fn stop_accepting(self) {
-        if self.stop.is_none_or(|stop| stop.send(()).is_err()) {
-            self.task.abort();
+        match self.task {
+            Task::Local(h) => {
+                if self.stop.is_none_or(|stop| stop.send(()).is_err()) {
+                    h.abort();
+                }
+            }
+            Task::Thread(t) => t.stop(),
         }
     }
 }
@@ -120,7 +141,7 @@ fn serve_socket(shared: &Arc<Shared>, key: ListenKey, sock: BoundSocket) -> io::
         .service_at(key.0, listen)
         .is_some_and(|s| s.protocol == fulcrum_core::model::ServiceProtocol::Dns);
     let task = |h: tokio::task::JoinHandle<()>| Served {
-        task: h.abort_handle(),
+        task: Task::Local(h.abort_handle()),
         stop: None,
     };
     Ok(match sock {
@@ -133,14 +154,19 @@ fn serve_socket(shared: &Arc<Shared>, key: ListenKey, sock: BoundSocket) -> io::
             }
         }
         BoundSocket::Udp(s) => {
-            let s = tokio::net::UdpSocket::from_std(s)?;
             if is_dns {
-                task(tokio::task::spawn_local(dns::serve_udp(shared, s, listen)))
+                Served {
+                    task: Task::Thread(dns::spawn_udp(shared, s, listen)?),
+                    stop: None,
+                }
             } else {
+                let s = tokio::net::UdpSocket::from_std(s)?;
                 let (stop, stopped) = oneshot::channel();
                 Served {
-                    task: tokio::task::spawn_local(udp::serve(shared, s, listen, stopped))
-                        .abort_handle(),
+                    task: Task::Local(
+                        tokio::task::spawn_local(udp::serve(shared, s, listen, stopped))
+                            .abort_handle(),
+                    ),
                     stop: Some(stop),
                 }
             }
