@@ -36,8 +36,18 @@ int fx_sock_verdict(struct __sk_buff *skb)
 	struct sock_relay *r = bpf_map_lookup_elem(&fx_relay, &cookie);
 	if (!r)
 		return SK_PASS;
+	/* The empty skb of a bare FIN: userspace passes the FIN on itself (shutdown, once the
+	 * bytes before it are out); sent on, it would hit a socket already shut for writing. */
+	if (skb->len == 0)
+		return SK_DROP;
 	__sync_fetch_and_add(&r->bytes, skb->len);
 	r->last_ns = bpf_ktime_get_ns();
 	__u64 peer = r->peer;
-	return bpf_sk_redirect_hash(skb, &fx_socks, &peer, 0);
+	/* SK_PASS with the redirect set sends the skb to the peer. When the peer is not linked
+	 * yet (the pairing links one socket, then the other) no redirect is set and SK_PASS
+	 * keeps the bytes on this socket, where userspace reads them and writes them on once
+	 * both are linked (SO_RCVLOWAT holds the verdict back meanwhile: only a FIN or a full
+	 * receive buffer can bring it). */
+	bpf_sk_redirect_hash(skb, &fx_socks, &peer, 0);
+	return SK_PASS;
 }

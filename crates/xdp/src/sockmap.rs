@@ -10,7 +10,7 @@
 #![allow(unsafe_code)]
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use aya::maps::{Map, MapData, SockHash};
 use aya::programs::SkSkb;
@@ -90,6 +90,12 @@ impl SockRelay {
             cookies: [ca, cb],
             linked: 0,
         };
+        // While one socket is linked and the other not yet, the verdict could not send a
+        // linked socket's bytes on: a high SO_RCVLOWAT keeps TCP from calling data_ready
+        // (the verdict) for arriving bytes until both are linked.
+        for fd in [fa, fb] {
+            set_rcvlowat(fd, 1 << 30)?;
+        }
         let now = monotonic_ns();
         for (c, peer) in [(ca, cb), (cb, ca)] {
             let e = SockRelayEntry {
@@ -108,7 +114,13 @@ impl SockRelay {
         // the verdict runs only when more arrive: setting SO_RCVLOWAT calls the socket's
         // data_ready (tcp_set_rcvlowat), which now runs the verdict over the queue.
         for fd in [fa, fb] {
-            set_rcvlowat(fd)?;
+            set_rcvlowat(fd, 1)?;
+        }
+        // Bytes a FIN or a full buffer brought to the verdict while only one socket was
+        // linked stayed on that socket (SK_PASS): written on by hand. Nothing can follow
+        // them there (the verdict now redirects), so the order holds.
+        for (from, to) in [(fa, fb), (fb, fa)] {
+            forward_leftover(from, to)?;
         }
         Ok(pair)
     }
@@ -199,8 +211,8 @@ fn cookie(fd: RawFd) -> io::Result<u64> {
     Ok(v)
 }
 
-fn set_rcvlowat(fd: RawFd) -> io::Result<()> {
-    let one: libc::c_int = 1;
+fn set_rcvlowat(fd: RawFd, v: libc::c_int) -> io::Result<()> {
+    let one: libc::c_int = v;
     // SAFETY: `one` is a valid c_int for the duration of the call; `fd` is open.
     let rc = unsafe {
         libc::setsockopt(
@@ -215,6 +227,56 @@ fn set_rcvlowat(fd: RawFd) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Reads what waits on `from` (without blocking) and writes it all to `to`.
+fn forward_leftover(from: RawFd, to: RawFd) -> io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // SAFETY: `buf` is writable for its length; `from` is open.
+        let n = unsafe { libc::recv(from, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+        let n = match usize::try_from(n) {
+            Ok(0) => return Ok(()), // EOF: the relay sees it by its watch
+            Ok(n) => n,
+            Err(_) => {
+                let e = io::Error::last_os_error();
+                return if e.kind() == io::ErrorKind::WouldBlock {
+                    Ok(())
+                } else {
+                    Err(e)
+                };
+            }
+        };
+        let mut off = 0;
+        let mut tries = 0;
+        while off < n {
+            // SAFETY: `buf[off..n]` is initialised and readable; `to` is open.
+            let w = unsafe {
+                libc::send(
+                    to,
+                    buf[off..].as_ptr().cast(),
+                    n - off,
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            if let Ok(w) = usize::try_from(w) {
+                off += w;
+                continue;
+            }
+            let e = io::Error::last_os_error();
+            tries += 1;
+            if e.kind() != io::ErrorKind::WouldBlock || tries > 100 {
+                return Err(e);
+            }
+            let mut p = libc::pollfd {
+                fd: to,
+                events: libc::POLLOUT,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd; waits at most 10 ms.
+            unsafe { libc::poll(&raw mut p, 1, 10) };
+        }
+    }
 }
 
 /// `union bpf_attr` for the map element commands.
@@ -276,4 +338,118 @@ fn map_lookup(map: RawFd, key: &u64, value: &mut SockRelayEntry) -> io::Result<(
 
 fn map_delete(map: RawFd, key: &u64) -> io::Result<()> {
     bpf_elem(BPF_MAP_DELETE_ELEM, map, std::ptr::from_ref(key).cast(), 0)
+}
+
+/// An epoll instance that watches sockets for a peer's FIN, a reset or an error only
+/// (`EPOLLRDHUP`, edge-triggered; `EPOLLERR`/`EPOLLHUP` always): the wake-ups a relayed
+/// socket's arriving bytes cause (`EPOLLIN`) and its freed send space (`EPOLLOUT`) do not
+/// reach it, so a relay in the kernel costs its task no wake-up per message. Itself pollable:
+/// it turns readable when a watched socket reports.
+#[derive(Debug)]
+pub struct EofWatch {
+    ep: OwnedFd,
+}
+
+impl EofWatch {
+    /// Watches `fds`; [`EofWatch::take`] reports them by index.
+    ///
+    /// # Errors
+    /// From `epoll_create1` or `epoll_ctl`.
+    pub fn new(fds: &[RawFd]) -> io::Result<Self> {
+        // SAFETY: no pointers; the result is checked.
+        let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if ep < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: epoll_create1 returned a new descriptor that nothing else owns.
+        let ep = unsafe { OwnedFd::from_raw_fd(ep) };
+        for (i, fd) in fds.iter().enumerate() {
+            let mut ev = libc::epoll_event {
+                events: (libc::EPOLLRDHUP | libc::EPOLLET) as u32,
+                u64: i as u64,
+            };
+            // SAFETY: `ev` is a valid epoll_event for the call; both descriptors are open.
+            let rc =
+                unsafe { libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, *fd, &raw mut ev) };
+            if rc < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(Self { ep })
+    }
+
+    /// Registers the watch with tokio (its descriptor turns readable when a socket reports).
+    ///
+    /// # Errors
+    /// From the reactor's registration.
+    pub fn register(self) -> io::Result<tokio::io::unix::AsyncFd<Self>> {
+        // SAFETY: the AsyncFd owns the watch, which owns the epoll descriptor: it stays open
+        // while registered.
+        unsafe { tokio::io::unix::AsyncFd::register(self) }.map_err(|e| e.into_parts().1)
+    }
+
+    /// Which watched sockets reported since the last call (bit `i`: `fds[i]`), without
+    /// waiting.
+    ///
+    /// # Errors
+    /// From `epoll_wait`.
+    pub fn take(&self) -> io::Result<u32> {
+        let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 4];
+        // SAFETY: `evs` is a writable array of the length passed; the epoll fd is open.
+        let n = unsafe { libc::epoll_wait(self.ep.as_raw_fd(), evs.as_mut_ptr(), 4, 0) };
+        let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+        Ok(evs[..n]
+            .iter()
+            .fold(0, |bits, e| bits | 1u32 << (e.u64 & 31)))
+    }
+}
+
+impl AsRawFd for EofWatch {
+    fn as_raw_fd(&self) -> RawFd {
+        self.ep.as_raw_fd()
+    }
+}
+
+/// A mark of everything ever queued for sending on the TCP socket `fd`, from a fixed
+/// origin: `tcpi_bytes_acked` plus the bytes not yet acknowledged (`SIOCOUTQ`). The
+/// difference of two marks is what was written in between, by userspace or by the relay
+/// program's redirects; so a relay knows when the bytes it counted have all reached the
+/// other socket (and only then passes a FIN on).
+///
+/// # Errors
+/// From `getsockopt(TCP_INFO)` or `ioctl(SIOCOUTQ)`.
+pub fn sent_mark(fd: RawFd) -> io::Result<u64> {
+    /// `struct tcp_info` up to `tcpi_bytes_acked` (offset 120, Linux 4.1 and later).
+    const ACKED_AT: usize = 120;
+    let mut info = [0u8; 136];
+    let mut len = info.len() as libc::socklen_t;
+    // SAFETY: `info` is writable for `len` bytes; the kernel writes at most that.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &raw mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if (len as usize) < ACKED_AT + 8 {
+        return Err(io::Error::other(
+            "tcp_info without tcpi_bytes_acked (Linux < 4.1)",
+        ));
+    }
+    let mut acked = [0u8; 8];
+    acked.copy_from_slice(&info[ACKED_AT..ACKED_AT + 8]);
+    // Acknowledged first, then outstanding: an ACK in between only makes the sum smaller
+    // (the caller waits a little longer), never larger.
+    let mut outq: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ writes one c_int into `outq`, which we own; `fd` is open.
+    let rc = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &raw mut outq) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(u64::from_ne_bytes(acked) + u64::try_from(outq).unwrap_or(0))
 }
