@@ -22,8 +22,8 @@ use tokio::task::JoinHandle;
 use crate::discovery::Discoveries;
 use crate::health;
 use crate::plan::{
-    self, BackendPlan, CheckerStep, PersistenceStep, Plan, Running, ServiceStep, TrackStep,
-    TrackedHealth,
+    self, BackendPlan, BackendsOnly, CheckerStep, PersistenceStep, Plan, Running, ServiceStep,
+    TrackStep, TrackedHealth,
 };
 use crate::snapshot::{Event, Persistence, PoolRt, ServiceRt, Shared, Snapshot};
 use crate::stats::{BackendStats, ServiceStats};
@@ -147,6 +147,63 @@ impl Tracked {
     }
 }
 
+/// The tracked backends by pool, then by address: a pool's snapshot build looks up each of
+/// its backends by address alone (at 10,000 backends, keys of (pool name, address) cost a
+/// string compare through a pointer per lookup: most of the control thread's work in one
+/// backend change).
+#[derive(Default)]
+struct TrackedSet(HashMap<String, HashMap<SocketAddr, Tracked>>);
+
+impl TrackedSet {
+    fn pool(&self, pool: &str) -> Option<&HashMap<SocketAddr, Tracked>> {
+        self.0.get(pool)
+    }
+
+    fn get(&self, pool: &str, addr: SocketAddr) -> Option<&Tracked> {
+        self.0.get(pool)?.get(&addr)
+    }
+
+    fn get_mut(&mut self, pool: &str, addr: SocketAddr) -> Option<&mut Tracked> {
+        self.0.get_mut(pool)?.get_mut(&addr)
+    }
+
+    fn insert(&mut self, pool: &str, addr: SocketAddr, t: Tracked) {
+        match self.0.get_mut(pool) {
+            Some(m) => {
+                m.insert(addr, t);
+            }
+            None => {
+                self.0.insert(pool.to_owned(), HashMap::from([(addr, t)]));
+            }
+        }
+    }
+
+    fn remove(&mut self, pool: &str, addr: SocketAddr) -> Option<Tracked> {
+        let m = self.0.get_mut(pool)?;
+        let t = m.remove(&addr);
+        if m.is_empty() {
+            self.0.remove(pool);
+        }
+        t
+    }
+
+    fn all(&self) -> impl Iterator<Item = ((&str, SocketAddr), &Tracked)> {
+        self.0
+            .iter()
+            .flat_map(|(p, m)| m.iter().map(move |(a, t)| ((p.as_str(), *a), t)))
+    }
+
+    fn all_mut(&mut self) -> impl Iterator<Item = ((&str, SocketAddr), &mut Tracked)> {
+        self.0
+            .iter_mut()
+            .flat_map(|(p, m)| m.iter_mut().map(move |(a, t)| ((p.as_str(), *a), t)))
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Tracked> {
+        self.0.values().flat_map(HashMap::values)
+    }
+}
+
 /// Reads and validates a config file for a reload: the config, or the rendered errors.
 pub type Loader = Arc<dyn Fn(&std::path::Path) -> Result<Config, String> + Send + Sync>;
 
@@ -173,8 +230,9 @@ pub struct Controller {
     shared: Arc<Shared>,
     workers: Workers,
     path: PathBuf,
-    config: Config,
-    backends: HashMap<(String, SocketAddr), Tracked>,
+    /// Shared with the edits that run off this thread (no copy of a large config here).
+    config: Arc<Config>,
+    backends: TrackedSet,
     services: HashMap<String, Arc<ServiceStats>>,
     persistence: HashMap<String, Arc<Persistence>>,
     changes: HashMap<String, Arc<AtomicU64>>,
@@ -198,6 +256,41 @@ pub struct Controller {
     /// The fleet's health decisions in place of the local active checks (`[cluster]`);
     /// `None`: the local checks decide.
     fleet: Option<Arc<FleetDecisions>>,
+    /// The pools the next snapshot builds anew (the others are shared with the running one).
+    stale: Stale,
+}
+
+/// Which pools the next snapshot builds anew. The others are the running snapshot's
+/// [`PoolRt`]s, shared as they are (backend list, scheduler and its table): a change of one
+/// backend of one pool costs that pool's build, not every pool's, and no work per backend of
+/// the pools it leaves alone.
+#[derive(Debug)]
+enum Stale {
+    /// Every pool: the whole config may have changed (a reload, discovery, the start).
+    All,
+    /// Only these: the backends or the states of their backends changed.
+    Pools(HashSet<String>),
+}
+
+impl Stale {
+    fn none() -> Self {
+        Self::Pools(HashSet::new())
+    }
+
+    fn mark(&mut self, pool: &str) {
+        if let Self::Pools(set) = self {
+            if !set.contains(pool) {
+                set.insert(pool.to_owned());
+            }
+        }
+    }
+
+    fn has(&self, pool: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Pools(set) => set.contains(pool),
+        }
+    }
 }
 
 /// Whether the userspace data path listens for this service (`forward = "proxy"`; http
@@ -243,8 +336,8 @@ impl Controller {
             shared,
             workers,
             path,
-            config: config.clone(),
-            backends: HashMap::new(),
+            config: Arc::new(config.clone()),
+            backends: TrackedSet::default(),
             services: HashMap::new(),
             persistence: HashMap::new(),
             changes: HashMap::new(),
@@ -258,6 +351,7 @@ impl Controller {
             loader: Arc::new(parse_file),
             after_reload: None,
             fleet: None,
+            stale: Stale::All,
         };
         c.apply(config).await?;
         for (key, socks) in c.inherited.drain() {
@@ -300,8 +394,8 @@ impl Controller {
     /// # Errors
     /// See above; nothing changed.
     pub async fn apply_checked(&mut self, new: Config) -> Result<(), ChangeError> {
-        if let Some(steps) = plan::backends_only(&self.config, &new) {
-            return self.apply_backends(new, &steps).await;
+        if let Some(only) = plan::backends_only(&self.config, &new) {
+            return self.apply_backends(new, only).await;
         }
         let plan = self.plan(&new);
         let bound = self.bind(&plan)?;
@@ -315,7 +409,8 @@ impl Controller {
         self.carry_out_backends(&new, &plan.backends);
         self.mark_left(&new);
         self.carry_out_counters(&plan);
-        self.config = new;
+        self.config = Arc::new(new);
+        self.stale = Stale::All;
         self.publish_local_health();
         self.rebuild().await;
         self.listen(bound, &plan);
@@ -326,12 +421,10 @@ impl Controller {
     /// ([`plan::backends_only`], e.g. one admin API backend call): the same result as the
     /// whole plan, with work on this thread (with `--workers 1` also the data path) only for
     /// the backends that come or go and the changed pools, not for every backend of every
-    /// pool. The snapshot is still built off this thread.
-    async fn apply_backends(
-        &mut self,
-        new: Config,
-        steps: &[BackendPlan],
-    ) -> Result<(), ChangeError> {
+    /// pool. The snapshot is still built off this thread, and only the changed pools anew
+    /// ([`Stale`]): the other pools are the running snapshot's.
+    async fn apply_backends(&mut self, new: Config, only: BackendsOnly) -> Result<(), ChangeError> {
+        let steps = only.steps.as_slice();
         // As the whole plan: every served L7 service is built once before anything changes.
         let l7 = self.shared.l7.as_ref();
         let names: Vec<String> = new
@@ -351,7 +444,10 @@ impl Controller {
             .iter()
             .any(|s| new.pool(&s.pool).is_some_and(|p| p.health.is_some()))
             || steps.iter().any(|s| s.checker != CheckerStep::Keep);
-        self.config = new;
+        self.config = Arc::new(new);
+        for pool in &only.pools {
+            self.stale.mark(pool);
+        }
         if checked {
             self.publish_local_health();
         }
@@ -365,13 +461,13 @@ impl Controller {
             listening: self.listening.clone(),
             backends: self
                 .backends
-                .iter()
-                .map(|(k, t)| {
+                .all()
+                .map(|((pool, addr), t)| {
                     let health = TrackedHealth {
                         settings: t.settings.clone(),
                         checker: t.checker.as_ref().map(|(h, _)| h.clone()),
                     };
-                    (k.clone(), health)
+                    ((pool.to_owned(), addr), health)
                 })
                 .collect(),
             services: self.services.keys().cloned().collect(),
@@ -487,11 +583,14 @@ impl Controller {
     /// Tracks, resets and forgets backends; spawns and aborts their health checkers.
     fn carry_out_backends(&mut self, new: &Config, steps: &[BackendPlan]) {
         for step in steps {
-            let key = (step.pool.clone(), step.address);
             let pool = new.pool(&step.pool);
             match (step.track, pool) {
                 (TrackStep::Forget, _) => {
-                    if let Some((_, h)) = self.backends.remove(&key).and_then(|t| t.checker) {
+                    if let Some((_, h)) = self
+                        .backends
+                        .remove(&step.pool, step.address)
+                        .and_then(|t| t.checker)
+                    {
                         h.abort();
                     }
                     continue;
@@ -505,17 +604,17 @@ impl Controller {
                         checker: None,
                         left: false,
                     };
-                    self.backends.insert(key.clone(), t);
+                    self.backends.insert(&step.pool, step.address, t);
                 }
                 (TrackStep::ResetHealth, Some(pool)) => {
-                    if let Some(t) = self.backends.get_mut(&key) {
+                    if let Some(t) = self.backends.get_mut(&step.pool, step.address) {
                         t.health = new_health(pool);
                         t.settings = (pool.health.clone(), pool.outlier);
                     }
                 }
                 _ => {}
             }
-            let Some(t) = self.backends.get_mut(&key) else {
+            let Some(t) = self.backends.get_mut(&step.pool, step.address) else {
                 continue;
             };
             t.stats
@@ -551,11 +650,8 @@ impl Controller {
     /// undrains the ones that registered again.
     fn mark_left(&mut self, new: &Config) {
         for pool in &new.pools {
-            // One key per pool, its address replaced per backend (no allocation each).
-            let mut key = (pool.name.clone(), SocketAddr::from(([0, 0, 0, 0], 0)));
             for b in &self.discovery.backends(&pool.name, &pool.backends) {
-                key.1 = b.address;
-                let Some(t) = self.backends.get_mut(&key) else {
+                let Some(t) = self.backends.get_mut(&pool.name, b.address) else {
                     continue;
                 };
                 let leaving = self.discovery.is_leaving(&pool.name, b.address);
@@ -626,13 +722,13 @@ impl Controller {
         }
         // Only the pools these services use, with a cheap scheduler: the check needs their
         // names and backends, not their tables.
+        let snap = self.shared.snapshot.load_full();
         let pools: Vec<PoolParts> = new
             .pools
             .iter()
             .filter(|p| services.iter().any(|s| s.uses_pool(&p.name)))
-            .map(|p| self.pool_parts(p))
+            .map(|p| self.pool_parts(p, snap.pool(&p.name)))
             .collect();
-        let snap = self.shared.snapshot.load_full();
         Some(move || {
             let pools: Vec<Arc<PoolRt>> = pools
                 .into_iter()
@@ -653,18 +749,19 @@ impl Controller {
 
     /// A pool's parts for a snapshot: everything but the scheduler, which
     /// [`PoolParts::build`] makes (off the control thread: a Maglev table of a large pool
-    /// takes milliseconds).
-    fn pool_parts(&self, p: &PoolConfig) -> PoolParts {
+    /// takes milliseconds). `running`: the pool in the running snapshot, if it is there.
+    fn pool_parts(&self, p: &PoolConfig, running: Option<&Arc<PoolRt>>) -> PoolParts {
         let mut backends = self.discovery.backends(&p.name, &p.backends);
         let mut stats = Vec::with_capacity(backends.len());
         // Slow start: a backend first seen in a pool that already runs counts as just added;
         // one there from the pool's start does not ramp.
-        let running = self.shared.snapshot.load().pool(&p.name).is_some();
+        let moved = running.map(|o| Arc::clone(&o.moved)).unwrap_or_default();
+        let running = running.is_some();
         let now = self.shared.now();
-        let mut key = (p.name.clone(), SocketAddr::from(([0, 0, 0, 0], 0)));
+        // The pool's tracked backends once, then each by its address.
+        let tracked = self.backends.pool(&p.name);
         for b in &mut backends {
-            key.1 = b.address;
-            match self.backends.get(&key) {
+            match tracked.and_then(|m| m.get(&b.address)) {
                 Some(t) => {
                     b.state = self.effective(&p.name, b.address, t);
                     t.stats.signals.set_up(b.is_eligible(), now, running);
@@ -684,13 +781,7 @@ impl Controller {
             stats,
             persistence: self.persistence.get(&p.name).cloned(),
             changes: self.changes.get(&p.name).cloned().unwrap_or_default(),
-            moved: self
-                .shared
-                .snapshot
-                .load()
-                .pool(&p.name)
-                .map(|o| Arc::clone(&o.moved))
-                .unwrap_or_default(),
+            moved,
             sticky_cookie: p.sticky_cookie.clone(),
             backend_protocol: p.backend_protocol,
             tls: p.tls.clone(),
@@ -721,25 +812,48 @@ impl Controller {
                     crate::memory::release_now();
                 });
             }
-            Err(e) => tracing::error!("{e}; the running state stays as it was"),
+            Err(e) => {
+                // The pools this build was to renew are not renewed: the next one builds all.
+                self.stale = Stale::All;
+                tracing::error!("{e}; the running state stays as it was");
+            }
         }
     }
 
-    /// What the next snapshot is built from (cheap: copies of lists and `Arc`s).
+    /// What the next snapshot is built from (cheap: copies of lists and `Arc`s): the parts of
+    /// the [`Stale`] pools, and the running snapshot's other pools as they are.
     fn prepare(&mut self) -> Build {
         self.generation += 1;
-        for p in &self.config.pools {
-            self.changes.entry(p.name.clone()).or_default();
+        if matches!(self.stale, Stale::All) {
+            for p in &self.config.pools {
+                if !self.changes.contains_key(&p.name) {
+                    self.changes.insert(p.name.clone(), Arc::default());
+                }
+            }
+            let config = &self.config;
+            self.changes.retain(|name, _| config.pool(name).is_some());
         }
-        self.changes
-            .retain(|name, _| self.config.pool(name).is_some());
+        let stale = std::mem::replace(&mut self.stale, Stale::none());
+        let old = self.shared.snapshot.load_full();
         Build {
             generation: self.generation,
             pools: self
                 .config
                 .pools
                 .iter()
-                .map(|p| self.pool_parts(p))
+                .enumerate()
+                .map(|(i, p)| {
+                    // The same place as in the running snapshot, unless pools came or went.
+                    let prev = old
+                        .pools
+                        .get(i)
+                        .filter(|o| o.name == p.name)
+                        .or_else(|| old.pool(&p.name));
+                    match prev {
+                        Some(o) if !stale.has(&p.name) => PoolBuild::Keep(Arc::clone(o)),
+                        _ => PoolBuild::New(Box::new(self.pool_parts(p, prev)), prev.cloned()),
+                    }
+                })
                 .collect(),
             services: self
                 .config
@@ -747,7 +861,7 @@ impl Controller {
                 .iter()
                 .filter_map(|s| Some((s.clone(), Arc::clone(self.services.get(&s.name)?))))
                 .collect(),
-            old: self.shared.snapshot.load_full(),
+            old,
             l7: self.shared.l7.clone(),
         }
     }
@@ -777,7 +891,7 @@ impl Controller {
             Err(e) => Err(e),
         };
         if let (Ok(()), Some(f)) = (&res, &self.after_reload) {
-            let (f, cfg) = (Arc::clone(f), self.config.clone());
+            let (f, cfg) = (Arc::clone(f), Arc::clone(&self.config));
             if let Err(e) = off_thread(move || f(&cfg)).await.and_then(|r| r) {
                 tracing::error!("after the reload: {e}");
             }
@@ -792,12 +906,15 @@ impl Controller {
             // Run-time changes last until a reload: operator drains end too (the file says
             // weight = 0 for a lasting drain).
             let mut undrained = false;
-            for ((pool, addr), t) in &mut self.backends {
+            for ((pool, addr), t) in self.backends.all_mut() {
                 if t.left {
                     continue; // a registered backend that left: drains until it is gone
                 }
                 if let Some(tr) = t.health.set_draining(false) {
-                    undrained |= log_transition(pool, *addr, tr);
+                    if log_transition(pool, addr, tr) {
+                        undrained = true;
+                        self.stale.mark(pool);
+                    }
                 }
             }
             if undrained {
@@ -821,15 +938,16 @@ impl Controller {
             return Err(ChangeError::Conflict("shutting down".into()));
         }
         // The edit writes, re-parses and validates the whole config: off the control thread.
-        let running = self.config.clone();
+        let running = Arc::clone(&self.config);
         let new = off_thread(move || edit(&running))
             .await
             .map_err(ChangeError::Invalid)??;
         self.apply_checked(new).await?;
         if let Some(k) = undrain {
-            if let Some(t) = self.backends.get_mut(&k) {
+            if let Some(t) = self.backends.get_mut(&k.0, k.1) {
                 if let Some(tr) = t.health.set_draining(false) {
                     log_transition(&k.0, k.1, tr);
+                    self.stale.mark(&k.0);
                     self.rebuild().await;
                 }
             }
@@ -843,13 +961,14 @@ impl Controller {
         if self.config.pool(pool).is_none() {
             return Err(ChangeError::NotFound(format!("no pool named {pool:?}")));
         }
-        let Some(t) = self.backends.get_mut(&(pool.to_owned(), backend)) else {
+        let Some(t) = self.backends.get_mut(pool, backend) else {
             return Err(ChangeError::NotFound(format!(
                 "pool {pool:?} has no backend {backend}"
             )));
         };
         if let Some(tr) = t.health.set_draining(true) {
             log_transition(pool, backend, tr);
+            self.stale.mark(pool);
             self.rebuild().await;
         }
         Ok(())
@@ -865,21 +984,26 @@ impl Controller {
             Event::Discovered { .. } => None,
         };
         let before = key.as_ref().and_then(|k| {
-            let t = self.backends.get(k)?;
+            let t = self.backends.get(&k.0, k.1)?;
             Some(self.effective(&k.0, k.1, t))
         });
         let local = self.on_local_event(ev);
         let after = key.as_ref().and_then(|k| {
-            let t = self.backends.get(k)?;
+            let t = self.backends.get(&k.0, k.1)?;
             Some(self.effective(&k.0, k.1, t))
         });
-        if self.fleet.is_some() && before != after {
+        let changed = if self.fleet.is_some() && before != after {
             if let (Some((pool, backend)), Some(from), Some(to)) = (&key, before, after) {
                 tracing::info!(pool, %backend, %from, %to, "backend state changed on this instance (fleet health in place of its own checks)");
             }
-            return true;
+            true
+        } else {
+            local
+        };
+        if let (true, Some((pool, _))) = (changed, &key) {
+            self.stale.mark(pool);
         }
-        local
+        changed
     }
 
     fn on_local_event(&mut self, ev: Event) -> bool {
@@ -902,31 +1026,25 @@ impl Controller {
                 return false;
             }
             Event::Check { pool, backend, ok } => {
-                let t = self
-                    .backends
-                    .get_mut(&(pool.clone(), backend))
-                    .and_then(|t| {
-                        let tr = t.health.record_check(ok);
-                        t.stats
-                            .settled
-                            .store(t.health.active().is_settled(), Ordering::Release);
-                        tr
-                    });
+                let t = self.backends.get_mut(&pool, backend).and_then(|t| {
+                    let tr = t.health.record_check(ok);
+                    t.stats
+                        .settled
+                        .store(t.health.active().is_settled(), Ordering::Release);
+                    tr
+                });
                 self.local_verdict_changed(&pool, backend);
                 (pool, backend, t)
             }
             Event::Passive { pool, backend, ok } => {
-                let t = self
-                    .backends
-                    .get_mut(&(pool.clone(), backend))
-                    .and_then(|t| {
-                        if ok {
-                            t.health.record_success();
-                            None
-                        } else {
-                            t.health.record_failure(now)
-                        }
-                    });
+                let t = self.backends.get_mut(&pool, backend).and_then(|t| {
+                    if ok {
+                        t.health.record_success();
+                        None
+                    } else {
+                        t.health.record_failure(now)
+                    }
+                });
                 (pool, backend, t)
             }
         };
@@ -949,7 +1067,7 @@ impl Controller {
         let (linger, counted) = self.linger(pool);
         let active = self
             .backends
-            .get(&(pool.to_owned(), backend.address))
+            .get(pool, backend.address)
             .map_or(0, |t| t.stats.active.load(Ordering::Relaxed));
         if linger.is_zero() || (counted && active == 0) {
             return;
@@ -985,7 +1103,7 @@ impl Controller {
         let ended = self.discovery.end_leaving(|p, x| {
             let counted = linger.get(p).is_none_or(|l| l.1);
             let active = backends
-                .get(&(p.to_owned(), x.backend.address))
+                .get(p, x.backend.address)
                 .map_or(0, |t| t.stats.active.load(Ordering::Relaxed));
             let done = now >= x.until || (counted && active == 0);
             if done {
@@ -994,7 +1112,7 @@ impl Controller {
             done
         });
         if ended && !self.shared.is_draining() {
-            if let Err(e) = self.apply(self.config.clone()).await {
+            if let Err(e) = self.apply((*self.config).clone()).await {
                 tracing::error!("removing drained registered backends failed: {e}");
                 return true;
             }
@@ -1017,8 +1135,8 @@ impl Controller {
     fn set_fleet(&mut self, decisions: Option<Arc<FleetDecisions>>) -> bool {
         let before: HashMap<(String, SocketAddr), BackendState> = self
             .backends
-            .iter()
-            .map(|((p, a), t)| ((p.clone(), *a), self.effective(p, *a, t)))
+            .all()
+            .map(|((p, a), t)| ((p.to_owned(), a), self.effective(p, a, t)))
             .collect();
         if decisions.is_none() && self.fleet.is_some() {
             tracing::warn!(
@@ -1027,13 +1145,14 @@ impl Controller {
         }
         self.fleet = decisions;
         let mut changed = false;
-        for ((pool, addr), t) in &self.backends {
-            let now = self.effective(pool, *addr, t);
-            let was = before.get(&(pool.clone(), *addr)).copied().unwrap_or(now);
+        for ((pool, addr), t) in self.backends.all() {
+            let now = self.effective(pool, addr, t);
+            let was = before.get(&(pool.to_owned(), addr)).copied().unwrap_or(now);
             if now != was {
                 changed = true;
+                self.stale.mark(pool);
                 let votes = self.fleet.as_ref().map_or("local checks", |f| {
-                    match f.get(&(pool.clone(), *addr)) {
+                    match f.get(&(pool.to_owned(), addr)) {
                         Some(true) => "the fleet counts it up",
                         Some(false) => "the fleet counts it down",
                         None => "no fleet verdict",
@@ -1047,7 +1166,7 @@ impl Controller {
 
     /// This instance's verdict on one backend changed, maybe: updates the published ones.
     fn local_verdict_changed(&self, pool: &str, addr: SocketAddr) {
-        let Some(t) = self.backends.get(&(pool.to_owned(), addr)) else {
+        let Some(t) = self.backends.get(pool, addr) else {
             return;
         };
         let Some(v) = Verdict::of(&t.health, t.settings.0.is_some()) else {
@@ -1069,9 +1188,9 @@ impl Controller {
     /// and go).
     fn publish_local_health(&self) {
         let mut all = fleet_health::Verdicts::new();
-        for ((pool, addr), t) in &self.backends {
+        for ((pool, addr), t) in self.backends.all() {
             if let Some(v) = Verdict::of(&t.health, t.settings.0.is_some()) {
-                all.entry(pool.clone()).or_default().insert(*addr, v);
+                all.entry(pool.to_owned()).or_default().insert(addr, v);
             }
         }
         self.shared.local_health.send_if_modified(|old| {
@@ -1086,9 +1205,12 @@ impl Controller {
     fn poll_ejections(&mut self) -> bool {
         let now = self.shared.now();
         let mut changed = false;
-        for ((pool, addr), t) in &mut self.backends {
+        for ((pool, addr), t) in self.backends.all_mut() {
             if let Some(tr) = t.health.poll(now) {
-                changed |= log_transition(pool, *addr, tr);
+                if log_transition(pool, addr, tr) {
+                    changed = true;
+                    self.stale.mark(pool);
+                }
             }
         }
         changed
@@ -1124,7 +1246,7 @@ impl Controller {
                     // Discovery reports: one apply for all of them. Not while draining (it
                     // would listen again).
                     if std::mem::take(&mut self.rediscover) && !self.shared.is_draining() {
-                        match self.apply(self.config.clone()).await {
+                        match self.apply((*self.config).clone()).await {
                             Ok(()) => changed = false,
                             Err(e) => tracing::error!("applying discovered backends failed: {e}"),
                         }
@@ -1147,7 +1269,7 @@ impl Controller {
                         false
                     }
                     Some(Control::Config(reply)) => {
-                        let _ = reply.send(self.config.clone());
+                        let _ = reply.send((*self.config).clone());
                         false
                     }
                     Some(Control::Apply { config, reply }) => {
@@ -1269,11 +1391,18 @@ impl PoolParts {
     }
 }
 
+/// A pool of the next snapshot: the running one's, or built anew (with the running one, if
+/// any, to count the change against).
+enum PoolBuild {
+    Keep(Arc<PoolRt>),
+    New(Box<PoolParts>, Option<Arc<PoolRt>>),
+}
+
 /// Everything a snapshot is built from, owned, so that the build can run off the control
 /// thread.
 struct Build {
     generation: u64,
-    pools: Vec<PoolParts>,
+    pools: Vec<PoolBuild>,
     services: Vec<(config::ServiceConfig, Arc<ServiceStats>)>,
     old: Arc<Snapshot>,
     l7: Option<Arc<dyn crate::l7::L7Handler>>,
@@ -1285,18 +1414,15 @@ impl Build {
         let pools: Vec<Arc<PoolRt>> = self
             .pools
             .into_iter()
-            .map(|p| Arc::new(p.build()))
-            .collect();
-        for p in &pools {
-            let prev = old.pool(&p.name);
-            if prev.is_none_or(|o| o.backends != p.backends) {
-                p.changes.fetch_add(1, Ordering::Relaxed);
-                if let Some(ratio) = prev.and_then(|o| table_moved(o, p)) {
-                    p.moved.store(ratio.to_bits(), Ordering::Relaxed);
-                    tracing::info!(pool = %p.name, scheduler = %p.kind, moved_ratio = ratio, "pool changed: share of hash table slots that changed owner");
+            .map(|p| match p {
+                PoolBuild::Keep(p) => p,
+                PoolBuild::New(parts, prev) => {
+                    let p = Arc::new(parts.build());
+                    count_change(prev.as_deref(), &p);
+                    p
                 }
-            }
-        }
+            })
+            .collect();
         let l7 = self.l7.as_ref();
         let services = self
             .services
@@ -1382,6 +1508,18 @@ impl Build {
     }
 }
 
+/// Counts a change of `new`'s backend set or states against `prev` (the running version of
+/// the pool), and how much of its hash table moved.
+fn count_change(prev: Option<&PoolRt>, new: &PoolRt) {
+    if prev.is_none_or(|o| o.backends != new.backends) {
+        new.changes.fetch_add(1, Ordering::Relaxed);
+        if let Some(ratio) = prev.and_then(|o| table_moved(o, new)) {
+            new.moved.store(ratio.to_bits(), Ordering::Relaxed);
+            tracing::info!(pool = %new.name, scheduler = %new.kind, moved_ratio = ratio, "pool changed: share of hash table slots that changed owner");
+        }
+    }
+}
+
 /// A tcp/udp service's connection log: the running one while its configuration holds,
 /// else opened anew (the loader checked it opens; if it no longer does, none is kept and
 /// that is said).
@@ -1449,3 +1587,121 @@ fn log_transition(pool: &str, backend: SocketAddr, t: Transition) -> bool {
 
 /// A sender for [`Control`] messages.
 pub type ControlSender = UnboundedSender<Control>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(a: &[&str], b: &[&str]) -> Config {
+        let mut text = String::new();
+        for (name, backends) in [("a", a), ("b", b)] {
+            text += "[[pool]]\nname = \"";
+            text += name;
+            text += "\"\nscheduler = \"maglev\"\n";
+            for addr in backends {
+                text += "[[pool.backend]]\naddress = \"";
+                text += addr;
+                text += "\"\n";
+            }
+        }
+        match config::parse(&text) {
+            Ok(c) => c,
+            Err(e) => panic!("test config does not parse: {e:?}\n{text}"),
+        }
+    }
+
+    async fn controller(cfg: Config) -> (Controller, UnboundedReceiver<Event>) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let shared = Arc::new(Shared::new(tx, crate::snapshot::RelayMode::default(), None));
+        let workers = Workers::new(Vec::new(), Vec::new());
+        let c = Controller::start(shared, workers, PathBuf::from("unused.toml"), cfg)
+            .await
+            .expect("the controller starts");
+        (c, rx)
+    }
+
+    fn pool(c: &Controller, name: &str) -> Arc<PoolRt> {
+        let snap = c.shared.snapshot.load();
+        Arc::clone(snap.pool(name).expect("the pool runs"))
+    }
+
+    /// What a pool's snapshot value holds that a change could touch: its backends (address,
+    /// weight, state) and which tracked backend each is.
+    fn seen(p: &PoolRt) -> Vec<(Backend, u32)> {
+        p.backends
+            .iter()
+            .cloned()
+            .zip(p.stats.iter().map(|s| s.id))
+            .collect()
+    }
+
+    use fulcrum_core::model::Backend;
+
+    /// A change of one pool (a backend added, a backend drained) builds that pool anew and
+    /// shares the other's value (its scheduler table too) with the running snapshot; the
+    /// result is what building every pool gives.
+    #[tokio::test]
+    async fn a_change_of_one_pool_leaves_the_others_as_they_are() {
+        let b_addrs = ["10.0.1.1:80", "10.0.1.2:80"];
+        let (mut c, _events) = controller(config(&["10.0.0.1:80", "10.0.0.2:80"], &b_addrs)).await;
+        let (a0, b0) = (pool(&c, "a"), pool(&c, "b"));
+
+        // An admin API add: pool a only.
+        let added = config(&["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"], &b_addrs);
+        c.apply_checked(added).await.expect("the add applies");
+        let (a1, b1) = (pool(&c, "a"), pool(&c, "b"));
+        assert!(Arc::ptr_eq(&b0, &b1), "pool b was built again");
+        assert!(Arc::ptr_eq(&b0.scheduler, &b1.scheduler));
+        assert!(!Arc::ptr_eq(&a0, &a1));
+        assert_eq!(a1.backends.len(), 3);
+        assert_eq!(
+            a1.changes.load(Ordering::Relaxed),
+            a0.changes.load(Ordering::Relaxed)
+        );
+        assert!(
+            a1.changes.load(Ordering::Relaxed) >= 2,
+            "the add is counted"
+        );
+
+        // An operator drain in pool b: b only.
+        let drained: SocketAddr = "10.0.1.2:80".parse().expect("an address");
+        c.drain("b", drained).await.expect("the drain applies");
+        let (a2, b2) = (pool(&c, "a"), pool(&c, "b"));
+        assert!(Arc::ptr_eq(&a1, &a2), "pool a was built again");
+        assert!(!Arc::ptr_eq(&b1, &b2));
+        assert_eq!(b2.backends[1].state, BackendState::Draining);
+
+        // A passive failure that ejects nothing changes no pool.
+        c.on_event(Event::Passive {
+            pool: "a".into(),
+            backend: "10.0.0.1:80".parse().expect("an address"),
+            ok: false,
+        });
+        c.rebuild().await;
+        assert!(Arc::ptr_eq(&a2, &pool(&c, "a")));
+        assert!(Arc::ptr_eq(&b2, &pool(&c, "b")));
+
+        // Building every pool gives the same values.
+        c.stale = Stale::All;
+        c.rebuild().await;
+        let (a3, b3) = (pool(&c, "a"), pool(&c, "b"));
+        assert!(!Arc::ptr_eq(&a2, &a3) && !Arc::ptr_eq(&b2, &b3));
+        assert_eq!(seen(&a2), seen(&a3));
+        assert_eq!(seen(&b2), seen(&b3));
+    }
+
+    /// A change of a pool's settings takes the whole plan: every pool is built anew.
+    #[tokio::test]
+    async fn a_reload_builds_every_pool() {
+        let (mut c, _events) = controller(config(&["10.0.0.1:80"], &["10.0.1.1:80"])).await;
+        let (a0, b0) = (pool(&c, "a"), pool(&c, "b"));
+        // A pool setting changed: the whole plan, every pool anew.
+        let mut cfg = config(&["10.0.0.1:80"], &["10.0.1.1:80"]);
+        cfg.pools[1].sticky_cookie = Some("srv".into());
+        c.apply_checked(cfg).await.expect("the reload applies");
+        let (a1, b1) = (pool(&c, "a"), pool(&c, "b"));
+        assert!(!Arc::ptr_eq(&a0, &a1) && !Arc::ptr_eq(&b0, &b1));
+        assert_eq!(b1.sticky_cookie.as_deref(), Some("srv"));
+        assert_eq!(seen(&a0), seen(&a1));
+    }
+}

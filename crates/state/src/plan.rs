@@ -257,7 +257,7 @@ fn plan_listeners(
 /// the whole [`plan`] then applies. Running state consistent with `old` (as the
 /// controller's is after carrying out `old`'s plan) gives the same steps as [`plan`] minus
 /// its keep-everything ones (the tests compare the two).
-pub fn backends_only(old: &Config, new: &Config) -> Option<Vec<BackendPlan>> {
+pub fn backends_only(old: &Config, new: &Config) -> Option<BackendsOnly> {
     // Every field named, so that a new one is not silently taken as unchanged.
     let Config {
         admin,
@@ -277,7 +277,7 @@ pub fn backends_only(old: &Config, new: &Config) -> Option<Vec<BackendPlan>> {
         return None;
     }
     let mut out = Vec::new();
-    let mut changed = false;
+    let mut changed = Vec::new();
     for (o, n) in old.pools.iter().zip(pools) {
         if o.backends == n.backends {
             if o != n {
@@ -285,7 +285,7 @@ pub fn backends_only(old: &Config, new: &Config) -> Option<Vec<BackendPlan>> {
             }
             continue;
         }
-        changed = true;
+        changed.push(n.name.clone());
         if o.discovery.is_some() || n.discovery.is_some() || !same_but_backends(o, n) {
             return None;
         }
@@ -328,7 +328,20 @@ pub fn backends_only(old: &Config, new: &Config) -> Option<Vec<BackendPlan>> {
             checker: checker.clone(),
         }));
     }
-    changed.then_some(out)
+    (!changed.is_empty()).then_some(BackendsOnly {
+        steps: out,
+        pools: changed,
+    })
+}
+
+/// A change of static backends only ([`backends_only`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendsOnly {
+    /// A step per backend that comes or goes.
+    pub steps: Vec<BackendPlan>,
+    /// The pools whose backends changed (also by weight or order only), in the config's
+    /// order: the only ones a new snapshot must build anew.
+    pub pools: Vec<String>,
 }
 
 /// The addresses of `now` that `before` does not hold, in the order of `now`.
@@ -931,18 +944,39 @@ mod tests {
         let running = carried_out(&Running::default(), &first, &base);
         let changes = [
             // added at the end, in the middle, removed, reordered, re-weighted, both pools
-            svc.clone()
-                + &a(&["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80"])
-                + &b(&["10.0.1.1:80"]),
-            svc.clone()
-                + &a(&["10.0.0.1:80", "10.0.0.9:80", "10.0.0.2:80", "10.0.0.3:80"])
-                + &b(&["10.0.1.1:80"]),
-            svc.clone() + &a(&["10.0.0.1:80", "10.0.0.3:80"]) + &b(&["10.0.1.1:80"]),
-            svc.clone() + &a(&["10.0.0.3:80", "10.0.0.1:80"]) + &b(&["10.0.1.1:80"]),
-            weighted,
-            svc.clone() + &a(&[]) + &b(&["10.0.1.1:80", "10.0.1.2:80"]),
+            (
+                svc.clone()
+                    + &a(&["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80"])
+                    + &b(&["10.0.1.1:80"]),
+                &["a"][..],
+            ),
+            (
+                svc.clone()
+                    + &a(&["10.0.0.1:80", "10.0.0.9:80", "10.0.0.2:80", "10.0.0.3:80"])
+                    + &b(&["10.0.1.1:80"]),
+                &["a"],
+            ),
+            (
+                svc.clone() + &a(&["10.0.0.1:80", "10.0.0.3:80"]) + &b(&["10.0.1.1:80"]),
+                &["a"],
+            ),
+            (
+                svc.clone() + &a(&["10.0.0.3:80", "10.0.0.1:80"]) + &b(&["10.0.1.1:80"]),
+                &["a"],
+            ),
+            (weighted, &["a"]),
+            (
+                svc.clone() + &a(&[]) + &b(&["10.0.1.1:80", "10.0.1.2:80"]),
+                &["a", "b"],
+            ),
+            (
+                svc.clone()
+                    + &a(&["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"])
+                    + &b(&["10.0.1.2:80"]),
+                &["b"],
+            ),
         ];
-        for text in &changes {
+        for (text, pools) in &changes {
             let new = config(text);
             let whole = plan(&base, &new, &running, &served, &l7);
             let mut expected: Vec<BackendPlan> = whole
@@ -950,7 +984,9 @@ mod tests {
                 .into_iter()
                 .filter(|s| !(s.track == TrackStep::Keep && s.checker == CheckerStep::Keep))
                 .collect();
-            let mut got = backends_only(&base, &new).expect("a backend-only change");
+            let only = backends_only(&base, &new).expect("a backend-only change");
+            assert_eq!(only.pools, *pools, "{text}");
+            let mut got = only.steps;
             let order =
                 |x: &BackendPlan, y: &BackendPlan| (&x.pool, x.address).cmp(&(&y.pool, y.address));
             expected.sort_by(order);
