@@ -284,3 +284,37 @@ async fn sockmap_sigterm_drains_open_connection() {
         f.stderr_tail(20)
     );
 }
+
+/// Without the capabilities BPF needs (`setpriv --bounding-set=-all`: root without any),
+/// `--relay sockmap` refuses to start, exit 1, and says why and what would work.
+#[test]
+fn sockmap_without_bpf_permission_fails_at_start() {
+    if !require_root("sockmap_without_bpf_permission_fails_at_start")
+        || !fulcrum_xdp::testing::require(
+            "sockmap_without_bpf_permission_fails_at_start",
+            fulcrum_xdp::testing::have_program("setpriv"),
+            "setpriv (apt-get install util-linux)",
+        )
+    {
+        return;
+    }
+    let (admin, listen) = (free_addr(), free_addr());
+    let dir = common::temp_dir("sockmap-noperm");
+    let cfg = dir.join("fulcrum.toml");
+    std::fs::write(&cfg, config(admin, listen, "", &[free_addr()])).unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args(["--bounding-set=-all", "--inh-caps=-all", "--"])
+        .arg(env!("CARGO_BIN_EXE_fulcrum"))
+        .args(["run", "-c"])
+        .arg(&cfg)
+        .args(["--relay", "sockmap"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr:\n{stderr}");
+    assert!(
+        stderr.contains("--relay sockmap: the in-kernel relay is not available")
+            && stderr.contains("--relay auto"),
+        "stderr:\n{stderr}"
+    );
+}
