@@ -173,7 +173,14 @@ async fn handle(shared: &Shared, svc: &Slot, client: TcpStream, peer: SocketAddr
     let opened = shared.now();
     let _age = OpenAge::new(&pool.stats[idx].signals, opened);
     let (end, bytes_in, bytes_out) = if shared.relay_mode == RelayMode::Sockmap {
-        crate::kernel_relay::relay(client, backend, svc.idle_timeout, &svc.stats).await
+        // Boxed: the copy relay's connections do not carry the kernel relay's state.
+        Box::pin(crate::kernel_relay::relay(
+            client,
+            backend,
+            svc.idle_timeout,
+            &svc.stats,
+        ))
+        .await
     } else {
         relay(
             &client,
