@@ -93,10 +93,26 @@ impl SockRelay {
         // While one socket is linked and the other not yet, the verdict could not send a
         // linked socket's bytes on: a high SO_RCVLOWAT keeps TCP from calling data_ready
         // (the verdict) for arriving bytes until both are linked.
-        for fd in [fa, fb] {
-            set_rcvlowat(fd, 1 << 30)?;
+        let linked = [fa, fb]
+            .into_iter()
+            .try_for_each(|fd| set_rcvlowat(fd, 1 << 30))
+            .and_then(|()| self.link(&mut pair, [fa, fb]));
+        if let Err(e) = linked {
+            // Unlinked first, then the usual SO_RCVLOWAT: the bytes stay for userspace.
+            drop(pair);
+            for fd in [fa, fb] {
+                let _ = set_rcvlowat(fd, 1);
+            }
+            return Err(e);
         }
+        Ok(pair)
+    }
+
+    /// Writes both entries, links both sockets and starts the relay of queued bytes.
+    fn link(&self, pair: &mut Pair<'_>, [fa, fb]: [RawFd; 2]) -> io::Result<()> {
+        let [ca, cb] = pair.cookies;
         let now = monotonic_ns();
+        pair.linked = 1;
         for (c, peer) in [(ca, cb), (cb, ca)] {
             let e = SockRelayEntry {
                 peer,
@@ -105,7 +121,6 @@ impl SockRelay {
             };
             map_update(self.relay.fd().as_fd().as_raw_fd(), &c, &e)?;
         }
-        pair.linked = 1;
         map_update(self.socks.fd().as_fd().as_raw_fd(), &ca, &fa)?;
         pair.linked = 2;
         map_update(self.socks.fd().as_fd().as_raw_fd(), &cb, &fb)?;
@@ -122,7 +137,7 @@ impl SockRelay {
         for (from, to) in [(fa, fb), (fb, fa)] {
             forward_leftover(from, to)?;
         }
-        Ok(pair)
+        Ok(())
     }
 }
 
