@@ -22,7 +22,7 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 crates/xdp/bpf/build.sh "$out"
 status=0
-for o in xdp_lb.o xdp_lb_state.o decap.o; do
+for o in xdp_lb.o xdp_lb_state.o decap.o sockmap.o; do
   if ! cmp -s "$out/$o" "crates/xdp/bpf/obj/$o"; then
     echo "build-bpf: crates/xdp/bpf/obj/$o differs from a fresh clang build ($(clang --version | head -1))." >&2
     echo "  rebuild with: crates/xdp/bpf/build.sh obj   (and commit the objects)" >&2

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const OBJECTS: [&str; 3] = ["xdp_lb.o", "xdp_lb_state.o", "decap.o"];
+const OBJECTS: [&str; 4] = ["xdp_lb.o", "xdp_lb_state.o", "decap.o", "sockmap.o"];
 
 fn main() {
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
@@ -18,6 +18,7 @@ fn main() {
         "build.sh",
         "xdp_lb.c",
         "decap.c",
+        "sockmap.c",
         "include/types.h",
         "include/parsing.h",
         "include/jhash.h",
@@ -29,6 +30,7 @@ fn main() {
         "obj/xdp_lb.o",
         "obj/xdp_lb_state.o",
         "obj/decap.o",
+        "obj/sockmap.o",
     ] {
         println!("cargo:rerun-if-changed=bpf/{f}");
     }

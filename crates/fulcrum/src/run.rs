@@ -46,8 +46,9 @@ pub struct RunArgs {
     /// Data-path threads (default: one per core).
     #[arg(long)]
     pub workers: Option<usize>,
-    /// How TCP relays move bytes: buffered copy, splice(2) through a pipe, or auto (copy,
-    /// switching a direction to splice once it carries bulk data).
+    /// How TCP relays move bytes: buffered copy, splice(2) through a pipe, auto (copy,
+    /// switching a direction to splice once it carries bulk data), or sockmap (in the
+    /// kernel, by a BPF program; docs/l4.md).
     #[arg(long, value_enum, default_value_t = Relay::Auto)]
     pub relay: Relay,
     /// Log format on stderr.
@@ -99,6 +100,9 @@ pub enum Relay {
     Copy,
     Splice,
     Auto,
+    /// In the kernel: both sockets in a sockmap whose BPF program redirects each skb to the
+    /// other (needs root or `CAP_BPF`+`CAP_NET_ADMIN`; fails at start-up without).
+    Sockmap,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -174,7 +178,13 @@ pub fn run(args: &RunArgs) -> anyhow::Result<u8> {
         Relay::Copy => RelayMode::Copy,
         Relay::Splice => RelayMode::Splice,
         Relay::Auto => RelayMode::Auto,
+        Relay::Sockmap => RelayMode::Sockmap,
     };
+    if mode == RelayMode::Sockmap {
+        fulcrum_proxy::kernel_relay::install()
+            .context("--relay sockmap: the in-kernel relay is not available (use --relay auto)")?;
+        tracing::info!("relay: sockmap (established TCP connections relayed in the kernel)");
+    }
     // A LocalSet: with one worker, the worker runs on this thread (`fulcrum_proxy::worker::start_inline`).
     let life = Lifecycle {
         handover: args.handover.clone(),

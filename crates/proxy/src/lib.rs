@@ -4,12 +4,13 @@
 //!
 //! - [`worker`]: data-path threads, one `SO_REUSEPORT` socket each per service.
 //! - [`accept`]: accepting exactly the connections the kernel reports queued.
-//! - [`tcp`], [`udp`], [`relay`] (with [`splice`]), [`proxy_protocol`]: the per-connection
-//!   path.
+//! - [`tcp`], [`udp`], [`relay`] (with [`splice`]), [`kernel_relay`] (`--relay sockmap`),
+//!   [`proxy_protocol`]: the per-connection path.
 //! - [`dns`]: the DNS service's UDP and TCP sockets (the answers are `fulcrum_core::dns`'s).
 
 pub mod accept;
 pub mod dns;
+pub mod kernel_relay;
 pub mod proxy_protocol;
 pub mod relay;
 pub mod splice;

@@ -19,7 +19,7 @@ use crate::proxy_protocol;
 use crate::relay::{relay, RelayEnd};
 use fulcrum_state::connlog::{ConnEntry, Termination};
 use fulcrum_state::ratelog::LogLimit;
-use fulcrum_state::snapshot::{ServiceRt, Shared};
+use fulcrum_state::snapshot::{RelayMode, ServiceRt, Shared};
 use fulcrum_state::stats::ActiveGuard;
 
 /// Connect attempts per client connection (the first choice plus retries on other backends).
@@ -172,14 +172,25 @@ async fn handle(shared: &Shared, svc: &Slot, client: TcpStream, peer: SocketAddr
     let _active = ActiveGuard::new(&pool.stats[idx].active);
     let opened = shared.now();
     let _age = OpenAge::new(&pool.stats[idx].signals, opened);
-    let (end, bytes_in, bytes_out) = relay(
-        &client,
-        &backend,
-        svc.idle_timeout,
-        shared.relay_mode,
-        &svc.stats,
-    )
-    .await;
+    let (end, bytes_in, bytes_out) = if shared.relay_mode == RelayMode::Sockmap {
+        // Boxed: the copy relay's connections do not carry the kernel relay's state.
+        Box::pin(crate::kernel_relay::relay(
+            client,
+            backend,
+            svc.idle_timeout,
+            &svc.stats,
+        ))
+        .await
+    } else {
+        relay(
+            &client,
+            &backend,
+            svc.idle_timeout,
+            shared.relay_mode,
+            &svc.stats,
+        )
+        .await
+    };
     let termination = match end {
         // A connection that ended normally tells `peak_ewma` how long the backend held it
         // (idle timeouts and errors say nothing about the backend's speed).
@@ -188,14 +199,12 @@ async fn handle(shared: &Shared, svc: &Slot, client: TcpStream, peer: SocketAddr
             pool.observe_connection(idx, now.saturating_sub(opened), now);
             Termination::Closed
         }
-        // The client's address is asked again only for the log line, so the established
-        // connection's task does not carry it.
         RelayEnd::IdleTimeout => {
-            tracing::debug!(service = %svc.name, client = ?client.peer_addr().ok(), "idle timeout");
+            tracing::debug!(service = %svc.name, client = %peer, "idle timeout");
             Termination::IdleTimeout
         }
         RelayEnd::Error(e) => {
-            tracing::debug!(service = %svc.name, client = ?client.peer_addr().ok(), error = %e, "relay ended");
+            tracing::debug!(service = %svc.name, client = %peer, error = %e, "relay ended");
             Termination::Error
         }
     };

@@ -466,11 +466,13 @@ impl Shared {
 }
 
 /// How the L4 relay moves bytes (`fulcrum_proxy::relay`): a buffered copy, `splice(2)`, or
-/// copy that switches to splice once a read fills the whole buffer.
+/// copy that switches to splice once a read fills the whole buffer, or the in-kernel relay
+/// (`fulcrum_proxy::kernel_relay`, a sockmap).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RelayMode {
     Copy,
     Splice,
     #[default]
     Auto,
+    Sockmap,
 }

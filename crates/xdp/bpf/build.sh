@@ -10,7 +10,7 @@ mkdir -p "$out"
 CLANG=${CLANG:-clang}
 STRIP=${LLVM_STRIP:-llvm-strip}
 arch_inc=/usr/include/$(uname -m)-linux-gnu
-for prog in xdp_lb decap; do
+for prog in xdp_lb decap sockmap; do
 	$CLANG -O2 -g -target bpf -fdebug-compilation-dir=. -Wall -Werror \
 		-I include -I "$arch_inc" -c "$prog.c" -o "$out/$prog.o"
 	$STRIP -g "$out/$prog.o"

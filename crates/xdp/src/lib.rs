@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod natsync;
 pub mod neigh;
 pub mod plane;
+pub mod sockmap;
 #[doc(hidden)]
 pub mod testing;
 pub mod testrun;
@@ -35,3 +36,5 @@ pub static XDP_LB_STATE_OBJ: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_lb_state.o"));
 /// The decap object (`bpf/decap.c`).
 pub static DECAP_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/decap.o"));
+/// The in-kernel TCP relay (`bpf/sockmap.c`).
+pub static SOCKMAP_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sockmap.o"));

@@ -387,6 +387,21 @@ pub struct Counter {
 }
 const _: () = assert!(size_of::<Counter>() == 16);
 
+/// `struct sock_relay` (`sockmap.c`): one relayed socket, keyed by its socket cookie.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SockRelayEntry {
+    /// The paired socket's cookie.
+    pub peer: u64,
+    /// Bytes received on this socket and redirected.
+    pub bytes: u64,
+    /// `bpf_ktime_get_ns()` of the last redirected skb.
+    pub last_ns: u64,
+}
+const _: () = assert!(size_of::<SockRelayEntry>() == 24);
+/// `FX_SOCKMAP_ENTRIES`: sockets the in-kernel relay holds at once.
+pub const SOCKMAP_ENTRIES: u32 = 131_072;
+
 // SAFETY: plain `#[repr(C)]` data of integers and byte arrays, without padding holes
 // (sizes asserted above), valid for every bit pattern.
 #[allow(unsafe_code)]
@@ -406,6 +421,7 @@ mod pod {
     unsafe impl aya::Pod for super::NatEvent {}
     unsafe impl aya::Pod for super::NatSrc {}
     unsafe impl aya::Pod for super::NatOwner {}
+    unsafe impl aya::Pod for super::SockRelayEntry {}
 }
 
 /// An address as the maps hold it: family and 16 bytes (IPv4 in the first four). IPv4-mapped

@@ -25,6 +25,7 @@ fn sizes_and_constants_match_the_c_header() {
         ("nat_owner", size_of::<NatOwner>()),
         ("gue_sc", size_of::<GueSc>()),
         ("sc_addr", size_of::<ScAddr>()),
+        ("sock_relay", size_of::<SockRelayEntry>()),
     ];
     let mut found = 0;
     for line in h.lines() {
@@ -68,6 +69,7 @@ fn sizes_and_constants_match_the_c_header() {
     assert_eq!(define("FX_GUE_SC4_LEN"), GUE_SC4_LEN as u64);
     assert_eq!(define("FX_GUE_SC6_LEN"), GUE_SC6_LEN as u64);
     assert_eq!(define("FX_MAX_BACKENDS"), u64::from(MAX_BACKENDS));
+    assert_eq!(define("FX_SOCKMAP_ENTRIES"), u64::from(SOCKMAP_ENTRIES));
     assert_eq!(define("FX_MAGLEV_MAX"), u64::from(MAGLEV_MAX));
     assert_eq!(define("FX_CT_ENTRIES"), u64::from(CT_ENTRIES));
     assert_eq!(define("FX_FCACHE_SLOTS"), u64::from(FCACHE_SLOTS));

@@ -337,4 +337,16 @@ struct counter {
 };
 _Static_assert(sizeof(struct counter) == 16, "counter");
 
+/* sockmap.c: one relayed socket (the key is its socket cookie). `peer`: the paired socket's
+ * cookie, where this socket's bytes go; `bytes`: bytes received on this socket and
+ * redirected; `last_ns`: bpf_ktime_get_ns() of the last such skb (CLOCK_MONOTONIC). */
+struct sock_relay {
+	__u64 peer;
+	__u64 bytes;
+	__u64 last_ns;
+};
+_Static_assert(sizeof(struct sock_relay) == 24, "sock_relay");
+/* Sockets the in-kernel relay holds at once (two per connection). */
+#define FX_SOCKMAP_ENTRIES 131072
+
 #endif
