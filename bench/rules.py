@@ -206,11 +206,26 @@ def children(pid: int) -> list[int]:
     return [pid, *[int(x) for x in out.split()]]
 
 
+def proxy_cmd(tmp: Path, proxy: str, port: int, be: int, rule: str, binary: str) -> list[str]:
+    """The command that runs `proxy` (haproxy, nginx or fulcrum) on `port` with `rule`."""
+    return {"haproxy": lambda: haproxy(tmp, port, be, rule),
+            "nginx": lambda: nginx(tmp, port, be, rule),
+            "fulcrum": lambda: fulcrum(tmp, port, be, rule, binary)}[proxy]()
+
+
+def stop(p: subprocess.Popen) -> None:
+    """Stops a proxy this harness started: SIGTERM, then SIGKILL after 10 s."""
+    p.terminate()
+    try:
+        p.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+
+
 def one(args, tmp: Path, proxy: str, rule: str, be: int) -> float:
     port = l4.free_port()
-    cmd = {"haproxy": lambda: haproxy(tmp, port, be, rule),
-           "nginx": lambda: nginx(tmp, port, be, rule),
-           "fulcrum": lambda: fulcrum(tmp, port, be, rule, args.fulcrum)}[proxy]()
+    cmd = proxy_cmd(tmp, proxy, port, be, rule, args.fulcrum)
     p = subprocess.Popen(["taskset", "-c", "0", *cmd], stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL)
     try:
@@ -243,12 +258,7 @@ def one(args, tmp: Path, proxy: str, rule: str, be: int) -> float:
             raise RuntimeError(f"{proxy}/{rule}: bad run:\n{out}")
         return (c1 - c0) * 1e6 / l4.CLK_TCK / reqs
     finally:
-        p.terminate()
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+        stop(p)
 
 
 def main() -> int:

@@ -72,9 +72,7 @@ def loadgen() -> str:
 
 def one(args, tmp: Path, proxy: str, be: int, procs: Path, gen: str) -> dict:
     port = l4.free_port()
-    cmd = {"haproxy": lambda: rules.haproxy(tmp, port, be, "none"),
-           "nginx": lambda: rules.nginx(tmp, port, be, "none"),
-           "fulcrum": lambda: rules.fulcrum(tmp, port, be, "none", args.fulcrum)}[proxy]()
+    cmd = rules.proxy_cmd(tmp, proxy, port, be, "none", args.fulcrum)
 
     def enter() -> None:  # in the child, before exec: its children inherit the cgroup
         procs.write_text(str(os.getpid()))
@@ -100,12 +98,7 @@ def one(args, tmp: Path, proxy: str, be: int, procs: Path, gen: str) -> dict:
             time.sleep(1)
         return r
     finally:
-        p.terminate()
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+        rules.stop(p)
 
 
 def main() -> int:
