@@ -600,7 +600,7 @@ def render(args, runs: list[dict], names: list[str], kinds: list[str], info: dic
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--only", default=",".join(PROXIES))
+    ap.add_argument("--only", default="haproxy,nginx,fulcrum")
     ap.add_argument("--certs", default=",".join(CERTS))
     ap.add_argument("--fulcrum", default=str(REPO / "target/release/fulcrum"))
     ap.add_argument("--fulcrum-arg", action="append", default=[], metavar="ARG")
