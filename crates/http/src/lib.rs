@@ -405,8 +405,10 @@ pub(crate) struct ConnCtx {
     pub local: SocketAddr,
     pub tls: bool,
     /// The client's verified certificate (`[service.tls] client_ca`), set after the
-    /// handshake.
-    pub peer_cert: std::cell::OnceCell<PeerCert>,
+    /// handshake. Boxed: every connection's context carries the cell, few a certificate
+    /// (inline, its two strings grew the context from mimalloc's 128-byte size class to
+    /// the 192-byte one: memory per idle connection, docs/benchmarks.md).
+    pub peer_cert: std::cell::OnceCell<Box<PeerCert>>,
     /// Notified when the process starts draining.
     pub drain: Rc<tokio::sync::Notify>,
     /// Whether this value counts the connection as open (a renewed context takes the count
@@ -553,7 +555,7 @@ async fn serve_tls(ctx: Rc<ConnCtx>, sock: TcpStream) {
             .peer_certificates()
             .and_then(<[_]>::first)
         {
-            let _ = ctx.peer_cert.set(PeerCert::of(leaf));
+            let _ = ctx.peer_cert.set(Box::new(PeerCert::of(leaf)));
         }
     }
     if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
@@ -590,5 +592,17 @@ impl fulcrum_state::l7::CheckTls for CheckTlsState {
             Some(rustls::pki_types::ServerName::DnsName(n)) => Some(n.as_ref()),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every connection holds one `Rc<ConnCtx>`, parked or not: it must stay in mimalloc's
+    /// 128-byte size class (with the `Rc`'s two counts), as it was before the client
+    /// certificate's cell was added (an idle connection then cost 64 bytes more).
+    #[test]
+    fn connection_context_fits_128_bytes() {
+        let rc_box = std::mem::size_of::<super::ConnCtx>() + 2 * std::mem::size_of::<usize>();
+        assert!(rc_box <= 128, "Rc<ConnCtx> takes {rc_box} bytes");
     }
 }

@@ -567,7 +567,7 @@ impl<'a> From<&'a ConnCtx> for Client<'a> {
                 .tls
                 .as_ref()
                 .and_then(|t| t.client_headers.as_ref())
-                .map(|h| (h, c.peer_cert.get())),
+                .map(|h| (h, c.peer_cert.get().map(Box::as_ref))),
         }
     }
 }

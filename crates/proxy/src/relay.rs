@@ -262,59 +262,65 @@ impl Half {
 
 /// Relays between `client` and `backend` until both halves close, a side fails, or nothing
 /// moves for `idle`. Returns how it ended and the bytes moved: (from the client, to it).
-pub async fn relay(
-    client: &TcpStream,
-    backend: &TcpStream,
+///
+/// An `async move` block, not an `async fn`: an `async fn` keeps its arguments twice in its
+/// state (rust-lang/rust#62958), and every established connection's task holds this state.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+pub fn relay<'a>(
+    client: &'a TcpStream,
+    backend: &'a TcpStream,
     idle: Duration,
     mode: RelayMode,
-    counters: &ServiceStats,
-) -> (RelayEnd, u64, u64) {
-    let mut up = Half::new(mode);
-    let mut down = Half::new(mode);
-    let mut last = Instant::now();
-    let mut timer = pin!(sleep_until(last + idle));
-    let end = poll_fn(|cx| {
-        let mut moved = false;
-        let u = if up.is_done() {
-            Poll::Ready(Ok(()))
-        } else {
-            up.poll(cx, (client, backend), down.is_done(), &mut moved)
-        };
-        let d = if down.is_done() {
-            Poll::Ready(Ok(()))
-        } else {
-            down.poll(cx, (backend, client), up.is_done(), &mut moved)
-        };
-        up.flush_count(&counters.bytes_in, false);
-        down.flush_count(&counters.bytes_out, false);
-        match (u, d) {
-            (Poll::Ready(Err(e)), _) | (_, Poll::Ready(Err(e))) => {
-                return Poll::Ready(RelayEnd::Error(e));
+    counters: &'a ServiceStats,
+) -> impl std::future::Future<Output = (RelayEnd, u64, u64)> + 'a {
+    async move {
+        let mut up = Half::new(mode);
+        let mut down = Half::new(mode);
+        let mut last = Instant::now();
+        let mut timer = pin!(sleep_until(last + idle));
+        let end = poll_fn(|cx| {
+            let mut moved = false;
+            let u = if up.is_done() {
+                Poll::Ready(Ok(()))
+            } else {
+                up.poll(cx, (client, backend), down.is_done(), &mut moved)
+            };
+            let d = if down.is_done() {
+                Poll::Ready(Ok(()))
+            } else {
+                down.poll(cx, (backend, client), up.is_done(), &mut moved)
+            };
+            up.flush_count(&counters.bytes_in, false);
+            down.flush_count(&counters.bytes_out, false);
+            match (u, d) {
+                (Poll::Ready(Err(e)), _) | (_, Poll::Ready(Err(e))) => {
+                    return Poll::Ready(RelayEnd::Error(e));
+                }
+                (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => return Poll::Ready(RelayEnd::Closed),
+                _ => {}
             }
-            (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => return Poll::Ready(RelayEnd::Closed),
-            _ => {}
-        }
-        if moved {
-            last = Instant::now();
-        }
-        loop {
-            if timer.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
+            if moved {
+                last = Instant::now();
             }
-            let deadline = last + idle;
-            if Instant::now() >= deadline {
-                return Poll::Ready(RelayEnd::IdleTimeout);
+            loop {
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                let deadline = last + idle;
+                if Instant::now() >= deadline {
+                    return Poll::Ready(RelayEnd::IdleTimeout);
+                }
+                timer.as_mut().reset(deadline);
             }
-            timer.as_mut().reset(deadline);
+        })
+        .await;
+        up.flush_count(&counters.bytes_in, true);
+        down.flush_count(&counters.bytes_out, true);
+        if matches!(end, RelayEnd::Error(_) | RelayEnd::IdleTimeout) {
+            // Abort both sides with RST so neither peer mistakes the cut for a clean end.
+            let _ = SockRef::from(client).set_linger(Some(Duration::ZERO));
+            let _ = SockRef::from(backend).set_linger(Some(Duration::ZERO));
         }
-    })
-    .await;
-    up.flush_count(&counters.bytes_in, true);
-    down.flush_count(&counters.bytes_out, true);
-    if matches!(end, RelayEnd::Error(_) | RelayEnd::IdleTimeout) {
-        // Abort both sides with RST so neither peer mistakes the cut for a clean end.
-        let _ = SockRef::from(client).set_linger(Some(Duration::ZERO));
-        let _ = SockRef::from(backend).set_linger(Some(Duration::ZERO));
+        (end, up.total, down.total)
     }
-    (end, up.total, down.total)
 }

@@ -60,12 +60,7 @@ pub async fn serve(shared: Arc<Shared>, mut listener: Acceptor, listen: SocketAd
                 continue;
             }
         }
-        let shared = Arc::clone(&shared);
-        tokio::task::spawn_local(async move {
-            handle(&shared, &slot, sock, peer).await;
-            drop(slot);
-            fulcrum_state::memory::connection_ended();
-        });
+        tokio::task::spawn_local(handle(Arc::clone(&shared), slot, sock, peer));
     }
 }
 
@@ -114,110 +109,131 @@ fn reset(sock: &TcpStream) {
 /// Refused TLS passthrough clients are logged at most once a second.
 static BAD_HELLO: LogLimit = LogLimit::new();
 
-/// Serves one client; `svc`'s place among `max_connections` is held until this returns.
-async fn handle(shared: &Shared, svc: &Slot, client: TcpStream, peer: SocketAddr) {
-    let svc: &ServiceRt = svc;
-    let _open = ActiveGuard::new(&shared.global.open_connections);
-    svc.stats.total.fetch_add(1, Ordering::Relaxed);
-    // Only with a connection log: the clocks it needs.
-    let start = svc
-        .conn_log
-        .as_ref()
-        .map(|_| (std::time::SystemTime::now(), std::time::Instant::now()));
-    // The service address is the local address unless it listens on a wildcard (saves a
-    // getsockname per connection).
-    let local = if svc.listen.ip().is_unspecified() {
-        client.local_addr().unwrap_or(svc.listen)
-    } else {
-        svc.listen
-    };
-    let _ = client.set_nodelay(true);
-    // TLS passthrough: the pool is chosen by the ClientHello's server name; the hello's
-    // bytes are sent on first, unchanged.
-    let mut hello = Vec::new();
-    let pool = if svc.sni_routes.is_empty() {
-        &svc.pool
-    } else {
-        // Boxed: the hello reader's 4 KiB read buffer lives only while the hello is read, not
-        // in every established connection's task (the idle-connection memory test caught
-        // 5.7 KB per connection with it inline).
-        match Box::pin(read_hello(&client, &mut hello)).await {
-            Ok(name) => sni_pool(svc, name.as_deref()),
-            Err(why) => {
-                svc.stats.refused_bad_hello.fetch_add(1, Ordering::Relaxed);
-                if let Some(suppressed) = BAD_HELLO.allow() {
-                    tracing::info!(service = %svc.name, %peer, suppressed, "TLS passthrough: closed, {why}");
+/// Serves one client; its place among the service's `max_connections` (`slot`) is held
+/// until it ends.
+///
+/// A plain function returning an `async move` block rather than an `async fn` inside a
+/// spawned block: an established connection's task carries this state for its whole life,
+/// and an `async fn` keeps each argument twice in it (the argument and the local it is moved
+/// into, rust-lang/rust#62958), a spawning block around it a third time (the client socket
+/// and address cost 216 bytes so, enough to move the task up a size class: memory per idle
+/// connection, docs/benchmarks.md).
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+fn handle(
+    shared: Arc<Shared>,
+    slot: Slot,
+    client: TcpStream,
+    peer: SocketAddr,
+) -> impl std::future::Future<Output = ()> {
+    async move {
+        'conn: {
+            let shared: &Shared = &shared;
+            let svc: &ServiceRt = &slot;
+            let _open = ActiveGuard::new(&shared.global.open_connections);
+            svc.stats.total.fetch_add(1, Ordering::Relaxed);
+            // Only with a connection log: the clocks it needs.
+            let start = svc
+                .conn_log
+                .as_ref()
+                .map(|_| (std::time::SystemTime::now(), std::time::Instant::now()));
+            // The service address is the local address unless it listens on a wildcard
+            // (saves a getsockname per connection).
+            let local = if svc.listen.ip().is_unspecified() {
+                client.local_addr().unwrap_or(svc.listen)
+            } else {
+                svc.listen
+            };
+            let _ = client.set_nodelay(true);
+            // TLS passthrough: the pool is chosen by the ClientHello's server name; the
+            // hello's bytes are sent on first, unchanged.
+            let mut hello = Vec::new();
+            let pool = if svc.sni_routes.is_empty() {
+                &svc.pool
+            } else {
+                // Boxed: the hello reader's 4 KiB read buffer lives only while the hello is
+                // read, not in every established connection's task (the idle-connection
+                // memory test caught 5.7 KB per connection with it inline).
+                match Box::pin(read_hello(&client, &mut hello)).await {
+                    Ok(name) => sni_pool(svc, name.as_deref()),
+                    Err(why) => {
+                        svc.stats.refused_bad_hello.fetch_add(1, Ordering::Relaxed);
+                        if let Some(suppressed) = BAD_HELLO.allow() {
+                            tracing::info!(service = %svc.name, %peer, suppressed, "TLS passthrough: closed, {why}");
+                        }
+                        break 'conn;
+                    }
                 }
-                return;
+            };
+            // Boxed: the connect phase's state (retries, timeout, connect future) is
+            // allocated only while connecting, so an established connection's task stays
+            // small (memory per idle connection is the figure HAProxy and nginx are
+            // measured on).
+            let (mut backend, idx) = match Box::pin(connect(shared, svc, pool, peer, local)).await {
+                Ok(x) => x,
+                Err(why) => {
+                    reset(&client);
+                    log_conn(svc, pool, start, peer, None, (0, 0), why);
+                    break 'conn;
+                }
+            };
+            if !hello.is_empty() && backend.write_all(&hello).await.is_err() {
+                let addr = pool.backends.get(idx).map(|b| b.address);
+                log_conn(svc, pool, start, peer, addr, (0, 0), Termination::Error);
+                break 'conn;
             }
+            drop(hello);
+            let _active = ActiveGuard::new(&pool.stats[idx].active);
+            let age = OpenAge::new(&pool.stats[idx].signals, shared.now());
+            let (end, bytes_in, bytes_out) = if shared.relay_mode == RelayMode::Sockmap {
+                // Boxed: the copy relay's connections do not carry the kernel relay's state.
+                Box::pin(crate::kernel_relay::relay(
+                    client,
+                    backend,
+                    svc.idle_timeout,
+                    &svc.stats,
+                ))
+                .await
+            } else {
+                relay(
+                    &client,
+                    &backend,
+                    svc.idle_timeout,
+                    shared.relay_mode,
+                    &svc.stats,
+                )
+                .await
+            };
+            let termination = match end {
+                // A connection that ended normally tells `peak_ewma` how long the backend
+                // held it (idle timeouts and errors say nothing about the backend's speed).
+                RelayEnd::Closed => {
+                    let now = shared.now();
+                    pool.observe_connection(idx, now.saturating_sub(age.opened), now);
+                    Termination::Closed
+                }
+                RelayEnd::IdleTimeout => {
+                    tracing::debug!(service = %svc.name, client = %peer, "idle timeout");
+                    Termination::IdleTimeout
+                }
+                RelayEnd::Error(e) => {
+                    tracing::debug!(service = %svc.name, client = %peer, error = %e, "relay ended");
+                    Termination::Error
+                }
+            };
+            let backend = pool.backends.get(idx).map(|b| b.address);
+            log_conn(
+                svc,
+                pool,
+                start,
+                peer,
+                backend,
+                (bytes_in, bytes_out),
+                termination,
+            );
         }
-    };
-    // Boxed: the connect phase's state (retries, timeout, connect future) is allocated only
-    // while connecting, so an established connection's task stays small (memory per idle
-    // connection is the figure HAProxy and nginx are measured on).
-    let (mut backend, idx) = match Box::pin(connect(shared, svc, pool, peer, local)).await {
-        Ok(x) => x,
-        Err(why) => {
-            reset(&client);
-            log_conn(svc, pool, start, peer, None, (0, 0), why);
-            return;
-        }
-    };
-    if !hello.is_empty() && backend.write_all(&hello).await.is_err() {
-        let addr = pool.backends.get(idx).map(|b| b.address);
-        log_conn(svc, pool, start, peer, addr, (0, 0), Termination::Error);
-        return;
+        drop(slot);
+        fulcrum_state::memory::connection_ended();
     }
-    drop(hello);
-    let _active = ActiveGuard::new(&pool.stats[idx].active);
-    let opened = shared.now();
-    let _age = OpenAge::new(&pool.stats[idx].signals, opened);
-    let (end, bytes_in, bytes_out) = if shared.relay_mode == RelayMode::Sockmap {
-        // Boxed: the copy relay's connections do not carry the kernel relay's state.
-        Box::pin(crate::kernel_relay::relay(
-            client,
-            backend,
-            svc.idle_timeout,
-            &svc.stats,
-        ))
-        .await
-    } else {
-        relay(
-            &client,
-            &backend,
-            svc.idle_timeout,
-            shared.relay_mode,
-            &svc.stats,
-        )
-        .await
-    };
-    let termination = match end {
-        // A connection that ended normally tells `peak_ewma` how long the backend held it
-        // (idle timeouts and errors say nothing about the backend's speed).
-        RelayEnd::Closed => {
-            let now = shared.now();
-            pool.observe_connection(idx, now.saturating_sub(opened), now);
-            Termination::Closed
-        }
-        RelayEnd::IdleTimeout => {
-            tracing::debug!(service = %svc.name, client = %peer, "idle timeout");
-            Termination::IdleTimeout
-        }
-        RelayEnd::Error(e) => {
-            tracing::debug!(service = %svc.name, client = %peer, error = %e, "relay ended");
-            Termination::Error
-        }
-    };
-    let backend = pool.backends.get(idx).map(|b| b.address);
-    log_conn(
-        svc,
-        pool,
-        start,
-        peer,
-        backend,
-        (bytes_in, bytes_out),
-        termination,
-    );
 }
 
 /// Writes the connection's line when the service has a connection log.
