@@ -234,3 +234,56 @@ fn ring_hash_points_follow_weights() {
     assert!((share(0) - 1.0 / 7.0).abs() < 0.04, "{c:?}");
     assert!((share(2) - 4.0 / 7.0).abs() < 0.06, "{c:?}");
 }
+
+/// The next prime at or above `n` (3..=1,000,003) that `PrimeTableSize` accepts.
+fn prime_at_or_above(n: u32) -> PrimeTableSize {
+    (n.max(3)..=PrimeTableSize::MAX)
+        .find_map(PrimeTableSize::new)
+        .expect("a prime up to PrimeTableSize::MAX")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    /// The fast build (`Maglev::new`: probing four entries at a time, then the free-slot list
+    /// of the tail) gives exactly the table of the plain probing (`populate_reference`) and of
+    /// one probe at a time, over random pools (IPv4, IPv6, IPv4-mapped IPv6; weights 0-40 and
+    /// some far heavier; some backends down or drained; any listing order) and table sizes.
+    /// Every instance and the XDP plane must compute the same table.
+    #[test]
+    fn maglev_fast_build_is_the_reference_table(
+        backends in proptest::collection::vec((0u8..3, any::<u16>(), 1u16..4, 0u16..=40, 0u8..10), 1..400),
+        heavy in proptest::collection::vec(any::<u16>(), 0..3),
+        m in prop_oneof![3u32..300, 300u32..20_000, Just(65_537u32), 65_538u32..140_000],
+    ) {
+        use fulcrum_core::model::BackendState;
+        use fulcrum_core::sched::maglev::{populate_one_at_a_time, populate_reference};
+        let mut b: Vec<Backend> = backends
+            .iter()
+            .enumerate()
+            .map(|(i, &(kind, x, port, w, state))| {
+                let a = match kind {
+                    0 => format!("198.18.{}.{}:{port}", i / 250, i % 250),
+                    1 => format!("[2001:db8::{x:x}:{i:x}]:{port}"),
+                    _ => format!("[::ffff:198.19.{}.{}]:{port}", i / 250, i % 250),
+                };
+                let mut be = Backend::new(a.parse().expect("addr"), w);
+                be.state = match state {
+                    0 => BackendState::Down,
+                    1 => BackendState::Draining,
+                    _ => BackendState::Up,
+                };
+                be
+            })
+            .collect();
+        for (i, &w) in heavy.iter().enumerate() {
+            if let Some(be) = b.get_mut(i * 7) {
+                be.weight = fulcrum_core::model::Weight::new(w);
+            }
+        }
+        let size = prime_at_or_above(m);
+        let reference = populate_reference(&b, size);
+        let fast = Maglev::new(&b, size);
+        prop_assert_eq!(fast.table(), reference.as_slice());
+        prop_assert_eq!(populate_one_at_a_time(&b, size), reference);
+    }
+}
