@@ -287,3 +287,46 @@ proptest! {
         prop_assert_eq!(populate_one_at_a_time(&b, size), reference);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    /// `moved_ratio` is the share of slots whose owner's canonical address differs, for a
+    /// pool changed at random (backends removed, added, reweighted, listed in another order,
+    /// IPv4 written as IPv4-mapped IPv6, an address listed twice).
+    #[test]
+    fn maglev_moved_ratio_counts_owner_addresses(
+        old in proptest::collection::vec((0u16..600, 0u16..5), 1..120),
+        new in proptest::collection::vec((0u16..600, 0u16..5, any::<bool>()), 1..120),
+        m in prop_oneof![Just(251u32), Just(1009u32), Just(65_537u32)],
+    ) {
+        let addr_of = |x: u16, mapped: bool| -> std::net::SocketAddr {
+            let (hi, lo) = (x / 250, x % 250 + 1);
+            if mapped {
+                format!("[::ffff:198.18.{hi}.{lo}]:80")
+            } else {
+                format!("198.18.{hi}.{lo}:80")
+            }
+            .parse()
+            .expect("addr")
+        };
+        let ob: Vec<Backend> = old.iter().map(|&(x, w)| Backend::new(addr_of(x, false), w)).collect();
+        let nb: Vec<Backend> = new.iter().map(|&(x, w, mp)| Backend::new(addr_of(x, mp), w)).collect();
+        let (om, nm) = (Maglev::new(&ob, size(m)), Maglev::new(&nb, size(m)));
+        let expected = match (om.table().is_empty(), nm.table().is_empty()) {
+            (true, true) => 0.0,
+            (false, false) => {
+                let moved = om
+                    .table()
+                    .iter()
+                    .zip(nm.table())
+                    .filter(|(&o, &n)| {
+                        canonical_addr(&ob[o as usize].address) != canonical_addr(&nb[n as usize].address)
+                    })
+                    .count();
+                moved as f64 / f64::from(m)
+            }
+            _ => 1.0,
+        };
+        prop_assert!((moved_ratio(&om, &ob, &nm, &nb) - expected).abs() < 1e-12);
+    }
+}
