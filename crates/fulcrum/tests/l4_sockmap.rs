@@ -20,7 +20,7 @@ use common::{
     connect, echo_bulk, free_addr, pattern_byte, tcp_service, Behaviour, Fulcrum, TcpBackend,
 };
 use fulcrum_xdp::testing::require_root;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 fn config(admin: SocketAddr, listen: SocketAddr, extra: &str, backends: &[SocketAddr]) -> String {
     tcp_service(admin, listen, extra, "rr", backends)

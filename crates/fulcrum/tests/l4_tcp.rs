@@ -14,9 +14,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
-    connect, echo_bulk, echo_once, free_addr, tcp_service, Behaviour, Fulcrum, TcpBackend,
+    admin_toml, connect, echo_bulk, echo_once, free_addr, pool_toml, service_toml, tcp_service,
+    weighted, Behaviour, Fulcrum, TcpBackend,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 /// 300 connections, 50 at a time, each echoing 64 KiB intact through the proxy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
