@@ -218,7 +218,7 @@ impl<'de> Deserialize<'de> for WeightValue {
 }
 
 /// `n` as a `T` in `0..=max`; else "WHAT N is out of range", with `help`.
-fn at_most<T: TryFrom<i64> + PartialOrd>(
+fn at_most<T: TryFrom<i64> + PartialOrd + Copy>(
     n: i64,
     max: T,
     what: &str,
