@@ -53,8 +53,36 @@ fn tcp4_flags(i: u32, dst: [u8; 4], dport: u16, syn: bool) -> Vec<u8> {
     out
 }
 
+/// A 74-byte TCP/IPv6 frame (14 + 40 + 20) from 2001:2::a:(i/60000):(i%60000) port
+/// 1024+i%60000 to `dst`.
+fn tcp6_flags(i: u32, dst: &str, dport: u16, syn: bool) -> Vec<u8> {
+    let mut src: [u8; 16] = "2001:2::a:0:0"
+        .parse::<std::net::Ipv6Addr>()
+        .expect("ip")
+        .octets();
+    src[12..16].copy_from_slice(&i.to_be_bytes());
+    let dst = dst.parse::<std::net::Ipv6Addr>().expect("ip").octets();
+    let mut out = Vec::new();
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+        .ipv6(src, dst, 64)
+        .tcp(1024 + (i % 60000) as u16, dport, 1, 1024);
+    let b = if syn { b.syn() } else { b };
+    b.write(&mut out, b"").expect("packet");
+    out
+}
+
+const VIP6: &str = "2001:2::100";
+
 fn services() -> Vec<XdpService> {
     vec![
+        service(
+            "dsr6",
+            "[2001:2::100]:80",
+            Proto::Tcp,
+            Mode::Dsr,
+            HashKey::FiveTuple,
+            backends(&BACKENDS6, 80),
+        ),
         service(
             "dsr",
             "198.19.0.10:80",
@@ -200,6 +228,9 @@ fn main() {
                         testrun::run(prog, &tcp4_syn(i, vip, 80), 1, Some(ifx)).expect("prefill");
                     assert_eq!(o.verdict, want);
                 }
+                let o = testrun::run(prog, &tcp6_flags(i, VIP6, 80, true), 1, Some(ifx))
+                    .expect("prefill");
+                assert_eq!(o.verdict, testrun::XDP_TX);
             }
         }
         let f = 12_345;
@@ -245,6 +276,34 @@ fn main() {
                 &miss,
                 "xdp_lb",
                 tcp4(flows + f, [198, 19, 0, 10], 80),
+                tx,
+            ),
+            (
+                "dsr IPv6, conntrack hit, flow cache off",
+                &nofc,
+                "xdp_lb",
+                tcp6_flags(f, VIP6, 80, false),
+                tx,
+            ),
+            (
+                "dsr IPv6, conntrack hit (flow cache)",
+                &normal,
+                "xdp_lb",
+                tcp6_flags(f, VIP6, 80, false),
+                tx,
+            ),
+            (
+                "dsr IPv6, first packet, TCP SYN",
+                &miss,
+                "xdp_lb",
+                tcp6_flags(f, VIP6, 80, true),
+                tx,
+            ),
+            (
+                "dsr IPv6, conntrack miss, mid-flow TCP",
+                &miss,
+                "xdp_lb",
+                tcp6_flags(flows + f, VIP6, 80, false),
                 tx,
             ),
             (
