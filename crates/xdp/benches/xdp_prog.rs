@@ -464,8 +464,8 @@ fn main() {
     let _ = writeln!(
         table,
         "`cargo bench -p fulcrum-xdp --bench xdp_prog` (root). Linux {kernel}, {cpus} CPUs. Repeat {repeat}, \
-         median of {ROUNDS} runs, 60-byte TCP/IPv4 frame, {flows} flows per VIP in the per-CPU \
-         conntrack (`flows4`). Ratios are to a bare `XDP_PASS` in the same run. \
+         median of {ROUNDS} runs, 60-byte TCP/IPv4 frame (IPv6 rows: 74-byte TCP/IPv6), {flows} flows \
+         per VIP in the per-CPU conntrack (`flows4`, `flows6`). Ratios are to a bare `XDP_PASS` in the same run. \
          \"First packet\" and \"miss\" rows run with a load-time knob that makes every packet new \
          to its CPU: the flow cache and the per-CPU conntrack are probed and their answers \
          ignored, the `ct4_filter` entry is read (empty: nothing was promoted, so the shared \
