@@ -230,7 +230,7 @@ def run_h2load(args, port: int, pids_fn) -> dict:
     if not shutil.which("h2load"):
         return {}
     cmd = [*l4.pin(args, args.load_core), "h2load", "-t1", f"-c{args.connections}",
-           "-m10", f"-D{args.duration}", "--warm-up-time=1", f"http://{HOST}:{port}/"]
+           f"-m{args.h2_streams}", f"-D{args.duration}", "--warm-up-time=1", f"http://{HOST}:{port}/"]
     pids = pids_fn()
     c0 = l4.cpu_ticks(pids)
     try:
@@ -470,7 +470,7 @@ def render(args, med: dict, runs: list[dict], names: list[str], info: dict, cmdl
              "straight to a backend in the same run, divided by the requests: work moved "
              "into softirq, kworkers or other processes counts. Anything else running on "
              "the machine counts too: meaningful on a quiet machine only.")
-    L.append(f"- **h2 req/s, h2 CPU µs/req**: `h2load -t1 -c{args.connections} -m10 "
+    L.append(f"- **h2 req/s, h2 CPU µs/req**: `h2load -t1 -c{args.connections} -m{args.h2_streams} "
              f"-D{args.duration}` over cleartext HTTP/2 (prior knowledge; nginx on a "
              "`listen ... http2` port).")
     L.append("")
@@ -519,6 +519,8 @@ def main() -> int:
     ap.add_argument("--fulcrum-arg", action="append", default=[], metavar="ARG")
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--h2-streams", type=int, default=10,
+                    help="concurrent streams per h2load connection (-m)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--idle-conns", type=int, default=5000)
     ap.add_argument("--nice", type=int, default=0,

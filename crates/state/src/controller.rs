@@ -19,6 +19,8 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::builder::Builder;
+pub use crate::builder::BUILD_TIMEOUT;
 use crate::discovery::Discoveries;
 use crate::health;
 use crate::plan::{
@@ -258,6 +260,8 @@ pub struct Controller {
     fleet: Option<Arc<FleetDecisions>>,
     /// The pools the next snapshot builds anew (the others are shared with the running one).
     stale: Stale,
+    /// Where builds, parses and checks run, and replaced snapshots are freed.
+    builder: Builder,
 }
 
 /// Which pools the next snapshot builds anew. The others are the running snapshot's
@@ -352,8 +356,14 @@ impl Controller {
             after_reload: None,
             fleet: None,
             stale: Stale::All,
+            builder: Builder::start()
+                .map_err(|e| format!("cannot start the builder thread: {e}"))?,
         };
         c.apply(config).await?;
+        // The config was read and parsed on this thread (its TOML tree, freed here): give
+        // those pages back now, not on some later allocation. Measured with
+        // `bench/dns.py`'s 1,000 names: 0.5 MiB less resident after the start.
+        crate::memory::release_now();
         for (key, socks) in c.inherited.drain() {
             tracing::warn!(listen = %key.1, protocol = ?key.0, sockets = socks.len(), "closing a handed-over socket the configuration no longer names");
         }
@@ -400,7 +410,8 @@ impl Controller {
         let plan = self.plan(&new);
         let bound = self.bind(&plan)?;
         if let Some(check) = self.check_l7(&new, &plan.l7_check) {
-            off_thread(check)
+            self.builder
+                .run(check)
                 .await
                 .map_err(ChangeError::Invalid)?
                 .map_err(ChangeError::Invalid)?;
@@ -434,7 +445,8 @@ impl Controller {
             .map(|s| s.name.clone())
             .collect();
         if let Some(check) = self.check_l7(&new, &names) {
-            off_thread(check)
+            self.builder
+                .run(check)
                 .await
                 .map_err(ChangeError::Invalid)?
                 .map_err(ChangeError::Invalid)?;
@@ -796,21 +808,13 @@ impl Controller {
     /// path) keeps running meanwhile.
     async fn rebuild(&mut self) {
         let build = self.prepare();
-        let built = off_thread(move || {
-            let snap = build.run();
-            crate::memory::release_now();
-            snap
-        })
-        .await;
+        let built = self.builder.run(move || build.run()).await;
         match built {
             Ok(snap) => {
-                // The old snapshot (a large pool's table and backend lists) is freed off
-                // this thread too, once no connection holds it.
+                // The old snapshot (a large pool's table and backend lists) is freed where
+                // it was built, once no connection holds it.
                 let old = self.shared.snapshot.swap(Arc::new(snap));
-                tokio::task::spawn_blocking(move || {
-                    drop(old);
-                    crate::memory::release_now();
-                });
+                self.builder.free(old);
             }
             Err(e) => {
                 // The pools this build was to renew are not renewed: the next one builds all.
@@ -875,7 +879,11 @@ impl Controller {
         // Read and parsed off the control thread (a large file takes a while to parse).
         let path = self.path.clone();
         let loader = Arc::clone(&self.loader);
-        let parsed = off_thread(move || loader(&path)).await.and_then(|r| r);
+        let parsed = self
+            .builder
+            .run(move || loader(&path))
+            .await
+            .and_then(|r| r);
         self.reload_with(parsed, true).await
     }
 
@@ -892,7 +900,7 @@ impl Controller {
         };
         if let (Ok(()), Some(f)) = (&res, &self.after_reload) {
             let (f, cfg) = (Arc::clone(f), Arc::clone(&self.config));
-            if let Err(e) = off_thread(move || f(&cfg)).await.and_then(|r| r) {
+            if let Err(e) = self.builder.run(move || f(&cfg)).await.and_then(|r| r) {
                 tracing::error!("after the reload: {e}");
             }
         }
@@ -939,7 +947,9 @@ impl Controller {
         }
         // The edit writes, re-parses and validates the whole config: off the control thread.
         let running = Arc::clone(&self.config);
-        let new = off_thread(move || edit(&running))
+        let new = self
+            .builder
+            .run(move || edit(&running))
             .await
             .map_err(ChangeError::Invalid)??;
         self.apply_checked(new).await?;
@@ -1306,24 +1316,6 @@ impl Controller {
 
 /// How often the drains of registered backends that left are checked for their end.
 pub const LEAVE_POLL: Duration = Duration::from_secs(1);
-
-/// How long the controller waits for a build off its thread before giving up on it.
-pub const BUILD_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Runs `f` on a blocking thread and waits for it at most [`BUILD_TIMEOUT`]: table builds,
-/// config parsing and the L7 state (which reads files) never hold up the control thread,
-/// which serves the admin API, signals and, with `--workers 1`, the data path.
-async fn off_thread<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, String> {
-    match tokio::time::timeout(BUILD_TIMEOUT, tokio::task::spawn_blocking(f)).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(format!("building the new state failed: {e}")),
-        Err(_) => Err(format!(
-            "building the new state took over {BUILD_TIMEOUT:?} (a configured file that does not answer?)"
-        )),
-    }
-}
 
 /// A pool for a snapshot, before its scheduler is built.
 struct PoolParts {

@@ -4,6 +4,7 @@
 //!
 //! - [`snapshot`]: the immutable running state the data path reads (`arc-swap`).
 //! - [`controller`]: the one owner of mutable control state; builds and swaps snapshots.
+//! - [`builder`]: the controller's builder thread (builds, parses, checks, frees).
 //! - [`plan`]: a reload as a pure plan (bind, unbind, spawn, abort, keep), no IO.
 //! - [`worker`]: the data-path workers as the controller sees them (sockets it binds, the
 //!   commands it sends); the workers themselves are `fulcrum_proxy::worker`.
@@ -20,6 +21,7 @@
 //! a second), [`memory`] (giving freed memory back after bursts).
 
 pub mod announce;
+pub mod builder;
 pub mod connlog;
 pub mod controller;
 pub mod discovery;
