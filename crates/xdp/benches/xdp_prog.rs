@@ -115,6 +115,16 @@ fn services() -> Vec<XdpService> {
             HashKey::FiveTuple,
             backends(&BACKENDS4, 80),
         ),
+        service(
+            "nat",
+            "198.19.0.14:80",
+            Proto::Tcp,
+            Mode::Nat {
+                source: Some("198.18.0.2".parse().expect("ip")),
+            },
+            HashKey::FiveTuple,
+            backends(&BACKENDS4, 8080),
+        ),
         gue_sc(3),
     ]
 }
@@ -380,6 +390,52 @@ fn main() {
                 (name.to_string(), ns, ns / floor)
             })
             .collect::<Vec<_>>();
+        // nat replies, repeat 1 (the rewrite changes the frame for good): a flow's reply
+        // (backend -> source:nport) through `nat_rev` (flow cache off) and from the flow
+        // cache, as ratios to `XDP_PASS` measured the same way
+        if only.is_empty() || only.iter().any(|o| "nat reply".contains(o.as_str())) {
+            let runs = (repeat / 100).clamp(101, 20_001) as usize;
+            let pass_prog = normal.program("xdp_pass").expect("prog");
+            let syn = tcp4_syn(f, [198, 19, 0, 14], 80);
+            let floor1 = measure_once(pass_prog, &syn, ifx, runs, pass);
+            rows.push((
+                "nat reply: `XDP_PASS` (floor, single runs)".to_owned(),
+                floor1,
+                1.0,
+            ));
+            for (name, p) in [
+                ("nat reply, `nat_rev` lookup (flow cache off), single runs", &nofc),
+                ("nat reply, flow cache (no `nat_rev` lookup), single runs", &normal),
+            ] {
+                let lb = p.program("xdp_lb").expect("prog");
+                let o = testrun::run(lb, &syn, 1, Some(ifx)).expect("nat syn");
+                assert_eq!(o.verdict, tx, "nat SYN");
+                // the translated SYN: source:nport -> backend:bport; the reply swaps them
+                let (src, be) = (&o.data[26..30], &o.data[30..34]);
+                let (nport, bport) = (&o.data[34..36], &o.data[36..38]);
+                let be4: [u8; 4] = be.try_into().expect("addr");
+                let mut reply = Vec::new();
+                PacketBuilder::ethernet2(
+                    [0x02, 0, 0, 0, 0, be4[3]],
+                    LB_MAC,
+                )
+                .ipv4(be4, src.try_into().expect("addr"), 64)
+                .tcp(
+                    u16::from_be_bytes(bport.try_into().expect("port")),
+                    u16::from_be_bytes(nport.try_into().expect("port")),
+                    1,
+                    1024,
+                )
+                .ack(1)
+                .write(&mut reply, b"abcdef")
+                .expect("reply");
+                // the first reply fills the cache (in the plane that has it)
+                let o = testrun::run(lb, &reply, 1, Some(ifx)).expect("reply");
+                assert_eq!(o.verdict, tx, "nat reply");
+                let ns = measure_once(lb, &reply, ifx, runs, tx);
+                rows.push((name.to_owned(), ns, ns / floor1));
+            }
+        }
         // `fulcrum decap`, repeat 1 (it strips or forwards the frame for good): the median of
         // single runs, as ratios to `XDP_PASS` measured the same way
         if only.is_empty() || only.iter().any(|o| "decap".contains(o.as_str())) {

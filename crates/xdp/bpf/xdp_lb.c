@@ -232,6 +232,15 @@ FX_INLINE void fx_nss_count(__u32 i)
 		__sync_fetch_and_add(c, 1);
 }
 
+/* [0]: incremented by the data path for every nat flow it creates (types.h,
+ * FX_FCACHE_NAT_REV): cached nat replies are valid only while it does not change */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} nat_gen SEC(".maps");
+
 /* [0]: the number of nat services (0: packets for no service skip the nat_rev lookup) */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -809,6 +818,10 @@ static __attribute__((noinline)) int fx_nat_forward(struct xdp_md *ctx, const st
 			return XDP_DROP;
 		}
 		nf->nport = rkp->dport;
+		/* a reply 5-tuple may be reused from here on: cached replies are void */
+		__u64 *ng = bpf_map_lookup_elem(&nat_gen, &zero);
+		if (ng)
+			__sync_fetch_and_add(ng, 1);
 		if (bpf_map_update_elem(&nat_fwd, ck, nf, BPF_NOEXIST)) {
 			/* full, or another CPU created this flow a moment ago */
 			bpf_map_delete_elem(&nat_rev, rkp);
@@ -898,6 +911,42 @@ static __attribute__((noinline)) int fx_nat_rev_fill(struct xdp_md *ctx, struct 
 	return 0;
 }
 
+/* nat, backend -> client: remembers the reply's translation in this CPU's flow cache
+ * (types.h, FX_FCACHE_NAT_REV), under the current generation and nat_gen. */
+static __attribute__((noinline)) void fx_nat_rev_cache(const struct pkt *p,
+						       const struct nat_rev *r, __u32 row)
+{
+	__u32 zero = 0;
+	__u32 w[4];
+	__u32 slot = fx_tuple_hash(p, w) & (FX_FCACHE_SLOTS - 1);
+	struct fcache4 *e = bpf_map_lookup_elem(&fcache4, &slot);
+	__u64 *gen = bpf_map_lookup_elem(&nh_gen, &zero);
+	__u64 *ng = bpf_map_lookup_elem(&nat_gen, &zero);
+
+	if (!e || !gen || !ng)
+		return;
+	__builtin_memset(&e->sv, 0, sizeof(e->sv));
+	e->sv.mode = FX_FCACHE_NAT_REV;
+	__builtin_memcpy(&e->sv.src4, r->vaddr, 4);
+	__builtin_memcpy(&e->hash, r->caddr, 4);
+	__builtin_memcpy(e->sv.src6, r->cmac, ETH_ALEN);
+	__builtin_memcpy(e->sv.src6 + 6, r->lmac, ETH_ALEN);
+	__builtin_memcpy(e->sv.src6 + 12, &r->ifindex, 4);
+	e->saddr = w[0];
+	e->daddr = w[1];
+	e->ports = w[2];
+	e->proto = p->proto;
+	e->row = row;
+	e->backend = 0;
+	e->nport = r->vport;
+	e->bport = r->cport;
+	fx_nat_deltas4(p->src, p->dst, p->sport, p->dport, r->vaddr, r->vport, r->caddr, r->cport,
+		       &e->csum_ip, &e->csum_l4);
+	e->pad = 0;
+	e->pad1 = (__u32)*ng;
+	e->gen = *gen;
+}
+
 /* nat, backend -> client: a reply to a translated flow goes back as VIP -> client, out of
  * the interface and to the MAC the client's packets came from. -1: not a nat reply. */
 static __attribute__((noinline)) int fx_nat_reply(struct xdp_md *ctx, const struct pkt *p, __u64 bytes)
@@ -927,6 +976,8 @@ static __attribute__((noinline)) int fx_nat_reply(struct xdp_md *ctx, const stru
 		fx_count(row, FX_ACT_NO_ROUTE, bytes);
 		return XDP_DROP;
 	}
+	if (fx_nat_fcache && !fx_bench_no_fcache && p->family == FX_AF_INET && !fl)
+		fx_nat_rev_cache(p, r, row);
 	if (fx_nat_rewrite(ctx, p, r->vaddr, r->vport, r->caddr, r->cport)) {
 		fx_count(row, FX_ACT_ERROR, bytes);
 		return XDP_DROP;
@@ -1103,6 +1154,48 @@ FX_INLINE int fx_nat_cached(struct xdp_md *ctx, const struct pkt *p, const struc
 	return fx_xmit(ctx, nh, row, bytes);
 }
 
+/* nat, backend -> client, from the flow cache (types.h, FX_FCACHE_NAT_REV): the way back
+ * fx_nat_reply recorded, without the nat_rev lookup. A call (xdp_lb's frame has no room).
+ * -1: not served here (a FIN or RST, or nat_gen moved on). */
+static __attribute__((noinline)) int fx_nat_rev_cached(struct xdp_md *ctx, const struct pkt *p,
+						       const struct fcache4 *e, __u32 row)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u64 bytes = data_end - data;
+	__u32 zero = 0;
+	__u64 *ng = bpf_map_lookup_elem(&nat_gen, &zero);
+
+	if (!ng || e->pad1 != (__u32)*ng)
+		return -1;
+	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (FX_TCP_FIN | FX_TCP_RST)))
+		return -1;
+	void *l3 = p->l2_len == 18 ? data + 18 : data + 14;
+	if (fx_nat_apply4(l3, data_end, p->proto, (const __u8 *)&e->sv.src4, e->nport,
+			  (const __u8 *)&e->hash, e->bport, e->csum_ip, e->csum_l4)) {
+		fx_count(row, FX_ACT_ERROR, bytes);
+		return XDP_DROP;
+	}
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	__u32 ifindex;
+
+	if ((void *)(eth + 1) > data_end) {
+		fx_count(row, FX_ACT_ERROR, bytes);
+		return XDP_DROP;
+	}
+	__builtin_memcpy(eth->h_dest, e->sv.src6, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, e->sv.src6 + 6, ETH_ALEN);
+	__builtin_memcpy(&ifindex, e->sv.src6 + 12, 4);
+	if (ifindex == ctx->ingress_ifindex) {
+		fx_count(row, FX_ACT_TX, bytes);
+		return XDP_TX;
+	}
+	fx_count(row, FX_ACT_REDIRECT, bytes);
+	return bpf_redirect(ifindex, 0);
+}
+
 /* The hit path of an established IPv4 dsr/tunnel flow (struct fcache4): three inlined array
  * lookups (slot, generation, backend), no hash map. -1: not in the cache. */
 FX_INLINE int fx_fcache_forward(struct xdp_md *ctx, struct pkt *p, const __u32 *w, __u32 slot)
@@ -1119,6 +1212,8 @@ FX_INLINE int fx_fcache_forward(struct xdp_md *ctx, struct pkt *p, const __u32 *
 		return -1;
 	__u32 row = e->row;
 	__u32 idx = e->backend;
+	if (e->sv.mode == FX_FCACHE_NAT_REV)
+		return row < FX_MAX_SERVICES ? fx_nat_rev_cached(ctx, p, e, row) : -1;
 	struct backend *be = bpf_map_lookup_elem(&backends, &idx);
 	if (!be || !(be->flags & FX_BACKEND_ALIVE) || be->family != FX_AF_INET ||
 	    row >= FX_MAX_SERVICES)

@@ -198,6 +198,9 @@ pub struct Fcache4 {
 }
 const _: () = assert!(size_of::<Fcache4>() == 80);
 
+/// `FX_FCACHE_NAT_REV`: `sv.mode` of a flow cache slot that holds a nat reply's way back.
+pub const FCACHE_NAT_REV: u8 = 4;
+
 /// `FX_NAT_FCACHE_MIN_TIMEOUT_NS`: nat flows are served from the flow cache only when every
 /// nat idle timeout is at least this long (a cache hit does not refresh the flow's `seen`;
 /// the first packet after each `nh_gen` bump does).
@@ -493,6 +496,7 @@ mod pod {
     unsafe impl aya::Pod for super::Flow4Set {}
     unsafe impl aya::Pod for super::Flow6Set {}
     unsafe impl aya::Pod for super::Fcache6 {}
+    unsafe impl aya::Pod for super::Fcache4 {}
     unsafe impl aya::Pod for super::CtValue {}
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::NextHop {}

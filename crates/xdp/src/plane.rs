@@ -522,6 +522,24 @@ impl XdpPlane {
         Ok(aya::maps::HashMap::try_from(map)?)
     }
 
+    /// The valid slots of the IPv4 flow cache `fcache4` on every CPU (for tests and
+    /// diagnostics), with their index: those filled since the last generation bump.
+    pub fn fcache4_flows(&self) -> Result<Vec<(u32, crate::maps::Fcache4)>, XdpError> {
+        let map = self
+            .ebpf
+            .map("fcache4")
+            .ok_or_else(|| XdpError::Config("no map `fcache4`".into()))?;
+        let map: PerCpuArray<&MapData, crate::maps::Fcache4> = PerCpuArray::try_from(map)?;
+        let gen = self.nh_gen.get(&0, 0)? as u32;
+        let mut out = Vec::new();
+        for slot in 0..crate::maps::FCACHE_SLOTS {
+            let per_cpu = map.get(&slot, 0)?;
+            let valid = per_cpu.iter().filter(|e| e.gen == gen && gen != 0);
+            out.extend(valid.map(|e| (slot, *e)));
+        }
+        Ok(out)
+    }
+
     /// The valid slots of the IPv6 flow cache `fcache6` on every CPU (for tests and
     /// diagnostics), with their index: those filled since the last generation bump.
     pub fn fcache6_flows(&self) -> Result<Vec<(u32, crate::maps::Fcache6)>, XdpError> {

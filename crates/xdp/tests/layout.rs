@@ -111,6 +111,7 @@ fn sizes_and_constants_match_the_c_header() {
         ("FX_MODE_DSR", MODE_DSR),
         ("FX_MODE_TUNNEL", MODE_TUNNEL),
         ("FX_MODE_NAT", MODE_NAT),
+        ("FX_FCACHE_NAT_REV", FCACHE_NAT_REV),
         ("FX_NAT_FIN_FWD", NAT_FIN_FWD),
         ("FX_NAT_FIN_REV", NAT_FIN_REV),
         ("FX_NAT_RST", NAT_RST),

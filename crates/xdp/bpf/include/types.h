@@ -197,6 +197,15 @@ _Static_assert(sizeof(struct fcache4) == 80, "fcache4");
  * when every nat idle timeout is at least FX_NAT_FCACHE_MIN_TIMEOUT_NS. A TCP FIN or RST
  * always takes the slow path (it marks the flow). */
 #define FX_NAT_FCACHE_MIN_TIMEOUT_NS (2 * FX_NH_TTL_NS)
+/* nat replies (backend -> client) are cached too, keyed by the reply's 5-tuple, with
+ * sv.mode FX_FCACHE_NAT_REV (a value only the cache uses): sv.src4 = the VIP (the new
+ * source), `hash` = the client's address, `nport` = the VIP's port, `bport` = the client's
+ * port, sv.src6 = the client's MAC (6 bytes), ours (6) and the interface index (4, native
+ * order): nat_rev's way back, so a reply needs no hash-map lookup. Besides `gen`, such a
+ * slot is valid only while `pad1` equals the `nat_gen` map's value, which the data path
+ * increments whenever it creates a nat flow: a slot is never used after a reply 5-tuple
+ * may have been given to another flow (ports are reused only by new flows). */
+#define FX_FCACHE_NAT_REV 4
 
 /* A filter in front of the shared LRU `ct4`: FX_CT4_FILTER counters indexed by the top bits
  * of the 5-tuple's index hash (fx_tuple_hash). An entry is made non-zero (by the data path or by
