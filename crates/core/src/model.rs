@@ -156,10 +156,6 @@ impl SchedulerKind {
         }
     }
 
-    pub fn from_name(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.as_str() == s)
-    }
-
     /// Whether the choice is a pure function of the hash key (so `hash_key` applies).
     pub const fn is_hashing(self) -> bool {
         matches!(self, Self::SourceHash | Self::Maglev | Self::RingHash)
@@ -246,6 +242,9 @@ pub enum ServiceProtocol {
 }
 
 impl ServiceProtocol {
+    /// Every protocol, in the contract's order.
+    pub const ALL: [Self; 4] = [Self::Tcp, Self::Udp, Self::Http, Self::Dns];
+
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Tcp => "tcp",
@@ -266,6 +265,9 @@ pub enum ForwardMode {
 }
 
 impl ForwardMode {
+    /// Every mode, in the contract's order.
+    pub const ALL: [Self; 4] = [Self::Proxy, Self::Dsr, Self::Tunnel, Self::Nat];
+
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Proxy => "proxy",
@@ -281,6 +283,19 @@ impl ForwardMode {
 pub enum ProxyProtocol {
     V1,
     V2,
+}
+
+impl ProxyProtocol {
+    /// Both versions.
+    pub const ALL: [Self; 2] = [Self::V1, Self::V2];
+
+    /// The config name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::V1 => "v1",
+            Self::V2 => "v2",
+        }
+    }
 }
 
 /// Helper: the canonical text of a backend address, used as its identity in hashes

@@ -234,3 +234,99 @@ fn ring_hash_points_follow_weights() {
     assert!((share(0) - 1.0 / 7.0).abs() < 0.04, "{c:?}");
     assert!((share(2) - 4.0 / 7.0).abs() < 0.06, "{c:?}");
 }
+
+/// The next prime at or above `n` (3..=1,000,003) that `PrimeTableSize` accepts.
+fn prime_at_or_above(n: u32) -> PrimeTableSize {
+    (n.max(3)..=PrimeTableSize::MAX)
+        .find_map(PrimeTableSize::new)
+        .expect("a prime up to PrimeTableSize::MAX")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    /// The fast build (`Maglev::new`: probing four entries at a time, then the free-slot list
+    /// of the tail) gives exactly the table of the plain probing (`populate_reference`) and of
+    /// one probe at a time, over random pools (IPv4, IPv6, IPv4-mapped IPv6; weights 0-40 and
+    /// some far heavier; some backends down or drained; any listing order) and table sizes.
+    /// Every instance and the XDP plane must compute the same table.
+    #[test]
+    fn maglev_fast_build_is_the_reference_table(
+        backends in proptest::collection::vec((0u8..3, any::<u16>(), 1u16..4, 0u16..=40, 0u8..10), 1..400),
+        heavy in proptest::collection::vec(any::<u16>(), 0..3),
+        m in prop_oneof![3u32..300, 300u32..20_000, Just(65_537u32), 65_538u32..140_000],
+    ) {
+        use fulcrum_core::model::BackendState;
+        use fulcrum_core::sched::maglev::{populate_one_at_a_time, populate_reference};
+        let mut b: Vec<Backend> = backends
+            .iter()
+            .enumerate()
+            .map(|(i, &(kind, x, port, w, state))| {
+                let a = match kind {
+                    0 => format!("198.18.{}.{}:{port}", i / 250, i % 250),
+                    1 => format!("[2001:db8::{x:x}:{i:x}]:{port}"),
+                    _ => format!("[::ffff:198.19.{}.{}]:{port}", i / 250, i % 250),
+                };
+                let mut be = Backend::new(a.parse().expect("addr"), w);
+                be.state = match state {
+                    0 => BackendState::Down,
+                    1 => BackendState::Draining,
+                    _ => BackendState::Up,
+                };
+                be
+            })
+            .collect();
+        for (i, &w) in heavy.iter().enumerate() {
+            if let Some(be) = b.get_mut(i * 7) {
+                be.weight = fulcrum_core::model::Weight::new(w);
+            }
+        }
+        let size = prime_at_or_above(m);
+        let reference = populate_reference(&b, size);
+        let fast = Maglev::new(&b, size);
+        prop_assert_eq!(fast.table(), reference.as_slice());
+        prop_assert_eq!(populate_one_at_a_time(&b, size), reference);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    /// `moved_ratio` is the share of slots whose owner's canonical address differs, for a
+    /// pool changed at random (backends removed, added, reweighted, listed in another order,
+    /// IPv4 written as IPv4-mapped IPv6, an address listed twice).
+    #[test]
+    fn maglev_moved_ratio_counts_owner_addresses(
+        old in proptest::collection::vec((0u16..600, 0u16..5), 1..120),
+        new in proptest::collection::vec((0u16..600, 0u16..5, any::<bool>()), 1..120),
+        m in prop_oneof![Just(251u32), Just(1009u32), Just(65_537u32)],
+    ) {
+        let addr_of = |x: u16, mapped: bool| -> std::net::SocketAddr {
+            let (hi, lo) = (x / 250, x % 250 + 1);
+            if mapped {
+                format!("[::ffff:198.18.{hi}.{lo}]:80")
+            } else {
+                format!("198.18.{hi}.{lo}:80")
+            }
+            .parse()
+            .expect("addr")
+        };
+        let ob: Vec<Backend> = old.iter().map(|&(x, w)| Backend::new(addr_of(x, false), w)).collect();
+        let nb: Vec<Backend> = new.iter().map(|&(x, w, mp)| Backend::new(addr_of(x, mp), w)).collect();
+        let (om, nm) = (Maglev::new(&ob, size(m)), Maglev::new(&nb, size(m)));
+        let expected = match (om.table().is_empty(), nm.table().is_empty()) {
+            (true, true) => 0.0,
+            (false, false) => {
+                let moved = om
+                    .table()
+                    .iter()
+                    .zip(nm.table())
+                    .filter(|(&o, &n)| {
+                        canonical_addr(&ob[o as usize].address) != canonical_addr(&nb[n as usize].address)
+                    })
+                    .count();
+                moved as f64 / f64::from(m)
+            }
+            _ => 1.0,
+        };
+        prop_assert!((moved_ratio(&om, &ob, &nm, &nb) - expected).abs() < 1e-12);
+    }
+}

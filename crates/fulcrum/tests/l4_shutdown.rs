@@ -12,46 +12,20 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    admin_toml, connect, free_addr, http, pattern_byte, pool_toml, probe_refused, service_toml,
-    Behaviour, Fulcrum, Refusal, TcpBackend, TRICKLE_TOTAL,
+    connect, free_addr, http, probe_refused, tcp_service, Behaviour, Fulcrum, Refusal, TcpBackend,
 };
-use tokio::io::AsyncReadExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_transfer() {
     let b = TcpBackend::start(Behaviour::Trickle).await;
     let (admin, listen) = (free_addr(), free_addr());
-    let cfg = format!(
-        "{}{}{}",
-        admin_toml(admin),
-        service_toml("svc", listen, "tcp", "p", "drain_timeout = \"10s\""),
-        pool_toml("p", "rr", "", &[(b.addr, 1)])
-    );
+    let cfg = tcp_service(admin, listen, "drain_timeout = \"10s\"", "rr", &[b.addr]);
     let mut f = Fulcrum::start("shutdown", admin, &cfg, &[]).await;
 
     // Start the slow download and wait for its first bytes.
     let mut s = connect(listen).await.unwrap();
-    let mut got = Vec::with_capacity(TRICKLE_TOTAL);
-    let mut buf = vec![0u8; 64 * 1024];
-    while got.len() < 64 * 1024 {
-        let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
-            .await
-            .expect("first bytes")
-            .unwrap();
-        assert!(n > 0, "EOF after {} bytes before SIGTERM", got.len());
-        got.extend_from_slice(&buf[..n]);
-    }
-    let reader = tokio::spawn(async move {
-        let start = Instant::now();
-        loop {
-            match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
-                Err(_) => return Err(format!("stalled after {} bytes", got.len())),
-                Ok(Err(e)) => return Err(format!("error after {} bytes: {e}", got.len())),
-                Ok(Ok(0)) => return Ok((got, start.elapsed())),
-                Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
-            }
-        }
-    });
+    let got = common::trickle_started(&mut s).await;
+    let reader = tokio::spawn(common::trickle_finished(s, got));
 
     let sigterm_at = Instant::now();
     f.signal("TERM");
@@ -95,17 +69,12 @@ async fn sigterm_drains_in_flight_transfer() {
             panic!("a new connection {refused_in_drain:?} after SIGTERM was not refused: {what}")
         }
     }
-    let (data, _) = transfer.unwrap_or_else(|e| {
+    transfer.unwrap_or_else(|e| {
         panic!(
             "in-flight transfer broken by SIGTERM: {e}\nstderr tail:\n{}",
             f.stderr_tail(20)
         )
     });
-    assert_eq!(data.len(), TRICKLE_TOTAL, "transfer length");
-    assert!(
-        data.iter().enumerate().all(|(i, &x)| x == pattern_byte(i)),
-        "transfer corrupted"
-    );
     let status = status.unwrap_or_else(|| {
         panic!(
             "fulcrum did not exit within 5s after the transfer ended\n{}",
@@ -127,12 +96,7 @@ async fn idle_sigterm_and_sigint_exit_zero_promptly() {
     for sig in ["TERM", "INT"] {
         let b = TcpBackend::start(Behaviour::Echo).await;
         let (admin, listen) = (free_addr(), free_addr());
-        let cfg = format!(
-            "{}{}{}",
-            admin_toml(admin),
-            service_toml("svc", listen, "tcp", "p", "drain_timeout = \"10s\""),
-            pool_toml("p", "rr", "", &[(b.addr, 1)])
-        );
+        let cfg = tcp_service(admin, listen, "drain_timeout = \"10s\"", "rr", &[b.addr]);
         let mut f = Fulcrum::start("shutdown-idle", admin, &cfg, &[]).await;
         common::echo_once(listen, b"x").await.unwrap();
         let t = Instant::now();
@@ -155,12 +119,7 @@ async fn idle_sigterm_and_sigint_exit_zero_promptly() {
 async fn drain_timeout_bounds_shutdown() {
     let b = TcpBackend::start(Behaviour::NeverRead).await;
     let (admin, listen) = (free_addr(), free_addr());
-    let cfg = format!(
-        "{}{}{}",
-        admin_toml(admin),
-        service_toml("svc", listen, "tcp", "p", "drain_timeout = \"1s\""),
-        pool_toml("p", "rr", "", &[(b.addr, 1)])
-    );
+    let cfg = tcp_service(admin, listen, "drain_timeout = \"1s\"", "rr", &[b.addr]);
     let mut f = Fulcrum::start("shutdown-timeout", admin, &cfg, &[]).await;
     let _held = connect(listen).await.unwrap();
     assert!(common::eventually(Duration::from_secs(2), || async { b.served() == 1 }).await);

@@ -17,19 +17,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
-    admin_toml, connect, echo_bulk, free_addr, pattern_byte, pool_toml, service_toml, weighted,
-    Behaviour, Fulcrum, TcpBackend, TRICKLE_TOTAL,
+    connect, echo_bulk, free_addr, pattern_byte, tcp_service, Behaviour, Fulcrum, TcpBackend,
 };
 use fulcrum_xdp::testing::require_root;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 fn config(admin: SocketAddr, listen: SocketAddr, extra: &str, backends: &[SocketAddr]) -> String {
-    format!(
-        "{}{}{}",
-        admin_toml(admin),
-        service_toml("svc", listen, "tcp", "p", extra),
-        pool_toml("p", "rr", "", &weighted(backends))
-    )
+    tcp_service(admin, listen, extra, "rr", backends)
 }
 
 async fn start(name: &str, extra: &str, backends: &[SocketAddr]) -> (Fulcrum, SocketAddr) {
@@ -73,22 +67,14 @@ async fn sockmap_bulk_intact_and_counted() {
     let b = TcpBackend::start(Behaviour::Echo).await;
     let (f, listen) = start("sockmap-bulk", "", &[b.addr]).await;
     let small: Arc<Vec<u8>> = Arc::new((0..256 * 1024).map(pattern_byte).collect());
-    let sem = Arc::new(tokio::sync::Semaphore::new(10));
-    let mut tasks = Vec::new();
-    for _ in 0..40 {
-        let permit = Arc::clone(&sem).acquire_owned().await.unwrap();
-        let data = Arc::clone(&small);
-        tasks.push(tokio::spawn(async move {
-            let r = echo_bulk(listen, data).await;
-            drop(permit);
-            r
-        }));
-    }
-    for t in tasks {
-        t.await
-            .unwrap()
-            .unwrap_or_else(|e| panic!("256 KiB echo: {e}\n{}", f.stderr_tail(20)));
-    }
+    let failures = common::echo_bulk_many(listen, &small, 40, 10).await;
+    assert!(
+        failures.is_empty(),
+        "{} of 40 256 KiB echoes failed, e.g. {}\n{}",
+        failures.len(),
+        failures[0],
+        f.stderr_tail(20)
+    );
     let big: Arc<Vec<u8>> = Arc::new((0..8usize << 20).map(|i| pattern_byte(i * 3)).collect());
     echo_bulk(listen, Arc::clone(&big))
         .await
@@ -117,46 +103,15 @@ async fn sockmap_half_close_both_sides() {
     }
     let b = TcpBackend::start(Behaviour::HalfClose).await;
     let (f, listen) = start("sockmap-half", "", &[b.addr]).await;
-    for size in [1usize, 10_240, 300_000, 4 << 20] {
-        let mut s = connect(listen).await.unwrap();
-        s.write_all(&vec![b'x'; size]).await.unwrap();
-        s.shutdown().await.unwrap();
-        let mut answer = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer))
-            .await
-            .unwrap_or_else(|_| panic!("size {size}: no answer+EOF\n{}", f.stderr_tail(20)))
-            .unwrap_or_else(|e| panic!("size {size}: read after half-close: {e}"));
-        assert_eq!(
-            String::from_utf8_lossy(&answer),
-            format!("got {size} bytes")
-        );
-    }
+    common::client_half_close(listen)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", f.stderr_tail(20)));
 
     let sb = TcpBackend::start(Behaviour::ServerHalfClose).await;
     let (f2, listen2) = start("sockmap-srvhalf", "", &[sb.addr]).await;
-    let mut s = connect(listen2).await.unwrap();
-    let mut got = Vec::new();
-    tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut got))
+    common::server_half_close(listen2, &sb)
         .await
-        .expect("EOF after the backend's FIN")
-        .unwrap();
-    assert_eq!(got, b"bye");
-    let payload = vec![b'p'; 1 << 20];
-    tokio::time::timeout(Duration::from_secs(5), s.write_all(&payload))
-        .await
-        .expect("write after the backend's FIN")
-        .unwrap();
-    s.shutdown().await.unwrap();
-    let ok = common::eventually(Duration::from_secs(3), || async {
-        sb.received.load(std::sync::atomic::Ordering::SeqCst) == payload.len()
-    })
-    .await;
-    assert!(
-        ok,
-        "backend received {} of {} bytes after its half-close",
-        sb.received.load(std::sync::atomic::Ordering::SeqCst),
-        payload.len()
-    );
+        .unwrap_or_else(|e| panic!("{e}\n{}", f2.stderr_tail(20)));
     f.assert_no_panic();
     f2.assert_no_panic();
 }
@@ -170,21 +125,9 @@ async fn sockmap_proxy_header_then_kernel_relay() {
     }
     let b = TcpBackend::start(Behaviour::ProxyV1).await;
     let (f, listen) = start("sockmap-ppv1", "proxy_protocol = \"v1\"", &[b.addr]).await;
-    let mut s = connect(listen).await.unwrap();
-    let want = format!(
-        "PROXY TCP4 127.0.0.1 127.0.0.1 {} {}\r\n",
-        s.local_addr().unwrap().port(),
-        listen.port()
-    );
-    let mut got = vec![0u8; want.len()];
-    tokio::time::timeout(Duration::from_secs(3), s.read_exact(&mut got))
+    common::proxy_v1_header_exact(listen)
         .await
-        .expect("header echo")
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&got), want);
-    common::round_trip(&mut s, b"payload after header")
-        .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{e}\n{}", f.stderr_tail(20)));
     f.assert_no_panic();
 }
 
@@ -248,35 +191,11 @@ async fn sockmap_sigterm_drains_open_connection() {
     let b = TcpBackend::start(Behaviour::Trickle).await;
     let (mut f, listen) = start("sockmap-drain", "drain_timeout = \"10s\"", &[b.addr]).await;
     let mut s = connect(listen).await.unwrap();
-    let mut got = Vec::with_capacity(TRICKLE_TOTAL);
-    let mut buf = vec![0u8; 64 * 1024];
-    while got.len() < 64 * 1024 {
-        let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
-            .await
-            .expect("first bytes")
-            .unwrap();
-        assert!(n > 0, "EOF after {} bytes before SIGTERM", got.len());
-        got.extend_from_slice(&buf[..n]);
-    }
+    let got = common::trickle_started(&mut s).await;
     f.signal("TERM");
-    loop {
-        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
-            Err(_) => panic!("stalled after {} bytes", got.len()),
-            Ok(Err(e)) => panic!(
-                "error after {} bytes: {e}\n{}",
-                got.len(),
-                f.stderr_tail(10)
-            ),
-            Ok(Ok(0)) => break,
-            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
-        }
-    }
-    assert_eq!(got.len(), TRICKLE_TOTAL);
-    assert!(
-        got.iter().enumerate().all(|(i, &v)| v == pattern_byte(i)),
-        "trickled bytes corrupted"
-    );
-    drop(s);
+    common::trickle_finished(s, got)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", f.stderr_tail(10)));
     let status = f.wait_exit(Duration::from_secs(5)).await;
     assert!(
         status.is_some_and(|s| s.success()),

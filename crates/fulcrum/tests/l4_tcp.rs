@@ -14,25 +14,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
-    admin_toml, connect, echo_bulk, echo_once, free_addr, pool_toml, service_toml, weighted,
-    Behaviour, Fulcrum, TcpBackend,
+    admin_toml, connect, echo_bulk, echo_once, free_addr, pool_toml, service_toml, tcp_service,
+    weighted, Behaviour, Fulcrum, TcpBackend,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn one_service(
-    admin: SocketAddr,
-    listen: SocketAddr,
-    svc_extra: &str,
-    scheduler: &str,
-    backends: &[SocketAddr],
-) -> String {
-    format!(
-        "{}{}{}",
-        admin_toml(admin),
-        service_toml("svc", listen, "tcp", "p", svc_extra),
-        pool_toml("p", scheduler, "", &weighted(backends))
-    )
-}
+use tokio::io::AsyncReadExt;
 
 /// 300 connections, 50 at a time, each echoing 64 KiB intact through the proxy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,7 +41,7 @@ async fn bulk_echo(relay: &str) {
     let f = Fulcrum::start(
         "bulk",
         admin,
-        &one_service(admin, listen, "", "rr", &addrs),
+        &tcp_service(admin, listen, "", "rr", &addrs),
         &["--relay", relay],
     )
     .await;
@@ -67,23 +52,7 @@ async fn bulk_echo(relay: &str) {
             .collect(),
     );
     let started = Instant::now();
-    let sem = Arc::new(tokio::sync::Semaphore::new(50));
-    let mut tasks = Vec::new();
-    for _ in 0..300 {
-        let permit = Arc::clone(&sem).acquire_owned().await.unwrap();
-        let data = Arc::clone(&data);
-        tasks.push(tokio::spawn(async move {
-            let r = echo_bulk(listen, data).await;
-            drop(permit);
-            r
-        }));
-    }
-    let mut failures = Vec::new();
-    for t in tasks {
-        if let Err(e) = t.await.unwrap() {
-            failures.push(e.to_string());
-        }
-    }
+    let failures = common::echo_bulk_many(listen, &data, 300, 50).await;
     assert!(
         failures.is_empty(),
         "{} of 300 bulk echoes failed, e.g. {:?}\nstderr tail:\n{}",
@@ -149,7 +118,7 @@ async fn rr_spread(args: &[&str]) {
     let f = Fulcrum::start(
         "rr",
         admin,
-        &one_service(admin, listen, "", "rr", &addrs),
+        &tcp_service(admin, listen, "", "rr", &addrs),
         args,
     )
     .await;
@@ -184,30 +153,13 @@ async fn half_close(relay: &str) {
     let f = Fulcrum::start(
         "halfclose",
         admin,
-        &one_service(admin, listen, "", "rr", &[b.addr]),
+        &tcp_service(admin, listen, "", "rr", &[b.addr]),
         &["--relay", relay],
     )
     .await;
-    for size in [1usize, 10_240, 300_000, 4 << 20] {
-        let mut s = connect(listen).await.unwrap();
-        let data = vec![b'x'; size];
-        s.write_all(&data).await.unwrap();
-        s.shutdown().await.unwrap(); // FIN to the proxy: it must pass it on, not close both ways
-        let mut answer = Vec::new();
-        let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await;
-        let r = r.unwrap_or_else(|_| {
-            panic!(
-                "size {size}: no answer+EOF within 5s after half-close; got {:?}",
-                String::from_utf8_lossy(&answer)
-            )
-        });
-        r.unwrap_or_else(|e| panic!("size {size}: read after half-close: {e}"));
-        assert_eq!(
-            String::from_utf8_lossy(&answer),
-            format!("got {size} bytes"),
-            "size {size}"
-        );
-    }
+    common::client_half_close(listen)
+        .await
+        .unwrap_or_else(|e| panic!("relay {relay}: {e}\n{}", f.stderr_tail(20)));
     f.assert_no_panic();
 }
 
@@ -217,25 +169,10 @@ async fn half_close(relay: &str) {
 async fn proxy_protocol_v1_header_exact() {
     let b = TcpBackend::start(Behaviour::ProxyV1).await;
     let (admin, listen) = (free_addr(), free_addr());
-    let cfg = one_service(admin, listen, "proxy_protocol = \"v1\"", "rr", &[b.addr]);
+    let cfg = tcp_service(admin, listen, "proxy_protocol = \"v1\"", "rr", &[b.addr]);
     let f = Fulcrum::start("ppv1", admin, &cfg, &[]).await;
     for _ in 0..3 {
-        let mut s = connect(listen).await.unwrap();
-        let cport = s.local_addr().unwrap().port();
-        let want = format!(
-            "PROXY TCP4 127.0.0.1 127.0.0.1 {cport} {}\r\n",
-            listen.port()
-        );
-        let mut got = vec![0u8; want.len()];
-        tokio::time::timeout(Duration::from_secs(3), s.read_exact(&mut got))
-            .await
-            .expect("header echo timed out")
-            .expect("header echo");
-        assert_eq!(String::from_utf8_lossy(&got), want);
-        // Nothing else precedes the payload: the next bytes are our own echo.
-        common::round_trip(&mut s, b"payload after header")
-            .await
-            .unwrap();
+        common::proxy_v1_header_exact(listen).await.unwrap();
     }
     f.assert_no_panic();
 }
@@ -245,7 +182,7 @@ async fn proxy_protocol_v1_header_exact() {
 async fn proxy_protocol_v2_header_exact() {
     let b = TcpBackend::start(Behaviour::ProxyV2).await;
     let (admin, listen) = (free_addr(), free_addr());
-    let cfg = one_service(admin, listen, "proxy_protocol = \"v2\"", "rr", &[b.addr]);
+    let cfg = tcp_service(admin, listen, "proxy_protocol = \"v2\"", "rr", &[b.addr]);
     let f = Fulcrum::start("ppv2", admin, &cfg, &[]).await;
     for _ in 0..3 {
         let mut s = connect(listen).await.unwrap();
@@ -276,7 +213,7 @@ async fn big_transfer_intact_each_relay_mode() {
     let data: Arc<Vec<u8>> = Arc::new((0..16usize << 20).map(common::pattern_byte).collect());
     for relay in RELAYS {
         let (admin, listen) = (free_addr(), free_addr());
-        let cfg = one_service(admin, listen, "", "rr", &[b.addr]);
+        let cfg = tcp_service(admin, listen, "", "rr", &[b.addr]);
         let f = Fulcrum::start("big", admin, &cfg, &["--relay", relay]).await;
         let t = Instant::now();
         echo_bulk(listen, Arc::clone(&data))
@@ -294,32 +231,11 @@ async fn server_half_close_keeps_client_direction_open() {
     for relay in RELAYS {
         let b = TcpBackend::start(Behaviour::ServerHalfClose).await;
         let (admin, listen) = (free_addr(), free_addr());
-        let cfg = one_service(admin, listen, "", "rr", &[b.addr]);
+        let cfg = tcp_service(admin, listen, "", "rr", &[b.addr]);
         let f = Fulcrum::start("srvhalf", admin, &cfg, &["--relay", relay]).await;
-        let mut s = connect(listen).await.unwrap();
-        let mut got = Vec::new();
-        tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut got))
+        common::server_half_close(listen, &b)
             .await
-            .unwrap_or_else(|_| panic!("relay {relay}: no EOF after the backend's FIN"))
-            .unwrap_or_else(|e| panic!("relay {relay}: reading after backend FIN: {e}"));
-        assert_eq!(got, b"bye", "relay {relay}");
-        // Our direction is still open: send 1 MiB after receiving EOF.
-        let payload = vec![b'p'; 1 << 20];
-        tokio::time::timeout(Duration::from_secs(5), s.write_all(&payload))
-            .await
-            .unwrap_or_else(|_| panic!("relay {relay}: write after backend FIN blocked"))
-            .unwrap_or_else(|e| panic!("relay {relay}: write after backend FIN failed: {e}"));
-        s.shutdown().await.unwrap();
-        let ok = common::eventually(Duration::from_secs(3), || async {
-            b.received.load(std::sync::atomic::Ordering::SeqCst) == payload.len()
-        })
-        .await;
-        assert!(
-            ok,
-            "relay {relay}: backend received {} of {} bytes sent after its half-close",
-            b.received.load(std::sync::atomic::Ordering::SeqCst),
-            payload.len()
-        );
+            .unwrap_or_else(|e| panic!("relay {relay}: {e}"));
         f.assert_no_panic();
     }
 }
@@ -392,7 +308,7 @@ async fn max_connections_burst(workers: &str) {
     const BURST: usize = 200;
     let b = TcpBackend::start(Behaviour::NeverRead).await;
     let (admin, listen) = (free_addr(), free_addr());
-    let cfg = one_service(
+    let cfg = tcp_service(
         admin,
         listen,
         &format!("max_connections = {LIMIT}"),
@@ -462,7 +378,7 @@ async fn connect_timeout_is_the_services_key() {
     );
     let good = TcpBackend::start(Behaviour::Echo).await;
     let (admin, listen) = (free_addr(), free_addr());
-    let cfg = one_service(
+    let cfg = tcp_service(
         admin,
         listen,
         "[service.timeouts]\nconnect = \"300ms\"\n",

@@ -27,7 +27,7 @@ use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
 
-use common::certs::{ca, leaf, p};
+use common::certs::{ca, leaf, p, service_tls};
 use common::peers::{self, need, nginx};
 use common::{admin_toml, free_addr, Fulcrum};
 use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
@@ -38,6 +38,23 @@ fn material(dir: &Path) {
     leaf(dir, &ca1, "a.test", 1, ServerAuth, false);
     leaf(dir, &ca1, "backend.test", 2, ServerAuth, false);
     leaf(dir, &ca1, "fulcrum-lb", 3, ClientAuth, false);
+}
+
+/// The admin API and an http service `web` on `vip` terminating TLS with `a.test`'s
+/// certificate (`idle_timeout = IDLE`), over pool `ng` of the one backend `ng`.
+fn web_over_tls(
+    admin: SocketAddr,
+    vip: SocketAddr,
+    idle: &str,
+    dir: &Path,
+    ng: SocketAddr,
+) -> String {
+    format!(
+        "{}[[service]]\nname = \"web\"\nlisten = \"{vip}\"\nprotocol = \"http\"\npool = \"ng\"\nidle_timeout = \"{idle}\"\n{}\n\
+         [[pool]]\nname = \"ng\"\n[[pool.backend]]\naddress = \"{ng}\"\n",
+        admin_toml(admin),
+        service_tls(dir, "a.test"),
+    )
 }
 
 /// Starts [`peers::s_client`] to `addr` as `a.test` (trusting `ca`), sending `input` and
@@ -93,14 +110,7 @@ async fn close_notify_on_orderly_closes() {
         &[ng],
     );
     let (admin, vip) = (free_addr(), free_addr());
-    let config = format!(
-        "{}[[service]]\nname = \"web\"\nlisten = \"{vip}\"\nprotocol = \"http\"\npool = \"ng\"\nidle_timeout = \"1s\"\n\
-         [service.tls]\ncerts = [{{ cert = \"{}\", key = \"{}\" }}]\n\n\
-         [[pool]]\nname = \"ng\"\n[[pool.backend]]\naddress = \"{ng}\"\n",
-        admin_toml(admin),
-        p(&dir, "a.test.pem"),
-        p(&dir, "a.test.key"),
-    );
+    let config = web_over_tls(admin, vip, "1s", &dir, ng);
     let mut f = Fulcrum::start("tls-close-notify", admin, &config, &[]).await;
     let ca = p(&dir, "ca.pem");
 
@@ -253,14 +263,7 @@ async fn close_notify_over_h2() {
         &[ng],
     );
     let (admin, vip) = (free_addr(), free_addr());
-    let config = format!(
-        "{}[[service]]\nname = \"web\"\nlisten = \"{vip}\"\nprotocol = \"http\"\npool = \"ng\"\nidle_timeout = \"3s\"\n\
-         [service.tls]\ncerts = [{{ cert = \"{}\", key = \"{}\" }}]\n\n\
-         [[pool]]\nname = \"ng\"\n[[pool.backend]]\naddress = \"{ng}\"\n",
-        admin_toml(admin),
-        p(&dir, "a.test.pem"),
-        p(&dir, "a.test.key"),
-    );
+    let config = web_over_tls(admin, vip, "3s", &dir, ng);
     let mut f = Fulcrum::start("tls-close-notify-h2", admin, &config, &[]).await;
 
     // Idle: after idle_timeout (3 s), GOAWAY, then close_notify.

@@ -22,7 +22,8 @@ use std::time::Duration;
 
 use fulcrum_state::snapshot::RelayMode;
 use fulcrum_state::stats::ServiceStats;
-use fulcrum_xdp::sockmap::{monotonic_ns, sent_mark, EofWatch, Pair, SockRelay, SockmapError};
+use fulcrum_xdp::monotonic_ns;
+use fulcrum_xdp::sockmap::{sent_mark, EofWatch, Pair, SockRelay, SockmapError};
 use tokio::io::unix::AsyncFd;
 use tokio::net::TcpStream;
 

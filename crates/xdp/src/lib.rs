@@ -28,6 +28,13 @@ pub use plane::{
     XdpError, XdpPlane, XdpService, DEFAULT_GUE_PORT,
 };
 
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns` and
+/// `bpf_ktime_get_coarse_ns`, so times the programs store compare with it.
+pub fn monotonic_ns() -> u64 {
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
 /// The load balancer object (`bpf/xdp_lb.c`).
 pub static XDP_LB_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_lb.o"));
 /// The load balancer object with its flow-state maps pinned by name (`-DFX_PIN_STATE`):

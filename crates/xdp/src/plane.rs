@@ -1228,7 +1228,7 @@ impl XdpPlane {
     /// `tcp_closing`) or went idle (`tcp`, `udp`), and counts those left. Called every
     /// second by the binary's `xdp_sync::run`.
     pub fn sweep_nat(&mut self) -> Result<NatSweep, XdpError> {
-        let now = monotonic_ns();
+        let now = crate::monotonic_ns();
         let t = self.nat_timeouts;
         let keys: Vec<CtKey> = self.nat_fwd.keys().filter_map(Result::ok).collect();
         let mut out = NatSweep::default();
@@ -1390,7 +1390,7 @@ impl XdpPlane {
         else {
             return Ok(Inserted::NoBackend);
         };
-        let now = monotonic_ns();
+        let now = crate::monotonic_ns();
         let rk = CtKey {
             src: f.baddr,
             dst: f.saddr,
@@ -1481,12 +1481,6 @@ impl XdpPlane {
     pub fn interface(&self) -> Option<&str> {
         self.attached.as_deref()
     }
-}
-
-/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_coarse_ns`.
-fn monotonic_ns() -> u64 {
-    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
 /// The outer source addresses of a tunnel: the configured one for its family, else the

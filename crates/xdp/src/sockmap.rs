@@ -81,10 +81,10 @@ impl SockRelay {
     ///
     /// # Errors
     /// When a socket is not an established TCP socket, or a map is full.
-    pub fn pair<'a>(&'a self, a: &impl AsRawFd, b: &impl AsRawFd) -> io::Result<Pair<'a>> {
-        let (fa, fb) = (a.as_raw_fd(), b.as_raw_fd());
-        let ca = cookie(fa)?;
-        let cb = cookie(fb)?;
+    pub fn pair<'a>(&'a self, a: &impl AsFd, b: &impl AsFd) -> io::Result<Pair<'a>> {
+        let (fa, fb) = (a.as_fd().as_raw_fd(), b.as_fd().as_raw_fd());
+        let ca = cookie(a.as_fd())?;
+        let cb = cookie(b.as_fd())?;
         let mut pair = Pair {
             relay: self,
             cookies: [ca, cb],
@@ -111,7 +111,7 @@ impl SockRelay {
     /// Writes both entries, links both sockets and starts the relay of queued bytes.
     fn link(&self, pair: &mut Pair<'_>, [fa, fb]: [RawFd; 2]) -> io::Result<()> {
         let [ca, cb] = pair.cookies;
-        let now = monotonic_ns();
+        let now = crate::monotonic_ns();
         pair.linked = 1;
         for (c, peer) in [(ca, cb), (cb, ca)] {
             let e = SockRelayEntry {
@@ -195,35 +195,9 @@ impl Drop for Pair<'_> {
     }
 }
 
-/// `CLOCK_MONOTONIC` in ns, the clock of `bpf_ktime_get_ns`.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
-    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
-}
-
 /// The socket's cookie (`SO_COOKIE`), its key in both maps.
-fn cookie(fd: RawFd) -> io::Result<u64> {
-    let mut v: u64 = 0;
-    let mut len = size_of::<u64>() as libc::socklen_t;
-    // SAFETY: `v` and `len` are valid for writes of the sizes passed; `fd` is open.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_COOKIE,
-            (&raw mut v).cast(),
-            &raw mut len,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(v)
+fn cookie(fd: impl AsFd) -> io::Result<u64> {
+    socket2::SockRef::from(&fd).cookie()
 }
 
 fn set_rcvlowat(fd: RawFd, v: libc::c_int) -> io::Result<()> {

@@ -15,7 +15,7 @@ use super::{
     OutlierConfig, PoolConfig, Route, SchedulerConfig, ServiceConfig, ServiceKind, TcpService,
     TunnelKind, XdpConfig,
 };
-use crate::model::{self, ProxyProtocol};
+use crate::model;
 
 impl Config {
     /// The configuration as TOML text that [`super::parse`] turns back into `self`.
@@ -324,11 +324,7 @@ fn forwarding(t: &mut Table, f: Forwarding) {
     match f {
         Forwarding::Proxy { proxy_protocol } => {
             if let Some(pp) = proxy_protocol {
-                let v = match pp {
-                    ProxyProtocol::V1 => "v1",
-                    ProxyProtocol::V2 => "v2",
-                };
-                t.insert("proxy_protocol".into(), s(v));
+                t.insert("proxy_protocol".into(), s(pp.as_str()));
             }
         }
         Forwarding::Dsr => {}

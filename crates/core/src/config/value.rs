@@ -211,11 +211,22 @@ pub struct WeightValue(pub Weight);
 impl<'de> Deserialize<'de> for WeightValue {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         from_int(d, "an integer weight 0..=65535", |n| {
-            u16::try_from(n).map(|w| Self(Weight::new(w))).map_err(|_| {
-                Invalid::new(format!("weight {n} is out of range"))
-                    .help("weights are 0..=65535 (0 = drained: no new flows)")
-            })
+            let help = "weights are 0..=65535 (0 = drained: no new flows)";
+            at_most(n, u16::MAX, "weight", help).map(|w| Self(Weight::new(w)))
         })
+    }
+}
+
+/// `n` as a `T` in `0..=max`; else "WHAT N is out of range", with `help`.
+fn at_most<T: TryFrom<i64> + PartialOrd + Copy>(
+    n: i64,
+    max: T,
+    what: &str,
+    help: impl Into<String>,
+) -> Result<T, Invalid> {
+    match T::try_from(n) {
+        Ok(v) if v <= max => Ok(v),
+        _ => Err(Invalid::new(format!("{what} {n} is out of range")).help(help)),
     }
 }
 
@@ -227,15 +238,8 @@ impl<'de> Deserialize<'de> for ZoneWeight {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let max = crate::locality::MAX_WEIGHT;
         from_int(d, "an integer zone weight 0..=10000", |n| {
-            u32::try_from(n)
-                .ok()
-                .filter(|w| *w <= max)
-                .map(Self)
-                .ok_or_else(|| {
-                    Invalid::new(format!("zone weight {n} is out of range")).help(format!(
-                        "zone weights are 0..={max} (0 = no new flows to the zone)"
-                    ))
-                })
+            let help = format!("zone weights are 0..={max} (0 = no new flows to the zone)");
+            at_most(n, max, "zone weight", help).map(Self)
         })
     }
 }
@@ -292,16 +296,11 @@ impl RetryAttempts {
 impl<'de> Deserialize<'de> for RetryAttempts {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         from_int(d, "an integer number of retries 0..=10", |n| {
-            u8::try_from(n)
-                .ok()
-                .filter(|a| *a <= Self::MAX)
-                .map(Self)
-                .ok_or_else(|| {
-                    Invalid::new(format!("retry attempts {n} is out of range")).help(format!(
-                        "valid: 0..={} (extra tries on other backends; 0 = never retry)",
-                        Self::MAX
-                    ))
-                })
+            let help = format!(
+                "valid: 0..={} (extra tries on other backends; 0 = never retry)",
+                Self::MAX
+            );
+            at_most(n, Self::MAX, "retry attempts", help).map(Self)
         })
     }
 }
@@ -313,14 +312,8 @@ pub struct Percent(pub u8);
 impl<'de> Deserialize<'de> for Percent {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         from_int(d, "an integer percentage 0..=100", |n| {
-            u8::try_from(n)
-                .ok()
-                .filter(|p| *p <= 100)
-                .map(Self)
-                .ok_or_else(|| {
-                    Invalid::new(format!("percentage {n} is out of range"))
-                        .help("valid: 0..=100 (a share of requests, in percent)")
-                })
+            let help = "valid: 0..=100 (a share of requests, in percent)";
+            at_most(n, 100, "percentage", help).map(Self)
         })
     }
 }
@@ -408,27 +401,38 @@ impl<'de> Deserialize<'de> for StatusRange {
     }
 }
 
-/// Defines a wrapper that deserializes one of a fixed set of names.
+/// Defines a wrapper that deserializes one of the target's values (its `ALL`) by its name
+/// (its `as_str`, which the emitter writes back too): each name is written once.
 macro_rules! named {
-    ($(#[$meta:meta])* $wrapper:ident($target:ty), $what:literal, { $($name:literal => $val:expr),+ $(,)? }) => {
+    ($(#[$meta:meta])* $wrapper:ident($target:ty), $what:literal) => {
         $(#[$meta])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash)]
         pub struct $wrapper(pub $target);
 
-        impl $wrapper {
-            /// The valid names, in the contract's order.
-            pub const NAMES: &'static [&'static str] = &[$($name),+];
-        }
-
         impl<'de> Deserialize<'de> for $wrapper {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                from_str(d, concat!("a ", $what, " name string"), |s| match s {
-                    $($name => Ok(Self($val)),)+
-                    _ => Err(unknown($what, s, Self::NAMES)),
+                from_str(d, concat!("a ", $what, " name string"), |s| {
+                    one_of($what, s, &<$target>::ALL, <$target>::as_str).map(Self)
                 })
             }
         }
     };
+}
+
+/// The value of `all` named `got`; else an error listing the names.
+fn one_of<T: Copy>(
+    what: &str,
+    got: &str,
+    all: &[T],
+    name: fn(T) -> &'static str,
+) -> Result<T, Invalid> {
+    all.iter()
+        .copied()
+        .find(|v| name(*v) == got)
+        .ok_or_else(|| {
+            let names: Vec<&str> = all.iter().map(|v| name(*v)).collect();
+            unknown(what, got, &names)
+        })
 }
 
 fn unknown(what: &str, got: &str, valid: &[&str]) -> Invalid {
@@ -443,112 +447,52 @@ fn unknown(what: &str, got: &str, valid: &[&str]) -> Invalid {
 
 named!(
     /// `protocol = "tcp" | "udp" | "http" | "dns"`.
-    Protocol(ServiceProtocol), "protocol", {
-        "tcp" => ServiceProtocol::Tcp,
-        "udp" => ServiceProtocol::Udp,
-        "http" => ServiceProtocol::Http,
-        "dns" => ServiceProtocol::Dns,
-    }
+    Protocol(ServiceProtocol), "protocol"
 );
 
 named!(
     /// `forward = "proxy" | "dsr" | "tunnel" | "nat"`.
-    Forward(ForwardMode), "forward mode", {
-        "proxy" => ForwardMode::Proxy,
-        "dsr" => ForwardMode::Dsr,
-        "tunnel" => ForwardMode::Tunnel,
-        "nat" => ForwardMode::Nat,
-    }
+    Forward(ForwardMode), "forward mode"
 );
 
 named!(
     /// `proxy_protocol = "v1" | "v2"`.
-    ProxyProtocolValue(ProxyProtocol), "PROXY protocol version", {
-        "v1" => ProxyProtocol::V1,
-        "v2" => ProxyProtocol::V2,
-    }
+    ProxyProtocolValue(ProxyProtocol), "PROXY protocol version"
 );
 
 named!(
     /// `tunnel = "ipip" | "gue"`.
-    Tunnel(TunnelKind), "tunnel", {
-        "ipip" => TunnelKind::Ipip,
-        "gue" => TunnelKind::Gue,
-    }
+    Tunnel(TunnelKind), "tunnel"
 );
 
 named!(
     /// `[pool.health] check = "tcp" | "http" | "none"`.
-    Check(CheckKind), "health check", {
-        "tcp" => CheckKind::Tcp,
-        "http" => CheckKind::Http,
-        "none" => CheckKind::None,
-    }
+    Check(CheckKind), "health check"
 );
 
 named!(
     /// `[xdp] mode = "native" | "generic"`.
-    XdpModeValue(XdpMode), "xdp mode", {
-        "native" => XdpMode::Native,
-        "generic" => XdpMode::Generic,
-    }
+    XdpModeValue(XdpMode), "xdp mode"
 );
 
 named!(
     /// `[service.access_log] format = "json" | "combined" | "tcplog"`.
-    AccessLogFormatValue(AccessLogFormat), "access log format", {
-        "json" => AccessLogFormat::Json,
-        "combined" => AccessLogFormat::Combined,
-        "tcplog" => AccessLogFormat::Tcplog,
-    }
+    AccessLogFormatValue(AccessLogFormat), "access log format"
 );
 
 named!(
     /// `[service.access_log] fields = [...]`: one key of a JSON log line.
-    LogFieldValue(LogField), "access log field", {
-        "time" => LogField::Time,
-        "service" => LogField::Service,
-        "client" => LogField::Client,
-        "client_ip" => LogField::ClientIp,
-        "method" => LogField::Method,
-        "host" => LogField::Host,
-        "path" => LogField::Path,
-        "protocol" => LogField::Protocol,
-        "status" => LogField::Status,
-        "backend" => LogField::Backend,
-        "bytes" => LogField::Bytes,
-        "bytes_in" => LogField::BytesIn,
-        "bytes_out" => LogField::BytesOut,
-        "duration_ms" => LogField::DurationMs,
-        "request_id" => LogField::RequestId,
-        "user_agent" => LogField::UserAgent,
-        "referer" => LogField::Referer,
-        "termination" => LogField::Termination,
-    }
+    LogFieldValue(LogField), "access log field"
 );
 
 named!(
     /// `[service.access_log] facility = "local0"` (syslog).
-    SyslogFacilityValue(SyslogFacility), "syslog facility", {
-        "user" => SyslogFacility(1),
-        "daemon" => SyslogFacility(3),
-        "local0" => SyslogFacility(16),
-        "local1" => SyslogFacility(17),
-        "local2" => SyslogFacility(18),
-        "local3" => SyslogFacility(19),
-        "local4" => SyslogFacility(20),
-        "local5" => SyslogFacility(21),
-        "local6" => SyslogFacility(22),
-        "local7" => SyslogFacility(23),
-    }
+    SyslogFacilityValue(SyslogFacility), "syslog facility"
 );
 
 named!(
     /// `[announce] speaker = "bird" | "exabgp"`.
-    SpeakerValue(SpeakerKind), "announce speaker", {
-        "bird" => SpeakerKind::Bird,
-        "exabgp" => SpeakerKind::Exabgp,
-    }
+    SpeakerValue(SpeakerKind), "announce speaker"
 );
 
 /// The BGP speaker that announces VIPs (`[announce] speaker`).
@@ -561,6 +505,9 @@ pub enum SpeakerKind {
 }
 
 impl SpeakerKind {
+    /// Every speaker, in the contract's order.
+    pub const ALL: [Self; 2] = [Self::Bird, Self::Exabgp];
+
     /// The config name.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -572,11 +519,7 @@ impl SpeakerKind {
 
 named!(
     /// `[[pool]] backend_protocol = "http1" | "h2c" | "h2"`.
-    BackendProtocolValue(BackendProtocol), "backend protocol", {
-        "http1" => BackendProtocol::Http1,
-        "h2c" => BackendProtocol::H2c,
-        "h2" => BackendProtocol::H2,
-    }
+    BackendProtocolValue(BackendProtocol), "backend protocol"
 );
 
 /// `scheduler = "rr" | "wrr" | ...` (the names of [`SchedulerKind::as_str`]).
@@ -586,10 +529,7 @@ pub struct Scheduler(pub SchedulerKind);
 impl<'de> Deserialize<'de> for Scheduler {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         from_str(d, "a scheduler name string", |s| {
-            SchedulerKind::from_name(s).map(Self).ok_or_else(|| {
-                let names: Vec<&str> = SchedulerKind::ALL.iter().map(|k| k.as_str()).collect();
-                unknown("scheduler", s, &names)
-            })
+            one_of("scheduler", s, &SchedulerKind::ALL, SchedulerKind::as_str).map(Self)
         })
     }
 }
@@ -620,6 +560,9 @@ pub enum TunnelKind {
 }
 
 impl TunnelKind {
+    /// Every kind, in the contract's order.
+    pub const ALL: [Self; 2] = [Self::Ipip, Self::Gue];
+
     /// The config name.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -641,6 +584,9 @@ pub enum CheckKind {
 }
 
 impl CheckKind {
+    /// Every kind, in the contract's order.
+    pub const ALL: [Self; 3] = [Self::Tcp, Self::Http, Self::None];
+
     /// The config name.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -662,6 +608,9 @@ pub enum XdpMode {
 }
 
 impl XdpMode {
+    /// Every mode, in the contract's order.
+    pub const ALL: [Self; 2] = [Self::Native, Self::Generic];
+
     /// The config name.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -684,6 +633,9 @@ pub enum AccessLogFormat {
 }
 
 impl AccessLogFormat {
+    /// Every format, in the contract's order.
+    pub const ALL: [Self; 3] = [Self::Json, Self::Combined, Self::Tcplog];
+
     /// The config name.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -825,6 +777,20 @@ impl SyslogFacility {
     /// `local0`, the default.
     pub const LOCAL0: Self = Self(16);
 
+    /// Every facility with a name, in the contract's order.
+    pub const ALL: [Self; 10] = [
+        Self(1),
+        Self(3),
+        Self(16),
+        Self(17),
+        Self(18),
+        Self(19),
+        Self(20),
+        Self(21),
+        Self(22),
+        Self(23),
+    ];
+
     /// The facility's number (one of the names [`Self::as_str`] gives).
     pub const fn code(self) -> u8 {
         self.0
@@ -842,7 +808,7 @@ impl SyslogFacility {
             21 => "local5",
             22 => "local6",
             23 => "local7",
-            _ => "local0",
+            _ => "local0", // 16, the only other value ALL holds
         }
     }
 }
@@ -862,6 +828,9 @@ pub enum BackendProtocol {
 }
 
 impl BackendProtocol {
+    /// Every protocol, in the contract's order.
+    pub const ALL: [Self; 3] = [Self::Http1, Self::H2c, Self::H2];
+
     /// Whether backends are spoken to over HTTP/2 (`h2c` or `h2`).
     pub const fn is_h2(self) -> bool {
         matches!(self, Self::H2c | Self::H2)
@@ -879,10 +848,7 @@ impl BackendProtocol {
 
 named!(
     /// `[service.tls] client_auth = "required" | "optional"`.
-    ClientAuthValue(ClientAuthMode), "client_auth mode", {
-        "required" => ClientAuthMode::Required,
-        "optional" => ClientAuthMode::Optional,
-    }
+    ClientAuthValue(ClientAuthMode), "client_auth mode"
 );
 
 /// Whether a TLS service asks its clients for a certificate (`[service.tls] client_auth`).
@@ -897,6 +863,9 @@ pub enum ClientAuthMode {
 }
 
 impl ClientAuthMode {
+    /// Both modes, in the contract's order.
+    pub const ALL: [Self; 2] = [Self::Required, Self::Optional];
+
     /// The config name.
     pub const fn as_str(self) -> &'static str {
         match self {

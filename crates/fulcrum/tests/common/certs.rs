@@ -70,3 +70,12 @@ pub fn both(dir: &Path, name: &str) {
 pub fn p(dir: &Path, f: &str) -> String {
     dir.join(f).display().to_string()
 }
+
+/// `[service.tls]` with the one certificate of leaf `name` (NAME.pem, NAME.key in `dir`).
+pub fn service_tls(dir: &Path, name: &str) -> String {
+    format!(
+        "[service.tls]\ncerts = [ {{ cert = \"{}\", key = \"{}\" }} ]\n",
+        p(dir, &format!("{name}.pem")),
+        p(dir, &format!("{name}.key")),
+    )
+}

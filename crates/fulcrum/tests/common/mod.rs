@@ -132,6 +132,23 @@ pub fn weighted(addrs: &[SocketAddr]) -> Vec<(SocketAddr, u32)> {
     addrs.iter().map(|a| (*a, 1)).collect()
 }
 
+/// The L4 tests' config: the admin API, tcp service `svc` on `listen` (with `svc_extra`)
+/// over pool `p` (`scheduler`, every backend weight 1).
+pub fn tcp_service(
+    admin: SocketAddr,
+    listen: SocketAddr,
+    svc_extra: &str,
+    scheduler: &str,
+    backends: &[SocketAddr],
+) -> String {
+    format!(
+        "{}{}{}",
+        admin_toml(admin),
+        service_toml("svc", listen, "tcp", "p", svc_extra),
+        pool_toml("p", scheduler, "", &weighted(backends))
+    )
+}
+
 // ---------------------------------------------------------------------------------------
 // the fulcrum process
 // ---------------------------------------------------------------------------------------
@@ -947,4 +964,158 @@ pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64
         }
     }
     sum
+}
+
+// ---------------------------------------------------------------------------------------
+// TCP scenarios shared by the L4 tests (each relay mode runs the same ones)
+// ---------------------------------------------------------------------------------------
+
+/// `n` bulk echoes of `data` to `addr`, `at_once` at a time: the errors of those that
+/// failed.
+pub async fn echo_bulk_many(
+    addr: SocketAddr,
+    data: &Arc<Vec<u8>>,
+    n: usize,
+    at_once: usize,
+) -> Vec<std::io::Error> {
+    let sem = Arc::new(tokio::sync::Semaphore::new(at_once));
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let permit = Arc::clone(&sem).acquire_owned().await.unwrap();
+        let data = Arc::clone(data);
+        tasks.push(tokio::spawn(async move {
+            let r = echo_bulk(addr, data).await;
+            drop(permit);
+            r
+        }));
+    }
+    let mut failures = Vec::new();
+    for t in tasks {
+        if let Err(e) = t.await.unwrap() {
+            failures.push(e);
+        }
+    }
+    failures
+}
+
+/// Against a [`Behaviour::HalfClose`] backend: for 1 B, 10 KiB, 300 KB and 4 MiB, one
+/// connection sends that many bytes and half-closes; the proxy must pass the FIN on (not
+/// close both ways), so the backend's `got N bytes` and then EOF come back.
+pub async fn client_half_close(addr: SocketAddr) -> Result<(), String> {
+    for size in [1usize, 10_240, 300_000, 4 << 20] {
+        let mut s = connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+        s.write_all(&vec![b'x'; size]).await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer))
+            .await
+            .map_err(|_| {
+                format!(
+                    "size {size}: no answer+EOF within 5s after half-close; got {:?}",
+                    String::from_utf8_lossy(&answer)
+                )
+            })?
+            .map_err(|e| format!("size {size}: read after half-close: {e}"))?;
+        let answer = String::from_utf8_lossy(&answer);
+        if answer != format!("got {size} bytes") {
+            return Err(format!("size {size}: answer {answer:?}"));
+        }
+    }
+    Ok(())
+}
+
+/// Against a [`Behaviour::ServerHalfClose`] backend `b`: the client gets `bye` and EOF,
+/// and can still send; every byte of the 1 MiB it sends afterwards reaches the backend.
+pub async fn server_half_close(addr: SocketAddr, b: &TcpBackend) -> Result<(), String> {
+    let mut s = connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut got))
+        .await
+        .map_err(|_| "no EOF after the backend's FIN".to_owned())?
+        .map_err(|e| format!("reading after the backend's FIN: {e}"))?;
+    if got != b"bye" {
+        return Err(format!(
+            "got {:?}, want \"bye\"",
+            String::from_utf8_lossy(&got)
+        ));
+    }
+    // Our direction is still open: send 1 MiB after receiving EOF.
+    let payload = vec![b'p'; 1 << 20];
+    tokio::time::timeout(Duration::from_secs(5), s.write_all(&payload))
+        .await
+        .map_err(|_| "write after the backend's FIN blocked".to_owned())?
+        .map_err(|e| format!("write after the backend's FIN failed: {e}"))?;
+    s.shutdown().await.unwrap();
+    let all = || b.received.load(Ordering::SeqCst) == payload.len();
+    if eventually(Duration::from_secs(3), || async { all() }).await {
+        Ok(())
+    } else {
+        Err(format!(
+            "backend received {} of {} bytes sent after its half-close",
+            b.received.load(Ordering::SeqCst),
+            payload.len()
+        ))
+    }
+}
+
+/// Against a [`Behaviour::ProxyV1`] backend: one connection to `listen` gets back exactly
+/// `PROXY TCP4 127.0.0.1 127.0.0.1 CPORT SPORT\r\n`, and then nothing but its own echo.
+pub async fn proxy_v1_header_exact(listen: SocketAddr) -> Result<(), String> {
+    let mut s = connect(listen).await.map_err(|e| format!("connect: {e}"))?;
+    let cport = s.local_addr().unwrap().port();
+    let want = format!(
+        "PROXY TCP4 127.0.0.1 127.0.0.1 {cport} {}\r\n",
+        listen.port()
+    );
+    let mut got = vec![0u8; want.len()];
+    tokio::time::timeout(Duration::from_secs(3), s.read_exact(&mut got))
+        .await
+        .map_err(|_| "header echo timed out".to_owned())?
+        .map_err(|e| format!("header echo: {e}"))?;
+    if got != want.as_bytes() {
+        return Err(format!(
+            "header {:?}, want {want:?}",
+            String::from_utf8_lossy(&got)
+        ));
+    }
+    round_trip(&mut s, b"payload after header")
+        .await
+        .map_err(|e| format!("payload after the header: {e}"))
+}
+
+/// From a [`Behaviour::Trickle`] backend: reads until at least 64 KiB have come (the
+/// transfer is under way), 3 s at most per read.
+pub async fn trickle_started(s: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::with_capacity(TRICKLE_TOTAL);
+    let mut buf = vec![0u8; 64 * 1024];
+    while got.len() < 64 * 1024 {
+        let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+            .await
+            .expect("first bytes")
+            .unwrap();
+        assert!(n > 0, "EOF after {} bytes before SIGTERM", got.len());
+        got.extend_from_slice(&buf[..n]);
+    }
+    got
+}
+
+/// The rest of a trickle after [`trickle_started`]'s `got`, to EOF (5 s at most between
+/// reads); an error unless all [`TRICKLE_TOTAL`] bytes came, intact.
+pub async fn trickle_finished(mut s: TcpStream, mut got: Vec<u8>) -> Result<(), String> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+            Err(_) => return Err(format!("stalled after {} bytes", got.len())),
+            Ok(Err(e)) => return Err(format!("error after {} bytes: {e}", got.len())),
+            Ok(Ok(0)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    if got.len() != TRICKLE_TOTAL {
+        return Err(format!("{} of {TRICKLE_TOTAL} bytes", got.len()));
+    }
+    if !got.iter().enumerate().all(|(i, &x)| x == pattern_byte(i)) {
+        return Err("trickled bytes corrupted".into());
+    }
+    Ok(())
 }
