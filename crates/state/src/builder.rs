@@ -96,7 +96,7 @@ impl Builder {
         match Self::waiting(self.wait) {
             Ok(new) => *self = new,
             Err(e) => {
-                tracing::error!("cannot start a new builder thread: {e}; keeping the old one")
+                tracing::error!("cannot start a new builder thread: {e}; keeping the old one");
             }
         }
     }

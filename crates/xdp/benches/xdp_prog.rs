@@ -53,8 +53,36 @@ fn tcp4_flags(i: u32, dst: [u8; 4], dport: u16, syn: bool) -> Vec<u8> {
     out
 }
 
+/// A 74-byte TCP/IPv6 frame (14 + 40 + 20) from 2001:2::a:(i/60000):(i%60000) port
+/// 1024+i%60000 to `dst`.
+fn tcp6_flags(i: u32, dst: &str, dport: u16, syn: bool) -> Vec<u8> {
+    let mut src: [u8; 16] = "2001:2::a:0:0"
+        .parse::<std::net::Ipv6Addr>()
+        .expect("ip")
+        .octets();
+    src[12..16].copy_from_slice(&i.to_be_bytes());
+    let dst = dst.parse::<std::net::Ipv6Addr>().expect("ip").octets();
+    let mut out = Vec::new();
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+        .ipv6(src, dst, 64)
+        .tcp(1024 + (i % 60000) as u16, dport, 1, 1024);
+    let b = if syn { b.syn() } else { b };
+    b.write(&mut out, b"").expect("packet");
+    out
+}
+
+const VIP6: &str = "2001:2::100";
+
 fn services() -> Vec<XdpService> {
     vec![
+        service(
+            "dsr6",
+            "[2001:2::100]:80",
+            Proto::Tcp,
+            Mode::Dsr,
+            HashKey::FiveTuple,
+            backends(&BACKENDS6, 80),
+        ),
         service(
             "dsr",
             "198.19.0.10:80",
@@ -89,6 +117,24 @@ fn services() -> Vec<XdpService> {
         ),
         gue_sc(3),
     ]
+}
+
+/// A plane with only a nat service (with one, every packet for no VIP pays the `nat_rev`
+/// lookup: the other rows are measured without it).
+fn nat_plane(opts: LoadOptions) -> XdpPlane {
+    let mut p = XdpPlane::load(opts).expect("load");
+    let nat = service(
+        "nat",
+        "198.19.0.14:80",
+        Proto::Tcp,
+        Mode::Nat {
+            source: Some("198.18.0.2".parse().expect("ip")),
+        },
+        HashKey::FiveTuple,
+        backends(&BACKENDS4, 8080),
+    );
+    p.update(&[nat]).expect("update");
+    p
 }
 
 /// `tunnel gue` with second chance over the first `n` fixture backends.
@@ -200,6 +246,9 @@ fn main() {
                         testrun::run(prog, &tcp4_syn(i, vip, 80), 1, Some(ifx)).expect("prefill");
                     assert_eq!(o.verdict, want);
                 }
+                let o = testrun::run(prog, &tcp6_flags(i, VIP6, 80, true), 1, Some(ifx))
+                    .expect("prefill");
+                assert_eq!(o.verdict, testrun::XDP_TX);
             }
         }
         let f = 12_345;
@@ -245,6 +294,34 @@ fn main() {
                 &miss,
                 "xdp_lb",
                 tcp4(flows + f, [198, 19, 0, 10], 80),
+                tx,
+            ),
+            (
+                "dsr IPv6, conntrack hit, flow cache off",
+                &nofc,
+                "xdp_lb",
+                tcp6_flags(f, VIP6, 80, false),
+                tx,
+            ),
+            (
+                "dsr IPv6, conntrack hit (flow cache)",
+                &normal,
+                "xdp_lb",
+                tcp6_flags(f, VIP6, 80, false),
+                tx,
+            ),
+            (
+                "dsr IPv6, first packet, TCP SYN",
+                &miss,
+                "xdp_lb",
+                tcp6_flags(f, VIP6, 80, true),
+                tx,
+            ),
+            (
+                "dsr IPv6, conntrack miss, mid-flow TCP",
+                &miss,
+                "xdp_lb",
+                tcp6_flags(flows + f, VIP6, 80, false),
                 tx,
             ),
             (
@@ -321,6 +398,57 @@ fn main() {
                 (name.to_string(), ns, ns / floor)
             })
             .collect::<Vec<_>>();
+        // nat replies, repeat 1 (the rewrite changes the frame for good): a flow's reply
+        // (backend -> source:nport) through `nat_rev` (flow cache off) and from the flow
+        // cache, as ratios to `XDP_PASS` measured the same way
+        if only.is_empty() || only.iter().any(|o| "nat reply".contains(o.as_str())) {
+            let runs = (repeat / 100).clamp(101, 20_001) as usize;
+            let pass_prog = normal.program("xdp_pass").expect("prog");
+            let syn = tcp4_syn(f, [198, 19, 0, 14], 80);
+            let floor1 = measure_once(pass_prog, &syn, ifx, runs, pass);
+            rows.push((
+                "nat reply: `XDP_PASS` (floor, single runs)".to_owned(),
+                floor1,
+                1.0,
+            ));
+            let nat_nofc = nat_plane(LoadOptions {
+                bench_no_fcache: true,
+                ..LoadOptions::default()
+            });
+            let nat = nat_plane(LoadOptions::default());
+            for (name, p) in [
+                ("nat reply, `nat_rev` lookup (flow cache off), single runs", &nat_nofc),
+                ("nat reply, flow cache (no `nat_rev` lookup), single runs", &nat),
+            ] {
+                let lb = p.program("xdp_lb").expect("prog");
+                let o = testrun::run(lb, &syn, 1, Some(ifx)).expect("nat syn");
+                assert_eq!(o.verdict, tx, "nat SYN");
+                // the translated SYN: source:nport -> backend:bport; the reply swaps them
+                let (src, be) = (&o.data[26..30], &o.data[30..34]);
+                let (nport, bport) = (&o.data[34..36], &o.data[36..38]);
+                let be4: [u8; 4] = be.try_into().expect("addr");
+                let mut reply = Vec::new();
+                PacketBuilder::ethernet2(
+                    [0x02, 0, 0, 0, 0, be4[3]],
+                    LB_MAC,
+                )
+                .ipv4(be4, src.try_into().expect("addr"), 64)
+                .tcp(
+                    u16::from_be_bytes(bport.try_into().expect("port")),
+                    u16::from_be_bytes(nport.try_into().expect("port")),
+                    1,
+                    1024,
+                )
+                .ack(1)
+                .write(&mut reply, b"abcdef")
+                .expect("reply");
+                // the first reply fills the cache (in the plane that has it)
+                let o = testrun::run(lb, &reply, 1, Some(ifx)).expect("reply");
+                assert_eq!(o.verdict, tx, "nat reply");
+                let ns = measure_once(lb, &reply, ifx, runs, tx);
+                rows.push((name.to_owned(), ns, ns / floor1));
+            }
+        }
         // `fulcrum decap`, repeat 1 (it strips or forwards the frame for good): the median of
         // single runs, as ratios to `XDP_PASS` measured the same way
         if only.is_empty() || only.iter().any(|o| "decap".contains(o.as_str())) {
@@ -405,8 +533,8 @@ fn main() {
     let _ = writeln!(
         table,
         "`cargo bench -p fulcrum-xdp --bench xdp_prog` (root). Linux {kernel}, {cpus} CPUs. Repeat {repeat}, \
-         median of {ROUNDS} runs, 60-byte TCP/IPv4 frame, {flows} flows per VIP in the per-CPU \
-         conntrack (`flows4`). Ratios are to a bare `XDP_PASS` in the same run. \
+         median of {ROUNDS} runs, 60-byte TCP/IPv4 frame (IPv6 rows: 74-byte TCP/IPv6), {flows} flows \
+         per VIP in the per-CPU conntrack (`flows4`, `flows6`). Ratios are to a bare `XDP_PASS` in the same run. \
          \"First packet\" and \"miss\" rows run with a load-time knob that makes every packet new \
          to its CPU: the flow cache and the per-CPU conntrack are probed and their answers \
          ignored, the `ct4_filter` entry is read (empty: nothing was promoted, so the shared \

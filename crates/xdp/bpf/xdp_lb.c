@@ -88,7 +88,8 @@ struct {
 	__type(value, __u32);
 } maglev SEC(".maps");
 
-/* dsr/tunnel conntrack, IPv6 flows (a 40-byte key) */
+/* dsr/tunnel conntrack, IPv6 flows (a 40-byte key), second level: only promoted flows
+ * (types.h, struct flow6), looked up when this CPU's `flows6` has no entry for a flow */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, FX_CT_ENTRIES);
@@ -140,6 +141,23 @@ struct {
 	__type(value, struct flow4_set);
 	FX_STATE_MAP
 } flows4 SEC(".maps");
+
+/* the IPv6 flow cache (types.h, struct fcache6) */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, FX_FCACHE6_SLOTS);
+	__type(key, __u32);
+	__type(value, struct fcache6);
+} fcache6 SEC(".maps");
+
+/* the per-CPU conntrack of IPv6 dsr/tunnel flows (types.h, struct flow6) */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, FX_FLOW6_SETS);
+	__type(key, __u32);
+	__type(value, struct flow6_set);
+	FX_STATE_MAP
+} flows6 SEC(".maps");
 
 /* nat: the client's 5-tuple -> the translation (see types.h) */
 struct {
@@ -213,6 +231,15 @@ FX_INLINE void fx_nss_count(__u32 i)
 	if (c)
 		__sync_fetch_and_add(c, 1);
 }
+
+/* [0]: incremented by the data path for every nat flow it creates (types.h,
+ * FX_FCACHE_NAT_REV): cached nat replies are valid only while it does not change */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} nat_gen SEC(".maps");
 
 /* [0]: the number of nat services (0: packets for no service skip the nat_rev lookup) */
 struct {
@@ -606,6 +633,72 @@ FX_INLINE struct fcache4 *fx_fcache_fill(const struct pkt *p, __u32 slot, const 
 	return e;
 }
 
+/* A native-endian word of an address (scalars, not arrays: they stay in registers, and
+ * xdp_lb's stack frame is near the limit) */
+FX_INLINE __u32 fx_ld32(const __u8 *b)
+{
+	__u32 w;
+
+	__builtin_memcpy(&w, b, 4);
+	return w;
+}
+
+/* Two 16-byte addresses (4-byte aligned) are equal. */
+FX_INLINE int fx_addr6_eq(const __u8 *a, const __u8 *b)
+{
+	return ((fx_ld32(a) ^ fx_ld32(b)) | (fx_ld32(a + 4) ^ fx_ld32(b + 4)) |
+		(fx_ld32(a + 8) ^ fx_ld32(b + 8)) | (fx_ld32(a + 12) ^ fx_ld32(b + 12))) == 0;
+}
+
+#define FX_W64(b, i) (((__u64)fx_ld32((b) + (i)) << 32) | fx_ld32((b) + (i) + 4))
+
+/* The index hash of an IPv6 5-tuple (ports in network order, as they lie in the packet):
+ * the IPv6 flow cache's slot and the `flows6` set. A multiply-xor chain over the four
+ * 64-bit words of the addresses, then the ports and protocol, then murmur3's fmix64 (as
+ * fx_tuple_words_hash). */
+FX_INLINE __u32 fx_tuple_hash6(const __u8 *src, const __u8 *dst, __u16 sport, __u16 dport,
+			       __u8 proto)
+{
+	const __u64 k = 0x9e3779b97f4a7c15ULL;
+	__u64 h = FX_W64(src, 0) * k;
+
+	h = (h ^ FX_W64(src, 8)) * k;
+	h = (h ^ FX_W64(dst, 0)) * k;
+	h = (h ^ FX_W64(dst, 8)) * k;
+	h ^= ((__u64)(((__u32)sport << 16) | dport) << 32) | proto;
+	h ^= h >> 33;
+	h *= 0xff51afd7ed558ccdULL;
+	h ^= h >> 33;
+	h *= 0xc4ceb9fe1a85ec53ULL;
+	h ^= h >> 33;
+	return (__u32)h;
+}
+
+/* Remembers an IPv6 flow's choice in this CPU's IPv6 cache slot (flows to IPv6 backends). A
+ * call (once per flow and generation): inlined, its copies cost xdp_lb's frame the bytes
+ * the call chain does not have. */
+static __attribute__((noinline)) void fx_fcache6_fill(const struct pkt *p, __u32 slot,
+						      const struct svc_value *svc, __u32 be_idx,
+						      __u32 hash)
+{
+	__u32 zero = 0;
+	__u32 row = svc->id;
+	struct fcache6 *e = bpf_map_lookup_elem(&fcache6, &slot);
+	__u64 *gen = bpf_map_lookup_elem(&nh_gen, &zero);
+
+	if (!e || !gen)
+		return;
+	__builtin_memcpy(&e->sv, svc, sizeof(e->sv));
+	__builtin_memcpy(e->saddr, p->src, 16);
+	__builtin_memcpy(e->daddr, p->dst, 16);
+	e->ports = ((__u32)p->sport << 16) | p->dport;
+	e->proto = p->proto;
+	e->row = row;
+	e->backend = be_idx;
+	e->hash = hash;
+	e->gen = *gen;
+}
+
 /* nat: would the current table send a new connection with this 5-tuple to another backend
  * than `idx`? (a call: fx_nat_forward's frame has no room for the hash) */
 static __attribute__((noinline)) int fx_nat_syn_moves(const struct svc_value *svc,
@@ -725,6 +818,10 @@ static __attribute__((noinline)) int fx_nat_forward(struct xdp_md *ctx, const st
 			return XDP_DROP;
 		}
 		nf->nport = rkp->dport;
+		/* a reply 5-tuple may be reused from here on: cached replies are void */
+		__u64 *ng = bpf_map_lookup_elem(&nat_gen, &zero);
+		if (ng)
+			__sync_fetch_and_add(ng, 1);
 		if (bpf_map_update_elem(&nat_fwd, ck, nf, BPF_NOEXIST)) {
 			/* full, or another CPU created this flow a moment ago */
 			bpf_map_delete_elem(&nat_rev, rkp);
@@ -814,6 +911,42 @@ static __attribute__((noinline)) int fx_nat_rev_fill(struct xdp_md *ctx, struct 
 	return 0;
 }
 
+/* nat, backend -> client: remembers the reply's translation in this CPU's flow cache
+ * (types.h, FX_FCACHE_NAT_REV), under the current generation and nat_gen. */
+static __attribute__((noinline)) void fx_nat_rev_cache(const struct pkt *p,
+						       const struct nat_rev *r, __u32 row)
+{
+	__u32 zero = 0;
+	__u32 w[4];
+	__u32 slot = fx_tuple_hash(p, w) & (FX_FCACHE_SLOTS - 1);
+	struct fcache4 *e = bpf_map_lookup_elem(&fcache4, &slot);
+	__u64 *gen = bpf_map_lookup_elem(&nh_gen, &zero);
+	__u64 *ng = bpf_map_lookup_elem(&nat_gen, &zero);
+
+	if (!e || !gen || !ng)
+		return;
+	__builtin_memset(&e->sv, 0, sizeof(e->sv));
+	e->sv.mode = FX_FCACHE_NAT_REV;
+	__builtin_memcpy(&e->sv.src4, r->vaddr, 4);
+	__builtin_memcpy(&e->hash, r->caddr, 4);
+	__builtin_memcpy(e->sv.src6, r->cmac, ETH_ALEN);
+	__builtin_memcpy(e->sv.src6 + 6, r->lmac, ETH_ALEN);
+	__builtin_memcpy(e->sv.src6 + 12, &r->ifindex, 4);
+	e->saddr = w[0];
+	e->daddr = w[1];
+	e->ports = w[2];
+	e->proto = p->proto;
+	e->row = row;
+	e->backend = 0;
+	e->nport = r->vport;
+	e->bport = r->cport;
+	fx_nat_deltas4(p->src, p->dst, p->sport, p->dport, r->vaddr, r->vport, r->caddr, r->cport,
+		       &e->csum_ip, &e->csum_l4);
+	e->pad = 0;
+	e->pad1 = (__u32)*ng;
+	e->gen = *gen;
+}
+
 /* nat, backend -> client: a reply to a translated flow goes back as VIP -> client, out of
  * the interface and to the MAC the client's packets came from. -1: not a nat reply. */
 static __attribute__((noinline)) int fx_nat_reply(struct xdp_md *ctx, const struct pkt *p, __u64 bytes)
@@ -843,6 +976,8 @@ static __attribute__((noinline)) int fx_nat_reply(struct xdp_md *ctx, const stru
 		fx_count(row, FX_ACT_NO_ROUTE, bytes);
 		return XDP_DROP;
 	}
+	if (fx_nat_fcache && !fx_bench_no_fcache && p->family == FX_AF_INET && !fl)
+		fx_nat_rev_cache(p, r, row);
 	if (fx_nat_rewrite(ctx, p, r->vaddr, r->vport, r->caddr, r->cport)) {
 		fx_count(row, FX_ACT_ERROR, bytes);
 		return XDP_DROP;
@@ -1019,6 +1154,48 @@ FX_INLINE int fx_nat_cached(struct xdp_md *ctx, const struct pkt *p, const struc
 	return fx_xmit(ctx, nh, row, bytes);
 }
 
+/* nat, backend -> client, from the flow cache (types.h, FX_FCACHE_NAT_REV): the way back
+ * fx_nat_reply recorded, without the nat_rev lookup. A call (xdp_lb's frame has no room).
+ * -1: not served here (a FIN or RST, or nat_gen moved on). */
+static __attribute__((noinline)) int fx_nat_rev_cached(struct xdp_md *ctx, const struct pkt *p,
+						       const struct fcache4 *e, __u32 row)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u64 bytes = data_end - data;
+	__u32 zero = 0;
+	__u64 *ng = bpf_map_lookup_elem(&nat_gen, &zero);
+
+	if (!ng || e->pad1 != (__u32)*ng)
+		return -1;
+	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (FX_TCP_FIN | FX_TCP_RST)))
+		return -1;
+	void *l3 = p->l2_len == 18 ? data + 18 : data + 14;
+	if (fx_nat_apply4(l3, data_end, p->proto, (const __u8 *)&e->sv.src4, e->nport,
+			  (const __u8 *)&e->hash, e->bport, e->csum_ip, e->csum_l4)) {
+		fx_count(row, FX_ACT_ERROR, bytes);
+		return XDP_DROP;
+	}
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	__u32 ifindex;
+
+	if ((void *)(eth + 1) > data_end) {
+		fx_count(row, FX_ACT_ERROR, bytes);
+		return XDP_DROP;
+	}
+	__builtin_memcpy(eth->h_dest, e->sv.src6, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, e->sv.src6 + 6, ETH_ALEN);
+	__builtin_memcpy(&ifindex, e->sv.src6 + 12, 4);
+	if (ifindex == ctx->ingress_ifindex) {
+		fx_count(row, FX_ACT_TX, bytes);
+		return XDP_TX;
+	}
+	fx_count(row, FX_ACT_REDIRECT, bytes);
+	return bpf_redirect(ifindex, 0);
+}
+
 /* The hit path of an established IPv4 dsr/tunnel flow (struct fcache4): three inlined array
  * lookups (slot, generation, backend), no hash map. -1: not in the cache. */
 FX_INLINE int fx_fcache_forward(struct xdp_md *ctx, struct pkt *p, const __u32 *w, __u32 slot)
@@ -1035,6 +1212,8 @@ FX_INLINE int fx_fcache_forward(struct xdp_md *ctx, struct pkt *p, const __u32 *
 		return -1;
 	__u32 row = e->row;
 	__u32 idx = e->backend;
+	if (e->sv.mode == FX_FCACHE_NAT_REV)
+		return row < FX_MAX_SERVICES ? fx_nat_rev_cached(ctx, p, e, row) : -1;
 	struct backend *be = bpf_map_lookup_elem(&backends, &idx);
 	if (!be || !(be->flags & FX_BACKEND_ALIVE) || be->family != FX_AF_INET ||
 	    row >= FX_MAX_SERVICES)
@@ -1044,6 +1223,67 @@ FX_INLINE int fx_fcache_forward(struct xdp_md *ctx, struct pkt *p, const __u32 *
 	return fx_forward(ctx, p, &e->sv, be, idx, e->hash, row, 1);
 }
 
+
+/* The hit path of an established IPv6 dsr/tunnel flow (struct fcache6), as
+ * fx_fcache_forward. -1: not in the cache. */
+FX_INLINE int fx_fcache6_forward(struct xdp_md *ctx, struct pkt *p, __u32 slot)
+{
+	__u32 zero = 0;
+
+	struct fcache6 *e = bpf_map_lookup_elem(&fcache6, &slot);
+	__u64 *gen = bpf_map_lookup_elem(&nh_gen, &zero);
+	if (!e || !gen || e->gen != (__u32)*gen || e->gen == 0)
+		return -1;
+	if (e->ports != (((__u32)p->sport << 16) | p->dport) || e->proto != p->proto ||
+	    !fx_addr6_eq(e->saddr, p->src) || !fx_addr6_eq(e->daddr, p->dst))
+		return -1;
+	if (fx_bench_ct_miss)
+		return -1;
+	__u32 row = e->row;
+	__u32 idx = e->backend;
+	struct backend *be = bpf_map_lookup_elem(&backends, &idx);
+	if (!be || !(be->flags & FX_BACKEND_ALIVE) || be->family != FX_AF_INET6 ||
+	    row >= FX_MAX_SERVICES || e->sv.mode == FX_MODE_NAT)
+		return -1;
+	return fx_forward(ctx, p, &e->sv, be, idx, e->hash, row, 1);
+}
+
+/* The way of `set` holding the IPv6 flow, or NULL. */
+FX_INLINE struct flow6 *fx_flow6_find(struct flow6_set *set, const __u8 *src, const __u8 *dst,
+				      __u32 ports, __u8 proto)
+{
+#pragma unroll
+	for (int i = 0; i < FX_FLOW6_WAYS; i++) {
+		struct flow6 *f = &set->way[i];
+
+		if (f->seen && f->ports == ports && f->proto == proto && fx_addr6_eq(f->saddr, src) &&
+		    fx_addr6_eq(f->daddr, dst))
+			return f;
+	}
+	return NULL;
+}
+
+/* As fx_flow4_victim, for `flows6`. */
+FX_INLINE struct flow6 *fx_flow6_victim(struct flow6_set *set, int first)
+{
+	struct flow6 *v = NULL;
+	__u32 oldest = 0xffffffff;
+
+#pragma unroll
+	for (int i = 0; i < FX_FLOW6_WAYS; i++) {
+		struct flow6 *f = &set->way[i];
+
+		if (!f->seen)
+			return f;
+		if (!first && (f->flags & FX_FLOW4_FIRST))
+			continue;
+		if (f->seen < oldest) {
+			oldest = f->seen;
+			v = f;
+		}
+	}
+	return v;
+}
 
 /* The way of `set` holding the IPv4 flow `w` (fx_tuple_hash's words), or NULL. */
 FX_INLINE struct flow4 *fx_flow4_find(struct flow4_set *set, const __u32 *w, __u8 proto)
@@ -1093,6 +1333,7 @@ struct icmp_scratch {
 	struct svc_key sk;
 	struct ct_key k6;
 	struct ct4_key k4;
+	__u32 sidx;
 };
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -1112,6 +1353,22 @@ struct {
  *   side: translated (source -> backend) and sent to the backend.
  * Both return -1 when the error is about no flow of theirs (then it is passed to the
  * kernel). Calls of their own: never on the TCP/UDP path. */
+/* The `flows6` entry of the flow an ICMP error quotes (the quote reversed), or NULL. A call
+ * with its key in the scratch: fx_icmp_lb's frame and the next-hop refill under it leave
+ * no room for more locals (512 bytes for the whole call chain). */
+static __attribute__((noinline)) struct flow6 *fx_icmp_flow6(struct icmp_scratch *sc)
+{
+	const struct icmp_quote *q = &sc->q;
+
+	sc->sidx = fx_tuple_hash6(q->dst, q->src, q->dport, q->sport, q->proto) &
+		   (FX_FLOW6_SETS - 1);
+	struct flow6_set *set = bpf_map_lookup_elem(&flows6, &sc->sidx);
+
+	return set ? fx_flow6_find(set, q->dst, q->src, ((__u32)q->dport << 16) | q->sport,
+				   q->proto)
+		   : NULL;
+}
+
 static __attribute__((noinline)) int fx_icmp_lb(struct xdp_md *ctx, struct pkt *p)
 {
 	void *data = (void *)(long)ctx->data;
@@ -1178,7 +1435,20 @@ static __attribute__((noinline)) int fx_icmp_lb(struct xdp_md *ctx, struct pkt *
 		asm volatile("%0 = %0" : "+r"(ct));
 	} else {
 		struct ct_key *k = &sc->k6;
+		/* this CPU's conntrack first, then the shared LRU (as IPv4) */
+		struct flow6 *fe = fx_icmp_flow6(sc);
 
+		if (fe && fe->row == row) {
+			__u32 idx = fe->backend;
+
+			be = bpf_map_lookup_elem(&backends, &idx);
+			if (be && (be->flags & FX_BACKEND_ALIVE)) {
+				be_idx = idx;
+				hash = fe->hash;
+				goto found;
+			}
+			be = NULL;
+		}
 		__builtin_memset(k, 0, sizeof(*k));
 		__builtin_memcpy(k->src, q->dst, 16);
 		__builtin_memcpy(k->dst, q->src, 16);
@@ -1347,6 +1617,14 @@ int xdp_lb(struct xdp_md *ctx)
 		fh = fx_tuple_hash(&p, fw);
 		if (!fx_bench_no_fcache && !FX_PLAIN_SYN(&p)) {
 			int rc = fx_fcache_forward(ctx, &p, fw, fh & (FX_FCACHE_SLOTS - 1));
+			if (rc >= 0)
+				return rc;
+		}
+	} else if (!p.frag) {
+		/* IPv6: the same per-CPU cache, its own map (types.h, struct fcache6) */
+		fh = fx_tuple_hash6(p.src, p.dst, p.sport, p.dport, p.proto);
+		if (!fx_bench_no_fcache && !FX_PLAIN_SYN(&p)) {
+			int rc = fx_fcache6_forward(ctx, &p, fh & (FX_FCACHE6_SLOTS - 1));
 			if (rc >= 0)
 				return rc;
 		}
@@ -1571,6 +1849,21 @@ int xdp_lb(struct xdp_md *ctx)
 			fe->seen = now;
 		}
 	} else {
+		/* IPv6: this CPU's conntrack (types.h, struct flow6), then the shared LRU
+		 * `conntrack` (only promoted flows), then the stateless Maglev choice: as IPv4
+		 * above, without the filter. docs/xdp.md, "IPv6 flows". */
+		int first = p.proto != IPPROTO_TCP || FX_PLAIN_SYN(&p);
+		__u32 zero = 0;
+		__u32 sidx = fh & (FX_FLOW6_SETS - 1);
+		__u64 *genp = bpf_map_lookup_elem(&nh_gen, &zero);
+		struct flow6_set *set = bpf_map_lookup_elem(&flows6, &sidx);
+		if (!genp || !set)
+			return XDP_PASS;
+		__u32 now = (__u32)*genp;
+		struct flow6 *fe = fx_flow6_find(set, p.src, p.dst,
+						 ((__u32)p.sport << 16) | p.dport, p.proto);
+		__u8 fflags = 0;
+
 		__builtin_memcpy(ck.k6.src, p.src, 16);
 		__builtin_memcpy(ck.k6.dst, p.dst, 16);
 		ck.k6.sport = p.sport;
@@ -1578,26 +1871,86 @@ int xdp_lb(struct xdp_md *ctx)
 		ck.k6.proto = p.proto;
 		ck.k6.family = p.family;
 		ck.k6.pad = 0;
-		/* IPv6: the LRU `conntrack` (one call site per map: the verifier inlines a lookup,
-		 * and calls an update directly, only when its call site always sees the same map;
-		 * the asm statements, register moves to themselves, different per map, keep clang
-		 * from merging the calls into one with a selected map pointer) */
-		if (fx_bench_ct_miss) {
-			ct = NULL;
-		} else {
-			ct = bpf_map_lookup_elem(&conntrack, &ck.k6);
-			asm volatile("%0 = %0\n\t%0 = %0" : "+r"(ct));
+		if (fx_bench_ct_miss)
+			fe = NULL;
+		if (fe && fe->row != row)
+			fe = NULL;
+		if (fe && !FX_PLAIN_SYN(&p)) {
+			__u32 idx = fe->backend;
+
+			be = bpf_map_lookup_elem(&backends, &idx);
+			if (be && !(be->flags & FX_BACKEND_ALIVE))
+				be = NULL; /* dead backend: the flow moves (re-decided below) */
+			if (be) {
+				be_idx = idx;
+				hash = fe->hash;
+				if (fe->seen != now)
+					fe->seen = now;
+				if (!(fe->flags & FX_FLOW4_FIRST)) {
+					/* made by a mid-flow packet: the flow's first packet may have
+					 * been on another CPU, whose entry was promoted since (one call
+					 * site per map and per place: see the asm below) */
+					ct = bpf_map_lookup_elem(&conntrack, &ck.k6);
+					asm volatile("%0 = %0\n\t%0 = %0" : "+r"(ct));
+					if (ct && ct->svc == row && ct->backend != be_idx) {
+						__u32 cidx = ct->backend;
+						struct backend *cbe =
+							bpf_map_lookup_elem(&backends, &cidx);
+
+						if (cbe && (cbe->flags & FX_BACKEND_ALIVE)) {
+							be = cbe;
+							be_idx = cidx;
+							hash = ct->hash;
+							fe->backend = cidx;
+							fe->hash = hash;
+							fe->hash_key = svc->hash_key;
+							fe->flags = FX_FLOW4_FIRST | FX_FLOW4_LRU;
+						}
+					}
+				}
+				if (!(fe->flags & FX_FLOW4_LRU)) {
+					/* would the current table send the flow elsewhere? Then promote
+					 * it into the shared LRU (as IPv4) */
+					__u32 h2 = fe->hash_key == svc->hash_key ?
+							   hash :
+							   fx_flow_hash(svc->hash_key, &p);
+					__u32 alt = 0;
+
+					if (!fx_pick(svc, h2, &alt) || alt != be_idx) {
+						ct = bpf_map_lookup_elem(&conntrack, &ck.k6);
+						asm volatile("%0 = %0\n\t%0 = %0" : "+r"(ct));
+						if (ct && ct->svc == row && ct->backend == be_idx) {
+							fe->flags |= FX_FLOW4_LRU;
+						} else {
+							struct ct_value nv = {
+								.backend = be_idx, .svc = row, .hash = hash
+							};
+							long err = bpf_map_update_elem(&conntrack, &ck.k6,
+										       &nv, BPF_ANY);
+
+							asm volatile("%0 = %0\n\t%0 = %0" : "+r"(err));
+							if (!err)
+								fe->flags |= FX_FLOW4_LRU;
+						}
+					}
+				}
+				goto forward;
+			}
 		}
-		/* a SYN: the current table's choice, and the insert below replaces an old flow's
-		 * entry */
+		/* not on this CPU (or its backend died): the shared LRU */
+		ct = bpf_map_lookup_elem(&conntrack, &ck.k6);
+		asm volatile("%0 = %0\n\t%0 = %0" : "+r"(ct));
 		if (ct && ct->svc == row && !FX_PLAIN_SYN(&p)) {
 			__u32 idx = ct->backend;
 
-			hash = ct->hash;
-			be_idx = idx;
 			be = bpf_map_lookup_elem(&backends, &idx);
 			if (be && !(be->flags & FX_BACKEND_ALIVE))
-				be = NULL; /* dead backend: the flow moves (see docs/xdp.md) */
+				be = NULL;
+			if (be) {
+				be_idx = idx;
+				hash = ct->hash;
+				fflags = FX_FLOW4_FIRST | FX_FLOW4_LRU;
+			}
 		}
 		if (!be) {
 			hash = fx_flow_hash(svc->hash_key, &p);
@@ -1606,26 +1959,43 @@ int xdp_lb(struct xdp_md *ctx)
 				fx_count(row, FX_ACT_DROP, bytes);
 				return XDP_DROP;
 			}
-			if (!ct || !FX_PLAIN_SYN(&p))
+			if (!FX_PLAIN_SYN(&p) || (!fe && !ct))
 				fx_count(row, FX_ACT_CT_MISS, bytes);
-			/* Only the first packet of a flow creates its entry: a TCP SYN (without ACK),
-			 * or any UDP datagram (UDP has no first packet to tell). A TCP packet in
-			 * mid-flow without an entry takes the stateless Maglev choice above, the same
-			 * backend as long as the table has not changed, and does not pay for an LRU
-			 * insert. See docs/xdp.md, "Conntrack". */
-			if (p.proto == IPPROTO_TCP &&
-			    (p.tcp_flags & (FX_TCP_SYN | FX_TCP_ACK)) != FX_TCP_SYN)
-				goto forward;
-			struct ct_value nv = { .backend = be_idx, .svc = row, .hash = hash };
-			long err = bpf_map_update_elem(&conntrack, &ck.k6, &nv, BPF_ANY);
-
-			asm volatile("%0 = %0\n\t%0 = %0" : "+r"(err));
+			fflags = first ? FX_FLOW4_FIRST : 0;
+			if (ct && FX_PLAIN_SYN(&p)) {
+				/* the shared entry of an old flow with this 5-tuple: now the new
+				 * connection's, in place */
+				if (ct->svc != row || ct->backend != be_idx || ct->hash != hash) {
+					ct->hash = hash;
+					ct->svc = row;
+					ct->backend = be_idx;
+				}
+				fflags |= FX_FLOW4_LRU;
+			}
+		}
+		/* an insert is a slot write, as for IPv4 */
+		if (!fe)
+			fe = fx_flow6_victim(set, fflags & FX_FLOW4_FIRST);
+		if (fe) {
+			__builtin_memcpy(fe->saddr, p.src, 16);
+			__builtin_memcpy(fe->daddr, p.dst, 16);
+			fe->ports = ((__u32)p.sport << 16) | p.dport;
+			fe->proto = p.proto;
+			fe->row = row;
+			fe->flags = fflags;
+			fe->hash_key = svc->hash_key;
+			fe->backend = be_idx;
+			fe->hash = hash;
+			fe->seen = now;
 		}
 	}
 
 forward:
 	if (p.family == FX_AF_INET && be->family == FX_AF_INET && !p.frag && !fx_bench_no_fcache)
 		fx_fcache_fill(&p, fh & (FX_FCACHE_SLOTS - 1), svc, be_idx, hash, row);
+	else if (p.family == FX_AF_INET6 && be->family == FX_AF_INET6 && !p.frag &&
+		 !fx_bench_no_fcache)
+		fx_fcache6_fill(&p, fh & (FX_FCACHE6_SLOTS - 1), svc, be_idx, hash);
 	return fx_forward(ctx, &p, svc, be, be_idx, hash, row, 1);
 }
 

@@ -198,6 +198,9 @@ pub struct Fcache4 {
 }
 const _: () = assert!(size_of::<Fcache4>() == 80);
 
+/// `FX_FCACHE_NAT_REV`: `sv.mode` of a flow cache slot that holds a nat reply's way back.
+pub const FCACHE_NAT_REV: u8 = 4;
+
 /// `FX_NAT_FCACHE_MIN_TIMEOUT_NS`: nat flows are served from the flow cache only when every
 /// nat idle timeout is at least this long (a cache hit does not refresh the flow's `seen`;
 /// the first packet after each `nh_gen` bump does).
@@ -261,6 +264,84 @@ pub struct Flow4Set {
     pub way: [Flow4; FLOW4_WAYS as usize],
 }
 const _: () = assert!(size_of::<Flow4Set>() == 112);
+
+/// `FX_FCACHE6_SLOTS`: slots per CPU of the IPv6 flow cache (`fcache6`).
+pub const FCACHE6_SLOTS: u32 = 8_192;
+
+/// `struct fcache6`: a slot of the per-CPU IPv6 flow cache (written by the BPF program only).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Fcache6 {
+    pub sv: SvcValue,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub ports: u32,
+    pub gen: u32,
+    pub backend: u32,
+    pub hash: u32,
+    pub proto: u8,
+    pub row: u8,
+    pub pad: u16,
+    pub pad1: u32,
+}
+const _: () = assert!(size_of::<Fcache6>() == 96);
+
+/// The data path's `fx_tuple_hash6` of an IPv6 5-tuple as it lies in the packet: the IPv6
+/// flow cache's slot and the `flows6` set (low bits). Each address is read as two 64-bit
+/// words, each made of two native-endian 32-bit loads (the first in the high half); with
+/// `k = 0x9e3779b97f4a7c15`, `h = s0 * k`, then `h = (h ^ w) * k` for s1, d0, d1, then
+/// `h ^= ports << 32 | proto` (`ports` as [`tuple_hash4`]'s) and murmur3's fmix64, truncated.
+#[must_use]
+pub fn tuple_hash6(saddr: [u8; 16], daddr: [u8; 16], ports: u32, proto: u8) -> u32 {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let w = |a: &[u8; 16], i: usize| {
+        let hi = u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+        let lo = u32::from_ne_bytes([a[i + 4], a[i + 5], a[i + 6], a[i + 7]]);
+        (u64::from(hi) << 32) | u64::from(lo)
+    };
+    let mut h = w(&saddr, 0).wrapping_mul(K);
+    for x in [w(&saddr, 8), w(&daddr, 0), w(&daddr, 8)] {
+        h = (h ^ x).wrapping_mul(K);
+    }
+    h ^= (u64::from(ports) << 32) | u64::from(proto);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
+    h as u32
+}
+
+/// `FX_FLOW6_SETS`: sets per CPU of the per-CPU IPv6 conntrack (`flows6`).
+pub const FLOW6_SETS: u32 = 32_768;
+/// `FX_FLOW6_WAYS`: ways per set.
+pub const FLOW6_WAYS: u32 = 4;
+
+/// `struct flow6`: a way of the per-CPU IPv6 conntrack (written by the BPF program only);
+/// `flags` as [`Flow4`]'s ([`FLOW4_FIRST`], [`FLOW4_LRU`]: promoted into `conntrack`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Flow6 {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub ports: u32,
+    pub proto: u8,
+    pub row: u8,
+    pub flags: u8,
+    pub hash_key: u8,
+    pub backend: u32,
+    pub hash: u32,
+    pub seen: u32,
+}
+const _: () = assert!(size_of::<Flow6>() == 52);
+
+/// `struct flow6_set`: one set (the value of a `flows6` element).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Flow6Set {
+    pub way: [Flow6; FLOW6_WAYS as usize],
+}
+const _: () = assert!(size_of::<Flow6Set>() == 208);
 
 /// `struct ct_value`.
 #[repr(C)]
@@ -413,6 +494,9 @@ mod pod {
     unsafe impl aya::Pod for super::CtKey {}
     unsafe impl aya::Pod for super::Ct4Key {}
     unsafe impl aya::Pod for super::Flow4Set {}
+    unsafe impl aya::Pod for super::Flow6Set {}
+    unsafe impl aya::Pod for super::Fcache6 {}
+    unsafe impl aya::Pod for super::Fcache4 {}
     unsafe impl aya::Pod for super::CtValue {}
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::NextHop {}

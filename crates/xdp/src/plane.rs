@@ -12,11 +12,11 @@ use fulcrum_core::model::{Backend, BackendState, HashKey, PrimeTableSize, Proto}
 use fulcrum_core::sched::maglev::Maglev;
 
 use crate::maps::{
-    addr_bytes, BackendEntry, Counter, Ct4Key, CtKey, CtValue, Flow4, Flow4Set, NatFwd, NatRev,
-    ScAddr, SvcKey, SvcValue, AF_INET, BACKEND_ALIVE, FLOW4_LRU, FLOW4_SETS, HASH_FIVE_TUPLE,
-    HASH_SRC_IP, HASH_SRC_IP_PORT, MAGLEV_MAX, MAX_BACKENDS, MAX_SERVICES, MODE_DSR, MODE_NAT,
-    MODE_TUNNEL, NAT_FIN_FWD, NAT_FIN_REV, NAT_RST, STATS_ROWS, SVC_PREV_TABLE, SVC_SECOND_CHANCE,
-    TUNNEL_GUE, TUNNEL_IPIP,
+    addr_bytes, BackendEntry, Counter, Ct4Key, CtKey, CtValue, Flow4Set, Flow6Set, NatFwd, NatRev,
+    ScAddr, SvcKey, SvcValue, AF_INET6, BACKEND_ALIVE, FLOW4_LRU, FLOW4_SETS, FLOW6_SETS,
+    HASH_FIVE_TUPLE, HASH_SRC_IP, HASH_SRC_IP_PORT, MAGLEV_MAX, MAX_BACKENDS, MAX_SERVICES,
+    MODE_DSR, MODE_NAT, MODE_TUNNEL, NAT_FIN_FWD, NAT_FIN_REV, NAT_RST, STATS_ROWS, SVC_PREV_TABLE,
+    SVC_SECOND_CHANCE, TUNNEL_GUE, TUNNEL_IPIP,
 };
 
 /// The GUE destination port when none is configured (`fulcrum decap --gue-port`).
@@ -121,11 +121,12 @@ pub struct LoadOptions {
 
 /// The maps a binary upgrade hands over (pinned by name in [`crate::XDP_LB_STATE_OBJ`]):
 /// the conntrack and nat flows, and the counters.
-pub const STATE_MAPS: [&str; 7] = [
+pub const STATE_MAPS: [&str; 8] = [
     "conntrack",
     "ct4",
     "ct4_filter",
     "flows4",
+    "flows6",
     "nat_fwd",
     "nat_rev",
     "stats",
@@ -133,7 +134,7 @@ pub const STATE_MAPS: [&str; 7] = [
 
 /// The layout of [`STATE_MAPS`] and of the ids their entries hold: a new process takes the
 /// maps over only from a process with the same version (else it starts with empty ones).
-pub const STATE_VERSION: u32 = 1;
+pub const STATE_VERSION: u32 = 2;
 
 /// What a binary upgrade hands from the running data plane to the new one: the state maps,
 /// the XDP link, and the ids the maps' entries refer to (service rows, backend ids).
@@ -193,6 +194,7 @@ pub struct XdpPlane {
     /// Next hops whose managed entry the kernel refused, as last logged.
     nh_failed: Vec<crate::neigh::NextHop>,
     flows4: PerCpuArray<MapData, Flow4Set>,
+    flows6: PerCpuArray<MapData, Flow6Set>,
     ct4: BpfHashMap<MapData, Ct4Key, CtValue>,
     ct4_filter: Array<MapData, u32>,
     nat_fwd: BpfHashMap<MapData, CtKey, NatFwd>,
@@ -229,6 +231,42 @@ pub struct XdpPlane {
     backend_ids: HashMap<(String, SocketAddr), u32>,
     backend_entries: HashMap<u32, BackendEntry>,
 }
+
+/// An entry of a per-CPU conntrack (`flows4` or `flows6`), as [`XdpPlane::promote_before_switch`]
+/// reads it.
+#[derive(Debug, Clone, Copy)]
+struct Tracked {
+    src: IpAddr,
+    dst: IpAddr,
+    /// `sport << 16 | dport`, as the two network-order `u16` lie in the packet
+    ports: u32,
+    proto: u8,
+    row: u8,
+    hash_key: u8,
+    backend: u32,
+    hash: u32,
+}
+
+macro_rules! tracked_from {
+    ($t:ty) => {
+        impl From<&$t> for Tracked {
+            fn from(w: &$t) -> Self {
+                Self {
+                    src: IpAddr::from(w.saddr),
+                    dst: IpAddr::from(w.daddr),
+                    ports: w.ports,
+                    proto: w.proto,
+                    row: w.row,
+                    hash_key: w.hash_key,
+                    backend: w.backend,
+                    hash: w.hash,
+                }
+            }
+        }
+    };
+}
+tracked_from!(crate::maps::Flow4);
+tracked_from!(crate::maps::Flow6);
 
 impl std::fmt::Debug for XdpPlane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -405,7 +443,7 @@ impl XdpPlane {
         let mut nh_gen: Array<MapData, u64> = take(&mut ebpf, "nh_gen")?;
         nh_gen.set(0, 1, 0)?;
         let nh_miss = take(&mut ebpf, "nh_miss")?;
-        let flows4 = take(&mut ebpf, "flows4")?;
+        let (flows4, flows6) = (take(&mut ebpf, "flows4")?, take(&mut ebpf, "flows6")?);
         let ct4 = take(&mut ebpf, "ct4")?;
         let ct4_filter = take(&mut ebpf, "ct4_filter")?;
         let nat_fwd = take(&mut ebpf, "nat_fwd")?;
@@ -429,6 +467,7 @@ impl XdpPlane {
             neighbours: None,
             nh_failed: Vec::new(),
             flows4,
+            flows6,
             ct4,
             ct4_filter,
             nat_fwd,
@@ -483,45 +522,89 @@ impl XdpPlane {
         Ok(aya::maps::HashMap::try_from(map)?)
     }
 
+    /// The valid slots of the IPv4 flow cache `fcache4` on every CPU (for tests and
+    /// diagnostics), with their index: those filled since the last generation bump.
+    pub fn fcache4_flows(&self) -> Result<Vec<(u32, crate::maps::Fcache4)>, XdpError> {
+        let map = self
+            .ebpf
+            .map("fcache4")
+            .ok_or_else(|| XdpError::Config("no map `fcache4`".into()))?;
+        let map: PerCpuArray<&MapData, crate::maps::Fcache4> = PerCpuArray::try_from(map)?;
+        let gen = self.nh_gen.get(&0, 0)? as u32;
+        let mut out = Vec::new();
+        for slot in 0..crate::maps::FCACHE_SLOTS {
+            let per_cpu = map.get(&slot, 0)?;
+            let valid = per_cpu.iter().filter(|e| e.gen == gen && gen != 0);
+            out.extend(valid.map(|e| (slot, *e)));
+        }
+        Ok(out)
+    }
+
+    /// The valid slots of the IPv6 flow cache `fcache6` on every CPU (for tests and
+    /// diagnostics), with their index: those filled since the last generation bump.
+    pub fn fcache6_flows(&self) -> Result<Vec<(u32, crate::maps::Fcache6)>, XdpError> {
+        let map = self
+            .ebpf
+            .map("fcache6")
+            .ok_or_else(|| XdpError::Config("no map `fcache6`".into()))?;
+        let map: PerCpuArray<&MapData, crate::maps::Fcache6> = PerCpuArray::try_from(map)?;
+        let gen = self.nh_gen.get(&0, 0)? as u32;
+        let mut out = Vec::new();
+        for slot in 0..crate::maps::FCACHE6_SLOTS {
+            let per_cpu = map.get(&slot, 0)?;
+            out.extend(
+                per_cpu
+                    .iter()
+                    .filter(|e| e.gen == gen && gen != 0)
+                    .map(|e| (slot, *e)),
+            );
+        }
+        Ok(out)
+    }
+
     /// The shared IPv4 conntrack `ct4` (for tests and diagnostics): only promoted flows, those
     /// the current Maglev tables would send to another backend (docs/xdp.md, "Conntrack").
     pub fn ct4(&self) -> Result<&BpfHashMap<MapData, Ct4Key, CtValue>, XdpError> {
         Ok(&self.ct4)
     }
 
-    /// Every entry of the per-CPU IPv4 conntrack `flows4`, on every CPU, not yet promoted
-    /// into `ct4` (one map read per set: 65536 syscalls, each copying the set of every CPU).
-    fn flows4_snapshot(&self) -> Result<Vec<Flow4>, XdpError> {
+    /// Every entry of the per-CPU conntracks `flows4` and `flows6`, on every CPU, not yet
+    /// promoted into the shared LRUs (one map read per set: 65536 + 32768 syscalls, each
+    /// copying the set of every CPU).
+    fn flows_snapshot(&self) -> Result<Vec<Tracked>, XdpError> {
+        let kept = |seen: u32, flags: u8| seen != 0 && flags & FLOW4_LRU == 0;
         let mut out = Vec::new();
         for set in 0..FLOW4_SETS {
-            let per_cpu = self.flows4.get(&set, 0)?;
-            for s in per_cpu.iter() {
-                out.extend(
-                    s.way
-                        .iter()
-                        .filter(|w| w.seen != 0 && w.flags & FLOW4_LRU == 0)
-                        .copied(),
-                );
+            for s in self.flows4.get(&set, 0)?.iter() {
+                let ways = s.way.iter().filter(|w| kept(w.seen, w.flags));
+                out.extend(ways.map(Tracked::from));
+            }
+        }
+        for set in 0..FLOW6_SETS {
+            for s in self.flows6.get(&set, 0)?.iter() {
+                let ways = s.way.iter().filter(|w| kept(w.seen, w.flags));
+                out.extend(ways.map(Tracked::from));
             }
         }
         Ok(out)
     }
 
-    /// Before a service's new Maglev table is switched in: copies into the shared LRU `ct4`
-    /// every flow of the service in the per-CPU conntrack (any CPU) that the new table would
-    /// send to another backend, so that its packets on a CPU without its entry still reach
-    /// its backend (RSS keeps a flow on one CPU on a NIC; veth and similar devices run XDP on
-    /// the sender's CPU). The data path promotes the same flows at their next packet on
-    /// their own CPU; this closes the gap before that. `snapshot`: read once per update.
+    /// Before a service's new Maglev table is switched in: copies into the shared LRU (`ct4`
+    /// for IPv4, `conntrack` for IPv6) every flow of the service in the per-CPU conntrack
+    /// (any CPU) that the new table would send to another backend, so that its packets on a
+    /// CPU without its entry still reach its backend (RSS keeps a flow on one CPU on a NIC;
+    /// veth and similar devices run XDP on the sender's CPU). The data path promotes the
+    /// same flows at their next packet on their own CPU; this closes the gap before that.
+    /// `snapshot`: read once per update.
     fn promote_before_switch(
         &mut self,
         id: u32,
         s: &XdpService,
         table: &[u32],
-        snapshot: &mut Option<Vec<Flow4>>,
+        snapshot: &mut Option<Vec<Tracked>>,
     ) -> Result<(), XdpError> {
         if snapshot.is_none() {
-            *snapshot = Some(self.flows4_snapshot()?);
+            *snapshot = Some(self.flows_snapshot()?);
         }
         let new_key = match s.hash_key {
             HashKey::SrcIp => HASH_SRC_IP,
@@ -547,8 +630,8 @@ impl XdpPlane {
             } else {
                 let port = |p: u32| u16::from_be(p as u16);
                 let flow = fulcrum_core::model::FlowTuple {
-                    src: SocketAddr::new(IpAddr::from(f.saddr), port(f.ports >> 16)),
-                    dst: SocketAddr::new(IpAddr::from(f.daddr), port(f.ports & 0xffff)),
+                    src: SocketAddr::new(f.src, port(f.ports >> 16)),
+                    dst: SocketAddr::new(f.dst, port(f.ports & 0xffff)),
                     proto: s.proto,
                 };
                 fulcrum_core::hash::flow_hash(&s.hash_key, &flow)
@@ -559,26 +642,50 @@ impl XdpPlane {
             if now == Some(f.backend) {
                 continue;
             }
-            let key = Ct4Key {
-                saddr: f.saddr,
-                daddr: f.daddr,
-                sport: (f.ports >> 16) as u16,
-                dport: (f.ports & 0xffff) as u16,
-                proto: f.proto,
-                pad0: 0,
-                pad1: 0,
-            };
             let value = CtValue {
                 backend: f.backend,
                 svc: id,
                 hash: f.hash,
                 pad: 0,
             };
-            // the filter first: from then on the data path looks the flow up in `ct4`
-            let fh = crate::maps::tuple_hash4(f.saddr, f.daddr, f.ports, f.proto);
-            self.ct4_filter
-                .set(fh >> crate::maps::CT4_FILTER_SHIFT, 1, 0)?;
-            self.ct4.insert(key, value, 0)?;
+            let (sport, dport) = ((f.ports >> 16) as u16, (f.ports & 0xffff) as u16);
+            match (f.src, f.dst) {
+                (IpAddr::V4(src), IpAddr::V4(dst)) => {
+                    let key = Ct4Key {
+                        saddr: src.octets(),
+                        daddr: dst.octets(),
+                        sport,
+                        dport,
+                        proto: f.proto,
+                        pad0: 0,
+                        pad1: 0,
+                    };
+                    // the filter first: from then on the data path looks the flow up in `ct4`
+                    let fh = crate::maps::tuple_hash4(key.saddr, key.daddr, f.ports, f.proto);
+                    self.ct4_filter
+                        .set(fh >> crate::maps::CT4_FILTER_SHIFT, 1, 0)?;
+                    self.ct4.insert(key, value, 0)?;
+                }
+                (IpAddr::V6(src), IpAddr::V6(dst)) => {
+                    let key = CtKey {
+                        src: src.octets(),
+                        dst: dst.octets(),
+                        sport,
+                        dport,
+                        proto: f.proto,
+                        family: AF_INET6,
+                        pad: 0,
+                    };
+                    let map = self
+                        .ebpf
+                        .map_mut("conntrack")
+                        .ok_or_else(|| XdpError::Config("no map `conntrack`".into()))?;
+                    let mut ct: aya::maps::HashMap<&mut MapData, CtKey, CtValue> =
+                        aya::maps::HashMap::try_from(map)?;
+                    ct.insert(key, value, 0)?;
+                }
+                _ => continue,
+            }
             promoted += 1;
         }
         if promoted > 0 {
@@ -686,7 +793,7 @@ impl XdpPlane {
                 let Some(inst) = self.installed.get(&id) else {
                     continue;
                 };
-                if inst.key.family == AF_INET && inst.value.mode != MODE_NAT {
+                if inst.value.mode != MODE_NAT {
                     let table = inst.table.clone();
                     self.promote_before_switch(id, s, &table, &mut snapshot)?;
                 }
@@ -1007,7 +1114,7 @@ impl XdpPlane {
         &mut self,
         id: u32,
         s: &XdpService,
-        snapshot: &mut Option<Vec<Flow4>>,
+        snapshot: &mut Option<Vec<Tracked>>,
     ) -> Result<(), XdpError> {
         let m = s.table_size.get();
         if m > MAGLEV_MAX {
@@ -1060,10 +1167,7 @@ impl XdpPlane {
         };
         if prev.as_ref().map(|p| (p.key, p.value)) != Some((key, value)) {
             if let Some(p) = &prev {
-                if key.family == AF_INET
-                    && mode != MODE_NAT
-                    && (p.table != table || p.value.hash_key != hash_key)
-                {
+                if mode != MODE_NAT && (p.table != table || p.value.hash_key != hash_key) {
                     self.promote_before_switch(id, s, &table, snapshot)?;
                 }
             }

@@ -969,6 +969,234 @@ fn per_cpu_conntrack_keeps_flows_and_promotes_on_table_change() {
     });
 }
 
+/// The `conntrack` key of an IPv6 flow `src` -> `dst` (ports as they lie in the packet).
+fn ct6_key(src: &str, dst: &str, proto: Proto) -> fulcrum_xdp::maps::CtKey {
+    let (s, d): (SocketAddr, SocketAddr) = (src.parse().expect("src"), dst.parse().expect("dst"));
+    let (IpAddr::V6(a), IpAddr::V6(b)) = (s.ip(), d.ip()) else {
+        panic!("IPv6 only")
+    };
+    fulcrum_xdp::maps::CtKey {
+        src: a.octets(),
+        dst: b.octets(),
+        sport: u16::from_ne_bytes(s.port().to_be_bytes()),
+        dport: u16::from_ne_bytes(d.port().to_be_bytes()),
+        proto: if proto == Proto::Tcp { 6 } else { 17 },
+        family: fulcrum_xdp::maps::AF_INET6,
+        pad: 0,
+    }
+}
+
+/// IPv6 dsr flows take the same two per-CPU levels as IPv4 (docs/xdp.md, "IPv6 flows"): a
+/// first packet (TCP SYN, UDP) writes this CPU's `flows6` and fills the flow cache
+/// `fcache6`, and inserts nothing into the shared LRU `conntrack` (before, every first
+/// packet did); the next packets are served from the cache, to the same backend, exact
+/// bytes. After a table change the flows keep their backends, exactly the flows the new
+/// table sends elsewhere are promoted into `conntrack` (by userspace before the switch), a
+/// flow never seen follows the new table, and on another CPU the promoted flows are found
+/// in `conntrack`.
+#[test]
+fn ipv6_flows_take_the_flow_cache_and_the_per_cpu_conntrack() {
+    if !is_root_or_skip("ipv6_flows_take_the_flow_cache_and_the_per_cpu_conntrack") {
+        return;
+    }
+    let pool = backends(&BACKENDS6, 80);
+    let vip = "[2001:2::100]:80";
+    let dvip = "[2001:2::100]:53";
+    let s = service(
+        "web6",
+        vip,
+        Proto::Tcp,
+        Mode::Dsr,
+        HashKey::FiveTuple,
+        pool.clone(),
+    );
+    let u = service(
+        "dns6",
+        dvip,
+        Proto::Udp,
+        Mode::Dsr,
+        HashKey::FiveTuple,
+        pool,
+    );
+    with_plane("xdp6-fc", vec![s.clone(), u.clone()], move |plane, ifx| {
+        let twelve = ip("2001:2::12");
+        let pick = |dst: &str, proto: Proto, base: u32, on12: bool| -> Vec<String> {
+            let svc = if proto == Proto::Tcp { &s } else { &u };
+            (0..3000)
+                .map(|i| format!("[2001:2::a:{:x}]:{}", i + 1, base + i))
+                .filter(|src| (core_pick(svc, &flow(src, dst, proto)).0 == twelve) == on12)
+                .take(20)
+                .collect()
+        };
+        let syn_flows = pick(vip, Proto::Tcp, 10000, true);
+        let udp_flows = pick(dvip, Proto::Udp, 50000, true);
+        let other_flows = pick(vip, Proto::Tcp, 20000, false);
+        let fresh_flows = pick(vip, Proto::Tcp, 40000, true);
+        for f in [&syn_flows, &udp_flows, &other_flows, &fresh_flows] {
+            assert_eq!(f.len(), 20);
+        }
+        let syn = |src: &str| frame(src, vip, Proto::Tcp, None, 0, b"");
+        let dns = |src: &str| frame(src, dvip, Proto::Udp, None, 0, b"q");
+        let mid = |src: &str| frame_mid(src, vip, b"data");
+        let backend = |svc: &XdpService, src: &str, dst: &str, proto| {
+            core_pick(svc, &flow(src, dst, proto)).0
+        };
+        // first packets, then two mid-flow packets each: exact bytes, the core's backend
+        for src in syn_flows.iter().chain(&other_flows) {
+            let want = backend(&s, src, vip, Proto::Tcp);
+            for pkt in [syn(src), mid(src), mid(src)] {
+                let out = run(plane, ifx, &pkt);
+                assert_eq!(
+                    (out.verdict, out.data),
+                    (XDP_TX, dsr_to(&pkt, want)),
+                    "{src}"
+                );
+            }
+        }
+        for src in &udp_flows {
+            for _ in 0..3 {
+                let pkt = dns(src);
+                let out = run(plane, ifx, &pkt);
+                assert_eq!(
+                    (out.verdict, out.data),
+                    (XDP_TX, dsr_to(&pkt, twelve)),
+                    "{src}"
+                );
+            }
+        }
+        let misses: u64 = plane
+            .packet_counts()
+            .iter()
+            .filter(|c| c.1 == "ct_miss")
+            .map(|c| c.2)
+            .sum();
+        assert_eq!(misses, 3 * 20, "one miss per flow");
+        assert_eq!(
+            plane.conntrack().expect("conntrack").keys().count(),
+            0,
+            "a first packet costs no LRU insert"
+        );
+        // every flow is in this CPU's flow cache, in its slot (`fx_tuple_hash6`, whose Rust
+        // twin is `maps::tuple_hash6`: this fails if the two disagree), with its flow hash;
+        // of flows sharing a slot, the last one sent holds it
+        let cached = plane.fcache6_flows().expect("fcache6");
+        let mut last = std::collections::HashMap::new();
+        for (src, dst, proto, svc) in syn_flows
+            .iter()
+            .chain(&other_flows)
+            .map(|src| (src, vip, Proto::Tcp, &s))
+            .chain(udp_flows.iter().map(|src| (src, dvip, Proto::Udp, &u)))
+        {
+            let k = ct6_key(src, dst, proto);
+            let ports = (u32::from(k.sport) << 16) | u32::from(k.dport);
+            let slot = fulcrum_xdp::maps::tuple_hash6(k.src, k.dst, ports, k.proto)
+                & (fulcrum_xdp::maps::FCACHE6_SLOTS - 1);
+            let hash = core_pick(svc, &flow(src, dst, proto)).1;
+            last.insert(slot, (k.src, k.dst, ports, k.proto, hash));
+        }
+        let mut got: Vec<_> = cached
+            .iter()
+            .map(|(slot, e)| (*slot, (e.saddr, e.daddr, e.ports, e.proto, e.hash)))
+            .collect();
+        let mut want: Vec<_> = last.into_iter().collect();
+        got.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(got, want, "the flow cache holds every flow in its slot");
+
+        // drain ::12: flows this CPU knows stay, flows never seen follow the new table
+        let mut ds = s.clone();
+        ds.backends[1].state = BackendState::Draining;
+        let mut du = u.clone();
+        du.backends[1].state = BackendState::Draining;
+        plane.update(&[ds.clone(), du]).expect("update");
+        assert!(
+            plane.fcache6_flows().expect("fcache6").is_empty(),
+            "a change empties the cache"
+        );
+        for src in &syn_flows {
+            let pkt = frame_mid(src, vip, b"x");
+            let out = run(plane, ifx, &pkt);
+            assert_eq!(
+                (out.verdict, out.data),
+                (XDP_TX, dsr_to(&pkt, twelve)),
+                "{src}: kept"
+            );
+        }
+        for src in &udp_flows {
+            let pkt = dns(src);
+            let out = run(plane, ifx, &pkt);
+            assert_eq!(
+                (out.verdict, out.data),
+                (XDP_TX, dsr_to(&pkt, twelve)),
+                "{src}: kept"
+            );
+        }
+        for src in &other_flows {
+            let pkt = frame_mid(src, vip, b"x");
+            let want = backend(&s, src, vip, Proto::Tcp);
+            assert_eq!(backend(&ds, src, vip, Proto::Tcp), want);
+            let out = run(plane, ifx, &pkt);
+            assert_eq!((out.verdict, out.data), (XDP_TX, dsr_to(&pkt, want)));
+        }
+        for src in &fresh_flows {
+            let pkt = frame_mid(src, vip, b"x");
+            let want = backend(&ds, src, vip, Proto::Tcp);
+            assert_ne!(want, twelve);
+            let out = run(plane, ifx, &pkt);
+            assert_eq!(
+                (out.verdict, out.data),
+                (XDP_TX, dsr_to(&pkt, want)),
+                "{src}: new"
+            );
+        }
+        // exactly the flows the new table sends elsewhere were promoted
+        let ct = plane.conntrack().expect("conntrack");
+        let mut got: Vec<_> = ct
+            .iter()
+            .map(|r| r.expect("conntrack entry"))
+            .map(|(k, v)| (k.src, k.dst, k.sport, k.dport, k.proto, v.hash))
+            .collect();
+        let mut want: Vec<_> = syn_flows
+            .iter()
+            .map(|src| (src, vip, Proto::Tcp, &s))
+            .chain(udp_flows.iter().map(|src| (src, dvip, Proto::Udp, &u)))
+            .map(|(src, dst, proto, svc)| {
+                let k = ct6_key(src, dst, proto);
+                (
+                    k.src,
+                    k.dst,
+                    k.sport,
+                    k.dport,
+                    k.proto,
+                    core_pick(svc, &flow(src, dst, proto)).1,
+                )
+            })
+            .collect();
+        got.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(got, want, "conntrack holds exactly the promoted flows");
+
+        // on another CPU (no flows6 entry there): the promoted flows are found in conntrack
+        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        if cpus > 1 {
+            let here = fulcrum_xdp::testing::current_cpu().expect("cpu");
+            fulcrum_xdp::testing::pin_to_cpu((here + 1) % cpus).expect("pin");
+            for src in &syn_flows {
+                let pkt = frame_mid(src, vip, b"y");
+                let out = run(plane, ifx, &pkt);
+                assert_eq!(
+                    (out.verdict, out.data),
+                    (XDP_TX, dsr_to(&pkt, twelve)),
+                    "{src}: promoted flow on another CPU"
+                );
+            }
+            fulcrum_xdp::testing::pin_to_cpu(here).expect("pin back");
+        } else {
+            eprintln!("one CPU: the other-CPU part of this test is skipped");
+        }
+    });
+}
+
 /// A `flows4` set holds FX_FLOW4_WAYS flows: a first packet evicts the least recently seen
 /// way; a mid-flow packet without an entry takes no way held by a first packet (an ACK flood
 /// cannot evict tracked flows) and then follows the table, as an evicted flow does.

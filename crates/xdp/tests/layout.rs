@@ -16,6 +16,9 @@ fn sizes_and_constants_match_the_c_header() {
         ("fcache4", size_of::<Fcache4>()),
         ("flow4", size_of::<Flow4>()),
         ("flow4_set", size_of::<Flow4Set>()),
+        ("fcache6", size_of::<Fcache6>()),
+        ("flow6", size_of::<Flow6>()),
+        ("flow6_set", size_of::<Flow6Set>()),
         ("ct_value", size_of::<CtValue>()),
         ("counter", size_of::<Counter>()),
         ("nexthop", size_of::<NextHop>()),
@@ -75,6 +78,9 @@ fn sizes_and_constants_match_the_c_header() {
     assert_eq!(define("FX_FCACHE_SLOTS"), u64::from(FCACHE_SLOTS));
     assert_eq!(define("FX_FLOW4_SETS"), u64::from(FLOW4_SETS));
     assert_eq!(define("FX_FLOW4_WAYS"), u64::from(FLOW4_WAYS));
+    assert_eq!(define("FX_FCACHE6_SLOTS"), u64::from(FCACHE6_SLOTS));
+    assert_eq!(define("FX_FLOW6_SETS"), u64::from(FLOW6_SETS));
+    assert_eq!(define("FX_FLOW6_WAYS"), u64::from(FLOW6_WAYS));
     assert_eq!(define("FX_ACTIONS"), u64::from(ACTIONS));
     assert_eq!(define("FX_NH_TTL_NS"), NH_TTL_NS);
     assert_eq!(define("FX_CT4_FILTER"), u64::from(CT4_FILTER));
@@ -105,6 +111,7 @@ fn sizes_and_constants_match_the_c_header() {
         ("FX_MODE_DSR", MODE_DSR),
         ("FX_MODE_TUNNEL", MODE_TUNNEL),
         ("FX_MODE_NAT", MODE_NAT),
+        ("FX_FCACHE_NAT_REV", FCACHE_NAT_REV),
         ("FX_NAT_FIN_FWD", NAT_FIN_FWD),
         ("FX_NAT_FIN_REV", NAT_FIN_REV),
         ("FX_NAT_RST", NAT_RST),

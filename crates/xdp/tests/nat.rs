@@ -451,12 +451,72 @@ fn nat_flow_cache_serves_established_flows_and_forgets_released_ones() {
                 pkt(LB_MAC, bmac, snat, be, L4::Tcp(ACK), &payload)
             );
         }
+        // replies: the first through nat_rev, which caches the way back under the reply's
+        // 5-tuple; the next from the cache: the same exact bytes
+        for i in 0..3u8 {
+            let payload = [0x40 + i; 5];
+            let out = run(
+                plane,
+                ifx,
+                &pkt(bmac, LB_MAC, be, snat, L4::Tcp(ACK), &payload),
+            );
+            assert_eq!(out.verdict, XDP_TX);
+            assert_eq!(
+                out.data,
+                pkt(LB_MAC, CLIENT_MAC, svc.vip, c, L4::Tcp(ACK), &payload),
+                "reply {i}"
+            );
+        }
+        let cached = plane.fcache4_flows().expect("fcache4");
+        let rev: Vec<_> = cached
+            .iter()
+            .filter(|(_, e)| e.sv.mode == fulcrum_xdp::maps::FCACHE_NAT_REV)
+            .collect();
+        assert_eq!(rev.len(), 1, "the reply's way back is cached: {rev:?}");
+        let e = rev[0].1;
+        let (IpAddr::V4(b4), IpAddr::V4(s4)) = (be.ip(), snat.ip()) else {
+            unreachable!("IPv4")
+        };
+        assert_eq!((e.saddr, e.daddr), (b4.octets(), s4.octets()));
+        assert_eq!(
+            (e.nport, e.bport),
+            (svc.vip.port().to_be(), c.port().to_be())
+        );
+        // a new nat flow (another client) voids cached replies (a reply 5-tuple may be
+        // reused from then on): the reply takes nat_rev again, the same bytes
+        let c2 = sa("198.18.1.10:4243");
+        let syn2 = pkt(CLIENT_MAC, LB_MAC, c2, svc.vip, L4::Tcp(SYN), b"");
+        assert_eq!(run(plane, ifx, &syn2).verdict, XDP_TX);
+        let out = run(
+            plane,
+            ifx,
+            &pkt(bmac, LB_MAC, be, snat, L4::Tcp(ACK), b"after"),
+        );
+        assert_eq!(
+            out.data,
+            pkt(LB_MAC, CLIENT_MAC, svc.vip, c, L4::Tcp(ACK), b"after")
+        );
+        // ... and was cached again under the new nat_gen (`pad1`): the old slot was void
+        let again: Vec<_> = plane
+            .fcache4_flows()
+            .expect("fcache4")
+            .into_iter()
+            .filter(|(_, e)| e.sv.mode == fulcrum_xdp::maps::FCACHE_NAT_REV)
+            .collect();
+        assert_eq!(again.len(), 1);
+        assert_eq!(
+            again[0].1.pad1,
+            e.pad1 + 1,
+            "nat_gen moved on with the new flow"
+        );
         // a FIN each way (the client's through the slow path, which marks the flow), swept
         let fin = pkt(CLIENT_MAC, LB_MAC, c, svc.vip, L4::Tcp(FIN | ACK), b"");
         assert_eq!(run(plane, ifx, &fin).verdict, XDP_TX);
         let fin = pkt(bmac, LB_MAC, be, snat, L4::Tcp(FIN | ACK), b"");
         assert_eq!(run(plane, ifx, &fin).verdict, XDP_TX);
-        assert_eq!(plane.sweep_nat().expect("sweep").released, 1);
+        let fin2 = pkt(CLIENT_MAC, LB_MAC, c2, svc.vip, L4::Tcp(RST), b"");
+        assert_eq!(run(plane, ifx, &fin2).verdict, XDP_TX);
+        assert_eq!(plane.sweep_nat().expect("sweep").released, 2);
         let late = pkt(CLIENT_MAC, LB_MAC, c, svc.vip, L4::Tcp(ACK), b"late");
         assert_eq!(
             run(plane, ifx, &late).verdict,

@@ -197,6 +197,15 @@ _Static_assert(sizeof(struct fcache4) == 80, "fcache4");
  * when every nat idle timeout is at least FX_NAT_FCACHE_MIN_TIMEOUT_NS. A TCP FIN or RST
  * always takes the slow path (it marks the flow). */
 #define FX_NAT_FCACHE_MIN_TIMEOUT_NS (2 * FX_NH_TTL_NS)
+/* nat replies (backend -> client) are cached too, keyed by the reply's 5-tuple, with
+ * sv.mode FX_FCACHE_NAT_REV (a value only the cache uses): sv.src4 = the VIP (the new
+ * source), `hash` = the client's address, `nport` = the VIP's port, `bport` = the client's
+ * port, sv.src6 = the client's MAC (6 bytes), ours (6) and the interface index (4, native
+ * order): nat_rev's way back, so a reply needs no hash-map lookup. Besides `gen`, such a
+ * slot is valid only while `pad1` equals the `nat_gen` map's value, which the data path
+ * increments whenever it creates a nat flow: a slot is never used after a reply 5-tuple
+ * may have been given to another flow (ports are reused only by new flows). */
+#define FX_FCACHE_NAT_REV 4
 
 /* A filter in front of the shared LRU `ct4`: FX_CT4_FILTER counters indexed by the top bits
  * of the 5-tuple's index hash (fx_tuple_hash). An entry is made non-zero (by the data path or by
@@ -239,6 +248,51 @@ struct flow4_set {
 	struct flow4 way[FX_FLOW4_WAYS];
 };
 _Static_assert(sizeof(struct flow4_set) == 112, "flow4_set");
+
+/* IPv6 dsr/tunnel flows: the same two levels as IPv4 (struct fcache4, struct flow4), with
+ * the 16-byte addresses. The flow cache `fcache6` (FX_FCACHE6_SLOTS per CPU, direct-mapped
+ * by fx_tuple_hash6) holds flows to IPv6 backends; the per-CPU conntrack `flows6`
+ * (FX_FLOW6_SETS sets of FX_FLOW6_WAYS ways per CPU) replaces the LRU insert of a first
+ * packet; the shared LRU `conntrack` holds only promoted IPv6 flows (FX_FLOW4_LRU), those
+ * a table change would move. There is no filter in front of `conntrack` (unlike `ct4`): a
+ * flow's first packet pays one lookup that misses. docs/xdp.md, "IPv6 flows". */
+#define FX_FCACHE6_SLOTS 8192
+struct fcache6 {
+	struct svc_value sv; /* the service's value when the slot was filled */
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u32 ports;       /* sport << 16 | dport, as the two __u16 lie in the packet */
+	__u32 gen;         /* the low 32 bits of nh_gen at fill time (0: empty) */
+	__u32 backend;
+	__u32 hash;        /* the flow hash (GUE source port, IPv6 flow label) */
+	__u8 proto;
+	__u8 row;
+	__u16 pad;
+	__u32 pad1;
+};
+_Static_assert(sizeof(struct fcache6) == 96, "fcache6");
+
+#define FX_FLOW6_SETS 32768
+#define FX_FLOW6_WAYS 4
+/* flow6.flags: FX_FLOW4_FIRST, FX_FLOW4_LRU (promoted into `conntrack`) */
+struct flow6 {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u32 ports;       /* sport << 16 | dport, as the two __u16 lie in the packet */
+	__u8 proto;
+	__u8 row;          /* svc_value.id */
+	__u8 flags;        /* FX_FLOW4_* */
+	__u8 hash_key;     /* the service's hash_key when `hash` was computed */
+	__u32 backend;
+	__u32 hash;
+	__u32 seen;        /* the low 32 bits of nh_gen at the last slow-path packet (0: free) */
+};
+_Static_assert(sizeof(struct flow6) == 52, "flow6");
+
+struct flow6_set {
+	struct flow6 way[FX_FLOW6_WAYS];
+};
+_Static_assert(sizeof(struct flow6_set) == 208, "flow6_set");
 
 struct ct_value {
 	__u32 backend;     /* index in `backends` */
