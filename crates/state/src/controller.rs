@@ -802,7 +802,7 @@ impl Controller {
         }
     }
 
-    /// Builds a snapshot from the current config and health on a blocking thread (Maglev
+    /// Builds a snapshot from the current config and health on the builder thread (Maglev
     /// tables, L7 state with its file reads) and swaps it in. The controller waits for it, so
     /// changes are applied in order; the control thread (with `--workers 1` also the data
     /// path) keeps running meanwhile.
