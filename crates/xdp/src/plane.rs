@@ -525,37 +525,44 @@ impl XdpPlane {
     /// The valid slots of the IPv4 flow cache `fcache4` on every CPU (for tests and
     /// diagnostics), with their index: those filled since the last generation bump.
     pub fn fcache4_flows(&self) -> Result<Vec<(u32, crate::maps::Fcache4)>, XdpError> {
-        let map = self
-            .ebpf
-            .map("fcache4")
-            .ok_or_else(|| XdpError::Config("no map `fcache4`".into()))?;
-        let map: PerCpuArray<&MapData, crate::maps::Fcache4> = PerCpuArray::try_from(map)?;
-        let gen = self.nh_gen.get(&0, 0)? as u32;
-        let mut out = Vec::new();
-        for slot in 0..crate::maps::FCACHE_SLOTS {
-            let per_cpu = map.get(&slot, 0)?;
-            let valid = per_cpu.iter().filter(|e| e.gen == gen && gen != 0);
-            out.extend(valid.map(|e| (slot, *e)));
-        }
-        Ok(out)
+        self.valid_cache_slots(
+            "fcache4",
+            crate::maps::FCACHE_SLOTS,
+            |e: &crate::maps::Fcache4| e.gen,
+        )
     }
 
     /// The valid slots of the IPv6 flow cache `fcache6` on every CPU (for tests and
     /// diagnostics), with their index: those filled since the last generation bump.
     pub fn fcache6_flows(&self) -> Result<Vec<(u32, crate::maps::Fcache6)>, XdpError> {
+        self.valid_cache_slots(
+            "fcache6",
+            crate::maps::FCACHE6_SLOTS,
+            |e: &crate::maps::Fcache6| e.gen,
+        )
+    }
+
+    /// The slots of the per-CPU flow cache `name` (`slots` long) whose generation (`gen_of`)
+    /// is the current one, on every CPU, with their index.
+    fn valid_cache_slots<T: aya::Pod>(
+        &self,
+        name: &str,
+        slots: u32,
+        gen_of: fn(&T) -> u32,
+    ) -> Result<Vec<(u32, T)>, XdpError> {
         let map = self
             .ebpf
-            .map("fcache6")
-            .ok_or_else(|| XdpError::Config("no map `fcache6`".into()))?;
-        let map: PerCpuArray<&MapData, crate::maps::Fcache6> = PerCpuArray::try_from(map)?;
+            .map(name)
+            .ok_or_else(|| XdpError::Config(format!("no map `{name}`")))?;
+        let map: PerCpuArray<&MapData, T> = PerCpuArray::try_from(map)?;
         let gen = self.nh_gen.get(&0, 0)? as u32;
         let mut out = Vec::new();
-        for slot in 0..crate::maps::FCACHE6_SLOTS {
+        for slot in 0..slots {
             let per_cpu = map.get(&slot, 0)?;
             out.extend(
                 per_cpu
                     .iter()
-                    .filter(|e| e.gen == gen && gen != 0)
+                    .filter(|e| gen != 0 && gen_of(e) == gen)
                     .map(|e| (slot, *e)),
             );
         }
