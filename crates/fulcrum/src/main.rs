@@ -94,8 +94,13 @@ enum Command {
 /// allocation: called by a worker after idle connections were parked (their tasks and socket
 /// registrations freed), so RSS follows. Without it the pages stay resident until mimalloc's
 /// delayed purge runs, which needs more allocator activity on that thread.
+///
+/// The HTTP message buffers kept for reuse go first: the few pooled after a burst of
+/// requests are scattered over the allocator pages that held all of the burst's buffers,
+/// and would keep those pages resident (see [`fulcrum_http::drop_buffer_pools`]).
 #[allow(unsafe_code)]
 fn release_free_memory() {
+    fulcrum_http::drop_buffer_pools();
     // SAFETY: mi_collect takes no pointer of ours; it only frees or purges memory that
     // mimalloc itself holds unused.
     unsafe { libmimalloc_sys::mi_collect(true) };

@@ -58,6 +58,7 @@ mod headers;
 mod idle;
 mod metrics;
 mod park;
+pub use h1::drop_buffer_pools;
 pub use park::set_release_free_memory;
 mod proxy;
 mod ratelimit;
