@@ -48,8 +48,8 @@ pub fn give_vec(mut v: Vec<u8>) {
 /// allocate them again. Called when the worker releases freed memory after a burst: the
 /// buffers pooled then are the last ones given back, scattered over the allocator pages that
 /// held every buffer of the burst (hundreds of requests in flight at once), and each one
-/// kept such a page resident (measured: the pool's 32 buffers made about 130 of the 692
-/// bytes per idle connection of `bench/http.py`, docs/benchmarks.md).
+/// kept such a page resident (measured: `bench/http.py`'s bytes per idle connection went
+/// from 692 to 438 with this, docs/benchmarks.md).
 pub fn drop_buffer_pools() {
     drop(MSGS.with(|p| std::mem::take(&mut *p.borrow_mut())));
     drop(VECS.with(|p| std::mem::take(&mut *p.borrow_mut())));
