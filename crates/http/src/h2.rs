@@ -381,8 +381,20 @@ async fn handle(
             if let Some(Ok(v)) = cookie {
                 map.append(http::header::SET_COOKIE, v);
             }
-            let dec = Decoder::new(ex.framing);
             let zip = ex.take_encoder();
+            if zip.is_none() {
+                if let Some(body) = whole_body(&mut ex) {
+                    // The head's read brought the whole body (a small answer, the common
+                    // case): it goes out with the head, without a stream to poll, and the
+                    // backend connection goes back to the pool now.
+                    ex.finish(&c, body.len() as u64, true);
+                    let mut r = Response::new(H2Body::Full((!body.is_empty()).then_some(body)));
+                    *r.status_mut() = status;
+                    *r.headers_mut() = map;
+                    return Ok(r);
+                }
+            }
+            let dec = Decoder::new(ex.framing);
             if let Answer::H1 { resp, .. } = &mut ex.answer {
                 resp.reset_to_rest();
             }
@@ -403,6 +415,28 @@ async fn handle(
             r
         }
     })
+}
+
+/// An HTTP/1.1 backend's length-delimited body when the bytes read with its head hold all of
+/// it: taken out of the answer's buffer (the bytes after it, if any, are left as the
+/// streamed body leaves them).
+fn whole_body(ex: &mut Exchange) -> Option<Bytes> {
+    let Answer::H1 {
+        resp,
+        upgraded: false,
+        ..
+    } = &mut ex.answer
+    else {
+        return None;
+    };
+    let n = match ex.framing {
+        Framing::Empty => 0,
+        Framing::Length(n) => usize::try_from(n).ok()?,
+        Framing::Chunked | Framing::Close => return None,
+    };
+    let body = Bytes::copy_from_slice(resp.rest().get(..n)?);
+    resp.consume(n);
+    Some(body)
 }
 
 /// A response body: Fulcrum's own, or the backend's streamed.
