@@ -78,24 +78,31 @@ mod tests {
 
     #[test]
     fn blocks_have_the_layouts_alignment_and_keep_their_bytes() {
-        let a = Mimalloc;
+        let heap = Mimalloc;
         for align in [1, 2, 8, 16, 32, 64, 128, 4096] {
             for size in [1, 8, 24, 40, 1000, 1025, 1600, 5000, 70_000] {
-                let l = Layout::from_size_align(size, align).expect("a valid layout");
+                let layout = Layout::from_size_align(size, align).expect("a valid layout");
                 // SAFETY: a non-zero size; the block is freed with the same allocator.
                 unsafe {
-                    let p = a.alloc(l);
-                    assert!(!p.is_null());
-                    assert_eq!(p as usize % align, 0, "size {size} align {align}");
-                    p.write_bytes(0xab, size);
-                    let q = a.realloc(p, l, size * 2);
-                    assert_eq!(q as usize % align, 0, "realloc size {size} align {align}");
-                    assert!((0..size).all(|i| *q.add(i) == 0xab));
-                    a.dealloc(q, Layout::from_size_align(size * 2, align).expect("valid"));
-                    let z = a.alloc_zeroed(l);
-                    assert_eq!(z as usize % align, 0);
-                    assert!((0..size).all(|i| *z.add(i) == 0));
-                    a.dealloc(z, l);
+                    let block = heap.alloc(layout);
+                    assert!(!block.is_null());
+                    assert_eq!(block as usize % align, 0, "size {size} align {align}");
+                    block.write_bytes(0xab, size);
+                    let grown = heap.realloc(block, layout, size * 2);
+                    assert_eq!(
+                        grown as usize % align,
+                        0,
+                        "realloc size {size} align {align}"
+                    );
+                    assert!((0..size).all(|i| *grown.add(i) == 0xab));
+                    heap.dealloc(
+                        grown,
+                        Layout::from_size_align(size * 2, align).expect("valid"),
+                    );
+                    let zeroed = heap.alloc_zeroed(layout);
+                    assert_eq!(zeroed as usize % align, 0);
+                    assert!((0..size).all(|i| *zeroed.add(i) == 0));
+                    heap.dealloc(zeroed, layout);
                 }
             }
         }
