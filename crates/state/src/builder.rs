@@ -7,8 +7,8 @@
 //! resident until the first thread happened to allocate again: with 1,000 DNS names x 10
 //! backends, 22.9 MiB resident against 12.6 MiB with immediate purging
 //! (`MIMALLOC_PURGE_DELAY=0`). Here every build and every freed snapshot is on one thread,
-//! which collects after each job, so what a job freed leaves RSS at once. See
-//! docs/benchmarks.md, "DNS load balancing", for the figures.
+//! which collects once its jobs pause ([`RELEASE_WHEN_IDLE`] without one), so what the jobs
+//! freed leaves RSS then. See docs/benchmarks.md, "DNS load balancing", for the figures.
 //!
 //! A job that never ends (a configured file that does not answer) must not hold up the builds
 //! after it: the controller waits at most [`BUILD_TIMEOUT`], then starts a new thread for
