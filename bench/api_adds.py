@@ -8,7 +8,9 @@
 # The pool's backends are in 198.18.0.0/15 and are never contacted (no health checks, no
 # traffic to that service); the probe's echo backend and every listener are on 127.0.0.1
 # (ports 29421-29423). Runs in the current directory (writes big.toml, big.err); stops the
-# fulcrum it started.
+# fulcrum it started. Also prints the process's CPU time per change (all threads, the
+# builder thread, the control thread), from /proc/PID/task/*/schedstat: on a shared machine
+# a steadier figure than the wall time per call.
 import os, sys
 # bench/http.py would shadow the standard library's http package: not from this directory.
 sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
@@ -57,7 +59,18 @@ def run_probe(secs):
     lat=[]; stop=False
     th=threading.Thread(target=prober); th.start(); time.sleep(secs); stop=True; th.join()
     return sorted(lat)
+def thread_cpu(pid):
+    """CPU time (ns, /proc/PID/task/*/schedstat) of each thread of `pid`, summed by thread name."""
+    out={}
+    for t in os.listdir(f"/proc/{pid}/task"):
+        try:
+            name=open(f"/proc/{pid}/task/{t}/comm").read().strip()
+            ns=int(open(f"/proc/{pid}/task/{t}/schedstat").read().split()[0])
+        except OSError: continue
+        out[name]=out.get(name,0)+ns
+    return out
 idle=run_probe(3.0)
+cpu0=thread_cpu(p.pid)
 lat=[]; stop=False
 th=threading.Thread(target=prober); th.start()
 calls=[]
@@ -77,6 +90,7 @@ for i in range(ADDS):
     r=c.getresponse(); r.read()
     removes.append(time.perf_counter()-t)
     assert r.status==200, r.status
+cpu1=thread_cpu(p.pid)
 stop=True; th.join()
 busy=sorted(lat)
 q=lambda v,f: v[min(len(v)-1,int(len(v)*f))]*1000
@@ -85,4 +99,12 @@ print(f"per add: median {statistics.median(calls)*1000:.1f} ms, mean {statistics
 print(f"per remove: median {statistics.median(removes)*1000:.1f} ms, mean {statistics.mean(removes)*1000:.1f} ms, max {max(removes)*1000:.1f} ms")
 print(f"probe idle: n={len(idle)} p50 {q(idle,.5):.2f} p99 {q(idle,.99):.2f} max {idle[-1]*1000:.2f} ms")
 print(f"probe during adds and removes: n={len(busy)} p50 {q(busy,.5):.2f} p99 {q(busy,.99):.2f} max {busy[-1]*1000:.2f} ms")
+# CPU per change: the builder thread (edits, snapshot builds, frees) and the control thread
+# (the process's first thread: with --workers 1 also the data path, so the probe's round trips
+# are in it too).
+changes=2*ADDS
+build=sum(v-cpu0.get(k,0) for k,v in cpu1.items() if k.startswith("fulcrum-build"))
+control=sum(v-cpu0.get(k,0) for k,v in cpu1.items() if k==os.path.basename(binary)[:15])
+total=sum(v-cpu0.get(k,0) for k,v in cpu1.items())
+print(f"CPU per change: {total/changes/1e6:.2f} ms (builder thread {build/changes/1e6:.2f}, control thread {control/changes/1e6:.2f}, with the probe's round trips)")
 p.terminate(); p.wait()

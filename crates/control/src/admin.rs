@@ -95,13 +95,13 @@ fn endpoint(method: &str, path: &str) -> Option<MethodRouter<AdminState>> {
         ("GET", "/api/v1/pools") => get(pools),
         ("GET", "/api/v1/pools/{pool}") => get(pool),
         ("PUT", "/api/v1/pools/{pool}") => put(put_pool),
-        ("DELETE", "/api/v1/pools/{pool}") => delete(delete_pool),
+        ("DELETE", "/api/v1/pools/{pool}") => delete_named(crate::edit::delete_pool),
         ("GET", "/api/v1/pools/{pool}/explain") => get(explain),
         ("PUT", "/api/v1/pools/{pool}/backends/{address}") => put(put_backend),
         ("DELETE", "/api/v1/pools/{pool}/backends/{address}") => delete(delete_backend),
         ("POST", "/api/v1/pools/{pool}/backends/{address}/drain") => post(drain_backend),
         ("PUT", "/api/v1/services/{name}") => put(put_service),
-        ("DELETE", "/api/v1/services/{name}") => delete(delete_service),
+        ("DELETE", "/api/v1/services/{name}") => delete_named(crate::edit::delete_service),
         ("GET", "/api/v1/services/{name}/explain") => get(explain_dns),
         ("GET", "/api/v1/config") => get(get_config),
         ("POST", "/api/v1/reload") => post(reload),
@@ -516,19 +516,6 @@ async fn edit_named(
     apply_edit(st, edit, None).await
 }
 
-/// The removal of a named pool or service (`remove(running config, name)`); the answer
-/// names what was removed.
-async fn remove_named(
-    st: &AdminState,
-    name: String,
-    remove: fn(&Config, &str) -> Result<Config, ChangeError>,
-) -> Result<Json<Removed>, ApiError> {
-    let n = name.clone();
-    let edit = Arc::new(move |cfg: &Config| remove(cfg, &n));
-    apply_edit(st, edit, None).await?;
-    Ok(Json(Removed { removed: name }))
-}
-
 /// `PUT /api/v1/services/{name}`: the body has the keys of a `[[service]]` table.
 async fn put_service(
     State(st): State<AdminState>,
@@ -559,22 +546,21 @@ async fn put_pool(
     Ok(Json(p.as_ref().into()))
 }
 
-/// `DELETE /api/v1/pools/{pool}`: 409 while a service or route uses it.
-async fn delete_pool(
-    State(st): State<AdminState>,
-    Path(name): Path<String>,
-    _: Authorized,
-) -> Result<Json<Removed>, ApiError> {
-    remove_named(&st, name, crate::edit::delete_pool).await
-}
-
-/// `DELETE /api/v1/services/{name}`: stops listening; open connections finish.
-async fn delete_service(
-    State(st): State<AdminState>,
-    Path(name): Path<String>,
-    _: Authorized,
-) -> Result<Json<Removed>, ApiError> {
-    remove_named(&st, name, crate::edit::delete_service).await
+/// `DELETE /api/v1/pools/{pool}` (`edit::delete_pool`: 409 while a service or route uses
+/// it) and `DELETE /api/v1/services/{name}` (`edit::delete_service`: stops listening; open
+/// connections finish): the removal `remove(running config, name)`; the answer names what
+/// was removed.
+fn delete_named(
+    remove: fn(&Config, &str) -> Result<Config, ChangeError>,
+) -> MethodRouter<AdminState> {
+    delete(
+        move |State(st): State<AdminState>, Path(name): Path<String>, _: Authorized| async move {
+            let n = name.clone();
+            let edit = Arc::new(move |cfg: &Config| remove(cfg, &n));
+            apply_edit(&st, edit, None).await?;
+            Ok::<_, ApiError>(Json(Removed { removed: name }))
+        },
+    )
 }
 
 /// `GET /api/v1/cluster`: the fleet as this instance sees it (`[cluster]`, docs/cluster.md).

@@ -9,10 +9,11 @@ use clap::{CommandFactory as _, Parser, Subcommand};
 /// mimalloc: no per-allocation header and cheap aligned allocations (tokio's per-socket
 /// state is cache-line aligned), which cuts memory per idle proxied connection.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: alloc::Mimalloc = alloc::Mimalloc;
 
 mod activation;
 mod adm;
+mod alloc;
 mod announce;
 mod api_client;
 mod check;

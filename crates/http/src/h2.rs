@@ -17,7 +17,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
 use crate::exec::LocalExec;
@@ -29,44 +29,10 @@ use crate::request::ReqView;
 use crate::rules::Encoder;
 use crate::ConnCtx;
 
-/// A connection with bytes already read from it in front.
-pub(crate) struct Prefixed<S> {
-    prefix: Vec<u8>,
-    at: usize,
-    io: S,
-}
-
-impl<S> Prefixed<S> {
-    pub fn new(prefix: Vec<u8>, io: S) -> Self {
-        Self { prefix, at: 0, io }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        if this.at < this.prefix.len() {
-            let n = (this.prefix.len() - this.at).min(buf.remaining());
-            buf.put_slice(&this.prefix[this.at..this.at + n]);
-            this.at += n;
-            if this.at == this.prefix.len() {
-                this.prefix = Vec::new();
-                this.at = 0;
-            }
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.io).poll_read(cx, buf)
-    }
-}
-
-write_through_io!(Prefixed);
-
 /// Serves an HTTP/2 connection until it ends (or, on shutdown, finishes gracefully).
-pub(crate) async fn serve<I>(ctx: Rc<ConnCtx>, io: I)
+/// `prefix`: the bytes already read from `io` (prior knowledge: the preface and what came
+/// with it; empty after a TLS handshake).
+pub(crate) async fn serve<I>(ctx: Rc<ConnCtx>, io: I, prefix: Vec<u8>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -77,6 +43,7 @@ where
         .max_concurrent_streams(lim.max_concurrent_streams.get());
     let io = Guarded::new(
         io,
+        prefix,
         FrameMeter::new(
             lim.max_resets_per_second.get(),
             lim.max_control_frames_per_second.get(),
@@ -381,8 +348,20 @@ async fn handle(
             if let Some(Ok(v)) = cookie {
                 map.append(http::header::SET_COOKIE, v);
             }
-            let dec = Decoder::new(ex.framing);
             let zip = ex.take_encoder();
+            if zip.is_none() {
+                if let Some(body) = whole_body(&mut ex) {
+                    // The head's read brought the whole body (a small answer, the common
+                    // case): it goes out with the head, without a stream to poll, and the
+                    // backend connection goes back to the pool now.
+                    ex.finish(&c, body.len() as u64, true);
+                    let mut r = Response::new(H2Body::Full((!body.is_empty()).then_some(body)));
+                    *r.status_mut() = status;
+                    *r.headers_mut() = map;
+                    return Ok(r);
+                }
+            }
+            let dec = Decoder::new(ex.framing);
             if let Answer::H1 { resp, .. } = &mut ex.answer {
                 resp.reset_to_rest();
             }
@@ -403,6 +382,28 @@ async fn handle(
             r
         }
     })
+}
+
+/// An HTTP/1.1 backend's length-delimited body when the bytes read with its head hold all of
+/// it: taken out of the answer's buffer (the bytes after it, if any, are left as the
+/// streamed body leaves them).
+fn whole_body(ex: &mut Exchange) -> Option<Bytes> {
+    let Answer::H1 {
+        resp,
+        upgraded: false,
+        ..
+    } = &mut ex.answer
+    else {
+        return None;
+    };
+    let n = match ex.framing {
+        Framing::Empty => 0,
+        Framing::Length(n) => usize::try_from(n).ok()?,
+        Framing::Chunked | Framing::Close => return None,
+    };
+    let body = Bytes::copy_from_slice(resp.rest().get(..n)?);
+    resp.consume(n);
+    Some(body)
 }
 
 /// A response body: Fulcrum's own, or the backend's streamed.

@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The client connection preface (RFC 9113 3.4), before the first frame.
 const PREFACE_LEN: usize = 24;
@@ -142,19 +142,36 @@ impl FrameMeter {
 }
 
 /// A client connection whose reads go through a [`FrameMeter`]: once a budget is overspent,
-/// reads fail and the HTTP/2 connection ends (its socket is closed).
+/// reads fail and the HTTP/2 connection ends (its socket is closed). Bytes read from the
+/// connection before it was known to be HTTP/2 (`prefix`) are read first, metered alike.
 pub(crate) struct Guarded<S> {
     io: S,
+    /// Read from `at` on, then freed.
+    prefix: Vec<u8>,
+    at: usize,
     meter: FrameMeter,
     flooded: Option<Flood>,
 }
 
 impl<S> Guarded<S> {
-    pub fn new(io: S, meter: FrameMeter) -> Self {
+    pub fn new(io: S, prefix: Vec<u8>, meter: FrameMeter) -> Self {
         Self {
             io,
+            prefix,
+            at: 0,
             meter,
             flooded: None,
+        }
+    }
+
+    /// Moves what `buf` takes of the prefix's unread bytes into it.
+    fn read_prefix(&mut self, buf: &mut ReadBuf<'_>) {
+        let n = (self.prefix.len() - self.at).min(buf.remaining());
+        buf.put_slice(&self.prefix[self.at..self.at + n]);
+        self.at += n;
+        if self.at == self.prefix.len() {
+            self.prefix = Vec::new();
+            self.at = 0;
         }
     }
 }
@@ -170,7 +187,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
             return Poll::Ready(Err(io::Error::other(f.what())));
         }
         let before = buf.filled().len();
-        let r = Pin::new(&mut this.io).poll_read(cx, buf);
+        let r = if this.at < this.prefix.len() {
+            this.read_prefix(buf);
+            Poll::Ready(Ok(()))
+        } else {
+            Pin::new(&mut this.io).poll_read(cx, buf)
+        };
         if let Poll::Ready(Ok(())) = r {
             let seen = this.meter.feed(&buf.filled()[before..]);
             if let Err(f) = this.meter.charge(seen, Instant::now()) {
@@ -183,7 +205,36 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
     }
 }
 
-write_through_io!(Guarded);
+/// Writes go straight to the connection.
+impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
 
 #[cfg(test)]
 mod tests {

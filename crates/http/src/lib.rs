@@ -9,44 +9,6 @@
 //!   clear) with hyper in [`h2`]; every request goes through [`proxy::forward`], which
 //!   drives its backend connection (pooled per worker, [`upstream`]) in the request's task.
 
-/// `AsyncWrite` for a read-side wrapper `$ty<S>` (a field `io: S`): writes go straight to
-/// `io`. Shared by `h2::Prefixed` and `h2guard::Guarded`, which only change reading.
-macro_rules! write_through_io {
-    ($ty:ident) => {
-        impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for $ty<S> {
-            fn poll_write(
-                mut self: std::pin::Pin<&mut Self>,
-                cx: &mut std::task::Context<'_>,
-                buf: &[u8],
-            ) -> std::task::Poll<std::io::Result<usize>> {
-                std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
-            }
-            fn poll_flush(
-                mut self: std::pin::Pin<&mut Self>,
-                cx: &mut std::task::Context<'_>,
-            ) -> std::task::Poll<std::io::Result<()>> {
-                std::pin::Pin::new(&mut self.io).poll_flush(cx)
-            }
-            fn poll_shutdown(
-                mut self: std::pin::Pin<&mut Self>,
-                cx: &mut std::task::Context<'_>,
-            ) -> std::task::Poll<std::io::Result<()>> {
-                std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
-            }
-            fn poll_write_vectored(
-                mut self: std::pin::Pin<&mut Self>,
-                cx: &mut std::task::Context<'_>,
-                bufs: &[std::io::IoSlice<'_>],
-            ) -> std::task::Poll<std::io::Result<usize>> {
-                std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-            }
-            fn is_write_vectored(&self) -> bool {
-                self.io.is_write_vectored()
-            }
-        }
-    };
-}
-
 mod accesslog;
 mod exec;
 #[doc(hidden)]
@@ -560,7 +522,7 @@ async fn serve_tls(ctx: Rc<ConnCtx>, sock: TcpStream) {
         }
     }
     if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-        h2::serve(ctx, stream).await;
+        h2::serve(ctx, stream, Vec::new()).await;
     } else {
         server::serve_h1(ctx, stream, server::Start::New { may_park: false }).await;
     }

@@ -320,9 +320,9 @@ async fn prior_knowledge_h2<S: ClientIo>(
     mut m: Box<Msg>,
 ) -> Option<(Rc<ConnCtx>, S, Instant, bool)> {
     io.set_nodelay();
-    let io = crate::h2::Prefixed::new(std::mem::take(&mut m.buf), io);
+    let prefix = std::mem::take(&mut m.buf);
     m.give();
-    Box::pin(crate::h2::serve(ctx, io)).await;
+    Box::pin(crate::h2::serve(ctx, io, prefix)).await;
     None
 }
 

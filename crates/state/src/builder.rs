@@ -7,8 +7,8 @@
 //! resident until the first thread happened to allocate again: with 1,000 DNS names x 10
 //! backends, 22.9 MiB resident against 12.6 MiB with immediate purging
 //! (`MIMALLOC_PURGE_DELAY=0`). Here every build and every freed snapshot is on one thread,
-//! which collects after each job, so what a job freed leaves RSS at once. See
-//! docs/benchmarks.md, "DNS load balancing", for the figures.
+//! which collects once its jobs pause ([`RELEASE_WHEN_IDLE`] without one), so what the jobs
+//! freed leaves RSS then. See docs/benchmarks.md, "DNS load balancing", for the figures.
 //!
 //! A job that never ends (a configured file that does not answer) must not hold up the builds
 //! after it: the controller waits at most [`BUILD_TIMEOUT`], then starts a new thread for
@@ -102,14 +102,36 @@ impl Builder {
     }
 }
 
+/// How long the thread waits without a job before it gives what its jobs freed back to the
+/// kernel ([`crate::memory::release_now`]).
+///
+/// Not after every job: a run of admin API changes of a 10,000-backend pool is an edit, a
+/// build and a free per change, a few milliseconds apart, and collecting after each job gave
+/// the pages of the freed table, backend lists and config copy back only for the next job
+/// to fault them in again: a quarter of the builder's time (`perf record` during
+/// `bench/api_adds.py`, docs/benchmarks.md, "Admin API", fifth round). Once the jobs stop
+/// for this long, the release runs as before, so the memory at rest is the same.
+pub const RELEASE_WHEN_IDLE: Duration = Duration::from_millis(100);
+
 fn serve(queue: &mpsc::Receiver<Job>) {
-    while let Ok(job) = queue.recv() {
-        // A panic is the job's failure, reported to its caller (its answer is never sent),
-        // not the end of the thread.
-        let _ = catch_unwind(AssertUnwindSafe(job));
-        // What the job freed (its temporaries, a replaced snapshot) was allocated on this
-        // thread: collecting here gives it back to the kernel.
-        crate::memory::release_now();
+    while let Ok(mut job) = queue.recv() {
+        loop {
+            // A panic is the job's failure, reported to its caller (its answer is never
+            // sent), not the end of the thread.
+            let _ = catch_unwind(AssertUnwindSafe(job));
+            match queue.recv_timeout(RELEASE_WHEN_IDLE) {
+                Ok(next) => job = next,
+                Err(e) => {
+                    // What the jobs freed (their temporaries, replaced snapshots) was
+                    // allocated on this thread: collecting here gives it back to the kernel.
+                    crate::memory::release_now();
+                    if e == mpsc::RecvTimeoutError::Disconnected {
+                        return;
+                    }
+                    break;
+                }
+            }
+        }
     }
 }
 
@@ -148,6 +170,56 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(dropped_on, Ok(Some("fulcrum-build".to_owned())));
+    }
+
+    thread_local! {
+        /// Releases on this thread (each test's builder has its own thread).
+        static RELEASES: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    }
+
+    fn count_release() {
+        RELEASES.set(RELEASES.get() + 1);
+    }
+
+    /// Jobs that follow each other closely run without a release between them; the release
+    /// comes once the thread has been idle for [`RELEASE_WHEN_IDLE`].
+    #[tokio::test]
+    async fn releases_once_idle_not_between_jobs() {
+        crate::memory::set_release_free_memory(count_release);
+        let mut b = Builder::start().unwrap();
+        // Three jobs queued while the first waits: they run back to back.
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let (seen_tx, seen) = std::sync::mpsc::channel::<u32>();
+        let first = seen_tx.clone();
+        b.jobs
+            .send(Box::new(move || {
+                let _ = wait.recv();
+                let _ = first.send(RELEASES.get());
+            }))
+            .unwrap();
+        for _ in 0..2 {
+            let tx = seen_tx.clone();
+            b.jobs
+                .send(Box::new(move || {
+                    let _ = tx.send(RELEASES.get());
+                }))
+                .unwrap();
+        }
+        drop(go);
+        let during: Vec<u32> = (0..3).map(|_| seen.recv().unwrap()).collect();
+        assert_eq!(
+            during,
+            vec![0; 3],
+            "no release before or between queued jobs"
+        );
+        // Idle for longer than RELEASE_WHEN_IDLE: the thread released once.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut after = 0;
+        while after == 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(RELEASE_WHEN_IDLE * 3).await;
+            after = b.run(|| RELEASES.get()).await.unwrap();
+        }
+        assert!(after >= 1, "a release once idle");
     }
 
     #[tokio::test]

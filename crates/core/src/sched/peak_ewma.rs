@@ -15,52 +15,37 @@
 
 use std::time::Duration;
 
-use super::common::WeightedPicker;
-use super::scored::{by_latency, two_choices};
+use super::scored::{ByLatency, Choice, LatencyModel};
 use super::signals::Signals;
-use super::{PickError, PickRequest, Scheduler};
 use crate::model::{Backend, Now, SchedulerKind};
 
 /// The score of a backend with no sample that already holds a request (Finagle's penalty).
 pub const PENALTY: f64 = 1e300;
 
 /// Peak EWMA of response time times load.
+pub type PeakEwma = ByLatency<Peak>;
+
+/// `peak_ewma`'s model: the peak EWMA of response time plus the connection term.
 #[derive(Debug)]
-pub struct PeakEwma {
-    picker: WeightedPicker,
+pub struct Peak {
     half_life: Duration,
 }
 
 impl PeakEwma {
     /// Builds over the eligible backends of `backends`.
     pub fn new(backends: &[Backend], half_life: Duration) -> Self {
-        Self {
-            picker: WeightedPicker::new(backends),
-            half_life,
-        }
+        Self::with_model(backends, Peak { half_life })
     }
+}
 
-    /// The score of one backend (lower wins): see the module doc.
-    pub fn score(&self, signals: Option<&Signals>, active: u64, weight: u32, now: Now) -> f64 {
-        by_latency(signals.and_then(|s| self.latency(s, now)), active, weight)
-    }
+impl LatencyModel for Peak {
+    const KIND: SchedulerKind = SchedulerKind::PeakEwma;
+    const CHOICE: Choice = Choice::TwoChoices;
 
     /// The peak EWMA plus the connection term; `None` without a sample.
     fn latency(&self, s: &Signals, now: Now) -> Option<f64> {
         let peak = s.peak_ns(now, self.half_life)?;
         Some(peak + s.connection_ns(now, self.half_life).unwrap_or(0.0))
-    }
-}
-
-impl Scheduler for PeakEwma {
-    fn kind(&self) -> SchedulerKind {
-        SchedulerKind::PeakEwma
-    }
-
-    fn pick(&self, req: &PickRequest<'_>) -> Result<usize, PickError> {
-        two_choices(&self.picker, req, |i, w| {
-            self.score(req.loads.signals(i), req.loads.active(i), w, req.now)
-        })
     }
 
     fn observe(&self, signals: &Signals, sample: Duration, now: Now) {
@@ -69,14 +54,5 @@ impl Scheduler for PeakEwma {
 
     fn observe_connection(&self, signals: &Signals, duration: Duration, now: Now) {
         signals.observe_duration(duration, now, self.half_life);
-    }
-
-    fn latency_ns(&self, loads: &dyn super::Loads, idx: usize, now: Now) -> Option<f64> {
-        self.latency(loads.signals(idx)?, now)
-    }
-
-    fn score(&self, loads: &dyn super::Loads, idx: usize, now: Now) -> Option<f64> {
-        let w = self.picker.eligible_weight(idx)?;
-        Some(self.score(loads.signals(idx), loads.active(idx), w, now))
     }
 }

@@ -17,16 +17,16 @@
 
 use std::time::Duration;
 
-use super::common::WeightedPicker;
-use super::scored::{by_latency, full_scan};
+use super::scored::{ByLatency, Choice, LatencyModel};
 use super::signals::Signals;
-use super::{PickError, PickRequest, Scheduler};
 use crate::model::{Backend, Now, SchedulerKind};
 
 /// Forecast response time times load.
+pub type Predictive = ByLatency<Forecast>;
+
+/// `predictive`'s model: the forecast of response time `horizon` ahead.
 #[derive(Debug)]
-pub struct Predictive {
-    picker: WeightedPicker,
+pub struct Forecast {
     half_life: Duration,
     horizon: Duration,
 }
@@ -34,43 +34,19 @@ pub struct Predictive {
 impl Predictive {
     /// Builds over the eligible backends of `backends`.
     pub fn new(backends: &[Backend], half_life: Duration, horizon: Duration) -> Self {
-        Self {
-            picker: WeightedPicker::new(backends),
-            half_life,
-            horizon,
-        }
-    }
-
-    /// The score of one backend (lower wins): see the module doc.
-    pub fn score(&self, signals: Option<&Signals>, active: u64, weight: u32, now: Now) -> f64 {
-        let forecast = signals.and_then(|s| s.forecast_ns(now, self.half_life, self.horizon));
-        by_latency(forecast, active, weight)
+        Self::with_model(backends, Forecast { half_life, horizon })
     }
 }
 
-impl Scheduler for Predictive {
-    fn kind(&self) -> SchedulerKind {
-        SchedulerKind::Predictive
-    }
+impl LatencyModel for Forecast {
+    const KIND: SchedulerKind = SchedulerKind::Predictive;
+    const CHOICE: Choice = Choice::FullScan;
 
-    fn pick(&self, req: &PickRequest<'_>) -> Result<usize, PickError> {
-        full_scan(&self.picker, req, |i, w| {
-            self.score(req.loads.signals(i), req.loads.active(i), w, req.now)
-        })
+    fn latency(&self, s: &Signals, now: Now) -> Option<f64> {
+        s.forecast_ns(now, self.half_life, self.horizon)
     }
 
     fn observe(&self, signals: &Signals, sample: Duration, now: Now) {
         signals.observe_smooth(sample, now, self.half_life);
-    }
-
-    fn latency_ns(&self, loads: &dyn super::Loads, idx: usize, now: Now) -> Option<f64> {
-        loads
-            .signals(idx)?
-            .forecast_ns(now, self.half_life, self.horizon)
-    }
-
-    fn score(&self, loads: &dyn super::Loads, idx: usize, now: Now) -> Option<f64> {
-        let w = self.picker.eligible_weight(idx)?;
-        Some(self.score(loads.signals(idx), loads.active(idx), w, now))
     }
 }

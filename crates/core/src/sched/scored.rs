@@ -1,10 +1,14 @@
 //! The two ways the load- and latency-aware schedulers turn per-backend scores into a pick:
 //! power of two choices, and a full scan. Lower scores win; scores are finite and `>= 0`.
 
+use std::time::Duration;
+
 use super::common::WeightedPicker;
 use super::p2c::two_positions;
 use super::peak_ewma::PENALTY;
-use super::{PickError, PickRequest};
+use super::signals::Signals;
+use super::{Loads, PickError, PickRequest, Scheduler};
+use crate::model::{Backend, Now, SchedulerKind};
 
 /// Power of two choices: two weighted-random candidates (as `p2c` draws them; if the redraws
 /// still give the first, the next backend not excluded after it), the one with the lower
@@ -55,6 +59,94 @@ pub(crate) fn full_scan(
         }
     }
     Ok(p.eligible.idx[best.0])
+}
+
+/// What sets one latency-aware scheduler (`peak_ewma`, `predictive`) apart: the response
+/// time it believes of a backend, how a sample folds in, and how scores become a pick. The
+/// rest, the score and the [`Scheduler`] impl, is [`ByLatency`]'s.
+pub trait LatencyModel: Send + Sync + std::fmt::Debug {
+    /// The scheduler's name.
+    const KIND: SchedulerKind;
+
+    /// The response time (ns) believed of a backend at `now`; `None` without a sample.
+    fn latency(&self, s: &Signals, now: Now) -> Option<f64>;
+
+    /// Folds a response-time sample into a backend's `signals`.
+    fn observe(&self, signals: &Signals, sample: Duration, now: Now);
+
+    /// Folds a completed L4 connection's duration into a backend's `signals` (ignored
+    /// unless the model uses it).
+    fn observe_connection(&self, _signals: &Signals, _duration: Duration, _now: Now) {}
+
+    /// How the scores become a pick.
+    const CHOICE: Choice;
+}
+
+/// The two ways scores become a pick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Choice {
+    /// [`two_choices`].
+    TwoChoices,
+    /// [`full_scan`].
+    FullScan,
+}
+
+/// A latency-aware scheduler: each backend scores [`by_latency`] of the response time its
+/// model `M` believes, and `M` turns the scores into a pick.
+#[derive(Debug)]
+pub struct ByLatency<M> {
+    picker: WeightedPicker,
+    model: M,
+}
+
+impl<M: LatencyModel> ByLatency<M> {
+    /// Builds over the eligible backends of `backends`.
+    pub(crate) fn with_model(backends: &[Backend], model: M) -> Self {
+        Self {
+            picker: WeightedPicker::new(backends),
+            model,
+        }
+    }
+
+    /// The score of one backend (lower wins): [`by_latency`] of the model's latency.
+    pub fn score(&self, signals: Option<&Signals>, active: u64, weight: u32, now: Now) -> f64 {
+        by_latency(
+            signals.and_then(|s| self.model.latency(s, now)),
+            active,
+            weight,
+        )
+    }
+}
+
+impl<M: LatencyModel> Scheduler for ByLatency<M> {
+    fn kind(&self) -> SchedulerKind {
+        M::KIND
+    }
+
+    fn pick(&self, req: &PickRequest<'_>) -> Result<usize, PickError> {
+        let score = |i, w| self.score(req.loads.signals(i), req.loads.active(i), w, req.now);
+        match M::CHOICE {
+            Choice::TwoChoices => two_choices(&self.picker, req, score),
+            Choice::FullScan => full_scan(&self.picker, req, score),
+        }
+    }
+
+    fn observe(&self, signals: &Signals, sample: Duration, now: Now) {
+        self.model.observe(signals, sample, now);
+    }
+
+    fn observe_connection(&self, signals: &Signals, duration: Duration, now: Now) {
+        self.model.observe_connection(signals, duration, now);
+    }
+
+    fn latency_ns(&self, loads: &dyn Loads, idx: usize, now: Now) -> Option<f64> {
+        self.model.latency(loads.signals(idx)?, now)
+    }
+
+    fn score(&self, loads: &dyn Loads, idx: usize, now: Now) -> Option<f64> {
+        let w = self.picker.eligible_weight(idx)?;
+        Some(self.score(loads.signals(idx), loads.active(idx), w, now))
+    }
 }
 
 /// The score of the latency-aware schedulers (`peak_ewma`, `predictive`): `latency x
