@@ -28,13 +28,11 @@ def main() -> int:
     tmp.chmod(0o755)
     be, port = l4.free_port(), l4.free_port()
     if mode == "page":
-        b = subprocess.Popen(["taskset", "-c", "1", *rules.backend(tmp, be)])
+        b = subprocess.Popen(rules.backend(tmp, be))  # pinned to core 1 already
         path = "/index.html"
     else:
         conf = l4.backend_conf(tmp, [be], 1, 4096)
-        b = subprocess.Popen(["taskset", "-c", "1", "nginx", "-p", str(conf.parent), "-e",
-                              str(conf.parent / "error.log"), "-c", str(conf), "-g",
-                              "daemon off;"])
+        b = subprocess.Popen(["taskset", "-c", "1", *l4.backend_cmd(conf)])
         path = "/"
     if binary == "haproxy":
         cmd = rules.haproxy(tmp, port, be, "none")

@@ -574,9 +574,8 @@ def main() -> int:
     try:
         backends = [l4.free_port() for _ in range(3)]
         bconf = l4.backend_conf(tmp, backends, args.backend_workers, nofile)
-        bproc = procs.start([*l4.pin(args, args.load_core), "nginx", "-p",
-                             str(bconf.parent), "-e", str(bconf.parent / "error.log"), "-c",
-                             str(bconf), "-g", "daemon off;"], tmp / "backend.log")
+        bproc = procs.start([*l4.pin(args, args.load_core), *l4.backend_cmd(bconf)],
+                            tmp / "backend.log")
         for bp in backends:
             l4.wait_ready(bproc, bp, f"backend nginx :{bp}", bconf.parent / "error.log")
         for i in range(0 if args.split_only else args.runs):

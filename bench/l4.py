@@ -509,6 +509,12 @@ def backend_conf(tmp: Path, ports: list[int], workers: int, nofile: int) -> Path
     return conf
 
 
+def backend_cmd(conf: Path) -> list[str]:
+    """The nginx command line that serves `backend_conf`'s config in the foreground."""
+    return ["nginx", "-p", str(conf.parent), "-e", str(conf.parent / "error.log"), "-c",
+            str(conf), "-g", "daemon off;"]
+
+
 def haproxy_conf(tmp: Path, port: int, backends: list[int], nofile: int) -> list[str]:
     d = tmp / "haproxy"
     d.mkdir(exist_ok=True)
@@ -1201,9 +1207,7 @@ def main() -> int:
         backends = [free_port() for _ in range(3)]
         bconf = backend_conf(tmp, backends, args.backend_workers, nofile)
         blog = tmp / "backend.log"
-        bproc = procs.start([*pin(args, args.load_core), "nginx", "-p",
-                             str(bconf.parent), "-e", str(bconf.parent / "error.log"), "-c",
-                             str(bconf), "-g", "daemon off;"], blog)
+        bproc = procs.start([*pin(args, args.load_core), *backend_cmd(bconf)], blog)
         for bp in backends:
             wait_ready(bproc, bp, f"backend nginx :{bp}", bconf.parent / "error.log")
         log(f"backends: nginx pid {bproc.pid} ports {backends} on core {args.load_core}")

@@ -34,24 +34,14 @@ pub struct Mimalloc;
 unsafe impl GlobalAlloc for Mimalloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if layout.align() <= WORD {
-            // SAFETY: any size; the block is word-aligned.
-            unsafe { mi_malloc(layout.size()).cast() }
-        } else {
-            // SAFETY: the alignment is a power of two (a `Layout`'s).
-            unsafe { mi_malloc_aligned(layout.size(), layout.align()).cast() }
-        }
+        // SAFETY: mimalloc's allocating calls, as `new_block` needs them.
+        unsafe { new_block(layout, mi_malloc, mi_malloc_aligned) }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if layout.align() <= WORD {
-            // SAFETY: as in `alloc`.
-            unsafe { mi_zalloc(layout.size()).cast() }
-        } else {
-            // SAFETY: as in `alloc`.
-            unsafe { mi_zalloc_aligned(layout.size(), layout.align()).cast() }
-        }
+        // SAFETY: as in `alloc`, the zeroing calls.
+        unsafe { new_block(layout, mi_zalloc, mi_zalloc_aligned) }
     }
 
     #[inline]
@@ -69,6 +59,29 @@ unsafe impl GlobalAlloc for Mimalloc {
             // SAFETY: `ptr` came from mimalloc; the alignment is a power of two.
             unsafe { mi_realloc_aligned(ptr.cast::<c_void>(), new_size, layout.align()).cast() }
         }
+    }
+}
+
+/// A new block for `layout`: from `plain(size)` when a word's alignment is enough (every
+/// mimalloc block has it), else from `aligned(size, alignment)`. Always inlined: with
+/// the two functions known at each call site, the calls are direct.
+///
+/// # Safety
+/// `plain` and `aligned` are mimalloc's pair (`mi_malloc`/`mi_malloc_aligned`, or the
+/// zeroing `mi_zalloc`/`mi_zalloc_aligned`).
+#[allow(clippy::inline_always)] // the calls must stay direct on every allocation
+#[inline(always)]
+unsafe fn new_block(
+    layout: Layout,
+    plain: unsafe extern "C" fn(usize) -> *mut c_void,
+    aligned: unsafe extern "C" fn(usize, usize) -> *mut c_void,
+) -> *mut u8 {
+    if layout.align() <= WORD {
+        // SAFETY: any size; the block is word-aligned.
+        unsafe { plain(layout.size()).cast() }
+    } else {
+        // SAFETY: the alignment is a power of two (a `Layout`'s).
+        unsafe { aligned(layout.size(), layout.align()).cast() }
     }
 }
 
