@@ -111,51 +111,6 @@ impl Half {
         }
     }
 
-    /// The splice variant of [`Half::poll`].
-    fn poll_splice(
-        &mut self,
-        cx: &mut Context<'_>,
-        (from, to): (&TcpStream, &TcpStream),
-        other_done: bool,
-        moved: &mut bool,
-    ) -> Poll<io::Result<()>> {
-        let mut budget = BUDGET;
-        loop {
-            if let Some(pipe) = self.pipe.as_mut() {
-                while pipe.buffered > 0 {
-                    std::task::ready!(to.poll_write_ready(cx))?;
-                    match to.try_io(Interest::WRITABLE, || pipe.drain_to(to.as_raw_fd())) {
-                        Ok(_) => *moved = true,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(e) => return Poll::Ready(Err(e)),
-                    }
-                }
-            }
-            if self.eof {
-                return Poll::Ready(self.pass_fin(to, other_done));
-            }
-            if budget == 0 {
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
-            budget -= 1;
-            std::task::ready!(from.poll_read_ready(cx))?;
-            let pipe = match self.pipe.as_mut() {
-                Some(p) => p,
-                None => self.pipe.insert(Box::new(Pipe::new()?)),
-            };
-            match read_draining(from, |fd| pipe.fill_from(fd), crate::splice::PIPE_CHUNK) {
-                Ok(0) => self.eof = true,
-                Ok(n) => {
-                    *moved = true;
-                    self.unflushed += n as u32;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
-    }
-
     /// Passes this direction's EOF on. When the other direction is over too, nothing is
     /// done here: the relay ends and closing both sockets sends the FIN (neither has unread
     /// bytes, both read to EOF), one `shutdown` call fewer per connection.
@@ -184,31 +139,11 @@ impl Half {
         other_done: bool,
         moved: &mut bool,
     ) -> Poll<io::Result<()>> {
-        if self.splice {
-            return self.poll_splice(cx, (from, to), other_done, moved);
-        }
         let mut budget = BUDGET;
         loop {
-            while (self.off as usize) < self.pending.len() {
-                std::task::ready!(to.poll_write_ready(cx))?;
-                match to.try_write(&self.pending[self.off as usize..]) {
-                    Ok(n) => {
-                        self.off += n as u32;
-                        *moved = true;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Poll::Ready(Err(e)),
-                }
-            }
-            if !self.pending.is_empty() {
-                self.pending = Box::default(); // drained: give the memory back
-                self.off = 0;
-            }
+            std::task::ready!(self.poll_flush_held(cx, to, moved))?;
             if self.eof {
                 return Poll::Ready(self.pass_fin(to, other_done));
-            }
-            if self.splice {
-                return self.poll_splice(cx, (from, to), other_done, moved);
             }
             if budget == 0 {
                 cx.waker().wake_by_ref();
@@ -216,32 +151,104 @@ impl Half {
             }
             budget -= 1;
             std::task::ready!(from.poll_read_ready(cx))?;
-            SCRATCH_BUF.with(|buf| -> io::Result<()> {
-                let mut buf = buf.borrow_mut();
-                let len = buf.len();
-                match read_draining(from, |fd| read_fd(fd, &mut buf[..]), len) {
-                    Ok(0) => self.eof = true,
-                    Ok(n) => {
-                        *moved = true;
-                        self.unflushed += n as u32;
-                        let written = match to.try_write(&buf[..n]) {
-                            Ok(m) => m,
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-                            Err(e) => return Err(e),
-                        };
-                        if written < n {
-                            self.pending = buf[written..n].into();
-                        }
-                        if self.auto && n == buf.len() {
-                            self.splice = true; // a bulk transfer: go zero-copy from now on
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(e),
-                }
-                Ok(())
-            })?;
+            let read = if self.splice {
+                self.read_splice(from, moved)
+            } else {
+                self.read_copy((from, to), moved)
+            };
+            if let Err(e) = read {
+                return Poll::Ready(Err(e));
+            }
         }
+    }
+
+    /// Writes to `to` the bytes this direction holds, in the order they were read: first
+    /// those a copy could not write (`pending`, freed once written), then the pipe's (a
+    /// direction that `auto` switched to splice may hold both). `Ready(Ok)` once none is
+    /// left.
+    fn poll_flush_held(
+        &mut self,
+        cx: &mut Context<'_>,
+        to: &TcpStream,
+        moved: &mut bool,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            let off = self.off as usize;
+            let wrote = if off < self.pending.len() {
+                std::task::ready!(to.poll_write_ready(cx))?;
+                to.try_write(&self.pending[off..])
+                    .map(|n| self.off += n as u32)
+            } else if let Some(pipe) = self.pipe.as_mut().filter(|p| p.buffered > 0) {
+                std::task::ready!(to.poll_write_ready(cx))?;
+                to.try_io(Interest::WRITABLE, || pipe.drain_to(to.as_raw_fd()))
+                    .map(drop)
+            } else {
+                break;
+            };
+            match wrote {
+                Ok(()) => *moved = true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        if !self.pending.is_empty() {
+            self.pending = Box::default(); // drained: give the memory back
+            self.off = 0;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// One read from `from` into the scratch buffer, written straight to `to`; what `to`
+    /// cannot take is kept in `pending`. Under `auto`, a read that fills the buffer switches
+    /// this direction to splice.
+    fn read_copy(
+        &mut self,
+        (from, to): (&TcpStream, &TcpStream),
+        moved: &mut bool,
+    ) -> io::Result<()> {
+        SCRATCH_BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            let len = buf.len();
+            match read_draining(from, |fd| read_fd(fd, &mut buf[..]), len) {
+                Ok(0) => self.eof = true,
+                Ok(n) => {
+                    *moved = true;
+                    self.unflushed += n as u32;
+                    let written = match to.try_write(&buf[..n]) {
+                        Ok(m) => m,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                        Err(e) => return Err(e),
+                    };
+                    if written < n {
+                        self.pending = buf[written..n].into();
+                    }
+                    if self.auto && n == buf.len() {
+                        self.splice = true; // a bulk transfer: go zero-copy from now on
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+            Ok(())
+        })
+    }
+
+    /// One `splice(2)` from `from` into this direction's pipe (created on first use).
+    fn read_splice(&mut self, from: &TcpStream, moved: &mut bool) -> io::Result<()> {
+        let pipe = match self.pipe.as_mut() {
+            Some(p) => p,
+            None => self.pipe.insert(Box::new(Pipe::new()?)),
+        };
+        match read_draining(from, |fd| pipe.fill_from(fd), crate::splice::PIPE_CHUNK) {
+            Ok(0) => self.eof = true,
+            Ok(n) => {
+                *moved = true;
+                self.unflushed += n as u32;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+        Ok(())
     }
 
     fn is_done(&self) -> bool {
@@ -322,5 +329,70 @@ pub fn relay<'a>(
             let _ = SockRef::from(backend).set_linger(Some(Duration::ZERO));
         }
         (end, up.total, down.total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A connected pair: (the end the test drives, the end the relay holds).
+    async fn pair(rcvbuf: Option<usize>) -> (TcpStream, TcpStream) {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        if let Some(n) = rcvbuf {
+            s.set_recv_buffer_size(n).unwrap(); // inherited by the accepted socket
+        }
+        let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+        s.bind(&any.into()).unwrap();
+        s.listen(1).unwrap();
+        s.set_nonblocking(true).unwrap();
+        let l = TcpListener::from_std(s.into()).unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (a, _) = l.accept().await.unwrap();
+        (a, c)
+    }
+
+    /// `auto` switches a direction to splice on a read that fills the scratch buffer; when
+    /// the backend cannot take all of that read, the rest waits in `pending`, and must
+    /// reach the backend before anything spliced after it: every byte, in order.
+    #[tokio::test]
+    async fn auto_switch_with_a_slow_backend_keeps_every_byte_in_order() {
+        let data: Vec<u8> = (0..4usize << 20).map(|i| (i * 7 + i / 251) as u8).collect();
+        for mode in [RelayMode::Auto, RelayMode::Copy, RelayMode::Splice] {
+            let (mut client, relay_client) = pair(None).await;
+            // the backend reads nothing for a while, through a small receive buffer
+            let (mut backend, relay_backend) = pair(Some(4096)).await;
+            let relay_side = SockRef::from(&relay_backend);
+            relay_side.set_send_buffer_size(4096).unwrap();
+            let stats = ServiceStats::default();
+            let relayed = relay(
+                &relay_client,
+                &relay_backend,
+                Duration::from_secs(10),
+                mode,
+                &stats,
+            );
+            let send = async {
+                client.write_all(&data).await.unwrap();
+                client.shutdown().await.unwrap();
+            };
+            let receive = async {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let mut got = Vec::new();
+                backend.read_to_end(&mut got).await.unwrap();
+                backend.shutdown().await.unwrap();
+                got
+            };
+            let all = async { tokio::join!(relayed, send, receive) };
+            let ((end, up, down), (), got) = tokio::time::timeout(Duration::from_secs(20), all)
+                .await
+                .unwrap_or_else(|_| panic!("{mode:?}: the relay did not end"));
+            assert!(matches!(end, RelayEnd::Closed), "{mode:?}: {end:?}");
+            assert_eq!((up, down), (data.len() as u64, 0), "{mode:?}");
+            assert_eq!(got.len(), data.len(), "{mode:?}: bytes received");
+            assert!(got == data, "{mode:?}: the bytes arrived out of order");
+        }
     }
 }
