@@ -210,24 +210,30 @@ pub struct WeightValue(pub Weight);
 
 impl<'de> Deserialize<'de> for WeightValue {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        from_int(d, "an integer weight 0..=65535", |n| {
-            let help = "weights are 0..=65535 (0 = drained: no new flows)";
-            at_most(n, u16::MAX, "weight", help).map(|w| Self(Weight::new(w)))
-        })
+        let help = "weights are 0..=65535 (0 = drained: no new flows)";
+        up_to(d, "an integer weight 0..=65535", u16::MAX, "weight", help)
+            .map(|w| Self(Weight::new(w)))
     }
 }
 
-/// `n` as a `T` in `0..=max`; else "WHAT N is out of range", with `help`.
-fn at_most<T: TryFrom<i64> + PartialOrd + Copy>(
-    n: i64,
+/// Deserializes an integer in `0..=max` as a `T`; else "WHAT N is out of range", with
+/// `help` (`expecting`: serde's text for a value that is not an integer). Every value type
+/// that is a bounded integer from 0 is one call of it.
+fn up_to<'de, D, T>(
+    d: D,
+    expecting: &'static str,
     max: T,
     what: &str,
-    help: impl Into<String>,
-) -> Result<T, Invalid> {
-    match T::try_from(n) {
+    help: &str,
+) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: TryFrom<i64> + PartialOrd + Copy,
+{
+    from_int(d, expecting, |n| match T::try_from(n) {
         Ok(v) if v <= max => Ok(v),
         _ => Err(Invalid::new(format!("{what} {n} is out of range")).help(help)),
-    }
+    })
 }
 
 /// A locality weight, 0..=10000 (`[pool.locality] weights`).
@@ -237,10 +243,9 @@ pub struct ZoneWeight(pub u32);
 impl<'de> Deserialize<'de> for ZoneWeight {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let max = crate::locality::MAX_WEIGHT;
-        from_int(d, "an integer zone weight 0..=10000", |n| {
-            let help = format!("zone weights are 0..={max} (0 = no new flows to the zone)");
-            at_most(n, max, "zone weight", help).map(Self)
-        })
+        let help = format!("zone weights are 0..={max} (0 = no new flows to the zone)");
+        let expecting = "an integer zone weight 0..=10000";
+        up_to(d, expecting, max, "zone weight", &help).map(Self)
     }
 }
 
@@ -295,13 +300,12 @@ impl RetryAttempts {
 
 impl<'de> Deserialize<'de> for RetryAttempts {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        from_int(d, "an integer number of retries 0..=10", |n| {
-            let help = format!(
-                "valid: 0..={} (extra tries on other backends; 0 = never retry)",
-                Self::MAX
-            );
-            at_most(n, Self::MAX, "retry attempts", help).map(Self)
-        })
+        let help = format!(
+            "valid: 0..={} (extra tries on other backends; 0 = never retry)",
+            Self::MAX
+        );
+        let expecting = "an integer number of retries 0..=10";
+        up_to(d, expecting, Self::MAX, "retry attempts", &help).map(Self)
     }
 }
 
@@ -311,10 +315,8 @@ pub struct Percent(pub u8);
 
 impl<'de> Deserialize<'de> for Percent {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        from_int(d, "an integer percentage 0..=100", |n| {
-            let help = "valid: 0..=100 (a share of requests, in percent)";
-            at_most(n, 100, "percentage", help).map(Self)
-        })
+        let help = "valid: 0..=100 (a share of requests, in percent)";
+        up_to(d, "an integer percentage 0..=100", 100, "percentage", help).map(Self)
     }
 }
 
