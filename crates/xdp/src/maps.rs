@@ -240,12 +240,15 @@ pub const FLOW4_FIRST: u8 = 1;
 /// `FX_FLOW4_LRU`: the entry was promoted into the shared LRU `ct4`.
 pub const FLOW4_LRU: u8 = 2;
 
-/// `struct flow4`: a way of the per-CPU IPv4 conntrack (written by the BPF program only).
+/// A way of a per-CPU conntrack (written by the BPF program only): `struct flow4` with
+/// `A = [u8; 4]` ([`Flow4`], in `flows4`), `struct flow6` with `[u8; 16]` ([`Flow6`], in
+/// `flows6`). The two C structs differ only in the addresses' width; `flags` is
+/// [`FLOW4_FIRST`] and [`FLOW4_LRU`] in both (promoted into `ct4`, or into `conntrack`).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Flow4 {
-    pub saddr: [u8; 4],
-    pub daddr: [u8; 4],
+pub struct Flow<A> {
+    pub saddr: A,
+    pub daddr: A,
     pub ports: u32,
     pub proto: u8,
     pub row: u8,
@@ -255,14 +258,20 @@ pub struct Flow4 {
     pub hash: u32,
     pub seen: u32,
 }
-const _: () = assert!(size_of::<Flow4>() == 28);
 
-/// `struct flow4_set`: one set (the value of a `flows4` element).
+/// One set of `W` ways: the value of a `flows4` or `flows6` element (`struct flow4_set`,
+/// `struct flow6_set`).
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Flow4Set {
-    pub way: [Flow4; FLOW4_WAYS as usize],
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowSet<A, const W: usize> {
+    pub way: [Flow<A>; W],
 }
+
+/// `struct flow4`.
+pub type Flow4 = Flow<[u8; 4]>;
+const _: () = assert!(size_of::<Flow4>() == 28);
+/// `struct flow4_set`.
+pub type Flow4Set = FlowSet<[u8; 4], { FLOW4_WAYS as usize }>;
 const _: () = assert!(size_of::<Flow4Set>() == 112);
 
 /// `FX_FCACHE6_SLOTS`: slots per CPU of the IPv6 flow cache (`fcache6`).
@@ -317,30 +326,11 @@ pub const FLOW6_SETS: u32 = 32_768;
 /// `FX_FLOW6_WAYS`: ways per set.
 pub const FLOW6_WAYS: u32 = 4;
 
-/// `struct flow6`: a way of the per-CPU IPv6 conntrack (written by the BPF program only);
-/// `flags` as [`Flow4`]'s ([`FLOW4_FIRST`], [`FLOW4_LRU`]: promoted into `conntrack`).
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Flow6 {
-    pub saddr: [u8; 16],
-    pub daddr: [u8; 16],
-    pub ports: u32,
-    pub proto: u8,
-    pub row: u8,
-    pub flags: u8,
-    pub hash_key: u8,
-    pub backend: u32,
-    pub hash: u32,
-    pub seen: u32,
-}
+/// `struct flow6` (see [`Flow`]).
+pub type Flow6 = Flow<[u8; 16]>;
 const _: () = assert!(size_of::<Flow6>() == 52);
-
-/// `struct flow6_set`: one set (the value of a `flows6` element).
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Flow6Set {
-    pub way: [Flow6; FLOW6_WAYS as usize],
-}
+/// `struct flow6_set`.
+pub type Flow6Set = FlowSet<[u8; 16], { FLOW6_WAYS as usize }>;
 const _: () = assert!(size_of::<Flow6Set>() == 208);
 
 /// `struct ct_value`.
@@ -383,6 +373,23 @@ pub struct NatFwd {
     pub seen: u64,
 }
 const _: () = assert!(size_of::<NatFwd>() == 56);
+
+impl NatFwd {
+    /// The `nat_rev` key of this flow's replies (backend -> the allocated source address and
+    /// port), for a client key of `proto` and `family`: the data path's `fx_rev_key`.
+    #[must_use]
+    pub fn rev_key(&self, proto: u8, family: u8) -> CtKey {
+        CtKey {
+            src: self.baddr,
+            dst: self.saddr,
+            sport: self.bport,
+            dport: self.nport,
+            proto,
+            family,
+            pad: 0,
+        }
+    }
+}
 
 /// `struct nat_rev`: a nat flow, backend -> client (keyed by the reply's [`CtKey`]).
 #[repr(C)]

@@ -12,11 +12,11 @@ use fulcrum_core::model::{Backend, BackendState, HashKey, PrimeTableSize, Proto}
 use fulcrum_core::sched::maglev::Maglev;
 
 use crate::maps::{
-    addr_bytes, BackendEntry, Counter, Ct4Key, CtKey, CtValue, Flow4Set, Flow6Set, NatFwd, NatRev,
-    ScAddr, SvcKey, SvcValue, AF_INET6, BACKEND_ALIVE, FLOW4_LRU, FLOW4_SETS, FLOW6_SETS,
-    HASH_FIVE_TUPLE, HASH_SRC_IP, HASH_SRC_IP_PORT, MAGLEV_MAX, MAX_BACKENDS, MAX_SERVICES,
-    MODE_DSR, MODE_NAT, MODE_TUNNEL, NAT_FIN_FWD, NAT_FIN_REV, NAT_RST, STATS_ROWS, SVC_PREV_TABLE,
-    SVC_SECOND_CHANCE, TUNNEL_GUE, TUNNEL_IPIP,
+    addr_bytes, BackendEntry, Counter, Ct4Key, CtKey, CtValue, Flow, Flow4Set, Flow6Set, FlowSet,
+    NatFwd, NatRev, ScAddr, SvcKey, SvcValue, AF_INET6, BACKEND_ALIVE, FLOW4_LRU, FLOW4_SETS,
+    FLOW6_SETS, HASH_FIVE_TUPLE, HASH_SRC_IP, HASH_SRC_IP_PORT, MAGLEV_MAX, MAX_BACKENDS,
+    MAX_SERVICES, MODE_DSR, MODE_NAT, MODE_TUNNEL, NAT_FIN_FWD, NAT_FIN_REV, NAT_RST, STATS_ROWS,
+    SVC_PREV_TABLE, SVC_SECOND_CHANCE, TUNNEL_GUE, TUNNEL_IPIP,
 };
 
 /// The GUE destination port when none is configured (`fulcrum decap --gue-port`).
@@ -247,26 +247,43 @@ struct Tracked {
     hash: u32,
 }
 
-macro_rules! tracked_from {
-    ($t:ty) => {
-        impl From<&$t> for Tracked {
-            fn from(w: &$t) -> Self {
-                Self {
-                    src: IpAddr::from(w.saddr),
-                    dst: IpAddr::from(w.daddr),
-                    ports: w.ports,
-                    proto: w.proto,
-                    row: w.row,
-                    hash_key: w.hash_key,
-                    backend: w.backend,
-                    hash: w.hash,
-                }
-            }
+impl<A: Copy + Into<IpAddr>> From<&Flow<A>> for Tracked {
+    fn from(w: &Flow<A>) -> Self {
+        Self {
+            src: w.saddr.into(),
+            dst: w.daddr.into(),
+            ports: w.ports,
+            proto: w.proto,
+            row: w.row,
+            hash_key: w.hash_key,
+            backend: w.backend,
+            hash: w.hash,
         }
-    };
+    }
 }
-tracked_from!(crate::maps::Flow4);
-tracked_from!(crate::maps::Flow6);
+
+/// Appends to `out` the used, not yet promoted ways of the per-CPU conntrack `flows` (its
+/// `sets` sets, on every CPU).
+fn tracked_ways<A, const W: usize>(
+    flows: &PerCpuArray<MapData, FlowSet<A, W>>,
+    sets: u32,
+    out: &mut Vec<Tracked>,
+) -> Result<(), XdpError>
+where
+    A: Copy + Into<IpAddr>,
+    FlowSet<A, W>: aya::Pod,
+{
+    for set in 0..sets {
+        for s in flows.get(&set, 0)?.iter() {
+            let ways = s
+                .way
+                .iter()
+                .filter(|w| w.seen != 0 && w.flags & FLOW4_LRU == 0);
+            out.extend(ways.map(Tracked::from));
+        }
+    }
+    Ok(())
+}
 
 impl std::fmt::Debug for XdpPlane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -579,20 +596,9 @@ impl XdpPlane {
     /// promoted into the shared LRUs (one map read per set: 65536 + 32768 syscalls, each
     /// copying the set of every CPU).
     fn flows_snapshot(&self) -> Result<Vec<Tracked>, XdpError> {
-        let kept = |seen: u32, flags: u8| seen != 0 && flags & FLOW4_LRU == 0;
         let mut out = Vec::new();
-        for set in 0..FLOW4_SETS {
-            for s in self.flows4.get(&set, 0)?.iter() {
-                let ways = s.way.iter().filter(|w| kept(w.seen, w.flags));
-                out.extend(ways.map(Tracked::from));
-            }
-        }
-        for set in 0..FLOW6_SETS {
-            for s in self.flows6.get(&set, 0)?.iter() {
-                let ways = s.way.iter().filter(|w| kept(w.seen, w.flags));
-                out.extend(ways.map(Tracked::from));
-            }
-        }
+        tracked_ways(&self.flows4, FLOW4_SETS, &mut out)?;
+        tracked_ways(&self.flows6, FLOW6_SETS, &mut out)?;
         Ok(out)
     }
 
@@ -1243,15 +1249,7 @@ impl XdpPlane {
             let Ok(f) = self.nat_fwd.get(&k, 0) else {
                 continue;
             };
-            let rk = CtKey {
-                src: f.baddr,
-                dst: f.saddr,
-                sport: f.bport,
-                dport: f.nport,
-                proto: k.proto,
-                family: k.family,
-                pad: 0,
-            };
+            let rk = f.rev_key(k.proto, k.family);
             let r = self.nat_rev.get(&rk, 0).ok();
             let seen = f.seen.max(r.map_or(0, |r| r.seen));
             let flags = f.flags | r.map_or(0, |r| r.flags);
@@ -1398,15 +1396,18 @@ impl XdpPlane {
             return Ok(Inserted::NoBackend);
         };
         let now = crate::monotonic_ns();
-        let rk = CtKey {
-            src: f.baddr,
-            dst: f.saddr,
-            sport: f.bport,
-            dport: f.nport,
-            proto: f.ck.proto,
-            family: f.ck.family,
-            pad: 0,
+        let fwd = NatFwd {
+            baddr: f.baddr,
+            saddr: f.saddr,
+            bport: f.bport,
+            nport: f.nport,
+            backend,
+            svc: row,
+            flags: 0,
+            pad: [0; 3],
+            seen: now,
         };
+        let rk = fwd.rev_key(f.ck.proto, f.ck.family);
         // a port the owner reuses: the flow that held it before is over
         if let Ok(old) = self.nat_rev.get(&rk, 0) {
             if old.caddr != f.ck.src
@@ -1426,17 +1427,6 @@ impl XdpPlane {
                 let _ = self.nat_fwd.remove(&ok);
             }
         }
-        let fwd = NatFwd {
-            baddr: f.baddr,
-            saddr: f.saddr,
-            bport: f.bport,
-            nport: f.nport,
-            backend,
-            svc: row,
-            flags: 0,
-            pad: [0; 3],
-            seen: now,
-        };
         let rev = NatRev {
             caddr: f.ck.src,
             vaddr: f.ck.dst,
