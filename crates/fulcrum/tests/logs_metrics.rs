@@ -665,7 +665,15 @@ async fn process_build_refusals_bytes_and_histograms() {
         "{}",
         String::from_utf8_lossy(&resp)
     );
-    let held = TcpStream::connect(tcp).await.unwrap();
+    // `held` takes the one place: its echo proves the proxy accepted it and holds it
+    // (with one listener per worker, a later connection may otherwise be accepted first).
+    let mut held = TcpStream::connect(tcp).await.unwrap();
+    held.write_all(b"h").await.unwrap();
+    let mut echoed = [0u8; 1];
+    tokio::time::timeout(Duration::from_secs(3), held.read_exact(&mut echoed))
+        .await
+        .expect("the held connection's echo")
+        .unwrap();
     // The reset may come before `connect` returns.
     if let Ok(mut refused) = TcpStream::connect(tcp).await {
         let _ = refused.write_all(b"x").await;
