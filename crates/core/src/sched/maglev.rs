@@ -195,7 +195,7 @@ fn quotas(weights: &[u32], m: u32) -> Vec<u32> {
 /// `lanes[k].owner`.
 ///
 /// Each lane takes "the next free slot of its permutation". While many slots are free that
-/// is found by probing the permutation (one bit per slot); once at most [`TAIL`] slots are
+/// is found by probing the permutation (one byte per slot); once at most [`TAIL`] slots are
 /// free (where probing costs about `M / free` steps per slot taken, most of a build), the
 /// free slots are kept in a list and a lane takes the one it would reach first: the fewest
 /// steps `((slot - pos) mod M) x skip^-1 mod M` from its position. Both give the same slot,
@@ -212,10 +212,20 @@ fn populate(lanes: &[SortedLane], quotas: &[u32], m: u32) -> Vec<u32> {
 
 /// [`populate`], probing four entries at a time once `four_from` slots are taken (`u32::MAX`:
 /// never, the build before [`probe_four`]).
+///
+/// Occupancy is a byte per slot ([`probe_one`], [`probe_four`]): a probe is a load and a
+/// compare where a bit needed a variable shift, and four probes combine into one word
+/// whose first free byte `trailing_zeros` finds (64 KiB at M = 65537: L1 and L2 here; the
+/// 8 KiB bitmap took more instructions per probe).
+/// Each round's firing lanes are taken in runs that stay in one phase (one probe at a
+/// time, four, the list of free slots), so no take tests the phase; with equal weights
+/// every lane fires every round and the active list is the firing list. Measured against
+/// the bitmap build in the same run (docs/benchmarks.md, Core, "fifth round").
 fn populate_with(lanes: &[SortedLane], quotas: &[u32], m: u32, four_from: u32) -> Vec<u32> {
     let Some(max_w) = lanes.iter().map(|l| u64::from(l.weight)).max() else {
         return Vec::new();
     };
+    let all_fire = lanes.iter().all(|l| u64::from(l.weight) == max_w);
     let mut pos: Vec<u32> = lanes.iter().map(|l| l.pos).collect();
     let skip: Vec<u32> = lanes.iter().map(|l| l.skip).collect();
     let owner: Vec<u32> = lanes.iter().map(|l| l.owner).collect();
@@ -225,50 +235,83 @@ fn populate_with(lanes: &[SortedLane], quotas: &[u32], m: u32, four_from: u32) -
     let mut active: Vec<u32> = (0..lanes.len() as u32)
         .filter(|&k| left[k as usize] > 0)
         .collect();
-    let mut fired: Vec<u32> = vec![0; lanes.len()];
+    let mut fired: Vec<u32> = if all_fire {
+        Vec::new()
+    } else {
+        vec![0; lanes.len()]
+    };
     // Every slot is written exactly once (the quotas sum to `m`).
     let mut table = vec![0; m as usize];
-    let mut used = Used::new(m);
+    // 1: taken.
+    let mut used = vec![0u8; m as usize];
     let mut free = Tail::new(m);
+    let tail_from = m.saturating_sub(TAIL);
+    let four_from = four_from.min(tail_from);
     let mut filled = 0u32;
     while filled < m {
-        // The lanes that fire this round, in order.
-        let mut n = 0;
-        for &k in &active {
-            let k = k as usize;
-            let a = acc[k] + weight[k];
-            let fire = a >= max_w;
-            acc[k] = if fire { a - max_w } else { a };
-            fired[n] = k as u32;
-            n += usize::from(fire);
-        }
-        if n == 0 {
-            // As many rounds as would also be idle, at once.
-            let idle = active
-                .iter()
-                .map(|&k| (max_w - acc[k as usize]).div_ceil(weight[k as usize]) - 1)
-                .min()
-                .unwrap_or(0);
+        let list: &[u32] = if all_fire {
+            &active
+        } else {
+            // The lanes that fire this round, in order.
+            let mut n = 0;
             for &k in &active {
-                acc[k as usize] += idle * weight[k as usize];
+                let k = k as usize;
+                let a = acc[k] + weight[k];
+                let fire = a >= max_w;
+                acc[k] = if fire { a - max_w } else { a };
+                fired[n] = k as u32;
+                n += usize::from(fire);
             }
-            continue;
-        }
-        for &k in &fired[..n] {
-            let k = k as usize;
-            let slot = if free.on {
-                free.take(k, &mut pos[k], skip[k], m)
-            } else if filled < four_from {
-                probe_next_free(&mut pos[k], skip[k], &mut used, m)
+            if n == 0 {
+                // As many rounds as would also be idle, at once.
+                let idle = active
+                    .iter()
+                    .map(|&k| (max_w - acc[k as usize]).div_ceil(weight[k as usize]) - 1)
+                    .min()
+                    .unwrap_or(0);
+                for &k in &active {
+                    acc[k as usize] += idle * weight[k as usize];
+                }
+                continue;
+            }
+            &fired[..n]
+        };
+        let mut at = 0;
+        while at < list.len() {
+            // The run of this round's takes that stays in the current phase.
+            let phase_end = if filled < four_from {
+                four_from
+            } else if filled < tail_from {
+                tail_from
             } else {
-                probe_four(&mut pos[k], skip[k], &mut used, m)
+                m
             };
-            table[slot as usize] = owner[k];
-            left[k] -= 1;
-            filled += 1;
-            if !free.on && m - filled <= TAIL {
-                free.start(&used, m, lanes.len());
+            let end = list.len().min(at + (phase_end - filled) as usize);
+            let run = &list[at..end];
+            if filled < four_from {
+                for &k in run {
+                    let k = k as usize;
+                    table[probe_one(&mut pos[k], skip[k], &mut used, m) as usize] = owner[k];
+                    left[k] -= 1;
+                }
+            } else if filled < tail_from {
+                for &k in run {
+                    let k = k as usize;
+                    table[probe_four(&mut pos[k], skip[k], &mut used, m) as usize] = owner[k];
+                    left[k] -= 1;
+                }
+            } else {
+                if !free.on {
+                    free.start(&used, lanes.len());
+                }
+                for &k in run {
+                    let k = k as usize;
+                    table[free.take(k, &mut pos[k], skip[k], m) as usize] = owner[k];
+                    left[k] -= 1;
+                }
             }
+            filled += run.len() as u32;
+            at = end;
         }
         active.retain(|&k| left[k as usize] > 0);
     }
@@ -299,18 +342,26 @@ impl Tail {
         }
     }
 
-    /// Lists the free slots of `used`, for `lanes` lanes.
-    fn start(&mut self, used: &Used, m: u32, lanes: usize) {
+    /// Lists the free slots of the occupancy bytes `used` (0: free), for `lanes` lanes;
+    /// eight bytes at a time.
+    fn start(&mut self, used: &[u8], lanes: usize) {
+        const ONES: u64 = 0x0101_0101_0101_0101;
         self.slots.clear();
         self.inverse = vec![0; lanes];
-        for (w, &bits) in used.0.iter().enumerate() {
-            let mut free = !bits;
+        let mut chunks = used.chunks_exact(8);
+        let mut base = 0u32;
+        for chunk in chunks.by_ref() {
+            let bytes = <[u8; 8]>::try_from(chunk).unwrap_or([1; 8]);
+            let mut free = !u64::from_le_bytes(bytes) & ONES;
             while free != 0 {
-                let slot = (w as u32) * 64 + free.trailing_zeros();
-                if slot < m {
-                    self.slots.push(slot);
-                }
+                self.slots.push(base + free.trailing_zeros() / 8);
                 free &= free - 1;
+            }
+            base += 8;
+        }
+        for (i, &b) in chunks.remainder().iter().enumerate() {
+            if b == 0 {
+                self.slots.push(base + i as u32);
             }
         }
         self.on = true;
@@ -343,16 +394,16 @@ impl Tail {
         };
         let inv = u64::from(inv);
         let (mm, p) = (u64::from(m), u64::from(*pos));
-        let mut best = (u64::MAX, 0usize);
+        // The fewest steps, and the first such place: both in one word, taken without a
+        // branch (steps < M < 2^32; a compare per slot was a mispredicted branch at each new
+        // minimum).
+        let mut best = u64::MAX;
         for (i, &s) in self.slots.iter().enumerate() {
             let s = u64::from(s);
             let diff = if s >= p { s - p } else { s + mm - p };
-            let steps = self.reduce(diff * inv, mm);
-            if steps < best.0 {
-                best = (steps, i);
-            }
+            best = best.min(self.reduce(diff * inv, mm) << 32 | i as u64);
         }
-        let slot = self.slots.swap_remove(best.1);
+        let slot = self.slots.swap_remove((best & 0xffff_ffff) as usize);
         *pos = slot + skip;
         if *pos >= m {
             *pos -= m;
@@ -425,8 +476,9 @@ pub fn populate_reference(backends: &[Backend], size: PrimeTableSize) -> Vec<u32
     table
 }
 
-/// Occupancy of the table during population: one bit per slot (8 KiB at M = 65537, so the
-/// probing stays in L1 while the `u32` table is only written once per slot).
+/// Occupancy of the table during the plain population ([`populate_reference`]): one bit per
+/// slot (8 KiB at M = 65537, so the probing stays in L1 while the `u32` table is only written
+/// once per slot).
 struct Used(Vec<u64>);
 
 impl Used {
@@ -470,12 +522,26 @@ fn add_mod(a: u32, b: u32, mb: u32) -> u32 {
     }
 }
 
-/// The same as [`probe_next_free`], four permutation entries at a time: four independent
-/// chains (`pos + i * skip`, stepping by `4 * skip`), each tested without a branch, and one
-/// branch per four probes on whether any of them is free; the first free one in permutation
-/// order is taken, so the slot is the one single-stepping finds.
+/// [`probe_next_free`] on the occupancy bytes of [`populate_with`] (0: free).
 #[inline]
-fn probe_four(pos: &mut u32, skip: u32, used: &mut Used, m: u32) -> u32 {
+fn probe_one(pos: &mut u32, skip: u32, used: &mut [u8], m: u32) -> u32 {
+    let ms = m - skip;
+    loop {
+        let slot = *pos;
+        *pos = add_mod(slot, skip, ms);
+        if used[slot as usize] == 0 {
+            used[slot as usize] = 1;
+            return slot;
+        }
+    }
+}
+
+/// The same as [`probe_one`], four permutation entries at a time: four independent chains
+/// (`pos + i * skip`, stepping by `4 * skip`), their four bytes in one word, and one branch
+/// per four probes on whether any of them is free; the first free one in permutation order
+/// is taken, so the slot is the one single-stepping finds.
+#[inline]
+fn probe_four(pos: &mut u32, skip: u32, used: &mut [u8], m: u32) -> u32 {
     let ms = m - skip;
     let s2 = add_mod(skip, skip, ms);
     let ms2 = m - s2;
@@ -484,13 +550,15 @@ fn probe_four(pos: &mut u32, skip: u32, used: &mut Used, m: u32) -> u32 {
     let p0 = *pos;
     let p1 = add_mod(p0, skip, ms);
     let mut c = [p0, p1, add_mod(p0, s2, ms2), add_mod(p1, s2, ms2)];
-    let words = &used.0[..];
     loop {
-        let free = |s: u32| !(words[(s >> 6) as usize] >> (s & 63)) & 1;
-        let mask = free(c[0]) | free(c[1]) << 1 | free(c[2]) << 2 | free(c[3]) << 3;
-        if mask != 0 {
-            let slot = c[mask.trailing_zeros() as usize & 3];
-            used.claim(slot);
+        let taken = u32::from(used[c[0] as usize])
+            | u32::from(used[c[1] as usize]) << 8
+            | u32::from(used[c[2] as usize]) << 16
+            | u32::from(used[c[3] as usize]) << 24;
+        let free = !taken & 0x0101_0101;
+        if free != 0 {
+            let slot = c[(free.trailing_zeros() / 8) as usize & 3];
+            used[slot as usize] = 1;
             *pos = add_mod(slot, skip, ms);
             return slot;
         }
