@@ -1071,6 +1071,16 @@ class Soak:
         then; a UDP flow's datagrams are lost until it is back)."""
         return any(b == backend and k - 1 <= t <= r + 3 for b, k, r in self.killed)
 
+    def killed_unnamed(self, backend: str, t: float) -> bool:
+        """A connection that ended before its backend's greeting names no backend: it is
+        put down to a kill only when some backend was killed at that moment (the proxy
+        had connected to it, and it died before it could greet)."""
+        return not backend and any(k - 1 <= t <= k + 1 for _, k, _ in self.killed)
+
+    def on_killed(self, backend: str, t: float) -> bool:
+        return (bool(backend) and self.was_killed(backend, t)) or \
+            self.killed_unnamed(backend, t)
+
     def report(self, results: dict, start: float, t_base: float, t_ev: float,
                t_tail: float, until: float) -> int:
         a = self.args
@@ -1094,18 +1104,17 @@ class Soak:
             if kind in ("tcp", "udp"):
                 # a connection (or flow) on a killed backend ends (or loses datagrams) with it
                 excused = sum(1 for t, what, b, _ in r["events"]
-                              if what in ("reset", "lost", "short") and b
-                              and self.was_killed(b, t))
+                              if what in ("reset", "lost", "short") and self.on_killed(b, t))
                 unexcused_fail = r["failed"] - excused
                 unexcused_reset = r["reset"] - sum(
                     1 for t, what, b, _ in r["events"]
-                    if what == "reset" and b and self.was_killed(b, t))
+                    if what == "reset" and self.on_killed(b, t))
             tot_failed += unexcused_fail
             tot_reset += unexcused_reset
             out.append(f"| {kind} | {r['sent']} | {r['ok']} | {r['failed']} | {r['reset']} | "
                        f"{excused} | {r['retried']} |")
             shown = [e for e in r["events"]
-                     if not (kind in ("tcp", "udp") and e[2] and self.was_killed(e[2], e[0]))]
+                     if not (kind in ("tcp", "udp") and self.on_killed(e[2], e[0]))]
             for t, what, b, detail in shown[:5]:
                 out.append(f"    {kind} at +{t - start:.1f}s: {what} {b} {detail}")
         if tot_failed:
