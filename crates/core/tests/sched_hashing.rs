@@ -330,3 +330,40 @@ proptest! {
         prop_assert!((moved_ratio(&om, &ob, &nm, &nb) - expected).abs() < 1e-12);
     }
 }
+
+/// Every exclusion set of a 4-backend pool, for Maglev and sh: the pick is the first slot
+/// from the flow's, forward, whose owner is not excluded (first slot's owner allowed or not),
+/// and `AllTried` once every backend is excluded.
+#[test]
+fn hashing_pick_is_the_first_owner_not_excluded_for_every_exclusion_set() {
+    use fulcrum_core::sched::sh::SourceHash;
+    use fulcrum_core::sched::{PickError, Scheduler};
+    let b = pool(&[1, 2, 3, 1]);
+    let mg = Maglev::new(&b, size(1009));
+    let sh = SourceHash::new(&b);
+    let walk = |t: &[u32], slot: usize, ex: &[usize]| {
+        (0..t.len())
+            .map(|k| t[(slot + k) % t.len()] as usize)
+            .find(|i| !ex.contains(i))
+            .ok_or(PickError::AllTried { tried: 4 })
+    };
+    for set in 0u32..16 {
+        let ex: Vec<usize> = (0..4).filter(|i| set & (1 << i) != 0).collect();
+        for h in flows(300) {
+            let req = PickRequest {
+                hash: h,
+                random: 0,
+                loads: &NoLoads,
+                exclude: &ex,
+                now: std::time::Duration::ZERO,
+            };
+            assert_eq!(
+                mg.pick(&req),
+                walk(mg.table(), mg.slot(h), &ex),
+                "maglev {ex:?}"
+            );
+            let slot = sh.slot(h).expect("a table");
+            assert_eq!(sh.pick(&req), walk(sh.table(), slot, &ex), "sh {ex:?}");
+        }
+    }
+}

@@ -82,9 +82,25 @@ pub(crate) fn first_candidate(
     let Some((start, &first)) = start.and_then(|s| Some((s, table.get(s)?))) else {
         return Err(eligible.error());
     };
-    if exclude.is_empty() {
+    // The tables hold eligible backends only: an owner not excluded is what the walk in
+    // `next_candidate` would return.
+    if exclude.is_empty() || !exclude.contains(&(first as usize)) {
         return Ok(first as usize);
     }
+    next_candidate(eligible, table, start, exclude)
+}
+
+/// [`first_candidate`] past an excluded first slot (a retry): out of line, so the common
+/// pick (nothing excluded, or the first slot's owner not excluded) does not save the
+/// walk's registers (one push instead of five in `Maglev::pick`).
+#[cold]
+#[inline(never)]
+fn next_candidate(
+    eligible: &Eligible,
+    table: &[u32],
+    start: usize,
+    exclude: &[usize],
+) -> Result<usize, PickError> {
     // Every eligible backend excluded: say so before walking a whole table for nothing.
     eligible.ensure_some_left(exclude)?;
     candidates(table, start)
