@@ -31,6 +31,8 @@ pub struct AdmArgs {
 const DEFAULT_ADMIN: &str = "http://127.0.0.1:9090";
 /// ipvsadm's default persistence timeout (`-p` without a value).
 const DEFAULT_PERSISTENCE: u32 = 300;
+/// ipvsadm's default scheduler (`-A`/`-E` without `-s`).
+const DEFAULT_SCHEDULER: &str = "wlc";
 
 /// An ipvsadm-style usage error: the message and where to find help.
 fn usage_err(msg: impl Into<String>) -> Fail {
@@ -47,8 +49,9 @@ fn op_err(msg: impl Into<String>) -> Fail {
     Fail(EXIT_FAILURE, msg.into())
 }
 
+/// The command flag (`-A`, `-L`, …) as the parser meets it; ipvsadm's name for messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cmd {
+enum Cmd {
     AddService,
     EditService,
     DelService,
@@ -99,23 +102,85 @@ pub enum Fwd {
     Masq,
 }
 
-/// A parsed command line (ipvsadm's flags are booleans).
-#[derive(Debug, Default, PartialEq, Eq)]
-#[allow(clippy::struct_excessive_bools)]
-pub struct Opts {
-    pub cmd: Option<Cmd>,
-    pub service: Option<(Proto, SocketAddr)>,
-    pub scheduler: Option<String>,
-    pub persistent: Option<u32>,
-    pub real: Option<SocketAddr>,
+/// A virtual service: `-t|-u VIP:PORT`.
+pub type Service = (Proto, SocketAddr);
+
+/// What `-a`/`-e`/`-d` act on: `-t|-u service -r real [-g|-i|-m]`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Destination {
+    pub service: Service,
+    pub real: SocketAddr,
+    /// `None`: whatever the service's forward mode is.
     pub fwd: Option<Fwd>,
-    pub weight: Option<u16>,
-    pub numeric: bool,
-    pub stats: bool,
-    pub rate: bool,
-    pub exact: bool,
+}
+
+/// A parsed command line: the command, and where the admin API is.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Parsed {
+    pub command: Command,
+    /// `--admin`; `None`: `$FULCRUM_ADMIN`, else [`DEFAULT_ADMIN`].
     pub admin: Option<String>,
+    /// `--token-file`; `None`: `$FULCRUM_TOKEN_FILE`, else no token.
     pub token_file: Option<PathBuf>,
+}
+
+/// One ipvsadm command with exactly the options it takes (`generic_opt_check` has run:
+/// a required option is there, an illegal one cannot be).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command {
+    /// `-L [-t|u service] [-n] [--stats|--rate] [--exact]` (`-n`: output is always numeric).
+    List {
+        service: Option<Service>,
+        format: Format,
+        exact: bool,
+    },
+    /// `-A service [-s scheduler] [-p [timeout]]`.
+    AddService {
+        service: Service,
+        scheduler: String,
+        persistent: Option<u32>,
+    },
+    /// `-E service [-s scheduler] [-p [timeout]]` (no `-s`: ipvsadm's default again).
+    EditService {
+        service: Service,
+        scheduler: String,
+        persistent: Option<u32>,
+    },
+    /// `-D service`.
+    DelService { service: Service },
+    /// `-a service -r real [-g|i|m] [-w weight]` (weight 1 when not given).
+    AddServer { dest: Destination, weight: u16 },
+    /// `-e service -r real [-g|i|m] [-w weight]` (no `-w`: the weight stays).
+    EditServer {
+        dest: Destination,
+        weight: Option<u16>,
+    },
+    /// `-d service -r real [-g|i|m]`.
+    DelServer { dest: Destination },
+    /// `-C`.
+    Clear,
+    /// `-h`.
+    Help,
+}
+
+/// The options as they come, in any order (ipvsadm's flags are booleans); [`Opts::command`]
+/// makes the [`Command`].
+#[derive(Debug, Default)]
+#[allow(clippy::struct_excessive_bools)]
+struct Opts {
+    cmd: Option<Cmd>,
+    service: Option<Service>,
+    scheduler: Option<String>,
+    persistent: Option<u32>,
+    real: Option<SocketAddr>,
+    fwd: Option<Fwd>,
+    weight: Option<u16>,
+    numeric: bool,
+    stats: bool,
+    rate: bool,
+    exact: bool,
+    admin: Option<String>,
+    token_file: Option<PathBuf>,
 }
 
 /// Splits `-Ln` into `-L -n` (short flags without values only).
@@ -142,7 +207,20 @@ fn parse_addr(s: &str, what: &str) -> Result<SocketAddr, Fail> {
 }
 
 /// Parses the command line (without the leading `adm`).
-pub fn parse(args: &[String]) -> Result<Opts, Fail> {
+pub fn parse(args: &[String]) -> Result<Parsed, Fail> {
+    let mut o = accumulate(args)?;
+    let admin = o.admin.take();
+    let token_file = o.token_file.take();
+    Ok(Parsed {
+        command: o.command()?,
+        admin,
+        token_file,
+    })
+}
+
+/// Reads the options, in any order, into [`Opts`]; rejects what ipvsadm rejects on sight
+/// (a bad value, a second command, an unsupported one).
+fn accumulate(args: &[String]) -> Result<Opts, Fail> {
     let args = expand(args);
     let mut o = Opts::default();
     let mut it = args.iter().peekable();
@@ -238,64 +316,112 @@ pub fn parse(args: &[String]) -> Result<Opts, Fail> {
             other => return Err(usage_err(format!("invalid option -- {other}"))),
         }
     }
-    let cmd = o.cmd.unwrap_or(Cmd::List);
-    o.cmd = Some(cmd);
-    check_options(&o, cmd)?;
     Ok(o)
 }
 
-/// ipvsadm's `generic_opt_check`: required and illegal options per command.
-fn check_options(o: &Opts, cmd: Cmd) -> Result<(), Fail> {
-    let need = |ok: bool, opt: &str| {
-        if ok {
-            Ok(())
-        } else {
-            Err(usage_err(format!(
+impl Opts {
+    /// ipvsadm's `generic_opt_check` (required and illegal options per command, in its
+    /// order), then the command with what it carries. No command is `-L`.
+    fn command(self) -> Result<Command, Fail> {
+        let cmd = self.cmd.unwrap_or(Cmd::List);
+        let need = |opt: &str| {
+            usage_err(format!(
                 "You need to supply the '{opt}' option for the '{}' command",
                 cmd.name()
-            )))
-        }
-    };
-    let illegal = |bad: bool, opt: &str| {
-        if bad {
-            Err(usage_err(format!(
-                "Illegal '{opt}' option with the '{}' command",
-                cmd.name()
-            )))
-        } else {
-            Ok(())
-        }
-    };
-    let service_opts = o.scheduler.is_some() || o.persistent.is_some();
-    let server_opts = o.real.is_some() || o.fwd.is_some() || o.weight.is_some();
-    let list_opts = o.numeric || o.stats || o.rate || o.exact;
-    match cmd {
-        Cmd::AddService | Cmd::EditService => {
-            need(o.service.is_some(), "service-address")?;
-            illegal(server_opts, "real-server")?;
-            illegal(list_opts, "numeric")
-        }
-        Cmd::DelService => {
-            need(o.service.is_some(), "service-address")?;
-            illegal(service_opts, "scheduler")?;
-            illegal(server_opts, "real-server")?;
-            illegal(list_opts, "numeric")
-        }
-        Cmd::AddServer | Cmd::EditServer | Cmd::DelServer => {
-            need(o.service.is_some(), "service-address")?;
-            need(o.real.is_some(), "real-server")?;
-            illegal(service_opts, "scheduler")?;
-            illegal(cmd == Cmd::DelServer && o.weight.is_some(), "weight")?;
-            illegal(list_opts, "numeric")
-        }
-        Cmd::Clear | Cmd::Help => {
-            illegal(o.service.is_some(), "service-address")?;
-            illegal(service_opts || server_opts || list_opts, "numeric")
-        }
-        Cmd::List => {
-            illegal(service_opts || server_opts, "scheduler")?;
-            illegal(o.stats && o.rate, "rate")
-        }
+            ))
+        };
+        let illegal = |bad: bool, opt: &str| {
+            if bad {
+                Err(usage_err(format!(
+                    "Illegal '{opt}' option with the '{}' command",
+                    cmd.name()
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        let service_opts = self.scheduler.is_some() || self.persistent.is_some();
+        let server_opts = self.real.is_some() || self.fwd.is_some() || self.weight.is_some();
+        let list_opts = self.numeric || self.stats || self.rate || self.exact;
+        Ok(match cmd {
+            Cmd::AddService | Cmd::EditService => {
+                let service = self.service.ok_or_else(|| need("service-address"))?;
+                illegal(server_opts, "real-server")?;
+                illegal(list_opts, "numeric")?;
+                let scheduler = self
+                    .scheduler
+                    .unwrap_or_else(|| DEFAULT_SCHEDULER.to_owned());
+                let persistent = self.persistent;
+                if cmd == Cmd::AddService {
+                    Command::AddService {
+                        service,
+                        scheduler,
+                        persistent,
+                    }
+                } else {
+                    Command::EditService {
+                        service,
+                        scheduler,
+                        persistent,
+                    }
+                }
+            }
+            Cmd::DelService => {
+                let service = self.service.ok_or_else(|| need("service-address"))?;
+                illegal(service_opts, "scheduler")?;
+                illegal(server_opts, "real-server")?;
+                illegal(list_opts, "numeric")?;
+                Command::DelService { service }
+            }
+            Cmd::AddServer | Cmd::EditServer | Cmd::DelServer => {
+                let service = self.service.ok_or_else(|| need("service-address"))?;
+                let real = self.real.ok_or_else(|| need("real-server"))?;
+                illegal(service_opts, "scheduler")?;
+                illegal(cmd == Cmd::DelServer && self.weight.is_some(), "weight")?;
+                illegal(list_opts, "numeric")?;
+                let dest = Destination {
+                    service,
+                    real,
+                    fwd: self.fwd,
+                };
+                match cmd {
+                    Cmd::AddServer => Command::AddServer {
+                        dest,
+                        weight: self.weight.unwrap_or(1),
+                    },
+                    Cmd::EditServer => Command::EditServer {
+                        dest,
+                        weight: self.weight,
+                    },
+                    _ => Command::DelServer { dest },
+                }
+            }
+            Cmd::Clear | Cmd::Help => {
+                illegal(self.service.is_some(), "service-address")?;
+                illegal(service_opts || server_opts || list_opts, "numeric")?;
+                if cmd == Cmd::Clear {
+                    Command::Clear
+                } else {
+                    Command::Help
+                }
+            }
+            Cmd::List => {
+                illegal(service_opts || server_opts, "scheduler")?;
+                illegal(self.stats && self.rate, "rate")?;
+                let format = if self.stats {
+                    Format::Stats
+                } else if self.rate {
+                    Format::Rate
+                } else {
+                    Format::Plain
+                };
+                Command::List {
+                    service: self.service,
+                    format,
+                    exact: self.exact,
+                }
+            }
+        })
     }
 }
 
@@ -693,8 +819,7 @@ fn mutation(
     }
 }
 
-fn pool_body(o: &Opts) -> Result<Value, Fail> {
-    let sched = o.scheduler.as_deref().unwrap_or("wlc");
+fn pool_body(sched: &str, persistent: Option<u32>) -> Result<Value, Fail> {
     let Some(f) = scheduler_to_fulcrum(sched) else {
         return Err(op_err(format!(
             "Scheduler or persistence engine not found\n\
@@ -702,7 +827,7 @@ fn pool_body(o: &Opts) -> Result<Value, Fail> {
         )));
     };
     let mut b = json!({ "scheduler": f });
-    if let Some(t) = o.persistent {
+    if let Some(t) = persistent {
         b["persistence"] = json!(format!("{t}s"));
     }
     Ok(b)
@@ -738,123 +863,156 @@ fn put_weight(
 }
 
 /// One match arm per ipvsadm command, each a few API calls.
-#[allow(clippy::too_many_lines)]
-fn run_opts(o: &Opts) -> Result<String, Fail> {
-    let cmd = o.cmd.unwrap_or(Cmd::List);
-    if cmd == Cmd::Help {
+fn run_command(p: &Parsed) -> Result<String, Fail> {
+    if p.command == Command::Help {
         return Ok(HELP.to_owned());
     }
-    let url = o
+    let url = p
         .admin
         .clone()
         .or_else(|| env_value("FULCRUM_ADMIN"))
         .unwrap_or_else(|| DEFAULT_ADMIN.to_owned());
-    let token_file = o
+    let token_file = p
         .token_file
         .clone()
         .or_else(|| env_value("FULCRUM_TOKEN_FILE").map(PathBuf::from));
     let api = Api::new(&url, token_file.as_ref())?;
-    match cmd {
-        Cmd::Help => Ok(HELP.to_owned()),
-        Cmd::List => list(&api, o),
-        Cmd::Clear => {
+    match &p.command {
+        Command::Help => Ok(HELP.to_owned()),
+        Command::List {
+            service,
+            format,
+            exact,
+        } => list(&api, *service, *format, *exact),
+        Command::Clear => {
             for s in services(&api)? {
                 delete_service(&api, &s.name)?;
             }
             Ok(String::new())
         }
-        Cmd::AddService | Cmd::EditService | Cmd::DelService => {
-            let (proto, addr) = o.service.ok_or_else(|| usage_err("no service"))?;
-            let found = find_service(&api, proto, addr)?;
-            match (cmd, found) {
-                (Cmd::AddService, Some(_)) => Err(op_err("Service already exists")),
-                (Cmd::AddService, None) => {
-                    let body = pool_body(o)?;
-                    let name = generated_name(proto, addr);
-                    mutation(
-                        &api,
-                        "PUT",
-                        &format!("/api/v1/pools/{}", seg(&name)),
-                        Some(&body),
-                        "Service not defined",
-                    )?;
-                    let svc = json!({
-                        "listen": addr.to_string(),
-                        "protocol": proto.api(),
-                        "pool": name,
-                        "forward": "proxy",
-                    });
-                    mutation(
-                        &api,
-                        "PUT",
-                        &format!("/api/v1/services/{}", seg(&name)),
-                        Some(&svc),
-                        "Service not defined",
-                    )?;
-                    Ok(String::new())
-                }
-                (_, None) => Err(op_err("No such service")),
-                (Cmd::EditService, Some(s)) => {
-                    let body = pool_body(o)?;
-                    mutation(
-                        &api,
-                        "PUT",
-                        &format!("/api/v1/pools/{}", seg(&s.pool)),
-                        Some(&body),
-                        "No such service",
-                    )?;
-                    Ok(String::new())
-                }
-                (_, Some(s)) => {
-                    delete_service(&api, &s.name)?;
-                    Ok(String::new())
-                }
-            }
+        Command::AddService {
+            service,
+            scheduler,
+            persistent,
+        } => add_service(&api, *service, scheduler, *persistent),
+        Command::EditService {
+            service,
+            scheduler,
+            persistent,
+        } => {
+            let s = defined_service(&api, *service)?;
+            let body = pool_body(scheduler, *persistent)?;
+            mutation(
+                &api,
+                "PUT",
+                &format!("/api/v1/pools/{}", seg(&s.pool)),
+                Some(&body),
+                "No such service",
+            )?;
+            Ok(String::new())
         }
-        Cmd::AddServer | Cmd::EditServer | Cmd::DelServer => {
-            let (proto, addr) = o.service.ok_or_else(|| usage_err("no service"))?;
-            let real = o.real.ok_or_else(|| usage_err("no real server"))?;
-            let Some(s) = find_service(&api, proto, addr)? else {
-                return Err(op_err("Service not defined"));
-            };
-            if let Some(f) = o.fwd.filter(|f| !forward_matches(*f, &s.forward)) {
-                let flag = match f {
-                    Fwd::Gate => "-g",
-                    Fwd::Ipip => "-i",
-                    Fwd::Masq => "-m",
-                };
-                return Err(op_err(format!(
-                    "Invalid operation: {flag} does not match the service's forward = \"{}\" \
-                     (Fulcrum sets the forwarding method per service: -m is proxy or nat, -g dsr, -i tunnel)",
-                    s.forward
-                )));
+        Command::DelService { service } => {
+            let s = defined_service(&api, *service)?;
+            delete_service(&api, &s.name)?;
+            Ok(String::new())
+        }
+        Command::AddServer { dest, weight } => {
+            let (path, existing) = locate(&api, dest)?;
+            if existing.is_some() {
+                return Err(op_err("Destination already exists"));
             }
-            let current = pool_backends(&api, &s.pool)?;
-            let existing = current.iter().find(|(a, _)| *a == real);
-            let path = format!(
-                "/api/v1/pools/{}/backends/{}",
-                seg(&s.pool),
-                seg(&real.to_string())
-            );
-            match (cmd, existing) {
-                (Cmd::AddServer, Some(_)) => Err(op_err("Destination already exists")),
-                (Cmd::AddServer, None) => {
-                    put_weight(&api, &path, o.weight.unwrap_or(1), "Service not defined")
-                }
-                (_, None) => Err(op_err("No such destination")),
-                (Cmd::EditServer, Some((_, w))) => put_weight(
-                    &api,
-                    &path,
-                    o.weight.map_or(*w, u64::from),
-                    "No such destination",
-                ),
-                (_, Some(_)) => {
-                    mutation(&api, "DELETE", &path, None, "No such destination")?;
-                    Ok(String::new())
-                }
+            put_weight(&api, &path, *weight, "Service not defined")
+        }
+        Command::EditServer { dest, weight } => {
+            let (path, existing) = locate(&api, dest)?;
+            let w = existing.ok_or_else(|| op_err("No such destination"))?;
+            put_weight(
+                &api,
+                &path,
+                weight.map_or(w, u64::from),
+                "No such destination",
+            )
+        }
+        Command::DelServer { dest } => {
+            let (path, existing) = locate(&api, dest)?;
+            if existing.is_none() {
+                return Err(op_err("No such destination"));
             }
+            mutation(&api, "DELETE", &path, None, "No such destination")?;
+            Ok(String::new())
         }
     }
+}
+
+/// `-A`: a pool and a service, both named after the service (`generated_name`).
+fn add_service(
+    api: &Api,
+    (proto, addr): Service,
+    scheduler: &str,
+    persistent: Option<u32>,
+) -> Result<String, Fail> {
+    if find_service(api, proto, addr)?.is_some() {
+        return Err(op_err("Service already exists"));
+    }
+    let body = pool_body(scheduler, persistent)?;
+    let name = generated_name(proto, addr);
+    mutation(
+        api,
+        "PUT",
+        &format!("/api/v1/pools/{}", seg(&name)),
+        Some(&body),
+        "Service not defined",
+    )?;
+    let svc = json!({
+        "listen": addr.to_string(),
+        "protocol": proto.api(),
+        "pool": name,
+        "forward": "proxy",
+    });
+    mutation(
+        api,
+        "PUT",
+        &format!("/api/v1/services/{}", seg(&name)),
+        Some(&svc),
+        "Service not defined",
+    )?;
+    Ok(String::new())
+}
+
+/// The running service of `-E`/`-D`; ipvsadm's "No such service" when there is none.
+fn defined_service(api: &Api, (proto, addr): Service) -> Result<RunningSvc, Fail> {
+    find_service(api, proto, addr)?.ok_or_else(|| op_err("No such service"))
+}
+
+/// A destination as the API has it: the backend's path in the service's pool and its
+/// weight there (`None`: not a backend of it). The service must exist and `-g|-i|-m`,
+/// when given, match its forward mode.
+fn locate(api: &Api, dest: &Destination) -> Result<(String, Option<u64>), Fail> {
+    let Destination { service, real, fwd } = *dest;
+    let Some(s) = find_service(api, service.0, service.1)? else {
+        return Err(op_err("Service not defined"));
+    };
+    if let Some(f) = fwd.filter(|f| !forward_matches(*f, &s.forward)) {
+        let flag = match f {
+            Fwd::Gate => "-g",
+            Fwd::Ipip => "-i",
+            Fwd::Masq => "-m",
+        };
+        return Err(op_err(format!(
+            "Invalid operation: {flag} does not match the service's forward = \"{}\" \
+             (Fulcrum sets the forwarding method per service: -m is proxy or nat, -g dsr, -i tunnel)",
+            s.forward
+        )));
+    }
+    let existing = pool_backends(api, &s.pool)?
+        .into_iter()
+        .find_map(|(a, w)| (a == real).then_some(w));
+    let path = format!(
+        "/api/v1/pools/{}/backends/{}",
+        seg(&s.pool),
+        seg(&real.to_string())
+    );
+    Ok((path, existing))
 }
 
 /// Reads services and pools into `-L` rows.
@@ -901,14 +1059,7 @@ fn snapshot(api: &Api) -> Result<Vec<Svc>, Fail> {
     Ok(out)
 }
 
-fn list(api: &Api, o: &Opts) -> Result<String, Fail> {
-    let f = if o.stats {
-        Format::Stats
-    } else if o.rate {
-        Format::Rate
-    } else {
-        Format::Plain
-    };
+fn list(api: &Api, service: Option<Service>, f: Format, exact: bool) -> Result<String, Fail> {
     let mut svcs = snapshot(api)?;
     if f == Format::Rate {
         // Connections per second: two samples one second apart (the kernel averages too).
@@ -926,15 +1077,15 @@ fn list(api: &Api, o: &Opts) -> Result<String, Fail> {
             }
         }
     }
-    match o.service {
+    match service {
         Some((proto, addr)) => {
             let s = svcs
                 .iter()
                 .find(|s| s.proto == proto && s.addr == addr)
                 .ok_or_else(|| op_err("No such service"))?;
-            Ok(format!("{}{}", title(f), service_entry(s, f, o.exact)))
+            Ok(format!("{}{}", title(f), service_entry(s, f, exact)))
         }
-        None => Ok(list_all(&svcs, f, o.exact)),
+        None => Ok(list_all(&svcs, f, exact)),
     }
 }
 
@@ -971,7 +1122,7 @@ See docs/adm.md for the mapping to Fulcrum and what is not supported.
 
 /// Runs `fulcrum adm`; returns the exit code.
 pub fn run(args: &AdmArgs) -> u8 {
-    match parse(&args.args).and_then(|o| run_opts(&o)) {
+    match parse(&args.args).and_then(|p| run_command(&p)) {
         Ok(out) => {
             print!("{out}");
             0
@@ -1009,20 +1160,97 @@ mod tests {
 
     #[test]
     fn parses_ipvsadm_command_lines() {
-        let o = parse(&args("-A -t 127.0.0.1:80 -s rr -p")).unwrap();
-        assert_eq!(o.cmd, Some(Cmd::AddService));
-        assert_eq!(o.service, Some((Proto::Tcp, a("127.0.0.1:80"))));
-        assert_eq!(o.scheduler.as_deref(), Some("rr"));
-        assert_eq!(o.persistent, Some(300));
-        let o = parse(&args("-a -u 198.18.0.1:53 -r 198.18.0.2:53 -m -w 3")).unwrap();
-        assert_eq!(o.cmd, Some(Cmd::AddServer));
-        assert_eq!(o.real, Some(a("198.18.0.2:53")));
-        assert_eq!((o.fwd, o.weight), (Some(Fwd::Masq), Some(3)));
-        let o = parse(&args("-Ln --stats")).unwrap();
-        assert_eq!((o.cmd, o.numeric, o.stats), (Some(Cmd::List), true, true));
-        let o = parse(&args("-E -t [::1]:443 -s mh -p 60")).unwrap();
-        assert_eq!(o.persistent, Some(60));
-        assert_eq!(parse(&args("")).unwrap().cmd, Some(Cmd::List));
+        let command = |s: &str| parse(&args(s)).unwrap().command;
+        assert_eq!(
+            command("-A -t 127.0.0.1:80 -s rr -p"),
+            Command::AddService {
+                service: (Proto::Tcp, a("127.0.0.1:80")),
+                scheduler: "rr".into(),
+                persistent: Some(300),
+            }
+        );
+        assert_eq!(
+            command("-a -u 198.18.0.1:53 -r 198.18.0.2:53 -m -w 3"),
+            Command::AddServer {
+                dest: Destination {
+                    service: (Proto::Udp, a("198.18.0.1:53")),
+                    real: a("198.18.0.2:53"),
+                    fwd: Some(Fwd::Masq),
+                },
+                weight: 3,
+            }
+        );
+        assert_eq!(
+            command("-Ln --stats"),
+            Command::List {
+                service: None,
+                format: Format::Stats,
+                exact: false,
+            }
+        );
+        assert_eq!(
+            command("-E -t [::1]:443 -s mh -p 60"),
+            Command::EditService {
+                service: (Proto::Tcp, a("[::1]:443")),
+                scheduler: "mh".into(),
+                persistent: Some(60),
+            }
+        );
+        assert_eq!(
+            command(""),
+            Command::List {
+                service: None,
+                format: Format::Plain,
+                exact: false,
+            }
+        );
+        // What ipvsadm fills in: wlc, weight 1; -e without -w keeps the weight.
+        assert_eq!(
+            command("-A -u 198.18.0.1:53"),
+            Command::AddService {
+                service: (Proto::Udp, a("198.18.0.1:53")),
+                scheduler: "wlc".into(),
+                persistent: None,
+            }
+        );
+        assert_eq!(
+            command("-a -t 1.2.3.4:80 -r 1.2.3.5:80"),
+            Command::AddServer {
+                dest: Destination {
+                    service: (Proto::Tcp, a("1.2.3.4:80")),
+                    real: a("1.2.3.5:80"),
+                    fwd: None,
+                },
+                weight: 1,
+            }
+        );
+        assert_eq!(
+            command("-e -t 1.2.3.4:80 -r 1.2.3.5:80 -g"),
+            Command::EditServer {
+                dest: Destination {
+                    service: (Proto::Tcp, a("1.2.3.4:80")),
+                    real: a("1.2.3.5:80"),
+                    fwd: Some(Fwd::Gate),
+                },
+                weight: None,
+            }
+        );
+        let p = parse(&args(
+            "-L --rate --exact -t 1.2.3.4:80 --admin http://h:1 --token-file t",
+        ))
+        .unwrap();
+        assert_eq!(
+            p,
+            Parsed {
+                command: Command::List {
+                    service: Some((Proto::Tcp, a("1.2.3.4:80"))),
+                    format: Format::Rate,
+                    exact: true,
+                },
+                admin: Some("http://h:1".into()),
+                token_file: Some(PathBuf::from("t")),
+            }
+        );
     }
 
     #[test]
@@ -1051,6 +1279,36 @@ mod tests {
             .unwrap_err()
             .1
             .starts_with("Illegal 'scheduler' option with the 'delete-service' command"));
+        for (line, want) in [
+            (
+                "-d -t 1.2.3.4:80 -r 1.2.3.5:80 -w 2",
+                "Illegal 'weight' option with the 'delete-server' command",
+            ),
+            (
+                "-L --stats --rate",
+                "Illegal 'rate' option with the 'list' command",
+            ),
+            (
+                "-L -s rr",
+                "Illegal 'scheduler' option with the 'list' command",
+            ),
+            (
+                "-C -t 1.2.3.4:80",
+                "Illegal 'service-address' option with the 'clear' command",
+            ),
+            (
+                "-A -t 1.2.3.4:80 -n",
+                "Illegal 'numeric' option with the 'add-service' command",
+            ),
+            (
+                "-e -t 1.2.3.4:80 -r 1.2.3.5:80 -p",
+                "Illegal 'scheduler' option with the 'edit-server' command",
+            ),
+        ] {
+            let e = parse(&args(line)).unwrap_err();
+            assert_eq!(e.0, EXIT_USAGE, "{line}");
+            assert!(e.1.starts_with(want), "{line}: {}", e.1);
+        }
     }
 
     #[test]
