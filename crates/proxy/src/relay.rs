@@ -52,7 +52,7 @@ thread_local! {
 /// Always inlined: left to the optimiser, this function, tokio's `try_io` and the scratch
 /// buffer's thread-local access were each made an out-of-line call in some builds (after
 /// unrelated code moved between crates), 7% more instructions per keep-alive request
-/// (callgrind, bench/l4_callgrind.py).
+/// (callgrind, `bench/l4_callgrind.py`).
 #[inline(always)]
 #[allow(clippy::inline_always)] // see the note above
 fn read_draining(
