@@ -55,12 +55,7 @@ def main() -> int:
         print("\n".join(line for line in o.splitlines()
                         if line.startswith(("requests:", "status codes:"))))
     finally:
-        p.send_signal(signal.SIGINT)
-        try:
-            p.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+        rules.stop(p, signal.SIGINT, 30)  # valgrind dumps and exits slowly
         b.terminate()
         b.wait()
     return 0

@@ -31,15 +31,6 @@ import l4  # noqa: E402
 import rules  # noqa: E402
 
 
-def stop(p: subprocess.Popen) -> None:
-    p.send_signal(signal.SIGINT)
-    try:
-        p.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        p.wait()
-
-
 def h2load(port: int, n: int, conns: int) -> str:
     out = subprocess.run(["taskset", "-c", "1", "h2load", "--h1", "-t1", f"-c{conns}", "-m1",
                           "-n", str(n), f"http://{l4.HOST}:{port}/"],
@@ -99,7 +90,7 @@ def main() -> int:
             print(f"{sum(per.values()):10.4f}  total syscalls per request")
             Path(args.out + ".json").write_text(json.dumps({"n": args.n, "counts": counts}))
     finally:
-        stop(p)
+        rules.stop(p, signal.SIGINT, 30)  # valgrind dumps and exits slowly
         b.terminate()
         b.wait()
     return 0

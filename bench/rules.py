@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
+import signal
 import subprocess
 import sys
 import tempfile
@@ -213,11 +214,11 @@ def proxy_cmd(tmp: Path, proxy: str, port: int, be: int, rule: str, binary: str)
             "fulcrum": lambda: fulcrum(tmp, port, be, rule, binary)}[proxy]()
 
 
-def stop(p: subprocess.Popen) -> None:
-    """Stops a proxy this harness started: SIGTERM, then SIGKILL after 10 s."""
-    p.terminate()
+def stop(p: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
+    """Stops a proxy this harness started: `sig` (SIGTERM), then SIGKILL after `timeout`."""
+    p.send_signal(sig)
     try:
-        p.wait(timeout=10)
+        p.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         p.kill()
         p.wait()
