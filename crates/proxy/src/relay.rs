@@ -70,7 +70,9 @@ fn read_draining(
         }
     });
     match res {
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+        // `got > 0` means `read` succeeded, so the error is the `WouldBlock` made above
+        // (no `kind()` call: it is out of line, 10 instructions a read)
+        Err(_) if got > 0 => Ok(got),
         other => other,
     }
 }
@@ -78,6 +80,14 @@ fn read_draining(
 /// `read(2)` on a borrowed socket descriptor.
 fn read_fd(fd: std::os::fd::RawFd, buf: &mut [u8]) -> io::Result<usize> {
     crate::splice::read(fd, buf)
+}
+
+/// Writes what `to` takes of `buf` now, `WouldBlock` if nothing (tokio's `try_write`, with
+/// [`crate::splice::send`] for the syscall).
+fn try_send(to: &TcpStream, buf: &[u8]) -> io::Result<usize> {
+    to.try_io(Interest::WRITABLE, || {
+        crate::splice::send(to.as_raw_fd(), buf)
+    })
 }
 
 /// How a relay ended.
@@ -185,8 +195,7 @@ impl Half {
             let off = self.off as usize;
             let wrote = if off < self.pending.len() {
                 std::task::ready!(to.poll_write_ready(cx))?;
-                to.try_write(&self.pending[off..])
-                    .map(|n| self.off += n as u32)
+                try_send(to, &self.pending[off..]).map(|n| self.off += n as u32)
             } else if let Some(pipe) = self.pipe.as_mut().filter(|p| p.buffered > 0) {
                 std::task::ready!(to.poll_write_ready(cx))?;
                 to.try_io(Interest::WRITABLE, || pipe.drain_to(to.as_raw_fd()))
@@ -222,7 +231,7 @@ impl Half {
             Ok(n) => {
                 *moved = true;
                 self.unflushed += n as u32;
-                let written = match to.try_write(&scratch[..n]) {
+                let written = match try_send(to, &scratch[..n]) {
                     Ok(m) => m,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
                     Err(e) => return Err(e),
@@ -292,6 +301,8 @@ pub fn relay<'a>(
         let mut down = Half::new(mode);
         let mut last = Instant::now();
         let mut timer = pin!(sleep_until(last + idle));
+        // Whether `timer` has been polled (so holds this task's waker).
+        let mut armed = false;
         let end = poll_fn(|cx| {
             let mut moved = false;
             // The scratch buffer is borrowed once per wake-up, for both directions, not once
@@ -320,7 +331,14 @@ pub fn relay<'a>(
             }
             if moved {
                 last = Instant::now();
+                // The timer holds this task's waker from an earlier poll and its deadline
+                // is later: it has not fired, and polling it would only say so (60
+                // instructions a wake-up, two wake-ups per keep-alive request).
+                if armed && last < timer.deadline() {
+                    return Poll::Pending;
+                }
             }
+            armed = true;
             loop {
                 if timer.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
@@ -405,6 +423,50 @@ mod tests {
             assert_eq!((up, down), (data.len() as u64, 0), "{mode:?}");
             assert_eq!(got.len(), data.len(), "{mode:?}: bytes received");
             assert!(got == data, "{mode:?}: the bytes arrived out of order");
+        }
+    }
+
+    /// The idle timeout holds after traffic: bytes waiting at the relay's first poll (so
+    /// the timer is not reached through a wake-up that moved nothing), exchanges every
+    /// 50 ms, then silence. The relay must end with `IdleTimeout` no sooner than the timeout
+    /// after the last byte, and not much later. Three exchanges end before the first
+    /// deadline (the timer must have been armed at the first poll); twelve go on to twice
+    /// the timeout (the deadline must move with the traffic).
+    #[tokio::test]
+    async fn idle_timeout_counts_from_the_last_byte_even_when_the_first_poll_moved_bytes() {
+        let idle = Duration::from_millis(300);
+        for exchanges in [3u64, 12] {
+            for mode in [RelayMode::Auto, RelayMode::Copy, RelayMode::Splice] {
+                let (mut client, relay_client) = pair(None).await;
+                let (mut backend, relay_backend) = pair(None).await;
+                client.write_all(b"first").await.unwrap();
+                // known readable before the relay's first poll
+                relay_client.readable().await.unwrap();
+                // a task of its own, as in the proxy: woken only by its sockets and timer
+                let relayed = tokio::spawn(async move {
+                    let stats = ServiceStats::default();
+                    relay(&relay_client, &relay_backend, idle, mode, &stats).await
+                });
+                let mut buf = [0u8; 5];
+                backend.read_exact(&mut buf).await.unwrap();
+                for _ in 0..exchanges {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    backend.write_all(b"pong!").await.unwrap();
+                    client.read_exact(&mut buf).await.unwrap();
+                }
+                let last = std::time::Instant::now(); // the last byte
+                let (end, up, down) = tokio::time::timeout(Duration::from_secs(10), relayed)
+                    .await
+                    .unwrap_or_else(|_| panic!("{mode:?}, {exchanges}: the timeout never fired"))
+                    .unwrap();
+                let quiet = last.elapsed();
+                assert!(matches!(end, RelayEnd::IdleTimeout), "{mode:?}: {end:?}");
+                assert_eq!((up, down), (5, 5 * exchanges), "{mode:?}, {exchanges}");
+                assert!(
+                    quiet + Duration::from_millis(20) >= idle && quiet < idle * 3,
+                    "{mode:?}, {exchanges}: ended {quiet:?} after the last byte, timeout {idle:?}"
+                );
+            }
         }
     }
 }
