@@ -1,13 +1,17 @@
 #!/usr/bin/env python3
 """Instructions (callgrind) or syscalls (perf tracepoints) per L4 keep-alive request.
 
-    python3 bench/l4_callgrind.py BIN N OUT callgrind|syscalls [--conns C]
+    python3 bench/l4_callgrind.py BIN N OUT callgrind|syscalls [--conns C] [--close]
 
 BIN is a Fulcrum binary (a `profiling` build, for symbols). It serves bench/l4.py's tcp
 service (`fulcrum_conf`: round robin over three ports of one nginx backend, `return 200`
 of 26 bytes, keep-alive) with one worker. After a warm-up, `h2load --h1 -t1 -cC -m1 -n N`
 sends N HTTP/1.1 keep-alive requests over C connections (default 64, as bench/l4.py's wrk
 -c64), each a proxied TCP connection carrying its share of the requests.
+
+With `--close`, each request is a connection of its own (bench/l4.py's "new conn/s"): `wrk
+-t1 -cC -H 'Connection: close'` runs for as long as about N requests take (at the rate of a 1 s
+run before the counters are zeroed), and its request count is the divisor (printed).
 
 - `callgrind`: BIN runs under `valgrind --tool=callgrind`; the counters are zeroed after
   the warm-up and dumped to OUT.PID.1 after the load. Divide the total by N. Counts do not
@@ -39,6 +43,16 @@ def h2load(port: int, n: int, conns: int) -> str:
                      if line.startswith(("requests:", "status codes:")))
 
 
+def wrk_close(port: int, secs: int, conns: int) -> tuple[str, int]:
+    """Requests each on a new connection for `secs` s (wrk stops on time only). Returns
+    (wrk's summary line, requests done)."""
+    out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{secs}s",
+                          "-H", "Connection: close", f"http://{l4.HOST}:{port}/"],
+                         capture_output=True, text=True, timeout=secs + 120).stdout
+    m = re.search(r"(\d+) requests in", out)
+    return (m.group(0) if m else out.strip()), (int(m.group(1)) if m else 0)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("binary")
@@ -46,6 +60,8 @@ def main() -> int:
     ap.add_argument("out")
     ap.add_argument("mode", choices=("callgrind", "syscalls"))
     ap.add_argument("--conns", type=int, default=64)
+    ap.add_argument("--close", action="store_true",
+                    help="a new connection per request (wrk with Connection: close)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
     tmp.chmod(0o755)
@@ -67,8 +83,15 @@ def main() -> int:
         time.sleep(2)
         h2load(port, 300, 4)
         if args.mode == "callgrind":
+            if args.close:  # how long wrk runs for about N connections: a 1 s run's rate
+                rate = max(wrk_close(port, 1, args.conns)[1], 1)
+                secs = max(1, min(600, round(args.n / rate)))
             subprocess.run(["callgrind_control", "-z", str(p.pid)], stdout=subprocess.DEVNULL)
-            print(h2load(port, args.n, args.conns))
+            if args.close:
+                line, done = wrk_close(port, secs, args.conns)
+                print(f"{line} (divide the instructions by {done})")
+            else:
+                print(h2load(port, args.n, args.conns))
             subprocess.run(["callgrind_control", "-d", str(p.pid)], stdout=subprocess.DEVNULL)
         else:
             stat = tmp / "perf.txt"

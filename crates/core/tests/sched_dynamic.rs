@@ -459,3 +459,30 @@ fn l4_connection_term_survives_clock_jumps_and_saturation() {
     sig.connection_closed(10 * S);
     assert_eq!(sig.open_connections(30 * S).0, 0);
 }
+
+/// `observes_connections` says whether `observe_connection` does anything: the L4 proxy
+/// reads the clock at a connection's end and counts its connections open only for such a
+/// scheduler. For every scheduler, with and without slow start: a connection observed on
+/// fresh signals changes them exactly when the scheduler says it observes connections.
+#[test]
+fn observes_connections_is_true_exactly_for_the_schedulers_that_use_connections() {
+    for kind in SchedulerKind::ALL {
+        for slow_start in [None, Some(Duration::from_secs(10))] {
+            let opts = SchedOptions {
+                slow_start,
+                ..SchedOptions::default()
+            };
+            let s = build(kind, &pool(&[1, 2, 3]), &opts);
+            let sig = Signals::default();
+            let before = format!("{sig:?}");
+            s.observe_connection(&sig, Duration::from_millis(100), Duration::from_secs(5));
+            let changed = format!("{sig:?}") != before;
+            assert_eq!(
+                s.observes_connections(),
+                changed,
+                "{kind}, slow start {slow_start:?}"
+            );
+            assert_eq!(changed, kind == SchedulerKind::PeakEwma, "{kind}");
+        }
+    }
+}

@@ -168,14 +168,15 @@ fn handle(
             // allocated only while connecting, so an established connection's task stays
             // small (memory per idle connection is the figure HAProxy and nginx are
             // measured on).
-            let (mut backend, idx) = match Box::pin(connect(shared, svc, pool, peer, local)).await {
-                Ok(x) => x,
-                Err(why) => {
-                    reset(&client);
-                    log_conn(svc, pool, start, peer, None, (0, 0), why);
-                    break 'conn;
-                }
-            };
+            let (mut backend, idx, connected) =
+                match Box::pin(connect(shared, svc, pool, peer, local)).await {
+                    Ok(x) => x,
+                    Err(why) => {
+                        reset(&client);
+                        log_conn(svc, pool, start, peer, None, (0, 0), why);
+                        break 'conn;
+                    }
+                };
             if !hello.is_empty() && backend.write_all(&hello).await.is_err() {
                 let addr = pool.backends.get(idx).map(|b| b.address);
                 log_conn(svc, pool, start, peer, addr, (0, 0), Termination::Error);
@@ -183,7 +184,11 @@ fn handle(
             }
             drop(hello);
             let _active = ActiveGuard::new(&pool.stats[idx].active);
-            let age = OpenAge::new(&pool.stats[idx].signals, shared.now());
+            // Only for a scheduler that uses them (`peak_ewma`): the connection counted
+            // open, and its duration observed when it ends.
+            let age = pool
+                .observes_connections()
+                .then(|| OpenAge::new(&pool.stats[idx].signals, connected));
             let (end, bytes_in, bytes_out) = if shared.relay_mode == RelayMode::Sockmap {
                 // Boxed: the copy relay's connections do not carry the kernel relay's state.
                 Box::pin(crate::kernel_relay::relay(
@@ -207,8 +212,10 @@ fn handle(
                 // A connection that ended normally tells `peak_ewma` how long the backend
                 // held it (idle timeouts and errors say nothing about the backend's speed).
                 RelayEnd::Closed => {
-                    let now = shared.now();
-                    pool.observe_connection(idx, now.saturating_sub(age.opened), now);
+                    if let Some(age) = &age {
+                        let now = shared.now();
+                        pool.observe_connection(idx, now.saturating_sub(age.opened), now);
+                    }
                     Termination::Closed
                 }
                 RelayEnd::IdleTimeout => {
@@ -271,7 +278,7 @@ async fn connect(
     pool: &fulcrum_state::snapshot::PoolRt,
     peer: SocketAddr,
     local: SocketAddr,
-) -> Result<(TcpStream, usize), Termination> {
+) -> Result<(TcpStream, usize, Duration), Termination> {
     let flow = FlowTuple {
         src: peer,
         dst: local,
@@ -279,11 +286,13 @@ async fn connect(
     };
     let mut tried = [0usize; MAX_CONNECT_ATTEMPTS];
     for attempt in 0..MAX_CONNECT_ATTEMPTS {
+        // One clock read for the choice and the connect time's start.
+        let started = shared.now();
         let chosen = pool.choose(&Flow::l4(
             flow,
             &tried[..attempt],
             fastrand::u64(..),
-            shared.now(),
+            started,
         ));
         let idx = match chosen {
             Ok((i, _)) => i,
@@ -299,7 +308,6 @@ async fn connect(
         tried[attempt] = idx;
         let stats = &pool.stats[idx];
         let addr = pool.backends[idx].address;
-        let started = shared.now();
         let mut backend = match tokio::time::timeout(svc.connect_timeout, TcpStream::connect(addr))
             .await
         {
@@ -329,7 +337,7 @@ async fn connect(
                 return Err(Termination::ConnectFailed);
             }
         }
-        return Ok((backend, idx));
+        return Ok((backend, idx, now));
     }
     Err(Termination::ConnectFailed)
 }

@@ -90,6 +90,12 @@ impl PoolRt {
 
     /// Tells the scheduler the duration of a completed L4 connection to backend `idx`,
     /// ended at `now` (`peak_ewma`'s connection term).
+    /// Whether the scheduler uses L4 connections' ages and durations
+    /// ([`Self::observe_connection`]).
+    pub fn observes_connections(&self) -> bool {
+        self.scheduler.observes_connections()
+    }
+
     pub fn observe_connection(&self, idx: usize, duration: Duration, now: Duration) {
         if let Some(s) = self.stats.get(idx) {
             self.scheduler.observe_connection(&s.signals, duration, now);

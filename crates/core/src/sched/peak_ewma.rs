@@ -41,6 +41,7 @@ impl PeakEwma {
 impl LatencyModel for Peak {
     const KIND: SchedulerKind = SchedulerKind::PeakEwma;
     const CHOICE: Choice = Choice::TwoChoices;
+    const OBSERVES_CONNECTIONS: bool = true;
 
     /// The peak EWMA plus the connection term; `None` without a sample.
     fn latency(&self, s: &Signals, now: Now) -> Option<f64> {

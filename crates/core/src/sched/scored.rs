@@ -78,6 +78,9 @@ pub trait LatencyModel: Send + Sync + std::fmt::Debug {
     /// unless the model uses it).
     fn observe_connection(&self, _signals: &Signals, _duration: Duration, _now: Now) {}
 
+    /// Whether [`Self::observe_connection`] and the open connections' ages are used.
+    const OBSERVES_CONNECTIONS: bool = false;
+
     /// How the scores become a pick.
     const CHOICE: Choice;
 }
@@ -137,6 +140,10 @@ impl<M: LatencyModel> Scheduler for ByLatency<M> {
 
     fn observe_connection(&self, signals: &Signals, duration: Duration, now: Now) {
         self.model.observe_connection(signals, duration, now);
+    }
+
+    fn observes_connections(&self) -> bool {
+        M::OBSERVES_CONNECTIONS
     }
 
     fn latency_ns(&self, loads: &dyn Loads, idx: usize, now: Now) -> Option<f64> {

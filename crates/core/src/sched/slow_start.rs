@@ -91,6 +91,10 @@ impl Scheduler for SlowStart {
         self.inner.observe_connection(signals, duration, now);
     }
 
+    fn observes_connections(&self) -> bool {
+        self.inner.observes_connections()
+    }
+
     fn score(&self, loads: &dyn Loads, idx: usize, now: Now) -> Option<f64> {
         self.inner.score(loads, idx, now)
     }
