@@ -51,8 +51,12 @@ pub fn start(n: usize, shared: &Arc<Shared>) -> io::Result<Workers> {
 
 fn run(rt: &tokio::runtime::Runtime, shared: &Arc<Shared>, rx: UnboundedReceiver<WorkerCmd>) {
     let local = tokio::task::LocalSet::new();
+    let shared = Arc::clone(shared);
     local.block_on(rt, async move {
-        serve_commands(shared, rx).await;
+        // A task of its own, awaited through its handle: the `LocalSet` polls the future
+        // it runs on every tick of its tasks (every wake-up of a connection), and a join
+        // handle costs less to poll than the command channel's receive.
+        let _ = tokio::task::spawn_local(async move { serve_commands(&shared, rx).await }).await;
         // The controller is gone (process exiting): keep serving open connections until
         // the process ends.
         std::future::pending::<()>().await;
