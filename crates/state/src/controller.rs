@@ -201,6 +201,7 @@ impl TrackedSet {
             .flat_map(|(p, m)| m.iter_mut().map(move |(a, t)| ((p.as_str(), *a), t)))
     }
 
+    #[cfg(test)]
     fn values(&self) -> impl Iterator<Item = &Tracked> {
         self.0.values().flat_map(HashMap::values)
     }
@@ -262,6 +263,10 @@ pub struct Controller {
     stale: Stale,
     /// Where builds, parses and checks run, and replaced snapshots are freed.
     builder: Builder,
+    /// Every running ejection's end, with its backend (and ended or replaced ones, dropped
+    /// when met): [`Controller::next_ejection_end`] without a walk over every tracked backend
+    /// at each wake-up of this thread.
+    ejections: std::collections::BinaryHeap<std::cmp::Reverse<(Duration, String, SocketAddr)>>,
 }
 
 /// Which pools the next snapshot builds anew. The others are the running snapshot's
@@ -386,6 +391,7 @@ impl Controller {
             stale: Stale::All,
             builder: Builder::start()
                 .map_err(|e| format!("cannot start the builder thread: {e}"))?,
+            ejections: std::collections::BinaryHeap::new(),
         };
         c.apply(config).await?;
         // The config was read and parsed on this thread (its TOML tree, freed here): give
@@ -862,17 +868,22 @@ impl Controller {
         let now = self.shared.now();
         let tracked = self.backends.pool(&p.name);
         let mut pieces: Vec<StatsPiece> = Vec::new();
+        // A few addresses: a sorted list, not a hash of each of the pool's addresses (at
+        // 10,000 backends that hashing was most of this function).
+        let mut marked: Vec<SocketAddr> = marked.iter().copied().collect();
+        marked.sort_unstable();
+        let is_marked = |a: &SocketAddr| marked.binary_search(a).is_ok();
         let mut j = 0;
         for b in &mut parts.backends {
             // The running pool's backends that went or changed are not carried over.
-            while olds.get(j).is_some_and(|o| marked.contains(&o.address)) {
+            while olds.get(j).is_some_and(|o| is_marked(&o.address)) {
                 j += 1;
             }
             let same = olds.get(j).is_some_and(|o| {
                 o.address == b.address
                     && o.weight == b.weight
                     && o.zone == b.zone
-                    && !marked.contains(&b.address)
+                    && !is_marked(&b.address)
             });
             if same {
                 b.state = olds[j].state;
@@ -1144,12 +1155,19 @@ impl Controller {
                 (pool, backend, t)
             }
             Event::Passive { pool, backend, ok } => {
+                let ejections = &mut self.ejections;
                 let t = self.backends.get_mut(&pool, backend).and_then(|t| {
                     if ok {
                         t.health.record_success();
                         None
                     } else {
-                        t.health.record_failure(now)
+                        let was = t.health.ejected_until();
+                        let tr = t.health.record_failure(now);
+                        // The only place an ejection starts (see `next_ejection_end`).
+                        if let Some(until) = t.health.ejected_until().filter(|&u| Some(u) != was) {
+                            ejections.push(std::cmp::Reverse((until, pool.clone(), backend)));
+                        }
+                        tr
                     }
                 });
                 (pool, backend, t)
@@ -1323,11 +1341,24 @@ impl Controller {
         changed
     }
 
-    fn next_ejection_end(&self) -> Option<Duration> {
-        self.backends
-            .values()
-            .filter_map(|t| t.health.ejected_until())
-            .min()
+    /// The earliest end of a running ejection. An ejection starts only in a passive
+    /// failure (`record_failure`), which pushes its end on [`Controller::ejections`]; an
+    /// entry whose backend no longer has that end (the ejection ended, the backend went or
+    /// came back with a new health) is dropped here. So the first entry that still matches
+    /// is the least end over every tracked backend (a test compares the two).
+    fn next_ejection_end(&mut self) -> Option<Duration> {
+        while let Some(std::cmp::Reverse((until, pool, addr))) = self.ejections.peek() {
+            let until = *until;
+            if self
+                .backends
+                .get(pool, *addr)
+                .is_some_and(|t| t.health.ejected_until() == Some(until))
+            {
+                return Some(until);
+            }
+            self.ejections.pop();
+        }
+        None
     }
 
     /// Runs until the control channel closes.
@@ -1833,7 +1864,7 @@ mod tests {
         use std::fmt::Write as _;
         let mut t = String::from(
             "[[pool]]\nname = \"a\"\nscheduler = \"maglev\"\n\
-             [pool.outlier]\nconsecutive_failures = 2\n",
+             [pool.outlier]\nconsecutive_failures = 2\nejection = \"100ms\"\n",
         );
         for (i, w) in listed {
             let _ = write!(
@@ -1893,7 +1924,7 @@ mod tests {
                 .wrapping_add(1_442_695_040_888_963_407);
             ((x >> 33) % n as u64) as usize
         };
-        let (mut patched, mut ejected) = (0, 0);
+        let (mut patched, mut ejected, mut ended, mut seen_ejected) = (0, 0, 0, false);
         for step in 0..300 {
             let at = rand(listed.len());
             let a = patch_addr(listed[at].0);
@@ -1945,6 +1976,22 @@ mod tests {
                 }
             }
             check_patched(&c, step);
+            let walked = c
+                .backends
+                .values()
+                .filter_map(|t| t.health.ejected_until())
+                .min();
+            assert_eq!(c.next_ejection_end(), walked, "step {step}");
+            seen_ejected |= pool(&c, "a")
+                .backends
+                .iter()
+                .any(|b| b.state == BackendState::Ejected);
+            // Ejections last 100 ms: some end during the run.
+            if c.poll_ejections() {
+                ended += 1;
+                c.rebuild().await;
+                check_patched(&c, step);
+            }
         }
         assert!(
             ejected > 10 && patched == ejected,
@@ -1954,7 +2001,10 @@ mod tests {
         let a = pool(&c, "a");
         let states: HashSet<BackendState> = a.backends.iter().map(|b| b.state).collect();
         assert!(states.contains(&BackendState::Draining), "{states:?}");
-        assert!(states.contains(&BackendState::Ejected), "{states:?}");
+        assert!(
+            seen_ejected && ended > 0,
+            "ejections: seen {seen_ejected}, {ended} ended"
+        );
     }
 
     /// A change of a pool's settings takes the whole plan: every pool is built anew.

@@ -832,6 +832,50 @@ mod tests {
         }
     }
 
+    /// One backend added to / removed from a 10,000-backend pool at M = 65537: the build
+    /// from scratch against the one carried over from the previous table
+    /// ([`Maglev::new_after`]), interleaved, min and median of 200 each. Run with
+    /// `cargo test --release -p fulcrum-core --lib maglev_change_build_time -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement (docs/benchmarks.md), not a check"]
+    fn maglev_change_build_time() {
+        let size = PrimeTableSize::DEFAULT;
+        let at = |i: usize| format!("198.18.{}.{}:80", i / 250, i % 250 + 1);
+        let old: Vec<Backend> = (0..10_000)
+            .map(|i| Backend::new(at(i).parse().unwrap(), 1))
+            .collect();
+        let mut added = old.clone();
+        added.push(Backend::new(at(10_000).parse().unwrap(), 1));
+        let mut removed = old.clone();
+        removed.remove(4321);
+        let prev = Maglev::new(&old, size);
+        for (what, new) in [("add", &added), ("removal", &removed)] {
+            assert_eq!(
+                Maglev::new_after(&prev, &old, new, size).table(),
+                Maglev::new(new, size).table()
+            );
+            let (mut fresh, mut carried) = (Vec::new(), Vec::new());
+            for _ in 0..200 {
+                let t = std::time::Instant::now();
+                std::hint::black_box(Maglev::new(new, size));
+                fresh.push(t.elapsed());
+                let t = std::time::Instant::now();
+                std::hint::black_box(Maglev::new_after(&prev, &old, new, size));
+                carried.push(t.elapsed());
+            }
+            fresh.sort();
+            carried.sort();
+            println!(
+                "maglev build after one {what} at 10,000 backends, M=65537: from scratch min {:?} median {:?}; carried over min {:?} median {:?}; min ratio {:.2}",
+                fresh[0],
+                fresh[100],
+                carried[0],
+                carried[100],
+                carried[0].as_secs_f64() / fresh[0].as_secs_f64()
+            );
+        }
+    }
+
     #[test]
     fn canonical_addr_without_a_string_is_the_same_text_and_order() {
         let addrs: Vec<std::net::SocketAddr> = [
