@@ -367,3 +367,67 @@ fn hashing_pick_is_the_first_owner_not_excluded_for_every_exclusion_set() {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    /// `Maglev::new_after` (the per-backend work carried over from the previous table) gives
+    /// exactly `Maglev::new`'s table and checksum, over random changes of a random pool
+    /// (backends inserted anywhere, removed, reweighted to 0 and back, taken down or up,
+    /// two swapped; addresses listed twice, IPv4 also written as IPv4-mapped IPv6), and over
+    /// two changes in a row (the second from the first's carried-over table).
+    #[test]
+    fn maglev_carried_over_build_is_the_fresh_build(
+        base in proptest::collection::vec((0u16..300, 0u16..5, any::<bool>(), 0u8..8), 0..150),
+        changes in proptest::collection::vec(
+            proptest::collection::vec((0u8..6, any::<u16>(), 0u16..300, 0u16..5, any::<bool>()), 1..6),
+            2,
+        ),
+        m in prop_oneof![Just(251u32), Just(1009u32), Just(65_537u32)],
+    ) {
+        use fulcrum_core::model::{BackendState, Weight};
+        let backend = |x: u16, w: u16, mapped: bool, down: bool| {
+            let (hi, lo) = (x / 250, x % 250 + 1);
+            let a = if mapped {
+                format!("[::ffff:198.18.{hi}.{lo}]:80")
+            } else {
+                format!("198.18.{hi}.{lo}:80")
+            };
+            let mut b = Backend::new(a.parse().expect("addr"), w);
+            if down {
+                b.state = BackendState::Down;
+            }
+            b
+        };
+        let mut pool: Vec<Backend> = base
+            .iter()
+            .map(|&(x, w, mp, s)| backend(x, w, mp && s < 2, s == 7))
+            .collect();
+        let mut prev = Maglev::new(&pool, size(m));
+        for ops in &changes {
+            let old = pool.clone();
+            for &(op, at, x, w, flag) in ops {
+                let at = usize::from(at) % (pool.len() + 1);
+                match op {
+                    0 | 1 => pool.insert(at, backend(x, w, flag && x % 3 == 0, !flag && x % 5 == 0)),
+                    2 if at < pool.len() => { pool.remove(at); }
+                    3 if at < pool.len() => pool[at].weight = Weight::new(w),
+                    4 if at < pool.len() => {
+                        pool[at].state = if flag { BackendState::Up } else { BackendState::Draining };
+                    }
+                    5 if at + 1 < pool.len() => pool.swap(at, at + 1),
+                    _ => {}
+                }
+            }
+            let fresh = Maglev::new(&pool, size(m));
+            let after = Maglev::new_after(&prev, &old, &pool, size(m));
+            prop_assert_eq!(after.table(), fresh.table());
+            prop_assert_eq!(after.table_checksum(), fresh.table_checksum());
+            prop_assert!(moved_ratio(&fresh, &pool, &after, &pool) < 1e-12);
+            prev = after;
+        }
+        // Another table size: built afresh.
+        let m2 = size(if m == 251 { 1009 } else { 251 });
+        let (other, fresh) = (Maglev::new_after(&prev, &pool, &pool, m2), Maglev::new(&pool, m2));
+        prop_assert_eq!(other.table(), fresh.table());
+    }
+}

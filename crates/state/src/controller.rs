@@ -201,6 +201,7 @@ impl TrackedSet {
             .flat_map(|(p, m)| m.iter_mut().map(move |(a, t)| ((p.as_str(), *a), t)))
     }
 
+    #[cfg(test)]
     fn values(&self) -> impl Iterator<Item = &Tracked> {
         self.0.values().flat_map(HashMap::values)
     }
@@ -262,6 +263,10 @@ pub struct Controller {
     stale: Stale,
     /// Where builds, parses and checks run, and replaced snapshots are freed.
     builder: Builder,
+    /// Every running ejection's end, with its backend (and ended or replaced ones, dropped
+    /// when met): [`Controller::next_ejection_end`] without a walk over every tracked backend
+    /// at each wake-up of this thread.
+    ejections: std::collections::BinaryHeap<std::cmp::Reverse<(Duration, String, SocketAddr)>>,
 }
 
 /// Which pools the next snapshot builds anew. The others are the running snapshot's
@@ -272,29 +277,57 @@ pub struct Controller {
 enum Stale {
     /// Every pool: the whole config may have changed (a reload, discovery, the start).
     All,
-    /// Only these: the backends or the states of their backends changed.
-    Pools(HashSet<String>),
+    /// Only these pools, each with the addresses of its backends that came, went or whose
+    /// tracked state (health, drain, fleet verdict) changed since the running snapshot was
+    /// built. Every such change marks its address here (the invariant
+    /// [`Controller::pool_parts_patched`] relies on): the pool's other backends are then
+    /// the running pool's, and its parts are made without looking them up.
+    Pools(HashMap<String, HashSet<SocketAddr>>),
 }
 
 impl Stale {
     fn none() -> Self {
-        Self::Pools(HashSet::new())
+        Self::Pools(HashMap::new())
     }
 
-    fn mark(&mut self, pool: &str) {
-        if let Self::Pools(set) = self {
-            if !set.contains(pool) {
-                set.insert(pool.to_owned());
+    /// `pool`'s backend at `addr` came, went or changed state.
+    fn mark(&mut self, pool: &str, addr: SocketAddr) {
+        self.mark_pool(pool);
+        if let Self::Pools(map) = self {
+            if let Some(set) = map.get_mut(pool) {
+                set.insert(addr);
             }
         }
     }
 
-    fn has(&self, pool: &str) -> bool {
-        match self {
-            Self::All => true,
-            Self::Pools(set) => set.contains(pool),
+    /// `pool`'s backend list changed (e.g. a weight; what came or went is marked
+    /// with [`Stale::mark`]).
+    fn mark_pool(&mut self, pool: &str) {
+        if let Self::Pools(map) = self {
+            if !map.contains_key(pool) {
+                map.insert(pool.to_owned(), HashSet::new());
+            }
         }
     }
+
+    /// How `pool` is built for the next snapshot.
+    fn renew(&self, pool: &str) -> Renew<'_> {
+        match self {
+            Self::All => Renew::Whole,
+            Self::Pools(map) => map.get(pool).map_or(Renew::Keep, Renew::Patch),
+        }
+    }
+}
+
+/// How a pool is built for the next snapshot ([`Stale::renew`]).
+enum Renew<'a> {
+    /// The running pool as it is.
+    Keep,
+    /// Every backend looked up ([`Controller::pool_parts`]).
+    Whole,
+    /// The running pool with these backends looked up again
+    /// ([`Controller::pool_parts_patched`]).
+    Patch(&'a HashSet<SocketAddr>),
 }
 
 /// Whether the userspace data path listens for this service (`forward = "proxy"`; http
@@ -358,6 +391,7 @@ impl Controller {
             stale: Stale::All,
             builder: Builder::start()
                 .map_err(|e| format!("cannot start the builder thread: {e}"))?,
+            ejections: std::collections::BinaryHeap::new(),
         };
         c.apply(config).await?;
         // The config was read and parsed on this thread (its TOML tree, freed here): give
@@ -458,7 +492,10 @@ impl Controller {
             || steps.iter().any(|s| s.checker != CheckerStep::Keep);
         self.config = Arc::new(new);
         for pool in &only.pools {
-            self.stale.mark(pool);
+            self.stale.mark_pool(pool);
+        }
+        for step in steps {
+            self.stale.mark(&step.pool, step.address);
         }
         if checked {
             self.publish_local_health();
@@ -763,16 +800,15 @@ impl Controller {
     /// [`PoolParts::build`] makes (off the control thread: a Maglev table of a large pool
     /// takes milliseconds). `running`: the pool in the running snapshot, if it is there.
     fn pool_parts(&self, p: &PoolConfig, running: Option<&Arc<PoolRt>>) -> PoolParts {
-        let mut backends = self.discovery.backends(&p.name, &p.backends);
-        let mut stats = Vec::with_capacity(backends.len());
+        let mut parts = self.pool_parts_of(p, running);
+        let mut stats = Vec::with_capacity(parts.backends.len());
         // Slow start: a backend first seen in a pool that already runs counts as just added;
         // one there from the pool's start does not ramp.
-        let moved = running.map(|o| Arc::clone(&o.moved)).unwrap_or_default();
         let running = running.is_some();
         let now = self.shared.now();
         // The pool's tracked backends once, then each by its address.
         let tracked = self.backends.pool(&p.name);
-        for b in &mut backends {
+        for b in &mut parts.backends {
             match tracked.and_then(|m| m.get(&b.address)) {
                 Some(t) => {
                     b.state = self.effective(&p.name, b.address, t);
@@ -783,23 +819,93 @@ impl Controller {
                 None => stats.push(Arc::new(BackendStats::new(0, &p.name, b.address))),
             }
         }
+        parts.stats = StatsParts::Own(stats);
+        parts
+    }
+
+    /// A pool's parts with its listed backends as configured (and discovered), their states
+    /// and `stats` not yet filled in.
+    fn pool_parts_of(&self, p: &PoolConfig, running: Option<&Arc<PoolRt>>) -> PoolParts {
         PoolParts {
             name: p.name.clone(),
             kind: p.scheduler.kind(),
             // A non-hashing scheduler hashes nothing; `src_ip` is what `explain` names.
             hash_key: p.scheduler.hash_key().cloned().unwrap_or(HashKey::SrcIp),
             opts: p.scheduler.sched_options(),
-            backends,
-            stats,
+            backends: self.discovery.backends(&p.name, &p.backends),
+            stats: StatsParts::Own(Vec::new()),
             persistence: self.persistence.get(&p.name).cloned(),
             changes: self.changes.get(&p.name).cloned().unwrap_or_default(),
-            moved,
+            moved: running.map(|o| Arc::clone(&o.moved)).unwrap_or_default(),
             sticky_cookie: p.sticky_cookie.clone(),
             backend_protocol: p.backend_protocol,
             tls: p.tls.clone(),
             locality: p.locality.clone(),
             local_zone: self.config.cluster.as_ref().and_then(|c| c.zone.clone()),
         }
+    }
+
+    /// [`Controller::pool_parts`] of a pool that runs, from the running pool `running`:
+    /// only the backends at `marked` addresses (the pool's backends that came, went or
+    /// changed state since `running` was built, [`Stale::Pools`]) and any whose listing no
+    /// longer matches `running`'s are looked up; the others keep `running`'s state and stats,
+    /// which is what the lookup would give (the tracked backend and its state are the
+    /// ones `running` was built from, and `set_up` with the same eligibility changes
+    /// nothing), so the result is the same as [`Controller::pool_parts`] (a test compares
+    /// the two). At 10,000 backends the lookups, state and stats of every backend were a
+    /// millisecond of cache misses on this thread (with `--workers 1` the data path) per
+    /// admin API change (docs/benchmarks.md, "Admin API: one change at 10,000 backends");
+    /// what is left per backend here is two sequential passes over the lists. The stats are
+    /// copied from `running`'s on the builder thread ([`StatsParts::Patched`]).
+    fn pool_parts_patched(
+        &self,
+        p: &PoolConfig,
+        running: &Arc<PoolRt>,
+        marked: &HashSet<SocketAddr>,
+    ) -> PoolParts {
+        let mut parts = self.pool_parts_of(p, Some(running));
+        let olds = &running.backends;
+        let now = self.shared.now();
+        let tracked = self.backends.pool(&p.name);
+        let mut pieces: Vec<StatsPiece> = Vec::new();
+        // A few addresses: a sorted list, not a hash of each of the pool's addresses (at
+        // 10,000 backends that hashing was most of this function).
+        let mut marked: Vec<SocketAddr> = marked.iter().copied().collect();
+        marked.sort_unstable();
+        let is_marked = |a: &SocketAddr| marked.binary_search(a).is_ok();
+        let mut j = 0;
+        for b in &mut parts.backends {
+            // The running pool's backends that went or changed are not carried over.
+            while olds.get(j).is_some_and(|o| is_marked(&o.address)) {
+                j += 1;
+            }
+            let same = olds.get(j).is_some_and(|o| {
+                o.address == b.address
+                    && o.weight == b.weight
+                    && o.zone == b.zone
+                    && !is_marked(&b.address)
+            });
+            if same {
+                b.state = olds[j].state;
+                match pieces.last_mut() {
+                    Some(StatsPiece::Running(r)) if r.end == j => r.end += 1,
+                    _ => pieces.push(StatsPiece::Running(j..j + 1)),
+                }
+                j += 1;
+                continue;
+            }
+            let stats = match tracked.and_then(|m| m.get(&b.address)) {
+                Some(t) => {
+                    b.state = self.effective(&p.name, b.address, t);
+                    t.stats.signals.set_up(b.is_eligible(), now, true);
+                    Arc::clone(&t.stats)
+                }
+                None => Arc::new(BackendStats::new(0, &p.name, b.address)),
+            };
+            pieces.push(StatsPiece::New(stats));
+        }
+        parts.stats = StatsParts::Patched(Arc::clone(running), pieces);
+        parts
     }
 
     /// Builds a snapshot from the current config and health on the builder thread (Maglev
@@ -853,10 +959,12 @@ impl Controller {
                         .get(i)
                         .filter(|o| o.name == p.name)
                         .or_else(|| old.pool(&p.name));
-                    match prev {
-                        Some(o) if !stale.has(&p.name) => PoolBuild::Keep(Arc::clone(o)),
-                        _ => PoolBuild::New(Box::new(self.pool_parts(p, prev)), prev.cloned()),
-                    }
+                    let parts = match (prev, stale.renew(&p.name)) {
+                        (Some(o), Renew::Keep) => return PoolBuild::Keep(Arc::clone(o)),
+                        (Some(o), Renew::Patch(marked)) => self.pool_parts_patched(p, o, marked),
+                        (_, _) => self.pool_parts(p, prev),
+                    };
+                    PoolBuild::New(Box::new(parts), prev.cloned())
                 })
                 .collect(),
             services: self
@@ -921,7 +1029,7 @@ impl Controller {
                 if let Some(tr) = t.health.set_draining(false) {
                     if log_transition(pool, addr, tr) {
                         undrained = true;
-                        self.stale.mark(pool);
+                        self.stale.mark(pool, addr);
                     }
                 }
             }
@@ -957,7 +1065,7 @@ impl Controller {
             if let Some(t) = self.backends.get_mut(&k.0, k.1) {
                 if let Some(tr) = t.health.set_draining(false) {
                     log_transition(&k.0, k.1, tr);
-                    self.stale.mark(&k.0);
+                    self.stale.mark(&k.0, k.1);
                     self.rebuild().await;
                 }
             }
@@ -978,7 +1086,7 @@ impl Controller {
         };
         if let Some(tr) = t.health.set_draining(true) {
             log_transition(pool, backend, tr);
-            self.stale.mark(pool);
+            self.stale.mark(pool, backend);
             self.rebuild().await;
         }
         Ok(())
@@ -1010,8 +1118,8 @@ impl Controller {
         } else {
             local
         };
-        if let (true, Some((pool, _))) = (changed, &key) {
-            self.stale.mark(pool);
+        if let (true, Some((pool, backend))) = (changed, &key) {
+            self.stale.mark(pool, *backend);
         }
         changed
     }
@@ -1047,12 +1155,19 @@ impl Controller {
                 (pool, backend, t)
             }
             Event::Passive { pool, backend, ok } => {
+                let ejections = &mut self.ejections;
                 let t = self.backends.get_mut(&pool, backend).and_then(|t| {
                     if ok {
                         t.health.record_success();
                         None
                     } else {
-                        t.health.record_failure(now)
+                        let was = t.health.ejected_until();
+                        let tr = t.health.record_failure(now);
+                        // The only place an ejection starts (see `next_ejection_end`).
+                        if let Some(until) = t.health.ejected_until().filter(|&u| Some(u) != was) {
+                            ejections.push(std::cmp::Reverse((until, pool.clone(), backend)));
+                        }
+                        tr
                     }
                 });
                 (pool, backend, t)
@@ -1160,7 +1275,7 @@ impl Controller {
             let was = before.get(&(pool.to_owned(), addr)).copied().unwrap_or(now);
             if now != was {
                 changed = true;
-                self.stale.mark(pool);
+                self.stale.mark(pool, addr);
                 let votes = self.fleet.as_ref().map_or("local checks", |f| {
                     match f.get(&(pool.to_owned(), addr)) {
                         Some(true) => "the fleet counts it up",
@@ -1219,18 +1334,31 @@ impl Controller {
             if let Some(tr) = t.health.poll(now) {
                 if log_transition(pool, addr, tr) {
                     changed = true;
-                    self.stale.mark(pool);
+                    self.stale.mark(pool, addr);
                 }
             }
         }
         changed
     }
 
-    fn next_ejection_end(&self) -> Option<Duration> {
-        self.backends
-            .values()
-            .filter_map(|t| t.health.ejected_until())
-            .min()
+    /// The earliest end of a running ejection. An ejection starts only in a passive
+    /// failure (`record_failure`), which pushes its end on [`Controller::ejections`]; an
+    /// entry whose backend no longer has that end (the ejection ended, the backend went or
+    /// came back with a new health) is dropped here. So the first entry that still matches
+    /// is the least end over every tracked backend (a test compares the two).
+    fn next_ejection_end(&mut self) -> Option<Duration> {
+        while let Some(std::cmp::Reverse((until, pool, addr))) = self.ejections.peek() {
+            let until = *until;
+            if self
+                .backends
+                .get(pool, *addr)
+                .is_some_and(|t| t.health.ejected_until() == Some(until))
+            {
+                return Some(until);
+            }
+            self.ejections.pop();
+        }
+        None
     }
 
     /// Runs until the control channel closes.
@@ -1324,7 +1452,7 @@ struct PoolParts {
     hash_key: HashKey,
     opts: SchedOptions,
     backends: Vec<fulcrum_core::model::Backend>,
-    stats: Vec<Arc<BackendStats>>,
+    stats: StatsParts,
     persistence: Option<Arc<Persistence>>,
     changes: Arc<AtomicU64>,
     moved: Arc<AtomicU64>,
@@ -1338,8 +1466,19 @@ struct PoolParts {
 impl PoolParts {
     /// With the pool's own scheduler (Maglev tables and the like: the costly part), and
     /// its locality plan with one scheduler per zone.
-    fn build(self) -> PoolRt {
-        let scheduler = sched::build(self.kind, &self.backends, &self.opts);
+    /// `prev`: the running pool, if any, whose scheduler's per-backend work is carried over
+    /// where that gives the same scheduler ([`sched::build_after`]).
+    fn build(self, prev: Option<&PoolRt>) -> PoolRt {
+        let scheduler = match prev {
+            Some(o) => sched::build_after(
+                o.scheduler.as_ref(),
+                &o.backends,
+                self.kind,
+                &self.backends,
+                &self.opts,
+            ),
+            None => sched::build(self.kind, &self.backends, &self.opts),
+        };
         let plan = self.locality.as_ref().and_then(|l| {
             fulcrum_core::locality::ZonePlan::build(
                 l,
@@ -1370,7 +1509,7 @@ impl PoolParts {
             kind: self.kind,
             hash_key: self.hash_key,
             backends: self.backends,
-            stats: self.stats,
+            stats: self.stats.resolve(),
             scheduler,
             persistence: self.persistence,
             changes: self.changes,
@@ -1379,6 +1518,44 @@ impl PoolParts {
             locality: None,
             backend_protocol: self.backend_protocol,
             tls: self.tls,
+        }
+    }
+}
+
+/// A pool's backend stats for a snapshot ([`PoolParts`]), parallel to its backends.
+enum StatsParts {
+    Own(Vec<Arc<BackendStats>>),
+    /// Pieces in order: runs of the running pool's stats and single ones of other
+    /// backends ([`Controller::pool_parts_patched`]); put together on the builder thread.
+    Patched(Arc<PoolRt>, Vec<StatsPiece>),
+}
+
+enum StatsPiece {
+    Running(std::ops::Range<usize>),
+    New(Arc<BackendStats>),
+}
+
+impl StatsParts {
+    fn resolve(self) -> Vec<Arc<BackendStats>> {
+        match self {
+            Self::Own(v) => v,
+            Self::Patched(running, pieces) => {
+                let len = pieces
+                    .iter()
+                    .map(|p| match p {
+                        StatsPiece::Running(r) => r.len(),
+                        StatsPiece::New(_) => 1,
+                    })
+                    .sum();
+                let mut out = Vec::with_capacity(len);
+                for p in pieces {
+                    match p {
+                        StatsPiece::Running(r) => out.extend_from_slice(&running.stats[r]),
+                        StatsPiece::New(s) => out.push(s),
+                    }
+                }
+                out
+            }
         }
     }
 }
@@ -1409,7 +1586,7 @@ impl Build {
             .map(|p| match p {
                 PoolBuild::Keep(p) => p,
                 PoolBuild::New(parts, prev) => {
-                    let p = Arc::new(parts.build());
+                    let p = Arc::new(parts.build(prev.as_deref()));
                     count_change(prev.as_deref(), &p);
                     p
                 }
@@ -1680,6 +1857,154 @@ mod tests {
         assert!(!Arc::ptr_eq(&a2, &a3) && !Arc::ptr_eq(&b2, &b3));
         assert_eq!(seen(&a2), seen(&a3));
         assert_eq!(seen(&b2), seen(&b3));
+    }
+
+    /// Pool a with the `listed` backends (10.0.x.y, weights), and pool b.
+    fn patch_config(listed: &[(u32, u16)]) -> Config {
+        use std::fmt::Write as _;
+        let mut t = String::from(
+            "[[pool]]\nname = \"a\"\nscheduler = \"maglev\"\n\
+             [pool.outlier]\nconsecutive_failures = 2\nejection = \"100ms\"\n",
+        );
+        for (i, w) in listed {
+            let _ = write!(
+                t,
+                "[[pool.backend]]\naddress = \"10.0.{}.{}:80\"\nweight = {w}\n",
+                i / 200,
+                i % 200 + 1
+            );
+        }
+        t += "[[pool]]\nname = \"b\"\n[[pool.backend]]\naddress = \"10.1.0.1:80\"\n";
+        match config::parse(&t) {
+            Ok(c) => c,
+            Err(e) => panic!("test config does not parse: {e:?}\n{t}"),
+        }
+    }
+    fn patch_addr(i: u32) -> SocketAddr {
+        SocketAddr::from(([10, 0, (i / 200) as u8, (i % 200 + 1) as u8], 80))
+    }
+    /// The running pools against the whole computation from the controller's state.
+    fn check_patched(c: &Controller, step: usize) {
+        let now = c.shared.now();
+        let up = |s: &[Arc<BackendStats>]| -> Vec<Option<Duration>> {
+            s.iter().map(|s| s.signals.up_for(now)).collect()
+        };
+        for p in &c.config.pools {
+            let running = pool(c, &p.name);
+            let before = up(&running.stats);
+            let full = c.pool_parts(p, Some(&running));
+            assert_eq!(full.backends, running.backends, "step {step}");
+            let stats = full.stats.resolve();
+            assert_eq!(stats.len(), running.stats.len(), "step {step}");
+            for (a, b) in stats.iter().zip(&running.stats) {
+                assert!(Arc::ptr_eq(a, b), "step {step}: another tracked backend");
+            }
+            assert_eq!(
+                up(&running.stats),
+                before,
+                "step {step}: a slow start moved"
+            );
+        }
+    }
+
+    /// The running pool with only its marked backends looked up
+    /// ([`Controller::pool_parts_patched`], what a backend change builds) is what looking
+    /// every backend up gives ([`Controller::pool_parts`]): the same backends, states and
+    /// tracked stats, and no slow-start time the full computation would set differently.
+    /// Over a seeded run of adds (anywhere in the list, addresses coming back), removals,
+    /// re-weights (to 0 too), operator drains and ejections.
+    #[tokio::test]
+    async fn a_patched_pool_is_what_the_whole_computation_gives() {
+        let mut listed: Vec<(u32, u16)> = (0..30).map(|i| (i, 1)).collect();
+        let (mut c, _events) = controller(patch_config(&listed)).await;
+        let mut x = 0x5eed_u64;
+        let mut rand = |n: usize| {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((x >> 33) % n as u64) as usize
+        };
+        let (mut patched, mut ejected, mut ended, mut seen_ejected) = (0, 0, 0, false);
+        for step in 0..300 {
+            let at = rand(listed.len());
+            let a = patch_addr(listed[at].0);
+            match rand(6) {
+                0 | 1 => {
+                    // An address not listed, from a small range so that some come back.
+                    let from = rand(60) as u32;
+                    let i = (0..60)
+                        .map(|k| (k + from) % 60)
+                        .find(|i| listed.iter().all(|(j, _)| j != i));
+                    if let Some(i) = i {
+                        listed.insert(rand(listed.len() + 1), (i, (rand(3) + 1) as u16));
+                    }
+                    c.apply_checked(patch_config(&listed))
+                        .await
+                        .expect("an add applies");
+                }
+                2 if listed.len() > 1 => {
+                    listed.remove(at);
+                    c.apply_checked(patch_config(&listed))
+                        .await
+                        .expect("a removal applies");
+                }
+                3 => {
+                    listed[at].1 = rand(3) as u16;
+                    c.apply_checked(patch_config(&listed))
+                        .await
+                        .expect("a re-weight applies");
+                }
+                4 => c.drain("a", a).await.expect("a drain applies"),
+                _ => {
+                    // Passive failures (two eject); built here to see which way.
+                    for _ in 0..2 {
+                        c.on_event(Event::Passive {
+                            pool: "a".into(),
+                            backend: a,
+                            ok: false,
+                        });
+                    }
+                    let build = c.prepare();
+                    for p in &build.pools {
+                        if let PoolBuild::New(parts, _) = p {
+                            ejected += 1;
+                            patched += usize::from(matches!(parts.stats, StatsParts::Patched(..)));
+                        }
+                    }
+                    let old = c.shared.snapshot.swap(Arc::new(build.run()));
+                    drop(old);
+                }
+            }
+            check_patched(&c, step);
+            let walked = c
+                .backends
+                .values()
+                .filter_map(|t| t.health.ejected_until())
+                .min();
+            assert_eq!(c.next_ejection_end(), walked, "step {step}");
+            seen_ejected |= pool(&c, "a")
+                .backends
+                .iter()
+                .any(|b| b.state == BackendState::Ejected);
+            // Ejections last 100 ms: some end during the run.
+            if c.poll_ejections() {
+                ended += 1;
+                c.rebuild().await;
+                check_patched(&c, step);
+            }
+        }
+        assert!(
+            ejected > 10 && patched == ejected,
+            "{patched} of {ejected} patched"
+        );
+        // What the run reached.
+        let a = pool(&c, "a");
+        let states: HashSet<BackendState> = a.backends.iter().map(|b| b.state).collect();
+        assert!(states.contains(&BackendState::Draining), "{states:?}");
+        assert!(
+            seen_ejected && ended > 0,
+            "ejections: seen {seen_ejected}, {ended} ended"
+        );
     }
 
     /// A change of a pool's settings takes the whole plan: every pool is built anew.

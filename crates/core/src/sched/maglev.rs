@@ -39,6 +39,9 @@ pub struct Maglev {
     sorted_addrs: Vec<CanonicalAddr>,
     /// For each backend-slice index, its position in `sorted_addrs` (`u32::MAX` if absent).
     rank_of: Vec<u32>,
+    /// Parallel to `sorted_addrs`: each backend's permutation (start, skip), for
+    /// [`Maglev::new_after`].
+    perms: Vec<[u32; 2]>,
 }
 
 /// One backend's permutation and pacing during population.
@@ -55,10 +58,104 @@ impl Maglev {
     /// Builds the table of size `size` over the eligible backends of `backends`.
     pub fn new(backends: &[Backend], size: PrimeTableSize) -> Self {
         let m = size.get();
-        let sorted = sorted_lanes(backends, m);
+        Self::from_sorted(backends, &sorted_lanes(backends, m), m)
+    }
+
+    /// The same table as [`Maglev::new`]`(backends, size)`, with the per-backend work
+    /// (canonical address text, permutation hashes, the sort) carried over from `prev`
+    /// (built from `prev_backends`) for the backends that stay: a backend change of a large
+    /// pool (an admin API add or removal) computes it only for the backends that came or
+    /// changed, and merges them into `prev`'s order instead of sorting again. The kept
+    /// backends are paired with `prev_backends`' in listing order (same address, weight and
+    /// zone-blind eligibility), so their order among themselves is the one a sort gives (the
+    /// sort key is the canonical address, the weight, then the listing position); the
+    /// tests compare the two builds. `prev` of another size is no help: [`Maglev::new`].
+    pub fn new_after(
+        prev: &Maglev,
+        prev_backends: &[Backend],
+        backends: &[Backend],
+        size: PrimeTableSize,
+    ) -> Self {
+        let m = size.get();
+        if prev.size != m || prev.rank_of.len() != prev_backends.len() {
+            return Self::new(backends, size);
+        }
+        // Each previous backend's index in `backends` when it is kept (`u32::MAX`: not).
+        let mut kept = vec![u32::MAX; prev_backends.len()];
+        let mut is_kept = vec![false; backends.len()];
+        let mut j = 0;
+        for (i, b) in backends.iter().enumerate() {
+            // A backend that went (the next one is this one) is passed over; one that came
+            // leaves `j` where it is. Anything else is built afresh, which is only slower.
+            if prev_backends.get(j).is_some_and(|o| o.address != b.address)
+                && prev_backends
+                    .get(j + 1)
+                    .is_some_and(|o| o.address == b.address)
+            {
+                j += 1;
+            }
+            let Some(o) = prev_backends.get(j).filter(|o| o.address == b.address) else {
+                continue;
+            };
+            if b.is_eligible() && o.weight == b.weight && prev.rank_of[j] != u32::MAX {
+                kept[j] = i as u32;
+                is_kept[i] = true;
+            }
+            j += 1;
+        }
+        // The kept lanes in `prev`'s order.
+        let mut owner_of = vec![u32::MAX; prev.sorted_addrs.len()];
+        for (j, &r) in prev.rank_of.iter().enumerate() {
+            if r != u32::MAX {
+                owner_of[r as usize] = j as u32;
+            }
+        }
+        let mut lanes: Vec<SortedLane> = Vec::with_capacity(backends.len());
+        for (r, &j) in owner_of.iter().enumerate() {
+            let Some(&i) = kept.get(j as usize).filter(|&&i| i != u32::MAX) else {
+                continue;
+            };
+            let [pos, skip] = prev.perms[r];
+            lanes.push(SortedLane {
+                addr: prev.sorted_addrs[r],
+                weight: backends[i as usize].weight.get(),
+                owner: i,
+                pos,
+                skip,
+            });
+        }
+        // The others, sorted, then merged in.
+        let fresh: Vec<(usize, Backend)> = backends
+            .iter()
+            .enumerate()
+            .filter(|&(i, b)| !is_kept[i] && b.is_eligible())
+            .map(|(i, b)| (i, b.clone()))
+            .collect();
+        if fresh.is_empty() {
+            return Self::from_sorted(backends, &lanes, m);
+        }
+        let only: Vec<Backend> = fresh.iter().map(|(_, b)| b.clone()).collect();
+        let mut fresh_lanes = sorted_lanes(&only, m);
+        for l in &mut fresh_lanes {
+            l.owner = fresh[l.owner as usize].0 as u32;
+        }
+        let key = |l: &SortedLane| (l.addr, l.weight, l.owner);
+        let mut sorted = Vec::with_capacity(lanes.len() + fresh_lanes.len());
+        let mut rest = lanes.as_slice();
+        for l in fresh_lanes {
+            let at = rest.partition_point(|k| key(k) < key(&l));
+            sorted.extend_from_slice(&rest[..at]);
+            sorted.push(l);
+            rest = &rest[at..];
+        }
+        sorted.extend_from_slice(rest);
+        Self::from_sorted(backends, &sorted, m)
+    }
+
+    fn from_sorted(backends: &[Backend], sorted: &[SortedLane], m: u32) -> Self {
         let weights: Vec<u32> = sorted.iter().map(|e| e.weight).collect();
         let quotas = quotas(&weights, m);
-        let table = populate(&sorted, &quotas, m);
+        let table = populate(sorted, &quotas, m);
         let mut rank_of = vec![u32::MAX; backends.len()];
         for (rank, e) in sorted.iter().enumerate() {
             rank_of[e.owner as usize] = rank as u32;
@@ -69,6 +166,7 @@ impl Maglev {
             table,
             sorted_addrs: sorted.iter().map(|e| e.addr).collect(),
             rank_of,
+            perms: sorted.iter().map(|e| [e.pos, e.skip]).collect(),
         }
     }
 
@@ -730,6 +828,50 @@ mod tests {
                 reference[150],
                 fast[0].as_secs_f64() / previous[0].as_secs_f64(),
                 fast[0].as_secs_f64() / reference[0].as_secs_f64()
+            );
+        }
+    }
+
+    /// One backend added to / removed from a 10,000-backend pool at M = 65537: the build
+    /// from scratch against the one carried over from the previous table
+    /// ([`Maglev::new_after`]), interleaved, min and median of 200 each. Run with
+    /// `cargo test --release -p fulcrum-core --lib maglev_change_build_time -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement (docs/benchmarks.md), not a check"]
+    fn maglev_change_build_time() {
+        let size = PrimeTableSize::DEFAULT;
+        let at = |i: usize| format!("198.18.{}.{}:80", i / 250, i % 250 + 1);
+        let old: Vec<Backend> = (0..10_000)
+            .map(|i| Backend::new(at(i).parse().unwrap(), 1))
+            .collect();
+        let mut added = old.clone();
+        added.push(Backend::new(at(10_000).parse().unwrap(), 1));
+        let mut removed = old.clone();
+        removed.remove(4321);
+        let prev = Maglev::new(&old, size);
+        for (what, new) in [("add", &added), ("removal", &removed)] {
+            assert_eq!(
+                Maglev::new_after(&prev, &old, new, size).table(),
+                Maglev::new(new, size).table()
+            );
+            let (mut fresh, mut carried) = (Vec::new(), Vec::new());
+            for _ in 0..200 {
+                let t = std::time::Instant::now();
+                std::hint::black_box(Maglev::new(new, size));
+                fresh.push(t.elapsed());
+                let t = std::time::Instant::now();
+                std::hint::black_box(Maglev::new_after(&prev, &old, new, size));
+                carried.push(t.elapsed());
+            }
+            fresh.sort();
+            carried.sort();
+            println!(
+                "maglev build after one {what} at 10,000 backends, M=65537: from scratch min {:?} median {:?}; carried over min {:?} median {:?}; min ratio {:.2}",
+                fresh[0],
+                fresh[100],
+                carried[0],
+                carried[100],
+                carried[0].as_secs_f64() / fresh[0].as_secs_f64()
             );
         }
     }

@@ -283,6 +283,27 @@ pub fn build(kind: SchedulerKind, backends: &[Backend], opts: &SchedOptions) -> 
     }
 }
 
+/// [`build`], with `prev` (the running scheduler of the same pool, built from
+/// `prev_backends`) to carry per-backend work over from where that gives the same
+/// scheduler: a Maglev table ([`Maglev::new_after`]).
+pub fn build_after(
+    prev: &dyn Scheduler,
+    prev_backends: &[Backend],
+    kind: SchedulerKind,
+    backends: &[Backend],
+    opts: &SchedOptions,
+) -> Arc<dyn Scheduler> {
+    match (kind, prev.as_maglev()) {
+        (SchedulerKind::Maglev, Some(m)) => Arc::new(Maglev::new_after(
+            m,
+            prev_backends,
+            backends,
+            opts.maglev_table_size,
+        )),
+        _ => build(kind, backends, opts),
+    }
+}
+
 fn build_plain(
     kind: SchedulerKind,
     backends: &[Backend],
