@@ -44,7 +44,7 @@ def main() -> int:
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         rules.wait_port(be)
-        rules.wait_port(port, 60)
+        rules.wait_port(port, 300)
         time.sleep(2)
         url = f"http://127.0.0.1:{port}{path}"
         subprocess.run(["h2load", "-n", "200", "-c", "4", url], capture_output=True, timeout=120)

@@ -129,13 +129,15 @@ struct Activity {
     moved: Cell<Instant>,
 }
 
-/// Marks a request in progress (from its arrival until its answer's head is ready).
+/// Marks a request in progress (from its arrival until its answer's head is ready); its end
+/// is the connection's last activity.
 struct Busy(Rc<Activity>);
 
 impl Busy {
     fn new(a: &Rc<Activity>) -> Self {
+        // `last` only matters once nothing is active (see `idle`), and the drop sets it: no
+        // clock read here.
         a.active.set(a.active.get() + 1);
-        a.last.set(Instant::now());
         Self(Rc::clone(a))
     }
 }

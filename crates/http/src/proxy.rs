@@ -903,7 +903,8 @@ fn answer_framing<R: ReqView>(f: &Fwd<'_, R>, resp: &Msg) -> Result<Framing, Fai
         ));
     }
     let framing = h1::response_framing(resp, f.is_head).map_err(|()| Fail::Malformed(MALFORMED))?;
-    if framing != Framing::Empty
+    // Only a `Transfer-Encoding` answer (framed chunked or by close) has codings to look for.
+    if matches!(framing, Framing::Chunked | Framing::Close)
         && f.req.version() != Version::HTTP_11
         && !h1::codings(resp.headers()).is_empty()
     {
