@@ -65,7 +65,7 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
 ///
 /// Through `syscall(2)`, not glibc's `read`: glibc's wrapper is a thread cancellation point
 /// and brackets every call with `__pthread_enable_asynccancel` and `..._disable_...`, which
-/// Fulcrum never uses (Rust has no `pthread_cancel`). That is about 40 instructions per call,
+/// Fulcrum never uses (Rust has no `pthread_cancel`). That is about 30 instructions per call,
 /// 4 calls per keep-alive request relayed (callgrind, `bench/l4_callgrind.py`).
 pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: `buf` is a valid writable slice of `buf.len()` bytes for the duration of the

@@ -809,18 +809,32 @@ impl Controller {
         // The pool's tracked backends once, then each by its address.
         let tracked = self.backends.pool(&p.name);
         for b in &mut parts.backends {
-            match tracked.and_then(|m| m.get(&b.address)) {
-                Some(t) => {
-                    b.state = self.effective(&p.name, b.address, t);
-                    t.stats.signals.set_up(b.is_eligible(), now, running);
-                    stats.push(Arc::clone(&t.stats));
-                }
-                // Only for check_l7's throwaway pools: a backend not tracked yet.
-                None => stats.push(Arc::new(BackendStats::new(0, &p.name, b.address))),
-            }
+            stats.push(self.backend_part(&p.name, tracked, b, now, running));
         }
         parts.stats = StatsParts::Own(stats);
         parts
+    }
+
+    /// Backend `b` of `pool` looked up among the pool's `tracked` backends: its state
+    /// (written into `b`) and its stats, with slow start told whether it is up (`running`:
+    /// the pool already runs, see [`Controller::pool_parts`]).
+    fn backend_part(
+        &self,
+        pool: &str,
+        tracked: Option<&HashMap<SocketAddr, Tracked>>,
+        b: &mut fulcrum_core::model::Backend,
+        now: Duration,
+        running: bool,
+    ) -> Arc<BackendStats> {
+        match tracked.and_then(|m| m.get(&b.address)) {
+            Some(t) => {
+                b.state = self.effective(pool, b.address, t);
+                t.stats.signals.set_up(b.is_eligible(), now, running);
+                Arc::clone(&t.stats)
+            }
+            // Only for check_l7's throwaway pools: a backend not tracked yet.
+            None => Arc::new(BackendStats::new(0, pool, b.address)),
+        }
     }
 
     /// A pool's parts with its listed backends as configured (and discovered), their states
@@ -894,15 +908,9 @@ impl Controller {
                 j += 1;
                 continue;
             }
-            let stats = match tracked.and_then(|m| m.get(&b.address)) {
-                Some(t) => {
-                    b.state = self.effective(&p.name, b.address, t);
-                    t.stats.signals.set_up(b.is_eligible(), now, true);
-                    Arc::clone(&t.stats)
-                }
-                None => Arc::new(BackendStats::new(0, &p.name, b.address)),
-            };
-            pieces.push(StatsPiece::New(stats));
+            pieces.push(StatsPiece::New(
+                self.backend_part(&p.name, tracked, b, now, true),
+            ));
         }
         parts.stats = StatsParts::Patched(Arc::clone(running), pieces);
         parts

@@ -125,19 +125,18 @@ impl Maglev {
             });
         }
         // The others, sorted, then merged in.
-        let fresh: Vec<(usize, Backend)> = backends
+        let (fresh_idx, fresh): (Vec<usize>, Vec<Backend>) = backends
             .iter()
             .enumerate()
             .filter(|&(i, b)| !is_kept[i] && b.is_eligible())
             .map(|(i, b)| (i, b.clone()))
-            .collect();
+            .unzip();
         if fresh.is_empty() {
             return Self::from_sorted(backends, &lanes, m);
         }
-        let only: Vec<Backend> = fresh.iter().map(|(_, b)| b.clone()).collect();
-        let mut fresh_lanes = sorted_lanes(&only, m);
+        let mut fresh_lanes = sorted_lanes(&fresh, m);
         for l in &mut fresh_lanes {
-            l.owner = fresh[l.owner as usize].0 as u32;
+            l.owner = fresh_idx[l.owner as usize] as u32;
         }
         let key = |l: &SortedLane| (l.addr, l.weight, l.owner);
         let mut sorted = Vec::with_capacity(lanes.len() + fresh_lanes.len());
