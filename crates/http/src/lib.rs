@@ -506,8 +506,11 @@ async fn serve_tls(ctx: Rc<ConnCtx>, sock: TcpStream) {
     };
     let _ = sock.set_nodelay(true);
     let acc = tls.acceptor.clone();
-    let Ok(Ok(stream)) =
-        tokio::time::timeout(ctx.ext.tuning.handshake_timeout, acc.accept(sock)).await
+    let Ok(Ok(stream)) = tokio::time::timeout(
+        ctx.ext.tuning.handshake_timeout,
+        acc.accept(tls::ClientSock(sock)),
+    )
+    .await
     else {
         return;
     };

@@ -56,11 +56,11 @@ impl ClientIo for TcpStream {
     }
 }
 
-impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {
+impl ClientIo for tokio_rustls::server::TlsStream<crate::tls::ClientSock> {
     const WAITS_READY: bool = true;
     const CLOSE_NOTIFY: bool = true;
     fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let (sock, tls) = self.get_ref();
+        let (crate::tls::ClientSock(sock), tls) = self.get_ref();
         // rustls may hold decrypted bytes (or the peer's close_notify): then there is
         // something to read at once. Otherwise what comes next comes through the socket
         // (a record rustls holds in part is completed by bytes the socket gets).
@@ -71,10 +71,10 @@ impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {
         }
     }
     fn set_nodelay(&self) {
-        let _ = self.get_ref().0.set_nodelay(true);
+        let _ = self.get_ref().0 .0.set_nodelay(true);
     }
     fn quickack(&self) {
-        crate::upstream::quickack(self.get_ref().0);
+        crate::upstream::quickack(&self.get_ref().0 .0);
     }
 }
 
