@@ -78,7 +78,11 @@ where
         // task cell), and this one is large (the request's parts and body, `forward`'s
         // state). Boxed, it is written once: memcpy was 9% of the h2 profile with it inline,
         // and the task's bind and set_stage copies were ~1,100 instructions per request
-        // (callgrind, h2load -c64 -m10) with only `forward` boxed.
+        // (callgrind, h2load -c64 -m10) with only `forward` boxed. Boxing copies the whole
+        // future once (its size, whatever its state): `forward` boxes its rare large parts
+        // (an HTTP/2 backend's exchange, a new connection) to keep it small.
+        // (`Box::write(Box::new_uninit(), ..)` builds it in place, no copy: Rust 1.87, past
+        // this workspace's rust-version.)
         let fut = Box::pin(handle(c, req, Rc::clone(&act)));
         async move {
             let r = fut.await;
@@ -501,13 +505,13 @@ impl Stream {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let Some(Exchange {
-            answer: Answer::H2 { body, .. },
+            answer: Answer::H2(a),
             ..
         }) = self.ex.as_mut()
         else {
             return Poll::Ready(None);
         };
-        let r = std::task::ready!(Pin::new(body).poll_frame(cx));
+        let r = std::task::ready!(Pin::new(&mut a.body).poll_frame(cx));
         match r {
             None => {
                 self.end(true);
@@ -621,7 +625,7 @@ impl Body for H2Body {
         if matches!(
             s.ex,
             Some(Exchange {
-                answer: Answer::H2 { .. },
+                answer: Answer::H2(_),
                 ..
             })
         ) {

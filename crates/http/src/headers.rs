@@ -354,18 +354,27 @@ pub fn write_forwarding(
 
 /// A fresh request id (128 random bits, UUID v4 layout).
 pub fn request_id() -> [u8; 36] {
+    uuid_v4_text(fastrand::u128(..))
+}
+
+/// `r` as a UUID v4 (its version and variant bits set), in hexadecimal with dashes.
+///
+/// Written a byte at a time: shifting the `u128` by a varying amount for each of its 32
+/// digits cost about 850 instructions per request (callgrind, `bench/h2_callgrind.py`).
+fn uuid_v4_text(r: u128) -> [u8; 36] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let r = fastrand::u128(..);
     let r = (r & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
-    let mut s = [b'-'; 36];
-    let mut bit = 128;
-    for (i, c) in s.iter_mut().enumerate() {
-        if matches!(i, 8 | 13 | 18 | 23) {
-            continue;
-        }
-        bit -= 4;
-        *c = HEX[((r >> bit) & 0xf) as usize];
+    let mut digits = [0u8; 32];
+    for (d, b) in digits.chunks_exact_mut(2).zip(r.to_be_bytes()) {
+        d[0] = HEX[usize::from(b >> 4)];
+        d[1] = HEX[usize::from(b & 0xf)];
     }
+    let mut s = [b'-'; 36];
+    s[..8].copy_from_slice(&digits[..8]);
+    s[9..13].copy_from_slice(&digits[8..12]);
+    s[14..18].copy_from_slice(&digits[12..16]);
+    s[19..23].copy_from_slice(&digits[16..20]);
+    s[24..].copy_from_slice(&digits[20..]);
     s
 }
 
@@ -541,5 +550,28 @@ mod tests {
         assert_eq!(id.len(), 36);
         assert_eq!(id[14], b'4');
         assert!(matches!(id[19], b'8' | b'9' | b'a' | b'b'));
+    }
+
+    #[test]
+    fn request_id_is_the_uuid_text_of_its_bits() {
+        for _ in 0..1000 {
+            let r = fastrand::u128(..);
+            let v4 = (r & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
+            let hex = format!("{v4:032x}");
+            let want = format!(
+                "{}-{}-{}-{}-{}",
+                &hex[..8],
+                &hex[8..12],
+                &hex[12..16],
+                &hex[16..20],
+                &hex[20..]
+            );
+            assert_eq!(std::str::from_utf8(&uuid_v4_text(r)).unwrap(), want);
+        }
+        assert_eq!(&uuid_v4_text(0), b"00000000-0000-4000-8000-000000000000");
+        assert_eq!(
+            &uuid_v4_text(u128::MAX),
+            b"ffffffff-ffff-4fff-bfff-ffffffffffff"
+        );
     }
 }

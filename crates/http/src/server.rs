@@ -690,7 +690,7 @@ async fn respond<S: ClientIo>(
             resp.reset_to_rest();
             body.copy_h1(conn, resp, framing).await
         }
-        Answer::H2 { body: from, .. } => body.copy_h2(from, framing).await,
+        Answer::H2(a) => body.copy_h2(&mut a.body, framing).await,
     };
     h1::give_vec(out);
     ex.finish(c, bytes, ok);
