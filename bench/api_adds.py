@@ -41,6 +41,8 @@ for i in range(N):
     lines.append(f'[[pool.backend]]\naddress = "198.18.{i//250}.{i%250+1}:80"\n')
 open("big.toml","w").write("\n".join(lines))
 p=subprocess.Popen([binary,"run","-c","big.toml","--workers",workers],stderr=open("big.err","w"))
+# Stopped however this script ends (a failed probe or call raises).
+import atexit; atexit.register(lambda: p.poll() is None and p.kill())
 for _ in range(200):
     try:
         c=http.client.HTTPConnection(*adm,timeout=2); c.request("GET","/readyz"); 
@@ -59,18 +61,21 @@ def run_probe(secs):
     lat=[]; stop=False
     th=threading.Thread(target=prober); th.start(); time.sleep(secs); stop=True; th.join()
     return sorted(lat)
-def thread_cpu(pid):
-    """CPU time (ns, /proc/PID/task/*/schedstat) of each thread of `pid`, summed by thread name."""
+def thread_cpu(pid, field=0):
+    """CPU time (ns, /proc/PID/task/*/schedstat) of each thread of `pid`, summed by thread name;
+    field=1: the time its threads were runnable but waited for a CPU (on a run queue)."""
     out={}
     for t in os.listdir(f"/proc/{pid}/task"):
         try:
             name=open(f"/proc/{pid}/task/{t}/comm").read().strip()
-            ns=int(open(f"/proc/{pid}/task/{t}/schedstat").read().split()[0])
+            ns=int(open(f"/proc/{pid}/task/{t}/schedstat").read().split()[field])
         except OSError: continue
         out[name]=out.get(name,0)+ns
     return out
+wait0=thread_cpu(p.pid,1)
 idle=run_probe(3.0)
 cpu0=thread_cpu(p.pid)
+wait1=thread_cpu(p.pid,1)
 lat=[]; stop=False
 th=threading.Thread(target=prober); th.start()
 calls=[]
@@ -91,14 +96,15 @@ for i in range(ADDS):
     removes.append(time.perf_counter()-t)
     assert r.status==200, r.status
 cpu1=thread_cpu(p.pid)
+wait2=thread_cpu(p.pid,1)
 stop=True; th.join()
 busy=sorted(lat)
 q=lambda v,f: v[min(len(v)-1,int(len(v)*f))]*1000
 print(f"N={N} adds={ADDS} workers={workers}")
 print(f"per add: median {statistics.median(calls)*1000:.1f} ms, mean {statistics.mean(calls)*1000:.1f} ms, max {max(calls)*1000:.1f} ms")
 print(f"per remove: median {statistics.median(removes)*1000:.1f} ms, mean {statistics.mean(removes)*1000:.1f} ms, max {max(removes)*1000:.1f} ms")
-print(f"probe idle: n={len(idle)} p50 {q(idle,.5):.2f} p99 {q(idle,.99):.2f} max {idle[-1]*1000:.2f} ms")
-print(f"probe during adds and removes: n={len(busy)} p50 {q(busy,.5):.2f} p99 {q(busy,.99):.2f} max {busy[-1]*1000:.2f} ms")
+print(f"probe idle: n={len(idle)} p50 {q(idle,.5):.2f} p99 {q(idle,.99):.2f} p999 {q(idle,.999):.2f} max {idle[-1]*1000:.2f} ms")
+print(f"probe during adds and removes: n={len(busy)} p50 {q(busy,.5):.2f} p99 {q(busy,.99):.2f} p999 {q(busy,.999):.2f} max {busy[-1]*1000:.2f} ms")
 # CPU per change: the builder thread (edits, snapshot builds, frees) and the control thread
 # (the process's first thread: with --workers 1 also the data path, so the probe's round trips
 # are in it too).
@@ -107,4 +113,9 @@ build=sum(v-cpu0.get(k,0) for k,v in cpu1.items() if k.startswith("fulcrum-build
 control=sum(v-cpu0.get(k,0) for k,v in cpu1.items() if k==os.path.basename(binary)[:15])
 total=sum(v-cpu0.get(k,0) for k,v in cpu1.items())
 print(f"CPU per change: {total/changes/1e6:.2f} ms (builder thread {build/changes/1e6:.2f}, control thread {control/changes/1e6:.2f}, with the probe's round trips)")
+# What the probe's path waits for besides the controller's own work: the control thread
+# runnable but without a CPU (behind the builder thread or other processes).
+cname=os.path.basename(binary)[:15]
+waited=lambda a,b: (b.get(cname,0)-a.get(cname,0))/1e6
+print(f"control thread waiting for a CPU: idle {waited(wait0,wait1)/3:.1f} ms a second, during the changes {waited(wait1,wait2)/changes:.2f} ms per change")
 p.terminate(); p.wait()

@@ -13,6 +13,11 @@
 //! A job that never ends (a configured file that does not answer) must not hold up the builds
 //! after it: the controller waits at most [`BUILD_TIMEOUT`], then starts a new thread for
 //! the jobs that follow and leaves the stuck one to end on its own.
+//!
+//! The thread runs [`NICER`] nice levels below the thread that starts it (the control
+//! thread, with `--workers 1` also the data path): on a busy machine a table build then
+//! yields the CPU to a connection that is waiting, instead of taking its time slice
+//! (docs/benchmarks.md, "Admin API: one change at 10,000 backends", the stall).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc;
@@ -45,7 +50,10 @@ impl Builder {
         let (jobs, queue) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("fulcrum-build".into())
-            .spawn(move || serve(&queue))?;
+            .spawn(move || {
+                lower_priority();
+                serve(&queue);
+            })?;
         Ok(Self { jobs, wait })
     }
 
@@ -112,6 +120,32 @@ impl Builder {
 /// `bench/api_adds.py`, docs/benchmarks.md, "Admin API", fifth round). Once the jobs stop
 /// for this long, the release runs as before, so the memory at rest is the same.
 pub const RELEASE_WHEN_IDLE: Duration = Duration::from_millis(100);
+
+/// How many nice levels the builder thread runs below the thread that started it. Not
+/// `SCHED_IDLE` or nice 19: on a machine busy with other work at nice 19 (a compiler, a
+/// batch job) the builds would then wait for all of it, and an admin API change with them;
+/// 10 levels is a tenth of the data path's weight (the kernel's weights go by about 1.25x a
+/// level), and still ten times a nice-19 task's.
+pub const NICER: i32 = 10;
+
+/// Lowers the calling thread's CPU priority by [`NICER`] nice levels (at most to 19). On
+/// Linux the nice value is a thread's, not the process's (`nice(2)` changes the calling
+/// thread's), so the control thread and the workers keep theirs. A failure is logged and
+/// changes nothing else: the builds then run at the data path's priority, as before.
+#[allow(unsafe_code)]
+fn lower_priority() {
+    // SAFETY: errno is this thread's own (`__errno_location` points at it); nice(2) takes
+    // an integer and changes only the calling thread's nice value, no memory is passed.
+    // errno is cleared first: `nice` may return -1 as a valid new value.
+    let rc = unsafe {
+        *libc::__errno_location() = 0;
+        libc::nice(NICER)
+    };
+    let e = std::io::Error::last_os_error();
+    if rc == -1 && e.raw_os_error() != Some(0) {
+        tracing::warn!(error = %e, "cannot lower the builder thread's CPU priority");
+    }
+}
 
 fn serve(queue: &mpsc::Receiver<Job>) {
     while let Ok(mut job) = queue.recv() {
@@ -220,6 +254,23 @@ mod tests {
             after = b.run(|| RELEASES.get()).await.unwrap();
         }
         assert!(after >= 1, "a release once idle");
+    }
+
+    /// The calling thread's nice value (`/proc/thread-self/stat`, field 19).
+    fn own_nice() -> i32 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        // The fields after the command name (which may hold spaces) start at field 3.
+        let after = &stat[stat.rfind(')').unwrap() + 1..];
+        after.split_whitespace().nth(16).unwrap().parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn builds_run_at_a_lower_cpu_priority_than_the_caller() {
+        let mut b = Builder::start().unwrap();
+        let caller = own_nice();
+        let builder = b.run(own_nice).await.unwrap();
+        assert_eq!(builder, (caller + NICER).min(19), "caller at nice {caller}");
+        assert_eq!(own_nice(), caller, "the caller's own priority is unchanged");
     }
 
     #[tokio::test]

@@ -438,7 +438,19 @@ impl Controller {
     /// # Errors
     /// See above; nothing changed.
     pub async fn apply_checked(&mut self, new: Config) -> Result<(), ChangeError> {
-        if let Some(only) = plan::backends_only(&self.config, &new) {
+        let only = plan::backends_only(&self.config, &new);
+        self.apply_planned(new, only).await
+    }
+
+    /// [`Controller::apply_checked`] with `only`, [`plan::backends_only`] of the running
+    /// config and `new` (worked out off the control thread for an admin API change: the
+    /// comparison walks every backend of the config).
+    async fn apply_planned(
+        &mut self,
+        new: Config,
+        only: Option<BackendsOnly>,
+    ) -> Result<(), ChangeError> {
+        if let Some(only) = only {
             return self.apply_backends(new, only).await;
         }
         let plan = self.plan(&new);
@@ -454,7 +466,7 @@ impl Controller {
         self.carry_out_backends(&new, &plan.backends);
         self.mark_left(&new);
         self.carry_out_counters(&plan);
-        self.config = Arc::new(new);
+        self.replace_config(new);
         self.stale = Stale::All;
         self.publish_local_health();
         self.rebuild().await;
@@ -490,7 +502,7 @@ impl Controller {
             .iter()
             .any(|s| new.pool(&s.pool).is_some_and(|p| p.health.is_some()))
             || steps.iter().any(|s| s.checker != CheckerStep::Keep);
-        self.config = Arc::new(new);
+        self.replace_config(new);
         for pool in &only.pools {
             self.stale.mark_pool(pool);
         }
@@ -502,6 +514,13 @@ impl Controller {
         }
         self.rebuild().await;
         Ok(())
+    }
+
+    /// Makes `new` the running config; the replaced one (10,000 backends are 10,000 list
+    /// entries) is freed on the builder thread, not on this one.
+    fn replace_config(&mut self, new: Config) {
+        let old = std::mem::replace(&mut self.config, Arc::new(new));
+        self.builder.free(old);
     }
 
     /// What the controller runs now, for the planner.
@@ -800,7 +819,8 @@ impl Controller {
     /// [`PoolParts::build`] makes (off the control thread: a Maglev table of a large pool
     /// takes milliseconds). `running`: the pool in the running snapshot, if it is there.
     fn pool_parts(&self, p: &PoolConfig, running: Option<&Arc<PoolRt>>) -> PoolParts {
-        let mut parts = self.pool_parts_of(p, running);
+        let listed = self.discovery.backends(&p.name, &p.backends);
+        let mut parts = self.pool_parts_of(p, running, listed);
         let mut stats = Vec::with_capacity(parts.backends.len());
         // Slow start: a backend first seen in a pool that already runs counts as just added;
         // one there from the pool's start does not ramp.
@@ -837,16 +857,21 @@ impl Controller {
         }
     }
 
-    /// A pool's parts with its listed backends as configured (and discovered), their states
-    /// and `stats` not yet filled in.
-    fn pool_parts_of(&self, p: &PoolConfig, running: Option<&Arc<PoolRt>>) -> PoolParts {
+    /// A pool's parts with its `listed` backends (as configured and discovered), their
+    /// states and `stats` not yet filled in.
+    fn pool_parts_of(
+        &self,
+        p: &PoolConfig,
+        running: Option<&Arc<PoolRt>>,
+        listed: Vec<fulcrum_core::model::Backend>,
+    ) -> PoolParts {
         PoolParts {
             name: p.name.clone(),
             kind: p.scheduler.kind(),
             // A non-hashing scheduler hashes nothing; `src_ip` is what `explain` names.
             hash_key: p.scheduler.hash_key().cloned().unwrap_or(HashKey::SrcIp),
             opts: p.scheduler.sched_options(),
-            backends: self.discovery.backends(&p.name, &p.backends),
+            backends: listed,
             stats: StatsParts::Own(Vec::new()),
             persistence: self.persistence.get(&p.name).cloned(),
             changes: self.changes.get(&p.name).cloned().unwrap_or_default(),
@@ -861,58 +886,49 @@ impl Controller {
 
     /// [`Controller::pool_parts`] of a pool that runs, from the running pool `running`:
     /// only the backends at `marked` addresses (the pool's backends that came, went or
-    /// changed state since `running` was built, [`Stale::Pools`]) and any whose listing no
-    /// longer matches `running`'s are looked up; the others keep `running`'s state and stats,
-    /// which is what the lookup would give (the tracked backend and its state are the
-    /// ones `running` was built from, and `set_up` with the same eligibility changes
-    /// nothing), so the result is the same as [`Controller::pool_parts`] (a test compares
-    /// the two). At 10,000 backends the lookups, state and stats of every backend were a
-    /// millisecond of cache misses on this thread (with `--workers 1` the data path) per
-    /// admin API change (docs/benchmarks.md, "Admin API: one change at 10,000 backends");
-    /// what is left per backend here is two sequential passes over the lists. The stats are
-    /// copied from `running`'s on the builder thread ([`StatsParts::Patched`]).
+    /// changed state since `running` was built, [`Stale::Pools`]) are looked up here, the
+    /// rest is done on the builder thread ([`Patch::apply`]): the copy of the pool's list
+    /// (`p` is the config's pool `index`), and for every backend that is not marked the
+    /// running pool's state and stats, which is what the lookup would give (the tracked
+    /// backend and its state are the ones `running` was built from). The result is the same
+    /// as [`Controller::pool_parts`] (a test compares the two). With `--workers 1` this
+    /// thread is also the data path: at 10,000 backends the lookups of every backend were a
+    /// millisecond of cache misses per admin API change, and the list's copy and walk still
+    /// about a third of a millisecond (docs/benchmarks.md, "Admin API: one change at 10,000
+    /// backends").
     fn pool_parts_patched(
         &self,
+        index: usize,
         p: &PoolConfig,
         running: &Arc<PoolRt>,
         marked: &HashSet<SocketAddr>,
     ) -> PoolParts {
-        let mut parts = self.pool_parts_of(p, Some(running));
-        let olds = &running.backends;
-        let now = self.shared.now();
+        // A pool with discovered backends: its list is put together here (from the
+        // discovery state, which lives on this thread); a static pool's is the config's.
+        let from_config = !self.discovery.lists(&p.name);
+        let listed = if from_config {
+            Vec::new()
+        } else {
+            self.discovery.backends(&p.name, &p.backends)
+        };
+        let mut parts = self.pool_parts_of(p, Some(running), listed);
         let tracked = self.backends.pool(&p.name);
-        let mut pieces: Vec<StatsPiece> = Vec::new();
-        // A few addresses: a sorted list, not a hash of each of the pool's addresses (at
-        // 10,000 backends that hashing was most of this function).
-        let mut marked: Vec<SocketAddr> = marked.iter().copied().collect();
-        marked.sort_unstable();
-        let is_marked = |a: &SocketAddr| marked.binary_search(a).is_ok();
-        let mut j = 0;
-        for b in &mut parts.backends {
-            // The running pool's backends that went or changed are not carried over.
-            while olds.get(j).is_some_and(|o| is_marked(&o.address)) {
-                j += 1;
-            }
-            let same = olds.get(j).is_some_and(|o| {
-                o.address == b.address
-                    && o.weight == b.weight
-                    && o.zone == b.zone
-                    && !is_marked(&b.address)
-            });
-            if same {
-                b.state = olds[j].state;
-                match pieces.last_mut() {
-                    Some(StatsPiece::Running(r)) if r.end == j => r.end += 1,
-                    _ => pieces.push(StatsPiece::Running(j..j + 1)),
-                }
-                j += 1;
-                continue;
-            }
-            pieces.push(StatsPiece::New(
-                self.backend_part(&p.name, tracked, b, now, true),
-            ));
-        }
-        parts.stats = StatsParts::Patched(Arc::clone(running), pieces);
+        // A few addresses: a sorted list, not a hash of each of the pool's addresses.
+        let mut looked_up: Vec<LookedUp> = marked
+            .iter()
+            .map(|&a| {
+                let t = tracked.and_then(|m| m.get(&a));
+                let found = t.map(|t| (self.effective(&p.name, a, t), Arc::clone(&t.stats)));
+                (a, found)
+            })
+            .collect();
+        looked_up.sort_unstable_by_key(|(a, _)| *a);
+        parts.stats = StatsParts::Patched(Box::new(Patch {
+            running: Arc::clone(running),
+            listed: from_config.then(|| (Arc::clone(&self.config), index)),
+            looked_up,
+            now: self.shared.now(),
+        }));
         parts
     }
 
@@ -969,7 +985,7 @@ impl Controller {
                         .or_else(|| old.pool(&p.name));
                     let parts = match (prev, stale.renew(&p.name)) {
                         (Some(o), Renew::Keep) => return PoolBuild::Keep(Arc::clone(o)),
-                        (Some(o), Renew::Patch(marked)) => self.pool_parts_patched(p, o, marked),
+                        (Some(o), Renew::Patch(marked)) => self.pool_parts_patched(i, p, o, marked),
                         (_, _) => self.pool_parts(p, prev),
                     };
                     PoolBuild::New(Box::new(parts), prev.cloned())
@@ -1061,14 +1077,20 @@ impl Controller {
         if self.shared.is_draining() {
             return Err(ChangeError::Conflict("shutting down".into()));
         }
-        // The edit writes, re-parses and validates the whole config: off the control thread.
+        // The edit writes, re-parses and validates the whole config, and the plan's
+        // comparison of the two walks every backend: off the control thread. Nothing else
+        // changes the config meanwhile (the controller awaits this before its next message).
         let running = Arc::clone(&self.config);
-        let new = self
+        let (new, only) = self
             .builder
-            .run(move || edit(&running))
+            .run(move || {
+                let new = edit(&running)?;
+                let only = plan::backends_only(&running, &new);
+                Ok::<_, ChangeError>((new, only))
+            })
             .await
             .map_err(ChangeError::Invalid)??;
-        self.apply_checked(new).await?;
+        self.apply_planned(new, only).await?;
         if let Some(k) = undrain {
             if let Some(t) = self.backends.get_mut(&k.0, k.1) {
                 if let Some(tr) = t.health.set_draining(false) {
@@ -1477,38 +1499,52 @@ impl PoolParts {
     /// `prev`: the running pool, if any, whose scheduler's per-backend work is carried over
     /// where that gives the same scheduler ([`sched::build_after`]).
     fn build(self, prev: Option<&PoolRt>) -> PoolRt {
+        let parts = self.settled();
         let scheduler = match prev {
             Some(o) => sched::build_after(
                 o.scheduler.as_ref(),
                 &o.backends,
-                self.kind,
-                &self.backends,
-                &self.opts,
+                parts.kind,
+                &parts.backends,
+                &parts.opts,
             ),
-            None => sched::build(self.kind, &self.backends, &self.opts),
+            None => sched::build(parts.kind, &parts.backends, &parts.opts),
         };
-        let plan = self.locality.as_ref().and_then(|l| {
+        let plan = parts.locality.as_ref().and_then(|l| {
             fulcrum_core::locality::ZonePlan::build(
                 l,
-                self.local_zone.as_ref(),
-                self.kind,
-                &self.backends,
-                &self.opts,
+                parts.local_zone.as_ref(),
+                parts.kind,
+                &parts.backends,
+                &parts.opts,
             )
         });
-        let mut p = self.with(scheduler);
+        let mut p = parts.with(scheduler);
         p.locality = plan.map(Arc::new);
         p
     }
 
+    /// A patched pool ([`StatsParts::Patched`]) with its backends' states and stats filled
+    /// in (on the builder thread); any other as it is.
+    fn settled(mut self) -> Self {
+        self.stats = match std::mem::replace(&mut self.stats, StatsParts::Own(Vec::new())) {
+            StatsParts::Patched(patch) => {
+                StatsParts::Own(patch.apply(&self.name, &mut self.backends))
+            }
+            own @ StatsParts::Own(_) => own,
+        };
+        self
+    }
+
     /// With a round-robin scheduler, for checks that do not pick (cheap at any size).
     fn build_unscheduled(self) -> PoolRt {
+        let parts = self.settled();
         let scheduler = sched::build(
             fulcrum_core::model::SchedulerKind::RoundRobin,
-            &self.backends,
-            &self.opts,
+            &parts.backends,
+            &parts.opts,
         );
-        self.with(scheduler)
+        parts.with(scheduler)
     }
 
     fn with(self, scheduler: Arc<dyn sched::Scheduler>) -> PoolRt {
@@ -1533,37 +1569,104 @@ impl PoolParts {
 /// A pool's backend stats for a snapshot ([`PoolParts`]), parallel to its backends.
 enum StatsParts {
     Own(Vec<Arc<BackendStats>>),
-    /// Pieces in order: runs of the running pool's stats and single ones of other
-    /// backends ([`Controller::pool_parts_patched`]); put together on the builder thread.
-    Patched(Arc<PoolRt>, Vec<StatsPiece>),
+    /// The running pool patched ([`Controller::pool_parts_patched`]): the backends' states
+    /// and stats are filled in on the builder thread ([`Patch::apply`]).
+    Patched(Box<Patch>),
 }
 
-enum StatsPiece {
-    Running(std::ops::Range<usize>),
-    New(Arc<BackendStats>),
+/// A marked address with its tracked state and stats (`None`: not tracked).
+type LookedUp = (SocketAddr, Option<(BackendState, Arc<BackendStats>)>);
+
+/// What [`Controller::pool_parts_patched`] looked up on the control thread, for the builder
+/// thread to patch the running pool with.
+struct Patch {
+    /// The pool in the running snapshot.
+    running: Arc<PoolRt>,
+    /// The config whose pool at this index lists the backends (copied on the builder
+    /// thread); `None`: [`PoolParts`]'s own list is the pool's (discovered backends).
+    listed: Option<(Arc<Config>, usize)>,
+    /// The marked addresses, sorted, each looked up among the tracked backends.
+    looked_up: Vec<LookedUp>,
+    /// When the lookups were made (slow start counts from it).
+    now: Duration,
+}
+
+impl Patch {
+    /// Fills in `backends`' states (the pool's list, copied from the config first if it
+    /// is the config's) and returns their stats, as [`Controller::pool_parts`] would: a
+    /// marked backend takes its looked-up state and stats, with slow start told whether it
+    /// is up; any other the running pool's, taken in order while the lists match (address,
+    /// weight, zone), by address where they do not (a changed weight also tells slow start).
+    fn apply(
+        self,
+        pool: &str,
+        backends: &mut Vec<fulcrum_core::model::Backend>,
+    ) -> Vec<Arc<BackendStats>> {
+        let Self {
+            running,
+            listed,
+            looked_up,
+            now,
+        } = self;
+        if let Some((config, i)) = listed {
+            if let Some(p) = config.pools.get(i) {
+                backends.clone_from(&p.backends);
+            }
+        }
+        let marked = |a: &SocketAddr| looked_up.binary_search_by_key(a, |(m, _)| *m).ok();
+        let olds = &running.backends;
+        let mut by_address: Option<HashMap<SocketAddr, usize>> = None;
+        let mut stats = Vec::with_capacity(backends.len());
+        let mut j = 0;
+        for b in backends.iter_mut() {
+            // The running pool's backends that went or changed are not carried over.
+            while olds.get(j).is_some_and(|o| marked(&o.address).is_some()) {
+                j += 1;
+            }
+            let at = marked(&b.address);
+            let same = at.is_none()
+                && olds.get(j).is_some_and(|o| {
+                    o.address == b.address && o.weight == b.weight && o.zone == b.zone
+                });
+            if same {
+                b.state = olds[j].state;
+                stats.push(Arc::clone(&running.stats[j]));
+                j += 1;
+                continue;
+            }
+            let found = match at {
+                Some(k) => looked_up[k].1.clone(),
+                // Not marked, so its state did not change since the running pool was
+                // built: only its listing did (weight, zone, place).
+                None => by_address
+                    .get_or_insert_with(|| {
+                        olds.iter()
+                            .enumerate()
+                            .map(|(i, o)| (o.address, i))
+                            .collect()
+                    })
+                    .get(&b.address)
+                    .and_then(|&i| Some((olds[i].state, Arc::clone(running.stats.get(i)?)))),
+            };
+            stats.push(match found {
+                Some((state, s)) => {
+                    b.state = state;
+                    s.signals.set_up(b.is_eligible(), now, true);
+                    s
+                }
+                // Not tracked (only check_l7's throwaway pools have such backends).
+                None => Arc::new(BackendStats::new(0, pool, b.address)),
+            });
+        }
+        stats
+    }
 }
 
 impl StatsParts {
     fn resolve(self) -> Vec<Arc<BackendStats>> {
         match self {
             Self::Own(v) => v,
-            Self::Patched(running, pieces) => {
-                let len = pieces
-                    .iter()
-                    .map(|p| match p {
-                        StatsPiece::Running(r) => r.len(),
-                        StatsPiece::New(_) => 1,
-                    })
-                    .sum();
-                let mut out = Vec::with_capacity(len);
-                for p in pieces {
-                    match p {
-                        StatsPiece::Running(r) => out.extend_from_slice(&running.stats[r]),
-                        StatsPiece::New(s) => out.push(s),
-                    }
-                }
-                out
-            }
+            Self::Patched(_) => unreachable!("a patched pool is settled before it is built"),
         }
     }
 }

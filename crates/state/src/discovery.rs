@@ -720,6 +720,12 @@ impl Discoveries {
         any
     }
 
+    /// Whether `pool` has discovered backends, current or leaving: when not, its
+    /// [`Discoveries::backends`] are its static ones as listed.
+    pub fn lists(&self, pool: &str) -> bool {
+        self.sets.contains_key(pool) || self.leaving.contains_key(pool)
+    }
+
     /// The pool's backends: static ones merged with the discovered ones, then the ones
     /// that left and drain.
     pub fn backends(&self, pool: &str, statics: &[Backend]) -> Vec<Backend> {
