@@ -3,9 +3,12 @@
 //! features ([`PROVIDER`]: `aws-lc-rs` or `ring`); client certificates (`client_ca`), OCSP stapling (`ocsp`, re-read when the file changes) and
 //! session tickets with rotating keys. TLS towards backends is [`BackendTlsState`].
 
+use std::io;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -13,6 +16,7 @@ use fulcrum_core::config::{BackendTls, CertPair, ClientAuth, ClientAuthMode, Tls
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 #[cfg(feature = "aws-lc-rs")]
@@ -632,35 +636,35 @@ pub fn check_client_pair(cert: &Path, key: &Path) -> Result<(), PairError> {
 #[derive(Debug)]
 pub(crate) struct ClientSock(pub(crate) tokio::net::TcpStream);
 
-impl tokio::io::AsyncRead for ClientSock {
+impl AsyncRead for ClientSock {
     fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
     }
 }
 
-impl tokio::io::AsyncWrite for ClientSock {
+impl AsyncWrite for ClientSock {
     fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
         buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         let mut full = bufs.iter().filter(|b| !b.is_empty());
         match (full.next(), full.next()) {
-            (Some(one), None) => std::pin::Pin::new(&mut self.0).poll_write(cx, one),
-            (None, _) => std::task::Poll::Ready(Ok(0)),
-            (Some(_), Some(_)) => std::pin::Pin::new(&mut self.0).poll_write_vectored(cx, bufs),
+            (Some(one), None) => Pin::new(&mut self.0).poll_write(cx, one),
+            (None, _) => Poll::Ready(Ok(0)),
+            (Some(_), Some(_)) => Pin::new(&mut self.0).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -668,18 +672,12 @@ impl tokio::io::AsyncWrite for ClientSock {
         true
     }
 
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
     }
 
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
 

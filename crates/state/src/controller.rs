@@ -1498,62 +1498,61 @@ impl PoolParts {
     /// its locality plan with one scheduler per zone.
     /// `prev`: the running pool, if any, whose scheduler's per-backend work is carried over
     /// where that gives the same scheduler ([`sched::build_after`]).
-    fn build(self, prev: Option<&PoolRt>) -> PoolRt {
-        let parts = self.settled();
+    fn build(mut self, prev: Option<&PoolRt>) -> PoolRt {
+        let stats = self.settle();
         let scheduler = match prev {
             Some(o) => sched::build_after(
                 o.scheduler.as_ref(),
                 &o.backends,
-                parts.kind,
-                &parts.backends,
-                &parts.opts,
+                self.kind,
+                &self.backends,
+                &self.opts,
             ),
-            None => sched::build(parts.kind, &parts.backends, &parts.opts),
+            None => sched::build(self.kind, &self.backends, &self.opts),
         };
-        let plan = parts.locality.as_ref().and_then(|l| {
+        let plan = self.locality.as_ref().and_then(|l| {
             fulcrum_core::locality::ZonePlan::build(
                 l,
-                parts.local_zone.as_ref(),
-                parts.kind,
-                &parts.backends,
-                &parts.opts,
+                self.local_zone.as_ref(),
+                self.kind,
+                &self.backends,
+                &self.opts,
             )
         });
-        let mut p = parts.with(scheduler);
+        let mut p = self.with(scheduler, stats);
         p.locality = plan.map(Arc::new);
         p
     }
 
-    /// A patched pool ([`StatsParts::Patched`]) with its backends' states and stats filled
-    /// in (on the builder thread); any other as it is.
-    fn settled(mut self) -> Self {
-        self.stats = match std::mem::replace(&mut self.stats, StatsParts::Own(Vec::new())) {
-            StatsParts::Patched(patch) => {
-                StatsParts::Own(patch.apply(&self.name, &mut self.backends))
-            }
-            own @ StatsParts::Own(_) => own,
-        };
-        self
+    /// The backends' stats, taken out of the parts: a patched pool's
+    /// ([`StatsParts::Patched`]) with its backends' states filled in here (on the builder
+    /// thread), any other's as they are.
+    fn settle(&mut self) -> Vec<Arc<BackendStats>> {
+        match std::mem::replace(&mut self.stats, StatsParts::Own(Vec::new())) {
+            StatsParts::Patched(patch) => patch.apply(&self.name, &mut self.backends),
+            StatsParts::Own(v) => v,
+        }
     }
 
     /// With a round-robin scheduler, for checks that do not pick (cheap at any size).
-    fn build_unscheduled(self) -> PoolRt {
-        let parts = self.settled();
+    fn build_unscheduled(mut self) -> PoolRt {
+        let stats = self.settle();
         let scheduler = sched::build(
             fulcrum_core::model::SchedulerKind::RoundRobin,
-            &parts.backends,
-            &parts.opts,
+            &self.backends,
+            &self.opts,
         );
-        parts.with(scheduler)
+        self.with(scheduler, stats)
     }
 
-    fn with(self, scheduler: Arc<dyn sched::Scheduler>) -> PoolRt {
+    /// The pool with `scheduler` and the backends' `stats` ([`PoolParts::settle`]).
+    fn with(self, scheduler: Arc<dyn sched::Scheduler>, stats: Vec<Arc<BackendStats>>) -> PoolRt {
         PoolRt {
             name: self.name,
             kind: self.kind,
             hash_key: self.hash_key,
             backends: self.backends,
-            stats: self.stats.resolve(),
+            stats,
             scheduler,
             persistence: self.persistence,
             changes: self.changes,
@@ -1659,15 +1658,6 @@ impl Patch {
             });
         }
         stats
-    }
-}
-
-impl StatsParts {
-    fn resolve(self) -> Vec<Arc<BackendStats>> {
-        match self {
-            Self::Own(v) => v,
-            Self::Patched(_) => unreachable!("a patched pool is settled before it is built"),
-        }
     }
 }
 
@@ -1970,7 +1960,7 @@ mod tests {
         assert_eq!(seen(&b2), seen(&b3));
     }
 
-    /// Pool a with the `listed` backends (10.0.x.y, weights), and pool b.
+    /// Pool a with the `listed` backends (198.18.x.y, weights), and pool b.
     fn patch_config(listed: &[(u32, u16)]) -> Config {
         use std::fmt::Write as _;
         let mut t = String::from(
@@ -1980,19 +1970,19 @@ mod tests {
         for (i, w) in listed {
             let _ = write!(
                 t,
-                "[[pool.backend]]\naddress = \"10.0.{}.{}:80\"\nweight = {w}\n",
+                "[[pool.backend]]\naddress = \"198.18.{}.{}:80\"\nweight = {w}\n",
                 i / 200,
                 i % 200 + 1
             );
         }
-        t += "[[pool]]\nname = \"b\"\n[[pool.backend]]\naddress = \"10.1.0.1:80\"\n";
+        t += "[[pool]]\nname = \"b\"\n[[pool.backend]]\naddress = \"198.19.0.1:80\"\n";
         match config::parse(&t) {
             Ok(c) => c,
             Err(e) => panic!("test config does not parse: {e:?}\n{t}"),
         }
     }
     fn patch_addr(i: u32) -> SocketAddr {
-        SocketAddr::from(([10, 0, (i / 200) as u8, (i % 200 + 1) as u8], 80))
+        SocketAddr::from(([198, 18, (i / 200) as u8, (i % 200 + 1) as u8], 80))
     }
     /// The running pools against the whole computation from the controller's state.
     fn check_patched(c: &Controller, step: usize) {
@@ -2003,9 +1993,9 @@ mod tests {
         for p in &c.config.pools {
             let running = pool(c, &p.name);
             let before = up(&running.stats);
-            let full = c.pool_parts(p, Some(&running));
+            let mut full = c.pool_parts(p, Some(&running));
             assert_eq!(full.backends, running.backends, "step {step}");
-            let stats = full.stats.resolve();
+            let stats = full.settle();
             assert_eq!(stats.len(), running.stats.len(), "step {step}");
             for (a, b) in stats.iter().zip(&running.stats) {
                 assert!(Arc::ptr_eq(a, b), "step {step}: another tracked backend");
