@@ -3271,7 +3271,7 @@ async fn h2c_backend_full_duplex_streaming() {
 }
 
 /// An HTTP/1.1 backend that answers each request with its body, once all of it came.
-async fn echo_backend() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+async fn whole_echo_backend() -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let task = tokio::spawn(async move {
@@ -3297,7 +3297,7 @@ async fn echo_backend() -> (SocketAddr, tokio::task::JoinHandle<()>) {
 /// `content-length`, the others are sent in 16 KiB frames without one.
 #[tokio::test]
 async fn h2_large_bodies_through_small_windows() {
-    let (b, echo) = echo_backend().await;
+    let (b, echo) = whole_echo_backend().await;
     let listen = free_addr();
     let (f, _) = start("http-h2-windows", &web_service(listen, "", &[b])).await;
     let tcp = TcpStream::connect(listen).await.unwrap();
