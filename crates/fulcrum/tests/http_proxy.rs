@@ -3269,3 +3269,121 @@ async fn h2c_backend_full_duplex_streaming() {
     echo.abort();
     f.assert_no_panic();
 }
+
+/// An HTTP/1.1 backend that answers each request with its body, once all of it came.
+async fn whole_echo_backend() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((sock, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async {
+                    let body = req.into_body().collect().await?.to_bytes();
+                    Ok::<_, hyper::Error>(Response::new(Full::new(body)))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(sock), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// HTTP/2 flow control both ways: three 3 MiB uploads at once on one connection, each past
+/// the 1 MiB window Fulcrum gives a stream and its connection (so Fulcrum must give window
+/// back as the backend takes the bytes), each echoed back whole through the client's
+/// 64 KiB windows (so Fulcrum must wait for window to send). One upload has a
+/// `content-length`, the others are sent in 16 KiB frames without one.
+#[tokio::test]
+async fn h2_large_bodies_through_small_windows() {
+    let (b, echo) = whole_echo_backend().await;
+    let listen = free_addr();
+    let (f, _) = start("http-h2-windows", &web_service(listen, "", &[b])).await;
+    let tcp = TcpStream::connect(listen).await.unwrap();
+    let (s, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .adaptive_window(false)
+        .handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let calls: Vec<_> = (0..3u8)
+        .map(|i| {
+            let mut s = s.clone();
+            tokio::spawn(async move {
+                let body: Bytes = (0..3u32 << 20)
+                    .map(|j| (j.wrapping_mul(31) >> 3) as u8 ^ i)
+                    .collect::<Vec<u8>>()
+                    .into();
+                let frames = if i == 0 {
+                    std::iter::once(hyper::body::Frame::data(body.clone())).collect()
+                } else {
+                    body.chunks(16 << 10)
+                        .map(|c| hyper::body::Frame::data(Bytes::copy_from_slice(c)))
+                        .collect()
+                };
+                let (st, got, _) =
+                    h2_call(&mut s, h2_req("POST", "http://x/", Frames(frames))).await;
+                assert_eq!(st, 200, "upload {i}");
+                assert_eq!(got.len(), body.len(), "upload {i}: echoed length");
+                assert!(got == body, "upload {i}: echoed bytes differ");
+            })
+        })
+        .collect();
+    for c in calls {
+        c.await.unwrap();
+    }
+    echo.abort();
+    f.assert_no_panic();
+}
+
+/// SIGTERM with HTTP/2 streams in flight: they are answered whole (the GOAWAY lets the
+/// streams begun finish), a new stream on that connection is not served, and the process
+/// exits once they are done, long before `drain_timeout`.
+#[tokio::test]
+async fn h2_sigterm_finishes_streams_in_flight() {
+    let b = backend_after("slow", Duration::from_millis(800)).await;
+    let listen = free_addr();
+    let body = web_service(listen, "drain_timeout = \"20s\"", &[b.addr]);
+    let (mut f, _) = start("http-h2-sigterm", &body).await;
+    let s = h2_client(listen).await;
+    let calls: Vec<_> = (0..3)
+        .map(|_| {
+            let mut s = s.clone();
+            tokio::spawn(async move {
+                let empty = Frames(std::collections::VecDeque::new());
+                h2_call(&mut s, h2_req("GET", "http://x/", empty)).await
+            })
+        })
+        .collect();
+    let hits = Arc::clone(&b.hits);
+    assert!(
+        common::eventually(Duration::from_secs(5), move || {
+            let hits = Arc::clone(&hits);
+            async move { hits.load(Ordering::Relaxed) == 3 }
+        })
+        .await,
+        "the three requests reached the backend"
+    );
+    let t0 = Instant::now();
+    f.signal("TERM");
+    for c in calls {
+        let (st, body, _) = c.await.unwrap();
+        assert_eq!(st, 200);
+        assert!(body.starts_with(b"slow\n"), "{body:?}");
+    }
+    let mut late = s.clone();
+    let empty = Frames(std::collections::VecDeque::new());
+    let r = tokio::time::timeout(
+        Duration::from_secs(5),
+        late.send_request(h2_req("GET", "http://x/", empty)),
+    )
+    .await
+    .expect("a stream after the GOAWAY is refused, not left waiting");
+    assert!(r.is_err(), "a stream after the GOAWAY was served: {r:?}");
+    assert_eq!(b.hits.load(Ordering::Relaxed), 3);
+    exits_promptly(&mut f, t0).await;
+    f.assert_no_panic();
+}

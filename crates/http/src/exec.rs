@@ -1,9 +1,10 @@
-//! hyper's executor on the worker: the HTTP/2 server ([`crate::h2`]) and the HTTP/2
-//! client connections to backends ([`crate::upstream`]) both spawn their tasks through it.
+//! hyper's executor on the worker: the HTTP/2 client connections to backends
+//! ([`crate::upstream`]) spawn their tasks through it. (The HTTP/2 server, [`crate::h2`], is
+//! the `h2` crate's, its streams polled in the connection's task.)
 
 use std::future::Future;
 
-/// Spawns hyper's HTTP/2 tasks (server streams, client connections) on the worker's
+/// Spawns hyper's HTTP/2 client tasks (connections, their streams' bodies) on the worker's
 /// `LocalSet`.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct LocalExec;

@@ -1,9 +1,17 @@
-//! HTTP/2 from clients (ALPN `h2` under TLS, prior knowledge in clear) on hyper's server;
-//! each request goes through the same [`proxy::forward`] as HTTP/1.1 requests, and the
-//! backend's answer is streamed back as the response body.
+//! HTTP/2 from clients (ALPN `h2` under TLS, prior knowledge in clear) on the `h2` crate's
+//! server; each request goes through the same [`proxy::forward`] as HTTP/1.1 requests, and
+//! the backend's answer is streamed back as the response body.
+//!
+//! The streams of a connection run inside the connection's task ([`Conn`]), not each in a
+//! task of its own: no task cell and no scheduler wake-up per stream. Measured with
+//! `bench/h2_callgrind.py` (h2load -c64 -m10, instructions per request, medians of 3):
+//! hyper's server (used here before: a service call, `H2Stream`, a body pipe, its
+//! `Incoming` wrapper and a spawned task per stream over `h2`) 38,769 (26-byte answers) and
+//! 46,409 (8 KiB pages); `h2` directly with a task per stream 36,866 and 44,632; with the
+//! streams in the connection's task 35,797 and 43,466.
 
 use std::cell::{Cell, RefCell};
-use std::convert::Infallible;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -11,16 +19,15 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, Stream as _};
+use h2::server::SendResponse;
+use h2::{Reason, RecvStream, SendStream};
 use http::header::{HeaderName, HeaderValue};
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt as _;
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
-use crate::exec::LocalExec;
 use crate::h1::{self, Decoder, Enc, Framing};
 use crate::h2guard::{FrameMeter, Guarded};
 use crate::headers::H2Head;
@@ -28,6 +35,18 @@ use crate::proxy::{self, Answer, BodyError, Exchange, Outcome, ReqBody};
 use crate::request::ReqView;
 use crate::rules::Encoder;
 use crate::ConnCtx;
+
+/// The flow-control windows Fulcrum gives a client, for each stream and for the connection
+/// (hyper's server defaults, kept when it was replaced: 1 MiB each).
+const WINDOW: u32 = 1024 * 1024;
+/// The largest frame a client may send (the protocol's default, 16 KiB).
+const MAX_FRAME: u32 = 16 * 1024;
+/// How many bytes of answers a stream may queue beyond what the client's window lets go
+/// out (hyper's default, 400 KiB).
+const MAX_SEND_BUF: usize = 400 * 1024;
+/// Streams the client may make fail (malformed frames) before the connection is closed
+/// (h2's and hyper's default).
+const MAX_ERROR_RESETS: usize = 1024;
 
 /// Serves an HTTP/2 connection until it ends (or, on shutdown, finishes gracefully).
 /// `prefix`: the bytes already read from `io` (prior knowledge: the preface and what came
@@ -37,8 +56,12 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let lim = ctx.ext.cfg.http().and_then(|h| h.http2).unwrap_or_default();
-    let mut b = hyper::server::conn::http2::Builder::new(LocalExec);
-    b.timer(TokioTimer::new())
+    let mut b = h2::server::Builder::new();
+    b.initial_window_size(WINDOW)
+        .initial_connection_window_size(WINDOW)
+        .max_frame_size(MAX_FRAME)
+        .max_send_buffer_size(MAX_SEND_BUF)
+        .max_local_error_reset_streams(Some(MAX_ERROR_RESETS))
         .max_header_list_size(lim.max_header_list_size.get())
         .max_concurrent_streams(lim.max_concurrent_streams.get());
     let io = Guarded::new(
@@ -61,7 +84,7 @@ where
     let gone = Rc::new(tokio::sync::Notify::new());
     let gone_tx = Rc::clone(&gone);
     let ctx = RefCell::new(ctx);
-    let svc = hyper::service::service_fn(move |req| {
+    let make = move |req: Request<RecvStream>, tx: SendResponse<Bytes>| {
         let busy = Busy::new(&act);
         // Each request chooses among the backends as they are now (drained, removed, down).
         let c = {
@@ -74,25 +97,23 @@ where
             }
             Rc::clone(&c)
         };
-        // Boxed: hyper moves each stream's future while spawning it (into the stream, the
-        // task cell), and this one is large (the request's parts and body, `forward`'s
-        // state). Boxed, it is written once: memcpy was 9% of the h2 profile with it inline,
-        // and the task's bind and set_stage copies were ~1,100 instructions per request
-        // (callgrind, h2load -c64 -m10) with only `forward` boxed. Boxing copies the whole
-        // future once (its size, whatever its state): `forward` boxes its rare large parts
-        // (an HTTP/2 backend's exchange, a new connection) to keep it small.
-        // (`Box::write(Box::new_uninit(), ..)` builds it in place, no copy: Rust 1.87, past
-        // this workspace's rust-version.)
+        // Boxed: the stream's future is moved into the connection's set of streams, and
+        // `handle`'s is large (the request's parts and body, `forward`'s state). Boxed, it
+        // is written once: memcpy was 9% of the h2 profile with it inline (hyper's server,
+        // which moved it into a task cell). Boxing copies the whole future once (its size,
+        // whatever its state): `forward` boxes its rare large parts (an HTTP/2 backend's
+        // exchange, a new connection) to keep it small.
         let fut = Box::pin(handle(c, req, Rc::clone(&act)));
-        async move {
-            let r = fut.await;
-            drop(busy);
-            r
-        }
-    });
-    let conn = b.serve_connection(TokioIo::new(io), svc);
+        stream(fut, tx, busy)
+    };
+    let conn = Conn {
+        state: State::Handshake(b.handshake(io)),
+        close_pending: false,
+        streams: FuturesUnordered::new(),
+        make,
+    };
     tokio::pin!(conn);
-    // Dropping the connection closes it, with the backend connections of its streams.
+    // Dropping the connection closes it, with its streams and their backend connections.
     let stalled = stalled(&activity, idle_timeout);
     tokio::pin!(stalled);
     tokio::select! {
@@ -122,6 +143,201 @@ where
             tracing::debug!("http/2 connection closed: its answers made no progress for idle_timeout");
         }
     }
+}
+
+enum State<I> {
+    Handshake(h2::server::Handshake<I, Bytes>),
+    Serving(h2::server::Connection<I, Bytes>),
+}
+
+/// An HTTP/2 connection and its streams, polled in one task: the connection's frames are
+/// read and written when it is polled, and each stream that was woken is polled in turn
+/// (`FuturesUnordered` keeps a waker per stream: a stream's backend waking it polls that
+/// stream only). Ready once the connection ended (no stream left: `h2` ends a connection
+/// only once no handle to its streams is alive).
+struct Conn<I, M, F> {
+    state: State<I>,
+    /// A GOAWAY asked for before the handshake ended.
+    close_pending: bool,
+    streams: FuturesUnordered<F>,
+    /// A stream's future for each request.
+    make: M,
+}
+
+impl<I, M, F> Conn<I, M, F>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+    M: Unpin,
+{
+    /// GOAWAY: the streams begun finish, no new ones are accepted; the connection ends once
+    /// they are done (and the client acknowledged the GOAWAY's PING).
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        let me = self.get_mut();
+        match &mut me.state {
+            State::Handshake(_) => me.close_pending = true,
+            State::Serving(c) => c.graceful_shutdown(),
+        }
+    }
+}
+
+impl<I, M, F> Future for Conn<I, M, F>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+    M: FnMut(Request<RecvStream>, SendResponse<Bytes>) -> F + Unpin,
+    F: Future<Output = ()>,
+{
+    type Output = Result<(), h2::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let me = self.get_mut();
+        if let State::Handshake(hs) = &mut me.state {
+            let mut c = std::task::ready!(Pin::new(hs).poll(cx))?;
+            if me.close_pending {
+                c.graceful_shutdown();
+            }
+            me.state = State::Serving(c);
+        }
+        let State::Serving(conn) = &mut me.state else {
+            return Poll::Pending;
+        };
+        loop {
+            // The streams first: what they queue goes out as the connection is polled
+            // below, in this same turn.
+            while let Poll::Ready(Some(())) = Pin::new(&mut me.streams).poll_next(cx) {}
+            let mut new = false;
+            loop {
+                match conn.poll_accept(cx) {
+                    Poll::Ready(Some(Ok((req, tx)))) => {
+                        me.streams.push((me.make)(req, tx));
+                        new = true;
+                    }
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                    Poll::Ready(None) => return Poll::Ready(Ok(())),
+                    Poll::Pending => break,
+                }
+            }
+            if !new {
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+/// One stream: its answer (`fut`, cancelled if the client resets the stream first), sent
+/// with its body.
+async fn stream<F>(mut fut: Pin<Box<F>>, mut tx: SendResponse<Bytes>, busy: Busy)
+where
+    F: Future<Output = Response<H2Body>>,
+{
+    let res = poll_fn(|cx| {
+        if let Poll::Ready(r) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(r));
+        }
+        // Not answered yet: a RST_STREAM from the client cancels the request.
+        match tx.poll_reset(cx) {
+            Poll::Ready(_) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await;
+    drop(fut);
+    drop(busy);
+    let Some(res) = res else {
+        return;
+    };
+    let (mut head, body) = res.into_parts();
+    if body.is_end_stream() {
+        if tx
+            .send_response(Response::from_parts(head, ()), true)
+            .is_err()
+        {
+            tx.send_reset(Reason::INTERNAL_ERROR);
+        }
+        return;
+    }
+    if let Some(len) = body.size_hint().exact() {
+        head.headers
+            .entry(http::header::CONTENT_LENGTH)
+            .or_insert_with(|| HeaderValue::from(len));
+    }
+    let Ok(send) = tx.send_response(Response::from_parts(head, ()), false) else {
+        tx.send_reset(Reason::INTERNAL_ERROR);
+        return;
+    };
+    pipe(body, send).await;
+}
+
+/// Sends `body` on `send` as the client's flow-control window allows (as hyper's
+/// `PipeToSendStream`): a frame of the body is read only once the one before had window
+/// to go, so a client that does not read holds the backend's answer back; a reset from
+/// the client ends it.
+async fn pipe(mut body: H2Body, mut send: SendStream<Bytes>) {
+    if let H2Body::Full(Some(d)) = &mut body {
+        // All of it at hand (and bounded): queued at once, h2 sends it as the window allows.
+        let d = std::mem::take(d);
+        if send.send_data(d, true).is_err() {
+            send.send_reset(Reason::INTERNAL_ERROR);
+        }
+        return;
+    }
+    let mut held: Option<(Bytes, bool)> = None;
+    poll_fn(|cx| loop {
+        if send.poll_reset(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        if let Some((d, eos)) = held.take() {
+            while send.capacity() == 0 {
+                match send.poll_capacity(cx) {
+                    Poll::Ready(Some(Ok(0))) => {}
+                    Poll::Ready(Some(Ok(_))) => break,
+                    Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(()),
+                    Poll::Pending => {
+                        held = Some((d, eos));
+                        return Poll::Pending;
+                    }
+                }
+            }
+            if send.send_data(d, eos).is_err() || eos {
+                return Poll::Ready(());
+            }
+            continue;
+        }
+        match std::task::ready!(Pin::new(&mut body).poll_frame(cx)) {
+            Some(Ok(f)) => match f.into_data() {
+                Ok(d) => {
+                    let eos = body.is_end_stream();
+                    if d.is_empty() {
+                        if send.send_data(d, eos).is_err() || eos {
+                            return Poll::Ready(());
+                        }
+                    } else {
+                        send.reserve_capacity(1);
+                        held = Some((d, eos));
+                    }
+                }
+                Err(f) => {
+                    if let Ok(t) = f.into_trailers() {
+                        send.reserve_capacity(0);
+                        if send.send_trailers(t).is_err() {
+                            send.send_reset(Reason::INTERNAL_ERROR);
+                        }
+                        return Poll::Ready(());
+                    }
+                }
+            },
+            Some(Err(_)) => {
+                send.send_reset(Reason::INTERNAL_ERROR);
+                return Poll::Ready(());
+            }
+            None => {
+                if send.send_data(Bytes::new(), true).is_err() {
+                    send.send_reset(Reason::INTERNAL_ERROR);
+                }
+                return Poll::Ready(());
+            }
+        }
+    })
+    .await;
 }
 
 /// Requests in progress on an HTTP/2 connection and when the last one began or ended; the
@@ -230,9 +446,10 @@ impl ReqView for H2Req<'_> {
     }
 }
 
-/// An HTTP/2 request body (hyper has checked its framing).
+/// An HTTP/2 request body (h2 has checked its framing: a `content-length` matches the
+/// DATA frames).
 struct H2ReqBody {
-    inner: Incoming,
+    inner: RecvStream,
     framing: Framing,
     pending: Option<Bytes>,
     trailers: Option<http::HeaderMap>,
@@ -242,7 +459,7 @@ struct H2ReqBody {
 }
 
 impl H2ReqBody {
-    fn new(inner: Incoming, h: &http::HeaderMap, act: Rc<Activity>) -> Self {
+    fn new(inner: RecvStream, h: &http::HeaderMap, act: Rc<Activity>) -> Self {
         let end = inner.is_end_stream();
         let len = h
             .get(http::header::CONTENT_LENGTH)
@@ -261,6 +478,19 @@ impl H2ReqBody {
             act,
         }
     }
+
+    /// The trailers after the last DATA frame, if any.
+    async fn trailers(&mut self) -> Result<(), BodyError> {
+        self.end = true;
+        match poll_fn(|cx| self.inner.poll_trailers(cx)).await {
+            Ok(t) => self.trailers = t,
+            // RST_STREAM(NO_ERROR): the client stops sending, without failing the request
+            // (RFC 9113 8.1: the answer came early).
+            Err(e) if e.reason() == Some(Reason::NO_ERROR) => {}
+            Err(_) => return Err(BodyError),
+        }
+        Ok(())
+    }
 }
 
 impl ReqBody for H2ReqBody {
@@ -273,19 +503,19 @@ impl ReqBody for H2ReqBody {
     fn take_buffered(&mut self, out: &mut Vec<u8>, enc: Enc) -> Result<u64, BodyError> {
         Ok(self.pending.take().map_or(0, |d| {
             enc.put(out, &d);
+            // Taken on to the backend: the client may send as much more.
+            let _ = self.inner.flow_control().release_capacity(d.len());
             d.len() as u64
         }))
     }
     async fn wait_more(&mut self) -> Result<(), BodyError> {
-        match self.inner.frame().await {
-            None => self.end = true,
+        match poll_fn(|cx| self.inner.poll_data(cx)).await {
+            None => self.trailers().await?,
+            Some(Err(e)) if e.reason() == Some(Reason::NO_ERROR) => self.end = true,
             Some(Err(_)) => return Err(BodyError),
-            Some(Ok(f)) => {
+            Some(Ok(d)) => {
                 self.act.moved.set(Instant::now());
-                match f.into_data() {
-                    Ok(d) => self.pending = Some(d),
-                    Err(f) => self.trailers = f.into_trailers().ok(),
-                }
+                self.pending = Some(d);
                 self.end = self.inner.is_end_stream();
             }
         }
@@ -296,16 +526,12 @@ impl ReqBody for H2ReqBody {
     }
 }
 
-async fn handle(
-    c: Rc<ConnCtx>,
-    req: Request<Incoming>,
-    act: Rc<Activity>,
-) -> Result<Response<H2Body>, Infallible> {
+async fn handle(c: Rc<ConnCtx>, req: Request<RecvStream>, act: Rc<Activity>) -> Response<H2Body> {
     let (parts, body) = req.into_parts();
     let mut body = H2ReqBody::new(body, &parts.headers, Rc::clone(&act));
     // Inside the boxed stream future (see `serve`): not moved.
     let outcome = proxy::forward(&c, &H2Req(&parts), &mut body).await;
-    Ok(match outcome {
+    match outcome {
         Outcome::Local(l, done) => {
             // A HEAD answer has the head only (RFC 9110 9.3.2): DATA on it is a stream error
             // to the client (curl: PROTOCOL_ERROR).
@@ -343,13 +569,27 @@ async fn handle(
                 ex.finish(&c, 0, false);
                 let mut r = Response::new(H2Body::Full(None));
                 *r.status_mut() = http::StatusCode::BAD_GATEWAY;
-                return Ok(r);
+                r.headers_mut()
+                    .insert(http::header::DATE, proxy::http_date());
+                return r;
             };
             let mut map = http::HeaderMap::with_capacity(16);
+            // An upgraded answer's fields are passed whole (`Exchange::headers`): its
+            // connection-specific ones cannot go in HTTP/2 (h2 would refuse the head).
+            let upgraded = matches!(ex.answer, Answer::H1 { upgraded: true, .. });
+            let mut dated = false;
             for (n, v) in ex.headers() {
                 if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(n), HeaderValue::from_bytes(v)) {
+                    if upgraded && connection_specific(&n) {
+                        continue;
+                    }
+                    dated |= n == http::header::DATE;
                     map.append(n, v);
                 }
+            }
+            if !dated {
+                // A backend that sent none: the answer is dated as Fulcrum's own are.
+                map.insert(http::header::DATE, proxy::http_date());
             }
             if let Some(Ok(v)) = cookie {
                 map.append(http::header::SET_COOKIE, v);
@@ -364,7 +604,7 @@ async fn handle(
                     let mut r = Response::new(H2Body::Full((!body.is_empty()).then_some(body)));
                     *r.status_mut() = status;
                     *r.headers_mut() = map;
-                    return Ok(r);
+                    return r;
                 }
             }
             let dec = Decoder::new(ex.framing);
@@ -387,7 +627,18 @@ async fn handle(
             *r.headers_mut() = map;
             r
         }
-    })
+    }
+}
+
+/// A field that only means something on one HTTP/1.1 connection (RFC 9113 8.2.2).
+fn connection_specific(n: &HeaderName) -> bool {
+    use http::header::{CONNECTION, TE, TRANSFER_ENCODING, UPGRADE};
+    *n == CONNECTION
+        || *n == TRANSFER_ENCODING
+        || *n == UPGRADE
+        || *n == TE
+        || n.as_str() == "keep-alive"
+        || n.as_str() == "proxy-connection"
 }
 
 /// An HTTP/1.1 backend's length-delimited body when the bytes read with its head hold all of

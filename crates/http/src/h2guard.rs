@@ -1,5 +1,5 @@
-//! Per-connection budgets on the frames an HTTP/2 client sends, which hyper's server does not
-//! limit by rate: `RST_STREAM` (rapid reset, CVE-2023-44487) and `SETTINGS`, `PING` and
+//! Per-connection budgets on the frames an HTTP/2 client sends, which the `h2` crate's server
+//! does not limit by rate: `RST_STREAM` (rapid reset, CVE-2023-44487) and `SETTINGS`, `PING` and
 //! `PRIORITY` (floods that each cost an answer or work but carry no request). The client's
 //! bytes are read through [`Guarded`], which follows the frame headers (nine bytes each; the
 //! payloads are skipped, not copied) and ends the connection with an error once a budget of

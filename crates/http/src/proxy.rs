@@ -155,6 +155,13 @@ fn with_http_date<R>(at: Option<Instant>, f: impl FnOnce(&[u8]) -> R) -> R {
     })
 }
 
+/// The `Date` field of an answer made now (from the per-worker cache).
+pub(crate) fn http_date() -> http::HeaderValue {
+    with_http_date(None, |d| {
+        http::HeaderValue::from_bytes(d).unwrap_or(http::HeaderValue::from_static(""))
+    })
+}
+
 impl Local {
     pub fn new(status: StatusCode, why: &'static str) -> Self {
         Self {
