@@ -937,31 +937,32 @@ mod tests {
         let prev = Maglev::new(&old, size);
         let sorted = sorted_lanes(&new, m);
         let weights: Vec<u32> = sorted.iter().map(|e| e.weight).collect();
-        let q = quotas(&weights, m);
-        let (mut a, mut b, mut c, mut d, mut e) = (vec![], vec![], vec![], vec![], vec![]);
+        let quota_of = quotas(&weights, m);
+        let (mut whole, mut fill, mut quota, mut finish, mut moved) =
+            (vec![], vec![], vec![], vec![], vec![]);
         for _ in 0..200 {
             let t = std::time::Instant::now();
             std::hint::black_box(Maglev::new_after(&prev, &old, &new, size));
-            a.push(t.elapsed());
+            whole.push(t.elapsed());
             let t = std::time::Instant::now();
-            std::hint::black_box(populate(&sorted, &q, m));
-            b.push(t.elapsed());
+            std::hint::black_box(populate(&sorted, &quota_of, m));
+            fill.push(t.elapsed());
             let t = std::time::Instant::now();
             std::hint::black_box(quotas(&weights, m));
-            c.push(t.elapsed());
+            quota.push(t.elapsed());
             let t = std::time::Instant::now();
             std::hint::black_box(Maglev::from_sorted(&new, &sorted, m));
-            d.push(t.elapsed());
+            finish.push(t.elapsed());
             let t = std::time::Instant::now();
             std::hint::black_box(moved_ratio(&prev, &old, &prev, &old));
-            e.push(t.elapsed());
+            moved.push(t.elapsed());
         }
         for (n, v) in [
-            ("new_after", &mut a),
-            ("populate", &mut b),
-            ("quotas", &mut c),
-            ("from_sorted", &mut d),
-            ("moved", &mut e),
+            ("new_after", &mut whole),
+            ("populate", &mut fill),
+            ("quotas", &mut quota),
+            ("from_sorted", &mut finish),
+            ("moved", &mut moved),
         ] {
             v.sort();
             println!("{n}: min {:?} median {:?}", v[0], v[100]);
