@@ -254,7 +254,7 @@ fn sorted_lanes(backends: &[Backend], m: u32) -> Vec<SortedLane> {
 
 /// The lanes of the sorted backends: permutation start, skip, weight and quota.
 fn lanes(sorted: &[(String, usize)], weights: &[u32], m: u32) -> Vec<Lane> {
-    let quotas = quotas(weights, m);
+    let quotas = quotas_sorted(weights, m);
     sorted
         .iter()
         .zip(weights)
@@ -273,6 +273,49 @@ fn lanes(sorted: &[(String, usize)], weights: &[u32], m: u32) -> Vec<Lane> {
 /// Largest-remainder quotas: `floor(m * w / W)` plus one for the `m - sum` largest
 /// remainders (ties: the earlier position).
 fn quotas(weights: &[u32], m: u32) -> Vec<u32> {
+    let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
+    if total == 0 {
+        return vec![0; weights.len()];
+    }
+    // Each lane's floor and remainder, divided once per run of equal weights (a pool's
+    // weights are mostly equal): two 64-bit divisions per lane were most of this function.
+    let mut last: Option<(u32, u32, u64)> = None;
+    let mut q = Vec::with_capacity(weights.len());
+    let mut order: Vec<(std::cmp::Reverse<u64>, u32)> = Vec::with_capacity(weights.len());
+    for (k, &w) in weights.iter().enumerate() {
+        let (floor, rem) = match last {
+            Some((lw, f, r)) if lw == w => (f, r),
+            _ => {
+                let share = u64::from(m) * u64::from(w);
+                let (f, r) = ((share / total) as u32, share % total);
+                last = Some((w, f, r));
+                (f, r)
+            }
+        };
+        q.push(floor);
+        order.push((std::cmp::Reverse(rem), k as u32));
+    }
+    let left = (m - q.iter().sum::<u32>()) as usize;
+    if left == 0 {
+        return q;
+    }
+    // Which `left` lanes get one more is a selection, not an order: the keys (remainder
+    // descending, then position) are distinct, so the `left` smallest are one set however
+    // they are found, and a selection is linear. With one remainder for all (equal
+    // weights) they are the first `left` positions, as listed.
+    let one_remainder = order.windows(2).all(|p| p[0].0 == p[1].0);
+    if !one_remainder && left < order.len() {
+        order.select_nth_unstable(left - 1);
+    }
+    for &(_, k) in order.iter().take(left) {
+        q[k as usize] += 1;
+    }
+    q
+}
+
+/// [`quotas`] as first written (a stable sort of every position by remainder), for
+/// [`populate_reference`]: the reference build stays independent of the selection.
+fn quotas_sorted(weights: &[u32], m: u32) -> Vec<u32> {
     let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
     if total == 0 {
         return vec![0; weights.len()];
@@ -875,6 +918,57 @@ mod tests {
         }
     }
 
+    /// Where the build after one removal from a 10,000-backend pool goes, part by part
+    /// (M = 65537, min and median of 200 each): the whole [`Maglev::new_after`], its
+    /// population, its quotas, [`Maglev::from_sorted`] (quotas, population, the lists kept
+    /// for the next build) and [`moved_ratio`]. Run with `cargo test --release -p
+    /// fulcrum-core --lib maglev_change_build_parts -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn maglev_change_build_parts() {
+        let size = PrimeTableSize::DEFAULT;
+        let m = size.get();
+        let at = |i: usize| format!("198.18.{}.{}:80", i / 250, i % 250 + 1);
+        let old: Vec<Backend> = (0..10_000)
+            .map(|i| Backend::new(at(i).parse().unwrap(), 1))
+            .collect();
+        let mut new = old.clone();
+        new.remove(4321);
+        let prev = Maglev::new(&old, size);
+        let sorted = sorted_lanes(&new, m);
+        let weights: Vec<u32> = sorted.iter().map(|e| e.weight).collect();
+        let quota_of = quotas(&weights, m);
+        let (mut whole, mut fill, mut quota, mut finish, mut moved) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        for _ in 0..200 {
+            let t = std::time::Instant::now();
+            std::hint::black_box(Maglev::new_after(&prev, &old, &new, size));
+            whole.push(t.elapsed());
+            let t = std::time::Instant::now();
+            std::hint::black_box(populate(&sorted, &quota_of, m));
+            fill.push(t.elapsed());
+            let t = std::time::Instant::now();
+            std::hint::black_box(quotas(&weights, m));
+            quota.push(t.elapsed());
+            let t = std::time::Instant::now();
+            std::hint::black_box(Maglev::from_sorted(&new, &sorted, m));
+            finish.push(t.elapsed());
+            let t = std::time::Instant::now();
+            std::hint::black_box(moved_ratio(&prev, &old, &prev, &old));
+            moved.push(t.elapsed());
+        }
+        for (n, v) in [
+            ("new_after", &mut whole),
+            ("populate", &mut fill),
+            ("quotas", &mut quota),
+            ("from_sorted", &mut finish),
+            ("moved", &mut moved),
+        ] {
+            v.sort();
+            println!("{n}: min {:?} median {:?}", v[0], v[100]);
+        }
+    }
+
     #[test]
     fn canonical_addr_without_a_string_is_the_same_text_and_order() {
         let addrs: Vec<std::net::SocketAddr> = [
@@ -912,6 +1006,31 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The selection of the lanes that get one more slot ([`quotas`]) gives the quotas of
+    /// the stable sort ([`quotas_sorted`]): equal weights (one remainder), a few distinct
+    /// weights (ties among the lanes of each), random weights, and more lanes than slots.
+    #[test]
+    fn quotas_by_selection_are_the_sorted_ones() {
+        let mut x = 7u64;
+        let mut next = |r: u64| {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (x >> 33) % r
+        };
+        for m in [3u32, 7, 251, 4093, 65_537] {
+            for n in [1usize, 2, 3, 10, 100, 300, 1000] {
+                for kinds in [1u64, 2, 3, 9, 1000] {
+                    let weights: Vec<u32> = (0..n).map(|_| 1 + next(kinds) as u32 * 37).collect();
+                    let q = quotas(&weights, m);
+                    assert_eq!(q, quotas_sorted(&weights, m), "M = {m}, {weights:?}");
+                    assert_eq!(q.iter().sum::<u32>(), m);
+                }
+            }
+        }
+        assert_eq!(quotas(&[], 7), quotas_sorted(&[], 7));
     }
 
     #[test]
