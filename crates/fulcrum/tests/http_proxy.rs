@@ -1677,15 +1677,7 @@ async fn stalled_answers_and_quiet_tunnels_time_out() {
 
     // HTTP/2: the client takes the head and never reads the body (its window stays shut).
     let h2_client = async {
-        let tcp = TcpStream::connect(l4).await.unwrap();
-        let (mut s, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .initial_stream_window_size(65_535)
-            .initial_connection_window_size(65_535)
-            .adaptive_window(false)
-            .handshake(TokioIo::new(tcp))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
+        let mut s = h2_client_small_windows(l4).await;
         let resp = tokio::time::timeout(
             Duration::from_secs(5),
             s.send_request(h2_req(
@@ -2073,6 +2065,24 @@ async fn h2_backend(name: &'static str) -> H2Backend {
 async fn h2_client(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Frames> {
     let tcp = TcpStream::connect(addr).await.unwrap();
     let (s, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    s
+}
+
+/// An HTTP/2 client connection with prior knowledge whose stream and connection windows
+/// stay at the protocol's 65,535 bytes (no adaptive window): what it does not read holds
+/// its peer back.
+async fn h2_client_small_windows(
+    addr: SocketAddr,
+) -> hyper::client::conn::http2::SendRequest<Frames> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (s, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .adaptive_window(false)
+        .handshake(TokioIo::new(tcp))
         .await
         .unwrap();
     tokio::spawn(conn);
@@ -3300,15 +3310,7 @@ async fn h2_large_bodies_through_small_windows() {
     let (b, echo) = whole_echo_backend().await;
     let listen = free_addr();
     let (f, _) = start("http-h2-windows", &web_service(listen, "", &[b])).await;
-    let tcp = TcpStream::connect(listen).await.unwrap();
-    let (s, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .initial_stream_window_size(65_535)
-        .initial_connection_window_size(65_535)
-        .adaptive_window(false)
-        .handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let s = h2_client_small_windows(listen).await;
     let calls: Vec<_> = (0..3u8)
         .map(|i| {
             let mut s = s.clone();

@@ -30,7 +30,7 @@ use tokio::time::Instant;
 
 use crate::h1::{self, Decoder, Enc, Framing};
 use crate::h2guard::{FrameMeter, Guarded};
-use crate::headers::H2Head;
+use crate::headers::{self, H2Head};
 use crate::proxy::{self, Answer, BodyError, Exchange, Outcome, ReqBody};
 use crate::request::ReqView;
 use crate::rules::Encoder;
@@ -630,15 +630,10 @@ async fn handle(c: Rc<ConnCtx>, req: Request<RecvStream>, act: Rc<Activity>) -> 
     }
 }
 
-/// A field that only means something on one HTTP/1.1 connection (RFC 9113 8.2.2).
+/// A field that only means something on one HTTP/1.1 connection (RFC 9113 8.2.2): the
+/// hop-by-hop list every answer is filtered by, and `Upgrade`.
 fn connection_specific(n: &HeaderName) -> bool {
-    use http::header::{CONNECTION, TE, TRANSFER_ENCODING, UPGRADE};
-    *n == CONNECTION
-        || *n == TRANSFER_ENCODING
-        || *n == UPGRADE
-        || *n == TE
-        || n.as_str() == "keep-alive"
-        || n.as_str() == "proxy-connection"
+    *n == http::header::UPGRADE || headers::is_hop_by_hop(n.as_str().as_bytes())
 }
 
 /// An HTTP/1.1 backend's length-delimited body when the bytes read with its head hold all of
