@@ -260,11 +260,23 @@ where
             .entry(http::header::CONTENT_LENGTH)
             .or_insert_with(|| HeaderValue::from(len));
     }
-    let Ok(send) = tx.send_response(Response::from_parts(head, ()), false) else {
+    let Ok(mut send) = tx.send_response(Response::from_parts(head, ()), false) else {
         tx.send_reset(Reason::INTERNAL_ERROR);
         return;
     };
-    pipe(body, send).await;
+    match body {
+        H2Body::Full(Some(d)) => {
+            // All of it at hand (and bounded): queued at once, h2 sends it as the window
+            // allows.
+            if send.send_data(d, true).is_err() {
+                send.send_reset(Reason::INTERNAL_ERROR);
+            }
+        }
+        // Boxed: only a streamed body needs `pipe`'s state, and inline it made every
+        // stream's future larger, so moving it into the connection's set of streams
+        // (`FuturesUnordered::push`) a memcpy call.
+        body => Box::pin(pipe(body, send)).await,
+    }
 }
 
 /// Sends `body` on `send` as the client's flow-control window allows (as hyper's
@@ -272,14 +284,6 @@ where
 /// to go, so a client that does not read holds the backend's answer back; a reset from
 /// the client ends it.
 async fn pipe(mut body: H2Body, mut send: SendStream<Bytes>) {
-    if let H2Body::Full(Some(d)) = &mut body {
-        // All of it at hand (and bounded): queued at once, h2 sends it as the window allows.
-        let d = std::mem::take(d);
-        if send.send_data(d, true).is_err() {
-            send.send_reset(Reason::INTERNAL_ERROR);
-        }
-        return;
-    }
     let mut held: Option<(Bytes, bool)> = None;
     poll_fn(|cx| loop {
         if send.poll_reset(cx).is_ready() {
