@@ -26,9 +26,10 @@ use tokio::sync::{mpsc, Notify};
 /// The pool never holds more than were in use at once (the concurrency it served), and the
 /// ones a burst left over are closed by [`BACKEND_IDLE_TIMEOUT`]. A ceiling below the steady
 /// concurrency closes connections that the next requests open again: at 512, `h2load -c64
-/// -m10` (640 requests in flight) made Fulcrum open a backend connection every 48 requests
-/// (socket, connect, close: 0.021 of each per request, `bench/h2_sys.py`), HAProxy none (its
-/// default `pool-max-conn` is unlimited, idle ones purged after `pool-purge-delay`).
+/// -m10` (640 requests in flight) made Fulcrum open a backend connection every 80-110
+/// requests (socket, connect, close: 0.009-0.013 of each per request, `bench/h2_sys.py`),
+/// HAProxy none (its default `pool-max-conn` is unlimited, idle ones purged after
+/// `pool-purge-delay`).
 const MAX_IDLE_PER_BACKEND: usize = 8192;
 
 /// A pooled connection not reused for this long is closed (nginx's upstream

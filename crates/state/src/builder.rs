@@ -14,17 +14,25 @@
 //! after it: the controller waits at most [`BUILD_TIMEOUT`], then starts a new thread for
 //! the jobs that follow and leaves the stuck one to end on its own.
 //!
-//! The thread runs [`NICER`] nice levels below the thread that starts it (the control
-//! thread, with `--workers 1` also the data path): on a busy machine a table build then
-//! yields the CPU to a connection that is waiting, instead of taking its time slice
-//! (docs/benchmarks.md, "Admin API: one change at 10,000 backends", the stall).
+//! The thread runs at idle priority (`SCHED_IDLE`, [`crate::sched`]): a connection whose
+//! packet arrives while a table builds takes the CPU at once, instead of after the build's
+//! time slice (docs/benchmarks.md, "Admin API: one change at 10,000 backends", the stall).
+//! A job that has waited [`RAISE_AFTER`] (no CPU to spare) is raised to the normal policy
+//! [`NICER`] nice levels below the control thread, so builds still finish on a saturated
+//! machine.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 /// How long the controller waits for a job off its thread before giving up on it.
 pub const BUILD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a job may wait at idle priority before its thread is raised to the normal policy
+/// (at [`NICER`]): a change at 10,000 backends takes about 3 ms of CPU, so a job still
+/// running after this has been kept off the CPUs by other work.
+pub const RAISE_AFTER: Duration = Duration::from_millis(20);
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -33,6 +41,8 @@ type Job = Box<dyn FnOnce() + Send>;
 #[derive(Debug)]
 pub struct Builder {
     jobs: mpsc::Sender<Job>,
+    /// The thread's id and whether it has been raised, shared with the thread.
+    thread: Arc<ThreadPriority>,
     /// How long [`Builder::run`] waits ([`BUILD_TIMEOUT`]).
     wait: Duration,
 }
@@ -48,13 +58,18 @@ impl Builder {
 
     fn waiting(wait: Duration) -> std::io::Result<Self> {
         let (jobs, queue) = mpsc::channel::<Job>();
+        let thread = Arc::new(ThreadPriority {
+            tid: AtomicI32::new(0),
+        });
+        let own = Arc::clone(&thread);
         std::thread::Builder::new()
             .name("fulcrum-build".into())
             .spawn(move || {
+                own.tid.store(crate::sched::own_tid(), Ordering::Release);
                 lower_priority();
                 serve(&queue);
             })?;
-        Ok(Self { jobs, wait })
+        Ok(Self { jobs, thread, wait })
     }
 
     /// Runs `f` on the builder thread and waits for its result at most [`BUILD_TIMEOUT`]:
@@ -68,7 +83,7 @@ impl Builder {
         &mut self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, String> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move || {
             let _ = tx.send(f());
         });
@@ -77,7 +92,15 @@ impl Builder {
             self.restart();
             return Err("building the new state failed: the builder thread had ended".into());
         }
-        match tokio::time::timeout(self.wait, rx).await {
+        let first = tokio::time::timeout(RAISE_AFTER.min(self.wait), &mut rx).await;
+        let answer = if let Ok(answer) = first {
+            Ok(answer)
+        } else {
+            // Kept off the CPUs at idle priority: finish at the normal policy.
+            self.thread.raise();
+            tokio::time::timeout(self.wait.saturating_sub(RAISE_AFTER), rx).await
+        };
+        match answer {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(_)) => Err("building the new state failed: the build panicked".into()),
             Err(_) => {
@@ -121,29 +144,60 @@ impl Builder {
 /// for this long, the release runs as before, so the memory at rest is the same.
 pub const RELEASE_WHEN_IDLE: Duration = Duration::from_millis(100);
 
-/// How many nice levels the builder thread runs below the thread that started it. Not
-/// `SCHED_IDLE` or nice 19: on a machine busy with other work at nice 19 (a compiler, a
-/// batch job) the builds would then wait for all of it, and an admin API change with them;
-/// 10 levels is a tenth of the data path's weight (the kernel's weights go by about 1.25x a
-/// level), and still ten times a nice-19 task's.
+/// How many nice levels the builder thread runs below the thread that started it once
+/// raised from idle priority ([`RAISE_AFTER`]). Not nice 19: on a machine busy with other
+/// work at nice 19 (a compiler, a batch job) a raised build would then share the CPU with
+/// all of it; 10 levels is a tenth of the data path's weight (the kernel's weights go by
+/// about 1.25x a level), and still ten times a nice-19 task's.
 pub const NICER: i32 = 10;
 
-/// Lowers the calling thread's CPU priority by [`NICER`] nice levels (at most to 19). On
-/// Linux the nice value is a thread's, not the process's (`nice(2)` changes the calling
-/// thread's), so the control thread and the workers keep theirs. A failure is logged and
-/// changes nothing else: the builds then run at the data path's priority, as before.
-#[allow(unsafe_code)]
+/// The builder thread's id, for the controller to raise it.
+#[derive(Debug)]
+struct ThreadPriority {
+    /// 0 until the thread has started.
+    tid: AtomicI32,
+}
+
+impl ThreadPriority {
+    /// Raises the thread from idle priority to the normal policy (at its nice value) until it
+    /// has no job waiting; then it goes back to idle priority. A refusal is logged once per
+    /// process: the build goes on at idle priority.
+    fn raise(&self) {
+        let tid = self.tid.load(Ordering::Acquire);
+        if tid == 0 {
+            return;
+        }
+        if let Err(e) = crate::sched::raise(tid) {
+            static LOGGED: AtomicBool = AtomicBool::new(false);
+            if LOGGED.swap(true, Ordering::Relaxed) {
+                return;
+            }
+            tracing::warn!(
+                error = %e,
+                "cannot raise the builder thread from idle priority (it needs CAP_SYS_NICE or \
+                 an RLIMIT_NICE that allows nice {NICER} below the control thread, e.g. \
+                 systemd's LimitNICE=+{NICER}); builds on a busy machine wait for idle CPU"
+            );
+        }
+    }
+}
+
+/// Puts the calling thread at idle priority, with a nice value [`NICER`] levels below its
+/// present one for when it is raised. On Linux both are a thread's, not the process's, so
+/// the control thread and the workers keep theirs. A failure is logged and changes nothing
+/// else: the builds then run at the data path's priority.
 fn lower_priority() {
-    // SAFETY: errno is this thread's own (`__errno_location` points at it); nice(2) takes
-    // an integer and changes only the calling thread's nice value, no memory is passed.
-    // errno is cleared first: `nice` may return -1 as a valid new value.
-    let rc = unsafe {
-        *libc::__errno_location() = 0;
-        libc::nice(NICER)
-    };
-    let e = std::io::Error::last_os_error();
-    if rc == -1 && e.raw_os_error() != Some(0) {
+    if let Err(e) = crate::sched::idle(NICER) {
         tracing::warn!(error = %e, "cannot lower the builder thread's CPU priority");
+    }
+}
+
+/// The builder thread back to idle priority if it was raised (one `sched_getattr` when
+/// not: the thread reads its own state rather than a flag the controller sets, so a raise
+/// that comes as a job ends is undone all the same).
+fn lower_back() {
+    if let Err(e) = crate::sched::back_to_idle() {
+        tracing::warn!(error = %e, "cannot put the builder thread back at idle priority");
     }
 }
 
@@ -153,6 +207,16 @@ fn serve(queue: &mpsc::Receiver<Job>) {
             // A panic is the job's failure, reported to its caller (its answer is never
             // sent), not the end of the thread.
             let _ = catch_unwind(AssertUnwindSafe(job));
+            // Jobs queued meanwhile (a change's frees, the next change) run at the priority
+            // the thread has now: a raise holds until the thread has caught up.
+            match queue.try_recv() {
+                Ok(next) => {
+                    job = next;
+                    continue;
+                }
+                Err(mpsc::TryRecvError::Empty) => lower_back(),
+                Err(mpsc::TryRecvError::Disconnected) => {}
+            }
             match queue.recv_timeout(RELEASE_WHEN_IDLE) {
                 Ok(next) => job = next,
                 Err(e) => {
@@ -265,12 +329,43 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn builds_run_at_a_lower_cpu_priority_than_the_caller() {
+    async fn builds_run_at_idle_priority_below_the_caller() {
         let mut b = Builder::start().unwrap();
         let caller = own_nice();
-        let builder = b.run(own_nice).await.unwrap();
+        let (idle, builder) = b.run(|| crate::sched::state(0).unwrap()).await.unwrap();
+        assert!(idle, "a build starts at idle priority");
         assert_eq!(builder, (caller + NICER).min(19), "caller at nice {caller}");
         assert_eq!(own_nice(), caller, "the caller's own priority is unchanged");
+        let (caller_idle, _) = crate::sched::state(0).unwrap();
+        assert!(!caller_idle, "the caller's policy is unchanged");
+    }
+
+    /// A job still running after `RAISE_AFTER` is raised to the normal policy (the tests run
+    /// as root), at the builder's nice value; once the thread has no job waiting it goes
+    /// back to idle priority.
+    #[tokio::test]
+    async fn a_job_that_waits_is_raised_and_the_next_starts_idle() {
+        let mut b = Builder::start().unwrap();
+        let raised = b
+            .run(|| {
+                let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                loop {
+                    let (idle, nice) = crate::sched::state(0).unwrap();
+                    if !idle || std::time::Instant::now() > deadline {
+                        return (idle, nice);
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            raised,
+            (false, (own_nice() + NICER).min(19)),
+            "raised, nice kept"
+        );
+        let (idle, _) = b.run(|| crate::sched::state(0).unwrap()).await.unwrap();
+        assert!(idle, "the next job starts at idle priority");
     }
 
     #[tokio::test]

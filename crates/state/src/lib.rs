@@ -5,6 +5,7 @@
 //! - [`snapshot`]: the immutable running state the data path reads (`arc-swap`).
 //! - [`controller`]: the one owner of mutable control state; builds and swaps snapshots.
 //! - [`builder`]: the controller's builder thread (builds, parses, checks, frees).
+//! - [`sched`]: the builder thread's CPU priority (idle, raised when a build waits).
 //! - [`plan`]: a reload as a pure plan (bind, unbind, spawn, abort, keep), no IO.
 //! - [`worker`]: the data-path workers as the controller sees them (sockets it binds, the
 //!   commands it sends); the workers themselves are `fulcrum_proxy::worker`.
@@ -34,6 +35,7 @@ pub mod logsink;
 pub mod memory;
 pub mod plan;
 pub mod ratelog;
+pub mod sched;
 pub mod snapshot;
 pub mod stats;
 pub mod udp_handover;
