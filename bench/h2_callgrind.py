@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
 """Instructions per HTTP/2 request, counted exactly with callgrind.
 
-    python3 bench/h2_callgrind.py BIN N OUT page|small
+    python3 bench/h2_callgrind.py BIN N OUT page|small [same-headers|same-headers-no-id]
 
 BIN is a Fulcrum binary (a `profiling` build, for symbols) or `haproxy`. It runs under
 `valgrind --tool=callgrind` in front of one nginx backend (`page`: bench/rules.py's 8 KiB
 page; `small`: bench/http.py's `return 200` 26-byte answer); after a warm-up the counters
 are zeroed, `h2load -t1 -c64 -m10 -n N` runs over cleartext h2, and the counts are dumped
 to OUT.PID.1. Divide the total (the `summary:`/`totals:` line, or the sum of the self
-costs) by N. Counts do not depend on the machine's load, unlike CPU time.
+costs) by N. Counts do not depend on the machine's load, unlike CPU time. `same-headers`
+(HAProxy only): HAProxy adds the request headers Fulcrum adds by default (X-Forwarded-For,
+-Proto, -Host, Forwarded, a generated X-Request-Id), for a same-work comparison;
+`same-headers-no-id`: the same without the X-Request-Id.
 """
 import signal
 import subprocess
@@ -24,6 +27,7 @@ import rules  # noqa: E402
 
 def main() -> int:
     binary, n, out, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    same = sys.argv[5] if len(sys.argv) > 5 else ""
     tmp = Path(tempfile.mkdtemp())
     tmp.chmod(0o755)
     be, port = l4.free_port(), l4.free_port()
@@ -35,7 +39,8 @@ def main() -> int:
         b = subprocess.Popen(["taskset", "-c", "1", *l4.backend_cmd(conf)])
         path = "/"
     if binary == "haproxy":
-        cmd = rules.haproxy(tmp, port, be, "none")
+        rule = {"same-headers": "forwarded", "same-headers-no-id": "forwarded_noid"}.get(same)
+        cmd = rules.haproxy(tmp, port, be, rule or "none")
     else:
         cmd = rules.fulcrum(tmp, port, be, "none", binary)
     p = subprocess.Popen(["valgrind", "--tool=callgrind", "--dump-instr=no",

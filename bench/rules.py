@@ -76,6 +76,21 @@ def haproxy(tmp: Path, port: int, be: int, rule: str) -> list[str]:
         "basic_auth": "    http-request auth realm bench unless { http_auth(users) }\n",
         "gzip": "    compression algo gzip\n    compression type text/html\n",
         "br": "",
+        # Not a rule of this benchmark: the request headers Fulcrum adds by default
+        # (docs/http.md, "Headers"), for same-work comparisons (bench/h2_callgrind.py).
+        "forwarded": "    option forwardfor\n"
+                     "    http-request set-header X-Forwarded-Proto http\n"
+                     "    http-request set-header X-Forwarded-Host %[req.hdr(host)]\n"
+                     "    http-request add-header Forwarded "
+                     "for=%[src];proto=http;host=%[req.hdr(host)]\n"
+                     "    unique-id-format %[uuid(4)]\n"
+                     "    unique-id-header X-Request-Id\n",
+        # The same without the generated X-Request-Id.
+        "forwarded_noid": "    option forwardfor\n"
+                          "    http-request set-header X-Forwarded-Proto http\n"
+                          "    http-request set-header X-Forwarded-Host %[req.hdr(host)]\n"
+                          "    http-request add-header Forwarded "
+                          "for=%[src];proto=http;host=%[req.hdr(host)]\n",
     }[rule]
     users = f"userlist users\n    user {USER} password {htpasswd_hash()}\n"
     conf = d / "haproxy.cfg"
