@@ -176,7 +176,7 @@ impl ThreadPriority {
                 error = %e,
                 "cannot raise the builder thread from idle priority (it needs CAP_SYS_NICE or \
                  an RLIMIT_NICE that allows nice {NICER} below the control thread, e.g. \
-                 systemd's LimitNICE=+{NICER}); builds on a busy machine wait for idle CPU"
+                 systemd's LimitNICE={NICER}); builds on a busy machine wait for idle CPU"
             );
         }
     }

@@ -20,7 +20,7 @@
 //! [`crate::builder::RAISE_AFTER`], and the thread goes back to idle priority once it has no
 //! job waiting.
 //! Raising needs `CAP_SYS_NICE` or an `RLIMIT_NICE` that allows the nice value (systemd:
-//! `LimitNICE=+10`); without either the raise is refused, logged, and the build goes on at
+//! `LimitNICE=10`); without either the raise is refused, logged, and the build goes on at
 //! idle priority.
 
 use std::io;
