@@ -25,11 +25,10 @@ import l4  # noqa: E402
 import rules  # noqa: E402
 
 
-def main() -> int:
-    binary, n, out, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-    same = sys.argv[5] if len(sys.argv) > 5 else ""
-    tmp = Path(tempfile.mkdtemp())
-    tmp.chmod(0o755)
+def setup(tmp: Path, binary: str, mode: str, haproxy_rule: str = "none"):
+    """Starts the nginx backend for `mode` (page|small) on core 1; returns it, its port, the
+    proxy's port, the path to request and the proxy's command (Fulcrum BIN or `haproxy`,
+    with bench/rules.py's `haproxy_rule`). Shared with bench/h2_sys.py."""
     be, port = l4.free_port(), l4.free_port()
     if mode == "page":
         b = subprocess.Popen(rules.backend(tmp, be))  # pinned to core 1 already
@@ -39,10 +38,19 @@ def main() -> int:
         b = subprocess.Popen(["taskset", "-c", "1", *l4.backend_cmd(conf)])
         path = "/"
     if binary == "haproxy":
-        rule = {"same-headers": "forwarded", "same-headers-no-id": "forwarded_noid"}.get(same)
-        cmd = rules.haproxy(tmp, port, be, rule or "none")
+        cmd = rules.haproxy(tmp, port, be, haproxy_rule)
     else:
         cmd = rules.fulcrum(tmp, port, be, "none", binary)
+    return b, be, port, path, cmd
+
+
+def main() -> int:
+    binary, n, out, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    same = sys.argv[5] if len(sys.argv) > 5 else ""
+    tmp = Path(tempfile.mkdtemp())
+    tmp.chmod(0o755)
+    rule = {"same-headers": "forwarded", "same-headers-no-id": "forwarded_noid"}.get(same)
+    b, be, port, path, cmd = setup(tmp, binary, mode, rule or "none")
     p = subprocess.Popen(["valgrind", "--tool=callgrind", "--dump-instr=no",
                           "--compress-strings=no", "--compress-pos=no",
                           f"--callgrind-out-file={out}.%p", *cmd],

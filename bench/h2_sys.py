@@ -33,10 +33,33 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import l4  # noqa: E402
+import h2_callgrind  # noqa: E402
 import rules  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
+
+
+def h2load(n: int, url: str) -> list[str]:
+    """The load: h2load on core 1, 64 connections of 10 streams, N requests."""
+    return ["taskset", "-c", "1", "h2load", "-t1", "-c64", "-m10", "-n", str(n), url]
+
+
+def summary(load: str, lines: list[str] = ()) -> str:
+    """h2load's request and status lines, then `lines`."""
+    head = "\n".join(line for line in load.splitlines()
+                     if line.startswith(("requests:", "status codes:")))
+    return head + "".join("\n" + line for line in lines)
+
+
+def watched(watcher: list[str], n: int, url: str) -> str:
+    """Runs the load while `watcher` (a perf command) is attached; stops it with SIGINT once
+    the load is done. Returns h2load's output."""
+    w = subprocess.Popen(watcher, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1)
+    load = subprocess.run(h2load(n, url), capture_output=True, text=True, timeout=900).stdout
+    w.send_signal(signal.SIGINT)
+    w.wait()
+    return load
 
 
 def snapshot(pid: int) -> dict:
@@ -89,8 +112,7 @@ def record(pid: int, n: int, url: str, be: int, out: Path) -> str:
                             "-p", str(pid)], stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
     time.sleep(1)
-    h = subprocess.Popen(["taskset", "-c", "1", "h2load", "-t1", "-c64", "-m10", "-n", str(n),
-                          url], stdout=subprocess.PIPE, text=True)
+    h = subprocess.Popen(h2load(n, url), stdout=subprocess.PIPE, text=True)
     time.sleep(1)
     fds = peers(pid)  # while h2load's connections are open
     load = h.communicate(timeout=900)[0]
@@ -127,8 +149,7 @@ def record(pid: int, n: int, url: str, be: int, out: Path) -> str:
     for key in sorted(calls):
         c = calls[key]
         lines.append(f"{key[0]:8} {key[1]:9} {key[2]:7} {c / n:10.3f} {nbytes[key] / c:11.1f}")
-    return "\n".join(line for line in load.splitlines()
-                     if line.startswith(("requests:", "status codes:"))) + "\n" + "\n".join(lines)
+    return summary(load, lines)
 
 
 COUNTED = ["sendto", "recvfrom", "writev", "write", "read", "epoll_wait", "epoll_ctl",
@@ -141,13 +162,7 @@ def stat(pid: int, n: int, url: str, out: Path) -> str:
         events += ["-e", f"syscalls:sys_enter_{s}"]
     events += ["-e", "syscalls:sys_exit_recvfrom", "--filter", "ret == -11"]
     events += ["-e", "context-switches"]
-    st = subprocess.Popen(["perf", "stat", "-x", ",", "-o", str(out), *events, "-p", str(pid)],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(1)
-    load = subprocess.run(["taskset", "-c", "1", "h2load", "-t1", "-c64", "-m10", "-n", str(n),
-                           url], capture_output=True, text=True, timeout=900).stdout
-    st.send_signal(signal.SIGINT)
-    st.wait()
+    load = watched(["perf", "stat", "-x", ",", "-o", str(out), *events, "-p", str(pid)], n, url)
     lines = []
     for line in out.read_text().splitlines():
         f = line.split(",")
@@ -156,18 +171,11 @@ def stat(pid: int, n: int, url: str, out: Path) -> str:
                                                                     "all syscalls")
             name = name.replace("syscalls:sys_exit_recvfrom", "recvfrom EAGAIN")
             lines.append(f"  {name:16} {int(f[0]) / n:8.3f}/req")
-    return "\n".join(l for l in load.splitlines()
-                     if l.startswith(("requests:", "status codes:"))) + "\n" + "\n".join(lines)
+    return summary(load, lines)
 
 
 def trace(pid: int, n: int, url: str, out: Path) -> str:
-    tr = subprocess.Popen(["perf", "trace", "-s", "-o", str(out), "-p", str(pid)],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(1)
-    load = subprocess.run(["taskset", "-c", "1", "h2load", "-t1", "-c64", "-m10", "-n", str(n),
-                           url], capture_output=True, text=True, timeout=900).stdout
-    tr.send_signal(signal.SIGINT)
-    tr.wait()
+    load = watched(["perf", "trace", "-s", "-o", str(out), "-p", str(pid)], n, url)
     lines = []
     for line in out.read_text().splitlines():
         m = re.match(r"\s+(\w+)\s+(\d+)\s+(\d+)\s", line)
@@ -176,8 +184,7 @@ def trace(pid: int, n: int, url: str, out: Path) -> str:
                          f"  errors {int(m.group(3)) / n:8.3f}/req")
         elif line.strip() and "syscall" not in line and "----" not in line:
             lines.append(line)
-    return "\n".join(l for l in load.splitlines()
-                     if l.startswith(("requests:", "status codes:"))) + "\n" + "\n".join(lines)
+    return summary(load, lines)
 
 
 def main() -> int:
@@ -185,18 +192,7 @@ def main() -> int:
     how = sys.argv[4] if len(sys.argv) > 4 else "trace"
     tmp = Path(tempfile.mkdtemp())
     tmp.chmod(0o755)
-    be, port = l4.free_port(), l4.free_port()
-    if mode == "page":
-        b = subprocess.Popen(rules.backend(tmp, be))  # pinned to core 1 already
-        path = "/index.html"
-    else:
-        conf = l4.backend_conf(tmp, [be], 1, 4096)
-        b = subprocess.Popen(["taskset", "-c", "1", *l4.backend_cmd(conf)])
-        path = "/"
-    if binary == "haproxy":
-        cmd = rules.haproxy(tmp, port, be, "none")
-    else:
-        cmd = rules.fulcrum(tmp, port, be, "none", binary)
+    b, be, port, path, cmd = h2_callgrind.setup(tmp, binary, mode)
     p = subprocess.Popen(["taskset", "-c", "0", *cmd], stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL)
     try:
@@ -204,8 +200,7 @@ def main() -> int:
         rules.wait_port(port, 30)
         time.sleep(1)
         url = f"http://127.0.0.1:{port}{path}"
-        subprocess.run(["taskset", "-c", "1", "h2load", "-t1", "-c64", "-m10", "-n", "20000",
-                        url], capture_output=True, timeout=120)
+        subprocess.run(h2load(20000, url), capture_output=True, timeout=120)
         before = snapshot(p.pid)
         t0 = time.monotonic()
         if how == "record":
@@ -213,10 +208,8 @@ def main() -> int:
         elif how == "stat":
             report = stat(p.pid, n, url, tmp / "stat.txt")
         elif how == "plain":
-            load = subprocess.run(["taskset", "-c", "1", "h2load", "-t1", "-c64", "-m10", "-n",
-                                   str(n), url], capture_output=True, text=True, timeout=900)
-            report = "\n".join(line for line in load.stdout.splitlines()
-                               if line.startswith(("requests:", "status codes:")))
+            load = subprocess.run(h2load(n, url), capture_output=True, text=True, timeout=900)
+            report = summary(load.stdout)
         else:
             report = trace(p.pid, n, url, tmp / "trace.txt")
         wall = time.monotonic() - t0
@@ -224,8 +217,7 @@ def main() -> int:
         print(f"{binary} {mode} n={n} ({how}, {wall:.1f} s)")
         print(report)
         u, s = after["utime"] - before["utime"], after["stime"] - before["stime"]
-        print(f"CPU per request: utime {u / n * 1e6:.2f} µs, stime {s / n * 1e6:.2f} µs "
-              f""
+        print(f"CPU per request: utime {u / n * 1e6:.2f} µs, stime {s / n * 1e6:.2f} µs"
               + ("" if how == "plain" else f" (under {how}, which adds to both)"))
         for k in ("syscr", "syscw", "rchar", "wchar"):
             print(f"  /proc io {k}: {(after[k] - before[k]) / n:.2f}/req")
