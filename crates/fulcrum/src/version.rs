@@ -43,8 +43,11 @@ macro_rules! long {
 #[cfg(feature = "aws-lc-rs")]
 pub const LONG: &str = long!("aws-lc-rs");
 /// Everything `--version` prints after `fulcrum `.
-#[cfg(not(feature = "aws-lc-rs"))]
+#[cfg(all(not(feature = "aws-lc-rs"), not(feature = "rsa-aws-lc")))]
 pub const LONG: &str = long!("ring");
+/// Everything `--version` prints after `fulcrum `: ring, RSA keys on aws-lc-rs.
+#[cfg(all(not(feature = "aws-lc-rs"), feature = "rsa-aws-lc"))]
+pub const LONG: &str = long!("ring,rsa=aws-lc-rs");
 
 /// Arguments of `fulcrum version` (none).
 #[derive(Debug, clap::Args)]

@@ -804,3 +804,133 @@ async fn session_ticket_keys_rotate() {
     );
     f.assert_no_panic();
 }
+
+/// An RSA 2048 key (PKCS#1, as `openssl genrsa -traditional` writes it, and PKCS#8) and an
+/// ECDSA P-256 key on one service, chosen by SNI: OpenSSL verifies each handshake's
+/// signature with TLS 1.3 (RSA-PSS) and TLS 1.2 (RSA-PSS, and PKCS#1 v1.5 when it is all the
+/// client offers). RSA keys sign with aws-lc-rs in the default build, the rest with ring
+/// (`fulcrum_http::TLS_PROVIDER`); this is the path each kind of key takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsa_and_ecdsa_keys_sign_tls13_and_tls12_handshakes() {
+    if !need(
+        "rsa_and_ecdsa_keys_sign_tls13_and_tls12_handshakes",
+        "openssl",
+        "openssl",
+    ) {
+        return;
+    }
+    let dir = common::temp_dir("tls-rsa");
+    material(&dir);
+    for (name, traditional) in [("rsa1.test", true), ("rsa8.test", false)] {
+        let key = dir.join(format!("{name}.key"));
+        let mut genrsa = Command::new("openssl");
+        genrsa.args(["genrsa", "-out"]).arg(&key);
+        if traditional {
+            genrsa.arg("-traditional");
+        }
+        run(genrsa.arg("2048"));
+        run(Command::new("openssl")
+            .args(["req", "-x509", "-new", "-key"])
+            .arg(&key)
+            .args(["-days", "2", "-subj"])
+            .arg(format!("/CN={name}"))
+            .arg("-addext")
+            .arg(format!("subjectAltName=DNS:{name}"))
+            .arg("-out")
+            .arg(dir.join(format!("{name}.pem"))));
+        let head = std::fs::read_to_string(&key).unwrap();
+        let want = if traditional {
+            "-----BEGIN RSA PRIVATE KEY-----"
+        } else {
+            "-----BEGIN PRIVATE KEY-----"
+        };
+        assert!(head.starts_with(want), "{name}: {head:.40}");
+    }
+    let (admin, vip, dead) = (free_addr(), free_addr(), free_addr());
+    let config = format!(
+        "{}[[service]]\nname = \"web\"\nlisten = \"{vip}\"\nprotocol = \"http\"\npool = \"p\"\n\
+         [service.tls]\ncerts = [ {{ cert = \"{}\", key = \"{}\" }}, {{ cert = \"{}\", key = \"{}\" }}, {{ cert = \"{}\", key = \"{}\" }} ]\n\n\
+         [[pool]]\nname = \"p\"\n[[pool.backend]]\naddress = \"{dead}\"\n",
+        admin_toml(admin),
+        p(&dir, "a.test.pem"),
+        p(&dir, "a.test.key"),
+        p(&dir, "rsa1.test.pem"),
+        p(&dir, "rsa1.test.key"),
+        p(&dir, "rsa8.test.pem"),
+        p(&dir, "rsa8.test.key"),
+    );
+    let f = Fulcrum::start("tls-rsa", admin, &config, &[]).await;
+    let cases: [(&str, &[&str], &str, &str); 7] = [
+        (
+            "a.test",
+            &["-tls1_3"],
+            "TLSv1.3",
+            "Peer signature type: ECDSA",
+        ),
+        (
+            "a.test",
+            &["-tls1_2"],
+            "TLSv1.2",
+            "Peer signature type: ECDSA",
+        ),
+        (
+            "rsa1.test",
+            &["-tls1_3"],
+            "TLSv1.3",
+            "Peer signature type: RSA-PSS",
+        ),
+        (
+            "rsa8.test",
+            &["-tls1_3"],
+            "TLSv1.3",
+            "Peer signature type: RSA-PSS",
+        ),
+        (
+            "rsa1.test",
+            &["-tls1_2"],
+            "TLSv1.2",
+            "Peer signature type: RSA-PSS",
+        ),
+        (
+            "rsa8.test",
+            &["-tls1_2"],
+            "TLSv1.2",
+            "Peer signature type: RSA-PSS",
+        ),
+        (
+            "rsa1.test",
+            &["-tls1_2", "-sigalgs", "RSA+SHA256"],
+            "TLSv1.2",
+            "Peer signature type: RSA\n",
+        ),
+    ];
+    for (name, args, version, signature) in cases {
+        // a.test's chain ends at the test CA; the RSA certificates sign themselves.
+        let ca = if name == "a.test" {
+            dir.join("ca.pem")
+        } else {
+            dir.join(format!("{name}.pem"))
+        };
+        let ca = ca.display().to_string();
+        let mut all = vec!["-servername", name, "-verify_return_error", "-CAfile", &ca];
+        all.extend_from_slice(args);
+        let out = tokio::task::block_in_place(|| s_client(vip, &all, &get(name)));
+        assert!(
+            out.contains(&format!("New, {version}")) && out.contains(signature),
+            "{name} {args:?}: want {version} and {signature:?}:\n{out}"
+        );
+        assert!(
+            out.contains("Verify return code: 0 (ok)"),
+            "{name} {args:?}: the chain or the signature did not verify:\n{out}"
+        );
+        let subject = out
+            .lines()
+            .find(|l| l.starts_with("subject="))
+            .unwrap_or("");
+        assert!(
+            subject.contains(&format!("CN = {name}")),
+            "{name} {args:?}: not the certificate for the name:\n{out}"
+        );
+    }
+    f.assert_no_panic();
+}
