@@ -16,12 +16,14 @@
   the ceiling: MAC rewrite + redirect only (xdp-forward/redirect.bpf.c).
 
 Root. `python3 bench/xdp-forward.py [--seconds 5] [--runs 3] [--write-docs]`; prints a table,
-and with --write-docs replaces the xdp-forward section of docs/benchmarks.md.
+and with --write-docs replaces the xdp-forward section of docs/benchmarks.md. Tools: bpftool,
+clang, cc with libbpf-dev, nft, ethtool, taskset, ip; the missing ones are installed with apt-get.
 """
 import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -248,6 +250,26 @@ def new_flow_note(res):
             "(target at least 0.33): " + "; ".join(out) + ".\n")
 
 
+# The tools this harness runs, and the Debian package of each: installed with apt-get when
+# missing (root), as bench/l4.py does for its peers.
+TOOLS = {"bpftool": "bpftool", "clang": "clang", "cc": "gcc", "nft": "nftables",
+         "ethtool": "ethtool", "taskset": "util-linux", "ip": "iproute2"}
+
+
+def ensure_tools():
+    """apt-get install whatever the harness needs and the machine lacks (libbpf-dev: gen.c)."""
+    missing = sorted({pkg for tool, pkg in TOOLS.items() if not shutil.which(tool)})
+    if not os.path.exists("/usr/include/bpf/libbpf.h"):
+        missing.append("libbpf-dev")
+    if not missing:
+        return
+    print(f"installing missing Debian packages: {' '.join(missing)}", flush=True)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update"], check=True, env=env, timeout=600)
+    subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", *missing],
+                   check=True, env=env, timeout=900)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=5)
@@ -261,6 +283,7 @@ def main():
         if not os.path.exists(alt):
             raise SystemExit("build fulcrum first (cargo build -p fulcrum [--release])")
         a.fulcrum = alt
+    ensure_tools()
     tmp = tempfile.mkdtemp(prefix="fxbench-")
     inc = f"/usr/include/{os.uname().machine}-linux-gnu"
     for prog in ("gen", "sink", "pass"):
