@@ -847,17 +847,20 @@ async fn rsa_and_ecdsa_keys_sign_tls13_and_tls12_handshakes() {
         assert!(head.starts_with(want), "{name}: {head:.40}");
     }
     let (admin, vip, dead) = (free_addr(), free_addr(), free_addr());
+    let certs = ["a.test", "rsa1.test", "rsa8.test"]
+        .map(|n| {
+            format!(
+                "{{ cert = \"{}\", key = \"{}\" }}",
+                p(&dir, &format!("{n}.pem")),
+                p(&dir, &format!("{n}.key"))
+            )
+        })
+        .join(", ");
     let config = format!(
         "{}[[service]]\nname = \"web\"\nlisten = \"{vip}\"\nprotocol = \"http\"\npool = \"p\"\n\
-         [service.tls]\ncerts = [ {{ cert = \"{}\", key = \"{}\" }}, {{ cert = \"{}\", key = \"{}\" }}, {{ cert = \"{}\", key = \"{}\" }} ]\n\n\
+         [service.tls]\ncerts = [ {certs} ]\n\n\
          [[pool]]\nname = \"p\"\n[[pool.backend]]\naddress = \"{dead}\"\n",
         admin_toml(admin),
-        p(&dir, "a.test.pem"),
-        p(&dir, "a.test.key"),
-        p(&dir, "rsa1.test.pem"),
-        p(&dir, "rsa1.test.key"),
-        p(&dir, "rsa8.test.pem"),
-        p(&dir, "rsa8.test.key"),
     );
     let f = Fulcrum::start("tls-rsa", admin, &config, &[]).await;
     let cases: [(&str, &[&str], &str, &str); 7] = [
